@@ -1,0 +1,43 @@
+# refci: CI in git refs. `make help` lists the targets.
+GO        ?= go
+BIN       := bin/refci
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+TESTFLAGS ?= -count=1 -timeout 12m
+
+.PHONY: help build test bench lint run demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+
+build: ## build bin/refci
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/refci
+
+test: ## run every test (real git, gpg and processes)
+	$(GO) vet ./...
+	$(GO) test $(TESTFLAGS) ./...
+
+bench: build ## print the performance figures (refci beside its baselines)
+	$(GO) run ./cmd/refci-bench -refci $(BIN)
+
+lint: ## gofmt, go vet and the import rules
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+	$(GO) test -count=1 -run TestImportRules .
+
+DEMO ?= $(CURDIR)/.demo
+
+run: build ## the main job: a demo repository, a pipeline run, its status, log and verification
+	@rm -rf $(DEMO) && mkdir -p $(DEMO)
+	@export REFCI_HOME=$(DEMO)/home PATH=$(CURDIR)/bin:$$PATH; set -e; \
+	git init -q -b main $(DEMO)/app && cd $(DEMO)/app && \
+	printf 'demo:\n\t@echo the tests pass\ntest: demo\n' > Makefile && \
+	refci init >/dev/null && git add -A && \
+	git -c user.name=demo -c user.email=demo@example.invalid commit -q -m 'demo app with a refci pipeline' && \
+	echo '$$ refci run' && refci run && \
+	echo && echo '$$ refci status' && refci status && \
+	echo && echo '$$ refci verify' && refci verify && \
+	echo && echo "demo repository: $(DEMO)/app (REFCI_HOME=$(DEMO)/home)"
+
+clean: ## remove build output
+	rm -rf bin

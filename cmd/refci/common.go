@@ -1,0 +1,206 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
+	"refci.dev/refci/secrets"
+)
+
+// home is refci's configuration directory: $REFCI_HOME, else
+// $XDG_CONFIG_HOME/refci, else ~/.config/refci.
+func (e *env) home() (string, error) {
+	if h := e.getenv("REFCI_HOME"); h != "" {
+		return h, nil
+	}
+	if x := e.getenv("XDG_CONFIG_HOME"); x != "" {
+		return filepath.Join(x, "refci"), nil
+	}
+	h, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("cannot find a home directory; set REFCI_HOME")
+	}
+	return filepath.Join(h, ".config", "refci"), nil
+}
+
+// errKeyConfig marks a key file the user must fix (exit 2).
+var errKeyConfig = errors.New("key configuration")
+
+// keyError carries a key problem's message and matches errKeyConfig.
+type keyError struct{ err error }
+
+func (k keyError) Error() string        { return k.err.Error() }
+func (k keyError) Unwrap() error        { return k.err }
+func (k keyError) Is(target error) bool { return target == errKeyConfig }
+
+// identity loads the signing key: keyFile when given, else
+// $REFCI_HOME/key.asc, created on first use.
+func (e *env) identity(keyFile string) (*secrets.Identity, error) {
+	if keyFile != "" {
+		id, err := secrets.Load(keyFile)
+		if err != nil {
+			return nil, keyError{err}
+		}
+		return id, nil
+	}
+	h, err := e.home()
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(h, "key.asc")
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "localhost"
+	}
+	name := "refci"
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		name = "refci " + u.Username + "@" + host
+	}
+	id, created, err := secrets.LoadOrCreate(path, name, "refci@"+host)
+	if err != nil {
+		return nil, keyError{err}
+	}
+	if created {
+		e.errorf("created a signing key %s at %s (share its public part with 'refci keys export')", id.Fingerprint(), path)
+	}
+	return id, nil
+}
+
+func openRepo(dir string) (*gitproto.Repo, error) {
+	if dir == "" {
+		dir = "."
+	}
+	return gitproto.Open(dir)
+}
+
+// runRef is one run found in the repository.
+type runRef struct {
+	Ref    string
+	Target string
+	Run    string
+	Commit gitproto.Hash
+}
+
+// listRuns returns the runs of target (all runs when target is ""),
+// newest first.
+func listRuns(repo *gitproto.Repo, target string) ([]runRef, error) {
+	prefix := queue.RunsPrefix
+	if target != "" {
+		prefix += target + "/"
+	}
+	refs, err := repo.Refs(prefix)
+	if err != nil {
+		return nil, err
+	}
+	var out []runRef
+	for _, r := range refs {
+		t, id, ok := queue.ParseRunRef(r.Name)
+		if !ok {
+			continue
+		}
+		out = append(out, runRef{Ref: r.Name, Target: t, Run: id, Commit: r.Hash})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Run != out[j].Run {
+			return out[i].Run > out[j].Run
+		}
+		return out[i].Ref > out[j].Ref
+	})
+	return out, nil
+}
+
+var errNoRuns = errors.New("no runs")
+
+// findRun resolves what the user named: "" (the latest run of HEAD), a
+// run ref, <target>/<run-id>, a run id, or a revision (its latest run).
+func findRun(repo *gitproto.Repo, arg string) (runRef, error) {
+	if strings.HasPrefix(arg, queue.RunsPrefix) {
+		t, id, ok := queue.ParseRunRef(arg)
+		if !ok {
+			return runRef{}, fmt.Errorf("%s is not a run ref (refs/ci/runs/<commit>/<run-id>)", arg)
+		}
+		h, err := repo.RefHash(arg)
+		if err != nil {
+			return runRef{}, fmt.Errorf("run %s: %w", arg, err)
+		}
+		return runRef{Ref: arg, Target: t, Run: id, Commit: h}, nil
+	}
+	if t, id, ok := strings.Cut(arg, "/"); ok && queue.ValidRunID(id) {
+		return findRun(repo, queue.RunRef(t, id))
+	}
+	if queue.ValidRunID(arg) {
+		all, err := listRuns(repo, "")
+		if err != nil {
+			return runRef{}, err
+		}
+		for _, r := range all {
+			if r.Run == arg {
+				return r, nil
+			}
+		}
+		return runRef{}, fmt.Errorf("run %s: %w here; fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'", arg, errNoRuns)
+	}
+	rev := arg
+	if rev == "" {
+		rev = "HEAD"
+	}
+	target, err := repo.ResolveCommit(rev)
+	if err != nil {
+		return runRef{}, err
+	}
+	runs, err := listRuns(repo, target.String())
+	if err != nil {
+		return runRef{}, err
+	}
+	if len(runs) == 0 {
+		return runRef{}, fmt.Errorf("%s (%s): %w yet; start one with 'refci run %s', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'", rev, target.String()[:12], errNoRuns, arg)
+	}
+	return runs[0], nil
+}
+
+// readStatus reads and checks status.json of a result commit.
+func readStatus(repo *gitproto.Repo, commit gitproto.Hash) (*queue.Status, error) {
+	b, err := repo.ReadFile(commit, queue.StatusFile)
+	if err != nil {
+		return nil, fmt.Errorf("result %s: %w", commit.String()[:12], err)
+	}
+	s, err := queue.DecodeStatus(b)
+	if err != nil {
+		return nil, fmt.Errorf("result %s: %w", commit.String()[:12], err)
+	}
+	return s, nil
+}
+
+// exitFor maps an error to an exit code: configuration and usage
+// problems 2, the rest 3.
+func exitFor(err error) int {
+	switch {
+	case errors.Is(err, gitproto.ErrNotRepo), errors.Is(err, gitproto.ErrNoCommits),
+		errors.Is(err, gitproto.ErrUnknownRev), errors.Is(err, gitproto.ErrNotCommit),
+		errors.Is(err, errNoRuns), errors.Is(err, gitproto.ErrNotFound),
+		errors.Is(err, errKeyConfig):
+		return exitUsage
+	}
+	return exitInfra
+}
+
+// isTerminal reports whether f is a character device (a TTY).
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func (e *env) color(w any) bool {
+	return isTerminal(w) && e.getenv("NO_COLOR") == "" && e.getenv("TERM") != "dumb"
+}

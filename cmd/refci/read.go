@@ -1,0 +1,259 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/go-git/go-git/v5/plumbing/object"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
+	"refci.dev/refci/render"
+	"refci.dev/refci/secrets"
+)
+
+func cmdStatus(_ context.Context, e *env, args []string) int {
+	fs := newFlags(e, "status", "[--repo DIR] [--json] [REV|RUN]")
+	repoDir := fs.String("repo", ".", "the repository")
+	asJSON := fs.Bool("json", false, "print status.json as stored")
+	pos, code, ok := parse(e, fs, args, 1)
+	if !ok {
+		return code
+	}
+	repo, rr, st, code := loadRun(e, *repoDir, first(pos))
+	if st == nil {
+		return code
+	}
+	if *asJSON {
+		b, err := repo.ReadFile(rr.Commit, queue.StatusFile)
+		if err != nil {
+			e.errorf("%v", err)
+			return exitInfra
+		}
+		e.stdout.Write(b)
+		return exitForState(st)
+	}
+	if err := render.Terminal(e.stdout, st, render.TermOptions{Color: e.color(e.stdout), Ref: rr.Ref}); err != nil {
+		return exitInfra
+	}
+	return exitForState(st)
+}
+
+func cmdLog(_ context.Context, e *env, args []string) int {
+	fs := newFlags(e, "log", "[--repo DIR] [--job NAME] [REV|RUN]")
+	repoDir := fs.String("repo", ".", "the repository")
+	job := fs.String("job", "", "print this job's log instead of the whole pipeline's")
+	pos, code, ok := parse(e, fs, args, 1)
+	if !ok {
+		return code
+	}
+	repo, rr, st, code := loadRun(e, *repoDir, first(pos))
+	if st == nil {
+		return code
+	}
+	path := queue.LogFile
+	if *job != "" {
+		path = ""
+		for _, j := range st.Jobs {
+			if j.Name == *job {
+				path = j.Log
+			}
+		}
+		if path == "" {
+			var names []string
+			for _, j := range st.Jobs {
+				names = append(names, j.Name)
+			}
+			e.errorf("run %s has no log for job %q (jobs: %s)", rr.Run, *job, strings.Join(names, ", "))
+			return exitUsage
+		}
+	}
+	rc, err := repo.OpenFile(rr.Commit, path)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitInfra
+	}
+	defer rc.Close()
+	if _, err := io.Copy(e.stdout, rc); err != nil {
+		return exitInfra
+	}
+	return exitOK
+}
+
+func cmdRuns(_ context.Context, e *env, args []string) int {
+	fs := newFlags(e, "runs", "[--repo DIR] [--all] [REV]")
+	repoDir := fs.String("repo", ".", "the repository")
+	all := fs.Bool("all", false, "list the runs of every commit")
+	pos, code, ok := parse(e, fs, args, 1)
+	if !ok {
+		return code
+	}
+	repo, err := openRepo(*repoDir)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitFor(err)
+	}
+	target := ""
+	if !*all {
+		h, err := repo.ResolveCommit(first(pos))
+		if err != nil {
+			e.errorf("%v", err)
+			return exitFor(err)
+		}
+		target = h.String()
+	}
+	runs, err := listRuns(repo, target)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitInfra
+	}
+	if len(runs) == 0 {
+		fmt.Fprintf(e.stderr, "refci: no runs; start one with 'refci run', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'\n")
+		return exitOK
+	}
+	color := e.color(e.stdout)
+	for _, r := range runs {
+		st, err := readStatus(repo, r.Commit)
+		if err != nil {
+			fmt.Fprintf(e.stdout, "%s  %s  unreadable: %v\n", r.Run, r.Target[:12], err)
+			continue
+		}
+		fmt.Fprintln(e.stdout, render.RunLine(st, color))
+	}
+	return exitOK
+}
+
+func cmdVerify(_ context.Context, e *env, args []string) int {
+	fs := newFlags(e, "verify", "[--repo DIR] [--keyring FILE]... [REV|RUN]")
+	repoDir := fs.String("repo", ".", "the repository")
+	var keyrings multiFlag
+	fs.Var(&keyrings, "keyring", "armored public keys to trust (repeatable); default: your own key and $REFCI_HOME/trusted/*.asc")
+	keyFile := fs.String("key", "", "your private key, when not $REFCI_HOME/key.asc (its public part is trusted)")
+	pos, code, ok := parse(e, fs, args, 1)
+	if !ok {
+		return code
+	}
+	kr, err := e.keyring(keyrings, *keyFile)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitUsage
+	}
+	repo, rr, st, code := loadRun(e, *repoDir, first(pos))
+	if st == nil {
+		return code
+	}
+	n := 0
+	for h := rr.Commit; h != gitproto.ZeroHash; {
+		c, err := repo.Commit(h)
+		if err != nil {
+			e.errorf("run %s: %v", rr.Run, err)
+			return exitInfra
+		}
+		signer, err := verifyCommit(kr, c)
+		if err != nil {
+			e.errorf("run %s: commit %s: %v", rr.Run, h.String()[:12], err)
+			return exitFailed
+		}
+		fmt.Fprintf(e.stdout, "good signature on %s by %s (%s)\n", h.String()[:12], signer.UserID, signer.Fingerprint)
+		n++
+		if len(c.ParentHashes) > 1 {
+			e.errorf("run %s: commit %s has %d parents; result commits have at most one", rr.Run, h.String()[:12], len(c.ParentHashes))
+			return exitFailed
+		}
+		h = gitproto.ZeroHash
+		if len(c.ParentHashes) == 1 {
+			h = c.ParentHashes[0]
+		}
+	}
+	if st.Worker != "" {
+		// status.json names the worker; the signature must agree.
+		c, _ := repo.Commit(rr.Commit)
+		signer, _ := verifyCommit(kr, c)
+		if !strings.EqualFold(signer.Fingerprint, st.Worker) {
+			e.errorf("run %s: status.json names worker %s but the commit is signed by %s", rr.Run, st.Worker, signer.Fingerprint)
+			return exitFailed
+		}
+	}
+	fmt.Fprintf(e.stdout, "refci: run %s verified: %d commit(s), %s, %s\n", rr.Run, n, st.State, rr.Ref)
+	return exitOK
+}
+
+// verifyCommit checks a commit's gpgsig against the keyring.
+func verifyCommit(kr secrets.Keyring, c *object.Commit) (secrets.Signer, error) {
+	payload, sig, err := gitproto.SignedPayload(c)
+	if err != nil {
+		return secrets.Signer{}, err
+	}
+	return kr.VerifyDetached(payload, sig)
+}
+
+// keyring builds the keys verify trusts: the given files, or else the
+// user's own key plus $REFCI_HOME/trusted/*.asc.
+func (e *env) keyring(files []string, keyFile string) (secrets.Keyring, error) {
+	if len(files) > 0 {
+		return secrets.ReadKeyringFiles(files...)
+	}
+	var kr secrets.Keyring
+	h, err := e.home()
+	if err != nil {
+		return kr, err
+	}
+	trusted, _ := filepath.Glob(filepath.Join(h, "trusted", "*.asc"))
+	if len(trusted) > 0 {
+		kr, err = secrets.ReadKeyringFiles(trusted...)
+		if err != nil {
+			return kr, err
+		}
+	}
+	own := keyFile
+	if own == "" {
+		own = filepath.Join(h, "key.asc")
+	}
+	if _, err := os.Stat(own); err == nil {
+		id, err := secrets.Load(own)
+		if err != nil {
+			return kr, err
+		}
+		kr.Add(id)
+	}
+	if kr.Len() == 0 {
+		return kr, fmt.Errorf("no keys to verify with: pass --keyring FILE (the worker's 'refci keys export'), or put keys in %s", filepath.Join(h, "trusted"))
+	}
+	return kr, nil
+}
+
+// loadRun opens the repository and reads the run the user named. On
+// failure it has reported the error and st is nil.
+func loadRun(e *env, dir, arg string) (*gitproto.Repo, runRef, *queue.Status, int) {
+	repo, err := openRepo(dir)
+	if err != nil {
+		e.errorf("%v", err)
+		return nil, runRef{}, nil, exitFor(err)
+	}
+	rr, err := findRun(repo, arg)
+	if err != nil {
+		e.errorf("%v", err)
+		return nil, runRef{}, nil, exitFor(err)
+	}
+	st, err := readStatus(repo, rr.Commit)
+	if err != nil {
+		e.errorf("%v", err)
+		if errors.Is(err, queue.ErrFormat) {
+			return nil, rr, nil, exitUsage
+		}
+		return nil, rr, nil, exitInfra
+	}
+	return repo, rr, st, 0
+}
+
+func first(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[0]
+}

@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+
+	"refci.dev/refci/queue"
+	"refci.dev/refci/render"
+	"refci.dev/refci/worker"
+)
+
+func cmdRun(ctx context.Context, e *env, args []string) int {
+	fs := newFlags(e, "run", "[--repo DIR] [--env NAME] [--timeout DUR] [REV]")
+	repoDir := fs.String("repo", ".", "the repository")
+	envName := fs.String("env", "", "environment name recorded in the result (REFCI_ENV)")
+	timeout := fs.Duration("timeout", worker.DefaultTimeout, "stop the pipeline after this long (terminate, then kill)")
+	grace := fs.Duration("kill-grace", worker.DefaultKillGrace, "after a timeout or Ctrl-C, wait this long between SIGTERM and SIGKILL")
+	keyFile := fs.String("key", "", "sign with this private key instead of $REFCI_HOME/key.asc")
+	quiet := fs.Bool("q", false, "do not stream the pipeline's output, print only the summary")
+	logCap := fs.Int64("log-cap", worker.DefaultLogCap, "bytes of log kept per run and per job (head and tail)")
+	artCap := fs.Int64("artifact-cap", worker.DefaultArtifactFileCap, "largest artifact file stored, in bytes")
+	artTotal := fs.Int64("artifacts-total-cap", worker.DefaultArtifactTotalCap, "bytes of artifacts stored per run")
+	pos, code, ok := parse(e, fs, args, 1)
+	if !ok {
+		return code
+	}
+	rev := "HEAD"
+	if len(pos) == 1 {
+		rev = pos[0]
+	}
+	if *envName != "" {
+		if err := queue.ValidateJobName(*envName); err != nil {
+			e.errorf("--env %q: use letters, digits, '.', '_' or '-'", *envName)
+			return exitUsage
+		}
+	}
+	repo, err := openRepo(*repoDir)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitFor(err)
+	}
+	target, err := repo.ResolveCommit(rev)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitFor(err)
+	}
+	id, err := e.identity(*keyFile)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitFor(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		self = ""
+	}
+	host, _ := os.Hostname()
+
+	// First Ctrl-C (or SIGTERM): terminate the pipeline, record
+	// cancelled. Second: kill at once.
+	soft, cancelSoft := context.WithCancel(ctx)
+	defer cancelSoft()
+	hard, cancelHard := context.WithCancel(context.Background())
+	defer cancelHard()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	var cancelReason atomic.Value
+	cancelReason.Store("cancelled")
+	go func() {
+		n := 0
+		for s := range sigs {
+			n++
+			if n == 1 {
+				cancelReason.Store(fmt.Sprintf("cancelled by %s", signalName(s)))
+				fmt.Fprintf(e.stderr, "\nrefci: %s: stopping the pipeline (again to kill it at once)\n", signalName(s))
+				cancelSoft()
+			} else {
+				cancelHard()
+			}
+		}
+	}()
+
+	var out io.Writer
+	if !*quiet {
+		out = e.stdout
+	}
+	outcome, err := worker.Run(soft, worker.RunSpec{
+		Repo:             repo,
+		Target:           target,
+		TargetRef:        displayRev(rev, target.String()),
+		Request:          "local",
+		Env:              *envName,
+		Timeout:          *timeout,
+		KillGrace:        *grace,
+		LogCap:           *logCap,
+		ArtifactFileCap:  *artCap,
+		ArtifactTotalCap: *artTotal,
+		RefciPath:        self,
+		Output:           out,
+		Hard:             hard,
+		CancelReason:     func() string { return cancelReason.Load().(string) },
+		Host:             host,
+		Version:          version,
+	}, id)
+	if err != nil {
+		e.errorf("no result was recorded: %v", err)
+		return exitInfra
+	}
+	st := outcome.Status
+	fmt.Fprintf(e.stdout, "refci: %s in %s", st.State, render.Duration(st.DurationMS))
+	if st.Reason != "" {
+		fmt.Fprintf(e.stdout, ": %s", st.Reason)
+	}
+	fmt.Fprintf(e.stdout, "\nrefci: result %s\n", outcome.Ref)
+	return exitForState(st)
+}
+
+// exitForState is the exit code of a finished run.
+func exitForState(st *queue.Status) int {
+	switch st.State {
+	case queue.Success:
+		return exitOK
+	case queue.Failure, queue.Cancelled:
+		return exitFailed
+	}
+	if st.Extra["config_error"] == true {
+		return exitUsage
+	}
+	return exitInfra
+}
+
+func signalName(s os.Signal) string {
+	switch s {
+	case os.Interrupt:
+		return "interrupt"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGHUP:
+		return "SIGHUP"
+	}
+	return s.String()
+}
+
+// displayRev is the name the user gave, unless it was a bare object id.
+func displayRev(rev, target string) string {
+	if len(rev) >= 4 && len(rev) <= 40 && target[:len(rev)] == rev {
+		return ""
+	}
+	return rev
+}
+
+const starterPipeline = `#!/bin/sh
+# refci pipeline: any executable works (shell, Go, Python...).
+# It runs in a clean checkout of the commit under test, with CI=true and
+# REFCI_* variables set. Exit 0 for success, anything else for failure.
+# Files written under "$REFCI_ARTIFACTS" are kept with the result.
+#
+# Jobs are optional; each gets its own log and state:
+#   refci job build -- make build
+#   refci job test --needs build -- make test &
+#   refci job lint -- make lint &
+#   wait
+set -eu
+
+echo "testing $REFCI_TARGET on $(uname -sm)"
+if [ -f Makefile ]; then
+	refci job test -- make test
+else
+	refci job check -- true
+fi
+`
+
+func cmdInit(_ context.Context, e *env, args []string) int {
+	fs := newFlags(e, "init", "[--repo DIR] [--force]")
+	repoDir := fs.String("repo", ".", "the repository")
+	force := fs.Bool("force", false, "overwrite an existing .refci/run")
+	if _, code, ok := parse(e, fs, args, 0); !ok {
+		return code
+	}
+	repo, err := openRepo(*repoDir)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitFor(err)
+	}
+	if repo.WorkTree() == "" {
+		e.errorf("%s is a bare repository; run refci init in a clone", repo.GitDir())
+		return exitUsage
+	}
+	p := filepath.Join(repo.WorkTree(), ".refci", "run")
+	if _, err := os.Lstat(p); err == nil && !*force {
+		e.errorf("%s already exists; keep it, or pass --force to replace it", p)
+		return exitUsage
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		e.errorf("%v", err)
+		return exitInfra
+	}
+	if err := os.WriteFile(p, []byte(starterPipeline), 0o755); err != nil {
+		e.errorf("%v", err)
+		return exitInfra
+	}
+	if err := os.Chmod(p, 0o755); err != nil {
+		e.errorf("%v", err)
+		return exitInfra
+	}
+	fmt.Fprintf(e.stdout, "wrote %s\nnext: edit it, then\n  git add .refci/run && git commit -m 'Add refci pipeline'\n  refci run\n", p)
+	return exitOK
+}
+
+func cmdJob(ctx context.Context, e *env, args []string) int {
+	return worker.RunJobCommand(ctx, args, e.getenv, e.stdout, e.stderr)
+}

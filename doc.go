@@ -1,0 +1,21 @@
+// Package refci is a CI system that lives in git refs.
+//
+// A run is asked for by pushing a ref (refs/ci/requests/<name>), or started
+// locally with `refci run`. A worker checks the commit out into a private
+// directory, runs the repository's own executable .refci/run, and records
+// the outcome as an OpenPGP-signed commit at refs/ci/runs/<target>/<run-id>
+// whose tree holds status.json, the log, per-job logs and artifacts.
+// Everything is visible with git alone; docs/PROTOCOL.md is the contract.
+//
+// The packages, from the centre outwards:
+//
+//	queue     the domain: states, status.json, the ref layout, the format version
+//	gitproto  git and nothing about CI: objects, refs with compare-and-swap, checkout
+//	secrets   OpenPGP and nothing about git: identities, signing, verifying
+//	worker    running one pipeline and publishing its result
+//	render    pure functions from a result to what people read
+//	forge     views outward (forges, mail)
+//	cmd       wiring only
+//
+// Arrows point inward; imports_test.go enforces it.
+package refci

@@ -1,0 +1,362 @@
+// Package gitproto is refci's access to git: resolving revisions, reading
+// and writing objects, creating and updating refs with compare-and-swap,
+// and checking trees out. It knows nothing about CI.
+//
+// Objects are read and written in process with go-git, which is fast for
+// the small objects refci makes. Refs are never written through go-git:
+// its ref writer truncates the file in place and does not take git's lock
+// file, so a full disk can leave an empty ref and a concurrent git process
+// can interleave. Refs are written here with git's own lock-file protocol
+// (write <ref>.lock with O_EXCL, then rename), which both tools respect.
+package gitproto
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	git "github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/go-git/go-git/v5/storage/filesystem"
+)
+
+// Hash is a git object id.
+type Hash = plumbing.Hash
+
+// ZeroHash is the all-zero object id, meaning "no object".
+var ZeroHash = plumbing.ZeroHash
+
+// Errors callers branch on.
+var (
+	ErrNoCommits  = errors.New("the repository has no commits yet")
+	ErrNotCommit  = errors.New("not a commit")
+	ErrUnknownRev = errors.New("unknown revision")
+	ErrRefExists  = errors.New("ref already exists")
+	ErrRefChanged = errors.New("ref changed meanwhile") // a compare-and-swap lost
+	ErrNotFound   = errors.New("not found")
+	ErrNotRepo    = errors.New("not a git repository")
+)
+
+// Repo is one local git repository. It is not safe for concurrent use
+// (go-git's Repository is not); open one per goroutine.
+type Repo struct {
+	git       *git.Repository
+	st        *filesystem.Storage
+	gitDir    string // the repository's .git (or the bare repository)
+	commonDir string // where refs and objects live (differs in linked worktrees)
+	workTree  string // "" for a bare repository
+}
+
+// Open opens the repository containing dir (searching parent directories
+// like git does).
+func Open(dir string) (*Repo, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	g, err := git.PlainOpenWithOptions(abs, &git.PlainOpenOptions{DetectDotGit: true, EnableDotGitCommonDir: true})
+	if err != nil {
+		if errors.Is(err, git.ErrRepositoryNotExists) {
+			return nil, fmt.Errorf("%s: %w (run refci inside a git repository, or pass --repo DIR)", abs, ErrNotRepo)
+		}
+		return nil, fmt.Errorf("open repository %s: %w", abs, err)
+	}
+	st, ok := g.Storer.(*filesystem.Storage)
+	if !ok {
+		return nil, fmt.Errorf("open repository %s: unexpected storage %T", abs, g.Storer)
+	}
+	r := &Repo{git: g, st: st}
+	if err := r.locate(abs); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// locate finds the git dir, common dir and work tree the way git does.
+func (r *Repo) locate(start string) error {
+	for dir := start; ; {
+		dotgit := filepath.Join(dir, ".git")
+		if fi, err := os.Stat(dotgit); err == nil {
+			r.workTree = dir
+			if fi.IsDir() {
+				r.gitDir = dotgit
+			} else {
+				b, err := os.ReadFile(dotgit)
+				if err != nil {
+					return err
+				}
+				p := strings.TrimSpace(strings.TrimPrefix(string(b), "gitdir:"))
+				if !filepath.IsAbs(p) {
+					p = filepath.Join(dir, p)
+				}
+				r.gitDir = p
+			}
+			break
+		}
+		if isBareDir(dir) {
+			r.gitDir = dir
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return fmt.Errorf("%s: %w", start, ErrNotRepo)
+		}
+		dir = parent
+	}
+	r.commonDir = r.gitDir
+	if b, err := os.ReadFile(filepath.Join(r.gitDir, "commondir")); err == nil {
+		p := strings.TrimSpace(string(b))
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(r.gitDir, p)
+		}
+		r.commonDir = filepath.Clean(p)
+	}
+	return nil
+}
+
+func isBareDir(dir string) bool {
+	for _, f := range []string{"HEAD", "objects", "refs"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// GitDir is the repository's git directory (where refs live).
+func (r *Repo) GitDir() string { return r.commonDir }
+
+// WorkTree is the checked-out directory, or "" for a bare repository.
+func (r *Repo) WorkTree() string { return r.workTree }
+
+// Go returns the underlying go-git repository, for reading objects.
+func (r *Repo) Go() *git.Repository { return r.git }
+
+// ResolveCommit resolves rev (HEAD, a branch, a tag, an annotated tag or a
+// tag of a tag, a full or abbreviated object id, or an expression such as
+// HEAD~2) to a commit. Errors wrap ErrNoCommits, ErrUnknownRev or
+// ErrNotCommit.
+func (r *Repo) ResolveCommit(rev string) (Hash, error) {
+	h, err := r.resolveObject(rev)
+	if err != nil {
+		return ZeroHash, err
+	}
+	return r.peelToCommit(rev, h)
+}
+
+func (r *Repo) resolveObject(rev string) (Hash, error) {
+	if rev == "" {
+		rev = "HEAD"
+	}
+	candidates := []string{rev}
+	if !strings.HasPrefix(rev, "refs/") && rev != "HEAD" {
+		candidates = append(candidates, "refs/"+rev, "refs/tags/"+rev, "refs/heads/"+rev, "refs/remotes/"+rev, "refs/remotes/"+rev+"/HEAD")
+	}
+	for _, name := range candidates {
+		ref, err := r.git.Reference(plumbing.ReferenceName(name), true)
+		if err == nil {
+			return ref.Hash(), nil
+		}
+		if name == "HEAD" && errors.Is(err, plumbing.ErrReferenceNotFound) {
+			head, herr := r.git.Reference(plumbing.HEAD, false)
+			if herr == nil && head.Type() == plumbing.SymbolicReference {
+				return ZeroHash, fmt.Errorf("HEAD points at %s, which has no commits: %w; commit something first", head.Target().Short(), ErrNoCommits)
+			}
+		}
+	}
+	if plumbing.IsHash(rev) {
+		h := plumbing.NewHash(rev)
+		if _, err := r.git.Storer.EncodedObject(plumbing.AnyObject, h); err == nil {
+			return h, nil
+		}
+		return ZeroHash, fmt.Errorf("%s: %w: no such object in this repository", rev, ErrUnknownRev)
+	}
+	h, err := r.git.ResolveRevision(plumbing.Revision(rev))
+	if err != nil {
+		return ZeroHash, fmt.Errorf("%s: %w (give a branch, tag or commit id)", rev, ErrUnknownRev)
+	}
+	return *h, nil
+}
+
+func (r *Repo) peelToCommit(rev string, h Hash) (Hash, error) {
+	for depth := 0; depth < 10; depth++ {
+		obj, err := r.git.Storer.EncodedObject(plumbing.AnyObject, h)
+		if err != nil {
+			return ZeroHash, fmt.Errorf("%s: %w: object %s is missing", rev, ErrUnknownRev, h)
+		}
+		switch obj.Type() {
+		case plumbing.CommitObject:
+			return h, nil
+		case plumbing.TagObject:
+			tag, err := object.DecodeTag(r.git.Storer, obj)
+			if err != nil {
+				return ZeroHash, fmt.Errorf("%s: read tag %s: %w", rev, h, err)
+			}
+			h = tag.Target
+		default:
+			return ZeroHash, fmt.Errorf("%s is a %s, %w; give a branch, tag or commit", rev, obj.Type(), ErrNotCommit)
+		}
+	}
+	return ZeroHash, fmt.Errorf("%s: tags nested more than 10 deep", rev)
+}
+
+// ObjectType returns the type of object h ("commit", "tree", "blob", "tag").
+func (r *Repo) ObjectType(h Hash) (string, error) {
+	obj, err := r.git.Storer.EncodedObject(plumbing.AnyObject, h)
+	if err != nil {
+		return "", fmt.Errorf("object %s: %w", h, ErrNotFound)
+	}
+	return obj.Type().String(), nil
+}
+
+// Commit reads commit h.
+func (r *Repo) Commit(h Hash) (*object.Commit, error) {
+	c, err := r.git.CommitObject(h)
+	if err != nil {
+		return nil, fmt.Errorf("commit %s: %w", h, err)
+	}
+	return c, nil
+}
+
+// ReadFile reads the file at path in commit h's tree. A missing file
+// wraps ErrNotFound.
+func (r *Repo) ReadFile(commit Hash, path string) ([]byte, error) {
+	rc, err := r.OpenFile(commit, path)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
+}
+
+// OpenFile opens the file at path in commit h's tree for streaming.
+func (r *Repo) OpenFile(commit Hash, path string) (io.ReadCloser, error) {
+	c, err := r.Commit(commit)
+	if err != nil {
+		return nil, err
+	}
+	tree, err := c.Tree()
+	if err != nil {
+		return nil, fmt.Errorf("tree of %s: %w", commit, err)
+	}
+	f, err := tree.File(path)
+	if err != nil {
+		if errors.Is(err, object.ErrFileNotFound) || errors.Is(err, object.ErrDirectoryNotFound) {
+			return nil, fmt.Errorf("%s in %s: %w", path, commit.String()[:12], ErrNotFound)
+		}
+		return nil, fmt.Errorf("%s in %s: %w", path, commit, err)
+	}
+	return f.Reader()
+}
+
+// Ref is one reference and the object it points to.
+type Ref struct {
+	Name string
+	Hash Hash
+}
+
+// Refs lists the refs whose names start with prefix, loose and packed,
+// sorted by name.
+func (r *Repo) Refs(prefix string) ([]Ref, error) {
+	seen := map[string]Hash{}
+	if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), prefix, seen); err != nil {
+		return nil, err
+	}
+	root := filepath.Join(r.commonDir, filepath.FromSlash(prefix))
+	// prefix may end mid-component (refs/ci/runs/abc): walk its directory.
+	walkRoot := root
+	if !strings.HasSuffix(prefix, "/") {
+		walkRoot = filepath.Dir(root)
+	}
+	err := filepath.WalkDir(walkRoot, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if d.IsDir() || strings.HasSuffix(p, ".lock") {
+			return nil
+		}
+		rel, err := filepath.Rel(r.commonDir, p)
+		if err != nil {
+			return err
+		}
+		name := filepath.ToSlash(rel)
+		if !strings.HasPrefix(name, prefix) {
+			return nil
+		}
+		h, err := readLooseRef(p)
+		if err != nil || h == ZeroHash {
+			return nil // a symbolic or unreadable ref is not ours
+		}
+		seen[name] = h
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list refs %s: %w", prefix, err)
+	}
+	out := make([]Ref, 0, len(seen))
+	for n, h := range seen {
+		out = append(out, Ref{Name: n, Hash: h})
+	}
+	sortRefs(out)
+	return out, nil
+}
+
+// RefHash returns the object ref name points to, or ErrNotFound.
+func (r *Repo) RefHash(name string) (Hash, error) {
+	h, err := readLooseRef(filepath.Join(r.commonDir, filepath.FromSlash(name)))
+	if err == nil && h != ZeroHash {
+		return h, nil
+	}
+	m := map[string]Hash{}
+	if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), name, m); err != nil {
+		return ZeroHash, err
+	}
+	if h, ok := m[name]; ok {
+		return h, nil
+	}
+	return ZeroHash, fmt.Errorf("ref %s: %w", name, ErrNotFound)
+}
+
+func readLooseRef(p string) (Hash, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return ZeroHash, err
+	}
+	s := strings.TrimSpace(string(b))
+	if !plumbing.IsHash(s) {
+		return ZeroHash, nil
+	}
+	return plumbing.NewHash(s), nil
+}
+
+func readPackedRefs(path, prefix string, into map[string]Hash) error {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' || line[0] == '^' {
+			continue
+		}
+		hexID, name, ok := strings.Cut(line, " ")
+		if ok && strings.HasPrefix(name, prefix) && plumbing.IsHash(hexID) {
+			into[name] = plumbing.NewHash(hexID)
+		}
+	}
+	return sc.Err()
+}

@@ -1,0 +1,290 @@
+package gitproto
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/filemode"
+	"github.com/go-git/go-git/v5/plumbing/object"
+)
+
+// WriteBlob stores data as a blob.
+func (r *Repo) WriteBlob(data []byte) (Hash, error) {
+	return r.writeStream(plumbing.BlobObject, int64(len(data)), bytes.NewReader(data))
+}
+
+// WriteBlobFile stores the file at p as a blob, streaming it (memory use
+// does not grow with the file). It returns the blob id and size.
+func (r *Repo) WriteBlobFile(p string) (Hash, int64, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return ZeroHash, 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ZeroHash, 0, err
+	}
+	h, err := r.writeStream(plumbing.BlobObject, fi.Size(), f)
+	return h, fi.Size(), err
+}
+
+func (r *Repo) writeStream(t plumbing.ObjectType, size int64, src io.Reader) (h Hash, err error) {
+	w, header, err := r.st.LazyWriter()
+	if err != nil {
+		return ZeroHash, fmt.Errorf("write object: %w", err)
+	}
+	hw, ok := w.(interface{ Hash() plumbing.Hash })
+	if !ok {
+		w.Close()
+		return ZeroHash, fmt.Errorf("write object: storage gives no hash")
+	}
+	if err := header(t, size); err != nil {
+		w.Close()
+		return ZeroHash, fmt.Errorf("write object: %w", err)
+	}
+	n, err := io.Copy(w, io.LimitReader(src, size))
+	if err == nil && n != size {
+		err = fmt.Errorf("short read: %d of %d bytes (the file changed while being stored)", n, size)
+	}
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return ZeroHash, fmt.Errorf("write object: %w", err)
+	}
+	return hw.Hash(), nil
+}
+
+// TreeFile is one file of a tree to write.
+type TreeFile struct {
+	Path       string // slash-separated, relative
+	Hash       Hash
+	Executable bool
+}
+
+// WriteTree writes the nested trees holding files and returns the root.
+func (r *Repo) WriteTree(files []TreeFile) (Hash, error) {
+	type dir struct {
+		files map[string]TreeFile
+		dirs  map[string]*dir
+	}
+	newDir := func() *dir { return &dir{files: map[string]TreeFile{}, dirs: map[string]*dir{}} }
+	root := newDir()
+	for _, f := range files {
+		p := path.Clean(f.Path)
+		if p == "." || strings.HasPrefix(p, "../") || p == ".." || strings.HasPrefix(p, "/") {
+			return ZeroHash, fmt.Errorf("tree path %q is not relative", f.Path)
+		}
+		parts := strings.Split(p, "/")
+		d := root
+		for _, part := range parts[:len(parts)-1] {
+			if _, clash := d.files[part]; clash {
+				return ZeroHash, fmt.Errorf("tree path %q: %s is a file", f.Path, part)
+			}
+			sub, ok := d.dirs[part]
+			if !ok {
+				sub = newDir()
+				d.dirs[part] = sub
+			}
+			d = sub
+		}
+		base := parts[len(parts)-1]
+		if _, clash := d.dirs[base]; clash {
+			return ZeroHash, fmt.Errorf("tree path %q is also a directory", f.Path)
+		}
+		d.files[base] = f
+	}
+	var write func(d *dir) (Hash, error)
+	write = func(d *dir) (Hash, error) {
+		t := &object.Tree{}
+		for name, f := range d.files {
+			mode := filemode.Regular
+			if f.Executable {
+				mode = filemode.Executable
+			}
+			t.Entries = append(t.Entries, object.TreeEntry{Name: name, Mode: mode, Hash: f.Hash})
+		}
+		for name, sub := range d.dirs {
+			h, err := write(sub)
+			if err != nil {
+				return ZeroHash, err
+			}
+			t.Entries = append(t.Entries, object.TreeEntry{Name: name, Mode: filemode.Dir, Hash: h})
+		}
+		sort.Sort(object.TreeEntrySorter(t.Entries)) // git's order: directories sort as name + "/"
+		obj := r.st.NewEncodedObject()
+		if err := t.Encode(obj); err != nil {
+			return ZeroHash, err
+		}
+		return r.st.SetEncodedObject(obj)
+	}
+	h, err := write(root)
+	if err != nil {
+		return ZeroHash, fmt.Errorf("write tree: %w", err)
+	}
+	return h, nil
+}
+
+// Signature is an author or committer identity.
+type Signature = object.Signature
+
+// CommitSpec describes a commit to write.
+type CommitSpec struct {
+	Tree    Hash
+	Parents []Hash
+	Author  Signature // also the committer
+	Message string
+}
+
+// SignFunc returns an armored detached OpenPGP signature of message.
+type SignFunc func(message []byte) (string, error)
+
+// WriteCommit writes a commit, signed when sign is not nil. The signature
+// covers the commit exactly as git verify-commit checks it.
+func (r *Repo) WriteCommit(spec CommitSpec, sign SignFunc) (Hash, error) {
+	c := &object.Commit{
+		Author:       spec.Author,
+		Committer:    spec.Author,
+		Message:      spec.Message,
+		TreeHash:     spec.Tree,
+		ParentHashes: spec.Parents,
+	}
+	if sign != nil {
+		unsigned := r.st.NewEncodedObject()
+		if err := c.EncodeWithoutSignature(unsigned); err != nil {
+			return ZeroHash, err
+		}
+		rd, err := unsigned.Reader()
+		if err != nil {
+			return ZeroHash, err
+		}
+		msg, err := io.ReadAll(rd)
+		rd.Close()
+		if err != nil {
+			return ZeroHash, err
+		}
+		sig, err := sign(msg)
+		if err != nil {
+			return ZeroHash, fmt.Errorf("sign commit: %w", err)
+		}
+		c.PGPSignature = sig
+	}
+	obj := r.st.NewEncodedObject()
+	if err := c.Encode(obj); err != nil {
+		return ZeroHash, err
+	}
+	h, err := r.st.SetEncodedObject(obj)
+	if err != nil {
+		return ZeroHash, fmt.Errorf("write commit: %w", err)
+	}
+	return h, nil
+}
+
+// NewSignature is a helper for commit identities.
+func NewSignature(name, email string, when time.Time) Signature {
+	return Signature{Name: name, Email: email, When: when}
+}
+
+// CreateRef creates ref name pointing at h. It fails with ErrRefExists if
+// the ref exists (loose or packed) and never leaves a partial ref behind:
+// the value is written to name.lock and renamed into place, as git does.
+func (r *Repo) CreateRef(name string, h Hash) error {
+	return r.UpdateRef(name, h, ZeroHash)
+}
+
+// UpdateRef sets ref name to h if it currently points at old (ZeroHash:
+// must not exist). A mismatch wraps ErrRefChanged (ErrRefExists when old
+// is zero); h == ZeroHash deletes the ref. Packed refs are only read: a
+// deletion of a packed ref is delegated to the caller's git (refci never
+// packs refs itself).
+func (r *Repo) UpdateRef(name string, h, old Hash) error {
+	if err := plumbing.ReferenceName(name).Validate(); err != nil || !strings.HasPrefix(name, "refs/") {
+		return fmt.Errorf("invalid ref name %q", name)
+	}
+	p := filepath.Join(r.commonDir, filepath.FromSlash(name))
+	if err := os.MkdirAll(filepath.Dir(p), 0o777); err != nil {
+		return fmt.Errorf("update %s: %w", name, err)
+	}
+	lock := p + ".lock"
+	f, err := os.OpenFile(lock, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o666)
+	if err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("update %s: %w: another process holds %s", name, ErrRefChanged, lock)
+		}
+		return fmt.Errorf("update %s: %w", name, err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			f.Close()
+			os.Remove(lock)
+		}
+	}()
+	cur, err := r.RefHash(name)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("update %s: %w", name, err)
+	}
+	if cur != old {
+		if old == ZeroHash {
+			return fmt.Errorf("update %s: %w (it points at %s)", name, ErrRefExists, cur)
+		}
+		return fmt.Errorf("update %s: %w: expected %s, found %s", name, ErrRefChanged, old, cur)
+	}
+	if h == ZeroHash {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("delete %s: %w", name, err)
+		}
+		return nil
+	}
+	if _, err := f.WriteString(h.String() + "\n"); err != nil {
+		return fmt.Errorf("update %s: %w", name, describeIOError(err))
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("update %s: %w", name, describeIOError(err))
+	}
+	committed = true
+	if err := os.Rename(lock, p); err != nil {
+		os.Remove(lock)
+		return fmt.Errorf("update %s: %w", name, err)
+	}
+	return nil
+}
+
+// describeIOError adds advice to the errors a user can act on.
+func describeIOError(err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("%w: free some disk space and run again", err)
+	}
+	return err
+}
+
+func sortRefs(refs []Ref) {
+	sort.Slice(refs, func(i, j int) bool { return refs[i].Name < refs[j].Name })
+}
+
+// SignedPayload returns what a commit's signature covers (the commit
+// without its gpgsig header) and the armored signature ("" if unsigned).
+func SignedPayload(c *object.Commit) ([]byte, string, error) {
+	o := &plumbing.MemoryObject{}
+	if err := c.EncodeWithoutSignature(o); err != nil {
+		return nil, "", err
+	}
+	rd, err := o.Reader()
+	if err != nil {
+		return nil, "", err
+	}
+	defer rd.Close()
+	b, err := io.ReadAll(rd)
+	return b, c.PGPSignature, err
+}

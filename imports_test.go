@@ -1,0 +1,75 @@
+package refci
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// allowed lists, for each package tree, the project packages it may
+// import. Anything not listed is refused, so a new arrow is a decision.
+var allowed = map[string][]string{
+	"queue":    {},
+	"gitproto": {},
+	"secrets":  {},
+	"render":   {"queue"},
+	"worker":   {"queue", "gitproto"},
+	"forge":    {"queue", "render", "secrets", "gitproto"},
+	"fixtures": {},
+	"cmd":      {"queue", "gitproto", "secrets", "worker", "render", "forge"},
+}
+
+func TestImportRules(t *testing.T) {
+	const mod = "refci.dev/refci/"
+	out, err := exec.Command("go", "list", "-json=ImportPath,Imports", "./...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	n := 0
+	for dec.More() {
+		var p struct {
+			ImportPath string
+			Imports    []string
+		}
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		rel, ok := strings.CutPrefix(p.ImportPath, mod)
+		if !ok {
+			continue
+		}
+		top, _, _ := strings.Cut(rel, "/")
+		rules, known := allowed[top]
+		if !known {
+			t.Errorf("package %s is in an unknown top-level folder %q; add it to the rules", p.ImportPath, top)
+			continue
+		}
+		for _, imp := range p.Imports {
+			dep, ok := strings.CutPrefix(imp, mod)
+			if !ok {
+				continue
+			}
+			depTop, _, _ := strings.Cut(dep, "/")
+			if depTop == top {
+				continue
+			}
+			if depTop == "fixtures" {
+				t.Errorf("%s imports fixtures: only tests may", p.ImportPath)
+				continue
+			}
+			okDep := false
+			for _, a := range rules {
+				okDep = okDep || a == depTop
+			}
+			if !okDep {
+				t.Errorf("%s imports %s: %s may import only %v", p.ImportPath, imp, top, rules)
+			}
+		}
+		n++
+	}
+	if n < 5 {
+		t.Fatalf("checked only %d packages; go list output changed?", n)
+	}
+}

@@ -1,0 +1,158 @@
+package queue
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// The ref layout. Every ref name refci reads or writes is built here and
+// nowhere else.
+const (
+	Namespace      = "refs/ci/"
+	RequestsPrefix = "refs/ci/requests/"
+	ClaimsPrefix   = "refs/ci/claims/"
+	RunsPrefix     = "refs/ci/runs/"
+	SecretsPrefix  = "refs/ci/secrets/"
+)
+
+// RequestRef is the ref a user pushes to ask for a run named name.
+func RequestRef(name string) string { return RequestsPrefix + name }
+
+// ClaimRef is the ref a worker holds while it runs request name.
+func ClaimRef(name string) string { return ClaimsPrefix + name }
+
+// RunRef is the ref of one run's result commits.
+func RunRef(target, runID string) string { return RunsPrefix + target + "/" + runID }
+
+// SecretsRef is the ref of one environment's secrets.
+func SecretsRef(env string) string { return SecretsPrefix + env }
+
+// ParseRunRef splits refs/ci/runs/<target>/<run-id>.
+func ParseRunRef(ref string) (target, runID string, ok bool) {
+	rest, found := strings.CutPrefix(ref, RunsPrefix)
+	if !found {
+		return "", "", false
+	}
+	target, runID, found = strings.Cut(rest, "/")
+	if !found || !isHexID(target) || !ValidRunID(runID) {
+		return "", "", false
+	}
+	return target, runID, true
+}
+
+var runIDRe = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}(\.[0-9]{1,9})?Z-[0-9a-f]{6,16}$`)
+
+// ValidRunID reports whether s has the shape of a run id.
+func ValidRunID(s string) bool { return runIDRe.MatchString(s) }
+
+// NewRunID returns a run id that sorts by start time: the UTC time to the
+// millisecond, then random hex so that two workers starting in the same
+// millisecond never collide, e.g. 20261122T093000.123Z-3f9a1c.
+func NewRunID(now time.Time) string {
+	var b [3]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return now.UTC().Format("20060102T150405.000Z") + "-" + hex.EncodeToString(b[:])
+}
+
+func isHexID(s string) bool {
+	if len(s) != 40 && len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidateRequestName checks a request name (the part after
+// refs/ci/requests/). Names may contain slashes; each component follows
+// git's ref-name rules, restricted to a portable set so that the same name
+// works as a file path on every worker.
+func ValidateRequestName(name string) error {
+	if name == "" {
+		return fmt.Errorf("request name is empty")
+	}
+	if len(name) > 200 {
+		return fmt.Errorf("request name %q is longer than 200 bytes", name)
+	}
+	for _, part := range strings.Split(name, "/") {
+		switch {
+		case part == "":
+			return fmt.Errorf("request name %q has an empty component (leading, trailing or double slash)", name)
+		case part == "." || part == ".." || strings.HasPrefix(part, "."):
+			return fmt.Errorf("request name %q has a component starting with a dot", name)
+		case strings.HasSuffix(part, ".lock"):
+			return fmt.Errorf("request name %q has a component ending in .lock", name)
+		}
+		for _, c := range part {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_.+=,@", c)) {
+				return fmt.Errorf("request name %q contains %q; use letters, digits, '/' and -_.+=,@", name, c)
+			}
+		}
+	}
+	if strings.Contains(name, "..") {
+		return fmt.Errorf("request name %q contains \"..\"", name)
+	}
+	return nil
+}
+
+var jobNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$`)
+
+// ValidateJobName checks the NAME of `refci job NAME`: it becomes the
+// directory jobs/NAME in the result tree.
+func ValidateJobName(name string) error {
+	if !jobNameRe.MatchString(name) || strings.Contains(name, "..") {
+		return fmt.Errorf("job name %q is not valid: use 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
+	}
+	return nil
+}
+
+// Result tree paths (format 1).
+const (
+	StatusFile   = "status.json"
+	LogFile      = "log.txt"
+	JobsDir      = "jobs"
+	ArtifactsDir = "artifacts"
+	IndexFile    = "index.html"
+)
+
+// JobLogPath is the path of a job's log in the result tree.
+func JobLogPath(job string) string { return JobsDir + "/" + job + "/log.txt" }
+
+// Commit message trailers of a result commit.
+const (
+	TrailerTarget  = "Refci-Target"
+	TrailerRequest = "Refci-Request"
+	TrailerRun     = "Refci-Run"
+	TrailerState   = "Refci-State"
+	TrailerAttempt = "Refci-Attempt"
+)
+
+// CommitMessage is the message of a result commit: a subject naming state,
+// target and request, then trailers.
+func CommitMessage(s *Status) string {
+	short := s.Target
+	if len(short) > 12 {
+		short = short[:12]
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "refci: %s %s (request %s)\n\n", s.State, short, s.Request)
+	if s.Reason != "" {
+		b.WriteString(s.Reason)
+		b.WriteString("\n\n")
+	}
+	fmt.Fprintf(&b, "%s: %s\n", TrailerTarget, s.Target)
+	fmt.Fprintf(&b, "%s: %s\n", TrailerRequest, s.Request)
+	fmt.Fprintf(&b, "%s: %s\n", TrailerRun, s.Run)
+	fmt.Fprintf(&b, "%s: %d\n", TrailerAttempt, s.Attempt)
+	fmt.Fprintf(&b, "%s: %s\n", TrailerState, s.State)
+	return b.String()
+}

@@ -1,0 +1,180 @@
+package render
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"refci.dev/refci/queue"
+)
+
+// TermOptions controls the terminal rendering. The zero value renders
+// plain text without colour.
+type TermOptions struct {
+	Color bool   // ANSI colours (only when writing to a terminal and NO_COLOR is unset)
+	Ref   string // the run ref, printed when not empty
+}
+
+var stateColor = map[queue.State]string{
+	queue.Success:   "\x1b[32m",
+	queue.Failure:   "\x1b[31m",
+	queue.Error:     "\x1b[35m",
+	queue.Cancelled: "\x1b[33m",
+	queue.Skipped:   "\x1b[90m",
+	queue.Running:   "\x1b[36m",
+}
+
+var stateMark = map[queue.State]string{
+	queue.Success:   "ok",
+	queue.Failure:   "FAIL",
+	queue.Error:     "ERROR",
+	queue.Cancelled: "cancelled",
+	queue.Skipped:   "skipped",
+	queue.Running:   "running",
+}
+
+func paint(on bool, s queue.State, text string) string {
+	if !on {
+		return text
+	}
+	return stateColor[s] + text + "\x1b[0m"
+}
+
+// Duration formats a duration in milliseconds for people: 850ms, 1.2s,
+// 3m04s, 1h02m.
+func Duration(ms int64) string {
+	d := time.Duration(ms) * time.Millisecond
+	switch {
+	case d < time.Second:
+		return fmt.Sprintf("%dms", ms)
+	case d < time.Minute:
+		return fmt.Sprintf("%.1fs", d.Seconds())
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	default:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+}
+
+// Terminal writes the status block of one run: state, target, timing,
+// jobs as a tree by their needs, artifacts.
+func Terminal(w io.Writer, s *queue.Status, o TermOptions) error {
+	var b strings.Builder
+	short := s.Target
+	if len(short) > 12 {
+		short = short[:12]
+	}
+	fmt.Fprintf(&b, "%s  %s  %s\n", paint(o.Color, s.State, strings.ToUpper(string(s.State))), short, Duration(s.DurationMS))
+	if s.Reason != "" {
+		fmt.Fprintf(&b, "  reason:   %s\n", oneLine(s.Reason))
+	}
+	target := s.Target
+	if s.TargetRef != "" {
+		target += " (" + s.TargetRef + ")"
+	}
+	fmt.Fprintf(&b, "  target:   %s\n", target)
+	fmt.Fprintf(&b, "  request:  %s  attempt %d\n", s.Request, s.Attempt)
+	fmt.Fprintf(&b, "  run:      %s\n", s.Run)
+	fmt.Fprintf(&b, "  started:  %s\n", s.Started.UTC().Format(time.RFC3339))
+	if s.ExitCode != nil {
+		fmt.Fprintf(&b, "  exit:     %d", *s.ExitCode)
+		if s.Signal != "" {
+			fmt.Fprintf(&b, " (signal %s)", s.Signal)
+		}
+		b.WriteString("\n")
+	}
+	fmt.Fprintf(&b, "  worker:   %s\n", s.Worker)
+	if s.Env != "" {
+		fmt.Fprintf(&b, "  env:      %s (trusted: %v)\n", s.Env, s.Trusted)
+	}
+	if o.Ref != "" {
+		fmt.Fprintf(&b, "  ref:      %s\n", o.Ref)
+	}
+	if s.LogTruncated {
+		fmt.Fprintf(&b, "  log:      %d bytes written, capped (head and tail kept)\n", s.LogBytes)
+	}
+	if len(s.Jobs) > 0 {
+		b.WriteString("  jobs:\n")
+		writeJobTree(&b, s.Jobs, o.Color)
+	}
+	if len(s.Artifacts) > 0 || len(s.ArtifactsSkipped) > 0 {
+		b.WriteString("  artifacts:\n")
+		for _, a := range s.Artifacts {
+			fmt.Fprintf(&b, "    %s  %d bytes\n", a.Path, a.Size)
+		}
+		for _, a := range s.ArtifactsSkipped {
+			fmt.Fprintf(&b, "    %s  not stored: %s\n", a.Path, a.Reason)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// writeJobTree prints jobs under the job they need (the first need when
+// there are several; the others are named), roots in start order.
+func writeJobTree(b *strings.Builder, jobs []queue.Job, color bool) {
+	known := map[string]bool{}
+	for _, j := range jobs {
+		known[j.Name] = true
+	}
+	children := map[string][]queue.Job{}
+	var roots []queue.Job
+	for _, j := range jobs {
+		parent := ""
+		for _, n := range j.Needs {
+			if known[n] && n != j.Name {
+				parent = n
+				break
+			}
+		}
+		if parent == "" {
+			roots = append(roots, j)
+		} else {
+			children[parent] = append(children[parent], j)
+		}
+	}
+	seen := map[string]bool{}
+	var walk func(j queue.Job, depth int)
+	walk = func(j queue.Job, depth int) {
+		if seen[j.Name] {
+			return
+		}
+		seen[j.Name] = true
+		indent := strings.Repeat("  ", depth+2)
+		mark := paint(color, j.State, fmt.Sprintf("%-9s", stateMark[j.State]))
+		fmt.Fprintf(b, "%s%s %s  %s", indent, mark, j.Name, Duration(j.DurationMS))
+		if len(j.Needs) > 0 {
+			fmt.Fprintf(b, "  (needs %s)", strings.Join(j.Needs, ", "))
+		}
+		if j.ExitCode != nil && *j.ExitCode != 0 {
+			fmt.Fprintf(b, "  exit %d", *j.ExitCode)
+		}
+		if j.Reason != "" {
+			fmt.Fprintf(b, "  %s", oneLine(j.Reason))
+		}
+		b.WriteString("\n")
+		for _, c := range children[j.Name] {
+			walk(c, depth+1)
+		}
+	}
+	for _, j := range roots {
+		walk(j, 0)
+	}
+	for _, j := range jobs { // cycles: print what the walk never reached
+		walk(j, 0)
+	}
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// RunLine is one line of `refci runs`: state, run id, duration, request.
+func RunLine(s *queue.Status, color bool) string {
+	short := s.Target
+	if len(short) > 12 {
+		short = short[:12]
+	}
+	return fmt.Sprintf("%s  %s  %s %7s  %s", s.Run, short, paint(color, s.State, fmt.Sprintf("%-9s", s.State)), Duration(s.DurationMS), s.Request)
+}

@@ -1,0 +1,10 @@
+// Package worker runs one pipeline and turns it into a result: it checks
+// the target commit out into a private directory, runs .refci/run with a
+// scrubbed environment in its own process group, captures and caps its
+// output, serves the run's job socket ($REFCI_SOCKET), kills whatever the
+// pipeline leaves behind, collects artifacts, and writes the signed result
+// commit at refs/ci/runs/<target>/<run-id>.
+//
+// It imports queue (the domain) and gitproto (git), never cmd, forge or
+// render.
+package worker

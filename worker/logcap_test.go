@@ -1,0 +1,276 @@
+package worker
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+)
+
+// expectedCapped is what Finish must produce for stream under capBytes.
+func expectedCapped(stream []byte, capBytes int64) ([]byte, bool) {
+	if int64(len(stream)) <= capBytes {
+		return stream, false
+	}
+	head := capBytes / 2
+	tail := capBytes - head
+	var b bytes.Buffer
+	b.Write(stream[:head])
+	fmt.Fprintf(&b, "\n[refci: %d bytes omitted; the log was capped at %d bytes, head and tail kept]\n", int64(len(stream))-capBytes, capBytes)
+	b.Write(stream[int64(len(stream))-tail:])
+	return b.Bytes(), true
+}
+
+func finishAndRead(t *testing.T, l *CappedLog) ([]byte, string, int64, int64, bool) {
+	t.Helper()
+	path, size, total, truncated, err := l.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(got)) != size {
+		t.Errorf("size %d, file has %d bytes", size, len(got))
+	}
+	return got, path, size, total, truncated
+}
+
+func checkCapped(t *testing.T, capBytes int64, writes [][]byte) {
+	t.Helper()
+	dir := t.TempDir()
+	l, err := NewCappedLog(dir, capBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var stream []byte
+	for _, w := range writes {
+		n, err := l.Write(w)
+		if err != nil || n != len(w) {
+			t.Fatalf("Write(%d bytes) = %d, %v", len(w), n, err)
+		}
+		stream = append(stream, w...)
+		if l.Total() != int64(len(stream)) {
+			t.Fatalf("Total %d, want %d", l.Total(), len(stream))
+		}
+	}
+	got, _, _, total, truncated := finishAndRead(t, l)
+	want, wantTrunc := expectedCapped(stream, capBytes)
+	if !bytes.Equal(got, want) || total != int64(len(stream)) || truncated != wantTrunc {
+		t.Fatalf("cap %d, %d writes, %d bytes: got %d bytes truncated=%v total=%d; want %d bytes truncated=%v\ngot  %q\nwant %q",
+			capBytes, len(writes), len(stream), len(got), truncated, total, len(want), wantTrunc, clip(got), clip(want))
+	}
+}
+
+func clip(b []byte) []byte {
+	if len(b) > 300 {
+		return b[:300]
+	}
+	return b
+}
+
+func TestCappedLogSmallRoundTrip(t *testing.T) {
+	checkCapped(t, 1024, nil)
+	checkCapped(t, 1024, [][]byte{[]byte("hello\n"), {}, []byte("world\n")})
+	// Exactly the cap, in pieces that cross the head/tail boundary.
+	checkCapped(t, 1024, [][]byte{bytes.Repeat([]byte("a"), 500), bytes.Repeat([]byte("b"), 24), bytes.Repeat([]byte("c"), 500)})
+	checkCapped(t, 1024, [][]byte{bytes.Repeat([]byte("x"), 1024)})
+}
+
+func TestCappedLogOverCap(t *testing.T) {
+	dir := t.TempDir()
+	l, err := NewCappedLog(dir, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, s := range []string{"0123", "456789ab", "cdefghij", "klm"} {
+		l.Write([]byte(s))
+	}
+	got, _, size, total, truncated := finishAndRead(t, l)
+	want := "01234\n[refci: 13 bytes omitted; the log was capped at 10 bytes, head and tail kept]\nijklm"
+	if string(got) != want || total != 23 || !truncated || size != int64(len(want)) {
+		t.Fatalf("got %q (total %d, truncated %v), want %q", got, total, truncated, want)
+	}
+}
+
+func TestCappedLogBinaryVerbatim(t *testing.T) {
+	var b []byte
+	for i := range 3 * 256 {
+		b = append(b, byte(i))
+	}
+	b = append(b, "\x1b[31mred\x1b[0m \xff\xfe\xc3 h\xc3\xa9llo \x00\x00\r\n"...)
+	checkCapped(t, 4096, [][]byte{b})      // under the cap
+	checkCapped(t, 100, [][]byte{b, b})    // over it, cut anywhere
+	checkCapped(t, 1, [][]byte{b, {0xff}}) // a cap of one byte keeps only the last byte
+}
+
+func TestCappedLogRandomized(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, capBytes := range []int64{1, 2, 3, 7, 64, 100, 1000, 4097} {
+		for range 20 {
+			var writes [][]byte
+			for range r.IntN(30) {
+				n := r.IntN(int(3*capBytes) + 2)
+				if r.IntN(4) == 0 {
+					n = r.IntN(4)
+				}
+				w := make([]byte, n)
+				for i := range w {
+					w[i] = byte(r.Uint32())
+				}
+				writes = append(writes, w)
+			}
+			checkCapped(t, capBytes, writes)
+		}
+	}
+}
+
+func TestCappedLogDefaultCap(t *testing.T) {
+	l, err := NewCappedLog(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	chunk := bytes.Repeat([]byte("0123456789abcdef"), 1<<12) // 64 KiB
+	for range 256 {
+		l.Write(chunk)
+	}
+	l.Write([]byte("!"))
+	got, _, _, total, truncated := finishAndRead(t, l)
+	marker := "\n[refci: 1 bytes omitted; the log was capped at 16777216 bytes, head and tail kept]\n"
+	if total != 16<<20+1 || !truncated || len(got) != 16<<20+len(marker) || !bytes.Contains(got, []byte(marker)) || !bytes.HasSuffix(got, []byte("123456789abcdef!")) {
+		t.Fatalf("total %d truncated %v len %d", total, truncated, len(got))
+	}
+}
+
+func TestCappedLogLifecycle(t *testing.T) {
+	dir := t.TempDir()
+	l, err := NewCappedLog(dir, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Write([]byte("0123456789"))
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+		t.Errorf("want a head and a ring file, have %d files", len(ents))
+	}
+	path, _, _, _, err := l.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Write([]byte("x")); err == nil {
+		t.Error("Write after Finish succeeded")
+	}
+	if _, _, _, _, err := l.Finish(); err == nil {
+		t.Error("second Finish succeeded")
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 || filepath.Join(dir, ents[0].Name()) != path {
+		t.Errorf("after Close: %v, want only the finished file %s", ents, path)
+	}
+
+	// Close without Finish leaves nothing.
+	dir2 := t.TempDir()
+	l2, err := NewCappedLog(dir2, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2.Write([]byte("0123456789"))
+	if err := l2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(dir2); len(ents) != 0 {
+		t.Errorf("after Close without Finish: %v", ents)
+	}
+	if _, err := l2.Write([]byte("x")); err == nil {
+		t.Error("Write after Close succeeded")
+	}
+}
+
+// TestCappedLogMemoryFlat pushes 1 GiB through a log capped at 1 MiB and
+// checks the heap does not grow with it.
+func TestCappedLogMemoryFlat(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes 1 GiB")
+	}
+	const (
+		capBytes = 1 << 20
+		chunk    = 1 << 20
+		chunks   = 1024
+		slack    = 16 << 20
+	)
+	buf := make([]byte, chunk)
+	for i := range buf {
+		buf[i] = byte(i*7 + i>>11)
+	}
+	last := make([]byte, chunk)
+	for i := range last {
+		last[i] = byte(i*13 + 5)
+	}
+	l, err := NewCappedLog(t.TempDir(), capBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+
+	var before, now runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var peak uint64
+	odd := []byte("an odd-sized start, so the ring wraps at odd offsets\n")
+	l.Write(odd)
+	for i := range chunks {
+		b := buf
+		if i == chunks-1 {
+			b = last
+		}
+		if _, err := l.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if i%64 == 0 {
+			runtime.ReadMemStats(&now)
+			peak = max(peak, now.HeapAlloc)
+		}
+	}
+	path, size, total, truncated, err := l.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&now)
+	peak = max(peak, now.HeapAlloc)
+	if peak > before.HeapAlloc+slack {
+		t.Errorf("heap grew from %d to %d bytes", before.HeapAlloc, peak)
+	}
+	if now.Sys > before.Sys+slack {
+		t.Errorf("memory from the OS grew from %d to %d bytes", before.Sys, now.Sys)
+	}
+	t.Logf("heap %d → peak %d, sys %d → %d", before.HeapAlloc, peak, before.Sys, now.Sys)
+
+	wantTotal := int64(len(odd)) + chunks*chunk
+	if total != wantTotal || !truncated {
+		t.Fatalf("total %d truncated %v", total, truncated)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker := fmt.Sprintf("\n[refci: %d bytes omitted; the log was capped at %d bytes, head and tail kept]\n", wantTotal-capBytes, capBytes)
+	wantHead := append(append([]byte{}, odd...), buf[:capBytes/2-len(odd)]...)
+	if int64(len(got)) != size || len(got) != capBytes+len(marker) {
+		t.Fatalf("size %d, file %d bytes", size, len(got))
+	}
+	if !bytes.Equal(got[:capBytes/2], wantHead) || string(got[capBytes/2:capBytes/2+len(marker)]) != marker || !bytes.Equal(got[capBytes/2+len(marker):], last[chunk-capBytes/2:]) {
+		t.Error("head, marker or tail differ")
+	}
+}

@@ -1,0 +1,447 @@
+//go:build linux
+
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// ProcSpec describes one pipeline process.
+type ProcSpec struct {
+	Path string   // executable to run; a relative Path is resolved against Dir
+	Args []string // arguments after Path (argv[0] is Path)
+	Dir  string   // working directory; "" means the current one
+	// Env is the complete environment; nothing from os.Environ() is added
+	// (nil means an empty environment). When ReapTag is set,
+	// REFCI_REAP_TAG=<ReapTag> is appended.
+	Env []string
+	// Output receives stdout and stderr interleaved in the exact order they
+	// were written: the child gets one pipe as both fd 1 and fd 2. Stdin is
+	// /dev/null. Output is written from one goroutine at a time and never
+	// after RunProcess returns. nil discards the output.
+	Output    io.Writer
+	Timeout   time.Duration // 0 = none
+	KillGrace time.Duration // after SIGTERM to the whole tree, wait this long before SIGKILL (0 → 5s)
+
+	// Hard, when done, kills the whole tree with SIGKILL at once, skipping
+	// KillGrace: a second, harder cancel (a second Ctrl-C). It also cancels
+	// the run by itself. nil means never.
+	Hard context.Context
+
+	// ReapTag, when not empty, is appended to Env as REFCI_REAP_TAG=<tag>;
+	// it lets RunProcess attribute daemons that left the process group and
+	// were orphaned to this run when several runs are in flight (see the
+	// note in reap_linux.go). It must be unique among in-flight runs and
+	// must not contain NUL.
+	ReapTag string
+}
+
+// ProcResult says how the process ended.
+type ProcResult struct {
+	ExitCode  int    // exit status, or 128+signal number when killed by a signal; -1 when it never ran
+	Signal    string // e.g. "killed", "terminated" (syscall.Signal.String()) when killed by a signal, else ""
+	TimedOut  bool
+	Cancelled bool // ctx (or Hard) was done (Ctrl-C / stop) before the process exited
+	// Leftovers is the number of processes (background jobs, setsid'd or
+	// double-forked daemons) that were still alive after the main process
+	// had exited and had to be killed.
+	Leftovers int
+	Duration  time.Duration // from the start until the main process and every descendant were gone
+}
+
+// defaultProcKillGrace is the KillGrace used when ProcSpec.KillGrace is 0.
+const defaultProcKillGrace = 5 * time.Second
+
+// Tunables of RunProcess; variables so tests can shorten them.
+var (
+	// reapGiveUp bounds the SIGKILL phase: processes that survive SIGKILL
+	// this long (stuck in uninterruptible sleep) make RunProcess give up
+	// and return an error rather than hang forever.
+	reapGiveUp = time.Minute
+	// drainGiveUp: once no process of the run is left, a read of the
+	// output pipe that blocks this long means a process outside the run
+	// still holds its write end; the read end is then closed.
+	drainGiveUp = 5 * time.Second
+)
+
+// RunProcess runs one pipeline process and waits for it and everything it
+// started.
+//
+// The process starts in its own process group. When ctx is done or Timeout
+// passes, every process of its tree (see below) gets SIGTERM; whatever is
+// still alive after KillGrace gets SIGKILL. When spec.Hard is done the
+// grace is skipped and everything gets SIGKILL at once.
+//
+// When the main process has exited, for whatever reason, every remaining
+// descendant is killed with SIGKILL straight away (no grace: the pipeline
+// is over, and it had its chance to clean up): not only its process group
+// but also processes that called setsid() or double-forked to become
+// daemons. This process becomes a child subreaper for that (once, for its
+// whole life), and orphans are attributed to their run as described in
+// reap_linux.go; descendants of other in-flight runs are left alone.
+// RunProcess returns only when no descendant survives and all output has
+// been copied to Output.
+//
+// A non-zero exit, a signal, a timeout or a cancellation is a result, not
+// an error. The error is for infrastructure problems: the process could
+// not be started (no such file, not executable, bad interpreter, bad
+// working directory; ProcResult is then zero with ExitCode -1), or, with a
+// valid ProcResult, Output failed (the rest of the output was discarded)
+// or processes survived SIGKILL for a minute. If ctx or Hard is already
+// done, nothing is started and the result says Cancelled.
+func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
+	res := ProcResult{ExitCode: -1}
+	if spec.Path == "" {
+		return res, errors.New("worker: cannot start process: empty path")
+	}
+	if strings.IndexByte(spec.ReapTag, 0) >= 0 {
+		return res, errors.New("worker: ReapTag contains a NUL byte")
+	}
+	hardDone := doneChan(spec.Hard)
+	if ctx.Err() != nil || isDone(hardDone) {
+		res.Cancelled = true
+		return res, nil
+	}
+	grace := spec.KillGrace
+	if grace <= 0 {
+		grace = defaultProcKillGrace
+	}
+	out := spec.Output
+	if out == nil {
+		out = io.Discard
+	}
+	_ = ensureSubreaper() // without it, orphans escape to init; everything else still works
+
+	env := make([]string, 0, len(spec.Env)+1) // never nil: nil would mean os.Environ()
+	env = append(env, spec.Env...)
+	if spec.ReapTag != "" {
+		env = append(env, reapTagEnv+"="+spec.ReapTag)
+	}
+
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return res, fmt.Errorf("worker: cannot start %q: output pipe: %w", spec.Path, err)
+	}
+	defer pr.Close()
+	run := &reapRun{tag: spec.ReapTag}
+	if fi, err := pr.Stat(); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			run.pipeIno = st.Ino
+		}
+	}
+
+	cmd, start, err := startProcess(run, spec, env, pw)
+	pw.Close() // the child has its copies; ours must go for EOF to come
+	if err != nil {
+		return res, err
+	}
+	defer run.unregister()
+
+	cp := &pipeCopier{r: pr, w: out, done: make(chan struct{})}
+	go cp.run()
+	waitCh := make(chan error, 1)
+	go func() { waitCh <- cmd.Wait() }()
+
+	var timeoutC <-chan time.Time
+	if spec.Timeout > 0 {
+		t := time.NewTimer(spec.Timeout)
+		defer t.Stop()
+		timeoutC = t.C
+	}
+
+	var waitErr error
+	mainExited := false
+	onExit := func(err error) {
+		waitErr, mainExited = err, true
+		run.markMainGone()
+	}
+	terminate, hard := false, false
+	select {
+	case err := <-waitCh:
+		onExit(err)
+	case <-ctx.Done():
+		res.Cancelled, terminate = true, true
+	case <-timeoutC:
+		res.TimedOut, terminate = true, true
+	case <-hardDone:
+		res.Cancelled, terminate, hard = true, true, true
+	}
+
+	var errs []error
+	poll := newBackoff()
+	if terminate && !hard {
+		// SIGTERM to the whole tree, then wait for it to go, at most grace.
+		graceT := time.NewTimer(grace)
+	term:
+		for {
+			remaining, err := run.sweep(syscall.SIGTERM)
+			if err != nil {
+				errs = appendOnce(errs, err)
+			}
+			if mainExited && remaining == 0 {
+				break
+			}
+			select {
+			case err := <-waitCh:
+				onExit(err)
+				poll.reset()
+			case <-graceT.C:
+				break term
+			case <-hardDone:
+				break term
+			case <-poll.next():
+			}
+		}
+		graceT.Stop()
+	}
+
+	// SIGKILL whatever is left, until nothing is.
+	giveUp := time.NewTimer(reapGiveUp)
+	defer giveUp.Stop()
+	stuck := false
+	poll.reset()
+kill:
+	for {
+		remaining, err := run.sweep(syscall.SIGKILL)
+		if err != nil {
+			errs = appendOnce(errs, err)
+		}
+		if mainExited && remaining == 0 {
+			break
+		}
+		select {
+		case err := <-waitCh:
+			onExit(err)
+			poll.reset()
+		case <-giveUp.C:
+			stuck = true
+			errs = append(errs, fmt.Errorf("worker: %d process(es) of %q survived SIGKILL for %s; giving up on them", remaining, spec.Path, reapGiveUp))
+			break kill
+		case <-poll.next():
+		}
+	}
+	res.Duration = time.Since(start)
+
+	// Every writer of ours is dead: the pipe reaches EOF once the buffered
+	// output is copied, unless a process outside the run holds it.
+	if stuck {
+		pr.Close()
+	}
+	drainStart := time.Now()
+	drainPoll := time.NewTicker(50 * time.Millisecond)
+	for waiting := true; waiting; {
+		select {
+		case <-cp.done:
+			waiting = false
+		case <-drainPoll.C:
+			if cp.readBlockedSince(drainStart) > drainGiveUp {
+				pr.Close() // unblocks the read with os.ErrClosed
+			}
+		}
+	}
+	drainPoll.Stop()
+	if cp.writeErr != nil {
+		errs = append(errs, fmt.Errorf("worker: writing the output of %q: %w (the rest was discarded)", spec.Path, cp.writeErr))
+	}
+	if cp.readErr != nil && !stuck {
+		errs = append(errs, fmt.Errorf("worker: reading the output of %q: %w", spec.Path, cp.readErr))
+	}
+
+	res.Leftovers = len(run.leftovers) // no sweep of run runs any more
+	if mainExited {
+		if ps := cmd.ProcessState; ps != nil {
+			if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				res.ExitCode = 128 + int(ws.Signal())
+				res.Signal = ws.Signal().String()
+			} else {
+				res.ExitCode = ps.ExitCode()
+			}
+		} else if waitErr != nil {
+			errs = append(errs, fmt.Errorf("worker: waiting for %q: %w", spec.Path, waitErr))
+		}
+	}
+	return res, errors.Join(errs...)
+}
+
+// startProcess starts the main process and registers it, atomically with
+// respect to sweeps. A start failing with ETXTBSY (the executable was just
+// written and another goroutine's fork inherited a descriptor of it for a
+// moment) is retried for up to a second.
+func startProcess(run *reapRun, spec ProcSpec, env []string, out *os.File) (*exec.Cmd, time.Time, error) {
+	delay := 5 * time.Millisecond
+	deadline := time.Now().Add(time.Second)
+	for {
+		cmd := &exec.Cmd{
+			Path:        spec.Path,
+			Args:        append([]string{spec.Path}, spec.Args...),
+			Dir:         spec.Dir,
+			Env:         env,
+			Stdout:      out, // an *os.File: passed as is, no copying goroutine
+			Stderr:      out, // the same one: one pipe, order preserved
+			SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		}
+		registry.mu.Lock()
+		if err := run.registerLocked(); err != nil {
+			registry.mu.Unlock()
+			return nil, time.Time{}, err
+		}
+		start := time.Now()
+		err := cmd.Start()
+		if err == nil {
+			run.mainPid = cmd.Process.Pid
+			registry.mu.Unlock()
+			return cmd, start, nil
+		}
+		delete(registry.runs, run)
+		registry.mu.Unlock()
+		if errors.Is(err, syscall.ETXTBSY) && time.Now().Before(deadline) {
+			time.Sleep(delay)
+			delay *= 2
+			continue
+		}
+		return nil, time.Time{}, startError(spec, err)
+	}
+}
+
+// startError explains why the process could not be started.
+func startError(spec ProcSpec, err error) error {
+	var errno syscall.Errno
+	errors.As(err, &errno)
+	path := spec.Path
+	if !filepath.IsAbs(path) && spec.Dir != "" {
+		path = filepath.Join(spec.Dir, path)
+	}
+	what := fmt.Sprintf("cannot start %q", spec.Path)
+	switch errno {
+	case syscall.ENOENT:
+		if spec.Dir != "" {
+			if _, serr := os.Stat(spec.Dir); serr != nil {
+				return fmt.Errorf("worker: %s: working directory %q does not exist: %w", what, spec.Dir, err)
+			}
+		}
+		if _, serr := os.Stat(path); serr == nil {
+			return fmt.Errorf("worker: %s: the interpreter named on its #! line does not exist: %w", what, err)
+		}
+		return fmt.Errorf("worker: %s: no such file: %w", what, err)
+	case syscall.EACCES:
+		if fi, serr := os.Stat(path); serr == nil {
+			switch {
+			case fi.IsDir():
+				return fmt.Errorf("worker: %s: it is a directory: %w", what, err)
+			case fi.Mode().Perm()&0o111 == 0:
+				return fmt.Errorf("worker: %s: it is not executable (mode %v; chmod +x it): %w", what, fi.Mode().Perm(), err)
+			}
+		}
+		return fmt.Errorf("worker: %s: permission denied (not executable, a directory on its path is not searchable, or its file system is mounted noexec): %w", what, err)
+	case syscall.ENOEXEC:
+		return fmt.Errorf("worker: %s: not an executable format this system can run (a script needs a #! line): %w", what, err)
+	case syscall.ENOTDIR:
+		return fmt.Errorf("worker: %s: a component of the path or working directory is not a directory: %w", what, err)
+	}
+	return fmt.Errorf("worker: %s: %w", what, err)
+}
+
+// pipeCopier copies the output pipe to the Output writer. After a write
+// error it keeps draining the pipe (so the pipeline never blocks on a full
+// pipe) and discards the rest.
+type pipeCopier struct {
+	r        *os.File
+	w        io.Writer
+	done     chan struct{}
+	readFrom atomic.Int64 // UnixNano when the pending read began, 0 while not reading
+	writeErr error        // read after done
+	readErr  error        // read after done; nil at EOF
+}
+
+func (c *pipeCopier) run() {
+	defer close(c.done)
+	buf := make([]byte, 64<<10)
+	for {
+		c.readFrom.Store(time.Now().UnixNano())
+		n, err := c.r.Read(buf)
+		c.readFrom.Store(0)
+		if n > 0 && c.writeErr == nil {
+			if _, werr := c.w.Write(buf[:n]); werr != nil {
+				c.writeErr = werr
+			}
+		}
+		if err != nil {
+			if err != io.EOF {
+				c.readErr = err
+			}
+			return
+		}
+	}
+}
+
+// readBlockedSince says how long the pending read has been waiting,
+// counting from since at the earliest; 0 when no read is pending.
+func (c *pipeCopier) readBlockedSince(since time.Time) time.Duration {
+	t := c.readFrom.Load()
+	if t == 0 {
+		return 0
+	}
+	from := time.Unix(0, t)
+	if from.Before(since) {
+		from = since
+	}
+	return time.Since(from)
+}
+
+// backoff yields growing poll intervals, 2ms to 100ms.
+type backoff struct {
+	d time.Duration
+	t *time.Timer
+}
+
+func newBackoff() *backoff { return &backoff{d: 2 * time.Millisecond} }
+
+func (b *backoff) reset() { b.d = 2 * time.Millisecond }
+
+func (b *backoff) next() <-chan time.Time {
+	if b.t == nil {
+		b.t = time.NewTimer(b.d)
+	} else {
+		b.t.Reset(b.d)
+	}
+	if b.d < 100*time.Millisecond {
+		b.d = min(2*b.d, 100*time.Millisecond)
+	}
+	return b.t.C
+}
+
+func doneChan(ctx context.Context) <-chan struct{} {
+	if ctx == nil {
+		return nil
+	}
+	return ctx.Done()
+}
+
+func isDone(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// appendOnce appends err unless an error with the same text is there.
+func appendOnce(errs []error, err error) []error {
+	for _, e := range errs {
+		if e.Error() == err.Error() {
+			return errs
+		}
+	}
+	return append(errs, err)
+}

@@ -1,0 +1,523 @@
+//go:build linux
+
+package worker
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Reaping what a pipeline leaves behind.
+//
+// A pipeline may start processes that outlive its main process: background
+// jobs in its process group, processes that called setsid(), double-forked
+// daemons. RunProcess must kill all of them, and only them: a worker runs
+// several pipelines at once, and a descendant of another in-flight run must
+// survive.
+//
+// Finding them. The first RunProcess call makes this process a child
+// subreaper (prctl PR_SET_CHILD_SUBREAPER, once, process-wide), so a
+// process orphaned anywhere below us is reparented to us instead of to
+// init. A sweep reads every /proc/<pid>/stat (PPid, process group, session,
+// state, start time) and attributes each process by walking its PPid chain
+// upwards:
+//
+//   - reaching the main pid of an in-flight run whose main process has not
+//     exited yet: the process belongs to that run (its process tree);
+//   - reaching a direct child X of ours that is not a registered main pid:
+//     X is an "orphan root" (it, or an ancestor that died, was reparented
+//     to us) and the process belongs to whatever X belongs to;
+//   - anything else (reaching init, kthreadd, ...) is not ours at all.
+//
+// An orphan root X is attributed, in this order:
+//
+//  1. X's process group is our own process group: X is a child started by
+//     other code of this program (git, ssh, ...), not a pipeline process.
+//     It and its subtree are never touched. (Pipeline mains get a process
+//     group of their own, so their descendants only have our group if
+//     they deliberately join it with setpgid.)
+//  2. X's process group is the group of a registered run (its main pid,
+//     even after the main exited: the kernel does not reuse the pid while
+//     the group has members): that run. This catches plain background
+//     jobs and double-forked daemons that did not call setsid.
+//  3. X's environment (/proc/X/environ, the environment it was exec'd
+//     with) contains REFCI_REAP_TAG=<tag>: the in-flight run with that
+//     ReapTag; a tag no in-flight run carries is stale (its run is over)
+//     and X is killed by whichever run sweeps next.
+//  4. One of X's file descriptors is the output pipe of a registered run:
+//     that run.
+//  5. Otherwise X is ambiguous. A run without a ReapTag kills ambiguous
+//     orphans (nothing else can tell them apart); a run with a ReapTag kills
+//     them only when it is the only in-flight run. Limit: a daemon that
+//     scrubbed its environment, does not hold its run's output pipe, left
+//     its process group and was orphaned while two tagged runs were in
+//     flight cannot be attributed: it survives until the last in-flight
+//     run ends, whose sweep kills it (and counts it among its Leftovers).
+//
+// Races. Starting a main process (fork, setpgid, exec) and registering its
+// pid happen under registry.mu, and so does every sweep, so a sweep never
+// sees an unregistered main. Signals go through a pidfd opened before the
+// process' start time is checked again, so a pid reused between the scan
+// and the kill is never signalled.
+//
+// Reaping. Zombies reparented to us must be reaped by us (nothing else
+// waits for them). A sweep reaps (wait4 on that pid, WNOHANG) every zombie
+// that is a direct child of ours, is not the main process of an in-flight
+// run (its exec.Cmd waits for it) and is not in our own process group
+// (children of other code, whose exec.Cmd will wait for them). Limit:
+// other code of this program must not start children in a process group
+// of their own (exec.Cmd with Setpgid or Setsid) while RunProcess may be
+// sweeping: they would look like orphans. Orphaned grandchildren of such
+// other code that stay in our process group are never reaped either.
+
+// reapTagEnv is the environment variable that carries ProcSpec.ReapTag.
+const reapTagEnv = "REFCI_REAP_TAG"
+
+var (
+	subreaperOnce sync.Once
+	subreaperErr  error
+)
+
+// ensureSubreaper makes this process a child subreaper, once. On failure
+// (a kernel without it, a seccomp filter) orphans go to init instead and
+// only the leftovers still attached to a run's tree or process group are
+// found; RunProcess carries on regardless.
+func ensureSubreaper() error {
+	subreaperOnce.Do(func() {
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			subreaperErr = fmt.Errorf("prctl(PR_SET_CHILD_SUBREAPER): %w", err)
+		}
+	})
+	return subreaperErr
+}
+
+// reapRun is the registry entry of one in-flight RunProcess call. Fields
+// other than sent and leftovers are guarded by registry.mu; sent and
+// leftovers are only touched by sweeps of the run itself, also under
+// registry.mu.
+type reapRun struct {
+	tag      string
+	pipeIno  uint64 // inode of the run's output pipe, 0 if unknown
+	mainPid  int    // 0 until started
+	mainGone bool   // the main process has been reaped: mainPid is no longer a live process
+
+	sent      map[procKey]syscall.Signal
+	leftovers map[procKey]struct{}
+}
+
+var registry struct {
+	mu   sync.Mutex
+	runs map[*reapRun]struct{}
+}
+
+// register adds r to the registry. The caller holds registry.mu.
+func (r *reapRun) registerLocked() error {
+	if r.tag != "" {
+		for o := range registry.runs {
+			if o.tag == r.tag {
+				return fmt.Errorf("worker: ReapTag %q is already used by another running pipeline", r.tag)
+			}
+		}
+	}
+	if registry.runs == nil {
+		registry.runs = map[*reapRun]struct{}{}
+	}
+	registry.runs[r] = struct{}{}
+	r.sent = map[procKey]syscall.Signal{}
+	r.leftovers = map[procKey]struct{}{}
+	return nil
+}
+
+func (r *reapRun) unregister() {
+	registry.mu.Lock()
+	delete(registry.runs, r)
+	registry.mu.Unlock()
+}
+
+func (r *reapRun) markMainGone() {
+	registry.mu.Lock()
+	r.mainGone = true
+	registry.mu.Unlock()
+}
+
+// procKey identifies a process across pid reuse.
+type procKey struct {
+	pid   int
+	start uint64
+}
+
+// procInfo is what a sweep needs from /proc/<pid>/stat.
+type procInfo struct {
+	pid, ppid, pgrp, sid int
+	state                byte
+	start                uint64 // start time, clock ticks after boot
+}
+
+func (p *procInfo) key() procKey { return procKey{p.pid, p.start} }
+
+// parseStat parses the contents of /proc/<pid>/stat. The command name is in
+// parentheses and may itself contain spaces and parentheses, so the fields
+// are counted from the last ')'.
+func parseStat(b []byte) (procInfo, error) {
+	var p procInfo
+	open := bytes.IndexByte(b, '(')
+	end := bytes.LastIndexByte(b, ')')
+	if open < 0 || end < open {
+		return p, errors.New("malformed stat")
+	}
+	pid, err := strconv.Atoi(string(bytes.TrimSpace(b[:open])))
+	if err != nil {
+		return p, fmt.Errorf("malformed stat: pid: %w", err)
+	}
+	f := strings.Fields(string(b[end+1:]))
+	// f[0] is field 3 (state); start time is field 22.
+	if len(f) < 20 || len(f[0]) != 1 {
+		return p, errors.New("malformed stat: too few fields")
+	}
+	p.pid = pid
+	p.state = f[0][0]
+	ints := [3]*int{&p.ppid, &p.pgrp, &p.sid}
+	for i, dst := range ints {
+		if *dst, err = strconv.Atoi(f[1+i]); err != nil {
+			return p, fmt.Errorf("malformed stat: field %d: %w", 4+i, err)
+		}
+	}
+	if p.start, err = strconv.ParseUint(f[19], 10, 64); err != nil {
+		return p, fmt.Errorf("malformed stat: start time: %w", err)
+	}
+	return p, nil
+}
+
+func readStat(pid int) (procInfo, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return procInfo{}, err
+	}
+	return parseStat(b)
+}
+
+// listProcs reads the stat of every process. Processes that vanish while
+// it reads are skipped.
+func listProcs() (map[int]*procInfo, error) {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	procs := make(map[int]*procInfo, len(names))
+	for _, n := range names {
+		if n == "" || n[0] < '0' || n[0] > '9' {
+			continue
+		}
+		pid, err := strconv.Atoi(n)
+		if err != nil {
+			continue
+		}
+		p, err := readStat(pid)
+		if err != nil {
+			continue
+		}
+		procs[pid] = &p
+	}
+	return procs, nil
+}
+
+// readReapTag returns the value of REFCI_REAP_TAG in the environment the
+// process was exec'd with.
+func readReapTag(pid int) (string, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return "", false
+	}
+	prefix := []byte(reapTagEnv + "=")
+	tag, found := "", false
+	for _, kv := range bytes.Split(b, []byte{0}) {
+		if bytes.HasPrefix(kv, prefix) {
+			tag, found = string(kv[len(prefix):]), true // the last one wins, as in getenv after dedup
+		}
+	}
+	return tag, found
+}
+
+// pipeInodes calls fn with the inode of every pipe the process has open,
+// until fn returns true.
+func pipeInodes(pid int, fn func(ino uint64) bool) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd/"
+	d, err := os.Open(dir)
+	if err != nil {
+		return
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, n := range names {
+		l, err := os.Readlink(dir + n)
+		if err != nil || !strings.HasPrefix(l, "pipe:[") || !strings.HasSuffix(l, "]") {
+			continue
+		}
+		ino, err := strconv.ParseUint(l[len("pipe:["):len(l)-1], 10, 64)
+		if err == nil && fn(ino) {
+			return
+		}
+	}
+}
+
+type ownerKind int
+
+const (
+	ownNone      ownerKind = iota // not ours: foreign, or not below us at all
+	ownRun                        // belongs to run
+	ownStale                      // tagged for a run that is over
+	ownAmbiguous                  // an orphan nothing attributes
+)
+
+type owner struct {
+	kind ownerKind
+	run  *reapRun
+}
+
+// snapshot is one scan of /proc plus the registry, under registry.mu.
+type snapshot struct {
+	self, selfPgrp int
+	procs          map[int]*procInfo
+	liveMains      map[int]*reapRun // main pid → run, mains not reaped yet
+	goneMains      map[int]*reapRun // main pid → run, mains already reaped (for process groups)
+	tags           map[string]*reapRun
+	pipes          map[uint64]*reapRun
+	nRuns          int
+	memo           map[int]attribution
+}
+
+// takeSnapshot scans /proc. The caller holds registry.mu.
+func takeSnapshot() (*snapshot, error) {
+	procs, err := listProcs()
+	if err != nil {
+		return nil, err
+	}
+	s := &snapshot{
+		self:      os.Getpid(),
+		selfPgrp:  unix.Getpgrp(),
+		procs:     procs,
+		liveMains: map[int]*reapRun{},
+		goneMains: map[int]*reapRun{},
+		tags:      map[string]*reapRun{},
+		pipes:     map[uint64]*reapRun{},
+		nRuns:     len(registry.runs),
+		memo:      make(map[int]attribution, len(procs)),
+	}
+	for r := range registry.runs {
+		if r.mainPid > 0 {
+			if r.mainGone {
+				s.goneMains[r.mainPid] = r
+			} else {
+				s.liveMains[r.mainPid] = r
+			}
+		}
+		if r.tag != "" {
+			s.tags[r.tag] = r
+		}
+		if r.pipeIno != 0 {
+			s.pipes[r.pipeIno] = r
+		}
+	}
+	return s, nil
+}
+
+// attribution says who owns a process and how deep below its run's main
+// process or its orphan root it is (0 for those themselves).
+type attribution struct {
+	owner owner
+	depth int
+}
+
+func (s *snapshot) attribute(pid int) attribution {
+	if a, ok := s.memo[pid]; ok {
+		return a
+	}
+	// Walk up the chain iteratively, then fill the memo on the way back,
+	// so deep chains cost nothing special.
+	var chain []int
+	var end attribution // of the process the walk stopped at
+	endInChain := false
+	for cur := pid; ; {
+		if m, ok := s.memo[cur]; ok {
+			end = m
+			break
+		}
+		p := s.procs[cur]
+		if p == nil || cur == s.self || cur <= 1 || len(chain) > len(s.procs) {
+			end = attribution{} // not below us (a cycle cannot happen; be safe anyway)
+			break
+		}
+		chain = append(chain, cur)
+		if r := s.liveMains[cur]; r != nil {
+			end, endInChain = attribution{owner{ownRun, r}, 0}, true
+			break
+		}
+		if p.ppid == s.self {
+			end, endInChain = attribution{s.classifyOrphan(p), 0}, true
+			break
+		}
+		cur = p.ppid
+	}
+	i, d := len(chain)-1, end.depth
+	if endInChain {
+		s.memo[chain[i]] = end
+		i--
+	}
+	for ; i >= 0; i-- {
+		d++
+		s.memo[chain[i]] = attribution{end.owner, d}
+	}
+	return s.memo[pid]
+}
+
+func (s *snapshot) classifyOrphan(p *procInfo) owner {
+	if p.pgrp == s.selfPgrp {
+		return owner{}
+	}
+	if r := s.liveMains[p.pgrp]; r != nil {
+		return owner{ownRun, r}
+	}
+	if r := s.goneMains[p.pgrp]; r != nil {
+		return owner{ownRun, r}
+	}
+	if p.state == 'Z' {
+		return owner{ownAmbiguous, nil} // no environment or files left to look at; reaped anyway
+	}
+	if tag, ok := readReapTag(p.pid); ok && tag != "" {
+		if r := s.tags[tag]; r != nil {
+			return owner{ownRun, r}
+		}
+		return owner{ownStale, nil}
+	}
+	var found *reapRun
+	if len(s.pipes) > 0 {
+		pipeInodes(p.pid, func(ino uint64) bool {
+			found = s.pipes[ino]
+			return found != nil
+		})
+	}
+	if found != nil {
+		return owner{ownRun, found}
+	}
+	return owner{ownAmbiguous, nil}
+}
+
+// mine says whether run r is responsible for killing a process with owner o.
+func (s *snapshot) mine(r *reapRun, o owner) bool {
+	switch o.kind {
+	case ownRun:
+		return o.run == r
+	case ownStale:
+		return true
+	case ownAmbiguous:
+		return r.tag == "" || s.nRuns == 1
+	}
+	return false
+}
+
+// sweep scans /proc once. It sends sig to every live process r is
+// responsible for that has not been sent sig (or SIGKILL) yet, parents
+// before their children (so r's main process is signalled first and ends
+// by the signal rather than by noticing a child's death, and a shell is
+// gone before it could report its children's deaths on the output),
+// reaps every zombie reparented to us (see the design note above) and
+// returns how many processes r is responsible for were present (live or
+// zombie, r's main process included while it has not been reaped).
+// Processes signalled after r's main process was reaped count as
+// leftovers.
+func (r *reapRun) sweep(sig syscall.Signal) (remaining int, err error) {
+	registry.mu.Lock()
+	defer registry.mu.Unlock()
+	s, err := takeSnapshot()
+	if err != nil {
+		return 0, fmt.Errorf("worker: scanning processes: %w", err)
+	}
+	type target struct {
+		p     *procInfo
+		depth int
+	}
+	var targets []target
+	for pid, p := range s.procs {
+		if pid == s.self {
+			continue
+		}
+		if p.state == 'Z' && p.ppid == s.self && s.liveMains[pid] == nil && p.pgrp != s.selfPgrp {
+			var ws unix.WaitStatus
+			if wpid, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil); err == nil && wpid == pid {
+				continue // reaped: gone
+			}
+		}
+		a := s.attribute(pid)
+		if !s.mine(r, a.owner) {
+			continue
+		}
+		remaining++
+		if p.state == 'Z' {
+			continue // dead; its parent is still ours and alive, or it is reaped on the next sweep
+		}
+		if prev, ok := r.sent[p.key()]; ok && (prev == sig || prev == syscall.SIGKILL) {
+			continue
+		}
+		targets = append(targets, target{p, a.depth})
+	}
+	slices.SortFunc(targets, func(a, b target) int { return cmp.Compare(a.depth, b.depth) })
+	var firstErr error
+	for _, t := range targets {
+		if err := signalProc(t.p, sig); err != nil {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("worker: signalling pid %d: %w", t.p.pid, err)
+			}
+			continue
+		}
+		r.sent[t.p.key()] = sig
+		if r.mainGone {
+			r.leftovers[t.p.key()] = struct{}{}
+		}
+	}
+	return remaining, firstErr
+}
+
+// signalProc sends sig to p if p is still the process that was scanned
+// (same pid and start time). A process that is already gone is not an
+// error.
+func signalProc(p *procInfo, sig syscall.Signal) error {
+	fd, err := unix.PidfdOpen(p.pid, 0)
+	switch {
+	case err == nil:
+		defer unix.Close(fd)
+	case errors.Is(err, unix.ESRCH):
+		return nil
+	case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM):
+		fd = -1 // pidfd unavailable (kernel < 5.3, seccomp): fall back to kill
+	default:
+		return err
+	}
+	cur, err := readStat(p.pid)
+	if err != nil || cur.start != p.start {
+		return nil // gone, or the pid now names another process
+	}
+	if fd >= 0 {
+		err = unix.PidfdSendSignal(fd, unix.Signal(sig), nil, 0)
+	} else {
+		err = unix.Kill(p.pid, unix.Signal(sig))
+	}
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	return err
+}

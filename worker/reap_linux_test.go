@@ -1,0 +1,109 @@
+//go:build linux
+
+package worker
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestReapParseStat(t *testing.T) {
+	line := "4242 (we)ird (name) ) R 17 4240 4200 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654321 1000 10 18446744073709551615\n"
+	p, err := parseStat([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := procInfo{pid: 4242, ppid: 17, pgrp: 4240, sid: 4200, state: 'R', start: 987654321}
+	if p != want {
+		t.Errorf("got %+v, want %+v", p, want)
+	}
+	for _, bad := range []string{"", "12 (x", "12 (x) R 1 2", "x (y) R 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20"} {
+		if _, err := parseStat([]byte(bad)); err == nil {
+			t.Errorf("parseStat(%q): no error", bad)
+		}
+	}
+	self, err := readStat(os.Getpid())
+	if err != nil || self.pid != os.Getpid() || self.ppid != os.Getppid() || self.pgrp != unix.Getpgrp() || self.start == 0 {
+		t.Errorf("own stat %+v, %v", self, err)
+	}
+}
+
+func TestReapReadTag(t *testing.T) {
+	d := t.TempDir()
+	m := newMarker()
+	cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf("touch %s/ready; exec sleep %s", d, m))
+	cmd.Env = []string{"PATH=/usr/bin:/bin", reapTagEnv + "=first", "X=1", reapTagEnv + "=second"}
+	// Deduplicated by os/exec: the last one wins.
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	waitFiles(t, filepath.Join(d, "ready"))
+	if tag, ok := readReapTag(cmd.Process.Pid); !ok || tag != "second" {
+		t.Errorf("tag %q %v", tag, ok)
+	}
+	if _, ok := readReapTag(os.Getpid()); ok && os.Getenv(reapTagEnv) == "" {
+		t.Error("found a tag in our own environment")
+	}
+}
+
+func TestReapSubreaperIsSet(t *testing.T) {
+	if _, _, err := runSh(t, t.Context(), "exit 0", nil); err != nil {
+		t.Fatal(err)
+	}
+	var v int32
+	if _, _, e := unix.Syscall(unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&v)), 0); e != 0 {
+		t.Fatal(e)
+	}
+	if v != 1 || subreaperErr != nil {
+		t.Errorf("child subreaper = %d, err %v", v, subreaperErr)
+	}
+}
+
+// Children started by other code of the program (in our own process
+// group) are neither killed nor reaped by a sweep: their exec.Cmd still
+// gets their exit status.
+func TestReapLeavesForeignChildrenAlone(t *testing.T) {
+	m := newMarker()
+	live := exec.Command("sleep", m)
+	if err := live.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { live.Process.Kill(); live.Wait() }()
+	exited := exec.Command("/bin/sh", "-c", "exit 7")
+	if err := exited.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Let it become a zombie that nobody has waited for yet.
+	for {
+		p, err := readStat(exited.Process.Pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.state == 'Z' {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	d := t.TempDir()
+	dm := newMarker()
+	res, _, err := runSh(t, t.Context(), fmt.Sprintf(`(setsid sh -c "touch %[1]s/a; exec sleep %[2]s" </dev/null >/dev/null 2>&1 &)
+while [ ! -e %[1]s/a ]; do sleep 0.02; done`, d, dm), nil)
+	if err != nil || res.Leftovers < 1 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	assertGone(t, dm)
+	assertAlive(t, m)
+	err = exited.Wait()
+	if exited.ProcessState == nil || exited.ProcessState.ExitCode() != 7 {
+		t.Errorf("the foreign zombie's status was stolen: %v", err)
+	}
+}

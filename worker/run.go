@@ -1,0 +1,577 @@
+package worker
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
+)
+
+// Signer signs result commits. *secrets.Identity implements it. It must
+// be safe for concurrent use.
+type Signer interface {
+	Fingerprint() string
+	UserID() string
+	SignDetached(message []byte) (string, error)
+}
+
+// Defaults for RunSpec's caps.
+const (
+	DefaultLogCap           = 16 << 20
+	DefaultArtifactFileCap  = 50 << 20
+	DefaultArtifactTotalCap = 200 << 20
+	DefaultTimeout          = time.Hour
+	DefaultKillGrace        = 5 * time.Second
+)
+
+// RunSpec says what to run and how. Zero values of the caps and durations
+// mean the defaults above.
+type RunSpec struct {
+	Repo      *gitproto.Repo
+	Target    gitproto.Hash
+	TargetRef string // what the user named, informational
+	Request   string
+	RunID     string
+	Attempt   int
+	Env       string
+	Trusted   bool
+
+	Timeout          time.Duration
+	KillGrace        time.Duration
+	LogCap           int64
+	ArtifactFileCap  int64
+	ArtifactTotalCap int64
+
+	// RefciPath is the refci executable put on the pipeline's PATH so
+	// that `refci job` works inside it. Empty: no refci on PATH.
+	RefciPath string
+	// Output, when not nil, receives a live copy of the pipeline's
+	// output.
+	Output io.Writer
+	// TempDir is where the run's private directory is made ("" means
+	// os.TempDir()).
+	TempDir string
+	// Hard, when cancelled after ctx, kills the pipeline at once instead
+	// of after KillGrace (a second Ctrl-C).
+	Hard context.Context
+	// Reason, when ctx is cancelled, says why (e.g. "interrupted").
+	CancelReason func() string
+	Host         string
+	Version      string
+	Now          func() time.Time
+}
+
+// Outcome is a published result.
+type Outcome struct {
+	Status *queue.Status
+	Ref    string
+	Commit gitproto.Hash
+}
+
+// ErrConfig marks results whose error state is the repository's own
+// configuration (no .refci/run, not executable): the CLI exits 2.
+var ErrConfig = errors.New("pipeline configuration")
+
+// Run checks out the target into a fresh private directory, runs
+// .refci/run there, and publishes a signed result commit at
+// refs/ci/runs/<target>/<run-id>. The returned Outcome describes a result
+// that is on disk; an error means no result could be written (the ref was
+// not created), for instance because the disk is full.
+func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
+	now := spec.Now
+	if now == nil {
+		now = time.Now
+	}
+	if spec.Attempt == 0 {
+		spec.Attempt = 1
+	}
+	if spec.RunID == "" {
+		spec.RunID = queue.NewRunID(now())
+	}
+	st := &queue.Status{
+		Format:    queue.Format,
+		State:     queue.Running,
+		Target:    spec.Target.String(),
+		TargetRef: spec.TargetRef,
+		Request:   spec.Request,
+		Run:       spec.RunID,
+		Attempt:   spec.Attempt,
+		Worker:    signer.Fingerprint(),
+		Host:      spec.Host,
+		Env:       spec.Env,
+		Trusted:   spec.Trusted,
+		Started:   now().UTC(),
+		Version:   spec.Version,
+		Jobs:      []queue.Job{},
+		Artifacts: []queue.Artifact{},
+	}
+	r := &run{spec: spec, st: st, now: now}
+	defer r.cleanup()
+	files, err := r.execute(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return r.publish(files, signer)
+}
+
+type run struct {
+	spec RunSpec
+	st   *queue.Status
+	now  func() time.Time
+	dir  string
+
+	mu      sync.Mutex
+	jobLogs map[string]*CappedLog
+}
+
+func (r *run) cleanup() {
+	r.mu.Lock()
+	for _, l := range r.jobLogs {
+		l.Close()
+	}
+	r.mu.Unlock()
+	if r.dir != "" {
+		removeAll(r.dir)
+	}
+}
+
+// removeAll deletes a run directory even when the pipeline left
+// read-only directories behind (Go's module cache does).
+func removeAll(dir string) {
+	if os.RemoveAll(dir) == nil {
+		return
+	}
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(p, 0o700)
+		}
+		return nil
+	})
+	os.RemoveAll(dir)
+}
+
+// resultFile is one file of the result tree, from disk or from memory.
+type resultFile struct {
+	path string // in the tree
+	src  string // file on disk, or
+	data []byte
+}
+
+func (r *run) finish(state queue.State, reason string) {
+	r.st.State = state
+	r.st.Reason = reason
+	r.st.Finished = r.now().UTC()
+	r.st.DurationMS = r.st.Finished.Sub(r.st.Started).Milliseconds()
+}
+
+// execute runs the pipeline and returns the files of the result tree
+// (status.json excluded). Errors are infrastructure failures.
+func (r *run) execute(ctx context.Context) ([]resultFile, error) {
+	dir, err := os.MkdirTemp(r.spec.TempDir, "refci-run-")
+	if err != nil {
+		return nil, fmt.Errorf("create run directory: %w", err)
+	}
+	r.dir = dir
+	src := filepath.Join(dir, "src")
+	for _, d := range []string{"src", "home", "tmp", "artifacts", "bin", "logs", "sock"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("create run directory: %w", err)
+		}
+	}
+	logs := filepath.Join(dir, "logs")
+	mainLog, err := NewCappedLog(logs, r.spec.LogCap)
+	if err != nil {
+		return nil, fmt.Errorf("create log: %w", err)
+	}
+	defer mainLog.Close()
+
+	var files []resultFile
+	finishLog := func() error {
+		p, _, total, truncated, err := mainLog.Finish()
+		if err != nil {
+			return fmt.Errorf("store log: %w", err)
+		}
+		r.st.LogBytes = total
+		r.st.LogTruncated = truncated
+		files = append(files, resultFile{path: queue.LogFile, src: p})
+		return nil
+	}
+	// errorResult ends the run in state error before the pipeline ran.
+	errorResult := func(reason string) ([]resultFile, error) {
+		fmt.Fprintf(mainLog, "refci: %s\n", reason)
+		if r.spec.Output != nil {
+			fmt.Fprintf(r.spec.Output, "refci: %s\n", reason)
+		}
+		r.finish(queue.Error, reason)
+		if err := finishLog(); err != nil {
+			return nil, err
+		}
+		return files, nil
+	}
+
+	if _, err := r.spec.Repo.Checkout(r.spec.Target, src); err != nil {
+		return errorResult(fmt.Sprintf("checkout failed: %v", err))
+	}
+	entry, reason := findEntryPoint(src)
+	if reason != "" {
+		r.st.Extra = map[string]any{"config_error": true}
+		return errorResult(reason)
+	}
+
+	srv, err := NewJobServer(JobServerConfig{
+		SocketPath: filepath.Join(dir, "sock", "refci.sock"),
+		OpenLog: func(name string) (JobLog, error) {
+			l, err := NewCappedLog(logs, r.spec.LogCap)
+			if err != nil {
+				return nil, err
+			}
+			r.mu.Lock()
+			if r.jobLogs == nil {
+				r.jobLogs = map[string]*CappedLog{}
+			}
+			r.jobLogs[name] = l
+			r.mu.Unlock()
+			return nopCloser{l}, nil
+		},
+		Now: r.now,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start job socket: %w", err)
+	}
+	bin := filepath.Join(dir, "bin")
+	if r.spec.RefciPath != "" {
+		if err := os.Symlink(r.spec.RefciPath, filepath.Join(bin, "refci")); err != nil {
+			srv.Close()
+			return nil, fmt.Errorf("prepare PATH: %w", err)
+		}
+	}
+	var out io.Writer = &lockedWriter{w: mainLog}
+	if r.spec.Output != nil {
+		out = &lockedWriter{w: io.MultiWriter(mainLog, r.spec.Output)}
+	}
+	timeout := orDefault(r.spec.Timeout, DefaultTimeout)
+	res, err := RunProcess(ctx, ProcSpec{
+		Path:      entry,
+		Dir:       src,
+		Env:       r.environment(dir, srv),
+		Output:    out,
+		Timeout:   timeout,
+		KillGrace: orDefault(r.spec.KillGrace, DefaultKillGrace),
+		Hard:      r.spec.Hard,
+		ReapTag:   r.spec.RunID,
+	})
+	srv.Close()
+	if err != nil {
+		return errorResult(fmt.Sprintf("could not start .refci/run: %v", err))
+	}
+	r.st.ExitCode = queue.IntPtr(res.ExitCode)
+	r.st.Signal = res.Signal
+	r.st.TimedOut = res.TimedOut
+	r.st.Leftovers = res.Leftovers
+	r.st.Jobs = srv.Jobs()
+	if r.st.Jobs == nil {
+		r.st.Jobs = []queue.Job{}
+	}
+
+	state, reason := queue.Success, ""
+	switch {
+	case res.Cancelled:
+		state, reason = queue.Cancelled, "cancelled"
+		if r.spec.CancelReason != nil {
+			reason = r.spec.CancelReason()
+		}
+	case res.TimedOut:
+		state, reason = queue.Failure, fmt.Sprintf("timed out after %s", timeout)
+	case res.Signal != "":
+		state, reason = queue.Failure, fmt.Sprintf(".refci/run was killed by signal %s", res.Signal)
+	case res.ExitCode != 0:
+		state, reason = queue.Failure, fmt.Sprintf(".refci/run exited with code %d", res.ExitCode)
+	default:
+		for _, j := range r.st.Jobs {
+			if j.State == queue.Failure || j.State == queue.Cancelled {
+				state, reason = queue.Failure, fmt.Sprintf("job %s ended %s although .refci/run exited 0", j.Name, j.State)
+				break
+			}
+		}
+	}
+	if res.Leftovers > 0 {
+		fmt.Fprintf(out, "refci: killed %d process(es) the pipeline left running\n", res.Leftovers)
+	}
+
+	// Job logs.
+	for i := range r.st.Jobs {
+		j := &r.st.Jobs[i]
+		r.mu.Lock()
+		l := r.jobLogs[j.Name]
+		r.mu.Unlock()
+		if l == nil {
+			j.Log = ""
+			continue
+		}
+		p, _, total, truncated, err := l.Finish()
+		if err != nil {
+			return nil, fmt.Errorf("store log of job %s: %w", j.Name, err)
+		}
+		j.Log = queue.JobLogPath(j.Name)
+		j.LogBytes, j.Truncated = total, truncated
+		files = append(files, resultFile{path: j.Log, src: p})
+	}
+
+	arts, skipped, err := collectArtifacts(filepath.Join(dir, "artifacts"),
+		orDefault(r.spec.ArtifactFileCap, DefaultArtifactFileCap), orDefault(r.spec.ArtifactTotalCap, DefaultArtifactTotalCap))
+	if err != nil {
+		fmt.Fprintf(out, "refci: reading artifacts: %v\n", err)
+		skipped = append(skipped, queue.SkippedArtifact{Path: ".", Reason: err.Error()})
+	}
+	for _, a := range arts {
+		r.st.Artifacts = append(r.st.Artifacts, a.Artifact)
+		files = append(files, resultFile{path: queue.ArtifactsDir + "/" + a.Path, src: a.src})
+	}
+	r.st.ArtifactsSkipped = skipped
+	for _, s := range skipped {
+		fmt.Fprintf(out, "refci: artifact %s not stored: %s\n", s.Path, s.Reason)
+	}
+	r.finish(state, reason)
+	if err := finishLog(); err != nil {
+		return nil, err
+	}
+	return files, nil
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }
+
+// lockedWriter serialises writes from the process copier and refci's own
+// notes.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func orDefault[T int64 | time.Duration](v, d T) T {
+	if v <= 0 {
+		return d
+	}
+	return v
+}
+
+// findEntryPoint checks .refci/run in the checkout. It returns the path
+// to execute, or a reason the pipeline cannot run that tells the user
+// what to do.
+func findEntryPoint(src string) (string, string) {
+	p := filepath.Join(src, ".refci", "run")
+	fi, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", "this commit has no .refci/run; add an executable .refci/run (any language; `refci init` writes a starter), commit it and run again"
+	}
+	if err != nil {
+		return "", fmt.Sprintf("cannot read .refci/run: %v", err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		real, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			return "", fmt.Sprintf(".refci/run is a symlink that cannot be followed (%v); point it at an executable inside the repository", err)
+		}
+		rootReal, err := filepath.EvalSymlinks(src)
+		if err != nil {
+			return "", fmt.Sprintf("cannot resolve checkout: %v", err)
+		}
+		if rel, err := filepath.Rel(rootReal, real); err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+			return "", ".refci/run is a symlink pointing outside the repository; refci runs only code from the tested commit: make it a file or a link inside the tree"
+		}
+		if fi, err = os.Stat(real); err != nil {
+			return "", fmt.Sprintf("cannot read .refci/run: %v", err)
+		}
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Sprintf(".refci/run is a %s, not a file; make it an executable file", describeMode(fi.Mode()))
+	}
+	if fi.Mode().Perm()&0o100 == 0 {
+		return "", ".refci/run is not executable; run `chmod +x .refci/run` (or `git update-index --chmod=+x .refci/run`), commit and run again"
+	}
+	return p, ""
+}
+
+func describeMode(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "named pipe"
+	default:
+		return "special file"
+	}
+}
+
+// environment is the scrubbed environment of the pipeline: nothing of the
+// worker's own environment leaks in.
+func (r *run) environment(dir string, srv *JobServer) []string {
+	trusted := "0"
+	if r.spec.Trusted {
+		trusted = "1"
+	}
+	return []string{
+		"CI=true",
+		"REFCI=1",
+		"REFCI_TARGET=" + r.spec.Target.String(),
+		"REFCI_REQUEST=" + r.spec.Request,
+		"REFCI_RUN=" + r.spec.RunID,
+		fmt.Sprintf("REFCI_ATTEMPT=%d", r.spec.Attempt),
+		"REFCI_ENV=" + r.spec.Env,
+		"REFCI_TRUSTED=" + trusted,
+		"REFCI_ARTIFACTS=" + filepath.Join(dir, "artifacts"),
+		"REFCI_SOCKET=" + filepath.Join(dir, "sock", "refci.sock"),
+		"PATH=" + filepath.Join(dir, "bin") + ":/usr/local/bin:/usr/bin:/bin",
+		"HOME=" + filepath.Join(dir, "home"),
+		"TMPDIR=" + filepath.Join(dir, "tmp"),
+		"LANG=C.UTF-8",
+	}
+}
+
+type artifactFile struct {
+	queue.Artifact
+	src string
+}
+
+// collectArtifacts lists the regular files under root. Symlinks, special
+// files and files over the caps are skipped with a reason; nothing
+// outside root is ever read (symlinks are not followed).
+func collectArtifacts(root string, fileCap, totalCap int64) ([]artifactFile, []queue.SkippedArtifact, error) {
+	var out []artifactFile
+	var skipped []queue.SkippedArtifact
+	var total int64
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		rel, _ := filepath.Rel(root, p)
+		rel = filepath.ToSlash(rel)
+		if err != nil {
+			skipped = append(skipped, queue.SkippedArtifact{Path: rel, Reason: err.Error()})
+			if d != nil && d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if p == root {
+			return nil
+		}
+		if d.IsDir() {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			skipped = append(skipped, queue.SkippedArtifact{Path: rel, Reason: err.Error()})
+			return nil
+		}
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			skipped = append(skipped, queue.SkippedArtifact{Path: rel, Reason: fmt.Sprintf("symlink (to %s); artifacts must be regular files", target)})
+			return nil
+		case !fi.Mode().IsRegular():
+			skipped = append(skipped, queue.SkippedArtifact{Path: rel, Reason: "not a regular file"})
+			return nil
+		case fi.Size() > fileCap:
+			skipped = append(skipped, queue.SkippedArtifact{Path: rel, Reason: fmt.Sprintf("%d bytes, over the per-file cap of %d", fi.Size(), fileCap)})
+			return nil
+		case total+fi.Size() > totalCap:
+			skipped = append(skipped, queue.SkippedArtifact{Path: rel, Reason: fmt.Sprintf("would bring the artifacts to %d bytes, over the total cap of %d", total+fi.Size(), totalCap)})
+			return nil
+		case path.Clean(rel) != rel || strings.HasPrefix(rel, "../"):
+			skipped = append(skipped, queue.SkippedArtifact{Path: rel, Reason: "unsafe path"})
+			return nil
+		}
+		sum, err := fileSHA256(p)
+		if err != nil {
+			skipped = append(skipped, queue.SkippedArtifact{Path: rel, Reason: err.Error()})
+			return nil
+		}
+		total += fi.Size()
+		out = append(out, artifactFile{Artifact: queue.Artifact{Path: rel, Size: fi.Size(), SHA256: sum}, src: p})
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out, skipped, err
+}
+
+func fileSHA256(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// publish writes the result tree and its signed commit, then creates the
+// run ref. Objects first, ref last: a failure at any point leaves no ref.
+func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
+	repo := r.spec.Repo
+	statusJSON, err := queue.EncodeStatus(r.st)
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, resultFile{path: queue.StatusFile, data: statusJSON})
+	var entries []gitproto.TreeFile
+	for _, f := range files {
+		var h gitproto.Hash
+		var err error
+		if f.src != "" {
+			h, _, err = repo.WriteBlobFile(f.src)
+		} else {
+			h, err = repo.WriteBlob(f.data)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("store result file %s: %w", f.path, err)
+		}
+		entries = append(entries, gitproto.TreeFile{Path: f.path, Hash: h})
+	}
+	tree, err := repo.WriteTree(entries)
+	if err != nil {
+		return nil, fmt.Errorf("store result tree: %w", err)
+	}
+	name, email := splitUserID(signer.UserID())
+	commit, err := repo.WriteCommit(gitproto.CommitSpec{
+		Tree:    tree,
+		Author:  gitproto.NewSignature(name, email, r.st.Finished),
+		Message: queue.CommitMessage(r.st),
+	}, signer.SignDetached)
+	if err != nil {
+		return nil, fmt.Errorf("store result commit: %w", err)
+	}
+	ref := queue.RunRef(r.st.Target, r.st.Run)
+	if err := repo.CreateRef(ref, commit); err != nil {
+		return nil, fmt.Errorf("record result: %w", err)
+	}
+	return &Outcome{Status: r.st, Ref: ref, Commit: commit}, nil
+}
+
+func splitUserID(uid string) (string, string) {
+	name, rest, ok := strings.Cut(uid, " <")
+	if !ok {
+		return uid, ""
+	}
+	return name, strings.TrimSuffix(rest, ">")
+}
