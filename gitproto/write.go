@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/filemode"
+	"github.com/go-git/go-git/v5/plumbing/format/objfile"
 	"github.com/go-git/go-git/v5/plumbing/object"
 )
 
@@ -39,31 +40,68 @@ func (r *Repo) WriteBlobFile(p string) (Hash, int64, error) {
 	return h, fi.Size(), err
 }
 
-func (r *Repo) writeStream(t plumbing.ObjectType, size int64, src io.Reader) (h Hash, err error) {
-	w, header, err := r.st.LazyWriter()
+// writeStream writes one loose object, streaming: a temporary file in
+// the objects directory, renamed into place once complete. On any error
+// the temporary file is removed, so a full disk is not made fuller.
+func (r *Repo) writeStream(t plumbing.ObjectType, size int64, src io.Reader) (Hash, error) {
+	objects := filepath.Join(r.commonDir, "objects")
+	f, err := os.CreateTemp(objects, "tmp_obj_refci_")
 	if err != nil {
-		return ZeroHash, fmt.Errorf("write object: %w", err)
+		return ZeroHash, fmt.Errorf("write object: %w", describeIOError(err))
 	}
-	hw, ok := w.(interface{ Hash() plumbing.Hash })
-	if !ok {
-		w.Close()
-		return ZeroHash, fmt.Errorf("write object: storage gives no hash")
-	}
-	if err := header(t, size); err != nil {
-		w.Close()
-		return ZeroHash, fmt.Errorf("write object: %w", err)
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	w := objfile.NewWriter(f)
+	if err := w.WriteHeader(t, size); err != nil {
+		return ZeroHash, fmt.Errorf("write object: %w", describeIOError(err))
 	}
 	n, err := io.Copy(w, io.LimitReader(src, size))
 	if err == nil && n != size {
 		err = fmt.Errorf("short read: %d of %d bytes (the file changed while being stored)", n, size)
 	}
-	if cerr := w.Close(); err == nil {
-		err = cerr
+	if err == nil {
+		err = w.Close()
+	}
+	if err == nil {
+		err = f.Close()
 	}
 	if err != nil {
+		return ZeroHash, fmt.Errorf("write object: %w", describeIOError(err))
+	}
+	h := w.Hash()
+	hex := h.String()
+	dir := filepath.Join(objects, hex[:2])
+	final := filepath.Join(dir, hex[2:])
+	if _, err := os.Stat(final); err == nil {
+		os.Remove(tmp) // already stored: objects are content-addressed
+		ok = true
+		return h, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return ZeroHash, fmt.Errorf("write object: %w", describeIOError(err))
+	}
+	os.Chmod(tmp, 0o444)
+	if err := os.Rename(tmp, final); err != nil {
 		return ZeroHash, fmt.Errorf("write object: %w", err)
 	}
-	return hw.Hash(), nil
+	ok = true
+	return h, nil
+}
+
+// writeObject writes an encoded object (tree, commit) built in memory.
+func (r *Repo) writeObject(o plumbing.EncodedObject) (Hash, error) {
+	rd, err := o.Reader()
+	if err != nil {
+		return ZeroHash, err
+	}
+	defer rd.Close()
+	return r.writeStream(o.Type(), o.Size(), rd)
 }
 
 // TreeFile is one file of a tree to write.
@@ -127,7 +165,7 @@ func (r *Repo) WriteTree(files []TreeFile) (Hash, error) {
 		if err := t.Encode(obj); err != nil {
 			return ZeroHash, err
 		}
-		return r.st.SetEncodedObject(obj)
+		return r.writeObject(obj)
 	}
 	h, err := write(root)
 	if err != nil {
@@ -184,7 +222,7 @@ func (r *Repo) WriteCommit(spec CommitSpec, sign SignFunc) (Hash, error) {
 	if err := c.Encode(obj); err != nil {
 		return ZeroHash, err
 	}
-	h, err := r.st.SetEncodedObject(obj)
+	h, err := r.writeObject(obj)
 	if err != nil {
 		return ZeroHash, fmt.Errorf("write commit: %w", err)
 	}

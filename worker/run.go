@@ -87,9 +87,11 @@ var ErrConfig = errors.New("pipeline configuration")
 
 // Run checks out the target into a fresh private directory, runs
 // .refci/run there, and publishes a signed result commit at
-// refs/ci/runs/<target>/<run-id>. The returned Outcome describes a result
-// that is on disk; an error means no result could be written (the ref was
-// not created), for instance because the disk is full.
+// refs/ci/runs/<target>/<run-id>. Without an error the Outcome describes
+// a result that is recorded. An error means no result could be recorded
+// (the ref was not created), for instance because the disk is full; the
+// Outcome is then nil, or carries only the Status when the pipeline did
+// run.
 func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 	now := spec.Now
 	if now == nil {
@@ -124,7 +126,13 @@ func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r.publish(files, signer)
+	out, err := r.publish(files, signer)
+	if err != nil {
+		// The pipeline ran; say how it ended even though no result
+		// could be recorded.
+		return &Outcome{Status: st}, err
+	}
+	return out, nil
 }
 
 type run struct {

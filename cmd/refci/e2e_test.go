@@ -280,7 +280,7 @@ wait
 
 	// Share: push to a bare remote, fetch in another clone, verify there.
 	bare := filepath.Join(s.root, "remote.git")
-	s.git("", "init", "-q", "--bare", bare)
+	s.git("", "init", "-q", "--bare", "-b", "main", bare)
 	s.git("", "push", "-q", bare, "main", "refs/ci/*:refs/ci/*")
 	other := filepath.Join(s.root, "other")
 	s.git("", "clone", "-q", bare, other)
@@ -635,6 +635,7 @@ set +e
 %[2]s run -q
 echo "exit=$?"
 echo "refs=$(git for-each-ref refs/ci/ | wc -l)"
+echo "tmpfiles=$(find .git/objects -name 'tmp_*' | wc -l)"
 git fsck --no-dangling >/dev/null 2>&1 && echo fsck-ok
 `, s.root, refciBin)
 	cmd := exec.Command("unshare", "-Urm", "sh", "-c", script)
@@ -644,7 +645,10 @@ git fsck --no-dangling >/dev/null 2>&1 && echo fsck-ok
 	if !strings.Contains(o, "exit=3") || !strings.Contains(o, "no space left on device") || !strings.Contains(o, "no result was recorded") {
 		t.Errorf("disk full: want exit 3 and a clear message:\n%s", o)
 	}
-	if !strings.Contains(o, "refs=0") || !strings.Contains(o, "fsck-ok") {
+	if !strings.Contains(o, "the pipeline ended success") {
+		t.Errorf("disk full: the message should still say how the pipeline ended:\n%s", o)
+	}
+	if !strings.Contains(o, "refs=0") || !strings.Contains(o, "fsck-ok") || !strings.Contains(o, "tmpfiles=0") {
 		t.Errorf("disk full left a ref or a broken repository:\n%s", o)
 	}
 }

@@ -109,7 +109,11 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		Version:          version,
 	}, id)
 	if err != nil {
-		e.errorf("no result was recorded: %v", err)
+		if outcome != nil && outcome.Status != nil {
+			e.errorf("the pipeline ended %s in %s, but no result was recorded: %v", outcome.Status.State, render.Duration(outcome.Status.DurationMS), err)
+		} else {
+			e.errorf("no result was recorded: %v", err)
+		}
 		return exitInfra
 	}
 	st := outcome.Status
