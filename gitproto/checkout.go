@@ -45,7 +45,7 @@ func (r *Repo) Checkout(commit Hash, dir string) (CheckoutStats, error) {
 
 func (r *Repo) checkoutTree(t *object.Tree, dir, rel string, st *CheckoutStats, buf []byte) error {
 	for _, e := range t.Entries {
-		if e.Name == "" || e.Name == "." || e.Name == ".." || strings.ContainsAny(e.Name, "/\x00") || strings.EqualFold(e.Name, ".git") {
+		if e.Name == "" || e.Name == "." || e.Name == ".." || strings.ContainsAny(e.Name, "/\x00") || IsDotGitName(e.Name) {
 			return fmt.Errorf("tree entry %q in %q is not a safe file name", e.Name, rel)
 		}
 		p := filepath.Join(dir, e.Name)

@@ -16,7 +16,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	git "github.com/go-git/go-git/v5"
@@ -59,21 +61,25 @@ func Open(dir string) (*Repo, error) {
 	if err != nil {
 		return nil, err
 	}
-	g, err := git.PlainOpenWithOptions(abs, &git.PlainOpenOptions{DetectDotGit: true, EnableDotGitCommonDir: true})
+	r := &Repo{}
+	if err := r.locate(abs); err != nil {
+		return nil, fmt.Errorf("%w (run refci inside a git repository, or pass --repo DIR)", err)
+	}
+	// Open exactly what locate found, so that reads and writes go to the
+	// same repository (a bare repository inside another's work tree).
+	openAt := r.workTree
+	if openAt == "" {
+		openAt = r.gitDir
+	}
+	g, err := git.PlainOpenWithOptions(openAt, &git.PlainOpenOptions{EnableDotGitCommonDir: true})
 	if err != nil {
-		if errors.Is(err, git.ErrRepositoryNotExists) {
-			return nil, fmt.Errorf("%s: %w (run refci inside a git repository, or pass --repo DIR)", abs, ErrNotRepo)
-		}
-		return nil, fmt.Errorf("open repository %s: %w", abs, err)
+		return nil, fmt.Errorf("open repository %s: %w", openAt, err)
 	}
 	st, ok := g.Storer.(*filesystem.Storage)
 	if !ok {
 		return nil, fmt.Errorf("open repository %s: unexpected storage %T", abs, g.Storer)
 	}
-	r := &Repo{git: g, st: st}
-	if err := r.locate(abs); err != nil {
-		return nil, err
-	}
+	r.git, r.st = g, st
 	return r, nil
 }
 
@@ -153,6 +159,14 @@ func (r *Repo) resolveObject(rev string) (Hash, error) {
 	if rev == "" {
 		rev = "HEAD"
 	}
+	// A full object id means that object, even if a ref has the same
+	// name (git does the same and warns).
+	if plumbing.IsHash(rev) {
+		h := plumbing.NewHash(rev)
+		if _, err := r.git.Storer.EncodedObject(plumbing.AnyObject, h); err == nil {
+			return h, nil
+		}
+	}
 	candidates := []string{rev}
 	if !strings.HasPrefix(rev, "refs/") && rev != "HEAD" {
 		candidates = append(candidates, "refs/"+rev, "refs/tags/"+rev, "refs/heads/"+rev, "refs/remotes/"+rev, "refs/remotes/"+rev+"/HEAD")
@@ -176,11 +190,96 @@ func (r *Repo) resolveObject(rev string) (Hash, error) {
 		}
 		return ZeroHash, fmt.Errorf("%s: %w: no such object in this repository", rev, ErrUnknownRev)
 	}
-	h, err := r.git.ResolveRevision(plumbing.Revision(rev))
-	if err != nil {
-		return ZeroHash, fmt.Errorf("%s: %w (give a branch, tag or commit id)", rev, ErrUnknownRev)
+	if base, steps, ok := splitAncestry(rev); ok {
+		h, err := r.ResolveCommit(base)
+		if err != nil {
+			return ZeroHash, err
+		}
+		for _, st := range steps {
+			c, err := r.Commit(h)
+			if err != nil {
+				return ZeroHash, err
+			}
+			if st.parent {
+				if st.n == 0 {
+					continue
+				}
+				if st.n > len(c.ParentHashes) {
+					return ZeroHash, fmt.Errorf("%s: %w: %s has no parent %d", rev, ErrUnknownRev, h.String()[:12], st.n)
+				}
+				h = c.ParentHashes[st.n-1]
+				continue
+			}
+			for i := 0; i < st.n; i++ {
+				if len(c.ParentHashes) == 0 {
+					return ZeroHash, fmt.Errorf("%s: %w: the history is shorter than that", rev, ErrUnknownRev)
+				}
+				h = c.ParentHashes[0]
+				if c, err = r.Commit(h); err != nil {
+					return ZeroHash, err
+				}
+			}
+		}
+		return h, nil
 	}
-	return *h, nil
+	if isHexPrefix(rev) {
+		// An abbreviated id: let git expand it (go-git only expands commits).
+		out, err := exec.Command("git", "--git-dir", r.commonDir, "rev-parse", "--verify", "--quiet", rev).Output()
+		if err == nil && plumbing.IsHash(strings.TrimSpace(string(out))) {
+			return plumbing.NewHash(strings.TrimSpace(string(out))), nil
+		}
+	}
+	return ZeroHash, fmt.Errorf("%s: %w (give a branch, tag or commit id)", rev, ErrUnknownRev)
+}
+
+type ancestryStep struct {
+	parent bool // ^N (N-th parent) rather than ~N (N-th first-parent ancestor)
+	n      int
+}
+
+// splitAncestry splits "base~2^2" into its base and steps.
+func splitAncestry(rev string) (string, []ancestryStep, bool) {
+	i := strings.IndexAny(rev, "~^")
+	if i <= 0 {
+		return "", nil, false
+	}
+	base, rest := rev[:i], rev[i:]
+	var steps []ancestryStep
+	for rest != "" {
+		st := ancestryStep{parent: rest[0] == '^'}
+		rest = rest[1:]
+		j := 0
+		for j < len(rest) && rest[j] >= '0' && rest[j] <= '9' {
+			j++
+		}
+		if j == 0 {
+			st.n = 1
+		} else {
+			n, err := strconv.Atoi(rest[:j])
+			if err != nil || n > 1<<20 {
+				return "", nil, false
+			}
+			st.n = n
+		}
+		rest = rest[j:]
+		if rest != "" && rest[0] != '~' && rest[0] != '^' {
+			return "", nil, false
+		}
+		steps = append(steps, st)
+	}
+	return base, steps, true
+}
+
+func isHexPrefix(s string) bool {
+	if len(s) < 4 || len(s) >= 40 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *Repo) peelToCommit(rev string, h Hash) (Hash, error) {
@@ -272,6 +371,9 @@ func (r *Repo) Refs(prefix string) ([]Ref, error) {
 	walkRoot := root
 	if !strings.HasSuffix(prefix, "/") {
 		walkRoot = filepath.Dir(root)
+	}
+	if !strings.HasPrefix(prefix, "refs/") {
+		walkRoot = filepath.Join(r.commonDir, "refs")
 	}
 	err := filepath.WalkDir(walkRoot, func(p string, d os.DirEntry, err error) error {
 		if err != nil {

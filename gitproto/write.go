@@ -125,6 +125,11 @@ func (r *Repo) WriteTree(files []TreeFile) (Hash, error) {
 			return ZeroHash, fmt.Errorf("tree path %q is not relative", f.Path)
 		}
 		parts := strings.Split(p, "/")
+		for _, part := range parts {
+			if IsDotGitName(part) {
+				return ZeroHash, fmt.Errorf("tree path %q: a component named like .git is refused (git fsck and forges reject it)", f.Path)
+			}
+		}
 		d := root
 		for _, part := range parts[:len(parts)-1] {
 			if _, clash := d.files[part]; clash {
@@ -273,6 +278,11 @@ func (r *Repo) UpdateRef(name string, h, old Hash) error {
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("update %s: %w", name, err)
 	}
+	if old == ZeroHash && h != ZeroHash {
+		if err := r.checkNameConflict(name); err != nil {
+			return fmt.Errorf("create %s: %w", name, err)
+		}
+	}
 	if cur != old {
 		if old == ZeroHash {
 			return fmt.Errorf("update %s: %w (it points at %s)", name, ErrRefExists, cur)
@@ -280,6 +290,13 @@ func (r *Repo) UpdateRef(name string, h, old Hash) error {
 		return fmt.Errorf("update %s: %w: expected %s, found %s", name, ErrRefChanged, old, cur)
 	}
 	if h == ZeroHash {
+		packed := map[string]Hash{}
+		if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), name, packed); err != nil {
+			return fmt.Errorf("delete %s: %w", name, err)
+		}
+		if _, ok := packed[name]; ok {
+			return fmt.Errorf("delete %s: the ref is packed; delete it with git update-ref -d", name)
+		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("delete %s: %w", name, err)
 		}
@@ -325,4 +342,31 @@ func SignedPayload(c *object.Commit) ([]byte, string, error) {
 	defer rd.Close()
 	b, err := io.ReadAll(rd)
 	return b, c.PGPSignature, err
+}
+
+// IsDotGitName reports whether a path component would be taken for .git
+// by git or by a case-insensitive or NTFS/HFS file system (".git",
+// ".GIT", "git~1", ".git.", ".git " ...). git fsck refuses such trees.
+func IsDotGitName(name string) bool {
+	n := strings.ToLower(strings.TrimRight(name, ". "))
+	// HFS+ ignores some zero-width code points.
+	for _, zw := range []string{"\u200c", "\u200d", "\u200e", "\u200f", "\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u206a", "\u206b", "\u206c", "\u206d", "\u206e", "\u206f", "\ufeff"} {
+		n = strings.ReplaceAll(n, zw, "")
+	}
+	return n == ".git" || n == "git~1"
+}
+
+// checkNameConflict refuses a new ref "a/b" next to an existing "a", or
+// "a" next to "a/b", as git does (a name cannot be a file and a directory).
+func (r *Repo) checkNameConflict(name string) error {
+	packed := map[string]Hash{}
+	if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), "refs/", packed); err != nil {
+		return err
+	}
+	for other := range packed {
+		if strings.HasPrefix(other, name+"/") || strings.HasPrefix(name, other+"/") {
+			return fmt.Errorf("%w: it would clash with %s", ErrRefExists, other)
+		}
+	}
+	return nil
 }

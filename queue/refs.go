@@ -50,10 +50,10 @@ var runIDRe = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}(\.[0-9]{1,9})?Z-[0-9a-f]{6,
 func ValidRunID(s string) bool { return runIDRe.MatchString(s) }
 
 // NewRunID returns a run id that sorts by start time: the UTC time to the
-// millisecond, then random hex so that two workers starting in the same
-// millisecond never collide, e.g. 20261122T093000.123Z-3f9a1c.
+// millisecond, then 12 random hex digits so that two workers starting in the same
+// millisecond never collide, e.g. 20261122T093000.123Z-3f9a1c0b2d4e (48 random bits).
 func NewRunID(now time.Time) string {
-	var b [3]byte
+	var b [6]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		panic(err) // crypto/rand never fails on Linux
 	}
@@ -89,6 +89,8 @@ func ValidateRequestName(name string) error {
 			return fmt.Errorf("request name %q has an empty component (leading, trailing or double slash)", name)
 		case part == "." || part == ".." || strings.HasPrefix(part, "."):
 			return fmt.Errorf("request name %q has a component starting with a dot", name)
+		case part == "@":
+			return fmt.Errorf("request name %q has a component that is just \"@\"", name)
 		case strings.HasSuffix(part, ".lock"):
 			return fmt.Errorf("request name %q has a component ending in .lock", name)
 		}
@@ -100,6 +102,9 @@ func ValidateRequestName(name string) error {
 	}
 	if strings.Contains(name, "..") {
 		return fmt.Errorf("request name %q contains \"..\"", name)
+	}
+	if strings.HasSuffix(name, ".") { // git refuses a ref name ending in a dot
+		return fmt.Errorf("request name %q ends with a dot", name)
 	}
 	return nil
 }

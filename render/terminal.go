@@ -49,7 +49,7 @@ func Duration(ms int64) string {
 	case d < time.Second:
 		return fmt.Sprintf("%dms", ms)
 	case d < time.Minute:
-		return fmt.Sprintf("%.1fs", d.Seconds())
+		return fmt.Sprintf("%d.%ds", ms/1000, ms%1000/100) // truncated: never "60.0s"
 	case d < time.Hour:
 		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
 	default:
@@ -65,17 +65,17 @@ func Terminal(w io.Writer, s *queue.Status, o TermOptions) error {
 	if len(short) > 12 {
 		short = short[:12]
 	}
-	fmt.Fprintf(&b, "%s  %s  %s\n", paint(o.Color, s.State, strings.ToUpper(string(s.State))), short, Duration(s.DurationMS))
+	fmt.Fprintf(&b, "%s  %s  %s\n", paint(o.Color, s.State, strings.ToUpper(Safe(string(s.State)))), Safe(short), Duration(s.DurationMS))
 	if s.Reason != "" {
 		fmt.Fprintf(&b, "  reason:   %s\n", oneLine(s.Reason))
 	}
-	target := s.Target
+	target := Safe(s.Target)
 	if s.TargetRef != "" {
-		target += " (" + s.TargetRef + ")"
+		target += " (" + Safe(s.TargetRef) + ")"
 	}
 	fmt.Fprintf(&b, "  target:   %s\n", target)
-	fmt.Fprintf(&b, "  request:  %s  attempt %d\n", s.Request, s.Attempt)
-	fmt.Fprintf(&b, "  run:      %s\n", s.Run)
+	fmt.Fprintf(&b, "  request:  %s  attempt %d\n", Safe(s.Request), s.Attempt)
+	fmt.Fprintf(&b, "  run:      %s\n", Safe(s.Run))
 	fmt.Fprintf(&b, "  started:  %s\n", s.Started.UTC().Format(time.RFC3339))
 	if s.ExitCode != nil {
 		fmt.Fprintf(&b, "  exit:     %d", *s.ExitCode)
@@ -84,9 +84,9 @@ func Terminal(w io.Writer, s *queue.Status, o TermOptions) error {
 		}
 		b.WriteString("\n")
 	}
-	fmt.Fprintf(&b, "  worker:   %s\n", s.Worker)
+	fmt.Fprintf(&b, "  worker:   %s\n", Safe(s.Worker))
 	if s.Env != "" {
-		fmt.Fprintf(&b, "  env:      %s (trusted: %v)\n", s.Env, s.Trusted)
+		fmt.Fprintf(&b, "  env:      %s (trusted: %v)\n", Safe(s.Env), s.Trusted)
 	}
 	if o.Ref != "" {
 		fmt.Fprintf(&b, "  ref:      %s\n", o.Ref)
@@ -101,10 +101,10 @@ func Terminal(w io.Writer, s *queue.Status, o TermOptions) error {
 	if len(s.Artifacts) > 0 || len(s.ArtifactsSkipped) > 0 {
 		b.WriteString("  artifacts:\n")
 		for _, a := range s.Artifacts {
-			fmt.Fprintf(&b, "    %s  %d bytes\n", a.Path, a.Size)
+			fmt.Fprintf(&b, "    %s  %d bytes\n", Safe(a.Path), a.Size)
 		}
 		for _, a := range s.ArtifactsSkipped {
-			fmt.Fprintf(&b, "    %s  not stored: %s\n", a.Path, a.Reason)
+			fmt.Fprintf(&b, "    %s  not stored: %s\n", Safe(a.Path), oneLine(a.Reason))
 		}
 	}
 	_, err := io.WriteString(w, b.String())
@@ -143,9 +143,9 @@ func writeJobTree(b *strings.Builder, jobs []queue.Job, color bool) {
 		seen[j.Name] = true
 		indent := strings.Repeat("  ", depth+2)
 		mark := paint(color, j.State, fmt.Sprintf("%-9s", stateMark[j.State]))
-		fmt.Fprintf(b, "%s%s %s  %s", indent, mark, j.Name, Duration(j.DurationMS))
+		fmt.Fprintf(b, "%s%s %s  %s", indent, mark, Safe(j.Name), Duration(j.DurationMS))
 		if len(j.Needs) > 0 {
-			fmt.Fprintf(b, "  (needs %s)", strings.Join(j.Needs, ", "))
+			fmt.Fprintf(b, "  (needs %s)", Safe(strings.Join(j.Needs, ", ")))
 		}
 		if j.ExitCode != nil && *j.ExitCode != 0 {
 			fmt.Fprintf(b, "  exit %d", *j.ExitCode)
@@ -167,8 +167,35 @@ func writeJobTree(b *strings.Builder, jobs []queue.Job, color bool) {
 }
 
 func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
+	return Safe(strings.Join(strings.Fields(s), " "))
 }
+
+// Safe makes text from a pipeline or a result safe for a terminal: C0
+// and C1 control characters and DEL are shown as \xNN escapes, so a
+// crafted name can neither move the cursor nor fake a line.
+func Safe(s string) string {
+	clean := true
+	for _, r := range s {
+		if isControl(r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if isControl(r) {
+			fmt.Fprintf(&b, "\\x%02x", r)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) }
 
 // RunLine is one line of `refci runs`: state, run id, duration, request.
 func RunLine(s *queue.Status, color bool) string {
@@ -176,5 +203,5 @@ func RunLine(s *queue.Status, color bool) string {
 	if len(short) > 12 {
 		short = short[:12]
 	}
-	return fmt.Sprintf("%s  %s  %s %7s  %s", s.Run, short, paint(color, s.State, fmt.Sprintf("%-9s", s.State)), Duration(s.DurationMS), s.Request)
+	return fmt.Sprintf("%s  %s  %s %7s  %s", Safe(s.Run), Safe(short), paint(color, s.State, fmt.Sprintf("%-9s", s.State)), Duration(s.DurationMS), Safe(s.Request))
 }

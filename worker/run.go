@@ -503,7 +503,7 @@ func collectArtifacts(root string, fileCap, totalCap int64) ([]artifactFile, []q
 		case total+fi.Size() > totalCap:
 			skipped = append(skipped, queue.SkippedArtifact{Path: rel, Reason: fmt.Sprintf("would bring the artifacts to %d bytes, over the total cap of %d", total+fi.Size(), totalCap)})
 			return nil
-		case path.Clean(rel) != rel || strings.HasPrefix(rel, "../"):
+		case path.Clean(rel) != rel || strings.HasPrefix(rel, "../") || hasDotGit(rel):
 			skipped = append(skipped, queue.SkippedArtifact{Path: rel, Reason: "unsafe path"})
 			return nil
 		}
@@ -582,4 +582,13 @@ func splitUserID(uid string) (string, string) {
 		return uid, ""
 	}
 	return name, strings.TrimSuffix(rest, ">")
+}
+
+func hasDotGit(rel string) bool {
+	for _, part := range strings.Split(rel, "/") {
+		if gitproto.IsDotGitName(part) {
+			return true
+		}
+	}
+	return false
 }
