@@ -72,6 +72,14 @@ type RunSpec struct {
 	Host         string
 	Version      string
 	Now          func() time.Time
+
+	// PreviousRun names the run an expired claim held, on a takeover.
+	PreviousRun string
+	// SnapshotEvery, when positive, writes a progress snapshot (state
+	// running, the log so far) to the run ref at that interval while the
+	// pipeline runs, and calls OnSnapshot with each new commit.
+	SnapshotEvery time.Duration
+	OnSnapshot    func(ref string, commit gitproto.Hash)
 }
 
 // Outcome is a published result.
@@ -120,7 +128,10 @@ func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 		Jobs:      []queue.Job{},
 		Artifacts: []queue.Artifact{},
 	}
-	r := &run{spec: spec, st: st, now: now}
+	if spec.PreviousRun != "" {
+		st.Extra = map[string]any{"previous_run": spec.PreviousRun}
+	}
+	r := &run{spec: spec, st: st, now: now, signer: signer, ref: queue.RunRef(st.Target, st.Run)}
 	defer r.cleanup()
 	files, err := r.execute(ctx)
 	if err != nil {
@@ -136,10 +147,13 @@ func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 }
 
 type run struct {
-	spec RunSpec
-	st   *queue.Status
-	now  func() time.Time
-	dir  string
+	spec   RunSpec
+	st     *queue.Status
+	now    func() time.Time
+	dir    string
+	signer Signer
+	ref    string
+	last   gitproto.Hash // the last snapshot written to ref, or zero
 
 	mu      sync.Mutex
 	jobLogs map[string]*CappedLog
@@ -230,6 +244,11 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		return files, nil
 	}
 
+	if typ, err := r.spec.Repo.ObjectType(r.spec.Target); err != nil {
+		return errorResult(fmt.Sprintf("the target %s is not in the repository: %v", r.spec.Target, err))
+	} else if typ != "commit" {
+		return errorResult(fmt.Sprintf("the request points at a %s, not a commit; push a commit (git push origin HEAD:refs/ci/requests/NAME) or an annotated tag on one", typ))
+	}
 	if _, err := r.spec.Repo.Checkout(r.spec.Target, src); err != nil {
 		return errorResult(fmt.Sprintf("checkout failed: %v", err))
 	}
@@ -266,11 +285,13 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 			return nil, fmt.Errorf("prepare PATH: %w", err)
 		}
 	}
-	var out io.Writer = &lockedWriter{w: mainLog}
+	lw := &lockedWriter{w: mainLog}
 	if r.spec.Output != nil {
-		out = &lockedWriter{w: io.MultiWriter(mainLog, r.spec.Output)}
+		lw.w = io.MultiWriter(mainLog, r.spec.Output)
 	}
+	var out io.Writer = lw
 	timeout := orDefault(r.spec.Timeout, DefaultTimeout)
+	stopSnapshots := r.startSnapshots(lw, mainLog, srv)
 	res, err := RunProcess(ctx, ProcSpec{
 		Path:      entry,
 		Dir:       src,
@@ -281,6 +302,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		Hard:      r.spec.Hard,
 		ReapTag:   r.spec.RunID,
 	})
+	stopSnapshots()
 	srv.Close()
 	if err != nil {
 		return errorResult(fmt.Sprintf("could not start .refci/run: %v", err))
@@ -560,20 +582,112 @@ func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store result tree: %w", err)
 	}
-	name, email := splitUserID(signer.UserID())
-	commit, err := repo.WriteCommit(gitproto.CommitSpec{
-		Tree:    tree,
-		Author:  gitproto.NewSignature(name, email, r.st.Finished),
-		Message: queue.CommitMessage(r.st),
-	}, signer.SignDetached)
+	commit, err := r.commit(tree, r.st, r.st.Finished)
 	if err != nil {
 		return nil, fmt.Errorf("store result commit: %w", err)
 	}
-	ref := queue.RunRef(r.st.Target, r.st.Run)
-	if err := repo.CreateRef(ref, commit); err != nil {
+	if err := repo.UpdateRef(r.ref, commit, r.last); err != nil {
 		return nil, fmt.Errorf("record result: %w", err)
 	}
-	return &Outcome{Status: r.st, Ref: ref, Commit: commit}, nil
+	return &Outcome{Status: r.st, Ref: r.ref, Commit: commit}, nil
+}
+
+// commit writes a signed result commit for tree whose parent is the last
+// snapshot.
+func (r *run) commit(tree gitproto.Hash, st *queue.Status, when time.Time) (gitproto.Hash, error) {
+	name, email := splitUserID(r.signer.UserID())
+	var parents []gitproto.Hash
+	if r.last != gitproto.ZeroHash {
+		parents = []gitproto.Hash{r.last}
+	}
+	return r.spec.Repo.WriteCommit(gitproto.CommitSpec{
+		Tree:    tree,
+		Parents: parents,
+		Author:  gitproto.NewSignature(name, email, when),
+		Message: queue.CommitMessage(st),
+	}, r.signer.SignDetached)
+}
+
+// startSnapshots writes a progress snapshot every SnapshotEvery until the
+// returned function is called (which waits for a snapshot in progress).
+func (r *run) startSnapshots(lw *lockedWriter, log *CappedLog, srv *JobServer) func() {
+	if r.spec.SnapshotEvery <= 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(r.spec.SnapshotEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if err := r.snapshot(lw, log, srv); err != nil {
+					fmt.Fprintf(lw, "refci: progress snapshot failed: %v\n", err)
+				}
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// snapshot writes one progress commit: status.json in state running and
+// the log so far.
+func (r *run) snapshot(lw *lockedWriter, log *CappedLog, srv *JobServer) error {
+	f, err := os.CreateTemp(filepath.Join(r.dir, "logs"), "snapshot-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	lw.mu.Lock()
+	err = log.Snapshot(f)
+	total := log.Total()
+	lw.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	st := *r.st
+	st.Jobs = srv.Jobs()
+	if st.Jobs == nil {
+		st.Jobs = []queue.Job{}
+	}
+	st.LogBytes = total
+	now := r.now().UTC()
+	st.DurationMS = now.Sub(st.Started).Milliseconds()
+	b, err := queue.EncodeStatus(&st)
+	if err != nil {
+		return err
+	}
+	repo := r.spec.Repo
+	sh, err := repo.WriteBlob(b)
+	if err != nil {
+		return err
+	}
+	lh, _, err := repo.WriteBlobFile(f.Name())
+	if err != nil {
+		return err
+	}
+	tree, err := repo.WriteTree([]gitproto.TreeFile{{Path: queue.StatusFile, Hash: sh}, {Path: queue.LogFile, Hash: lh}})
+	if err != nil {
+		return err
+	}
+	c, err := r.commit(tree, &st, now)
+	if err != nil {
+		return err
+	}
+	if err := repo.UpdateRef(r.ref, c, r.last); err != nil {
+		return err
+	}
+	r.last = c
+	if r.spec.OnSnapshot != nil {
+		r.spec.OnSnapshot(r.ref, c)
+	}
+	return nil
 }
 
 func splitUserID(uid string) (string, string) {

@@ -1,0 +1,132 @@
+package queue
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// ClaimFile is the one file of a claim commit's tree.
+const ClaimFile = "claim.json"
+
+// Claim is the content of claim.json: which worker runs which request, and
+// until when its lease holds. A claim commit is signed by the worker; each
+// renewal is a new commit whose parent is the previous claim commit.
+// Plain value; not safe for concurrent mutation.
+type Claim struct {
+	Format        int       `json:"format"`
+	Request       string    `json:"request"`        // request name
+	RequestObject string    `json:"request_object"` // the value of the request ref that was claimed (commit or tag id)
+	Target        string    `json:"target"`         // the commit (or other object) under test
+	Run           string    `json:"run"`
+	Attempt       int       `json:"attempt"`
+	PreviousRun   string    `json:"previous_run,omitempty"` // the run an expired claim named, on takeover
+	Worker        string    `json:"worker"`                 // key fingerprint
+	Host          string    `json:"host,omitempty"`
+	Claimed       time.Time `json:"claimed"`
+	Renewed       time.Time `json:"renewed"`
+	LeaseExpires  time.Time `json:"lease_expires"`
+}
+
+// ClockSkew is how long past LeaseExpires a claim is still respected, so
+// that workers whose clocks disagree a little never take over a live run.
+const ClockSkew = 15 * time.Second
+
+// Expired reports whether the lease ran out (with ClockSkew of margin).
+func (c *Claim) Expired(now time.Time) bool {
+	return now.After(c.LeaseExpires.Add(ClockSkew))
+}
+
+// EncodeClaim renders claim.json.
+func EncodeClaim(c *Claim) ([]byte, error) {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+// DecodeClaim parses claim.json, checking the format first.
+func DecodeClaim(b []byte) (*Claim, error) {
+	var probe struct {
+		Format *int `json:"format"`
+	}
+	if err := json.Unmarshal(b, &probe); err != nil {
+		return nil, fmt.Errorf("claim.json is not valid JSON: %w", err)
+	}
+	if probe.Format == nil || *probe.Format != Format {
+		f := "none"
+		if probe.Format != nil {
+			f = fmt.Sprint(*probe.Format)
+		}
+		return nil, fmt.Errorf("%w: claim.json has format %s and this refci reads format %d; upgrade refci", ErrFormat, f, Format)
+	}
+	var c Claim
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("claim.json: %w", err)
+	}
+	return &c, nil
+}
+
+// ClaimMessage is the commit message of a claim commit.
+func ClaimMessage(c *Claim) string {
+	return fmt.Sprintf("refci: claim %s (attempt %d)\n\n%s: %s\n%s: %s\n%s: %d\n", c.Request, c.Attempt,
+		TrailerRequest, c.Request, TrailerRun, c.Run, TrailerAttempt, c.Attempt)
+}
+
+// RequestOptions are the options a request carries in its annotated tag's
+// message, as "Key: value" lines (keys are case-insensitive).
+type RequestOptions struct {
+	Env     string
+	Timeout time.Duration
+	Unknown []string // keys this version does not know, reported, not fatal
+}
+
+// ParseRequestOptions reads the Key: value lines of a request tag
+// message. Lines without a colon (a free-text subject) are ignored; a
+// known key with a bad value is an error that says what to write instead.
+func ParseRequestOptions(msg string) (RequestOptions, error) {
+	var o RequestOptions
+	for _, line := range strings.Split(msg, "\n") {
+		if strings.HasPrefix(line, "-----BEGIN PGP") {
+			break // the signature of a signed tag
+		}
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || strings.ContainsAny(k, " \t") || k == "" {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		switch strings.ToLower(k) {
+		case "env":
+			if err := ValidateJobName(v); err != nil {
+				return o, fmt.Errorf("request option Env: %q is not a valid environment name (letters, digits, '.', '_', '-')", v)
+			}
+			o.Env = v
+		case "timeout":
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return o, fmt.Errorf("request option Timeout: %q is not a duration; write e.g. \"Timeout: 20m\"", v)
+			}
+			o.Timeout = d
+		default:
+			o.Unknown = append(o.Unknown, k)
+		}
+	}
+	return o, nil
+}
+
+// FormatRequestOptions is the inverse of ParseRequestOptions, for
+// `refci trigger`.
+func FormatRequestOptions(subject string, o RequestOptions) string {
+	var b strings.Builder
+	b.WriteString(subject)
+	b.WriteString("\n\n")
+	if o.Env != "" {
+		fmt.Fprintf(&b, "Env: %s\n", o.Env)
+	}
+	if o.Timeout > 0 {
+		fmt.Fprintf(&b, "Timeout: %s\n", o.Timeout)
+	}
+	return b.String()
+}
