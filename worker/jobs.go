@@ -1191,7 +1191,7 @@ func (c *jobClient) runCmd(ctx context.Context, argv []string, replies <-chan jo
 		case <-drain:
 			drain = nil
 			pr.Close() // ends the reader; whatever is still buffered is lost
-			c.errorf("CMD exited but its output stays open (a background process?); not waiting for it")
+			c.errorf("%s exited but its output is still open (a background process?); stopped reading it", argv[0])
 		case sig := <-sigs:
 			if !exited {
 				cmd.Process.Signal(sig)

@@ -11,9 +11,12 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -857,5 +860,101 @@ func TestLinePrefixer(t *testing.T) {
 	want := "[x] " + strings.Repeat("y", 1000*1000) + "\n[x] z\n"
 	if out.String() != want {
 		t.Errorf("huge line: got %d bytes, want %d", out.Len(), len(want))
+	}
+}
+
+func TestJobSignalForwarded(t *testing.T) {
+	ts := newJobTestServer(t, jobTestTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), jobTestTimeout)
+	defer cancel()
+	res := ts.start(ctx, "trapper", "--", "sh", "-c",
+		`trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.02; done`)
+	jobWaitFor(t, "the command to be ready", func() bool { log, _, _ := ts.logs.get("trapper"); return log == "ready\n" })
+	// RunJobCommand has SIGTERM under signal.Notify while CMD runs, so
+	// this does not kill the test binary.
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	r := ts.wait(res)
+	if r.code != 7 || r.stdout != "[trapper] ready\n[trapper] got-term\n" {
+		t.Errorf("%+v", r)
+	}
+	checkJobState(t, ts.mustJob("trapper"), queue.Failure, queue.IntPtr(7))
+
+	// While waiting for its needs, a signal ends the job as cancelled.
+	res = ts.start(ctx, "waiter", "--needs", "ghost", "--", "true")
+	jobWaitFor(t, "waiter to register", func() bool { _, ok := ts.job("waiter"); return ok })
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	if r := ts.wait(res); r.code != 128+int(syscall.SIGTERM) || !strings.Contains(r.stderr, "SIGTERM while waiting") {
+		t.Errorf("%+v", r)
+	}
+	jobWaitFor(t, "waiter to be recorded", func() bool { return ts.mustJob("waiter").State.Final() })
+	checkJobState(t, ts.mustJob("waiter"), queue.Cancelled, nil)
+}
+
+func TestJobBackgroundProcessHoldsOutput(t *testing.T) {
+	defer func(d time.Duration) { jobOutputDrain = d }(jobOutputDrain)
+	jobOutputDrain = 50 * time.Millisecond
+	ts := newJobTestServer(t, 0)
+	stop := ts.path("stop")
+	defer os.WriteFile(stop, nil, 0o644)
+	r := ts.run("daemon", "--", "sh", "-c",
+		fmt.Sprintf(`(while [ ! -e %s ]; do sleep 0.02; done) & echo early`, stop))
+	if r.code != 0 || r.stdout != "[daemon] early\n" || !strings.Contains(r.stderr, "still open") {
+		t.Errorf("%+v", r)
+	}
+	checkJobState(t, ts.mustJob("daemon"), queue.Success, queue.IntPtr(0))
+}
+
+// TestJobHelperProcess is `refci job` in a child process for
+// TestJobClientKilled; it does nothing in a normal test run.
+func TestJobHelperProcess(t *testing.T) {
+	if os.Getenv("REFCI_JOB_TEST_HELPER") != "1" {
+		return
+	}
+	args := strings.Split(os.Getenv("REFCI_JOB_TEST_ARGS"), "\x1f")
+	os.Exit(RunJobCommand(context.Background(), args, os.Getenv, os.Stdout, os.Stderr))
+}
+
+// jobProcAlive reports whether pid runs (exists and is not a zombie).
+func jobProcAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
+func TestJobClientKilled(t *testing.T) {
+	ts := newJobTestServer(t, 0)
+	pidFile, stop := ts.path("pid"), ts.path("stop")
+	defer os.WriteFile(stop, nil, 0o644)
+	script := fmt.Sprintf(`echo $$ > %s.tmp && mv %s.tmp %s; while [ ! -e %s ]; do sleep 0.02; done`, pidFile, pidFile, pidFile, stop)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestJobHelperProcess$")
+	cmd.Env = append(os.Environ(), "REFCI_JOB_TEST_HELPER=1", "REFCI_SOCKET="+ts.sock,
+		"REFCI_JOB_TEST_ARGS="+strings.Join([]string{"victim", "--", "sh", "-c", script}, "\x1f"))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	var pid int
+	jobWaitFor(t, "the command to start", func() bool {
+		b, err := os.ReadFile(pidFile)
+		if err != nil {
+			return false
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	})
+	if !jobProcAlive(pid) {
+		t.Fatal("command is not running")
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	jobWaitFor(t, "the command to die with refci job (Pdeathsig)", func() bool { return !jobProcAlive(pid) })
+	jobWaitFor(t, "the job to be recorded", func() bool { j, ok := ts.job("victim"); return ok && j.State.Final() })
+	j := ts.mustJob("victim")
+	checkJobState(t, j, queue.Cancelled, nil)
+	if !strings.Contains(j.Reason, "went away") {
+		t.Errorf("reason %q", j.Reason)
 	}
 }

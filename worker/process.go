@@ -176,6 +176,14 @@ func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
 	case <-hardDone:
 		res.Cancelled, terminate, hard = true, true, true
 	}
+	if terminate {
+		select {
+		case err := <-waitCh: // it exited by itself at the same moment: that is the result
+			onExit(err)
+			res.Cancelled, res.TimedOut, terminate, hard = false, false, false, false
+		default:
+		}
+	}
 
 	var errs []error
 	poll := newBackoff()
@@ -239,21 +247,25 @@ kill:
 	}
 	drainStart := time.Now()
 	drainPoll := time.NewTicker(50 * time.Millisecond)
+	abandoned := false
 	for waiting := true; waiting; {
 		select {
 		case <-cp.done:
 			waiting = false
 		case <-drainPoll.C:
-			if cp.readBlockedSince(drainStart) > drainGiveUp {
+			if !abandoned && cp.readBlockedSince(drainStart) > drainGiveUp {
+				abandoned = true
 				pr.Close() // unblocks the read with os.ErrClosed
 			}
 		}
 	}
 	drainPoll.Stop()
-	if cp.writeErr != nil {
+	switch {
+	case cp.writeErr != nil:
 		errs = append(errs, fmt.Errorf("worker: writing the output of %q: %w (the rest was discarded)", spec.Path, cp.writeErr))
-	}
-	if cp.readErr != nil && !stuck {
+	case abandoned:
+		errs = append(errs, fmt.Errorf("worker: a process outside the pipeline's tree still holds the output pipe of %q; stopped reading it", spec.Path))
+	case cp.readErr != nil && !stuck:
 		errs = append(errs, fmt.Errorf("worker: reading the output of %q: %w", spec.Path, cp.readErr))
 	}
 
@@ -316,7 +328,9 @@ func startProcess(run *reapRun, spec ProcSpec, env []string, out *os.File) (*exe
 // startError explains why the process could not be started.
 func startError(spec ProcSpec, err error) error {
 	var errno syscall.Errno
-	errors.As(err, &errno)
+	if errors.As(err, &errno) {
+		err = errno // the path is in the message already
+	}
 	path := spec.Path
 	if !filepath.IsAbs(path) && spec.Dir != "" {
 		path = filepath.Join(spec.Dir, path)
@@ -326,27 +340,27 @@ func startError(spec ProcSpec, err error) error {
 	case syscall.ENOENT:
 		if spec.Dir != "" {
 			if _, serr := os.Stat(spec.Dir); serr != nil {
-				return fmt.Errorf("worker: %s: working directory %q does not exist: %w", what, spec.Dir, err)
+				return fmt.Errorf("worker: %s: working directory %q: %w", what, spec.Dir, err)
 			}
 		}
 		if _, serr := os.Stat(path); serr == nil {
-			return fmt.Errorf("worker: %s: the interpreter named on its #! line does not exist: %w", what, err)
+			return fmt.Errorf("worker: %s: the interpreter named on its #! line was not found: %w", what, err)
 		}
-		return fmt.Errorf("worker: %s: no such file: %w", what, err)
+		return fmt.Errorf("worker: %s: %w", what, err)
 	case syscall.EACCES:
 		if fi, serr := os.Stat(path); serr == nil {
 			switch {
 			case fi.IsDir():
 				return fmt.Errorf("worker: %s: it is a directory: %w", what, err)
 			case fi.Mode().Perm()&0o111 == 0:
-				return fmt.Errorf("worker: %s: it is not executable (mode %v; chmod +x it): %w", what, fi.Mode().Perm(), err)
+				return fmt.Errorf("worker: %s: it is not executable (mode %v): %w", what, fi.Mode().Perm(), err)
 			}
 		}
-		return fmt.Errorf("worker: %s: permission denied (not executable, a directory on its path is not searchable, or its file system is mounted noexec): %w", what, err)
+		return fmt.Errorf("worker: %s: %w (is it executable, are the directories on its path searchable, is its file system mounted noexec?)", what, err)
 	case syscall.ENOEXEC:
 		return fmt.Errorf("worker: %s: not an executable format this system can run (a script needs a #! line): %w", what, err)
 	case syscall.ENOTDIR:
-		return fmt.Errorf("worker: %s: a component of the path or working directory is not a directory: %w", what, err)
+		return fmt.Errorf("worker: %s: a component of its path or of the working directory is not a directory: %w", what, err)
 	}
 	return fmt.Errorf("worker: %s: %w", what, err)
 }

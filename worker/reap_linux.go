@@ -52,8 +52,9 @@ import (
 //     jobs and double-forked daemons that did not call setsid.
 //  3. X's environment (/proc/X/environ, the environment it was exec'd
 //     with) contains REFCI_REAP_TAG=<tag>: the in-flight run with that
-//     ReapTag; a tag no in-flight run carries is stale (its run is over)
-//     and X is killed by whichever run sweeps next.
+//     ReapTag. The tag of this process' own environment (refci running
+//     inside a refci pipeline) marks X as ours, never touched. A tag no
+//     in-flight run carries (its run is over) attributes nothing: go on.
 //  4. One of X's file descriptors is the output pipe of a registered run:
 //     that run.
 //  5. Otherwise X is ambiguous. A run without a ReapTag kills ambiguous
@@ -74,11 +75,15 @@ import (
 // waits for them). A sweep reaps (wait4 on that pid, WNOHANG) every zombie
 // that is a direct child of ours, is not the main process of an in-flight
 // run (its exec.Cmd waits for it) and is not in our own process group
-// (children of other code, whose exec.Cmd will wait for them). Limit:
-// other code of this program must not start children in a process group
-// of their own (exec.Cmd with Setpgid or Setsid) while RunProcess may be
-// sweeping: they would look like orphans. Orphaned grandchildren of such
-// other code that stay in our process group are never reaped either.
+// (children of other code, whose exec.Cmd will wait for them).
+//
+// Limits of being a subreaper: we adopt the orphans of all code of this
+// program, not only of pipelines. Children that other code starts in a
+// process group of their own (exec.Cmd with Setpgid or Setsid), and
+// daemons it spawns (gpg-agent, an ssh ControlMaster), look like pipeline
+// orphans: ambiguous ones, killed as described in 5. Orphans of other code
+// that stay in our process group are never touched, so when they die
+// their zombies stay until this process exits.
 
 // reapTagEnv is the environment variable that carries ProcSpec.ReapTag.
 const reapTagEnv = "REFCI_REAP_TAG"
@@ -120,7 +125,7 @@ var registry struct {
 	runs map[*reapRun]struct{}
 }
 
-// register adds r to the registry. The caller holds registry.mu.
+// registerLocked adds r to the registry. The caller holds registry.mu.
 func (r *reapRun) registerLocked() error {
 	if r.tag != "" {
 		for o := range registry.runs {
@@ -280,7 +285,6 @@ type ownerKind int
 const (
 	ownNone      ownerKind = iota // not ours: foreign, or not below us at all
 	ownRun                        // belongs to run
-	ownStale                      // tagged for a run that is over
 	ownAmbiguous                  // an orphan nothing attributes
 )
 
@@ -292,6 +296,7 @@ type owner struct {
 // snapshot is one scan of /proc plus the registry, under registry.mu.
 type snapshot struct {
 	self, selfPgrp int
+	ownTag         string // REFCI_REAP_TAG of this process, if it has one
 	procs          map[int]*procInfo
 	liveMains      map[int]*reapRun // main pid → run, mains not reaped yet
 	goneMains      map[int]*reapRun // main pid → run, mains already reaped (for process groups)
@@ -310,6 +315,7 @@ func takeSnapshot() (*snapshot, error) {
 	s := &snapshot{
 		self:      os.Getpid(),
 		selfPgrp:  unix.Getpgrp(),
+		ownTag:    os.Getenv(reapTagEnv),
 		procs:     procs,
 		liveMains: map[int]*reapRun{},
 		goneMains: map[int]*reapRun{},
@@ -402,7 +408,10 @@ func (s *snapshot) classifyOrphan(p *procInfo) owner {
 		if r := s.tags[tag]; r != nil {
 			return owner{ownRun, r}
 		}
-		return owner{ownStale, nil}
+		if tag == s.ownTag {
+			return owner{} // inherited from our own environment (refci running under refci): ours, not a pipeline's
+		}
+		// A run that is over: treat it like an untagged orphan.
 	}
 	var found *reapRun
 	if len(s.pipes) > 0 {
@@ -422,8 +431,6 @@ func (s *snapshot) mine(r *reapRun, o owner) bool {
 	switch o.kind {
 	case ownRun:
 		return o.run == r
-	case ownStale:
-		return true
 	case ownAmbiguous:
 		return r.tag == "" || s.nRuns == 1
 	}

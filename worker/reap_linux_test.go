@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -36,16 +36,24 @@ func TestReapParseStat(t *testing.T) {
 }
 
 func TestReapReadTag(t *testing.T) {
-	d := t.TempDir()
 	m := newMarker()
-	cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf("touch %s/ready; exec sleep %s", d, m))
-	cmd.Env = []string{"PATH=/usr/bin:/bin", reapTagEnv + "=first", "X=1", reapTagEnv + "=second"}
+	// sleep directly, not through a shell: a shell killed while its child
+	// is running would orphan that child into our own process group, where
+	// sweeps deliberately never reap.
+	cmd := exec.Command("/bin/sleep", m)
+	cmd.Env = []string{reapTagEnv + "=first", "X=1", reapTagEnv + "=second"}
 	// Deduplicated by os/exec: the last one wins.
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	waitFiles(t, filepath.Join(d, "ready"))
+	deadline := time.Now().Add(testReadyMax)
+	for len(markerPids(m)) == 0 { // until exec'd: before, environ is ours
+		if time.Now().After(deadline) {
+			t.Fatal("sleep did not start")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	if tag, ok := readReapTag(cmd.Process.Pid); !ok || tag != "second" {
 		t.Errorf("tag %q %v", tag, ok)
 	}
@@ -106,4 +114,43 @@ while [ ! -e %[1]s/a ]; do sleep 0.02; done`, d, dm), nil)
 	if exited.ProcessState == nil || exited.ProcessState.ExitCode() != 7 {
 		t.Errorf("the foreign zombie's status was stolen: %v", err)
 	}
+}
+
+// A process that escapes into our own process group (where sweeps never
+// kill) while holding the output pipe must not make RunProcess wait
+// forever: the drain gives up.
+func TestReapForeignPipeHolderDoesNotHang(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("needs python3 for setpgid")
+	}
+	defer func(d time.Duration) { drainGiveUp = d }(drainGiveUp)
+	drainGiveUp = 300 * time.Millisecond
+	d := t.TempDir()
+	m := newMarker()
+	script := fmt.Sprintf(`(%s -c 'import os, sys, time
+os.setpgid(0, %d)
+open(sys.argv[2], "w").close()
+time.sleep(float(sys.argv[1]))' %s %s/joined &)
+while [ ! -e %s/joined ]; do sleep 0.02; done
+echo done`, py, unix.Getpgrp(), m, d, d)
+	start := time.Now()
+	res, out, err := runSh(t, t.Context(), script, nil)
+	defer func() {
+		for _, pid := range markerPids(m) {
+			syscallKill(pid)
+			var ws unix.WaitStatus
+			unix.Wait4(pid, &ws, 0, nil) // it was reparented to us
+		}
+	}()
+	if err == nil || !strings.Contains(err.Error(), "still holds the output pipe") {
+		t.Errorf("err = %v", err)
+	}
+	if res.ExitCode != 0 || out != "done\n" {
+		t.Errorf("result %+v, output %q", res, out)
+	}
+	if elapsed := time.Since(start); elapsed > testQuick {
+		t.Errorf("took %s", elapsed)
+	}
+	assertAlive(t, m) // foreign to the sweep: left alone
 }

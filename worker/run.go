@@ -304,8 +304,13 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	})
 	stopSnapshots()
 	srv.Close()
-	if err != nil {
+	if err != nil && res.ExitCode == -1 && res.Duration == 0 {
 		return errorResult(fmt.Sprintf("could not start .refci/run: %v", err))
+	}
+	if err != nil {
+		// The pipeline ran; refci had trouble around it (its output,
+		// a process that would not die). Say so in the log.
+		fmt.Fprintf(lw, "refci: %v\n", err)
 	}
 	r.st.ExitCode = queue.IntPtr(res.ExitCode)
 	r.st.Signal = res.Signal
