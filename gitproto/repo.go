@@ -462,3 +462,6 @@ func readPackedRefs(path, prefix string, into map[string]Hash) error {
 	}
 	return sc.Err()
 }
+
+// NewHash parses a hex object id (the zero id for anything else).
+func NewHash(s string) Hash { return plumbing.NewHash(s) }

@@ -44,13 +44,18 @@ func cmdStatus(_ context.Context, e *env, args []string) int {
 	return exitForState(st)
 }
 
-func cmdLog(_ context.Context, e *env, args []string) int {
-	fs := newFlags(e, "log", "[--repo DIR] [--job NAME] [REV|RUN]")
+func cmdLog(ctx context.Context, e *env, args []string) int {
+	fs := newFlags(e, "log", "[--repo DIR] [--job NAME] [-f [--remote R]] [REV|RUN]")
 	repoDir := fs.String("repo", ".", "the repository")
 	job := fs.String("job", "", "print this job's log instead of the whole pipeline's")
+	followF := fs.Bool("f", false, "follow a run on the remote as it goes, until it ends")
+	remote := fs.String("remote", "origin", "with -f: the remote to follow")
 	pos, code, ok := parse(e, fs, args, 1)
 	if !ok {
 		return code
+	}
+	if *followF {
+		return logFollow(ctx, e, *repoDir, *remote, first(pos))
 	}
 	repo, rr, st, code := loadRun(e, *repoDir, first(pos))
 	if st == nil {

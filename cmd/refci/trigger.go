@@ -1,0 +1,253 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"time"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
+	"refci.dev/refci/render"
+)
+
+// gitCmd runs git in dir and returns its trimmed stdout; the error carries
+// git's stderr.
+func gitCmd(ctx context.Context, dir, stdin string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "git", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0")
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("git %s: %s", args[0], strings.TrimSpace(errb.String()))
+	}
+	return strings.TrimSpace(out.String()), nil
+}
+
+func cmdTrigger(ctx context.Context, e *env, args []string) int {
+	fs := newFlags(e, "trigger", "[--remote R] [--name N] [--env E] [--timeout DUR] [--wait] [REV]")
+	repoDir := fs.String("repo", ".", "the repository")
+	remote := fs.String("remote", "origin", "the git remote to push the request to")
+	name := fs.String("name", "", "the request name (default: the current branch)")
+	envName := fs.String("env", "", "ask for this secrets environment (an annotated request tag carries it)")
+	timeout := fs.Duration("timeout", 0, "ask for this pipeline timeout")
+	wait := fs.Bool("wait", false, "follow the run and exit with its result (0 success, 1 failure, 3 error)")
+	pos, code, ok := parse(e, fs, args, 1)
+	if !ok {
+		return code
+	}
+	repo, err := openRepo(*repoDir)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitFor(err)
+	}
+	dir := repo.WorkTree()
+	if dir == "" {
+		dir = repo.GitDir()
+	}
+	rev := first(pos)
+	if rev == "" {
+		rev = "HEAD"
+	}
+	target, err := repo.ResolveCommit(rev)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitFor(err)
+	}
+	if *name == "" {
+		branch, _ := gitCmd(ctx, dir, "", "symbolic-ref", "--short", "-q", "HEAD")
+		if first(pos) != "" || branch == "" {
+			branch = "rev-" + target.String()[:12]
+		}
+		*name = branch
+	}
+	if err := queue.ValidateRequestName(*name); err != nil {
+		e.errorf("trigger: %v", err)
+		return exitUsage
+	}
+	obj := target.String()
+	opts := queue.RequestOptions{Env: *envName, Timeout: *timeout}
+	if opts.Env != "" || opts.Timeout > 0 {
+		if opts.Env != "" {
+			if err := queue.ValidateJobName(opts.Env); err != nil {
+				e.errorf("trigger: --env %q: use letters, digits, '.', '_' or '-'", opts.Env)
+				return exitUsage
+			}
+		}
+		obj, err = makeRequestTag(ctx, dir, target.String(), *name, opts)
+		if err != nil {
+			e.errorf("trigger: %v", err)
+			return exitInfra
+		}
+	}
+	ref := queue.RequestRef(*name)
+	pushed := time.Now()
+	if _, err := gitCmd(ctx, dir, "", "push", "--quiet", "--no-verify", *remote, "+"+obj+":"+ref); err != nil {
+		e.errorf("trigger: pushing %s to %s failed: %v", ref, *remote, err)
+		return exitInfra
+	}
+	fmt.Fprintf(e.stdout, "refci: requested %s for %s on %s\n", *name, target.String()[:12], *remote)
+	if !*wait {
+		fmt.Fprintf(e.stdout, "follow it with: refci trigger --wait, or fetch results with: git fetch %s '+refs/ci/*:refs/ci/*'\n", *remote)
+		return exitOK
+	}
+	return follow(ctx, e, dir, *remote, target.String(), func(st *queue.Status) bool {
+		return st.Request == *name && st.Started.After(pushed.Add(-queue.ClockSkew))
+	})
+}
+
+// makeRequestTag writes an annotated tag object carrying the options,
+// signed when the user has a signing key configured. No tag ref is left
+// behind.
+func makeRequestTag(ctx context.Context, dir, target, name string, o queue.RequestOptions) (string, error) {
+	tmp := fmt.Sprintf("refci-request-%d", time.Now().UnixNano())
+	args := []string{"tag", "-a"}
+	if key, _ := gitCmd(ctx, dir, "", "config", "user.signingkey"); key != "" {
+		args = []string{"tag", "-s"}
+	}
+	msg := queue.FormatRequestOptions("refci request "+name, o)
+	if _, err := gitCmd(ctx, dir, msg, append(args, "-F", "-", tmp, target)...); err != nil {
+		return "", err
+	}
+	defer gitCmd(context.WithoutCancel(ctx), dir, "", "tag", "-d", tmp)
+	return gitCmd(ctx, dir, "", "rev-parse", "refs/tags/"+tmp)
+}
+
+// follow polls the remote for the run of target that match selects,
+// prints its log as snapshots arrive, and returns the exit code of its
+// final state.
+func follow(ctx context.Context, e *env, dir, remote, target string, match func(*queue.Status) bool) int {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
+	defer stop()
+	printed := int64(0)
+	runRef := ""
+	announced := false
+	for {
+		spec := "+" + queue.RunsPrefix + target + "/*:" + queue.RunsPrefix + target + "/*"
+		if _, err := gitCmd(ctx, dir, "", "fetch", "--quiet", "--no-write-fetch-head", remote, spec); err != nil {
+			if ctx.Err() != nil {
+				return exitFailed
+			}
+			e.errorf("fetch from %s failed (retrying): %v", remote, err)
+		}
+		repo, err := openRepo(dir)
+		if err != nil {
+			e.errorf("%v", err)
+			return exitInfra
+		}
+		if runRef == "" {
+			runs, _ := listRuns(repo, target)
+			for _, r := range runs {
+				if st, err := readStatus(repo, r.Commit); err == nil && match(st) {
+					runRef = r.Ref
+					break
+				}
+			}
+		}
+		if runRef != "" {
+			h, err := repo.RefHash(runRef)
+			if err == nil {
+				st, err := readStatus(repo, h)
+				if err != nil {
+					e.errorf("%v", err)
+					return exitInfra
+				}
+				if !announced {
+					fmt.Fprintf(e.stderr, "refci: run %s (attempt %d) on worker %s\n", st.Run, st.Attempt, st.Worker)
+					announced = true
+				}
+				printed = printNewLog(e.stdout, repo, h, printed)
+				if st.State.Final() {
+					fmt.Fprintf(e.stdout, "refci: %s in %s", st.State, render.Duration(st.DurationMS))
+					if st.Reason != "" {
+						fmt.Fprintf(e.stdout, ": %s", st.Reason)
+					}
+					fmt.Fprintf(e.stdout, "\nrefci: result %s\n", runRef)
+					return exitForState(st)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			e.errorf("stopped following; the run goes on")
+			return exitFailed
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// printNewLog prints the part of a snapshot's log not printed yet. A
+// capped log may have moved its tail; then it says so and prints the tail.
+func printNewLog(w io.Writer, repo *gitproto.Repo, commit gitproto.Hash, printed int64) int64 {
+	b, err := repo.ReadFile(commit, queue.LogFile)
+	if err != nil {
+		return printed
+	}
+	if int64(len(b)) < printed {
+		fmt.Fprintf(w, "\n[refci: the log was capped; showing its tail]\n")
+		printed = 0
+	}
+	w.Write(b[printed:])
+	return int64(len(b))
+}
+
+// logFollow implements `refci log -f`: follow a run on a remote.
+func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
+	repo, err := openRepo(repoDir)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitFor(err)
+	}
+	dir := repo.WorkTree()
+	if dir == "" {
+		dir = repo.GitDir()
+	}
+	var target, runID string
+	switch {
+	case strings.HasPrefix(arg, queue.RunsPrefix):
+		t, id, ok := queue.ParseRunRef(arg)
+		if !ok {
+			e.errorf("%s is not a run ref", arg)
+			return exitUsage
+		}
+		target, runID = t, id
+	case strings.Contains(arg, "/"):
+		t, id, _ := strings.Cut(arg, "/")
+		target, runID = t, id
+	default:
+		rev := arg
+		if queue.ValidRunID(arg) {
+			if rr, err := findRun(repo, arg); err == nil {
+				target, runID = rr.Target, rr.Run
+				break
+			}
+			e.errorf("run %s is not known here yet; name it as <commit>/<run-id> or refs/ci/runs/<commit>/<run-id>", arg)
+			return exitUsage
+		}
+		if rev == "" {
+			rev = "HEAD"
+		}
+		h, err := repo.ResolveCommit(rev)
+		if err != nil {
+			e.errorf("%v", err)
+			return exitFor(err)
+		}
+		target = h.String()
+	}
+	started := time.Now()
+	return follow(ctx, e, dir, remote, target, func(st *queue.Status) bool {
+		if runID != "" {
+			return st.Run == runID
+		}
+		return st.Started.After(started.Add(-time.Hour)) // the newest recent run of the commit
+	})
+}

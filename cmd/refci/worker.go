@@ -1,0 +1,197 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/worker"
+)
+
+// workerConfig is the TOML configuration of `refci worker --config`.
+// Flags given on the command line win over the file.
+type workerConfig struct {
+	Remotes           []string `toml:"remotes"`
+	Poll              duration `toml:"poll"`
+	Concurrency       int      `toml:"concurrency"`
+	Lease             duration `toml:"lease"`
+	Grace             duration `toml:"grace"`
+	Timeout           duration `toml:"timeout"`
+	KillGrace         duration `toml:"kill_grace"`
+	LogCap            int64    `toml:"log_cap"`
+	ArtifactCap       int64    `toml:"artifact_cap"`
+	ArtifactsTotalCap int64    `toml:"artifacts_total_cap"`
+	Key               string   `toml:"key"`
+	Cache             string   `toml:"cache"`
+}
+
+// duration reads "10s" style values from TOML.
+type duration struct{ time.Duration }
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (write e.g. \"10s\", \"2m\")", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+func cmdWorker(ctx context.Context, e *env, args []string) int {
+	fs := newFlags(e, "worker", "--remote URL... | --config FILE [flags]")
+	var remotes multiFlag
+	fs.Var(&remotes, "remote", "a git remote to serve (repeatable): file://, ssh://, https:// or scp-like host:path")
+	configFile := fs.String("config", "", "a TOML configuration file (see README)")
+	poll := fs.Duration("poll", 0, "how often to poll each remote (default 10s)")
+	conc := fs.Int("concurrency", 0, "pipelines run at once (default: the number of CPUs)")
+	lease := fs.Duration("lease", 0, "claim lease; renewed every third of it (default 60s)")
+	grace := fs.Duration("grace", 0, "on the first SIGTERM/SIGINT, how long running pipelines may finish (default 30s)")
+	timeout := fs.Duration("timeout", 0, "default pipeline timeout (default 1h; a request may ask for another)")
+	keyFile := fs.String("key", "", "sign with this private key instead of $REFCI_HOME/key.asc")
+	cache := fs.String("cache", "", "where the bare cache repositories live (default $REFCI_HOME/cache)")
+	logCap := fs.Int64("log-cap", 0, "bytes of log kept per run and per job")
+	verbose := fs.Bool("v", false, "log every claim race and poll")
+	if _, code, ok := parse(e, fs, args, 0); !ok {
+		return code
+	}
+	var cfg workerConfig
+	if *configFile != "" {
+		md, err := toml.DecodeFile(*configFile, &cfg)
+		if err != nil {
+			e.errorf("config %s: %v", *configFile, err)
+			return exitUsage
+		}
+		if und := md.Undecoded(); len(und) > 0 {
+			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache", *configFile, und[0].String())
+			return exitUsage
+		}
+	}
+	if len(remotes) > 0 {
+		cfg.Remotes = remotes
+	}
+	if len(cfg.Remotes) == 0 {
+		e.errorf("worker: no remote to serve; pass --remote URL (repeatable) or --config FILE")
+		return exitUsage
+	}
+	set := func(dst *duration, v time.Duration) {
+		if v > 0 {
+			dst.Duration = v
+		}
+	}
+	set(&cfg.Poll, *poll)
+	set(&cfg.Lease, *lease)
+	set(&cfg.Grace, *grace)
+	set(&cfg.Timeout, *timeout)
+	if *conc > 0 {
+		cfg.Concurrency = *conc
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = runtime.NumCPU()
+	}
+	if *keyFile != "" {
+		cfg.Key = *keyFile
+	}
+	if *cache != "" {
+		cfg.Cache = *cache
+	}
+	if *logCap > 0 {
+		cfg.LogCap = *logCap
+	}
+	if cfg.Lease.Duration > 0 && cfg.Lease.Duration < 3*time.Second {
+		e.errorf("worker: --lease %s is too short; use at least 3s", cfg.Lease.Duration)
+		return exitUsage
+	}
+
+	id, err := e.identity(cfg.Key)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitFor(err)
+	}
+	if cfg.Cache == "" {
+		h, err := e.home()
+		if err != nil {
+			e.errorf("%v", err)
+			return exitUsage
+		}
+		cfg.Cache = filepath.Join(h, "cache")
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+	var rems []*gitproto.Remote
+	for _, u := range cfg.Remotes {
+		r, err := gitproto.OpenRemote(u, filepath.Join(cfg.Cache, cacheName(u)), nil)
+		if err != nil {
+			e.errorf("remote %s: %v", gitproto.RedactURL(u), err)
+			return exitInfra
+		}
+		rems = append(rems, r)
+	}
+	self, _ := os.Executable()
+	host, _ := os.Hostname()
+	w := worker.New(worker.Config{
+		Remotes: rems, Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
+		Grace: cfg.Grace.Duration, Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
+		LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap,
+		Signer: id, RefciPath: self, Host: host, Version: version, Logger: logger,
+	})
+	stop, stopFn := context.WithCancel(ctx)
+	defer stopFn()
+	abort, abortFn := context.WithCancel(context.WithoutCancel(ctx))
+	defer abortFn()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		n := 0
+		for s := range sigs {
+			n++
+			if n == 1 {
+				logger.Info("signal: finishing running pipelines, claiming nothing more (again to cancel them at once)", "signal", s.String())
+				stopFn()
+			} else {
+				logger.Warn("second signal: cancelling running pipelines now", "signal", s.String())
+				abortFn()
+			}
+		}
+	}()
+	var names []string
+	for _, r := range rems {
+		names = append(names, gitproto.RedactURL(r.URL))
+	}
+	logger.Info("worker started", "key", id.Fingerprint(), "remotes", strings.Join(names, " "), "concurrency", cfg.Concurrency, "cache", cfg.Cache)
+	if err := w.Run(stop, abort); err != nil {
+		e.errorf("worker: %v", err)
+		return exitInfra
+	}
+	logger.Info("worker stopped")
+	return exitOK
+}
+
+var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
+
+// cacheName is a stable, readable directory name for a remote's cache.
+func cacheName(url string) string {
+	sum := sha256.Sum256([]byte(url))
+	base := unsafeChars.ReplaceAllString(gitproto.RedactURL(url), "_")
+	base = strings.Trim(base, "_.")
+	if len(base) > 60 {
+		base = base[len(base)-60:]
+	}
+	return base + "-" + hex.EncodeToString(sum[:6]) + ".git"
+}

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"refci.dev/refci/queue"
+)
+
+// A fleet is a bare remote, a clone to push requests from, and worker
+// processes, each with its own REFCI_HOME.
+type fleet struct {
+	*sandbox
+	bare    string
+	mu      sync.Mutex
+	workers []*exec.Cmd
+	logs    []*bytes.Buffer
+}
+
+func newFleet(t *testing.T, script string) *fleet {
+	s := newSandbox(t)
+	f := &fleet{sandbox: s, bare: filepath.Join(s.root, "remote.git")}
+	s.git("", "init", "-q", "--bare", "-b", "main", f.bare)
+	s.pipeline(script)
+	s.git("", "remote", "add", "origin", f.bare)
+	s.git("", "push", "-q", "origin", "main")
+	t.Cleanup(f.stopAll)
+	return f
+}
+
+// startWorker starts a worker process; extra flags are appended.
+func (f *fleet) startWorker(name string, extra ...string) *exec.Cmd {
+	f.t.Helper()
+	home := filepath.Join(f.root, "worker-"+name)
+	args := append([]string{"worker", "--remote", "file://" + f.bare, "--poll", "200ms", "--lease", "3s", "--grace", "5s"}, extra...)
+	cmd := exec.Command(refciBin, args...)
+	cmd.Env = append(append([]string{}, f.env...), "REFCI_HOME="+home)
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := cmd.Start(); err != nil {
+		f.t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.workers = append(f.workers, cmd)
+	f.logs = append(f.logs, &buf)
+	f.mu.Unlock()
+	return cmd
+}
+
+func (f *fleet) stopAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, w := range f.workers {
+		if w.ProcessState == nil {
+			w.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	for i, w := range f.workers {
+		done := make(chan struct{})
+		go func() { w.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			w.Process.Kill()
+			<-done
+		}
+		if f.t.Failed() {
+			f.t.Logf("worker %d log:\n%s", i, tail(f.logs[i].String()))
+		}
+	}
+	f.workers = nil
+}
+
+// remoteRefs lists the remote's refs under prefix.
+func (f *fleet) remoteRefs(prefix string) []string {
+	out := f.gitErr(f.bare, "for-each-ref", "--format=%(refname)", prefix)
+	out = strings.TrimSpace(out)
+	if out == "" {
+		return nil
+	}
+	return strings.Split(out, "\n")
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func (f *fleet) waitFor(what string, d time.Duration, cond func() bool) {
+	f.t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			f.t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// pushRequests pushes n requests named prefix-i for HEAD in one push.
+func (f *fleet) pushRequests(prefix string, n int) {
+	f.t.Helper()
+	args := []string{"push", "-q", "origin"}
+	for i := 0; i < n; i++ {
+		args = append(args, fmt.Sprintf("HEAD:refs/ci/requests/%s-%d", prefix, i))
+	}
+	f.git("", args...)
+}
+
+// finalResults reads every run ref of the remote and returns the final
+// statuses by request.
+func (f *fleet) finalResults() map[string][]*queue.Status {
+	out := map[string][]*queue.Status{}
+	for _, ref := range f.remoteRefs("refs/ci/runs/") {
+		b := f.gitErr(f.bare, "show", ref+":status.json")
+		st, err := queue.DecodeStatus([]byte(b))
+		if err != nil {
+			f.t.Fatalf("%s: %v", ref, err)
+		}
+		if st.State.Final() {
+			out[st.Request] = append(out[st.Request], st)
+		}
+	}
+	return out
+}
+
+func TestWorkersRunEveryRequestExactlyOnce(t *testing.T) {
+	n, workers := 500, 4
+	if testing.Short() {
+		n, workers = 20, 2
+	}
+	side := t.TempDir()
+	f := newFleet(t, fmt.Sprintf("echo \"$REFCI_RUN\" >> %s/\"$(echo \"$REFCI_REQUEST\" | tr / _)\"\n", side))
+	f.pushRequests("load", n)
+	for i := 0; i < workers; i++ {
+		f.startWorker(fmt.Sprint(i), "--concurrency", "4")
+	}
+	f.waitFor("every request to be done", 3*time.Minute, func() bool {
+		return len(f.remoteRefs("refs/ci/requests/")) == 0 && len(f.remoteRefs("refs/ci/claims/")) == 0
+	})
+	res := f.finalResults()
+	if len(res) != n {
+		t.Errorf("%d requests have a final result, want %d", len(res), n)
+	}
+	for req, sts := range res {
+		if len(sts) != 1 || sts[0].State != queue.Success {
+			t.Errorf("request %s: %d final results (%v)", req, len(sts), sts)
+		}
+	}
+	// Side effects: each pipeline ran exactly once.
+	ents, _ := os.ReadDir(side)
+	if len(ents) != n {
+		t.Errorf("%d requests ran, want %d", len(ents), n)
+	}
+	for _, e := range ents {
+		b, _ := os.ReadFile(filepath.Join(side, e.Name()))
+		if lines := strings.Count(string(b), "\n"); lines != 1 {
+			t.Errorf("%s ran %d times", e.Name(), lines)
+		}
+	}
+	if out := f.gitErr(f.bare, "fsck", "--no-dangling"); strings.Contains(out, "error") {
+		t.Errorf("fsck: %s", out)
+	}
+}
+
+func TestWorkerSupersedeCancelAndOddRequests(t *testing.T) {
+	f := newFleet(t, "echo started; sleep 30\n")
+	first := f.git("", "rev-parse", "HEAD")
+	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/topic")
+	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/to-delete")
+	f.startWorker("a", "--concurrency", "4")
+	f.waitFor("both claimed", time.Minute, func() bool { return len(f.remoteRefs("refs/ci/claims/")) == 2 })
+	// Supersede: re-push the name with another target.
+	f.write("x", "second\n", 0o644)
+	f.pipeline("echo second; exit 0\n")
+	second := f.git("", "rev-parse", "HEAD")
+	f.git("", "push", "-q", "-f", "origin", "HEAD:refs/ci/requests/topic")
+	// Cancel: delete the other request.
+	f.git("", "push", "-q", "origin", ":refs/ci/requests/to-delete")
+	f.waitFor("the queue to drain", time.Minute, func() bool {
+		return len(f.remoteRefs("refs/ci/requests/")) == 0 && len(f.remoteRefs("refs/ci/claims/")) == 0
+	})
+	res := f.finalResults()
+	byTarget := map[string]*queue.Status{}
+	for _, sts := range res {
+		for _, st := range sts {
+			byTarget[st.Request+"@"+st.Target] = st
+		}
+	}
+	if st := byTarget["topic@"+first]; st == nil || st.State != queue.Cancelled || !strings.Contains(st.Reason, second[:12]) {
+		t.Errorf("superseded run: %+v", st)
+	}
+	if st := byTarget["topic@"+second]; st == nil || st.State != queue.Success {
+		t.Errorf("superseding run: %+v", st)
+	}
+	if st := byTarget["to-delete@"+first]; st == nil || st.State != queue.Cancelled || !strings.Contains(st.Reason, "deleted") {
+		t.Errorf("deleted request: %+v", st)
+	}
+
+	// Odd requests: a blob, a tree, a tag of a tag, a commit without .refci/run, odd names.
+	blob := f.gitStdin("not a commit\n", "hash-object", "-w", "--stdin")
+	tree := f.git("", "rev-parse", "HEAD^{tree}")
+	f.git("", "tag", "-a", "-m", "inner", "inner", "HEAD")
+	f.git("", "tag", "-a", "-m", "outer", "outer", "inner")
+	outer := f.git("", "rev-parse", "refs/tags/outer")
+	f.git("", "checkout", "-q", "--orphan", "bare-branch")
+	f.git("", "rm", "-rq", "--cached", ".")
+	os.RemoveAll(filepath.Join(f.repo, ".refci"))
+	nopipe := f.commitAll("no pipeline")
+	f.git("", "push", "-q", "origin",
+		blob+":refs/ci/requests/odd/blob", tree+":refs/ci/requests/odd/tree", outer+":refs/ci/requests/odd/tag-of-tag",
+		nopipe+":refs/ci/requests/odd/no-pipeline", second+":refs/ci/requests/odd/we+ird=name,x@y")
+	f.waitFor("odd requests to drain", time.Minute, func() bool { return len(f.remoteRefs("refs/ci/requests/")) == 0 })
+	res = f.finalResults()
+	want := map[string]queue.State{"odd/blob": queue.Error, "odd/tree": queue.Error, "odd/tag-of-tag": queue.Success,
+		"odd/no-pipeline": queue.Error, "odd/we+ird=name,x@y": queue.Success}
+	for req, state := range want {
+		if sts := res[req]; len(sts) != 1 || sts[0].State != state {
+			t.Errorf("%s: %+v, want one %s", req, sts, state)
+		} else if state == queue.Error && sts[0].Reason == "" {
+			t.Errorf("%s: error without a reason", req)
+		}
+	}
+}

@@ -1,0 +1,623 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
+)
+
+// Config configures a Worker. Zero durations and sizes mean the defaults.
+type Config struct {
+	Remotes     []*gitproto.Remote
+	Poll        time.Duration // between polls of a remote (default 10s)
+	Concurrency int           // runs at once per worker (default: 1)
+	Lease       time.Duration // claim lease (default 60s); renewed every Lease/3
+	// Snapshot is how often a running pipeline's progress is pushed
+	// (default 2s; the first one after Snapshot has passed).
+	Snapshot  time.Duration
+	Grace     time.Duration // on shutdown, how long running pipelines may finish (default 30s)
+	Timeout   time.Duration // default pipeline timeout (a request may ask for another)
+	KillGrace time.Duration
+
+	LogCap, ArtifactFileCap, ArtifactTotalCap int64
+
+	Signer    Signer
+	RefciPath string
+	Host      string
+	Version   string
+	TempDir   string
+	Logger    *slog.Logger
+	Now       func() time.Time
+	// Wake, when not nil, triggers an immediate poll of every remote (the
+	// SSH endpoint sends on it when a request is pushed).
+	Wake <-chan struct{}
+}
+
+// Worker polls remotes for requests, claims them with compare-and-swap
+// pushes, runs them and pushes the signed results. Create it with New and
+// call Run once.
+type Worker struct {
+	cfg   Config
+	log   *slog.Logger
+	now   func() time.Time
+	slots chan struct{}
+
+	mu     sync.Mutex
+	active map[string]*activeRun // by remote URL + request name
+	wg     sync.WaitGroup
+}
+
+// activeRun is one run this worker holds a claim for.
+type activeRun struct {
+	remote   *gitproto.Remote
+	claim    queue.Claim
+	claimRef string
+	claimVal gitproto.Hash // our latest claim commit on the remote
+	cancel   context.CancelCauseFunc
+	runRef   string
+	pushed   gitproto.Hash // the last commit of the run ref known to be on the remote
+
+	mu        sync.Mutex
+	snapshots []gitproto.Hash // new snapshots waiting to be pushed
+	lostClaim bool            // another worker took the request over: clean nothing up
+}
+
+// New makes a worker.
+func New(cfg Config) *Worker {
+	if cfg.Poll <= 0 {
+		cfg.Poll = 10 * time.Second
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 1
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = 60 * time.Second
+	}
+	if cfg.Snapshot <= 0 {
+		cfg.Snapshot = 2 * time.Second
+	}
+	if cfg.Grace <= 0 {
+		cfg.Grace = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Worker{cfg: cfg, log: cfg.Logger, now: cfg.Now, slots: make(chan struct{}, cfg.Concurrency), active: map[string]*activeRun{}}
+}
+
+// errShutdown is the cause of runs cancelled because the worker stops.
+var errShutdown = errors.New("the worker was shut down before the pipeline finished")
+
+// Run works until stop is cancelled: then it claims nothing more, lets
+// running pipelines finish for Grace, cancels what is left, and pushes
+// every result before returning. Cancelling abort as well kills running
+// pipelines at once. Results that cannot be pushed stay in the local cache
+// and are pushed by the next Run.
+func (w *Worker) Run(stop, abort context.Context) error {
+	runCtx, cancelRuns := context.WithCancelCause(context.WithoutCancel(stop))
+	defer cancelRuns(nil)
+	go func() {
+		select {
+		case <-abort.Done():
+			cancelRuns(errShutdown)
+		case <-runCtx.Done():
+		}
+	}()
+	var loops sync.WaitGroup
+	wakes := make([]chan struct{}, len(w.cfg.Remotes))
+	for i, rem := range w.cfg.Remotes {
+		wakes[i] = make(chan struct{}, 1)
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			w.remoteLoop(stop, runCtx, abort, rem, wakes[i])
+		}()
+	}
+	if w.cfg.Wake != nil {
+		go func() {
+			for {
+				select {
+				case <-stop.Done():
+					return
+				case <-w.cfg.Wake:
+					for _, c := range wakes {
+						select {
+						case c <- struct{}{}:
+						default:
+						}
+					}
+				}
+			}
+		}()
+	}
+	<-stop.Done()
+	w.log.Info("stopping: claiming nothing more", "running", w.running(), "grace", w.cfg.Grace)
+	drained := make(chan struct{})
+	go func() { w.wg.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(w.cfg.Grace):
+		w.log.Warn("grace period over: cancelling running pipelines", "running", w.running())
+		cancelRuns(errShutdown)
+		<-drained
+	case <-abort.Done():
+		cancelRuns(errShutdown)
+		<-drained
+	}
+	loops.Wait()
+	return nil
+}
+
+func (w *Worker) running() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.active)
+}
+
+// problem logs a remote problem once per change of kind, not per retry.
+type problem struct {
+	last string
+}
+
+func (p *problem) report(log *slog.Logger, url string, err error) {
+	msg := err.Error()
+	if msg != p.last {
+		log.Error("remote problem; retrying with backoff", "remote", gitproto.RedactURL(url), "err", msg)
+		p.last = msg
+	}
+}
+
+func (p *problem) clear(log *slog.Logger, url string) {
+	if p.last != "" {
+		log.Info("remote is back", "remote", gitproto.RedactURL(url))
+		p.last = ""
+	}
+}
+
+// remoteLoop polls one remote until stop; after stop it keeps pushing
+// results until every run of this remote has been published (or abort).
+func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.Remote, wake <-chan struct{}) {
+	var prob problem
+	backoff := time.Duration(0)
+	tick := min(w.cfg.Lease/3, w.cfg.Snapshot, w.cfg.Poll)
+	lastPoll := time.Time{}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		stopping := stop.Err() != nil
+		if stopping && w.activeOn(rem) == 0 && w.outboxEmpty(rem) {
+			return
+		}
+		if abort.Err() != nil && w.activeOn(rem) == 0 {
+			w.flushOutbox(context.WithoutCancel(abort), rem) // one last try
+			return
+		}
+		select {
+		case <-timer.C:
+		case <-wake:
+			lastPoll = time.Time{}
+		case <-stop.Done():
+			if !stopping {
+				continue
+			}
+			<-timer.C
+		}
+		now := w.now()
+		var err error
+		claimed := 0
+		if !stopping && now.Sub(lastPoll) >= w.cfg.Poll {
+			lastPoll = now
+			claimed, err = w.poll(runCtx, rem)
+		} else {
+			err = w.maintain(runCtx, rem, false)
+		}
+		if err == nil {
+			err = w.flushOutbox(context.WithoutCancel(abort), rem)
+		}
+		next := tick
+		switch {
+		case err != nil:
+			prob.report(w.log, rem.URL, err)
+			backoff = min(max(2*backoff, time.Second), time.Minute)
+			next = backoff
+		default:
+			prob.clear(w.log, rem.URL)
+			backoff = 0
+			if claimed > 0 {
+				lastPoll = time.Time{} // more may be waiting: poll again at once
+				next = 0
+			}
+		}
+		if stopping && next > 200*time.Millisecond && err == nil {
+			next = 200 * time.Millisecond
+		}
+		timer.Reset(next)
+	}
+}
+
+func (w *Worker) activeOn(rem *gitproto.Remote) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, a := range w.active {
+		if a.remote == rem {
+			n++
+		}
+	}
+	return n
+}
+
+// Fetched namespaces: requests and claims are mirrored into the cache
+// under the same names (runs are never fetched wholesale).
+var pollRefspecs = []string{
+	"+" + queue.RequestsPrefix + "*:" + queue.RequestsPrefix + "*",
+	"+" + queue.ClaimsPrefix + "*:" + queue.ClaimsPrefix + "*",
+}
+
+// poll fetches requests and claims, cancels runs whose request changed,
+// renews leases, and claims what is free. It returns how many requests it
+// claimed.
+func (w *Worker) poll(ctx context.Context, rem *gitproto.Remote) (int, error) {
+	if err := rem.Fetch(ctx, pollRefspecs...); err != nil {
+		return 0, err
+	}
+	repo, err := gitproto.Open(rem.Cache)
+	if err != nil {
+		return 0, err
+	}
+	requests, err := refMap(repo, queue.RequestsPrefix)
+	if err != nil {
+		return 0, err
+	}
+	claims, err := refMap(repo, queue.ClaimsPrefix)
+	if err != nil {
+		return 0, err
+	}
+	w.checkSupersede(rem, requests, claims)
+	if err := w.maintain(ctx, rem, true); err != nil {
+		return 0, err
+	}
+	return w.claim(ctx, rem, repo, requests, claims)
+}
+
+func refMap(repo *gitproto.Repo, prefix string) (map[string]gitproto.Hash, error) {
+	refs, err := repo.Refs(prefix)
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]gitproto.Hash, len(refs))
+	for _, r := range refs {
+		m[strings.TrimPrefix(r.Name, prefix)] = r.Hash
+	}
+	return m, nil
+}
+
+// checkSupersede cancels our runs whose request was re-pushed with
+// another value or deleted, or whose claim another worker now holds.
+func (w *Worker) checkSupersede(rem *gitproto.Remote, requests, claims map[string]gitproto.Hash) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, a := range w.active {
+		if a.remote != rem {
+			continue
+		}
+		name := a.claim.Request
+		cur, ok := requests[name]
+		switch {
+		case !ok:
+			a.cancel(fmt.Errorf("the request %s was deleted", name))
+		case cur.String() != a.claim.RequestObject:
+			a.cancel(fmt.Errorf("superseded: the request %s now points at %s", name, cur.String()[:12]))
+		}
+		if cv, ok := claims[name]; ok && cv != a.claimVal {
+			if c, err := readClaimAt(rem.Cache, cv); err == nil && c.Run != a.claim.Run {
+				a.cancel(fmt.Errorf("the claim was taken over by worker %s (run %s); this worker's lease had expired", c.Worker, c.Run))
+			}
+		}
+	}
+}
+
+func readClaimAt(cache string, h gitproto.Hash) (*queue.Claim, error) {
+	repo, err := gitproto.Open(cache)
+	if err != nil {
+		return nil, err
+	}
+	b, err := repo.ReadFile(h, queue.ClaimFile)
+	if err != nil {
+		return nil, err
+	}
+	return queue.DecodeClaim(b)
+}
+
+// claim pushes claims for free requests, as many as there are free slots,
+// in one push, and starts a run for each claim won.
+func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto.Repo, requests, claims map[string]gitproto.Hash) (int, error) {
+	free := cap(w.slots) - len(w.slots)
+	if free <= 0 || ctx.Err() != nil {
+		return 0, nil
+	}
+	type pending struct {
+		claim  queue.Claim
+		commit gitproto.Hash
+		old    gitproto.Hash
+	}
+	var batch []pending
+	var cleanups []gitproto.RefUpdate
+	now := w.now().UTC()
+	for name, reqVal := range sortedMap(requests) {
+		if len(batch) >= free {
+			break
+		}
+		if w.isActive(rem, name) {
+			continue
+		}
+		if err := queue.ValidateRequestName(name); err != nil {
+			w.log.Warn("ignoring a request with an unusable name", "remote", gitproto.RedactURL(rem.URL), "request", name, "err", err)
+			continue
+		}
+		c := queue.Claim{
+			Format: queue.Format, Request: name, RequestObject: reqVal.String(), Attempt: 1,
+			Worker: w.cfg.Signer.Fingerprint(), Host: w.cfg.Host, Claimed: now, Renewed: now,
+			LeaseExpires: now.Add(w.cfg.Lease), Run: queue.NewRunID(now),
+		}
+		old := gitproto.ZeroHash
+		if cv, ok := claims[name]; ok {
+			prev, err := readClaimFrom(repo, cv)
+			if err == nil && !prev.Expired(now) {
+				continue // someone is running it
+			}
+			if err == nil {
+				// An expired claim: did its worker publish a final result?
+				final, ferr := w.finalPublished(ctx, rem, prev)
+				if ferr != nil {
+					return 0, ferr
+				}
+				if final {
+					cleanups = append(cleanups, gitproto.RefUpdate{Name: queue.ClaimRef(name), Old: cv})
+					if prev.RequestObject == reqVal.String() {
+						cleanups = append(cleanups, gitproto.RefUpdate{Name: queue.RequestRef(name), Old: reqVal})
+					}
+					continue
+				}
+				c.Attempt = prev.Attempt + 1
+				c.PreviousRun = prev.Run
+				if prev.RequestObject != reqVal.String() {
+					c.Attempt = 1 // a new request value: a fresh start
+				}
+			} else {
+				w.log.Warn("taking over an unreadable claim", "request", name, "err", err)
+			}
+			old = cv
+		}
+		target, err := peel(repo, reqVal)
+		if err != nil {
+			target = reqVal
+		}
+		c.Target = target.String()
+		commit, err := w.writeClaim(repo, &c, old)
+		if err != nil {
+			return 0, err
+		}
+		batch = append(batch, pending{claim: c, commit: commit, old: old})
+	}
+	if len(cleanups) > 0 {
+		if _, err := rem.Push(ctx, cleanups, false); err != nil {
+			return 0, err
+		}
+	}
+	if len(batch) == 0 {
+		return 0, nil
+	}
+	updates := make([]gitproto.RefUpdate, len(batch))
+	for i, p := range batch {
+		updates[i] = gitproto.RefUpdate{Name: queue.ClaimRef(p.claim.Request), New: p.commit, Old: p.old}
+	}
+	results, err := rem.Push(ctx, updates, false)
+	if err != nil {
+		return 0, err
+	}
+	won := 0
+	for i, res := range results {
+		p := batch[i]
+		if !res.OK {
+			w.log.Debug("lost a claim race", "request", p.claim.Request, "reason", res.Message)
+			continue
+		}
+		won++
+		w.start(ctx, rem, p.claim, p.commit)
+	}
+	return won, nil
+}
+
+// sortedMap iterates a map in key order, so that requests are claimed
+// oldest-name-first deterministically.
+func sortedMap(m map[string]gitproto.Hash) func(func(string, gitproto.Hash) bool) {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sortStrings(keys)
+	return func(yield func(string, gitproto.Hash) bool) {
+		for _, k := range keys {
+			if !yield(k, m[k]) {
+				return
+			}
+		}
+	}
+}
+
+func readClaimFrom(repo *gitproto.Repo, h gitproto.Hash) (*queue.Claim, error) {
+	b, err := repo.ReadFile(h, queue.ClaimFile)
+	if err != nil {
+		return nil, err
+	}
+	return queue.DecodeClaim(b)
+}
+
+// peel follows tags to the object they name.
+func peel(repo *gitproto.Repo, h gitproto.Hash) (gitproto.Hash, error) {
+	for i := 0; i < 10; i++ {
+		typ, err := repo.ObjectType(h)
+		if err != nil {
+			return h, err
+		}
+		if typ != "tag" {
+			return h, nil
+		}
+		t, err := repo.Go().TagObject(h)
+		if err != nil {
+			return h, err
+		}
+		h = t.Target
+	}
+	return h, fmt.Errorf("tags nested too deep")
+}
+
+// finalPublished reports whether the run an expired claim names already
+// has a final result on the remote.
+func (w *Worker) finalPublished(ctx context.Context, rem *gitproto.Remote, c *queue.Claim) (bool, error) {
+	ref := queue.RunRef(c.Target, c.Run)
+	if err := rem.Fetch(ctx, "+"+ref+":"+ref); err != nil {
+		var re *gitproto.RemoteError
+		if errors.As(err, &re) && re.Kind == "other" && strings.Contains(re.Stderr, "couldn't find remote ref") {
+			return false, nil
+		}
+		return false, err
+	}
+	repo, err := gitproto.Open(rem.Cache)
+	if err != nil {
+		return false, err
+	}
+	h, err := repo.RefHash(ref)
+	if err != nil {
+		return false, nil
+	}
+	b, err := repo.ReadFile(h, queue.StatusFile)
+	if err != nil {
+		return false, nil
+	}
+	st, err := queue.DecodeStatus(b)
+	if err != nil {
+		return false, nil
+	}
+	return st.State.Final(), nil
+}
+
+// writeClaim writes a signed claim commit whose parent is old (if any).
+func (w *Worker) writeClaim(repo *gitproto.Repo, c *queue.Claim, old gitproto.Hash) (gitproto.Hash, error) {
+	b, err := queue.EncodeClaim(c)
+	if err != nil {
+		return gitproto.ZeroHash, err
+	}
+	blob, err := repo.WriteBlob(b)
+	if err != nil {
+		return gitproto.ZeroHash, err
+	}
+	tree, err := repo.WriteTree([]gitproto.TreeFile{{Path: queue.ClaimFile, Hash: blob}})
+	if err != nil {
+		return gitproto.ZeroHash, err
+	}
+	var parents []gitproto.Hash
+	if old != gitproto.ZeroHash {
+		parents = []gitproto.Hash{old}
+	}
+	name, email := splitUserID(w.cfg.Signer.UserID())
+	return repo.WriteCommit(gitproto.CommitSpec{
+		Tree: tree, Parents: parents,
+		Author:  gitproto.NewSignature(name, email, c.Renewed),
+		Message: queue.ClaimMessage(c),
+	}, w.cfg.Signer.SignDetached)
+}
+
+func (w *Worker) isActive(rem *gitproto.Remote, name string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.active[rem.URL+"\x00"+name]
+	return ok
+}
+
+// start runs a claimed request in the background.
+func (w *Worker) start(ctx context.Context, rem *gitproto.Remote, c queue.Claim, claimVal gitproto.Hash) {
+	runCtx, cancel := context.WithCancelCause(ctx)
+	a := &activeRun{remote: rem, claim: c, claimRef: queue.ClaimRef(c.Request), claimVal: claimVal, cancel: cancel,
+		runRef: queue.RunRef(c.Target, c.Run)}
+	key := rem.URL + "\x00" + c.Request
+	w.mu.Lock()
+	w.active[key] = a
+	w.mu.Unlock()
+	w.slots <- struct{}{}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		defer func() { <-w.slots }()
+		defer cancel(nil)
+		w.execute(runCtx, a)
+		w.mu.Lock()
+		delete(w.active, key)
+		w.mu.Unlock()
+	}()
+}
+
+// execute runs one claimed request and queues its result for pushing.
+func (w *Worker) execute(ctx context.Context, a *activeRun) {
+	log := w.log.With("remote", gitproto.RedactURL(a.remote.URL), "request", a.claim.Request, "run", a.claim.Run, "attempt", a.claim.Attempt)
+	repo, err := gitproto.Open(a.remote.Cache)
+	if err != nil {
+		log.Error("cannot open the cache repository", "err", err)
+		return
+	}
+	spec := RunSpec{
+		Repo: repo, Target: gitproto.Hash(hashOf(a.claim.Target)), Request: a.claim.Request, RunID: a.claim.Run,
+		Attempt: a.claim.Attempt, PreviousRun: a.claim.PreviousRun,
+		Timeout: w.cfg.Timeout, KillGrace: w.cfg.KillGrace, LogCap: w.cfg.LogCap,
+		ArtifactFileCap: w.cfg.ArtifactFileCap, ArtifactTotalCap: w.cfg.ArtifactTotalCap,
+		RefciPath: w.cfg.RefciPath, TempDir: w.cfg.TempDir, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
+		SnapshotEvery: w.cfg.Snapshot,
+		OnSnapshot: func(_ string, c gitproto.Hash) {
+			a.mu.Lock()
+			a.snapshots = append(a.snapshots, c)
+			a.mu.Unlock()
+		},
+		CancelReason: func() string {
+			if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+				return "cancelled: " + c.Error()
+			}
+			return "cancelled"
+		},
+	}
+	if reqObj := hashOf(a.claim.RequestObject); reqObj != spec.Target {
+		if t, err := repo.Go().TagObject(reqObj); err == nil {
+			opts, err := queue.ParseRequestOptions(t.Message)
+			if err != nil {
+				log.Warn("bad request options", "err", err)
+			}
+			spec.Env = opts.Env
+			if opts.Timeout > 0 {
+				spec.Timeout = opts.Timeout
+			}
+		}
+	}
+	log.Info("run started", "target", a.claim.Target)
+	out, err := Run(ctx, spec, w.cfg.Signer)
+	if err != nil || out == nil || out.Commit == gitproto.ZeroHash {
+		log.Error("no result could be recorded; the claim will expire and another attempt will run", "err", err)
+		return
+	}
+	log.Info("run finished", "state", out.Status.State, "duration_ms", out.Status.DurationMS)
+	w.queueResult(a, out.Commit)
+}
+
+func hashOf(s string) gitproto.Hash { return gitproto.NewHash(s) }
+
+func sortStrings(s []string) { sort.Strings(s) }

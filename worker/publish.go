@@ -1,0 +1,301 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
+)
+
+// The outbox holds finished results until they are on the remote: one
+// JSON file per run in <cache>/refci-outbox/, written before the run is
+// forgotten, removed only once the result is pushed and the request and
+// claim are cleaned up. A worker that crashes or loses the remote pushes
+// them on its next pass (or its next start).
+type outboxEntry struct {
+	RunRef        string `json:"run_ref"`
+	Commit        string `json:"commit"`
+	Pushed        string `json:"pushed"` // the run ref's value on the remote as last known ("" = absent)
+	RequestRef    string `json:"request_ref,omitempty"`
+	RequestObject string `json:"request_object,omitempty"`
+	ClaimRef      string `json:"claim_ref,omitempty"`
+	ClaimValue    string `json:"claim_value,omitempty"`
+}
+
+func outboxDir(rem *gitproto.Remote) string { return filepath.Join(rem.Cache, "refci-outbox") }
+
+// queueResult records a finished run in the outbox.
+func (w *Worker) queueResult(a *activeRun, commit gitproto.Hash) {
+	a.mu.Lock()
+	e := outboxEntry{RunRef: a.runRef, Commit: commit.String()}
+	if a.pushed != gitproto.ZeroHash {
+		e.Pushed = a.pushed.String()
+	}
+	if !a.lostClaim {
+		e.RequestRef = queue.RequestRef(a.claim.Request)
+		e.RequestObject = a.claim.RequestObject
+		e.ClaimRef = a.claimRef
+		e.ClaimValue = a.claimVal.String()
+	}
+	a.mu.Unlock()
+	if err := writeOutbox(a.remote, a.claim.Run, &e); err != nil {
+		w.log.Error("cannot record the result for pushing; it stays in the cache repository", "run", a.claim.Run, "ref", a.runRef, "err", err)
+	}
+}
+
+func writeOutbox(rem *gitproto.Remote, run string, e *outboxEntry) error {
+	dir := outboxDir(rem)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(dir, run+".json"))
+}
+
+func readOutbox(rem *gitproto.Remote) (map[string]*outboxEntry, error) {
+	ents, err := os.ReadDir(outboxDir(rem))
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*outboxEntry{}
+	for _, d := range ents {
+		name := d.Name()
+		if !strings.HasSuffix(name, ".json") || strings.HasPrefix(name, ".") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(outboxDir(rem), name))
+		if err != nil {
+			return nil, err
+		}
+		var e outboxEntry
+		if err := json.Unmarshal(b, &e); err != nil {
+			return nil, fmt.Errorf("outbox %s: %w", name, err)
+		}
+		out[strings.TrimSuffix(name, ".json")] = &e
+	}
+	return out, nil
+}
+
+func (w *Worker) outboxEmpty(rem *gitproto.Remote) bool {
+	m, err := readOutbox(rem)
+	return err == nil && len(m) == 0
+}
+
+// flushOutbox pushes every finished result of rem in one push, then
+// deletes their requests and claims with compare-and-swap in a second.
+// The request goes only after its result is on the remote (invariant 4),
+// and only if it still has the value that was run.
+func (w *Worker) flushOutbox(ctx context.Context, rem *gitproto.Remote) error {
+	entries, err := readOutbox(rem)
+	if err != nil || len(entries) == 0 {
+		return err
+	}
+	runs := make([]string, 0, len(entries))
+	for r := range entries {
+		runs = append(runs, r)
+	}
+	sort.Strings(runs)
+	updates := make([]gitproto.RefUpdate, len(runs))
+	for i, r := range runs {
+		e := entries[r]
+		updates[i] = gitproto.RefUpdate{Name: e.RunRef, New: gitproto.NewHash(e.Commit), Old: hashOrZero(e.Pushed)}
+	}
+	results, err := rem.Push(ctx, updates, false)
+	if err != nil {
+		return err
+	}
+	var cleanup []gitproto.RefUpdate
+	var done []string
+	for i, res := range results {
+		e := entries[runs[i]]
+		if !res.OK {
+			// The remote's value is not what we last saw: perhaps an
+			// earlier push landed without our hearing back.
+			fixed, err := w.reconcile(ctx, rem, e)
+			if err != nil {
+				return err
+			}
+			if !fixed {
+				w.log.Error("the remote refused a result; keeping it locally", "ref", e.RunRef, "reason", res.Message)
+				continue
+			}
+			if e.Pushed != e.Commit {
+				writeOutbox(rem, runs[i], e) // retried with the corrected lease next pass
+				continue
+			}
+		}
+		if e.RequestRef != "" {
+			cleanup = append(cleanup,
+				gitproto.RefUpdate{Name: e.RequestRef, Old: gitproto.NewHash(e.RequestObject)},
+				gitproto.RefUpdate{Name: e.ClaimRef, Old: gitproto.NewHash(e.ClaimValue)})
+		}
+		done = append(done, runs[i])
+	}
+	if len(cleanup) > 0 {
+		// Lost leases here are normal: a request re-pushed meanwhile must
+		// survive and run next.
+		if _, err := rem.Push(ctx, cleanup, false); err != nil {
+			for _, r := range done { // the results are out; only the cleanup is pending
+				e := entries[r]
+				e.Pushed = e.Commit
+				writeOutbox(rem, r, e)
+			}
+			return err
+		}
+	}
+	for _, r := range done {
+		os.Remove(filepath.Join(outboxDir(rem), r+".json"))
+	}
+	return nil
+}
+
+// reconcile looks at the remote value of a run ref whose push was
+// refused: if it is our commit, the result is out; if it is one of our own
+// snapshots, the lease is corrected for the next push.
+func (w *Worker) reconcile(ctx context.Context, rem *gitproto.Remote, e *outboxEntry) (bool, error) {
+	vals, err := rem.ListRemote(ctx, e.RunRef)
+	if err != nil {
+		return false, err
+	}
+	cur, ok := vals[e.RunRef]
+	if !ok {
+		e.Pushed = ""
+		return true, nil
+	}
+	if cur.String() == e.Commit {
+		e.Pushed = e.Commit
+		return true, nil
+	}
+	repo, err := gitproto.Open(rem.Cache)
+	if err != nil {
+		return false, err
+	}
+	for h := gitproto.NewHash(e.Commit); h != gitproto.ZeroHash; {
+		c, err := repo.Commit(h)
+		if err != nil {
+			break
+		}
+		if len(c.ParentHashes) == 0 {
+			break
+		}
+		h = c.ParentHashes[0]
+		if h == cur {
+			e.Pushed = cur.String()
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func hashOrZero(s string) gitproto.Hash {
+	if s == "" {
+		return gitproto.ZeroHash
+	}
+	return gitproto.NewHash(s)
+}
+
+// maintain renews due leases and pushes new progress snapshots of rem's
+// runs, in one push.
+func (w *Worker) maintain(ctx context.Context, rem *gitproto.Remote, _ bool) error {
+	type item struct {
+		a      *activeRun
+		claim  bool // a lease renewal (else a snapshot)
+		newVal gitproto.Hash
+		c      queue.Claim
+	}
+	var items []item
+	now := w.now().UTC()
+	w.mu.Lock()
+	var runs []*activeRun
+	for _, a := range w.active {
+		if a.remote == rem {
+			runs = append(runs, a)
+		}
+	}
+	w.mu.Unlock()
+	if len(runs) == 0 {
+		return nil
+	}
+	repo, err := gitproto.Open(rem.Cache)
+	if err != nil {
+		return err
+	}
+	var updates []gitproto.RefUpdate
+	for _, a := range runs {
+		a.mu.Lock()
+		if !a.lostClaim && now.Sub(a.claim.Renewed) >= w.cfg.Lease/3 {
+			c := a.claim
+			c.Renewed, c.LeaseExpires = now, now.Add(w.cfg.Lease)
+			commit, err := w.writeClaim(repo, &c, a.claimVal)
+			if err != nil {
+				a.mu.Unlock()
+				return err
+			}
+			items = append(items, item{a: a, claim: true, newVal: commit, c: c})
+			updates = append(updates, gitproto.RefUpdate{Name: a.claimRef, New: commit, Old: a.claimVal})
+		}
+		if n := len(a.snapshots); n > 0 {
+			latest := a.snapshots[n-1]
+			items = append(items, item{a: a, newVal: latest})
+			updates = append(updates, gitproto.RefUpdate{Name: a.runRef, New: latest, Old: a.pushed})
+		}
+		a.mu.Unlock()
+	}
+	if len(updates) == 0 {
+		return nil
+	}
+	results, err := rem.Push(ctx, updates, false)
+	if err != nil {
+		return err
+	}
+	for i, res := range results {
+		it := items[i]
+		it.a.mu.Lock()
+		switch {
+		case it.claim && res.OK:
+			it.a.claim, it.a.claimVal = it.c, it.newVal
+		case it.claim:
+			it.a.lostClaim = true
+			it.a.cancel(fmt.Errorf("this worker lost its claim (the lease could not be renewed: %s)", res.Message))
+		case res.OK:
+			it.a.pushed = it.newVal
+			// Drop the snapshots now on the remote.
+			for j, s := range it.a.snapshots {
+				if s == it.newVal {
+					it.a.snapshots = it.a.snapshots[j+1:]
+					break
+				}
+			}
+		default:
+			w.log.Warn("a progress snapshot was refused", "ref", it.a.runRef, "reason", res.Message)
+			it.a.snapshots = nil
+		}
+		it.a.mu.Unlock()
+	}
+	return nil
+}
