@@ -50,8 +50,9 @@ type Worker struct {
 	now   func() time.Time
 	slots chan struct{}
 
-	mu     sync.Mutex
-	active map[string]*activeRun // by remote URL + request name
+	mu      sync.Mutex
+	active  map[string]*activeRun // by remote URL + request name
+	expired map[string]seenExpired
 	wg     sync.WaitGroup
 }
 
@@ -93,7 +94,7 @@ func New(cfg Config) *Worker {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Worker{cfg: cfg, log: cfg.Logger, now: cfg.Now, slots: make(chan struct{}, cfg.Concurrency), active: map[string]*activeRun{}}
+	return &Worker{cfg: cfg, log: cfg.Logger, now: cfg.Now, slots: make(chan struct{}, cfg.Concurrency), active: map[string]*activeRun{}, expired: map[string]seenExpired{}}
 }
 
 // errShutdown is the cause of runs cancelled because the worker stops.
@@ -229,7 +230,8 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 		switch {
 		case err != nil:
 			prob.report(w.log, rem.URL, err)
-			backoff = min(max(2*backoff, time.Second), time.Minute)
+			backoff = min(max(2*backoff, time.Second), 10*time.Second)
+			w.forgetExpired(rem)
 			next = backoff
 		default:
 			prob.clear(w.log, rem.URL)
@@ -377,6 +379,9 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 			if err == nil && !prev.Expired(now) {
 				continue // someone is running it
 			}
+			if !w.expiredLongEnough(rem, name, cv, now) {
+				continue // give its worker a chance to renew, e.g. after an outage
+			}
 			if err == nil {
 				// An expired claim: did its worker publish a final result?
 				final, ferr := w.finalPublished(ctx, rem, prev)
@@ -490,8 +495,8 @@ func (w *Worker) finalPublished(ctx context.Context, rem *gitproto.Remote, c *qu
 	ref := queue.RunRef(c.Target, c.Run)
 	if err := rem.Fetch(ctx, "+"+ref+":"+ref); err != nil {
 		var re *gitproto.RemoteError
-		if errors.As(err, &re) && re.Kind == "other" && strings.Contains(re.Stderr, "couldn't find remote ref") {
-			return false, nil
+		if errors.As(err, &re) && strings.Contains(re.Stderr, "couldn't find remote ref") {
+			return false, nil // the dead worker published nothing under that run
 		}
 		return false, err
 	}
@@ -621,3 +626,42 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 func hashOf(s string) gitproto.Hash { return gitproto.NewHash(s) }
 
 func sortStrings(s []string) { sort.Strings(s) }
+
+// seenExpired is when this worker first saw a claim value expired.
+type seenExpired struct {
+	val  gitproto.Hash
+	when time.Time
+}
+
+// expiredLongEnough reports whether this worker has seen the claim value
+// cv of request name expired, unchanged, for at least half a lease. A
+// worker that was cut off from the remote renews within a third of a
+// lease once it is back, so it keeps its run instead of losing it to a
+// takeover that would run the request twice.
+func (w *Worker) expiredLongEnough(rem *gitproto.Remote, name string, cv gitproto.Hash, now time.Time) bool {
+	key := rem.URL + "\x00" + name
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s, ok := w.expired[key]
+	if !ok || s.val != cv {
+		w.expired[key] = seenExpired{val: cv, when: now}
+		return false
+	}
+	if now.Sub(s.when) < w.cfg.Lease/2 {
+		return false
+	}
+	delete(w.expired, key)
+	return true
+}
+
+// forgetExpired drops what was seen of rem: after an outage nothing seen
+// before counts.
+func (w *Worker) forgetExpired(rem *gitproto.Remote) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for k := range w.expired {
+		if strings.HasPrefix(k, rem.URL+"\x00") {
+			delete(w.expired, k)
+		}
+	}
+}

@@ -131,6 +131,7 @@ func (w *Worker) flushOutbox(ctx context.Context, rem *gitproto.Remote) error {
 	}
 	var cleanup []gitproto.RefUpdate
 	var done []string
+	inCleanup := map[string]bool{} // one update per ref and push; the rest wait a pass
 	for i, res := range results {
 		e := entries[runs[i]]
 		if !res.OK {
@@ -150,6 +151,12 @@ func (w *Worker) flushOutbox(ctx context.Context, rem *gitproto.Remote) error {
 			}
 		}
 		if e.RequestRef != "" {
+			if inCleanup[e.RequestRef] || inCleanup[e.ClaimRef] {
+				e.Pushed = e.Commit
+				writeOutbox(rem, runs[i], e)
+				continue
+			}
+			inCleanup[e.RequestRef], inCleanup[e.ClaimRef] = true, true
 			cleanup = append(cleanup,
 				gitproto.RefUpdate{Name: e.RequestRef, Old: gitproto.NewHash(e.RequestObject)},
 				gitproto.RefUpdate{Name: e.ClaimRef, Old: gitproto.NewHash(e.ClaimValue)})

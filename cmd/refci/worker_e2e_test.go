@@ -226,3 +226,116 @@ func TestWorkerSupersedeCancelAndOddRequests(t *testing.T) {
 		}
 	}
 }
+
+func TestWorkerKilledMidRunIsTakenOver(t *testing.T) {
+	marker := fmt.Sprintf("%d.%03d", 5000+time.Now().UnixNano()%1000, time.Now().Nanosecond()%997)
+	f := newFleet(t, fmt.Sprintf(`if [ "$REFCI_ATTEMPT" = 1 ]; then
+	setsid sleep %[1]s >/dev/null 2>&1 &
+	sleep %[1]s
+fi
+echo "attempt $REFCI_ATTEMPT done"
+`, marker))
+	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/crash")
+	a := f.startWorker("a")
+	f.waitFor("the pipeline to start", time.Minute, func() bool { return alive("sleep " + marker) })
+	a.Process.Signal(syscall.SIGKILL)
+	a.Wait()
+	f.waitFor("the killed run's processes to die", 15*time.Second, func() bool { return !alive("sleep " + marker) })
+	f.startWorker("b")
+	f.waitFor("the request to be done", time.Minute, func() bool {
+		return len(f.remoteRefs("refs/ci/requests/")) == 0 && len(f.remoteRefs("refs/ci/claims/")) == 0
+	})
+	res := f.finalResults()["crash"]
+	if len(res) != 1 || res[0].State != queue.Success || res[0].Attempt != 2 {
+		t.Fatalf("results: %+v", res)
+	}
+	if res[0].Extra["previous_run"] == nil {
+		t.Errorf("attempt 2 does not name the run it replaces: %+v", res[0].Extra)
+	}
+}
+
+func TestWorkerSurvivesRemoteOutage(t *testing.T) {
+	outage := 30 * time.Second
+	if testing.Short() {
+		outage = 8 * time.Second
+	}
+	side := t.TempDir()
+	f := newFleet(t, fmt.Sprintf("echo \"$REFCI_RUN\" >> %s/\"$REFCI_REQUEST\"\nsleep 2\necho done\n", side))
+	f.pushRequests("out", 6)
+	f.startWorker("a", "--concurrency", "3")
+	f.startWorker("b", "--concurrency", "3")
+	f.waitFor("runs to start", time.Minute, func() bool { ents, _ := os.ReadDir(side); return len(ents) >= 2 })
+	away := f.bare + ".away"
+	if err := os.Rename(f.bare, away); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(outage)
+	if err := os.Rename(away, f.bare); err != nil {
+		t.Fatal(err)
+	}
+	f.waitFor("every request to be done", 2*time.Minute, func() bool {
+		return len(f.remoteRefs("refs/ci/requests/")) == 0 && len(f.remoteRefs("refs/ci/claims/")) == 0
+	})
+	res := f.finalResults()
+	if len(res) != 6 {
+		t.Errorf("%d requests have results, want 6", len(res))
+	}
+	for req, sts := range res {
+		if len(sts) != 1 || sts[0].State != queue.Success {
+			t.Errorf("%s: %+v", req, sts)
+		}
+	}
+	ents, _ := os.ReadDir(side)
+	for _, e := range ents {
+		b, _ := os.ReadFile(filepath.Join(side, e.Name()))
+		if n := strings.Count(string(b), "\n"); n != 1 {
+			t.Errorf("%s ran %d times", e.Name(), n)
+		}
+	}
+	f.mu.Lock()
+	logs := f.logs[0].String() + f.logs[1].String()
+	f.mu.Unlock()
+	if n := strings.Count(logs, "remote problem"); n == 0 || n > 8 {
+		t.Errorf("%d 'remote problem' lines for one outage; want one or a few per worker, not one per retry", n)
+	}
+}
+
+func TestTriggerWaitAndLogFollow(t *testing.T) {
+	f := newFleet(t, "echo line-one\nsleep 3\necho line-two\n[ \"$REFCI_ENV\" = staging ] || exit 4\n")
+	f.startWorker("a")
+	r := f.refci("trigger", "--wait", "--name", "w1", "--env", "staging", "--timeout", "1m")
+	if r.code != 0 || !strings.Contains(r.stdout, "line-one") || !strings.Contains(r.stdout, "line-two") || !strings.Contains(r.stdout, "refci: success") {
+		t.Fatalf("trigger --wait: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	// Without the env option the pipeline fails: exit 1.
+	r = f.refci("trigger", "--wait", "--name", "w2")
+	if r.code != 1 || !strings.Contains(r.stdout, "refci: failure") {
+		t.Fatalf("failing trigger --wait: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	// log -f follows a run named by its id, from its claim.
+	f.refci("trigger", "--name", "w3", "--env", "staging").want(t, 0)
+	var claim queue.Claim
+	f.waitFor("the claim", time.Minute, func() bool {
+		b := f.gitErr(f.bare, "show", "refs/ci/claims/w3:claim.json")
+		c, err := queue.DecodeClaim([]byte(b))
+		if err == nil {
+			claim = *c
+		}
+		return err == nil
+	})
+	r = f.refci("log", "-f", claim.Target+"/"+claim.Run)
+	if r.code != 0 || !strings.Contains(r.stdout, "line-one") || !strings.Contains(r.stdout, "line-two") {
+		t.Fatalf("log -f: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	// Every result verifies against the worker's exported key.
+	env := f.env
+	f.env = append(append([]string{}, env...), "REFCI_HOME="+filepath.Join(f.root, "worker-a"))
+	pub := f.refci("keys", "export").want(t, 0).stdout
+	f.env = env
+	keyFile := filepath.Join(f.root, "worker-a.asc")
+	os.WriteFile(keyFile, []byte(pub), 0o644)
+	f.git("", "fetch", "-q", "origin", "+refs/ci/*:refs/ci/*")
+	for _, ref := range f.runRefs() {
+		f.refci("verify", "--keyring", keyFile, ref).want(t, 0)
+	}
+}
