@@ -32,6 +32,10 @@ func main() {
 		run  func(ctx context.Context, bin string, n int) error
 	}{
 		{"run", benchRun},
+		{"throughput", benchThroughput},
+		{"dispatch", benchDispatch},
+		{"pollcost", benchPollCost},
+		{"concurrent", benchConcurrent},
 	}
 	fmt.Printf("refci-bench: %s, %d runs each, machine: %s\n\n", bin, *n, machine())
 	for _, b := range benches {

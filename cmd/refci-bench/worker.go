@@ -1,0 +1,299 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// world is a bare remote, a clone with a pipeline, and an environment.
+type world struct {
+	root, bare, clone string
+	env               []string
+}
+
+func newWorld(pipeline string) (*world, error) {
+	root, err := os.MkdirTemp("", "refci-bench-worker-")
+	if err != nil {
+		return nil, err
+	}
+	w := &world{root: root, bare: filepath.Join(root, "remote.git"), clone: filepath.Join(root, "app")}
+	w.env = []string{
+		"PATH=" + os.Getenv("PATH"), "HOME=" + root, "REFCI_HOME=" + filepath.Join(root, "refci"), "GIT_CONFIG_NOSYSTEM=1",
+		"GIT_AUTHOR_NAME=bench", "GIT_AUTHOR_EMAIL=bench@example.invalid",
+		"GIT_COMMITTER_NAME=bench", "GIT_COMMITTER_EMAIL=bench@example.invalid",
+	}
+	for _, a := range [][]string{{"init", "-q", "--bare", "-b", "main", w.bare}, {"init", "-q", "-b", "main", w.clone}} {
+		if _, err := sh(root, w.env, "", "git", a...); err != nil {
+			return nil, err
+		}
+	}
+	os.MkdirAll(filepath.Join(w.clone, ".refci"), 0o755)
+	if err := os.WriteFile(filepath.Join(w.clone, ".refci", "run"), []byte("#!/bin/sh\n"+pipeline), 0o755); err != nil {
+		return nil, err
+	}
+	for _, a := range [][]string{{"add", "-A"}, {"commit", "-q", "-m", "bench"}, {"remote", "add", "origin", w.bare}, {"push", "-q", "origin", "main"}} {
+		if _, err := sh(w.clone, w.env, "", "git", a...); err != nil {
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+func (w *world) close() { os.RemoveAll(w.root) }
+
+// pushRequests pushes n requests in batches of 500 refspecs.
+func (w *world) pushRequests(prefix string, n int) error {
+	for i := 0; i < n; i += 500 {
+		args := []string{"push", "-q", "origin"}
+		for j := i; j < min(i+500, n); j++ {
+			args = append(args, fmt.Sprintf("HEAD:refs/ci/requests/%s-%d", prefix, j))
+		}
+		if _, err := sh(w.clone, w.env, "", "git", args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *world) count(prefix string) int {
+	out, _ := sh(w.bare, w.env, "", "git", "for-each-ref", "--format=x", prefix)
+	if out == "" {
+		return 0
+	}
+	return strings.Count(out, "\n") + 1
+}
+
+// startWorker starts a refci worker on the world's remote.
+func (w *world) startWorker(bin string, args ...string) (*exec.Cmd, error) {
+	cmd := exec.Command(bin, append([]string{"worker", "--remote", "file://" + w.bare}, args...)...)
+	cmd.Env = w.env
+	logf, err := os.Create(filepath.Join(w.root, "worker.log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	return cmd, cmd.Start()
+}
+
+func stopWorker(cmd *exec.Cmd) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+// peakRSS reads the high-water mark of a process's resident memory.
+func peakRSS(pid int) string {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "?"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "VmHWM:") {
+			return strings.TrimSpace(strings.TrimPrefix(sc.Text(), "VmHWM:"))
+		}
+	}
+	return "?"
+}
+
+// benchThroughput: 2,000 trivial requests, one worker, until every signed
+// result is on the remote.
+func benchThroughput(_ context.Context, bin string, _ int) error {
+	const n = 2000
+	w, err := newWorld("exit 0\n")
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	if err := w.pushRequests("t", n); err != nil {
+		return err
+	}
+	// The baseline: one git push of a new ref over file://.
+	var pushes []time.Duration
+	for i := 0; i < 15; i++ {
+		t0 := time.Now()
+		if _, err := sh(w.clone, w.env, "", "git", "push", "-q", "origin", fmt.Sprintf("HEAD:refs/bench/p%d", i)); err != nil {
+			return err
+		}
+		pushes = append(pushes, time.Since(t0))
+	}
+	t0 := time.Now()
+	cmd, err := w.startWorker(bin, "--poll", "200ms")
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Minute)
+	for w.count("refs/ci/requests/") > 0 || w.count("refs/ci/claims/") > 0 {
+		if time.Now().After(deadline) {
+			stopWorker(cmd)
+			return fmt.Errorf("throughput: not done after 10 minutes")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	elapsed := time.Since(t0)
+	rss := peakRSS(cmd.Process.Pid)
+	stopWorker(cmd)
+	runs := w.count("refs/ci/runs/")
+	fmt.Println("== worker throughput: 2,000 trivial requests on a local bare remote, one worker process")
+	fmt.Printf("  %d results in %.1f s: %.1f jobs/s (goal: >= 100); worker peak RSS %s\n", runs, elapsed.Seconds(), float64(runs)/elapsed.Seconds(), rss)
+	fmt.Printf("  baseline: one git push over file://  %s\n\n", summarise(pushes))
+	return nil
+}
+
+// benchDispatch: push a request, measure until the pipeline starts, in
+// poll mode.
+func benchDispatch(_ context.Context, bin string, n int) error {
+	n = min(n, 30)
+	w, err := newWorld("exit 0\n")
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	// The pipeline writes its start time where the bench can read it.
+	stamp := filepath.Join(w.root, "stamps")
+	os.Mkdir(stamp, 0o755)
+	os.WriteFile(filepath.Join(w.clone, ".refci", "run"), []byte("#!/bin/sh\ndate +%s%N > "+stamp+"/\"$REFCI_REQUEST\"\n"), 0o755)
+	sh(w.clone, w.env, "", "git", "commit", "-qam", "stamp")
+	const poll = time.Second
+	cmd, err := w.startWorker(bin, "--poll", poll.String())
+	if err != nil {
+		return err
+	}
+	defer stopWorker(cmd)
+	var lat []time.Duration
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("d%d", i)
+		t0 := time.Now()
+		if _, err := sh(w.clone, w.env, "", "git", "push", "-q", "origin", "HEAD:refs/ci/requests/"+name); err != nil {
+			return err
+		}
+		p := filepath.Join(stamp, name)
+		for {
+			b, err := os.ReadFile(p)
+			if err == nil && len(b) > 0 {
+				ns, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+				lat = append(lat, time.Unix(0, ns).Sub(t0))
+				break
+			}
+			if time.Since(t0) > time.Minute {
+				return fmt.Errorf("dispatch: request %s never started", name)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	fmt.Printf("== dispatch latency in poll mode (push until the pipeline starts), %d requests\n", n)
+	fmt.Printf("  p50 %s  p99 %s  (poll interval %s; expected about half of it)\n\n", ms(lat[len(lat)/2]), ms(lat[len(lat)*99/100]), poll)
+	return nil
+}
+
+// benchPollCost: what one poll costs with 0 and 10,000 unrelated refs.
+func benchPollCost(_ context.Context, _ string, _ int) error {
+	w, err := newWorld("exit 0\n")
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	cache := filepath.Join(w.root, "cache.git")
+	sh(w.root, w.env, "", "git", "init", "-q", "--bare", cache)
+	measure := func() (time.Duration, int64, error) {
+		var ts []time.Duration
+		var bytes int64
+		for i := 0; i < 15; i++ {
+			trace := filepath.Join(w.root, "trace")
+			os.Remove(trace)
+			env := append(append([]string{}, w.env...), "GIT_TRACE_PACKET="+trace)
+			t0 := time.Now()
+			_, err := sh(cache, env, "", "git", "-c", "protocol.version=2", "fetch", "--quiet", "--prune", "--no-tags", "file://"+w.bare,
+				"+refs/ci/requests/*:refs/ci/requests/*", "+refs/ci/claims/*:refs/ci/claims/*")
+			if err != nil {
+				return 0, 0, err
+			}
+			ts = append(ts, time.Since(t0))
+			if fi, err := os.Stat(trace); err == nil {
+				bytes = fi.Size()
+			}
+		}
+		return summarise(ts).median, bytes, nil
+	}
+	w.pushRequests("p", 3)
+	t0, b0, err := measure()
+	if err != nil {
+		return err
+	}
+	var in strings.Builder
+	head, _ := sh(w.clone, w.env, "", "git", "rev-parse", "HEAD")
+	for i := 0; i < 10000; i++ {
+		fmt.Fprintf(&in, "create refs/pull/%d/head %s\n", i, head)
+	}
+	if _, err := sh(w.bare, w.env, in.String(), "git", "update-ref", "--stdin"); err != nil {
+		return err
+	}
+	sh(w.bare, w.env, "", "git", "pack-refs", "--all")
+	t1, b1, err := measure()
+	if err != nil {
+		return err
+	}
+	fmt.Println("== poll cost (git fetch of requests and claims, protocol v2 ref-prefix), median of 15")
+	fmt.Printf("  no other refs:            %s, %d bytes of protocol trace\n", ms(t0), b0)
+	fmt.Printf("  10,000 refs/pull/* refs:  %s, %d bytes of protocol trace (ratio %.2f)\n\n", ms(t1), b1, float64(t1)/float64(t0))
+	return nil
+}
+
+// benchConcurrent: 200 concurrent `sleep 20` jobs on one worker.
+func benchConcurrent(_ context.Context, bin string, _ int) error {
+	const n = 200
+	w, err := newWorld("")
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	stamp := filepath.Join(w.root, "stamps")
+	os.Mkdir(stamp, 0o755)
+	os.WriteFile(filepath.Join(w.clone, ".refci", "run"), []byte("#!/bin/sh\ndate +%s%N > "+stamp+"/\"$REFCI_REQUEST\"\nsleep 20\n"), 0o755)
+	sh(w.clone, w.env, "", "git", "commit", "-qam", "sleep")
+	if err := w.pushRequests("c", n); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	cmd, err := w.startWorker(bin, "--poll", "500ms", "--concurrency", strconv.Itoa(n))
+	if err != nil {
+		return err
+	}
+	for {
+		ents, _ := os.ReadDir(stamp)
+		if len(ents) >= n {
+			break
+		}
+		if time.Since(t0) > 5*time.Minute {
+			stopWorker(cmd)
+			return fmt.Errorf("concurrent: only %d of %d started", len(ents), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	started := time.Since(t0)
+	for w.count("refs/ci/requests/") > 0 && time.Since(t0) < 5*time.Minute {
+		time.Sleep(200 * time.Millisecond)
+	}
+	rss := peakRSS(cmd.Process.Pid)
+	stopWorker(cmd)
+	fmt.Printf("== %d concurrent `sleep 20` jobs on one worker\n", n)
+	fmt.Printf("  all started after %.2f s (from worker start); all finished after %.1f s; worker peak RSS %s\n\n", started.Seconds(), time.Since(t0).Seconds(), rss)
+	return nil
+}
