@@ -53,7 +53,7 @@ type Worker struct {
 	mu      sync.Mutex
 	active  map[string]*activeRun // by remote URL + request name
 	expired map[string]seenExpired
-	wg     sync.WaitGroup
+	wg      sync.WaitGroup
 }
 
 // activeRun is one run this worker holds a claim for.
@@ -587,7 +587,7 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		Attempt: a.claim.Attempt, PreviousRun: a.claim.PreviousRun,
 		Timeout: w.cfg.Timeout, KillGrace: w.cfg.KillGrace, LogCap: w.cfg.LogCap,
 		ArtifactFileCap: w.cfg.ArtifactFileCap, ArtifactTotalCap: w.cfg.ArtifactTotalCap,
-		RefciPath: w.cfg.RefciPath, TempDir: w.cfg.TempDir, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
+		RefciPath: w.cfg.RefciPath, Shim: w.cfg.RefciPath, TempDir: w.cfg.TempDir, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
 		SnapshotEvery: w.cfg.Snapshot,
 		OnSnapshot: func(_ string, c gitproto.Hash) {
 			a.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -44,6 +45,21 @@ type ProcSpec struct {
 	// note in reap_linux.go). It must be unique among in-flight runs and
 	// must not contain NUL.
 	ReapTag string
+
+	// Shim, when not empty, is the absolute path of the refci executable
+	// (in tests, the test binary), run as a shim between this process and
+	// the pipeline: RunProcess starts
+	//
+	//	Shim __refci-shim --kill-grace=KillGrace -- Path Args...
+	//
+	// instead of Path, and the shim (ShimMain, in shim_linux.go) runs the
+	// pipeline below itself and kills all of it when the pipeline is over,
+	// when told to, or when this process dies, even by SIGKILL. Without a
+	// shim, processes of a pipeline survive a SIGKILL of this process. The
+	// executable must call ShimMain when its first argument is
+	// "__refci-shim" (see ShimMain). Results are the same as without a
+	// shim.
+	Shim string
 }
 
 // ProcResult says how the process ended.
@@ -90,7 +106,26 @@ var (
 // whole life), and orphans are attributed to their run as described in
 // reap_linux.go; descendants of other in-flight runs are left alone.
 // RunProcess returns only when no descendant survives and all output has
-// been copied to Output.
+// been copied to Output. Checking that costs almost nothing when the
+// pipeline left nothing behind (see nothingLeft in reap_linux.go); a scan
+// of all processes is needed only otherwise, and while the main process
+// runs only to stop it.
+//
+// With spec.Shim, the shim is the main process and does the work on the
+// pipeline's tree: a stop becomes SIGTERM to the shim, which passes it on
+// to every process of the pipeline, and the kill after KillGrace (or
+// Hard) becomes SIGUSR1 (SIGHUP until the shim said it is ready: see
+// shim_linux.go), on which it SIGKILLs them all. The shim reports how the
+// pipeline ended on a pipe of its own; if the shim dies without a report,
+// its orphans are reaped here as without a shim, and the error says so.
+//
+// The shim is started with a parent-death signal, which the kernel sends
+// when the *thread* that forked it exits. So the goroutine calling
+// RunProcess is locked to its OS thread (runtime.LockOSThread) from the
+// start of the shim until the shim has been waited for: no other
+// goroutine can run on that thread and end it (a goroutine that exits
+// while locked to its thread takes the thread with it). That costs one
+// parked OS thread per run in flight.
 //
 // A non-zero exit, a signal, a timeout or a cancellation is a result, not
 // an error. The error is for infrastructure problems: the process could
@@ -107,6 +142,9 @@ func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
 	if strings.IndexByte(spec.ReapTag, 0) >= 0 {
 		return res, errors.New("worker: ReapTag contains a NUL byte")
 	}
+	if spec.Shim != "" && !filepath.IsAbs(spec.Shim) {
+		return res, fmt.Errorf("worker: cannot start %q: the shim path %q is not absolute", spec.Path, spec.Shim)
+	}
 	hardDone := doneChan(spec.Hard)
 	if ctx.Err() != nil || isDone(hardDone) {
 		res.Cancelled = true
@@ -120,7 +158,13 @@ func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
 	if out == nil {
 		out = io.Discard
 	}
-	_ = ensureSubreaper() // without it, orphans escape to init; everything else still works
+	if spec.Shim == "" {
+		// Without a shim this process reaps the pipeline's orphans. With
+		// one, it must not be a subreaper: other processes it starts
+		// (git fetch and push in their own sessions) would be taken for
+		// a pipeline's leftovers.
+		_ = ensureSubreaper() // without it, orphans escape to init; everything else still works
+	}
 
 	env := make([]string, 0, len(spec.Env)+1) // never nil: nil would mean os.Environ()
 	env = append(env, spec.Env...)
@@ -140,12 +184,38 @@ func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
 		}
 	}
 
-	cmd, start, err := startProcess(run, spec, env, pw)
+	var sh *shimConn
+	unlockThread := func() {}
+	if spec.Shim != "" {
+		// See the note on Pdeathsig above.
+		runtime.LockOSThread()
+		locked := true
+		unlockThread = func() {
+			if locked {
+				locked = false
+				runtime.UnlockOSThread()
+			}
+		}
+		defer unlockThread()
+		if sh, err = newShimConn(); err != nil {
+			pw.Close()
+			return res, fmt.Errorf("worker: cannot start %q: shim report pipe: %w", spec.Path, err)
+		}
+		defer sh.r.Close()
+	}
+
+	cmd, start, err := startProcess(run, spec, env, pw, sh, grace)
 	pw.Close() // the child has its copies; ours must go for EOF to come
+	if sh != nil {
+		sh.w.Close() // likewise: EOF on the report pipe then means the shim is gone
+	}
 	if err != nil {
 		return res, err
 	}
 	defer run.unregister()
+	if sh != nil {
+		go sh.read(run)
+	}
 
 	cp := &pipeCopier{r: pr, w: out, done: make(chan struct{})}
 	go cp.run()
@@ -164,6 +234,39 @@ func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
 	onExit := func(err error) {
 		waitErr, mainExited = err, true
 		run.markMainGone()
+		if sh != nil {
+			unlockThread()
+			sh.awaitReport()
+		}
+	}
+	// stop sends sig to what is left of the run and says how many of its
+	// processes are still there (the main process counts while it has not
+	// been reaped).
+	termSent, killSent := false, false
+	stop := func(sig syscall.Signal) (int, error) {
+		if mainExited {
+			if sh != nil && sh.clean() {
+				return 0, nil // the shim killed and reaped all of it
+			}
+			if run.nothingLeft() {
+				return 0, nil
+			}
+			return run.sweep(sig)
+		}
+		if sh == nil {
+			return run.sweep(sig)
+		}
+		switch {
+		case sig != syscall.SIGTERM:
+			// Sent again on every poll: harmless, and a signal the shim
+			// missed while starting (see killSignal) gets through later.
+			killSent = true
+			cmd.Process.Signal(sh.killSignal())
+		case !termSent:
+			termSent = true
+			cmd.Process.Signal(syscall.SIGTERM)
+		}
+		return 1, nil
 	}
 	terminate, hard := false, false
 	select {
@@ -192,7 +295,7 @@ func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
 		graceT := time.NewTimer(grace)
 	term:
 		for {
-			remaining, err := run.sweep(syscall.SIGTERM)
+			remaining, err := stop(syscall.SIGTERM)
 			if err != nil {
 				errs = appendOnce(errs, err)
 			}
@@ -214,13 +317,17 @@ func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
 	}
 
 	// SIGKILL whatever is left, until nothing is.
-	giveUp := time.NewTimer(reapGiveUp)
+	giveUpAfter := reapGiveUp
+	if sh != nil {
+		giveUpAfter += shimGiveUpMargin // the shim gives up after reapGiveUp and says so
+	}
+	giveUp := time.NewTimer(giveUpAfter)
 	defer giveUp.Stop()
 	stuck := false
 	poll.reset()
 kill:
 	for {
-		remaining, err := run.sweep(syscall.SIGKILL)
+		remaining, err := stop(syscall.SIGKILL)
 		if err != nil {
 			errs = appendOnce(errs, err)
 		}
@@ -233,7 +340,7 @@ kill:
 			poll.reset()
 		case <-giveUp.C:
 			stuck = true
-			errs = append(errs, fmt.Errorf("worker: %d process(es) of %q survived SIGKILL for %s; giving up on them", remaining, spec.Path, reapGiveUp))
+			errs = append(errs, fmt.Errorf("worker: %d process(es) of %q survived SIGKILL for %s; giving up on them", remaining, spec.Path, giveUpAfter))
 			break kill
 		case <-poll.next():
 		}
@@ -270,7 +377,17 @@ kill:
 	}
 
 	res.Leftovers = len(run.leftovers) // no sweep of run runs any more
-	if mainExited {
+	if mainExited && sh != nil {
+		r, startErr, err := sh.result(spec, cmd.ProcessState, termSent || killSent)
+		if startErr != nil {
+			return ProcResult{ExitCode: -1}, startErr
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+		res.ExitCode, res.Signal = r.ExitCode, r.Signal
+		res.Leftovers += r.Leftovers
+	} else if mainExited {
 		if ps := cmd.ProcessState; ps != nil {
 			if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 				res.ExitCode = 128 + int(ws.Signal())
@@ -285,11 +402,11 @@ kill:
 	return res, errors.Join(errs...)
 }
 
-// startProcess starts the main process and registers it, atomically with
-// respect to sweeps. A start failing with ETXTBSY (the executable was just
-// written and another goroutine's fork inherited a descriptor of it for a
-// moment) is retried for up to a second.
-func startProcess(run *reapRun, spec ProcSpec, env []string, out *os.File) (*exec.Cmd, time.Time, error) {
+// startProcess starts the main process (with sh, the shim) and registers
+// it, atomically with respect to sweeps. A start failing with ETXTBSY (the
+// executable was just written and another goroutine's fork inherited a
+// descriptor of it for a moment) is retried for up to a second.
+func startProcess(run *reapRun, spec ProcSpec, env []string, out *os.File, sh *shimConn, grace time.Duration) (*exec.Cmd, time.Time, error) {
 	delay := 5 * time.Millisecond
 	deadline := time.Now().Add(time.Second)
 	for {
@@ -301,6 +418,12 @@ func startProcess(run *reapRun, spec ProcSpec, env []string, out *os.File) (*exe
 			Stdout:      out, // an *os.File: passed as is, no copying goroutine
 			Stderr:      out, // the same one: one pipe, order preserved
 			SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		}
+		if sh != nil {
+			cmd.Path = spec.Shim
+			cmd.Args = append([]string{spec.Shim, ShimArg, "--kill-grace=" + grace.String(), "--", spec.Path}, spec.Args...)
+			cmd.ExtraFiles = []*os.File{sh.w} // fd 3
+			cmd.SysProcAttr.Pdeathsig = shimDeathSignal
 		}
 		registry.mu.Lock()
 		if err := run.registerLocked(); err != nil {
@@ -321,8 +444,25 @@ func startProcess(run *reapRun, spec ProcSpec, env []string, out *os.File) (*exe
 			delay *= 2
 			continue
 		}
+		if sh != nil {
+			return nil, time.Time{}, shimStartError(spec, err)
+		}
 		return nil, time.Time{}, startError(spec, err)
 	}
+}
+
+// shimStartError explains why the shim could not be started.
+func shimStartError(spec ProcSpec, err error) error {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		err = errno
+	}
+	if errno == syscall.ENOENT && spec.Dir != "" {
+		if _, serr := os.Stat(spec.Dir); serr != nil {
+			return fmt.Errorf("worker: cannot start %q: working directory %q: %w", spec.Path, spec.Dir, err)
+		}
+	}
+	return fmt.Errorf("worker: cannot start %q: cannot start the shim %q: %w", spec.Path, spec.Shim, err)
 }
 
 // startError explains why the process could not be started.

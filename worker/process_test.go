@@ -30,6 +30,16 @@ const (
 
 var testEnv = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LC_ALL=C"}
 
+// testShim, when set (by TestShimMode in shim_linux_test.go), is the Shim
+// of every RunProcess call of the process tests.
+var testShim string
+
+// withTestShim sets spec's Shim to testShim.
+func withTestShim(spec ProcSpec) ProcSpec {
+	spec.Shim = testShim
+	return spec
+}
+
 // syncBuffer is an Output that tests may read while RunProcess writes.
 type syncBuffer struct {
 	mu  sync.Mutex
@@ -55,6 +65,7 @@ func runSh(t *testing.T, ctx context.Context, script string, mod func(*ProcSpec)
 	defer cancel()
 	var out syncBuffer
 	spec := ProcSpec{Path: "/bin/sh", Args: []string{"-c", script}, Env: testEnv, Output: &out}
+	spec = withTestShim(spec)
 	if mod != nil {
 		mod(&spec)
 	}
@@ -227,7 +238,7 @@ func TestProcessEnvIsExact(t *testing.T) {
 	run := func(env []string, tag string) string {
 		t.Helper()
 		var out syncBuffer
-		res, err := RunProcess(t.Context(), ProcSpec{Path: envBin, Env: env, Output: &out, ReapTag: tag, Timeout: testSafety})
+		res, err := RunProcess(t.Context(), withTestShim(ProcSpec{Path: envBin, Env: env, Output: &out, ReapTag: tag, Timeout: testSafety}))
 		if err != nil || res.ExitCode != 0 {
 			t.Fatalf("env: %+v %v", res, err)
 		}
@@ -248,14 +259,14 @@ func TestProcessEnvIsExact(t *testing.T) {
 func TestProcessArgsDirAndStdin(t *testing.T) {
 	dir := t.TempDir()
 	var out syncBuffer
-	res, err := RunProcess(t.Context(), ProcSpec{
+	res, err := RunProcess(t.Context(), withTestShim(ProcSpec{
 		Path:    "/bin/sh",
 		Args:    []string{"-c", `printf '%s|' "$0" "$@"; pwd; cat; echo "stdin done"`, "zero", "one", "two words"},
 		Dir:     dir,
 		Env:     testEnv,
 		Output:  &out,
 		Timeout: testSafety,
-	})
+	}))
 	if err != nil || res.ExitCode != 0 {
 		t.Fatalf("%+v %v", res, err)
 	}
@@ -470,8 +481,8 @@ touch %[1]s/ready
 wait`, d, markers[0], markers[1], markers[2], markers[3], sleepBin)
 	ch := make(chan ProcResult, 1)
 	go func() {
-		res, err := RunProcess(ctx, ProcSpec{Path: "/bin/sh", Args: []string{"-c", script}, Env: testEnv,
-			ReapTag: "B-" + newMarker(), Timeout: testSafety})
+		res, err := RunProcess(ctx, withTestShim(ProcSpec{Path: "/bin/sh", Args: []string{"-c", script}, Env: testEnv,
+			ReapTag: "B-" + newMarker(), Timeout: testSafety}))
 		if err != nil {
 			t.Error(err)
 		}
@@ -583,7 +594,7 @@ func TestProcessStartErrors(t *testing.T) {
 		{"missing dir", "/bin/sh", filepath.Join(d, "nodir"), fs.ErrNotExist, "working directory"},
 	} {
 		var out syncBuffer
-		res, err := RunProcess(t.Context(), ProcSpec{Path: tc.path, Dir: tc.dir, Env: testEnv, Output: &out, Timeout: testSafety})
+		res, err := RunProcess(t.Context(), withTestShim(ProcSpec{Path: tc.path, Dir: tc.dir, Env: testEnv, Output: &out, Timeout: testSafety}))
 		if err == nil {
 			t.Errorf("%s: no error; result %+v", tc.name, res)
 			continue
@@ -598,7 +609,7 @@ func TestProcessStartErrors(t *testing.T) {
 			t.Errorf("%s: result %+v output %q", tc.name, res, out.String())
 		}
 	}
-	if _, err := RunProcess(t.Context(), ProcSpec{}); err == nil {
+	if _, err := RunProcess(t.Context(), withTestShim(ProcSpec{})); err == nil {
 		t.Error("empty path: no error")
 	}
 }
@@ -624,3 +635,34 @@ func TestProcessOutputFailureDoesNotBlock(t *testing.T) {
 		t.Errorf("got %+v: the process should have run to its end", res)
 	}
 }
+
+func cpuTimes() (self, children time.Duration) {
+	var ru unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	unix.Getrusage(unix.RUSAGE_CHILDREN, &ru)
+	return self, time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// benchRunProcess runs /bin/true; besides ns/op it reports the CPU time
+// of this process and of its (reaped) children per run, the files read
+// under /proc and the sweeps.
+func benchRunProcess(b *testing.B, shim string) {
+	ctx := context.Background()
+	r0, s0 := procReads.Load(), sweeps.Load()
+	c0, ch0 := cpuTimes()
+	for b.Loop() {
+		res, err := RunProcess(ctx, ProcSpec{Path: "/bin/true", Shim: shim})
+		if err != nil || res.ExitCode != 0 {
+			b.Fatal(res, err)
+		}
+	}
+	c1, ch1 := cpuTimes()
+	n := float64(b.N)
+	b.ReportMetric(float64(c1-c0)/n, "cpu-ns/op")
+	b.ReportMetric(float64(ch1-ch0)/n, "child-cpu-ns/op")
+	b.ReportMetric(float64(procReads.Load()-r0)/n, "procreads/op")
+	b.ReportMetric(float64(sweeps.Load()-s0)/n, "sweeps/op")
+}
+
+func BenchmarkRunProcessTrue(b *testing.B) { benchRunProcess(b, "") }

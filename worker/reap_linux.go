@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -48,8 +49,9 @@ import (
 //     they deliberately join it with setpgid.)
 //  2. X's process group is the group of a registered run (its main pid,
 //     even after the main exited: the kernel does not reuse the pid while
-//     the group has members): that run. This catches plain background
-//     jobs and double-forked daemons that did not call setsid.
+//     the group has members; with a shim, also the pipeline's group): that
+//     run. This catches plain background jobs and double-forked daemons
+//     that did not call setsid.
 //  3. X's environment (/proc/X/environ, the environment it was exec'd
 //     with) contains REFCI_REAP_TAG=<tag>: the in-flight run with that
 //     ReapTag. The tag of this process' own environment (refci running
@@ -76,6 +78,13 @@ import (
 // that is a direct child of ours, is not the main process of an in-flight
 // run (its exec.Cmd waits for it) and is not in our own process group
 // (children of other code, whose exec.Cmd will wait for them).
+//
+// The fast path. A full sweep reads the stat of every process on the
+// machine, which costs far more than running a trivial pipeline. Most
+// pipelines leave nothing behind, and that can be proved from a handful of
+// small files: see nothingLeft. A sweep runs only when nothingLeft cannot
+// prove it, and while the main process runs only for a timeout or a
+// cancellation.
 //
 // Limits of being a subreaper: we adopt the orphans of all code of this
 // program, not only of pipelines. Children that other code starts in a
@@ -115,6 +124,11 @@ type reapRun struct {
 	pipeIno  uint64 // inode of the run's output pipe, 0 if unknown
 	mainPid  int    // 0 until started
 	mainGone bool   // the main process has been reaped: mainPid is no longer a live process
+	// pipelinePgid is, with a shim, the process group of the pipeline's
+	// main process (a child of the shim, the run's main process here):
+	// orphans in it are the run's (rule 2 below), should the shim die
+	// before it killed them. 0 when unknown or without a shim.
+	pipelinePgid int
 
 	sent      map[procKey]syscall.Signal
 	leftovers map[procKey]struct{}
@@ -153,6 +167,141 @@ func (r *reapRun) markMainGone() {
 	registry.mu.Lock()
 	r.mainGone = true
 	registry.mu.Unlock()
+}
+
+func (r *reapRun) setPipelinePgid(pgid int) {
+	registry.mu.Lock()
+	r.pipelinePgid = pgid
+	registry.mu.Unlock()
+}
+
+// procReads counts the files and directories under /proc that sweeps, the
+// fast path and the shim have read, sweeps the sweeps; tests and
+// benchmarks look at them.
+var procReads, sweeps atomic.Int64
+
+// readProcChildren returns the children of every thread of process pid
+// (/proc/<pid>/task/<tid>/children, CONFIG_PROC_CHILDREN) and the ids of
+// the threads, sorted. A thread that exits meanwhile is skipped (callers
+// that must not miss its children compare the threads before and after);
+// a kernel without the children files is an error.
+func readProcChildren(pid int) (kids, tids []int, err error) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
+	tids, err = readTids(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, tid := range tids {
+		procReads.Add(1)
+		b, err := os.ReadFile(dir + strconv.Itoa(tid) + "/children")
+		if err != nil {
+			if _, serr := os.Stat(dir + strconv.Itoa(tid)); serr != nil {
+				continue // the thread is gone
+			}
+			return nil, nil, err
+		}
+		for _, f := range strings.Fields(string(b)) {
+			k, err := strconv.Atoi(f)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%schildren: %q: %w", dir, f, err)
+			}
+			kids = append(kids, k)
+		}
+	}
+	return kids, tids, nil
+}
+
+func readTids(dir string) ([]int, error) {
+	procReads.Add(1)
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return nil, err
+	}
+	tids := make([]int, 0, len(names))
+	for _, n := range names {
+		if tid, err := strconv.Atoi(n); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	slices.Sort(tids)
+	return tids, nil
+}
+
+// nothingLeft reports whether it can prove, without a sweep, that no
+// process r is responsible for exists: false means "run a sweep", not
+// "something is left". It needs r's main process reaped and this process a
+// subreaper.
+//
+// Why it holds. With the main process reaped, every live descendant of the
+// run has been reparented (to us, the nearest subreaper, or to a subreaper
+// below us), so the chain of its ancestors ends in a direct child of ours.
+// nothingLeft requires (a) r's process groups (the main's, and with a
+// shim the pipeline's) to be empty: kill(-pgid, 0) fails with ESRCH; and
+// (b) every direct child of ours to be the live main process of another
+// in-flight run (whose tree a sweep attributes to that run) or a member of
+// our own process group (a child of other code, which a sweep never
+// touches, nor its subtree: rule 1). Then a sweep would find nothing of r
+// either.
+//
+// Reading the children lists is not atomic: the kernel walks each list
+// one entry per step, and when an entry it returned leaves the list
+// (reaped) before the next step, it may skip the entry after it. So every
+// child it returned must still exist afterwards (getpgid succeeds), which
+// proves no entry left during the walk. A process of r that is a direct
+// child cannot leave by itself: only a sweep reaps those, and sweeps hold
+// registry.mu, as does nothingLeft. Children also move between the
+// threads' lists when a thread exits, so the set of threads must be the
+// same before and after the reads. New children (forks of other code,
+// orphans reparented during the walk) do not matter: none can be r's when
+// r had none before.
+func (r *reapRun) nothingLeft() bool {
+	if ensureSubreaper() != nil {
+		return false
+	}
+	registry.mu.Lock()
+	defer registry.mu.Unlock()
+	if !r.mainGone || r.mainPid <= 0 {
+		return false
+	}
+	for _, pg := range []int{r.mainPid, r.pipelinePgid} {
+		if pg > 0 && unix.Kill(-pg, 0) != unix.ESRCH {
+			return false
+		}
+	}
+	self := os.Getpid()
+	kids, tids, err := readProcChildren(self)
+	if err != nil {
+		return false
+	}
+	if after, err := readTids("/proc/" + strconv.Itoa(self) + "/task/"); err != nil || !slices.Equal(tids, after) {
+		return false
+	}
+	selfPgrp := unix.Getpgrp()
+	for _, k := range kids {
+		pg, err := unix.Getpgid(k)
+		if err != nil {
+			return false // gone since the walk returned it: the walk may have skipped a sibling
+		}
+		if pg == selfPgrp {
+			continue
+		}
+		live := false
+		for o := range registry.runs {
+			if o != r && o.mainPid == k && !o.mainGone {
+				live = true
+				break
+			}
+		}
+		if !live {
+			return false
+		}
+	}
+	return true
 }
 
 // procKey identifies a process across pid reuse.
@@ -204,6 +353,7 @@ func parseStat(b []byte) (procInfo, error) {
 }
 
 func readStat(pid int) (procInfo, error) {
+	procReads.Add(1)
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return procInfo{}, err
@@ -214,6 +364,7 @@ func readStat(pid int) (procInfo, error) {
 // listProcs reads the stat of every process. Processes that vanish while
 // it reads are skipped.
 func listProcs() (map[int]*procInfo, error) {
+	procReads.Add(1)
 	d, err := os.Open("/proc")
 	if err != nil {
 		return nil, err
@@ -244,6 +395,7 @@ func listProcs() (map[int]*procInfo, error) {
 // readReapTag returns the value of REFCI_REAP_TAG in the environment the
 // process was exec'd with.
 func readReapTag(pid int) (string, bool) {
+	procReads.Add(1)
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
 	if err != nil {
 		return "", false
@@ -262,6 +414,7 @@ func readReapTag(pid int) (string, bool) {
 // until fn returns true.
 func pipeInodes(pid int, fn func(ino uint64) bool) {
 	dir := "/proc/" + strconv.Itoa(pid) + "/fd/"
+	procReads.Add(1)
 	d, err := os.Open(dir)
 	if err != nil {
 		return
@@ -299,7 +452,7 @@ type snapshot struct {
 	ownTag         string // REFCI_REAP_TAG of this process, if it has one
 	procs          map[int]*procInfo
 	liveMains      map[int]*reapRun // main pid → run, mains not reaped yet
-	goneMains      map[int]*reapRun // main pid → run, mains already reaped (for process groups)
+	goneMains      map[int]*reapRun // process group → run: mains already reaped, and pipeline groups under a shim
 	tags           map[string]*reapRun
 	pipes          map[uint64]*reapRun
 	nRuns          int
@@ -331,6 +484,9 @@ func takeSnapshot() (*snapshot, error) {
 			} else {
 				s.liveMains[r.mainPid] = r
 			}
+		}
+		if r.pipelinePgid > 0 {
+			s.goneMains[r.pipelinePgid] = r
 		}
 		if r.tag != "" {
 			s.tags[r.tag] = r
@@ -448,6 +604,7 @@ func (s *snapshot) mine(r *reapRun, o owner) bool {
 // Processes signalled after r's main process was reaped count as
 // leftovers.
 func (r *reapRun) sweep(sig syscall.Signal) (remaining int, err error) {
+	sweeps.Add(1)
 	registry.mu.Lock()
 	defer registry.mu.Unlock()
 	s, err := takeSnapshot()

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -153,4 +154,110 @@ echo done`, py, unix.Getpgrp(), m, d, d)
 		t.Errorf("took %s", elapsed)
 	}
 	assertAlive(t, m) // foreign to the sweep: left alone
+}
+
+// A pipeline that leaves nothing behind needs no sweep; one that leaves a
+// daemon behind gets one, which kills it.
+func TestReapFastPathSkipsSweep(t *testing.T) {
+	s0 := sweeps.Load()
+	res, _, err := runSh(t, t.Context(), "exit 0", nil)
+	if err != nil || res.ExitCode != 0 || res.Leftovers != 0 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if n := sweeps.Load() - s0; n != 0 {
+		t.Errorf("%d sweep(s) for a pipeline that left nothing behind", n)
+	}
+
+	d := t.TempDir()
+	m := newMarker()
+	s0 = sweeps.Load()
+	res, _, err = runSh(t, t.Context(), fmt.Sprintf(`(setsid sh -c "touch %[1]s/a; exec sleep %[2]s" </dev/null >/dev/null 2>&1 &)
+while [ ! -e %[1]s/a ]; do sleep 0.02; done`, d, m), nil)
+	if err != nil || res.Leftovers < 1 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if testShim == "" && sweeps.Load() == s0 {
+		t.Error("no sweep, yet a daemon was left behind")
+	}
+	assertGone(t, m)
+}
+
+// nothingLeft says "nothing left" only when every direct child of ours is
+// another run's live main process or in our own process group, and the
+// run's process group is empty.
+func TestReapNothingLeft(t *testing.T) {
+	if err := ensureSubreaper(); err != nil {
+		t.Skip(err)
+	}
+	d := t.TempDir()
+	m := newMarker()
+	// The run's main process: reaped, leaving a background job in its group.
+	main := exec.Command("/bin/sh", "-c", fmt.Sprintf(`sleep %s </dev/null >/dev/null 2>&1 & touch %s/bg`, m, d))
+	main.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := main.Run(); err != nil {
+		t.Fatal(err)
+	}
+	waitAlive(t, m)
+	r := &reapRun{}
+	registry.mu.Lock()
+	if err := r.registerLocked(); err != nil {
+		registry.mu.Unlock()
+		t.Fatal(err)
+	}
+	r.mainPid, r.mainGone = main.Process.Pid, true
+	registry.mu.Unlock()
+	defer r.unregister()
+
+	if r.nothingLeft() {
+		t.Error("nothing left, with the main's background job alive (an orphan in its group)")
+	}
+	for _, pid := range markerPids(m) {
+		syscallKill(pid)
+		var ws unix.WaitStatus
+		unix.Wait4(pid, &ws, 0, nil) // reparented to us
+	}
+	if !r.nothingLeft() {
+		t.Fatal("something left after the background job was reaped")
+	}
+
+	// A child of other code in our own process group.
+	m1 := newMarker()
+	own := exec.Command("sleep", m1)
+	if err := own.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !r.nothingLeft() {
+		t.Error("a child in our own process group counts")
+	}
+	own.Process.Kill()
+	own.Wait()
+
+	// A child in a process group of its own could be an orphan of r...
+	m2 := newMarker()
+	other := exec.Command("sleep", m2)
+	other.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { other.Process.Kill(); other.Wait() }()
+	if r.nothingLeft() {
+		t.Error("nothing left, with a direct child in a group of its own")
+	}
+	// ...unless it is the live main process of another run.
+	r2 := &reapRun{}
+	registry.mu.Lock()
+	if err := r2.registerLocked(); err != nil {
+		registry.mu.Unlock()
+		t.Fatal(err)
+	}
+	r2.mainPid = other.Process.Pid
+	registry.mu.Unlock()
+	defer r2.unregister()
+	if !r.nothingLeft() {
+		t.Error("another run's live main counts")
+	}
+	r2.markMainGone()
+	if r.nothingLeft() {
+		t.Error("nothing left, with a direct child that is no longer a live main")
+	}
 }

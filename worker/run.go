@@ -58,6 +58,10 @@ type RunSpec struct {
 	// RefciPath is the refci executable put on the pipeline's PATH so
 	// that `refci job` works inside it. Empty: no refci on PATH.
 	RefciPath string
+	// Shim, when set (the refci executable), runs the pipeline under a
+	// per-run supervisor process, so that nothing of it survives even if
+	// this process is killed (see ProcSpec.Shim). Workers set it.
+	Shim string
 	// Output, when not nil, receives a live copy of the pipeline's
 	// output.
 	Output io.Writer
@@ -301,6 +305,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		KillGrace: orDefault(r.spec.KillGrace, DefaultKillGrace),
 		Hard:      r.spec.Hard,
 		ReapTag:   r.spec.RunID,
+		Shim:      r.spec.Shim,
 	})
 	stopSnapshots()
 	srv.Close()

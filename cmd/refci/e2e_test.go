@@ -543,6 +543,7 @@ func alive(marker string) bool {
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		b = bytes.ReplaceAll(b, []byte{0}, []byte{' '}) // arguments are NUL-separated
 		if err == nil && bytes.Contains(b, []byte(marker)) {
 			return true
 		}
@@ -557,7 +558,15 @@ func TestRunKillsDaemonsAndTimesOut(t *testing.T) {
 ( (sleep %s >/dev/null 2>&1 &) & )
 echo started daemons
 `, marker, marker))
-	s.refci("run", "-q").want(t, 0)
+	s.pipeline(fmt.Sprintf(`setsid sleep %[1]s >/dev/null 2>&1 &
+( (sleep %[1]s >/dev/null 2>&1 &) & )
+sleep 0.2
+for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c "^sleep %[1]s"
+`, marker))
+	r0 := s.refci("run", "-q").want(t, 0)
+	if log := s.refci("log").stdout; !strings.HasPrefix(log, "2\n") {
+		t.Fatalf("the pipeline should see its 2 daemons running, log: %q %s", log, r0.stdout)
+	}
 	if alive("sleep " + marker) {
 		t.Fatal("a daemon started by the pipeline survived the run")
 	}

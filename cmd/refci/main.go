@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"refci.dev/refci/worker"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -26,6 +28,11 @@ const (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == worker.ShimArg {
+		// A worker's per-run supervisor: before anything else, it is on
+		// every run's start-up path.
+		os.Exit(worker.ShimMain(os.Args[2:]))
+	}
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
