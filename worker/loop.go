@@ -432,15 +432,48 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 	if err != nil {
 		return 0, err
 	}
-	won := 0
+	var wonBatch []pending
 	for i, res := range results {
-		p := batch[i]
 		if !res.OK {
-			w.log.Debug("lost a claim race", "request", p.claim.Request, "reason", res.Message)
+			w.log.Debug("lost a claim race", "request", batch[i].claim.Request, "reason", res.Message)
+			continue
+		}
+		wonBatch = append(wonBatch, batch[i])
+	}
+	if len(wonBatch) == 0 {
+		return 0, nil
+	}
+	// Our view of the requests may be older than a run that another
+	// worker finished meanwhile: it deleted the request, then its claim,
+	// and our create-if-absent claim then succeeded. Look again: a claim
+	// whose request is gone or changed is released, not run. Workers
+	// delete a request strictly before its claim, so a claim we won
+	// implies this fetch sees such a deletion.
+	if err := rem.Fetch(ctx, pollRefspecs...); err != nil {
+		return 0, err // the claims expire and are taken over: nothing runs twice
+	}
+	fresh, err := gitproto.Open(rem.Cache)
+	if err != nil {
+		return 0, err
+	}
+	now2, err := refMap(fresh, queue.RequestsPrefix)
+	if err != nil {
+		return 0, err
+	}
+	var release []gitproto.RefUpdate
+	won := 0
+	for _, p := range wonBatch {
+		if cur, ok := now2[p.claim.Request]; !ok || cur.String() != p.claim.RequestObject {
+			release = append(release, gitproto.RefUpdate{Name: queue.ClaimRef(p.claim.Request), Old: p.commit})
 			continue
 		}
 		won++
 		w.start(ctx, rem, p.claim, p.commit)
+	}
+	if len(release) > 0 {
+		if _, err := rem.Push(ctx, release, false); err != nil {
+			return won, err
+		}
 	}
 	return won, nil
 }

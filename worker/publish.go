@@ -165,8 +165,22 @@ func (w *Worker) flushOutbox(ctx context.Context, rem *gitproto.Remote) error {
 	}
 	if len(cleanup) > 0 {
 		// Lost leases here are normal: a request re-pushed meanwhile must
-		// survive and run next.
-		if _, err := rem.Push(ctx, cleanup, false); err != nil {
+		// survive and run next. Requests go strictly before claims (two
+		// pushes): a worker that wins a claim after ours is gone then
+		// always sees the request gone too.
+		var reqs, claims []gitproto.RefUpdate
+		for _, u := range cleanup {
+			if strings.HasPrefix(u.Name, queue.RequestsPrefix) {
+				reqs = append(reqs, u)
+			} else {
+				claims = append(claims, u)
+			}
+		}
+		_, err := rem.Push(ctx, reqs, false)
+		if err == nil {
+			_, err = rem.Push(ctx, claims, false)
+		}
+		if err != nil {
 			for _, r := range done { // the results are out; only the cleanup is pending
 				e := entries[r]
 				e.Pushed = e.Commit
