@@ -55,7 +55,7 @@ func (r *Repo) checkoutTree(t *object.Tree, dir, rel string, st *CheckoutStats, 
 			if err := os.Mkdir(p, 0o755); err != nil {
 				return err
 			}
-			sub, err := r.git.TreeObject(e.Hash)
+			sub, err := object.GetTree(r.st, e.Hash)
 			if err != nil {
 				return fmt.Errorf("%s: %w", relp, err)
 			}
@@ -95,7 +95,7 @@ func (r *Repo) checkoutTree(t *object.Tree, dir, rel string, st *CheckoutStats, 
 }
 
 func (r *Repo) blobBytes(e object.TreeEntry) ([]byte, error) {
-	b, err := r.git.BlobObject(e.Hash)
+	b, err := object.GetBlob(r.st, e.Hash)
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +108,7 @@ func (r *Repo) blobBytes(e object.TreeEntry) ([]byte, error) {
 }
 
 func (r *Repo) writeBlobTo(e object.TreeEntry, p string, perm os.FileMode, buf []byte) (int64, error) {
-	b, err := r.git.BlobObject(e.Hash)
+	b, err := object.GetBlob(r.st, e.Hash)
 	if err != nil {
 		return 0, err
 	}

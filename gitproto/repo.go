@@ -21,8 +21,9 @@ import (
 	"strconv"
 	"strings"
 
-	git "github.com/go-git/go-git/v5"
+	"github.com/go-git/go-billy/v5/osfs"
 	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/cache"
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/storage/filesystem"
 )
@@ -47,7 +48,6 @@ var (
 // Repo is one local git repository. It is not safe for concurrent use
 // (go-git's Repository is not); open one per goroutine.
 type Repo struct {
-	git       *git.Repository
 	st        *filesystem.Storage
 	gitDir    string // the repository's .git (or the bare repository)
 	commonDir string // where refs and objects live (differs in linked worktrees)
@@ -67,19 +67,10 @@ func Open(dir string) (*Repo, error) {
 	}
 	// Open exactly what locate found, so that reads and writes go to the
 	// same repository (a bare repository inside another's work tree).
-	openAt := r.workTree
-	if openAt == "" {
-		openAt = r.gitDir
-	}
-	g, err := git.PlainOpenWithOptions(openAt, &git.PlainOpenOptions{EnableDotGitCommonDir: true})
-	if err != nil {
-		return nil, fmt.Errorf("open repository %s: %w", openAt, err)
-	}
-	st, ok := g.Storer.(*filesystem.Storage)
-	if !ok {
-		return nil, fmt.Errorf("open repository %s: unexpected storage %T", abs, g.Storer)
-	}
-	r.git, r.st = g, st
+	// Only the storage layer of go-git is used: its Repository type pulls
+	// in every transport (HTTP, SSH), which costs each refci process
+	// milliseconds of start-up for nothing.
+	r.st = filesystem.NewStorageWithOptions(osfs.New(r.commonDir), cache.NewObjectLRUDefault(), filesystem.Options{})
 	return r, nil
 }
 
@@ -140,8 +131,8 @@ func (r *Repo) GitDir() string { return r.commonDir }
 // WorkTree is the checked-out directory, or "" for a bare repository.
 func (r *Repo) WorkTree() string { return r.workTree }
 
-// Go returns the underlying go-git repository, for reading objects.
-func (r *Repo) Go() *git.Repository { return r.git }
+// Tag reads the annotated tag object h.
+func (r *Repo) Tag(h Hash) (*object.Tag, error) { return object.GetTag(r.st, h) }
 
 // ResolveCommit resolves rev (HEAD, a branch, a tag, an annotated tag or a
 // tag of a tag, a full or abbreviated object id, or an expression such as
@@ -163,7 +154,7 @@ func (r *Repo) resolveObject(rev string) (Hash, error) {
 	// name (git does the same and warns).
 	if plumbing.IsHash(rev) {
 		h := plumbing.NewHash(rev)
-		if _, err := r.git.Storer.EncodedObject(plumbing.AnyObject, h); err == nil {
+		if _, err := r.st.EncodedObject(plumbing.AnyObject, h); err == nil {
 			return h, nil
 		}
 	}
@@ -172,20 +163,17 @@ func (r *Repo) resolveObject(rev string) (Hash, error) {
 		candidates = append(candidates, "refs/"+rev, "refs/tags/"+rev, "refs/heads/"+rev, "refs/remotes/"+rev, "refs/remotes/"+rev+"/HEAD")
 	}
 	for _, name := range candidates {
-		ref, err := r.git.Reference(plumbing.ReferenceName(name), true)
+		h, unborn, err := r.resolveRef(name)
 		if err == nil {
-			return ref.Hash(), nil
+			return h, nil
 		}
-		if name == "HEAD" && errors.Is(err, plumbing.ErrReferenceNotFound) {
-			head, herr := r.git.Reference(plumbing.HEAD, false)
-			if herr == nil && head.Type() == plumbing.SymbolicReference {
-				return ZeroHash, fmt.Errorf("HEAD points at %s, which has no commits: %w; commit something first", head.Target().Short(), ErrNoCommits)
-			}
+		if name == "HEAD" && unborn != "" {
+			return ZeroHash, fmt.Errorf("HEAD points at %s, which has no commits: %w; commit something first", strings.TrimPrefix(unborn, "refs/heads/"), ErrNoCommits)
 		}
 	}
 	if plumbing.IsHash(rev) {
 		h := plumbing.NewHash(rev)
-		if _, err := r.git.Storer.EncodedObject(plumbing.AnyObject, h); err == nil {
+		if _, err := r.st.EncodedObject(plumbing.AnyObject, h); err == nil {
 			return h, nil
 		}
 		return ZeroHash, fmt.Errorf("%s: %w: no such object in this repository", rev, ErrUnknownRev)
@@ -284,7 +272,7 @@ func isHexPrefix(s string) bool {
 
 func (r *Repo) peelToCommit(rev string, h Hash) (Hash, error) {
 	for depth := 0; depth < 10; depth++ {
-		obj, err := r.git.Storer.EncodedObject(plumbing.AnyObject, h)
+		obj, err := r.st.EncodedObject(plumbing.AnyObject, h)
 		if err != nil {
 			return ZeroHash, fmt.Errorf("%s: %w: object %s is missing", rev, ErrUnknownRev, h)
 		}
@@ -292,7 +280,7 @@ func (r *Repo) peelToCommit(rev string, h Hash) (Hash, error) {
 		case plumbing.CommitObject:
 			return h, nil
 		case plumbing.TagObject:
-			tag, err := object.DecodeTag(r.git.Storer, obj)
+			tag, err := object.DecodeTag(r.st, obj)
 			if err != nil {
 				return ZeroHash, fmt.Errorf("%s: read tag %s: %w", rev, h, err)
 			}
@@ -306,7 +294,7 @@ func (r *Repo) peelToCommit(rev string, h Hash) (Hash, error) {
 
 // ObjectType returns the type of object h ("commit", "tree", "blob", "tag").
 func (r *Repo) ObjectType(h Hash) (string, error) {
-	obj, err := r.git.Storer.EncodedObject(plumbing.AnyObject, h)
+	obj, err := r.st.EncodedObject(plumbing.AnyObject, h)
 	if err != nil {
 		return "", fmt.Errorf("object %s: %w", h, ErrNotFound)
 	}
@@ -315,7 +303,7 @@ func (r *Repo) ObjectType(h Hash) (string, error) {
 
 // Commit reads commit h.
 func (r *Repo) Commit(h Hash) (*object.Commit, error) {
-	c, err := r.git.CommitObject(h)
+	c, err := object.GetCommit(r.st, h)
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", h, err)
 	}
@@ -465,3 +453,36 @@ func readPackedRefs(path, prefix string, into map[string]Hash) error {
 
 // NewHash parses a hex object id (the zero id for anything else).
 func NewHash(s string) Hash { return plumbing.NewHash(s) }
+
+// resolveRef follows a ref (HEAD, or a name under refs/) through symbolic
+// refs to an object id. For a symbolic ref pointing at a ref that does not
+// exist (an unborn branch) it returns that name as unborn.
+func (r *Repo) resolveRef(name string) (h Hash, unborn string, err error) {
+	for depth := 0; depth < 5; depth++ {
+		dir := r.commonDir
+		if name == "HEAD" {
+			dir = r.gitDir // each worktree has its own HEAD
+		}
+		b, rerr := os.ReadFile(filepath.Join(dir, filepath.FromSlash(name)))
+		if rerr != nil {
+			if name == "HEAD" || !strings.HasPrefix(name, "refs/") {
+				return ZeroHash, "", fmt.Errorf("ref %s: %w", name, ErrNotFound)
+			}
+			h, err := r.RefHash(name) // packed
+			if err != nil && depth > 0 {
+				return ZeroHash, name, err
+			}
+			return h, "", err
+		}
+		content := strings.TrimSpace(string(b))
+		if target, ok := strings.CutPrefix(content, "ref: "); ok {
+			name = target
+			continue
+		}
+		if plumbing.IsHash(content) {
+			return plumbing.NewHash(content), "", nil
+		}
+		return ZeroHash, "", fmt.Errorf("ref %s: unreadable content", name)
+	}
+	return ZeroHash, "", fmt.Errorf("ref %s: symbolic refs nested too deep", name)
+}

@@ -513,7 +513,7 @@ func peel(repo *gitproto.Repo, h gitproto.Hash) (gitproto.Hash, error) {
 		if typ != "tag" {
 			return h, nil
 		}
-		t, err := repo.Go().TagObject(h)
+		t, err := repo.Tag(h)
 		if err != nil {
 			return h, err
 		}
@@ -635,7 +635,7 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		},
 	}
 	if reqObj := hashOf(a.claim.RequestObject); reqObj != spec.Target {
-		if t, err := repo.Go().TagObject(reqObj); err == nil {
+		if t, err := repo.Tag(reqObj); err == nil {
 			opts, err := queue.ParseRequestOptions(t.Message)
 			if err != nil {
 				log.Warn("bad request options", "err", err)
