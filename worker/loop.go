@@ -50,10 +50,12 @@ type Worker struct {
 	now   func() time.Time
 	slots chan struct{}
 
-	mu      sync.Mutex
-	active  map[string]*activeRun // by remote URL + request name
-	expired map[string]seenExpired
-	wg      sync.WaitGroup
+	mu       sync.Mutex
+	wakes    map[*gitproto.Remote]chan struct{}
+	finished map[*gitproto.Remote]chan struct{} // a run ended: push its result
+	active   map[string]*activeRun              // by remote URL + request name
+	expired  map[string]seenExpired
+	wg       sync.WaitGroup
 }
 
 // activeRun is one run this worker holds a claim for.
@@ -117,8 +119,16 @@ func (w *Worker) Run(stop, abort context.Context) error {
 	}()
 	var loops sync.WaitGroup
 	wakes := make([]chan struct{}, len(w.cfg.Remotes))
+	w.mu.Lock()
+	w.wakes = map[*gitproto.Remote]chan struct{}{}
+	w.finished = map[*gitproto.Remote]chan struct{}{}
 	for i, rem := range w.cfg.Remotes {
 		wakes[i] = make(chan struct{}, 1)
+		w.wakes[rem] = wakes[i]
+		w.finished[rem] = make(chan struct{}, 1)
+	}
+	w.mu.Unlock()
+	for i, rem := range w.cfg.Remotes {
 		loops.Add(1)
 		go func() {
 			defer loops.Done()
@@ -192,7 +202,11 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 	var prob problem
 	backoff := time.Duration(0)
 	tick := min(w.cfg.Lease/3, w.cfg.Snapshot, w.cfg.Poll)
-	lastPoll := time.Time{}
+	lastPoll, lastFlush := time.Time{}, time.Time{}
+	moreWaiting := false
+	w.mu.Lock()
+	finished := w.finished[rem]
+	w.mu.Unlock()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -208,6 +222,7 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 		case <-timer.C:
 		case <-wake:
 			lastPoll = time.Time{}
+		case <-finished:
 		case <-stop.Done():
 			if !stopping {
 				continue
@@ -217,13 +232,20 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 		now := w.now()
 		var err error
 		claimed := 0
-		if !stopping && now.Sub(lastPoll) >= w.cfg.Poll {
+		active := w.activeOn(rem)
+		// Poll on schedule, or early when the last poll filled every
+		// free place and the queue of claimed runs is running low.
+		if !stopping && (now.Sub(lastPoll) >= w.cfg.Poll || moreWaiting && active <= cap(w.slots)) {
 			lastPoll = now
 			claimed, err = w.poll(runCtx, rem)
+			moreWaiting = claimed > 0 && claimed >= 8*cap(w.slots)-active
 		} else {
 			err = w.maintain(runCtx, rem, false)
 		}
-		if err == nil {
+		// Push results in batches while runs go on; at once when the
+		// last one is done.
+		if err == nil && (stopping || active == 0 || now.Sub(lastFlush) >= 300*time.Millisecond) {
+			lastFlush = now
 			err = w.flushOutbox(context.WithoutCancel(abort), rem)
 		}
 		next := tick
@@ -236,7 +258,7 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 		default:
 			prob.clear(w.log, rem.URL)
 			backoff = 0
-			if claimed > 0 {
+			if claimed > 0 && w.activeOn(rem) <= cap(w.slots) {
 				lastPoll = time.Time{} // more may be waiting: poll again at once
 				next = 0
 			}
@@ -345,7 +367,10 @@ func readClaimAt(cache string, h gitproto.Hash) (*queue.Claim, error) {
 // claim pushes claims for free requests, as many as there are free slots,
 // in one push, and starts a run for each claim won.
 func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto.Repo, requests, claims map[string]gitproto.Hash) (int, error) {
-	free := cap(w.slots) - len(w.slots)
+	// Claim up to eight times the concurrency: runs queue for a slot, so a
+	// finished run's slot is refilled at once instead of a poll later, and
+	// the git round trips of a pass are shared by many runs.
+	free := 8*cap(w.slots) - w.activeOn(rem)
 	if free <= 0 || ctx.Err() != nil {
 		return 0, nil
 	}
@@ -593,17 +618,27 @@ func (w *Worker) start(ctx context.Context, rem *gitproto.Remote, c queue.Claim,
 	key := rem.URL + "\x00" + c.Request
 	w.mu.Lock()
 	w.active[key] = a
+	wake := w.finished[rem]
 	w.mu.Unlock()
-	w.slots <- struct{}{}
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
-		defer func() { <-w.slots }()
 		defer cancel(nil)
-		w.execute(runCtx, a)
+		select {
+		case w.slots <- struct{}{}:
+			w.execute(runCtx, a)
+			<-w.slots
+		case <-runCtx.Done():
+			// Cancelled while waiting for a slot: it still gets a result.
+			w.execute(runCtx, a)
+		}
 		w.mu.Lock()
 		delete(w.active, key)
 		w.mu.Unlock()
+		select { // push the result and claim more now, not a tick later
+		case wake <- struct{}{}:
+		default:
+		}
 	}()
 }
 
