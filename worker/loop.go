@@ -71,6 +71,7 @@ type activeRun struct {
 	mu        sync.Mutex
 	snapshots []gitproto.Hash // new snapshots waiting to be pushed
 	lostClaim bool            // another worker took the request over: clean nothing up
+	queued    *outboxEntry    // the finished run's outbox entry, once written
 }
 
 // New makes a worker.
@@ -440,6 +441,16 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 			return 0, err
 		}
 		batch = append(batch, pending{claim: c, commit: commit, old: old})
+	}
+	// Claims left without a request (a worker died between deleting the
+	// request and its claim) are removed once expired.
+	for name, cv := range sortedMap(claims) {
+		if _, ok := requests[name]; ok || w.isActive(rem, name) {
+			continue
+		}
+		if prev, err := readClaimFrom(repo, cv); err == nil && prev.Expired(now) && w.expiredLongEnough(rem, name, cv, now) {
+			cleanups = append(cleanups, gitproto.RefUpdate{Name: queue.ClaimRef(name), Old: cv})
+		}
 	}
 	if len(cleanups) > 0 {
 		if _, err := rem.Push(ctx, cleanups, false); err != nil {

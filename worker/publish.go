@@ -43,8 +43,10 @@ func (w *Worker) queueResult(a *activeRun, commit gitproto.Hash) {
 		e.ClaimRef = a.claimRef
 		e.ClaimValue = a.claimVal.String()
 	}
+	a.queued = &e
+	err := writeOutbox(a.remote, a.claim.Run, &e)
 	a.mu.Unlock()
-	if err := writeOutbox(a.remote, a.claim.Run, &e); err != nil {
+	if err != nil {
 		w.log.Error("cannot record the result for pushing; it stays in the cache repository", "run", a.claim.Run, "ref", a.runRef, "err", err)
 	}
 }
@@ -269,7 +271,7 @@ func (w *Worker) maintain(ctx context.Context, rem *gitproto.Remote, _ bool) err
 	var updates []gitproto.RefUpdate
 	for _, a := range runs {
 		a.mu.Lock()
-		if !a.lostClaim && now.Sub(a.claim.Renewed) >= w.cfg.Lease/3 {
+		if !a.lostClaim && a.queued == nil && now.Sub(a.claim.Renewed) >= w.cfg.Lease/3 {
 			c := a.claim
 			c.Renewed, c.LeaseExpires = now, now.Add(w.cfg.Lease)
 			commit, err := w.writeClaim(repo, &c, a.claimVal)
@@ -300,6 +302,12 @@ func (w *Worker) maintain(ctx context.Context, rem *gitproto.Remote, _ bool) err
 		switch {
 		case it.claim && res.OK:
 			it.a.claim, it.a.claimVal = it.c, it.newVal
+			if q := it.a.queued; q != nil && q.ClaimRef != "" {
+				// The run ended while this renewal was on its way: the
+				// outbox must delete the claim by its new value.
+				q.ClaimValue = it.newVal.String()
+				writeOutbox(rem, it.a.claim.Run, q)
+			}
 		case it.claim:
 			it.a.lostClaim = true
 			it.a.cancel(fmt.Errorf("this worker lost its claim (the lease could not be renewed: %s)", res.Message))

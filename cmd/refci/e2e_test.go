@@ -561,7 +561,7 @@ echo started daemons
 	s.pipeline(fmt.Sprintf(`setsid sleep %[1]s >/dev/null 2>&1 &
 ( (sleep %[1]s >/dev/null 2>&1 &) & )
 sleep 0.2
-for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c "^sleep %[1]s"
+for p in /proc/[0-9]*; do { tr '\0' ' ' < $p/cmdline; } 2>/dev/null; echo; done | grep -c "^sleep %[1]s"
 `, marker))
 	r0 := s.refci("run", "-q").want(t, 0)
 	if log := s.refci("log").stdout; !strings.HasPrefix(log, "2\n") {
