@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -179,6 +180,10 @@ func benchDispatch(_ context.Context, bin string, n int) error {
 	var lat []time.Duration
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("d%d", i)
+		// Push at a random phase of the poll cycle: right after a job
+		// started is right after a poll, which would measure a full
+		// interval every time.
+		time.Sleep(time.Duration(rand.Int64N(int64(poll))))
 		t0 := time.Now()
 		if _, err := sh(w.clone, w.env, "", "git", "push", "-q", "origin", "HEAD:refs/ci/requests/"+name); err != nil {
 			return err
