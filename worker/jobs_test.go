@@ -897,7 +897,9 @@ func TestJobBackgroundProcessHoldsOutput(t *testing.T) {
 	stop := ts.path("stop")
 	defer os.WriteFile(stop, nil, 0o644)
 	r := ts.run("daemon", "--", "sh", "-c",
-		fmt.Sprintf(`(while [ ! -e %s ]; do sleep 0.02; done) & echo early`, stop))
+		// The loop also ends when the test's directory is gone or after
+		// 30 s, so that it never outlives the test.
+		fmt.Sprintf(`(i=0; while [ ! -e %s ] && [ -d %s ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done) & echo early`, stop, filepath.Dir(stop)))
 	if r.code != 0 || r.stdout != "[daemon] early\n" || !strings.Contains(r.stderr, "still open") {
 		t.Errorf("%+v", r)
 	}
@@ -928,7 +930,7 @@ func TestJobClientKilled(t *testing.T) {
 	ts := newJobTestServer(t, 0)
 	pidFile, stop := ts.path("pid"), ts.path("stop")
 	defer os.WriteFile(stop, nil, 0o644)
-	script := fmt.Sprintf(`echo $$ > %s.tmp && mv %s.tmp %s; while [ ! -e %s ]; do sleep 0.02; done`, pidFile, pidFile, pidFile, stop)
+	script := fmt.Sprintf(`echo $$ > %s.tmp && mv %s.tmp %s; i=0; while [ ! -e %s ] && [ -d %s ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i+1)); done`, pidFile, pidFile, pidFile, stop, filepath.Dir(stop))
 	cmd := exec.Command(os.Args[0], "-test.run=^TestJobHelperProcess$")
 	cmd.Env = append(os.Environ(), "REFCI_JOB_TEST_HELPER=1", "REFCI_SOCKET="+ts.sock,
 		"REFCI_JOB_TEST_ARGS="+strings.Join([]string{"victim", "--", "sh", "-c", script}, "\x1f"))
