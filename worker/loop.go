@@ -241,7 +241,7 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 			claimed, err = w.poll(runCtx, rem)
 			moreWaiting = claimed > 0 && claimed >= 8*cap(w.slots)-active
 		} else {
-			err = w.maintain(runCtx, rem, false)
+			err = w.maintain(runCtx, rem)
 		}
 		// Push results in batches while runs go on; at once when the
 		// last one is done.
@@ -310,7 +310,7 @@ func (w *Worker) poll(ctx context.Context, rem *gitproto.Remote) (int, error) {
 		return 0, err
 	}
 	w.checkSupersede(rem, requests, claims)
-	if err := w.maintain(ctx, rem, true); err != nil {
+	if err := w.maintain(ctx, rem); err != nil {
 		return 0, err
 	}
 	return w.claim(ctx, rem, repo, requests, claims)
@@ -521,7 +521,7 @@ func sortedMap(m map[string]gitproto.Hash) func(func(string, gitproto.Hash) bool
 	for k := range m {
 		keys = append(keys, k)
 	}
-	sortStrings(keys)
+	sort.Strings(keys)
 	return func(yield func(string, gitproto.Hash) bool) {
 		for _, k := range keys {
 			if !yield(k, m[k]) {
@@ -703,8 +703,6 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 }
 
 func hashOf(s string) gitproto.Hash { return gitproto.NewHash(s) }
-
-func sortStrings(s []string) { sort.Strings(s) }
 
 // seenExpired is when this worker first saw a claim value expired.
 type seenExpired struct {

@@ -244,7 +244,7 @@ func hashOrZero(s string) gitproto.Hash {
 
 // maintain renews due leases and pushes new progress snapshots of rem's
 // runs, in one push.
-func (w *Worker) maintain(ctx context.Context, rem *gitproto.Remote, _ bool) error {
+func (w *Worker) maintain(ctx context.Context, rem *gitproto.Remote) error {
 	type item struct {
 		a      *activeRun
 		claim  bool // a lease renewal (else a snapshot)

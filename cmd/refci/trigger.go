@@ -45,14 +45,10 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 	if !ok {
 		return code
 	}
-	repo, err := openRepo(*repoDir)
+	repo, dir, err := openRepoDir(*repoDir)
 	if err != nil {
 		e.errorf("%v", err)
 		return exitFor(err)
-	}
-	dir := repo.WorkTree()
-	if dir == "" {
-		dir = repo.GitDir()
 	}
 	rev := first(pos)
 	if rev == "" {
@@ -202,14 +198,10 @@ func printNewLog(w io.Writer, repo *gitproto.Repo, commit gitproto.Hash, printed
 
 // logFollow implements `refci log -f`: follow a run on a remote.
 func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
-	repo, err := openRepo(repoDir)
+	repo, dir, err := openRepoDir(repoDir)
 	if err != nil {
 		e.errorf("%v", err)
 		return exitFor(err)
-	}
-	dir := repo.WorkTree()
-	if dir == "" {
-		dir = repo.GitDir()
 	}
 	var target, runID string
 	switch {
@@ -250,4 +242,17 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 		}
 		return st.Started.After(started.Add(-time.Hour)) // the newest recent run of the commit
 	})
+}
+
+// openRepoDir opens the repository and returns the directory git commands
+// run in: the work tree, or the git directory of a bare repository.
+func openRepoDir(dir string) (*gitproto.Repo, string, error) {
+	repo, err := openRepo(dir)
+	if err != nil {
+		return nil, "", err
+	}
+	if wt := repo.WorkTree(); wt != "" {
+		return repo, wt, nil
+	}
+	return repo, repo.GitDir(), nil
 }
