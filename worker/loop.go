@@ -309,7 +309,7 @@ func (w *Worker) poll(ctx context.Context, rem *gitproto.Remote) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	w.checkSupersede(rem, requests, claims)
+	w.checkSupersede(rem, repo, requests, claims)
 	if err := w.maintain(ctx, rem); err != nil {
 		return 0, err
 	}
@@ -330,7 +330,7 @@ func refMap(repo *gitproto.Repo, prefix string) (map[string]gitproto.Hash, error
 
 // checkSupersede cancels our runs whose request was re-pushed with
 // another value or deleted, or whose claim another worker now holds.
-func (w *Worker) checkSupersede(rem *gitproto.Remote, requests, claims map[string]gitproto.Hash) {
+func (w *Worker) checkSupersede(rem *gitproto.Remote, repo *gitproto.Repo, requests, claims map[string]gitproto.Hash) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, a := range w.active {
@@ -346,23 +346,11 @@ func (w *Worker) checkSupersede(rem *gitproto.Remote, requests, claims map[strin
 			a.cancel(fmt.Errorf("superseded: the request %s now points at %s", name, cur.String()[:12]))
 		}
 		if cv, ok := claims[name]; ok && cv != a.claimVal {
-			if c, err := readClaimAt(rem.Cache, cv); err == nil && c.Run != a.claim.Run {
+			if c, err := readClaimFrom(repo, cv); err == nil && c.Run != a.claim.Run {
 				a.cancel(fmt.Errorf("the claim was taken over by worker %s (run %s); this worker's lease had expired", c.Worker, c.Run))
 			}
 		}
 	}
-}
-
-func readClaimAt(cache string, h gitproto.Hash) (*queue.Claim, error) {
-	repo, err := gitproto.Open(cache)
-	if err != nil {
-		return nil, err
-	}
-	b, err := repo.ReadFile(h, queue.ClaimFile)
-	if err != nil {
-		return nil, err
-	}
-	return queue.DecodeClaim(b)
 }
 
 // claim pushes claims for free requests, as many as there are free slots,

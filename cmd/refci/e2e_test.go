@@ -747,3 +747,32 @@ func TestInitWritesAWorkingStarter(t *testing.T) {
 		}
 	}
 }
+
+func TestKeyFlagSelectsAnotherKey(t *testing.T) {
+	s := newSandbox(t)
+	s.pipeline("true\n")
+	own := strings.Fields(s.refci("keys", "show").want(t, 0).stdout)[0]
+	// Make a second key in another home, then use it from this one with --key.
+	env := s.env
+	s.env = append(append([]string{}, env...), "REFCI_HOME="+filepath.Join(s.root, "other"))
+	other := strings.Fields(s.refci("keys", "show").want(t, 0).stdout)[0]
+	s.env = env
+	keyFile := filepath.Join(s.root, "other", "key.asc")
+	if got := strings.Fields(s.refci("keys", "show", "--key", keyFile).want(t, 0).stdout)[0]; got != other || got == own {
+		t.Fatalf("keys show --key: %s (own %s, other %s)", got, own, other)
+	}
+	s.refci("run", "-q", "--key", keyFile).want(t, 0)
+	if st := s.status("HEAD"); st.Worker != other {
+		t.Errorf("run --key signed as %s, want %s", st.Worker, other)
+	}
+	// The default keyring (own key) does not know it; --key adds it.
+	if r := s.refci("verify"); r.code != 1 || !strings.Contains(r.stderr, "not in the keyring") {
+		t.Errorf("verify with the own key only: %d %s", r.code, r.stderr)
+	}
+	if v := s.refci("verify", "--key", keyFile).want(t, 0).stdout; !strings.Contains(v, other) {
+		t.Errorf("verify --key: %s", v)
+	}
+	if r := s.refci("keys", "show", "--key", filepath.Join(s.root, "missing.asc")); r.code != 2 || !strings.Contains(r.stderr, "no private key") {
+		t.Errorf("missing --key: %d %s", r.code, r.stderr)
+	}
+}
