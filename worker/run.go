@@ -258,7 +258,10 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	}
 	entry, reason := findEntryPoint(src)
 	if reason != "" {
-		r.st.Extra = map[string]any{"config_error": true}
+		if r.st.Extra == nil {
+			r.st.Extra = map[string]any{}
+		}
+		r.st.Extra["config_error"] = true // keep previous_run of a takeover
 		return errorResult(reason)
 	}
 
