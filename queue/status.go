@@ -53,6 +53,7 @@ type Status struct {
 	Host       string    `json:"host,omitempty"`
 	Env        string    `json:"env"`
 	Trusted    bool      `json:"trusted"`
+	TrustNote  string    `json:"trust_reason,omitempty"` // why the request was trusted or not
 	Started    time.Time `json:"started"`
 	Finished   time.Time `json:"finished,omitzero"`
 	DurationMS int64     `json:"duration_ms"`

@@ -36,9 +36,23 @@ type Config struct {
 	TempDir   string
 	Logger    *slog.Logger
 	Now       func() time.Time
-	// Wake, when not nil, triggers an immediate poll of every remote (the
-	// SSH endpoint sends on it when a request is pushed).
+	// Wake, when not nil, triggers an immediate poll of every remote.
+	// Poke does the same for one remote.
 	Wake <-chan struct{}
+	// Trust decides whether a claimed request is trusted, that is may be
+	// given secrets. It is called once per run, before the pipeline
+	// starts, and returns the decision with a reason people can read
+	// (recorded in status.json). Nil means every request runs untrusted.
+	Trust func(TrustQuery) (trusted bool, why string)
+}
+
+// TrustQuery is what Config.Trust decides on.
+type TrustQuery struct {
+	Remote        string         // the remote's URL
+	Repo          *gitproto.Repo // the worker's cache, holding the request's objects
+	Request       string         // the request name, without refs/ci/requests/
+	RequestObject gitproto.Hash  // the request ref's value: a commit, or an annotated tag
+	Target        gitproto.Hash  // the commit to run
 }
 
 // Worker polls remotes for requests, claims them with compare-and-swap
@@ -55,7 +69,12 @@ type Worker struct {
 	finished map[*gitproto.Remote]chan struct{} // a run ended: push its result
 	active   map[string]*activeRun              // by remote URL + request name
 	expired  map[string]seenExpired
-	wg       sync.WaitGroup
+	wg       sync.WaitGroup // running pipelines
+
+	// Set by Run, for loops started later by AddRemote.
+	stop, runCtx, abort context.Context
+	loops               sync.WaitGroup
+	closed              bool // Run is over: start no more loops
 }
 
 // activeRun is one run this worker holds a claim for.
@@ -118,23 +137,14 @@ func (w *Worker) Run(stop, abort context.Context) error {
 		case <-runCtx.Done():
 		}
 	}()
-	var loops sync.WaitGroup
-	wakes := make([]chan struct{}, len(w.cfg.Remotes))
 	w.mu.Lock()
+	w.stop, w.runCtx, w.abort = stop, runCtx, abort
 	w.wakes = map[*gitproto.Remote]chan struct{}{}
 	w.finished = map[*gitproto.Remote]chan struct{}{}
-	for i, rem := range w.cfg.Remotes {
-		wakes[i] = make(chan struct{}, 1)
-		w.wakes[rem] = wakes[i]
-		w.finished[rem] = make(chan struct{}, 1)
-	}
+	remotes := w.cfg.Remotes
 	w.mu.Unlock()
-	for i, rem := range w.cfg.Remotes {
-		loops.Add(1)
-		go func() {
-			defer loops.Done()
-			w.remoteLoop(stop, runCtx, abort, rem, wakes[i])
-		}()
+	for _, rem := range remotes {
+		w.startLoop(rem)
 	}
 	if w.cfg.Wake != nil {
 		go func() {
@@ -143,12 +153,14 @@ func (w *Worker) Run(stop, abort context.Context) error {
 				case <-stop.Done():
 					return
 				case <-w.cfg.Wake:
-					for _, c := range wakes {
+					w.mu.Lock()
+					for _, c := range w.wakes {
 						select {
 						case c <- struct{}{}:
 						default:
 						}
 					}
+					w.mu.Unlock()
 				}
 			}
 		}()
@@ -167,8 +179,66 @@ func (w *Worker) Run(stop, abort context.Context) error {
 		cancelRuns(errShutdown)
 		<-drained
 	}
-	loops.Wait()
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	w.loops.Wait()
 	return nil
+}
+
+// AddRemote makes the worker serve one more remote. Before Run it only
+// adds to the list; while Run runs, the remote's loop starts at once.
+// Adding a remote whose URL is already served does nothing. Safe for
+// concurrent use.
+func (w *Worker) AddRemote(rem *gitproto.Remote) {
+	w.mu.Lock()
+	for _, r := range w.cfg.Remotes {
+		if r.URL == rem.URL {
+			w.mu.Unlock()
+			return
+		}
+	}
+	w.cfg.Remotes = append(w.cfg.Remotes, rem)
+	running := w.wakes != nil
+	w.mu.Unlock()
+	if running {
+		w.startLoop(rem)
+	}
+}
+
+// Poke makes the loop of the remote with this URL poll at once (the SSH
+// endpoint calls it when a request is pushed). It reports whether the
+// worker serves that remote.
+func (w *Worker) Poke(url string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for rem, c := range w.wakes {
+		if rem.URL == url {
+			select {
+			case c <- struct{}{}:
+			default:
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// startLoop starts the loop of one remote, unless Run is already over.
+func (w *Worker) startLoop(rem *gitproto.Remote) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return
+	}
+	wake := make(chan struct{}, 1)
+	w.wakes[rem] = wake
+	w.finished[rem] = make(chan struct{}, 1)
+	w.loops.Add(1)
+	go func() {
+		defer w.loops.Done()
+		w.remoteLoop(w.stop, w.runCtx, w.abort, rem, wake)
+	}()
 }
 
 func (w *Worker) running() int {
@@ -680,7 +750,13 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 			}
 		}
 	}
-	log.Info("run started", "target", a.claim.Target)
+	if w.cfg.Trust != nil {
+		var why string
+		spec.Trusted, why = w.cfg.Trust(TrustQuery{Remote: a.remote.URL, Repo: repo, Request: a.claim.Request,
+			RequestObject: hashOf(a.claim.RequestObject), Target: spec.Target})
+		spec.TrustReason = why
+	}
+	log.Info("run started", "target", a.claim.Target, "trusted", spec.Trusted)
 	out, err := Run(ctx, spec, w.cfg.Signer)
 	if err != nil || out == nil || out.Commit == gitproto.ZeroHash {
 		log.Error("no result could be recorded; the claim will expire and another attempt will run", "err", err)

@@ -48,6 +48,8 @@ type RunSpec struct {
 	Attempt   int
 	Env       string
 	Trusted   bool
+	// TrustReason says why the request is trusted or not, for people.
+	TrustReason string
 
 	Timeout          time.Duration
 	KillGrace        time.Duration
@@ -127,6 +129,7 @@ func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 		Host:      spec.Host,
 		Env:       spec.Env,
 		Trusted:   spec.Trusted,
+		TrustNote: spec.TrustReason,
 		Started:   now().UTC(),
 		Version:   spec.Version,
 		Jobs:      []queue.Job{},
