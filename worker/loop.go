@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"refci.dev/refci/gitproto"
@@ -70,6 +71,7 @@ type Worker struct {
 	active   map[string]*activeRun              // by remote URL + request name
 	expired  map[string]seenExpired
 	wg       sync.WaitGroup // running pipelines
+	avgRun   atomic.Int64   // moving average of run durations, in ns (0: none yet)
 
 	// Set by Run, for loops started later by AddRemote.
 	stop, runCtx, abort context.Context
@@ -273,7 +275,7 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 	var prob problem
 	backoff := time.Duration(0)
 	tick := min(w.cfg.Lease/3, w.cfg.Snapshot, w.cfg.Poll)
-	lastPoll, lastFlush := time.Time{}, time.Time{}
+	lastPoll, lastFlush, lastFetch := time.Time{}, time.Time{}, time.Time{}
 	moreWaiting := false
 	w.mu.Lock()
 	finished := w.finished[rem]
@@ -307,9 +309,15 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 		// Poll on schedule, or early when the last poll filled every
 		// free place and the queue of claimed runs is running low.
 		if !stopping && (now.Sub(lastPoll) >= w.cfg.Poll || moreWaiting && active <= cap(w.slots)) {
+			// An early poll for more work reuses the fetch that
+			// checked the last claims.
+			fetch := !moreWaiting || now.Sub(lastFetch) >= w.cfg.Poll
 			lastPoll = now
-			claimed, err = w.poll(runCtx, rem)
-			moreWaiting = claimed > 0 && claimed >= 8*cap(w.slots)-active
+			if fetch {
+				lastFetch = now
+			}
+			claimed, err = w.poll(runCtx, rem, fetch)
+			moreWaiting = claimed > 0 && claimed >= w.claimAhead()-active
 		} else {
 			err = w.maintain(runCtx, rem)
 		}
@@ -363,9 +371,16 @@ var pollRefspecs = []string{
 // poll fetches requests and claims, cancels runs whose request changed,
 // renews leases, and claims what is free. It returns how many requests it
 // claimed.
-func (w *Worker) poll(ctx context.Context, rem *gitproto.Remote) (int, error) {
-	if err := rem.Fetch(ctx, pollRefspecs...); err != nil {
-		return 0, err
+//
+// With fetch false it works from the cache as the previous poll left it:
+// that poll's claims re-fetched requests and claims after winning, so the
+// cache is one pass old at most, and every decision taken from it is
+// checked again by a compare-and-swap on the remote.
+func (w *Worker) poll(ctx context.Context, rem *gitproto.Remote, fetch bool) (int, error) {
+	if fetch {
+		if err := rem.Fetch(ctx, pollRefspecs...); err != nil {
+			return 0, err
+		}
 	}
 	repo, err := gitproto.Open(rem.Cache)
 	if err != nil {
@@ -429,7 +444,7 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 	// Claim up to eight times the concurrency: runs queue for a slot, so a
 	// finished run's slot is refilled at once instead of a poll later, and
 	// the git round trips of a pass are shared by many runs.
-	free := 8*cap(w.slots) - w.activeOn(rem)
+	free := w.claimAhead() - w.activeOn(rem)
 	if free <= 0 || ctx.Err() != nil {
 		return 0, nil
 	}
@@ -757,7 +772,9 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		spec.TrustReason = why
 	}
 	log.Info("run started", "target", a.claim.Target, "trusted", spec.Trusted)
+	began := time.Now()
 	out, err := Run(ctx, spec, w.cfg.Signer)
+	w.noteRunTime(time.Since(began))
 	if err != nil || out == nil || out.Commit == gitproto.ZeroHash {
 		log.Error("no result could be recorded; the claim will expire and another attempt will run", "err", err)
 		return
@@ -803,6 +820,38 @@ func (w *Worker) forgetExpired(rem *gitproto.Remote) {
 	for k := range w.expired {
 		if strings.HasPrefix(k, rem.URL+"\x00") {
 			delete(w.expired, k)
+		}
+	}
+}
+
+// claimAhead is how many runs of one remote may be claimed at once,
+// running or waiting for a slot: about two seconds of work per slot, judged
+// from how long recent runs took, and at least one per slot. Short runs
+// are claimed many at a time, so that the git round trips of a pass are
+// shared by many of them; long runs are claimed only as slots free up,
+// so that other workers are not kept waiting behind a queue here.
+func (w *Worker) claimAhead() int {
+	slots := cap(w.slots)
+	avg := time.Duration(w.avgRun.Load())
+	if avg <= 0 {
+		return slots
+	}
+	return slots * min(max(int(2*time.Second/avg), 1), maxClaimAhead)
+}
+
+// maxClaimAhead bounds claimAhead per slot.
+const maxClaimAhead = 32
+
+// noteRunTime adds a run's duration to the moving average claimAhead uses.
+func (w *Worker) noteRunTime(d time.Duration) {
+	for {
+		old := w.avgRun.Load()
+		nv := int64(d)
+		if old > 0 {
+			nv = old + (int64(d)-old)/5
+		}
+		if w.avgRun.CompareAndSwap(old, nv) {
+			return
 		}
 	}
 }

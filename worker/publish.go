@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -122,6 +123,9 @@ func (w *Worker) flushOutbox(ctx context.Context, rem *gitproto.Remote) error {
 		runs = append(runs, r)
 	}
 	sort.Strings(runs)
+	if done, err := w.flushAtomic(ctx, rem, runs, entries); done || err != nil {
+		return err
+	}
 	updates := make([]gitproto.RefUpdate, len(runs))
 	for i, r := range runs {
 		e := entries[r]
@@ -195,6 +199,56 @@ func (w *Worker) flushOutbox(ctx context.Context, rem *gitproto.Remote) error {
 		os.Remove(filepath.Join(outboxDir(rem), r+".json"))
 	}
 	return nil
+}
+
+// flushAtomic is the common case of flushOutbox in one round trip: every
+// result, with the deletion of its request and claim, in one atomic push.
+// All of it lands or none of it does, so a request still never goes
+// without its result. It reports whether it pushed everything; when the
+// push was refused as a whole (a request re-pushed meanwhile, a lease
+// lost, a result ref that is not what we last saw, or a server without
+// atomic pushes), it returns false and no error, and the caller takes the
+// step-by-step path that handles each case. A deleted request's claim
+// cannot be won by another worker before the request is gone: git holds
+// the lock of every ref of the transaction until all of them are done.
+func (w *Worker) flushAtomic(ctx context.Context, rem *gitproto.Remote, runs []string, entries map[string]*outboxEntry) (bool, error) {
+	var updates []gitproto.RefUpdate
+	seen := map[string]bool{}
+	for _, r := range runs {
+		e := entries[r]
+		if e.Pushed == e.Commit || seen[e.RunRef] {
+			return false, nil // a half-done earlier pass: go step by step
+		}
+		seen[e.RunRef] = true
+		updates = append(updates, gitproto.RefUpdate{Name: e.RunRef, New: gitproto.NewHash(e.Commit), Old: hashOrZero(e.Pushed)})
+		if e.RequestRef == "" {
+			continue
+		}
+		if seen[e.RequestRef] || seen[e.ClaimRef] {
+			return false, nil // two runs of one request name: one at a time
+		}
+		seen[e.RequestRef], seen[e.ClaimRef] = true, true
+		updates = append(updates,
+			gitproto.RefUpdate{Name: e.RequestRef, Old: gitproto.NewHash(e.RequestObject)},
+			gitproto.RefUpdate{Name: e.ClaimRef, Old: gitproto.NewHash(e.ClaimValue)})
+	}
+	results, err := rem.Push(ctx, updates, true)
+	if err != nil {
+		var re *gitproto.RemoteError
+		if errors.As(err, &re) && re.Kind == gitproto.KindRejected {
+			return false, nil
+		}
+		return false, err
+	}
+	for _, res := range results {
+		if !res.OK {
+			return false, nil
+		}
+	}
+	for _, r := range runs {
+		os.Remove(filepath.Join(outboxDir(rem), r+".json"))
+	}
+	return true, nil
 }
 
 // reconcile looks at the remote value of a run ref whose push was

@@ -1,0 +1,201 @@
+package worker
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
+	"refci.dev/refci/secrets"
+)
+
+func TestClaimAheadFollowsRunDurations(t *testing.T) {
+	w := New(Config{Concurrency: 2})
+	if got := w.claimAhead(); got != 2 {
+		t.Fatalf("with no runs seen, claimAhead = %d, want one per slot (2)", got)
+	}
+	for range 30 {
+		w.noteRunTime(20 * time.Millisecond)
+	}
+	if got := w.claimAhead(); got != 2*maxClaimAhead {
+		t.Fatalf("after 20 ms runs, claimAhead = %d, want the cap %d", got, 2*maxClaimAhead)
+	}
+	for range 30 {
+		w.noteRunTime(10 * time.Minute)
+	}
+	if got := w.claimAhead(); got != 2 {
+		t.Fatalf("after 10 minute runs, claimAhead = %d, want one per slot (2): a queue here would keep other workers idle", got)
+	}
+	for range 40 {
+		w.noteRunTime(250 * time.Millisecond)
+	}
+	if got := w.claimAhead(); got < 2*6 || got > 2*10 {
+		t.Fatalf("after 250 ms runs, claimAhead = %d, want about two seconds of work per slot (16)", got)
+	}
+}
+
+// loopWorld is a bare remote with one commit that has a pipeline, and a
+// clone to push requests from.
+type loopWorld struct {
+	dir, bare, clone string
+	env              []string
+}
+
+func newLoopWorld(t *testing.T, pipeline string) *loopWorld {
+	t.Helper()
+	dir := t.TempDir()
+	lw := &loopWorld{dir: dir, bare: filepath.Join(dir, "remote.git"), clone: filepath.Join(dir, "clone")}
+	lw.env = append(os.Environ(), "GIT_CONFIG_NOSYSTEM=1", "HOME="+dir,
+		"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.invalid", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.invalid")
+	lw.git(t, dir, "init", "-q", "--bare", "-b", "main", lw.bare)
+	lw.git(t, dir, "init", "-q", "-b", "main", lw.clone)
+	if err := os.MkdirAll(filepath.Join(lw.clone, ".refci"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(lw.clone, ".refci", "run"), []byte("#!/bin/sh\n"+pipeline), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lw.git(t, lw.clone, "add", "-A")
+	lw.git(t, lw.clone, "commit", "-q", "-m", "pipeline")
+	lw.git(t, lw.clone, "push", "-q", lw.bare, "main")
+	return lw
+}
+
+func (lw *loopWorld) git(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir, cmd.Env = dir, lw.env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// refs lists the remote's refs under prefix.
+func (lw *loopWorld) refs(t *testing.T, prefix string) []string {
+	out := lw.git(t, lw.bare, "for-each-ref", "--format=%(refname)", prefix)
+	if out == "" {
+		return nil
+	}
+	return strings.Split(out, "\n")
+}
+
+func (lw *loopWorld) waitFor(t *testing.T, what string, d time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func testSigner(t *testing.T) *secrets.Identity {
+	t.Helper()
+	id, err := secrets.Generate("refci test worker", "worker@example.invalid", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// startWorker runs w until the test ends.
+func startWorker(t *testing.T, w *Worker) {
+	stop, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(stop, stop) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("the worker did not stop within 30 s")
+		}
+	})
+}
+
+func TestAddRemoteWhileRunningAndPoke(t *testing.T) {
+	exe := useShim(t)
+	lw := newLoopWorld(t, "echo ran\n")
+	w := New(Config{
+		Poll: time.Hour, Concurrency: 1, Lease: time.Minute, Grace: 5 * time.Second,
+		Signer: testSigner(t), RefciPath: exe, TempDir: t.TempDir(),
+	})
+	startWorker(t, w)
+	rem, err := gitproto.OpenRemote("file://"+lw.bare, filepath.Join(lw.dir, "cache.git"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Poke(rem.URL) {
+		t.Fatal("Poke of a remote the worker does not serve reported true")
+	}
+	w.AddRemote(rem)
+	w.AddRemote(rem) // a second time: nothing more
+	// The new loop polls at once; wait until that poll is over (the
+	// cache holds the fetched refs) so the request below is new to it.
+	lw.waitFor(t, "the first poll of the added remote", 10*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(lw.dir, "cache.git", "HEAD"))
+		return err == nil
+	})
+	time.Sleep(300 * time.Millisecond)
+	lw.git(t, lw.clone, "push", "-q", lw.bare, "HEAD:refs/ci/requests/poked")
+	if !w.Poke(rem.URL) {
+		t.Fatal("Poke of a served remote reported false")
+	}
+	// The poll interval is an hour: only the poke can start this run.
+	lw.waitFor(t, "the poked request's result", 20*time.Second, func() bool {
+		return len(lw.refs(t, queue.RunsPrefix)) == 1 && len(lw.refs(t, queue.RequestsPrefix)) == 0 && len(lw.refs(t, queue.ClaimsPrefix)) == 0
+	})
+	w.mu.Lock()
+	n := len(w.cfg.Remotes)
+	w.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("the worker serves %d remotes after adding one twice", n)
+	}
+}
+
+func TestTrustHookDecidesPerRun(t *testing.T) {
+	exe := useShim(t)
+	lw := newLoopWorld(t, "echo \"trusted=$REFCI_TRUSTED\"\n")
+	lw.git(t, lw.clone, "push", "-q", lw.bare, "HEAD:refs/ci/requests/good", "HEAD:refs/ci/requests/bad")
+	rem, err := gitproto.OpenRemote("file://"+lw.bare, filepath.Join(lw.dir, "cache.git"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := New(Config{
+		Remotes: []*gitproto.Remote{rem}, Poll: 100 * time.Millisecond, Concurrency: 2, Grace: 5 * time.Second,
+		Signer: testSigner(t), RefciPath: exe, TempDir: t.TempDir(),
+		Trust: func(q TrustQuery) (bool, string) {
+			if q.Target.String() == "" || q.Repo == nil || q.Remote != rem.URL {
+				return false, "incomplete query"
+			}
+			if q.Request == "good" {
+				return true, "test says so"
+			}
+			return false, "test says no"
+		},
+	})
+	startWorker(t, w)
+	lw.waitFor(t, "both results", 20*time.Second, func() bool { return len(lw.refs(t, queue.RunsPrefix)) == 2 })
+	for _, ref := range lw.refs(t, queue.RunsPrefix) {
+		st, err := queue.DecodeStatus([]byte(lw.git(t, lw.bare, "show", ref+":"+queue.StatusFile)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		log := lw.git(t, lw.bare, "show", ref+":"+queue.LogFile)
+		want := st.Request == "good"
+		if st.Trusted != want || !strings.Contains(log, "trusted="+map[bool]string{true: "1", false: "0"}[want]) {
+			t.Errorf("request %s: trusted=%v, log %q; want trusted=%v", st.Request, st.Trusted, log, want)
+		}
+		if wantWhy := map[bool]string{true: "test says so", false: "test says no"}[want]; st.TrustNote != wantWhy {
+			t.Errorf("request %s: trust_reason %q, want %q", st.Request, st.TrustNote, wantWhy)
+		}
+	}
+}
