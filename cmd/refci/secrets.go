@@ -35,7 +35,8 @@ Every change is a new commit signed with your refci key (--key FILE).
   init ENV [--admin FILE]... --recipient FILE... [--request PATTERN]... [--export NAME]... [--allow-untrusted]
         create ENV; admins (default: your own key) may change it and are
         recipients too; recipients are the workers that may decrypt
-  set ENV NAME          store a new version of NAME, read from stdin (never argv)
+  set ENV NAME [--sealed]  store a new version of NAME, read from stdin (never argv);
+                        --sealed: stdin is a message gpg encrypted to the recipients and an admin signed
   get ENV NAME          print NAME's value (you must be a recipient)
   list ENV              names, who set them and when, recipients, policy; never values
   history ENV           every version of ENV, newest first
@@ -305,10 +306,19 @@ func simpleArgs(e *env, name, usage string, args []string, nPos int) (repoDir, k
 }
 
 func secretsSet(e *env, args []string) int {
-	repoDir, keyFile, pos, code, ok := simpleArgs(e, "secrets set", "ENV NAME", args, 2)
+	fs := newFlags(e, "secrets set", "ENV NAME [--sealed] < VALUE")
+	repoDirF := fs.String("repo", ".", "the repository")
+	keyFileF := fs.String("key", "", "sign with this private key instead of $REFCI_HOME/key.asc")
+	sealedIn := fs.Bool("sealed", false, "stdin is an OpenPGP message already encrypted to the recipients and signed by an admin (e.g. by gpg); stored as is after checking it")
+	pos, code, ok := parse(e, fs, args, 2)
 	if !ok {
 		return code
 	}
+	if len(pos) != 2 {
+		e.errorf("secrets set: want ENV NAME (see 'refci secrets set -h')")
+		return exitUsage
+	}
+	repoDir, keyFile := *repoDirF, *keyFileF
 	c, err := openEnv(e, repoDir, pos[0], keyFile)
 	if err != nil {
 		return (&secretsCmd{e: e}).fail(err)
@@ -324,9 +334,6 @@ func secretsSet(e *env, args []string) int {
 	if err != nil {
 		return c.fail(fmt.Errorf("read the value from stdin: %w", err))
 	}
-	if err := secrets.ValidateValue(value); err != nil {
-		return c.fail(usageErr{fmt.Errorf("%s: %w", name, err)})
-	}
 	t, err := c.load()
 	if err != nil {
 		return c.fail(err)
@@ -335,9 +342,26 @@ func secretsSet(e *env, args []string) int {
 	if err != nil {
 		return c.fail(err)
 	}
-	sealed, err := id.Seal(value, t.recipients)
-	if err != nil {
-		return c.fail(err)
+	var sealed []byte
+	if *sealedIn {
+		// Check what workers will check: an admin signed it, and it
+		// decrypts (the admin is a recipient).
+		sealed = value
+		writers := t.admins
+		if writers.Len() == 0 {
+			writers.Add(id)
+		}
+		if value, _, err = id.Open(sealed, writers); err != nil {
+			return c.fail(usageErr{fmt.Errorf("%s: the --sealed message cannot be used: %w; encrypt it to every key of recipients.asc and sign it with an admin key (gpg --encrypt --sign -r ... -u ADMIN)", name, err)})
+		}
+	}
+	if err := secrets.ValidateValue(value); err != nil {
+		return c.fail(usageErr{fmt.Errorf("%s: %w", name, err)})
+	}
+	if !*sealedIn {
+		if sealed, err = id.Seal(value, t.recipients); err != nil {
+			return c.fail(err)
+		}
 	}
 	verb := "set"
 	if _, ok := t.values[name]; ok {
@@ -351,7 +375,12 @@ func secretsSet(e *env, args []string) int {
 	if bytes.HasSuffix(value, []byte("\n")) {
 		note = ", ending in a newline (use printf %s rather than echo if that is not meant)"
 	}
-	fmt.Fprintf(e.stdout, "%s: %d bytes%s, encrypted to %d recipients\n", name, len(value), note, len(t.recipients.Keys()))
+	if *sealedIn {
+		fmt.Fprintf(e.stdout, "%s: %d bytes%s, stored as sealed by its writer\n", name, len(value), note)
+	} else {
+		fmt.Fprintf(e.stdout, "%s: %d bytes%s, encrypted to %d recipients\n", name, len(value), note, len(t.recipients.Keys()))
+	}
+	clear(value)
 	c.pushHint()
 	return exitOK
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"io/fs"
@@ -290,7 +291,37 @@ func TestSecretsLocalRunAndUsage(t *testing.T) {
 	if !st.Trusted || st.Secrets != queue.SecretsAvailable || st.SecretsUsed[0] != "API_KEY" {
 		t.Errorf("status: %+v", st)
 	}
+	// A value gpg encrypted to the recipients and signed by the admin.
+	t.Cleanup(func() {
+		cmd := exec.Command("gpgconf", "--kill", "all")
+		cmd.Env = s.env
+		cmd.Run()
+	})
+	adminPriv, _ := os.ReadFile(filepath.Join(s.home, "key.asc"))
+	s.gpgImport(string(adminPriv))
+	wPub, _ := os.ReadFile(w)
+	s.gpgImport(string(wPub))
+	adminFpr := strings.Fields(s.refci("keys", "show").want(t, 0).stdout)[0]
+	wFpr := strings.Fields(s.refciAs(filepath.Join(s.root, "w"), "", "keys", "show").want(t, 0).stdout)[0]
+	msg, err := s.gpgCmd("made-by-gpg-7", "--armor", "--trust-model", "always", "--encrypt", "--sign", "-u", adminFpr, "-r", adminFpr, "-r", wFpr)
+	if err != nil {
+		t.Fatalf("gpg: %v\n%s", err, msg)
+	}
+	r = s.refciAs(s.home, msg, "secrets", "set", "dev", "GPG_VALUE", "--sealed").want(t, 0)
+	if !strings.Contains(r.stdout, "stored as sealed") {
+		t.Errorf("set --sealed:\n%s", r.stdout)
+	}
+	if r := s.refciAs(s.home, "not a message at all", "secrets", "set", "dev", "GPG_VALUE", "--sealed"); r.code != 2 || !strings.Contains(r.stderr, "cannot be used") {
+		t.Errorf("set --sealed garbage: %d %s", r.code, r.stderr)
+	}
+	s.pipeline("refci secret GPG_VALUE | sha256sum\n")
+	r = s.refci("run", "--env", "dev").want(t, 0)
+	if sum := sha256.Sum256([]byte("made-by-gpg-7")); !strings.Contains(r.stdout, hex.EncodeToString(sum[:])) {
+		t.Errorf("the gpg-made value did not reach the pipeline:\n%s", r.stdout)
+	}
+
 	// Without --env the secret is refused with a hint.
+	s.pipeline("refci secret API_KEY\n")
 	r = s.refci("run").want(t, 1)
 	if !strings.Contains(r.stdout, "this run has no secrets environment") {
 		t.Errorf("no env:\n%s", r.stdout)
@@ -303,6 +334,11 @@ func TestSecretsLocalRunAndUsage(t *testing.T) {
 	}
 	if r := s.refci("secrets", "-h").want(t, 0); !strings.Contains(r.stdout, "recipients remove") {
 		t.Errorf("secrets -h:\n%s", r.stdout)
+	}
+	cfg := filepath.Join(s.root, "w.toml")
+	os.WriteFile(cfg, []byte("remotes = [\"file:///nonexistent\"]\nadmins = [\"/nonexistent/admin.asc\"]\n"), 0o644)
+	if r := s.refci("worker", "--config", cfg); r.code != 2 || !strings.Contains(r.stderr, "refci: worker: admins:") || !strings.Contains(r.stderr, "/nonexistent/admin.asc") {
+		t.Errorf("worker with a missing admin key: %d %q", r.code, r.stderr)
 	}
 	if r := s.refci("secret", "X"); r.code != 2 || !strings.Contains(r.stderr, "not inside a refci pipeline") {
 		t.Errorf("secret outside a pipeline: %d %q", r.code, r.stderr)
