@@ -256,6 +256,15 @@ refci job deploy -- sh -c 'printf "job sees %s\n" "$(refci secret NETLIFY_TOKEN)
 		t.Errorf("forged run: %+v", st)
 	}
 
+	// An unsigned environment commit.
+	unsignedEnv := s.git("", "commit-tree", "-m", "unsigned", s.git("", "rev-parse", "refs/ci/secrets/staging^{tree}"))
+	s.git("", "push", "-q", "origin", unsignedEnv+":refs/ci/secrets/unsigned")
+	signedRequest("unsigned", "unsigned")
+	st = f.waitResult("unsigned")
+	if st.Secrets != queue.SecretsWithheld || !strings.Contains(st.SecretsReason, "is not signed") {
+		t.Errorf("unsigned environment: %+v", st)
+	}
+
 	// A rewritten environment (not a fast-forward of what the worker saw).
 	s.git("", "update-ref", "-d", "refs/ci/secrets/staging")
 	s.refci("secrets", "init", "staging", "--recipient", w1Key).want(t, 0)
