@@ -11,7 +11,7 @@
 //
 //	queue     the domain: states, status.json, the ref layout, the format version
 //	gitproto  git and nothing about CI: objects, refs with compare-and-swap, checkout
-//	secrets   OpenPGP and nothing about git: identities, signing, verifying
+//	secrets   OpenPGP and nothing about git: identities, signing, verifying, sealing environments
 //	worker    running one pipeline and publishing its result
 //	render    pure functions from a result to what people read
 //	forge     views outward (forges, mail)

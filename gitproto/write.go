@@ -370,3 +370,20 @@ func (r *Repo) checkNameConflict(name string) error {
 	}
 	return nil
 }
+
+// TagSignedPayload returns what an annotated tag's signature covers (the
+// tag without its signature) and the armored signature ("" if unsigned),
+// as `git verify-tag` checks it.
+func TagSignedPayload(t *object.Tag) ([]byte, string, error) {
+	o := &plumbing.MemoryObject{}
+	if err := t.EncodeWithoutSignature(o); err != nil {
+		return nil, "", err
+	}
+	rd, err := o.Reader()
+	if err != nil {
+		return nil, "", err
+	}
+	defer rd.Close()
+	b, err := io.ReadAll(rd)
+	return b, t.PGPSignature, err
+}

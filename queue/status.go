@@ -41,25 +41,31 @@ func (s State) Valid() bool { return s == Running || s.Final() }
 // run. The zero value is not a valid status; build one with NewStatus.
 // It is a plain value: not safe for concurrent mutation.
 type Status struct {
-	Format     int       `json:"format"`
-	State      State     `json:"state"`
-	Reason     string    `json:"reason"`
-	Target     string    `json:"target"`               // full hex object id of the commit under test
-	TargetRef  string    `json:"target_ref,omitempty"` // what the user named (branch, tag), informational
-	Request    string    `json:"request"`              // request name (refs/ci/requests/<name>), "local" for refci run
-	Run        string    `json:"run"`                  // run id
-	Attempt    int       `json:"attempt"`
-	Worker     string    `json:"worker"` // fingerprint of the signing key
-	Host       string    `json:"host,omitempty"`
-	Env        string    `json:"env"`
-	Trusted    bool      `json:"trusted"`
-	TrustNote  string    `json:"trust_reason,omitempty"` // why the request was trusted or not
-	Started    time.Time `json:"started"`
-	Finished   time.Time `json:"finished,omitzero"`
-	DurationMS int64     `json:"duration_ms"`
-	ExitCode   *int      `json:"exit_code"` // nil when the pipeline never ran
-	Signal     string    `json:"signal,omitempty"`
-	TimedOut   bool      `json:"timed_out,omitempty"`
+	Format    int    `json:"format"`
+	State     State  `json:"state"`
+	Reason    string `json:"reason"`
+	Target    string `json:"target"`               // full hex object id of the commit under test
+	TargetRef string `json:"target_ref,omitempty"` // what the user named (branch, tag), informational
+	Request   string `json:"request"`              // request name (refs/ci/requests/<name>), "local" for refci run
+	Run       string `json:"run"`                  // run id
+	Attempt   int    `json:"attempt"`
+	Worker    string `json:"worker"` // fingerprint of the signing key
+	Host      string `json:"host,omitempty"`
+	Env       string `json:"env"`
+	Trusted   bool   `json:"trusted"`
+	TrustNote string `json:"trust_reason,omitempty"` // why the request was trusted or not
+	// Secrets is "" when the run asked for no environment, SecretsAvailable
+	// or SecretsWithheld; SecretsReason says why they were withheld.
+	Secrets       string    `json:"secrets,omitempty"`
+	SecretsReason string    `json:"secrets_reason,omitempty"`
+	SecretsCommit string    `json:"secrets_commit,omitempty"` // the verified refs/ci/secrets/<env> commit used
+	SecretsUsed   []string  `json:"secrets_used,omitempty"`   // names handed out, in order, never values
+	Started       time.Time `json:"started"`
+	Finished      time.Time `json:"finished,omitzero"`
+	DurationMS    int64     `json:"duration_ms"`
+	ExitCode      *int      `json:"exit_code"` // nil when the pipeline never ran
+	Signal        string    `json:"signal,omitempty"`
+	TimedOut      bool      `json:"timed_out,omitempty"`
 
 	Jobs             []Job             `json:"jobs"`
 	Artifacts        []Artifact        `json:"artifacts"`
@@ -70,6 +76,12 @@ type Status struct {
 	Version          string            `json:"refci_version,omitempty"`
 	Extra            map[string]any    `json:"extra,omitempty"`
 }
+
+// Values of Status.Secrets.
+const (
+	SecretsAvailable = "available" // the environment was verified and its values could be asked for
+	SecretsWithheld  = "withheld"  // the run asked for an environment and got none: see SecretsReason
+)
 
 // Job is one job declared with `refci job` inside a pipeline.
 type Job struct {

@@ -1,5 +1,7 @@
 // Package secrets holds refci's OpenPGP operations: worker identities,
-// signing and verifying. It knows nothing about git.
+// signing and verifying, and the values of secrets environments (sealed
+// to recipients, signed by admins; see env.go) with their policy. It knows
+// nothing about git: callers hand it bytes.
 //
 // Keys are made to be read by stock GnuPG 2.2: version 4 keys with an
 // Ed25519 primary key (the legacy EdDSA algorithm, 22) for signing and a

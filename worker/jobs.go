@@ -63,10 +63,16 @@ package worker
 // running are recorded as cancelled, "the pipeline ended before the job
 // finished".
 //
-// Reserved for later: other requests, such as {"op":"secret","name":"..."}
-// for `refci secret NAME`, travel on their own connection (or before a
-// "start" on the same one); until implemented they get an "unknown op"
-// error like any other unknown op.
+// Secrets: `refci secret NAME` asks on its own connection (or before a
+// "start" on the same one):
+//
+//	client → server  {"op":"secret","name":"NETLIFY_TOKEN"}
+//	server → client  {"op":"secret","data":"<base64 of the value>"}
+//	                 or {"op":"error","error":"why it is withheld"}
+//
+// The value is decrypted when asked and exists only in memory; before the
+// reply is sent it is added to the run's masks (JobServerConfig.Secret
+// does both).
 //
 // Security: the socket is chmod'ed to 0600 right after it is created. There
 // is a short window between bind and chmod during which its mode derives
@@ -122,6 +128,9 @@ type JobServerConfig struct {
 	NeedsGrace time.Duration
 	// Now stamps Started and Finished. nil → time.Now.
 	Now func() time.Time
+	// Secret answers the "secret" op: the value of a secret, or why it
+	// is withheld. nil: every secret is refused.
+	Secret func(name string) ([]byte, error)
 }
 
 // Protocol constants.
@@ -133,6 +142,7 @@ const (
 	jobOpSkipped = "skipped"
 	jobOpError   = "error"
 	jobOpDone    = "done"
+	jobOpSecret  = "secret"
 
 	jobMaxMsg       = 1 << 20  // longest message line, both ways
 	jobReadBuf      = 64 << 10 // per-connection read buffer; longer lines are assembled up to jobMaxMsg
@@ -470,6 +480,17 @@ func (s *JobServer) serveConn(conn net.Conn) {
 			}
 		case jobOpOutput, jobOpEnd:
 			s.replyError(conn, "%q before %q: no job runs on this connection", in.m.Op, jobOpStart)
+		case jobOpSecret:
+			if s.cfg.Secret == nil {
+				s.replyError(conn, "secrets are not available in this run")
+				continue
+			}
+			v, err := s.cfg.Secret(in.m.Name)
+			if err != nil {
+				s.replyError(conn, "%v", err)
+				continue
+			}
+			s.reply(conn, jobMsg{Op: jobOpSecret, Data: v})
 		default:
 			s.replyError(conn, "unknown op %q", in.m.Op)
 		}

@@ -45,6 +45,10 @@ type Config struct {
 	// starts, and returns the decision with a reason people can read
 	// (recorded in status.json). Nil means every request runs untrusted.
 	Trust func(TrustQuery) (trusted bool, why string)
+	// Secrets opens a run's secrets environment when the run starts (see
+	// RunSpec.Secrets). Nil: runs that ask for an environment get no
+	// secrets, and status.json says so.
+	Secrets SecretsFunc
 }
 
 // TrustQuery is what Config.Trust decides on.
@@ -740,7 +744,7 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		Timeout: w.cfg.Timeout, KillGrace: w.cfg.KillGrace, LogCap: w.cfg.LogCap,
 		ArtifactFileCap: w.cfg.ArtifactFileCap, ArtifactTotalCap: w.cfg.ArtifactTotalCap,
 		RefciPath: w.cfg.RefciPath, Shim: w.cfg.RefciPath, TempDir: w.cfg.TempDir, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
-		SnapshotEvery: w.cfg.Snapshot,
+		SnapshotEvery: w.cfg.Snapshot, Secrets: w.cfg.Secrets, Remote: a.remote.URL,
 		OnSnapshot: func(_ string, c gitproto.Hash) {
 			a.mu.Lock()
 			a.snapshots = append(a.snapshots, c)

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
@@ -50,6 +52,13 @@ type RunSpec struct {
 	Trusted   bool
 	// TrustReason says why the request is trusted or not, for people.
 	TrustReason string
+	// Secrets opens the environment Env for this run when it starts. nil
+	// (or Env "") gives the run no secrets; with an Env, status.json then
+	// records them withheld.
+	Secrets SecretsFunc
+	// Remote is the URL of the remote the request came from, passed to
+	// Secrets; "" for a local run.
+	Remote string
 
 	Timeout          time.Duration
 	KillGrace        time.Duration
@@ -268,6 +277,9 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		return errorResult(reason)
 	}
 
+	masks := &MaskSet{}
+	var lw *lockedWriter
+	rs := &runSecrets{env: r.spec.Env, masks: masks, note: func(line string) { fmt.Fprintln(lw, line) }}
 	srv, err := NewJobServer(JobServerConfig{
 		SocketPath: filepath.Join(dir, "sock", "refci.sock"),
 		OpenLog: func(name string) (JobLog, error) {
@@ -281,9 +293,10 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 			}
 			r.jobLogs[name] = l
 			r.mu.Unlock()
-			return nopCloser{l}, nil
+			return &maskedLog{Masker{Set: masks, W: l}}, nil
 		},
-		Now: r.now,
+		Now:    r.now,
+		Secret: rs.get,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start job socket: %w", err)
@@ -295,17 +308,19 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 			return nil, fmt.Errorf("prepare PATH: %w", err)
 		}
 	}
-	lw := &lockedWriter{w: mainLog}
+	logMasker := &Masker{Set: masks, W: mainLog}
 	if r.spec.Output != nil {
-		lw.w = io.MultiWriter(mainLog, r.spec.Output)
+		logMasker.W = io.MultiWriter(mainLog, r.spec.Output)
 	}
+	lw = &lockedWriter{w: logMasker}
 	var out io.Writer = lw
+	exported := r.openSecrets(ctx, rs)
 	timeout := orDefault(r.spec.Timeout, DefaultTimeout)
 	stopSnapshots := r.startSnapshots(lw, mainLog, srv)
 	res, err := RunProcess(ctx, ProcSpec{
 		Path:      entry,
 		Dir:       src,
-		Env:       r.environment(dir, srv),
+		Env:       append(r.environment(dir, srv), exported...),
 		Output:    out,
 		Timeout:   timeout,
 		KillGrace: orDefault(r.spec.KillGrace, DefaultKillGrace),
@@ -315,6 +330,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	})
 	stopSnapshots()
 	srv.Close()
+	r.st.SecretsUsed = rs.usedNames()
 	if err != nil && res.ExitCode == -1 && res.Duration == 0 {
 		return errorResult(fmt.Sprintf("could not start .refci/run: %v", err))
 	}
@@ -382,6 +398,9 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		fmt.Fprintf(out, "refci: reading artifacts: %v\n", err)
 		skipped = append(skipped, queue.SkippedArtifact{Path: ".", Reason: err.Error()})
 	}
+	if !masks.Empty() {
+		arts, skipped = maskArtifacts(masks, arts, skipped, logs)
+	}
 	for _, a := range arts {
 		r.st.Artifacts = append(r.st.Artifacts, a.Artifact)
 		files = append(files, resultFile{path: queue.ArtifactsDir + "/" + a.Path, src: a.src})
@@ -391,15 +410,164 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		fmt.Fprintf(out, "refci: artifact %s not stored: %s\n", s.Path, s.Reason)
 	}
 	r.finish(state, reason)
+	lw.mu.Lock()
+	err = logMasker.Flush()
+	lw.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("store log: %w", err)
+	}
 	if err := finishLog(); err != nil {
 		return nil, err
 	}
 	return files, nil
 }
 
-type nopCloser struct{ io.Writer }
+// maskedLog is a job log behind a Masker; Close writes what the masker
+// holds back.
+type maskedLog struct{ m Masker }
 
-func (nopCloser) Close() error { return nil }
+func (l *maskedLog) Write(p []byte) (int, error) { return l.m.Write(p) }
+func (l *maskedLog) Close() error                { return l.m.Flush() }
+
+// openSecrets opens the run's environment, records in the status whether
+// its secrets are available or withheld and why, and returns the
+// variables the environment exports into the pipeline's environment.
+func (r *run) openSecrets(ctx context.Context, rs *runSecrets) []string {
+	if r.spec.Env == "" {
+		return nil
+	}
+	withhold := func(reason string) []string {
+		rs.reason = reason
+		r.st.Secrets, r.st.SecretsReason = queue.SecretsWithheld, reason
+		rs.note(fmt.Sprintf("refci: secrets of environment %s withheld: %s", r.spec.Env, reason))
+		return nil
+	}
+	if r.spec.Secrets == nil {
+		return withhold("secrets are not configured here")
+	}
+	src, err := r.spec.Secrets(ctx, SecretsQuery{
+		Remote: r.spec.Remote, Repo: r.spec.Repo, Env: r.spec.Env, Request: r.spec.Request,
+		Target: r.spec.Target, Trusted: r.spec.Trusted, TrustReason: r.spec.TrustReason,
+	})
+	if err != nil {
+		return withhold(err.Error())
+	}
+	if src == nil {
+		return withhold("the environment could not be opened")
+	}
+	rs.source = src
+	info := src.Info()
+	r.st.Secrets, r.st.SecretsCommit = queue.SecretsAvailable, info.Commit
+	rs.note(fmt.Sprintf("refci: secrets environment %s verified (commit %.12s); ask for values with `refci secret NAME`", r.spec.Env, info.Commit))
+	var env []string
+	for _, name := range info.Exported {
+		v, err := rs.get(name)
+		if err != nil {
+			rs.note(fmt.Sprintf("refci: secret %s not exported to the environment: %v", name, err))
+			continue
+		}
+		env = append(env, name+"="+string(v))
+	}
+	return env
+}
+
+// maskArtifacts replaces each text artifact that holds a masked pattern
+// by a masked copy in dir, and leaves out binary ones that hold one (their
+// bytes cannot be replaced without breaking them).
+func maskArtifacts(masks *MaskSet, arts []artifactFile, skipped []queue.SkippedArtifact, dir string) ([]artifactFile, []queue.SkippedArtifact) {
+	var out []artifactFile
+	for _, a := range arts {
+		masked, n, binary, err := maskFile(masks, a.src, dir)
+		switch {
+		case err != nil:
+			skipped = append(skipped, queue.SkippedArtifact{Path: a.Path, Reason: fmt.Sprintf("could not be checked for secrets: %v", err)})
+		case n == 0:
+			out = append(out, a)
+		case binary:
+			os.Remove(masked)
+			skipped = append(skipped, queue.SkippedArtifact{Path: a.Path, Reason: "a binary file holding a secret value; it cannot be masked, so it is not stored"})
+		default:
+			fi, err := os.Stat(masked)
+			sum, err2 := fileSHA256(masked)
+			if err != nil || err2 != nil {
+				skipped = append(skipped, queue.SkippedArtifact{Path: a.Path, Reason: "could not store its masked copy"})
+				continue
+			}
+			a.src, a.Size, a.SHA256 = masked, fi.Size(), sum
+			out = append(out, a)
+		}
+	}
+	return out, skipped
+}
+
+// maskFile writes a masked copy of src into dir and reports how many
+// values it masked and whether src looks binary (a NUL byte, or invalid
+// UTF-8).
+func maskFile(masks *MaskSet, src, dir string) (string, int, bool, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", 0, false, err
+	}
+	defer in.Close()
+	out, err := os.CreateTemp(dir, "artifact-*")
+	if err != nil {
+		return "", 0, false, err
+	}
+	m := &Masker{Set: masks, W: out}
+	binary := false
+	buf := make([]byte, 64<<10)
+	var carry []byte // an incomplete UTF-8 sequence at a read boundary
+	for {
+		n, rerr := in.Read(buf)
+		if n > 0 {
+			chunk := append(carry, buf[:n]...)
+			cut := len(chunk)
+			for i := 0; i < 3 && cut-i-1 >= 0; i++ {
+				if b := chunk[cut-i-1]; b >= 0xC0 {
+					if !utf8.FullRune(chunk[cut-i-1:]) {
+						cut = cut - i - 1
+					}
+					break
+				} else if b < 0x80 {
+					break
+				}
+			}
+			if !binary && (bytes.IndexByte(chunk[:cut], 0) >= 0 || !utf8.Valid(chunk[:cut])) {
+				binary = true
+			}
+			carry = append([]byte(nil), chunk[cut:]...)
+			if _, err := m.Write(buf[:n]); err != nil {
+				out.Close()
+				os.Remove(out.Name())
+				return "", 0, false, err
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			out.Close()
+			os.Remove(out.Name())
+			return "", 0, false, rerr
+		}
+	}
+	if len(carry) > 0 {
+		binary = true
+	}
+	if err := m.Flush(); err != nil {
+		out.Close()
+		os.Remove(out.Name())
+		return "", 0, false, err
+	}
+	if err := out.Close(); err != nil {
+		os.Remove(out.Name())
+		return "", 0, false, err
+	}
+	if m.Masked() == 0 {
+		os.Remove(out.Name())
+	}
+	return out.Name(), m.Masked(), binary, nil
+}
 
 // lockedWriter serialises writes from the process copier and refci's own
 // notes.

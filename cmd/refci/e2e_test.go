@@ -239,7 +239,7 @@ wait
 	}
 
 	log := s.refci("log").want(t, 0).stdout
-	for _, w := range []string{"request=local ci=true refci=1 attempt=1 trusted=0", "canary=absent", "pwd-has-readme=hello", "[build] building", "[build] to-stderr", "[unit] unit ok"} {
+	for _, w := range []string{"request=local ci=true refci=1 attempt=1 trusted=1", "canary=absent", "pwd-has-readme=hello", "[build] building", "[build] to-stderr", "[unit] unit ok"} {
 		if !strings.Contains(log, w) {
 			t.Errorf("log lacks %q:\n%s", w, log)
 		}

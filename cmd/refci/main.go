@@ -64,6 +64,8 @@ func commands() []command {
 		{"trigger", "[--remote R] [--name N] [--env E] [--timeout DUR] [--wait] [REV]", "push a request for REV (default HEAD); --wait follows the run", cmdTrigger},
 		{"keys", "show|export [--key FILE]", "show or export this machine's refci key", cmdKeys},
 		{"job", "NAME [--needs A,B] -- CMD ARGS...", "inside a pipeline: run one job and record it", cmdJob},
+		{"secrets", "init|set|get|list|history|recipients|policy ENV ...", "manage a secrets environment (refs/ci/secrets/ENV)", cmdSecrets},
+		{"secret", "NAME", "inside a pipeline: print secret NAME of the run's environment", cmdSecret},
 		{"version", "", "print the version", cmdVersion},
 	}
 }

@@ -12,13 +12,17 @@ import (
 
 	"refci.dev/refci/queue"
 	"refci.dev/refci/render"
+	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
 )
 
 func cmdRun(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "run", "[--repo DIR] [--env NAME] [--timeout DUR] [REV]")
 	repoDir := fs.String("repo", ".", "the repository")
-	envName := fs.String("env", "", "environment name recorded in the result (REFCI_ENV)")
+	envName := fs.String("env", "", "secrets environment of the run (refs/ci/secrets/NAME in this repository; REFCI_ENV)")
+	var adminFiles, trustedFiles multiFlag
+	fs.Var(&adminFiles, "admin", "public key of a secrets admin whose signed environments are believed (repeatable; default: your own key)")
+	fs.Var(&trustedFiles, "trusted", "decide trust as a worker does: trusted only if the commit is signed by one of these keys (repeatable; default: a local run is trusted)")
 	timeout := fs.Duration("timeout", worker.DefaultTimeout, "stop the pipeline after this long (terminate, then kill)")
 	grace := fs.Duration("kill-grace", worker.DefaultKillGrace, "after a timeout or Ctrl-C, wait this long between SIGTERM and SIGKILL")
 	keyFile := fs.String("key", "", "sign with this private key instead of $REFCI_HOME/key.asc")
@@ -60,6 +64,24 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		self = ""
 	}
 	host, _ := os.Hostname()
+	admins, err := secrets.ReadKeyringFiles(adminFiles...)
+	if err != nil {
+		e.errorf("--admin: %v", err)
+		return exitUsage
+	}
+	if len(adminFiles) == 0 {
+		admins.Add(id)
+	}
+	trusted, trustReason := true, "a local run, started by the user on this machine"
+	if len(trustedFiles) > 0 {
+		k, err := secrets.ReadKeyringFiles(trustedFiles...)
+		if err != nil {
+			e.errorf("--trusted: %v", err)
+			return exitUsage
+		}
+		trusted, trustReason = signatureTrust(k)(worker.TrustQuery{Repo: repo, Request: "local", RequestObject: target, Target: target})
+	}
+	opener := &envOpener{admins: admins, key: id}
 
 	// First Ctrl-C (or SIGTERM): terminate the pipeline, record
 	// cancelled. Second: kill at once.
@@ -96,6 +118,9 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		TargetRef:        displayRev(rev, target.String()),
 		Request:          "local",
 		Env:              *envName,
+		Trusted:          trusted,
+		TrustReason:      trustReason,
+		Secrets:          opener.open,
 		Timeout:          *timeout,
 		KillGrace:        *grace,
 		LogCap:           *logCap,

@@ -18,6 +18,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"refci.dev/refci/gitproto"
+	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
 )
 
@@ -36,6 +37,11 @@ type workerConfig struct {
 	ArtifactsTotalCap int64    `toml:"artifacts_total_cap"`
 	Key               string   `toml:"key"`
 	Cache             string   `toml:"cache"`
+	// Admins and Trusted are public key files: the secrets admins whose
+	// signed environments are believed, and the requesters whose signed
+	// requests are trusted (given secrets).
+	Admins  []string `toml:"admins"`
+	Trusted []string `toml:"trusted"`
 }
 
 // duration reads "10s" style values from TOML.
@@ -64,6 +70,9 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	cache := fs.String("cache", "", "where the bare cache repositories live (default $REFCI_HOME/cache)")
 	logCap := fs.Int64("log-cap", 0, "bytes of log kept per run and per job")
 	verbose := fs.Bool("v", false, "log every claim race and poll")
+	var adminFiles, trustedFiles multiFlag
+	fs.Var(&adminFiles, "admin", "public key of a secrets admin: environments signed by it are believed (repeatable; added to admins in the config)")
+	fs.Var(&trustedFiles, "trusted", "public key of a trusted requester: requests whose tag or commit it signed get secrets (repeatable; added to trusted in the config)")
 	if _, code, ok := parse(e, fs, args, 0); !ok {
 		return code
 	}
@@ -75,12 +84,24 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 			return exitUsage
 		}
 		if und := md.Undecoded(); len(und) > 0 {
-			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache", *configFile, und[0].String())
+			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, admins, trusted", *configFile, und[0].String())
 			return exitUsage
 		}
 	}
 	if len(remotes) > 0 {
 		cfg.Remotes = remotes
+	}
+	cfg.Admins = append(cfg.Admins, adminFiles...)
+	cfg.Trusted = append(cfg.Trusted, trustedFiles...)
+	admins, err := secrets.ReadKeyringFiles(cfg.Admins...)
+	if err != nil {
+		e.errorf("worker: admins: %v", err)
+		return exitUsage
+	}
+	trusted, err := secrets.ReadKeyringFiles(cfg.Trusted...)
+	if err != nil {
+		e.errorf("worker: trusted: %v", err)
+		return exitUsage
 	}
 	if len(cfg.Remotes) == 0 {
 		e.errorf("worker: no remote to serve; pass --remote URL (repeatable) or --config FILE")
@@ -144,11 +165,17 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	}
 	self, _ := os.Executable()
 	host, _ := os.Hostname()
+	byURL := map[string]*gitproto.Remote{}
+	for _, r := range rems {
+		byURL[r.URL] = r
+	}
+	opener := &envOpener{admins: admins, key: id, remotes: func(u string) *gitproto.Remote { return byURL[u] }}
 	w := worker.New(worker.Config{
 		Remotes: rems, Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
 		Grace: cfg.Grace.Duration, Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
 		LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap,
 		Signer: id, RefciPath: self, Host: host, Version: version, Logger: logger,
+		Trust: signatureTrust(trusted), Secrets: opener.open,
 	})
 	stop, stopFn := context.WithCancel(ctx)
 	defer stopFn()
@@ -174,7 +201,8 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	for _, r := range rems {
 		names = append(names, gitproto.RedactURL(r.URL))
 	}
-	logger.Info("worker started", "key", id.Fingerprint(), "remotes", strings.Join(names, " "), "concurrency", cfg.Concurrency, "cache", cfg.Cache)
+	logger.Info("worker started", "key", id.Fingerprint(), "remotes", strings.Join(names, " "), "concurrency", cfg.Concurrency, "cache", cfg.Cache,
+		"admins", admins.Len(), "trusted", trusted.Len())
 	if err := w.Run(stop, abort); err != nil {
 		e.errorf("worker: %v", err)
 		return exitInfra

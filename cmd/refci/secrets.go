@@ -1,0 +1,654 @@
+package main
+
+// `refci secrets ...` (admins, on the local refs/ci/secrets/<env>) and
+// `refci secret NAME` (inside a pipeline).
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/secrets"
+	"refci.dev/refci/worker"
+)
+
+// nowFunc stamps environment commits.
+var nowFunc = time.Now
+
+func cmdSecret(ctx context.Context, e *env, args []string) int {
+	return worker.RunSecretCommand(ctx, args, e.getenv, e.stdout, e.stderr)
+}
+
+const secretsUsage = `Usage: refci secrets COMMAND ENV ...
+
+Manage the secrets environment ENV, stored at refs/ci/secrets/ENV in the
+local repository (push it with: git push origin refs/ci/secrets/ENV).
+Every change is a new commit signed with your refci key (--key FILE).
+
+  init ENV [--admin FILE]... --recipient FILE... [--request PATTERN]... [--export NAME]... [--allow-untrusted]
+        create ENV; admins (default: your own key) may change it and are
+        recipients too; recipients are the workers that may decrypt
+  set ENV NAME [--sealed]  store a new version of NAME, read from stdin (never argv);
+                        --sealed: stdin is a message gpg encrypted to the recipients and an admin signed
+  get ENV NAME          print NAME's value (you must be a recipient)
+  list ENV              names, who set them and when, recipients, policy; never values
+  history ENV           every version of ENV, newest first
+  recipients add ENV FILE              add a recipient; re-encrypts every value
+  recipients remove ENV FILE|FINGERPRINT  remove one; re-encrypts every value
+  policy ENV [--request PATTERN]... [--export NAME]... [--allow-untrusted]
+        replace which requests may use ENV
+
+Common flags: --repo DIR (default .), --key FILE (default $REFCI_HOME/key.asc).
+`
+
+func cmdSecrets(ctx context.Context, e *env, args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(e.stderr, "refci: secrets: missing command\n"+secretsUsage)
+		return exitUsage
+	}
+	sub, rest := args[0], args[1:]
+	switch sub {
+	case "-h", "--help", "help":
+		fmt.Fprint(e.stdout, secretsUsage)
+		return exitOK
+	case "init":
+		return secretsInit(e, rest)
+	case "set":
+		return secretsSet(e, rest)
+	case "get":
+		return secretsGet(e, rest)
+	case "list":
+		return secretsList(e, rest)
+	case "history":
+		return secretsHistory(e, rest)
+	case "recipients":
+		if len(rest) == 0 || (rest[0] != "add" && rest[0] != "remove") {
+			e.errorf("secrets recipients: want 'add' or 'remove' (see 'refci secrets -h')")
+			return exitUsage
+		}
+		return secretsRecipients(e, rest[0], rest[1:])
+	case "policy":
+		return secretsPolicy(e, rest)
+	}
+	e.errorf("secrets: unknown command %q (see 'refci secrets -h')", sub)
+	return exitUsage
+}
+
+// secretsCmd is what every subcommand shares.
+type secretsCmd struct {
+	e       *env
+	repo    *gitproto.Repo
+	env     string
+	ref     string
+	tip     gitproto.Hash // zero when the environment does not exist
+	keyFile string
+}
+
+// openEnv opens the repository and reads the environment's ref.
+func openEnv(e *env, repoDir, envName, keyFile string) (*secretsCmd, error) {
+	if err := validateEnvName(envName); err != nil {
+		return nil, usageErr{err}
+	}
+	repo, err := openRepo(repoDir)
+	if err != nil {
+		return nil, err
+	}
+	c := &secretsCmd{e: e, repo: repo, env: envName, ref: envRef(envName), keyFile: keyFile}
+	if h, err := repo.RefHash(c.ref); err == nil {
+		c.tip = h
+	}
+	return c, nil
+}
+
+// usageErr marks an error as the user's to fix (exit 2).
+type usageErr struct{ err error }
+
+func (u usageErr) Error() string { return u.err.Error() }
+func (u usageErr) Unwrap() error { return u.err }
+
+func (c *secretsCmd) fail(err error) int {
+	c.e.errorf("%v", err)
+	var u usageErr
+	if errors.As(err, &u) {
+		return exitUsage
+	}
+	return exitFor(err)
+}
+
+// load reads the environment, which must exist.
+func (c *secretsCmd) load() (*envTree, error) {
+	if c.tip == gitproto.ZeroHash {
+		return nil, usageErr{fmt.Errorf("there is no %s in this repository; create it with 'refci secrets init %s --recipient WORKER.asc', or fetch it: git fetch origin %s:%s", c.ref, c.env, c.ref, c.ref)}
+	}
+	return readEnvTree(c.repo, c.tip)
+}
+
+// admin loads the user's key and checks that it administers t.
+func (c *secretsCmd) admin(t *envTree) (*secrets.Identity, error) {
+	id, err := c.e.identity(c.keyFile)
+	if err != nil {
+		return nil, err
+	}
+	if t != nil && t.admins.Len() > 0 && !t.admins.Has(id.Fingerprint()) {
+		return nil, usageErr{fmt.Errorf("your key %s is not an admin of %s (its admins.asc lists %s); workers would refuse your change. Use an admin's key with --key FILE", id.Fingerprint(), c.env, fingerprints(t.admins))}
+	}
+	return id, nil
+}
+
+func fingerprints(k secrets.Keyring) string {
+	var out []string
+	for _, ki := range k.Keys() {
+		out = append(out, ki.Fingerprint)
+	}
+	return strings.Join(out, ", ")
+}
+
+// commit writes t as the next version and moves the ref (compare-and-swap
+// on the version read).
+func (c *secretsCmd) commit(t *envTree, id secrets.Factotum, subject string) (gitproto.Hash, error) {
+	msg := fmt.Sprintf("refci secrets: %s\n\nRefci-Secrets-Env: %s\n", subject, c.env)
+	h, err := t.write(c.repo, c.tip, id, msg)
+	if err != nil {
+		return h, fmt.Errorf("write environment %s: %w", c.env, err)
+	}
+	if err := c.repo.UpdateRef(c.ref, h, c.tip); err != nil {
+		if errors.Is(err, gitproto.ErrRefChanged) || errors.Is(err, gitproto.ErrRefExists) {
+			return h, fmt.Errorf("%s changed while refci was writing it; run the command again", c.ref)
+		}
+		return h, err
+	}
+	fmt.Fprintf(c.e.stdout, "%s: %s (commit %.12s, signed by %s)\n", c.ref, subject, h, id.Fingerprint())
+	return h, nil
+}
+
+func (c *secretsCmd) pushHint() {
+	fmt.Fprintf(c.e.stdout, "next: git push origin %s\n", c.ref)
+}
+
+func readKeyFiles(paths []string, what string) (secrets.Keyring, error) {
+	k, err := secrets.ReadKeyringFiles(paths...)
+	if err != nil {
+		return k, usageErr{fmt.Errorf("%s: %w", what, err)}
+	}
+	for _, ki := range k.Keys() {
+		if !ki.CanEncrypt && what == "--recipient" {
+			return k, usageErr{fmt.Errorf("%s: key %s (%s) has no encryption subkey; export a refci key with 'refci keys export'", what, ki.Fingerprint, ki.UserID)}
+		}
+	}
+	return k, nil
+}
+
+func policyFlags(fs *flag.FlagSet) (*multiFlag, *multiFlag, *bool) {
+	var reqs, exports multiFlag
+	fs.Var(&reqs, "request", "only requests whose name matches this pattern may use the environment (repeatable; e.g. main, release/*)")
+	fs.Var(&exports, "export", "also put value NAME in the pipeline's environment (repeatable; otherwise only `refci secret NAME` reads it)")
+	untrusted := fs.Bool("allow-untrusted", false, "let untrusted requests use the environment too (dangerous: anyone who can push a request reads every value)")
+	return &reqs, &exports, untrusted
+}
+
+func makePolicy(reqs, exports multiFlag, untrusted bool) (secrets.Policy, error) {
+	p := secrets.Policy{AllowUntrusted: untrusted, Requests: reqs, Environment: exports}
+	if _, err := secrets.ParsePolicy(p.Encode()); err != nil {
+		return p, usageErr{err}
+	}
+	return p, nil
+}
+
+func secretsInit(e *env, args []string) int {
+	fs := newFlags(e, "secrets init", "ENV [--admin FILE]... --recipient FILE... [flags]")
+	repoDir := fs.String("repo", ".", "the repository")
+	keyFile := fs.String("key", "", "sign with this private key instead of $REFCI_HOME/key.asc")
+	var adminFiles, recFiles multiFlag
+	fs.Var(&adminFiles, "admin", "public key of an admin (repeatable; default: your own key)")
+	fs.Var(&recFiles, "recipient", "public key of a worker that may decrypt (repeatable)")
+	reqs, exports, untrusted := policyFlags(fs)
+	pos, code, ok := parse(e, fs, args, 1)
+	if !ok {
+		return code
+	}
+	if len(pos) != 1 {
+		e.errorf("secrets init: want ENV (see 'refci secrets init -h')")
+		return exitUsage
+	}
+	c, err := openEnv(e, *repoDir, pos[0], *keyFile)
+	if err != nil {
+		return (&secretsCmd{e: e}).fail(err)
+	}
+	if c.tip != gitproto.ZeroHash {
+		return c.fail(usageErr{fmt.Errorf("%s already exists (commit %.12s); change it with 'refci secrets set|recipients|policy'", c.ref, c.tip)})
+	}
+	if len(recFiles) == 0 {
+		return c.fail(usageErr{errors.New("secrets init: no --recipient; give the public key of each worker that may decrypt (on the worker: refci keys export > worker.asc)")})
+	}
+	id, err := c.admin(nil)
+	if err != nil {
+		return c.fail(err)
+	}
+	var admins secrets.Keyring
+	if len(adminFiles) > 0 {
+		if admins, err = readKeyFiles(adminFiles, "--admin"); err != nil {
+			return c.fail(err)
+		}
+		if !admins.Has(id.Fingerprint()) {
+			return c.fail(usageErr{fmt.Errorf("your key %s is not among the --admin keys, so you could not sign this environment; add your own public key ('refci keys export > me.asc', then --admin me.asc) or sign with an admin's key (--key FILE)", id.Fingerprint())})
+		}
+	} else {
+		admins.Add(id)
+	}
+	recipients, err := readKeyFiles(recFiles, "--recipient")
+	if err != nil {
+		return c.fail(err)
+	}
+	policy, err := makePolicy(*reqs, *exports, *untrusted)
+	if err != nil {
+		return c.fail(err)
+	}
+	adminsRaw, err := admins.Armored()
+	if err != nil {
+		return c.fail(err)
+	}
+	t := &envTree{recipients: recipients.Union(admins), admins: admins, adminsRaw: adminsRaw, policy: policy, values: map[string][]byte{}}
+	if _, err := c.commit(t, id, "init "+c.env); err != nil {
+		return c.fail(err)
+	}
+	fmt.Fprintf(e.stdout, "admins:\n")
+	printKeys(e.stdout, admins)
+	fmt.Fprintf(e.stdout, "recipients (admins are recipients too, so they can re-encrypt):\n")
+	printKeys(e.stdout, t.recipients)
+	fmt.Fprintf(e.stdout, "policy: %s\n", describePolicy(policy))
+	fmt.Fprintf(e.stdout, "next: printf %%s \"$VALUE\" | refci secrets set %s NAME\n", c.env)
+	return exitOK
+}
+
+func printKeys(w io.Writer, k secrets.Keyring) {
+	for _, ki := range k.Keys() {
+		fmt.Fprintf(w, "  %s  %s\n", ki.Fingerprint, ki.UserID)
+	}
+}
+
+func describePolicy(p secrets.Policy) string {
+	s := "trusted requests only"
+	if p.AllowUntrusted {
+		s = "any request, trusted or not"
+	}
+	if len(p.Requests) > 0 {
+		s += "; request names matching " + strings.Join(p.Requests, ", ")
+	} else {
+		s += "; any request name"
+	}
+	if len(p.Environment) > 0 {
+		s += "; exported as variables: " + strings.Join(p.Environment, ", ")
+	}
+	return s
+}
+
+// simpleArgs parses flags --repo and --key plus nPos positional arguments.
+func simpleArgs(e *env, name, usage string, args []string, nPos int) (repoDir, keyFile string, pos []string, code int, ok bool) {
+	fs := newFlags(e, name, usage)
+	r := fs.String("repo", ".", "the repository")
+	k := fs.String("key", "", "use this private key instead of $REFCI_HOME/key.asc")
+	pos, code, ok = parse(e, fs, args, nPos)
+	if !ok {
+		return "", "", nil, code, false
+	}
+	if len(pos) != nPos {
+		e.errorf("%s: want %s (see 'refci %s -h')", name, usage, name)
+		return "", "", nil, exitUsage, false
+	}
+	return *r, *k, pos, 0, true
+}
+
+func secretsSet(e *env, args []string) int {
+	fs := newFlags(e, "secrets set", "ENV NAME [--sealed] < VALUE")
+	repoDirF := fs.String("repo", ".", "the repository")
+	keyFileF := fs.String("key", "", "sign with this private key instead of $REFCI_HOME/key.asc")
+	sealedIn := fs.Bool("sealed", false, "stdin is an OpenPGP message already encrypted to the recipients and signed by an admin (e.g. by gpg); stored as is after checking it")
+	pos, code, ok := parse(e, fs, args, 2)
+	if !ok {
+		return code
+	}
+	if len(pos) != 2 {
+		e.errorf("secrets set: want ENV NAME (see 'refci secrets set -h')")
+		return exitUsage
+	}
+	repoDir, keyFile := *repoDirF, *keyFileF
+	c, err := openEnv(e, repoDir, pos[0], keyFile)
+	if err != nil {
+		return (&secretsCmd{e: e}).fail(err)
+	}
+	name := pos[1]
+	if err := secrets.ValidateName(name); err != nil {
+		return c.fail(usageErr{err})
+	}
+	if isTerminal(e.stdin) {
+		return c.fail(usageErr{fmt.Errorf("secrets set reads the value from stdin, which is a terminal; pipe it in so it is never echoed or kept in your shell history: printf %%s \"$VALUE\" | refci secrets set %s %s", c.env, name)})
+	}
+	value, err := io.ReadAll(io.LimitReader(e.stdin, secrets.MaxValueLen+1))
+	if err != nil {
+		return c.fail(fmt.Errorf("read the value from stdin: %w", err))
+	}
+	t, err := c.load()
+	if err != nil {
+		return c.fail(err)
+	}
+	id, err := c.admin(t)
+	if err != nil {
+		return c.fail(err)
+	}
+	var sealed []byte
+	if *sealedIn {
+		// Check what workers will check: an admin signed it, and it
+		// decrypts (the admin is a recipient).
+		sealed = value
+		writers := t.admins
+		if writers.Len() == 0 {
+			writers.Add(id)
+		}
+		if value, _, err = id.Open(sealed, writers); err != nil {
+			return c.fail(usageErr{fmt.Errorf("%s: the --sealed message cannot be used: %w; encrypt it to every key of recipients.asc and sign it with an admin key (gpg --encrypt --sign -r ... -u ADMIN)", name, err)})
+		}
+	}
+	if err := secrets.ValidateValue(value); err != nil {
+		return c.fail(usageErr{fmt.Errorf("%s: %w", name, err)})
+	}
+	if !*sealedIn {
+		if sealed, err = id.Seal(value, t.recipients); err != nil {
+			return c.fail(err)
+		}
+	}
+	verb := "set"
+	if _, ok := t.values[name]; ok {
+		verb = "set a new version of"
+	}
+	t.values[name] = sealed
+	if _, err := c.commit(t, id, verb+" "+name); err != nil {
+		return c.fail(err)
+	}
+	note := ""
+	if bytes.HasSuffix(value, []byte("\n")) {
+		note = ", ending in a newline (use printf %s rather than echo if that is not meant)"
+	}
+	if *sealedIn {
+		fmt.Fprintf(e.stdout, "%s: %d bytes%s, stored as sealed by its writer\n", name, len(value), note)
+	} else {
+		fmt.Fprintf(e.stdout, "%s: %d bytes%s, encrypted to %d recipients\n", name, len(value), note, len(t.recipients.Keys()))
+	}
+	clear(value)
+	c.pushHint()
+	return exitOK
+}
+
+func secretsGet(e *env, args []string) int {
+	repoDir, keyFile, pos, code, ok := simpleArgs(e, "secrets get", "ENV NAME", args, 2)
+	if !ok {
+		return code
+	}
+	c, err := openEnv(e, repoDir, pos[0], keyFile)
+	if err != nil {
+		return (&secretsCmd{e: e}).fail(err)
+	}
+	t, err := c.load()
+	if err != nil {
+		return c.fail(err)
+	}
+	sealed, ok := t.values[pos[1]]
+	if !ok {
+		return c.fail(usageErr{fmt.Errorf("%s has no secret %s; it has: %s", c.env, pos[1], strings.Join(t.names(), ", "))})
+	}
+	id, err := c.e.identity(keyFile)
+	if err != nil {
+		return c.fail(err)
+	}
+	v, _, err := id.Open(sealed, t.admins)
+	if err != nil {
+		return c.fail(fmt.Errorf("%s: %w", pos[1], err))
+	}
+	e.stdout.Write(v)
+	return exitOK
+}
+
+// lastChange finds, for each value, the newest commit that changed it.
+func (c *secretsCmd) lastChange(t *envTree) (map[string]*commitInfo, error) {
+	out := map[string]*commitInfo{}
+	h := c.tip
+	var prev map[string][]byte
+	var prevInfo *commitInfo
+	for n := 0; h != gitproto.ZeroHash && n < 10000; n++ {
+		cm, err := c.repo.Commit(h)
+		if err != nil {
+			return nil, err
+		}
+		cur, err := readEnvTree(c.repo, h)
+		if err != nil {
+			return nil, err
+		}
+		info := &commitInfo{hash: h, who: cm.Author.Name + " <" + cm.Author.Email + ">", when: cm.Author.When, subject: strings.TrimPrefix(strings.SplitN(cm.Message, "\n", 2)[0], "refci secrets: ")}
+		if prev != nil {
+			for name, v := range prev {
+				if _, done := out[name]; !done && !bytes.Equal(cur.values[name], v) {
+					out[name] = prevInfo
+				}
+			}
+		}
+		prev, prevInfo = cur.values, info
+		if len(cm.ParentHashes) == 0 {
+			break
+		}
+		h = cm.ParentHashes[0]
+	}
+	for name := range prev {
+		if _, done := out[name]; !done {
+			out[name] = prevInfo
+		}
+	}
+	return out, nil
+}
+
+type commitInfo struct {
+	hash    gitproto.Hash
+	who     string
+	when    time.Time
+	subject string
+}
+
+func secretsList(e *env, args []string) int {
+	repoDir, keyFile, pos, code, ok := simpleArgs(e, "secrets list", "ENV", args, 1)
+	if !ok {
+		return code
+	}
+	c, err := openEnv(e, repoDir, pos[0], keyFile)
+	if err != nil {
+		return (&secretsCmd{e: e}).fail(err)
+	}
+	t, err := c.load()
+	if err != nil {
+		return c.fail(err)
+	}
+	changes, err := c.lastChange(t)
+	if err != nil {
+		return c.fail(err)
+	}
+	w := e.stdout
+	fmt.Fprintf(w, "environment %s (%s at %.12s)\n", c.env, c.ref, c.tip)
+	fmt.Fprintf(w, "policy: %s\n", describePolicy(t.policy))
+	fmt.Fprintf(w, "admins:\n")
+	printKeys(w, t.admins)
+	fmt.Fprintf(w, "recipients:\n")
+	printKeys(w, t.recipients)
+	names := t.names()
+	if len(names) == 0 {
+		fmt.Fprintf(w, "values: none yet (printf %%s \"$VALUE\" | refci secrets set %s NAME)\n", c.env)
+		return exitOK
+	}
+	width := 0
+	for _, n := range names {
+		width = max(width, len(n))
+	}
+	fmt.Fprintf(w, "values:\n")
+	for _, n := range names {
+		ci := changes[n]
+		fmt.Fprintf(w, "  %-*s  set by %s at %s\n", width, n, ci.who, ci.when.UTC().Format("2006-01-02 15:04:05 UTC"))
+	}
+	return exitOK
+}
+
+func secretsHistory(e *env, args []string) int {
+	repoDir, keyFile, pos, code, ok := simpleArgs(e, "secrets history", "ENV", args, 1)
+	if !ok {
+		return code
+	}
+	c, err := openEnv(e, repoDir, pos[0], keyFile)
+	if err != nil {
+		return (&secretsCmd{e: e}).fail(err)
+	}
+	if _, err := c.load(); err != nil {
+		return c.fail(err)
+	}
+	for h, n := c.tip, 0; h != gitproto.ZeroHash && n < 10000; n++ {
+		cm, err := c.repo.Commit(h)
+		if err != nil {
+			return c.fail(err)
+		}
+		subject := strings.TrimPrefix(strings.SplitN(cm.Message, "\n", 2)[0], "refci secrets: ")
+		fmt.Fprintf(e.stdout, "%.12s  %s  %s <%s>  %s\n", h, cm.Author.When.UTC().Format("2006-01-02 15:04:05 UTC"), cm.Author.Name, cm.Author.Email, subject)
+		if len(cm.ParentHashes) == 0 {
+			break
+		}
+		h = cm.ParentHashes[0]
+	}
+	return exitOK
+}
+
+// reseal re-encrypts every value of t to t.recipients with id, which must
+// be able to decrypt them.
+func reseal(t *envTree, id *secrets.Identity, env string) error {
+	writers := t.admins
+	if writers.Len() == 0 {
+		writers.Add(id)
+	}
+	names := t.names()
+	sort.Strings(names)
+	for _, n := range names {
+		v, _, err := id.Open(t.values[n], writers)
+		if errors.Is(err, secrets.ErrNotRecipient) {
+			return usageErr{fmt.Errorf("cannot re-encrypt %s: your key %s is not a recipient of it; an admin who is a recipient must make this change", n, id.Fingerprint())}
+		}
+		if err != nil {
+			return fmt.Errorf("cannot re-encrypt %s: %w", n, err)
+		}
+		if t.values[n], err = id.Seal(v, t.recipients); err != nil {
+			return err
+		}
+		clear(v)
+	}
+	return nil
+}
+
+func secretsRecipients(e *env, op string, args []string) int {
+	repoDir, keyFile, pos, code, ok := simpleArgs(e, "secrets recipients "+op, "ENV FILE|FINGERPRINT", args, 2)
+	if !ok {
+		return code
+	}
+	c, err := openEnv(e, repoDir, pos[0], keyFile)
+	if err != nil {
+		return (&secretsCmd{e: e}).fail(err)
+	}
+	t, err := c.load()
+	if err != nil {
+		return c.fail(err)
+	}
+	id, err := c.admin(t)
+	if err != nil {
+		return c.fail(err)
+	}
+	var subject string
+	switch op {
+	case "add":
+		k, err := readKeyFiles([]string{pos[1]}, "--recipient")
+		if err != nil {
+			return c.fail(err)
+		}
+		before := len(t.recipients.Keys())
+		t.recipients = t.recipients.Union(k)
+		if len(t.recipients.Keys()) == before {
+			return c.fail(usageErr{fmt.Errorf("%s: every key in it is already a recipient of %s", pos[1], c.env)})
+		}
+		subject = "add recipient " + fingerprints(k)
+	case "remove":
+		fpr := pos[1]
+		if !secrets.IsFingerprint(fpr) {
+			k, err := secrets.ReadKeyringFiles(fpr)
+			if err != nil {
+				return c.fail(usageErr{fmt.Errorf("%s is neither a 40-digit fingerprint nor a readable key file: %w", fpr, err)})
+			}
+			if len(k.Keys()) != 1 {
+				return c.fail(usageErr{fmt.Errorf("%s holds %d keys; remove one fingerprint at a time", fpr, len(k.Keys()))})
+			}
+			fpr = k.Keys()[0].Fingerprint
+		}
+		var found bool
+		t.recipients, found = t.recipients.Without(fpr)
+		if !found {
+			return c.fail(usageErr{fmt.Errorf("%s is not a recipient of %s; see 'refci secrets list %s'", fpr, c.env, c.env)})
+		}
+		if len(t.recipients.Keys()) == 0 {
+			return c.fail(usageErr{fmt.Errorf("%s is the last recipient of %s; add another first", fpr, c.env)})
+		}
+		subject = "remove recipient " + strings.ToUpper(fpr)
+	}
+	if err := reseal(t, id, c.env); err != nil {
+		return c.fail(err)
+	}
+	if _, err := c.commit(t, id, subject); err != nil {
+		return c.fail(err)
+	}
+	fmt.Fprintf(e.stdout, "re-encrypted %d values to %d recipients:\n", len(t.values), len(t.recipients.Keys()))
+	printKeys(e.stdout, t.recipients)
+	if op == "remove" {
+		fmt.Fprintf(e.stdout, "note: the removed key can still read the versions it was a recipient of; rotate each value (refci secrets set) to make its copy useless\n")
+	}
+	c.pushHint()
+	return exitOK
+}
+
+func secretsPolicy(e *env, args []string) int {
+	fs := newFlags(e, "secrets policy", "ENV [--request PATTERN]... [--export NAME]... [--allow-untrusted]")
+	repoDir := fs.String("repo", ".", "the repository")
+	keyFile := fs.String("key", "", "sign with this private key instead of $REFCI_HOME/key.asc")
+	reqs, exports, untrusted := policyFlags(fs)
+	pos, code, ok := parse(e, fs, args, 1)
+	if !ok {
+		return code
+	}
+	if len(pos) != 1 {
+		e.errorf("secrets policy: want ENV (see 'refci secrets policy -h')")
+		return exitUsage
+	}
+	c, err := openEnv(e, *repoDir, pos[0], *keyFile)
+	if err != nil {
+		return (&secretsCmd{e: e}).fail(err)
+	}
+	t, err := c.load()
+	if err != nil {
+		return c.fail(err)
+	}
+	id, err := c.admin(t)
+	if err != nil {
+		return c.fail(err)
+	}
+	if t.policy, err = makePolicy(*reqs, *exports, *untrusted); err != nil {
+		return c.fail(err)
+	}
+	if _, err := c.commit(t, id, "policy: "+describePolicy(t.policy)); err != nil {
+		return c.fail(err)
+	}
+	c.pushHint()
+	return exitOK
+}

@@ -1,0 +1,83 @@
+package main
+
+// The signature trust policy: a request is trusted when its annotated tag
+// or its target commit is signed by a key of the worker's trusted list.
+
+import (
+	"errors"
+	"fmt"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/secrets"
+	"refci.dev/refci/worker"
+)
+
+// signatureTrust returns a worker trust policy over trusted. It is one
+// function so that other policies (the SSH endpoint's pusher key) can be
+// OR-ed with it.
+func signatureTrust(trusted secrets.Keyring) func(worker.TrustQuery) (bool, string) {
+	return func(q worker.TrustQuery) (bool, string) {
+		if trusted.Len() == 0 {
+			return false, "this worker trusts no requester key (--trusted FILE, or trusted = [...] in the config)"
+		}
+		var why []string
+		if q.RequestObject != q.Target && q.RequestObject != gitproto.ZeroHash {
+			if ok, what := tagSignedBy(q.Repo, q.RequestObject, trusted); ok {
+				return true, "the request tag is signed by " + what
+			} else {
+				why = append(why, "the request tag "+what)
+			}
+		}
+		ok, what := commitSignedBy(q.Repo, q.Target, trusted)
+		if ok {
+			return true, "the target commit is signed by " + what
+		}
+		why = append(why, "the target commit "+what)
+		msg := "untrusted: "
+		for i, w := range why {
+			if i > 0 {
+				msg += "; "
+			}
+			msg += w
+		}
+		return false, msg
+	}
+}
+
+// describeVerify turns a verification result into words.
+func describeVerify(who secrets.Signer, err error) (bool, string) {
+	switch {
+	case err == nil:
+		return true, fmt.Sprintf("trusted key %s (%s)", who.Fingerprint, who.UserID)
+	case errors.Is(err, secrets.ErrNoSignature):
+		return false, "is not signed"
+	case errors.Is(err, secrets.ErrUnknownKey):
+		return false, "is signed by a key this worker does not trust"
+	default:
+		return false, fmt.Sprintf("has a signature that does not verify (%v)", err)
+	}
+}
+
+func commitSignedBy(repo *gitproto.Repo, h gitproto.Hash, trusted secrets.Keyring) (bool, string) {
+	c, err := repo.Commit(h)
+	if err != nil {
+		return false, fmt.Sprintf("cannot be read (%v)", err)
+	}
+	payload, sig, err := gitproto.SignedPayload(c)
+	if err != nil {
+		return false, fmt.Sprintf("cannot be read (%v)", err)
+	}
+	return describeVerify(trusted.VerifyDetached(payload, sig))
+}
+
+func tagSignedBy(repo *gitproto.Repo, h gitproto.Hash, trusted secrets.Keyring) (bool, string) {
+	t, err := repo.Tag(h)
+	if err != nil {
+		return false, fmt.Sprintf("cannot be read (%v)", err)
+	}
+	payload, sig, err := gitproto.TagSignedPayload(t)
+	if err != nil {
+		return false, fmt.Sprintf("cannot be read (%v)", err)
+	}
+	return describeVerify(trusted.VerifyDetached(payload, sig))
+}

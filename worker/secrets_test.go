@@ -1,0 +1,120 @@
+//go:build linux
+
+package worker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+type fakeSource map[string]string
+
+func (f fakeSource) Secret(name string) ([]byte, error) {
+	v, ok := f[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrSecretNotFound, name)
+	}
+	return []byte(v), nil
+}
+
+func (f fakeSource) Info() SecretsInfo { return SecretsInfo{Commit: "abc"} }
+
+// askSecret runs the client against a server using rs.
+func askSecret(t *testing.T, rs *runSecrets, name string) (string, string, int) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "sec")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "s")
+	srv, err := NewJobServer(JobServerConfig{SocketPath: sock, OpenLog: func(string) (JobLog, error) { return nil, errors.New("no jobs") }, Secret: rs.get})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	code := RunSecretCommand(ctx, []string{name}, func(k string) string {
+		if k == "REFCI_SOCKET" {
+			return sock
+		}
+		return ""
+	}, &out, &errOut)
+	return out.String(), errOut.String(), code
+}
+
+func TestSecretOpHandsOutAndMasks(t *testing.T) {
+	var notes []string
+	masks := &MaskSet{}
+	rs := &runSecrets{env: "staging", masks: masks, source: fakeSource{"TOKEN": "tok-123456", "SHORT": "abc"},
+		note: func(s string) { notes = append(notes, s) }}
+	out, errOut, code := askSecret(t, rs, "TOKEN")
+	if code != 0 || out != "tok-123456" {
+		t.Fatalf("refci secret TOKEN: code %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if got := maskAll(t, masks, []byte("x tok-123456 y"), nil); got != "x *** y" {
+		t.Errorf("the handed-out value is not masked: %q", got)
+	}
+	if _, errOut, code := askSecret(t, rs, "SHORT"); code != 1 || !strings.Contains(errOut, "shorter than 6 bytes") || len(notes) != 1 {
+		t.Errorf("short value: code %d, stderr %q, log notes %q", code, errOut, notes)
+	}
+	if _, errOut, code := askSecret(t, rs, "MISSING"); code != 1 || !strings.Contains(errOut, "no such secret") {
+		t.Errorf("missing value: code %d, stderr %q", code, errOut)
+	}
+	if _, errOut, code := askSecret(t, rs, "bad-name"); code != 1 || !strings.Contains(errOut, "not a secret name") {
+		t.Errorf("bad name: code %d, stderr %q", code, errOut)
+	}
+	if got := rs.usedNames(); len(got) != 1 || got[0] != "TOKEN" {
+		t.Errorf("used = %q", got)
+	}
+}
+
+func TestSecretOpWithheld(t *testing.T) {
+	rs := &runSecrets{env: "staging", masks: &MaskSet{}, reason: "the request is not trusted", note: func(string) {}}
+	out, errOut, code := askSecret(t, rs, "TOKEN")
+	if code != 1 || out != "" || !strings.Contains(errOut, `refci secret: TOKEN: the secrets of environment "staging" were withheld from this run: the request is not trusted`) {
+		t.Errorf("withheld: code %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	rs = &runSecrets{masks: &MaskSet{}, note: func(string) {}}
+	if _, errOut, code := askSecret(t, rs, "TOKEN"); code != 1 || !strings.Contains(errOut, "no secrets environment") {
+		t.Errorf("no env: code %d, stderr %q", code, errOut)
+	}
+	var out2, err2 bytes.Buffer
+	if code := RunSecretCommand(context.Background(), []string{"X"}, func(string) string { return "" }, &out2, &err2); code != 2 || !strings.Contains(err2.String(), "not inside a refci pipeline") {
+		t.Errorf("outside a pipeline: %d %q", code, err2.String())
+	}
+}
+
+func TestMaskArtifacts(t *testing.T) {
+	dir := t.TempDir()
+	masks := &MaskSet{}
+	masks.Add([]byte("artifact-secret"))
+	write := func(name string, data []byte) artifactFile {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, data, 0o600)
+		return artifactFile{src: p}
+	}
+	arts := []artifactFile{
+		write("clean.txt", []byte("nothing here")),
+		write("leak.txt", []byte("token=artifact-secret\n")),
+		write("leak.bin", []byte("\x00\x01artifact-secret")),
+	}
+	arts[0].Path, arts[1].Path, arts[2].Path = "clean.txt", "leak.txt", "leak.bin"
+	kept, skipped := maskArtifacts(masks, arts, nil, dir)
+	if len(kept) != 2 || len(skipped) != 1 || skipped[0].Path != "leak.bin" || !strings.Contains(skipped[0].Reason, "binary file holding a secret") {
+		t.Fatalf("kept %+v, skipped %+v", kept, skipped)
+	}
+	b, _ := os.ReadFile(kept[1].src)
+	if string(b) != "token=***\n" || kept[1].Size != int64(len(b)) {
+		t.Errorf("masked copy %q, size %d", b, kept[1].Size)
+	}
+}
