@@ -122,9 +122,9 @@ func Markdown(r Result, o MarkdownOptions) string {
 		head.WriteString("\n")
 	}
 	var tail strings.Builder
-	runArg := shortID(s.Target) + "/" + s.Run
+	runArg := s.Run // refci finds a run by its id
 	if !queue.ValidRunID(s.Run) {
-		runArg = shortID(s.Target)
+		runArg = s.Target
 	}
 	fmt.Fprintf(&tail, "<sub>run %s, attempt %d, worker %s", mdCode(s.Run), s.Attempt, mdCode(s.Worker))
 	if s.Host != "" {
@@ -291,6 +291,9 @@ func Text(r Result) string {
 	Terminal(&b, s, TermOptions{Ref: r.Ref})
 	for _, e := range excerpts(r, ExcerptLines) {
 		label := fmt.Sprintf("last %d lines", len(e.lines))
+		if len(e.lines) == 1 {
+			label = "last line"
+		}
 		if e.first > 1 {
 			label += fmt.Sprintf(", from line %d", e.first)
 		}
@@ -299,7 +302,10 @@ func Text(r Result) string {
 			b.WriteString("    " + strings.TrimRight(l, " \t") + "\n")
 		}
 	}
-	runArg := shortID(s.Target) + "/" + Safe(s.Run)
+	runArg := Safe(s.Run)
+	if !queue.ValidRunID(s.Run) {
+		runArg = Safe(s.Target)
+	}
 	fmt.Fprintf(&b, "\nRead it locally:\n\n    %s\n    refci status %s\n    refci log %s\n", FetchLine, runArg, runArg)
 	return b.String()
 }
