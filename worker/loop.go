@@ -44,6 +44,8 @@ type Config struct {
 	// starts, and returns the decision with a reason people can read
 	// (recorded in status.json). Nil means every request runs untrusted.
 	Trust func(TrustQuery) (trusted bool, why string)
+	// Page, when set, renders index.html of each final result (RunSpec.Page).
+	Page PageFunc
 }
 
 // TrustQuery is what Config.Trust decides on.
@@ -725,7 +727,7 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		Timeout: w.cfg.Timeout, KillGrace: w.cfg.KillGrace, LogCap: w.cfg.LogCap,
 		ArtifactFileCap: w.cfg.ArtifactFileCap, ArtifactTotalCap: w.cfg.ArtifactTotalCap,
 		RefciPath: w.cfg.RefciPath, Shim: w.cfg.RefciPath, TempDir: w.cfg.TempDir, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
-		SnapshotEvery: w.cfg.Snapshot,
+		SnapshotEvery: w.cfg.Snapshot, Page: w.cfg.Page,
 		OnSnapshot: func(_ string, c gitproto.Hash) {
 			a.mu.Lock()
 			a.snapshots = append(a.snapshots, c)

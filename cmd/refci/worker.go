@@ -148,7 +148,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		Remotes: rems, Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
 		Grace: cfg.Grace.Duration, Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
 		LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap,
-		Signer: id, RefciPath: self, Host: host, Version: version, Logger: logger,
+		Signer: id, RefciPath: self, Host: host, Version: version, Logger: logger, Page: renderPage,
 	})
 	stop, stopFn := context.WithCancel(ctx)
 	defer stopFn()
