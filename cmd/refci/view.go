@@ -243,8 +243,18 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, ref string, commit gitproto
 		return render.RunSummary{}, err
 	}
 	rel := path.Join("runs", target, runID)
-	dir := filepath.Join(b.Out, filepath.FromSlash(rel))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	final := filepath.Join(b.Out, filepath.FromSlash(rel))
+	// Written into a fresh directory, then renamed into place: nobody
+	// reads it before the rename, so plain writes suffice.
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		return render.RunSummary{}, err
+	}
+	dir, err := os.MkdirTemp(filepath.Dir(final), ".tmp-"+runID+"-")
+	if err != nil {
+		return render.RunSummary{}, err
+	}
+	defer os.RemoveAll(dir) // after a successful rename, nothing is left there
+	if err := os.Chmod(dir, 0o755); err != nil {
 		return render.RunSummary{}, err
 	}
 	res := render.Result{Status: st, Ref: ref, Commit: commit.String(), JobLogs: map[string][]byte{}}
@@ -275,7 +285,7 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, ref string, commit gitproto
 		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
 			return render.RunSummary{}, err
 		}
-		if err := writeAtomic(full, data); err != nil {
+		if err := os.WriteFile(full, data, 0o644); err != nil {
 			return render.RunSummary{}, err
 		}
 	}
@@ -286,6 +296,12 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, ref string, commit gitproto
 		if err := copyBlob(repo, commit, queue.ArtifactsDir+"/"+a.Path, filepath.Join(dir, queue.ArtifactsDir, filepath.FromSlash(a.Path))); err != nil && b.Warn != nil {
 			b.Warn(fmt.Sprintf("%s: artifact %s: %v", ref, a.Path, err))
 		}
+	}
+	if err := os.RemoveAll(final); err != nil {
+		return render.RunSummary{}, err
+	}
+	if err := os.Rename(dir, final); err != nil {
+		return render.RunSummary{}, err
 	}
 	return render.SummaryOf(st, ref, commit.String(), rel+"/index.html"), nil
 }
