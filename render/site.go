@@ -43,15 +43,17 @@ func SummaryOf(s *queue.Status, ref, commit, href string) RunSummary {
 
 // ListPage describes one list of runs: the whole site, one state, or one
 // commit's history. Root is the relative path from the page to the
-// site's root ("" or "../").
+// site's root ("" or "../"). The whole-site list (Commit == "") starts
+// with the latest run of each request and since when its state holds.
+// A ListPage is a plain value; List only reads it.
 type ListPage struct {
 	Title  string
 	Root   string
 	Runs   []RunSummary // newest first
 	States []string     // the states with their own page, for links
 	Filter bool         // offer the client-side filters
-	// Since, for a commit or request page: per run, whether it is the
-	// first of the current streak of its state (answers "since when").
+	// Commit, for a commit's history page: the commit. The page then
+	// says since when the newest state holds ("failure since ...").
 	Commit string
 }
 

@@ -238,9 +238,34 @@ func (b *siteBuilder) Build() (siteStats, error) {
 // artifacts.
 func (b *siteBuilder) renderRun(repo *gitproto.Repo, ref string, commit gitproto.Hash) (render.RunSummary, error) {
 	target, runID, _ := queue.ParseRunRef(ref)
-	st, err := readStatus(repo, commit)
+	// One commit and tree lookup for every file of the run.
+	c, err := repo.Commit(commit)
 	if err != nil {
 		return render.RunSummary{}, err
+	}
+	tree, err := c.Tree()
+	if err != nil {
+		return render.RunSummary{}, fmt.Errorf("tree of %s: %w", commit, err)
+	}
+	read := func(p string) ([]byte, error) {
+		f, err := tree.File(p)
+		if err != nil {
+			return nil, err
+		}
+		rd, err := f.Reader()
+		if err != nil {
+			return nil, err
+		}
+		defer rd.Close()
+		return io.ReadAll(rd)
+	}
+	rawStatus, err := read(queue.StatusFile)
+	if err != nil {
+		return render.RunSummary{}, fmt.Errorf("result %s: %s: %w", commit.String()[:12], queue.StatusFile, err)
+	}
+	st, err := queue.DecodeStatus(rawStatus)
+	if err != nil {
+		return render.RunSummary{}, fmt.Errorf("result %s: %w", commit.String()[:12], err)
 	}
 	rel := path.Join("runs", target, runID)
 	final := filepath.Join(b.Out, filepath.FromSlash(rel))
@@ -259,17 +284,15 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, ref string, commit gitproto
 	}
 	res := render.Result{Status: st, Ref: ref, Commit: commit.String(), JobLogs: map[string][]byte{}}
 	files := map[string][]byte{}
-	if raw, err := repo.ReadFile(commit, queue.StatusFile); err == nil {
-		files[queue.StatusFile] = raw
-	}
-	if res.Log, err = repo.ReadFile(commit, queue.LogFile); err == nil {
+	files[queue.StatusFile] = rawStatus
+	if res.Log, err = read(queue.LogFile); err == nil {
 		files[queue.LogFile] = res.Log
 	}
 	for _, j := range st.Jobs {
 		if queue.ValidateJobName(j.Name) != nil {
 			continue
 		}
-		if l, err := repo.ReadFile(commit, queue.JobLogPath(j.Name)); err == nil {
+		if l, err := read(queue.JobLogPath(j.Name)); err == nil {
 			res.JobLogs[j.Name] = l
 			files[queue.JobLogPath(j.Name)] = l
 		}
