@@ -111,9 +111,16 @@ func Terminal(w io.Writer, s *queue.Status, o TermOptions) error {
 	return err
 }
 
-// writeJobTree prints jobs under the job they need (the first need when
-// there are several; the others are named), roots in start order.
-func writeJobTree(b *strings.Builder, jobs []queue.Job, color bool) {
+// treeNode is one job in the job tree and how deep it sits.
+type treeNode struct {
+	queue.Job
+	Depth int
+}
+
+// jobTree orders jobs as a tree: each job under the first of its needs
+// that is a known job, roots in start order. Cycles and self-needs still
+// give every job exactly once.
+func jobTree(jobs []queue.Job) []treeNode {
 	known := map[string]bool{}
 	for _, j := range jobs {
 		known[j.Name] = true
@@ -135,13 +142,33 @@ func writeJobTree(b *strings.Builder, jobs []queue.Job, color bool) {
 		}
 	}
 	seen := map[string]bool{}
+	var out []treeNode
 	var walk func(j queue.Job, depth int)
 	walk = func(j queue.Job, depth int) {
 		if seen[j.Name] {
 			return
 		}
 		seen[j.Name] = true
-		indent := strings.Repeat("  ", depth+2)
+		out = append(out, treeNode{j, depth})
+		for _, c := range children[j.Name] {
+			walk(c, depth+1)
+		}
+	}
+	for _, j := range roots {
+		walk(j, 0)
+	}
+	for _, j := range jobs { // cycles: what the walk never reached
+		walk(j, 0)
+	}
+	return out
+}
+
+// writeJobTree prints jobs under the job they need (the first need when
+// there are several; the others are named), roots in start order.
+func writeJobTree(b *strings.Builder, jobs []queue.Job, color bool) {
+	for _, n := range jobTree(jobs) {
+		j := n.Job
+		indent := strings.Repeat("  ", n.Depth+2)
 		mark := paint(color, j.State, fmt.Sprintf("%-9s", stateMark[j.State]))
 		fmt.Fprintf(b, "%s%s %s  %s", indent, mark, Safe(j.Name), Duration(j.DurationMS))
 		if len(j.Needs) > 0 {
@@ -154,15 +181,6 @@ func writeJobTree(b *strings.Builder, jobs []queue.Job, color bool) {
 			fmt.Fprintf(b, "  %s", oneLine(j.Reason))
 		}
 		b.WriteString("\n")
-		for _, c := range children[j.Name] {
-			walk(c, depth+1)
-		}
-	}
-	for _, j := range roots {
-		walk(j, 0)
-	}
-	for _, j := range jobs { // cycles: print what the walk never reached
-		walk(j, 0)
 	}
 }
 

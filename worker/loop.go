@@ -49,6 +49,8 @@ type Config struct {
 	// RunSpec.Secrets). Nil: runs that ask for an environment get no
 	// secrets, and status.json says so.
 	Secrets SecretsFunc
+	// Page, when set, renders index.html of each final result (RunSpec.Page).
+	Page PageFunc
 }
 
 // TrustQuery is what Config.Trust decides on.
@@ -744,7 +746,7 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		Timeout: w.cfg.Timeout, KillGrace: w.cfg.KillGrace, LogCap: w.cfg.LogCap,
 		ArtifactFileCap: w.cfg.ArtifactFileCap, ArtifactTotalCap: w.cfg.ArtifactTotalCap,
 		RefciPath: w.cfg.RefciPath, Shim: w.cfg.RefciPath, TempDir: w.cfg.TempDir, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
-		SnapshotEvery: w.cfg.Snapshot, Secrets: w.cfg.Secrets, Remote: a.remote.URL,
+		SnapshotEvery: w.cfg.Snapshot, Secrets: w.cfg.Secrets, Remote: a.remote.URL, Page: w.cfg.Page,
 		OnSnapshot: func(_ string, c gitproto.Hash) {
 			a.mu.Lock()
 			a.snapshots = append(a.snapshots, c)

@@ -95,6 +95,9 @@ type RunSpec struct {
 	// pipeline runs, and calls OnSnapshot with each new commit.
 	SnapshotEvery time.Duration
 	OnSnapshot    func(ref string, commit gitproto.Hash)
+	// Page, when set, renders index.html of the final result tree (see
+	// pageFiles: a repository's .refci/viewer/ is copied too).
+	Page PageFunc
 }
 
 // Outcome is a published result.
@@ -743,6 +746,7 @@ func fileSHA256(p string) (string, error) {
 // run ref. Objects first, ref last: a failure at any point leaves no ref.
 func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
 	repo := r.spec.Repo
+	files = r.pageFiles(files)
 	statusJSON, err := queue.EncodeStatus(r.st)
 	if err != nil {
 		return nil, err

@@ -59,6 +59,7 @@ func commands() []command {
 		{"status", "[--repo DIR] [--json] [REV|RUN]", "show the state of the latest run of REV (default HEAD), or of RUN", cmdStatus},
 		{"log", "[--repo DIR] [--job NAME] [-f [--remote R]] [REV|RUN]", "print the output of a run; -f follows one on a remote", cmdLog},
 		{"runs", "[--repo DIR] [--all] [REV]", "list the runs of REV (default HEAD), newest first", cmdRuns},
+		{"view", "[--repo DIR] [-o DIR] [--open]", "write a static site of every fetched run (default .git/refci-view/) and print its path", cmdView},
 		{"verify", "[--repo DIR] [--keyring FILE]... [REV|RUN]", "check the signatures of every commit of a run", cmdVerify},
 		{"worker", "--remote URL... | --config FILE", "poll remotes for requests, run them, push signed results", cmdWorker},
 		{"trigger", "[--remote R] [--name N] [--env E] [--timeout DUR] [--wait] [REV]", "push a request for REV (default HEAD); --wait follows the run", cmdTrigger},

@@ -132,6 +132,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		CancelReason:     func() string { return cancelReason.Load().(string) },
 		Host:             host,
 		Version:          version,
+		Page:             renderPage,
 	}, id)
 	if err != nil {
 		if outcome != nil && outcome.Status != nil {

@@ -163,6 +163,9 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 				}
 				printed = printNewLog(e.stdout, repo, h, printed)
 				if st.State.Final() {
+					// The final block: jobs as a tree, artifacts, then the one-line summary.
+					fmt.Fprintln(e.stdout)
+					render.Terminal(e.stdout, st, render.TermOptions{Color: e.color(e.stdout), Ref: runRef})
 					fmt.Fprintf(e.stdout, "refci: %s in %s", st.State, render.Duration(st.DurationMS))
 					if st.Reason != "" {
 						fmt.Fprintf(e.stdout, ": %s", st.Reason)

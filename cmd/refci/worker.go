@@ -175,7 +175,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		Grace: cfg.Grace.Duration, Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
 		LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap,
 		Signer: id, RefciPath: self, Host: host, Version: version, Logger: logger,
-		Trust: signatureTrust(trusted), Secrets: opener.open,
+		Trust: signatureTrust(trusted), Secrets: opener.open, Page: renderPage,
 	})
 	stop, stopFn := context.WithCancel(ctx)
 	defer stopFn()

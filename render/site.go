@@ -1,0 +1,192 @@
+package render
+
+import (
+	"bytes"
+	_ "embed"
+	"fmt"
+	"html/template"
+	"strings"
+	"time"
+
+	"refci.dev/refci/queue"
+)
+
+// RunSummary is one run in the site's lists: what status.json says of
+// it, enough to list and filter it without reading the result again.
+// Href is the run page, relative to the site's root.
+type RunSummary struct {
+	Ref        string      `json:"ref"`
+	Commit     string      `json:"commit"`
+	Target     string      `json:"target"`
+	TargetRef  string      `json:"target_ref,omitempty"`
+	Request    string      `json:"request"`
+	Run        string      `json:"run"`
+	State      queue.State `json:"state"`
+	Reason     string      `json:"reason,omitempty"`
+	Started    time.Time   `json:"started"`
+	DurationMS int64       `json:"duration_ms"`
+	FailedJobs []string    `json:"failed_jobs,omitempty"`
+	Href       string      `json:"href"`
+}
+
+// SummaryOf summarises a status.
+func SummaryOf(s *queue.Status, ref, commit, href string) RunSummary {
+	sum := RunSummary{Ref: ref, Commit: commit, Target: s.Target, TargetRef: s.TargetRef, Request: s.Request, Run: s.Run,
+		State: s.State, Reason: oneLine(s.Reason), Started: s.Started, DurationMS: s.DurationMS, Href: href}
+	for _, j := range s.Jobs {
+		if j.State == queue.Failure {
+			sum.FailedJobs = append(sum.FailedJobs, Safe(j.Name))
+		}
+	}
+	return sum
+}
+
+// ListPage describes one list of runs: the whole site, one state, or one
+// commit's history. Root is the relative path from the page to the
+// site's root ("" or "../"). The whole-site list (Commit == "") starts
+// with the latest run of each request and since when its state holds.
+// A ListPage is a plain value; List only reads it.
+type ListPage struct {
+	Title  string
+	Root   string
+	Runs   []RunSummary // newest first
+	States []string     // the states with their own page, for links
+	Filter bool         // offer the client-side filters
+	// Commit, for a commit's history page: the commit. The page then
+	// says since when the newest state holds ("failure since ...").
+	Commit string
+}
+
+//go:embed list.tmpl
+var listTmpl string
+
+//go:embed list.js
+var listJS string
+
+var listTemplate = template.Must(template.New("list").Funcs(funcs).Funcs(template.FuncMap{
+	"esc": template.URLQueryEscaper,
+}).Parse(listTmpl))
+
+var listCSP = template.HTMLAttr(`content="` + csp(listJS) + `"`)
+
+// List renders a list page of runs, newest first, with filters by state,
+// request and branch that work in the page (script), and links to the
+// per-state and per-commit pages that work without script.
+func List(p ListPage) ([]byte, error) {
+	type row struct {
+		RunSummary
+		Short, Branch, StreakNote string
+	}
+	var rows []row
+	requests, branches := map[string]bool{}, map[string]bool{}
+	for i, r := range p.Runs {
+		r.Request, r.TargetRef, r.Run = Safe(r.Request), Safe(r.TargetRef), Safe(r.Run)
+		rw := row{RunSummary: r, Short: shortID(r.Target), Branch: r.TargetRef}
+		// Since when: in a history (one commit or request), the oldest run
+		// of the newest streak of the same state.
+		if p.Commit != "" && i == 0 {
+			k := i
+			for k+1 < len(p.Runs) && p.Runs[k+1].State == r.State {
+				k++
+			}
+			if k > i {
+				rw.StreakNote = fmt.Sprintf("%s since %s (%d runs)", r.State, p.Runs[k].Started.UTC().Format(time.RFC3339), k-i+1)
+			}
+		}
+		rows = append(rows, rw)
+		requests[r.Request] = true
+		if r.TargetRef != "" {
+			branches[r.TargetRef] = true
+		}
+	}
+	type reqRow struct {
+		row
+		Since time.Time
+		Runs  int
+	}
+	var summary []reqRow
+	if p.Commit == "" {
+		at := map[string]int{}
+		for _, rw := range rows {
+			i, seen := at[rw.Request]
+			if !seen {
+				at[rw.Request] = len(summary)
+				summary = append(summary, reqRow{row: rw, Since: rw.Started, Runs: 1})
+				continue
+			}
+			if sr := &summary[i]; sr.Runs > 0 && rw.State == sr.State {
+				sr.Since, sr.Runs = rw.Started, sr.Runs+1
+			} else if sr.Runs > 0 {
+				sr.Runs = -sr.Runs // the streak ended
+			}
+		}
+		for i := range summary {
+			if summary[i].Runs < 0 {
+				summary[i].Runs = -summary[i].Runs
+			}
+		}
+	}
+	d := struct {
+		ListPage
+		Summary            []reqRow
+		Rows               []row
+		Requests, Branches []string
+		CSP                template.HTMLAttr
+		CSS                template.CSS
+		JS                 template.JS
+	}{ListPage: p, Summary: summary, Rows: rows, Requests: sortedKeys(requests), Branches: sortedKeys(branches), CSP: listCSP,
+		CSS: template.CSS(pageCSS + listCSS), JS: template.JS(listJS)}
+	var b bytes.Buffer
+	b.Grow(len(p.Runs)*400 + 16<<10)
+	if err := listTemplate.Execute(&b, d); err != nil {
+		return nil, fmt.Errorf("render list: %w", err)
+	}
+	return b.Bytes(), nil
+}
+
+const listCSS = `
+table.runs{width:100%}table.runs td{border-top:1px solid var(--line);white-space:nowrap}
+table.runs td.why{white-space:normal;color:var(--mute)}
+.filters{margin:.6em 0}.filters label{margin-right:1em}.streak{font-weight:600}
+`
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	// small sets; insertion sort keeps this file free of another import
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j] < out[j-1]; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}
+
+var badgeColor = map[queue.State]string{
+	queue.Success: "#1a7f37", queue.Failure: "#cf222e", queue.Error: "#8250df",
+	queue.Cancelled: "#9a6700", queue.Running: "#0969da",
+}
+
+// Badge renders a small SVG badge "label | state" for READMEs. Text is
+// escaped; widths are estimated from the length (no font metrics), which
+// is close enough for Verdana 11px.
+func Badge(label string, s queue.State) []byte {
+	label = Safe(label)
+	state := string(s)
+	color := badgeColor[s]
+	if color == "" {
+		color = "#59636e"
+		state = "unknown"
+	}
+	lw := 6*len([]rune(label)) + 10
+	sw := 6*len(state) + 10
+	esc := template.HTMLEscapeString
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="20" role="img" aria-label="%s: %s">`, lw+sw, esc(label), state)
+	fmt.Fprintf(&b, `<title>%s: %s</title><rect width="%d" height="20" fill="#555"/><rect x="%d" width="%d" height="20" fill="%s"/>`, esc(label), state, lw, lw, sw, color)
+	fmt.Fprintf(&b, `<g fill="#fff" font-family="Verdana,DejaVu Sans,sans-serif" font-size="11" text-anchor="middle">`)
+	fmt.Fprintf(&b, `<text x="%d" y="14">%s</text><text x="%d" y="14">%s</text></g></svg>`+"\n", lw/2, esc(label), lw+sw/2, state)
+	return []byte(b.String())
+}
