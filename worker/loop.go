@@ -288,20 +288,31 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 	w.mu.Unlock()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	// Results are pushed by a goroutine of their own, one push at a time,
+	// so that a pass claiming new work and a push of finished work go on
+	// side by side.
+	flushDone := make(chan error, 1)
+	flushing := false
 	for {
 		stopping := stop.Err() != nil
-		if stopping && w.activeOn(rem) == 0 && w.outboxEmpty(rem) {
+		if !flushing && stopping && w.activeOn(rem) == 0 && w.outboxEmpty(rem) {
 			return
 		}
 		if abort.Err() != nil && w.activeOn(rem) == 0 {
+			if flushing {
+				<-flushDone
+			}
 			w.flushOutbox(context.WithoutCancel(abort), rem) // one last try
 			return
 		}
+		var flushErr error
 		select {
 		case <-timer.C:
 		case <-wake:
 			lastPoll = time.Time{}
 		case <-finished:
+		case flushErr = <-flushDone:
+			flushing = false
 		case <-stop.Done():
 			if !stopping {
 				continue
@@ -314,7 +325,9 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 		active := w.activeOn(rem)
 		// Poll on schedule, or early when the last poll filled every
 		// free place and the queue of claimed runs is running low.
-		if !stopping && (now.Sub(lastPoll) >= w.cfg.Poll || moreWaiting && active <= cap(w.slots)) {
+		if flushErr != nil {
+			err = flushErr
+		} else if !stopping && (now.Sub(lastPoll) >= w.cfg.Poll || moreWaiting && active <= cap(w.slots)) {
 			// An early poll for more work reuses the fetch that
 			// checked the last claims.
 			fetch := !moreWaiting || now.Sub(lastFetch) >= w.cfg.Poll
@@ -329,9 +342,10 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 		}
 		// Push results in batches while runs go on; at once when the
 		// last one is done.
-		if err == nil && (stopping || active == 0 || now.Sub(lastFlush) >= 300*time.Millisecond) {
+		if err == nil && !flushing && (stopping || active == 0 || now.Sub(lastFlush) >= 300*time.Millisecond) && !w.outboxEmpty(rem) {
 			lastFlush = now
-			err = w.flushOutbox(context.WithoutCancel(abort), rem)
+			flushing = true
+			go func() { flushDone <- w.flushOutbox(context.WithoutCancel(abort), rem) }()
 		}
 		next := tick
 		switch {
