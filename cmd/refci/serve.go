@@ -60,6 +60,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	maxPack := fs.String("max-pack", "1G", "largest pack a push may send (bytes, or with K, M, G)")
 	idle := fs.Duration("idle", 5*time.Minute, "close connections silent this long")
 	poll := fs.Duration("poll", 30*time.Second, "how often the embedded worker polls without being woken")
+	noWorker := fs.Bool("no-worker", false, "serve git only; requests wait for workers elsewhere (refci worker --remote ssh://...)")
 	verbose := fs.Bool("v", false, "log debug details")
 	if _, code, ok := parse(e, fs, args, 0); !ok {
 		return code
@@ -144,6 +145,9 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		Trust:  trust.decide(lay.repos),
 	})
 	addRepo := func(name string) {
+		if *noWorker {
+			return
+		}
 		path := filepath.Join(lay.repos, filepath.FromSlash(name))
 		rem, err := gitproto.OpenRemote(path, filepath.Join(lay.cache, cacheName(path)), nil)
 		if err != nil {
@@ -162,7 +166,10 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	}
 
 	policy := &rolesPolicy{file: access, log: logger}
-	recv := &receiver{access: access, trust: trust, worker: w, log: logger}
+	recv := &receiver{access: access, trust: trust, log: logger}
+	if !*noWorker {
+		recv.worker = w
+	}
 	srv, err := sshd.New(sshd.Config{
 		Root: lay.repos, StateDir: lay.state, HostKey: hostKey, Policy: policy,
 		Logger:      logger.With("component", "ssh"),
@@ -197,11 +204,15 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		go httpSrv.Serve(hl)
 	}
 
+	shown := *conc
+	if *noWorker {
+		shown = 0
+	}
 	writeBanner(e.stdout, bannerInfo{
 		Data: lay.root, Roles: lay.roles, Admins: adminNotes, Addr: ln.Addr().String(),
 		HostKey: strings.TrimSpace(string(gossh.MarshalAuthorizedKey(hostKey.PublicKey()))),
 		HostFP:  gossh.FingerprintSHA256(hostKey.PublicKey()), Signer: id.Fingerprint(), Repos: repos,
-		Concurrency: *conc, HTTP: httpURL,
+		Concurrency: shown, HTTP: httpURL,
 	})
 
 	stop, stopFn := context.WithCancel(ctx)
@@ -231,7 +242,11 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		}
 	}()
 	workerDone := make(chan error, 1)
-	go func() { workerDone <- w.Run(stop, abort) }()
+	if *noWorker {
+		go func() { <-stop.Done(); workerDone <- nil }()
+	} else {
+		go func() { workerDone <- w.Run(stop, abort) }()
+	}
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve(ln) }()
 	logger.Info("serving", "ssh", ln.Addr().String(), "data", lay.root, "key", id.Fingerprint(), "concurrency", *conc)
@@ -291,7 +306,11 @@ func writeBanner(w io.Writer, b bannerInfo) {
 		fmt.Fprintf(w, "  admin:     %s\n", a)
 	}
 	fmt.Fprintf(w, "  host key:  %s\n", b.HostFP)
-	fmt.Fprintf(w, "  results signed by %s; embedded worker runs %d at once\n", b.Signer, b.Concurrency)
+	if b.Concurrency > 0 {
+		fmt.Fprintf(w, "  results signed by %s; embedded worker runs %d at once\n", b.Signer, b.Concurrency)
+	} else {
+		fmt.Fprintf(w, "  no embedded worker (--no-worker): requests wait for workers elsewhere\n")
+	}
 	if len(b.Repos) > 0 {
 		fmt.Fprintf(w, "  repositories: %s\n", strings.Join(b.Repos, " "))
 	}
@@ -616,7 +635,9 @@ func (rc *receiver) onReceive(ctx context.Context, r *sshd.Receive) string {
 	if len(names) == 0 {
 		return strings.Join(msgs, "\n")
 	}
-	rc.worker.Poke(r.Path)
+	if rc.worker != nil {
+		rc.worker.Poke(r.Path)
+	}
 	note := ""
 	if trusted {
 		note = " (trusted)"
