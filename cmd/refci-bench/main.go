@@ -36,6 +36,7 @@ func main() {
 		{"dispatch", benchDispatch},
 		{"pollcost", benchPollCost},
 		{"concurrent", benchConcurrent},
+		{"serve", benchServe},
 	}
 	fmt.Printf("refci-bench: %s, %d runs each, machine: %s\n\n", bin, *n, machine())
 	for _, b := range benches {
