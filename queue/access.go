@@ -98,7 +98,8 @@ func (r Roles) MayCreate() bool { return r&RoleAdmin != 0 }
 func (r Roles) Trusted() bool { return r&(RoleTrusted|RoleAdmin) != 0 }
 
 // MayUpdate checks one ref update: creating, moving or (deleting) removing
-// ref. The error says which role would be needed.
+// ref. The error says which role would be needed; the caller names the
+// ref.
 func (r Roles) MayUpdate(ref string, deleting bool) error {
 	switch {
 	case r&RoleAdmin != 0:
@@ -108,16 +109,16 @@ func (r Roles) MayUpdate(ref string, deleting bool) error {
 			return nil
 		}
 		if r&RoleWorker != 0 {
-			return fmt.Errorf("%s: a worker key may only delete requests it ran; pushing requests needs the trigger role (this key has %s)", ref, r)
+			return fmt.Errorf("a worker key may only delete requests it ran; pushing requests needs the trigger role (this key has %s)", r)
 		}
-		return fmt.Errorf("%s: pushing requests needs the trigger role (this key has %s)", ref, r)
+		return fmt.Errorf("pushing requests needs the trigger role (this key has %s)", r)
 	case strings.HasPrefix(ref, ClaimsPrefix), strings.HasPrefix(ref, RunsPrefix):
 		if r&RoleWorker != 0 {
 			return nil
 		}
-		return fmt.Errorf("%s: only worker and admin keys may write claims and runs (this key has %s)", ref, r)
+		return fmt.Errorf("only worker and admin keys may write claims and runs (this key has %s)", r)
 	default:
-		return fmt.Errorf("%s: only admin keys may write this ref (this key has %s); requests go to %s<name>", ref, r, RequestsPrefix)
+		return fmt.Errorf("only admin keys may write this ref (this key has %s); requests go to %s<name>", r, RequestsPrefix)
 	}
 }
 

@@ -59,8 +59,8 @@ func TestRolesMayUpdate(t *testing.T) {
 		if (err == nil) != c.ok {
 			t.Errorf("%s update %s (delete %v): err %v, want ok=%v", c.roles, c.ref, c.deleting, err, c.ok)
 		}
-		if err != nil && !strings.Contains(err.Error(), c.ref) {
-			t.Errorf("the refusal %q does not name the ref", err)
+		if err != nil && !strings.Contains(err.Error(), "this key has "+c.roles) {
+			t.Errorf("the refusal %q does not say the key's roles", err)
 		}
 	}
 	if _, err := ParseRoles("owner"); err == nil || !strings.Contains(err.Error(), "read, trigger") {

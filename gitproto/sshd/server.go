@@ -28,7 +28,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -267,9 +266,21 @@ func identity(sess ssh.Session) (Identity, error) {
 	return Identity{Fingerprint: gossh.FingerprintSHA256(key), Key: key, User: sess.User(), Addr: sess.RemoteAddr().String()}, nil
 }
 
-// gitProtocol is what GIT_PROTOCOL may hold: key=value pairs separated by
-// colons (e.g. version=2).
-var gitProtocol = regexp.MustCompile(`^[A-Za-z0-9._=:-]{1,64}$`)
+// validGitProtocol reports whether v may be passed on as GIT_PROTOCOL:
+// key=value pairs separated by colons (e.g. version=2), nothing else.
+// (Checked by hand: a regexp compiled at start-up costs every refci
+// process, and the hook client is one.)
+func validGitProtocol(v string) bool {
+	if v == "" || len(v) > 64 {
+		return false
+	}
+	for _, c := range v {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("._=:-", c)) {
+			return false
+		}
+	}
+	return true
+}
 
 // fail tells the client what went wrong and ends the session.
 func fail(sess ssh.Session, code int, format string, args ...any) {
@@ -422,7 +433,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 func (s *Server) serveGit(sess ssh.Session, log *slog.Logger, id Identity, name, path string, push bool) {
 	protocol := ""
 	for _, kv := range sess.Environ() {
-		if v, ok := strings.CutPrefix(kv, "GIT_PROTOCOL="); ok && gitProtocol.MatchString(v) {
+		if v, ok := strings.CutPrefix(kv, "GIT_PROTOCOL="); ok && validGitProtocol(v) {
 			protocol = v
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -493,7 +494,22 @@ func TestConcurrentPushesToOneRef(t *testing.T) {
 	if wins != 1 {
 		t.Errorf("%d pushes won, want exactly 1:\n%s", wins, tail(strings.Join(outs, "\n")))
 	}
+	// Plain forced pushes racing on one request: each lands whole or not
+	// at all, and the ref ends on one of the pushed commits.
+	wg = sync.WaitGroup{}
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			admin.run("git", "push", "-q", admin.url+"/app.git", "+"+commits[i]+":refs/ci/requests/y")
+		}()
+	}
+	wg.Wait()
 	bare := filepath.Join(ts.root, "repos", "app.git")
+	yv, _ := exec.Command("git", "-C", bare, "rev-parse", "refs/ci/requests/y").Output()
+	if !slices.Contains(commits, strings.TrimSpace(string(yv))) {
+		t.Errorf("after forced racing pushes the request holds %q", yv)
+	}
 	if out, err := exec.Command("git", "-C", bare, "fsck", "--strict").CombinedOutput(); err != nil {
 		t.Errorf("git fsck: %v\n%s", err, out)
 	}
@@ -566,5 +582,14 @@ func TestShutdownDrainsSessionsAndLimits(t *testing.T) {
 	<-second
 	if _, err := os.Stat(ts.srv.hooks.path); err == nil {
 		t.Error("the hook socket outlived the server")
+	}
+}
+
+func TestValidGitProtocol(t *testing.T) {
+	for v, ok := range map[string]bool{"version=2": true, "version=2:object-format=sha256": true, "": false,
+		"version=2\nGIT_DIR=/": false, "a b": false, "x;id": false, strings.Repeat("a", 65): false} {
+		if validGitProtocol(v) != ok {
+			t.Errorf("validGitProtocol(%q) = %v", v, !ok)
+		}
 	}
 }
