@@ -172,11 +172,11 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	}
 	srv, err := sshd.New(sshd.Config{
 		Root: lay.repos, StateDir: lay.state, HostKey: hostKey, Policy: policy,
-		Logger:      logger.With("component", "ssh"),
-		CheckPush:   checkPushOptions,
-		OnReceive:   recv.onReceive,
-		OnCreate:    func(name, _ string) { addRepo(name) },
-		MaxSessions: *maxSessions, MaxPackBytes: packBytes, IdleTimeout: *idle,
+		Logger:           logger.With("component", "ssh"),
+		CheckPushOptions: checkPushOptions,
+		OnReceive:        recv.onReceive,
+		OnCreate:         func(name, _ string) { addRepo(name) },
+		MaxSessions:      *maxSessions, MaxPackBytes: packBytes, IdleTimeout: *idle,
 		HookCommand: []string{self, sshd.HookArg},
 	})
 	if err != nil {

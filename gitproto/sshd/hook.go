@@ -8,7 +8,8 @@ package sshd
 // together with the per-session random token the server put into the
 // environment of that receive-pack only, and prints the server's answer.
 //
-//	pre-receive   all updates and the push options: Config.CheckPush
+//	pre-receive   all updates and the push options: Config.CheckPushOptions
+//	              (only when the push carries options; the script checks)
 //	update        one ref: Policy.AllowRef (a refusal names the ref in the push report)
 //	post-receive  the applied updates: Config.OnReceive
 //
@@ -119,7 +120,12 @@ func writeHooks(stateDir string, command []string) (string, error) {
 		quoted[i] = "'" + strings.ReplaceAll(c, "'", `'\''`) + "'"
 	}
 	for _, h := range []string{"pre-receive", "update", "post-receive"} {
-		script := "#!/bin/sh\n# written by refci serve; rewritten at each start\nexec " + strings.Join(quoted, " ") + " " + h + " \"$@\"\n"
+		script := "#!/bin/sh\n# written by refci serve; rewritten at each start\n"
+		if h == "pre-receive" {
+			// Only push options need a look before the refs are updated.
+			script += "[ \"${GIT_PUSH_OPTION_COUNT:-0}\" = 0 ] && exit 0\n"
+		}
+		script += "exec " + strings.Join(quoted, " ") + " " + h + " \"$@\"\n"
 		p := filepath.Join(dir, h)
 		tmp := p + ".tmp"
 		if err := os.WriteFile(tmp, []byte(script), 0o700); err != nil {
@@ -251,14 +257,14 @@ func (hs *hookServer) answer(req *hookRequest) hookResponse {
 	srv := hs.srv
 	switch req.Hook {
 	case "pre-receive":
-		if srv.cfg.CheckPush == nil {
+		if srv.cfg.CheckPushOptions == nil {
 			return hookResponse{OK: true}
 		}
 		ups, err := parseUpdates(req.Stdin)
 		if err != nil {
 			return hookResponse{Message: "refci: " + err.Error()}
 		}
-		if err := srv.cfg.CheckPush(s.id, s.repo, ups, req.Options); err != nil {
+		if err := srv.cfg.CheckPushOptions(s.id, s.repo, ups, req.Options); err != nil {
 			return hookResponse{Message: "refci: push refused: " + err.Error()}
 		}
 		return hookResponse{OK: true}

@@ -110,10 +110,12 @@ type Config struct {
 	Policy   Policy
 	Logger   *slog.Logger
 
-	// CheckPush, when set, is called once per push before any ref is
-	// updated, with every update and the push options; an error refuses
-	// the whole push (e.g. an unknown push option).
-	CheckPush func(id Identity, repo string, updates []RefUpdate, options []string) error
+	// CheckPushOptions, when set, is called once per push that carries
+	// push options (git push -o), before any ref is updated, with every
+	// update and the options; an error refuses the whole push (e.g. an
+	// unknown option). Pushes without options do not call it (and so
+	// cost one hook process less).
+	CheckPushOptions func(id Identity, repo string, updates []RefUpdate, options []string) error
 	// OnReceive, when set, is called after a push updated refs, before
 	// the client's git exits; what it returns is shown to the client.
 	OnReceive func(ctx context.Context, r *Receive) string
@@ -138,10 +140,12 @@ type Server struct {
 	hooks    *hookServer
 	slots    chan struct{}
 
-	mu       sync.Mutex
-	draining bool
-	sessions sync.WaitGroup
-	createMu sync.Mutex
+	mu        sync.Mutex
+	draining  bool
+	gcRunning map[string]bool // repositories with a git gc --auto running
+	gcs       sync.WaitGroup
+	sessions  sync.WaitGroup
+	createMu  sync.Mutex
 }
 
 // New prepares a server: the state directory, the hook scripts and the
@@ -240,6 +244,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.srv.Close()
 	s.sessions.Wait()
+	s.gcs.Wait()
 	s.hooks.close()
 	return err
 }
@@ -450,6 +455,9 @@ func (s *Server) serveGit(sess ssh.Session, log *slog.Logger, id Identity, name,
 			"-c", "receive.denyDeletes=false",
 			"-c", "receive.denyNonFastForwards=false",
 			"-c", "receive.maxInputSize=" + strconv.FormatInt(s.cfg.MaxPackBytes, 10),
+			// No `git gc --auto` while the client waits: the server runs
+			// it after the session (see housekeeping).
+			"-c", "receive.autogc=false",
 			"-c", "core.logAllRefUpdates=false",
 			"receive-pack", path,
 		}
@@ -520,10 +528,44 @@ func (s *Server) serveGit(sess ssh.Session, log *slog.Logger, id Identity, name,
 		updated, refused := hs.refs()
 		attrs = append(attrs, "updated", strings.Join(updated, " "), "refused", strings.Join(refused, " "))
 		log.Info("git push", attrs...)
+		if len(updated) > 0 {
+			s.housekeeping(name, path)
+		}
 	} else {
 		log.Info("git fetch", attrs...)
 	}
 	sess.Exit(code)
+}
+
+// housekeeping runs `git gc --auto` on a repository after a push, in the
+// background and at most once at a time per repository, instead of
+// receive-pack running it while the client waits.
+func (s *Server) housekeeping(name, path string) {
+	s.mu.Lock()
+	if s.gcRunning == nil {
+		s.gcRunning = map[string]bool{}
+	}
+	if s.gcRunning[name] || s.draining {
+		s.mu.Unlock()
+		return
+	}
+	s.gcRunning[name] = true
+	s.gcs.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.gcs.Done()
+		defer func() {
+			s.mu.Lock()
+			delete(s.gcRunning, name)
+			s.mu.Unlock()
+		}()
+		cmd := exec.Command("git", "-c", "core.hooksPath=/dev/null", "gc", "--auto", "--quiet")
+		cmd.Dir = path
+		cmd.Env = s.gitEnv("")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			s.log.Warn("git gc --auto failed", "repo", name, "err", err, "output", truncate(string(out), 500))
+		}
+	}()
 }
 
 func truncate(s string, n int) string {

@@ -109,7 +109,7 @@ func startServer(t *testing.T, mod func(*Config)) *testServer {
 	cfg := Config{
 		Root: filepath.Join(root, "repos"), StateDir: filepath.Join(root, "state"), HostKey: signer,
 		Policy: ts.policy, Logger: slog.New(slog.NewTextHandler(ts.logs, nil)),
-		CheckPush: func(id Identity, repo string, ups []RefUpdate, opts []string) error {
+		CheckPushOptions: func(id Identity, repo string, ups []RefUpdate, opts []string) error {
 			for _, o := range opts {
 				if o == "bad" {
 					return errors.New("push option \"bad\" is not known")
