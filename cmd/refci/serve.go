@@ -55,7 +55,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	fs.Var(&admins, "admin", "an OpenSSH public key file whose key becomes admin (repeatable; default ~/.ssh/*.pub on first start)")
 	rolesFile := fs.String("roles", "", "the roles file (default DATA/roles; see README, 'refci serve')")
 	conc := fs.Int("concurrency", 0, "pipelines the embedded worker runs at once (default: the number of CPUs; 0 workers is not possible)")
-	httpAddr := fs.String("http", "", "also serve the static viewer read-only on this address (e.g. 127.0.0.1:8080)")
+	httpAddr := fs.String("http", "", "also serve the static viewer read-only on this address (e.g. 8080 or 127.0.0.1:8080; loopback unless a host is given)")
 	maxSessions := fs.Int("max-sessions", 64, "git sessions at once; more wait up to 10 s")
 	maxPack := fs.String("max-pack", "1G", "largest pack a push may send (bytes, or with K, M, G)")
 	idle := fs.Duration("idle", 5*time.Minute, "close connections silent this long")
@@ -192,6 +192,11 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	var httpSrv *http.Server
 	httpURL := ""
 	if *httpAddr != "" {
+		if h, p, err := net.SplitHostPort(*httpAddr); err == nil && h == "" {
+			*httpAddr = net.JoinHostPort("127.0.0.1", p) // loopback unless told otherwise
+		} else if err != nil && !strings.Contains(*httpAddr, ":") {
+			*httpAddr = net.JoinHostPort("127.0.0.1", *httpAddr)
+		}
 		hl, err := net.Listen("tcp", *httpAddr)
 		if err != nil {
 			ln.Close()

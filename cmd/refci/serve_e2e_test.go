@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -332,7 +333,23 @@ func must[T any](v T, err error) T {
 // Remote workers poll the endpoint over ssh with a worker key; SIGTERM
 // lets a running pipeline finish and publishes its result.
 func TestServeRemoteWorkerAndGracefulStop(t *testing.T) {
-	sv := startServe(t, "--no-worker")
+	sv := startServe(t, "--no-worker", "--http", "0")
+	// The viewer directory is served read-only on loopback.
+	m := regexp.MustCompile(`viewer:    (http://127\.0\.0\.1:\d+/)`).FindStringSubmatch(sv.out.String())
+	if m == nil {
+		t.Fatalf("no viewer URL in the banner:\n%s", sv.out.String())
+	}
+	os.WriteFile(filepath.Join(sv.data, "www", "index.html"), []byte("runs"), 0o644)
+	if resp, err := http.Get(m[1]); err != nil || resp.StatusCode != 200 {
+		t.Errorf("GET viewer: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if resp, err := http.Post(m[1]+"index.html", "text/plain", strings.NewReader("x")); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST viewer: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	sv.pipeline("sleep 1\necho done\n")
 	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/r1")
 	wk, _ := sshKey(t, sv.root, "worker")
