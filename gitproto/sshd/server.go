@@ -42,8 +42,8 @@ import (
 	"refci.dev/refci/gitproto"
 )
 
-// Identity is who a session is: the key it authenticated with.
-// Plain value.
+// Identity is who a session is: the key it authenticated with. The zero
+// value names nobody. Plain value, safe to copy and share.
 type Identity struct {
 	Fingerprint string          // SHA256:... as ssh-keygen -lf prints it
 	Key         gossh.PublicKey // the verified key
@@ -51,7 +51,8 @@ type Identity struct {
 	Addr        string          // the client's address
 }
 
-// Op is what a session wants to do with a repository.
+// Op is what a session wants to do with a repository; the zero value is
+// OpRead.
 type Op int
 
 // The operations a Policy is asked about.
@@ -66,7 +67,7 @@ func (o Op) String() string {
 }
 
 // RefUpdate is one ref a push changes. Old is the zero id for a new ref,
-// New the zero id for a deletion (full hex object ids).
+// New the zero id for a deletion (full hex object ids). Plain value.
 type RefUpdate struct {
 	Name, Old, New string
 }
@@ -92,7 +93,8 @@ type Policy interface {
 	AllowRef(id Identity, repo string, u RefUpdate) error
 }
 
-// Receive is a successful push, as Config.OnReceive gets it.
+// Receive is a successful push, as Config.OnReceive gets it. Read-only
+// for the callback; not shared after it returns.
 type Receive struct {
 	ID          Identity
 	Repo        string      // clean repository name
@@ -102,7 +104,8 @@ type Receive struct {
 }
 
 // Config configures a Server. Root, StateDir, HostKey and Policy are
-// required; zero limits mean the defaults.
+// required; zero limits mean the defaults; nil callbacks are skipped.
+// The callbacks are called from many sessions at once.
 type Config struct {
 	Root     string // directory holding the bare repositories
 	StateDir string // private directory (made 0700) for the hooks and the hook socket
@@ -130,8 +133,9 @@ type Config struct {
 	HookCommand []string
 }
 
-// Server is the SSH endpoint. Make it with New, then Serve; Shutdown
-// stops it. Safe for concurrent use.
+// Server is the SSH endpoint. Make it with New (the zero value is not
+// usable), then Serve; Shutdown or Close stops it. Safe for concurrent
+// use.
 type Server struct {
 	cfg      Config
 	log      *slog.Logger
@@ -217,10 +221,46 @@ func New(cfg Config) (*Server, error) {
 
 type verifiedKey struct{}
 
+// limitListener closes connections beyond its capacity as they arrive,
+// so unauthenticated clients cannot pile up connections.
+type limitListener struct {
+	net.Listener
+	slots chan struct{}
+	log   *slog.Logger
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.slots <- struct{}{}:
+			return &limitConn{Conn: c, release: func() { <-l.slots }}, nil
+		default:
+			l.log.Warn("too many connections; closed one", "addr", c.RemoteAddr().String(), "max", cap(l.slots))
+			c.Close()
+		}
+	}
+}
+
+type limitConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
+}
+
 // Serve accepts connections on ln until Shutdown or Close. It returns
-// nil after a Shutdown.
+// nil after a Shutdown. At most four times MaxSessions connections are
+// open at once (authenticated or not); more are closed at once.
 func (s *Server) Serve(ln net.Listener) error {
-	err := s.srv.Serve(ln)
+	err := s.srv.Serve(&limitListener{Listener: ln, slots: make(chan struct{}, 4*s.cfg.MaxSessions), log: s.log})
 	if errors.Is(err, ssh.ErrServerClosed) {
 		return nil
 	}

@@ -593,3 +593,44 @@ func TestValidGitProtocol(t *testing.T) {
 		}
 	}
 }
+
+func TestConnectionLimit(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxSessions = 1 })
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	// Four idle, unauthenticated connections fill the server (4 x MaxSessions).
+	var conns []net.Conn
+	for i := 0; i < 4; i++ {
+		c, err := net.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 8)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(buf); err != nil { // the server's version line: accepted
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	if out, err := admin.run("git", "ls-remote", admin.url+"/app.git"); err == nil {
+		t.Errorf("a fifth connection was served:\n%s", out)
+	}
+	conns[0].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := admin.run("git", "ls-remote", admin.url+"/app.git"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a closed connection did not free its place")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, c := range conns[1:] {
+		c.Close()
+	}
+	if !strings.Contains(ts.logs.String(), "too many connections") {
+		t.Error("the refusal was not logged")
+	}
+}
