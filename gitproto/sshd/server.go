@@ -530,10 +530,9 @@ func (s *Server) serveGit(sess ssh.Session, log *slog.Logger, id Identity, name,
 		fail(sess, 1, "the server could not start git")
 		return
 	}
-	var in atomic.Int64
+	in := &sniffer{r: sess}
 	go func() {
-		n, _ := io.Copy(stdin, sess)
-		in.Add(n)
+		io.Copy(stdin, in)
 		stdin.Close()
 	}()
 	waited := make(chan error, 1)
@@ -560,7 +559,7 @@ func (s *Server) serveGit(sess ssh.Session, log *slog.Logger, id Identity, name,
 			code = ee.ExitCode()
 		}
 	}
-	attrs := []any{"duration_ms", time.Since(t0).Milliseconds(), "bytes_in", in.Load(), "bytes_out", out.n.Load(), "exit", code}
+	attrs := []any{"duration_ms", time.Since(t0).Milliseconds(), "bytes_in", in.n.Load(), "bytes_out", out.n.Load(), "exit", code}
 	if protocol != "" {
 		attrs = append(attrs, "protocol", protocol)
 	}
@@ -572,7 +571,11 @@ func (s *Server) serveGit(sess ssh.Session, log *slog.Logger, id Identity, name,
 			s.housekeeping(name, path)
 		}
 	} else {
-		log.Info("git fetch", attrs...)
+		prefixes, wants := in.summary()
+		if len(prefixes) > 0 {
+			attrs = append(attrs, "refs", strings.Join(prefixes, " "))
+		}
+		log.Info("git fetch", append(attrs, "wants", wants)...)
 	}
 	sess.Exit(code)
 }

@@ -278,6 +278,7 @@ func TestPushCreateCloneFetch(t *testing.T) {
 	if got := strings.TrimSpace(reader.must("git", "rev-list", "--count", "HEAD")); got != "3" {
 		t.Errorf("clone has %s commits", got)
 	}
+	reader.must("git", "fetch", "-q", "origin", "+refs/ci/*:refs/ci/*")
 	// A shallow clone and a partial clone work.
 	sh := ts.client("shallow", "r")
 	sh.must("git", "clone", "-q", "--depth=1", sh.url+"/app.git", sh.repo)
@@ -306,7 +307,7 @@ func TestPushCreateCloneFetch(t *testing.T) {
 		t.Error("new.git exists")
 	}
 	logs := ts.logs.String()
-	for _, want := range []string{"msg=\"git push\" key=" + admin.fp, "repo=app.git", "updated=refs/heads/main", "msg=\"git fetch\" key=" + reader.fp, `protocol="version=2"`, "msg=\"repository created\""} {
+	for _, want := range []string{"msg=\"git push\" key=" + admin.fp, "repo=app.git", "updated=refs/heads/main", "msg=\"git fetch\" key=" + reader.fp, `protocol="version=2"`, "msg=\"repository created\"", `refs="refs/ci/ refs/tags/" wants=0`, `refs="HEAD refs/heads/ refs/tags/" wants=`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("the log lacks %q:\n%s", want, logs)
 		}
