@@ -26,6 +26,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -291,6 +292,7 @@ func (hs *hookServer) answer(req *hookRequest) hookResponse {
 		if len(ups) == 0 {
 			return hookResponse{OK: true}
 		}
+		fixHead(s.path, ups)
 		s.mu.Lock()
 		for _, u := range ups {
 			s.updated = append(s.updated, u.Name)
@@ -335,6 +337,36 @@ func (s *hookSession) confirm(ups []RefUpdate) []RefUpdate {
 		out = append(out, u)
 	}
 	return out
+}
+
+// fixHead points HEAD of a repository whose HEAD names a missing branch
+// (a new repository whose first push was not main) at the first branch
+// the push created, as forges do, so clones check something out.
+func fixHead(path string, ups []RefUpdate) {
+	b, err := os.ReadFile(filepath.Join(path, "HEAD"))
+	if err != nil {
+		return
+	}
+	target, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "ref: ")
+	if !ok {
+		return
+	}
+	repo, err := openRepo(path)
+	if err != nil {
+		return
+	}
+	if _, err := repo.RefHash(target); err == nil {
+		return
+	}
+	for _, u := range ups {
+		if strings.HasPrefix(u.Name, "refs/heads/") && !u.Deleting() {
+			cmd := exec.Command("git", "symbolic-ref", "HEAD", u.Name)
+			cmd.Dir = path
+			cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null", "HOME=" + path}
+			cmd.Run()
+			return
+		}
+	}
 }
 
 // parseUpdates reads "old new ref" lines as pre- and post-receive get them.

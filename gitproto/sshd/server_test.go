@@ -298,6 +298,13 @@ func TestPushCreateCloneFetch(t *testing.T) {
 	if out, err := reader.run("git", "push", "origin", "HEAD:refs/heads/x"); err == nil || !strings.Contains(out, "may not push app.git") {
 		t.Errorf("a read-only key pushed: %v\n%s", err, out)
 	}
+	// A new repository whose first branch is not main gets HEAD on it.
+	admin.must("git", "push", "-q", admin.url+"/trunk.git", "main:trunk")
+	tr := ts.client("trunk", "r")
+	tr.must("git", "clone", "-q", tr.url+"/trunk.git", tr.repo)
+	if b := strings.TrimSpace(tr.must("git", "branch", "--show-current")); b != "trunk" {
+		t.Errorf("clone of a repository with only trunk checked out %q", b)
+	}
 	pusher := ts.client("pusher", "rw")
 	pusher.initRepo(1)
 	if out, err := pusher.run("git", "push", pusher.url+"/new.git", "main"); err == nil || !strings.Contains(out, "new.git does not exist") {
