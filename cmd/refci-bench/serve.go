@@ -162,39 +162,54 @@ func benchServe(_ context.Context, bin string, n int) error {
 	dirs := make([]string, conc)
 	for i := range dirs {
 		dirs[i] = filepath.Join(w.root, fmt.Sprintf("f%d", i))
-		if _, err := sh(w.root, w.env, "", "git", "init", "-q", "--bare", dirs[i]); err != nil {
-			return err
-		}
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	failures := 0
-	var firstErr error
-	var each []time.Duration
-	t0 := time.Now()
-	for i := 0; i < conc; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s := time.Now()
-			_, err := sh(dirs[i], env, "", "git", "fetch", "-q", url, "+refs/heads/*:refs/heads/*", "+refs/ci/*:refs/ci/*")
-			mu.Lock()
-			defer mu.Unlock()
-			each = append(each, time.Since(s))
-			if err != nil {
-				failures++
-				if firstErr == nil {
-					firstErr = err
-				}
+	fetchAll := func(u string) (time.Duration, []time.Duration, int, error) {
+		for _, d := range dirs {
+			os.RemoveAll(d)
+			if _, err := sh(w.root, w.env, "", "git", "init", "-q", "--bare", d); err != nil {
+				return 0, nil, 0, err
 			}
-		}()
+		}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		failures := 0
+		var firstErr error
+		var each []time.Duration
+		t0 := time.Now()
+		for i := 0; i < conc; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s := time.Now()
+				_, err := sh(dirs[i], env, "", "git", "fetch", "-q", u, "+refs/heads/*:refs/heads/*", "+refs/ci/*:refs/ci/*")
+				mu.Lock()
+				defer mu.Unlock()
+				each = append(each, time.Since(s))
+				if err != nil {
+					failures++
+					if firstErr == nil {
+						firstErr = err
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return time.Since(t0), each, failures, firstErr
 	}
-	wg.Wait()
-	total := time.Since(t0)
-	fmt.Printf("== %d concurrent fetches of app.git (%d refs) over ssh\n", conc, countRefs(filepath.Join(data, "repos", "app.git"), w.env))
-	fmt.Printf("  all done in %s, %d failed; each: %s\n", ms(total), failures, summarise(each))
-	if firstErr != nil {
-		fmt.Printf("  first failure: %v\n", firstErr)
+	fmt.Printf("== %d concurrent fetches of app.git (%d refs), beside the same over file://\n", conc, countRefs(filepath.Join(data, "repos", "app.git"), w.env))
+	for _, u := range []string{url, "file://" + filepath.Join(data, "repos", "app.git")} {
+		total, each, failures, firstErr := fetchAll(u)
+		if firstErr != nil && failures == conc {
+			return firstErr
+		}
+		kind := "ssh:    "
+		if strings.HasPrefix(u, "file") {
+			kind = "file://:"
+		}
+		fmt.Printf("  %s all done in %s, %d failed; each: %s\n", kind, ms(total), failures, summarise(each))
+		if firstErr != nil {
+			fmt.Printf("  first failure: %v\n", firstErr)
+		}
 	}
 	fmt.Println()
 	return nil
