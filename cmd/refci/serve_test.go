@@ -113,3 +113,53 @@ func TestViewerIsReadOnly(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+func TestEnsureAdmins(t *testing.T) {
+	dir := t.TempDir()
+	home := filepath.Join(dir, "home")
+	os.MkdirAll(filepath.Join(home, ".ssh"), 0o700)
+	a, aFP := sshKey(t, filepath.Join(home, ".ssh"), "id_ed25519")
+	_, bFP := sshKey(t, filepath.Join(home, ".ssh"), "id_other")
+	roles := filepath.Join(dir, "roles")
+	notes, err := ensureAdmins(roles, nil, home)
+	if err != nil || len(notes) != 2 || !strings.Contains(notes[0], aFP+" (from "+a+".pub)") {
+		t.Fatalf("first start: %v %v", notes, err)
+	}
+	acc, err := queue.NewAccessFile(roles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, _ := acc.Load()
+	if l.Roles(aFP, "") != queue.RoleAdmin || l.Roles(bFP, "") != queue.RoleAdmin {
+		t.Error("the user's keys are not admins")
+	}
+	if b, _ := os.ReadFile(roles); !strings.HasPrefix(string(b), "# refci serve: who may do what") {
+		t.Errorf("no header:\n%s", b)
+	}
+	// Later starts take the file as it is.
+	notes, err = ensureAdmins(roles, nil, filepath.Join(dir, "nobody"))
+	if err != nil || len(notes) != 2 || !strings.Contains(notes[0], "(from "+roles+")") {
+		t.Errorf("second start: %v %v", notes, err)
+	}
+	// --admin adds a key once.
+	c, cFP := sshKey(t, dir, "carol")
+	for i := 0; i < 2; i++ {
+		if _, err := ensureAdmins(roles, []string{c + ".pub"}, home); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, _ := os.ReadFile(roles); strings.Count(string(b), "carol") != 1 {
+		t.Errorf("carol added %d times:\n%s", strings.Count(string(b), "carol"), b)
+	}
+	l, _ = acc.Load()
+	if l.Roles(cFP, "") != queue.RoleAdmin {
+		t.Error("--admin key is not admin")
+	}
+	os.WriteFile(filepath.Join(dir, "bad.pub"), []byte("not a key\n"), 0o600)
+	if _, err := ensureAdmins(roles, []string{filepath.Join(dir, "bad.pub")}, home); err == nil || !strings.Contains(err.Error(), "not an OpenSSH public key") {
+		t.Errorf("bad key file: %v", err)
+	}
+	if _, err := ensureAdmins(filepath.Join(dir, "roles2"), nil, filepath.Join(dir, "nobody")); err == nil || !strings.Contains(err.Error(), "no admin key") {
+		t.Errorf("no keys anywhere: %v", err)
+	}
+}
