@@ -642,3 +642,30 @@ func TestConnectionLimit(t *testing.T) {
 		t.Error("the refusal was not logged")
 	}
 }
+
+func TestIdleConnectionsAreClosed(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.IdleTimeout = time.Second })
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	// A client that opens upload-pack and then says nothing.
+	cmd := exec.Command("ssh", append(strings.Fields(admin.sshCommand())[1:], "-p", ts.port(), "git@127.0.0.1", "git-upload-pack '/app.git'")...)
+	cmd.Env = admin.env
+	stdin, _ := cmd.StdinPipe()
+	defer stdin.Close()
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+		if el := time.Since(t0); el < 900*time.Millisecond {
+			t.Errorf("closed after %s, before the idle time", el)
+		}
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("an idle session was still open after 15 s (idle time 1 s)")
+	}
+}
