@@ -73,15 +73,15 @@ func TestPushOptionsAndSizes(t *testing.T) {
 func TestTrustStoreKeepsTheNewest(t *testing.T) {
 	ts := &trustStore{dir: t.TempDir()}
 	id := func(i int) string { return fmt.Sprintf("%040d", i) }
-	for i := 0; i < maxTrustRecords+10; i++ {
+	for i := 0; i < 2*maxTrustRecords; i++ {
 		if err := ts.record("org/app.git", id(i), "SHA256:k"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if ts.lookup("org/app.git", id(5)) != "" {
+	if ts.lookup("org/app.git", id(maxTrustRecords-1)) != "" {
 		t.Error("an old record was kept")
 	}
-	if ts.lookup("org/app.git", id(maxTrustRecords+9)) != "SHA256:k" || ts.lookup("org/app.git", id(10)) != "SHA256:k" {
+	if ts.lookup("org/app.git", id(2*maxTrustRecords-1)) != "SHA256:k" || ts.lookup("org/app.git", id(maxTrustRecords)) != "SHA256:k" {
 		t.Error("a recent record is missing")
 	}
 	if ts.lookup("other.git", id(20)) != "" {

@@ -15,8 +15,9 @@ import (
 
 // trustStore records which request values were pushed over SSH by keys
 // with the trusted (or admin) role: one file per repository under dir,
-// one "<object id> <key fingerprint>" line per push, the newest
-// maxTrustRecords kept. A restart keeps it. Safe for concurrent use.
+// one "<object id> <key fingerprint>" line per push, appended; when the
+// file holds twice maxTrustRecords lines it is rewritten with the newest
+// maxTrustRecords. A restart keeps it. Safe for concurrent use.
 type trustStore struct {
 	dir string
 	mu  sync.Mutex
@@ -33,12 +34,22 @@ func (t *trustStore) file(repo string) string {
 func (t *trustStore) record(repo, object, fp string) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	lines := t.read(repo)
-	lines = append(lines, object+" "+fp)
-	if len(lines) > maxTrustRecords {
-		lines = lines[len(lines)-maxTrustRecords:]
+	f, err := os.OpenFile(t.file(repo), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
 	}
-	return writeFileAtomic(t.file(repo), []byte(strings.Join(lines, "\n")+"\n"), 0o600)
+	_, err = f.WriteString(object + " " + fp + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if lines := t.read(repo); len(lines) >= 2*maxTrustRecords {
+		lines = lines[len(lines)-maxTrustRecords:]
+		return writeFileAtomic(t.file(repo), []byte(strings.Join(lines, "\n")+"\n"), 0o600)
+	}
+	return nil
 }
 
 // lookup returns the fingerprint of the trusted key that pushed object
