@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 TESTFLAGS ?= -count=1 -timeout 12m
 
-.PHONY: help build test bench lint run demo clean
+.PHONY: help build test bench lint run serve demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -25,9 +25,14 @@ lint: ## gofmt, go vet and the import rules
 	$(GO) vet ./...
 	$(GO) test -count=1 -run TestImportRules .
 
+SERVE_FLAGS ?=
+
+serve: build ## the main job: run refci serve (git over SSH + a worker) on 127.0.0.1:2222; it prints what to do next
+	PATH=$(CURDIR)/bin:$$PATH $(BIN) serve $(SERVE_FLAGS)
+
 DEMO ?= $(CURDIR)/.demo
 
-run: build ## the main job: a demo repository, a pipeline run, its status, log and verification
+run: build ## a demo without SSH: a demo repository, a pipeline run, its status, log and verification
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)
 	@export REFCI_HOME=$(DEMO)/home PATH=$(CURDIR)/bin:$$PATH; set -e; \
 	git init -q -b main $(DEMO)/app && cd $(DEMO)/app && \

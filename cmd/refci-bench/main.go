@@ -37,6 +37,7 @@ func main() {
 		{"pollcost", benchPollCost},
 		{"concurrent", benchConcurrent},
 		{"view", benchView},
+		{"serve", benchServe},
 	}
 	fmt.Printf("refci-bench: %s, %d runs each, machine: %s\n\n", bin, *n, machine())
 	for _, b := range benches {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 
+	"refci.dev/refci/gitproto/sshd"
 	"refci.dev/refci/worker"
 )
 
@@ -32,6 +33,10 @@ func main() {
 		// A worker's per-run supervisor: before anything else, it is on
 		// every run's start-up path.
 		os.Exit(worker.ShimMain(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == sshd.HookArg {
+		// receive-pack's hooks under `refci serve`.
+		os.Exit(sshd.HookMain(os.Args[2:]))
 	}
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
@@ -62,6 +67,7 @@ func commands() []command {
 		{"view", "[--repo DIR] [-o DIR] [--open]", "write a static site of every fetched run (default .git/refci-view/) and print its path", cmdView},
 		{"verify", "[--repo DIR] [--keyring FILE]... [REV|RUN]", "check the signatures of every commit of a run", cmdVerify},
 		{"worker", "--remote URL... | --config FILE", "poll remotes for requests, run them, push signed results", cmdWorker},
+		{"serve", "[--listen ADDR] [--data DIR] [--admin FILE]... [--http ADDR]", "be the git remote over SSH, with an embedded worker: pushed requests run at once", cmdServe},
 		{"trigger", "[--remote R] [--name N] [--env E] [--timeout DUR] [--wait] [REV]", "push a request for REV (default HEAD); --wait follows the run", cmdTrigger},
 		{"keys", "show|export [--key FILE]", "show or export this machine's refci key", cmdKeys},
 		{"job", "NAME [--needs A,B] -- CMD ARGS...", "inside a pipeline: run one job and record it", cmdJob},

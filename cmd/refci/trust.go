@@ -6,6 +6,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/secrets"
@@ -80,4 +81,20 @@ func tagSignedBy(repo *gitproto.Repo, h gitproto.Hash, trusted secrets.Keyring) 
 		return false, fmt.Sprintf("cannot be read (%v)", err)
 	}
 	return describeVerify(trusted.VerifyDetached(payload, sig))
+}
+
+// anyTrust trusts a request when any of the policies does; the reasons of
+// a refusal are all given.
+func anyTrust(policies ...func(worker.TrustQuery) (bool, string)) func(worker.TrustQuery) (bool, string) {
+	return func(q worker.TrustQuery) (bool, string) {
+		var why []string
+		for _, p := range policies {
+			ok, reason := p(q)
+			if ok {
+				return true, reason
+			}
+			why = append(why, reason)
+		}
+		return false, strings.Join(why, "; ")
+	}
 }

@@ -1,0 +1,242 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// benchServe: refci serve on loopback, driven by stock git over ssh.
+//   - push-to-job-start latency: from the start of `git push` of a
+//     request until the pipeline's first action (it writes a timestamp),
+//     and from the end of the push;
+//   - a clone of a 10 MB repository over ssh beside the same clone over
+//     file://, interleaved;
+//   - 50 concurrent fetches: total time and failures.
+func benchServe(_ context.Context, bin string, n int) error {
+	n = min(n, 50)
+	w, err := newWorld("exit 0\n")
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	stamp := filepath.Join(w.root, "stamps")
+	os.Mkdir(stamp, 0o755)
+	os.WriteFile(filepath.Join(w.clone, ".refci", "run"), []byte("#!/bin/sh\ndate +%s%N > "+stamp+"/\"$REFCI_REQUEST\"\n"), 0o755)
+	if _, err := sh(w.clone, w.env, "", "git", "commit", "-qam", "stamp"); err != nil {
+		return err
+	}
+	key := filepath.Join(w.root, "admin")
+	if _, err := sh(w.root, w.env, "", "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key); err != nil {
+		return err
+	}
+	data := filepath.Join(w.root, "serve")
+	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--admin", key+".pub", "--data", data)
+	cmd.Env = w.env
+	logf, err := os.Create(filepath.Join(w.root, "serve.log"))
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = logf
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer stopWorker(cmd)
+	addr, known, err := readBanner(stdout, w.root)
+	if err != nil {
+		return err
+	}
+	go io.Copy(io.Discard, stdout)
+	env := append(append([]string{}, w.env...), "GIT_SSH_COMMAND=ssh -i "+key+" -o IdentitiesOnly=yes -o BatchMode=yes -o UserKnownHostsFile="+known)
+	url := "ssh://git@" + addr + "/app.git"
+	if _, err := sh(w.clone, env, "", "git", "push", "-q", url, "main"); err != nil {
+		return err
+	}
+
+	// Push-to-job-start latency, with a new ssh connection per push and
+	// with one kept open (ControlMaster), as a busy client would.
+	pct := func(d []time.Duration, q float64) time.Duration {
+		s := append([]time.Duration(nil), d...)
+		sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+		return s[min(len(s)-1, int(q*float64(len(s))))]
+	}
+	muxEnv := append(append([]string{}, w.env...), "GIT_SSH_COMMAND=ssh -i "+key+" -o IdentitiesOnly=yes -o BatchMode=yes -o UserKnownHostsFile="+known+
+		" -o ControlMaster=auto -o ControlPersist=60 -o ControlPath="+filepath.Join(w.root, "mux-%C"))
+	fmt.Printf("== refci serve: push-to-job-start on loopback, %d requests each, stock git over ssh\n", n)
+	for _, series := range []struct {
+		name string
+		env  []string
+	}{{"new ssh connection per push", env}, {"ssh connection kept open (ControlMaster)", muxEnv}} {
+		var fromStart, fromEnd, pushes []time.Duration
+		for i := 0; i < n; i++ {
+			name := fmt.Sprintf("s%d-%d", len(series.name), i)
+			t0 := time.Now()
+			if _, err := sh(w.clone, series.env, "", "git", "push", "-q", url, "HEAD:refs/ci/requests/"+name); err != nil {
+				return err
+			}
+			t1 := time.Now()
+			pushes = append(pushes, t1.Sub(t0))
+			p := filepath.Join(stamp, name)
+			for {
+				b, err := os.ReadFile(p)
+				if err == nil && len(b) > 0 {
+					ns, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+					started := time.Unix(0, ns)
+					fromStart = append(fromStart, started.Sub(t0))
+					fromEnd = append(fromEnd, started.Sub(t1))
+					break
+				}
+				if time.Since(t0) > time.Minute {
+					return fmt.Errorf("request %s never started", name)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			time.Sleep(100 * time.Millisecond) // let the run publish before the next push
+		}
+		fmt.Printf("  %s:\n", series.name)
+		fmt.Printf("    from the start of git push:  p50 %s  p99 %s  (goal: p50 <= 50 ms)\n", ms(pct(fromStart, 0.5)), ms(pct(fromStart, 0.99)))
+		fmt.Printf("    from the end of git push:    p50 %s  p99 %s\n", ms(pct(fromEnd, 0.5)), ms(pct(fromEnd, 0.99)))
+		fmt.Printf("    the git push itself:         %s\n", summarise(pushes))
+	}
+	sh(w.clone, muxEnv, "", "ssh", "-o", "ControlPath="+filepath.Join(w.root, "mux-%C"), "-O", "exit", "-p", strings.Split(addr, ":")[1], "git@127.0.0.1")
+	// The baseline: a new ssh connection that does nothing but start
+	// upload-pack and hang up.
+	var bare []time.Duration
+	for i := 0; i < 15; i++ {
+		t0 := time.Now()
+		sh(w.clone, env, "", "git", "ls-remote", url, "refs/nothing")
+		bare = append(bare, time.Since(t0))
+	}
+	fmt.Printf("  baseline: git ls-remote over a new ssh connection: %s\n", summarise(bare))
+
+	// A 10 MB repository: clone over ssh beside file://.
+	big := filepath.Join(w.root, "big")
+	if _, err := sh(w.root, w.env, "", "git", "init", "-q", "-b", "main", big); err != nil {
+		return err
+	}
+	for i := 0; i < 10; i++ {
+		b := make([]byte, 1<<20)
+		rand.Read(b)
+		os.WriteFile(filepath.Join(big, fmt.Sprintf("blob%d", i)), b, 0o644)
+	}
+	for _, a := range [][]string{{"add", "-A"}, {"commit", "-q", "-m", "10 MB"}, {"push", "-q", "ssh://git@" + addr + "/big.git", "main"}} {
+		if _, err := sh(big, env, "", "git", a...); err != nil {
+			return err
+		}
+	}
+	var overSSH, overFile []time.Duration
+	for i := 0; i < 5; i++ {
+		for _, u := range []string{"ssh://git@" + addr + "/big.git", "file://" + filepath.Join(data, "repos", "big.git")} {
+			dst := filepath.Join(w.root, fmt.Sprintf("clone-%d", i))
+			os.RemoveAll(dst)
+			t0 := time.Now()
+			if _, err := sh(w.root, env, "", "git", "clone", "-q", "--no-checkout", u, dst); err != nil {
+				return err
+			}
+			if strings.HasPrefix(u, "ssh") {
+				overSSH = append(overSSH, time.Since(t0))
+			} else {
+				overFile = append(overFile, time.Since(t0))
+			}
+			os.RemoveAll(dst)
+		}
+	}
+	fmt.Println("== clone of a 10 MB repository (incompressible), median of 5, interleaved")
+	fmt.Printf("  over ssh (refci serve):  %s\n", summarise(overSSH))
+	fmt.Printf("  over file://:            %s  (ratio %.2f)\n", summarise(overFile), float64(summarise(overSSH).median)/float64(summarise(overFile).median))
+
+	// 50 concurrent fetches of app.git into fresh repositories.
+	const conc = 50
+	dirs := make([]string, conc)
+	for i := range dirs {
+		dirs[i] = filepath.Join(w.root, fmt.Sprintf("f%d", i))
+	}
+	fetchAll := func(u string) (time.Duration, []time.Duration, int, error) {
+		for _, d := range dirs {
+			os.RemoveAll(d)
+			if _, err := sh(w.root, w.env, "", "git", "init", "-q", "--bare", d); err != nil {
+				return 0, nil, 0, err
+			}
+		}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		failures := 0
+		var firstErr error
+		var each []time.Duration
+		t0 := time.Now()
+		for i := 0; i < conc; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s := time.Now()
+				_, err := sh(dirs[i], env, "", "git", "fetch", "-q", u, "+refs/heads/*:refs/heads/*", "+refs/ci/*:refs/ci/*")
+				mu.Lock()
+				defer mu.Unlock()
+				each = append(each, time.Since(s))
+				if err != nil {
+					failures++
+					if firstErr == nil {
+						firstErr = err
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return time.Since(t0), each, failures, firstErr
+	}
+	fmt.Printf("== %d concurrent fetches of app.git (%d refs), beside the same over file://\n", conc, countRefs(filepath.Join(data, "repos", "app.git"), w.env))
+	for _, u := range []string{url, "file://" + filepath.Join(data, "repos", "app.git")} {
+		total, each, failures, firstErr := fetchAll(u)
+		if firstErr != nil && failures == conc {
+			return firstErr
+		}
+		kind := "ssh:    "
+		if strings.HasPrefix(u, "file") {
+			kind = "file://:"
+		}
+		fmt.Printf("  %s all done in %s, %d failed; each: %s\n", kind, ms(total), failures, summarise(each))
+		if firstErr != nil {
+			fmt.Printf("  first failure: %v\n", firstErr)
+		}
+	}
+	fmt.Println()
+	return nil
+}
+
+func countRefs(repo string, env []string) int {
+	out, _ := sh(repo, env, "", "git", "for-each-ref", "--format=x")
+	return strings.Count(out, "x")
+}
+
+var benchListenRe = regexp.MustCompile(`listening on ssh://(127\.0\.0\.1:\d+)`)
+
+// readBanner reads refci serve's start-up output up to the known_hosts
+// line and writes that line into a known_hosts file.
+func readBanner(r io.Reader, dir string) (addr, known string, err error) {
+	sc := bufio.NewScanner(r)
+	wantKnown := false
+	for sc.Scan() {
+		line := sc.Text()
+		if m := benchListenRe.FindStringSubmatch(line); m != nil {
+			addr = m[1]
+		}
+		if wantKnown {
+			known = filepath.Join(dir, "known_hosts")
+			return addr, known, os.WriteFile(known, []byte(strings.TrimSpace(line)+"\n"), 0o600)
+		}
+		wantKnown = strings.Contains(line, "known_hosts line:")
+	}
+	return "", "", fmt.Errorf("refci serve did not print its address and host key (see serve.log)")
+}

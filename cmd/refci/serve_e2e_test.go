@@ -1,0 +1,448 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"refci.dev/refci/queue"
+)
+
+// These tests run `refci serve` (the built binary) and talk to it with
+// the stock ssh and git clients.
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+type served struct {
+	*sandbox
+	cmd          *exec.Cmd
+	out, log     *lockedBuffer
+	addr         string
+	knownHosts   string
+	data         string
+	adminKey     string
+	adminFP      string
+	stopped      bool
+	stopDeadline time.Duration
+}
+
+var listenRe = regexp.MustCompile(`listening on ssh://(127\.0\.0\.1:\d+)`)
+
+// startServe starts refci serve on a free port with a fresh admin key.
+func startServe(t *testing.T, extra ...string) *served {
+	t.Helper()
+	s := newSandbox(t)
+	sv := &served{sandbox: s, out: &lockedBuffer{}, log: &lockedBuffer{}, data: filepath.Join(s.home, "serve")}
+	sv.adminKey, sv.adminFP = sshKey(t, s.root, "admin")
+	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--admin", sv.adminKey + ".pub", "--concurrency", "2"}, extra...)
+	sv.cmd = exec.Command(refciBin, args...)
+	sv.cmd.Env = s.env
+	sv.cmd.Stdout, sv.cmd.Stderr = sv.out, sv.log
+	if err := sv.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sv.stop()
+		if t.Failed() {
+			t.Logf("serve stdout:\n%s\nserve log:\n%s", tail(sv.out.String()), tail(sv.log.String()))
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		o := sv.out.String()
+		if m := listenRe.FindStringSubmatch(o); m != nil && strings.Contains(o, "known_hosts line:\n  [") && strings.HasSuffix(o, "\n\n") {
+			sv.addr = m[1]
+			_, kh, _ := strings.Cut(o, "known_hosts line:\n  ")
+			kh, _, _ = strings.Cut(kh, "\n")
+			sv.knownHosts = filepath.Join(s.root, "known_hosts")
+			os.WriteFile(sv.knownHosts, []byte(kh+"\n"), 0o600)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("refci serve did not start:\n%s\n%s", o, sv.log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	sv.useKey(sv.adminKey)
+	s.git("", "remote", "add", "ci", sv.url("app.git"))
+	return sv
+}
+
+func (sv *served) url(repo string) string { return "ssh://git@" + sv.addr + "/" + repo }
+
+// useKey makes git in the sandbox use key (and only it).
+func (sv *served) useKey(key string) {
+	sv.env = append(sv.env, "GIT_SSH_COMMAND="+sv.sshCommand(key))
+}
+
+func (sv *served) sshCommand(key string) string {
+	return "ssh -i " + key + " -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=" + sv.knownHosts
+}
+
+// stop sends SIGTERM and waits for the server to exit.
+func (sv *served) stop() int {
+	if sv.stopped {
+		return sv.cmd.ProcessState.ExitCode()
+	}
+	sv.stopped = true
+	sv.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { sv.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(40 * time.Second):
+		sv.cmd.Process.Kill()
+		<-done
+		sv.t.Errorf("refci serve did not stop within 40 s of SIGTERM")
+	}
+	return sv.cmd.ProcessState.ExitCode()
+}
+
+func sshKey(t *testing.T, dir, name string) (string, string) {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", p).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	out, err := exec.Command("ssh-keygen", "-lf", p+".pub").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, strings.Fields(string(out))[1]
+}
+
+// bare is the served repository's directory.
+func (sv *served) bare(repo string) string { return filepath.Join(sv.data, "repos", repo) }
+
+func (sv *served) waitFinal(repo, request string, d time.Duration) *queue.Status {
+	sv.t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		out, _ := exec.Command("git", "-C", sv.bare(repo), "for-each-ref", "--format=%(refname)", "refs/ci/runs/").Output()
+		for _, ref := range strings.Fields(string(out)) {
+			b, err := exec.Command("git", "-C", sv.bare(repo), "show", ref+":status.json").Output()
+			if err != nil {
+				continue
+			}
+			st, err := queue.DecodeStatus(b)
+			if err == nil && st.Request == request && st.State.Final() {
+				return st
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	sv.t.Fatalf("no final result for request %s within %s", request, d)
+	return nil
+}
+
+func (sv *served) addRole(line string) {
+	sv.t.Helper()
+	f, err := os.OpenFile(filepath.Join(sv.data, "roles"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		sv.t.Fatal(err)
+	}
+	fmt.Fprintln(f, line)
+	f.Close()
+}
+
+// From nothing to a green, signed result with stock git over ssh; the
+// request runs at once; push options become request options; a restart
+// keeps the host key and the repositories.
+func TestServeEndToEnd(t *testing.T) {
+	sv := startServe(t)
+	o := sv.out.String()
+	for _, want := range []string{"admin:     " + sv.adminFP + " (from " + sv.adminKey + ".pub)", "git remote add ci ssh://" + sv.addr + "/app.git", "refci worker --remote ssh://" + sv.addr} {
+		if !strings.Contains(o, want) {
+			t.Errorf("the banner lacks %q:\n%s", want, o)
+		}
+	}
+	head := sv.pipeline(`echo "env=$REFCI_ENV trusted=$REFCI_TRUSTED"` + "\n")
+	sv.git("", "push", "-q", "ci", "main") // creates app.git
+	time.Sleep(300 * time.Millisecond)
+	if runs, _ := exec.Command("git", "-C", sv.bare("app.git"), "for-each-ref", "refs/ci/").Output(); len(runs) > 0 {
+		t.Errorf("a branch push started something:\n%s", runs)
+	}
+	t0 := time.Now()
+	out := sv.git("", "push", "-o", "env=staging", "-o", "timeout=5m", "ci", "HEAD:refs/ci/requests/first")
+	if !strings.Contains(out, "refci: request first queued (trusted)") {
+		t.Errorf("push output:\n%s", out)
+	}
+	st := sv.waitFinal("app.git", "first", 20*time.Second)
+	if el := time.Since(t0); el > 5*time.Second {
+		t.Errorf("the run took %s to finish; pushes must wake the worker at once (poll is 30 s)", el)
+	}
+	if st.State != queue.Success || st.Target != head || st.Env != "staging" || !st.Trusted ||
+		st.TrustNote != "pushed over SSH by trusted key "+sv.adminFP {
+		t.Errorf("status: %+v", st)
+	}
+	// The result is fetched and verified with plain git and refci.
+	sv.git("", "fetch", "-q", "ci", "+refs/ci/*:refs/ci/*")
+	sv.refci("verify").want(t, 0)
+	if log := sv.refci("log").want(t, 0).stdout; !strings.Contains(log, "env=staging trusted=1") {
+		t.Errorf("log: %s", log)
+	}
+	// Bad push options are refused before anything lands.
+	out = sv.gitErr("", "push", "-o", "colour=blue", "ci", "HEAD:refs/ci/requests/bad")
+	if !strings.Contains(out, `unknown push option "colour=blue"`) {
+		t.Errorf("unknown option:\n%s", out)
+	}
+	if ls := sv.git("", "ls-remote", "ci", "refs/ci/requests/bad"); ls != "" {
+		t.Errorf("a refused push landed: %s", ls)
+	}
+	logs := sv.log.String()
+	if !regexp.MustCompile(`msg="git push" component=ssh key=` + regexp.QuoteMeta(sv.adminFP) + `.* repo=app.git .*updated=refs/ci/requests/first`).MatchString(logs) {
+		t.Errorf("no log line for the push:\n%s", tail(logs))
+	}
+	// A restart keeps the host key (known_hosts still matches) and serves
+	// the existing repository to the embedded worker.
+	if code := sv.stop(); code != 0 {
+		t.Fatalf("serve exited %d", code)
+	}
+	sv2 := &served{sandbox: sv.sandbox, out: &lockedBuffer{}, log: &lockedBuffer{}, data: sv.data}
+	sv2.cmd = exec.Command(refciBin, "serve", "--listen", sv.addr)
+	sv2.cmd.Env = sv.env
+	sv2.cmd.Stdout, sv2.cmd.Stderr = sv2.out, sv2.log
+	if err := sv2.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sv2.stop()
+	for i := 0; i < 200 && !strings.Contains(sv2.log.String(), "msg=serving"); i++ {
+		time.Sleep(25 * time.Millisecond)
+	}
+	if !strings.Contains(sv2.out.String(), sv.adminFP+" admin (from ") || !strings.Contains(sv2.out.String(), "repositories: app.git") {
+		t.Errorf("second start banner:\n%s", sv2.out.String())
+	}
+	sv.git("", "commit", "-q", "--allow-empty", "-m", "again")
+	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/requests/second")
+	sv2.sandbox = sv.sandbox
+	if st := sv2.waitFinal("app.git", "second", 20*time.Second); st.State != queue.Success {
+		t.Errorf("after restart: %+v", st)
+	}
+}
+
+// Roles: a trigger key pushes requests only, each refused ref is named,
+// its runs are untrusted; the roles file is re-read without a restart;
+// a worker key may write claims and runs but not push requests.
+func TestServeRolesAndReload(t *testing.T) {
+	sv := startServe(t)
+	sv.pipeline("echo trusted=$REFCI_TRUSTED\n")
+	sv.git("", "push", "-q", "ci", "main")
+	adminEnv := append([]string{}, sv.env...)
+
+	trig, trigFP := sshKey(t, sv.root, "trigger")
+	sv.useKey(trig)
+	// Unknown until the roles file says so.
+	if out := sv.gitErr("", "ls-remote", "ci"); !strings.Contains(out, "Permission denied (publickey)") {
+		t.Errorf("unknown key:\n%s", out)
+	}
+	sv.addRole("trigger " + strings.TrimSpace(string(must(os.ReadFile(trig+".pub")))))
+	sv.git("", "ls-remote", "ci") // re-read without a restart
+	sv.git("", "commit", "-q", "--allow-empty", "-m", "not on main yet")
+	head := sv.git("", "rev-parse", "HEAD")
+	for _, ref := range []string{"refs/heads/main", "refs/heads/new", "refs/tags/v1", "refs/ci/runs/" + head + "/20261122T093000.123Z-3f9a1c0b2d4e", "refs/ci/claims/x", "refs/ci/secrets/prod"} {
+		out := sv.gitErr("", "push", "--force", "ci", "HEAD:"+ref)
+		if !strings.Contains(out, "refused "+ref+":") || !strings.Contains(out, "(hook declined)") {
+			t.Errorf("trigger key pushing %s:\n%s", ref, out)
+		}
+	}
+	// A mixed push: the request lands, the branch is refused by name.
+	sv.git("", "commit", "-q", "--allow-empty", "-m", "mixed")
+	out := sv.gitErr("", "push", "ci", "HEAD:refs/ci/requests/t1", "HEAD:refs/heads/main")
+	if !strings.Contains(out, "refused refs/heads/main:") || !strings.Contains(out, "[new reference]   HEAD -> refs/ci/requests/t1") {
+		t.Errorf("mixed push:\n%s", out)
+	}
+	st := sv.waitFinal("app.git", "t1", 20*time.Second)
+	if st.State != queue.Success || st.Trusted || st.TrustNote != "not pushed over SSH by a key with the trusted role" {
+		t.Errorf("a trigger key's run: %+v", st)
+	}
+	// Promote the key to trusted, for this repository only.
+	sv.addRole("trusted@app " + trigFP)
+	sv.git("", "commit", "-q", "--allow-empty", "-m", "trusted now")
+	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/requests/t2")
+	if st := sv.waitFinal("app.git", "t2", 20*time.Second); !st.Trusted || !strings.Contains(st.TrustNote, trigFP) {
+		t.Errorf("a trusted key's run: %+v", st)
+	}
+	// none@REPO: the key has no access to that repository only.
+	sv.addRole("none@other " + trigFP)
+	sv.git("", "ls-remote", "ci")
+
+	// A worker key: claims and runs yes, new requests no, deleting a
+	// finished request yes.
+	wk, _ := sshKey(t, sv.root, "worker")
+	sv.addRole("worker " + strings.TrimSpace(string(must(os.ReadFile(wk+".pub")))))
+	sv.useKey(wk)
+	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/claims/w1", "HEAD:refs/ci/runs/"+head+"/20261122T093000.123Z-3f9a1c0b2d4e")
+	if out := sv.gitErr("", "push", "ci", "HEAD:refs/ci/requests/w1"); !strings.Contains(out, "refused refs/ci/requests/w1: ") {
+		t.Errorf("worker pushing a request:\n%s", out)
+	}
+	sv.env = adminEnv
+	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/requests/w2", "HEAD:refs/ci/secrets/prod", "HEAD:refs/tags/v1")
+	sv.useKey(wk)
+	sv.git("", "push", "-q", "ci", ":refs/ci/claims/w1", ":refs/ci/requests/w2")
+	// A broken edit keeps the previous roles.
+	sv.addRole("owner " + trigFP)
+	sv.git("", "ls-remote", "ci")
+	if !strings.Contains(sv.log.String(), `unknown role \"owner\"`) {
+		t.Errorf("the broken roles file was not reported:\n%s", tail(sv.log.String()))
+	}
+	sv.env = adminEnv
+	sv.git("", "push", "-q", sv.url("other.git"), "main")
+	sv.useKey(trig)
+	if out := sv.gitErr("", "ls-remote", sv.url("other.git")); !strings.Contains(out, "has no access to other.git") {
+		t.Errorf("none@other:\n%s", out)
+	}
+	if bad := filepath.Join(sv.data, "repos"); len(must(os.ReadDir(bad))) != 2 {
+		t.Errorf("repositories: %v", must(os.ReadDir(bad)))
+	}
+	if out, err := exec.Command("git", "-C", sv.bare("app.git"), "fsck", "--strict").CombinedOutput(); err != nil {
+		t.Errorf("fsck: %v\n%s", err, out)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// Remote workers poll the endpoint over ssh with a worker key; SIGTERM
+// lets a running pipeline finish and publishes its result.
+func TestServeRemoteWorkerAndGracefulStop(t *testing.T) {
+	sv := startServe(t, "--no-worker", "--http", "0")
+	// The viewer directory is served read-only on loopback.
+	m := regexp.MustCompile(`viewer:    (http://127\.0\.0\.1:\d+/)`).FindStringSubmatch(sv.out.String())
+	if m == nil {
+		t.Fatalf("no viewer URL in the banner:\n%s", sv.out.String())
+	}
+	if code, body := httpGet(t, m[1]); code != 200 || !strings.Contains(body, "No repository yet") {
+		t.Errorf("GET viewer / before any push: %d\n%s", code, body)
+	}
+	for _, p := range []string{"roles", "host_key", "app.git/../roles", "nope.git/", "repos/app.git/config"} {
+		if code, body := httpGet(t, m[1]+p); code == 200 {
+			t.Errorf("GET viewer %s: 200, want a refusal:\n%.200s", p, body)
+		}
+	}
+	if resp, err := http.Post(m[1]+"index.html", "text/plain", strings.NewReader("x")); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST viewer: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	sv.pipeline("sleep 1\necho done\n")
+	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/r1")
+	wk, _ := sshKey(t, sv.root, "worker")
+	sv.addRole("worker " + strings.TrimSpace(string(must(os.ReadFile(wk+".pub")))))
+	w := exec.Command(refciBin, "worker", "--remote", sv.url("app.git"), "--poll", "200ms", "--lease", "3s")
+	w.Env = append(append([]string{}, sv.env...), "REFCI_HOME="+filepath.Join(sv.root, "remote-worker"), "GIT_SSH_COMMAND="+sv.sshCommand(wk))
+	var wlog lockedBuffer
+	w.Stdout, w.Stderr = &wlog, &wlog
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		w.Process.Signal(syscall.SIGTERM)
+		w.Wait()
+		if t.Failed() {
+			t.Logf("remote worker log:\n%s", tail(wlog.String()))
+		}
+	}()
+	st := sv.waitFinal("app.git", "r1", 30*time.Second)
+	if st.State != queue.Success || st.Trusted {
+		t.Errorf("remote worker's run: %+v", st)
+	}
+	// The repository's site is built when asked for, with the new run.
+	if code, body := httpGet(t, m[1]); code != 200 || !strings.Contains(body, `href="app.git/"`) {
+		t.Errorf("GET viewer /: %d\n%s", code, body)
+	}
+	if code, body := httpGet(t, m[1]+"app.git"); code != 200 || !strings.Contains(body, st.Run) || !strings.Contains(body, "r1") {
+		t.Errorf("GET viewer app.git: %d, want the run %s in:\n%.500s", code, st.Run, body)
+	}
+	if reqs := must(exec.Command("git", "-C", sv.bare("app.git"), "for-each-ref", "refs/ci/requests/", "refs/ci/claims/").Output()); len(reqs) > 0 {
+		time.Sleep(2 * time.Second) // the claim goes after the result
+		if reqs := must(exec.Command("git", "-C", sv.bare("app.git"), "for-each-ref", "refs/ci/requests/", "refs/ci/claims/").Output()); len(reqs) > 0 {
+			t.Errorf("left behind:\n%s", reqs)
+		}
+	}
+}
+
+func TestServeDrainsOnSIGTERM(t *testing.T) {
+	sv := startServe(t)
+	marker := filepath.Join(sv.root, "started")
+	sv.pipeline("touch " + marker + "\nsleep 2\necho finished\n")
+	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/slow")
+	for i := 0; i < 400; i++ {
+		if _, err := os.Stat(marker); err == nil {
+			break
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	if code := sv.stop(); code != 0 {
+		t.Fatalf("serve exited %d", code)
+	}
+	out := must(exec.Command("git", "-C", sv.bare("app.git"), "for-each-ref", "--format=%(refname)", "refs/ci/runs/").Output())
+	ref := strings.TrimSpace(string(out))
+	b, err := exec.Command("git", "-C", sv.bare("app.git"), "show", ref+":status.json").Output()
+	if err != nil {
+		t.Fatalf("no result after a graceful stop: %v (%q)", err, out)
+	}
+	if st, err := queue.DecodeStatus(b); err != nil || st.State != queue.Success {
+		t.Errorf("the running pipeline did not finish: %+v %v", st, err)
+	}
+}
+
+func TestServeUsage(t *testing.T) {
+	s := newSandbox(t)
+	r := s.refci("serve", "-h").want(t, 0)
+	if !strings.Contains(r.stdout, "Usage: refci serve") || !strings.Contains(r.stdout, "-roles") {
+		t.Errorf("-h: %s", r.stdout)
+	}
+	// No admin key anywhere: a clear error.
+	r = s.refci("serve", "--listen", "127.0.0.1:0").want(t, 2)
+	if !strings.Contains(r.stderr, "no admin key: pass --admin KEY.pub") {
+		t.Errorf("no admin: %s", r.stderr)
+	}
+	r = s.refci("serve", "--admin", filepath.Join(s.root, "missing.pub")).want(t, 2)
+	if !strings.HasPrefix(r.stderr, "refci: serve: --admin ") {
+		t.Errorf("missing admin file: %s", r.stderr)
+	}
+	r = s.refci("serve", "--max-pack", "lots").want(t, 2)
+	if !strings.Contains(r.stderr, "is not a size") {
+		t.Errorf("bad size: %s", r.stderr)
+	}
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}

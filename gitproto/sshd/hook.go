@@ -1,0 +1,388 @@
+package sshd
+
+// The hook channel. receive-pack runs with core.hooksPath pointing at a
+// directory the server wrote and owns, so a repository cannot bring its
+// own hooks. Each hook script execs the hook client (the server's own
+// binary with HookArg), which sends what git gave it to the running
+// server over a Unix socket in the server's private state directory,
+// together with the per-session random token the server put into the
+// environment of that receive-pack only, and prints the server's answer.
+//
+//	pre-receive   all updates and the push options: Config.CheckPushOptions
+//	              (only when the push carries options; the script checks)
+//	update        one ref: Policy.AllowRef (a refusal names the ref in the push report)
+//	post-receive  the applied updates: Config.OnReceive
+//
+// A token is valid only while its receive-pack runs. The post-receive
+// report is not believed blindly: each update's new value is checked
+// against the repository's ref before OnReceive hears of it.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// HookArg is the hidden first argument that runs the hook client; the
+// program's main must call HookMain(os.Args[2:]) for it before anything
+// else.
+const HookArg = "__hook"
+
+const (
+	envSocket = "REFCI_HOOK_SOCKET"
+	envToken  = "REFCI_HOOK_TOKEN"
+	maxHookIO = 32 << 20
+)
+
+type hookRequest struct {
+	Token   string   `json:"token"`
+	Hook    string   `json:"hook"`
+	Args    []string `json:"args,omitempty"`
+	Stdin   string   `json:"stdin,omitempty"`
+	Options []string `json:"options,omitempty"`
+}
+
+type hookResponse struct {
+	OK      bool   `json:"ok"`
+	Message string `json:"message,omitempty"`
+}
+
+// HookMain is the hook client: args are the hook's name and git's
+// arguments to it. It returns the exit code for the hook.
+func HookMain(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, "refci: internal hook called without a name")
+		return 1
+	}
+	sock, token := os.Getenv(envSocket), os.Getenv(envToken)
+	if sock == "" || token == "" {
+		fmt.Fprintln(os.Stderr, "refci: this hook runs only under refci serve")
+		return 1
+	}
+	req := hookRequest{Token: token, Hook: args[0], Args: args[1:]}
+	if req.Hook == "pre-receive" || req.Hook == "post-receive" {
+		b, err := io.ReadAll(io.LimitReader(os.Stdin, maxHookIO))
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "refci: hook: %v\n", err)
+			return 1
+		}
+		req.Stdin = string(b)
+	}
+	if n, err := strconv.Atoi(os.Getenv("GIT_PUSH_OPTION_COUNT")); err == nil {
+		for i := 0; i < n && i < 100; i++ {
+			req.Options = append(req.Options, os.Getenv(fmt.Sprintf("GIT_PUSH_OPTION_%d", i)))
+		}
+	}
+	conn, err := net.DialTimeout("unix", sock, 10*time.Second)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "refci: the server's hook socket is not answering: %v\n", err)
+		return 1
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	if err := json.NewEncoder(conn).Encode(&req); err != nil {
+		fmt.Fprintf(os.Stderr, "refci: hook: %v\n", err)
+		return 1
+	}
+	var resp hookResponse
+	if err := json.NewDecoder(io.LimitReader(conn, maxHookIO)).Decode(&resp); err != nil {
+		fmt.Fprintf(os.Stderr, "refci: hook: no answer from the server: %v\n", err)
+		return 1
+	}
+	if resp.Message != "" {
+		fmt.Fprint(os.Stderr, strings.TrimRight(resp.Message, "\n")+"\n")
+	}
+	if !resp.OK {
+		return 1
+	}
+	return 0
+}
+
+// writeHooks writes the hook scripts into stateDir/hooks, each exec'ing
+// the hook client.
+func writeHooks(stateDir string, command []string) (string, error) {
+	dir := filepath.Join(stateDir, "hooks")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("sshd: hooks: %w", err)
+	}
+	quoted := make([]string, len(command))
+	for i, c := range command {
+		quoted[i] = "'" + strings.ReplaceAll(c, "'", `'\''`) + "'"
+	}
+	for _, h := range []string{"pre-receive", "update", "post-receive"} {
+		script := "#!/bin/sh\n# written by refci serve; rewritten at each start\n"
+		if h == "pre-receive" {
+			// Only push options need a look before the refs are updated.
+			script += "[ \"${GIT_PUSH_OPTION_COUNT:-0}\" = 0 ] && exit 0\n"
+		}
+		script += "exec " + strings.Join(quoted, " ") + " " + h + " \"$@\"\n"
+		p := filepath.Join(dir, h)
+		tmp := p + ".tmp"
+		if err := os.WriteFile(tmp, []byte(script), 0o700); err != nil {
+			return "", fmt.Errorf("sshd: hooks: %w", err)
+		}
+		if err := os.Rename(tmp, p); err != nil {
+			return "", fmt.Errorf("sshd: hooks: %w", err)
+		}
+	}
+	return dir, nil
+}
+
+// hookSession is one running receive-pack.
+type hookSession struct {
+	token string
+	id    Identity
+	repo  string
+	path  string
+
+	mu      sync.Mutex
+	updated []string // refs applied, as post-receive reported them
+	refused []string // refs AllowRef refused
+	checked []string // refs AllowRef allowed
+}
+
+func (h *hookSession) refs() (updated, refused []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return sortedCopy(h.updated), sortedCopy(h.refused)
+}
+
+type hookServer struct {
+	srv  *Server
+	ln   net.Listener
+	path string
+	dir  string // a temporary directory to remove, when the socket lives outside the state dir
+
+	mu       sync.Mutex
+	sessions map[string]*hookSession
+	closed   bool
+	wg       sync.WaitGroup
+}
+
+// startHookServer listens on stateDir/run/hook.sock (or, when that path
+// is too long for a Unix socket, in a private temporary directory).
+func startHookServer(stateDir string, srv *Server) (*hookServer, error) {
+	hs := &hookServer{srv: srv, sessions: map[string]*hookSession{}}
+	dir := filepath.Join(stateDir, "run")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("sshd: hook socket: %w", err)
+	}
+	hs.path = filepath.Join(dir, "hook.sock")
+	if len(hs.path) > 100 {
+		tmp, err := os.MkdirTemp("", "refci-serve-")
+		if err != nil {
+			return nil, fmt.Errorf("sshd: hook socket: %w", err)
+		}
+		hs.dir, hs.path = tmp, filepath.Join(tmp, "hook.sock")
+	}
+	os.Remove(hs.path) // a socket left by a killed server
+	ln, err := net.Listen("unix", hs.path)
+	if err != nil {
+		return nil, fmt.Errorf("sshd: hook socket: %w", err)
+	}
+	os.Chmod(hs.path, 0o600)
+	hs.ln = ln
+	go hs.accept()
+	return hs, nil
+}
+
+func (hs *hookServer) close() {
+	hs.mu.Lock()
+	if hs.closed {
+		hs.mu.Unlock()
+		return
+	}
+	hs.closed = true
+	hs.mu.Unlock()
+	hs.ln.Close()
+	hs.wg.Wait()
+	os.Remove(hs.path)
+	if hs.dir != "" {
+		os.RemoveAll(hs.dir)
+	}
+}
+
+func (hs *hookServer) register(id Identity, repo, path string) *hookSession {
+	s := &hookSession{token: newToken(), id: id, repo: repo, path: path}
+	hs.mu.Lock()
+	hs.sessions[s.token] = s
+	hs.mu.Unlock()
+	return s
+}
+
+func (hs *hookServer) unregister(s *hookSession) {
+	hs.mu.Lock()
+	delete(hs.sessions, s.token)
+	hs.mu.Unlock()
+}
+
+func (hs *hookServer) accept() {
+	for {
+		c, err := hs.ln.Accept()
+		if err != nil {
+			return
+		}
+		hs.wg.Add(1)
+		go func() {
+			defer hs.wg.Done()
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(2 * time.Minute))
+			var req hookRequest
+			if err := json.NewDecoder(io.LimitReader(c, maxHookIO)).Decode(&req); err != nil {
+				return
+			}
+			resp := hs.answer(&req)
+			json.NewEncoder(c).Encode(resp)
+		}()
+	}
+}
+
+func (hs *hookServer) answer(req *hookRequest) hookResponse {
+	hs.mu.Lock()
+	s := hs.sessions[req.Token]
+	hs.mu.Unlock()
+	if s == nil || req.Token == "" {
+		return hookResponse{Message: "refci: refused: this push session is not known to the server"}
+	}
+	srv := hs.srv
+	switch req.Hook {
+	case "pre-receive":
+		if srv.cfg.CheckPushOptions == nil {
+			return hookResponse{OK: true}
+		}
+		ups, err := parseUpdates(req.Stdin)
+		if err != nil {
+			return hookResponse{Message: "refci: " + err.Error()}
+		}
+		if err := srv.cfg.CheckPushOptions(s.id, s.repo, ups, req.Options); err != nil {
+			return hookResponse{Message: "refci: push refused: " + err.Error()}
+		}
+		return hookResponse{OK: true}
+	case "update":
+		if len(req.Args) != 3 {
+			return hookResponse{Message: "refci: update hook: want 3 arguments"}
+		}
+		u := RefUpdate{Name: req.Args[0], Old: req.Args[1], New: req.Args[2]}
+		err := srv.cfg.Policy.AllowRef(s.id, s.repo, u)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if err != nil {
+			s.refused = append(s.refused, u.Name)
+			return hookResponse{Message: "refci: refused " + u.Name + ": " + err.Error()}
+		}
+		s.checked = append(s.checked, u.Name)
+		return hookResponse{OK: true}
+	case "post-receive":
+		ups, err := parseUpdates(req.Stdin)
+		if err != nil {
+			return hookResponse{OK: true, Message: "refci: " + err.Error()}
+		}
+		ups = s.confirm(ups)
+		if len(ups) == 0 {
+			return hookResponse{OK: true}
+		}
+		fixHead(s.path, ups)
+		s.mu.Lock()
+		for _, u := range ups {
+			s.updated = append(s.updated, u.Name)
+		}
+		s.mu.Unlock()
+		if srv.cfg.OnReceive == nil {
+			return hookResponse{OK: true}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		msg := srv.cfg.OnReceive(ctx, &Receive{ID: s.id, Repo: s.repo, Path: s.path, Updates: ups, PushOptions: req.Options})
+		return hookResponse{OK: true, Message: msg}
+	}
+	return hookResponse{Message: "refci: unknown hook " + strconv.Quote(req.Hook)}
+}
+
+// confirm keeps the updates that this session's update hook allowed and
+// whose ref now holds the reported value.
+func (s *hookSession) confirm(ups []RefUpdate) []RefUpdate {
+	s.mu.Lock()
+	allowed := map[string]bool{}
+	for _, n := range s.checked {
+		allowed[n] = true
+	}
+	s.mu.Unlock()
+	repo, err := openRepo(s.path)
+	if err != nil {
+		return nil
+	}
+	var out []RefUpdate
+	for _, u := range ups {
+		if !allowed[u.Name] {
+			continue
+		}
+		cur, err := repo.RefHash(u.Name)
+		switch {
+		case u.Deleting() && err != nil:
+		case err == nil && cur.String() == u.New:
+		default:
+			continue // changed again since, or a report that is not true
+		}
+		out = append(out, u)
+	}
+	return out
+}
+
+// fixHead points HEAD of a repository whose HEAD names a missing branch
+// (a new repository whose first push was not main) at the first branch
+// the push created, as forges do, so clones check something out.
+func fixHead(path string, ups []RefUpdate) {
+	b, err := os.ReadFile(filepath.Join(path, "HEAD"))
+	if err != nil {
+		return
+	}
+	target, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "ref: ")
+	if !ok {
+		return
+	}
+	repo, err := openRepo(path)
+	if err != nil {
+		return
+	}
+	if _, err := repo.RefHash(target); err == nil {
+		return
+	}
+	for _, u := range ups {
+		if strings.HasPrefix(u.Name, "refs/heads/") && !u.Deleting() {
+			cmd := exec.Command("git", "symbolic-ref", "HEAD", u.Name)
+			cmd.Dir = path
+			cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null", "HOME=" + path}
+			cmd.Run()
+			return
+		}
+	}
+}
+
+// parseUpdates reads "old new ref" lines as pre- and post-receive get them.
+func parseUpdates(stdin string) ([]RefUpdate, error) {
+	var out []RefUpdate
+	sc := bufio.NewScanner(strings.NewReader(stdin))
+	sc.Buffer(make([]byte, 4096), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue
+		}
+		if len(f) != 3 || len(f[0]) != 40 || len(f[1]) != 40 {
+			return nil, errors.New("hook input is not \"old new ref\" lines")
+		}
+		out = append(out, RefUpdate{Old: f[0], New: f[1], Name: f[2]})
+	}
+	return out, sc.Err()
+}

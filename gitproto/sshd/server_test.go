@@ -1,0 +1,671 @@
+package sshd
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// These tests drive the server with the stock OpenSSH client and git.
+// The test binary doubles as the hook client (TestMain).
+
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == HookArg {
+		os.Exit(HookMain(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
+// testPolicy grants by fingerprint: "r" read, "w" push any ref except
+// refs/forbidden/*, "c" create repositories.
+type testPolicy struct {
+	mu     sync.Mutex
+	grants map[string]string
+}
+
+func (p *testPolicy) grant(fp, g string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.grants[fp] = g
+}
+
+func (p *testPolicy) get(fp string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.grants[fp]
+}
+
+func (p *testPolicy) Known(fp string) bool { return p.get(fp) != "" }
+
+func (p *testPolicy) AllowRepo(id Identity, repo string, op Op) error {
+	g := p.get(id.Fingerprint)
+	need := map[Op]string{OpRead: "r", OpPush: "w", OpCreate: "c"}[op]
+	if !strings.Contains(g, need) {
+		return fmt.Errorf("key %s may not %s %s", id.Fingerprint, op, repo)
+	}
+	return nil
+}
+
+func (p *testPolicy) AllowRef(id Identity, repo string, u RefUpdate) error {
+	if strings.HasPrefix(u.Name, "refs/forbidden/") {
+		return errors.New("forbidden by the test policy")
+	}
+	return nil
+}
+
+type testServer struct {
+	t        *testing.T
+	root     string
+	srv      *Server
+	addr     string
+	policy   *testPolicy
+	logs     *syncBuffer
+	known    string
+	mu       sync.Mutex
+	received []*Receive
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startServer(t *testing.T, mod func(*Config)) *testServer {
+	t.Helper()
+	root := t.TempDir()
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &testServer{t: t, root: root, policy: &testPolicy{grants: map[string]string{}}, logs: &syncBuffer{}}
+	cfg := Config{
+		Root: filepath.Join(root, "repos"), StateDir: filepath.Join(root, "state"), HostKey: signer,
+		Policy: ts.policy, Logger: slog.New(slog.NewTextHandler(ts.logs, nil)),
+		CheckPushOptions: func(id Identity, repo string, ups []RefUpdate, opts []string) error {
+			for _, o := range opts {
+				if o == "bad" {
+					return errors.New("push option \"bad\" is not known")
+				}
+			}
+			return nil
+		},
+		OnReceive: func(ctx context.Context, r *Receive) string {
+			ts.mu.Lock()
+			ts.received = append(ts.received, r)
+			ts.mu.Unlock()
+			return "received " + fmt.Sprint(len(r.Updates)) + " updates"
+		},
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	ts.srv, err = New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.addr = ln.Addr().String()
+	go ts.srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ts.srv.Shutdown(ctx)
+		if t.Failed() {
+			t.Logf("server log:\n%s", ts.logs.String())
+		}
+	})
+	ts.known = filepath.Join(root, "known_hosts")
+	pub := gossh.MarshalAuthorizedKey(signer.PublicKey())
+	os.WriteFile(ts.known, []byte("[127.0.0.1]:"+ts.port()+" "+string(pub)), 0o600)
+	return ts
+}
+
+func (ts *testServer) port() string {
+	_, p, _ := net.SplitHostPort(ts.addr)
+	return p
+}
+
+// newKey makes an ed25519 key with ssh-keygen and returns its path and
+// fingerprint.
+func newKey(t *testing.T, dir, name string) (string, string) {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", p).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	out, err := exec.Command("ssh-keygen", "-lf", p+".pub").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, strings.Fields(string(out))[1]
+}
+
+// client is a user with a key and a working repository.
+type client struct {
+	ts   *testServer
+	key  string
+	fp   string
+	dir  string
+	env  []string
+	url  string
+	repo string
+}
+
+func (ts *testServer) client(name, grants string) *client {
+	ts.t.Helper()
+	dir := filepath.Join(ts.root, "client-"+name)
+	os.MkdirAll(dir, 0o700)
+	key, fp := newKey(ts.t, dir, "id")
+	if grants != "" {
+		ts.policy.grant(fp, grants)
+	}
+	c := &client{ts: ts, key: key, fp: fp, dir: dir, url: "ssh://git@127.0.0.1:" + ts.port(), repo: filepath.Join(dir, "work")}
+	c.env = []string{
+		"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "GIT_CONFIG_NOSYSTEM=1",
+		"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.invalid", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.invalid",
+		"GIT_SSH_COMMAND=" + c.sshCommand(),
+	}
+	return c
+}
+
+func (c *client) sshCommand(extra ...string) string {
+	return strings.Join(append([]string{"ssh", "-i", c.key, "-o", "IdentitiesOnly=yes", "-o", "UserKnownHostsFile=" + c.ts.known,
+		"-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"}, extra...), " ")
+}
+
+// run runs a command in the client's work repository (or dir when the
+// command is clone/init) and returns combined output and error.
+func (c *client) run(name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = c.repo
+	if _, err := os.Stat(c.repo); err != nil {
+		cmd.Dir = c.dir
+	}
+	cmd.Env = c.env
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (c *client) must(name string, args ...string) string {
+	c.ts.t.Helper()
+	out, err := c.run(name, args...)
+	if err != nil {
+		c.ts.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func (c *client) initRepo(files int) {
+	c.ts.t.Helper()
+	c.must("git", "init", "-q", "-b", "main", c.repo)
+	for i := 0; i < files; i++ {
+		os.WriteFile(filepath.Join(c.repo, fmt.Sprintf("f%d", i)), []byte(fmt.Sprintf("file %d\n", i)), 0o644)
+		c.must("git", "add", "-A")
+		c.must("git", "commit", "-q", "-m", fmt.Sprintf("commit %d", i))
+	}
+}
+
+func TestCleanRepoName(t *testing.T) {
+	good := map[string]string{
+		"/app.git": "app.git", "app": "app.git", "/org/app": "org/app.git", "a/b/c.git": "a/b/c.git",
+		"/App_1-x.git/": "App_1-x.git",
+	}
+	for in, want := range good {
+		got, err := CleanRepoName(in)
+		if err != nil || got != want {
+			t.Errorf("CleanRepoName(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "/", "../x", "/../x.git", "a/../b", "//etc/passwd", "~/x", "~root/x", "a//b", ".git", "/.hidden.git",
+		"a b", "a\nb", "x.git/y.git", "a/b/c/d", "a;rm", "/etc/passwd\x00", strings.Repeat("a", 201)} {
+		if got, err := CleanRepoName(in); err == nil || !errors.Is(err, ErrBadRepoName) {
+			t.Errorf("CleanRepoName(%q) = %q, %v; want a refusal", in, got, err)
+		}
+	}
+}
+
+func TestPushCreateCloneFetch(t *testing.T) {
+	ts := startServer(t, nil)
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(3)
+	out := admin.must("git", "push", admin.url+"/app.git", "main")
+	if !strings.Contains(out, "received 1 updates") {
+		t.Errorf("the push did not show OnReceive's message:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(ts.root, "repos", "app.git", "HEAD")); err != nil {
+		t.Fatal("the repository was not created")
+	}
+	reader := ts.client("reader", "r")
+	// Protocol v2 reaches upload-pack (GIT_PROTOCOL is passed through).
+	reader.env = append(reader.env, "GIT_TRACE_PACKET=1")
+	out = reader.must("git", "-c", "protocol.version=2", "clone", "-q", reader.url+"/app", reader.repo)
+	if !strings.Contains(out, "version 2") {
+		t.Errorf("the clone did not speak protocol v2:\n%s", tail(out))
+	}
+	if got := strings.TrimSpace(reader.must("git", "rev-list", "--count", "HEAD")); got != "3" {
+		t.Errorf("clone has %s commits", got)
+	}
+	reader.must("git", "fetch", "-q", "origin", "+refs/ci/*:refs/ci/*")
+	// A shallow clone and a partial clone work.
+	sh := ts.client("shallow", "r")
+	sh.must("git", "clone", "-q", "--depth=1", sh.url+"/app.git", sh.repo)
+	if got := strings.TrimSpace(sh.must("git", "rev-list", "--count", "HEAD")); got != "1" {
+		t.Errorf("shallow clone has %s commits", got)
+	}
+	sh.must("git", "fetch", "-q", "--deepen=1", "origin")
+	if got := strings.TrimSpace(sh.must("git", "rev-list", "--count", "HEAD")); got != "2" {
+		t.Errorf("deepened clone has %s commits", got)
+	}
+	pc := ts.client("partial", "r")
+	pc.must("git", "clone", "-q", "--filter=blob:none", pc.url+"/app.git", pc.repo)
+
+	// A reader cannot push; a pusher cannot create repositories.
+	reader.env = reader.env[:len(reader.env)-1]
+	reader.must("git", "commit", "-q", "--allow-empty", "-m", "x")
+	if out, err := reader.run("git", "push", "origin", "HEAD:refs/heads/x"); err == nil || !strings.Contains(out, "may not push app.git") {
+		t.Errorf("a read-only key pushed: %v\n%s", err, out)
+	}
+	// A new repository whose first branch is not main gets HEAD on it.
+	admin.must("git", "push", "-q", admin.url+"/trunk.git", "main:trunk")
+	tr := ts.client("trunk", "r")
+	tr.must("git", "clone", "-q", tr.url+"/trunk.git", tr.repo)
+	if b := strings.TrimSpace(tr.must("git", "branch", "--show-current")); b != "trunk" {
+		t.Errorf("clone of a repository with only trunk checked out %q", b)
+	}
+	pusher := ts.client("pusher", "rw")
+	pusher.initRepo(1)
+	if out, err := pusher.run("git", "push", pusher.url+"/new.git", "main"); err == nil || !strings.Contains(out, "new.git does not exist") {
+		t.Errorf("a non-admin created a repository: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(ts.root, "repos", "new.git")); err == nil {
+		t.Error("new.git exists")
+	}
+	logs := ts.logs.String()
+	for _, want := range []string{"msg=\"git push\" key=" + admin.fp, "repo=app.git", "updated=refs/heads/main", "msg=\"git fetch\" key=" + reader.fp, `protocol="version=2"`, "msg=\"repository created\"", `refs="refs/ci/ refs/tags/" wants=0`, `refs="HEAD refs/heads/ refs/tags/" wants=`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the log lacks %q:\n%s", want, logs)
+		}
+	}
+}
+
+func tail(s string) string {
+	if len(s) > 3000 {
+		return "..." + s[len(s)-3000:]
+	}
+	return s
+}
+
+func TestPerRefRefusalAtomicAndPushOptions(t *testing.T) {
+	ts := startServer(t, nil)
+	c := ts.client("c", "rwc")
+	c.initRepo(2)
+	c.must("git", "push", "-q", c.url+"/app.git", "main")
+	c.must("git", "remote", "add", "origin", c.url+"/app.git")
+	// One allowed and one refused ref: the report names the refused one,
+	// the allowed one lands.
+	out, err := c.run("git", "push", "origin", "HEAD:refs/heads/ok", "HEAD:refs/forbidden/x")
+	if err == nil || !strings.Contains(out, "refs/forbidden/x (hook declined)") || !strings.Contains(out, "refused refs/forbidden/x: forbidden by the test policy") {
+		t.Errorf("refused ref not named: %v\n%s", err, out)
+	}
+	if refs := c.must("git", "ls-remote", "origin"); !strings.Contains(refs, "refs/heads/ok") || strings.Contains(refs, "forbidden") {
+		t.Errorf("remote refs after a partly refused push:\n%s", refs)
+	}
+	// --atomic: all or nothing.
+	out, err = c.run("git", "push", "--atomic", "origin", "HEAD:refs/heads/a1", "HEAD:refs/forbidden/y")
+	if err == nil {
+		t.Errorf("atomic push with a refused ref succeeded:\n%s", out)
+	}
+	if refs := c.must("git", "ls-remote", "origin"); strings.Contains(refs, "refs/heads/a1") {
+		t.Errorf("an atomic push landed half:\n%s", refs)
+	}
+	c.must("git", "push", "-q", "--atomic", "origin", "HEAD:refs/heads/a1", "HEAD:refs/heads/a2")
+	if refs := c.must("git", "ls-remote", "origin"); !strings.Contains(refs, "refs/heads/a1") || !strings.Contains(refs, "refs/heads/a2") {
+		t.Errorf("an atomic push did not land:\n%s", refs)
+	}
+	// Push options reach CheckPush and OnReceive.
+	c.must("git", "push", "-q", "-o", "env=staging", "-o", "timeout=5m", "origin", "HEAD:refs/heads/opts")
+	ts.mu.Lock()
+	last := ts.received[len(ts.received)-1]
+	ts.mu.Unlock()
+	if strings.Join(last.PushOptions, " ") != "env=staging timeout=5m" || last.Updates[0].Name != "refs/heads/opts" || last.ID.Fingerprint != c.fp {
+		t.Errorf("OnReceive got %+v", last)
+	}
+	out, err = c.run("git", "push", "-o", "bad", "origin", "HEAD:refs/heads/badopt")
+	if err == nil || !strings.Contains(out, "push option \"bad\" is not known") {
+		t.Errorf("bad push option: %v\n%s", err, out)
+	}
+	// A stale update (the CAS of --force-with-lease) is refused by git.
+	c.must("git", "commit", "-q", "--allow-empty", "-m", "next")
+	out, err = c.run("git", "push", "--force-with-lease=refs/heads/ok:"+strings.Repeat("1", 40), "origin", "HEAD:refs/heads/ok")
+	if err == nil {
+		t.Errorf("a stale lease was accepted:\n%s", out)
+	}
+}
+
+func TestRefusedSessions(t *testing.T) {
+	ts := startServer(t, nil)
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	host := []string{"-p", ts.port(), "git@127.0.0.1"}
+	sshArgs := func(c *client, extra ...string) []string {
+		return append(strings.Fields(c.sshCommand(extra...))[1:], host...)
+	}
+
+	// An unknown key is refused at authentication.
+	stranger := ts.client("stranger", "")
+	out, err := stranger.run("git", "ls-remote", stranger.url+"/app.git")
+	if err == nil || !strings.Contains(out, "Permission denied (publickey)") {
+		t.Errorf("unknown key: %v\n%s", err, out)
+	}
+	// Password and keyboard-interactive are not offered.
+	for _, m := range []string{"password", "keyboard-interactive"} {
+		out, err := admin.run("ssh", sshArgs(admin, "-o", "PreferredAuthentications="+m, "-o", "PubkeyAuthentication=no", "-o", "NumberOfPasswordPrompts=1")...)
+		if err == nil || !strings.Contains(out, "Permission denied (publickey)") {
+			t.Errorf("%s auth: %v\n%s", m, err, out)
+		}
+	}
+	// An interactive shell, with or without a terminal.
+	out, err = admin.run("ssh", sshArgs(admin, "-T")...)
+	if err == nil || !strings.Contains(out, "offers no shell") {
+		t.Errorf("shell: %v\n%s", err, out)
+	}
+	out, err = admin.run("ssh", sshArgs(admin, "-tt")...)
+	if err == nil || !strings.Contains(out, "offers no shell") && !strings.Contains(out, "PTY allocation request failed") {
+		t.Errorf("shell with a pty: %v\n%s", err, out)
+	}
+	// Commands other than git's two services.
+	for _, cmd := range []string{"id", "git-upload-archive '/app.git'", "git-upload-pack '/app.git'; id", "sh -c id", "git config --list"} {
+		out, err := admin.run("ssh", append(sshArgs(admin), cmd)...)
+		if err == nil || strings.Contains(out, "uid=") || !(strings.Contains(out, "only git fetch and push are served") || strings.Contains(out, "bad repository name")) {
+			t.Errorf("command %q: %v\n%s", cmd, err, out)
+		}
+	}
+	// Path traversal, absolute paths, symlinks.
+	outside := filepath.Join(ts.root, "outside.git")
+	exec.Command("git", "init", "-q", "--bare", outside).Run()
+	os.Symlink(outside, filepath.Join(ts.root, "repos", "link.git"))
+	os.Symlink(ts.root, filepath.Join(ts.root, "repos", "dir"))
+	for _, path := range []string{"/../outside.git", "/../../etc", "//etc/passwd", "/~/x.git", "/link.git", "/dir/outside.git", "/app.git/../outside.git"} {
+		out, err := admin.run("git", "ls-remote", admin.url+path)
+		if err == nil || !strings.Contains(out, "bad repository name") {
+			t.Errorf("path %q: %v\n%s", path, err, out)
+		}
+		out, err = admin.run("ssh", append(sshArgs(admin), "git-receive-pack '"+path+"'")...)
+		if err == nil || !strings.Contains(out, "bad repository name") {
+			t.Errorf("receive-pack %q: %v\n%s", path, err, out)
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Join(ts.root, "repos")); len(ents) != 3 {
+		t.Errorf("the repository root changed: %v", ents)
+	}
+	// Port forwarding is not offered.
+	out, err = admin.run("ssh", sshArgs(admin, "-N", "-o", "ExitOnForwardFailure=yes", "-L", "127.0.0.1:0:127.0.0.1:22")...)
+	if err == nil {
+		t.Errorf("port forwarding was accepted:\n%s", out)
+	}
+}
+
+// The session's identity is the key that authenticated, even when the
+// client offered another, known key first.
+func TestIdentityIsTheAuthenticatedKey(t *testing.T) {
+	ts := startServer(t, nil)
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	reader := ts.client("reader", "r")
+	// Offer the admin's public key first (without its private key, so it
+	// cannot sign), then authenticate with the reader's key.
+	os.WriteFile(filepath.Join(reader.dir, "adminpub.pub"), must(os.ReadFile(admin.key+".pub")), 0o600)
+	cmd := strings.Join([]string{"ssh", "-i", filepath.Join(reader.dir, "adminpub.pub"), "-i", reader.key, "-o", "IdentitiesOnly=yes",
+		"-o", "UserKnownHostsFile=" + ts.known, "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"}, " ")
+	reader.env = append(reader.env, "GIT_SSH_COMMAND="+cmd)
+	reader.must("git", "clone", "-q", reader.url+"/app.git", reader.repo)
+	reader.must("git", "commit", "-q", "--allow-empty", "-m", "x")
+	out, err := reader.run("git", "push", "origin", "HEAD:refs/heads/evil")
+	if err == nil || !strings.Contains(out, "key "+reader.fp+" may not push") {
+		t.Errorf("push with a borrowed identity: %v\n%s", err, out)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func TestConcurrentPushesToOneRef(t *testing.T) {
+	ts := startServer(t, nil)
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	const n = 50
+	// Each pusher makes its own commit and races to create the same ref
+	// (create-if-absent, as a request is pushed).
+	commits := make([]string, n)
+	for i := 0; i < n; i++ {
+		admin.must("git", "commit", "-q", "--allow-empty", "-m", fmt.Sprintf("racer %d", i))
+		commits[i] = strings.TrimSpace(admin.must("git", "rev-parse", "HEAD"))
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := 0
+	var outs []string
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, err := admin.run("git", "push", "--porcelain", "--force-with-lease=refs/ci/requests/x:", admin.url+"/app.git", commits[i]+":refs/ci/requests/x")
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				wins++
+			}
+			outs = append(outs, out)
+		}()
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Errorf("%d pushes won, want exactly 1:\n%s", wins, tail(strings.Join(outs, "\n")))
+	}
+	// Plain forced pushes racing on one request: each lands whole or not
+	// at all, and the ref ends on one of the pushed commits.
+	wg = sync.WaitGroup{}
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			admin.run("git", "push", "-q", admin.url+"/app.git", "+"+commits[i]+":refs/ci/requests/y")
+		}()
+	}
+	wg.Wait()
+	bare := filepath.Join(ts.root, "repos", "app.git")
+	yv, _ := exec.Command("git", "-C", bare, "rev-parse", "refs/ci/requests/y").Output()
+	if !slices.Contains(commits, strings.TrimSpace(string(yv))) {
+		t.Errorf("after forced racing pushes the request holds %q", yv)
+	}
+	if out, err := exec.Command("git", "-C", bare, "fsck", "--strict").CombinedOutput(); err != nil {
+		t.Errorf("git fsck: %v\n%s", err, out)
+	}
+	val, _ := exec.Command("git", "-C", bare, "rev-parse", "refs/ci/requests/x").Output()
+	found := false
+	for _, c := range commits {
+		found = found || c == strings.TrimSpace(string(val))
+	}
+	if !found {
+		t.Errorf("the request holds %s, none of the pushed commits", val)
+	}
+}
+
+func TestShutdownDrainsSessionsAndLimits(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxSessions = 1; c.MaxPackBytes = 2000 })
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	// The pack size limit.
+	big := make([]byte, 200000)
+	rand.Read(big)
+	os.WriteFile(filepath.Join(admin.repo, "big"), big, 0o644)
+	admin.must("git", "add", "big")
+	admin.must("git", "commit", "-q", "-m", "big")
+	if out, err := admin.run("git", "push", admin.url+"/app.git", "HEAD:refs/heads/big"); err == nil || !strings.Contains(out, "maximum") && !strings.Contains(out, "too large") {
+		t.Errorf("an oversized pack was accepted: %v\n%s", err, out)
+	}
+	// A session holding the only slot: a second one waits, then runs.
+	hold := exec.Command("ssh", append(strings.Fields(admin.sshCommand())[1:], "-p", ts.port(), "git@127.0.0.1", "git-upload-pack '/app.git'")...)
+	hold.Env = admin.env
+	stdin, _ := hold.StdinPipe()
+	var holdOut bytes.Buffer
+	hold.Stdout = &holdOut
+	if err := hold.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(holdOut.String(), "0000") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	second := make(chan error, 1)
+	go func() {
+		_, err := admin.run("git", "ls-remote", admin.url+"/app.git")
+		second <- err
+	}()
+	select {
+	case err := <-second:
+		t.Fatalf("a second session ran beside the only slot's: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	// Shutdown waits for the running session, which ends when its client
+	// does; the waiting one is then refused (the server drains).
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		done <- ts.srv.Shutdown(ctx)
+	}()
+	select {
+	case <-done:
+		t.Fatal("Shutdown returned while a git session ran")
+	case <-time.After(300 * time.Millisecond):
+	}
+	stdin.Write([]byte("0000"))
+	stdin.Close()
+	hold.Wait()
+	if err := <-done; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	<-second
+	if _, err := os.Stat(ts.srv.hooks.path); err == nil {
+		t.Error("the hook socket outlived the server")
+	}
+}
+
+func TestValidGitProtocol(t *testing.T) {
+	for v, ok := range map[string]bool{"version=2": true, "version=2:object-format=sha256": true, "": false,
+		"version=2\nGIT_DIR=/": false, "a b": false, "x;id": false, strings.Repeat("a", 65): false} {
+		if validGitProtocol(v) != ok {
+			t.Errorf("validGitProtocol(%q) = %v", v, !ok)
+		}
+	}
+}
+
+func TestConnectionLimit(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxSessions = 1 })
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	// Four idle, unauthenticated connections fill the server (4 x MaxSessions).
+	var conns []net.Conn
+	for i := 0; i < 4; i++ {
+		c, err := net.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 8)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(buf); err != nil { // the server's version line: accepted
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	if out, err := admin.run("git", "ls-remote", admin.url+"/app.git"); err == nil {
+		t.Errorf("a fifth connection was served:\n%s", out)
+	}
+	conns[0].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := admin.run("git", "ls-remote", admin.url+"/app.git"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a closed connection did not free its place")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, c := range conns[1:] {
+		c.Close()
+	}
+	if !strings.Contains(ts.logs.String(), "too many connections") {
+		t.Error("the refusal was not logged")
+	}
+}
+
+func TestIdleConnectionsAreClosed(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.IdleTimeout = time.Second })
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	// A client that opens upload-pack and then says nothing.
+	cmd := exec.Command("ssh", append(strings.Fields(admin.sshCommand())[1:], "-p", ts.port(), "git@127.0.0.1", "git-upload-pack '/app.git'")...)
+	cmd.Env = admin.env
+	stdin, _ := cmd.StdinPipe()
+	defer stdin.Close()
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+		if el := time.Since(t0); el < 900*time.Millisecond {
+			t.Errorf("closed after %s, before the idle time", el)
+		}
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("an idle session was still open after 15 s (idle time 1 s)")
+	}
+}
