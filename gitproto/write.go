@@ -331,17 +331,22 @@ func sortRefs(refs []Ref) {
 // SignedPayload returns what a commit's signature covers (the commit
 // without its gpgsig header) and the armored signature ("" if unsigned).
 func SignedPayload(c *object.Commit) ([]byte, string, error) {
+	b, err := encodeBytes(c.EncodeWithoutSignature)
+	return b, c.PGPSignature, err
+}
+
+// encodeBytes returns what an object encoder writes.
+func encodeBytes(encode func(plumbing.EncodedObject) error) ([]byte, error) {
 	o := &plumbing.MemoryObject{}
-	if err := c.EncodeWithoutSignature(o); err != nil {
-		return nil, "", err
+	if err := encode(o); err != nil {
+		return nil, err
 	}
 	rd, err := o.Reader()
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	defer rd.Close()
-	b, err := io.ReadAll(rd)
-	return b, c.PGPSignature, err
+	return io.ReadAll(rd)
 }
 
 // IsDotGitName reports whether a path component would be taken for .git
@@ -375,15 +380,6 @@ func (r *Repo) checkNameConflict(name string) error {
 // tag without its signature) and the armored signature ("" if unsigned),
 // as `git verify-tag` checks it.
 func TagSignedPayload(t *object.Tag) ([]byte, string, error) {
-	o := &plumbing.MemoryObject{}
-	if err := t.EncodeWithoutSignature(o); err != nil {
-		return nil, "", err
-	}
-	rd, err := o.Reader()
-	if err != nil {
-		return nil, "", err
-	}
-	defer rd.Close()
-	b, err := io.ReadAll(rd)
+	b, err := encodeBytes(t.EncodeWithoutSignature)
 	return b, t.PGPSignature, err
 }

@@ -290,6 +290,24 @@ func describePolicy(p secrets.Policy) string {
 }
 
 // simpleArgs parses flags --repo and --key plus nPos positional arguments.
+// loadEnvArgs parses the arguments of a subcommand whose first argument
+// is the environment, opens the environment and loads its tree. With ok
+// false, code is the exit code (the error is printed).
+func loadEnvArgs(e *env, name, usage string, args []string, nPos int) (c *secretsCmd, t *envTree, pos []string, code int, ok bool) {
+	repoDir, keyFile, pos, code, ok := simpleArgs(e, name, usage, args, nPos)
+	if !ok {
+		return nil, nil, nil, code, false
+	}
+	c, err := openEnv(e, repoDir, pos[0], keyFile)
+	if err != nil {
+		return nil, nil, nil, (&secretsCmd{e: e}).fail(err), false
+	}
+	if t, err = c.load(); err != nil {
+		return nil, nil, nil, c.fail(err), false
+	}
+	return c, t, pos, 0, true
+}
+
 func simpleArgs(e *env, name, usage string, args []string, nPos int) (repoDir, keyFile string, pos []string, code int, ok bool) {
 	fs := newFlags(e, name, usage)
 	r := fs.String("repo", ".", "the repository")
@@ -386,23 +404,15 @@ func secretsSet(e *env, args []string) int {
 }
 
 func secretsGet(e *env, args []string) int {
-	repoDir, keyFile, pos, code, ok := simpleArgs(e, "secrets get", "ENV NAME", args, 2)
+	c, t, pos, code, ok := loadEnvArgs(e, "secrets get", "ENV NAME", args, 2)
 	if !ok {
 		return code
-	}
-	c, err := openEnv(e, repoDir, pos[0], keyFile)
-	if err != nil {
-		return (&secretsCmd{e: e}).fail(err)
-	}
-	t, err := c.load()
-	if err != nil {
-		return c.fail(err)
 	}
 	sealed, ok := t.values[pos[1]]
 	if !ok {
 		return c.fail(usageErr{fmt.Errorf("%s has no secret %s; it has: %s", c.env, pos[1], strings.Join(t.names(), ", "))})
 	}
-	id, err := c.e.identity(keyFile)
+	id, err := c.e.identity(c.keyFile)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -459,17 +469,9 @@ type commitInfo struct {
 }
 
 func secretsList(e *env, args []string) int {
-	repoDir, keyFile, pos, code, ok := simpleArgs(e, "secrets list", "ENV", args, 1)
+	c, t, _, code, ok := loadEnvArgs(e, "secrets list", "ENV", args, 1)
 	if !ok {
 		return code
-	}
-	c, err := openEnv(e, repoDir, pos[0], keyFile)
-	if err != nil {
-		return (&secretsCmd{e: e}).fail(err)
-	}
-	t, err := c.load()
-	if err != nil {
-		return c.fail(err)
 	}
 	changes, err := c.lastChange(t)
 	if err != nil {
@@ -500,16 +502,9 @@ func secretsList(e *env, args []string) int {
 }
 
 func secretsHistory(e *env, args []string) int {
-	repoDir, keyFile, pos, code, ok := simpleArgs(e, "secrets history", "ENV", args, 1)
+	c, _, _, code, ok := loadEnvArgs(e, "secrets history", "ENV", args, 1)
 	if !ok {
 		return code
-	}
-	c, err := openEnv(e, repoDir, pos[0], keyFile)
-	if err != nil {
-		return (&secretsCmd{e: e}).fail(err)
-	}
-	if _, err := c.load(); err != nil {
-		return c.fail(err)
 	}
 	for h, n := c.tip, 0; h != gitproto.ZeroHash && n < 10000; n++ {
 		cm, err := c.repo.Commit(h)
@@ -552,17 +547,9 @@ func reseal(t *envTree, id *secrets.Identity, env string) error {
 }
 
 func secretsRecipients(e *env, op string, args []string) int {
-	repoDir, keyFile, pos, code, ok := simpleArgs(e, "secrets recipients "+op, "ENV FILE|FINGERPRINT", args, 2)
+	c, t, pos, code, ok := loadEnvArgs(e, "secrets recipients "+op, "ENV FILE|FINGERPRINT", args, 2)
 	if !ok {
 		return code
-	}
-	c, err := openEnv(e, repoDir, pos[0], keyFile)
-	if err != nil {
-		return (&secretsCmd{e: e}).fail(err)
-	}
-	t, err := c.load()
-	if err != nil {
-		return c.fail(err)
 	}
 	id, err := c.admin(t)
 	if err != nil {
