@@ -204,6 +204,47 @@ func OpenRemote(rawURL, cache string, env []string) (*Remote, error) {
 
 // isLocalPath reports whether git takes u as a local path (not a URL and
 // not scp-like host:path): no "://", and no ':' before the first '/'.
+// LocalDir returns the directory of a remote on this machine (a path or
+// a file:// URL), or "" for a remote reached over the network.
+func (r *Remote) LocalDir() string {
+	if isLocalPath(r.URL) {
+		return r.URL
+	}
+	if u, err := url.Parse(r.URL); err == nil && u.Scheme == "file" && (u.Host == "" || u.Host == "localhost") && u.Path != "" {
+		return u.Path
+	}
+	return ""
+}
+
+// listLocal reads the refs of a remote on this machine straight from its
+// files, as git's own ref reader does, without starting git. ok is false
+// when the remote is not local or not a repository that can be read that
+// way (then git ls-remote gives the real error).
+func (r *Remote) listLocal(prefixes []string) (map[string]Hash, bool) {
+	dir := r.LocalDir()
+	if dir == "" {
+		return nil, false
+	}
+	repo, err := Open(dir)
+	if err != nil {
+		return nil, false
+	}
+	if len(prefixes) == 0 {
+		prefixes = []string{"refs/"}
+	}
+	out := map[string]Hash{}
+	for _, p := range prefixes {
+		refs, err := repo.Refs(p)
+		if err != nil {
+			return nil, false
+		}
+		for _, ref := range refs {
+			out[ref.Name] = ref.Hash
+		}
+	}
+	return out, true
+}
+
 func isLocalPath(u string) bool {
 	if strings.Contains(u, "://") {
 		return false
@@ -503,6 +544,9 @@ func (r *Remote) ListRemote(ctx context.Context, prefixes ...string) (map[string
 			return nil, fmt.Errorf("ls-remote: invalid ref prefix %q", p)
 		}
 		patterns = append(patterns, p+"*")
+	}
+	if refs, ok := r.listLocal(prefixes); ok {
+		return refs, nil
 	}
 	out, err := r.run(ctx, []string{"ls-remote", "--refs", "--"}, patterns)
 	if err != nil {

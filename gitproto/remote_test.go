@@ -1039,3 +1039,44 @@ func TestRemoteTimings(t *testing.T) {
 			pulls, n, med(push), med(fetchNew), med(fetchNone), med(ls))
 	}
 }
+
+// A remote on this machine is listed from its files; the answer must be
+// git's own, with packed refs, loose refs overriding packed ones, and
+// deleted refs.
+func TestRemoteListLocalMatchesGit(t *testing.T) {
+	t.Parallel()
+	remote := newBare(t, "remote.git")
+	a := mkCommit(t, remote, "a")
+	b := mkCommit(t, remote, "b")
+	for i := range 5 {
+		setRef(t, remote, fmt.Sprintf("refs/ci/requests/r%d", i), a)
+	}
+	setRef(t, remote, "refs/ci/claims/r1", a)
+	gitT(t, remote, "pack-refs", "--all")
+	setRef(t, remote, "refs/ci/requests/r2", b) // loose, over its packed value
+	setRef(t, remote, "refs/ci/requests/new", b)
+	gitT(t, remote, "update-ref", "-d", "refs/ci/requests/r3") // packed, deleted
+	for _, url := range []string{remote, "file://" + remote} {
+		r := openTestRemote(t, url)
+		if r.LocalDir() != remote {
+			t.Fatalf("LocalDir(%s) = %q", url, r.LocalDir())
+		}
+		got, err := r.ListRemote(context.Background(), "refs/ci/requests/", "refs/ci/claims/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]Hash{}
+		for _, line := range strings.Split(gitT(t, remote, "ls-remote", "--refs", remote, "refs/ci/requests/*", "refs/ci/claims/*"), "\n") {
+			id, name, _ := strings.Cut(line, "\t")
+			want[name] = mustHash(t, id)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) || got["refs/ci/requests/r2"] != b || len(got) != 6 {
+			t.Errorf("ListRemote(%s) = %v\nwant (git ls-remote) %v", url, got, want)
+		}
+	}
+	for _, url := range []string{"ssh://host/x.git", "host:x.git", "https://host/x.git", "file://otherhost/x.git"} {
+		if d := (&Remote{URL: url}).LocalDir(); d != "" {
+			t.Errorf("LocalDir(%s) = %q, want none", url, d)
+		}
+	}
+}

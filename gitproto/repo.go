@@ -350,10 +350,10 @@ type Ref struct {
 // Refs lists the refs whose names start with prefix, loose and packed,
 // sorted by name.
 func (r *Repo) Refs(prefix string) ([]Ref, error) {
+	// Loose refs first, then packed-refs: git packs refs by writing the
+	// new packed-refs before deleting the loose files, so a ref being
+	// packed meanwhile is seen in one or the other, never in neither.
 	seen := map[string]Hash{}
-	if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), prefix, seen); err != nil {
-		return nil, err
-	}
 	root := filepath.Join(r.commonDir, filepath.FromSlash(prefix))
 	// prefix may end mid-component (refs/ci/runs/abc): walk its directory.
 	walkRoot := root
@@ -390,6 +390,15 @@ func (r *Repo) Refs(prefix string) ([]Ref, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list refs %s: %w", prefix, err)
+	}
+	packed := map[string]Hash{}
+	if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), prefix, packed); err != nil {
+		return nil, err
+	}
+	for n, h := range packed {
+		if _, ok := seen[n]; !ok { // a loose ref overrides its packed value
+			seen[n] = h
+		}
 	}
 	out := make([]Ref, 0, len(seen))
 	for n, h := range seen {

@@ -328,8 +328,8 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 		if flushErr != nil {
 			err = flushErr
 		} else if !stopping && (now.Sub(lastPoll) >= w.cfg.Poll || moreWaiting && active <= cap(w.slots)) {
-			// An early poll for more work reuses the fetch that
-			// checked the last claims.
+			// An early poll for more work works from the cache the
+			// last poll fetched.
 			fetch := !moreWaiting || now.Sub(lastFetch) >= w.cfg.Poll
 			lastPoll = now
 			if fetch {
@@ -392,12 +392,11 @@ var pollRefspecs = []string{
 // renews leases, and claims what is free. It returns how many requests it
 // claimed.
 //
-// With fetch false it works from the cache as the previous poll left it:
-// that poll's claims re-fetched requests and claims after winning, so the
-// cache is one pass old at most, and every decision taken from it is
-// checked again by a compare-and-swap on the remote.
+// With fetch false it works from the cache as the previous poll left it,
+// one pass old: every decision taken from it is checked again, by the
+// compare-and-swap of the claim and by the re-check after winning.
 func (w *Worker) poll(ctx context.Context, rem *gitproto.Remote, fetch bool) (int, error) {
-	if fetch {
+	if fetch && !w.unchanged(ctx, rem) {
 		if err := rem.Fetch(ctx, pollRefspecs...); err != nil {
 			return 0, err
 		}
@@ -419,6 +418,39 @@ func (w *Worker) poll(ctx context.Context, rem *gitproto.Remote, fetch bool) (in
 		return 0, err
 	}
 	return w.claim(ctx, rem, repo, requests, claims)
+}
+
+// unchanged reports whether a remote on this machine has the same
+// requests and claims as the cache, read from its files without starting
+// git, so that an idle local remote (every repository of refci serve)
+// costs no git process to poll. For other remotes it is false: asking
+// would cost as much as the fetch.
+func (w *Worker) unchanged(ctx context.Context, rem *gitproto.Remote) bool {
+	if rem.LocalDir() == "" {
+		return false
+	}
+	there, err := rem.ListRemote(ctx, queue.RequestsPrefix, queue.ClaimsPrefix)
+	if err != nil {
+		return false
+	}
+	repo, err := gitproto.Open(rem.Cache)
+	if err != nil {
+		return false
+	}
+	n := 0
+	for _, prefix := range []string{queue.RequestsPrefix, queue.ClaimsPrefix} {
+		refs, err := repo.Refs(prefix)
+		if err != nil {
+			return false
+		}
+		for _, r := range refs {
+			if there[r.Name] != r.Hash {
+				return false
+			}
+			n++
+		}
+	}
+	return n == len(there)
 }
 
 func refMap(repo *gitproto.Repo, prefix string) (map[string]gitproto.Hash, error) {
@@ -578,16 +610,13 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 	// whose request is gone or changed is released, not run. Workers
 	// delete a request strictly before its claim, so a claim we won
 	// implies this fetch sees such a deletion.
-	if err := rem.Fetch(ctx, pollRefspecs...); err != nil {
+	listed, err := rem.ListRemote(ctx, queue.RequestsPrefix)
+	if err != nil {
 		return 0, err // the claims expire and are taken over: nothing runs twice
 	}
-	fresh, err := gitproto.Open(rem.Cache)
-	if err != nil {
-		return 0, err
-	}
-	now2, err := refMap(fresh, queue.RequestsPrefix)
-	if err != nil {
-		return 0, err
+	now2 := make(map[string]gitproto.Hash, len(listed))
+	for name, h := range listed {
+		now2[strings.TrimPrefix(name, queue.RequestsPrefix)] = h
 	}
 	var release []gitproto.RefUpdate
 	won := 0
