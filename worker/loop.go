@@ -51,6 +51,10 @@ type Config struct {
 	Secrets SecretsFunc
 	// Page, when set, renders index.html of each final result (RunSpec.Page).
 	Page PageFunc
+	// Hide and RequireIsolation are every run's RunSpec.Hide and
+	// RunSpec.RequireIsolation: paths pipelines must not see.
+	Hide             []string
+	RequireIsolation bool
 }
 
 // TrustQuery is what Config.Trust decides on.
@@ -790,6 +794,7 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		ArtifactFileCap: w.cfg.ArtifactFileCap, ArtifactTotalCap: w.cfg.ArtifactTotalCap,
 		RefciPath: w.cfg.RefciPath, Shim: w.cfg.RefciPath, TempDir: w.cfg.TempDir, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
 		SnapshotEvery: w.cfg.Snapshot, Secrets: w.cfg.Secrets, Remote: a.remote.URL, Page: w.cfg.Page,
+		Hide: w.cfg.Hide, RequireIsolation: w.cfg.RequireIsolation,
 		OnSnapshot: func(_ string, c gitproto.Hash) {
 			a.mu.Lock()
 			a.snapshots = append(a.snapshots, c)

@@ -60,6 +60,16 @@ type ProcSpec struct {
 	// "__refci-shim" (see ShimMain). Results are the same as without a
 	// shim.
 	Shim string
+
+	// Hide lists absolute paths (files or directories) that the pipeline
+	// must not see: the shim runs it in a user and mount namespace of its
+	// own where each is covered by an empty read-only directory or by
+	// /dev/null (see hide_linux.go). It needs Shim. Where user
+	// namespaces are unavailable the pipeline runs with nothing hidden and
+	// ProcResult.Unisolated says why, unless RequireIsolation is set: then
+	// it is not started (a start error). nil hides nothing.
+	Hide             []string
+	RequireIsolation bool
 }
 
 // ProcResult says how the process ended.
@@ -73,6 +83,9 @@ type ProcResult struct {
 	// had exited and had to be killed.
 	Leftovers int
 	Duration  time.Duration // from the start until the main process and every descendant were gone
+	// Unisolated, when not empty, says why ProcSpec.Hide was not
+	// honoured although the process ran (user namespaces unavailable).
+	Unisolated string
 }
 
 // defaultProcKillGrace is the KillGrace used when ProcSpec.KillGrace is 0.
@@ -144,6 +157,14 @@ func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
 	}
 	if spec.Shim != "" && !filepath.IsAbs(spec.Shim) {
 		return res, fmt.Errorf("worker: cannot start %q: the shim path %q is not absolute", spec.Path, spec.Shim)
+	}
+	if len(spec.Hide) > 0 && spec.Shim == "" {
+		return res, fmt.Errorf("worker: cannot start %q: hiding paths from it needs the shim (ProcSpec.Shim)", spec.Path)
+	}
+	for _, h := range spec.Hide {
+		if !filepath.IsAbs(h) || strings.IndexByte(h, 0) >= 0 {
+			return res, fmt.Errorf("worker: cannot start %q: the path to hide %q is not absolute", spec.Path, h)
+		}
 	}
 	hardDone := doneChan(spec.Hard)
 	if ctx.Err() != nil || isDone(hardDone) {
@@ -387,6 +408,7 @@ kill:
 		}
 		res.ExitCode, res.Signal = r.ExitCode, r.Signal
 		res.Leftovers += r.Leftovers
+		res.Unisolated = sh.unisolated
 	} else if mainExited {
 		if ps := cmd.ProcessState; ps != nil {
 			if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -421,7 +443,14 @@ func startProcess(run *reapRun, spec ProcSpec, env []string, out *os.File, sh *s
 		}
 		if sh != nil {
 			cmd.Path = spec.Shim
-			cmd.Args = append([]string{spec.Shim, ShimArg, "--kill-grace=" + grace.String(), "--", spec.Path}, spec.Args...)
+			cmd.Args = []string{spec.Shim, ShimArg, "--kill-grace=" + grace.String()}
+			for _, h := range spec.Hide {
+				cmd.Args = append(cmd.Args, shimHideArg+h)
+			}
+			if spec.RequireIsolation && len(spec.Hide) > 0 {
+				cmd.Args = append(cmd.Args, shimRequireArg)
+			}
+			cmd.Args = append(append(cmd.Args, "--", spec.Path), spec.Args...)
 			cmd.ExtraFiles = []*os.File{sh.w} // fd 3
 			cmd.SysProcAttr.Pdeathsig = shimDeathSignal
 		}

@@ -34,9 +34,14 @@ var testEnv = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LC_ALL=C"}
 // of every RunProcess call of the process tests.
 var testShim string
 
-// withTestShim sets spec's Shim to testShim.
+// testHide, when set (by TestShimHideMode in hide_linux_test.go), is the
+// Hide of every RunProcess call of the process tests.
+var testHide []string
+
+// withTestShim sets spec's Shim to testShim and its Hide to testHide.
 func withTestShim(spec ProcSpec) ProcSpec {
 	spec.Shim = testShim
+	spec.Hide = testHide
 	return spec
 }
 

@@ -73,6 +73,15 @@ type RunSpec struct {
 	// per-run supervisor process, so that nothing of it survives even if
 	// this process is killed (see ProcSpec.Shim). Workers set it.
 	Shim string
+	// Hide lists absolute paths the pipeline must not see (the worker's
+	// key, configuration, caches); it needs Shim (see ProcSpec.Hide).
+	// The run's directory and RefciPath must not lie under one of them:
+	// the run ends in state error if they do. When they cannot be hidden
+	// (no user namespaces), status.json records extra.isolation "none"
+	// and extra.isolation_reason, unless RequireIsolation is set: then
+	// the run ends in state error without running the pipeline.
+	Hide             []string
+	RequireIsolation bool
 	// Output, when not nil, receives a live copy of the pipeline's
 	// output.
 	Output io.Writer
@@ -280,6 +289,10 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		return errorResult(reason)
 	}
 
+	if reason := hiddenConflict(r.spec.Hide, map[string]string{"the run directory": dir, "the refci executable": r.spec.RefciPath}); reason != "" {
+		return errorResult(reason)
+	}
+
 	masks := &MaskSet{}
 	var lw *lockedWriter
 	rs := &runSecrets{env: r.spec.Env, masks: masks, note: func(line string) { fmt.Fprintln(lw, line) }}
@@ -330,6 +343,9 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		Hard:      r.spec.Hard,
 		ReapTag:   r.spec.RunID,
 		Shim:      r.spec.Shim,
+
+		Hide:             r.spec.Hide,
+		RequireIsolation: r.spec.RequireIsolation,
 	})
 	stopSnapshots()
 	srv.Close()
@@ -341,6 +357,14 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		// The pipeline ran; refci had trouble around it (its output,
 		// a process that would not die). Say so in the log.
 		fmt.Fprintf(lw, "refci: %v\n", err)
+	}
+	if res.Unisolated != "" {
+		if r.st.Extra == nil {
+			r.st.Extra = map[string]any{}
+		}
+		r.st.Extra["isolation"] = "none"
+		r.st.Extra["isolation_reason"] = res.Unisolated
+		fmt.Fprintf(lw, "refci: warning: nothing was hidden from this pipeline: %s\n", res.Unisolated)
 	}
 	r.st.ExitCode = queue.IntPtr(res.ExitCode)
 	r.st.Signal = res.Signal
@@ -893,4 +917,34 @@ func hasDotGit(rel string) bool {
 		}
 	}
 	return false
+}
+
+// hiddenConflict says why a run cannot hide the paths in hide, when one of
+// them holds one of the paths the pipeline needs (by what they are), or
+// "". Symbolic links are resolved first where they can be.
+func hiddenConflict(hide []string, needed map[string]string) string {
+	resolve := func(p string) string {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return r
+		}
+		return filepath.Clean(p)
+	}
+	whats := make([]string, 0, len(needed))
+	for what := range needed {
+		whats = append(whats, what)
+	}
+	sort.Strings(whats)
+	for _, h := range hide {
+		hr := resolve(h)
+		for _, what := range whats {
+			p := needed[what]
+			if p == "" {
+				continue
+			}
+			if rel, err := filepath.Rel(hr, resolve(p)); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+				return fmt.Sprintf("%s %s lies under %s, which is hidden from pipelines; move it elsewhere (TMPDIR or the worker's temporary directory for the run directory)", what, p, h)
+			}
+		}
+	}
+	return ""
 }

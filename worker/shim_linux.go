@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -110,6 +111,9 @@ type shimReport struct {
 	Partial    bool   `json:"partial,omitempty"` // not a subreaper: orphans may have escaped to the worker
 	StartErrno int    `json:"start_errno,omitempty"`
 	StartError string `json:"start_error,omitempty"`
+	// Unisolated, in the ready line, says why the paths to hide are not
+	// hidden from the pipeline (user namespaces are unavailable).
+	Unisolated string `json:"unisolated,omitempty"`
 }
 
 // ShimMain is the per-run shim (see above). args are the arguments after
@@ -132,21 +136,48 @@ type shimReport struct {
 // else.
 func ShimMain(args []string) int {
 	grace := defaultProcKillGrace
+	var hide []string
+	require, inNS, probe := false, false, false
 	for len(args) > 0 && args[0] != "--" {
-		v, ok := strings.CutPrefix(args[0], "--kill-grace=")
-		d, err := time.ParseDuration(v)
-		if !ok || err != nil || d <= 0 {
-			args = nil
-			break
+		a := args[0]
+		args = args[1:]
+		if v, ok := strings.CutPrefix(a, "--kill-grace="); ok {
+			d, err := time.ParseDuration(v)
+			if err == nil && d > 0 {
+				grace = d
+				continue
+			}
+		} else if v, ok := strings.CutPrefix(a, shimHideArg); ok && filepath.IsAbs(v) {
+			hide = append(hide, filepath.Clean(v))
+			continue
+		} else if a == shimRequireArg || a == shimInNSArg || a == shimProbeArg {
+			require = require || a == shimRequireArg
+			inNS = inNS || a == shimInNSArg
+			probe = probe || a == shimProbeArg
+			continue
 		}
-		grace, args = d, args[1:]
+		args = nil
+		break
 	}
 	if len(args) < 2 || args[0] != "--" || args[1] == "" {
-		fmt.Fprintf(os.Stderr, "refci: usage: refci %s [--kill-grace=DURATION] -- PROGRAM [ARG...] (internal: the refci worker runs it)\n", ShimArg)
+		fmt.Fprintf(os.Stderr, "refci: usage: refci %s [--kill-grace=DURATION] [--hide=ABSPATH]... [--require-isolation] -- PROGRAM [ARG...] (internal: the refci worker runs it)\n", ShimArg)
 		return 2
 	}
+	switch {
+	case inNS:
+		return nsExec(hide, probe, args[1], args[1:])
+	case probe:
+		return probeMain()
+	}
+	// A pipeline runs as this process' user: without this, it could
+	// read this process' memory and, through /proc/PID/root, the files
+	// hidden from it.
+	unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
 	s := &shim{
 		grace:     grace,
+		stoppedBy: syscall.SIGKILL,
+		hide:      hide,
+		require:   require,
 		self:      os.Getpid(),
 		ppid:      os.Getppid(),
 		reportFD:  -1,
@@ -165,6 +196,9 @@ func ShimMain(args []string) int {
 
 type shim struct {
 	grace      time.Duration
+	hide       []string       // paths to hide from the pipeline (hide_linux.go)
+	require    bool           // do not run the pipeline when they cannot be hidden
+	stoppedBy  syscall.Signal // SIGTERM when that stopped the start (start), else SIGKILL
 	self, ppid int
 	reportFD   int // -1 without a report pipe
 	ctl, chld  chan os.Signal
@@ -203,7 +237,10 @@ func (s *shim) run(path string, argv []string) int {
 		}
 	}
 
-	pid, err := shimStart(path, argv)
+	pid, unisolated, err := s.start(path, argv, gone)
+	if errors.Is(err, errShimStopped) {
+		return s.notStarted(s.stoppedBy)
+	}
 	if err != nil {
 		rep := shimReport{Done: true, ExitCode: -1, StartError: err.Error()}
 		var errno syscall.Errno
@@ -214,7 +251,7 @@ func (s *shim) run(path string, argv []string) int {
 		return 127
 	}
 	s.mainPid = pid
-	s.report(shimReport{Pid: pid})
+	s.report(shimReport{Pid: pid, Unisolated: unisolated})
 
 	terminating, killNow := false, false
 	var graceEnd time.Time
@@ -273,6 +310,55 @@ func (s *shim) run(path string, argv []string) int {
 func (s *shim) notStarted(sig syscall.Signal) int {
 	s.report(shimReport{Done: true, ExitCode: 128 + int(sig), Signal: int(sig)})
 	return 128 + int(sig)
+}
+
+// errShimStopped: the worker stopped the run (or died) while the
+// pipeline was being started in its namespaces.
+var errShimStopped = errors.New("stopped while starting")
+
+// start starts the pipeline's main process, with the paths in s.hide
+// hidden from it when there are any (hide_linux.go). unisolated, when not
+// empty, says why they are not hidden although the pipeline runs. A stop
+// (or the worker's death, gone) while the namespace is set up kills the
+// set-up and returns errShimStopped; a SIGTERM is taken for a kill then,
+// as the pipeline never ran.
+func (s *shim) start(path string, argv []string, gone <-chan struct{}) (pid int, unisolated string, err error) {
+	if len(s.hide) == 0 {
+		pid, err = shimStart(path, argv)
+		return pid, "", err
+	}
+	pid, r, err := startHidden(argv, s.hide, false)
+	fallback, note, err := isolationDecision(err, s.require)
+	if fallback {
+		pid, err = shimStart(path, argv)
+		return pid, note, err
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	res := make(chan error, 1)
+	go func() {
+		res <- nsSetupResult(r)
+		r.Close()
+	}()
+	select {
+	case err = <-res:
+	case sig := <-s.ctl:
+		err = errShimStopped
+		if sig == syscall.SIGTERM {
+			s.stoppedBy = syscall.SIGTERM
+		}
+	case <-gone:
+		err = errShimStopped
+	}
+	if err == nil {
+		return pid, "", nil
+	}
+	// The set-up failed, or is stopped: kill it, and what it may have
+	// become and started in the meantime, all below this subreaper.
+	unix.Kill(-pid, unix.SIGKILL)
+	s.killAll()
+	return 0, "", err
 }
 
 // shimStart starts the pipeline's main process in a process group of its
@@ -490,6 +576,8 @@ type shimConn struct {
 	done  chan struct{} // closed at EOF of the report pipe
 	pid   atomic.Int64  // the pipeline's main pid once the shim reported it ready
 	final *shimReport   // the final line; read after done
+	// unisolated is the ready line's Unisolated; read after done.
+	unisolated string
 }
 
 func newShimConn() (*shimConn, error) {
@@ -514,6 +602,7 @@ func (c *shimConn) read(run *reapRun) {
 					c.final = &rep
 				}
 			case rep.Pid > 0 && c.pid.Load() == 0:
+				c.unisolated = rep.Unisolated
 				c.pid.Store(int64(rep.Pid))
 				run.setPipelinePgid(rep.Pid)
 			}

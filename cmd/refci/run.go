@@ -54,6 +54,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		e.errorf("%v", err)
 		return exitFor(err)
 	}
+	noDump()
 	id, err := e.identity(*keyFile)
 	if err != nil {
 		e.errorf("%v", err)
@@ -62,6 +63,14 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	self, err := os.Executable()
 	if err != nil {
 		self = ""
+	}
+	// A local run is trusted, but its pipeline has no business with the
+	// key either: hidden as by workers (which needs the shim).
+	var hide []string
+	if self != "" {
+		if h, err := e.home(); err == nil {
+			hide = hidePaths(h, *keyFile)
+		}
 	}
 	host, _ := os.Hostname()
 	admins, err := secrets.ReadKeyringFiles(adminFiles...)
@@ -127,6 +136,8 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		ArtifactFileCap:  *artCap,
 		ArtifactTotalCap: *artTotal,
 		RefciPath:        self,
+		Shim:             self,
+		Hide:             hide,
 		Output:           out,
 		Hard:             hard,
 		CancelReason:     func() string { return cancelReason.Load().(string) },

@@ -67,6 +67,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	fs.Var(&secretsAdminFiles, "secrets-admin", "OpenPGP public key of a secrets admin whose signed environments the embedded worker believes (repeatable; default: your own refci key)")
 	fs.Var(&trustedFiles, "trusted", "OpenPGP public key whose signed request tags or commits run trusted, besides pushes by keys with the trusted role (repeatable)")
 	verbose := fs.Bool("v", false, "log debug details")
+	requireIso := fs.Bool("require-isolation", false, "fail runs (state error) when the server's files cannot be hidden from pipelines (no user namespaces)")
 	if _, code, ok := parse(e, fs, args, 0); !ok {
 		return code
 	}
@@ -79,6 +80,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		e.errorf("serve: --max-sessions, --idle and --concurrency must be positive")
 		return exitUsage
 	}
+	noDump()
 	if *dataDir == "" {
 		h, err := e.home()
 		if err != nil {
@@ -133,6 +135,11 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		e.errorf("%v", err)
 		return exitFor(err)
 	}
+	refciHome, err := e.home()
+	if err != nil {
+		e.errorf("%v", err)
+		return exitUsage
+	}
 	self, err := os.Executable()
 	if err != nil {
 		e.errorf("serve: %v", err)
@@ -169,7 +176,15 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		Logger:  logger.With("component", "worker"),
 		Trust:   anyTrust(trust.decide(lay.repos), signatureTrust(trusted)),
 		Secrets: opener.open, Page: renderPage,
+		// The data dir (host key, roles, repositories, caches, trust
+		// records), the roles file and $REFCI_HOME (the key): a pipeline
+		// needs none of them; its checkout and socket are in its run
+		// directory, under the temporary directory.
+		Hide: hidePaths(lay.root, lay.roles, refciHome), RequireIsolation: *requireIso,
 	})
+	if !*noWorker {
+		checkIsolation(logger.With("component", "worker"), self, *requireIso)
+	}
 	addRepo := func(name string) {
 		if *noWorker {
 			return

@@ -37,6 +37,7 @@ type workerConfig struct {
 	ArtifactsTotalCap int64    `toml:"artifacts_total_cap"`
 	Key               string   `toml:"key"`
 	Cache             string   `toml:"cache"`
+	RequireIsolation  bool     `toml:"require_isolation"`
 	// Admins and Trusted are public key files: the secrets admins whose
 	// signed environments are believed, and the requesters whose signed
 	// requests are trusted (given secrets).
@@ -70,6 +71,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	cache := fs.String("cache", "", "where the bare cache repositories live (default $REFCI_HOME/cache)")
 	logCap := fs.Int64("log-cap", 0, "bytes of log kept per run and per job")
 	verbose := fs.Bool("v", false, "log every claim race and poll")
+	requireIso := fs.Bool("require-isolation", false, "fail runs (state error) when the worker's files cannot be hidden from pipelines (no user namespaces)")
 	var adminFiles, trustedFiles multiFlag
 	fs.Var(&adminFiles, "admin", "public key of a secrets admin: environments signed by it are believed (repeatable; added to admins in the config)")
 	fs.Var(&trustedFiles, "trusted", "public key of a trusted requester: requests whose tag or commit it signed get secrets (repeatable; added to trusted in the config)")
@@ -84,7 +86,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 			return exitUsage
 		}
 		if und := md.Undecoded(); len(und) > 0 {
-			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, admins, trusted", *configFile, und[0].String())
+			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, admins, trusted", *configFile, und[0].String())
 			return exitUsage
 		}
 	}
@@ -131,23 +133,36 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	if *logCap > 0 {
 		cfg.LogCap = *logCap
 	}
+	if *requireIso {
+		cfg.RequireIsolation = true
+	}
 	if cfg.Lease.Duration > 0 && cfg.Lease.Duration < 3*time.Second {
 		e.errorf("worker: --lease %s is too short; use at least 3s", cfg.Lease.Duration)
 		return exitUsage
 	}
 
+	noDump()
 	id, err := e.identity(cfg.Key)
 	if err != nil {
 		e.errorf("%v", err)
 		return exitFor(err)
 	}
-	if cfg.Cache == "" {
+	// Hidden from pipelines: the key (all of $REFCI_HOME when it is
+	// there), the caches, the configuration.
+	hide := hidePaths(cfg.Key, cfg.Cache, *configFile)
+	if cfg.Key == "" || cfg.Cache == "" {
 		h, err := e.home()
 		if err != nil {
 			e.errorf("%v", err)
 			return exitUsage
 		}
-		cfg.Cache = filepath.Join(h, "cache")
+		if cfg.Cache == "" {
+			cfg.Cache = filepath.Join(h, "cache")
+			hide = hidePaths(append(hide, cfg.Cache)...)
+		}
+		if cfg.Key == "" {
+			hide = hidePaths(append(hide, h)...)
+		}
 	}
 	level := slog.LevelInfo
 	if *verbose {
@@ -176,7 +191,9 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap,
 		Signer: id, RefciPath: self, Host: host, Version: version, Logger: logger,
 		Trust: signatureTrust(trusted), Secrets: opener.open, Page: renderPage,
+		Hide: hide, RequireIsolation: cfg.RequireIsolation,
 	})
+	checkIsolation(logger, self, cfg.RequireIsolation)
 	stop, stopFn := context.WithCancel(ctx)
 	defer stopFn()
 	abort, abortFn := context.WithCancel(context.WithoutCancel(ctx))

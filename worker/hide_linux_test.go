@@ -1,0 +1,280 @@
+//go:build linux
+
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
+)
+
+// Put on a pipeline's PATH as refci (RunSpec.RefciPath), the test binary
+// runs `refci job` as the refci binary does.
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == "job" && os.Getenv("REFCI_SOCKET") != "" {
+		syscall.Exit(RunJobCommand(context.Background(), os.Args[2:], os.Getenv, os.Stdout, os.Stderr))
+	}
+}
+
+// secretPlace makes a directory with a secret file in it and a secret file
+// beside it, the way a worker's $REFCI_HOME and --key FILE look.
+func secretPlace(t *testing.T) (dir, file string) {
+	t.Helper()
+	root := t.TempDir()
+	dir, file = filepath.Join(root, "home"), filepath.Join(root, "key.asc")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{filepath.Join(dir, "key.asc"), file} {
+		if err := os.WriteFile(f, []byte("TOP-SECRET-KEY\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir, file
+}
+
+func needIsolation(t *testing.T) {
+	t.Helper()
+	if err := CheckIsolation(testExecutable(t)); err != nil {
+		t.Skipf("no user namespaces here: %v", err)
+	}
+}
+
+// A hidden directory is empty and read-only, a hidden file reads as
+// /dev/null, the pipeline has no capability left, and neither the shim's
+// nor the worker's /proc entries lead past the covers.
+func TestHideProcess(t *testing.T) {
+	needIsolation(t)
+	dir, file := secretPlace(t)
+	work := t.TempDir()
+	script := fmt.Sprintf(`
+cd %[3]s
+echo "dir:[$(ls -A %[1]s)]"
+echo "file:[$(cat %[2]s)]"
+cat %[1]s/key.asc 2>/dev/null || echo "no key in dir"
+touch %[1]s/x 2>/dev/null || echo "dir read-only"
+umount %[1]s 2>/dev/null || echo "cannot unmount"
+grep CapEff /proc/self/status
+cat /proc/$PPID/root%[2]s 2>/dev/null || echo "no way through the shim"
+echo "work dir writable" > out && cat out
+`, dir, file, work)
+	var out syncBuffer
+	res, err := RunProcess(t.Context(), ProcSpec{Path: "/bin/sh", Args: []string{"-c", script}, Env: testEnv, Output: &out,
+		Shim: testExecutable(t), Hide: []string{dir, file}, Timeout: testSafety})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	if res.ExitCode != 0 || res.Unisolated != "" {
+		t.Errorf("result %+v\n%s", res, got)
+	}
+	if strings.Contains(got, "TOP-SECRET") {
+		t.Errorf("the pipeline read a hidden file:\n%s", got)
+	}
+	for _, want := range []string{"dir:[]", "file:[]", "no key in dir", "dir read-only", "cannot unmount",
+		"CapEff:\t0000000000000000", "no way through the shim", "work dir writable"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q:\n%s", want, got)
+		}
+	}
+	// Outside, nothing changed.
+	if b, err := os.ReadFile(filepath.Join(dir, "key.asc")); err != nil || string(b) != "TOP-SECRET-KEY\n" {
+		t.Errorf("the hidden file outside: %q, %v", b, err)
+	}
+}
+
+// The shim's supervision holds inside the namespaces: the process tests
+// that stop, kill and reap whole trees, with hiding on.
+func TestShimHideMode(t *testing.T) {
+	needIsolation(t)
+	dir, file := secretPlace(t)
+	for _, tc := range []struct {
+		name string
+		f    func(*testing.T)
+	}{
+		{"ExitCodes", TestProcessExitCodes},
+		{"EnvIsExact", TestProcessEnvIsExact},
+		{"ArgsDirAndStdin", TestProcessArgsDirAndStdin},
+		{"TimeoutKillsAfterGrace", TestProcessTimeoutKillsAfterGrace},
+		{"DaemonsAreKilled", TestProcessDaemonsAreKilled},
+		{"Cancel", TestProcessCancel},
+		{"HardCancel", TestProcessHardCancel},
+		{"StartErrors", TestProcessStartErrors},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			useShim(t)
+			testHide = []string{dir, file}
+			t.Cleanup(func() { testHide = nil })
+			tc.f(t)
+		})
+	}
+}
+
+// A whole run with hiding: the checkout, the run directory, the job socket
+// (refci job) and refci on PATH work; the hidden paths are empty.
+func TestHideRun(t *testing.T) {
+	needIsolation(t)
+	dir, file := secretPlace(t)
+	lw := newLoopWorld(t, fmt.Sprintf(`set -e
+test -x .refci/run && echo "checkout ok"
+refci job hidden-check -- sh -c 'echo "job:[$(ls -A %[1]s)][$(cat %[2]s)]"'
+echo artifact > "$REFCI_ARTIFACTS/a.txt"
+echo "home:[$(ls -A %[1]s)]"
+`, dir, file))
+	repo, err := gitproto.Open(lw.clone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, err := repo.ResolveCommit("HEAD")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := testExecutable(t)
+	var live syncBuffer
+	out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", RefciPath: exe, Shim: exe,
+		TempDir: t.TempDir(), Output: &live, Hide: []string{dir, file}, RequireIsolation: true}, testSigner(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := out.Status
+	log := live.String()
+	if st.State != queue.Success || len(st.Jobs) != 1 || st.Jobs[0].State != queue.Success || len(st.Artifacts) != 1 {
+		t.Fatalf("state %s (%s), jobs %+v, artifacts %+v\n%s", st.State, st.Reason, st.Jobs, st.Artifacts, log)
+	}
+	if st.Extra["isolation"] != nil {
+		t.Errorf("status extra %v: isolation is recorded only when missing", st.Extra)
+	}
+	if !strings.Contains(log, "checkout ok") || !strings.Contains(log, "home:[]") || strings.Contains(log, "TOP-SECRET") {
+		t.Errorf("log:\n%s", log)
+	}
+	jobLog := lw.git(t, lw.clone, "show", out.Commit.String()+":"+st.Jobs[0].Log)
+	if !strings.Contains(jobLog, "job:[][]") {
+		t.Errorf("job log %q", jobLog)
+	}
+}
+
+// A run directory under a hidden path is refused with a clear reason.
+func TestHideRunDirConflict(t *testing.T) {
+	dir, _ := secretPlace(t)
+	lw := newLoopWorld(t, "echo ran\n")
+	repo, err := gitproto.Open(lw.clone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, _ := repo.ResolveCommit("HEAD")
+	exe := testExecutable(t)
+	out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", RefciPath: exe, Shim: exe,
+		TempDir: dir, Hide: []string{filepath.Dir(dir)}}, testSigner(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Status.State != queue.Error || !strings.Contains(out.Status.Reason, "the refci executable") && !strings.Contains(out.Status.Reason, "the run directory") ||
+		!strings.Contains(out.Status.Reason, "hidden from pipelines") {
+		t.Errorf("state %s, reason %q", out.Status.State, out.Status.Reason)
+	}
+}
+
+func TestIsolationDecision(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		startErr  error
+		require   bool
+		fallback  bool
+		errSubstr string
+	}{
+		{"started", nil, false, false, ""},
+		{"started, required", nil, true, false, ""},
+		{"max_user_namespaces 0", syscall.ENOSPC, false, true, ""},
+		{"unprivileged_userns_clone 0", syscall.EPERM, false, true, ""},
+		{"no CONFIG_USER_NS", syscall.EINVAL, false, true, ""},
+		{"unavailable, required", syscall.EPERM, true, false, "--require-isolation"},
+		{"other failure", syscall.ENOMEM, false, false, "cannot allocate memory"},
+		{"other failure, required", syscall.ENOMEM, true, false, "cannot allocate memory"},
+	} {
+		fallback, note, err := isolationDecision(tc.startErr, tc.require)
+		if fallback != tc.fallback || (fallback != (note != "")) {
+			t.Errorf("%s: fallback %v, note %q", tc.name, fallback, note)
+		}
+		if (err == nil) != (tc.errSubstr == "") || err != nil && !strings.Contains(err.Error(), tc.errSubstr) {
+			t.Errorf("%s: error %v, want one containing %q", tc.name, err, tc.errSubstr)
+		}
+		if tc.require && tc.errSubstr == "--require-isolation" && !errors.Is(err, errIsolationUnavailable) {
+			t.Errorf("%s: %v does not match errIsolationUnavailable", tc.name, err)
+		}
+	}
+}
+
+// Where user namespaces cannot be made (here: inside one whose
+// user.max_user_namespaces is 0), the pipeline runs unhidden and the
+// report says why; with --require-isolation it does not run.
+func TestHideUnavailable(t *testing.T) {
+	needIsolation(t)
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("no unshare(1)")
+	}
+	_, file := secretPlace(t)
+	exe := testExecutable(t)
+	for _, require := range []bool{false, true} {
+		flags := "--hide=" + file
+		if require {
+			flags += " " + shimRequireArg
+		}
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("unshare", "--user", "--map-root-user", "sh", "-c",
+			`echo 0 > /proc/sys/user/max_user_namespaces || exit 99; exec "$0" `+ShimArg+` `+flags+` -- /bin/cat "$1"`, exe, file)
+		cmd.ExtraFiles = []*os.File{w}
+		cmd.Env = testEnv
+		outb, err := cmd.Output()
+		w.Close()
+		rep, _ := readAllString(r)
+		if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == 99 {
+			t.Skipf("cannot make a user namespace without nested ones here: %v %s", err, rep)
+		}
+		if !require {
+			if !strings.Contains(string(outb), "TOP-SECRET") || !strings.Contains(rep, `"unisolated":"user namespaces are unavailable`) {
+				t.Errorf("without --require-isolation: output %q, report %s", outb, rep)
+			}
+			continue
+		}
+		if strings.Contains(string(outb), "TOP-SECRET") || !strings.Contains(rep, "--require-isolation") || !strings.Contains(rep, `"done":true`) {
+			t.Errorf("with --require-isolation: output %q, report %s", outb, rep)
+		}
+	}
+}
+
+func readAllString(f *os.File) (string, error) {
+	defer f.Close()
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := f.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			return b.String(), nil
+		}
+	}
+}
+
+func TestHideNeedsShimAndAbsolutePaths(t *testing.T) {
+	for _, spec := range []ProcSpec{
+		{Path: "/bin/true", Hide: []string{"/x"}},
+		{Path: "/bin/true", Hide: []string{"relative"}, Shim: testExecutable(t)},
+	} {
+		res, err := RunProcess(t.Context(), spec)
+		if err == nil || res.ExitCode != -1 {
+			t.Errorf("%+v: %+v, %v", spec, res, err)
+		}
+	}
+}
