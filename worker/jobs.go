@@ -96,6 +96,7 @@ import (
 	"os/signal"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -103,6 +104,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 
 	"refci.dev/refci/queue"
 )
@@ -131,6 +134,12 @@ type JobServerConfig struct {
 	// Secret answers the "secret" op: the value of a secret, or why it
 	// is withheld. nil: every secret is refused.
 	Secret func(name string) ([]byte, error)
+	// OwnTree, when set, admits only connections from the process tree
+	// of the run (see Admit): every run's socket lives in a directory of
+	// the same Unix user, so without it another run's pipeline could
+	// connect and ask for this run's secrets. Until Admit is called no
+	// connection is served.
+	OwnTree bool
 }
 
 // Protocol constants.
@@ -278,6 +287,67 @@ type JobServer struct {
 	order   []*jobEntry
 	changed chan struct{} // closed and replaced whenever a job registers or finishes
 	conns   map[net.Conn]struct{}
+	root    int // the run's root process (OwnTree); 0 before Admit
+}
+
+// Admit sets the run's root process (the shim, or the pipeline without
+// one): with OwnTree, only it and its descendants may use the socket.
+func (s *JobServer) Admit(pid int) {
+	s.mu.Lock()
+	s.root = pid
+	s.mu.Unlock()
+}
+
+// peerAdmitted reports whether the process at the other end of conn
+// belongs to the run's process tree. The kernel records the connecting
+// process (SO_PEERCRED); orphans of the run are re-parented to the shim,
+// a child subreaper, so they stay in the tree.
+func (s *JobServer) peerAdmitted(conn net.Conn) (bool, string) {
+	s.mu.Lock()
+	root := s.root
+	s.mu.Unlock()
+	if root <= 0 {
+		return false, "the run has not started"
+	}
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return false, "not a unix socket"
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return false, err.Error()
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil || cerr != nil {
+		return false, fmt.Sprint("cannot read the peer's credentials: ", err, cerr)
+	}
+	for pid, steps := int(cred.Pid), 0; pid > 1 && steps < 4096; steps++ {
+		if pid == root {
+			return true, ""
+		}
+		pid = parentPid(pid)
+	}
+	return false, fmt.Sprintf("process %d is not part of this run", cred.Pid)
+}
+
+// parentPid reads a process's parent from /proc (0 if it is gone).
+func parentPid(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
 }
 
 // jobEntry is one job. Lock order: JobServer.mu, then logMu.
@@ -464,6 +534,12 @@ func (s *JobServer) serveConn(conn net.Conn) {
 		delete(s.conns, conn)
 		s.mu.Unlock()
 	}()
+	if s.cfg.OwnTree {
+		if ok, why := s.peerAdmitted(conn); !ok {
+			s.replyError(conn, "refused: this socket serves only the processes of its own run (%s)", why)
+			return
+		}
+	}
 	quit := make(chan struct{})
 	defer close(quit)
 	msgs := make(chan jobIn)

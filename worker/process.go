@@ -19,9 +19,12 @@ import (
 
 // ProcSpec describes one pipeline process.
 type ProcSpec struct {
-	Path string   // executable to run; a relative Path is resolved against Dir
-	Args []string // arguments after Path (argv[0] is Path)
-	Dir  string   // working directory; "" means the current one
+	// Started, when set, is called with the pid of the started process
+	// (the shim, with Shim) before RunProcess waits for it.
+	Started func(pid int)
+	Path    string   // executable to run; a relative Path is resolved against Dir
+	Args    []string // arguments after Path (argv[0] is Path)
+	Dir     string   // working directory; "" means the current one
 	// Env is the complete environment; nothing from os.Environ() is added
 	// (nil means an empty environment). When ReapTag is set,
 	// REFCI_REAP_TAG=<ReapTag> is appended.
@@ -464,6 +467,9 @@ func startProcess(run *reapRun, spec ProcSpec, env []string, out *os.File, sh *s
 		if err == nil {
 			run.mainPid = cmd.Process.Pid
 			registry.mu.Unlock()
+			if spec.Started != nil {
+				spec.Started(cmd.Process.Pid)
+			}
 			return cmd, start, nil
 		}
 		delete(registry.runs, run)

@@ -311,8 +311,9 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 			r.mu.Unlock()
 			return &maskedLog{Masker{Set: masks, W: l}}, nil
 		},
-		Now:    r.now,
-		Secret: rs.get,
+		Now:     r.now,
+		Secret:  rs.get,
+		OwnTree: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start job socket: %w", err)
@@ -343,6 +344,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		Hard:      r.spec.Hard,
 		ReapTag:   r.spec.RunID,
 		Shim:      r.spec.Shim,
+		Started:   srv.Admit,
 
 		Hide:             r.spec.Hide,
 		RequireIsolation: r.spec.RequireIsolation,

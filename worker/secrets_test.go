@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -116,5 +117,59 @@ func TestMaskArtifacts(t *testing.T) {
 	b, _ := os.ReadFile(kept[1].src)
 	if string(b) != "token=***\n" || kept[1].Size != int64(len(b)) {
 		t.Errorf("masked copy %q, size %d", b, kept[1].Size)
+	}
+}
+
+// Every run's socket lives in a directory of the same Unix user: the
+// server must refuse a process that is not part of its run, such as the
+// pipeline of another run, and serve the run's own processes.
+func TestSocketServesOnlyItsOwnRun(t *testing.T) {
+	dir, err := os.MkdirTemp("", "sec")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "s")
+	rs := &runSecrets{env: "staging", masks: &MaskSet{}, source: fakeSource{"TOKEN": "tok-123456"}, note: func(string) {}}
+	srv, err := NewJobServer(JobServerConfig{SocketPath: sock, OpenLog: func(string) (JobLog, error) { return nil, errors.New("no jobs") }, Secret: rs.get, OwnTree: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ask := func() (string, string, int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var out, errOut bytes.Buffer
+		code := RunSecretCommand(ctx, []string{"TOKEN"}, func(k string) string {
+			if k == "REFCI_SOCKET" {
+				return sock
+			}
+			return ""
+		}, &out, &errOut)
+		return out.String(), errOut.String(), code
+	}
+	// Before the run's process is known, nobody is served.
+	if out, errOut, code := ask(); code == 0 || out != "" || !strings.Contains(errOut, "the run has not started") {
+		t.Errorf("before Admit: code %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	// The run is another process tree (a sleep standing in for it): this
+	// test process is outside it.
+	other := exec.Command("sleep", "30")
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { other.Process.Kill(); other.Wait() }()
+	srv.Admit(other.Process.Pid)
+	if out, errOut, code := ask(); code == 0 || out != "" || !strings.Contains(errOut, "not part of this run") {
+		t.Errorf("from another process tree: code %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	// The test process's parent is outside too; its own tree is inside.
+	srv.Admit(os.Getppid())
+	if out, _, code := ask(); code != 0 || out != "tok-123456" {
+		t.Errorf("from a descendant of the run's root: code %d, stdout %q", code, out)
+	}
+	srv.Admit(os.Getpid())
+	if out, _, code := ask(); code != 0 || out != "tok-123456" {
+		t.Errorf("from the run's root itself: code %d, stdout %q", code, out)
 	}
 }
