@@ -536,6 +536,10 @@ func (s *JobServer) serveConn(conn net.Conn) {
 	}()
 	if s.cfg.OwnTree {
 		if ok, why := s.peerAdmitted(conn); !ok {
+			// Take the request first, so the client reads the refusal
+			// rather than a broken pipe.
+			conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+			bufio.NewReader(io.LimitReader(conn, jobMaxMsg)).ReadSlice('\n')
 			s.replyError(conn, "refused: this socket serves only the processes of its own run (%s)", why)
 			return
 		}
