@@ -369,6 +369,11 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 		if stopping && next > 200*time.Millisecond && err == nil {
 			next = 200 * time.Millisecond
 		}
+		// Other wake-ups (a run finished, a push done) must not push the
+		// next scheduled poll back.
+		if due := lastPoll.Add(w.cfg.Poll).Sub(w.now()); err == nil && !stopping && due < next {
+			next = max(due, 0)
+		}
 		timer.Reset(next)
 	}
 }

@@ -56,7 +56,7 @@ refci job check -- echo job-ran
 	f.refci("verify", "--keyring", keyFile, ref).want(t, 0)
 }
 
-// refci run hides $REFCI_HOME from its pipeline too.
+// refci run --isolate hides $REFCI_HOME from its pipeline too.
 func TestRunHidesTheKey(t *testing.T) {
 	if err := worker.CheckIsolation(refciBin); err != nil {
 		t.Skipf("no user namespaces here: %v", err)
@@ -64,7 +64,7 @@ func TestRunHidesTheKey(t *testing.T) {
 	s := newSandbox(t)
 	s.refci("keys", "show").want(t, 0) // creates the key
 	s.pipeline(fmt.Sprintf("cat %s/key.asc || echo 'key hidden'\n", s.home))
-	r := s.refci("run")
+	r := s.refci("run", "--isolate")
 	if r.code != 0 || strings.Contains(r.stdout, "PGP PRIVATE KEY") || !strings.Contains(r.stdout, "key hidden") {
 		t.Fatalf("refci run: %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}

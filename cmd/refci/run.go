@@ -27,6 +27,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	grace := fs.Duration("kill-grace", worker.DefaultKillGrace, "after a timeout or Ctrl-C, wait this long between SIGTERM and SIGKILL")
 	keyFile := fs.String("key", "", "sign with this private key instead of $REFCI_HOME/key.asc")
 	quiet := fs.Bool("q", false, "do not stream the pipeline's output, print only the summary")
+	isolate := fs.Bool("isolate", false, "hide $REFCI_HOME (your signing key) from the pipeline as workers do; for code you do not trust (costs about 10 ms: the pipeline runs under refci's supervisor in namespaces of its own)")
 	logCap := fs.Int64("log-cap", worker.DefaultLogCap, "bytes of log kept per run and per job (head and tail)")
 	artCap := fs.Int64("artifact-cap", worker.DefaultArtifactFileCap, "largest artifact file stored, in bytes")
 	artTotal := fs.Int64("artifacts-total-cap", worker.DefaultArtifactTotalCap, "bytes of artifacts stored per run")
@@ -64,13 +65,22 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		self = ""
 	}
-	// A local run is trusted, but its pipeline has no business with the
-	// key either: hidden as by workers (which needs the shim).
+	// A local run is the user's own code on the user's own machine: it
+	// can read everything else of theirs anyway. --isolate hides the key
+	// as workers do (which needs the shim).
 	var hide []string
-	if self != "" {
-		if h, err := e.home(); err == nil {
-			hide = hidePaths(h, *keyFile)
+	shim := ""
+	if *isolate {
+		if self == "" {
+			e.errorf("run: --isolate: cannot find the refci executable to supervise the pipeline")
+			return exitInfra
 		}
+		h, err := e.home()
+		if err != nil {
+			e.errorf("run: --isolate: %v", err)
+			return exitInfra
+		}
+		hide, shim = hidePaths(h, *keyFile), self
 	}
 	host, _ := os.Hostname()
 	admins, err := secrets.ReadKeyringFiles(adminFiles...)
@@ -136,8 +146,9 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		ArtifactFileCap:  *artCap,
 		ArtifactTotalCap: *artTotal,
 		RefciPath:        self,
-		Shim:             self,
+		Shim:             shim,
 		Hide:             hide,
+		RequireIsolation: *isolate,
 		Output:           out,
 		Hard:             hard,
 		CancelReason:     func() string { return cancelReason.Load().(string) },
