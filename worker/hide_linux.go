@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -59,6 +61,7 @@ const (
 	shimInNSArg    = "--in-ns"             // internal: the middle step above
 	shimProbeArg   = "--probe"             // with --in-ns: set up, then exit 0 (CheckIsolation)
 	shimHideArg    = "--hide="             // a path to hide (repeatable)
+	shimKeepArg    = "--keep="             // a path under a hidden one that stays visible (repeatable)
 	shimRequireArg = "--require-isolation" // do not run the pipeline unhidden
 )
 
@@ -110,7 +113,7 @@ func isolationDecision(startErr error, require bool) (fallback bool, note string
 // startHidden starts the middle step (see above) for path and argv, in a
 // process group of its own (argv[0] is the path, as in shim.run). It returns its pid and the read end of its
 // report pipe; nsSetupResult reads it.
-func startHidden(argv, hide []string, probe bool) (int, *os.File, error) {
+func startHidden(argv, hide, keep []string, probe bool) (int, *os.File, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return 0, nil, err
@@ -122,6 +125,9 @@ func startHidden(argv, hide []string, probe bool) (int, *os.File, error) {
 	}
 	for _, h := range hide {
 		args = append(args, shimHideArg+h)
+	}
+	for _, k := range keep {
+		args = append(args, shimKeepArg+k)
 	}
 	args = append(args, "--")
 	args = append(args, argv...)
@@ -172,7 +178,7 @@ func nsSetupResult(r io.Reader) error {
 // nsExec is the middle step: it runs in the new namespaces, covers the
 // hidden paths, drops its capabilities and execs the pipeline (path,
 // argv). It returns only on failure, after reporting it on fd 3.
-func nsExec(hide []string, probe bool, path string, argv []string) int {
+func nsExec(hide, keep []string, probe bool, path string, argv []string) int {
 	// Capabilities, the bounding set and securebits are per thread: the
 	// one that changes them must be the one that calls execve.
 	runtime.LockOSThread()
@@ -197,10 +203,8 @@ func nsExec(hide []string, probe bool, path string, argv []string) int {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return setupFail(fmt.Errorf("making the mounts private: %w", err))
 	}
-	for _, p := range hide {
-		if err := hidePath(p); err != nil {
-			return setupFail(err)
-		}
+	if err := hideKeeping(hide, keep); err != nil {
+		return setupFail(err)
 	}
 	if err := dropCapabilities(); err != nil {
 		return setupFail(err)
@@ -221,6 +225,92 @@ func nsExec(hide []string, probe bool, path string, argv []string) int {
 		errors.As(err, &errno)
 		return fail(nsSetupError{Stage: "exec", Errno: int(errno), Msg: err.Error()})
 	}
+}
+
+// hideKeeping hides every path in hide, except the paths in keep that lie
+// under one of them: those are cloned before the cover goes on (a
+// detached copy of their mount, open_tree) and attached again on top of
+// it, so that a run's own directory stays usable under a hidden parent
+// that holds the directories of other runs. Hidden paths inside another
+// hidden path are covered already.
+func hideKeeping(hide, keep []string) error {
+	under := func(p, dir string) bool {
+		rel, err := filepath.Rel(dir, p)
+		return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+	}
+	type kept struct {
+		path string
+		fd   int
+		dir  bool
+	}
+	var kepts []kept
+	defer func() {
+		for _, k := range kepts {
+			unix.Close(k.fd)
+		}
+	}()
+	for _, k := range keep {
+		var st unix.Stat_t
+		if err := unix.Stat(k, &st); err != nil {
+			return fmt.Errorf("keeping %s visible: %w", k, err)
+		}
+		fd, err := unix.OpenTree(unix.AT_FDCWD, k, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+		if err != nil {
+			return fmt.Errorf("keeping %s visible (open_tree): %w", k, err)
+		}
+		kepts = append(kepts, kept{path: k, fd: fd, dir: st.Mode&unix.S_IFMT == unix.S_IFDIR})
+	}
+	sorted := make([]string, 0, len(hide))
+	for _, p := range hide {
+		sorted = append(sorted, resolvePath(p))
+	}
+	sort.Slice(sorted, func(i, j int) bool { return len(sorted[i]) < len(sorted[j]) })
+	var done []string
+	for _, p := range sorted {
+		if slices.ContainsFunc(done, func(d string) bool { return under(p, d) }) {
+			continue
+		}
+		done = append(done, p)
+		var inside []kept
+		for _, k := range kepts {
+			if under(k.path, p) && k.path != p {
+				inside = append(inside, k)
+			}
+		}
+		if len(inside) == 0 {
+			if err := hidePath(p); err != nil {
+				return err
+			}
+			continue
+		}
+		// A writable cover first, to make the mount points in; read-only
+		// once the kept paths are attached (their own mounts stay as
+		// they were).
+		if err := unix.Mount("refci-hidden", p, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=64k,mode=0755"); err != nil {
+			return fmt.Errorf("hiding the directory %s (tmpfs over it): %w", p, err)
+		}
+		for _, k := range inside {
+			if k.dir {
+				if err := os.MkdirAll(k.path, 0o755); err != nil {
+					return fmt.Errorf("keeping %s visible: %w", k.path, err)
+				}
+			} else {
+				if err := os.MkdirAll(filepath.Dir(k.path), 0o755); err != nil {
+					return fmt.Errorf("keeping %s visible: %w", k.path, err)
+				}
+				if err := os.WriteFile(k.path, nil, 0o444); err != nil {
+					return fmt.Errorf("keeping %s visible: %w", k.path, err)
+				}
+			}
+			if err := unix.MoveMount(k.fd, "", unix.AT_FDCWD, k.path, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+				return fmt.Errorf("keeping %s visible (move_mount): %w", k.path, err)
+			}
+		}
+		if err := unix.Mount("", p, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("hiding the directory %s (read-only): %w", p, err)
+		}
+	}
+	return nil
 }
 
 // hidePath covers p: an empty read-only tmpfs over a directory, /dev/null
@@ -328,7 +418,7 @@ func probeMain() int {
 	if unix.Fstat(shimReportFD, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFIFO {
 		out = os.NewFile(shimReportFD, "report")
 	}
-	pid, r, err := startHidden(nil, nil, true)
+	pid, r, err := startHidden(nil, nil, nil, true)
 	if err != nil {
 		if userNSUnavailable(err) {
 			err = fmt.Errorf("%w (%v)", errIsolationUnavailable, err)

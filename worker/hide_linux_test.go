@@ -162,24 +162,58 @@ echo "home:[$(ls -A %[1]s)]"
 	}
 }
 
-// A run directory under a hidden path is refused with a clear reason.
-func TestHideRunDirConflict(t *testing.T) {
-	dir, _ := secretPlace(t)
-	lw := newLoopWorld(t, "echo ran\n")
+// Runs whose directories share a hidden parent (a worker's temporary
+// directory) see their own directory, writable, and nothing of the
+// others': not a trusted neighbour's checkout, files or socket.
+func TestHiddenParentKeepsOwnRunDir(t *testing.T) {
+	needIsolation(t)
+	parent := filepath.Join(t.TempDir(), "runs")
+	if err := os.Mkdir(parent, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	neighbour := filepath.Join(parent, "refci-run-neighbour")
+	if err := os.MkdirAll(filepath.Join(neighbour, "src"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(neighbour, "src", ".npmrc"), []byte("TOP-SECRET-TOKEN\n"), 0o600)
+	lw := newLoopWorld(t, `
+echo "mine:$(ls "$REFCI_ARTIFACTS/.." | tr '\n' ' ')"
+echo "parent:$(ls -a "`+parent+`" 2>&1 | tr '\n' ' ')"
+cat "`+neighbour+`/src/.npmrc" 2>&1 || true
+echo made > "$REFCI_ARTIFACTS/out.txt" && echo "artifact written"
+refci job build -- echo "job ok"
+`)
 	repo, err := gitproto.Open(lw.clone)
 	if err != nil {
 		t.Fatal(err)
 	}
 	head, _ := repo.ResolveCommit("HEAD")
 	exe := testExecutable(t)
+	// The executable lies under a hidden path too (the test binary's
+	// directory): it must stay usable for refci job.
 	out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", RefciPath: exe, Shim: exe,
-		TempDir: dir, Hide: []string{filepath.Dir(dir)}}, testSigner(t))
+		TempDir: parent, Hide: []string{parent, filepath.Dir(exe)}, RequireIsolation: true}, testSigner(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out.Status.State != queue.Error || !strings.Contains(out.Status.Reason, "the refci executable") && !strings.Contains(out.Status.Reason, "the run directory") ||
-		!strings.Contains(out.Status.Reason, "hidden from pipelines") {
-		t.Errorf("state %s, reason %q", out.Status.State, out.Status.Reason)
+	log := lw.git(t, lw.clone, "show", out.Commit.String()+":"+queue.LogFile)
+	if out.Status.State != queue.Success {
+		t.Fatalf("state %s (%s), log:\n%s", out.Status.State, out.Status.Reason, log)
+	}
+	parentLine := ""
+	for _, l := range strings.Split(log, "\n") {
+		if strings.HasPrefix(l, "parent:") {
+			parentLine = l
+		}
+	}
+	if strings.Contains(log, "TOP-SECRET") || !strings.Contains(parentLine, "refci-run-") || strings.Contains(parentLine, "neighbour") {
+		t.Errorf("the neighbour's run is visible, or the run's own is not listed:\n%s", log)
+	}
+	if !strings.Contains(log, "mine:") || !strings.Contains(log, "src") || !strings.Contains(log, "artifact written") || !strings.Contains(log, "[build] job ok") {
+		t.Errorf("the run's own directory is not usable:\n%s", log)
+	}
+	if len(out.Status.Artifacts) != 1 {
+		t.Errorf("artifacts: %+v", out.Status.Artifacts)
 	}
 }
 

@@ -72,6 +72,9 @@ type ProcSpec struct {
 	// ProcResult.Unisolated says why, unless RequireIsolation is set: then
 	// it is not started (a start error). nil hides nothing.
 	Hide             []string
+	// Keep lists absolute paths under hidden ones that stay visible to
+	// the pipeline (its own run directory among other runs', say).
+	Keep []string
 	RequireIsolation bool
 }
 
@@ -164,9 +167,9 @@ func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
 	if len(spec.Hide) > 0 && spec.Shim == "" {
 		return res, fmt.Errorf("worker: cannot start %q: hiding paths from it needs the shim (ProcSpec.Shim)", spec.Path)
 	}
-	for _, h := range spec.Hide {
+	for _, h := range append(append([]string(nil), spec.Hide...), spec.Keep...) {
 		if !filepath.IsAbs(h) || strings.IndexByte(h, 0) >= 0 {
-			return res, fmt.Errorf("worker: cannot start %q: the path to hide %q is not absolute", spec.Path, h)
+			return res, fmt.Errorf("worker: cannot start %q: the path to hide or keep %q is not absolute", spec.Path, h)
 		}
 	}
 	hardDone := doneChan(spec.Hard)
@@ -449,6 +452,9 @@ func startProcess(run *reapRun, spec ProcSpec, env []string, out *os.File, sh *s
 			cmd.Args = []string{spec.Shim, ShimArg, "--kill-grace=" + grace.String()}
 			for _, h := range spec.Hide {
 				cmd.Args = append(cmd.Args, shimHideArg+h)
+			}
+			for _, k := range spec.Keep {
+				cmd.Args = append(cmd.Args, shimKeepArg+k)
 			}
 			if spec.RequireIsolation && len(spec.Hide) > 0 {
 				cmd.Args = append(cmd.Args, shimRequireArg)

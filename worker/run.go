@@ -289,9 +289,6 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		return errorResult(reason)
 	}
 
-	if reason := hiddenConflict(r.spec.Hide, map[string]string{"the run directory": dir, "the refci executable": r.spec.RefciPath}); reason != "" {
-		return errorResult(reason)
-	}
 
 	masks := &MaskSet{}
 	var lw *lockedWriter
@@ -347,6 +344,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		Started:   srv.Admit,
 
 		Hide:             r.spec.Hide,
+		Keep:             underHidden(r.spec.Hide, dir, r.spec.RefciPath),
 		RequireIsolation: r.spec.RequireIsolation,
 	})
 	stopSnapshots()
@@ -921,32 +919,30 @@ func hasDotGit(rel string) bool {
 	return false
 }
 
-// hiddenConflict says why a run cannot hide the paths in hide, when one of
-// them holds one of the paths the pipeline needs (by what they are), or
-// "". Symbolic links are resolved first where they can be.
-func hiddenConflict(hide []string, needed map[string]string) string {
-	resolve := func(p string) string {
-		if r, err := filepath.EvalSymlinks(p); err == nil {
-			return r
+// underHidden returns those of paths (symbolic links resolved) that lie
+// under one of the hidden paths: the run's own directory and the refci
+// executable must stay visible to the pipeline even then (ProcSpec.Keep).
+func underHidden(hide []string, paths ...string) []string {
+	var out []string
+	for _, p := range paths {
+		if p == "" {
+			continue
 		}
-		return filepath.Clean(p)
-	}
-	whats := make([]string, 0, len(needed))
-	for what := range needed {
-		whats = append(whats, what)
-	}
-	sort.Strings(whats)
-	for _, h := range hide {
-		hr := resolve(h)
-		for _, what := range whats {
-			p := needed[what]
-			if p == "" {
-				continue
-			}
-			if rel, err := filepath.Rel(hr, resolve(p)); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
-				return fmt.Sprintf("%s %s lies under %s, which is hidden from pipelines; move it elsewhere (TMPDIR or the worker's temporary directory for the run directory)", what, p, h)
+		rp := resolvePath(p)
+		for _, h := range hide {
+			if rel, err := filepath.Rel(resolvePath(h), rp); err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../") {
+				out = append(out, rp)
+				break
 			}
 		}
 	}
-	return ""
+	return out
+}
+
+// resolvePath resolves symbolic links where it can.
+func resolvePath(p string) string {
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	return filepath.Clean(p)
 }

@@ -136,7 +136,7 @@ type shimReport struct {
 // else.
 func ShimMain(args []string) int {
 	grace := defaultProcKillGrace
-	var hide []string
+	var hide, keep []string
 	require, inNS, probe := false, false, false
 	for len(args) > 0 && args[0] != "--" {
 		a := args[0]
@@ -149,6 +149,9 @@ func ShimMain(args []string) int {
 			}
 		} else if v, ok := strings.CutPrefix(a, shimHideArg); ok && filepath.IsAbs(v) {
 			hide = append(hide, filepath.Clean(v))
+			continue
+		} else if v, ok := strings.CutPrefix(a, shimKeepArg); ok && filepath.IsAbs(v) {
+			keep = append(keep, filepath.Clean(v))
 			continue
 		} else if a == shimRequireArg || a == shimInNSArg || a == shimProbeArg {
 			require = require || a == shimRequireArg
@@ -165,7 +168,7 @@ func ShimMain(args []string) int {
 	}
 	switch {
 	case inNS:
-		return nsExec(hide, probe, args[1], args[1:])
+		return nsExec(hide, keep, probe, args[1], args[1:])
 	case probe:
 		return probeMain()
 	}
@@ -177,6 +180,7 @@ func ShimMain(args []string) int {
 		grace:     grace,
 		stoppedBy: syscall.SIGKILL,
 		hide:      hide,
+		keep:      keep,
 		require:   require,
 		self:      os.Getpid(),
 		ppid:      os.Getppid(),
@@ -197,6 +201,7 @@ func ShimMain(args []string) int {
 type shim struct {
 	grace      time.Duration
 	hide       []string       // paths to hide from the pipeline (hide_linux.go)
+	keep       []string       // paths under hidden ones that stay visible
 	require    bool           // do not run the pipeline when they cannot be hidden
 	stoppedBy  syscall.Signal // SIGTERM when that stopped the start (start), else SIGKILL
 	self, ppid int
@@ -327,7 +332,7 @@ func (s *shim) start(path string, argv []string, gone <-chan struct{}) (pid int,
 		pid, err = shimStart(path, argv)
 		return pid, "", err
 	}
-	pid, r, err := startHidden(argv, s.hide, false)
+	pid, r, err := startHidden(argv, s.hide, s.keep, false)
 	fallback, note, err := isolationDecision(err, s.require)
 	if fallback {
 		pid, err = shimStart(path, argv)

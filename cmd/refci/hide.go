@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
@@ -47,4 +49,17 @@ func checkIsolation(log *slog.Logger, self string, require bool) {
 	default:
 		log.Warn("pipelines cannot be isolated from the worker's files: they can read its signing key and caches (status.json records isolation none); allow unprivileged user namespaces, or pass --require-isolation to refuse such runs", "err", err)
 	}
+}
+
+// runsDir makes the private directory (0700, under $TMPDIR) in which a
+// worker makes its runs' directories. It is hidden from every pipeline
+// but for the pipeline's own run directory, so that concurrent runs,
+// trusted or not, cannot read each other's checkouts, files or sockets.
+// done removes it once the worker has stopped.
+func runsDir() (dir string, done func(), err error) {
+	dir, err = os.MkdirTemp("", "refci-runs-")
+	if err != nil {
+		return "", nil, fmt.Errorf("create the directory for run directories: %w", err)
+	}
+	return dir, func() { os.RemoveAll(dir) }, nil
 }

@@ -171,16 +171,22 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		}
 		return nil
 	}}
+	runs, removeRuns, err := runsDir()
+	if err != nil {
+		e.errorf("serve: %v", err)
+		return exitInfra
+	}
+	defer removeRuns()
 	w := worker.New(worker.Config{
-		Poll: *poll, Concurrency: *conc, Signer: id, RefciPath: self, Host: host, Version: version,
+		Poll: *poll, Concurrency: *conc, Signer: id, RefciPath: self, Host: host, Version: version, TempDir: runs,
 		Logger:  logger.With("component", "worker"),
 		Trust:   anyTrust(trust.decide(lay.repos), signatureTrust(trusted)),
 		Secrets: opener.open, Page: renderPage,
 		// The data dir (host key, roles, repositories, caches, trust
 		// records), the roles file and $REFCI_HOME (the key): a pipeline
 		// needs none of them; its checkout and socket are in its run
-		// directory, under the temporary directory.
-		Hide: hidePaths(lay.root, lay.roles, refciHome), RequireIsolation: *requireIso,
+		// directory, under runs, of which it sees only its own.
+		Hide: hidePaths(lay.root, lay.roles, refciHome, runs), RequireIsolation: *requireIso,
 	})
 	if !*noWorker {
 		checkIsolation(logger.With("component", "worker"), self, *requireIso)

@@ -178,6 +178,13 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		}
 		rems = append(rems, r)
 	}
+	runs, removeRuns, err := runsDir()
+	if err != nil {
+		e.errorf("worker: %v", err)
+		return exitInfra
+	}
+	defer removeRuns()
+	hide = hidePaths(append(hide, runs)...)
 	self, _ := os.Executable()
 	host, _ := os.Hostname()
 	byURL := map[string]*gitproto.Remote{}
@@ -191,7 +198,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap,
 		Signer: id, RefciPath: self, Host: host, Version: version, Logger: logger,
 		Trust: signatureTrust(trusted), Secrets: opener.open, Page: renderPage,
-		Hide: hide, RequireIsolation: cfg.RequireIsolation,
+		Hide: hide, RequireIsolation: cfg.RequireIsolation, TempDir: runs,
 	})
 	checkIsolation(logger, self, cfg.RequireIsolation)
 	stop, stopFn := context.WithCancel(ctx)
