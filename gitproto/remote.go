@@ -266,6 +266,29 @@ func isLocalPath(u string) bool {
 // refspec naming one ref without a wildcard fails if the remote lacks that
 // ref (Kind "not-found").
 //
+// Maintain runs git's own housekeeping on the cache when it is due (`git
+// gc --auto`): once more than looseLimit loose objects have piled up
+// (0: git's default, 6,700), they are packed, and unreachable ones older
+// than two weeks are pruned, so objects still in use are never removed.
+// Safe beside fetches and pushes into the same cache.
+func (r *Remote) Maintain(ctx context.Context, looseLimit int) error {
+	if looseLimit <= 0 {
+		looseLimit = 6700
+	}
+	args := []string{"--git-dir=" + r.Cache}
+	for _, kv := range cacheConfig {
+		args = append(args, "-c", kv[0]+"="+kv[1])
+	}
+	args = append(args, "-c", "gc.auto="+strconv.Itoa(looseLimit), "-c", "gc.autoDetach=false", "gc", "--auto", "--quiet")
+	cmd := exec.CommandContext(ctx, "git", args...)
+	cmd.Env = r.environ(nil)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("git gc --auto in %s: %w: %s", r.Cache, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
 // Fetches into one cache are serialized (see Remote). A go-git Repo opened
 // on the cache before a Fetch may not see objects that arrived in a new
 // pack; reopen it (go-git caches the list of packs).

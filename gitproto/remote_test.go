@@ -1080,3 +1080,51 @@ func TestRemoteListLocalMatchesGit(t *testing.T) {
 		}
 	}
 }
+
+func TestRemoteMaintainPacksLooseObjects(t *testing.T) {
+	t.Parallel()
+	remote := newBare(t, "remote.git")
+	setRef(t, remote, "refs/heads/main", mkCommit(t, remote, "a"))
+	r := openTestRemote(t, remote)
+	if err := r.Fetch(context.Background(), "+refs/heads/*:refs/heads/*"); err != nil {
+		t.Fatal(err)
+	}
+	repo, err := Open(r.Cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Loose objects nothing refers to yet, as a run in progress leaves
+	// them: maintenance must pack or keep them, never drop them.
+	// git gc --auto estimates the loose objects from objects/17 alone:
+	// write until that sample says more than the limit of 10 (2 files).
+	var blobs []Hash
+	for i := 0; i < 5000; i++ {
+		h, err := repo.WriteBlob([]byte(fmt.Sprintf("blob %d\n", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blobs = append(blobs, h)
+		if ents, _ := os.ReadDir(filepath.Join(r.Cache, "objects", "17")); len(ents) >= 2 {
+			break
+		}
+	}
+	loose := func() string { return gitT(t, r.Cache, "count-objects") }
+	before := loose()
+	if err := r.Maintain(context.Background(), 1000); err != nil {
+		t.Fatal(err)
+	}
+	if got := loose(); got != before {
+		t.Errorf("below the limit, maintenance changed the cache: %q, then %q", before, got)
+	}
+	if err := r.Maintain(context.Background(), 10); err != nil {
+		t.Fatal(err)
+	}
+	if v := gitT(t, r.Cache, "count-objects", "-v"); !strings.Contains(v, "packs: 1") {
+		t.Errorf("over the limit, the cache was not packed:\n%s", v)
+	}
+	for _, h := range blobs {
+		if _, err := gitRun(r.Cache, nil, nil, "cat-file", "-e", h.String()); err != nil {
+			t.Fatalf("maintenance dropped the fresh object %s", h)
+		}
+	}
+}

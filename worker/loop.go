@@ -297,6 +297,8 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 	// side by side.
 	flushDone := make(chan error, 1)
 	flushing := false
+	var maintaining atomic.Bool
+	lastMaint := time.Time{}
 	for {
 		stopping := stop.Err() != nil
 		if !flushing && stopping && w.activeOn(rem) == 0 && w.outboxEmpty(rem) {
@@ -350,6 +352,18 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 			lastFlush = now
 			flushing = true
 			go func() { flushDone <- w.flushOutbox(context.WithoutCancel(abort), rem) }()
+		}
+		// The cache's housekeeping, at start and then hourly, beside
+		// the passes (git gc --auto is a no-op until it is due).
+		if err == nil && !stopping && now.Sub(lastMaint) >= cacheMaintenanceEvery && !maintaining.Load() {
+			lastMaint = now
+			maintaining.Store(true)
+			go func() {
+				defer maintaining.Store(false)
+				if merr := rem.Maintain(runCtx, 0); merr != nil {
+					w.log.Warn("cache maintenance failed; it is tried again in an hour", "remote", gitproto.RedactURL(rem.URL), "cache", rem.Cache, "err", merr)
+				}
+			}()
 		}
 		next := tick
 		switch {
@@ -897,6 +911,10 @@ func (w *Worker) claimAhead() int {
 	}
 	return slots * min(max(int(2*time.Second/avg), 1), maxClaimAhead)
 }
+
+// cacheMaintenanceEvery is how often a remote's cache gets git's
+// housekeeping (Remote.Maintain).
+const cacheMaintenanceEvery = time.Hour
 
 // maxClaimAhead bounds claimAhead per slot.
 const maxClaimAhead = 32

@@ -153,6 +153,10 @@ func TestAddRemoteWhileRunningAndPoke(t *testing.T) {
 	lw.waitFor(t, "the poked request's result", 20*time.Second, func() bool {
 		return len(lw.refs(t, queue.RunsPrefix)) == 1 && len(lw.refs(t, queue.RequestsPrefix)) == 0 && len(lw.refs(t, queue.ClaimsPrefix)) == 0
 	})
+	// Once published, the cache forgets its own copy of the run ref.
+	lw.waitFor(t, "the cache to drop the published run ref", 10*time.Second, func() bool {
+		return lw.git(t, lw.dir, "--git-dir="+filepath.Join(lw.dir, "cache.git"), "for-each-ref", queue.RunsPrefix) == ""
+	})
 	w.mu.Lock()
 	n := len(w.cfg.Remotes)
 	w.mu.Unlock()

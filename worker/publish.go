@@ -198,6 +198,7 @@ func (w *Worker) flushOutbox(ctx context.Context, rem *gitproto.Remote) error {
 	for _, r := range done {
 		os.Remove(filepath.Join(outboxDir(rem), r+".json"))
 	}
+	forgetPublished(rem, done, entries)
 	return nil
 }
 
@@ -248,7 +249,23 @@ func (w *Worker) flushAtomic(ctx context.Context, rem *gitproto.Remote, runs []s
 	for _, r := range runs {
 		os.Remove(filepath.Join(outboxDir(rem), r+".json"))
 	}
+	forgetPublished(rem, runs, entries)
 	return true, nil
+}
+
+// forgetPublished deletes the cache's own run refs of results that are
+// now on the remote, so that a cache does not grow with every run it ever
+// made (their objects go with the cache's next maintenance). A ref that
+// moved meanwhile, or was packed, stays.
+func forgetPublished(rem *gitproto.Remote, runs []string, entries map[string]*outboxEntry) {
+	repo, err := gitproto.Open(rem.Cache)
+	if err != nil {
+		return
+	}
+	for _, r := range runs {
+		e := entries[r]
+		repo.UpdateRef(e.RunRef, gitproto.ZeroHash, gitproto.NewHash(e.Commit))
+	}
 }
 
 // reconcile looks at the remote value of a run ref whose push was
