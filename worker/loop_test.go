@@ -203,3 +203,29 @@ func TestTrustHookDecidesPerRun(t *testing.T) {
 		}
 	}
 }
+
+// A run whose socket cannot be made (here: its path is over the 108 bytes
+// a Unix socket path may have) is answered with an error result naming
+// the cause, not retried for ever without one.
+func TestRunSocketFailureIsAnErrorResult(t *testing.T) {
+	lw := newLoopWorld(t, "echo ran\n")
+	repo, err := gitproto.Open(lw.clone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, err := repo.ResolveCommit("HEAD")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deep := filepath.Join(t.TempDir(), strings.Repeat("d", 60), strings.Repeat("e", 60))
+	if err := os.MkdirAll(deep, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", TempDir: deep}, testSigner(t))
+	if err != nil {
+		t.Fatalf("no result: %v", err)
+	}
+	if out.Status.State != queue.Error || !strings.Contains(out.Status.Reason, "cannot create the run's socket") || !strings.Contains(out.Status.Reason, "limited to about 100") {
+		t.Errorf("state %s, reason %q", out.Status.State, out.Status.Reason)
+	}
+}

@@ -230,7 +230,12 @@ func (r *run) finish(state queue.State, reason string) {
 // execute runs the pipeline and returns the files of the result tree
 // (status.json excluded). Errors are infrastructure failures.
 func (r *run) execute(ctx context.Context) ([]resultFile, error) {
-	dir, err := os.MkdirTemp(r.spec.TempDir, "refci-run-")
+	// A short name: the socket inside must stay under 108 bytes.
+	prefix := "refci-run-"
+	if r.spec.TempDir != "" {
+		prefix = "run-" // the worker's own directory says refci already
+	}
+	dir, err := os.MkdirTemp(r.spec.TempDir, prefix)
 	if err != nil {
 		return nil, fmt.Errorf("create run directory: %w", err)
 	}
@@ -313,7 +318,10 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		OwnTree: true,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("start job socket: %w", err)
+		// Not a passing trouble (a socket path too long for the
+		// temporary directory, say): answer the request with it rather
+		// than retry for ever.
+		return errorResult(fmt.Sprintf("the worker cannot create the run's socket: %v", err))
 	}
 	bin := filepath.Join(dir, "bin")
 	if r.spec.RefciPath != "" {

@@ -57,7 +57,7 @@ func checkIsolation(log *slog.Logger, self string, require bool) {
 // trusted or not, cannot read each other's checkouts, files or sockets.
 // done removes it once the worker has stopped.
 func runsDir() (dir string, done func(), err error) {
-	dir, err = os.MkdirTemp("", "refci-runs-")
+	dir, err = os.MkdirTemp("", "refci-") // short: socket paths are limited to 108 bytes
 	if err != nil {
 		return "", nil, fmt.Errorf("create the directory for run directories: %w", err)
 	}
