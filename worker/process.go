@@ -71,10 +71,10 @@ type ProcSpec struct {
 	// namespaces are unavailable the pipeline runs with nothing hidden and
 	// ProcResult.Unisolated says why, unless RequireIsolation is set: then
 	// it is not started (a start error). nil hides nothing.
-	Hide             []string
+	Hide []string
 	// Keep lists absolute paths under hidden ones that stay visible to
 	// the pipeline (its own run directory among other runs', say).
-	Keep []string
+	Keep             []string
 	RequireIsolation bool
 }
 

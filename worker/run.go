@@ -294,7 +294,6 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		return errorResult(reason)
 	}
 
-
 	masks := &MaskSet{}
 	var lw *lockedWriter
 	rs := &runSecrets{env: r.spec.Env, masks: masks, note: func(line string) { fmt.Fprintln(lw, line) }}
