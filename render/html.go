@@ -11,6 +11,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"refci.dev/refci/queue"
@@ -49,12 +50,15 @@ var pageCSS string
 //go:embed page.js
 var pageJS string
 
-var pageTemplate = template.Must(template.New("page").Funcs(funcs).Parse(pageTmpl))
+// pageTemplate is parsed on first use, not at every start of refci.
+var pageTemplate = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("page").Funcs(funcs).Parse(pageTmpl))
+})
 
 // scriptCSP is the Content-Security-Policy every page carries: only its
 // own inline script (by hash) may run, nothing is fetched from anywhere,
 // so even a mistake in escaping a log could not run a pipeline's script.
-var scriptCSP = template.HTMLAttr(`content="` + csp(pageJS) + `"`)
+var scriptCSP = sync.OnceValue(func() template.HTMLAttr { return template.HTMLAttr(`content="` + csp(pageJS) + `"`) })
 
 func csp(scripts ...string) string {
 	var hashes []string
@@ -139,7 +143,7 @@ func HTML(r Result, o HTMLOptions) ([]byte, error) {
 		return nil, fmt.Errorf("render: no status")
 	}
 	s = cleanStatus(s)
-	d := pageData{S: s, R: r, O: o, CSP: scriptCSP, CSS: template.CSS(pageCSS), JS: template.JS(pageJS)}
+	d := pageData{S: s, R: r, O: o, CSP: scriptCSP(), CSS: template.CSS(pageCSS), JS: template.JS(pageJS)}
 	if v, ok := s.Extra["previous_run"].(string); ok {
 		d.PrevRun = v
 	}
@@ -195,7 +199,7 @@ func HTML(r Result, o HTMLOptions) ([]byte, error) {
 	}
 	var b bytes.Buffer
 	b.Grow(len(r.Log) + 64<<10)
-	if err := pageTemplate.Execute(&b, d); err != nil {
+	if err := pageTemplate().Execute(&b, d); err != nil {
 		return nil, fmt.Errorf("render page: %w", err)
 	}
 	return b.Bytes(), nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"html/template"
 	"strings"
+	"sync"
 	"time"
 
 	"refci.dev/refci/queue"
@@ -63,11 +64,13 @@ var listTmpl string
 //go:embed list.js
 var listJS string
 
-var listTemplate = template.Must(template.New("list").Funcs(funcs).Funcs(template.FuncMap{
-	"esc": template.URLQueryEscaper,
-}).Parse(listTmpl))
+var listTemplate = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("list").Funcs(funcs).Funcs(template.FuncMap{
+		"esc": template.URLQueryEscaper,
+	}).Parse(listTmpl))
+})
 
-var listCSP = template.HTMLAttr(`content="` + csp(listJS) + `"`)
+var listCSP = sync.OnceValue(func() template.HTMLAttr { return template.HTMLAttr(`content="` + csp(listJS) + `"`) })
 
 // List renders a list page of runs, newest first, with filters by state,
 // request and branch that work in the page (script), and links to the
@@ -134,11 +137,11 @@ func List(p ListPage) ([]byte, error) {
 		CSP                template.HTMLAttr
 		CSS                template.CSS
 		JS                 template.JS
-	}{ListPage: p, Summary: summary, Rows: rows, Requests: sortedKeys(requests), Branches: sortedKeys(branches), CSP: listCSP,
+	}{ListPage: p, Summary: summary, Rows: rows, Requests: sortedKeys(requests), Branches: sortedKeys(branches), CSP: listCSP(),
 		CSS: template.CSS(pageCSS + listCSS), JS: template.JS(listJS)}
 	var b bytes.Buffer
 	b.Grow(len(p.Runs)*400 + 16<<10)
-	if err := listTemplate.Execute(&b, d); err != nil {
+	if err := listTemplate().Execute(&b, d); err != nil {
 		return nil, fmt.Errorf("render list: %w", err)
 	}
 	return b.Bytes(), nil
