@@ -776,3 +776,38 @@ func TestKeyFlagSelectsAnotherKey(t *testing.T) {
 		t.Errorf("missing --key: %d %s", r.code, r.stderr)
 	}
 }
+
+// A result whose status.json names one worker but whose commit another
+// key signed is not believed, even when both keys are trusted.
+func TestVerifyRejectsAWorkerOtherThanTheSigner(t *testing.T) {
+	s := newSandbox(t)
+	s.pipeline("true\n")
+	own := strings.Fields(s.refci("keys", "show").want(t, 0).stdout)[0]
+	env := s.env
+	s.env = append(append([]string{}, env...), "REFCI_HOME="+filepath.Join(s.root, "other"))
+	other := strings.Fields(s.refci("keys", "show").want(t, 0).stdout)[0]
+	s.env = env
+	otherKey := filepath.Join(s.root, "other", "key.asc")
+	s.refci("run", "-q", "--key", otherKey).want(t, 0)
+	ref := s.runRefs()[0]
+	// The other key re-signs the result with status.json claiming the
+	// first worker ran it.
+	s.gpgImport(string(must(os.ReadFile(otherKey))))
+	st := strings.ReplaceAll(s.git("", "show", ref+":status.json"), other, own)
+	blob := s.gitStdin(st+"\n", "hash-object", "-w", "--stdin")
+	var tree strings.Builder
+	for _, line := range strings.Split(s.git("", "ls-tree", ref), "\n") {
+		if strings.HasSuffix(line, "\tstatus.json") {
+			line = "100644 blob " + blob + "\tstatus.json"
+		}
+		tree.WriteString(line + "\n")
+	}
+	treeID := s.gitStdin(tree.String(), "mktree")
+	forged := s.git("", "commit-tree", "-S"+other, "-m", "refci: success", treeID)
+	s.git("", "update-ref", ref, forged)
+	s.git("", "verify-commit", forged) // a good signature as far as git can tell
+	r := s.refci("verify", "--key", otherKey, ref)
+	if r.code != 1 || !strings.Contains(r.stderr, "status.json names worker "+own+" but the commit is signed by "+other) {
+		t.Errorf("verify of a result signed by another worker than it names: %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
