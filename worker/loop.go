@@ -292,33 +292,22 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 	w.mu.Unlock()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	// Results are pushed by a goroutine of their own, one push at a time,
-	// so that a pass claiming new work and a push of finished work go on
-	// side by side.
-	flushDone := make(chan error, 1)
-	flushing := false
 	var maintaining atomic.Bool
 	lastMaint := time.Time{}
 	for {
 		stopping := stop.Err() != nil
-		if !flushing && stopping && w.activeOn(rem) == 0 && w.outboxEmpty(rem) {
+		if stopping && w.activeOn(rem) == 0 && w.outboxEmpty(rem) {
 			return
 		}
 		if abort.Err() != nil && w.activeOn(rem) == 0 {
-			if flushing {
-				<-flushDone
-			}
 			w.flushOutbox(context.WithoutCancel(abort), rem) // one last try
 			return
 		}
-		var flushErr error
 		select {
 		case <-timer.C:
 		case <-wake:
 			lastPoll = time.Time{}
 		case <-finished:
-		case flushErr = <-flushDone:
-			flushing = false
 		case <-stop.Done():
 			if !stopping {
 				continue
@@ -331,9 +320,7 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 		active := w.activeOn(rem)
 		// Poll on schedule, or early when the last poll filled every
 		// free place and the queue of claimed runs is running low.
-		if flushErr != nil {
-			err = flushErr
-		} else if !stopping && (now.Sub(lastPoll) >= w.cfg.Poll || moreWaiting && active <= cap(w.slots)) {
+		if !stopping && (now.Sub(lastPoll) >= w.cfg.Poll || moreWaiting && active <= cap(w.slots)) {
 			// An early poll for more work works from the cache the
 			// last poll fetched.
 			fetch := !moreWaiting || now.Sub(lastFetch) >= w.cfg.Poll
@@ -348,10 +335,9 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 		}
 		// Push results in batches while runs go on; at once when the
 		// last one is done.
-		if err == nil && !flushing && (stopping || active == 0 || now.Sub(lastFlush) >= 300*time.Millisecond) && !w.outboxEmpty(rem) {
+		if err == nil && (stopping || active == 0 || now.Sub(lastFlush) >= 300*time.Millisecond) {
 			lastFlush = now
-			flushing = true
-			go func() { flushDone <- w.flushOutbox(context.WithoutCancel(abort), rem) }()
+			err = w.flushOutbox(context.WithoutCancel(abort), rem)
 		}
 		// The cache's housekeeping, at start and then hourly, beside
 		// the passes (git gc --auto is a no-op until it is due).

@@ -148,7 +148,7 @@ func TestWorkersRunEveryRequestExactlyOnce(t *testing.T) {
 	}
 	for req, sts := range res {
 		if len(sts) != 1 || sts[0].State != queue.Success {
-			t.Errorf("request %s: %d final results (%v)", req, len(sts), sts)
+			t.Errorf("request %s: %d final results (%s)", req, len(sts), describeRuns(sts))
 		}
 	}
 	// Side effects: each pipeline ran exactly once.
@@ -338,4 +338,13 @@ func TestTriggerWaitAndLogFollow(t *testing.T) {
 	for _, ref := range f.runRefs() {
 		f.refci("verify", "--keyring", keyFile, ref).want(t, 0)
 	}
+}
+
+// describeRuns says who ran what, for a failure message.
+func describeRuns(sts []*queue.Status) string {
+	var b strings.Builder
+	for _, st := range sts {
+		fmt.Fprintf(&b, "[run %s attempt %d worker %.8s state %s started %s] ", st.Run, st.Attempt, st.Worker, st.State, st.Started.Format("15:04:05.000"))
+	}
+	return b.String()
 }
