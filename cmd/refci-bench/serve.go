@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,10 +30,8 @@ func benchServe(_ context.Context, bin string, n int) error {
 		return err
 	}
 	defer w.close()
-	stamp := filepath.Join(w.root, "stamps")
-	os.Mkdir(stamp, 0o755)
-	os.WriteFile(filepath.Join(w.clone, ".refci", "run"), []byte("#!/bin/sh\ndate +%s%N > "+stamp+"/\"$REFCI_REQUEST\"\n"), 0o755)
-	if _, err := sh(w.clone, w.env, "", "git", "commit", "-qam", "stamp"); err != nil {
+	stamp, err := w.stampPipeline("")
+	if err != nil {
 		return err
 	}
 	key := filepath.Join(w.root, "admin")
@@ -88,21 +85,12 @@ func benchServe(_ context.Context, bin string, n int) error {
 			}
 			t1 := time.Now()
 			pushes = append(pushes, t1.Sub(t0))
-			p := filepath.Join(stamp, name)
-			for {
-				b, err := os.ReadFile(p)
-				if err == nil && len(b) > 0 {
-					ns, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-					started := time.Unix(0, ns)
-					fromStart = append(fromStart, started.Sub(t0))
-					fromEnd = append(fromEnd, started.Sub(t1))
-					break
-				}
-				if time.Since(t0) > time.Minute {
-					return fmt.Errorf("request %s never started", name)
-				}
-				time.Sleep(2 * time.Millisecond)
+			started, err := waitStarted(stamp, name, t0)
+			if err != nil {
+				return err
 			}
+			fromStart = append(fromStart, started.Sub(t0))
+			fromEnd = append(fromEnd, started.Sub(t1))
 			time.Sleep(100 * time.Millisecond) // let the run publish before the next push
 		}
 		fmt.Printf("  %s:\n", series.name)

@@ -51,6 +51,36 @@ func newWorld(pipeline string) (*world, error) {
 
 func (w *world) close() { os.RemoveAll(w.root) }
 
+// stampPipeline commits a pipeline that first writes its start time (ns)
+// to stamps/<request>, then runs rest. It returns the stamps directory.
+func (w *world) stampPipeline(rest string) (string, error) {
+	stamps := filepath.Join(w.root, "stamps")
+	if err := os.Mkdir(stamps, 0o755); err != nil {
+		return "", err
+	}
+	script := "#!/bin/sh\ndate +%s%N > " + stamps + "/\"$REFCI_REQUEST\"\n" + rest
+	if err := os.WriteFile(filepath.Join(w.clone, ".refci", "run"), []byte(script), 0o755); err != nil {
+		return "", err
+	}
+	_, err := sh(w.clone, w.env, "", "git", "commit", "-qam", "stamp")
+	return stamps, err
+}
+
+// waitStarted waits for the pipeline of request name to write its stamp
+// and returns when it started; it gives up a minute after since.
+func waitStarted(stamps, name string, since time.Time) (time.Time, error) {
+	for {
+		if b, err := os.ReadFile(filepath.Join(stamps, name)); err == nil && len(b) > 0 {
+			ns, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			return time.Unix(0, ns), err
+		}
+		if time.Since(since) > time.Minute {
+			return time.Time{}, fmt.Errorf("request %s never started", name)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
 // pushRequests pushes n requests in batches of 500 refspecs.
 func (w *world) pushRequests(prefix string, n int) error {
 	for i := 0; i < n; i += 500 {
@@ -167,10 +197,10 @@ func benchDispatch(_ context.Context, bin string, n int) error {
 	}
 	defer w.close()
 	// The pipeline writes its start time where the bench can read it.
-	stamp := filepath.Join(w.root, "stamps")
-	os.Mkdir(stamp, 0o755)
-	os.WriteFile(filepath.Join(w.clone, ".refci", "run"), []byte("#!/bin/sh\ndate +%s%N > "+stamp+"/\"$REFCI_REQUEST\"\n"), 0o755)
-	sh(w.clone, w.env, "", "git", "commit", "-qam", "stamp")
+	stamp, err := w.stampPipeline("")
+	if err != nil {
+		return err
+	}
 	const poll = time.Second
 	cmd, err := w.startWorker(bin, "--poll", poll.String())
 	if err != nil {
@@ -188,19 +218,11 @@ func benchDispatch(_ context.Context, bin string, n int) error {
 		if _, err := sh(w.clone, w.env, "", "git", "push", "-q", "origin", "HEAD:refs/ci/requests/"+name); err != nil {
 			return err
 		}
-		p := filepath.Join(stamp, name)
-		for {
-			b, err := os.ReadFile(p)
-			if err == nil && len(b) > 0 {
-				ns, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-				lat = append(lat, time.Unix(0, ns).Sub(t0))
-				break
-			}
-			if time.Since(t0) > time.Minute {
-				return fmt.Errorf("dispatch: request %s never started", name)
-			}
-			time.Sleep(5 * time.Millisecond)
+		started, err := waitStarted(stamp, name, t0)
+		if err != nil {
+			return fmt.Errorf("dispatch: %w", err)
 		}
+		lat = append(lat, started.Sub(t0))
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	fmt.Printf("== dispatch latency in poll mode (push until the pipeline starts), %d requests\n", n)
@@ -269,10 +291,10 @@ func benchConcurrent(_ context.Context, bin string, _ int) error {
 		return err
 	}
 	defer w.close()
-	stamp := filepath.Join(w.root, "stamps")
-	os.Mkdir(stamp, 0o755)
-	os.WriteFile(filepath.Join(w.clone, ".refci", "run"), []byte("#!/bin/sh\ndate +%s%N > "+stamp+"/\"$REFCI_REQUEST\"\nsleep 20\n"), 0o755)
-	sh(w.clone, w.env, "", "git", "commit", "-qam", "sleep")
+	stamp, err := w.stampPipeline("sleep 20\n")
+	if err != nil {
+		return err
+	}
 	if err := w.pushRequests("c", n); err != nil {
 		return err
 	}
