@@ -751,13 +751,8 @@ func TestInitWritesAWorkingStarter(t *testing.T) {
 func TestKeyFlagSelectsAnotherKey(t *testing.T) {
 	s := newSandbox(t)
 	s.pipeline("true\n")
-	own := strings.Fields(s.refci("keys", "show").want(t, 0).stdout)[0]
 	// Make a second key in another home, then use it from this one with --key.
-	env := s.env
-	s.env = append(append([]string{}, env...), "REFCI_HOME="+filepath.Join(s.root, "other"))
-	other := strings.Fields(s.refci("keys", "show").want(t, 0).stdout)[0]
-	s.env = env
-	keyFile := filepath.Join(s.root, "other", "key.asc")
+	own, other, keyFile := s.twoKeys()
 	if got := strings.Fields(s.refci("keys", "show", "--key", keyFile).want(t, 0).stdout)[0]; got != other || got == own {
 		t.Fatalf("keys show --key: %s (own %s, other %s)", got, own, other)
 	}
@@ -782,12 +777,7 @@ func TestKeyFlagSelectsAnotherKey(t *testing.T) {
 func TestVerifyRejectsAWorkerOtherThanTheSigner(t *testing.T) {
 	s := newSandbox(t)
 	s.pipeline("true\n")
-	own := strings.Fields(s.refci("keys", "show").want(t, 0).stdout)[0]
-	env := s.env
-	s.env = append(append([]string{}, env...), "REFCI_HOME="+filepath.Join(s.root, "other"))
-	other := strings.Fields(s.refci("keys", "show").want(t, 0).stdout)[0]
-	s.env = env
-	otherKey := filepath.Join(s.root, "other", "key.asc")
+	own, other, otherKey := s.twoKeys()
 	s.refci("run", "-q", "--key", otherKey).want(t, 0)
 	ref := s.runRefs()[0]
 	// The other key re-signs the result with status.json claiming the
@@ -810,4 +800,16 @@ func TestVerifyRejectsAWorkerOtherThanTheSigner(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "status.json names worker "+own+" but the commit is signed by "+other) {
 		t.Errorf("verify of a result signed by another worker than it names: %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
+}
+
+// twoKeys makes the sandbox's own key and a second one in another home;
+// it returns both fingerprints and the second key's file.
+func (s *sandbox) twoKeys() (own, other, otherKey string) {
+	s.t.Helper()
+	own = strings.Fields(s.refci("keys", "show").want(s.t, 0).stdout)[0]
+	env := s.env
+	s.env = append(append([]string{}, env...), "REFCI_HOME="+filepath.Join(s.root, "other"))
+	other = strings.Fields(s.refci("keys", "show").want(s.t, 0).stdout)[0]
+	s.env = env
+	return own, other, filepath.Join(s.root, "other", "key.asc")
 }
