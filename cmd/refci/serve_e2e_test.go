@@ -40,15 +40,14 @@ func (l *lockedBuffer) String() string {
 
 type served struct {
 	*sandbox
-	cmd          *exec.Cmd
-	out, log     *lockedBuffer
-	addr         string
-	knownHosts   string
-	data         string
-	adminKey     string
-	adminFP      string
-	stopped      bool
-	stopDeadline time.Duration
+	cmd        *exec.Cmd
+	out, log   *lockedBuffer
+	addr       string
+	knownHosts string
+	data       string
+	adminKey   string
+	adminFP    string
+	stopped    bool
 }
 
 var listenRe = regexp.MustCompile(`listening on ssh://(127\.0\.0\.1:\d+)`)
