@@ -355,7 +355,7 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 		switch {
 		case err != nil:
 			prob.report(w.log, rem.URL, err)
-			backoff = min(max(2*backoff, time.Second), 10*time.Second)
+			backoff = nextBackoff(backoff, w.cfg.Lease)
 			w.forgetExpired(rem)
 			next = backoff
 		default:
@@ -376,6 +376,17 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 		}
 		timer.Reset(next)
 	}
+}
+
+// nextBackoff is the wait before the next try at a failing remote: it
+// doubles from a second up to ten seconds, but stays under a sixth of a
+// lease. A worker cut off with runs claimed must be back, and have renewed
+// or published, within the half lease other workers wait before taking an
+// expired claim over (expiredLongEnough); otherwise a short lease and a
+// long outage run a request twice.
+func nextBackoff(prev, lease time.Duration) time.Duration {
+	ceiling := min(10*time.Second, lease/6)
+	return min(max(2*prev, min(time.Second, ceiling)), ceiling)
 }
 
 func (w *Worker) activeOn(rem *gitproto.Remote) int {
@@ -852,8 +863,8 @@ type seenExpired struct {
 
 // expiredLongEnough reports whether this worker has seen the claim value
 // cv of request name expired, unchanged, for at least half a lease. A
-// worker that was cut off from the remote renews within a third of a
-// lease once it is back, so it keeps its run instead of losing it to a
+// worker that was cut off from the remote retries at least every sixth
+// of a lease, and renews or publishes on its first pass once it is back, so it keeps its run instead of losing it to a
 // takeover that would run the request twice.
 func (w *Worker) expiredLongEnough(rem *gitproto.Remote, name string, cv gitproto.Hash, now time.Time) bool {
 	key := rem.URL + "\x00" + name

@@ -229,3 +229,23 @@ func TestRunSocketFailureIsAnErrorResult(t *testing.T) {
 		t.Errorf("state %s, reason %q", out.Status.State, out.Status.Reason)
 	}
 }
+
+func TestBackoffStaysUnderTheTakeoverWait(t *testing.T) {
+	for _, lease := range []time.Duration{600 * time.Millisecond, 3 * time.Second, 12 * time.Second, 60 * time.Second, 10 * time.Minute} {
+		var b time.Duration
+		var seen []time.Duration
+		for i := 0; i < 12; i++ {
+			b = nextBackoff(b, lease)
+			seen = append(seen, b)
+			if b <= 0 || b > lease/6 || b > 10*time.Second {
+				t.Fatalf("lease %v: backoff %v after %v; it must be positive and at most min(lease/6, 10s)", lease, b, seen)
+			}
+		}
+		if want := min(10*time.Second, lease/6); b != want {
+			t.Errorf("lease %v: backoff settles at %v, want %v", lease, b, want)
+		}
+		if lease >= 6*time.Second && seen[0] != time.Second {
+			t.Errorf("lease %v: first backoff %v, want 1s", lease, seen[0])
+		}
+	}
+}
