@@ -71,6 +71,17 @@ type Remote struct {
 	URL   string
 	Cache string   // path of the bare cache repository
 	Env   []string // extra environment for git, e.g. GIT_SSH_COMMAND; may be nil
+	// NoDirect makes Push always run git push, also to a remote on this
+	// machine that it would otherwise update directly (see direct.go).
+	NoDirect bool
+
+	directMu  sync.Mutex
+	directAt  time.Time // when the remote's eligibility was last checked
+	directDir string    // its git dir when it may be updated directly
+	directWhy string    // else why not
+	// beforeUpdate, in tests, runs between a direct update's reads of the
+	// remote's refs and its transaction.
+	beforeUpdate func()
 }
 
 // cacheConfig is written into a new cache and also passed with -c to every
@@ -367,7 +378,10 @@ type PushResult struct {
 // --force-with-lease=<name>:<old> per update. The objects for New must be
 // in the cache. Without atomic each update succeeds or fails on its own;
 // with atomic (which the server must support, else a *RemoteError of Kind
-// "rejected") either all are applied or none.
+// "rejected") either all are applied or none. A remote on this machine
+// without receive hooks or receive settings is updated directly instead,
+// with the same compare-and-swap and all-or-nothing guarantees, at a cost
+// that does not grow with its refs (direct.go).
 //
 // The results are in the order of updates. A lost compare-and-swap is a
 // result with Stale set, not an error. A deletion of a ref that is already
@@ -407,6 +421,9 @@ func (r *Remote) Push(ctx context.Context, updates []RefUpdate, atomic bool) ([]
 		default:
 			specs = append(specs, ":"+u.Name)
 		}
+	}
+	if gitDir := r.directGitDir(ctx); gitDir != "" {
+		return r.pushDirect(ctx, gitDir, updates, atomic)
 	}
 	args = append(args, "--")
 	stdout, stderr, err := r.runRaw(ctx, args, specs)
@@ -498,6 +515,7 @@ var casFailures = []string{
 	"lock error",                // JGit
 	"incorrect old value",       // forges
 	"stale info", "fetch first", // the client's own check
+	"unable to resolve reference", // git update-ref: a delete or update of a ref that is gone
 }
 
 // isStale decides whether a rejected ref lost its compare-and-swap. The

@@ -344,6 +344,45 @@ func addPullRefs(t testing.TB, gitDir string, n int, h Hash) {
 	}
 }
 
+// pushMode is how Push reaches a remote on this machine: a real git
+// push, or a direct update of its repository (direct.go). Every push
+// test runs both: their answers must be the same.
+type pushMode struct{ direct bool }
+
+func bothPushModes(t *testing.T, f func(*testing.T, pushMode)) {
+	for _, m := range []pushMode{{false}, {true}} {
+		name := "git-push"
+		if m.direct {
+			name = "direct"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f(t, m)
+		})
+	}
+}
+
+// open is openTestRemote in this mode; it fails the test when the mode
+// is direct and the remote is not updated directly.
+func (m pushMode) open(t testing.TB, url string, extraEnv ...string) *Remote {
+	t.Helper()
+	r := openTestRemote(t, url, extraEnv...)
+	r.NoDirect = !m.direct
+	if direct, why := r.Direct(context.Background()); direct != m.direct && r.LocalDir() != "" {
+		if _, err := os.Stat(r.LocalDir()); err == nil {
+			t.Fatalf("Direct() = %v (%s), want %v", direct, why, m.direct)
+		}
+	}
+	return r
+}
+
+func (m pushMode) pick(gitPush, direct string) string {
+	if m.direct {
+		return direct
+	}
+	return gitPush
+}
+
 // pushOne pushes one update and returns its result.
 func pushOne(t *testing.T, r *Remote, u RefUpdate) PushResult {
 	t.Helper()
@@ -359,132 +398,136 @@ func pushOne(t *testing.T, r *Remote, u RefUpdate) PushResult {
 
 func TestRemotePushCompareAndSwap(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
-	r := openTestRemote(t, "file://"+remote)
-	c1 := mkCommit(t, r.Cache, "one")
-	c2 := mkCommit(t, r.Cache, "two", c1)
-	other := mkCommit(t, r.Cache, "other")
-	const ref = "refs/ci/claims/alice/topic"
+	bothPushModes(t, func(t *testing.T, mode pushMode) {
+		remote := newBare(t, "remote.git")
+		r := mode.open(t, "file://"+remote)
+		c1 := mkCommit(t, r.Cache, "one")
+		c2 := mkCommit(t, r.Cache, "two", c1)
+		other := mkCommit(t, r.Cache, "other")
+		const ref = "refs/ci/claims/alice/topic"
 
-	check := func(step string, got PushResult, ok, stale bool, msg, remoteWant string) {
-		t.Helper()
-		if got.OK != ok || got.Stale != stale || (msg != "" && got.Message != msg) {
-			t.Errorf("%s: got %+v, want OK=%v Stale=%v Message=%q", step, got, ok, stale, msg)
+		check := func(step string, got PushResult, ok, stale bool, msg, remoteWant string) {
+			t.Helper()
+			if got.OK != ok || got.Stale != stale || (msg != "" && got.Message != msg) {
+				t.Errorf("%s: got %+v, want OK=%v Stale=%v Message=%q", step, got, ok, stale, msg)
+			}
+			if cur := refOf(t, remote, ref); cur != remoteWant {
+				t.Errorf("%s: remote ref = %q, want %q", step, cur, remoteWant)
+			}
 		}
-		if cur := refOf(t, remote, ref); cur != remoteWant {
-			t.Errorf("%s: remote ref = %q, want %q", step, cur, remoteWant)
-		}
-	}
-	check("create", pushOne(t, r, RefUpdate{Name: ref, New: c1}), true, false, "new reference", c1.String())
-	check("create again", pushOne(t, r, RefUpdate{Name: ref, New: c2}), false, true, "stale info", c1.String())
-	check("update, right old", pushOne(t, r, RefUpdate{Name: ref, New: c2, Old: c1}), true, false, "", c2.String())
-	check("update, wrong old", pushOne(t, r, RefUpdate{Name: ref, New: other, Old: c1}), false, true, "stale info", c2.String())
-	check("non-fast-forward, right old", pushOne(t, r, RefUpdate{Name: ref, New: other, Old: c2}), true, false, "forced update", other.String())
-	// Retrying a push that already happened: the remote has New; git says
-	// up to date whatever Old was.
-	check("already there", pushOne(t, r, RefUpdate{Name: ref, New: other, Old: c2}), true, false, "up to date", other.String())
-	check("delete, wrong old", pushOne(t, r, RefUpdate{Name: ref, Old: c1}), false, true, "stale info", other.String())
-	check("delete, right old", pushOne(t, r, RefUpdate{Name: ref, Old: other}), true, false, "deleted", "")
-	check("delete, already gone", pushOne(t, r, RefUpdate{Name: ref, Old: other}), false, true, "stale info", "")
-	check("update of a missing ref", pushOne(t, r, RefUpdate{Name: ref, New: c1, Old: c2}), false, true, "stale info", "")
-	check("create after delete", pushOne(t, r, RefUpdate{Name: ref, New: c2}), true, false, "new reference", c2.String())
+		check("create", pushOne(t, r, RefUpdate{Name: ref, New: c1}), true, false, "new reference", c1.String())
+		check("create again", pushOne(t, r, RefUpdate{Name: ref, New: c2}), false, true, "stale info", c1.String())
+		check("update, right old", pushOne(t, r, RefUpdate{Name: ref, New: c2, Old: c1}), true, false, "", c2.String())
+		check("update, wrong old", pushOne(t, r, RefUpdate{Name: ref, New: other, Old: c1}), false, true, "stale info", c2.String())
+		check("non-fast-forward, right old", pushOne(t, r, RefUpdate{Name: ref, New: other, Old: c2}), true, false, mode.pick("forced update", "updated"), other.String())
+		// Retrying a push that already happened: the remote has New; git says
+		// up to date whatever Old was.
+		check("already there", pushOne(t, r, RefUpdate{Name: ref, New: other, Old: c2}), true, false, "up to date", other.String())
+		check("delete, wrong old", pushOne(t, r, RefUpdate{Name: ref, Old: c1}), false, true, "stale info", other.String())
+		check("delete, right old", pushOne(t, r, RefUpdate{Name: ref, Old: other}), true, false, "deleted", "")
+		check("delete, already gone", pushOne(t, r, RefUpdate{Name: ref, Old: other}), false, true, "stale info", "")
+		check("update of a missing ref", pushOne(t, r, RefUpdate{Name: ref, New: c1, Old: c2}), false, true, "stale info", "")
+		check("create after delete", pushOne(t, r, RefUpdate{Name: ref, New: c2}), true, false, "new reference", c2.String())
 
-	// Invalid updates fail before git runs.
-	for _, bad := range [][]RefUpdate{
-		{{Name: ref}}, // delete "if absent": the server would delete unconditionally
-		{{Name: "HEAD", New: c1}},
-		{{Name: "refs/ci/a..b", New: c1}},
-		{{Name: "refs/ci/x", New: c1}, {Name: "refs/ci/x", New: c2}},
-	} {
-		if res, err := r.Push(context.Background(), bad, false); err == nil {
-			t.Errorf("Push(%+v) = %+v, want an error", bad, res)
+		// Invalid updates fail before git runs.
+		for _, bad := range [][]RefUpdate{
+			{{Name: ref}}, // delete "if absent": the server would delete unconditionally
+			{{Name: "HEAD", New: c1}},
+			{{Name: "refs/ci/a..b", New: c1}},
+			{{Name: "refs/ci/x", New: c1}, {Name: "refs/ci/x", New: c2}},
+		} {
+			if res, err := r.Push(context.Background(), bad, false); err == nil {
+				t.Errorf("Push(%+v) = %+v, want an error", bad, res)
+			}
 		}
-	}
-	if res, err := r.Push(context.Background(), nil, true); res != nil || err != nil {
-		t.Errorf("empty push: %v %v", res, err)
-	}
-	fsckStrict(t, remote)
+		if res, err := r.Push(context.Background(), nil, true); res != nil || err != nil {
+			t.Errorf("empty push: %v %v", res, err)
+		}
+		fsckStrict(t, remote)
+	})
 }
 
 func TestRemotePushSeveral(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
-	r := openTestRemote(t, remote)
-	c1 := mkCommit(t, r.Cache, "one")
-	c2 := mkCommit(t, r.Cache, "two")
-	c3 := mkCommit(t, r.Cache, "three")
-	res, err := r.Push(context.Background(), []RefUpdate{
-		{Name: "refs/ci/x/b", New: c1},
-		{Name: "refs/ci/x/d", New: c2},
-	}, false)
-	if err != nil || !res[0].OK || !res[1].OK {
-		t.Fatalf("setup: %+v %v", res, err)
-	}
-	// Mixed outcomes, reported per ref in the order given (git prints
-	// them grouped by status).
-	updates := []RefUpdate{
-		{Name: "refs/ci/x/z", New: c1},             // created
-		{Name: "refs/ci/x/b", New: c2},             // stale: exists
-		{Name: "refs/ci/x/a", New: c3, Old: c1},    // stale: missing
-		{Name: "refs/ci/x/d", New: c3, Old: c2},    // updated
-		{Name: "refs/ci/x/c", New: c2},             // created
-		{Name: "refs/ci/x/b2", Old: c3},            // stale: delete a missing ref
-		{Name: "refs/ci/x/d2/e", New: c1, Old: c2}, // stale
-	}
-	res, err = r.Push(context.Background(), updates, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []struct{ ok, stale bool }{{true, false}, {false, true}, {false, true}, {true, false}, {true, false}, {false, true}, {false, true}}
-	for i, u := range updates {
-		if res[i].Name != u.Name || res[i].OK != want[i].ok || res[i].Stale != want[i].stale {
-			t.Errorf("result %d = %+v, want %s OK=%v Stale=%v", i, res[i], u.Name, want[i].ok, want[i].stale)
+	bothPushModes(t, func(t *testing.T, mode pushMode) {
+		remote := newBare(t, "remote.git")
+		r := mode.open(t, remote)
+		c1 := mkCommit(t, r.Cache, "one")
+		c2 := mkCommit(t, r.Cache, "two")
+		c3 := mkCommit(t, r.Cache, "three")
+		res, err := r.Push(context.Background(), []RefUpdate{
+			{Name: "refs/ci/x/b", New: c1},
+			{Name: "refs/ci/x/d", New: c2},
+		}, false)
+		if err != nil || !res[0].OK || !res[1].OK {
+			t.Fatalf("setup: %+v %v", res, err)
 		}
-	}
-	got := map[string]string{}
-	for _, n := range refNames(t, remote) {
-		got[n] = refOf(t, remote, n)
-	}
-	wantRefs := map[string]string{"refs/ci/x/b": c1.String(), "refs/ci/x/c": c2.String(), "refs/ci/x/d": c3.String(), "refs/ci/x/z": c1.String()}
-	if fmt.Sprint(got) != fmt.Sprint(wantRefs) {
-		t.Errorf("remote refs = %v, want %v", got, wantRefs)
-	}
+		// Mixed outcomes, reported per ref in the order given (git prints
+		// them grouped by status).
+		updates := []RefUpdate{
+			{Name: "refs/ci/x/z", New: c1},             // created
+			{Name: "refs/ci/x/b", New: c2},             // stale: exists
+			{Name: "refs/ci/x/a", New: c3, Old: c1},    // stale: missing
+			{Name: "refs/ci/x/d", New: c3, Old: c2},    // updated
+			{Name: "refs/ci/x/c", New: c2},             // created
+			{Name: "refs/ci/x/b2", Old: c3},            // stale: delete a missing ref
+			{Name: "refs/ci/x/d2/e", New: c1, Old: c2}, // stale
+		}
+		res, err = r.Push(context.Background(), updates, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []struct{ ok, stale bool }{{true, false}, {false, true}, {false, true}, {true, false}, {true, false}, {false, true}, {false, true}}
+		for i, u := range updates {
+			if res[i].Name != u.Name || res[i].OK != want[i].ok || res[i].Stale != want[i].stale {
+				t.Errorf("result %d = %+v, want %s OK=%v Stale=%v", i, res[i], u.Name, want[i].ok, want[i].stale)
+			}
+		}
+		got := map[string]string{}
+		for _, n := range refNames(t, remote) {
+			got[n] = refOf(t, remote, n)
+		}
+		wantRefs := map[string]string{"refs/ci/x/b": c1.String(), "refs/ci/x/c": c2.String(), "refs/ci/x/d": c3.String(), "refs/ci/x/z": c1.String()}
+		if fmt.Sprint(got) != fmt.Sprint(wantRefs) {
+			t.Errorf("remote refs = %v, want %v", got, wantRefs)
+		}
 
-	// Atomic: one stale update fails them all, and the result says which.
-	atomic := []RefUpdate{
-		{Name: "refs/ci/y/new", New: c1},
-		{Name: "refs/ci/x/b", New: c3, Old: c2}, // stale
-		{Name: "refs/ci/x/d", Old: c3},          // would delete
-	}
-	res, err = r.Push(context.Background(), atomic, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, rr := range res {
-		if rr.OK || rr.Name != atomic[i].Name || rr.Stale != (i == 1) {
-			t.Errorf("atomic result %d = %+v", i, rr)
+		// Atomic: one stale update fails them all, and the result says which.
+		atomic := []RefUpdate{
+			{Name: "refs/ci/y/new", New: c1},
+			{Name: "refs/ci/x/b", New: c3, Old: c2}, // stale
+			{Name: "refs/ci/x/d", Old: c3},          // would delete
 		}
-		if i != 1 && rr.Message != "atomic push failed" {
-			t.Errorf("atomic result %d message %q", i, rr.Message)
+		res, err = r.Push(context.Background(), atomic, true)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if refOf(t, remote, "refs/ci/y/new") != "" || refOf(t, remote, "refs/ci/x/d") != c3.String() {
-		t.Error("an atomic push that failed changed the remote")
-	}
-	// Atomic, all good.
-	atomic[1].Old = c1
-	res, err = r.Push(context.Background(), atomic, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, rr := range res {
-		if !rr.OK {
-			t.Errorf("atomic result %d = %+v", i, rr)
+		for i, rr := range res {
+			if rr.OK || rr.Name != atomic[i].Name || rr.Stale != (i == 1) {
+				t.Errorf("atomic result %d = %+v", i, rr)
+			}
+			if i != 1 && rr.Message != "atomic push failed" {
+				t.Errorf("atomic result %d message %q", i, rr.Message)
+			}
 		}
-	}
-	if refOf(t, remote, "refs/ci/y/new") != c1.String() || refOf(t, remote, "refs/ci/x/b") != c3.String() || refOf(t, remote, "refs/ci/x/d") != "" {
-		t.Error("the atomic push was not applied")
-	}
+		if refOf(t, remote, "refs/ci/y/new") != "" || refOf(t, remote, "refs/ci/x/d") != c3.String() {
+			t.Error("an atomic push that failed changed the remote")
+		}
+		// Atomic, all good.
+		atomic[1].Old = c1
+		res, err = r.Push(context.Background(), atomic, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, rr := range res {
+			if !rr.OK {
+				t.Errorf("atomic result %d = %+v", i, rr)
+			}
+		}
+		if refOf(t, remote, "refs/ci/y/new") != c1.String() || refOf(t, remote, "refs/ci/x/b") != c3.String() || refOf(t, remote, "refs/ci/x/d") != "" {
+			t.Error("the atomic push was not applied")
+		}
+	})
 }
 
 // TestRemotePushRefusedByServer: a remote whose hook declines, and one
@@ -520,86 +563,90 @@ func TestRemotePushRefusedByServer(t *testing.T) {
 // id, and git sends the whole new history.
 func TestRemotePushOverUnknownCommit(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
-	w1 := openTestRemote(t, remote)
-	w2 := openTestRemote(t, remote)
-	a := mkCommit(t, w1.Cache, "from worker 1")
-	if res := pushOne(t, w1, RefUpdate{Name: "refs/ci/claims/x", New: a}); !res.OK {
-		t.Fatal(res)
-	}
-	b := mkCommit(t, w2.Cache, "from worker 2")
-	if res := pushOne(t, w2, RefUpdate{Name: "refs/ci/claims/x", New: b, Old: a}); !res.OK {
-		t.Fatalf("takeover: %+v", res)
-	}
-	if refOf(t, remote, "refs/ci/claims/x") != b.String() {
-		t.Fatal("takeover not applied")
-	}
-	// A commit missing from the cache: a failure, neither OK nor stale.
-	missing := mkCommit(t, newBare(t, "elsewhere"), "not in the cache")
-	res := pushOne(t, w2, RefUpdate{Name: "refs/ci/claims/y", New: missing})
-	if res.OK || res.Stale || !strings.Contains(res.Detail, missing.String()) {
-		t.Errorf("missing object: %+v", res)
-	}
-	fsckStrict(t, remote)
+	bothPushModes(t, func(t *testing.T, mode pushMode) {
+		remote := newBare(t, "remote.git")
+		w1 := mode.open(t, remote)
+		w2 := mode.open(t, remote)
+		a := mkCommit(t, w1.Cache, "from worker 1")
+		if res := pushOne(t, w1, RefUpdate{Name: "refs/ci/claims/x", New: a}); !res.OK {
+			t.Fatal(res)
+		}
+		b := mkCommit(t, w2.Cache, "from worker 2")
+		if res := pushOne(t, w2, RefUpdate{Name: "refs/ci/claims/x", New: b, Old: a}); !res.OK {
+			t.Fatalf("takeover: %+v", res)
+		}
+		if refOf(t, remote, "refs/ci/claims/x") != b.String() {
+			t.Fatal("takeover not applied")
+		}
+		// A commit missing from the cache: a failure, neither OK nor stale.
+		missing := mkCommit(t, newBare(t, "elsewhere"), "not in the cache")
+		res := pushOne(t, w2, RefUpdate{Name: "refs/ci/claims/y", New: missing})
+		if res.OK || res.Stale || !strings.Contains(res.Detail, missing.String()) {
+			t.Errorf("missing object: %+v", res)
+		}
+		fsckStrict(t, remote)
+	})
 }
 
 // TestRemotePushRace: workers with their own caches race to create the
 // same ref; exactly one wins and the others see a stale CAS.
 func TestRemotePushRace(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
-	const workers = 8
-	rs := make([]*Remote, workers)
-	commits := make([]Hash, workers)
-	for i := range rs {
-		rs[i] = openTestRemote(t, "file://"+remote)
-		commits[i] = mkCommit(t, rs[i].Cache, fmt.Sprintf("claim by worker %d", i))
-	}
-	for round := 0; round < 3; round++ {
-		ref := fmt.Sprintf("refs/ci/claims/race%d", round)
-		results := make([]PushResult, workers)
-		errs := make([]error, workers)
-		start := make(chan struct{})
-		var wg sync.WaitGroup
+	bothPushModes(t, func(t *testing.T, mode pushMode) {
+		remote := newBare(t, "remote.git")
+		const workers = 8
+		rs := make([]*Remote, workers)
+		commits := make([]Hash, workers)
 		for i := range rs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				res, err := rs[i].Push(context.Background(), []RefUpdate{{Name: ref, New: commits[i]}}, false)
-				errs[i] = err
-				if err == nil {
-					results[i] = res[0]
-				}
-			}()
+			rs[i] = mode.open(t, "file://"+remote)
+			commits[i] = mkCommit(t, rs[i].Cache, fmt.Sprintf("claim by worker %d", i))
 		}
-		close(start)
-		wg.Wait()
-		winner := -1
-		for i := range rs {
-			if errs[i] != nil {
-				t.Fatalf("worker %d: %v", i, errs[i])
+		for round := 0; round < 3; round++ {
+			ref := fmt.Sprintf("refs/ci/claims/race%d", round)
+			results := make([]PushResult, workers)
+			errs := make([]error, workers)
+			start := make(chan struct{})
+			var wg sync.WaitGroup
+			for i := range rs {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					res, err := rs[i].Push(context.Background(), []RefUpdate{{Name: ref, New: commits[i]}}, false)
+					errs[i] = err
+					if err == nil {
+						results[i] = res[0]
+					}
+				}()
 			}
-			switch {
-			case results[i].OK:
-				if winner >= 0 {
-					t.Fatalf("round %d: workers %d and %d both won", round, winner, i)
+			close(start)
+			wg.Wait()
+			winner := -1
+			for i := range rs {
+				if errs[i] != nil {
+					t.Fatalf("worker %d: %v", i, errs[i])
 				}
-				winner = i
-			case !results[i].Stale:
-				t.Errorf("round %d worker %d: a failure that is not a lost CAS: %+v", round, i, results[i])
-			default:
-				t.Logf("round %d worker %d lost: %s %s", round, i, results[i].Message, results[i].Detail)
+				switch {
+				case results[i].OK:
+					if winner >= 0 {
+						t.Fatalf("round %d: workers %d and %d both won", round, winner, i)
+					}
+					winner = i
+				case !results[i].Stale:
+					t.Errorf("round %d worker %d: a failure that is not a lost CAS: %+v", round, i, results[i])
+				default:
+					t.Logf("round %d worker %d lost: %s %s", round, i, results[i].Message, results[i].Detail)
+				}
+			}
+			if winner < 0 {
+				t.Fatalf("round %d: nobody won: %+v", round, results)
+			}
+			if got := refOf(t, remote, ref); got != commits[winner].String() {
+				t.Fatalf("round %d: remote has %s, the winner pushed %s", round, got, commits[winner])
 			}
 		}
-		if winner < 0 {
-			t.Fatalf("round %d: nobody won: %+v", round, results)
-		}
-		if got := refOf(t, remote, ref); got != commits[winner].String() {
-			t.Fatalf("round %d: remote has %s, the winner pushed %s", round, got, commits[winner])
-		}
-	}
-	fsckStrict(t, remote)
+		fsckStrict(t, remote)
+	})
 }
 
 func TestRemoteListRemote(t *testing.T) {
@@ -766,37 +813,39 @@ func gitExecPath(t testing.TB) string {
 // TestRemoteDisappears: a remote that goes away and comes back.
 func TestRemoteDisappears(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
-	setRef(t, remote, "refs/ci/requests/a", mkCommit(t, remote, "a"))
-	r := openTestRemote(t, "file://"+remote)
-	spec := "+refs/ci/requests/*:refs/ci/requests/*"
-	if err := r.Fetch(context.Background(), spec); err != nil {
-		t.Fatal(err)
-	}
-	c := mkCommit(t, r.Cache, "c")
-	away := remote + ".away"
-	if err := os.Rename(remote, away); err != nil {
-		t.Fatal(err)
-	}
-	err := r.Fetch(context.Background(), spec)
-	if re := remoteErr(t, err); re.Kind != KindNotFound && re.Kind != KindUnreachable {
-		t.Errorf("fetch from a vanished remote: %v", err)
-	}
-	if _, err := r.Push(context.Background(), []RefUpdate{{Name: "refs/ci/claims/a", New: c}}, false); err == nil {
-		t.Error("push to a vanished remote succeeded")
-	}
-	if refOf(t, r.Cache, "refs/ci/requests/a") == "" {
-		t.Error("a failed fetch pruned the cache")
-	}
-	if err := os.Rename(away, remote); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Fetch(context.Background(), spec); err != nil {
-		t.Fatal(err)
-	}
-	if res := pushOne(t, r, RefUpdate{Name: "refs/ci/claims/a", New: c}); !res.OK {
-		t.Fatalf("push after the remote came back: %+v", res)
-	}
+	bothPushModes(t, func(t *testing.T, mode pushMode) {
+		remote := newBare(t, "remote.git")
+		setRef(t, remote, "refs/ci/requests/a", mkCommit(t, remote, "a"))
+		r := mode.open(t, "file://"+remote)
+		spec := "+refs/ci/requests/*:refs/ci/requests/*"
+		if err := r.Fetch(context.Background(), spec); err != nil {
+			t.Fatal(err)
+		}
+		c := mkCommit(t, r.Cache, "c")
+		away := remote + ".away"
+		if err := os.Rename(remote, away); err != nil {
+			t.Fatal(err)
+		}
+		err := r.Fetch(context.Background(), spec)
+		if re := remoteErr(t, err); re.Kind != KindNotFound && re.Kind != KindUnreachable {
+			t.Errorf("fetch from a vanished remote: %v", err)
+		}
+		if _, err := r.Push(context.Background(), []RefUpdate{{Name: "refs/ci/claims/a", New: c}}, false); err == nil {
+			t.Error("push to a vanished remote succeeded")
+		}
+		if refOf(t, r.Cache, "refs/ci/requests/a") == "" {
+			t.Error("a failed fetch pruned the cache")
+		}
+		if err := os.Rename(away, remote); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Fetch(context.Background(), spec); err != nil {
+			t.Fatal(err)
+		}
+		if res := pushOne(t, r, RefUpdate{Name: "refs/ci/claims/a", New: c}); !res.OK {
+			t.Fatalf("push after the remote came back: %+v", res)
+		}
+	})
 }
 
 // TestRemoteContextCancel: a remote that never answers (an "ssh" that
@@ -1127,4 +1176,186 @@ func TestRemoteMaintainPacksLooseObjects(t *testing.T) {
 			t.Fatalf("maintenance dropped the fresh object %s", h)
 		}
 	}
+}
+
+// TestRemoteDirectOnlyWhenPushWouldNotDiffer: a local remote with receive
+// hooks or receive/transfer settings gets a real git push, so that its
+// hooks run and its settings hold; eligibility is looked at again after
+// directRecheck.
+func TestRemoteDirectOnlyWhenPushWouldNotDiffer(t *testing.T) {
+	t.Parallel()
+	remote := newBare(t, "remote.git")
+	r := openTestRemote(t, "file://"+remote)
+	if ok, why := r.Direct(context.Background()); !ok {
+		t.Fatalf("a plain local remote is not updated directly: %s", why)
+	}
+	recheck := func() {
+		r.directMu.Lock()
+		r.directAt = time.Time{}
+		r.directMu.Unlock()
+	}
+	for _, tc := range []struct {
+		setup, undo func()
+		why         string
+	}{
+		{func() { writeFile(t, remote, "hooks/update", "#!/bin/sh\nexit 0\n", 0o755) },
+			func() { os.Remove(filepath.Join(remote, "hooks", "update")) }, "update hook"},
+		{func() { writeFile(t, remote, "hooks/reference-transaction", "#!/bin/sh\nexit 0\n", 0o755) },
+			func() { os.Remove(filepath.Join(remote, "hooks", "reference-transaction")) }, "reference-transaction hook"},
+		{func() { gitT(t, remote, "config", "receive.fsckObjects", "true") },
+			func() { gitT(t, remote, "config", "--unset", "receive.fsckObjects") }, "receive.fsckobjects"},
+		{func() { gitT(t, remote, "config", "transfer.hideRefs", "refs/ci/secret") },
+			func() { gitT(t, remote, "config", "--unset", "transfer.hideRefs") }, "transfer.hiderefs"},
+		{func() { gitT(t, remote, "config", "core.hooksPath", "/elsewhere") },
+			func() { gitT(t, remote, "config", "--unset", "core.hooksPath") }, "core.hookspath"},
+	} {
+		tc.setup()
+		recheck()
+		if ok, why := r.Direct(context.Background()); ok || !strings.Contains(why, tc.why) {
+			t.Errorf("with %s: Direct() = %v, %q", tc.why, ok, why)
+		}
+		tc.undo()
+		if ok, _ := r.Direct(context.Background()); ok {
+			t.Errorf("with %s undone: Direct() changed before directRecheck", tc.why)
+		}
+		recheck()
+		if ok, why := r.Direct(context.Background()); !ok {
+			t.Errorf("with %s undone: Direct() = false, %s", tc.why, why)
+		}
+	}
+	// A hook that is not executable does not run, so it does not count
+	// (git says so and ignores it).
+	writeFile(t, remote, "hooks/pre-receive", "#!/bin/sh\nexit 1\n", 0o644)
+	recheck()
+	if ok, why := r.Direct(context.Background()); !ok {
+		t.Errorf("a non-executable hook: Direct() = false, %s", why)
+	}
+	// The hook that refuses, made executable: Push must run it.
+	os.Chmod(filepath.Join(remote, "hooks", "pre-receive"), 0o755)
+	recheck()
+	c := mkCommit(t, r.Cache, "c")
+	if res := pushOne(t, r, RefUpdate{Name: "refs/ci/x", New: c}); res.OK || res.Message != "pre-receive hook declined" {
+		t.Errorf("push past a refusing pre-receive hook: %+v", res)
+	}
+	if ok, why := (&Remote{URL: "ssh://example.com/x.git"}).Direct(context.Background()); ok || why != "not on this machine" {
+		t.Errorf("ssh remote: %v %q", ok, why)
+	}
+}
+
+// TestRemoteDirectSendsOnlyWhatIsNew: a direct update sends the new
+// objects as one pack bounded by the old values, leaves no .keep behind,
+// and the remote passes git fsck --strict with every object reachable.
+func TestRemoteDirectSendsOnlyWhatIsNew(t *testing.T) {
+	t.Parallel()
+	remote := newBare(t, "remote.git")
+	r := openTestRemote(t, remote)
+	base := mkCommit(t, r.Cache, "base")
+	if res := pushOne(t, r, RefUpdate{Name: "refs/ci/runs/a", New: base}); !res.OK {
+		t.Fatal(res)
+	}
+	packs := func() (n int, keeps []string) {
+		ents, _ := os.ReadDir(filepath.Join(remote, "objects", "pack"))
+		for _, e := range ents {
+			switch filepath.Ext(e.Name()) {
+			case ".pack":
+				n++
+			case ".keep":
+				keeps = append(keeps, e.Name())
+			}
+		}
+		return n, keeps
+	}
+	if n, keeps := packs(); n != 1 || len(keeps) != 0 {
+		t.Fatalf("after one push: %d packs, keeps %v", n, keeps)
+	}
+	next := mkCommit(t, r.Cache, "next", base)
+	if res := pushOne(t, r, RefUpdate{Name: "refs/ci/runs/a", New: next, Old: base}); !res.OK {
+		t.Fatal(res)
+	}
+	out := gitT(t, remote, "verify-pack", "-v", newestPack(t, remote))
+	if strings.Contains(out, base.String()) || !strings.Contains(out, next.String()) {
+		t.Errorf("the second pack should hold next and not base:\n%s", out)
+	}
+	// A deletion sends no objects.
+	if res := pushOne(t, r, RefUpdate{Name: "refs/ci/runs/a", Old: next}); !res.OK {
+		t.Fatal(res)
+	}
+	if n, keeps := packs(); n != 2 || len(keeps) != 0 {
+		t.Errorf("after a deletion: %d packs, keeps %v", n, keeps)
+	}
+	fsckStrict(t, remote)
+}
+
+func newestPack(t *testing.T, gitDir string) string {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(gitDir, "objects", "pack"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var best string
+	var when time.Time
+	for _, e := range ents {
+		if filepath.Ext(e.Name()) != ".idx" {
+			continue
+		}
+		fi, _ := e.Info()
+		if fi.ModTime().After(when) || best == "" {
+			best, when = filepath.Join(gitDir, "objects", "pack", e.Name()), fi.ModTime()
+		}
+	}
+	return best
+}
+
+// TestRemoteDirectLosesRacesLikeAPush: another writer changes refs after a
+// direct update read them. The transaction's own compare-and-swap catches
+// it: non-atomic, each update is retried alone and only the raced ones
+// lose (stale); atomic, nothing is applied.
+func TestRemoteDirectLosesRacesLikeAPush(t *testing.T) {
+	t.Parallel()
+	remote := newBare(t, "remote.git")
+	r := openTestRemote(t, remote)
+	c1, c2, c3 := mkCommit(t, r.Cache, "1"), mkCommit(t, r.Cache, "2"), mkCommit(t, r.Cache, "3")
+	res, err := r.Push(context.Background(), []RefUpdate{{Name: "refs/ci/a", New: c1}, {Name: "refs/ci/gone", New: c1}}, false)
+	if err != nil || !res[0].OK || !res[1].OK {
+		t.Fatal(res, err)
+	}
+	intruder := mkCommit(t, remote, "intruder")
+	r.beforeUpdate = func() {
+		setRef(t, remote, "refs/ci/a", intruder)            // update raced
+		setRef(t, remote, "refs/ci/b", intruder)            // create raced
+		gitT(t, remote, "update-ref", "-d", "refs/ci/gone") // delete raced
+	}
+	updates := []RefUpdate{
+		{Name: "refs/ci/a", New: c2, Old: c1},
+		{Name: "refs/ci/b", New: c2},
+		{Name: "refs/ci/c", New: c3},
+		{Name: "refs/ci/gone", Old: c1},
+	}
+	res, err = r.Push(context.Background(), updates, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("raced: %+v", res)
+	for i, want := range []bool{false, false, true, false} {
+		if res[i].OK != want || res[i].Stale == want || res[i].Name != updates[i].Name {
+			t.Errorf("result %d = %+v, want OK=%v and a lost CAS otherwise", i, res[i], want)
+		}
+	}
+	if refOf(t, remote, "refs/ci/a") != intruder.String() || refOf(t, remote, "refs/ci/b") != intruder.String() || refOf(t, remote, "refs/ci/c") != c3.String() {
+		t.Error("the remote's refs are not the intruder's and the one update that did not race")
+	}
+	// Atomic: the race fails all of it.
+	r.beforeUpdate = func() { setRef(t, remote, "refs/ci/c", intruder) }
+	updates = []RefUpdate{{Name: "refs/ci/d", New: c1}, {Name: "refs/ci/c", New: c1, Old: c3}}
+	res, err = r.Push(context.Background(), updates, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].OK || res[0].Message != "atomic push failed" || res[1].OK || !res[1].Stale {
+		t.Errorf("atomic race: %+v", res)
+	}
+	if refOf(t, remote, "refs/ci/d") != "" {
+		t.Error("an atomic update that lost a race applied part of it")
+	}
+	fsckStrict(t, remote)
 }
