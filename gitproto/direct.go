@@ -149,7 +149,11 @@ func (r *Remote) pushDirect(ctx context.Context, gitDir string, updates []RefUpd
 	}
 	target, err := Open(gitDir)
 	if err != nil {
-		return nil, fail("open the remote", err, "")
+		re := fail("open the remote", err, "").(*RemoteError)
+		if _, serr := os.Stat(gitDir); errors.Is(serr, os.ErrNotExist) {
+			re.Kind = KindNotFound // gone since it was found eligible, as git push would say
+		}
+		return nil, re
 	}
 	results := make([]PushResult, len(updates))
 	var pending []int

@@ -832,6 +832,8 @@ func TestRemoteDisappears(t *testing.T) {
 		}
 		if _, err := r.Push(context.Background(), []RefUpdate{{Name: "refs/ci/claims/a", New: c}}, false); err == nil {
 			t.Error("push to a vanished remote succeeded")
+		} else if re := remoteErr(t, err); re.Kind != KindNotFound {
+			t.Errorf("push to a vanished remote: kind %q: %v", re.Kind, err)
 		}
 		if refOf(t, r.Cache, "refs/ci/requests/a") == "" {
 			t.Error("a failed fetch pruned the cache")
