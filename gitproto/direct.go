@@ -42,7 +42,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -120,12 +119,8 @@ func (r *Remote) checkDirect(ctx context.Context, dir string) (string, string) {
 // gitAt runs git in the repository at gitDir (not the cache), with the
 // Remote's environment, in a session of its own like every git here.
 func (r *Remote) gitAt(ctx context.Context, gitDir string, stdin io.Reader, args ...string) ([]byte, string, error) {
-	cmd := exec.CommandContext(ctx, "git", append([]string{"--git-dir=" + gitDir}, args...)...)
-	cmd.Env = r.environ(nil)
+	cmd := r.gitCommand(ctx, nil, append([]string{"--git-dir=" + gitDir}, args...)...)
 	cmd.Stdin = stdin
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
-	cmd.WaitDelay = 5 * time.Second
 	var stdout bytes.Buffer
 	stderr := &cappedBuffer{max: 64 << 10}
 	cmd.Stdout, cmd.Stderr = &stdout, stderr
@@ -290,12 +285,8 @@ func (r *Remote) sendObjects(ctx context.Context, cache *Repo, gitDir string, up
 	for _, kv := range cacheConfig {
 		args = append(args, "-c", kv[0]+"="+kv[1])
 	}
-	pack := exec.CommandContext(ctx, "git", append(args, "pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset")...)
-	pack.Env = r.environ(nil)
+	pack := r.gitCommand(ctx, nil, append(args, "pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset")...)
 	pack.Stdin = strings.NewReader(revs.String())
-	pack.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	pack.Cancel = func() error { return syscall.Kill(-pack.Process.Pid, syscall.SIGTERM) }
-	pack.WaitDelay = 5 * time.Second
 	packErr := &cappedBuffer{max: 16 << 10}
 	pack.Stderr = packErr
 	out, err := pack.StdoutPipe()

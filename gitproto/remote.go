@@ -745,14 +745,7 @@ func (r *Remote) runRaw(ctx context.Context, args, tail []string) ([]byte, strin
 	full = append(full, args...)
 	full = append(full, argURL)
 	full = append(full, tail...)
-	cmd := exec.CommandContext(ctx, "git", full...)
-	cmd.Env = r.environ(secret)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.Cancel = func() error {
-		// The whole session: git, its transport helper, ssh, upload-pack.
-		return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-	}
-	cmd.WaitDelay = 5 * time.Second
+	cmd := r.gitCommand(ctx, secret, full...)
 	var stdout bytes.Buffer
 	stderr := &cappedBuffer{max: 64 << 10}
 	cmd.Stdout = &stdout
@@ -779,6 +772,18 @@ func (r *Remote) runRaw(ctx context.Context, args, tail []string) ([]byte, strin
 		re.Kind = KindOther // git could not be started
 	}
 	return stdout.Bytes(), errText, re
+}
+
+// gitCommand is every git this Remote runs: its environment, in a session
+// of its own; a cancelled ctx sends SIGTERM to the whole session (git, its
+// transport helper, ssh, upload-pack), SIGKILL 5 s later.
+func (r *Remote) gitCommand(ctx context.Context, secret *string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "git", args...)
+	cmd.Env = r.environ(secret)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
 }
 
 // environ is the environment of every git this Remote runs.
