@@ -227,6 +227,16 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	}
 	logger.Info("worker started", "key", id.Fingerprint(), "remotes", strings.Join(names, " "), "concurrency", cfg.Concurrency, "cache", cfg.Cache,
 		"admins", admins.Len(), "trusted", trusted.Len())
+	for _, r := range rems {
+		if r.LocalDir() == "" {
+			continue
+		}
+		if direct, why := r.Direct(ctx); direct {
+			logger.Info("a remote on this machine: updated directly (index-pack and update-ref), not with git push", "remote", gitproto.RedactURL(r.URL))
+		} else {
+			logger.Info("a remote on this machine: updated with git push", "remote", gitproto.RedactURL(r.URL), "because", why)
+		}
+	}
 	if err := w.Run(stop, abort); err != nil {
 		e.errorf("worker: %v", err)
 		return exitInfra

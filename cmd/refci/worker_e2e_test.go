@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -22,7 +21,7 @@ type fleet struct {
 	bare    string
 	mu      sync.Mutex
 	workers []*exec.Cmd
-	logs    []*bytes.Buffer
+	logs    []*lockedBuffer // written by the workers as they run
 }
 
 func newFleet(t *testing.T, script string) *fleet {
@@ -43,14 +42,14 @@ func (f *fleet) startWorker(name string, extra ...string) *exec.Cmd {
 	args := append([]string{"worker", "--remote", "file://" + f.bare, "--poll", "200ms", "--lease", "3s", "--grace", "5s"}, extra...)
 	cmd := exec.Command(refciBin, args...)
 	cmd.Env = append(append([]string{}, f.env...), "REFCI_HOME="+home)
-	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
+	buf := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = buf, buf
 	if err := cmd.Start(); err != nil {
 		f.t.Fatal(err)
 	}
 	f.mu.Lock()
 	f.workers = append(f.workers, cmd)
-	f.logs = append(f.logs, &buf)
+	f.logs = append(f.logs, buf)
 	f.mu.Unlock()
 	return cmd
 }
@@ -165,6 +164,15 @@ func TestWorkersRunEveryRequestExactlyOnce(t *testing.T) {
 	if out := f.gitErr(f.bare, "fsck", "--no-dangling"); strings.Contains(out, "error") {
 		t.Errorf("fsck: %s", out)
 	}
+	// The workers raced on a remote on this machine without hooks: they
+	// updated it directly, not through git push.
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := range f.logs {
+		if !strings.Contains(f.logs[i].String(), "updated directly") {
+			t.Errorf("worker %d did not update the local remote directly:\n%s", i, tail(f.logs[i].String()))
+		}
+	}
 }
 
 func TestWorkerSupersedeCancelAndOddRequests(t *testing.T) {
@@ -261,6 +269,9 @@ func TestWorkerSurvivesRemoteOutage(t *testing.T) {
 	}
 	side := t.TempDir()
 	f := newFleet(t, fmt.Sprintf("echo \"$REFCI_RUN\" >> %s/\"$REFCI_REQUEST\"\nsleep 2\necho done\n", side))
+	// A receive setting makes the workers use git push here (the other
+	// fleet tests update the remote directly): both ways survive outages.
+	f.git(f.bare, "config", "receive.fsckObjects", "true")
 	f.pushRequests("out", 6)
 	f.startWorker("a", "--concurrency", "3")
 	f.startWorker("b", "--concurrency", "3")
@@ -295,6 +306,9 @@ func TestWorkerSurvivesRemoteOutage(t *testing.T) {
 	f.mu.Lock()
 	logs := f.logs[0].String() + f.logs[1].String()
 	f.mu.Unlock()
+	if n := strings.Count(logs, "updated with git push"); n != 2 {
+		t.Errorf("%d workers said they use git push for a remote with receive.fsckObjects, want 2", n)
+	}
 	if n := strings.Count(logs, "remote problem"); n == 0 || n > 8 {
 		t.Errorf("%d 'remote problem' lines for one outage; want one or a few per worker, not one per retry", n)
 	}
