@@ -46,7 +46,7 @@ type shimConn struct {
 	r, w  *os.File
 	done  chan struct{} // closed at EOF of the report pipe
 	pid   atomic.Int64  // the pipeline's main pid once the shim reported it ready
-	final *shim.Report   // the final line; read after done
+	final *shim.Report  // the final line; read after done
 	// unisolated is the ready line's Unisolated; read after done.
 	unisolated string
 }

@@ -62,4 +62,3 @@ func TestIsolationDecision(t *testing.T) {
 		}
 	}
 }
-
