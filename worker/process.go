@@ -52,12 +52,12 @@ type ProcSpec struct {
 	ReapTag string
 
 	// Shim, when not empty, is the absolute path of the refci executable
-	// (in tests, the test binary), run as a shim between this process and
-	// the pipeline: RunProcess starts
+	// or of refci-shim (cmd/refci-shim; in tests, the test binary), run as
+	// a shim between this process and the pipeline: RunProcess starts
 	//
 	//	Shim __refci-shim --kill-grace=KillGrace -- Path Args...
 	//
-	// instead of Path, and the shim (ShimMain, in shim_linux.go) runs the
+	// instead of Path, and the shim (ShimMain: package shim) runs the
 	// pipeline below itself and kills all of it when the pipeline is over,
 	// when told to, or when this process dies, even by SIGKILL. Without a
 	// shim, processes of a pipeline survive a SIGKILL of this process. The
