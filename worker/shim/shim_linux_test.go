@@ -62,3 +62,32 @@ func TestIsolationDecision(t *testing.T) {
 		}
 	}
 }
+
+// --protocol alone prints Protocol; with anything else it is a usage
+// error, as for a shim that predates it.
+func TestProtocolArg(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	stdout, stderr := os.Stdout, os.Stderr
+	os.Stdout, os.Stderr = w, null
+	code := Main([]string{ProtocolArg})
+	code2 := Main([]string{ProtocolArg, "--", "/bin/true"})
+	os.Stdout, os.Stderr = stdout, stderr
+	w.Close()
+	b := make([]byte, 100)
+	n, _ := r.Read(b)
+	r.Close()
+	if code != 0 || string(b[:n]) != Protocol+"\n" {
+		t.Errorf("Main(--protocol) = %d, printed %q", code, b[:n])
+	}
+	if code2 != 2 {
+		t.Errorf("Main(--protocol -- /bin/true) = %d, want 2 (usage)", code2)
+	}
+}
