@@ -10,8 +10,9 @@ TESTFLAGS ?= -count=1 -timeout 12m
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
 
-build: ## build bin/refci
+build: ## build bin/refci and bin/refci-shim (its light per-run shim, used when beside it)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/refci
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(dir $(BIN))refci-shim ./cmd/refci-shim
 
 test: ## run every test (real git, gpg and processes)
 	$(GO) vet ./...

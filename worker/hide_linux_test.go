@@ -4,7 +4,6 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
+	"refci.dev/refci/worker/shim"
 )
 
 // Put on a pipeline's PATH as refci (RunSpec.RefciPath), the test binary
@@ -217,36 +217,6 @@ refci job build -- echo "job ok"
 	}
 }
 
-func TestIsolationDecision(t *testing.T) {
-	for _, tc := range []struct {
-		name      string
-		startErr  error
-		require   bool
-		fallback  bool
-		errSubstr string
-	}{
-		{"started", nil, false, false, ""},
-		{"started, required", nil, true, false, ""},
-		{"max_user_namespaces 0", syscall.ENOSPC, false, true, ""},
-		{"unprivileged_userns_clone 0", syscall.EPERM, false, true, ""},
-		{"no CONFIG_USER_NS", syscall.EINVAL, false, true, ""},
-		{"unavailable, required", syscall.EPERM, true, false, "--require-isolation"},
-		{"other failure", syscall.ENOMEM, false, false, "cannot allocate memory"},
-		{"other failure, required", syscall.ENOMEM, true, false, "cannot allocate memory"},
-	} {
-		fallback, note, err := isolationDecision(tc.startErr, tc.require)
-		if fallback != tc.fallback || (fallback != (note != "")) {
-			t.Errorf("%s: fallback %v, note %q", tc.name, fallback, note)
-		}
-		if (err == nil) != (tc.errSubstr == "") || err != nil && !strings.Contains(err.Error(), tc.errSubstr) {
-			t.Errorf("%s: error %v, want one containing %q", tc.name, err, tc.errSubstr)
-		}
-		if tc.require && tc.errSubstr == "--require-isolation" && !errors.Is(err, errIsolationUnavailable) {
-			t.Errorf("%s: %v does not match errIsolationUnavailable", tc.name, err)
-		}
-	}
-}
-
 // Where user namespaces cannot be made (here: inside one whose
 // user.max_user_namespaces is 0), the pipeline runs unhidden and the
 // report says why; with --require-isolation it does not run.
@@ -260,7 +230,7 @@ func TestHideUnavailable(t *testing.T) {
 	for _, require := range []bool{false, true} {
 		flags := "--hide=" + file
 		if require {
-			flags += " " + shimRequireArg
+			flags += " " + shim.RequireArg
 		}
 		r, w, err := os.Pipe()
 		if err != nil {

@@ -37,6 +37,10 @@ type Config struct {
 	TempDir   string
 	Logger    *slog.Logger
 	Now       func() time.Time
+
+	// Shim is the executable that runs as every run's shim (RunSpec.Shim);
+	// empty means RefciPath. Workers set it from ChooseShim(RefciPath).
+	Shim string
 	// Wake, when not nil, triggers an immediate poll of every remote.
 	// Poke does the same for one remote.
 	Wake <-chan struct{}
@@ -127,6 +131,9 @@ func New(cfg Config) *Worker {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Shim == "" {
+		cfg.Shim = cfg.RefciPath
 	}
 	return &Worker{cfg: cfg, log: cfg.Logger, now: cfg.Now, slots: make(chan struct{}, cfg.Concurrency), active: map[string]*activeRun{}, expired: map[string]seenExpired{}}
 }
@@ -808,7 +815,7 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		Attempt: a.claim.Attempt, PreviousRun: a.claim.PreviousRun,
 		Timeout: w.cfg.Timeout, KillGrace: w.cfg.KillGrace, LogCap: w.cfg.LogCap,
 		ArtifactFileCap: w.cfg.ArtifactFileCap, ArtifactTotalCap: w.cfg.ArtifactTotalCap,
-		RefciPath: w.cfg.RefciPath, Shim: w.cfg.RefciPath, TempDir: w.cfg.TempDir, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
+		RefciPath: w.cfg.RefciPath, Shim: w.cfg.Shim, TempDir: w.cfg.TempDir, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
 		SnapshotEvery: w.cfg.Snapshot, Secrets: w.cfg.Secrets, Remote: a.remote.URL, Page: w.cfg.Page,
 		Hide: w.cfg.Hide, RequireIsolation: w.cfg.RequireIsolation,
 		OnSnapshot: func(_ string, c gitproto.Hash) {

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"refci.dev/refci/worker/shim"
 )
 
 // ProcSpec describes one pipeline process.
@@ -50,12 +52,12 @@ type ProcSpec struct {
 	ReapTag string
 
 	// Shim, when not empty, is the absolute path of the refci executable
-	// (in tests, the test binary), run as a shim between this process and
-	// the pipeline: RunProcess starts
+	// or of refci-shim (cmd/refci-shim; in tests, the test binary), run as
+	// a shim between this process and the pipeline: RunProcess starts
 	//
 	//	Shim __refci-shim --kill-grace=KillGrace -- Path Args...
 	//
-	// instead of Path, and the shim (ShimMain, in shim_linux.go) runs the
+	// instead of Path, and the shim (ShimMain: package shim) runs the
 	// pipeline below itself and kills all of it when the pipeline is over,
 	// when told to, or when this process dies, even by SIGKILL. Without a
 	// shim, processes of a pipeline survive a SIGKILL of this process. The
@@ -95,14 +97,14 @@ type ProcResult struct {
 }
 
 // defaultProcKillGrace is the KillGrace used when ProcSpec.KillGrace is 0.
-const defaultProcKillGrace = 5 * time.Second
+const defaultProcKillGrace = shim.DefaultKillGrace
 
 // Tunables of RunProcess; variables so tests can shorten them.
 var (
 	// reapGiveUp bounds the SIGKILL phase: processes that survive SIGKILL
 	// this long (stuck in uninterruptible sleep) make RunProcess give up
 	// and return an error rather than hang forever.
-	reapGiveUp = time.Minute
+	reapGiveUp = shim.ReapGiveUp
 	// drainGiveUp: once no process of the run is left, a read of the
 	// output pipe that blocks this long means a process outside the run
 	// still holds its write end; the read end is then closed.
@@ -451,17 +453,17 @@ func startProcess(run *reapRun, spec ProcSpec, env []string, out *os.File, sh *s
 			cmd.Path = spec.Shim
 			cmd.Args = []string{spec.Shim, ShimArg, "--kill-grace=" + grace.String()}
 			for _, h := range spec.Hide {
-				cmd.Args = append(cmd.Args, shimHideArg+h)
+				cmd.Args = append(cmd.Args, shim.HideArg+h)
 			}
 			for _, k := range spec.Keep {
-				cmd.Args = append(cmd.Args, shimKeepArg+k)
+				cmd.Args = append(cmd.Args, shim.KeepArg+k)
 			}
 			if spec.RequireIsolation && len(spec.Hide) > 0 {
-				cmd.Args = append(cmd.Args, shimRequireArg)
+				cmd.Args = append(cmd.Args, shim.RequireArg)
 			}
 			cmd.Args = append(append(cmd.Args, "--", spec.Path), spec.Args...)
 			cmd.ExtraFiles = []*os.File{sh.w} // fd 3
-			cmd.SysProcAttr.Pdeathsig = shimDeathSignal
+			cmd.SysProcAttr.Pdeathsig = shim.DeathSignal
 		}
 		registry.mu.Lock()
 		if err := run.registerLocked(); err != nil {

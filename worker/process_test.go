@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"refci.dev/refci/worker/shim"
 )
 
 // Generous bounds: these tests must pass on a loaded two-core machine.
@@ -173,13 +175,13 @@ func waitFiles(t *testing.T, paths ...string) {
 // them: other tests of the package may leave some there).
 func zombieChildren(t *testing.T) []int {
 	t.Helper()
-	procs, err := listProcs()
+	procs, err := shim.ListProcs()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var z []int
 	for pid, p := range procs {
-		if p.ppid == os.Getpid() && p.state == 'Z' && p.pgrp != unix.Getpgrp() {
+		if p.PPid == os.Getpid() && p.State == 'Z' && p.Pgrp != unix.Getpgrp() {
 			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 			t.Logf("zombie child: %s (our process group is %d)", bytes.TrimSpace(b), unix.Getpgrp())
 			z = append(z, pid)
@@ -652,12 +654,12 @@ func cpuTimes() (self, children time.Duration) {
 // benchRunProcess runs /bin/true; besides ns/op it reports the CPU time
 // of this process and of its (reaped) children per run, the files read
 // under /proc and the sweeps.
-func benchRunProcess(b *testing.B, shim string) {
+func benchRunProcess(b *testing.B, shimPath string) {
 	ctx := context.Background()
 	r0, s0 := procReads.Load(), sweeps.Load()
 	c0, ch0 := cpuTimes()
 	for b.Loop() {
-		res, err := RunProcess(ctx, ProcSpec{Path: "/bin/true", Shim: shim})
+		res, err := RunProcess(ctx, ProcSpec{Path: "/bin/true", Shim: shimPath})
 		if err != nil || res.ExitCode != 0 {
 			b.Fatal(res, err)
 		}

@@ -16,6 +16,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"refci.dev/refci/worker/shim"
 )
 
 // Reaping what a pipeline leaves behind.
@@ -130,8 +132,8 @@ type reapRun struct {
 	// before it killed them. 0 when unknown or without a shim.
 	pipelinePgid int
 
-	sent      map[procKey]syscall.Signal
-	leftovers map[procKey]struct{}
+	sent      map[shim.ProcKey]syscall.Signal
+	leftovers map[shim.ProcKey]struct{}
 }
 
 var registry struct {
@@ -152,8 +154,8 @@ func (r *reapRun) registerLocked() error {
 		registry.runs = map[*reapRun]struct{}{}
 	}
 	registry.runs[r] = struct{}{}
-	r.sent = map[procKey]syscall.Signal{}
-	r.leftovers = map[procKey]struct{}{}
+	r.sent = map[shim.ProcKey]syscall.Signal{}
+	r.leftovers = map[shim.ProcKey]struct{}{}
 	return nil
 }
 
@@ -176,61 +178,13 @@ func (r *reapRun) setPipelinePgid(pgid int) {
 }
 
 // procReads counts the files and directories under /proc that sweeps, the
-// fast path and the shim have read, sweeps the sweeps; tests and
-// benchmarks look at them.
-var procReads, sweeps atomic.Int64
-
-// readProcChildren returns the children of every thread of process pid
-// (/proc/<pid>/task/<tid>/children, CONFIG_PROC_CHILDREN) and the ids of
-// the threads, sorted. A thread that exits meanwhile is skipped (callers
-// that must not miss its children compare the threads before and after);
-// a kernel without the children files is an error.
-func readProcChildren(pid int) (kids, tids []int, err error) {
-	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
-	tids, err = readTids(dir)
-	if err != nil {
-		return nil, nil, err
-	}
-	for _, tid := range tids {
-		procReads.Add(1)
-		b, err := os.ReadFile(dir + strconv.Itoa(tid) + "/children")
-		if err != nil {
-			if _, serr := os.Stat(dir + strconv.Itoa(tid)); serr != nil {
-				continue // the thread is gone
-			}
-			return nil, nil, err
-		}
-		for _, f := range strings.Fields(string(b)) {
-			k, err := strconv.Atoi(f)
-			if err != nil {
-				return nil, nil, fmt.Errorf("%schildren: %q: %w", dir, f, err)
-			}
-			kids = append(kids, k)
-		}
-	}
-	return kids, tids, nil
-}
-
-func readTids(dir string) ([]int, error) {
-	procReads.Add(1)
-	d, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	names, err := d.Readdirnames(-1)
-	d.Close()
-	if err != nil {
-		return nil, err
-	}
-	tids := make([]int, 0, len(names))
-	for _, n := range names {
-		if tid, err := strconv.Atoi(n); err == nil {
-			tids = append(tids, tid)
-		}
-	}
-	slices.Sort(tids)
-	return tids, nil
-}
+// fast path and the shim have read (shim.ProcReads, which the /proc
+// helpers of package shim count), sweeps the sweeps; tests and benchmarks
+// look at them.
+var (
+	procReads = &shim.ProcReads
+	sweeps    atomic.Int64
+)
 
 // nothingLeft reports whether it can prove, without a sweep, that no
 // process r is responsible for exists: false means "run a sweep", not
@@ -274,11 +228,11 @@ func (r *reapRun) nothingLeft() bool {
 		}
 	}
 	self := os.Getpid()
-	kids, tids, err := readProcChildren(self)
+	kids, tids, err := shim.ReadProcChildren(self)
 	if err != nil {
 		return false
 	}
-	if after, err := readTids("/proc/" + strconv.Itoa(self) + "/task/"); err != nil || !slices.Equal(tids, after) {
+	if after, err := shim.ReadTids("/proc/" + strconv.Itoa(self) + "/task/"); err != nil || !slices.Equal(tids, after) {
 		return false
 	}
 	selfPgrp := unix.Getpgrp()
@@ -302,94 +256,6 @@ func (r *reapRun) nothingLeft() bool {
 		}
 	}
 	return true
-}
-
-// procKey identifies a process across pid reuse.
-type procKey struct {
-	pid   int
-	start uint64
-}
-
-// procInfo is what a sweep needs from /proc/<pid>/stat.
-type procInfo struct {
-	pid, ppid, pgrp, sid int
-	state                byte
-	start                uint64 // start time, clock ticks after boot
-}
-
-func (p *procInfo) key() procKey { return procKey{p.pid, p.start} }
-
-// parseStat parses the contents of /proc/<pid>/stat. The command name is in
-// parentheses and may itself contain spaces and parentheses, so the fields
-// are counted from the last ')'.
-func parseStat(b []byte) (procInfo, error) {
-	var p procInfo
-	open := bytes.IndexByte(b, '(')
-	end := bytes.LastIndexByte(b, ')')
-	if open < 0 || end < open {
-		return p, errors.New("malformed stat")
-	}
-	pid, err := strconv.Atoi(string(bytes.TrimSpace(b[:open])))
-	if err != nil {
-		return p, fmt.Errorf("malformed stat: pid: %w", err)
-	}
-	f := strings.Fields(string(b[end+1:]))
-	// f[0] is field 3 (state); start time is field 22.
-	if len(f) < 20 || len(f[0]) != 1 {
-		return p, errors.New("malformed stat: too few fields")
-	}
-	p.pid = pid
-	p.state = f[0][0]
-	ints := [3]*int{&p.ppid, &p.pgrp, &p.sid}
-	for i, dst := range ints {
-		if *dst, err = strconv.Atoi(f[1+i]); err != nil {
-			return p, fmt.Errorf("malformed stat: field %d: %w", 4+i, err)
-		}
-	}
-	if p.start, err = strconv.ParseUint(f[19], 10, 64); err != nil {
-		return p, fmt.Errorf("malformed stat: start time: %w", err)
-	}
-	return p, nil
-}
-
-func readStat(pid int) (procInfo, error) {
-	procReads.Add(1)
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return procInfo{}, err
-	}
-	return parseStat(b)
-}
-
-// listProcs reads the stat of every process. Processes that vanish while
-// it reads are skipped.
-func listProcs() (map[int]*procInfo, error) {
-	procReads.Add(1)
-	d, err := os.Open("/proc")
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	names, err := d.Readdirnames(-1)
-	if err != nil {
-		return nil, err
-	}
-	procs := make(map[int]*procInfo, len(names))
-	for _, n := range names {
-		if n == "" || n[0] < '0' || n[0] > '9' {
-			continue
-		}
-		pid, err := strconv.Atoi(n)
-		if err != nil {
-			continue
-		}
-		p, err := readStat(pid)
-		if err != nil {
-			continue
-		}
-		procs[pid] = &p
-	}
-	return procs, nil
 }
 
 // readReapTag returns the value of REFCI_REAP_TAG in the environment the
@@ -450,7 +316,7 @@ type owner struct {
 type snapshot struct {
 	self, selfPgrp int
 	ownTag         string // REFCI_REAP_TAG of this process, if it has one
-	procs          map[int]*procInfo
+	procs          map[int]*shim.ProcInfo
 	liveMains      map[int]*reapRun // main pid → run, mains not reaped yet
 	goneMains      map[int]*reapRun // process group → run: mains already reaped, and pipeline groups under a shim
 	tags           map[string]*reapRun
@@ -461,7 +327,7 @@ type snapshot struct {
 
 // takeSnapshot scans /proc. The caller holds registry.mu.
 func takeSnapshot() (*snapshot, error) {
-	procs, err := listProcs()
+	procs, err := shim.ListProcs()
 	if err != nil {
 		return nil, err
 	}
@@ -529,11 +395,11 @@ func (s *snapshot) attribute(pid int) attribution {
 			end, endInChain = attribution{owner{ownRun, r}, 0}, true
 			break
 		}
-		if p.ppid == s.self {
+		if p.PPid == s.self {
 			end, endInChain = attribution{s.classifyOrphan(p), 0}, true
 			break
 		}
-		cur = p.ppid
+		cur = p.PPid
 	}
 	i, d := len(chain)-1, end.depth
 	if endInChain {
@@ -547,20 +413,20 @@ func (s *snapshot) attribute(pid int) attribution {
 	return s.memo[pid]
 }
 
-func (s *snapshot) classifyOrphan(p *procInfo) owner {
-	if p.pgrp == s.selfPgrp {
+func (s *snapshot) classifyOrphan(p *shim.ProcInfo) owner {
+	if p.Pgrp == s.selfPgrp {
 		return owner{}
 	}
-	if r := s.liveMains[p.pgrp]; r != nil {
+	if r := s.liveMains[p.Pgrp]; r != nil {
 		return owner{ownRun, r}
 	}
-	if r := s.goneMains[p.pgrp]; r != nil {
+	if r := s.goneMains[p.Pgrp]; r != nil {
 		return owner{ownRun, r}
 	}
-	if p.state == 'Z' {
+	if p.State == 'Z' {
 		return owner{ownAmbiguous, nil} // no environment or files left to look at; reaped anyway
 	}
-	if tag, ok := readReapTag(p.pid); ok && tag != "" {
+	if tag, ok := readReapTag(p.Pid); ok && tag != "" {
 		if r := s.tags[tag]; r != nil {
 			return owner{ownRun, r}
 		}
@@ -571,7 +437,7 @@ func (s *snapshot) classifyOrphan(p *procInfo) owner {
 	}
 	var found *reapRun
 	if len(s.pipes) > 0 {
-		pipeInodes(p.pid, func(ino uint64) bool {
+		pipeInodes(p.Pid, func(ino uint64) bool {
 			found = s.pipes[ino]
 			return found != nil
 		})
@@ -612,7 +478,7 @@ func (r *reapRun) sweep(sig syscall.Signal) (remaining int, err error) {
 		return 0, fmt.Errorf("worker: scanning processes: %w", err)
 	}
 	type target struct {
-		p     *procInfo
+		p     *shim.ProcInfo
 		depth int
 	}
 	var targets []target
@@ -620,7 +486,7 @@ func (r *reapRun) sweep(sig syscall.Signal) (remaining int, err error) {
 		if pid == s.self {
 			continue
 		}
-		if p.state == 'Z' && p.ppid == s.self && s.liveMains[pid] == nil && p.pgrp != s.selfPgrp {
+		if p.State == 'Z' && p.PPid == s.self && s.liveMains[pid] == nil && p.Pgrp != s.selfPgrp {
 			var ws unix.WaitStatus
 			if wpid, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil); err == nil && wpid == pid {
 				continue // reaped: gone
@@ -631,10 +497,10 @@ func (r *reapRun) sweep(sig syscall.Signal) (remaining int, err error) {
 			continue
 		}
 		remaining++
-		if p.state == 'Z' {
+		if p.State == 'Z' {
 			continue // dead; its parent is still ours and alive, or it is reaped on the next sweep
 		}
-		if prev, ok := r.sent[p.key()]; ok && (prev == sig || prev == syscall.SIGKILL) {
+		if prev, ok := r.sent[p.Key()]; ok && (prev == sig || prev == syscall.SIGKILL) {
 			continue
 		}
 		targets = append(targets, target{p, a.depth})
@@ -644,13 +510,13 @@ func (r *reapRun) sweep(sig syscall.Signal) (remaining int, err error) {
 	for _, t := range targets {
 		if err := signalProc(t.p, sig); err != nil {
 			if firstErr == nil {
-				firstErr = fmt.Errorf("worker: signalling pid %d: %w", t.p.pid, err)
+				firstErr = fmt.Errorf("worker: signalling pid %d: %w", t.p.Pid, err)
 			}
 			continue
 		}
-		r.sent[t.p.key()] = sig
+		r.sent[t.p.Key()] = sig
 		if r.mainGone {
-			r.leftovers[t.p.key()] = struct{}{}
+			r.leftovers[t.p.Key()] = struct{}{}
 		}
 	}
 	return remaining, firstErr
@@ -659,8 +525,8 @@ func (r *reapRun) sweep(sig syscall.Signal) (remaining int, err error) {
 // signalProc sends sig to p if p is still the process that was scanned
 // (same pid and start time). A process that is already gone is not an
 // error.
-func signalProc(p *procInfo, sig syscall.Signal) error {
-	fd, err := unix.PidfdOpen(p.pid, 0)
+func signalProc(p *shim.ProcInfo, sig syscall.Signal) error {
+	fd, err := unix.PidfdOpen(p.Pid, 0)
 	switch {
 	case err == nil:
 		defer unix.Close(fd)
@@ -671,14 +537,14 @@ func signalProc(p *procInfo, sig syscall.Signal) error {
 	default:
 		return err
 	}
-	cur, err := readStat(p.pid)
-	if err != nil || cur.start != p.start {
+	cur, err := shim.ReadStat(p.Pid)
+	if err != nil || cur.Start != p.Start {
 		return nil // gone, or the pid now names another process
 	}
 	if fd >= 0 {
 		err = unix.PidfdSendSignal(fd, unix.Signal(sig), nil, 0)
 	} else {
-		err = unix.Kill(p.pid, unix.Signal(sig))
+		err = unix.Kill(p.Pid, unix.Signal(sig))
 	}
 	if errors.Is(err, unix.ESRCH) {
 		return nil

@@ -13,28 +13,9 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-)
 
-func TestReapParseStat(t *testing.T) {
-	line := "4242 (we)ird (name) ) R 17 4240 4200 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654321 1000 10 18446744073709551615\n"
-	p, err := parseStat([]byte(line))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := procInfo{pid: 4242, ppid: 17, pgrp: 4240, sid: 4200, state: 'R', start: 987654321}
-	if p != want {
-		t.Errorf("got %+v, want %+v", p, want)
-	}
-	for _, bad := range []string{"", "12 (x", "12 (x) R 1 2", "x (y) R 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20"} {
-		if _, err := parseStat([]byte(bad)); err == nil {
-			t.Errorf("parseStat(%q): no error", bad)
-		}
-	}
-	self, err := readStat(os.Getpid())
-	if err != nil || self.pid != os.Getpid() || self.ppid != os.Getppid() || self.pgrp != unix.Getpgrp() || self.start == 0 {
-		t.Errorf("own stat %+v, %v", self, err)
-	}
-}
+	"refci.dev/refci/worker/shim"
+)
 
 func TestReapReadTag(t *testing.T) {
 	m := newMarker()
@@ -92,11 +73,11 @@ func TestReapLeavesForeignChildrenAlone(t *testing.T) {
 	}
 	// Let it become a zombie that nobody has waited for yet.
 	for {
-		p, err := readStat(exited.Process.Pid)
+		p, err := shim.ReadStat(exited.Process.Pid)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p.state == 'Z' {
+		if p.State == 'Z' {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)

@@ -69,9 +69,10 @@ type RunSpec struct {
 	// RefciPath is the refci executable put on the pipeline's PATH so
 	// that `refci job` works inside it. Empty: no refci on PATH.
 	RefciPath string
-	// Shim, when set (the refci executable), runs the pipeline under a
-	// per-run supervisor process, so that nothing of it survives even if
-	// this process is killed (see ProcSpec.Shim). Workers set it.
+	// Shim, when set (the refci executable, or refci-shim beside it: see
+	// ChooseShim), runs the pipeline under a per-run supervisor process,
+	// so that nothing of it survives even if this process is killed (see
+	// ProcSpec.Shim). Workers set it.
 	Shim string
 	// Hide lists absolute paths the pipeline must not see (the worker's
 	// key, configuration, caches); it needs Shim (see ProcSpec.Hide).

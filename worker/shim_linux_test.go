@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"refci.dev/refci/worker/shim"
 )
 
 // The test binary is its own shim: run as "worker.test __refci-shim ...",
@@ -246,7 +248,7 @@ sleep %[3]s`, d, m1, m2), func(s *ProcSpec) { s.ReapTag = "T-" + m1 })
 		ch <- result{res, err}
 	}()
 	waitAlive(t, m1, m2)
-	kids, _, err := readProcChildren(os.Getpid())
+	kids, _, err := shim.ReadProcChildren(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +355,7 @@ sleep %s`, m[0], m[1], m[2], m[3])
 	waitAlive(t, m[:]...)
 
 	// The shim, to reap it should it be reparented to us.
-	kids, _, err := readProcChildren(helper.Process.Pid)
+	kids, _, err := shim.ReadProcChildren(helper.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,10 +38,25 @@ func hidePaths(paths ...string) []string {
 	return out
 }
 
+// chooseShim picks, once at start, the executable that runs as every
+// run's shim (worker.Config.Shim): refci-shim beside self when it is of
+// this build (see worker.ChooseShim), else self. It logs which, and why a
+// refci-shim that is there was not taken.
+func chooseShim(log *slog.Logger, self string) string {
+	shim, note := worker.ChooseShim(self)
+	if note != "" {
+		log.Warn("not using the refci-shim beside refci: runs use refci itself as their shim, which costs more per run; reinstall refci-shim from the same build as refci, or remove it", "shim", shim, "reason", note)
+	} else {
+		log.Info("shim for runs", "shim", shim)
+	}
+	return shim
+}
+
 // checkIsolation logs, once at start, when pipelines will not be isolated
-// from the worker's files.
-func checkIsolation(log *slog.Logger, self string, require bool) {
-	err := worker.CheckIsolation(self)
+// from the worker's files. shim is the runs' shim (chooseShim), which
+// does the hiding.
+func checkIsolation(log *slog.Logger, shim string, require bool) {
+	err := worker.CheckIsolation(shim)
 	switch {
 	case err == nil:
 	case require:

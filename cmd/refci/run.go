@@ -80,7 +80,8 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 			e.errorf("run: --isolate: %v", err)
 			return exitInfra
 		}
-		hide, shim = hidePaths(h, *keyFile), self
+		hide = hidePaths(h, *keyFile)
+		shim, _ = worker.ChooseShim(self) // refci-shim beside refci, when of this build
 	}
 	host, _ := os.Hostname()
 	admins, err := secrets.ReadKeyringFiles(adminFiles...)

@@ -177,8 +177,12 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		return exitInfra
 	}
 	defer removeRuns()
+	shim := self
+	if !*noWorker {
+		shim = chooseShim(logger.With("component", "worker"), self)
+	}
 	w := worker.New(worker.Config{
-		Poll: *poll, Concurrency: *conc, Signer: id, RefciPath: self, Host: host, Version: version, TempDir: runs,
+		Poll: *poll, Concurrency: *conc, Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, TempDir: runs,
 		Logger:  logger.With("component", "worker"),
 		Trust:   anyTrust(trust.decide(lay.repos), signatureTrust(trusted)),
 		Secrets: opener.open, Page: renderPage,
@@ -189,7 +193,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		Hide: hidePaths(lay.root, lay.roles, refciHome, runs), RequireIsolation: *requireIso,
 	})
 	if !*noWorker {
-		checkIsolation(logger.With("component", "worker"), self, *requireIso)
+		checkIsolation(logger.With("component", "worker"), shim, *requireIso)
 	}
 	addRepo := func(name string) {
 		if *noWorker {

@@ -186,6 +186,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	defer removeRuns()
 	hide = hidePaths(append(hide, runs)...)
 	self, _ := os.Executable()
+	shim := chooseShim(logger, self)
 	host, _ := os.Hostname()
 	byURL := map[string]*gitproto.Remote{}
 	for _, r := range rems {
@@ -196,11 +197,11 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		Remotes: rems, Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
 		Grace: cfg.Grace.Duration, Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
 		LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap,
-		Signer: id, RefciPath: self, Host: host, Version: version, Logger: logger,
+		Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, Logger: logger,
 		Trust: signatureTrust(trusted), Secrets: opener.open, Page: renderPage,
 		Hide: hide, RequireIsolation: cfg.RequireIsolation, TempDir: runs,
 	})
-	checkIsolation(logger, self, cfg.RequireIsolation)
+	checkIsolation(logger, shim, cfg.RequireIsolation)
 	stop, stopFn := context.WithCancel(ctx)
 	defer stopFn()
 	abort, abortFn := context.WithCancel(context.WithoutCancel(ctx))

@@ -1,0 +1,149 @@
+//go:build linux
+
+package worker
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"refci.dev/refci/worker/shim"
+)
+
+// writeExecutable writes an executable file at path.
+func writeExecutable(t *testing.T, path, content string, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// chooseShim is ChooseShim, again when the candidate was just written
+// and another goroutine's fork still held it open for writing (ETXTBSY).
+func chooseShim(refci string) (string, string) {
+	path, note := ChooseShim(refci)
+	for i := 0; i < 5 && strings.Contains(note, "text file busy"); i++ {
+		path, note = ChooseShim(refci)
+	}
+	return path, note
+}
+
+func TestChooseShim(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, light string) // makes refci-shim, or not
+		light bool                             // refci-shim is chosen
+		note  string                           // in the note when refused
+	}{
+		{"none", func(*testing.T, string) {}, false, ""},
+		{"matching", func(t *testing.T, light string) {
+			// The test binary is a shim of this build (see shim_linux_test.go).
+			if err := os.Symlink(testExecutable(t), light); err != nil {
+				t.Fatal(err)
+			}
+		}, true, ""},
+		{"matching script", func(t *testing.T, light string) {
+			writeExecutable(t, light, fmt.Sprintf("#!/bin/sh\n[ \"$*\" = '%s %s' ] && echo '%s'\n", shim.Arg, shim.ProtocolArg, shim.Protocol), 0o755)
+		}, true, ""},
+		{"other protocol", func(t *testing.T, light string) {
+			writeExecutable(t, light, "#!/bin/sh\necho 'refci-shim 0'\n", 0o755)
+		}, false, `speaks the shim protocol "refci-shim 0"`},
+		{"protocol with more", func(t *testing.T, light string) {
+			writeExecutable(t, light, fmt.Sprintf("#!/bin/sh\necho '%s.1'\n", shim.Protocol), 0o755)
+		}, false, "from another build"},
+		{"older refci-shim", func(t *testing.T, light string) {
+			// Before --protocol: the usage, exit status 2.
+			writeExecutable(t, light, "#!/bin/sh\necho 'refci: usage: refci __refci-shim ...' >&2\nexit 2\n", 0o755)
+		}, false, "exit status 2"},
+		{"not executable", func(t *testing.T, light string) {
+			writeExecutable(t, light, fmt.Sprintf("#!/bin/sh\necho '%s'\n", shim.Protocol), 0o644)
+		}, false, "not an executable file"},
+		{"directory", func(t *testing.T, light string) {
+			if err := os.Mkdir(light, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}, false, "not an executable file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			refci := filepath.Join(dir, "refci")
+			writeExecutable(t, refci, "#!/bin/sh\nexit 1\n", 0o755)
+			light := filepath.Join(dir, ShimName)
+			tc.setup(t, light)
+			path, note := chooseShim(refci)
+			want := refci
+			if tc.light {
+				want = light
+			}
+			if path != want {
+				t.Errorf("shim %s (note %q), want %s", path, note, want)
+			}
+			if tc.note == "" && note != "" || !strings.Contains(note, tc.note) {
+				t.Errorf("note %q, want one containing %q", note, tc.note)
+			}
+		})
+	}
+	if path, note := ChooseShim(""); path != "" || note != "" {
+		t.Errorf("ChooseShim(\"\") = %q, %q", path, note)
+	}
+}
+
+// buildLightShim builds cmd/refci-shim into a temporary directory.
+func buildLightShim(t *testing.T) string {
+	t.Helper()
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command to build refci-shim with")
+	}
+	exe := filepath.Join(t.TempDir(), ShimName)
+	if out, err := exec.Command(goCmd, "build", "-o", exe, "refci.dev/refci/cmd/refci-shim").CombinedOutput(); err != nil {
+		t.Fatalf("go build refci-shim: %v\n%s", err, out)
+	}
+	return exe
+}
+
+// A pipeline through the light refci-shim binary, the middle step
+// included (it re-executes /proc/self/exe: refci-shim here): the hidden
+// paths are hidden, the pipeline's exit status is reported, and nothing
+// is left.
+func TestLightShimHides(t *testing.T) {
+	needIsolation(t)
+	light := buildLightShim(t)
+	if p, note := ChooseShim(filepath.Join(filepath.Dir(light), "refci")); p != light {
+		t.Errorf("ChooseShim does not take the refci-shim of this build: %s (%s)", p, note)
+	}
+	dir, file := secretPlace(t)
+	m := newMarker()
+	script := fmt.Sprintf(`echo "dir:[$(ls -A %[1]s)]"
+echo "file:[$(cat %[2]s)]"
+grep CapEff /proc/self/status
+(setsid sleep %[3]s </dev/null >/dev/null 2>&1 &)
+exit 7`, dir, file, m)
+	var out syncBuffer
+	res, err := RunProcess(t.Context(), ProcSpec{Path: "/bin/sh", Args: []string{"-c", script}, Env: testEnv, Output: &out,
+		Shim: light, Hide: []string{dir, file}, RequireIsolation: true, Timeout: testSafety})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	if res.ExitCode != 7 || res.Signal != "" || res.Unisolated != "" || res.Leftovers < 1 {
+		t.Errorf("result %+v, want exit 7 and the daemon among the leftovers\n%s", res, got)
+	}
+	if strings.Contains(got, "TOP-SECRET") {
+		t.Errorf("the pipeline read a hidden file:\n%s", got)
+	}
+	for _, want := range []string{"dir:[]", "file:[]", "CapEff:\t0000000000000000"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q:\n%s", want, got)
+		}
+	}
+	assertGone(t, m)
+
+	// And the worker's check at start, through it.
+	if err := CheckIsolation(light); err != nil {
+		t.Errorf("CheckIsolation(%s): %v", light, err)
+	}
+}

@@ -1,0 +1,416 @@
+//go:build linux
+
+package shim
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Hiding paths from the pipeline.
+//
+// A pipeline runs as the worker's own user, so file permissions do not keep
+// it from the worker's signing key, configuration or caches. With
+// worker.ProcSpec.Hide, the shim starts the pipeline in a new user and mount
+// namespace (CLONE_NEWUSER|CLONE_NEWNS, which needs no privilege where
+// unprivileged user namespaces are allowed), the worker's uid and gid
+// mapped to themselves, so that files keep their owners. In that namespace
+// every hidden directory is covered by an empty read-only tmpfs and every
+// other hidden file by a bind mount of /dev/null:
+//
+//	shim ── refci __refci-shim --in-ns --hide=P... -- PROGRAM ARGS   (new namespaces)
+//	          mounts, drops every capability, then execve(PROGRAM)
+//
+// The middle step is the shim's binary again (refci, or refci-shim when
+// that is the shim; /proc/self/exe, so it works even when the binary lies
+// under a hidden path or was replaced since):
+// the Go runtime is multi-threaded, so a running shim cannot unshare a
+// user namespace itself, while a process cloned into one can mount in it
+// before it execs. It gets CAP_SYS_ADMIN and CAP_SETPCAP (valid in the new
+// namespace only) as ambient capabilities, mounts, then empties its
+// bounding set, locks SECBIT_NOROOT and drops all capabilities before the
+// execve, so that not even a worker running as root gives its pipeline the
+// power to unmount the covers. (A pipeline that makes a user namespace of
+// its own gets capabilities there, but the kernel locks mounts inherited
+// from a more privileged namespace: it cannot uncover them.) The process
+// that execs is the pipeline's main process: same pid, process group and
+// place below the shim as without hiding, so the shim's supervision is
+// unchanged.
+//
+// The middle step reports on fd 3 (close-on-exec) why it failed, if it
+// did: a JSON nsSetupError, or nothing (EOF) once the pipeline runs.
+//
+// Where user namespaces are not available (kernel.unprivileged_userns_clone
+// = 0, user.max_user_namespaces = 0, a seccomp filter), the shim runs the
+// pipeline without them and says so in its ready report ("unisolated"),
+// unless --require-isolation is given: then the pipeline is not started.
+// See isolationDecision.
+
+const (
+	inNSArg    = "--in-ns"             // internal: the middle step above
+	ProbeArg   = "--probe"             // with --in-ns: set up, then exit 0 (worker.CheckIsolation)
+	HideArg    = "--hide="             // a path to hide (repeatable)
+	KeepArg    = "--keep="             // a path under a hidden one that stays visible (repeatable)
+	RequireArg = "--require-isolation" // do not run the pipeline unhidden
+)
+
+// nsSetupError is what the middle step reports when it cannot run the
+// pipeline.
+type nsSetupError struct {
+	Stage string `json:"stage"` // "hide": the namespace set-up; "exec": execve of the pipeline
+	Errno int    `json:"errno,omitempty"`
+	Msg   string `json:"error"`
+}
+
+// errIsolationUnavailable marks a start that failed because this system
+// does not let the worker create user namespaces.
+var errIsolationUnavailable = errors.New("user namespaces are unavailable")
+
+// userNSUnavailable says whether err, from starting a process in new user
+// and mount namespaces, means the system does not allow that (rather than
+// a problem with the process itself). clone(2) fails with EPERM (a
+// seccomp filter; kernel.unprivileged_userns_clone=0), ENOSPC
+// (user.max_user_namespaces reached, e.g. 0), EUSERS, or EINVAL (a kernel
+// without CONFIG_USER_NS); writing the id maps with EPERM or EACCES.
+func userNSUnavailable(err error) bool {
+	for _, e := range []syscall.Errno{unix.EPERM, unix.EACCES, unix.ENOSPC, unix.EUSERS, unix.EINVAL, unix.ENOSYS} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// isolationDecision decides what the shim does after trying to start the
+// pipeline in new namespaces failed with startErr (nil: it did not fail).
+// fallback says to run the pipeline without hiding anything (note then
+// says why, for status.json); otherwise err, when not nil, is why the
+// pipeline is not started.
+func isolationDecision(startErr error, require bool) (fallback bool, note string, err error) {
+	switch {
+	case startErr == nil:
+		return false, "", nil
+	case !userNSUnavailable(startErr):
+		return false, "", startErr
+	case require:
+		return false, "", fmt.Errorf("%w (%v), and the worker requires isolation (--require-isolation): nothing can be hidden from the pipeline, so it was not started; allow unprivileged user namespaces (sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone, the container's seccomp profile) or run the worker without --require-isolation", errIsolationUnavailable, startErr)
+	default:
+		return true, fmt.Sprintf("%v (%v); the pipeline could read everything its user can, the worker's key included", errIsolationUnavailable, startErr), nil
+	}
+}
+
+// startHidden starts the middle step (see above) for path and argv, in a
+// process group of its own (argv[0] is the path, as in shim.run). It returns its pid and the read end of its
+// report pipe; nsSetupResult reads it.
+func startHidden(argv, hide, keep []string, probe bool) (int, *os.File, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return 0, nil, err
+	}
+	defer w.Close()
+	args := []string{"refci", Arg, inNSArg}
+	if probe {
+		args = append(args, ProbeArg)
+	}
+	for _, h := range hide {
+		args = append(args, HideArg+h)
+	}
+	for _, k := range keep {
+		args = append(args, KeepArg+k)
+	}
+	args = append(args, "--")
+	args = append(args, argv...)
+	if probe {
+		args = append(args, "-")
+	}
+	uid, gid := os.Getuid(), os.Getgid()
+	attr := &syscall.ProcAttr{
+		Env:   os.Environ(),
+		Files: []uintptr{0, 1, 2, w.Fd()},
+		Sys: &syscall.SysProcAttr{
+			Setpgid:     true,
+			Cloneflags:  unix.CLONE_NEWUSER | unix.CLONE_NEWNS,
+			UidMappings: []syscall.SysProcIDMap{{ContainerID: uid, HostID: uid, Size: 1}},
+			GidMappings: []syscall.SysProcIDMap{{ContainerID: gid, HostID: gid, Size: 1}},
+			AmbientCaps: []uintptr{unix.CAP_SYS_ADMIN, unix.CAP_SETPCAP},
+		},
+	}
+	pid, err := syscall.ForkExec("/proc/self/exe", args, attr)
+	if err != nil {
+		r.Close()
+		return 0, nil, err
+	}
+	return pid, r, nil
+}
+
+// nsSetupResult reads the middle step's report pipe to its end: nil when
+// the pipeline runs, else why it does not (a syscall.Errno when execve
+// failed, as from a plain start).
+func nsSetupResult(r io.Reader) error {
+	b, err := io.ReadAll(io.LimitReader(r, 64<<10))
+	if err != nil {
+		return fmt.Errorf("reading the namespace set-up's report: %w", err)
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	var e nsSetupError
+	if err := json.Unmarshal(b, &e); err != nil {
+		return fmt.Errorf("the namespace set-up failed with an unreadable report %q", b)
+	}
+	if e.Stage == "exec" && e.Errno != 0 {
+		return syscall.Errno(e.Errno)
+	}
+	return fmt.Errorf("cannot hide paths from the pipeline: %s", e.Msg)
+}
+
+// nsExec is the middle step: it runs in the new namespaces, covers the
+// hidden paths, drops its capabilities and execs the pipeline (path,
+// argv). It returns only on failure, after reporting it on fd 3.
+func nsExec(hide, keep []string, probe bool, path string, argv []string) int {
+	// Capabilities, the bounding set and securebits are per thread: the
+	// one that changes them must be the one that calls execve.
+	runtime.LockOSThread()
+	report := -1
+	var st unix.Stat_t
+	if unix.Fstat(ReportFD, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFIFO {
+		unix.CloseOnExec(ReportFD)
+		report = ReportFD
+	}
+	fail := func(e nsSetupError) int {
+		b, _ := json.Marshal(e)
+		if report >= 0 {
+			unix.Write(report, b)
+		} else {
+			fmt.Fprintf(os.Stderr, "refci: %s\n", e.Msg)
+		}
+		return 127
+	}
+	setupFail := func(err error) int {
+		return fail(nsSetupError{Stage: "hide", Msg: err.Error()})
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return setupFail(fmt.Errorf("making the mounts private: %w", err))
+	}
+	if err := hideKeeping(hide, keep); err != nil {
+		return setupFail(err)
+	}
+	if err := dropCapabilities(); err != nil {
+		return setupFail(err)
+	}
+	if probe {
+		return 0
+	}
+	delay := 5 * time.Millisecond
+	deadline := time.Now().Add(time.Second)
+	for {
+		err := unix.Exec(path, argv, os.Environ())
+		if errors.Is(err, unix.ETXTBSY) && time.Now().Before(deadline) {
+			time.Sleep(delay)
+			delay *= 2
+			continue
+		}
+		var errno syscall.Errno
+		errors.As(err, &errno)
+		return fail(nsSetupError{Stage: "exec", Errno: int(errno), Msg: err.Error()})
+	}
+}
+
+// hideKeeping hides every path in hide, except the paths in keep that lie
+// under one of them: those are cloned before the cover goes on (a
+// detached copy of their mount, open_tree) and attached again on top of
+// it, so that a run's own directory stays usable under a hidden parent
+// that holds the directories of other runs. Hidden paths inside another
+// hidden path are covered already.
+func hideKeeping(hide, keep []string) error {
+	under := func(p, dir string) bool {
+		rel, err := filepath.Rel(dir, p)
+		return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+	}
+	type kept struct {
+		path string
+		fd   int
+		dir  bool
+	}
+	var kepts []kept
+	defer func() {
+		for _, k := range kepts {
+			unix.Close(k.fd)
+		}
+	}()
+	for _, k := range keep {
+		var st unix.Stat_t
+		if err := unix.Stat(k, &st); err != nil {
+			return fmt.Errorf("keeping %s visible: %w", k, err)
+		}
+		fd, err := unix.OpenTree(unix.AT_FDCWD, k, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+		if err != nil {
+			return fmt.Errorf("keeping %s visible (open_tree): %w", k, err)
+		}
+		kepts = append(kepts, kept{path: k, fd: fd, dir: st.Mode&unix.S_IFMT == unix.S_IFDIR})
+	}
+	sorted := make([]string, 0, len(hide))
+	for _, p := range hide {
+		sorted = append(sorted, resolvePath(p))
+	}
+	sort.Slice(sorted, func(i, j int) bool { return len(sorted[i]) < len(sorted[j]) })
+	var done []string
+	for _, p := range sorted {
+		if slices.ContainsFunc(done, func(d string) bool { return under(p, d) }) {
+			continue
+		}
+		done = append(done, p)
+		var inside []kept
+		for _, k := range kepts {
+			if under(k.path, p) && k.path != p {
+				inside = append(inside, k)
+			}
+		}
+		if len(inside) == 0 {
+			if err := hidePath(p); err != nil {
+				return err
+			}
+			continue
+		}
+		// A writable cover first, to make the mount points in; read-only
+		// once the kept paths are attached (their own mounts stay as
+		// they were).
+		if err := unix.Mount("refci-hidden", p, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=64k,mode=0755"); err != nil {
+			return fmt.Errorf("hiding the directory %s (tmpfs over it): %w", p, err)
+		}
+		for _, k := range inside {
+			if k.dir {
+				if err := os.MkdirAll(k.path, 0o755); err != nil {
+					return fmt.Errorf("keeping %s visible: %w", k.path, err)
+				}
+			} else {
+				if err := os.MkdirAll(filepath.Dir(k.path), 0o755); err != nil {
+					return fmt.Errorf("keeping %s visible: %w", k.path, err)
+				}
+				if err := os.WriteFile(k.path, nil, 0o444); err != nil {
+					return fmt.Errorf("keeping %s visible: %w", k.path, err)
+				}
+			}
+			if err := unix.MoveMount(k.fd, "", unix.AT_FDCWD, k.path, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+				return fmt.Errorf("keeping %s visible (move_mount): %w", k.path, err)
+			}
+		}
+		if err := unix.Mount("", p, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("hiding the directory %s (read-only): %w", p, err)
+		}
+	}
+	return nil
+}
+
+// hidePath covers p: an empty read-only tmpfs over a directory, /dev/null
+// over anything else. A path that does not exist has nothing to hide.
+func hidePath(p string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("hiding %s: %w", p, err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		err := unix.Mount("refci-hidden", p, "tmpfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=4k,mode=0555")
+		if err != nil {
+			return fmt.Errorf("hiding the directory %s (tmpfs over it): %w", p, err)
+		}
+		return nil
+	}
+	if err := unix.Mount("/dev/null", p, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("hiding the file %s (/dev/null over it): %w", p, err)
+	}
+	return nil
+}
+
+// Securebits (linux/securebits.h).
+const (
+	secbitNoroot                 = 1 << 0
+	secbitNorootLocked           = 1 << 1
+	secbitNoCapAmbientRaise      = 1 << 6
+	secbitNoCapAmbientRaiseLocke = 1 << 7
+)
+
+// dropCapabilities leaves the calling thread, and what it execs, without
+// any capability for good: an empty bounding set, no ambient set, uid 0
+// not special (a worker running as root), and nothing effective,
+// permitted or inheritable.
+func dropCapabilities() error {
+	for c := 0; ; c++ {
+		err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0)
+		if errors.Is(err, unix.EINVAL) {
+			break // past the last capability
+		}
+		if err != nil {
+			return fmt.Errorf("dropping capability %d from the bounding set: %w", c, err)
+		}
+	}
+	if err := unix.Prctl(unix.PR_SET_SECUREBITS, secbitNoroot|secbitNorootLocked|secbitNoCapAmbientRaise|secbitNoCapAmbientRaiseLocke, 0, 0, 0); err != nil {
+		return fmt.Errorf("setting securebits: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		return fmt.Errorf("clearing ambient capabilities: %w", err)
+	}
+	var data [2]unix.CapUserData
+	if err := unix.Capset(&unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}, &data[0]); err != nil {
+		return fmt.Errorf("dropping capabilities: %w", err)
+	}
+	return nil
+}
+
+// probeMain is `refci __refci-shim --probe`: it starts the namespace
+// set-up without a pipeline and prints why it failed, if it did, on fd 3.
+func probeMain() int {
+	out := os.Stderr
+	var st unix.Stat_t
+	if unix.Fstat(ReportFD, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFIFO {
+		out = os.NewFile(ReportFD, "report")
+	}
+	pid, r, err := startHidden(nil, nil, nil, true)
+	if err != nil {
+		if userNSUnavailable(err) {
+			err = fmt.Errorf("%w (%v)", errIsolationUnavailable, err)
+		}
+		fmt.Fprintln(out, err)
+		return 1
+	}
+	serr := nsSetupResult(r)
+	r.Close()
+	var ws unix.WaitStatus
+	for {
+		if _, err := unix.Wait4(pid, &ws, 0, nil); err != unix.EINTR {
+			break
+		}
+	}
+	if serr == nil && (!ws.Exited() || ws.ExitStatus() != 0) {
+		serr = fmt.Errorf("the namespace set-up ended with %v", ws)
+	}
+	if serr != nil {
+		fmt.Fprintln(out, serr)
+		return 1
+	}
+	return 0
+}
+
+// resolvePath is p with its symbolic links resolved, or p cleaned when
+// that fails (as the worker's resolvePath).
+func resolvePath(p string) string {
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	return filepath.Clean(p)
+}
