@@ -58,11 +58,11 @@ func ChooseShim(refciPath string) (path, note string) {
 		}
 		return refciPath, fmt.Sprintf("%s %s %s failed (%v; %q): it is not a refci-shim of this build", light, shim.Arg, shim.ProtocolArg, err, msg)
 	}
-	if got := string(bytes.TrimSuffix(stdout.Bytes(), []byte("\n"))); got != shim.Protocol {
+	if got := string(bytes.TrimSuffix(stdout.Bytes(), []byte("\n"))); got != shim.Identity() {
 		if len(got) > 200 {
 			got = got[:200] + "..."
 		}
-		return refciPath, fmt.Sprintf("%s speaks the shim protocol %q, this refci %q: it is from another build", light, got, shim.Protocol)
+		return refciPath, fmt.Sprintf("%s is %q, this refci %q: it is from another build", light, got, shim.Identity())
 	}
 	return light, ""
 }

@@ -46,20 +46,23 @@ func TestChooseShim(t *testing.T) {
 			}
 		}, true, ""},
 		{"matching script", func(t *testing.T, light string) {
-			writeExecutable(t, light, fmt.Sprintf("#!/bin/sh\n[ \"$*\" = '%s %s' ] && echo '%s'\n", shim.Arg, shim.ProtocolArg, shim.Protocol), 0o755)
+			writeExecutable(t, light, fmt.Sprintf("#!/bin/sh\n[ \"$*\" = '%s %s' ] && echo '%s'\n", shim.Arg, shim.ProtocolArg, shim.Identity()), 0o755)
 		}, true, ""},
 		{"other protocol", func(t *testing.T, light string) {
 			writeExecutable(t, light, "#!/bin/sh\necho 'refci-shim 0'\n", 0o755)
-		}, false, `speaks the shim protocol "refci-shim 0"`},
+		}, false, `is "refci-shim 0"`},
+		{"same protocol, another commit", func(t *testing.T, light string) {
+			writeExecutable(t, light, fmt.Sprintf("#!/bin/sh\necho '%s (commit 0123456789abcdef0123456789abcdef01234567)'\n", shim.Protocol), 0o755)
+		}, false, "from another build"},
 		{"protocol with more", func(t *testing.T, light string) {
-			writeExecutable(t, light, fmt.Sprintf("#!/bin/sh\necho '%s.1'\n", shim.Protocol), 0o755)
+			writeExecutable(t, light, fmt.Sprintf("#!/bin/sh\necho '%s'\n", strings.Replace(shim.Identity(), shim.Protocol, shim.Protocol+".1", 1)), 0o755)
 		}, false, "from another build"},
 		{"older refci-shim", func(t *testing.T, light string) {
 			// Before --protocol: the usage, exit status 2.
 			writeExecutable(t, light, "#!/bin/sh\necho 'refci: usage: refci __refci-shim ...' >&2\nexit 2\n", 0o755)
 		}, false, "exit status 2"},
 		{"not executable", func(t *testing.T, light string) {
-			writeExecutable(t, light, fmt.Sprintf("#!/bin/sh\necho '%s'\n", shim.Protocol), 0o644)
+			writeExecutable(t, light, fmt.Sprintf("#!/bin/sh\necho '%s'\n", shim.Identity()), 0o644)
 		}, false, "not an executable file"},
 		{"directory", func(t *testing.T, light string) {
 			if err := os.Mkdir(light, 0o755); err != nil {

@@ -52,7 +52,7 @@ func TestBinary(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	out, err := exec.Command(exe, shim.Arg, shim.ProtocolArg).Output()
-	if err != nil || string(out) != shim.Protocol+"\n" {
+	if err != nil || string(out) != shim.Identity()+"\n" {
 		t.Errorf("--protocol: %q, %v", out, err)
 	}
 	cmd := exec.Command(exe, shim.Arg, "--", "/bin/sh", "-c", "echo ran; exit 3")

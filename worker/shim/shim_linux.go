@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -100,8 +101,37 @@ const Arg = "__refci-shim"
 // agree on.
 const Protocol = "refci-shim 1"
 
-// ProtocolArg, as the only argument after Arg, makes Main print Protocol.
+// ProtocolArg, as the only argument after Arg, makes Main print Identity.
 const ProtocolArg = "--protocol"
+
+// Identity is Protocol and the build it comes from: the git commit the
+// binary was built at (with "+dirty" for a modified tree), or the module
+// version when it was built from a released module. A worker takes a
+// refci-shim only when its Identity is the worker's own, so a shim left
+// from another commit is refused even where Protocol was not bumped.
+func Identity() string {
+	stamp := "unknown build"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		rev, dirty := "", false
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+		switch {
+		case rev != "" && dirty:
+			stamp = "commit " + rev + "+dirty"
+		case rev != "":
+			stamp = "commit " + rev
+		case bi.Main.Version != "":
+			stamp = "module " + bi.Main.Path + "@" + bi.Main.Version
+		}
+	}
+	return Protocol + " (" + stamp + ")"
+}
 
 const (
 	KillSignal  = syscall.SIGUSR1 // worker → ready shim: kill everything now
@@ -153,7 +183,7 @@ type Report struct {
 // else.
 func Main(args []string) int {
 	if len(args) == 1 && args[0] == ProtocolArg {
-		fmt.Println(Protocol)
+		fmt.Println(Identity())
 		return 0
 	}
 	grace := DefaultKillGrace

@@ -84,7 +84,7 @@ func TestProtocolArg(t *testing.T) {
 	b := make([]byte, 100)
 	n, _ := r.Read(b)
 	r.Close()
-	if code != 0 || string(b[:n]) != Protocol+"\n" {
+	if code != 0 || string(b[:n]) != Identity()+"\n" {
 		t.Errorf("Main(--protocol) = %d, printed %q", code, b[:n])
 	}
 	if code2 != 2 {
