@@ -86,6 +86,7 @@ type Worker struct {
 	expired  map[string]seenExpired
 	wg       sync.WaitGroup // running pipelines
 	avgRun   atomic.Int64   // moving average of run durations, in ns (0: none yet)
+	runDirs  *RunDirs       // emptied run directories, for the next runs
 
 	// Set by Run, for loops started later by AddRemote.
 	stop, runCtx, abort context.Context
@@ -135,7 +136,8 @@ func New(cfg Config) *Worker {
 	if cfg.Shim == "" {
 		cfg.Shim = cfg.RefciPath
 	}
-	return &Worker{cfg: cfg, log: cfg.Logger, now: cfg.Now, slots: make(chan struct{}, cfg.Concurrency), active: map[string]*activeRun{}, expired: map[string]seenExpired{}}
+	return &Worker{cfg: cfg, log: cfg.Logger, now: cfg.Now, slots: make(chan struct{}, cfg.Concurrency), active: map[string]*activeRun{}, expired: map[string]seenExpired{},
+		runDirs: NewRunDirs(cfg.Concurrency)}
 }
 
 // errShutdown is the cause of runs cancelled because the worker stops.
@@ -202,6 +204,7 @@ func (w *Worker) Run(stop, abort context.Context) error {
 	w.closed = true
 	w.mu.Unlock()
 	w.loops.Wait()
+	w.runDirs.Close()
 	return nil
 }
 
@@ -815,7 +818,7 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		Attempt: a.claim.Attempt, PreviousRun: a.claim.PreviousRun,
 		Timeout: w.cfg.Timeout, KillGrace: w.cfg.KillGrace, LogCap: w.cfg.LogCap,
 		ArtifactFileCap: w.cfg.ArtifactFileCap, ArtifactTotalCap: w.cfg.ArtifactTotalCap,
-		RefciPath: w.cfg.RefciPath, Shim: w.cfg.Shim, TempDir: w.cfg.TempDir, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
+		RefciPath: w.cfg.RefciPath, Shim: w.cfg.Shim, TempDir: w.cfg.TempDir, Dirs: w.runDirs, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
 		SnapshotEvery: w.cfg.Snapshot, Secrets: w.cfg.Secrets, Remote: a.remote.URL, Page: w.cfg.Page,
 		Hide: w.cfg.Hide, RequireIsolation: w.cfg.RequireIsolation,
 		OnSnapshot: func(_ string, c gitproto.Hash) {

@@ -89,6 +89,9 @@ type RunSpec struct {
 	// TempDir is where the run's private directory is made ("" means
 	// os.TempDir()).
 	TempDir string
+	// Dirs, when not nil, gives the run an emptied directory of an
+	// earlier run (from the same TempDir) and takes its own back.
+	Dirs *RunDirs
 	// Hard, when cancelled after ctx, kills the pipeline at once instead
 	// of after KillGrace (a second Ctrl-C).
 	Hard context.Context
@@ -195,7 +198,7 @@ func (r *run) cleanup() {
 	}
 	r.mu.Unlock()
 	if r.dir != "" {
-		removeAll(r.dir)
+		r.spec.Dirs.put(r.dir) // emptied for the next run, or removed
 	}
 }
 
@@ -236,17 +239,21 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	if r.spec.TempDir != "" {
 		prefix = "run-" // the worker's own directory says refci already
 	}
-	dir, err := os.MkdirTemp(r.spec.TempDir, prefix)
-	if err != nil {
-		return nil, fmt.Errorf("create run directory: %w", err)
+	dir := r.spec.Dirs.get() // an emptied one of an earlier run, or
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp(r.spec.TempDir, prefix); err != nil {
+			return nil, fmt.Errorf("create run directory: %w", err)
+		}
+		r.dir = dir
+		for _, d := range runSubdirs {
+			if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
+				return nil, fmt.Errorf("create run directory: %w", err)
+			}
+		}
 	}
 	r.dir = dir
 	src := filepath.Join(dir, "src")
-	for _, d := range []string{"src", "home", "tmp", "artifacts", "bin", "logs", "sock"} {
-		if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
-			return nil, fmt.Errorf("create run directory: %w", err)
-		}
-	}
 	logs := filepath.Join(dir, "logs")
 	mainLog, err := NewCappedLog(logs, r.spec.LogCap)
 	if err != nil {

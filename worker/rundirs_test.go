@@ -1,0 +1,184 @@
+package worker
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
+)
+
+// freshRunDir makes a run directory as a run would.
+func freshRunDir(t *testing.T, parent string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp(parent, "run-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range runSubdirs {
+		if err := os.Mkdir(filepath.Join(dir, s), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func TestRunDirsReuseOnlyWhatIsClean(t *testing.T) {
+	outside := t.TempDir()
+	victim := filepath.Join(outside, "victim")
+	if err := os.WriteFile(victim, []byte("keep me"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		mess   func(t *testing.T, dir string)
+		reused bool
+	}{
+		{"untouched", func(*testing.T, string) {}, true},
+		{"files everywhere", func(t *testing.T, dir string) {
+			for _, p := range []string{"home/.netrc", "tmp/x/y/z", "src/.refci/run", "artifacts/a.txt", "logs/main", "top-level-file"} {
+				full := filepath.Join(dir, p)
+				os.MkdirAll(filepath.Dir(full), 0o755)
+				if err := os.WriteFile(full, []byte("left over"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// A read-only tree, as Go's module cache leaves.
+			os.MkdirAll(filepath.Join(dir, "home/go/pkg/mod/x"), 0o755)
+			os.WriteFile(filepath.Join(dir, "home/go/pkg/mod/x/f"), nil, 0o444)
+			os.Chmod(filepath.Join(dir, "home/go/pkg/mod/x"), 0o555)
+			// A link out: removing it must not touch its target.
+			os.Symlink(outside, filepath.Join(dir, "tmp", "out"))
+		}, true},
+		{"a subdirectory replaced by a link", func(t *testing.T, dir string) {
+			os.RemoveAll(filepath.Join(dir, "home"))
+			os.Symlink(outside, filepath.Join(dir, "home"))
+		}, false},
+		{"a subdirectory made readable to others", func(t *testing.T, dir string) {
+			os.Chmod(filepath.Join(dir, "artifacts"), 0o755)
+		}, false},
+		{"a subdirectory gone", func(t *testing.T, dir string) {
+			os.RemoveAll(filepath.Join(dir, "sock"))
+		}, false},
+		{"a subdirectory replaced by a file", func(t *testing.T, dir string) {
+			os.RemoveAll(filepath.Join(dir, "bin"))
+			os.WriteFile(filepath.Join(dir, "bin"), nil, 0o700)
+		}, false},
+		{"the run directory made readable to others", func(t *testing.T, dir string) {
+			os.Chmod(dir, 0o755)
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			parent := t.TempDir()
+			pool := NewRunDirs(2)
+			dir := freshRunDir(t, parent)
+			tc.mess(t, dir)
+			pool.put(dir)
+			got := pool.get()
+			if tc.reused {
+				if got != dir {
+					t.Fatalf("not reused: got %q", got)
+				}
+				ents, _ := os.ReadDir(dir)
+				if len(ents) != len(runSubdirs) {
+					t.Errorf("the reused directory holds %d entries", len(ents))
+				}
+				for _, s := range runSubdirs {
+					inner, err := os.ReadDir(filepath.Join(dir, s))
+					if err != nil || len(inner) != 0 || !privateDir(filepath.Join(dir, s)) {
+						t.Errorf("%s: %d entries, %v, private %v", s, len(inner), err, privateDir(filepath.Join(dir, s)))
+					}
+				}
+			} else {
+				if got != "" {
+					t.Fatalf("reused a directory it should have removed: %q", got)
+				}
+				if _, err := os.Lstat(dir); !os.IsNotExist(err) {
+					t.Errorf("the refused directory is still there: %v", err)
+				}
+			}
+			if b, err := os.ReadFile(victim); err != nil || string(b) != "keep me" {
+				t.Errorf("a file outside the run directory was touched: %q %v", b, err)
+			}
+			if ents, _ := os.ReadDir(outside); len(ents) != 1 {
+				t.Errorf("the directory outside holds %d entries, want 1", len(ents))
+			}
+		})
+	}
+}
+
+func TestRunDirsKeepsAtMostMaxAndCloseRemoves(t *testing.T) {
+	parent := t.TempDir()
+	pool := NewRunDirs(2)
+	var dirs []string
+	for i := 0; i < 3; i++ {
+		dirs = append(dirs, freshRunDir(t, parent))
+	}
+	for _, d := range dirs {
+		pool.put(d)
+	}
+	if _, err := os.Stat(dirs[2]); !os.IsNotExist(err) {
+		t.Errorf("a third directory was kept beyond max 2: %v", err)
+	}
+	pool.Close()
+	if ents, _ := os.ReadDir(parent); len(ents) != 0 {
+		t.Errorf("Close left %d directories", len(ents))
+	}
+	if pool.get() != "" {
+		t.Error("get after Close returned a directory")
+	}
+	var none *RunDirs
+	d := freshRunDir(t, parent)
+	none.put(d) // nil: removes
+	if _, err := os.Stat(d); !os.IsNotExist(err) {
+		t.Error("a nil RunDirs kept a directory")
+	}
+}
+
+// Two runs in a row through one RunDirs: the second gets the first's
+// directory, and nothing the first left in it.
+func TestRunReusesAnEmptiedDirectory(t *testing.T) {
+	lw := newLoopWorld(t, `echo "dir=${HOME%/home}"
+ls -A "$HOME" "$TMPDIR" "$REFCI_ARTIFACTS" .. | sed 's/^/saw: /'
+echo secret > "$HOME/.token"; mkdir -p "$TMPDIR/cache"; echo x > "$TMPDIR/cache/y"
+echo art > "$REFCI_ARTIFACTS/out.txt"; echo stray > ../stray; echo built > build.out
+`)
+	repo, err := gitproto.Open(lw.clone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, err := repo.ResolveCommit("HEAD")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := NewRunDirs(1)
+	defer pool.Close()
+	temp := t.TempDir()
+	var dirs []string
+	for i := 0; i < 2; i++ {
+		out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", TempDir: temp, Dirs: pool}, testSigner(t))
+		if err != nil || out.Status.State != queue.Success {
+			t.Fatalf("run %d: %+v %v", i, out, err)
+		}
+		log := lw.git(t, lw.clone, "show", out.Ref+":"+queue.LogFile)
+		m := regexp.MustCompile(`dir=(\S+)`).FindStringSubmatch(log)
+		if m == nil {
+			t.Fatalf("run %d log: %q", i, log)
+		}
+		dirs = append(dirs, m[1])
+		for _, leftover := range []string{".token", "cache", "out.txt", "stray"} {
+			if strings.Contains(log, "saw: "+leftover) {
+				t.Errorf("run %d saw %s, left by an earlier run:\n%s", i, leftover, log)
+			}
+		}
+		if !strings.Contains(log, "saw: src") {
+			t.Errorf("run %d: the listing did not run:\n%s", i, log)
+		}
+	}
+	if dirs[0] != dirs[1] {
+		t.Errorf("the second run got %s, not the first's emptied %s", dirs[1], dirs[0])
+	}
+}
