@@ -25,10 +25,19 @@ package gitproto
 // Only a remote whose push would not behave otherwise is updated this
 // way: one without receive hooks (pre-receive, update, post-receive,
 // post-update, reference-transaction, proc-receive, push-to-checkout) and
-// without receive.* or transfer.* settings (fsck, hidden refs, denied
-// deletes, size limits...) or core.hooksPath in its configuration. Any
-// other remote, and any remote when Remote.NoDirect is set, gets a real
-// git push.
+// without receive.*, transfer.* or uploadpack.* settings (fsck, hidden
+// refs, denied deletes, size limits...) or core.hooksPath in its
+// configuration. Any other remote, and any remote when Remote.NoDirect is
+// set, gets a real git push.
+//
+// Fetch takes the same way back for the mirroring refspecs a worker polls
+// with ("+refs/ci/requests/*:refs/ci/requests/*"): the remote's refs are
+// read from its files, what the cache lacks comes over as one pack
+// (`git pack-objects` in the remote, `git index-pack` in the cache), and
+// the cache's refs are set to the remote's in one `git update-ref`
+// transaction. git fetch spends most of a poll of a busy remote on what
+// this skips: the advertisement and negotiation of every ref, and a
+// connectivity walk from all of them.
 
 import (
 	"bufio"
@@ -98,7 +107,7 @@ func (r *Remote) checkDirect(ctx context.Context, dir string) (string, string) {
 	}
 	gitDir := repo.GitDir()
 	// Exit status 1 is "no such key": the usual answer.
-	out, stderr, err := r.gitAt(ctx, gitDir, nil, "config", "--get-regexp", `^(receive|transfer)\.|^core\.hookspath$`)
+	out, stderr, err := r.gitAt(ctx, gitDir, nil, "config", "--get-regexp", `^(receive|transfer|uploadpack)\.|^core\.hookspath$`)
 	var ee *exec.ExitError
 	switch {
 	case err == nil && len(bytes.TrimSpace(out)) > 0:
@@ -281,38 +290,62 @@ func (r *Remote) sendObjects(ctx context.Context, cache *Repo, gitDir string, up
 			fmt.Fprintf(&revs, "^%s\n", u.Old)
 		}
 	}
-	args := []string{"--git-dir=" + r.Cache}
-	for _, kv := range cacheConfig {
-		args = append(args, "-c", kv[0]+"="+kv[1])
+	return r.copyObjects(ctx, "push", r.Cache, gitDir, revs.String(), true)
+}
+
+// copyObjects sends the objects that revs (rev-list arguments, one per
+// line, "^" for what the receiver has) select from the repository at from
+// to the one at to, as one pack made by git pack-objects and stored by
+// git index-pack. With keep the pack gets a .keep file, whose path it
+// returns (the caller removes it once refs name the objects). Nothing is
+// stored when no object is selected. op names the Remote operation in
+// errors.
+func (r *Remote) copyObjects(ctx context.Context, op, from, to, revs string, keep bool) (string, error) {
+	where := map[string]string{r.Cache: "the cache"}
+	args := []string{"--git-dir=" + from}
+	if from == r.Cache {
+		for _, kv := range cacheConfig {
+			args = append(args, "-c", kv[0]+"="+kv[1])
+		}
 	}
 	pack := r.gitCommand(ctx, nil, append(args, "pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset")...)
-	pack.Stdin = strings.NewReader(revs.String())
+	pack.Stdin = strings.NewReader(revs)
 	packErr := &cappedBuffer{max: 16 << 10}
 	pack.Stderr = packErr
 	out, err := pack.StdoutPipe()
 	if err != nil {
-		return "", &RemoteError{Kind: KindOther, URL: r.URL, Op: "push", Err: err}
+		return "", &RemoteError{Kind: KindOther, URL: r.URL, Op: op, Err: err}
 	}
 	if err := pack.Start(); err != nil {
-		return "", &RemoteError{Kind: KindOther, URL: r.URL, Op: "push", Err: fmt.Errorf("git pack-objects: %w", err)}
+		return "", &RemoteError{Kind: KindOther, URL: r.URL, Op: op, Err: fmt.Errorf("git pack-objects: %w", err)}
 	}
 	br := bufio.NewReaderSize(out, 64<<10)
 	header, herr := br.Peek(12)
 	empty := herr == nil && string(header[:4]) == "PACK" && binary.BigEndian.Uint32(header[8:12]) == 0
-	var keep, idxErr string
+	var keepPath, idxErr string
 	var indexErr error
 	if herr == nil && !empty {
-		stdout, stderr, err := r.gitAt(ctx, gitDir, br, "index-pack", "--stdin", "--keep=refci direct update")
+		index := []string{"index-pack", "--stdin"}
+		if keep {
+			index = append(index, "--keep=refci direct update")
+		}
+		stdout, stderr, err := r.gitAt(ctx, to, br, index...)
 		indexErr, idxErr = err, stderr
-		if err == nil {
+		if err == nil && keep {
 			// "keep\t<pack hash>"
 			if _, h, ok := strings.Cut(strings.TrimSpace(string(stdout)), "\t"); ok {
-				keep = filepath.Join(gitDir, "objects", "pack", "pack-"+h+".keep")
+				keepPath = filepath.Join(to, "objects", "pack", "pack-"+h+".keep")
 			}
 		}
 	}
 	io.Copy(io.Discard, br)
 	waitErr := pack.Wait()
+	name := func(dir string) string {
+		if n, ok := where[dir]; ok {
+			return n
+		}
+		return "the remote"
+	}
 	switch {
 	case waitErr != nil || herr != nil:
 		if waitErr == nil {
@@ -321,16 +354,16 @@ func (r *Remote) sendObjects(ctx context.Context, cache *Repo, gitDir string, up
 		if ctx.Err() != nil {
 			waitErr = ctx.Err()
 		}
-		return keep, &RemoteError{Kind: KindOther, URL: r.URL, Op: "push", Stderr: r.redact(strings.TrimSpace(packErr.String())),
-			Err: fmt.Errorf("git pack-objects in the cache: %w", waitErr)}
+		return keepPath, &RemoteError{Kind: KindOther, URL: r.URL, Op: op, Stderr: r.redact(strings.TrimSpace(packErr.String())),
+			Err: fmt.Errorf("git pack-objects in %s: %w", name(from), waitErr)}
 	case indexErr != nil:
 		if ctx.Err() != nil {
 			indexErr = ctx.Err()
 		}
-		return keep, &RemoteError{Kind: classify(idxErr), URL: r.URL, Op: "push", Stderr: r.redact(idxErr),
-			Err: fmt.Errorf("git index-pack in the remote: %w", indexErr)}
+		return keepPath, &RemoteError{Kind: classify(idxErr), URL: r.URL, Op: op, Stderr: r.redact(idxErr),
+			Err: fmt.Errorf("git index-pack in %s: %w", name(to), indexErr)}
 	}
-	return keep, nil
+	return keepPath, nil
 }
 
 // transactionError is a ref transaction that git refused as a whole.
@@ -390,4 +423,106 @@ func (r *Remote) updateRefs(ctx context.Context, gitDir string, updates []RefUpd
 		stderr = "the transaction was not committed: " + strings.TrimSpace(string(stdout))
 	}
 	return &transactionError{stderr: r.redact(stderr)}
+}
+
+// mirrorPrefixes returns the prefixes of refspecs that all mirror a
+// namespace ("+P*:P*", P ending in "/"), or nil when one does not (it is
+// fetched with git).
+func mirrorPrefixes(refspecs []string) []string {
+	var out []string
+	for _, s := range refspecs {
+		src, dst, ok := strings.Cut(strings.TrimPrefix(s, "+"), ":")
+		if !ok || !strings.HasPrefix(s, "+") || src != dst || !strings.HasPrefix(src, "refs/") ||
+			!strings.HasSuffix(src, "/*") || strings.Count(src, "*") != 1 {
+			return nil
+		}
+		out = append(out, strings.TrimSuffix(src, "*"))
+	}
+	return out
+}
+
+// fetchDirect mirrors the remote's refs under prefixes into the cache (see
+// the top of this file). It reports false when it did nothing and git
+// fetch should run instead (it then says why the remote cannot be read).
+func (r *Remote) fetchDirect(ctx context.Context, gitDir string, prefixes []string) (bool, error) {
+	target, err := Open(gitDir)
+	if err != nil {
+		return false, nil
+	}
+	cache, err := Open(r.Cache)
+	if err != nil {
+		return false, nil
+	}
+	there, have := map[string]Hash{}, map[string]Hash{}
+	for _, p := range prefixes {
+		refs, err := target.Refs(p)
+		if err != nil {
+			return false, nil
+		}
+		for _, ref := range refs {
+			there[ref.Name] = ref.Hash
+		}
+		if refs, err = cache.Refs(p); err != nil {
+			return false, nil
+		}
+		for _, ref := range refs {
+			have[ref.Name] = ref.Hash
+		}
+	}
+	var tx strings.Builder
+	var wants []Hash
+	wanted := map[Hash]bool{}
+	for name, h := range there {
+		if have[name] == h {
+			continue
+		}
+		fmt.Fprintf(&tx, "update %s %s\n", name, h)
+		if !wanted[h] && cache.st.HasEncodedObject(h) != nil {
+			wanted[h] = true
+			wants = append(wants, h)
+		}
+	}
+	for name := range have {
+		if _, ok := there[name]; !ok {
+			fmt.Fprintf(&tx, "delete %s\n", name)
+		}
+	}
+	if tx.Len() == 0 {
+		return true, nil
+	}
+	if len(wants) > 0 {
+		var revs strings.Builder
+		for _, h := range wants {
+			fmt.Fprintf(&revs, "%s\n", h)
+		}
+		// What the cache mirrors already bounds the walk (as the "have"s
+		// of a fetch), where the remote still has it.
+		for _, h := range have {
+			if !wanted[h] && target.st.HasEncodedObject(h) == nil {
+				fmt.Fprintf(&revs, "^%s\n", h)
+			}
+		}
+		if _, err := r.copyObjects(ctx, "fetch", gitDir, r.Cache, revs.String(), false); err != nil {
+			if ctx.Err() != nil {
+				return true, err
+			}
+			return false, nil // git fetch says what is wrong
+		}
+	}
+	args := []string{"--git-dir=" + r.Cache}
+	for _, kv := range cacheConfig {
+		args = append(args, "-c", kv[0]+"="+kv[1])
+	}
+	cmd := r.gitCommand(ctx, nil, append(args, "update-ref", "--stdin")...)
+	cmd.Stdin = strings.NewReader(tx.String())
+	stderr := &cappedBuffer{max: 16 << 10}
+	cmd.Stderr = stderr
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return true, &RemoteError{Kind: KindOther, URL: r.URL, Op: "fetch", Stderr: r.redact(strings.TrimSpace(stderr.String())),
+			Err: fmt.Errorf("git update-ref in the cache: %w", err)}
+	}
+	return true, nil
 }

@@ -317,6 +317,13 @@ func (r *Remote) Fetch(ctx context.Context, refspecs ...string) error {
 		return &RemoteError{Kind: KindOther, URL: r.URL, Op: "fetch", Err: err}
 	}
 	defer unlock()
+	if prefixes := mirrorPrefixes(refspecs); prefixes != nil {
+		if gitDir := r.directGitDir(ctx); gitDir != "" {
+			if done, err := r.fetchDirect(ctx, gitDir, prefixes); done {
+				return err
+			}
+		}
+	}
 	args := []string{"fetch", "--prune", "--no-tags", "--no-write-fetch-head", "--quiet",
 		"--no-auto-gc", "--no-recurse-submodules", "--no-write-commit-graph", "--no-show-forced-updates", "--"}
 	_, err = r.run(ctx, args, refspecs)

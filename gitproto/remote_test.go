@@ -184,93 +184,110 @@ func TestOpenRemoteConcurrent(t *testing.T) {
 
 func TestRemoteFetchMirrorsAndPrunes(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
-	a := mkCommit(t, remote, "a")
-	b := mkCommit(t, remote, "b")
-	c := mkCommit(t, remote, "c", b)
-	main := mkCommit(t, remote, "main")
-	pull := mkCommit(t, remote, "pull")
-	setRef(t, remote, "refs/ci/requests/a", a)
-	setRef(t, remote, "refs/ci/requests/alice/topic", b)
-	setRef(t, remote, "refs/heads/main", main)
-	setRef(t, remote, "refs/pull/1/head", pull)
-	setRef(t, remote, "refs/ci/runs/x/y", a)
+	bothPushModes(t, func(t *testing.T, mode pushMode) {
+		remote := newBare(t, "remote.git")
+		a := mkCommit(t, remote, "a")
+		b := mkCommit(t, remote, "b")
+		c := mkCommit(t, remote, "c", b)
+		main := mkCommit(t, remote, "main")
+		pull := mkCommit(t, remote, "pull")
+		setRef(t, remote, "refs/ci/requests/a", a)
+		setRef(t, remote, "refs/ci/requests/alice/topic", b)
+		setRef(t, remote, "refs/heads/main", main)
+		setRef(t, remote, "refs/pull/1/head", pull)
+		setRef(t, remote, "refs/ci/runs/x/y", a)
 
-	for _, url := range []string{remote, "file://" + remote} {
-		r := openTestRemote(t, url)
+		for _, url := range []string{remote, "file://" + remote} {
+			r := mode.open(t, url)
+			spec := "+refs/ci/requests/*:refs/ci/requests/*"
+			if err := r.Fetch(context.Background(), spec); err != nil {
+				t.Fatal(err)
+			}
+			want := []string{"refs/ci/requests/a", "refs/ci/requests/alice/topic"}
+			if got := refNames(t, r.Cache); strings.Join(got, " ") != strings.Join(want, " ") {
+				t.Fatalf("%s: refs after fetch = %v, want %v", url, got, want)
+			}
+			// The objects came; unrelated ones did not.
+			for _, h := range []Hash{a, b} {
+				gitT(t, r.Cache, "cat-file", "-e", h.String()+"^{commit}")
+			}
+			for _, h := range []Hash{main, pull} {
+				if _, err := gitRun(r.Cache, nil, nil, "cat-file", "-e", h.String()); err == nil {
+					t.Errorf("%s: unrelated commit %s was fetched", url, h)
+				}
+			}
+			if _, err := os.Stat(filepath.Join(r.Cache, "FETCH_HEAD")); err == nil {
+				t.Error("FETCH_HEAD was written")
+			}
+			// A fetch with nothing new changes nothing.
+			if err := r.Fetch(context.Background(), spec); err != nil {
+				t.Fatal(err)
+			}
+			if got := refNames(t, r.Cache); len(got) != 2 {
+				t.Fatalf("refs after an empty fetch: %v", got)
+			}
+		}
+
+		// Deleted and rewritten remote refs are mirrored, also non-fast-forward.
+		r := mode.open(t, remote)
 		spec := "+refs/ci/requests/*:refs/ci/requests/*"
 		if err := r.Fetch(context.Background(), spec); err != nil {
 			t.Fatal(err)
 		}
-		want := []string{"refs/ci/requests/a", "refs/ci/requests/alice/topic"}
-		if got := refNames(t, r.Cache); strings.Join(got, " ") != strings.Join(want, " ") {
-			t.Fatalf("%s: refs after fetch = %v, want %v", url, got, want)
-		}
-		// The objects came; unrelated ones did not.
-		for _, h := range []Hash{a, b} {
-			gitT(t, r.Cache, "cat-file", "-e", h.String()+"^{commit}")
-		}
-		for _, h := range []Hash{main, pull} {
-			if _, err := gitRun(r.Cache, nil, nil, "cat-file", "-e", h.String()); err == nil {
-				t.Errorf("%s: unrelated commit %s was fetched", url, h)
-			}
-		}
-		if _, err := os.Stat(filepath.Join(r.Cache, "FETCH_HEAD")); err == nil {
-			t.Error("FETCH_HEAD was written")
-		}
-		// A fetch with nothing new changes nothing.
+		gitT(t, remote, "update-ref", "-d", "refs/ci/requests/a")
+		setRef(t, remote, "refs/ci/requests/alice/topic", c) // fast-forward
+		setRef(t, remote, "refs/ci/requests/new", a)
 		if err := r.Fetch(context.Background(), spec); err != nil {
 			t.Fatal(err)
 		}
-		if got := refNames(t, r.Cache); len(got) != 2 {
-			t.Fatalf("refs after an empty fetch: %v", got)
+		if got := refOf(t, r.Cache, "refs/ci/requests/a"); got != "" {
+			t.Errorf("deleted remote ref still in the cache: %s", got)
 		}
-	}
-
-	// Deleted and rewritten remote refs are mirrored, also non-fast-forward.
-	r := openTestRemote(t, remote)
-	spec := "+refs/ci/requests/*:refs/ci/requests/*"
-	if err := r.Fetch(context.Background(), spec); err != nil {
-		t.Fatal(err)
-	}
-	gitT(t, remote, "update-ref", "-d", "refs/ci/requests/a")
-	setRef(t, remote, "refs/ci/requests/alice/topic", c) // fast-forward
-	setRef(t, remote, "refs/ci/requests/new", a)
-	if err := r.Fetch(context.Background(), spec); err != nil {
-		t.Fatal(err)
-	}
-	if got := refOf(t, r.Cache, "refs/ci/requests/a"); got != "" {
-		t.Errorf("deleted remote ref still in the cache: %s", got)
-	}
-	if got := refOf(t, r.Cache, "refs/ci/requests/alice/topic"); got != c.String() {
-		t.Errorf("updated ref = %s, want %s", got, c)
-	}
-	if got := refOf(t, r.Cache, "refs/ci/requests/new"); got != a.String() {
-		t.Errorf("new ref = %s, want %s", got, a)
-	}
-	setRef(t, remote, "refs/ci/requests/alice/topic", a) // rewind
-	if err := r.Fetch(context.Background(), spec); err != nil {
-		t.Fatal(err)
-	}
-	if got := refOf(t, r.Cache, "refs/ci/requests/alice/topic"); got != a.String() {
-		t.Errorf("rewound ref = %s, want %s", got, a)
-	}
-	// Several refspecs in one fetch.
-	if err := r.Fetch(context.Background(), spec, "+refs/ci/runs/*:refs/ci/runs/*"); err != nil {
-		t.Fatal(err)
-	}
-	if got := refOf(t, r.Cache, "refs/ci/runs/x/y"); got != a.String() {
-		t.Errorf("second refspec: %q", got)
-	}
-	// A named ref that does not exist is an error of kind not-found.
-	err := r.Fetch(context.Background(), "refs/ci/runs/nope:refs/ci/runs/nope")
-	if re := remoteErr(t, err); re.Kind != KindNotFound || !errors.Is(err, ErrNotFound) {
-		t.Errorf("missing named ref: kind %s: %v", re.Kind, err)
-	}
-	if err := r.Fetch(context.Background()); err == nil {
-		t.Error("Fetch without refspecs succeeded")
-	}
-	fsckStrict(t, r.Cache)
+		if got := refOf(t, r.Cache, "refs/ci/requests/alice/topic"); got != c.String() {
+			t.Errorf("updated ref = %s, want %s", got, c)
+		}
+		if got := refOf(t, r.Cache, "refs/ci/requests/new"); got != a.String() {
+			t.Errorf("new ref = %s, want %s", got, a)
+		}
+		setRef(t, remote, "refs/ci/requests/alice/topic", a) // rewind
+		if err := r.Fetch(context.Background(), spec); err != nil {
+			t.Fatal(err)
+		}
+		if got := refOf(t, r.Cache, "refs/ci/requests/alice/topic"); got != a.String() {
+			t.Errorf("rewound ref = %s, want %s", got, a)
+		}
+		// Several refspecs in one fetch.
+		if err := r.Fetch(context.Background(), spec, "+refs/ci/runs/*:refs/ci/runs/*"); err != nil {
+			t.Fatal(err)
+		}
+		if got := refOf(t, r.Cache, "refs/ci/runs/x/y"); got != a.String() {
+			t.Errorf("second refspec: %q", got)
+		}
+		// A named ref that does not exist is an error of kind not-found.
+		err := r.Fetch(context.Background(), "refs/ci/runs/nope:refs/ci/runs/nope")
+		if re := remoteErr(t, err); re.Kind != KindNotFound || !errors.Is(err, ErrNotFound) {
+			t.Errorf("missing named ref: kind %s: %v", re.Kind, err)
+		}
+		if err := r.Fetch(context.Background()); err == nil {
+			t.Error("Fetch without refspecs succeeded")
+		}
+		// The direct way speaks no protocol: nothing on git's wire trace,
+		// and the new ref is there all the same.
+		trace := filepath.Join(t.TempDir(), "trace")
+		r.Env = append(r.Env, "GIT_TRACE_PACKET="+trace)
+		setRef(t, remote, "refs/ci/requests/traced", b)
+		if err := r.Fetch(context.Background(), spec); err != nil {
+			t.Fatal(err)
+		}
+		if got := refOf(t, r.Cache, "refs/ci/requests/traced"); got != b.String() {
+			t.Errorf("traced fetch: %q", got)
+		}
+		wire, _ := os.ReadFile(trace)
+		if mode.direct != !strings.Contains(string(wire), "ref-prefix") {
+			t.Errorf("direct %v, but the wire trace says:\n%s", mode.direct, wire)
+		}
+		fsckStrict(t, r.Cache)
+	})
 }
 
 // TestRemoteFetchPollCostIndependent checks, on git's wire trace, that a
@@ -285,6 +302,7 @@ func TestRemoteFetchPollCostIndependent(t *testing.T) {
 
 	trace := filepath.Join(t.TempDir(), "trace")
 	r := openTestRemote(t, "file://"+remote, "GIT_TRACE_PACKET="+trace)
+	r.NoDirect = true // this is about git fetch's wire protocol
 	if err := r.Fetch(context.Background(), "+refs/ci/requests/*:refs/ci/requests/*"); err != nil {
 		t.Fatal(err)
 	}
@@ -344,9 +362,10 @@ func addPullRefs(t testing.TB, gitDir string, n int, h Hash) {
 	}
 }
 
-// pushMode is how Push reaches a remote on this machine: a real git
-// push, or a direct update of its repository (direct.go). Every push
-// test runs both: their answers must be the same.
+// pushMode is how Push and Fetch reach a remote on this machine: real
+// git push and fetch, or direct updates of the repositories (direct.go).
+// Every push test and the fetch tests run both: their answers must be the
+// same.
 type pushMode struct{ direct bool }
 
 func bothPushModes(t *testing.T, f func(*testing.T, pushMode)) {
@@ -926,34 +945,36 @@ func TestRemoteIgnoresCallerRepoEnv(t *testing.T) {
 // goroutines do not trip over each other's ref locks.
 func TestRemoteConcurrentFetches(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
-	for i := 0; i < 5; i++ {
-		setRef(t, remote, fmt.Sprintf("refs/ci/requests/r%d", i), mkCommit(t, remote, strconv.Itoa(i)))
-	}
-	r := openTestRemote(t, remote)
-	r2 := &Remote{URL: r.URL, Cache: r.Cache, Env: r.Env} // another value, the same cache
-	var wg sync.WaitGroup
-	errs := make([]error, 6)
-	for i := range errs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rr := r
-			if i%2 == 1 {
-				rr = r2
-			}
-			errs[i] = rr.Fetch(context.Background(), "+refs/ci/requests/*:refs/ci/requests/*")
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Error(err)
+	bothPushModes(t, func(t *testing.T, mode pushMode) {
+		remote := newBare(t, "remote.git")
+		for i := 0; i < 5; i++ {
+			setRef(t, remote, fmt.Sprintf("refs/ci/requests/r%d", i), mkCommit(t, remote, strconv.Itoa(i)))
 		}
-	}
-	if n := len(refNames(t, r.Cache)); n != 5 {
-		t.Errorf("%d refs in the cache", n)
-	}
+		r := mode.open(t, remote)
+		r2 := &Remote{URL: r.URL, Cache: r.Cache, Env: r.Env, NoDirect: r.NoDirect} // another value, the same cache
+		var wg sync.WaitGroup
+		errs := make([]error, 6)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rr := r
+				if i%2 == 1 {
+					rr = r2
+				}
+				errs[i] = rr.Fetch(context.Background(), "+refs/ci/requests/*:refs/ci/requests/*")
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Error(err)
+			}
+		}
+		if n := len(refNames(t, r.Cache)); n != 5 {
+			t.Errorf("%d refs in the cache", n)
+		}
+	})
 }
 
 func TestParsePorcelain(t *testing.T) {

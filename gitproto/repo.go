@@ -20,7 +20,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/go-git/go-billy/v5"
 	"github.com/go-git/go-billy/v5/osfs"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/cache"
@@ -48,7 +50,7 @@ var (
 // Repo is one local git repository. It is not safe for concurrent use
 // (go-git's Repository is not); open one per goroutine.
 type Repo struct {
-	st        *filesystem.Storage
+	st        objectStore
 	gitDir    string // the repository's .git (or the bare repository)
 	commonDir string // where refs and objects live (differs in linked worktrees)
 	workTree  string // "" for a bare repository
@@ -70,8 +72,94 @@ func Open(dir string) (*Repo, error) {
 	// Only the storage layer of go-git is used: its Repository type pulls
 	// in every transport (HTTP, SSH), which costs each refci process
 	// milliseconds of start-up for nothing.
-	r.st = filesystem.NewStorageWithOptions(osfs.New(r.commonDir), cache.NewObjectLRUDefault(), filesystem.Options{})
+	r.st = objectStore{filesystem.NewStorageWithOptions(listingFS{osfs.New(r.commonDir)}, cache.NewObjectLRUDefault(), filesystem.Options{})}
 	return r, nil
+}
+
+// listingFS is the repository's file system as go-git sees it, with one
+// repair. go-billy's ReadDir fails as a whole, with "no such file", when
+// an entry vanishes between the listing and its stat (git renaming a
+// tmp_pack_* file into a pack, gc deleting an old pack), and go-git takes
+// that error on objects/pack for "no packs at all": every packed object
+// then looks missing to that reader. Here such an entry is left out of
+// the listing instead; a directory that is itself missing still says so.
+type listingFS struct{ billy.Filesystem }
+
+func (f listingFS) ReadDir(dir string) ([]os.FileInfo, error) {
+	infos, err := f.Filesystem.ReadDir(dir)
+	if err == nil || !errors.Is(err, os.ErrNotExist) {
+		return infos, err
+	}
+	entries, err := os.ReadDir(filepath.Join(f.Root(), dir))
+	if err != nil {
+		return nil, err
+	}
+	infos = infos[:0]
+	for _, e := range entries {
+		fi, err := e.Info()
+		if errors.Is(err, os.ErrNotExist) {
+			continue // gone since the listing
+		}
+		if err != nil {
+			return nil, err
+		}
+		infos = append(infos, fi)
+	}
+	return infos, nil
+}
+
+// Chmod and Capabilities pass through what go-git asks the file system
+// for by type assertion.
+func (f listingFS) Chmod(name string, mode os.FileMode) error {
+	if c, ok := f.Filesystem.(billy.Chmod); ok {
+		return c.Chmod(name, mode)
+	}
+	return billy.ErrNotSupported
+}
+
+func (f listingFS) Capabilities() billy.Capability { return billy.Capabilities(f.Filesystem) }
+
+// objectStore is go-git's storage of a repository, made safe to read
+// while another process installs a pack (git fetch or index-pack into the
+// cache, git gc): go-git lists a repository's packs by their .pack files
+// and fails outright when one has no .idx yet, which is how git installs
+// a pack (the .idx is renamed into place last), leaving its index of packs
+// half read. A lookup that fails so drops that index and tries again a
+// few times over about a second. A plain "not found" is answered at once.
+type objectStore struct{ *filesystem.Storage }
+
+// packRetries bounds the retries of a lookup that met a pack being
+// installed (5 ms, 10 ms ... : about a second in all).
+const packRetries = 20
+
+func (s objectStore) EncodedObject(t plumbing.ObjectType, h plumbing.Hash) (plumbing.EncodedObject, error) {
+	obj, err := s.Storage.EncodedObject(t, h)
+	for i := 0; err != nil && !errors.Is(err, plumbing.ErrObjectNotFound) && i < packRetries; i++ {
+		s.Storage.Reindex()
+		time.Sleep(time.Duration(i+1) * 5 * time.Millisecond)
+		obj, err = s.Storage.EncodedObject(t, h)
+	}
+	return obj, err
+}
+
+func (s objectStore) HasEncodedObject(h plumbing.Hash) error {
+	err := s.Storage.HasEncodedObject(h)
+	for i := 0; err != nil && !errors.Is(err, plumbing.ErrObjectNotFound) && i < packRetries; i++ {
+		s.Storage.Reindex()
+		time.Sleep(time.Duration(i+1) * 5 * time.Millisecond)
+		err = s.Storage.HasEncodedObject(h)
+	}
+	return err
+}
+
+func (s objectStore) EncodedObjectSize(h plumbing.Hash) (int64, error) {
+	n, err := s.Storage.EncodedObjectSize(h)
+	for i := 0; err != nil && !errors.Is(err, plumbing.ErrObjectNotFound) && i < packRetries; i++ {
+		s.Storage.Reindex()
+		time.Sleep(time.Duration(i+1) * 5 * time.Millisecond)
+		n, err = s.Storage.EncodedObjectSize(h)
+	}
+	return n, err
 }
 
 // locate finds the git dir, common dir and work tree the way git does.
@@ -296,7 +384,10 @@ func (r *Repo) peelToCommit(rev string, h Hash) (Hash, error) {
 func (r *Repo) ObjectType(h Hash) (string, error) {
 	obj, err := r.st.EncodedObject(plumbing.AnyObject, h)
 	if err != nil {
-		return "", fmt.Errorf("object %s: %w", h, ErrNotFound)
+		if errors.Is(err, plumbing.ErrObjectNotFound) {
+			return "", fmt.Errorf("object %s: %w", h, ErrNotFound)
+		}
+		return "", fmt.Errorf("object %s: %w: %v", h, ErrNotFound, err)
 	}
 	return obj.Type().String(), nil
 }

@@ -358,7 +358,7 @@ func TestTriggerWaitAndLogFollow(t *testing.T) {
 func describeRuns(sts []*queue.Status) string {
 	var b strings.Builder
 	for _, st := range sts {
-		fmt.Fprintf(&b, "[run %s attempt %d worker %.8s state %s started %s] ", st.Run, st.Attempt, st.Worker, st.State, st.Started.Format("15:04:05.000"))
+		fmt.Fprintf(&b, "[run %s attempt %d worker %.8s state %s started %s reason %q] ", st.Run, st.Attempt, st.Worker, st.State, st.Started.Format("15:04:05.000"), st.Reason)
 	}
 	return b.String()
 }
