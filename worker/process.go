@@ -318,7 +318,7 @@ func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
 	}
 
 	var errs []error
-	poll := newBackoff()
+	poll := shim.NewBackoff()
 	if terminate && !hard {
 		// SIGTERM to the whole tree, then wait for it to go, at most grace.
 		graceT := time.NewTimer(grace)
@@ -334,12 +334,12 @@ func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
 			select {
 			case err := <-waitCh:
 				onExit(err)
-				poll.reset()
+				poll.Reset()
 			case <-graceT.C:
 				break term
 			case <-hardDone:
 				break term
-			case <-poll.next():
+			case <-poll.Next():
 			}
 		}
 		graceT.Stop()
@@ -353,7 +353,7 @@ func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
 	giveUp := time.NewTimer(giveUpAfter)
 	defer giveUp.Stop()
 	stuck := false
-	poll.reset()
+	poll.Reset()
 kill:
 	for {
 		remaining, err := stop(syscall.SIGKILL)
@@ -366,12 +366,12 @@ kill:
 		select {
 		case err := <-waitCh:
 			onExit(err)
-			poll.reset()
+			poll.Reset()
 		case <-giveUp.C:
 			stuck = true
 			errs = append(errs, fmt.Errorf("worker: %d process(es) of %q survived SIGKILL for %s; giving up on them", remaining, spec.Path, giveUpAfter))
 			break kill
-		case <-poll.next():
+		case <-poll.Next():
 		}
 	}
 	res.Duration = time.Since(start)
@@ -593,28 +593,6 @@ func (c *pipeCopier) readBlockedSince(since time.Time) time.Duration {
 		from = since
 	}
 	return time.Since(from)
-}
-
-// backoff yields growing poll intervals, 2ms to 100ms.
-type backoff struct {
-	d time.Duration
-	t *time.Timer
-}
-
-func newBackoff() *backoff { return &backoff{d: 2 * time.Millisecond} }
-
-func (b *backoff) reset() { b.d = 2 * time.Millisecond }
-
-func (b *backoff) next() <-chan time.Time {
-	if b.t == nil {
-		b.t = time.NewTimer(b.d)
-	} else {
-		b.t.Reset(b.d)
-	}
-	if b.d < 100*time.Millisecond {
-		b.d = min(2*b.d, 100*time.Millisecond)
-	}
-	return b.t.C
 }
 
 func doneChan(ctx context.Context) <-chan struct{} {

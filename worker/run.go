@@ -20,6 +20,7 @@ import (
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
+	"refci.dev/refci/worker/shim"
 )
 
 // Signer signs result commits. *secrets.Identity implements it. It must
@@ -943,21 +944,13 @@ func underHidden(hide []string, paths ...string) []string {
 		if p == "" {
 			continue
 		}
-		rp := resolvePath(p)
+		rp := shim.ResolvePath(p)
 		for _, h := range hide {
-			if rel, err := filepath.Rel(resolvePath(h), rp); err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../") {
+			if rel, err := filepath.Rel(shim.ResolvePath(h), rp); err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../") {
 				out = append(out, rp)
 				break
 			}
 		}
 	}
 	return out
-}
-
-// resolvePath resolves symbolic links where it can.
-func resolvePath(p string) string {
-	if r, err := filepath.EvalSymlinks(p); err == nil {
-		return r
-	}
-	return filepath.Clean(p)
 }

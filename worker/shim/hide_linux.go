@@ -263,7 +263,7 @@ func hideKeeping(hide, keep []string) error {
 	}
 	sorted := make([]string, 0, len(hide))
 	for _, p := range hide {
-		sorted = append(sorted, resolvePath(p))
+		sorted = append(sorted, ResolvePath(p))
 	}
 	sort.Slice(sorted, func(i, j int) bool { return len(sorted[i]) < len(sorted[j]) })
 	var done []string
@@ -406,9 +406,9 @@ func probeMain() int {
 	return 0
 }
 
-// resolvePath is p with its symbolic links resolved, or p cleaned when
-// that fails (as the worker's resolvePath).
-func resolvePath(p string) string {
+// ResolvePath is p with its symbolic links resolved, or p cleaned when
+// that fails.
+func ResolvePath(p string) string {
 	if r, err := filepath.EvalSymlinks(p); err == nil {
 		return r
 	}

@@ -311,7 +311,7 @@ func (s *shim) run(path string, argv []string) int {
 
 	terminating, killNow := false, false
 	var graceEnd time.Time
-	poll := newBackoff()
+	poll := NewBackoff()
 	for {
 		left := s.reap()
 		if killNow {
@@ -327,7 +327,7 @@ func (s *shim) run(path string, argv []string) int {
 		}
 		var tick <-chan time.Time
 		if terminating {
-			tick = poll.next()
+			tick = poll.Next()
 		}
 		select {
 		case sig := <-s.ctl:
@@ -335,7 +335,7 @@ func (s *shim) run(path string, argv []string) int {
 				killNow = true
 			} else if !terminating {
 				terminating, graceEnd = true, time.Now().Add(s.grace)
-				poll.reset()
+				poll.Reset()
 			}
 		case <-s.chld:
 		case <-gone:
@@ -600,7 +600,7 @@ func (s *shim) signalChild(pid, parent int, sig syscall.Signal, listChildren fun
 // ReapGiveUp (0 when none).
 func (s *shim) killAll() (stuck int) {
 	giveUp := time.Now().Add(ReapGiveUp)
-	poll := newBackoff()
+	poll := NewBackoff()
 	for first := true; ; first = false {
 		live := s.signalTree(syscall.SIGKILL)
 		if first && s.mainPid > 0 && !s.mainDone {
@@ -620,22 +620,26 @@ func (s *shim) killAll() (stuck int) {
 		select {
 		case <-s.chld:
 		case <-s.ctl:
-		case <-poll.next():
+		case <-poll.Next():
 		}
 	}
 }
 
-// backoff yields growing poll intervals, 2ms to 100ms (as the worker's).
-type backoff struct {
+// Backoff yields growing poll intervals, 2ms to 100ms (the shim's and
+// the worker's waits for processes).
+type Backoff struct {
 	d time.Duration
 	t *time.Timer
 }
 
-func newBackoff() *backoff { return &backoff{d: 2 * time.Millisecond} }
+// NewBackoff starts at 2ms.
+func NewBackoff() *Backoff { return &Backoff{d: 2 * time.Millisecond} }
 
-func (b *backoff) reset() { b.d = 2 * time.Millisecond }
+// Reset starts over at 2ms.
+func (b *Backoff) Reset() { b.d = 2 * time.Millisecond }
 
-func (b *backoff) next() <-chan time.Time {
+// Next is a timer for the current interval, which then doubles.
+func (b *Backoff) Next() <-chan time.Time {
 	if b.t == nil {
 		b.t = time.NewTimer(b.d)
 	} else {
