@@ -130,14 +130,7 @@ refci job hidden-check -- sh -c 'echo "job:[$(ls -A %[1]s)][$(cat %[2]s)]"'
 echo artifact > "$REFCI_ARTIFACTS/a.txt"
 echo "home:[$(ls -A %[1]s)]"
 `, dir, file))
-	repo, err := gitproto.Open(lw.clone)
-	if err != nil {
-		t.Fatal(err)
-	}
-	head, err := repo.ResolveCommit("HEAD")
-	if err != nil {
-		t.Fatal(err)
-	}
+	repo, head := lw.head(t)
 	exe := testExecutable(t)
 	var live syncBuffer
 	out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", RefciPath: exe, Shim: exe,

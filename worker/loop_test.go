@@ -209,14 +209,7 @@ func TestTrustHookDecidesPerRun(t *testing.T) {
 // the cause, not retried for ever without one.
 func TestRunSocketFailureIsAnErrorResult(t *testing.T) {
 	lw := newLoopWorld(t, "echo ran\n")
-	repo, err := gitproto.Open(lw.clone)
-	if err != nil {
-		t.Fatal(err)
-	}
-	head, err := repo.ResolveCommit("HEAD")
-	if err != nil {
-		t.Fatal(err)
-	}
+	repo, head := lw.head(t)
 	deep := filepath.Join(t.TempDir(), strings.Repeat("d", 60), strings.Repeat("e", 60))
 	if err := os.MkdirAll(deep, 0o700); err != nil {
 		t.Fatal(err)
@@ -248,4 +241,18 @@ func TestBackoffStaysUnderTheTakeoverWait(t *testing.T) {
 			t.Errorf("lease %v: first backoff %v, want 1s", lease, seen[0])
 		}
 	}
+}
+
+// head opens the world's clone and resolves its HEAD.
+func (lw *loopWorld) head(t *testing.T) (*gitproto.Repo, gitproto.Hash) {
+	t.Helper()
+	repo, err := gitproto.Open(lw.clone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, err := repo.ResolveCommit("HEAD")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return repo, head
 }

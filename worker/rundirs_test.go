@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 )
 
@@ -146,14 +145,7 @@ ls -A "$HOME" "$TMPDIR" "$REFCI_ARTIFACTS" .. | sed 's/^/saw: /'
 echo secret > "$HOME/.token"; mkdir -p "$TMPDIR/cache"; echo x > "$TMPDIR/cache/y"
 echo art > "$REFCI_ARTIFACTS/out.txt"; echo stray > ../stray; echo built > build.out
 `)
-	repo, err := gitproto.Open(lw.clone)
-	if err != nil {
-		t.Fatal(err)
-	}
-	head, err := repo.ResolveCommit("HEAD")
-	if err != nil {
-		t.Fatal(err)
-	}
+	repo, head := lw.head(t)
 	pool := NewRunDirs(1)
 	defer pool.Close()
 	temp := t.TempDir()
