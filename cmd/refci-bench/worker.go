@@ -185,6 +185,13 @@ func benchThroughput(_ context.Context, bin string, _ int) error {
 	runs := w.count("refs/ci/runs/")
 	fmt.Println("== worker throughput: 2,000 trivial requests on a local bare remote, one worker process")
 	fmt.Printf("  %d results in %.1f s: %.1f jobs/s (goal: >= 100); worker peak RSS %s\n", runs, elapsed.Seconds(), float64(runs)/elapsed.Seconds(), rss)
+	// CPU is steadier than jobs/s on a noisy machine: the worker's own and
+	// that of every process it started and reaped (git, shims, pipelines).
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && runs > 0 {
+		user, sys := time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
+		fmt.Printf("  CPU per job, worker and everything it ran: %.1f ms (user %.1f, system %.1f)\n",
+			float64((user+sys)/time.Microsecond)/1000/float64(runs), float64(user/time.Microsecond)/1000/float64(runs), float64(sys/time.Microsecond)/1000/float64(runs))
+	}
 	fmt.Printf("  baseline: one git push over file://  %s\n\n", summarise(pushes))
 	return nil
 }
