@@ -26,10 +26,16 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	refciBin = filepath.Join(dir, "refci")
-	out, err := exec.Command("go", "build", "-o", refciBin, ".").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build refci: %v\n%s", err, out)
-		os.Exit(1)
+	// refci-shim beside refci, as make build puts it: the workers of
+	// these tests run their jobs through the light shim (worker tests
+	// cover refci being its own shim). Both without VCS stamps, so that
+	// their identities match in any checkout.
+	for _, b := range [][2]string{{refciBin, "."}, {filepath.Join(dir, "refci-shim"), "../refci-shim"}} {
+		out, err := exec.Command("go", "build", "-buildvcs=false", "-o", b[0], b[1]).CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b[1], err, out)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

@@ -165,12 +165,17 @@ func TestWorkersRunEveryRequestExactlyOnce(t *testing.T) {
 		t.Errorf("fsck: %s", out)
 	}
 	// The workers raced on a remote on this machine without hooks: they
-	// updated it directly, not through git push.
+	// updated it directly, not through git push; and ran their jobs
+	// through the refci-shim beside refci.
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i := range f.logs {
-		if !strings.Contains(f.logs[i].String(), "updated directly") {
-			t.Errorf("worker %d did not update the local remote directly:\n%s", i, tail(f.logs[i].String()))
+		log := f.logs[i].String()
+		if !strings.Contains(log, "updated directly") {
+			t.Errorf("worker %d did not update the local remote directly:\n%s", i, tail(log))
+		}
+		if !strings.Contains(log, `msg="shim for runs" shim=`+filepath.Join(filepath.Dir(refciBin), "refci-shim")) {
+			t.Errorf("worker %d does not run its jobs through the light shim:\n%s", i, tail(log))
 		}
 	}
 }
