@@ -102,7 +102,7 @@ func buildLightShim(t *testing.T) string {
 		t.Skip("no go command to build refci-shim with")
 	}
 	exe := filepath.Join(t.TempDir(), ShimName)
-	if out, err := exec.Command(goCmd, "build", "-o", exe, "refci.dev/refci/cmd/refci-shim").CombinedOutput(); err != nil {
+	if out, err := exec.Command(goCmd, "build", "-buildvcs=false", "-o", exe, "refci.dev/refci/cmd/refci-shim").CombinedOutput(); err != nil {
 		t.Fatalf("go build refci-shim: %v\n%s", err, out)
 	}
 	return exe

@@ -48,7 +48,7 @@ func TestLightDependencies(t *testing.T) {
 // does, and says what it is otherwise.
 func TestBinary(t *testing.T) {
 	exe := filepath.Join(t.TempDir(), "refci-shim")
-	if out, err := exec.Command("go", "build", "-o", exe, ".").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-buildvcs=false", "-o", exe, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	out, err := exec.Command(exe, shim.Arg, shim.ProtocolArg).Output()
