@@ -202,24 +202,16 @@ func makePolicy(reqs, exports multiFlag, untrusted bool) (secrets.Policy, error)
 }
 
 func secretsInit(e *env, args []string) int {
-	fs := newFlags(e, "secrets init", "ENV [--admin FILE]... --recipient FILE... [flags]")
-	repoDir := fs.String("repo", ".", "the repository")
-	keyFile := fs.String("key", "", "sign with this private key instead of $REFCI_HOME/key.asc")
 	var adminFiles, recFiles multiFlag
-	fs.Var(&adminFiles, "admin", "public key of an admin (repeatable; default: your own key)")
-	fs.Var(&recFiles, "recipient", "public key of a worker that may decrypt (repeatable)")
-	reqs, exports, untrusted := policyFlags(fs)
-	pos, code, ok := parse(e, fs, args, 1)
+	var reqs, exports *multiFlag
+	var untrusted *bool
+	c, _, code, ok := envArgs(e, "secrets init", "ENV [--admin FILE]... --recipient FILE... [flags]", args, 1, func(fs *flag.FlagSet) {
+		fs.Var(&adminFiles, "admin", "public key of an admin (repeatable; default: your own key)")
+		fs.Var(&recFiles, "recipient", "public key of a worker that may decrypt (repeatable)")
+		reqs, exports, untrusted = policyFlags(fs)
+	})
 	if !ok {
 		return code
-	}
-	if len(pos) != 1 {
-		e.errorf("secrets init: want ENV (see 'refci secrets init -h')")
-		return exitUsage
-	}
-	c, err := openEnv(e, *repoDir, pos[0], *keyFile)
-	if err != nil {
-		return (&secretsCmd{e: e}).fail(err)
 	}
 	if c.tip != gitproto.ZeroHash {
 		return c.fail(usageErr{fmt.Errorf("%s already exists (commit %.12s); change it with 'refci secrets set|recipients|policy'", c.ref, c.tip)})
@@ -289,57 +281,56 @@ func describePolicy(p secrets.Policy) string {
 	return s
 }
 
-// simpleArgs parses flags --repo and --key plus nPos positional arguments.
-// loadEnvArgs parses the arguments of a subcommand whose first argument
-// is the environment, opens the environment and loads its tree. With ok
-// false, code is the exit code (the error is printed).
+// envArgs parses the arguments of a subcommand whose first positional
+// argument is the environment: --repo, --key, the flags more registers
+// (nil: none), and exactly nPos positional arguments; then it opens the
+// environment. With ok false, code is the exit code (the error is
+// printed).
+func envArgs(e *env, name, usage string, args []string, nPos int, more func(*flag.FlagSet)) (c *secretsCmd, pos []string, code int, ok bool) {
+	fs := newFlags(e, name, usage)
+	repoDir := fs.String("repo", ".", "the repository")
+	keyFile := fs.String("key", "", "use this private key instead of $REFCI_HOME/key.asc")
+	if more != nil {
+		more(fs)
+	}
+	pos, code, ok = parse(e, fs, args, nPos)
+	if !ok {
+		return nil, nil, code, false
+	}
+	if len(pos) != nPos {
+		want, _, _ := strings.Cut(usage, " [")
+		want, _, _ = strings.Cut(want, " <")
+		e.errorf("%s: want %s (see 'refci %s -h')", name, want, name)
+		return nil, nil, exitUsage, false
+	}
+	c, err := openEnv(e, *repoDir, pos[0], *keyFile)
+	if err != nil {
+		return nil, nil, (&secretsCmd{e: e}).fail(err), false
+	}
+	return c, pos, 0, true
+}
+
+// loadEnvArgs is envArgs, for a subcommand without flags of its own, that
+// also loads the environment's tree.
 func loadEnvArgs(e *env, name, usage string, args []string, nPos int) (c *secretsCmd, t *envTree, pos []string, code int, ok bool) {
-	repoDir, keyFile, pos, code, ok := simpleArgs(e, name, usage, args, nPos)
+	c, pos, code, ok = envArgs(e, name, usage, args, nPos, nil)
 	if !ok {
 		return nil, nil, nil, code, false
 	}
-	c, err := openEnv(e, repoDir, pos[0], keyFile)
+	t, err := c.load()
 	if err != nil {
-		return nil, nil, nil, (&secretsCmd{e: e}).fail(err), false
-	}
-	if t, err = c.load(); err != nil {
 		return nil, nil, nil, c.fail(err), false
 	}
 	return c, t, pos, 0, true
 }
 
-func simpleArgs(e *env, name, usage string, args []string, nPos int) (repoDir, keyFile string, pos []string, code int, ok bool) {
-	fs := newFlags(e, name, usage)
-	r := fs.String("repo", ".", "the repository")
-	k := fs.String("key", "", "use this private key instead of $REFCI_HOME/key.asc")
-	pos, code, ok = parse(e, fs, args, nPos)
-	if !ok {
-		return "", "", nil, code, false
-	}
-	if len(pos) != nPos {
-		e.errorf("%s: want %s (see 'refci %s -h')", name, usage, name)
-		return "", "", nil, exitUsage, false
-	}
-	return *r, *k, pos, 0, true
-}
-
 func secretsSet(e *env, args []string) int {
-	fs := newFlags(e, "secrets set", "ENV NAME [--sealed] < VALUE")
-	repoDirF := fs.String("repo", ".", "the repository")
-	keyFileF := fs.String("key", "", "sign with this private key instead of $REFCI_HOME/key.asc")
-	sealedIn := fs.Bool("sealed", false, "stdin is an OpenPGP message already encrypted to the recipients and signed by an admin (e.g. by gpg); stored as is after checking it")
-	pos, code, ok := parse(e, fs, args, 2)
+	var sealedIn *bool
+	c, pos, code, ok := envArgs(e, "secrets set", "ENV NAME [--sealed] < VALUE", args, 2, func(fs *flag.FlagSet) {
+		sealedIn = fs.Bool("sealed", false, "stdin is an OpenPGP message already encrypted to the recipients and signed by an admin (e.g. by gpg); stored as is after checking it")
+	})
 	if !ok {
 		return code
-	}
-	if len(pos) != 2 {
-		e.errorf("secrets set: want ENV NAME (see 'refci secrets set -h')")
-		return exitUsage
-	}
-	repoDir, keyFile := *repoDirF, *keyFileF
-	c, err := openEnv(e, repoDir, pos[0], keyFile)
-	if err != nil {
-		return (&secretsCmd{e: e}).fail(err)
 	}
 	name := pos[1]
 	if err := secrets.ValidateName(name); err != nil {
@@ -606,21 +597,13 @@ func secretsRecipients(e *env, op string, args []string) int {
 }
 
 func secretsPolicy(e *env, args []string) int {
-	fs := newFlags(e, "secrets policy", "ENV [--request PATTERN]... [--export NAME]... [--allow-untrusted]")
-	repoDir := fs.String("repo", ".", "the repository")
-	keyFile := fs.String("key", "", "sign with this private key instead of $REFCI_HOME/key.asc")
-	reqs, exports, untrusted := policyFlags(fs)
-	pos, code, ok := parse(e, fs, args, 1)
+	var reqs, exports *multiFlag
+	var untrusted *bool
+	c, _, code, ok := envArgs(e, "secrets policy", "ENV [--request PATTERN]... [--export NAME]... [--allow-untrusted]", args, 1, func(fs *flag.FlagSet) {
+		reqs, exports, untrusted = policyFlags(fs)
+	})
 	if !ok {
 		return code
-	}
-	if len(pos) != 1 {
-		e.errorf("secrets policy: want ENV (see 'refci secrets policy -h')")
-		return exitUsage
-	}
-	c, err := openEnv(e, *repoDir, pos[0], *keyFile)
-	if err != nil {
-		return (&secretsCmd{e: e}).fail(err)
 	}
 	t, err := c.load()
 	if err != nil {
