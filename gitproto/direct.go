@@ -101,7 +101,7 @@ func (r *Remote) Direct(ctx context.Context) (bool, string) {
 // checkDirect decides whether the remote at dir may be updated directly,
 // and says why not.
 func (r *Remote) checkDirect(ctx context.Context, dir string) (string, string) {
-	repo, err := Open(dir)
+	repo, err := openLocalRemote(dir)
 	if err != nil {
 		return "", "not a repository here: " + err.Error()
 	}
@@ -123,6 +123,20 @@ func (r *Remote) checkDirect(ctx context.Context, dir string) (string, string) {
 		}
 	}
 	return gitDir, ""
+}
+
+// openLocalRemote opens the repository at exactly dir (bare, or with a
+// .git in it), as git itself opens a remote given as a path; never one of
+// its parent directories, as Open would for a directory inside a work
+// tree. Other spellings git accepts (a missing ".git" suffix) are left to
+// git.
+func openLocalRemote(dir string) (*Repo, error) {
+	if !isBareDir(dir) {
+		if _, err := os.Stat(filepath.Join(dir, ".git")); err != nil {
+			return nil, fmt.Errorf("%s: %w", dir, ErrNotRepo)
+		}
+	}
+	return Open(dir)
 }
 
 // gitAt runs git in the repository at gitDir (not the cache), with the

@@ -236,7 +236,7 @@ func (r *Remote) listLocal(prefixes []string) (map[string]Hash, bool) {
 	if dir == "" {
 		return nil, false
 	}
-	repo, err := Open(dir)
+	repo, err := openLocalRemote(dir)
 	if err != nil {
 		return nil, false
 	}

@@ -1382,3 +1382,30 @@ func TestRemoteDirectLosesRacesLikeAPush(t *testing.T) {
 	}
 	fsckStrict(t, remote)
 }
+
+// A remote path that is a plain directory inside another repository's
+// work tree is no repository for git; it must not become that enclosing
+// repository for the direct way (which would update it) or for listing.
+func TestRemoteLocalPathIsNotItsParentRepository(t *testing.T) {
+	t.Parallel()
+	outer := filepath.Join(t.TempDir(), "outer")
+	gitT(t, filepath.Dir(outer), "init", "-q", outer)
+	inner := filepath.Join(outer, "not-a-repo")
+	if err := os.Mkdir(inner, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := openTestRemote(t, "file://"+inner)
+	if ok, _ := r.Direct(context.Background()); ok {
+		t.Fatal("a plain directory inside a work tree is updated directly")
+	}
+	c := mkCommit(t, r.Cache, "c")
+	if _, err := r.Push(context.Background(), []RefUpdate{{Name: "refs/ci/claims/x", New: c}}, false); err == nil {
+		t.Error("a push to a directory that is no repository succeeded")
+	}
+	if refOf(t, filepath.Join(outer, ".git"), "refs/ci/claims/x") != "" {
+		t.Error("the push landed in the enclosing repository")
+	}
+	if _, ok := r.listLocal([]string{"refs/"}); ok {
+		t.Error("the enclosing repository's refs were listed as the remote's")
+	}
+}
