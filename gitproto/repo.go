@@ -94,7 +94,7 @@ func (f listingFS) ReadDir(dir string) ([]os.FileInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	infos = infos[:0]
+	var kept []os.FileInfo
 	for _, e := range entries {
 		fi, err := e.Info()
 		if errors.Is(err, os.ErrNotExist) {
@@ -103,9 +103,9 @@ func (f listingFS) ReadDir(dir string) ([]os.FileInfo, error) {
 		if err != nil {
 			return nil, err
 		}
-		infos = append(infos, fi)
+		kept = append(kept, fi)
 	}
-	return infos, nil
+	return kept, nil
 }
 
 // Chmod and Capabilities pass through what go-git asks the file system
@@ -132,34 +132,30 @@ type objectStore struct{ *filesystem.Storage }
 // installed (5 ms, 10 ms ... : about a second in all).
 const packRetries = 20
 
-func (s objectStore) EncodedObject(t plumbing.ObjectType, h plumbing.Hash) (plumbing.EncodedObject, error) {
-	obj, err := s.Storage.EncodedObject(t, h)
-	for i := 0; err != nil && !errors.Is(err, plumbing.ErrObjectNotFound) && i < packRetries; i++ {
-		s.Storage.Reindex()
-		time.Sleep(time.Duration(i+1) * 5 * time.Millisecond)
-		obj, err = s.Storage.EncodedObject(t, h)
-	}
+func (s objectStore) EncodedObject(t plumbing.ObjectType, h plumbing.Hash) (obj plumbing.EncodedObject, err error) {
+	s.retry(func() error { obj, err = s.Storage.EncodedObject(t, h); return err })
 	return obj, err
 }
 
-func (s objectStore) HasEncodedObject(h plumbing.Hash) error {
-	err := s.Storage.HasEncodedObject(h)
-	for i := 0; err != nil && !errors.Is(err, plumbing.ErrObjectNotFound) && i < packRetries; i++ {
-		s.Storage.Reindex()
-		time.Sleep(time.Duration(i+1) * 5 * time.Millisecond)
-		err = s.Storage.HasEncodedObject(h)
-	}
+func (s objectStore) HasEncodedObject(h plumbing.Hash) (err error) {
+	s.retry(func() error { err = s.Storage.HasEncodedObject(h); return err })
 	return err
 }
 
-func (s objectStore) EncodedObjectSize(h plumbing.Hash) (int64, error) {
-	n, err := s.Storage.EncodedObjectSize(h)
+func (s objectStore) EncodedObjectSize(h plumbing.Hash) (n int64, err error) {
+	s.retry(func() error { n, err = s.Storage.EncodedObjectSize(h); return err })
+	return n, err
+}
+
+// retry runs lookup, and again after dropping go-git's index of packs,
+// while it fails otherwise than "not found", up to packRetries times.
+func (s objectStore) retry(lookup func() error) {
+	err := lookup()
 	for i := 0; err != nil && !errors.Is(err, plumbing.ErrObjectNotFound) && i < packRetries; i++ {
 		s.Storage.Reindex()
 		time.Sleep(time.Duration(i+1) * 5 * time.Millisecond)
-		n, err = s.Storage.EncodedObjectSize(h)
+		err = lookup()
 	}
-	return n, err
 }
 
 // locate finds the git dir, common dir and work tree the way git does.
