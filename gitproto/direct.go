@@ -154,34 +154,38 @@ func (r *Remote) gitAt(ctx context.Context, gitDir string, stdin io.Reader, args
 // pushDirect applies updates to the remote at gitDir; the results and
 // errors are those Push documents.
 func (r *Remote) pushDirect(ctx context.Context, gitDir string, updates []RefUpdate, atomic bool) ([]PushResult, error) {
-	fail := func(op string, err error, stderr string) error {
-		kind := KindOther
+	fail := func(op string, err error) *RemoteError {
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		}
-		return &RemoteError{Kind: kind, URL: r.URL, Op: "push", Stderr: r.redact(stderr), Err: fmt.Errorf("%s: %w", op, err)}
+		return &RemoteError{Kind: KindOther, URL: r.URL, Op: "push", Err: fmt.Errorf("%s: %w", op, err)}
 	}
 	cache, err := Open(r.Cache)
 	if err != nil {
-		return nil, fail("open the cache", err, "")
+		return nil, fail("open the cache", err)
 	}
 	target, err := Open(gitDir)
 	if err != nil {
-		re := fail("open the remote", err, "").(*RemoteError)
+		re := fail("open the remote", err)
 		if _, serr := os.Stat(gitDir); errors.Is(serr, os.ErrNotExist) {
 			re.Kind = KindNotFound // gone since it was found eligible, as git push would say
 		}
 		return nil, re
+	}
+	names := make([]string, len(updates))
+	for i, u := range updates {
+		names[i] = u.Name
+	}
+	current, err := target.RefHashes(names)
+	if err != nil {
+		return nil, fail("read the remote's refs", err)
 	}
 	results := make([]PushResult, len(updates))
 	var pending []int
 	for i, u := range updates {
 		res := &results[i]
 		res.Name = u.Name
-		cur, err := target.RefHash(u.Name)
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			return nil, fail("read "+u.Name, err, "")
-		}
+		cur := current[u.Name]
 		switch {
 		case u.New != ZeroHash && cur == u.New:
 			res.OK, res.Message = true, "up to date"

@@ -497,18 +497,42 @@ func (r *Repo) Refs(prefix string) ([]Ref, error) {
 
 // RefHash returns the object ref name points to, or ErrNotFound.
 func (r *Repo) RefHash(name string) (Hash, error) {
-	h, err := readLooseRef(filepath.Join(r.commonDir, filepath.FromSlash(name)))
-	if err == nil && h != ZeroHash {
-		return h, nil
-	}
-	m := map[string]Hash{}
-	if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), name, m); err != nil {
+	m, err := r.RefHashes([]string{name})
+	if err != nil {
 		return ZeroHash, err
 	}
 	if h, ok := m[name]; ok {
 		return h, nil
 	}
 	return ZeroHash, fmt.Errorf("ref %s: %w", name, ErrNotFound)
+}
+
+// RefHashes returns the values of those of names that exist, reading
+// packed-refs at most once (a loose ref wins over a packed one, as in
+// git).
+func (r *Repo) RefHashes(names []string) (map[string]Hash, error) {
+	out := make(map[string]Hash, len(names))
+	var packed map[string]Hash
+	for _, name := range names {
+		if h, err := readLooseRef(filepath.Join(r.commonDir, filepath.FromSlash(name))); err == nil && h != ZeroHash {
+			out[name] = h
+			continue
+		}
+		if packed == nil {
+			packed = map[string]Hash{}
+			prefix := "" // every packed ref, or only what one name needs
+			if len(names) == 1 {
+				prefix = name
+			}
+			if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), prefix, packed); err != nil {
+				return nil, err
+			}
+		}
+		if h, ok := packed[name]; ok {
+			out[name] = h
+		}
+	}
+	return out, nil
 }
 
 func readLooseRef(p string) (Hash, error) {
