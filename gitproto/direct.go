@@ -459,10 +459,48 @@ func mirrorPrefixes(refspecs []string) []string {
 	return out
 }
 
-// fetchDirect mirrors the remote's refs under prefixes into the cache (see
-// the top of this file). It reports false when it did nothing and git
-// fetch should run instead (it then says why the remote cannot be read).
-func (r *Remote) fetchDirect(ctx context.Context, gitDir string, prefixes []string) (bool, error) {
+// readMirror reads, for a remote on this machine, its refs under prefixes
+// and the cache's (there and have); ok is false for any other remote, or
+// when either cannot be read that way.
+func (r *Remote) readMirror(prefixes []string) (there, have map[string]Hash, ok bool) {
+	there, ok = r.listLocal(prefixes)
+	if !ok {
+		return nil, nil, false
+	}
+	cache, err := Open(r.Cache)
+	if err != nil {
+		return nil, nil, false
+	}
+	have = map[string]Hash{}
+	for _, p := range prefixes {
+		refs, err := cache.Refs(p)
+		if err != nil {
+			return nil, nil, false
+		}
+		for _, ref := range refs {
+			have[ref.Name] = ref.Hash
+		}
+	}
+	return there, have, true
+}
+
+func sameRefs(a, b map[string]Hash) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for name, h := range a {
+		if b[name] != h {
+			return false
+		}
+	}
+	return true
+}
+
+// fetchDirect makes the cache's refs under the mirrored prefixes those of
+// the remote (there, as read by readMirror; have is the cache's), see the
+// top of this file. It reports false when it did nothing and git fetch
+// should run instead (it then says why the remote cannot be read).
+func (r *Remote) fetchDirect(ctx context.Context, gitDir string, there, have map[string]Hash) (bool, error) {
 	target, err := Open(gitDir)
 	if err != nil {
 		return false, nil
@@ -470,22 +508,6 @@ func (r *Remote) fetchDirect(ctx context.Context, gitDir string, prefixes []stri
 	cache, err := Open(r.Cache)
 	if err != nil {
 		return false, nil
-	}
-	there, have := map[string]Hash{}, map[string]Hash{}
-	for _, p := range prefixes {
-		refs, err := target.Refs(p)
-		if err != nil {
-			return false, nil
-		}
-		for _, ref := range refs {
-			there[ref.Name] = ref.Hash
-		}
-		if refs, err = cache.Refs(p); err != nil {
-			return false, nil
-		}
-		for _, ref := range refs {
-			have[ref.Name] = ref.Hash
-		}
 	}
 	var tx strings.Builder
 	var wants []Hash
@@ -514,9 +536,12 @@ func (r *Remote) fetchDirect(ctx context.Context, gitDir string, prefixes []stri
 			fmt.Fprintf(&revs, "%s\n", h)
 		}
 		// What the cache mirrors already bounds the walk (as the "have"s
-		// of a fetch), where the remote still has it.
+		// of a fetch), where the remote still has it. Many requests share
+		// a target: each value once.
+		bound := map[Hash]bool{}
 		for _, h := range have {
-			if !wanted[h] && target.st.HasEncodedObject(h) == nil {
+			if !wanted[h] && !bound[h] && target.st.HasEncodedObject(h) == nil {
+				bound[h] = true
 				fmt.Fprintf(&revs, "^%s\n", h)
 			}
 		}

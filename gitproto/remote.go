@@ -318,9 +318,17 @@ func (r *Remote) Fetch(ctx context.Context, refspecs ...string) error {
 	}
 	defer unlock()
 	if prefixes := mirrorPrefixes(refspecs); prefixes != nil {
-		if gitDir := r.directGitDir(ctx); gitDir != "" {
-			if done, err := r.fetchDirect(ctx, gitDir, prefixes); done {
-				return err
+		// A remote on this machine: its refs are read from its files, and
+		// when the cache mirrors them already no git runs at all (an idle
+		// local remote, every repository of refci serve, costs nothing).
+		if there, have, ok := r.readMirror(prefixes); ok {
+			if sameRefs(there, have) {
+				return nil
+			}
+			if gitDir := r.directGitDir(ctx); gitDir != "" {
+				if done, err := r.fetchDirect(ctx, gitDir, there, have); done {
+					return err
+				}
 			}
 		}
 	}

@@ -1409,3 +1409,39 @@ func TestRemoteLocalPathIsNotItsParentRepository(t *testing.T) {
 		t.Error("the enclosing repository's refs were listed as the remote's")
 	}
 }
+
+// A fetch from a remote on this machine whose refs the cache mirrors
+// already starts no git at all, either way: an idle local remote (every
+// repository of refci serve) costs nothing to poll.
+func TestRemoteFetchOfAnIdleLocalRemoteRunsNoGit(t *testing.T) {
+	t.Parallel()
+	bothPushModes(t, func(t *testing.T, mode pushMode) {
+		remote := newBare(t, "remote.git")
+		setRef(t, remote, "refs/ci/requests/a", mkCommit(t, remote, "a"))
+		r := mode.open(t, remote)
+		spec := "+refs/ci/requests/*:refs/ci/requests/*"
+		if err := r.Fetch(context.Background(), spec); err != nil {
+			t.Fatal(err)
+		}
+		trace := filepath.Join(t.TempDir(), "trace")
+		r.Env = append(r.Env, "GIT_TRACE="+trace)
+		if err := r.Fetch(context.Background(), spec); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(trace); err == nil {
+			t.Errorf("a fetch with nothing new ran git:\n%s", b)
+		}
+		// Something new: git runs again (in the direct way, for the
+		// eligibility check and the ref transaction at least).
+		setRef(t, remote, "refs/ci/requests/b", mkCommit(t, remote, "b"))
+		if err := r.Fetch(context.Background(), spec); err != nil {
+			t.Fatal(err)
+		}
+		if refOf(t, r.Cache, "refs/ci/requests/b") == "" {
+			t.Error("the new request was not fetched")
+		}
+		if _, err := os.Stat(trace); err != nil {
+			t.Errorf("a fetch of something new left no git trace: %v", err)
+		}
+	})
+}

@@ -426,7 +426,7 @@ var pollRefspecs = []string{
 // one pass old: every decision taken from it is checked again, by the
 // compare-and-swap of the claim and by the re-check after winning.
 func (w *Worker) poll(ctx context.Context, rem *gitproto.Remote, fetch bool) (int, error) {
-	if fetch && !w.unchanged(ctx, rem) {
+	if fetch {
 		if err := rem.Fetch(ctx, pollRefspecs...); err != nil {
 			return 0, err
 		}
@@ -448,39 +448,6 @@ func (w *Worker) poll(ctx context.Context, rem *gitproto.Remote, fetch bool) (in
 		return 0, err
 	}
 	return w.claim(ctx, rem, repo, requests, claims)
-}
-
-// unchanged reports whether a remote on this machine has the same
-// requests and claims as the cache, read from its files without starting
-// git, so that an idle local remote (every repository of refci serve)
-// costs no git process to poll. For other remotes it is false: asking
-// would cost as much as the fetch.
-func (w *Worker) unchanged(ctx context.Context, rem *gitproto.Remote) bool {
-	if rem.LocalDir() == "" {
-		return false
-	}
-	there, err := rem.ListRemote(ctx, queue.RequestsPrefix, queue.ClaimsPrefix)
-	if err != nil {
-		return false
-	}
-	repo, err := gitproto.Open(rem.Cache)
-	if err != nil {
-		return false
-	}
-	n := 0
-	for _, prefix := range []string{queue.RequestsPrefix, queue.ClaimsPrefix} {
-		refs, err := repo.Refs(prefix)
-		if err != nil {
-			return false
-		}
-		for _, r := range refs {
-			if there[r.Name] != r.Hash {
-				return false
-			}
-			n++
-		}
-	}
-	return n == len(there)
 }
 
 func refMap(repo *gitproto.Repo, prefix string) (map[string]gitproto.Hash, error) {
