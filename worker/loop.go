@@ -479,7 +479,7 @@ func (w *Worker) checkSupersede(rem *gitproto.Remote, repo *gitproto.Repo, reque
 		case cur.String() != a.claim.RequestObject:
 			a.cancel(fmt.Errorf("superseded: the request %s now points at %s", name, cur.String()[:12]))
 		}
-		if cv, ok := claims[name]; ok && cv != a.claimVal {
+		if cv, ok := claims[name]; ok && cv != a.claimVal && !claimBefore(repo, cv, a.claimVal) {
 			if c, err := readClaimFrom(repo, cv); err == nil && c.Run != a.claim.Run {
 				a.cancel(fmt.Errorf("the claim was taken over by worker %s (run %s); this worker's lease had expired", c.Worker, c.Run))
 			}
@@ -648,6 +648,24 @@ func sortedMap(m map[string]gitproto.Hash) func(func(string, gitproto.Hash) bool
 			}
 		}
 	}
+}
+
+// claimBefore reports whether claim commit old is in the history of ours:
+// the claim we took over, or one of our earlier renewals, which a cache
+// fetched before our push still shows. A claim that replaced ours has ours
+// in its history instead (takeovers and renewals are children of the
+// value they replace).
+func claimBefore(repo *gitproto.Repo, old, ours gitproto.Hash) bool {
+	for h, i := ours, 0; i < 1000; i++ {
+		c, err := repo.Commit(h)
+		if err != nil || len(c.ParentHashes) == 0 {
+			return false
+		}
+		if h = c.ParentHashes[0]; h == old {
+			return true
+		}
+	}
+	return false
 }
 
 func readClaimFrom(repo *gitproto.Repo, h gitproto.Hash) (*queue.Claim, error) {

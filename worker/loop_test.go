@@ -256,3 +256,51 @@ func (lw *loopWorld) head(t *testing.T) (*gitproto.Repo, gitproto.Hash) {
 	}
 	return repo, head
 }
+
+// A worker that took an expired claim over must not cancel its own run
+// when its cache still shows the claim it replaced (the cache is fetched
+// before the takeover's push); it must cancel when the claim was taken
+// from it in turn.
+func TestTakeoverIsNotCancelledByTheClaimItReplaced(t *testing.T) {
+	lw := newLoopWorld(t, "echo ran\n")
+	repo, head := lw.head(t)
+	w := New(Config{Concurrency: 1, Signer: testSigner(t)})
+	rem := &gitproto.Remote{URL: "file://" + lw.bare, Cache: lw.clone}
+	now := time.Now()
+	claim := func(run string, attempt int, old gitproto.Hash) gitproto.Hash {
+		t.Helper()
+		c := queue.Claim{Format: queue.Format, Request: "r", RequestObject: head.String(), Target: head.String(),
+			Run: run, Attempt: attempt, Worker: "W", Claimed: now, Renewed: now, LeaseExpires: now.Add(time.Minute)}
+		h, err := w.writeClaim(repo, &c, old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	dead := claim("run-of-a-dead-worker", 1, gitproto.ZeroHash)
+	ours := claim("our-run", 2, dead)
+	renewed := claim("our-run", 2, ours)
+	theirs := claim("a-later-takeover", 3, renewed)
+	requests := map[string]gitproto.Hash{"r": head}
+	for _, tc := range []struct {
+		name   string
+		cached gitproto.Hash
+		cancel bool
+	}{
+		{"the cache shows the claim we took over", dead, false},
+		{"the cache shows our claim before a renewal", ours, false},
+		{"the cache shows our claim", renewed, false},
+		{"the cache shows a takeover of our claim", theirs, true},
+	} {
+		var cause error
+		a := &activeRun{remote: rem, claim: queue.Claim{Request: "r", RequestObject: head.String(), Run: "our-run"}, claimVal: renewed,
+			cancel: func(err error) { cause = err }}
+		w.mu.Lock()
+		w.active = map[string]*activeRun{"r": a}
+		w.mu.Unlock()
+		w.checkSupersede(rem, repo, requests, map[string]gitproto.Hash{"r": tc.cached})
+		if (cause != nil) != tc.cancel {
+			t.Errorf("%s: cancelled %v (%v), want %v", tc.name, cause != nil, cause, tc.cancel)
+		}
+	}
+}
