@@ -234,6 +234,7 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 		h, err := repo.ResolveCommit(rev)
 		if err != nil {
 			e.errorf("%v", err)
+			e.errorf("log -f takes a run (its id, <commit>/<run-id> or its ref) or a commit, not a request name: follow the commit you pushed (refci log -f HEAD), or push with refci trigger --wait")
 			return exitFor(err)
 		}
 		target = h.String()
