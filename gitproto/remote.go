@@ -279,10 +279,15 @@ func isLocalPath(u string) bool {
 //
 // Maintain runs git's own housekeeping on the cache when it is due (`git
 // gc --auto`): once more than looseLimit loose objects have piled up
-// (0: git's default, 6,700), they are packed, and unreachable ones older
-// than two weeks are pruned, so objects still in use are never removed.
-// Safe beside fetches and pushes into the same cache.
-func (r *Remote) Maintain(ctx context.Context, looseLimit int) error {
+// (0: git's default, 6,700) or more than 50 packs, everything is packed
+// again; unreachable objects (results and claims already pushed) go into
+// a cruft pack and are pruned two weeks after they were last written, so
+// objects still in use are never removed. With full, the repacking is
+// done whatever the counts (the worker does so daily: CompactPacks keeps
+// the number of packs below what gc --auto waits for, so that the
+// unreachable objects would otherwise never go). Safe beside fetches and
+// pushes into the same cache.
+func (r *Remote) Maintain(ctx context.Context, looseLimit int, full bool) error {
 	if looseLimit <= 0 {
 		looseLimit = 6700
 	}
@@ -290,7 +295,11 @@ func (r *Remote) Maintain(ctx context.Context, looseLimit int) error {
 	for _, kv := range cacheConfig {
 		args = append(args, "-c", kv[0]+"="+kv[1])
 	}
-	args = append(args, "-c", "gc.auto="+strconv.Itoa(looseLimit), "-c", "gc.autoDetach=false", "gc", "--auto", "--quiet")
+	args = append(args, "-c", "gc.auto="+strconv.Itoa(looseLimit), "-c", "gc.autoDetach=false", "-c", "gc.cruftPacks=true")
+	if full {
+		args = append(args, "-c", "gc.autoPackLimit=1")
+	}
+	args = append(args, "gc", "--auto", "--quiet")
 	cmd := exec.CommandContext(ctx, "git", args...)
 	cmd.Env = r.environ(nil)
 	out, err := cmd.CombinedOutput()
@@ -298,6 +307,37 @@ func (r *Remote) Maintain(ctx context.Context, looseLimit int) error {
 		return fmt.Errorf("git gc --auto in %s: %w: %s", r.Cache, err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// CompactPacks merges the cache's smaller packs (`git repack -d
+// --geometric=2`) once it holds more than limit packs, and reports
+// whether it did. A worker stores each claim pass and each result as a
+// pack of its own (Repo.BeginBatch) and each fetch brings one, while
+// every reader of the cache looks objects up pack by pack: merging keeps
+// that number near the logarithm of the objects' count. It keeps every
+// object, reachable or not (Maintain prunes), and is safe beside
+// fetches, pushes and readers of the cache.
+func (r *Remote) CompactPacks(ctx context.Context, limit int) (bool, error) {
+	ents, err := os.ReadDir(filepath.Join(r.Cache, "objects", "pack"))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil
+		}
+		return false, err
+	}
+	n := 0
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".pack") {
+			n++
+		}
+	}
+	if n <= limit {
+		return false, nil
+	}
+	if _, stderr, err := r.gitAt(ctx, r.Cache, nil, "repack", "-d", "-q", "--geometric=2", "--no-write-bitmap-index"); err != nil {
+		return false, fmt.Errorf("git repack --geometric in %s: %w: %s", r.Cache, err, stderr)
+	}
+	return true, nil
 }
 
 // Fetches into one cache are serialized (see Remote). A go-git Repo opened

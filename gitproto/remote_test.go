@@ -1182,13 +1182,13 @@ func TestRemoteMaintainPacksLooseObjects(t *testing.T) {
 	}
 	loose := func() string { return gitT(t, r.Cache, "count-objects") }
 	before := loose()
-	if err := r.Maintain(context.Background(), 1000); err != nil {
+	if err := r.Maintain(context.Background(), 1000, false); err != nil {
 		t.Fatal(err)
 	}
 	if got := loose(); got != before {
 		t.Errorf("below the limit, maintenance changed the cache: %q, then %q", before, got)
 	}
-	if err := r.Maintain(context.Background(), 10); err != nil {
+	if err := r.Maintain(context.Background(), 10, false); err != nil {
 		t.Fatal(err)
 	}
 	if v := gitT(t, r.Cache, "count-objects", "-v"); !strings.Contains(v, "packs: 1") {

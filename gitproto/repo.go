@@ -12,6 +12,7 @@ package gitproto
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -72,7 +73,10 @@ func Open(dir string) (*Repo, error) {
 	// Only the storage layer of go-git is used: its Repository type pulls
 	// in every transport (HTTP, SSH), which costs each refci process
 	// milliseconds of start-up for nothing.
-	r.st = objectStore{filesystem.NewStorageWithOptions(listingFS{osfs.New(r.commonDir)}, cache.NewObjectLRUDefault(), filesystem.Options{})}
+	r.st = objectStore{
+		Storage: filesystem.NewStorageWithOptions(listingFS{osfs.New(r.commonDir)}, cache.NewObjectLRUDefault(), filesystem.Options{}),
+		batch:   &batchState{objects: filepath.Join(r.commonDir, "objects"), indexed: time.Now()},
+	}
 	return r, nil
 }
 
@@ -108,6 +112,45 @@ func (f listingFS) ReadDir(dir string) ([]os.FileInfo, error) {
 	return kept, nil
 }
 
+// Open reads a pack's index (objects/pack/*.idx) into memory at once:
+// go-git decodes one as a stream of four-byte reads, each a system call
+// on a file, and reads every index of the repository whenever a Repo
+// first looks an object up in a pack.
+func (f listingFS) Open(name string) (billy.File, error) {
+	if !strings.HasSuffix(name, ".idx") {
+		return f.Filesystem.Open(name)
+	}
+	file, err := f.Filesystem.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer file.Close()
+	fi, err := f.Filesystem.Stat(name)
+	if err != nil {
+		return nil, err
+	}
+	b, err := io.ReadAll(io.LimitReader(file, fi.Size()))
+	if err != nil {
+		return nil, err
+	}
+	return &memFile{Reader: bytes.NewReader(b), name: file.Name(), fi: fi}, nil
+}
+
+// memFile is a file read whole into memory, read-only.
+type memFile struct {
+	*bytes.Reader
+	name string
+	fi   os.FileInfo
+}
+
+func (m *memFile) Name() string               { return m.name }
+func (m *memFile) Stat() (os.FileInfo, error) { return m.fi, nil }
+func (m *memFile) Write([]byte) (int, error)  { return 0, os.ErrPermission }
+func (m *memFile) Close() error               { return nil }
+func (m *memFile) Lock() error                { return nil }
+func (m *memFile) Unlock() error              { return nil }
+func (m *memFile) Truncate(int64) error       { return os.ErrPermission }
+
 // Chmod and Capabilities pass through what go-git asks the file system
 // for by type assertion.
 func (f listingFS) Chmod(name string, mode os.FileMode) error {
@@ -126,36 +169,85 @@ func (f listingFS) Capabilities() billy.Capability { return billy.Capabilities(f
 // a pack (the .idx is renamed into place last), leaving its index of packs
 // half read. A lookup that fails so drops that index and tries again a
 // few times over about a second. A plain "not found" is answered at once.
-type objectStore struct{ *filesystem.Storage }
+//
+// The objects of an open batch (pack.go), not stored yet, are found too.
+type objectStore struct {
+	*filesystem.Storage
+	batch *batchState
+}
+
+// batchState is a Repo's open batch, if any, and when its packs were
+// last read.
+type batchState struct {
+	p       *pendingObjects
+	objects string    // the objects directory
+	indexed time.Time // when go-git's index of packs was last dropped
+}
 
 // packRetries bounds the retries of a lookup that met a pack being
 // installed (5 ms, 10 ms ... : about a second in all).
 const packRetries = 20
 
 func (s objectStore) EncodedObject(t plumbing.ObjectType, h plumbing.Hash) (obj plumbing.EncodedObject, err error) {
+	if o, ok := s.batch.p.get(h); ok {
+		if t != plumbing.AnyObject && t != o.typ {
+			return nil, plumbing.ErrObjectNotFound
+		}
+		mo := &plumbing.MemoryObject{}
+		mo.SetType(o.typ)
+		mo.Write(o.data)
+		return mo, nil
+	}
 	s.retry(func() error { obj, err = s.Storage.EncodedObject(t, h); return err })
 	return obj, err
 }
 
 func (s objectStore) HasEncodedObject(h plumbing.Hash) (err error) {
+	if _, ok := s.batch.p.get(h); ok {
+		return nil
+	}
 	s.retry(func() error { err = s.Storage.HasEncodedObject(h); return err })
 	return err
 }
 
 func (s objectStore) EncodedObjectSize(h plumbing.Hash) (n int64, err error) {
+	if o, ok := s.batch.p.get(h); ok {
+		return int64(len(o.data)), nil
+	}
 	s.retry(func() error { n, err = s.Storage.EncodedObjectSize(h); return err })
 	return n, err
 }
 
 // retry runs lookup, and again after dropping go-git's index of packs,
-// while it fails otherwise than "not found", up to packRetries times.
+// while it fails otherwise than "not found", up to packRetries times. A
+// "not found" is tried once more with the packs read again when a pack may
+// have been installed since they were last read (objects/pack changed
+// since, or too recently to tell): a batch of another Repo, a fetch.
 func (s objectStore) retry(lookup func() error) {
 	err := lookup()
 	for i := 0; err != nil && !errors.Is(err, plumbing.ErrObjectNotFound) && i < packRetries; i++ {
-		s.Storage.Reindex()
+		s.reindex()
 		time.Sleep(time.Duration(i+1) * 5 * time.Millisecond)
 		err = lookup()
 	}
+	if errors.Is(err, plumbing.ErrObjectNotFound) && s.packsMayHaveChanged() {
+		s.reindex()
+		lookup()
+	}
+}
+
+// reindex drops go-git's index of packs (read again when next needed).
+func (s objectStore) reindex() {
+	s.Storage.Reindex()
+	s.batch.indexed = time.Now()
+}
+
+// packsMayHaveChanged says whether objects/pack changed after the packs
+// were last read, or within a margin of it (a directory's time stamp
+// comes from a coarse clock).
+func (s objectStore) packsMayHaveChanged() bool {
+	fi, err := os.Stat(filepath.Join(s.batch.objects, "pack"))
+	return err == nil && fi.ModTime().After(s.batch.indexed.Add(-50*time.Millisecond))
 }
 
 // locate finds the git dir, common dir and work tree the way git does.

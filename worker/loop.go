@@ -303,7 +303,8 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	var maintaining atomic.Bool
-	lastMaint := time.Time{}
+	lastMaint, lastFull := time.Time{}, time.Time{}
+	compactFailed := false
 	for {
 		stopping := stop.Err() != nil
 		if stopping && w.activeOn(rem) == 0 && w.outboxEmpty(rem) {
@@ -349,15 +350,29 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 			lastFlush = now
 			err = w.flushOutbox(context.WithoutCancel(abort), rem)
 		}
-		// The cache's housekeeping, at start and then hourly, beside
-		// the passes (git gc --auto is a no-op until it is due).
-		if err == nil && !stopping && now.Sub(lastMaint) >= cacheMaintenanceEvery && !maintaining.Load() {
-			lastMaint = now
+		// The cache's housekeeping, beside the passes: its packs merged
+		// whenever they pile up, git gc --auto at start and then hourly
+		// (a no-op until it is due), and a full one daily.
+		if err == nil && !stopping && !maintaining.Load() {
+			hourly := now.Sub(lastMaint) >= cacheMaintenanceEvery
+			full := !lastFull.IsZero() && now.Sub(lastFull) >= cacheFullMaintenanceEvery
+			if hourly {
+				lastMaint = now
+				if lastFull.IsZero() || full {
+					lastFull = now
+				}
+			}
 			maintaining.Store(true)
 			go func() {
 				defer maintaining.Store(false)
-				if merr := rem.Maintain(runCtx, 0); merr != nil {
-					w.log.Warn("cache maintenance failed; it is tried again in an hour", "remote", gitproto.RedactURL(rem.URL), "cache", rem.Cache, "err", merr)
+				if hourly {
+					if merr := rem.Maintain(runCtx, 0, full); merr != nil {
+						w.log.Warn("cache maintenance failed; it is tried again in an hour", "remote", gitproto.RedactURL(rem.URL), "cache", rem.Cache, "err", merr)
+					}
+				}
+				if _, merr := rem.CompactPacks(runCtx, cachePackLimit); merr != nil && !compactFailed {
+					compactFailed = true // said once; tried again every pass
+					w.log.Warn("merging the cache's packs failed; lookups in it slow down as packs pile up", "remote", gitproto.RedactURL(rem.URL), "cache", rem.Cache, "err", merr)
 				}
 			}()
 		}
@@ -505,6 +520,9 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 	var batch []pending
 	var cleanups []gitproto.RefUpdate
 	now := w.now().UTC()
+	// The claim commits of a pass go into the cache as one pack.
+	repo.BeginBatch()
+	defer repo.EndBatch()
 	for name, reqVal := range sortedMap(requests) {
 		if len(batch) >= free {
 			break
@@ -581,6 +599,9 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 	}
 	if len(batch) == 0 {
 		return 0, nil
+	}
+	if err := repo.EndBatch(); err != nil {
+		return 0, err
 	}
 	updates := make([]gitproto.RefUpdate, len(batch))
 	for i, p := range batch {
@@ -905,8 +926,16 @@ func (w *Worker) claimAhead() int {
 }
 
 // cacheMaintenanceEvery is how often a remote's cache gets git's
-// housekeeping (Remote.Maintain).
-const cacheMaintenanceEvery = time.Hour
+// housekeeping (Remote.Maintain), and cacheFullMaintenanceEvery how often
+// that is a full one, pruning what is no longer used.
+const (
+	cacheMaintenanceEvery     = time.Hour
+	cacheFullMaintenanceEvery = 24 * time.Hour
+)
+
+// cachePackLimit is how many packs a cache may hold before its smaller
+// ones are merged (Remote.CompactPacks).
+const cachePackLimit = 48
 
 // maxClaimAhead bounds claimAhead per slot.
 const maxClaimAhead = 32
