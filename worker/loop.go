@@ -935,7 +935,7 @@ const (
 
 // cachePackLimit is how many packs a cache may hold before its smaller
 // ones are merged (Remote.CompactPacks).
-const cachePackLimit = 48
+const cachePackLimit = 32
 
 // maxClaimAhead bounds claimAhead per slot.
 const maxClaimAhead = 32

@@ -791,6 +791,9 @@ func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The result's objects as one pack (large files go loose).
+	repo.BeginBatch()
+	defer repo.EndBatch()
 	files = append(files, resultFile{path: queue.StatusFile, data: statusJSON})
 	var entries []gitproto.TreeFile
 	for _, f := range files {
@@ -813,6 +816,9 @@ func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
 	commit, err := r.commit(tree, r.st, r.st.Finished)
 	if err != nil {
 		return nil, fmt.Errorf("store result commit: %w", err)
+	}
+	if err := repo.EndBatch(); err != nil {
+		return nil, fmt.Errorf("store result: %w", err)
 	}
 	if err := repo.UpdateRef(r.ref, commit, r.last); err != nil {
 		return nil, fmt.Errorf("record result: %w", err)
@@ -892,6 +898,8 @@ func (r *run) snapshot(lw *lockedWriter, log *CappedLog, srv *JobServer) error {
 		return err
 	}
 	repo := r.spec.Repo
+	repo.BeginBatch() // the snapshot's objects as one pack
+	defer repo.EndBatch()
 	sh, err := repo.WriteBlob(b)
 	if err != nil {
 		return err
@@ -906,6 +914,9 @@ func (r *run) snapshot(lw *lockedWriter, log *CappedLog, srv *JobServer) error {
 	}
 	c, err := r.commit(tree, &st, now)
 	if err != nil {
+		return err
+	}
+	if err := repo.EndBatch(); err != nil {
 		return err
 	}
 	if err := repo.UpdateRef(r.ref, c, r.last); err != nil {
