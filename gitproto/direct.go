@@ -34,8 +34,8 @@ package gitproto
 // with ("+refs/ci/requests/*:refs/ci/requests/*"): the remote's refs are
 // read from its files, what the cache lacks comes over as one pack
 // (`git pack-objects` in the remote, `git index-pack` in the cache), and
-// the cache's refs are set to the remote's in one `git update-ref`
-// transaction. git fetch spends most of a poll of a busy remote on what
+// the cache's refs are set to the remote's in one rewrite of its
+// packed-refs (packedrefs.go). git fetch spends most of a poll of a busy remote on what
 // this skips: the advertisement and negotiation of every ref, and a
 // connectivity walk from all of them.
 
@@ -509,14 +509,14 @@ func (r *Remote) fetchDirect(ctx context.Context, gitDir string, there, have map
 	if err != nil {
 		return false, nil
 	}
-	var tx strings.Builder
+	changes := map[string]Hash{}
 	var wants []Hash
 	wanted := map[Hash]bool{}
 	for name, h := range there {
 		if have[name] == h {
 			continue
 		}
-		fmt.Fprintf(&tx, "update %s %s\n", name, h)
+		changes[name] = h
 		if !wanted[h] && cache.st.HasEncodedObject(h) != nil {
 			wanted[h] = true
 			wants = append(wants, h)
@@ -524,10 +524,10 @@ func (r *Remote) fetchDirect(ctx context.Context, gitDir string, there, have map
 	}
 	for name := range have {
 		if _, ok := there[name]; !ok {
-			fmt.Fprintf(&tx, "delete %s\n", name)
+			changes[name] = ZeroHash
 		}
 	}
-	if tx.Len() == 0 {
+	if len(changes) == 0 {
 		return true, nil
 	}
 	if len(wants) > 0 {
@@ -552,20 +552,10 @@ func (r *Remote) fetchDirect(ctx context.Context, gitDir string, there, have map
 			return false, nil // git fetch says what is wrong
 		}
 	}
-	args := []string{"--git-dir=" + r.Cache}
-	for _, kv := range cacheConfig {
-		args = append(args, "-c", kv[0]+"="+kv[1])
-	}
-	cmd := r.gitCommand(ctx, nil, append(args, "update-ref", "--stdin")...)
-	cmd.Stdin = strings.NewReader(tx.String())
-	stderr := &cappedBuffer{max: 16 << 10}
-	cmd.Stderr = stderr
-	if err := cmd.Run(); err != nil {
-		if ctx.Err() != nil {
-			err = ctx.Err()
-		}
-		return true, &RemoteError{Kind: KindOther, URL: r.URL, Op: "fetch", Stderr: r.redact(strings.TrimSpace(stderr.String())),
-			Err: fmt.Errorf("git update-ref in the cache: %w", err)}
+	// The mirror's refs change in one rewrite of the cache's packed-refs
+	// (packedrefs.go): thousands of requests are one file, not one each.
+	if err := setPackedRefs(r.Cache, changes); err != nil {
+		return true, &RemoteError{Kind: KindOther, URL: r.URL, Op: "fetch", Err: fmt.Errorf("updating the cache's refs: %w", err)}
 	}
 	return true, nil
 }

@@ -208,21 +208,30 @@ func TestUpdateRefDeleteLoose(t *testing.T) {
 	fsckStrict(t, f.dir)
 }
 
-// TestUpdateRefDeletePacked: a delete that reports success must leave no
-// ref behind. Packed refs are not rewritten by this package, so deleting
-// a packed ref may fail, but it must not claim to have succeeded.
+// TestUpdateRefDeletePacked: a packed ref is deleted from packed-refs, the
+// other packed refs staying, and only with the right old value.
 func TestUpdateRefDeletePacked(t *testing.T) {
 	t.Parallel()
 	f := newRefsFixture(t)
 	const name = "refs/ci/requests/packed"
 	gitT(t, f.dir, "update-ref", name, f.c1.String())
+	gitT(t, f.dir, "update-ref", "refs/ci/requests/other", f.c2.String())
 	packRefs(t, f.dir)
 	r := openRepo(t, f.dir)
-	err := r.UpdateRef(name, ZeroHash, f.c1)
-	if got := gitRef(t, f.dir, name); err == nil && got != "" {
-		t.Errorf("UpdateRef(delete) of a packed ref returned nil, but git still sees %s = %s", name, got)
+	if err := r.UpdateRef(name, ZeroHash, f.c2); !errors.Is(err, ErrRefChanged) {
+		t.Errorf("UpdateRef(delete) of a packed ref with the wrong old value: %v, want ErrRefChanged", err)
+	}
+	if err := r.UpdateRef(name, ZeroHash, f.c1); err != nil {
+		t.Fatalf("UpdateRef(delete) of a packed ref: %v", err)
+	}
+	if got := gitRef(t, f.dir, name); got != "" {
+		t.Errorf("after the delete git still sees %s = %s", name, got)
+	}
+	if got := gitRef(t, f.dir, "refs/ci/requests/other"); got != f.c2.String() {
+		t.Errorf("the other packed ref reads %q after the delete, want %s", got, f.c2)
 	}
 	noLocks(t, filepath.Join(f.dir, ".git"))
+	fsckStrict(t, f.dir)
 }
 
 // TestUpdateRefDeleteResurrectsPacked: a loose ref that shadows an older
@@ -239,8 +248,11 @@ func TestUpdateRefDeleteResurrectsPacked(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := r.UpdateRef(name, ZeroHash, f.c2)
+	if err != nil {
+		t.Fatalf("UpdateRef(delete) of a loose ref over a packed one: %v", err)
+	}
 	got := gitRef(t, f.dir, name)
-	if err == nil && got != "" {
+	if got != "" {
 		t.Errorf("UpdateRef(delete) returned nil, but the ref now reads %s (the old packed value; c1=%s)", got, f.c1)
 	}
 	if h, herr := r.RefHash(name); err == nil && herr == nil {

@@ -286,6 +286,21 @@ func TestRemoteFetchMirrorsAndPrunes(t *testing.T) {
 		if mode.direct != !strings.Contains(string(wire), "ref-prefix") {
 			t.Errorf("direct %v, but the wire trace says:\n%s", mode.direct, wire)
 		}
+		// The direct way keeps the mirror in packed-refs: not one file
+		// per request.
+		if mode.direct {
+			var loose []string
+			filepath.WalkDir(filepath.Join(r.Cache, "refs", "ci", "requests"), func(p string, d os.DirEntry, err error) error {
+				if err == nil && !d.IsDir() {
+					loose = append(loose, p)
+				}
+				return nil
+			})
+			if len(loose) > 0 {
+				t.Errorf("the direct fetch left loose refs: %v", loose)
+			}
+		}
+		noLocks(t, r.Cache)
 		fsckStrict(t, r.Cache)
 	})
 }

@@ -252,9 +252,8 @@ func (r *Repo) CreateRef(name string, h Hash) error {
 
 // UpdateRef sets ref name to h if it currently points at old (ZeroHash:
 // must not exist). A mismatch wraps ErrRefChanged (ErrRefExists when old
-// is zero); h == ZeroHash deletes the ref. Packed refs are only read: a
-// deletion of a packed ref is delegated to the caller's git (refci never
-// packs refs itself).
+// is zero); h == ZeroHash deletes the ref, from packed-refs too (under the
+// ref's lock, as git does).
 func (r *Repo) UpdateRef(name string, h, old Hash) error {
 	if err := plumbing.ReferenceName(name).Validate(); err != nil || !strings.HasPrefix(name, "refs/") {
 		return fmt.Errorf("invalid ref name %q", name)
@@ -299,7 +298,11 @@ func (r *Repo) UpdateRef(name string, h, old Hash) error {
 			return fmt.Errorf("delete %s: %w", name, err)
 		}
 		if _, ok := packed[name]; ok {
-			return fmt.Errorf("delete %s: the ref is packed; delete it with git update-ref -d", name)
+			// Out of packed-refs first, then the loose file: never a
+			// moment where an older packed value shows through.
+			if err := rewritePackedRefs(r.commonDir, func(m map[string]Hash) { delete(m, name) }); err != nil {
+				return fmt.Errorf("delete %s: %w", name, err)
+			}
 		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("delete %s: %w", name, err)

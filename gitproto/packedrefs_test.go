@@ -1,0 +1,119 @@
+package gitproto
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSetPackedRefsGitAgrees(t *testing.T) {
+	t.Parallel()
+	f := newRefsFixture(t)
+	gitDir := filepath.Join(f.dir, ".git")
+	// What git left: a packed annotated tag (with its ^peeled line), a
+	// packed ref, and a loose ref that shadows a packed value.
+	gitT(t, f.dir, "tag", "-a", "-m", "annotated", "ann", f.c1.String())
+	gitT(t, f.dir, "update-ref", "refs/ci/requests/b", f.c1.String())
+	gitT(t, f.dir, "update-ref", "refs/ci/requests/shadowed", f.c1.String())
+	packRefs(t, f.dir)
+	gitT(t, f.dir, "update-ref", "refs/ci/requests/shadowed", f.c2.String())
+	tag := gitRef(t, f.dir, "refs/tags/ann")
+
+	err := setPackedRefs(gitDir, map[string]Hash{
+		"refs/ci/requests/a":        f.c3,
+		"refs/ci/requests/b":        ZeroHash,
+		"refs/ci/requests/shadowed": f.c3,
+		"refs/ci/claims/x/y":        f.c2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"refs/ci/requests/a":        f.c3.String(),
+		"refs/ci/requests/b":        "",
+		"refs/ci/requests/shadowed": f.c3.String(),
+		"refs/ci/claims/x/y":        f.c2.String(),
+		"refs/heads/main":           f.c3.String(),
+		"refs/tags/ann":             tag,
+	}
+	for name, w := range want {
+		if got := gitRef(t, f.dir, name); got != w {
+			t.Errorf("git reads %s = %q, want %q", name, got, w)
+		}
+	}
+	// The tag still peels (its ^ line is gone: git peels it itself).
+	if got := gitRef(t, f.dir, "refs/tags/ann^{}"); got != f.c1.String() {
+		t.Errorf("the tag peels to %q, want %s", got, f.c1)
+	}
+	// No loose file for what was set, and nothing left locked.
+	for _, name := range []string{"refs/ci/requests/a", "refs/ci/requests/shadowed", "refs/ci/claims/x/y"} {
+		if _, err := os.Lstat(filepath.Join(gitDir, name)); err == nil {
+			t.Errorf("%s is a loose file", name)
+		}
+	}
+	noLocks(t, gitDir)
+	// This package reads the same, git's own tools accept the file, and
+	// git can go on changing refs beside it.
+	r := openRepo(t, f.dir)
+	refs, err := r.Refs("refs/ci/requests/")
+	if err != nil || len(refs) != 2 {
+		t.Errorf("Refs(requests) = %v, %v; want a and shadowed", refs, err)
+	}
+	gitT(t, f.dir, "show-ref", "--verify", "refs/ci/requests/a")
+	gitT(t, f.dir, "update-ref", "-d", "refs/ci/requests/a")
+	gitT(t, f.dir, "pack-refs", "--all")
+	if got := gitRef(t, f.dir, "refs/ci/requests/a"); got != "" {
+		t.Errorf("git's delete after ours left %s", got)
+	}
+	if got := gitRef(t, f.dir, "refs/ci/claims/x/y"); got != f.c2.String() {
+		t.Errorf("after git's pack-refs: refs/ci/claims/x/y = %q", got)
+	}
+	fsckStrict(t, f.dir)
+}
+
+// A held packed-refs.lock is waited for, then reported; the file is not
+// touched meanwhile.
+func TestSetPackedRefsWaitsForTheLock(t *testing.T) {
+	t.Parallel()
+	f := newRefsFixture(t)
+	gitDir := filepath.Join(f.dir, ".git")
+	lock := filepath.Join(gitDir, "packed-refs.lock")
+	if err := os.WriteFile(lock, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	err := setPackedRefs(gitDir, map[string]Hash{"refs/ci/requests/a": f.c1})
+	if !errors.Is(err, ErrRefChanged) || !strings.Contains(err.Error(), "packed-refs.lock") {
+		t.Fatalf("with packed-refs.lock held: %v; want an error naming the lock", err)
+	}
+	if d := time.Since(t0); d < packedRefsTimeout/2 {
+		t.Errorf("gave up after %s, without waiting", d)
+	}
+	if got := gitRef(t, f.dir, "refs/ci/requests/a"); got != "" {
+		t.Errorf("the ref was set while the lock was held: %s", got)
+	}
+	// Released a moment later: the write goes through.
+	go func() { time.Sleep(100 * time.Millisecond); os.Remove(lock) }()
+	if err := setPackedRefs(gitDir, map[string]Hash{"refs/ci/requests/a": f.c1}); err != nil {
+		t.Fatalf("after the lock was released: %v", err)
+	}
+	if got := gitRef(t, f.dir, "refs/ci/requests/a"); got != f.c1.String() {
+		t.Errorf("refs/ci/requests/a = %q", got)
+	}
+}
+
+func TestSetPackedRefsRefusesBadNames(t *testing.T) {
+	t.Parallel()
+	f := newRefsFixture(t)
+	for _, name := range []string{"HEAD", "refs/ci/requests/a..b", "refs/ci/requests/x.lock", "refs/ci/requests/"} {
+		if err := setPackedRefs(filepath.Join(f.dir, ".git"), map[string]Hash{name: f.c1}); err == nil {
+			t.Errorf("setPackedRefs accepted the name %q", name)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, ".git", "packed-refs")); err == nil {
+		t.Error("a refused batch wrote packed-refs")
+	}
+}
