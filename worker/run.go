@@ -333,7 +333,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	}
 	bin := filepath.Join(dir, "bin")
 	if r.spec.RefciPath != "" {
-		if err := os.Symlink(r.spec.RefciPath, filepath.Join(bin, "refci")); err != nil {
+		if err := linkRefci(r.spec.RefciPath, filepath.Join(bin, "refci")); err != nil {
 			srv.Close()
 			return nil, fmt.Errorf("prepare PATH: %w", err)
 		}
@@ -708,6 +708,21 @@ func (r *run) environment(dir string, srv *JobServer) []string {
 type artifactFile struct {
 	queue.Artifact
 	src string
+}
+
+// linkRefci puts the refci executable at p for the pipeline's PATH: a hard
+// link where it can be made (no new file: on some file systems a new
+// inode per run is a real cost), else a symbolic link (another file
+// system, or a binary the worker does not own with
+// fs.protected_hardlinks).
+func linkRefci(refci, p string) error {
+	// link(2) does not follow a symbolic link: link what it names.
+	if real, err := filepath.EvalSymlinks(refci); err == nil {
+		if err := os.Link(real, p); err == nil {
+			return nil
+		}
+	}
+	return os.Symlink(refci, p)
 }
 
 // collectArtifacts lists the regular files under root. Symlinks, special

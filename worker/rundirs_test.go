@@ -2,9 +2,11 @@ package worker
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 
 	"refci.dev/refci/queue"
@@ -172,5 +174,54 @@ echo art > "$REFCI_ARTIFACTS/out.txt"; echo stray > ../stray; echo built > build
 	}
 	if dirs[0] != dirs[1] {
 		t.Errorf("the second run got %s, not the first's emptied %s", dirs[1], dirs[0])
+	}
+}
+
+// The refci on a run's PATH is a hard link to the worker's executable
+// where one can be made (through a symbolic link to it, too), else a
+// symbolic link; either way it runs.
+func TestLinkRefci(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "refci")
+	if err := os.WriteFile(exe, []byte("#!/bin/sh\necho linked refci\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("refci", filepath.Join(dir, "via")); err != nil {
+		t.Fatal(err)
+	}
+	for _, src := range []string{exe, filepath.Join(dir, "via")} {
+		bin := t.TempDir()
+		p := filepath.Join(bin, "refci")
+		if err := linkRefci(src, p); err != nil {
+			t.Fatal(err)
+		}
+		a, _ := os.Lstat(p)
+		b, _ := os.Stat(exe)
+		if a == nil || a.Mode()&os.ModeSymlink != 0 || !os.SameFile(a, b) {
+			t.Errorf("linkRefci(%s): %v is not a hard link of %s", src, a.Mode(), exe)
+		}
+		if out, err := exec.Command(p).Output(); err != nil || string(out) != "linked refci\n" {
+			t.Errorf("running the link: %q, %v", out, err)
+		}
+	}
+	// Another file system (/dev/shm is a tmpfs): a symbolic link.
+	other, err := os.MkdirTemp("/dev/shm", "refci-link-")
+	if err != nil {
+		t.Skipf("no /dev/shm: %v", err)
+	}
+	defer os.RemoveAll(other)
+	var a, b syscall.Stat_t
+	if syscall.Stat(other, &a) != nil || syscall.Stat(exe, &b) != nil || a.Dev == b.Dev {
+		t.Skip("/dev/shm is on the same file system")
+	}
+	p := filepath.Join(other, "refci")
+	if err := linkRefci(exe, p); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(p); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("across file systems linkRefci made %v, %v; want a symbolic link", fi.Mode(), err)
+	}
+	if out, err := exec.Command(p).Output(); err != nil || string(out) != "linked refci\n" {
+		t.Errorf("running the link on another file system: %q, %v", out, err)
 	}
 }
