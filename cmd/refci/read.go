@@ -45,7 +45,7 @@ func cmdStatus(_ context.Context, e *env, args []string) int {
 }
 
 func cmdLog(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "log", "[--repo DIR] [--job NAME] [-f [--remote R]] [REV|RUN]")
+	fs := newFlags(e, "log", "[--repo DIR] [--job NAME] [-f [--remote R]] [REV|RUN|REQUEST]")
 	repoDir := fs.String("repo", ".", "the repository")
 	job := fs.String("job", "", "print this job's log instead of the whole pipeline's")
 	followF := fs.Bool("f", false, "follow a run on the remote as it goes, until it ends")

@@ -233,8 +233,17 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 		}
 		h, err := repo.ResolveCommit(rev)
 		if err != nil {
+			if queue.ValidateRequestName(arg) == nil {
+				// Not a revision here: a request name on the remote.
+				t, id, code := waitForClaim(ctx, e, repo, dir, remote, arg)
+				if t == "" {
+					return code
+				}
+				target, runID = t, id
+				break
+			}
 			e.errorf("%v", err)
-			e.errorf("log -f takes a run (its id, <commit>/<run-id> or its ref) or a commit, not a request name: follow the commit you pushed (refci log -f HEAD), or push with refci trigger --wait")
+			e.errorf("log -f takes a run (its id, <commit>/<run-id> or its ref), a commit, or the name of a pending request")
 			return exitFor(err)
 		}
 		target = h.String()
@@ -246,6 +255,60 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 		}
 		return st.Started.After(started.Add(-time.Hour)) // the newest recent run of the commit
 	})
+}
+
+// waitForClaim finds the run a worker is running, or will run, for the
+// request name on remote: it fetches the request's claim, waiting while
+// the request is pending and unclaimed. It returns the run's target and id,
+// or "" and an exit code after saying why not.
+func waitForClaim(ctx context.Context, e *env, repo *gitproto.Repo, dir, remote, name string) (target, runID string, code int) {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
+	defer stop()
+	claimRef, reqRef := queue.ClaimRef(name), queue.RequestRef(name)
+	waiting := false
+	for {
+		out, err := gitCmd(ctx, dir, "", "ls-remote", remote, reqRef, claimRef)
+		if err != nil {
+			if ctx.Err() != nil {
+				return "", "", exitFailed
+			}
+			e.errorf("cannot list the request %s on %s: %v", name, remote, err)
+			return "", "", exitInfra
+		}
+		var claimVal string
+		hasRequest := false
+		for _, line := range strings.Split(out, "\n") {
+			h, ref, _ := strings.Cut(line, "\t")
+			switch ref {
+			case claimRef:
+				claimVal = h
+			case reqRef:
+				hasRequest = true
+			}
+		}
+		if claimVal != "" {
+			if _, err := gitCmd(ctx, dir, "", "fetch", "--quiet", "--no-write-fetch-head", remote, "+"+claimRef+":"+claimRef); err == nil {
+				if b, err := repo.ReadFile(gitproto.NewHash(claimVal), queue.ClaimFile); err == nil {
+					if c, err := queue.DecodeClaim(b); err == nil {
+						return c.Target, c.Run, exitOK
+					}
+				}
+			}
+			// A claim replaced meanwhile, or just deleted: look again.
+		} else if !hasRequest {
+			e.errorf("%s has no request or claim named %s (nor is it a revision here); a request that already ran is followed by its commit: refci log -f COMMIT, or see refci runs --all after git fetch %s '+refs/ci/*:refs/ci/*'", remote, name, remote)
+			return "", "", exitUsage
+		} else if !waiting {
+			fmt.Fprintf(e.stderr, "refci: request %s is waiting for a worker\n", name)
+			waiting = true
+		}
+		select {
+		case <-ctx.Done():
+			e.errorf("stopped waiting; the request stays queued")
+			return "", "", exitFailed
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // openRepoDir opens the repository and returns the directory git commands

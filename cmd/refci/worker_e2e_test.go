@@ -321,7 +321,7 @@ func TestWorkerSurvivesRemoteOutage(t *testing.T) {
 
 func TestTriggerWaitAndLogFollow(t *testing.T) {
 	f := newFleet(t, "echo line-one\nsleep 3\necho line-two\n[ \"$REFCI_ENV\" = staging ] || exit 4\n")
-	f.startWorker("a")
+	wa := f.startWorker("a")
 	r := f.refci("trigger", "--wait", "--name", "w1", "--env", "staging", "--timeout", "1m")
 	if r.code != 0 || !strings.Contains(r.stdout, "line-one") || !strings.Contains(r.stdout, "line-two") || !strings.Contains(r.stdout, "refci: success") {
 		t.Fatalf("trigger --wait: %d\n%s\n%s", r.code, r.stdout, r.stderr)
@@ -345,6 +345,22 @@ func TestTriggerWaitAndLogFollow(t *testing.T) {
 	r = f.refci("log", "-f", claim.Target+"/"+claim.Run)
 	if r.code != 0 || !strings.Contains(r.stdout, "line-one") || !strings.Contains(r.stdout, "line-two") {
 		t.Fatalf("log -f: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	// ... or by the request's name, from before a worker claims it (the
+	// worker is stopped meanwhile) to its end.
+	wa.Process.Signal(syscall.SIGTERM)
+	wa.Wait()
+	f.refci("trigger", "--name", "by-name", "--env", "staging").want(t, 0)
+	started := make(chan struct{})
+	go func() { time.Sleep(2 * time.Second); f.startWorker("a"); close(started) }()
+	defer func() { <-started }()
+	r = f.refci("log", "-f", "by-name")
+	if r.code != 0 || !strings.Contains(r.stderr, "waiting for a worker") || !strings.Contains(r.stdout, "line-two") || !strings.Contains(r.stdout, "refci: success") {
+		t.Fatalf("log -f by request name: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	r = f.refci("log", "-f", "no-such-request")
+	if r.code != 2 || !strings.Contains(r.stderr, "no request or claim named no-such-request") {
+		t.Fatalf("log -f of an unknown name: %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
 	// Every result verifies against the worker's exported key.
 	env := f.env
