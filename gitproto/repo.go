@@ -182,6 +182,7 @@ type batchState struct {
 	p       *pendingObjects
 	objects string    // the objects directory
 	indexed time.Time // when go-git's index of packs was last dropped
+	seen    time.Time // the time stamp of objects/pack last looked again for
 }
 
 // packRetries bounds the retries of a lookup that met a pack being
@@ -220,9 +221,10 @@ func (s objectStore) EncodedObjectSize(h plumbing.Hash) (n int64, err error) {
 
 // retry runs lookup, and again after dropping go-git's index of packs,
 // while it fails otherwise than "not found", up to packRetries times. A
-// "not found" is tried once more with the packs read again when a pack may
-// have been installed since they were last read (objects/pack changed
-// since, or too recently to tell): a batch of another Repo, a fetch.
+// "not found" is tried once more with the packs read again when a pack
+// may have been installed since they were read (a batch of another Repo,
+// a fetch): once per change of objects/pack, so that a run of lookups of
+// objects that are not there costs one reread at most.
 func (s objectStore) retry(lookup func() error) {
 	err := lookup()
 	for i := 0; err != nil && !errors.Is(err, plumbing.ErrObjectNotFound) && i < packRetries; i++ {
@@ -243,11 +245,20 @@ func (s objectStore) reindex() {
 }
 
 // packsMayHaveChanged says whether objects/pack changed after the packs
-// were last read, or within a margin of it (a directory's time stamp
-// comes from a coarse clock).
+// were read (go-git reads them at the first lookup after Open or
+// reindex), allowing for the coarse clock of directory time stamps, and
+// not since this was last asked.
 func (s objectStore) packsMayHaveChanged() bool {
 	fi, err := os.Stat(filepath.Join(s.batch.objects, "pack"))
-	return err == nil && fi.ModTime().After(s.batch.indexed.Add(-50*time.Millisecond))
+	if err != nil {
+		return false
+	}
+	m := fi.ModTime()
+	if m.Before(s.batch.indexed.Add(-50*time.Millisecond)) || m.Equal(s.batch.seen) {
+		return false
+	}
+	s.batch.seen = m
+	return true
 }
 
 // locate finds the git dir, common dir and work tree the way git does.
