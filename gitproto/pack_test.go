@@ -381,3 +381,31 @@ func TestDirectGCIsRateLimited(t *testing.T) {
 		t.Fatal("gc is not due again after directGCEvery")
 	}
 }
+
+// RefValues reads exactly the named refs: not others sharing a prefix,
+// packed or loose, and nothing for a missing one.
+func TestRefValuesReadsJustTheNamedRefs(t *testing.T) {
+	t.Parallel()
+	remote := newBare(t, "remote.git")
+	a := mkCommit(t, remote, "a")
+	b := mkCommit(t, remote, "b")
+	setRef(t, remote, "refs/ci/requests/a", a)
+	setRef(t, remote, "refs/ci/requests/ab", b)
+	setRef(t, remote, "refs/ci/requests/packed", b)
+	gitT(t, remote, "pack-refs", "--all")
+	setRef(t, remote, "refs/ci/requests/a", b) // loose over packed
+	for _, url := range []string{remote, "file://" + remote} {
+		r := openTestRemote(t, url)
+		got, err := r.RefValues(context.Background(), []string{"refs/ci/requests/a", "refs/ci/requests/packed", "refs/ci/requests/gone"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]Hash{"refs/ci/requests/a": b, "refs/ci/requests/packed": b}
+		if len(got) != len(want) || got["refs/ci/requests/a"] != b || got["refs/ci/requests/packed"] != b {
+			t.Errorf("%s: RefValues = %v, want %v", url, got, want)
+		}
+		if _, err := r.RefValues(context.Background(), []string{"refs/ci/requests/bad..name"}); err == nil {
+			t.Errorf("%s: RefValues accepted an invalid ref name", url)
+		}
+	}
+}

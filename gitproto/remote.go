@@ -672,6 +672,36 @@ func (r *Remote) ListRemote(ctx context.Context, prefixes ...string) (map[string
 	return refs, nil
 }
 
+// RefValues returns the remote's values of those of names that exist. For
+// a remote on this machine it reads just those refs (ListRemote of a
+// namespace reads every ref in it); otherwise it lists them with git
+// ls-remote.
+func (r *Remote) RefValues(ctx context.Context, names []string) (map[string]Hash, error) {
+	for _, n := range names {
+		if err := plumbing.ReferenceName(n).Validate(); err != nil || !strings.HasPrefix(n, "refs/") {
+			return nil, fmt.Errorf("ls-remote: invalid ref name %q", n)
+		}
+	}
+	if dir := r.LocalDir(); dir != "" {
+		if repo, err := openLocalRemote(dir); err == nil {
+			if vals, err := repo.RefHashes(names); err == nil {
+				return vals, nil
+			}
+		}
+	}
+	all, err := r.ListRemote(ctx, names...)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]Hash{}
+	for _, n := range names {
+		if h, ok := all[n]; ok {
+			out[n] = h
+		}
+	}
+	return out, nil
+}
+
 // Kinds of RemoteError.
 const (
 	KindUnreachable = "unreachable" // network, DNS, TLS, a hung or vanished connection, a timeout: retry with backoff

@@ -628,7 +628,11 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 	// whose request is gone or changed is released, not run. Workers
 	// delete a request strictly before its claim, so a claim we won
 	// implies this fetch sees such a deletion.
-	listed, err := rem.ListRemote(ctx, queue.RequestsPrefix)
+	names := make([]string, len(wonBatch))
+	for i, p := range wonBatch {
+		names[i] = queue.RequestRef(p.claim.Request)
+	}
+	listed, err := rem.RefValues(ctx, names)
 	if err != nil {
 		return 0, err // the claims expire and are taken over: nothing runs twice
 	}
