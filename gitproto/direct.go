@@ -248,30 +248,12 @@ func (r *Remote) pushDirect(ctx context.Context, gitDir string, updates []RefUpd
 			results[i] = applied(updates[i])
 		}
 	}
-	if keep != "" && r.gcDue() {
+	if keep != "" {
 		// receive-pack's housekeeping after a push (it daemonizes when
 		// there is work to do); a failure here loses nothing.
 		r.gitAt(context.WithoutCancel(ctx), gitDir, nil, "gc", "--auto", "--quiet")
 	}
 	return results, nil
-}
-
-// directGCEvery is how often at most a direct push runs git gc --auto in
-// the remote: receive-pack does after every push, but a worker pushes
-// several times a second when busy, and each run is a git process that
-// mostly finds nothing to do (it looks at packs and loose objects only).
-const directGCEvery = 5 * time.Second
-
-// gcDue says whether the remote's gc --auto is due after a push, and if
-// so notes it as done now.
-func (r *Remote) gcDue() bool {
-	r.directMu.Lock()
-	defer r.directMu.Unlock()
-	if time.Since(r.lastGC) < directGCEvery {
-		return false
-	}
-	r.lastGC = time.Now()
-	return true
 }
 
 func orNone(h Hash) string {

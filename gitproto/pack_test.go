@@ -365,23 +365,6 @@ func TestMaintainFullKeepsRecentUnreachableInACruftPack(t *testing.T) {
 	}
 }
 
-// A busy worker's direct pushes run the remote's gc --auto at most every
-// directGCEvery, not after each push.
-func TestDirectGCIsRateLimited(t *testing.T) {
-	t.Parallel()
-	r := &Remote{}
-	if !r.gcDue() {
-		t.Fatal("the first push's gc is not due")
-	}
-	if r.gcDue() {
-		t.Fatal("a second push at once runs gc again")
-	}
-	r.lastGC = time.Now().Add(-directGCEvery - time.Millisecond)
-	if !r.gcDue() {
-		t.Fatal("gc is not due again after directGCEvery")
-	}
-}
-
 // RefValues reads exactly the named refs: not others sharing a prefix,
 // packed or loose, and nothing for a missing one.
 func TestRefValuesReadsJustTheNamedRefs(t *testing.T) {

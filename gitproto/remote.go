@@ -79,7 +79,6 @@ type Remote struct {
 	directAt  time.Time // when the remote's eligibility was last checked
 	directDir string    // its git dir when it may be updated directly
 	directWhy string    // else why not
-	lastGC    time.Time // when a direct push last ran git gc --auto in the remote
 	// beforeUpdate, in tests, runs between a direct update's reads of the
 	// remote's refs and its transaction.
 	beforeUpdate func()
