@@ -303,6 +303,10 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	var maintaining atomic.Bool
+	var housekeeping sync.WaitGroup
+	// The cache's housekeeping (git) ends with the loop: no git of this
+	// worker outlives it (a second signal cancels runCtx, and with it git).
+	defer housekeeping.Wait()
 	lastMaint, lastFull := time.Time{}, time.Time{}
 	compactFailed := false
 	for {
@@ -363,7 +367,9 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 				}
 			}
 			maintaining.Store(true)
+			housekeeping.Add(1)
 			go func() {
+				defer housekeeping.Done()
 				defer maintaining.Store(false)
 				if hourly {
 					if merr := rem.Maintain(runCtx, 0, full); merr != nil {
