@@ -12,7 +12,6 @@ package gitproto
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -112,44 +111,36 @@ func (f listingFS) ReadDir(dir string) ([]os.FileInfo, error) {
 	return kept, nil
 }
 
-// Open reads a pack's index (objects/pack/*.idx) into memory at once:
-// go-git decodes one as a stream of four-byte reads, each a system call
-// on a file, and reads every index of the repository whenever a Repo
+// Open gives a pack's index (objects/pack/*.idx) a read buffer: go-git
+// decodes one as a stream of four-byte reads, each a system call on a
+// plain file, and reads every index of the repository whenever a Repo
 // first looks an object up in a pack.
 func (f listingFS) Open(name string) (billy.File, error) {
-	if !strings.HasSuffix(name, ".idx") {
-		return f.Filesystem.Open(name)
-	}
 	file, err := f.Filesystem.Open(name)
-	if err != nil {
-		return nil, err
+	if err != nil || !strings.HasSuffix(name, ".idx") {
+		return file, err
 	}
-	defer file.Close()
-	fi, err := f.Filesystem.Stat(name)
-	if err != nil {
-		return nil, err
+	st, ok := file.(interface{ Stat() (os.FileInfo, error) })
+	if !ok {
+		return file, nil
 	}
-	b, err := io.ReadAll(io.LimitReader(file, fi.Size()))
-	if err != nil {
-		return nil, err
-	}
-	return &memFile{Reader: bytes.NewReader(b), name: file.Name(), fi: fi}, nil
+	return &bufferedIdx{File: file, stat: st, r: bufio.NewReaderSize(file, 16<<10)}, nil
 }
 
-// memFile is a file read whole into memory, read-only.
-type memFile struct {
-	*bytes.Reader
-	name string
-	fi   os.FileInfo
+// bufferedIdx is an index file read through a buffer, front to back (the
+// only way go-git's decoder reads one).
+type bufferedIdx struct {
+	billy.File
+	stat interface{ Stat() (os.FileInfo, error) }
+	r    *bufio.Reader
 }
 
-func (m *memFile) Name() string               { return m.name }
-func (m *memFile) Stat() (os.FileInfo, error) { return m.fi, nil }
-func (m *memFile) Write([]byte) (int, error)  { return 0, os.ErrPermission }
-func (m *memFile) Close() error               { return nil }
-func (m *memFile) Lock() error                { return nil }
-func (m *memFile) Unlock() error              { return nil }
-func (m *memFile) Truncate(int64) error       { return os.ErrPermission }
+func (b *bufferedIdx) Read(p []byte) (int, error)     { return b.r.Read(p) }
+func (b *bufferedIdx) Stat() (os.FileInfo, error)     { return b.stat.Stat() }
+func (b *bufferedIdx) Seek(int64, int) (int64, error) { return 0, errors.ErrUnsupported }
+func (b *bufferedIdx) ReadAt([]byte, int64) (int, error) {
+	return 0, errors.ErrUnsupported
+}
 
 // Chmod and Capabilities pass through what go-git asks the file system
 // for by type assertion.

@@ -913,8 +913,6 @@ func (r *run) snapshot(lw *lockedWriter, log *CappedLog, srv *JobServer) error {
 		return err
 	}
 	repo := r.spec.Repo
-	repo.BeginBatch() // the snapshot's objects as one pack
-	defer repo.EndBatch()
 	sh, err := repo.WriteBlob(b)
 	if err != nil {
 		return err
@@ -929,9 +927,6 @@ func (r *run) snapshot(lw *lockedWriter, log *CappedLog, srv *JobServer) error {
 	}
 	c, err := r.commit(tree, &st, now)
 	if err != nil {
-		return err
-	}
-	if err := repo.EndBatch(); err != nil {
 		return err
 	}
 	if err := repo.UpdateRef(r.ref, c, r.last); err != nil {
