@@ -117,3 +117,43 @@ func TestSetPackedRefsRefusesBadNames(t *testing.T) {
 		t.Error("a refused batch wrote packed-refs")
 	}
 }
+
+func TestPackedRefLookupAndConflict(t *testing.T) {
+	t.Parallel()
+	h1, h2, h3 := strings.Repeat("1", 40), strings.Repeat("2", 40), strings.Repeat("3", 40)
+	data := []byte("# pack-refs with: peeled fully-peeled sorted \n" +
+		h1 + " refs/ci/runs/ab\n" +
+		h2 + " refs/ci/runs/abc/x\n" +
+		h3 + " refs/tags/t\n" +
+		"^" + h1 + "\n" +
+		h1 + " refs/z")
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "packed-refs"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := readPackedRefsFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{
+		"refs/ci/runs/ab": h1, "refs/ci/runs/abc/x": h2, "refs/tags/t": h3, "refs/z": h1,
+		"refs/ci/runs/a": "", "refs/ci/runs/abc": "", "refs/ci/runs/b": "", "runs/ab": "",
+	} {
+		h, ok := packedRefLookup(b, name)
+		if got := map[bool]string{true: h.String(), false: ""}[ok]; got != want {
+			t.Errorf("packedRefLookup(%s) = %q, want %q", name, got, want)
+		}
+	}
+	for name, want := range map[string]string{
+		"refs/ci/runs/abc":     "refs/ci/runs/abc/x", // a ref below it
+		"refs/ci/runs/ab/new":  "refs/ci/runs/ab",    // a ref above it
+		"refs/z/a":             "refs/z",             // the last line, without its newline
+		"refs/ci/runs/a":       "",
+		"refs/ci/runs/abcd":    "",
+		"refs/ci/runs/abc/x/y": "refs/ci/runs/abc/x",
+	} {
+		if got := packedRefConflict(b, name); got != want {
+			t.Errorf("packedRefConflict(%s) = %q, want %q", name, got, want)
+		}
+	}
+}

@@ -12,6 +12,7 @@ package gitproto
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -707,13 +708,21 @@ func (r *Repo) RefHashes(names []string) (map[string]Hash, error) {
 			out[name] = h
 			continue
 		}
+		if len(names) == 1 {
+			// One name: found in the file's bytes, without parsing every
+			// line (a worker's cache holds thousands of packed refs).
+			data, err := readPackedRefsFile(r.commonDir)
+			if err != nil {
+				return nil, err
+			}
+			if h, ok := packedRefLookup(data, name); ok {
+				out[name] = h
+			}
+			continue
+		}
 		if packed == nil {
 			packed = map[string]Hash{}
-			prefix := "" // every packed ref, or only what one name needs
-			if len(names) == 1 {
-				prefix = name
-			}
-			if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), prefix, packed); err != nil {
+			if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), "", packed); err != nil {
 				return nil, err
 			}
 		}
@@ -722,6 +731,64 @@ func (r *Repo) RefHashes(names []string) (map[string]Hash, error) {
 		}
 	}
 	return out, nil
+}
+
+// readPackedRefsFile returns the bytes of gitDir's packed-refs (none when
+// there is no such file).
+func readPackedRefsFile(gitDir string) ([]byte, error) {
+	data, err := os.ReadFile(filepath.Join(gitDir, "packed-refs"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		data = append(data, '\n') // every line ends in one below
+	}
+	return data, err
+}
+
+// packedRefLookup finds ref name's line ("<hex id> <name>") in the bytes
+// of a packed-refs file.
+func packedRefLookup(data []byte, name string) (Hash, bool) {
+	needle := []byte(" " + name + "\n")
+	for off := 0; ; {
+		i := bytes.Index(data[off:], needle)
+		if i < 0 {
+			return ZeroHash, false
+		}
+		i += off
+		if start := i - 40; start >= 0 && (start == 0 || data[start-1] == '\n') && plumbing.IsHash(string(data[start:i])) {
+			return plumbing.NewHash(string(data[start:i])), true
+		}
+		off = i + 1
+	}
+}
+
+// packedRefConflict returns a ref of a packed-refs file that name cannot
+// sit beside (git keeps refs as files: refs/a and refs/a/b cannot both
+// exist), or "".
+func packedRefConflict(data []byte, name string) string {
+	// A ref below name: a line whose name starts with name + "/".
+	if i := bytes.Index(data, []byte(" "+name+"/")); i >= 0 {
+		end := bytes.IndexByte(data[i:], '\n')
+		if end < 0 {
+			end = len(data) - i
+		}
+		if i >= 40 && (i == 40 || data[i-41] == '\n') {
+			return string(data[i+1 : i+end])
+		}
+	}
+	// A ref above it: one of name's leading components, as a whole name.
+	for j := strings.IndexByte(name, '/'); j >= 0; {
+		if _, ok := packedRefLookup(data, name[:j]); ok {
+			return name[:j]
+		}
+		k := strings.IndexByte(name[j+1:], '/')
+		if k < 0 {
+			break
+		}
+		j += 1 + k
+	}
+	return ""
 }
 
 func readLooseRef(p string) (Hash, error) {

@@ -371,14 +371,12 @@ func IsDotGitName(name string) bool {
 // checkNameConflict refuses a new ref "a/b" next to an existing "a", or
 // "a" next to "a/b", as git does (a name cannot be a file and a directory).
 func (r *Repo) checkNameConflict(name string) error {
-	packed := map[string]Hash{}
-	if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), "refs/", packed); err != nil {
+	data, err := readPackedRefsFile(r.commonDir)
+	if err != nil {
 		return err
 	}
-	for other := range packed {
-		if strings.HasPrefix(other, name+"/") || strings.HasPrefix(name, other+"/") {
-			return fmt.Errorf("%w: it would clash with %s", ErrRefExists, other)
-		}
+	if other := packedRefConflict(data, name); other != "" {
+		return fmt.Errorf("%w: it would clash with %s", ErrRefExists, other)
 	}
 	return nil
 }
