@@ -78,9 +78,8 @@ func (r *Repo) EndBatch() error {
 	if err := writePack(filepath.Join(r.commonDir, "objects", "pack"), p); err != nil {
 		return fmt.Errorf("write objects: %w", describeIOError(err))
 	}
-	// go-git's index of packs lacks this one until a lookup misses and
-	// looks again (objectStore.retry): dropping it here would have every
-	// Repo of the process read every index again after each batch.
+	// go-git keeps its own list of packs: read it again when next needed.
+	r.st.reindex()
 	return nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -392,67 +391,4 @@ func TestRefValuesReadsJustTheNamedRefs(t *testing.T) {
 			t.Errorf("%s: RefValues accepted an invalid ref name", url)
 		}
 	}
-}
-
-// Repos of one repository share go-git's storage (one index of packs per
-// process): many of them reading at once while another stores batches
-// find every object, each as soon as its batch has ended.
-func TestReposShareStorageUnderConcurrentBatches(t *testing.T) {
-	t.Parallel()
-	dir := newGitRepo(t)
-	if openRepo(t, dir).st.shared != openRepo(t, dir).st.shared {
-		t.Fatal("two Repos of one repository do not share its storage")
-	}
-	const batches = 40
-	written := make(chan Hash, batches)
-	go func() {
-		defer close(written)
-		w := openRepo(t, dir)
-		for i := 0; i < batches; i++ {
-			w.BeginBatch()
-			h, err := w.WriteBlob([]byte(fmt.Sprintf("blob %d at %d\n", i, time.Now().UnixNano())))
-			if err == nil {
-				err = w.EndBatch()
-			}
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			written <- h
-		}
-	}()
-	var all []Hash
-	errs := make(chan error, batches*4)
-	done := make(chan struct{})
-	var readers sync.WaitGroup
-	for h := range written {
-		all = append(all, h)
-		for k := 0; k < 4; k++ {
-			readers.Add(1)
-			go func(h Hash) {
-				defer readers.Done()
-				r, err := Open(dir)
-				if err == nil {
-					var typ string
-					typ, err = r.ObjectType(h)
-					if err == nil && typ != "blob" {
-						err = fmt.Errorf("type %q", typ)
-					}
-				}
-				if err != nil {
-					errs <- fmt.Errorf("reading %s just stored: %w", h, err)
-				}
-			}(h)
-		}
-	}
-	go func() { readers.Wait(); close(done) }()
-	<-done
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if len(all) != batches {
-		t.Fatalf("%d batches stored", len(all))
-	}
-	fsckStrict(t, dir)
 }

@@ -340,9 +340,9 @@ func (r *Remote) CompactPacks(ctx context.Context, limit int) (bool, error) {
 	return true, nil
 }
 
-// Fetches into one cache are serialized (see Remote). A Repo opened on the
-// cache before a Fetch finds the objects that arrived in a new pack too
-// (a lookup that misses reads the packs again when they changed).
+// Fetches into one cache are serialized (see Remote). A go-git Repo opened
+// on the cache before a Fetch may not see objects that arrived in a new
+// pack; reopen it (go-git caches the list of packs).
 func (r *Remote) Fetch(ctx context.Context, refspecs ...string) error {
 	if len(refspecs) == 0 {
 		return errors.New("fetch: no refspecs")

@@ -19,10 +19,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-git/go-billy/v5"
@@ -75,50 +73,11 @@ func Open(dir string) (*Repo, error) {
 	// Only the storage layer of go-git is used: its Repository type pulls
 	// in every transport (HTTP, SSH), which costs each refci process
 	// milliseconds of start-up for nothing.
-	sh := sharedStorageFor(r.commonDir)
-	r.st = objectStore{Storage: sh.st, shared: sh, batch: &batchState{}}
+	r.st = objectStore{
+		Storage: filesystem.NewStorageWithOptions(listingFS{osfs.New(r.commonDir)}, cache.NewObjectLRUDefault(), filesystem.Options{}),
+		batch:   &batchState{objects: filepath.Join(r.commonDir, "objects"), indexed: time.Now()},
+	}
 	return r, nil
-}
-
-// sharedStorage is go-git's storage of one repository, shared by every
-// Repo of this process that opens it, behind a lock. go-git reads the
-// index of every pack of a repository into memory when a storage first
-// looks into a pack: once per process and repository now, not once per
-// Repo (a worker opens one per run: 200 concurrent runs read every index
-// of the cache 200 times, and held 200 copies). A pack installed by one
-// Repo (EndBatch) is seen by all.
-type sharedStorage struct {
-	mu      sync.Mutex
-	st      *filesystem.Storage
-	objects string    // the objects directory
-	indexed time.Time // when go-git's index of packs was last dropped
-	packs   []string  // the pack indexes listed when a lookup last looked again
-	gen     uint64    // how many times the index was dropped
-}
-
-var sharedStorages = struct {
-	sync.Mutex
-	m map[string]*sharedStorage
-}{m: map[string]*sharedStorage{}}
-
-// sharedObjectCache is the size of each shared storage's cache of decoded
-// objects (go-git's default, 96 MiB, is meant for one short-lived
-// repository, not for every repository a long-lived worker serves).
-const sharedObjectCache = 8 * cache.MiByte
-
-func sharedStorageFor(commonDir string) *sharedStorage {
-	sharedStorages.Lock()
-	defer sharedStorages.Unlock()
-	if sh, ok := sharedStorages.m[commonDir]; ok {
-		return sh
-	}
-	sh := &sharedStorage{
-		st:      filesystem.NewStorageWithOptions(listingFS{osfs.New(commonDir)}, cache.NewObjectLRU(sharedObjectCache), filesystem.Options{}),
-		objects: filepath.Join(commonDir, "objects"),
-		indexed: time.Now(),
-	}
-	sharedStorages.m[commonDir] = sh
-	return sh
 }
 
 // listingFS is the repository's file system as go-git sees it, with one
@@ -131,30 +90,6 @@ func sharedStorageFor(commonDir string) *sharedStorage {
 type listingFS struct{ billy.Filesystem }
 
 func (f listingFS) ReadDir(dir string) ([]os.FileInfo, error) {
-	infos, err := f.readDir(dir)
-	if err != nil || filepath.ToSlash(filepath.Clean(dir)) != "objects/pack" {
-		return infos, err
-	}
-	// A pack is installed .pack first, .idx last: go-git would take a
-	// .pack without its .idx for a broken repository (and keep a partial
-	// index of packs). Such a pack is not there yet.
-	idx := map[string]bool{}
-	for _, fi := range infos {
-		if n, ok := strings.CutSuffix(fi.Name(), ".idx"); ok {
-			idx[n] = true
-		}
-	}
-	kept := infos[:0]
-	for _, fi := range infos {
-		if n, ok := strings.CutSuffix(fi.Name(), ".pack"); ok && !idx[n] {
-			continue
-		}
-		kept = append(kept, fi)
-	}
-	return kept, nil
-}
-
-func (f listingFS) readDir(dir string) ([]os.FileInfo, error) {
 	infos, err := f.Filesystem.ReadDir(dir)
 	if err == nil || !errors.Is(err, os.ErrNotExist) {
 		return infos, err
@@ -229,14 +164,17 @@ func (f listingFS) Capabilities() billy.Capability { return billy.Capabilities(f
 //
 // The objects of an open batch (pack.go), not stored yet, are found too.
 type objectStore struct {
-	*filesystem.Storage // for the interface; every lookup goes through shared's lock
-	shared              *sharedStorage
-	batch               *batchState
+	*filesystem.Storage
+	batch *batchState
 }
 
-// batchState is a Repo's open batch, if any.
+// batchState is a Repo's open batch, if any, and when its packs were
+// last read.
 type batchState struct {
-	p *pendingObjects
+	p       *pendingObjects
+	objects string    // the objects directory
+	indexed time.Time // when go-git's index of packs was last dropped
+	seen    time.Time // the time stamp of objects/pack last looked again for
 }
 
 // packRetries bounds the retries of a lookup that met a pack being
@@ -253,7 +191,7 @@ func (s objectStore) EncodedObject(t plumbing.ObjectType, h plumbing.Hash) (obj 
 		mo.Write(o.data)
 		return mo, nil
 	}
-	s.retry(func() error { obj, err = s.shared.st.EncodedObject(t, h); return err })
+	s.retry(func() error { obj, err = s.Storage.EncodedObject(t, h); return err })
 	return obj, err
 }
 
@@ -261,7 +199,7 @@ func (s objectStore) HasEncodedObject(h plumbing.Hash) (err error) {
 	if _, ok := s.batch.p.get(h); ok {
 		return nil
 	}
-	s.retry(func() error { err = s.shared.st.HasEncodedObject(h); return err })
+	s.retry(func() error { err = s.Storage.HasEncodedObject(h); return err })
 	return err
 }
 
@@ -269,7 +207,7 @@ func (s objectStore) EncodedObjectSize(h plumbing.Hash) (n int64, err error) {
 	if o, ok := s.batch.p.get(h); ok {
 		return int64(len(o.data)), nil
 	}
-	s.retry(func() error { n, err = s.shared.st.EncodedObjectSize(h); return err })
+	s.retry(func() error { n, err = s.Storage.EncodedObjectSize(h); return err })
 	return n, err
 }
 
@@ -280,71 +218,38 @@ func (s objectStore) EncodedObjectSize(h plumbing.Hash) (n int64, err error) {
 // a fetch): once per change of objects/pack, so that a run of lookups of
 // objects that are not there costs one reread at most.
 func (s objectStore) retry(lookup func() error) {
-	sh := s.shared
-	var gen uint64 // the index a try looked in
-	try := func() error {
-		sh.mu.Lock()
-		defer sh.mu.Unlock()
-		gen = sh.gen
-		return lookup()
-	}
-	err := try()
+	err := lookup()
 	for i := 0; err != nil && !errors.Is(err, plumbing.ErrObjectNotFound) && i < packRetries; i++ {
 		s.reindex()
 		time.Sleep(time.Duration(i+1) * 5 * time.Millisecond)
-		err = try()
+		err = lookup()
 	}
-	if errors.Is(err, plumbing.ErrObjectNotFound) {
-		sh.mu.Lock()
-		defer sh.mu.Unlock()
-		if sh.gen != gen { // another lookup dropped the index meanwhile
-			err = lookup()
-		}
-		if errors.Is(err, plumbing.ErrObjectNotFound) && sh.packsMayHaveChanged() {
-			sh.reindex()
-			lookup()
-		}
+	if errors.Is(err, plumbing.ErrObjectNotFound) && s.packsMayHaveChanged() {
+		s.reindex()
+		lookup()
 	}
 }
 
 // reindex drops go-git's index of packs (read again when next needed).
 func (s objectStore) reindex() {
-	s.shared.mu.Lock()
-	defer s.shared.mu.Unlock()
-	s.shared.reindex()
+	s.Storage.Reindex()
+	s.batch.indexed = time.Now()
 }
 
-// reindex: the same, with sh.mu held.
-func (sh *sharedStorage) reindex() {
-	sh.st.Reindex()
-	sh.indexed = time.Now()
-	sh.gen++
-}
-
-// packsMayHaveChanged says whether objects/pack may hold packs that
-// go-git's index lacks: it did not change since a little before that
-// index was dropped (time stamps come from a coarse clock), or it lists
-// the same indexes as when this last said so. Called with sh.mu held.
-func (sh *sharedStorage) packsMayHaveChanged() bool {
-	dir := filepath.Join(sh.objects, "pack")
-	fi, err := os.Stat(dir)
-	if err != nil || fi.ModTime().Before(sh.indexed.Add(-50*time.Millisecond)) {
-		return false
-	}
-	ents, err := os.ReadDir(dir)
+// packsMayHaveChanged says whether objects/pack changed after the packs
+// were read (go-git reads them at the first lookup after Open or
+// reindex), allowing for the coarse clock of directory time stamps, and
+// not since this was last asked.
+func (s objectStore) packsMayHaveChanged() bool {
+	fi, err := os.Stat(filepath.Join(s.batch.objects, "pack"))
 	if err != nil {
 		return false
 	}
-	var idx []string
-	for _, e := range ents {
-		if strings.HasSuffix(e.Name(), ".idx") {
-			idx = append(idx, e.Name())
-		}
-	}
-	if sh.packs != nil && slices.Equal(idx, sh.packs) {
+	m := fi.ModTime()
+	if m.Before(s.batch.indexed.Add(-50*time.Millisecond)) || m.Equal(s.batch.seen) {
 		return false
 	}
-	sh.packs = idx
+	s.batch.seen = m
 	return true
 }
 
