@@ -526,9 +526,6 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 	var batch []pending
 	var cleanups []gitproto.RefUpdate
 	now := w.now().UTC()
-	// The claim commits of a pass go into the cache as one pack.
-	repo.BeginBatch()
-	defer repo.EndBatch()
 	for name, reqVal := range sortedMap(requests) {
 		if len(batch) >= free {
 			break
@@ -605,9 +602,6 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 	}
 	if len(batch) == 0 {
 		return 0, nil
-	}
-	if err := repo.EndBatch(); err != nil {
-		return 0, err
 	}
 	updates := make([]gitproto.RefUpdate, len(batch))
 	for i, p := range batch {

@@ -1,9 +1,7 @@
 package worker
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -304,60 +302,5 @@ func TestTakeoverIsNotCancelledByTheClaimItReplaced(t *testing.T) {
 		if (cause != nil) != tc.cancel {
 			t.Errorf("%s: cancelled %v (%v), want %v", tc.name, cause != nil, cause, tc.cancel)
 		}
-	}
-}
-
-// The claim commits of one pass reach the cache as one pack, not as
-// loose objects (a new file each, three per claim).
-func TestClaimPassWritesOnePack(t *testing.T) {
-	exe := useShim(t)
-	lw := newLoopWorld(t, "sleep 30\n")
-	for i := 0; i < 4; i++ {
-		lw.git(t, lw.clone, "push", "-q", lw.bare, fmt.Sprintf("HEAD:refs/ci/requests/r%d", i))
-	}
-	cache := filepath.Join(lw.dir, "cache.git")
-	rem, err := gitproto.OpenRemote("file://"+lw.bare, cache, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := New(Config{
-		Remotes: []*gitproto.Remote{rem}, Poll: time.Hour, Concurrency: 4, Lease: time.Minute, Grace: time.Second,
-		Signer: testSigner(t), RefciPath: exe, TempDir: t.TempDir(),
-	})
-	startWorker(t, w)
-	lw.waitFor(t, "four claims on the remote", 20*time.Second, func() bool { return len(lw.refs(t, queue.ClaimsPrefix)) == 4 })
-	packOf := map[string]string{} // claim commit -> the cache pack holding it
-	idxs, _ := filepath.Glob(filepath.Join(cache, "objects", "pack", "*.idx"))
-	for _, idx := range idxs {
-		b, err := os.ReadFile(idx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command("git", "show-index")
-		cmd.Stdin = bytes.NewReader(b)
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("git show-index %s: %v", idx, err)
-		}
-		for _, line := range strings.Split(string(out), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 {
-				packOf[f[1]] = filepath.Base(idx)
-			}
-		}
-	}
-	packs := map[string]bool{}
-	for _, ref := range lw.refs(t, queue.ClaimsPrefix) {
-		h := lw.git(t, lw.bare, "rev-parse", ref)
-		if _, err := os.Stat(filepath.Join(cache, "objects", h[:2], h[2:])); err == nil {
-			t.Errorf("claim commit %s is a loose object in the cache", h)
-		}
-		tree := lw.git(t, lw.bare, "rev-parse", ref+"^{tree}")
-		if packOf[h] == "" || packOf[h] != packOf[tree] {
-			t.Errorf("claim commit %s (pack %q) and its tree (pack %q) are not in one cache pack", h, packOf[h], packOf[tree])
-		}
-		packs[packOf[h]] = true
-	}
-	if len(packs) != 1 {
-		t.Errorf("the four claims of one pass are in %d packs: %v", len(packs), packs)
 	}
 }

@@ -340,8 +340,6 @@ func (w *Worker) maintain(ctx context.Context, rem *gitproto.Remote) error {
 		return err
 	}
 	var updates []gitproto.RefUpdate
-	repo.BeginBatch() // the renewals as one pack
-	defer repo.EndBatch()
 	for _, a := range runs {
 		a.mu.Lock()
 		if !a.lostClaim && a.queued == nil && now.Sub(a.claim.Renewed) >= w.cfg.Lease/3 {
@@ -364,9 +362,6 @@ func (w *Worker) maintain(ctx context.Context, rem *gitproto.Remote) error {
 	}
 	if len(updates) == 0 {
 		return nil
-	}
-	if err := repo.EndBatch(); err != nil {
-		return err
 	}
 	results, err := rem.Push(ctx, updates, false)
 	if err != nil {

@@ -806,9 +806,6 @@ func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The result's objects as one pack (large files go loose).
-	repo.BeginBatch()
-	defer repo.EndBatch()
 	files = append(files, resultFile{path: queue.StatusFile, data: statusJSON})
 	var entries []gitproto.TreeFile
 	for _, f := range files {
@@ -831,9 +828,6 @@ func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
 	commit, err := r.commit(tree, r.st, r.st.Finished)
 	if err != nil {
 		return nil, fmt.Errorf("store result commit: %w", err)
-	}
-	if err := repo.EndBatch(); err != nil {
-		return nil, fmt.Errorf("store result: %w", err)
 	}
 	if err := repo.UpdateRef(r.ref, commit, r.last); err != nil {
 		return nil, fmt.Errorf("record result: %w", err)
