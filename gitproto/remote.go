@@ -311,9 +311,9 @@ func (r *Remote) Maintain(ctx context.Context, looseLimit int, full bool) error 
 
 // CompactPacks merges the cache's smaller packs (`git repack -d
 // --geometric=2`) once it holds more than limit packs, and reports
-// whether it did. A worker stores each claim pass and each result as a
-// pack of its own (Repo.BeginBatch) and each fetch brings one, while
-// every reader of the cache looks objects up pack by pack: merging keeps
+// whether it did. Every fetch that brings objects brings a pack, while
+// every reader of the cache reads every pack's index and looks objects up
+// pack by pack: merging keeps
 // that number near the logarithm of the objects' count. It keeps every
 // object, reachable or not (Maintain prunes), and is safe beside
 // fetches, pushes and readers of the cache.

@@ -75,7 +75,7 @@ func Open(dir string) (*Repo, error) {
 	// milliseconds of start-up for nothing.
 	r.st = objectStore{
 		Storage: filesystem.NewStorageWithOptions(listingFS{osfs.New(r.commonDir)}, cache.NewObjectLRUDefault(), filesystem.Options{}),
-		batch:   &batchState{objects: filepath.Join(r.commonDir, "objects"), indexed: time.Now()},
+		packs:   &packWatch{objects: filepath.Join(r.commonDir, "objects"), indexed: time.Now()},
 	}
 	return r, nil
 }
@@ -161,17 +161,13 @@ func (f listingFS) Capabilities() billy.Capability { return billy.Capabilities(f
 // a pack (the .idx is renamed into place last), leaving its index of packs
 // half read. A lookup that fails so drops that index and tries again a
 // few times over about a second. A plain "not found" is answered at once.
-//
-// The objects of an open batch (pack.go), not stored yet, are found too.
 type objectStore struct {
 	*filesystem.Storage
-	batch *batchState
+	packs *packWatch
 }
 
-// batchState is a Repo's open batch, if any, and when its packs were
-// last read.
-type batchState struct {
-	p       *pendingObjects
+// packWatch is when a Repo's packs were last read.
+type packWatch struct {
 	objects string    // the objects directory
 	indexed time.Time // when go-git's index of packs was last dropped
 	seen    time.Time // the time stamp of objects/pack last looked again for
@@ -182,31 +178,16 @@ type batchState struct {
 const packRetries = 20
 
 func (s objectStore) EncodedObject(t plumbing.ObjectType, h plumbing.Hash) (obj plumbing.EncodedObject, err error) {
-	if o, ok := s.batch.p.get(h); ok {
-		if t != plumbing.AnyObject && t != o.typ {
-			return nil, plumbing.ErrObjectNotFound
-		}
-		mo := &plumbing.MemoryObject{}
-		mo.SetType(o.typ)
-		mo.Write(o.data)
-		return mo, nil
-	}
 	s.retry(func() error { obj, err = s.Storage.EncodedObject(t, h); return err })
 	return obj, err
 }
 
 func (s objectStore) HasEncodedObject(h plumbing.Hash) (err error) {
-	if _, ok := s.batch.p.get(h); ok {
-		return nil
-	}
 	s.retry(func() error { err = s.Storage.HasEncodedObject(h); return err })
 	return err
 }
 
 func (s objectStore) EncodedObjectSize(h plumbing.Hash) (n int64, err error) {
-	if o, ok := s.batch.p.get(h); ok {
-		return int64(len(o.data)), nil
-	}
 	s.retry(func() error { n, err = s.Storage.EncodedObjectSize(h); return err })
 	return n, err
 }
@@ -214,8 +195,8 @@ func (s objectStore) EncodedObjectSize(h plumbing.Hash) (n int64, err error) {
 // retry runs lookup, and again after dropping go-git's index of packs,
 // while it fails otherwise than "not found", up to packRetries times. A
 // "not found" is tried once more with the packs read again when a pack
-// may have been installed since they were read (a batch of another Repo,
-// a fetch): once per change of objects/pack, so that a run of lookups of
+// may have been installed since they were read (a fetch, a merge of
+// packs): once per change of objects/pack, so that a run of lookups of
 // objects that are not there costs one reread at most.
 func (s objectStore) retry(lookup func() error) {
 	err := lookup()
@@ -233,7 +214,7 @@ func (s objectStore) retry(lookup func() error) {
 // reindex drops go-git's index of packs (read again when next needed).
 func (s objectStore) reindex() {
 	s.Storage.Reindex()
-	s.batch.indexed = time.Now()
+	s.packs.indexed = time.Now()
 }
 
 // packsMayHaveChanged says whether objects/pack changed after the packs
@@ -241,15 +222,15 @@ func (s objectStore) reindex() {
 // reindex), allowing for the coarse clock of directory time stamps, and
 // not since this was last asked.
 func (s objectStore) packsMayHaveChanged() bool {
-	fi, err := os.Stat(filepath.Join(s.batch.objects, "pack"))
+	fi, err := os.Stat(filepath.Join(s.packs.objects, "pack"))
 	if err != nil {
 		return false
 	}
 	m := fi.ModTime()
-	if m.Before(s.batch.indexed.Add(-50*time.Millisecond)) || m.Equal(s.batch.seen) {
+	if m.Before(s.packs.indexed.Add(-50*time.Millisecond)) || m.Equal(s.packs.seen) {
 		return false
 	}
-	s.batch.seen = m
+	s.packs.seen = m
 	return true
 }
 

@@ -41,13 +41,9 @@ func (r *Repo) WriteBlobFile(p string) (Hash, int64, error) {
 }
 
 // writeStream writes one loose object, streaming: a temporary file in
-// the objects directory, renamed into place once complete (or keeps it in
-// the open batch, pack.go). On any error
+// the objects directory, renamed into place once complete. On any error
 // the temporary file is removed, so a full disk is not made fuller.
 func (r *Repo) writeStream(t plumbing.ObjectType, size int64, src io.Reader) (Hash, error) {
-	if h, held, err := r.holdInBatch(t, size, src); held {
-		return h, err
-	}
 	objects := filepath.Join(r.commonDir, "objects")
 	f, err := os.CreateTemp(objects, "tmp_obj_refci_")
 	if err != nil {
