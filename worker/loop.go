@@ -307,7 +307,7 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 	// The cache's housekeeping (git) ends with the loop: no git of this
 	// worker outlives it (a second signal cancels runCtx, and with it git).
 	defer housekeeping.Wait()
-	lastMaint, lastFull := time.Time{}, time.Time{}
+	lastMaint, lastFull, lastCompact := time.Time{}, time.Time{}, time.Time{}
 	compactFailed := false
 	for {
 		stopping := stop.Err() != nil
@@ -355,17 +355,20 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 			err = w.flushOutbox(context.WithoutCancel(abort), rem)
 		}
 		// The cache's housekeeping, beside the passes: its packs merged
-		// whenever they pile up, git gc --auto at start and then hourly
-		// (a no-op until it is due), and a full one daily.
-		if err == nil && !stopping && !maintaining.Load() {
-			hourly := now.Sub(lastMaint) >= cacheMaintenanceEvery
-			full := !lastFull.IsZero() && now.Sub(lastFull) >= cacheFullMaintenanceEvery
+		// when they pile up, git gc --auto at start and then hourly (a
+		// no-op until it is due), and a full one daily.
+		hourly := now.Sub(lastMaint) >= cacheMaintenanceEvery
+		if err == nil && !stopping && !maintaining.Load() && (hourly || now.Sub(lastCompact) >= cacheCompactCheckEvery) {
+			full := false
 			if hourly {
 				lastMaint = now
-				if lastFull.IsZero() || full {
-					lastFull = now
+				if lastFull.IsZero() {
+					lastFull = now // the first full one a day after start
+				} else if now.Sub(lastFull) >= cacheFullMaintenanceEvery {
+					full, lastFull = true, now
 				}
 			}
+			lastCompact = now
 			maintaining.Store(true)
 			housekeeping.Add(1)
 			go func() {
@@ -377,7 +380,7 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 					}
 				}
 				if _, merr := rem.CompactPacks(runCtx, cachePackLimit); merr != nil && !compactFailed {
-					compactFailed = true // said once; tried again every pass
+					compactFailed = true // said once; tried again every check
 					w.log.Warn("merging the cache's packs failed; lookups in it slow down as packs pile up", "remote", gitproto.RedactURL(rem.URL), "cache", rem.Cache, "err", merr)
 				}
 			}()
@@ -938,8 +941,12 @@ const (
 )
 
 // cachePackLimit is how many packs a cache may hold before its smaller
-// ones are merged (Remote.CompactPacks).
-const cachePackLimit = 32
+// ones are merged (Remote.CompactPacks), looked at every
+// cacheCompactCheckEvery (packs come from fetches, at most one a poll).
+const (
+	cachePackLimit         = 32
+	cacheCompactCheckEvery = 10 * time.Second
+)
 
 // maxClaimAhead bounds claimAhead per slot.
 const maxClaimAhead = 32
