@@ -2,6 +2,7 @@ package gitproto
 
 import (
 	"bytes"
+	"compress/zlib"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -40,14 +42,79 @@ func (r *Repo) WriteBlobFile(p string) (Hash, int64, error) {
 	return h, fi.Size(), err
 }
 
-// writeStream writes one loose object, streaming: a temporary file in
-// the objects directory, renamed into place once complete. On any error
-// the temporary file is removed, so a full disk is not made fuller.
+// smallObject is the size up to which an object is hashed in memory
+// before anything is written: one already stored (the empty log of a
+// trivial run, the same status page) then costs a stat, not a temporary
+// file created and deleted again.
+const smallObject = 256 << 10
+
+// zlibWriters are reused: a deflate compressor is over half a megabyte to
+// allocate and set up, more than compressing a small object costs.
+var zlibWriters = sync.Pool{New: func() any {
+	w, _ := zlib.NewWriterLevel(io.Discard, zlib.BestSpeed) // git's core.looseCompression default
+	return w
+}}
+
+// writeStream writes one loose object: a temporary file in the objects
+// directory, renamed into place once complete. Small objects are hashed
+// first and not written again when already stored; larger ones stream
+// (memory use does not grow with them). On any error the temporary file
+// is removed, so a full disk is not made fuller.
 func (r *Repo) writeStream(t plumbing.ObjectType, size int64, src io.Reader) (Hash, error) {
 	objects := filepath.Join(r.commonDir, "objects")
+	if size <= smallObject {
+		data := make([]byte, size)
+		if _, err := io.ReadFull(src, data); err != nil {
+			return ZeroHash, fmt.Errorf("write object: short read of %d bytes (the file changed while being stored): %w", size, err)
+		}
+		hasher := plumbing.NewHasher(t, size)
+		hasher.Write(data)
+		h := hasher.Sum()
+		hex := h.String()
+		final := filepath.Join(objects, hex[:2], hex[2:])
+		if _, err := os.Stat(final); err == nil {
+			return h, nil // already stored: objects are content-addressed
+		}
+		return h, installObject(objects, func(f *os.File) (string, error) {
+			zw := zlibWriters.Get().(*zlib.Writer)
+			defer zlibWriters.Put(zw)
+			zw.Reset(f)
+			if _, err := fmt.Fprintf(zw, "%s %d\x00", t, size); err != nil {
+				return "", err
+			}
+			if _, err := zw.Write(data); err != nil {
+				return "", err
+			}
+			return final, zw.Close()
+		})
+	}
+	var h Hash
+	err := installObject(objects, func(f *os.File) (string, error) {
+		w := objfile.NewWriter(f)
+		if err := w.WriteHeader(t, size); err != nil {
+			return "", err
+		}
+		n, err := io.Copy(w, io.LimitReader(src, size))
+		if err == nil && n != size {
+			err = fmt.Errorf("short read: %d of %d bytes (the file changed while being stored)", n, size)
+		}
+		if err == nil {
+			err = w.Close()
+		}
+		h = w.Hash()
+		hex := h.String()
+		return filepath.Join(objects, hex[:2], hex[2:]), err
+	})
+	return h, err
+}
+
+// installObject writes a loose object through fill into a temporary file
+// in objects and renames it to the path fill returns, unless an object is
+// there already.
+func installObject(objects string, fill func(*os.File) (string, error)) error {
 	f, err := os.CreateTemp(objects, "tmp_obj_refci_")
 	if err != nil {
-		return ZeroHash, fmt.Errorf("write object: %w", describeIOError(err))
+		return fmt.Errorf("write object: %w", describeIOError(err))
 	}
 	tmp := f.Name()
 	ok := false
@@ -57,44 +124,29 @@ func (r *Repo) writeStream(t plumbing.ObjectType, size int64, src io.Reader) (Ha
 			os.Remove(tmp)
 		}
 	}()
-	w := objfile.NewWriter(f)
-	if err := w.WriteHeader(t, size); err != nil {
-		return ZeroHash, fmt.Errorf("write object: %w", describeIOError(err))
-	}
-	n, err := io.Copy(w, io.LimitReader(src, size))
-	if err == nil && n != size {
-		err = fmt.Errorf("short read: %d of %d bytes (the file changed while being stored)", n, size)
-	}
-	if err == nil {
-		err = w.Close()
-	}
+	final, err := fill(f)
 	if err == nil {
 		err = f.Close()
 	}
 	if err != nil {
-		return ZeroHash, fmt.Errorf("write object: %w", describeIOError(err))
+		return fmt.Errorf("write object: %w", describeIOError(err))
 	}
-	h := w.Hash()
-	hex := h.String()
-	dir := filepath.Join(objects, hex[:2])
-	final := filepath.Join(dir, hex[2:])
 	if _, err := os.Stat(final); err == nil {
-		os.Remove(tmp) // already stored: objects are content-addressed
+		os.Remove(tmp) // stored meanwhile: objects are content-addressed
 		ok = true
-		return h, nil
+		return nil
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return ZeroHash, fmt.Errorf("write object: %w", describeIOError(err))
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		return fmt.Errorf("write object: %w", describeIOError(err))
 	}
 	os.Chmod(tmp, 0o444)
 	if err := os.Rename(tmp, final); err != nil {
-		return ZeroHash, fmt.Errorf("write object: %w", err)
+		return fmt.Errorf("write object: %w", err)
 	}
 	ok = true
-	return h, nil
+	return nil
 }
 
-// writeObject writes an encoded object (tree, commit) built in memory.
 func (r *Repo) writeObject(o plumbing.EncodedObject) (Hash, error) {
 	rd, err := o.Reader()
 	if err != nil {

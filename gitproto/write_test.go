@@ -3,10 +3,12 @@ package gitproto
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -405,4 +407,57 @@ func countLooseObjects(t *testing.T, dir string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// A small object already stored is not written again: no temporary file
+// is made (one per duplicate was a file created and deleted for nothing),
+// and the stored object, compressed through the shared writers from many
+// goroutines at once, is what git reads and fsck accepts.
+func TestWriteSmallObjectsOnceAndConcurrently(t *testing.T) {
+	t.Parallel()
+	dir := newGitRepo(t)
+	objects := filepath.Join(dir, ".git", "objects")
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := openRepo(t, dir)
+			for i := 0; i < 50; i++ {
+				data := []byte(fmt.Sprintf("object %d of many, %s\n", i, strings.Repeat("x", i*97)))
+				h, err := r.WriteBlob(data)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if want := gitIn(t, dir, data, "hash-object", "--stdin"); h.String() != want {
+					t.Errorf("WriteBlob = %s, git hash-object says %s", h, want)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	gitT(t, dir, "fsck", "--strict")
+	for i := 0; i < 50; i += 7 {
+		data := []byte(fmt.Sprintf("object %d of many, %s\n", i, strings.Repeat("x", i*97)))
+		h := gitIn(t, dir, data, "hash-object", "--stdin")
+		if got := gitRaw(t, dir, "cat-file", "blob", h); !bytes.Equal(got, data) {
+			t.Errorf("git reads %s back as %d different bytes", h, len(got))
+		}
+	}
+
+	// Writing one again: nothing is created in objects/.
+	r := openRepo(t, dir)
+	before, err := os.Stat(objects)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if _, err := r.WriteBlob([]byte("object 3 of many, " + strings.Repeat("x", 3*97) + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.Stat(objects)
+	if !after.ModTime().Equal(before.ModTime()) {
+		t.Error("writing a stored object again created a file in objects/")
+	}
 }
