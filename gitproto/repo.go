@@ -16,11 +16,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-git/go-billy/v5"
@@ -89,7 +91,23 @@ func Open(dir string) (*Repo, error) {
 // the listing instead; a directory that is itself missing still says so.
 type listingFS struct{ billy.Filesystem }
 
+// The objects directory itself is listed from its entries' types alone,
+// without a stat of each: go-git lists it once per Repo to look for
+// quarantined incoming objects, and it holds up to 256 fan-out
+// directories; a stat is only made when a caller asks for more than the
+// name and whether it is a directory.
 func (f listingFS) ReadDir(dir string) ([]os.FileInfo, error) {
+	if filepath.Clean(dir) == "objects" {
+		entries, err := os.ReadDir(filepath.Join(f.Root(), dir))
+		if err != nil {
+			return nil, err
+		}
+		infos := make([]os.FileInfo, len(entries))
+		for i, e := range entries {
+			infos[i] = &entryInfo{DirEntry: e}
+		}
+		return infos, nil
+	}
 	infos, err := f.Filesystem.ReadDir(dir)
 	if err == nil || !errors.Is(err, os.ErrNotExist) {
 		return infos, err
@@ -110,6 +128,51 @@ func (f listingFS) ReadDir(dir string) ([]os.FileInfo, error) {
 		kept = append(kept, fi)
 	}
 	return kept, nil
+}
+
+// entryInfo is a directory entry as an os.FileInfo: its name and type
+// come from the listing, the rest from a stat made on first use.
+type entryInfo struct {
+	fs.DirEntry
+	once sync.Once
+	info os.FileInfo
+}
+
+func (e *entryInfo) stat() os.FileInfo {
+	e.once.Do(func() {
+		if fi, err := e.DirEntry.Info(); err == nil {
+			e.info = fi
+		}
+	})
+	return e.info
+}
+
+func (e *entryInfo) Size() int64 {
+	if fi := e.stat(); fi != nil {
+		return fi.Size()
+	}
+	return 0
+}
+
+func (e *entryInfo) Mode() os.FileMode {
+	if fi := e.stat(); fi != nil {
+		return fi.Mode()
+	}
+	return e.Type()
+}
+
+func (e *entryInfo) ModTime() time.Time {
+	if fi := e.stat(); fi != nil {
+		return fi.ModTime()
+	}
+	return time.Time{}
+}
+
+func (e *entryInfo) Sys() any {
+	if fi := e.stat(); fi != nil {
+		return fi.Sys()
+	}
+	return nil
 }
 
 // Open gives a pack's index (objects/pack/*.idx) a read buffer: go-git
