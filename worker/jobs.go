@@ -140,6 +140,81 @@ type JobServerConfig struct {
 	// connect and ask for this run's secrets. Until Admit is called no
 	// connection is served.
 	OwnTree bool
+	// Socket, when set, is a listening socket at SocketPath that outlives
+	// this server (a run directory's, handed from run to run; see
+	// RunSocket). The server takes what is queued on it as stale, and
+	// Close leaves it open and in place. nil: the server makes its own
+	// and removes it on Close.
+	Socket *RunSocket
+}
+
+// RunSocket is a job socket kept listening from one run to the next of a
+// reused run directory: binding a socket makes a file, and on some file
+// systems every new file is a real cost. Only one JobServer uses it at a
+// time.
+type RunSocket struct {
+	ln   *net.UnixListener
+	path string
+	file os.FileInfo // the socket file as bound, to tell it from one put in its place
+}
+
+// ListenRunSocket binds a job socket at path, mode 0600.
+func ListenRunSocket(path string) (*RunSocket, error) {
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		if len(path) >= 100 {
+			return nil, fmt.Errorf("job server: listen on %s (%d bytes; Unix socket paths are limited to about 100): %w", path, len(path), err)
+		}
+		return nil, fmt.Errorf("job server: listen on %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(true)
+	fi, err := os.Lstat(path)
+	if err == nil {
+		err = os.Chmod(path, 0o600)
+	}
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("job server: %w", err)
+	}
+	return &RunSocket{ln: ln, path: path, file: fi}, nil
+}
+
+// Intact reports whether the socket file at its path is still the one
+// bound, with mode 0600: a pipeline could have removed it, put another in
+// its place or opened it to others.
+func (rs *RunSocket) Intact() bool {
+	fi, err := os.Lstat(rs.path)
+	return err == nil && fi.Mode()&os.ModeSocket != 0 && fi.Mode().Perm() == 0o600 && os.SameFile(fi, rs.file)
+}
+
+// Close stops listening and removes the socket file.
+func (rs *RunSocket) Close() error {
+	err := rs.ln.Close() // also removes the file
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	if rmErr := os.Remove(rs.path); rmErr != nil && !errors.Is(rmErr, fs.ErrNotExist) && err == nil {
+		err = rmErr
+	}
+	return err
+}
+
+// drain closes every connection queued and not accepted: they are of an
+// earlier run, all of whose processes are gone.
+func (rs *RunSocket) drain() error {
+	raw, err := rs.ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	return raw.Control(func(fd uintptr) {
+		for {
+			nfd, _, err := unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			if err != nil {
+				return // EAGAIN: none left
+			}
+			unix.Close(nfd)
+		}
+	})
 }
 
 // Protocol constants.
@@ -277,6 +352,7 @@ func encodeJobMsg(m jobMsg) []byte {
 // JobServer serves one run's $REFCI_SOCKET. Safe for concurrent use.
 type JobServer struct {
 	cfg     JobServerConfig
+	sock    *RunSocket
 	ln      *net.UnixListener
 	closing chan struct{} // closed by Close
 	wg      sync.WaitGroup
@@ -376,20 +452,25 @@ func NewJobServer(cfg JobServerConfig) (*JobServer, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: cfg.SocketPath, Net: "unix"})
-	if err != nil {
-		if len(cfg.SocketPath) >= 100 {
-			return nil, fmt.Errorf("job server: listen on %s (%d bytes; Unix socket paths are limited to about 100): %w", cfg.SocketPath, len(cfg.SocketPath), err)
+	sock := cfg.Socket
+	if sock == nil {
+		var err error
+		if sock, err = ListenRunSocket(cfg.SocketPath); err != nil {
+			return nil, err
 		}
-		return nil, fmt.Errorf("job server: listen on %s: %w", cfg.SocketPath, err)
-	}
-	if err := os.Chmod(cfg.SocketPath, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("job server: %w", err)
+	} else {
+		if sock.path != cfg.SocketPath {
+			return nil, fmt.Errorf("job server: the socket given listens at %s, not %s", sock.path, cfg.SocketPath)
+		}
+		if err := sock.drain(); err != nil {
+			return nil, fmt.Errorf("job server: %w", err)
+		}
+		sock.ln.SetDeadline(time.Time{}) // the last server stopped it with one
 	}
 	s := &JobServer{
 		cfg:     cfg,
-		ln:      ln,
+		sock:    sock,
+		ln:      sock.ln,
 		closing: make(chan struct{}),
 		jobs:    map[string]*jobEntry{},
 		changed: make(chan struct{}),
@@ -474,12 +555,11 @@ func (s *JobServer) Close() error {
 	}
 	s.mu.Unlock()
 
-	err := s.ln.Close() // also removes the socket file
-	if errors.Is(err, net.ErrClosed) {
-		err = nil
-	}
-	if rmErr := os.Remove(s.cfg.SocketPath); rmErr != nil && !errors.Is(rmErr, fs.ErrNotExist) && err == nil {
-		err = rmErr
+	var err error
+	if s.cfg.Socket != nil {
+		s.ln.SetDeadline(time.Now()) // stops the accept loop; the socket stays for the next run
+	} else {
+		err = s.sock.Close()
 	}
 
 	done := make(chan struct{})

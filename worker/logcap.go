@@ -10,13 +10,19 @@ import (
 // defaultLogCap is the cap NewCappedLog uses for capBytes <= 0.
 const defaultLogCap = 16 << 20
 
+// memLogBytes is how much of a log is held in memory before it goes to a
+// file.
+const memLogBytes = 64 << 10
+
 // CappedLog is an io.Writer that stores a pipeline log with a size cap,
 // keeping the first half and the last half of the cap and a marker between
 // them.
 //
-// Memory use is constant whatever is written: the head goes to a temporary
-// file, the tail to a fixed-size ring file written with WriteAt; nothing of
-// the cap's size is held in memory.
+// Memory use is constant whatever is written: the first memLogBytes are
+// held in memory (most logs are short, and a file per log is a file made
+// and removed per run); past that the head goes to a temporary file, the
+// tail to a fixed-size ring file written with WriteAt; nothing of the
+// cap's size is held in memory.
 //
 // Bytes are stored verbatim: invalid UTF-8, NUL bytes, ANSI escapes and
 // CRs are kept exactly as written. The cut points are byte offsets, so
@@ -31,6 +37,7 @@ type CappedLog struct {
 	headCap  int64 // capBytes/2
 	tailCap  int64 // capBytes - headCap, >= 1
 
+	mem  []byte   // the log while it is short: no file yet
 	head *os.File // the first headCap bytes; becomes the finished log
 	ring *os.File // created when the head is full; byte at stream offset o >= headCap lives at (o-headCap) % tailCap
 
@@ -46,18 +53,31 @@ func NewCappedLog(dir string, capBytes int64) (*CappedLog, error) {
 	if capBytes <= 0 {
 		capBytes = defaultLogCap
 	}
-	head, err := os.CreateTemp(dir, "refci-log-*")
-	if err != nil {
-		return nil, fmt.Errorf("worker: create log file: %w", err)
-	}
 	headCap := capBytes / 2
 	return &CappedLog{
 		dir:      dir,
 		capBytes: capBytes,
 		headCap:  headCap,
 		tailCap:  capBytes - headCap,
-		head:     head,
 	}, nil
+}
+
+// spill moves the log held in memory to its head file.
+func (l *CappedLog) spill() error {
+	if l.head != nil {
+		return nil
+	}
+	head, err := os.CreateTemp(l.dir, "refci-log-*")
+	if err != nil {
+		return fmt.Errorf("worker: create log file: %w", err)
+	}
+	if _, err := head.Write(l.mem); err != nil {
+		head.Close()
+		os.Remove(head.Name())
+		return fmt.Errorf("worker: write log: %w", err)
+	}
+	l.head, l.mem = head, nil
+	return nil
 }
 
 var errLogFinished = errors.New("worker: log already finished or closed")
@@ -72,6 +92,17 @@ func (l *CappedLog) Write(p []byte) (int, error) {
 		return 0, l.err
 	}
 	n := len(p)
+	if l.head == nil && (l.total+int64(len(p)) > min(l.headCap, memLogBytes) || l.headCap == 0) {
+		if err := l.spill(); err != nil {
+			l.err = err
+			return 0, err
+		}
+	}
+	if l.head == nil {
+		l.mem = append(l.mem, p...)
+		l.total += int64(len(p))
+		return n, nil
+	}
 	if l.total < l.headCap {
 		k := min(int64(len(p)), l.headCap-l.total)
 		w, err := l.head.Write(p[:k])
@@ -117,28 +148,45 @@ func (l *CappedLog) Write(p []byte) (int, error) {
 // Total returns the number of bytes written so far.
 func (l *CappedLog) Total() int64 { return l.total }
 
-// Finish assembles the stored log into one file: the head, then, when
-// bytes were dropped, a marker line like
+// FinishedLog is a finished log: in memory (Data) when it stayed short,
+// else the file at Path.
+type FinishedLog struct {
+	Path      string
+	Data      []byte
+	Size      int64 // of the stored log
+	Total     int64 // bytes written
+	Truncated bool  // whether anything was dropped
+}
+
+// Finish assembles the stored log: the head, then, when bytes were
+// dropped, a marker line like
 //
 //	"\n[refci: 123456789 bytes omitted; the log was capped at 16777216 bytes, head and tail kept]\n"
 //
-// then the tail in order. It returns the file's path, its size, the total
-// number of bytes written and whether anything was dropped. Call it once;
-// Write fails afterwards. The file belongs to the caller: Close does not
-// remove it (it lives in dir, so removing dir does).
-func (l *CappedLog) Finish() (path string, size int64, total int64, truncated bool, err error) {
+// then the tail in order. A short log is returned in memory, a longer one
+// as one file. Call it once; Write fails afterwards. The file belongs to
+// the caller: Close does not remove it (it lives in dir, so removing dir
+// does).
+func (l *CappedLog) Finish() (FinishedLog, error) {
 	if l.finished || l.closed {
-		return "", 0, 0, false, errLogFinished
+		return FinishedLog{}, errLogFinished
 	}
 	l.finished = true
 	if l.err != nil {
-		return "", 0, 0, false, l.err
+		return FinishedLog{}, l.err
 	}
-	fail := func(err error) (string, int64, int64, bool, error) {
+	fail := func(err error) (FinishedLog, error) {
 		l.err = fmt.Errorf("worker: assemble log: %w", err)
-		return "", 0, 0, false, l.err
+		return FinishedLog{}, l.err
 	}
-	truncated = l.total > l.capBytes
+	if l.head == nil {
+		data := l.mem
+		if data == nil {
+			data = []byte{}
+		}
+		return FinishedLog{Data: data, Size: int64(len(data)), Total: l.total}, nil
+	}
+	truncated := l.total > l.capBytes
 	if l.ring != nil {
 		if !truncated {
 			if _, err := io.Copy(l.head, io.NewSectionReader(l.ring, 0, l.total-l.headCap)); err != nil {
@@ -167,7 +215,7 @@ func (l *CappedLog) Finish() (path string, size int64, total int64, truncated bo
 	if err := l.head.Close(); err != nil {
 		return fail(err)
 	}
-	return l.head.Name(), fi.Size(), l.total, truncated, nil
+	return FinishedLog{Path: l.head.Name(), Size: fi.Size(), Total: l.total, Truncated: truncated}, nil
 }
 
 // Close removes the temporary files. It is safe after Finish (the
@@ -184,7 +232,7 @@ func (l *CappedLog) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	if !l.finished || l.err != nil {
+	if l.head != nil && (!l.finished || l.err != nil) {
 		l.head.Close() // may already be closed
 		if err := os.Remove(l.head.Name()); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)

@@ -26,18 +26,20 @@ func expectedCapped(stream []byte, capBytes int64) ([]byte, bool) {
 
 func finishAndRead(t *testing.T, l *CappedLog) ([]byte, string, int64, int64, bool) {
 	t.Helper()
-	path, size, total, truncated, err := l.Finish()
+	fl, err := l.Finish()
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
+	got := fl.Data
+	if fl.Path != "" {
+		if got, err = os.ReadFile(fl.Path); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if int64(len(got)) != size {
-		t.Errorf("size %d, file has %d bytes", size, len(got))
+	if int64(len(got)) != fl.Size {
+		t.Errorf("size %d, the log has %d bytes", fl.Size, len(got))
 	}
-	return got, path, size, total, truncated
+	return got, fl.Path, fl.Size, fl.Total, fl.Truncated
 }
 
 func checkCapped(t *testing.T, capBytes int64, writes [][]byte) {
@@ -159,14 +161,15 @@ func TestCappedLogLifecycle(t *testing.T) {
 	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
 		t.Errorf("want a head and a ring file, have %d files", len(ents))
 	}
-	path, _, _, _, err := l.Finish()
+	fl, err := l.Finish()
 	if err != nil {
 		t.Fatal(err)
 	}
+	path := fl.Path
 	if _, err := l.Write([]byte("x")); err == nil {
 		t.Error("Write after Finish succeeded")
 	}
-	if _, _, _, _, err := l.Finish(); err == nil {
+	if _, err := l.Finish(); err == nil {
 		t.Error("second Finish succeeded")
 	}
 	if err := l.Close(); err != nil {
@@ -243,10 +246,11 @@ func TestCappedLogMemoryFlat(t *testing.T) {
 			peak = max(peak, now.HeapAlloc)
 		}
 	}
-	path, size, total, truncated, err := l.Finish()
+	fl, err := l.Finish()
 	if err != nil {
 		t.Fatal(err)
 	}
+	path, size, total, truncated := fl.Path, fl.Size, fl.Total, fl.Truncated
 	runtime.ReadMemStats(&now)
 	peak = max(peak, now.HeapAlloc)
 	if peak > before.HeapAlloc+slack {
@@ -272,5 +276,56 @@ func TestCappedLogMemoryFlat(t *testing.T) {
 	}
 	if !bytes.Equal(got[:capBytes/2], wantHead) || string(got[capBytes/2:capBytes/2+len(marker)]) != marker || !bytes.Equal(got[capBytes/2+len(marker):], last[chunk-capBytes/2:]) {
 		t.Error("head, marker or tail differ")
+	}
+}
+
+// A short log makes no file at all; one that grows past memLogBytes moves
+// to a file with nothing lost at the boundary, and snapshots agree.
+func TestCappedLogShortStaysInMemory(t *testing.T) {
+	dir := t.TempDir()
+	l, err := NewCappedLog(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	l.Write([]byte("hello\n"))
+	var snap bytes.Buffer
+	if err := l.Snapshot(&snap); err != nil || snap.String() != "hello\n" {
+		t.Fatalf("snapshot %q, %v", snap.String(), err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("a short log made %d files", len(ents))
+	}
+	got, path, _, total, truncated := finishAndRead(t, l)
+	if path != "" || string(got) != "hello\n" || total != 6 || truncated {
+		t.Errorf("finished as %q at %q, total %d, truncated %v", got, path, total, truncated)
+	}
+
+	// Across the boundary, in writes that straddle it.
+	l2, err := NewCappedLog(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	var stream []byte
+	for i := 0; len(stream) <= 3*memLogBytes; i++ {
+		b := bytes.Repeat([]byte{byte('a' + i%26)}, 7001)
+		if n, err := l2.Write(b); err != nil || n != len(b) {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+		stream = append(stream, b...)
+		if len(stream) > memLogBytes {
+			if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+				t.Fatalf("at %d bytes: %d files, want the head file", len(stream), len(ents))
+			}
+		}
+	}
+	snap.Reset()
+	if err := l2.Snapshot(&snap); err != nil || !bytes.Equal(snap.Bytes(), stream) {
+		t.Fatalf("snapshot of %d bytes differs from the %d written (%v)", snap.Len(), len(stream), err)
+	}
+	got, path, _, _, _ = finishAndRead(t, l2)
+	if path == "" || !bytes.Equal(got, stream) {
+		t.Errorf("long log at %q: %d bytes, want the %d written", path, len(got), len(stream))
 	}
 }

@@ -187,6 +187,7 @@ type run struct {
 	signer Signer
 	ref    string
 	last   gitproto.Hash // the last snapshot written to ref, or zero
+	sock   *RunSocket    // the job socket kept with a reused run directory
 
 	mu      sync.Mutex
 	jobLogs map[string]*CappedLog
@@ -199,7 +200,9 @@ func (r *run) cleanup() {
 	}
 	r.mu.Unlock()
 	if r.dir != "" {
-		r.spec.Dirs.put(r.dir) // emptied for the next run, or removed
+		r.spec.Dirs.put(r.dir, r.sock) // emptied for the next run, or removed
+	} else if r.sock != nil {
+		r.sock.Close()
 	}
 }
 
@@ -264,13 +267,13 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 
 	var files []resultFile
 	finishLog := func() error {
-		p, _, total, truncated, err := mainLog.Finish()
+		fl, err := mainLog.Finish()
 		if err != nil {
 			return fmt.Errorf("store log: %w", err)
 		}
-		r.st.LogBytes = total
-		r.st.LogTruncated = truncated
-		files = append(files, resultFile{path: queue.LogFile, src: p})
+		r.st.LogBytes = fl.Total
+		r.st.LogTruncated = fl.Truncated
+		files = append(files, resultFile{path: queue.LogFile, src: fl.Path, data: fl.Data})
 		return nil
 	}
 	// errorResult ends the run in state error before the pipeline ran.
@@ -306,8 +309,20 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	masks := &MaskSet{}
 	var lw *lockedWriter
 	rs := &runSecrets{env: r.spec.Env, masks: masks, note: func(line string) { fmt.Fprintln(lw, line) }}
+	sockPath := runSocketPath(dir)
+	var sock *RunSocket
+	if r.spec.Dirs != nil {
+		// Kept listening from run to run with the directory.
+		if sock = r.spec.Dirs.socket(dir); sock == nil {
+			if sock, err = ListenRunSocket(sockPath); err != nil {
+				return errorResult(fmt.Sprintf("the worker cannot create the run's socket: %v", err))
+			}
+		}
+		r.sock = sock
+	}
 	srv, err := NewJobServer(JobServerConfig{
-		SocketPath: filepath.Join(dir, "sock", "refci.sock"),
+		Socket:     sock,
+		SocketPath: sockPath,
 		OpenLog: func(name string) (JobLog, error) {
 			l, err := NewCappedLog(logs, r.spec.LogCap)
 			if err != nil {
@@ -426,13 +441,13 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 			j.Log = ""
 			continue
 		}
-		p, _, total, truncated, err := l.Finish()
+		fl, err := l.Finish()
 		if err != nil {
 			return nil, fmt.Errorf("store log of job %s: %w", j.Name, err)
 		}
 		j.Log = queue.JobLogPath(j.Name)
-		j.LogBytes, j.Truncated = total, truncated
-		files = append(files, resultFile{path: j.Log, src: p})
+		j.LogBytes, j.Truncated = fl.Total, fl.Truncated
+		files = append(files, resultFile{path: j.Log, src: fl.Path, data: fl.Data})
 	}
 
 	arts, skipped, err := collectArtifacts(filepath.Join(dir, "artifacts"),
@@ -697,7 +712,7 @@ func (r *run) environment(dir string, srv *JobServer) []string {
 		"REFCI_ENV=" + r.spec.Env,
 		"REFCI_TRUSTED=" + trusted,
 		"REFCI_ARTIFACTS=" + filepath.Join(dir, "artifacts"),
-		"REFCI_SOCKET=" + filepath.Join(dir, "sock", "refci.sock"),
+		"REFCI_SOCKET=" + runSocketPath(dir),
 		"PATH=" + filepath.Join(dir, "bin") + ":/usr/local/bin:/usr/bin:/bin",
 		"HOME=" + filepath.Join(dir, "home"),
 		"TMPDIR=" + filepath.Join(dir, "tmp"),
@@ -715,9 +730,23 @@ type artifactFile struct {
 // inode per run is a real cost), else a symbolic link (another file
 // system, or a binary the worker does not own with
 // fs.protected_hardlinks).
+//
+// A reused run directory may hold the link of an earlier run: it is kept
+// when it is still the same file as the executable (same device and
+// inode; whatever else is there is replaced), so that a run directory
+// handed from run to run costs no new link each time.
 func linkRefci(refci, p string) error {
 	// link(2) does not follow a symbolic link: link what it names.
-	if real, err := filepath.EvalSymlinks(refci); err == nil {
+	real, rerr := filepath.EvalSymlinks(refci)
+	if have, err := os.Lstat(p); err == nil {
+		if want, err := os.Stat(real); rerr == nil && err == nil && have.Mode().IsRegular() && os.SameFile(have, want) {
+			return nil
+		}
+		if err := os.Remove(p); err != nil {
+			return err
+		}
+	}
+	if rerr == nil {
 		if err := os.Link(real, p); err == nil {
 			return nil
 		}
@@ -881,15 +910,24 @@ func (r *run) startSnapshots(lw *lockedWriter, log *CappedLog, srv *JobServer) f
 // snapshot writes one progress commit: status.json in state running and
 // the log so far.
 func (r *run) snapshot(lw *lockedWriter, log *CappedLog, srv *JobServer) error {
-	f, err := os.CreateTemp(filepath.Join(r.dir, "logs"), "snapshot-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
+	// A short log is copied in memory, a longer one to a file.
+	var buf bytes.Buffer
+	var f *os.File
+	var sink io.Writer = &buf
 	lw.mu.Lock()
-	err = log.Snapshot(f)
 	total := log.Total()
+	var err error
+	if total > memLogBytes {
+		if f, err = os.CreateTemp(filepath.Join(r.dir, "logs"), "snapshot-*"); err != nil {
+			lw.mu.Unlock()
+			return err
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		sink = f
+	}
+	err = log.Snapshot(sink)
+	total = log.Total()
 	lw.mu.Unlock()
 	if err != nil {
 		return err
@@ -911,7 +949,12 @@ func (r *run) snapshot(lw *lockedWriter, log *CappedLog, srv *JobServer) error {
 	if err != nil {
 		return err
 	}
-	lh, _, err := repo.WriteBlobFile(f.Name())
+	var lh gitproto.Hash
+	if f != nil {
+		lh, _, err = repo.WriteBlobFile(f.Name())
+	} else {
+		lh, err = repo.WriteBlob(buf.Bytes())
+	}
 	if err != nil {
 		return err
 	}

@@ -33,10 +33,14 @@ var runSubdirs = []string{"src", "home", "tmp", "artifacts", "bin", "logs", "soc
 // The zero value is not usable; NewRunDirs makes one. A nil *RunDirs
 // reuses nothing.
 type RunDirs struct {
-	mu   sync.Mutex
-	free []string
-	max  int
+	mu    sync.Mutex
+	free  []string
+	socks map[string]*RunSocket // the job sockets of free directories, kept listening
+	max   int
 }
+
+// runSocketPath is where a run directory's job socket lives.
+func runSocketPath(dir string) string { return filepath.Join(dir, "sock", "refci.sock") }
 
 // NewRunDirs keeps up to max emptied run directories.
 func NewRunDirs(max int) *RunDirs {
@@ -58,18 +62,53 @@ func (p *RunDirs) get() string {
 	return ""
 }
 
-// put empties dir and keeps it for a later run, or removes it.
-func (p *RunDirs) put(dir string) {
+// socket takes the job socket kept listening for dir (got from get), or
+// returns nil when there is none.
+func (p *RunDirs) socket(dir string) *RunSocket {
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	rs := p.socks[dir]
+	delete(p.socks, dir)
+	return rs
+}
+
+// put empties dir and keeps it for a later run, or removes it. rs, when
+// not nil, is the run's job socket: it is kept with the directory while
+// it is intact, else closed.
+func (p *RunDirs) put(dir string, rs *RunSocket) {
 	if p == nil || !emptyRunDir(dir) {
+		if rs != nil {
+			rs.Close()
+		}
 		removeAll(dir)
 		return
+	}
+	if rs != nil && !rs.Intact() {
+		rs.Close()
+		rs = nil
+	}
+	if rs == nil {
+		os.Remove(runSocketPath(dir)) // one emptyRunDir kept, not the run's
 	}
 	p.mu.Lock()
 	if len(p.free) < p.max {
 		p.free = append(p.free, dir)
+		if rs != nil {
+			if p.socks == nil {
+				p.socks = map[string]*RunSocket{}
+			}
+			p.socks[dir] = rs
+			rs = nil
+		}
 		dir = ""
 	}
 	p.mu.Unlock()
+	if rs != nil {
+		rs.Close()
+	}
 	if dir != "" {
 		removeAll(dir)
 	}
@@ -81,16 +120,22 @@ func (p *RunDirs) Close() {
 		return
 	}
 	p.mu.Lock()
-	free := p.free
-	p.free = nil
+	free, socks := p.free, p.socks
+	p.free, p.socks = nil, nil
 	p.mu.Unlock()
+	for _, rs := range socks {
+		rs.Close()
+	}
 	for _, d := range free {
 		removeAll(d)
 	}
 }
 
 // emptyRunDir removes everything a run left in dir but its seven
-// subdirectories, and reports whether dir is now as a new run directory
+// subdirectories (and bin/refci when it is a regular file: the next run
+// keeps it only if it is still a hard link to the refci executable, see
+// linkRefci; and the job socket, which put keeps only if it is still the
+// one the run listened on), and reports whether dir is now as a new run directory
 // would be.
 func emptyRunDir(dir string) bool {
 	if !privateDir(dir) {
@@ -119,10 +164,19 @@ func emptyRunDir(dir string) bool {
 		if err != nil {
 			return false
 		}
+		kept := 0
 		for _, f := range inner {
+			if e.Name() == "bin" && f.Name() == "refci" && f.Type().IsRegular() {
+				kept = 1 // the hard link to refci: linkRefci checks it is still that
+				continue
+			}
+			if e.Name() == "sock" && f.Name() == "refci.sock" && f.Type()&os.ModeSocket != 0 {
+				kept = 1 // the job socket: put checks it is still the run's
+				continue
+			}
 			removeAll(filepath.Join(p, f.Name()))
 		}
-		if left, err := os.ReadDir(p); err != nil || len(left) > 0 {
+		if left, err := os.ReadDir(p); err != nil || len(left) > kept {
 			return false
 		}
 	}

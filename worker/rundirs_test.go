@@ -1,6 +1,9 @@
 package worker
 
 import (
+	"errors"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"refci.dev/refci/queue"
 )
@@ -77,7 +81,7 @@ func TestRunDirsReuseOnlyWhatIsClean(t *testing.T) {
 			pool := NewRunDirs(2)
 			dir := freshRunDir(t, parent)
 			tc.mess(t, dir)
-			pool.put(dir)
+			pool.put(dir, nil)
 			got := pool.get()
 			if tc.reused {
 				if got != dir {
@@ -119,7 +123,7 @@ func TestRunDirsKeepsAtMostMaxAndCloseRemoves(t *testing.T) {
 		dirs = append(dirs, freshRunDir(t, parent))
 	}
 	for _, d := range dirs {
-		pool.put(d)
+		pool.put(d, nil)
 	}
 	if _, err := os.Stat(dirs[2]); !os.IsNotExist(err) {
 		t.Errorf("a third directory was kept beyond max 2: %v", err)
@@ -133,7 +137,7 @@ func TestRunDirsKeepsAtMostMaxAndCloseRemoves(t *testing.T) {
 	}
 	var none *RunDirs
 	d := freshRunDir(t, parent)
-	none.put(d) // nil: removes
+	none.put(d, nil) // nil: removes
 	if _, err := os.Stat(d); !os.IsNotExist(err) {
 		t.Error("a nil RunDirs kept a directory")
 	}
@@ -224,4 +228,146 @@ func TestLinkRefci(t *testing.T) {
 	if out, err := exec.Command(p).Output(); err != nil || string(out) != "linked refci\n" {
 		t.Errorf("running the link on another file system: %q, %v", out, err)
 	}
+}
+
+// A reused run directory keeps its hard link to refci, but only while it
+// is still that file: a pipeline that put another program there, or a
+// symbolic link, does not hand it to the next run.
+func TestLinkRefciInReusedRunDir(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "refci")
+	if err := os.WriteFile(exe, []byte("#!/bin/sh\necho the real refci\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pool := NewRunDirs(1)
+	run := freshRunDir(t, t.TempDir())
+	p := filepath.Join(run, "bin", "refci")
+	if err := linkRefci(exe, p); err != nil {
+		t.Fatal(err)
+	}
+	first, _ := os.Lstat(p)
+	pool.put(run, nil)
+	if got := pool.get(); got != run {
+		t.Fatalf("the run directory was not reused (got %q)", got)
+	}
+	if err := linkRefci(exe, p); err != nil {
+		t.Fatal(err)
+	}
+	again, err := os.Lstat(p)
+	if err != nil || !os.SameFile(first, again) {
+		t.Errorf("the kept link was replaced (%v)", err)
+	}
+	for name, plant := range map[string]func() error{
+		"another program": func() error {
+			os.Remove(p)
+			return os.WriteFile(p, []byte("#!/bin/sh\necho planted\n"), 0o755)
+		},
+		"a symbolic link elsewhere": func() error {
+			os.Remove(p)
+			return os.Symlink("/bin/true", p)
+		},
+	} {
+		if err := plant(); err != nil {
+			t.Fatal(err)
+		}
+		pool.put(run, nil)
+		if got := pool.get(); got != run {
+			t.Fatalf("%s: the run directory was not reused", name)
+		}
+		if err := linkRefci(exe, p); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(p).Output()
+		if err != nil || string(out) != "the real refci\n" {
+			t.Errorf("%s: the next run's refci says %q, %v", name, out, err)
+		}
+	}
+}
+
+// A reused run directory keeps its job socket listening, so the next run
+// binds no new one: the next server drops what the last run left queued
+// and serves the same socket; a socket put in its place, or opened to
+// others, is not handed on.
+func TestRunSocketKeptWithRunDir(t *testing.T) {
+	dir := freshRunDir(t, shortTempDir(t))
+	path := runSocketPath(dir)
+	rs, err := ListenRunSocket(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	openLog := func(string) (JobLog, error) { return nil, errors.New("no logs here") }
+	srv, err := NewJobServer(JobServerConfig{SocketPath: path, Socket: rs, OpenLog: openLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+	// A connection of the finished run, queued and never accepted.
+	stale, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("the kept socket stopped listening: %v", err)
+	}
+	defer stale.Close()
+	pool := NewRunDirs(1)
+	pool.put(dir, rs)
+	if pool.get() != dir {
+		t.Fatal("the run directory was not reused")
+	}
+	again := pool.socket(dir)
+	if again != rs {
+		t.Fatal("the job socket was not kept with the run directory")
+	}
+	srv, err = NewJobServer(JobServerConfig{SocketPath: path, Socket: again, OpenLog: openLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := stale.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("the stale connection was not dropped: read %d, %v", n, err)
+	}
+	srv.Close()
+
+	for name, tamper := range map[string]func(){
+		"another socket in its place": func() {
+			os.Remove(path)
+			ln, err := net.Listen("unix", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln.(*net.UnixListener).SetUnlinkOnClose(false)
+			ln.Close()
+		},
+		"opened to others": func() { os.Chmod(path, 0o666) },
+	} {
+		if !rs.Intact() {
+			t.Fatalf("%s: the socket is not intact before tampering", name)
+		}
+		tamper()
+		pool.put(dir, rs)
+		if pool.get() != dir {
+			t.Fatalf("%s: the run directory was not reused", name)
+		}
+		if pool.socket(dir) != nil {
+			t.Errorf("%s: the socket was handed on", name)
+		}
+		if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: the socket file is still there (%v)", name, err)
+		}
+		if rs, err = ListenRunSocket(path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rs.Close()
+	pool.Close()
+}
+
+// shortTempDir is a temporary directory with a path short enough for a
+// Unix socket inside (t.TempDir's can pass 108 bytes).
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "rd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }

@@ -12,6 +12,10 @@ func (l *CappedLog) Snapshot(w io.Writer) error {
 	if l.closed {
 		return errLogFinished
 	}
+	if l.head == nil {
+		_, err := w.Write(l.mem)
+		return err
+	}
 	headLen := min(l.total, l.headCap)
 	if _, err := io.Copy(w, io.NewSectionReader(l.head, 0, headLen)); err != nil {
 		return err
