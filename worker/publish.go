@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,16 +10,30 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 )
 
-// The outbox holds finished results until they are on the remote: one
-// JSON file per run in <cache>/refci-outbox/, written before the run is
-// forgotten, removed only once the result is pushed and the request and
-// claim are cleaned up. A worker that crashes or loses the remote pushes
-// them on its next pass (or its next start).
+// The outbox holds finished results until they are on the remote,
+// written before the run is forgotten and let go of only once the result
+// is pushed and the request and claim are cleaned up. A worker that
+// crashes or loses the remote pushes them on its next pass (or its next
+// start).
+//
+// It is one journal per remote, <cache>/refci-outbox/journal: a JSON line
+// for each change (a finished run's entry, a later state of it, or that it
+// is done), appended with one write; a run's last line says where it is.
+// Appending to one file costs no new file per run (on some file systems
+// every file made and removed is a real cost to the next ones made). The
+// journal is emptied in place once nothing in it is pending, and written
+// anew with only what is pending when it has grown past
+// outboxCompactBytes while results wait. A line cut short by a crash is
+// skipped: the run's earlier line, or its run ref in the cache, still
+// holds the result. Outboxes of earlier versions (one <run>.json file per
+// run in the same directory) are read too, and their files removed once
+// done.
 type outboxEntry struct {
 	RunRef        string `json:"run_ref"`
 	Commit        string `json:"commit"`
@@ -29,7 +44,31 @@ type outboxEntry struct {
 	ClaimValue    string `json:"claim_value,omitempty"`
 }
 
+// journalLine is one line of the outbox journal.
+type journalLine struct {
+	Run   string       `json:"run"`
+	Entry *outboxEntry `json:"entry,omitempty"`
+	Done  bool         `json:"done,omitempty"`
+}
+
+// outboxCompactBytes is the size past which a journal with pending
+// entries is written anew.
+const outboxCompactBytes = 64 << 10
+
 func outboxDir(rem *gitproto.Remote) string { return filepath.Join(rem.Cache, "refci-outbox") }
+
+func outboxJournal(rem *gitproto.Remote) string { return filepath.Join(outboxDir(rem), "journal") }
+
+// outboxLocks serialise a process's access to each outbox (one worker
+// process per cache).
+var outboxLocks sync.Map // outbox directory → *sync.Mutex
+
+func lockOutbox(rem *gitproto.Remote) func() {
+	m, _ := outboxLocks.LoadOrStore(outboxDir(rem), &sync.Mutex{})
+	mu := m.(*sync.Mutex)
+	mu.Lock()
+	return mu.Unlock
+}
 
 // queueResult records a finished run in the outbox.
 func (w *Worker) queueResult(a *activeRun, commit gitproto.Hash) {
@@ -52,16 +91,154 @@ func (w *Worker) queueResult(a *activeRun, commit gitproto.Hash) {
 	}
 }
 
+// writeOutbox records the entry of run (new, or a later state of it).
 func writeOutbox(rem *gitproto.Remote, run string, e *outboxEntry) error {
-	dir := outboxDir(rem)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
+	defer lockOutbox(rem)()
+	_, err := appendJournal(rem, []journalLine{{Run: run, Entry: e}})
+	return err
+}
+
+// appendJournal appends lines to the journal in one write. The caller
+// holds the outbox lock.
+// It returns the number of bytes written.
+func appendJournal(rem *gitproto.Remote, lines []journalLine) (int64, error) {
+	var b []byte
+	for _, l := range lines {
+		j, err := json.Marshal(l)
+		if err != nil {
+			return 0, err
+		}
+		b = append(append(b, j...), '\n')
 	}
-	b, err := json.Marshal(e)
+	if err := os.MkdirAll(outboxDir(rem), 0o700); err != nil {
+		return 0, err
+	}
+	f, err := os.OpenFile(outboxJournal(rem), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	// A line cut short by a crash stays a line of its own.
+	if fi, err := f.Stat(); err == nil && fi.Size() > 0 {
+		last := make([]byte, 1)
+		if _, err := f.ReadAt(last, fi.Size()-1); err != nil || last[0] != '\n' {
+			b = append([]byte{'\n'}, b...)
+		}
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return 0, err
+	}
+	return int64(len(b)), f.Close()
+}
+
+// readOutbox returns the pending entries by run.
+func readOutbox(rem *gitproto.Remote) (map[string]*outboxEntry, error) {
+	defer lockOutbox(rem)()
+	out, _, _, err := readOutboxLocked(rem)
+	return out, err
+}
+
+// readOutboxLocked reads the pending entries, which of them are files of
+// an earlier version, and the journal's size. The caller holds the
+// outbox lock.
+func readOutboxLocked(rem *gitproto.Remote) (map[string]*outboxEntry, map[string]bool, int64, error) {
+	ents, err := os.ReadDir(outboxDir(rem))
+	if os.IsNotExist(err) {
+		return nil, nil, 0, nil
+	}
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	out := map[string]*outboxEntry{}
+	legacy := map[string]bool{}
+	for _, d := range ents {
+		name := d.Name()
+		if !strings.HasSuffix(name, ".json") || strings.HasPrefix(name, ".") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(outboxDir(rem), name))
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		var e outboxEntry
+		if err := json.Unmarshal(b, &e); err != nil {
+			return nil, nil, 0, fmt.Errorf("outbox %s: %w", name, err)
+		}
+		run := strings.TrimSuffix(name, ".json")
+		out[run] = &e
+		legacy[run] = true
+	}
+	b, err := os.ReadFile(outboxJournal(rem))
+	if err != nil && !os.IsNotExist(err) {
+		return nil, nil, 0, err
+	}
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		var l journalLine
+		if len(line) == 0 || json.Unmarshal(line, &l) != nil || l.Run == "" {
+			continue // empty, or cut short by a crash
+		}
+		switch {
+		case l.Done:
+			delete(out, l.Run)
+		case l.Entry != nil:
+			out[l.Run] = l.Entry
+		}
+	}
+	return out, legacy, int64(len(b)), nil
+}
+
+// outboxDone lets go of the entries of runs: their results are out and
+// their requests and claims cleaned up.
+func outboxDone(rem *gitproto.Remote, runs []string) error {
+	if len(runs) == 0 {
+		return nil
+	}
+	defer lockOutbox(rem)()
+	pending, legacy, size, err := readOutboxLocked(rem)
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".tmp-*")
+	lines := make([]journalLine, len(runs))
+	for i, r := range runs {
+		lines[i] = journalLine{Run: r, Done: true}
+	}
+	n, err := appendJournal(rem, lines)
+	if err != nil {
+		return err
+	}
+	size += n
+	for _, r := range runs {
+		delete(pending, r)
+		if legacy[r] {
+			os.Remove(filepath.Join(outboxDir(rem), r+".json"))
+		}
+	}
+	switch {
+	case len(pending) == 0:
+		return os.Truncate(outboxJournal(rem), 0) // the same file, emptied
+	case size > outboxCompactBytes:
+		return rewriteJournal(rem, pending)
+	}
+	return nil
+}
+
+// rewriteJournal replaces the journal by one holding only pending. The
+// caller holds the outbox lock.
+func rewriteJournal(rem *gitproto.Remote, pending map[string]*outboxEntry) error {
+	runs := make([]string, 0, len(pending))
+	for r := range pending {
+		runs = append(runs, r)
+	}
+	sort.Strings(runs)
+	var b []byte
+	for _, r := range runs {
+		j, err := json.Marshal(journalLine{Run: r, Entry: pending[r]})
+		if err != nil {
+			return err
+		}
+		b = append(append(b, j...), '\n')
+	}
+	tmp, err := os.CreateTemp(outboxDir(rem), ".journal-*")
 	if err != nil {
 		return err
 	}
@@ -74,34 +251,7 @@ func writeOutbox(rem *gitproto.Remote, run string, e *outboxEntry) error {
 		os.Remove(tmp.Name())
 		return err
 	}
-	return os.Rename(tmp.Name(), filepath.Join(dir, run+".json"))
-}
-
-func readOutbox(rem *gitproto.Remote) (map[string]*outboxEntry, error) {
-	ents, err := os.ReadDir(outboxDir(rem))
-	if os.IsNotExist(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]*outboxEntry{}
-	for _, d := range ents {
-		name := d.Name()
-		if !strings.HasSuffix(name, ".json") || strings.HasPrefix(name, ".") {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(outboxDir(rem), name))
-		if err != nil {
-			return nil, err
-		}
-		var e outboxEntry
-		if err := json.Unmarshal(b, &e); err != nil {
-			return nil, fmt.Errorf("outbox %s: %w", name, err)
-		}
-		out[strings.TrimSuffix(name, ".json")] = &e
-	}
-	return out, nil
+	return os.Rename(tmp.Name(), outboxJournal(rem))
 }
 
 func (w *Worker) outboxEmpty(rem *gitproto.Remote) bool {
@@ -195,8 +345,8 @@ func (w *Worker) flushOutbox(ctx context.Context, rem *gitproto.Remote) error {
 			return err
 		}
 	}
-	for _, r := range done {
-		os.Remove(filepath.Join(outboxDir(rem), r+".json"))
+	if err := outboxDone(rem, done); err != nil {
+		w.log.Error("cannot note published results in the outbox; they will be pushed again (no change on the remote)", "err", err)
 	}
 	forgetPublished(rem, done, entries)
 	return nil
@@ -246,8 +396,8 @@ func (w *Worker) flushAtomic(ctx context.Context, rem *gitproto.Remote, runs []s
 			return false, nil
 		}
 	}
-	for _, r := range runs {
-		os.Remove(filepath.Join(outboxDir(rem), r+".json"))
+	if err := outboxDone(rem, runs); err != nil {
+		w.log.Error("cannot note published results in the outbox; they will be pushed again (no change on the remote)", "err", err)
 	}
 	forgetPublished(rem, runs, entries)
 	return true, nil

@@ -1,0 +1,152 @@
+package worker
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"refci.dev/refci/gitproto"
+)
+
+func testEntry(i int) *outboxEntry {
+	return &outboxEntry{
+		RunRef:     fmt.Sprintf("refs/ci/runs/%040d/run-%d", i, i),
+		Commit:     fmt.Sprintf("%040x", i+1),
+		RequestRef: fmt.Sprintf("refs/ci/requests/r%d", i),
+		ClaimRef:   fmt.Sprintf("refs/ci/claims/r%d", i),
+		ClaimValue: fmt.Sprintf("%040x", i+1000),
+	}
+}
+
+func inodeOf(t *testing.T, p string) uint64 {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+// The outbox is one journal: entries are appended to the same file, a
+// later state of a run replaces its earlier one, done runs drop out, and
+// once nothing is pending the file is emptied in place.
+func TestOutboxJournal(t *testing.T) {
+	rem := &gitproto.Remote{URL: "file:///nowhere", Cache: t.TempDir()}
+	if m, err := readOutbox(rem); err != nil || len(m) != 0 {
+		t.Fatalf("a new outbox holds %v, %v", m, err)
+	}
+	for i := 0; i < 5; i++ {
+		if err := writeOutbox(rem, fmt.Sprintf("run-%d", i), testEntry(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ino := inodeOf(t, outboxJournal(rem))
+	later := testEntry(2)
+	later.Pushed = later.Commit
+	if err := writeOutbox(rem, "run-2", later); err != nil {
+		t.Fatal(err)
+	}
+	m, err := readOutbox(rem)
+	if err != nil || len(m) != 5 {
+		t.Fatalf("outbox holds %d entries (%v), want 5", len(m), err)
+	}
+	if m["run-2"].Pushed != later.Commit || m["run-1"].Commit != testEntry(1).Commit {
+		t.Errorf("entries read back wrong: %+v, %+v", m["run-2"], m["run-1"])
+	}
+	if err := outboxDone(rem, []string{"run-0", "run-2"}); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := readOutbox(rem); len(m) != 3 || m["run-0"] != nil || m["run-2"] != nil || m["run-3"] == nil {
+		t.Errorf("after two are done the outbox holds %v", m)
+	}
+	if err := outboxDone(rem, []string{"run-1", "run-3", "run-4"}); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(outboxJournal(rem))
+	if err != nil || fi.Size() != 0 {
+		t.Errorf("with nothing pending the journal is %v bytes (%v), want emptied", fi.Size(), err)
+	}
+	if inodeOf(t, outboxJournal(rem)) != ino {
+		t.Error("the journal was replaced by a new file, not appended to and emptied")
+	}
+	if ents, _ := os.ReadDir(outboxDir(rem)); len(ents) != 1 {
+		t.Errorf("the outbox directory holds %d files, want the journal only", len(ents))
+	}
+}
+
+// A line cut short by a crash is skipped and does not spoil the next
+// one; a journal that grows while results wait is written anew with only
+// what is pending.
+func TestOutboxJournalTornLineAndCompaction(t *testing.T) {
+	rem := &gitproto.Remote{URL: "file:///nowhere", Cache: t.TempDir()}
+	if err := writeOutbox(rem, "kept", testEntry(1)); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(outboxJournal(rem), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"run":"torn","entry":{"run_ref":"refs/ci/ru`)
+	f.Close()
+	if err := writeOutbox(rem, "after", testEntry(2)); err != nil {
+		t.Fatal(err)
+	}
+	m, err := readOutbox(rem)
+	if err != nil || len(m) != 2 || m["kept"] == nil || m["after"] == nil {
+		t.Fatalf("after a torn line the outbox holds %v, %v; want kept and after", m, err)
+	}
+
+	// Many results come and go while one waits (a remote refusing it).
+	for i := 0; ; i++ {
+		run := fmt.Sprintf("busy-%d", i)
+		if err := writeOutbox(rem, run, testEntry(i)); err != nil {
+			t.Fatal(err)
+		}
+		if err := outboxDone(rem, []string{run}); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(outboxJournal(rem))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Size() > outboxCompactBytes+4096 {
+			t.Fatalf("the journal grew to %d bytes", fi.Size())
+		}
+		if i > 3*outboxCompactBytes/300 {
+			break
+		}
+	}
+	m, err = readOutbox(rem)
+	if err != nil || len(m) != 2 || m["kept"].Commit != testEntry(1).Commit || m["after"] == nil {
+		t.Errorf("after compactions the outbox holds %v, %v", m, err)
+	}
+}
+
+// An outbox of an earlier version, a file per run, is read, and its files
+// are removed once done.
+func TestOutboxReadsEarlierFiles(t *testing.T) {
+	rem := &gitproto.Remote{URL: "file:///nowhere", Cache: t.TempDir()}
+	os.MkdirAll(outboxDir(rem), 0o700)
+	old := filepath.Join(outboxDir(rem), "old-run.json")
+	if err := os.WriteFile(old, []byte(`{"run_ref":"refs/ci/runs/x/old-run","commit":"`+testEntry(7).Commit+`","pushed":""}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeOutbox(rem, "new-run", testEntry(8)); err != nil {
+		t.Fatal(err)
+	}
+	m, err := readOutbox(rem)
+	if err != nil || len(m) != 2 || m["old-run"] == nil || m["old-run"].Commit != testEntry(7).Commit {
+		t.Fatalf("outbox holds %v, %v", m, err)
+	}
+	if err := outboxDone(rem, []string{"old-run"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("the earlier version's file is still there (%v)", err)
+	}
+	if m, _ := readOutbox(rem); len(m) != 1 || m["new-run"] == nil {
+		t.Errorf("outbox holds %v, want new-run only", m)
+	}
+}
