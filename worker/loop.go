@@ -375,7 +375,9 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 				defer housekeeping.Done()
 				defer maintaining.Store(false)
 				if hourly {
-					if merr := rem.Maintain(runCtx, 0, full); merr != nil {
+					if perr := protectPending(rem); perr != nil {
+						w.log.Warn("cannot keep the results waiting to be pushed safe from the cache maintenance; it is skipped this hour", "remote", gitproto.RedactURL(rem.URL), "cache", rem.Cache, "err", perr)
+					} else if merr := rem.Maintain(runCtx, 0, full); merr != nil {
 						w.log.Warn("cache maintenance failed; it is tried again in an hour", "remote", gitproto.RedactURL(rem.URL), "cache", rem.Cache, "err", merr)
 					}
 				}
@@ -832,7 +834,7 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		Timeout: w.cfg.Timeout, KillGrace: w.cfg.KillGrace, LogCap: w.cfg.LogCap,
 		ArtifactFileCap: w.cfg.ArtifactFileCap, ArtifactTotalCap: w.cfg.ArtifactTotalCap,
 		RefciPath: w.cfg.RefciPath, Shim: w.cfg.Shim, TempDir: w.cfg.TempDir, Dirs: w.runDirs, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
-		SnapshotEvery: w.cfg.Snapshot, Secrets: w.cfg.Secrets, Remote: a.remote.URL, Page: w.cfg.Page,
+		SnapshotEvery: w.cfg.Snapshot, Secrets: w.cfg.Secrets, Remote: a.remote.URL, Page: w.cfg.Page, NoRunRef: true,
 		Hide: w.cfg.Hide, RequireIsolation: w.cfg.RequireIsolation,
 		OnSnapshot: func(_ string, c gitproto.Hash) {
 			a.mu.Lock()
@@ -873,7 +875,7 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		return
 	}
 	log.Info("run finished", "state", out.Status.State, "duration_ms", out.Status.DurationMS)
-	w.queueResult(a, out.Commit)
+	w.queueResult(a, out.Commit, out.RefWritten)
 }
 
 func hashOf(s string) gitproto.Hash { return gitproto.NewHash(s) }

@@ -42,6 +42,10 @@ type outboxEntry struct {
 	RequestObject string `json:"request_object,omitempty"`
 	ClaimRef      string `json:"claim_ref,omitempty"`
 	ClaimValue    string `json:"claim_value,omitempty"`
+	// NoCacheRef: the cache holds no ref to Commit (the run made no
+	// snapshot); protectPending makes one before the cache is garbage
+	// collected.
+	NoCacheRef bool `json:"no_cache_ref,omitempty"`
 }
 
 // journalLine is one line of the outbox journal.
@@ -71,9 +75,9 @@ func lockOutbox(rem *gitproto.Remote) func() {
 }
 
 // queueResult records a finished run in the outbox.
-func (w *Worker) queueResult(a *activeRun, commit gitproto.Hash) {
+func (w *Worker) queueResult(a *activeRun, commit gitproto.Hash, refWritten bool) {
 	a.mu.Lock()
-	e := outboxEntry{RunRef: a.runRef, Commit: commit.String()}
+	e := outboxEntry{RunRef: a.runRef, Commit: commit.String(), NoCacheRef: !refWritten}
 	if a.pushed != gitproto.ZeroHash {
 		e.Pushed = a.pushed.String()
 	}
@@ -188,16 +192,28 @@ func readOutboxLocked(rem *gitproto.Remote) (map[string]*outboxEntry, map[string
 }
 
 // outboxDone lets go of the entries of runs: their results are out and
-// their requests and claims cleaned up.
-func outboxDone(rem *gitproto.Remote, runs []string) error {
+// their requests and claims cleaned up. It returns the entries as they
+// last were (protectPending may have changed them since they were read).
+func outboxDone(rem *gitproto.Remote, runs []string) (map[string]*outboxEntry, error) {
 	if len(runs) == 0 {
-		return nil
+		return nil, nil
 	}
 	defer lockOutbox(rem)()
 	pending, legacy, size, err := readOutboxLocked(rem)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	last := map[string]*outboxEntry{}
+	for _, r := range runs {
+		if e := pending[r]; e != nil {
+			last[r] = e
+		}
+	}
+	return last, outboxLetGo(rem, runs, pending, legacy, size)
+}
+
+// outboxLetGo is outboxDone under the outbox lock.
+func outboxLetGo(rem *gitproto.Remote, runs []string, pending map[string]*outboxEntry, legacy map[string]bool, size int64) error {
 	lines := make([]journalLine, len(runs))
 	for i, r := range runs {
 		lines[i] = journalLine{Run: r, Done: true}
@@ -345,10 +361,11 @@ func (w *Worker) flushOutbox(ctx context.Context, rem *gitproto.Remote) error {
 			return err
 		}
 	}
-	if err := outboxDone(rem, done); err != nil {
+	last, err := outboxDone(rem, done)
+	if err != nil {
 		w.log.Error("cannot note published results in the outbox; they will be pushed again (no change on the remote)", "err", err)
 	}
-	forgetPublished(rem, done, entries)
+	forgetPublished(rem, done, last)
 	return nil
 }
 
@@ -396,10 +413,11 @@ func (w *Worker) flushAtomic(ctx context.Context, rem *gitproto.Remote, runs []s
 			return false, nil
 		}
 	}
-	if err := outboxDone(rem, runs); err != nil {
+	last, err := outboxDone(rem, runs)
+	if err != nil {
 		w.log.Error("cannot note published results in the outbox; they will be pushed again (no change on the remote)", "err", err)
 	}
-	forgetPublished(rem, runs, entries)
+	forgetPublished(rem, runs, last)
 	return true, nil
 }
 
@@ -408,14 +426,60 @@ func (w *Worker) flushAtomic(ctx context.Context, rem *gitproto.Remote, runs []s
 // made (their objects go with the cache's next maintenance). A ref that
 // moved meanwhile, or was packed, stays.
 func forgetPublished(rem *gitproto.Remote, runs []string, entries map[string]*outboxEntry) {
-	repo, err := gitproto.Open(rem.Cache)
-	if err != nil {
-		return
-	}
+	var repo *gitproto.Repo
 	for _, r := range runs {
 		e := entries[r]
+		if e == nil || e.NoCacheRef {
+			continue // no ref was made
+		}
+		if repo == nil {
+			var err error
+			if repo, err = gitproto.Open(rem.Cache); err != nil {
+				return
+			}
+		}
 		repo.UpdateRef(e.RunRef, gitproto.ZeroHash, gitproto.NewHash(e.Commit))
 	}
+}
+
+// protectPending gives every result waiting in the outbox without a ref
+// in the cache its run ref there, so that the cache's garbage collection
+// (which prunes what no ref reaches two weeks after it was written) never
+// takes a result that waits for a remote away that long. It runs before
+// each maintenance; forgetPublished deletes the refs once the results are
+// pushed.
+func protectPending(rem *gitproto.Remote) error {
+	defer lockOutbox(rem)()
+	pending, _, _, err := readOutboxLocked(rem)
+	if err != nil {
+		return err
+	}
+	var repo *gitproto.Repo
+	var lines []journalLine
+	for run, e := range pending {
+		if !e.NoCacheRef {
+			continue
+		}
+		if repo == nil {
+			if repo, err = gitproto.Open(rem.Cache); err != nil {
+				return err
+			}
+		}
+		commit := gitproto.NewHash(e.Commit)
+		if err := repo.UpdateRef(e.RunRef, commit, gitproto.ZeroHash); err != nil {
+			if cur, rerr := repo.RefHash(e.RunRef); rerr != nil || cur != commit {
+				return fmt.Errorf("keep %s in the cache: %w", e.RunRef, err)
+			}
+		}
+		kept := *e
+		kept.NoCacheRef = false
+		lines = append(lines, journalLine{Run: run, Entry: &kept})
+	}
+	if len(lines) == 0 {
+		return nil
+	}
+	_, err = appendJournal(rem, lines)
+	return err
 }
 
 // reconcile looks at the remote value of a run ref whose push was

@@ -3,9 +3,11 @@ package worker
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"refci.dev/refci/gitproto"
 )
@@ -55,13 +57,13 @@ func TestOutboxJournal(t *testing.T) {
 	if m["run-2"].Pushed != later.Commit || m["run-1"].Commit != testEntry(1).Commit {
 		t.Errorf("entries read back wrong: %+v, %+v", m["run-2"], m["run-1"])
 	}
-	if err := outboxDone(rem, []string{"run-0", "run-2"}); err != nil {
+	if _, err := outboxDone(rem, []string{"run-0", "run-2"}); err != nil {
 		t.Fatal(err)
 	}
 	if m, _ := readOutbox(rem); len(m) != 3 || m["run-0"] != nil || m["run-2"] != nil || m["run-3"] == nil {
 		t.Errorf("after two are done the outbox holds %v", m)
 	}
-	if err := outboxDone(rem, []string{"run-1", "run-3", "run-4"}); err != nil {
+	if _, err := outboxDone(rem, []string{"run-1", "run-3", "run-4"}); err != nil {
 		t.Fatal(err)
 	}
 	fi, err := os.Stat(outboxJournal(rem))
@@ -104,7 +106,7 @@ func TestOutboxJournalTornLineAndCompaction(t *testing.T) {
 		if err := writeOutbox(rem, run, testEntry(i)); err != nil {
 			t.Fatal(err)
 		}
-		if err := outboxDone(rem, []string{run}); err != nil {
+		if _, err := outboxDone(rem, []string{run}); err != nil {
 			t.Fatal(err)
 		}
 		fi, err := os.Stat(outboxJournal(rem))
@@ -140,7 +142,7 @@ func TestOutboxReadsEarlierFiles(t *testing.T) {
 	if err != nil || len(m) != 2 || m["old-run"] == nil || m["old-run"].Commit != testEntry(7).Commit {
 		t.Fatalf("outbox holds %v, %v", m, err)
 	}
-	if err := outboxDone(rem, []string{"old-run"}); err != nil {
+	if _, err := outboxDone(rem, []string{"old-run"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(old); !os.IsNotExist(err) {
@@ -148,5 +150,59 @@ func TestOutboxReadsEarlierFiles(t *testing.T) {
 	}
 	if m, _ := readOutbox(rem); len(m) != 1 || m["new-run"] == nil {
 		t.Errorf("outbox holds %v, want new-run only", m)
+	}
+}
+
+// A result waiting in the outbox without a ref in the cache gets one
+// before the cache is garbage collected, so that even a gc that prunes
+// everything unreachable keeps it; once it is pushed the ref goes again.
+func TestProtectPendingKeepsResultsThroughGC(t *testing.T) {
+	cache := filepath.Join(t.TempDir(), "cache.git")
+	if out, err := exec.Command("git", "init", "-q", "--bare", cache).CombinedOutput(); err != nil {
+		t.Fatalf("git init: %v: %s", err, out)
+	}
+	repo, err := gitproto.Open(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := repo.WriteBlob([]byte(`{"state":"success"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := repo.WriteTree([]gitproto.TreeFile{{Path: "status.json", Hash: blob}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit, err := repo.WriteCommit(gitproto.CommitSpec{Tree: tree, Author: gitproto.NewSignature("w", "w@example.invalid", time.Now()), Message: "result"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rem := &gitproto.Remote{URL: "file:///nowhere", Cache: cache}
+	ref := "refs/ci/runs/" + commit.String() + "/run-1"
+	if err := writeOutbox(rem, "run-1", &outboxEntry{RunRef: ref, Commit: commit.String(), NoCacheRef: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := protectPending(rem); err != nil {
+		t.Fatal(err)
+	}
+	if err := protectPending(rem); err != nil { // again: nothing more to do
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("git", "--git-dir", cache, "-c", "gc.reflogExpire=now", "gc", "-q", "--prune=now").CombinedOutput(); err != nil {
+		t.Fatalf("git gc: %v: %s", err, out)
+	}
+	if out, err := exec.Command("git", "--git-dir", cache, "cat-file", "-e", commit.String()+":status.json").CombinedOutput(); err != nil {
+		t.Fatalf("the waiting result did not survive gc: %v: %s", err, out)
+	}
+	last, err := outboxDone(rem, []string{"run-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last["run-1"] == nil || last["run-1"].NoCacheRef {
+		t.Fatalf("outboxDone gave %+v; want the entry with its ref noted", last["run-1"])
+	}
+	forgetPublished(rem, []string{"run-1"}, last)
+	if out, err := exec.Command("git", "--git-dir", cache, "for-each-ref", "refs/ci/runs/").Output(); err != nil || len(out) != 0 {
+		t.Errorf("after publishing the cache still has %q (%v)", out, err)
 	}
 }

@@ -109,6 +109,12 @@ type RunSpec struct {
 	// pipeline runs, and calls OnSnapshot with each new commit.
 	SnapshotEvery time.Duration
 	OnSnapshot    func(ref string, commit gitproto.Hash)
+	// NoRunRef leaves the final result's ref unset in Repo when no
+	// snapshot set it: the caller records the commit itself until it is
+	// pushed (the worker's outbox; making and later deleting a ref file
+	// per run in its cache is two files made and three removed). The
+	// result's objects are written either way.
+	NoRunRef bool
 	// Page, when set, renders index.html of the final result tree (see
 	// pageFiles: a repository's .refci/viewer/ is copied too).
 	Page PageFunc
@@ -119,6 +125,9 @@ type Outcome struct {
 	Status *queue.Status
 	Ref    string
 	Commit gitproto.Hash
+	// RefWritten says whether Ref was set in the repository (always,
+	// unless RunSpec.NoRunRef).
+	RefWritten bool
 }
 
 // ErrConfig marks results whose error state is the repository's own
@@ -858,10 +867,15 @@ func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store result commit: %w", err)
 	}
+	if r.spec.NoRunRef && r.last == gitproto.ZeroHash {
+		// The caller keeps the result (the worker's outbox) until it is
+		// pushed; no snapshot made the ref, so there is none to move.
+		return &Outcome{Status: r.st, Ref: r.ref, Commit: commit}, nil
+	}
 	if err := repo.UpdateRef(r.ref, commit, r.last); err != nil {
 		return nil, fmt.Errorf("record result: %w", err)
 	}
-	return &Outcome{Status: r.st, Ref: r.ref, Commit: commit}, nil
+	return &Outcome{Status: r.st, Ref: r.ref, Commit: commit, RefWritten: true}, nil
 }
 
 // commit writes a signed result commit for tree whose parent is the last
