@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-git/go-billy/v5/osfs"
 )
 
 // packFiles lists objects/pack of a repository's git dir by suffix.
@@ -178,6 +180,70 @@ func TestRefValuesReadsJustTheNamedRefs(t *testing.T) {
 		}
 		if _, err := r.RefValues(context.Background(), []string{"refs/ci/requests/bad..name"}); err == nil {
 			t.Errorf("%s: RefValues accepted an invalid ref name", url)
+		}
+	}
+}
+
+// Paths under objects/ are opened directly (no stat per path component);
+// anything else, and anything that would climb out of objects/, still
+// goes through go-billy's rooted file system.
+func TestObjectPathsOpenedDirectly(t *testing.T) {
+	t.Parallel()
+	dir := newGitRepo(t)
+	fs := listingFS{osfs.New(filepath.Join(dir, ".git"))}
+	for name, want := range map[string]bool{
+		"objects/ab/cdef":            true,
+		"objects/pack/pack-1.idx":    true,
+		"./objects/pack/pack-1.pack": true,
+		"config":                     false,
+		"objects/../config":          false,
+		"objects/../../outside":      false,
+		"objects/ab/../../../etc/x":  false,
+		"refs/heads/main":            false,
+	} {
+		p, ok := fs.objectPath(name)
+		if ok != want {
+			t.Errorf("objectPath(%q) = %q, %v; want direct %v", name, p, ok, want)
+		}
+		if ok && !strings.HasPrefix(p, filepath.Join(dir, ".git", "objects")+"/") {
+			t.Errorf("objectPath(%q) = %q, outside objects/", name, p)
+		}
+	}
+}
+
+// A repository whose objects directory is a symbolic link (git follows
+// it) reads the same: loose and packed objects, and a checkout.
+func TestLinkedObjectsDirectory(t *testing.T) {
+	t.Parallel()
+	dir := newGitRepo(t)
+	writeFile(t, dir, "a.txt", "hello\n", 0o644)
+	commit := commitAll(t, dir, "one")
+	gitT(t, dir, "repack", "-q", "-d")
+	writeFile(t, dir, "b.txt", "loose\n", 0o644)
+	loose := commitAll(t, dir, "two")
+	moved := filepath.Join(t.TempDir(), "objects")
+	if err := os.Rename(filepath.Join(dir, ".git", "objects"), moved); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(moved, filepath.Join(dir, ".git", "objects")); err != nil {
+		t.Fatal(err)
+	}
+	if got := gitT(t, dir, "cat-file", "-t", commit); got != "commit" {
+		t.Fatalf("git itself reads %s as %q", commit, got)
+	}
+	r := openRepo(t, dir)
+	for _, c := range []string{commit, loose} {
+		if typ, err := r.ObjectType(NewHash(c)); err != nil || typ != "commit" {
+			t.Errorf("ObjectType(%s) through a linked objects directory = %q, %v", c, typ, err)
+		}
+	}
+	co := t.TempDir()
+	if _, err := r.Checkout(NewHash(loose), co); err != nil {
+		t.Errorf("checkout through a linked objects directory: %v", err)
+	}
+	for f, want := range map[string]string{"a.txt": "hello\n", "b.txt": "loose\n"} {
+		if b, err := os.ReadFile(filepath.Join(co, f)); err != nil || string(b) != want {
+			t.Errorf("checked out %s: %q, %v", f, b, err)
 		}
 	}
 }

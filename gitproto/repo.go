@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/go-git/go-billy/v5"
@@ -91,14 +92,17 @@ func Open(dir string) (*Repo, error) {
 // the listing instead; a directory that is itself missing still says so.
 type listingFS struct{ billy.Filesystem }
 
-// The objects directory itself is listed from its entries' types alone,
-// without a stat of each: go-git lists it once per Repo to look for
-// quarantined incoming objects, and it holds up to 256 fan-out
-// directories; a stat is only made when a caller asks for more than the
-// name and whether it is a directory.
+// Directories under objects/ (objects/ itself, which go-git lists once
+// per Repo to look for quarantined incoming objects, objects/pack, the
+// fan-out directories) are listed directly, from their entries' names
+// and types alone: a stat is made only when a caller asks for more, and
+// an entry renamed or removed meanwhile cannot fail the listing.
 func (f listingFS) ReadDir(dir string) ([]os.FileInfo, error) {
-	if filepath.Clean(dir) == "objects" {
-		entries, err := os.ReadDir(filepath.Join(f.Root(), dir))
+	if p, ok := f.objectPath(dir); ok || filepath.Clean(dir) == "objects" {
+		if !ok {
+			p = filepath.Join(f.Root(), "objects")
+		}
+		entries, err := os.ReadDir(p)
 		if err != nil {
 			return nil, err
 		}
@@ -175,12 +179,54 @@ func (e *entryInfo) Sys() any {
 	return nil
 }
 
-// Open gives a pack's index (objects/pack/*.idx) a read buffer: go-git
-// decodes one as a stream of four-byte reads, each a system call on a
-// plain file, and reads every index of the repository whenever a Repo
-// first looks an object up in a pack.
+// objectPath is where name is on disk when it names something under
+// objects/ (a loose object, a pack or its index: names go-git builds
+// itself, never from a repository's contents).
+func (f listingFS) objectPath(name string) (string, bool) {
+	clean := filepath.Clean(name)
+	if !strings.HasPrefix(clean, "objects/") || strings.Contains(clean, "..") {
+		return "", false
+	}
+	return filepath.Join(f.Root(), clean), true
+}
+
+// osFile is a file opened directly, under the name go-git asked for.
+type osFile struct {
+	*os.File
+	name string
+}
+
+func (o *osFile) Name() string  { return o.name }
+func (o *osFile) Lock() error   { return syscall.Flock(int(o.Fd()), syscall.LOCK_EX) }
+func (o *osFile) Unlock() error { return syscall.Flock(int(o.Fd()), syscall.LOCK_UN) }
+
+// Stat of a path under objects/ is a plain stat (see Open).
+func (f listingFS) Stat(name string) (os.FileInfo, error) {
+	if p, ok := f.objectPath(name); ok {
+		return os.Stat(p)
+	}
+	return f.Filesystem.Stat(name)
+}
+
+// Open opens what lies under objects/ directly: go-billy's rooted file
+// system resolves every component of every path with a stat of its own,
+// to keep symbolic links inside the root, which is most of what looking a
+// loose object up costs; objects/ is followed as git follows it. It also
+// gives a pack's index (objects/pack/*.idx) a read buffer: go-git decodes
+// one as a stream of four-byte reads, each a system call on a plain file,
+// and reads every index of the repository whenever a Repo first looks an
+// object up in a pack.
 func (f listingFS) Open(name string) (billy.File, error) {
-	file, err := f.Filesystem.Open(name)
+	var file billy.File
+	var err error
+	if p, ok := f.objectPath(name); ok {
+		var of *os.File
+		if of, err = os.Open(p); err == nil {
+			file = &osFile{File: of, name: name}
+		}
+	} else {
+		file, err = f.Filesystem.Open(name)
+	}
 	if err != nil || !strings.HasSuffix(name, ".idx") {
 		return file, err
 	}
