@@ -90,9 +90,21 @@ func (w *Worker) queueResult(a *activeRun, commit gitproto.Hash, refWritten bool
 	a.queued = &e
 	err := writeOutbox(a.remote, a.claim.Run, &e)
 	a.mu.Unlock()
-	if err != nil {
-		w.log.Error("cannot record the result for pushing; it stays in the cache repository", "run", a.claim.Run, "ref", a.runRef, "err", err)
+	if err == nil {
+		return
 	}
+	if !refWritten {
+		// Keep the result in the cache at least, under its run ref.
+		repo, oerr := gitproto.Open(a.remote.Cache)
+		if oerr == nil {
+			oerr = repo.UpdateRef(a.runRef, commit, gitproto.ZeroHash)
+		}
+		if oerr != nil {
+			w.log.Error("cannot record the result for pushing, nor keep it in the cache; the request runs again once its claim expires", "run", a.claim.Run, "ref", a.runRef, "err", err, "cache_err", oerr)
+			return
+		}
+	}
+	w.log.Error("cannot record the result for pushing; it stays in the cache repository", "run", a.claim.Run, "ref", a.runRef, "err", err)
 }
 
 // writeOutbox records the entry of run (new, or a later state of it).

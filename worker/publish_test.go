@@ -2,14 +2,17 @@ package worker
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
 )
 
 func testEntry(i int) *outboxEntry {
@@ -204,5 +207,41 @@ func TestProtectPendingKeepsResultsThroughGC(t *testing.T) {
 	forgetPublished(rem, []string{"run-1"}, last)
 	if out, err := exec.Command("git", "--git-dir", cache, "for-each-ref", "refs/ci/runs/").Output(); err != nil || len(out) != 0 {
 		t.Errorf("after publishing the cache still has %q (%v)", out, err)
+	}
+}
+
+// A result that cannot be recorded in the outbox (its directory cannot be
+// made) is kept in the cache under its run ref instead, as the log says.
+func TestQueueResultKeepsResultWhenOutboxFails(t *testing.T) {
+	cache := filepath.Join(t.TempDir(), "cache.git")
+	if out, err := exec.Command("git", "init", "-q", "--bare", cache).CombinedOutput(); err != nil {
+		t.Fatalf("git init: %v: %s", err, out)
+	}
+	repo, err := gitproto.Open(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := repo.WriteTree(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit, err := repo.WriteCommit(gitproto.CommitSpec{Tree: tree, Author: gitproto.NewSignature("w", "w@example.invalid", time.Now()), Message: "result"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rem := &gitproto.Remote{URL: "file:///nowhere", Cache: cache}
+	if err := os.WriteFile(outboxDir(rem), []byte("not a directory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	w := &Worker{log: slog.New(slog.NewTextHandler(&logs, nil))}
+	ref := "refs/ci/runs/" + commit.String() + "/run-9"
+	a := &activeRun{remote: rem, claim: queue.Claim{Run: "run-9", Request: "r9"}, claimRef: "refs/ci/claims/r9", runRef: ref}
+	w.queueResult(a, commit, false)
+	if got, err := repo.RefHash(ref); err != nil || got != commit {
+		t.Errorf("the run ref is %v, %v; want %s kept in the cache", got, err, commit)
+	}
+	if !strings.Contains(logs.String(), "stays in the cache repository") {
+		t.Errorf("the log says %q", logs.String())
 	}
 }
