@@ -192,6 +192,7 @@ func TestObjectPathsOpenedDirectly(t *testing.T) {
 	dir := newGitRepo(t)
 	fs := listingFS{osfs.New(filepath.Join(dir, ".git"))}
 	for name, want := range map[string]bool{
+		"objects":                    true,
 		"objects/ab/cdef":            true,
 		"objects/pack/pack-1.idx":    true,
 		"./objects/pack/pack-1.pack": true,
@@ -205,7 +206,7 @@ func TestObjectPathsOpenedDirectly(t *testing.T) {
 		if ok != want {
 			t.Errorf("objectPath(%q) = %q, %v; want direct %v", name, p, ok, want)
 		}
-		if ok && !strings.HasPrefix(p, filepath.Join(dir, ".git", "objects")+"/") {
+		if objects := filepath.Join(dir, ".git", "objects"); ok && p != objects && !strings.HasPrefix(p, objects+"/") {
 			t.Errorf("objectPath(%q) = %q, outside objects/", name, p)
 		}
 	}

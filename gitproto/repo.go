@@ -83,13 +83,12 @@ func Open(dir string) (*Repo, error) {
 	return r, nil
 }
 
-// listingFS is the repository's file system as go-git sees it, with one
-// repair. go-billy's ReadDir fails as a whole, with "no such file", when
-// an entry vanishes between the listing and its stat (git renaming a
-// tmp_pack_* file into a pack, gc deleting an old pack), and go-git takes
-// that error on objects/pack for "no packs at all": every packed object
-// then looks missing to that reader. Here such an entry is left out of
-// the listing instead; a directory that is itself missing still says so.
+// listingFS is the repository's file system as go-git sees it. What lies
+// under objects/ is opened, stat-ed and listed directly (see objectPath).
+// Elsewhere go-billy's ReadDir is repaired: it fails as a whole, with "no
+// such file", when an entry vanishes between the listing and its stat,
+// and such an entry is left out of the listing instead; a directory that
+// is itself missing still says so.
 type listingFS struct{ billy.Filesystem }
 
 // Directories under objects/ (objects/ itself, which go-git lists once
@@ -98,10 +97,7 @@ type listingFS struct{ billy.Filesystem }
 // and types alone: a stat is made only when a caller asks for more, and
 // an entry renamed or removed meanwhile cannot fail the listing.
 func (f listingFS) ReadDir(dir string) ([]os.FileInfo, error) {
-	if p, ok := f.objectPath(dir); ok || filepath.Clean(dir) == "objects" {
-		if !ok {
-			p = filepath.Join(f.Root(), "objects")
-		}
+	if p, ok := f.objectPath(dir); ok {
 		entries, err := os.ReadDir(p)
 		if err != nil {
 			return nil, err
@@ -179,12 +175,13 @@ func (e *entryInfo) Sys() any {
 	return nil
 }
 
-// objectPath is where name is on disk when it names something under
-// objects/ (a loose object, a pack or its index: names go-git builds
-// itself, never from a repository's contents).
+// objectPath is where name is on disk when it is objects/ or names
+// something under it (a loose object, a pack or its index: names go-git
+// builds itself, never from a repository's contents). A cleaned path that
+// starts so cannot climb out of objects/.
 func (f listingFS) objectPath(name string) (string, bool) {
 	clean := filepath.Clean(name)
-	if !strings.HasPrefix(clean, "objects/") || strings.Contains(clean, "..") {
+	if clean != "objects" && !strings.HasPrefix(clean, "objects/") {
 		return "", false
 	}
 	return filepath.Join(f.Root(), clean), true

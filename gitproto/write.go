@@ -147,6 +147,7 @@ func installObject(objects string, fill func(*os.File) (string, error)) error {
 	return nil
 }
 
+// writeObject writes an encoded object (tree, commit) built in memory.
 func (r *Repo) writeObject(o plumbing.EncodedObject) (Hash, error) {
 	rd, err := o.Reader()
 	if err != nil {
