@@ -167,7 +167,6 @@ func ListenRunSocket(path string) (*RunSocket, error) {
 		}
 		return nil, fmt.Errorf("job server: listen on %s: %w", path, err)
 	}
-	ln.SetUnlinkOnClose(true)
 	fi, err := os.Lstat(path)
 	if err == nil {
 		err = os.Chmod(path, 0o600)
@@ -353,7 +352,6 @@ func encodeJobMsg(m jobMsg) []byte {
 type JobServer struct {
 	cfg     JobServerConfig
 	sock    *RunSocket
-	ln      *net.UnixListener
 	closing chan struct{} // closed by Close
 	wg      sync.WaitGroup
 
@@ -470,7 +468,6 @@ func NewJobServer(cfg JobServerConfig) (*JobServer, error) {
 	s := &JobServer{
 		cfg:     cfg,
 		sock:    sock,
-		ln:      sock.ln,
 		closing: make(chan struct{}),
 		jobs:    map[string]*jobEntry{},
 		changed: make(chan struct{}),
@@ -485,7 +482,7 @@ func (s *JobServer) acceptLoop() {
 	defer s.wg.Done()
 	var delay time.Duration
 	for {
-		conn, err := s.ln.AcceptUnix()
+		conn, err := s.sock.ln.AcceptUnix()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || s.isClosed() {
 				return
@@ -557,7 +554,7 @@ func (s *JobServer) Close() error {
 
 	var err error
 	if s.cfg.Socket != nil {
-		s.ln.SetDeadline(time.Now()) // stops the accept loop; the socket stays for the next run
+		s.sock.ln.SetDeadline(time.Now()) // stops the accept loop; the socket stays for the next run
 	} else {
 		err = s.sock.Close()
 	}

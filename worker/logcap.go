@@ -92,7 +92,7 @@ func (l *CappedLog) Write(p []byte) (int, error) {
 		return 0, l.err
 	}
 	n := len(p)
-	if l.head == nil && (l.total+int64(len(p)) > min(l.headCap, memLogBytes) || l.headCap == 0) {
+	if l.head == nil && l.total+int64(len(p)) > min(l.headCap, memLogBytes) {
 		if err := l.spill(); err != nil {
 			l.err = err
 			return 0, err
@@ -180,11 +180,7 @@ func (l *CappedLog) Finish() (FinishedLog, error) {
 		return FinishedLog{}, l.err
 	}
 	if l.head == nil {
-		data := l.mem
-		if data == nil {
-			data = []byte{}
-		}
-		return FinishedLog{Data: data, Size: int64(len(data)), Total: l.total}, nil
+		return FinishedLog{Data: l.mem, Size: int64(len(l.mem)), Total: l.total}, nil
 	}
 	truncated := l.total > l.capBytes
 	if l.ring != nil {

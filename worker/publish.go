@@ -114,17 +114,25 @@ func writeOutbox(rem *gitproto.Remote, run string, e *outboxEntry) error {
 	return err
 }
 
-// appendJournal appends lines to the journal in one write. The caller
-// holds the outbox lock.
-// It returns the number of bytes written.
-func appendJournal(rem *gitproto.Remote, lines []journalLine) (int64, error) {
+// encodeJournal is lines as the journal holds them.
+func encodeJournal(lines []journalLine) ([]byte, error) {
 	var b []byte
 	for _, l := range lines {
 		j, err := json.Marshal(l)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		b = append(append(b, j...), '\n')
+	}
+	return b, nil
+}
+
+// appendJournal appends lines to the journal in one write and returns the
+// number of bytes written. The caller holds the outbox lock.
+func appendJournal(rem *gitproto.Remote, lines []journalLine) (int64, error) {
+	b, err := encodeJournal(lines)
+	if err != nil {
+		return 0, err
 	}
 	if err := os.MkdirAll(outboxDir(rem), 0o700); err != nil {
 		return 0, err
@@ -150,23 +158,21 @@ func appendJournal(rem *gitproto.Remote, lines []journalLine) (int64, error) {
 // readOutbox returns the pending entries by run.
 func readOutbox(rem *gitproto.Remote) (map[string]*outboxEntry, error) {
 	defer lockOutbox(rem)()
-	out, _, _, err := readOutboxLocked(rem)
+	out, _, err := readOutboxLocked(rem)
 	return out, err
 }
 
-// readOutboxLocked reads the pending entries, which of them are files of
-// an earlier version, and the journal's size. The caller holds the
-// outbox lock.
-func readOutboxLocked(rem *gitproto.Remote) (map[string]*outboxEntry, map[string]bool, int64, error) {
+// readOutboxLocked reads the pending entries and the journal's size. The
+// caller holds the outbox lock.
+func readOutboxLocked(rem *gitproto.Remote) (map[string]*outboxEntry, int64, error) {
 	ents, err := os.ReadDir(outboxDir(rem))
 	if os.IsNotExist(err) {
-		return nil, nil, 0, nil
+		return nil, 0, nil
 	}
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, 0, err
 	}
 	out := map[string]*outboxEntry{}
-	legacy := map[string]bool{}
 	for _, d := range ents {
 		name := d.Name()
 		if !strings.HasSuffix(name, ".json") || strings.HasPrefix(name, ".") {
@@ -174,19 +180,17 @@ func readOutboxLocked(rem *gitproto.Remote) (map[string]*outboxEntry, map[string
 		}
 		b, err := os.ReadFile(filepath.Join(outboxDir(rem), name))
 		if err != nil {
-			return nil, nil, 0, err
+			return nil, 0, err
 		}
 		var e outboxEntry
 		if err := json.Unmarshal(b, &e); err != nil {
-			return nil, nil, 0, fmt.Errorf("outbox %s: %w", name, err)
+			return nil, 0, fmt.Errorf("outbox %s: %w", name, err)
 		}
-		run := strings.TrimSuffix(name, ".json")
-		out[run] = &e
-		legacy[run] = true
+		out[strings.TrimSuffix(name, ".json")] = &e
 	}
 	b, err := os.ReadFile(outboxJournal(rem))
 	if err != nil && !os.IsNotExist(err) {
-		return nil, nil, 0, err
+		return nil, 0, err
 	}
 	for _, line := range bytes.Split(b, []byte("\n")) {
 		var l journalLine
@@ -200,7 +204,7 @@ func readOutboxLocked(rem *gitproto.Remote) (map[string]*outboxEntry, map[string
 			out[l.Run] = l.Entry
 		}
 	}
-	return out, legacy, int64(len(b)), nil
+	return out, int64(len(b)), nil
 }
 
 // outboxDone lets go of the entries of runs: their results are out and
@@ -211,43 +215,33 @@ func outboxDone(rem *gitproto.Remote, runs []string) (map[string]*outboxEntry, e
 		return nil, nil
 	}
 	defer lockOutbox(rem)()
-	pending, legacy, size, err := readOutboxLocked(rem)
+	pending, size, err := readOutboxLocked(rem)
 	if err != nil {
 		return nil, err
 	}
+	lines := make([]journalLine, len(runs))
 	last := map[string]*outboxEntry{}
-	for _, r := range runs {
+	for i, r := range runs {
+		lines[i] = journalLine{Run: r, Done: true}
 		if e := pending[r]; e != nil {
 			last[r] = e
 		}
-	}
-	return last, outboxLetGo(rem, runs, pending, legacy, size)
-}
-
-// outboxLetGo is outboxDone under the outbox lock.
-func outboxLetGo(rem *gitproto.Remote, runs []string, pending map[string]*outboxEntry, legacy map[string]bool, size int64) error {
-	lines := make([]journalLine, len(runs))
-	for i, r := range runs {
-		lines[i] = journalLine{Run: r, Done: true}
+		delete(pending, r)
 	}
 	n, err := appendJournal(rem, lines)
 	if err != nil {
-		return err
+		return nil, err // still pending: their cache refs stay too
 	}
-	size += n
 	for _, r := range runs {
-		delete(pending, r)
-		if legacy[r] {
-			os.Remove(filepath.Join(outboxDir(rem), r+".json"))
-		}
+		os.Remove(filepath.Join(outboxDir(rem), r+".json")) // an earlier version's file, if any
 	}
 	switch {
 	case len(pending) == 0:
-		return os.Truncate(outboxJournal(rem), 0) // the same file, emptied
-	case size > outboxCompactBytes:
-		return rewriteJournal(rem, pending)
+		return last, os.Truncate(outboxJournal(rem), 0) // the same file, emptied
+	case size+n > outboxCompactBytes:
+		return last, rewriteJournal(rem, pending)
 	}
-	return nil
+	return last, nil
 }
 
 // rewriteJournal replaces the journal by one holding only pending. The
@@ -258,13 +252,13 @@ func rewriteJournal(rem *gitproto.Remote, pending map[string]*outboxEntry) error
 		runs = append(runs, r)
 	}
 	sort.Strings(runs)
-	var b []byte
-	for _, r := range runs {
-		j, err := json.Marshal(journalLine{Run: r, Entry: pending[r]})
-		if err != nil {
-			return err
-		}
-		b = append(append(b, j...), '\n')
+	lines := make([]journalLine, len(runs))
+	for i, r := range runs {
+		lines[i] = journalLine{Run: r, Entry: pending[r]}
+	}
+	b, err := encodeJournal(lines)
+	if err != nil {
+		return err
 	}
 	tmp, err := os.CreateTemp(outboxDir(rem), ".journal-*")
 	if err != nil {
@@ -462,7 +456,7 @@ func forgetPublished(rem *gitproto.Remote, runs []string, entries map[string]*ou
 // pushed.
 func protectPending(rem *gitproto.Remote) error {
 	defer lockOutbox(rem)()
-	pending, _, _, err := readOutboxLocked(rem)
+	pending, _, err := readOutboxLocked(rem)
 	if err != nil {
 		return err
 	}

@@ -156,10 +156,10 @@ func TestOutboxReadsEarlierFiles(t *testing.T) {
 	}
 }
 
-// A result waiting in the outbox without a ref in the cache gets one
-// before the cache is garbage collected, so that even a gc that prunes
-// everything unreachable keeps it; once it is pushed the ref goes again.
-func TestProtectPendingKeepsResultsThroughGC(t *testing.T) {
+// cacheWithResult makes a bare cache holding one unreferenced result
+// commit (status.json in its tree).
+func cacheWithResult(t *testing.T) (string, *gitproto.Repo, gitproto.Hash) {
+	t.Helper()
 	cache := filepath.Join(t.TempDir(), "cache.git")
 	if out, err := exec.Command("git", "init", "-q", "--bare", cache).CombinedOutput(); err != nil {
 		t.Fatalf("git init: %v: %s", err, out)
@@ -180,6 +180,14 @@ func TestProtectPendingKeepsResultsThroughGC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cache, repo, commit
+}
+
+// A result waiting in the outbox without a ref in the cache gets one
+// before the cache is garbage collected, so that even a gc that prunes
+// everything unreachable keeps it; once it is pushed the ref goes again.
+func TestProtectPendingKeepsResultsThroughGC(t *testing.T) {
+	cache, _, commit := cacheWithResult(t)
 	rem := &gitproto.Remote{URL: "file:///nowhere", Cache: cache}
 	ref := "refs/ci/runs/" + commit.String() + "/run-1"
 	if err := writeOutbox(rem, "run-1", &outboxEntry{RunRef: ref, Commit: commit.String(), NoCacheRef: true}); err != nil {
@@ -213,22 +221,7 @@ func TestProtectPendingKeepsResultsThroughGC(t *testing.T) {
 // A result that cannot be recorded in the outbox (its directory cannot be
 // made) is kept in the cache under its run ref instead, as the log says.
 func TestQueueResultKeepsResultWhenOutboxFails(t *testing.T) {
-	cache := filepath.Join(t.TempDir(), "cache.git")
-	if out, err := exec.Command("git", "init", "-q", "--bare", cache).CombinedOutput(); err != nil {
-		t.Fatalf("git init: %v: %s", err, out)
-	}
-	repo, err := gitproto.Open(cache)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tree, err := repo.WriteTree(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	commit, err := repo.WriteCommit(gitproto.CommitSpec{Tree: tree, Author: gitproto.NewSignature("w", "w@example.invalid", time.Now()), Message: "result"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cache, repo, commit := cacheWithResult(t)
 	rem := &gitproto.Remote{URL: "file:///nowhere", Cache: cache}
 	if err := os.WriteFile(outboxDir(rem), []byte("not a directory"), 0o600); err != nil {
 		t.Fatal(err)

@@ -941,7 +941,6 @@ func (r *run) snapshot(lw *lockedWriter, log *CappedLog, srv *JobServer) error {
 		sink = f
 	}
 	err = log.Snapshot(sink)
-	total = log.Total()
 	lw.mu.Unlock()
 	if err != nil {
 		return err
