@@ -54,11 +54,9 @@ func main() {
 			fatal(fmt.Errorf("%s: %w", b.name, err))
 		}
 	}
-	removeNow()
 }
 
 func fatal(err error) {
-	removeNow()
 	fmt.Fprintln(os.Stderr, "refci-bench:", err)
 	os.Exit(1)
 }
@@ -78,22 +76,6 @@ func restFS(d time.Duration) {
 	}
 	exec.Command("sync").Run()
 	time.Sleep(d)
-}
-
-// The benches' scratch directories are removed when all of them are done,
-// not as each ends: on a file system that makes every file created after
-// a deletion pay for it (ext4 without a journal skips the inodes freed in
-// the last minutes, one by one), deleting one bench's tens of thousands of
-// files would charge the next bench for them.
-var later []string
-
-func removeLater(dir string) { later = append(later, dir) }
-
-func removeNow() {
-	for _, d := range later {
-		os.RemoveAll(d)
-	}
-	later = nil
 }
 
 func machine() string {

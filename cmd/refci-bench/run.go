@@ -18,7 +18,7 @@ func benchRun(_ context.Context, bin string, n int) error {
 	if err != nil {
 		return err
 	}
-	defer removeLater(root)
+	defer os.RemoveAll(root)
 	repo := filepath.Join(root, "repo")
 	gnupg := filepath.Join(root, "gnupg")
 	os.Mkdir(gnupg, 0o700)

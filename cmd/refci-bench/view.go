@@ -24,7 +24,7 @@ func benchView(_ context.Context, bin string, _ int) error {
 	if err != nil {
 		return err
 	}
-	defer removeLater(root)
+	defer os.RemoveAll(root)
 	repoDir := filepath.Join(root, "repo")
 	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + root, "GIT_CONFIG_NOSYSTEM=1"}
 	if _, err := sh(root, env, "", "git", "init", "-q", "--bare", repoDir); err != nil {

@@ -49,7 +49,7 @@ func newWorld(pipeline string) (*world, error) {
 	return w, nil
 }
 
-func (w *world) close() { removeLater(w.root) }
+func (w *world) close() { os.RemoveAll(w.root) }
 
 // stampPipeline commits a pipeline that first writes its start time (ns)
 // to stamps/<request>, then runs rest. It returns the stamps directory.
