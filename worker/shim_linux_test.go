@@ -5,6 +5,7 @@ package worker
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -409,3 +410,58 @@ sleep %s`, m[0], m[1], m[2], m[3])
 }
 
 func BenchmarkRunProcessTrueShim(b *testing.B) { benchRunProcess(b, testExecutable(b)) }
+
+// shimReport runs the shim (the test binary) on script by hand and
+// returns its final report line.
+func shimReport(t *testing.T, script string) shim.Report {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	cmd := exec.Command(testExecutable(t), ShimArg, "--kill-grace=5s", "--", "/bin/sh", "-c", script)
+	cmd.Env = testEnv
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	done := make(chan struct{})
+	timer := time.AfterFunc(testSafety, func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	defer timer.Stop()
+	var last shim.Report
+	dec := json.NewDecoder(r)
+	go func() {
+		defer close(done)
+		for {
+			var rep shim.Report
+			if dec.Decode(&rep) != nil {
+				return
+			}
+			last = rep
+		}
+	}()
+	<-done
+	cmd.Wait()
+	if !last.Done {
+		t.Fatalf("%q: no final report (last %+v)", script, last)
+	}
+	return last
+}
+
+// A pipeline that leaves nothing behind costs the shim no read of /proc
+// (reading a process's entries makes its reap dearer); one that leaves
+// a process behind is still walked, and the leftover killed.
+func TestShimReadsProcOnlyForLeftovers(t *testing.T) {
+	if rep := shimReport(t, "exit 3"); rep.ExitCode != 3 || rep.Leftovers != 0 || rep.ProcReads != 0 {
+		t.Errorf("nothing left: report %+v, want exit 3, no leftover and no read of /proc", rep)
+	}
+	m := newMarker()
+	rep := shimReport(t, fmt.Sprintf("(setsid sleep %s </dev/null >/dev/null 2>&1 &); sleep 0.2", m))
+	if rep.ExitCode != 0 || rep.Leftovers != 1 || rep.ProcReads == 0 {
+		t.Errorf("a leftover: report %+v, want exit 0, one leftover found through /proc", rep)
+	}
+	assertGone(t, m)
+}
