@@ -300,12 +300,24 @@ func (r *Remote) sendObjects(ctx context.Context, cache *Repo, gitDir string, up
 	if !sending {
 		return "", nil
 	}
+	var wants, haves []Hash
 	for _, i := range pending {
 		// The remote holds everything reachable from the old values (they
 		// are its refs' values right now); those the cache has bound the
 		// walk.
-		if u := updates[i]; u.Old != ZeroHash && cache.st.HasEncodedObject(u.Old) == nil {
+		u := updates[i]
+		if u.New != ZeroHash {
+			wants = append(wants, u.New)
+		}
+		if u.Old != ZeroHash && cache.st.HasEncodedObject(u.Old) == nil {
 			fmt.Fprintf(&revs, "^%s\n", u.Old)
+			haves = append(haves, u.Old)
+		}
+	}
+	if !r.noOwnPack {
+		keep, err := r.sendOwnPack(ctx, cache, gitDir, wants, haves)
+		if !errors.Is(err, errNotOwnPack) {
+			return keep, err
 		}
 	}
 	return r.copyObjects(ctx, "push", r.Cache, gitDir, revs.String(), true)

@@ -82,6 +82,9 @@ type Remote struct {
 	// beforeUpdate, in tests, runs between a direct update's reads of the
 	// remote's refs and its transaction.
 	beforeUpdate func()
+	// noOwnPack, in tests, makes every direct push pack with git
+	// pack-objects (ownpack.go).
+	noOwnPack bool
 }
 
 // cacheConfig is written into a new cache and also passed with -c to every
