@@ -12,8 +12,10 @@ package gitproto
 // receive-pack as the same user), so Push updates it the way
 // receive-pack itself does, at a cost that grows with the update only:
 //
-//  1. the objects go over as one pack: `git pack-objects --revs` in the
-//     cache, from the new values, minus the old ones the remote has;
+//  1. the objects go over as one pack, made from the new values minus
+//     the old ones the remote has (in this process for a worker's own
+//     small commits, ownpack.go; else by `git pack-objects --revs` in the
+//     cache) and stored by
 //     `git index-pack --stdin --keep` in the remote (the .keep stops a
 //     concurrent repack from dropping the pack before a ref names it; it
 //     is removed once the refs are updated);
