@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/google/renameio/v2"
+
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 )
@@ -260,20 +262,18 @@ func rewriteJournal(rem *gitproto.Remote, pending map[string]*outboxEntry) error
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(outboxDir(rem), ".journal-*")
+	// Synced before the rename: the journal it replaces may hold the only
+	// durable record of results not yet pushed. The temporary file is made
+	// beside it, never in the shared temporary directory.
+	f, err := renameio.NewPendingFile(outboxJournal(rem), renameio.WithTempDir(outboxDir(rem)), renameio.WithStaticPermissions(0o600))
 	if err != nil {
 		return err
 	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
+	defer f.Cleanup()
+	if _, err := f.Write(b); err != nil {
 		return err
 	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return os.Rename(tmp.Name(), outboxJournal(rem))
+	return f.CloseAtomicallyReplace()
 }
 
 func (w *Worker) outboxEmpty(rem *gitproto.Remote) bool {

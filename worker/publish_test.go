@@ -104,6 +104,19 @@ func TestOutboxJournalTornLineAndCompaction(t *testing.T) {
 	}
 
 	// Many results come and go while one waits (a remote refusing it).
+	// The rewrites make their temporary files beside the journal, not in
+	// the shared temporary directory, and leave none behind; the journal
+	// stays readable by its owner only, whatever its mode was.
+	tmpdir := t.TempDir()
+	t.Setenv("TMPDIR", tmpdir)
+	old := time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := os.Chtimes(tmpdir, old, old); err != nil { // any file made or removed there moves it
+		t.Fatal(err)
+	}
+	if err := os.Chmod(outboxJournal(rem), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ino := inodeOf(t, outboxJournal(rem))
 	for i := 0; ; i++ {
 		run := fmt.Sprintf("busy-%d", i)
 		if err := writeOutbox(rem, run, testEntry(i)); err != nil {
@@ -126,6 +139,18 @@ func TestOutboxJournalTornLineAndCompaction(t *testing.T) {
 	m, err = readOutbox(rem)
 	if err != nil || len(m) != 2 || m["kept"].Commit != testEntry(1).Commit || m["after"] == nil {
 		t.Errorf("after compactions the outbox holds %v, %v", m, err)
+	}
+	if inodeOf(t, outboxJournal(rem)) == ino {
+		t.Error("the journal was never rewritten")
+	}
+	if fi, err := os.Stat(outboxJournal(rem)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the rewritten journal has mode %v (%v), want 0600", fi.Mode().Perm(), err)
+	}
+	if ents, _ := os.ReadDir(outboxDir(rem)); len(ents) != 1 {
+		t.Errorf("the outbox directory holds %d files, want the journal only", len(ents))
+	}
+	if fi, err := os.Stat(tmpdir); err != nil || !fi.ModTime().Equal(old) {
+		t.Errorf("rewriting the journal made files in TMPDIR (its mtime is %v, %v)", fi.ModTime(), err)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/google/renameio/v2"
 	gossh "golang.org/x/crypto/ssh"
 
 	"refci.dev/refci/gitproto"
@@ -551,12 +552,21 @@ func ensureAdmins(rolesPath string, adminFiles []string, home string) ([]string,
 	return notes, nil
 }
 
+// writeFileAtomic replaces path with b, with mode whatever the old file's
+// was: readers see the old file or the new one, never a part, and the new
+// one is on disk before it replaces the old (a roles file lost to a crash
+// would lock every key out). The temporary file is made in path's
+// directory, never in the shared one.
 func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, mode); err != nil {
+	f, err := renameio.NewPendingFile(path, renameio.WithTempDir(filepath.Dir(path)), renameio.WithStaticPermissions(mode))
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	defer f.Cleanup()
+	if _, err := f.Write(b); err != nil {
+		return err
+	}
+	return f.CloseAtomicallyReplace()
 }
 
 // readOnly refuses every method but GET and HEAD.

@@ -163,3 +163,50 @@ func TestEnsureAdmins(t *testing.T) {
 		t.Errorf("no keys anywhere: %v", err)
 	}
 }
+
+// writeFileAtomic gives readers the old file or a whole new one, with the
+// mode asked for whatever the old file's was, and makes its temporary
+// file beside the target, not in TMPDIR. Writers at once each leave a
+// whole file: none sees another's temporary file taken away.
+func TestWriteFileAtomic(t *testing.T) {
+	dir := t.TempDir()
+	tmpdir := t.TempDir()
+	t.Setenv("TMPDIR", tmpdir)
+	old := time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := os.Chtimes(tmpdir, old, old); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "roles")
+	if err := os.WriteFile(path, []byte("old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const writers = 8
+	errs := make(chan error, writers)
+	for i := 0; i < writers; i++ {
+		go func() {
+			errs <- writeFileAtomic(path, bytes.Repeat([]byte(fmt.Sprintf("writer %d\n", i)), 4096), 0o600)
+		}()
+	}
+	for i := 0; i < writers; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("writer: %v", err)
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _, _ := bytes.Cut(b, []byte("\n"))
+	if want := bytes.Repeat(append(first, '\n'), 4096); !bytes.HasPrefix(first, []byte("writer ")) || !bytes.Equal(b, want) {
+		t.Errorf("the file is not one writer's whole content (%d bytes, starting %q)", len(b), first)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v (%v), want 0600", fi.Mode().Perm(), err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("the directory holds %d files, want the roles file only", len(ents))
+	}
+	if fi, err := os.Stat(tmpdir); err != nil || !fi.ModTime().Equal(old) {
+		t.Errorf("files were made in TMPDIR (its mtime is %v, %v)", fi.ModTime(), err)
+	}
+}
