@@ -77,6 +77,64 @@ type Status struct {
 	Extra            map[string]any    `json:"extra,omitempty"`
 }
 
+// ExtraPreviousRun is the key in Status.Extra under which a run that took
+// over an expired claim (attempt 2 or later) names the run that claim
+// held.
+const ExtraPreviousRun = "previous_run"
+
+// PreviousRun returns the run this one took over from, or "" for a first
+// attempt.
+func (s *Status) PreviousRun() string {
+	v, _ := s.Extra[ExtraPreviousRun].(string)
+	return v
+}
+
+// TakenOver finds the runs that lost their worker. A worker killed in the
+// middle of a run leaves that run's last snapshot, state running, on the
+// remote for good; the worker that takes the expired claim over names it
+// as its previous run. TakenOver maps the id of every run in runs that is
+// not final and that a later attempt of the same request on the same
+// target names that way, to that later attempt. A final run is never
+// taken over: it ended before its lease did.
+func TakenOver(runs []*Status) map[string]*Status {
+	byRun := map[string]*Status{}
+	for _, s := range runs {
+		byRun[s.Target+"/"+s.Run] = s
+	}
+	out := map[string]*Status{}
+	for _, by := range runs {
+		prev := by.PreviousRun()
+		if prev == "" {
+			continue
+		}
+		lost := byRun[by.Target+"/"+prev]
+		if lost == nil || lost.State.Final() || lost.Request != by.Request || lost.Attempt >= by.Attempt {
+			continue
+		}
+		if cur := out[prev]; cur == nil || by.Attempt < cur.Attempt {
+			out[prev] = by
+		}
+	}
+	return out
+}
+
+// Lost returns a copy of s, a run that lost its worker, as readers show
+// it: in state error, saying which run took the request over. The
+// result's own status.json is not changed: no worker writes another
+// worker's run.
+func Lost(s *Status, byRun string, byAttempt int) *Status {
+	c := *s
+	c.State = Error
+	c.Reason = fmt.Sprintf("worker lost: its claim expired and run %s (attempt %d) took the request over", byRun, byAttempt)
+	c.Jobs = append([]Job(nil), s.Jobs...)
+	for i := range c.Jobs {
+		if !c.Jobs[i].State.Final() {
+			c.Jobs[i].State, c.Jobs[i].Reason = Error, "worker lost"
+		}
+	}
+	return &c
+}
+
 // Values of Status.Secrets.
 const (
 	SecretsAvailable = "available" // the environment was verified and its values could be asked for

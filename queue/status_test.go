@@ -252,3 +252,53 @@ func TestStates(t *testing.T) {
 		}
 	}
 }
+
+func TestTakenOver(t *testing.T) {
+	const tgt = "1111111111111111111111111111111111111111"
+	run := func(id string, attempt int, state State, prev string) *Status {
+		s := &Status{Format: Format, Target: tgt, Request: "r", Run: id, Attempt: attempt, State: state}
+		if prev != "" {
+			s.Extra = map[string]any{ExtraPreviousRun: prev}
+		}
+		return s
+	}
+	a1 := run("a1", 1, Running, "")
+	a2 := run("a2", 2, Running, "a1")
+	a3 := run("a3", 3, Success, "a2")
+	done := run("d1", 1, Success, "")
+	late := run("d2", 2, Success, "d1") // names a run that ended: it was not lost
+	other := run("o1", 1, Running, "")
+	wrongReq := run("o2", 2, Success, "o1")
+	wrongReq.Request = "another"
+	elsewhere := run("e1", 1, Running, "")
+	elsewhere.Target = "2222222222222222222222222222222222222222"
+	wrongTarget := run("e2", 2, Success, "e1") // same id, other target
+	backwards := run("b1", 2, Running, "")
+	older := run("b0", 1, Success, "b1") // a lower attempt cannot have taken over
+
+	got := TakenOver([]*Status{a3, a1, a2, done, late, other, wrongReq, elsewhere, wrongTarget, backwards, older})
+	want := map[string]string{"a1": "a2", "a2": "a3"}
+	if len(got) != len(want) {
+		t.Errorf("taken over: %d runs, want %d (%v)", len(got), len(want), got)
+	}
+	for lost, by := range want {
+		if got[lost] == nil || got[lost].Run != by {
+			t.Errorf("run %s: taken over by %v, want %s", lost, got[lost], by)
+		}
+	}
+	if a1.PreviousRun() != "" || a2.PreviousRun() != "a1" {
+		t.Errorf("PreviousRun: %q, %q", a1.PreviousRun(), a2.PreviousRun())
+	}
+
+	a1.Jobs = []Job{{Name: "build", State: Success}, {Name: "test", State: Running}}
+	l := Lost(a1, "a2", 2)
+	if l.Jobs[0].State != Success || l.Jobs[1].State != Error || a1.Jobs[1].State != Running {
+		t.Errorf("Lost: jobs %+v (from %+v)", l.Jobs, a1.Jobs)
+	}
+	if l.State != Error || !strings.Contains(l.Reason, "worker lost") || !strings.Contains(l.Reason, "a2 (attempt 2)") {
+		t.Errorf("Lost: %s %q", l.State, l.Reason)
+	}
+	if a1.State != Running || a1.Reason != "" {
+		t.Error("Lost changed the status it was given")
+	}
+}

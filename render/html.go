@@ -144,9 +144,7 @@ func HTML(r Result, o HTMLOptions) ([]byte, error) {
 	}
 	s = cleanStatus(s)
 	d := pageData{S: s, R: r, O: o, CSP: scriptCSP(), CSS: template.CSS(pageCSS), JS: template.JS(pageJS)}
-	if v, ok := s.Extra["previous_run"].(string); ok {
-		d.PrevRun = v
-	}
+	d.PrevRun = s.PreviousRun()
 	budget := PageInline
 	failJob := -1
 	for _, n := range jobTree(s.Jobs) {

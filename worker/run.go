@@ -171,7 +171,7 @@ func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 		Artifacts: []queue.Artifact{},
 	}
 	if spec.PreviousRun != "" {
-		st.Extra = map[string]any{"previous_run": spec.PreviousRun}
+		st.Extra = map[string]any{queue.ExtraPreviousRun: spec.PreviousRun}
 	}
 	r := &run{spec: spec, st: st, now: now, signer: signer, ref: queue.RunRef(st.Target, st.Run)}
 	defer r.cleanup()

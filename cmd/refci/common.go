@@ -116,6 +116,41 @@ func listRuns(repo *gitproto.Repo, target string) ([]runRef, error) {
 	return out, nil
 }
 
+// takenOverBy returns the run that took the request of st over after
+// st's worker was lost (see queue.TakenOver), from the runs of st's
+// target in repo. A final run was never lost.
+func takenOverBy(repo *gitproto.Repo, st *queue.Status) (rr runRefStatus, ok bool) {
+	if st.State.Final() {
+		return runRefStatus{}, false
+	}
+	runs, err := listRuns(repo, st.Target)
+	if err != nil {
+		return runRefStatus{}, false
+	}
+	sts := []*queue.Status{st}
+	refOf := map[*queue.Status]runRef{}
+	for _, r := range runs {
+		if r.Run == st.Run {
+			continue
+		}
+		if s, err := readStatus(repo, r.Commit); err == nil {
+			sts = append(sts, s)
+			refOf[s] = r
+		}
+	}
+	by := queue.TakenOver(sts)[st.Run]
+	if by == nil {
+		return runRefStatus{}, false
+	}
+	return runRefStatus{refOf[by], by}, true
+}
+
+// runRefStatus is a run and its status.
+type runRefStatus struct {
+	runRef
+	st *queue.Status
+}
+
 var errNoRuns = errors.New("no runs")
 
 // findRun resolves what the user named: "" (the latest run of HEAD), a

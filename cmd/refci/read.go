@@ -38,6 +38,9 @@ func cmdStatus(_ context.Context, e *env, args []string) int {
 		e.stdout.Write(b)
 		return exitForState(st)
 	}
+	if by, ok := takenOverBy(repo, st); ok {
+		st = queue.Lost(st, by.Run, by.st.Attempt) // its status.json still says running
+	}
 	if err := render.Terminal(e.stdout, st, render.TermOptions{Color: e.color(e.stdout), Ref: rr.Ref}); err != nil {
 		return exitInfra
 	}
@@ -122,10 +125,24 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 		return exitOK
 	}
 	color := e.color(e.stdout)
-	for _, r := range runs {
-		st, err := readStatus(repo, r.Commit)
-		if err != nil {
+	sts := make([]*queue.Status, len(runs))
+	var readable []*queue.Status
+	for i, r := range runs {
+		if st, err := readStatus(repo, r.Commit); err == nil {
+			sts[i] = st
+			readable = append(readable, st)
+		}
+	}
+	lost := queue.TakenOver(readable)
+	for i, r := range runs {
+		st := sts[i]
+		if st == nil {
+			_, err := readStatus(repo, r.Commit)
 			fmt.Fprintf(e.stdout, "%s  %s  unreadable: %v\n", r.Run, r.Target[:12], err)
+			continue
+		}
+		if by := lost[st.Run]; by != nil {
+			fmt.Fprintf(e.stdout, "%s  worker lost, taken over by %s\n", render.RunLine(queue.Lost(st, by.Run, by.Attempt), color), render.Safe(by.Run))
 			continue
 		}
 		fmt.Fprintln(e.stdout, render.RunLine(st, color))

@@ -158,10 +158,22 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 					return exitInfra
 				}
 				if !announced {
-					fmt.Fprintf(e.stderr, "refci: run %s (attempt %d) on worker %s\n", st.Run, st.Attempt, st.Worker)
+					fmt.Fprintf(e.stderr, "refci: run %s (attempt %d) on worker %s", st.Run, st.Attempt, st.Worker)
+					if prev := st.PreviousRun(); prev != "" {
+						fmt.Fprintf(e.stderr, ", after run %s lost its worker", prev)
+					}
+					fmt.Fprintln(e.stderr)
 					announced = true
 				}
 				printed = printNewLog(e.stdout, repo, h, printed)
+				if by, ok := takenOverBy(repo, st); ok {
+					// Its worker died: the run never ends. Follow the
+					// attempt that took the request over instead.
+					fmt.Fprintf(e.stderr, "\nrefci: run %s (attempt %d) lost its worker; run %s (attempt %d) on worker %s took the request over\n",
+						st.Run, st.Attempt, by.Run, by.st.Attempt, by.st.Worker)
+					runRef, printed = by.Ref, 0
+					continue
+				}
 				if st.State.Final() {
 					// The final block: jobs as a tree, artifacts, then the one-line summary.
 					fmt.Fprintln(e.stdout)
@@ -251,7 +263,9 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 	started := time.Now()
 	return follow(ctx, e, dir, remote, target, func(st *queue.Status) bool {
 		if runID != "" {
-			return st.Run == runID
+			// The run, or the attempt that took it over when its worker
+			// died before it pushed anything.
+			return st.Run == runID || st.PreviousRun() == runID
 		}
 		return st.Started.After(started.Add(-time.Hour)) // the newest recent run of the commit
 	})

@@ -242,7 +242,8 @@ func TestWorkerSupersedeCancelAndOddRequests(t *testing.T) {
 
 func TestWorkerKilledMidRunIsTakenOver(t *testing.T) {
 	marker := fmt.Sprintf("%d.%03d", 5000+time.Now().UnixNano()%1000, time.Now().Nanosecond()%997)
-	f := newFleet(t, fmt.Sprintf(`if [ "$REFCI_ATTEMPT" = 1 ]; then
+	f := newFleet(t, fmt.Sprintf(`echo "attempt $REFCI_ATTEMPT started"
+if [ "$REFCI_ATTEMPT" = 1 ]; then
 	setsid sleep %[1]s >/dev/null 2>&1 &
 	sleep %[1]s
 fi
@@ -251,6 +252,21 @@ echo "attempt $REFCI_ATTEMPT done"
 	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/crash")
 	a := f.startWorker("a")
 	f.waitFor("the pipeline to start", time.Minute, func() bool { return alive("sleep " + marker) })
+	// Someone follows the run; it must not wait for ever on a run whose
+	// worker died, but follow the attempt that takes the request over.
+	follow := exec.Command(refciBin, "log", "-f", "crash")
+	follow.Dir, follow.Env = f.repo, f.env
+	var fout, ferr lockedBuffer
+	follow.Stdout, follow.Stderr = &fout, &ferr
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	followed := make(chan error, 1)
+	go func() { followed <- follow.Wait() }()
+	defer follow.Process.Kill()
+	f.waitFor("log -f to follow attempt 1", time.Minute, func() bool {
+		return strings.Contains(ferr.String(), "(attempt 1)") && strings.Contains(fout.String(), "attempt 1 started")
+	})
 	a.Process.Signal(syscall.SIGKILL)
 	a.Wait()
 	f.waitFor("the killed run's processes to die", 15*time.Second, func() bool { return !alive("sleep " + marker) })
@@ -262,8 +278,27 @@ echo "attempt $REFCI_ATTEMPT done"
 	if len(res) != 1 || res[0].State != queue.Success || res[0].Attempt != 2 {
 		t.Fatalf("results: %+v", res)
 	}
-	if res[0].Extra["previous_run"] == nil {
-		t.Errorf("attempt 2 does not name the run it replaces: %+v", res[0].Extra)
+	if res[0].PreviousRun() == "" {
+		t.Fatalf("attempt 2 does not name the run it replaces: %+v", res[0].Extra)
+	}
+	select {
+	case err := <-followed:
+		if err != nil || !strings.Contains(fout.String(), "attempt 2 done") || !strings.Contains(fout.String(), "refci: success") ||
+			!strings.Contains(ferr.String(), "lost its worker; run "+res[0].Run+" (attempt 2)") {
+			t.Errorf("log -f across the takeover: %v\nstdout:\n%s\nstderr:\n%s", err, fout.String(), ferr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("log -f still follows the lost run after attempt 2 ended\nstdout:\n%s\nstderr:\n%s", fout.String(), ferr.String())
+	}
+	// Readers show the lost attempt as an error, not as running for ever.
+	f.git("", "fetch", "-q", "origin", "+refs/ci/*:refs/ci/*")
+	lost := f.refci("status", res[0].Target+"/"+res[0].PreviousRun())
+	if lost.code != 3 || !strings.Contains(lost.stdout, "worker lost") || !strings.Contains(lost.stdout, res[0].Run) {
+		t.Errorf("status of the lost run: %d\n%s%s", lost.code, lost.stdout, lost.stderr)
+	}
+	runs := f.refci("runs").want(t, 0).stdout
+	if !strings.Contains(runs, res[0].PreviousRun()) || !strings.Contains(runs, "worker lost, taken over by "+res[0].Run) || strings.Contains(runs, "running") {
+		t.Errorf("refci runs:\n%s", runs)
 	}
 }
 
