@@ -92,10 +92,10 @@ func (s *Status) PreviousRun() string {
 // TakenOver finds the runs that lost their worker. A worker killed in the
 // middle of a run leaves that run's last snapshot, state running, on the
 // remote for good; the worker that takes the expired claim over names it
-// as its previous run. TakenOver maps the id of every run in runs that is
-// not final and that a later attempt of the same request on the same
-// target names that way, to that later attempt. A final run is never
-// taken over: it ended before its lease did.
+// as its previous run. TakenOver maps every run in runs that is not final
+// and that a later attempt of the same request on the same target names
+// that way, to that later attempt; the keys are "<target>/<run>". A final
+// run is never taken over: it ended before its lease did.
 func TakenOver(runs []*Status) map[string]*Status {
 	byRun := map[string]*Status{}
 	for _, s := range runs {
@@ -111,8 +111,9 @@ func TakenOver(runs []*Status) map[string]*Status {
 		if lost == nil || lost.State.Final() || lost.Request != by.Request || lost.Attempt >= by.Attempt {
 			continue
 		}
-		if cur := out[prev]; cur == nil || by.Attempt < cur.Attempt {
-			out[prev] = by
+		key := by.Target + "/" + prev
+		if cur := out[key]; cur == nil || by.Attempt < cur.Attempt {
+			out[key] = by
 		}
 	}
 	return out

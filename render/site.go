@@ -28,12 +28,20 @@ type RunSummary struct {
 	DurationMS int64       `json:"duration_ms"`
 	FailedJobs []string    `json:"failed_jobs,omitempty"`
 	Href       string      `json:"href"`
+	Attempt    int         `json:"attempt,omitempty"`
+	// PreviousRun is the run this attempt took over (queue.Status.PreviousRun).
+	PreviousRun string `json:"previous_run,omitempty"`
+	// LostTo, when set, is the run that took this one over after its
+	// worker was lost: State and Reason are then queue.Lost's, while the
+	// run's own status.json still says running.
+	LostTo string `json:"lost_to,omitempty"`
 }
 
 // SummaryOf summarises a status.
 func SummaryOf(s *queue.Status, ref, commit, href string) RunSummary {
 	sum := RunSummary{Ref: ref, Commit: commit, Target: s.Target, TargetRef: s.TargetRef, Request: s.Request, Run: s.Run,
-		State: s.State, Reason: oneLine(s.Reason), Started: s.Started, DurationMS: s.DurationMS, Href: href}
+		State: s.State, Reason: oneLine(s.Reason), Started: s.Started, DurationMS: s.DurationMS, Href: href,
+		Attempt: s.Attempt, PreviousRun: s.PreviousRun()}
 	for _, j := range s.Jobs {
 		if j.State == queue.Failure {
 			sum.FailedJobs = append(sum.FailedJobs, Safe(j.Name))

@@ -141,7 +141,7 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 			fmt.Fprintf(e.stdout, "%s  %s  unreadable: %v\n", r.Run, r.Target[:12], err)
 			continue
 		}
-		if by := lost[st.Run]; by != nil {
+		if by := lost[st.Target+"/"+st.Run]; by != nil {
 			fmt.Fprintf(e.stdout, "%s  worker lost, taken over by %s\n", render.RunLine(queue.Lost(st, by.Run, by.Attempt), color), render.Safe(by.Run))
 			continue
 		}

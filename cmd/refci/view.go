@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -101,6 +102,10 @@ type siteStats struct {
 
 const manifestFile = "manifest.json"
 
+// siteFormat is the manifest's version; a site built with another is
+// built again from scratch. 2: summaries know attempts and lost runs.
+const siteFormat = 2
+
 type siteManifest struct {
 	Format int                          `json:"format"`
 	Runs   map[string]render.RunSummary `json:"runs"` // by run ref
@@ -123,18 +128,14 @@ func (b *siteBuilder) Build() (siteStats, error) {
 	if err := os.MkdirAll(b.Out, 0o755); err != nil {
 		return st, err
 	}
-	man := siteManifest{Format: 1, Runs: map[string]render.RunSummary{}}
+	man := siteManifest{Format: siteFormat, Runs: map[string]render.RunSummary{}}
 	if raw, err := os.ReadFile(filepath.Join(b.Out, manifestFile)); err == nil {
 		var m siteManifest
-		if json.Unmarshal(raw, &m) == nil && m.Format == 1 && m.Runs != nil {
+		if json.Unmarshal(raw, &m) == nil && m.Format == siteFormat && m.Runs != nil {
 			man = m
 		}
 	}
-	type job struct {
-		ref    string
-		commit gitproto.Hash
-	}
-	var todo []job
+	var todo []renderJob
 	live := map[string]bool{}
 	for _, r := range refs {
 		if _, _, ok := queue.ParseRunRef(r.Name); !ok {
@@ -144,7 +145,7 @@ func (b *siteBuilder) Build() (siteStats, error) {
 		if old, ok := man.Runs[r.Name]; ok && old.Commit == r.Hash.String() {
 			continue
 		}
-		todo = append(todo, job{r.Name, r.Hash})
+		todo = append(todo, renderJob{ref: r.Name, commit: r.Hash})
 	}
 	changedTargets := map[string]bool{}
 	changedRequests := map[string]bool{}
@@ -161,50 +162,13 @@ func (b *siteBuilder) Build() (siteStats, error) {
 		changedRequests[sum.Request] = true
 		st.Removed++
 	}
-
-	// Render the new runs, several at once (one go-git repository each:
-	// it is not safe for concurrent use).
-	workers := b.Workers
-	if workers <= 0 {
-		workers = runtime.NumCPU()
-	}
-	jobs := make(chan job)
-	type done struct {
-		ref string
-		sum render.RunSummary
-		err error
-	}
-	results := make(chan done)
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r, err := gitproto.Open(b.RepoDir)
-			for j := range jobs {
-				if err != nil {
-					results <- done{ref: j.ref, err: err}
-					continue
-				}
-				sum, err := b.renderRun(r, j.ref, j.commit)
-				results <- done{j.ref, sum, err}
-			}
-		}()
-	}
-	go func() {
-		for _, j := range todo {
-			jobs <- j
-		}
-		close(jobs)
-		wg.Wait()
-		close(results)
-	}()
-	for d := range results {
+	renderedRefs := map[string]bool{} // a lost run may be rendered twice
+	record := func(d rendered) {
 		if d.err != nil {
 			if b.Warn != nil {
 				b.Warn(fmt.Sprintf("%s: %v", d.ref, d.err))
 			}
-			continue
+			return
 		}
 		if old, ok := man.Runs[d.ref]; ok {
 			changedRequests[old.Request] = true
@@ -212,8 +176,18 @@ func (b *siteBuilder) Build() (siteStats, error) {
 		man.Runs[d.ref] = d.sum
 		changedTargets[d.sum.Target] = true
 		changedRequests[d.sum.Request] = true
-		st.Rendered++
+		renderedRefs[d.ref] = true
 	}
+	for _, d := range b.renderAll(todo) {
+		record(d)
+	}
+	// Runs whose worker was lost are rendered again as lost once the
+	// attempt that took them over is here (and as they are, should that
+	// attempt go away).
+	for _, d := range b.renderAll(lostChanged(man)) {
+		record(d)
+	}
+	st.Rendered = len(renderedRefs)
 	st.Runs = len(man.Runs)
 	_, statErr := os.Stat(filepath.Join(b.Out, "index.html"))
 	if len(changedTargets) == 0 && len(changedRequests) == 0 && statErr == nil {
@@ -234,9 +208,101 @@ func (b *siteBuilder) Build() (siteStats, error) {
 	return st, nil
 }
 
+// renderJob is one run to render; by, when set, is the run that took it
+// over after its worker was lost.
+type renderJob struct {
+	ref    string
+	commit gitproto.Hash
+	by     *render.RunSummary
+}
+
+type rendered struct {
+	ref string
+	sum render.RunSummary
+	err error
+}
+
+// renderAll renders the runs of todo, several at once (one go-git
+// repository each: it is not safe for concurrent use).
+func (b *siteBuilder) renderAll(todo []renderJob) []rendered {
+	if len(todo) == 0 {
+		return nil
+	}
+	workers := b.Workers
+	if workers <= 0 {
+		workers = runtime.NumCPU()
+	}
+	jobs := make(chan renderJob)
+	results := make(chan rendered)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := gitproto.Open(b.RepoDir)
+			for j := range jobs {
+				if err != nil {
+					results <- rendered{ref: j.ref, err: err}
+					continue
+				}
+				sum, err := b.renderRun(r, j.ref, j.commit, j.by)
+				results <- rendered{j.ref, sum, err}
+			}
+		}()
+	}
+	go func() {
+		for _, j := range todo {
+			jobs <- j
+		}
+		close(jobs)
+		wg.Wait()
+		close(results)
+	}()
+	var out []rendered
+	for d := range results {
+		out = append(out, d)
+	}
+	return out
+}
+
+// lostChanged returns the runs of man whose being lost (queue.TakenOver)
+// is not what their pages show.
+func lostChanged(man siteManifest) []renderJob {
+	sts := make([]*queue.Status, 0, len(man.Runs))
+	refOf := make(map[*queue.Status]string, len(man.Runs))
+	sumOf := map[string]render.RunSummary{} // by target/run
+	for ref, s := range man.Runs {
+		st := &queue.Status{Target: s.Target, Request: s.Request, Run: s.Run, Attempt: s.Attempt, State: s.State}
+		if s.LostTo != "" {
+			st.State = queue.Running // shown as lost; its status.json says running
+		}
+		if s.PreviousRun != "" {
+			st.Extra = map[string]any{queue.ExtraPreviousRun: s.PreviousRun}
+		}
+		sts = append(sts, st)
+		refOf[st] = ref
+		sumOf[s.Target+"/"+s.Run] = s
+	}
+	lost := queue.TakenOver(sts)
+	var todo []renderJob
+	for st, ref := range refOf {
+		s := man.Runs[ref]
+		var by *render.RunSummary
+		want := ""
+		if b := lost[st.Target+"/"+st.Run]; b != nil {
+			sum := sumOf[b.Target+"/"+b.Run]
+			by, want = &sum, b.Run
+		}
+		if s.LostTo != want {
+			todo = append(todo, renderJob{ref: ref, commit: gitproto.NewHash(s.Commit), by: by})
+		}
+	}
+	return todo
+}
+
 // renderRun writes one run's directory: its page, status.json, logs and
 // artifacts.
-func (b *siteBuilder) renderRun(repo *gitproto.Repo, ref string, commit gitproto.Hash) (render.RunSummary, error) {
+func (b *siteBuilder) renderRun(repo *gitproto.Repo, ref string, commit gitproto.Hash, by *render.RunSummary) (render.RunSummary, error) {
 	target, runID, _ := queue.ParseRunRef(ref)
 	// One commit and tree lookup for every file of the run.
 	c, err := repo.Commit(commit)
@@ -266,6 +332,11 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, ref string, commit gitproto
 	st, err := queue.DecodeStatus(rawStatus)
 	if err != nil {
 		return render.RunSummary{}, fmt.Errorf("result %s: %w", commit.String()[:12], err)
+	}
+	links := [][2]string{{"history of " + target[:12], "../../../commits/" + target + ".html"}}
+	if by != nil {
+		st = queue.Lost(st, by.Run, by.Attempt) // the page and the lists say so; status.json stays as stored
+		links = append(links, [2]string{"taken over by attempt " + strconv.Itoa(by.Attempt), "../../../" + by.Href})
 	}
 	rel := path.Join("runs", target, runID)
 	final := filepath.Join(b.Out, filepath.FromSlash(rel))
@@ -297,8 +368,7 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, ref string, commit gitproto
 			files[queue.JobLogPath(j.Name)] = l
 		}
 	}
-	page, err := render.HTML(res, render.HTMLOptions{Home: "../../../index.html",
-		Links: [][2]string{{"history of " + target[:12], "../../../commits/" + target + ".html"}}})
+	page, err := render.HTML(res, render.HTMLOptions{Home: "../../../index.html", Links: links})
 	if err != nil {
 		return render.RunSummary{}, err
 	}
@@ -326,7 +396,11 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, ref string, commit gitproto
 	if err := os.Rename(dir, final); err != nil {
 		return render.RunSummary{}, err
 	}
-	return render.SummaryOf(st, ref, commit.String(), rel+"/index.html"), nil
+	sum := render.SummaryOf(st, ref, commit.String(), rel+"/index.html")
+	if by != nil {
+		sum.LostTo = by.Run
+	}
+	return sum, nil
 }
 
 // writeLists writes the list pages, the changed commits' pages and the

@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"refci.dev/refci/queue"
 )
 
 // TestResultTreeHasPage: every result tree carries index.html rendered
@@ -132,5 +135,77 @@ func TestViewSite(t *testing.T) {
 	}
 	if r := s.refci("view", "-h"); r.code != 0 || !strings.Contains(r.stdout, "Usage: refci view") {
 		t.Errorf("view -h: %d %s", r.code, r.stdout)
+	}
+}
+
+// putRun stores st as an (unsigned) result commit under its run ref, the
+// way a worker's snapshot or result would be, and returns the ref.
+func (s *sandbox) putRun(st *queue.Status) string {
+	s.t.Helper()
+	b, err := queue.EncodeStatus(st)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	status := s.gitStdin(string(b), "hash-object", "-w", "--stdin")
+	log := s.gitStdin("attempt output\n", "hash-object", "-w", "--stdin")
+	tree := s.gitStdin("100644 blob "+log+"\tlog.txt\n100644 blob "+status+"\tstatus.json\n", "mktree")
+	commit := s.git("", "commit-tree", "-m", queue.CommitMessage(st), tree)
+	ref := queue.RunsPrefix + st.Target + "/" + st.Run
+	s.git("", "update-ref", ref, commit)
+	return ref
+}
+
+// A run whose worker died stays "running" in its status.json; once the
+// attempt that took it over is here, the site shows it as an error,
+// "worker lost", linked to that attempt, and lists nothing as running.
+func TestViewShowsLostRuns(t *testing.T) {
+	s := newSandbox(t)
+	target := s.pipeline("echo hi\n")
+	started := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	a1 := &queue.Status{Format: queue.Format, State: queue.Running, Target: target, Request: "crash", Run: queue.NewRunID(started),
+		Attempt: 1, Worker: "AAAA", Started: started, Jobs: []queue.Job{{Name: "test", State: queue.Running}}}
+	s.putRun(a1)
+	out := filepath.Join(s.root, "site")
+	s.refci("view", "-o", out).want(t, 0)
+	if _, err := os.Stat(filepath.Join(out, "state-running.html")); err != nil {
+		t.Fatalf("a running run without a successor is listed as running: %v", err)
+	}
+
+	exit := 0
+	a2 := &queue.Status{Format: queue.Format, State: queue.Success, Target: target, Request: "crash", Run: queue.NewRunID(started.Add(time.Minute)),
+		Attempt: 2, Worker: "BBBB", Started: started.Add(time.Minute), ExitCode: &exit, Extra: map[string]any{queue.ExtraPreviousRun: a1.Run}}
+	ref2 := s.putRun(a2)
+	r := s.refci("view", "-o", out).want(t, 0)
+	if !strings.Contains(r.stdout, "refci: 2 runs (2 rendered, 0 removed)") {
+		t.Errorf("view after the takeover (the new run, and the lost one again):\n%s", r.stdout)
+	}
+	index, _ := os.ReadFile(filepath.Join(out, "index.html"))
+	if strings.Contains(string(index), `data-state="running"`) || !strings.Contains(string(index), "worker lost") {
+		t.Errorf("index still lists the lost run as running, or not as lost:\n%s", index)
+	}
+	if _, err := os.Stat(filepath.Join(out, "state-running.html")); err == nil {
+		t.Error("state-running.html is still there")
+	}
+	page, _ := os.ReadFile(filepath.Join(out, "runs", target, a1.Run, "index.html"))
+	if !strings.Contains(string(page), "worker lost") || !strings.Contains(string(page), `href="../../../runs/`+target+"/"+a2.Run+`/index.html"`) {
+		t.Errorf("the lost run's page does not say so or link the attempt that took over:\n%s", page)
+	}
+	if raw, _ := os.ReadFile(filepath.Join(out, "runs", target, a1.Run, "status.json")); !strings.Contains(string(raw), `"state": "running"`) {
+		t.Errorf("the lost run's status.json is not as stored:\n%s", raw)
+	}
+	if badge, _ := os.ReadFile(filepath.Join(out, "badges/crash.svg")); !strings.Contains(string(badge), "success") {
+		t.Errorf("badge: %s", badge)
+	}
+	if r := s.refci("view", "-o", out).want(t, 0); !strings.Contains(r.stdout, "(0 rendered, 0 removed)") {
+		t.Errorf("view with nothing changed:\n%s", r.stdout)
+	}
+
+	// Without the attempt that took it over, it is shown as it is again.
+	s.git("", "update-ref", "-d", ref2)
+	if r := s.refci("view", "-o", out).want(t, 0); !strings.Contains(r.stdout, "refci: 1 runs (1 rendered, 1 removed)") {
+		t.Errorf("view after the takeover's removal:\n%s", r.stdout)
+	}
+	if _, err := os.Stat(filepath.Join(out, "state-running.html")); err != nil {
+		t.Errorf("the run is not listed as running again: %v", err)
 	}
 }
