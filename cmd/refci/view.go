@@ -266,12 +266,23 @@ func (b *siteBuilder) renderAll(todo []renderJob) []rendered {
 }
 
 // lostChanged returns the runs of man whose being lost (queue.TakenOver)
-// is not what their pages show.
+// is not what their pages show. Only attempts that took a run over, the
+// runs they name and the runs shown as lost are looked at: a site of
+// runs that all ended costs two passes over the manifest.
 func lostChanged(man siteManifest) []renderJob {
-	sts := make([]*queue.Status, 0, len(man.Runs))
-	refOf := make(map[*queue.Status]string, len(man.Runs))
+	named := map[string]bool{} // target/run of every run a later attempt names
+	for _, s := range man.Runs {
+		if s.PreviousRun != "" {
+			named[s.Target+"/"+s.PreviousRun] = true
+		}
+	}
+	var sts []*queue.Status
+	refOf := map[*queue.Status]string{}
 	sumOf := map[string]render.RunSummary{} // by target/run
 	for ref, s := range man.Runs {
+		if s.PreviousRun == "" && s.LostTo == "" && !named[s.Target+"/"+s.Run] {
+			continue
+		}
 		st := &queue.Status{Target: s.Target, Request: s.Request, Run: s.Run, Attempt: s.Attempt, State: s.State}
 		if s.LostTo != "" {
 			st.State = queue.Running // shown as lost; its status.json says running
