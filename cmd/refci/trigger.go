@@ -120,13 +120,23 @@ func makeRequestTag(ctx context.Context, dir, target, name string, o queue.Reque
 
 // follow polls the remote for the run of target that match selects,
 // prints its log as snapshots arrive, and returns the exit code of its
-// final state.
+// final state. When the run's worker dies, it says so and follows the
+// attempt that takes the request over.
 func follow(ctx context.Context, e *env, dir, remote, target string, match func(*queue.Status) bool) int {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
 	printed := int64(0)
-	runRef := ""
-	announced := false
+	var cur struct {
+		ref, run, request string // the run followed; its ref may not be on the remote yet
+		attempt           int
+	}
+	announced, waitNoted, expiryNoted := false, false, ""
+	began, lastClaimCheck := time.Now(), time.Time{}
+	takeOver := func(to, toRef string, toAttempt int, worker string) {
+		fmt.Fprintf(e.stderr, "\nrefci: run %s (attempt %d) lost its worker; run %s (attempt %d) on worker %s took the request over\n",
+			cur.run, cur.attempt, to, toAttempt, worker)
+		cur.ref, cur.run, cur.attempt, printed = toRef, to, toAttempt, 0
+	}
 	for {
 		spec := "+" + queue.RunsPrefix + target + "/*:" + queue.RunsPrefix + target + "/*"
 		if _, err := gitCmd(ctx, dir, "", "fetch", "--quiet", "--no-write-fetch-head", remote, spec); err != nil {
@@ -140,50 +150,66 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 			e.errorf("%v", err)
 			return exitInfra
 		}
-		if runRef == "" {
+		if cur.ref == "" {
 			runs, _ := listRuns(repo, target)
 			for _, r := range runs {
 				if st, err := readStatus(repo, r.Commit); err == nil && match(st) {
-					runRef = r.Ref
+					cur.ref, cur.run, cur.request, cur.attempt = r.Ref, st.Run, st.Request, st.Attempt
 					break
 				}
 			}
+			if cur.ref == "" && !waitNoted && time.Since(began) > 3*time.Second {
+				fmt.Fprintf(e.stderr, "refci: waiting for the run to start (no worker has pushed its progress yet)\n")
+				waitNoted = true
+			}
 		}
-		if runRef != "" {
-			h, err := repo.RefHash(runRef)
-			if err == nil {
-				st, err := readStatus(repo, h)
-				if err != nil {
-					e.errorf("%v", err)
-					return exitInfra
+		if h, err := repo.RefHash(cur.ref); cur.ref != "" && err == nil {
+			st, err := readStatus(repo, h)
+			if err != nil {
+				e.errorf("%v", err)
+				return exitInfra
+			}
+			cur.request, cur.attempt = st.Request, st.Attempt
+			if !announced {
+				fmt.Fprintf(e.stderr, "refci: run %s (attempt %d) on worker %s", st.Run, st.Attempt, st.Worker)
+				if prev := st.PreviousRun(); prev != "" {
+					fmt.Fprintf(e.stderr, ", after run %s lost its worker", prev)
 				}
-				if !announced {
-					fmt.Fprintf(e.stderr, "refci: run %s (attempt %d) on worker %s", st.Run, st.Attempt, st.Worker)
-					if prev := st.PreviousRun(); prev != "" {
-						fmt.Fprintf(e.stderr, ", after run %s lost its worker", prev)
-					}
-					fmt.Fprintln(e.stderr)
-					announced = true
+				fmt.Fprintln(e.stderr)
+				announced = true
+			}
+			printed = printNewLog(e.stdout, repo, h, printed)
+			if by, ok := takenOverBy(repo, st); ok {
+				// Its worker died: the run never ends. Follow the
+				// attempt that took the request over instead.
+				takeOver(by.Run, by.Ref, by.st.Attempt, by.st.Worker)
+				continue
+			}
+			if st.State.Final() {
+				// The final block: jobs as a tree, artifacts, then the one-line summary.
+				fmt.Fprintln(e.stdout)
+				render.Terminal(e.stdout, st, render.TermOptions{Color: e.color(e.stdout), Ref: cur.ref})
+				fmt.Fprintf(e.stdout, "refci: %s in %s", st.State, render.Duration(st.DurationMS))
+				if st.Reason != "" {
+					fmt.Fprintf(e.stdout, ": %s", st.Reason)
 				}
-				printed = printNewLog(e.stdout, repo, h, printed)
-				if by, ok := takenOverBy(repo, st); ok {
-					// Its worker died: the run never ends. Follow the
-					// attempt that took the request over instead.
-					fmt.Fprintf(e.stderr, "\nrefci: run %s (attempt %d) lost its worker; run %s (attempt %d) on worker %s took the request over\n",
-						st.Run, st.Attempt, by.Run, by.st.Attempt, by.st.Worker)
-					runRef, printed = by.Ref, 0
+				fmt.Fprintf(e.stdout, "\nrefci: result %s\n", cur.ref)
+				return exitForState(st)
+			}
+		}
+		// While it runs, the claim says whether its worker is still there,
+		// sooner than the next attempt's first snapshot would.
+		if cur.request != "" && time.Since(lastClaimCheck) >= followClaimEvery {
+			lastClaimCheck = time.Now()
+			if cv, err := remoteClaim(ctx, repo, dir, remote, cur.request); err == nil && cv.claim != nil {
+				switch c := cv.claim; {
+				case c.Run != cur.run && c.PreviousRun == cur.run && c.Target == target:
+					takeOver(c.Run, queue.RunRef(c.Target, c.Run), c.Attempt, c.Worker)
 					continue
-				}
-				if st.State.Final() {
-					// The final block: jobs as a tree, artifacts, then the one-line summary.
-					fmt.Fprintln(e.stdout)
-					render.Terminal(e.stdout, st, render.TermOptions{Color: e.color(e.stdout), Ref: runRef})
-					fmt.Fprintf(e.stdout, "refci: %s in %s", st.State, render.Duration(st.DurationMS))
-					if st.Reason != "" {
-						fmt.Fprintf(e.stdout, ": %s", st.Reason)
-					}
-					fmt.Fprintf(e.stdout, "\nrefci: result %s\n", runRef)
-					return exitForState(st)
+				case c.Run == cur.run && c.Expired(time.Now()) && expiryNoted != cur.run:
+					fmt.Fprintf(e.stderr, "\nrefci: worker %s stopped renewing its claim on run %s (the lease ran out at %s); waiting for another worker to take the request over\n",
+						c.Worker, cur.run, c.LeaseExpires.Local().Format(time.TimeOnly))
+					expiryNoted = cur.run
 				}
 			}
 		}
@@ -195,6 +221,10 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 		}
 	}
 }
+
+// followClaimEvery is how often follow reads the claim of a run that has
+// not ended.
+const followClaimEvery = 5 * time.Second
 
 // printNewLog prints the part of a snapshot's log not printed yet. A
 // capped log may have moved its tail; then it says so and prints the tail.
@@ -278,10 +308,9 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 func waitForClaim(ctx context.Context, e *env, repo *gitproto.Repo, dir, remote, name string) (target, runID string, code int) {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
-	claimRef, reqRef := queue.ClaimRef(name), queue.RequestRef(name)
 	waiting := false
 	for {
-		out, err := gitCmd(ctx, dir, "", "ls-remote", remote, reqRef, claimRef)
+		cv, err := remoteClaim(ctx, repo, dir, remote, name)
 		if err != nil {
 			if ctx.Err() != nil {
 				return "", "", exitFailed
@@ -289,27 +318,12 @@ func waitForClaim(ctx context.Context, e *env, repo *gitproto.Repo, dir, remote,
 			e.errorf("cannot list the request %s on %s: %v", name, remote, err)
 			return "", "", exitInfra
 		}
-		var claimVal string
-		hasRequest := false
-		for _, line := range strings.Split(out, "\n") {
-			h, ref, _ := strings.Cut(line, "\t")
-			switch ref {
-			case claimRef:
-				claimVal = h
-			case reqRef:
-				hasRequest = true
-			}
-		}
-		if claimVal != "" {
-			if _, err := gitCmd(ctx, dir, "", "fetch", "--quiet", "--no-write-fetch-head", remote, "+"+claimRef+":"+claimRef); err == nil {
-				if b, err := repo.ReadFile(gitproto.NewHash(claimVal), queue.ClaimFile); err == nil {
-					if c, err := queue.DecodeClaim(b); err == nil {
-						return c.Target, c.Run, exitOK
-					}
-				}
+		if cv.present {
+			if cv.claim != nil {
+				return cv.claim.Target, cv.claim.Run, exitOK
 			}
 			// A claim replaced meanwhile, or just deleted: look again.
-		} else if !hasRequest {
+		} else if !cv.hasRequest {
 			e.errorf("%s has no request or claim named %s (nor is it a revision here); a request that already ran is followed by its commit: refci log -f COMMIT, or see refci runs --all after git fetch %s '+refs/ci/*:refs/ci/*'", remote, name, remote)
 			return "", "", exitUsage
 		} else if !waiting {
@@ -323,6 +337,43 @@ func waitForClaim(ctx context.Context, e *env, repo *gitproto.Repo, dir, remote,
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// claimView is what the remote holds for a request name: whether the
+// request and a claim are there, and the claim, when it could be read.
+type claimView struct {
+	hasRequest, present bool
+	claim               *queue.Claim
+}
+
+// remoteClaim lists the request and the claim of name on remote, and
+// fetches and reads the claim when there is one.
+func remoteClaim(ctx context.Context, repo *gitproto.Repo, dir, remote, name string) (claimView, error) {
+	claimRef, reqRef := queue.ClaimRef(name), queue.RequestRef(name)
+	out, err := gitCmd(ctx, dir, "", "ls-remote", remote, reqRef, claimRef)
+	if err != nil {
+		return claimView{}, err
+	}
+	var cv claimView
+	claimVal := ""
+	for _, line := range strings.Split(out, "\n") {
+		h, ref, _ := strings.Cut(line, "\t")
+		switch ref {
+		case claimRef:
+			claimVal, cv.present = h, true
+		case reqRef:
+			cv.hasRequest = true
+		}
+	}
+	if !cv.present {
+		return cv, nil
+	}
+	if _, err := gitCmd(ctx, dir, "", "fetch", "--quiet", "--no-write-fetch-head", remote, "+"+claimRef+":"+claimRef); err == nil {
+		if b, err := repo.ReadFile(gitproto.NewHash(claimVal), queue.ClaimFile); err == nil {
+			cv.claim, _ = queue.DecodeClaim(b)
+		}
+	}
+	return cv, nil
 }
 
 // openRepoDir opens the repository and returns the directory git commands

@@ -76,6 +76,12 @@ func (f *fleet) stopAll() {
 		}
 	}
 	f.workers = nil
+	// A worker's push ends, as receive-pack's does, with `git gc --auto`,
+	// which goes on in the background when there is work to do; the
+	// remote is removed only once that is done.
+	for deadline := time.Now().Add(2 * time.Minute); alive("--git-dir="+f.bare+" ") && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // remoteRefs lists the remote's refs under prefix.
@@ -270,6 +276,10 @@ echo "attempt $REFCI_ATTEMPT done"
 	a.Process.Signal(syscall.SIGKILL)
 	a.Wait()
 	f.waitFor("the killed run's processes to die", 15*time.Second, func() bool { return !alive("sleep " + marker) })
+	// Before any worker takes over, the follower says why nothing moves.
+	f.waitFor("log -f to see the claim expire", time.Minute, func() bool {
+		return strings.Contains(ferr.String(), "stopped renewing its claim on run")
+	})
 	f.startWorker("b")
 	f.waitFor("the request to be done", time.Minute, func() bool {
 		return len(f.remoteRefs("refs/ci/requests/")) == 0 && len(f.remoteRefs("refs/ci/claims/")) == 0
