@@ -94,12 +94,13 @@ func (s *Status) PreviousRun() string {
 // remote for good; the worker that takes the expired claim over names it
 // as its previous run. TakenOver maps every run in runs that is not final
 // and that a later attempt of the same request on the same target names
-// that way, to that later attempt; the keys are "<target>/<run>". A final
-// run is never taken over: it ended before its lease did.
+// that way, to that later attempt; the keys are the lost runs' refs
+// (RunRef). A final run is never taken over: it ended before its lease
+// did.
 func TakenOver(runs []*Status) map[string]*Status {
 	byRun := map[string]*Status{}
 	for _, s := range runs {
-		byRun[s.Target+"/"+s.Run] = s
+		byRun[RunRef(s.Target, s.Run)] = s
 	}
 	out := map[string]*Status{}
 	for _, by := range runs {
@@ -107,11 +108,11 @@ func TakenOver(runs []*Status) map[string]*Status {
 		if prev == "" {
 			continue
 		}
-		lost := byRun[by.Target+"/"+prev]
+		key := RunRef(by.Target, prev)
+		lost := byRun[key]
 		if lost == nil || lost.State.Final() || lost.Request != by.Request || lost.Attempt >= by.Attempt {
 			continue
 		}
-		key := by.Target + "/" + prev
 		if cur := out[key]; cur == nil || by.Attempt < cur.Attempt {
 			out[key] = by
 		}

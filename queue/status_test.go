@@ -277,7 +277,7 @@ func TestTakenOver(t *testing.T) {
 	older := run("b0", 1, Success, "b1") // a lower attempt cannot have taken over
 
 	got := TakenOver([]*Status{a3, a1, a2, done, late, other, wrongReq, elsewhere, wrongTarget, backwards, older})
-	want := map[string]string{tgt + "/a1": "a2", tgt + "/a2": "a3"}
+	want := map[string]string{RunRef(tgt, "a1"): "a2", RunRef(tgt, "a2"): "a3"}
 	if len(got) != len(want) {
 		t.Errorf("taken over: %d runs, want %d (%v)", len(got), len(want), got)
 	}

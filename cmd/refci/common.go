@@ -138,7 +138,7 @@ func takenOverBy(repo *gitproto.Repo, st *queue.Status) (rr runRefStatus, ok boo
 			refOf[s] = r
 		}
 	}
-	by := queue.TakenOver(sts)[st.Target+"/"+st.Run]
+	by := queue.TakenOver(sts)[queue.RunRef(st.Target, st.Run)]
 	if by == nil {
 		return runRefStatus{}, false
 	}

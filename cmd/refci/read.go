@@ -126,22 +126,21 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 	}
 	color := e.color(e.stdout)
 	sts := make([]*queue.Status, len(runs))
+	errs := make([]error, len(runs))
 	var readable []*queue.Status
 	for i, r := range runs {
-		if st, err := readStatus(repo, r.Commit); err == nil {
-			sts[i] = st
-			readable = append(readable, st)
+		if sts[i], errs[i] = readStatus(repo, r.Commit); errs[i] == nil {
+			readable = append(readable, sts[i])
 		}
 	}
 	lost := queue.TakenOver(readable)
 	for i, r := range runs {
 		st := sts[i]
-		if st == nil {
-			_, err := readStatus(repo, r.Commit)
-			fmt.Fprintf(e.stdout, "%s  %s  unreadable: %v\n", r.Run, r.Target[:12], err)
+		if errs[i] != nil {
+			fmt.Fprintf(e.stdout, "%s  %s  unreadable: %v\n", r.Run, r.Target[:12], errs[i])
 			continue
 		}
-		if by := lost[st.Target+"/"+st.Run]; by != nil {
+		if by := lost[queue.RunRef(st.Target, st.Run)]; by != nil {
 			fmt.Fprintf(e.stdout, "%s  worker lost, taken over by %s\n", render.RunLine(queue.Lost(st, by.Run, by.Attempt), color), render.Safe(by.Run))
 			continue
 		}

@@ -163,9 +163,10 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 				waitNoted = true
 			}
 		}
-		if h, err := repo.RefHash(cur.ref); cur.ref != "" && err == nil {
-			st, err := readStatus(repo, h)
-			if err != nil {
+		var st *queue.Status // the followed run's newest snapshot, once it has one
+		h, err := repo.RefHash(cur.ref)
+		if cur.ref != "" && err == nil {
+			if st, err = readStatus(repo, h); err != nil {
 				e.errorf("%v", err)
 				return exitInfra
 			}
@@ -179,12 +180,6 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 				announced = true
 			}
 			printed = printNewLog(e.stdout, repo, h, printed)
-			if by, ok := takenOverBy(repo, st); ok {
-				// Its worker died: the run never ends. Follow the
-				// attempt that took the request over instead.
-				takeOver(by.Run, by.Ref, by.st.Attempt, by.st.Worker)
-				continue
-			}
 			if st.State.Final() {
 				// The final block: jobs as a tree, artifacts, then the one-line summary.
 				fmt.Fprintln(e.stdout)
@@ -197,10 +192,18 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 				return exitForState(st)
 			}
 		}
-		// While it runs, the claim says whether its worker is still there,
-		// sooner than the next attempt's first snapshot would.
+		// While it runs, look now and then whether its worker is gone.
+		// A run whose worker died never ends: follow the attempt that
+		// took the request over instead, found by its claim (before its
+		// first snapshot) or, once that is gone, by its result.
 		if cur.request != "" && time.Since(lastClaimCheck) >= followClaimEvery {
 			lastClaimCheck = time.Now()
+			if st != nil {
+				if by, ok := takenOverBy(repo, st); ok {
+					takeOver(by.Run, by.Ref, by.st.Attempt, by.st.Worker)
+					continue
+				}
+			}
 			if cv, err := remoteClaim(ctx, repo, dir, remote, cur.request); err == nil && cv.claim != nil {
 				switch c := cv.claim; {
 				case c.Run != cur.run && c.PreviousRun == cur.run && c.Target == target:
@@ -222,8 +225,8 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 	}
 }
 
-// followClaimEvery is how often follow reads the claim of a run that has
-// not ended.
+// followClaimEvery is how often follow looks whether the worker of a run
+// that has not ended is gone.
 const followClaimEvery = 5 * time.Second
 
 // printNewLog prints the part of a snapshot's log not printed yet. A

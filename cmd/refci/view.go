@@ -270,17 +270,17 @@ func (b *siteBuilder) renderAll(todo []renderJob) []rendered {
 // runs they name and the runs shown as lost are looked at: a site of
 // runs that all ended costs two passes over the manifest.
 func lostChanged(man siteManifest) []renderJob {
-	named := map[string]bool{} // target/run of every run a later attempt names
+	named := map[string]bool{} // the ref of every run a later attempt names
 	for _, s := range man.Runs {
 		if s.PreviousRun != "" {
-			named[s.Target+"/"+s.PreviousRun] = true
+			named[queue.RunRef(s.Target, s.PreviousRun)] = true
 		}
 	}
 	var sts []*queue.Status
 	refOf := map[*queue.Status]string{}
-	sumOf := map[string]render.RunSummary{} // by target/run
+	sumOf := map[string]render.RunSummary{} // by the run ref its status names
 	for ref, s := range man.Runs {
-		if s.PreviousRun == "" && s.LostTo == "" && !named[s.Target+"/"+s.Run] {
+		if s.PreviousRun == "" && s.LostTo == "" && !named[queue.RunRef(s.Target, s.Run)] {
 			continue
 		}
 		st := &queue.Status{Target: s.Target, Request: s.Request, Run: s.Run, Attempt: s.Attempt, State: s.State}
@@ -292,7 +292,7 @@ func lostChanged(man siteManifest) []renderJob {
 		}
 		sts = append(sts, st)
 		refOf[st] = ref
-		sumOf[s.Target+"/"+s.Run] = s
+		sumOf[queue.RunRef(s.Target, s.Run)] = s
 	}
 	lost := queue.TakenOver(sts)
 	var todo []renderJob
@@ -300,8 +300,8 @@ func lostChanged(man siteManifest) []renderJob {
 		s := man.Runs[ref]
 		var by *render.RunSummary
 		want := ""
-		if b := lost[st.Target+"/"+st.Run]; b != nil {
-			sum := sumOf[b.Target+"/"+b.Run]
+		if b := lost[queue.RunRef(st.Target, st.Run)]; b != nil {
+			sum := sumOf[queue.RunRef(b.Target, b.Run)]
 			by, want = &sum, b.Run
 		}
 		if s.LostTo != want {

@@ -428,3 +428,41 @@ func describeRuns(sts []*queue.Status) string {
 	}
 	return b.String()
 }
+
+// log -f on a run whose worker died goes on to the attempt that took it
+// over even when that attempt came and went between two looks at the
+// claim: here there is never a claim, only the two results.
+func TestFollowFindsTakeoverByResult(t *testing.T) {
+	f := newFleet(t, "echo hi\n")
+	target := f.git("", "rev-parse", "HEAD")
+	started := time.Now().UTC()
+	a1 := &queue.Status{Format: queue.Format, State: queue.Running, Target: target, Request: "gone", Run: queue.NewRunID(started),
+		Attempt: 1, Worker: "AAAA", Started: started}
+	ref1 := f.putRun(a1)
+	f.git("", "push", "-q", "origin", ref1+":"+ref1)
+	follow := exec.Command(refciBin, "log", "-f", target+"/"+a1.Run)
+	follow.Dir, follow.Env = f.repo, f.env
+	var fout, ferr lockedBuffer
+	follow.Stdout, follow.Stderr = &fout, &ferr
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	followed := make(chan error, 1)
+	go func() { followed <- follow.Wait() }()
+	defer follow.Process.Kill()
+	f.waitFor("log -f to follow attempt 1", 30*time.Second, func() bool { return strings.Contains(ferr.String(), "(attempt 1)") })
+
+	exit := 0
+	a2 := &queue.Status{Format: queue.Format, State: queue.Success, Target: target, Request: "gone", Run: queue.NewRunID(started.Add(time.Second)),
+		Attempt: 2, Worker: "BBBB", Started: started.Add(time.Second), ExitCode: &exit, Extra: map[string]any{queue.ExtraPreviousRun: a1.Run}}
+	ref2 := f.putRun(a2)
+	f.git("", "push", "-q", "origin", ref2+":"+ref2)
+	select {
+	case err := <-followed:
+		if err != nil || !strings.Contains(fout.String(), "refci: success") || !strings.Contains(ferr.String(), "lost its worker; run "+a2.Run+" (attempt 2) on worker BBBB") {
+			t.Errorf("log -f: %v\nstdout:\n%s\nstderr:\n%s", err, fout.String(), ferr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("log -f still follows the lost run\nstdout:\n%s\nstderr:\n%s", fout.String(), ferr.String())
+	}
+}
