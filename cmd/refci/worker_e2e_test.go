@@ -466,3 +466,77 @@ func TestFollowFindsTakeoverByResult(t *testing.T) {
 		t.Errorf("log -f still follows the lost run\nstdout:\n%s\nstderr:\n%s", fout.String(), ferr.String())
 	}
 }
+
+// The first SIGTERM stops claiming and lets running pipelines finish
+// within the grace period, then cancels them; a second signal cancels at
+// once. Every run ends with a pushed result, and the worker exits 0.
+func TestWorkerGracefulShutdown(t *testing.T) {
+	marker := fmt.Sprintf("%d.%03d", 6000+time.Now().UnixNano()%1000, time.Now().Nanosecond()%997)
+	side := t.TempDir()
+	f := newFleet(t, fmt.Sprintf(`touch %s/"$REFCI_REQUEST"
+case "$REFCI_REQUEST" in
+long*) sleep %s ;;
+*) sleep 2 ;;
+esac
+echo end
+`, side, marker))
+	started := func(req string) func() bool {
+		return func() bool { _, err := os.Stat(filepath.Join(side, req)); return err == nil }
+	}
+	exited := func(w *exec.Cmd, within time.Duration) time.Duration {
+		t.Helper()
+		t0 := time.Now()
+		done := make(chan error, 1)
+		go func() { done <- w.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("worker exited with %v", err)
+			}
+		case <-time.After(within):
+			t.Fatalf("the worker is still running %s after the signal", within)
+		}
+		return time.Since(t0)
+	}
+
+	// Grace long enough: the run finishes, nothing more is claimed.
+	a := f.startWorker("a", "--grace", "20s")
+	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/short")
+	f.waitFor("short to start", time.Minute, started("short"))
+	a.Process.Signal(syscall.SIGTERM)
+	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/after-signal")
+	exited(a, 20*time.Second)
+	if st := f.finalResults()["short"]; len(st) != 1 || st[0].State != queue.Success {
+		t.Errorf("the run within the grace period: %s", describeRuns(st))
+	}
+	if claims := f.remoteRefs("refs/ci/claims/"); len(claims) != 0 || len(f.remoteRefs("refs/ci/requests/after-signal")) != 1 {
+		t.Errorf("after the signal the worker claimed %v; the request pushed then must wait", claims)
+	}
+
+	// Grace too short: the run is cancelled when it is over.
+	f.git("", "push", "-q", "origin", ":refs/ci/requests/after-signal")
+	b := f.startWorker("b", "--grace", "1s")
+	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/long-1")
+	f.waitFor("long-1 to start", time.Minute, started("long-1"))
+	b.Process.Signal(syscall.SIGTERM)
+	took := exited(b, 20*time.Second)
+	if st := f.finalResults()["long-1"]; len(st) != 1 || st[0].State != queue.Cancelled || !strings.Contains(st[0].Reason, "shut down") {
+		t.Errorf("the run past the grace period (worker exited after %s): %s", took, describeRuns(st))
+	}
+
+	// A second signal cancels at once, long before the grace period ends.
+	c := f.startWorker("c", "--grace", "10m")
+	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/long-2")
+	f.waitFor("long-2 to start", time.Minute, started("long-2"))
+	c.Process.Signal(syscall.SIGTERM)
+	time.Sleep(500 * time.Millisecond)
+	c.Process.Signal(syscall.SIGTERM)
+	exited(c, 20*time.Second)
+	if st := f.finalResults()["long-2"]; len(st) != 1 || st[0].State != queue.Cancelled {
+		t.Errorf("the run after a second signal: %s", describeRuns(st))
+	}
+	if left := f.remoteRefs("refs/ci/requests/"); len(left) != 0 || len(f.remoteRefs("refs/ci/claims/")) != 0 {
+		t.Errorf("requests or claims left behind: %v %v", left, f.remoteRefs("refs/ci/claims/"))
+	}
+	f.waitFor("the cancelled pipelines' processes to die", 15*time.Second, func() bool { return !alive("sleep " + marker) })
+}
