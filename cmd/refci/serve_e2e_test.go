@@ -448,3 +448,67 @@ func httpGet(t *testing.T, url string) (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
+
+// A worker reaches an ssh:// remote the way the user's own git does: the
+// host alias, port, user and known hosts come from an ssh config file, and
+// the key from a running ssh-agent (it is on no path the worker is given).
+// ssh reads ~/.ssh/config from the passwd entry's home, not $HOME, so the
+// test names its config file with -F, as a user's core.sshCommand may.
+func TestWorkerUsesSSHConfigAndAgent(t *testing.T) {
+	sv := startServe(t, "--no-worker")
+	sv.pipeline("echo via the agent\n")
+	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/agent")
+	wk, _ := sshKey(t, sv.root, "worker-agent")
+	sv.addRole("worker " + strings.TrimSpace(string(must(os.ReadFile(wk+".pub")))))
+
+	agentSock := filepath.Join(sv.root, "agent.sock")
+	agent := exec.Command("ssh-agent", "-D", "-a", agentSock)
+	if err := agent.Start(); err != nil {
+		t.Fatalf("ssh-agent: %v", err)
+	}
+	defer func() { agent.Process.Kill(); agent.Wait() }()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if _, err := os.Stat(agentSock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("ssh-agent did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	add := exec.Command("ssh-add", "-q", wk)
+	add.Env = append(os.Environ(), "SSH_AUTH_SOCK="+agentSock)
+	if out, err := add.CombinedOutput(); err != nil {
+		t.Fatalf("ssh-add: %v\n%s", err, out)
+	}
+	// The key file goes: only the agent holds it now.
+	os.Remove(wk)
+
+	host, port, _ := strings.Cut(sv.addr, ":")
+	config := filepath.Join(sv.root, "ssh_config")
+	os.WriteFile(config, []byte(fmt.Sprintf("Host ci-alias\n  HostName %s\n  Port %s\n  User git\n  UserKnownHostsFile %s\n  StrictHostKeyChecking yes\n  BatchMode yes\n  IdentityFile none\n",
+		host, port, sv.knownHosts)), 0o600)
+	var env []string
+	for _, kv := range sv.env {
+		if !strings.HasPrefix(kv, "GIT_SSH_COMMAND=") {
+			env = append(env, kv)
+		}
+	}
+	w := exec.Command(refciBin, "worker", "--remote", "ssh://ci-alias/app.git", "--poll", "200ms", "--lease", "3s")
+	w.Env = append(env, "GIT_SSH_COMMAND=ssh -F "+config, "SSH_AUTH_SOCK="+agentSock, "REFCI_HOME="+filepath.Join(sv.root, "agent-worker"))
+	var wlog lockedBuffer
+	w.Stdout, w.Stderr = &wlog, &wlog
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		w.Process.Signal(syscall.SIGTERM)
+		w.Wait()
+		if t.Failed() {
+			t.Logf("worker log:\n%s", tail(wlog.String()))
+		}
+	}()
+	if st := sv.waitFinal("app.git", "agent", 30*time.Second); st.State != queue.Success {
+		t.Errorf("the run through ssh config and agent: %+v", st)
+	}
+}
