@@ -821,3 +821,39 @@ func (s *sandbox) twoKeys() (own, other, otherKey string) {
 	s.env = env
 	return own, other, filepath.Join(s.root, "other", "key.asc")
 }
+
+// background is a refci process started by startRefci: its output as it
+// comes, and its exit once it has ended.
+type background struct {
+	cmd         *exec.Cmd
+	out, errOut *lockedBuffer
+	done        <-chan error
+}
+
+// startRefci starts refci with env in dir and stops it (SIGTERM) when
+// the test ends, logging its output if the test failed.
+func startRefci(t *testing.T, dir string, env []string, args ...string) *background {
+	t.Helper()
+	cmd := exec.Command(refciBin, args...)
+	cmd.Dir, cmd.Env = dir, env
+	b := &background{cmd: cmd, out: &lockedBuffer{}, errOut: &lockedBuffer{}}
+	cmd.Stdout, cmd.Stderr = b.out, b.errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	b.done = done
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("refci %s:\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), tail(b.out.String()), tail(b.errOut.String()))
+		}
+	})
+	return b
+}

@@ -6,7 +6,6 @@ import (
 	"net/http/cgi"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -58,20 +57,9 @@ func TestWorkerOverHTTPS(t *testing.T) {
 	helperURL := srv.URL + "/helper.git"
 	inURL := "https://" + user + ":" + pass + "@" + host + "/inurl.git"
 	noCreds := srv.URL + "/nocreds.git" // no credentials for it: refused
-	w := exec.Command(refciBin, "worker", "--remote", helperURL, "--remote", inURL, "--remote", noCreds, "--poll", "200ms", "--lease", "3s")
-	w.Env = append(append([]string{}, f.env...), "REFCI_HOME="+filepath.Join(f.root, "worker-https"))
-	var wlog lockedBuffer
-	w.Stdout, w.Stderr = &wlog, &wlog
-	if err := w.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		w.Process.Signal(os.Interrupt)
-		w.Wait()
-		if t.Failed() {
-			t.Logf("worker log:\n%s", tail(wlog.String()))
-		}
-	}()
+	w := startRefci(t, f.root, append(append([]string{}, f.env...), "REFCI_HOME="+filepath.Join(f.root, "worker-https")),
+		"worker", "--remote", helperURL, "--remote", inURL, "--remote", noCreds, "--poll", "200ms", "--lease", "3s")
+	wlog := w.errOut
 	for _, name := range []string{"helper", "inurl"} {
 		dir := filepath.Join(root, name+".git")
 		f.waitFor(name+" to be done", time.Minute, func() bool {

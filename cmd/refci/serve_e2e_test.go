@@ -359,20 +359,8 @@ func TestServeRemoteWorkerAndGracefulStop(t *testing.T) {
 	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/r1")
 	wk, _ := sshKey(t, sv.root, "worker")
 	sv.addRole("worker " + strings.TrimSpace(string(must(os.ReadFile(wk+".pub")))))
-	w := exec.Command(refciBin, "worker", "--remote", sv.url("app.git"), "--poll", "200ms", "--lease", "3s")
-	w.Env = append(append([]string{}, sv.env...), "REFCI_HOME="+filepath.Join(sv.root, "remote-worker"), "GIT_SSH_COMMAND="+sv.sshCommand(wk))
-	var wlog lockedBuffer
-	w.Stdout, w.Stderr = &wlog, &wlog
-	if err := w.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		w.Process.Signal(syscall.SIGTERM)
-		w.Wait()
-		if t.Failed() {
-			t.Logf("remote worker log:\n%s", tail(wlog.String()))
-		}
-	}()
+	startRefci(t, sv.root, append(append([]string{}, sv.env...), "REFCI_HOME="+filepath.Join(sv.root, "remote-worker"), "GIT_SSH_COMMAND="+sv.sshCommand(wk)),
+		"worker", "--remote", sv.url("app.git"), "--poll", "200ms", "--lease", "3s")
 	st := sv.waitFinal("app.git", "r1", 30*time.Second)
 	if st.State != queue.Success || st.Trusted {
 		t.Errorf("remote worker's run: %+v", st)
@@ -494,20 +482,8 @@ func TestWorkerUsesSSHConfigAndAgent(t *testing.T) {
 			env = append(env, kv)
 		}
 	}
-	w := exec.Command(refciBin, "worker", "--remote", "ssh://ci-alias/app.git", "--poll", "200ms", "--lease", "3s")
-	w.Env = append(env, "GIT_SSH_COMMAND=ssh -F "+config, "SSH_AUTH_SOCK="+agentSock, "REFCI_HOME="+filepath.Join(sv.root, "agent-worker"))
-	var wlog lockedBuffer
-	w.Stdout, w.Stderr = &wlog, &wlog
-	if err := w.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		w.Process.Signal(syscall.SIGTERM)
-		w.Wait()
-		if t.Failed() {
-			t.Logf("worker log:\n%s", tail(wlog.String()))
-		}
-	}()
+	startRefci(t, sv.root, append(env, "GIT_SSH_COMMAND=ssh -F "+config, "SSH_AUTH_SOCK="+agentSock, "REFCI_HOME="+filepath.Join(sv.root, "agent-worker")),
+		"worker", "--remote", "ssh://ci-alias/app.git", "--poll", "200ms", "--lease", "3s")
 	if st := sv.waitFinal("app.git", "agent", 30*time.Second); st.State != queue.Success {
 		t.Errorf("the run through ssh config and agent: %+v", st)
 	}

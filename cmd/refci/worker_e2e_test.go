@@ -260,16 +260,8 @@ echo "attempt $REFCI_ATTEMPT done"
 	f.waitFor("the pipeline to start", time.Minute, func() bool { return alive("sleep " + marker) })
 	// Someone follows the run; it must not wait for ever on a run whose
 	// worker died, but follow the attempt that takes the request over.
-	follow := exec.Command(refciBin, "log", "-f", "crash")
-	follow.Dir, follow.Env = f.repo, f.env
-	var fout, ferr lockedBuffer
-	follow.Stdout, follow.Stderr = &fout, &ferr
-	if err := follow.Start(); err != nil {
-		t.Fatal(err)
-	}
-	followed := make(chan error, 1)
-	go func() { followed <- follow.Wait() }()
-	defer follow.Process.Kill()
+	follow := startRefci(t, f.repo, f.env, "log", "-f", "crash")
+	fout, ferr, followed := follow.out, follow.errOut, follow.done
 	f.waitFor("log -f to follow attempt 1", time.Minute, func() bool {
 		return strings.Contains(ferr.String(), "(attempt 1)") && strings.Contains(fout.String(), "attempt 1 started")
 	})
@@ -440,16 +432,8 @@ func TestFollowFindsTakeoverByResult(t *testing.T) {
 		Attempt: 1, Worker: "AAAA", Started: started}
 	ref1 := f.putRun(a1)
 	f.git("", "push", "-q", "origin", ref1+":"+ref1)
-	follow := exec.Command(refciBin, "log", "-f", target+"/"+a1.Run)
-	follow.Dir, follow.Env = f.repo, f.env
-	var fout, ferr lockedBuffer
-	follow.Stdout, follow.Stderr = &fout, &ferr
-	if err := follow.Start(); err != nil {
-		t.Fatal(err)
-	}
-	followed := make(chan error, 1)
-	go func() { followed <- follow.Wait() }()
-	defer follow.Process.Kill()
+	follow := startRefci(t, f.repo, f.env, "log", "-f", target+"/"+a1.Run)
+	fout, ferr, followed := follow.out, follow.errOut, follow.done
 	f.waitFor("log -f to follow attempt 1", 30*time.Second, func() bool { return strings.Contains(ferr.String(), "(attempt 1)") })
 
 	exit := 0
