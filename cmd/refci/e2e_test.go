@@ -823,11 +823,12 @@ func (s *sandbox) twoKeys() (own, other, otherKey string) {
 }
 
 // background is a refci process started by startRefci: its output as it
-// comes, and its exit once it has ended.
+// comes; done is closed once it has ended, and err is then its exit.
 type background struct {
 	cmd         *exec.Cmd
 	out, errOut *lockedBuffer
-	done        <-chan error
+	done        chan struct{}
+	err         error
 }
 
 // startRefci starts refci with env in dir and stops it (SIGTERM) when
@@ -836,18 +837,16 @@ func startRefci(t *testing.T, dir string, env []string, args ...string) *backgro
 	t.Helper()
 	cmd := exec.Command(refciBin, args...)
 	cmd.Dir, cmd.Env = dir, env
-	b := &background{cmd: cmd, out: &lockedBuffer{}, errOut: &lockedBuffer{}}
+	b := &background{cmd: cmd, out: &lockedBuffer{}, errOut: &lockedBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = b.out, b.errOut
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	b.done = done
+	go func() { b.err = cmd.Wait(); close(b.done) }()
 	t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-done:
+		case <-b.done:
 		case <-time.After(20 * time.Second):
 			cmd.Process.Kill()
 		}

@@ -261,7 +261,7 @@ echo "attempt $REFCI_ATTEMPT done"
 	// Someone follows the run; it must not wait for ever on a run whose
 	// worker died, but follow the attempt that takes the request over.
 	follow := startRefci(t, f.repo, f.env, "log", "-f", "crash")
-	fout, ferr, followed := follow.out, follow.errOut, follow.done
+	fout, ferr := follow.out, follow.errOut
 	f.waitFor("log -f to follow attempt 1", time.Minute, func() bool {
 		return strings.Contains(ferr.String(), "(attempt 1)") && strings.Contains(fout.String(), "attempt 1 started")
 	})
@@ -284,7 +284,8 @@ echo "attempt $REFCI_ATTEMPT done"
 		t.Fatalf("attempt 2 does not name the run it replaces: %+v", res[0].Extra)
 	}
 	select {
-	case err := <-followed:
+	case <-follow.done:
+		err := follow.err
 		if err != nil || !strings.Contains(fout.String(), "attempt 2 done") || !strings.Contains(fout.String(), "refci: success") ||
 			!strings.Contains(ferr.String(), "lost its worker; run "+res[0].Run+" (attempt 2)") {
 			t.Errorf("log -f across the takeover: %v\nstdout:\n%s\nstderr:\n%s", err, fout.String(), ferr.String())
@@ -433,7 +434,7 @@ func TestFollowFindsTakeoverByResult(t *testing.T) {
 	ref1 := f.putRun(a1)
 	f.git("", "push", "-q", "origin", ref1+":"+ref1)
 	follow := startRefci(t, f.repo, f.env, "log", "-f", target+"/"+a1.Run)
-	fout, ferr, followed := follow.out, follow.errOut, follow.done
+	fout, ferr := follow.out, follow.errOut
 	f.waitFor("log -f to follow attempt 1", 30*time.Second, func() bool { return strings.Contains(ferr.String(), "(attempt 1)") })
 
 	exit := 0
@@ -442,7 +443,8 @@ func TestFollowFindsTakeoverByResult(t *testing.T) {
 	ref2 := f.putRun(a2)
 	f.git("", "push", "-q", "origin", ref2+":"+ref2)
 	select {
-	case err := <-followed:
+	case <-follow.done:
+		err := follow.err
 		if err != nil || !strings.Contains(fout.String(), "refci: success") || !strings.Contains(ferr.String(), "lost its worker; run "+a2.Run+" (attempt 2) on worker BBBB") {
 			t.Errorf("log -f: %v\nstdout:\n%s\nstderr:\n%s", err, fout.String(), ferr.String())
 		}
