@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -91,6 +92,25 @@ func CheckResult(ref string, st *Status, msg string) error {
 		}
 	}
 	return nil
+}
+
+// DecodeResult reads the result commit found under ref, given its
+// status.json and its commit message, the way every reader does before it
+// believes it: the status decodes (DecodeStatus), agrees with ref
+// (CheckResult) and has valid values (Validate). The error wraps
+// ErrFormat, ErrInconsistent or ErrInvalid, or says the JSON is broken.
+func DecodeResult(ref string, statusJSON []byte, msg string) (*Status, error) {
+	st, err := DecodeStatus(statusJSON)
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckResult(ref, st, msg); err != nil {
+		return nil, err
+	}
+	if err := st.Validate(); err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 // RunIDTime returns the start time a run id names (see NewRunID).
@@ -184,7 +204,8 @@ func (s *Status) Validate() error {
 // ValidateArtifactPath checks the path of an artifact, relative to
 // artifacts/ in the result tree: slash-separated, valid UTF-8, at most
 // 1,024 bytes, no empty, "." or ".." component, no component git would
-// take for .git, no control character or backslash. Workers store only
+// take for .git (on any file system), no control character, backslash or
+// invisible formatting character (bidi overrides, zero-width characters). Workers store only
 // such paths (others are left out, with the reason); readers refuse
 // results that name others.
 func ValidateArtifactPath(p string) error {
@@ -201,12 +222,18 @@ func ValidateArtifactPath(p string) error {
 		if c < 0x20 || c == 0x7f || c == '\\' || (c >= 0x80 && c < 0xa0) {
 			return bad("has a control character or a backslash")
 		}
+		if unicode.Is(unicode.Cf, c) || c == '\u2028' || c == '\u2029' {
+			// Invisible: bidi overrides, zero-width characters (which
+			// HFS+ ignores, so ".git\u200c" is .git there), line separators.
+			return bad("has an invisible or formatting character")
+		}
 	}
 	for _, part := range strings.Split(p, "/") {
 		switch {
 		case part == "" || part == "." || part == "..":
 			return bad("has an empty, \".\" or \"..\" component")
-		case strings.EqualFold(strings.TrimRight(part, ". "), ".git"):
+		case strings.EqualFold(strings.TrimRight(part, ". "), ".git"),
+			strings.EqualFold(strings.TrimRight(part, ". "), "git~1"): // .git's NTFS short name
 			return bad("has a component git would take for .git")
 		}
 	}
