@@ -86,3 +86,18 @@ func TestTermLogBoundsHeldSequence(t *testing.T) {
 		t.Errorf("after a long unterminated sequence: %q", b.String())
 	}
 }
+
+func TestSafeEscapesInvisibleCharacters(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain é":             "plain é",
+		"a\x1b[2Jb":           `a\x1b[2Jb`,
+		"evil\u202etxt.exe":   `evil\u202etxt.exe`,
+		"zero\u200bwidth":     `zero\u200bwidth`,
+		"line\u2028separator": `line\u2028separator`,
+		"c1\u009bx":           `c1\x9bx`,
+	} {
+		if got := Safe(in); got != want {
+			t.Errorf("Safe(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
