@@ -212,6 +212,10 @@ func findRun(repo *gitproto.Repo, arg string, warn func(format string, args ...a
 	for _, r := range runs {
 		if r.Future {
 			warn("passed over run %s: it is dated in the future, so it is never the latest (name it to see it)", r.Run)
+		}
+	}
+	for _, r := range runs {
+		if r.Future {
 			continue
 		}
 		if _, err := readResult(repo, r.Ref, r.Commit); notBelieved(err) {
