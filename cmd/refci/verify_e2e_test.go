@@ -390,3 +390,40 @@ func TestWorkerRefusesHostileClaims(t *testing.T) {
 		t.Errorf("r3: %+v", r3)
 	}
 }
+
+// A pipeline that names its artifacts so that readers would refuse them
+// (or be fooled by them) gets them left out, with the reason; the result
+// refci writes is one every reader believes.
+func TestArtifactPathsReadersWouldRefuse(t *testing.T) {
+	s := newSandbox(t)
+	s.pipeline(`set -e
+cd "$REFCI_ARTIFACTS"
+echo ok > good.txt
+printf x > "$(printf 'nl\nname')"
+printf x > "$(printf 'bidi\342\200\256txt.exe')"
+printf x > "$(printf 'esc\033[2Jname')"
+printf x > 'back\slash'
+mkdir git~1 && printf x > git~1/config
+d="$(printf '.git\342\200\214')" && mkdir "$d" && printf x > "$d/config"
+`)
+	s.refci("run", "-q").want(t, 0)
+	st := s.status("HEAD") // read as every reader reads it: believed
+	if len(st.Artifacts) != 1 || st.Artifacts[0].Path != "good.txt" {
+		t.Errorf("stored %+v", st.Artifacts)
+	}
+	if len(st.ArtifactsSkipped) != 6 {
+		t.Errorf("skipped %+v", st.ArtifactsSkipped)
+	}
+	for _, a := range st.ArtifactsSkipped {
+		if !strings.HasPrefix(a.Reason, "unsafe path: ") {
+			t.Errorf("skipped %q: %q", a.Path, a.Reason)
+		}
+	}
+	if out := s.git("", "ls-tree", "-r", "--name-only", s.runRefs()[0]); strings.Contains(out, "config") || !strings.Contains(out, "artifacts/good.txt") {
+		t.Errorf("tree: %s", out)
+	}
+	if r := s.refci("status").want(t, 0); strings.ContainsAny(r.stdout, "\x1b\u202e\u200c") {
+		t.Errorf("status shows a name unescaped: %q", r.stdout)
+	}
+	s.refci("verify").want(t, 0)
+}
