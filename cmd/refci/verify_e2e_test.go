@@ -348,7 +348,7 @@ func TestFollowToATerminal(t *testing.T) {
 }
 
 // A claim is believed only when it is about its request and holds a
-// worker's values: a hostile previous_run never reaches a status, a claim
+// worker's values: a hostile run id never reaches a fetch or a status, a claim
 // copied from another request is not taken for this one's, and a claim
 // naming another request's final result does not end this request.
 func TestWorkerRefusesHostileClaims(t *testing.T) {
@@ -371,7 +371,9 @@ func TestWorkerRefusesHostileClaims(t *testing.T) {
 		commit := f.git("", "commit-tree", "-m", "claim", tree)
 		f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/"+name, commit+":refs/ci/claims/"+name)
 	}
-	putClaim("r1", queue.Claim{Request: "r1", Run: queue.NewRunID(past), Attempt: 1, PreviousRun: "../../../heads/main"})
+	// Its run would become a ref the worker fetches, and the new run's
+	// extra.previous_run.
+	putClaim("r1", queue.Claim{Request: "r1", Run: "../../../heads/main", Attempt: 1, PreviousRun: "../x"})
 	putClaim("r2", queue.Claim{Request: "another", Run: queue.NewRunID(past), Attempt: 1, PreviousRun: queue.NewRunID(past.Add(-time.Hour))})
 	f.startWorker("w")
 	r1 := f.waitResult("r1")
