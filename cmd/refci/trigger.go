@@ -269,8 +269,8 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 			return exitUsage
 		}
 		target, runID = t, id
-	case strings.Contains(arg, "/"):
-		t, id, _ := strings.Cut(arg, "/")
+	case strings.Contains(arg, "/") && queue.ValidRunID(arg[strings.IndexByte(arg, '/')+1:]):
+		t, id, _ := strings.Cut(arg, "/") // <commit>/<run-id>; a branch or request name with a slash is not one
 		target, runID = t, id
 	default:
 		rev := arg
