@@ -199,10 +199,13 @@ func cmdVerify(_ context.Context, e *env, args []string) int {
 		s, err := readResult(repo, rr.Ref, h)
 		if err != nil {
 			e.errorf("run %s: commit %s: %s", rr.Run, h.String()[:12], resultProblem(err))
-			if notBelieved(err) {
+			switch {
+			case notBelieved(err):
 				return exitFailed
+			case errors.Is(err, queue.ErrFormat):
+				return exitUsage // as status says: upgrade refci
 			}
-			return exitFor(err)
+			return exitInfra
 		}
 		if st != nil && (s.Request != st.Request || s.Attempt != st.Attempt) {
 			e.errorf("run %s: commit %s: inconsistent: this snapshot is request %s attempt %d but the run's newest commit is request %s attempt %d: commits of another run spliced into this one",
