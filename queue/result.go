@@ -137,7 +137,8 @@ func RunIDFuture(id string, now time.Time) bool {
 
 // Validate checks every value of s that a reader may turn into a path, a
 // file name, a URL or a ref: target, run, request, previous run, worker,
-// env, job names, their needs and log paths, artifact paths and hashes.
+// env, secrets commit, job names, their needs and log paths, artifact
+// paths and hashes.
 // Free text (reasons, host, skipped artifacts' paths) is not checked:
 // readers show it escaped and never use it as a path. The error wraps
 // ErrInvalid and shows the offending value escaped.
@@ -165,6 +166,9 @@ func (s *Status) Validate() error {
 	}
 	if s.Env != "" && ValidateJobName(s.Env) != nil {
 		return bad("env", s.Env, "is not an environment name")
+	}
+	if s.SecretsCommit != "" && !isHexID(s.SecretsCommit) {
+		return bad("secrets_commit", s.SecretsCommit, "is not a full hex object id")
 	}
 	seen := map[string]bool{}
 	for _, j := range s.Jobs {
