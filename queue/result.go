@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -93,6 +94,25 @@ func CheckResult(ref string, st *Status, msg string) error {
 	return nil
 }
 
+// DecodeResult reads the result commit found under ref, given its
+// status.json and its commit message, the way every reader does before it
+// believes it: the status decodes (DecodeStatus), agrees with ref
+// (CheckResult) and has valid values (Validate). The error wraps
+// ErrFormat, ErrInconsistent or ErrInvalid, or says the JSON is broken.
+func DecodeResult(ref string, statusJSON []byte, msg string) (*Status, error) {
+	st, err := DecodeStatus(statusJSON)
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckResult(ref, st, msg); err != nil {
+		return nil, err
+	}
+	if err := st.Validate(); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
 // RunIDTime returns the start time a run id names (see NewRunID).
 func RunIDTime(id string) (time.Time, bool) {
 	if !ValidRunID(id) {
@@ -117,7 +137,8 @@ func RunIDFuture(id string, now time.Time) bool {
 
 // Validate checks every value of s that a reader may turn into a path, a
 // file name, a URL or a ref: target, run, request, previous run, worker,
-// env, job names, their needs and log paths, artifact paths and hashes.
+// env, secrets commit, job names, their needs and log paths, artifact
+// paths and hashes.
 // Free text (reasons, host, skipped artifacts' paths) is not checked:
 // readers show it escaped and never use it as a path. The error wraps
 // ErrInvalid and shows the offending value escaped.
@@ -145,6 +166,9 @@ func (s *Status) Validate() error {
 	}
 	if s.Env != "" && ValidateJobName(s.Env) != nil {
 		return bad("env", s.Env, "is not an environment name")
+	}
+	if s.SecretsCommit != "" && !isHexID(s.SecretsCommit) {
+		return bad("secrets_commit", s.SecretsCommit, "is not a full hex object id")
 	}
 	seen := map[string]bool{}
 	for _, j := range s.Jobs {
@@ -184,7 +208,8 @@ func (s *Status) Validate() error {
 // ValidateArtifactPath checks the path of an artifact, relative to
 // artifacts/ in the result tree: slash-separated, valid UTF-8, at most
 // 1,024 bytes, no empty, "." or ".." component, no component git would
-// take for .git, no control character or backslash. Workers store only
+// take for .git (on any file system), no control character, backslash or
+// invisible formatting character (bidi overrides, zero-width characters). Workers store only
 // such paths (others are left out, with the reason); readers refuse
 // results that name others.
 func ValidateArtifactPath(p string) error {
@@ -201,12 +226,18 @@ func ValidateArtifactPath(p string) error {
 		if c < 0x20 || c == 0x7f || c == '\\' || (c >= 0x80 && c < 0xa0) {
 			return bad("has a control character or a backslash")
 		}
+		if unicode.Is(unicode.Cf, c) || c == '\u2028' || c == '\u2029' {
+			// Invisible: bidi overrides, zero-width characters (which
+			// HFS+ ignores, so ".git\u200c" is .git there), line separators.
+			return bad("has an invisible or formatting character")
+		}
 	}
 	for _, part := range strings.Split(p, "/") {
 		switch {
 		case part == "" || part == "." || part == "..":
 			return bad("has an empty, \".\" or \"..\" component")
-		case strings.EqualFold(strings.TrimRight(part, ". "), ".git"):
+		case strings.EqualFold(strings.TrimRight(part, ". "), ".git"),
+			strings.EqualFold(strings.TrimRight(part, ". "), "git~1"): // .git's NTFS short name
 			return bad("has a component git would take for .git")
 		}
 	}

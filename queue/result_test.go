@@ -71,6 +71,7 @@ func TestStatusValidate(t *testing.T) {
 		"previous run":         func(s *Status) { s.Extra = map[string]any{"previous_run": "../../x"} },
 		"worker not hex":       func(s *Status) { s.Worker = "<script>" },
 		"env with slash":       func(s *Status) { s.Env = "a/b" },
+		"secrets commit":       func(s *Status) { s.SecretsCommit = "../../x" },
 		"job name with slash":  func(s *Status) { s.Jobs[0].Name = "../../x" },
 		"job name twice":       func(s *Status) { s.Jobs[1].Name = s.Jobs[0].Name },
 		"job log elsewhere":    func(s *Status) { s.Jobs[0].Log = "../../../etc/passwd" },
@@ -97,6 +98,77 @@ func TestStatusValidate(t *testing.T) {
 		if !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: Validate = %v, want ErrInvalid", name, err)
 		} else if strings.ContainsAny(err.Error(), "\n\xff") {
+			t.Errorf("%s: the error shows the value unescaped: %q", name, err)
+		}
+	}
+}
+
+func TestValidateArtifactPathInvisible(t *testing.T) {
+	for _, p := range []string{"a\u202etxt.exe", ".git\u200c/config", "x/git~1/hooks", "GIT~1", "a\u2028b", "a\ufeffb"} {
+		if err := ValidateArtifactPath(p); err == nil {
+			t.Errorf("ValidateArtifactPath(%q) passed", p)
+		} else if strings.ContainsAny(err.Error(), "\u202e\u200c\u2028\ufeff") {
+			t.Errorf("the error shows the value unescaped: %q", err)
+		}
+	}
+	for _, p := range []string{"reports/junit.xml", "ünïcode/файл.txt", "git~2", "a b/c-d_e.f"} {
+		if err := ValidateArtifactPath(p); err != nil {
+			t.Errorf("ValidateArtifactPath(%q): %v", p, err)
+		}
+	}
+}
+
+func TestDecodeResult(t *testing.T) {
+	st := fullStatus()
+	b, _ := EncodeStatus(st)
+	ref := RunRef(st.Target, st.Run)
+	if got, err := DecodeResult(ref, b, CommitMessage(st)); err != nil || got.Run != st.Run {
+		t.Fatalf("DecodeResult of a good result: %v", err)
+	}
+	other := RunRef(st.Target, "20261122T093001.000Z-aaaaaa")
+	if _, err := DecodeResult(other, b, CommitMessage(st)); !errors.Is(err, ErrInconsistent) {
+		t.Errorf("under another run: %v", err)
+	}
+	bad := fullStatus()
+	bad.Jobs[0].Name = "../../x"
+	b2, _ := EncodeStatus(bad)
+	if _, err := DecodeResult(ref, b2, CommitMessage(bad)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a hostile job name: %v", err)
+	}
+	if _, err := DecodeResult(ref, []byte(`{"format":9}`), ""); !errors.Is(err, ErrFormat) {
+		t.Errorf("a future format: %v", err)
+	}
+}
+
+func TestClaimValidate(t *testing.T) {
+	now := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	good := func() *Claim {
+		return &Claim{Format: Format, Request: "alice/topic", RequestObject: strings.Repeat("a", 40), Target: strings.Repeat("b", 40),
+			Run: NewRunID(now), Attempt: 2, PreviousRun: NewRunID(now.Add(-time.Hour)), Worker: strings.Repeat("C", 40)}
+	}
+	if err := good().Validate("alice/topic"); err != nil {
+		t.Fatalf("a claim a worker writes: %v", err)
+	}
+	if err := good().Validate("bob"); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "copied from another request") {
+		t.Errorf("a claim under another request's ref: %v", err)
+	}
+	cases := map[string]func(c *Claim){
+		"run with a path":      func(c *Claim) { c.Run = "../../heads/main" },
+		"previous run path":    func(c *Claim) { c.PreviousRun = "x/../../y" },
+		"previous run is own":  func(c *Claim) { c.PreviousRun = c.Run },
+		"target not hex":       func(c *Claim) { c.Target = "HEAD" },
+		"request object":       func(c *Claim) { c.RequestObject = "" },
+		"worker escape":        func(c *Claim) { c.Worker = "\x1b]52;c;aGk=\x07" },
+		"attempt 0":            func(c *Claim) { c.Attempt = 0 },
+		"request name with ..": func(c *Claim) { c.Request = "../x" },
+	}
+	for name, mutate := range cases {
+		c := good()
+		mutate(c)
+		err := c.Validate(c.Request)
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Validate = %v, want ErrInvalid", name, err)
+		} else if strings.ContainsAny(err.Error(), "\x1b\x07") {
 			t.Errorf("%s: the error shows the value unescaped: %q", name, err)
 		}
 	}
