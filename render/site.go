@@ -76,22 +76,26 @@ func (v Verdict) Label() string {
 	return VerdictUnverified
 }
 
-// Shown is the state class a run is drawn with: its state when verified,
-// "unverified" (neutral) otherwise.
+// Shown is the state class a run is drawn with: its state when verified
+// (and not dated in the future), "unverified" (neutral) otherwise.
 func (r RunSummary) Shown() string {
-	if r.Verdict.Verified() {
+	if r.latestCandidate() {
 		return string(r.State)
 	}
 	return "unverified"
 }
 
-// StateLabel is the state as written in lists: "success", or
-// "success?" with the verdict for a run that is not verified.
+// StateLabel is the state as written in lists: "success", or "success
+// (unverified)" with the verdict for a run that is not verified, or
+// "success (dated in the future)".
 func (r RunSummary) StateLabel() string {
-	if r.Verdict.Verified() {
-		return string(r.State)
+	switch {
+	case !r.Verdict.Verified():
+		return string(r.State) + " (" + r.Verdict.Label() + ")"
+	case r.NotLatest:
+		return string(r.State) + " (dated in the future)"
 	}
-	return string(r.State) + " (" + r.Verdict.Label() + ")"
+	return string(r.State)
 }
 
 // latestCandidate reports whether r may be the latest of its request.

@@ -86,6 +86,9 @@ func TestListNeverTrustsUnverifiedRuns(t *testing.T) {
 			t.Errorf("list lacks %s", want)
 		}
 	}
+	if !strings.Contains(all, `<span class="state s-unverified">success (dated in the future)</span>`) {
+		t.Errorf("the run dated in the future is not marked")
+	}
 	if strings.Contains(page, "<script>alert") || strings.Contains(page, "\x1b") {
 		t.Errorf("unescaped value in the page")
 	}
