@@ -269,7 +269,7 @@ func TestViewHostileValues(t *testing.T) {
 			st.Artifacts = []queue.Artifact{{Path: filepath.Join(outside, "abs.txt"), SHA256: strings.Repeat("ab", 32), Size: 3}}
 		}},
 		{"request", func(st *queue.Status) { st.Request = "../../../outside/keep" }},
-		{"target", func(st *queue.Status) { st.Target = "../../../outside/keep" }},
+		{"target", func(st *queue.Status) { st.Target = "../../outside/keep" }}, // commits/<target>.html
 		{"markup", func(st *queue.Status) {
 			st.Request = `<script>alert("request")</script>`
 			st.Jobs = []queue.Job{{Name: `<script>alert("job")</script>`, State: queue.Failure}}
@@ -306,7 +306,7 @@ func TestViewHostileValues(t *testing.T) {
 	r := s.refci("view", "-o", out)
 	after := treeOf(t, s.root, out)
 	if before != after {
-		t.Errorf("refci view changed files outside its output directory:\nbefore:\n%s\nafter:\n%s", before, after)
+		t.Errorf("refci view changed files outside its output directory:\n%s", treeDiff(before, after))
 	}
 	if got, _ := os.ReadFile(filepath.Join(outside, "keep.svg")); string(got) != "mine\n" {
 		t.Errorf("a write went through a link: %q", got)
@@ -323,7 +323,7 @@ func TestViewHostileValues(t *testing.T) {
 	before = treeOf(t, s.root, out)
 	r = s.refci("view", "-o", out).want(t, 0)
 	if after := treeOf(t, s.root, out); before != after {
-		t.Errorf("refci view changed files outside its output directory:\nbefore:\n%s\nafter:\n%s", before, after)
+		t.Errorf("refci view changed files outside its output directory:\n%s", treeDiff(before, after))
 	}
 	if !strings.Contains(r.stdout, "refci: 7 runs") {
 		t.Errorf("view:\n%s%s", r.stdout, r.stderr)
@@ -400,4 +400,29 @@ func verdictPart(page string) string {
 		page = page[:i]
 	}
 	return page
+}
+
+// treeDiff lists the lines only in before (-) or only in after (+).
+func treeDiff(before, after string) string {
+	in := func(s string) map[string]bool {
+		m := map[string]bool{}
+		for _, l := range strings.Split(s, "\n") {
+			m[l] = true
+		}
+		return m
+	}
+	b, a := in(before), in(after)
+	var out []string
+	for l := range b {
+		if !a[l] {
+			out = append(out, "- "+l)
+		}
+	}
+	for l := range a {
+		if !b[l] {
+			out = append(out, "+ "+l)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, "\n")
 }
