@@ -555,7 +555,7 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, 
 	}
 	sum := render.SummaryOf(shown, ref, commit.String(), rel+"/index.html")
 	sum.Target, sum.Run = target, runID // where it was found, whatever it claims
-	sum.Verdict = v
+	sum.Verdict = render.Verdict{Kind: v.Kind, Why: v.Why} // who signed is on the run page; the lists need not carry it
 	if by != nil {
 		sum.LostTo = by.Run
 	}
