@@ -554,7 +554,7 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, 
 		return render.RunSummary{}, err
 	}
 	sum := render.SummaryOf(shown, ref, commit.String(), rel+"/index.html")
-	sum.Target, sum.Run = target, runID // where it was found, whatever it claims
+	sum.Target, sum.Run = target, runID                    // where it was found, whatever it claims
 	sum.Verdict = render.Verdict{Kind: v.Kind, Why: v.Why} // who signed is on the run page; the lists need not carry it
 	if by != nil {
 		sum.LostTo = by.Run
