@@ -245,7 +245,7 @@ func List(p ListPage) ([]byte, error) {
 
 const listCSS = `
 table.runs{width:100%}table.runs td{border-top:1px solid var(--line);white-space:nowrap}
-table.runs td.why{white-space:normal;color:var(--mute)}
+table.runs td.why{white-space:normal;overflow-wrap:anywhere;color:var(--mute)}
 .verdict{color:var(--mute)}.verdict.v-verified{color:var(--fg)}.verdict.v-inconsistent,.verdict.v-invalid{font-weight:700;color:var(--fg)}
 .filters{margin:.6em 0}.filters label{margin-right:1em}.streak{font-weight:600}
 `
