@@ -383,6 +383,24 @@ func TestViewHostileValues(t *testing.T) {
 	if p := readSite(t, out, dir+"index.html"); !strings.Contains(p, "<b>Verified:</b>") || !strings.Contains(p, "&lt;script&gt;alert(&#34;reason&#34;)&lt;/script&gt;") {
 		t.Errorf("the valid run page:\n%s", verdictPart(p))
 	}
+	// A directory the lists write into, linked outside: the build stops
+	// and says what to do; nothing is written there.
+	if err := os.RemoveAll(filepath.Join(out, "commits")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(out, "commits")); err != nil {
+		t.Fatal(err)
+	}
+	s.git("", "update-ref", "-d", refs[0])
+	before = treeOf(t, s.root, out)
+	if r := s.refci("view", "-o", out); r.code != 3 || !strings.Contains(r.stderr, "remove it") {
+		t.Errorf("view with commits/ linked outside: %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if after := treeOf(t, s.root, out); before != after {
+		t.Errorf("refci view wrote through commits/:\n%s", treeDiff(before, after))
+	}
+	os.Remove(filepath.Join(out, "commits"))
+	s.refci("view", "-o", out).want(t, 0)
 	if fi, err := os.Lstat(filepath.Join(out, "badges", "main.svg")); err != nil || fi.Mode()&fs.ModeSymlink != 0 {
 		t.Errorf("badges/main.svg is still the link (%v): it should be replaced by the badge", err)
 	}
