@@ -68,8 +68,8 @@ func cmdView(_ context.Context, e *env, args []string) int {
 	fmt.Fprintf(e.stdout, "refci: %d runs (%d rendered, %d removed) in %s\n%s\n", st.Runs, st.Rendered, st.Removed, st.Took.Round(time.Millisecond), index)
 	if st.Runs == 0 && st.Failed == 0 {
 		fmt.Fprintf(e.stderr, "refci: no runs here; fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'\n")
-	} else if st.Verified < st.Runs {
-		fmt.Fprintf(e.stderr, "refci: %d of %d runs not verified (shown grey, never the latest); 'refci verify RUN' says why\n", st.Runs-st.Verified, st.Runs)
+	} else if st.Verified < st.Runs && kr.Len() > 0 {
+		fmt.Fprintf(e.stderr, "refci: %d of %d runs not verified (shown grey, never the latest); their pages say why\n", st.Runs-st.Verified, st.Runs)
 	}
 	if *open {
 		if p, err := exec.LookPath("xdg-open"); err == nil {
