@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -443,4 +444,32 @@ func treeDiff(before, after string) string {
 	}
 	sort.Strings(out)
 	return strings.Join(out, "\n")
+}
+
+// The site of refci serve --http trusts the server's own key: a run of
+// its embedded worker is verified, green, and its request's badge says
+// success.
+func TestServeSiteVerifiesItsOwnWorker(t *testing.T) {
+	sv := startServe(t, "--http", "0")
+	m := regexp.MustCompile(`viewer:    (http://127\.0\.0\.1:\d+/)`).FindStringSubmatch(sv.out.String())
+	if m == nil {
+		t.Fatalf("no viewer URL in the banner:\n%s", sv.out.String())
+	}
+	sv.pipeline("echo fine\n")
+	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/own")
+	st := sv.waitFinal("app.git", "own", 30*time.Second)
+	if st.State != queue.Success {
+		t.Fatalf("the embedded worker's run: %+v", st)
+	}
+	code, body := httpGet(t, m[1]+"app.git/")
+	if code != 200 || !strings.Contains(body, `<span class="state s-success">success</span></td><td>own</td>`) || !strings.Contains(body, `<td class="verdict v-verified">verified</td>`) {
+		t.Errorf("GET app.git/: %d, the embedded worker's run is not shown verified and latest:\n%s", code, latestTable(body))
+	}
+	if code, badge := httpGet(t, m[1]+"app.git/badges/own.svg"); code != 200 || !strings.Contains(badge, "success") {
+		t.Errorf("GET the badge: %d %s", code, badge)
+	}
+	page := m[1] + "app.git/runs/" + st.Target + "/" + st.Run + "/index.html"
+	if code, p := httpGet(t, page); code != 200 || !strings.Contains(p, "<b>Verified:</b> signed by ") || !strings.Contains(p, st.Worker) {
+		t.Errorf("GET the run page: %d\n%s", code, verdictPart(p))
+	}
 }
