@@ -473,3 +473,48 @@ func TestServeSiteVerifiesItsOwnWorker(t *testing.T) {
 		t.Errorf("GET the run page: %d\n%s", code, verdictPart(p))
 	}
 }
+
+// A manifest.json planted in the site (by a hostile earlier build, say)
+// with refs, targets and requests that are not file names: nothing is
+// removed or written outside the site, and the real runs render.
+func TestViewHostileManifest(t *testing.T) {
+	s := newSandbox(t)
+	target := s.pipeline("true\n")
+	own, _, _ := s.twoKeys()
+	ownKey := filepath.Join(s.home, "key.asc")
+	ref, _ := s.putResult(finished(target, "main", own, queue.Success, time.Now().UTC().Add(-time.Hour)), ownKey, "", nil)
+	outside := filepath.Join(s.root, "outside")
+	for _, d := range []string{filepath.Join(outside, "runs", "x"), filepath.Join(s.root, "site")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id, err := secrets.Load(ownKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kr secrets.Keyring
+	kr.Add(id)
+	man := fmt.Sprintf(`{"format":%d,"keys":%q,"runs":{
+"refs/ci/runs/../../outside/runs/x":{"target":"../../outside/t","request":"../../outside/r","run":"x","commit":"1","verdict":{"kind":"verified"}},
+"refs/ci/runs/%s/../../../outside":{"target":"../outside/t2","request":"/tmp/r","run":"../x","commit":"2","verdict":{"kind":"verified"}}}}`, siteFormat, keysID(kr), target)
+	out := filepath.Join(s.root, "site")
+	if err := os.WriteFile(filepath.Join(out, manifestFile), []byte(man), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := treeOf(t, s.root, out)
+	r := s.refci("view", "-o", out).want(t, 0)
+	if after := treeOf(t, s.root, out); before != after {
+		t.Errorf("refci view changed files outside its output directory:\n%s", treeDiff(before, after))
+	}
+	if !strings.Contains(r.stdout, "refci: 1 runs (1 rendered, 2 removed)") {
+		t.Errorf("view:\n%s%s", r.stdout, r.stderr)
+	}
+	_, run, _ := queue.ParseRunRef(ref)
+	if p := readSite(t, out, "runs/"+target+"/"+run+"/index.html"); !strings.Contains(p, "<b>Verified:</b>") {
+		t.Errorf("the real run:\n%s", verdictPart(p))
+	}
+	if idx := readSite(t, out, "index.html"); strings.Contains(idx, "outside") {
+		t.Errorf("the planted runs are still listed")
+	}
+}
