@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"refci.dev/refci/secrets"
 )
 
 // siteServer serves the static viewer of every repository of refci serve
@@ -23,6 +25,7 @@ type siteServer struct {
 	Repos string                   // the bare repositories' root
 	WWW   string                   // where the sites are written, one folder per repository
 	List  func() ([]string, error) // the repositories' names, relative to Repos
+	Keys  secrets.Keyring          // whose results the sites show as verified
 	Fresh time.Duration            // default 2 s
 	Log   *slog.Logger
 
@@ -85,7 +88,7 @@ func (s *siteServer) refresh(name string) {
 	}
 	b := s.builders[name]
 	if b == nil {
-		b = &siteBuilder{RepoDir: filepath.Join(s.Repos, filepath.FromSlash(name)), Out: filepath.Join(s.WWW, filepath.FromSlash(name))}
+		b = &siteBuilder{RepoDir: filepath.Join(s.Repos, filepath.FromSlash(name)), Out: filepath.Join(s.WWW, filepath.FromSlash(name)), Keys: s.Keys}
 		if s.Log != nil {
 			b.Warn = func(msg string) { s.Log.Warn("viewer", "repo", name, "problem", msg) }
 		}
