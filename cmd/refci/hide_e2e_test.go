@@ -3,11 +3,13 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"refci.dev/refci/queue"
 	"refci.dev/refci/worker"
 )
 
@@ -68,4 +70,128 @@ func TestRunHidesTheKey(t *testing.T) {
 	if r.code != 0 || strings.Contains(r.stdout, "PGP PRIVATE KEY") || !strings.Contains(r.stdout, "key hidden") {
 		t.Fatalf("refci run: %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
+}
+
+// A pipeline run by `refci worker` tries to get code run by the worker's
+// own git, ssh or refci, the way an attacker would: through the user's
+// git and ssh configuration and dotfiles, the caches, the remote's hooks
+// and configuration, a program dropped into a PATH directory, refci's own
+// directory, git's templates and /etc (the tests run as root: there only
+// the read-only file system stops it). Every attempt is refused, the
+// worker handles more runs (fetch, push, gc) without running any of it,
+// and the pipeline's own places stay writable.
+func TestPipelineCannotChangeWhatTheWorkerRuns(t *testing.T) {
+	if err := worker.CheckIsolation(refciBin); err != nil {
+		t.Skipf("no user namespaces here: %v", err)
+	}
+	sync := t.TempDir()    // under /tmp: the pipeline may write it
+	pathDir := t.TempDir() // first on the worker's PATH
+	ran := filepath.Join(sync, "ran")
+	if err := os.Mkdir(ran, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	// Where the attacks would leave files on this machine if they were
+	// not refused (the tests run as root): removed, and looked for below.
+	attackFiles := []string{"/etc/refci-attack", "/usr/local/bin/refci-attack", filepath.Join(filepath.Dir(refciBin), "git")}
+	if out, err := exec.Command("git", "--exec-path").Output(); err == nil {
+		attackFiles = append(attackFiles, filepath.Join(strings.TrimSpace(string(out)), "../../share/git-core/templates/refci-attack"))
+	}
+	for _, p := range attackFiles {
+		t.Cleanup(func() { os.Remove(p) })
+	}
+	f := newFleet(t, "true\n")
+	whome := filepath.Join(f.root, "worker-a")
+	script := fmt.Sprintf(`
+S=%[1]s; H=%[2]s; BARE=%[3]s; P=%[4]s; W=%[5]s; BIN=%[6]s
+printf '#!/bin/sh\ntouch "%[7]s/$(basename "$0")-$$"\n' > $S/payload; chmod +x $S/payload
+mkdir -p $S/hooks; for h in pre-push reference-transaction post-update pre-receive update post-receive pre-auto-gc; do cp $S/payload $S/hooks/$h; done
+printf '[core]\n\thooksPath = %%s\n\tfsmonitor = %%s\n\tsshCommand = %%s\n[credential]\n\thelper = %%s\n[include]\n\tpath = %%s\n' $S/hooks $S/payload $S/payload $S/payload $S/evil2.cfg > $S/evil.cfg
+printf '[core]\n\thooksPath = %%s\n' $S/hooks > $S/evil2.cfg
+try() { if (eval "$2") >/dev/null 2>&1; then echo "ATTACK $1: wrote"; else echo "ATTACK $1: refused"; fi; }
+try gitconfig 'cp $S/evil.cfg $H/.gitconfig'
+try git-config-global 'HOME=$H git config --global core.hooksPath $S/hooks'
+try xdg-gitconfig 'mkdir -p $H/.config/git && cp $S/evil.cfg $H/.config/git/config'
+try ssh-config 'mkdir -p $H/.ssh && printf "Host *\n  ProxyCommand $S/payload\n" > $H/.ssh/config'
+try profile 'echo $S/payload >> $H/.profile'
+try cache 'mkdir -p $W/cache/x.git/hooks'
+try cache-config 'for c in $W/cache/*.git; do cp $S/evil.cfg $c/config || exit 1; done; test -d $W/cache/x.git'
+try remote-hooks 'cp $S/payload $BARE/hooks/reference-transaction'
+try remote-config 'git config -f $BARE/config core.hooksPath $S/hooks'
+try path-git 'printf "#!/bin/sh\n$S/payload\nexec /usr/bin/git \"\$@\"\n" > $P/git && chmod +x $P/git'
+try path-ssh 'cp $S/payload $P/ssh'
+try refci-dir 'cp $S/payload $BIN/git'
+try refci-touch 'touch -c $BIN/refci $BIN/refci-shim'
+try etc 'echo x > /etc/refci-attack'
+try usr 'cp $S/payload /usr/local/bin/refci-attack'
+try templates 'cp $S/payload "$(git --exec-path)/../../share/git-core/templates/refci-attack"'
+try own-home 'echo x > "$HOME/f" && HOME=$HOME git config --global core.hooksPath /x'
+try own-tmp 'echo x > "$TMPDIR/f"'
+try tmp 'cp $S/payload $S/tmp-write && rm $S/tmp-write'
+try artifacts 'echo x > "$REFCI_ARTIFACTS/a.txt"'
+try checkout 'echo x > checkout-file'
+refci job after-attack -- git --version
+`, sync, f.root, f.bare, pathDir, whome, filepath.Dir(refciBin), ran)
+	f.pipeline(script)
+	f.git("", "push", "-q", "origin", "main")
+	for i, kv := range f.env {
+		if strings.HasPrefix(kv, "PATH=") {
+			f.env[i] = "PATH=" + pathDir + ":" + strings.TrimPrefix(kv, "PATH=")
+		}
+	}
+	f.startWorker("a")
+	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/attack")
+	f.waitFor("the attack's result", time.Minute, func() bool { return len(f.finalResults()["attack"]) == 1 })
+	// More runs: the worker fetches, runs, pushes (and gc) again.
+	f.pipeline("echo second run\n")
+	f.git("", "push", "-q", "origin", "main", "HEAD:refs/ci/requests/after-1", "HEAD:refs/ci/requests/after-2")
+	f.waitFor("the later results", 2*time.Minute, func() bool {
+		r := f.finalResults()
+		return len(r["after-1"]) == 1 && len(r["after-2"]) == 1
+	})
+	res := f.finalResults()
+	var attackRef string
+	for _, ref := range f.remoteRefs("refs/ci/runs/") {
+		st, err := queue.DecodeStatus([]byte(f.gitErr(f.bare, "show", ref+":status.json")))
+		if err == nil && st.Request == "attack" && st.State.Final() {
+			attackRef = ref
+		}
+	}
+	if attackRef == "" {
+		t.Fatal("no run ref for the attack")
+	}
+	log := f.gitErr(f.bare, "show", attackRef+":log.txt")
+	if st := res["attack"][0]; st.State != "success" || st.Extra["isolation"] != nil {
+		t.Errorf("attack: state %s (%s), extra %v\n%s", st.State, st.Reason, st.Extra, log)
+	}
+	for _, r := range []string{"after-1", "after-2"} {
+		if st := res[r][0]; st.State != "success" {
+			t.Errorf("%s: state %s (%s)", r, st.State, st.Reason)
+		}
+	}
+	for _, a := range []string{"gitconfig", "git-config-global", "xdg-gitconfig", "ssh-config", "profile", "cache", "cache-config", "remote-hooks", "remote-config",
+		"path-git", "path-ssh", "refci-dir", "refci-touch", "etc", "usr", "templates"} {
+		if !strings.Contains(log, "ATTACK "+a+": refused\n") {
+			t.Errorf("attack %s was not refused:\n%s", a, log)
+		}
+	}
+	for _, a := range []string{"own-home", "own-tmp", "tmp", "artifacts", "checkout"} {
+		if !strings.Contains(log, "ATTACK "+a+": wrote\n") {
+			t.Errorf("the pipeline could not write its own place (%s):\n%s", a, log)
+		}
+	}
+	if ents, _ := os.ReadDir(ran); len(ents) > 0 {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("attacker code ran outside the pipeline: %v", names)
+	}
+	for _, p := range append([]string{filepath.Join(f.root, ".gitconfig"), filepath.Join(f.root, ".ssh"), filepath.Join(f.root, ".config", "git"), filepath.Join(pathDir, "git")}, attackFiles...) {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("the pipeline made %s", p)
+		}
+	}
+	keyFile := f.exportKey(whome, "worker-a.asc")
+	f.git("", "fetch", "-q", "origin", "+refs/ci/*:refs/ci/*")
+	f.refci("verify", "--keyring", keyFile, attackRef).want(t, 0)
 }

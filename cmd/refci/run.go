@@ -68,8 +68,16 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	// A local run is the user's own code on the user's own machine: it
 	// can read everything else of theirs anyway. --isolate hides the key
 	// as workers do (which needs the shim).
-	var hide []string
+	var hide, readOnly []string
 	shim := ""
+	// Every run directory of this user's refci processes lies under one
+	// root, hidden from isolated pipelines (runsDir).
+	runs, runsHide, removeRuns, err := runsDir()
+	if err != nil {
+		e.errorf("run: %v", err)
+		return exitInfra
+	}
+	defer removeRuns()
 	if *isolate {
 		if self == "" {
 			e.errorf("run: --isolate: cannot find the refci executable to supervise the pipeline")
@@ -80,8 +88,11 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 			e.errorf("run: --isolate: %v", err)
 			return exitInfra
 		}
-		hide = hidePaths(h, *keyFile)
+		hide = hidePaths(append(append([]string{h, *keyFile}, defaultHomes(e)...), runsHide...)...)
 		shim, _ = worker.ChooseShim(self) // refci-shim beside refci, when of this build
+		// The repository gets the result: its configuration and hooks,
+		// like everything refci's own git reads, stay read-only.
+		readOnly = readOnlyPaths(e, []string{self, shim}, repo.GitDir())
 	}
 	host, _ := os.Hostname()
 	admins, err := secrets.ReadKeyringFiles(adminFiles...)
@@ -149,6 +160,8 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		RefciPath:        self,
 		Shim:             shim,
 		Hide:             hide,
+		ReadOnly:         readOnly,
+		TempDir:          runs,
 		RequireIsolation: *isolate,
 		Output:           out,
 		Hard:             hard,
