@@ -195,3 +195,98 @@ refci job after-attack -- git --version
 	f.git("", "fetch", "-q", "origin", "+refs/ci/*:refs/ci/*")
 	f.refci("verify", "--keyring", keyFile, attackRef).want(t, 0)
 }
+
+// finalRunLog is the log of the final result of request in the
+// repository bare.
+func finalRunLog(t *testing.T, bare, request string) (*queue.Status, string) {
+	t.Helper()
+	out, err := exec.Command("git", "-C", bare, "for-each-ref", "--format=%(refname)", "refs/ci/runs/").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range strings.Fields(string(out)) {
+		b, err := exec.Command("git", "-C", bare, "show", ref+":status.json").Output()
+		if err != nil {
+			continue
+		}
+		if st, err := queue.DecodeStatus(b); err == nil && st.Request == request && st.State.Final() {
+			log, _ := exec.Command("git", "-C", bare, "show", ref+":log.txt").Output()
+			return st, string(log)
+		}
+	}
+	t.Fatalf("no final result for %s in %s", request, bare)
+	return nil, ""
+}
+
+// Three refci processes of one user run pipelines at once: refci serve's
+// embedded worker, a refci worker started after serve's pipeline did, and
+// a refci run --isolate started after both. Each pipeline leaves a canary
+// in its run directory (checkout, HOME, TMPDIR) and looks for the
+// others' once all three run: none sees another's run, even of a process
+// that started after it, and each sees its own run directory only.
+func TestPipelinesSeeNoOtherRefciProcessRuns(t *testing.T) {
+	if err := worker.CheckIsolation(refciBin); err != nil {
+		t.Skipf("no user namespaces here: %v", err)
+	}
+	sync := t.TempDir()
+	script := fmt.Sprintf(`
+S=%[1]s; me=$REFCI_REQUEST; root=/tmp/refci-$(id -u)
+for d in . "$HOME" "$TMPDIR" "$REFCI_ARTIFACTS"; do echo "canary-$me" > "$d/canary"; done
+touch $S/ready-$me
+waitall() { n=0; until [ -e $S/$1-serve ] && [ -e $S/$1-worker ] && [ -e $S/$1-local ]; do n=$((n+1)); if [ $n -gt 1800 ]; then echo "TIMEOUT waiting for $1"; return; fi; sleep 0.1; done; }
+waitall ready
+echo "root entries: $(ls -A $root | wc -l) $(ls -A $root/* | wc -l)"
+for o in serve worker local; do
+	[ $o = $me ] && continue
+	if grep -rqs "canary-$o" $root /tmp/refci-* 2>/dev/null; then echo "SAW $o"; else echo "HIDDEN $o"; fi
+done
+grep -rqs "canary-$me" $root && echo "OWN visible"
+touch $S/done-$me
+waitall done
+`, sync)
+	wait := func(name string) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			if _, err := os.Stat(filepath.Join(sync, name)); err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", name)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	sv := startServe(t)
+	sv.pipeline(script)
+	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/serve")
+	wait("ready-serve")
+	f := newFleet(t, script)
+	f.startWorker("a")
+	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/worker")
+	wait("ready-worker")
+	local := f.refci("run", "--isolate")
+	sv.waitFinal("app.git", "serve", time.Minute)
+	st, serveLog := finalRunLog(t, sv.bare("app.git"), "serve")
+	if st.State != queue.Success {
+		t.Errorf("serve's run: %s (%s)", st.State, st.Reason)
+	}
+	f.waitFor("the worker's result", time.Minute, func() bool { return len(f.finalResults()["worker"]) == 1 })
+	st, workerLog := finalRunLog(t, f.bare, "worker")
+	if st.State != queue.Success {
+		t.Errorf("the worker's run: %s (%s)", st.State, st.Reason)
+	}
+	if local.code != 0 {
+		t.Errorf("refci run --isolate: %d\n%s\n%s", local.code, local.stdout, local.stderr)
+	}
+	for me, log := range map[string]string{"serve": serveLog, "worker": workerLog, "local": local.stdout} {
+		for _, o := range []string{"serve", "worker", "local"} {
+			if o != me && !strings.Contains(log, "HIDDEN "+o+"\n") {
+				t.Errorf("the %s pipeline saw the %s run, or did not look:\n%s", me, o, log)
+			}
+		}
+		if !strings.Contains(log, "root entries: 1 1\n") || !strings.Contains(log, "OWN visible") || strings.Contains(log, "TIMEOUT") {
+			t.Errorf("the %s pipeline does not see its own run directory alone:\n%s", me, log)
+		}
+	}
+}
