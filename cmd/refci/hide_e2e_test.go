@@ -72,36 +72,40 @@ func TestRunHidesTheKey(t *testing.T) {
 	}
 }
 
-// A pipeline run by `refci worker` tries to get code run by the worker's
-// own git, ssh or refci, the way an attacker would: through the user's
-// git and ssh configuration and dotfiles, the caches, the remote's hooks
-// and configuration, a program dropped into a PATH directory, refci's own
+// attack is a pipeline that tries to get code run by refci's own git,
+// ssh or refci, the way an attacker would: through the user's git and ssh
+// configuration and dotfiles, the caches, the remote's hooks and
+// configuration, a program dropped into a PATH directory, refci's own
 // directory, git's templates and /etc (the tests run as root: there only
-// the read-only file system stops it). Every attempt is refused, the
-// worker handles more runs (fetch, push, gc) without running any of it,
-// and the pipeline's own places stay writable.
-func TestPipelineCannotChangeWhatTheWorkerRuns(t *testing.T) {
-	if err := worker.CheckIsolation(refciBin); err != nil {
-		t.Skipf("no user namespaces here: %v", err)
-	}
-	sync := t.TempDir()    // under /tmp: the pipeline may write it
-	pathDir := t.TempDir() // first on the worker's PATH
-	ran := filepath.Join(sync, "ran")
-	if err := os.Mkdir(ran, 0o777); err != nil {
+// the read-only file system stops it). Its payload, if it ever runs,
+// leaves a file in ran. It also writes the pipeline's own places, which
+// must stay writable.
+type attack struct {
+	sync, ran string   // the payload's directory; where it leaves a file when it runs
+	files     []string // files the attack would make on this machine, removed when the test ends
+}
+
+func newAttack(t *testing.T) *attack {
+	a := &attack{sync: t.TempDir()} // under /tmp: the pipeline may write it
+	a.ran = filepath.Join(a.sync, "ran")
+	if err := os.Mkdir(a.ran, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	// Where the attacks would leave files on this machine if they were
-	// not refused (the tests run as root): removed, and looked for below.
-	attackFiles := []string{"/etc/refci-attack", "/usr/local/bin/refci-attack", filepath.Join(filepath.Dir(refciBin), "git")}
+	a.files = []string{"/etc/refci-attack", "/usr/local/bin/refci-attack", filepath.Join(filepath.Dir(refciBin), "git")}
 	if out, err := exec.Command("git", "--exec-path").Output(); err == nil {
-		attackFiles = append(attackFiles, filepath.Join(strings.TrimSpace(string(out)), "../../share/git-core/templates/refci-attack"))
+		a.files = append(a.files, filepath.Join(strings.TrimSpace(string(out)), "../../share/git-core/templates/refci-attack"))
 	}
-	for _, p := range attackFiles {
+	for _, p := range a.files {
 		t.Cleanup(func() { os.Remove(p) })
 	}
-	f := newFleet(t, "true\n")
-	whome := filepath.Join(f.root, "worker-a")
-	script := fmt.Sprintf(`
+	return a
+}
+
+// script is the pipeline: home is the refci process' $HOME, remote the
+// repository it serves, pathDir a directory of its PATH, data its
+// $REFCI_HOME or data directory.
+func (a *attack) script(home, remote, pathDir, data string) string {
+	return fmt.Sprintf(`
 S=%[1]s; H=%[2]s; BARE=%[3]s; P=%[4]s; W=%[5]s; BIN=%[6]s
 printf '#!/bin/sh\ntouch "%[7]s/$(basename "$0")-$$"\n' > $S/payload; chmod +x $S/payload
 mkdir -p $S/hooks; for h in pre-push reference-transaction post-update pre-receive update post-receive pre-auto-gc; do cp $S/payload $S/hooks/$h; done
@@ -113,8 +117,9 @@ try git-config-global 'HOME=$H git config --global core.hooksPath $S/hooks'
 try xdg-gitconfig 'mkdir -p $H/.config/git && cp $S/evil.cfg $H/.config/git/config'
 try ssh-config 'mkdir -p $H/.ssh && printf "Host *\n  ProxyCommand $S/payload\n" > $H/.ssh/config'
 try profile 'echo $S/payload >> $H/.profile'
-try cache 'mkdir -p $W/cache/x.git/hooks'
-try cache-config 'for c in $W/cache/*.git; do cp $S/evil.cfg $c/config || exit 1; done; test -d $W/cache/x.git'
+try data 'mkdir -p $W/cache/x.git/hooks'
+try data-config 'for c in $W/cache/*.git $W/serve/repos/*.git; do cp $S/evil.cfg $c/config || exit 1; done; test -d $W/cache/x.git'
+try serve-hooks 'cp $S/payload $W/serve/state/hooks/pre-receive'
 try remote-hooks 'cp $S/payload $BARE/hooks/reference-transaction'
 try remote-config 'git config -f $BARE/config core.hooksPath $S/hooks'
 try path-git 'printf "#!/bin/sh\n$S/payload\nexec /usr/bin/git \"\$@\"\n" > $P/git && chmod +x $P/git'
@@ -130,8 +135,50 @@ try tmp 'cp $S/payload $S/tmp-write && rm $S/tmp-write'
 try artifacts 'echo x > "$REFCI_ARTIFACTS/a.txt"'
 try checkout 'echo x > checkout-file'
 refci job after-attack -- git --version
-`, sync, f.root, f.bare, pathDir, whome, filepath.Dir(refciBin), ran)
-	f.pipeline(script)
+`, a.sync, home, remote, pathDir, data, filepath.Dir(refciBin), a.ran)
+}
+
+// check checks the attack's log and that its payload never ran; made
+// are more files the attack would have made.
+func (a *attack) check(t *testing.T, log string, made ...string) {
+	t.Helper()
+	for _, v := range []string{"gitconfig", "git-config-global", "xdg-gitconfig", "ssh-config", "profile", "data", "data-config", "serve-hooks", "remote-hooks", "remote-config",
+		"path-git", "path-ssh", "refci-dir", "refci-touch", "etc", "usr", "templates"} {
+		if !strings.Contains(log, "ATTACK "+v+": refused\n") {
+			t.Errorf("attack %s was not refused:\n%s", v, log)
+		}
+	}
+	for _, v := range []string{"own-home", "own-tmp", "tmp", "artifacts", "checkout"} {
+		if !strings.Contains(log, "ATTACK "+v+": wrote\n") {
+			t.Errorf("the pipeline could not write its own place (%s):\n%s", v, log)
+		}
+	}
+	if ents, _ := os.ReadDir(a.ran); len(ents) > 0 {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("attacker code ran outside the pipeline: %v", names)
+	}
+	for _, p := range append(made, a.files...) {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("the pipeline made %s", p)
+		}
+	}
+}
+
+// A pipeline run by `refci worker` attacks it (attack); the worker then
+// handles more runs (fetch, push, gc) without running any of the
+// attacker's code, and the attack's result verifies.
+func TestPipelineCannotChangeWhatTheWorkerRuns(t *testing.T) {
+	if err := worker.CheckIsolation(refciBin); err != nil {
+		t.Skipf("no user namespaces here: %v", err)
+	}
+	a := newAttack(t)
+	pathDir := t.TempDir() // first on the worker's PATH
+	f := newFleet(t, "true\n")
+	whome := filepath.Join(f.root, "worker-a")
+	f.pipeline(a.script(f.root, f.bare, pathDir, whome))
 	f.git("", "push", "-q", "origin", "main")
 	for i, kv := range f.env {
 		if strings.HasPrefix(kv, "PATH=") {
@@ -149,18 +196,8 @@ refci job after-attack -- git --version
 		return len(r["after-1"]) == 1 && len(r["after-2"]) == 1
 	})
 	res := f.finalResults()
-	var attackRef string
-	for _, ref := range f.remoteRefs("refs/ci/runs/") {
-		st, err := queue.DecodeStatus([]byte(f.gitErr(f.bare, "show", ref+":status.json")))
-		if err == nil && st.Request == "attack" && st.State.Final() {
-			attackRef = ref
-		}
-	}
-	if attackRef == "" {
-		t.Fatal("no run ref for the attack")
-	}
-	log := f.gitErr(f.bare, "show", attackRef+":log.txt")
-	if st := res["attack"][0]; st.State != "success" || st.Extra["isolation"] != nil {
+	st, log := finalRunLog(t, f.bare, "attack")
+	if st.State != "success" || st.Extra["isolation"] != nil {
 		t.Errorf("attack: state %s (%s), extra %v\n%s", st.State, st.Reason, st.Extra, log)
 	}
 	for _, r := range []string{"after-1", "after-2"} {
@@ -168,32 +205,39 @@ refci job after-attack -- git --version
 			t.Errorf("%s: state %s (%s)", r, st.State, st.Reason)
 		}
 	}
-	for _, a := range []string{"gitconfig", "git-config-global", "xdg-gitconfig", "ssh-config", "profile", "cache", "cache-config", "remote-hooks", "remote-config",
-		"path-git", "path-ssh", "refci-dir", "refci-touch", "etc", "usr", "templates"} {
-		if !strings.Contains(log, "ATTACK "+a+": refused\n") {
-			t.Errorf("attack %s was not refused:\n%s", a, log)
-		}
-	}
-	for _, a := range []string{"own-home", "own-tmp", "tmp", "artifacts", "checkout"} {
-		if !strings.Contains(log, "ATTACK "+a+": wrote\n") {
-			t.Errorf("the pipeline could not write its own place (%s):\n%s", a, log)
-		}
-	}
-	if ents, _ := os.ReadDir(ran); len(ents) > 0 {
-		var names []string
-		for _, e := range ents {
-			names = append(names, e.Name())
-		}
-		t.Errorf("attacker code ran outside the pipeline: %v", names)
-	}
-	for _, p := range append([]string{filepath.Join(f.root, ".gitconfig"), filepath.Join(f.root, ".ssh"), filepath.Join(f.root, ".config", "git"), filepath.Join(pathDir, "git")}, attackFiles...) {
-		if _, err := os.Lstat(p); err == nil {
-			t.Errorf("the pipeline made %s", p)
-		}
-	}
+	a.check(t, log, filepath.Join(f.root, ".gitconfig"), filepath.Join(f.root, ".ssh"), filepath.Join(f.root, ".config", "git"), filepath.Join(pathDir, "git"))
 	keyFile := f.exportKey(whome, "worker-a.asc")
 	f.git("", "fetch", "-q", "origin", "+refs/ci/*:refs/ci/*")
-	f.refci("verify", "--keyring", keyFile, attackRef).want(t, 0)
+	f.refci("verify", "--keyring", keyFile).want(t, 0)
+}
+
+// A pipeline run by refci serve's embedded worker attacks it (attack):
+// its data directory (repositories, their hooks, the caches) is hidden,
+// the rest read-only; serve takes more pushes and runs them without
+// running any of the attacker's code.
+func TestPipelineCannotChangeWhatServeRuns(t *testing.T) {
+	if err := worker.CheckIsolation(refciBin); err != nil {
+		t.Skipf("no user namespaces here: %v", err)
+	}
+	a := newAttack(t)
+	sv := startServe(t)
+	// No directory of the test's own on serve's PATH: its directories
+	// are read-only as any other is (attack "usr").
+	sv.pipeline(a.script(sv.root, sv.bare("app.git"), "/nonexistent", sv.home))
+	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/attack")
+	st := sv.waitFinal("app.git", "attack", time.Minute)
+	_, log := finalRunLog(t, sv.bare("app.git"), "attack")
+	if st.State != queue.Success || st.Extra["isolation"] != nil {
+		t.Errorf("attack: state %s (%s), extra %v\n%s", st.State, st.Reason, st.Extra, log)
+	}
+	sv.pipeline("echo second run\n")
+	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/after")
+	if st := sv.waitFinal("app.git", "after", time.Minute); st.State != queue.Success {
+		t.Errorf("after: state %s (%s)", st.State, st.Reason)
+	}
+	a.check(t, log, filepath.Join(sv.root, ".gitconfig"), filepath.Join(sv.root, ".ssh"))
+	sv.git("", "fetch", "-q", "ci", "+refs/ci/*:refs/ci/*")
+	sv.refci("verify").want(t, 0)
 }
 
 // finalRunLog is the log of the final result of request in the
