@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -332,5 +333,54 @@ waitall done
 		if !strings.Contains(log, "root entries: 1 1\n") || !strings.Contains(log, "OWN visible") || strings.Contains(log, "TIMEOUT") {
 			t.Errorf("the %s pipeline does not see its own run directory alone:\n%s", me, log)
 		}
+	}
+}
+
+// The user's credentials, with which refci's own ssh, git and gpg reach
+// remotes, are hidden from a worker's pipelines although the rest of the
+// user's home is readable: ~/.ssh, the ssh agent's socket, ~/.gnupg,
+// git's credential store, ~/.netrc, the runtime directory. A worker
+// started as root says once why that is unsafe.
+func TestPipelineCannotReachTheUsersCredentials(t *testing.T) {
+	if err := worker.CheckIsolation(refciBin); err != nil {
+		t.Skipf("no user namespaces here: %v", err)
+	}
+	f := newFleet(t, "true\n")
+	runtimeDir := t.TempDir()
+	sock := filepath.Join(runtimeDir, "ssh-agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for _, p := range []string{".ssh/id_ed25519", ".gnupg/private-keys-v1.d/k.key", ".git-credentials", ".netrc", ".config/git/credentials", "readable"} {
+		full := filepath.Join(f.root, p)
+		os.MkdirAll(filepath.Dir(full), 0o700)
+		if err := os.WriteFile(full, []byte("CREDENTIAL-CANARY "+p+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(runtimeDir, "bus"), []byte("CREDENTIAL-CANARY runtime\n"), 0o600)
+	f.pipeline(fmt.Sprintf(`H=%[1]s
+for p in .ssh/id_ed25519 .gnupg/private-keys-v1.d/k.key .git-credentials .netrc .config/git/credentials readable; do cat $H/$p 2>/dev/null; done
+cat %[2]s/bus 2>/dev/null
+if test -S %[3]s; then echo "AGENT REACHABLE"; else echo "agent hidden"; fi
+`, f.root, runtimeDir, sock))
+	f.git("", "push", "-q", "origin", "main")
+	f.env = append(f.env, "SSH_AUTH_SOCK="+sock, "XDG_RUNTIME_DIR="+runtimeDir)
+	f.startWorker("a")
+	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/peek")
+	f.waitFor("the result", time.Minute, func() bool { return len(f.finalResults()["peek"]) == 1 })
+	st, log := finalRunLog(t, f.bare, "peek")
+	if st.State != queue.Success {
+		t.Errorf("state %s (%s)", st.State, st.Reason)
+	}
+	if strings.Count(log, "CREDENTIAL-CANARY") != 1 || !strings.Contains(log, "CREDENTIAL-CANARY readable\n") || !strings.Contains(log, "agent hidden") {
+		t.Errorf("the pipeline read the user's credentials, or not the rest of the home:\n%s", log)
+	}
+	f.stopAll()
+	roots := strings.Count(f.logs[0].String(), "running as root")
+	if want := map[bool]int{true: 1, false: 0}[os.Geteuid() == 0]; roots != want {
+		t.Errorf("the worker (euid %d) warned %d times that it runs as root:\n%s", os.Geteuid(), roots, f.logs[0].String())
 	}
 }
