@@ -384,3 +384,32 @@ if test -S %[3]s; then echo "AGENT REACHABLE"; else echo "agent hidden"; fi
 		t.Errorf("the worker (euid %d) warned %d times that it runs as root:\n%s", os.Geteuid(), roots, f.logs[0].String())
 	}
 }
+
+// writable = [...] in a worker's configuration lets its pipelines write a
+// directory outside the scratch places (here under the user's home,
+// read-only otherwise); a relative path is refused at start.
+func TestWorkerConfigWritable(t *testing.T) {
+	if err := worker.CheckIsolation(refciBin); err != nil {
+		t.Skipf("no user namespaces here: %v", err)
+	}
+	f := newFleet(t, "true\n")
+	shared, other := filepath.Join(f.root, "shared-cache"), filepath.Join(f.root, "other")
+	os.Mkdir(shared, 0o755)
+	os.Mkdir(other, 0o755)
+	f.pipeline(fmt.Sprintf(`echo x > %s/f && echo "shared: wrote"
+echo x > %s/f 2>/dev/null || echo "other: refused"
+`, shared, other))
+	f.git("", "push", "-q", "origin", "main")
+	cfg := filepath.Join(f.root, "worker.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("remotes = [%q]\npoll = \"200ms\"\nwritable = [%q]\n", "file://"+f.bare, shared)), 0o644)
+	f.startWorker("a", "--config", cfg)
+	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/w")
+	f.waitFor("the result", time.Minute, func() bool { return len(f.finalResults()["w"]) == 1 })
+	if _, log := finalRunLog(t, f.bare, "w"); !strings.Contains(log, "shared: wrote\n") || !strings.Contains(log, "other: refused\n") {
+		t.Errorf("log:\n%s", log)
+	}
+	os.WriteFile(cfg, []byte("remotes = [\"file:///nonexistent\"]\nwritable = [\"cache\"]\n"), 0o644)
+	if r := f.refci("worker", "--config", cfg); r.code != 2 || !strings.Contains(r.stderr, `writable: "cache" is not an absolute path`) {
+		t.Errorf("a relative writable path: %d %q", r.code, r.stderr)
+	}
+}

@@ -145,6 +145,13 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		return exitUsage
 	}
 
+	for _, p := range cfg.Writable {
+		if !filepath.IsAbs(p) {
+			e.errorf("config %s: writable: %q is not an absolute path; name the directories pipelines may write in full", *configFile, p)
+			return exitUsage
+		}
+	}
+
 	noDump()
 	id, err := e.identity(cfg.Key)
 	if err != nil {
@@ -189,12 +196,6 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	}
 	defer removeRuns()
 	hide = hidePaths(append(hide, runsHide...)...)
-	for _, p := range cfg.Writable {
-		if !filepath.IsAbs(p) {
-			e.errorf("config %s: writable: %q is not an absolute path", *configFile, p)
-			return exitUsage
-		}
-	}
 	warnIfRoot(logger)
 	self, _ := os.Executable()
 	shim := chooseShim(logger, self)
