@@ -227,5 +227,5 @@ func warnIfRoot(log *slog.Logger) {
 	if os.Geteuid() != 0 {
 		return
 	}
-	log.Warn("running as root: pipelines run as root too; isolated, they cannot write the file system but for scratch places, yet every root-owned socket, device and network service this machine offers root is theirs, and without user namespaces the whole machine is; run refci as a dedicated unprivileged user (e.g. useradd --system --create-home refci) that owns only refci's key, caches and configuration")
+	log.Warn("running as root: pipelines run as root too; isolated, they cannot write the file system but for scratch places, yet every root-owned device (raw disks), socket and service of this machine is theirs, and without user namespaces the whole machine is; run refci as a dedicated unprivileged user (e.g. useradd --system --create-home refci) that owns only refci's key, caches and configuration")
 }
