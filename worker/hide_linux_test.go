@@ -346,3 +346,46 @@ try checkout 'echo x > checkout-file'
 		}
 	}
 }
+
+// The read-only file system is the same with mount_setattr and with one
+// remount per mount point (kernels before 5.12, forced here with
+// --no-mount-setattr): the shim run by hand, with a hidden path, a
+// writable one below a read-only one, and a read-only one below a
+// writable one.
+func TestReadOnlyRootWithoutMountSetattr(t *testing.T) {
+	needIsolation(t)
+	base := t.TempDir()
+	ro, rw, secret := filepath.Join(base, "ro"), filepath.Join(base, "ro", "rw"), filepath.Join(base, "secret")
+	for _, d := range []string{rw, secret} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(secret, "key"), []byte("TOP-SECRET\n"), 0o600)
+	script := fmt.Sprintf(`try() { if (eval "$2") 2>/dev/null; then echo "$1: wrote"; else echo "$1: refused"; fi; }
+try ro 'echo x > %[1]s/f'
+try rw 'echo x > %[2]s/f'
+try base 'echo x > %[3]s/f'
+try etc 'echo x > /etc/refci-attack'
+try tmp 'echo x > /tmp/refci-ro-$$ && rm /tmp/refci-ro-$$'
+try devnull 'echo x > /dev/null'
+cat %[4]s/key 2>/dev/null || echo "secret hidden"
+`, ro, rw, base, secret)
+	want := "ro: refused\nrw: wrote\nbase: wrote\netc: refused\ntmp: wrote\ndevnull: wrote\nsecret hidden\n"
+	for _, compat := range []bool{false, true} {
+		args := []string{ShimArg, shim.HideArg + secret, shim.WritableArg + rw, shim.ReadOnlyArg + ro}
+		if compat {
+			args = append(args, shim.NoMountSetattrArg)
+		}
+		cmd := exec.Command(testExecutable(t), append(args, "--", "/bin/sh", "-c", script)...)
+		cmd.Env = testEnv
+		out, err := cmd.CombinedOutput()
+		if err != nil || string(out) != want {
+			t.Errorf("without mount_setattr %v: %v\n%s", compat, err, out)
+		}
+		os.Remove("/etc/refci-attack")
+		for _, d := range []string{ro, rw, base} {
+			os.Remove(filepath.Join(d, "f"))
+		}
+	}
+}

@@ -169,6 +169,9 @@ func startHidden(argv []string, ns nsPaths, probe bool) (int, *os.File, error) {
 		args = append(args, ProbeArg)
 	}
 	args = append(args, ns.args()...)
+	if noMountSetattr {
+		args = append(args, NoMountSetattrArg)
+	}
 	args = append(args, "--")
 	args = append(args, argv...)
 	if probe {
@@ -436,11 +439,8 @@ func readOnlyRoot(writable, readOnly []string) error {
 		}
 		return rules[i].w && !rules[j].w
 	})
-	if err := unix.MountSetattr(unix.AT_FDCWD, "/", unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
-		if errors.Is(err, unix.ENOSYS) {
-			return fmt.Errorf("making the file system read-only: this kernel lacks mount_setattr (Linux 5.12 or later is needed): %w", err)
-		}
-		return fmt.Errorf("making the file system read-only (mount_setattr): %w", err)
+	if err := readOnlyTree("/"); err != nil {
+		return fmt.Errorf("making the file system read-only: %w", err)
 	}
 	under := func(p, dir string) bool {
 		return dir == "/" || strings.HasPrefix(p, dir+"/")
@@ -467,11 +467,80 @@ func readOnlyRoot(writable, readOnly []string) error {
 		if err := unix.Mount(r.path, r.path, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return fmt.Errorf("making %s read-only (bind mount): %w", r.path, err)
 		}
-		if err := unix.MountSetattr(unix.AT_FDCWD, r.path, unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
-			return fmt.Errorf("making %s read-only (mount_setattr): %w", r.path, err)
+		if err := readOnlyTree(r.path); err != nil {
+			return fmt.Errorf("making %s read-only: %w", r.path, err)
 		}
 	}
 	return nil
+}
+
+// noMountSetattr, in tests, makes readOnlyTree take the way of kernels
+// older than 5.12 (the middle step's --no-mount-setattr).
+var noMountSetattr bool
+
+// NoMountSetattrArg is the internal argument that sets noMountSetattr.
+const NoMountSetattrArg = "--no-mount-setattr"
+
+// readOnlyTree makes the mount at p and every mount below it read-only:
+// one mount_setattr (Linux 5.12), else one remount per mount point,
+// keeping the flags the kernel locks in a user namespace (nosuid, nodev,
+// noexec, the atime ones).
+func readOnlyTree(p string) error {
+	if !noMountSetattr {
+		err := unix.MountSetattr(unix.AT_FDCWD, p, unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
+		if !errors.Is(err, unix.ENOSYS) {
+			if err != nil {
+				return fmt.Errorf("mount_setattr: %w", err)
+			}
+			return nil
+		}
+	}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS ...
+		f := strings.Fields(line)
+		if len(f) < 6 {
+			continue
+		}
+		mp := unescapeMountinfo(f[4])
+		if mp != p && !(p == "/" || strings.HasPrefix(mp, p+"/")) {
+			continue
+		}
+		flags := uintptr(unix.MS_REMOUNT | unix.MS_BIND | unix.MS_RDONLY)
+		for _, o := range strings.Split(f[5], ",") {
+			flags |= map[string]uintptr{"nosuid": unix.MS_NOSUID, "nodev": unix.MS_NODEV, "noexec": unix.MS_NOEXEC,
+				"noatime": unix.MS_NOATIME, "nodiratime": unix.MS_NODIRATIME, "relatime": unix.MS_RELATIME, "strictatime": unix.MS_STRICTATIME}[o]
+		}
+		err := unix.Mount("", mp, "", flags, "")
+		if err != nil && !errors.Is(err, unix.ENOENT) { // ENOENT: below a hidden path
+			return fmt.Errorf("remounting %s read-only: %w", mp, err)
+		}
+	}
+	return nil
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for a space) of a path
+// in /proc/self/mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var c byte
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%3o", &c); err == nil {
+				b.WriteByte(c)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // hidePath covers p: an empty read-only tmpfs over a directory, /dev/null

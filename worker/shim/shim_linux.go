@@ -203,6 +203,9 @@ func Main(args []string) int {
 			}
 		} else if ns.parse(a) {
 			continue
+		} else if a == NoMountSetattrArg {
+			noMountSetattr = true
+			continue
 		} else if a == RequireArg || a == inNSArg || a == ProbeArg {
 			require = require || a == RequireArg
 			inNS = inNS || a == inNSArg
