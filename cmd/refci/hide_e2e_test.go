@@ -130,7 +130,9 @@ try refci-touch 'touch -c $BIN/refci $BIN/refci-shim'
 try etc 'echo x > /etc/refci-attack'
 try usr 'cp $S/payload /usr/local/bin/refci-attack'
 try templates 'cp $S/payload "$(git --exec-path)/../../share/git-core/templates/refci-attack"'
+try nested-userns 'unshare -Urm sh -c "mount -o remount,bind,rw $H || mount -o remount,rw $H || mount -o remount,rw /; cp $S/evil.cfg $H/.gitconfig"'
 try own-home 'echo x > "$HOME/f" && HOME=$HOME git config --global core.hooksPath /x'
+try own-nested-userns 'unshare -Urm sh -c "echo x > \"\$TMPDIR/nested\""'
 try own-tmp 'echo x > "$TMPDIR/f"'
 try tmp 'cp $S/payload $S/tmp-write && rm $S/tmp-write'
 try artifacts 'echo x > "$REFCI_ARTIFACTS/a.txt"'
@@ -144,12 +146,20 @@ refci job after-attack -- git --version
 func (a *attack) check(t *testing.T, log string, made ...string) {
 	t.Helper()
 	for _, v := range []string{"gitconfig", "git-config-global", "xdg-gitconfig", "ssh-config", "profile", "data", "data-config", "serve-hooks", "remote-hooks", "remote-config",
-		"path-git", "path-ssh", "refci-dir", "refci-touch", "etc", "usr", "templates"} {
+		"path-git", "path-ssh", "refci-dir", "refci-touch", "etc", "usr", "templates", "nested-userns"} {
 		if !strings.Contains(log, "ATTACK "+v+": refused\n") {
 			t.Errorf("attack %s was not refused:\n%s", v, log)
 		}
 	}
-	for _, v := range []string{"own-home", "own-tmp", "tmp", "artifacts", "checkout"} {
+	own := []string{"own-home", "own-tmp", "tmp", "artifacts", "checkout"}
+	if _, err := exec.LookPath("unshare"); err == nil && os.Geteuid() != 0 {
+		// A pipeline's own containers still work (/proc stays writable
+		// for their id maps). Not as root: mapping root needs
+		// CAP_SETFCAP, which the pipeline does not have, so nested
+		// user namespaces are for unprivileged workers only.
+		own = append(own, "own-nested-userns")
+	}
+	for _, v := range own {
 		if !strings.Contains(log, "ATTACK "+v+": wrote\n") {
 			t.Errorf("the pipeline could not write its own place (%s):\n%s", v, log)
 		}
