@@ -27,7 +27,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	grace := fs.Duration("kill-grace", worker.DefaultKillGrace, "after a timeout or Ctrl-C, wait this long between SIGTERM and SIGKILL")
 	keyFile := fs.String("key", "", "sign with this private key instead of $REFCI_HOME/key.asc")
 	quiet := fs.Bool("q", false, "do not stream the pipeline's output, print only the summary")
-	isolate := fs.Bool("isolate", false, "hide $REFCI_HOME (your signing key) from the pipeline as workers do; for code you do not trust (costs about 10 ms: the pipeline runs under refci's supervisor in namespaces of its own)")
+	isolate := fs.Bool("isolate", false, "isolate the pipeline as workers do: hide $REFCI_HOME (your signing key), your credentials and other runs, and make the file system read-only but for its run directory and /tmp; for code you do not trust (costs about 10 ms: the pipeline runs under refci's supervisor in namespaces of its own)")
 	logCap := fs.Int64("log-cap", worker.DefaultLogCap, "bytes of log kept per run and per job (head and tail)")
 	artCap := fs.Int64("artifact-cap", worker.DefaultArtifactFileCap, "largest artifact file stored, in bytes")
 	artTotal := fs.Int64("artifacts-total-cap", worker.DefaultArtifactTotalCap, "bytes of artifacts stored per run")

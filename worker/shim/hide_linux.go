@@ -28,9 +28,13 @@ import (
 // unprivileged user namespaces are allowed), the worker's uid and gid
 // mapped to themselves, so that files keep their owners. In that namespace
 // every hidden directory is covered by an empty read-only tmpfs and every
-// other hidden file by a bind mount of /dev/null:
+// other hidden file by a bind mount of /dev/null; then every mount is made
+// read-only but for the run's directory, the scratch places and
+// --writable paths, inside which --read-only paths stay read-only
+// (readOnlyRoot), so that nothing the pipeline writes changes what the
+// worker's own processes, outside the namespace, read or run:
 //
-//	shim ── refci __refci-shim --in-ns --hide=P... -- PROGRAM ARGS   (new namespaces)
+//	shim ── refci __refci-shim --in-ns --hide=P... --writable=P... -- PROGRAM ARGS   (new namespaces)
 //	          mounts, drops every capability, then execve(PROGRAM)
 //
 // The middle step is the shim's binary again (refci, or refci-shim when
