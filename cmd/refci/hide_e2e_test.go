@@ -225,7 +225,8 @@ func TestPipelineCannotChangeWhatTheWorkerRuns(t *testing.T) {
 // A pipeline run by refci serve's embedded worker attacks it (attack):
 // its data directory (repositories, their hooks, the caches) is hidden,
 // the rest read-only; serve takes more pushes and runs them without
-// running any of the attacker's code.
+// running any of the attacker's code. Started as root, it says once why
+// that is unsafe.
 func TestPipelineCannotChangeWhatServeRuns(t *testing.T) {
 	if err := worker.CheckIsolation(refciBin); err != nil {
 		t.Skipf("no user namespaces here: %v", err)
@@ -249,6 +250,10 @@ func TestPipelineCannotChangeWhatServeRuns(t *testing.T) {
 	a.check(t, log, filepath.Join(sv.root, ".gitconfig"), filepath.Join(sv.root, ".ssh"))
 	sv.git("", "fetch", "-q", "ci", "+refs/ci/*:refs/ci/*")
 	sv.refci("verify").want(t, 0)
+	roots := strings.Count(sv.log.String(), "running as root")
+	if want := map[bool]int{true: 1, false: 0}[os.Geteuid() == 0]; roots != want {
+		t.Errorf("serve (euid %d) warned %d times that it runs as root", os.Geteuid(), roots)
+	}
 }
 
 // finalRunLog is the log of the final result of request in the
