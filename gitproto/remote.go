@@ -96,6 +96,7 @@ var cacheConfig = [][2]string{
 	{"maintenance.auto", "false"},
 	{"core.logAllRefUpdates", "false"},
 	{"core.hooksPath", "/dev/null"}, // no hook (reference-transaction, pre-push) ever runs in the cache
+	{"core.fsmonitor", "false"},     // nor a file system monitor
 	{"fetch.writeCommitGraph", "false"},
 	{"fetch.showForcedUpdates", "false"}, // skips a merge-base walk per updated ref
 	{"fetch.recurseSubmodules", "false"},

@@ -275,3 +275,117 @@ func TestHideNeedsShimAndAbsolutePaths(t *testing.T) {
 		}
 	}
 }
+
+// With Hide, the pipeline's file system is read-only but for its run
+// directory, the scratch directories and RunSpec.Writable; RunSpec.ReadOnly
+// paths under those stay read-only, a missing one cannot be made, and
+// device nodes still work. The test runs as any user: as root, the files
+// of /etc and /usr are the pipeline's to write but for the read-only root.
+func TestReadOnlyRoot(t *testing.T) {
+	needIsolation(t)
+	base := t.TempDir() // under /tmp: a scratch directory
+	home := filepath.Join(base, "home")
+	extra := filepath.Join(base, "extra")
+	absentParent := filepath.Join(base, "xdg")
+	for _, d := range []string{home, extra, absentParent} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A directory beside the test binary: read-only as the binary's
+	// directory is, although it lies under /tmp.
+	outside, err := os.MkdirTemp(filepath.Dir(testExecutable(t)), "outside-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(outside)
+	script := fmt.Sprintf(`
+try() { if (eval "$2") 2>/dev/null; then echo "$1: wrote"; else echo "$1: refused"; fi; }
+try home 'echo x > %[1]s/.gitconfig'
+try home-dir 'mkdir %[1]s/.ssh'
+try absent 'mkdir -p %[2]s/config/git'
+try etc 'echo x > /etc/refci-attack'
+try usr 'echo x > /usr/local/bin/refci-attack'
+try exe 'echo x >> %[5]s'
+try outside 'echo x > %[6]s/f'
+try tmp 'echo x > /tmp/refci-ro-test-$$ && rm /tmp/refci-ro-test-$$'
+try vartmp 'echo x > /var/tmp/refci-ro-test-$$ && rm /var/tmp/refci-ro-test-$$'
+try shm 'echo x > /dev/shm/refci-ro-test-$$ && rm /dev/shm/refci-ro-test-$$'
+try devnull 'echo x > /dev/null'
+try extra 'echo x > %[3]s/f'
+try scratch-base 'echo x > %[4]s/f'
+try HOME 'echo x > "$HOME/f"'
+try TMPDIR 'echo x > "$TMPDIR/f"'
+try artifacts 'echo x > "$REFCI_ARTIFACTS/a.txt"'
+try checkout 'echo x > checkout-file'
+`, home, filepath.Join(absentParent, "missing"), extra, base, testExecutable(t), outside)
+	lw := newLoopWorld(t, script)
+	repo, head := lw.head(t)
+	exe := testExecutable(t)
+	var live syncBuffer
+	out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", RefciPath: exe, Shim: exe,
+		TempDir: t.TempDir(), Output: &live, Hide: []string{filepath.Join(base, "nothing-here")}, RequireIsolation: true,
+		Writable: []string{extra}, ReadOnly: []string{home, filepath.Join(absentParent, "missing"), exe, filepath.Dir(exe)}}, testSigner(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := live.String()
+	if out.Status.State != queue.Success {
+		t.Fatalf("state %s (%s)\n%s", out.Status.State, out.Status.Reason, log)
+	}
+	for _, w := range []string{"home: refused", "home-dir: refused", "absent: refused", "etc: refused", "usr: refused", "exe: refused", "outside: refused",
+		"tmp: wrote", "vartmp: wrote", "shm: wrote", "devnull: wrote", "extra: wrote", "scratch-base: wrote", "HOME: wrote", "TMPDIR: wrote", "artifacts: wrote", "checkout: wrote"} {
+		if !strings.Contains(log, w+"\n") {
+			t.Errorf("log lacks %q:\n%s", w, log)
+		}
+	}
+	for _, p := range []string{filepath.Join(home, ".gitconfig"), filepath.Join(home, ".ssh"), filepath.Join(absentParent, "missing"), "/etc/refci-attack", "/usr/local/bin/refci-attack", filepath.Join(outside, "f")} {
+		if _, err := os.Lstat(p); err == nil {
+			os.RemoveAll(p)
+			t.Errorf("the pipeline made %s", p)
+		}
+	}
+}
+
+// The read-only file system is the same with mount_setattr and with one
+// remount per mount point (kernels before 5.12, forced here with
+// --no-mount-setattr): the shim run by hand, with a hidden path, a
+// writable one below a read-only one, and a read-only one below a
+// writable one.
+func TestReadOnlyRootWithoutMountSetattr(t *testing.T) {
+	needIsolation(t)
+	base := t.TempDir()
+	ro, rw, secret := filepath.Join(base, "ro"), filepath.Join(base, "ro", "rw"), filepath.Join(base, "secret")
+	for _, d := range []string{rw, secret} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(secret, "key"), []byte("TOP-SECRET\n"), 0o600)
+	script := fmt.Sprintf(`try() { if (eval "$2") 2>/dev/null; then echo "$1: wrote"; else echo "$1: refused"; fi; }
+try ro 'echo x > %[1]s/f'
+try rw 'echo x > %[2]s/f'
+try base 'echo x > %[3]s/f'
+try etc 'echo x > /etc/refci-attack'
+try tmp 'echo x > /tmp/refci-ro-$$ && rm /tmp/refci-ro-$$'
+try devnull 'echo x > /dev/null'
+cat %[4]s/key 2>/dev/null || echo "secret hidden"
+`, ro, rw, base, secret)
+	want := "ro: refused\nrw: wrote\nbase: wrote\netc: refused\ntmp: wrote\ndevnull: wrote\nsecret hidden\n"
+	for _, compat := range []bool{false, true} {
+		args := []string{ShimArg, shim.HideArg + secret, shim.WritableArg + rw, shim.ReadOnlyArg + ro}
+		if compat {
+			args = append(args, shim.NoMountSetattrArg)
+		}
+		cmd := exec.Command(testExecutable(t), append(args, "--", "/bin/sh", "-c", script)...)
+		cmd.Env = testEnv
+		out, err := cmd.CombinedOutput()
+		if err != nil || string(out) != want {
+			t.Errorf("without mount_setattr %v: %v\n%s", compat, err, out)
+		}
+		os.Remove("/etc/refci-attack")
+		for _, d := range []string{ro, rw, base} {
+			os.Remove(filepath.Join(d, "f"))
+		}
+	}
+}

@@ -59,6 +59,9 @@ type Config struct {
 	// RunSpec.RequireIsolation: paths pipelines must not see.
 	Hide             []string
 	RequireIsolation bool
+	// Writable and ReadOnly are every run's RunSpec.Writable and
+	// RunSpec.ReadOnly.
+	Writable, ReadOnly []string
 }
 
 // TrustQuery is what Config.Trust decides on.
@@ -853,7 +856,7 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		ArtifactFileCap: w.cfg.ArtifactFileCap, ArtifactTotalCap: w.cfg.ArtifactTotalCap,
 		RefciPath: w.cfg.RefciPath, Shim: w.cfg.Shim, TempDir: w.cfg.TempDir, Dirs: w.runDirs, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
 		SnapshotEvery: w.cfg.Snapshot, Secrets: w.cfg.Secrets, Remote: a.remote.URL, Page: w.cfg.Page, NoRunRef: true,
-		Hide: w.cfg.Hide, RequireIsolation: w.cfg.RequireIsolation,
+		Hide: w.cfg.Hide, RequireIsolation: w.cfg.RequireIsolation, Writable: w.cfg.Writable, ReadOnly: w.cfg.ReadOnly,
 		OnSnapshot: func(_ string, c gitproto.Hash) {
 			a.mu.Lock()
 			a.snapshots = append(a.snapshots, c)

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -76,8 +77,14 @@ type ProcSpec struct {
 	Hide []string
 	// Keep lists absolute paths under hidden ones that stay visible to
 	// the pipeline (its own run directory among other runs', say).
-	Keep             []string
-	RequireIsolation bool
+	Keep []string
+	// With Hide, the whole file system is read-only for the pipeline
+	// but for shim.ScratchDirs and Writable (its run directory, say);
+	// ReadOnly lists paths under those that stay read-only nonetheless
+	// (the user's home, PATH, where refci's own git and ssh take their
+	// configuration from). See hide_linux.go in package shim.
+	Writable, ReadOnly []string
+	RequireIsolation   bool
 }
 
 // ProcResult says how the process ended.
@@ -169,9 +176,9 @@ func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
 	if len(spec.Hide) > 0 && spec.Shim == "" {
 		return res, fmt.Errorf("worker: cannot start %q: hiding paths from it needs the shim (ProcSpec.Shim)", spec.Path)
 	}
-	for _, h := range append(append([]string(nil), spec.Hide...), spec.Keep...) {
+	for _, h := range slices.Concat(spec.Hide, spec.Keep, spec.Writable, spec.ReadOnly) {
 		if !filepath.IsAbs(h) || strings.IndexByte(h, 0) >= 0 {
-			return res, fmt.Errorf("worker: cannot start %q: the path to hide or keep %q is not absolute", spec.Path, h)
+			return res, fmt.Errorf("worker: cannot start %q: the path to hide, keep, leave writable or make read-only %q is not absolute", spec.Path, h)
 		}
 	}
 	hardDone := doneChan(spec.Hard)
@@ -457,6 +464,14 @@ func startProcess(run *reapRun, spec ProcSpec, env []string, out *os.File, sh *s
 			}
 			for _, k := range spec.Keep {
 				cmd.Args = append(cmd.Args, shim.KeepArg+k)
+			}
+			if len(spec.Hide) > 0 {
+				for _, p := range spec.Writable {
+					cmd.Args = append(cmd.Args, shim.WritableArg+p)
+				}
+				for _, p := range spec.ReadOnly {
+					cmd.Args = append(cmd.Args, shim.ReadOnlyArg+p)
+				}
 			}
 			if spec.RequireIsolation && len(spec.Hide) > 0 {
 				cmd.Args = append(cmd.Args, shim.RequireArg)

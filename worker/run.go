@@ -83,6 +83,10 @@ type RunSpec struct {
 	// the run ends in state error without running the pipeline.
 	Hide             []string
 	RequireIsolation bool
+	// With Hide, the pipeline's whole file system is read-only but for
+	// its run directory, shim.ScratchDirs and Writable; ReadOnly lists
+	// paths under those that stay read-only (see ProcSpec.ReadOnly).
+	Writable, ReadOnly []string
 	// Output, when not nil, receives a live copy of the pipeline's
 	// output.
 	Output io.Writer
@@ -384,6 +388,8 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 
 		Hide:             r.spec.Hide,
 		Keep:             underHidden(r.spec.Hide, dir, r.spec.RefciPath),
+		Writable:         append([]string{dir}, r.spec.Writable...),
+		ReadOnly:         r.spec.ReadOnly,
 		RequireIsolation: r.spec.RequireIsolation,
 	})
 	stopSnapshots()

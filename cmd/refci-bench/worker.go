@@ -49,13 +49,18 @@ func newWorld(pipeline string) (*world, error) {
 	return w, nil
 }
 
-func (w *world) close() { os.RemoveAll(w.root) }
+func (w *world) close() {
+	os.RemoveAll(w.root)
+	os.RemoveAll(w.root + "-stamps")
+}
 
 // stampPipeline commits a pipeline that first writes its start time (ns)
-// to stamps/<request>, then runs rest. It returns the stamps directory.
+// to stamps/<request>, then runs rest. It returns the stamps directory:
+// beside the world, not in it, as the world is the workers' home, which
+// isolated pipelines cannot write.
 func (w *world) stampPipeline(rest string) (string, error) {
-	stamps := filepath.Join(w.root, "stamps")
-	if err := os.Mkdir(stamps, 0o755); err != nil {
+	stamps := w.root + "-stamps"
+	if err := os.Mkdir(stamps, 0o777); err != nil {
 		return "", err
 	}
 	script := "#!/bin/sh\ndate +%s%N > " + stamps + "/\"$REFCI_REQUEST\"\n" + rest

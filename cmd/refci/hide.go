@@ -1,10 +1,15 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -66,15 +71,161 @@ func checkIsolation(log *slog.Logger, shim string, require bool) {
 	}
 }
 
-// runsDir makes the private directory (0700, under $TMPDIR) in which a
-// worker makes its runs' directories. It is hidden from every pipeline
-// but for the pipeline's own run directory, so that concurrent runs,
-// trusted or not, cannot read each other's checkouts, files or sockets.
-// done removes it once the worker has stopped.
-func runsDir() (dir string, done func(), err error) {
-	dir, err = os.MkdirTemp("", "refci-") // short: socket paths are limited to 108 bytes
+// runsDir makes the directory in which this process makes its runs'
+// directories, inside the user's runs root (runsRoot), and returns the
+// paths that pipelines must not see: the runs root, and the one under
+// /tmp too when $TMPDIR is elsewhere. Every refci process of the user
+// (workers, refci serve, refci run) makes its runs there, so that
+// a pipeline, which sees only its own run directory, sees nothing of any
+// other run: a concurrent neighbour's, another worker's, serve's, one
+// started after it. done removes this process' directory once it has
+// stopped.
+func runsDir() (dir string, hide []string, done func(), err error) {
+	root, err := runsRoot(os.TempDir())
 	if err != nil {
-		return "", nil, fmt.Errorf("create the directory for run directories: %w", err)
+		return "", nil, nil, err
 	}
-	return dir, func() { os.RemoveAll(dir) }, nil
+	hide = []string{root}
+	if filepath.Clean(os.TempDir()) != "/tmp" {
+		if r, err := runsRoot("/tmp"); err == nil {
+			hide = append(hide, r)
+		}
+	}
+	dir, err = os.MkdirTemp(root, "") // short: socket paths are limited to 108 bytes
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("create the directory for run directories: %w", err)
+	}
+	return dir, hide, func() { os.RemoveAll(dir) }, nil
+}
+
+// runsRoot makes (or checks) tmp/refci-UID, the directory of this user's
+// refci processes' run directories: it must be a directory (not a
+// symbolic link) of this user, private (0700), or someone else could
+// read or swap the runs.
+func runsRoot(tmp string) (string, error) {
+	uid := os.Getuid()
+	root := filepath.Join(tmp, fmt.Sprintf("refci-%d", uid))
+	if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return "", fmt.Errorf("create the directory for run directories: %w; set TMPDIR to a directory you can write", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(root, &st); err != nil {
+		return "", fmt.Errorf("the directory for run directories: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR || int(st.Uid) != uid || st.Mode&0o077 != 0 {
+		return "", fmt.Errorf("%s, where refci makes its run directories, is not a private directory of this user (uid %d, mode %o, owned by uid %d): someone else could read or change runs there; remove it (refci makes it again, 0700) or set TMPDIR to another directory", root, uid, st.Mode&0o7777|st.Mode&unix.S_IFMT, st.Uid)
+	}
+	return root, nil
+}
+
+// defaultHomes are where refci processes of this user keep their key
+// when $REFCI_HOME does not say otherwise (env.home), and the user's
+// credentials (credentialPaths): hidden from every pipeline, whichever
+// home this process uses, so that a worker with a $REFCI_HOME of its own
+// does not show its pipelines the key of another refci of the same user
+// that uses the default one.
+func defaultHomes(e *env) []string {
+	out := credentialPaths(e)
+	if x := e.getenv("XDG_CONFIG_HOME"); x != "" {
+		out = append(out, filepath.Join(x, "refci"))
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		out = append(out, filepath.Join(h, ".config", "refci"))
+	}
+	return out
+}
+
+// credentialPaths are the user's credentials with which refci's own ssh,
+// git and gpg reach remotes and sign, hidden from every pipeline (they lie
+// in the user's home, which pipelines may otherwise read): ~/.ssh and the
+// ssh agent's socket, ~/.gnupg or $GNUPGHOME, git's credential stores,
+// ~/.netrc, and the user's runtime directory (agents' and the session's
+// sockets).
+func credentialPaths(e *env) []string {
+	homes := []string{e.getenv("HOME")}
+	if u, err := user.Current(); err == nil {
+		homes = append(homes, u.HomeDir)
+	}
+	var out []string
+	for _, h := range homes {
+		if h == "" || h == "/" {
+			continue
+		}
+		for _, f := range []string{".ssh", ".gnupg", ".git-credentials", ".netrc", ".config/git/credentials"} {
+			out = append(out, filepath.Join(h, f))
+		}
+	}
+	if x := e.getenv("XDG_CONFIG_HOME"); x != "" {
+		out = append(out, filepath.Join(x, "git", "credentials"))
+	}
+	out = append(out, e.getenv("SSH_AUTH_SOCK"), e.getenv("GNUPGHOME"))
+	if r := e.getenv("XDG_RUNTIME_DIR"); r != "" {
+		out = append(out, r)
+	} else {
+		out = append(out, fmt.Sprintf("/run/user/%d", os.Getuid()))
+	}
+	return out
+}
+
+// readOnlyPaths lists what pipelines must not write even where they may
+// write (the scratch directories, their run directory: see
+// worker.RunSpec.ReadOnly): everything refci's own processes (git, ssh,
+// gpg, refci itself: not in the pipeline's namespace) take
+// configuration, hooks, helpers or code from. The user's home (from $HOME
+// and the passwd entry: dotfiles, ~/.ssh, ~/.gitconfig, ~/.config),
+// $XDG_CONFIG_HOME, git's configuration, templates and programs, the
+// directories of PATH and of refci, git, ssh and gpg, and extra (local
+// remotes, say). Elsewhere the pipeline's file system is read-only
+// anyway.
+func readOnlyPaths(e *env, exes []string, extra ...string) []string {
+	var ps []string
+	add := func(p string) {
+		if p != "" && filepath.IsAbs(p) {
+			ps = append(ps, p)
+		}
+	}
+	add(e.getenv("HOME"))
+	if u, err := user.Current(); err == nil {
+		add(u.HomeDir)
+	}
+	for _, v := range []string{"XDG_CONFIG_HOME", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_TEMPLATE_DIR", "GIT_EXEC_PATH", "GIT_ASKPASS", "SSH_ASKPASS", "GNUPGHOME"} {
+		add(e.getenv(v))
+	}
+	add("/etc/gitconfig")
+	add("/etc/ssh")
+	for _, d := range filepath.SplitList(e.getenv("PATH")) {
+		add(d)
+	}
+	for _, name := range []string{"git", "ssh", "gpg"} {
+		if p, err := exec.LookPath(name); err == nil {
+			exes = append(exes, p)
+		}
+	}
+	for _, x := range exes {
+		if x == "" {
+			continue
+		}
+		add(x)
+		add(filepath.Dir(x))
+		if r, err := filepath.EvalSymlinks(x); err == nil {
+			add(r)
+			add(filepath.Dir(r))
+		}
+	}
+	if out, err := exec.Command("git", "--exec-path").Output(); err == nil {
+		add(strings.TrimSpace(string(out)))
+	}
+	for _, p := range extra {
+		add(p)
+	}
+	return hidePaths(ps...)
+}
+
+// warnIfRoot logs, once at start, that a worker running as root runs its
+// pipelines as root.
+func warnIfRoot(log *slog.Logger) {
+	if os.Geteuid() != 0 {
+		return
+	}
+	log.Warn("running as root: pipelines run as root too; isolated, they cannot write the file system but for scratch places, yet every root-owned device (raw disks), socket and service of this machine is theirs, and without user namespaces the whole machine is; run refci as a dedicated unprivileged user (e.g. useradd --system --create-home refci) that owns only refci's key, caches and configuration")
 }

@@ -27,7 +27,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	grace := fs.Duration("kill-grace", worker.DefaultKillGrace, "after a timeout or Ctrl-C, wait this long between SIGTERM and SIGKILL")
 	keyFile := fs.String("key", "", "sign with this private key instead of $REFCI_HOME/key.asc")
 	quiet := fs.Bool("q", false, "do not stream the pipeline's output, print only the summary")
-	isolate := fs.Bool("isolate", false, "hide $REFCI_HOME (your signing key) from the pipeline as workers do; for code you do not trust (costs about 10 ms: the pipeline runs under refci's supervisor in namespaces of its own)")
+	isolate := fs.Bool("isolate", false, "isolate the pipeline as workers do: hide $REFCI_HOME (your signing key), your credentials and other runs, and make the file system read-only but for its run directory and /tmp; for code you do not trust (costs about 10 ms: the pipeline runs under refci's supervisor in namespaces of its own)")
 	logCap := fs.Int64("log-cap", worker.DefaultLogCap, "bytes of log kept per run and per job (head and tail)")
 	artCap := fs.Int64("artifact-cap", worker.DefaultArtifactFileCap, "largest artifact file stored, in bytes")
 	artTotal := fs.Int64("artifacts-total-cap", worker.DefaultArtifactTotalCap, "bytes of artifacts stored per run")
@@ -68,8 +68,16 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	// A local run is the user's own code on the user's own machine: it
 	// can read everything else of theirs anyway. --isolate hides the key
 	// as workers do (which needs the shim).
-	var hide []string
+	var hide, readOnly []string
 	shim := ""
+	// Every run directory of this user's refci processes lies under one
+	// root, hidden from isolated pipelines (runsDir).
+	runs, runsHide, removeRuns, err := runsDir()
+	if err != nil {
+		e.errorf("run: %v", err)
+		return exitInfra
+	}
+	defer removeRuns()
 	if *isolate {
 		if self == "" {
 			e.errorf("run: --isolate: cannot find the refci executable to supervise the pipeline")
@@ -80,8 +88,11 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 			e.errorf("run: --isolate: %v", err)
 			return exitInfra
 		}
-		hide = hidePaths(h, *keyFile)
+		hide = hidePaths(append(append([]string{h, *keyFile}, defaultHomes(e)...), runsHide...)...)
 		shim, _ = worker.ChooseShim(self) // refci-shim beside refci, when of this build
+		// The repository gets the result: its configuration and hooks,
+		// like everything refci's own git reads, stay read-only.
+		readOnly = readOnlyPaths(e, []string{self, shim}, repo.GitDir())
 	}
 	host, _ := os.Hostname()
 	admins, err := secrets.ReadKeyringFiles(adminFiles...)
@@ -149,6 +160,8 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		RefciPath:        self,
 		Shim:             shim,
 		Hide:             hide,
+		ReadOnly:         readOnly,
+		TempDir:          runs,
 		RequireIsolation: *isolate,
 		Output:           out,
 		Hard:             hard,

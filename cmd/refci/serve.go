@@ -172,7 +172,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		}
 		return nil
 	}}
-	runs, removeRuns, err := runsDir()
+	runs, runsHide, removeRuns, err := runsDir()
 	if err != nil {
 		e.errorf("serve: %v", err)
 		return exitInfra
@@ -180,6 +180,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	defer removeRuns()
 	shim := self
 	if !*noWorker {
+		warnIfRoot(logger)
 		shim = chooseShim(logger.With("component", "worker"), self)
 	}
 	w := worker.New(worker.Config{
@@ -190,8 +191,10 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		// The data dir (host key, roles, repositories, caches, trust
 		// records), the roles file and $REFCI_HOME (the key): a pipeline
 		// needs none of them; its checkout and socket are in its run
-		// directory, under runs, of which it sees only its own.
-		Hide: hidePaths(lay.root, lay.roles, refciHome, runs), RequireIsolation: *requireIso,
+		// directory, under runs, of which it sees only its own. What
+		// refci's own git, ssh and gpg read stays read-only.
+		Hide:     hidePaths(append(append([]string{lay.root, lay.roles, refciHome}, defaultHomes(e)...), runsHide...)...),
+		ReadOnly: readOnlyPaths(e, []string{self, shim}), RequireIsolation: *requireIso,
 	})
 	if !*noWorker {
 		checkIsolation(logger.With("component", "worker"), shim, *requireIso)

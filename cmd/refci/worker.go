@@ -38,6 +38,10 @@ type workerConfig struct {
 	Key               string   `toml:"key"`
 	Cache             string   `toml:"cache"`
 	RequireIsolation  bool     `toml:"require_isolation"`
+	// Writable lists paths isolated pipelines may write besides their
+	// run directory and the scratch places (/tmp, /var/tmp, /dev/shm):
+	// the rest of the file system is read-only for them.
+	Writable []string `toml:"writable"`
 	// Admins and Trusted are public key files: the secrets admins whose
 	// signed environments are believed, and the requesters whose signed
 	// requests are trusted (given secrets).
@@ -86,7 +90,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 			return exitUsage
 		}
 		if und := md.Undecoded(); len(und) > 0 {
-			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, admins, trusted", *configFile, und[0].String())
+			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted", *configFile, und[0].String())
 			return exitUsage
 		}
 	}
@@ -141,6 +145,13 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		return exitUsage
 	}
 
+	for _, p := range cfg.Writable {
+		if !filepath.IsAbs(p) {
+			e.errorf("config %s: writable: %q is not an absolute path; name the directories pipelines may write in full", *configFile, p)
+			return exitUsage
+		}
+	}
+
 	noDump()
 	id, err := e.identity(cfg.Key)
 	if err != nil {
@@ -149,7 +160,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	}
 	// Hidden from pipelines: the key (all of $REFCI_HOME when it is
 	// there), the caches, the configuration.
-	hide := hidePaths(cfg.Key, cfg.Cache, *configFile)
+	hide := hidePaths(append([]string{cfg.Key, cfg.Cache, *configFile}, defaultHomes(e)...)...)
 	if cfg.Key == "" || cfg.Cache == "" {
 		h, err := e.home()
 		if err != nil {
@@ -178,15 +189,23 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		}
 		rems = append(rems, r)
 	}
-	runs, removeRuns, err := runsDir()
+	runs, runsHide, removeRuns, err := runsDir()
 	if err != nil {
 		e.errorf("worker: %v", err)
 		return exitInfra
 	}
 	defer removeRuns()
-	hide = hidePaths(append(hide, runs)...)
+	hide = hidePaths(append(hide, runsHide...)...)
+	warnIfRoot(logger)
 	self, _ := os.Executable()
 	shim := chooseShim(logger, self)
+	// What refci's own git, ssh and gpg read stays read-only for
+	// pipelines, and so do the remotes on this machine.
+	var localRemotes []string
+	for _, r := range rems {
+		localRemotes = append(localRemotes, r.LocalDir())
+	}
+	readOnly := readOnlyPaths(e, []string{self, shim}, localRemotes...)
 	host, _ := os.Hostname()
 	byURL := map[string]*gitproto.Remote{}
 	for _, r := range rems {
@@ -200,6 +219,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, Logger: logger,
 		Trust: signatureTrust(trusted), Secrets: opener.open, Page: renderPage,
 		Hide: hide, RequireIsolation: cfg.RequireIsolation, TempDir: runs,
+		Writable: hidePaths(cfg.Writable...), ReadOnly: readOnly,
 	})
 	checkIsolation(logger, shim, cfg.RequireIsolation)
 	stop, stopFn := context.WithCancel(ctx)

@@ -28,9 +28,13 @@ import (
 // unprivileged user namespaces are allowed), the worker's uid and gid
 // mapped to themselves, so that files keep their owners. In that namespace
 // every hidden directory is covered by an empty read-only tmpfs and every
-// other hidden file by a bind mount of /dev/null:
+// other hidden file by a bind mount of /dev/null; then every mount is made
+// read-only but for the run's directory, the scratch places and
+// --writable paths, inside which --read-only paths stay read-only
+// (readOnlyRoot), so that nothing the pipeline writes changes what the
+// worker's own processes, outside the namespace, read or run:
 //
-//	shim ── refci __refci-shim --in-ns --hide=P... -- PROGRAM ARGS   (new namespaces)
+//	shim ── refci __refci-shim --in-ns --hide=P... --writable=P... -- PROGRAM ARGS   (new namespaces)
 //	          mounts, drops every capability, then execve(PROGRAM)
 //
 // The middle step is the shim's binary again (refci, or refci-shim when
@@ -59,12 +63,56 @@ import (
 // See isolationDecision.
 
 const (
-	inNSArg    = "--in-ns"             // internal: the middle step above
-	ProbeArg   = "--probe"             // with --in-ns: set up, then exit 0 (worker.CheckIsolation)
-	HideArg    = "--hide="             // a path to hide (repeatable)
-	KeepArg    = "--keep="             // a path under a hidden one that stays visible (repeatable)
-	RequireArg = "--require-isolation" // do not run the pipeline unhidden
+	inNSArg     = "--in-ns"             // internal: the middle step above
+	ProbeArg    = "--probe"             // with --in-ns: set up, then exit 0 (worker.CheckIsolation)
+	HideArg     = "--hide="             // a path to hide (repeatable)
+	KeepArg     = "--keep="             // a path under a hidden one that stays visible (repeatable)
+	WritableArg = "--writable="         // a path the pipeline may write (repeatable)
+	ReadOnlyArg = "--read-only="        // a path under a writable one that stays read-only (repeatable)
+	RequireArg  = "--require-isolation" // do not run the pipeline unhidden
 )
+
+// nsPaths is what the middle step does to the pipeline's mount
+// namespace: the shim's --hide, --keep, --writable and --read-only
+// arguments.
+type nsPaths struct {
+	hide, keep, writable, readOnly []string
+}
+
+// parse takes one argument of the shim into p, if it is one of those.
+func (p *nsPaths) parse(a string) bool {
+	for _, o := range []struct {
+		prefix string
+		list   *[]string
+	}{{HideArg, &p.hide}, {KeepArg, &p.keep}, {WritableArg, &p.writable}, {ReadOnlyArg, &p.readOnly}} {
+		if v, ok := strings.CutPrefix(a, o.prefix); ok && filepath.IsAbs(v) {
+			*o.list = append(*o.list, filepath.Clean(v))
+			return true
+		}
+	}
+	return false
+}
+
+// args is p as the shim's arguments.
+func (p nsPaths) args() []string {
+	var out []string
+	for _, o := range []struct {
+		prefix string
+		list   []string
+	}{{HideArg, p.hide}, {KeepArg, p.keep}, {WritableArg, p.writable}, {ReadOnlyArg, p.readOnly}} {
+		for _, v := range o.list {
+			out = append(out, o.prefix+v)
+		}
+	}
+	return out
+}
+
+// ScratchDirs stay writable for every isolated pipeline, besides its own
+// run directory and ProcSpec.Writable: the shared temporary directories,
+// and the kernel's interfaces (/dev for its devices and /dev/shm, /proc
+// for a pipeline's own user namespaces' id maps), from which no refci
+// process takes configuration or code.
+var ScratchDirs = []string{"/tmp", "/var/tmp", "/dev", "/proc"}
 
 // nsSetupError is what the middle step reports when it cannot run the
 // pipeline.
@@ -114,7 +162,7 @@ func isolationDecision(startErr error, require bool) (fallback bool, note string
 // startHidden starts the middle step (see above) for path and argv, in a
 // process group of its own (argv[0] is the path, as in shim.run). It returns its pid and the read end of its
 // report pipe; nsSetupResult reads it.
-func startHidden(argv, hide, keep []string, probe bool) (int, *os.File, error) {
+func startHidden(argv []string, ns nsPaths, probe bool) (int, *os.File, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return 0, nil, err
@@ -124,11 +172,9 @@ func startHidden(argv, hide, keep []string, probe bool) (int, *os.File, error) {
 	if probe {
 		args = append(args, ProbeArg)
 	}
-	for _, h := range hide {
-		args = append(args, HideArg+h)
-	}
-	for _, k := range keep {
-		args = append(args, KeepArg+k)
+	args = append(args, ns.args()...)
+	if noMountSetattr {
+		args = append(args, NoMountSetattrArg)
 	}
 	args = append(args, "--")
 	args = append(args, argv...)
@@ -179,7 +225,7 @@ func nsSetupResult(r io.Reader) error {
 // nsExec is the middle step: it runs in the new namespaces, covers the
 // hidden paths, drops its capabilities and execs the pipeline (path,
 // argv). It returns only on failure, after reporting it on fd 3.
-func nsExec(hide, keep []string, probe bool, path string, argv []string) int {
+func nsExec(ns nsPaths, probe bool, path string, argv []string) int {
 	// Capabilities, the bounding set and securebits are per thread: the
 	// one that changes them must be the one that calls execve.
 	runtime.LockOSThread()
@@ -201,11 +247,22 @@ func nsExec(hide, keep []string, probe bool, path string, argv []string) int {
 	setupFail := func(err error) int {
 		return fail(nsSetupError{Stage: "hide", Msg: err.Error()})
 	}
+	wd, wdErr := os.Getwd()
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return setupFail(fmt.Errorf("making the mounts private: %w", err))
 	}
-	if err := hideKeeping(hide, keep); err != nil {
+	if err := hideKeeping(ns.hide, ns.keep); err != nil {
 		return setupFail(err)
+	}
+	if err := readOnlyRoot(append(slices.Clone(ScratchDirs), ns.writable...), ns.readOnly); err != nil {
+		return setupFail(err)
+	}
+	// The working directory is still the one of the mounts as they were,
+	// read-only now: take it again through the new ones.
+	if wdErr == nil {
+		if err := unix.Chdir(wd); err != nil {
+			return setupFail(fmt.Errorf("entering the working directory %s again: %w", wd, err))
+		}
 	}
 	if err := dropCapabilities(); err != nil {
 		return setupFail(err)
@@ -314,6 +371,182 @@ func hideKeeping(hide, keep []string) error {
 	return nil
 }
 
+// readOnlyRoot makes every mount of the namespace read-only, then
+// writable again the paths in writable (as they were before: each is
+// cloned first, with what is mounted below it, and attached again on top
+// of the read-only tree), and read-only again the paths in readOnly that
+// lie under a writable one. The deepest rule for a path wins; a path in
+// both lists is read-only. Paths that do not exist are skipped, but for a
+// read-only path whose nearest existing parent is not writable by a rule
+// of its own: that parent becomes read-only, so that the path cannot be
+// made.
+//
+// This is what keeps a pipeline from changing what refci's own processes
+// (outside the namespace) do: they take configuration, hooks and code
+// from the user's home, git's and ssh's configuration, PATH, the
+// executables' directories, none of which a pipeline can write then.
+// Device nodes stay usable on a read-only mount.
+func readOnlyRoot(writable, readOnly []string) error {
+	type rule struct {
+		path string
+		w    bool
+		fd   int
+	}
+	var rules []rule
+	defer func() {
+		for _, r := range rules {
+			if r.fd >= 0 {
+				unix.Close(r.fd)
+			}
+		}
+	}()
+	has := func(p string, w bool) bool {
+		return slices.ContainsFunc(rules, func(r rule) bool { return r.path == p && r.w == w })
+	}
+	for _, p := range writable {
+		p = ResolvePath(p)
+		if has(p, true) {
+			continue
+		}
+		fd, err := unix.OpenTree(unix.AT_FDCWD, p, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+		if errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("keeping %s writable (open_tree): %w", p, err)
+		}
+		rules = append(rules, rule{path: p, w: true, fd: fd})
+	}
+	for _, p := range readOnly {
+		p = ResolvePath(p)
+		for {
+			var st unix.Stat_t
+			if err := unix.Stat(p, &st); err == nil || p == "/" {
+				break
+			}
+			// Not there: its parent, unless a rule makes that one writable.
+			p = filepath.Dir(p)
+			if has(p, true) {
+				p = ""
+				break
+			}
+		}
+		if p == "" || p == "/" || has(p, false) {
+			continue
+		}
+		rules = append(rules, rule{path: p, fd: -1})
+	}
+	// Parents before children; at the same path, read-only last.
+	sort.SliceStable(rules, func(i, j int) bool {
+		if len(rules[i].path) != len(rules[j].path) {
+			return len(rules[i].path) < len(rules[j].path)
+		}
+		return rules[i].w && !rules[j].w
+	})
+	if err := readOnlyTree("/"); err != nil {
+		return fmt.Errorf("making the file system read-only: %w", err)
+	}
+	under := func(p, dir string) bool {
+		return dir == "/" || strings.HasPrefix(p, dir+"/")
+	}
+	for i, r := range rules {
+		// What the path is before this rule: the nearest rule above it
+		// says (none: read-only).
+		w := false
+		for j := i - 1; j >= 0; j-- {
+			if under(r.path, rules[j].path) || (rules[j].path == r.path && !r.w) {
+				w = rules[j].w
+				break
+			}
+		}
+		if w == r.w {
+			continue
+		}
+		if r.w {
+			if err := unix.MoveMount(r.fd, "", unix.AT_FDCWD, r.path, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+				return fmt.Errorf("keeping %s writable (move_mount): %w", r.path, err)
+			}
+			continue
+		}
+		if err := unix.Mount(r.path, r.path, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("making %s read-only (bind mount): %w", r.path, err)
+		}
+		if err := readOnlyTree(r.path); err != nil {
+			return fmt.Errorf("making %s read-only: %w", r.path, err)
+		}
+	}
+	return nil
+}
+
+// noMountSetattr, in tests, makes readOnlyTree take the way of kernels
+// older than 5.12 (the middle step's --no-mount-setattr).
+var noMountSetattr bool
+
+// NoMountSetattrArg is the internal argument that sets noMountSetattr.
+const NoMountSetattrArg = "--no-mount-setattr"
+
+// readOnlyTree makes the mount at p and every mount below it read-only:
+// one mount_setattr (Linux 5.12), else one remount per mount point,
+// keeping the flags the kernel locks in a user namespace (nosuid, nodev,
+// noexec, the atime ones).
+func readOnlyTree(p string) error {
+	if !noMountSetattr {
+		err := unix.MountSetattr(unix.AT_FDCWD, p, unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
+		if !errors.Is(err, unix.ENOSYS) {
+			if err != nil {
+				return fmt.Errorf("mount_setattr: %w", err)
+			}
+			return nil
+		}
+	}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS ...
+		f := strings.Fields(line)
+		if len(f) < 6 {
+			continue
+		}
+		mp := unescapeMountinfo(f[4])
+		if mp != p && !(p == "/" || strings.HasPrefix(mp, p+"/")) {
+			continue
+		}
+		flags := uintptr(unix.MS_REMOUNT | unix.MS_BIND | unix.MS_RDONLY)
+		for _, o := range strings.Split(f[5], ",") {
+			flags |= map[string]uintptr{"nosuid": unix.MS_NOSUID, "nodev": unix.MS_NODEV, "noexec": unix.MS_NOEXEC,
+				"noatime": unix.MS_NOATIME, "nodiratime": unix.MS_NODIRATIME, "relatime": unix.MS_RELATIME, "strictatime": unix.MS_STRICTATIME}[o]
+		}
+		err := unix.Mount("", mp, "", flags, "")
+		if err != nil && !errors.Is(err, unix.ENOENT) { // ENOENT: below a hidden path
+			return fmt.Errorf("remounting %s read-only: %w", mp, err)
+		}
+	}
+	return nil
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for a space) of a path
+// in /proc/self/mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var c byte
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%3o", &c); err == nil {
+				b.WriteByte(c)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
 // hidePath covers p: an empty read-only tmpfs over a directory, /dev/null
 // over anything else. A path that does not exist has nothing to hide.
 func hidePath(p string) error {
@@ -380,7 +613,7 @@ func probeMain() int {
 	if unix.Fstat(ReportFD, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFIFO {
 		out = os.NewFile(ReportFD, "report")
 	}
-	pid, r, err := startHidden(nil, nil, nil, true)
+	pid, r, err := startHidden(nil, nsPaths{}, true)
 	if err != nil {
 		if userNSUnavailable(err) {
 			err = fmt.Errorf("%w (%v)", errIsolationUnavailable, err)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -191,7 +190,7 @@ func Main(args []string) int {
 		return 0
 	}
 	grace := DefaultKillGrace
-	var hide, keep []string
+	var ns nsPaths
 	require, inNS, probe := false, false, false
 	for len(args) > 0 && args[0] != "--" {
 		a := args[0]
@@ -202,11 +201,10 @@ func Main(args []string) int {
 				grace = d
 				continue
 			}
-		} else if v, ok := strings.CutPrefix(a, HideArg); ok && filepath.IsAbs(v) {
-			hide = append(hide, filepath.Clean(v))
+		} else if ns.parse(a) {
 			continue
-		} else if v, ok := strings.CutPrefix(a, KeepArg); ok && filepath.IsAbs(v) {
-			keep = append(keep, filepath.Clean(v))
+		} else if a == NoMountSetattrArg {
+			noMountSetattr = true
 			continue
 		} else if a == RequireArg || a == inNSArg || a == ProbeArg {
 			require = require || a == RequireArg
@@ -218,12 +216,12 @@ func Main(args []string) int {
 		break
 	}
 	if len(args) < 2 || args[0] != "--" || args[1] == "" {
-		fmt.Fprintf(os.Stderr, "refci: usage: refci %s [--kill-grace=DURATION] [--hide=ABSPATH]... [--require-isolation] -- PROGRAM [ARG...] (internal: the refci worker runs it)\n", Arg)
+		fmt.Fprintf(os.Stderr, "refci: usage: refci %s [--kill-grace=DURATION] [--hide=ABSPATH]... [--keep=ABSPATH]... [--writable=ABSPATH]... [--read-only=ABSPATH]... [--require-isolation] -- PROGRAM [ARG...] (internal: the refci worker runs it)\n", Arg)
 		return 2
 	}
 	switch {
 	case inNS:
-		return nsExec(hide, keep, probe, args[1], args[1:])
+		return nsExec(ns, probe, args[1], args[1:])
 	case probe:
 		return probeMain()
 	}
@@ -234,8 +232,7 @@ func Main(args []string) int {
 	s := &shim{
 		grace:     grace,
 		stoppedBy: syscall.SIGKILL,
-		hide:      hide,
-		keep:      keep,
+		ns:        ns,
 		require:   require,
 		self:      os.Getpid(),
 		ppid:      os.Getppid(),
@@ -255,8 +252,7 @@ func Main(args []string) int {
 
 type shim struct {
 	grace      time.Duration
-	hide       []string       // paths to hide from the pipeline (hide_linux.go)
-	keep       []string       // paths under hidden ones that stay visible
+	ns         nsPaths        // what the pipeline's namespace hides, keeps, leaves writable (hide_linux.go)
 	require    bool           // do not run the pipeline when they cannot be hidden
 	stoppedBy  syscall.Signal // SIGTERM when that stopped the start (start), else SIGKILL
 	self, ppid int
@@ -376,18 +372,18 @@ func (s *shim) notStarted(sig syscall.Signal) int {
 // pipeline was being started in its namespaces.
 var errShimStopped = errors.New("stopped while starting")
 
-// start starts the pipeline's main process, with the paths in s.hide
+// start starts the pipeline's main process, with the paths in s.ns.hide
 // hidden from it when there are any (hide_linux.go). unisolated, when not
 // empty, says why they are not hidden although the pipeline runs. A stop
 // (or the worker's death, gone) while the namespace is set up kills the
 // set-up and returns errShimStopped; a SIGTERM is taken for a kill then,
 // as the pipeline never ran.
 func (s *shim) start(path string, argv []string, gone <-chan struct{}) (pid int, unisolated string, err error) {
-	if len(s.hide) == 0 {
+	if len(s.ns.hide) == 0 {
 		pid, err = shimStart(path, argv)
 		return pid, "", err
 	}
-	pid, r, err := startHidden(argv, s.hide, s.keep, false)
+	pid, r, err := startHidden(argv, s.ns, false)
 	fallback, note, err := isolationDecision(err, s.require)
 	if fallback {
 		pid, err = shimStart(path, argv)
