@@ -61,7 +61,16 @@ type RunSpec struct {
 	// Secrets; "" for a local run.
 	Remote string
 
-	Timeout          time.Duration
+	Timeout time.Duration
+	// TimeoutRequested, when set, is the longer timeout the request asked
+	// for, which the worker capped to Timeout: status.json (extra
+	// timeout_requested, timeout_cap) and the log say so.
+	TimeoutRequested time.Duration
+	// Refusal, when set, ends the run in state error with this reason
+	// without checking out or running anything: the request's options
+	// were bad (queue.ParseRequestOptions), or its earlier attempts all
+	// lost their worker.
+	Refusal          string
 	KillGrace        time.Duration
 	LogCap           int64
 	ArtifactFileCap  int64
@@ -172,6 +181,13 @@ func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 	}
 	if spec.PreviousRun != "" {
 		st.Extra = map[string]any{queue.ExtraPreviousRun: spec.PreviousRun}
+	}
+	if spec.TimeoutRequested > 0 {
+		if st.Extra == nil {
+			st.Extra = map[string]any{}
+		}
+		st.Extra["timeout_requested"] = spec.TimeoutRequested.String()
+		st.Extra["timeout_cap"] = orDefault(spec.Timeout, DefaultTimeout).String()
 	}
 	r := &run{spec: spec, st: st, now: now, signer: signer, ref: queue.RunRef(st.Target, st.Run)}
 	defer r.cleanup()
@@ -298,6 +314,9 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		return files, nil
 	}
 
+	if r.spec.Refusal != "" {
+		return errorResult(r.spec.Refusal)
+	}
 	if typ, err := r.spec.Repo.ObjectType(r.spec.Target); err != nil {
 		return errorResult(fmt.Sprintf("the target %s is not in the repository: %v", r.spec.Target, err))
 	} else if typ != "commit" {
@@ -370,6 +389,9 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	var out io.Writer = lw
 	exported := r.openSecrets(ctx, rs)
 	timeout := orDefault(r.spec.Timeout, DefaultTimeout)
+	if r.spec.TimeoutRequested > 0 {
+		fmt.Fprintf(lw, "refci: the request asked for Timeout %s; this worker allows at most %s, so the pipeline's timeout is %s\n", r.spec.TimeoutRequested, timeout, timeout)
+	}
 	stopSnapshots := r.startSnapshots(lw, mainLog, srv)
 	res, err := RunProcess(ctx, ProcSpec{
 		Path:      entry,
