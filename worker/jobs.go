@@ -254,6 +254,10 @@ var (
 	jobPartialFlush = 200 * time.Millisecond
 	// jobDoneWait bounds the wait for the server's "done" after "end".
 	jobDoneWait = 30 * time.Second
+	// jobVerdictWait bounds the wait for the server's answer to the
+	// start of a job without needs (it answers at once; a job with needs
+	// waits as long as they run).
+	jobVerdictWait = 30 * time.Second
 )
 
 // jobMsg is every message of the protocol, both ways.
@@ -1218,8 +1222,17 @@ func (c *jobClient) run(ctx context.Context, sock string, ja jobArgs) int {
 		c.errorf("cannot talk to refci: %v", err)
 		return 2
 	}
+	var silent <-chan time.Time
+	if len(ja.needs) == 0 {
+		t := time.NewTimer(jobVerdictWait)
+		defer t.Stop()
+		silent = t.C
+	}
 	for verdict := false; !verdict; {
 		select {
+		case <-silent:
+			c.errorf("refci did not answer on REFCI_SOCKET=%s within %s; the worker is stuck, overloaded or gone (see its log). The job did not run", sock, jobVerdictWait)
+			return 2
 		case m, ok := <-replies:
 			if !ok {
 				if ctx.Err() != nil {
