@@ -134,6 +134,10 @@ type JobServerConfig struct {
 	// Secret answers the "secret" op: the value of a secret, or why it
 	// is withheld. nil: every secret is refused.
 	Secret func(name string) ([]byte, error)
+	// Masks, when set, holds the secret values handed out to the run: a
+	// job whose name or needs hold one is refused, since names are stored
+	// in the result unmasked (status.json, the jobs/NAME/ path).
+	Masks *MaskSet
 	// OwnTree, when set, admits only connections from the process tree
 	// of the run (see Admit): every run's socket lives in a directory of
 	// the same Unix user, so without it another run's pipeline could
@@ -686,6 +690,12 @@ func (s *JobServer) serveJob(conn net.Conn, start jobMsg, msgs <-chan jobIn) boo
 	needs, err := checkJobStart(start)
 	if err != nil {
 		s.replyError(conn, "%v", err)
+		return false
+	}
+	if s.cfg.Masks.Holds(start.Name) || slices.ContainsFunc(needs, s.cfg.Masks.Holds) {
+		// Said without the name: the reply goes to the pipeline's log,
+		// which is masked, but nothing is gained by echoing it.
+		s.replyError(conn, "refused: the job name or a --needs name holds a secret value handed out to this run; job names are stored in the result as they are, so name the job something else")
 		return false
 	}
 	name := start.Name

@@ -189,7 +189,7 @@ func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 		st.Extra["timeout_requested"] = spec.TimeoutRequested.String()
 		st.Extra["timeout_cap"] = orDefault(spec.Timeout, DefaultTimeout).String()
 	}
-	r := &run{spec: spec, st: st, now: now, signer: signer, ref: queue.RunRef(st.Target, st.Run)}
+	r := &run{spec: spec, st: st, now: now, signer: signer, ref: queue.RunRef(st.Target, st.Run), masks: &MaskSet{}}
 	defer r.cleanup()
 	files, err := r.execute(ctx)
 	if err != nil {
@@ -213,6 +213,7 @@ type run struct {
 	ref    string
 	last   gitproto.Hash // the last snapshot written to ref, or zero
 	sock   *RunSocket    // the job socket kept with a reused run directory
+	masks  *MaskSet      // the secret values handed out to the run
 
 	mu      sync.Mutex
 	jobLogs map[string]*CappedLog
@@ -334,7 +335,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		return errorResult(reason)
 	}
 
-	masks := &MaskSet{}
+	masks := r.masks
 	var lw *lockedWriter
 	rs := &runSecrets{env: r.spec.Env, masks: masks, note: func(line string) { fmt.Fprintln(lw, line) }}
 	sockPath := runSocketPath(dir)
@@ -366,6 +367,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		},
 		Now:     r.now,
 		Secret:  rs.get,
+		Masks:   masks,
 		OwnTree: true,
 	})
 	if err != nil {
@@ -476,6 +478,14 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		if err != nil {
 			return nil, fmt.Errorf("store log of job %s: %w", j.Name, err)
 		}
+		if masks.Holds(j.Name) {
+			// Named after a value handed out only later (a job that
+			// held one when it started was refused): its name is
+			// stored masked, and its log under no name at all.
+			j.Log, j.LogBytes, j.Truncated = "", fl.Total, fl.Truncated
+			j.Reason = strings.TrimPrefix(j.Reason+"; its name holds a secret value, so its log is not stored", "; ")
+			continue
+		}
 		j.Log = queue.JobLogPath(j.Name)
 		j.LogBytes, j.Truncated = fl.Total, fl.Truncated
 		files = append(files, resultFile{path: j.Log, src: fl.Path, data: fl.Data})
@@ -489,6 +499,17 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	}
 	if !masks.Empty() {
 		arts, skipped = maskArtifacts(masks, arts, skipped, logs)
+	}
+	if !masks.Empty() { // paths become names in the result tree: none may hold a value
+		kept := arts[:0]
+		for _, a := range arts {
+			if masks.Holds(a.Path) {
+				skipped = append(skipped, queue.SkippedArtifact{Path: masks.String(a.Path), Reason: "its path holds a secret value, and paths are stored as they are; rename it"})
+				continue
+			}
+			kept = append(kept, a)
+		}
+		arts = kept
 	}
 	for _, a := range arts {
 		r.st.Artifacts = append(r.st.Artifacts, a.Artifact)
@@ -861,6 +882,7 @@ func fileSHA256(p string) (string, error) {
 // run ref. Objects first, ref last: a failure at any point leaves no ref.
 func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
 	repo := r.spec.Repo
+	maskStatus(r.masks, r.st)
 	files = r.pageFiles(files)
 	statusJSON, err := queue.EncodeStatus(r.st)
 	if err != nil {
@@ -898,6 +920,53 @@ func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
 		return nil, fmt.Errorf("record result: %w", err)
 	}
 	return &Outcome{Status: r.st, Ref: r.ref, Commit: commit, RefWritten: true}, nil
+}
+
+// maskStatus replaces every secret value handed out to the run in the
+// text of st that the pipeline could have put a value in: reasons, job
+// names and needs, artifact paths and the reasons they were left out
+// (a symlink's target), extra fields. The commit message is made from st
+// too. Identifiers the pipeline cannot choose (target, request, run,
+// worker) are left alone. The job names it masks are left out of the
+// tree by the caller.
+func maskStatus(m *MaskSet, st *queue.Status) {
+	if m == nil || m.Empty() {
+		return
+	}
+	st.Reason = m.String(st.Reason)
+	st.TrustNote = m.String(st.TrustNote)
+	st.SecretsReason = m.String(st.SecretsReason)
+	st.Signal = m.String(st.Signal)
+	jobs := make([]queue.Job, len(st.Jobs)) // a snapshot's Jobs may be shared
+	for i, j := range st.Jobs {
+		j.Name, j.Reason = m.String(j.Name), m.String(j.Reason)
+		if len(j.Needs) > 0 {
+			needs := make([]string, len(j.Needs))
+			for k, n := range j.Needs {
+				needs[k] = m.String(n)
+			}
+			j.Needs = needs
+		}
+		jobs[i] = j
+	}
+	st.Jobs = jobs
+	for i := range st.Artifacts {
+		st.Artifacts[i].Path = m.String(st.Artifacts[i].Path)
+	}
+	for i := range st.ArtifactsSkipped {
+		st.ArtifactsSkipped[i].Path = m.String(st.ArtifactsSkipped[i].Path)
+		st.ArtifactsSkipped[i].Reason = m.String(st.ArtifactsSkipped[i].Reason)
+	}
+	if len(st.Extra) > 0 {
+		extra := make(map[string]any, len(st.Extra))
+		for k, v := range st.Extra {
+			if s, ok := v.(string); ok {
+				v = m.String(s)
+			}
+			extra[m.String(k)] = v
+		}
+		st.Extra = extra
+	}
 }
 
 // commit writes a signed result commit for tree whose parent is the last
@@ -973,6 +1042,7 @@ func (r *run) snapshot(lw *lockedWriter, log *CappedLog, srv *JobServer) error {
 		st.Jobs = []queue.Job{}
 	}
 	st.LogBytes = total
+	maskStatus(r.masks, &st)
 	now := r.now().UTC()
 	st.DurationMS = now.Sub(st.Started).Milliseconds()
 	b, err := queue.EncodeStatus(&st)
