@@ -882,6 +882,19 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 	began := time.Now()
 	out, err := Run(ctx, spec, w.cfg.Signer)
 	w.noteRunTime(time.Since(began))
+	// Not even a short error result could be written (the cache's disk
+	// is full): keep it, and write it once there is space again, rather
+	// than leave the request to be run again.
+	for wait := time.Second; err != nil && out != nil && out.retry != nil; wait = min(2*wait, 10*time.Second) {
+		log.Error("the run's result cannot be stored; retrying until there is space", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			log.Error("gave up storing the result: the run was cancelled", "err", context.Cause(ctx))
+			return
+		case <-time.After(wait):
+		}
+		out, err = out.retry()
+	}
 	if err != nil || out == nil || out.Commit == gitproto.ZeroHash {
 		log.Error("no result could be recorded; the claim will expire and another attempt will run", "err", err)
 		return

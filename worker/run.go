@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -137,6 +138,11 @@ type Outcome struct {
 	// RefWritten says whether Ref was set in the repository (always,
 	// unless RunSpec.NoRunRef).
 	RefWritten bool
+
+	// retry, with an error from Run, writes the error result again: set
+	// when the pipeline's end is known but not even a short result
+	// could be written (a full disk). It returns the same.
+	retry func() (*Outcome, error)
 }
 
 // ErrConfig marks results whose error state is the repository's own
@@ -146,10 +152,11 @@ var ErrConfig = errors.New("pipeline configuration")
 // Run checks out the target into a fresh private directory, runs
 // .refci/run there, and publishes a signed result commit at
 // refs/ci/runs/<target>/<run-id>. Without an error the Outcome describes
-// a result that is recorded. An error means no result could be recorded
-// (the ref was not created), for instance because the disk is full; the
-// Outcome is then nil, or carries only the Status when the pipeline did
-// run.
+// a result that is recorded. When refci's own writes fail (a full disk
+// under the run directory or the repository), the result recorded is a
+// short one in state error that says why, with the end of the log. An
+// error means not even that could be recorded; the Outcome then carries
+// the Status, and a way for the worker to write that result later.
 func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 	now := spec.Now
 	if now == nil {
@@ -192,16 +199,119 @@ func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 	r := &run{spec: spec, st: st, now: now, signer: signer, ref: queue.RunRef(st.Target, st.Run), masks: &MaskSet{}}
 	defer r.cleanup()
 	files, err := r.execute(ctx)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		out, perr := r.publish(files, signer)
+		if perr == nil {
+			return out, nil
+		}
+		err = perr
 	}
-	out, err := r.publish(files, signer)
-	if err != nil {
-		// The pipeline ran; say how it ended even though no result
-		// could be recorded.
-		return &Outcome{Status: st}, err
+	// refci's own writes failed (a full disk, most likely): a run
+	// always ends with a result, so record a short one that says why.
+	return r.recordFailure(err)
+}
+
+// fallbackLogBytes is how much of the log's end an error result made by
+// recordFailure keeps.
+const fallbackLogBytes = 64 << 10
+
+// recordFailure publishes a short result in state error after refci could
+// not store the run's full result (cause): status.json and the end of the
+// log, from memory, and no artifacts or job logs. If even that cannot be
+// written (the cache's disk is full too), the Outcome carries the status
+// and a retry that writes the same result once space is back.
+func (r *run) recordFailure(cause error) (*Outcome, error) {
+	what := "refci could not store the run's result"
+	if isNoSpace(cause) {
+		what = "no space left on device writing the result"
 	}
-	return out, nil
+	reason := fmt.Sprintf("%s: %v", what, cause)
+	if r.st.State != queue.Running && r.st.State != "" {
+		reason += fmt.Sprintf(" (the pipeline had ended %s", r.st.State)
+		if r.st.Reason != "" {
+			reason += ": " + r.st.Reason
+		}
+		reason += ")"
+	}
+	r.finish(queue.Error, reason)
+	for _, a := range r.st.Artifacts {
+		r.st.ArtifactsSkipped = append(r.st.ArtifactsSkipped, queue.SkippedArtifact{Path: a.Path, Reason: "not stored: " + what})
+	}
+	r.st.Artifacts = []queue.Artifact{}
+	for i := range r.st.Jobs {
+		r.st.Jobs[i].Log = ""
+	}
+	tail, cut := r.logTail(fallbackLogBytes)
+	var log bytes.Buffer
+	if cut {
+		fmt.Fprintf(&log, "[refci: only the last %d bytes of the log are kept]\n", len(tail))
+	}
+	log.Write(tail)
+	if len(tail) > 0 && tail[len(tail)-1] != '\n' {
+		log.WriteByte('\n')
+	}
+	fmt.Fprintf(&log, "refci: %s\n", r.masks.String(reason))
+	r.st.LogTruncated = r.st.LogTruncated || cut
+	files := []resultFile{{path: queue.LogFile, data: log.Bytes()}}
+	out, err := r.publish(files, r.signer)
+	if err == nil {
+		return out, nil
+	}
+	err = fmt.Errorf("%s; the short error result could not be stored either: %w", reason, err)
+	var retry func() (*Outcome, error)
+	retry = func() (*Outcome, error) {
+		out, err := r.publish(files, r.signer)
+		if err != nil {
+			return &Outcome{Status: r.st, retry: retry}, fmt.Errorf("store the error result: %w", err)
+		}
+		return out, nil
+	}
+	return &Outcome{Status: r.st, retry: retry}, err
+}
+
+// logTail returns up to n bytes of the end of the run's log as far as it
+// was stored, and whether anything before them is left out.
+func (r *run) logTail(n int) ([]byte, bool) {
+	if fl := r.flog; fl != nil {
+		if fl.Path == "" {
+			return lastBytes(fl.Data, n)
+		}
+		f, err := os.Open(fl.Path)
+		if err != nil {
+			return nil, fl.Size > 0
+		}
+		defer f.Close()
+		return readEnd(f, fl.Size, n)
+	}
+	if r.mainLog == nil {
+		return nil, false
+	}
+	return r.mainLog.Tail(n)
+}
+
+func lastBytes(b []byte, n int) ([]byte, bool) {
+	if len(b) > n {
+		return b[len(b)-n:], true
+	}
+	return b, false
+}
+
+// readEnd reads the last n bytes of the first size bytes of f.
+func readEnd(f io.ReaderAt, size int64, n int) ([]byte, bool) {
+	k := min(size, int64(n))
+	buf := make([]byte, k)
+	m, _ := f.ReadAt(buf, size-k)
+	return buf[:m], size > k
+}
+
+// isNoSpace reports whether err comes from a full file system (or a
+// quota), also when a git process reported it in text.
+func isNoSpace(err error) bool {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return true
+	}
+	s := strings.ToLower(err.Error())
+	return strings.Contains(s, "no space left on device") || strings.Contains(s, "disk quota exceeded")
 }
 
 type run struct {
@@ -215,11 +325,17 @@ type run struct {
 	sock   *RunSocket    // the job socket kept with a reused run directory
 	masks  *MaskSet      // the secret values handed out to the run
 
+	mainLog *CappedLog   // the run's log, closed by cleanup
+	flog    *FinishedLog // the stored log, once finished
+
 	mu      sync.Mutex
 	jobLogs map[string]*CappedLog
 }
 
 func (r *run) cleanup() {
+	if r.mainLog != nil {
+		r.mainLog.Close()
+	}
 	r.mu.Lock()
 	for _, l := range r.jobLogs {
 		l.Close()
@@ -289,7 +405,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create log: %w", err)
 	}
-	defer mainLog.Close()
+	r.mainLog = mainLog
 
 	var files []resultFile
 	finishLog := func() error {
@@ -297,6 +413,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		if err != nil {
 			return fmt.Errorf("store log: %w", err)
 		}
+		r.flog = &fl
 		r.st.LogBytes = fl.Total
 		r.st.LogTruncated = fl.Truncated
 		files = append(files, resultFile{path: queue.LogFile, src: fl.Path, data: fl.Data})
