@@ -913,7 +913,7 @@ const DefaultMaxAttempts = 3
 
 // applyOptions reads the request options of a request tag's message into
 // spec: the environment, and the timeout capped at the worker's
-// MaxTimeout. Bad options set spec.OptionsError: the run then ends in
+// MaxTimeout. Bad options set spec.Refusal: the run then ends in
 // state error naming them, and the pipeline does not run.
 func (w *Worker) applyOptions(spec *RunSpec, msg string) {
 	opts, err := queue.ParseRequestOptions(msg)

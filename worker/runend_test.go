@@ -20,7 +20,7 @@ func (lw *loopWorld) resultOf(t *testing.T, name string) (*queue.Status, string)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.Request == name {
+		if st.Request == name && st.State.Final() {
 			return st, lw.git(t, lw.bare, "show", ref+":"+queue.LogFile)
 		}
 	}
@@ -134,6 +134,23 @@ func TestGiveUpAfterMaxAttempts(t *testing.T) {
 		lw.git(t, lw.clone, "push", "-q", lw.bare, "HEAD:"+queue.RequestRef(name))
 		c := queue.Claim{Format: queue.Format, Request: name, RequestObject: head.String(), Target: head.String(),
 			Run: queue.NewRunID(long), Attempt: attempt, Worker: "DEAD", Claimed: long, Renewed: long, LeaseExpires: long}
+		// The dead worker's last progress snapshot: state running, for good.
+		st := &queue.Status{Format: queue.Format, State: queue.Running, Target: head.String(), Request: name, Run: c.Run,
+			Attempt: attempt, Worker: "DEAD", Started: long, Jobs: []queue.Job{}, Artifacts: []queue.Artifact{}}
+		b, err := queue.EncodeStatus(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blob, err := repo.WriteBlob(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tree, err := repo.WriteTree([]gitproto.TreeFile{{Path: queue.StatusFile, Hash: blob}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		snap := lw.git(t, lw.clone, "commit-tree", "-m", "refci: running", tree.String())
+		lw.git(t, lw.clone, "push", "-q", lw.bare, snap+":"+queue.RunRef(head.String(), c.Run))
 		h, err := w.writeClaim(repo, &c, gitproto.ZeroHash)
 		if err != nil {
 			t.Fatal(err)
@@ -147,7 +164,7 @@ func TestGiveUpAfterMaxAttempts(t *testing.T) {
 	w.AddRemote(rem)
 	startWorker(t, w)
 	lw.waitFor(t, "both requests answered and consumed", 60*time.Second, func() bool {
-		return len(lw.refs(t, queue.RunsPrefix)) == 2 && lw.consumed(t, "doomed", "lucky")
+		return len(lw.refs(t, queue.RunsPrefix)) == 4 && lw.consumed(t, "doomed", "lucky")
 	})
 	st, log := lw.resultOf(t, "doomed")
 	if st.State != queue.Error || st.Attempt != 4 || !strings.HasPrefix(st.Reason, "gave up after 3 attempts: the worker was lost each time") ||
@@ -162,10 +179,11 @@ func TestGiveUpAfterMaxAttempts(t *testing.T) {
 	if st.State != queue.Success || st.Attempt != 3 || !strings.Contains(log, "pipeline-ran") {
 		t.Errorf("lucky: state %s (%s), attempt %d, log %q; want attempt 3 run", st.State, st.Reason, st.Attempt, log)
 	}
-	// The result is signed by the worker that gave up.
-	for _, ref := range lw.refs(t, queue.RunsPrefix) {
-		if c := lw.git(t, lw.bare, "cat-file", "commit", ref); !strings.Contains(c, "gpgsig") {
-			t.Errorf("%s is not signed", ref)
+	// The results are signed by the worker that gave up.
+	for _, name := range []string{"doomed", "lucky"} {
+		st, _ := lw.resultOf(t, name)
+		if c := lw.git(t, lw.bare, "cat-file", "commit", queue.RunRef(st.Target, st.Run)); !strings.Contains(c, "gpgsig") {
+			t.Errorf("the result of %s is not signed", name)
 		}
 	}
 }
