@@ -375,6 +375,7 @@ refci job okjob --needs "a,$v" -- true && echo "BAD: needs holding the secret" |
 hexv=$(printf %s "$v" | od -An -tx1 | tr -d ' \n')
 refci job "$hexv" -- true && echo "BAD: hex job name" || echo "hex job name refused"
 refci job fine -- echo fine-job-ran
+refci job cmdjob -- "/nonexistent/$v" || echo "cmdjob failed"
 mkdir -p "$REFCI_ARTIFACTS/dir-$v"
 echo hi > "$REFCI_ARTIFACTS/dir-$v/file.txt"
 echo hi > "$REFCI_ARTIFACTS/file-$v.txt"
@@ -388,7 +389,7 @@ echo kept > "$REFCI_ARTIFACTS/fine.txt"
 	s.refciAs(s.home, value, "secrets", "set", "dev", "API_KEY").want(t, 0)
 	s.refciAs(s.home, later, "secrets", "set", "dev", "LATER").want(t, 0)
 	r := s.refci("run", "--env", "dev").want(t, 1) // the job named `later` failed
-	for _, want := range []string{"job name refused: 2", "job name holding it refused", "needs refused", "hex job name refused", "[fine] fine-job-ran",
+	for _, want := range []string{"job name refused: 2", "job name holding it refused", "needs refused", "hex job name refused", "[fine] fine-job-ran", "cmdjob failed",
 		"holds a secret value handed out to this run"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("the run's output does not say %q:\n%s", want, r.stdout)
@@ -426,8 +427,11 @@ echo kept > "$REFCI_ARTIFACTS/fine.txt"
 		if j.Name == "***" && (j.Log != "" || !strings.Contains(j.Reason, "its name holds a secret value")) {
 			t.Errorf("the job named after a later value: %+v", j)
 		}
+		if j.Name == "cmdjob" && j.Reason != "command not found: /nonexistent/***" {
+			t.Errorf("the reason of the job whose command names the value: %q", j.Reason)
+		}
 	}
-	if strings.Join(jobs, ",") != "***,fine" {
+	if strings.Join(jobs, ",") != "***,fine,cmdjob" {
 		t.Errorf("jobs %q; want the later-named one masked, and fine", jobs)
 	}
 	if len(st.Artifacts) != 1 || st.Artifacts[0].Path != "fine.txt" {
