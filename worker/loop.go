@@ -869,7 +869,8 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		// Each earlier attempt's worker vanished (killed, out of memory,
 		// a machine that died): running it once more would likely kill
 		// this one too. The request ends here, with a result.
-		spec.Refusal = fmt.Sprintf("gave up after %d attempts: the worker was lost each time (the last attempt was run %s); push the request again to retry", a.claim.Attempt-1, a.claim.PreviousRun)
+		n := a.claim.Attempt - 1
+		spec.Refusal = fmt.Sprintf("gave up after %d attempt%s: the worker was lost each time (the last attempt was run %s); push the request again to retry", n, map[bool]string{true: "s"}[n != 1], a.claim.PreviousRun)
 		log.Warn("giving up on a request whose every attempt lost its worker", "attempts", a.claim.Attempt-1)
 	}
 	if w.cfg.Trust != nil {

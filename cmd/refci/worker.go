@@ -123,11 +123,15 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	set(&cfg.Grace, *grace)
 	set(&cfg.Timeout, *timeout)
 	set(&cfg.MaxTimeout, *maxTimeout)
-	if *maxAttempts > 0 {
+	if *maxAttempts != 0 {
 		cfg.MaxAttempts = *maxAttempts
 	}
 	if cfg.MaxAttempts < 0 {
-		e.errorf("worker: max_attempts %d: give a positive number of attempts (default 3)", cfg.MaxAttempts)
+		e.errorf("worker: --max-attempts %d: give a positive number of attempts (default 3)", cfg.MaxAttempts)
+		return exitUsage
+	}
+	if cfg.MaxTimeout.Duration < 0 {
+		e.errorf("worker: max_timeout %s: give a positive duration (default 6h)", cfg.MaxTimeout.Duration)
 		return exitUsage
 	}
 	if *conc > 0 {
