@@ -222,8 +222,13 @@ const fallbackLogBytes = 64 << 10
 // and a retry that writes the same result once space is back.
 func (r *run) recordFailure(cause error) (*Outcome, error) {
 	what := "refci could not store the run's result"
-	if isNoSpace(cause) {
+	switch {
+	case isNoSpace(cause) && r.ran:
 		what = "no space left on device writing the result"
+	case isNoSpace(cause):
+		what = "no space left on device preparing the run"
+	case !r.ran:
+		what = "refci could not prepare the run"
 	}
 	reason := fmt.Sprintf("%s: %v", what, cause)
 	if r.st.State != queue.Running && r.st.State != "" {
@@ -327,6 +332,7 @@ type run struct {
 
 	mainLog *CappedLog   // the run's log, closed by cleanup
 	flog    *FinishedLog // the stored log, once finished
+	ran     bool         // the pipeline was started (and has ended)
 
 	mu      sync.Mutex
 	jobLogs map[string]*CappedLog
@@ -529,6 +535,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		RequireIsolation: r.spec.RequireIsolation,
 	})
 	stopSnapshots()
+	r.ran = true
 	srv.Close()
 	r.st.SecretsUsed = rs.usedNames()
 	if err != nil && res.ExitCode == -1 && res.Duration == 0 {
