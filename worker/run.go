@@ -631,6 +631,12 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 				skipped = append(skipped, queue.SkippedArtifact{Path: masks.String(a.Path), Reason: "its path holds a secret value, and paths are stored as they are; rename it"})
 				continue
 			}
+			// Spelt across directories (a/b-c/d for "ab-cd"): listed
+			// without its slashes, masked.
+			if joined := strings.ReplaceAll(a.Path, "/", ""); masks.Holds(joined) {
+				skipped = append(skipped, queue.SkippedArtifact{Path: masks.String(joined), Reason: "its path, without its slashes, holds a secret value, and paths are stored as they are; rename it"})
+				continue
+			}
 			kept = append(kept, a)
 		}
 		arts = kept

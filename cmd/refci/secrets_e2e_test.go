@@ -381,6 +381,9 @@ echo hi > "$REFCI_ARTIFACTS/dir-$v/file.txt"
 echo hi > "$REFCI_ARTIFACTS/file-$v.txt"
 echo hi > "$REFCI_ARTIFACTS/$(printf %s "$v" | base64 | tr '/+' '_-').b64"
 echo hi > "$REFCI_ARTIFACTS/$hexv.hex"
+first=$(printf %s "$v" | cut -c1-6); rest=$(printf %s "$v" | cut -c7-)
+mkdir -p "$REFCI_ARTIFACTS/split/$first"
+echo hi > "$REFCI_ARTIFACTS/split/$first/$rest"
 ln -s "/nowhere/$v" "$REFCI_ARTIFACTS/link"
 echo kept > "$REFCI_ARTIFACTS/fine.txt"
 `)
@@ -403,7 +406,8 @@ echo kept > "$REFCI_ARTIFACTS/fine.txt"
 		t.Fatalf("run refs %q", refs)
 	}
 	ref := refs[0]
-	leaks := append(leakForms(value), base64.URLEncoding.EncodeToString([]byte(value)), strings.ToUpper(hex.EncodeToString([]byte(value))), later)
+	leaks := append(leakForms(value), base64.URLEncoding.EncodeToString([]byte(value)), strings.ToUpper(hex.EncodeToString([]byte(value))), later,
+		"Sekr3t/") // the value spelt across directories
 	check := func(what, text string) {
 		for _, pat := range leaks {
 			if strings.Contains(text, pat) {
@@ -441,8 +445,8 @@ echo kept > "$REFCI_ARTIFACTS/fine.txt"
 	for _, a := range st.ArtifactsSkipped {
 		skipped[a.Path] = a.Reason
 	}
-	for _, p := range []string{"dir-***/file.txt", "file-***.txt", "***.b64", "***.hex"} {
-		if !strings.Contains(skipped[p], "its path holds a secret value") {
+	for _, p := range []string{"dir-***/file.txt", "file-***.txt", "***.b64", "***.hex", "split***"} {
+		if !strings.Contains(skipped[p], "holds a secret value") {
 			t.Errorf("artifact %s: not listed as left out for its path (skipped: %q)", p, skipped)
 		}
 	}
