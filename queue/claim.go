@@ -112,40 +112,77 @@ func ClaimMessage(c *Claim) string {
 type RequestOptions struct {
 	Env     string
 	Timeout time.Duration
-	Unknown []string // keys this version does not know, reported, not fatal
 }
 
+// RequestOptionNames are the keys ParseRequestOptions knows, as they are
+// written.
+var RequestOptionNames = []string{"Env", "Timeout"}
+
 // ParseRequestOptions reads the Key: value lines of a request tag
-// message. Lines without a colon (a free-text subject) are ignored; a
-// known key with a bad value is an error that says what to write instead.
+// message, after its subject paragraph (free text, whatever it holds:
+// "Release: 1.2" is a subject, not an option). A line is an option when
+// the text before its first colon is one word (letters, digits, '-', '_',
+// starting with a letter); other lines (free text) are ignored, and so is
+// a signed tag's signature.
+// Every option line must be right: an unknown key, a key given twice or a
+// bad value is an error that names the option and its value and says
+// what is accepted, so that a worker can answer the request with it
+// rather than run with defaults the requester did not ask for.
 func ParseRequestOptions(msg string) (RequestOptions, error) {
 	var o RequestOptions
-	for _, line := range strings.Split(msg, "\n") {
-		if strings.HasPrefix(line, "-----BEGIN PGP") {
+	seen := map[string]bool{}
+	lines := strings.Split(msg, "\n")
+	for len(lines) > 0 && strings.TrimSpace(lines[0]) != "" {
+		lines = lines[1:] // the subject paragraph: free text, whatever it holds
+	}
+	for _, line := range lines {
+		if strings.HasPrefix(line, "-----BEGIN PGP") || strings.HasPrefix(line, "-----BEGIN SSH SIGNATURE") {
 			break // the signature of a signed tag
 		}
-		k, v, ok := strings.Cut(line, ":")
-		if !ok || strings.ContainsAny(k, " \t") || k == "" {
+		k, v, ok := strings.Cut(strings.TrimRight(line, "\r"), ":")
+		if !ok || !optionKeyShape(k) {
 			continue
 		}
 		v = strings.TrimSpace(v)
-		switch strings.ToLower(k) {
+		key := strings.ToLower(k)
+		if seen[key] {
+			return o, fmt.Errorf("request option %s is given twice; give each option once (the options are %s)", k, strings.Join(RequestOptionNames, ", "))
+		}
+		seen[key] = true
+		switch key {
 		case "env":
 			if err := ValidateJobName(v); err != nil {
-				return o, fmt.Errorf("request option Env: %q is not a valid environment name (letters, digits, '.', '_', '-')", v)
+				return o, fmt.Errorf("request option %s: %q is not a valid environment name; use 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit", k, v)
 			}
 			o.Env = v
 		case "timeout":
 			d, err := time.ParseDuration(v)
 			if err != nil || d <= 0 {
-				return o, fmt.Errorf("request option Timeout: %q is not a duration; write e.g. \"Timeout: 20m\"", v)
+				return o, fmt.Errorf("request option %s: %q is not a positive duration; write e.g. \"Timeout: 20m\" (units h, m, s)", k, v)
 			}
 			o.Timeout = d
 		default:
-			o.Unknown = append(o.Unknown, k)
+			return o, fmt.Errorf("request option %s (%q) is unknown; the options are %s, as \"Key: value\" lines of the tag message (free text must not start with a word and a colon)", k, v, strings.Join(RequestOptionNames, ", "))
 		}
 	}
 	return o, nil
+}
+
+// optionKeyShape reports whether k can be an option key: one word of
+// letters, digits, '-' and '_' starting with a letter.
+func optionKeyShape(k string) bool {
+	if k == "" || len(k) > 64 {
+		return false
+	}
+	for i, c := range k {
+		switch {
+		case c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
+		case i > 0 && (c >= '0' && c <= '9' || c == '-' || c == '_'):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // FormatRequestOptions is the inverse of ParseRequestOptions, for

@@ -386,3 +386,49 @@ func TestCommitMessage(t *testing.T) {
 		}
 	}
 }
+
+func TestParseRequestOptions(t *testing.T) {
+	for _, tc := range []struct {
+		msg     string
+		want    RequestOptions
+		wantErr []string // substrings; nil: no error
+	}{
+		{"refci request x\n\nEnv: staging\nTimeout: 20m0s\n", RequestOptions{Env: "staging", Timeout: 20 * time.Minute}, nil},
+		{"free text, no options\n\nmore text. With a colon: here\n", RequestOptions{}, nil},
+		{"v1.2: a subject whose first word is no key\n\nTIMEOUT: 1m\r\n", RequestOptions{Timeout: time.Minute}, nil},
+		{"x\n\nEnv: a\n-----BEGIN PGP SIGNATURE-----\nVersion: 1\n", RequestOptions{Env: "a"}, nil},
+		{"x\n\nTimeout: soon\n", RequestOptions{}, []string{"Timeout", `"soon"`, "20m"}},
+		{"x\n\nTimeout: 0s\n", RequestOptions{}, []string{"Timeout", `"0s"`}},
+		{"x\n\nTimeout:\n", RequestOptions{}, []string{"Timeout", `""`}},
+		{"x\n\nEnv: a/b\n", RequestOptions{}, []string{"Env", `"a/b"`, "letters, digits"}},
+		{"x\n\nEnv: \n", RequestOptions{}, []string{"Env", `""`}},
+		{"x\n\nColour: blue\n", RequestOptions{}, []string{"Colour", `"blue"`, "unknown", "Env, Timeout"}},
+		{"Fix: the subject\n", RequestOptions{}, nil},
+		{"Release: 1.2\nstill the subject: yes\n\nTimeout: 1m\n", RequestOptions{Timeout: time.Minute}, nil},
+		{"x\n\nsome text\n\nFix: in the body\n", RequestOptions{}, []string{"Fix", "unknown"}},
+		{"x\n\nEnv: a\n\nSigned-off-by: A <a@example.com>\n", RequestOptions{}, []string{"Signed-off-by", "unknown"}},
+		{"x\n\nEnv: a\nENV: b\n", RequestOptions{}, []string{"ENV", "given twice"}},
+	} {
+		got, err := ParseRequestOptions(tc.msg)
+		if tc.wantErr == nil {
+			if err != nil || got != tc.want {
+				t.Errorf("%q: got %+v, %v; want %+v", tc.msg, got, err, tc.want)
+			}
+			continue
+		}
+		if err == nil {
+			t.Errorf("%q: no error (got %+v)", tc.msg, got)
+			continue
+		}
+		for _, w := range tc.wantErr {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%q: error %q does not say %q", tc.msg, err, w)
+			}
+		}
+	}
+	// What refci trigger writes reads back the same.
+	o := RequestOptions{Env: "prod-1", Timeout: 90 * time.Second}
+	if got, err := ParseRequestOptions(FormatRequestOptions("refci request main", o)); err != nil || got != o {
+		t.Errorf("round trip: %+v, %v", got, err)
+	}
+}

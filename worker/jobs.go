@@ -134,6 +134,10 @@ type JobServerConfig struct {
 	// Secret answers the "secret" op: the value of a secret, or why it
 	// is withheld. nil: every secret is refused.
 	Secret func(name string) ([]byte, error)
+	// Masks, when set, holds the secret values handed out to the run: a
+	// job whose name or needs hold one is refused, since names are stored
+	// in the result unmasked (status.json, the jobs/NAME/ path).
+	Masks *MaskSet
 	// OwnTree, when set, admits only connections from the process tree
 	// of the run (see Admit): every run's socket lives in a directory of
 	// the same Unix user, so without it another run's pipeline could
@@ -254,6 +258,10 @@ var (
 	jobPartialFlush = 200 * time.Millisecond
 	// jobDoneWait bounds the wait for the server's "done" after "end".
 	jobDoneWait = 30 * time.Second
+	// jobVerdictWait bounds the wait for the server's answer to the
+	// start of a job without needs (it answers at once; a job with needs
+	// waits as long as they run).
+	jobVerdictWait = 30 * time.Second
 )
 
 // jobMsg is every message of the protocol, both ways.
@@ -682,6 +690,12 @@ func (s *JobServer) serveJob(conn net.Conn, start jobMsg, msgs <-chan jobIn) boo
 	needs, err := checkJobStart(start)
 	if err != nil {
 		s.replyError(conn, "%v", err)
+		return false
+	}
+	if s.cfg.Masks.Holds(start.Name) || slices.ContainsFunc(needs, s.cfg.Masks.Holds) {
+		// Said without the name: the reply goes to the pipeline's log,
+		// which is masked, but nothing is gained by echoing it.
+		s.replyError(conn, "refused: the job name or a --needs name holds a secret value handed out to this run; job names are stored in the result as they are, so name the job something else")
 		return false
 	}
 	name := start.Name
@@ -1218,8 +1232,17 @@ func (c *jobClient) run(ctx context.Context, sock string, ja jobArgs) int {
 		c.errorf("cannot talk to refci: %v", err)
 		return 2
 	}
+	var silent <-chan time.Time
+	if len(ja.needs) == 0 {
+		t := time.NewTimer(jobVerdictWait)
+		defer t.Stop()
+		silent = t.C
+	}
 	for verdict := false; !verdict; {
 		select {
+		case <-silent:
+			c.errorf("refci did not answer on REFCI_SOCKET=%s within %s; the worker is stuck, overloaded or gone (see its log). The job did not run", sock, jobVerdictWait)
+			return 2
 		case m, ok := <-replies:
 			if !ok {
 				if ctx.Err() != nil {

@@ -515,6 +515,34 @@ func TestJobSocketUnreachable(t *testing.T) {
 	}
 }
 
+// A socket that takes the connection but never answers (a stuck worker):
+// `refci job` gives up with a clear error instead of hanging the
+// pipeline, and does not run the command.
+func TestJobSocketSilent(t *testing.T) {
+	defer func(d time.Duration) { jobVerdictWait = d }(jobVerdictWait)
+	jobVerdictWait = 500 * time.Millisecond
+	dir, err := os.MkdirTemp("", "job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "s")
+	ln, err := net.Listen("unix", sock) // never accepts: the kernel queues the connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	marker := filepath.Join(dir, "ran")
+	var out, errb bytes.Buffer
+	code := RunJobCommand(context.Background(), []string{"build", "--", "touch", marker}, func(string) string { return sock }, &out, &errb)
+	if code != 2 || !strings.Contains(errb.String(), "refci did not answer on REFCI_SOCKET="+sock) || !strings.Contains(errb.String(), "did not run") {
+		t.Errorf("exit %d, stderr %q", code, errb.String())
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("the job's command ran although refci never said so")
+	}
+}
+
 func TestJobHelp(t *testing.T) {
 	for _, h := range []string{"-h", "--help"} {
 		var out, errb bytes.Buffer

@@ -145,6 +145,43 @@ func (l *CappedLog) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// Tail returns up to n bytes of the end of what was stored so far (after
+// a failed write, up to the failure), and whether anything before them
+// is left out. It reads the log's files and writes nothing, so it works
+// on a full disk. Call it before Finish.
+func (l *CappedLog) Tail(n int) ([]byte, bool) {
+	if l.head == nil {
+		return lastBytes(l.mem, n)
+	}
+	headSize := l.headCap
+	if fi, err := l.head.Stat(); err == nil {
+		headSize = min(fi.Size(), l.headCap)
+	}
+	if l.ring == nil {
+		return readEnd(l.head, headSize, n)
+	}
+	stored := min(l.total-l.headCap, l.tailCap)
+	end := (l.total - l.headCap) % l.tailCap
+	if stored < l.tailCap {
+		end = stored
+	}
+	want := min(stored, int64(n))
+	buf := make([]byte, want)
+	start := (end - want + l.tailCap) % l.tailCap
+	if start+want <= l.tailCap {
+		l.ring.ReadAt(buf, start)
+	} else {
+		k := l.tailCap - start
+		l.ring.ReadAt(buf[:k], start)
+		l.ring.ReadAt(buf[k:], 0)
+	}
+	if want < int64(n) && l.total <= l.capBytes { // nothing dropped between head and tail
+		head, cut := readEnd(l.head, headSize, n-int(want))
+		return append(head, buf...), cut
+	}
+	return buf, l.total > want
+}
+
 // Total returns the number of bytes written so far.
 func (l *CappedLog) Total() int64 { return l.total }
 

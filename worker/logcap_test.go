@@ -329,3 +329,45 @@ func TestCappedLogShortStaysInMemory(t *testing.T) {
 		t.Errorf("long log at %q: %d bytes, want the %d written", path, len(got), len(stream))
 	}
 }
+
+// Tail reads the end of what was stored, from memory, the head file or
+// the ring, without writing anything (it serves a full disk).
+func TestCappedLogTail(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		capBytes int64
+		total, n int
+		want     int // bytes of the stream's end expected
+		wantCut  bool
+	}{
+		{"in memory", 1 << 20, 1000, 100, 100, true},
+		{"in memory, all", 1 << 20, 100, 1000, 100, false},
+		{"head file", 1 << 20, 200 << 10, 1000, 1000, true},
+		{"head and ring, not truncated", 300 << 10, 200 << 10, 100 << 10, 100 << 10, true},
+		{"ring wrapped", 200 << 10, 900<<10 + 17, 50 << 10, 50 << 10, true},
+		{"ring wrapped, more than the tail", 200 << 10, 900<<10 + 17, 150 << 10, 100 << 10, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := NewCappedLog(t.TempDir(), tc.capBytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			stream := make([]byte, tc.total)
+			for i := range stream {
+				stream[i] = byte('a' + i%23)
+			}
+			for p := stream; len(p) > 0; {
+				k := min(len(p), 7001)
+				if _, err := l.Write(p[:k]); err != nil {
+					t.Fatal(err)
+				}
+				p = p[k:]
+			}
+			got, cut := l.Tail(tc.n)
+			if want := stream[len(stream)-tc.want:]; !bytes.Equal(got, want) || cut != tc.wantCut {
+				t.Errorf("Tail(%d): %d bytes (cut %v), want the last %d (cut %v)", tc.n, len(got), cut, tc.want, tc.wantCut)
+			}
+		})
+	}
+}

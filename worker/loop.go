@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,10 +24,18 @@ type Config struct {
 	Lease       time.Duration // claim lease (default 60s); renewed every Lease/3
 	// Snapshot is how often a running pipeline's progress is pushed
 	// (default 2s; the first one after Snapshot has passed).
-	Snapshot  time.Duration
-	Grace     time.Duration // on shutdown, how long running pipelines may finish (default 30s)
-	Timeout   time.Duration // default pipeline timeout (a request may ask for another)
-	KillGrace time.Duration
+	Snapshot time.Duration
+	Grace    time.Duration // on shutdown, how long running pipelines may finish (default 30s)
+	Timeout  time.Duration // default pipeline timeout (a request may ask for another)
+	// MaxAttempts is how many attempts of one request value may lose
+	// their worker: a takeover that would be attempt MaxAttempts+1
+	// instead ends the request in state error, "gave up after N
+	// attempts" (default DefaultMaxAttempts).
+	MaxAttempts int
+	// MaxTimeout caps the timeout a request may ask for (default
+	// DefaultMaxTimeout, and never below Timeout).
+	MaxTimeout time.Duration
+	KillGrace  time.Duration
 
 	LogCap, ArtifactFileCap, ArtifactTotalCap int64
 
@@ -871,15 +880,19 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 	}
 	if reqObj := hashOf(a.claim.RequestObject); reqObj != spec.Target {
 		if t, err := repo.Tag(reqObj); err == nil {
-			opts, err := queue.ParseRequestOptions(t.Message)
-			if err != nil {
-				log.Warn("bad request options", "err", err)
-			}
-			spec.Env = opts.Env
-			if opts.Timeout > 0 {
-				spec.Timeout = opts.Timeout
+			w.applyOptions(&spec, t.Message)
+			if spec.Refusal != "" {
+				log.Warn("bad request options: the run ends in state error", "err", spec.Refusal)
 			}
 		}
+	}
+	if limit := cmp.Or(w.cfg.MaxAttempts, DefaultMaxAttempts); a.claim.Attempt > limit {
+		// Each earlier attempt's worker vanished (killed, out of memory,
+		// a machine that died): running it once more would likely kill
+		// this one too. The request ends here, with a result.
+		n := a.claim.Attempt - 1
+		spec.Refusal = fmt.Sprintf("gave up after %d attempt%s: the worker was lost each time (the last attempt was run %s); push the request again to retry", n, map[bool]string{true: "s"}[n != 1], a.claim.PreviousRun)
+		log.Warn("giving up on a request whose every attempt lost its worker", "attempts", a.claim.Attempt-1)
 	}
 	if w.cfg.Trust != nil {
 		var why string
@@ -891,12 +904,54 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 	began := time.Now()
 	out, err := Run(ctx, spec, w.cfg.Signer)
 	w.noteRunTime(time.Since(began))
+	// Not even a short error result could be written (the cache's disk
+	// is full): keep it, and write it once there is space again, rather
+	// than leave the request to be run again.
+	for wait := time.Second; err != nil && out != nil && out.retry != nil; wait = min(2*wait, 10*time.Second) {
+		log.Error("the run's result cannot be stored; retrying until there is space", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			log.Error("gave up storing the result: the run was cancelled", "err", context.Cause(ctx))
+			return
+		case <-time.After(wait):
+		}
+		out, err = out.retry()
+	}
 	if err != nil || out == nil || out.Commit == gitproto.ZeroHash {
 		log.Error("no result could be recorded; the claim will expire and another attempt will run", "err", err)
 		return
 	}
 	log.Info("run finished", "state", out.Status.State, "duration_ms", out.Status.DurationMS)
 	w.queueResult(a, out.Commit, out.RefWritten)
+}
+
+// DefaultMaxTimeout is the longest timeout a request may ask for, unless
+// the worker is configured otherwise (Config.MaxTimeout).
+const DefaultMaxTimeout = 6 * time.Hour
+
+// DefaultMaxAttempts is how many attempts of a request may lose their
+// worker before a worker ends it in state error (Config.MaxAttempts).
+const DefaultMaxAttempts = 3
+
+// applyOptions reads the request options of a request tag's message into
+// spec: the environment, and the timeout capped at the worker's
+// MaxTimeout. Bad options set spec.Refusal: the run then ends in
+// state error naming them, and the pipeline does not run.
+func (w *Worker) applyOptions(spec *RunSpec, msg string) {
+	opts, err := queue.ParseRequestOptions(msg)
+	if err != nil {
+		spec.Refusal = err.Error() + "; the pipeline did not run: fix the request tag's message and push the request again"
+		return
+	}
+	spec.Env = opts.Env
+	if opts.Timeout <= 0 {
+		return
+	}
+	limit := max(orDefault(w.cfg.MaxTimeout, DefaultMaxTimeout), orDefault(w.cfg.Timeout, DefaultTimeout))
+	spec.Timeout = opts.Timeout
+	if opts.Timeout > limit {
+		spec.Timeout, spec.TimeoutRequested = limit, opts.Timeout
+	}
 }
 
 func hashOf(s string) gitproto.Hash { return gitproto.NewHash(s) }

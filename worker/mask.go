@@ -77,6 +77,28 @@ func (s *MaskSet) Empty() bool {
 	return len(s.pats) == 0
 }
 
+// Holds reports whether s holds a masked pattern. A nil set holds none.
+func (s *MaskSet) Holds(str string) bool {
+	if s == nil || s.Empty() {
+		return false
+	}
+	_, _, n := s.mask([]byte(str), true)
+	return n > 0
+}
+
+// String returns str with every masked pattern replaced by MaskText. A
+// nil set masks nothing.
+func (s *MaskSet) String(str string) string {
+	if s == nil || s.Empty() {
+		return str
+	}
+	out, _, n := s.mask([]byte(str), true)
+	if n == 0 {
+		return str
+	}
+	return string(out)
+}
+
 // maskPatterns lists the byte strings that reveal value: the value itself
 // (also without a trailing newline), each line of a multi-line value, and
 // for the value with and without a trailing newline: base64 (standard and

@@ -143,3 +143,26 @@ func TestMaskPassThroughAndLateValue(t *testing.T) {
 		t.Errorf("a value under MinMaskLen was masked: %q", got)
 	}
 }
+
+func TestMaskSetHoldsAndString(t *testing.T) {
+	var none *MaskSet
+	if none.Holds("anything") || none.String("anything") != "anything" || (&MaskSet{}).Holds("anything") {
+		t.Error("an empty or nil set holds something")
+	}
+	m := &MaskSet{}
+	m.Add([]byte("value-123\n"))
+	for s, want := range map[string]string{
+		"job-value-123":                 "job-***",
+		"dir/76616c75652d313233/x":      "dir/***/x", // hex
+		"dmFsdWUtMTIz.txt":              "***.txt",   // base64
+		"value-12":                      "value-12",
+		"value-123 and value-123 again": "*** and *** again",
+	} {
+		if got := m.String(s); got != want {
+			t.Errorf("String(%q) = %q, want %q", s, got, want)
+		}
+		if m.Holds(s) != (want != s) {
+			t.Errorf("Holds(%q) = %v", s, m.Holds(s))
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -60,7 +61,16 @@ type RunSpec struct {
 	// Secrets; "" for a local run.
 	Remote string
 
-	Timeout          time.Duration
+	Timeout time.Duration
+	// TimeoutRequested, when set, is the longer timeout the request asked
+	// for, which the worker capped to Timeout: status.json (extra
+	// timeout_requested, timeout_cap) and the log say so.
+	TimeoutRequested time.Duration
+	// Refusal, when set, ends the run in state error with this reason
+	// without checking out or running anything: the request's options
+	// were bad (queue.ParseRequestOptions), or its earlier attempts all
+	// lost their worker.
+	Refusal          string
 	KillGrace        time.Duration
 	LogCap           int64
 	ArtifactFileCap  int64
@@ -131,6 +141,11 @@ type Outcome struct {
 	// RefWritten says whether Ref was set in the repository (always,
 	// unless RunSpec.NoRunRef).
 	RefWritten bool
+
+	// retry, with an error from Run, writes the error result again: set
+	// when the pipeline's end is known but not even a short result
+	// could be written (a full disk). It returns the same.
+	retry func() (*Outcome, error)
 }
 
 // ErrConfig marks results whose error state is the repository's own
@@ -140,10 +155,11 @@ var ErrConfig = errors.New("pipeline configuration")
 // Run checks out the target into a fresh private directory, runs
 // .refci/run there, and publishes a signed result commit at
 // refs/ci/runs/<target>/<run-id>. Without an error the Outcome describes
-// a result that is recorded. An error means no result could be recorded
-// (the ref was not created), for instance because the disk is full; the
-// Outcome is then nil, or carries only the Status when the pipeline did
-// run.
+// a result that is recorded. When refci's own writes fail (a full disk
+// under the run directory or the repository), the result recorded is a
+// short one in state error that says why, with the end of the log. An
+// error means not even that could be recorded; the Outcome then carries
+// the Status, and a way for the worker to write that result later.
 func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 	now := spec.Now
 	if now == nil {
@@ -176,19 +192,134 @@ func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 	if spec.PreviousRun != "" {
 		st.Extra = map[string]any{queue.ExtraPreviousRun: spec.PreviousRun}
 	}
-	r := &run{spec: spec, st: st, now: now, signer: signer, ref: queue.RunRef(st.Target, st.Run)}
+	if spec.TimeoutRequested > 0 {
+		if st.Extra == nil {
+			st.Extra = map[string]any{}
+		}
+		st.Extra["timeout_requested"] = spec.TimeoutRequested.String()
+		st.Extra["timeout_cap"] = orDefault(spec.Timeout, DefaultTimeout).String()
+	}
+	r := &run{spec: spec, st: st, now: now, signer: signer, ref: queue.RunRef(st.Target, st.Run), masks: &MaskSet{}}
 	defer r.cleanup()
 	files, err := r.execute(ctx)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		out, perr := r.publish(files, signer)
+		if perr == nil {
+			return out, nil
+		}
+		err = perr
 	}
-	out, err := r.publish(files, signer)
-	if err != nil {
-		// The pipeline ran; say how it ended even though no result
-		// could be recorded.
-		return &Outcome{Status: st}, err
+	// refci's own writes failed (a full disk, most likely): a run
+	// always ends with a result, so record a short one that says why.
+	return r.recordFailure(err)
+}
+
+// fallbackLogBytes is how much of the log's end an error result made by
+// recordFailure keeps.
+const fallbackLogBytes = 64 << 10
+
+// recordFailure publishes a short result in state error after refci could
+// not store the run's full result (cause): status.json and the end of the
+// log, from memory, and no artifacts or job logs. If even that cannot be
+// written (the cache's disk is full too), the Outcome carries the status
+// and a retry that writes the same result once space is back.
+func (r *run) recordFailure(cause error) (*Outcome, error) {
+	what := "refci could not store the run's result"
+	switch {
+	case isNoSpace(cause) && r.ran:
+		what = "no space left on device writing the result"
+	case isNoSpace(cause):
+		what = "no space left on device preparing the run"
+	case !r.ran:
+		what = "refci could not prepare the run"
 	}
-	return out, nil
+	reason := fmt.Sprintf("%s: %v", what, cause)
+	if r.st.State != queue.Running && r.st.State != "" {
+		reason += fmt.Sprintf(" (the pipeline had ended %s", r.st.State)
+		if r.st.Reason != "" {
+			reason += ": " + r.st.Reason
+		}
+		reason += ")"
+	}
+	r.finish(queue.Error, reason)
+	for _, a := range r.st.Artifacts {
+		r.st.ArtifactsSkipped = append(r.st.ArtifactsSkipped, queue.SkippedArtifact{Path: a.Path, Reason: "not stored: " + what})
+	}
+	r.st.Artifacts = []queue.Artifact{}
+	for i := range r.st.Jobs {
+		r.st.Jobs[i].Log = ""
+	}
+	tail, cut := r.logTail(fallbackLogBytes)
+	var log bytes.Buffer
+	if cut {
+		fmt.Fprintf(&log, "[refci: only the last %d bytes of the log are kept]\n", len(tail))
+	}
+	log.Write(tail)
+	if len(tail) > 0 && tail[len(tail)-1] != '\n' {
+		log.WriteByte('\n')
+	}
+	fmt.Fprintf(&log, "refci: %s\n", r.masks.String(reason))
+	r.st.LogTruncated = r.st.LogTruncated || cut
+	files := []resultFile{{path: queue.LogFile, data: log.Bytes()}}
+	out, err := r.publish(files, r.signer)
+	if err == nil {
+		return out, nil
+	}
+	err = fmt.Errorf("%s; the short error result could not be stored either: %w", reason, err)
+	var retry func() (*Outcome, error)
+	retry = func() (*Outcome, error) {
+		out, err := r.publish(files, r.signer)
+		if err != nil {
+			return &Outcome{Status: r.st, retry: retry}, fmt.Errorf("store the error result: %w", err)
+		}
+		return out, nil
+	}
+	return &Outcome{Status: r.st, retry: retry}, err
+}
+
+// logTail returns up to n bytes of the end of the run's log as far as it
+// was stored, and whether anything before them is left out.
+func (r *run) logTail(n int) ([]byte, bool) {
+	if fl := r.flog; fl != nil {
+		if fl.Path == "" {
+			return lastBytes(fl.Data, n)
+		}
+		f, err := os.Open(fl.Path)
+		if err != nil {
+			return nil, fl.Size > 0
+		}
+		defer f.Close()
+		return readEnd(f, fl.Size, n)
+	}
+	if r.mainLog == nil {
+		return nil, false
+	}
+	return r.mainLog.Tail(n)
+}
+
+func lastBytes(b []byte, n int) ([]byte, bool) {
+	if len(b) > n {
+		return b[len(b)-n:], true
+	}
+	return b, false
+}
+
+// readEnd reads the last n bytes of the first size bytes of f.
+func readEnd(f io.ReaderAt, size int64, n int) ([]byte, bool) {
+	k := min(size, int64(n))
+	buf := make([]byte, k)
+	m, _ := f.ReadAt(buf, size-k)
+	return buf[:m], size > k
+}
+
+// isNoSpace reports whether err comes from a full file system (or a
+// quota), also when a git process reported it in text.
+func isNoSpace(err error) bool {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return true
+	}
+	s := strings.ToLower(err.Error())
+	return strings.Contains(s, "no space left on device") || strings.Contains(s, "disk quota exceeded")
 }
 
 type run struct {
@@ -200,12 +331,20 @@ type run struct {
 	ref    string
 	last   gitproto.Hash // the last snapshot written to ref, or zero
 	sock   *RunSocket    // the job socket kept with a reused run directory
+	masks  *MaskSet      // the secret values handed out to the run
+
+	mainLog *CappedLog   // the run's log, closed by cleanup
+	flog    *FinishedLog // the stored log, once finished
+	ran     bool         // the pipeline was started (and has ended)
 
 	mu      sync.Mutex
 	jobLogs map[string]*CappedLog
 }
 
 func (r *run) cleanup() {
+	if r.mainLog != nil {
+		r.mainLog.Close()
+	}
 	r.mu.Lock()
 	for _, l := range r.jobLogs {
 		l.Close()
@@ -275,7 +414,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create log: %w", err)
 	}
-	defer mainLog.Close()
+	r.mainLog = mainLog
 
 	var files []resultFile
 	finishLog := func() error {
@@ -283,6 +422,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		if err != nil {
 			return fmt.Errorf("store log: %w", err)
 		}
+		r.flog = &fl
 		r.st.LogBytes = fl.Total
 		r.st.LogTruncated = fl.Truncated
 		files = append(files, resultFile{path: queue.LogFile, src: fl.Path, data: fl.Data})
@@ -301,6 +441,9 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		return files, nil
 	}
 
+	if r.spec.Refusal != "" {
+		return errorResult(r.spec.Refusal)
+	}
 	if typ, err := r.spec.Repo.ObjectType(r.spec.Target); err != nil {
 		return errorResult(fmt.Sprintf("the target %s is not in the repository: %v", r.spec.Target, err))
 	} else if typ != "commit" {
@@ -318,7 +461,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		return errorResult(reason)
 	}
 
-	masks := &MaskSet{}
+	masks := r.masks
 	var lw *lockedWriter
 	rs := &runSecrets{env: r.spec.Env, masks: masks, note: func(line string) { fmt.Fprintln(lw, line) }}
 	sockPath := runSocketPath(dir)
@@ -350,6 +493,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		},
 		Now:     r.now,
 		Secret:  rs.get,
+		Masks:   masks,
 		OwnTree: true,
 	})
 	if err != nil {
@@ -373,6 +517,9 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	var out io.Writer = lw
 	exported := r.openSecrets(ctx, rs)
 	timeout := orDefault(r.spec.Timeout, DefaultTimeout)
+	if r.spec.TimeoutRequested > 0 {
+		fmt.Fprintf(lw, "refci: the request asked for Timeout %s; this worker allows at most %s, so the pipeline's timeout is %s\n", r.spec.TimeoutRequested, timeout, timeout)
+	}
 	stopSnapshots := r.startSnapshots(lw, mainLog, srv)
 	res, err := RunProcess(ctx, ProcSpec{
 		Path:      entry,
@@ -393,6 +540,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		RequireIsolation: r.spec.RequireIsolation,
 	})
 	stopSnapshots()
+	r.ran = true
 	srv.Close()
 	r.st.SecretsUsed = rs.usedNames()
 	if err != nil && res.ExitCode == -1 && res.Duration == 0 {
@@ -459,6 +607,14 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		if err != nil {
 			return nil, fmt.Errorf("store log of job %s: %w", j.Name, err)
 		}
+		if masks.Holds(j.Name) {
+			// Named after a value handed out only later (a job that
+			// held one when it started was refused): its name is
+			// stored masked, and its log under no name at all.
+			j.Log, j.LogBytes, j.Truncated = "", fl.Total, fl.Truncated
+			j.Reason = strings.TrimPrefix(j.Reason+"; its name holds a secret value, so its log is not stored", "; ")
+			continue
+		}
 		j.Log = queue.JobLogPath(j.Name)
 		j.LogBytes, j.Truncated = fl.Total, fl.Truncated
 		files = append(files, resultFile{path: j.Log, src: fl.Path, data: fl.Data})
@@ -472,6 +628,23 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	}
 	if !masks.Empty() {
 		arts, skipped = maskArtifacts(masks, arts, skipped, logs)
+	}
+	if !masks.Empty() { // paths become names in the result tree: none may hold a value
+		kept := arts[:0]
+		for _, a := range arts {
+			if masks.Holds(a.Path) {
+				skipped = append(skipped, queue.SkippedArtifact{Path: masks.String(a.Path), Reason: "its path holds a secret value, and paths are stored as they are; rename it"})
+				continue
+			}
+			// Spelt across directories (a/b-c/d for "ab-cd"): listed
+			// without its slashes, masked.
+			if joined := strings.ReplaceAll(a.Path, "/", ""); masks.Holds(joined) {
+				skipped = append(skipped, queue.SkippedArtifact{Path: masks.String(joined), Reason: "its path, without its slashes, holds a secret value, and paths are stored as they are; rename it"})
+				continue
+			}
+			kept = append(kept, a)
+		}
+		arts = kept
 	}
 	for _, a := range arts {
 		r.st.Artifacts = append(r.st.Artifacts, a.Artifact)
@@ -846,6 +1019,7 @@ func fileSHA256(p string) (string, error) {
 // run ref. Objects first, ref last: a failure at any point leaves no ref.
 func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
 	repo := r.spec.Repo
+	maskStatus(r.masks, r.st)
 	files = r.pageFiles(files)
 	statusJSON, err := queue.EncodeStatus(r.st)
 	if err != nil {
@@ -883,6 +1057,53 @@ func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
 		return nil, fmt.Errorf("record result: %w", err)
 	}
 	return &Outcome{Status: r.st, Ref: r.ref, Commit: commit, RefWritten: true}, nil
+}
+
+// maskStatus replaces every secret value handed out to the run in the
+// text of st that the pipeline could have put a value in: reasons, job
+// names and needs, artifact paths and the reasons they were left out
+// (a symlink's target), extra fields. The commit message is made from st
+// too. Identifiers the pipeline cannot choose (target, request, run,
+// worker) are left alone. The job names it masks are left out of the
+// tree by the caller.
+func maskStatus(m *MaskSet, st *queue.Status) {
+	if m == nil || m.Empty() {
+		return
+	}
+	st.Reason = m.String(st.Reason)
+	st.TrustNote = m.String(st.TrustNote)
+	st.SecretsReason = m.String(st.SecretsReason)
+	st.Signal = m.String(st.Signal)
+	jobs := make([]queue.Job, len(st.Jobs)) // a snapshot's Jobs may be shared
+	for i, j := range st.Jobs {
+		j.Name, j.Reason = m.String(j.Name), m.String(j.Reason)
+		if len(j.Needs) > 0 {
+			needs := make([]string, len(j.Needs))
+			for k, n := range j.Needs {
+				needs[k] = m.String(n)
+			}
+			j.Needs = needs
+		}
+		jobs[i] = j
+	}
+	st.Jobs = jobs
+	for i := range st.Artifacts {
+		st.Artifacts[i].Path = m.String(st.Artifacts[i].Path)
+	}
+	for i := range st.ArtifactsSkipped {
+		st.ArtifactsSkipped[i].Path = m.String(st.ArtifactsSkipped[i].Path)
+		st.ArtifactsSkipped[i].Reason = m.String(st.ArtifactsSkipped[i].Reason)
+	}
+	if len(st.Extra) > 0 {
+		extra := make(map[string]any, len(st.Extra))
+		for k, v := range st.Extra {
+			if s, ok := v.(string); ok {
+				v = m.String(s)
+			}
+			extra[m.String(k)] = v
+		}
+		st.Extra = extra
+	}
 }
 
 // commit writes a signed result commit for tree whose parent is the last
@@ -958,6 +1179,7 @@ func (r *run) snapshot(lw *lockedWriter, log *CappedLog, srv *JobServer) error {
 		st.Jobs = []queue.Job{}
 	}
 	st.LogBytes = total
+	maskStatus(r.masks, &st)
 	now := r.now().UTC()
 	st.DurationMS = now.Sub(st.Started).Milliseconds()
 	b, err := queue.EncodeStatus(&st)

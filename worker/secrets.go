@@ -146,8 +146,27 @@ encodings) in every log and artifact. Use it in a pipe, never in argv:
 
 Exits 1 when the secret is withheld (an untrusted request, a policy that
 does not admit the request, an environment that failed verification) or
-does not exist, 2 on usage errors.
+does not exist, 2 on usage errors or outside a pipeline, 3 when refci does
+not answer within 30 seconds.
 `
+
+// secretReplyTimeout bounds how long `refci secret` waits for the run's
+// socket to take its question and answer it (a ctx deadline may shorten it).
+const secretReplyTimeout = 30 * time.Second
+
+// exitSecretTimeout is the exit code of `refci secret` when refci did not
+// answer in time: infrastructure, as everywhere in refci.
+const exitSecretTimeout = 3
+
+func secretTimedOut(stderr io.Writer, sock string, wait time.Duration) int {
+	fmt.Fprintf(stderr, "refci secret: refci did not answer on REFCI_SOCKET=%s within %s; the worker is stuck, overloaded or gone (see its log). Retry the run; the pipeline got no value\n", sock, wait.Round(time.Millisecond))
+	return exitSecretTimeout
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
 
 // RunSecretCommand is `refci secret NAME`: it asks the run's socket for
 // one value and writes it to stdout. It returns the exit code.
@@ -166,17 +185,29 @@ func RunSecretCommand(ctx context.Context, args []string, getenv func(string) st
 		fmt.Fprintln(stderr, "refci secret: not inside a refci pipeline (REFCI_SOCKET is not set); secrets are only handed out to a running .refci/run")
 		return 2
 	}
-	d := net.Dialer{Timeout: 10 * time.Second}
-	conn, err := d.DialContext(ctx, "unix", sock)
+	// refci answers at once; an answer that does not come means a worker
+	// that is stuck or gone, and a pipeline blocked on it for ever would
+	// only end at its timeout, with nothing said.
+	wait := secretReplyTimeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+		wait = max(time.Until(dl), 0)
+	}
+	deadline := time.Now().Add(wait)
+	d := net.Dialer{Deadline: deadline}
+	conn, err := d.DialContext(context.WithoutCancel(ctx), "unix", sock)
 	if err != nil {
+		if isTimeout(err) {
+			return secretTimedOut(stderr, sock, wait)
+		}
 		fmt.Fprintf(stderr, "refci secret: cannot reach refci at REFCI_SOCKET=%s: %v\n", sock, err)
 		return 2
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
+	conn.SetDeadline(deadline)
 	if _, err := conn.Write(encodeJobMsg(jobMsg{Op: jobOpSecret, Name: name})); err != nil {
+		if isTimeout(err) {
+			return secretTimedOut(stderr, sock, wait)
+		}
 		fmt.Fprintf(stderr, "refci secret: cannot talk to refci: %v\n", err)
 		return 2
 	}
@@ -184,8 +215,22 @@ func RunSecretCommand(ctx context.Context, args []string, getenv func(string) st
 	quit := make(chan struct{})
 	defer close(quit)
 	go readJobReplies(conn, replies, quit)
-	m, ok := <-replies
+	var m jobMsg
+	var ok bool
+	select {
+	case m, ok = <-replies:
+	case <-time.After(time.Until(deadline)):
+		return secretTimedOut(stderr, sock, wait)
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return secretTimedOut(stderr, sock, wait)
+		}
+		fmt.Fprintf(stderr, "refci secret: %s: interrupted before refci answered\n", name)
+		return 2
+	}
 	switch {
+	case !ok && time.Now().After(deadline):
+		return secretTimedOut(stderr, sock, wait)
 	case !ok:
 		fmt.Fprintln(stderr, "refci secret: lost the connection to refci before it answered")
 		return 2

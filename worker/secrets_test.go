@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -171,5 +172,73 @@ func TestSocketServesOnlyItsOwnRun(t *testing.T) {
 	srv.Admit(os.Getpid())
 	if out, _, code := ask(); code != 0 || out != "tok-123456" {
 		t.Errorf("from the run's root itself: code %d, stdout %q", code, out)
+	}
+}
+
+// A run socket that takes connections but never answers (a stuck worker)
+// makes `refci secret` give up with a clear error and exit 3, instead of
+// blocking the pipeline until its timeout. Both a listener that never
+// accepts (the kernel queues the connection) and one that accepts and
+// then reads nothing, or reads and never replies.
+func TestSecretCommandTimesOutOnASilentSocket(t *testing.T) {
+	for _, mode := range []string{"never accepts", "accepts, never reads", "reads, never answers"} {
+		t.Run(mode, func(t *testing.T) {
+			dir, err := os.MkdirTemp("", "sec")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer os.RemoveAll(dir)
+			sock := filepath.Join(dir, "s")
+			ln, err := net.Listen("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			got := make(chan []byte, 1)
+			over := make(chan struct{})
+			defer close(over)
+			if mode != "never accepts" {
+				go func() {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					defer c.Close()
+					if mode == "reads, never answers" {
+						b := make([]byte, 4096)
+						n, _ := c.Read(b)
+						got <- b[:n]
+					}
+					<-over // holds the connection open, silent, until the test ends
+				}()
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+			defer cancel()
+			var out, errOut bytes.Buffer
+			done := make(chan int, 1)
+			go func() {
+				done <- RunSecretCommand(ctx, []string{"TOKEN"}, func(k string) string {
+					if k == "REFCI_SOCKET" {
+						return sock
+					}
+					return ""
+				}, &out, &errOut)
+			}()
+			var code int
+			select {
+			case code = <-done:
+			case <-time.After(60 * time.Second):
+				t.Fatal("refci secret still waits after 60 s")
+			}
+			if code != 3 || out.Len() != 0 || !strings.Contains(errOut.String(), "refci did not answer on REFCI_SOCKET="+sock+" within") ||
+				!strings.Contains(errOut.String(), "see its log") {
+				t.Errorf("code %d, stdout %q, stderr %q; want 3 and a clear timeout error", code, out.String(), errOut.String())
+			}
+			if mode == "reads, never answers" {
+				if b := <-got; !strings.Contains(string(b), `"op":"secret"`) {
+					t.Errorf("the question sent was %q", b)
+				}
+			}
+		})
 	}
 }

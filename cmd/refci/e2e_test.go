@@ -629,7 +629,10 @@ func TestRunCtrlCRecordsCancelled(t *testing.T) {
 	}
 }
 
-func TestRunDiskFullLeavesNoRef(t *testing.T) {
+// A run whose result does not fit on the disk still ends with one: a
+// short result in state error saying so, with the log and without the
+// artifacts that did not fit; no half-written objects are left behind.
+func TestRunDiskFullRecordsAnErrorResult(t *testing.T) {
 	if _, err := exec.LookPath("unshare"); err != nil {
 		t.Skip("unshare not installed")
 	}
@@ -653,20 +656,26 @@ set +e
 echo "exit=$?"
 echo "refs=$(git for-each-ref refs/ci/ | wc -l)"
 echo "tmpfiles=$(find .git/objects -name 'tmp_*' | wc -l)"
+git show "$(git for-each-ref --format='%%(refname)' refs/ci/runs/):status.json" | tr -d ' \n'
+echo
 git fsck --no-dangling >/dev/null 2>&1 && echo fsck-ok
 `, s.root, refciBin)
 	cmd := exec.Command("unshare", "-Urm", "sh", "-c", script)
 	cmd.Env = s.env
 	out, _ := cmd.CombinedOutput()
 	o := string(out)
-	if !strings.Contains(o, "exit=3") || !strings.Contains(o, "no space left on device") || !strings.Contains(o, "no result was recorded") {
+	if !strings.Contains(o, "exit=3") || !strings.Contains(o, "no space left on device writing the result") {
 		t.Errorf("disk full: want exit 3 and a clear message:\n%s", o)
 	}
-	if !strings.Contains(o, "the pipeline ended success") {
+	if !strings.Contains(o, "the pipeline had ended success") {
 		t.Errorf("disk full: the message should still say how the pipeline ended:\n%s", o)
 	}
-	if !strings.Contains(o, "refs=0") || !strings.Contains(o, "fsck-ok") || !strings.Contains(o, "tmpfiles=0") {
-		t.Errorf("disk full left a ref or a broken repository:\n%s", o)
+	if !strings.Contains(o, "refs=1") || !strings.Contains(o, "fsck-ok") || !strings.Contains(o, "tmpfiles=0") {
+		t.Errorf("disk full: want one result ref and a sound repository:\n%s", o)
+	}
+	if !strings.Contains(o, `"state":"error","reason":"nospaceleftondevicewritingtheresult:`) || !strings.Contains(o, `"artifacts":[]`) ||
+		!strings.Contains(o, `{"path":"big2","reason":"notstored:nospaceleftondevicewritingtheresult"}`) {
+		t.Errorf("disk full: the recorded result:\n%s", o)
 	}
 }
 

@@ -353,3 +353,107 @@ func TestSecretsLocalRunAndUsage(t *testing.T) {
 		t.Errorf("secret outside a pipeline: %d %q", r.code, r.stderr)
 	}
 }
+
+// A pipeline that got a secret tries to get it into the result through
+// every name it controls: job names and needs, artifact paths (plain and
+// encoded, as a directory, as a symlink target), a job named after a
+// value before it was handed out, the run's reason. None of it may carry
+// the value's bytes into the result commit: its tree's names and files,
+// status.json or its message. Refused jobs say why; left-out artifacts
+// are listed with a masked path; the rest of the run still works.
+func TestSecretsNeverInNames(t *testing.T) {
+	s := newSandbox(t)
+	const value, later = "Sekr3t-value_42", "known-name-77"
+	s.pipeline(`set -u
+# Named after a value that is handed out only afterwards.
+refci job ` + later + ` -- false || true
+refci secret LATER >/dev/null
+v=$(refci secret API_KEY)
+refci job "$v" -- true && echo "BAD: a job named after the secret ran" || echo "job name refused: $?"
+refci job "x-$v-y" -- true && echo "BAD: a job holding the secret ran" || echo "job name holding it refused"
+refci job okjob --needs "a,$v" -- true && echo "BAD: needs holding the secret" || echo "needs refused"
+hexv=$(printf %s "$v" | od -An -tx1 | tr -d ' \n')
+refci job "$hexv" -- true && echo "BAD: hex job name" || echo "hex job name refused"
+refci job fine -- echo fine-job-ran
+refci job cmdjob -- "/nonexistent/$v" || echo "cmdjob failed"
+mkdir -p "$REFCI_ARTIFACTS/dir-$v"
+echo hi > "$REFCI_ARTIFACTS/dir-$v/file.txt"
+echo hi > "$REFCI_ARTIFACTS/file-$v.txt"
+echo hi > "$REFCI_ARTIFACTS/$(printf %s "$v" | base64 | tr '/+' '_-').b64"
+echo hi > "$REFCI_ARTIFACTS/$hexv.hex"
+first=$(printf %s "$v" | cut -c1-6); rest=$(printf %s "$v" | cut -c7-)
+mkdir -p "$REFCI_ARTIFACTS/split/$first"
+echo hi > "$REFCI_ARTIFACTS/split/$first/$rest"
+ln -s "/nowhere/$v" "$REFCI_ARTIFACTS/link"
+echo kept > "$REFCI_ARTIFACTS/fine.txt"
+`)
+	w := s.exportKey(filepath.Join(s.root, "w"), "w.asc")
+	s.refci("secrets", "init", "dev", "--recipient", w).want(t, 0)
+	s.refciAs(s.home, value, "secrets", "set", "dev", "API_KEY").want(t, 0)
+	s.refciAs(s.home, later, "secrets", "set", "dev", "LATER").want(t, 0)
+	r := s.refci("run", "--env", "dev").want(t, 1) // the job named `later` failed
+	for _, want := range []string{"job name refused: 2", "job name holding it refused", "needs refused", "hex job name refused", "[fine] fine-job-ran", "cmdjob failed",
+		"holds a secret value handed out to this run"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("the run's output does not say %q:\n%s", want, r.stdout)
+		}
+	}
+	if strings.Contains(r.stdout, "BAD:") {
+		t.Errorf("an attack got through:\n%s", r.stdout)
+	}
+	refs := s.runRefs()
+	if len(refs) != 1 {
+		t.Fatalf("run refs %q", refs)
+	}
+	ref := refs[0]
+	leaks := append(leakForms(value), base64.URLEncoding.EncodeToString([]byte(value)), strings.ToUpper(hex.EncodeToString([]byte(value))), later,
+		"Sekr3t/") // the value spelt across directories
+	check := func(what, text string) {
+		for _, pat := range leaks {
+			if strings.Contains(text, pat) {
+				t.Errorf("%s holds %q:\n%s", what, pat, text)
+			}
+		}
+	}
+	check("the commit", s.git("", "cat-file", "commit", ref))
+	names := s.git("", "ls-tree", "-r", "--name-only", ref)
+	check("the tree's names", names)
+	for _, p := range strings.Split(names, "\n") {
+		check(p, s.git("", "show", ref+":"+p))
+	}
+	st := s.status("HEAD")
+	if st.State != queue.Failure || !strings.Contains(st.Reason, "job *** ended failure") {
+		t.Errorf("state %s, reason %q", st.State, st.Reason)
+	}
+	var jobs []string
+	for _, j := range st.Jobs {
+		jobs = append(jobs, j.Name)
+		if j.Name == "***" && (j.Log != "" || !strings.Contains(j.Reason, "its name holds a secret value")) {
+			t.Errorf("the job named after a later value: %+v", j)
+		}
+		if j.Name == "cmdjob" && j.Reason != "command not found: /nonexistent/***" {
+			t.Errorf("the reason of the job whose command names the value: %q", j.Reason)
+		}
+	}
+	if strings.Join(jobs, ",") != "***,fine,cmdjob" {
+		t.Errorf("jobs %q; want the later-named one masked, and fine", jobs)
+	}
+	if len(st.Artifacts) != 1 || st.Artifacts[0].Path != "fine.txt" {
+		t.Errorf("artifacts %+v; want fine.txt only", st.Artifacts)
+	}
+	skipped := map[string]string{}
+	for _, a := range st.ArtifactsSkipped {
+		skipped[a.Path] = a.Reason
+	}
+	for _, p := range []string{"dir-***/file.txt", "file-***.txt", "***.b64", "***.hex", "split***"} {
+		if !strings.Contains(skipped[p], "holds a secret value") {
+			t.Errorf("artifact %s: not listed as left out for its path (skipped: %q)", p, skipped)
+		}
+	}
+	if !strings.Contains(skipped["link"], "symlink (to /nowhere/***)") {
+		t.Errorf("the symlink's target is not masked: %q", skipped)
+	}
+	if !strings.Contains(names, "artifacts/fine.txt") || !strings.Contains(names, "jobs/fine/log.txt") {
+		t.Errorf("the legitimate artifact or job log is missing:\n%s", names)
+	}
+}

@@ -31,6 +31,8 @@ type workerConfig struct {
 	Lease             duration `toml:"lease"`
 	Grace             duration `toml:"grace"`
 	Timeout           duration `toml:"timeout"`
+	MaxTimeout        duration `toml:"max_timeout"`
+	MaxAttempts       int      `toml:"max_attempts"`
 	KillGrace         duration `toml:"kill_grace"`
 	LogCap            int64    `toml:"log_cap"`
 	ArtifactCap       int64    `toml:"artifact_cap"`
@@ -71,6 +73,8 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	lease := fs.Duration("lease", 0, "claim lease; renewed every third of it (default 60s)")
 	grace := fs.Duration("grace", 0, "on the first SIGTERM/SIGINT, how long running pipelines may finish (default 30s)")
 	timeout := fs.Duration("timeout", 0, "default pipeline timeout (default 1h; a request may ask for another)")
+	maxTimeout := fs.Duration("max-timeout", 0, "the longest timeout a request may ask for; longer ones are capped (default 6h)")
+	maxAttempts := fs.Int("max-attempts", 0, "attempts of a request whose worker is lost each time before it ends in state error (default 3)")
 	keyFile := fs.String("key", "", "sign with this private key instead of $REFCI_HOME/key.asc")
 	cache := fs.String("cache", "", "where the bare cache repositories live (default $REFCI_HOME/cache)")
 	logCap := fs.Int64("log-cap", 0, "bytes of log kept per run and per job")
@@ -90,7 +94,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 			return exitUsage
 		}
 		if und := md.Undecoded(); len(und) > 0 {
-			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted", *configFile, und[0].String())
+			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted", *configFile, und[0].String())
 			return exitUsage
 		}
 	}
@@ -122,6 +126,18 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	set(&cfg.Lease, *lease)
 	set(&cfg.Grace, *grace)
 	set(&cfg.Timeout, *timeout)
+	set(&cfg.MaxTimeout, *maxTimeout)
+	if *maxAttempts != 0 {
+		cfg.MaxAttempts = *maxAttempts
+	}
+	if cfg.MaxAttempts < 0 {
+		e.errorf("worker: --max-attempts %d: give a positive number of attempts (default 3)", cfg.MaxAttempts)
+		return exitUsage
+	}
+	if cfg.MaxTimeout.Duration < 0 {
+		e.errorf("worker: max_timeout %s: give a positive duration (default 6h)", cfg.MaxTimeout.Duration)
+		return exitUsage
+	}
 	if *conc > 0 {
 		cfg.Concurrency = *conc
 	}
@@ -214,7 +230,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	opener := &envOpener{admins: admins, key: id, remotes: func(u string) *gitproto.Remote { return byURL[u] }}
 	w := worker.New(worker.Config{
 		Remotes: rems, Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
-		Grace: cfg.Grace.Duration, Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
+		Grace: cfg.Grace.Duration, Timeout: cfg.Timeout.Duration, MaxTimeout: cfg.MaxTimeout.Duration, MaxAttempts: cfg.MaxAttempts, KillGrace: cfg.KillGrace.Duration,
 		LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap,
 		Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, Logger: logger,
 		Trust: signatureTrust(trusted), Secrets: opener.open, Page: renderPage,

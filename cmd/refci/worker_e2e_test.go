@@ -526,3 +526,52 @@ echo end
 	}
 	f.waitFor("the cancelled pipelines' processes to die", 15*time.Second, func() bool { return !alive("sleep " + marker) })
 }
+
+// A worker killed mid-run, with --max-attempts 1: the worker that finds
+// the expired claim does not run the request again but ends it in state
+// error, signed, naming the lost run, and consumes it. The same worker
+// answers a request tag with a bad option with an error naming it, and
+// caps a requested timeout at --max-timeout.
+func TestWorkerGivesUpAndReportsBadOptions(t *testing.T) {
+	marker := fmt.Sprintf("%d.%03d", 6000+time.Now().UnixNano()%1000, time.Now().Nanosecond()%997)
+	f := newFleet(t, fmt.Sprintf(`echo "attempt $REFCI_ATTEMPT of $REFCI_REQUEST started"
+if [ "$REFCI_REQUEST" = crash ]; then sleep %[1]s; fi
+echo done
+`, marker))
+	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/crash")
+	a := f.startWorker("a", "--max-attempts", "1")
+	f.waitFor("the pipeline to start", time.Minute, func() bool { return alive("sleep " + marker) })
+	a.Process.Signal(syscall.SIGKILL)
+	a.Wait()
+	f.waitFor("the killed run's processes to die", 15*time.Second, func() bool { return !alive("sleep " + marker) })
+	for name, msg := range map[string]string{"badopt": "refci request\n\nTimeout: soon", "capped": "refci request\n\nTimeout: 10h"} {
+		f.git("", "tag", "-a", "-m", msg, "req-"+name, "HEAD")
+		f.git("", "push", "-q", "origin", "refs/tags/req-"+name+":refs/ci/requests/"+name)
+	}
+	if r := f.refci("worker", "--remote", "file://"+f.bare, "--max-attempts", "-1"); r.code != 2 || !strings.Contains(r.stderr, "--max-attempts -1") {
+		t.Errorf("worker --max-attempts -1: %d %q", r.code, r.stderr)
+	}
+	f.startWorker("b", "--max-attempts", "1", "--timeout", "1m", "--max-timeout", "2m")
+	f.waitFor("every request to be done", 2*time.Minute, func() bool {
+		return len(f.remoteRefs("refs/ci/requests/")) == 0 && len(f.remoteRefs("refs/ci/claims/")) == 0
+	})
+	res := f.finalResults()
+	crash := res["crash"]
+	if len(crash) != 1 || crash[0].State != queue.Error || crash[0].Attempt != 2 || crash[0].PreviousRun() == "" ||
+		!strings.HasPrefix(crash[0].Reason, "gave up after 1 attempt: the worker was lost each time (the last attempt was run "+crash[0].PreviousRun()) {
+		t.Fatalf("the crashed request: %+v", crash)
+	}
+	if l := f.resultFile("crash", "log.txt"); strings.Contains(l, "attempt 2") {
+		t.Errorf("the pipeline ran again:\n%s", l)
+	}
+	f.git("", "fetch", "-q", "origin", "+refs/ci/*:refs/ci/*")
+	if r := f.refci("verify", "--keyring", filepath.Join(f.root, "worker-b", "key.asc"), crash[0].Target+"/"+crash[0].Run); r.code != 0 {
+		t.Errorf("the give-up result does not verify: %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	if b := res["badopt"]; len(b) != 1 || b[0].State != queue.Error || !strings.Contains(b[0].Reason, `request option Timeout: "soon" is not a positive duration`) {
+		t.Errorf("the bad option: %+v", b)
+	}
+	if c := res["capped"]; len(c) != 1 || c[0].State != queue.Success || c[0].Extra["timeout_cap"] != "2m0s" || c[0].Extra["timeout_requested"] != "10h0m0s" {
+		t.Errorf("the capped timeout: %d results, %+v", len(c), *c[0])
+	}
+}
