@@ -1062,8 +1062,8 @@ func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
 // maskStatus replaces every secret value handed out to the run in the
 // text of st that the pipeline could have put a value in: reasons, job
 // names and needs, artifact paths and the reasons they were left out
-// (a symlink's target), extra fields. The commit message is made from st
-// too. Identifiers the pipeline cannot choose (target, request, run,
+// (a symlink's target), extra fields; a job name that holds one becomes
+// masked-N. The commit message is made from st too. Identifiers the pipeline cannot choose (target, request, run,
 // worker) are left alone. The job names it masks are left out of the
 // tree by the caller.
 func maskStatus(m *MaskSet, st *queue.Status) {
@@ -1074,13 +1074,34 @@ func maskStatus(m *MaskSet, st *queue.Status) {
 	st.TrustNote = m.String(st.TrustNote)
 	st.SecretsReason = m.String(st.SecretsReason)
 	st.Signal = m.String(st.Signal)
+	// A job name holding a value becomes masked-N, a name readers accept
+	// (queue.Status.Validate), the same N wherever it is named.
+	taken := map[string]bool{}
+	for _, j := range st.Jobs {
+		taken[j.Name] = true
+	}
+	renamed := map[string]string{}
+	name := func(n string) string {
+		if !m.Holds(n) {
+			return n
+		}
+		if r, ok := renamed[n]; ok {
+			return r
+		}
+		for i := len(renamed) + 1; ; i++ {
+			if r := fmt.Sprintf("masked-%d", i); !taken[r] {
+				taken[r], renamed[n] = true, r
+				return r
+			}
+		}
+	}
 	jobs := make([]queue.Job, len(st.Jobs)) // a snapshot's Jobs may be shared
 	for i, j := range st.Jobs {
-		j.Name, j.Reason = m.String(j.Name), m.String(j.Reason)
+		j.Name, j.Reason = name(j.Name), m.String(j.Reason)
 		if len(j.Needs) > 0 {
 			needs := make([]string, len(j.Needs))
 			for k, n := range j.Needs {
-				needs[k] = m.String(n)
+				needs[k] = name(n)
 			}
 			j.Needs = needs
 		}

@@ -133,10 +133,10 @@ func TestGiveUpAfterMaxAttempts(t *testing.T) {
 	for name, attempt := range map[string]int{"doomed": 3, "lucky": 2} {
 		lw.git(t, lw.clone, "push", "-q", lw.bare, "HEAD:"+queue.RequestRef(name))
 		c := queue.Claim{Format: queue.Format, Request: name, RequestObject: head.String(), Target: head.String(),
-			Run: queue.NewRunID(long), Attempt: attempt, Worker: "DEAD", Claimed: long, Renewed: long, LeaseExpires: long}
+			Run: queue.NewRunID(long), Attempt: attempt, Worker: strings.Repeat("DEAD", 10), Claimed: long, Renewed: long, LeaseExpires: long}
 		// The dead worker's last progress snapshot: state running, for good.
 		st := &queue.Status{Format: queue.Format, State: queue.Running, Target: head.String(), Request: name, Run: c.Run,
-			Attempt: attempt, Worker: "DEAD", Started: long, Jobs: []queue.Job{}, Artifacts: []queue.Artifact{}}
+			Attempt: attempt, Worker: strings.Repeat("DEAD", 10), Started: long, Jobs: []queue.Job{}, Artifacts: []queue.Artifact{}}
 		b, err := queue.EncodeStatus(st)
 		if err != nil {
 			t.Fatal(err)

@@ -428,14 +428,14 @@ echo kept > "$REFCI_ARTIFACTS/fine.txt"
 	var jobs []string
 	for _, j := range st.Jobs {
 		jobs = append(jobs, j.Name)
-		if j.Name == "***" && (j.Log != "" || !strings.Contains(j.Reason, "its name holds a secret value")) {
+		if j.Name == "masked-1" && (j.Log != "" || !strings.Contains(j.Reason, "its name holds a secret value")) {
 			t.Errorf("the job named after a later value: %+v", j)
 		}
 		if j.Name == "cmdjob" && j.Reason != "command not found: /nonexistent/***" {
 			t.Errorf("the reason of the job whose command names the value: %q", j.Reason)
 		}
 	}
-	if strings.Join(jobs, ",") != "***,fine,cmdjob" {
+	if strings.Join(jobs, ",") != "masked-1,fine,cmdjob" {
 		t.Errorf("jobs %q; want the later-named one masked, and fine", jobs)
 	}
 	if len(st.Artifacts) != 1 || st.Artifacts[0].Path != "fine.txt" {
