@@ -37,13 +37,13 @@ import (
 // serveLayout is where `refci serve` keeps its data, all under one
 // directory (default $REFCI_HOME/serve, mode 0700).
 type serveLayout struct {
-	root, repos, state, cache, trust, www, hostKey, roles string
+	root, repos, state, cache, trust, owners, www, hostKey, roles string
 }
 
 func newServeLayout(root string) serveLayout {
 	return serveLayout{
 		root: root, repos: filepath.Join(root, "repos"), state: filepath.Join(root, "state"),
-		cache: filepath.Join(root, "cache"), trust: filepath.Join(root, "trust"), www: filepath.Join(root, "www"),
+		cache: filepath.Join(root, "cache"), trust: filepath.Join(root, "trust"), owners: filepath.Join(root, "owners"), www: filepath.Join(root, "www"),
 		hostKey: filepath.Join(root, "host_key"), roles: filepath.Join(root, "roles"),
 	}
 }
@@ -102,7 +102,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 			return exitUsage
 		}
 	}
-	for _, d := range []string{lay.root, lay.repos, lay.cache, lay.trust, lay.www} {
+	for _, d := range []string{lay.root, lay.repos, lay.cache, lay.trust, lay.owners, lay.www} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			e.errorf("serve: %v", err)
 			return exitInfra
@@ -218,8 +218,9 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		addRepo(r)
 	}
 
-	policy := &rolesPolicy{file: access, log: logger}
-	recv := &receiver{access: access, trust: trust, log: logger}
+	owners := &ownerStore{dir: lay.owners}
+	policy := &rolesPolicy{file: access, owners: owners, log: logger}
+	recv := &receiver{access: access, trust: trust, owners: owners, log: logger}
 	if !*noWorker {
 		recv.worker = w
 	}
@@ -584,8 +585,9 @@ func readOnly(h http.Handler) http.Handler {
 
 // rolesPolicy answers the SSH endpoint's questions from the roles file.
 type rolesPolicy struct {
-	file *queue.AccessFile
-	log  *slog.Logger
+	file   *queue.AccessFile
+	owners *ownerStore
+	log    *slog.Logger
 }
 
 func (p *rolesPolicy) access() *queue.Access {
@@ -611,9 +613,15 @@ func (p *rolesPolicy) AllowRepo(id sshd.Identity, repo string, op sshd.Op) error
 	return nil
 }
 
-func (p *rolesPolicy) AllowRef(id sshd.Identity, repo string, u sshd.RefUpdate) error {
-	if err := p.access().Roles(id.Fingerprint, repo).MayUpdate(u.Name, u.Deleting()); err != nil {
+func (p *rolesPolicy) AllowRef(push *sshd.Push, u sshd.RefUpdate) error {
+	r := p.access().Roles(push.ID.Fingerprint, push.Repo)
+	if err := r.MayUpdate(u.Name, u.Deleting()); err != nil {
 		return err
+	}
+	if r&queue.RoleAdmin == 0 && r&queue.RoleWorker != 0 && !(strings.HasPrefix(u.Name, queue.RequestsPrefix) && r&(queue.RoleTrigger|queue.RoleTrusted) != 0) {
+		if err := p.owners.checkWorker(push, u, time.Now()); err != nil {
+			return err
+		}
 	}
 	if strings.HasPrefix(u.Name, queue.RequestsPrefix) && !u.Deleting() {
 		if err := queue.ValidateRequestName(strings.TrimPrefix(u.Name, queue.RequestsPrefix)); err != nil {
@@ -669,13 +677,18 @@ func requestOptions(opts []string) (queue.RequestOptions, error) {
 type receiver struct {
 	access *queue.AccessFile
 	trust  *trustStore
+	owners *ownerStore
 	worker *worker.Worker
 	log    *slog.Logger
 }
 
 func (rc *receiver) onReceive(ctx context.Context, r *sshd.Receive) string {
 	a, _ := rc.access.Load()
-	trusted := a.Roles(r.ID.Fingerprint, r.Repo).Trusted()
+	roles := a.Roles(r.ID.Fingerprint, r.Repo)
+	trusted := roles.Trusted()
+	if err := rc.owners.record(r, roles&queue.RoleAdmin != 0); err != nil {
+		rc.log.Error("recording who owns claims and runs", "repo", r.Repo, "err", err)
+	}
 	opts, _ := requestOptions(r.PushOptions) // checked before the push was accepted
 	var names []string
 	var msgs []string

@@ -73,9 +73,13 @@ type RefUpdate struct {
 }
 
 // Deleting reports whether the update removes the ref.
-func (u RefUpdate) Deleting() bool { return u.New == zeroID }
+func (u RefUpdate) Deleting() bool { return u.New == ZeroID }
 
-const zeroID = "0000000000000000000000000000000000000000"
+// ZeroID is the object id git uses for "no ref": the Old of a ref a push
+// creates, the New of one it deletes.
+const ZeroID = "0000000000000000000000000000000000000000"
+
+const zeroID = ZeroID
 
 // Policy decides who may do what. Its methods are called from many
 // sessions at once and must be safe for concurrent use. An error is
@@ -89,8 +93,9 @@ type Policy interface {
 	AllowRepo(id Identity, repo string, op Op) error
 	// AllowRef decides each ref update of a push; a refusal rejects that
 	// ref only (the push report names it), or the whole push when the
-	// client asked for an atomic push.
-	AllowRef(id Identity, repo string, u RefUpdate) error
+	// client asked for an atomic push. p tells who pushes where and
+	// reads the repository with the pushed objects.
+	AllowRef(p *Push, u RefUpdate) error
 }
 
 // Receive is a successful push, as Config.OnReceive gets it. Read-only

@@ -36,6 +36,7 @@ func TestMain(m *testing.M) {
 type testPolicy struct {
 	mu     sync.Mutex
 	grants map[string]string
+	check  func(*Push, RefUpdate) error // more checks, when set
 }
 
 func (p *testPolicy) grant(fp, g string) {
@@ -61,9 +62,12 @@ func (p *testPolicy) AllowRepo(id Identity, repo string, op Op) error {
 	return nil
 }
 
-func (p *testPolicy) AllowRef(id Identity, repo string, u RefUpdate) error {
+func (p *testPolicy) AllowRef(push *Push, u RefUpdate) error {
 	if strings.HasPrefix(u.Name, "refs/forbidden/") {
 		return errors.New("forbidden by the test policy")
+	}
+	if p.check != nil {
+		return p.check(push, u)
 	}
 	return nil
 }
@@ -676,5 +680,55 @@ func TestIdleConnectionsAreClosed(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		cmd.Process.Kill()
 		t.Fatal("an idle session was still open after 15 s (idle time 1 s)")
+	}
+}
+
+// A policy sees the pushed objects (still in quarantine) and the earlier
+// updates of the same push: it can require fast-forwards with real git.
+func TestPolicySeesThePush(t *testing.T) {
+	ts := startServer(t, nil)
+	var mu sync.Mutex
+	var earlier [][]RefUpdate
+	ts.policy.check = func(p *Push, u RefUpdate) error {
+		mu.Lock()
+		earlier = append(earlier, p.Earlier)
+		mu.Unlock()
+		if p.Repo != "app.git" || p.ID.Fingerprint == "" {
+			return fmt.Errorf("push %+v", p)
+		}
+		if !strings.HasPrefix(u.Name, "refs/ff/") || u.Old == zeroID || u.Deleting() {
+			return nil
+		}
+		if p.RefValue(u.Name) != u.Old {
+			return fmt.Errorf("RefValue(%s) = %q, want %s", u.Name, p.RefValue(u.Name), u.Old)
+		}
+		ok, err := p.IsAncestor(context.Background(), u.Old, u.New)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errors.New("not a fast-forward")
+		}
+		return nil
+	}
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(2)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main", "HEAD~1:refs/ff/x")
+	// A new commit, only in the push's quarantine while the hook asks.
+	admin.must("git", "commit", "-q", "--allow-empty", "-m", "new")
+	admin.must("git", "push", "-q", admin.url+"/app.git", "HEAD:refs/ff/x")
+	admin.must("git", "commit", "-q", "--amend", "--allow-empty", "-m", "rewritten")
+	out, err := admin.run("git", "push", "--force", admin.url+"/app.git", "HEAD:refs/ff/x", "HEAD:refs/heads/other")
+	if err == nil || !strings.Contains(out, "refused refs/ff/x: not a fast-forward") {
+		t.Errorf("a forced push was allowed: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "* [new branch]      HEAD -> other") {
+		t.Errorf("the other ref of the push was not applied:\n%s", out)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// The first push's second ref saw the first one as allowed.
+	if len(earlier) < 2 || len(earlier[0]) != 0 || len(earlier[1]) != 1 || earlier[1][0].Name != "refs/heads/main" && earlier[1][0].Name != "refs/ff/x" {
+		t.Errorf("Earlier: %+v", earlier)
 	}
 }
