@@ -48,7 +48,7 @@ func newServeLayout(root string) serveLayout {
 	}
 }
 
-const serveArgs = "[--listen ADDR] [--data DIR] [--admin FILE]... [--roles FILE] [--concurrency N] [--http ADDR] [--secrets-admin FILE]... [--trusted FILE]... [--max-sessions N] [--max-pack SIZE] [--idle DUR]"
+const serveArgs = "[--listen ADDR] [--data DIR] [--admin FILE]... [--roles FILE] [--concurrency N] [--http ADDR] [--secrets-admin FILE]... [--trusted FILE]... [--max-sessions N] [--max-pack SIZE] [--idle DUR] [--handshake-timeout DUR]"
 
 func cmdServe(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "serve", serveArgs)
@@ -62,6 +62,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	maxSessions := fs.Int("max-sessions", 64, "git sessions at once; more wait up to 10 s")
 	maxPack := fs.String("max-pack", "1G", "largest pack a push may send (bytes, or with K, M, G)")
 	idle := fs.Duration("idle", 5*time.Minute, "close connections silent this long")
+	handshake := fs.Duration("handshake-timeout", 15*time.Second, "close connections that have not logged in this long after connecting")
 	poll := fs.Duration("poll", 30*time.Second, "how often the embedded worker polls without being woken")
 	noWorker := fs.Bool("no-worker", false, "serve git only; requests wait for workers elsewhere (refci worker --remote ssh://...)")
 	var secretsAdminFiles, trustedFiles multiFlag
@@ -77,8 +78,8 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		e.errorf("serve: --max-pack: %v", err)
 		return exitUsage
 	}
-	if *maxSessions <= 0 || *idle <= 0 || *conc < 0 {
-		e.errorf("serve: --max-sessions, --idle and --concurrency must be positive")
+	if *maxSessions <= 0 || *idle <= 0 || *handshake <= 0 || *conc < 0 {
+		e.errorf("serve: --max-sessions, --idle, --handshake-timeout and --concurrency must be positive")
 		return exitUsage
 	}
 	noDump()
@@ -230,7 +231,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		CheckPushOptions: checkPushOptions,
 		OnReceive:        recv.onReceive,
 		OnCreate:         func(name, _ string) { addRepo(name) },
-		MaxSessions:      *maxSessions, MaxPackBytes: packBytes, IdleTimeout: *idle,
+		MaxSessions:      *maxSessions, MaxPackBytes: packBytes, IdleTimeout: *idle, HandshakeTimeout: *handshake,
 		HookCommand: []string{self, sshd.HookArg},
 	})
 	if err != nil {

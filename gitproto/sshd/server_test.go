@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -606,39 +607,45 @@ func TestValidGitProtocol(t *testing.T) {
 	}
 }
 
+// dialKey opens an authenticated SSH connection with the client's key
+// (Go's client: a connection that holds no session).
+func (c *client) dialKey() (*gossh.Client, error) {
+	b, err := os.ReadFile(c.key)
+	if err != nil {
+		return nil, err
+	}
+	signer, err := gossh.ParsePrivateKey(b)
+	if err != nil {
+		return nil, err
+	}
+	return gossh.Dial("tcp", c.ts.addr, &gossh.ClientConfig{
+		User: "git", Auth: []gossh.AuthMethod{gossh.PublicKeys(signer)},
+		HostKeyCallback: gossh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second,
+	})
+}
+
 func TestConnectionLimit(t *testing.T) {
 	ts := startServer(t, func(c *Config) { c.MaxSessions = 1 })
 	admin := ts.client("admin", "rwc")
 	admin.initRepo(1)
 	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
-	// Four idle, unauthenticated connections fill the server (4 x MaxSessions).
-	// The push's own connection may still hold its place for a moment
-	// after git exits: a connection closed at once is tried again.
-	var conns []net.Conn
-	fillBy := time.Now().Add(10 * time.Second)
+	// Four idle authenticated connections fill the server (4 x MaxSessions).
+	var conns []*gossh.Client
 	for i := 0; i < 4; i++ {
-		for {
-			c, err := net.Dial("tcp", ts.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			buf := make([]byte, 8)
-			c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := c.Read(buf); err == nil { // the server's version line: accepted
-				conns = append(conns, c)
-				break
-			} else if time.Now().After(fillBy) {
-				t.Fatalf("connection %d: %v", i, err)
-			}
-			c.Close()
-			time.Sleep(50 * time.Millisecond)
+		c, err := admin.dialKey()
+		if err != nil {
+			t.Fatal(err)
 		}
+		conns = append(conns, c)
 	}
-	if out, err := admin.run("git", "ls-remote", admin.url+"/app.git"); err == nil {
-		t.Errorf("a fifth connection was served:\n%s", out)
+	// The push's own connection may still hold its place for a moment
+	// after git exits: then the first of these is refused too.
+	out, err := admin.run("git", "ls-remote", admin.url+"/app.git")
+	if err == nil || !strings.Contains(out, "the server is busy (4 connections at once)") {
+		t.Errorf("a fifth connection was served: %v\n%s", err, out)
 	}
 	conns[0].Close()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := admin.run("git", "ls-remote", admin.url+"/app.git"); err == nil {
 			break
@@ -651,8 +658,155 @@ func TestConnectionLimit(t *testing.T) {
 	for _, c := range conns[1:] {
 		c.Close()
 	}
-	if !strings.Contains(ts.logs.String(), "too many connections") {
+	if !strings.Contains(ts.logs.String(), "too many connections; turning one away") {
 		t.Error("the refusal was not logged")
+	}
+}
+
+// openIdle opens a TCP connection and reads the server's version line,
+// so it was accepted; it then says nothing.
+func openIdle(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	line := make([]byte, 0, 64)
+	b := make([]byte, 1)
+	for len(line) < 64 {
+		if _, err := c.Read(b); err != nil {
+			t.Fatalf("no version line: %v", err)
+		}
+		if line = append(line, b[0]); b[0] == '\n' {
+			break
+		}
+	}
+	if !strings.HasPrefix(string(line), "SSH-2.0-") {
+		t.Fatalf("version line %q", line)
+	}
+	return c
+}
+
+// A few hundred idle TCP connections from the client's own address do
+// not lock it out: each new one closes the oldest waiting one of its
+// address, so at most MaxUnauthPerAddr stay open.
+func TestFloodOfIdleConnections(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxSessions = 4 })
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	const n = 300
+	var flood []net.Conn
+	for i := 0; i < n; i++ {
+		flood = append(flood, openIdle(t, ts.addr))
+	}
+	defer func() {
+		for _, c := range flood {
+			c.Close()
+		}
+	}()
+	// The newest are held open while a real client comes in.
+	if out, err := admin.run("git", "ls-remote", admin.url+"/app.git"); err != nil || !strings.Contains(out, "refs/heads/main") {
+		t.Fatalf("git ls-remote during the flood: %v\n%s", err, out)
+	}
+	if out, err := admin.run("git", "push", "-q", admin.url+"/app.git", "main:refs/heads/during-flood"); err != nil {
+		t.Fatalf("git push during the flood: %v\n%s", err, out)
+	}
+	// Every connection the server closed reads EOF at once; the ones
+	// still open time out.
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	open := 0
+	for _, c := range flood {
+		wg.Add(1)
+		go func(c net.Conn) {
+			defer wg.Done()
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			_, err := c.Read(make([]byte, 1))
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				mu.Lock()
+				open++
+				mu.Unlock()
+			}
+		}(c)
+	}
+	wg.Wait()
+	if open > 8 {
+		t.Errorf("%d of %d idle connections are still open, want at most 8 (MaxUnauthPerAddr)", open, n)
+	}
+	if !strings.Contains(ts.logs.String(), "too many connections waiting to log in; closed the oldest") {
+		t.Error("the evictions were not logged")
+	}
+}
+
+// An unauthenticated connection is closed at the handshake deadline; an
+// authenticated one is not.
+func TestHandshakeDeadline(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.HandshakeTimeout = time.Second })
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	authed, err := admin.dialKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer authed.Close()
+	idle := openIdle(t, ts.addr)
+	defer idle.Close()
+	t0 := time.Now()
+	idle.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.ReadAll(idle); err != nil {
+		t.Fatalf("the idle connection was not closed: %v", err)
+	}
+	if el := time.Since(t0); el < 900*time.Millisecond {
+		t.Errorf("closed after %s, before the handshake deadline", el)
+	}
+	// The authenticated connection is older than the deadline and works.
+	sess, err := authed.NewSession()
+	if err != nil {
+		t.Fatalf("the authenticated connection was closed: %v", err)
+	}
+	defer sess.Close()
+	sess.Stdin = strings.NewReader("0000")
+	out, err := sess.Output("git-upload-pack '/app.git'")
+	if err != nil || !strings.Contains(string(out), "refs/heads/main") {
+		t.Errorf("upload-pack on the old connection: %v\n%s", err, out)
+	}
+}
+
+// A refused key is logged with its fingerprint, type and address, once
+// per connection however many keys the client offers, and not again for
+// the same key and address within a minute.
+func TestRefusedKeyIsLogged(t *testing.T) {
+	ts := startServer(t, nil)
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	stranger := ts.client("stranger", "")
+	k2, _ := newKey(t, stranger.dir, "id2")
+	k3, fp3 := newKey(t, stranger.dir, "id3")
+	stranger.env = append(stranger.env, "GIT_SSH_COMMAND="+stranger.sshCommand("-i", k2, "-i", k3))
+	for i := 0; i < 2; i++ {
+		if out, err := stranger.run("git", "ls-remote", stranger.url+"/app.git"); err == nil || !strings.Contains(out, "Permission denied (publickey)") {
+			t.Fatalf("an unknown key was let in: %v\n%s", err, out)
+		}
+	}
+	logs := ts.logs.String()
+	if n := strings.Count(logs, "refused an unknown key"); n != 1 {
+		t.Errorf("%d log lines for refused keys, want 1:\n%s", n, logs)
+	}
+	if !strings.Contains(logs, "key="+stranger.fp+" type=ssh-ed25519 addr=127.0.0.1:") {
+		t.Errorf("the first offered key is not logged with its type and address:\n%s", logs)
+	}
+	// Another key, offered alone, is logged.
+	other := ts.client("other", "")
+	other.key = k3
+	other.env = append(other.env, "GIT_SSH_COMMAND="+other.sshCommand())
+	other.run("git", "ls-remote", other.url+"/app.git")
+	if logs := ts.logs.String(); strings.Count(logs, "refused an unknown key") != 2 || !strings.Contains(logs, "key="+fp3) {
+		t.Errorf("the second key's refusal:\n%s", logs)
 	}
 }
 
