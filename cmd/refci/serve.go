@@ -259,7 +259,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 			e.errorf("serve: --http %s: %v", *httpAddr, err)
 			return exitInfra
 		}
-		site := &siteServer{Repos: lay.repos, WWW: lay.www, List: func() ([]string, error) { return sshd.ListRepos(lay.repos) }, Log: logger.With("component", "http")}
+		site := &siteServer{Repos: lay.repos, WWW: lay.www, List: func() ([]string, error) { return siteRepos(lay.repos, policy.access()) }, Log: logger.With("component", "http")}
 		httpSrv = &http.Server{Handler: readOnly(site), ReadHeaderTimeout: 10 * time.Second}
 		httpURL = "http://" + hl.Addr().String() + "/"
 		go httpSrv.Serve(hl)

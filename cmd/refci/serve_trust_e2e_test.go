@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -251,5 +252,58 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("waited %s for %s", d, what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Issue 15, item 7, end to end: a pipeline's hostile artifacts reach the
+// HTTP site of refci serve only sandboxed or as downloads, the site's own
+// pages carry a CSP, and a repository whose roles restrict reading is not
+// on the site until the roles file marks it public.
+func TestServeSiteSandboxesResultsAndHidesRestrictedRepos(t *testing.T) {
+	sv := startServe(t, "--http", "0")
+	m := regexp.MustCompile(`viewer:    (http://127\.0\.0\.1:\d+/)`).FindStringSubmatch(sv.out.String())
+	if m == nil {
+		t.Fatalf("no viewer URL in the banner:\n%s", sv.out.String())
+	}
+	base := m[1]
+	sv.pipeline(`cd "$REFCI_ARTIFACTS"
+echo '<script>alert(document.cookie)</script>' > report.html
+echo '<html><script>alert(1)</script></html>' > index.html
+echo '<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>' > pic.svg
+echo '<?xml version="1.0"?><x:script xmlns:x="http://www.w3.org/1999/xhtml">alert(1)</x:script>' > feed.xml
+echo '<html><script>alert(1)</script></html>' > noext
+echo plain > notes.txt
+echo '<script>alert(1)</script>'
+`)
+	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/r1")
+	st := sv.waitFinal("app.git", "r1", 30*time.Second)
+	if st.State != queue.Success || len(st.Artifacts) != 6 {
+		t.Fatalf("the run: %+v", st)
+	}
+	run := "app.git/runs/" + st.Target + "/" + st.Run + "/"
+	checkSiteHeaders(t, base,
+		[]string{"", "app.git/", "app.git/index.html", run, run + "index.html", "app.git/commits/" + st.Target + ".html"},
+		[]string{run + "status.json", run + "log.txt", run + "artifacts/notes.txt"},
+		[]string{run + "artifacts/report.html", run + "artifacts/", run + "artifacts/index.html", run + "artifacts/pic.svg", run + "artifacts/feed.xml", run + "artifacts/noext"})
+
+	// secret.git: one key may not read it, so it is not on the site.
+	sv.git("", "push", "-q", sv.url("secret.git"), "main")
+	bob, bobFP := sshKey(t, sv.root, "bob")
+	sv.addRole("trigger " + strings.TrimSpace(string(must(os.ReadFile(bob+".pub")))))
+	sv.addRole("none@secret.git " + bobFP)
+	for _, p := range []string{"secret.git/", "secret.git/index.html", "secret.git"} {
+		if code, body := httpGet(t, base+p); code != http.StatusNotFound {
+			t.Errorf("GET %s of a restricted repository: %d\n%.300s", p, code, body)
+		}
+	}
+	if _, body := httpGet(t, base); strings.Contains(body, "secret.git") || !strings.Contains(body, `href="app.git/"`) {
+		t.Errorf("the list of repositories:\n%s", body)
+	}
+	sv.addRole("public secret.git")
+	if code, body := httpGet(t, base+"secret.git/"); code != 200 || !strings.Contains(body, "refci") {
+		t.Errorf("GET secret.git/ once public: %d\n%.300s", code, body)
+	}
+	if _, body := httpGet(t, base); !strings.Contains(body, `href="secret.git/"`) {
+		t.Errorf("the list of repositories once secret.git is public:\n%s", body)
 	}
 }
