@@ -140,6 +140,11 @@ func TestServeWorkerKeysCannotRewriteOthersWork(t *testing.T) {
 	b.refused("deleting a request another worker holds", queue.RequestRef("r1"), "is held by key "+a.fp, ":"+queue.RequestRef("r1"))
 	b.refused("deleting an unclaimed request", queue.RequestRef("r2"), "nobody claimed this request", ":"+queue.RequestRef("r2"))
 	b.refused("deleting a request and a claim it does not hold, atomically", queue.ClaimRef("r1"), "is held by key "+a.fp, "--atomic", ":"+queue.ClaimRef("r1"), ":"+queue.RequestRef("r1"))
+	b.refused("deleting a claim it does not hold and then the request", queue.RequestRef("r1"), "is held by key "+a.fp, ":"+queue.ClaimRef("r1"), ":"+queue.RequestRef("r1"))
+	b.refused("claiming a live claim and publishing over it", queue.ClaimRef("r1"), "is held by key "+a.fp, "--atomic", "--force", cB+":"+queue.ClaimRef("r1"), s1+":"+queue.RunRef(head, "r-r1"))
+	if v := sv.remoteRef(queue.RunRef(head, "r-r1")); v != "" {
+		t.Errorf("a refused atomic push created %s", queue.RunRef(head, "r-r1"))
+	}
 	renewal := live("r1")
 	renewal.Renewed = now.Add(time.Second)
 	renewed := sv.claimCommit(renewal, c1)
