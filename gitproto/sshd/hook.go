@@ -10,7 +10,8 @@ package sshd
 //
 //	pre-receive   all updates and the push options: Config.CheckPushOptions
 //	              (only when the push carries options; the script checks)
-//	update        one ref: Policy.AllowRef (a refusal names the ref in the push report)
+//	update        one ref: Policy.AllowRef, which may read the pushed objects
+//	              (still in quarantine); a refusal names the ref in the push report
 //	post-receive  the applied updates: Config.OnReceive
 //
 // A token is valid only while its receive-pack runs. The post-receive
@@ -412,11 +413,14 @@ func quarantineDir(repo, q string) (string, error) {
 		q = filepath.Join(repo, q)
 	}
 	q = filepath.Clean(q)
-	if filepath.Dir(q) != filepath.Join(filepath.Clean(repo), "objects") {
-		return "", fmt.Errorf("the push's object quarantine %q is not inside the repository", q)
-	}
 	if fi, err := os.Lstat(q); err != nil || !fi.IsDir() {
 		return "", fmt.Errorf("the push's object quarantine %q is not a directory", q)
+	}
+	// git names it from its working directory, with symlinks resolved.
+	realQ, err1 := filepath.EvalSymlinks(q)
+	realRepo, err2 := filepath.EvalSymlinks(repo)
+	if err1 != nil || err2 != nil || filepath.Dir(realQ) != filepath.Join(realRepo, "objects") {
+		return "", fmt.Errorf("the push's object quarantine %q is not inside the repository", q)
 	}
 	return q, nil
 }

@@ -886,3 +886,57 @@ func TestPolicySeesThePush(t *testing.T) {
 		t.Errorf("Earlier: %+v", earlier)
 	}
 }
+
+func TestQuarantineDir(t *testing.T) {
+	repo := t.TempDir()
+	q := filepath.Join(repo, "objects", "tmp_objdir-incoming-x")
+	os.MkdirAll(q, 0o700)
+	os.MkdirAll(filepath.Join(repo, "elsewhere"), 0o700)
+	if got, err := quarantineDir(repo, q); err != nil || got != q {
+		t.Errorf("the real quarantine: %q %v", got, err)
+	}
+	if got, err := quarantineDir(repo, "objects/tmp_objdir-incoming-x"); err != nil || got != q {
+		t.Errorf("relative: %q %v", got, err)
+	}
+	if got, err := quarantineDir(repo, ""); err != nil || got != "" {
+		t.Errorf("none: %q %v", got, err)
+	}
+	// The repository reached through a symlink, as the server may name it.
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(repo, link); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := quarantineDir(link, q); err != nil || got != q {
+		t.Errorf("through a symlink: %q %v", got, err)
+	}
+	for _, bad := range []string{"/tmp", filepath.Join(repo, "elsewhere"), filepath.Join(repo, "objects"), filepath.Join(repo, "objects", "missing"), filepath.Join(repo, "objects", "..", "elsewhere"), q + "/../../../elsewhere"} {
+		if got, err := quarantineDir(repo, bad); err == nil {
+			t.Errorf("quarantineDir(%q) = %q, want an error", bad, got)
+		}
+	}
+}
+
+// The repositories' root reached through a symlink: git reports the
+// quarantine by its physical path, and it is still recognised.
+func TestPolicySeesThePushUnderASymlinkedRoot(t *testing.T) {
+	real := t.TempDir()
+	link := filepath.Join(t.TempDir(), "repos")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, func(c *Config) { c.Root = link })
+	ts.policy.check = func(p *Push, u RefUpdate) error {
+		if u.Old == zeroID || u.Deleting() {
+			return nil
+		}
+		if ok, err := p.IsAncestor(context.Background(), u.Old, u.New); err != nil || !ok {
+			return fmt.Errorf("not a fast-forward (%v)", err)
+		}
+		return nil
+	}
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	admin.must("git", "commit", "-q", "--allow-empty", "-m", "new")
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+}
