@@ -48,6 +48,7 @@ var siteIndex = template.Must(template.New("index").Parse(`<!DOCTYPE html>
 
 func (s *siteServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := path.Clean("/" + r.URL.Path)
+	w.Header().Set("Content-Security-Policy", siteCSP()) // every answer, errors too
 	repos, err := s.List()
 	if err != nil {
 		http.Error(w, "cannot list the repositories", http.StatusInternalServerError)
@@ -55,7 +56,6 @@ func (s *siteServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if p == "/" || p == "/index.html" {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Header().Set("Content-Security-Policy", siteCSP())
 		siteIndex.Execute(w, repos)
 		return
 	}
@@ -79,8 +79,6 @@ func (s *siteServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Security-Policy", contentCSP)
 		dest := r.Header.Get("Sec-Fetch-Dest")
 		w = &activeAsDownload{ResponseWriter: w, inline: dest == "iframe" || dest == "frame"}
-	} else {
-		w.Header().Set("Content-Security-Policy", siteCSP())
 	}
 	http.FileServer(http.Dir(s.WWW)).ServeHTTP(w, r)
 }

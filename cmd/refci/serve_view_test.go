@@ -115,6 +115,13 @@ func TestSiteServerHeaders(t *testing.T) {
 		[]string{"", "app.git/", "app.git/index.html", "app.git/state-success.html", "app.git/badges/main.svg", run, run + "index.html", "app.git/runs/"},
 		[]string{run + "status.json", run + "log.txt", run + "jobs/build.log", run + "artifacts/data.bin", run + "artifacts/notes.txt", run + "artifacts/index.html.d/x.js"},
 		[]string{run + "artifacts/report.html", run + "artifacts/", run + "artifacts/pic.svg", run + "artifacts/feed.xml", run + "artifacts/page.xhtml", run + "artifacts/noext", run + "artifacts/sub/deep.htm", run + "artifacts/sub/"})
+	// Errors carry the site's policy too.
+	for _, p := range []string{"nope.git/", "app.git/missing.html", run + "artifacts/missing.html"} {
+		resp, _ := getWith(t, base+p)
+		if resp.StatusCode != 404 || resp.Header.Get("Content-Security-Policy") == "" || resp.Header.Get("X-Content-Type-Options") != "nosniff" {
+			t.Errorf("GET %s: %d %v", p, resp.StatusCode, resp.Header)
+		}
+	}
 	// Escaped and dotted spellings of a result's path are the same path.
 	for _, p := range []string{run + "artifacts/%72eport.html", run + "x/../artifacts/report.html", "app.git//runs/" + strings.Repeat("a", 40) + "/20261122T093000.123Z-3f9a1c0b2d4e/artifacts/report.html"} {
 		resp, _ := getWith(t, base+p)
