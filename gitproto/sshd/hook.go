@@ -153,7 +153,6 @@ type hookSession struct {
 	mu      sync.Mutex
 	updated []string    // refs applied, as post-receive reported them
 	refused []string    // refs AllowRef refused
-	checked []string    // refs AllowRef allowed
 	allowed []RefUpdate // the updates AllowRef allowed, in order
 }
 
@@ -295,7 +294,6 @@ func (hs *hookServer) answer(req *hookRequest) hookResponse {
 			s.refused = append(s.refused, u.Name)
 			return hookResponse{Message: "refci: refused " + u.Name + ": " + err.Error()}
 		}
-		s.checked = append(s.checked, u.Name)
 		s.allowed = append(s.allowed, u)
 		return hookResponse{OK: true}
 	case "post-receive":
@@ -329,8 +327,8 @@ func (hs *hookServer) answer(req *hookRequest) hookResponse {
 func (s *hookSession) confirm(ups []RefUpdate) []RefUpdate {
 	s.mu.Lock()
 	allowed := map[string]bool{}
-	for _, n := range s.checked {
-		allowed[n] = true
+	for _, u := range s.allowed {
+		allowed[u.Name] = true
 	}
 	s.mu.Unlock()
 	repo, err := openRepo(s.path)
