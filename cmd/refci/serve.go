@@ -687,7 +687,7 @@ func (rc *receiver) onReceive(ctx context.Context, r *sshd.Receive) string {
 	a, _ := rc.access.Load()
 	roles := a.Roles(r.ID.Fingerprint, r.Repo)
 	trusted := roles.Trusted()
-	if err := rc.owners.record(r, roles&queue.RoleAdmin != 0); err != nil {
+	if err := rc.owners.record(r); err != nil {
 		rc.log.Error("recording who owns claims and runs", "repo", r.Repo, "err", err)
 	}
 	opts, _ := requestOptions(r.PushOptions) // checked before the push was accepted

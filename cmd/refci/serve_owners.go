@@ -16,14 +16,15 @@ import (
 )
 
 // ownerStore records which SSH key created each claim and run ref pushed
-// through refci serve: one small file per ref, DATA/owners/<repo>/<hash
-// of the ref name>, holding "<fingerprint> <ref>". It is written after
-// receive-pack applied the update (post-receive) and removed when the ref
-// is deleted. A ref without a record (made by the embedded worker, which
-// writes its repositories directly, or before records existed) belongs to
-// no key: only an admin may move it, and a claim of it only once its
-// lease ran out. Safe for concurrent use (each file is replaced
-// atomically).
+// through refci serve, and the value that key pushed last: one small file
+// per ref, DATA/owners/<repo>/<hash of the ref name>, holding
+// "<fingerprint> <ref> <value>". It is written after receive-pack applied
+// the update (post-receive) and removed when the ref is deleted. A ref
+// without a record, or whose value is no longer the recorded one (made or
+// changed by the embedded worker, which writes its repositories directly,
+// or before records existed) belongs to no key: only an admin may move
+// it, and a claim of it only once its lease ran out. Safe for concurrent
+// use (each file is replaced atomically).
 type ownerStore struct {
 	dir string
 }
@@ -33,25 +34,26 @@ func (o *ownerStore) file(repo, ref string) string {
 	return filepath.Join(o.dir, repoFileName(repo), hex.EncodeToString(sum[:16]))
 }
 
-// owner returns the fingerprint of the key that created ref in repo, or "".
-func (o *ownerStore) owner(repo, ref string) string {
+// owner returns the fingerprint of the key that created ref in repo, if
+// that key also pushed its current value, or "".
+func (o *ownerStore) owner(repo, ref, value string) string {
 	b, err := os.ReadFile(o.file(repo, ref))
 	if err != nil {
 		return ""
 	}
-	fp, name, ok := strings.Cut(strings.TrimSpace(string(b)), " ")
-	if !ok || name != ref {
+	f := strings.Fields(string(b))
+	if len(f) != 3 || f[1] != ref || f[2] != value {
 		return ""
 	}
-	return fp
+	return f[0]
 }
 
-func (o *ownerStore) set(repo, ref, fp string) error {
+func (o *ownerStore) set(repo, ref, fp, value string) error {
 	p := o.file(repo, ref)
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return err
 	}
-	return writeFileAtomic(p, []byte(fp+" "+ref+"\n"), 0o600)
+	return writeFileAtomic(p, []byte(fp+" "+ref+" "+value+"\n"), 0o600)
 }
 
 func (o *ownerStore) remove(repo, ref string) error {
@@ -68,21 +70,20 @@ func owned(ref string) bool {
 	return strings.HasPrefix(ref, queue.ClaimsPrefix) || strings.HasPrefix(ref, queue.RunsPrefix)
 }
 
-// record notes the creator of each claim and run ref a push created, and
-// of each claim it took over; it forgets deleted ones. An admin moving a
-// ref that has an owner leaves the owner as it was.
-func (o *ownerStore) record(r *sshd.Receive, admin bool) error {
+// record notes the pushing key and the new value of each claim and run
+// ref a push created or moved (the policy let only the owner, a worker
+// taking over an expired claim, or an admin do so); it forgets deleted
+// ones.
+func (o *ownerStore) record(r *sshd.Receive) error {
 	var errs []error
 	for _, u := range r.Updates {
 		if !owned(u.Name) {
 			continue
 		}
-		switch {
-		case u.Deleting():
+		if u.Deleting() {
 			errs = append(errs, o.remove(r.Repo, u.Name))
-		case admin && o.owner(r.Repo, u.Name) != "":
-		case o.owner(r.Repo, u.Name) != r.ID.Fingerprint:
-			errs = append(errs, o.set(r.Repo, u.Name, r.ID.Fingerprint))
+		} else {
+			errs = append(errs, o.set(r.Repo, u.Name, r.ID.Fingerprint, u.New))
 		}
 	}
 	return errors.Join(errs...)
@@ -109,7 +110,7 @@ func (o *ownerStore) checkWorker(p *sshd.Push, u sshd.RefUpdate, now time.Time) 
 		case created:
 			return nil
 		}
-		if owner := o.owner(p.Repo, u.Name); owner != fp {
+		if owner := o.owner(p.Repo, u.Name, u.Old); owner != fp {
 			return fmt.Errorf("this run was created by %s, not by this key (%s); a worker only adds to its own runs", ownerName(owner), fp)
 		}
 		ok, err := p.IsAncestor(context.Background(), u.Old, u.New)
@@ -121,7 +122,7 @@ func (o *ownerStore) checkWorker(p *sshd.Push, u sshd.RefUpdate, now time.Time) 
 		}
 		return nil
 	case strings.HasPrefix(u.Name, queue.ClaimsPrefix):
-		if created || o.owner(p.Repo, u.Name) == fp {
+		if created || o.owner(p.Repo, u.Name, u.Old) == fp {
 			return nil
 		}
 		return o.expired(p, u.Name, u.Old, now)
@@ -136,7 +137,7 @@ func (o *ownerStore) checkWorker(p *sshd.Push, u sshd.RefUpdate, now time.Time) 
 		if cv == "" {
 			return errors.New("nobody claimed this request; a worker key deletes only requests whose claim it holds")
 		}
-		if o.owner(p.Repo, claim) != fp {
+		if o.owner(p.Repo, claim, cv) != fp {
 			if err := o.expired(p, claim, cv, now); err != nil {
 				return fmt.Errorf("a worker key deletes only requests whose claim it holds: %w", err)
 			}
@@ -155,7 +156,7 @@ func (o *ownerStore) expired(p *sshd.Push, ref, value string, now time.Time) err
 	}
 	if !c.Expired(now) {
 		return fmt.Errorf("%s is held by %s until %s (lease %s plus %s of clock skew); only then may another worker take it over",
-			ref, ownerName(o.owner(p.Repo, ref)), c.LeaseExpires.Add(queue.ClockSkew).UTC().Format(time.RFC3339), c.LeaseExpires.UTC().Format(time.RFC3339), queue.ClockSkew)
+			ref, ownerName(o.owner(p.Repo, ref, value)), c.LeaseExpires.Add(queue.ClockSkew).UTC().Format(time.RFC3339), c.LeaseExpires.UTC().Format(time.RFC3339), queue.ClockSkew)
 	}
 	return nil
 }
@@ -180,7 +181,7 @@ func readPushedClaim(p *sshd.Push, commit string) (*queue.Claim, error) {
 
 func ownerName(fp string) string {
 	if fp == "" {
-		return "a worker outside SSH (or before owners were recorded)"
+		return "a worker outside SSH (the embedded worker, an admin's direct change, or from before owners were recorded)"
 	}
 	return "key " + fp
 }

@@ -181,6 +181,20 @@ func TestServeWorkerKeysCannotRewriteOthersWork(t *testing.T) {
 	a.allowed("claiming r4", c4+":"+queue.ClaimRef("r4"))
 	b.allowed("cleaning up an expired claim and its request", ":"+queue.ClaimRef("r4"), ":"+queue.RequestRef("r4"))
 
+	// A claim the embedded worker took over (it writes the repository
+	// directly) is no longer its old holder's.
+	c5 := sv.claimCommit(live("r5"), "")
+	a.allowed("claiming r5", c5+":"+queue.ClaimRef("r5"))
+	byEmbedded := live("r5")
+	byEmbedded.Host = "embedded"
+	c5b := sv.claimCommit(byEmbedded, "")
+	admin.allowed("bringing an object over", c5b+":refs/heads/embedded-claim")
+	if out, err := exec.Command("git", "-C", sv.bare("app.git"), "update-ref", queue.ClaimRef("r5"), c5b, c5).CombinedOutput(); err != nil {
+		t.Fatalf("update-ref: %v\n%s", err, out)
+	}
+	a.refused("the old holder moving a claim changed behind its back", queue.ClaimRef("r5"), "is held by a worker outside SSH", "--force", c5+":"+queue.ClaimRef("r5"))
+	a.refused("the old holder deleting it", queue.ClaimRef("r5"), "is held by a worker outside SSH", ":"+queue.ClaimRef("r5"))
+
 	for _, ref := range []string{queue.RequestRef("r1"), queue.RequestRef("r3"), queue.RequestRef("r4"), queue.ClaimRef("r1"), queue.ClaimRef("r3"), queue.ClaimRef("r4")} {
 		if v := sv.remoteRef(ref); v != "" {
 			t.Errorf("%s still exists", ref)
