@@ -107,11 +107,16 @@ func (l *limiter) admit(c net.Conn) *limitConn {
 	l.byAddr[lc.host]++
 	l.mu.Unlock()
 	for _, o := range evict {
-		l.log.Warn("too many connections waiting to log in; closed the oldest", "addr", o.RemoteAddr().String(), "per_address", l.perAddr, "max", l.maxUnauth)
 		o.mu.Lock()
-		o.state = connClosed
+		waiting := o.state == connNew // not if it authenticated meanwhile
+		if waiting {
+			o.state = connClosed
+		}
 		o.mu.Unlock()
-		o.Conn.Close()
+		if waiting {
+			l.log.Warn("too many connections waiting to log in; closed the oldest", "addr", o.RemoteAddr().String(), "per_address", l.perAddr, "max", l.maxUnauth)
+			o.Conn.Close()
+		}
 	}
 	return lc
 }

@@ -940,3 +940,62 @@ func TestPolicySeesThePushUnderASymlinkedRoot(t *testing.T) {
 	admin.must("git", "commit", "-q", "--allow-empty", "-m", "new")
 	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
 }
+
+// The limiter's counts: evictions, authentication and closing leave
+// nothing behind.
+func TestLimiterAccounting(t *testing.T) {
+	l := &limiter{log: slog.New(slog.DiscardHandler), handshake: time.Minute, perAddr: 3, maxUnauth: 5, maxAuth: 2, byAddr: map[string]int{}}
+	var conns []*limitConn
+	var peers []net.Conn
+	for i := 0; i < 10; i++ {
+		a, b := net.Pipe()
+		peers = append(peers, b)
+		conns = append(conns, l.admit(a))
+	}
+	count := func() (unauth, auth int) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.unauth), l.nAuth
+	}
+	if u, _ := count(); u != 3 || l.byAddr["pipe"] != 3 {
+		t.Fatalf("after 10 from one address: %d waiting, by address %v; want 3", u, l.byAddr)
+	}
+	// The 7 oldest were closed: their peers read EOF.
+	for i, p := range peers {
+		p.SetReadDeadline(time.Now().Add(time.Second))
+		_, err := p.Read(make([]byte, 1))
+		closed := errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe)
+		if closed != (i < 7) {
+			t.Errorf("connection %d: read %v", i, err)
+		}
+	}
+	if !conns[7].authenticated() || !conns[8].authenticated() {
+		t.Fatal("authentication within the limit was refused")
+	}
+	if conns[9].authenticated() || !conns[9].over() {
+		t.Fatal("a third authenticated connection was let in (limit 2)")
+	}
+	if conns[0].authenticated() {
+		t.Error("an evicted connection authenticated")
+	}
+	if u, a := count(); u != 0 || a != 2 {
+		t.Errorf("waiting %d, authenticated %d; want 0, 2", u, a)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	if u, a := count(); u != 0 || a != 0 || len(l.byAddr) != 0 {
+		t.Errorf("after closing all: waiting %d, authenticated %d, by address %v", u, a, l.byAddr)
+	}
+	// The handshake deadline cannot be pushed back before authentication.
+	a, b := net.Pipe()
+	defer b.Close()
+	c := l.admit(a)
+	defer c.Close()
+	if got := c.clamp(time.Now().Add(time.Hour)); !got.Equal(c.by) {
+		t.Errorf("clamp: %v, want the handshake deadline %v", got, c.by)
+	}
+	if got := c.clamp(time.Time{}); !got.Equal(c.by) {
+		t.Errorf("clamp of no deadline: %v", got)
+	}
+}
