@@ -37,15 +37,23 @@ func (o *ownerStore) file(repo, ref string) string {
 // owner returns the fingerprint of the key that created ref in repo, if
 // that key also pushed its current value, or "".
 func (o *ownerStore) owner(repo, ref, value string) string {
+	if fp, v := o.read(repo, ref); v == value {
+		return fp
+	}
+	return ""
+}
+
+// read returns the record of ref: the key and the value it pushed last.
+func (o *ownerStore) read(repo, ref string) (fp, value string) {
 	b, err := os.ReadFile(o.file(repo, ref))
 	if err != nil {
-		return ""
+		return "", ""
 	}
 	f := strings.Fields(string(b))
-	if len(f) != 3 || f[1] != ref || f[2] != value {
-		return ""
+	if len(f) != 3 || f[1] != ref {
+		return "", ""
 	}
-	return f[0]
+	return f[0], f[2]
 }
 
 func (o *ownerStore) set(repo, ref, fp, value string) error {
@@ -110,8 +118,15 @@ func (o *ownerStore) checkWorker(p *sshd.Push, u sshd.RefUpdate, now time.Time) 
 		case created:
 			return nil
 		}
-		if owner := o.owner(p.Repo, u.Name, u.Old); owner != fp {
+		if owner, last := o.read(p.Repo, u.Name); owner != fp {
 			return fmt.Errorf("this run was created by %s, not by this key (%s); a worker only adds to its own runs", ownerName(owner), fp)
+		} else if last != u.Old {
+			// A push whose record was not written (the server stopped
+			// between the update and post-receive) still continues the
+			// chain its key started.
+			if ok, _ := p.IsAncestor(context.Background(), last, u.Old); !ok {
+				return fmt.Errorf("this run was changed outside SSH since this key (%s) last pushed it; a worker only adds to its own runs", fp)
+			}
 		}
 		ok, err := p.IsAncestor(context.Background(), u.Old, u.New)
 		if err != nil {

@@ -116,8 +116,25 @@ func TestServeWorkerKeysCannotRewriteOthersWork(t *testing.T) {
 	b.refused("deleting another's run", run, "append-only", ":"+run)
 	a.refused("a leased force to an older snapshot", run, "not a fast-forward", "--force-with-lease="+run+":"+s2, s1+":"+run)
 	a.allowed("a leased fast-forward", "--force-with-lease="+run+":"+s2, s3+":"+run)
+	// A push whose owner record was lost (the server stopped before
+	// post-receive) still lets its key go on with the chain; a change
+	// outside SSH to another chain does not.
+	s4 := snap("snapshot 4", s3)
+	s5 := snap("snapshot 5", s4)
+	u2 := snap("forged 2", u)
+	admin.allowed("bringing objects over", s5+":refs/heads/tmp-s5", u2+":refs/heads/tmp-u2")
+	direct := func(value, old string) {
+		t.Helper()
+		if out, err := exec.Command("git", "-C", sv.bare("app.git"), "update-ref", run, value, old).CombinedOutput(); err != nil {
+			t.Fatalf("update-ref: %v\n%s", err, out)
+		}
+	}
+	direct(s4, s3)
+	a.allowed("going on after a lost record", s5+":"+run)
+	direct(u, s5)
+	a.refused("going on after a change outside SSH", run, "changed outside SSH", u2+":"+run)
 	// "Creating" it again over the existing ref is a move by a non-owner.
-	b.refused("creating a run where one exists", run, "created by key "+a.fp, "--force", u+":"+run)
+	b.refused("creating a run where one exists", run, "created by key "+a.fp, "--force", s1+":"+run)
 	// An admin may do anything; after a deletion the name is free again.
 	admin.allowed("an admin forcing a run", "--force", s1+":"+run)
 	admin.allowed("an admin deleting a run", ":"+run)
