@@ -638,8 +638,9 @@ func TestConnectionLimit(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	// The push's own connection may still hold its place for a moment
-	// after git exits: then the first of these is refused too.
+	// (The push's own connection may still hold its place for a moment
+	// after git exits: then the fourth is turned away too, and what
+	// follows holds all the same.)
 	out, err := admin.run("git", "ls-remote", admin.url+"/app.git")
 	if err == nil || !strings.Contains(out, "the server is busy (4 connections at once)") {
 		t.Errorf("a fifth connection was served: %v\n%s", err, out)
@@ -753,9 +754,9 @@ func TestHandshakeDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer authed.Close()
+	t0 := time.Now() // before the server accepts it
 	idle := openIdle(t, ts.addr)
 	defer idle.Close()
-	t0 := time.Now()
 	idle.SetReadDeadline(time.Now().Add(30 * time.Second))
 	if _, err := io.ReadAll(idle); err != nil {
 		t.Fatalf("the idle connection was not closed: %v", err)
