@@ -69,6 +69,38 @@ func DecodeClaim(b []byte) (*Claim, error) {
 	return &c, nil
 }
 
+// Validate checks a claim read under refs/ci/claims/<name> before anything
+// of it is believed or used: it must be about that request, and every value
+// that becomes a ref name, a path or a line of output must have the shape a
+// worker writes (a run id, a full hex target, a key fingerprint). The error
+// wraps ErrInvalid and shows the offending value escaped.
+func (c *Claim) Validate(name string) error {
+	bad := func(field, v, why string) error {
+		return fmt.Errorf("%w: claim.json under %s: %s %s %s", ErrInvalid, Printable(ClaimRef(name)), field, Printable(v), why)
+	}
+	switch {
+	case c.Request != name:
+		return bad("request", c.Request, "is not the request the claim ref names: a claim copied from another request")
+	case ValidateRequestName(c.Request) != nil:
+		return bad("request", c.Request, "is not a request name")
+	case !isHexID(c.RequestObject):
+		return bad("request_object", c.RequestObject, "is not a full hex object id")
+	case !isHexID(c.Target):
+		return bad("target", c.Target, "is not a full hex object id")
+	case !ValidRunID(c.Run):
+		return bad("run", c.Run, "is not a run id")
+	case c.Attempt < 1:
+		return bad("attempt", fmt.Sprint(c.Attempt), "is not 1 or more")
+	case c.PreviousRun != "" && !ValidRunID(c.PreviousRun):
+		return bad("previous_run", c.PreviousRun, "is not a run id")
+	case c.PreviousRun == c.Run && c.Run != "":
+		return bad("previous_run", c.PreviousRun, "is the claim's own run")
+	case !isFingerprint(c.Worker):
+		return bad("worker", c.Worker, "is not a hex key fingerprint")
+	}
+	return nil
+}
+
 // ClaimMessage is the commit message of a claim commit.
 func ClaimMessage(c *Claim) string {
 	return fmt.Sprintf("refci: claim %s (attempt %d)\n\n%s: %s\n%s: %s\n%s: %d\n", c.Request, c.Attempt,

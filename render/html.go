@@ -39,6 +39,10 @@ type HTMLOptions struct {
 	// Links are extra (label, relative URL) links shown at the top, e.g.
 	// the commit's history.
 	Links [][2]string
+	// Verdict, when set, is what the reader concluded of this result
+	// (`refci view` sets it): shown at the top, and a result that is not
+	// verified is not drawn in its state's colour.
+	Verdict *Verdict
 }
 
 //go:embed page.tmpl
@@ -136,6 +140,8 @@ type pageData struct {
 	FailLabel  string
 	PrevRun    string
 	Fingerprnt string
+	Shown      string // the state class of the title: the state, or "unverified"
+	StateText  string
 }
 
 // HTML renders the static page of one run: state, target, request,
@@ -153,6 +159,14 @@ func HTML(r Result, o HTMLOptions) ([]byte, error) {
 	s = cleanStatus(s)
 	d := pageData{S: s, R: r, O: o, CSP: scriptCSP(), CSS: template.CSS(pageCSS), JS: template.JS(pageJS)}
 	d.PrevRun = s.PreviousRun()
+	d.Shown, d.StateText = string(s.State), strings.ToUpper(string(s.State))
+	if v := o.Verdict; v != nil {
+		o.Verdict = &Verdict{Kind: v.Kind, By: oneLine(v.By), Why: oneLine(v.Why)}
+		d.O = o
+		if !v.Verified() {
+			d.Shown, d.StateText = "unverified", strings.ToUpper(string(s.State))+" ("+strings.ToUpper(o.Verdict.Label())+")"
+		}
+	}
 	budget := PageInline
 	failJob := -1
 	for _, n := range jobTree(s.Jobs) {

@@ -60,7 +60,10 @@ func TestHTMLGolden(t *testing.T) {
 		o    HTMLOptions
 	}{
 		{"html_failure", failedResult(), HTMLOptions{}},
-		{"html_success_site", successResult(), HTMLOptions{Home: "../../../index.html", Links: [][2]string{{"commit history", "../../../commits/0123456789abcdef0123456789abcdef01234567.html"}}}},
+		{"html_success_site", successResult(), HTMLOptions{Home: "../../../index.html", Links: [][2]string{{"commit history", "../../../commits/0123456789abcdef0123456789abcdef01234567.html"}},
+			Verdict: &Verdict{Kind: VerdictVerified, By: "Worker <w@example.invalid> (6A1F0C2B3D4E5F60718293A4B5C6D7E8F9A0B1C2)"}}},
+		{"html_inconsistent_site", successResult(), HTMLOptions{Home: "../../../index.html",
+			Verdict: &Verdict{Kind: VerdictInconsistent, Why: "status.json is about commit \"<b>x</b>\" but was found under refs/ci/runs/00/x:\na result copied\x1b[31m"}}},
 		{"html_error", errorResult(), HTMLOptions{}},
 		{"html_running", Result{Status: runningRun(), Log: []byte("building\n")}, HTMLOptions{}},
 	} {

@@ -35,7 +35,71 @@ type RunSummary struct {
 	// worker was lost: State and Reason are then queue.Lost's, while the
 	// run's own status.json still says running.
 	LostTo string `json:"lost_to,omitempty"`
+	// Verdict is what the reader concluded of the result commit (see
+	// Verdict). Only a verified run is shown in its state's colour.
+	Verdict Verdict `json:"verdict"`
+	// NotLatest, set by the caller, keeps the run out of "the latest" of
+	// its request and of its commit's streak (a run dated in the future).
+	// Runs that are not verified are never the latest either.
+	NotLatest bool `json:"-"`
 }
+
+// Verdict says whether a result is believed, and why.
+type Verdict struct {
+	// Kind is VerdictVerified, VerdictUnverified, VerdictInconsistent or
+	// VerdictInvalid; anything else is shown as unverified.
+	Kind string `json:"kind"`
+	// By, for a verified result, names the key that signed it:
+	// "Name <email> (FINGERPRINT)".
+	By string `json:"by,omitempty"`
+	// Why, for any other, says what is wrong, in one line.
+	Why string `json:"why,omitempty"`
+}
+
+// The verdicts of a result.
+const (
+	VerdictVerified     = "verified"     // signed by a trusted key, the worker it names, and consistent
+	VerdictUnverified   = "unverified"   // unsigned, bad signature, unknown key, or another worker than it names
+	VerdictInconsistent = "inconsistent" // its signed content does not agree with its ref
+	VerdictInvalid      = "invalid"      // status.json has values refci never writes
+)
+
+// Verified reports whether the verdict is "verified".
+func (v Verdict) Verified() bool { return v.Kind == VerdictVerified }
+
+// Label is the verdict as shown: "verified", "unverified", ...
+func (v Verdict) Label() string {
+	switch v.Kind {
+	case VerdictVerified, VerdictInconsistent, VerdictInvalid:
+		return v.Kind
+	}
+	return VerdictUnverified
+}
+
+// Shown is the state class a run is drawn with: its state when verified
+// (and not dated in the future), "unverified" (neutral) otherwise.
+func (r RunSummary) Shown() string {
+	if r.latestCandidate() {
+		return string(r.State)
+	}
+	return "unverified"
+}
+
+// StateLabel is the state as written in lists: "success", or "success
+// (unverified)" with the verdict for a run that is not verified, or
+// "success (dated in the future)".
+func (r RunSummary) StateLabel() string {
+	switch {
+	case !r.Verdict.Verified():
+		return string(r.State) + " (" + r.Verdict.Label() + ")"
+	case r.NotLatest:
+		return string(r.State) + " (dated in the future)"
+	}
+	return string(r.State)
+}
+
+// latestCandidate reports whether r may be the latest of its request.
+func (r RunSummary) latestCandidate() bool { return r.Verdict.Verified() && !r.NotLatest }
 
 // SummaryOf summarises a status.
 func SummaryOf(s *queue.Status, ref, commit, href string) RunSummary {
@@ -86,22 +150,32 @@ var listCSP = sync.OnceValue(func() template.HTMLAttr { return template.HTMLAttr
 func List(p ListPage) ([]byte, error) {
 	type row struct {
 		RunSummary
-		Short, Branch, StreakNote string
+		Short, Branch string
 	}
 	var rows []row
+	streak := ""
 	requests, branches := map[string]bool{}, map[string]bool{}
 	for i, r := range p.Runs {
 		r.Request, r.TargetRef, r.Run = Safe(r.Request), Safe(r.TargetRef), Safe(r.Run)
+		r.Verdict.Why, r.Verdict.By = oneLine(r.Verdict.Why), oneLine(r.Verdict.By)
 		rw := row{RunSummary: r, Short: shortID(r.Target), Branch: r.TargetRef}
 		// Since when: in a history (one commit or request), the oldest run
-		// of the newest streak of the same state.
-		if p.Commit != "" && i == 0 {
-			k := i
-			for k+1 < len(p.Runs) && p.Runs[k+1].State == r.State {
-				k++
+		// of the newest streak of the same state, among the runs that may
+		// be the latest.
+		if p.Commit != "" && streak == "" && r.latestCandidate() {
+			n, since := 1, r.Started
+			for _, o := range p.Runs[i+1:] {
+				if !o.latestCandidate() {
+					continue
+				}
+				if o.State != r.State {
+					break
+				}
+				n, since = n+1, o.Started
 			}
-			if k > i {
-				rw.StreakNote = fmt.Sprintf("%s since %s (%d runs)", r.State, p.Runs[k].Started.UTC().Format(time.RFC3339), k-i+1)
+			streak = fmt.Sprintf("%s since %s (%d runs)", r.State, since.UTC().Format(time.RFC3339), n)
+			if n == 1 {
+				streak = "-" // known, but nothing to say
 			}
 		}
 		rows = append(rows, rw)
@@ -119,6 +193,9 @@ func List(p ListPage) ([]byte, error) {
 	if p.Commit == "" {
 		at := map[string]int{}
 		for _, rw := range rows {
+			if !rw.latestCandidate() {
+				continue
+			}
 			i, seen := at[rw.Request]
 			if !seen {
 				at[rw.Request] = len(summary)
@@ -137,15 +214,26 @@ func List(p ListPage) ([]byte, error) {
 			}
 		}
 	}
+	if streak == "-" {
+		streak = ""
+	}
+	unverified := 0
+	for _, r := range p.Runs {
+		if !r.Verdict.Verified() {
+			unverified++
+		}
+	}
 	d := struct {
 		ListPage
+		StreakNote         string
+		Unverified         int
 		Summary            []reqRow
 		Rows               []row
 		Requests, Branches []string
 		CSP                template.HTMLAttr
 		CSS                template.CSS
 		JS                 template.JS
-	}{ListPage: p, Summary: summary, Rows: rows, Requests: sortedKeys(requests), Branches: sortedKeys(branches), CSP: listCSP(),
+	}{ListPage: p, StreakNote: streak, Unverified: unverified, Summary: summary, Rows: rows, Requests: sortedKeys(requests), Branches: sortedKeys(branches), CSP: listCSP(),
 		CSS: template.CSS(pageCSS + listCSS), JS: template.JS(listJS)}
 	var b bytes.Buffer
 	b.Grow(len(p.Runs)*400 + 16<<10)
@@ -157,7 +245,8 @@ func List(p ListPage) ([]byte, error) {
 
 const listCSS = `
 table.runs{width:100%}table.runs td{border-top:1px solid var(--line);white-space:nowrap}
-table.runs td.why{white-space:normal;color:var(--mute)}
+table.runs td.why{white-space:normal;overflow-wrap:anywhere;color:var(--mute)}
+.verdict{color:var(--mute)}.verdict.v-verified{color:var(--fg)}.verdict.v-inconsistent,.verdict.v-invalid{font-weight:700;color:var(--fg)}
 .filters{margin:.6em 0}.filters label{margin-right:1em}.streak{font-weight:600}
 `
 
@@ -184,13 +273,21 @@ var badgeColor = map[queue.State]string{
 // escaped; widths are estimated from the length (no font metrics), which
 // is close enough for Verdana 11px.
 func Badge(label string, s queue.State) []byte {
-	label = Safe(label)
 	state := string(s)
 	color := badgeColor[s]
 	if color == "" {
 		color = "#59636e"
 		state = "unknown"
 	}
+	return badge(label, state, color)
+}
+
+// BadgeNoVerified is the badge of a request without a verified run: grey,
+// "not verified".
+func BadgeNoVerified(label string) []byte { return badge(label, "not verified", "#59636e") }
+
+func badge(label, state, color string) []byte {
+	label = Safe(label)
 	lw := 6*len([]rune(label)) + 10
 	sw := 6*len(state) + 10
 	esc := template.HTMLEscapeString

@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 	"time"
+	"unicode"
 
 	"refci.dev/refci/queue"
 )
@@ -189,12 +190,14 @@ func oneLine(s string) string {
 }
 
 // Safe makes text from a pipeline or a result safe for a terminal: C0
-// and C1 control characters and DEL are shown as \xNN escapes, so a
-// crafted name can neither move the cursor nor fake a line.
+// and C1 control characters and DEL are shown as \xNN escapes, and
+// invisible formatting characters (bidi overrides, zero-width
+// characters, line separators) as \uNNNN, so a crafted name can neither
+// move the cursor, fake a line nor read as another name.
 func Safe(s string) string {
 	clean := true
 	for _, r := range s {
-		if isControl(r) {
+		if isControl(r) || isInvisible(r) {
 			clean = false
 			break
 		}
@@ -208,12 +211,20 @@ func Safe(s string) string {
 			fmt.Fprintf(&b, "\\x%02x", r)
 			continue
 		}
+		if isInvisible(r) {
+			fmt.Fprintf(&b, "\\u%04x", r)
+			continue
+		}
 		b.WriteRune(r)
 	}
 	return b.String()
 }
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) }
+
+func isInvisible(r rune) bool {
+	return r >= 0xa0 && (unicode.Is(unicode.Cf, r) || r == '\u2028' || r == '\u2029')
+}
 
 // RunLine is one line of `refci runs`: state, run id, duration, request.
 func RunLine(s *queue.Status, color bool) string {

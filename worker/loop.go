@@ -506,7 +506,7 @@ func (w *Worker) checkSupersede(rem *gitproto.Remote, repo *gitproto.Repo, reque
 			a.cancel(fmt.Errorf("superseded: the request %s now points at %s", name, cur.String()[:12]))
 		}
 		if cv, ok := claims[name]; ok && cv != a.claimVal && !claimBefore(repo, cv, a.claimVal) {
-			if c, err := readClaimFrom(repo, cv); err == nil && c.Run != a.claim.Run {
+			if c, err := readClaimFrom(repo, name, cv); err == nil && c.Run != a.claim.Run {
 				a.cancel(fmt.Errorf("the claim was taken over by worker %s (run %s); this worker's lease had expired", c.Worker, c.Run))
 			}
 		}
@@ -549,7 +549,7 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 		}
 		old := gitproto.ZeroHash
 		if cv, ok := claims[name]; ok {
-			prev, err := readClaimFrom(repo, cv)
+			prev, err := readClaimFrom(repo, name, cv)
 			if err == nil && !prev.Expired(now) {
 				continue // someone is running it
 			}
@@ -596,7 +596,7 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 		if _, ok := requests[name]; ok || w.isActive(rem, name) {
 			continue
 		}
-		if prev, err := readClaimFrom(repo, cv); err == nil && prev.Expired(now) && w.expiredLongEnough(rem, name, cv, now) {
+		if prev, err := readClaimFrom(repo, name, cv); err == nil && prev.Expired(now) && w.expiredLongEnough(rem, name, cv, now) {
 			cleanups = append(cleanups, gitproto.RefUpdate{Name: queue.ClaimRef(name), Old: cv})
 		}
 	}
@@ -698,12 +698,24 @@ func claimBefore(repo *gitproto.Repo, old, ours gitproto.Hash) bool {
 	return false
 }
 
-func readClaimFrom(repo *gitproto.Repo, h gitproto.Hash) (*queue.Claim, error) {
+// readClaimFrom reads the claim commit h found under refs/ci/claims/<name>.
+// A claim about another request, or with a value no worker writes (a run
+// id or previous run that is not a run id, a target that is not an object
+// id), is an error: its values become ref names this worker fetches and
+// fields of the status it signs, so such a claim is treated as unreadable.
+func readClaimFrom(repo *gitproto.Repo, name string, h gitproto.Hash) (*queue.Claim, error) {
 	b, err := repo.ReadFile(h, queue.ClaimFile)
 	if err != nil {
 		return nil, err
 	}
-	return queue.DecodeClaim(b)
+	c, err := queue.DecodeClaim(b)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(name); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // peel follows tags to the object they name.
@@ -748,8 +760,14 @@ func (w *Worker) finalPublished(ctx context.Context, rem *gitproto.Remote, c *qu
 	if err != nil {
 		return false, nil
 	}
-	st, err := queue.DecodeStatus(b)
+	commit, err := repo.Commit(h)
 	if err != nil {
+		return false, nil
+	}
+	// Only a result that says it is this run counts (a final result
+	// copied under the run's ref does not end the request).
+	st, err := queue.DecodeResult(ref, b, commit.Message)
+	if err != nil || st.Request != c.Request || st.Attempt != c.Attempt {
 		return false, nil
 	}
 	return st.State.Final(), nil

@@ -270,17 +270,19 @@ func TestTakeoverIsNotCancelledByTheClaimItReplaced(t *testing.T) {
 	claim := func(run string, attempt int, old gitproto.Hash) gitproto.Hash {
 		t.Helper()
 		c := queue.Claim{Format: queue.Format, Request: "r", RequestObject: head.String(), Target: head.String(),
-			Run: run, Attempt: attempt, Worker: "W", Claimed: now, Renewed: now, LeaseExpires: now.Add(time.Minute)}
+			Run: run, Attempt: attempt, Worker: strings.Repeat("A", 40), Claimed: now, Renewed: now, LeaseExpires: now.Add(time.Minute)}
 		h, err := w.writeClaim(repo, &c, old)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return h
 	}
-	dead := claim("run-of-a-dead-worker", 1, gitproto.ZeroHash)
-	ours := claim("our-run", 2, dead)
-	renewed := claim("our-run", 2, ours)
-	theirs := claim("a-later-takeover", 3, renewed)
+	// Claims are checked when read (queue.Claim.Validate): real run ids.
+	deadRun, ourRun, laterRun := queue.NewRunID(now.Add(-time.Hour)), queue.NewRunID(now), queue.NewRunID(now.Add(time.Second))
+	dead := claim(deadRun, 1, gitproto.ZeroHash)
+	ours := claim(ourRun, 2, dead)
+	renewed := claim(ourRun, 2, ours)
+	theirs := claim(laterRun, 3, renewed)
 	requests := map[string]gitproto.Hash{"r": head}
 	for _, tc := range []struct {
 		name   string
@@ -293,7 +295,7 @@ func TestTakeoverIsNotCancelledByTheClaimItReplaced(t *testing.T) {
 		{"the cache shows a takeover of our claim", theirs, true},
 	} {
 		var cause error
-		a := &activeRun{remote: rem, claim: queue.Claim{Request: "r", RequestObject: head.String(), Run: "our-run"}, claimVal: renewed,
+		a := &activeRun{remote: rem, claim: queue.Claim{Request: "r", RequestObject: head.String(), Run: ourRun}, claimVal: renewed,
 			cancel: func(err error) { cause = err }}
 		w.mu.Lock()
 		w.active = map[string]*activeRun{"r": a}

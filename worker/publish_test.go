@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,13 +24,32 @@ func testEntry(i int) *outboxEntry {
 	}
 }
 
-func inodeOf(t *testing.T, p string) uint64 {
+// holdFile opens p and keeps it open until the test ends, and returns what
+// it is. sameFile then tells whether p is still that file: with the file
+// held open its inode cannot be freed, so no file made since can have its
+// inode number (comparing bare inode numbers failed when a rewrite got the
+// number of the file it replaced).
+func holdFile(t *testing.T, p string) os.FileInfo {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi
+}
+
+func sameFile(t *testing.T, held os.FileInfo, p string) bool {
 	t.Helper()
 	fi, err := os.Stat(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fi.Sys().(*syscall.Stat_t).Ino
+	return os.SameFile(held, fi)
 }
 
 // The outbox is one journal: entries are appended to the same file, a
@@ -47,7 +65,7 @@ func TestOutboxJournal(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ino := inodeOf(t, outboxJournal(rem))
+	held := holdFile(t, outboxJournal(rem))
 	later := testEntry(2)
 	later.Pushed = later.Commit
 	if err := writeOutbox(rem, "run-2", later); err != nil {
@@ -73,7 +91,7 @@ func TestOutboxJournal(t *testing.T) {
 	if err != nil || fi.Size() != 0 {
 		t.Errorf("with nothing pending the journal is %v bytes (%v), want emptied", fi.Size(), err)
 	}
-	if inodeOf(t, outboxJournal(rem)) != ino {
+	if !sameFile(t, held, outboxJournal(rem)) {
 		t.Error("the journal was replaced by a new file, not appended to and emptied")
 	}
 	if ents, _ := os.ReadDir(outboxDir(rem)); len(ents) != 1 {
@@ -116,7 +134,7 @@ func TestOutboxJournalTornLineAndCompaction(t *testing.T) {
 	if err := os.Chmod(outboxJournal(rem), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ino := inodeOf(t, outboxJournal(rem))
+	held := holdFile(t, outboxJournal(rem))
 	for i := 0; ; i++ {
 		run := fmt.Sprintf("busy-%d", i)
 		if err := writeOutbox(rem, run, testEntry(i)); err != nil {
@@ -140,7 +158,7 @@ func TestOutboxJournalTornLineAndCompaction(t *testing.T) {
 	if err != nil || len(m) != 2 || m["kept"].Commit != testEntry(1).Commit || m["after"] == nil {
 		t.Errorf("after compactions the outbox holds %v, %v", m, err)
 	}
-	if inodeOf(t, outboxJournal(rem)) == ino {
+	if sameFile(t, held, outboxJournal(rem)) {
 		t.Error("the journal was never rewritten")
 	}
 	if fi, err := os.Stat(outboxJournal(rem)); err != nil || fi.Mode().Perm() != 0o600 {

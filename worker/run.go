@@ -10,7 +10,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -805,8 +804,10 @@ func collectArtifacts(root string, fileCap, totalCap int64) ([]artifactFile, []q
 		case total+fi.Size() > totalCap:
 			skipped = append(skipped, queue.SkippedArtifact{Path: rel, Reason: fmt.Sprintf("would bring the artifacts to %d bytes, over the total cap of %d", total+fi.Size(), totalCap)})
 			return nil
-		case path.Clean(rel) != rel || strings.HasPrefix(rel, "../") || hasDotGit(rel):
-			skipped = append(skipped, queue.SkippedArtifact{Path: rel, Reason: "unsafe path"})
+		}
+		if err := queue.ValidateArtifactPath(rel); err != nil {
+			// Readers refuse results that name such a path: leave it out.
+			skipped = append(skipped, queue.SkippedArtifact{Path: rel, Reason: "unsafe path: " + err.Error()})
 			return nil
 		}
 		sum, err := fileSHA256(p)

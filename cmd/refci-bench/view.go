@@ -13,11 +13,14 @@ import (
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/render"
+	"refci.dev/refci/secrets"
 )
 
 // benchView measures `refci view` over 10,000 runs: the full build, the
 // incremental build after one new run, and an unchanged rebuild; then the
-// weight of a run's index.html for a 1 MB log.
+// weight of a run's index.html for a 1 MB log. The results are signed by
+// a worker key the view trusts ($REFCI_HOME/trusted/), so that it measures
+// the verifying path: every run is checked and verified.
 func benchView(_ context.Context, bin string, _ int) error {
 	const runs = 10000
 	root, err := os.MkdirTemp("", "refci-bench-view-")
@@ -26,7 +29,24 @@ func benchView(_ context.Context, bin string, _ int) error {
 	}
 	defer os.RemoveAll(root)
 	repoDir := filepath.Join(root, "repo")
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + root, "GIT_CONFIG_NOSYSTEM=1"}
+	home := filepath.Join(root, "refci-home")
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + root, "GIT_CONFIG_NOSYSTEM=1", "REFCI_HOME=" + home}
+	worker, err := secrets.Generate("bench worker", "worker@example.invalid", time.Now().Add(-time.Minute))
+	if err != nil {
+		return err
+	}
+	var trusted secrets.Keyring
+	trusted.Add(worker)
+	pub, err := trusted.Armored()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(home, "trusted"), 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(home, "trusted", "worker.asc"), pub, 0o644); err != nil {
+		return err
+	}
 	if _, err := sh(root, env, "", "git", "init", "-q", "--bare", repoDir); err != nil {
 		return err
 	}
@@ -45,7 +65,7 @@ func benchView(_ context.Context, bin string, _ int) error {
 	write := func(i int, when time.Time) (string, gitproto.Hash, error) {
 		target := targets[i%len(targets)]
 		st := &queue.Status{Format: 1, State: queue.Success, Target: target, TargetRef: fmt.Sprintf("branch-%d", i%10),
-			Request: fmt.Sprintf("pr/%d", i%20), Run: queue.NewRunID(when), Attempt: 1, Worker: "BENCH",
+			Request: fmt.Sprintf("pr/%d", i%20), Run: queue.NewRunID(when), Attempt: 1, Worker: worker.Fingerprint(),
 			Started: when, Finished: when.Add(42 * time.Second), DurationMS: 42000, ExitCode: queue.IntPtr(0),
 			Artifacts: []queue.Artifact{}}
 		switch p := rng.IntN(100); {
@@ -83,7 +103,7 @@ func benchView(_ context.Context, bin string, _ int) error {
 		if err != nil {
 			return "", gitproto.ZeroHash, err
 		}
-		c, err := repo.WriteCommit(gitproto.CommitSpec{Tree: tree, Author: gitproto.NewSignature("bench", "bench@example.invalid", when), Message: queue.CommitMessage(st)}, nil)
+		c, err := repo.WriteCommit(gitproto.CommitSpec{Tree: tree, Author: gitproto.NewSignature("bench", "bench@example.invalid", when), Message: queue.CommitMessage(st)}, worker.SignDetached)
 		return queue.RunRef(target, st.Run), c, err
 	}
 	for i := 0; i < runs; i++ {
@@ -103,7 +123,7 @@ func benchView(_ context.Context, bin string, _ int) error {
 	if _, err := sh(repoDir, env, "", "git", "pack-refs", "--all"); err != nil {
 		return err
 	}
-	fmt.Printf("== refci view: static site over %d runs (generated in %s: unsigned result commits, 4 files each)\n", runs, time.Since(t0).Round(time.Millisecond))
+	fmt.Printf("== refci view: static site over %d runs (generated in %s: result commits signed by a trusted key, 4 files each)\n", runs, time.Since(t0).Round(time.Millisecond))
 	out := filepath.Join(root, "site")
 	timed := func(label string) error {
 		t := time.Now()
@@ -117,6 +137,9 @@ func benchView(_ context.Context, bin string, _ int) error {
 	}
 	if err := timed("full build"); err != nil {
 		return err
+	}
+	if man, err := os.ReadFile(filepath.Join(out, "manifest.json")); err == nil {
+		fmt.Printf("  verdicts: %d of %d runs verified\n", bytes.Count(man, []byte(`"verdict":{"kind":"verified"`)), runs)
 	}
 	if err := timed("rebuild, nothing changed"); err != nil {
 		return err

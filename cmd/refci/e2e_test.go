@@ -678,13 +678,13 @@ func TestStatusRefusesUnknownFormat(t *testing.T) {
 	tree := s.gitStdin(fmt.Sprintf("100644 blob %s\tstatus.json\n", blob), "mktree")
 	commit := s.git("", "commit-tree", "-m", "future", tree)
 	s.git("", "update-ref", "refs/ci/runs/"+head+"/20991231T000000.000Z-abcdef", commit)
-	r := s.refci("status")
+	r := s.refci("status", "refs/ci/runs/"+head+"/20991231T000000.000Z-abcdef")
 	if r.code != 2 || !strings.Contains(r.stderr, "format 99") || !strings.Contains(r.stderr, "upgrade refci") {
 		t.Errorf("status of a format-99 result: %d %s", r.code, r.stderr)
 	}
 	// verify refuses the unsigned commit clearly.
 	s.refci("keys", "show").want(t, 0)
-	s.refci("run", "-q").want(t, 0) // a real run exists too, but the future one is newer
+	s.refci("run", "-q").want(t, 0) // a real run exists too
 	if r := s.refci("verify", "refs/ci/runs/"+head+"/20991231T000000.000Z-abcdef"); r.code == 0 {
 		t.Errorf("verify accepted an unsigned, unreadable result: %s", r.stdout)
 	}
@@ -801,7 +801,7 @@ func TestVerifyRejectsAWorkerOtherThanTheSigner(t *testing.T) {
 		tree.WriteString(line + "\n")
 	}
 	treeID := s.gitStdin(tree.String(), "mktree")
-	forged := s.git("", "commit-tree", "-S"+other, "-m", "refci: success", treeID)
+	forged := s.gitStdin(s.git("", "show", "-s", "--format=%B", ref), "commit-tree", "-S"+other, "-F", "-", treeID)
 	s.git("", "update-ref", ref, forged)
 	s.git("", "verify-commit", forged) // a good signature as far as git can tell
 	r := s.refci("verify", "--key", otherKey, ref)

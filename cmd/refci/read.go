@@ -87,9 +87,11 @@ func cmdLog(ctx context.Context, e *env, args []string) int {
 		return exitInfra
 	}
 	defer rc.Close()
-	if _, err := io.Copy(e.stdout, rc); err != nil {
+	out, done := e.logWriter()
+	if _, err := io.Copy(out, rc); err != nil {
 		return exitInfra
 	}
+	done()
 	return exitOK
 }
 
@@ -129,7 +131,7 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 	errs := make([]error, len(runs))
 	var readable []*queue.Status
 	for i, r := range runs {
-		if sts[i], errs[i] = readStatus(repo, r.Commit); errs[i] == nil {
+		if sts[i], errs[i] = readResult(repo, r.Ref, r.Commit); errs[i] == nil && !r.Future {
 			readable = append(readable, sts[i])
 		}
 	}
@@ -137,7 +139,11 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 	for i, r := range runs {
 		st := sts[i]
 		if errs[i] != nil {
-			fmt.Fprintf(e.stdout, "%s  %s  unreadable: %v\n", r.Run, r.Target[:12], errs[i])
+			fmt.Fprintf(e.stdout, "%s  %s  %s\n", r.Run, r.Target[:12], resultProblem(errs[i]))
+			continue
+		}
+		if r.Future {
+			fmt.Fprintf(e.stdout, "%s  (dated in the future: never the latest)\n", render.RunLine(st, color))
 			continue
 		}
 		if by := lost[queue.RunRef(st.Target, st.Run)]; by != nil {
@@ -164,12 +170,21 @@ func cmdVerify(_ context.Context, e *env, args []string) int {
 		e.errorf("%v", err)
 		return exitUsage
 	}
-	repo, rr, st, code := loadRun(e, *repoDir, first(pos))
-	if st == nil {
-		return code
+	repo, err := openRepo(*repoDir)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitFor(err)
 	}
+	rr, err := findRun(repo, first(pos), e.errorf)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitFor(err)
+	}
+	// Every commit of the snapshot chain is signed by a trusted key and
+	// says what the ref says; all name the same request and attempt.
+	var st *queue.Status          // the run's newest commit's status
+	var headSigner secrets.Signer // who signed it
 	n := 0
-	var headSigner secrets.Signer // who signed the run's newest commit
 	for h := rr.Commit; h != gitproto.ZeroHash; {
 		c, err := repo.Commit(h)
 		if err != nil {
@@ -181,9 +196,25 @@ func cmdVerify(_ context.Context, e *env, args []string) int {
 			e.errorf("run %s: commit %s: %v", rr.Run, h.String()[:12], err)
 			return exitFailed
 		}
-		fmt.Fprintf(e.stdout, "good signature on %s by %s (%s)\n", h.String()[:12], signer.UserID, signer.Fingerprint)
+		s, err := readResult(repo, rr.Ref, h)
+		if err != nil {
+			e.errorf("run %s: commit %s: %s", rr.Run, h.String()[:12], resultProblem(err))
+			switch {
+			case notBelieved(err):
+				return exitFailed
+			case errors.Is(err, queue.ErrFormat):
+				return exitUsage // as status says: upgrade refci
+			}
+			return exitInfra
+		}
+		if st != nil && (s.Request != st.Request || s.Attempt != st.Attempt) {
+			e.errorf("run %s: commit %s: inconsistent: this snapshot is request %s attempt %d but the run's newest commit is request %s attempt %d: commits of another run spliced into this one",
+				rr.Run, h.String()[:12], render.Safe(s.Request), s.Attempt, render.Safe(st.Request), st.Attempt)
+			return exitFailed
+		}
+		fmt.Fprintf(e.stdout, "good signature on %s by %s (%s)\n", h.String()[:12], render.Safe(signer.UserID), signer.Fingerprint)
 		if n == 0 {
-			headSigner = signer
+			st, headSigner = s, signer
 		}
 		n++
 		if len(c.ParentHashes) > 1 {
@@ -195,10 +226,13 @@ func cmdVerify(_ context.Context, e *env, args []string) int {
 			h = c.ParentHashes[0]
 		}
 	}
-	if st.Worker != "" && !strings.EqualFold(headSigner.Fingerprint, st.Worker) {
+	if !strings.EqualFold(headSigner.Fingerprint, st.Worker) {
 		// status.json names the worker; the signature must agree.
 		e.errorf("run %s: status.json names worker %s but the commit is signed by %s", rr.Run, st.Worker, headSigner.Fingerprint)
 		return exitFailed
+	}
+	if rr.Future {
+		e.errorf("run %s is dated in the future (its worker's clock is wrong, or its id was forged): it is never taken for the latest", rr.Run)
 	}
 	fmt.Fprintf(e.stdout, "refci: run %s verified: %d commit(s), %s, %s\n", rr.Run, n, st.State, rr.Ref)
 	return exitOK
@@ -256,18 +290,26 @@ func loadRun(e *env, dir, arg string) (*gitproto.Repo, runRef, *queue.Status, in
 		e.errorf("%v", err)
 		return nil, runRef{}, nil, exitFor(err)
 	}
-	rr, err := findRun(repo, arg)
+	rr, err := findRun(repo, arg, e.errorf)
 	if err != nil {
 		e.errorf("%v", err)
 		return nil, runRef{}, nil, exitFor(err)
 	}
-	st, err := readStatus(repo, rr.Commit)
+	st, err := readResult(repo, rr.Ref, rr.Commit)
 	if err != nil {
-		e.errorf("%v", err)
-		if errors.Is(err, queue.ErrFormat) {
+		switch {
+		case notBelieved(err):
+			e.errorf("run %s is not believed: %s", rr.Ref, resultProblem(err))
+			return nil, rr, nil, exitFailed
+		case errors.Is(err, queue.ErrFormat):
+			e.errorf("%v", err)
 			return nil, rr, nil, exitUsage
 		}
+		e.errorf("%v", err)
 		return nil, rr, nil, exitInfra
+	}
+	if rr.Future {
+		e.errorf("run %s is dated in the future (its worker's clock is wrong, or its id was forged): it is never taken for the latest", rr.Run)
 	}
 	return repo, rr, st, 0
 }

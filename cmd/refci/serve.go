@@ -259,7 +259,17 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 			e.errorf("serve: --http %s: %v", *httpAddr, err)
 			return exitInfra
 		}
-		site := &siteServer{Repos: lay.repos, WWW: lay.www, List: func() ([]string, error) { return siteRepos(lay.repos, policy.access()) }, Log: logger.With("component", "http")}
+		// The site believes what refci view would on this account: this
+		// server's own key and $REFCI_HOME/trusted/*.asc.
+		siteKeys, err := e.keyring(nil, "")
+		if err != nil {
+			hl.Close()
+			ln.Close()
+			srv.Close()
+			e.errorf("serve: --http: the keys the site trusts: %v", err)
+			return exitUsage
+		}
+		site := &siteServer{Repos: lay.repos, WWW: lay.www, Keys: siteKeys, List: func() ([]string, error) { return siteRepos(lay.repos, policy.access()) }, Log: logger.With("component", "http")}
 		httpSrv = &http.Server{Handler: readOnly(site), ReadHeaderTimeout: 10 * time.Second}
 		httpURL = "http://" + hl.Addr().String() + "/"
 		go httpSrv.Serve(hl)

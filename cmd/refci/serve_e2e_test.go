@@ -377,6 +377,9 @@ func TestServeRemoteWorkerAndGracefulStop(t *testing.T) {
 	}
 	if code, body := httpGet(t, m[1]+"app.git"); code != 200 || !strings.Contains(body, st.Run) || !strings.Contains(body, "r1") {
 		t.Errorf("GET viewer app.git: %d, want the run %s in:\n%.500s", code, st.Run, body)
+	} else if !strings.Contains(body, "success (unverified)") || !strings.Contains(body, "signed by a key not in the keyring") {
+		// The site trusts the server's key and $REFCI_HOME/trusted/ only.
+		t.Errorf("GET viewer app.git: the remote worker's run is not shown unverified")
 	}
 	if reqs := must(exec.Command("git", "-C", sv.bare("app.git"), "for-each-ref", "refs/ci/requests/", "refs/ci/claims/").Output()); len(reqs) > 0 {
 		time.Sleep(2 * time.Second) // the claim goes after the result

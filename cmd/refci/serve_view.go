@@ -13,6 +13,7 @@ import (
 	"refci.dev/refci/gitproto/sshd"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/render"
+	"refci.dev/refci/secrets"
 )
 
 // siteServer serves the static viewer of every repository of refci serve
@@ -27,6 +28,7 @@ type siteServer struct {
 	Repos string                   // the bare repositories' root
 	WWW   string                   // where the sites are written, one folder per repository
 	List  func() ([]string, error) // the repositories' names, relative to Repos
+	Keys  secrets.Keyring          // whose results the sites show as verified
 	Fresh time.Duration            // default 2 s
 	Log   *slog.Logger
 
@@ -171,7 +173,7 @@ func (s *siteServer) refresh(name string) {
 	}
 	b := s.builders[name]
 	if b == nil {
-		b = &siteBuilder{RepoDir: filepath.Join(s.Repos, filepath.FromSlash(name)), Out: filepath.Join(s.WWW, filepath.FromSlash(name))}
+		b = &siteBuilder{RepoDir: filepath.Join(s.Repos, filepath.FromSlash(name)), Out: filepath.Join(s.WWW, filepath.FromSlash(name)), Keys: s.Keys}
 		if s.Log != nil {
 			b.Warn = func(msg string) { s.Log.Warn("viewer", "repo", name, "problem", msg) }
 		}

@@ -126,6 +126,7 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
 	printed := int64(0)
+	logOut, endLog := e.logWriter()
 	var cur struct {
 		ref, run, request string // the run followed; its ref may not be on the remote yet
 		attempt           int
@@ -153,7 +154,10 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 		if cur.ref == "" {
 			runs, _ := listRuns(repo, target)
 			for _, r := range runs {
-				if st, err := readStatus(repo, r.Commit); err == nil && match(st) {
+				if r.Future {
+					continue // never taken for the run asked for
+				}
+				if st, err := readResult(repo, r.Ref, r.Commit); err == nil && match(st) {
 					cur.ref, cur.run, cur.request, cur.attempt = r.Ref, st.Run, st.Request, st.Attempt
 					break
 				}
@@ -166,7 +170,11 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 		var st *queue.Status // the followed run's newest snapshot, once it has one
 		h, err := repo.RefHash(cur.ref)
 		if cur.ref != "" && err == nil {
-			if st, err = readStatus(repo, h); err != nil {
+			if st, err = readResult(repo, cur.ref, h); err != nil {
+				if notBelieved(err) {
+					e.errorf("run %s is not believed: %s", cur.ref, resultProblem(err))
+					return exitFailed
+				}
 				e.errorf("%v", err)
 				return exitInfra
 			}
@@ -179,14 +187,15 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 				fmt.Fprintln(e.stderr)
 				announced = true
 			}
-			printed = printNewLog(e.stdout, repo, h, printed)
+			printed = printNewLog(logOut, repo, h, printed)
 			if st.State.Final() {
+				endLog()
 				// The final block: jobs as a tree, artifacts, then the one-line summary.
 				fmt.Fprintln(e.stdout)
 				render.Terminal(e.stdout, st, render.TermOptions{Color: e.color(e.stdout), Ref: cur.ref})
 				fmt.Fprintf(e.stdout, "refci: %s in %s", st.State, render.Duration(st.DurationMS))
 				if st.Reason != "" {
-					fmt.Fprintf(e.stdout, ": %s", st.Reason)
+					fmt.Fprintf(e.stdout, ": %s", render.Safe(st.Reason))
 				}
 				fmt.Fprintf(e.stdout, "\nrefci: result %s\n", cur.ref)
 				return exitForState(st)
@@ -260,13 +269,13 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 			return exitUsage
 		}
 		target, runID = t, id
-	case strings.Contains(arg, "/"):
-		t, id, _ := strings.Cut(arg, "/")
+	case strings.Contains(arg, "/") && queue.ValidRunID(arg[strings.IndexByte(arg, '/')+1:]):
+		t, id, _ := strings.Cut(arg, "/") // <commit>/<run-id>; a branch or request name with a slash is not one
 		target, runID = t, id
 	default:
 		rev := arg
 		if queue.ValidRunID(arg) {
-			if rr, err := findRun(repo, arg); err == nil {
+			if rr, err := findRun(repo, arg, e.errorf); err == nil {
 				target, runID = rr.Target, rr.Run
 				break
 			}
@@ -311,7 +320,7 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 func waitForClaim(ctx context.Context, e *env, repo *gitproto.Repo, dir, remote, name string) (target, runID string, code int) {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
-	waiting := false
+	waiting, badNoted := false, false
 	for {
 		cv, err := remoteClaim(ctx, repo, dir, remote, name)
 		if err != nil {
@@ -324,6 +333,10 @@ func waitForClaim(ctx context.Context, e *env, repo *gitproto.Repo, dir, remote,
 		if cv.present {
 			if cv.claim != nil {
 				return cv.claim.Target, cv.claim.Run, exitOK
+			}
+			if cv.bad != nil && !badNoted {
+				e.errorf("the claim of %s on %s is not believed (%s); waiting for a worker to replace it", name, remote, render.Safe(cv.bad.Error()))
+				badNoted = true
 			}
 			// A claim replaced meanwhile, or just deleted: look again.
 		} else if !cv.hasRequest {
@@ -347,6 +360,21 @@ func waitForClaim(ctx context.Context, e *env, repo *gitproto.Repo, dir, remote,
 type claimView struct {
 	hasRequest, present bool
 	claim               *queue.Claim
+	bad                 error // why the claim there is not believed
+}
+
+// readClaim decodes a claim found under refs/ci/claims/<name> and checks
+// it (queue.Claim.Validate): a claim about another request, or with values
+// no worker writes, is not believed.
+func readClaim(b []byte, name string) (*queue.Claim, error) {
+	c, err := queue.DecodeClaim(b)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(name); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // remoteClaim lists the request and the claim of name on remote, and
@@ -373,7 +401,7 @@ func remoteClaim(ctx context.Context, repo *gitproto.Repo, dir, remote, name str
 	}
 	if _, err := gitCmd(ctx, dir, "", "fetch", "--quiet", "--no-write-fetch-head", remote, "+"+claimRef+":"+claimRef); err == nil {
 		if b, err := repo.ReadFile(gitproto.NewHash(claimVal), queue.ClaimFile); err == nil {
-			cv.claim, _ = queue.DecodeClaim(b)
+			cv.claim, cv.bad = readClaim(b, name)
 		}
 	}
 	return cv, nil

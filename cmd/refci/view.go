@@ -2,10 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path"
@@ -13,12 +17,16 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/go-git/go-git/v5/plumbing/object"
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/render"
+	"refci.dev/refci/secrets"
 )
 
 // renderPage is the worker's page hook: index.html of each result tree.
@@ -27,12 +35,19 @@ func renderPage(st *queue.Status, log []byte, jobLogs map[string][]byte) ([]byte
 }
 
 func cmdView(_ context.Context, e *env, args []string) int {
-	fs := newFlags(e, "view", "[--repo DIR] [-o DIR] [--open]")
+	fs := newFlags(e, "view", "[--repo DIR] [-o DIR] [--keyring FILE]... [--open]")
 	repoDir := fs.String("repo", ".", "the repository")
 	out := fs.String("o", "", "where to write the site (default: refci-view/ in the repository's git directory)")
+	var keyrings multiFlag
+	fs.Var(&keyrings, "keyring", "armored public keys to trust (repeatable); default: your own key and $REFCI_HOME/trusted/*.asc")
 	open := fs.Bool("open", false, "open the site's index.html in a browser (xdg-open)")
 	if _, code, ok := parse(e, fs, args, 0); !ok {
 		return code
+	}
+	kr, err := viewKeyring(e, keyrings)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitUsage
 	}
 	repo, err := openRepo(*repoDir)
 	if err != nil {
@@ -43,7 +58,7 @@ func cmdView(_ context.Context, e *env, args []string) int {
 	if dir == "" {
 		dir = filepath.Join(repo.GitDir(), "refci-view")
 	}
-	b := &siteBuilder{RepoDir: repo.GitDir(), Out: dir, Warn: func(msg string) { e.errorf("%s", msg) }}
+	b := &siteBuilder{RepoDir: repo.GitDir(), Out: dir, Keys: kr, Warn: func(msg string) { e.errorf("%s", msg) }}
 	st, err := b.Build()
 	if err != nil {
 		e.errorf("view: %v", err)
@@ -51,8 +66,10 @@ func cmdView(_ context.Context, e *env, args []string) int {
 	}
 	index := filepath.Join(dir, "index.html")
 	fmt.Fprintf(e.stdout, "refci: %d runs (%d rendered, %d removed) in %s\n%s\n", st.Runs, st.Rendered, st.Removed, st.Took.Round(time.Millisecond), index)
-	if st.Runs == 0 {
+	if st.Runs == 0 && st.Failed == 0 {
 		fmt.Fprintf(e.stderr, "refci: no runs here; fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'\n")
+	} else if st.Verified < st.Runs && kr.Len() > 0 {
+		fmt.Fprintf(e.stderr, "refci: %d of %d runs not verified (shown grey, never the latest); their pages say why\n", st.Runs-st.Verified, st.Runs)
 	}
 	if *open {
 		if p, err := exec.LookPath("xdg-open"); err == nil {
@@ -69,6 +86,27 @@ func cmdView(_ context.Context, e *env, args []string) int {
 	return exitOK
 }
 
+// viewKeyring loads the keys refci view trusts, as refci verify does
+// (the --keyring files, or else the user's own key and
+// $REFCI_HOME/trusted/*.asc). Having no key at all is not an error: every
+// run is then unverified, which it says once.
+func viewKeyring(e *env, files []string) (secrets.Keyring, error) {
+	if len(files) == 0 {
+		h, err := e.home()
+		if err != nil {
+			return secrets.Keyring{}, err
+		}
+		trusted, _ := filepath.Glob(filepath.Join(h, "trusted", "*.asc"))
+		if _, err := os.Stat(filepath.Join(h, "key.asc")); len(trusted) == 0 && errors.Is(err, fs.ErrNotExist) {
+			fmt.Fprintf(e.stderr, "refci: no trusted keys (no %s, nothing in %s): every run is shown unverified; "+
+				"get the worker's public key ('refci keys export' on the worker) and put it in %s, or pass --keyring FILE\n",
+				filepath.Join(h, "key.asc"), filepath.Join(h, "trusted"), filepath.Join(h, "trusted", "worker.asc"))
+			return secrets.Keyring{}, nil
+		}
+	}
+	return e.keyring(files, "")
+}
+
 // siteBuilder writes the static site of every refs/ci/runs/* of one
 // repository into Out: index.html (every run, newest first, with the
 // latest state of each request and since when), state-<state>.html, a
@@ -77,18 +115,34 @@ func cmdView(_ context.Context, e *env, args []string) int {
 // the logs, status.json and artifacts next to it) and a badge per request
 // (badges/<request>.svg).
 //
+// Each run gets a verdict (verdictOf): verified by a key of Keys,
+// unverified, inconsistent with its ref, or invalid. Only verified runs
+// are drawn in their state's colour, and only verified runs not dated in
+// the future are the latest of a request (the summary table, the badges,
+// a commit's "since when").
+//
+// No value read from a result names a file unless it has the shape refci
+// writes: run directories are named from the run ref (checked by
+// queue.ParseRunRef), job logs and artifacts only from a status.json that
+// passes queue.Status.Validate, badges only from valid request names. And
+// every write goes through an os.Root on Out, so that no path, nor a
+// symbolic link already in Out, leads a write outside it.
+//
 // Builds are incremental: manifest.json in Out records each run ref's
-// commit; a build renders only runs that are new or changed, removes
-// runs whose ref is gone, and rewrites the list pages only when something
-// changed. Files are replaced by rename, so a server reading Out (refci
-// serve --http) never sees half a file. The run pages are always
-// refci's own rendering; a repository's .refci/viewer is not used here.
+// commit, its summary and verdict; a build renders only runs that are new
+// or changed, removes runs whose ref is gone, and rewrites the list pages
+// only when something changed. Verdicts are kept as long as the run ref's
+// commit and the trusted keys are the same; other keys rebuild the site.
+// Files are replaced by rename, so a server reading Out (refci serve
+// --http) never sees half a file. The run pages are always refci's own
+// rendering; a repository's .refci/viewer is not used here.
 //
 // A siteBuilder may be shared: Build calls are serialised. The zero
 // value is not usable; set RepoDir and Out.
 type siteBuilder struct {
 	RepoDir string // the git directory
 	Out     string
+	Keys    secrets.Keyring  // whose results are verified; none: every run is unverified
 	Workers int              // runs rendered at once (default: CPUs)
 	Warn    func(msg string) // problems with single runs (nil: ignored)
 	mu      sync.Mutex
@@ -97,6 +151,8 @@ type siteBuilder struct {
 // siteStats says what one Build did.
 type siteStats struct {
 	Runs, Rendered, Removed int
+	Verified                int // runs whose verdict is verified
+	Failed                  int // runs that could not be rendered (warned)
 	Took                    time.Duration
 }
 
@@ -104,11 +160,72 @@ const manifestFile = "manifest.json"
 
 // siteFormat is the manifest's version; a site built with another is
 // built again from scratch. 2: summaries know attempts and lost runs.
-const siteFormat = 2
+// 3: summaries carry verdicts, and the manifest the keys they used.
+const siteFormat = 3
 
 type siteManifest struct {
 	Format int                          `json:"format"`
+	Keys   string                       `json:"keys"` // keysID of the keys the verdicts were decided with
 	Runs   map[string]render.RunSummary `json:"runs"` // by run ref
+}
+
+// keysID names a set of trusted keys: the SHA-256 of their armored public
+// parts, which changes when a key is added, removed, revoked or renewed.
+func keysID(kr secrets.Keyring) string {
+	if kr.Len() == 0 {
+		return "none"
+	}
+	raw, err := kr.Armored()
+	if err != nil {
+		var fprs []string
+		for _, k := range kr.Keys() {
+			fprs = append(fprs, k.Fingerprint)
+		}
+		raw = []byte(strings.Join(fprs, "\n"))
+	}
+	sum := sha256.Sum256(raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// verdictOf decides what a run's result commit is worth to a reader who
+// trusts kr: invalid when status.json has values refci never writes,
+// inconsistent when its signed content does not agree with ref,
+// unverified when it is not signed by a key of kr or not by the worker
+// it names, verified otherwise.
+//
+// Only the commit at the run ref is checked, not the snapshots before
+// it: the site shows that commit's tree alone, and its signature covers
+// its tree and message (refci verify walks the whole chain).
+func verdictOf(kr secrets.Keyring, ref string, c *object.Commit, st *queue.Status) render.Verdict {
+	if err := st.Validate(); err != nil {
+		return render.Verdict{Kind: render.VerdictInvalid, Why: err.Error()}
+	}
+	if err := queue.CheckResult(ref, st, c.Message); err != nil {
+		return render.Verdict{Kind: render.VerdictInconsistent, Why: err.Error()}
+	}
+	if kr.Len() == 0 {
+		return render.Verdict{Kind: render.VerdictUnverified, Why: "no trusted keys to check its signature with"}
+	}
+	signer, err := verifyCommit(kr, c)
+	if errors.Is(err, secrets.ErrNoSignature) {
+		return render.Verdict{Kind: render.VerdictUnverified, Why: "not signed: the result commit has no signature"}
+	}
+	if err != nil {
+		return render.Verdict{Kind: render.VerdictUnverified, Why: strings.TrimPrefix(err.Error(), "secrets: ")}
+	}
+	if !strings.EqualFold(signer.Fingerprint, st.Worker) {
+		return render.Verdict{Kind: render.VerdictUnverified, Why: fmt.Sprintf("status.json names worker %s but the commit is signed by %s", st.Worker, signer.Fingerprint)}
+	}
+	return render.Verdict{Kind: render.VerdictVerified, By: fmt.Sprintf("%s (%s)", signer.UserID, signer.Fingerprint)}
+}
+
+// explain adds what to do to an error of a write that a symbolic link in
+// Out would have led outside it (os.Root refuses those).
+func (b *siteBuilder) explain(err error) error {
+	if err != nil && strings.Contains(err.Error(), "path escapes") {
+		return fmt.Errorf("%w: a symbolic link in %s leads out of it, and refci view does not write through such links; remove it", err, b.Out)
+	}
+	return err
 }
 
 // Build brings Out up to date with the repository's run refs.
@@ -128,10 +245,16 @@ func (b *siteBuilder) Build() (siteStats, error) {
 	if err := os.MkdirAll(b.Out, 0o755); err != nil {
 		return st, err
 	}
-	man := siteManifest{Format: siteFormat, Runs: map[string]render.RunSummary{}}
-	if raw, err := os.ReadFile(filepath.Join(b.Out, manifestFile)); err == nil {
+	root, err := os.OpenRoot(b.Out)
+	if err != nil {
+		return st, err
+	}
+	defer root.Close()
+	kid := keysID(b.Keys)
+	man := siteManifest{Format: siteFormat, Keys: kid, Runs: map[string]render.RunSummary{}}
+	if raw, err := root.ReadFile(manifestFile); err == nil {
 		var m siteManifest
-		if json.Unmarshal(raw, &m) == nil && m.Format == siteFormat && m.Runs != nil {
+		if json.Unmarshal(raw, &m) == nil && m.Format == siteFormat && m.Keys == kid && m.Runs != nil {
 			man = m
 		}
 	}
@@ -153,9 +276,10 @@ func (b *siteBuilder) Build() (siteStats, error) {
 		if live[ref] {
 			continue
 		}
-		target, run, _ := queue.ParseRunRef(ref)
-		if err := os.RemoveAll(filepath.Join(b.Out, "runs", target, run)); err != nil {
-			return st, err
+		if target, run, ok := queue.ParseRunRef(ref); ok {
+			if err := root.RemoveAll(path.Join("runs", target, run)); err != nil {
+				return st, err
+			}
 		}
 		delete(man.Runs, ref)
 		changedTargets[sum.Target] = true
@@ -165,8 +289,9 @@ func (b *siteBuilder) Build() (siteStats, error) {
 	renderedRefs := map[string]bool{} // a lost run may be rendered twice
 	record := func(d rendered) {
 		if d.err != nil {
+			st.Failed++
 			if b.Warn != nil {
-				b.Warn(fmt.Sprintf("%s: %v", d.ref, d.err))
+				b.Warn(fmt.Sprintf("%s: %v", d.ref, b.explain(d.err)))
 			}
 			return
 		}
@@ -178,30 +303,35 @@ func (b *siteBuilder) Build() (siteStats, error) {
 		changedRequests[d.sum.Request] = true
 		renderedRefs[d.ref] = true
 	}
-	for _, d := range b.renderAll(todo) {
+	for _, d := range b.renderAll(root, todo) {
 		record(d)
 	}
 	// Runs whose worker was lost are rendered again as lost once the
 	// attempt that took them over is here (and as they are, should that
 	// attempt go away).
-	for _, d := range b.renderAll(lostChanged(man)) {
+	for _, d := range b.renderAll(root, lostChanged(man)) {
 		record(d)
 	}
 	st.Rendered = len(renderedRefs)
 	st.Runs = len(man.Runs)
-	_, statErr := os.Stat(filepath.Join(b.Out, "index.html"))
+	for _, s := range man.Runs {
+		if s.Verdict.Verified() {
+			st.Verified++
+		}
+	}
+	_, statErr := root.Stat("index.html")
 	if len(changedTargets) == 0 && len(changedRequests) == 0 && statErr == nil {
 		st.Took = time.Since(start)
 		return st, nil
 	}
-	if err := b.writeLists(man, changedTargets, changedRequests); err != nil {
-		return st, err
+	if err := b.writeLists(root, man, changedTargets, changedRequests); err != nil {
+		return st, b.explain(err)
 	}
 	raw, err := json.Marshal(man)
 	if err != nil {
 		return st, err
 	}
-	if err := writeAtomic(filepath.Join(b.Out, manifestFile), raw); err != nil {
+	if err := writeAtomic(root, manifestFile, raw); err != nil {
 		return st, err
 	}
 	st.Took = time.Since(start)
@@ -224,7 +354,7 @@ type rendered struct {
 
 // renderAll renders the runs of todo, several at once (one go-git
 // repository each: it is not safe for concurrent use).
-func (b *siteBuilder) renderAll(todo []renderJob) []rendered {
+func (b *siteBuilder) renderAll(root *os.Root, todo []renderJob) []rendered {
 	if len(todo) == 0 {
 		return nil
 	}
@@ -245,7 +375,7 @@ func (b *siteBuilder) renderAll(todo []renderJob) []rendered {
 					results <- rendered{ref: j.ref, err: err}
 					continue
 				}
-				sum, err := b.renderRun(r, j.ref, j.commit, j.by)
+				sum, err := b.renderRun(r, root, j.ref, j.commit, j.by)
 				results <- rendered{j.ref, sum, err}
 			}
 		}()
@@ -268,11 +398,13 @@ func (b *siteBuilder) renderAll(todo []renderJob) []rendered {
 // lostChanged returns the runs of man whose being lost (queue.TakenOver)
 // is not what their pages show. Only attempts that took a run over, the
 // runs they name and the runs shown as lost are looked at: a site of
-// runs that all ended costs two passes over the manifest.
+// runs that all ended costs two passes over the manifest. Only verified
+// runs take part: a result nobody vouches for may not make another look
+// lost.
 func lostChanged(man siteManifest) []renderJob {
 	named := map[string]bool{} // the ref of every run a later attempt names
 	for _, s := range man.Runs {
-		if s.PreviousRun != "" {
+		if s.PreviousRun != "" && s.Verdict.Verified() {
 			named[queue.RunRef(s.Target, s.PreviousRun)] = true
 		}
 	}
@@ -280,7 +412,7 @@ func lostChanged(man siteManifest) []renderJob {
 	refOf := map[*queue.Status]string{}
 	sumOf := map[string]render.RunSummary{} // by the run ref its status names
 	for ref, s := range man.Runs {
-		if s.PreviousRun == "" && s.LostTo == "" && !named[queue.RunRef(s.Target, s.Run)] {
+		if !s.Verdict.Verified() || s.PreviousRun == "" && s.LostTo == "" && !named[queue.RunRef(s.Target, s.Run)] {
 			continue
 		}
 		st := &queue.Status{Target: s.Target, Request: s.Request, Run: s.Run, Attempt: s.Attempt, State: s.State}
@@ -311,10 +443,14 @@ func lostChanged(man siteManifest) []renderJob {
 	return todo
 }
 
-// renderRun writes one run's directory: its page, status.json, logs and
-// artifacts.
-func (b *siteBuilder) renderRun(repo *gitproto.Repo, ref string, commit gitproto.Hash, by *render.RunSummary) (render.RunSummary, error) {
-	target, runID, _ := queue.ParseRunRef(ref)
+// renderRun writes one run's directory, runs/<target>/<run> as its ref
+// names them: its page, status.json, log and, when status.json is valid,
+// the jobs' logs and the artifacts.
+func (b *siteBuilder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, commit gitproto.Hash, by *render.RunSummary) (render.RunSummary, error) {
+	target, runID, ok := queue.ParseRunRef(ref)
+	if !ok {
+		return render.RunSummary{}, fmt.Errorf("%s is not a run ref", queue.Printable(ref))
+	}
 	// One commit and tree lookup for every file of the run.
 	c, err := repo.Commit(commit)
 	if err != nil {
@@ -344,70 +480,82 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, ref string, commit gitproto
 	if err != nil {
 		return render.RunSummary{}, fmt.Errorf("result %s: %w", commit.String()[:12], err)
 	}
+	v := verdictOf(b.Keys, ref, c, st)
+	valid := v.Kind != render.VerdictInvalid
+	shown := st
+	if !valid {
+		// Shown escaped, with no link and no file made from its values.
+		cp := *st
+		cp.Artifacts, cp.ArtifactsSkipped = nil, nil
+		for _, a := range st.Artifacts {
+			cp.ArtifactsSkipped = append(cp.ArtifactsSkipped, queue.SkippedArtifact{Path: a.Path, Reason: "not copied: this result is invalid"})
+		}
+		cp.ArtifactsSkipped = append(cp.ArtifactsSkipped, st.ArtifactsSkipped...)
+		shown = &cp
+	}
 	links := [][2]string{{"history of " + target[:12], "../../../commits/" + target + ".html"}}
 	if by != nil {
-		st = queue.Lost(st, by.Run, by.Attempt) // the page and the lists say so; status.json stays as stored
+		shown = queue.Lost(shown, by.Run, by.Attempt) // the page and the lists say so; status.json stays as stored
 		links = append(links, [2]string{"taken over by attempt " + strconv.Itoa(by.Attempt), "../../../" + by.Href})
 	}
 	rel := path.Join("runs", target, runID)
-	final := filepath.Join(b.Out, filepath.FromSlash(rel))
 	// Written into a fresh directory, then renamed into place: nobody
 	// reads it before the rename, so plain writes suffice.
-	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+	if err := root.MkdirAll(path.Dir(rel), 0o755); err != nil {
 		return render.RunSummary{}, err
 	}
-	dir, err := os.MkdirTemp(filepath.Dir(final), ".tmp-"+runID+"-")
-	if err != nil {
+	dir := path.Join(path.Dir(rel), ".tmp-"+runID+"-"+tmpSuffix())
+	if err := root.Mkdir(dir, 0o755); err != nil {
 		return render.RunSummary{}, err
 	}
-	defer os.RemoveAll(dir) // after a successful rename, nothing is left there
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return render.RunSummary{}, err
-	}
-	res := render.Result{Status: st, Ref: ref, Commit: commit.String(), JobLogs: map[string][]byte{}}
+	defer root.RemoveAll(dir) // after a successful rename, nothing is left there
+	res := render.Result{Status: shown, Ref: ref, Commit: commit.String(), JobLogs: map[string][]byte{}}
 	files := map[string][]byte{}
 	files[queue.StatusFile] = rawStatus
 	if res.Log, err = read(queue.LogFile); err == nil {
 		files[queue.LogFile] = res.Log
 	}
-	for _, j := range st.Jobs {
-		if queue.ValidateJobName(j.Name) != nil {
-			continue
-		}
-		if l, err := read(queue.JobLogPath(j.Name)); err == nil {
-			res.JobLogs[j.Name] = l
-			files[queue.JobLogPath(j.Name)] = l
+	if valid {
+		for _, j := range st.Jobs {
+			if l, err := read(queue.JobLogPath(j.Name)); err == nil {
+				res.JobLogs[j.Name] = l
+				files[queue.JobLogPath(j.Name)] = l
+			}
 		}
 	}
-	page, err := render.HTML(res, render.HTMLOptions{Home: "../../../index.html", Links: links})
+	page, err := render.HTML(res, render.HTMLOptions{Home: "../../../index.html", Links: links, Verdict: &v})
 	if err != nil {
 		return render.RunSummary{}, err
 	}
-	files["index.html"] = page
+	files[queue.IndexFile] = page
 	for p, data := range files {
-		full := filepath.Join(dir, filepath.FromSlash(p))
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		full := path.Join(dir, p)
+		if err := root.MkdirAll(path.Dir(full), 0o755); err != nil {
 			return render.RunSummary{}, err
 		}
-		if err := os.WriteFile(full, data, 0o644); err != nil {
+		if err := writeNew(root, full, data); err != nil {
 			return render.RunSummary{}, err
 		}
 	}
-	for _, a := range st.Artifacts {
-		if !safeRelPath(a.Path) {
-			continue
-		}
-		if err := copyBlob(repo, commit, queue.ArtifactsDir+"/"+a.Path, filepath.Join(dir, queue.ArtifactsDir, filepath.FromSlash(a.Path))); err != nil && b.Warn != nil {
-			b.Warn(fmt.Sprintf("%s: artifact %s: %v", ref, a.Path, err))
+	if valid {
+		for _, a := range st.Artifacts {
+			if queue.ValidateArtifactPath(a.Path) != nil {
+				continue // Validate said so already; checked again where it becomes a path
+			}
+			if err := copyBlob(repo, root, commit, queue.ArtifactsDir+"/"+a.Path, path.Join(dir, queue.ArtifactsDir, a.Path)); err != nil && b.Warn != nil {
+				b.Warn(fmt.Sprintf("%s: artifact %s: %v", ref, queue.Printable(a.Path), err))
+			}
 		}
 	}
-	if err := os.RemoveAll(final); err != nil {
+	if err := root.RemoveAll(rel); err != nil {
 		return render.RunSummary{}, err
 	}
-	if err := os.Rename(dir, final); err != nil {
+	if err := root.Rename(dir, rel); err != nil {
 		return render.RunSummary{}, err
 	}
-	sum := render.SummaryOf(st, ref, commit.String(), rel+"/index.html")
+	sum := render.SummaryOf(shown, ref, commit.String(), rel+"/index.html")
+	sum.Target, sum.Run = target, runID                    // where it was found, whatever it claims
+	sum.Verdict = render.Verdict{Kind: v.Kind, Why: v.Why} // who signed is on the run page; the lists need not carry it
 	if by != nil {
 		sum.LostTo = by.Run
 	}
@@ -415,10 +563,14 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, ref string, commit gitproto
 }
 
 // writeLists writes the list pages, the changed commits' pages and the
-// changed requests' badges.
-func (b *siteBuilder) writeLists(man siteManifest, targets, requests map[string]bool) error {
+// changed requests' badges. The latest run of a request is its newest
+// verified run not dated in the future; a request with runs but none such
+// gets a grey "not verified" badge.
+func (b *siteBuilder) writeLists(root *os.Root, man siteManifest, targets, requests map[string]bool) error {
+	now := time.Now()
 	all := make([]render.RunSummary, 0, len(man.Runs))
 	for _, s := range man.Runs {
+		s.NotLatest = queue.RunIDFuture(s.Run, now)
 		all = append(all, s)
 	}
 	sort.Slice(all, func(i, j int) bool {
@@ -430,12 +582,14 @@ func (b *siteBuilder) writeLists(man siteManifest, targets, requests map[string]
 	byState := map[queue.State][]render.RunSummary{}
 	byTarget := map[string][]render.RunSummary{}
 	latest := map[string]render.RunSummary{}
+	hasRuns := map[string]bool{}
 	for _, s := range all {
 		byState[s.State] = append(byState[s.State], s)
 		if targets[s.Target] {
 			byTarget[s.Target] = append(byTarget[s.Target], s)
 		}
-		if _, ok := latest[s.Request]; !ok {
+		hasRuns[s.Request] = true
+		if _, ok := latest[s.Request]; !ok && s.Verdict.Verified() && !s.NotLatest {
 			latest[s.Request] = s
 		}
 	}
@@ -451,11 +605,10 @@ func (b *siteBuilder) writeLists(man siteManifest, targets, requests map[string]
 		if err != nil {
 			return err
 		}
-		full := filepath.Join(b.Out, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		if err := root.MkdirAll(path.Dir(name), 0o755); err != nil {
 			return err
 		}
-		return writeAtomic(full, page)
+		return writeAtomic(root, name, page)
 	}
 	if err := write("index.html", render.ListPage{Title: "refci: all runs", Runs: all, Filter: true}); err != nil {
 		return err
@@ -463,7 +616,7 @@ func (b *siteBuilder) writeLists(man siteManifest, targets, requests map[string]
 	for _, s := range []queue.State{queue.Failure, queue.Error, queue.Cancelled, queue.Running, queue.Success} {
 		name := "state-" + string(s) + ".html"
 		if len(byState[s]) == 0 {
-			os.Remove(filepath.Join(b.Out, name))
+			root.Remove(name)
 			continue
 		}
 		if err := write(name, render.ListPage{Title: "refci: runs in state " + string(s), Runs: byState[s]}); err != nil {
@@ -471,9 +624,12 @@ func (b *siteBuilder) writeLists(man siteManifest, targets, requests map[string]
 		}
 	}
 	for t := range targets {
+		if !isObjectID(t) {
+			continue // not from a run ref: not a file name
+		}
 		name := "commits/" + t + ".html"
 		if len(byTarget[t]) == 0 {
-			os.Remove(filepath.Join(b.Out, name))
+			root.Remove(name)
 			continue
 		}
 		if err := write(name, render.ListPage{Title: "refci: runs of " + t, Root: "../", Runs: byTarget[t], Commit: t}); err != nil {
@@ -484,96 +640,84 @@ func (b *siteBuilder) writeLists(man siteManifest, targets, requests map[string]
 		if queue.ValidateRequestName(r) != nil {
 			continue // not a safe file name
 		}
-		p := filepath.Join(b.Out, "badges", filepath.FromSlash(r)+".svg")
-		s, ok := latest[r]
-		if !ok {
-			os.Remove(p)
+		name := "badges/" + r + ".svg"
+		var svg []byte
+		if s, ok := latest[r]; ok {
+			svg = render.Badge("refci "+r, s.State)
+		} else if hasRuns[r] {
+			svg = render.BadgeNoVerified("refci " + r)
+		} else {
+			root.Remove(name)
 			continue
 		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		if err := root.MkdirAll(path.Dir(name), 0o755); err != nil {
 			return err
 		}
-		if err := writeAtomic(p, render.Badge("refci "+r, s.State)); err != nil {
+		if err := writeAtomic(root, name, svg); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// safeRelPath accepts slash-separated relative paths that stay inside
-// their directory and name nothing git would take for .git.
-func safeRelPath(p string) bool {
-	if p == "" || path.IsAbs(p) || path.Clean(p) != p || p == ".." || len(p) > 4096 {
+// isObjectID reports whether s is a full lower-case hex object id, as
+// the target of a run ref is.
+func isObjectID(s string) bool {
+	if len(s) != 40 && len(s) != 64 {
 		return false
 	}
-	for _, seg := range splitSlash(p) {
-		if seg == ".." || seg == "." || gitproto.IsDotGitName(seg) {
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
 			return false
 		}
 	}
 	return true
 }
 
-func splitSlash(p string) []string {
-	var out []string
-	for {
-		i := 0
-		for i < len(p) && p[i] != '/' {
-			i++
-		}
-		out = append(out, p[:i])
-		if i == len(p) {
-			return out
-		}
-		p = p[i+1:]
-	}
-}
+// tmpSuffix names a temporary file or directory in the site.
+func tmpSuffix() string { return strconv.FormatUint(rand.Uint64(), 36) }
 
-// copyBlob streams a file of a result tree to dst.
-func copyBlob(repo *gitproto.Repo, commit gitproto.Hash, src, dst string) error {
+// copyBlob streams a file of a result tree to dst, a new file under root.
+func copyBlob(repo *gitproto.Repo, root *os.Root, commit gitproto.Hash, src, dst string) error {
 	rc, err := repo.OpenFile(commit, src)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+	if err := root.MkdirAll(path.Dir(dst), 0o755); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(dst), ".tmp-*")
+	f, err := root.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(f, rc); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	if err := os.Chmod(f.Name(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), dst)
+	_, cerr := io.Copy(f, rc)
+	return errors.Join(cerr, f.Chmod(0o644), f.Close())
 }
 
-// writeAtomic replaces name with data by writing a temporary file and
-// renaming it.
-func writeAtomic(name string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(name), ".tmp-*")
+// writeNew writes data to name, a file that must not exist yet, under
+// root (O_EXCL: not through a link).
+func writeNew(root *os.Root, name string, data []byte) error {
+	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err
 	}
 	_, werr := f.Write(data)
-	cerr := f.Close()
-	if err := errors.Join(werr, cerr); err != nil {
-		os.Remove(f.Name())
+	return errors.Join(werr, f.Chmod(0o644), f.Close())
+}
+
+// writeAtomic replaces name under root with data by writing a new
+// temporary file beside it and renaming it: a link at name is replaced,
+// never followed.
+func writeAtomic(root *os.Root, name string, data []byte) error {
+	tmp := path.Join(path.Dir(name), ".tmp-"+tmpSuffix())
+	if err := writeNew(root, tmp, data); err != nil {
+		root.Remove(tmp)
 		return err
 	}
-	if err := os.Chmod(f.Name(), 0o644); err != nil {
-		os.Remove(f.Name())
+	if err := root.Rename(tmp, name); err != nil {
+		root.Remove(tmp)
 		return err
 	}
-	return os.Rename(f.Name(), name)
+	return nil
 }

@@ -161,10 +161,12 @@ func (s *sandbox) putRun(st *queue.Status) string {
 func TestViewShowsLostRuns(t *testing.T) {
 	s := newSandbox(t)
 	target := s.pipeline("echo hi\n")
+	own, other, otherKey := s.twoKeys()
+	ownKey := filepath.Join(s.home, "key.asc")
 	started := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	a1 := &queue.Status{Format: queue.Format, State: queue.Running, Target: target, Request: "crash", Run: queue.NewRunID(started),
-		Attempt: 1, Worker: "AAAA", Started: started, Jobs: []queue.Job{{Name: "test", State: queue.Running}}}
-	s.putRun(a1)
+		Attempt: 1, Worker: own, Started: started, Jobs: []queue.Job{{Name: "test", State: queue.Running}}}
+	s.putResult(a1, ownKey, "", nil)
 	out := filepath.Join(s.root, "site")
 	s.refci("view", "-o", out).want(t, 0)
 	if _, err := os.Stat(filepath.Join(out, "state-running.html")); err != nil {
@@ -173,8 +175,18 @@ func TestViewShowsLostRuns(t *testing.T) {
 
 	exit := 0
 	a2 := &queue.Status{Format: queue.Format, State: queue.Success, Target: target, Request: "crash", Run: queue.NewRunID(started.Add(time.Minute)),
-		Attempt: 2, Worker: "BBBB", Started: started.Add(time.Minute), ExitCode: &exit, Extra: map[string]any{queue.ExtraPreviousRun: a1.Run}}
-	ref2 := s.putRun(a2)
+		Attempt: 2, Worker: other, Started: started.Add(time.Minute), ExitCode: &exit, Extra: map[string]any{queue.ExtraPreviousRun: a1.Run}}
+	// An attempt nobody vouches for (signed by an unknown key) does not
+	// make the run look lost.
+	ref2, _ := s.putResult(a2, otherKey, "", nil)
+	if r := s.refci("view", "-o", out).want(t, 0); !strings.Contains(r.stdout, "refci: 2 runs (1 rendered, 0 removed)") {
+		t.Errorf("view after an unverified takeover:\n%s", r.stdout)
+	}
+	if _, err := os.Stat(filepath.Join(out, "state-running.html")); err != nil {
+		t.Errorf("an unverified attempt made the run look lost: %v", err)
+	}
+	a2.Worker = own
+	ref2, _ = s.putResult(a2, ownKey, "", nil)
 	r := s.refci("view", "-o", out).want(t, 0)
 	if !strings.Contains(r.stdout, "refci: 2 runs (2 rendered, 0 removed)") {
 		t.Errorf("view after the takeover (the new run, and the lost one again):\n%s", r.stdout)

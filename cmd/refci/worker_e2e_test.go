@@ -430,7 +430,7 @@ func TestFollowFindsTakeoverByResult(t *testing.T) {
 	target := f.git("", "rev-parse", "HEAD")
 	started := time.Now().UTC()
 	a1 := &queue.Status{Format: queue.Format, State: queue.Running, Target: target, Request: "gone", Run: queue.NewRunID(started),
-		Attempt: 1, Worker: "AAAA", Started: started}
+		Attempt: 1, Worker: strings.Repeat("A", 40), Started: started} // readers believe only a worker's values
 	ref1 := f.putRun(a1)
 	f.git("", "push", "-q", "origin", ref1+":"+ref1)
 	follow := startRefci(t, f.repo, f.env, "log", "-f", target+"/"+a1.Run)
@@ -439,13 +439,13 @@ func TestFollowFindsTakeoverByResult(t *testing.T) {
 
 	exit := 0
 	a2 := &queue.Status{Format: queue.Format, State: queue.Success, Target: target, Request: "gone", Run: queue.NewRunID(started.Add(time.Second)),
-		Attempt: 2, Worker: "BBBB", Started: started.Add(time.Second), ExitCode: &exit, Extra: map[string]any{queue.ExtraPreviousRun: a1.Run}}
+		Attempt: 2, Worker: strings.Repeat("B", 40), Started: started.Add(time.Second), ExitCode: &exit, Extra: map[string]any{queue.ExtraPreviousRun: a1.Run}}
 	ref2 := f.putRun(a2)
 	f.git("", "push", "-q", "origin", ref2+":"+ref2)
 	select {
 	case <-follow.done:
 		err := follow.err
-		if err != nil || !strings.Contains(fout.String(), "refci: success") || !strings.Contains(ferr.String(), "lost its worker; run "+a2.Run+" (attempt 2) on worker BBBB") {
+		if err != nil || !strings.Contains(fout.String(), "refci: success") || !strings.Contains(ferr.String(), "lost its worker; run "+a2.Run+" (attempt 2) on worker "+a2.Worker) {
 			t.Errorf("log -f: %v\nstdout:\n%s\nstderr:\n%s", err, fout.String(), ferr.String())
 		}
 	case <-time.After(30 * time.Second):
