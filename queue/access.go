@@ -12,6 +12,9 @@ package queue
 //	worker             ssh-ed25519 AAAAC3Nza... build-2
 //	none@private.git   ssh-ed25519 AAAAC3Nza... bob
 //
+// A line "public REPO..." (no key) puts repositories whose roles restrict
+// reading on the read-only HTTP site all the same (see OnSite).
+//
 // ROLES is a comma-separated list of read, trigger, trusted, worker, admin
 // or none. ROLES@REPO applies in one repository only and, there, replaces
 // the key's other lines. KEY is an OpenSSH public key (as in
@@ -129,6 +132,7 @@ type Access struct {
 	global  map[string]Roles            // by fingerprint
 	perRepo map[string]map[string]Roles // repo -> fingerprint -> roles
 	keys    map[string]string           // fingerprint -> comment or key text, for listings
+	public  map[string]bool             // repositories an admin put on the HTTP site
 }
 
 // NormalizeRepoName adds the .git suffix a repository name may omit.
@@ -147,7 +151,7 @@ func Fingerprint(key ssh.PublicKey) string { return ssh.FingerprintSHA256(key) }
 // ParseAccess reads a roles file. name is used in error messages; every
 // error names the line and says what to write instead.
 func ParseAccess(r io.Reader, name string) (*Access, error) {
-	a := &Access{global: map[string]Roles{}, perRepo: map[string]map[string]Roles{}, keys: map[string]string{}}
+	a := &Access{global: map[string]Roles{}, perRepo: map[string]map[string]Roles{}, keys: map[string]string{}, public: map[string]bool{}}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	n := 0
@@ -163,6 +167,15 @@ func ParseAccess(r io.Reader, name string) (*Access, error) {
 		}
 		if keyText == "" {
 			return nil, fmt.Errorf("%s:%d: write ROLES KEY, e.g. \"trigger ssh-ed25519 AAAA... bob\"", name, n)
+		}
+		if rolesText == "public" {
+			for _, repo := range strings.Fields(keyText) {
+				if strings.Contains(repo, "..") || strings.HasPrefix(repo, "/") || strings.ContainsAny(repo, "@:") {
+					return nil, fmt.Errorf("%s:%d: %q is not a repository name; write e.g. \"public app.git\"", name, n, repo)
+				}
+				a.public[NormalizeRepoName(repo)] = true
+			}
+			continue
 		}
 		rolesText, repo, hasRepo := strings.Cut(rolesText, "@")
 		roles, err := ParseRoles(rolesText)
@@ -251,6 +264,32 @@ func (a *Access) Known(fp string) bool {
 		}
 	}
 	return false
+}
+
+// OnSite reports whether repository repo may be shown on the read-only
+// HTTP site, which anyone who reaches it can read: when every key the
+// file names may read it, or when a "public" line names it.
+func (a *Access) OnSite(repo string) bool {
+	if a == nil {
+		return false
+	}
+	repo = NormalizeRepoName(repo)
+	if a.public[repo] {
+		return true
+	}
+	for fp := range a.global {
+		if !a.Roles(fp, repo).MayRead() {
+			return false
+		}
+	}
+	for _, m := range a.perRepo {
+		for fp := range m {
+			if !a.Roles(fp, repo).MayRead() {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // KeyRoles is one key of a listing.

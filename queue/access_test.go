@@ -173,3 +173,42 @@ func TestAccessFileReloads(t *testing.T) {
 		t.Fatal("a missing file must be an error at start")
 	}
 }
+
+func TestAccessOnSite(t *testing.T) {
+	admin, _ := testKey(t, 1)
+	bob, bobFP := testKey(t, 2)
+	carol, _ := testKey(t, 3)
+	cases := []struct {
+		file string
+		on   map[string]bool
+	}{
+		{"admin " + admin + "\ntrigger " + bob, map[string]bool{"app.git": true, "x/y": true}},
+		// none@REPO: bob may not read secret.git, so the site does not show it.
+		{"admin " + admin + "\ntrigger " + bob + "\nnone@secret " + bobFP, map[string]bool{"app.git": true, "secret.git": false}},
+		// A key with roles in one repository only cannot read the others.
+		{"admin " + admin + "\ntrigger@app.git " + carol, map[string]bool{"app": true, "other.git": false}},
+		// An admin puts a restricted repository on the site.
+		{"admin " + admin + "\nnone@secret " + bobFP + "\npublic secret.git other", map[string]bool{"secret": true, "other.git": true}},
+		{"", map[string]bool{"app.git": true}},
+	}
+	for i, c := range cases {
+		a, err := ParseAccess(strings.NewReader(c.file), "roles")
+		if err != nil {
+			t.Fatalf("case %d: %v", i, err)
+		}
+		for repo, want := range c.on {
+			if got := a.OnSite(repo); got != want {
+				t.Errorf("case %d: OnSite(%s) = %v, want %v", i, repo, got, want)
+			}
+		}
+	}
+	for _, bad := range []string{"public", "public ../x", "public /abs", "public@app.git x"} {
+		if _, err := ParseAccess(strings.NewReader(bad), "roles"); err == nil {
+			t.Errorf("%q was accepted", bad)
+		}
+	}
+	var nilAccess *Access
+	if nilAccess.OnSite("app.git") {
+		t.Error("a nil Access shows repositories")
+	}
+}

@@ -64,6 +64,14 @@ var pageTemplate = sync.OnceValue(func() *template.Template {
 // so even a mistake in escaping a log could not run a pipeline's script.
 var scriptCSP = sync.OnceValue(func() template.HTMLAttr { return template.HTMLAttr(`content="` + csp(pageJS) + `"`) })
 
+// SiteCSP is a Content-Security-Policy for an HTTP server to send with
+// every page of the static site (besides the one each page carries): the
+// pages' own inline scripts (by hash), inline styles, images and frames
+// from the site itself, and nothing else.
+func SiteCSP() string {
+	return strings.Replace(csp(pageJS, listJS), "frame-src 'self' file:", "frame-src 'self'", 1) + "; frame-ancestors 'self'"
+}
+
 func csp(scripts ...string) string {
 	var hashes []string
 	for _, s := range scripts {

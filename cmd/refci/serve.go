@@ -37,18 +37,18 @@ import (
 // serveLayout is where `refci serve` keeps its data, all under one
 // directory (default $REFCI_HOME/serve, mode 0700).
 type serveLayout struct {
-	root, repos, state, cache, trust, www, hostKey, roles string
+	root, repos, state, cache, trust, owners, www, hostKey, roles string
 }
 
 func newServeLayout(root string) serveLayout {
 	return serveLayout{
 		root: root, repos: filepath.Join(root, "repos"), state: filepath.Join(root, "state"),
-		cache: filepath.Join(root, "cache"), trust: filepath.Join(root, "trust"), www: filepath.Join(root, "www"),
+		cache: filepath.Join(root, "cache"), trust: filepath.Join(root, "trust"), owners: filepath.Join(root, "owners"), www: filepath.Join(root, "www"),
 		hostKey: filepath.Join(root, "host_key"), roles: filepath.Join(root, "roles"),
 	}
 }
 
-const serveArgs = "[--listen ADDR] [--data DIR] [--admin FILE]... [--roles FILE] [--concurrency N] [--http ADDR] [--secrets-admin FILE]... [--trusted FILE]... [--max-sessions N] [--max-pack SIZE] [--idle DUR]"
+const serveArgs = "[--listen ADDR] [--data DIR] [--admin FILE]... [--roles FILE] [--concurrency N] [--http ADDR] [--secrets-admin FILE]... [--trusted FILE]... [--max-sessions N] [--max-pack SIZE] [--idle DUR] [--handshake-timeout DUR]"
 
 func cmdServe(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "serve", serveArgs)
@@ -62,6 +62,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	maxSessions := fs.Int("max-sessions", 64, "git sessions at once; more wait up to 10 s")
 	maxPack := fs.String("max-pack", "1G", "largest pack a push may send (bytes, or with K, M, G)")
 	idle := fs.Duration("idle", 5*time.Minute, "close connections silent this long")
+	handshake := fs.Duration("handshake-timeout", 15*time.Second, "close connections that have not logged in this long after connecting")
 	poll := fs.Duration("poll", 30*time.Second, "how often the embedded worker polls without being woken")
 	noWorker := fs.Bool("no-worker", false, "serve git only; requests wait for workers elsewhere (refci worker --remote ssh://...)")
 	var secretsAdminFiles, trustedFiles multiFlag
@@ -77,8 +78,8 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		e.errorf("serve: --max-pack: %v", err)
 		return exitUsage
 	}
-	if *maxSessions <= 0 || *idle <= 0 || *conc < 0 {
-		e.errorf("serve: --max-sessions, --idle and --concurrency must be positive")
+	if *maxSessions <= 0 || *idle <= 0 || *handshake <= 0 || *conc < 0 {
+		e.errorf("serve: --max-sessions, --idle, --handshake-timeout and --concurrency must be positive")
 		return exitUsage
 	}
 	noDump()
@@ -102,7 +103,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 			return exitUsage
 		}
 	}
-	for _, d := range []string{lay.root, lay.repos, lay.cache, lay.trust, lay.www} {
+	for _, d := range []string{lay.root, lay.repos, lay.cache, lay.trust, lay.owners, lay.www} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			e.errorf("serve: %v", err)
 			return exitInfra
@@ -221,8 +222,9 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		addRepo(r)
 	}
 
-	policy := &rolesPolicy{file: access, log: logger}
-	recv := &receiver{access: access, trust: trust, log: logger}
+	owners := &ownerStore{dir: lay.owners}
+	policy := &rolesPolicy{file: access, owners: owners, log: logger}
+	recv := &receiver{access: access, trust: trust, owners: owners, log: logger}
 	if !*noWorker {
 		recv.worker = w
 	}
@@ -232,7 +234,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		CheckPushOptions: checkPushOptions,
 		OnReceive:        recv.onReceive,
 		OnCreate:         func(name, _ string) { addRepo(name) },
-		MaxSessions:      *maxSessions, MaxPackBytes: packBytes, IdleTimeout: *idle,
+		MaxSessions:      *maxSessions, MaxPackBytes: packBytes, IdleTimeout: *idle, HandshakeTimeout: *handshake,
 		HookCommand: []string{self, sshd.HookArg},
 	})
 	if err != nil {
@@ -270,7 +272,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 			e.errorf("serve: --http: the keys the site trusts: %v", err)
 			return exitUsage
 		}
-		site := &siteServer{Repos: lay.repos, WWW: lay.www, Keys: siteKeys, List: func() ([]string, error) { return sshd.ListRepos(lay.repos) }, Log: logger.With("component", "http")}
+		site := &siteServer{Repos: lay.repos, WWW: lay.www, Keys: siteKeys, List: func() ([]string, error) { return siteRepos(lay.repos, policy.access()) }, Log: logger.With("component", "http")}
 		httpSrv = &http.Server{Handler: readOnly(site), ReadHeaderTimeout: 10 * time.Second}
 		httpURL = "http://" + hl.Addr().String() + "/"
 		go httpSrv.Serve(hl)
@@ -597,8 +599,9 @@ func readOnly(h http.Handler) http.Handler {
 
 // rolesPolicy answers the SSH endpoint's questions from the roles file.
 type rolesPolicy struct {
-	file *queue.AccessFile
-	log  *slog.Logger
+	file   *queue.AccessFile
+	owners *ownerStore
+	log    *slog.Logger
 }
 
 func (p *rolesPolicy) access() *queue.Access {
@@ -624,9 +627,15 @@ func (p *rolesPolicy) AllowRepo(id sshd.Identity, repo string, op sshd.Op) error
 	return nil
 }
 
-func (p *rolesPolicy) AllowRef(id sshd.Identity, repo string, u sshd.RefUpdate) error {
-	if err := p.access().Roles(id.Fingerprint, repo).MayUpdate(u.Name, u.Deleting()); err != nil {
+func (p *rolesPolicy) AllowRef(push *sshd.Push, u sshd.RefUpdate) error {
+	r := p.access().Roles(push.ID.Fingerprint, push.Repo)
+	if err := r.MayUpdate(u.Name, u.Deleting()); err != nil {
 		return err
+	}
+	if r&queue.RoleAdmin == 0 && r&queue.RoleWorker != 0 && !(strings.HasPrefix(u.Name, queue.RequestsPrefix) && r&(queue.RoleTrigger|queue.RoleTrusted) != 0) {
+		if err := p.owners.checkWorker(push, u, time.Now()); err != nil {
+			return err
+		}
 	}
 	if strings.HasPrefix(u.Name, queue.RequestsPrefix) && !u.Deleting() {
 		if err := queue.ValidateRequestName(strings.TrimPrefix(u.Name, queue.RequestsPrefix)); err != nil {
@@ -682,13 +691,18 @@ func requestOptions(opts []string) (queue.RequestOptions, error) {
 type receiver struct {
 	access *queue.AccessFile
 	trust  *trustStore
+	owners *ownerStore
 	worker *worker.Worker
 	log    *slog.Logger
 }
 
 func (rc *receiver) onReceive(ctx context.Context, r *sshd.Receive) string {
 	a, _ := rc.access.Load()
-	trusted := a.Roles(r.ID.Fingerprint, r.Repo).Trusted()
+	roles := a.Roles(r.ID.Fingerprint, r.Repo)
+	trusted := roles.Trusted()
+	if err := rc.owners.record(r); err != nil {
+		rc.log.Error("recording who owns claims and runs", "repo", r.Repo, "err", err)
+	}
 	opts, _ := requestOptions(r.PushOptions) // checked before the push was accepted
 	var names []string
 	var msgs []string

@@ -259,6 +259,10 @@ func TestServeRolesAndReload(t *testing.T) {
 	if out := sv.gitErr("", "ls-remote", "ci"); !strings.Contains(out, "Permission denied (publickey)") {
 		t.Errorf("unknown key:\n%s", out)
 	}
+	// The admin learns which key knocked, to add it.
+	if l := sv.log.String(); !strings.Contains(l, "refused an unknown key; an admin can add it to the roles file") || !strings.Contains(l, " key="+trigFP+" type=ssh-ed25519 addr=127.0.0.1:") {
+		t.Errorf("the unknown key is not in the log:\n%s", tail(l))
+	}
 	sv.addRole("trigger " + strings.TrimSpace(string(must(os.ReadFile(trig+".pub")))))
 	sv.git("", "ls-remote", "ci") // re-read without a restart
 	sv.git("", "commit", "-q", "--allow-empty", "-m", "not on main yet")
@@ -291,7 +295,7 @@ func TestServeRolesAndReload(t *testing.T) {
 	sv.git("", "ls-remote", "ci")
 
 	// A worker key: claims and runs yes, new requests no, deleting a
-	// finished request yes.
+	// request it did not claim no (the rest: serve_trust_e2e_test.go).
 	wk, _ := sshKey(t, sv.root, "worker")
 	sv.addRole("worker " + strings.TrimSpace(string(must(os.ReadFile(wk+".pub")))))
 	sv.useKey(wk)
@@ -300,12 +304,14 @@ func TestServeRolesAndReload(t *testing.T) {
 		t.Errorf("worker pushing a request:\n%s", out)
 	}
 	sv.env = adminEnv
-	// w2's pipeline runs long enough for the worker key to delete the
-	// request before the embedded worker finishes it.
+	// w2's pipeline runs long enough for the worker key to try deleting
+	// the request before the embedded worker finishes it.
 	sv.pipeline("sleep 3\n")
 	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/requests/w2", "HEAD:refs/ci/secrets/prod", "HEAD:refs/tags/v1")
 	sv.useKey(wk)
-	sv.git("", "push", "-q", "ci", ":refs/ci/claims/w1", ":refs/ci/requests/w2")
+	if out := sv.gitErr("", "push", "ci", ":refs/ci/claims/w1", ":refs/ci/requests/w2"); !strings.Contains(out, "refused refs/ci/requests/w2: ") || !strings.Contains(out, "[deleted]         refs/ci/claims/w1") {
+		t.Errorf("worker deleting its own claim and a request it did not claim:\n%s", out)
+	}
 	// A broken edit keeps the previous roles.
 	sv.addRole("owner " + trigFP)
 	sv.git("", "ls-remote", "ci")

@@ -25,9 +25,13 @@ type trustStore struct {
 
 const maxTrustRecords = 2000
 
-func (t *trustStore) file(repo string) string {
+func (t *trustStore) file(repo string) string { return filepath.Join(t.dir, repoFileName(repo)) }
+
+// repoFileName is a file name for a repository's records: its name with
+// '/' as '_', and a short hash so that a/b and a_b differ.
+func repoFileName(repo string) string {
 	sum := sha256.Sum256([]byte(repo))
-	return filepath.Join(t.dir, strings.ReplaceAll(repo, "/", "_")+"-"+hex.EncodeToString(sum[:4]))
+	return strings.ReplaceAll(repo, "/", "_") + "-" + hex.EncodeToString(sum[:4])
 }
 
 // record notes that key fp pushed object as a request in repo.

@@ -10,6 +10,9 @@ import (
 	"sync"
 	"time"
 
+	"refci.dev/refci/gitproto/sshd"
+	"refci.dev/refci/queue"
+	"refci.dev/refci/render"
 	"refci.dev/refci/secrets"
 )
 
@@ -47,6 +50,7 @@ var siteIndex = template.Must(template.New("index").Parse(`<!DOCTYPE html>
 
 func (s *siteServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := path.Clean("/" + r.URL.Path)
+	w.Header().Set("Content-Security-Policy", siteCSP()) // every answer, errors too
 	repos, err := s.List()
 	if err != nil {
 		http.Error(w, "cannot list the repositories", http.StatusInternalServerError)
@@ -72,7 +76,88 @@ func (s *siteServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.refresh(name)
+	if resultContent(strings.TrimPrefix(p, "/"+name)) {
+		// What a result brought: never a page of this site's origin.
+		w.Header().Set("Content-Security-Policy", contentCSP)
+		dest := r.Header.Get("Sec-Fetch-Dest")
+		w = &activeAsDownload{ResponseWriter: w, inline: dest == "iframe" || dest == "frame"}
+	}
 	http.FileServer(http.Dir(s.WWW)).ServeHTTP(w, r)
+}
+
+// siteCSP is the policy of the site's own pages (render.SiteCSP).
+var siteCSP = sync.OnceValue(render.SiteCSP)
+
+// contentCSP is the policy of everything a result brought (logs,
+// status.json, artifacts): a sandbox without scripts, forms or the
+// site's origin, that loads nothing but inline styles and images, and
+// may be framed only by the site's pages (the artifact preview).
+const contentCSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
+
+// resultContent reports whether rest (a cleaned path inside one
+// repository's site, starting with "/") is a file a result brought: under
+// runs/<target>/<run>/, except the run's page index.html, which the site
+// rendered itself.
+func resultContent(rest string) bool {
+	parts := strings.Split(strings.Trim(rest, "/"), "/")
+	if len(parts) < 4 || parts[0] != "runs" {
+		return false
+	}
+	return !(len(parts) == 4 && parts[3] == "index.html")
+}
+
+// activeAsDownload makes a response whose type a browser would render as
+// a document that can act (HTML, SVG, XML) an attachment, unless it is
+// asked for by a frame (the run page's sandboxed preview).
+type activeAsDownload struct {
+	http.ResponseWriter
+	inline  bool
+	decided bool
+}
+
+func (a *activeAsDownload) decide() {
+	if a.decided {
+		return
+	}
+	a.decided = true
+	if !a.inline && activeType(a.Header().Get("Content-Type")) {
+		a.Header().Set("Content-Disposition", "attachment")
+	}
+}
+
+func (a *activeAsDownload) WriteHeader(code int) {
+	a.decide()
+	a.ResponseWriter.WriteHeader(code)
+}
+
+func (a *activeAsDownload) Write(b []byte) (int, error) {
+	a.decide()
+	return a.ResponseWriter.Write(b)
+}
+
+// activeType reports whether a Content-Type is one a browser renders as
+// a document with scripts or links of its own.
+func activeType(ct string) bool {
+	mt, _, _ := strings.Cut(strings.ToLower(ct), ";")
+	mt = strings.TrimSpace(mt)
+	return mt == "" || strings.Contains(mt, "html") || strings.Contains(mt, "xml") || strings.Contains(mt, "svg") ||
+		mt == "application/pdf" || strings.HasPrefix(mt, "multipart/")
+}
+
+// siteRepos lists the repositories the HTTP site shows: those every key
+// may read, and those the roles file marks public (queue.Access.OnSite).
+func siteRepos(root string, a *queue.Access) ([]string, error) {
+	all, err := sshd.ListRepos(root)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, r := range all {
+		if a.OnSite(r) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
 }
 
 // refresh brings one repository's site up to date unless it was built

@@ -10,7 +10,8 @@ package sshd
 //
 //	pre-receive   all updates and the push options: Config.CheckPushOptions
 //	              (only when the push carries options; the script checks)
-//	update        one ref: Policy.AllowRef (a refusal names the ref in the push report)
+//	update        one ref: Policy.AllowRef, which may read the pushed objects
+//	              (still in quarantine); a refusal names the ref in the push report
 //	post-receive  the applied updates: Config.OnReceive
 //
 // A token is valid only while its receive-pack runs. The post-receive
@@ -51,6 +52,9 @@ type hookRequest struct {
 	Args    []string `json:"args,omitempty"`
 	Stdin   string   `json:"stdin,omitempty"`
 	Options []string `json:"options,omitempty"`
+	// Quarantine is receive-pack's GIT_QUARANTINE_PATH: where the pushed
+	// objects wait until every hook said yes.
+	Quarantine string `json:"quarantine,omitempty"`
 }
 
 type hookResponse struct {
@@ -70,7 +74,7 @@ func HookMain(args []string) int {
 		fmt.Fprintln(os.Stderr, "refci: this hook runs only under refci serve")
 		return 1
 	}
-	req := hookRequest{Token: token, Hook: args[0], Args: args[1:]}
+	req := hookRequest{Token: token, Hook: args[0], Args: args[1:], Quarantine: os.Getenv("GIT_QUARANTINE_PATH")}
 	if req.Hook == "pre-receive" || req.Hook == "post-receive" {
 		b, err := io.ReadAll(io.LimitReader(os.Stdin, maxHookIO))
 		if err != nil {
@@ -147,9 +151,9 @@ type hookSession struct {
 	path  string
 
 	mu      sync.Mutex
-	updated []string // refs applied, as post-receive reported them
-	refused []string // refs AllowRef refused
-	checked []string // refs AllowRef allowed
+	updated []string    // refs applied, as post-receive reported them
+	refused []string    // refs AllowRef refused
+	allowed []RefUpdate // the updates AllowRef allowed, in order
 }
 
 func (h *hookSession) refs() (updated, refused []string) {
@@ -274,14 +278,23 @@ func (hs *hookServer) answer(req *hookRequest) hookResponse {
 			return hookResponse{Message: "refci: update hook: want 3 arguments"}
 		}
 		u := RefUpdate{Name: req.Args[0], Old: req.Args[1], New: req.Args[2]}
-		err := srv.cfg.Policy.AllowRef(s.id, s.repo, u)
+		p := &Push{ID: s.id, Repo: s.repo, Path: s.path}
+		s.mu.Lock()
+		p.Earlier = append([]RefUpdate(nil), s.allowed...)
+		s.mu.Unlock()
+		q, err := quarantineDir(s.path, req.Quarantine)
+		if err != nil {
+			return hookResponse{Message: "refci: refused " + u.Name + ": " + err.Error()}
+		}
+		p.quarantine = q
+		err = srv.cfg.Policy.AllowRef(p, u)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if err != nil {
 			s.refused = append(s.refused, u.Name)
 			return hookResponse{Message: "refci: refused " + u.Name + ": " + err.Error()}
 		}
-		s.checked = append(s.checked, u.Name)
+		s.allowed = append(s.allowed, u)
 		return hookResponse{OK: true}
 	case "post-receive":
 		ups, err := parseUpdates(req.Stdin)
@@ -314,8 +327,8 @@ func (hs *hookServer) answer(req *hookRequest) hookResponse {
 func (s *hookSession) confirm(ups []RefUpdate) []RefUpdate {
 	s.mu.Lock()
 	allowed := map[string]bool{}
-	for _, n := range s.checked {
-		allowed[n] = true
+	for _, u := range s.allowed {
+		allowed[u.Name] = true
 	}
 	s.mu.Unlock()
 	repo, err := openRepo(s.path)
@@ -385,4 +398,85 @@ func parseUpdates(stdin string) ([]RefUpdate, error) {
 		out = append(out, RefUpdate{Old: f[0], New: f[1], Name: f[2]})
 	}
 	return out, sc.Err()
+}
+
+// quarantineDir checks the quarantine directory a hook reported: it must
+// be a directory directly inside the repository's objects directory (as
+// receive-pack makes it), or empty (git without quarantine).
+func quarantineDir(repo, q string) (string, error) {
+	if q == "" {
+		return "", nil
+	}
+	if !filepath.IsAbs(q) {
+		q = filepath.Join(repo, q)
+	}
+	q = filepath.Clean(q)
+	if fi, err := os.Lstat(q); err != nil || !fi.IsDir() {
+		return "", fmt.Errorf("the push's object quarantine %q is not a directory", q)
+	}
+	// git names it from its working directory, with symlinks resolved.
+	realQ, err1 := filepath.EvalSymlinks(q)
+	realRepo, err2 := filepath.EvalSymlinks(repo)
+	if err1 != nil || err2 != nil || filepath.Dir(realQ) != filepath.Join(realRepo, "objects") {
+		return "", fmt.Errorf("the push's object quarantine %q is not inside the repository", q)
+	}
+	return q, nil
+}
+
+// Push is one push, as Policy.AllowRef sees it while deciding a ref.
+// Its methods read the repository as the push would leave it: the
+// pushed objects (still in receive-pack's quarantine) included. Not
+// shared after AllowRef returns.
+type Push struct {
+	ID   Identity
+	Repo string // clean repository name
+	Path string // the bare repository's directory
+	// Earlier are the updates of this push that AllowRef allowed before
+	// this one, in the order receive-pack asked. In a push that is not
+	// atomic, they may already be applied.
+	Earlier []RefUpdate
+
+	quarantine string
+}
+
+// Git runs git in the repository, seeing the pushed objects, and returns
+// its standard output. Only for reading.
+func (p *Push) Git(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "git", append([]string{"-c", "core.hooksPath=/dev/null"}, args...)...)
+	cmd.Dir = p.Path
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null", "HOME=" + p.Path, "GIT_DIR=" + p.Path}
+	if p.quarantine != "" {
+		cmd.Env = append(cmd.Env, "GIT_OBJECT_DIRECTORY="+p.quarantine, "GIT_ALTERNATE_OBJECT_DIRECTORIES="+filepath.Join(p.Path, "objects"))
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("git %s: %w: %s", args[0], err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}
+
+// IsAncestor reports whether commit old is new or an ancestor of it.
+func (p *Push) IsAncestor(ctx context.Context, old, new string) (bool, error) {
+	_, err := p.Git(ctx, "merge-base", "--is-ancestor", old, new)
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() == 1 {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// RefValue returns the ref's current value in the repository, or "" when
+// it does not exist.
+func (p *Push) RefValue(name string) string {
+	repo, err := openRepo(p.Path)
+	if err != nil {
+		return ""
+	}
+	h, err := repo.RefHash(name)
+	if err != nil {
+		return ""
+	}
+	return h.String()
 }

@@ -73,9 +73,13 @@ type RefUpdate struct {
 }
 
 // Deleting reports whether the update removes the ref.
-func (u RefUpdate) Deleting() bool { return u.New == zeroID }
+func (u RefUpdate) Deleting() bool { return u.New == ZeroID }
 
-const zeroID = "0000000000000000000000000000000000000000"
+// ZeroID is the object id git uses for "no ref": the Old of a ref a push
+// creates, the New of one it deletes.
+const ZeroID = "0000000000000000000000000000000000000000"
+
+const zeroID = ZeroID
 
 // Policy decides who may do what. Its methods are called from many
 // sessions at once and must be safe for concurrent use. An error is
@@ -89,8 +93,9 @@ type Policy interface {
 	AllowRepo(id Identity, repo string, op Op) error
 	// AllowRef decides each ref update of a push; a refusal rejects that
 	// ref only (the push report names it), or the whole push when the
-	// client asked for an atomic push.
-	AllowRef(id Identity, repo string, u RefUpdate) error
+	// client asked for an atomic push. p tells who pushes where and
+	// reads the repository with the pushed objects.
+	AllowRef(p *Push, u RefUpdate) error
 }
 
 // Receive is a successful push, as Config.OnReceive gets it. Read-only
@@ -128,6 +133,16 @@ type Config struct {
 	MaxSessions  int           // git sessions at once (default 64); more wait up to 10 s, then are refused
 	MaxPackBytes int64         // largest pack a push may send (default 1 GiB)
 	IdleTimeout  time.Duration // a connection silent this long is closed (default 5 min)
+	// Connection limits (see limit.go): a connection must authenticate
+	// within HandshakeTimeout (default 15 s); at most MaxUnauthPerAddr
+	// connections per source address (default 8) and MaxUnauth in all
+	// (default 4 x MaxSessions) wait to authenticate, a new one closing
+	// the oldest; at most MaxConns are authenticated (default 4 x
+	// MaxSessions).
+	HandshakeTimeout time.Duration
+	MaxUnauthPerAddr int
+	MaxUnauth        int
+	MaxConns         int
 	// HookCommand runs the hook client: default the running executable
 	// with HookArg (its main must call HookMain for that argument).
 	HookCommand []string
@@ -143,13 +158,16 @@ type Server struct {
 	hooksDir string
 	hooks    *hookServer
 	slots    chan struct{}
+	lim      *limiter
 
 	mu        sync.Mutex
 	draining  bool
 	gcRunning map[string]bool // repositories with a git gc --auto running
-	gcs       sync.WaitGroup
-	sessions  sync.WaitGroup
-	createMu  sync.Mutex
+	// refusedSeen dedupes the log of refused keys: key and host -> last logged
+	refusedSeen map[string]time.Time
+	gcs         sync.WaitGroup
+	sessions    sync.WaitGroup
+	createMu    sync.Mutex
 }
 
 // New prepares a server: the state directory, the hook scripts and the
@@ -170,6 +188,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 5 * time.Minute
 	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 15 * time.Second
+	}
+	if cfg.MaxUnauthPerAddr <= 0 {
+		cfg.MaxUnauthPerAddr = 8
+	}
+	if cfg.MaxUnauth <= 0 {
+		cfg.MaxUnauth = 4 * cfg.MaxSessions
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = 4 * cfg.MaxSessions
+	}
 	if len(cfg.HookCommand) == 0 {
 		self, err := os.Executable()
 		if err != nil {
@@ -186,6 +216,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("sshd: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, slots: make(chan struct{}, cfg.MaxSessions)}
+	s.lim = &limiter{log: s.log, handshake: cfg.HandshakeTimeout, perAddr: cfg.MaxUnauthPerAddr,
+		maxUnauth: cfg.MaxUnauth, maxAuth: cfg.MaxConns, byAddr: map[string]int{}}
 	var err error
 	if s.hooksDir, err = writeHooks(cfg.StateDir, cfg.HookCommand); err != nil {
 		return nil, err
@@ -198,16 +230,31 @@ func New(cfg Config) (*Server, error) {
 		HostSigners: []ssh.Signer{cfg.HostKey},
 		Version:     "refci",
 		IdleTimeout: cfg.IdleTimeout,
+		ConnCallback: func(ctx ssh.Context, c net.Conn) net.Conn {
+			if lc, ok := c.(*limitConn); ok {
+				ctx.SetValue(connKey{}, lc)
+			}
+			return c
+		},
 		PublicKeyHandler: func(ctx ssh.Context, key ssh.PublicKey) bool {
-			return cfg.Policy.Known(gossh.FingerprintSHA256(key))
+			fp := gossh.FingerprintSHA256(key)
+			if cfg.Policy.Known(fp) {
+				return true
+			}
+			s.refusedKey(ctx, key, fp)
+			return false
 		},
 		PtyCallback: func(ssh.Context, ssh.Pty) bool { return false },
-		ServerConfigCallback: func(ssh.Context) *gossh.ServerConfig {
+		ServerConfigCallback: func(ctx ssh.Context) *gossh.ServerConfig {
+			lc, _ := ctx.Value(connKey{}).(*limitConn)
 			return &gossh.ServerConfig{
 				MaxAuthTries: 6,
 				// Called only for the key whose signature was verified:
 				// the session's identity is taken from here.
 				VerifiedPublicKeyCallback: func(_ gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+					if lc != nil && !lc.authenticated() {
+						s.log.Warn("too many connections; turning one away", "addr", lc.RemoteAddr().String(), "key", gossh.FingerprintSHA256(key), "max", cfg.MaxConns)
+					}
 					return &gossh.Permissions{ExtraData: map[any]any{verifiedKey{}: key}}, nil
 				},
 			}
@@ -221,46 +268,37 @@ func New(cfg Config) (*Server, error) {
 
 type verifiedKey struct{}
 
-// limitListener closes connections beyond its capacity as they arrive,
-// so unauthenticated clients cannot pile up connections.
-type limitListener struct {
-	net.Listener
-	slots chan struct{}
-	log   *slog.Logger
-}
+type connKey struct{}
 
-func (l *limitListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		select {
-		case l.slots <- struct{}{}:
-			return &limitConn{Conn: c, release: func() { <-l.slots }}, nil
-		default:
-			l.log.Warn("too many connections; closed one", "addr", c.RemoteAddr().String(), "max", cap(l.slots))
-			c.Close()
-		}
+// refusedKey logs a key the policy does not know, so an admin can add
+// it: the first one each connection offers (a client may offer every key
+// of its agent), and the same key from the same address at most once a
+// minute.
+func (s *Server) refusedKey(ctx ssh.Context, key ssh.PublicKey, fp string) {
+	lc, _ := ctx.Value(connKey{}).(*limitConn)
+	if lc != nil && !lc.refusedKey() {
+		return
 	}
-}
-
-type limitConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
-func (c *limitConn) Close() error {
-	c.once.Do(c.release)
-	return c.Conn.Close()
+	addr := ctx.RemoteAddr().String()
+	dedupe := fp + " " + hostOf(ctx.RemoteAddr())
+	s.mu.Lock()
+	if s.refusedSeen == nil || len(s.refusedSeen) > 1024 {
+		s.refusedSeen = map[string]time.Time{}
+	}
+	last, seen := s.refusedSeen[dedupe]
+	if seen && time.Since(last) < time.Minute {
+		s.mu.Unlock()
+		return
+	}
+	s.refusedSeen[dedupe] = time.Now()
+	s.mu.Unlock()
+	s.log.Warn("refused an unknown key; an admin can add it to the roles file", "key", fp, "type", key.Type(), "addr", addr, "user", ctx.User())
 }
 
 // Serve accepts connections on ln until Shutdown or Close. It returns
-// nil after a Shutdown. At most four times MaxSessions connections are
-// open at once (authenticated or not); more are closed at once.
+// nil after a Shutdown. Connections are limited as Config says.
 func (s *Server) Serve(ln net.Listener) error {
-	err := s.srv.Serve(&limitListener{Listener: ln, slots: make(chan struct{}, 4*s.cfg.MaxSessions), log: s.log})
+	err := s.srv.Serve(&limitListener{Listener: ln, lim: s.lim})
 	if errors.Is(err, ssh.ErrServerClosed) {
 		return nil
 	}
@@ -344,6 +382,11 @@ func (s *Server) handle(sess ssh.Session) {
 	s.mu.Unlock()
 	defer s.sessions.Done()
 
+	if lc, _ := sess.Context().Value(connKey{}).(*limitConn); lc != nil && lc.over() {
+		fail(sess, 1, "the server is busy (%d connections at once); try again", s.cfg.MaxConns)
+		lc.Close()
+		return
+	}
 	id, err := identity(sess)
 	if err != nil {
 		fail(sess, 1, "%v", err)

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -36,6 +37,7 @@ func TestMain(m *testing.M) {
 type testPolicy struct {
 	mu     sync.Mutex
 	grants map[string]string
+	check  func(*Push, RefUpdate) error // more checks, when set
 }
 
 func (p *testPolicy) grant(fp, g string) {
@@ -61,9 +63,12 @@ func (p *testPolicy) AllowRepo(id Identity, repo string, op Op) error {
 	return nil
 }
 
-func (p *testPolicy) AllowRef(id Identity, repo string, u RefUpdate) error {
+func (p *testPolicy) AllowRef(push *Push, u RefUpdate) error {
 	if strings.HasPrefix(u.Name, "refs/forbidden/") {
 		return errors.New("forbidden by the test policy")
+	}
+	if p.check != nil {
+		return p.check(push, u)
 	}
 	return nil
 }
@@ -602,39 +607,46 @@ func TestValidGitProtocol(t *testing.T) {
 	}
 }
 
+// dialKey opens an authenticated SSH connection with the client's key
+// (Go's client: a connection that holds no session).
+func (c *client) dialKey() (*gossh.Client, error) {
+	b, err := os.ReadFile(c.key)
+	if err != nil {
+		return nil, err
+	}
+	signer, err := gossh.ParsePrivateKey(b)
+	if err != nil {
+		return nil, err
+	}
+	return gossh.Dial("tcp", c.ts.addr, &gossh.ClientConfig{
+		User: "git", Auth: []gossh.AuthMethod{gossh.PublicKeys(signer)},
+		HostKeyCallback: gossh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second,
+	})
+}
+
 func TestConnectionLimit(t *testing.T) {
 	ts := startServer(t, func(c *Config) { c.MaxSessions = 1 })
 	admin := ts.client("admin", "rwc")
 	admin.initRepo(1)
 	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
-	// Four idle, unauthenticated connections fill the server (4 x MaxSessions).
-	// The push's own connection may still hold its place for a moment
-	// after git exits: a connection closed at once is tried again.
-	var conns []net.Conn
-	fillBy := time.Now().Add(10 * time.Second)
+	// Four idle authenticated connections fill the server (4 x MaxSessions).
+	var conns []*gossh.Client
 	for i := 0; i < 4; i++ {
-		for {
-			c, err := net.Dial("tcp", ts.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			buf := make([]byte, 8)
-			c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := c.Read(buf); err == nil { // the server's version line: accepted
-				conns = append(conns, c)
-				break
-			} else if time.Now().After(fillBy) {
-				t.Fatalf("connection %d: %v", i, err)
-			}
-			c.Close()
-			time.Sleep(50 * time.Millisecond)
+		c, err := admin.dialKey()
+		if err != nil {
+			t.Fatal(err)
 		}
+		conns = append(conns, c)
 	}
-	if out, err := admin.run("git", "ls-remote", admin.url+"/app.git"); err == nil {
-		t.Errorf("a fifth connection was served:\n%s", out)
+	// (The push's own connection may still hold its place for a moment
+	// after git exits: then the fourth is turned away too, and what
+	// follows holds all the same.)
+	out, err := admin.run("git", "ls-remote", admin.url+"/app.git")
+	if err == nil || !strings.Contains(out, "the server is busy (4 connections at once)") {
+		t.Errorf("a fifth connection was served: %v\n%s", err, out)
 	}
 	conns[0].Close()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := admin.run("git", "ls-remote", admin.url+"/app.git"); err == nil {
 			break
@@ -647,8 +659,155 @@ func TestConnectionLimit(t *testing.T) {
 	for _, c := range conns[1:] {
 		c.Close()
 	}
-	if !strings.Contains(ts.logs.String(), "too many connections") {
+	if !strings.Contains(ts.logs.String(), "too many connections; turning one away") {
 		t.Error("the refusal was not logged")
+	}
+}
+
+// openIdle opens a TCP connection and reads the server's version line,
+// so it was accepted; it then says nothing.
+func openIdle(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	line := make([]byte, 0, 64)
+	b := make([]byte, 1)
+	for len(line) < 64 {
+		if _, err := c.Read(b); err != nil {
+			t.Fatalf("no version line: %v", err)
+		}
+		if line = append(line, b[0]); b[0] == '\n' {
+			break
+		}
+	}
+	if !strings.HasPrefix(string(line), "SSH-2.0-") {
+		t.Fatalf("version line %q", line)
+	}
+	return c
+}
+
+// A few hundred idle TCP connections from the client's own address do
+// not lock it out: each new one closes the oldest waiting one of its
+// address, so at most MaxUnauthPerAddr stay open.
+func TestFloodOfIdleConnections(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxSessions = 4 })
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	const n = 300
+	var flood []net.Conn
+	for i := 0; i < n; i++ {
+		flood = append(flood, openIdle(t, ts.addr))
+	}
+	defer func() {
+		for _, c := range flood {
+			c.Close()
+		}
+	}()
+	// The newest are held open while a real client comes in.
+	if out, err := admin.run("git", "ls-remote", admin.url+"/app.git"); err != nil || !strings.Contains(out, "refs/heads/main") {
+		t.Fatalf("git ls-remote during the flood: %v\n%s", err, out)
+	}
+	if out, err := admin.run("git", "push", "-q", admin.url+"/app.git", "main:refs/heads/during-flood"); err != nil {
+		t.Fatalf("git push during the flood: %v\n%s", err, out)
+	}
+	// Every connection the server closed reads EOF at once; the ones
+	// still open time out.
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	open := 0
+	for _, c := range flood {
+		wg.Add(1)
+		go func(c net.Conn) {
+			defer wg.Done()
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			_, err := c.Read(make([]byte, 1))
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				mu.Lock()
+				open++
+				mu.Unlock()
+			}
+		}(c)
+	}
+	wg.Wait()
+	if open > 8 {
+		t.Errorf("%d of %d idle connections are still open, want at most 8 (MaxUnauthPerAddr)", open, n)
+	}
+	if !strings.Contains(ts.logs.String(), "too many connections waiting to log in; closed the oldest") {
+		t.Error("the evictions were not logged")
+	}
+}
+
+// An unauthenticated connection is closed at the handshake deadline; an
+// authenticated one is not.
+func TestHandshakeDeadline(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.HandshakeTimeout = time.Second })
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	authed, err := admin.dialKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer authed.Close()
+	t0 := time.Now() // before the server accepts it
+	idle := openIdle(t, ts.addr)
+	defer idle.Close()
+	idle.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.ReadAll(idle); err != nil {
+		t.Fatalf("the idle connection was not closed: %v", err)
+	}
+	if el := time.Since(t0); el < 900*time.Millisecond {
+		t.Errorf("closed after %s, before the handshake deadline", el)
+	}
+	// The authenticated connection is older than the deadline and works.
+	sess, err := authed.NewSession()
+	if err != nil {
+		t.Fatalf("the authenticated connection was closed: %v", err)
+	}
+	defer sess.Close()
+	sess.Stdin = strings.NewReader("0000")
+	out, err := sess.Output("git-upload-pack '/app.git'")
+	if err != nil || !strings.Contains(string(out), "refs/heads/main") {
+		t.Errorf("upload-pack on the old connection: %v\n%s", err, out)
+	}
+}
+
+// A refused key is logged with its fingerprint, type and address, once
+// per connection however many keys the client offers, and not again for
+// the same key and address within a minute.
+func TestRefusedKeyIsLogged(t *testing.T) {
+	ts := startServer(t, nil)
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	stranger := ts.client("stranger", "")
+	k2, _ := newKey(t, stranger.dir, "id2")
+	k3, fp3 := newKey(t, stranger.dir, "id3")
+	stranger.env = append(stranger.env, "GIT_SSH_COMMAND="+stranger.sshCommand("-i", k2, "-i", k3))
+	for i := 0; i < 2; i++ {
+		if out, err := stranger.run("git", "ls-remote", stranger.url+"/app.git"); err == nil || !strings.Contains(out, "Permission denied (publickey)") {
+			t.Fatalf("an unknown key was let in: %v\n%s", err, out)
+		}
+	}
+	logs := ts.logs.String()
+	if n := strings.Count(logs, "refused an unknown key"); n != 1 {
+		t.Errorf("%d log lines for refused keys, want 1:\n%s", n, logs)
+	}
+	if !strings.Contains(logs, "key="+stranger.fp+" type=ssh-ed25519 addr=127.0.0.1:") {
+		t.Errorf("the first offered key is not logged with its type and address:\n%s", logs)
+	}
+	// Another key, offered alone, is logged.
+	other := ts.client("other", "")
+	other.key = k3
+	other.env = append(other.env, "GIT_SSH_COMMAND="+other.sshCommand())
+	other.run("git", "ls-remote", other.url+"/app.git")
+	if logs := ts.logs.String(); strings.Count(logs, "refused an unknown key") != 2 || !strings.Contains(logs, "key="+fp3) {
+		t.Errorf("the second key's refusal:\n%s", logs)
 	}
 }
 
@@ -676,5 +835,168 @@ func TestIdleConnectionsAreClosed(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		cmd.Process.Kill()
 		t.Fatal("an idle session was still open after 15 s (idle time 1 s)")
+	}
+}
+
+// A policy sees the pushed objects (still in quarantine) and the earlier
+// updates of the same push: it can require fast-forwards with real git.
+func TestPolicySeesThePush(t *testing.T) {
+	ts := startServer(t, nil)
+	var mu sync.Mutex
+	var earlier [][]RefUpdate
+	ts.policy.check = func(p *Push, u RefUpdate) error {
+		mu.Lock()
+		earlier = append(earlier, p.Earlier)
+		mu.Unlock()
+		if p.Repo != "app.git" || p.ID.Fingerprint == "" {
+			return fmt.Errorf("push %+v", p)
+		}
+		if !strings.HasPrefix(u.Name, "refs/ff/") || u.Old == zeroID || u.Deleting() {
+			return nil
+		}
+		if p.RefValue(u.Name) != u.Old {
+			return fmt.Errorf("RefValue(%s) = %q, want %s", u.Name, p.RefValue(u.Name), u.Old)
+		}
+		ok, err := p.IsAncestor(context.Background(), u.Old, u.New)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errors.New("not a fast-forward")
+		}
+		return nil
+	}
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(2)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main", "HEAD~1:refs/ff/x")
+	// A new commit, only in the push's quarantine while the hook asks.
+	admin.must("git", "commit", "-q", "--allow-empty", "-m", "new")
+	admin.must("git", "push", "-q", admin.url+"/app.git", "HEAD:refs/ff/x")
+	admin.must("git", "commit", "-q", "--amend", "--allow-empty", "-m", "rewritten")
+	out, err := admin.run("git", "push", "--force", admin.url+"/app.git", "HEAD:refs/ff/x", "HEAD:refs/heads/other")
+	if err == nil || !strings.Contains(out, "refused refs/ff/x: not a fast-forward") {
+		t.Errorf("a forced push was allowed: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "* [new branch]      HEAD -> other") {
+		t.Errorf("the other ref of the push was not applied:\n%s", out)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// The first push's second ref saw the first one as allowed.
+	if len(earlier) < 2 || len(earlier[0]) != 0 || len(earlier[1]) != 1 || earlier[1][0].Name != "refs/heads/main" && earlier[1][0].Name != "refs/ff/x" {
+		t.Errorf("Earlier: %+v", earlier)
+	}
+}
+
+func TestQuarantineDir(t *testing.T) {
+	repo := t.TempDir()
+	q := filepath.Join(repo, "objects", "tmp_objdir-incoming-x")
+	os.MkdirAll(q, 0o700)
+	os.MkdirAll(filepath.Join(repo, "elsewhere"), 0o700)
+	if got, err := quarantineDir(repo, q); err != nil || got != q {
+		t.Errorf("the real quarantine: %q %v", got, err)
+	}
+	if got, err := quarantineDir(repo, "objects/tmp_objdir-incoming-x"); err != nil || got != q {
+		t.Errorf("relative: %q %v", got, err)
+	}
+	if got, err := quarantineDir(repo, ""); err != nil || got != "" {
+		t.Errorf("none: %q %v", got, err)
+	}
+	// The repository reached through a symlink, as the server may name it.
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(repo, link); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := quarantineDir(link, q); err != nil || got != q {
+		t.Errorf("through a symlink: %q %v", got, err)
+	}
+	for _, bad := range []string{"/tmp", filepath.Join(repo, "elsewhere"), filepath.Join(repo, "objects"), filepath.Join(repo, "objects", "missing"), filepath.Join(repo, "objects", "..", "elsewhere"), q + "/../../../elsewhere"} {
+		if got, err := quarantineDir(repo, bad); err == nil {
+			t.Errorf("quarantineDir(%q) = %q, want an error", bad, got)
+		}
+	}
+}
+
+// The repositories' root reached through a symlink: git reports the
+// quarantine by its physical path, and it is still recognised.
+func TestPolicySeesThePushUnderASymlinkedRoot(t *testing.T) {
+	real := t.TempDir()
+	link := filepath.Join(t.TempDir(), "repos")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, func(c *Config) { c.Root = link })
+	ts.policy.check = func(p *Push, u RefUpdate) error {
+		if u.Old == zeroID || u.Deleting() {
+			return nil
+		}
+		if ok, err := p.IsAncestor(context.Background(), u.Old, u.New); err != nil || !ok {
+			return fmt.Errorf("not a fast-forward (%v)", err)
+		}
+		return nil
+	}
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	admin.must("git", "commit", "-q", "--allow-empty", "-m", "new")
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+}
+
+// The limiter's counts: evictions, authentication and closing leave
+// nothing behind.
+func TestLimiterAccounting(t *testing.T) {
+	l := &limiter{log: slog.New(slog.DiscardHandler), handshake: time.Minute, perAddr: 3, maxUnauth: 5, maxAuth: 2, byAddr: map[string]int{}}
+	var conns []*limitConn
+	var peers []net.Conn
+	for i := 0; i < 10; i++ {
+		a, b := net.Pipe()
+		peers = append(peers, b)
+		conns = append(conns, l.admit(a))
+	}
+	count := func() (unauth, auth int) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.unauth), l.nAuth
+	}
+	if u, _ := count(); u != 3 || l.byAddr["pipe"] != 3 {
+		t.Fatalf("after 10 from one address: %d waiting, by address %v; want 3", u, l.byAddr)
+	}
+	// The 7 oldest were closed: their peers read EOF.
+	for i, p := range peers {
+		p.SetReadDeadline(time.Now().Add(time.Second))
+		_, err := p.Read(make([]byte, 1))
+		closed := errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe)
+		if closed != (i < 7) {
+			t.Errorf("connection %d: read %v", i, err)
+		}
+	}
+	if !conns[7].authenticated() || !conns[8].authenticated() {
+		t.Fatal("authentication within the limit was refused")
+	}
+	if conns[9].authenticated() || !conns[9].over() {
+		t.Fatal("a third authenticated connection was let in (limit 2)")
+	}
+	if conns[0].authenticated() {
+		t.Error("an evicted connection authenticated")
+	}
+	if u, a := count(); u != 0 || a != 2 {
+		t.Errorf("waiting %d, authenticated %d; want 0, 2", u, a)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	if u, a := count(); u != 0 || a != 0 || len(l.byAddr) != 0 {
+		t.Errorf("after closing all: waiting %d, authenticated %d, by address %v", u, a, l.byAddr)
+	}
+	// The handshake deadline cannot be pushed back before authentication.
+	a, b := net.Pipe()
+	defer b.Close()
+	c := l.admit(a)
+	defer c.Close()
+	if got := c.clamp(time.Now().Add(time.Hour)); !got.Equal(c.by) {
+		t.Errorf("clamp: %v, want the handshake deadline %v", got, c.by)
+	}
+	if got := c.clamp(time.Time{}); !got.Equal(c.by) {
+		t.Errorf("clamp of no deadline: %v", got)
 	}
 }
