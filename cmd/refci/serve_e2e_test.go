@@ -391,15 +391,10 @@ func TestServeRemoteWorkerAndGracefulStop(t *testing.T) {
 
 func TestServeDrainsOnSIGTERM(t *testing.T) {
 	sv := startServe(t)
-	marker := filepath.Join(sv.root, "started")
+	marker := filepath.Join(t.TempDir(), "started") // not under HOME, which pipelines cannot write
 	sv.pipeline("touch " + marker + "\nsleep 2\necho finished\n")
 	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/slow")
-	for i := 0; i < 400; i++ {
-		if _, err := os.Stat(marker); err == nil {
-			break
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	waitFor(t, 30*time.Second, "the pipeline to start", func() bool { _, err := os.Stat(marker); return err == nil })
 	if code := sv.stop(); code != 0 {
 		t.Fatalf("serve exited %d", code)
 	}

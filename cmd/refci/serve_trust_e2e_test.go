@@ -231,7 +231,7 @@ func TestServeWorkerKeysCannotRewriteOthersWork(t *testing.T) {
 // worker died, and a cancel.
 func TestServeTwoWorkerKeys(t *testing.T) {
 	sv := startServe(t, "--no-worker")
-	marker := filepath.Join(sv.root, "started")
+	marker := filepath.Join(t.TempDir(), "started") // not under HOME, which pipelines cannot write
 	sv.pipeline("if [ -e " + marker + " ]; then echo second; exit 0; fi\ntouch " + marker + "\nsleep 120\n")
 	sv.git("", "push", "-q", "ci", "main")
 	a := sv.keyWith("worker-a", "worker")
