@@ -7,10 +7,13 @@ package sshd
 //     HandshakeTimeout; its deadlines cannot be pushed past that.
 //   - At most MaxUnauthPerAddr unauthenticated connections per source
 //     address, and MaxUnauth in all. A new connection beyond either
-//     limit closes the oldest unauthenticated one (of that address, or of
-//     all), never the new one: a flood of idle connections held open
-//     costs its sender its own oldest connections, and a real client,
-//     even from the same address, still gets its turn.
+//     limit closes the unauthenticated connection (of that address, or of
+//     all) that has been idle longest, if it has been idle (nothing read
+//     or written) for EvictIdle at least; otherwise the new connection is
+//     turned away. A flood of idle connections held open costs its sender
+//     its own connections, and a real client, even from the same address,
+//     gets its turn; clients that are busy logging in, however many come
+//     at once, are never cut off by each other.
 //   - At most MaxConns authenticated connections; a connection that
 //     authenticates beyond that is told the server is busy.
 
@@ -18,6 +21,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -28,8 +32,10 @@ type limiter struct {
 	perAddr   int
 	maxUnauth int
 	maxAuth   int
+	idle      time.Duration // EvictIdle
 
 	mu     sync.Mutex
+	warned time.Time    // when a turned-away connection was last logged
 	unauth []*limitConn // oldest first
 	byAddr map[string]int
 	nAuth  int
@@ -48,7 +54,8 @@ type limitConn struct {
 	net.Conn
 	lim  *limiter
 	host string
-	by   time.Time // the handshake deadline
+	by   time.Time    // the handshake deadline
+	seen atomic.Int64 // when a byte was last read or written, in Unix nanoseconds
 
 	mu    sync.Mutex
 	state int
@@ -64,11 +71,15 @@ type limitListener struct {
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if lc := l.lim.admit(c); lc != nil {
+			return lc, nil
+		}
 	}
-	return l.lim.admit(c), nil
 }
 
 func hostOf(addr net.Addr) string {
@@ -82,29 +93,42 @@ func hostOf(addr net.Addr) string {
 	return h
 }
 
-// admit counts a new connection, closing the oldest unauthenticated
-// ones it pushes over a limit.
+// admit counts a new connection, closing the idlest unauthenticated one
+// it pushes over a limit; nil means the new one was turned away (and
+// closed) instead, every other waiting one being busy.
 func (l *limiter) admit(c net.Conn) *limitConn {
-	lc := &limitConn{Conn: c, lim: l, host: hostOf(c.RemoteAddr()), by: time.Now().Add(l.handshake)}
+	now := time.Now()
+	lc := &limitConn{Conn: c, lim: l, host: hostOf(c.RemoteAddr()), by: now.Add(l.handshake)}
+	lc.seen.Store(now.UnixNano())
 	c.SetDeadline(lc.by)
 	var evict []*limitConn
+	turnAway := false
 	l.mu.Lock()
 	if l.byAddr[lc.host] >= l.perAddr {
-		for _, o := range l.unauth {
-			if o.host == lc.host {
-				evict = append(evict, o)
-				l.dropLocked(o)
-				break
-			}
+		if o := l.idlestLocked(lc.host, now); o != nil {
+			evict = append(evict, o)
+			l.dropLocked(o)
+		} else {
+			turnAway = true
 		}
 	}
-	if len(l.unauth) >= l.maxUnauth {
-		o := l.unauth[0]
-		evict = append(evict, o)
-		l.dropLocked(o)
+	if !turnAway && len(l.unauth) >= l.maxUnauth {
+		if o := l.idlestLocked("", now); o != nil {
+			evict = append(evict, o)
+			l.dropLocked(o)
+		} else {
+			turnAway = true
+		}
 	}
-	l.unauth = append(l.unauth, lc)
-	l.byAddr[lc.host]++
+	warn := false
+	if turnAway {
+		if now.Sub(l.warned) >= time.Minute {
+			l.warned, warn = now, true
+		}
+	} else {
+		l.unauth = append(l.unauth, lc)
+		l.byAddr[lc.host]++
+	}
 	l.mu.Unlock()
 	for _, o := range evict {
 		o.mu.Lock()
@@ -114,11 +138,38 @@ func (l *limiter) admit(c net.Conn) *limitConn {
 		}
 		o.mu.Unlock()
 		if waiting {
-			l.log.Warn("too many connections waiting to log in; closed the oldest", "addr", o.RemoteAddr().String(), "per_address", l.perAddr, "max", l.maxUnauth)
+			l.log.Warn("too many connections waiting to log in; closed the one idle longest", "addr", o.RemoteAddr().String(), "per_address", l.perAddr, "max", l.maxUnauth)
 			o.Conn.Close()
 		}
 	}
+	if turnAway {
+		if warn {
+			l.log.Warn("too many connections logging in at once; turned new ones away (logged once a minute)", "addr", c.RemoteAddr().String(), "per_address", l.perAddr, "max", l.maxUnauth)
+		}
+		c.Close()
+		return nil
+	}
 	return lc
+}
+
+// idlestLocked returns the unauthenticated connection (of host, or of
+// any host when host is "") idle longest, if it has been idle for
+// EvictIdle at least.
+func (l *limiter) idlestLocked(host string, now time.Time) *limitConn {
+	var best *limitConn
+	var bestSeen int64
+	for _, o := range l.unauth {
+		if host != "" && o.host != host {
+			continue
+		}
+		if s := o.seen.Load(); best == nil || s < bestSeen {
+			best, bestSeen = o, s
+		}
+	}
+	if best == nil || now.Sub(time.Unix(0, bestSeen)) < l.idle {
+		return nil
+	}
+	return best
 }
 
 // dropLocked removes an unauthenticated connection from the counts.
@@ -195,6 +246,22 @@ func (c *limitConn) clamp(t time.Time) time.Time {
 		return c.by
 	}
 	return t
+}
+
+func (c *limitConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.seen.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+func (c *limitConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if n > 0 {
+		c.seen.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 func (c *limitConn) SetDeadline(t time.Time) error      { return c.Conn.SetDeadline(c.clamp(t)) }

@@ -135,14 +135,16 @@ type Config struct {
 	IdleTimeout  time.Duration // a connection silent this long is closed (default 5 min)
 	// Connection limits (see limit.go): a connection must authenticate
 	// within HandshakeTimeout (default 15 s); at most MaxUnauthPerAddr
-	// connections per source address (default 8) and MaxUnauth in all
-	// (default 4 x MaxSessions) wait to authenticate, a new one closing
-	// the oldest; at most MaxConns are authenticated (default 4 x
-	// MaxSessions).
+	// connections per source address (default MaxSessions, at least 8)
+	// and MaxUnauth in all (default 4 x MaxSessions) wait to
+	// authenticate, a new one closing the one idle longest if it has been
+	// idle for EvictIdle (default 2 s), else being turned away; at most
+	// MaxConns are authenticated (default 4 x MaxSessions).
 	HandshakeTimeout time.Duration
 	MaxUnauthPerAddr int
 	MaxUnauth        int
 	MaxConns         int
+	EvictIdle        time.Duration
 	// HookCommand runs the hook client: default the running executable
 	// with HookArg (its main must call HookMain for that argument).
 	HookCommand []string
@@ -192,7 +194,10 @@ func New(cfg Config) (*Server, error) {
 		cfg.HandshakeTimeout = 15 * time.Second
 	}
 	if cfg.MaxUnauthPerAddr <= 0 {
-		cfg.MaxUnauthPerAddr = 8
+		cfg.MaxUnauthPerAddr = max(8, cfg.MaxSessions)
+	}
+	if cfg.EvictIdle <= 0 {
+		cfg.EvictIdle = 2 * time.Second
 	}
 	if cfg.MaxUnauth <= 0 {
 		cfg.MaxUnauth = 4 * cfg.MaxSessions
@@ -217,7 +222,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, slots: make(chan struct{}, cfg.MaxSessions)}
 	s.lim = &limiter{log: s.log, handshake: cfg.HandshakeTimeout, perAddr: cfg.MaxUnauthPerAddr,
-		maxUnauth: cfg.MaxUnauth, maxAuth: cfg.MaxConns, byAddr: map[string]int{}}
+		maxUnauth: cfg.MaxUnauth, maxAuth: cfg.MaxConns, idle: cfg.EvictIdle, byAddr: map[string]int{}}
 	var err error
 	if s.hooksDir, err = writeHooks(cfg.StateDir, cfg.HookCommand); err != nil {
 		return nil, err

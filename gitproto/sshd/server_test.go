@@ -668,46 +668,69 @@ func TestConnectionLimit(t *testing.T) {
 // so it was accepted; it then says nothing.
 func openIdle(t *testing.T, addr string) net.Conn {
 	t.Helper()
+	c, err := dialIdle(addr)
+	if err != nil {
+		t.Fatalf("no version line: %v", err)
+	}
+	return c
+}
+
+// dialIdle connects and reads the server's version line; an error means
+// the server closed the connection first (it was turned away).
+func dialIdle(addr string) (net.Conn, error) {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	c.SetReadDeadline(time.Now().Add(20 * time.Second))
 	line := make([]byte, 0, 64)
 	b := make([]byte, 1)
 	for len(line) < 64 {
 		if _, err := c.Read(b); err != nil {
-			t.Fatalf("no version line: %v", err)
+			c.Close()
+			return nil, err
 		}
 		if line = append(line, b[0]); b[0] == '\n' {
 			break
 		}
 	}
 	if !strings.HasPrefix(string(line), "SSH-2.0-") {
-		t.Fatalf("version line %q", line)
+		c.Close()
+		return nil, fmt.Errorf("version line %q", line)
 	}
-	return c
+	return c, nil
 }
 
 // A few hundred idle TCP connections from the client's own address do
-// not lock it out: each new one closes the oldest waiting one of its
-// address, so at most MaxUnauthPerAddr stay open.
+// not lock it out: at most MaxUnauthPerAddr stay open, and a new
+// connection closes the one idle longest once it has been idle for
+// EvictIdle.
 func TestFloodOfIdleConnections(t *testing.T) {
-	ts := startServer(t, func(c *Config) { c.MaxSessions = 4 })
+	const evictIdle = 300 * time.Millisecond
+	ts := startServer(t, func(c *Config) { c.MaxSessions, c.EvictIdle = 4, evictIdle })
 	admin := ts.client("admin", "rwc")
 	admin.initRepo(1)
 	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
 	const n = 300
 	var flood []net.Conn
 	for i := 0; i < n; i++ {
-		flood = append(flood, openIdle(t, ts.addr))
+		// Each is let in (closing an idle one) or turned away before
+		// the next.
+		if c, err := dialIdle(ts.addr); err == nil {
+			flood = append(flood, c)
+		}
+	}
+	if len(flood) < 8 {
+		t.Fatalf("only %d of %d connections were let in, want at least 8", len(flood), n)
 	}
 	defer func() {
 		for _, c := range flood {
 			c.Close()
 		}
 	}()
-	// The newest are held open while a real client comes in.
+	// They are held open, idle, while a real client comes in: once the
+	// ones waiting have been idle for EvictIdle, it closes one of them.
+	time.Sleep(evictIdle + 100*time.Millisecond)
 	if out, err := admin.run("git", "ls-remote", admin.url+"/app.git"); err != nil || !strings.Contains(out, "refs/heads/main") {
 		t.Fatalf("git ls-remote during the flood: %v\n%s", err, out)
 	}
@@ -737,8 +760,43 @@ func TestFloodOfIdleConnections(t *testing.T) {
 	if open > 8 {
 		t.Errorf("%d of %d idle connections are still open, want at most 8 (MaxUnauthPerAddr)", open, n)
 	}
-	if !strings.Contains(ts.logs.String(), "too many connections waiting to log in; closed the oldest") {
+	if !strings.Contains(ts.logs.String(), "too many connections waiting to log in; closed the one idle longest") {
 		t.Error("the evictions were not logged")
+	}
+}
+
+// Clients busy logging in are not cut off by each other, however many
+// come at once from one address (up to MaxUnauthPerAddr, by default
+// MaxSessions): only idle connections are closed to make room. (With a
+// fixed limit of 8 per address, 42 of 50 concurrent fetches failed.)
+func TestManyClientsAtOnce(t *testing.T) {
+	const n = 40
+	ts := startServer(t, func(c *Config) { c.MaxSessions = n }) // the per-address limit defaults to MaxSessions
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			out, err := admin.run("git", "ls-remote", admin.url+"/app.git")
+			if err == nil && !strings.Contains(out, "refs/heads/main") {
+				err = fmt.Errorf("no main in %q", out)
+			}
+			errs <- err
+		}()
+	}
+	failed := 0
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			failed++
+			t.Log(err)
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d concurrent git ls-remote failed", failed, n)
+	}
+	if strings.Contains(ts.logs.String(), "closed the one idle longest") || strings.Contains(ts.logs.String(), "turned new ones away") {
+		t.Errorf("a connection was closed or turned away:\n%s", ts.logs.String())
 	}
 }
 
@@ -945,6 +1003,24 @@ func TestPolicySeesThePushUnderASymlinkedRoot(t *testing.T) {
 // The limiter's counts: evictions, authentication and closing leave
 // nothing behind.
 func TestLimiterAccounting(t *testing.T) {
+	// Busy connections (none idle for EvictIdle) are kept, and a new one
+	// beyond the limit is turned away instead.
+	busy := &limiter{log: slog.New(slog.DiscardHandler), handshake: time.Minute, perAddr: 2, maxUnauth: 5, maxAuth: 2, idle: time.Hour, byAddr: map[string]int{}}
+	var kept []*limitConn
+	for i := 0; i < 3; i++ {
+		a, b := net.Pipe()
+		defer b.Close()
+		kept = append(kept, busy.admit(a))
+	}
+	if kept[0] == nil || kept[1] == nil || kept[2] != nil || len(busy.unauth) != 2 {
+		t.Fatalf("busy connections: admitted %v, waiting %d; want the first two kept and the third turned away", kept, len(busy.unauth))
+	}
+	for _, c := range kept[:2] {
+		c.Close()
+	}
+
+	// With EvictIdle 0 every waiting connection is idle enough: the
+	// idlest (the oldest, as none read or wrote) makes room.
 	l := &limiter{log: slog.New(slog.DiscardHandler), handshake: time.Minute, perAddr: 3, maxUnauth: 5, maxAuth: 2, byAddr: map[string]int{}}
 	var conns []*limitConn
 	var peers []net.Conn
