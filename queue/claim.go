@@ -69,6 +69,19 @@ func DecodeClaim(b []byte) (*Claim, error) {
 	return &c, nil
 }
 
+// DecodeClaimOf decodes claim.json read under refs/ci/claims/<name> and
+// checks it (Validate): the one way every reader of claims believes one.
+func DecodeClaimOf(b []byte, name string) (*Claim, error) {
+	c, err := DecodeClaim(b)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(name); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
 // Validate checks a claim read under refs/ci/claims/<name> before anything
 // of it is believed or used: it must be about that request, and every value
 // that becomes a ref name, a path or a line of output must have the shape a

@@ -720,14 +720,7 @@ func readClaimFrom(repo *gitproto.Repo, name string, h gitproto.Hash) (*queue.Cl
 	if err != nil {
 		return nil, err
 	}
-	c, err := queue.DecodeClaim(b)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.Validate(name); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return queue.DecodeClaimOf(b, name)
 }
 
 // peel follows tags to the object they name.

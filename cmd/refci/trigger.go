@@ -363,20 +363,6 @@ type claimView struct {
 	bad                 error // why the claim there is not believed
 }
 
-// readClaim decodes a claim found under refs/ci/claims/<name> and checks
-// it (queue.Claim.Validate): a claim about another request, or with values
-// no worker writes, is not believed.
-func readClaim(b []byte, name string) (*queue.Claim, error) {
-	c, err := queue.DecodeClaim(b)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.Validate(name); err != nil {
-		return nil, err
-	}
-	return c, nil
-}
-
 // remoteClaim lists the request and the claim of name on remote, and
 // fetches and reads the claim when there is one.
 func remoteClaim(ctx context.Context, repo *gitproto.Repo, dir, remote, name string) (claimView, error) {
@@ -401,7 +387,7 @@ func remoteClaim(ctx context.Context, repo *gitproto.Repo, dir, remote, name str
 	}
 	if _, err := gitCmd(ctx, dir, "", "fetch", "--quiet", "--no-write-fetch-head", remote, "+"+claimRef+":"+claimRef); err == nil {
 		if b, err := repo.ReadFile(gitproto.NewHash(claimVal), queue.ClaimFile); err == nil {
-			cv.claim, cv.bad = readClaim(b, name)
+			cv.claim, cv.bad = queue.DecodeClaimOf(b, name)
 		}
 	}
 	return cv, nil
