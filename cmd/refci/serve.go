@@ -398,7 +398,7 @@ func writeBanner(w io.Writer, b bannerInfo) {
 	fmt.Fprintf(w, "\nUse it (the first push by an admin creates the repository):\n")
 	fmt.Fprintf(w, "  refci init && git add .refci/run && git commit -m 'Add refci pipeline'   # once, in your repository\n")
 	fmt.Fprintf(w, "  git remote add ci %s/%s\n", base, repo)
-	fmt.Fprintf(w, "  git push ci main\n")
+	fmt.Fprintf(w, "  git push ci HEAD                              # your current branch, whatever its name\n")
 	fmt.Fprintf(w, "  git push ci HEAD:refs/ci/requests/NAME        # runs at once; -o env=E -o timeout=20m for options\n")
 	fmt.Fprintf(w, "  git fetch ci '+refs/ci/*:refs/ci/*' && refci status\n")
 	fmt.Fprintf(w, "Other workers (give their key the worker role):\n")
