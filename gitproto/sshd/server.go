@@ -657,6 +657,9 @@ func (s *Server) serveGit(sess ssh.Session, log *slog.Logger, id Identity, name,
 		if len(updated) > 0 && (final == "" || hs.published()) {
 			s.housekeeping(name, hs.repoPath())
 		}
+		if final != "" && !hs.published() {
+			os.RemoveAll(path) // before the client learns the push ended
+		}
 	} else {
 		prefixes, wants := in.summary()
 		if len(prefixes) > 0 {
