@@ -48,10 +48,8 @@ func newServeLayout(root string) serveLayout {
 	}
 }
 
-const serveArgs = "[--listen ADDR] [--data DIR] [--admin FILE]... [--roles FILE] [--concurrency N] [--http ADDR] [--secrets-admin FILE]... [--trusted FILE]... [--max-sessions N] [--max-pack SIZE] [--idle DUR] [--handshake-timeout DUR]"
-
 func cmdServe(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "serve", serveArgs)
+	fs := newFlags(e, "serve")
 	listen := fs.String("listen", "127.0.0.1:2222", "the SSH address to listen on (port 0: any free port)")
 	dataDir := fs.String("data", "", "where repositories, keys and caches live (default $REFCI_HOME/serve)")
 	var admins multiFlag
