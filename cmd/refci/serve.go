@@ -393,7 +393,7 @@ func writeBanner(w io.Writer, b bannerInfo) {
 	if len(b.Repos) > 0 {
 		repo = b.Repos[0]
 	}
-	fmt.Fprintf(w, "\nUse it (the first push by an admin creates the repository):\n")
+	fmt.Fprintf(w, "\nUse it (an admin's first push of a branch creates the repository):\n")
 	fmt.Fprintf(w, "  refci init && git add .refci/run && git commit -m 'Add refci pipeline'   # once, in your repository\n")
 	fmt.Fprintf(w, "  git remote add ci %s/%s\n", base, repo)
 	fmt.Fprintf(w, "  git push ci HEAD                              # your current branch, whatever its name\n")
