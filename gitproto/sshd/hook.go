@@ -306,6 +306,11 @@ func (hs *hookServer) answer(req *hookRequest) hookResponse {
 		if s.final != "" && !createsRepo(ups) {
 			return hookResponse{Message: "refci: push refused: " + s.missing}
 		}
+		if s.final != "" {
+			if _, exists, _ := repoPath(srv.cfg.Root, s.repo); exists {
+				return hookResponse{Message: "refci: push refused: repository " + s.repo + " was created by another push meanwhile; push again"}
+			}
+		}
 		if srv.cfg.CheckPushOptions == nil || len(req.Options) == 0 {
 			return hookResponse{OK: true}
 		}

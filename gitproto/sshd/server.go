@@ -8,8 +8,9 @@
 // pushes and push options all work as with any git server. Who may do
 // what is asked of a Policy: per repository at the start of a session,
 // and per ref during a push, through receive-pack hooks that call back
-// into the running server (see hook.go). Repositories pushed to for the
-// first time are created when the policy allows it.
+// into the running server (see hook.go). A repository pushed to for the
+// first time is created when the policy allows it and the push carries a
+// branch or a tag.
 //
 // Identity is always the public key the session authenticated with, as
 // the SSH library verified it (not the last key the client offered: the
