@@ -6,7 +6,7 @@ import (
 )
 
 func cmdKeys(_ context.Context, e *env, args []string) int {
-	fs := newFlags(e, "keys", "show|export [--key FILE]")
+	fs := newFlags(e, "keys")
 	keyFile := fs.String("key", "", "use this private key instead of $REFCI_HOME/key.asc")
 	pos, code, ok := parse(e, fs, args, 1)
 	if !ok {

@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"strings"
+	"sync"
 
 	"refci.dev/refci/gitproto/sshd"
 	"refci.dev/refci/worker"
@@ -52,30 +54,52 @@ func (e *env) errorf(format string, args ...any) {
 	fmt.Fprintf(e.stderr, programName+": "+format+"\n", args...)
 }
 
+// command is one subcommand. Its synopsis and summary are the one source
+// of its usage: the global list, 'refci help NAME', 'refci NAME -h' and
+// the usage line of its errors are all made from them. Flags are written
+// GNU-style: --name for long ones, -x for one-letter ones (Go's flag
+// package accepts either dash for both).
 type command struct {
-	name, args, help string
-	run              func(ctx context.Context, e *env, args []string) int
+	name     string
+	synopsis string // what follows "refci NAME"
+	summary  string // one line
+	detail   string // more help after the flags (optional)
+	// ownFlags: run parses its arguments with newFlags, which answers -h;
+	// else run answers -h from this table.
+	ownFlags bool
+	run      func(ctx context.Context, e *env, args []string) int
 }
 
 func commands() []command {
 	return []command{
-		{"init", "[--repo DIR] [--force]", "write a starter .refci/run", cmdInit},
-		{"run", "[--repo DIR] [--env NAME] [--timeout DUR] [REV]", "run .refci/run of REV (default HEAD) in a clean checkout and record a signed result", cmdRun},
-		{"status", "[--repo DIR] [--json] [REV|RUN]", "show the state of the latest run of REV (default HEAD), or of RUN", cmdStatus},
-		{"log", "[--repo DIR] [--job NAME] [-f [--remote R]] [REV|RUN]", "print the output of a run; -f follows one on a remote", cmdLog},
-		{"runs", "[--repo DIR] [--all] [REV]", "list the runs of REV (default HEAD), newest first", cmdRuns},
-		{"view", "[--repo DIR] [-o DIR] [--open]", "write a static site of every fetched run (default .git/refci-view/) and print its path", cmdView},
-		{"verify", "[--repo DIR] [--keyring FILE]... [REV|RUN]", "check the signatures of every commit of a run", cmdVerify},
-		{"worker", "--remote URL... | --config FILE", "poll remotes for requests, run them, push signed results", cmdWorker},
-		{"serve", "[--listen ADDR] [--data DIR] [--admin FILE]... [--http ADDR]", "be the git remote over SSH, with an embedded worker: pushed requests run at once", cmdServe},
-		{"trigger", "[--remote R] [--name N] [--env E] [--timeout DUR] [--wait] [REV]", "push a request for REV (default HEAD); --wait follows the run", cmdTrigger},
-		{"keys", "show|export [--key FILE]", "show or export this machine's refci key", cmdKeys},
-		{"job", "NAME [--needs A,B] -- CMD ARGS...", "inside a pipeline: run one job and record it", cmdJob},
-		{"secrets", "init|set|get|list|history|recipients|policy ENV ...", "manage a secrets environment (refs/ci/secrets/ENV)", cmdSecrets},
-		{"secret", "NAME", "inside a pipeline: print secret NAME of the run's environment", cmdSecret},
-		{"version", "", "print the version", cmdVersion},
+		{"init", "[--repo DIR] [--force]", "write a starter .refci/run", "", true, cmdInit},
+		{"run", "[--repo DIR] [--env NAME] [--timeout DUR] [--isolate] [-q] [FLAGS] [REV]", "run .refci/run of REV (default HEAD) in a clean checkout and record a signed result", "", true, cmdRun},
+		{"status", "[--repo DIR] [--json] [REV|RUN]", "show the state of the latest run of REV (default HEAD), or of RUN", "", true, cmdStatus},
+		{"log", "[--repo DIR] [--job NAME] [-f [--remote R]] [REV|RUN|REQUEST]", "print the output of a run; -f follows one on a remote", "", true, cmdLog},
+		{"runs", "[--repo DIR] [--all] [REV]", "list the runs of REV (default HEAD), newest first", "", true, cmdRuns},
+		{"view", "[--repo DIR] [-o DIR] [--keyring FILE]... [--open]", "write a static site of every fetched run (default .git/refci-view/) and print its path", "", true, cmdView},
+		{"verify", "[--repo DIR] [--keyring FILE]... [--key FILE] [REV|RUN]", "check the signatures of every commit of a run", "", true, cmdVerify},
+		{"worker", "--remote URL... | --config FILE [FLAGS]", "poll remotes for requests, run them, push signed results", "", true, cmdWorker},
+		{"serve", "[--listen ADDR] [--data DIR] [--admin FILE]... [--http ADDR] [FLAGS]", "be the git remote over SSH, with an embedded worker: pushed requests run at once", "", true, cmdServe},
+		{"trigger", "[--repo DIR] [--remote R] [--name N] [--env E] [--timeout DUR] [--wait] [REV]", "push a request for REV (default HEAD); --wait follows the run", "", true, cmdTrigger},
+		{"keys", "show|export [--key FILE]", "show or export this machine's refci key", "", true, cmdKeys},
+		{"job", "NAME [--needs A,B] -- CMD ARGS...", "inside a pipeline: run one job and record it", "", false, cmdJob},
+		{"secrets", "init|set|get|list|history|recipients|policy ENV ...", "manage a secrets environment (refs/ci/secrets/ENV)", secretsHelp, false, cmdSecrets},
+		{"secret", "NAME", "inside a pipeline: print secret NAME of the run's environment", "", false, cmdSecret},
+		{"version", "", "print the version", "", false, cmdVersion},
 	}
 }
+
+func lookup(name string) (command, bool) {
+	for _, c := range commands() {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return command{}, false
+}
+
+func isHelp(arg string) bool { return arg == "-h" || arg == "--help" || arg == "-help" }
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: os.Getenv}
@@ -83,29 +107,148 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		usage(stderr)
 		return exitUsage
 	}
-	switch args[0] {
-	case "-h", "--help", "help":
+	switch {
+	case isHelp(args[0]):
 		usage(stdout)
 		return exitOK
-	case "--version":
+	case args[0] == "help":
+		return cmdHelp(ctx, e, args[1:])
+	case args[0] == "--version":
 		return cmdVersion(ctx, e, nil)
 	}
-	for _, c := range commands() {
-		if c.name == args[0] {
-			return c.run(ctx, e, args[1:])
-		}
+	c, ok := lookup(args[0])
+	if !ok {
+		e.errorf("unknown command %q; the commands: %s (run 'refci help' for the list)", args[0], commandNames())
+		return exitUsage
 	}
-	e.errorf("unknown command %q; run 'refci help' for the list", args[0])
-	return exitUsage
+	if !c.ownFlags && len(args) > 1 && isHelp(args[1]) {
+		c.help(stdout, nil)
+		return exitOK
+	}
+	return c.run(ctx, e, args[1:])
+}
+
+// cmdHelp is 'refci help [COMMAND]'.
+func cmdHelp(ctx context.Context, e *env, args []string) int {
+	if len(args) == 0 {
+		usage(e.stdout)
+		return exitOK
+	}
+	c, ok := lookup(args[0])
+	if len(args) > 1 || !ok {
+		e.errorf("help: want one command name, one of: %s", commandNames())
+		return exitUsage
+	}
+	if !c.ownFlags {
+		c.help(e.stdout, nil)
+		return exitOK
+	}
+	return c.run(ctx, e, []string{"-h"})
+}
+
+func commandNames() string {
+	var names []string
+	for _, c := range commands() {
+		names = append(names, c.name)
+	}
+	return strings.Join(names, " ")
 }
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "refci: CI in git refs\n\nUsage:\n")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  refci %-8s %s\n      %s\n", c.name, c.args, c.help)
+		fmt.Fprintf(w, "  %s\n      %s\n", c.usageLine(), c.summary)
 	}
 	fmt.Fprintf(w, "\nExit codes: 0 success, 1 pipeline failed, 2 usage or configuration, 3 infrastructure.\n")
-	fmt.Fprintf(w, "Run 'refci COMMAND -h' for a command's flags.\n")
+	fmt.Fprintf(w, "Run 'refci help COMMAND' or 'refci COMMAND -h' for a command's flags.\n")
+}
+
+// usageLine is "refci NAME SYNOPSIS".
+func (c command) usageLine() string {
+	return strings.TrimSpace("refci " + c.name + " " + c.synopsis)
+}
+
+// help writes the command's help: usage, summary, flags (fs, when it has
+// any), details.
+func (c command) help(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "Usage: %s\n", c.usageLine())
+	if c.summary != "" {
+		fmt.Fprintf(w, "\n%s\n", c.summary)
+	}
+	if fs != nil {
+		c.printFlags(w, fs)
+	}
+	if c.detail != "" {
+		fmt.Fprintf(w, "\n%s", c.detail)
+	}
+}
+
+// flagName is how help shows a flag: -x for one letter, else --name.
+func flagName(name string) string {
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
+}
+
+// flagArg is the name of flag's argument: as the synopsis writes it
+// ("--repo DIR"), else from its type (Go's flag package names it typ).
+func (c command) flagArg(flag, typ string) string {
+	f := strings.Fields(strings.NewReplacer("[", " ", "]", " ", "|", " ").Replace(c.synopsis))
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == flagName(flag) && typ != "" && strings.ToUpper(f[i+1]) == f[i+1] && !strings.HasPrefix(f[i+1], "-") {
+			return strings.TrimSuffix(f[i+1], "...")
+		}
+	}
+	if typ == "" {
+		return ""
+	}
+	if a, ok := flagArgs[flag]; ok {
+		return a
+	}
+	switch typ {
+	case "duration":
+		return "DUR"
+	case "int", "int64", "uint":
+		return "N"
+	case "value":
+		return "VALUE"
+	}
+	return strings.ToUpper(typ)
+}
+
+// flagArgs names the arguments of flags that several commands share.
+var flagArgs = map[string]string{
+	"repo": "DIR", "cache": "DIR", "data": "DIR", "key": "FILE", "admin": "FILE", "trusted": "FILE",
+	"secrets-admin": "FILE", "roles": "FILE", "keyring": "FILE", "recipient": "FILE", "max-pack": "SIZE",
+}
+
+// printFlags lists fs's flags, sorted, with their defaults when they are
+// not the zero value.
+func (c command) printFlags(w io.Writer, fs *flag.FlagSet) {
+	first := true
+	fs.VisitAll(func(f *flag.Flag) {
+		if first {
+			fmt.Fprintf(w, "\nFlags:\n")
+			first = false
+		}
+		arg, text := flag.UnquoteUsage(f)
+		arg = c.flagArg(f.Name, arg)
+		line := "  " + flagName(f.Name)
+		if arg != "" {
+			line += " " + arg
+		}
+		switch f.DefValue {
+		case "", "false", "0", "0s", "[]":
+		default:
+			if reflect.TypeOf(f.Value).String() == "*flag.stringValue" {
+				text += fmt.Sprintf(" (default %q)", f.DefValue)
+			} else {
+				text += fmt.Sprintf(" (default %s)", f.DefValue)
+			}
+		}
+		fmt.Fprintf(w, "%s\n        %s\n", line, text)
+	})
 }
 
 func cmdVersion(_ context.Context, e *env, _ []string) int {
@@ -113,18 +256,48 @@ func cmdVersion(_ context.Context, e *env, _ []string) int {
 	return exitOK
 }
 
-// newFlags makes a FlagSet for one subcommand that prints its help to
-// stdout on -h and its errors once to stderr.
-func newFlags(e *env, name, args string) *flag.FlagSet {
-	fs := flag.NewFlagSet("refci "+name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {
-		fmt.Fprintf(e.stdout, "Usage: refci %s %s\n", name, args)
-		fs.SetOutput(e.stdout)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
+// newFlags makes the FlagSet of command name (in the table), whose -h
+// prints the command's help once, to stdout.
+func newFlags(e *env, name string) *flag.FlagSet {
+	c, ok := lookup(name)
+	if !ok {
+		panic("refci: newFlags of a command not in the table: " + name)
 	}
+	return newCommandFlags(e, c)
+}
+
+// newCommandFlags makes the FlagSet of c (a command, or a subcommand made
+// for the occasion, as 'secrets set').
+func newCommandFlags(e *env, c command) *flag.FlagSet {
+	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	// The flag package calls Usage on -h and on errors; parse prints the
+	// help, or the error and the usage line, itself.
+	fs.Usage = func() {}
+	flagCommands.Lock()
+	flagCommands.m[fs] = c
+	flagCommands.Unlock()
 	return fs
+}
+
+// flagCommands is the command of each FlagSet newCommandFlags made.
+var flagCommands = struct {
+	sync.Mutex
+	m map[*flag.FlagSet]command
+}{m: map[*flag.FlagSet]command{}}
+
+func commandOf(fs *flag.FlagSet) command {
+	flagCommands.Lock()
+	defer flagCommands.Unlock()
+	return flagCommands.m[fs]
+}
+
+// usageError reports a usage error of fs's command: the message, and the
+// command's usage line.
+func usageError(e *env, fs *flag.FlagSet, format string, args ...any) int {
+	e.errorf("%s: "+format, append([]any{fs.Name()}, args...)...)
+	fmt.Fprintf(e.stderr, "Usage: %s (see 'refci help %s')\n", commandOf(fs).usageLine(), strings.Fields(fs.Name())[0])
+	return exitUsage
 }
 
 // parse parses flags that may come before or after positional arguments
@@ -136,11 +309,10 @@ func parse(e *env, fs *flag.FlagSet, args []string, maxPos int) ([]string, int, 
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				fs.Usage()
+				commandOf(fs).help(e.stdout, fs)
 				return nil, exitOK, false
 			}
-			e.errorf("%s: %v (see '%s -h')", fs.Name(), err, fs.Name())
-			return nil, exitUsage, false
+			return nil, usageError(e, fs, "%v", err), false
 		}
 		rest := fs.Args()
 		if len(rest) == 0 {
@@ -154,8 +326,7 @@ func parse(e *env, fs *flag.FlagSet, args []string, maxPos int) ([]string, int, 
 		args = rest[1:]
 	}
 	if len(pos) > maxPos {
-		e.errorf("%s: too many arguments: %s", fs.Name(), strings.Join(pos, " "))
-		return nil, exitUsage, false
+		return nil, usageError(e, fs, "too many arguments: %s", strings.Join(pos, " ")), false
 	}
 	return pos, 0, true
 }

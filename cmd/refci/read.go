@@ -18,7 +18,7 @@ import (
 )
 
 func cmdStatus(_ context.Context, e *env, args []string) int {
-	fs := newFlags(e, "status", "[--repo DIR] [--json] [REV|RUN]")
+	fs := newFlags(e, "status")
 	repoDir := fs.String("repo", ".", "the repository")
 	asJSON := fs.Bool("json", false, "print status.json as stored")
 	pos, code, ok := parse(e, fs, args, 1)
@@ -48,7 +48,7 @@ func cmdStatus(_ context.Context, e *env, args []string) int {
 }
 
 func cmdLog(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "log", "[--repo DIR] [--job NAME] [-f [--remote R]] [REV|RUN|REQUEST]")
+	fs := newFlags(e, "log")
 	repoDir := fs.String("repo", ".", "the repository")
 	job := fs.String("job", "", "print this job's log instead of the whole pipeline's")
 	followF := fs.Bool("f", false, "follow a run on the remote as it goes, until it ends")
@@ -96,7 +96,7 @@ func cmdLog(ctx context.Context, e *env, args []string) int {
 }
 
 func cmdRuns(_ context.Context, e *env, args []string) int {
-	fs := newFlags(e, "runs", "[--repo DIR] [--all] [REV]")
+	fs := newFlags(e, "runs")
 	repoDir := fs.String("repo", ".", "the repository")
 	all := fs.Bool("all", false, "list the runs of every commit")
 	pos, code, ok := parse(e, fs, args, 1)
@@ -156,7 +156,7 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 }
 
 func cmdVerify(_ context.Context, e *env, args []string) int {
-	fs := newFlags(e, "verify", "[--repo DIR] [--keyring FILE]... [REV|RUN]")
+	fs := newFlags(e, "verify")
 	repoDir := fs.String("repo", ".", "the repository")
 	var keyrings multiFlag
 	fs.Var(&keyrings, "keyring", "armored public keys to trust (repeatable); default: your own key and $REFCI_HOME/trusted/*.asc")

@@ -17,7 +17,7 @@ import (
 )
 
 func cmdRun(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "run", "[--repo DIR] [--env NAME] [--timeout DUR] [REV]")
+	fs := newFlags(e, "run")
 	repoDir := fs.String("repo", ".", "the repository")
 	envName := fs.String("env", "", "secrets environment of the run (refs/ci/secrets/NAME in this repository; REFCI_ENV)")
 	var adminFiles, trustedFiles multiFlag
@@ -243,7 +243,7 @@ fi
 `
 
 func cmdInit(_ context.Context, e *env, args []string) int {
-	fs := newFlags(e, "init", "[--repo DIR] [--force]")
+	fs := newFlags(e, "init")
 	repoDir := fs.String("repo", ".", "the repository")
 	force := fs.Bool("force", false, "overwrite an existing .refci/run")
 	if _, code, ok := parse(e, fs, args, 0); !ok {

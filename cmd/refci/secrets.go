@@ -26,9 +26,8 @@ func cmdSecret(ctx context.Context, e *env, args []string) int {
 	return worker.RunSecretCommand(ctx, args, e.getenv, e.stdout, e.stderr)
 }
 
-const secretsUsage = `Usage: refci secrets COMMAND ENV ...
-
-Manage the secrets environment ENV, stored at refs/ci/secrets/ENV in the
+// secretsHelp is the details of 'refci secrets -h'.
+const secretsHelp = `Manage the secrets environment ENV, stored at refs/ci/secrets/ENV in the
 local repository (push it with: git push origin refs/ci/secrets/ENV).
 Every change is a new commit signed with your refci key (--key FILE).
 
@@ -50,13 +49,14 @@ Common flags: --repo DIR (default .), --key FILE (default $REFCI_HOME/key.asc).
 
 func cmdSecrets(ctx context.Context, e *env, args []string) int {
 	if len(args) == 0 {
-		fmt.Fprint(e.stderr, "refci: secrets: missing command\n"+secretsUsage)
+		e.errorf("secrets: missing command: init, set, get, list, history, recipients or policy (see 'refci help secrets')")
 		return exitUsage
 	}
 	sub, rest := args[0], args[1:]
 	switch sub {
-	case "-h", "--help", "help":
-		fmt.Fprint(e.stdout, secretsUsage)
+	case "-h", "--help", "-help", "help":
+		c, _ := lookup("secrets")
+		c.help(e.stdout, nil)
 		return exitOK
 	case "init":
 		return secretsInit(e, rest)
@@ -287,7 +287,7 @@ func describePolicy(p secrets.Policy) string {
 // environment. With ok false, code is the exit code (the error is
 // printed).
 func envArgs(e *env, name, usage string, args []string, nPos int, more func(*flag.FlagSet)) (c *secretsCmd, pos []string, code int, ok bool) {
-	fs := newFlags(e, name, usage)
+	fs := newCommandFlags(e, command{name: name, synopsis: usage})
 	repoDir := fs.String("repo", ".", "the repository")
 	keyFile := fs.String("key", "", "use this private key instead of $REFCI_HOME/key.asc")
 	if more != nil {

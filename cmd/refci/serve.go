@@ -48,10 +48,8 @@ func newServeLayout(root string) serveLayout {
 	}
 }
 
-const serveArgs = "[--listen ADDR] [--data DIR] [--admin FILE]... [--roles FILE] [--concurrency N] [--http ADDR] [--secrets-admin FILE]... [--trusted FILE]... [--max-sessions N] [--max-pack SIZE] [--idle DUR] [--handshake-timeout DUR]"
-
 func cmdServe(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "serve", serveArgs)
+	fs := newFlags(e, "serve")
 	listen := fs.String("listen", "127.0.0.1:2222", "the SSH address to listen on (port 0: any free port)")
 	dataDir := fs.String("data", "", "where repositories, keys and caches live (default $REFCI_HOME/serve)")
 	var admins multiFlag
@@ -395,10 +393,10 @@ func writeBanner(w io.Writer, b bannerInfo) {
 	if len(b.Repos) > 0 {
 		repo = b.Repos[0]
 	}
-	fmt.Fprintf(w, "\nUse it (the first push by an admin creates the repository):\n")
+	fmt.Fprintf(w, "\nUse it (an admin's first push of a branch creates the repository):\n")
 	fmt.Fprintf(w, "  refci init && git add .refci/run && git commit -m 'Add refci pipeline'   # once, in your repository\n")
 	fmt.Fprintf(w, "  git remote add ci %s/%s\n", base, repo)
-	fmt.Fprintf(w, "  git push ci main\n")
+	fmt.Fprintf(w, "  git push ci HEAD                              # your current branch, whatever its name\n")
 	fmt.Fprintf(w, "  git push ci HEAD:refs/ci/requests/NAME        # runs at once; -o env=E -o timeout=20m for options\n")
 	fmt.Fprintf(w, "  git fetch ci '+refs/ci/*:refs/ci/*' && refci status\n")
 	fmt.Fprintf(w, "Other workers (give their key the worker role):\n")

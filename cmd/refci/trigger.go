@@ -34,7 +34,7 @@ func gitCmd(ctx context.Context, dir, stdin string, args ...string) (string, err
 }
 
 func cmdTrigger(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "trigger", "[--remote R] [--name N] [--env E] [--timeout DUR] [--wait] [REV]")
+	fs := newFlags(e, "trigger")
 	repoDir := fs.String("repo", ".", "the repository")
 	remote := fs.String("remote", "origin", "the git remote to push the request to")
 	name := fs.String("name", "", "the request name (default: the current branch)")

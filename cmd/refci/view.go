@@ -35,7 +35,7 @@ func renderPage(st *queue.Status, log []byte, jobLogs map[string][]byte) ([]byte
 }
 
 func cmdView(_ context.Context, e *env, args []string) int {
-	fs := newFlags(e, "view", "[--repo DIR] [-o DIR] [--keyring FILE]... [--open]")
+	fs := newFlags(e, "view")
 	repoDir := fs.String("repo", ".", "the repository")
 	out := fs.String("o", "", "where to write the site (default: refci-view/ in the repository's git directory)")
 	var keyrings multiFlag

@@ -64,7 +64,7 @@ func (d *duration) UnmarshalText(b []byte) error {
 }
 
 func cmdWorker(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "worker", "--remote URL... | --config FILE [flags]")
+	fs := newFlags(e, "worker")
 	var remotes multiFlag
 	fs.Var(&remotes, "remote", "a git remote to serve (repeatable): file://, ssh://, https:// or scp-like host:path")
 	configFile := fs.String("config", "", "a TOML configuration file (see README)")

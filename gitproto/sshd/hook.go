@@ -43,6 +43,7 @@ const HookArg = "__hook"
 const (
 	envSocket = "REFCI_HOOK_SOCKET"
 	envToken  = "REFCI_HOOK_TOKEN"
+	envCreate = "REFCI_HOOK_CREATE" // set when the push creates the repository
 	maxHookIO = 32 << 20
 )
 
@@ -127,8 +128,9 @@ func writeHooks(stateDir string, command []string) (string, error) {
 	for _, h := range []string{"pre-receive", "update", "post-receive"} {
 		script := "#!/bin/sh\n# written by refci serve; rewritten at each start\n"
 		if h == "pre-receive" {
-			// Only push options need a look before the refs are updated.
-			script += "[ \"${GIT_PUSH_OPTION_COUNT:-0}\" = 0 ] && exit 0\n"
+			// Only push options, and a push that creates the repository,
+			// need a look before the refs are updated.
+			script += "[ \"${GIT_PUSH_OPTION_COUNT:-0}\" = 0 ] && [ -z \"${" + envCreate + ":-}\" ] && exit 0\n"
 		}
 		script += "exec " + strings.Join(quoted, " ") + " " + h + " \"$@\"\n"
 		p := filepath.Join(dir, h)
@@ -148,12 +150,47 @@ type hookSession struct {
 	token string
 	id    Identity
 	repo  string
-	path  string
+	path  string // the repository receive-pack runs in
+
+	// final, when set, is where the repository this push creates goes
+	// (path is a temporary one until post-receive publishes it); missing
+	// is the message refusing a push that would not create it.
+	final, missing string
 
 	mu      sync.Mutex
+	moved   bool        // path was published to final
 	updated []string    // refs applied, as post-receive reported them
 	refused []string    // refs AllowRef refused
 	allowed []RefUpdate // the updates AllowRef allowed, in order
+}
+
+// published reports whether the push created its repository.
+func (h *hookSession) published() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.moved
+}
+
+// repoPath is the repository's directory now.
+func (h *hookSession) repoPath() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.moved {
+		return h.final
+	}
+	return h.path
+}
+
+// createsRepo reports whether ups may create a repository: they make a
+// branch or a tag, not only refs/ci/* (a request pushed to a mistyped
+// name must not make a new repository).
+func createsRepo(ups []RefUpdate) bool {
+	for _, u := range ups {
+		if !u.Deleting() && (strings.HasPrefix(u.Name, "refs/heads/") || strings.HasPrefix(u.Name, "refs/tags/")) {
+			return true
+		}
+	}
+	return false
 }
 
 func (h *hookSession) refs() (updated, refused []string) {
@@ -262,12 +299,20 @@ func (hs *hookServer) answer(req *hookRequest) hookResponse {
 	srv := hs.srv
 	switch req.Hook {
 	case "pre-receive":
-		if srv.cfg.CheckPushOptions == nil {
-			return hookResponse{OK: true}
-		}
 		ups, err := parseUpdates(req.Stdin)
 		if err != nil {
 			return hookResponse{Message: "refci: " + err.Error()}
+		}
+		if s.final != "" && !createsRepo(ups) {
+			return hookResponse{Message: "refci: push refused: " + s.missing}
+		}
+		if s.final != "" {
+			if _, exists, _ := repoPath(srv.cfg.Root, s.repo); exists {
+				return hookResponse{Message: "refci: push refused: repository " + s.repo + " was created by another push meanwhile; push again"}
+			}
+		}
+		if srv.cfg.CheckPushOptions == nil || len(req.Options) == 0 {
+			return hookResponse{OK: true}
 		}
 		if err := srv.cfg.CheckPushOptions(s.id, s.repo, ups, req.Options); err != nil {
 			return hookResponse{Message: "refci: push refused: " + err.Error()}
@@ -311,13 +356,25 @@ func (hs *hookServer) answer(req *hookRequest) hookResponse {
 			s.updated = append(s.updated, u.Name)
 		}
 		s.mu.Unlock()
+		created := ""
+		if s.final != "" {
+			// The refs are in place: the new repository may be served.
+			if err := srv.publish(s.repo, s.path, s.final); err != nil {
+				srv.log.Error("create repository", "repo", s.repo, "err", err)
+				return hookResponse{OK: true, Message: "refci: creating repository " + s.repo + " failed: " + err.Error()}
+			}
+			s.mu.Lock()
+			s.moved = true
+			s.mu.Unlock()
+			created = "refci: created repository " + s.repo + "\n"
+		}
 		if srv.cfg.OnReceive == nil {
-			return hookResponse{OK: true}
+			return hookResponse{OK: true, Message: created}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		msg := srv.cfg.OnReceive(ctx, &Receive{ID: s.id, Repo: s.repo, Path: s.path, Updates: ups, PushOptions: req.Options})
-		return hookResponse{OK: true, Message: msg}
+		msg := srv.cfg.OnReceive(ctx, &Receive{ID: s.id, Repo: s.repo, Path: s.repoPath(), Updates: ups, PushOptions: req.Options})
+		return hookResponse{OK: true, Message: created + msg}
 	}
 	return hookResponse{Message: "refci: unknown hook " + strconv.Quote(req.Hook)}
 }

@@ -8,8 +8,9 @@
 // pushes and push options all work as with any git server. Who may do
 // what is asked of a Policy: per repository at the start of a session,
 // and per ref during a push, through receive-pack hooks that call back
-// into the running server (see hook.go). Repositories pushed to for the
-// first time are created when the policy allows it.
+// into the running server (see hook.go). A repository pushed to for the
+// first time is created when the policy allows it and the push carries a
+// branch or a tag.
 //
 // Identity is always the public key the session authenticated with, as
 // the SSH library verified it (not the last key the client offered: the
@@ -430,18 +431,21 @@ func (s *Server) handle(sess ssh.Session) {
 		fail(sess, 1, "%v", err)
 		return
 	}
+	final := "" // the repository's place, when this push creates it
 	if !exists {
 		if !push || s.cfg.Policy.AllowRepo(id, name, OpCreate) != nil {
 			log.Info("no such repository", "op", op)
-			fail(sess, 1, "repository %s does not exist (an admin creates it by pushing to it)", name)
+			fail(sess, 1, "%s", s.missingRepo(id, name))
 			return
 		}
-		if path, err = s.create(name, path); err != nil {
+		tmp, err := s.newRepo(path)
+		if err != nil {
 			log.Error("create repository", "err", err)
 			fail(sess, 1, "creating repository %s failed: %v", name, err)
 			return
 		}
-		log.Info("repository created")
+		defer os.RemoveAll(tmp) // gone once renamed into place
+		final, path = path, tmp
 	}
 	if err := s.cfg.Policy.AllowRepo(id, name, op); err != nil {
 		log.Info("refused", "op", op, "err", err)
@@ -458,40 +462,68 @@ func (s *Server) handle(sess ssh.Session) {
 		return
 	}
 	defer func() { <-s.slots }()
-	s.serveGit(sess, log, id, name, path, push)
+	s.serveGit(sess, log, id, name, path, final, push)
 }
 
-// create makes a new bare repository (in a temporary sibling, renamed
-// into place, so no half-made repository is ever served).
-func (s *Server) create(name, path string) (string, error) {
-	s.createMu.Lock()
-	defer s.createMu.Unlock()
-	if p, exists, err := repoPath(s.cfg.Root, name); err != nil || exists {
-		return p, err
+// missingRepo says that repository name does not exist, which ones id
+// may read, and how one is made.
+func (s *Server) missingRepo(id Identity, name string) string {
+	var readable []string
+	names, _ := ListRepos(s.cfg.Root)
+	for _, r := range names {
+		if s.cfg.Policy.AllowRepo(id, r, OpRead) == nil {
+			readable = append(readable, r)
+		}
 	}
+	have := "there is no repository you may read here yet"
+	if len(readable) > 0 {
+		have = "repositories you may read here: " + strings.Join(readable, " ")
+	}
+	return fmt.Sprintf("repository %s does not exist (%s).\n"+
+		"An admin creates it by pushing a branch to it, e.g. git push REMOTE HEAD; requests alone (refs/ci/*) do not create a repository.", name, have)
+}
+
+// newRepo makes a new, empty bare repository in a temporary sibling of
+// path. A push into it that carries a branch or a tag renames it into
+// place (see hookSession.create); else it is removed, so that no
+// half-made repository is ever served and a mistyped name made by a
+// request alone leaves nothing behind.
+func (s *Server) newRepo(path string) (string, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return "", err
-	}
-	if _, exists, err := repoPath(s.cfg.Root, name); err != nil || exists {
-		return path, err // re-check: MkdirAll follows no symlink we did not see, but be sure
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(path), ".new-")
 	if err != nil {
 		return "", err
 	}
-	defer os.RemoveAll(tmp)
 	cmd := exec.Command("git", "-c", "init.defaultBranch=main", "init", "--bare", "-q", "--template=", tmp)
 	cmd.Env = s.gitEnv("")
 	if out, err := cmd.CombinedOutput(); err != nil {
+		os.RemoveAll(tmp)
 		return "", fmt.Errorf("git init: %v: %s", err, strings.TrimSpace(string(out)))
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return "", err
+	return tmp, nil
+}
+
+// publish renames a repository a push made (tmp) into its place (final),
+// unless a repository appeared there meanwhile.
+func (s *Server) publish(name, tmp, final string) error {
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
+	if _, exists, err := repoPath(s.cfg.Root, name); err != nil || exists {
+		if err == nil {
+			err = fmt.Errorf("repository %s was created by another push meanwhile; push again", name)
+		}
+		return err
 	}
+	if err := os.Rename(tmp, final); err != nil {
+		return err
+	}
+	s.log.Info("repository created", "repo", name)
 	if s.cfg.OnCreate != nil {
-		s.cfg.OnCreate(name, path)
+		s.cfg.OnCreate(name, final)
 	}
-	return path, nil
+	return nil
 }
 
 // gitEnv is the whole environment of a git process: nothing of the
@@ -523,7 +555,9 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func (s *Server) serveGit(sess ssh.Session, log *slog.Logger, id Identity, name, path string, push bool) {
+// serveGit runs upload-pack or receive-pack on path; final, when set, is
+// where the repository a push creates at path goes.
+func (s *Server) serveGit(sess ssh.Session, log *slog.Logger, id Identity, name, path, final string, push bool) {
 	protocol := ""
 	for _, kv := range sess.Environ() {
 		if v, ok := strings.CutPrefix(kv, "GIT_PROTOCOL="); ok && validGitProtocol(v) {
@@ -534,6 +568,9 @@ func (s *Server) serveGit(sess ssh.Session, log *slog.Logger, id Identity, name,
 	var hs *hookSession
 	if push {
 		hs = s.hooks.register(id, name, path)
+		if final != "" {
+			hs.final, hs.missing = final, s.missingRepo(id, name)
+		}
 		defer s.hooks.unregister(hs)
 		args = []string{
 			"-c", "core.hooksPath=" + s.hooksDir,
@@ -562,6 +599,9 @@ func (s *Server) serveGit(sess ssh.Session, log *slog.Logger, id Identity, name,
 	cmd.Env = s.gitEnv(protocol)
 	if hs != nil {
 		cmd.Env = append(cmd.Env, "REFCI_HOOK_SOCKET="+s.hooks.path, "REFCI_HOOK_TOKEN="+hs.token)
+		if final != "" {
+			cmd.Env = append(cmd.Env, envCreate+"=1")
+		}
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out := &countingWriter{w: sess}
@@ -615,8 +655,11 @@ func (s *Server) serveGit(sess ssh.Session, log *slog.Logger, id Identity, name,
 		updated, refused := hs.refs()
 		attrs = append(attrs, "updated", strings.Join(updated, " "), "refused", strings.Join(refused, " "))
 		log.Info("git push", attrs...)
-		if len(updated) > 0 {
-			s.housekeeping(name, path)
+		if len(updated) > 0 && (final == "" || hs.published()) {
+			s.housekeeping(name, hs.repoPath())
+		}
+		if final != "" && !hs.published() {
+			os.RemoveAll(path) // before the client learns the push ended
 		}
 	} else {
 		prefixes, wants := in.summary()

@@ -1076,3 +1076,43 @@ func TestLimiterAccounting(t *testing.T) {
 		t.Errorf("clamp of no deadline: %v", got)
 	}
 }
+
+// A push of requests alone to a repository that does not exist is
+// refused, names the repositories there and says how to make one, and
+// leaves nothing behind; a branch creates the repository and says so.
+func TestPushOfRequestsDoesNotCreateRepository(t *testing.T) {
+	ts := startServer(t, nil)
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	admin.must("git", "push", "-q", admin.url+"/app.git", "main")
+	out, err := admin.run("git", "push", admin.url+"/ap.git", "HEAD:refs/ci/requests/first")
+	if err == nil {
+		t.Fatalf("a push of a request created a repository:\n%s", out)
+	}
+	for _, want := range []string{"repository ap.git does not exist (repositories you may read here: app.git)", "pushing a branch to it, e.g. git push REMOTE HEAD"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the refusal lacks %q:\n%s", want, out)
+		}
+	}
+	ents, _ := os.ReadDir(filepath.Join(ts.root, "repos"))
+	if len(ents) != 1 || ents[0].Name() != "app.git" {
+		t.Errorf("the repositories' directory holds %v, want only app.git", ents)
+	}
+	// A non-admin's push and a fetch get the same explanation.
+	reader := ts.client("reader", "r")
+	if out, err := reader.run("git", "ls-remote", reader.url+"/ap.git"); err == nil || !strings.Contains(out, "repository ap.git does not exist (repositories you may read here: app.git)") {
+		t.Errorf("fetch of a missing repository: %v\n%s", err, out)
+	}
+	// A branch with the request creates it, and the push output says so.
+	out = admin.must("git", "push", admin.url+"/lib.git", "main", "HEAD:refs/ci/requests/first")
+	if !strings.Contains(out, "refci: created repository lib.git") {
+		t.Errorf("the push does not say it created the repository:\n%s", out)
+	}
+	if got := strings.TrimSpace(admin.must("git", "ls-remote", admin.url+"/lib.git")); strings.Count(got, "\n") != 2 {
+		t.Errorf("lib.git's refs:\n%s", got)
+	}
+	// A later push to it does not say so again.
+	if out := admin.must("git", "push", admin.url+"/lib.git", "HEAD:refs/ci/requests/second"); strings.Contains(out, "created") {
+		t.Errorf("a push to an existing repository:\n%s", out)
+	}
+}
