@@ -859,7 +859,7 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		return
 	}
 	spec := RunSpec{
-		Repo: repo, Target: gitproto.Hash(hashOf(a.claim.Target)), Request: a.claim.Request, RunID: a.claim.Run,
+		Repo: repo, Target: gitproto.Hash(hashOf(a.claim.Target)), Request: a.claim.Request, RequestObject: a.claim.RequestObject, RunID: a.claim.Run,
 		Attempt: a.claim.Attempt, PreviousRun: a.claim.PreviousRun,
 		Timeout: w.cfg.Timeout, KillGrace: w.cfg.KillGrace, LogCap: w.cfg.LogCap,
 		ArtifactFileCap: w.cfg.ArtifactFileCap, ArtifactTotalCap: w.cfg.ArtifactTotalCap,

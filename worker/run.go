@@ -47,10 +47,13 @@ type RunSpec struct {
 	Target    gitproto.Hash
 	TargetRef string // what the user named, informational
 	Request   string
-	RunID     string
-	Attempt   int
-	Env       string
-	Trusted   bool
+	// RequestObject is the request ref's value that was claimed,
+	// recorded in status.json ("" for a local run).
+	RequestObject string
+	RunID         string
+	Attempt       int
+	Env           string
+	Trusted       bool
 	// TrustReason says why the request is trusted or not, for people.
 	TrustReason string
 	// Secrets opens the environment Env for this run when it starts. nil
@@ -172,22 +175,23 @@ func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 		spec.RunID = queue.NewRunID(now())
 	}
 	st := &queue.Status{
-		Format:    queue.Format,
-		State:     queue.Running,
-		Target:    spec.Target.String(),
-		TargetRef: spec.TargetRef,
-		Request:   spec.Request,
-		Run:       spec.RunID,
-		Attempt:   spec.Attempt,
-		Worker:    signer.Fingerprint(),
-		Host:      spec.Host,
-		Env:       spec.Env,
-		Trusted:   spec.Trusted,
-		TrustNote: spec.TrustReason,
-		Started:   now().UTC(),
-		Version:   spec.Version,
-		Jobs:      []queue.Job{},
-		Artifacts: []queue.Artifact{},
+		Format:        queue.Format,
+		State:         queue.Running,
+		Target:        spec.Target.String(),
+		TargetRef:     spec.TargetRef,
+		Request:       spec.Request,
+		RequestObject: spec.RequestObject,
+		Run:           spec.RunID,
+		Attempt:       spec.Attempt,
+		Worker:        signer.Fingerprint(),
+		Host:          spec.Host,
+		Env:           spec.Env,
+		Trusted:       spec.Trusted,
+		TrustNote:     spec.TrustReason,
+		Started:       now().UTC(),
+		Version:       spec.Version,
+		Jobs:          []queue.Job{},
+		Artifacts:     []queue.Artifact{},
 	}
 	if spec.PreviousRun != "" {
 		st.Extra = map[string]any{queue.ExtraPreviousRun: spec.PreviousRun}
