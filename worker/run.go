@@ -1147,8 +1147,13 @@ func (r *run) commit(tree gitproto.Hash, st *queue.Status, when time.Time) (gitp
 	}, r.signer.SignDetached)
 }
 
-// startSnapshots writes a progress snapshot every SnapshotEvery until the
-// returned function is called (which waits for a snapshot in progress).
+// firstSnapshotAfter is when a run's first progress snapshot is written
+// (SnapshotEvery when that is shorter).
+const firstSnapshotAfter = 500 * time.Millisecond
+
+// startSnapshots writes a progress snapshot firstSnapshotAfter the start
+// and then every SnapshotEvery until the returned function is called
+// (which waits for a snapshot in progress).
 func (r *run) startSnapshots(lw *lockedWriter, log *CappedLog, srv *JobServer) func() {
 	if r.spec.SnapshotEvery <= 0 {
 		return func() {}
@@ -1158,7 +1163,10 @@ func (r *run) startSnapshots(lw *lockedWriter, log *CappedLog, srv *JobServer) f
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		t := time.NewTicker(r.spec.SnapshotEvery)
+		// The first one soon, so that a follower sees the run start
+		// and its first output without waiting a whole interval; a
+		// pipeline done by then (most of a busy worker's) gets none.
+		t := time.NewTimer(min(r.spec.SnapshotEvery, firstSnapshotAfter))
 		defer t.Stop()
 		for {
 			select {
@@ -1168,6 +1176,7 @@ func (r *run) startSnapshots(lw *lockedWriter, log *CappedLog, srv *JobServer) f
 				if err := r.snapshot(lw, log, srv); err != nil {
 					fmt.Fprintf(lw, "refci: progress snapshot failed: %v\n", err)
 				}
+				t.Reset(r.spec.SnapshotEvery)
 			}
 		}
 	}()

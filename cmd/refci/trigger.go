@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -154,6 +156,7 @@ func follow(ctx context.Context, e *env, dir, remote, target string, want follow
 		attempt           int
 	}
 	cur.object = want.object
+	watch := localRunsWatch(ctx, dir, remote, target)
 	announced, waitNoted, expiryNoted := false, false, ""
 	began, lastClaimCheck := time.Now(), time.Time{}
 	takeOver := func(to, toRef string, toAttempt int, worker string) {
@@ -182,6 +185,10 @@ func follow(ctx context.Context, e *env, dir, remote, target string, want follow
 					}
 				}
 			}
+		}
+		seen := ""
+		if watch != nil {
+			seen = watch() // before the fetch: a change during it is fetched next time
 		}
 		spec := "+" + queue.RunsPrefix + target + "/*:" + queue.RunsPrefix + target + "/*"
 		if _, err := gitCmd(ctx, dir, "", "fetch", "--quiet", "--no-write-fetch-head", remote, spec); err != nil {
@@ -280,13 +287,83 @@ func follow(ctx context.Context, e *env, dir, remote, target string, want follow
 				}
 			}
 		}
-		select {
-		case <-ctx.Done():
+		if !waitForRuns(ctx, watch, seen, time.Second) {
 			e.errorf("stopped following; the run goes on")
 			return exitFailed
-		case <-time.After(time.Second):
 		}
 	}
+}
+
+// waitForRuns waits before follow looks at the remote again: most long,
+// or, for a remote on this machine (watch not nil), until its run refs of
+// the target differ from seen, looked at every followWatchEvery (reading
+// a few ref files, no git process). It returns false when ctx ends.
+func waitForRuns(ctx context.Context, watch func() string, seen string, most time.Duration) bool {
+	deadline := time.After(most)
+	var tick <-chan time.Time
+	if watch != nil {
+		t := time.NewTicker(followWatchEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline:
+			return true
+		case <-tick:
+			if watch() != seen {
+				return true
+			}
+		}
+	}
+}
+
+// followWatchEvery is how often follow reads the run refs of a remote on
+// this machine: a snapshot is shown this long after it lands at most.
+const followWatchEvery = 100 * time.Millisecond
+
+// localRunsWatch returns, for a remote on this machine (a path or a
+// file:// URL, as git remote get-url says), a function that reads its run
+// refs of target straight from its files and returns them as one string,
+// which changes whenever a run ref of target does; nil for a remote
+// reached over the network (or one that cannot be read that way), which
+// follow fetches from once a second.
+func localRunsWatch(ctx context.Context, dir, remote, target string) func() string {
+	u, err := gitCmd(ctx, dir, "", "remote", "get-url", remote)
+	if err != nil {
+		u = remote // a URL or path, not a remote's name
+	}
+	path := (&gitproto.Remote{URL: u}).LocalDir()
+	if path == "" {
+		return nil
+	}
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(dir, path) // git reads it from the work tree
+	}
+	path = filepath.Clean(path)
+	repo, err := gitproto.Open(path)
+	if err != nil || repo.GitDir() != path && repo.GitDir() != filepath.Join(path, ".git") {
+		return nil // not the repository itself (Open looks in parent directories)
+	}
+	prefix := queue.RunsPrefix + target + "/"
+	read := func() string {
+		refs, err := repo.Refs(prefix)
+		if err != nil {
+			return "?" + err.Error()
+		}
+		names := make([]string, 0, len(refs))
+		for _, r := range refs {
+			names = append(names, r.Name+" "+r.Hash.String())
+		}
+		sort.Strings(names)
+		return strings.Join(names, "\n")
+	}
+	if strings.HasPrefix(read(), "?") {
+		return nil
+	}
+	return read
 }
 
 // followClaimEvery is how often follow looks whether the worker of a run
