@@ -104,21 +104,26 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 
 // makeRequestTag writes an annotated tag object carrying the options,
 // signed when the user has a signing key configured. No tag ref is left
-// behind.
+// behind. Unsigned, it needs no identity configured in git: the tagger is
+// the user's committer identity when git has one, else refci's.
 func makeRequestTag(ctx context.Context, dir, target, name string, o queue.RequestOptions) (string, error) {
 	id := make([]byte, 8)
 	rand.Read(id)
-	tmp := fmt.Sprintf("refci-request-%x", id)
-	args := []string{"tag", "-a"}
-	if key, _ := gitCmd(ctx, dir, "", "config", "user.signingkey"); key != "" {
-		args = []string{"tag", "-s"}
-	}
 	msg := queue.FormatRequestOptions(fmt.Sprintf("refci request %s (id %x)", name, id), o)
-	if _, err := gitCmd(ctx, dir, msg, append(args, "-F", "-", tmp, target)...); err != nil {
-		return "", err
+	if key, _ := gitCmd(ctx, dir, "", "config", "user.signingkey"); key != "" {
+		tmp := fmt.Sprintf("refci-request-%x", id)
+		if _, err := gitCmd(ctx, dir, msg, "tag", "-s", "-F", "-", tmp, target); err != nil {
+			return "", err
+		}
+		defer gitCmd(context.WithoutCancel(ctx), dir, "", "tag", "-d", tmp)
+		return gitCmd(ctx, dir, "", "rev-parse", "refs/tags/"+tmp)
 	}
-	defer gitCmd(context.WithoutCancel(ctx), dir, "", "tag", "-d", tmp)
-	return gitCmd(ctx, dir, "", "rev-parse", "refs/tags/"+tmp)
+	tagger, err := gitCmd(ctx, dir, "", "var", "GIT_COMMITTER_IDENT")
+	if err != nil {
+		tagger = fmt.Sprintf("refci trigger <refci@localhost> %d +0000", time.Now().Unix())
+	}
+	obj := fmt.Sprintf("object %s\ntype commit\ntag refci-request\ntagger %s\n\n%s", target, tagger, msg)
+	return gitCmd(ctx, dir, obj, "mktag")
 }
 
 // followed names the request whose run follow waits for: its name and

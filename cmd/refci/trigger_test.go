@@ -68,3 +68,67 @@ func TestFollowWatchesALocalRemote(t *testing.T) {
 		}
 	}
 }
+
+// Each trigger's request tag is a distinct object (issue 16, item 1), and
+// making one needs no identity configured in git (a fresh machine): the
+// tagger is then refci's.
+func TestRequestTagIsUniqueAndNeedsNoIdentity(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("HOME", dir)
+	t.Setenv("XDG_CONFIG_HOME", dir)
+	t.Setenv("GIT_CONFIG_NOSYSTEM", "1")
+	for _, k := range []string{"GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "EMAIL"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+	ctx := context.Background()
+	git := func(args ...string) string {
+		t.Helper()
+		out, err := gitCmd(ctx, dir, "", args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	git("init", "-q")
+	git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m", "c")
+	if _, err := gitCmd(ctx, dir, "", "var", "GIT_COMMITTER_IDENT"); err == nil {
+		t.Skip("git finds an identity on this machine without configuration")
+	}
+	head := git("rev-parse", "HEAD")
+	opts := queue.RequestOptions{Env: "staging", Timeout: 20 * time.Minute}
+	seen := map[string]bool{}
+	for i := 0; i < 2; i++ {
+		obj, err := makeRequestTag(ctx, dir, head, "topic", opts)
+		if err != nil {
+			t.Fatalf("without an identity: %v", err)
+		}
+		if typ := git("cat-file", "-t", obj); typ != "tag" || git("rev-parse", obj+"^{commit}") != head {
+			t.Fatalf("request %s is a %s, not a tag of %s", obj, typ, head)
+		}
+		body := git("cat-file", "tag", obj)
+		if !strings.Contains(body, "\ntagger refci trigger <refci@localhost> ") {
+			t.Errorf("tagger of an identity-less request:\n%s", body)
+		}
+		_, msg, _ := strings.Cut(body, "\n\n")
+		if got, err := queue.ParseRequestOptions(msg); err != nil || got != opts {
+			t.Errorf("options %+v, %v; want %+v", got, err, opts)
+		}
+		seen[obj] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("two triggers of one commit and name made one request object")
+	}
+	if tags := git("tag", "-l"); tags != "" {
+		t.Errorf("tags left behind: %s", tags)
+	}
+	git("config", "user.name", "Alice")
+	git("config", "user.email", "alice@example.invalid")
+	obj, err := makeRequestTag(ctx, dir, head, "topic", queue.RequestOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := git("cat-file", "tag", obj); !strings.Contains(body, "\ntagger Alice <alice@example.invalid> ") {
+		t.Errorf("tagger with an identity:\n%s", body)
+	}
+}
