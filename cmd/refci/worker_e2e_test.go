@@ -669,3 +669,28 @@ func TestTriggerWaitFollowsItsOwnRun(t *testing.T) {
 		t.Fatalf("log -f re: %v\n%s\n%s", lf.err, lf.out.String(), lf.errOut.String())
 	}
 }
+
+// A trigger --wait whose request is pushed over, or deleted, before any
+// worker claimed it says so and exits 1 instead of waiting for ever (no
+// worker runs here).
+func TestTriggerWaitForARequestGoneBeforeItRan(t *testing.T) {
+	f := newFleet(t, "echo hi\n")
+	w1 := startRefci(t, f.repo, f.env, "trigger", "--wait", "--name", "over")
+	w2 := startRefci(t, f.repo, f.env, "trigger", "--wait", "--name", "gone")
+	f.waitFor("both requests on the remote", time.Minute, func() bool { return len(f.remoteRefs("refs/ci/requests/")) == 2 })
+	f.refci("trigger", "--name", "over").want(t, 0)
+	f.git("", "push", "-q", "origin", ":refs/ci/requests/gone")
+	for _, c := range []struct {
+		w    *background
+		want string
+	}{{w1, "request over was pushed again (it now holds "}, {w2, "request gone was deleted before a worker ran it"}} {
+		select {
+		case <-c.w.done:
+		case <-time.After(time.Minute):
+			t.Fatalf("the waiter goes on\n%s", c.w.errOut.String())
+		}
+		if ee, ok := c.w.err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(c.w.errOut.String(), c.want) {
+			t.Errorf("waiter: %v\n%s\nwant %q", c.w.err, c.w.errOut.String(), c.want)
+		}
+	}
+}
