@@ -155,6 +155,9 @@ func (s *Status) Validate() error {
 	if err := ValidateRequestName(s.Request); err != nil {
 		return bad("request", s.Request, "is not a request name")
 	}
+	if s.RequestObject != "" && !isHexID(s.RequestObject) {
+		return bad("request_object", s.RequestObject, "is not a full hex object id")
+	}
 	if s.Attempt < 1 {
 		return bad("attempt", strconv.Itoa(s.Attempt), "is not 1 or more")
 	}

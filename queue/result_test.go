@@ -72,6 +72,7 @@ func TestStatusValidate(t *testing.T) {
 		"worker not hex":       func(s *Status) { s.Worker = "<script>" },
 		"env with slash":       func(s *Status) { s.Env = "a/b" },
 		"secrets commit":       func(s *Status) { s.SecretsCommit = "../../x" },
+		"request object":       func(s *Status) { s.RequestObject = "HEAD" },
 		"job name with slash":  func(s *Status) { s.Jobs[0].Name = "../../x" },
 		"job name twice":       func(s *Status) { s.Jobs[1].Name = s.Jobs[0].Name },
 		"job log elsewhere":    func(s *Status) { s.Jobs[0].Log = "../../../etc/passwd" },

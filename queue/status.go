@@ -47,13 +47,17 @@ type Status struct {
 	Target    string `json:"target"`               // full hex object id of the commit under test
 	TargetRef string `json:"target_ref,omitempty"` // what the user named (branch, tag), informational
 	Request   string `json:"request"`              // request name (refs/ci/requests/<name>), "local" for refci run
-	Run       string `json:"run"`                  // run id
-	Attempt   int    `json:"attempt"`
-	Worker    string `json:"worker"` // fingerprint of the signing key
-	Host      string `json:"host,omitempty"`
-	Env       string `json:"env"`
-	Trusted   bool   `json:"trusted"`
-	TrustNote string `json:"trust_reason,omitempty"` // why the request was trusted or not
+	// RequestObject is the value of the request ref that was claimed and
+	// run (a commit, or an annotated tag that `refci trigger` makes unique
+	// per trigger): followers match their run by it. "" for refci run.
+	RequestObject string `json:"request_object,omitempty"`
+	Run           string `json:"run"` // run id
+	Attempt       int    `json:"attempt"`
+	Worker        string `json:"worker"` // fingerprint of the signing key
+	Host          string `json:"host,omitempty"`
+	Env           string `json:"env"`
+	Trusted       bool   `json:"trusted"`
+	TrustNote     string `json:"trust_reason,omitempty"` // why the request was trusted or not
 	// Secrets is "" when the run asked for no environment, SecretsAvailable
 	// or SecretsWithheld; SecretsReason says why they were withheld.
 	Secrets       string    `json:"secrets,omitempty"`

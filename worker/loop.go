@@ -23,7 +23,8 @@ type Config struct {
 	Concurrency int           // runs at once per worker (default: 1)
 	Lease       time.Duration // claim lease (default 60s); renewed every Lease/3
 	// Snapshot is how often a running pipeline's progress is pushed
-	// (default 2s; the first one after Snapshot has passed).
+	// (default 2s; the first one after 500ms, or Snapshot when shorter),
+	// each one as soon as it is written.
 	Snapshot time.Duration
 	Grace    time.Duration // on shutdown, how long running pipelines may finish (default 30s)
 	Timeout  time.Duration // default pipeline timeout (a request may ask for another)
@@ -93,7 +94,7 @@ type Worker struct {
 
 	mu       sync.Mutex
 	wakes    map[*gitproto.Remote]chan struct{}
-	finished map[*gitproto.Remote]chan struct{} // a run ended: push its result
+	finished map[*gitproto.Remote]chan struct{} // a run ended: push its result; or a snapshot was written: push it
 	active   map[string]*activeRun              // by remote URL + request name
 	expired  map[string]seenExpired
 	wg       sync.WaitGroup // running pipelines
@@ -852,7 +853,7 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 		return
 	}
 	spec := RunSpec{
-		Repo: repo, Target: gitproto.Hash(hashOf(a.claim.Target)), Request: a.claim.Request, RunID: a.claim.Run,
+		Repo: repo, Target: gitproto.Hash(hashOf(a.claim.Target)), Request: a.claim.Request, RequestObject: a.claim.RequestObject, RunID: a.claim.Run,
 		Attempt: a.claim.Attempt, PreviousRun: a.claim.PreviousRun,
 		Timeout: w.cfg.Timeout, KillGrace: w.cfg.KillGrace, LogCap: w.cfg.LogCap,
 		ArtifactFileCap: w.cfg.ArtifactFileCap, ArtifactTotalCap: w.cfg.ArtifactTotalCap,
@@ -863,6 +864,15 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 			a.mu.Lock()
 			a.snapshots = append(a.snapshots, c)
 			a.mu.Unlock()
+			// Push it now, not at the remote loop's next tick: followers
+			// see output as soon as it is snapshot.
+			w.mu.Lock()
+			wake := w.finished[a.remote]
+			w.mu.Unlock()
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
 		},
 		CancelReason: func() string {
 			if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {

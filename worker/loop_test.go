@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -304,5 +305,55 @@ func TestTakeoverIsNotCancelledByTheClaimItReplaced(t *testing.T) {
 		if (cause != nil) != tc.cancel {
 			t.Errorf("%s: cancelled %v (%v), want %v", tc.name, cause != nil, cause, tc.cancel)
 		}
+	}
+}
+
+// A running pipeline's first output reaches the remote soon, not a whole
+// snapshot interval later, and each snapshot is pushed as it is written,
+// not at the remote loop's next tick (issue 16, item 8): here both the
+// interval and the tick are an hour. Its status.json names the request
+// object run.
+func TestFirstSnapshotIsPushedAtOnce(t *testing.T) {
+	exe := useShim(t)
+	gate := filepath.Join(t.TempDir(), "gate")
+	if err := syscall.Mkfifo(gate, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lw := newLoopWorld(t, "echo first-output\nread go < "+gate+"\necho done\n")
+	lw.git(t, lw.clone, "tag", "-a", "-m", "refci request snap", "req", "HEAD")
+	tag := lw.git(t, lw.clone, "rev-parse", "req")
+	lw.git(t, lw.clone, "push", "-q", lw.bare, "refs/tags/req:refs/ci/requests/snap")
+	rem, err := gitproto.OpenRemote("file://"+lw.bare, filepath.Join(lw.dir, "cache.git"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := New(Config{
+		Remotes: []*gitproto.Remote{rem}, Poll: time.Hour, Lease: time.Hour, Snapshot: time.Hour, Concurrency: 1, Grace: 5 * time.Second,
+		Signer: testSigner(t), RefciPath: exe, TempDir: t.TempDir(),
+	})
+	startWorker(t, w)
+	var ref string
+	lw.waitFor(t, "a snapshot with the first output on the remote", time.Minute, func() bool {
+		refs := lw.refs(t, queue.RunsPrefix)
+		if len(refs) != 1 {
+			return false
+		}
+		ref = refs[0]
+		return strings.Contains(lw.git(t, lw.bare, "show", ref+":"+queue.LogFile), "first-output")
+	})
+	st, err := queue.DecodeStatus([]byte(lw.git(t, lw.bare, "show", ref+":"+queue.StatusFile)))
+	if err != nil || st.State != queue.Running || st.RequestObject != tag {
+		t.Fatalf("snapshot status %+v, %v; want running, request_object %s", st, err, tag)
+	}
+	f, err := os.OpenFile(gate, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("go\n")
+	f.Close()
+	lw.waitFor(t, "the result", time.Minute, func() bool { return len(lw.refs(t, queue.RequestsPrefix)) == 0 })
+	st, err = queue.DecodeStatus([]byte(lw.git(t, lw.bare, "show", ref+":"+queue.StatusFile)))
+	if err != nil || st.State != queue.Success || st.RequestObject != tag {
+		t.Fatalf("result %+v, %v; want success, request_object %s", st, err, tag)
 	}
 }

@@ -47,10 +47,13 @@ type RunSpec struct {
 	Target    gitproto.Hash
 	TargetRef string // what the user named, informational
 	Request   string
-	RunID     string
-	Attempt   int
-	Env       string
-	Trusted   bool
+	// RequestObject is the request ref's value that was claimed,
+	// recorded in status.json ("" for a local run).
+	RequestObject string
+	RunID         string
+	Attempt       int
+	Env           string
+	Trusted       bool
 	// TrustReason says why the request is trusted or not, for people.
 	TrustReason string
 	// Secrets opens the environment Env for this run when it starts. nil
@@ -172,22 +175,23 @@ func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 		spec.RunID = queue.NewRunID(now())
 	}
 	st := &queue.Status{
-		Format:    queue.Format,
-		State:     queue.Running,
-		Target:    spec.Target.String(),
-		TargetRef: spec.TargetRef,
-		Request:   spec.Request,
-		Run:       spec.RunID,
-		Attempt:   spec.Attempt,
-		Worker:    signer.Fingerprint(),
-		Host:      spec.Host,
-		Env:       spec.Env,
-		Trusted:   spec.Trusted,
-		TrustNote: spec.TrustReason,
-		Started:   now().UTC(),
-		Version:   spec.Version,
-		Jobs:      []queue.Job{},
-		Artifacts: []queue.Artifact{},
+		Format:        queue.Format,
+		State:         queue.Running,
+		Target:        spec.Target.String(),
+		TargetRef:     spec.TargetRef,
+		Request:       spec.Request,
+		RequestObject: spec.RequestObject,
+		Run:           spec.RunID,
+		Attempt:       spec.Attempt,
+		Worker:        signer.Fingerprint(),
+		Host:          spec.Host,
+		Env:           spec.Env,
+		Trusted:       spec.Trusted,
+		TrustNote:     spec.TrustReason,
+		Started:       now().UTC(),
+		Version:       spec.Version,
+		Jobs:          []queue.Job{},
+		Artifacts:     []queue.Artifact{},
 	}
 	if spec.PreviousRun != "" {
 		st.Extra = map[string]any{queue.ExtraPreviousRun: spec.PreviousRun}
@@ -1143,8 +1147,13 @@ func (r *run) commit(tree gitproto.Hash, st *queue.Status, when time.Time) (gitp
 	}, r.signer.SignDetached)
 }
 
-// startSnapshots writes a progress snapshot every SnapshotEvery until the
-// returned function is called (which waits for a snapshot in progress).
+// firstSnapshotAfter is when a run's first progress snapshot is written
+// (SnapshotEvery when that is shorter).
+const firstSnapshotAfter = 500 * time.Millisecond
+
+// startSnapshots writes a progress snapshot firstSnapshotAfter the start
+// and then every SnapshotEvery until the returned function is called
+// (which waits for a snapshot in progress).
 func (r *run) startSnapshots(lw *lockedWriter, log *CappedLog, srv *JobServer) func() {
 	if r.spec.SnapshotEvery <= 0 {
 		return func() {}
@@ -1154,7 +1163,10 @@ func (r *run) startSnapshots(lw *lockedWriter, log *CappedLog, srv *JobServer) f
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		t := time.NewTicker(r.spec.SnapshotEvery)
+		// The first one soon, so that a follower sees the run start
+		// and its first output without waiting a whole interval; a
+		// pipeline done by then (most of a busy worker's) gets none.
+		t := time.NewTimer(min(r.spec.SnapshotEvery, firstSnapshotAfter))
 		defer t.Stop()
 		for {
 			select {
@@ -1164,6 +1176,7 @@ func (r *run) startSnapshots(lw *lockedWriter, log *CappedLog, srv *JobServer) f
 				if err := r.snapshot(lw, log, srv); err != nil {
 					fmt.Fprintf(lw, "refci: progress snapshot failed: %v\n", err)
 				}
+				t.Reset(r.spec.SnapshotEvery)
 			}
 		}
 	}()

@@ -3,11 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -70,23 +73,23 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 		e.errorf("trigger: %v", err)
 		return exitUsage
 	}
-	obj := target.String()
 	opts := queue.RequestOptions{Env: *envName, Timeout: *timeout}
-	if opts.Env != "" || opts.Timeout > 0 {
-		if opts.Env != "" {
-			if err := queue.ValidateJobName(opts.Env); err != nil {
-				e.errorf("trigger: --env %q: use letters, digits, '.', '_' or '-'", opts.Env)
-				return exitUsage
-			}
-		}
-		obj, err = makeRequestTag(ctx, dir, target.String(), *name, opts)
-		if err != nil {
-			e.errorf("trigger: %v", err)
-			return exitInfra
+	if opts.Env != "" {
+		if err := queue.ValidateJobName(opts.Env); err != nil {
+			e.errorf("trigger: --env %q: use letters, digits, '.', '_' or '-'", opts.Env)
+			return exitUsage
 		}
 	}
+	// Always an annotated tag, with a fresh id in its subject: its object
+	// id names this request and no other, so that --wait, log -f and the
+	// result (status.json request_object) tell it from an earlier push of
+	// the same commit under the same name.
+	obj, err := makeRequestTag(ctx, dir, target.String(), *name, opts)
+	if err != nil {
+		e.errorf("trigger: %v", err)
+		return exitInfra
+	}
 	ref := queue.RequestRef(*name)
-	pushed := time.Now()
 	if _, err := gitCmd(ctx, dir, "", "push", "--quiet", "--no-verify", *remote, "+"+obj+":"+ref); err != nil {
 		e.errorf("trigger: pushing %s to %s failed: %v", ref, *remote, err)
 		return exitInfra
@@ -96,41 +99,69 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stdout, "follow it with: refci trigger --wait, or fetch results with: git fetch %s '+refs/ci/*:refs/ci/*'\n", *remote)
 		return exitOK
 	}
-	return follow(ctx, e, dir, *remote, target.String(), func(st *queue.Status) bool {
-		return st.Request == *name && st.Started.After(pushed.Add(-queue.ClockSkew))
-	})
+	return follow(ctx, e, dir, *remote, target.String(), followed{name: *name, object: obj}, nil)
 }
 
 // makeRequestTag writes an annotated tag object carrying the options,
 // signed when the user has a signing key configured. No tag ref is left
-// behind.
+// behind. Unsigned, it needs no identity configured in git: the tagger is
+// the user's committer identity when git has one, else refci's.
 func makeRequestTag(ctx context.Context, dir, target, name string, o queue.RequestOptions) (string, error) {
-	tmp := fmt.Sprintf("refci-request-%d", time.Now().UnixNano())
-	args := []string{"tag", "-a"}
+	id := make([]byte, 8)
+	rand.Read(id)
+	msg := queue.FormatRequestOptions(fmt.Sprintf("refci request %s (id %x)", name, id), o)
 	if key, _ := gitCmd(ctx, dir, "", "config", "user.signingkey"); key != "" {
-		args = []string{"tag", "-s"}
+		tmp := fmt.Sprintf("refci-request-%x", id)
+		if _, err := gitCmd(ctx, dir, msg, "tag", "-s", "-F", "-", tmp, target); err != nil {
+			return "", err
+		}
+		defer gitCmd(context.WithoutCancel(ctx), dir, "", "tag", "-d", tmp)
+		return gitCmd(ctx, dir, "", "rev-parse", "refs/tags/"+tmp)
 	}
-	msg := queue.FormatRequestOptions("refci request "+name, o)
-	if _, err := gitCmd(ctx, dir, msg, append(args, "-F", "-", tmp, target)...); err != nil {
-		return "", err
+	tagger, err := gitCmd(ctx, dir, "", "var", "GIT_COMMITTER_IDENT")
+	if err != nil {
+		tagger = fmt.Sprintf("refci trigger <refci@localhost> %d +0000", time.Now().Unix())
 	}
-	defer gitCmd(context.WithoutCancel(ctx), dir, "", "tag", "-d", tmp)
-	return gitCmd(ctx, dir, "", "rev-parse", "refs/tags/"+tmp)
+	obj := fmt.Sprintf("object %s\ntype commit\ntag refci-request\ntagger %s\n\n%s", target, tagger, msg)
+	return gitCmd(ctx, dir, obj, "mktag")
 }
 
-// follow polls the remote for the run of target that match selects,
-// prints its log as snapshots arrive, and returns the exit code of its
-// final state. When the run's worker dies, it says so and follows the
-// attempt that takes the request over.
-func follow(ctx context.Context, e *env, dir, remote, target string, match func(*queue.Status) bool) int {
+// followed names the request whose run follow waits for: its name and
+// the object its request ref was set to, unique per `refci trigger`.
+type followed struct {
+	name, object string
+	after        time.Time // when set, runs that started before are not it
+}
+
+// follow polls the remote for the run of target that match selects, or,
+// with want.object set, the run of exactly that request (status.json
+// request_object; a worker that does not record it is matched by the
+// run its claim of that object names). It prints the run's log as
+// snapshots arrive, and returns the exit code of its final state. When
+// the run's worker dies, it says so and follows the attempt that takes
+// the request over. A request pushed over or deleted before any worker
+// ran it ends the wait with exit code 1.
+func follow(ctx context.Context, e *env, dir, remote, target string, want followed, match func(*queue.Status) bool) int {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
+	claimRun := "" // the run a claim of want.object names
+	if want.object != "" {
+		match = func(st *queue.Status) bool {
+			if st.Request != want.name || st.Started.Before(want.after) {
+				return false
+			}
+			return st.RequestObject == want.object || st.RequestObject == "" && claimRun != "" && st.Run == claimRun
+		}
+	}
 	printed := int64(0)
 	logOut, endLog := e.logWriter()
 	var cur struct {
 		ref, run, request string // the run followed; its ref may not be on the remote yet
+		object            string // the request object it runs, when known
 		attempt           int
 	}
+	cur.object = want.object
+	watch := localRunsWatch(ctx, dir, remote, target)
 	announced, waitNoted, expiryNoted := false, false, ""
 	began, lastClaimCheck := time.Now(), time.Time{}
 	takeOver := func(to, toRef string, toAttempt int, worker string) {
@@ -139,6 +170,31 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 		cur.ref, cur.run, cur.attempt, printed = toRef, to, toAttempt, 0
 	}
 	for {
+		// Before the run is found: is the request still there, or
+		// claimed? Looked at before the fetch below, so that a request
+		// that ran and is gone has its result fetched by then.
+		gone := ""
+		if cur.ref == "" && want.object != "" && time.Since(lastClaimCheck) >= followClaimEvery {
+			lastClaimCheck = time.Now()
+			if repo, err := openRepo(dir); err == nil {
+				if cv, err := remoteClaim(ctx, repo, dir, remote, want.name); err == nil {
+					ours := cv.claim != nil && cv.claim.RequestObject == want.object
+					if ours {
+						claimRun = cv.claim.Run
+					}
+					if !ours && (!cv.present || cv.claim != nil) && cv.request != want.object {
+						gone = "was deleted"
+						if cv.hasRequest {
+							gone = "was pushed again (it now holds " + short(cv.request) + ")"
+						}
+					}
+				}
+			}
+		}
+		seen := ""
+		if watch != nil {
+			seen = watch() // before the fetch: a change during it is fetched next time
+		}
 		spec := "+" + queue.RunsPrefix + target + "/*:" + queue.RunsPrefix + target + "/*"
 		if _, err := gitCmd(ctx, dir, "", "fetch", "--quiet", "--no-write-fetch-head", remote, spec); err != nil {
 			if ctx.Err() != nil {
@@ -162,6 +218,10 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 					break
 				}
 			}
+			if cur.ref == "" && gone != "" {
+				e.errorf("request %s %s before a worker ran it; the run asked for will not happen", want.name, gone)
+				return exitFailed
+			}
 			if cur.ref == "" && !waitNoted && time.Since(began) > 3*time.Second {
 				fmt.Fprintf(e.stderr, "refci: waiting for the run to start (no worker has pushed its progress yet)\n")
 				waitNoted = true
@@ -179,6 +239,9 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 				return exitInfra
 			}
 			cur.request, cur.attempt = st.Request, st.Attempt
+			if st.RequestObject != "" {
+				cur.object = st.RequestObject
+			}
 			if !announced {
 				fmt.Fprintf(e.stderr, "refci: run %s (attempt %d) on worker %s", st.Run, st.Attempt, st.Worker)
 				if prev := st.PreviousRun(); prev != "" {
@@ -214,7 +277,11 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 				}
 			}
 			if cv, err := remoteClaim(ctx, repo, dir, remote, cur.request); err == nil && cv.claim != nil {
+				sameObject := cur.object == "" || cv.claim.RequestObject == cur.object
 				switch c := cv.claim; {
+				case c.Run != cur.run && c.PreviousRun == cur.run && !sameObject:
+					e.errorf("run %s lost its worker, and request %s was pushed again meanwhile: run %s is of the new push, and this one will not be run again", cur.run, cur.request, c.Run)
+					return exitFailed
 				case c.Run != cur.run && c.PreviousRun == cur.run && c.Target == target:
 					takeOver(c.Run, queue.RunRef(c.Target, c.Run), c.Attempt, c.Worker)
 					continue
@@ -225,13 +292,83 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 				}
 			}
 		}
-		select {
-		case <-ctx.Done():
+		if !waitForRuns(ctx, watch, seen, time.Second) {
 			e.errorf("stopped following; the run goes on")
 			return exitFailed
-		case <-time.After(time.Second):
 		}
 	}
+}
+
+// waitForRuns waits before follow looks at the remote again: most long,
+// or, for a remote on this machine (watch not nil), until its run refs of
+// the target differ from seen, looked at every followWatchEvery (reading
+// a few ref files, no git process). It returns false when ctx ends.
+func waitForRuns(ctx context.Context, watch func() string, seen string, most time.Duration) bool {
+	deadline := time.After(most)
+	var tick <-chan time.Time
+	if watch != nil {
+		t := time.NewTicker(followWatchEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline:
+			return true
+		case <-tick:
+			if watch() != seen {
+				return true
+			}
+		}
+	}
+}
+
+// followWatchEvery is how often follow reads the run refs of a remote on
+// this machine: a snapshot is shown this long after it lands at most.
+const followWatchEvery = 100 * time.Millisecond
+
+// localRunsWatch returns, for a remote on this machine (a path or a
+// file:// URL, as git remote get-url says), a function that reads its run
+// refs of target straight from its files and returns them as one string,
+// which changes whenever a run ref of target does; nil for a remote
+// reached over the network (or one that cannot be read that way), which
+// follow fetches from once a second.
+func localRunsWatch(ctx context.Context, dir, remote, target string) func() string {
+	u, err := gitCmd(ctx, dir, "", "remote", "get-url", remote)
+	if err != nil {
+		u = remote // a URL or path, not a remote's name
+	}
+	path := (&gitproto.Remote{URL: u}).LocalDir()
+	if path == "" {
+		return nil
+	}
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(dir, path) // git reads it from the work tree
+	}
+	path = filepath.Clean(path)
+	repo, err := gitproto.Open(path)
+	if err != nil || repo.GitDir() != path && repo.GitDir() != filepath.Join(path, ".git") {
+		return nil // not the repository itself (Open looks in parent directories)
+	}
+	prefix := queue.RunsPrefix + target + "/"
+	read := func() string {
+		refs, err := repo.Refs(prefix)
+		if err != nil {
+			return "?" + err.Error()
+		}
+		names := make([]string, 0, len(refs))
+		for _, r := range refs {
+			names = append(names, r.Name+" "+r.Hash.String())
+		}
+		sort.Strings(names)
+		return strings.Join(names, "\n")
+	}
+	if strings.HasPrefix(read(), "?") {
+		return nil
+	}
+	return read
 }
 
 // followClaimEvery is how often follow looks whether the worker of a run
@@ -260,7 +397,7 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 		e.errorf("%v", err)
 		return exitFor(err)
 	}
-	var target, runID string
+	var target, runID, reqObj string
 	switch {
 	case strings.HasPrefix(arg, queue.RunsPrefix):
 		t, id, ok := queue.ParseRunRef(arg)
@@ -289,11 +426,17 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 		if err != nil {
 			if queue.ValidateRequestName(arg) == nil {
 				// Not a revision here: a request name on the remote.
-				t, id, code := waitForClaim(ctx, e, repo, dir, remote, arg)
-				if t == "" {
+				c, code := waitForClaim(ctx, e, repo, dir, remote, arg)
+				if c == nil {
 					return code
 				}
-				target, runID = t, id
+				if c.Run == "" {
+					// It ran between two looks: its result names its
+					// request object (the same for two pushes of one
+					// commit: then a run that started since it was seen).
+					return follow(ctx, e, dir, remote, c.Target, followed{name: arg, object: c.RequestObject, after: c.Claimed.Add(-queue.ClockSkew)}, nil)
+				}
+				target, runID, reqObj = c.Target, c.Run, c.RequestObject
 				break
 			}
 			e.errorf("%v", err)
@@ -303,7 +446,10 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 		target = h.String()
 	}
 	started := time.Now()
-	return follow(ctx, e, dir, remote, target, func(st *queue.Status) bool {
+	return follow(ctx, e, dir, remote, target, followed{}, func(st *queue.Status) bool {
+		if reqObj != "" && st.RequestObject != "" && st.RequestObject != reqObj {
+			return false // another push of the request than the one claimed
+		}
 		if runID != "" {
 			// The run, or the attempt that took it over when its worker
 			// died before it pushed anything.
@@ -315,33 +461,58 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 
 // waitForClaim finds the run a worker is running, or will run, for the
 // request name on remote: it fetches the request's claim, waiting while
-// the request is pending and unclaimed. It returns the run's target and id,
-// or "" and an exit code after saying why not.
-func waitForClaim(ctx context.Context, e *env, repo *gitproto.Repo, dir, remote, name string) (target, runID string, code int) {
+// the request is pending and unclaimed, or while the claim there is of an
+// earlier push of the request. It returns the claim, or nil and an exit
+// code after saying why not. A request seen pending that is gone at the
+// next look ran in between: then the claim returned has no Run, and
+// Claimed is when the request was seen.
+func waitForClaim(ctx context.Context, e *env, repo *gitproto.Repo, dir, remote, name string) (*queue.Claim, int) {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
-	waiting, badNoted := false, false
+	waiting, badNoted, staleNoted := false, false, false
+	// The pending request seen last, and the commit it runs: when it is
+	// gone at the next look, it ran meanwhile (its result was pushed
+	// before it was deleted) and is followed by its result.
+	var seen, seenTarget string
+	var seenAt time.Time
 	for {
 		cv, err := remoteClaim(ctx, repo, dir, remote, name)
 		if err != nil {
 			if ctx.Err() != nil {
-				return "", "", exitFailed
+				return nil, exitFailed
 			}
 			e.errorf("cannot list the request %s on %s: %v", name, remote, err)
-			return "", "", exitInfra
+			return nil, exitInfra
+		}
+		if cv.hasRequest && cv.request != seen {
+			seen, seenTarget, seenAt = cv.request, "", time.Now()
+			if _, err := gitCmd(ctx, dir, "", "fetch", "--quiet", "--no-write-fetch-head", remote, queue.RequestRef(name)); err == nil {
+				seenTarget, _ = gitCmd(ctx, dir, "", "rev-parse", "--verify", "--quiet", seen+"^{commit}")
+			}
 		}
 		if cv.present {
-			if cv.claim != nil {
-				return cv.claim.Target, cv.claim.Run, exitOK
+			switch c := cv.claim; {
+			case c != nil && cv.hasRequest && cv.request != c.RequestObject:
+				// The request was pushed again: the claim's run is of the
+				// earlier push and ends cancelled; the new push runs next.
+				if !staleNoted {
+					fmt.Fprintf(e.stderr, "refci: request %s was pushed again; waiting for a worker to claim it (the claim there, run %s, is of the earlier push)\n", name, c.Run)
+					staleNoted = true
+				}
+			case c != nil:
+				return c, exitOK
 			}
 			if cv.bad != nil && !badNoted {
 				e.errorf("the claim of %s on %s is not believed (%s); waiting for a worker to replace it", name, remote, render.Safe(cv.bad.Error()))
 				badNoted = true
 			}
 			// A claim replaced meanwhile, or just deleted: look again.
+		} else if !cv.hasRequest && seenTarget != "" {
+			// No claim: Run "", Claimed when the request was seen unclaimed.
+			return &queue.Claim{Request: name, RequestObject: seen, Target: seenTarget, Claimed: seenAt}, exitOK
 		} else if !cv.hasRequest {
 			e.errorf("%s has no request or claim named %s (nor is it a revision here); a request that already ran is followed by its commit: refci log -f COMMIT, or see refci runs --all after git fetch %s '+refs/ci/*:refs/ci/*'", remote, name, remote)
-			return "", "", exitUsage
+			return nil, exitUsage
 		} else if !waiting {
 			fmt.Fprintf(e.stderr, "refci: request %s is waiting for a worker\n", name)
 			waiting = true
@@ -349,7 +520,7 @@ func waitForClaim(ctx context.Context, e *env, repo *gitproto.Repo, dir, remote,
 		select {
 		case <-ctx.Done():
 			e.errorf("stopped waiting; the request stays queued")
-			return "", "", exitFailed
+			return nil, exitFailed
 		case <-time.After(time.Second):
 		}
 	}
@@ -359,6 +530,7 @@ func waitForClaim(ctx context.Context, e *env, repo *gitproto.Repo, dir, remote,
 // request and a claim are there, and the claim, when it could be read.
 type claimView struct {
 	hasRequest, present bool
+	request             string // the request ref's value, when hasRequest
 	claim               *queue.Claim
 	bad                 error // why the claim there is not believed
 }
@@ -379,7 +551,7 @@ func remoteClaim(ctx context.Context, repo *gitproto.Repo, dir, remote, name str
 		case claimRef:
 			claimVal, cv.present = h, true
 		case reqRef:
-			cv.hasRequest = true
+			cv.hasRequest, cv.request = true, h
 		}
 	}
 	if !cv.present {

@@ -575,3 +575,122 @@ echo done
 		t.Errorf("the capped timeout: %d results, %+v", len(c), *c[0])
 	}
 }
+
+// Two `refci trigger --wait` in a row for one commit and one name each
+// follow their own run (issue 16, item 1): the second reports its own
+// success, not the first run's failure. A waiter whose run is superseded
+// by a new push reports its run cancelled, and `log -f NAME` on a request
+// pushed again waits for the new push's claim.
+func TestTriggerWaitFollowsItsOwnRun(t *testing.T) {
+	marker := fmt.Sprintf("%d.%03d", 7000+time.Now().UnixNano()%1000, time.Now().Nanosecond()%991)
+	dir := t.TempDir() // outside HOME, which pipelines cannot write; they read it here
+	flag := filepath.Join(dir, "flag")
+	setFlag := func(v string) {
+		if err := os.WriteFile(flag, []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := newFleet(t, fmt.Sprintf("flag=$(cat %s)\necho \"flag=$flag\"\nif [ \"$flag\" = hang ]; then sleep %s; fi\n[ \"$flag\" = ok ]\n", flag, marker))
+	wa := f.startWorker("a")
+	resultOf := func(out string) string {
+		_, ref, _ := strings.Cut(out, "refci: result ")
+		return strings.TrimSpace(ref)
+	}
+
+	setFlag("bad")
+	r1 := f.refci("trigger", "--wait", "--name", "fix")
+	if r1.code != 1 || !strings.Contains(r1.stdout, "flag=bad") || !strings.Contains(r1.stdout, "refci: failure") {
+		t.Fatalf("first trigger --wait: %d\n%s\n%s", r1.code, r1.stdout, r1.stderr)
+	}
+	setFlag("ok")
+	r2 := f.refci("trigger", "--wait", "--name", "fix")
+	if r2.code != 0 || !strings.Contains(r2.stdout, "flag=ok") || strings.Contains(r2.stdout, "flag=bad") || !strings.Contains(r2.stdout, "refci: success") {
+		t.Fatalf("second trigger --wait followed another run: %d\n%s\n%s", r2.code, r2.stdout, r2.stderr)
+	}
+	ref1, ref2 := resultOf(r1.stdout), resultOf(r2.stdout)
+	if ref1 == "" || ref1 == ref2 {
+		t.Fatalf("both waits report result %q and %q", ref1, ref2)
+	}
+	// Each result records the request tag it ran, one per trigger.
+	objs := map[string]bool{}
+	for _, ref := range []string{ref1, ref2} {
+		st, err := queue.DecodeStatus([]byte(f.gitErr(f.bare, "show", ref+":status.json")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if typ := f.gitErr(f.bare, "cat-file", "-t", st.RequestObject); strings.TrimSpace(typ) != "tag" {
+			t.Fatalf("%s: request_object %q is a %q, not the request tag", ref, st.RequestObject, typ)
+		}
+		objs[st.RequestObject] = true
+	}
+	if len(objs) != 2 {
+		t.Fatalf("the two triggers' results record the same request object: %v", objs)
+	}
+
+	// A waiter whose run is superseded by a new push reports its own run
+	// cancelled; the new push's waiter reports the new run.
+	setFlag("hang")
+	w1 := startRefci(t, f.repo, f.env, "trigger", "--wait", "--name", "sup")
+	f.waitFor("the first pipeline to start", time.Minute, func() bool { return alive("sleep " + marker) })
+	setFlag("ok")
+	r3 := f.refci("trigger", "--wait", "--name", "sup")
+	if r3.code != 0 || !strings.Contains(r3.stdout, "flag=ok") || !strings.Contains(r3.stdout, "refci: success") {
+		t.Fatalf("superseding trigger --wait: %d\n%s\n%s", r3.code, r3.stdout, r3.stderr)
+	}
+	select {
+	case <-w1.done:
+	case <-time.After(time.Minute):
+		t.Fatalf("the superseded waiter goes on\n%s\n%s", w1.out.String(), w1.errOut.String())
+	}
+	if ee, ok := w1.err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(w1.out.String(), "flag=hang") ||
+		!strings.Contains(w1.out.String(), "refci: cancelled") || resultOf(w1.out.String()) == resultOf(r3.stdout) {
+		t.Fatalf("superseded waiter: %v\n%s\n%s", w1.err, w1.out.String(), w1.errOut.String())
+	}
+
+	// log -f NAME while the claim there is of an earlier push (its worker
+	// was killed): it waits for the new push's claim and follows that run.
+	setFlag("hang")
+	f.refci("trigger", "--name", "re").want(t, 0)
+	f.waitFor("the pipeline to start", time.Minute, func() bool { return alive("sleep " + marker) })
+	wa.Process.Signal(syscall.SIGKILL)
+	wa.Wait()
+	f.waitFor("the killed run's processes to die", 15*time.Second, func() bool { return !alive("sleep " + marker) })
+	setFlag("ok")
+	f.refci("trigger", "--name", "re").want(t, 0)
+	lf := startRefci(t, f.repo, f.env, "log", "-f", "re")
+	f.waitFor("log -f to see the earlier push's claim", time.Minute, func() bool { return strings.Contains(lf.errOut.String(), "was pushed again") })
+	f.startWorker("b")
+	select {
+	case <-lf.done:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("log -f re goes on\n%s\n%s", lf.out.String(), lf.errOut.String())
+	}
+	if lf.err != nil || !strings.Contains(lf.out.String(), "flag=ok") || strings.Contains(lf.out.String(), "flag=hang") || !strings.Contains(lf.out.String(), "refci: success") {
+		t.Fatalf("log -f re: %v\n%s\n%s", lf.err, lf.out.String(), lf.errOut.String())
+	}
+}
+
+// A trigger --wait whose request is pushed over, or deleted, before any
+// worker claimed it says so and exits 1 instead of waiting for ever (no
+// worker runs here).
+func TestTriggerWaitForARequestGoneBeforeItRan(t *testing.T) {
+	f := newFleet(t, "echo hi\n")
+	w1 := startRefci(t, f.repo, f.env, "trigger", "--wait", "--name", "over")
+	w2 := startRefci(t, f.repo, f.env, "trigger", "--wait", "--name", "gone")
+	f.waitFor("both requests on the remote", time.Minute, func() bool { return len(f.remoteRefs("refs/ci/requests/")) == 2 })
+	f.refci("trigger", "--name", "over").want(t, 0)
+	f.git("", "push", "-q", "origin", ":refs/ci/requests/gone")
+	for _, c := range []struct {
+		w    *background
+		want string
+	}{{w1, "request over was pushed again (it now holds "}, {w2, "request gone was deleted before a worker ran it"}} {
+		select {
+		case <-c.w.done:
+		case <-time.After(time.Minute):
+			t.Fatalf("the waiter goes on\n%s", c.w.errOut.String())
+		}
+		if ee, ok := c.w.err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(c.w.errOut.String(), c.want) {
+			t.Errorf("waiter: %v\n%s\nwant %q", c.w.err, c.w.errOut.String(), c.want)
+		}
+	}
+}

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"refci.dev/refci/queue"
+)
+
+// follow watches the run refs of a remote on this machine and looks again
+// as soon as one changes (issue 16, item 8); a remote over the network, or
+// a path that is not a repository itself, is not watched.
+func TestFollowWatchesALocalRemote(t *testing.T) {
+	dir := t.TempDir()
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("git", args...)
+		cmd.Dir, cmd.Env = dir, append(os.Environ(), "GIT_CONFIG_NOSYSTEM=1", "HOME="+dir,
+			"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@e", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@e")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	bare := filepath.Join(dir, "remote.git")
+	run("init", "-q", "--bare", bare)
+	run("init", "-q", "clone")
+	clone := filepath.Join(dir, "clone")
+	run("-C", clone, "commit", "-q", "--allow-empty", "-m", "c")
+	head := run("-C", clone, "rev-parse", "HEAD")
+	run("-C", clone, "remote", "add", "origin", "file://"+bare)
+	run("-C", clone, "push", "-q", "origin", "HEAD:refs/heads/main")
+	run("-C", clone, "remote", "add", "rel", "../remote.git")
+	run("-C", clone, "remote", "add", "net", "ssh://example.invalid/remote.git")
+	run("-C", clone, "remote", "add", "scp", "example.invalid:remote.git")
+	ctx := context.Background()
+	for _, remote := range []string{"net", "scp", filepath.Join(clone, ".refci")} {
+		if localRunsWatch(ctx, clone, remote, head) != nil {
+			t.Errorf("remote %s is watched as a local repository", remote)
+		}
+	}
+	for _, remote := range []string{"origin", "rel", bare} {
+		watch := localRunsWatch(ctx, clone, remote, head)
+		if watch == nil {
+			t.Fatalf("remote %s is not watched", remote)
+		}
+		seen := watch()
+		ref := queue.RunRef(head, queue.NewRunID(time.Now()))
+		done := make(chan bool, 1)
+		go func() { done <- waitForRuns(ctx, watch, seen, time.Hour) }()
+		run("--git-dir="+bare, "update-ref", ref, head)
+		select {
+		case ok := <-done:
+			if !ok {
+				t.Fatalf("remote %s: waitForRuns reported its context ended", remote)
+			}
+		case <-time.After(time.Minute):
+			t.Fatalf("remote %s: a new run ref did not end the wait", remote)
+		}
+		if watch() == seen {
+			t.Fatalf("remote %s: the watch did not change with a new run ref", remote)
+		}
+	}
+}
+
+// Each trigger's request tag is a distinct object (issue 16, item 1), and
+// making one needs no identity configured in git (a fresh machine): the
+// tagger is then refci's.
+func TestRequestTagIsUniqueAndNeedsNoIdentity(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("HOME", dir)
+	t.Setenv("XDG_CONFIG_HOME", dir)
+	t.Setenv("GIT_CONFIG_NOSYSTEM", "1")
+	for _, k := range []string{"GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "EMAIL"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+	ctx := context.Background()
+	git := func(args ...string) string {
+		t.Helper()
+		out, err := gitCmd(ctx, dir, "", args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	git("init", "-q")
+	git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m", "c")
+	if _, err := gitCmd(ctx, dir, "", "var", "GIT_COMMITTER_IDENT"); err == nil {
+		t.Skip("git finds an identity on this machine without configuration")
+	}
+	head := git("rev-parse", "HEAD")
+	opts := queue.RequestOptions{Env: "staging", Timeout: 20 * time.Minute}
+	seen := map[string]bool{}
+	for i := 0; i < 2; i++ {
+		obj, err := makeRequestTag(ctx, dir, head, "topic", opts)
+		if err != nil {
+			t.Fatalf("without an identity: %v", err)
+		}
+		if typ := git("cat-file", "-t", obj); typ != "tag" || git("rev-parse", obj+"^{commit}") != head {
+			t.Fatalf("request %s is a %s, not a tag of %s", obj, typ, head)
+		}
+		body := git("cat-file", "tag", obj)
+		if !strings.Contains(body, "\ntagger refci trigger <refci@localhost> ") {
+			t.Errorf("tagger of an identity-less request:\n%s", body)
+		}
+		_, msg, _ := strings.Cut(body, "\n\n")
+		if got, err := queue.ParseRequestOptions(msg); err != nil || got != opts {
+			t.Errorf("options %+v, %v; want %+v", got, err, opts)
+		}
+		seen[obj] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("two triggers of one commit and name made one request object")
+	}
+	if tags := git("tag", "-l"); tags != "" {
+		t.Errorf("tags left behind: %s", tags)
+	}
+	git("config", "user.name", "Alice")
+	git("config", "user.email", "alice@example.invalid")
+	obj, err := makeRequestTag(ctx, dir, head, "topic", queue.RequestOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := git("cat-file", "tag", obj); !strings.Contains(body, "\ntagger Alice <alice@example.invalid> ") {
+		t.Errorf("tagger with an identity:\n%s", body)
+	}
+}
