@@ -252,11 +252,14 @@ func List(p ListPage) ([]byte, error) {
 }
 
 const listCSS = `
-table.runs{width:100%}table.runs td{border-top:1px solid var(--line);white-space:nowrap}
-table.runs td.why,table.runs td.commit{white-space:normal;overflow-wrap:anywhere;min-width:12em}table.runs td.why{color:var(--mute)}
-.branch{color:var(--mute)}.subject{font-weight:600}.author{color:var(--mute)}
+table.runs{width:100%}table.runs td{border-top:1px solid var(--line);overflow-wrap:anywhere}
+table.runs td:first-child,table.runs td.when{white-space:nowrap}table.runs td.why{color:var(--mute)}
+table.runs td.run{min-width:14em}.commit{color:var(--mute);font-size:.93em}.commit .subject{color:var(--fg)}
+@media (max-width:50em){table.runs,table.runs tbody,table.runs tr{display:block}table.runs tr:first-child{display:none}
+table.runs tr{border-top:1px solid var(--line);padding:.3em 0}table.runs td{display:inline-block;border:0;padding:.1em .5em .1em 0}
+table.runs td.run{display:block;min-width:0}table.runs td.since::before{content:"since "}table.runs td.when br{display:none}}
 .verdict{color:var(--mute)}.verdict.v-verified{color:var(--fg)}.verdict.v-inconsistent,.verdict.v-invalid{font-weight:700;color:var(--fg)}
-.filters{margin:.6em 0}.filters label{margin-right:1em}.streak{font-weight:600}
+.filters{margin:.6em 0;display:flex;flex-wrap:wrap;gap:.3em 1em}.filters select{max-width:16em}.streak{font-weight:600}
 `
 
 func sortedKeys(m map[string]bool) []string {
