@@ -30,8 +30,14 @@ import (
 )
 
 // renderPage is the worker's page hook: index.html of each result tree.
-func renderPage(st *queue.Status, log []byte, jobLogs map[string][]byte) ([]byte, error) {
-	return render.HTML(render.Result{Status: st, Log: log, JobLogs: jobLogs, Ref: queue.RunRef(st.Target, st.Run)}, render.HTMLOptions{})
+// The target commit's subject and author are shown, escaped.
+func renderPage(st *queue.Status, log []byte, jobLogs map[string][]byte, target *object.Commit) ([]byte, error) {
+	var o render.HTMLOptions
+	if target != nil {
+		c := render.CommitInfoOf(target.Message, target.Author.Name, target.Author.When)
+		o.Commit = &c
+	}
+	return render.HTML(render.Result{Status: st, Log: log, JobLogs: jobLogs, Ref: queue.RunRef(st.Target, st.Run)}, o)
 }
 
 func cmdView(_ context.Context, e *env, args []string) int {

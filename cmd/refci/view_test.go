@@ -22,7 +22,8 @@ exit 0
 	s.refci("run").want(t, 1)
 	ref := s.runRefs()[0]
 	page := s.git("", "show", ref+":index.html")
-	for _, want := range []string{`<a id="first-failure" href="#unit-L2">`, "&lt;script&gt;alert(1)&lt;/script&gt;", `<li id=unit-L2>nope`} {
+	for _, want := range []string{`<a id="first-failure" href="#unit-L2">`, "&lt;script&gt;alert(1)&lt;/script&gt;", `<li id=unit-L2>nope`,
+		`<span class="subject">pipeline</span>`, " · by Test User", " · attempt 1 · run "} { // the target commit's subject and author
 		if !strings.Contains(page, want) {
 			t.Errorf("index.html lacks %q", want)
 		}
