@@ -1,6 +1,6 @@
 (function () {
   // Times are written as absolute UTC (what a reader without script
-  // sees, and the hover title); shown relative to now when viewed.
+  // sees); shown relative to now, the absolute time on hover.
   var now = Date.now();
   var els = document.querySelectorAll("time[datetime]");
   for (var i = 0; i < els.length; i++) {
@@ -13,6 +13,7 @@
     else if (s < 86400) text = plural(Math.floor(s / 3600), "hour");
     else if (s < 45 * 86400) text = plural(Math.floor(s / 86400), "day");
     else continue; // long ago: the date says more
+    els[i].title = els[i].textContent;
     els[i].textContent = text;
   }
   function plural(n, unit) { return n + " " + unit + (n === 1 ? "" : "s") + " ago"; }
