@@ -695,7 +695,11 @@ func (b *siteBuilder) writeLists(root *os.Root, man siteManifest, targets, reque
 			root.Remove(name)
 			continue
 		}
-		if err := write(name, render.ListPage{Title: "refci: runs of " + t, Root: "../", Runs: byTarget[t], Commit: t}); err != nil {
+		title := "refci: runs of " + t
+		if c := man.Commits[t]; c.Subject != "" {
+			title += " · " + c.Subject // escaped by the page
+		}
+		if err := write(name, render.ListPage{Title: title, Root: "../", Runs: byTarget[t], Commit: t}); err != nil {
 			return err
 		}
 	}

@@ -254,6 +254,9 @@ func TestViewShowsCommitSubject(t *testing.T) {
 			t.Errorf("%s shows the commit message unescaped or whole", name)
 		}
 	}
+	if history, _ := os.ReadFile(filepath.Join(out, "commits", target+".html")); !strings.Contains(string(history), "<h1>refci: runs of "+target+" · "+subject+"</h1>") {
+		t.Errorf("the commit's history page is not titled with its subject")
+	}
 	if !strings.Contains(string(index), "ghost · "+ghost[:12]+" · attempt 1 · run 0123456789ab") {
 		t.Errorf("index does not name the run on a missing commit")
 	}
