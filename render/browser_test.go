@@ -198,3 +198,139 @@ func TestHTMLInBrowser(t *testing.T) {
 		t.Errorf("console problems:\n%s", strings.Join(p, "\n"))
 	}
 }
+
+// layoutPages writes the three pages the layout test looks at: the
+// index, a run page with a failure and a run page with a graph of needs,
+// each with long names and a long unbroken log line. It returns their
+// file:// URLs by name.
+func layoutPages(t *testing.T) map[string]string {
+	t.Helper()
+	commit := &CommitInfo{Subject: "Teach the parser about nested quotes, and say which line of the input it stopped at when it gives up",
+		Author: "Alice Example-Longname", Date: t0}
+	site := Verdict{Kind: VerdictVerified, By: "Worker <w@example.invalid> (6A1F0C2B3D4E5F60718293A4B5C6D7E8F9A0B1C2)"}
+	opts := HTMLOptions{Home: "../../../index.html", Verdict: &site, Commit: commit,
+		Links: [][2]string{{"history of 3f9a1c0b2d4e", "../../../commits/3f9a1c0b2d4e5f60718293a4b5c6d7e8f9a0b1c2.html"}}}
+
+	fail := browserResult()
+	fail.Status.TargetRef = "feature/a-branch-name-long-enough-to-overflow-a-phone-screen-on-its-own"
+	fail.Status.Started = time.Now().Add(-3 * time.Minute).UTC().Truncate(time.Second)
+	fail.Log = append(fail.Log, []byte(strings.Repeat("0123456789abcdef", 40)+"\n")...)
+	out := map[string]string{}
+	out["failure"] = "file://" + filepath.Join(writeTree(t, fail, mustHTML(t, fail, opts)), "index.html")
+
+	graph := successResult()
+	st := *graph.Status
+	st.Jobs = []queue.Job{
+		{Name: "build", State: queue.Success, DurationMS: 1200},
+		{Name: "test-unit", Needs: []string{"build"}, State: queue.Success, DurationMS: 3000},
+		{Name: "test-integration-against-the-staging-database", Needs: []string{"build"}, State: queue.Success, DurationMS: 90000},
+		{Name: "lint", State: queue.Success, DurationMS: 800},
+		{Name: "package", Needs: []string{"test-unit", "test-integration-against-the-staging-database", "lint"}, State: queue.Success, DurationMS: 4000},
+		{Name: "deploy", Needs: []string{"package"}, State: queue.Success, DurationMS: 2000},
+		{Name: "notify", Needs: []string{"deploy"}, State: queue.Success, DurationMS: 100},
+	}
+	graph.Status = &st
+	graph.JobLogs = map[string][]byte{}
+	for i := range st.Jobs {
+		st.Jobs[i].Log = queue.JobLogPath(st.Jobs[i].Name)
+		graph.JobLogs[st.Jobs[i].Name] = []byte("ok\n")
+	}
+	out["needs"] = "file://" + filepath.Join(writeTree(t, graph, mustHTML(t, graph, opts)), "index.html")
+
+	runs := siteRuns()
+	for i := range runs {
+		runs[i].Subject, runs[i].Author = commit.Subject, commit.Author
+	}
+	runs[0].Started = fail.Status.Started
+	runs[0].TargetRef = fail.Status.TargetRef
+	idx, err := List(ListPage{Title: "refci: all runs", Runs: runs, States: []string{"failure", "error", "cancelled", "success"}, Filter: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "index.html"), idx, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out["index"] = "file://" + filepath.Join(dir, "index.html")
+	return out
+}
+
+// TestLayoutInBrowser: at 1280×800 and at 400×800, the index, a failed
+// run's page and a page with a graph of needs do not overflow the window
+// sideways, load without console errors, and write times relative to
+// now (the absolute time on hover). At 1280×800 the jobs and the first
+// failure are in the first screen. Screenshots are kept
+// (render-layout-<page>-<width>.png).
+func TestLayoutInBrowser(t *testing.T) {
+	ctx := browser(t)
+	pages := layoutPages(t)
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	var problems consoleProblems
+	problems.listen(ctx)
+	eval := func(expr string) string {
+		t.Helper()
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[string](expr))
+		if err != nil {
+			t.Fatalf("evaluate %s: %v", expr, err)
+		}
+		return v
+	}
+	above := func(sel string) string {
+		return fmt.Sprintf(`(function(){var e=document.querySelectorAll(%q); if(!e.length) return "missing";
+for (var i=0;i<e.length;i++){var r=e[i].getBoundingClientRect(); if(r.height===0) return "hidden"; if(r.bottom>innerHeight) return "below the fold: bottom "+r.bottom+" of "+innerHeight}
+return "yes"})()`, sel)
+	}
+	for _, width := range []int64{1280, 400} {
+		for _, name := range []string{"index", "failure", "needs"} {
+			err := chromedp.Do(ctx, chromedp.EmulateViewport(width, 800), chromedp.Navigate(pages[name]), chromedp.WaitReady(chromedp.CSS("body")))
+			if err != nil {
+				t.Fatalf("load %s: %v", name, err)
+			}
+			at := fmt.Sprintf("%s at %d px", name, width)
+			if v := eval(`document.documentElement.scrollWidth + " " + innerWidth`); func() bool {
+				var sw, iw int
+				fmt.Sscan(v, &sw, &iw)
+				return sw > iw || iw != int(width)
+			}() {
+				wide := eval(`(function(){var out=[]; var all=document.body.querySelectorAll("*");
+for (var i=0;i<all.length&&out.length<5;i++){var e=all[i]; if(e.getBoundingClientRect().right>innerWidth+1 && !e.closest("table.jobs,table.runs,table.facts,main>table")) out.push(e.tagName+"."+e.className+"#"+e.id+" in "+e.parentElement.tagName+" ("+e.textContent.slice(0,30)+")")}
+return out.join(", ")})()`)
+				t.Errorf("%s: the page is wider than the window (scrollWidth, innerWidth: %s); too wide: %s", at, v, wide)
+			}
+			if name != "needs" {
+				if v := eval(`(function(){var e=document.querySelector("tr[data-state] time, #run-label time"); return e.textContent+"|"+e.title})()`); !strings.HasPrefix(v, "3 minutes ago|") && !strings.HasPrefix(v, "4 minutes ago|") || !strings.HasSuffix(v, " UTC") {
+					t.Errorf("%s: the newest time reads %q, want \"3 minutes ago\" with the absolute time on hover", at, v)
+				}
+			}
+			if width == 1280 && name == "failure" {
+				for _, sel := range []string{"#jobs", "table.jobs tr.s-failure", "#first-failure", "#run-label"} {
+					if v := eval(above(sel)); v != "yes" {
+						t.Errorf("%s: %s is not in the first screen: %s", at, sel, v)
+					}
+				}
+			}
+			if width == 1280 && name == "needs" {
+				if v := eval(above("table.jobs")); v != "yes" {
+					t.Errorf("%s: the job graph is not in the first screen: %s", at, v)
+				}
+			}
+			if name != "index" {
+				if v := eval(`document.getElementById("details").open ? "open" : "folded"`); v != "folded" {
+					t.Errorf("%s: the run's details are %s", at, v)
+				}
+			}
+			png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(artifactDir(t), fmt.Sprintf("render-layout-%s-%d.png", name, width)), png, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if p := problems.get(); len(p) > 0 {
+		t.Errorf("console problems:\n%s", strings.Join(p, "\n"))
+	}
+}

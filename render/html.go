@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"refci.dev/refci/queue"
 )
@@ -43,6 +44,50 @@ type HTMLOptions struct {
 	// (`refci view` sets it): shown at the top, and a result that is not
 	// verified is not drawn in its state's colour.
 	Verdict *Verdict
+	// Commit, when set, describes the target commit as the reader's own
+	// repository has it (`refci view` sets it): its subject and author
+	// are shown, escaped, and never used for anything else.
+	Commit *CommitInfo
+}
+
+// CommitInfo is what a page shows of the target commit: its subject and
+// author, read from the reader's repository. It is untrusted text (a
+// pusher chose it): shown escaped, never a path or a URL.
+type CommitInfo struct {
+	Subject string    `json:"subject,omitempty"`
+	Author  string    `json:"author,omitempty"`
+	Date    time.Time `json:"date,omitzero"`
+}
+
+// CommitInfoOf cleans a commit's message and author name for showing:
+// the message's first line, both on one line, escaped and capped.
+func CommitInfoOf(message, author string, date time.Time) CommitInfo {
+	subject, _, _ := strings.Cut(strings.TrimLeft(message, "\n"), "\n")
+	return CommitInfo{Subject: capText(oneLine(subject), 200), Author: capText(oneLine(author), 100), Date: date.UTC()}
+}
+
+func capText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
+
+// RunLabel names a run more precisely than its timestamp: request,
+// short commit, attempt and the run id's random suffix, as in
+// "main · 3f9a1c0b2d4e · attempt 2 · run 3f9a1c".
+func RunLabel(request, target string, attempt int, run string) string {
+	suffix := run
+	if i := strings.LastIndexByte(run, '-'); i >= 0 {
+		suffix = run[i+1:]
+	}
+	if attempt < 1 {
+		attempt = 1
+	}
+	return fmt.Sprintf("%s · %s · attempt %d · run %s", request, shortID(target), attempt, suffix)
 }
 
 //go:embed page.tmpl
@@ -52,7 +97,14 @@ var pageTmpl string
 var pageCSS string
 
 //go:embed page.js
-var pageJS string
+var pageOwnJS string
+
+//go:embed time.js
+var timeJS string
+
+// pageJS is the run page's script; listJS (site.go) the lists'. Both
+// write times relative to now.
+var pageJS = timeJS + pageOwnJS
 
 // pageTemplate is parsed on first use, not at every start of refci.
 var pageTemplate = sync.OnceValue(func() *template.Template {
@@ -86,12 +138,25 @@ var funcs = template.FuncMap{
 	"dur":   Duration,
 	"safe":  Safe,
 	"time":  func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"when":  when,
+	"label": RunLabel,
 	"upper": strings.ToUpper,
 	"short": shortID,
 	"mark":  func(s queue.State) string { return stateMark[s] },
-	"indent": func(d int) string {
-		return strings.Repeat("\u00a0\u00a0\u00a0", d)
-	},
+}
+
+// when marks up a time: the absolute UTC time, in the text (what a
+// reader without script sees) and the datetime; the page's script writes
+// it relative to now ("3 minutes ago") when the page is viewed, and the
+// absolute time becomes its title (shown on hover). The title is not in
+// the markup: a list of 10,000 runs would carry it 20,000 times.
+func when(t time.Time) template.HTML {
+	if t.IsZero() {
+		return "-"
+	}
+	abs := t.UTC().Format(time.RFC3339)
+	text := t.UTC().Format("2006-01-02 15:04:05") + " UTC"
+	return template.HTML(`<time datetime="` + abs + `">` + text + `</time>`)
 }
 
 func shortID(s string) string {
@@ -104,6 +169,7 @@ func shortID(s string) string {
 type pageJob struct {
 	queue.Job
 	Depth  int
+	Tree   string // the tree's lines before the name: "│  ├─ "
 	Anchor string // section id, "" when the job has no log shown
 	Raw    string // link to the stored log, "" when none
 }
@@ -142,6 +208,7 @@ type pageData struct {
 	Fingerprnt string
 	Shown      string // the state class of the title: the state, or "unverified"
 	StateText  string
+	Label      string // RunLabel
 }
 
 // HTML renders the static page of one run: state, target, request,
@@ -169,8 +236,15 @@ func HTML(r Result, o HTMLOptions) ([]byte, error) {
 	}
 	budget := PageInline
 	failJob := -1
-	for _, n := range jobTree(s.Jobs) {
-		pj := pageJob{Job: n.Job, Depth: n.Depth}
+	d.Label = RunLabel(s.Request, s.Target, s.Attempt, s.Run)
+	if o.Commit != nil {
+		c := CommitInfoOf(o.Commit.Subject, o.Commit.Author, o.Commit.Date)
+		d.O.Commit = &c
+	}
+	tree := jobTree(s.Jobs)
+	prefixes := treePrefixes(tree)
+	for i, n := range tree {
+		pj := pageJob{Job: n.Job, Depth: n.Depth, Tree: prefixes[i]}
 		log, has := r.JobLogs[n.Name]
 		safe := queue.ValidateJobName(n.Name) == nil
 		if safe && (has || n.Log != "") {
@@ -223,6 +297,48 @@ func HTML(r Result, o HTMLOptions) ([]byte, error) {
 		return nil, fmt.Errorf("render page: %w", err)
 	}
 	return b.Bytes(), nil
+}
+
+// treePrefixes draws the job tree's lines: for each node, "│  " for
+// every ancestor level that has more children below, then "├─ " or "└─ ".
+func treePrefixes(nodes []treeNode) []string {
+	more := func(i int) bool { // a later sibling of node i
+		for _, n := range nodes[i+1:] {
+			if n.Depth < nodes[i].Depth {
+				return false
+			}
+			if n.Depth == nodes[i].Depth {
+				return true
+			}
+		}
+		return false
+	}
+	out := make([]string, len(nodes))
+	var open []bool // by depth: the ancestor at that depth has a later sibling
+	for i, n := range nodes {
+		if n.Depth == 0 {
+			open = open[:0]
+			open = append(open, more(i))
+			continue
+		}
+		var b strings.Builder
+		for k := 1; k < n.Depth && k < len(open); k++ {
+			if open[k] {
+				b.WriteString("│\u00a0\u00a0")
+			} else {
+				b.WriteString("\u00a0\u00a0\u00a0")
+			}
+		}
+		m := more(i)
+		if m {
+			b.WriteString("├─\u00a0")
+		} else {
+			b.WriteString("└─\u00a0")
+		}
+		open = append(open[:min(n.Depth, len(open))], m)
+		out[i] = b.String()
+	}
+	return out
 }
 
 // inline renders one log within the page's remaining budget.

@@ -281,3 +281,35 @@ func TestTailLines(t *testing.T) {
 		}
 	}
 }
+
+// A commit's subject and author are one line each, with control and
+// invisible characters escaped, capped, and never more than the first
+// line of the message; a run is named the same way everywhere.
+func TestCommitInfoAndRunLabel(t *testing.T) {
+	c := CommitInfoOf("\nFix \x1b[31mred\x1b[0m\u202e parser\nsecond line\n", "Mallory\r\nInjected: yes", t0)
+	if c.Subject != `Fix \x1b[31mred\x1b[0m\u202e parser` || c.Author != `Mallory Injected: yes` || !c.Date.Equal(t0) {
+		t.Errorf("CommitInfoOf: %+v", c)
+	}
+	long := CommitInfoOf(strings.Repeat("é", 300), "", t0)
+	if !utf8.ValidString(long.Subject) || len(long.Subject) > 204 || !strings.HasSuffix(long.Subject, "…") {
+		t.Errorf("a long subject is not capped on a character boundary: %d bytes", len(long.Subject))
+	}
+	for _, tc := range []struct {
+		req, target string
+		attempt     int
+		run, want   string
+	}{
+		{"main", "3f9a1c0b2d4e5f60718293a4b5c6d7e8f9a0b1c2", 2, "20261122T093000.123Z-3f9a1c", "main · 3f9a1c0b2d4e · attempt 2 · run 3f9a1c"},
+		{"pr/7", "ab", 0, "odd", "pr/7 · ab · attempt 1 · run odd"},
+	} {
+		if got := RunLabel(tc.req, tc.target, tc.attempt, tc.run); got != tc.want {
+			t.Errorf("RunLabel = %q, want %q", got, tc.want)
+		}
+	}
+	page := string(mustHTML(t, failedResult(), HTMLOptions{Commit: &CommitInfo{Subject: "<b>x</b>\x1b[2J", Author: "A & B"}}))
+	for _, want := range []string{`<span class="subject">&lt;b&gt;x&lt;/b&gt;\x1b[2J</span>`, " · by A &amp; B"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("page lacks %s", want)
+		}
+	}
+}

@@ -5,7 +5,7 @@
     var id = decodeURIComponent(location.hash.slice(1));
     var el = id && document.getElementById(id);
     if (!el) return;
-    for (var p = el.parentElement; p; p = p.parentElement) {
+    for (var p = el; p; p = p.parentElement) {
       if (p.tagName === "DETAILS") p.open = true;
     }
     el.scrollIntoView({block: "center"});

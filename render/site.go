@@ -29,6 +29,11 @@ type RunSummary struct {
 	FailedJobs []string    `json:"failed_jobs,omitempty"`
 	Href       string      `json:"href"`
 	Attempt    int         `json:"attempt,omitempty"`
+	// Subject and Author are the target commit's (CommitInfo), as the
+	// reader's repository has it; "" when it does not have the commit.
+	// Untrusted text, shown escaped.
+	Subject string `json:"subject,omitempty"`
+	Author  string `json:"author,omitempty"`
 	// PreviousRun is the run this attempt took over (queue.Status.PreviousRun).
 	PreviousRun string `json:"previous_run,omitempty"`
 	// LostTo, when set, is the run that took this one over after its
@@ -134,7 +139,9 @@ type ListPage struct {
 var listTmpl string
 
 //go:embed list.js
-var listJS string
+var listOwnJS string
+
+var listJS = timeJS + listOwnJS
 
 var listTemplate = sync.OnceValue(func() *template.Template {
 	return template.Must(template.New("list").Funcs(funcs).Funcs(template.FuncMap{
@@ -150,7 +157,7 @@ var listCSP = sync.OnceValue(func() template.HTMLAttr { return template.HTMLAttr
 func List(p ListPage) ([]byte, error) {
 	type row struct {
 		RunSummary
-		Short, Branch string
+		Short, Branch, Root string
 	}
 	var rows []row
 	streak := ""
@@ -158,7 +165,8 @@ func List(p ListPage) ([]byte, error) {
 	for i, r := range p.Runs {
 		r.Request, r.TargetRef, r.Run = Safe(r.Request), Safe(r.TargetRef), Safe(r.Run)
 		r.Verdict.Why, r.Verdict.By = oneLine(r.Verdict.Why), oneLine(r.Verdict.By)
-		rw := row{RunSummary: r, Short: shortID(r.Target), Branch: r.TargetRef}
+		r.Subject, r.Author = capText(oneLine(r.Subject), 200), capText(oneLine(r.Author), 100)
+		rw := row{RunSummary: r, Short: shortID(r.Target), Branch: r.TargetRef, Root: p.Root}
 		// Since when: in a history (one commit or request), the oldest run
 		// of the newest streak of the same state, among the runs that may
 		// be the latest.
@@ -244,10 +252,14 @@ func List(p ListPage) ([]byte, error) {
 }
 
 const listCSS = `
-table.runs{width:100%}table.runs td{border-top:1px solid var(--line);white-space:nowrap}
-table.runs td.why{white-space:normal;overflow-wrap:anywhere;color:var(--mute)}
+table.runs{width:100%}table.runs td{border-top:1px solid var(--line);overflow-wrap:anywhere}
+table.runs td:first-child,table.runs td.when{white-space:nowrap}table.runs td.why{color:var(--mute)}
+table.runs td.run{min-width:14em}.commit{color:var(--mute);font-size:.93em}.commit .subject{color:var(--fg)}
+@media (max-width:50em){table.runs,table.runs tbody,table.runs tr{display:block}table.runs tr:first-child{display:none}
+table.runs tr{border-top:1px solid var(--line);padding:.3em 0}table.runs td{display:inline-block;border:0;padding:.1em .5em .1em 0}
+table.runs td.run{display:block;min-width:0}table.runs td.since::before{content:"since "}table.runs td.when br{display:none}}
 .verdict{color:var(--mute)}.verdict.v-verified{color:var(--fg)}.verdict.v-inconsistent,.verdict.v-invalid{font-weight:700;color:var(--fg)}
-.filters{margin:.6em 0}.filters label{margin-right:1em}.streak{font-weight:600}
+.filters{margin:.6em 0;display:flex;flex-wrap:wrap;gap:.3em 1em}.filters select{max-width:16em}.streak{font-weight:600}
 `
 
 func sortedKeys(m map[string]bool) []string {

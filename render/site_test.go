@@ -29,7 +29,7 @@ func TestListGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden(t, "list_index", idx)
-	if !strings.Contains(string(idx), `<td>alice/topic</td><td>2026-11-22T08:30:00Z (2 runs)</td>`) {
+	if !strings.Contains(string(idx), `<td>alice/topic</td><td class="since"><time datetime="2026-11-22T08:30:00Z">2026-11-22 08:30:00 UTC</time> (2 runs)</td>`) {
 		t.Errorf("the request's failure streak is not dated from its first failing run")
 	}
 	commit, err := List(ListPage{Title: "refci: runs of x", Root: "../", Runs: runs[:3], Commit: runs[0].Target})
@@ -70,7 +70,7 @@ func TestListNeverTrustsUnverifiedRuns(t *testing.T) {
 	}
 	page := string(idx)
 	latest, all, _ := strings.Cut(page, `<h2 id="runs">`)
-	for _, want := range []string{`<span class="state s-failure">failure</span></td><td>alice/topic</td><td>2026-11-22T08:30:00Z (2 runs)`,
+	for _, want := range []string{`<span class="state s-failure">failure</span></td><td>alice/topic</td><td class="since"><time datetime="2026-11-22T08:30:00Z">2026-11-22 08:30:00 UTC</time> (2 runs)`,
 		`<span class="state s-cancelled">cancelled</span></td><td>x</td>`} {
 		if !strings.Contains(latest, want) {
 			t.Errorf("a request's latest is not its newest verified run (%s):\n%s", want, latest)

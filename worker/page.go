@@ -14,9 +14,11 @@ import (
 )
 
 // PageFunc renders the static page of a finished run from its status
-// and logs (jobLogs by job name). cmd/refci passes render.HTML; worker
+// and logs (jobLogs by job name); target is the commit the run tested
+// (nil when the repository has no such commit), whose subject and author
+// the page shows as untrusted text. cmd/refci passes render.HTML; worker
 // does not import render (imports_test.go).
-type PageFunc func(st *queue.Status, log []byte, jobLogs map[string][]byte) ([]byte, error)
+type PageFunc func(st *queue.Status, log []byte, jobLogs map[string][]byte, target *object.Commit) ([]byte, error)
 
 // A repository's own viewer: .refci/viewer/ of the tested commit.
 const (
@@ -75,7 +77,11 @@ func (r *run) pageFiles(files []resultFile) []resultFile {
 			name = DefaultPageWithViewer
 		}
 	}
-	page, err := r.spec.Page(r.st, log, jobLogs)
+	target, err := r.spec.Repo.Commit(r.spec.Target)
+	if err != nil {
+		target = nil // not a commit: the run ended in error already
+	}
+	page, err := r.spec.Page(r.st, log, jobLogs, target)
 	if err != nil {
 		note(err.Error())
 	} else {

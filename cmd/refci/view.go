@@ -30,8 +30,14 @@ import (
 )
 
 // renderPage is the worker's page hook: index.html of each result tree.
-func renderPage(st *queue.Status, log []byte, jobLogs map[string][]byte) ([]byte, error) {
-	return render.HTML(render.Result{Status: st, Log: log, JobLogs: jobLogs, Ref: queue.RunRef(st.Target, st.Run)}, render.HTMLOptions{})
+// The target commit's subject and author are shown, escaped.
+func renderPage(st *queue.Status, log []byte, jobLogs map[string][]byte, target *object.Commit) ([]byte, error) {
+	var o render.HTMLOptions
+	if target != nil {
+		c := render.CommitInfoOf(target.Message, target.Author.Name, target.Author.When)
+		o.Commit = &c
+	}
+	return render.HTML(render.Result{Status: st, Log: log, JobLogs: jobLogs, Ref: queue.RunRef(st.Target, st.Run)}, o)
 }
 
 func cmdView(_ context.Context, e *env, args []string) int {
@@ -161,12 +167,18 @@ const manifestFile = "manifest.json"
 // siteFormat is the manifest's version; a site built with another is
 // built again from scratch. 2: summaries know attempts and lost runs.
 // 3: summaries carry verdicts, and the manifest the keys they used.
-const siteFormat = 3
+// 4: the target commits' subjects and authors.
+const siteFormat = 4
 
 type siteManifest struct {
 	Format int                          `json:"format"`
 	Keys   string                       `json:"keys"` // keysID of the keys the verdicts were decided with
 	Runs   map[string]render.RunSummary `json:"runs"` // by run ref
+	// Commits describes the target commits the repository had when a run
+	// on them was rendered, by commit id: each is read once, for the
+	// first new run on it. A commit fetched later is read for the next
+	// new run on it.
+	Commits map[string]render.CommitInfo `json:"commits,omitempty"`
 }
 
 // keysID names a set of trusted keys: the SHA-256 of their armored public
@@ -258,6 +270,9 @@ func (b *siteBuilder) Build() (siteStats, error) {
 			man = m
 		}
 	}
+	if man.Commits == nil {
+		man.Commits = map[string]render.CommitInfo{}
+	}
 	var todo []renderJob
 	live := map[string]bool{}
 	for _, r := range refs {
@@ -270,10 +285,13 @@ func (b *siteBuilder) Build() (siteStats, error) {
 		}
 		todo = append(todo, renderJob{ref: r.Name, commit: r.Hash})
 	}
+	b.readCommits(repo, man.Commits, todo)
 	changedTargets := map[string]bool{}
 	changedRequests := map[string]bool{}
+	used := map[string]bool{}
 	for ref, sum := range man.Runs {
 		if live[ref] {
+			used[sum.Target] = true
 			continue
 		}
 		if target, run, ok := queue.ParseRunRef(ref); ok {
@@ -312,6 +330,16 @@ func (b *siteBuilder) Build() (siteStats, error) {
 	for _, d := range b.renderAll(root, lostChanged(man)) {
 		record(d)
 	}
+	for _, j := range todo {
+		if t, _, ok := queue.ParseRunRef(j.ref); ok {
+			used[t] = true
+		}
+	}
+	for c := range man.Commits {
+		if !used[c] {
+			delete(man.Commits, c) // no run on it is left
+		}
+	}
 	st.Rendered = len(renderedRefs)
 	st.Runs = len(man.Runs)
 	for _, s := range man.Runs {
@@ -339,11 +367,39 @@ func (b *siteBuilder) Build() (siteStats, error) {
 }
 
 // renderJob is one run to render; by, when set, is the run that took it
-// over after its worker was lost.
+// over after its worker was lost; target, when known, describes the
+// commit it ran on.
 type renderJob struct {
 	ref    string
 	commit gitproto.Hash
 	by     *render.RunSummary
+	target *render.CommitInfo
+}
+
+// readCommits reads the subject and author of the target commit of each
+// run of todo that known does not describe yet, from the repository (a
+// commit it does not have is skipped), and points each job at its
+// commit's description. The text is the pusher's: shown escaped, never
+// used as a path, a URL or to decide anything.
+func (b *siteBuilder) readCommits(repo *gitproto.Repo, known map[string]render.CommitInfo, todo []renderJob) {
+	missing := map[string]bool{}
+	for i := range todo {
+		t, _, ok := queue.ParseRunRef(todo[i].ref)
+		if !ok || missing[t] {
+			continue
+		}
+		info, ok := known[t]
+		if !ok {
+			c, err := repo.Commit(gitproto.NewHash(t))
+			if err != nil {
+				missing[t] = true
+				continue
+			}
+			info = render.CommitInfoOf(c.Message, c.Author.Name, c.Author.When)
+			known[t] = info
+		}
+		todo[i].target = &info
+	}
 }
 
 type rendered struct {
@@ -375,7 +431,7 @@ func (b *siteBuilder) renderAll(root *os.Root, todo []renderJob) []rendered {
 					results <- rendered{ref: j.ref, err: err}
 					continue
 				}
-				sum, err := b.renderRun(r, root, j.ref, j.commit, j.by)
+				sum, err := b.renderRun(r, root, j.ref, j.commit, j.by, j.target)
 				results <- rendered{j.ref, sum, err}
 			}
 		}()
@@ -437,7 +493,11 @@ func lostChanged(man siteManifest) []renderJob {
 			by, want = &sum, b.Run
 		}
 		if s.LostTo != want {
-			todo = append(todo, renderJob{ref: ref, commit: gitproto.NewHash(s.Commit), by: by})
+			j := renderJob{ref: ref, commit: gitproto.NewHash(s.Commit), by: by}
+			if c, ok := man.Commits[s.Target]; ok {
+				j.target = &c
+			}
+			todo = append(todo, j)
 		}
 	}
 	return todo
@@ -446,7 +506,7 @@ func lostChanged(man siteManifest) []renderJob {
 // renderRun writes one run's directory, runs/<target>/<run> as its ref
 // names them: its page, status.json, log and, when status.json is valid,
 // the jobs' logs and the artifacts.
-func (b *siteBuilder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, commit gitproto.Hash, by *render.RunSummary) (render.RunSummary, error) {
+func (b *siteBuilder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, commit gitproto.Hash, by *render.RunSummary, tc *render.CommitInfo) (render.RunSummary, error) {
 	target, runID, ok := queue.ParseRunRef(ref)
 	if !ok {
 		return render.RunSummary{}, fmt.Errorf("%s is not a run ref", queue.Printable(ref))
@@ -523,7 +583,7 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, 
 			}
 		}
 	}
-	page, err := render.HTML(res, render.HTMLOptions{Home: "../../../index.html", Links: links, Verdict: &v})
+	page, err := render.HTML(res, render.HTMLOptions{Home: "../../../index.html", Links: links, Verdict: &v, Commit: tc})
 	if err != nil {
 		return render.RunSummary{}, err
 	}
@@ -558,6 +618,9 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, 
 	sum.Verdict = render.Verdict{Kind: v.Kind, Why: v.Why} // who signed is on the run page; the lists need not carry it
 	if by != nil {
 		sum.LostTo = by.Run
+	}
+	if tc != nil {
+		sum.Subject, sum.Author = tc.Subject, tc.Author
 	}
 	return sum, nil
 }
@@ -632,7 +695,11 @@ func (b *siteBuilder) writeLists(root *os.Root, man siteManifest, targets, reque
 			root.Remove(name)
 			continue
 		}
-		if err := write(name, render.ListPage{Title: "refci: runs of " + t, Root: "../", Runs: byTarget[t], Commit: t}); err != nil {
+		title := "refci: runs of " + t
+		if c := man.Commits[t]; c.Subject != "" {
+			title += " · " + c.Subject // escaped by the page
+		}
+		if err := write(name, render.ListPage{Title: title, Root: "../", Runs: byTarget[t], Commit: t}); err != nil {
 			return err
 		}
 	}

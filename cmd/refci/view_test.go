@@ -22,7 +22,8 @@ exit 0
 	s.refci("run").want(t, 1)
 	ref := s.runRefs()[0]
 	page := s.git("", "show", ref+":index.html")
-	for _, want := range []string{`<a id="first-failure" href="#unit-L2">`, "&lt;script&gt;alert(1)&lt;/script&gt;", `<li id=unit-L2>nope`} {
+	for _, want := range []string{`<a id="first-failure" href="#unit-L2">`, "&lt;script&gt;alert(1)&lt;/script&gt;", `<li id=unit-L2>nope`,
+		`<span class="subject">pipeline</span>`, " · by Test User", " · attempt 1 · run "} { // the target commit's subject and author
 		if !strings.Contains(page, want) {
 			t.Errorf("index.html lacks %q", want)
 		}
@@ -219,5 +220,61 @@ func TestViewShowsLostRuns(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(out, "state-running.html")); err != nil {
 		t.Errorf("the run is not listed as running again: %v", err)
+	}
+}
+
+// The site shows the target commit's subject and author, read from the
+// repository and escaped, on the lists and the run page, and names each
+// run by request, commit, attempt and run suffix; a run on a commit the
+// repository does not have is shown without them.
+func TestViewShowsCommitSubject(t *testing.T) {
+	s := newSandbox(t)
+	s.write(".refci/run", "#!/bin/sh\nexit 0\n", 0o755)
+	target := s.commitAll("Fix <script>alert(1)</script> & \"quotes\"\n\nThe body is not shown.")
+	s.refci("run").want(t, 0)
+	ref := s.runRefs()[0]
+	runID := ref[strings.LastIndexByte(ref, '/')+1:]
+	// A run on a commit this repository does not have.
+	ghost := strings.Repeat("ab", 20)
+	s.putRun(&queue.Status{Format: 1, Target: ghost, Request: "ghost", Run: "20260101T000000.000Z-0123456789ab", Attempt: 1,
+		State: queue.Success, Started: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Worker: strings.Repeat("A", 40)})
+	out := filepath.Join(s.root, "site")
+	s.refci("view", "-o", out).want(t, 0)
+	subject := "Fix &lt;script&gt;alert(1)&lt;/script&gt; &amp; &#34;quotes&#34;"
+	label := "local · " + target[:12] + " · attempt 1 · run " + runID[strings.LastIndexByte(runID, '-')+1:]
+	index, _ := os.ReadFile(filepath.Join(out, "index.html"))
+	page, _ := os.ReadFile(filepath.Join(out, "runs", target, runID, "index.html"))
+	for name, b := range map[string][]byte{"index": index, "run page": page} {
+		for _, want := range []string{subject, "Test User", label} {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("%s lacks %q", name, want)
+			}
+		}
+		if strings.Contains(string(b), "<script>alert") || strings.Contains(string(b), "body is not shown") {
+			t.Errorf("%s shows the commit message unescaped or whole", name)
+		}
+	}
+	if history, _ := os.ReadFile(filepath.Join(out, "commits", target+".html")); !strings.Contains(string(history), "<h1>refci: runs of "+target+" · "+subject+"</h1>") {
+		t.Errorf("the commit's history page is not titled with its subject")
+	}
+	if !strings.Contains(string(index), "ghost · "+ghost[:12]+" · attempt 1 · run 0123456789ab") {
+		t.Errorf("index does not name the run on a missing commit")
+	}
+	var man siteManifest
+	raw, _ := os.ReadFile(filepath.Join(out, manifestFile))
+	if err := json.Unmarshal(raw, &man); err != nil {
+		t.Fatal(err)
+	}
+	if c := man.Commits[target]; c.Subject != `Fix <script>alert(1)</script> & "quotes"` || c.Author != "Test User" {
+		t.Errorf("manifest's commit: %+v", c)
+	}
+	if _, ok := man.Commits[ghost]; ok || len(man.Commits) != 1 {
+		t.Errorf("manifest describes commits it does not have: %v", man.Commits)
+	}
+	// The run's summary keeps them for the lists of later builds.
+	s.refci("run").want(t, 0)
+	s.refci("view", "-o", out).want(t, 0)
+	if index, _ := os.ReadFile(filepath.Join(out, "index.html")); strings.Count(string(index), subject) < 2 {
+		t.Errorf("after an incremental build, the index does not show the subject of both runs")
 	}
 }
