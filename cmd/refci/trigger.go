@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -40,7 +41,7 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 	name := fs.String("name", "", "the request name (default: the current branch)")
 	envName := fs.String("env", "", "ask for this secrets environment (an annotated request tag carries it)")
 	timeout := fs.Duration("timeout", 0, "ask for this pipeline timeout")
-	wait := fs.Bool("wait", false, "follow the run and exit with its result (0 success, 1 failure, 3 error)")
+	wait := fs.Bool("wait", false, "follow the run and exit with its result (0 success, 1 failure or cancelled, 2 configuration such as no .refci/run, 3 error)")
 	pos, code, ok := parse(e, fs, args, 1)
 	if !ok {
 		return code
@@ -85,6 +86,10 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 			return exitInfra
 		}
 	}
+	if msg := missingRemote(ctx, dir, *remote); msg != "" {
+		e.errorf("trigger: %s", msg)
+		return exitUsage
+	}
 	ref := queue.RequestRef(*name)
 	pushed := time.Now()
 	if _, err := gitCmd(ctx, dir, "", "push", "--quiet", "--no-verify", *remote, "+"+obj+":"+ref); err != nil {
@@ -99,6 +104,32 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 	return follow(ctx, e, dir, *remote, target.String(), func(st *queue.Status) bool {
 		return st.Request == *name && st.Started.After(pushed.Add(-queue.ClockSkew))
 	})
+}
+
+// missingRemote says what is wrong when remote is a name (not a URL or a
+// path) that the repository has no remote of, and what to do; else "".
+func missingRemote(ctx context.Context, dir, remote string) string {
+	if strings.ContainsAny(remote, ":/\\") || remote == "." {
+		return "" // a URL or a path: git says what is wrong with it
+	}
+	out, err := gitCmd(ctx, dir, "", "remote")
+	if err != nil {
+		return "" // git says it when pushing
+	}
+	names := strings.Fields(out)
+	for _, n := range names {
+		if n == remote {
+			return ""
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, remote)); err == nil {
+		return "" // a repository beside: git takes a path too
+	}
+	have := "it has none"
+	if len(names) > 0 {
+		have = "it has " + strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("this repository has no remote named %q (%s); pass --remote NAME or a URL, or add one with: git remote add %s URL", remote, have, remote)
 }
 
 // makeRequestTag writes an annotated tag object carrying the options,
@@ -187,12 +218,19 @@ func follow(ctx context.Context, e *env, dir, remote, target string, match func(
 				fmt.Fprintln(e.stderr)
 				announced = true
 			}
-			printed = printNewLog(logOut, repo, h, printed)
+			if st.Extra["config_error"] != true || printed > 0 {
+				// A configuration error's log is its reason alone,
+				// which the summary below says.
+				printed = printNewLog(logOut, repo, h, printed)
+			}
 			if st.State.Final() {
 				endLog()
-				// The final block: jobs as a tree, artifacts, then the one-line summary.
+				// The final block: jobs as a tree, artifacts, then the
+				// one-line summary, which holds the reason.
 				fmt.Fprintln(e.stdout)
-				render.Terminal(e.stdout, st, render.TermOptions{Color: e.color(e.stdout), Ref: cur.ref})
+				block := *st
+				block.Reason = ""
+				render.Terminal(e.stdout, &block, render.TermOptions{Color: e.color(e.stdout), Ref: cur.ref})
 				fmt.Fprintf(e.stdout, "refci: %s in %s", st.State, render.Duration(st.DurationMS))
 				if st.Reason != "" {
 					fmt.Fprintf(e.stdout, ": %s", render.Safe(st.Reason))
@@ -259,6 +297,10 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 	if err != nil {
 		e.errorf("%v", err)
 		return exitFor(err)
+	}
+	if msg := missingRemote(ctx, dir, remote); msg != "" {
+		e.errorf("log -f: %s", msg)
+		return exitUsage
 	}
 	var target, runID string
 	switch {

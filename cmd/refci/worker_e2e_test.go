@@ -575,3 +575,29 @@ echo done
 		t.Errorf("the capped timeout: %d results, %+v", len(c), *c[0])
 	}
 }
+
+// trigger --wait on a commit without .refci/run exits 2 (the user's
+// configuration, as documented), saying why once; trigger and log -f
+// without the remote they look for say which one and what to do.
+func TestTriggerConfigurationMessages(t *testing.T) {
+	f := newFleet(t, "true\n")
+	f.startWorker("a")
+	f.git("", "rm", "-q", ".refci/run")
+	f.commitAll("no pipeline")
+	r := f.refci("trigger", "--wait", "--name", "nopipe")
+	const why = "this commit has no .refci/run"
+	if r.code != 2 || strings.Count(r.stdout+r.stderr, why) != 1 || !strings.Contains(r.stdout, "refci: error in ") {
+		t.Errorf("trigger --wait without .refci/run: exit %d, want 2 and %q once\n%s\n%s", r.code, why, r.stdout, r.stderr)
+	}
+	f.git("", "remote", "rename", "origin", "upstream")
+	for _, args := range [][]string{{"trigger"}, {"log", "-f"}} {
+		r := f.refci(args...)
+		want := `this repository has no remote named "origin" (it has upstream); pass --remote NAME or a URL, or add one with: git remote add origin URL`
+		if r.code != 2 || r.stderr != "refci: "+strings.Join(args, " ")+": "+want+"\n" {
+			t.Errorf("%s without origin: exit %d, want 2 and %q\n%s", args, r.code, want, r.stderr)
+		}
+	}
+	// A remote named by --remote, or a path, is used as it is.
+	f.refci("trigger", "--remote", "upstream", "--name", "named").want(t, 0)
+	f.refci("trigger", "--remote", f.bare, "--name", "by-path").want(t, 0)
+}
