@@ -389,12 +389,18 @@ func TestTriggerWaitAndLogFollow(t *testing.T) {
 	wa.Process.Signal(syscall.SIGTERM)
 	wa.Wait()
 	f.refci("trigger", "--name", "by-name", "--env", "staging").want(t, 0)
-	started := make(chan struct{})
-	go func() { time.Sleep(2 * time.Second); f.startWorker("a"); close(started) }()
-	defer func() { <-started }()
-	r = f.refci("log", "-f", "by-name")
-	if r.code != 0 || !strings.Contains(r.stderr, "waiting for a worker") || !strings.Contains(r.stdout, "line-two") || !strings.Contains(r.stdout, "refci: success") {
-		t.Fatalf("log -f by request name: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	follow := startRefci(t, f.repo, f.env, "log", "-f", "by-name")
+	// The worker starts once log -f says it waits, not after a guess at
+	// how long that takes.
+	f.waitFor("log -f to wait for a worker", time.Minute, func() bool { return strings.Contains(follow.errOut.String(), "waiting for a worker") })
+	f.startWorker("a")
+	select {
+	case <-follow.done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("log -f by request name did not end")
+	}
+	if follow.err != nil || !strings.Contains(follow.out.String(), "line-two") || !strings.Contains(follow.out.String(), "refci: success") {
+		t.Fatalf("log -f by request name: %v\n%s\n%s", follow.err, follow.out.String(), follow.errOut.String())
 	}
 	r = f.refci("log", "-f", "no-such-request")
 	if r.code != 2 || !strings.Contains(r.stderr, "no request or claim named no-such-request") {
@@ -485,13 +491,36 @@ echo end
 		return time.Since(t0)
 	}
 
+	// signal sends SIGTERM and waits until the worker has taken it (it
+	// logs so): a request pushed then, or a second signal, comes after it
+	// however slowly the worker runs (signals sent too close together are
+	// one signal).
+	signal := func(w *exec.Cmd, want string) {
+		t.Helper()
+		n := 0
+		f.mu.Lock()
+		for i, c := range f.workers {
+			if c == w {
+				n = i
+			}
+		}
+		f.mu.Unlock()
+		w.Process.Signal(syscall.SIGTERM)
+		f.waitFor("the worker to take the signal", time.Minute, func() bool {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return strings.Contains(f.logs[n].String(), want)
+		})
+	}
+	const first, second = "signal: finishing running pipelines", "second signal: cancelling"
+
 	// Grace long enough: the run finishes, nothing more is claimed.
-	a := f.startWorker("a", "--grace", "20s")
+	a := f.startWorker("a", "--grace", "1m")
 	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/short")
 	f.waitFor("short to start", time.Minute, started("short"))
-	a.Process.Signal(syscall.SIGTERM)
+	signal(a, first)
 	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/after-signal")
-	exited(a, 20*time.Second)
+	exited(a, 2*time.Minute)
 	if st := f.finalResults()["short"]; len(st) != 1 || st[0].State != queue.Success {
 		t.Errorf("the run within the grace period: %s", describeRuns(st))
 	}
@@ -504,8 +533,8 @@ echo end
 	b := f.startWorker("b", "--grace", "1s")
 	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/long-1")
 	f.waitFor("long-1 to start", time.Minute, started("long-1"))
-	b.Process.Signal(syscall.SIGTERM)
-	took := exited(b, 20*time.Second)
+	signal(b, first)
+	took := exited(b, 2*time.Minute)
 	if st := f.finalResults()["long-1"]; len(st) != 1 || st[0].State != queue.Cancelled || !strings.Contains(st[0].Reason, "shut down") {
 		t.Errorf("the run past the grace period (worker exited after %s): %s", took, describeRuns(st))
 	}
@@ -514,10 +543,9 @@ echo end
 	c := f.startWorker("c", "--grace", "10m")
 	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/long-2")
 	f.waitFor("long-2 to start", time.Minute, started("long-2"))
-	c.Process.Signal(syscall.SIGTERM)
-	time.Sleep(500 * time.Millisecond)
-	c.Process.Signal(syscall.SIGTERM)
-	exited(c, 20*time.Second)
+	signal(c, first)
+	signal(c, second)
+	exited(c, 2*time.Minute) // the grace is 10 minutes
 	if st := f.finalResults()["long-2"]; len(st) != 1 || st[0].State != queue.Cancelled {
 		t.Errorf("the run after a second signal: %s", describeRuns(st))
 	}
