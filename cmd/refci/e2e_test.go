@@ -631,15 +631,14 @@ func TestRunCtrlCRecordsCancelled(t *testing.T) {
 	cmd := exec.Command(refciBin, "run", "--kill-grace", "200ms")
 	cmd.Dir = s.repo
 	cmd.Env = s.env
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &lockedBuffer{} // written by the command's copier as the test reads it
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(out.String(), "waiting") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	// The pipeline runs, so refci handles SIGINT by now; before, the
+	// signal would kill refci itself.
+	waitFor(t, 2*time.Minute, "the pipeline to start", func() bool { return strings.Contains(out.String(), "waiting") })
 	cmd.Process.Signal(os.Interrupt)
 	err := cmd.Wait()
 	var ee *exec.ExitError
