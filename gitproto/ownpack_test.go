@@ -36,13 +36,14 @@ func TestRemoteDirectOwnPack(t *testing.T) {
 	if res := pushOne(t, r, RefUpdate{Name: "refs/ci/runs/a", New: c1}); !res.OK {
 		t.Fatal(res)
 	}
+	packs := packIndexes(t, remote)
 	if res := pushOne(t, r, RefUpdate{Name: "refs/ci/runs/a", New: c3, Old: c1}); !res.OK {
 		t.Fatal(res)
 	}
 	if n := ownPacksSent.Load() - before; n != 2 {
 		t.Errorf("%d pushes packed in this process, want 2", n)
 	}
-	out := gitT(t, remote, "verify-pack", "-v", newestPack(t, remote))
+	out := gitT(t, remote, "verify-pack", "-v", newPack(t, remote, packs))
 	for _, h := range []string{c2.String(), c3.String(), t2, b3} {
 		if !strings.Contains(out, h) {
 			t.Errorf("the second pack lacks %s:\n%s", h, out)

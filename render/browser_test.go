@@ -54,7 +54,7 @@ func browser(t *testing.T) context.Context {
 		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
 		chromedp.Flag("disable-dev-shm-usage", true), chromedp.WindowSize(1200, 900),
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // the whole test, a guard only
 	actx, cancelA := chromedp.NewExecAllocator(ctx, opts...)
 	bctx, cancelB := chromedp.NewContext(actx)
 	t.Cleanup(func() { cancelB(); cancelA(); cancel() })
@@ -154,22 +154,36 @@ func TestHTMLInBrowser(t *testing.T) {
 		}
 		return v
 	}
+	// await evaluates expr until it gives want (the page's script and the
+	// browser's scrolling take their time on a loaded machine), at most
+	// 30 s, and returns what it gave last.
+	await := func(expr, want string) string {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			v := eval(expr)
+			if v == want || time.Now().After(deadline) {
+				return v
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	if err := chromedp.Do(ctx, chromedp.Navigate(url), chromedp.WaitReady(chromedp.CSS("body"))); err != nil {
 		t.Fatalf("load %s: %v", url, err)
 	}
 	if n := eval(`String(document.querySelectorAll("script").length)`); n != "1" {
 		t.Errorf("%s script elements in the DOM, want 1 (a log's <script> became markup)", n)
 	}
-	if v := eval(`(function(){var r=document.querySelector("tr.s-failure"); return r && r.getBoundingClientRect().top < innerHeight ? "yes" : "no"})()`); v != "yes" {
+	if v := await(`(function(){var r=document.querySelector("tr.s-failure"); return r && r.getBoundingClientRect().top < innerHeight ? "yes" : "no"})()`, "yes"); v != "yes" {
 		t.Errorf("the failing job's row is not in the first screen")
 	}
-	if v := eval(`document.getElementById("job-test").open ? "open" : "closed"`); v != "open" {
+	if v := await(`document.getElementById("job-test").open ? "open" : "closed"`, "open"); v != "open" {
 		t.Errorf("the failing job's log section is %s", v)
 	}
-	if err := chromedp.Do(ctx, chromedp.Click(chromedp.ID("first-failure")), chromedp.Sleep(300*time.Millisecond)); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.ID("first-failure"))); err != nil {
 		t.Fatal(err)
 	}
-	if v := eval(inViewport("test-L603")); v != "yes" {
+	if v := await(inViewport("test-L603"), "yes"); v != "yes" {
 		t.Errorf("after the first-failure link, the failing line: %s (hash %s)", v, eval("location.hash"))
 	}
 	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
@@ -183,12 +197,12 @@ func TestHTMLInBrowser(t *testing.T) {
 	// Deep links, also into a log section that starts closed.
 	for _, id := range []string{"L150", "test-L20"} {
 		err := chromedp.Do(ctx, chromedp.Navigate("about:blank"), chromedp.Navigate(url+"#"+id),
-			chromedp.WaitReady(chromedp.CSS("body")), chromedp.Sleep(300*time.Millisecond))
+			chromedp.WaitReady(chromedp.CSS("body")))
 		if err != nil {
 			t.Fatalf("deep link #%s: %v", id, err)
 		}
-		seen := eval(inViewport(id))
-		open := eval(fmt.Sprintf(`document.getElementById(%q).closest("details").open ? "open" : "closed"`, id))
+		open := await(fmt.Sprintf(`document.getElementById(%q).closest("details").open ? "open" : "closed"`, id), "open")
+		seen := await(inViewport(id), "yes")
 		if seen != "yes" || open != "open" {
 			t.Errorf("deep link #%s: in viewport: %s; its section %s", id, seen, open)
 		}

@@ -178,11 +178,17 @@ func writeJobTree(b *strings.Builder, jobs []queue.Job, color bool) {
 		if j.ExitCode != nil && *j.ExitCode != 0 {
 			fmt.Fprintf(b, "  exit %d", *j.ExitCode)
 		}
-		if j.Reason != "" {
+		if j.Reason != "" && !plainExit(j) {
 			fmt.Fprintf(b, "  %s", oneLine(j.Reason))
 		}
 		b.WriteString("\n")
 	}
+}
+
+// plainExit says whether a job's reason only repeats its exit code, as
+// earlier workers wrote it ("exited with code 1" beside "exit 1").
+func plainExit(j queue.Job) bool {
+	return j.ExitCode != nil && j.Reason == fmt.Sprintf("exited with code %d", *j.ExitCode)
 }
 
 func oneLine(s string) string {

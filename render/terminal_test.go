@@ -388,3 +388,18 @@ func TestDurationUnits(t *testing.T) {
 		}
 	}
 }
+
+// A job's exit code is said once: an earlier worker's reason that only
+// repeats it ("exited with code 1") is not printed beside "exit 1"; any
+// other reason is.
+func TestTerminalJobExitSaidOnce(t *testing.T) {
+	t.Parallel()
+	st := &queue.Status{Format: queue.Format, State: queue.Failure, Target: strings.Repeat("a", 40), Run: "r", Request: "local", Jobs: []queue.Job{
+		{Name: "unit", State: queue.Failure, ExitCode: queue.IntPtr(1), Reason: "exited with code 1"},
+		{Name: "lint", State: queue.Failure, ExitCode: queue.IntPtr(2), Reason: "exited with code 3"},
+	}}
+	out := string(render(t, st, TermOptions{}))
+	if strings.Contains(out, "exited with code 1") || !strings.Contains(out, "exit 1\n") || !strings.Contains(out, "exit 2  exited with code 3\n") {
+		t.Errorf("jobs:\n%s", out)
+	}
+}

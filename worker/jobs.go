@@ -989,9 +989,8 @@ func jobEndResult(m jobMsg) (queue.State, string, *int, error) {
 		reason = "killed by signal " + sig
 	case code == 0:
 		return queue.Success, "", queue.IntPtr(0), nil
-	case reason == "":
-		reason = fmt.Sprintf("exited with code %d", code)
 	}
+	// A plain exit code needs no reason: readers show the code.
 	return queue.Failure, reason, queue.IntPtr(code), nil
 }
 

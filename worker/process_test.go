@@ -318,14 +318,27 @@ func TestProcessTimeout(t *testing.T) {
 func TestProcessTimeoutKillsAfterGrace(t *testing.T) {
 	m1, m2 := newMarker(), newMarker()
 	const grace = 500 * time.Millisecond
-	start := time.Now()
-	res, _, err := runSh(t, t.Context(), fmt.Sprintf(`trap '' TERM; sleep %s & sleep %s; :`, m1, m2), func(s *ProcSpec) {
-		s.Timeout = 200 * time.Millisecond
-		s.KillGrace = grace
-	})
-	elapsed := time.Since(start)
-	if err != nil {
-		t.Fatal(err)
+	var res ProcResult
+	var elapsed time.Duration
+	// The shell must ignore SIGTERM before the timeout sends it; on a
+	// loaded machine it may not have started by then, and dies of the
+	// SIGTERM (the only way it can: its first command ignores it). That
+	// run proves nothing: try again with a longer timeout.
+	for timeout := 200 * time.Millisecond; ; timeout *= 2 {
+		start := time.Now()
+		r, _, err := runSh(t, t.Context(), fmt.Sprintf(`trap '' TERM; sleep %s & sleep %s; :`, m1, m2), func(s *ProcSpec) {
+			s.Timeout = timeout
+			s.KillGrace = grace
+		})
+		elapsed = time.Since(start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res = r
+		if res.Signal != "terminated" || timeout > 30*time.Second {
+			break
+		}
+		t.Logf("the shell died of the SIGTERM %s after its start, before it could ignore it: again with a longer timeout", timeout)
 	}
 	if !res.TimedOut || res.Signal != "killed" || res.ExitCode != 137 {
 		t.Errorf("got %+v, want timed out and SIGKILLed", res)
@@ -435,10 +448,13 @@ func TestProcessHardCancel(t *testing.T) {
 }
 
 func TestProcessHardOnly(t *testing.T) {
-	m := newMarker()
+	m, d := newMarker(), t.TempDir()
 	hard, hardCancel := context.WithCancel(t.Context())
-	time.AfterFunc(200*time.Millisecond, hardCancel)
-	res, _, err := runSh(t, t.Context(), fmt.Sprintf(`trap '' TERM; sleep %s`, m), func(s *ProcSpec) {
+	go func() {
+		waitFiles(t, filepath.Join(d, "ready")) // started, and ignoring SIGTERM
+		hardCancel()
+	}()
+	res, _, err := runSh(t, t.Context(), fmt.Sprintf(`trap '' TERM; touch %s/ready; sleep %s`, d, m), func(s *ProcSpec) {
 		s.KillGrace = 10 * time.Minute
 		s.Hard = hard
 	})

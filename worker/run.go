@@ -433,16 +433,22 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		return nil
 	}
 	// errorResult ends the run in state error before the pipeline ran.
+	// The reason is in the log and the result; not echoed to Output,
+	// where the caller's summary line says it once.
 	errorResult := func(reason string) ([]resultFile, error) {
 		fmt.Fprintf(mainLog, "refci: %s\n", reason)
-		if r.spec.Output != nil {
-			fmt.Fprintf(r.spec.Output, "refci: %s\n", reason)
-		}
 		r.finish(queue.Error, reason)
 		if err := finishLog(); err != nil {
 			return nil, err
 		}
 		return files, nil
+	}
+	configError := func(reason string) ([]resultFile, error) {
+		if r.st.Extra == nil {
+			r.st.Extra = map[string]any{}
+		}
+		r.st.Extra["config_error"] = true // keep previous_run of a takeover
+		return errorResult(reason)
 	}
 
 	if r.spec.Refusal != "" {
@@ -458,11 +464,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	}
 	entry, reason := findEntryPoint(src)
 	if reason != "" {
-		if r.st.Extra == nil {
-			r.st.Extra = map[string]any{}
-		}
-		r.st.Extra["config_error"] = true // keep previous_run of a takeover
-		return errorResult(reason)
+		return configError(reason)
 	}
 
 	masks := r.masks
@@ -548,6 +550,9 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	srv.Close()
 	r.st.SecretsUsed = rs.usedNames()
 	if err != nil && res.ExitCode == -1 && res.Duration == 0 {
+		if errors.Is(err, syscall.ENOEXEC) {
+			return configError(reasonNoShebang)
+		}
 		return errorResult(fmt.Sprintf("could not start .refci/run: %v", err))
 	}
 	if err != nil {
@@ -588,7 +593,11 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	default:
 		for _, j := range r.st.Jobs {
 			if j.State == queue.Failure || j.State == queue.Cancelled {
-				state, reason = queue.Failure, fmt.Sprintf("job %s ended %s although .refci/run exited 0", j.Name, j.State)
+				how := "failed"
+				if j.State == queue.Cancelled {
+					how = "was cancelled"
+				}
+				state, reason = queue.Failure, fmt.Sprintf("job %s %s (.refci/run exited 0)", j.Name, how)
 				break
 			}
 		}
@@ -872,7 +881,36 @@ func findEntryPoint(src string) (string, string) {
 	if fi.Mode().Perm()&0o100 == 0 {
 		return "", ".refci/run is not executable; run `chmod +x .refci/run` (or `git update-index --chmod=+x .refci/run`), commit and run again"
 	}
+	if crlfShebang(p) {
+		return "", reasonCRLF
+	}
 	return p, ""
+}
+
+// The reasons of a .refci/run the kernel would not run: both are the
+// repository's configuration, like a missing or non-executable one.
+const (
+	reasonCRLF      = "the first line of .refci/run ends with a carriage return (Windows line endings), so its interpreter is not found: convert it with dos2unix or `sed -i 's/\\r$//' .refci/run`, commit and run again"
+	reasonNoShebang = "the system cannot run .refci/run: a script needs a #! line first (for example #!/bin/sh); add one, commit and run again"
+)
+
+// crlfShebang says whether the file starts with a #! line that ends in
+// "\r\n": the kernel then looks for an interpreter whose name ends in a
+// carriage return, and finds none.
+func crlfShebang(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false // the start says why
+	}
+	defer f.Close()
+	buf := make([]byte, 512) // more than the kernel reads of a #! line
+	n, _ := io.ReadFull(f, buf)
+	line := buf[:n]
+	if !bytes.HasPrefix(line, []byte("#!")) {
+		return false
+	}
+	i := bytes.IndexByte(line, '\n')
+	return i > 0 && line[i-1] == '\r'
 }
 
 func describeMode(m fs.FileMode) string {

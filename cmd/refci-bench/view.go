@@ -70,7 +70,7 @@ func benchView(_ context.Context, bin string, _ int) error {
 			Artifacts: []queue.Artifact{}}
 		switch p := rng.IntN(100); {
 		case p < 15:
-			st.State, st.Reason, st.ExitCode = queue.Failure, "job test ended failure although .refci/run exited 0", queue.IntPtr(0)
+			st.State, st.Reason, st.ExitCode = queue.Failure, "job test failed (.refci/run exited 0)", queue.IntPtr(0)
 		case p < 20:
 			st.State, st.Reason, st.ExitCode = queue.Error, "no executable .refci/run in this commit", nil
 		}

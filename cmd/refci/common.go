@@ -207,7 +207,7 @@ func findRun(repo *gitproto.Repo, arg string, warn func(format string, args ...a
 		return runRef{}, err
 	}
 	if len(runs) == 0 {
-		return runRef{}, fmt.Errorf("%s (%s): %w yet; start one with 'refci run %s', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'", rev, target.String()[:12], errNoRuns, arg)
+		return runRef{}, fmt.Errorf("%s (%s): %w yet; start one with '%s', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'", rev, target.String()[:12], errNoRuns, strings.TrimSpace("refci run "+arg))
 	}
 	for _, r := range runs {
 		if r.Future {

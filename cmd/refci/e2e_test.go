@@ -382,6 +382,9 @@ func TestRunConfigurationErrors(t *testing.T) {
 	if !strings.Contains(r.stdout, "no .refci/run") || !strings.Contains(r.stdout, "refci init") {
 		t.Errorf("no pipeline: %s", r.stdout)
 	}
+	if n := strings.Count(r.stdout+r.stderr, "no .refci/run"); n != 1 {
+		t.Errorf("no pipeline: the reason is printed %d times, want once:\n%s%s", n, r.stdout, r.stderr)
+	}
 	if st := s.status("HEAD"); st.State != queue.Error || st.ExitCode != nil {
 		t.Errorf("no pipeline status: %+v", st)
 	}
@@ -390,6 +393,26 @@ func TestRunConfigurationErrors(t *testing.T) {
 	s.commitAll("not executable")
 	if r := s.refci("run").want(t, 2); !strings.Contains(r.stdout, "not executable") || !strings.Contains(r.stdout, "chmod +x") {
 		t.Errorf("not executable: %s", r.stdout)
+	}
+	// Executable, but the kernel cannot run it: the user's configuration
+	// too (exit 2), each with what to do.
+	run := filepath.Join(s.repo, ".refci", "run")
+	for _, c := range []struct{ name, script, want string }{
+		{"no #! line", "echo hi\n", "a script needs a #! line first (for example #!/bin/sh)"},
+		{"Windows line endings", "#!/bin/sh\r\necho hi\r\n", "the first line of .refci/run ends with a carriage return (Windows line endings), so its interpreter is not found: convert it with dos2unix or `sed -i 's/\\r$//' .refci/run`"},
+	} {
+		s.write(".refci/run", c.script, 0o755)
+		if err := os.Chmod(run, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		s.commitAll(c.name)
+		r := s.refci("run")
+		if r.code != 2 || !strings.Contains(r.stdout, c.want) || strings.Count(r.stdout+r.stderr, c.want) != 1 {
+			t.Errorf("%s: exit %d, want 2 and once %q:\n%s%s", c.name, r.code, c.want, r.stdout, r.stderr)
+		}
+		if st := s.status("HEAD"); st.State != queue.Error || st.Extra["config_error"] != true {
+			t.Errorf("%s: status %+v", c.name, st)
+		}
 	}
 	// A symlink out of the tree.
 	os.Remove(filepath.Join(s.repo, ".refci", "run"))
@@ -608,15 +631,14 @@ func TestRunCtrlCRecordsCancelled(t *testing.T) {
 	cmd := exec.Command(refciBin, "run", "--kill-grace", "200ms")
 	cmd.Dir = s.repo
 	cmd.Env = s.env
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &lockedBuffer{} // written by the command's copier as the test reads it
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(out.String(), "waiting") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	// The pipeline runs, so refci handles SIGINT by now; before, the
+	// signal would kill refci itself.
+	waitFor(t, 2*time.Minute, "the pipeline to start", func() bool { return strings.Contains(out.String(), "waiting") })
 	cmd.Process.Signal(os.Interrupt)
 	err := cmd.Wait()
 	var ee *exec.ExitError
@@ -864,4 +886,44 @@ func startRefci(t *testing.T, dir string, env []string, args ...string) *backgro
 		}
 	})
 	return b
+}
+
+// A job that fails inside a pipeline that exits 0 fails the run; what
+// the summary and the job tree say reads as a sentence, and a job's exit
+// code is said once ("exit 1", not "exit 1  exited with code 1").
+func TestRunJobFailureMessages(t *testing.T) {
+	s := newSandbox(t)
+	s.pipeline("refci job unit -- sh -c 'exit 1' || true\nexit 0\n")
+	r := s.refci("run").want(t, 1)
+	const reason = "job unit failed (.refci/run exited 0)"
+	if !strings.Contains(r.stdout, "refci: failure in ") || !strings.Contains(r.stdout, ": "+reason+"\n") {
+		t.Errorf("run's summary, want %q:\n%s", reason, r.stdout)
+	}
+	st := s.status("HEAD")
+	if st.Reason != reason || len(st.Jobs) != 1 || st.Jobs[0].Reason != "" || st.Jobs[0].ExitCode == nil || *st.Jobs[0].ExitCode != 1 {
+		t.Errorf("status: reason %q, jobs %+v", st.Reason, st.Jobs)
+	}
+	out := s.refci("status").want(t, 1).stdout
+	if !strings.Contains(out, "exit 1") || strings.Contains(out, "exited with code") {
+		t.Errorf("status, want the job's exit code once:\n%s", out)
+	}
+}
+
+// With no run yet, status names the command to start one exactly as it
+// is typed: 'refci run' (no stray space) or 'refci run REV'.
+func TestStatusNoRunsYet(t *testing.T) {
+	s := newSandbox(t)
+	s.pipeline("true\n")
+	head := s.git("", "rev-parse", "--short=12", "HEAD")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"status"}, "refci: HEAD (" + head + "): no runs yet; start one with 'refci run', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'\n"},
+		{[]string{"status", "main"}, "refci: main (" + head + "): no runs yet; start one with 'refci run main', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'\n"},
+	} {
+		if r := s.refci(c.args...); r.code != 2 || r.stderr != c.want {
+			t.Errorf("%s: exit %d, stderr %q, want 2 and %q", c.args, r.code, r.stderr, c.want)
+		}
+	}
 }

@@ -76,7 +76,11 @@ func TestWorkerOverHTTPS(t *testing.T) {
 		t.Errorf("the server refused %d and served %d requests; want both (git asks its helper after a 401)", refused.Load(), served.Load())
 	}
 	// The refused remote: one clear line, not one per retry, and its
-	// request waits.
+	// request waits. The line is awaited (a loaded machine may be slow to
+	// poll); the 2 s after it only give retries the chance to repeat it.
+	f.waitFor("the problem line of the remote without credentials", 2*time.Minute, func() bool {
+		return strings.Contains(wlog.String(), "remote problem; retrying with backoff\" remote="+noCreds)
+	})
 	time.Sleep(2 * time.Second)
 	if n := strings.Count(wlog.String(), "remote problem; retrying with backoff\" remote="+noCreds); n != 1 || !strings.Contains(wlog.String(), "check the credentials") {
 		t.Errorf("%d problem lines for the remote without credentials, want 1 saying to check them:\n%s", n, tail(wlog.String()))

@@ -422,7 +422,7 @@ echo kept > "$REFCI_ARTIFACTS/fine.txt"
 		check(p, s.git("", "show", ref+":"+p))
 	}
 	st := s.status("HEAD")
-	if st.State != queue.Failure || !strings.Contains(st.Reason, "job *** ended failure") {
+	if st.State != queue.Failure || !strings.Contains(st.Reason, "job *** failed (.refci/run exited 0)") {
 		t.Errorf("state %s, reason %q", st.State, st.Reason)
 	}
 	var jobs []string

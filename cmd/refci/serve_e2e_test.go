@@ -173,7 +173,9 @@ func (sv *served) addRole(line string) {
 // request runs at once; push options become request options; a restart
 // keeps the host key and the repositories.
 func TestServeEndToEnd(t *testing.T) {
-	sv := startServe(t)
+	// The embedded worker polls once an hour: only the push's wake-up can
+	// run a request within the tests' guards, however loaded the machine.
+	sv := startServe(t, "--poll", "1h")
 	o := sv.out.String()
 	for _, want := range []string{"admin:     " + sv.adminFP + " (from " + sv.adminKey + ".pub)", "git remote add ci ssh://" + sv.addr + "/app.git", "refci worker --remote ssh://" + sv.addr} {
 		if !strings.Contains(o, want) {
@@ -186,15 +188,11 @@ func TestServeEndToEnd(t *testing.T) {
 	if runs, _ := exec.Command("git", "-C", sv.bare("app.git"), "for-each-ref", "refs/ci/").Output(); len(runs) > 0 {
 		t.Errorf("a branch push started something:\n%s", runs)
 	}
-	t0 := time.Now()
 	out := sv.git("", "push", "-o", "env=staging", "-o", "timeout=5m", "ci", "HEAD:refs/ci/requests/first")
 	if !strings.Contains(out, "refci: request first queued (trusted)") {
 		t.Errorf("push output:\n%s", out)
 	}
-	st := sv.waitFinal("app.git", "first", 20*time.Second)
-	if el := time.Since(t0); el > 5*time.Second {
-		t.Errorf("the run took %s to finish; pushes must wake the worker at once (poll is 30 s)", el)
-	}
+	st := sv.waitFinal("app.git", "first", 2*time.Minute) // the push woke the worker: the poll is an hour
 	if st.State != queue.Success || st.Target != head || st.Env != "staging" || !st.Trusted ||
 		st.TrustNote != "pushed over SSH by trusted key "+sv.adminFP {
 		t.Errorf("status: %+v", st)
@@ -230,16 +228,14 @@ func TestServeEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sv2.stop()
-	for i := 0; i < 200 && !strings.Contains(sv2.log.String(), "msg=serving"); i++ {
-		time.Sleep(25 * time.Millisecond)
-	}
+	waitFor(t, time.Minute, "the restarted server to serve", func() bool { return strings.Contains(sv2.log.String(), "msg=serving") })
 	if !strings.Contains(sv2.out.String(), sv.adminFP+" admin (from ") || !strings.Contains(sv2.out.String(), "repositories: app.git") {
 		t.Errorf("second start banner:\n%s", sv2.out.String())
 	}
 	sv.git("", "commit", "-q", "--allow-empty", "-m", "again")
 	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/requests/second")
 	sv2.sandbox = sv.sandbox
-	if st := sv2.waitFinal("app.git", "second", 20*time.Second); st.State != queue.Success {
+	if st := sv2.waitFinal("app.git", "second", 2*time.Minute); st.State != queue.Success {
 		t.Errorf("after restart: %+v", st)
 	}
 }
@@ -279,7 +275,7 @@ func TestServeRolesAndReload(t *testing.T) {
 	if !strings.Contains(out, "refused refs/heads/main:") || !strings.Contains(out, "[new reference]   HEAD -> refs/ci/requests/t1") {
 		t.Errorf("mixed push:\n%s", out)
 	}
-	st := sv.waitFinal("app.git", "t1", 20*time.Second)
+	st := sv.waitFinal("app.git", "t1", 2*time.Minute)
 	if st.State != queue.Success || st.Trusted || !strings.HasPrefix(st.TrustNote, "not pushed over SSH by a key with the trusted role; this worker trusts no requester key") {
 		t.Errorf("a trigger key's run: %+v", st)
 	}
@@ -287,7 +283,7 @@ func TestServeRolesAndReload(t *testing.T) {
 	sv.addRole("trusted@app " + trigFP)
 	sv.git("", "commit", "-q", "--allow-empty", "-m", "trusted now")
 	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/requests/t2")
-	if st := sv.waitFinal("app.git", "t2", 20*time.Second); !st.Trusted || !strings.Contains(st.TrustNote, trigFP) {
+	if st := sv.waitFinal("app.git", "t2", 2*time.Minute); !st.Trusted || !strings.Contains(st.TrustNote, trigFP) {
 		t.Errorf("a trusted key's run: %+v", st)
 	}
 	// none@REPO: the key has no access to that repository only.
@@ -367,7 +363,7 @@ func TestServeRemoteWorkerAndGracefulStop(t *testing.T) {
 	sv.addRole("worker " + strings.TrimSpace(string(must(os.ReadFile(wk+".pub")))))
 	startRefci(t, sv.root, append(append([]string{}, sv.env...), "REFCI_HOME="+filepath.Join(sv.root, "remote-worker"), "GIT_SSH_COMMAND="+sv.sshCommand(wk)),
 		"worker", "--remote", sv.url("app.git"), "--poll", "200ms", "--lease", "3s")
-	st := sv.waitFinal("app.git", "r1", 30*time.Second)
+	st := sv.waitFinal("app.git", "r1", 2*time.Minute)
 	if st.State != queue.Success || st.Trusted {
 		t.Errorf("remote worker's run: %+v", st)
 	}
@@ -381,12 +377,11 @@ func TestServeRemoteWorkerAndGracefulStop(t *testing.T) {
 		// The site trusts the server's key and $REFCI_HOME/trusted/ only.
 		t.Errorf("GET viewer app.git: the remote worker's run is not shown unverified")
 	}
-	if reqs := must(exec.Command("git", "-C", sv.bare("app.git"), "for-each-ref", "refs/ci/requests/", "refs/ci/claims/").Output()); len(reqs) > 0 {
-		time.Sleep(2 * time.Second) // the claim goes after the result
-		if reqs := must(exec.Command("git", "-C", sv.bare("app.git"), "for-each-ref", "refs/ci/requests/", "refs/ci/claims/").Output()); len(reqs) > 0 {
-			t.Errorf("left behind:\n%s", reqs)
-		}
-	}
+	// The claim goes after the result: wait for it, however long the
+	// worker takes on a loaded machine.
+	waitFor(t, time.Minute, "the request and claim to go", func() bool {
+		return len(must(exec.Command("git", "-C", sv.bare("app.git"), "for-each-ref", "refs/ci/requests/", "refs/ci/claims/").Output())) == 0
+	})
 }
 
 func TestServeDrainsOnSIGTERM(t *testing.T) {
@@ -394,7 +389,7 @@ func TestServeDrainsOnSIGTERM(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "started") // not under HOME, which pipelines cannot write
 	sv.pipeline("touch " + marker + "\nsleep 2\necho finished\n")
 	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/slow")
-	waitFor(t, 30*time.Second, "the pipeline to start", func() bool { _, err := os.Stat(marker); return err == nil })
+	waitFor(t, 2*time.Minute, "the pipeline to start", func() bool { _, err := os.Stat(marker); return err == nil })
 	if code := sv.stop(); code != 0 {
 		t.Fatalf("serve exited %d", code)
 	}
@@ -488,7 +483,7 @@ func TestWorkerUsesSSHConfigAndAgent(t *testing.T) {
 	}
 	startRefci(t, sv.root, append(env, "GIT_SSH_COMMAND=ssh -F "+config, "SSH_AUTH_SOCK="+agentSock, "REFCI_HOME="+filepath.Join(sv.root, "agent-worker")),
 		"worker", "--remote", "ssh://ci-alias/app.git", "--poll", "200ms", "--lease", "3s")
-	if st := sv.waitFinal("app.git", "agent", 30*time.Second); st.State != queue.Success {
+	if st := sv.waitFinal("app.git", "agent", 2*time.Minute); st.State != queue.Success {
 		t.Errorf("the run through ssh config and agent: %+v", st)
 	}
 }

@@ -244,11 +244,11 @@ func TestServeTwoWorkerKeys(t *testing.T) {
 	// A claims t1 and dies mid-run; B takes over once the lease ran out.
 	wa := startRefci(t, sv.root, workerEnv(a, "home-a"), args...)
 	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/requests/t1")
-	waitFor(t, 30*time.Second, "the first attempt to start", func() bool { _, err := os.Stat(marker); return err == nil })
+	waitFor(t, 2*time.Minute, "the first attempt to start", func() bool { _, err := os.Stat(marker); return err == nil })
 	wa.cmd.Process.Kill()
 	<-wa.done
 	startRefci(t, sv.root, workerEnv(b, "home-b"), args...)
-	st := sv.waitFinal("app.git", "t1", 90*time.Second)
+	st := sv.waitFinal("app.git", "t1", 2*time.Minute)
 	if st.State != queue.Success || st.Attempt != 2 {
 		t.Errorf("the run taken over: %+v", st)
 	}
@@ -257,7 +257,7 @@ func TestServeTwoWorkerKeys(t *testing.T) {
 	sv.pipeline("sleep 1.5\necho ok\n")
 	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/requests/p1", "HEAD:refs/ci/requests/p2", "HEAD:refs/ci/requests/p3")
 	for _, r := range []string{"p1", "p2", "p3"} {
-		if st := sv.waitFinal("app.git", r, 60*time.Second); st.State != queue.Success {
+		if st := sv.waitFinal("app.git", r, 2*time.Minute); st.State != queue.Success {
 			t.Errorf("%s: %+v", r, st)
 		}
 	}
@@ -265,12 +265,12 @@ func TestServeTwoWorkerKeys(t *testing.T) {
 	os.Remove(marker)
 	sv.pipeline("touch " + marker + "\nsleep 120\n")
 	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/requests/c1")
-	waitFor(t, 30*time.Second, "the pipeline to start", func() bool { _, err := os.Stat(marker); return err == nil })
+	waitFor(t, 2*time.Minute, "the pipeline to start", func() bool { _, err := os.Stat(marker); return err == nil })
 	sv.git("", "push", "-q", "ci", ":refs/ci/requests/c1")
-	if st := sv.waitFinal("app.git", "c1", 60*time.Second); st.State != queue.Cancelled {
+	if st := sv.waitFinal("app.git", "c1", 2*time.Minute); st.State != queue.Cancelled {
 		t.Errorf("c1: %+v", st)
 	}
-	waitFor(t, 30*time.Second, "requests and claims to be cleaned up", func() bool {
+	waitFor(t, 2*time.Minute, "requests and claims to be cleaned up", func() bool {
 		out := must(exec.Command("git", "-C", sv.bare("app.git"), "for-each-ref", "refs/ci/requests/", "refs/ci/claims/").Output())
 		return len(out) == 0
 	})
@@ -312,7 +312,7 @@ echo plain > notes.txt
 echo '<script>alert(1)</script>'
 `)
 	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/r1")
-	st := sv.waitFinal("app.git", "r1", 30*time.Second)
+	st := sv.waitFinal("app.git", "r1", 2*time.Minute)
 	if st.State != queue.Success || len(st.Artifacts) != 6 {
 		t.Fatalf("the run: %+v", st)
 	}

@@ -43,7 +43,7 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 	name := fs.String("name", "", "the request name (default: the current branch)")
 	envName := fs.String("env", "", "ask for this secrets environment (an annotated request tag carries it)")
 	timeout := fs.Duration("timeout", 0, "ask for this pipeline timeout")
-	wait := fs.Bool("wait", false, "follow the run and exit with its result (0 success, 1 failure, 3 error)")
+	wait := fs.Bool("wait", false, "follow the run and exit with its result (0 success, 1 failure or cancelled, 2 configuration such as no .refci/run, 3 error)")
 	pos, code, ok := parse(e, fs, args, 1)
 	if !ok {
 		return code
@@ -80,6 +80,10 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 			return exitUsage
 		}
 	}
+	if msg := missingRemote(ctx, dir, *remote); msg != "" {
+		e.errorf("trigger: %s", msg)
+		return exitUsage
+	}
 	// Always an annotated tag, with a fresh id in its subject: its object
 	// id names this request and no other, so that --wait, log -f and the
 	// result (status.json request_object) tell it from an earlier push of
@@ -100,6 +104,32 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 		return exitOK
 	}
 	return follow(ctx, e, dir, *remote, target.String(), followed{name: *name, object: obj}, nil)
+}
+
+// missingRemote says what is wrong when remote is a name (not a URL or a
+// path) that the repository has no remote of, and what to do; else "".
+func missingRemote(ctx context.Context, dir, remote string) string {
+	if strings.ContainsAny(remote, ":/\\") || remote == "." {
+		return "" // a URL or a path: git says what is wrong with it
+	}
+	out, err := gitCmd(ctx, dir, "", "remote")
+	if err != nil {
+		return "" // git says it when pushing
+	}
+	names := strings.Fields(out)
+	for _, n := range names {
+		if n == remote {
+			return ""
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, remote)); err == nil {
+		return "" // a repository beside: git takes a path too
+	}
+	have := "it has none"
+	if len(names) > 0 {
+		have = "it has " + strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("this repository has no remote named %q (%s); pass --remote NAME or a URL, or add one with: git remote add %s URL", remote, have, remote)
 }
 
 // makeRequestTag writes an annotated tag object carrying the options,
@@ -250,12 +280,19 @@ func follow(ctx context.Context, e *env, dir, remote, target string, want follow
 				fmt.Fprintln(e.stderr)
 				announced = true
 			}
-			printed = printNewLog(logOut, repo, h, printed)
+			if st.Extra["config_error"] != true || printed > 0 {
+				// A configuration error's log is its reason alone,
+				// which the summary below says.
+				printed = printNewLog(logOut, repo, h, printed)
+			}
 			if st.State.Final() {
 				endLog()
-				// The final block: jobs as a tree, artifacts, then the one-line summary.
+				// The final block: jobs as a tree, artifacts, then the
+				// one-line summary, which holds the reason.
 				fmt.Fprintln(e.stdout)
-				render.Terminal(e.stdout, st, render.TermOptions{Color: e.color(e.stdout), Ref: cur.ref})
+				block := *st
+				block.Reason = ""
+				render.Terminal(e.stdout, &block, render.TermOptions{Color: e.color(e.stdout), Ref: cur.ref})
 				fmt.Fprintf(e.stdout, "refci: %s in %s", st.State, render.Duration(st.DurationMS))
 				if st.Reason != "" {
 					fmt.Fprintf(e.stdout, ": %s", render.Safe(st.Reason))
@@ -396,6 +433,10 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 	if err != nil {
 		e.errorf("%v", err)
 		return exitFor(err)
+	}
+	if msg := missingRemote(ctx, dir, remote); msg != "" {
+		e.errorf("log -f: %s", msg)
+		return exitUsage
 	}
 	var target, runID, reqObj string
 	switch {

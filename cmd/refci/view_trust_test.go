@@ -457,7 +457,7 @@ func TestServeSiteVerifiesItsOwnWorker(t *testing.T) {
 	}
 	sv.pipeline("echo fine\n")
 	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/own")
-	st := sv.waitFinal("app.git", "own", 30*time.Second)
+	st := sv.waitFinal("app.git", "own", 2*time.Minute)
 	if st.State != queue.Success {
 		t.Fatalf("the embedded worker's run: %+v", st)
 	}

@@ -249,12 +249,13 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		n := 0
 		for s := range sigs {
 			n++
+			// Logged once done: a line read means claiming has stopped.
 			if n == 1 {
-				logger.Info("signal: finishing running pipelines, claiming nothing more (again to cancel them at once)", "signal", s.String())
 				stopFn()
+				logger.Info("signal: finishing running pipelines, claiming nothing more (again to cancel them at once)", "signal", s.String())
 			} else {
-				logger.Warn("second signal: cancelling running pipelines now", "signal", s.String())
 				abortFn()
+				logger.Warn("second signal: cancelling running pipelines now", "signal", s.String())
 			}
 		}
 	}()

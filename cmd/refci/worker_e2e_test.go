@@ -267,7 +267,7 @@ echo "attempt $REFCI_ATTEMPT done"
 	})
 	a.Process.Signal(syscall.SIGKILL)
 	a.Wait()
-	f.waitFor("the killed run's processes to die", 15*time.Second, func() bool { return !alive("sleep " + marker) })
+	f.waitFor("the killed run's processes to die", time.Minute, func() bool { return !alive("sleep " + marker) })
 	// Before any worker takes over, the follower says why nothing moves.
 	f.waitFor("log -f to see the claim expire", time.Minute, func() bool {
 		return strings.Contains(ferr.String(), "stopped renewing its claim on run")
@@ -290,7 +290,7 @@ echo "attempt $REFCI_ATTEMPT done"
 			!strings.Contains(ferr.String(), "lost its worker; run "+res[0].Run+" (attempt 2)") {
 			t.Errorf("log -f across the takeover: %v\nstdout:\n%s\nstderr:\n%s", err, fout.String(), ferr.String())
 		}
-	case <-time.After(30 * time.Second):
+	case <-time.After(2 * time.Minute): // a guard only
 		t.Errorf("log -f still follows the lost run after attempt 2 ended\nstdout:\n%s\nstderr:\n%s", fout.String(), ferr.String())
 	}
 	// Readers show the lost attempt as an error, not as running for ever.
@@ -389,12 +389,18 @@ func TestTriggerWaitAndLogFollow(t *testing.T) {
 	wa.Process.Signal(syscall.SIGTERM)
 	wa.Wait()
 	f.refci("trigger", "--name", "by-name", "--env", "staging").want(t, 0)
-	started := make(chan struct{})
-	go func() { time.Sleep(2 * time.Second); f.startWorker("a"); close(started) }()
-	defer func() { <-started }()
-	r = f.refci("log", "-f", "by-name")
-	if r.code != 0 || !strings.Contains(r.stderr, "waiting for a worker") || !strings.Contains(r.stdout, "line-two") || !strings.Contains(r.stdout, "refci: success") {
-		t.Fatalf("log -f by request name: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	follow := startRefci(t, f.repo, f.env, "log", "-f", "by-name")
+	// The worker starts once log -f says it waits, not after a guess at
+	// how long that takes.
+	f.waitFor("log -f to wait for a worker", time.Minute, func() bool { return strings.Contains(follow.errOut.String(), "waiting for a worker") })
+	f.startWorker("a")
+	select {
+	case <-follow.done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("log -f by request name did not end")
+	}
+	if follow.err != nil || !strings.Contains(follow.out.String(), "line-two") || !strings.Contains(follow.out.String(), "refci: success") {
+		t.Fatalf("log -f by request name: %v\n%s\n%s", follow.err, follow.out.String(), follow.errOut.String())
 	}
 	r = f.refci("log", "-f", "no-such-request")
 	if r.code != 2 || !strings.Contains(r.stderr, "no request or claim named no-such-request") {
@@ -435,7 +441,7 @@ func TestFollowFindsTakeoverByResult(t *testing.T) {
 	f.git("", "push", "-q", "origin", ref1+":"+ref1)
 	follow := startRefci(t, f.repo, f.env, "log", "-f", target+"/"+a1.Run)
 	fout, ferr := follow.out, follow.errOut
-	f.waitFor("log -f to follow attempt 1", 30*time.Second, func() bool { return strings.Contains(ferr.String(), "(attempt 1)") })
+	f.waitFor("log -f to follow attempt 1", time.Minute, func() bool { return strings.Contains(ferr.String(), "(attempt 1)") })
 
 	exit := 0
 	a2 := &queue.Status{Format: queue.Format, State: queue.Success, Target: target, Request: "gone", Run: queue.NewRunID(started.Add(time.Second)),
@@ -448,7 +454,7 @@ func TestFollowFindsTakeoverByResult(t *testing.T) {
 		if err != nil || !strings.Contains(fout.String(), "refci: success") || !strings.Contains(ferr.String(), "lost its worker; run "+a2.Run+" (attempt 2) on worker "+a2.Worker) {
 			t.Errorf("log -f: %v\nstdout:\n%s\nstderr:\n%s", err, fout.String(), ferr.String())
 		}
-	case <-time.After(30 * time.Second):
+	case <-time.After(2 * time.Minute): // a guard only
 		t.Errorf("log -f still follows the lost run\nstdout:\n%s\nstderr:\n%s", fout.String(), ferr.String())
 	}
 }
@@ -485,13 +491,36 @@ echo end
 		return time.Since(t0)
 	}
 
+	// signal sends SIGTERM and waits until the worker has taken it (it
+	// logs so): a request pushed then, or a second signal, comes after it
+	// however slowly the worker runs (signals sent too close together are
+	// one signal).
+	signal := func(w *exec.Cmd, want string) {
+		t.Helper()
+		n := 0
+		f.mu.Lock()
+		for i, c := range f.workers {
+			if c == w {
+				n = i
+			}
+		}
+		f.mu.Unlock()
+		w.Process.Signal(syscall.SIGTERM)
+		f.waitFor("the worker to take the signal", time.Minute, func() bool {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return strings.Contains(f.logs[n].String(), want)
+		})
+	}
+	const first, second = "signal: finishing running pipelines", "second signal: cancelling"
+
 	// Grace long enough: the run finishes, nothing more is claimed.
-	a := f.startWorker("a", "--grace", "20s")
+	a := f.startWorker("a", "--grace", "1m")
 	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/short")
 	f.waitFor("short to start", time.Minute, started("short"))
-	a.Process.Signal(syscall.SIGTERM)
+	signal(a, first)
 	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/after-signal")
-	exited(a, 20*time.Second)
+	exited(a, 2*time.Minute)
 	if st := f.finalResults()["short"]; len(st) != 1 || st[0].State != queue.Success {
 		t.Errorf("the run within the grace period: %s", describeRuns(st))
 	}
@@ -504,8 +533,8 @@ echo end
 	b := f.startWorker("b", "--grace", "1s")
 	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/long-1")
 	f.waitFor("long-1 to start", time.Minute, started("long-1"))
-	b.Process.Signal(syscall.SIGTERM)
-	took := exited(b, 20*time.Second)
+	signal(b, first)
+	took := exited(b, 2*time.Minute)
 	if st := f.finalResults()["long-1"]; len(st) != 1 || st[0].State != queue.Cancelled || !strings.Contains(st[0].Reason, "shut down") {
 		t.Errorf("the run past the grace period (worker exited after %s): %s", took, describeRuns(st))
 	}
@@ -514,17 +543,16 @@ echo end
 	c := f.startWorker("c", "--grace", "10m")
 	f.git("", "push", "-q", "origin", "HEAD:refs/ci/requests/long-2")
 	f.waitFor("long-2 to start", time.Minute, started("long-2"))
-	c.Process.Signal(syscall.SIGTERM)
-	time.Sleep(500 * time.Millisecond)
-	c.Process.Signal(syscall.SIGTERM)
-	exited(c, 20*time.Second)
+	signal(c, first)
+	signal(c, second)
+	exited(c, 2*time.Minute) // the grace is 10 minutes
 	if st := f.finalResults()["long-2"]; len(st) != 1 || st[0].State != queue.Cancelled {
 		t.Errorf("the run after a second signal: %s", describeRuns(st))
 	}
 	if left := f.remoteRefs("refs/ci/requests/"); len(left) != 0 || len(f.remoteRefs("refs/ci/claims/")) != 0 {
 		t.Errorf("requests or claims left behind: %v %v", left, f.remoteRefs("refs/ci/claims/"))
 	}
-	f.waitFor("the cancelled pipelines' processes to die", 15*time.Second, func() bool { return !alive("sleep " + marker) })
+	f.waitFor("the cancelled pipelines' processes to die", time.Minute, func() bool { return !alive("sleep " + marker) })
 }
 
 // A worker killed mid-run, with --max-attempts 1: the worker that finds
@@ -543,7 +571,7 @@ echo done
 	f.waitFor("the pipeline to start", time.Minute, func() bool { return alive("sleep " + marker) })
 	a.Process.Signal(syscall.SIGKILL)
 	a.Wait()
-	f.waitFor("the killed run's processes to die", 15*time.Second, func() bool { return !alive("sleep " + marker) })
+	f.waitFor("the killed run's processes to die", time.Minute, func() bool { return !alive("sleep " + marker) })
 	for name, msg := range map[string]string{"badopt": "refci request\n\nTimeout: soon", "capped": "refci request\n\nTimeout: 10h"} {
 		f.git("", "tag", "-a", "-m", msg, "req-"+name, "HEAD")
 		f.git("", "push", "-q", "origin", "refs/tags/req-"+name+":refs/ci/requests/"+name)
@@ -693,4 +721,30 @@ func TestTriggerWaitForARequestGoneBeforeItRan(t *testing.T) {
 			t.Errorf("waiter: %v\n%s\nwant %q", c.w.err, c.w.errOut.String(), c.want)
 		}
 	}
+}
+
+// trigger --wait on a commit without .refci/run exits 2 (the user's
+// configuration, as documented), saying why once; trigger and log -f
+// without the remote they look for say which one and what to do.
+func TestTriggerConfigurationMessages(t *testing.T) {
+	f := newFleet(t, "true\n")
+	f.startWorker("a")
+	f.git("", "rm", "-q", ".refci/run")
+	f.commitAll("no pipeline")
+	r := f.refci("trigger", "--wait", "--name", "nopipe")
+	const why = "this commit has no .refci/run"
+	if r.code != 2 || strings.Count(r.stdout+r.stderr, why) != 1 || !strings.Contains(r.stdout, "refci: error in ") {
+		t.Errorf("trigger --wait without .refci/run: exit %d, want 2 and %q once\n%s\n%s", r.code, why, r.stdout, r.stderr)
+	}
+	f.git("", "remote", "rename", "origin", "upstream")
+	for _, args := range [][]string{{"trigger"}, {"log", "-f"}} {
+		r := f.refci(args...)
+		want := `this repository has no remote named "origin" (it has upstream); pass --remote NAME or a URL, or add one with: git remote add origin URL`
+		if r.code != 2 || r.stderr != "refci: "+strings.Join(args, " ")+": "+want+"\n" {
+			t.Errorf("%s without origin: exit %d, want 2 and %q\n%s", args, r.code, want, r.stderr)
+		}
+	}
+	// A remote named by --remote, or a path, is used as it is.
+	f.refci("trigger", "--remote", "upstream", "--name", "named").want(t, 0)
+	f.refci("trigger", "--remote", f.bare, "--name", "by-path").want(t, 0)
 }

@@ -554,13 +554,18 @@ func TestShutdownDrainsSessionsAndLimits(t *testing.T) {
 	hold := exec.Command("ssh", append(strings.Fields(admin.sshCommand())[1:], "-p", ts.port(), "git@127.0.0.1", "git-upload-pack '/app.git'")...)
 	hold.Env = admin.env
 	stdin, _ := hold.StdinPipe()
-	var holdOut bytes.Buffer
+	var holdOut syncBuffer // written by the command's copier as the test reads it
 	hold.Stdout = &holdOut
 	if err := hold.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(holdOut.String(), "0000") && time.Now().Before(deadline) {
+	// The slot is held once the advertisement came: wait for it (a
+	// failure, not a reason to go on, if it never comes).
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(holdOut.String(), "0000") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the holding session never got its advertisement: %q", holdOut.String())
+		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	second := make(chan error, 1)
@@ -646,7 +651,7 @@ func TestConnectionLimit(t *testing.T) {
 		t.Errorf("a fifth connection was served: %v\n%s", err, out)
 	}
 	conns[0].Close()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	for {
 		if _, err := admin.run("git", "ls-remote", admin.url+"/app.git"); err == nil {
 			break
@@ -890,9 +895,9 @@ func TestIdleConnectionsAreClosed(t *testing.T) {
 		if el := time.Since(t0); el < 900*time.Millisecond {
 			t.Errorf("closed after %s, before the idle time", el)
 		}
-	case <-time.After(15 * time.Second):
+	case <-time.After(time.Minute):
 		cmd.Process.Kill()
-		t.Fatal("an idle session was still open after 15 s (idle time 1 s)")
+		t.Fatal("an idle session was still open after a minute (idle time 1 s)")
 	}
 }
 
