@@ -823,15 +823,7 @@ func TestVerifyRejectsAWorkerOtherThanTheSigner(t *testing.T) {
 	// first worker ran it.
 	s.gpgImport(string(must(os.ReadFile(otherKey))))
 	st := strings.ReplaceAll(s.git("", "show", ref+":status.json"), other, own)
-	blob := s.gitStdin(st+"\n", "hash-object", "-w", "--stdin")
-	var tree strings.Builder
-	for _, line := range strings.Split(s.git("", "ls-tree", ref), "\n") {
-		if strings.HasSuffix(line, "\tstatus.json") {
-			line = "100644 blob " + blob + "\tstatus.json"
-		}
-		tree.WriteString(line + "\n")
-	}
-	treeID := s.gitStdin(tree.String(), "mktree")
+	treeID := s.treeWithStatus(ref, st+"\n")
 	forged := s.gitStdin(s.git("", "show", "-s", "--format=%B", ref), "commit-tree", "-S"+other, "-F", "-", treeID)
 	s.git("", "update-ref", ref, forged)
 	s.git("", "verify-commit", forged) // a good signature as far as git can tell

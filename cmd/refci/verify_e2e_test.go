@@ -23,6 +23,21 @@ import (
 // values, signed by a trusted key; logs that talk to the terminal; claims
 // that name what their request is not.
 
+// treeWithStatus writes the tree of the result commit from with its
+// status.json replaced by statusJSON, and returns its id.
+func (s *sandbox) treeWithStatus(from, statusJSON string) string {
+	s.t.Helper()
+	blob := s.gitStdin(statusJSON, "hash-object", "-w", "--stdin")
+	var tree strings.Builder
+	for _, line := range strings.Split(s.git("", "ls-tree", from), "\n") {
+		if strings.HasSuffix(line, "\tstatus.json") {
+			line = "100644 blob " + blob + "\tstatus.json"
+		}
+		tree.WriteString(line + "\n")
+	}
+	return s.gitStdin(tree.String(), "mktree")
+}
+
 // signedResult stores st as a result commit under its run ref, with the
 // files of the result commit from (status.json replaced) and the message
 // a worker writes, signed by the sandbox's own key (st.Worker) as a
@@ -34,15 +49,7 @@ func (s *sandbox) signedResult(st *queue.Status, from string) string {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	blob := s.gitStdin(string(b), "hash-object", "-w", "--stdin")
-	var tree strings.Builder
-	for _, line := range strings.Split(s.git("", "ls-tree", from), "\n") {
-		if strings.HasSuffix(line, "\tstatus.json") {
-			line = "100644 blob " + blob + "\tstatus.json"
-		}
-		tree.WriteString(line + "\n")
-	}
-	treeID := s.gitStdin(tree.String(), "mktree")
+	treeID := s.treeWithStatus(from, string(b))
 	commit := s.gitStdin(queue.CommitMessage(st), "commit-tree", "-S"+st.Worker, "-F", "-", treeID)
 	ref := queue.RunRef(st.Target, st.Run)
 	s.git("", "update-ref", ref, commit)
