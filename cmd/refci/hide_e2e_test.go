@@ -130,6 +130,8 @@ try refci-touch 'touch -c $BIN/refci $BIN/refci-shim'
 try etc 'echo x > /etc/refci-attack'
 try usr 'cp $S/payload /usr/local/bin/refci-attack'
 try templates 'cp $S/payload "$(git --exec-path)/../../share/git-core/templates/refci-attack"'
+try kernel-sysctl 'cat /proc/sys/kernel/core_pattern > /proc/sys/kernel/core_pattern'
+try kernel-sys 'cat /sys/kernel/uevent_helper > /sys/kernel/uevent_helper'
 try nested-userns 'unshare -Urm sh -c "mount -o remount,bind,rw $H || mount -o remount,rw $H || mount -o remount,rw /; cp $S/evil.cfg $H/.gitconfig"'
 try own-home 'echo x > "$HOME/f" && HOME=$HOME git config --global core.hooksPath /x'
 try own-nested-userns 'unshare -Urm sh -c "echo x > \"\$TMPDIR/nested\""'
@@ -146,7 +148,7 @@ refci job after-attack -- git --version
 func (a *attack) check(t *testing.T, log string, made ...string) {
 	t.Helper()
 	for _, v := range []string{"gitconfig", "git-config-global", "xdg-gitconfig", "ssh-config", "profile", "data", "data-config", "serve-hooks", "remote-hooks", "remote-config",
-		"path-git", "path-ssh", "refci-dir", "refci-touch", "etc", "usr", "templates", "nested-userns"} {
+		"path-git", "path-ssh", "refci-dir", "refci-touch", "etc", "usr", "templates", "kernel-sysctl", "kernel-sys", "nested-userns"} {
 		if !strings.Contains(log, "ATTACK "+v+": refused\n") {
 			t.Errorf("attack %s was not refused:\n%s", v, log)
 		}

@@ -114,6 +114,13 @@ func (p nsPaths) args() []string {
 // process takes configuration or code.
 var ScratchDirs = []string{"/tmp", "/var/tmp", "/dev", "/proc"}
 
+// kernelReadOnly stay read-only inside the writable /proc: the kernel's
+// settings. Their permissions are checked against the uid alone, so the
+// pipeline of a worker running as root (uid 0 mapped to itself) could
+// otherwise set, say, kernel.core_pattern, and have the kernel run a
+// program of its choosing as root outside every namespace.
+var kernelReadOnly = []string{"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"}
+
 // nsSetupError is what the middle step reports when it cannot run the
 // pipeline.
 type nsSetupError struct {
@@ -254,7 +261,7 @@ func nsExec(ns nsPaths, probe bool, path string, argv []string) int {
 	if err := hideKeeping(ns.hide, ns.keep); err != nil {
 		return setupFail(err)
 	}
-	if err := readOnlyRoot(append(slices.Clone(ScratchDirs), ns.writable...), ns.readOnly); err != nil {
+	if err := readOnlyRoot(slices.Concat(ScratchDirs, ns.writable), slices.Concat(ns.readOnly, kernelReadOnly)); err != nil {
 		return setupFail(err)
 	}
 	// The working directory is still the one of the mounts as they were,
