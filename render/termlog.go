@@ -20,10 +20,11 @@ import (
 // Output that is not a terminal (a pipe, a file) gets the log byte for
 // byte instead: callers use TermLog only for a terminal.
 type TermLog struct {
-	w     io.Writer
-	color bool
-	held  []byte
-	out   []byte
+	w      io.Writer
+	color  bool
+	styled bool // an SGR sequence went through since the last Flush
+	held   []byte
+	out    []byte
 }
 
 // maxHeld bounds what TermLog holds back for a sequence that has not
@@ -57,6 +58,7 @@ func (t *TermLog) Write(p []byte) (int, error) {
 			n, isSGR, _ := escapeEnd(rest)
 			if isSGR && t.color {
 				out = append(out, rest[:n]...)
+				t.styled = true
 			}
 			i += n
 		case c == '\n' || c == '\t' || c == '\r':
@@ -94,14 +96,24 @@ func (t *TermLog) Write(p []byte) (int, error) {
 }
 
 // Flush ends the stream: a sequence that never ended is dropped, a
-// character cut short becomes U+FFFD.
+// character cut short becomes U+FFFD, and the terminal's colours are
+// reset if the log set any, so that a log ending in, say, hidden or
+// black-on-black text cannot hide what is printed after it. The TermLog
+// may be written again after.
 func (t *TermLog) Flush() error {
-	held := t.held
+	var out []byte
+	if held := t.held; len(held) > 0 && held[0] != 0x1b {
+		out = utf8.AppendRune(out, utf8.RuneError)
+	}
 	t.held = nil
-	if len(held) == 0 || held[0] == 0x1b {
+	if t.styled {
+		out = append(out, "\x1b[0m"...)
+		t.styled = false
+	}
+	if len(out) == 0 {
 		return nil
 	}
-	_, err := t.w.Write(utf8.AppendRune(nil, utf8.RuneError))
+	_, err := t.w.Write(out)
 	return err
 }
 

@@ -19,8 +19,11 @@ func termLog(in string, color bool) string {
 func TestTermLogDropsControlSequences(t *testing.T) {
 	cases := []struct{ name, in, color, plain string }{
 		{"text", "a\tb\r\nc\n", "a\tb\r\nc\n", "a\tb\r\nc\n"},
-		{"sgr", "\x1b[1;31mred\x1b[0m \x1b[m\n", "\x1b[1;31mred\x1b[0m \x1b[m\n", "red \n"},
-		{"256 colours", "\x1b[38;5;208mo\x1b[0m", "\x1b[38;5;208mo\x1b[0m", "o"},
+		{"sgr", "\x1b[1;31mred\x1b[0m \x1b[m\n", "\x1b[1;31mred\x1b[0m \x1b[m\n\x1b[0m", "red \n"},
+		{"256 colours", "\x1b[38;5;208mo\x1b[0m", "\x1b[38;5;208mo\x1b[0m\x1b[0m", "o"},
+		// A log ending in hidden (or black on black) text is reset at
+		// its end, so it cannot hide refci's own summary after it.
+		{"hidden text left on", "fake: success\x1b[8m", "fake: success\x1b[8m\x1b[0m", "fake: success"},
 		{"cursor moves", "a\x1b[2Ab\x1b[10;1Hc\x1b[2J\x1b[K\x1b7\x1b8d", "abcd", "abcd"},
 		{"private modes", "\x1b[?1049h\x1b[?25lx\x1b[?1000h", "x", "x"},
 		{"sgr with intermediate", "\x1b[1 mx", "x", "x"},

@@ -185,6 +185,7 @@ func follow(ctx context.Context, e *env, dir, remote, target string, want follow
 	}
 	printed := int64(0)
 	logOut, endLog := e.logWriter()
+	defer endLog() // every way out: a styled log must not colour what follows
 	var cur struct {
 		ref, run, request string // the run followed; its ref may not be on the remote yet
 		object            string // the request object it runs, when known
@@ -195,6 +196,7 @@ func follow(ctx context.Context, e *env, dir, remote, target string, want follow
 	announced, waitNoted, expiryNoted := false, false, ""
 	began, lastClaimCheck := time.Now(), time.Time{}
 	takeOver := func(to, toRef string, toAttempt int, worker string) {
+		endLog()
 		fmt.Fprintf(e.stderr, "\nrefci: run %s (attempt %d) lost its worker; run %s (attempt %d) on worker %s took the request over\n",
 			cur.run, cur.attempt, to, toAttempt, worker)
 		cur.ref, cur.run, cur.attempt, printed = toRef, to, toAttempt, 0
