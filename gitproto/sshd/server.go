@@ -171,6 +171,7 @@ type Server struct {
 	gcs         sync.WaitGroup
 	sessions    sync.WaitGroup
 	createMu    sync.Mutex
+	creating    map[string]bool // repositories a push is creating (reserve), by path
 }
 
 // New prepares a server: the state directory, the hook scripts and the
@@ -438,6 +439,14 @@ func (s *Server) handle(sess ssh.Session) {
 			fail(sess, 1, "%s", s.missingRepo(id, name))
 			return
 		}
+		// One creating push at a time per name: a second one would pass
+		// pre-receive too and see its refs dropped after git said ok.
+		if !s.reserve(path) {
+			log.Info("repository being created by another push", "op", op)
+			fail(sess, 1, "repository %s is being created by another push; push again once it is done", name)
+			return
+		}
+		defer s.release(path)
 		tmp, err := s.newRepo(path)
 		if err != nil {
 			log.Error("create repository", "err", err)
@@ -503,6 +512,27 @@ func (s *Server) newRepo(path string) (string, error) {
 		return "", fmt.Errorf("git init: %v: %s", err, strings.TrimSpace(string(out)))
 	}
 	return tmp, nil
+}
+
+// reserve marks path as being created by one push; false when another
+// push is creating it already. release ends that.
+func (s *Server) reserve(path string) bool {
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
+	if s.creating[path] {
+		return false
+	}
+	if s.creating == nil {
+		s.creating = map[string]bool{}
+	}
+	s.creating[path] = true
+	return true
+}
+
+func (s *Server) release(path string) {
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
+	delete(s.creating, path)
 }
 
 // publish renames a repository a push made (tmp) into its place (final),
