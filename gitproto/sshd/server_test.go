@@ -1060,8 +1060,10 @@ func TestLimiterAccounting(t *testing.T) {
 	if conns[0].authenticated() {
 		t.Error("an evicted connection authenticated")
 	}
-	if u, a := count(); u != 0 || a != 2 {
-		t.Errorf("waiting %d, authenticated %d; want 0, 2", u, a)
+	// The one turned away as over the limit still counts as waiting
+	// (for the per-address limits) until it is closed.
+	if u, a := count(); u != 1 || a != 2 {
+		t.Errorf("waiting %d, authenticated %d; want 1 (the one over the limit), 2", u, a)
 	}
 	for _, c := range conns {
 		c.Close()
@@ -1119,5 +1121,45 @@ func TestPushOfRequestsDoesNotCreateRepository(t *testing.T) {
 	// A later push to it does not say so again.
 	if out := admin.must("git", "push", admin.url+"/lib.git", "HEAD:refs/ci/requests/second"); strings.Contains(out, "created") {
 		t.Errorf("a push to an existing repository:\n%s", out)
+	}
+}
+
+// Pushes that create the same repository at once: each that git reports
+// as accepted has its branch there; the others are told to push again.
+func TestConcurrentPushesCreatingOneRepository(t *testing.T) {
+	ts := startServer(t, nil)
+	admin := ts.client("admin", "rwc")
+	admin.initRepo(1)
+	const n = 4
+	type result struct {
+		branch, out string
+		err         error
+	}
+	results := make(chan result, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			b := fmt.Sprintf("b%d", i)
+			out, err := admin.run("git", "push", admin.url+"/new.git", "main:refs/heads/"+b)
+			results <- result{b, out, err}
+		}()
+	}
+	refs := ""
+	for i := 0; i < n; i++ {
+		r := <-results
+		if r.err != nil {
+			if !strings.Contains(r.out, "push again") {
+				t.Errorf("push of %s failed without saying to push again: %v\n%s", r.branch, r.err, r.out)
+			}
+			continue
+		}
+		if refs == "" {
+			refs = admin.must("git", "ls-remote", admin.url+"/new.git")
+		}
+		if !strings.Contains(admin.must("git", "ls-remote", admin.url+"/new.git"), "refs/heads/"+r.branch) {
+			t.Errorf("the push of %s was accepted but its branch is not in the repository:\n%s", r.branch, r.out)
+		}
+	}
+	if refs == "" {
+		t.Error("no push created the repository")
 	}
 }
