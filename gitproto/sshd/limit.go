@@ -200,11 +200,11 @@ func (c *limitConn) authenticated() bool {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.dropLocked(c)
 	if l.nAuth >= l.maxAuth {
-		c.state = connOver
+		c.state = connOver // still counted as waiting until it is closed
 		return false
 	}
+	l.dropLocked(c)
 	l.nAuth++
 	c.state = connAuth
 	c.Conn.SetDeadline(time.Time{})
