@@ -307,6 +307,7 @@ func (p *problem) clear(log *slog.Logger, url string) {
 func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.Remote, wake <-chan struct{}) {
 	var prob problem
 	backoff := time.Duration(0)
+	var retryAt time.Time // with backoff: when the next try is due
 	tick := min(w.cfg.Lease/3, w.cfg.Snapshot, w.cfg.Poll)
 	lastPoll, lastFlush, lastFetch := time.Time{}, time.Time{}, time.Time{}
 	moreWaiting := false
@@ -336,6 +337,11 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 		case <-wake:
 			lastPoll = time.Time{}
 		case <-finished:
+			if backoff > 0 && w.now().Before(retryAt) {
+				// The remote is failing: a snapshot or a finished run
+				// waits for the backoff's retry, not a pass of its own.
+				continue
+			}
 		case <-stop.Done():
 			if !stopping {
 				continue
@@ -407,6 +413,7 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 			backoff = nextBackoff(backoff, w.cfg.Lease)
 			w.forgetExpired(rem)
 			next = backoff
+			retryAt = w.now().Add(backoff)
 		default:
 			prob.clear(w.log, rem.URL)
 			backoff = 0
