@@ -225,8 +225,8 @@ const fallbackLogBytes = 64 << 10
 // recordFailure publishes a short result in state error after refci could
 // not store the run's full result (cause): status.json and the end of the
 // log, from memory, and no artifacts or job logs. If even that cannot be
-// written (the cache's disk is full too), the Outcome carries the status
-// and a retry that writes the same result once space is back.
+// written because the cache's disk is full too, the Outcome carries the
+// status and a retry that writes the same result once space is back.
 func (r *run) recordFailure(cause error) (*Outcome, error) {
 	what := "refci could not store the run's result"
 	switch {
@@ -270,6 +270,12 @@ func (r *run) recordFailure(cause error) (*Outcome, error) {
 		return out, nil
 	}
 	err = fmt.Errorf("%s; the short error result could not be stored either: %w", reason, err)
+	if !isNoSpace(err) {
+		// Not something space will mend (the signer gone, say): no
+		// retry holding a slot and the claim; the claim runs out and
+		// another worker takes the request over.
+		return &Outcome{Status: r.st}, err
+	}
 	var retry func() (*Outcome, error)
 	retry = func() (*Outcome, error) {
 		out, err := r.publish(files, r.signer)
