@@ -645,9 +645,6 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		fmt.Fprintf(out, "refci: reading artifacts: %v\n", err)
 		skipped = append(skipped, queue.SkippedArtifact{Path: ".", Reason: err.Error()})
 	}
-	if !masks.Empty() {
-		arts, skipped = maskArtifacts(masks, arts, skipped, logs)
-	}
 	if !masks.Empty() { // paths become names in the result tree: none may hold a value
 		kept := arts[:0]
 		for _, a := range arts {
@@ -663,7 +660,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 			}
 			kept = append(kept, a)
 		}
-		arts = kept
+		arts, skipped = maskArtifacts(masks, kept, skipped, logs)
 	}
 	for _, a := range arts {
 		r.st.Artifacts = append(r.st.Artifacts, a.Artifact)
@@ -1109,11 +1106,12 @@ func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
 
 // maskStatus replaces every secret value handed out to the run in the
 // text of st that the pipeline could have put a value in: reasons, job
-// names and needs, artifact paths and the reasons they were left out
-// (a symlink's target), extra fields; a job name that holds one becomes
-// masked-N. The commit message is made from st too. Identifiers the pipeline cannot choose (target, request, run,
-// worker) are left alone. The job names it masks are left out of the
-// tree by the caller.
+// names and needs, the paths of artifacts left out and why (a symlink's
+// target), extra fields; a job name that holds one becomes masked-N.
+// (Stored artifacts whose path holds a value were left out before.) The
+// commit message is made from st too. Identifiers the pipeline cannot
+// choose (target, request, run, worker) are left alone. The job names it
+// masks are left out of the tree by the caller.
 func maskStatus(m *MaskSet, st *queue.Status) {
 	if m == nil || m.Empty() {
 		return
@@ -1156,9 +1154,6 @@ func maskStatus(m *MaskSet, st *queue.Status) {
 		jobs[i] = j
 	}
 	st.Jobs = jobs
-	for i := range st.Artifacts {
-		st.Artifacts[i].Path = m.String(st.Artifacts[i].Path)
-	}
 	for i := range st.ArtifactsSkipped {
 		st.ArtifactsSkipped[i].Path = m.String(st.ArtifactsSkipped[i].Path)
 		st.ArtifactsSkipped[i].Reason = m.String(st.ArtifactsSkipped[i].Reason)
