@@ -3,6 +3,7 @@ package queue
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -146,7 +147,13 @@ func ParseRequestOptions(msg string) (RequestOptions, error) {
 	seen := map[string]bool{}
 	lines := strings.Split(msg, "\n")
 	for len(lines) > 0 && strings.TrimSpace(lines[0]) != "" {
-		lines = lines[1:] // the subject paragraph: free text, whatever it holds
+		// The subject paragraph: free text, but for a known option
+		// there (git tag -m "Env: staging"), which would otherwise be
+		// ignored without a word.
+		if k, _, ok := strings.Cut(lines[0], ":"); ok && slices.ContainsFunc(RequestOptionNames, func(n string) bool { return strings.EqualFold(n, k) }) {
+			return o, fmt.Errorf("request option %s is in the tag's subject line; options go after it, following a blank line (git tag -m 'refci request' -m '%s: ...')", k, k)
+		}
+		lines = lines[1:]
 	}
 	for _, line := range lines {
 		if strings.HasPrefix(line, "-----BEGIN PGP") || strings.HasPrefix(line, "-----BEGIN SSH SIGNATURE") {

@@ -404,6 +404,8 @@ func TestParseRequestOptions(t *testing.T) {
 		{"x\n\nEnv: \n", RequestOptions{}, []string{"Env", `""`}},
 		{"x\n\nColour: blue\n", RequestOptions{}, []string{"Colour", `"blue"`, "unknown", "Env, Timeout"}},
 		{"Fix: the subject\n", RequestOptions{}, nil},
+		{"Env: staging\n", RequestOptions{}, []string{"Env", "subject line", "blank line"}},
+		{"timeout: 5m\n\nEnv: a\n", RequestOptions{}, []string{"timeout", "subject line"}},
 		{"Release: 1.2\nstill the subject: yes\n\nTimeout: 1m\n", RequestOptions{Timeout: time.Minute}, nil},
 		{"x\n\nsome text\n\nFix: in the body\n", RequestOptions{}, []string{"Fix", "unknown"}},
 		{"x\n\nEnv: a\n\nSigned-off-by: A <a@example.com>\n", RequestOptions{}, []string{"Signed-off-by", "unknown"}},
