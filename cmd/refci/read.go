@@ -182,8 +182,7 @@ func cmdVerify(_ context.Context, e *env, args []string) int {
 	}
 	// Every commit of the snapshot chain is signed by a trusted key and
 	// says what the ref says; all name the same request and attempt.
-	var st *queue.Status          // the run's newest commit's status
-	var headSigner secrets.Signer // who signed it
+	var st *queue.Status // the run's newest commit's status
 	n := 0
 	for h := rr.Commit; h != gitproto.ZeroHash; {
 		c, err := repo.Commit(h)
@@ -212,9 +211,15 @@ func cmdVerify(_ context.Context, e *env, args []string) int {
 				rr.Run, h.String()[:12], render.Safe(s.Request), s.Attempt, render.Safe(st.Request), st.Attempt)
 			return exitFailed
 		}
+		if !strings.EqualFold(signer.Fingerprint, s.Worker) {
+			// status.json names the worker; every commit's signature
+			// must agree, or another trusted key wrote part of the run.
+			e.errorf("run %s: commit %s: status.json names worker %s but the commit is signed by %s", rr.Run, h.String()[:12], s.Worker, signer.Fingerprint)
+			return exitFailed
+		}
 		fmt.Fprintf(e.stdout, "good signature on %s by %s (%s)\n", h.String()[:12], render.Safe(signer.UserID), signer.Fingerprint)
 		if n == 0 {
-			st, headSigner = s, signer
+			st = s
 		}
 		n++
 		if len(c.ParentHashes) > 1 {
@@ -225,11 +230,6 @@ func cmdVerify(_ context.Context, e *env, args []string) int {
 		if len(c.ParentHashes) == 1 {
 			h = c.ParentHashes[0]
 		}
-	}
-	if !strings.EqualFold(headSigner.Fingerprint, st.Worker) {
-		// status.json names the worker; the signature must agree.
-		e.errorf("run %s: status.json names worker %s but the commit is signed by %s", rr.Run, st.Worker, headSigner.Fingerprint)
-		return exitFailed
 	}
 	if rr.Future {
 		e.errorf("run %s is dated in the future (its worker's clock is wrong, or its id was forged): it is never taken for the latest", rr.Run)
