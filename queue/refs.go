@@ -93,6 +93,10 @@ func NewRunID(now time.Time) string {
 	return now.UTC().Format("20060102T150405.000Z") + "-" + hex.EncodeToString(b[:])
 }
 
+// IsObjectID reports whether s is a full lower-case hex object id (SHA-1
+// or SHA-256), as the target of a run ref is.
+func IsObjectID(s string) bool { return isHexID(s) }
+
 func isHexID(s string) bool {
 	if len(s) != 40 && len(s) != 64 {
 		return false

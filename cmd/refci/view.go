@@ -687,7 +687,7 @@ func (b *siteBuilder) writeLists(root *os.Root, man siteManifest, targets, reque
 		}
 	}
 	for t := range targets {
-		if !isObjectID(t) {
+		if !queue.IsObjectID(t) {
 			continue // not from a run ref: not a file name
 		}
 		name := "commits/" + t + ".html"
@@ -725,20 +725,6 @@ func (b *siteBuilder) writeLists(root *os.Root, man siteManifest, targets, reque
 		}
 	}
 	return nil
-}
-
-// isObjectID reports whether s is a full lower-case hex object id, as
-// the target of a run ref is.
-func isObjectID(s string) bool {
-	if len(s) != 40 && len(s) != 64 {
-		return false
-	}
-	for _, c := range s {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // tmpSuffix names a temporary file or directory in the site.
