@@ -90,3 +90,33 @@ func TestImportRules(t *testing.T) {
 func inTree(rel, dir string) bool {
 	return rel == dir || strings.HasPrefix(rel, dir+"/")
 }
+
+// TestGoGitStaysInGitproto checks that only the gitproto tree imports
+// go-git, in its code and its tests: everything else reads git through
+// gitproto's own types.
+func TestGoGitStaysInGitproto(t *testing.T) {
+	const mod = "refci.dev/refci/"
+	out, err := exec.Command("go", "list", "-json=ImportPath,Imports,TestImports,XTestImports", "./...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for dec.More() {
+		var p struct {
+			ImportPath                         string
+			Imports, TestImports, XTestImports []string
+		}
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := strings.CutPrefix(p.ImportPath, mod)
+		if inTree(rel, "gitproto") {
+			continue
+		}
+		for _, imp := range append(append(p.Imports, p.TestImports...), p.XTestImports...) {
+			if strings.HasPrefix(imp, "github.com/go-git/") {
+				t.Errorf("%s imports %s: only gitproto may use go-git", p.ImportPath, imp)
+			}
+		}
+	}
+}

@@ -28,9 +28,9 @@ type CheckoutStats struct {
 // decides whether to follow them).
 func (r *Repo) Checkout(commit Hash, dir string) (CheckoutStats, error) {
 	var st CheckoutStats
-	c, err := r.Commit(commit)
+	c, err := object.GetCommit(r.st, ph(commit))
 	if err != nil {
-		return st, err
+		return st, fmt.Errorf("commit %s: %w", commit, err)
 	}
 	tree, err := c.Tree()
 	if err != nil {

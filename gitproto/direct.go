@@ -194,7 +194,7 @@ func (r *Remote) pushDirect(ctx context.Context, gitDir string, updates []RefUpd
 		case cur != u.Old:
 			res.Stale, res.Message = true, "stale info"
 			res.Detail = fmt.Sprintf("%s is at %s on the remote, not at %s", u.Name, orNone(cur), orNone(u.Old))
-		case u.New != ZeroHash && cache.st.HasEncodedObject(u.New) != nil:
+		case u.New != ZeroHash && cache.st.HasEncodedObject(ph(u.New)) != nil:
 			res.Message = "missing object"
 			res.Detail = fmt.Sprintf("object %s is not in the cache %s", u.New, r.Cache)
 		default:
@@ -311,7 +311,7 @@ func (r *Remote) sendObjects(ctx context.Context, cache *Repo, gitDir string, up
 		if u.New != ZeroHash {
 			wants = append(wants, u.New)
 		}
-		if u.Old != ZeroHash && cache.st.HasEncodedObject(u.Old) == nil {
+		if u.Old != ZeroHash && cache.st.HasEncodedObject(ph(u.Old)) == nil {
 			fmt.Fprintf(&revs, "^%s\n", u.Old)
 			haves = append(haves, u.Old)
 		}
@@ -531,7 +531,7 @@ func (r *Remote) fetchDirect(ctx context.Context, gitDir string, there, have map
 			continue
 		}
 		changes[name] = h
-		if !wanted[h] && cache.st.HasEncodedObject(h) != nil {
+		if !wanted[h] && cache.st.HasEncodedObject(ph(h)) != nil {
 			wanted[h] = true
 			wants = append(wants, h)
 		}
@@ -554,7 +554,7 @@ func (r *Remote) fetchDirect(ctx context.Context, gitDir string, there, have map
 		// a target: each value once.
 		bound := map[Hash]bool{}
 		for _, h := range have {
-			if !wanted[h] && !bound[h] && target.st.HasEncodedObject(h) == nil {
+			if !wanted[h] && !bound[h] && target.st.HasEncodedObject(ph(h)) == nil {
 				bound[h] = true
 				fmt.Fprintf(&revs, "^%s\n", h)
 			}

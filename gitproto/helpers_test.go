@@ -11,8 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/go-git/go-git/v5/plumbing"
 )
 
 // gitHome is a private HOME for every git the tests run, so the user's
@@ -151,10 +149,10 @@ func openRepo(t testing.TB, dir string) *Repo {
 
 func mustHash(t testing.TB, s string) Hash {
 	t.Helper()
-	if !plumbing.IsHash(s) {
+	if !IsHash(s) {
 		t.Fatalf("%q is not an object id", s)
 	}
-	return plumbing.NewHash(s)
+	return NewHash(s)
 }
 
 // fsckStrict asserts that git fsck --strict finds nothing wrong. Dangling

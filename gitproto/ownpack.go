@@ -45,14 +45,14 @@ var errNotOwnPack = errors.New("not a pack for this process")
 // duplicate in a pack is harmless, a missing object is not. It returns
 // errNotOwnPack when the walk is not one for this process.
 func ownPackObjects(r *Repo, wants, haves []Hash) ([]plumbing.Hash, error) {
-	have := make(map[Hash]bool, len(haves))
+	have := make(map[plumbing.Hash]bool, len(haves))
 	for _, h := range haves {
-		have[h] = true
+		have[ph(h)] = true
 	}
-	seen := map[Hash]bool{}
+	seen := map[plumbing.Hash]bool{}
 	var out []plumbing.Hash
 	var bytes int64
-	add := func(h Hash) (bool, error) {
+	add := func(h plumbing.Hash) (bool, error) {
 		if seen[h] {
 			return false, nil
 		}
@@ -70,8 +70,8 @@ func ownPackObjects(r *Repo, wants, haves []Hash) ([]plumbing.Hash, error) {
 		out = append(out, h)
 		return true, nil
 	}
-	var walkTree func(h Hash) error
-	walkTree = func(h Hash) error {
+	var walkTree func(h plumbing.Hash) error
+	walkTree = func(h plumbing.Hash) error {
 		if fresh, err := add(h); !fresh || err != nil {
 			return err
 		}
@@ -95,7 +95,10 @@ func ownPackObjects(r *Repo, wants, haves []Hash) ([]plumbing.Hash, error) {
 		}
 		return nil
 	}
-	stack := append([]Hash(nil), wants...)
+	stack := make([]plumbing.Hash, 0, len(wants))
+	for _, h := range wants {
+		stack = append(stack, ph(h))
+	}
 	for len(stack) > 0 {
 		h := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]

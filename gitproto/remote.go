@@ -658,7 +658,7 @@ func (r *Remote) ListRemote(ctx context.Context, prefixes ...string) (map[string
 			continue
 		}
 		id, name, ok := strings.Cut(line, "\t")
-		if !ok || !plumbing.IsHash(id) {
+		if !ok || !IsHash(id) {
 			return nil, &RemoteError{Kind: KindOther, URL: r.URL, Op: "ls-remote", Err: fmt.Errorf("cannot parse git ls-remote output line %q", line)}
 		}
 		match := len(prefixes) == 0
@@ -669,7 +669,7 @@ func (r *Remote) ListRemote(ctx context.Context, prefixes ...string) (map[string
 			}
 		}
 		if match {
-			refs[name] = plumbing.NewHash(id)
+			refs[name] = NewHash(id)
 		}
 	}
 	return refs, nil

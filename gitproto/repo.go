@@ -34,12 +34,6 @@ import (
 	"github.com/go-git/go-git/v5/storage/filesystem"
 )
 
-// Hash is a git object id.
-type Hash = plumbing.Hash
-
-// ZeroHash is the all-zero object id, meaning "no object".
-var ZeroHash = plumbing.ZeroHash
-
 // Errors callers branch on.
 var (
 	ErrNoCommits  = errors.New("the repository has no commits yet")
@@ -398,7 +392,13 @@ func (r *Repo) GitDir() string { return r.commonDir }
 func (r *Repo) WorkTree() string { return r.workTree }
 
 // Tag reads the annotated tag object h.
-func (r *Repo) Tag(h Hash) (*object.Tag, error) { return object.GetTag(r.st, h) }
+func (r *Repo) Tag(h Hash) (*Tag, error) {
+	t, err := object.GetTag(r.st, ph(h))
+	if err != nil {
+		return nil, err
+	}
+	return tagOf(t), nil
+}
 
 // ResolveCommit resolves rev (HEAD, a branch, a tag, an annotated tag or a
 // tag of a tag, a full or abbreviated object id, or an expression such as
@@ -418,9 +418,9 @@ func (r *Repo) resolveObject(rev string) (Hash, error) {
 	}
 	// A full object id means that object, even if a ref has the same
 	// name (git does the same and warns).
-	if plumbing.IsHash(rev) {
-		h := plumbing.NewHash(rev)
-		if _, err := r.st.EncodedObject(plumbing.AnyObject, h); err == nil {
+	if IsHash(rev) {
+		h := NewHash(rev)
+		if _, err := r.st.EncodedObject(plumbing.AnyObject, ph(h)); err == nil {
 			return h, nil
 		}
 	}
@@ -437,9 +437,9 @@ func (r *Repo) resolveObject(rev string) (Hash, error) {
 			return ZeroHash, fmt.Errorf("HEAD points at %s, which has no commits: %w; commit something first", strings.TrimPrefix(unborn, "refs/heads/"), ErrNoCommits)
 		}
 	}
-	if plumbing.IsHash(rev) {
-		h := plumbing.NewHash(rev)
-		if _, err := r.st.EncodedObject(plumbing.AnyObject, h); err == nil {
+	if IsHash(rev) {
+		h := NewHash(rev)
+		if _, err := r.st.EncodedObject(plumbing.AnyObject, ph(h)); err == nil {
 			return h, nil
 		}
 		return ZeroHash, fmt.Errorf("%s: %w: no such object in this repository", rev, ErrUnknownRev)
@@ -458,17 +458,17 @@ func (r *Repo) resolveObject(rev string) (Hash, error) {
 				if st.n == 0 {
 					continue
 				}
-				if st.n > len(c.ParentHashes) {
+				if st.n > len(c.Parents) {
 					return ZeroHash, fmt.Errorf("%s: %w: %s has no parent %d", rev, ErrUnknownRev, h.String()[:12], st.n)
 				}
-				h = c.ParentHashes[st.n-1]
+				h = c.Parents[st.n-1]
 				continue
 			}
 			for i := 0; i < st.n; i++ {
-				if len(c.ParentHashes) == 0 {
+				if len(c.Parents) == 0 {
 					return ZeroHash, fmt.Errorf("%s: %w: the history is shorter than that", rev, ErrUnknownRev)
 				}
-				h = c.ParentHashes[0]
+				h = c.Parents[0]
 				if c, err = r.Commit(h); err != nil {
 					return ZeroHash, err
 				}
@@ -479,8 +479,8 @@ func (r *Repo) resolveObject(rev string) (Hash, error) {
 	if isHexPrefix(rev) {
 		// An abbreviated id: let git expand it (go-git only expands commits).
 		out, err := exec.Command("git", "--git-dir", r.commonDir, "rev-parse", "--verify", "--quiet", rev).Output()
-		if err == nil && plumbing.IsHash(strings.TrimSpace(string(out))) {
-			return plumbing.NewHash(strings.TrimSpace(string(out))), nil
+		if err == nil && IsHash(strings.TrimSpace(string(out))) {
+			return NewHash(strings.TrimSpace(string(out))), nil
 		}
 	}
 	return ZeroHash, fmt.Errorf("%s: %w (give a branch, tag or commit id)", rev, ErrUnknownRev)
@@ -538,7 +538,7 @@ func isHexPrefix(s string) bool {
 
 func (r *Repo) peelToCommit(rev string, h Hash) (Hash, error) {
 	for depth := 0; depth < 10; depth++ {
-		obj, err := r.st.EncodedObject(plumbing.AnyObject, h)
+		obj, err := r.st.EncodedObject(plumbing.AnyObject, ph(h))
 		if err != nil {
 			return ZeroHash, fmt.Errorf("%s: %w: object %s is missing", rev, ErrUnknownRev, h)
 		}
@@ -550,7 +550,7 @@ func (r *Repo) peelToCommit(rev string, h Hash) (Hash, error) {
 			if err != nil {
 				return ZeroHash, fmt.Errorf("%s: read tag %s: %w", rev, h, err)
 			}
-			h = tag.Target
+			h = Hash(tag.Target)
 		default:
 			return ZeroHash, fmt.Errorf("%s is a %s, %w; give a branch, tag or commit", rev, obj.Type(), ErrNotCommit)
 		}
@@ -560,7 +560,7 @@ func (r *Repo) peelToCommit(rev string, h Hash) (Hash, error) {
 
 // ObjectType returns the type of object h ("commit", "tree", "blob", "tag").
 func (r *Repo) ObjectType(h Hash) (string, error) {
-	obj, err := r.st.EncodedObject(plumbing.AnyObject, h)
+	obj, err := r.st.EncodedObject(plumbing.AnyObject, ph(h))
 	if err != nil {
 		if errors.Is(err, plumbing.ErrObjectNotFound) {
 			return "", fmt.Errorf("object %s: %w", h, ErrNotFound)
@@ -571,12 +571,12 @@ func (r *Repo) ObjectType(h Hash) (string, error) {
 }
 
 // Commit reads commit h.
-func (r *Repo) Commit(h Hash) (*object.Commit, error) {
-	c, err := object.GetCommit(r.st, h)
+func (r *Repo) Commit(h Hash) (*Commit, error) {
+	c, err := object.GetCommit(r.st, ph(h))
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", h, err)
 	}
-	return c, nil
+	return commitOf(c), nil
 }
 
 // ReadFile reads the file at path in commit h's tree. A missing file
@@ -592,22 +592,11 @@ func (r *Repo) ReadFile(commit Hash, path string) ([]byte, error) {
 
 // OpenFile opens the file at path in commit h's tree for streaming.
 func (r *Repo) OpenFile(commit Hash, path string) (io.ReadCloser, error) {
-	c, err := r.Commit(commit)
+	t, err := r.TreeOf(commit)
 	if err != nil {
 		return nil, err
 	}
-	tree, err := c.Tree()
-	if err != nil {
-		return nil, fmt.Errorf("tree of %s: %w", commit, err)
-	}
-	f, err := tree.File(path)
-	if err != nil {
-		if errors.Is(err, object.ErrFileNotFound) || errors.Is(err, object.ErrDirectoryNotFound) {
-			return nil, fmt.Errorf("%s in %s: %w", path, commit.String()[:12], ErrNotFound)
-		}
-		return nil, fmt.Errorf("%s in %s: %w", path, commit, err)
-	}
-	return f.Reader()
+	return t.Open(path)
 }
 
 // Ref is one reference and the object it points to.
@@ -748,8 +737,8 @@ func packedRefLookup(data []byte, name string) (Hash, bool) {
 			return ZeroHash, false
 		}
 		i += off
-		if start := i - 40; start >= 0 && (start == 0 || data[start-1] == '\n') && plumbing.IsHash(string(data[start:i])) {
-			return plumbing.NewHash(string(data[start:i])), true
+		if start := i - 40; start >= 0 && (start == 0 || data[start-1] == '\n') && IsHash(string(data[start:i])) {
+			return NewHash(string(data[start:i])), true
 		}
 		off = i + 1
 	}
@@ -789,10 +778,10 @@ func readLooseRef(p string) (Hash, error) {
 		return ZeroHash, err
 	}
 	s := strings.TrimSpace(string(b))
-	if !plumbing.IsHash(s) {
+	if !IsHash(s) {
 		return ZeroHash, nil
 	}
-	return plumbing.NewHash(s), nil
+	return NewHash(s), nil
 }
 
 func readPackedRefs(path, prefix string, into map[string]Hash) error {
@@ -812,15 +801,12 @@ func readPackedRefs(path, prefix string, into map[string]Hash) error {
 			continue
 		}
 		hexID, name, ok := strings.Cut(line, " ")
-		if ok && strings.HasPrefix(name, prefix) && plumbing.IsHash(hexID) {
-			into[name] = plumbing.NewHash(hexID)
+		if ok && strings.HasPrefix(name, prefix) && IsHash(hexID) {
+			into[name] = NewHash(hexID)
 		}
 	}
 	return sc.Err()
 }
-
-// NewHash parses a hex object id (the zero id for anything else).
-func NewHash(s string) Hash { return plumbing.NewHash(s) }
 
 // resolveRef follows a ref (HEAD, or a name under refs/) through symbolic
 // refs to an object id. For a symbolic ref pointing at a ref that does not
@@ -847,8 +833,8 @@ func (r *Repo) resolveRef(name string) (h Hash, unborn string, err error) {
 			name = target
 			continue
 		}
-		if plumbing.IsHash(content) {
-			return plumbing.NewHash(content), "", nil
+		if IsHash(content) {
+			return NewHash(content), "", nil
 		}
 		return ZeroHash, "", fmt.Errorf("ref %s: unreadable content", name)
 	}

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/filemode"
@@ -69,7 +68,7 @@ func (r *Repo) writeStream(t plumbing.ObjectType, size int64, src io.Reader) (Ha
 		}
 		hasher := plumbing.NewHasher(t, size)
 		hasher.Write(data)
-		h := hasher.Sum()
+		h := Hash(hasher.Sum())
 		hex := h.String()
 		final := filepath.Join(objects, hex[:2], hex[2:])
 		if _, err := os.Stat(final); err == nil {
@@ -101,7 +100,7 @@ func (r *Repo) writeStream(t plumbing.ObjectType, size int64, src io.Reader) (Ha
 		if err == nil {
 			err = w.Close()
 		}
-		h = w.Hash()
+		h = Hash(w.Hash())
 		hex := h.String()
 		return filepath.Join(objects, hex[:2], hex[2:]), err
 	})
@@ -209,14 +208,14 @@ func (r *Repo) WriteTree(files []TreeFile) (Hash, error) {
 			if f.Executable {
 				mode = filemode.Executable
 			}
-			t.Entries = append(t.Entries, object.TreeEntry{Name: name, Mode: mode, Hash: f.Hash})
+			t.Entries = append(t.Entries, object.TreeEntry{Name: name, Mode: mode, Hash: ph(f.Hash)})
 		}
 		for name, sub := range d.dirs {
 			h, err := write(sub)
 			if err != nil {
 				return ZeroHash, err
 			}
-			t.Entries = append(t.Entries, object.TreeEntry{Name: name, Mode: filemode.Dir, Hash: h})
+			t.Entries = append(t.Entries, object.TreeEntry{Name: name, Mode: filemode.Dir, Hash: ph(h)})
 		}
 		sort.Sort(object.TreeEntrySorter(t.Entries)) // git's order: directories sort as name + "/"
 		obj := r.st.NewEncodedObject()
@@ -232,9 +231,6 @@ func (r *Repo) WriteTree(files []TreeFile) (Hash, error) {
 	return h, nil
 }
 
-// Signature is an author or committer identity.
-type Signature = object.Signature
-
 // CommitSpec describes a commit to write.
 type CommitSpec struct {
 	Tree    Hash
@@ -249,12 +245,16 @@ type SignFunc func(message []byte) (string, error)
 // WriteCommit writes a commit, signed when sign is not nil. The signature
 // covers the commit exactly as git verify-commit checks it.
 func (r *Repo) WriteCommit(spec CommitSpec, sign SignFunc) (Hash, error) {
+	parents := make([]plumbing.Hash, len(spec.Parents))
+	for i, p := range spec.Parents {
+		parents[i] = ph(p)
+	}
 	c := &object.Commit{
-		Author:       spec.Author,
-		Committer:    spec.Author,
+		Author:       spec.Author.goGit(),
+		Committer:    spec.Author.goGit(),
 		Message:      spec.Message,
-		TreeHash:     spec.Tree,
-		ParentHashes: spec.Parents,
+		TreeHash:     ph(spec.Tree),
+		ParentHashes: parents,
 	}
 	if sign != nil {
 		unsigned := r.st.NewEncodedObject()
@@ -285,11 +285,6 @@ func (r *Repo) WriteCommit(spec CommitSpec, sign SignFunc) (Hash, error) {
 		return ZeroHash, fmt.Errorf("write commit: %w", err)
 	}
 	return h, nil
-}
-
-// NewSignature is a helper for commit identities.
-func NewSignature(name, email string, when time.Time) Signature {
-	return Signature{Name: name, Email: email, When: when}
 }
 
 // CreateRef creates ref name pointing at h. It fails with ErrRefExists if
@@ -384,13 +379,6 @@ func sortRefs(refs []Ref) {
 	sort.Slice(refs, func(i, j int) bool { return refs[i].Name < refs[j].Name })
 }
 
-// SignedPayload returns what a commit's signature covers (the commit
-// without its gpgsig header) and the armored signature ("" if unsigned).
-func SignedPayload(c *object.Commit) ([]byte, string, error) {
-	b, err := encodeBytes(c.EncodeWithoutSignature)
-	return b, c.PGPSignature, err
-}
-
 // encodeBytes returns what an object encoder writes.
 func encodeBytes(encode func(plumbing.EncodedObject) error) ([]byte, error) {
 	o := &plumbing.MemoryObject{}
@@ -428,12 +416,4 @@ func (r *Repo) checkNameConflict(name string) error {
 		return fmt.Errorf("%w: it would clash with %s", ErrRefExists, other)
 	}
 	return nil
-}
-
-// TagSignedPayload returns what an annotated tag's signature covers (the
-// tag without its signature) and the armored signature ("" if unsigned),
-// as `git verify-tag` checks it.
-func TagSignedPayload(t *object.Tag) ([]byte, string, error) {
-	b, err := encodeBytes(t.EncodeWithoutSignature)
-	return b, t.PGPSignature, err
 }

@@ -708,10 +708,10 @@ func sortedMap(m map[string]gitproto.Hash) func(func(string, gitproto.Hash) bool
 func claimBefore(repo *gitproto.Repo, old, ours gitproto.Hash) bool {
 	for h, i := ours, 0; i < 1000; i++ {
 		c, err := repo.Commit(h)
-		if err != nil || len(c.ParentHashes) == 0 {
+		if err != nil || len(c.Parents) == 0 {
 			return false
 		}
-		if h = c.ParentHashes[0]; h == old {
+		if h = c.Parents[0]; h == old {
 			return true
 		}
 	}

@@ -7,9 +7,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/go-git/go-git/v5/plumbing/filemode"
-	"github.com/go-git/go-git/v5/plumbing/object"
-
+	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 )
 
@@ -18,7 +16,7 @@ import (
 // (nil when the repository has no such commit), whose subject and author
 // the page shows as untrusted text. cmd/refci passes render.HTML; worker
 // does not import render (imports_test.go).
-type PageFunc func(st *queue.Status, log []byte, jobLogs map[string][]byte, target *object.Commit) ([]byte, error)
+type PageFunc func(st *queue.Status, log []byte, jobLogs map[string][]byte, target *gitproto.Commit) ([]byte, error)
 
 // A repository's own viewer: .refci/viewer/ of the tested commit.
 const (
@@ -100,25 +98,17 @@ var reserved = map[string]bool{queue.StatusFile: true, queue.LogFile: true, queu
 // take for .git are left out; files over 5 MiB, more than 20 MiB or 500
 // files in all are refused as a whole.
 func (r *run) viewerFiles() ([]resultFile, error) {
-	c, err := r.spec.Repo.Commit(r.spec.Target)
-	if err != nil {
+	if _, err := r.spec.Repo.Commit(r.spec.Target); err != nil {
 		return nil, nil // not a commit: the run ended in error already
 	}
-	tree, err := c.Tree()
-	if err != nil {
-		return nil, err
-	}
-	sub, err := tree.Tree(ViewerDir)
-	if errors.Is(err, object.ErrDirectoryNotFound) || errors.Is(err, object.ErrFileNotFound) {
-		return nil, nil
-	}
+	tree, err := r.spec.Repo.TreeOf(r.spec.Target)
 	if err != nil {
 		return nil, err
 	}
 	var out []resultFile
 	total := int64(0)
-	err = sub.Files().ForEach(func(f *object.File) error {
-		if f.Mode != filemode.Regular && f.Mode != filemode.Executable {
+	err = tree.Files(ViewerDir, func(f *gitproto.File) error {
+		if !f.Regular {
 			return nil
 		}
 		top, _, _ := strings.Cut(f.Name, "/")
@@ -131,7 +121,7 @@ func (r *run) viewerFiles() ([]resultFile, error) {
 		if total += f.Size; total > viewerTotalCap || len(out) >= viewerMaxFiles {
 			return fmt.Errorf("over the cap of %d bytes or %d files", viewerTotalCap, viewerMaxFiles)
 		}
-		rd, err := f.Reader()
+		rd, err := f.Open()
 		if err != nil {
 			return err
 		}
@@ -143,6 +133,9 @@ func (r *run) viewerFiles() ([]resultFile, error) {
 		out = append(out, resultFile{path: f.Name, data: b})
 		return nil
 	})
+	if errors.Is(err, gitproto.ErrNotFound) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -514,10 +514,10 @@ func (w *Worker) reconcile(ctx context.Context, rem *gitproto.Remote, e *outboxE
 		if err != nil {
 			break
 		}
-		if len(c.ParentHashes) == 0 {
+		if len(c.Parents) == 0 {
 			break
 		}
-		h = c.ParentHashes[0]
+		h = c.Parents[0]
 		if h == cur {
 			e.Pushed = cur.String()
 			return true, nil

@@ -53,11 +53,7 @@ type envTree struct {
 
 // readEnvTree reads the environment stored in commit.
 func readEnvTree(repo *gitproto.Repo, commit gitproto.Hash) (*envTree, error) {
-	c, err := repo.Commit(commit)
-	if err != nil {
-		return nil, err
-	}
-	tree, err := c.Tree()
+	tree, err := repo.TreeOf(commit)
 	if err != nil {
 		return nil, err
 	}
@@ -80,25 +76,23 @@ func readEnvTree(repo *gitproto.Repo, commit gitproto.Hash) (*envTree, error) {
 	} else if !errors.Is(err, gitproto.ErrNotFound) {
 		return nil, fmt.Errorf("%s: %w", envPolicyFile, err)
 	}
-	for _, e := range tree.Entries {
-		if e.Name != envValuesDir {
+	entries, err := tree.List(envValuesDir)
+	if errors.Is(err, gitproto.ErrNotFound) {
+		return t, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range entries {
+		name, ok := strings.CutSuffix(v, ".asc")
+		if !ok || secrets.ValidateName(name) != nil {
 			continue
 		}
-		sub, err := tree.Tree(envValuesDir)
+		b, err := tree.ReadFile(envValuesDir + "/" + v)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", envValuesDir, err)
+			return nil, err
 		}
-		for _, v := range sub.Entries {
-			name, ok := strings.CutSuffix(v.Name, ".asc")
-			if !ok || secrets.ValidateName(name) != nil {
-				continue
-			}
-			b, err := repo.ReadFile(commit, envValuesDir+"/"+v.Name)
-			if err != nil {
-				return nil, err
-			}
-			t.values[name] = b
-		}
+		t.values[name] = b
 	}
 	return t, nil
 }
@@ -157,7 +151,7 @@ func verifyEnvCommit(repo *gitproto.Repo, env string, commit gitproto.Hash, admi
 	if err != nil {
 		return secrets.Signer{}, fmt.Errorf("environment %s: %w", env, err)
 	}
-	if len(c.ParentHashes) > 1 {
+	if len(c.Parents) > 1 {
 		return secrets.Signer{}, fmt.Errorf("environment %s: commit %.12s is a merge; refci writes environments as a straight line of admin-signed commits", env, commit)
 	}
 	payload, sig, err := gitproto.SignedPayload(c)
@@ -178,18 +172,7 @@ func verifyEnvCommit(repo *gitproto.Repo, env string, commit gitproto.Hash, admi
 
 // isAncestor reports whether a is b or an ancestor of b.
 func isAncestor(repo *gitproto.Repo, a, b gitproto.Hash) (bool, error) {
-	if a == b {
-		return true, nil
-	}
-	ca, err := repo.Commit(a)
-	if err != nil {
-		return false, err
-	}
-	cb, err := repo.Commit(b)
-	if err != nil {
-		return false, err
-	}
-	return ca.IsAncestor(cb)
+	return repo.IsAncestor(a, b)
 }
 
 // envOpener is the worker.SecretsFunc of refci worker and refci run.

@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/go-git/go-git/v5/plumbing/object"
-
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/render"
@@ -222,13 +220,13 @@ func cmdVerify(_ context.Context, e *env, args []string) int {
 			st = s
 		}
 		n++
-		if len(c.ParentHashes) > 1 {
-			e.errorf("run %s: commit %s has %d parents; result commits have at most one", rr.Run, h.String()[:12], len(c.ParentHashes))
+		if len(c.Parents) > 1 {
+			e.errorf("run %s: commit %s has %d parents; result commits have at most one", rr.Run, h.String()[:12], len(c.Parents))
 			return exitFailed
 		}
 		h = gitproto.ZeroHash
-		if len(c.ParentHashes) == 1 {
-			h = c.ParentHashes[0]
+		if len(c.Parents) == 1 {
+			h = c.Parents[0]
 		}
 	}
 	if rr.Future {
@@ -239,7 +237,7 @@ func cmdVerify(_ context.Context, e *env, args []string) int {
 }
 
 // verifyCommit checks a commit's gpgsig against the keyring.
-func verifyCommit(kr secrets.Keyring, c *object.Commit) (secrets.Signer, error) {
+func verifyCommit(kr secrets.Keyring, c *gitproto.Commit) (secrets.Signer, error) {
 	payload, sig, err := gitproto.SignedPayload(c)
 	if err != nil {
 		return secrets.Signer{}, err

@@ -439,10 +439,10 @@ func (c *secretsCmd) lastChange(t *envTree) (map[string]*commitInfo, error) {
 			}
 		}
 		prev, prevInfo = cur.values, info
-		if len(cm.ParentHashes) == 0 {
+		if len(cm.Parents) == 0 {
 			break
 		}
-		h = cm.ParentHashes[0]
+		h = cm.Parents[0]
 	}
 	for name := range prev {
 		if _, done := out[name]; !done {
@@ -504,10 +504,10 @@ func secretsHistory(e *env, args []string) int {
 		}
 		subject := strings.TrimPrefix(strings.SplitN(cm.Message, "\n", 2)[0], "refci secrets: ")
 		fmt.Fprintf(e.stdout, "%.12s  %s  %s <%s>  %s\n", h, cm.Author.When.UTC().Format("2006-01-02 15:04:05 UTC"), cm.Author.Name, cm.Author.Email, subject)
-		if len(cm.ParentHashes) == 0 {
+		if len(cm.Parents) == 0 {
 			break
 		}
-		h = cm.ParentHashes[0]
+		h = cm.Parents[0]
 	}
 	return exitOK
 }

@@ -21,8 +21,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-git/go-git/v5/plumbing/object"
-
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/render"
@@ -31,7 +29,7 @@ import (
 
 // renderPage is the worker's page hook: index.html of each result tree.
 // The target commit's subject and author are shown, escaped.
-func renderPage(st *queue.Status, log []byte, jobLogs map[string][]byte, target *object.Commit) ([]byte, error) {
+func renderPage(st *queue.Status, log []byte, jobLogs map[string][]byte, target *gitproto.Commit) ([]byte, error) {
 	var o render.HTMLOptions
 	if target != nil {
 		c := render.CommitInfoOf(target.Message, target.Author.Name, target.Author.When)
@@ -208,7 +206,7 @@ func keysID(kr secrets.Keyring) string {
 // Only the commit at the run ref is checked, not the snapshots before
 // it: the site shows that commit's tree alone, and its signature covers
 // its tree and message (refci verify walks the whole chain).
-func verdictOf(kr secrets.Keyring, ref string, c *object.Commit, st *queue.Status) render.Verdict {
+func verdictOf(kr secrets.Keyring, ref string, c *gitproto.Commit, st *queue.Status) render.Verdict {
 	if err := st.Validate(); err != nil {
 		return render.Verdict{Kind: render.VerdictInvalid, Why: err.Error()}
 	}
@@ -516,22 +514,11 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, 
 	if err != nil {
 		return render.RunSummary{}, err
 	}
-	tree, err := c.Tree()
+	tree, err := repo.TreeOf(commit)
 	if err != nil {
-		return render.RunSummary{}, fmt.Errorf("tree of %s: %w", commit, err)
+		return render.RunSummary{}, err
 	}
-	read := func(p string) ([]byte, error) {
-		f, err := tree.File(p)
-		if err != nil {
-			return nil, err
-		}
-		rd, err := f.Reader()
-		if err != nil {
-			return nil, err
-		}
-		defer rd.Close()
-		return io.ReadAll(rd)
-	}
+	read := tree.ReadFile
 	rawStatus, err := read(queue.StatusFile)
 	if err != nil {
 		return render.RunSummary{}, fmt.Errorf("result %s: %s: %w", commit.String()[:12], queue.StatusFile, err)
