@@ -875,17 +875,10 @@ func (r *Remote) gitCommand(ctx context.Context, secret *string, args ...string)
 	return cmd
 }
 
-// environ is the environment of every git this Remote runs.
+// environ is the environment of every git this Remote runs: the
+// package's (see CLI), its Env and the credential helper of secret.
 func (r *Remote) environ(secret *string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if localEnvVars[k] || strings.HasPrefix(k, "GIT_CONFIG_KEY_") || strings.HasPrefix(k, "GIT_CONFIG_VALUE_") || k == "REFCI_GIT_PASSWORD" {
-			continue
-		}
-		env = append(env, kv)
-	}
-	env = append(env, "GIT_TERMINAL_PROMPT=0", "GCM_INTERACTIVE=never", "LC_ALL=C")
+	env := gitEnviron()
 	count := 0
 	for _, kv := range r.Env {
 		k, v, _ := strings.Cut(kv, "=")

@@ -13,12 +13,12 @@ package gitproto
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -478,9 +478,9 @@ func (r *Repo) resolveObject(rev string) (Hash, error) {
 	}
 	if isHexPrefix(rev) {
 		// An abbreviated id: let git expand it (go-git only expands commits).
-		out, err := exec.Command("git", "--git-dir", r.commonDir, "rev-parse", "--verify", "--quiet", rev).Output()
-		if err == nil && IsHash(strings.TrimSpace(string(out))) {
-			return NewHash(strings.TrimSpace(string(out))), nil
+		out, err := CLI{}.Run(context.Background(), "", "--git-dir", r.commonDir, "rev-parse", "--verify", "--quiet", rev)
+		if err == nil && IsHash(out) {
+			return NewHash(out), nil
 		}
 	}
 	return ZeroHash, fmt.Errorf("%s: %w (give a branch, tag or commit id)", rev, ErrUnknownRev)

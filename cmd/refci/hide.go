@@ -9,10 +9,10 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"refci.dev/refci/gitproto"
 	"refci.dev/refci/worker"
 )
 
@@ -212,8 +212,8 @@ func readOnlyPaths(e *env, exes []string, extra ...string) []string {
 			add(filepath.Dir(r))
 		}
 	}
-	if out, err := exec.Command("git", "--exec-path").Output(); err == nil {
-		add(strings.TrimSpace(string(out)))
+	if p := gitproto.ExecPath(); p != "" {
+		add(p)
 	}
 	for _, p := range extra {
 		add(p)

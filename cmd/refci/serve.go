@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -744,7 +743,8 @@ func (rc *receiver) onReceive(ctx context.Context, r *sshd.Receive) string {
 // the options and moves the request ref to it, only if the ref still
 // holds the pushed value.
 func tagRequest(ctx context.Context, repo, name, pushed, fp string, o queue.RequestOptions) (string, error) {
-	typ, err := gitIn(ctx, repo, "", "cat-file", "-t", pushed)
+	git := gitproto.CLI{Dir: repo, Env: gitproto.IsolatedConfig(repo)} // the served repository: not the operator's configuration
+	typ, err := git.Run(ctx, "", "cat-file", "-t", pushed)
 	if err != nil {
 		return "", err
 	}
@@ -752,29 +752,13 @@ func tagRequest(ctx context.Context, repo, name, pushed, fp string, o queue.Requ
 		return "", fmt.Errorf("the request is a %s, not a commit; put the options into its tag message instead", typ)
 	}
 	msg := queue.FormatRequestOptions("refci request "+name+" pushed over SSH by "+fp, o)
-	now := time.Now().Unix()
-	obj := fmt.Sprintf("object %s\ntype commit\ntag refci-request\ntagger refci serve <refci@localhost> %d +0000\n\n%s", pushed, now, msg)
-	tag, err := gitIn(ctx, repo, obj, "mktag")
+	tagger := fmt.Sprintf("refci serve <refci@localhost> %d +0000", time.Now().Unix())
+	tag, err := git.MakeTag(ctx, gitproto.TagSpec{Target: gitproto.NewHash(pushed), Name: "refci-request", Tagger: tagger, Message: msg})
 	if err != nil {
 		return "", err
 	}
-	if _, err := gitIn(ctx, repo, "", "update-ref", "-m", "refci: request options", queue.RequestRef(name), tag, pushed); err != nil {
+	if err := git.UpdateRef(ctx, queue.RequestRef(name), tag, gitproto.NewHash(pushed), "refci: request options"); err != nil {
 		return "", fmt.Errorf("the request changed meanwhile: %w", err)
 	}
-	return tag, nil
-}
-
-func gitIn(ctx context.Context, dir, stdin string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "git", args...)
-	cmd.Dir = dir
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null", "HOME=" + dir}
-	if stdin != "" {
-		cmd.Stdin = strings.NewReader(stdin)
-	}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("git %s: %v: %s", args[0], err, strings.TrimSpace(errb.String()))
-	}
-	return strings.TrimSpace(out.String()), nil
+	return tag.String(), nil
 }

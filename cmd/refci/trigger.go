@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -18,23 +16,6 @@ import (
 	"refci.dev/refci/queue"
 	"refci.dev/refci/render"
 )
-
-// gitCmd runs git in dir and returns its trimmed stdout; the error carries
-// git's stderr.
-func gitCmd(ctx context.Context, dir, stdin string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "git", args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0")
-	if stdin != "" {
-		cmd.Stdin = strings.NewReader(stdin)
-	}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("git %s: %s", args[0], strings.TrimSpace(errb.String()))
-	}
-	return strings.TrimSpace(out.String()), nil
-}
 
 func cmdTrigger(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "trigger")
@@ -53,6 +34,7 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 		e.errorf("%v", err)
 		return exitFor(err)
 	}
+	git := gitproto.CLI{Dir: dir}
 	rev := first(pos)
 	if rev == "" {
 		rev = "HEAD"
@@ -63,7 +45,7 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 		return exitFor(err)
 	}
 	if *name == "" {
-		branch, _ := gitCmd(ctx, dir, "", "symbolic-ref", "--short", "-q", "HEAD")
+		branch, _ := git.Run(ctx, "", "symbolic-ref", "--short", "-q", "HEAD")
 		if first(pos) != "" || branch == "" {
 			branch = "rev-" + target.String()[:12]
 		}
@@ -94,7 +76,7 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 		return exitInfra
 	}
 	ref := queue.RequestRef(*name)
-	if _, err := gitCmd(ctx, dir, "", "push", "--quiet", "--no-verify", *remote, "+"+obj+":"+ref); err != nil {
+	if _, err := git.Run(ctx, "", "push", "--quiet", "--no-verify", *remote, "+"+obj+":"+ref); err != nil {
 		e.errorf("trigger: pushing %s to %s failed: %v", ref, *remote, err)
 		return exitInfra
 	}
@@ -109,10 +91,11 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 // missingRemote says what is wrong when remote is a name (not a URL or a
 // path) that the repository has no remote of, and what to do; else "".
 func missingRemote(ctx context.Context, dir, remote string) string {
+	git := gitproto.CLI{Dir: dir}
 	if strings.ContainsAny(remote, ":/\\") || remote == "." {
 		return "" // a URL or a path: git says what is wrong with it
 	}
-	out, err := gitCmd(ctx, dir, "", "remote")
+	out, err := git.Run(ctx, "", "remote")
 	if err != nil {
 		return "" // git says it when pushing
 	}
@@ -140,20 +123,22 @@ func makeRequestTag(ctx context.Context, dir, target, name string, o queue.Reque
 	id := make([]byte, 8)
 	rand.Read(id)
 	msg := queue.FormatRequestOptions(fmt.Sprintf("refci request %s (id %x)", name, id), o)
-	if key, _ := gitCmd(ctx, dir, "", "config", "user.signingkey"); key != "" {
-		tmp := fmt.Sprintf("refci-request-%x", id)
-		if _, err := gitCmd(ctx, dir, msg, "tag", "-s", "-F", "-", tmp, target); err != nil {
-			return "", err
+	git := gitproto.CLI{Dir: dir}
+	var h gitproto.Hash
+	var err error
+	if key, _ := git.Run(ctx, "", "config", "user.signingkey"); key != "" {
+		h, err = git.SignTag(ctx, fmt.Sprintf("refci-request-%x", id), gitproto.NewHash(target), msg)
+	} else {
+		tagger, terr := git.Run(ctx, "", "var", "GIT_COMMITTER_IDENT")
+		if terr != nil {
+			tagger = fmt.Sprintf("refci trigger <refci@localhost> %d +0000", time.Now().Unix())
 		}
-		defer gitCmd(context.WithoutCancel(ctx), dir, "", "tag", "-d", tmp)
-		return gitCmd(ctx, dir, "", "rev-parse", "refs/tags/"+tmp)
+		h, err = git.MakeTag(ctx, gitproto.TagSpec{Target: gitproto.NewHash(target), Name: "refci-request", Tagger: tagger, Message: msg})
 	}
-	tagger, err := gitCmd(ctx, dir, "", "var", "GIT_COMMITTER_IDENT")
 	if err != nil {
-		tagger = fmt.Sprintf("refci trigger <refci@localhost> %d +0000", time.Now().Unix())
+		return "", err
 	}
-	obj := fmt.Sprintf("object %s\ntype commit\ntag refci-request\ntagger %s\n\n%s", target, tagger, msg)
-	return gitCmd(ctx, dir, obj, "mktag")
+	return h.String(), nil
 }
 
 // followed names the request whose run follow waits for: its name and
@@ -172,6 +157,7 @@ type followed struct {
 // the request over. A request pushed over or deleted before any worker
 // ran it ends the wait with exit code 1.
 func follow(ctx context.Context, e *env, dir, remote, target string, want followed, match func(*queue.Status) bool) int {
+	git := gitproto.CLI{Dir: dir}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
 	claimRun := "" // the run a claim of want.object names
@@ -228,7 +214,7 @@ func follow(ctx context.Context, e *env, dir, remote, target string, want follow
 			seen = watch() // before the fetch: a change during it is fetched next time
 		}
 		spec := "+" + queue.RunsPrefix + target + "/*:" + queue.RunsPrefix + target + "/*"
-		if _, err := gitCmd(ctx, dir, "", "fetch", "--quiet", "--no-write-fetch-head", remote, spec); err != nil {
+		if _, err := git.Run(ctx, "", "fetch", "--quiet", "--no-write-fetch-head", remote, spec); err != nil {
 			if ctx.Err() != nil {
 				return exitFailed
 			}
@@ -375,7 +361,8 @@ const followWatchEvery = 100 * time.Millisecond
 // reached over the network (or one that cannot be read that way), which
 // follow fetches from once a second.
 func localRunsWatch(ctx context.Context, dir, remote, target string) func() string {
-	u, err := gitCmd(ctx, dir, "", "remote", "get-url", remote)
+	git := gitproto.CLI{Dir: dir}
+	u, err := git.Run(ctx, "", "remote", "get-url", remote)
 	if err != nil {
 		u = remote // a URL or path, not a remote's name
 	}
@@ -510,6 +497,7 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 // next look ran in between: then the claim returned has no Run, and
 // Claimed is when the request was seen.
 func waitForClaim(ctx context.Context, e *env, repo *gitproto.Repo, dir, remote, name string) (*queue.Claim, int) {
+	git := gitproto.CLI{Dir: dir}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
 	waiting, badNoted, staleNoted := false, false, false
@@ -529,8 +517,8 @@ func waitForClaim(ctx context.Context, e *env, repo *gitproto.Repo, dir, remote,
 		}
 		if cv.hasRequest && cv.request != seen {
 			seen, seenTarget, seenAt = cv.request, "", time.Now()
-			if _, err := gitCmd(ctx, dir, "", "fetch", "--quiet", "--no-write-fetch-head", remote, queue.RequestRef(name)); err == nil {
-				seenTarget, _ = gitCmd(ctx, dir, "", "rev-parse", "--verify", "--quiet", seen+"^{commit}")
+			if _, err := git.Run(ctx, "", "fetch", "--quiet", "--no-write-fetch-head", remote, queue.RequestRef(name)); err == nil {
+				seenTarget, _ = git.Run(ctx, "", "rev-parse", "--verify", "--quiet", seen+"^{commit}")
 			}
 		}
 		if cv.present {
@@ -581,8 +569,9 @@ type claimView struct {
 // remoteClaim lists the request and the claim of name on remote, and
 // fetches and reads the claim when there is one.
 func remoteClaim(ctx context.Context, repo *gitproto.Repo, dir, remote, name string) (claimView, error) {
+	git := gitproto.CLI{Dir: dir}
 	claimRef, reqRef := queue.ClaimRef(name), queue.RequestRef(name)
-	out, err := gitCmd(ctx, dir, "", "ls-remote", remote, reqRef, claimRef)
+	out, err := git.Run(ctx, "", "ls-remote", remote, reqRef, claimRef)
 	if err != nil {
 		return claimView{}, err
 	}
@@ -600,7 +589,7 @@ func remoteClaim(ctx context.Context, repo *gitproto.Repo, dir, remote, name str
 	if !cv.present {
 		return cv, nil
 	}
-	if _, err := gitCmd(ctx, dir, "", "fetch", "--quiet", "--no-write-fetch-head", remote, "+"+claimRef+":"+claimRef); err == nil {
+	if _, err := git.Run(ctx, "", "fetch", "--quiet", "--no-write-fetch-head", remote, "+"+claimRef+":"+claimRef); err == nil {
 		if b, err := repo.ReadFile(gitproto.NewHash(claimVal), queue.ClaimFile); err == nil {
 			cv.claim, cv.bad = queue.DecodeClaimOf(b, name)
 		}

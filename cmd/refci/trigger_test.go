@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 )
 
@@ -84,7 +85,7 @@ func TestRequestTagIsUniqueAndNeedsNoIdentity(t *testing.T) {
 	ctx := context.Background()
 	git := func(args ...string) string {
 		t.Helper()
-		out, err := gitCmd(ctx, dir, "", args...)
+		out, err := gitproto.CLI{Dir: dir}.Run(ctx, "", args...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -92,7 +93,7 @@ func TestRequestTagIsUniqueAndNeedsNoIdentity(t *testing.T) {
 	}
 	git("init", "-q")
 	git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m", "c")
-	if _, err := gitCmd(ctx, dir, "", "var", "GIT_COMMITTER_IDENT"); err == nil {
+	if _, err := (gitproto.CLI{Dir: dir}).Run(ctx, "", "var", "GIT_COMMITTER_IDENT"); err == nil {
 		t.Skip("git finds an identity on this machine without configuration")
 	}
 	head := git("rev-parse", "HEAD")
