@@ -10,8 +10,10 @@
 // The packages, from the centre outwards:
 //
 //	queue     the domain: states, status.json, the ref layout, the format version
-//	gitproto  git and nothing about CI: objects, refs with compare-and-swap, checkout
+//	gitproto  git and nothing about CI: objects, refs with compare-and-swap, checkout;
+//	          the only package that imports go-git or runs the git program (CLI)
 //	secrets   OpenPGP and nothing about git: identities, signing, verifying, sealing environments
+//	secrets/envstore  the secrets environments in git (refs/ci/secrets/<env>): read, write, verify
 //	worker    running one pipeline and publishing its result
 //	render    pure functions from a result to what people read
 //	forge     views outward (forges, mail)

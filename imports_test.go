@@ -14,8 +14,11 @@ var allowed = map[string][]string{
 	"queue":    {},
 	"gitproto": {},
 	"secrets":  {},
-	"render":   {"queue"},
-	"worker":   {"queue", "gitproto"},
+	// The secrets environments kept in git refs: secrets itself knows
+	// nothing about git.
+	"secrets/envstore": {"queue", "gitproto", "secrets"},
+	"render":           {"queue"},
+	"worker":           {"queue", "gitproto"},
 	// The shim side of the worker, all of cmd/refci-shim, which starts
 	// twice per job: nothing of the project (see cmd/refci-shim's test of
 	// its dependencies).

@@ -30,6 +30,29 @@ func RunRef(target, runID string) string { return RunsPrefix + target + "/" + ru
 // SecretsRef is the ref of one environment's secrets.
 func SecretsRef(env string) string { return SecretsPrefix + env }
 
+// ValidateEnvName checks the name of a secrets environment, which ends
+// its ref: letters, digits, '.', '_' and '-', as for job names.
+func ValidateEnvName(env string) error {
+	if err := ValidateJobName(env); err != nil {
+		return fmt.Errorf("environment name %q: use letters, digits, '.', '_' or '-', starting with a letter or digit", env)
+	}
+	return nil
+}
+
+// Refs a worker keeps in its own cache of a remote and never pushes.
+const (
+	seenSecretsPrefix    = "refs/refci/seen-secrets/"
+	fetchedSecretsPrefix = "refs/refci/fetched-secrets/"
+)
+
+// SeenSecretsRef is where a worker remembers the version of environment
+// env it verified last: a later version must descend from it.
+func SeenSecretsRef(env string) string { return seenSecretsPrefix + env }
+
+// FetchedSecretsRef is where a worker fetches environment env's ref to
+// before verifying it.
+func FetchedSecretsRef(env string) string { return fetchedSecretsPrefix + env }
+
 // ParseRunRef splits refs/ci/runs/<target>/<run-id>.
 func ParseRunRef(ref string) (target, runID string, ok bool) {
 	rest, found := strings.CutPrefix(ref, RunsPrefix)

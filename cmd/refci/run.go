@@ -112,7 +112,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		}
 		trusted, trustReason = signatureTrust(k)(worker.TrustQuery{Repo: repo, Request: "local", RequestObject: target, Target: target})
 	}
-	opener := &envOpener{admins: admins, key: id}
+	opener := secretsOpener(admins, id, nil)
 
 	// First Ctrl-C (or SIGTERM): terminate the pipeline, record
 	// cancelled. Second: kill at once.
@@ -151,7 +151,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		Env:              *envName,
 		Trusted:          trusted,
 		TrustReason:      trustReason,
-		Secrets:          opener.open,
+		Secrets:          opener,
 		Timeout:          *timeout,
 		KillGrace:        *grace,
 		LogCap:           *logCap,

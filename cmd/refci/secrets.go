@@ -10,17 +10,49 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"sort"
 	"strings"
-	"time"
 
 	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
 	"refci.dev/refci/secrets"
+	"refci.dev/refci/secrets/envstore"
 	"refci.dev/refci/worker"
 )
 
-// nowFunc stamps environment commits.
-var nowFunc = time.Now
+// secretsOpener is the worker.SecretsFunc of refci worker, serve and run:
+// envstore opens the environment; remotes is nil for a local run.
+func secretsOpener(admins secrets.Keyring, key secrets.Factotum, remotes func(url string) *gitproto.Remote) worker.SecretsFunc {
+	o := &envstore.Opener{Admins: admins, Key: key, Remotes: remotes}
+	return func(ctx context.Context, q worker.SecretsQuery) (worker.SecretSource, error) {
+		src, err := o.Open(ctx, envstore.Query{Remote: q.Remote, Repo: q.Repo, Env: q.Env, Request: q.Request, Trusted: q.Trusted, TrustReason: q.TrustReason})
+		if err != nil {
+			return nil, err
+		}
+		return workerSecrets{src}, nil
+	}
+}
+
+// workerSecrets is an envstore.Source as the worker wants it.
+type workerSecrets struct{ src *envstore.Source }
+
+func (s workerSecrets) Info() worker.SecretsInfo {
+	return worker.SecretsInfo{Commit: s.src.Commit().String(), Exported: s.src.Exported()}
+}
+
+func (s workerSecrets) Secret(name string) ([]byte, error) {
+	v, err := s.src.Secret(name)
+	if errors.Is(err, envstore.ErrNoSecret) {
+		err = noSecret{err}
+	}
+	return v, err
+}
+
+// noSecret is envstore's missing-name error, which the worker knows as
+// worker.ErrSecretNotFound.
+type noSecret struct{ error }
+
+func (n noSecret) Unwrap() error        { return n.error }
+func (n noSecret) Is(target error) bool { return target == worker.ErrSecretNotFound }
 
 func cmdSecret(ctx context.Context, e *env, args []string) int {
 	return worker.RunSecretCommand(ctx, args, e.getenv, e.stdout, e.stderr)
@@ -84,7 +116,7 @@ func cmdSecrets(ctx context.Context, e *env, args []string) int {
 // secretsCmd is what every subcommand shares.
 type secretsCmd struct {
 	e       *env
-	repo    *gitproto.Repo
+	store   *envstore.Store
 	env     string
 	ref     string
 	tip     gitproto.Hash // zero when the environment does not exist
@@ -93,16 +125,16 @@ type secretsCmd struct {
 
 // openEnv opens the repository and reads the environment's ref.
 func openEnv(e *env, repoDir, envName, keyFile string) (*secretsCmd, error) {
-	if err := validateEnvName(envName); err != nil {
+	if err := queue.ValidateEnvName(envName); err != nil {
 		return nil, usageErr{err}
 	}
 	repo, err := openRepo(repoDir)
 	if err != nil {
 		return nil, err
 	}
-	c := &secretsCmd{e: e, repo: repo, env: envName, ref: envRef(envName), keyFile: keyFile}
-	if h, err := repo.RefHash(c.ref); err == nil {
-		c.tip = h
+	c := &secretsCmd{e: e, store: &envstore.Store{Repo: repo}, env: envName, ref: queue.SecretsRef(envName), keyFile: keyFile}
+	if c.tip, err = c.store.Tip(envName); err != nil {
+		return nil, usageErr{err}
 	}
 	return c, nil
 }
@@ -123,21 +155,21 @@ func (c *secretsCmd) fail(err error) int {
 }
 
 // load reads the environment, which must exist.
-func (c *secretsCmd) load() (*envTree, error) {
+func (c *secretsCmd) load() (*envstore.Env, error) {
 	if c.tip == gitproto.ZeroHash {
 		return nil, usageErr{fmt.Errorf("there is no %s in this repository; create it with 'refci secrets init %s --recipient WORKER.asc', or fetch it: git fetch origin %s:%s", c.ref, c.env, c.ref, c.ref)}
 	}
-	return readEnvTree(c.repo, c.tip)
+	return c.store.Read(c.tip)
 }
 
 // admin loads the user's key and checks that it administers t.
-func (c *secretsCmd) admin(t *envTree) (*secrets.Identity, error) {
+func (c *secretsCmd) admin(t *envstore.Env) (*secrets.Identity, error) {
 	id, err := c.e.identity(c.keyFile)
 	if err != nil {
 		return nil, err
 	}
-	if t != nil && t.admins.Len() > 0 && !t.admins.Has(id.Fingerprint()) {
-		return nil, usageErr{fmt.Errorf("your key %s is not an admin of %s (its admins.asc lists %s); workers would refuse your change. Use an admin's key with --key FILE", id.Fingerprint(), c.env, fingerprints(t.admins))}
+	if t != nil && !t.IsAdmin(id.Fingerprint()) {
+		return nil, usageErr{fmt.Errorf("your key %s is not an admin of %s (its admins.asc lists %s); workers would refuse your change. Use an admin's key with --key FILE", id.Fingerprint(), c.env, fingerprints(t.Admins))}
 	}
 	return id, nil
 }
@@ -152,16 +184,9 @@ func fingerprints(k secrets.Keyring) string {
 
 // commit writes t as the next version and moves the ref (compare-and-swap
 // on the version read).
-func (c *secretsCmd) commit(t *envTree, id secrets.Factotum, subject string) (gitproto.Hash, error) {
-	msg := fmt.Sprintf("refci secrets: %s\n\nRefci-Secrets-Env: %s\n", subject, c.env)
-	h, err := t.write(c.repo, c.tip, id, msg)
+func (c *secretsCmd) commit(t *envstore.Env, id secrets.Factotum, subject string) (gitproto.Hash, error) {
+	h, err := c.store.Commit(c.env, c.tip, t, id, subject)
 	if err != nil {
-		return h, fmt.Errorf("write environment %s: %w", c.env, err)
-	}
-	if err := c.repo.UpdateRef(c.ref, h, c.tip); err != nil {
-		if errors.Is(err, gitproto.ErrRefChanged) || errors.Is(err, gitproto.ErrRefExists) {
-			return h, fmt.Errorf("%s changed while refci was writing it; run the command again", c.ref)
-		}
 		return h, err
 	}
 	fmt.Fprintf(c.e.stdout, "%s: %s (commit %.12s, signed by %s)\n", c.ref, subject, h, id.Fingerprint())
@@ -194,8 +219,8 @@ func policyFlags(fs *flag.FlagSet) (*multiFlag, *multiFlag, *bool) {
 }
 
 func makePolicy(reqs, exports multiFlag, untrusted bool) (secrets.Policy, error) {
-	p := secrets.Policy{AllowUntrusted: untrusted, Requests: reqs, Environment: exports}
-	if _, err := secrets.ParsePolicy(p.Encode()); err != nil {
+	p, err := envstore.NewPolicy(reqs, exports, untrusted)
+	if err != nil {
 		return p, usageErr{err}
 	}
 	return p, nil
@@ -246,14 +271,14 @@ func secretsInit(e *env, args []string) int {
 	if err != nil {
 		return c.fail(err)
 	}
-	t := &envTree{recipients: recipients.Union(admins), admins: admins, adminsRaw: adminsRaw, policy: policy, values: map[string][]byte{}}
+	t := &envstore.Env{Recipients: recipients.Union(admins), Admins: admins, AdminsRaw: adminsRaw, Policy: policy, Values: map[string][]byte{}}
 	if _, err := c.commit(t, id, "init "+c.env); err != nil {
 		return c.fail(err)
 	}
 	fmt.Fprintf(e.stdout, "admins:\n")
 	printKeys(e.stdout, admins)
 	fmt.Fprintf(e.stdout, "recipients (admins are recipients too, so they can re-encrypt):\n")
-	printKeys(e.stdout, t.recipients)
+	printKeys(e.stdout, t.Recipients)
 	fmt.Fprintf(e.stdout, "policy: %s\n", describePolicy(policy))
 	fmt.Fprintf(e.stdout, "next: printf %%s \"$VALUE\" | refci secrets set %s NAME\n", c.env)
 	return exitOK
@@ -312,7 +337,7 @@ func envArgs(e *env, name, usage string, args []string, nPos int, more func(*fla
 
 // loadEnvArgs is envArgs, for a subcommand without flags of its own, that
 // also loads the environment's tree.
-func loadEnvArgs(e *env, name, usage string, args []string, nPos int) (c *secretsCmd, t *envTree, pos []string, code int, ok bool) {
+func loadEnvArgs(e *env, name, usage string, args []string, nPos int) (c *secretsCmd, t *envstore.Env, pos []string, code int, ok bool) {
 	c, pos, code, ok = envArgs(e, name, usage, args, nPos, nil)
 	if !ok {
 		return nil, nil, nil, code, false
@@ -356,7 +381,7 @@ func secretsSet(e *env, args []string) int {
 		// Check what workers will check: an admin signed it, and it
 		// decrypts (the admin is a recipient).
 		sealed = value
-		writers := t.admins
+		writers := t.Admins
 		if writers.Len() == 0 {
 			writers.Add(id)
 		}
@@ -368,15 +393,15 @@ func secretsSet(e *env, args []string) int {
 		return c.fail(usageErr{fmt.Errorf("%s: %w", name, err)})
 	}
 	if !*sealedIn {
-		if sealed, err = id.Seal(value, t.recipients); err != nil {
+		if sealed, err = id.Seal(value, t.Recipients); err != nil {
 			return c.fail(err)
 		}
 	}
 	verb := "set"
-	if _, ok := t.values[name]; ok {
+	if _, ok := t.Values[name]; ok {
 		verb = "set a new version of"
 	}
-	t.values[name] = sealed
+	t.Values[name] = sealed
 	if _, err := c.commit(t, id, verb+" "+name); err != nil {
 		return c.fail(err)
 	}
@@ -387,7 +412,7 @@ func secretsSet(e *env, args []string) int {
 	if *sealedIn {
 		fmt.Fprintf(e.stdout, "%s: %d bytes%s, stored as sealed by its writer\n", name, len(value), note)
 	} else {
-		fmt.Fprintf(e.stdout, "%s: %d bytes%s, encrypted to %d recipients\n", name, len(value), note, len(t.recipients.Keys()))
+		fmt.Fprintf(e.stdout, "%s: %d bytes%s, encrypted to %d recipients\n", name, len(value), note, len(t.Recipients.Keys()))
 	}
 	clear(value)
 	c.pushHint()
@@ -399,15 +424,15 @@ func secretsGet(e *env, args []string) int {
 	if !ok {
 		return code
 	}
-	sealed, ok := t.values[pos[1]]
+	sealed, ok := t.Values[pos[1]]
 	if !ok {
-		return c.fail(usageErr{fmt.Errorf("%s has no secret %s; it has: %s", c.env, pos[1], strings.Join(t.names(), ", "))})
+		return c.fail(usageErr{fmt.Errorf("%s has no secret %s; it has: %s", c.env, pos[1], strings.Join(t.Names(), ", "))})
 	}
 	id, err := c.e.identity(c.keyFile)
 	if err != nil {
 		return c.fail(err)
 	}
-	v, _, err := id.Open(sealed, t.admins)
+	v, _, err := id.Open(sealed, t.Admins)
 	if err != nil {
 		return c.fail(fmt.Errorf("%s: %w", pos[1], err))
 	}
@@ -415,67 +440,23 @@ func secretsGet(e *env, args []string) int {
 	return exitOK
 }
 
-// lastChange finds, for each value, the newest commit that changed it.
-func (c *secretsCmd) lastChange(t *envTree) (map[string]*commitInfo, error) {
-	out := map[string]*commitInfo{}
-	h := c.tip
-	var prev map[string][]byte
-	var prevInfo *commitInfo
-	for n := 0; h != gitproto.ZeroHash && n < 10000; n++ {
-		cm, err := c.repo.Commit(h)
-		if err != nil {
-			return nil, err
-		}
-		cur, err := readEnvTree(c.repo, h)
-		if err != nil {
-			return nil, err
-		}
-		info := &commitInfo{hash: h, who: cm.Author.Name + " <" + cm.Author.Email + ">", when: cm.Author.When, subject: strings.TrimPrefix(strings.SplitN(cm.Message, "\n", 2)[0], "refci secrets: ")}
-		if prev != nil {
-			for name, v := range prev {
-				if _, done := out[name]; !done && !bytes.Equal(cur.values[name], v) {
-					out[name] = prevInfo
-				}
-			}
-		}
-		prev, prevInfo = cur.values, info
-		if len(cm.Parents) == 0 {
-			break
-		}
-		h = cm.Parents[0]
-	}
-	for name := range prev {
-		if _, done := out[name]; !done {
-			out[name] = prevInfo
-		}
-	}
-	return out, nil
-}
-
-type commitInfo struct {
-	hash    gitproto.Hash
-	who     string
-	when    time.Time
-	subject string
-}
-
 func secretsList(e *env, args []string) int {
 	c, t, _, code, ok := loadEnvArgs(e, "secrets list", "ENV", args, 1)
 	if !ok {
 		return code
 	}
-	changes, err := c.lastChange(t)
+	changes, err := c.store.LastChanges(c.tip)
 	if err != nil {
 		return c.fail(err)
 	}
 	w := e.stdout
 	fmt.Fprintf(w, "environment %s (%s at %.12s)\n", c.env, c.ref, c.tip)
-	fmt.Fprintf(w, "policy: %s\n", describePolicy(t.policy))
+	fmt.Fprintf(w, "policy: %s\n", describePolicy(t.Policy))
 	fmt.Fprintf(w, "admins:\n")
-	printKeys(w, t.admins)
+	printKeys(w, t.Admins)
 	fmt.Fprintf(w, "recipients:\n")
-	printKeys(w, t.recipients)
-	names := t.names()
+	printKeys(w, t.Recipients)
+	names := t.Names()
 	if len(names) == 0 {
 		fmt.Fprintf(w, "values: none yet (printf %%s \"$VALUE\" | refci secrets set %s NAME)\n", c.env)
 		return exitOK
@@ -486,8 +467,8 @@ func secretsList(e *env, args []string) int {
 	}
 	fmt.Fprintf(w, "values:\n")
 	for _, n := range names {
-		ci := changes[n]
-		fmt.Fprintf(w, "  %-*s  set by %s at %s\n", width, n, ci.who, ci.when.UTC().Format("2006-01-02 15:04:05 UTC"))
+		v := changes[n]
+		fmt.Fprintf(w, "  %-*s  set by %s <%s> at %s\n", width, n, v.Author.Name, v.Author.Email, v.Author.When.UTC().Format("2006-01-02 15:04:05 UTC"))
 	}
 	return exitOK
 }
@@ -497,44 +478,14 @@ func secretsHistory(e *env, args []string) int {
 	if !ok {
 		return code
 	}
-	for h, n := c.tip, 0; h != gitproto.ZeroHash && n < 10000; n++ {
-		cm, err := c.repo.Commit(h)
-		if err != nil {
-			return c.fail(err)
-		}
-		subject := strings.TrimPrefix(strings.SplitN(cm.Message, "\n", 2)[0], "refci secrets: ")
-		fmt.Fprintf(e.stdout, "%.12s  %s  %s <%s>  %s\n", h, cm.Author.When.UTC().Format("2006-01-02 15:04:05 UTC"), cm.Author.Name, cm.Author.Email, subject)
-		if len(cm.Parents) == 0 {
-			break
-		}
-		h = cm.Parents[0]
+	err := c.store.History(c.tip, func(v envstore.Version) error {
+		fmt.Fprintf(e.stdout, "%.12s  %s  %s <%s>  %s\n", v.Commit, v.Author.When.UTC().Format("2006-01-02 15:04:05 UTC"), v.Author.Name, v.Author.Email, v.Subject)
+		return nil
+	})
+	if err != nil {
+		return c.fail(err)
 	}
 	return exitOK
-}
-
-// reseal re-encrypts every value of t to t.recipients with id, which must
-// be able to decrypt them.
-func reseal(t *envTree, id *secrets.Identity, env string) error {
-	writers := t.admins
-	if writers.Len() == 0 {
-		writers.Add(id)
-	}
-	names := t.names()
-	sort.Strings(names)
-	for _, n := range names {
-		v, _, err := id.Open(t.values[n], writers)
-		if errors.Is(err, secrets.ErrNotRecipient) {
-			return usageErr{fmt.Errorf("cannot re-encrypt %s: your key %s is not a recipient of it; an admin who is a recipient must make this change", n, id.Fingerprint())}
-		}
-		if err != nil {
-			return fmt.Errorf("cannot re-encrypt %s: %w", n, err)
-		}
-		if t.values[n], err = id.Seal(v, t.recipients); err != nil {
-			return err
-		}
-		clear(v)
-	}
-	return nil
 }
 
 func secretsRecipients(e *env, op string, args []string) int {
@@ -553,9 +504,9 @@ func secretsRecipients(e *env, op string, args []string) int {
 		if err != nil {
 			return c.fail(err)
 		}
-		before := len(t.recipients.Keys())
-		t.recipients = t.recipients.Union(k)
-		if len(t.recipients.Keys()) == before {
+		before := len(t.Recipients.Keys())
+		t.Recipients = t.Recipients.Union(k)
+		if len(t.Recipients.Keys()) == before {
 			return c.fail(usageErr{fmt.Errorf("%s: every key in it is already a recipient of %s", pos[1], c.env)})
 		}
 		subject = "add recipient " + fingerprints(k)
@@ -572,23 +523,26 @@ func secretsRecipients(e *env, op string, args []string) int {
 			fpr = k.Keys()[0].Fingerprint
 		}
 		var found bool
-		t.recipients, found = t.recipients.Without(fpr)
+		t.Recipients, found = t.Recipients.Without(fpr)
 		if !found {
 			return c.fail(usageErr{fmt.Errorf("%s is not a recipient of %s; see 'refci secrets list %s'", fpr, c.env, c.env)})
 		}
-		if len(t.recipients.Keys()) == 0 {
+		if len(t.Recipients.Keys()) == 0 {
 			return c.fail(usageErr{fmt.Errorf("%s is the last recipient of %s; add another first", fpr, c.env)})
 		}
 		subject = "remove recipient " + strings.ToUpper(fpr)
 	}
-	if err := reseal(t, id, c.env); err != nil {
+	if err := t.Reseal(id); err != nil {
+		if errors.Is(err, secrets.ErrNotRecipient) {
+			err = usageErr{err}
+		}
 		return c.fail(err)
 	}
 	if _, err := c.commit(t, id, subject); err != nil {
 		return c.fail(err)
 	}
-	fmt.Fprintf(e.stdout, "re-encrypted %d values to %d recipients:\n", len(t.values), len(t.recipients.Keys()))
-	printKeys(e.stdout, t.recipients)
+	fmt.Fprintf(e.stdout, "re-encrypted %d values to %d recipients:\n", len(t.Values), len(t.Recipients.Keys()))
+	printKeys(e.stdout, t.Recipients)
 	if op == "remove" {
 		fmt.Fprintf(e.stdout, "note: the removed key can still read the versions it was a recipient of; rotate each value (refci secrets set) to make its copy useless\n")
 	}
@@ -613,10 +567,10 @@ func secretsPolicy(e *env, args []string) int {
 	if err != nil {
 		return c.fail(err)
 	}
-	if t.policy, err = makePolicy(*reqs, *exports, *untrusted); err != nil {
+	if t.Policy, err = makePolicy(*reqs, *exports, *untrusted); err != nil {
 		return c.fail(err)
 	}
-	if _, err := c.commit(t, id, "policy: "+describePolicy(t.policy)); err != nil {
+	if _, err := c.commit(t, id, "policy: "+describePolicy(t.Policy)); err != nil {
 		return c.fail(err)
 	}
 	c.pushHint()

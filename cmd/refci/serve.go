@@ -164,12 +164,12 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	trust := &trustStore{dir: lay.trust}
 	host, _ := os.Hostname()
 	var byPath sync.Map // remote URL → *gitproto.Remote, for the secrets opener
-	opener := &envOpener{admins: secretsAdmins, key: id, remotes: func(u string) *gitproto.Remote {
+	opener := secretsOpener(secretsAdmins, id, func(u string) *gitproto.Remote {
 		if r, ok := byPath.Load(u); ok {
 			return r.(*gitproto.Remote)
 		}
 		return nil
-	}}
+	})
 	runs, runsHide, removeRuns, err := runsDir()
 	if err != nil {
 		e.errorf("serve: %v", err)
@@ -185,7 +185,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		Poll: *poll, Concurrency: *conc, Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, TempDir: runs,
 		Logger:  logger.With("component", "worker"),
 		Trust:   anyTrust(trust.decide(lay.repos), signatureTrust(trusted)),
-		Secrets: opener.open, Page: renderPage,
+		Secrets: opener, Page: renderPage,
 		// The data dir (host key, roles, repositories, caches, trust
 		// records), the roles file and $REFCI_HOME (the key): a pipeline
 		// needs none of them; its checkout and socket are in its run

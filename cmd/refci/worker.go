@@ -227,13 +227,13 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	for _, r := range rems {
 		byURL[r.URL] = r
 	}
-	opener := &envOpener{admins: admins, key: id, remotes: func(u string) *gitproto.Remote { return byURL[u] }}
+	opener := secretsOpener(admins, id, func(u string) *gitproto.Remote { return byURL[u] })
 	w := worker.New(worker.Config{
 		Remotes: rems, Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
 		Grace: cfg.Grace.Duration, Timeout: cfg.Timeout.Duration, MaxTimeout: cfg.MaxTimeout.Duration, MaxAttempts: cfg.MaxAttempts, KillGrace: cfg.KillGrace.Duration,
 		LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap,
 		Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, Logger: logger,
-		Trust: signatureTrust(trusted), Secrets: opener.open, Page: renderPage,
+		Trust: signatureTrust(trusted), Secrets: opener, Page: renderPage,
 		Hide: hide, RequireIsolation: cfg.RequireIsolation, TempDir: runs,
 		Writable: hidePaths(cfg.Writable...), ReadOnly: readOnly,
 	})
