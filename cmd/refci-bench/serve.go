@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"refci.dev/refci/queue"
 )
 
 // benchServe: refci serve on loopback, driven by stock git over ssh.
@@ -80,7 +82,7 @@ func benchServe(_ context.Context, bin string, n int) error {
 		for i := 0; i < n; i++ {
 			name := fmt.Sprintf("s%d-%d", len(series.name), i)
 			t0 := time.Now()
-			if _, err := sh(w.clone, series.env, "", "git", "push", "-q", url, "HEAD:refs/ci/requests/"+name); err != nil {
+			if _, err := sh(w.clone, series.env, "", "git", "push", "-q", url, "HEAD:"+queue.RequestRef(name)); err != nil {
 				return err
 			}
 			t1 := time.Now()
@@ -169,7 +171,7 @@ func benchServe(_ context.Context, bin string, n int) error {
 			go func() {
 				defer wg.Done()
 				s := time.Now()
-				_, err := sh(dirs[i], env, "", "git", "fetch", "-q", u, "+refs/heads/*:refs/heads/*", "+refs/ci/*:refs/ci/*")
+				_, err := sh(dirs[i], env, "", "git", "fetch", "-q", u, "+refs/heads/*:refs/heads/*", "+"+queue.Namespace+"*:"+queue.Namespace+"*")
 				mu.Lock()
 				defer mu.Unlock()
 				each = append(each, time.Since(s))

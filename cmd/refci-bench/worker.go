@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"refci.dev/refci/queue"
 )
 
 // world is a bare remote, a clone with a pipeline, and an environment.
@@ -91,7 +93,7 @@ func (w *world) pushRequests(prefix string, n int) error {
 	for i := 0; i < n; i += 500 {
 		args := []string{"push", "-q", "origin"}
 		for j := i; j < min(i+500, n); j++ {
-			args = append(args, fmt.Sprintf("HEAD:refs/ci/requests/%s-%d", prefix, j))
+			args = append(args, "HEAD:"+queue.RequestRef(fmt.Sprintf("%s-%d", prefix, j)))
 		}
 		if _, err := sh(w.clone, w.env, "", "git", args...); err != nil {
 			return err
@@ -236,7 +238,7 @@ func throughputRound(bin string) (roundResult, *world, error) {
 	}
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
-		left := w.count("refs/ci/requests/") + w.count("refs/ci/claims/")
+		left := w.count(queue.RequestsPrefix) + w.count(queue.ClaimsPrefix)
 		if left == 0 {
 			break
 		}
@@ -256,7 +258,7 @@ func throughputRound(bin string) (roundResult, *world, error) {
 	res.elapsed = time.Since(t0)
 	res.rss = peakRSS(cmd.Process.Pid)
 	stopWorker(cmd)
-	res.results = w.count("refs/ci/runs/")
+	res.results = w.count(queue.RunsPrefix)
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		res.user = time.Duration(ru.Utime.Nano())
 		res.cpu = res.user + time.Duration(ru.Stime.Nano())
@@ -292,7 +294,7 @@ func benchDispatch(_ context.Context, bin string, n int) error {
 		// interval every time.
 		time.Sleep(time.Duration(rand.Int64N(int64(poll))))
 		t0 := time.Now()
-		if _, err := sh(w.clone, w.env, "", "git", "push", "-q", "origin", "HEAD:refs/ci/requests/"+name); err != nil {
+		if _, err := sh(w.clone, w.env, "", "git", "push", "-q", "origin", "HEAD:"+queue.RequestRef(name)); err != nil {
 			return err
 		}
 		started, err := waitStarted(stamp, name, t0)
@@ -325,7 +327,7 @@ func benchPollCost(_ context.Context, _ string, _ int) error {
 			env := append(append([]string{}, w.env...), "GIT_TRACE_PACKET="+trace)
 			t0 := time.Now()
 			_, err := sh(cache, env, "", "git", "-c", "protocol.version=2", "fetch", "--quiet", "--prune", "--no-tags", "file://"+w.bare,
-				"+refs/ci/requests/*:refs/ci/requests/*", "+refs/ci/claims/*:refs/ci/claims/*")
+				"+"+queue.RequestsPrefix+"*:"+queue.RequestsPrefix+"*", "+"+queue.ClaimsPrefix+"*:"+queue.ClaimsPrefix+"*")
 			if err != nil {
 				return 0, 0, err
 			}
@@ -392,7 +394,7 @@ func benchConcurrent(_ context.Context, bin string, _ int) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	started := time.Since(t0)
-	for w.count("refs/ci/requests/") > 0 && time.Since(t0) < 5*time.Minute {
+	for w.count(queue.RequestsPrefix) > 0 && time.Since(t0) < 5*time.Minute {
 		time.Sleep(200 * time.Millisecond)
 	}
 	rss := peakRSS(cmd.Process.Pid)
