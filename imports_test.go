@@ -30,20 +30,8 @@ var allowed = map[string][]string{
 
 func TestImportRules(t *testing.T) {
 	const mod = "refci.dev/refci/"
-	out, err := exec.Command("go", "list", "-json=ImportPath,Imports", "./...").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	dec := json.NewDecoder(strings.NewReader(string(out)))
 	n := 0
-	for dec.More() {
-		var p struct {
-			ImportPath string
-			Imports    []string
-		}
-		if err := dec.Decode(&p); err != nil {
-			t.Fatal(err)
-		}
+	for _, p := range listPackages(t) {
 		rel, ok := strings.CutPrefix(p.ImportPath, mod)
 		if !ok {
 			continue
@@ -98,22 +86,8 @@ func inTree(rel, dir string) bool {
 // go-git, in its code and its tests: everything else reads git through
 // gitproto's own types.
 func TestGoGitStaysInGitproto(t *testing.T) {
-	const mod = "refci.dev/refci/"
-	out, err := exec.Command("go", "list", "-json=ImportPath,Imports,TestImports,XTestImports", "./...").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	dec := json.NewDecoder(strings.NewReader(string(out)))
-	for dec.More() {
-		var p struct {
-			ImportPath                         string
-			Imports, TestImports, XTestImports []string
-		}
-		if err := dec.Decode(&p); err != nil {
-			t.Fatal(err)
-		}
-		rel, _ := strings.CutPrefix(p.ImportPath, mod)
-		if inTree(rel, "gitproto") {
+	for _, p := range listPackages(t) {
+		if rel, _ := strings.CutPrefix(p.ImportPath, "refci.dev/refci/"); inTree(rel, "gitproto") {
 			continue
 		}
 		for _, imp := range append(append(p.Imports, p.TestImports...), p.XTestImports...) {
@@ -122,4 +96,29 @@ func TestGoGitStaysInGitproto(t *testing.T) {
 			}
 		}
 	}
+}
+
+// goPackage is what go list says of a package of the module.
+type goPackage struct {
+	ImportPath                         string
+	Imports, TestImports, XTestImports []string
+}
+
+// listPackages lists the module's packages with their imports.
+func listPackages(t *testing.T) []goPackage {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-json=ImportPath,Imports,TestImports,XTestImports", "./...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	var pkgs []goPackage
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for dec.More() {
+		var p goPackage
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
 }

@@ -28,16 +28,12 @@ type CheckoutStats struct {
 // decides whether to follow them).
 func (r *Repo) Checkout(commit Hash, dir string) (CheckoutStats, error) {
 	var st CheckoutStats
-	c, err := object.GetCommit(r.st, ph(commit))
+	tree, err := r.TreeOf(commit)
 	if err != nil {
-		return st, fmt.Errorf("commit %s: %w", commit, err)
-	}
-	tree, err := c.Tree()
-	if err != nil {
-		return st, fmt.Errorf("checkout %s: %w", commit, err)
+		return st, err
 	}
 	buf := make([]byte, 64*1024)
-	if err := r.checkoutTree(tree, dir, "", &st, buf); err != nil {
+	if err := r.checkoutTree(tree.t, dir, "", &st, buf); err != nil {
 		return st, fmt.Errorf("checkout %s: %w", commit.String()[:12], describeIOError(err))
 	}
 	return st, nil
