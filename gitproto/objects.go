@@ -163,6 +163,18 @@ func (r *Repo) TreeOf(commit Hash) (*Tree, error) {
 	return &Tree{commit: commit, t: t}, nil
 }
 
+// Tree reads the root tree of commit c, read before from this Repo.
+func (r *Repo) Tree(c *Commit) (*Tree, error) {
+	if c.raw == nil {
+		return r.TreeOf(c.Hash)
+	}
+	t, err := object.GetTree(r.st, c.raw.TreeHash)
+	if err != nil {
+		return nil, fmt.Errorf("tree of %s: %w", c.Hash, err)
+	}
+	return &Tree{commit: c.Hash, t: t}, nil
+}
+
 // Open opens the file at path (slash-separated) for streaming. A missing
 // file wraps ErrNotFound.
 func (t *Tree) Open(path string) (io.ReadCloser, error) {

@@ -73,6 +73,13 @@ func TestCommitTagAndTree(t *testing.T) {
 	if b, err := tree.ReadFile("d/sub/b.txt"); err != nil || string(b) != "b\n" {
 		t.Errorf("ReadFile = %q, %v", b, err)
 	}
+	ct, err := r.Tree(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := ct.ReadFile("a.txt"); err != nil || string(b) != "a\n" {
+		t.Errorf("Tree(c).ReadFile = %q, %v", b, err)
+	}
 	if _, err := tree.ReadFile("nope"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("ReadFile of a missing file = %v", err)
 	}

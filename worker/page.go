@@ -98,10 +98,11 @@ var reserved = map[string]bool{queue.StatusFile: true, queue.LogFile: true, queu
 // take for .git are left out; files over 5 MiB, more than 20 MiB or 500
 // files in all are refused as a whole.
 func (r *run) viewerFiles() ([]resultFile, error) {
-	if _, err := r.spec.Repo.Commit(r.spec.Target); err != nil {
+	c, err := r.spec.Repo.Commit(r.spec.Target)
+	if err != nil {
 		return nil, nil // not a commit: the run ended in error already
 	}
-	tree, err := r.spec.Repo.TreeOf(r.spec.Target)
+	tree, err := r.spec.Repo.Tree(c)
 	if err != nil {
 		return nil, err
 	}

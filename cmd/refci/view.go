@@ -514,7 +514,7 @@ func (b *siteBuilder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, 
 	if err != nil {
 		return render.RunSummary{}, err
 	}
-	tree, err := repo.TreeOf(commit)
+	tree, err := repo.Tree(c)
 	if err != nil {
 		return render.RunSummary{}, err
 	}
