@@ -12,6 +12,7 @@
 //	queue     the domain: states, status.json, the ref layout, the format version
 //	gitproto  git and nothing about CI: objects, refs with compare-and-swap, checkout
 //	secrets   OpenPGP and nothing about git: identities, signing, verifying, sealing environments
+//	results   reading and watching results and claims: list, find, read, verify, follow
 //	worker    running one pipeline and publishing its result
 //	render    pure functions from a result to what people read
 //	forge     views outward (forges, mail)

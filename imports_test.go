@@ -15,14 +15,16 @@ var allowed = map[string][]string{
 	"gitproto": {},
 	"secrets":  {},
 	"render":   {"queue"},
-	"worker":   {"queue", "gitproto"},
+	// Reading and watching results: every reader of runs and claims.
+	"results": {"queue", "gitproto", "secrets", "render"},
+	"worker":  {"queue", "gitproto"},
 	// The shim side of the worker, all of cmd/refci-shim, which starts
 	// twice per job: nothing of the project (see cmd/refci-shim's test of
 	// its dependencies).
 	"worker/shim": {},
 	"forge":       {"queue", "render", "secrets", "gitproto"},
 	"fixtures":    {},
-	"cmd":         {"queue", "gitproto", "secrets", "worker", "render", "forge"},
+	"cmd":         {"queue", "gitproto", "secrets", "results", "worker", "render", "forge"},
 }
 
 func TestImportRules(t *testing.T) {

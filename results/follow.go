@@ -34,8 +34,8 @@ const (
 	// Waiting: no worker has pushed the run's progress yet, a few seconds
 	// after the watch began (told once).
 	Waiting
-	// Started: the run was found (Status, Ref); told once, and again
-	// after a takeover.
+	// Started: the run was found (Status, Ref); told once (a takeover
+	// is told by TakenOver).
 	Started
 	// Progress: a snapshot of the run (Status), with the part of its log
 	// not given before (Log; LogCapped when the capped log moved its tail
