@@ -906,17 +906,10 @@ func TestRemoteContextCancel(t *testing.T) {
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	// The process got SIGTERM before Fetch returned; it is gone, or a
 	// zombie waiting for init.
-	deadline := time.Now().Add(3 * time.Second)
-	for {
+	fixtures.WaitFor(t, 3*time.Second, fmt.Sprintf("the transport (pid %d) to end after the cancelled fetch", pid), func() bool {
 		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil || strings.Contains(string(st), ") Z ") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the transport (pid %d) outlived the cancelled fetch: %s", pid, st)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return err != nil || strings.Contains(string(st), ") Z ")
+	})
 	// A context that is already done runs nothing.
 	done, cancel2 := context.WithCancel(context.Background())
 	cancel2()

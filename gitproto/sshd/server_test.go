@@ -394,7 +394,7 @@ func TestRefusedSessions(t *testing.T) {
 	}
 	// Path traversal, absolute paths, symlinks.
 	outside := filepath.Join(ts.root, "outside.git")
-	exec.Command("git", "init", "-q", "--bare", outside).Run()
+	fixtures.Git(t, ts.root, "init", "-q", "--bare", outside)
 	os.Symlink(outside, filepath.Join(ts.root, "repos", "link.git"))
 	os.Symlink(ts.root, filepath.Join(ts.root, "repos", "dir"))
 	for _, path := range []string{"/../outside.git", "/../../etc", "//etc/passwd", "/~/x.git", "/link.git", "/dir/outside.git", "/app.git/../outside.git"} {
@@ -492,14 +492,14 @@ func TestConcurrentPushesToOneRef(t *testing.T) {
 	}
 	wg.Wait()
 	bare := filepath.Join(ts.root, "repos", "app.git")
-	yv, _ := exec.Command("git", "-C", bare, "rev-parse", "refs/ci/requests/y").Output()
+	yv, _ := fixtures.RunGit(bare, nil, nil, "rev-parse", "refs/ci/requests/y")
 	if !slices.Contains(commits, strings.TrimSpace(string(yv))) {
 		t.Errorf("after forced racing pushes the request holds %q", yv)
 	}
-	if out, err := exec.Command("git", "-C", bare, "fsck", "--strict").CombinedOutput(); err != nil {
+	if out, err := fixtures.RunGit(bare, nil, nil, "fsck", "--strict"); err != nil {
 		t.Errorf("git fsck: %v\n%s", err, out)
 	}
-	val, _ := exec.Command("git", "-C", bare, "rev-parse", "refs/ci/requests/x").Output()
+	val, _ := fixtures.RunGit(bare, nil, nil, "rev-parse", "refs/ci/requests/x")
 	found := false
 	for _, c := range commits {
 		found = found || c == strings.TrimSpace(string(val))
