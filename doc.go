@@ -17,6 +17,7 @@
 //	render    pure functions from a result to what people read
 //	forge     views outward (forges, mail)
 //	cmd       wiring only
+//	fixtures  helpers shared by the tests (git with a private HOME, keys, sample repositories); never imported by other code
 //
 // Arrows point inward; imports_test.go enforces it.
 package refci
