@@ -5,61 +5,28 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/secrets"
 )
 
-// keys are made once: OpenPGP key generation is the slow part of a test.
-var keys = sync.OnceValues(func() ([2]*secrets.Identity, error) {
-	var ids [2]*secrets.Identity
-	for i, name := range []string{"Test Worker", "Other Worker"} {
-		id, err := secrets.Generate(name, fmt.Sprintf("worker%d@example.invalid", i), time.Now().Add(-time.Hour))
-		if err != nil {
-			return ids, err
-		}
-		ids[i] = id
-	}
-	return ids, nil
-})
+func TestMain(m *testing.M) { os.Exit(fixtures.PrivateHome(m)) }
 
 func identities(t *testing.T) (worker, other *secrets.Identity) {
-	t.Helper()
-	ids, err := keys()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ids[0], ids[1]
-}
-
-// git runs git with no configuration of the machine's or the user's.
-func git(t *testing.T, dir string, args ...string) string {
-	t.Helper()
-	cmd := exec.Command("git", args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null", "HOME="+dir,
-		"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.invalid", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.invalid")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out))
+	return fixtures.OpenPGPIdentity(t, "Test Worker"), fixtures.OpenPGPIdentity(t, "Other Worker")
 }
 
 // repoWithCommit makes a repository with one commit and returns it and
 // the commit's id.
 func repoWithCommit(t *testing.T) (string, string) {
-	dir := t.TempDir()
-	git(t, dir, "init", "-q", "-b", "main")
-	git(t, dir, "commit", "-q", "--allow-empty", "-m", "the change")
-	return dir, git(t, dir, "rev-parse", "HEAD")
+	dir := fixtures.NewRepo(t)
+	return dir, fixtures.CommitAll(t, dir, "the change")
 }
 
 // status is a believable status of run id of target.
@@ -270,12 +237,12 @@ func TestFollowTellsEachChange(t *testing.T) {
 	w, _ := identities(t)
 	dir, target := repoWithCommit(t)
 	bare := filepath.Join(t.TempDir(), "remote.git")
-	git(t, dir, "init", "-q", "--bare", bare)
-	git(t, dir, "remote", "add", "origin", bare)
+	fixtures.Git(t, dir, "init", "-q", "--bare", bare)
+	fixtures.Git(t, dir, "remote", "add", "origin", bare)
 	clone := t.TempDir()
-	git(t, clone, "init", "-q")
-	git(t, clone, "remote", "add", "origin", bare)
-	push := func() { git(t, dir, "push", "-q", "-f", "origin", "refs/ci/*:refs/ci/*") }
+	fixtures.Git(t, clone, "init", "-q")
+	fixtures.Git(t, clone, "remote", "add", "origin", bare)
+	push := func() { fixtures.Git(t, dir, "push", "-q", "-f", "origin", "refs/ci/*:refs/ci/*") }
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -362,7 +329,7 @@ func TestWaitForClaimAndARequestGone(t *testing.T) {
 	w, _ := identities(t)
 	dir, target := repoWithCommit(t)
 	bare := filepath.Join(t.TempDir(), "remote.git")
-	git(t, dir, "init", "-q", "--bare", bare)
+	fixtures.Git(t, dir, "init", "-q", "--bare", bare)
 	src := Source{Dir: dir, Remote: bare}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -370,7 +337,7 @@ func TestWaitForClaimAndARequestGone(t *testing.T) {
 	if _, err := src.WaitForClaim(ctx, "topic", nil); !errors.Is(err, ErrNoRequest) {
 		t.Fatalf("no request: %v, want ErrNoRequest", err)
 	}
-	git(t, dir, "push", "-q", bare, "HEAD:"+queue.RequestRef("topic"))
+	fixtures.Git(t, dir, "push", "-q", bare, "HEAD:"+queue.RequestRef("topic"))
 	queued := make(chan ClaimView, 1)
 	got := make(chan *queue.Claim, 1)
 	go func() {
@@ -392,14 +359,14 @@ func TestWaitForClaimAndARequestGone(t *testing.T) {
 	c := &queue.Claim{Format: queue.Format, Request: "topic", RequestObject: target, Target: target, Run: run, Attempt: 1,
 		Worker: w.Fingerprint(), Claimed: time.Now(), Renewed: time.Now(), LeaseExpires: time.Now().Add(time.Minute)}
 	h := claimCommit(t, dir, c)
-	git(t, dir, "push", "-q", bare, h.String()+":"+queue.ClaimRef("topic"))
+	fixtures.Git(t, dir, "push", "-q", bare, h.String()+":"+queue.ClaimRef("topic"))
 	if c := <-got; c == nil || c.Run != run {
 		t.Fatalf("claim: %+v", c)
 	}
 
 	// The request is pushed over by another object before any worker
 	// ran the push followed: the watch says so instead of waiting.
-	git(t, dir, "push", "-q", bare, ":"+queue.ClaimRef("topic"))
+	fixtures.Git(t, dir, "push", "-q", bare, ":"+queue.ClaimRef("topic"))
 	watch := src.Follow(ctx, target, Want{Request: "topic", Object: strings.Repeat("ab", 20)})
 	for {
 		ev, err := watch.Next(ctx)
