@@ -2,7 +2,8 @@
 // repository (refs/ci/runs/<target>/<run-id>), the status each believes,
 // the rule that a run whose worker was lost was taken over by a later
 // attempt, the signatures of a run's commits, and, on a remote, the claim
-// of a request and the progress of one run as it goes.
+// of a request, the progress of one run as it goes (Source.Follow), and
+// every change of every run (Source.WatchRuns).
 //
 // Every reader of results goes through this package (refci status, runs,
 // log, log -f, trigger --wait, verify; the forge adapters and the mail

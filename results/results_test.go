@@ -379,3 +379,55 @@ func TestWaitForClaimAndARequestGone(t *testing.T) {
 		break
 	}
 }
+
+// A watch of every run on a remote returns each run once per change: all
+// at first, then a new snapshot, a new run, and a run found lost when
+// another attempt took its request over.
+func TestWatchRunsReturnsEachChangeOnce(t *testing.T) {
+	w, _ := identities(t)
+	dir, target := repoWithCommit(t)
+	bare := fixtures.BareRepo(t, "remote.git")
+	push := func() { fixtures.Git(t, dir, "push", "-q", "-f", bare, "refs/ci/*:refs/ci/*") }
+	clone := fixtures.NewRepo(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	changes := Source{Dir: clone, Remote: bare}.WatchRuns(time.Millisecond)
+	next := func(want ...string) []Listed {
+		t.Helper()
+		got, err := changes.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, l := range got {
+			ids = append(ids, l.ID)
+		}
+		if strings.Join(ids, " ") != strings.Join(want, " ") {
+			t.Fatalf("changed runs %v, want %v", ids, want)
+		}
+		return got
+	}
+	a, b := runID(2*time.Hour), runID(time.Hour)
+	publish(t, dir, status(target, a, 1, queue.Success, w), gitproto.ZeroHash, w, "")
+	hb := publish(t, dir, status(target, b, 1, queue.Running, w), gitproto.ZeroHash, w, "")
+	push()
+	next(b, a)
+	next()
+	publish(t, dir, status(target, b, 1, queue.Running, w), hb, w, "more")
+	push()
+	if got := next(b); got[0].Status.State != queue.Running || got[0].TakenOverBy != nil {
+		t.Fatalf("a new snapshot: %+v", got[0])
+	}
+	c := runID(0)
+	st := status(target, c, 2, queue.Success, w)
+	st.Extra = map[string]any{queue.ExtraPreviousRun: b}
+	publish(t, dir, st, gitproto.ZeroHash, w, "")
+	push()
+	got := next(c, b)
+	if got[1].TakenOverBy == nil || got[1].Shown().State != queue.Error {
+		t.Fatalf("the lost run: %+v", got[1])
+	}
+	next()
+	fixtures.Git(t, dir, "push", "-q", bare, ":"+queue.RunRef(target, a))
+	next()
+}
