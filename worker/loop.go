@@ -365,7 +365,7 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 			claimed, err = w.poll(runCtx, rem, fetch)
 			moreWaiting = claimed > 0 && claimed >= w.claimAhead()-active
 		} else {
-			err = w.maintain(runCtx, rem)
+			err = w.renewLeasesAndPushSnapshots(runCtx, rem)
 		}
 		// Push results in batches while runs go on; at once when the
 		// last one is done.
@@ -396,7 +396,7 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 				if hourly {
 					if perr := protectPending(rem); perr != nil {
 						w.log.Warn("cannot keep the results waiting to be pushed safe from the cache maintenance; it is skipped this hour", "remote", gitproto.RedactURL(rem.URL), "cache", rem.Cache, "err", perr)
-					} else if merr := rem.Maintain(runCtx, 0, full); merr != nil {
+					} else if merr := rem.CollectGarbage(runCtx, 0, full); merr != nil {
 						w.log.Warn("cache maintenance failed; it is tried again in an hour", "remote", gitproto.RedactURL(rem.URL), "cache", rem.Cache, "err", merr)
 					}
 				}
@@ -490,7 +490,7 @@ func (w *Worker) poll(ctx context.Context, rem *gitproto.Remote, fetch bool) (in
 		return 0, err
 	}
 	w.checkSupersede(rem, repo, requests, claims)
-	if err := w.maintain(ctx, rem); err != nil {
+	if err := w.renewLeasesAndPushSnapshots(ctx, rem); err != nil {
 		return 0, err
 	}
 	return w.claim(ctx, rem, repo, requests, claims)
@@ -1021,7 +1021,7 @@ func (w *Worker) claimAhead() int {
 }
 
 // cacheMaintenanceEvery is how often a remote's cache gets git's
-// housekeeping (Remote.Maintain), and cacheFullMaintenanceEvery how often
+// housekeeping (Remote.CollectGarbage), and cacheFullMaintenanceEvery how often
 // that is a full one, pruning what is no longer used.
 const (
 	cacheMaintenanceEvery     = time.Hour
