@@ -20,6 +20,7 @@ import (
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
+	"refci.dev/refci/worker/proc"
 	"refci.dev/refci/worker/shim"
 )
 
@@ -85,10 +86,10 @@ type RunSpec struct {
 	// Shim, when set (the refci executable, or refci-shim beside it: see
 	// ChooseShim), runs the pipeline under a per-run supervisor process,
 	// so that nothing of it survives even if this process is killed (see
-	// ProcSpec.Shim). Workers set it.
+	// proc.Spec.Shim). Workers set it.
 	Shim string
 	// Hide lists absolute paths the pipeline must not see (the worker's
-	// key, configuration, caches); it needs Shim (see ProcSpec.Hide).
+	// key, configuration, caches); it needs Shim (see proc.Spec.Hide).
 	// The run's directory and RefciPath must not lie under one of them:
 	// the run ends in state error if they do. When they cannot be hidden
 	// (no user namespaces), status.json records extra.isolation "none"
@@ -98,7 +99,7 @@ type RunSpec struct {
 	RequireIsolation bool
 	// With Hide, the pipeline's whole file system is read-only but for
 	// its run directory, shim.ScratchDirs and Writable; ReadOnly lists
-	// paths under those that stay read-only (see ProcSpec.ReadOnly).
+	// paths under those that stay read-only (see proc.Spec.ReadOnly).
 	Writable, ReadOnly []string
 	// Output, when not nil, receives a live copy of the pipeline's
 	// output.
@@ -533,7 +534,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		fmt.Fprintf(lw, "refci: the request asked for Timeout %s; this worker allows at most %s, so the pipeline's timeout is %s\n", r.spec.TimeoutRequested, timeout, timeout)
 	}
 	stopSnapshots := r.startSnapshots(lw, mainLog, srv)
-	res, err := RunProcess(ctx, ProcSpec{
+	res, err := proc.Run(ctx, proc.Spec{
 		Path:      entry,
 		Dir:       src,
 		Env:       append(r.environment(dir, srv), exported...),
@@ -1310,7 +1311,7 @@ func hasDotGit(rel string) bool {
 
 // underHidden returns those of paths (symbolic links resolved) that lie
 // under one of the hidden paths: the run's own directory and the refci
-// executable must stay visible to the pipeline even then (ProcSpec.Keep).
+// executable must stay visible to the pipeline even then (proc.Spec.Keep).
 func underHidden(hide []string, paths ...string) []string {
 	var out []string
 	for _, p := range paths {

@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"refci.dev/refci/worker"
+	"refci.dev/refci/worker/proc"
 )
 
 // noDump makes this process non-dumpable (PR_SET_DUMPABLE 0): pipelines
@@ -45,10 +45,10 @@ func hidePaths(paths ...string) []string {
 
 // chooseShim picks, once at start, the executable that runs as every
 // run's shim (worker.Config.Shim): refci-shim beside self when it is of
-// this build (see worker.ChooseShim), else self. It logs which, and why a
+// this build (see proc.ChooseShim), else self. It logs which, and why a
 // refci-shim that is there was not taken.
 func chooseShim(log *slog.Logger, self string) string {
-	shim, note := worker.ChooseShim(self)
+	shim, note := proc.ChooseShim(self)
 	if note != "" {
 		log.Warn("not using the refci-shim beside refci: runs use refci itself as their shim, which costs more per run; reinstall refci-shim from the same build as refci, or remove it", "shim", shim, "reason", note)
 	} else {
@@ -61,7 +61,7 @@ func chooseShim(log *slog.Logger, self string) string {
 // from the worker's files. shim is the runs' shim (chooseShim), which
 // does the hiding.
 func checkIsolation(log *slog.Logger, shim string, require bool) {
-	err := worker.CheckIsolation(shim)
+	err := proc.CheckIsolation(shim)
 	switch {
 	case err == nil:
 	case require:

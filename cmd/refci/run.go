@@ -14,6 +14,7 @@ import (
 	"refci.dev/refci/render"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
+	"refci.dev/refci/worker/proc"
 )
 
 func cmdRun(ctx context.Context, e *env, args []string) int {
@@ -89,7 +90,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 			return exitInfra
 		}
 		hide = hidePaths(append(append([]string{h, *keyFile}, defaultHomes(e)...), runsHide...)...)
-		shim, _ = worker.ChooseShim(self) // refci-shim beside refci, when of this build
+		shim, _ = proc.ChooseShim(self) // refci-shim beside refci, when of this build
 		// The repository gets the result: its configuration and hooks,
 		// like everything refci's own git reads, stay read-only.
 		readOnly = readOnlyPaths(e, []string{self, shim}, repo.GitDir())

@@ -20,14 +20,14 @@ import (
 //
 // Reaping in the worker (worker/reap_linux.go) cannot survive the worker:
 // when the worker is killed with SIGKILL, the pipeline's processes are
-// orphaned to init and run on. With worker.ProcSpec.Shim, a small process
+// orphaned to init and run on. With proc.Spec.Shim, a small process
 // sits between the worker and each pipeline and outlives neither:
 //
 //	worker ── shim (own process group, child subreaper) ── pipeline main (own process group) ── ...
 //
 // The shim is the refci binary itself, or the light refci-shim binary
 // beside it (cmd/refci-shim: this package and little else; see
-// worker.ChooseShim), started as
+// proc.ChooseShim), started as
 //
 //	refci __refci-shim --kill-grace=DURATION -- PATH ARGS...
 //

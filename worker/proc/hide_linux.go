@@ -1,6 +1,6 @@
 //go:build linux
 
-package worker
+package proc
 
 import (
 	"errors"
@@ -14,7 +14,7 @@ import (
 )
 
 // Hiding paths from the pipeline is the shim's (worker/shim/hide_linux.go):
-// ProcSpec.Hide becomes its --hide arguments. Here is the worker's check,
+// Spec.Hide becomes its --hide arguments. Here is the worker's check,
 // at start, that it can.
 
 // CheckIsolation says whether refci (the runs' shim, as in Config.Shim:
