@@ -24,9 +24,12 @@ var allowed = map[string][]string{
 	"worker/shim": {},
 	// Process supervision: the shim side and nothing else of the project.
 	"worker/proc": {"worker/shim"},
-	"forge":       {"queue", "render", "secrets", "gitproto"},
-	"fixtures":    {},
-	"cmd":         {"queue", "gitproto", "secrets", "worker", "render", "forge"},
+	// The job socket: server, client and wire protocol; job names and
+	// states are queue's.
+	"worker/jobsock": {"queue"},
+	"forge":          {"queue", "render", "secrets", "gitproto"},
+	"fixtures":       {},
+	"cmd":            {"queue", "gitproto", "secrets", "worker", "render", "forge"},
 }
 
 func TestImportRules(t *testing.T) {

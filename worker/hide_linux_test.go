@@ -13,6 +13,7 @@ import (
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
+	"refci.dev/refci/worker/jobsock"
 	"refci.dev/refci/worker/proc"
 )
 
@@ -20,7 +21,7 @@ import (
 // runs `refci job` as the refci binary does.
 func init() {
 	if len(os.Args) > 1 && os.Args[1] == "job" && os.Getenv("REFCI_SOCKET") != "" {
-		syscall.Exit(RunJobCommand(context.Background(), os.Args[2:], os.Getenv, os.Stdout, os.Stderr))
+		syscall.Exit(jobsock.RunJobCommand(context.Background(), os.Args[2:], os.Getenv, os.Stdout, os.Stderr))
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
+	"refci.dev/refci/worker/jobsock"
 	"refci.dev/refci/worker/proc"
 	"refci.dev/refci/worker/shim"
 )
@@ -340,9 +341,9 @@ type run struct {
 	dir    string
 	signer Signer
 	ref    string
-	last   gitproto.Hash // the last snapshot written to ref, or zero
-	sock   *RunSocket    // the job socket kept with a reused run directory
-	masks  *MaskSet      // the secret values handed out to the run
+	last   gitproto.Hash   // the last snapshot written to ref, or zero
+	sock   *jobsock.Socket // the job socket kept with a reused run directory
+	masks  *MaskSet        // the secret values handed out to the run
 
 	mainLog *CappedLog   // the run's log, closed by cleanup
 	flog    *FinishedLog // the stored log, once finished
@@ -478,36 +479,22 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	var lw *lockedWriter
 	rs := &runSecrets{env: r.spec.Env, masks: masks, note: func(line string) { fmt.Fprintln(lw, line) }}
 	sockPath := runSocketPath(dir)
-	var sock *RunSocket
+	var sock *jobsock.Socket
 	if r.spec.Dirs != nil {
 		// Kept listening from run to run with the directory.
 		if sock = r.spec.Dirs.socket(dir); sock == nil {
-			if sock, err = ListenRunSocket(sockPath); err != nil {
+			if sock, err = jobsock.Listen(sockPath); err != nil {
 				return errorResult(fmt.Sprintf("the worker cannot create the run's socket: %v", err))
 			}
 		}
 		r.sock = sock
 	}
-	srv, err := NewJobServer(JobServerConfig{
+	srv, err := jobsock.NewServer(jobsock.Config{
 		Socket:     sock,
 		SocketPath: sockPath,
-		OpenLog: func(name string) (JobLog, error) {
-			l, err := NewCappedLog(logs, r.spec.LogCap)
-			if err != nil {
-				return nil, err
-			}
-			r.mu.Lock()
-			if r.jobLogs == nil {
-				r.jobLogs = map[string]*CappedLog{}
-			}
-			r.jobLogs[name] = l
-			r.mu.Unlock()
-			return &maskedLog{Masker{Set: masks, W: l}}, nil
-		},
-		Now:     r.now,
-		Secret:  rs.get,
-		Masks:   masks,
-		OwnTree: true,
+		Run:        jobSocketRun{runSecrets: rs, r: r, logs: logs},
+		Now:        r.now,
+		OwnTree:    true,
 	})
 	if err != nil {
 		// Not a passing trouble (a socket path too long for the
@@ -686,6 +673,30 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 
 // maskedLog is a job log behind a Masker; Close writes what the masker
 // holds back.
+// jobSocketRun is the run as its job socket serves it (jobsock.Run):
+// each job's log is capped, spilling into logs, and masked; the secrets
+// are the run's.
+type jobSocketRun struct {
+	*runSecrets
+	r    *run
+	logs string
+}
+
+// OpenLog opens job name's log.
+func (j jobSocketRun) OpenLog(name string) (jobsock.Log, error) {
+	l, err := NewCappedLog(j.logs, j.r.spec.LogCap)
+	if err != nil {
+		return nil, err
+	}
+	j.r.mu.Lock()
+	if j.r.jobLogs == nil {
+		j.r.jobLogs = map[string]*CappedLog{}
+	}
+	j.r.jobLogs[name] = l
+	j.r.mu.Unlock()
+	return &maskedLog{Masker{Set: j.masks, W: l}}, nil
+}
+
 type maskedLog struct{ m Masker }
 
 func (l *maskedLog) Write(p []byte) (int, error) { return l.m.Write(p) }
@@ -723,7 +734,7 @@ func (r *run) openSecrets(ctx context.Context, rs *runSecrets) []string {
 	rs.note(fmt.Sprintf("refci: secrets environment %s verified (commit %.12s); ask for values with `refci secret NAME`", r.spec.Env, info.Commit))
 	var env []string
 	for _, name := range info.Exported {
-		v, err := rs.get(name)
+		v, err := rs.Secret(name)
 		if err != nil {
 			rs.note(fmt.Sprintf("refci: secret %s not exported to the environment: %v", name, err))
 			continue
@@ -930,7 +941,7 @@ func describeMode(m fs.FileMode) string {
 
 // environment is the scrubbed environment of the pipeline: nothing of the
 // worker's own environment leaks in.
-func (r *run) environment(dir string, srv *JobServer) []string {
+func (r *run) environment(dir string, srv *jobsock.Server) []string {
 	trusted := "0"
 	if r.spec.Trusted {
 		trusted = "1"
@@ -1194,7 +1205,7 @@ const firstSnapshotAfter = 500 * time.Millisecond
 // startSnapshots writes a progress snapshot firstSnapshotAfter the start
 // and then every SnapshotEvery until the returned function is called
 // (which waits for a snapshot in progress).
-func (r *run) startSnapshots(lw *lockedWriter, log *CappedLog, srv *JobServer) func() {
+func (r *run) startSnapshots(lw *lockedWriter, log *CappedLog, srv *jobsock.Server) func() {
 	if r.spec.SnapshotEvery <= 0 {
 		return func() {}
 	}
@@ -1225,7 +1236,7 @@ func (r *run) startSnapshots(lw *lockedWriter, log *CappedLog, srv *JobServer) f
 
 // snapshot writes one progress commit: status.json in state running and
 // the log so far.
-func (r *run) snapshot(lw *lockedWriter, log *CappedLog, srv *JobServer) error {
+func (r *run) snapshot(lw *lockedWriter, log *CappedLog, srv *jobsock.Server) error {
 	// A short log is copied in memory, a longer one to a file.
 	var buf bytes.Buffer
 	var f *os.File

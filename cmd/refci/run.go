@@ -14,6 +14,7 @@ import (
 	"refci.dev/refci/render"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
+	"refci.dev/refci/worker/jobsock"
 	"refci.dev/refci/worker/proc"
 )
 
@@ -281,5 +282,5 @@ func cmdInit(_ context.Context, e *env, args []string) int {
 }
 
 func cmdJob(ctx context.Context, e *env, args []string) int {
-	return worker.RunJobCommand(ctx, args, e.getenv, e.stdout, e.stderr)
+	return jobsock.RunJobCommand(ctx, args, e.getenv, e.stdout, e.stderr)
 }

@@ -108,7 +108,7 @@ func (p nsPaths) args() []string {
 }
 
 // ScratchDirs stay writable for every isolated pipeline, besides its own
-// run directory and ProcSpec.Writable: the shared temporary directories,
+// run directory and proc.Spec.Writable: the shared temporary directories,
 // and the kernel's interfaces (/dev for its devices and /dev/shm, /proc
 // for a pipeline's own user namespaces' id maps), from which no refci
 // process takes configuration or code.
