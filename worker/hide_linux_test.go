@@ -64,7 +64,7 @@ echo "home:[$(ls -A %[1]s)]"
 	exe := testExecutable(t)
 	var live syncBuffer
 	out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", RefciPath: exe, Shim: exe,
-		TempDir: t.TempDir(), Output: &live, Hide: []string{dir, file}, RequireIsolation: true}, testSigner(t))
+		TempDir: t.TempDir(), Output: &live, Isolation: Isolation{Hide: []string{dir, file}, RequireIsolation: true}}, testSigner(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ refci job build -- echo "job ok"
 	// The executable lies under a hidden path too (the test binary's
 	// directory): it must stay usable for refci job.
 	out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", RefciPath: exe, Shim: exe,
-		TempDir: parent, Hide: []string{parent, filepath.Dir(exe)}, RequireIsolation: true}, testSigner(t))
+		TempDir: parent, Isolation: Isolation{Hide: []string{parent, filepath.Dir(exe)}, RequireIsolation: true}}, testSigner(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,8 +188,8 @@ try checkout 'echo x > checkout-file'
 	exe := testExecutable(t)
 	var live syncBuffer
 	out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", RefciPath: exe, Shim: exe,
-		TempDir: t.TempDir(), Output: &live, Hide: []string{filepath.Join(base, "nothing-here")}, RequireIsolation: true,
-		Writable: []string{extra}, ReadOnly: []string{home, filepath.Join(absentParent, "missing"), exe, filepath.Dir(exe)}}, testSigner(t))
+		TempDir: t.TempDir(), Output: &live, Isolation: Isolation{Hide: []string{filepath.Join(base, "nothing-here")}, RequireIsolation: true,
+			Writable: []string{extra}, ReadOnly: []string{home, filepath.Join(absentParent, "missing"), exe, filepath.Dir(exe)}}}, testSigner(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,9 @@ type Config struct {
 	// each one as soon as it is written.
 	Snapshot time.Duration
 	Grace    time.Duration // on shutdown, how long running pipelines may finish (default 30s)
-	Timeout  time.Duration // default pipeline timeout (a request may ask for another)
+	// Limits are every run's (RunSpec.Limits); a request may ask for
+	// another Timeout, up to MaxTimeout.
+	Limits
 	// MaxAttempts is how many attempts of one request value may lose
 	// their worker: a takeover that would be attempt MaxAttempts+1
 	// instead ends the request in state error, "gave up after N
@@ -36,9 +38,6 @@ type Config struct {
 	// MaxTimeout caps the timeout a request may ask for (default
 	// DefaultMaxTimeout, and never below Timeout).
 	MaxTimeout time.Duration
-	KillGrace  time.Duration
-
-	LogCap, ArtifactFileCap, ArtifactTotalCap int64
 
 	Signer    Signer
 	RefciPath string
@@ -65,13 +64,9 @@ type Config struct {
 	Secrets SecretsFunc
 	// Page, when set, renders index.html of each final result (RunSpec.Page).
 	Page PageFunc
-	// Hide and RequireIsolation are every run's RunSpec.Hide and
-	// RunSpec.RequireIsolation: paths pipelines must not see.
-	Hide             []string
-	RequireIsolation bool
-	// Writable and ReadOnly are every run's RunSpec.Writable and
-	// RunSpec.ReadOnly.
-	Writable, ReadOnly []string
+	// Isolation is every run's (RunSpec.Isolation): what pipelines may
+	// see and write.
+	Isolation
 }
 
 // TrustQuery is what Config.Trust decides on.
@@ -862,11 +857,10 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 	spec := RunSpec{
 		Repo: repo, Target: gitproto.Hash(hashOf(a.claim.Target)), Request: a.claim.Request, RequestObject: a.claim.RequestObject, RunID: a.claim.Run,
 		Attempt: a.claim.Attempt, PreviousRun: a.claim.PreviousRun,
-		Timeout: w.cfg.Timeout, KillGrace: w.cfg.KillGrace, LogCap: w.cfg.LogCap,
-		ArtifactFileCap: w.cfg.ArtifactFileCap, ArtifactTotalCap: w.cfg.ArtifactTotalCap,
+		Limits:    w.cfg.Limits,
+		Isolation: w.cfg.Isolation,
 		RefciPath: w.cfg.RefciPath, Shim: w.cfg.Shim, TempDir: w.cfg.TempDir, Dirs: w.runDirs, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
 		SnapshotEvery: w.cfg.Snapshot, Secrets: w.cfg.Secrets, Remote: a.remote.URL, Page: w.cfg.Page, NoRunRef: true,
-		Hide: w.cfg.Hide, RequireIsolation: w.cfg.RequireIsolation, Writable: w.cfg.Writable, ReadOnly: w.cfg.ReadOnly,
 		OnSnapshot: func(_ string, c gitproto.Hash) {
 			a.mu.Lock()
 			a.snapshots = append(a.snapshots, c)

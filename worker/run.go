@@ -33,7 +33,7 @@ type Signer interface {
 	SignDetached(message []byte) (string, error)
 }
 
-// Defaults for RunSpec's caps.
+// Defaults for the zero fields of Limits.
 const (
 	DefaultLogCap           = 16 << 20
 	DefaultArtifactFileCap  = 50 << 20
@@ -41,6 +41,26 @@ const (
 	DefaultTimeout          = time.Hour
 	DefaultKillGrace        = 5 * time.Second
 )
+
+// Limits bound one run: how long its pipeline may take and how much of
+// its output is kept. Config holds every run's (a request may ask for
+// another Timeout, up to Config.MaxTimeout), RunSpec one run's. A zero
+// field means its default (DefaultTimeout, DefaultKillGrace,
+// DefaultLogCap, DefaultArtifactFileCap, DefaultArtifactTotalCap).
+type Limits struct {
+	// Timeout is the pipeline's timeout.
+	Timeout time.Duration
+	// KillGrace is how long the pipeline's processes have between
+	// SIGTERM (a timeout, a cancel) and SIGKILL.
+	KillGrace time.Duration
+	// LogCap is how many bytes of the log, and of each job's log, are
+	// kept (the start and the end).
+	LogCap int64
+	// ArtifactFileCap and ArtifactTotalCap bound the size of one
+	// artifact and of all of them; larger ones are left out, and
+	// status.json says so.
+	ArtifactFileCap, ArtifactTotalCap int64
+}
 
 // RunSpec says what to run and how. Zero values of the caps and durations
 // mean the defaults above.
@@ -66,7 +86,8 @@ type RunSpec struct {
 	// Secrets; "" for a local run.
 	Remote string
 
-	Timeout time.Duration
+	// Limits bound the run.
+	Limits
 	// TimeoutRequested, when set, is the longer timeout the request asked
 	// for, which the worker capped to Timeout: status.json (extra
 	// timeout_requested, timeout_cap) and the log say so.
@@ -75,11 +96,7 @@ type RunSpec struct {
 	// without checking out or running anything: the request's options
 	// were bad (queue.ParseRequestOptions), or its earlier attempts all
 	// lost their worker.
-	Refusal          string
-	KillGrace        time.Duration
-	LogCap           int64
-	ArtifactFileCap  int64
-	ArtifactTotalCap int64
+	Refusal string
 
 	// RefciPath is the refci executable put on the pipeline's PATH so
 	// that `refci job` works inside it. Empty: no refci on PATH.
@@ -89,19 +106,13 @@ type RunSpec struct {
 	// so that nothing of it survives even if this process is killed (see
 	// proc.Spec.Shim). Workers set it.
 	Shim string
-	// Hide lists absolute paths the pipeline must not see (the worker's
-	// key, configuration, caches); it needs Shim (see proc.Spec.Hide).
-	// The run's directory and RefciPath must not lie under one of them:
-	// the run ends in state error if they do. When they cannot be hidden
+	// Isolation says what the pipeline may see and write; it needs Shim.
+	// The run's directory and RefciPath must not lie under a hidden path:
+	// the run ends in state error if they do. When nothing can be hidden
 	// (no user namespaces), status.json records extra.isolation "none"
 	// and extra.isolation_reason, unless RequireIsolation is set: then
 	// the run ends in state error without running the pipeline.
-	Hide             []string
-	RequireIsolation bool
-	// With Hide, the pipeline's whole file system is read-only but for
-	// its run directory, shim.ScratchDirs and Writable; ReadOnly lists
-	// paths under those that stay read-only (see proc.Spec.ReadOnly).
-	Writable, ReadOnly []string
+	Isolation
 	// Output, when not nil, receives a live copy of the pipeline's
 	// output.
 	Output io.Writer

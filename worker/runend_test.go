@@ -84,7 +84,7 @@ func TestRequestOptionsErrorsAndTimeoutCap(t *testing.T) {
 	}
 	w := New(Config{
 		Remotes: []*gitproto.Remote{rem}, Poll: 100 * time.Millisecond, Concurrency: 2, Grace: 5 * time.Second,
-		Timeout: 30 * time.Second, MaxTimeout: time.Minute,
+		Limits: Limits{Timeout: 30 * time.Second}, MaxTimeout: time.Minute,
 		Signer: testSigner(t), RefciPath: exe, TempDir: t.TempDir(),
 	})
 	startWorker(t, w)

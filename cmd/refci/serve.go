@@ -192,8 +192,10 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		// needs none of them; its checkout and socket are in its run
 		// directory, under runs, of which it sees only its own. What
 		// refci's own git, ssh and gpg read stays read-only.
-		Hide:     hidePaths(append(append([]string{lay.root, lay.roles, refciHome}, defaultHomes(e)...), runsHide...)...),
-		ReadOnly: readOnlyPaths(e, []string{self, shim}), RequireIsolation: *requireIso,
+		Isolation: worker.Isolation{
+			Hide:     hidePaths(append(append([]string{lay.root, lay.roles, refciHome}, defaultHomes(e)...), runsHide...)...),
+			ReadOnly: readOnlyPaths(e, []string{self, shim}), RequireIsolation: *requireIso,
+		},
 	})
 	if !*noWorker {
 		checkIsolation(logger.With("component", "worker"), shim, *requireIso)

@@ -230,12 +230,14 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	opener := &envOpener{admins: admins, key: id, remotes: func(u string) *gitproto.Remote { return byURL[u] }}
 	w := worker.New(worker.Config{
 		Remotes: rems, Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
-		Grace: cfg.Grace.Duration, Timeout: cfg.Timeout.Duration, MaxTimeout: cfg.MaxTimeout.Duration, MaxAttempts: cfg.MaxAttempts, KillGrace: cfg.KillGrace.Duration,
-		LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap,
+		Grace: cfg.Grace.Duration, MaxTimeout: cfg.MaxTimeout.Duration, MaxAttempts: cfg.MaxAttempts,
+		Limits: worker.Limits{Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
+			LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap},
 		Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, Logger: logger,
 		Trust: signatureTrust(trusted), Secrets: opener.open, Page: renderPage,
-		Hide: hide, RequireIsolation: cfg.RequireIsolation, TempDir: runs,
-		Writable: hidePaths(cfg.Writable...), ReadOnly: readOnly,
+		Isolation: worker.Isolation{Hide: hide, RequireIsolation: cfg.RequireIsolation,
+			Writable: hidePaths(cfg.Writable...), ReadOnly: readOnly},
+		TempDir: runs,
 	})
 	checkIsolation(logger, shim, cfg.RequireIsolation)
 	stop, stopFn := context.WithCancel(ctx)
