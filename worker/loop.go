@@ -668,7 +668,7 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 			continue
 		}
 		won++
-		w.start(ctx, rem, p.claim, p.commit)
+		w.startClaimed(ctx, rem, p.claim, p.commit)
 	}
 	if len(release) > 0 {
 		if _, err := rem.Push(ctx, release, false); err != nil {
@@ -814,8 +814,8 @@ func (w *Worker) isActive(rem *gitproto.Remote, name string) bool {
 	return ok
 }
 
-// start runs a claimed request in the background.
-func (w *Worker) start(ctx context.Context, rem *gitproto.Remote, c queue.Claim, claimVal gitproto.Hash) {
+// startClaimed runs a claimed request in the background.
+func (w *Worker) startClaimed(ctx context.Context, rem *gitproto.Remote, c queue.Claim, claimVal gitproto.Hash) {
 	runCtx, cancel := context.WithCancelCause(ctx)
 	a := &activeRun{remote: rem, claim: c, claimRef: queue.ClaimRef(c.Request), claimVal: claimVal, cancel: cancel,
 		runRef: queue.RunRef(c.Target, c.Run)}
@@ -830,11 +830,11 @@ func (w *Worker) start(ctx context.Context, rem *gitproto.Remote, c queue.Claim,
 		defer cancel(nil)
 		select {
 		case w.slots <- struct{}{}:
-			w.execute(runCtx, a)
+			w.runClaimed(runCtx, a)
 			<-w.slots
 		case <-runCtx.Done():
 			// Cancelled while waiting for a slot: it still gets a result.
-			w.execute(runCtx, a)
+			w.runClaimed(runCtx, a)
 		}
 		w.mu.Lock()
 		delete(w.active, key)
@@ -846,8 +846,8 @@ func (w *Worker) start(ctx context.Context, rem *gitproto.Remote, c queue.Claim,
 	}()
 }
 
-// execute runs one claimed request and queues its result for pushing.
-func (w *Worker) execute(ctx context.Context, a *activeRun) {
+// runClaimed runs one claimed request and queues its result for pushing.
+func (w *Worker) runClaimed(ctx context.Context, a *activeRun) {
 	log := w.log.With("remote", gitproto.RedactURL(a.remote.URL), "request", a.claim.Request, "run", a.claim.Run, "attempt", a.claim.Attempt)
 	repo, err := gitproto.Open(a.remote.Cache)
 	if err != nil {

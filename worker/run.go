@@ -220,7 +220,7 @@ func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 	defer r.cleanup()
 	files, err := r.execute(ctx)
 	if err == nil {
-		out, perr := r.publish(files, signer)
+		out, perr := r.writeResult(files, signer)
 		if perr == nil {
 			return out, nil
 		}
@@ -278,7 +278,7 @@ func (r *run) recordFailure(cause error) (*Outcome, error) {
 	fmt.Fprintf(&log, "refci: %s\n", r.masks.String(reason))
 	r.st.LogTruncated = r.st.LogTruncated || cut
 	files := []resultFile{{path: queue.LogFile, data: log.Bytes()}}
-	out, err := r.publish(files, r.signer)
+	out, err := r.writeResult(files, r.signer)
 	if err == nil {
 		return out, nil
 	}
@@ -291,7 +291,7 @@ func (r *run) recordFailure(cause error) (*Outcome, error) {
 	}
 	var retry func() (*Outcome, error)
 	retry = func() (*Outcome, error) {
-		out, err := r.publish(files, r.signer)
+		out, err := r.writeResult(files, r.signer)
 		if err != nil {
 			return &Outcome{Status: r.st, retry: retry}, fmt.Errorf("store the error result: %w", err)
 		}
@@ -1143,9 +1143,9 @@ func fileSHA256(p string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// publish writes the result tree and its signed commit, then creates the
+// writeResult writes the result tree and its signed commit, then creates the
 // run ref. Objects first, ref last: a failure at any point leaves no ref.
-func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
+func (r *run) writeResult(files []resultFile, signer Signer) (*Outcome, error) {
 	repo := r.spec.Repo
 	maskStatus(r.masks, r.st)
 	files = r.pageFiles(files)

@@ -312,8 +312,8 @@ type owner struct {
 	run  *reapRun
 }
 
-// snapshot is one scan of /proc plus the registry, under registry.mu.
-type snapshot struct {
+// procScan is one scan of /proc plus the registry, under registry.mu.
+type procScan struct {
 	self, selfPgrp int
 	ownTag         string // REFCI_REAP_TAG of this process, if it has one
 	procs          map[int]*shim.ProcInfo
@@ -325,13 +325,13 @@ type snapshot struct {
 	memo           map[int]attribution
 }
 
-// takeSnapshot scans /proc. The caller holds registry.mu.
-func takeSnapshot() (*snapshot, error) {
+// scanProcs scans /proc. The caller holds registry.mu.
+func scanProcs() (*procScan, error) {
 	procs, err := shim.ListProcs()
 	if err != nil {
 		return nil, err
 	}
-	s := &snapshot{
+	s := &procScan{
 		self:      os.Getpid(),
 		selfPgrp:  unix.Getpgrp(),
 		ownTag:    os.Getenv(reapTagEnv),
@@ -371,7 +371,7 @@ type attribution struct {
 	depth int
 }
 
-func (s *snapshot) attribute(pid int) attribution {
+func (s *procScan) attribute(pid int) attribution {
 	if a, ok := s.memo[pid]; ok {
 		return a
 	}
@@ -413,7 +413,7 @@ func (s *snapshot) attribute(pid int) attribution {
 	return s.memo[pid]
 }
 
-func (s *snapshot) classifyOrphan(p *shim.ProcInfo) owner {
+func (s *procScan) classifyOrphan(p *shim.ProcInfo) owner {
 	if p.Pgrp == s.selfPgrp {
 		return owner{}
 	}
@@ -449,7 +449,7 @@ func (s *snapshot) classifyOrphan(p *shim.ProcInfo) owner {
 }
 
 // mine says whether run r is responsible for killing a process with owner o.
-func (s *snapshot) mine(r *reapRun, o owner) bool {
+func (s *procScan) mine(r *reapRun, o owner) bool {
 	switch o.kind {
 	case ownRun:
 		return o.run == r
@@ -473,7 +473,7 @@ func (r *reapRun) sweep(sig syscall.Signal) (remaining int, err error) {
 	sweeps.Add(1)
 	registry.mu.Lock()
 	defer registry.mu.Unlock()
-	s, err := takeSnapshot()
+	s, err := scanProcs()
 	if err != nil {
 		return 0, fmt.Errorf("worker: scanning processes: %w", err)
 	}
