@@ -57,7 +57,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		e.errorf("%v", err)
 		return exitFor(err)
 	}
-	noDump()
+	proc.SetNotDumpable()
 	id, err := e.identity(*keyFile)
 	if err != nil {
 		e.errorf("%v", err)
@@ -73,8 +73,8 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	var hide, readOnly []string
 	shim := ""
 	// Every run directory of this user's refci processes lies under one
-	// root, hidden from isolated pipelines (runsDir).
-	runs, runsHide, removeRuns, err := runsDir()
+	// root, hidden from isolated pipelines (worker.MakeRunsDir).
+	runs, runsHide, removeRuns, err := worker.MakeRunsDir()
 	if err != nil {
 		e.errorf("run: %v", err)
 		return exitInfra
@@ -90,11 +90,11 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 			e.errorf("run: --isolate: %v", err)
 			return exitInfra
 		}
-		hide = hidePaths(append(append([]string{h, *keyFile}, defaultHomes(e)...), runsHide...)...)
+		hide = worker.CleanPaths(append(append([]string{h, *keyFile}, worker.UserPrivatePaths(e.getenv)...), runsHide...)...)
 		shim, _ = proc.ChooseShim(self) // refci-shim beside refci, when of this build
 		// The repository gets the result: its configuration and hooks,
 		// like everything refci's own git reads, stay read-only.
-		readOnly = readOnlyPaths(e, []string{self, shim}, repo.GitDir())
+		readOnly = worker.ReadOnlyPaths(e.getenv, []string{self, shim}, repo.GitDir())
 	}
 	host, _ := os.Hostname()
 	admins, err := secrets.ReadKeyringFiles(adminFiles...)
