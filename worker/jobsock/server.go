@@ -79,7 +79,7 @@ type Config struct {
 // Socket is a job socket kept listening from one run to the next of a
 // reused run directory: binding a socket makes a file, and on some file
 // systems every new file is a real cost. Only one Server uses it at a
-// time.
+// time. Make it with Listen; the zero value is not usable.
 type Socket struct {
 	ln   *net.UnixListener
 	path string

@@ -87,7 +87,8 @@ import (
 	"time"
 )
 
-// ProtocolVersion is the version of the wire protocol described above.
+// ProtocolVersion is the version of the wire protocol described at the
+// top of this file (wire.go).
 // A change that an older peer would misread (a new required field, an op
 // whose meaning changes) increments it; new optional fields and ops do
 // not (unknown fields are ignored, unknown ops answered with "error").

@@ -17,7 +17,7 @@ import (
 // Spec.Hide becomes its --hide arguments. Here is the worker's check,
 // at start, that it can.
 
-// CheckIsolation says whether refci (the runs' shim, as in Config.Shim:
+// CheckIsolation says whether refci (the runs' shim, as in worker.Config.Shim:
 // the refci executable or refci-shim) can hide paths from pipelines here:
 // it starts the namespace set-up once without a pipeline. nil means it can; the error
 // says why not. Workers call it once at start to warn.
