@@ -13,7 +13,10 @@
 //	gitproto  git and nothing about CI: objects, refs with compare-and-swap, checkout
 //	secrets   OpenPGP and nothing about git: identities, signing, verifying, sealing environments
 //	results   reading and watching results and claims: list, find, read, verify, follow
-//	worker    running one pipeline and publishing its result
+//	worker    running one pipeline and publishing its result; the loop, claims, the outbox; isolation
+//	  worker/proc     process supervision: start, wait, kill with grace, reap; the shim choice
+//	  worker/jobsock  the job socket: its server, the refci job/secret clients, the versioned wire protocol
+//	  worker/shim     the per-run shim (cmd/refci-shim): hides paths, reaps the pipeline
 //	render    pure functions from a result to what people read
 //	forge     views outward (forges, mail)
 //	cmd       wiring only

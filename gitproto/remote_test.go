@@ -1155,7 +1155,7 @@ func TestRemoteListLocalMatchesGit(t *testing.T) {
 	}
 }
 
-func TestRemoteMaintainPacksLooseObjects(t *testing.T) {
+func TestRemoteCollectGarbagePacksLooseObjects(t *testing.T) {
 	t.Parallel()
 	remote := fixtures.BareRepo(t, "remote.git")
 	setRef(t, remote, "refs/heads/main", mkCommit(t, remote, "a"))
@@ -1184,13 +1184,13 @@ func TestRemoteMaintainPacksLooseObjects(t *testing.T) {
 	}
 	loose := func() string { return fixtures.Git(t, r.Cache, "count-objects") }
 	before := loose()
-	if err := r.Maintain(context.Background(), 1000, false); err != nil {
+	if err := r.CollectGarbage(context.Background(), 1000, false); err != nil {
 		t.Fatal(err)
 	}
 	if got := loose(); got != before {
 		t.Errorf("below the limit, maintenance changed the cache: %q, then %q", before, got)
 	}
-	if err := r.Maintain(context.Background(), 10, false); err != nil {
+	if err := r.CollectGarbage(context.Background(), 10, false); err != nil {
 		t.Fatal(err)
 	}
 	if v := fixtures.Git(t, r.Cache, "count-objects", "-v"); !strings.Contains(v, "packs: 1") {

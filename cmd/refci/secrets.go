@@ -16,14 +16,14 @@ import (
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/secrets"
-	"refci.dev/refci/worker"
+	"refci.dev/refci/worker/jobsock"
 )
 
 // nowFunc stamps environment commits.
 var nowFunc = time.Now
 
 func cmdSecret(ctx context.Context, e *env, args []string) int {
-	return worker.RunSecretCommand(ctx, args, e.getenv, e.stdout, e.stderr)
+	return jobsock.RunSecretCommand(ctx, args, e.getenv, e.stdout, e.stderr)
 }
 
 // secretsHelp is the details of 'refci secrets -h'.
