@@ -15,7 +15,8 @@
 //	results   reading and watching results and claims: list, find, read, verify, follow
 //	worker    running one pipeline and publishing its result
 //	render    pure functions from a result to what people read
-//	forge     views outward (forges, mail)
+//	forge     views outward (forges, mail); forge/site: the static site
+//	          of results, built by refci view and served by refci serve --http
 //	cmd       wiring only
 //	fixtures  helpers shared by the tests (git with a private HOME, keys, sample repositories); never imported by other code
 //

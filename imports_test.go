@@ -22,7 +22,7 @@ var allowed = map[string][]string{
 	// twice per job: nothing of the project (see cmd/refci-shim's test of
 	// its dependencies).
 	"worker/shim": {},
-	"forge":       {"queue", "render", "secrets", "gitproto"},
+	"forge":       {"queue", "render", "secrets", "gitproto", "results"},
 	"fixtures":    {"secrets"}, // tests only: OpenPGP keys of fake identities come from secrets
 	"cmd":         {"queue", "gitproto", "secrets", "results", "worker", "render", "forge"},
 }
