@@ -16,17 +16,18 @@ import (
 	"refci.dev/refci/secrets"
 )
 
-// Handler serves the static site of every repository of refci serve at
-// /<repo>/ (the site Builder writes), and a list of the repositories at
-// /. A repository's site is brought up to date when one of its pages is
-// asked for, at most once every two seconds; the build is incremental,
-// so a request after a new result costs about one run page.
+// Handler serves the static site (the one Builder writes) of each
+// repository it lists at /<repo>/, and the list of them at /, as refci
+// serve --http does. A repository's site is brought up to date when one
+// of its pages is asked for, at most once every two seconds; the build
+// is incremental, so a request after a new result costs about one run
+// page.
 //
 // Every answer carries a Content-Security-Policy and nosniff; what a
 // result brought (logs, status.json, artifacts) is served sandboxed, and
 // as a download when a browser would render it as an active document.
-// Handler only reads and builds: whether other methods than GET and HEAD
-// are refused is the server's business.
+// Handler writes nothing but the sites, whatever the method; refusing
+// methods other than GET and HEAD is left to the server around it.
 //
 // Safe for concurrent use. The zero value is not usable; make one with
 // NewHandler.
