@@ -4,27 +4,22 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/secrets"
 )
 
+func TestMain(m *testing.M) { os.Exit(fixtures.PrivateHome(m)) }
+
 // newRepo makes an empty bare repository and opens it.
-// TODO(merge): fixtures (the git runner with a private HOME)
 func newRepo(t *testing.T) *gitproto.Repo {
 	t.Helper()
-	dir := t.TempDir()
-	cmd := exec.Command("git", "init", "-q", "--bare", dir)
-	cmd.Env = append(os.Environ(), "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("git init: %v\n%s", err, out)
-	}
-	repo, err := gitproto.Open(dir)
+	repo, err := gitproto.Open(fixtures.BareRepo(t, "app.git"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,10 +61,7 @@ func writeCommit(t *testing.T, repo *gitproto.Repo, files map[string]string, msg
 func TestBuildIsIncremental(t *testing.T) {
 	repo := newRepo(t)
 	target := writeCommit(t, repo, map[string]string{"README": "hello\n"}, "Add the README\n\nThe body.", nil)
-	id, err := secrets.Generate("Test Worker", "worker@example.invalid", time.Now().Add(-time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := fixtures.OpenPGPIdentity(t, "Test Worker")
 	started := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
 	exit := 0
 	st := &queue.Status{Format: queue.Format, State: queue.Success, Target: target.String(), Request: "main", Run: queue.NewRunID(started),
