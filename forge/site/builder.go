@@ -31,6 +31,7 @@ import (
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/render"
+	"refci.dev/refci/results"
 	"refci.dev/refci/secrets"
 )
 
@@ -194,8 +195,7 @@ func (b *Builder) Build() (Stats, error) {
 	if err != nil {
 		return st, err
 	}
-	// TODO(merge): results (common.go's listRuns lists the run refs too)
-	refs, err := repo.Refs(queue.RunsPrefix)
+	runs, err := results.List(repo, "")
 	if err != nil {
 		return st, err
 	}
@@ -220,15 +220,12 @@ func (b *Builder) Build() (Stats, error) {
 	}
 	var todo []renderJob
 	live := map[string]bool{}
-	for _, r := range refs {
-		if _, _, ok := queue.ParseRunRef(r.Name); !ok {
+	for _, r := range runs {
+		live[r.Ref] = true
+		if old, ok := man.Runs[r.Ref]; ok && old.Commit == r.Commit.String() {
 			continue
 		}
-		live[r.Name] = true
-		if old, ok := man.Runs[r.Name]; ok && old.Commit == r.Hash.String() {
-			continue
-		}
-		todo = append(todo, renderJob{ref: r.Name, commit: r.Hash})
+		todo = append(todo, renderJob{ref: r.Ref, commit: r.Commit})
 	}
 	b.readCommits(repo, man.Commits, todo)
 	changedTargets := map[string]bool{}
@@ -427,7 +424,7 @@ func lostChanged(man manifest) []renderJob {
 		refOf[st] = ref
 		sumOf[queue.RunRef(s.Target, s.Run)] = s
 	}
-	lost := queue.TakenOver(sts) // TODO(merge): results (the lost-worker rule of common.go's takenOverBy)
+	lost := queue.TakenOver(sts) // the rule of results.TakenOverBy, on the manifest's summaries
 	var todo []renderJob
 	for st, ref := range refOf {
 		s := man.Runs[ref]
@@ -477,8 +474,8 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 		defer rd.Close()
 		return io.ReadAll(rd)
 	}
-	// TODO(merge): results (common.go's readResult reads and checks a
-	// status too; here one not believed is still shown, with its verdict)
+	// Not results.Read: a result it does not believe is shown too, with
+	// its verdict.
 	rawStatus, err := read(queue.StatusFile)
 	if err != nil {
 		return render.RunSummary{}, fmt.Errorf("result %s: %s: %w", commit.String()[:12], queue.StatusFile, err)
@@ -487,14 +484,7 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 	if err != nil {
 		return render.RunSummary{}, fmt.Errorf("result %s: %w", commit.String()[:12], err)
 	}
-	// TODO(merge): results (the signature check is cmd/refci's verifyCommit)
-	v := verdictOf(b.keys, ref, c.Message, st, func() (secrets.Signer, error) {
-		payload, sig, err := gitproto.SignedPayload(c)
-		if err != nil {
-			return secrets.Signer{}, err
-		}
-		return b.keys.VerifyDetached(payload, sig)
-	})
+	v := verdictOf(b.keys, ref, c.Message, st, func() (secrets.Signer, error) { return results.SignedBy(b.keys, c) })
 	valid := v.Kind != render.VerdictInvalid
 	shown := st
 	if !valid {
