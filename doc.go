@@ -18,7 +18,8 @@
 //	  worker/jobsock  the job socket: its server, the refci job/secret clients, the versioned wire protocol
 //	  worker/shim     the per-run shim (cmd/refci-shim): hides paths, reaps the pipeline
 //	render    pure functions from a result to what people read
-//	forge     views outward (forges, mail)
+//	forge     views outward (forges, mail); forge/site: the static site
+//	          of results, built by refci view and served by refci serve --http
 //	cmd       wiring only
 //	fixtures  helpers shared by the tests (git with a private HOME, keys, sample repositories); never imported by other code
 //

@@ -29,7 +29,7 @@ var allowed = map[string][]string{
 	// The job socket: server, client and wire protocol; job names and
 	// states are queue's.
 	"worker/jobsock": {"queue"},
-	"forge":          {"queue", "render", "secrets", "gitproto"},
+	"forge":          {"queue", "render", "secrets", "gitproto", "results"},
 	"fixtures":       {"secrets"}, // tests only: OpenPGP keys of fake identities come from secrets
 	"cmd":            {"queue", "gitproto", "secrets", "results", "worker", "render", "forge"},
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/google/renameio/v2"
 	gossh "golang.org/x/crypto/ssh"
 
+	"refci.dev/refci/forge/site"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/gitproto/sshd"
 	"refci.dev/refci/queue"
@@ -273,8 +274,8 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 			e.errorf("serve: --http: the keys the site trusts: %v", err)
 			return exitUsage
 		}
-		site := &siteServer{Repos: lay.repos, WWW: lay.www, Keys: siteKeys, List: func() ([]string, error) { return siteRepos(lay.repos, policy.access()) }, Log: logger.With("component", "http")}
-		httpSrv = &http.Server{Handler: readOnly(site), ReadHeaderTimeout: 10 * time.Second}
+		viewer := site.NewHandler(lay.repos, lay.www, func() ([]string, error) { return site.ReposOnSite(lay.repos, policy.access()) }, siteKeys, logger.With("component", "http"))
+		httpSrv = &http.Server{Handler: readOnly(viewer), ReadHeaderTimeout: 10 * time.Second}
 		httpURL = "http://" + hl.Addr().String() + "/"
 		go httpSrv.Serve(hl)
 	}
