@@ -14,10 +14,16 @@
 //	          the only package that imports go-git or runs the git program (CLI)
 //	secrets   OpenPGP and nothing about git: identities, signing, verifying, sealing environments
 //	secrets/envstore  the secrets environments in git (refs/ci/secrets/<env>): read, write, verify
-//	worker    running one pipeline and publishing its result
+//	results   reading and watching results and claims: list, find, read, verify, follow
+//	worker    running one pipeline and publishing its result; the loop, claims, the outbox; isolation
+//	  worker/proc     process supervision: start, wait, kill with grace, reap; the shim choice
+//	  worker/jobsock  the job socket: its server, the refci job/secret clients, the versioned wire protocol
+//	  worker/shim     the per-run shim (cmd/refci-shim): hides paths, reaps the pipeline
 //	render    pure functions from a result to what people read
-//	forge     views outward (forges, mail)
+//	forge     views outward (forges, mail); forge/site: the static site
+//	          of results, built by refci view and served by refci serve --http
 //	cmd       wiring only
+//	fixtures  helpers shared by the tests (git with a private HOME, keys, sample repositories); never imported by other code
 //
 // Arrows point inward; imports_test.go enforces it.
 package refci

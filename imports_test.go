@@ -10,6 +10,8 @@ import (
 // allowed lists, for each package tree, the project packages it may
 // import. Anything not listed is refused, so a new arrow is a decision.
 // A package follows the rules of the most specific tree that holds it.
+// An entry names a top-level folder (all of its tree) or a package
+// tree below one (worker/shim).
 var allowed = map[string][]string{
 	"queue":    {},
 	"gitproto": {},
@@ -18,14 +20,21 @@ var allowed = map[string][]string{
 	// nothing about git.
 	"secrets/envstore": {"queue", "gitproto", "secrets"},
 	"render":           {"queue"},
-	"worker":           {"queue", "gitproto"},
+	// Reading and watching results: every reader of runs and claims.
+	"results": {"queue", "gitproto", "secrets", "render"},
+	"worker":  {"queue", "gitproto"},
 	// The shim side of the worker, all of cmd/refci-shim, which starts
 	// twice per job: nothing of the project (see cmd/refci-shim's test of
 	// its dependencies).
 	"worker/shim": {},
-	"forge":       {"queue", "render", "secrets", "gitproto"},
-	"fixtures":    {},
-	"cmd":         {"queue", "gitproto", "secrets", "worker", "render", "forge"},
+	// Process supervision: the shim side and nothing else of the project.
+	"worker/proc": {"worker/shim"},
+	// The job socket: server, client and wire protocol; job names and
+	// states are queue's.
+	"worker/jobsock": {"queue"},
+	"forge":          {"queue", "render", "secrets", "gitproto", "results"},
+	"fixtures":       {"secrets"}, // tests only: OpenPGP keys of fake identities come from secrets
+	"cmd":            {"queue", "gitproto", "secrets", "results", "worker", "render", "forge"},
 }
 
 func TestImportRules(t *testing.T) {
@@ -63,7 +72,7 @@ func TestImportRules(t *testing.T) {
 			}
 			okDep := false
 			for _, a := range rules {
-				okDep = okDep || a == depTop
+				okDep = okDep || a == depTop || inTree(dep, a)
 			}
 			if !okDep {
 				t.Errorf("%s imports %s: %s may import only %v", p.ImportPath, imp, tree, rules)

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"refci.dev/refci/fixtures"
 )
 
 // lsTreeEntry is one line of git ls-tree -r -z.
@@ -18,7 +20,7 @@ type lsTreeEntry struct {
 func lsTree(t *testing.T, dir, rev string) []lsTreeEntry {
 	t.Helper()
 	var out []lsTreeEntry
-	for _, rec := range strings.Split(string(gitRaw(t, dir, "ls-tree", "-r", "-z", "--full-tree", rev)), "\x00") {
+	for _, rec := range strings.Split(string(fixtures.GitBytes(t, dir, "ls-tree", "-r", "-z", "--full-tree", rev)), "\x00") {
 		if rec == "" {
 			continue
 		}
@@ -32,13 +34,13 @@ func lsTree(t *testing.T, dir, rev string) []lsTreeEntry {
 // checkoutFixture is a commit with every kind of tree entry.
 func newCheckoutFixture(t *testing.T) (dir string, commit Hash) {
 	t.Helper()
-	dir = newGitRepo(t)
-	writeFile(t, dir, "README", "hello\n", 0o644)
-	writeFile(t, dir, "empty", "", 0o644)
-	writeFile(t, dir, ".refci/run", "#!/bin/sh\necho run\n", 0o755)
-	writeFile(t, dir, "bin/tool", "#!/bin/sh\n", 0o755)
-	writeFile(t, dir, "dir/sub/deep.txt", strings.Repeat("deep\n", 20000), 0o644) // > 64 KiB copy buffer
-	writeFile(t, dir, "name with spaces/ünï\tcode", "odd\n", 0o644)
+	dir = fixtures.NewRepo(t)
+	fixtures.WriteFile(t, dir, "README", "hello\n", 0o644)
+	fixtures.WriteFile(t, dir, "empty", "", 0o644)
+	fixtures.WriteFile(t, dir, ".refci/run", "#!/bin/sh\necho run\n", 0o755)
+	fixtures.WriteFile(t, dir, "bin/tool", "#!/bin/sh\n", 0o755)
+	fixtures.WriteFile(t, dir, "dir/sub/deep.txt", strings.Repeat("deep\n", 20000), 0o644) // > 64 KiB copy buffer
+	fixtures.WriteFile(t, dir, "name with spaces/ünï\tcode", "odd\n", 0o644)
 	for link, target := range map[string]string{
 		"link":        "README",
 		"abs":         "/etc/passwd",
@@ -51,10 +53,10 @@ func newCheckoutFixture(t *testing.T) (dir string, commit Hash) {
 			t.Fatal(err)
 		}
 	}
-	first := commitAll(t, dir, "files")
-	gitT(t, dir, "update-index", "--add", "--cacheinfo", "160000,"+first+",vendor/sub")
-	gitT(t, dir, "commit", "-q", "-m", "with a submodule")
-	return dir, mustHash(t, gitT(t, dir, "rev-parse", "HEAD"))
+	first := fixtures.CommitAll(t, dir, "files")
+	fixtures.Git(t, dir, "update-index", "--add", "--cacheinfo", "160000,"+first+",vendor/sub")
+	fixtures.Git(t, dir, "commit", "-q", "-m", "with a submodule")
+	return dir, mustHash(t, fixtures.Git(t, dir, "rev-parse", "HEAD"))
 }
 
 func TestCheckoutMatchesGitTree(t *testing.T) {
@@ -65,7 +67,7 @@ func TestCheckoutMatchesGitTree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	statusBefore := gitT(t, dir, "status", "--porcelain", "--ignored")
+	statusBefore := fixtures.Git(t, dir, "status", "--porcelain", "--ignored")
 
 	r := openRepo(t, dir)
 	dest := filepath.Join(t.TempDir(), "checkout")
@@ -99,7 +101,7 @@ func TestCheckoutMatchesGitTree(t *testing.T) {
 			}
 			content, _ := os.ReadFile(p)
 			want.Bytes += int64(len(content))
-			if !bytes.Equal(content, gitRaw(t, dir, "cat-file", "blob", e.hash)) {
+			if !bytes.Equal(content, fixtures.GitBytes(t, dir, "cat-file", "blob", e.hash)) {
 				t.Errorf("%s: content differs from blob %s", e.path, e.hash)
 			}
 		case "120000":
@@ -107,7 +109,7 @@ func TestCheckoutMatchesGitTree(t *testing.T) {
 			target, err := os.Readlink(p)
 			if fi.Mode()&fs.ModeSymlink == 0 || err != nil {
 				t.Errorf("%s: %v, want a symlink", e.path, fi.Mode())
-			} else if want := string(gitRaw(t, dir, "cat-file", "blob", e.hash)); target != want {
+			} else if want := string(fixtures.GitBytes(t, dir, "cat-file", "blob", e.hash)); target != want {
 				t.Errorf("%s: symlink to %q, want %q verbatim", e.path, target, want)
 			}
 		case "160000":
@@ -147,23 +149,23 @@ func TestCheckoutMatchesGitTree(t *testing.T) {
 	if err != nil || !bytes.Equal(indexBefore, indexAfter) {
 		t.Errorf("Checkout changed .git/index (%v)", err)
 	}
-	if s := gitT(t, dir, "status", "--porcelain", "--ignored"); s != statusBefore {
+	if s := fixtures.Git(t, dir, "status", "--porcelain", "--ignored"); s != statusBefore {
 		t.Errorf("Checkout changed the work tree: git status\n%s\nwas\n%s", s, statusBefore)
 	}
-	if h := gitT(t, dir, "rev-parse", "HEAD"); h != commit.String() {
+	if h := fixtures.Git(t, dir, "rev-parse", "HEAD"); h != commit.String() {
 		t.Errorf("HEAD moved to %s", h)
 	}
 }
 
 func TestCheckoutOtherCommitAndErrors(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
-	writeFile(t, dir, "f", "old\n", 0o644)
-	old := mustHash(t, commitAll(t, dir, "old"))
-	writeFile(t, dir, "f", "new\n", 0o644)
-	writeFile(t, dir, "g", "added\n", 0o644)
-	commitAll(t, dir, "new")
-	writeFile(t, dir, "f", "uncommitted\n", 0o644)
+	dir := fixtures.NewRepo(t)
+	fixtures.WriteFile(t, dir, "f", "old\n", 0o644)
+	old := mustHash(t, fixtures.CommitAll(t, dir, "old"))
+	fixtures.WriteFile(t, dir, "f", "new\n", 0o644)
+	fixtures.WriteFile(t, dir, "g", "added\n", 0o644)
+	fixtures.CommitAll(t, dir, "new")
+	fixtures.WriteFile(t, dir, "f", "uncommitted\n", 0o644)
 
 	r := openRepo(t, dir)
 	dest := t.TempDir()
@@ -185,7 +187,7 @@ func TestCheckoutOtherCommitAndErrors(t *testing.T) {
 	}
 
 	// A tree or a missing object is not a commit to check out.
-	tree := mustHash(t, gitT(t, dir, "rev-parse", "HEAD^{tree}"))
+	tree := mustHash(t, fixtures.Git(t, dir, "rev-parse", "HEAD^{tree}"))
 	if _, err := r.Checkout(tree, t.TempDir()); err == nil {
 		t.Errorf("Checkout of a tree succeeded")
 	}
@@ -199,19 +201,19 @@ func TestCheckoutOtherCommitAndErrors(t *testing.T) {
 // its directory and never creates a .git.
 func TestCheckoutRefusesUnsafeTrees(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
+	dir := fixtures.NewRepo(t)
 	r := openRepo(t, dir)
-	blob := gitIn(t, dir, []byte("pwned\n"), "hash-object", "-w", "--stdin")
-	payload := gitIn(t, dir, []byte(fmt.Sprintf("100644 blob %s\tpwned\n", blob)), "mktree")                                   // a tree with one file, pwned
-	hooks := gitIn(t, dir, []byte(fmt.Sprintf("100755 blob %s\tpost-checkout\n", blob)), "mktree")                             // hooks/post-checkout
-	dotgitTree := gitIn(t, dir, []byte(fmt.Sprintf("040000 tree %s\thooks\n100644 blob %s\tconfig\n", hooks, blob)), "mktree") // .git content
+	blob := fixtures.GitStdin(t, dir, []byte("pwned\n"), "hash-object", "-w", "--stdin")
+	payload := fixtures.GitStdin(t, dir, []byte(fmt.Sprintf("100644 blob %s\tpwned\n", blob)), "mktree")                                   // a tree with one file, pwned
+	hooks := fixtures.GitStdin(t, dir, []byte(fmt.Sprintf("100755 blob %s\tpost-checkout\n", blob)), "mktree")                             // hooks/post-checkout
+	dotgitTree := fixtures.GitStdin(t, dir, []byte(fmt.Sprintf("040000 tree %s\thooks\n100644 blob %s\tconfig\n", hooks, blob)), "mktree") // .git content
 
 	type tc struct {
 		name    string
 		entries func(t *testing.T, outside string) []rawEntry
 	}
 	link := func(t *testing.T, target string) string {
-		return gitIn(t, dir, []byte(target), "hash-object", "-w", "--stdin")
+		return fixtures.GitStdin(t, dir, []byte(target), "hash-object", "-w", "--stdin")
 	}
 	cases := []tc{
 		{"dotdot-dir", func(t *testing.T, _ string) []rawEntry { return []rawEntry{{"40000", "..", payload}} }},
@@ -268,7 +270,7 @@ func TestCheckoutRefusesUnsafeTrees(t *testing.T) {
 				}
 			}
 			tree := writeRawTree(t, dir, c.entries(t, outside)...)
-			commit := mustHash(t, gitT(t, dir, "commit-tree", tree, "-m", c.name))
+			commit := mustHash(t, fixtures.Git(t, dir, "commit-tree", tree, "-m", c.name))
 			_, err := r.Checkout(commit, dest)
 			if err == nil {
 				t.Errorf("Checkout of an unsafe tree succeeded")

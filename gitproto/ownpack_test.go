@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"refci.dev/refci/fixtures"
 )
 
 // A direct push of commits with real trees (files, a subdirectory, an
@@ -11,12 +13,12 @@ import (
 // process: the remote gets every new object and none of the old value's
 // commits, and passes git fsck --strict.
 func TestRemoteDirectOwnPack(t *testing.T) {
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	r := openTestRemote(t, remote)
 	blob := func(s string) string {
-		return gitIn(t, r.Cache, []byte(s), "hash-object", "-w", "--stdin")
+		return fixtures.GitStdin(t, r.Cache, []byte(s), "hash-object", "-w", "--stdin")
 	}
-	tree := func(spec string) string { return gitIn(t, r.Cache, []byte(spec), "mktree") }
+	tree := func(spec string) string { return fixtures.GitStdin(t, r.Cache, []byte(spec), "mktree") }
 	b1, b2, b3 := blob("one\n"), blob("two\n"), blob("three\n")
 	sub := tree("100644 blob " + b2 + "\tf2\n")
 	t1 := tree("100644 blob " + b1 + "\tf1\n040000 tree " + sub + "\tdir\n100755 blob " + b1 + "\tx\n120000 blob " + b2 + "\tl\n")
@@ -26,7 +28,7 @@ func TestRemoteDirectOwnPack(t *testing.T) {
 		for _, p := range parents {
 			args = append(args, "-p", p.String())
 		}
-		return mustHash(t, gitT(t, r.Cache, args...))
+		return mustHash(t, fixtures.Git(t, r.Cache, args...))
 	}
 	c1 := commit(t1, "s1")
 	c2 := commit(t2, "s2", c1)
@@ -43,7 +45,7 @@ func TestRemoteDirectOwnPack(t *testing.T) {
 	if n := ownPacksSent.Load() - before; n != 2 {
 		t.Errorf("%d pushes packed in this process, want 2", n)
 	}
-	out := gitT(t, remote, "verify-pack", "-v", newPack(t, remote, packs))
+	out := fixtures.Git(t, remote, "verify-pack", "-v", newPack(t, remote, packs))
 	for _, h := range []string{c2.String(), c3.String(), t2, b3} {
 		if !strings.Contains(out, h) {
 			t.Errorf("the second pack lacks %s:\n%s", h, out)
@@ -62,12 +64,12 @@ func TestRemoteDirectOwnPack(t *testing.T) {
 // arrive all the same: an annotated tag, and a commit whose tree holds a
 // submodule.
 func TestRemoteDirectOwnPackFallsBack(t *testing.T) {
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	r := openTestRemote(t, remote)
 	base := mkCommit(t, r.Cache, "base")
-	tag := mustHash(t, gitIn(t, r.Cache, []byte("object "+base.String()+"\ntype commit\ntag v1\ntagger T <t@example.com> 1700000000 +0000\n\nv1\n"), "mktag"))
-	link := gitIn(t, r.Cache, []byte("160000 commit "+base.String()+"\tsub\n"), "mktree")
-	withLink := mustHash(t, gitT(t, r.Cache, "commit-tree", link, "-m", "link"))
+	tag := mustHash(t, fixtures.GitStdin(t, r.Cache, []byte("object "+base.String()+"\ntype commit\ntag v1\ntagger T <t@example.com> 1700000000 +0000\n\nv1\n"), "mktag"))
+	link := fixtures.GitStdin(t, r.Cache, []byte("160000 commit "+base.String()+"\tsub\n"), "mktree")
+	withLink := mustHash(t, fixtures.Git(t, r.Cache, "commit-tree", link, "-m", "link"))
 	before := ownPacksSent.Load()
 	for _, u := range []RefUpdate{{Name: "refs/ci/requests/t", New: tag}, {Name: "refs/ci/runs/l", New: withLink}} {
 		res, err := r.Push(context.Background(), []RefUpdate{u}, false)
@@ -82,14 +84,14 @@ func TestRemoteDirectOwnPackFallsBack(t *testing.T) {
 		t.Errorf("%d of these pushes packed in this process, want none", n)
 	}
 	for _, h := range []Hash{tag, base, withLink} {
-		gitT(t, remote, "cat-file", "-e", h.String())
+		fixtures.Git(t, remote, "cat-file", "-e", h.String())
 	}
 }
 
 // The walk lists each object once, and leaves to git what it cannot read
 // or what is over its limits.
 func TestOwnPackObjectsLimits(t *testing.T) {
-	dir := newBare(t, "c.git")
+	dir := fixtures.BareRepo(t, "c.git")
 	repo := openRepo(t, dir)
 	var prev []Hash
 	var tip Hash

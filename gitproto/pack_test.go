@@ -122,18 +122,18 @@ func TestCompactPacksMergesAndKeepsEverything(t *testing.T) {
 
 // A full maintenance packs everything again, the unreachable objects in a
 // cruft pack (not one loose file each), and prunes nothing recent.
-func TestMaintainFullKeepsRecentUnreachableInACruftPack(t *testing.T) {
+func TestCollectGarbageFullKeepsRecentUnreachableInACruftPack(t *testing.T) {
 	t.Parallel()
 	remote := newBare(t, "remote.git")
 	r := openTestRemote(t, "file://"+remote)
 	blobs := writePacks(t, r, 5)
-	if err := r.Maintain(context.Background(), 0, false); err != nil {
+	if err := r.CollectGarbage(context.Background(), 0, false); err != nil {
 		t.Fatal(err)
 	}
 	if p, _, _ := packFiles(t, r.Cache); len(p) != 5 {
 		t.Fatalf("gc --auto with 5 packs changed them: %v", p)
 	}
-	if err := r.Maintain(context.Background(), 0, true); err != nil {
+	if err := r.CollectGarbage(context.Background(), 0, true); err != nil {
 		t.Fatal(err)
 	}
 	packs, _, other := packFiles(t, r.Cache)

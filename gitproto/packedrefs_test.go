@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"refci.dev/refci/fixtures"
 )
 
 func TestSetPackedRefsGitAgrees(t *testing.T) {
@@ -15,11 +17,11 @@ func TestSetPackedRefsGitAgrees(t *testing.T) {
 	gitDir := filepath.Join(f.dir, ".git")
 	// What git left: a packed annotated tag (with its ^peeled line), a
 	// packed ref, and a loose ref that shadows a packed value.
-	gitT(t, f.dir, "tag", "-a", "-m", "annotated", "ann", f.c1.String())
-	gitT(t, f.dir, "update-ref", "refs/ci/requests/b", f.c1.String())
-	gitT(t, f.dir, "update-ref", "refs/ci/requests/shadowed", f.c1.String())
+	fixtures.Git(t, f.dir, "tag", "-a", "-m", "annotated", "ann", f.c1.String())
+	fixtures.Git(t, f.dir, "update-ref", "refs/ci/requests/b", f.c1.String())
+	fixtures.Git(t, f.dir, "update-ref", "refs/ci/requests/shadowed", f.c1.String())
 	packRefs(t, f.dir)
-	gitT(t, f.dir, "update-ref", "refs/ci/requests/shadowed", f.c2.String())
+	fixtures.Git(t, f.dir, "update-ref", "refs/ci/requests/shadowed", f.c2.String())
 	tag := gitRef(t, f.dir, "refs/tags/ann")
 
 	err := setPackedRefs(gitDir, map[string]Hash{
@@ -62,9 +64,9 @@ func TestSetPackedRefsGitAgrees(t *testing.T) {
 	if err != nil || len(refs) != 2 {
 		t.Errorf("Refs(requests) = %v, %v; want a and shadowed", refs, err)
 	}
-	gitT(t, f.dir, "show-ref", "--verify", "refs/ci/requests/a")
-	gitT(t, f.dir, "update-ref", "-d", "refs/ci/requests/a")
-	gitT(t, f.dir, "pack-refs", "--all")
+	fixtures.Git(t, f.dir, "show-ref", "--verify", "refs/ci/requests/a")
+	fixtures.Git(t, f.dir, "update-ref", "-d", "refs/ci/requests/a")
+	fixtures.Git(t, f.dir, "pack-refs", "--all")
 	if got := gitRef(t, f.dir, "refs/ci/requests/a"); got != "" {
 		t.Errorf("git's delete after ours left %s", got)
 	}

@@ -281,8 +281,8 @@ func isLocalPath(u string) bool {
 // refspec naming one ref without a wildcard fails if the remote lacks that
 // ref (Kind "not-found").
 //
-// Maintain runs git's own housekeeping on the cache when it is due (`git
-// gc --auto`): once more than looseLimit loose objects have piled up
+// CollectGarbage runs git's own housekeeping on the cache when it is due
+// (`git gc --auto`): once more than looseLimit loose objects have piled up
 // (0: git's default, 6,700) or more than 50 packs, everything is packed
 // again; unreachable objects (results and claims already pushed) go into
 // a cruft pack and are pruned two weeks after they were last written, so
@@ -291,7 +291,7 @@ func isLocalPath(u string) bool {
 // the number of packs below what gc --auto waits for, so that the
 // unreachable objects would otherwise never go). Safe beside fetches and
 // pushes into the same cache.
-func (r *Remote) Maintain(ctx context.Context, looseLimit int, full bool) error {
+func (r *Remote) CollectGarbage(ctx context.Context, looseLimit int, full bool) error {
 	if looseLimit <= 0 {
 		looseLimit = 6700
 	}
@@ -319,7 +319,7 @@ func (r *Remote) Maintain(ctx context.Context, looseLimit int, full bool) error 
 // every reader of the cache reads every pack's index and looks objects up
 // pack by pack: merging keeps
 // that number near the logarithm of the objects' count. It keeps every
-// object, reachable or not (Maintain prunes), and is safe beside
+// object, reachable or not (CollectGarbage prunes), and is safe beside
 // fetches, pushes and readers of the cache.
 func (r *Remote) CompactPacks(ctx context.Context, limit int) (bool, error) {
 	ents, err := os.ReadDir(filepath.Join(r.Cache, "objects", "pack"))

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"refci.dev/refci/fixtures"
 )
 
 // remoteEnv isolates the git that Remote runs from the user's and the
@@ -20,17 +22,9 @@ import (
 func remoteEnv(extra ...string) []string {
 	return append([]string{
 		"GIT_CONFIG_NOSYSTEM=1",
-		"HOME=" + gitHome,
-		"XDG_CONFIG_HOME=" + filepath.Join(gitHome, ".config"),
+		"HOME=" + fixtures.Home(),
+		"XDG_CONFIG_HOME=" + filepath.Join(fixtures.Home(), ".config"),
 	}, extra...)
-}
-
-// newBare makes an empty bare repository and returns its path.
-func newBare(t testing.TB, name string) string {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), name)
-	gitT(t, filepath.Dir(dir), "init", "-q", "--bare", dir)
-	return dir
 }
 
 // openTestRemote opens url with a fresh cache.
@@ -46,23 +40,23 @@ func openTestRemote(t testing.TB, url string, extraEnv ...string) *Remote {
 // mkCommit writes a commit with an empty tree in gitDir.
 func mkCommit(t testing.TB, gitDir, msg string, parents ...Hash) Hash {
 	t.Helper()
-	tree := gitIn(t, gitDir, []byte{}, "mktree")
+	tree := fixtures.GitStdin(t, gitDir, []byte{}, "mktree")
 	args := []string{"commit-tree", tree, "-m", msg}
 	for _, p := range parents {
 		args = append(args, "-p", p.String())
 	}
-	return mustHash(t, gitT(t, gitDir, args...))
+	return mustHash(t, fixtures.Git(t, gitDir, args...))
 }
 
 func setRef(t testing.TB, gitDir, name string, h Hash) {
 	t.Helper()
-	gitT(t, gitDir, "update-ref", name, h.String())
+	fixtures.Git(t, gitDir, "update-ref", name, h.String())
 }
 
 // refOf returns the value of ref name in gitDir, or "" if it is missing.
 func refOf(t testing.TB, gitDir, name string) string {
 	t.Helper()
-	out, err := gitRun(gitDir, nil, nil, "for-each-ref", "--format=%(objectname)", name)
+	out, err := fixtures.RunGit(gitDir, nil, nil, "for-each-ref", "--format=%(objectname)", name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +66,7 @@ func refOf(t testing.TB, gitDir, name string) string {
 // refNames lists the refs of gitDir.
 func refNames(t testing.TB, gitDir string) []string {
 	t.Helper()
-	out := gitT(t, gitDir, "for-each-ref", "--format=%(refname)")
+	out := fixtures.Git(t, gitDir, "for-each-ref", "--format=%(refname)")
 	if out == "" {
 		return nil
 	}
@@ -91,7 +85,7 @@ func remoteErr(t testing.TB, err error) *RemoteError {
 func TestOpenRemoteCreatesCache(t *testing.T) {
 	t.Parallel()
 	base := t.TempDir()
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	cache := filepath.Join(base, "sub", "cache")
 	r, err := OpenRemote(remote, cache, remoteEnv())
 	if err != nil {
@@ -100,14 +94,14 @@ func TestOpenRemoteCreatesCache(t *testing.T) {
 	if r.Cache != cache || r.URL != remote {
 		t.Fatalf("Remote = %+v", r)
 	}
-	if got := gitT(t, cache, "rev-parse", "--is-bare-repository"); got != "true" {
+	if got := fixtures.Git(t, cache, "rev-parse", "--is-bare-repository"); got != "true" {
 		t.Fatalf("cache is not bare: %s", got)
 	}
 	for key, want := range map[string]string{
 		"gc.auto": "0", "core.logAllRefUpdates": "false", "fetch.writeCommitGraph": "false",
 		"protocol.version": "2", "core.hooksPath": "/dev/null",
 	} {
-		if got := gitT(t, cache, "config", "--get", key); got != want {
+		if got := fixtures.Git(t, cache, "config", "--get", key); got != want {
 			t.Errorf("config %s = %q, want %q", key, got, want)
 		}
 	}
@@ -125,7 +119,7 @@ func TestOpenRemoteCreatesCache(t *testing.T) {
 	}
 	// A directory with other content is refused.
 	junk := filepath.Join(base, "junk")
-	writeFile(t, junk, "file", "x", 0o644)
+	fixtures.WriteFile(t, junk, "file", "x", 0o644)
 	if _, err := OpenRemote(remote, junk, remoteEnv()); err == nil || !strings.Contains(err.Error(), "not a bare git repository") {
 		t.Fatalf("junk dir: %v", err)
 	}
@@ -159,7 +153,7 @@ func TestOpenRemoteCreatesCache(t *testing.T) {
 
 func TestOpenRemoteConcurrent(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	cache := filepath.Join(t.TempDir(), "cache")
 	var wg sync.WaitGroup
 	errs := make([]error, 4)
@@ -185,7 +179,7 @@ func TestOpenRemoteConcurrent(t *testing.T) {
 func TestRemoteFetchMirrorsAndPrunes(t *testing.T) {
 	t.Parallel()
 	bothPushModes(t, func(t *testing.T, mode pushMode) {
-		remote := newBare(t, "remote.git")
+		remote := fixtures.BareRepo(t, "remote.git")
 		a := mkCommit(t, remote, "a")
 		b := mkCommit(t, remote, "b")
 		c := mkCommit(t, remote, "c", b)
@@ -209,10 +203,10 @@ func TestRemoteFetchMirrorsAndPrunes(t *testing.T) {
 			}
 			// The objects came; unrelated ones did not.
 			for _, h := range []Hash{a, b} {
-				gitT(t, r.Cache, "cat-file", "-e", h.String()+"^{commit}")
+				fixtures.Git(t, r.Cache, "cat-file", "-e", h.String()+"^{commit}")
 			}
 			for _, h := range []Hash{main, pull} {
-				if _, err := gitRun(r.Cache, nil, nil, "cat-file", "-e", h.String()); err == nil {
+				if _, err := fixtures.RunGit(r.Cache, nil, nil, "cat-file", "-e", h.String()); err == nil {
 					t.Errorf("%s: unrelated commit %s was fetched", url, h)
 				}
 			}
@@ -234,7 +228,7 @@ func TestRemoteFetchMirrorsAndPrunes(t *testing.T) {
 		if err := r.Fetch(context.Background(), spec); err != nil {
 			t.Fatal(err)
 		}
-		gitT(t, remote, "update-ref", "-d", "refs/ci/requests/a")
+		fixtures.Git(t, remote, "update-ref", "-d", "refs/ci/requests/a")
 		setRef(t, remote, "refs/ci/requests/alice/topic", c) // fast-forward
 		setRef(t, remote, "refs/ci/requests/new", a)
 		if err := r.Fetch(context.Background(), spec); err != nil {
@@ -310,7 +304,7 @@ func TestRemoteFetchMirrorsAndPrunes(t *testing.T) {
 // ref-prefix), so 10,000 refs/pull refs are never advertised to it.
 func TestRemoteFetchPollCostIndependent(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	a := mkCommit(t, remote, "a")
 	addPullRefs(t, remote, 10000, a)
 	setRef(t, remote, "refs/ci/requests/r1", a)
@@ -372,7 +366,7 @@ func addPullRefs(t testing.TB, gitDir string, n int, h Hash) {
 	if err := os.WriteFile(filepath.Join(gitDir, "packed-refs"), []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if got := gitT(t, gitDir, "rev-parse", fmt.Sprintf("refs/pull/%d/head", n-1)); got != h.String() {
+	if got := fixtures.Git(t, gitDir, "rev-parse", fmt.Sprintf("refs/pull/%d/head", n-1)); got != h.String() {
 		t.Fatalf("git does not read the packed refs: %s", got)
 	}
 }
@@ -433,7 +427,7 @@ func pushOne(t *testing.T, r *Remote, u RefUpdate) PushResult {
 func TestRemotePushCompareAndSwap(t *testing.T) {
 	t.Parallel()
 	bothPushModes(t, func(t *testing.T, mode pushMode) {
-		remote := newBare(t, "remote.git")
+		remote := fixtures.BareRepo(t, "remote.git")
 		r := mode.open(t, "file://"+remote)
 		c1 := mkCommit(t, r.Cache, "one")
 		c2 := mkCommit(t, r.Cache, "two", c1)
@@ -484,7 +478,7 @@ func TestRemotePushCompareAndSwap(t *testing.T) {
 func TestRemotePushSeveral(t *testing.T) {
 	t.Parallel()
 	bothPushModes(t, func(t *testing.T, mode pushMode) {
-		remote := newBare(t, "remote.git")
+		remote := fixtures.BareRepo(t, "remote.git")
 		r := mode.open(t, remote)
 		c1 := mkCommit(t, r.Cache, "one")
 		c2 := mkCommit(t, r.Cache, "two")
@@ -568,8 +562,8 @@ func TestRemotePushSeveral(t *testing.T) {
 // that does not offer atomic pushes.
 func TestRemotePushRefusedByServer(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
-	writeFile(t, remote, "hooks/pre-receive", "#!/bin/sh\necho no pushes to this remote today >&2\nexit 1\n", 0o755)
+	remote := fixtures.BareRepo(t, "remote.git")
+	fixtures.WriteFile(t, remote, "hooks/pre-receive", "#!/bin/sh\necho no pushes to this remote today >&2\nexit 1\n", 0o755)
 	r := openTestRemote(t, "file://"+remote)
 	c := mkCommit(t, r.Cache, "c")
 	res := pushOne(t, r, RefUpdate{Name: "refs/ci/x", New: c})
@@ -578,7 +572,7 @@ func TestRemotePushRefusedByServer(t *testing.T) {
 	}
 	os.Remove(filepath.Join(remote, "hooks", "pre-receive"))
 
-	gitT(t, remote, "config", "receive.advertiseAtomic", "false")
+	fixtures.Git(t, remote, "config", "receive.advertiseAtomic", "false")
 	_, err := r.Push(context.Background(), []RefUpdate{{Name: "refs/ci/x", New: c}}, true)
 	if re := remoteErr(t, err); re.Kind != KindRejected || !strings.Contains(err.Error(), "atomic") {
 		t.Errorf("atomic unsupported: kind %q: %v", re.Kind, err)
@@ -598,7 +592,7 @@ func TestRemotePushRefusedByServer(t *testing.T) {
 func TestRemotePushOverUnknownCommit(t *testing.T) {
 	t.Parallel()
 	bothPushModes(t, func(t *testing.T, mode pushMode) {
-		remote := newBare(t, "remote.git")
+		remote := fixtures.BareRepo(t, "remote.git")
 		w1 := mode.open(t, remote)
 		w2 := mode.open(t, remote)
 		a := mkCommit(t, w1.Cache, "from worker 1")
@@ -613,7 +607,7 @@ func TestRemotePushOverUnknownCommit(t *testing.T) {
 			t.Fatal("takeover not applied")
 		}
 		// A commit missing from the cache: a failure, neither OK nor stale.
-		missing := mkCommit(t, newBare(t, "elsewhere"), "not in the cache")
+		missing := mkCommit(t, fixtures.BareRepo(t, "elsewhere"), "not in the cache")
 		res := pushOne(t, w2, RefUpdate{Name: "refs/ci/claims/y", New: missing})
 		if res.OK || res.Stale || !strings.Contains(res.Detail, missing.String()) {
 			t.Errorf("missing object: %+v", res)
@@ -627,7 +621,7 @@ func TestRemotePushOverUnknownCommit(t *testing.T) {
 func TestRemotePushRace(t *testing.T) {
 	t.Parallel()
 	bothPushModes(t, func(t *testing.T, mode pushMode) {
-		remote := newBare(t, "remote.git")
+		remote := fixtures.BareRepo(t, "remote.git")
 		const workers = 8
 		rs := make([]*Remote, workers)
 		commits := make([]Hash, workers)
@@ -685,7 +679,7 @@ func TestRemotePushRace(t *testing.T) {
 
 func TestRemoteListRemote(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	a := mkCommit(t, remote, "a")
 	b := mkCommit(t, remote, "b")
 	refs := map[string]Hash{
@@ -698,7 +692,7 @@ func TestRemoteListRemote(t *testing.T) {
 	for n, h := range refs {
 		setRef(t, remote, n, h)
 	}
-	gitT(t, remote, "tag", "-a", "-m", "tag", "v1", a.String())
+	fixtures.Git(t, remote, "tag", "-a", "-m", "tag", "v1", a.String())
 	r := openTestRemote(t, remote)
 	got, err := r.ListRemote(context.Background(), "refs/ci/runs/t1/", "refs/ci/claims/x")
 	if err != nil {
@@ -722,13 +716,13 @@ func TestRemoteListRemote(t *testing.T) {
 	if len(refNames(t, r.Cache)) != 0 {
 		t.Error("ListRemote wrote refs into the cache")
 	}
-	if _, err := gitRun(r.Cache, nil, nil, "cat-file", "-e", a.String()); err == nil {
+	if _, err := fixtures.RunGit(r.Cache, nil, nil, "cat-file", "-e", a.String()); err == nil {
 		t.Error("ListRemote fetched objects")
 	}
 	if _, err := r.ListRemote(context.Background(), "refs/ci/*"); err == nil {
 		t.Error("a prefix with a wildcard was accepted")
 	}
-	empty := openTestRemote(t, newBare(t, "empty.git"))
+	empty := openTestRemote(t, fixtures.BareRepo(t, "empty.git"))
 	if m, err := empty.ListRemote(context.Background(), "refs/"); err != nil || len(m) != 0 {
 		t.Errorf("empty remote: %v %v", m, err)
 	}
@@ -848,7 +842,7 @@ func gitExecPath(t testing.TB) string {
 func TestRemoteDisappears(t *testing.T) {
 	t.Parallel()
 	bothPushModes(t, func(t *testing.T, mode pushMode) {
-		remote := newBare(t, "remote.git")
+		remote := fixtures.BareRepo(t, "remote.git")
 		setRef(t, remote, "refs/ci/requests/a", mkCommit(t, remote, "a"))
 		r := mode.open(t, "file://"+remote)
 		spec := "+refs/ci/requests/*:refs/ci/requests/*"
@@ -892,7 +886,7 @@ func TestRemoteContextCancel(t *testing.T) {
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "pid")
 	script := filepath.Join(dir, "fake-ssh")
-	writeFile(t, script, "", "#!/bin/sh\necho $$ > "+pidFile+".tmp && mv "+pidFile+".tmp "+pidFile+"\nexec sleep 60\n", 0o755)
+	fixtures.WriteFile(t, script, "", "#!/bin/sh\necho $$ > "+pidFile+".tmp && mv "+pidFile+".tmp "+pidFile+"\nexec sleep 60\n", 0o755)
 	r := openTestRemote(t, "ssh://example.invalid/x.git", "GIT_SSH_COMMAND="+script)
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
@@ -912,17 +906,10 @@ func TestRemoteContextCancel(t *testing.T) {
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	// The process got SIGTERM before Fetch returned; it is gone, or a
 	// zombie waiting for init.
-	deadline := time.Now().Add(3 * time.Second)
-	for {
+	fixtures.WaitFor(t, 3*time.Second, fmt.Sprintf("the transport (pid %d) to end after the cancelled fetch", pid), func() bool {
 		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil || strings.Contains(string(st), ") Z ") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the transport (pid %d) outlived the cancelled fetch: %s", pid, st)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return err != nil || strings.Contains(string(st), ") Z ")
+	})
 	// A context that is already done runs nothing.
 	done, cancel2 := context.WithCancel(context.Background())
 	cancel2()
@@ -934,11 +921,11 @@ func TestRemoteContextCancel(t *testing.T) {
 // TestRemoteIgnoresCallerRepoEnv: refci started from a git hook inherits
 // GIT_DIR and friends; they must not redirect the cache.
 func TestRemoteIgnoresCallerRepoEnv(t *testing.T) {
-	other := newBare(t, "other.git")
+	other := fixtures.BareRepo(t, "other.git")
 	t.Setenv("GIT_DIR", other)
 	t.Setenv("GIT_OBJECT_DIRECTORY", filepath.Join(other, "objects"))
 	t.Setenv("GIT_CONFIG_PARAMETERS", "'protocol.version'='0'")
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	a := mkCommit(t, remote, "a")
 	setRef(t, remote, "refs/ci/requests/a", a)
 	r := openTestRemote(t, remote)
@@ -961,7 +948,7 @@ func TestRemoteIgnoresCallerRepoEnv(t *testing.T) {
 func TestRemoteConcurrentFetches(t *testing.T) {
 	t.Parallel()
 	bothPushModes(t, func(t *testing.T, mode pushMode) {
-		remote := newBare(t, "remote.git")
+		remote := fixtures.BareRepo(t, "remote.git")
 		for i := 0; i < 5; i++ {
 			setRef(t, remote, fmt.Sprintf("refs/ci/requests/r%d", i), mkCommit(t, remote, strconv.Itoa(i)))
 		}
@@ -1084,7 +1071,7 @@ func TestRemoteTimings(t *testing.T) {
 		t.Skip("set REFCI_REMOTE_TIMINGS=1 to measure")
 	}
 	for _, pulls := range []int{0, 10000} {
-		remote := newBare(t, "remote.git")
+		remote := fixtures.BareRepo(t, "remote.git")
 		if pulls > 0 {
 			addPullRefs(t, remote, pulls, mkCommit(t, remote, "a"))
 		}
@@ -1132,17 +1119,17 @@ func TestRemoteTimings(t *testing.T) {
 // deleted refs.
 func TestRemoteListLocalMatchesGit(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	a := mkCommit(t, remote, "a")
 	b := mkCommit(t, remote, "b")
 	for i := range 5 {
 		setRef(t, remote, fmt.Sprintf("refs/ci/requests/r%d", i), a)
 	}
 	setRef(t, remote, "refs/ci/claims/r1", a)
-	gitT(t, remote, "pack-refs", "--all")
+	fixtures.Git(t, remote, "pack-refs", "--all")
 	setRef(t, remote, "refs/ci/requests/r2", b) // loose, over its packed value
 	setRef(t, remote, "refs/ci/requests/new", b)
-	gitT(t, remote, "update-ref", "-d", "refs/ci/requests/r3") // packed, deleted
+	fixtures.Git(t, remote, "update-ref", "-d", "refs/ci/requests/r3") // packed, deleted
 	for _, url := range []string{remote, "file://" + remote} {
 		r := openTestRemote(t, url)
 		if r.LocalDir() != remote {
@@ -1153,7 +1140,7 @@ func TestRemoteListLocalMatchesGit(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := map[string]Hash{}
-		for _, line := range strings.Split(gitT(t, remote, "ls-remote", "--refs", remote, "refs/ci/requests/*", "refs/ci/claims/*"), "\n") {
+		for _, line := range strings.Split(fixtures.Git(t, remote, "ls-remote", "--refs", remote, "refs/ci/requests/*", "refs/ci/claims/*"), "\n") {
 			id, name, _ := strings.Cut(line, "\t")
 			want[name] = mustHash(t, id)
 		}
@@ -1168,9 +1155,9 @@ func TestRemoteListLocalMatchesGit(t *testing.T) {
 	}
 }
 
-func TestRemoteMaintainPacksLooseObjects(t *testing.T) {
+func TestRemoteCollectGarbagePacksLooseObjects(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	setRef(t, remote, "refs/heads/main", mkCommit(t, remote, "a"))
 	r := openTestRemote(t, remote)
 	if err := r.Fetch(context.Background(), "+refs/heads/*:refs/heads/*"); err != nil {
@@ -1195,22 +1182,22 @@ func TestRemoteMaintainPacksLooseObjects(t *testing.T) {
 			break
 		}
 	}
-	loose := func() string { return gitT(t, r.Cache, "count-objects") }
+	loose := func() string { return fixtures.Git(t, r.Cache, "count-objects") }
 	before := loose()
-	if err := r.Maintain(context.Background(), 1000, false); err != nil {
+	if err := r.CollectGarbage(context.Background(), 1000, false); err != nil {
 		t.Fatal(err)
 	}
 	if got := loose(); got != before {
 		t.Errorf("below the limit, maintenance changed the cache: %q, then %q", before, got)
 	}
-	if err := r.Maintain(context.Background(), 10, false); err != nil {
+	if err := r.CollectGarbage(context.Background(), 10, false); err != nil {
 		t.Fatal(err)
 	}
-	if v := gitT(t, r.Cache, "count-objects", "-v"); !strings.Contains(v, "packs: 1") {
+	if v := fixtures.Git(t, r.Cache, "count-objects", "-v"); !strings.Contains(v, "packs: 1") {
 		t.Errorf("over the limit, the cache was not packed:\n%s", v)
 	}
 	for _, h := range blobs {
-		if _, err := gitRun(r.Cache, nil, nil, "cat-file", "-e", h.String()); err != nil {
+		if _, err := fixtures.RunGit(r.Cache, nil, nil, "cat-file", "-e", h.String()); err != nil {
 			t.Fatalf("maintenance dropped the fresh object %s", h)
 		}
 	}
@@ -1222,7 +1209,7 @@ func TestRemoteMaintainPacksLooseObjects(t *testing.T) {
 // directRecheck.
 func TestRemoteDirectOnlyWhenPushWouldNotDiffer(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	r := openTestRemote(t, "file://"+remote)
 	if ok, why := r.Direct(context.Background()); !ok {
 		t.Fatalf("a plain local remote is not updated directly: %s", why)
@@ -1236,16 +1223,16 @@ func TestRemoteDirectOnlyWhenPushWouldNotDiffer(t *testing.T) {
 		setup, undo func()
 		why         string
 	}{
-		{func() { writeFile(t, remote, "hooks/update", "#!/bin/sh\nexit 0\n", 0o755) },
+		{func() { fixtures.WriteFile(t, remote, "hooks/update", "#!/bin/sh\nexit 0\n", 0o755) },
 			func() { os.Remove(filepath.Join(remote, "hooks", "update")) }, "update hook"},
-		{func() { writeFile(t, remote, "hooks/reference-transaction", "#!/bin/sh\nexit 0\n", 0o755) },
+		{func() { fixtures.WriteFile(t, remote, "hooks/reference-transaction", "#!/bin/sh\nexit 0\n", 0o755) },
 			func() { os.Remove(filepath.Join(remote, "hooks", "reference-transaction")) }, "reference-transaction hook"},
-		{func() { gitT(t, remote, "config", "receive.fsckObjects", "true") },
-			func() { gitT(t, remote, "config", "--unset", "receive.fsckObjects") }, "receive.fsckobjects"},
-		{func() { gitT(t, remote, "config", "transfer.hideRefs", "refs/ci/secret") },
-			func() { gitT(t, remote, "config", "--unset", "transfer.hideRefs") }, "transfer.hiderefs"},
-		{func() { gitT(t, remote, "config", "core.hooksPath", "/elsewhere") },
-			func() { gitT(t, remote, "config", "--unset", "core.hooksPath") }, "core.hookspath"},
+		{func() { fixtures.Git(t, remote, "config", "receive.fsckObjects", "true") },
+			func() { fixtures.Git(t, remote, "config", "--unset", "receive.fsckObjects") }, "receive.fsckobjects"},
+		{func() { fixtures.Git(t, remote, "config", "transfer.hideRefs", "refs/ci/secret") },
+			func() { fixtures.Git(t, remote, "config", "--unset", "transfer.hideRefs") }, "transfer.hiderefs"},
+		{func() { fixtures.Git(t, remote, "config", "core.hooksPath", "/elsewhere") },
+			func() { fixtures.Git(t, remote, "config", "--unset", "core.hooksPath") }, "core.hookspath"},
 	} {
 		tc.setup()
 		recheck()
@@ -1263,7 +1250,7 @@ func TestRemoteDirectOnlyWhenPushWouldNotDiffer(t *testing.T) {
 	}
 	// A hook that is not executable does not run, so it does not count
 	// (git says so and ignores it).
-	writeFile(t, remote, "hooks/pre-receive", "#!/bin/sh\nexit 1\n", 0o644)
+	fixtures.WriteFile(t, remote, "hooks/pre-receive", "#!/bin/sh\nexit 1\n", 0o644)
 	recheck()
 	if ok, why := r.Direct(context.Background()); !ok {
 		t.Errorf("a non-executable hook: Direct() = false, %s", why)
@@ -1285,7 +1272,7 @@ func TestRemoteDirectOnlyWhenPushWouldNotDiffer(t *testing.T) {
 // and the remote passes git fsck --strict with every object reachable.
 func TestRemoteDirectSendsOnlyWhatIsNew(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	r := openTestRemote(t, remote)
 	base := mkCommit(t, r.Cache, "base")
 	if res := pushOne(t, r, RefUpdate{Name: "refs/ci/runs/a", New: base}); !res.OK {
@@ -1311,7 +1298,7 @@ func TestRemoteDirectSendsOnlyWhatIsNew(t *testing.T) {
 	if res := pushOne(t, r, RefUpdate{Name: "refs/ci/runs/a", New: next, Old: base}); !res.OK {
 		t.Fatal(res)
 	}
-	out := gitT(t, remote, "verify-pack", "-v", newPack(t, remote, before))
+	out := fixtures.Git(t, remote, "verify-pack", "-v", newPack(t, remote, before))
 	if strings.Contains(out, base.String()) || !strings.Contains(out, next.String()) {
 		t.Errorf("the second pack should hold next and not base:\n%s", out)
 	}
@@ -1363,7 +1350,7 @@ func newPack(t *testing.T, gitDir string, before map[string]bool) string {
 // lose (stale); atomic, nothing is applied.
 func TestRemoteDirectLosesRacesLikeAPush(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	r := openTestRemote(t, remote)
 	c1, c2, c3 := mkCommit(t, r.Cache, "1"), mkCommit(t, r.Cache, "2"), mkCommit(t, r.Cache, "3")
 	res, err := r.Push(context.Background(), []RefUpdate{{Name: "refs/ci/a", New: c1}, {Name: "refs/ci/gone", New: c1}}, false)
@@ -1372,9 +1359,9 @@ func TestRemoteDirectLosesRacesLikeAPush(t *testing.T) {
 	}
 	intruder := mkCommit(t, remote, "intruder")
 	r.beforeUpdate = func() {
-		setRef(t, remote, "refs/ci/a", intruder)            // update raced
-		setRef(t, remote, "refs/ci/b", intruder)            // create raced
-		gitT(t, remote, "update-ref", "-d", "refs/ci/gone") // delete raced
+		setRef(t, remote, "refs/ci/a", intruder)                    // update raced
+		setRef(t, remote, "refs/ci/b", intruder)                    // create raced
+		fixtures.Git(t, remote, "update-ref", "-d", "refs/ci/gone") // delete raced
 	}
 	updates := []RefUpdate{
 		{Name: "refs/ci/a", New: c2, Old: c1},
@@ -1417,7 +1404,7 @@ func TestRemoteDirectLosesRacesLikeAPush(t *testing.T) {
 func TestRemoteLocalPathIsNotItsParentRepository(t *testing.T) {
 	t.Parallel()
 	outer := filepath.Join(t.TempDir(), "outer")
-	gitT(t, filepath.Dir(outer), "init", "-q", outer)
+	fixtures.Git(t, filepath.Dir(outer), "init", "-q", outer)
 	inner := filepath.Join(outer, "not-a-repo")
 	if err := os.Mkdir(inner, 0o755); err != nil {
 		t.Fatal(err)
@@ -1444,7 +1431,7 @@ func TestRemoteLocalPathIsNotItsParentRepository(t *testing.T) {
 func TestRemoteFetchOfAnIdleLocalRemoteRunsNoGit(t *testing.T) {
 	t.Parallel()
 	bothPushModes(t, func(t *testing.T, mode pushMode) {
-		remote := newBare(t, "remote.git")
+		remote := fixtures.BareRepo(t, "remote.git")
 		setRef(t, remote, "refs/ci/requests/a", mkCommit(t, remote, "a"))
 		r := mode.open(t, remote)
 		spec := "+refs/ci/requests/*:refs/ci/requests/*"

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"refci.dev/refci/fixtures"
 )
 
 // resolveFixture is a repository with a little history and every kind of
@@ -22,25 +24,25 @@ type resolveFixture struct {
 
 func newResolveFixture(t *testing.T) *resolveFixture {
 	t.Helper()
-	f := &resolveFixture{dir: newGitRepo(t)}
-	writeFile(t, f.dir, "a.txt", "one\n", 0o644)
-	f.c1 = commitAll(t, f.dir, "first")
-	writeFile(t, f.dir, "b/c.txt", "two\n", 0o644)
-	f.c2 = commitAll(t, f.dir, "second")
-	gitT(t, f.dir, "branch", "topic", f.c1)
-	gitT(t, f.dir, "branch", "x", f.c1)
-	gitT(t, f.dir, "tag", "lw", f.c1)
-	gitT(t, f.dir, "tag", "-a", "-m", "version one", "v1", f.c2)
-	gitT(t, f.dir, "tag", "-a", "-m", "tag of a tag", "v2", "v1")
-	gitT(t, f.dir, "tag", "dup", f.c1)
-	gitT(t, f.dir, "branch", "dup", f.c2)
-	f.v1obj = gitT(t, f.dir, "rev-parse", "refs/tags/v1")
-	f.v2obj = gitT(t, f.dir, "rev-parse", "refs/tags/v2")
-	f.tree = gitT(t, f.dir, "rev-parse", f.c2+"^{tree}")
-	f.blob = gitT(t, f.dir, "rev-parse", f.c2+":a.txt")
-	gitT(t, f.dir, "tag", "-a", "-m", "a blob", "blobtag", f.blob)
-	f.blobTagObj = gitT(t, f.dir, "rev-parse", "refs/tags/blobtag")
-	gitT(t, f.dir, "tag", "treetag", f.tree)
+	f := &resolveFixture{dir: fixtures.NewRepo(t)}
+	fixtures.WriteFile(t, f.dir, "a.txt", "one\n", 0o644)
+	f.c1 = fixtures.CommitAll(t, f.dir, "first")
+	fixtures.WriteFile(t, f.dir, "b/c.txt", "two\n", 0o644)
+	f.c2 = fixtures.CommitAll(t, f.dir, "second")
+	fixtures.Git(t, f.dir, "branch", "topic", f.c1)
+	fixtures.Git(t, f.dir, "branch", "x", f.c1)
+	fixtures.Git(t, f.dir, "tag", "lw", f.c1)
+	fixtures.Git(t, f.dir, "tag", "-a", "-m", "version one", "v1", f.c2)
+	fixtures.Git(t, f.dir, "tag", "-a", "-m", "tag of a tag", "v2", "v1")
+	fixtures.Git(t, f.dir, "tag", "dup", f.c1)
+	fixtures.Git(t, f.dir, "branch", "dup", f.c2)
+	f.v1obj = fixtures.Git(t, f.dir, "rev-parse", "refs/tags/v1")
+	f.v2obj = fixtures.Git(t, f.dir, "rev-parse", "refs/tags/v2")
+	f.tree = fixtures.Git(t, f.dir, "rev-parse", f.c2+"^{tree}")
+	f.blob = fixtures.Git(t, f.dir, "rev-parse", f.c2+":a.txt")
+	fixtures.Git(t, f.dir, "tag", "-a", "-m", "a blob", "blobtag", f.blob)
+	f.blobTagObj = fixtures.Git(t, f.dir, "rev-parse", "refs/tags/blobtag")
+	fixtures.Git(t, f.dir, "tag", "treetag", f.tree)
 	return f
 }
 
@@ -50,7 +52,7 @@ func gitCommitOf(t *testing.T, dir, rev string) string {
 	if rev == "" {
 		rev = "HEAD"
 	}
-	return gitT(t, dir, "rev-parse", "--verify", "--end-of-options", rev+"^{commit}")
+	return fixtures.Git(t, dir, "rev-parse", "--verify", "--end-of-options", rev+"^{commit}")
 }
 
 func TestResolveCommitAgreesWithGit(t *testing.T) {
@@ -101,7 +103,7 @@ func TestResolveCommitErrors(t *testing.T) {
 		{f.tree[:12], ErrNotCommit, "tree"}, // an abbreviated id of a tree is a tree, not unknown
 	} {
 		// The oracle agrees that none of these is a commit.
-		if out, err := gitRun(f.dir, nil, nil, "rev-parse", "--verify", "-q", tc.rev+"^{commit}"); err == nil {
+		if out, err := fixtures.RunGit(f.dir, nil, nil, "rev-parse", "--verify", "-q", tc.rev+"^{commit}"); err == nil {
 			t.Fatalf("fixture: git resolves %q to commit %s", tc.rev, out)
 		}
 		h, err := r.ResolveCommit(tc.rev)
@@ -120,7 +122,7 @@ func TestResolveCommitErrors(t *testing.T) {
 
 func TestResolveCommitEmptyRepo(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
+	dir := fixtures.NewRepo(t)
 	r := openRepo(t, dir)
 	for _, rev := range []string{"", "HEAD"} {
 		if _, err := r.ResolveCommit(rev); !errors.Is(err, ErrNoCommits) {
@@ -174,16 +176,16 @@ func TestResolveCommitLinkedWorktree(t *testing.T) {
 	t.Parallel()
 	f := newResolveFixture(t)
 	wt := filepath.Join(filepath.Dir(f.dir), "wt")
-	gitT(t, f.dir, "worktree", "add", "-q", "-b", "wtb", wt, f.c1)
-	writeFile(t, wt, "sub/wt.txt", "only in the worktree\n", 0o644)
-	wtHead := commitAll(t, wt, "worktree commit")
+	fixtures.Git(t, f.dir, "worktree", "add", "-q", "-b", "wtb", wt, f.c1)
+	fixtures.WriteFile(t, wt, "sub/wt.txt", "only in the worktree\n", 0o644)
+	wtHead := fixtures.CommitAll(t, wt, "worktree commit")
 
 	for _, open := range []string{wt, filepath.Join(wt, "sub")} {
 		r := openRepo(t, open)
 		if got, want := realPath(t, r.WorkTree()), realPath(t, wt); got != want {
 			t.Errorf("WorkTree() = %s, want %s", got, want)
 		}
-		common := gitT(t, wt, "rev-parse", "--path-format=absolute", "--git-common-dir")
+		common := fixtures.Git(t, wt, "rev-parse", "--path-format=absolute", "--git-common-dir")
 		if got, want := realPath(t, r.GitDir()), realPath(t, common); got != want {
 			t.Errorf("GitDir() = %s, want the common dir %s", got, want)
 		}
@@ -205,7 +207,7 @@ func TestResolveCommitLinkedWorktree(t *testing.T) {
 	if err := r.CreateRef("refs/ci/requests/from-wt", mustHash(t, wtHead)); err != nil {
 		t.Fatal(err)
 	}
-	if got := gitT(t, f.dir, "rev-parse", "refs/ci/requests/from-wt"); got != wtHead {
+	if got := fixtures.Git(t, f.dir, "rev-parse", "refs/ci/requests/from-wt"); got != wtHead {
 		t.Errorf("main work tree sees refs/ci/requests/from-wt = %s, want %s", got, wtHead)
 	}
 	refs, err := r.Refs("refs/ci/")
@@ -217,7 +219,7 @@ func TestResolveCommitLinkedWorktree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := gitT(t, f.dir, "cat-file", "-p", b.String()); got != "shared" {
+	if got := fixtures.Git(t, f.dir, "cat-file", "-p", b.String()); got != "shared" {
 		t.Errorf("main work tree reads blob %s as %q", b, got)
 	}
 }
@@ -226,7 +228,7 @@ func TestResolveCommitBareRepository(t *testing.T) {
 	t.Parallel()
 	f := newResolveFixture(t)
 	bare := filepath.Join(filepath.Dir(f.dir), "bare.git")
-	gitT(t, f.dir, "clone", "-q", "--bare", f.dir, bare)
+	fixtures.Git(t, f.dir, "clone", "-q", "--bare", f.dir, bare)
 	r := openRepo(t, bare)
 	if r.WorkTree() != "" {
 		t.Errorf("WorkTree() of a bare repository = %q, want \"\"", r.WorkTree())
@@ -244,7 +246,7 @@ func TestResolveCommitBareRepository(t *testing.T) {
 	if err := r.CreateRef("refs/ci/requests/bare", mustHash(t, f.c1)); err != nil {
 		t.Fatal(err)
 	}
-	if got := gitT(t, bare, "rev-parse", "refs/ci/requests/bare"); got != f.c1 {
+	if got := fixtures.Git(t, bare, "rev-parse", "refs/ci/requests/bare"); got != f.c1 {
 		t.Errorf("git in the bare repository sees %s, want %s", got, f.c1)
 	}
 	if _, err := os.Stat(filepath.Join(bare, "refs", "ci", "requests", "bare")); err != nil {
@@ -257,15 +259,15 @@ func TestResolveCommitBareRepository(t *testing.T) {
 // project) is opened as itself, not as the enclosing repository.
 func TestOpenBareRepositoryInsideWorkTree(t *testing.T) {
 	t.Parallel()
-	outer := newGitRepo(t)
-	writeFile(t, outer, "outer.txt", "outer\n", 0o644)
-	outerHead := commitAll(t, outer, "outer")
+	outer := fixtures.NewRepo(t)
+	fixtures.WriteFile(t, outer, "outer.txt", "outer\n", 0o644)
+	outerHead := fixtures.CommitAll(t, outer, "outer")
 
-	src := newGitRepo(t)
-	writeFile(t, src, "inner.txt", "inner\n", 0o644)
-	innerHead := commitAll(t, src, "inner")
+	src := fixtures.NewRepo(t)
+	fixtures.WriteFile(t, src, "inner.txt", "inner\n", 0o644)
+	innerHead := fixtures.CommitAll(t, src, "inner")
 	bare := filepath.Join(outer, "mirror.git")
-	gitT(t, src, "clone", "-q", "--bare", src, bare)
+	fixtures.Git(t, src, "clone", "-q", "--bare", src, bare)
 
 	r, err := Open(bare)
 	if err != nil {
@@ -287,7 +289,7 @@ func TestOpenBareRepositoryInsideWorkTree(t *testing.T) {
 func TestResolveCommitFullIDBeatsRefName(t *testing.T) {
 	t.Parallel()
 	f := newResolveFixture(t)
-	gitT(t, f.dir, "branch", f.c1, f.c2) // a branch spelled like c1, pointing at c2
+	fixtures.Git(t, f.dir, "branch", f.c1, f.c2) // a branch spelled like c1, pointing at c2
 	want := gitCommitOf(t, f.dir, f.c1)
 	if want != f.c1 {
 		t.Fatalf("fixture: git resolves %s to %s", f.c1, want)

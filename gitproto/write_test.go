@@ -11,11 +11,13 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"refci.dev/refci/fixtures"
 )
 
 func TestWriteBlobMatchesGit(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
+	dir := fixtures.NewRepo(t)
 	r := openRepo(t, dir)
 	big := make([]byte, 1<<20+17)
 	rand.New(rand.NewSource(1)).Read(big)
@@ -31,13 +33,13 @@ func TestWriteBlobMatchesGit(t *testing.T) {
 		if err != nil {
 			t.Fatalf("WriteBlob(%s): %v", name, err)
 		}
-		if want := gitIn(t, dir, data, "hash-object", "--stdin"); h.String() != want {
+		if want := fixtures.GitStdin(t, dir, data, "hash-object", "--stdin"); h.String() != want {
 			t.Errorf("WriteBlob(%s) = %s, git hash-object says %s", name, h, want)
 		}
-		if typ := gitT(t, dir, "cat-file", "-t", h.String()); typ != "blob" {
+		if typ := fixtures.Git(t, dir, "cat-file", "-t", h.String()); typ != "blob" {
 			t.Errorf("git cat-file -t %s = %s", h, typ)
 		}
-		if got := gitRaw(t, dir, "cat-file", "blob", h.String()); !bytes.Equal(got, data) {
+		if got := fixtures.GitBytes(t, dir, "cat-file", "blob", h.String()); !bytes.Equal(got, data) {
 			t.Errorf("git reads blob %s (%s) back as %d different bytes", h, name, len(got))
 		}
 		// Loose objects are read-only, like git's.
@@ -61,7 +63,7 @@ func TestWriteBlobMatchesGit(t *testing.T) {
 
 func TestWriteBlobFileMatchesGit(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
+	dir := fixtures.NewRepo(t)
 	r := openRepo(t, dir)
 	src := t.TempDir()
 	data := make([]byte, 3<<20+5) // bigger than any copy buffer
@@ -78,10 +80,10 @@ func TestWriteBlobFileMatchesGit(t *testing.T) {
 		if size != int64(len(content)) {
 			t.Errorf("WriteBlobFile(%s) size = %d, want %d", name, size, len(content))
 		}
-		if want := gitT(t, dir, "hash-object", p); h.String() != want {
+		if want := fixtures.Git(t, dir, "hash-object", p); h.String() != want {
 			t.Errorf("WriteBlobFile(%s) = %s, git hash-object says %s", name, h, want)
 		}
-		if got := gitRaw(t, dir, "cat-file", "blob", h.String()); !bytes.Equal(got, content) {
+		if got := fixtures.GitBytes(t, dir, "cat-file", "blob", h.String()); !bytes.Equal(got, content) {
 			t.Errorf("git reads blob %s (%s) back differently", h, name)
 		}
 	}
@@ -110,10 +112,10 @@ func gitWriteTree(t *testing.T, dir string, files []TreeFile) string {
 		}
 		info.WriteString(mode + " " + f.Hash.String() + "\t" + f.Path + "\x00")
 	}
-	if _, err := gitRun(dir, []byte(info.String()), env, "update-index", "-z", "--add", "--index-info"); err != nil {
+	if _, err := fixtures.RunGit(dir, []byte(info.String()), env, "update-index", "-z", "--add", "--index-info"); err != nil {
 		t.Fatal(err)
 	}
-	out, err := gitRun(dir, nil, env, "write-tree")
+	out, err := fixtures.RunGit(dir, nil, env, "write-tree")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +124,7 @@ func gitWriteTree(t *testing.T, dir string, files []TreeFile) string {
 
 func TestWriteTreeMatchesGit(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
+	dir := fixtures.NewRepo(t)
 	r := openRepo(t, dir)
 	blob := func(s string) Hash {
 		h, err := r.WriteBlob([]byte(s))
@@ -164,7 +166,7 @@ func TestWriteTreeMatchesGit(t *testing.T) {
 		}
 		if want := gitWriteTree(t, dir, tc.files); h.String() != want {
 			t.Errorf("%s: WriteTree = %s, git write-tree says %s\nours:\n%s\ngit's:\n%s", tc.name, h, want,
-				gitT(t, dir, "ls-tree", "-r", "-t", h.String()), gitT(t, dir, "ls-tree", "-r", "-t", want))
+				fixtures.Git(t, dir, "ls-tree", "-r", "-t", h.String()), fixtures.Git(t, dir, "ls-tree", "-r", "-t", want))
 		}
 		// The input order does not matter.
 		shuffled := append([]TreeFile(nil), tc.files...)
@@ -181,15 +183,15 @@ func TestWriteTreeMatchesGit(t *testing.T) {
 
 func TestWriteTreeModesAsGitSeesThem(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
+	dir := fixtures.NewRepo(t)
 	r := openRepo(t, dir)
 	b, _ := r.WriteBlob([]byte("x"))
 	h, err := r.WriteTree([]TreeFile{{Path: "run", Hash: b, Executable: true}, {Path: "d/f", Hash: b}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := gitT(t, dir, "ls-tree", "-r", "-t", h.String())
-	want := "040000 tree " + gitT(t, dir, "rev-parse", h.String()+":d") + "\td\n" +
+	got := fixtures.Git(t, dir, "ls-tree", "-r", "-t", h.String())
+	want := "040000 tree " + fixtures.Git(t, dir, "rev-parse", h.String()+":d") + "\td\n" +
 		"100644 blob " + b.String() + "\td/f\n" +
 		"100755 blob " + b.String() + "\trun"
 	if got != want {
@@ -199,7 +201,7 @@ func TestWriteTreeModesAsGitSeesThem(t *testing.T) {
 
 func TestWriteTreeRefusesBadPaths(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
+	dir := fixtures.NewRepo(t)
 	r := openRepo(t, dir)
 	b, _ := r.WriteBlob([]byte("x"))
 	for _, tc := range []struct {
@@ -230,7 +232,7 @@ func TestWriteTreeRefusesBadPaths(t *testing.T) {
 			files = append(files, TreeFile{Path: p, Hash: b})
 		}
 		if h, err := r.WriteTree(files); err == nil {
-			t.Errorf("%s: WriteTree(%q) = %s, want an error\n%s", tc.name, tc.paths, h, gitT(t, dir, "ls-tree", "-r", "-t", h.String()))
+			t.Errorf("%s: WriteTree(%q) = %s, want an error\n%s", tc.name, tc.paths, h, fixtures.Git(t, dir, "ls-tree", "-r", "-t", h.String()))
 		}
 	}
 	fsckStrict(t, dir)
@@ -246,7 +248,7 @@ wpD4AQDX5xvQ5Yd7qPCHKAx5Ujm5nSH0QpJ8m0Z8Gm1yV5zZ6gEA5wA0pJdKqGzX
 
 func TestWriteCommitMatchesGit(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
+	dir := fixtures.NewRepo(t)
 	r := openRepo(t, dir)
 	b, _ := r.WriteBlob([]byte("x\n"))
 	tree, err := r.WriteTree([]TreeFile{{Path: "status.json", Hash: b}})
@@ -276,21 +278,21 @@ func TestWriteCommitMatchesGit(t *testing.T) {
 			"GIT_AUTHOR_NAME=Worker One", "GIT_AUTHOR_EMAIL=w1@example.invalid", "GIT_AUTHOR_DATE=" + tc.date,
 			"GIT_COMMITTER_NAME=Worker One", "GIT_COMMITTER_EMAIL=w1@example.invalid", "GIT_COMMITTER_DATE=" + tc.date,
 		}
-		out, err := gitRun(dir, []byte(msg), env, "commit-tree", tree.String())
+		out, err := fixtures.RunGit(dir, []byte(msg), env, "commit-tree", tree.String())
 		if err != nil {
 			t.Fatal(err)
 		}
 		if want := strings.TrimSpace(string(out)); root.String() != want {
-			t.Errorf("%s: WriteCommit = %s, git commit-tree says %s\nours:\n%s", tc.name, root, want, gitRaw(t, dir, "cat-file", "commit", root.String()))
+			t.Errorf("%s: WriteCommit = %s, git commit-tree says %s\nours:\n%s", tc.name, root, want, fixtures.GitBytes(t, dir, "cat-file", "commit", root.String()))
 		}
-		out, err = gitRun(dir, []byte(msg), env, "commit-tree", tree.String(), "-p", root.String())
+		out, err = fixtures.RunGit(dir, []byte(msg), env, "commit-tree", tree.String(), "-p", root.String())
 		if err != nil {
 			t.Fatal(err)
 		}
 		if want := strings.TrimSpace(string(out)); child.String() != want {
 			t.Errorf("%s: WriteCommit with a parent = %s, git commit-tree says %s", tc.name, child, want)
 		}
-		if p := gitT(t, dir, "rev-parse", child.String()+"^"); p != root.String() {
+		if p := fixtures.Git(t, dir, "rev-parse", child.String()+"^"); p != root.String() {
 			t.Errorf("%s: parent of %s = %s, want %s", tc.name, child, p, root)
 		}
 	}
@@ -318,7 +320,7 @@ func stripGPGSig(raw []byte) []byte {
 
 func TestWriteCommitSigned(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
+	dir := fixtures.NewRepo(t)
 	r := openRepo(t, dir)
 	b, _ := r.WriteBlob([]byte("{}\n"))
 	tree, _ := r.WriteTree([]TreeFile{{Path: "status.json", Hash: b}})
@@ -343,7 +345,7 @@ func TestWriteCommitSigned(t *testing.T) {
 	if len(signed) != 1 {
 		t.Fatalf("SignFunc called %d times", len(signed))
 	}
-	raw := gitRaw(t, dir, "cat-file", "commit", h.String())
+	raw := fixtures.GitBytes(t, dir, "cat-file", "commit", h.String())
 	wantHeader := "gpgsig " + strings.ReplaceAll(strings.TrimSuffix(fakeSignature, "\n"), "\n", "\n ") + "\n"
 	if !bytes.Contains(raw, []byte(wantHeader)) {
 		t.Errorf("git cat-file commit does not show the gpgsig header:\n%s", raw)
@@ -372,7 +374,7 @@ func TestWriteCommitSigned(t *testing.T) {
 	// An unsigned commit has an empty signature and its payload is the commit itself.
 	pc, _ := r.Commit(parent)
 	payload, sig, err = SignedPayload(pc)
-	if err != nil || sig != "" || !bytes.Equal(payload, gitRaw(t, dir, "cat-file", "commit", parent.String())) {
+	if err != nil || sig != "" || !bytes.Equal(payload, fixtures.GitBytes(t, dir, "cat-file", "commit", parent.String())) {
 		t.Errorf("SignedPayload of an unsigned commit = %q, %q, %v", payload, sig, err)
 	}
 	fsckStrict(t, dir)
@@ -380,7 +382,7 @@ func TestWriteCommitSigned(t *testing.T) {
 
 func TestWriteCommitSignError(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
+	dir := fixtures.NewRepo(t)
 	r := openRepo(t, dir)
 	tree, _ := r.WriteTree(nil)
 	boom := errors.New("agent unavailable")
@@ -415,7 +417,7 @@ func countLooseObjects(t *testing.T, dir string) int {
 // goroutines at once, is what git reads and fsck accepts.
 func TestWriteSmallObjectsOnceAndConcurrently(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
+	dir := fixtures.NewRepo(t)
 	objects := filepath.Join(dir, ".git", "objects")
 	var wg sync.WaitGroup
 	for g := 0; g < 8; g++ {
@@ -430,18 +432,18 @@ func TestWriteSmallObjectsOnceAndConcurrently(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				if want := gitIn(t, dir, data, "hash-object", "--stdin"); h.String() != want {
+				if want := fixtures.GitStdin(t, dir, data, "hash-object", "--stdin"); h.String() != want {
 					t.Errorf("WriteBlob = %s, git hash-object says %s", h, want)
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	gitT(t, dir, "fsck", "--strict")
+	fixtures.Git(t, dir, "fsck", "--strict")
 	for i := 0; i < 50; i += 7 {
 		data := []byte(fmt.Sprintf("object %d of many, %s\n", i, strings.Repeat("x", i*97)))
-		h := gitIn(t, dir, data, "hash-object", "--stdin")
-		if got := gitRaw(t, dir, "cat-file", "blob", h); !bytes.Equal(got, data) {
+		h := fixtures.GitStdin(t, dir, data, "hash-object", "--stdin")
+		if got := fixtures.GitBytes(t, dir, "cat-file", "blob", h); !bytes.Equal(got, data) {
 			t.Errorf("git reads %s back as %d different bytes", h, len(got))
 		}
 	}

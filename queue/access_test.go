@@ -1,24 +1,21 @@
 package queue
 
 import (
-	"crypto/ed25519"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/ssh"
+	"refci.dev/refci/fixtures"
 )
 
+// testKey is the SSH key of seed as an authorized_keys line ending in
+// "key" and a letter, and its fingerprint.
 func testKey(t *testing.T, seed byte) (line, fp string) {
 	t.Helper()
-	priv := ed25519.NewKeyFromSeed(append(make([]byte, 31), seed))
-	pub, err := ssh.NewPublicKey(priv.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub))) + " key" + string('a'+seed), ssh.FingerprintSHA256(pub)
+	k := fixtures.SSHKeyFromSeed(t, seed, "key"+string('a'+seed))
+	return k.AuthorizedKey, k.Fingerprint
 }
 
 func TestRolesMayUpdate(t *testing.T) {

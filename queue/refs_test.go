@@ -1,10 +1,8 @@
 package queue
 
 import (
-	"bytes"
 	"fmt"
 	"math/rand"
-	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
@@ -12,32 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// git runs the git CLI (the oracle) with no system or user configuration.
-func git(t *testing.T, dir string, stdin string, args ...string) (string, error) {
-	t.Helper()
-	cmd := exec.Command("git", args...)
-	cmd.Dir = dir
-	home := t.TempDir()
-	var env []string
-	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "GIT_") || k == "HOME" || k == "XDG_CONFIG_HOME" {
-			continue
-		}
-		env = append(env, kv)
-	}
-	cmd.Env = append(env, "GIT_CONFIG_NOSYSTEM=1", "HOME="+home, "XDG_CONFIG_HOME="+home,
-		"GIT_AUTHOR_NAME=T", "GIT_AUTHOR_EMAIL=t@example.invalid", "GIT_COMMITTER_NAME=T", "GIT_COMMITTER_EMAIL=t@example.invalid",
-		"GIT_AUTHOR_DATE=1700000000 +0000", "GIT_COMMITTER_DATE=1700000000 +0000", "LC_ALL=C")
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		return out.String(), fmt.Errorf("git %s: %v: %s", strings.Join(args, " "), err, errb.String())
-	}
-	return out.String(), nil
-}
+	"refci.dev/refci/fixtures"
+)
 
 func TestRefNames(t *testing.T) {
 	t.Parallel()
@@ -287,7 +262,7 @@ func TestValidateRequestNameAgreesWithGit(t *testing.T) {
 	// One shell runs git check-ref-format for every name.
 	script := `for n in "$@"; do if git check-ref-format "refs/ci/requests/$n"; then echo "ok $n"; else echo "bad $n"; fi; done`
 	cmd := exec.Command("sh", append([]string{"-c", script, "sh"}, accepted...)...)
-	cmd.Env = append(os.Environ(), "GIT_CONFIG_NOSYSTEM=1", "HOME="+t.TempDir())
+	cmd.Env = fixtures.GitEnv()
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatal(err)
@@ -328,14 +303,8 @@ func TestValidateJobName(t *testing.T) {
 func TestCommitMessage(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	if _, err := git(t, dir, "", "init", "-q", "."); err != nil {
-		t.Fatal(err)
-	}
-	tree, err := git(t, dir, "", "write-tree")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tree = strings.TrimSpace(tree)
+	fixtures.Git(t, dir, "init", "-q", ".")
+	tree := fixtures.Git(t, dir, "write-tree")
 	target := "3f9a1c0b2d4e5f60718293a4b5c6d7e8f9a0b1c2"
 	for _, tc := range []struct {
 		name    string
@@ -364,23 +333,16 @@ func TestCommitMessage(t *testing.T) {
 		}
 		want := fmt.Sprintf("Refci-Target: %s\nRefci-Request: %s\nRefci-Run: %s\nRefci-Attempt: %d\nRefci-State: %s\n",
 			tc.s.Target, tc.s.Request, tc.s.Run, tc.s.Attempt, tc.s.State)
-		got, err := git(t, dir, msg, "interpret-trailers", "--parse")
+		got, err := fixtures.RunGit(dir, []byte(msg), nil, "interpret-trailers", "--parse")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got != want {
+		if string(got) != want {
 			t.Errorf("%s: git interpret-trailers --parse:\n%s\nwant:\n%s", tc.name, got, want)
 		}
 		// What git log shows for a commit with this message.
-		commit, err := git(t, dir, msg, "commit-tree", tree)
-		if err != nil {
-			t.Fatal(err)
-		}
-		commit = strings.TrimSpace(commit)
-		logged, err := git(t, dir, "", "log", "-1", "--format=%s%n%(trailers:key=Refci-State,valueonly,separator=)%n%(trailers:key=Refci-Run,valueonly,separator=)%n%(trailers:key=Refci-Attempt,valueonly,separator=)", commit)
-		if err != nil {
-			t.Fatal(err)
-		}
+		commit := fixtures.GitStdin(t, dir, []byte(msg), "commit-tree", tree)
+		logged := string(fixtures.GitBytes(t, dir, "log", "-1", "--format=%s%n%(trailers:key=Refci-State,valueonly,separator=)%n%(trailers:key=Refci-Run,valueonly,separator=)%n%(trailers:key=Refci-Attempt,valueonly,separator=)", commit))
 		if wantLog := fmt.Sprintf("%s\n%s\n%s\n%d\n", tc.subject, tc.s.State, tc.s.Run, tc.s.Attempt); logged != wantLog {
 			t.Errorf("%s: git log shows %q, want %q", tc.name, logged, wantLog)
 		}

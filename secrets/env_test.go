@@ -5,6 +5,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"refci.dev/refci/fixtures/gnupg"
 )
 
 func keyringOf(t testing.TB, ids ...*Identity) Keyring {
@@ -84,48 +86,48 @@ func TestRemovedRecipientCannotOpenNewVersion(t *testing.T) {
 }
 
 func TestGPGDecryptsSealedValue(t *testing.T) {
-	g := newGPG(t)
+	g := gnupg.New(t)
 	admin, w1, w2 := mustGenerate(t, "Admin"), mustGenerate(t, "Worker One"), mustGenerate(t, "Worker Two")
 	priv, err := w2.armoredPrivateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.run(priv, "--import")
-	g.run(mustPublicKey(t, admin), "--import")
+	g.Run(priv, "--import")
+	g.Run(mustPublicKey(t, admin), "--import")
 	value := []byte("netlify-token-0123456789")
 	sealed, err := admin.Seal(value, keyringOf(t, w1, w2))
 	if err != nil {
 		t.Fatal(err)
 	}
-	packets := g.run(sealed, "--list-packets")
+	packets := g.Run(sealed, "--list-packets")
 	if strings.Contains(packets, "aead") || strings.Contains(packets, "AEAD") || !strings.Contains(packets, "mdc_method: 2") {
 		t.Errorf("the message is not SEIPDv1 with MDC:\n%s", packets)
 	}
 	if n := strings.Count(packets, ":pubkey enc packet:"); n != 2 {
 		t.Errorf("%d public-key encrypted session keys, want 2:\n%s", n, packets)
 	}
-	out, errOut, err := g.try(sealed, "--status-fd", "2", "--decrypt")
+	out, errOut, err := g.Try(sealed, "--status-fd", "2", "--decrypt")
 	if err != nil {
 		t.Fatalf("gpg --decrypt: %v\n%s", err, errOut)
 	}
 	if out != string(value) {
 		t.Errorf("gpg decrypted %q, want %q", out, value)
 	}
-	if v := status(errOut, "VALIDSIG"); len(v) != 1 || !strings.Contains(v[0], admin.Fingerprint()) {
+	if v := gnupg.Status(errOut, "VALIDSIG"); len(v) != 1 || !strings.Contains(v[0], admin.Fingerprint()) {
 		t.Errorf("gpg did not report a valid signature by the admin:\n%s", errOut)
 	}
 }
 
 func TestOpenAcceptsGPGEncryptedValue(t *testing.T) {
-	g := newGPG(t)
-	adminFpr := g.genKey("GPG Admin <admin@example.invalid>", "ed25519", "sign", "never")
+	g := gnupg.New(t)
+	adminFpr := g.GenKey("GPG Admin <admin@example.invalid>", "ed25519", "sign", "never")
 	w1, w2 := mustGenerate(t, "Worker One"), mustGenerate(t, "Worker Two")
-	g.run(mustPublicKey(t, w1), "--import")
-	g.run(mustPublicKey(t, w2), "--import")
+	g.Run(mustPublicKey(t, w1), "--import")
+	g.Run(mustPublicKey(t, w2), "--import")
 	value := "value-from-gpg\n"
-	sealed := g.run([]byte(value), "--armor", "--trust-model", "always", "--encrypt", "--sign",
+	sealed := g.Run([]byte(value), "--armor", "--trust-model", "always", "--encrypt", "--sign",
 		"--local-user", adminFpr, "--recipient", w1.Fingerprint(), "--recipient", w2.Fingerprint())
-	admins, err := ReadKeyring(strings.NewReader(g.run(nil, "--armor", "--export", adminFpr)))
+	admins, err := ReadKeyring(strings.NewReader(g.Run(nil, "--armor", "--export", adminFpr)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,12 +138,12 @@ func TestOpenAcceptsGPGEncryptedValue(t *testing.T) {
 		}
 	}
 	// Encrypted but unsigned: refused.
-	unsigned := g.run([]byte(value), "--armor", "--trust-model", "always", "--encrypt", "--recipient", w1.Fingerprint())
+	unsigned := g.Run([]byte(value), "--armor", "--trust-model", "always", "--encrypt", "--recipient", w1.Fingerprint())
 	if _, _, err := w1.Open([]byte(unsigned), admins); !errors.Is(err, ErrUnsignedValue) {
 		t.Errorf("unsigned value: %v, want ErrUnsignedValue", err)
 	}
 	// Signed but not encrypted: refused.
-	clear := g.run([]byte(value), "--armor", "--sign", "--local-user", adminFpr)
+	clear := g.Run([]byte(value), "--armor", "--sign", "--local-user", adminFpr)
 	if _, _, err := w1.Open([]byte(clear), admins); !errors.Is(err, ErrUnsignedValue) {
 		t.Errorf("signed plaintext: %v, want ErrUnsignedValue", err)
 	}
@@ -169,8 +171,8 @@ func TestKeyringArmoredRoundTrip(t *testing.T) {
 	if len(keys) != 2 || !keys[0].CanEncrypt || !again.Has(a.Fingerprint()) || !again.Has(b.Fingerprint()) {
 		t.Errorf("Keys() = %+v", keys)
 	}
-	g := newGPG(t)
-	out := g.run(arm, "--with-colons", "--show-keys")
+	g := gnupg.New(t)
+	out := g.Run(arm, "--with-colons", "--show-keys")
 	if strings.Count(out, "\nfpr:")+strings.Count(out[:min(len(out), 4)], "fpr:") < 2 {
 		t.Errorf("gpg does not see both keys:\n%s", out)
 	}

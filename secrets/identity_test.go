@@ -13,6 +13,8 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+
+	"refci.dev/refci/fixtures/gnupg"
 )
 
 var fingerprintRE = regexp.MustCompile(`^[0-9A-F]{40}$`)
@@ -102,9 +104,9 @@ func TestGenerateProperties(t *testing.T) {
 	}
 
 	// GnuPG's view, from the raw packets.
-	g := newGPG(t)
+	g := gnupg.New(t)
 	pub := mustPublicKey(t, id)
-	packets := g.run(pub, "--list-packets")
+	packets := g.Run(pub, "--list-packets")
 	for _, want := range []string{
 		"version 4, algo 22,", "ed25519 (1.3.6.1.4.1.11591.15.1)",
 		"version 4, algo 18,", "cv25519 (1.3.6.1.4.1.3029.1.5.1)",
@@ -120,14 +122,14 @@ func TestGenerateProperties(t *testing.T) {
 			t.Errorf("gpg --list-packets shows %q:\n%s", bad, packets)
 		}
 	}
-	keys := g.run(pub, "--with-colons", "--show-keys")
-	if got := firstField(t, keys, "fpr", 9); got != id.Fingerprint() {
+	keys := g.Run(pub, "--with-colons", "--show-keys")
+	if got := gnupg.FirstField(t, keys, "fpr", 9); got != id.Fingerprint() {
 		t.Errorf("gpg fingerprint %s, Fingerprint() %s", got, id.Fingerprint())
 	}
-	if algo, curve := firstField(t, keys, "pub", 3), firstField(t, keys, "pub", 16); algo != "22" || curve != "ed25519" {
+	if algo, curve := gnupg.FirstField(t, keys, "pub", 3), gnupg.FirstField(t, keys, "pub", 16); algo != "22" || curve != "ed25519" {
 		t.Errorf("gpg sees primary key algorithm %s curve %s, want 22 ed25519", algo, curve)
 	}
-	if algo, curve := firstField(t, keys, "sub", 3), firstField(t, keys, "sub", 16); algo != "18" || curve != "cv25519" {
+	if algo, curve := gnupg.FirstField(t, keys, "sub", 3), gnupg.FirstField(t, keys, "sub", 16); algo != "18" || curve != "cv25519" {
 		t.Errorf("gpg sees subkey algorithm %s curve %s, want 18 cv25519", algo, curve)
 	}
 }
@@ -148,37 +150,37 @@ func TestGenerateRejectsBadUserIDs(t *testing.T) {
 // accepts SignDetached's signatures, and that they have the shape a git
 // gpgsig header has.
 func TestGPGVerifiesSignDetached(t *testing.T) {
-	g := newGPG(t)
+	g := gnupg.New(t)
 	id := mustGenerate(t, "Worker Two")
-	g.run(mustPublicKey(t, id), "--import")
+	g.Run(mustPublicKey(t, id), "--import")
 
 	sig := mustSign(t, id, commitLike)
 	if !strings.HasPrefix(sig, "-----BEGIN PGP SIGNATURE-----\n") || !strings.HasSuffix(sig, "\n-----END PGP SIGNATURE-----\n") {
 		t.Errorf("signature is not an armored block ending in a newline:\n%s", sig)
 	}
-	packets := g.run([]byte(sig), "--list-packets")
+	packets := g.Run([]byte(sig), "--list-packets")
 	for _, want := range []string{"version 4,", "sigclass 0x00", "digest algo 8,", "issuer fpr v4 " + id.Fingerprint()} {
 		if !strings.Contains(packets, want) {
 			t.Errorf("gpg --list-packets of the signature lacks %q:\n%s", want, packets)
 		}
 	}
 
-	sigFile := g.file("sig.asc", []byte(sig))
-	out, errOut, err := g.try(nil, "--status-fd", "1", "--verify", sigFile, g.file("msg", commitLike))
+	sigFile := g.File("sig.asc", []byte(sig))
+	out, errOut, err := g.Try(nil, "--status-fd", "1", "--verify", sigFile, g.File("msg", commitLike))
 	if err != nil {
 		t.Fatalf("gpg --verify: %v\n%s%s", err, out, errOut)
 	}
-	if good := status(out, "GOODSIG"); len(good) != 1 || !strings.HasSuffix(good[0], " "+id.UserID()) {
+	if good := gnupg.Status(out, "GOODSIG"); len(good) != 1 || !strings.HasSuffix(good[0], " "+id.UserID()) {
 		t.Errorf("GOODSIG lines %q, want one for %s", good, id.UserID())
 	}
-	valid := status(out, "VALIDSIG")
+	valid := gnupg.Status(out, "VALIDSIG")
 	if len(valid) != 1 || !strings.HasPrefix(valid[0], id.Fingerprint()+" ") || !strings.HasSuffix(valid[0], " "+id.Fingerprint()) {
 		t.Errorf("VALIDSIG lines %q, want one for %s", valid, id.Fingerprint())
 	}
 
 	tampered := append(bytes.Clone(commitLike), '!')
-	out, _, err = g.try(nil, "--status-fd", "1", "--verify", sigFile, g.file("tampered", tampered))
-	if err == nil || len(status(out, "BADSIG")) != 1 {
+	out, _, err = g.Try(nil, "--status-fd", "1", "--verify", sigFile, g.File("tampered", tampered))
+	if err == nil || len(gnupg.Status(out, "BADSIG")) != 1 {
 		t.Errorf("gpg accepted a tampered message: %v\n%s", err, out)
 	}
 }
@@ -187,13 +189,13 @@ func TestGPGVerifiesSignDetached(t *testing.T) {
 // ways: GnuPG decrypts what go-crypto encrypts to the public key, and
 // go-crypto decrypts what GnuPG encrypts to it.
 func TestGPGDecryptsForSubkey(t *testing.T) {
-	g := newGPG(t)
+	g := gnupg.New(t)
 	id := mustGenerate(t, "Worker Three")
 	priv, err := id.armoredPrivateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.run(priv, "--pinentry-mode", "loopback", "--passphrase", "", "--import")
+	g.Run(priv, "--pinentry-mode", "loopback", "--passphrase", "", "--import")
 	secret := []byte("SECRET_TOKEN=hunter2\n")
 
 	// go-crypto encrypts to the public key alone, as another machine would.
@@ -210,12 +212,12 @@ func TestGPGDecryptsForSubkey(t *testing.T) {
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	out, errOut, err := g.try(ct.Bytes(), "--pinentry-mode", "loopback", "--passphrase", "", "--decrypt")
+	out, errOut, err := g.Try(ct.Bytes(), "--pinentry-mode", "loopback", "--passphrase", "", "--decrypt")
 	if err != nil || out != string(secret) {
 		t.Errorf("gpg --decrypt = %q, %v, want %q\n%s", out, err, secret, errOut)
 	}
 
-	gpgCT := g.run(secret, "--trust-model", "always", "--armor", "--encrypt", "--recipient", id.Fingerprint())
+	gpgCT := g.Run(secret, "--trust-model", "always", "--armor", "--encrypt", "--recipient", id.Fingerprint())
 	block, err := armor.Decode(strings.NewReader(gpgCT))
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,8 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+
+	"refci.dev/refci/fixtures/gnupg"
 )
 
 func TestLoadOrCreate(t *testing.T) {
@@ -133,19 +135,19 @@ func TestLoadOrCreateRefusesOpenPermissions(t *testing.T) {
 }
 
 func TestLoadErrors(t *testing.T) {
-	g := newGPG(t)
+	g := gnupg.New(t)
 	id := mustGenerate(t, "Worker")
-	fpr := g.genKey("Plain <plain@example.invalid>", "ed25519", "sign", "never")
-	unprotected := g.run(nil, "--pinentry-mode", "loopback", "--passphrase", "", "--armor", "--export-secret-keys", fpr)
+	fpr := g.GenKey("Plain <plain@example.invalid>", "ed25519", "sign", "never")
+	unprotected := g.Run(nil, "--pinentry-mode", "loopback", "--passphrase", "", "--armor", "--export-secret-keys", fpr)
 
 	// A passphrase-protected key, exported the way GnuPG does it.
-	g2 := newGPG(t)
-	g2.run(nil, "--passphrase", "s3cret", "--pinentry-mode", "loopback",
+	g2 := gnupg.New(t)
+	g2.Run(nil, "--passphrase", "s3cret", "--pinentry-mode", "loopback",
 		"--quick-gen-key", "Protected <p@example.invalid>", "ed25519", "sign", "never")
-	protected := g2.run(nil, "--pinentry-mode", "loopback", "--passphrase", "s3cret", "--armor", "--export-secret-keys")
+	protected := g2.Run(nil, "--pinentry-mode", "loopback", "--passphrase", "s3cret", "--armor", "--export-secret-keys")
 	twoBlocks := string(must(id.armoredPrivateKey())) + unprotected
-	g.genKey("Second <second@example.invalid>", "ed25519", "sign", "never")
-	oneBlockTwoKeys := g.run(nil, "--pinentry-mode", "loopback", "--passphrase", "", "--armor", "--export-secret-keys")
+	g.GenKey("Second <second@example.invalid>", "ed25519", "sign", "never")
+	oneBlockTwoKeys := g.Run(nil, "--pinentry-mode", "loopback", "--passphrase", "", "--armor", "--export-secret-keys")
 
 	dir := t.TempDir()
 	for _, tc := range []struct {
@@ -189,16 +191,16 @@ func TestLoadErrors(t *testing.T) {
 
 	// An unprotected key exported by GnuPG loads and signs, and GnuPG
 	// verifies the signature.
-	gpgKey, err := Load(g.file("gpg.key", []byte(unprotected)))
+	gpgKey, err := Load(g.File("gpg.key", []byte(unprotected)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if gpgKey.Fingerprint() != fpr {
 		t.Errorf("loaded fingerprint %s, want %s", gpgKey.Fingerprint(), fpr)
 	}
-	out, _, err := g.try(nil, "--status-fd", "1", "--verify",
-		g.file("sig.asc", []byte(mustSign(t, gpgKey, commitLike))), g.file("msg", commitLike))
-	if err != nil || len(status(out, "VALIDSIG")) != 1 {
+	out, _, err := g.Try(nil, "--status-fd", "1", "--verify",
+		g.File("sig.asc", []byte(mustSign(t, gpgKey, commitLike))), g.File("msg", commitLike))
+	if err != nil || len(gnupg.Status(out, "VALIDSIG")) != 1 {
 		t.Errorf("gpg --verify of a signature by the loaded gpg key: %v\n%s", err, out)
 	}
 }

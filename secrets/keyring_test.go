@@ -12,17 +12,19 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+
+	"refci.dev/refci/fixtures/gnupg"
 )
 
 // TestVerifyGPGSignature checks that a key and a signature made by GnuPG
 // itself verify, with the GnuPG key's fingerprint, and that a tampered
 // message does not.
 func TestVerifyGPGSignature(t *testing.T) {
-	g := newGPG(t)
-	fpr := g.genKey("Test <t@example.invalid>", "ed25519", "sign", "never")
-	sig := g.run(commitLike, "--armor", "--detach-sign", "--local-user", fpr)
+	g := gnupg.New(t)
+	fpr := g.GenKey("Test <t@example.invalid>", "ed25519", "sign", "never")
+	sig := g.Run(commitLike, "--armor", "--detach-sign", "--local-user", fpr)
 
-	k, err := ReadKeyring(strings.NewReader(g.run(nil, "--armor", "--export", fpr)))
+	k, err := ReadKeyring(strings.NewReader(g.Run(nil, "--armor", "--export", fpr)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,14 +45,14 @@ func TestVerifyGPGSignature(t *testing.T) {
 // TestVerifyGPGSubkeySignature checks that a signature by a signing subkey
 // is reported with the primary key's fingerprint.
 func TestVerifyGPGSubkeySignature(t *testing.T) {
-	g := newGPG(t)
-	fpr := g.genKey("Sub <sub@example.invalid>", "ed25519", "cert", "never")
-	g.run(nil, "--passphrase", "", "--pinentry-mode", "loopback", "--quick-add-key", fpr, "ed25519", "sign", "never")
-	sig := g.run(commitLike, "--armor", "--detach-sign", "--local-user", fpr)
-	if packets := g.run([]byte(sig), "--list-packets"); strings.Contains(packets, fpr) {
+	g := gnupg.New(t)
+	fpr := g.GenKey("Sub <sub@example.invalid>", "ed25519", "cert", "never")
+	g.Run(nil, "--passphrase", "", "--pinentry-mode", "loopback", "--quick-add-key", fpr, "ed25519", "sign", "never")
+	sig := g.Run(commitLike, "--armor", "--detach-sign", "--local-user", fpr)
+	if packets := g.Run([]byte(sig), "--list-packets"); strings.Contains(packets, fpr) {
 		t.Fatalf("gpg signed with the primary key, not the subkey:\n%s", packets)
 	}
-	k, err := ReadKeyring(strings.NewReader(g.run(nil, "--armor", "--export", fpr)))
+	k, err := ReadKeyring(strings.NewReader(g.Run(nil, "--armor", "--export", fpr)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,10 +130,10 @@ func flipBase64(armored string) string {
 // TestVerifyRefusesNonSigningSubkey signs with a GnuPG-made authentication
 // subkey (as used for SSH), which GnuPG itself would not sign with.
 func TestVerifyRefusesNonSigningSubkey(t *testing.T) {
-	g := newGPG(t)
-	fpr := g.genKey("Auth <auth@example.invalid>", "ed25519", "sign", "never")
-	g.run(nil, "--passphrase", "", "--pinentry-mode", "loopback", "--quick-add-key", fpr, "ed25519", "auth", "never")
-	id, err := Load(g.file("key.asc", []byte(g.run(nil, "--pinentry-mode", "loopback", "--passphrase", "", "--armor", "--export-secret-keys", fpr))))
+	g := gnupg.New(t)
+	fpr := g.GenKey("Auth <auth@example.invalid>", "ed25519", "sign", "never")
+	g.Run(nil, "--passphrase", "", "--pinentry-mode", "loopback", "--quick-add-key", fpr, "ed25519", "auth", "never")
+	id, err := Load(g.File("key.asc", []byte(g.Run(nil, "--pinentry-mode", "loopback", "--passphrase", "", "--armor", "--export-secret-keys", fpr))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +168,7 @@ func TestVerifyRefusesNonSigningSubkey(t *testing.T) {
 	}
 	w.Close()
 
-	k, err := ReadKeyring(strings.NewReader(g.run(nil, "--armor", "--export", fpr)))
+	k, err := ReadKeyring(strings.NewReader(g.Run(nil, "--armor", "--export", fpr)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,10 +185,10 @@ func TestVerifyRefusesNonSigningSubkey(t *testing.T) {
 // TestVerifyRefusesExpiredKey uses a key GnuPG made in 2020 that expired a
 // day later, and a signature made while it was valid.
 func TestVerifyRefusesExpiredKey(t *testing.T) {
-	g := newGPG(t)
-	fpr := g.genKey("Old <old@example.invalid>", "ed25519", "sign", "1d", "--faked-system-time", "20200101T000000!")
-	sig := g.run(commitLike, "--faked-system-time", "20200101T010000!", "--armor", "--detach-sign", "--local-user", fpr)
-	k, err := ReadKeyring(strings.NewReader(g.run(nil, "--armor", "--export", fpr)))
+	g := gnupg.New(t)
+	fpr := g.GenKey("Old <old@example.invalid>", "ed25519", "sign", "1d", "--faked-system-time", "20200101T000000!")
+	sig := g.Run(commitLike, "--faked-system-time", "20200101T010000!", "--armor", "--detach-sign", "--local-user", fpr)
+	k, err := ReadKeyring(strings.NewReader(g.Run(nil, "--armor", "--export", fpr)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,10 +200,10 @@ func TestVerifyRefusesExpiredKey(t *testing.T) {
 // TestVerifyRefusesRevokedKey revokes a key with the revocation certificate
 // GnuPG made with it.
 func TestVerifyRefusesRevokedKey(t *testing.T) {
-	g := newGPG(t)
-	fpr := g.genKey("Revoked <rev@example.invalid>", "ed25519", "sign", "never")
-	sig := g.run(commitLike, "--armor", "--detach-sign", "--local-user", fpr)
-	before, err := ReadKeyring(strings.NewReader(g.run(nil, "--armor", "--export", fpr)))
+	g := gnupg.New(t)
+	fpr := g.GenKey("Revoked <rev@example.invalid>", "ed25519", "sign", "never")
+	sig := g.Run(commitLike, "--armor", "--detach-sign", "--local-user", fpr)
+	before, err := ReadKeyring(strings.NewReader(g.Run(nil, "--armor", "--export", fpr)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,14 +211,14 @@ func TestVerifyRefusesRevokedKey(t *testing.T) {
 		t.Fatalf("before revocation: %v", err)
 	}
 
-	rev, err := os.ReadFile(filepath.Join(g.home, "openpgp-revocs.d", fpr+".rev"))
+	rev, err := os.ReadFile(filepath.Join(g.Home, "openpgp-revocs.d", fpr+".rev"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// GnuPG guards the certificate against accidental import with a colon.
 	rev = bytes.Replace(rev, []byte(":-----BEGIN"), []byte("-----BEGIN"), 1)
-	g.run(rev, "--import")
-	after, err := ReadKeyring(strings.NewReader(g.run(nil, "--armor", "--export", fpr)))
+	g.Run(rev, "--import")
+	after, err := ReadKeyring(strings.NewReader(g.Run(nil, "--armor", "--export", fpr)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,13 +230,13 @@ func TestVerifyRefusesRevokedKey(t *testing.T) {
 // TestReadKeyringFormats reads concatenated armored blocks, binary keys and
 // files, and checks bad input is refused.
 func TestReadKeyringFormats(t *testing.T) {
-	g := newGPG(t)
-	a := g.genKey("A <a@example.invalid>", "ed25519", "sign", "never")
-	b := g.genKey("B <b@example.invalid>", "nistp256", "sign", "never")
-	sigA := g.run(commitLike, "--armor", "--detach-sign", "--local-user", a)
-	sigB := g.run(commitLike, "--armor", "--detach-sign", "--local-user", b)
-	armoredA := g.run(nil, "--armor", "--export", a)
-	armoredB := g.run(nil, "--armor", "--export", b)
+	g := gnupg.New(t)
+	a := g.GenKey("A <a@example.invalid>", "ed25519", "sign", "never")
+	b := g.GenKey("B <b@example.invalid>", "nistp256", "sign", "never")
+	sigA := g.Run(commitLike, "--armor", "--detach-sign", "--local-user", a)
+	sigB := g.Run(commitLike, "--armor", "--detach-sign", "--local-user", b)
+	armoredA := g.Run(nil, "--armor", "--export", a)
+	armoredB := g.Run(nil, "--armor", "--export", b)
 	ours := mustGenerate(t, "Ours")
 	ourPub := string(mustPublicKey(t, ours))
 
@@ -259,13 +261,13 @@ func TestReadKeyringFormats(t *testing.T) {
 		t.Errorf("concatenated armor: our key: %v", err)
 	}
 
-	k, err = ReadKeyring(strings.NewReader(g.run(nil, "--export")))
+	k, err = ReadKeyring(strings.NewReader(g.Run(nil, "--export")))
 	if err != nil {
 		t.Fatal(err)
 	}
 	check("binary", k, 2)
 
-	k, err = ReadKeyringFiles(g.file("a.asc", []byte(armoredA)), g.file("b.gpg", []byte(g.run(nil, "--export", b))))
+	k, err = ReadKeyringFiles(g.File("a.asc", []byte(armoredA)), g.File("b.gpg", []byte(g.Run(nil, "--export", b))))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,10 @@
 // pipeline leaves behind, collects artifacts, and writes the signed result
 // commit at refs/ci/runs/<target>/<run-id>.
 //
+// Process supervision is package worker/proc, the job socket package
+// worker/jobsock, the per-run shim package worker/shim. Isolation
+// (isolation.go) says which paths a pipeline must not see or write.
+//
 // It imports queue (the domain) and gitproto (git), never cmd, forge or
 // render.
 package worker

@@ -66,7 +66,7 @@ func fill(t *testing.T, dir string) string {
 // so and holding the log as far as it was kept; the request is consumed,
 // and the next run (the directory emptied, the space back) works.
 func TestRunDirectoryDiskFull(t *testing.T) {
-	exe := useShim(t)
+	exe := testExecutable(t)
 	lw := newLoopWorld(t, `if [ "$REFCI_REQUEST" = full ]; then
 	echo before-fill
 	cat /dev/zero > "$TMPDIR/fill" 2>/dev/null
@@ -112,7 +112,7 @@ fi
 // it once there is space again; the request is never eaten meanwhile, and
 // is consumed with that result, in state error saying why.
 func TestCacheDiskFullKeepsTheResult(t *testing.T) {
-	exe := useShim(t)
+	exe := testExecutable(t)
 	sync := t.TempDir()
 	lw := newLoopWorld(t, fmt.Sprintf(`echo pipeline-started
 touch %[1]s/started

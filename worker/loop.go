@@ -27,7 +27,9 @@ type Config struct {
 	// each one as soon as it is written.
 	Snapshot time.Duration
 	Grace    time.Duration // on shutdown, how long running pipelines may finish (default 30s)
-	Timeout  time.Duration // default pipeline timeout (a request may ask for another)
+	// Limits are every run's (RunSpec.Limits); a request may ask for
+	// another Timeout, up to MaxTimeout.
+	Limits
 	// MaxAttempts is how many attempts of one request value may lose
 	// their worker: a takeover that would be attempt MaxAttempts+1
 	// instead ends the request in state error, "gave up after N
@@ -36,9 +38,6 @@ type Config struct {
 	// MaxTimeout caps the timeout a request may ask for (default
 	// DefaultMaxTimeout, and never below Timeout).
 	MaxTimeout time.Duration
-	KillGrace  time.Duration
-
-	LogCap, ArtifactFileCap, ArtifactTotalCap int64
 
 	Signer    Signer
 	RefciPath string
@@ -65,13 +64,9 @@ type Config struct {
 	Secrets SecretsFunc
 	// Page, when set, renders index.html of each final result (RunSpec.Page).
 	Page PageFunc
-	// Hide and RequireIsolation are every run's RunSpec.Hide and
-	// RunSpec.RequireIsolation: paths pipelines must not see.
-	Hide             []string
-	RequireIsolation bool
-	// Writable and ReadOnly are every run's RunSpec.Writable and
-	// RunSpec.ReadOnly.
-	Writable, ReadOnly []string
+	// Isolation is every run's (RunSpec.Isolation): what pipelines may
+	// see and write.
+	Isolation
 }
 
 // TrustQuery is what Config.Trust decides on.
@@ -365,7 +360,7 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 			claimed, err = w.poll(runCtx, rem, fetch)
 			moreWaiting = claimed > 0 && claimed >= w.claimAhead()-active
 		} else {
-			err = w.maintain(runCtx, rem)
+			err = w.renewLeasesAndPushSnapshots(runCtx, rem)
 		}
 		// Push results in batches while runs go on; at once when the
 		// last one is done.
@@ -396,7 +391,7 @@ func (w *Worker) remoteLoop(stop, runCtx, abort context.Context, rem *gitproto.R
 				if hourly {
 					if perr := protectPending(rem); perr != nil {
 						w.log.Warn("cannot keep the results waiting to be pushed safe from the cache maintenance; it is skipped this hour", "remote", gitproto.RedactURL(rem.URL), "cache", rem.Cache, "err", perr)
-					} else if merr := rem.Maintain(runCtx, 0, full); merr != nil {
+					} else if merr := rem.CollectGarbage(runCtx, 0, full); merr != nil {
 						w.log.Warn("cache maintenance failed; it is tried again in an hour", "remote", gitproto.RedactURL(rem.URL), "cache", rem.Cache, "err", merr)
 					}
 				}
@@ -490,7 +485,7 @@ func (w *Worker) poll(ctx context.Context, rem *gitproto.Remote, fetch bool) (in
 		return 0, err
 	}
 	w.checkSupersede(rem, repo, requests, claims)
-	if err := w.maintain(ctx, rem); err != nil {
+	if err := w.renewLeasesAndPushSnapshots(ctx, rem); err != nil {
 		return 0, err
 	}
 	return w.claim(ctx, rem, repo, requests, claims)
@@ -673,7 +668,7 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 			continue
 		}
 		won++
-		w.start(ctx, rem, p.claim, p.commit)
+		w.startClaimed(ctx, rem, p.claim, p.commit)
 	}
 	if len(release) > 0 {
 		if _, err := rem.Push(ctx, release, false); err != nil {
@@ -819,8 +814,8 @@ func (w *Worker) isActive(rem *gitproto.Remote, name string) bool {
 	return ok
 }
 
-// start runs a claimed request in the background.
-func (w *Worker) start(ctx context.Context, rem *gitproto.Remote, c queue.Claim, claimVal gitproto.Hash) {
+// startClaimed runs a claimed request in the background.
+func (w *Worker) startClaimed(ctx context.Context, rem *gitproto.Remote, c queue.Claim, claimVal gitproto.Hash) {
 	runCtx, cancel := context.WithCancelCause(ctx)
 	a := &activeRun{remote: rem, claim: c, claimRef: queue.ClaimRef(c.Request), claimVal: claimVal, cancel: cancel,
 		runRef: queue.RunRef(c.Target, c.Run)}
@@ -835,11 +830,11 @@ func (w *Worker) start(ctx context.Context, rem *gitproto.Remote, c queue.Claim,
 		defer cancel(nil)
 		select {
 		case w.slots <- struct{}{}:
-			w.execute(runCtx, a)
+			w.runClaimed(runCtx, a)
 			<-w.slots
 		case <-runCtx.Done():
 			// Cancelled while waiting for a slot: it still gets a result.
-			w.execute(runCtx, a)
+			w.runClaimed(runCtx, a)
 		}
 		w.mu.Lock()
 		delete(w.active, key)
@@ -851,8 +846,8 @@ func (w *Worker) start(ctx context.Context, rem *gitproto.Remote, c queue.Claim,
 	}()
 }
 
-// execute runs one claimed request and queues its result for pushing.
-func (w *Worker) execute(ctx context.Context, a *activeRun) {
+// runClaimed runs one claimed request and queues its result for pushing.
+func (w *Worker) runClaimed(ctx context.Context, a *activeRun) {
 	log := w.log.With("remote", gitproto.RedactURL(a.remote.URL), "request", a.claim.Request, "run", a.claim.Run, "attempt", a.claim.Attempt)
 	repo, err := gitproto.Open(a.remote.Cache)
 	if err != nil {
@@ -862,11 +857,10 @@ func (w *Worker) execute(ctx context.Context, a *activeRun) {
 	spec := RunSpec{
 		Repo: repo, Target: gitproto.Hash(hashOf(a.claim.Target)), Request: a.claim.Request, RequestObject: a.claim.RequestObject, RunID: a.claim.Run,
 		Attempt: a.claim.Attempt, PreviousRun: a.claim.PreviousRun,
-		Timeout: w.cfg.Timeout, KillGrace: w.cfg.KillGrace, LogCap: w.cfg.LogCap,
-		ArtifactFileCap: w.cfg.ArtifactFileCap, ArtifactTotalCap: w.cfg.ArtifactTotalCap,
+		Limits:    w.cfg.Limits,
+		Isolation: w.cfg.Isolation,
 		RefciPath: w.cfg.RefciPath, Shim: w.cfg.Shim, TempDir: w.cfg.TempDir, Dirs: w.runDirs, Host: w.cfg.Host, Version: w.cfg.Version, Now: w.now,
 		SnapshotEvery: w.cfg.Snapshot, Secrets: w.cfg.Secrets, Remote: a.remote.URL, Page: w.cfg.Page, NoRunRef: true,
-		Hide: w.cfg.Hide, RequireIsolation: w.cfg.RequireIsolation, Writable: w.cfg.Writable, ReadOnly: w.cfg.ReadOnly,
 		OnSnapshot: func(_ string, c gitproto.Hash) {
 			a.mu.Lock()
 			a.snapshots = append(a.snapshots, c)
@@ -1021,7 +1015,7 @@ func (w *Worker) claimAhead() int {
 }
 
 // cacheMaintenanceEvery is how often a remote's cache gets git's
-// housekeeping (Remote.Maintain), and cacheFullMaintenanceEvery how often
+// housekeeping (Remote.CollectGarbage), and cacheFullMaintenanceEvery how often
 // that is a full one, pruning what is no longer used.
 const (
 	cacheMaintenanceEvery     = time.Hour

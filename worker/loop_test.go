@@ -123,7 +123,7 @@ func startWorker(t *testing.T, w *Worker) {
 }
 
 func TestAddRemoteWhileRunningAndPoke(t *testing.T) {
-	exe := useShim(t)
+	exe := testExecutable(t)
 	lw := newLoopWorld(t, "echo ran\n")
 	w := New(Config{
 		Poll: time.Hour, Concurrency: 1, Lease: time.Minute, Grace: 5 * time.Second,
@@ -167,7 +167,7 @@ func TestAddRemoteWhileRunningAndPoke(t *testing.T) {
 }
 
 func TestTrustHookDecidesPerRun(t *testing.T) {
-	exe := useShim(t)
+	exe := testExecutable(t)
 	lw := newLoopWorld(t, "echo \"trusted=$REFCI_TRUSTED\"\n")
 	lw.git(t, lw.clone, "push", "-q", lw.bare, "HEAD:refs/ci/requests/good", "HEAD:refs/ci/requests/bad")
 	rem, err := gitproto.OpenRemote("file://"+lw.bare, filepath.Join(lw.dir, "cache.git"), nil)
@@ -314,7 +314,7 @@ func TestTakeoverIsNotCancelledByTheClaimItReplaced(t *testing.T) {
 // interval and the tick are an hour. Its status.json names the request
 // object run.
 func TestFirstSnapshotIsPushedAtOnce(t *testing.T) {
-	exe := useShim(t)
+	exe := testExecutable(t)
 	gate := filepath.Join(t.TempDir(), "gate")
 	if err := syscall.Mkfifo(gate, 0o600); err != nil {
 		t.Fatal(err)

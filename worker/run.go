@@ -20,6 +20,8 @@ import (
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
+	"refci.dev/refci/worker/jobsock"
+	"refci.dev/refci/worker/proc"
 	"refci.dev/refci/worker/shim"
 )
 
@@ -31,7 +33,7 @@ type Signer interface {
 	SignDetached(message []byte) (string, error)
 }
 
-// Defaults for RunSpec's caps.
+// Defaults for the zero fields of Limits.
 const (
 	DefaultLogCap           = 16 << 20
 	DefaultArtifactFileCap  = 50 << 20
@@ -39,6 +41,26 @@ const (
 	DefaultTimeout          = time.Hour
 	DefaultKillGrace        = 5 * time.Second
 )
+
+// Limits bound one run: how long its pipeline may take and how much of
+// its output is kept. Config holds every run's (a request may ask for
+// another Timeout, up to Config.MaxTimeout), RunSpec one run's. A zero
+// field means its default (DefaultTimeout, DefaultKillGrace,
+// DefaultLogCap, DefaultArtifactFileCap, DefaultArtifactTotalCap).
+type Limits struct {
+	// Timeout is the pipeline's timeout.
+	Timeout time.Duration
+	// KillGrace is how long the pipeline's processes have between
+	// SIGTERM (a timeout, a cancel) and SIGKILL.
+	KillGrace time.Duration
+	// LogCap is how many bytes of the log, and of each job's log, are
+	// kept (the start and the end).
+	LogCap int64
+	// ArtifactFileCap and ArtifactTotalCap bound the size of one
+	// artifact and of all of them; larger ones are left out, and
+	// status.json says so.
+	ArtifactFileCap, ArtifactTotalCap int64
+}
 
 // RunSpec says what to run and how. Zero values of the caps and durations
 // mean the defaults above.
@@ -64,7 +86,8 @@ type RunSpec struct {
 	// Secrets; "" for a local run.
 	Remote string
 
-	Timeout time.Duration
+	// Limits bound the run.
+	Limits
 	// TimeoutRequested, when set, is the longer timeout the request asked
 	// for, which the worker capped to Timeout: status.json (extra
 	// timeout_requested, timeout_cap) and the log say so.
@@ -73,11 +96,7 @@ type RunSpec struct {
 	// without checking out or running anything: the request's options
 	// were bad (queue.ParseRequestOptions), or its earlier attempts all
 	// lost their worker.
-	Refusal          string
-	KillGrace        time.Duration
-	LogCap           int64
-	ArtifactFileCap  int64
-	ArtifactTotalCap int64
+	Refusal string
 
 	// RefciPath is the refci executable put on the pipeline's PATH so
 	// that `refci job` works inside it. Empty: no refci on PATH.
@@ -85,21 +104,15 @@ type RunSpec struct {
 	// Shim, when set (the refci executable, or refci-shim beside it: see
 	// ChooseShim), runs the pipeline under a per-run supervisor process,
 	// so that nothing of it survives even if this process is killed (see
-	// ProcSpec.Shim). Workers set it.
+	// proc.Spec.Shim). Workers set it.
 	Shim string
-	// Hide lists absolute paths the pipeline must not see (the worker's
-	// key, configuration, caches); it needs Shim (see ProcSpec.Hide).
-	// The run's directory and RefciPath must not lie under one of them:
-	// the run ends in state error if they do. When they cannot be hidden
+	// Isolation says what the pipeline may see and write; it needs Shim.
+	// The run's directory and RefciPath must not lie under a hidden path:
+	// the run ends in state error if they do. When nothing can be hidden
 	// (no user namespaces), status.json records extra.isolation "none"
 	// and extra.isolation_reason, unless RequireIsolation is set: then
 	// the run ends in state error without running the pipeline.
-	Hide             []string
-	RequireIsolation bool
-	// With Hide, the pipeline's whole file system is read-only but for
-	// its run directory, shim.ScratchDirs and Writable; ReadOnly lists
-	// paths under those that stay read-only (see ProcSpec.ReadOnly).
-	Writable, ReadOnly []string
+	Isolation
 	// Output, when not nil, receives a live copy of the pipeline's
 	// output.
 	Output io.Writer
@@ -207,7 +220,7 @@ func Run(ctx context.Context, spec RunSpec, signer Signer) (*Outcome, error) {
 	defer r.cleanup()
 	files, err := r.execute(ctx)
 	if err == nil {
-		out, perr := r.publish(files, signer)
+		out, perr := r.writeResult(files, signer)
 		if perr == nil {
 			return out, nil
 		}
@@ -265,7 +278,7 @@ func (r *run) recordFailure(cause error) (*Outcome, error) {
 	fmt.Fprintf(&log, "refci: %s\n", r.masks.String(reason))
 	r.st.LogTruncated = r.st.LogTruncated || cut
 	files := []resultFile{{path: queue.LogFile, data: log.Bytes()}}
-	out, err := r.publish(files, r.signer)
+	out, err := r.writeResult(files, r.signer)
 	if err == nil {
 		return out, nil
 	}
@@ -278,7 +291,7 @@ func (r *run) recordFailure(cause error) (*Outcome, error) {
 	}
 	var retry func() (*Outcome, error)
 	retry = func() (*Outcome, error) {
-		out, err := r.publish(files, r.signer)
+		out, err := r.writeResult(files, r.signer)
 		if err != nil {
 			return &Outcome{Status: r.st, retry: retry}, fmt.Errorf("store the error result: %w", err)
 		}
@@ -339,9 +352,9 @@ type run struct {
 	dir    string
 	signer Signer
 	ref    string
-	last   gitproto.Hash // the last snapshot written to ref, or zero
-	sock   *RunSocket    // the job socket kept with a reused run directory
-	masks  *MaskSet      // the secret values handed out to the run
+	last   gitproto.Hash   // the last snapshot written to ref, or zero
+	sock   *jobsock.Socket // the job socket kept with a reused run directory
+	masks  *MaskSet        // the secret values handed out to the run
 
 	mainLog *CappedLog   // the run's log, closed by cleanup
 	flog    *FinishedLog // the stored log, once finished
@@ -399,6 +412,85 @@ func (r *run) finish(state queue.State, reason string) {
 // execute runs the pipeline and returns the files of the result tree
 // (status.json excluded). Errors are infrastructure failures.
 func (r *run) execute(ctx context.Context) ([]resultFile, error) {
+	dir, err := r.makeRunDir()
+	if err != nil {
+		return nil, err
+	}
+	src, logs := filepath.Join(dir, "src"), filepath.Join(dir, "logs")
+	mainLog, err := NewCappedLog(logs, r.spec.LogCap)
+	if err != nil {
+		return nil, fmt.Errorf("create log: %w", err)
+	}
+	r.mainLog = mainLog
+
+	if r.spec.Refusal != "" {
+		return r.endBeforeRunning(r.spec.Refusal)
+	}
+	entry, reason, isConfig := r.checkOut(src)
+	if isConfig {
+		return r.endOnConfigError(reason)
+	}
+	if reason != "" {
+		return r.endBeforeRunning(reason)
+	}
+
+	var lw *lockedWriter
+	rs := &runSecrets{env: r.spec.Env, masks: r.masks, note: func(line string) { fmt.Fprintln(lw, line) }}
+	srv, err := r.startJobSocket(dir, logs, rs)
+	if err != nil {
+		// Not a passing trouble (a socket path too long for the
+		// temporary directory, say): answer the request with it rather
+		// than retry for ever.
+		return r.endBeforeRunning(fmt.Sprintf("the worker cannot create the run's socket: %v", err))
+	}
+	if r.spec.RefciPath != "" {
+		if err := linkRefci(r.spec.RefciPath, filepath.Join(dir, "bin", "refci")); err != nil {
+			srv.Close()
+			return nil, fmt.Errorf("prepare PATH: %w", err)
+		}
+	}
+	logMasker := &Masker{Set: r.masks, W: mainLog}
+	if r.spec.Output != nil {
+		logMasker.W = io.MultiWriter(mainLog, r.spec.Output)
+	}
+	lw = &lockedWriter{w: logMasker}
+	timeout := orDefault(r.spec.Timeout, DefaultTimeout)
+	res, err := r.runPipeline(ctx, dir, src, entry, timeout, srv, rs, lw)
+	if err != nil && res.ExitCode == -1 && res.Duration == 0 {
+		if errors.Is(err, syscall.ENOEXEC) {
+			return r.endOnConfigError(reasonNoShebang)
+		}
+		return r.endBeforeRunning(fmt.Sprintf("could not start .refci/run: %v", err))
+	}
+	if err != nil {
+		// The pipeline ran; refci had trouble around it (its output,
+		// a process that would not die). Say so in the log.
+		fmt.Fprintf(lw, "refci: %v\n", err)
+	}
+	r.recordProcessResult(res, srv.Jobs(), lw)
+	state, reason := r.verdict(res, timeout)
+	if res.Leftovers > 0 {
+		fmt.Fprintf(lw, "refci: killed %d process(es) the pipeline left running\n", res.Leftovers)
+	}
+
+	files, err := r.storeJobLogs()
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, r.storeArtifacts(filepath.Join(dir, "artifacts"), logs, lw)...)
+	r.finish(state, reason)
+	lw.mu.Lock()
+	err = logMasker.Flush()
+	lw.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("store log: %w", err)
+	}
+	return r.storeMainLog(files)
+}
+
+// makeRunDir makes the run's private directory, or takes an emptied one
+// of an earlier run (RunSpec.Dirs), and returns it.
+func (r *run) makeRunDir() (string, error) {
 	// A short name: the socket inside must stay under 108 bytes.
 	prefix := "refci-run-"
 	if r.spec.TempDir != "" {
@@ -408,136 +500,104 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	if dir == "" {
 		var err error
 		if dir, err = os.MkdirTemp(r.spec.TempDir, prefix); err != nil {
-			return nil, fmt.Errorf("create run directory: %w", err)
+			return "", fmt.Errorf("create run directory: %w", err)
 		}
 		r.dir = dir
 		for _, d := range runSubdirs {
 			if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
-				return nil, fmt.Errorf("create run directory: %w", err)
+				return "", fmt.Errorf("create run directory: %w", err)
 			}
 		}
 	}
 	r.dir = dir
-	src := filepath.Join(dir, "src")
-	logs := filepath.Join(dir, "logs")
-	mainLog, err := NewCappedLog(logs, r.spec.LogCap)
+	return dir, nil
+}
+
+// storeMainLog finishes the run's log and appends it to files.
+func (r *run) storeMainLog(files []resultFile) ([]resultFile, error) {
+	fl, err := r.mainLog.Finish()
 	if err != nil {
-		return nil, fmt.Errorf("create log: %w", err)
+		return nil, fmt.Errorf("store log: %w", err)
 	}
-	r.mainLog = mainLog
+	r.flog = &fl
+	r.st.LogBytes = fl.Total
+	r.st.LogTruncated = fl.Truncated
+	return append(files, resultFile{path: queue.LogFile, src: fl.Path, data: fl.Data}), nil
+}
 
-	var files []resultFile
-	finishLog := func() error {
-		fl, err := mainLog.Finish()
-		if err != nil {
-			return fmt.Errorf("store log: %w", err)
-		}
-		r.flog = &fl
-		r.st.LogBytes = fl.Total
-		r.st.LogTruncated = fl.Truncated
-		files = append(files, resultFile{path: queue.LogFile, src: fl.Path, data: fl.Data})
-		return nil
-	}
-	// errorResult ends the run in state error before the pipeline ran.
-	// The reason is in the log and the result; not echoed to Output,
-	// where the caller's summary line says it once.
-	errorResult := func(reason string) ([]resultFile, error) {
-		fmt.Fprintf(mainLog, "refci: %s\n", reason)
-		r.finish(queue.Error, reason)
-		if err := finishLog(); err != nil {
-			return nil, err
-		}
-		return files, nil
-	}
-	configError := func(reason string) ([]resultFile, error) {
-		if r.st.Extra == nil {
-			r.st.Extra = map[string]any{}
-		}
-		r.st.Extra["config_error"] = true // keep previous_run of a takeover
-		return errorResult(reason)
-	}
+// endBeforeRunning ends the run in state error before the pipeline ran.
+// The reason is in the log and the result; not echoed to Output, where
+// the caller's summary line says it once.
+func (r *run) endBeforeRunning(reason string) ([]resultFile, error) {
+	fmt.Fprintf(r.mainLog, "refci: %s\n", reason)
+	r.finish(queue.Error, reason)
+	return r.storeMainLog(nil)
+}
 
-	if r.spec.Refusal != "" {
-		return errorResult(r.spec.Refusal)
+// endOnConfigError is endBeforeRunning for a reason that is the
+// repository's own configuration (status.json extra config_error).
+func (r *run) endOnConfigError(reason string) ([]resultFile, error) {
+	if r.st.Extra == nil {
+		r.st.Extra = map[string]any{}
 	}
+	r.st.Extra["config_error"] = true // keep previous_run of a takeover
+	return r.endBeforeRunning(reason)
+}
+
+// checkOut checks the target out into src and finds the pipeline's entry
+// point there. When it cannot, reason says why, and isConfig whether
+// that is the repository's configuration.
+func (r *run) checkOut(src string) (entry, reason string, isConfig bool) {
 	if typ, err := r.spec.Repo.ObjectType(r.spec.Target); err != nil {
-		return errorResult(fmt.Sprintf("the target %s is not in the repository: %v", r.spec.Target, err))
+		return "", fmt.Sprintf("the target %s is not in the repository: %v", r.spec.Target, err), false
 	} else if typ != "commit" {
-		return errorResult(fmt.Sprintf("the request points at a %s, not a commit; push a commit (git push origin HEAD:refs/ci/requests/NAME) or an annotated tag on one", typ))
+		return "", fmt.Sprintf("the request points at a %s, not a commit; push a commit (git push origin HEAD:refs/ci/requests/NAME) or an annotated tag on one", typ), false
 	}
 	if _, err := r.spec.Repo.Checkout(r.spec.Target, src); err != nil {
-		return errorResult(fmt.Sprintf("checkout failed: %v", err))
+		return "", fmt.Sprintf("checkout failed: %v", err), false
 	}
-	entry, reason := findEntryPoint(src)
-	if reason != "" {
-		return configError(reason)
-	}
+	entry, reason = findEntryPoint(src)
+	return entry, reason, reason != ""
+}
 
-	masks := r.masks
-	var lw *lockedWriter
-	rs := &runSecrets{env: r.spec.Env, masks: masks, note: func(line string) { fmt.Fprintln(lw, line) }}
+// startJobSocket starts serving the run's job socket in dir, with the
+// jobs' logs spilling into logs.
+func (r *run) startJobSocket(dir, logs string, rs *runSecrets) (*jobsock.Server, error) {
 	sockPath := runSocketPath(dir)
-	var sock *RunSocket
+	var sock *jobsock.Socket
 	if r.spec.Dirs != nil {
 		// Kept listening from run to run with the directory.
 		if sock = r.spec.Dirs.socket(dir); sock == nil {
-			if sock, err = ListenRunSocket(sockPath); err != nil {
-				return errorResult(fmt.Sprintf("the worker cannot create the run's socket: %v", err))
+			var err error
+			if sock, err = jobsock.Listen(sockPath); err != nil {
+				return nil, err
 			}
 		}
 		r.sock = sock
 	}
-	srv, err := NewJobServer(JobServerConfig{
+	return jobsock.NewServer(jobsock.Config{
 		Socket:     sock,
 		SocketPath: sockPath,
-		OpenLog: func(name string) (JobLog, error) {
-			l, err := NewCappedLog(logs, r.spec.LogCap)
-			if err != nil {
-				return nil, err
-			}
-			r.mu.Lock()
-			if r.jobLogs == nil {
-				r.jobLogs = map[string]*CappedLog{}
-			}
-			r.jobLogs[name] = l
-			r.mu.Unlock()
-			return &maskedLog{Masker{Set: masks, W: l}}, nil
-		},
-		Now:     r.now,
-		Secret:  rs.get,
-		Masks:   masks,
-		OwnTree: true,
+		Run:        jobSocketRun{runSecrets: rs, r: r, logs: logs},
+		Now:        r.now,
+		OwnTree:    true,
 	})
-	if err != nil {
-		// Not a passing trouble (a socket path too long for the
-		// temporary directory, say): answer the request with it rather
-		// than retry for ever.
-		return errorResult(fmt.Sprintf("the worker cannot create the run's socket: %v", err))
-	}
-	bin := filepath.Join(dir, "bin")
-	if r.spec.RefciPath != "" {
-		if err := linkRefci(r.spec.RefciPath, filepath.Join(bin, "refci")); err != nil {
-			srv.Close()
-			return nil, fmt.Errorf("prepare PATH: %w", err)
-		}
-	}
-	logMasker := &Masker{Set: masks, W: mainLog}
-	if r.spec.Output != nil {
-		logMasker.W = io.MultiWriter(mainLog, r.spec.Output)
-	}
-	lw = &lockedWriter{w: logMasker}
-	var out io.Writer = lw
+}
+
+// runPipeline runs entry in src under the run's limits and isolation,
+// with the run's secrets exported and progress snapshots written while it
+// runs, and closes the job socket once it is over.
+func (r *run) runPipeline(ctx context.Context, dir, src, entry string, timeout time.Duration, srv *jobsock.Server, rs *runSecrets, lw *lockedWriter) (proc.Result, error) {
 	exported := r.openSecrets(ctx, rs)
-	timeout := orDefault(r.spec.Timeout, DefaultTimeout)
 	if r.spec.TimeoutRequested > 0 {
 		fmt.Fprintf(lw, "refci: the request asked for Timeout %s; this worker allows at most %s, so the pipeline's timeout is %s\n", r.spec.TimeoutRequested, timeout, timeout)
 	}
-	stopSnapshots := r.startSnapshots(lw, mainLog, srv)
-	res, err := RunProcess(ctx, ProcSpec{
+	stopSnapshots := r.startSnapshots(lw, r.mainLog, srv)
+	res, err := proc.Run(ctx, proc.Spec{
 		Path:      entry,
 		Dir:       src,
 		Env:       append(r.environment(dir, srv), exported...),
-		Output:    out,
+		Output:    lw,
 		Timeout:   timeout,
 		KillGrace: orDefault(r.spec.KillGrace, DefaultKillGrace),
 		Hard:      r.spec.Hard,
@@ -555,17 +615,12 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	r.ran = true
 	srv.Close()
 	r.st.SecretsUsed = rs.usedNames()
-	if err != nil && res.ExitCode == -1 && res.Duration == 0 {
-		if errors.Is(err, syscall.ENOEXEC) {
-			return configError(reasonNoShebang)
-		}
-		return errorResult(fmt.Sprintf("could not start .refci/run: %v", err))
-	}
-	if err != nil {
-		// The pipeline ran; refci had trouble around it (its output,
-		// a process that would not die). Say so in the log.
-		fmt.Fprintf(lw, "refci: %v\n", err)
-	}
+	return res, err
+}
+
+// recordProcessResult records in status.json how the pipeline's process
+// ended and its jobs.
+func (r *run) recordProcessResult(res proc.Result, jobs []queue.Job, lw io.Writer) {
 	if res.Unisolated != "" {
 		if r.st.Extra == nil {
 			r.st.Extra = map[string]any{}
@@ -578,11 +633,15 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 	r.st.Signal = res.Signal
 	r.st.TimedOut = res.TimedOut
 	r.st.Leftovers = res.Leftovers
-	r.st.Jobs = srv.Jobs()
+	r.st.Jobs = jobs
 	if r.st.Jobs == nil {
 		r.st.Jobs = []queue.Job{}
 	}
+}
 
+// verdict is the run's state and reason from how its pipeline ended and
+// its jobs (recordProcessResult).
+func (r *run) verdict(res proc.Result, timeout time.Duration) (queue.State, string) {
 	state, reason := queue.Success, ""
 	switch {
 	case res.Cancelled:
@@ -608,11 +667,12 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 			}
 		}
 	}
-	if res.Leftovers > 0 {
-		fmt.Fprintf(out, "refci: killed %d process(es) the pipeline left running\n", res.Leftovers)
-	}
+	return state, reason
+}
 
-	// Job logs.
+// storeJobLogs finishes the jobs' logs and returns them as result files.
+func (r *run) storeJobLogs() ([]resultFile, error) {
+	var files []resultFile
 	for i := range r.st.Jobs {
 		j := &r.st.Jobs[i]
 		r.mu.Lock()
@@ -626,7 +686,7 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		if err != nil {
 			return nil, fmt.Errorf("store log of job %s: %w", j.Name, err)
 		}
-		if masks.Holds(j.Name) {
+		if r.masks.Holds(j.Name) {
 			// Named after a value handed out only later (a job that
 			// held one when it started was refused): its name is
 			// stored masked, and its log under no name at all.
@@ -638,13 +698,21 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		j.LogBytes, j.Truncated = fl.Total, fl.Truncated
 		files = append(files, resultFile{path: j.Log, src: fl.Path, data: fl.Data})
 	}
+	return files, nil
+}
 
-	arts, skipped, err := collectArtifacts(filepath.Join(dir, "artifacts"),
+// storeArtifacts collects the artifacts the pipeline left in dir, within
+// the run's caps, leaves out those whose path holds a secret value, masks
+// the others' content (copies in logs), and returns them as result files;
+// the log says which were not stored and why.
+func (r *run) storeArtifacts(dir, logs string, lw io.Writer) []resultFile {
+	arts, skipped, err := collectArtifacts(dir,
 		orDefault(r.spec.ArtifactFileCap, DefaultArtifactFileCap), orDefault(r.spec.ArtifactTotalCap, DefaultArtifactTotalCap))
 	if err != nil {
-		fmt.Fprintf(out, "refci: reading artifacts: %v\n", err)
+		fmt.Fprintf(lw, "refci: reading artifacts: %v\n", err)
 		skipped = append(skipped, queue.SkippedArtifact{Path: ".", Reason: err.Error()})
 	}
+	masks := r.masks
 	if !masks.Empty() { // paths become names in the result tree: none may hold a value
 		kept := arts[:0]
 		for _, a := range arts {
@@ -662,29 +730,44 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		}
 		arts, skipped = maskArtifacts(masks, kept, skipped, logs)
 	}
+	var files []resultFile
 	for _, a := range arts {
 		r.st.Artifacts = append(r.st.Artifacts, a.Artifact)
 		files = append(files, resultFile{path: queue.ArtifactsDir + "/" + a.Path, src: a.src})
 	}
 	r.st.ArtifactsSkipped = skipped
 	for _, s := range skipped {
-		fmt.Fprintf(out, "refci: artifact %s not stored: %s\n", s.Path, s.Reason)
+		fmt.Fprintf(lw, "refci: artifact %s not stored: %s\n", s.Path, s.Reason)
 	}
-	r.finish(state, reason)
-	lw.mu.Lock()
-	err = logMasker.Flush()
-	lw.mu.Unlock()
-	if err != nil {
-		return nil, fmt.Errorf("store log: %w", err)
-	}
-	if err := finishLog(); err != nil {
-		return nil, err
-	}
-	return files, nil
+	return files
 }
 
 // maskedLog is a job log behind a Masker; Close writes what the masker
 // holds back.
+// jobSocketRun is the run as its job socket serves it (jobsock.Run):
+// each job's log is capped, spilling into logs, and masked; the secrets
+// are the run's.
+type jobSocketRun struct {
+	*runSecrets
+	r    *run
+	logs string
+}
+
+// OpenLog opens job name's log.
+func (j jobSocketRun) OpenLog(name string) (jobsock.Log, error) {
+	l, err := NewCappedLog(j.logs, j.r.spec.LogCap)
+	if err != nil {
+		return nil, err
+	}
+	j.r.mu.Lock()
+	if j.r.jobLogs == nil {
+		j.r.jobLogs = map[string]*CappedLog{}
+	}
+	j.r.jobLogs[name] = l
+	j.r.mu.Unlock()
+	return &maskedLog{Masker{Set: j.masks, W: l}}, nil
+}
+
 type maskedLog struct{ m Masker }
 
 func (l *maskedLog) Write(p []byte) (int, error) { return l.m.Write(p) }
@@ -722,7 +805,7 @@ func (r *run) openSecrets(ctx context.Context, rs *runSecrets) []string {
 	rs.note(fmt.Sprintf("refci: secrets environment %s verified (commit %.12s); ask for values with `refci secret NAME`", r.spec.Env, info.Commit))
 	var env []string
 	for _, name := range info.Exported {
-		v, err := rs.get(name)
+		v, err := rs.Secret(name)
 		if err != nil {
 			rs.note(fmt.Sprintf("refci: secret %s not exported to the environment: %v", name, err))
 			continue
@@ -929,7 +1012,7 @@ func describeMode(m fs.FileMode) string {
 
 // environment is the scrubbed environment of the pipeline: nothing of the
 // worker's own environment leaks in.
-func (r *run) environment(dir string, srv *JobServer) []string {
+func (r *run) environment(dir string, srv *jobsock.Server) []string {
 	trusted := "0"
 	if r.spec.Trusted {
 		trusted = "1"
@@ -1060,9 +1143,9 @@ func fileSHA256(p string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// publish writes the result tree and its signed commit, then creates the
+// writeResult writes the result tree and its signed commit, then creates the
 // run ref. Objects first, ref last: a failure at any point leaves no ref.
-func (r *run) publish(files []resultFile, signer Signer) (*Outcome, error) {
+func (r *run) writeResult(files []resultFile, signer Signer) (*Outcome, error) {
 	repo := r.spec.Repo
 	maskStatus(r.masks, r.st)
 	files = r.pageFiles(files)
@@ -1193,7 +1276,7 @@ const firstSnapshotAfter = 500 * time.Millisecond
 // startSnapshots writes a progress snapshot firstSnapshotAfter the start
 // and then every SnapshotEvery until the returned function is called
 // (which waits for a snapshot in progress).
-func (r *run) startSnapshots(lw *lockedWriter, log *CappedLog, srv *JobServer) func() {
+func (r *run) startSnapshots(lw *lockedWriter, log *CappedLog, srv *jobsock.Server) func() {
 	if r.spec.SnapshotEvery <= 0 {
 		return func() {}
 	}
@@ -1224,7 +1307,7 @@ func (r *run) startSnapshots(lw *lockedWriter, log *CappedLog, srv *JobServer) f
 
 // snapshot writes one progress commit: status.json in state running and
 // the log so far.
-func (r *run) snapshot(lw *lockedWriter, log *CappedLog, srv *JobServer) error {
+func (r *run) snapshot(lw *lockedWriter, log *CappedLog, srv *jobsock.Server) error {
 	// A short log is copied in memory, a longer one to a file.
 	var buf bytes.Buffer
 	var f *os.File
@@ -1310,7 +1393,7 @@ func hasDotGit(rel string) bool {
 
 // underHidden returns those of paths (symbolic links resolved) that lie
 // under one of the hidden paths: the run's own directory and the refci
-// executable must stay visible to the pipeline even then (ProcSpec.Keep).
+// executable must stay visible to the pipeline even then (proc.Spec.Keep).
 func underHidden(hide []string, paths ...string) []string {
 	var out []string
 	for _, p := range paths {

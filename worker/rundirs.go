@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+
+	"refci.dev/refci/worker/jobsock"
 )
 
 // runSubdirs are the directories every run directory holds.
@@ -35,7 +37,7 @@ var runSubdirs = []string{"src", "home", "tmp", "artifacts", "bin", "logs", "soc
 type RunDirs struct {
 	mu    sync.Mutex
 	free  []string
-	socks map[string]*RunSocket // the job sockets of free directories, kept listening
+	socks map[string]*jobsock.Socket // the job sockets of free directories, kept listening
 	max   int
 }
 
@@ -64,7 +66,7 @@ func (p *RunDirs) get() string {
 
 // socket takes the job socket kept listening for dir (got from get), or
 // returns nil when there is none.
-func (p *RunDirs) socket(dir string) *RunSocket {
+func (p *RunDirs) socket(dir string) *jobsock.Socket {
 	if p == nil {
 		return nil
 	}
@@ -78,7 +80,7 @@ func (p *RunDirs) socket(dir string) *RunSocket {
 // put empties dir and keeps it for a later run, or removes it. rs, when
 // not nil, is the run's job socket: it is kept with the directory while
 // it is intact, else closed.
-func (p *RunDirs) put(dir string, rs *RunSocket) {
+func (p *RunDirs) put(dir string, rs *jobsock.Socket) {
 	if p == nil || !emptyRunDir(dir) {
 		if rs != nil {
 			rs.Close()
@@ -98,7 +100,7 @@ func (p *RunDirs) put(dir string, rs *RunSocket) {
 		p.free = append(p.free, dir)
 		if rs != nil {
 			if p.socks == nil {
-				p.socks = map[string]*RunSocket{}
+				p.socks = map[string]*jobsock.Socket{}
 			}
 			p.socks[dir] = rs
 			rs = nil

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"refci.dev/refci/queue"
+	"refci.dev/refci/worker/jobsock"
 )
 
 // freshRunDir makes a run directory as a run would.
@@ -291,12 +292,12 @@ func TestLinkRefciInReusedRunDir(t *testing.T) {
 func TestRunSocketKeptWithRunDir(t *testing.T) {
 	dir := freshRunDir(t, shortTempDir(t))
 	path := runSocketPath(dir)
-	rs, err := ListenRunSocket(path)
+	rs, err := jobsock.Listen(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	openLog := func(string) (JobLog, error) { return nil, errors.New("no logs here") }
-	srv, err := NewJobServer(JobServerConfig{SocketPath: path, Socket: rs, OpenLog: openLog})
+	run := secretsOnly{&runSecrets{masks: &MaskSet{}}}
+	srv, err := jobsock.NewServer(jobsock.Config{SocketPath: path, Socket: rs, Run: run})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,7 +317,7 @@ func TestRunSocketKeptWithRunDir(t *testing.T) {
 	if again != rs {
 		t.Fatal("the job socket was not kept with the run directory")
 	}
-	srv, err = NewJobServer(JobServerConfig{SocketPath: path, Socket: again, OpenLog: openLog})
+	srv, err = jobsock.NewServer(jobsock.Config{SocketPath: path, Socket: again, Run: run})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +353,7 @@ func TestRunSocketKeptWithRunDir(t *testing.T) {
 		if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s: the socket file is still there (%v)", name, err)
 		}
-		if rs, err = ListenRunSocket(path); err != nil {
+		if rs, err = jobsock.Listen(path); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -55,7 +55,7 @@ func (lw *loopWorld) pushTagRequest(t *testing.T, name, msg string) {
 // the pipeline not run and the request consumed; good ones still work,
 // and a timeout over the worker's cap is capped and said so.
 func TestRequestOptionsErrorsAndTimeoutCap(t *testing.T) {
-	exe := useShim(t)
+	exe := testExecutable(t)
 	lw := newLoopWorld(t, "echo pipeline-ran\n")
 	bad := map[string][]string{ // request → what the reason must name
 		"badtimeout": {"Timeout", `"soon"`, "positive duration"},
@@ -84,7 +84,7 @@ func TestRequestOptionsErrorsAndTimeoutCap(t *testing.T) {
 	}
 	w := New(Config{
 		Remotes: []*gitproto.Remote{rem}, Poll: 100 * time.Millisecond, Concurrency: 2, Grace: 5 * time.Second,
-		Timeout: 30 * time.Second, MaxTimeout: time.Minute,
+		Limits: Limits{Timeout: 30 * time.Second}, MaxTimeout: time.Minute,
 		Signer: testSigner(t), RefciPath: exe, TempDir: t.TempDir(),
 	})
 	startWorker(t, w)
@@ -120,7 +120,7 @@ func TestRequestOptionsErrorsAndTimeoutCap(t *testing.T) {
 // of them, in state error with a signed result, and is consumed; one that
 // has attempts left is still run.
 func TestGiveUpAfterMaxAttempts(t *testing.T) {
-	exe := useShim(t)
+	exe := testExecutable(t)
 	lw := newLoopWorld(t, "echo pipeline-ran\n")
 	repo, head := lw.head(t)
 	signer := testSigner(t)

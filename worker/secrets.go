@@ -12,10 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"sync"
-	"time"
 
 	"refci.dev/refci/gitproto"
 )
@@ -89,8 +86,8 @@ type runSecrets struct {
 	used []string
 }
 
-// get is the socket's "secret" operation.
-func (s *runSecrets) get(name string) ([]byte, error) {
+// Secret is the socket's "secret" operation (jobsock.Run).
+func (s *runSecrets) Secret(name string) ([]byte, error) {
 	if !secretNameShape(name) {
 		return nil, fmt.Errorf("%q is not a secret name (upper-case letters, digits and '_', like NETLIFY_TOKEN)", name)
 	}
@@ -118,6 +115,9 @@ func (s *runSecrets) get(name string) ([]byte, error) {
 	return v, nil
 }
 
+// HoldsSecret says whether str holds a value handed out (jobsock.Run).
+func (s *runSecrets) HoldsSecret(str string) bool { return s.masks.Holds(str) }
+
 func (s *runSecrets) usedNames() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -131,119 +131,4 @@ func contains(l []string, s string) bool {
 		}
 	}
 	return false
-}
-
-// Client side: `refci secret NAME`.
-
-const secretUsage = `usage: refci secret NAME
-
-Inside a pipeline: print the value of secret NAME of the run's environment
-to stdout, with no newline added. The value is fetched from refci over
-$REFCI_SOCKET just now, and refci masks it (and its base64, hex and URL
-encodings) in every log and artifact. Use it in a pipe, never in argv:
-
-    refci secret NETLIFY_TOKEN | deploy --token-stdin
-
-Exits 1 when the secret is withheld (an untrusted request, a policy that
-does not admit the request, an environment that failed verification) or
-does not exist, 2 on usage errors or outside a pipeline, 3 when refci does
-not answer within 30 seconds.
-`
-
-// secretReplyTimeout bounds how long `refci secret` waits for the run's
-// socket to take its question and answer it (a ctx deadline may shorten it).
-const secretReplyTimeout = 30 * time.Second
-
-// exitSecretTimeout is the exit code of `refci secret` when refci did not
-// answer in time: infrastructure, as everywhere in refci.
-const exitSecretTimeout = 3
-
-func secretTimedOut(stderr io.Writer, sock string, wait time.Duration) int {
-	fmt.Fprintf(stderr, "refci secret: refci did not answer on REFCI_SOCKET=%s within %s; the worker is stuck, overloaded or gone (see its log). Retry the run; the pipeline got no value\n", sock, wait.Round(time.Millisecond))
-	return exitSecretTimeout
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// RunSecretCommand is `refci secret NAME`: it asks the run's socket for
-// one value and writes it to stdout. It returns the exit code.
-func RunSecretCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help") {
-		io.WriteString(stdout, secretUsage)
-		return 0
-	}
-	if len(args) != 1 || args[0] == "" || args[0][0] == '-' {
-		fmt.Fprint(stderr, "refci secret: want exactly one secret NAME\n"+secretUsage)
-		return 2
-	}
-	name := args[0]
-	sock := getenv("REFCI_SOCKET")
-	if sock == "" {
-		fmt.Fprintln(stderr, "refci secret: not inside a refci pipeline (REFCI_SOCKET is not set); secrets are only handed out to a running .refci/run")
-		return 2
-	}
-	// refci answers at once; an answer that does not come means a worker
-	// that is stuck or gone, and a pipeline blocked on it for ever would
-	// only end at its timeout, with nothing said.
-	wait := secretReplyTimeout
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
-		wait = max(time.Until(dl), 0)
-	}
-	deadline := time.Now().Add(wait)
-	d := net.Dialer{Deadline: deadline}
-	conn, err := d.DialContext(context.WithoutCancel(ctx), "unix", sock)
-	if err != nil {
-		if isTimeout(err) {
-			return secretTimedOut(stderr, sock, wait)
-		}
-		fmt.Fprintf(stderr, "refci secret: cannot reach refci at REFCI_SOCKET=%s: %v\n", sock, err)
-		return 2
-	}
-	defer conn.Close()
-	conn.SetDeadline(deadline)
-	if _, err := conn.Write(encodeJobMsg(jobMsg{Op: jobOpSecret, Name: name})); err != nil {
-		if isTimeout(err) {
-			return secretTimedOut(stderr, sock, wait)
-		}
-		fmt.Fprintf(stderr, "refci secret: cannot talk to refci: %v\n", err)
-		return 2
-	}
-	replies := make(chan jobMsg, 1)
-	quit := make(chan struct{})
-	defer close(quit)
-	go readJobReplies(conn, replies, quit)
-	var m jobMsg
-	var ok bool
-	select {
-	case m, ok = <-replies:
-	case <-time.After(time.Until(deadline)):
-		return secretTimedOut(stderr, sock, wait)
-	case <-ctx.Done():
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return secretTimedOut(stderr, sock, wait)
-		}
-		fmt.Fprintf(stderr, "refci secret: %s: interrupted before refci answered\n", name)
-		return 2
-	}
-	switch {
-	case !ok && time.Now().After(deadline):
-		return secretTimedOut(stderr, sock, wait)
-	case !ok:
-		fmt.Fprintln(stderr, "refci secret: lost the connection to refci before it answered")
-		return 2
-	case m.Op == jobOpError:
-		fmt.Fprintf(stderr, "refci secret: %s: %s\n", name, m.Error)
-		return 1
-	case m.Op != jobOpSecret:
-		fmt.Fprintf(stderr, "refci secret: unexpected answer %q from refci\n", m.Op)
-		return 2
-	}
-	if _, err := stdout.Write(m.Data); err != nil {
-		fmt.Fprintf(stderr, "refci secret: write: %v\n", err)
-		return 2
-	}
-	return 0
 }

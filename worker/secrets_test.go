@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"refci.dev/refci/worker/jobsock"
 )
 
 type fakeSource map[string]string
@@ -28,6 +30,11 @@ func (f fakeSource) Secret(name string) ([]byte, error) {
 
 func (f fakeSource) Info() SecretsInfo { return SecretsInfo{Commit: "abc"} }
 
+// secretsOnly serves a run's secrets and no jobs.
+type secretsOnly struct{ *runSecrets }
+
+func (secretsOnly) OpenLog(string) (jobsock.Log, error) { return nil, errors.New("no jobs") }
+
 // askSecret runs the client against a server using rs.
 func askSecret(t *testing.T, rs *runSecrets, name string) (string, string, int) {
 	t.Helper()
@@ -37,7 +44,7 @@ func askSecret(t *testing.T, rs *runSecrets, name string) (string, string, int) 
 	}
 	defer os.RemoveAll(dir)
 	sock := filepath.Join(dir, "s")
-	srv, err := NewJobServer(JobServerConfig{SocketPath: sock, OpenLog: func(string) (JobLog, error) { return nil, errors.New("no jobs") }, Secret: rs.get})
+	srv, err := jobsock.NewServer(jobsock.Config{SocketPath: sock, Run: secretsOnly{rs}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +52,7 @@ func askSecret(t *testing.T, rs *runSecrets, name string) (string, string, int) 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var out, errOut bytes.Buffer
-	code := RunSecretCommand(ctx, []string{name}, func(k string) string {
+	code := jobsock.RunSecretCommand(ctx, []string{name}, func(k string) string {
 		if k == "REFCI_SOCKET" {
 			return sock
 		}
@@ -91,7 +98,7 @@ func TestSecretOpWithheld(t *testing.T) {
 		t.Errorf("no env: code %d, stderr %q", code, errOut)
 	}
 	var out2, err2 bytes.Buffer
-	if code := RunSecretCommand(context.Background(), []string{"X"}, func(string) string { return "" }, &out2, &err2); code != 2 || !strings.Contains(err2.String(), "not inside a refci pipeline") {
+	if code := jobsock.RunSecretCommand(context.Background(), []string{"X"}, func(string) string { return "" }, &out2, &err2); code != 2 || !strings.Contains(err2.String(), "not inside a refci pipeline") {
 		t.Errorf("outside a pipeline: %d %q", code, err2.String())
 	}
 }
@@ -132,7 +139,7 @@ func TestSocketServesOnlyItsOwnRun(t *testing.T) {
 	defer os.RemoveAll(dir)
 	sock := filepath.Join(dir, "s")
 	rs := &runSecrets{env: "staging", masks: &MaskSet{}, source: fakeSource{"TOKEN": "tok-123456"}, note: func(string) {}}
-	srv, err := NewJobServer(JobServerConfig{SocketPath: sock, OpenLog: func(string) (JobLog, error) { return nil, errors.New("no jobs") }, Secret: rs.get, OwnTree: true})
+	srv, err := jobsock.NewServer(jobsock.Config{SocketPath: sock, Run: secretsOnly{rs}, OwnTree: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +148,7 @@ func TestSocketServesOnlyItsOwnRun(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		var out, errOut bytes.Buffer
-		code := RunSecretCommand(ctx, []string{"TOKEN"}, func(k string) string {
+		code := jobsock.RunSecretCommand(ctx, []string{"TOKEN"}, func(k string) string {
 			if k == "REFCI_SOCKET" {
 				return sock
 			}
@@ -217,7 +224,7 @@ func TestSecretCommandTimesOutOnASilentSocket(t *testing.T) {
 			var out, errOut bytes.Buffer
 			done := make(chan int, 1)
 			go func() {
-				done <- RunSecretCommand(ctx, []string{"TOKEN"}, func(k string) string {
+				done <- jobsock.RunSecretCommand(ctx, []string{"TOKEN"}, func(k string) string {
 					if k == "REFCI_SOCKET" {
 						return sock
 					}

@@ -4,7 +4,7 @@
 // binary can do the same (refci __refci-shim ...); this one holds that and
 // nothing else, so that it starts in a fraction of the time, twice per
 // job. A worker uses it when it lies beside the refci executable and
-// speaks the same protocol (see worker.ChooseShim).
+// speaks the same protocol (see proc.ChooseShim).
 package main
 
 import (

@@ -2,10 +2,10 @@ package main
 
 import (
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/worker/shim"
 )
 
@@ -47,10 +47,7 @@ func TestLightDependencies(t *testing.T) {
 // Built, it answers --protocol, runs a program as refci __refci-shim
 // does, and says what it is otherwise.
 func TestBinary(t *testing.T) {
-	exe := filepath.Join(t.TempDir(), "refci-shim")
-	if out, err := exec.Command("go", "build", "-buildvcs=false", "-o", exe, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	exe := fixtures.BuildBinary(t, ".", "refci-shim")
 	out, err := exec.Command(exe, shim.Arg, shim.ProtocolArg).Output()
 	if err != nil || string(out) != shim.Identity()+"\n" {
 		t.Errorf("--protocol: %q, %v", out, err)

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"refci.dev/refci/queue"
-	"refci.dev/refci/worker"
+	"refci.dev/refci/worker/proc"
 )
 
 // A pipeline run by `refci worker` can neither read the worker's key
@@ -19,7 +19,7 @@ import (
 // or files through /proc (the worker is not dumpable); the result is
 // still signed and verifies.
 func TestWorkerHidesItsKeyAndMemory(t *testing.T) {
-	if err := worker.CheckIsolation(refciBin); err != nil {
+	if err := proc.CheckIsolation(refciBin); err != nil {
 		t.Skipf("no user namespaces here: %v", err)
 	}
 	f := newFleet(t, "true\n")
@@ -61,7 +61,7 @@ refci job check -- echo job-ran
 
 // refci run --isolate hides $REFCI_HOME from its pipeline too.
 func TestRunHidesTheKey(t *testing.T) {
-	if err := worker.CheckIsolation(refciBin); err != nil {
+	if err := proc.CheckIsolation(refciBin); err != nil {
 		t.Skipf("no user namespaces here: %v", err)
 	}
 	s := newSandbox(t)
@@ -184,7 +184,7 @@ func (a *attack) check(t *testing.T, log string, made ...string) {
 // handles more runs (fetch, push, gc) without running any of the
 // attacker's code, and the attack's result verifies.
 func TestPipelineCannotChangeWhatTheWorkerRuns(t *testing.T) {
-	if err := worker.CheckIsolation(refciBin); err != nil {
+	if err := proc.CheckIsolation(refciBin); err != nil {
 		t.Skipf("no user namespaces here: %v", err)
 	}
 	a := newAttack(t)
@@ -230,7 +230,7 @@ func TestPipelineCannotChangeWhatTheWorkerRuns(t *testing.T) {
 // running any of the attacker's code. Started as root, it says once why
 // that is unsafe.
 func TestPipelineCannotChangeWhatServeRuns(t *testing.T) {
-	if err := worker.CheckIsolation(refciBin); err != nil {
+	if err := proc.CheckIsolation(refciBin); err != nil {
 		t.Skipf("no user namespaces here: %v", err)
 	}
 	a := newAttack(t)
@@ -287,7 +287,7 @@ func finalRunLog(t *testing.T, bare, request string) (*queue.Status, string) {
 // others' once all three run: none sees another's run, even of a process
 // that started after it, and each sees its own run directory only.
 func TestPipelinesSeeNoOtherRefciProcessRuns(t *testing.T) {
-	if err := worker.CheckIsolation(refciBin); err != nil {
+	if err := proc.CheckIsolation(refciBin); err != nil {
 		t.Skipf("no user namespaces here: %v", err)
 	}
 	sync := t.TempDir()
@@ -359,7 +359,7 @@ waitall done
 // git's credential store, ~/.netrc, the runtime directory. A worker
 // started as root says once why that is unsafe.
 func TestPipelineCannotReachTheUsersCredentials(t *testing.T) {
-	if err := worker.CheckIsolation(refciBin); err != nil {
+	if err := proc.CheckIsolation(refciBin); err != nil {
 		t.Skipf("no user namespaces here: %v", err)
 	}
 	f := newFleet(t, "true\n")
@@ -406,7 +406,7 @@ if test -S %[3]s; then echo "AGENT REACHABLE"; else echo "agent hidden"; fi
 // directory outside the scratch places (here under the user's home,
 // read-only otherwise); a relative path is refused at start.
 func TestWorkerConfigWritable(t *testing.T) {
-	if err := worker.CheckIsolation(refciBin); err != nil {
+	if err := proc.CheckIsolation(refciBin); err != nil {
 		t.Skipf("no user namespaces here: %v", err)
 	}
 	f := newFleet(t, "true\n")

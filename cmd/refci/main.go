@@ -15,7 +15,7 @@ import (
 	"sync"
 
 	"refci.dev/refci/gitproto/sshd"
-	"refci.dev/refci/worker"
+	"refci.dev/refci/worker/proc"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -31,10 +31,10 @@ const (
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == worker.ShimArg {
+	if len(os.Args) > 1 && os.Args[1] == proc.ShimArg {
 		// A worker's per-run supervisor: before anything else, it is on
 		// every run's start-up path.
-		os.Exit(worker.ShimMain(os.Args[2:]))
+		os.Exit(proc.ShimMain(os.Args[2:]))
 	}
 	if len(os.Args) > 1 && os.Args[1] == sshd.HookArg {
 		// receive-pack's hooks under `refci serve`.

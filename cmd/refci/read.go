@@ -12,6 +12,7 @@ import (
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/render"
+	"refci.dev/refci/results"
 	"refci.dev/refci/secrets"
 )
 
@@ -36,8 +37,8 @@ func cmdStatus(_ context.Context, e *env, args []string) int {
 		e.stdout.Write(b)
 		return exitForState(st)
 	}
-	if by, ok := takenOverBy(repo, st); ok {
-		st = queue.Lost(st, by.Run, by.st.Attempt) // its status.json still says running
+	if by, bySt, ok := results.TakenOverBy(repo, st); ok {
+		st = queue.Lost(st, by.ID, bySt.Attempt) // its status.json still says running
 	}
 	if err := render.Terminal(e.stdout, st, render.TermOptions{Color: e.color(e.stdout), Ref: rr.Ref}); err != nil {
 		return exitInfra
@@ -75,7 +76,7 @@ func cmdLog(ctx context.Context, e *env, args []string) int {
 			for _, j := range st.Jobs {
 				names = append(names, j.Name)
 			}
-			e.errorf("run %s has no log for job %q (jobs: %s)", rr.Run, *job, strings.Join(names, ", "))
+			e.errorf("run %s has no log for job %q (jobs: %s)", rr.ID, *job, strings.Join(names, ", "))
 			return exitUsage
 		}
 	}
@@ -115,7 +116,7 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 		}
 		target = h.String()
 	}
-	runs, err := listRuns(repo, target)
+	runs, err := results.List(repo, target)
 	if err != nil {
 		e.errorf("%v", err)
 		return exitInfra
@@ -125,30 +126,17 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 		return exitOK
 	}
 	color := e.color(e.stdout)
-	sts := make([]*queue.Status, len(runs))
-	errs := make([]error, len(runs))
-	var readable []*queue.Status
-	for i, r := range runs {
-		if sts[i], errs[i] = readResult(repo, r.Ref, r.Commit); errs[i] == nil && !r.Future {
-			readable = append(readable, sts[i])
+	for _, l := range results.ReadAll(repo, runs) {
+		switch {
+		case l.Err != nil:
+			fmt.Fprintf(e.stdout, "%s  %s  %s\n", l.ID, l.Target[:12], results.Problem(l.Err))
+		case l.Future:
+			fmt.Fprintf(e.stdout, "%s  (dated in the future: never the latest)\n", render.RunLine(l.Status, color))
+		case l.TakenOverBy != nil:
+			fmt.Fprintf(e.stdout, "%s  worker lost, taken over by %s\n", render.RunLine(l.Shown(), color), render.Safe(l.TakenOverBy.Run))
+		default:
+			fmt.Fprintln(e.stdout, render.RunLine(l.Status, color))
 		}
-	}
-	lost := queue.TakenOver(readable)
-	for i, r := range runs {
-		st := sts[i]
-		if errs[i] != nil {
-			fmt.Fprintf(e.stdout, "%s  %s  %s\n", r.Run, r.Target[:12], resultProblem(errs[i]))
-			continue
-		}
-		if r.Future {
-			fmt.Fprintf(e.stdout, "%s  (dated in the future: never the latest)\n", render.RunLine(st, color))
-			continue
-		}
-		if by := lost[queue.RunRef(st.Target, st.Run)]; by != nil {
-			fmt.Fprintf(e.stdout, "%s  worker lost, taken over by %s\n", render.RunLine(queue.Lost(st, by.Run, by.Attempt), color), render.Safe(by.Run))
-			continue
-		}
-		fmt.Fprintln(e.stdout, render.RunLine(st, color))
 	}
 	return exitOK
 }
@@ -173,76 +161,31 @@ func cmdVerify(_ context.Context, e *env, args []string) int {
 		e.errorf("%v", err)
 		return exitFor(err)
 	}
-	rr, err := findRun(repo, first(pos), e.errorf)
+	rr, err := results.Find(repo, first(pos), e.errorf)
 	if err != nil {
 		e.errorf("%v", err)
 		return exitFor(err)
 	}
 	// Every commit of the snapshot chain is signed by a trusted key and
 	// says what the ref says; all name the same request and attempt.
-	var st *queue.Status // the run's newest commit's status
-	n := 0
-	for h := rr.Commit; h != gitproto.ZeroHash; {
-		c, err := repo.Commit(h)
-		if err != nil {
-			e.errorf("run %s: %v", rr.Run, err)
-			return exitInfra
-		}
-		signer, err := verifyCommit(kr, c)
-		if err != nil {
-			e.errorf("run %s: commit %s: %v", rr.Run, h.String()[:12], err)
+	st, n, err := results.Verify(repo, rr, kr, func(s results.Signed) {
+		fmt.Fprintf(e.stdout, "good signature on %s by %s (%s)\n", s.Commit.String()[:12], render.Safe(s.Signer.UserID), s.Signer.Fingerprint)
+	})
+	if err != nil {
+		e.errorf("%v", err)
+		switch {
+		case errors.Is(err, results.ErrNotVerified), results.NotBelieved(err):
 			return exitFailed
+		case errors.Is(err, queue.ErrFormat):
+			return exitUsage // as status says: upgrade refci
 		}
-		s, err := readResult(repo, rr.Ref, h)
-		if err != nil {
-			e.errorf("run %s: commit %s: %s", rr.Run, h.String()[:12], resultProblem(err))
-			switch {
-			case notBelieved(err):
-				return exitFailed
-			case errors.Is(err, queue.ErrFormat):
-				return exitUsage // as status says: upgrade refci
-			}
-			return exitInfra
-		}
-		if st != nil && (s.Request != st.Request || s.Attempt != st.Attempt) {
-			e.errorf("run %s: commit %s: inconsistent: this snapshot is request %s attempt %d but the run's newest commit is request %s attempt %d: commits of another run spliced into this one",
-				rr.Run, h.String()[:12], render.Safe(s.Request), s.Attempt, render.Safe(st.Request), st.Attempt)
-			return exitFailed
-		}
-		if !strings.EqualFold(signer.Fingerprint, s.Worker) {
-			// status.json names the worker; every commit's signature
-			// must agree, or another trusted key wrote part of the run.
-			e.errorf("run %s: commit %s: status.json names worker %s but the commit is signed by %s", rr.Run, h.String()[:12], s.Worker, signer.Fingerprint)
-			return exitFailed
-		}
-		fmt.Fprintf(e.stdout, "good signature on %s by %s (%s)\n", h.String()[:12], render.Safe(signer.UserID), signer.Fingerprint)
-		if n == 0 {
-			st = s
-		}
-		n++
-		if len(c.Parents) > 1 {
-			e.errorf("run %s: commit %s has %d parents; result commits have at most one", rr.Run, h.String()[:12], len(c.Parents))
-			return exitFailed
-		}
-		h = gitproto.ZeroHash
-		if len(c.Parents) == 1 {
-			h = c.Parents[0]
-		}
+		return exitInfra
 	}
 	if rr.Future {
-		e.errorf("run %s is dated in the future (its worker's clock is wrong, or its id was forged): it is never taken for the latest", rr.Run)
+		e.errorf("run %s is dated in the future (its worker's clock is wrong, or its id was forged): it is never taken for the latest", rr.ID)
 	}
-	fmt.Fprintf(e.stdout, "refci: run %s verified: %d commit(s), %s, %s\n", rr.Run, n, st.State, rr.Ref)
+	fmt.Fprintf(e.stdout, "refci: run %s verified: %d commit(s), %s, %s\n", rr.ID, n, st.State, rr.Ref)
 	return exitOK
-}
-
-// verifyCommit checks a commit's gpgsig against the keyring.
-func verifyCommit(kr secrets.Keyring, c *gitproto.Commit) (secrets.Signer, error) {
-	payload, sig, err := gitproto.SignedPayload(c)
-	if err != nil {
-		return secrets.Signer{}, err
-	}
-	return kr.VerifyDetached(payload, sig)
 }
 
 // keyring builds the keys verify trusts: the given files, or else the
@@ -282,22 +225,22 @@ func (e *env) keyring(files []string, keyFile string) (secrets.Keyring, error) {
 
 // loadRun opens the repository and reads the run the user named. On
 // failure it has reported the error and st is nil.
-func loadRun(e *env, dir, arg string) (*gitproto.Repo, runRef, *queue.Status, int) {
+func loadRun(e *env, dir, arg string) (*gitproto.Repo, results.Run, *queue.Status, int) {
 	repo, err := openRepo(dir)
 	if err != nil {
 		e.errorf("%v", err)
-		return nil, runRef{}, nil, exitFor(err)
+		return nil, results.Run{}, nil, exitFor(err)
 	}
-	rr, err := findRun(repo, arg, e.errorf)
+	rr, err := results.Find(repo, arg, e.errorf)
 	if err != nil {
 		e.errorf("%v", err)
-		return nil, runRef{}, nil, exitFor(err)
+		return nil, results.Run{}, nil, exitFor(err)
 	}
-	st, err := readResult(repo, rr.Ref, rr.Commit)
+	st, err := rr.Read(repo)
 	if err != nil {
 		switch {
-		case notBelieved(err):
-			e.errorf("run %s is not believed: %s", rr.Ref, resultProblem(err))
+		case results.NotBelieved(err):
+			e.errorf("run %s is not believed: %s", rr.Ref, results.Problem(err))
 			return nil, rr, nil, exitFailed
 		case errors.Is(err, queue.ErrFormat):
 			e.errorf("%v", err)
@@ -307,7 +250,7 @@ func loadRun(e *env, dir, arg string) (*gitproto.Repo, runRef, *queue.Status, in
 		return nil, rr, nil, exitInfra
 	}
 	if rr.Future {
-		e.errorf("run %s is dated in the future (its worker's clock is wrong, or its id was forged): it is never taken for the latest", rr.Run)
+		e.errorf("run %s is dated in the future (its worker's clock is wrong, or its id was forged): it is never taken for the latest", rr.ID)
 	}
 	return repo, rr, st, 0
 }

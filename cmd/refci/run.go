@@ -14,6 +14,8 @@ import (
 	"refci.dev/refci/render"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
+	"refci.dev/refci/worker/jobsock"
+	"refci.dev/refci/worker/proc"
 )
 
 func cmdRun(ctx context.Context, e *env, args []string) int {
@@ -55,7 +57,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		e.errorf("%v", err)
 		return exitFor(err)
 	}
-	noDump()
+	proc.SetNotDumpable()
 	id, err := e.identity(*keyFile)
 	if err != nil {
 		e.errorf("%v", err)
@@ -71,8 +73,8 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	var hide, readOnly []string
 	shim := ""
 	// Every run directory of this user's refci processes lies under one
-	// root, hidden from isolated pipelines (runsDir).
-	runs, runsHide, removeRuns, err := runsDir()
+	// root, hidden from isolated pipelines (worker.MakeRunsDir).
+	runs, runsHide, removeRuns, err := worker.MakeRunsDir()
 	if err != nil {
 		e.errorf("run: %v", err)
 		return exitInfra
@@ -88,11 +90,11 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 			e.errorf("run: --isolate: %v", err)
 			return exitInfra
 		}
-		hide = hidePaths(append(append([]string{h, *keyFile}, defaultHomes(e)...), runsHide...)...)
-		shim, _ = worker.ChooseShim(self) // refci-shim beside refci, when of this build
+		hide = worker.CleanPaths(append(append([]string{h, *keyFile}, worker.UserPrivatePaths(e.getenv)...), runsHide...)...)
+		shim, _ = proc.ChooseShim(self) // refci-shim beside refci, when of this build
 		// The repository gets the result: its configuration and hooks,
 		// like everything refci's own git reads, stay read-only.
-		readOnly = readOnlyPaths(e, []string{self, shim}, repo.GitDir())
+		readOnly = worker.ReadOnlyPaths(e.getenv, []string{self, shim}, repo.GitDir())
 	}
 	host, _ := os.Hostname()
 	admins, err := secrets.ReadKeyringFiles(adminFiles...)
@@ -144,31 +146,26 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		out = e.stdout
 	}
 	outcome, err := worker.Run(soft, worker.RunSpec{
-		Repo:             repo,
-		Target:           target,
-		TargetRef:        displayRev(rev, target.String()),
-		Request:          "local",
-		Env:              *envName,
-		Trusted:          trusted,
-		TrustReason:      trustReason,
-		Secrets:          opener,
-		Timeout:          *timeout,
-		KillGrace:        *grace,
-		LogCap:           *logCap,
-		ArtifactFileCap:  *artCap,
-		ArtifactTotalCap: *artTotal,
-		RefciPath:        self,
-		Shim:             shim,
-		Hide:             hide,
-		ReadOnly:         readOnly,
-		TempDir:          runs,
-		RequireIsolation: *isolate,
-		Output:           out,
-		Hard:             hard,
-		CancelReason:     func() string { return cancelReason.Load().(string) },
-		Host:             host,
-		Version:          version,
-		Page:             renderPage,
+		Repo:        repo,
+		Target:      target,
+		TargetRef:   displayRev(rev, target.String()),
+		Request:     "local",
+		Env:         *envName,
+		Trusted:     trusted,
+		TrustReason: trustReason,
+		Secrets:     opener,
+		Limits: worker.Limits{Timeout: *timeout, KillGrace: *grace,
+			LogCap: *logCap, ArtifactFileCap: *artCap, ArtifactTotalCap: *artTotal},
+		RefciPath:    self,
+		Shim:         shim,
+		Isolation:    worker.Isolation{Hide: hide, ReadOnly: readOnly, RequireIsolation: *isolate},
+		TempDir:      runs,
+		Output:       out,
+		Hard:         hard,
+		CancelReason: func() string { return cancelReason.Load().(string) },
+		Host:         host,
+		Version:      version,
+		Page:         renderPage,
 	}, id)
 	if err != nil {
 		if outcome != nil && outcome.Status != nil {
@@ -280,5 +277,5 @@ func cmdInit(_ context.Context, e *env, args []string) int {
 }
 
 func cmdJob(ctx context.Context, e *env, args []string) int {
-	return worker.RunJobCommand(ctx, args, e.getenv, e.stdout, e.stderr)
+	return jobsock.RunJobCommand(ctx, args, e.getenv, e.stdout, e.stderr)
 }

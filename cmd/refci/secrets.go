@@ -17,6 +17,7 @@ import (
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/secrets/envstore"
 	"refci.dev/refci/worker"
+	"refci.dev/refci/worker/jobsock"
 )
 
 // secretsOpener is the worker.SecretsFunc of refci worker, serve and run:
@@ -55,7 +56,7 @@ func (n noSecret) Unwrap() error        { return n.error }
 func (n noSecret) Is(target error) bool { return target == worker.ErrSecretNotFound }
 
 func cmdSecret(ctx context.Context, e *env, args []string) int {
-	return worker.RunSecretCommand(ctx, args, e.getenv, e.stdout, e.stderr)
+	return jobsock.RunSecretCommand(ctx, args, e.getenv, e.stdout, e.stderr)
 }
 
 // secretsHelp is the details of 'refci secrets -h'.

@@ -26,11 +26,13 @@ import (
 	"github.com/google/renameio/v2"
 	gossh "golang.org/x/crypto/ssh"
 
+	"refci.dev/refci/forge/site"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/gitproto/sshd"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
+	"refci.dev/refci/worker/proc"
 )
 
 // serveLayout is where `refci serve` keeps its data, all under one
@@ -79,7 +81,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		e.errorf("serve: --max-sessions, --idle, --handshake-timeout and --concurrency must be positive")
 		return exitUsage
 	}
-	noDump()
+	proc.SetNotDumpable()
 	if *dataDir == "" {
 		h, err := e.home()
 		if err != nil {
@@ -170,7 +172,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		}
 		return nil
 	})
-	runs, runsHide, removeRuns, err := runsDir()
+	runs, runsHide, removeRuns, err := worker.MakeRunsDir()
 	if err != nil {
 		e.errorf("serve: %v", err)
 		return exitInfra
@@ -178,8 +180,8 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	defer removeRuns()
 	shim := self
 	if !*noWorker {
-		warnIfRoot(logger)
-		shim = chooseShim(logger.With("component", "worker"), self)
+		worker.WarnIfRoot(logger)
+		shim = worker.ChooseShim(logger.With("component", "worker"), self)
 	}
 	w := worker.New(worker.Config{
 		Poll: *poll, Concurrency: *conc, Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, TempDir: runs,
@@ -191,11 +193,13 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		// needs none of them; its checkout and socket are in its run
 		// directory, under runs, of which it sees only its own. What
 		// refci's own git, ssh and gpg read stays read-only.
-		Hide:     hidePaths(append(append([]string{lay.root, lay.roles, refciHome}, defaultHomes(e)...), runsHide...)...),
-		ReadOnly: readOnlyPaths(e, []string{self, shim}), RequireIsolation: *requireIso,
+		Isolation: worker.Isolation{
+			Hide:     worker.CleanPaths(append(append([]string{lay.root, lay.roles, refciHome}, worker.UserPrivatePaths(e.getenv)...), runsHide...)...),
+			ReadOnly: worker.ReadOnlyPaths(e.getenv, []string{self, shim}), RequireIsolation: *requireIso,
+		},
 	})
 	if !*noWorker {
-		checkIsolation(logger.With("component", "worker"), shim, *requireIso)
+		worker.WarnIfNotIsolated(logger.With("component", "worker"), shim, *requireIso)
 	}
 	addRepo := func(name string) {
 		if *noWorker {
@@ -269,8 +273,8 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 			e.errorf("serve: --http: the keys the site trusts: %v", err)
 			return exitUsage
 		}
-		site := &siteServer{Repos: lay.repos, WWW: lay.www, Keys: siteKeys, List: func() ([]string, error) { return siteRepos(lay.repos, policy.access()) }, Log: logger.With("component", "http")}
-		httpSrv = &http.Server{Handler: readOnly(site), ReadHeaderTimeout: 10 * time.Second}
+		viewer := site.NewHandler(lay.repos, lay.www, func() ([]string, error) { return site.ReposOnSite(lay.repos, policy.access()) }, siteKeys, logger.With("component", "http"))
+		httpSrv = &http.Server{Handler: readOnly(viewer), ReadHeaderTimeout: 10 * time.Second}
 		httpURL = "http://" + hl.Addr().String() + "/"
 		go httpSrv.Serve(hl)
 	}

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,63 +10,6 @@ import (
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 )
-
-// follow watches the run refs of a remote on this machine and looks again
-// as soon as one changes (issue 16, item 8); a remote over the network, or
-// a path that is not a repository itself, is not watched.
-func TestFollowWatchesALocalRemote(t *testing.T) {
-	dir := t.TempDir()
-	run := func(args ...string) string {
-		t.Helper()
-		cmd := exec.Command("git", args...)
-		cmd.Dir, cmd.Env = dir, append(os.Environ(), "GIT_CONFIG_NOSYSTEM=1", "HOME="+dir,
-			"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@e", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@e")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
-	bare := filepath.Join(dir, "remote.git")
-	run("init", "-q", "--bare", bare)
-	run("init", "-q", "clone")
-	clone := filepath.Join(dir, "clone")
-	run("-C", clone, "commit", "-q", "--allow-empty", "-m", "c")
-	head := run("-C", clone, "rev-parse", "HEAD")
-	run("-C", clone, "remote", "add", "origin", "file://"+bare)
-	run("-C", clone, "push", "-q", "origin", "HEAD:refs/heads/main")
-	run("-C", clone, "remote", "add", "rel", "../remote.git")
-	run("-C", clone, "remote", "add", "net", "ssh://example.invalid/remote.git")
-	run("-C", clone, "remote", "add", "scp", "example.invalid:remote.git")
-	ctx := context.Background()
-	for _, remote := range []string{"net", "scp", filepath.Join(clone, ".refci")} {
-		if localRunsWatch(ctx, clone, remote, head) != nil {
-			t.Errorf("remote %s is watched as a local repository", remote)
-		}
-	}
-	for _, remote := range []string{"origin", "rel", bare} {
-		watch := localRunsWatch(ctx, clone, remote, head)
-		if watch == nil {
-			t.Fatalf("remote %s is not watched", remote)
-		}
-		seen := watch()
-		ref := queue.RunRef(head, queue.NewRunID(time.Now()))
-		done := make(chan bool, 1)
-		go func() { done <- waitForRuns(ctx, watch, seen, time.Hour) }()
-		run("--git-dir="+bare, "update-ref", ref, head)
-		select {
-		case ok := <-done:
-			if !ok {
-				t.Fatalf("remote %s: waitForRuns reported its context ended", remote)
-			}
-		case <-time.After(time.Minute):
-			t.Fatalf("remote %s: a new run ref did not end the wait", remote)
-		}
-		if watch() == seen {
-			t.Fatalf("remote %s: the watch did not change with a new run ref", remote)
-		}
-	}
-}
 
 // Each trigger's request tag is a distinct object (issue 16, item 1), and
 // making one needs no identity configured in git (a fresh machine): the

@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"refci.dev/refci/forge/site/sitetest"
 	"refci.dev/refci/queue"
+	"refci.dev/refci/render"
 )
 
 // TestResultTreeHasPage: every result tree carries index.html rendered
@@ -126,7 +128,7 @@ func TestViewSite(t *testing.T) {
 		t.Errorf("the deleted run's page is still there")
 	}
 	var man siteManifest
-	raw, _ := os.ReadFile(filepath.Join(out, manifestFile))
+	raw, _ := os.ReadFile(filepath.Join(out, "manifest.json"))
 	if err := json.Unmarshal(raw, &man); err != nil || len(man.Runs) != 1 {
 		t.Errorf("manifest: %v %s", err, raw)
 	}
@@ -138,6 +140,18 @@ func TestViewSite(t *testing.T) {
 		t.Errorf("view -h: %d %s", r.code, r.stdout)
 	}
 }
+
+// siteManifest is what the tests read of the manifest.json refci view
+// writes (package site owns its format).
+type siteManifest struct {
+	Format  int                          `json:"format"`
+	Keys    string                       `json:"keys"`
+	Runs    map[string]json.RawMessage   `json:"runs"`
+	Commits map[string]render.CommitInfo `json:"commits"`
+}
+
+// checkSiteHeaders checks what the HTTP site of refci serve sends.
+var checkSiteHeaders = sitetest.CheckHeaders
 
 // putRun stores st as an (unsigned) result commit under its run ref, the
 // way a worker's snapshot or result would be, and returns the ref.
@@ -261,7 +275,7 @@ func TestViewShowsCommitSubject(t *testing.T) {
 		t.Errorf("index does not name the run on a missing commit")
 	}
 	var man siteManifest
-	raw, _ := os.ReadFile(filepath.Join(out, manifestFile))
+	raw, _ := os.ReadFile(filepath.Join(out, "manifest.json"))
 	if err := json.Unmarshal(raw, &man); err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
+	"refci.dev/refci/worker/proc"
 )
 
 // workerConfig is the TOML configuration of `refci worker --config`.
@@ -168,7 +169,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		}
 	}
 
-	noDump()
+	proc.SetNotDumpable()
 	id, err := e.identity(cfg.Key)
 	if err != nil {
 		e.errorf("%v", err)
@@ -176,7 +177,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	}
 	// Hidden from pipelines: the key (all of $REFCI_HOME when it is
 	// there), the caches, the configuration.
-	hide := hidePaths(append([]string{cfg.Key, cfg.Cache, *configFile}, defaultHomes(e)...)...)
+	hide := worker.CleanPaths(append([]string{cfg.Key, cfg.Cache, *configFile}, worker.UserPrivatePaths(e.getenv)...)...)
 	if cfg.Key == "" || cfg.Cache == "" {
 		h, err := e.home()
 		if err != nil {
@@ -185,10 +186,10 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		}
 		if cfg.Cache == "" {
 			cfg.Cache = filepath.Join(h, "cache")
-			hide = hidePaths(append(hide, cfg.Cache)...)
+			hide = worker.CleanPaths(append(hide, cfg.Cache)...)
 		}
 		if cfg.Key == "" {
-			hide = hidePaths(append(hide, h)...)
+			hide = worker.CleanPaths(append(hide, h)...)
 		}
 	}
 	level := slog.LevelInfo
@@ -205,23 +206,23 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		}
 		rems = append(rems, r)
 	}
-	runs, runsHide, removeRuns, err := runsDir()
+	runs, runsHide, removeRuns, err := worker.MakeRunsDir()
 	if err != nil {
 		e.errorf("worker: %v", err)
 		return exitInfra
 	}
 	defer removeRuns()
-	hide = hidePaths(append(hide, runsHide...)...)
-	warnIfRoot(logger)
+	hide = worker.CleanPaths(append(hide, runsHide...)...)
+	worker.WarnIfRoot(logger)
 	self, _ := os.Executable()
-	shim := chooseShim(logger, self)
+	shim := worker.ChooseShim(logger, self)
 	// What refci's own git, ssh and gpg read stays read-only for
 	// pipelines, and so do the remotes on this machine.
 	var localRemotes []string
 	for _, r := range rems {
 		localRemotes = append(localRemotes, r.LocalDir())
 	}
-	readOnly := readOnlyPaths(e, []string{self, shim}, localRemotes...)
+	readOnly := worker.ReadOnlyPaths(e.getenv, []string{self, shim}, localRemotes...)
 	host, _ := os.Hostname()
 	byURL := map[string]*gitproto.Remote{}
 	for _, r := range rems {
@@ -230,14 +231,16 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	opener := secretsOpener(admins, id, func(u string) *gitproto.Remote { return byURL[u] })
 	w := worker.New(worker.Config{
 		Remotes: rems, Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
-		Grace: cfg.Grace.Duration, Timeout: cfg.Timeout.Duration, MaxTimeout: cfg.MaxTimeout.Duration, MaxAttempts: cfg.MaxAttempts, KillGrace: cfg.KillGrace.Duration,
-		LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap,
+		Grace: cfg.Grace.Duration, MaxTimeout: cfg.MaxTimeout.Duration, MaxAttempts: cfg.MaxAttempts,
+		Limits: worker.Limits{Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
+			LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap},
 		Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, Logger: logger,
 		Trust: signatureTrust(trusted), Secrets: opener, Page: renderPage,
-		Hide: hide, RequireIsolation: cfg.RequireIsolation, TempDir: runs,
-		Writable: hidePaths(cfg.Writable...), ReadOnly: readOnly,
+		Isolation: worker.Isolation{Hide: hide, RequireIsolation: cfg.RequireIsolation,
+			Writable: worker.CleanPaths(cfg.Writable...), ReadOnly: readOnly},
+		TempDir: runs,
 	})
-	checkIsolation(logger, shim, cfg.RequireIsolation)
+	worker.WarnIfNotIsolated(logger, shim, cfg.RequireIsolation)
 	stop, stopFn := context.WithCancel(ctx)
 	defer stopFn()
 	abort, abortFn := context.WithCancel(context.WithoutCancel(ctx))

@@ -1,9 +1,7 @@
 package sshd
 
 import (
-	"bytes"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -20,6 +18,8 @@ import (
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
+
+	"refci.dev/refci/fixtures"
 )
 
 // These tests drive the server with the stock OpenSSH client and git.
@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == HookArg {
 		os.Exit(HookMain(os.Args[2:]))
 	}
-	os.Exit(m.Run())
+	os.Exit(fixtures.PrivateHome(m))
 }
 
 // testPolicy grants by fingerprint: "r" read, "w" push any ref except
@@ -79,38 +79,17 @@ type testServer struct {
 	srv      *Server
 	addr     string
 	policy   *testPolicy
-	logs     *syncBuffer
+	logs     *fixtures.Buffer
 	known    string
 	mu       sync.Mutex
 	received []*Receive
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func startServer(t *testing.T, mod func(*Config)) *testServer {
 	t.Helper()
 	root := t.TempDir()
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	signer, err := gossh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := &testServer{t: t, root: root, policy: &testPolicy{grants: map[string]string{}}, logs: &syncBuffer{}}
+	signer := fixtures.NewSSHKey(t, "host").Signer
+	ts := &testServer{t: t, root: root, policy: &testPolicy{grants: map[string]string{}}, logs: &fixtures.Buffer{}}
 	cfg := Config{
 		Root: filepath.Join(root, "repos"), StateDir: filepath.Join(root, "state"), HostKey: signer,
 		Policy: ts.policy, Logger: slog.New(slog.NewTextHandler(ts.logs, nil)),
@@ -132,6 +111,7 @@ func startServer(t *testing.T, mod func(*Config)) *testServer {
 	if mod != nil {
 		mod(&cfg)
 	}
+	var err error
 	ts.srv, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -161,19 +141,12 @@ func (ts *testServer) port() string {
 	return p
 }
 
-// newKey makes an ed25519 key with ssh-keygen and returns its path and
-// fingerprint.
+// newKey writes a new ed25519 key to dir/name (and name.pub) and returns
+// its path and fingerprint.
 func newKey(t *testing.T, dir, name string) (string, string) {
 	t.Helper()
-	p := filepath.Join(dir, name)
-	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", p).CombinedOutput(); err != nil {
-		t.Fatalf("ssh-keygen: %v\n%s", err, out)
-	}
-	out, err := exec.Command("ssh-keygen", "-lf", p+".pub").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p, strings.Fields(string(out))[1]
+	k := fixtures.NewSSHKey(t, name)
+	return k.WriteFiles(t, dir, name), k.Fingerprint
 }
 
 // client is a user with a key and a working repository.
@@ -421,7 +394,7 @@ func TestRefusedSessions(t *testing.T) {
 	}
 	// Path traversal, absolute paths, symlinks.
 	outside := filepath.Join(ts.root, "outside.git")
-	exec.Command("git", "init", "-q", "--bare", outside).Run()
+	fixtures.Git(t, ts.root, "init", "-q", "--bare", outside)
 	os.Symlink(outside, filepath.Join(ts.root, "repos", "link.git"))
 	os.Symlink(ts.root, filepath.Join(ts.root, "repos", "dir"))
 	for _, path := range []string{"/../outside.git", "/../../etc", "//etc/passwd", "/~/x.git", "/link.git", "/dir/outside.git", "/app.git/../outside.git"} {
@@ -519,14 +492,14 @@ func TestConcurrentPushesToOneRef(t *testing.T) {
 	}
 	wg.Wait()
 	bare := filepath.Join(ts.root, "repos", "app.git")
-	yv, _ := exec.Command("git", "-C", bare, "rev-parse", "refs/ci/requests/y").Output()
+	yv, _ := fixtures.RunGit(bare, nil, nil, "rev-parse", "refs/ci/requests/y")
 	if !slices.Contains(commits, strings.TrimSpace(string(yv))) {
 		t.Errorf("after forced racing pushes the request holds %q", yv)
 	}
-	if out, err := exec.Command("git", "-C", bare, "fsck", "--strict").CombinedOutput(); err != nil {
+	if out, err := fixtures.RunGit(bare, nil, nil, "fsck", "--strict"); err != nil {
 		t.Errorf("git fsck: %v\n%s", err, out)
 	}
-	val, _ := exec.Command("git", "-C", bare, "rev-parse", "refs/ci/requests/x").Output()
+	val, _ := fixtures.RunGit(bare, nil, nil, "rev-parse", "refs/ci/requests/x")
 	found := false
 	for _, c := range commits {
 		found = found || c == strings.TrimSpace(string(val))
@@ -554,20 +527,14 @@ func TestShutdownDrainsSessionsAndLimits(t *testing.T) {
 	hold := exec.Command("ssh", append(strings.Fields(admin.sshCommand())[1:], "-p", ts.port(), "git@127.0.0.1", "git-upload-pack '/app.git'")...)
 	hold.Env = admin.env
 	stdin, _ := hold.StdinPipe()
-	var holdOut syncBuffer // written by the command's copier as the test reads it
+	var holdOut fixtures.Buffer // written by the command's copier as the test reads it
 	hold.Stdout = &holdOut
 	if err := hold.Start(); err != nil {
 		t.Fatal(err)
 	}
 	// The slot is held once the advertisement came: wait for it (a
 	// failure, not a reason to go on, if it never comes).
-	deadline := time.Now().Add(time.Minute)
-	for !strings.Contains(holdOut.String(), "0000") {
-		if time.Now().After(deadline) {
-			t.Fatalf("the holding session never got its advertisement: %q", holdOut.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	fixtures.WaitFor(t, time.Minute, "the holding session's advertisement", func() bool { return strings.Contains(holdOut.String(), "0000") })
 	second := make(chan error, 1)
 	go func() {
 		_, err := admin.run("git", "ls-remote", admin.url+"/app.git")
@@ -651,16 +618,10 @@ func TestConnectionLimit(t *testing.T) {
 		t.Errorf("a fifth connection was served: %v\n%s", err, out)
 	}
 	conns[0].Close()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		if _, err := admin.run("git", "ls-remote", admin.url+"/app.git"); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a closed connection did not free its place")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	fixtures.WaitFor(t, time.Minute, "a closed connection to free its place", func() bool {
+		_, err := admin.run("git", "ls-remote", admin.url+"/app.git")
+		return err == nil
+	})
 	for _, c := range conns[1:] {
 		c.Close()
 	}

@@ -23,7 +23,7 @@ import (
 //
 // A pipeline runs as the worker's own user, so file permissions do not keep
 // it from the worker's signing key, configuration or caches. With
-// worker.ProcSpec.Hide, the shim starts the pipeline in a new user and mount
+// proc.Spec.Hide, the shim starts the pipeline in a new user and mount
 // namespace (CLONE_NEWUSER|CLONE_NEWNS, which needs no privilege where
 // unprivileged user namespaces are allowed), the worker's uid and gid
 // mapped to themselves, so that files keep their owners. In that namespace
@@ -64,7 +64,7 @@ import (
 
 const (
 	inNSArg     = "--in-ns"             // internal: the middle step above
-	ProbeArg    = "--probe"             // with --in-ns: set up, then exit 0 (worker.CheckIsolation)
+	ProbeArg    = "--probe"             // with --in-ns: set up, then exit 0 (proc.CheckIsolation)
 	HideArg     = "--hide="             // a path to hide (repeatable)
 	KeepArg     = "--keep="             // a path under a hidden one that stays visible (repeatable)
 	WritableArg = "--writable="         // a path the pipeline may write (repeatable)
@@ -108,7 +108,7 @@ func (p nsPaths) args() []string {
 }
 
 // ScratchDirs stay writable for every isolated pipeline, besides its own
-// run directory and ProcSpec.Writable: the shared temporary directories,
+// run directory and proc.Spec.Writable: the shared temporary directories,
 // and the kernel's interfaces (/dev for its devices and /dev/shm, /proc
 // for a pipeline's own user namespaces' id maps), from which no refci
 // process takes configuration or code.

@@ -14,7 +14,7 @@ import (
 )
 
 // Reading /proc: the helpers the shim walks its process tree with, which
-// the worker's own sweeps (worker/reap_linux.go) use as well.
+// the worker's own sweeps (worker/proc/reap_linux.go) use as well.
 
 // ProcReads counts the files and directories under /proc that this
 // process has read (these helpers, and the worker's sweeps and fast path);

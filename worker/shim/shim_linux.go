@@ -18,16 +18,16 @@ import (
 
 // The per-run shim.
 //
-// Reaping in the worker (worker/reap_linux.go) cannot survive the worker:
+// Reaping in the worker (worker/proc/reap_linux.go) cannot survive the worker:
 // when the worker is killed with SIGKILL, the pipeline's processes are
-// orphaned to init and run on. With worker.ProcSpec.Shim, a small process
+// orphaned to init and run on. With proc.Spec.Shim, a small process
 // sits between the worker and each pipeline and outlives neither:
 //
 //	worker ── shim (own process group, child subreaper) ── pipeline main (own process group) ── ...
 //
 // The shim is the refci binary itself, or the light refci-shim binary
 // beside it (cmd/refci-shim: this package and little else; see
-// worker.ChooseShim), started as
+// proc.ChooseShim), started as
 //
 //	refci __refci-shim --kill-grace=DURATION -- PATH ARGS...
 //
@@ -148,7 +148,7 @@ const (
 type Report struct {
 	Pid        int    `json:"pid,omitempty"`  // ready: the pipeline's main process runs, with this pid
 	Done       bool   `json:"done,omitempty"` // the final line
-	ExitCode   int    `json:"exit_code"`      // as worker.ProcResult.ExitCode
+	ExitCode   int    `json:"exit_code"`      // as proc.Result.ExitCode
 	Signal     int    `json:"signal,omitempty"`
 	Leftovers  int    `json:"leftovers,omitempty"`
 	Stuck      int    `json:"stuck,omitempty"`   // processes that survived SIGKILL for ReapGiveUp

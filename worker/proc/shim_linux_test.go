@@ -1,6 +1,6 @@
 //go:build linux
 
-package worker
+package proc
 
 import (
 	"bytes"
@@ -179,7 +179,7 @@ func TestShimStopWhileStarting(t *testing.T) {
 	useShim(t)
 	for range 5 {
 		m := newMarker()
-		res, _, err := runSh(t, t.Context(), "sleep "+m, func(s *ProcSpec) { s.Timeout = time.Nanosecond })
+		res, _, err := runSh(t, t.Context(), "sleep "+m, func(s *Spec) { s.Timeout = time.Nanosecond })
 		if err != nil || !res.TimedOut || res.ExitCode != 143 || res.Signal != "terminated" {
 			t.Errorf("timeout: %+v %v", res, err)
 		}
@@ -188,8 +188,8 @@ func TestShimStopWhileStarting(t *testing.T) {
 		m = newMarker()
 		hard, cancel := context.WithCancel(t.Context())
 		time.AfterFunc(time.Millisecond, cancel)
-		res, _, err = runSh(t, t.Context(), "sleep "+m, func(s *ProcSpec) { s.Hard = hard })
-		notStarted := res.ExitCode == -1 && res.Duration == 0 // cancelled before RunProcess started anything: fine too
+		res, _, err = runSh(t, t.Context(), "sleep "+m, func(s *Spec) { s.Hard = hard })
+		notStarted := res.ExitCode == -1 && res.Duration == 0 // cancelled before Run started anything: fine too
 		if err != nil || !res.Cancelled || !notStarted && (res.ExitCode != 137 || res.Signal != "killed") {
 			t.Errorf("hard cancel: %+v %v", res, err)
 		}
@@ -211,7 +211,7 @@ func TestShimForeignTerm(t *testing.T) {
 (touch %[1]s/a; exec sleep %[2]s) </dev/null >/dev/null 2>&1 &
 while [ ! -e %[1]s/a ]; do sleep 0.02; done
 kill -TERM $PPID
-exit 4`, d, m), func(s *ProcSpec) { s.KillGrace = 300 * time.Millisecond })
+exit 4`, d, m), func(s *Spec) { s.KillGrace = 300 * time.Millisecond })
 	if err != nil || res.ExitCode != 4 || res.Signal != "" || res.TimedOut || res.Cancelled || res.Leftovers < 1 {
 		t.Errorf("got %+v %v", res, err)
 	}
@@ -238,14 +238,14 @@ func TestShimDiesWithoutReport(t *testing.T) {
 	d := t.TempDir()
 	m1, m2 := newMarker(), newMarker()
 	type result struct {
-		res ProcResult
+		res Result
 		err error
 	}
 	ch := make(chan result, 1)
 	go func() {
 		res, _, err := runSh(t, t.Context(), fmt.Sprintf(`(setsid sh -c "touch %[1]s/a; exec sleep %[2]s" </dev/null >/dev/null 2>&1 &)
 while [ ! -e %[1]s/a ]; do sleep 0.02; done
-sleep %[3]s`, d, m1, m2), func(s *ProcSpec) { s.ReapTag = "T-" + m1 })
+sleep %[3]s`, d, m1, m2), func(s *Spec) { s.ReapTag = "T-" + m1 })
 		ch <- result{res, err}
 	}()
 	waitAlive(t, m1, m2)
@@ -272,7 +272,7 @@ sleep %[3]s`, d, m1, m2), func(s *ProcSpec) { s.ReapTag = "T-" + m1 })
 			t.Errorf("got %+v, want the shim's status and the leftovers", r.res)
 		}
 	case <-time.After(testSafety):
-		t.Fatal("RunProcess did not return")
+		t.Fatal("Run did not return")
 	}
 	assertGone(t, m1, m2)
 	if z := zombieChildren(t); len(z) > 0 {
@@ -290,7 +290,7 @@ func TestShimStartFailures(t *testing.T) {
 		{"not a shim", "/bin/true", "without reporting"},
 	} {
 		var out syncBuffer
-		res, err := RunProcess(t.Context(), ProcSpec{Path: "/bin/sh", Args: []string{"-c", "echo ran"}, Env: testEnv,
+		res, err := Run(t.Context(), Spec{Path: "/bin/sh", Args: []string{"-c", "echo ran"}, Env: testEnv,
 			Output: &out, Shim: tc.shim, Timeout: testSafety})
 		if err == nil || !strings.Contains(err.Error(), tc.msg) || !strings.Contains(err.Error(), "/bin/sh") {
 			t.Errorf("%s: error %v, want one about %q naming /bin/sh", tc.name, err, tc.msg)
@@ -325,7 +325,7 @@ func TestShimCrashHelper(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), testSafety) // should the test forget us
 	defer cancel()
-	RunProcess(ctx, ProcSpec{Path: "/bin/sh", Args: []string{"-c", os.Getenv("REFCI_SHIM_CRASH_SCRIPT")},
+	Run(ctx, Spec{Path: "/bin/sh", Args: []string{"-c", os.Getenv("REFCI_SHIM_CRASH_SCRIPT")},
 		Env: testEnv, Shim: testExecutable(t)})
 }
 
@@ -398,7 +398,7 @@ sleep %s`, m[0], m[1], m[2], m[3])
 	for deadline := time.Now().Add(testQuick); ; {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(shimPid, &ws, unix.WNOHANG, nil)
-		if pid == shimPid || err != nil && !jobProcAlive(shimPid) {
+		if pid == shimPid || err != nil && !notZombie(shimPid) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -464,4 +464,14 @@ func TestShimReadsProcOnlyForLeftovers(t *testing.T) {
 		t.Errorf("a leftover: report %+v, want exit 0, one leftover found through /proc", rep)
 	}
 	assertGone(t, m)
+}
+
+// notZombie says whether process pid exists and has not exited.
+func notZombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }

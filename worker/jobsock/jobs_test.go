@@ -1,6 +1,6 @@
 //go:build linux
 
-package worker
+package jobsock
 
 import (
 	"bufio"
@@ -27,7 +27,7 @@ import (
 // must pass on two noisy cores. Nothing waits for it in a passing run.
 const jobTestTimeout = 60 * time.Second
 
-// memJobLog is a JobLog in memory.
+// memJobLog is a Log in memory.
 type memJobLog struct {
 	mu     sync.Mutex
 	buf    bytes.Buffer
@@ -57,7 +57,7 @@ type memJobLogs struct {
 	fail map[string]bool
 }
 
-func (m *memJobLogs) open(name string) (JobLog, error) {
+func (m *memJobLogs) open(name string) (Log, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.fail[name] {
@@ -85,9 +85,21 @@ func (m *memJobLogs) get(name string) (content string, ok bool, closes int) {
 	return l.buf.String(), true, l.closes
 }
 
+// testRun is a Run whose jobs' logs are in memory and that has no
+// secrets.
+type testRun struct{ logs *memJobLogs }
+
+func (r testRun) OpenLog(name string) (Log, error) { return r.logs.open(name) }
+
+func (testRun) Secret(string) ([]byte, error) {
+	return nil, errors.New("secrets are not available in this run")
+}
+
+func (testRun) HoldsSecret(string) bool { return false }
+
 type jobTestServer struct {
 	t    *testing.T
-	srv  *JobServer
+	srv  *Server
 	sock string
 	dir  string // scratch directory for side-effect files
 	logs *memJobLogs
@@ -103,7 +115,7 @@ func newJobTestServer(t *testing.T, grace time.Duration) *jobTestServer {
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	logs := &memJobLogs{logs: map[string]*memJobLog{}, fail: map[string]bool{}}
 	ts := &jobTestServer{t: t, sock: filepath.Join(sockDir, "s"), dir: t.TempDir(), logs: logs}
-	ts.srv, err = NewJobServer(JobServerConfig{SocketPath: ts.sock, OpenLog: logs.open, NeedsGrace: grace})
+	ts.srv, err = NewServer(Config{SocketPath: ts.sock, Run: testRun{logs}, NeedsGrace: grace})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -624,7 +636,7 @@ func TestJobSocketMode(t *testing.T) {
 	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
 		t.Errorf("mode %v", fi.Mode())
 	}
-	if _, err := NewJobServer(JobServerConfig{SocketPath: ts.sock, OpenLog: ts.logs.open}); err == nil {
+	if _, err := NewServer(Config{SocketPath: ts.sock, Run: testRun{ts.logs}}); err == nil {
 		t.Error("a second server on the same path started")
 	}
 }

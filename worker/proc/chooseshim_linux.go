@@ -1,6 +1,6 @@
 //go:build linux
 
-package worker
+package proc
 
 import (
 	"bytes"
@@ -22,7 +22,7 @@ const ShimName = "refci-shim"
 const shimProbeTimeout = 10 * time.Second
 
 // ChooseShim picks the shim for the runs of a worker whose refci
-// executable is refciPath (Config.RefciPath): refci-shim beside it when
+// executable is refciPath (worker.Config.RefciPath): refci-shim beside it when
 // that is an executable file and answers `refci-shim __refci-shim
 // --protocol` with this build's shim.Protocol, else refciPath itself,
 // which runs the same shim code, only with a costlier start. A refci-shim

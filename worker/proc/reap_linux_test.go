@@ -1,6 +1,6 @@
 //go:build linux
 
-package worker
+package proc
 
 import (
 	"fmt"
@@ -99,7 +99,7 @@ while [ ! -e %[1]s/a ]; do sleep 0.02; done`, d, dm), nil)
 }
 
 // A process that escapes into our own process group (where sweeps never
-// kill) while holding the output pipe must not make RunProcess wait
+// kill) while holding the output pipe must not make Run wait
 // forever: the drain gives up.
 func TestReapForeignPipeHolderDoesNotHang(t *testing.T) {
 	py, err := exec.LookPath("python3")

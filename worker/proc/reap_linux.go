@@ -1,6 +1,6 @@
 //go:build linux
 
-package worker
+package proc
 
 import (
 	"bytes"
@@ -24,11 +24,11 @@ import (
 //
 // A pipeline may start processes that outlive its main process: background
 // jobs in its process group, processes that called setsid(), double-forked
-// daemons. RunProcess must kill all of them, and only them: a worker runs
+// daemons. Run must kill all of them, and only them: a worker runs
 // several pipelines at once, and a descendant of another in-flight run must
 // survive.
 //
-// Finding them. The first RunProcess call makes this process a child
+// Finding them. The first Run call makes this process a child
 // subreaper (prctl PR_SET_CHILD_SUBREAPER, once, process-wide), so a
 // process orphaned anywhere below us is reparented to us instead of to
 // init. A sweep reads every /proc/<pid>/stat (PPid, process group, session,
@@ -96,7 +96,7 @@ import (
 // that stay in our process group are never touched, so when they die
 // their zombies stay until this process exits.
 
-// reapTagEnv is the environment variable that carries ProcSpec.ReapTag.
+// reapTagEnv is the environment variable that carries Spec.ReapTag.
 const reapTagEnv = "REFCI_REAP_TAG"
 
 var (
@@ -107,7 +107,7 @@ var (
 // ensureSubreaper makes this process a child subreaper, once. On failure
 // (a kernel without it, a seccomp filter) orphans go to init instead and
 // only the leftovers still attached to a run's tree or process group are
-// found; RunProcess carries on regardless.
+// found; Run carries on regardless.
 func ensureSubreaper() error {
 	subreaperOnce.Do(func() {
 		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
@@ -117,7 +117,7 @@ func ensureSubreaper() error {
 	return subreaperErr
 }
 
-// reapRun is the registry entry of one in-flight RunProcess call. Fields
+// reapRun is the registry entry of one in-flight Run call. Fields
 // other than sent and leftovers are guarded by registry.mu; sent and
 // leftovers are only touched by sweeps of the run itself, also under
 // registry.mu.
@@ -312,8 +312,8 @@ type owner struct {
 	run  *reapRun
 }
 
-// snapshot is one scan of /proc plus the registry, under registry.mu.
-type snapshot struct {
+// procScan is one scan of /proc plus the registry, under registry.mu.
+type procScan struct {
 	self, selfPgrp int
 	ownTag         string // REFCI_REAP_TAG of this process, if it has one
 	procs          map[int]*shim.ProcInfo
@@ -325,13 +325,13 @@ type snapshot struct {
 	memo           map[int]attribution
 }
 
-// takeSnapshot scans /proc. The caller holds registry.mu.
-func takeSnapshot() (*snapshot, error) {
+// scanProcs scans /proc. The caller holds registry.mu.
+func scanProcs() (*procScan, error) {
 	procs, err := shim.ListProcs()
 	if err != nil {
 		return nil, err
 	}
-	s := &snapshot{
+	s := &procScan{
 		self:      os.Getpid(),
 		selfPgrp:  unix.Getpgrp(),
 		ownTag:    os.Getenv(reapTagEnv),
@@ -371,7 +371,7 @@ type attribution struct {
 	depth int
 }
 
-func (s *snapshot) attribute(pid int) attribution {
+func (s *procScan) attribute(pid int) attribution {
 	if a, ok := s.memo[pid]; ok {
 		return a
 	}
@@ -413,7 +413,7 @@ func (s *snapshot) attribute(pid int) attribution {
 	return s.memo[pid]
 }
 
-func (s *snapshot) classifyOrphan(p *shim.ProcInfo) owner {
+func (s *procScan) classifyOrphan(p *shim.ProcInfo) owner {
 	if p.Pgrp == s.selfPgrp {
 		return owner{}
 	}
@@ -449,7 +449,7 @@ func (s *snapshot) classifyOrphan(p *shim.ProcInfo) owner {
 }
 
 // mine says whether run r is responsible for killing a process with owner o.
-func (s *snapshot) mine(r *reapRun, o owner) bool {
+func (s *procScan) mine(r *reapRun, o owner) bool {
 	switch o.kind {
 	case ownRun:
 		return o.run == r
@@ -473,7 +473,7 @@ func (r *reapRun) sweep(sig syscall.Signal) (remaining int, err error) {
 	sweeps.Add(1)
 	registry.mu.Lock()
 	defer registry.mu.Unlock()
-	s, err := takeSnapshot()
+	s, err := scanProcs()
 	if err != nil {
 		return 0, fmt.Errorf("worker: scanning processes: %w", err)
 	}

@@ -1,4 +1,4 @@
-package main
+package worker
 
 import (
 	"errors"
@@ -13,20 +13,28 @@ import (
 	"golang.org/x/sys/unix"
 
 	"refci.dev/refci/gitproto"
-	"refci.dev/refci/worker"
+	"refci.dev/refci/worker/proc"
 )
 
-// noDump makes this process non-dumpable (PR_SET_DUMPABLE 0): pipelines
-// run as its user, and without it one could attach to it with ptrace or
-// read /proc/PID/mem, /proc/PID/environ or, through /proc/PID/root, the
-// files hidden from it. Commands that run pipelines call it first.
-func noDump() {
-	unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
+// Isolation says what a run's pipeline may see and write, through its
+// shim (RunSpec.Shim; see proc.Spec.Hide). The zero value hides nothing
+// and leaves the file system as it is.
+type Isolation struct {
+	// Hide lists absolute paths the pipeline must not see (the worker's
+	// key, configuration, caches, the other runs).
+	Hide []string
+	// RequireIsolation refuses to run a pipeline from which Hide cannot
+	// be hidden (no user namespaces): the run ends in state error.
+	RequireIsolation bool
+	// With Hide, the pipeline's whole file system is read-only but for
+	// its run directory, shim.ScratchDirs and Writable; ReadOnly lists
+	// paths under those that stay read-only (see proc.Spec.ReadOnly).
+	Writable, ReadOnly []string
 }
 
-// hidePaths makes paths absolute and drops empty ones and repeats, for
-// worker.Config.Hide.
-func hidePaths(paths ...string) []string {
+// CleanPaths makes paths absolute and drops empty ones and repeats, for
+// Isolation.Hide and Isolation.Writable.
+func CleanPaths(paths ...string) []string {
 	var out []string
 	seen := map[string]bool{}
 	for _, p := range paths {
@@ -43,12 +51,12 @@ func hidePaths(paths ...string) []string {
 	return out
 }
 
-// chooseShim picks, once at start, the executable that runs as every
-// run's shim (worker.Config.Shim): refci-shim beside self when it is of
-// this build (see worker.ChooseShim), else self. It logs which, and why a
+// ChooseShim picks, once at start, the executable that runs as every
+// run's shim (Config.Shim): refci-shim beside self when it is of this
+// build (see proc.ChooseShim), else self. It logs which, and why a
 // refci-shim that is there was not taken.
-func chooseShim(log *slog.Logger, self string) string {
-	shim, note := worker.ChooseShim(self)
+func ChooseShim(log *slog.Logger, self string) string {
+	shim, note := proc.ChooseShim(self)
 	if note != "" {
 		log.Warn("not using the refci-shim beside refci: runs use refci itself as their shim, which costs more per run; reinstall refci-shim from the same build as refci, or remove it", "shim", shim, "reason", note)
 	} else {
@@ -57,11 +65,11 @@ func chooseShim(log *slog.Logger, self string) string {
 	return shim
 }
 
-// checkIsolation logs, once at start, when pipelines will not be isolated
-// from the worker's files. shim is the runs' shim (chooseShim), which
-// does the hiding.
-func checkIsolation(log *slog.Logger, shim string, require bool) {
-	err := worker.CheckIsolation(shim)
+// WarnIfNotIsolated logs, once at start, when pipelines will not be
+// isolated from the worker's files. shim is the runs' shim (ChooseShim),
+// which does the hiding; require is Isolation.RequireIsolation.
+func WarnIfNotIsolated(log *slog.Logger, shim string, require bool) {
+	err := proc.CheckIsolation(shim)
 	switch {
 	case err == nil:
 	case require:
@@ -71,16 +79,16 @@ func checkIsolation(log *slog.Logger, shim string, require bool) {
 	}
 }
 
-// runsDir makes the directory in which this process makes its runs'
-// directories, inside the user's runs root (runsRoot), and returns the
-// paths that pipelines must not see: the runs root, and the one under
-// /tmp too when $TMPDIR is elsewhere. Every refci process of the user
-// (workers, refci serve, refci run) makes its runs there, so that
-// a pipeline, which sees only its own run directory, sees nothing of any
-// other run: a concurrent neighbour's, another worker's, serve's, one
-// started after it. done removes this process' directory once it has
-// stopped.
-func runsDir() (dir string, hide []string, done func(), err error) {
+// MakeRunsDir makes the directory in which this process makes its runs'
+// directories (Config.TempDir, RunSpec.TempDir), inside the user's runs
+// root (runsRoot), and returns the paths that pipelines must not see:
+// the runs root, and the one under /tmp too when $TMPDIR is elsewhere.
+// Every refci process of the user (workers, refci serve, refci run)
+// makes its runs there, so that a pipeline, which sees only its own run
+// directory, sees nothing of any other run: a concurrent neighbour's,
+// another worker's, serve's, one started after it. done removes this
+// process' directory once it has stopped.
+func MakeRunsDir() (dir string, hide []string, done func(), err error) {
 	root, err := runsRoot(os.TempDir())
 	if err != nil {
 		return "", nil, nil, err
@@ -118,15 +126,16 @@ func runsRoot(tmp string) (string, error) {
 	return root, nil
 }
 
-// defaultHomes are where refci processes of this user keep their key
-// when $REFCI_HOME does not say otherwise (env.home), and the user's
-// credentials (credentialPaths): hidden from every pipeline, whichever
-// home this process uses, so that a worker with a $REFCI_HOME of its own
-// does not show its pipelines the key of another refci of the same user
-// that uses the default one.
-func defaultHomes(e *env) []string {
-	out := credentialPaths(e)
-	if x := e.getenv("XDG_CONFIG_HOME"); x != "" {
+// UserPrivatePaths are where refci processes of this user keep their key
+// when $REFCI_HOME does not say otherwise, and the user's credentials
+// (credentialPaths): hidden from every pipeline (Isolation.Hide),
+// whichever home this process uses, so that a worker with a $REFCI_HOME
+// of its own does not show its pipelines the key of another refci of the
+// same user that uses the default one. getenv reads the environment of
+// this process (os.Getenv).
+func UserPrivatePaths(getenv func(string) string) []string {
+	out := credentialPaths(getenv)
+	if x := getenv("XDG_CONFIG_HOME"); x != "" {
 		out = append(out, filepath.Join(x, "refci"))
 	}
 	if h, err := os.UserHomeDir(); err == nil {
@@ -141,8 +150,8 @@ func defaultHomes(e *env) []string {
 // ssh agent's socket, ~/.gnupg or $GNUPGHOME, git's credential stores,
 // ~/.netrc, and the user's runtime directory (agents' and the session's
 // sockets).
-func credentialPaths(e *env) []string {
-	homes := []string{e.getenv("HOME")}
+func credentialPaths(getenv func(string) string) []string {
+	homes := []string{getenv("HOME")}
 	if u, err := user.Current(); err == nil {
 		homes = append(homes, u.HomeDir)
 	}
@@ -155,11 +164,11 @@ func credentialPaths(e *env) []string {
 			out = append(out, filepath.Join(h, f))
 		}
 	}
-	if x := e.getenv("XDG_CONFIG_HOME"); x != "" {
+	if x := getenv("XDG_CONFIG_HOME"); x != "" {
 		out = append(out, filepath.Join(x, "git", "credentials"))
 	}
-	out = append(out, e.getenv("SSH_AUTH_SOCK"), e.getenv("GNUPGHOME"))
-	if r := e.getenv("XDG_RUNTIME_DIR"); r != "" {
+	out = append(out, getenv("SSH_AUTH_SOCK"), getenv("GNUPGHOME"))
+	if r := getenv("XDG_RUNTIME_DIR"); r != "" {
 		out = append(out, r)
 	} else {
 		out = append(out, fmt.Sprintf("/run/user/%d", os.Getuid()))
@@ -167,33 +176,33 @@ func credentialPaths(e *env) []string {
 	return out
 }
 
-// readOnlyPaths lists what pipelines must not write even where they may
+// ReadOnlyPaths lists what pipelines must not write even where they may
 // write (the scratch directories, their run directory: see
-// worker.RunSpec.ReadOnly): everything refci's own processes (git, ssh,
+// Isolation.ReadOnly): everything refci's own processes (git, ssh,
 // gpg, refci itself: not in the pipeline's namespace) take
 // configuration, hooks, helpers or code from. The user's home (from $HOME
 // and the passwd entry: dotfiles, ~/.ssh, ~/.gitconfig, ~/.config),
 // $XDG_CONFIG_HOME, git's configuration, templates and programs, the
 // directories of PATH and of refci, git, ssh and gpg, and extra (local
 // remotes, say). Elsewhere the pipeline's file system is read-only
-// anyway.
-func readOnlyPaths(e *env, exes []string, extra ...string) []string {
+// anyway. getenv reads the environment of this process (os.Getenv).
+func ReadOnlyPaths(getenv func(string) string, exes []string, extra ...string) []string {
 	var ps []string
 	add := func(p string) {
 		if p != "" && filepath.IsAbs(p) {
 			ps = append(ps, p)
 		}
 	}
-	add(e.getenv("HOME"))
+	add(getenv("HOME"))
 	if u, err := user.Current(); err == nil {
 		add(u.HomeDir)
 	}
 	for _, v := range []string{"XDG_CONFIG_HOME", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_TEMPLATE_DIR", "GIT_EXEC_PATH", "GIT_ASKPASS", "SSH_ASKPASS", "GNUPGHOME"} {
-		add(e.getenv(v))
+		add(getenv(v))
 	}
 	add("/etc/gitconfig")
 	add("/etc/ssh")
-	for _, d := range filepath.SplitList(e.getenv("PATH")) {
+	for _, d := range filepath.SplitList(getenv("PATH")) {
 		add(d)
 	}
 	for _, name := range []string{"git", "ssh", "gpg"} {
@@ -212,18 +221,16 @@ func readOnlyPaths(e *env, exes []string, extra ...string) []string {
 			add(filepath.Dir(r))
 		}
 	}
-	if p := gitproto.ExecPath(); p != "" {
-		add(p)
-	}
+	add(gitproto.ExecPath())
 	for _, p := range extra {
 		add(p)
 	}
-	return hidePaths(ps...)
+	return CleanPaths(ps...)
 }
 
-// warnIfRoot logs, once at start, that a worker running as root runs its
+// WarnIfRoot logs, once at start, that a worker running as root runs its
 // pipelines as root.
-func warnIfRoot(log *slog.Logger) {
+func WarnIfRoot(log *slog.Logger) {
 	if os.Geteuid() != 0 {
 		return
 	}

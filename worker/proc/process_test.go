@@ -1,6 +1,6 @@
 //go:build linux
 
-package worker
+package proc
 
 import (
 	"bytes"
@@ -25,7 +25,7 @@ import (
 
 // Generous bounds: these tests must pass on a loaded two-core machine.
 const (
-	testSafety   = 2 * time.Minute  // no RunProcess in a test may take longer
+	testSafety   = 2 * time.Minute  // no Run in a test may take longer
 	testQuick    = 30 * time.Second // "returns quickly"
 	testReadyMax = 30 * time.Second // waiting for a script to get ready
 )
@@ -33,21 +33,21 @@ const (
 var testEnv = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LC_ALL=C"}
 
 // testShim, when set (by TestShimMode in shim_linux_test.go), is the Shim
-// of every RunProcess call of the process tests.
+// of every Run call of the process tests.
 var testShim string
 
 // testHide, when set (by TestShimHideMode in hide_linux_test.go), is the
-// Hide of every RunProcess call of the process tests.
+// Hide of every Run call of the process tests.
 var testHide []string
 
 // withTestShim sets spec's Shim to testShim and its Hide to testHide.
-func withTestShim(spec ProcSpec) ProcSpec {
+func withTestShim(spec Spec) Spec {
 	spec.Shim = testShim
 	spec.Hide = testHide
 	return spec
 }
 
-// syncBuffer is an Output that tests may read while RunProcess writes.
+// syncBuffer is an Output that tests may read while Run writes.
 type syncBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
@@ -66,17 +66,17 @@ func (b *syncBuffer) String() string {
 }
 
 // runSh runs script with /bin/sh -c, bounded by testSafety.
-func runSh(t *testing.T, ctx context.Context, script string, mod func(*ProcSpec)) (ProcResult, string, error) {
+func runSh(t *testing.T, ctx context.Context, script string, mod func(*Spec)) (Result, string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, testSafety)
 	defer cancel()
 	var out syncBuffer
-	spec := ProcSpec{Path: "/bin/sh", Args: []string{"-c", script}, Env: testEnv, Output: &out}
+	spec := Spec{Path: "/bin/sh", Args: []string{"-c", script}, Env: testEnv, Output: &out}
 	spec = withTestShim(spec)
 	if mod != nil {
 		mod(&spec)
 	}
-	res, err := RunProcess(ctx, spec)
+	res, err := Run(ctx, spec)
 	if ctx.Err() != nil && !res.Cancelled {
 		t.Fatalf("safety timeout hit")
 	}
@@ -245,7 +245,7 @@ func TestProcessEnvIsExact(t *testing.T) {
 	run := func(env []string, tag string) string {
 		t.Helper()
 		var out syncBuffer
-		res, err := RunProcess(t.Context(), withTestShim(ProcSpec{Path: envBin, Env: env, Output: &out, ReapTag: tag, Timeout: testSafety}))
+		res, err := Run(t.Context(), withTestShim(Spec{Path: envBin, Env: env, Output: &out, ReapTag: tag, Timeout: testSafety}))
 		if err != nil || res.ExitCode != 0 {
 			t.Fatalf("env: %+v %v", res, err)
 		}
@@ -266,7 +266,7 @@ func TestProcessEnvIsExact(t *testing.T) {
 func TestProcessArgsDirAndStdin(t *testing.T) {
 	dir := t.TempDir()
 	var out syncBuffer
-	res, err := RunProcess(t.Context(), withTestShim(ProcSpec{
+	res, err := Run(t.Context(), withTestShim(Spec{
 		Path:    "/bin/sh",
 		Args:    []string{"-c", `printf '%s|' "$0" "$@"; pwd; cat; echo "stdin done"`, "zero", "one", "two words"},
 		Dir:     dir,
@@ -297,7 +297,7 @@ func TestProcessLargeOutput(t *testing.T) {
 func TestProcessTimeout(t *testing.T) {
 	m1, m2 := newMarker(), newMarker()
 	start := time.Now()
-	res, _, err := runSh(t, t.Context(), fmt.Sprintf(`sleep %s & sleep %s`, m1, m2), func(s *ProcSpec) {
+	res, _, err := runSh(t, t.Context(), fmt.Sprintf(`sleep %s & sleep %s`, m1, m2), func(s *Spec) {
 		s.Timeout = 200 * time.Millisecond
 	})
 	elapsed := time.Since(start)
@@ -318,7 +318,7 @@ func TestProcessTimeout(t *testing.T) {
 func TestProcessTimeoutKillsAfterGrace(t *testing.T) {
 	m1, m2 := newMarker(), newMarker()
 	const grace = 500 * time.Millisecond
-	var res ProcResult
+	var res Result
 	var elapsed time.Duration
 	// The shell must ignore SIGTERM before the timeout sends it; on a
 	// loaded machine it may not have started by then, and dies of the
@@ -326,7 +326,7 @@ func TestProcessTimeoutKillsAfterGrace(t *testing.T) {
 	// run proves nothing: try again with a longer timeout.
 	for timeout := 200 * time.Millisecond; ; timeout *= 2 {
 		start := time.Now()
-		r, _, err := runSh(t, t.Context(), fmt.Sprintf(`trap '' TERM; sleep %s & sleep %s; :`, m1, m2), func(s *ProcSpec) {
+		r, _, err := runSh(t, t.Context(), fmt.Sprintf(`trap '' TERM; sleep %s & sleep %s; :`, m1, m2), func(s *Spec) {
 			s.Timeout = timeout
 			s.KillGrace = grace
 		})
@@ -377,7 +377,7 @@ exit 0`, d, m1, m2, m3)
 	if out != "started\n" {
 		t.Errorf("output %q", out)
 	}
-	// The setsid'd daemon held the output pipe: RunProcess must not wait
+	// The setsid'd daemon held the output pipe: Run must not wait
 	// for it.
 	if elapsed := time.Since(start); elapsed > testQuick {
 		t.Errorf("took %s", elapsed)
@@ -431,7 +431,7 @@ func TestProcessHardCancel(t *testing.T) {
 		hardCancel()
 	}()
 	start := time.Now()
-	res, _, err := runSh(t, ctx, fmt.Sprintf(`trap '' TERM; sleep %s & touch %s/ready; wait`, m, d), func(s *ProcSpec) {
+	res, _, err := runSh(t, ctx, fmt.Sprintf(`trap '' TERM; sleep %s & touch %s/ready; wait`, m, d), func(s *Spec) {
 		s.KillGrace = 10 * time.Minute
 		s.Hard = hard
 	})
@@ -454,7 +454,7 @@ func TestProcessHardOnly(t *testing.T) {
 		waitFiles(t, filepath.Join(d, "ready")) // started, and ignoring SIGTERM
 		hardCancel()
 	}()
-	res, _, err := runSh(t, t.Context(), fmt.Sprintf(`trap '' TERM; touch %s/ready; sleep %s`, d, m), func(s *ProcSpec) {
+	res, _, err := runSh(t, t.Context(), fmt.Sprintf(`trap '' TERM; touch %s/ready; sleep %s`, d, m), func(s *Spec) {
 		s.KillGrace = 10 * time.Minute
 		s.Hard = hard
 	})
@@ -485,7 +485,7 @@ func TestProcessAlreadyCancelled(t *testing.T) {
 // orphan carrying its tag, a setsid'd orphan with a scrubbed environment
 // holding B's output pipe, and a setsid'd orphan with a scrubbed
 // environment and no link to B at all (ambiguous).
-func concurrentB(t *testing.T, ctx context.Context) (markers [4]string, done <-chan ProcResult) {
+func concurrentB(t *testing.T, ctx context.Context) (markers [4]string, done <-chan Result) {
 	d := t.TempDir()
 	sleepBin, err := exec.LookPath("sleep")
 	if err != nil {
@@ -502,9 +502,9 @@ sleep %[2]s &
 while [ ! -e %[1]s/tagged ] || [ ! -e %[1]s/piped ] || [ ! -e %[1]s/scrubbed ]; do sleep 0.02; done
 touch %[1]s/ready
 wait`, d, markers[0], markers[1], markers[2], markers[3], sleepBin)
-	ch := make(chan ProcResult, 1)
+	ch := make(chan Result, 1)
 	go func() {
-		res, err := RunProcess(ctx, withTestShim(ProcSpec{Path: "/bin/sh", Args: []string{"-c", script}, Env: testEnv,
+		res, err := Run(ctx, withTestShim(Spec{Path: "/bin/sh", Args: []string{"-c", script}, Env: testEnv,
 			ReapTag: "B-" + newMarker(), Timeout: testSafety}))
 		if err != nil {
 			t.Error(err)
@@ -525,7 +525,7 @@ func runA(t *testing.T, tag string) {
 ( (sh -c "touch %[1]s/a2; exec sleep %[3]s" </dev/null >/dev/null 2>&1 &) & )
 while [ ! -e %[1]s/a1 ] || [ ! -e %[1]s/a2 ]; do sleep 0.02; done
 exit 0`, d, a1, a2)
-	res, _, err := runSh(t, t.Context(), script, func(s *ProcSpec) { s.ReapTag = tag })
+	res, _, err := runSh(t, t.Context(), script, func(s *Spec) { s.ReapTag = tag })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -535,7 +535,7 @@ exit 0`, d, a1, a2)
 	assertGone(t, a1, a2)
 }
 
-func finishB(t *testing.T, cancel context.CancelFunc, done <-chan ProcResult, markers [4]string) {
+func finishB(t *testing.T, cancel context.CancelFunc, done <-chan Result, markers [4]string) {
 	t.Helper()
 	cancel()
 	select {
@@ -583,10 +583,10 @@ func TestProcessDuplicateReapTag(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		runSh(t, ctx, fmt.Sprintf("touch %s/ready; sleep %s", d, m), func(s *ProcSpec) { s.ReapTag = "dup" })
+		runSh(t, ctx, fmt.Sprintf("touch %s/ready; sleep %s", d, m), func(s *Spec) { s.ReapTag = "dup" })
 	}()
 	waitFiles(t, filepath.Join(d, "ready"))
-	_, _, err := runSh(t, t.Context(), "exit 0", func(s *ProcSpec) { s.ReapTag = "dup" })
+	_, _, err := runSh(t, t.Context(), "exit 0", func(s *Spec) { s.ReapTag = "dup" })
 	if err == nil || !strings.Contains(err.Error(), "dup") {
 		t.Errorf("second run with the same ReapTag: err = %v", err)
 	}
@@ -617,7 +617,7 @@ func TestProcessStartErrors(t *testing.T) {
 		{"missing dir", "/bin/sh", filepath.Join(d, "nodir"), fs.ErrNotExist, "working directory"},
 	} {
 		var out syncBuffer
-		res, err := RunProcess(t.Context(), withTestShim(ProcSpec{Path: tc.path, Dir: tc.dir, Env: testEnv, Output: &out, Timeout: testSafety}))
+		res, err := Run(t.Context(), withTestShim(Spec{Path: tc.path, Dir: tc.dir, Env: testEnv, Output: &out, Timeout: testSafety}))
 		if err == nil {
 			t.Errorf("%s: no error; result %+v", tc.name, res)
 			continue
@@ -632,7 +632,7 @@ func TestProcessStartErrors(t *testing.T) {
 			t.Errorf("%s: result %+v output %q", tc.name, res, out.String())
 		}
 	}
-	if _, err := RunProcess(t.Context(), withTestShim(ProcSpec{})); err == nil {
+	if _, err := Run(t.Context(), withTestShim(Spec{})); err == nil {
 		t.Error("empty path: no error")
 	}
 }
@@ -648,7 +648,7 @@ func (w *failingWriter) Write(p []byte) (int, error) {
 }
 
 func TestProcessOutputFailureDoesNotBlock(t *testing.T) {
-	res, _, err := runSh(t, t.Context(), `head -c 5000000 /dev/zero; exit 3`, func(s *ProcSpec) {
+	res, _, err := runSh(t, t.Context(), `head -c 5000000 /dev/zero; exit 3`, func(s *Spec) {
 		s.Output = &failingWriter{}
 	})
 	if err == nil || !strings.Contains(err.Error(), "disk full") {
@@ -675,7 +675,7 @@ func benchRunProcess(b *testing.B, shimPath string) {
 	r0, s0 := procReads.Load(), sweeps.Load()
 	c0, ch0 := cpuTimes()
 	for b.Loop() {
-		res, err := RunProcess(ctx, ProcSpec{Path: "/bin/true", Shim: shimPath})
+		res, err := Run(ctx, Spec{Path: "/bin/true", Shim: shimPath})
 		if err != nil || res.ExitCode != 0 {
 			b.Fatal(res, err)
 		}

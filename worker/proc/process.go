@@ -1,6 +1,6 @@
 //go:build linux
 
-package worker
+package proc
 
 import (
 	"context"
@@ -20,10 +20,10 @@ import (
 	"refci.dev/refci/worker/shim"
 )
 
-// ProcSpec describes one pipeline process.
-type ProcSpec struct {
+// Spec describes one pipeline process.
+type Spec struct {
 	// Started, when set, is called with the pid of the started process
-	// (the shim, with Shim) before RunProcess waits for it.
+	// (the shim, with Shim) before Run waits for it.
 	Started func(pid int)
 	Path    string   // executable to run; a relative Path is resolved against Dir
 	Args    []string // arguments after Path (argv[0] is Path)
@@ -35,7 +35,7 @@ type ProcSpec struct {
 	// Output receives stdout and stderr interleaved in the exact order they
 	// were written: the child gets one pipe as both fd 1 and fd 2. Stdin is
 	// /dev/null. Output is written from one goroutine at a time and never
-	// after RunProcess returns. nil discards the output.
+	// after Run returns. nil discards the output.
 	Output    io.Writer
 	Timeout   time.Duration // 0 = none
 	KillGrace time.Duration // after SIGTERM to the whole tree, wait this long before SIGKILL (0 → 5s)
@@ -46,7 +46,7 @@ type ProcSpec struct {
 	Hard context.Context
 
 	// ReapTag, when not empty, is appended to Env as REFCI_REAP_TAG=<tag>;
-	// it lets RunProcess attribute daemons that left the process group and
+	// it lets Run attribute daemons that left the process group and
 	// were orphaned to this run when several runs are in flight (see the
 	// note in reap_linux.go). It must be unique among in-flight runs and
 	// must not contain NUL.
@@ -54,7 +54,7 @@ type ProcSpec struct {
 
 	// Shim, when not empty, is the absolute path of the refci executable
 	// or of refci-shim (cmd/refci-shim; in tests, the test binary), run as
-	// a shim between this process and the pipeline: RunProcess starts
+	// a shim between this process and the pipeline: Run starts
 	//
 	//	Shim __refci-shim --kill-grace=KillGrace -- Path Args...
 	//
@@ -72,7 +72,7 @@ type ProcSpec struct {
 	// own where each is covered by an empty read-only directory or by
 	// /dev/null (see hide_linux.go). It needs Shim. Where user
 	// namespaces are unavailable the pipeline runs with nothing hidden and
-	// ProcResult.Unisolated says why, unless RequireIsolation is set: then
+	// Result.Unisolated says why, unless RequireIsolation is set: then
 	// it is not started (a start error). nil hides nothing.
 	Hide []string
 	// Keep lists absolute paths under hidden ones that stay visible to
@@ -87,8 +87,8 @@ type ProcSpec struct {
 	RequireIsolation   bool
 }
 
-// ProcResult says how the process ended.
-type ProcResult struct {
+// Result says how the process ended.
+type Result struct {
 	ExitCode  int    // exit status, or 128+signal number when killed by a signal; -1 when it never ran
 	Signal    string // e.g. "killed", "terminated" (syscall.Signal.String()) when killed by a signal, else ""
 	TimedOut  bool
@@ -98,18 +98,18 @@ type ProcResult struct {
 	// had exited and had to be killed.
 	Leftovers int
 	Duration  time.Duration // from the start until the main process and every descendant were gone
-	// Unisolated, when not empty, says why ProcSpec.Hide was not
+	// Unisolated, when not empty, says why Spec.Hide was not
 	// honoured although the process ran (user namespaces unavailable).
 	Unisolated string
 }
 
-// defaultProcKillGrace is the KillGrace used when ProcSpec.KillGrace is 0.
+// defaultProcKillGrace is the KillGrace used when Spec.KillGrace is 0.
 const defaultProcKillGrace = shim.DefaultKillGrace
 
-// Tunables of RunProcess; variables so tests can shorten them.
+// Tunables of Run; variables so tests can shorten them.
 var (
 	// reapGiveUp bounds the SIGKILL phase: processes that survive SIGKILL
-	// this long (stuck in uninterruptible sleep) make RunProcess give up
+	// this long (stuck in uninterruptible sleep) make Run give up
 	// and return an error rather than hang forever.
 	reapGiveUp = shim.ReapGiveUp
 	// drainGiveUp: once no process of the run is left, a read of the
@@ -118,7 +118,7 @@ var (
 	drainGiveUp = 5 * time.Second
 )
 
-// RunProcess runs one pipeline process and waits for it and everything it
+// Run runs one pipeline process and waits for it and everything it
 // started.
 //
 // The process starts in its own process group. When ctx is done or Timeout
@@ -133,7 +133,7 @@ var (
 // daemons. This process becomes a child subreaper for that (once, for its
 // whole life), and orphans are attributed to their run as described in
 // reap_linux.go; descendants of other in-flight runs are left alone.
-// RunProcess returns only when no descendant survives and all output has
+// Run returns only when no descendant survives and all output has
 // been copied to Output. Checking that costs almost nothing when the
 // pipeline left nothing behind (see nothingLeft in reap_linux.go); a scan
 // of all processes is needed only otherwise, and while the main process
@@ -149,7 +149,7 @@ var (
 //
 // The shim is started with a parent-death signal, which the kernel sends
 // when the *thread* that forked it exits. So the goroutine calling
-// RunProcess is locked to its OS thread (runtime.LockOSThread) from the
+// Run is locked to its OS thread (runtime.LockOSThread) from the
 // start of the shim until the shim has been waited for: no other
 // goroutine can run on that thread and end it (a goroutine that exits
 // while locked to its thread takes the thread with it). That costs one
@@ -158,12 +158,12 @@ var (
 // A non-zero exit, a signal, a timeout or a cancellation is a result, not
 // an error. The error is for infrastructure problems: the process could
 // not be started (no such file, not executable, bad interpreter, bad
-// working directory; ProcResult is then zero with ExitCode -1), or, with a
-// valid ProcResult, Output failed (the rest of the output was discarded)
+// working directory; Result is then zero with ExitCode -1), or, with a
+// valid Result, Output failed (the rest of the output was discarded)
 // or processes survived SIGKILL for a minute. If ctx or Hard is already
 // done, nothing is started and the result says Cancelled.
-func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
-	res := ProcResult{ExitCode: -1}
+func Run(ctx context.Context, spec Spec) (Result, error) {
+	res := Result{ExitCode: -1}
 	if spec.Path == "" {
 		return res, errors.New("worker: cannot start process: empty path")
 	}
@@ -174,7 +174,7 @@ func RunProcess(ctx context.Context, spec ProcSpec) (ProcResult, error) {
 		return res, fmt.Errorf("worker: cannot start %q: the shim path %q is not absolute", spec.Path, spec.Shim)
 	}
 	if len(spec.Hide) > 0 && spec.Shim == "" {
-		return res, fmt.Errorf("worker: cannot start %q: hiding paths from it needs the shim (ProcSpec.Shim)", spec.Path)
+		return res, fmt.Errorf("worker: cannot start %q: hiding paths from it needs the shim (Spec.Shim)", spec.Path)
 	}
 	for _, h := range slices.Concat(spec.Hide, spec.Keep, spec.Writable, spec.ReadOnly) {
 		if !filepath.IsAbs(h) || strings.IndexByte(h, 0) >= 0 {
@@ -416,7 +416,7 @@ kill:
 	if mainExited && sh != nil {
 		r, startErr, err := sh.result(spec, cmd.ProcessState, termSent || killSent)
 		if startErr != nil {
-			return ProcResult{ExitCode: -1}, startErr
+			return Result{ExitCode: -1}, startErr
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -443,7 +443,7 @@ kill:
 // it, atomically with respect to sweeps. A start failing with ETXTBSY (the
 // executable was just written and another goroutine's fork inherited a
 // descriptor of it for a moment) is retried for up to a second.
-func startProcess(run *reapRun, spec ProcSpec, env []string, out *os.File, sh *shimConn, grace time.Duration) (*exec.Cmd, time.Time, error) {
+func startProcess(run *reapRun, spec Spec, env []string, out *os.File, sh *shimConn, grace time.Duration) (*exec.Cmd, time.Time, error) {
 	delay := 5 * time.Millisecond
 	deadline := time.Now().Add(time.Second)
 	for {
@@ -510,7 +510,7 @@ func startProcess(run *reapRun, spec ProcSpec, env []string, out *os.File, sh *s
 }
 
 // shimStartError explains why the shim could not be started.
-func shimStartError(spec ProcSpec, err error) error {
+func shimStartError(spec Spec, err error) error {
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
 		err = errno
@@ -524,7 +524,7 @@ func shimStartError(spec ProcSpec, err error) error {
 }
 
 // startError explains why the process could not be started.
-func startError(spec ProcSpec, err error) error {
+func startError(spec Spec, err error) error {
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
 		err = errno // the path is in the message already

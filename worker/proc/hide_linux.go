@@ -1,6 +1,6 @@
 //go:build linux
 
-package worker
+package proc
 
 import (
 	"errors"
@@ -14,10 +14,10 @@ import (
 )
 
 // Hiding paths from the pipeline is the shim's (worker/shim/hide_linux.go):
-// ProcSpec.Hide becomes its --hide arguments. Here is the worker's check,
+// Spec.Hide becomes its --hide arguments. Here is the worker's check,
 // at start, that it can.
 
-// CheckIsolation says whether refci (the runs' shim, as in Config.Shim:
+// CheckIsolation says whether refci (the runs' shim, as in worker.Config.Shim:
 // the refci executable or refci-shim) can hide paths from pipelines here:
 // it starts the namespace set-up once without a pipeline. nil means it can; the error
 // says why not. Workers call it once at start to warn.

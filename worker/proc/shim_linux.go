@@ -1,6 +1,6 @@
 //go:build linux
 
-package worker
+package proc
 
 import (
 	"bufio"
@@ -33,8 +33,8 @@ const shimGiveUpMargin = 10 * time.Second
 // expensive (the shim's start is on every run's path):
 //
 //	func main() {
-//		if len(os.Args) > 1 && os.Args[1] == worker.ShimArg {
-//			os.Exit(worker.ShimMain(os.Args[2:]))
+//		if len(os.Args) > 1 && os.Args[1] == proc.ShimArg {
+//			os.Exit(proc.ShimMain(os.Args[2:]))
 //		}
 //		...
 //	}
@@ -125,7 +125,7 @@ type shimResult struct {
 // result turns the report into a result; ps is the shim's own state,
 // signalled whether the worker signalled it. startErr is set when the
 // pipeline could not be started; err when the shim could not tell.
-func (c *shimConn) result(spec ProcSpec, ps *os.ProcessState, signalled bool) (r shimResult, startErr, err error) {
+func (c *shimConn) result(spec Spec, ps *os.ProcessState, signalled bool) (r shimResult, startErr, err error) {
 	r.ExitCode = -1
 	if rep := c.final; rep != nil {
 		if rep.StartErrno != 0 || rep.StartError != "" {

@@ -1,6 +1,6 @@
 //go:build linux
 
-package worker
+package proc
 
 import (
 	"fmt"
@@ -126,7 +126,7 @@ grep CapEff /proc/self/status
 (setsid sleep %[3]s </dev/null >/dev/null 2>&1 &)
 exit 7`, dir, file, m)
 	var out syncBuffer
-	res, err := RunProcess(t.Context(), ProcSpec{Path: "/bin/sh", Args: []string{"-c", script}, Env: testEnv, Output: &out,
+	res, err := Run(t.Context(), Spec{Path: "/bin/sh", Args: []string{"-c", script}, Env: testEnv, Output: &out,
 		Shim: light, Hide: []string{dir, file}, RequireIsolation: true, Timeout: testSafety})
 	if err != nil {
 		t.Fatal(err)

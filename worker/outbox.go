@@ -533,9 +533,9 @@ func hashOrZero(s string) gitproto.Hash {
 	return gitproto.NewHash(s)
 }
 
-// maintain renews due leases and pushes new progress snapshots of rem's
-// runs, in one push.
-func (w *Worker) maintain(ctx context.Context, rem *gitproto.Remote) error {
+// renewLeasesAndPushSnapshots renews due leases and pushes new progress
+// snapshots of rem's runs, in one push.
+func (w *Worker) renewLeasesAndPushSnapshots(ctx context.Context, rem *gitproto.Remote) error {
 	type item struct {
 		a      *activeRun
 		claim  bool // a lease renewal (else a snapshot)

@@ -1,4 +1,4 @@
-package main
+package site
 
 import (
 	"html/template"
@@ -16,26 +16,45 @@ import (
 	"refci.dev/refci/secrets"
 )
 
-// siteServer serves the static viewer of every repository of refci serve
-// at /<repo>/ (the same site `refci view` writes), read-only, and a list
-// of the repositories at /. A repository's site is brought up to date
-// when one of its pages is asked for, at most once per Fresh; the build is
-// incremental, so a request after a new result costs about one run page.
+// Handler serves the static site (the one Builder writes) of each
+// repository it lists at /<repo>/, and the list of them at /, as refci
+// serve --http does. A repository's site is brought up to date when one
+// of its pages is asked for, at most once every two seconds; the build
+// is incremental, so a request after a new result costs about one run
+// page.
 //
-// Safe for concurrent use. The zero value is not usable: set Repos, WWW
-// and List.
-type siteServer struct {
-	Repos string                   // the bare repositories' root
-	WWW   string                   // where the sites are written, one folder per repository
-	List  func() ([]string, error) // the repositories' names, relative to Repos
-	Keys  secrets.Keyring          // whose results the sites show as verified
-	Fresh time.Duration            // default 2 s
-	Log   *slog.Logger
+// Every answer carries a Content-Security-Policy and nosniff; what a
+// result brought (logs, status.json, artifacts) is served sandboxed, and
+// as a download when a browser would render it as an active document.
+// Handler writes nothing but the sites, whatever the method; refusing
+// methods other than GET and HEAD is left to the server around it.
+//
+// Safe for concurrent use. The zero value is not usable; make one with
+// NewHandler.
+type Handler struct {
+	repos string
+	www   string
+	list  func() ([]string, error)
+	keys  secrets.Keyring
+	log   *slog.Logger
 
 	mu       sync.Mutex
-	builders map[string]*siteBuilder
+	builders map[string]*Builder
 	built    map[string]time.Time
 }
+
+// NewHandler returns a Handler of the sites of the bare repositories
+// under repos, written into www (one folder per repository). list names
+// the repositories to show, relative to repos (see ReposOnSite); it is
+// called for every request. Results signed by a key of keys are shown
+// verified. log hears of failed builds and problems with single runs;
+// nil: they are not told.
+func NewHandler(repos, www string, list func() ([]string, error), keys secrets.Keyring, log *slog.Logger) *Handler {
+	return &Handler{repos: repos, www: www, list: list, keys: keys, log: log}
+}
+
+// refreshEvery is how long a repository's site is not built again.
+const refreshEvery = 2 * time.Second
 
 var siteIndex = template.Must(template.New("index").Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>refci</title>
@@ -48,10 +67,12 @@ var siteIndex = template.Must(template.New("index").Parse(`<!DOCTYPE html>
 </body></html>
 `))
 
-func (s *siteServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// ServeHTTP answers a request for a page of the list or of a site.
+func (s *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := path.Clean("/" + r.URL.Path)
 	w.Header().Set("Content-Security-Policy", siteCSP()) // every answer, errors too
-	repos, err := s.List()
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	repos, err := s.list()
 	if err != nil {
 		http.Error(w, "cannot list the repositories", http.StatusInternalServerError)
 		return
@@ -82,7 +103,7 @@ func (s *siteServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		dest := r.Header.Get("Sec-Fetch-Dest")
 		w = &activeAsDownload{ResponseWriter: w, inline: dest == "iframe" || dest == "frame"}
 	}
-	http.FileServer(http.Dir(s.WWW)).ServeHTTP(w, r)
+	http.FileServer(http.Dir(s.www)).ServeHTTP(w, r)
 }
 
 // siteCSP is the policy of the site's own pages (render.SiteCSP).
@@ -144,9 +165,10 @@ func activeType(ct string) bool {
 		mt == "application/pdf" || strings.HasPrefix(mt, "multipart/")
 }
 
-// siteRepos lists the repositories the HTTP site shows: those every key
-// may read, and those the roles file marks public (queue.Access.OnSite).
-func siteRepos(root string, a *queue.Access) ([]string, error) {
+// ReposOnSite lists the bare repositories under root that a site shows:
+// those every key may read, and those the roles a marks public
+// (queue.Access.OnSite). It suits NewHandler's list.
+func ReposOnSite(root string, a *queue.Access) ([]string, error) {
 	all, err := sshd.ListRepos(root)
 	if err != nil {
 		return nil, err
@@ -161,31 +183,29 @@ func siteRepos(root string, a *queue.Access) ([]string, error) {
 }
 
 // refresh brings one repository's site up to date unless it was built
-// within Fresh. A failed build is logged; the last good site stays.
-func (s *siteServer) refresh(name string) {
-	fresh := s.Fresh
-	if fresh <= 0 {
-		fresh = 2 * time.Second
-	}
+// within refreshEvery. A failed build is logged; the last good site
+// stays.
+func (s *Handler) refresh(name string) {
 	s.mu.Lock()
 	if s.builders == nil {
-		s.builders, s.built = map[string]*siteBuilder{}, map[string]time.Time{}
+		s.builders, s.built = map[string]*Builder{}, map[string]time.Time{}
 	}
 	b := s.builders[name]
 	if b == nil {
-		b = &siteBuilder{RepoDir: filepath.Join(s.Repos, filepath.FromSlash(name)), Out: filepath.Join(s.WWW, filepath.FromSlash(name)), Keys: s.Keys}
-		if s.Log != nil {
-			b.Warn = func(msg string) { s.Log.Warn("viewer", "repo", name, "problem", msg) }
+		var o Options
+		if s.log != nil {
+			o.Warn = func(msg string) { s.log.Warn("viewer", "repo", name, "problem", msg) }
 		}
+		b = NewBuilder(filepath.Join(s.repos, filepath.FromSlash(name)), filepath.Join(s.www, filepath.FromSlash(name)), s.keys, o)
 		s.builders[name] = b
 	}
-	if time.Since(s.built[name]) < fresh {
+	if time.Since(s.built[name]) < refreshEvery {
 		s.mu.Unlock()
 		return
 	}
 	s.built[name] = time.Now()
 	s.mu.Unlock()
-	if _, err := b.Build(); err != nil && s.Log != nil {
-		s.Log.Error("viewer: cannot build the site", "repo", name, "err", err)
+	if _, err := b.Build(); err != nil && s.log != nil {
+		s.log.Error("viewer: cannot build the site", "repo", name, "err", err)
 	}
 }

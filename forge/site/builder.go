@@ -1,0 +1,709 @@
+// Package site builds and serves the static HTML site of a repository's
+// results, the one `refci view` writes and `refci serve --http` serves:
+// a list of every run, a page per run, per commit and per state, and a
+// badge per request. Builder brings a site up to date incrementally;
+// Handler serves the sites of many repositories, building each when it
+// is asked for.
+//
+// What a result brought is the pusher's: the site decides for each run
+// whether a trusted key vouches for it (a verdict), makes no file name
+// from a value refci does not write, and serves such files only
+// sandboxed.
+package site
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
+	"refci.dev/refci/render"
+	"refci.dev/refci/results"
+	"refci.dev/refci/secrets"
+)
+
+// Builder writes the static site of every refs/ci/runs/* of one
+// repository into its output directory: index.html (every run, newest
+// first, with the latest state of each request and since when),
+// state-<state>.html, a page per commit (commits/<target>.html) with its
+// run history, a page per run (runs/<target>/<run>/index.html, rendered
+// by render.HTML with the logs, status.json and artifacts next to it)
+// and a badge per request (badges/<request>.svg).
+//
+// Each run gets a verdict (verdictOf): verified by a trusted key,
+// unverified, inconsistent with its ref, or invalid. Only verified runs
+// are drawn in their state's colour, and only verified runs not dated in
+// the future are the latest of a request (the summary table, the badges,
+// a commit's "since when").
+//
+// No value read from a result names a file unless it has the shape refci
+// writes: run directories are named from the run ref (checked by
+// queue.ParseRunRef), job logs and artifacts only from a status.json that
+// passes queue.Status.Validate, badges only from valid request names. And
+// every write goes through an os.Root on the output directory, so that no
+// path, nor a symbolic link already there, leads a write outside it.
+//
+// Builds are incremental: manifest.json in the output directory records
+// each run ref's commit, its summary and verdict; a build renders only
+// runs that are new or changed, removes runs whose ref is gone, and
+// rewrites the list pages only when something changed. Verdicts are kept
+// as long as the run ref's commit and the trusted keys are the same;
+// other keys rebuild the site. Files are replaced by rename, so a server
+// reading the output directory (Handler) never sees half a file. The run
+// pages are always refci's own rendering; a repository's .refci/viewer is
+// not used here.
+//
+// A Builder is safe for concurrent use: Build calls are serialised. The
+// zero value is not usable; make one with NewBuilder.
+type Builder struct {
+	gitDir  string
+	out     string
+	keys    secrets.Keyring
+	workers int
+	warn    func(msg string)
+	mu      sync.Mutex
+}
+
+// Options tunes a Builder. The zero value is the default.
+type Options struct {
+	// Workers is how many runs are rendered at once; 0: one per CPU.
+	Workers int
+	// Warn is told of problems with single runs (a run that cannot be
+	// rendered, an artifact that cannot be copied), which do not stop a
+	// build; nil: they are only counted (Stats.Failed).
+	Warn func(msg string)
+}
+
+// NewBuilder returns a Builder of the site of the repository whose git
+// directory is gitDir, written into out (made when missing). Runs signed
+// by a key of keys are verified; with no keys, every run is unverified.
+func NewBuilder(gitDir, out string, keys secrets.Keyring, o Options) *Builder {
+	return &Builder{gitDir: gitDir, out: out, keys: keys, workers: o.Workers, warn: o.Warn}
+}
+
+// Stats says what one Build did.
+type Stats struct {
+	Runs     int // runs on the site
+	Rendered int // runs whose pages were written by this build
+	Removed  int // runs removed because their ref is gone
+	Verified int // runs whose verdict is verified
+	Failed   int // runs that could not be rendered (warned)
+	Took     time.Duration
+}
+
+const manifestFile = "manifest.json"
+
+// siteFormat is the manifest's version; a site built with another is
+// built again from scratch. 2: summaries know attempts and lost runs.
+// 3: summaries carry verdicts, and the manifest the keys they used.
+// 4: the target commits' subjects and authors.
+const siteFormat = 4
+
+// manifest is manifest.json: what the site holds, so that the next build
+// renders only what changed. Its format is siteFormat.
+type manifest struct {
+	Format int                          `json:"format"`
+	Keys   string                       `json:"keys"` // keysID of the keys the verdicts were decided with
+	Runs   map[string]render.RunSummary `json:"runs"` // by run ref
+	// Commits describes the target commits the repository had when a run
+	// on them was rendered, by commit id: each is read once, for the
+	// first new run on it. A commit fetched later is read for the next
+	// new run on it.
+	Commits map[string]render.CommitInfo `json:"commits,omitempty"`
+}
+
+// keysID names a set of trusted keys: the SHA-256 of their armored public
+// parts, which changes when a key is added, removed, revoked or renewed.
+func keysID(kr secrets.Keyring) string {
+	if kr.Len() == 0 {
+		return "none"
+	}
+	raw, err := kr.Armored()
+	if err != nil {
+		var fprs []string
+		for _, k := range kr.Keys() {
+			fprs = append(fprs, k.Fingerprint)
+		}
+		raw = []byte(strings.Join(fprs, "\n"))
+	}
+	sum := sha256.Sum256(raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// verdictOf decides what a run's result commit, whose message is msg, is
+// worth to a reader who trusts kr: invalid when status.json has values
+// refci never writes, inconsistent when its signed content does not agree
+// with ref, unverified when it is not signed by a key of kr (signer says
+// by which, or why none) or not by the worker it names, verified
+// otherwise.
+//
+// Only the commit at the run ref is checked, not the snapshots before
+// it: the site shows that commit's tree alone, and its signature covers
+// its tree and message (refci verify walks the whole chain).
+func verdictOf(kr secrets.Keyring, ref, msg string, st *queue.Status, signer func() (secrets.Signer, error)) render.Verdict {
+	if err := st.Validate(); err != nil {
+		return render.Verdict{Kind: render.VerdictInvalid, Why: err.Error()}
+	}
+	if err := queue.CheckResult(ref, st, msg); err != nil {
+		return render.Verdict{Kind: render.VerdictInconsistent, Why: err.Error()}
+	}
+	if kr.Len() == 0 {
+		return render.Verdict{Kind: render.VerdictUnverified, Why: "no trusted keys to check its signature with"}
+	}
+	by, err := signer()
+	if errors.Is(err, secrets.ErrNoSignature) {
+		return render.Verdict{Kind: render.VerdictUnverified, Why: "not signed: the result commit has no signature"}
+	}
+	if err != nil {
+		return render.Verdict{Kind: render.VerdictUnverified, Why: strings.TrimPrefix(err.Error(), "secrets: ")}
+	}
+	if !strings.EqualFold(by.Fingerprint, st.Worker) {
+		return render.Verdict{Kind: render.VerdictUnverified, Why: fmt.Sprintf("status.json names worker %s but the commit is signed by %s", st.Worker, by.Fingerprint)}
+	}
+	return render.Verdict{Kind: render.VerdictVerified, By: fmt.Sprintf("%s (%s)", by.UserID, by.Fingerprint)}
+}
+
+// explain adds what to do to an error of a write that a symbolic link in
+// Out would have led outside it (os.Root refuses those).
+func (b *Builder) explain(err error) error {
+	if err != nil && strings.Contains(err.Error(), "path escapes") {
+		return fmt.Errorf("%w: a symbolic link in %s leads out of it, and refci view does not write through such links; remove it", err, b.out)
+	}
+	return err
+}
+
+// Build brings Out up to date with the repository's run refs.
+func (b *Builder) Build() (Stats, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	start := time.Now()
+	var st Stats
+	repo, err := gitproto.Open(b.gitDir)
+	if err != nil {
+		return st, err
+	}
+	runs, err := results.List(repo, "")
+	if err != nil {
+		return st, err
+	}
+	if err := os.MkdirAll(b.out, 0o755); err != nil {
+		return st, err
+	}
+	root, err := os.OpenRoot(b.out)
+	if err != nil {
+		return st, err
+	}
+	defer root.Close()
+	kid := keysID(b.keys)
+	man := manifest{Format: siteFormat, Keys: kid, Runs: map[string]render.RunSummary{}}
+	if raw, err := root.ReadFile(manifestFile); err == nil {
+		var m manifest
+		if json.Unmarshal(raw, &m) == nil && m.Format == siteFormat && m.Keys == kid && m.Runs != nil {
+			man = m
+		}
+	}
+	if man.Commits == nil {
+		man.Commits = map[string]render.CommitInfo{}
+	}
+	var todo []renderJob
+	live := map[string]bool{}
+	for _, r := range runs {
+		live[r.Ref] = true
+		if old, ok := man.Runs[r.Ref]; ok && old.Commit == r.Commit.String() {
+			continue
+		}
+		todo = append(todo, renderJob{ref: r.Ref, commit: r.Commit})
+	}
+	b.readCommits(repo, man.Commits, todo)
+	changedTargets := map[string]bool{}
+	changedRequests := map[string]bool{}
+	used := map[string]bool{}
+	for ref, sum := range man.Runs {
+		if live[ref] {
+			used[sum.Target] = true
+			continue
+		}
+		if target, run, ok := queue.ParseRunRef(ref); ok {
+			if err := root.RemoveAll(path.Join("runs", target, run)); err != nil {
+				return st, err
+			}
+		}
+		delete(man.Runs, ref)
+		changedTargets[sum.Target] = true
+		changedRequests[sum.Request] = true
+		st.Removed++
+	}
+	renderedRefs := map[string]bool{} // a lost run may be rendered twice
+	record := func(d rendered) {
+		if d.err != nil {
+			st.Failed++
+			if b.warn != nil {
+				b.warn(fmt.Sprintf("%s: %v", d.ref, b.explain(d.err)))
+			}
+			return
+		}
+		if old, ok := man.Runs[d.ref]; ok {
+			changedRequests[old.Request] = true
+		}
+		man.Runs[d.ref] = d.sum
+		changedTargets[d.sum.Target] = true
+		changedRequests[d.sum.Request] = true
+		renderedRefs[d.ref] = true
+	}
+	for _, d := range b.renderAll(root, todo) {
+		record(d)
+	}
+	// Runs whose worker was lost are rendered again as lost once the
+	// attempt that took them over is here (and as they are, should that
+	// attempt go away).
+	for _, d := range b.renderAll(root, lostChanged(man)) {
+		record(d)
+	}
+	for _, j := range todo {
+		if t, _, ok := queue.ParseRunRef(j.ref); ok {
+			used[t] = true
+		}
+	}
+	for c := range man.Commits {
+		if !used[c] {
+			delete(man.Commits, c) // no run on it is left
+		}
+	}
+	st.Rendered = len(renderedRefs)
+	st.Runs = len(man.Runs)
+	for _, s := range man.Runs {
+		if s.Verdict.Verified() {
+			st.Verified++
+		}
+	}
+	_, statErr := root.Stat("index.html")
+	if len(changedTargets) == 0 && len(changedRequests) == 0 && statErr == nil {
+		st.Took = time.Since(start)
+		return st, nil
+	}
+	if err := b.writeLists(root, man, changedTargets, changedRequests); err != nil {
+		return st, b.explain(err)
+	}
+	raw, err := json.Marshal(man)
+	if err != nil {
+		return st, err
+	}
+	if err := writeAtomic(root, manifestFile, raw); err != nil {
+		return st, err
+	}
+	st.Took = time.Since(start)
+	return st, nil
+}
+
+// renderJob is one run to render; by, when set, is the run that took it
+// over after its worker was lost; target, when known, describes the
+// commit it ran on.
+type renderJob struct {
+	ref    string
+	commit gitproto.Hash
+	by     *render.RunSummary
+	target *render.CommitInfo
+}
+
+// readCommits reads the subject and author of the target commit of each
+// run of todo that known does not describe yet, from the repository (a
+// commit it does not have is skipped), and points each job at its
+// commit's description. The text is the pusher's: shown escaped, never
+// used as a path, a URL or to decide anything.
+func (b *Builder) readCommits(repo *gitproto.Repo, known map[string]render.CommitInfo, todo []renderJob) {
+	missing := map[string]bool{}
+	for i := range todo {
+		t, _, ok := queue.ParseRunRef(todo[i].ref)
+		if !ok || missing[t] {
+			continue
+		}
+		info, ok := known[t]
+		if !ok {
+			c, err := repo.Commit(gitproto.NewHash(t))
+			if err != nil {
+				missing[t] = true
+				continue
+			}
+			info = render.CommitInfoOf(c.Message, c.Author.Name, c.Author.When)
+			known[t] = info
+		}
+		todo[i].target = &info
+	}
+}
+
+type rendered struct {
+	ref string
+	sum render.RunSummary
+	err error
+}
+
+// renderAll renders the runs of todo, several at once (one gitproto.Repo
+// each: it is not safe for concurrent use).
+func (b *Builder) renderAll(root *os.Root, todo []renderJob) []rendered {
+	if len(todo) == 0 {
+		return nil
+	}
+	workers := b.workers
+	if workers <= 0 {
+		workers = runtime.NumCPU()
+	}
+	jobs := make(chan renderJob)
+	results := make(chan rendered)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := gitproto.Open(b.gitDir)
+			for j := range jobs {
+				if err != nil {
+					results <- rendered{ref: j.ref, err: err}
+					continue
+				}
+				sum, err := b.renderRun(r, root, j.ref, j.commit, j.by, j.target)
+				results <- rendered{j.ref, sum, err}
+			}
+		}()
+	}
+	go func() {
+		for _, j := range todo {
+			jobs <- j
+		}
+		close(jobs)
+		wg.Wait()
+		close(results)
+	}()
+	var out []rendered
+	for d := range results {
+		out = append(out, d)
+	}
+	return out
+}
+
+// lostChanged returns the runs of man whose being lost (queue.TakenOver)
+// is not what their pages show. Only attempts that took a run over, the
+// runs they name and the runs shown as lost are looked at: a site of
+// runs that all ended costs two passes over the manifest. Only verified
+// runs take part: a result nobody vouches for may not make another look
+// lost.
+func lostChanged(man manifest) []renderJob {
+	named := map[string]bool{} // the ref of every run a later attempt names
+	for _, s := range man.Runs {
+		if s.PreviousRun != "" && s.Verdict.Verified() {
+			named[queue.RunRef(s.Target, s.PreviousRun)] = true
+		}
+	}
+	var sts []*queue.Status
+	refOf := map[*queue.Status]string{}
+	sumOf := map[string]render.RunSummary{} // by the run ref its status names
+	for ref, s := range man.Runs {
+		if !s.Verdict.Verified() || s.PreviousRun == "" && s.LostTo == "" && !named[queue.RunRef(s.Target, s.Run)] {
+			continue
+		}
+		st := &queue.Status{Target: s.Target, Request: s.Request, Run: s.Run, Attempt: s.Attempt, State: s.State}
+		if s.LostTo != "" {
+			st.State = queue.Running // shown as lost; its status.json says running
+		}
+		if s.PreviousRun != "" {
+			st.Extra = map[string]any{queue.ExtraPreviousRun: s.PreviousRun}
+		}
+		sts = append(sts, st)
+		refOf[st] = ref
+		sumOf[queue.RunRef(s.Target, s.Run)] = s
+	}
+	lost := queue.TakenOver(sts) // the rule of results.TakenOverBy, on the manifest's summaries
+	var todo []renderJob
+	for st, ref := range refOf {
+		s := man.Runs[ref]
+		var by *render.RunSummary
+		want := ""
+		if b := lost[queue.RunRef(st.Target, st.Run)]; b != nil {
+			sum := sumOf[queue.RunRef(b.Target, b.Run)]
+			by, want = &sum, b.Run
+		}
+		if s.LostTo != want {
+			j := renderJob{ref: ref, commit: gitproto.NewHash(s.Commit), by: by}
+			if c, ok := man.Commits[s.Target]; ok {
+				j.target = &c
+			}
+			todo = append(todo, j)
+		}
+	}
+	return todo
+}
+
+// renderRun writes one run's directory, runs/<target>/<run> as its ref
+// names them: its page, status.json, log and, when status.json is valid,
+// the jobs' logs and the artifacts.
+func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, commit gitproto.Hash, by *render.RunSummary, tc *render.CommitInfo) (render.RunSummary, error) {
+	target, runID, ok := queue.ParseRunRef(ref)
+	if !ok {
+		return render.RunSummary{}, fmt.Errorf("%s is not a run ref", queue.Printable(ref))
+	}
+	// One commit and tree lookup for every file of the run.
+	c, err := repo.Commit(commit)
+	if err != nil {
+		return render.RunSummary{}, err
+	}
+	tree, err := repo.Tree(c)
+	if err != nil {
+		return render.RunSummary{}, err
+	}
+	read := tree.ReadFile
+	// Not results.Read: a result it does not believe is shown too, with
+	// its verdict.
+	rawStatus, err := read(queue.StatusFile)
+	if err != nil {
+		return render.RunSummary{}, fmt.Errorf("result %s: %s: %w", commit.String()[:12], queue.StatusFile, err)
+	}
+	st, err := queue.DecodeStatus(rawStatus)
+	if err != nil {
+		return render.RunSummary{}, fmt.Errorf("result %s: %w", commit.String()[:12], err)
+	}
+	v := verdictOf(b.keys, ref, c.Message, st, func() (secrets.Signer, error) { return results.SignedBy(b.keys, c) })
+	valid := v.Kind != render.VerdictInvalid
+	shown := st
+	if !valid {
+		// Shown escaped, with no link and no file made from its values.
+		cp := *st
+		cp.Artifacts, cp.ArtifactsSkipped = nil, nil
+		for _, a := range st.Artifacts {
+			cp.ArtifactsSkipped = append(cp.ArtifactsSkipped, queue.SkippedArtifact{Path: a.Path, Reason: "not copied: this result is invalid"})
+		}
+		cp.ArtifactsSkipped = append(cp.ArtifactsSkipped, st.ArtifactsSkipped...)
+		shown = &cp
+	}
+	links := [][2]string{{"history of " + target[:12], "../../../commits/" + target + ".html"}}
+	if by != nil {
+		shown = queue.Lost(shown, by.Run, by.Attempt) // the page and the lists say so; status.json stays as stored
+		links = append(links, [2]string{"taken over by attempt " + strconv.Itoa(by.Attempt), "../../../" + by.Href})
+	}
+	rel := path.Join("runs", target, runID)
+	// Written into a fresh directory, then renamed into place: nobody
+	// reads it before the rename, so plain writes suffice.
+	if err := root.MkdirAll(path.Dir(rel), 0o755); err != nil {
+		return render.RunSummary{}, err
+	}
+	dir := path.Join(path.Dir(rel), ".tmp-"+runID+"-"+tmpSuffix())
+	if err := root.Mkdir(dir, 0o755); err != nil {
+		return render.RunSummary{}, err
+	}
+	defer root.RemoveAll(dir) // after a successful rename, nothing is left there
+	res := render.Result{Status: shown, Ref: ref, Commit: commit.String(), JobLogs: map[string][]byte{}}
+	files := map[string][]byte{}
+	files[queue.StatusFile] = rawStatus
+	if res.Log, err = read(queue.LogFile); err == nil {
+		files[queue.LogFile] = res.Log
+	}
+	if valid {
+		for _, j := range st.Jobs {
+			if l, err := read(queue.JobLogPath(j.Name)); err == nil {
+				res.JobLogs[j.Name] = l
+				files[queue.JobLogPath(j.Name)] = l
+			}
+		}
+	}
+	page, err := render.HTML(res, render.HTMLOptions{Home: "../../../index.html", Links: links, Verdict: &v, Commit: tc})
+	if err != nil {
+		return render.RunSummary{}, err
+	}
+	files[queue.IndexFile] = page
+	for p, data := range files {
+		full := path.Join(dir, p)
+		if err := root.MkdirAll(path.Dir(full), 0o755); err != nil {
+			return render.RunSummary{}, err
+		}
+		if err := writeNew(root, full, data); err != nil {
+			return render.RunSummary{}, err
+		}
+	}
+	if valid {
+		for _, a := range st.Artifacts {
+			if queue.ValidateArtifactPath(a.Path) != nil {
+				continue // Validate said so already; checked again where it becomes a path
+			}
+			if err := copyBlob(repo, root, commit, queue.ArtifactsDir+"/"+a.Path, path.Join(dir, queue.ArtifactsDir, a.Path)); err != nil && b.warn != nil {
+				b.warn(fmt.Sprintf("%s: artifact %s: %v", ref, queue.Printable(a.Path), err))
+			}
+		}
+	}
+	if err := root.RemoveAll(rel); err != nil {
+		return render.RunSummary{}, err
+	}
+	if err := root.Rename(dir, rel); err != nil {
+		return render.RunSummary{}, err
+	}
+	sum := render.SummaryOf(shown, ref, commit.String(), rel+"/index.html")
+	sum.Target, sum.Run = target, runID                    // where it was found, whatever it claims
+	sum.Verdict = render.Verdict{Kind: v.Kind, Why: v.Why} // who signed is on the run page; the lists need not carry it
+	if by != nil {
+		sum.LostTo = by.Run
+	}
+	if tc != nil {
+		sum.Subject, sum.Author = tc.Subject, tc.Author
+	}
+	return sum, nil
+}
+
+// writeLists writes the list pages, the changed commits' pages and the
+// changed requests' badges. The latest run of a request is its newest
+// verified run not dated in the future; a request with runs but none such
+// gets a grey "not verified" badge.
+func (b *Builder) writeLists(root *os.Root, man manifest, targets, requests map[string]bool) error {
+	now := time.Now()
+	all := make([]render.RunSummary, 0, len(man.Runs))
+	for _, s := range man.Runs {
+		s.NotLatest = queue.RunIDFuture(s.Run, now)
+		all = append(all, s)
+	}
+	sort.Slice(all, func(i, j int) bool {
+		if all[i].Run != all[j].Run {
+			return all[i].Run > all[j].Run
+		}
+		return all[i].Ref > all[j].Ref
+	})
+	byState := map[queue.State][]render.RunSummary{}
+	byTarget := map[string][]render.RunSummary{}
+	latest := map[string]render.RunSummary{}
+	hasRuns := map[string]bool{}
+	for _, s := range all {
+		byState[s.State] = append(byState[s.State], s)
+		if targets[s.Target] {
+			byTarget[s.Target] = append(byTarget[s.Target], s)
+		}
+		hasRuns[s.Request] = true
+		if _, ok := latest[s.Request]; !ok && s.Verdict.Verified() && !s.NotLatest {
+			latest[s.Request] = s
+		}
+	}
+	var states []string
+	for _, s := range []queue.State{queue.Failure, queue.Error, queue.Cancelled, queue.Running, queue.Success} {
+		if len(byState[s]) > 0 {
+			states = append(states, string(s))
+		}
+	}
+	write := func(name string, p render.ListPage) error {
+		p.States = states
+		page, err := render.List(p)
+		if err != nil {
+			return err
+		}
+		if err := root.MkdirAll(path.Dir(name), 0o755); err != nil {
+			return err
+		}
+		return writeAtomic(root, name, page)
+	}
+	if err := write("index.html", render.ListPage{Title: "refci: all runs", Runs: all, Filter: true}); err != nil {
+		return err
+	}
+	for _, s := range []queue.State{queue.Failure, queue.Error, queue.Cancelled, queue.Running, queue.Success} {
+		name := "state-" + string(s) + ".html"
+		if len(byState[s]) == 0 {
+			root.Remove(name)
+			continue
+		}
+		if err := write(name, render.ListPage{Title: "refci: runs in state " + string(s), Runs: byState[s]}); err != nil {
+			return err
+		}
+	}
+	for t := range targets {
+		if !queue.IsObjectID(t) {
+			continue // not from a run ref: not a file name
+		}
+		name := "commits/" + t + ".html"
+		if len(byTarget[t]) == 0 {
+			root.Remove(name)
+			continue
+		}
+		title := "refci: runs of " + t
+		if c := man.Commits[t]; c.Subject != "" {
+			title += " · " + c.Subject // escaped by the page
+		}
+		if err := write(name, render.ListPage{Title: title, Root: "../", Runs: byTarget[t], Commit: t}); err != nil {
+			return err
+		}
+	}
+	for r := range requests {
+		if queue.ValidateRequestName(r) != nil {
+			continue // not a safe file name
+		}
+		name := "badges/" + r + ".svg"
+		var svg []byte
+		if s, ok := latest[r]; ok {
+			svg = render.Badge("refci "+r, s.State)
+		} else if hasRuns[r] {
+			svg = render.BadgeNoVerified("refci " + r)
+		} else {
+			root.Remove(name)
+			continue
+		}
+		if err := root.MkdirAll(path.Dir(name), 0o755); err != nil {
+			return err
+		}
+		if err := writeAtomic(root, name, svg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tmpSuffix names a temporary file or directory in the site.
+func tmpSuffix() string { return strconv.FormatUint(rand.Uint64(), 36) }
+
+// copyBlob streams a file of a result tree to dst, a new file under root.
+func copyBlob(repo *gitproto.Repo, root *os.Root, commit gitproto.Hash, src, dst string) error {
+	rc, err := repo.OpenFile(commit, src)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if err := root.MkdirAll(path.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	f, err := root.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	_, cerr := io.Copy(f, rc)
+	return errors.Join(cerr, f.Chmod(0o644), f.Close())
+}
+
+// writeNew writes data to name, a file that must not exist yet, under
+// root (O_EXCL: not through a link).
+func writeNew(root *os.Root, name string, data []byte) error {
+	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(data)
+	return errors.Join(werr, f.Chmod(0o644), f.Close())
+}
+
+// writeAtomic replaces name under root with data by writing a new
+// temporary file beside it and renaming it: a link at name is replaced,
+// never followed.
+func writeAtomic(root *os.Root, name string, data []byte) error {
+	tmp := path.Join(path.Dir(name), ".tmp-"+tmpSuffix())
+	if err := writeNew(root, tmp, data); err != nil {
+		root.Remove(tmp)
+		return err
+	}
+	if err := root.Rename(tmp, name); err != nil {
+		root.Remove(tmp)
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,256 @@
+// Package results reads and watches what workers publish: the runs of a
+// repository (refs/ci/runs/<target>/<run-id>), the status each believes,
+// the rule that a run whose worker was lost was taken over by a later
+// attempt, the signatures of a run's commits, and, on a remote, the claim
+// of a request, the progress of one run as it goes (Source.Follow), and
+// every change of every run (Source.WatchRuns).
+//
+// Every reader of results goes through this package (refci status, runs,
+// log, log -f, trigger --wait, verify; the forge adapters and the mail
+// bridge), so that all apply one rule for what is believed and none
+// spells the ref layout, which queue owns.
+//
+// A result is believed when status.json decodes, agrees with its ref and
+// its commit's trailers, and holds only values refci writes
+// (queue.DecodeResult). Believed is not verified: a signature check
+// against keys the reader trusts (Verify) says who wrote it.
+package results
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
+	"refci.dev/refci/render"
+)
+
+// Run is one run found in a repository: its ref and the ref's value.
+// A plain value.
+type Run struct {
+	Ref    string        // refs/ci/runs/<target>/<run-id>
+	Target string        // the commit (or object) under test
+	ID     string        // the run id
+	Commit gitproto.Hash // the run's newest result commit
+	// Future is set when the run id is dated in the future beyond the
+	// clock skew allowance: such a run is never taken for the latest.
+	Future bool
+}
+
+// ErrNoRuns is returned (wrapped) by Find when nothing matches; callers
+// branch on it (a usage error, not a failure).
+var ErrNoRuns = errors.New("no runs")
+
+// List returns the runs of target (all runs when target is ""), newest
+// first. Runs dated in the future come last, marked Future.
+func List(repo *gitproto.Repo, target string) ([]Run, error) {
+	prefix := queue.RunsPrefix
+	if target != "" {
+		prefix += target + "/"
+	}
+	refs, err := repo.Refs(prefix)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	var out []Run
+	for _, r := range refs {
+		t, id, ok := queue.ParseRunRef(r.Name)
+		if !ok {
+			continue
+		}
+		out = append(out, Run{Ref: r.Name, Target: t, ID: id, Commit: r.Hash, Future: queue.RunIDFuture(id, now)})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Future != out[j].Future {
+			return !out[i].Future
+		}
+		if out[i].ID != out[j].ID {
+			return out[i].ID > out[j].ID
+		}
+		return out[i].Ref > out[j].Ref
+	})
+	return out, nil
+}
+
+// Read reads the result commit found under ref and returns its status
+// once it is believed (see the package comment). The error says why not:
+// Problem puts it in a word, NotBelieved tells a result that is not what
+// its ref claims from one that could not be read, and errors.Is(err,
+// queue.ErrFormat) one written by a newer refci.
+func Read(repo *gitproto.Repo, ref string, commit gitproto.Hash) (*queue.Status, error) {
+	b, err := repo.ReadFile(commit, queue.StatusFile)
+	if err != nil {
+		return nil, fmt.Errorf("result %s: %w", commit.String()[:12], err)
+	}
+	c, err := repo.Commit(commit)
+	if err != nil {
+		return nil, fmt.Errorf("result %s: %w", commit.String()[:12], err)
+	}
+	st, err := queue.DecodeResult(ref, b, c.Message)
+	if err != nil {
+		return nil, fmt.Errorf("result %s: %w", commit.String()[:12], err)
+	}
+	return st, nil
+}
+
+// Read reads the run's newest status (see Read).
+func (r Run) Read(repo *gitproto.Repo) (*queue.Status, error) { return Read(repo, r.Ref, r.Commit) }
+
+// Problem says in a word why a result is not believed, then the details:
+// "inconsistent: ..." (it does not agree with its ref), "invalid: ..." (a
+// value refci never writes), else "unreadable: ...". The details are made
+// safe to print.
+func Problem(err error) string {
+	msg := render.Safe(err.Error())
+	switch {
+	case errors.Is(err, queue.ErrInconsistent):
+		return "inconsistent: " + msg
+	case errors.Is(err, queue.ErrInvalid):
+		return "invalid: " + msg
+	}
+	return "unreadable: " + msg
+}
+
+// NotBelieved reports whether err says a result is not what its ref
+// claims (like a bad signature) rather than that it could not be read.
+func NotBelieved(err error) bool {
+	return errors.Is(err, queue.ErrInconsistent) || errors.Is(err, queue.ErrInvalid)
+}
+
+// Find resolves what a user named: "" (the latest run of HEAD), a run
+// ref, <target>/<run-id>, a run id, or a revision (its latest run). The
+// latest run of a revision is the newest that is believed and not dated
+// in the future; warn (never nil) is told which newer runs were passed
+// over, and why. The error wraps ErrNoRuns when nothing matches.
+func Find(repo *gitproto.Repo, arg string, warn func(format string, args ...any)) (Run, error) {
+	if strings.HasPrefix(arg, queue.RunsPrefix) {
+		t, id, ok := queue.ParseRunRef(arg)
+		if !ok {
+			return Run{}, fmt.Errorf("%s is not a run ref (refs/ci/runs/<commit>/<run-id>)", queue.Printable(arg))
+		}
+		h, err := repo.RefHash(arg)
+		if err != nil {
+			return Run{}, fmt.Errorf("run %s: %w", arg, err)
+		}
+		return Run{Ref: arg, Target: t, ID: id, Commit: h, Future: queue.RunIDFuture(id, time.Now())}, nil
+	}
+	if t, id, ok := strings.Cut(arg, "/"); ok && queue.ValidRunID(id) {
+		return Find(repo, queue.RunRef(t, id), warn)
+	}
+	if queue.ValidRunID(arg) {
+		all, err := List(repo, "")
+		if err != nil {
+			return Run{}, err
+		}
+		for _, r := range all {
+			if r.ID == arg {
+				return r, nil
+			}
+		}
+		return Run{}, fmt.Errorf("run %s: %w here; fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'", arg, ErrNoRuns)
+	}
+	rev := arg
+	if rev == "" {
+		rev = "HEAD"
+	}
+	target, err := repo.ResolveCommit(rev)
+	if err != nil {
+		return Run{}, err
+	}
+	runs, err := List(repo, target.String())
+	if err != nil {
+		return Run{}, err
+	}
+	if len(runs) == 0 {
+		return Run{}, fmt.Errorf("%s (%s): %w yet; start one with '%s', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'", rev, target.String()[:12], ErrNoRuns, strings.TrimSpace("refci run "+arg))
+	}
+	for _, r := range runs {
+		if r.Future {
+			warn("passed over run %s: it is dated in the future, so it is never the latest (name it to see it)", r.ID)
+		}
+	}
+	for _, r := range runs {
+		if r.Future {
+			continue
+		}
+		if _, err := r.Read(repo); NotBelieved(err) {
+			warn("passed over run %s: %s", r.ID, Problem(err))
+			continue
+		}
+		return r, nil // believed, or unreadable: the caller says why
+	}
+	return Run{}, fmt.Errorf("%s (%s): %w that can be believed (see above); start one with 'refci run %s', or name a run to see it", rev, target.String()[:12], ErrNoRuns, rev)
+}
+
+// Listed is a run with its status, or why it could not be believed.
+type Listed struct {
+	Run
+	Status *queue.Status // nil when Err is set
+	Err    error         // see Read
+	// TakenOverBy is the status of the attempt that took the request
+	// over after this run's worker was lost; nil for a run not lost.
+	TakenOverBy *queue.Status
+}
+
+// Shown is the status a reader shows: a lost run's as queue.Lost says
+// (its status.json still says running), else the stored one.
+func (l Listed) Shown() *queue.Status {
+	if l.TakenOverBy != nil {
+		return queue.Lost(l.Status, l.TakenOverBy.Run, l.TakenOverBy.Attempt)
+	}
+	return l.Status
+}
+
+// ReadAll reads the status of each run and applies the lost-worker rule
+// (queue.TakenOver) among the believed runs not dated in the future.
+func ReadAll(repo *gitproto.Repo, runs []Run) []Listed {
+	out := make([]Listed, len(runs))
+	var believed []*queue.Status
+	for i, r := range runs {
+		out[i].Run = r
+		out[i].Status, out[i].Err = r.Read(repo)
+		if out[i].Err == nil && !r.Future {
+			believed = append(believed, out[i].Status)
+		}
+	}
+	lost := queue.TakenOver(believed)
+	for i := range out {
+		if st := out[i].Status; st != nil && !out[i].Future {
+			out[i].TakenOverBy = lost[queue.RunRef(st.Target, st.Run)]
+		}
+	}
+	return out
+}
+
+// TakenOverBy returns the run that took the request of st over after st's
+// worker was lost (see queue.TakenOver), from the runs of st's target in
+// repo, and its status. A final run was never lost.
+func TakenOverBy(repo *gitproto.Repo, st *queue.Status) (Run, *queue.Status, bool) {
+	if st.State.Final() {
+		return Run{}, nil, false
+	}
+	runs, err := List(repo, st.Target)
+	if err != nil {
+		return Run{}, nil, false
+	}
+	sts := []*queue.Status{st}
+	refOf := map[*queue.Status]Run{}
+	for _, r := range runs {
+		if r.ID == st.Run {
+			continue
+		}
+		if s, err := r.Read(repo); err == nil && !r.Future {
+			sts = append(sts, s)
+			refOf[s] = r
+		}
+	}
+	by := queue.TakenOver(sts)[queue.RunRef(st.Target, st.Run)]
+	if by == nil {
+		return Run{}, nil, false
+	}
+	return refOf[by], by, true
+}

@@ -1,0 +1,61 @@
+package results
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"refci.dev/refci/fixtures"
+	"refci.dev/refci/queue"
+)
+
+// A watch reads the run refs of a remote on this machine and looks again
+// as soon as one changes (issue 16, item 8); a remote over the network, or
+// a path that is not a repository itself, is not watched.
+func TestFollowWatchesALocalRemote(t *testing.T) {
+	dir := t.TempDir()
+	run := func(args ...string) string {
+		t.Helper()
+		return fixtures.Git(t, dir, args...)
+	}
+	bare := filepath.Join(dir, "remote.git")
+	run("init", "-q", "--bare", bare)
+	run("init", "-q", "clone")
+	clone := filepath.Join(dir, "clone")
+	run("-C", clone, "commit", "-q", "--allow-empty", "-m", "c")
+	head := run("-C", clone, "rev-parse", "HEAD")
+	run("-C", clone, "remote", "add", "origin", "file://"+bare)
+	run("-C", clone, "push", "-q", "origin", "HEAD:refs/heads/main")
+	run("-C", clone, "remote", "add", "rel", "../remote.git")
+	run("-C", clone, "remote", "add", "net", "ssh://example.invalid/remote.git")
+	run("-C", clone, "remote", "add", "scp", "example.invalid:remote.git")
+	ctx := context.Background()
+	for _, remote := range []string{"net", "scp", filepath.Join(clone, ".refci")} {
+		if (Source{Dir: clone, Remote: remote}).localWatch(ctx, head) != nil {
+			t.Errorf("remote %s is watched as a local repository", remote)
+		}
+	}
+	for _, remote := range []string{"origin", "rel", bare} {
+		w := Source{Dir: clone, Remote: remote}.Follow(ctx, head, Want{})
+		if w.watch == nil {
+			t.Fatalf("remote %s is not watched", remote)
+		}
+		w.seen = w.watch()
+		ref := queue.RunRef(head, queue.NewRunID(time.Now()))
+		done := make(chan bool, 1)
+		go func() { done <- w.wait(ctx, time.Hour) }()
+		run("--git-dir="+bare, "update-ref", ref, head)
+		select {
+		case ok := <-done:
+			if !ok {
+				t.Fatalf("remote %s: the wait reported its context ended", remote)
+			}
+		case <-time.After(time.Minute):
+			t.Fatalf("remote %s: a new run ref did not end the wait", remote)
+		}
+		if w.watch() == w.seen {
+			t.Fatalf("remote %s: the watch did not change with a new run ref", remote)
+		}
+	}
+}

@@ -1,0 +1,654 @@
+//go:build linux
+
+package jobsock
+
+// The client: `refci job`, `refci secret`.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"refci.dev/refci/queue"
+)
+
+const jobUsage = `usage: refci job NAME [--needs A,B] -- CMD [ARGS...]
+
+Runs CMD as job NAME of the current refci pipeline (only inside .refci/run).
+CMD's output goes to the pipeline log with each line prefixed "[NAME] ", and
+verbatim to jobs/NAME/log.txt in the result. refci job exits with CMD's exit
+code.
+
+  --needs A,B   run only after jobs A and B succeeded; if one of them did
+                not, the job is recorded as skipped, CMD does not run, and
+                refci job exits 1. A job that has not started yet is waited
+                for a few seconds (it may be starting in parallel with &).
+
+Example .refci/run:
+
+  refci job build -- make build
+  refci job lint -- make lint &
+  refci job test --needs build -- make test &
+  wait
+`
+
+var errJobHelp = errors.New("help requested")
+
+type jobArgs struct {
+	name  string
+	needs []string
+	argv  []string
+}
+
+// parseJobArgs parses what follows "job": NAME and --needs in any order,
+// then "--" and the command. The "--" may be left out: the first argument
+// after NAME that is not an option starts the command.
+func parseJobArgs(args []string) (jobArgs, error) {
+	var ja jobArgs
+	addNeeds := func(v string) error {
+		added := false
+		for n := range strings.SplitSeq(v, ",") {
+			n = strings.TrimSpace(n)
+			if n == "" {
+				continue
+			}
+			if err := queue.ValidateJobName(n); err != nil {
+				return fmt.Errorf("--needs: %v", err)
+			}
+			added = true
+			if !slices.Contains(ja.needs, n) {
+				ja.needs = append(ja.needs, n)
+			}
+		}
+		if !added {
+			return fmt.Errorf("--needs %q names no job; give a comma-separated list of job names", v)
+		}
+		return nil
+	}
+	cmdAt := -1
+loop:
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			cmdAt = i + 1
+			break loop
+		case a == "-h" || a == "-help" || a == "--help":
+			return jobArgs{}, errJobHelp
+		case a == "--needs" || a == "-needs":
+			if i+1 >= len(args) {
+				return jobArgs{}, fmt.Errorf("%s needs a value: a comma-separated list of job names", a)
+			}
+			i++
+			if err := addNeeds(args[i]); err != nil {
+				return jobArgs{}, err
+			}
+		case strings.HasPrefix(a, "--needs=") || strings.HasPrefix(a, "-needs="):
+			_, v, _ := strings.Cut(a, "=")
+			if err := addNeeds(v); err != nil {
+				return jobArgs{}, err
+			}
+		case strings.HasPrefix(a, "-") && a != "-":
+			return jobArgs{}, fmt.Errorf("unknown option %q", a)
+		case ja.name == "":
+			ja.name = a
+		default:
+			cmdAt = i
+			break loop
+		}
+	}
+	if ja.name == "" {
+		return jobArgs{}, errors.New("missing job NAME")
+	}
+	if err := queue.ValidateJobName(ja.name); err != nil {
+		return jobArgs{}, err
+	}
+	if slices.Contains(ja.needs, ja.name) {
+		return jobArgs{}, fmt.Errorf("job %q cannot need itself", ja.name)
+	}
+	if cmdAt >= 0 {
+		ja.argv = args[cmdAt:]
+	}
+	if len(ja.argv) == 0 {
+		return jobArgs{}, fmt.Errorf("missing command: put it after --, e.g. refci job %s -- make %s", ja.name, ja.name)
+	}
+	return ja, nil
+}
+
+// RunJobCommand implements `refci job`; args are what follows "job" on the
+// command line. It reads REFCI_SOCKET from getenv and returns the exit
+// code: CMD's (128+n if a signal n killed it; 127 if it was not found,
+// 126 if it could not be executed), 1 if the job was skipped or
+// abandoned, 2 for usage errors, a refused start (invalid or duplicate
+// name) or when refci cannot be reached.
+//
+// CMD runs as a child of this process, in the same process group, with
+// stdin /dev/null and REFCI_JOB=NAME added to the environment; its stdout
+// and stderr share one pipe. It is killed (SIGKILL) if this process dies.
+// SIGINT and SIGTERM received while CMD runs are forwarded to it; received
+// while the job waits for its needs they end RunJobCommand (exit 128+n)
+// and the job is recorded as cancelled. RunJobCommand handles these
+// signals itself (signal.Notify for its duration), so callers should not
+// turn them into cancelling ctx.
+//
+// Cancelling ctx abandons the job: the connection is closed without an
+// end, so the server records it cancelled, and CMD is killed.
+func RunJobCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	ja, err := parseJobArgs(args)
+	if errors.Is(err, errJobHelp) {
+		io.WriteString(stdout, jobUsage)
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "refci job: %v\nusage: refci job NAME [--needs A,B] -- CMD [ARGS...] (refci job --help for more)\n", err)
+		return 2
+	}
+	sock := getenv("REFCI_SOCKET")
+	if sock == "" {
+		fmt.Fprintln(stderr, "refci job: not inside a refci pipeline (REFCI_SOCKET is not set); run jobs from .refci/run")
+		return 2
+	}
+	c := &jobClient{name: ja.name, stdout: stdout, stderr: stderr}
+	return c.run(ctx, sock, ja)
+}
+
+type jobClient struct {
+	name           string
+	stdout, stderr io.Writer
+	conn           net.Conn
+	lost           bool // the connection failed; output is no longer sent
+}
+
+func (c *jobClient) errorf(format string, args ...any) {
+	fmt.Fprintf(c.stderr, "refci job: %s: %s\n", c.name, fmt.Sprintf(format, args...))
+}
+
+func (c *jobClient) send(m jobMsg) error {
+	if c.lost {
+		return errors.New("connection lost")
+	}
+	if _, err := c.conn.Write(encodeJobMsg(m)); err != nil {
+		c.lost = true
+		return err
+	}
+	return nil
+}
+
+func (c *jobClient) run(ctx context.Context, sock string, ja jobArgs) int {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	conn, err := d.DialContext(ctx, "unix", sock)
+	if err != nil {
+		c.errorf("cannot reach refci at REFCI_SOCKET=%s: %v", sock, err)
+		return 2
+	}
+	c.conn = conn
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+
+	quit := make(chan struct{})
+	defer close(quit)
+	replies := make(chan jobMsg, 16)
+	go readJobReplies(conn, replies, quit)
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	if err := c.send(jobMsg{Op: jobOpStart, Name: ja.name, Needs: ja.needs}); err != nil {
+		if ctx.Err() != nil {
+			return c.abandoned()
+		}
+		c.errorf("cannot talk to refci: %v", err)
+		return 2
+	}
+	var silent <-chan time.Time
+	if len(ja.needs) == 0 {
+		t := time.NewTimer(jobVerdictWait)
+		defer t.Stop()
+		silent = t.C
+	}
+	for verdict := false; !verdict; {
+		select {
+		case <-silent:
+			c.errorf("refci did not answer on REFCI_SOCKET=%s within %s; the worker is stuck, overloaded or gone (see its log). The job did not run", sock, jobVerdictWait)
+			return 2
+		case m, ok := <-replies:
+			if !ok {
+				if ctx.Err() != nil {
+					return c.abandoned()
+				}
+				c.errorf("lost the connection to refci before the job started")
+				return 2
+			}
+			switch m.Op {
+			case jobOpRun:
+				verdict = true
+			case jobOpSkipped:
+				fmt.Fprintf(c.stderr, "refci job: %s skipped: %s\n", c.name, m.Reason)
+				return 1
+			case jobOpError:
+				c.errorf("%s", m.Error)
+				return 2
+			}
+		case sig := <-sigs:
+			conn.Close()
+			c.errorf("%s while waiting for its needs; the job is recorded as cancelled", jobSignalName(sig.(syscall.Signal)))
+			return 128 + int(sig.(syscall.Signal))
+		case <-ctx.Done():
+			return c.abandoned()
+		}
+	}
+	return c.runCmd(ctx, ja.argv, replies, sigs)
+}
+
+func (c *jobClient) abandoned() int {
+	c.conn.Close()
+	c.errorf("abandoned; the job is recorded as cancelled")
+	return 1
+}
+
+// output sends raw CMD output to the server and, prefixed, to stdout.
+func (c *jobClient) output(ctx context.Context, pre *linePrefixer, b []byte) {
+	if !c.lost {
+		for rest := b; len(rest) > 0; {
+			n := min(len(rest), jobChunk)
+			if err := c.send(jobMsg{Op: jobOpOutput, Data: rest[:n]}); err != nil {
+				if ctx.Err() == nil {
+					c.errorf("lost the connection to refci (%v); the output is no longer recorded in the job log", err)
+				}
+				break
+			}
+			rest = rest[n:]
+		}
+	}
+	pre.Write(b)
+}
+
+// jobStartFailure is what a shell would say and exit with when it cannot
+// start cmd.
+func jobStartFailure(cmd string, err error) (code int, msg, reason string) {
+	switch {
+	case errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist):
+		return 127, fmt.Sprintf("refci job: %s: command not found", cmd), "command not found: " + cmd
+	case errors.Is(err, fs.ErrPermission):
+		return 126, fmt.Sprintf("refci job: %s: permission denied", cmd), "permission denied: " + cmd
+	}
+	return 126, fmt.Sprintf("refci job: %s: cannot run: %v", cmd, err), fmt.Sprintf("cannot run %s: %v", cmd, err)
+}
+
+func (c *jobClient) runCmd(ctx context.Context, argv []string, replies <-chan jobMsg, sigs <-chan os.Signal) int {
+	pre := newLinePrefixer(c.stdout, "["+c.name+"] ")
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if errors.Is(cmd.Err, exec.ErrDot) {
+		cmd.Err = nil // like a shell: "." in PATH is the user's choice
+	}
+	cmd.Env = append(os.Environ(), "REFCI_JOB="+c.name)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return c.end(ctx, pre, replies, 126, "", fmt.Sprintf("cannot create a pipe: %v", err))
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+
+	// Pdeathsig fires when the thread that started the child exits, not
+	// the process: keep this goroutine on its thread until CMD is gone.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := cmd.Start(); err != nil {
+		pw.Close()
+		pr.Close()
+		code, msg, reason := jobStartFailure(argv[0], err)
+		c.output(ctx, pre, []byte(msg+"\n"))
+		return c.end(ctx, pre, replies, code, "", reason)
+	}
+	pw.Close()
+
+	readerQuit := make(chan struct{})
+	defer close(readerQuit)
+	chunks := make(chan []byte, 4)
+	go func() {
+		defer close(chunks)
+		for {
+			buf := make([]byte, jobChunk)
+			n, err := pr.Read(buf)
+			if n > 0 {
+				select {
+				case chunks <- buf[:n]:
+				case <-readerQuit:
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer pr.Close()
+	waitc := make(chan error, 1)
+	go func() { waitc <- cmd.Wait() }()
+
+	var (
+		exited, eof bool
+		drain       <-chan time.Time
+		flush       *time.Timer
+		flushc      <-chan time.Time
+	)
+	defer func() {
+		if flush != nil {
+			flush.Stop()
+		}
+	}()
+	for !exited || !eof {
+		select {
+		case b, ok := <-chunks:
+			if !ok {
+				eof, chunks = true, nil
+				continue
+			}
+			c.output(ctx, pre, b)
+			if pre.pending() && flushc == nil {
+				flush = time.NewTimer(jobPartialFlush)
+				flushc = flush.C
+			}
+		case <-flushc:
+			pre.Flush()
+			flushc = nil
+		case <-waitc:
+			exited = true
+			if !eof {
+				drain = time.After(jobOutputDrain)
+			}
+		case <-drain:
+			drain = nil
+			pr.Close() // ends the reader; whatever is still buffered is lost
+			c.errorf("%s exited but its output is still open (a background process?); stopped reading it", argv[0])
+		case sig := <-sigs:
+			if !exited {
+				cmd.Process.Signal(sig)
+			}
+		case m, ok := <-replies:
+			if !ok {
+				replies = nil
+				if !c.lost && ctx.Err() == nil {
+					c.errorf("lost the connection to refci; the output is no longer recorded in the job log")
+				}
+				c.lost = true
+			} else if m.Op == jobOpError {
+				c.errorf("refci: %s", m.Error)
+			}
+		case <-ctx.Done():
+			c.conn.Close()
+			if !exited {
+				cmd.Process.Kill()
+				select {
+				case <-waitc:
+				case <-time.After(5 * time.Second):
+				}
+			}
+			pre.Close()
+			return c.abandoned()
+		}
+	}
+	code, sig := jobExitStatus(cmd.ProcessState)
+	return c.end(ctx, pre, replies, code, sig, "")
+}
+
+// end reports the end of CMD and waits for the server to record it.
+func (c *jobClient) end(ctx context.Context, pre *linePrefixer, replies <-chan jobMsg, code int, sig, reason string) int {
+	pre.Close()
+	if c.lost {
+		return code
+	}
+	if err := c.send(jobMsg{Op: jobOpEnd, ExitCode: queue.IntPtr(code), Signal: sig, Reason: reason}); err != nil {
+		if ctx.Err() == nil {
+			c.errorf("could not report the end of the job to refci: %v", err)
+		}
+		return code
+	}
+	t := time.NewTimer(jobDoneWait)
+	defer t.Stop()
+	for {
+		select {
+		case m, ok := <-replies:
+			if !ok {
+				if ctx.Err() == nil {
+					c.errorf("lost the connection to refci before it recorded the end of the job")
+				}
+				return code
+			}
+			switch m.Op {
+			case jobOpDone:
+				return code
+			case jobOpError:
+				c.errorf("refci: %s", m.Error)
+			}
+		case <-t.C:
+			c.errorf("refci did not confirm the end of the job")
+			return code
+		case <-ctx.Done():
+			return code
+		}
+	}
+}
+
+func jobExitStatus(ps *os.ProcessState) (code int, sig string) {
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal()), jobSignalName(ws.Signal())
+	}
+	code = ps.ExitCode()
+	if code < 0 || code > 255 {
+		code = 255
+	}
+	return code, ""
+}
+
+var jobSignalNames = map[syscall.Signal]string{
+	syscall.SIGHUP: "SIGHUP", syscall.SIGINT: "SIGINT", syscall.SIGQUIT: "SIGQUIT",
+	syscall.SIGILL: "SIGILL", syscall.SIGTRAP: "SIGTRAP", syscall.SIGABRT: "SIGABRT",
+	syscall.SIGBUS: "SIGBUS", syscall.SIGFPE: "SIGFPE", syscall.SIGKILL: "SIGKILL",
+	syscall.SIGUSR1: "SIGUSR1", syscall.SIGSEGV: "SIGSEGV", syscall.SIGUSR2: "SIGUSR2",
+	syscall.SIGPIPE: "SIGPIPE", syscall.SIGALRM: "SIGALRM", syscall.SIGTERM: "SIGTERM",
+	syscall.SIGXCPU: "SIGXCPU", syscall.SIGXFSZ: "SIGXFSZ", syscall.SIGSYS: "SIGSYS",
+}
+
+func jobSignalName(s syscall.Signal) string {
+	if n, ok := jobSignalNames[s]; ok {
+		return n
+	}
+	return fmt.Sprintf("signal %d", int(s))
+}
+
+// linePrefixer writes its input to w with prefix at the start of every
+// line. Complete lines are written at once, one Write per input chunk, so
+// that parallel jobs sharing w interleave whole lines. A partial line is
+// held back until its newline, Flush, or until it reaches
+// linePrefixerMaxPending bytes, so memory stays bounded on a huge line.
+type linePrefixer struct {
+	w       io.Writer
+	prefix  []byte
+	buf     []byte // pending partial line, prefix included where it starts a line
+	atStart bool   // the next input byte starts a line
+}
+
+const linePrefixerMaxPending = 64 << 10
+
+func newLinePrefixer(w io.Writer, prefix string) *linePrefixer {
+	return &linePrefixer{w: w, prefix: []byte(prefix), atStart: true}
+}
+
+// Write never fails: errors of w are ignored (the job goes on).
+func (p *linePrefixer) Write(b []byte) (int, error) {
+	n := len(b)
+	out := p.buf
+	for len(b) > 0 {
+		if p.atStart {
+			out = append(out, p.prefix...)
+			p.atStart = false
+		}
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			out = append(out, b...)
+			break
+		}
+		out = append(out, b[:i+1]...)
+		b = b[i+1:]
+		p.atStart = true
+	}
+	j := bytes.LastIndexByte(out, '\n') + 1
+	if len(out)-j >= linePrefixerMaxPending {
+		j = len(out)
+	}
+	if j > 0 {
+		p.w.Write(out[:j])
+	}
+	p.buf = append([]byte(nil), out[j:]...)
+	return n, nil
+}
+
+func (p *linePrefixer) pending() bool { return len(p.buf) > 0 }
+
+// Flush writes the pending partial line; the rest of the line will follow
+// without a prefix.
+func (p *linePrefixer) Flush() {
+	if len(p.buf) > 0 {
+		p.w.Write(p.buf)
+		p.buf = p.buf[:0]
+	}
+}
+
+// Close flushes and ends an unterminated last line with a newline.
+func (p *linePrefixer) Close() {
+	p.Flush()
+	if !p.atStart {
+		p.w.Write([]byte{'\n'})
+		p.atStart = true
+	}
+}
+
+// Client side: `refci secret NAME`.
+
+const secretUsage = `usage: refci secret NAME
+
+Inside a pipeline: print the value of secret NAME of the run's environment
+to stdout, with no newline added. The value is fetched from refci over
+$REFCI_SOCKET just now, and refci masks it (and its base64, hex and URL
+encodings) in every log and artifact. Use it in a pipe, never in argv:
+
+    refci secret NETLIFY_TOKEN | deploy --token-stdin
+
+Exits 1 when the secret is withheld (an untrusted request, a policy that
+does not admit the request, an environment that failed verification) or
+does not exist, 2 on usage errors or outside a pipeline, 3 when refci does
+not answer within 30 seconds.
+`
+
+// secretReplyTimeout bounds how long `refci secret` waits for the run's
+// socket to take its question and answer it (a ctx deadline may shorten it).
+const secretReplyTimeout = 30 * time.Second
+
+// exitSecretTimeout is the exit code of `refci secret` when refci did not
+// answer in time: infrastructure, as everywhere in refci.
+const exitSecretTimeout = 3
+
+func secretTimedOut(stderr io.Writer, sock string, wait time.Duration) int {
+	fmt.Fprintf(stderr, "refci secret: refci did not answer on REFCI_SOCKET=%s within %s; the worker is stuck, overloaded or gone (see its log). Retry the run; the pipeline got no value\n", sock, wait.Round(time.Millisecond))
+	return exitSecretTimeout
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// RunSecretCommand is `refci secret NAME`: it asks the run's socket for
+// one value and writes it to stdout. It returns the exit code.
+func RunSecretCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help") {
+		io.WriteString(stdout, secretUsage)
+		return 0
+	}
+	if len(args) != 1 || args[0] == "" || args[0][0] == '-' {
+		fmt.Fprint(stderr, "refci secret: want exactly one secret NAME\n"+secretUsage)
+		return 2
+	}
+	name := args[0]
+	sock := getenv("REFCI_SOCKET")
+	if sock == "" {
+		fmt.Fprintln(stderr, "refci secret: not inside a refci pipeline (REFCI_SOCKET is not set); secrets are only handed out to a running .refci/run")
+		return 2
+	}
+	// refci answers at once; an answer that does not come means a worker
+	// that is stuck or gone, and a pipeline blocked on it for ever would
+	// only end at its timeout, with nothing said.
+	wait := secretReplyTimeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+		wait = max(time.Until(dl), 0)
+	}
+	deadline := time.Now().Add(wait)
+	d := net.Dialer{Deadline: deadline}
+	conn, err := d.DialContext(context.WithoutCancel(ctx), "unix", sock)
+	if err != nil {
+		if isTimeout(err) {
+			return secretTimedOut(stderr, sock, wait)
+		}
+		fmt.Fprintf(stderr, "refci secret: cannot reach refci at REFCI_SOCKET=%s: %v\n", sock, err)
+		return 2
+	}
+	defer conn.Close()
+	conn.SetDeadline(deadline)
+	if _, err := conn.Write(encodeJobMsg(jobMsg{Op: jobOpSecret, Name: name})); err != nil {
+		if isTimeout(err) {
+			return secretTimedOut(stderr, sock, wait)
+		}
+		fmt.Fprintf(stderr, "refci secret: cannot talk to refci: %v\n", err)
+		return 2
+	}
+	replies := make(chan jobMsg, 1)
+	quit := make(chan struct{})
+	defer close(quit)
+	go readJobReplies(conn, replies, quit)
+	var m jobMsg
+	var ok bool
+	select {
+	case m, ok = <-replies:
+	case <-time.After(time.Until(deadline)):
+		return secretTimedOut(stderr, sock, wait)
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return secretTimedOut(stderr, sock, wait)
+		}
+		fmt.Fprintf(stderr, "refci secret: %s: interrupted before refci answered\n", name)
+		return 2
+	}
+	switch {
+	case !ok && time.Now().After(deadline):
+		return secretTimedOut(stderr, sock, wait)
+	case !ok:
+		fmt.Fprintln(stderr, "refci secret: lost the connection to refci before it answered")
+		return 2
+	case m.Op == jobOpError:
+		fmt.Fprintf(stderr, "refci secret: %s: %s\n", name, m.Error)
+		return 1
+	case m.Op != jobOpSecret:
+		fmt.Fprintf(stderr, "refci secret: unexpected answer %q from refci\n", m.Op)
+		return 2
+	}
+	if _, err := stdout.Write(m.Data); err != nil {
+		fmt.Fprintf(stderr, "refci secret: write: %v\n", err)
+		return 2
+	}
+	return 0
+}

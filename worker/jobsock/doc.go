@@ -1,0 +1,16 @@
+// Package jobsock is a run's job socket ($REFCI_SOCKET): the Server a
+// worker runs for each pipeline, the client commands a pipeline runs
+// against it (`refci job`: RunJobCommand, `refci secret`:
+// RunSecretCommand), and the versioned wire protocol between them
+// (wire.go; ProtocolVersion).
+//
+// A Server serves one run: it records the run's jobs (their names, needs,
+// states and exit codes, queue.Job) and writes each job's output to a Log
+// it opens through the run (Run, the package's one view of the run: logs,
+// secrets, masks). Lifecycle: NewServer listens (or takes over a Socket
+// kept from an earlier run of the same directory), Admit admits the
+// pipeline's process tree, Jobs reads the record at any time, and Close
+// ends every job still waiting or running as cancelled.
+//
+// It imports only queue (job names and states).
+package jobsock
