@@ -16,6 +16,7 @@
 //	worker    running one pipeline and publishing its result
 //	render    pure functions from a result to what people read
 //	forge     views outward (forges, mail)
+//	server    refci serve: the SSH git server, its roles, the owner and trust records
 //	cmd       wiring only
 //	fixtures  helpers shared by the tests (git with a private HOME, keys, sample repositories); never imported by other code
 //

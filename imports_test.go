@@ -24,7 +24,8 @@ var allowed = map[string][]string{
 	"worker/shim": {},
 	"forge":       {"queue", "render", "secrets", "gitproto"},
 	"fixtures":    {"secrets"}, // tests only: OpenPGP keys of fake identities come from secrets
-	"cmd":         {"queue", "gitproto", "secrets", "results", "worker", "render", "forge"},
+	"server":      {"queue", "gitproto", "secrets"},
+	"cmd":         {"queue", "gitproto", "secrets", "results", "worker", "render", "forge", "server"},
 }
 
 func TestImportRules(t *testing.T) {
