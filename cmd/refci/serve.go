@@ -20,74 +20,77 @@ import (
 	"refci.dev/refci/worker"
 )
 
+// serveFlags are the options of refci serve.
+type serveFlags struct {
+	listen, dataDir, rolesFile, httpAddr, maxPack string
+	admins, secretsAdmins, trusted                multiFlag
+	conc, maxSessions                             int
+	idle, handshake, poll                         time.Duration
+	noWorker, verbose, requireIso                 bool
+}
+
 func cmdServe(ctx context.Context, e *env, args []string) int {
+	var f serveFlags
 	fs := newFlags(e, "serve")
-	listen := fs.String("listen", "127.0.0.1:2222", "the SSH address to listen on (port 0: any free port)")
-	dataDir := fs.String("data", "", "where repositories, keys and caches live (default $REFCI_HOME/serve)")
-	var admins multiFlag
-	fs.Var(&admins, "admin", "an OpenSSH public key file whose key becomes admin (repeatable; default ~/.ssh/*.pub on first start)")
-	rolesFile := fs.String("roles", "", "the roles file (default DATA/roles; see README, 'refci serve')")
-	conc := fs.Int("concurrency", 0, "pipelines the embedded worker runs at once (default: the number of CPUs; 0 workers is not possible)")
-	httpAddr := fs.String("http", "", "also serve the static viewer read-only on this address (e.g. 8080 or 127.0.0.1:8080; loopback unless a host is given)")
-	maxSessions := fs.Int("max-sessions", 64, "git sessions at once; more wait up to 10 s")
-	maxPack := fs.String("max-pack", "1G", "largest pack a push may send (bytes, or with K, M, G)")
-	idle := fs.Duration("idle", 5*time.Minute, "close connections silent this long")
-	handshake := fs.Duration("handshake-timeout", 15*time.Second, "close connections that have not logged in this long after connecting")
-	poll := fs.Duration("poll", 30*time.Second, "how often the embedded worker polls without being woken")
-	noWorker := fs.Bool("no-worker", false, "serve git only; requests wait for workers elsewhere (refci worker --remote ssh://...)")
-	var secretsAdminFiles, trustedFiles multiFlag
-	fs.Var(&secretsAdminFiles, "secrets-admin", "OpenPGP public key of a secrets admin whose signed environments the embedded worker believes (repeatable; default: your own refci key)")
-	fs.Var(&trustedFiles, "trusted", "OpenPGP public key whose signed request tags or commits run trusted, besides pushes by keys with the trusted role (repeatable)")
-	verbose := fs.Bool("v", false, "log debug details")
-	requireIso := fs.Bool("require-isolation", false, "fail runs (state error) when the server's files cannot be hidden from pipelines (no user namespaces)")
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:2222", "the SSH address to listen on (port 0: any free port)")
+	fs.StringVar(&f.dataDir, "data", "", "where repositories, keys and caches live (default $REFCI_HOME/serve)")
+	fs.Var(&f.admins, "admin", "an OpenSSH public key file whose key becomes admin (repeatable; default ~/.ssh/*.pub on first start)")
+	fs.StringVar(&f.rolesFile, "roles", "", "the roles file (default DATA/roles; see README, 'refci serve')")
+	fs.IntVar(&f.conc, "concurrency", 0, "pipelines the embedded worker runs at once (default: the number of CPUs; 0 workers is not possible)")
+	fs.StringVar(&f.httpAddr, "http", "", "also serve the static viewer read-only on this address (e.g. 8080 or 127.0.0.1:8080; loopback unless a host is given)")
+	fs.IntVar(&f.maxSessions, "max-sessions", 64, "git sessions at once; more wait up to 10 s")
+	fs.StringVar(&f.maxPack, "max-pack", "1G", "largest pack a push may send (bytes, or with K, M, G)")
+	fs.DurationVar(&f.idle, "idle", 5*time.Minute, "close connections silent this long")
+	fs.DurationVar(&f.handshake, "handshake-timeout", 15*time.Second, "close connections that have not logged in this long after connecting")
+	fs.DurationVar(&f.poll, "poll", 30*time.Second, "how often the embedded worker polls without being woken")
+	fs.BoolVar(&f.noWorker, "no-worker", false, "serve git only; requests wait for workers elsewhere (refci worker --remote ssh://...)")
+	fs.Var(&f.secretsAdmins, "secrets-admin", "OpenPGP public key of a secrets admin whose signed environments the embedded worker believes (repeatable; default: your own refci key)")
+	fs.Var(&f.trusted, "trusted", "OpenPGP public key whose signed request tags or commits run trusted, besides pushes by keys with the trusted role (repeatable)")
+	fs.BoolVar(&f.verbose, "v", false, "log debug details")
+	fs.BoolVar(&f.requireIso, "require-isolation", false, "fail runs (state error) when the server's files cannot be hidden from pipelines (no user namespaces)")
 	if _, code, ok := parse(e, fs, args, 0); !ok {
 		return code
 	}
-	packBytes, err := server.ParseSize(*maxPack)
+	packBytes, err := server.ParseSize(f.maxPack)
 	if err != nil {
 		e.errorf("serve: --max-pack: %v", err)
 		return exitUsage
 	}
-	if *maxSessions <= 0 || *idle <= 0 || *handshake <= 0 || *conc < 0 {
+	if f.maxSessions <= 0 || f.idle <= 0 || f.handshake <= 0 || f.conc < 0 {
 		e.errorf("serve: --max-sessions, --idle, --handshake-timeout and --concurrency must be positive")
 		return exitUsage
 	}
 	noDump()
-	if *dataDir == "" {
+	if f.dataDir == "" {
 		h, err := e.home()
 		if err != nil {
 			e.errorf("%v", err)
 			return exitUsage
 		}
-		*dataDir = filepath.Join(h, "serve")
+		f.dataDir = filepath.Join(h, "serve")
 	}
 	self, err := os.Executable()
 	if err != nil {
 		e.errorf("serve: %v", err)
 		return exitInfra
 	}
-
 	level := slog.LevelInfo
-	if *verbose {
+	if f.verbose {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
 
-	// The embedded worker is made after the server, which it asks about
-	// trust; the server wakes it and adds the repositories pushes create.
-	var w *worker.Worker
-	var addRepo func(name string)
+	// The embedded worker is made once the server is, for it asks the
+	// server about trust; the server, once serving, wakes it and hands it
+	// the repositories pushes create.
+	var ew *embeddedWorker
 	srv, err := server.New(server.Config{
-		DataDir: *dataDir, RolesFile: *rolesFile, AdminKeyFiles: admins, Home: e.getenv("HOME"),
-		Addr: *listen, Logger: logger,
-		MaxSessions: *maxSessions, MaxPackBytes: packBytes, IdleTimeout: *idle, HandshakeTimeout: *handshake,
+		DataDir: f.dataDir, RolesFile: f.rolesFile, AdminKeyFiles: f.admins, Home: e.getenv("HOME"),
+		Addr: f.listen, Logger: logger,
+		MaxSessions: f.maxSessions, MaxPackBytes: packBytes, IdleTimeout: f.idle, HandshakeTimeout: f.handshake,
 		HookCommand: []string{self, sshd.HookArg},
-		OnCreate:    func(name, _ string) { addRepo(name) },
-		OnRequest: func(path string) {
-			if !*noWorker {
-				w.Poke(path)
-			}
-		},
+		OnCreate:    func(name, _ string) { ew.addRepo(name) },
+		OnRequest:   func(path string) { ew.poke(path) },
 	})
 	switch {
 	case errors.Is(err, server.ErrRoles):
@@ -98,138 +101,57 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		return exitInfra
 	}
 	defer srv.Close()
-	lay := srv.Paths()
 	id, err := e.identity("")
 	if err != nil {
 		e.errorf("%v", err)
 		return exitFor(err)
 	}
-	refciHome, err := e.home()
-	if err != nil {
-		e.errorf("%v", err)
-		return exitUsage
+	if f.conc == 0 {
+		f.conc = runtime.NumCPU()
 	}
-	if *conc == 0 {
-		*conc = runtime.NumCPU()
-	}
-
-	secretsAdmins, err := secrets.ReadKeyringFiles(secretsAdminFiles...)
-	if err != nil {
-		e.errorf("serve: --secrets-admin: %v", err)
-		return exitUsage
-	}
-	if len(secretsAdminFiles) == 0 {
-		secretsAdmins.Add(id)
-	}
-	trusted, err := secrets.ReadKeyringFiles(trustedFiles...)
-	if err != nil {
-		e.errorf("serve: --trusted: %v", err)
-		return exitUsage
-	}
-	host, _ := os.Hostname()
-	var byPath sync.Map // remote URL → *gitproto.Remote, for the secrets opener
-	opener := &envOpener{admins: secretsAdmins, key: id, remotes: func(u string) *gitproto.Remote {
-		if r, ok := byPath.Load(u); ok {
-			return r.(*gitproto.Remote)
-		}
-		return nil
-	}}
-	runs, runsHide, removeRuns, err := runsDir()
-	if err != nil {
-		e.errorf("serve: %v", err)
-		return exitInfra
+	ew, removeRuns, code := newEmbeddedWorker(e, &f, srv, id, self, logger)
+	if code != exitOK {
+		return code
 	}
 	defer removeRuns()
-	shim := self
-	if !*noWorker {
-		warnIfRoot(logger)
-		shim = chooseShim(logger.With("component", "worker"), self)
-	}
-	pushedByTrustedKey := func(q worker.TrustQuery) (bool, string) {
-		return srv.PushedByTrustedKey(q.Remote, q.RequestObject.String())
-	}
-	w = worker.New(worker.Config{
-		Poll: *poll, Concurrency: *conc, Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, TempDir: runs,
-		Logger:  logger.With("component", "worker"),
-		Trust:   anyTrust(pushedByTrustedKey, signatureTrust(trusted)),
-		Secrets: opener.open, Page: renderPage,
-		// The data dir (host key, roles, repositories, caches, trust
-		// records), the roles file and $REFCI_HOME (the key): a pipeline
-		// needs none of them; its checkout and socket are in its run
-		// directory, under runs, of which it sees only its own. What
-		// refci's own git, ssh and gpg read stays read-only.
-		Hide:     hidePaths(append(append([]string{lay.Root, lay.Roles, refciHome}, defaultHomes(e)...), runsHide...)...),
-		ReadOnly: readOnlyPaths(e, []string{self, shim}), RequireIsolation: *requireIso,
-	})
-	if !*noWorker {
-		checkIsolation(logger.With("component", "worker"), shim, *requireIso)
-	}
-	addRepo = func(name string) {
-		if *noWorker {
-			return
-		}
-		path := filepath.Join(lay.Repos, filepath.FromSlash(name))
-		rem, err := gitproto.OpenRemote(path, filepath.Join(lay.Cache, cacheName(path)), nil)
-		if err != nil {
-			logger.Error("the embedded worker cannot serve a repository", "repo", name, "err", err)
-			return
-		}
-		byPath.Store(rem.URL, rem)
-		w.AddRemote(rem)
-	}
 	repos, err := srv.Repos()
 	if err != nil {
 		e.errorf("serve: %v", err)
 		return exitInfra
 	}
 	for _, r := range repos {
-		addRepo(r)
+		ew.addRepo(r)
 	}
 
-	ln, err := net.Listen("tcp", *listen)
+	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
-		e.errorf("serve: listen on %s: %v (choose another address with --listen)", *listen, err)
+		e.errorf("serve: listen on %s: %v (choose another address with --listen)", f.listen, err)
 		return exitInfra
 	}
 	var httpSrv *http.Server
 	httpURL := ""
-	if *httpAddr != "" {
-		if h, p, err := net.SplitHostPort(*httpAddr); err == nil && h == "" {
-			*httpAddr = net.JoinHostPort("127.0.0.1", p) // loopback unless told otherwise
-		} else if err != nil && !strings.Contains(*httpAddr, ":") {
-			*httpAddr = net.JoinHostPort("127.0.0.1", *httpAddr)
-		}
-		hl, err := net.Listen("tcp", *httpAddr)
-		if err != nil {
+	if f.httpAddr != "" {
+		if httpSrv, httpURL, code = serveSite(e, f.httpAddr, srv, logger); code != exitOK {
 			ln.Close()
-			e.errorf("serve: --http %s: %v", *httpAddr, err)
-			return exitInfra
+			return code
 		}
-		// The site believes what refci view would on this account: this
-		// server's own key and $REFCI_HOME/trusted/*.asc.
-		siteKeys, err := e.keyring(nil, "")
-		if err != nil {
-			hl.Close()
-			ln.Close()
-			e.errorf("serve: --http: the keys the site trusts: %v", err)
-			return exitUsage
-		}
-		site := &siteServer{Repos: lay.Repos, WWW: lay.WWW, Keys: siteKeys, List: func() ([]string, error) { return siteRepos(lay.Repos, srv.Access()) }, Log: logger.With("component", "http")}
-		httpSrv = &http.Server{Handler: readOnly(site), ReadHeaderTimeout: 10 * time.Second}
-		httpURL = "http://" + hl.Addr().String() + "/"
-		go httpSrv.Serve(hl)
 	}
 
 	banner := srv.Banner(ln.Addr().String())
-	banner.Signer, banner.Repos, banner.Concurrency, banner.HTTP = id.Fingerprint(), repos, *conc, httpURL
-	if *noWorker {
+	banner.Signer, banner.Repos, banner.Concurrency, banner.HTTP = id.Fingerprint(), repos, f.conc, httpURL
+	if f.noWorker {
 		banner.Concurrency = 0
 	}
 	server.WriteBanner(e.stdout, banner)
+	return runServe(ctx, srv, ln, ew, httpSrv, logger, id.Fingerprint(), f.conc)
+}
 
-	// Two stages: the first signal drains the SSH server, then the worker
-	// finishes its runs and pushes their results; the second (until the
-	// worker is told to stop) cancels the running pipelines.
+// runServe serves until the first signal (or ctx ends), then drains: no
+// new connections, running git sessions finish (bounded), then the
+// worker finishes its runs and pushes their results. A second signal,
+// until the worker is told to stop, cancels the running pipelines. key
+// and conc are logged: the worker's signer and concurrency.
+func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *embeddedWorker, httpSrv *http.Server, logger *slog.Logger, key string, conc int) int {
 	stop, stopFn := context.WithCancel(ctx)
 	defer stopFn()
 	abort, abortFn := context.WithCancel(context.WithoutCancel(ctx))
@@ -245,16 +167,10 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	})
 	defer stopSignals()
 	workerDone := make(chan error, 1)
-	if *noWorker {
-		go func() { <-stop.Done(); workerDone <- nil }()
-	} else {
-		go func() { workerDone <- w.Run(stop, abort) }()
-	}
-	logger.Info("serving", "ssh", ln.Addr().String(), "data", lay.Root, "key", id.Fingerprint(), "concurrency", *conc)
+	go func() { workerDone <- ew.run(stop, abort) }()
+	logger.Info("serving", "ssh", ln.Addr().String(), "data", srv.Paths().Root, "key", key, "concurrency", conc)
 
 	code := exitOK
-	// Drain: no new connections, running git sessions finish (bounded),
-	// then the worker finishes its runs and pushes their results.
 	if err := srv.Serve(serving, ln); err != nil {
 		logger.Error("the SSH server stopped", "err", err)
 		code = exitInfra
@@ -269,6 +185,139 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	}
 	logger.Info("stopped")
 	return code
+}
+
+// embeddedWorker is the worker refci serve runs beside its SSH server.
+// With --no-worker it is made but never run: it serves no repository
+// and is never woken. Its methods may be called on nil (they do
+// nothing), as the server's hooks may before it is made.
+type embeddedWorker struct {
+	w     *worker.Worker
+	off   bool // --no-worker
+	paths server.Paths
+	byURL sync.Map // remote URL → *gitproto.Remote, for the secrets opener
+	log   *slog.Logger
+}
+
+// newEmbeddedWorker makes the embedded worker; removeRuns removes the
+// directory of its runs.
+func newEmbeddedWorker(e *env, f *serveFlags, srv *server.Server, id *secrets.Identity, self string, logger *slog.Logger) (ew *embeddedWorker, removeRuns func(), code int) {
+	refciHome, err := e.home()
+	if err != nil {
+		e.errorf("%v", err)
+		return nil, nil, exitUsage
+	}
+	secretsAdmins, err := secrets.ReadKeyringFiles(f.secretsAdmins...)
+	if err != nil {
+		e.errorf("serve: --secrets-admin: %v", err)
+		return nil, nil, exitUsage
+	}
+	if len(f.secretsAdmins) == 0 {
+		secretsAdmins.Add(id)
+	}
+	trusted, err := secrets.ReadKeyringFiles(f.trusted...)
+	if err != nil {
+		e.errorf("serve: --trusted: %v", err)
+		return nil, nil, exitUsage
+	}
+	ew = &embeddedWorker{off: f.noWorker, paths: srv.Paths(), log: logger}
+	opener := &envOpener{admins: secretsAdmins, key: id, remotes: func(u string) *gitproto.Remote {
+		if r, ok := ew.byURL.Load(u); ok {
+			return r.(*gitproto.Remote)
+		}
+		return nil
+	}}
+	runs, runsHide, removeRuns, err := runsDir()
+	if err != nil {
+		e.errorf("serve: %v", err)
+		return nil, nil, exitInfra
+	}
+	shim := self
+	if !f.noWorker {
+		warnIfRoot(logger)
+		shim = chooseShim(logger.With("component", "worker"), self)
+	}
+	pushedByTrustedKey := func(q worker.TrustQuery) (bool, string) {
+		return srv.PushedByTrustedKey(q.Remote, q.RequestObject.String())
+	}
+	host, _ := os.Hostname()
+	ew.w = worker.New(worker.Config{
+		Poll: f.poll, Concurrency: f.conc, Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, TempDir: runs,
+		Logger:  logger.With("component", "worker"),
+		Trust:   anyTrust(pushedByTrustedKey, signatureTrust(trusted)),
+		Secrets: opener.open, Page: renderPage,
+		// The data dir (host key, roles, repositories, caches, trust
+		// records), the roles file and $REFCI_HOME (the key): a pipeline
+		// needs none of them; its checkout and socket are in its run
+		// directory, under runs, of which it sees only its own. What
+		// refci's own git, ssh and gpg read stays read-only.
+		Hide:     hidePaths(append(append([]string{ew.paths.Root, ew.paths.Roles, refciHome}, defaultHomes(e)...), runsHide...)...),
+		ReadOnly: readOnlyPaths(e, []string{self, shim}), RequireIsolation: f.requireIso,
+	})
+	if !f.noWorker {
+		checkIsolation(logger.With("component", "worker"), shim, f.requireIso)
+	}
+	return ew, removeRuns, exitOK
+}
+
+// addRepo has the worker serve the repository name.
+func (ew *embeddedWorker) addRepo(name string) {
+	if ew == nil || ew.off {
+		return
+	}
+	path := filepath.Join(ew.paths.Repos, filepath.FromSlash(name))
+	rem, err := gitproto.OpenRemote(path, filepath.Join(ew.paths.Cache, cacheName(path)), nil)
+	if err != nil {
+		ew.log.Error("the embedded worker cannot serve a repository", "repo", name, "err", err)
+		return
+	}
+	ew.byURL.Store(rem.URL, rem)
+	ew.w.AddRemote(rem)
+}
+
+// poke has the worker look at the repository at path now.
+func (ew *embeddedWorker) poke(path string) {
+	if ew != nil && !ew.off {
+		ew.w.Poke(path)
+	}
+}
+
+// run runs the worker until stop (see worker.Run); with --no-worker it
+// only waits for stop.
+func (ew *embeddedWorker) run(stop, abort context.Context) error {
+	if ew.off {
+		<-stop.Done()
+		return nil
+	}
+	return ew.w.Run(stop, abort)
+}
+
+// serveSite serves the static viewer read-only on addr (loopback unless
+// it names a host) and returns its server and URL.
+func serveSite(e *env, addr string, srv *server.Server, logger *slog.Logger) (*http.Server, string, int) {
+	if h, p, err := net.SplitHostPort(addr); err == nil && h == "" {
+		addr = net.JoinHostPort("127.0.0.1", p) // loopback unless told otherwise
+	} else if err != nil && !strings.Contains(addr, ":") {
+		addr = net.JoinHostPort("127.0.0.1", addr)
+	}
+	hl, err := net.Listen("tcp", addr)
+	if err != nil {
+		e.errorf("serve: --http %s: %v", addr, err)
+		return nil, "", exitInfra
+	}
+	// The site believes what refci view would on this account: this
+	// server's own key and $REFCI_HOME/trusted/*.asc.
+	siteKeys, err := e.keyring(nil, "")
+	if err != nil {
+		hl.Close()
+		e.errorf("serve: --http: the keys the site trusts: %v", err)
+		return nil, "", exitUsage
+	}
+	lay := srv.Paths()
+	site := &siteServer{Repos: lay.Repos, WWW: lay.WWW, Keys: siteKeys, List: func() ([]string, error) { return siteRepos(lay.Repos, srv.Access()) }, Log: logger.With("component", "http")}
+	httpSrv := &http.Server{Handler: readOnly(site), ReadHeaderTimeout: 10 * time.Second}
+	go httpSrv.Serve(hl)
+	return httpSrv, "http://" + hl.Addr().String() + "/", exitOK
 }
 
 // readOnly refuses every method but GET and HEAD.
