@@ -2,8 +2,10 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -206,4 +208,79 @@ func sshKey(t *testing.T, dir, name string) (string, string) {
 		t.Fatal(err)
 	}
 	return p, gossh.FingerprintSHA256(pk)
+}
+
+// New prepares the data directory and the roles file, refuses bad admin
+// keys with ErrRoles, and Serve returns nil once its context ends.
+func TestServerLifecycle(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := New(Config{DataDir: filepath.Join(dir, "bad"), Home: filepath.Join(dir, "nobody")}); !errors.Is(err, ErrRoles) || !strings.Contains(err.Error(), "no admin key") {
+		t.Fatalf("no admin key: %v", err)
+	}
+	key, fp := sshKey(t, dir, "admin")
+	srv, err := New(Config{DataDir: filepath.Join(dir, "data"), AdminKeyFiles: []string{key + ".pub"}, Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := srv.Paths()
+	for _, d := range []string{p.Repos, p.Cache, p.Trust, p.Owners, p.WWW} {
+		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+			t.Errorf("%s: %v", d, err)
+		}
+	}
+	if srv.Access().Roles(fp, "app.git") != queue.RoleAdmin {
+		t.Error("the admin key is not admin")
+	}
+	b := srv.Banner("127.0.0.1:2222")
+	if len(b.Admins) != 1 || !strings.HasPrefix(b.Admins[0], fp) || !strings.HasPrefix(b.HostFP, "SHA256:") || b.Roles != filepath.Join(p.Root, "roles") {
+		t.Errorf("banner: %+v", b)
+	}
+	if repos, err := srv.Repos(); err != nil || len(repos) != 0 {
+		t.Errorf("repos: %v %v", repos, err)
+	}
+	if ok, why := srv.PushedByTrustedKey(filepath.Join(p.Repos, "app.git"), fmt.Sprintf("%040d", 1)); ok || !strings.Contains(why, "not pushed over SSH") {
+		t.Errorf("trust without a record: %v %q", ok, why)
+	}
+	if ok, why := srv.PushedByTrustedKey(dir, fmt.Sprintf("%040d", 1)); ok || !strings.Contains(why, "not pushed through this refci serve") {
+		t.Errorf("trust outside the server: %v %q", ok, why)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.ListenAndServe(ctx) }()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	case <-time.After(ShutdownGrace):
+		t.Fatal("Serve did not return once its context ended")
+	}
+	srv.Close()
+}
+
+// The owner store keeps the key that pushed a claim or run ref with the
+// value it pushed, ignores other refs and forgets deleted ones.
+func TestOwnerStoreRecords(t *testing.T) {
+	o := &ownerStore{dir: t.TempDir()}
+	claim, run := queue.ClaimRef("r1"), queue.RunsPrefix+"abc/1"
+	push := &sshd.Receive{ID: sshd.Identity{Fingerprint: "SHA256:w"}, Repo: "app.git", Updates: []sshd.RefUpdate{
+		{Name: claim, Old: sshd.ZeroID, New: "c1"}, {Name: run, Old: sshd.ZeroID, New: "r1"}, {Name: "refs/heads/main", Old: sshd.ZeroID, New: "m"},
+	}}
+	if err := o.record(push); err != nil {
+		t.Fatal(err)
+	}
+	if o.owner("app.git", claim, "c1") != "SHA256:w" || o.owner("app.git", run, "r1") != "SHA256:w" {
+		t.Error("the pushing key does not own its refs")
+	}
+	if o.owner("app.git", claim, "c2") != "" || o.owner("other.git", claim, "c1") != "" || o.owner("app.git", "refs/heads/main", "m") != "" {
+		t.Error("an owner for another value, repository or a branch")
+	}
+	push.Updates = []sshd.RefUpdate{{Name: claim, Old: "c1", New: sshd.ZeroID}}
+	if err := o.record(push); err != nil {
+		t.Fatal(err)
+	}
+	if fp, _ := o.read("app.git", claim); fp != "" {
+		t.Error("a deleted claim keeps its owner")
+	}
 }
