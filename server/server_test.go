@@ -3,8 +3,6 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,8 +12,7 @@ import (
 	"testing"
 	"time"
 
-	gossh "golang.org/x/crypto/ssh"
-
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/gitproto/sshd"
 	"refci.dev/refci/queue"
 )
@@ -190,24 +187,12 @@ func TestWriteFileAtomic(t *testing.T) {
 	}
 }
 
-// sshKey writes an OpenSSH public key to dir/name.pub and returns the
-// path without .pub and the key's fingerprint.
+// sshKey writes a new SSH key pair to dir/name and dir/name.pub and
+// returns the path without .pub and the key's fingerprint.
 func sshKey(t *testing.T, dir, name string) (string, string) {
 	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pk, err := gossh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(dir, name)
-	line := strings.TrimSpace(string(gossh.MarshalAuthorizedKey(pk))) + " " + name + "@example.invalid\n"
-	if err := os.WriteFile(p+".pub", []byte(line), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p, gossh.FingerprintSHA256(pk)
+	k := fixtures.NewSSHKey(t, name)
+	return k.WriteFiles(t, dir, name), k.Fingerprint
 }
 
 // New prepares the data directory and the roles file, refuses bad admin
