@@ -31,7 +31,8 @@ var allowed = map[string][]string{
 	"worker/jobsock": {"queue"},
 	"forge":          {"queue", "render", "secrets", "gitproto", "results"},
 	"fixtures":       {"secrets"}, // tests only: OpenPGP keys of fake identities come from secrets
-	"cmd":            {"queue", "gitproto", "secrets", "results", "worker", "render", "forge"},
+	"server":         {"queue", "gitproto", "secrets"},
+	"cmd":            {"queue", "gitproto", "secrets", "results", "worker", "render", "forge", "server"},
 }
 
 func TestImportRules(t *testing.T) {
