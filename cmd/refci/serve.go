@@ -150,8 +150,8 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 
 // runServe serves until the first signal (or ctx ends), then drains: no
 // new connections, running git sessions finish (bounded), then the
-// worker finishes its runs and pushes their results. A second signal,
-// until the worker is told to stop, cancels the running pipelines. key
+// worker finishes its runs and pushes their results. A second signal, at
+// any time until serve returns, cancels the running pipelines. key
 // and conc are logged: the worker's signer and concurrency.
 func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *embeddedWorker, httpSrv *http.Server, logger *slog.Logger, key string, conc int) int {
 	stop, stopFn := context.WithCancel(ctx)
@@ -160,7 +160,7 @@ func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *embe
 	defer abortFn()
 	serving, drain := context.WithCancel(ctx)
 	defer drain()
-	stopSignals := onStopSignals(stop, func(s os.Signal) {
+	stopSignals := onStopSignals(abort, func(s os.Signal) {
 		logger.Info("signal: finishing git sessions and running pipelines, accepting nothing new (again to cancel them at once)", "signal", s.String())
 		drain()
 	}, func(s os.Signal) {
