@@ -22,6 +22,7 @@
 //	render    pure functions from a result to what people read
 //	forge     views outward (forges, mail); forge/site: the static site
 //	          of results, built by refci view and served by refci serve --http
+//	server    refci serve: the SSH git server, its roles, the owner and trust records
 //	cmd       wiring only
 //	fixtures  helpers shared by the tests (git with a private HOME, keys, sample repositories); never imported by other code
 //

@@ -22,7 +22,7 @@ var allowed = map[string][]string{
 	"render":           {"queue"},
 	// Reading and watching results: every reader of runs and claims.
 	"results": {"queue", "gitproto", "secrets", "render"},
-	"worker":  {"queue", "gitproto"},
+	"worker":  {"queue", "gitproto", "results"},
 	// The shim side of the worker, all of cmd/refci-shim, which starts
 	// twice per job: nothing of the project (see cmd/refci-shim's test of
 	// its dependencies).
@@ -34,7 +34,8 @@ var allowed = map[string][]string{
 	"worker/jobsock": {"queue"},
 	"forge":          {"queue", "render", "secrets", "gitproto", "results"},
 	"fixtures":       {"secrets"}, // tests only: OpenPGP keys of fake identities come from secrets
-	"cmd":            {"queue", "gitproto", "secrets", "results", "worker", "render", "forge"},
+	"server":         {"queue", "gitproto", "secrets"},
+	"cmd":            {"queue", "gitproto", "secrets", "results", "worker", "render", "forge", "server"},
 }
 
 func TestImportRules(t *testing.T) {

@@ -72,8 +72,13 @@ func (s Source) Claim(ctx context.Context, name string) (ClaimView, error) {
 	return cv, nil
 }
 
-// ReadClaim reads the claim commit h of the request name: its claim.json,
-// checked against the name (queue.DecodeClaimOf).
+// ReadClaim reads the claim commit h found under the claim ref of the
+// request name: its claim.json, checked against the name
+// (queue.DecodeClaimOf). A claim about another request, or with a value
+// no worker writes (a run id or previous run that is not a run id, a
+// target that is not an object id), is an error: its values become ref
+// names readers fetch and fields of the status a worker signs, so such a
+// claim is treated as unreadable.
 func ReadClaim(repo *gitproto.Repo, name string, h gitproto.Hash) (*queue.Claim, error) {
 	b, err := repo.ReadFile(h, queue.ClaimFile)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
+	"refci.dev/refci/results"
 )
 
 // Config configures a Worker. Zero durations and sizes mean the defaults.
@@ -521,7 +522,7 @@ func (w *Worker) checkSupersede(rem *gitproto.Remote, repo *gitproto.Repo, reque
 			a.cancel(fmt.Errorf("superseded: the request %s now points at %s", name, cur.String()[:12]))
 		}
 		if cv, ok := claims[name]; ok && cv != a.claimVal && !claimBefore(repo, cv, a.claimVal) {
-			if c, err := readClaimFrom(repo, name, cv); err == nil && c.Run != a.claim.Run {
+			if c, err := results.ReadClaim(repo, name, cv); err == nil && c.Run != a.claim.Run {
 				a.cancel(fmt.Errorf("the claim was taken over by worker %s (run %s); this worker's lease had expired", c.Worker, c.Run))
 			}
 		}
@@ -564,7 +565,7 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 		}
 		old := gitproto.ZeroHash
 		if cv, ok := claims[name]; ok {
-			prev, err := readClaimFrom(repo, name, cv)
+			prev, err := results.ReadClaim(repo, name, cv)
 			if err == nil && !prev.Expired(now) {
 				continue // someone is running it
 			}
@@ -611,7 +612,7 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 		if _, ok := requests[name]; ok || w.isActive(rem, name) {
 			continue
 		}
-		if prev, err := readClaimFrom(repo, name, cv); err == nil && prev.Expired(now) && w.expiredLongEnough(rem, name, cv, now) {
+		if prev, err := results.ReadClaim(repo, name, cv); err == nil && prev.Expired(now) && w.expiredLongEnough(rem, name, cv, now) {
 			cleanups = append(cleanups, gitproto.RefUpdate{Name: queue.ClaimRef(name), Old: cv})
 		}
 	}
@@ -711,19 +712,6 @@ func claimBefore(repo *gitproto.Repo, old, ours gitproto.Hash) bool {
 		}
 	}
 	return false
-}
-
-// readClaimFrom reads the claim commit h found under refs/ci/claims/<name>.
-// A claim about another request, or with a value no worker writes (a run
-// id or previous run that is not a run id, a target that is not an object
-// id), is an error: its values become ref names this worker fetches and
-// fields of the status it signs, so such a claim is treated as unreadable.
-func readClaimFrom(repo *gitproto.Repo, name string, h gitproto.Hash) (*queue.Claim, error) {
-	b, err := repo.ReadFile(h, queue.ClaimFile)
-	if err != nil {
-		return nil, err
-	}
-	return queue.DecodeClaimOf(b, name)
 }
 
 // peel follows tags to the object they name.

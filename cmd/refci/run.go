@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sync/atomic"
 	"syscall"
@@ -122,24 +121,14 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	defer cancelSoft()
 	hard, cancelHard := context.WithCancel(context.Background())
 	defer cancelHard()
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 	var cancelReason atomic.Value
 	cancelReason.Store("cancelled")
-	go func() {
-		n := 0
-		for s := range sigs {
-			n++
-			if n == 1 {
-				cancelReason.Store(fmt.Sprintf("cancelled by %s", signalName(s)))
-				fmt.Fprintf(e.stderr, "\nrefci: %s: stopping the pipeline (again to kill it at once)\n", signalName(s))
-				cancelSoft()
-			} else {
-				cancelHard()
-			}
-		}
-	}()
+	stopSignals := onStopSignals(context.WithoutCancel(ctx), func(s os.Signal) {
+		cancelReason.Store(fmt.Sprintf("cancelled by %s", signalName(s)))
+		fmt.Fprintf(e.stderr, "\nrefci: %s: stopping the pipeline (again to kill it at once)\n", signalName(s))
+		cancelSoft()
+	}, func(os.Signal) { cancelHard() }, syscall.SIGHUP)
+	defer stopSignals()
 
 	var out io.Writer
 	if !*quiet {

@@ -404,6 +404,34 @@ func TestServeDrainsOnSIGTERM(t *testing.T) {
 	}
 }
 
+// A second SIGTERM cancels the running pipelines at any time: also once
+// the SSH side has drained and the worker is finishing its runs (it was
+// ignored then, although the first signal's log line says "again to
+// cancel them at once").
+func TestServeSecondSignalCancelsWhileTheWorkerFinishes(t *testing.T) {
+	sv := startServe(t)
+	marker := filepath.Join(t.TempDir(), "started")
+	sv.pipeline("touch " + marker + "\nsleep 600\n")
+	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/slow")
+	waitFor(t, 2*time.Minute, "the pipeline to start", func() bool { _, err := os.Stat(marker); return err == nil })
+	sv.cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, time.Minute, "the worker to stop claiming", func() bool {
+		return strings.Contains(sv.log.String(), "stopping: claiming nothing more")
+	})
+	sv.cmd.Process.Signal(syscall.SIGTERM)
+	// Taken, not left to the worker's grace period (30 s), which would
+	// cancel the run too.
+	waitFor(t, time.Minute, "serve to take the second signal", func() bool {
+		return strings.Contains(sv.log.String(), "second signal: cancelling running pipelines now")
+	})
+	if code := sv.stop(); code != 0 {
+		t.Fatalf("serve exited %d", code)
+	}
+	if st := sv.waitFinal("app.git", "slow", time.Second); st.State != queue.Cancelled {
+		t.Errorf("the run after a second signal: %s %s", st.State, st.Reason)
+	}
+}
+
 func TestServeUsage(t *testing.T) {
 	s := newSandbox(t)
 	r := s.refci("serve", "-h").want(t, 0)

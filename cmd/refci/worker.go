@@ -7,12 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"runtime"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -245,23 +243,15 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	defer stopFn()
 	abort, abortFn := context.WithCancel(context.WithoutCancel(ctx))
 	defer abortFn()
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	go func() {
-		n := 0
-		for s := range sigs {
-			n++
-			// Logged once done: a line read means claiming has stopped.
-			if n == 1 {
-				stopFn()
-				logger.Info("signal: finishing running pipelines, claiming nothing more (again to cancel them at once)", "signal", s.String())
-			} else {
-				abortFn()
-				logger.Warn("second signal: cancelling running pipelines now", "signal", s.String())
-			}
-		}
-	}()
+	// Logged once done: a line read means claiming has stopped.
+	stopSignals := onStopSignals(context.WithoutCancel(ctx), func(s os.Signal) {
+		stopFn()
+		logger.Info("signal: finishing running pipelines, claiming nothing more (again to cancel them at once)", "signal", s.String())
+	}, func(s os.Signal) {
+		abortFn()
+		logger.Warn("second signal: cancelling running pipelines now", "signal", s.String())
+	})
+	defer stopSignals()
 	var names []string
 	for _, r := range rems {
 		names = append(names, gitproto.RedactURL(r.URL))

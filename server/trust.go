@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"bufio"
@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-
-	"refci.dev/refci/worker"
 )
 
 // trustStore records which request values were pushed over SSH by keys
@@ -86,18 +84,16 @@ func (t *trustStore) read(repo string) []string {
 	return lines
 }
 
-// decide is the embedded worker's trust policy: a request is trusted when
-// its value was pushed over SSH by a key with the trusted or admin role.
-// (Signature-based trust is decided elsewhere and OR-ed with this.)
-func (t *trustStore) decide(reposDir string) func(worker.TrustQuery) (bool, string) {
-	return func(q worker.TrustQuery) (bool, string) {
-		rel, err := filepath.Rel(reposDir, q.Remote)
-		if err != nil || strings.HasPrefix(rel, "..") {
-			return false, "not pushed through this refci serve"
-		}
-		if fp := t.lookup(filepath.ToSlash(rel), q.RequestObject.String()); fp != "" {
-			return true, fmt.Sprintf("pushed over SSH by trusted key %s", fp)
-		}
-		return false, "not pushed over SSH by a key with the trusted role"
+// pushedByTrustedKey says whether a request is trusted because its value
+// was pushed over SSH by a key with the trusted or admin role. remote is
+// the repository's directory, object the request ref's value.
+func (t *trustStore) pushedByTrustedKey(reposDir, remote, object string) (bool, string) {
+	rel, err := filepath.Rel(reposDir, remote)
+	if err != nil || strings.HasPrefix(rel, "..") {
+		return false, "not pushed through this refci serve"
 	}
+	if fp := t.lookup(filepath.ToSlash(rel), object); fp != "" {
+		return true, fmt.Sprintf("pushed over SSH by trusted key %s", fp)
+	}
+	return false, "not pushed over SSH by a key with the trusted role"
 }
