@@ -28,6 +28,9 @@ import (
 // remotes' credentials) is read, as the user's own git would; a caller
 // acting on a repository that is not the user's passes IsolatedConfig.
 //
+// The SSH endpoint (gitproto/sshd), which runs git for remote users, gives
+// it a narrower environment still: PATH and no configuration.
+//
 // The zero value runs git in the current directory. A CLI is a value and
 // safe for concurrent use.
 type CLI struct {

@@ -56,9 +56,10 @@ func (s Signature) goGit() object.Signature {
 	return object.Signature{Name: s.Name, Email: s.Email, When: s.When}
 }
 
-// Commit is a commit read from a repository. Its fields are copies; it
-// stays valid after the Repo is closed or changes. Not safe for
-// concurrent use while SignedPayload runs (it reads the decoded object).
+// Commit is a commit read from a repository (Repo.Commit). Its fields
+// are the commit's and are not to be changed; it stays valid after the
+// Repo changes and is safe for concurrent reads. A Commit made by hand
+// has no signed payload.
 type Commit struct {
 	Hash      Hash
 	Tree      Hash
@@ -92,7 +93,8 @@ func commitOf(c *object.Commit) *Commit {
 	return out
 }
 
-// Tag is an annotated tag read from a repository. Its fields are copies.
+// Tag is an annotated tag read from a repository (Repo.Tag), like
+// Commit: read-only, safe for concurrent reads.
 type Tag struct {
 	Hash       Hash
 	Name       string

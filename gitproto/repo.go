@@ -8,6 +8,11 @@
 // file, so a full disk can leave an empty ref and a concurrent git process
 // can interleave. Refs are written here with git's own lock-file protocol
 // (write <ref>.lock with O_EXCL, then rename), which both tools respect.
+//
+// go-git stays inside: the API has its own Hash, Commit, Tag, Signature
+// and Tree. The git program itself runs only for what go-git cannot do
+// (fetch and push in Remote; tags, pushes and remotes of the user's
+// repository in CLI), with the one environment CLI describes.
 package gitproto
 
 import (
