@@ -15,19 +15,6 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(fixtures.PrivateHome(m)) }
 
-// The git helpers of pack_test.go and refs_test.go, which the change of
-// this package's API rewrites at the same time; the other files call
-// fixtures directly, and these go once those two do.
-var (
-	gitRun     = fixtures.RunGit
-	gitT       = fixtures.Git
-	gitIn      = fixtures.GitStdin
-	newGitRepo = fixtures.NewRepo
-	writeFile  = fixtures.WriteFile
-	commitAll  = fixtures.CommitAll
-	newBare    = fixtures.BareRepo
-)
-
 // openRepo opens dir with the package under test.
 func openRepo(t testing.TB, dir string) *Repo {
 	t.Helper()

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"refci.dev/refci/fixtures"
 )
 
 func TestHashIsItsOwnValue(t *testing.T) {
@@ -25,16 +27,16 @@ func TestHashIsItsOwnValue(t *testing.T) {
 }
 
 func TestCommitTagAndTree(t *testing.T) {
-	dir := newGitRepo(t)
-	writeFile(t, dir, "a.txt", "a\n", 0o644)
-	writeFile(t, dir, "d/run", "#!/bin/sh\n", 0o755)
-	writeFile(t, dir, "d/sub/b.txt", "b\n", 0o644)
+	dir := fixtures.NewRepo(t)
+	fixtures.WriteFile(t, dir, "a.txt", "a\n", 0o644)
+	fixtures.WriteFile(t, dir, "d/run", "#!/bin/sh\n", 0o755)
+	fixtures.WriteFile(t, dir, "d/sub/b.txt", "b\n", 0o644)
 	if err := os.Symlink("a.txt", dir+"/d/link"); err != nil {
 		t.Fatal(err)
 	}
-	first := mustHash(t, commitAll(t, dir, "first\n\nbody"))
-	second := mustHash(t, commitAll(t, dir, "second"))
-	gitT(t, dir, "tag", "-a", "-m", "tagged", "v1", first.String())
+	first := mustHash(t, fixtures.CommitAll(t, dir, "first\n\nbody"))
+	second := mustHash(t, fixtures.CommitAll(t, dir, "second"))
+	fixtures.Git(t, dir, "tag", "-a", "-m", "tagged", "v1", first.String())
 	r := openRepo(t, dir)
 
 	c, err := r.Commit(second)
@@ -48,7 +50,7 @@ func TestCommitTagAndTree(t *testing.T) {
 	if err != nil || sig != "" || !strings.Contains(string(payload), "parent "+first.String()) {
 		t.Errorf("SignedPayload = %q, %q, %v", payload, sig, err)
 	}
-	tagID := mustHash(t, gitT(t, dir, "rev-parse", "v1"))
+	tagID := mustHash(t, fixtures.Git(t, dir, "rev-parse", "v1"))
 	tag, err := r.Tag(tagID)
 	if err != nil {
 		t.Fatal(err)
@@ -117,8 +119,8 @@ func TestCommitTagAndTree(t *testing.T) {
 }
 
 func TestCLI(t *testing.T) {
-	dir := newGitRepo(t)
-	c := mustHash(t, commitAll(t, dir, "c"))
+	dir := fixtures.NewRepo(t)
+	c := mustHash(t, fixtures.CommitAll(t, dir, "c"))
 	ctx := context.Background()
 	t.Setenv("GIT_DIR", "/nonexistent") // stripped: git works on Dir's repository
 	git := CLI{Dir: dir}

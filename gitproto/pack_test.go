@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/go-git/go-billy/v5/osfs"
+
+	"refci.dev/refci/fixtures"
 )
 
 // packFiles lists objects/pack of a repository's git dir by suffix.
@@ -49,16 +51,16 @@ func looseObjects(t testing.TB, gitDir string) int {
 // the packs again when objects/pack changed.
 func TestNewPackSeenByAnOlderRepo(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
-	commitAll(t, dir, "first")
-	gitT(t, dir, "gc", "-q") // objects in a pack, so that go-git reads its list of packs
+	dir := fixtures.NewRepo(t)
+	fixtures.CommitAll(t, dir, "first")
+	fixtures.Git(t, dir, "gc", "-q") // objects in a pack, so that go-git reads its list of packs
 	old := openRepo(t, dir)
 	if _, err := old.ResolveCommit("HEAD"); err != nil {
 		t.Fatal(err)
 	}
-	hex := gitIn(t, dir, []byte("installed later\n"), "hash-object", "-w", "--stdin")
-	gitIn(t, dir, []byte(hex+"\n"), "pack-objects", "-q", ".git/objects/pack/pack") // the blob into a new pack
-	gitT(t, dir, "prune-packed")
+	hex := fixtures.GitStdin(t, dir, []byte("installed later\n"), "hash-object", "-w", "--stdin")
+	fixtures.GitStdin(t, dir, []byte(hex+"\n"), "pack-objects", "-q", ".git/objects/pack/pack") // the blob into a new pack
+	fixtures.Git(t, dir, "prune-packed")
 	h := mustHash(t, hex)
 	if n := looseObjects(t, filepath.Join(dir, ".git")); n != 0 {
 		t.Fatalf("%d loose objects after repack", n)
@@ -80,9 +82,9 @@ func writePacks(t *testing.T, r *Remote, n int) []Hash {
 	var hs []Hash
 	for i := 0; i < n; i++ {
 		data := fmt.Sprintf("pack %d of %s at %d\n", i, t.Name(), time.Now().UnixNano())
-		h := gitIn(t, r.Cache, []byte(data), "hash-object", "-w", "--stdin")
-		gitIn(t, r.Cache, []byte(h+"\n"), "pack-objects", "-q", "objects/pack/pack")
-		gitT(t, r.Cache, "prune-packed")
+		h := fixtures.GitStdin(t, r.Cache, []byte(data), "hash-object", "-w", "--stdin")
+		fixtures.GitStdin(t, r.Cache, []byte(h+"\n"), "pack-objects", "-q", "objects/pack/pack")
+		fixtures.Git(t, r.Cache, "prune-packed")
 		hs = append(hs, mustHash(t, h))
 	}
 	return hs
@@ -90,7 +92,7 @@ func writePacks(t *testing.T, r *Remote, n int) []Hash {
 
 func TestCompactPacksMergesAndKeepsEverything(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	r := openTestRemote(t, "file://"+remote)
 	blobs := writePacks(t, r, 12)
 	count := func() int { p, _, _ := packFiles(t, r.Cache); return len(p) }
@@ -111,7 +113,7 @@ func TestCompactPacksMergesAndKeepsEverything(t *testing.T) {
 		t.Errorf("%d packs after merging thirteen small ones", n)
 	}
 	for _, h := range blobs {
-		if _, err := gitRun(r.Cache, nil, nil, "cat-file", "-e", h.String()); err != nil {
+		if _, err := fixtures.RunGit(r.Cache, nil, nil, "cat-file", "-e", h.String()); err != nil {
 			t.Fatalf("merging dropped the unreachable object %s", h)
 		}
 	}
@@ -124,7 +126,7 @@ func TestCompactPacksMergesAndKeepsEverything(t *testing.T) {
 // cruft pack (not one loose file each), and prunes nothing recent.
 func TestCollectGarbageFullKeepsRecentUnreachableInACruftPack(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	r := openTestRemote(t, "file://"+remote)
 	blobs := writePacks(t, r, 5)
 	if err := r.CollectGarbage(context.Background(), 0, false); err != nil {
@@ -150,7 +152,7 @@ func TestCollectGarbageFullKeepsRecentUnreachableInACruftPack(t *testing.T) {
 		t.Errorf("%d loose objects after a full maintenance", n)
 	}
 	for _, h := range blobs {
-		if _, err := gitRun(r.Cache, nil, nil, "cat-file", "-e", h.String()); err != nil {
+		if _, err := fixtures.RunGit(r.Cache, nil, nil, "cat-file", "-e", h.String()); err != nil {
 			t.Fatalf("a full maintenance dropped the recent object %s", h)
 		}
 	}
@@ -160,13 +162,13 @@ func TestCollectGarbageFullKeepsRecentUnreachableInACruftPack(t *testing.T) {
 // packed or loose, and nothing for a missing one.
 func TestRefValuesReadsJustTheNamedRefs(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	a := mkCommit(t, remote, "a")
 	b := mkCommit(t, remote, "b")
 	setRef(t, remote, "refs/ci/requests/a", a)
 	setRef(t, remote, "refs/ci/requests/ab", b)
 	setRef(t, remote, "refs/ci/requests/packed", b)
-	gitT(t, remote, "pack-refs", "--all")
+	fixtures.Git(t, remote, "pack-refs", "--all")
 	setRef(t, remote, "refs/ci/requests/a", b) // loose over packed
 	for _, url := range []string{remote, "file://" + remote} {
 		r := openTestRemote(t, url)
@@ -189,7 +191,7 @@ func TestRefValuesReadsJustTheNamedRefs(t *testing.T) {
 // goes through go-billy's rooted file system.
 func TestObjectPathsOpenedDirectly(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
+	dir := fixtures.NewRepo(t)
 	fs := listingFS{osfs.New(filepath.Join(dir, ".git"))}
 	for name, want := range map[string]bool{
 		"objects":                    true,
@@ -216,12 +218,12 @@ func TestObjectPathsOpenedDirectly(t *testing.T) {
 // it) reads the same: loose and packed objects, and a checkout.
 func TestLinkedObjectsDirectory(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
-	writeFile(t, dir, "a.txt", "hello\n", 0o644)
-	commit := commitAll(t, dir, "one")
-	gitT(t, dir, "repack", "-q", "-d")
-	writeFile(t, dir, "b.txt", "loose\n", 0o644)
-	loose := commitAll(t, dir, "two")
+	dir := fixtures.NewRepo(t)
+	fixtures.WriteFile(t, dir, "a.txt", "hello\n", 0o644)
+	commit := fixtures.CommitAll(t, dir, "one")
+	fixtures.Git(t, dir, "repack", "-q", "-d")
+	fixtures.WriteFile(t, dir, "b.txt", "loose\n", 0o644)
+	loose := fixtures.CommitAll(t, dir, "two")
 	moved := filepath.Join(t.TempDir(), "objects")
 	if err := os.Rename(filepath.Join(dir, ".git", "objects"), moved); err != nil {
 		t.Fatal(err)
@@ -229,7 +231,7 @@ func TestLinkedObjectsDirectory(t *testing.T) {
 	if err := os.Symlink(moved, filepath.Join(dir, ".git", "objects")); err != nil {
 		t.Fatal(err)
 	}
-	if got := gitT(t, dir, "cat-file", "-t", commit); got != "commit" {
+	if got := fixtures.Git(t, dir, "cat-file", "-t", commit); got != "commit" {
 		t.Fatalf("git itself reads %s as %q", commit, got)
 	}
 	r := openRepo(t, dir)

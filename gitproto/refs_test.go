@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"refci.dev/refci/fixtures"
 )
 
 // refsFixture is a repository with three commits on main.
@@ -25,20 +27,20 @@ type refsFixture struct {
 
 func newRefsFixture(t *testing.T) *refsFixture {
 	t.Helper()
-	f := &refsFixture{dir: newGitRepo(t)}
-	writeFile(t, f.dir, "f", "1\n", 0o644)
-	f.c1 = mustHash(t, commitAll(t, f.dir, "one"))
-	writeFile(t, f.dir, "f", "2\n", 0o644)
-	f.c2 = mustHash(t, commitAll(t, f.dir, "two"))
-	writeFile(t, f.dir, "f", "3\n", 0o644)
-	f.c3 = mustHash(t, commitAll(t, f.dir, "three"))
+	f := &refsFixture{dir: fixtures.NewRepo(t)}
+	fixtures.WriteFile(t, f.dir, "f", "1\n", 0o644)
+	f.c1 = mustHash(t, fixtures.CommitAll(t, f.dir, "one"))
+	fixtures.WriteFile(t, f.dir, "f", "2\n", 0o644)
+	f.c2 = mustHash(t, fixtures.CommitAll(t, f.dir, "two"))
+	fixtures.WriteFile(t, f.dir, "f", "3\n", 0o644)
+	f.c3 = mustHash(t, fixtures.CommitAll(t, f.dir, "three"))
 	return f
 }
 
 // gitRef is what git says ref points to, or "" if it does not exist.
 func gitRef(t *testing.T, dir, ref string) string {
 	t.Helper()
-	out, err := gitRun(dir, nil, nil, "rev-parse", "-q", "--verify", ref)
+	out, err := fixtures.RunGit(dir, nil, nil, "rev-parse", "-q", "--verify", ref)
 	if err != nil {
 		return ""
 	}
@@ -47,7 +49,7 @@ func gitRef(t *testing.T, dir, ref string) string {
 
 func packRefs(t *testing.T, dir string) {
 	t.Helper()
-	gitT(t, dir, "pack-refs", "--all", "--prune")
+	fixtures.Git(t, dir, "pack-refs", "--all", "--prune")
 }
 
 func noLocks(t *testing.T, gitDir string) {
@@ -78,7 +80,7 @@ func TestCreateRef(t *testing.T) {
 	if err != nil || string(b) != f.c1.String()+"\n" {
 		t.Errorf("loose ref file = %q, %v; want %q", b, err, f.c1.String()+"\n")
 	}
-	if got := gitT(t, f.dir, "for-each-ref", "--format=%(refname) %(objectname)", "refs/ci/"); got != name+" "+f.c1.String() {
+	if got := fixtures.Git(t, f.dir, "for-each-ref", "--format=%(refname) %(objectname)", "refs/ci/"); got != name+" "+f.c1.String() {
 		t.Errorf("git for-each-ref refs/ci/ = %q", got)
 	}
 	for _, h := range []Hash{f.c2, f.c1} { // a different value, and the same value
@@ -100,7 +102,7 @@ func TestCreateRefPackedExists(t *testing.T) {
 	t.Parallel()
 	f := newRefsFixture(t)
 	const name = "refs/ci/claims/pr/42"
-	gitT(t, f.dir, "update-ref", name, f.c1.String())
+	fixtures.Git(t, f.dir, "update-ref", name, f.c1.String())
 	packRefs(t, f.dir)
 	if _, err := os.Stat(filepath.Join(f.dir, ".git", filepath.FromSlash(name))); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("fixture: the ref is still loose after pack-refs (%v)", err)
@@ -125,7 +127,7 @@ func TestUpdateRefCompareAndSwap(t *testing.T) {
 			t.Parallel()
 			f := newRefsFixture(t)
 			const name = "refs/ci/claims/x"
-			gitT(t, f.dir, "update-ref", name, f.c1.String())
+			fixtures.Git(t, f.dir, "update-ref", name, f.c1.String())
 			if packed {
 				packRefs(t, f.dir)
 			}
@@ -214,8 +216,8 @@ func TestUpdateRefDeletePacked(t *testing.T) {
 	t.Parallel()
 	f := newRefsFixture(t)
 	const name = "refs/ci/requests/packed"
-	gitT(t, f.dir, "update-ref", name, f.c1.String())
-	gitT(t, f.dir, "update-ref", "refs/ci/requests/other", f.c2.String())
+	fixtures.Git(t, f.dir, "update-ref", name, f.c1.String())
+	fixtures.Git(t, f.dir, "update-ref", "refs/ci/requests/other", f.c2.String())
 	packRefs(t, f.dir)
 	r := openRepo(t, f.dir)
 	if err := r.UpdateRef(name, ZeroHash, f.c2); !errors.Is(err, ErrRefChanged) {
@@ -241,7 +243,7 @@ func TestUpdateRefDeleteResurrectsPacked(t *testing.T) {
 	t.Parallel()
 	f := newRefsFixture(t)
 	const name = "refs/ci/claims/lease"
-	gitT(t, f.dir, "update-ref", name, f.c1.String())
+	fixtures.Git(t, f.dir, "update-ref", name, f.c1.String())
 	packRefs(t, f.dir)
 	r := openRepo(t, f.dir)
 	if err := r.UpdateRef(name, f.c2, f.c1); err != nil { // now loose c2 over packed c1
@@ -316,7 +318,7 @@ func TestUpdateRefInvalidNames(t *testing.T) {
 	}
 	for _, name := range names {
 		if strings.HasPrefix(name, "refs/") {
-			if out, err := gitRun(f.dir, nil, nil, "check-ref-format", name); err == nil {
+			if out, err := fixtures.RunGit(f.dir, nil, nil, "check-ref-format", name); err == nil {
 				t.Fatalf("fixture: git accepts %q (%s)", name, out)
 			}
 		}
@@ -334,7 +336,7 @@ func TestUpdateRefInvalidNames(t *testing.T) {
 			t.Errorf("an invalid ref name wrote %s", p)
 		}
 	}
-	if out := gitT(t, f.dir, "for-each-ref", "--format=%(refname)", "refs/ci/"); out != "" {
+	if out := fixtures.Git(t, f.dir, "for-each-ref", "--format=%(refname)", "refs/ci/"); out != "" {
 		t.Errorf("refs were created: %s", out)
 	}
 	noLocks(t, filepath.Join(f.dir, ".git"))
@@ -367,14 +369,14 @@ func TestUpdateRefDirectoryFileConflicts(t *testing.T) {
 	noLocks(t, filepath.Join(f.dir, ".git"))
 
 	// The same with the existing ref packed: git refuses it too.
-	gitT(t, f.dir, "update-ref", "refs/ci/claims/p", f.c1.String())
+	fixtures.Git(t, f.dir, "update-ref", "refs/ci/claims/p", f.c1.String())
 	packRefs(t, f.dir)
-	if _, err := gitRun(f.dir, nil, nil, "update-ref", "refs/ci/claims/p/q", f.c2.String(), ""); err == nil {
+	if _, err := fixtures.RunGit(f.dir, nil, nil, "update-ref", "refs/ci/claims/p/q", f.c2.String(), ""); err == nil {
 		t.Fatalf("fixture: git accepts refs/ci/claims/p/q next to a packed refs/ci/claims/p")
 	}
 	if err := r.CreateRef("refs/ci/claims/p/q", f.c2); err == nil {
 		t.Errorf("CreateRef(refs/ci/claims/p/q) next to a packed refs/ci/claims/p succeeded; git now lists both: %s",
-			gitT(t, f.dir, "for-each-ref", "--format=%(refname)", "refs/ci/claims/"))
+			fixtures.Git(t, f.dir, "for-each-ref", "--format=%(refname)", "refs/ci/claims/"))
 	}
 }
 
@@ -500,10 +502,10 @@ func TestUpdateRefNoLostUpdates(t *testing.T) {
 			t.Errorf("worker %d: %v", i, err)
 		}
 	}
-	if n := gitT(t, f.dir, "rev-list", "--count", name); n != fmt.Sprint(workers+1) {
+	if n := fixtures.Git(t, f.dir, "rev-list", "--count", name); n != fmt.Sprint(workers+1) {
 		t.Errorf("the chain has %s commits, want %d: updates were lost", n, workers+1)
 	}
-	msgs := strings.Split(gitT(t, f.dir, "log", "--format=%s", name), "\n")
+	msgs := strings.Split(fixtures.Git(t, f.dir, "log", "--format=%s", name), "\n")
 	sort.Strings(msgs)
 	for i := 1; i < len(msgs); i++ {
 		if msgs[i] == msgs[i-1] {
@@ -517,7 +519,7 @@ func TestUpdateRefNoLostUpdates(t *testing.T) {
 // gitRefs is the oracle for Refs: every non-symbolic ref git knows.
 func gitRefs(t *testing.T, dir string) []Ref {
 	t.Helper()
-	out := gitT(t, dir, "for-each-ref", "--format=%(refname) %(objectname) %(symref)")
+	out := fixtures.Git(t, dir, "for-each-ref", "--format=%(refname) %(objectname) %(symref)")
 	var refs []Ref
 	for _, line := range strings.Split(out, "\n") {
 		fields := strings.Fields(line)
@@ -552,14 +554,14 @@ func TestRefsMatchesGit(t *testing.T) {
 	t.Parallel()
 	f := newRefsFixture(t)
 	c1, c2, c3 := f.c1.String(), f.c2.String(), f.c3.String()
-	up := func(name, h string) { gitT(t, f.dir, "update-ref", name, h) }
+	up := func(name, h string) { fixtures.Git(t, f.dir, "update-ref", name, h) }
 	// Packed first.
 	up("refs/ci/requests/b", c1)
 	up("refs/ci/requests/zz/top", c2)
 	up("refs/ci/requests/c", c1)
 	up("refs/ci/requestsX/y", c1)
 	up("refs/ci/runs/"+c1+"/20261122T093000.123Z-3f9a1c", c2)
-	gitT(t, f.dir, "tag", "-a", "-m", "annotated", "ann", c1) // packed with a ^peeled line
+	fixtures.Git(t, f.dir, "tag", "-a", "-m", "annotated", "ann", c1) // packed with a ^peeled line
 	packRefs(t, f.dir)
 	if b, err := os.ReadFile(filepath.Join(f.dir, ".git", "packed-refs")); err != nil || !strings.Contains(string(b), "\n^") {
 		t.Fatalf("fixture: packed-refs has no peeled line: %q, %v", b, err)
@@ -570,7 +572,7 @@ func TestRefsMatchesGit(t *testing.T) {
 	up("refs/ci/requests/c", c3)
 	up("refs/ci/runs/"+c1+"/20261122T093001.000Z-000001", c3)
 	up("refs/ci/runs/"+c2+"/20261122T093002.000Z-000002", c1)
-	gitT(t, f.dir, "symbolic-ref", "refs/ci/requests/sym", "refs/heads/main")
+	fixtures.Git(t, f.dir, "symbolic-ref", "refs/ci/requests/sym", "refs/heads/main")
 	if err := os.WriteFile(filepath.Join(f.dir, ".git", "refs", "ci", "requests", "d.lock"), []byte(c2+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -623,7 +625,7 @@ func TestRefsMatchesGit(t *testing.T) {
 
 func TestRefsEmptyRepository(t *testing.T) {
 	t.Parallel()
-	dir := newGitRepo(t)
+	dir := fixtures.NewRepo(t)
 	r := openRepo(t, dir)
 	for _, prefix := range []string{"refs/ci/", "refs/ci", "refs/ci/runs/abc"} {
 		refs, err := r.Refs(prefix)
@@ -638,8 +640,8 @@ func TestRefsEmptyRepository(t *testing.T) {
 func TestRefsEmptyPrefix(t *testing.T) {
 	t.Parallel()
 	f := newRefsFixture(t)
-	gitT(t, f.dir, "update-ref", "refs/ci/requests/a", f.c1.String())
-	writeFile(t, f.dir, "stray", f.c2.String()+"\n", 0o644) // a file in the work tree that looks like a ref
+	fixtures.Git(t, f.dir, "update-ref", "refs/ci/requests/a", f.c1.String())
+	fixtures.WriteFile(t, f.dir, "stray", f.c2.String()+"\n", 0o644) // a file in the work tree that looks like a ref
 	r := openRepo(t, f.dir)
 	got, err := r.Refs("")
 	if err != nil {
@@ -656,14 +658,14 @@ func TestRefsEmptyPrefix(t *testing.T) {
 // answered at once.
 func TestObjectsReadWhileAPackIsInstalled(t *testing.T) {
 	t.Parallel()
-	dir := newBare(t, "repo.git")
+	dir := fixtures.BareRepo(t, "repo.git")
 	old := mkCommit(t, dir, "in an older pack")
-	gitT(t, dir, "update-ref", "refs/heads/old", old.String())
-	gitT(t, dir, "repack", "-adq")
+	fixtures.Git(t, dir, "update-ref", "refs/heads/old", old.String())
+	fixtures.Git(t, dir, "repack", "-adq")
 	fresh := mkCommit(t, dir, "in the pack being installed")
-	gitT(t, dir, "update-ref", "refs/heads/fresh", fresh.String())
+	fixtures.Git(t, dir, "update-ref", "refs/heads/fresh", fresh.String())
 	packs := packIndexes(t, dir)
-	gitT(t, dir, "repack", "-dq") // a second pack: the loose objects
+	fixtures.Git(t, dir, "repack", "-dq") // a second pack: the loose objects
 	idx := newPack(t, dir, packs)
 	held := filepath.Join(t.TempDir(), "held.idx")
 	for round, h := range []Hash{old, fresh} {
@@ -739,7 +741,7 @@ func TestListingSurvivesAVanishedEntry(t *testing.T) {
 // present object missing. Before listingFS, about 1 in 100 did.
 func TestObjectsReadWhileFetchesInstallPacks(t *testing.T) {
 	t.Parallel()
-	remote := newBare(t, "remote.git")
+	remote := fixtures.BareRepo(t, "remote.git")
 	target := mkCommit(t, remote, "target")
 	setRef(t, remote, "refs/ci/requests/t0", target)
 	r := openTestRemote(t, remote)

@@ -3,25 +3,22 @@ package envstore
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/secrets"
 )
 
-// newRepo makes an empty bare repository that reads no configuration of
-// this machine.
+func TestMain(m *testing.M) { os.Exit(fixtures.PrivateHome(m)) }
+
 func newRepo(t *testing.T) *gitproto.Repo {
 	t.Helper()
-	dir := t.TempDir()
-	git := gitproto.CLI{Env: gitproto.IsolatedConfig(dir)}
-	if _, err := git.Run(context.Background(), "", "init", "--bare", "-q", dir); err != nil {
-		t.Fatal(err)
-	}
-	repo, err := gitproto.Open(dir)
+	repo, err := gitproto.Open(fixtures.BareRepo(t, "repo.git"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,12 +26,7 @@ func newRepo(t *testing.T) *gitproto.Repo {
 }
 
 func newIdentity(t *testing.T, name string) *secrets.Identity {
-	t.Helper()
-	id, err := secrets.Generate("Test "+name, strings.ToLower(name)+"@example.invalid", time.Unix(1700000000, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
+	return fixtures.OpenPGPIdentity(t, "Test "+name)
 }
 
 func keyring(ids ...*secrets.Identity) secrets.Keyring {
