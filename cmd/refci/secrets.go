@@ -382,11 +382,7 @@ func secretsSet(e *env, args []string) int {
 		// Check what workers will check: an admin signed it, and it
 		// decrypts (the admin is a recipient).
 		sealed = value
-		writers := t.Admins
-		if writers.Len() == 0 {
-			writers.Add(id)
-		}
-		if value, _, err = id.Open(sealed, writers); err != nil {
+		if value, err = t.OpenSealed(id, sealed); err != nil {
 			return c.fail(usageErr{fmt.Errorf("%s: the --sealed message cannot be used: %w; encrypt it to every key of recipients.asc and sign it with an admin key (gpg --encrypt --sign -r ... -u ADMIN)", name, err)})
 		}
 	}

@@ -255,3 +255,27 @@ func TestNewPolicyRefusesABadName(t *testing.T) {
 		t.Errorf("NewPolicy = %+v, %v", p, err)
 	}
 }
+
+func TestOpenSealedBelievesOnlyAnAdminsSeal(t *testing.T) {
+	repo := newRepo(t)
+	admin, worker, outsider := newIdentity(t, "Admin"), newIdentity(t, "Worker"), newIdentity(t, "Outsider")
+	s := &Store{Repo: repo}
+	e, err := s.Read(initEnv(t, s, "staging", admin, worker))
+	if err != nil {
+		t.Fatal(err)
+	}
+	byAdmin, err := admin.Seal([]byte("value-1"), e.Recipients)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := e.OpenSealed(admin, byAdmin); err != nil || string(v) != "value-1" {
+		t.Errorf("OpenSealed of the admin's seal = %q, %v", v, err)
+	}
+	byOutsider, err := outsider.Seal([]byte("value-2"), e.Recipients)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.OpenSealed(admin, byOutsider); err == nil {
+		t.Error("OpenSealed believed a value sealed by a key that is no admin")
+	}
+}

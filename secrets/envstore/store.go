@@ -149,14 +149,29 @@ func (e *NotRecipientError) Error() string {
 // Unwrap returns secrets.ErrNotRecipient.
 func (e *NotRecipientError) Unwrap() error { return secrets.ErrNotRecipient }
 
+// writers are the keys whose sealed values t believes: its admins, or
+// id when it names none.
+func (t *Env) writers(id *secrets.Identity) secrets.Keyring {
+	w := t.Admins
+	if w.Len() == 0 {
+		w.Add(id)
+	}
+	return w
+}
+
+// OpenSealed checks a value sealed elsewhere (gpg --encrypt --sign) as
+// workers will: an admin of t (or id, when t names none) signed it, and
+// id, a recipient, decrypts it. It returns the value.
+func (t *Env) OpenSealed(id *secrets.Identity, sealed []byte) ([]byte, error) {
+	v, _, err := id.Open(sealed, t.writers(id))
+	return v, err
+}
+
 // Reseal re-encrypts every value of t to t.Recipients with id, which
 // must be able to decrypt them (else a *NotRecipientError). Values are
 // believed only when an admin of t (or id, if t names none) sealed them.
 func (t *Env) Reseal(id *secrets.Identity) error {
-	writers := t.Admins
-	if writers.Len() == 0 {
-		writers.Add(id)
-	}
+	writers := t.writers(id)
 	for _, n := range t.Names() {
 		v, _, err := id.Open(t.Values[n], writers)
 		if errors.Is(err, secrets.ErrNotRecipient) {
