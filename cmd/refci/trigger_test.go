@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/queue"
 )
 
@@ -23,14 +24,7 @@ func TestRequestTagIsUniqueAndNeedsNoIdentity(t *testing.T) {
 		os.Unsetenv(k)
 	}
 	ctx := context.Background()
-	git := func(args ...string) string {
-		t.Helper()
-		out, err := gitCmd(ctx, dir, "", args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
+	git := func(args ...string) string { t.Helper(); return fixtures.Git(t, dir, args...) }
 	git("init", "-q")
 	git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m", "c")
 	if _, err := gitCmd(ctx, dir, "", "var", "GIT_COMMITTER_IDENT"); err == nil {
