@@ -94,7 +94,7 @@ func newAttack(t *testing.T) *attack {
 		t.Fatal(err)
 	}
 	a.files = []string{"/etc/refci-attack", "/usr/local/bin/refci-attack", filepath.Join(filepath.Dir(refciBin), "git")}
-	if out, err := exec.Command("git", "--exec-path").Output(); err == nil {
+	if out, err := fixtures.RunGit("", nil, nil, "--exec-path"); err == nil {
 		a.files = append(a.files, filepath.Join(strings.TrimSpace(string(out)), "../../share/git-core/templates/refci-attack"))
 	}
 	for _, p := range a.files {
