@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"refci.dev/refci/fixtures"
+	"refci.dev/refci/fixtures/resultcommit"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/secrets"
@@ -39,40 +40,7 @@ func status(target, id string, attempt int, state queue.State, worker *secrets.I
 // first), signed by signer, with log as its log, and sets its run ref.
 func publish(t *testing.T, dir string, st *queue.Status, parent gitproto.Hash, signer *secrets.Identity, log string) gitproto.Hash {
 	t.Helper()
-	repo, err := gitproto.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := queue.EncodeStatus(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var files []gitproto.TreeFile
-	for path, data := range map[string][]byte{queue.StatusFile: b, queue.LogFile: []byte(log)} {
-		h, err := repo.WriteBlob(data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		files = append(files, gitproto.TreeFile{Path: path, Hash: h})
-	}
-	tree, err := repo.WriteTree(files)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec := gitproto.CommitSpec{Tree: tree, Author: gitproto.NewSignature("refci", "refci@example.invalid", time.Now()), Message: queue.CommitMessage(st)}
-	if parent != gitproto.ZeroHash {
-		spec.Parents = []gitproto.Hash{parent}
-	}
-	h, err := repo.WriteCommit(spec, signer.SignDetached)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := queue.RunRef(st.Target, st.Run)
-	old, _ := repo.RefHash(ref)
-	if err := repo.UpdateRef(ref, h, old); err != nil {
-		t.Fatal(err)
-	}
-	return h
+	return resultcommit.Write(t, open(t, dir), st, parent, signer, map[string]string{queue.LogFile: log})
 }
 
 func open(t *testing.T, dir string) *gitproto.Repo {
@@ -302,24 +270,11 @@ func TestFollowTellsEachChange(t *testing.T) {
 // check their shape, the worker and serve their signer) and returns it.
 func claimCommit(t *testing.T, dir string, c *queue.Claim) gitproto.Hash {
 	t.Helper()
-	repo := open(t, dir)
 	b, err := queue.EncodeClaim(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob, err := repo.WriteBlob(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tree, err := repo.WriteTree([]gitproto.TreeFile{{Path: queue.ClaimFile, Hash: blob}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := repo.WriteCommit(gitproto.CommitSpec{Tree: tree, Author: gitproto.NewSignature("refci", "refci@example.invalid", time.Now()), Message: queue.ClaimMessage(c)}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h
+	return resultcommit.Commit(t, open(t, dir), map[string]string{queue.ClaimFile: string(b)}, queue.ClaimMessage(c), nil)
 }
 
 // WaitForClaim waits while a request is queued, returns its claim once a

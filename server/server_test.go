@@ -94,8 +94,8 @@ func TestEnsureAdmins(t *testing.T) {
 	dir := t.TempDir()
 	home := filepath.Join(dir, "home")
 	os.MkdirAll(filepath.Join(home, ".ssh"), 0o700)
-	a, aFP := sshKey(t, filepath.Join(home, ".ssh"), "id_ed25519")
-	_, bFP := sshKey(t, filepath.Join(home, ".ssh"), "id_other")
+	aKey, bKey := fixtures.SSHKeyFiles(t, filepath.Join(home, ".ssh"), "id_ed25519"), fixtures.SSHKeyFiles(t, filepath.Join(home, ".ssh"), "id_other")
+	a, aFP, bFP := aKey.Path, aKey.Fingerprint, bKey.Fingerprint
 	roles := filepath.Join(dir, "roles")
 	notes, err := ensureAdmins(roles, nil, home)
 	if err != nil || len(notes) != 2 || !strings.Contains(notes[0], aFP+" (from "+a+".pub)") {
@@ -118,7 +118,8 @@ func TestEnsureAdmins(t *testing.T) {
 		t.Errorf("second start: %v %v", notes, err)
 	}
 	// --admin adds a key once.
-	c, cFP := sshKey(t, dir, "carol")
+	carol := fixtures.SSHKeyFiles(t, dir, "carol")
+	c, cFP := carol.Path, carol.Fingerprint
 	for i := 0; i < 2; i++ {
 		if _, err := ensureAdmins(roles, []string{c + ".pub"}, home); err != nil {
 			t.Fatal(err)
@@ -187,14 +188,6 @@ func TestWriteFileAtomic(t *testing.T) {
 	}
 }
 
-// sshKey writes a new SSH key pair to dir/name and dir/name.pub and
-// returns the path without .pub and the key's fingerprint.
-func sshKey(t *testing.T, dir, name string) (string, string) {
-	t.Helper()
-	k := fixtures.NewSSHKey(t, name)
-	return k.WriteFiles(t, dir, name), k.Fingerprint
-}
-
 // New prepares the data directory and the roles file, refuses bad admin
 // keys with ErrRoles, and Serve returns nil once its context ends.
 func TestServerLifecycle(t *testing.T) {
@@ -202,7 +195,8 @@ func TestServerLifecycle(t *testing.T) {
 	if _, err := New(Config{DataDir: filepath.Join(dir, "bad"), Home: filepath.Join(dir, "nobody")}); !errors.Is(err, ErrRoles) || !strings.Contains(err.Error(), "no admin key") {
 		t.Fatalf("no admin key: %v", err)
 	}
-	key, fp := sshKey(t, dir, "admin")
+	admin := fixtures.SSHKeyFiles(t, dir, "admin")
+	key, fp := admin.Path, admin.Fingerprint
 	srv, err := New(Config{DataDir: filepath.Join(dir, "data"), AdminKeyFiles: []string{key + ".pub"}, Addr: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 )
@@ -66,7 +67,7 @@ func fill(t *testing.T, dir string) string {
 // so and holding the log as far as it was kept; the request is consumed,
 // and the next run (the directory emptied, the space back) works.
 func TestRunDirectoryDiskFull(t *testing.T) {
-	exe := testExecutable(t)
+	exe := fixtures.Executable(t)
 	lw := newLoopWorld(t, `if [ "$REFCI_REQUEST" = full ]; then
 	echo before-fill
 	cat /dev/zero > "$TMPDIR/fill" 2>/dev/null
@@ -84,11 +85,11 @@ fi
 	}
 	w := New(Config{
 		Remotes: []*gitproto.Remote{rem}, Poll: 100 * time.Millisecond, Concurrency: 1, Grace: 5 * time.Second,
-		Signer: testSigner(t), RefciPath: exe, TempDir: tmp,
+		Signer: fixtures.OpenPGPIdentity(t, "Test Worker"), RefciPath: exe, TempDir: tmp,
 	})
 	startWorker(t, w)
-	lw.git(t, lw.clone, "push", "-q", lw.bare, "HEAD:"+queue.RequestRef("full"))
-	lw.waitFor(t, "the result of the run that filled its disk", 60*time.Second, func() bool {
+	fixtures.Git(t, lw.clone, "push", "-q", lw.bare, "HEAD:"+queue.RequestRef("full"))
+	fixtures.WaitFor(t, 60*time.Second, "the result of the run that filled its disk", func() bool {
 		return len(lw.refs(t, queue.RunsPrefix)) == 1 && lw.consumed(t, "full")
 	})
 	st, log := lw.resultOf(t, "full")
@@ -98,8 +99,8 @@ fi
 	if !strings.Contains(log, "before-fill") || !strings.Contains(log, "the pipeline filled its disk") || !strings.Contains(log, "refci: no space left on device") {
 		t.Errorf("the log does not hold what was kept and the reason:\n%.2000s", log)
 	}
-	lw.git(t, lw.clone, "push", "-q", lw.bare, "HEAD:"+queue.RequestRef("after"))
-	lw.waitFor(t, "the next run", 60*time.Second, func() bool {
+	fixtures.Git(t, lw.clone, "push", "-q", lw.bare, "HEAD:"+queue.RequestRef("after"))
+	fixtures.WaitFor(t, 60*time.Second, "the next run", func() bool {
 		return len(lw.refs(t, queue.RunsPrefix)) == 2 && lw.consumed(t, "after")
 	})
 	if st, log := lw.resultOf(t, "after"); st.State != queue.Success || !strings.Contains(log, "space-is-back") {
@@ -112,7 +113,7 @@ fi
 // it once there is space again; the request is never eaten meanwhile, and
 // is consumed with that result, in state error saying why.
 func TestCacheDiskFullKeepsTheResult(t *testing.T) {
-	exe := testExecutable(t)
+	exe := fixtures.Executable(t)
 	sync := t.TempDir()
 	lw := newLoopWorld(t, fmt.Sprintf(`echo pipeline-started
 touch %[1]s/started
@@ -124,15 +125,15 @@ echo pipeline-done
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &fixtures.Buffer{}
 	w := New(Config{
 		Remotes: []*gitproto.Remote{rem}, Poll: 100 * time.Millisecond, Concurrency: 1, Grace: 5 * time.Second,
-		Signer: testSigner(t), RefciPath: exe, TempDir: t.TempDir(), Snapshot: time.Hour,
+		Signer: fixtures.OpenPGPIdentity(t, "Test Worker"), RefciPath: exe, TempDir: t.TempDir(), Snapshot: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(logs, nil)),
 	})
 	startWorker(t, w)
-	lw.git(t, lw.clone, "push", "-q", lw.bare, "HEAD:"+queue.RequestRef("r"))
-	lw.waitFor(t, "the pipeline to start", 60*time.Second, func() bool {
+	fixtures.Git(t, lw.clone, "push", "-q", lw.bare, "HEAD:"+queue.RequestRef("r"))
+	fixtures.WaitFor(t, 60*time.Second, "the pipeline to start", func() bool {
 		_, err := os.Stat(filepath.Join(sync, "started"))
 		return err == nil
 	})
@@ -140,7 +141,7 @@ echo pipeline-done
 	if err := os.WriteFile(filepath.Join(sync, "go"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	lw.waitFor(t, "the worker to say it cannot store the result", 60*time.Second, func() bool {
+	fixtures.WaitFor(t, 60*time.Second, "the worker to say it cannot store the result", func() bool {
 		return strings.Contains(logs.String(), "the run's result cannot be stored; retrying until there is space")
 	})
 	if lw.consumed(t, "r") || len(lw.refs(t, queue.RunsPrefix)) != 0 {
@@ -152,7 +153,7 @@ echo pipeline-done
 	if err := os.Remove(ballast); err != nil {
 		t.Fatal(err)
 	}
-	lw.waitFor(t, "the kept result on the remote", 60*time.Second, func() bool {
+	fixtures.WaitFor(t, 60*time.Second, "the kept result on the remote", func() bool {
 		return len(lw.refs(t, queue.RunsPrefix)) == 1 && lw.consumed(t, "r")
 	})
 	st, log := lw.resultOf(t, "r")

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/worker/jobsock"
@@ -25,35 +26,11 @@ func init() {
 	}
 }
 
-// secretPlace makes a directory with a secret file in it and a secret file
-// beside it, the way a worker's $REFCI_HOME and --key FILE look.
-func secretPlace(t *testing.T) (dir, file string) {
-	t.Helper()
-	root := t.TempDir()
-	dir, file = filepath.Join(root, "home"), filepath.Join(root, "key.asc")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{filepath.Join(dir, "key.asc"), file} {
-		if err := os.WriteFile(f, []byte("TOP-SECRET-KEY\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir, file
-}
-
-func needIsolation(t *testing.T) {
-	t.Helper()
-	if err := proc.CheckIsolation(testExecutable(t)); err != nil {
-		t.Skipf("no user namespaces here: %v", err)
-	}
-}
-
 // A whole run with hiding: the checkout, the run directory, the job socket
 // (refci job) and refci on PATH work; the hidden paths are empty.
 func TestHideRun(t *testing.T) {
-	needIsolation(t)
-	dir, file := secretPlace(t)
+	fixtures.NeedIsolation(t, proc.CheckIsolation)
+	dir, file := fixtures.SecretPlace(t)
 	lw := newLoopWorld(t, fmt.Sprintf(`set -e
 test -x .refci/run && echo "checkout ok"
 refci job hidden-check -- sh -c 'echo "job:[$(ls -A %[1]s)][$(cat %[2]s)]"'
@@ -61,10 +38,10 @@ echo artifact > "$REFCI_ARTIFACTS/a.txt"
 echo "home:[$(ls -A %[1]s)]"
 `, dir, file))
 	repo, head := lw.head(t)
-	exe := testExecutable(t)
-	var live syncBuffer
+	exe := fixtures.Executable(t)
+	var live fixtures.Buffer
 	out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", RefciPath: exe, Shim: exe,
-		TempDir: t.TempDir(), Output: &live, Isolation: Isolation{Hide: []string{dir, file}, RequireIsolation: true}}, testSigner(t))
+		TempDir: t.TempDir(), Output: &live, Isolation: Isolation{Hide: []string{dir, file}, RequireIsolation: true}}, fixtures.OpenPGPIdentity(t, "Test Worker"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +56,7 @@ echo "home:[$(ls -A %[1]s)]"
 	if !strings.Contains(log, "checkout ok") || !strings.Contains(log, "home:[]") || strings.Contains(log, "TOP-SECRET") {
 		t.Errorf("log:\n%s", log)
 	}
-	jobLog := lw.git(t, lw.clone, "show", out.Commit.String()+":"+st.Jobs[0].Log)
+	jobLog := fixtures.Git(t, lw.clone, "show", out.Commit.String()+":"+st.Jobs[0].Log)
 	if !strings.Contains(jobLog, "job:[][]") {
 		t.Errorf("job log %q", jobLog)
 	}
@@ -89,7 +66,7 @@ echo "home:[$(ls -A %[1]s)]"
 // directory) see their own directory, writable, and nothing of the
 // others': not a trusted neighbour's checkout, files or socket.
 func TestHiddenParentKeepsOwnRunDir(t *testing.T) {
-	needIsolation(t)
+	fixtures.NeedIsolation(t, proc.CheckIsolation)
 	parent := filepath.Join(t.TempDir(), "runs")
 	if err := os.Mkdir(parent, 0o700); err != nil {
 		t.Fatal(err)
@@ -111,15 +88,15 @@ refci job build -- echo "job ok"
 		t.Fatal(err)
 	}
 	head, _ := repo.ResolveCommit("HEAD")
-	exe := testExecutable(t)
+	exe := fixtures.Executable(t)
 	// The executable lies under a hidden path too (the test binary's
 	// directory): it must stay usable for refci job.
 	out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", RefciPath: exe, Shim: exe,
-		TempDir: parent, Isolation: Isolation{Hide: []string{parent, filepath.Dir(exe)}, RequireIsolation: true}}, testSigner(t))
+		TempDir: parent, Isolation: Isolation{Hide: []string{parent, filepath.Dir(exe)}, RequireIsolation: true}}, fixtures.OpenPGPIdentity(t, "Test Worker"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := lw.git(t, lw.clone, "show", out.Commit.String()+":"+queue.LogFile)
+	log := fixtures.Git(t, lw.clone, "show", out.Commit.String()+":"+queue.LogFile)
 	if out.Status.State != queue.Success {
 		t.Fatalf("state %s (%s), log:\n%s", out.Status.State, out.Status.Reason, log)
 	}
@@ -146,7 +123,7 @@ refci job build -- echo "job ok"
 // device nodes still work. The test runs as any user: as root, the files
 // of /etc and /usr are the pipeline's to write but for the read-only root.
 func TestReadOnlyRoot(t *testing.T) {
-	needIsolation(t)
+	fixtures.NeedIsolation(t, proc.CheckIsolation)
 	base := t.TempDir() // under /tmp: a scratch directory
 	home := filepath.Join(base, "home")
 	extra := filepath.Join(base, "extra")
@@ -158,7 +135,7 @@ func TestReadOnlyRoot(t *testing.T) {
 	}
 	// A directory beside the test binary: read-only as the binary's
 	// directory is, although it lies under /tmp.
-	outside, err := os.MkdirTemp(filepath.Dir(testExecutable(t)), "outside-")
+	outside, err := os.MkdirTemp(filepath.Dir(fixtures.Executable(t)), "outside-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,14 +159,14 @@ try HOME 'echo x > "$HOME/f"'
 try TMPDIR 'echo x > "$TMPDIR/f"'
 try artifacts 'echo x > "$REFCI_ARTIFACTS/a.txt"'
 try checkout 'echo x > checkout-file'
-`, home, filepath.Join(absentParent, "missing"), extra, base, testExecutable(t), outside)
+`, home, filepath.Join(absentParent, "missing"), extra, base, fixtures.Executable(t), outside)
 	lw := newLoopWorld(t, script)
 	repo, head := lw.head(t)
-	exe := testExecutable(t)
-	var live syncBuffer
+	exe := fixtures.Executable(t)
+	var live fixtures.Buffer
 	out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", RefciPath: exe, Shim: exe,
 		TempDir: t.TempDir(), Output: &live, Isolation: Isolation{Hide: []string{filepath.Join(base, "nothing-here")}, RequireIsolation: true,
-			Writable: []string{extra}, ReadOnly: []string{home, filepath.Join(absentParent, "missing"), exe, filepath.Dir(exe)}}}, testSigner(t))
+			Writable: []string{extra}, ReadOnly: []string{home, filepath.Join(absentParent, "missing"), exe, filepath.Dir(exe)}}}, fixtures.OpenPGPIdentity(t, "Test Worker"))
 	if err != nil {
 		t.Fatal(err)
 	}

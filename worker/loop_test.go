@@ -3,16 +3,15 @@ package worker
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
-	"refci.dev/refci/secrets"
 )
 
 func TestClaimAheadFollowsRunDurations(t *testing.T) {
@@ -40,71 +39,28 @@ func TestClaimAheadFollowsRunDurations(t *testing.T) {
 	}
 }
 
-// loopWorld is a bare remote with one commit that has a pipeline, and a
-// clone to push requests from.
+func TestMain(m *testing.M) { os.Exit(fixtures.PrivateHome(m)) }
+
+// loopWorld is a bare remote with one commit that has a pipeline, the
+// clone it was pushed from, to push requests from, and a directory for
+// the worker's caches.
 type loopWorld struct {
 	dir, bare, clone string
-	env              []string
 }
 
 func newLoopWorld(t *testing.T, pipeline string) *loopWorld {
 	t.Helper()
-	dir := t.TempDir()
-	lw := &loopWorld{dir: dir, bare: filepath.Join(dir, "remote.git"), clone: filepath.Join(dir, "clone")}
-	lw.env = append(os.Environ(), "GIT_CONFIG_NOSYSTEM=1", "HOME="+dir,
-		"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.invalid", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.invalid")
-	lw.git(t, dir, "init", "-q", "--bare", "-b", "main", lw.bare)
-	lw.git(t, dir, "init", "-q", "-b", "main", lw.clone)
-	if err := os.MkdirAll(filepath.Join(lw.clone, ".refci"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(lw.clone, ".refci", "run"), []byte("#!/bin/sh\n"+pipeline), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	lw.git(t, lw.clone, "add", "-A")
-	lw.git(t, lw.clone, "commit", "-q", "-m", "pipeline")
-	lw.git(t, lw.clone, "push", "-q", lw.bare, "main")
-	return lw
-}
-
-func (lw *loopWorld) git(t *testing.T, dir string, args ...string) string {
-	t.Helper()
-	cmd := exec.Command("git", args...)
-	cmd.Dir, cmd.Env = dir, lw.env
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out))
+	p := fixtures.NewPipelineRepo(t, pipeline)
+	return &loopWorld{dir: t.TempDir(), bare: p.Bare, clone: p.Dir}
 }
 
 // refs lists the remote's refs under prefix.
 func (lw *loopWorld) refs(t *testing.T, prefix string) []string {
-	out := lw.git(t, lw.bare, "for-each-ref", "--format=%(refname)", prefix)
+	out := fixtures.Git(t, lw.bare, "for-each-ref", "--format=%(refname)", prefix)
 	if out == "" {
 		return nil
 	}
 	return strings.Split(out, "\n")
-}
-
-func (lw *loopWorld) waitFor(t *testing.T, what string, d time.Duration, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %s for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func testSigner(t *testing.T) *secrets.Identity {
-	t.Helper()
-	id, err := secrets.Generate("refci test worker", "worker@example.invalid", time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
 }
 
 // startWorker runs w until the test ends.
@@ -123,11 +79,11 @@ func startWorker(t *testing.T, w *Worker) {
 }
 
 func TestAddRemoteWhileRunningAndPoke(t *testing.T) {
-	exe := testExecutable(t)
+	exe := fixtures.Executable(t)
 	lw := newLoopWorld(t, "echo ran\n")
 	w := New(Config{
 		Poll: time.Hour, Concurrency: 1, Lease: time.Minute, Grace: 5 * time.Second,
-		Signer: testSigner(t), RefciPath: exe, TempDir: t.TempDir(),
+		Signer: fixtures.OpenPGPIdentity(t, "Test Worker"), RefciPath: exe, TempDir: t.TempDir(),
 	})
 	startWorker(t, w)
 	rem, err := gitproto.OpenRemote("file://"+lw.bare, filepath.Join(lw.dir, "cache.git"), nil)
@@ -141,22 +97,22 @@ func TestAddRemoteWhileRunningAndPoke(t *testing.T) {
 	w.AddRemote(rem) // a second time: nothing more
 	// The new loop polls at once; wait until that poll is over (the
 	// cache holds the fetched refs) so the request below is new to it.
-	lw.waitFor(t, "the first poll of the added remote", 10*time.Second, func() bool {
+	fixtures.WaitFor(t, 10*time.Second, "the first poll of the added remote", func() bool {
 		_, err := os.Stat(filepath.Join(lw.dir, "cache.git", "HEAD"))
 		return err == nil
 	})
 	time.Sleep(300 * time.Millisecond)
-	lw.git(t, lw.clone, "push", "-q", lw.bare, "HEAD:refs/ci/requests/poked")
+	fixtures.Git(t, lw.clone, "push", "-q", lw.bare, "HEAD:refs/ci/requests/poked")
 	if !w.Poke(rem.URL) {
 		t.Fatal("Poke of a served remote reported false")
 	}
 	// The poll interval is an hour: only the poke can start this run.
-	lw.waitFor(t, "the poked request's result", 20*time.Second, func() bool {
+	fixtures.WaitFor(t, 20*time.Second, "the poked request's result", func() bool {
 		return len(lw.refs(t, queue.RunsPrefix)) == 1 && len(lw.refs(t, queue.RequestsPrefix)) == 0 && len(lw.refs(t, queue.ClaimsPrefix)) == 0
 	})
 	// Once published, the cache forgets its own copy of the run ref.
-	lw.waitFor(t, "the cache to drop the published run ref", 10*time.Second, func() bool {
-		return lw.git(t, lw.dir, "--git-dir="+filepath.Join(lw.dir, "cache.git"), "for-each-ref", queue.RunsPrefix) == ""
+	fixtures.WaitFor(t, 10*time.Second, "the cache to drop the published run ref", func() bool {
+		return fixtures.Git(t, lw.dir, "--git-dir="+filepath.Join(lw.dir, "cache.git"), "for-each-ref", queue.RunsPrefix) == ""
 	})
 	w.mu.Lock()
 	n := len(w.cfg.Remotes)
@@ -167,16 +123,16 @@ func TestAddRemoteWhileRunningAndPoke(t *testing.T) {
 }
 
 func TestTrustHookDecidesPerRun(t *testing.T) {
-	exe := testExecutable(t)
+	exe := fixtures.Executable(t)
 	lw := newLoopWorld(t, "echo \"trusted=$REFCI_TRUSTED\"\n")
-	lw.git(t, lw.clone, "push", "-q", lw.bare, "HEAD:refs/ci/requests/good", "HEAD:refs/ci/requests/bad")
+	fixtures.Git(t, lw.clone, "push", "-q", lw.bare, "HEAD:refs/ci/requests/good", "HEAD:refs/ci/requests/bad")
 	rem, err := gitproto.OpenRemote("file://"+lw.bare, filepath.Join(lw.dir, "cache.git"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	w := New(Config{
 		Remotes: []*gitproto.Remote{rem}, Poll: 100 * time.Millisecond, Concurrency: 2, Grace: 5 * time.Second,
-		Signer: testSigner(t), RefciPath: exe, TempDir: t.TempDir(),
+		Signer: fixtures.OpenPGPIdentity(t, "Test Worker"), RefciPath: exe, TempDir: t.TempDir(),
 		Trust: func(q TrustQuery) (bool, string) {
 			if q.Target.String() == "" || q.Repo == nil || q.Remote != rem.URL {
 				return false, "incomplete query"
@@ -188,13 +144,13 @@ func TestTrustHookDecidesPerRun(t *testing.T) {
 		},
 	})
 	startWorker(t, w)
-	lw.waitFor(t, "both results", 20*time.Second, func() bool { return len(lw.refs(t, queue.RunsPrefix)) == 2 })
+	fixtures.WaitFor(t, 20*time.Second, "both results", func() bool { return len(lw.refs(t, queue.RunsPrefix)) == 2 })
 	for _, ref := range lw.refs(t, queue.RunsPrefix) {
-		st, err := queue.DecodeStatus([]byte(lw.git(t, lw.bare, "show", ref+":"+queue.StatusFile)))
+		st, err := queue.DecodeStatus([]byte(fixtures.Git(t, lw.bare, "show", ref+":"+queue.StatusFile)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		log := lw.git(t, lw.bare, "show", ref+":"+queue.LogFile)
+		log := fixtures.Git(t, lw.bare, "show", ref+":"+queue.LogFile)
 		want := st.Request == "good"
 		if st.Trusted != want || !strings.Contains(log, "trusted="+map[bool]string{true: "1", false: "0"}[want]) {
 			t.Errorf("request %s: trusted=%v, log %q; want trusted=%v", st.Request, st.Trusted, log, want)
@@ -215,7 +171,7 @@ func TestRunSocketFailureIsAnErrorResult(t *testing.T) {
 	if err := os.MkdirAll(deep, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", TempDir: deep}, testSigner(t))
+	out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", TempDir: deep}, fixtures.OpenPGPIdentity(t, "Test Worker"))
 	if err != nil {
 		t.Fatalf("no result: %v", err)
 	}
@@ -265,7 +221,7 @@ func (lw *loopWorld) head(t *testing.T) (*gitproto.Repo, gitproto.Hash) {
 func TestTakeoverIsNotCancelledByTheClaimItReplaced(t *testing.T) {
 	lw := newLoopWorld(t, "echo ran\n")
 	repo, head := lw.head(t)
-	w := New(Config{Concurrency: 1, Signer: testSigner(t)})
+	w := New(Config{Concurrency: 1, Signer: fixtures.OpenPGPIdentity(t, "Test Worker")})
 	rem := &gitproto.Remote{URL: "file://" + lw.bare, Cache: lw.clone}
 	now := time.Now()
 	claim := func(run string, attempt int, old gitproto.Hash) gitproto.Hash {
@@ -314,34 +270,34 @@ func TestTakeoverIsNotCancelledByTheClaimItReplaced(t *testing.T) {
 // interval and the tick are an hour. Its status.json names the request
 // object run.
 func TestFirstSnapshotIsPushedAtOnce(t *testing.T) {
-	exe := testExecutable(t)
+	exe := fixtures.Executable(t)
 	gate := filepath.Join(t.TempDir(), "gate")
 	if err := syscall.Mkfifo(gate, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	lw := newLoopWorld(t, "echo first-output\nread go < "+gate+"\necho done\n")
-	lw.git(t, lw.clone, "tag", "-a", "-m", "refci request snap", "req", "HEAD")
-	tag := lw.git(t, lw.clone, "rev-parse", "req")
-	lw.git(t, lw.clone, "push", "-q", lw.bare, "refs/tags/req:refs/ci/requests/snap")
+	fixtures.Git(t, lw.clone, "tag", "-a", "-m", "refci request snap", "req", "HEAD")
+	tag := fixtures.Git(t, lw.clone, "rev-parse", "req")
+	fixtures.Git(t, lw.clone, "push", "-q", lw.bare, "refs/tags/req:refs/ci/requests/snap")
 	rem, err := gitproto.OpenRemote("file://"+lw.bare, filepath.Join(lw.dir, "cache.git"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	w := New(Config{
 		Remotes: []*gitproto.Remote{rem}, Poll: time.Hour, Lease: time.Hour, Snapshot: time.Hour, Concurrency: 1, Grace: 5 * time.Second,
-		Signer: testSigner(t), RefciPath: exe, TempDir: t.TempDir(),
+		Signer: fixtures.OpenPGPIdentity(t, "Test Worker"), RefciPath: exe, TempDir: t.TempDir(),
 	})
 	startWorker(t, w)
 	var ref string
-	lw.waitFor(t, "a snapshot with the first output on the remote", time.Minute, func() bool {
+	fixtures.WaitFor(t, time.Minute, "a snapshot with the first output on the remote", func() bool {
 		refs := lw.refs(t, queue.RunsPrefix)
 		if len(refs) != 1 {
 			return false
 		}
 		ref = refs[0]
-		return strings.Contains(lw.git(t, lw.bare, "show", ref+":"+queue.LogFile), "first-output")
+		return strings.Contains(fixtures.Git(t, lw.bare, "show", ref+":"+queue.LogFile), "first-output")
 	})
-	st, err := queue.DecodeStatus([]byte(lw.git(t, lw.bare, "show", ref+":"+queue.StatusFile)))
+	st, err := queue.DecodeStatus([]byte(fixtures.Git(t, lw.bare, "show", ref+":"+queue.StatusFile)))
 	if err != nil || st.State != queue.Running || st.RequestObject != tag {
 		t.Fatalf("snapshot status %+v, %v; want running, request_object %s", st, err, tag)
 	}
@@ -351,8 +307,8 @@ func TestFirstSnapshotIsPushedAtOnce(t *testing.T) {
 	}
 	f.WriteString("go\n")
 	f.Close()
-	lw.waitFor(t, "the result", time.Minute, func() bool { return len(lw.refs(t, queue.RequestsPrefix)) == 0 })
-	st, err = queue.DecodeStatus([]byte(lw.git(t, lw.bare, "show", ref+":"+queue.StatusFile)))
+	fixtures.WaitFor(t, time.Minute, "the result", func() bool { return len(lw.refs(t, queue.RequestsPrefix)) == 0 })
+	st, err = queue.DecodeStatus([]byte(fixtures.Git(t, lw.bare, "show", ref+":"+queue.StatusFile)))
 	if err != nil || st.State != queue.Success || st.RequestObject != tag {
 		t.Fatalf("result %+v, %v; want success, request_object %s", st, err, tag)
 	}

@@ -4,12 +4,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 )
@@ -203,10 +203,7 @@ func TestOutboxReadsEarlierFiles(t *testing.T) {
 // commit (status.json in its tree).
 func cacheWithResult(t *testing.T) (string, *gitproto.Repo, gitproto.Hash) {
 	t.Helper()
-	cache := filepath.Join(t.TempDir(), "cache.git")
-	if out, err := exec.Command("git", "init", "-q", "--bare", cache).CombinedOutput(); err != nil {
-		t.Fatalf("git init: %v: %s", err, out)
-	}
+	cache := fixtures.BareRepo(t, "cache.git")
 	repo, err := gitproto.Open(cache)
 	if err != nil {
 		t.Fatal(err)
@@ -242,11 +239,9 @@ func TestProtectPendingKeepsResultsThroughGC(t *testing.T) {
 	if err := protectPending(rem); err != nil { // again: nothing more to do
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("git", "--git-dir", cache, "-c", "gc.reflogExpire=now", "gc", "-q", "--prune=now").CombinedOutput(); err != nil {
-		t.Fatalf("git gc: %v: %s", err, out)
-	}
-	if out, err := exec.Command("git", "--git-dir", cache, "cat-file", "-e", commit.String()+":status.json").CombinedOutput(); err != nil {
-		t.Fatalf("the waiting result did not survive gc: %v: %s", err, out)
+	fixtures.Git(t, cache, "-c", "gc.reflogExpire=now", "gc", "-q", "--prune=now")
+	if _, err := fixtures.RunGit(cache, nil, nil, "cat-file", "-e", commit.String()+":status.json"); err != nil {
+		t.Fatalf("the waiting result did not survive gc: %v", err)
 	}
 	last, err := outboxDone(rem, []string{"run-1"})
 	if err != nil {
@@ -256,7 +251,7 @@ func TestProtectPendingKeepsResultsThroughGC(t *testing.T) {
 		t.Fatalf("outboxDone gave %+v; want the entry with its ref noted", last["run-1"])
 	}
 	forgetPublished(rem, []string{"run-1"}, last)
-	if out, err := exec.Command("git", "--git-dir", cache, "for-each-ref", "refs/ci/runs/").Output(); err != nil || len(out) != 0 {
+	if out, err := fixtures.RunGit(cache, nil, nil, "for-each-ref", "refs/ci/runs/"); err != nil || len(out) != 0 {
 		t.Errorf("after publishing the cache still has %q (%v)", out, err)
 	}
 }

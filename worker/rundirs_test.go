@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/worker/jobsock"
 )
@@ -158,11 +159,11 @@ echo art > "$REFCI_ARTIFACTS/out.txt"; echo stray > ../stray; echo built > build
 	temp := t.TempDir()
 	var dirs []string
 	for i := 0; i < 2; i++ {
-		out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", TempDir: temp, Dirs: pool}, testSigner(t))
+		out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", TempDir: temp, Dirs: pool}, fixtures.OpenPGPIdentity(t, "Test Worker"))
 		if err != nil || out.Status.State != queue.Success {
 			t.Fatalf("run %d: %+v %v", i, out, err)
 		}
-		log := lw.git(t, lw.clone, "show", out.Ref+":"+queue.LogFile)
+		log := fixtures.Git(t, lw.clone, "show", out.Ref+":"+queue.LogFile)
 		m := regexp.MustCompile(`dir=(\S+)`).FindStringSubmatch(log)
 		if m == nil {
 			t.Fatalf("run %d log: %q", i, log)

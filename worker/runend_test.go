@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 )
@@ -16,12 +17,12 @@ import (
 func (lw *loopWorld) resultOf(t *testing.T, name string) (*queue.Status, string) {
 	t.Helper()
 	for _, ref := range lw.refs(t, queue.RunsPrefix) {
-		st, err := queue.DecodeStatus([]byte(lw.git(t, lw.bare, "show", ref+":"+queue.StatusFile)))
+		st, err := queue.DecodeStatus([]byte(fixtures.Git(t, lw.bare, "show", ref+":"+queue.StatusFile)))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if st.Request == name && st.State.Final() {
-			return st, lw.git(t, lw.bare, "show", ref+":"+queue.LogFile)
+			return st, fixtures.Git(t, lw.bare, "show", ref+":"+queue.LogFile)
 		}
 	}
 	t.Fatalf("no result of request %s on the remote", name)
@@ -32,7 +33,7 @@ func (lw *loopWorld) resultOf(t *testing.T, name string) (*queue.Status, string)
 // claim.
 func (lw *loopWorld) consumed(t *testing.T, names ...string) bool {
 	for _, n := range names {
-		if lw.git(t, lw.bare, "for-each-ref", queue.RequestRef(n), queue.ClaimRef(n)) != "" {
+		if fixtures.Git(t, lw.bare, "for-each-ref", queue.RequestRef(n), queue.ClaimRef(n)) != "" {
 			return false
 		}
 	}
@@ -47,15 +48,15 @@ func (lw *loopWorld) pushTagRequest(t *testing.T, name, msg string) {
 	if err := os.WriteFile(f, []byte(msg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	lw.git(t, lw.clone, "tag", "-a", "--cleanup=verbatim", "-F", f, "req-"+name)
-	lw.git(t, lw.clone, "push", "-q", lw.bare, "refs/tags/req-"+name+":"+queue.RequestRef(name))
+	fixtures.Git(t, lw.clone, "tag", "-a", "--cleanup=verbatim", "-F", f, "req-"+name)
+	fixtures.Git(t, lw.clone, "push", "-q", lw.bare, "refs/tags/req-"+name+":"+queue.RequestRef(name))
 }
 
 // Bad request options end the run in state error naming the option, with
 // the pipeline not run and the request consumed; good ones still work,
 // and a timeout over the worker's cap is capped and said so.
 func TestRequestOptionsErrorsAndTimeoutCap(t *testing.T) {
-	exe := testExecutable(t)
+	exe := fixtures.Executable(t)
 	lw := newLoopWorld(t, "echo pipeline-ran\n")
 	bad := map[string][]string{ // request → what the reason must name
 		"badtimeout": {"Timeout", `"soon"`, "positive duration"},
@@ -85,10 +86,10 @@ func TestRequestOptionsErrorsAndTimeoutCap(t *testing.T) {
 	w := New(Config{
 		Remotes: []*gitproto.Remote{rem}, Poll: 100 * time.Millisecond, Concurrency: 2, Grace: 5 * time.Second,
 		Limits: Limits{Timeout: 30 * time.Second}, MaxTimeout: time.Minute,
-		Signer: testSigner(t), RefciPath: exe, TempDir: t.TempDir(),
+		Signer: fixtures.OpenPGPIdentity(t, "Test Worker"), RefciPath: exe, TempDir: t.TempDir(),
 	})
 	startWorker(t, w)
-	lw.waitFor(t, "every request answered and consumed", 60*time.Second, func() bool {
+	fixtures.WaitFor(t, 60*time.Second, "every request answered and consumed", func() bool {
 		return len(lw.refs(t, queue.RunsPrefix)) == len(msgs) && len(lw.refs(t, queue.RequestsPrefix)) == 0 && len(lw.refs(t, queue.ClaimsPrefix)) == 0
 	})
 	for name, want := range bad {
@@ -120,10 +121,10 @@ func TestRequestOptionsErrorsAndTimeoutCap(t *testing.T) {
 // of them, in state error with a signed result, and is consumed; one that
 // has attempts left is still run.
 func TestGiveUpAfterMaxAttempts(t *testing.T) {
-	exe := testExecutable(t)
+	exe := fixtures.Executable(t)
 	lw := newLoopWorld(t, "echo pipeline-ran\n")
 	repo, head := lw.head(t)
-	signer := testSigner(t)
+	signer := fixtures.OpenPGPIdentity(t, "Test Worker")
 	w := New(Config{
 		Poll: 100 * time.Millisecond, Concurrency: 2, Grace: 5 * time.Second, Lease: 600 * time.Millisecond,
 		Signer: signer, RefciPath: exe, TempDir: t.TempDir(),
@@ -131,7 +132,7 @@ func TestGiveUpAfterMaxAttempts(t *testing.T) {
 	// Claims of workers that vanished: their leases ran out long ago.
 	long := time.Now().Add(-time.Hour)
 	for name, attempt := range map[string]int{"doomed": 3, "lucky": 2} {
-		lw.git(t, lw.clone, "push", "-q", lw.bare, "HEAD:"+queue.RequestRef(name))
+		fixtures.Git(t, lw.clone, "push", "-q", lw.bare, "HEAD:"+queue.RequestRef(name))
 		c := queue.Claim{Format: queue.Format, Request: name, RequestObject: head.String(), Target: head.String(),
 			Run: queue.NewRunID(long), Attempt: attempt, Worker: strings.Repeat("DEAD", 10), Claimed: long, Renewed: long, LeaseExpires: long}
 		// The dead worker's last progress snapshot: state running, for good.
@@ -149,13 +150,13 @@ func TestGiveUpAfterMaxAttempts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		snap := lw.git(t, lw.clone, "commit-tree", "-m", "refci: running", tree.String())
-		lw.git(t, lw.clone, "push", "-q", lw.bare, snap+":"+queue.RunRef(head.String(), c.Run))
+		snap := fixtures.Git(t, lw.clone, "commit-tree", "-m", "refci: running", tree.String())
+		fixtures.Git(t, lw.clone, "push", "-q", lw.bare, snap+":"+queue.RunRef(head.String(), c.Run))
 		h, err := w.writeClaim(repo, &c, gitproto.ZeroHash)
 		if err != nil {
 			t.Fatal(err)
 		}
-		lw.git(t, lw.clone, "push", "-q", lw.bare, h.String()+":"+queue.ClaimRef(name))
+		fixtures.Git(t, lw.clone, "push", "-q", lw.bare, h.String()+":"+queue.ClaimRef(name))
 	}
 	rem, err := gitproto.OpenRemote("file://"+lw.bare, filepath.Join(lw.dir, "cache.git"), nil)
 	if err != nil {
@@ -163,7 +164,7 @@ func TestGiveUpAfterMaxAttempts(t *testing.T) {
 	}
 	w.AddRemote(rem)
 	startWorker(t, w)
-	lw.waitFor(t, "both requests answered and consumed", 60*time.Second, func() bool {
+	fixtures.WaitFor(t, 60*time.Second, "both requests answered and consumed", func() bool {
 		return len(lw.refs(t, queue.RunsPrefix)) == 4 && lw.consumed(t, "doomed", "lucky")
 	})
 	st, log := lw.resultOf(t, "doomed")
@@ -182,7 +183,7 @@ func TestGiveUpAfterMaxAttempts(t *testing.T) {
 	// The results are signed by the worker that gave up.
 	for _, name := range []string{"doomed", "lucky"} {
 		st, _ := lw.resultOf(t, name)
-		if c := lw.git(t, lw.bare, "cat-file", "commit", queue.RunRef(st.Target, st.Run)); !strings.Contains(c, "gpgsig") {
+		if c := fixtures.Git(t, lw.bare, "cat-file", "commit", queue.RunRef(st.Target, st.Run)); !strings.Contains(c, "gpgsig") {
 			t.Errorf("the result of %s is not signed", name)
 		}
 	}

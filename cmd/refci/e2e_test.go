@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
+	"refci.dev/refci/fixtures/gnupg"
 	"refci.dev/refci/queue"
 )
 
@@ -37,7 +39,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	code := m.Run()
+	code := fixtures.PrivateHome(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -70,9 +72,11 @@ func newSandbox(t *testing.T) *sandbox {
 	return s
 }
 
-// git runs git in dir (the repo when dir is "").
-func (s *sandbox) git(dir string, args ...string) string {
-	s.t.Helper()
+// runGit runs git in dir (the repo when dir is "", the sandbox's root
+// for init and clone) in the sandbox's environment, which the refci
+// binary gets too (its HOME, GNUPGHOME and git identity), with stdin,
+// and returns its output and error output together.
+func (s *sandbox) runGit(dir, stdin string, args ...string) (string, error) {
 	if dir == "" {
 		dir = s.repo
 	}
@@ -82,25 +86,26 @@ func (s *sandbox) git(dir string, args ...string) string {
 		cmd.Dir = s.root
 	}
 	cmd.Env = s.env
+	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// git is runGit without stdin that fails the test when git fails and
+// returns the output trimmed.
+func (s *sandbox) git(dir string, args ...string) string {
+	s.t.Helper()
+	out, err := s.runGit(dir, "", args...)
 	if err != nil {
 		s.t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	return strings.TrimSpace(string(out))
+	return strings.TrimSpace(out)
 }
 
-// write writes a file into the repo (executable when the name ends in
-// "run" or mode says so).
+// write writes a file into the repo with mode.
 func (s *sandbox) write(name, content string, mode os.FileMode) {
 	s.t.Helper()
-	p := filepath.Join(s.repo, name)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		s.t.Fatal(err)
-	}
-	if err := os.WriteFile(p, []byte(content), mode); err != nil {
-		s.t.Fatal(err)
-	}
-	os.Chmod(p, mode)
+	fixtures.WriteFile(s.t, s.repo, name, content, mode)
 }
 
 // commit writes .refci/run with script and commits everything.
@@ -309,24 +314,14 @@ wait
 
 // gitErr runs git and returns combined output even when it fails.
 func (s *sandbox) gitErr(dir string, args ...string) string {
-	if dir == "" {
-		dir = s.repo
-	}
-	cmd := exec.Command("git", args...)
-	cmd.Dir = dir
-	cmd.Env = s.env
-	out, _ := cmd.CombinedOutput()
-	return string(out)
+	out, _ := s.runGit(dir, "", args...)
+	return out
 }
 
+// gpgImport imports armored keys into the sandbox's GNUPGHOME.
 func (s *sandbox) gpgImport(armored string) {
 	s.t.Helper()
-	cmd := exec.Command("gpg", "--batch", "--no-tty", "--import")
-	cmd.Env = s.env
-	cmd.Stdin = strings.NewReader(armored)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		s.t.Fatalf("gpg --import: %v\n%s", err, out)
-	}
+	gnupg.At(s.t, filepath.Join(s.root, "gnupg")).Run([]byte(armored), "--import")
 }
 
 func TestRunFailureAndJobs(t *testing.T) {
@@ -631,14 +626,14 @@ func TestRunCtrlCRecordsCancelled(t *testing.T) {
 	cmd := exec.Command(refciBin, "run", "--kill-grace", "200ms")
 	cmd.Dir = s.repo
 	cmd.Env = s.env
-	out := &lockedBuffer{} // written by the command's copier as the test reads it
+	out := &fixtures.Buffer{} // written by the command's copier as the test reads it
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	// The pipeline runs, so refci handles SIGINT by now; before, the
 	// signal would kill refci itself.
-	waitFor(t, 2*time.Minute, "the pipeline to start", func() bool { return strings.Contains(out.String(), "waiting") })
+	fixtures.WaitFor(t, 2*time.Minute, "the pipeline to start", func() bool { return strings.Contains(out.String(), "waiting") })
 	cmd.Process.Signal(os.Interrupt)
 	err := cmd.Wait()
 	var ee *exec.ExitError
@@ -746,17 +741,14 @@ func TestVerifyRejectsForeignAndTamperedSignatures(t *testing.T) {
 	}
 }
 
+// gitStdin is git in the repo with stdin.
 func (s *sandbox) gitStdin(stdin string, args ...string) string {
 	s.t.Helper()
-	cmd := exec.Command("git", args...)
-	cmd.Dir = s.repo
-	cmd.Env = s.env
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
+	out, err := s.runGit("", stdin, args...)
 	if err != nil {
 		s.t.Fatalf("git %v: %v\n%s", args, err, out)
 	}
-	return strings.TrimSpace(string(out))
+	return strings.TrimSpace(out)
 }
 
 func TestInitWritesAWorkingStarter(t *testing.T) {
@@ -849,7 +841,7 @@ func (s *sandbox) twoKeys() (own, other, otherKey string) {
 // comes; done is closed once it has ended, and err is then its exit.
 type background struct {
 	cmd         *exec.Cmd
-	out, errOut *lockedBuffer
+	out, errOut *fixtures.Buffer
 	done        chan struct{}
 	err         error
 }
@@ -860,7 +852,7 @@ func startRefci(t *testing.T, dir string, env []string, args ...string) *backgro
 	t.Helper()
 	cmd := exec.Command(refciBin, args...)
 	cmd.Dir, cmd.Env = dir, env
-	b := &background{cmd: cmd, out: &lockedBuffer{}, errOut: &lockedBuffer{}, done: make(chan struct{})}
+	b := &background{cmd: cmd, out: &fixtures.Buffer{}, errOut: &fixtures.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = b.out, b.errOut
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

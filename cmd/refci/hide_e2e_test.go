@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/worker/proc"
 )
@@ -93,7 +94,7 @@ func newAttack(t *testing.T) *attack {
 		t.Fatal(err)
 	}
 	a.files = []string{"/etc/refci-attack", "/usr/local/bin/refci-attack", filepath.Join(filepath.Dir(refciBin), "git")}
-	if out, err := exec.Command("git", "--exec-path").Output(); err == nil {
+	if out, err := fixtures.RunGit("", nil, nil, "--exec-path"); err == nil {
 		a.files = append(a.files, filepath.Join(strings.TrimSpace(string(out)), "../../share/git-core/templates/refci-attack"))
 	}
 	for _, p := range a.files {
@@ -262,21 +263,27 @@ func TestPipelineCannotChangeWhatServeRuns(t *testing.T) {
 // repository bare.
 func finalRunLog(t *testing.T, bare, request string) (*queue.Status, string) {
 	t.Helper()
-	out, err := exec.Command("git", "-C", bare, "for-each-ref", "--format=%(refname)", "refs/ci/runs/").Output()
-	if err != nil {
-		t.Fatal(err)
+	st, log := findFinal(bare, request)
+	if st == nil {
+		t.Fatalf("no final result for %s in %s", request, bare)
 	}
-	for _, ref := range strings.Fields(string(out)) {
-		b, err := exec.Command("git", "-C", bare, "show", ref+":status.json").Output()
+	return st, log
+}
+
+// findFinal returns the final status of request in the repository bare
+// and its log, or nil and "" when there is none yet.
+func findFinal(bare, request string) (*queue.Status, string) {
+	refs, _ := fixtures.RunGit(bare, nil, nil, "for-each-ref", "--format=%(refname)", "refs/ci/runs/") // none before the first push
+	for _, ref := range strings.Fields(string(refs)) {
+		b, err := fixtures.RunGit(bare, nil, nil, "show", ref+":status.json")
 		if err != nil {
 			continue
 		}
 		if st, err := queue.DecodeStatus(b); err == nil && st.Request == request && st.State.Final() {
-			log, _ := exec.Command("git", "-C", bare, "show", ref+":log.txt").Output()
+			log, _ := fixtures.RunGit(bare, nil, nil, "show", ref+":log.txt")
 			return st, string(log)
 		}
 	}
-	t.Fatalf("no final result for %s in %s", request, bare)
 	return nil, ""
 }
 
@@ -308,16 +315,7 @@ waitall done
 `, sync)
 	wait := func(name string) {
 		t.Helper()
-		deadline := time.Now().Add(2 * time.Minute)
-		for {
-			if _, err := os.Stat(filepath.Join(sync, name)); err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", name)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		fixtures.WaitFor(t, 2*time.Minute, name, func() bool { _, err := os.Stat(filepath.Join(sync, name)); return err == nil })
 	}
 	sv := startServe(t)
 	sv.pipeline(script)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,38 +9,21 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/queue"
 )
 
 // These tests run `refci serve` (the built binary) and talk to it with
 // the stock ssh and git clients.
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 type served struct {
 	*sandbox
 	cmd        *exec.Cmd
-	out, log   *lockedBuffer
+	out, log   *fixtures.Buffer
 	addr       string
 	knownHosts string
 	data       string
@@ -56,8 +38,9 @@ var listenRe = regexp.MustCompile(`listening on ssh://(127\.0\.0\.1:\d+)`)
 func startServe(t *testing.T, extra ...string) *served {
 	t.Helper()
 	s := newSandbox(t)
-	sv := &served{sandbox: s, out: &lockedBuffer{}, log: &lockedBuffer{}, data: filepath.Join(s.home, "serve")}
-	sv.adminKey, sv.adminFP = sshKey(t, s.root, "admin")
+	sv := &served{sandbox: s, out: &fixtures.Buffer{}, log: &fixtures.Buffer{}, data: filepath.Join(s.home, "serve")}
+	admin := fixtures.SSHKeyFiles(t, s.root, "admin")
+	sv.adminKey, sv.adminFP = admin.Path, admin.Fingerprint
 	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--admin", sv.adminKey + ".pub", "--concurrency", "2"}, extra...)
 	sv.cmd = exec.Command(refciBin, args...)
 	sv.cmd.Env = s.env
@@ -71,22 +54,19 @@ func startServe(t *testing.T, extra ...string) *served {
 			t.Logf("serve stdout:\n%s\nserve log:\n%s", tail(sv.out.String()), tail(sv.log.String()))
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	fixtures.WaitFor(t, 20*time.Second, "refci serve to start (its output and log follow)", func() bool {
 		o := sv.out.String()
-		if m := listenRe.FindStringSubmatch(o); m != nil && strings.Contains(o, "known_hosts line:\n  [") && strings.HasSuffix(o, "\n\n") {
-			sv.addr = m[1]
-			_, kh, _ := strings.Cut(o, "known_hosts line:\n  ")
-			kh, _, _ = strings.Cut(kh, "\n")
-			sv.knownHosts = filepath.Join(s.root, "known_hosts")
-			os.WriteFile(sv.knownHosts, []byte(kh+"\n"), 0o600)
-			break
+		m := listenRe.FindStringSubmatch(o)
+		if m == nil || !strings.Contains(o, "known_hosts line:\n  [") || !strings.HasSuffix(o, "\n\n") {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("refci serve did not start:\n%s\n%s", o, sv.log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		sv.addr = m[1]
+		_, kh, _ := strings.Cut(o, "known_hosts line:\n  ")
+		kh, _, _ = strings.Cut(kh, "\n")
+		sv.knownHosts = filepath.Join(s.root, "known_hosts")
+		os.WriteFile(sv.knownHosts, []byte(kh+"\n"), 0o600)
+		return true
+	})
 	sv.useKey(sv.adminKey)
 	s.git("", "remote", "add", "ci", sv.url("app.git"))
 	return sv
@@ -122,41 +102,17 @@ func (sv *served) stop() int {
 	return sv.cmd.ProcessState.ExitCode()
 }
 
-func sshKey(t *testing.T, dir, name string) (string, string) {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", p).CombinedOutput(); err != nil {
-		t.Fatalf("ssh-keygen: %v\n%s", err, out)
-	}
-	out, err := exec.Command("ssh-keygen", "-lf", p+".pub").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p, strings.Fields(string(out))[1]
-}
-
 // bare is the served repository's directory.
 func (sv *served) bare(repo string) string { return filepath.Join(sv.data, "repos", repo) }
 
 func (sv *served) waitFinal(repo, request string, d time.Duration) *queue.Status {
 	sv.t.Helper()
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		out, _ := exec.Command("git", "-C", sv.bare(repo), "for-each-ref", "--format=%(refname)", "refs/ci/runs/").Output()
-		for _, ref := range strings.Fields(string(out)) {
-			b, err := exec.Command("git", "-C", sv.bare(repo), "show", ref+":status.json").Output()
-			if err != nil {
-				continue
-			}
-			st, err := queue.DecodeStatus(b)
-			if err == nil && st.Request == request && st.State.Final() {
-				return st
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	sv.t.Fatalf("no final result for request %s within %s", request, d)
-	return nil
+	var st *queue.Status
+	fixtures.WaitFor(sv.t, d, "a final result for request "+request, func() bool {
+		st, _ = findFinal(sv.bare(repo), request)
+		return st != nil
+	})
+	return st
 }
 
 func (sv *served) addRole(line string) {
@@ -185,7 +141,7 @@ func TestServeEndToEnd(t *testing.T) {
 	head := sv.pipeline(`echo "env=$REFCI_ENV trusted=$REFCI_TRUSTED"` + "\n")
 	sv.git("", "push", "-q", "ci", "main") // creates app.git
 	time.Sleep(300 * time.Millisecond)
-	if runs, _ := exec.Command("git", "-C", sv.bare("app.git"), "for-each-ref", "refs/ci/").Output(); len(runs) > 0 {
+	if runs, _ := fixtures.RunGit(sv.bare("app.git"), nil, nil, "for-each-ref", "refs/ci/"); len(runs) > 0 {
 		t.Errorf("a branch push started something:\n%s", runs)
 	}
 	out := sv.git("", "push", "-o", "env=staging", "-o", "timeout=5m", "ci", "HEAD:refs/ci/requests/first")
@@ -220,7 +176,7 @@ func TestServeEndToEnd(t *testing.T) {
 	if code := sv.stop(); code != 0 {
 		t.Fatalf("serve exited %d", code)
 	}
-	sv2 := &served{sandbox: sv.sandbox, out: &lockedBuffer{}, log: &lockedBuffer{}, data: sv.data}
+	sv2 := &served{sandbox: sv.sandbox, out: &fixtures.Buffer{}, log: &fixtures.Buffer{}, data: sv.data}
 	sv2.cmd = exec.Command(refciBin, "serve", "--listen", sv.addr)
 	sv2.cmd.Env = sv.env
 	sv2.cmd.Stdout, sv2.cmd.Stderr = sv2.out, sv2.log
@@ -228,7 +184,7 @@ func TestServeEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sv2.stop()
-	waitFor(t, time.Minute, "the restarted server to serve", func() bool { return strings.Contains(sv2.log.String(), "msg=serving") })
+	fixtures.WaitFor(t, time.Minute, "the restarted server to serve", func() bool { return strings.Contains(sv2.log.String(), "msg=serving") })
 	if !strings.Contains(sv2.out.String(), sv.adminFP+" admin (from ") || !strings.Contains(sv2.out.String(), "repositories: app.git") {
 		t.Errorf("second start banner:\n%s", sv2.out.String())
 	}
@@ -249,7 +205,8 @@ func TestServeRolesAndReload(t *testing.T) {
 	sv.git("", "push", "-q", "ci", "main")
 	adminEnv := append([]string{}, sv.env...)
 
-	trig, trigFP := sshKey(t, sv.root, "trigger")
+	trigKey := fixtures.SSHKeyFiles(t, sv.root, "trigger")
+	trig, trigFP := trigKey.Path, trigKey.Fingerprint
 	sv.useKey(trig)
 	// Unknown until the roles file says so.
 	if out := sv.gitErr("", "ls-remote", "ci"); !strings.Contains(out, "Permission denied (publickey)") {
@@ -292,9 +249,9 @@ func TestServeRolesAndReload(t *testing.T) {
 
 	// A worker key: claims and runs yes, new requests no, deleting a
 	// request it did not claim no (the rest: serve_trust_e2e_test.go).
-	wk, _ := sshKey(t, sv.root, "worker")
-	sv.addRole("worker " + strings.TrimSpace(string(must(os.ReadFile(wk+".pub")))))
-	sv.useKey(wk)
+	wk := fixtures.SSHKeyFiles(t, sv.root, "worker")
+	sv.addRole("worker " + wk.AuthorizedKey)
+	sv.useKey(wk.Path)
 	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/claims/w1", "HEAD:refs/ci/runs/"+head+"/20261122T093000.123Z-3f9a1c0b2d4e")
 	if out := sv.gitErr("", "push", "ci", "HEAD:refs/ci/requests/w1"); !strings.Contains(out, "refused refs/ci/requests/w1: ") {
 		t.Errorf("worker pushing a request:\n%s", out)
@@ -304,7 +261,7 @@ func TestServeRolesAndReload(t *testing.T) {
 	// the request before the embedded worker finishes it.
 	sv.pipeline("sleep 3\n")
 	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/requests/w2", "HEAD:refs/ci/secrets/prod", "HEAD:refs/tags/v1")
-	sv.useKey(wk)
+	sv.useKey(wk.Path)
 	if out := sv.gitErr("", "push", "ci", ":refs/ci/claims/w1", ":refs/ci/requests/w2"); !strings.Contains(out, "refused refs/ci/requests/w2: ") || !strings.Contains(out, "[deleted]         refs/ci/claims/w1") {
 		t.Errorf("worker deleting its own claim and a request it did not claim:\n%s", out)
 	}
@@ -323,8 +280,8 @@ func TestServeRolesAndReload(t *testing.T) {
 	if bad := filepath.Join(sv.data, "repos"); len(must(os.ReadDir(bad))) != 2 {
 		t.Errorf("repositories: %v", must(os.ReadDir(bad)))
 	}
-	if out, err := exec.Command("git", "-C", sv.bare("app.git"), "fsck", "--strict").CombinedOutput(); err != nil {
-		t.Errorf("fsck: %v\n%s", err, out)
+	if _, err := fixtures.RunGit(sv.bare("app.git"), nil, nil, "fsck", "--strict"); err != nil {
+		t.Errorf("fsck: %v", err)
 	}
 }
 
@@ -359,9 +316,9 @@ func TestServeRemoteWorkerAndGracefulStop(t *testing.T) {
 	}
 	sv.pipeline("sleep 1\necho done\n")
 	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/r1")
-	wk, _ := sshKey(t, sv.root, "worker")
-	sv.addRole("worker " + strings.TrimSpace(string(must(os.ReadFile(wk+".pub")))))
-	startRefci(t, sv.root, append(append([]string{}, sv.env...), "REFCI_HOME="+filepath.Join(sv.root, "remote-worker"), "GIT_SSH_COMMAND="+sv.sshCommand(wk)),
+	wk := fixtures.SSHKeyFiles(t, sv.root, "worker")
+	sv.addRole("worker " + wk.AuthorizedKey)
+	startRefci(t, sv.root, append(append([]string{}, sv.env...), "REFCI_HOME="+filepath.Join(sv.root, "remote-worker"), "GIT_SSH_COMMAND="+sv.sshCommand(wk.Path)),
 		"worker", "--remote", sv.url("app.git"), "--poll", "200ms", "--lease", "3s")
 	st := sv.waitFinal("app.git", "r1", 2*time.Minute)
 	if st.State != queue.Success || st.Trusted {
@@ -379,8 +336,8 @@ func TestServeRemoteWorkerAndGracefulStop(t *testing.T) {
 	}
 	// The claim goes after the result: wait for it, however long the
 	// worker takes on a loaded machine.
-	waitFor(t, time.Minute, "the request and claim to go", func() bool {
-		return len(must(exec.Command("git", "-C", sv.bare("app.git"), "for-each-ref", "refs/ci/requests/", "refs/ci/claims/").Output())) == 0
+	fixtures.WaitFor(t, time.Minute, "the request and claim to go", func() bool {
+		return len(fixtures.GitBytes(t, sv.bare("app.git"), "for-each-ref", "refs/ci/requests/", "refs/ci/claims/")) == 0
 	})
 }
 
@@ -389,13 +346,13 @@ func TestServeDrainsOnSIGTERM(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "started") // not under HOME, which pipelines cannot write
 	sv.pipeline("touch " + marker + "\nsleep 2\necho finished\n")
 	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/slow")
-	waitFor(t, 2*time.Minute, "the pipeline to start", func() bool { _, err := os.Stat(marker); return err == nil })
+	fixtures.WaitFor(t, 2*time.Minute, "the pipeline to start", func() bool { _, err := os.Stat(marker); return err == nil })
 	if code := sv.stop(); code != 0 {
 		t.Fatalf("serve exited %d", code)
 	}
-	out := must(exec.Command("git", "-C", sv.bare("app.git"), "for-each-ref", "--format=%(refname)", "refs/ci/runs/").Output())
+	out := fixtures.GitBytes(t, sv.bare("app.git"), "for-each-ref", "--format=%(refname)", "refs/ci/runs/")
 	ref := strings.TrimSpace(string(out))
-	b, err := exec.Command("git", "-C", sv.bare("app.git"), "show", ref+":status.json").Output()
+	b, err := fixtures.RunGit(sv.bare("app.git"), nil, nil, "show", ref+":status.json")
 	if err != nil {
 		t.Fatalf("no result after a graceful stop: %v (%q)", err, out)
 	}
@@ -413,15 +370,15 @@ func TestServeSecondSignalCancelsWhileTheWorkerFinishes(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "started")
 	sv.pipeline("touch " + marker + "\nsleep 600\n")
 	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/slow")
-	waitFor(t, 2*time.Minute, "the pipeline to start", func() bool { _, err := os.Stat(marker); return err == nil })
+	fixtures.WaitFor(t, 2*time.Minute, "the pipeline to start", func() bool { _, err := os.Stat(marker); return err == nil })
 	sv.cmd.Process.Signal(syscall.SIGTERM)
-	waitFor(t, time.Minute, "the worker to stop claiming", func() bool {
+	fixtures.WaitFor(t, time.Minute, "the worker to stop claiming", func() bool {
 		return strings.Contains(sv.log.String(), "stopping: claiming nothing more")
 	})
 	sv.cmd.Process.Signal(syscall.SIGTERM)
 	// Taken, not left to the worker's grace period (30 s), which would
 	// cancel the run too.
-	waitFor(t, time.Minute, "serve to take the second signal", func() bool {
+	fixtures.WaitFor(t, time.Minute, "serve to take the second signal", func() bool {
 		return strings.Contains(sv.log.String(), "second signal: cancelling running pipelines now")
 	})
 	if code := sv.stop(); code != 0 {
@@ -473,8 +430,9 @@ func TestWorkerUsesSSHConfigAndAgent(t *testing.T) {
 	sv := startServe(t, "--no-worker")
 	sv.pipeline("echo via the agent\n")
 	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/agent")
-	wk, _ := sshKey(t, sv.root, "worker-agent")
-	sv.addRole("worker " + strings.TrimSpace(string(must(os.ReadFile(wk+".pub")))))
+	wkKey := fixtures.SSHKeyFiles(t, sv.root, "worker-agent")
+	wk := wkKey.Path
+	sv.addRole("worker " + wkKey.AuthorizedKey)
 
 	agentSock := filepath.Join(sv.root, "agent.sock")
 	agent := exec.Command("ssh-agent", "-D", "-a", agentSock)
@@ -482,15 +440,7 @@ func TestWorkerUsesSSHConfigAndAgent(t *testing.T) {
 		t.Fatalf("ssh-agent: %v", err)
 	}
 	defer func() { agent.Process.Kill(); agent.Wait() }()
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if _, err := os.Stat(agentSock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("ssh-agent did not start")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	fixtures.WaitFor(t, 10*time.Second, "ssh-agent to start", func() bool { _, err := os.Stat(agentSock); return err == nil })
 	add := exec.Command("ssh-add", "-q", wk)
 	add.Env = append(os.Environ(), "SSH_AUTH_SOCK="+agentSock)
 	if out, err := add.CombinedOutput(); err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/queue"
 )
 
@@ -23,9 +24,9 @@ type pusher struct {
 // worker adds a key with roles to the roles file.
 func (sv *served) keyWith(name, roles string) *pusher {
 	sv.t.Helper()
-	key, fp := sshKey(sv.t, sv.root, name)
-	sv.addRole(roles + " " + strings.TrimSpace(string(must(os.ReadFile(key+".pub")))))
-	return &pusher{sv: sv, fp: fp, env: append(append([]string{}, sv.env...), "GIT_SSH_COMMAND="+sv.sshCommand(key))}
+	key := fixtures.SSHKeyFiles(sv.t, sv.root, name)
+	sv.addRole(roles + " " + key.AuthorizedKey)
+	return &pusher{sv: sv, fp: key.Fingerprint, env: append(append([]string{}, sv.env...), "GIT_SSH_COMMAND="+sv.sshCommand(key.Path))}
 }
 
 // push runs git push ci ARGS and returns its output and whether it
@@ -61,7 +62,7 @@ func (p *pusher) refused(what, ref, why string, args ...string) {
 }
 
 func (sv *served) remoteRef(ref string) string {
-	out, _ := exec.Command("git", "-C", sv.bare("app.git"), "rev-parse", "-q", "--verify", ref).Output()
+	out, _ := fixtures.RunGit(sv.bare("app.git"), nil, nil, "rev-parse", "-q", "--verify", ref)
 	return strings.TrimSpace(string(out))
 }
 
@@ -125,9 +126,7 @@ func TestServeWorkerKeysCannotRewriteOthersWork(t *testing.T) {
 	admin.allowed("bringing objects over", s5+":refs/heads/tmp-s5", u2+":refs/heads/tmp-u2")
 	direct := func(value, old string) {
 		t.Helper()
-		if out, err := exec.Command("git", "-C", sv.bare("app.git"), "update-ref", run, value, old).CombinedOutput(); err != nil {
-			t.Fatalf("update-ref: %v\n%s", err, out)
-		}
+		fixtures.Git(t, sv.bare("app.git"), "update-ref", run, value, old)
 	}
 	direct(s4, s3)
 	a.allowed("going on after a lost record", s5+":"+run)
@@ -206,9 +205,7 @@ func TestServeWorkerKeysCannotRewriteOthersWork(t *testing.T) {
 	byEmbedded.Host = "embedded"
 	c5b := sv.claimCommit(byEmbedded, "")
 	admin.allowed("bringing an object over", c5b+":refs/heads/embedded-claim")
-	if out, err := exec.Command("git", "-C", sv.bare("app.git"), "update-ref", queue.ClaimRef("r5"), c5b, c5).CombinedOutput(); err != nil {
-		t.Fatalf("update-ref: %v\n%s", err, out)
-	}
+	fixtures.Git(t, sv.bare("app.git"), "update-ref", queue.ClaimRef("r5"), c5b, c5)
 	a.refused("the old holder moving a claim changed behind its back", queue.ClaimRef("r5"), "is held by a worker outside SSH", "--force", c5+":"+queue.ClaimRef("r5"))
 	a.refused("the old holder deleting it", queue.ClaimRef("r5"), "is held by a worker outside SSH", ":"+queue.ClaimRef("r5"))
 
@@ -244,7 +241,7 @@ func TestServeTwoWorkerKeys(t *testing.T) {
 	// A claims t1 and dies mid-run; B takes over once the lease ran out.
 	wa := startRefci(t, sv.root, workerEnv(a, "home-a"), args...)
 	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/requests/t1")
-	waitFor(t, 2*time.Minute, "the first attempt to start", func() bool { _, err := os.Stat(marker); return err == nil })
+	fixtures.WaitFor(t, 2*time.Minute, "the first attempt to start", func() bool { _, err := os.Stat(marker); return err == nil })
 	wa.cmd.Process.Kill()
 	<-wa.done
 	startRefci(t, sv.root, workerEnv(b, "home-b"), args...)
@@ -265,29 +262,17 @@ func TestServeTwoWorkerKeys(t *testing.T) {
 	os.Remove(marker)
 	sv.pipeline("touch " + marker + "\nsleep 120\n")
 	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/requests/c1")
-	waitFor(t, 2*time.Minute, "the pipeline to start", func() bool { _, err := os.Stat(marker); return err == nil })
+	fixtures.WaitFor(t, 2*time.Minute, "the pipeline to start", func() bool { _, err := os.Stat(marker); return err == nil })
 	sv.git("", "push", "-q", "ci", ":refs/ci/requests/c1")
 	if st := sv.waitFinal("app.git", "c1", 2*time.Minute); st.State != queue.Cancelled {
 		t.Errorf("c1: %+v", st)
 	}
-	waitFor(t, 2*time.Minute, "requests and claims to be cleaned up", func() bool {
-		out := must(exec.Command("git", "-C", sv.bare("app.git"), "for-each-ref", "refs/ci/requests/", "refs/ci/claims/").Output())
+	fixtures.WaitFor(t, 2*time.Minute, "requests and claims to be cleaned up", func() bool {
+		out := fixtures.GitBytes(t, sv.bare("app.git"), "for-each-ref", "refs/ci/requests/", "refs/ci/claims/")
 		return len(out) == 0
 	})
 	if regexp.MustCompile(`refused="?refs/`).MatchString(sv.log.String()) {
 		t.Errorf("serve refused a worker's update:\n%s", tail(sv.log.String()))
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after d.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %s for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -324,9 +309,9 @@ echo '<script>alert(1)</script>'
 
 	// secret.git: one key may not read it, so it is not on the site.
 	sv.git("", "push", "-q", sv.url("secret.git"), "main")
-	bob, bobFP := sshKey(t, sv.root, "bob")
-	sv.addRole("trigger " + strings.TrimSpace(string(must(os.ReadFile(bob+".pub")))))
-	sv.addRole("none@secret.git " + bobFP)
+	bob := fixtures.SSHKeyFiles(t, sv.root, "bob")
+	sv.addRole("trigger " + bob.AuthorizedKey)
+	sv.addRole("none@secret.git " + bob.Fingerprint)
 	for _, p := range []string{"secret.git/", "secret.git/index.html", "secret.git"} {
 		if code, body := httpGet(t, base+p); code != http.StatusNotFound {
 			t.Errorf("GET %s of a restricted repository: %d\n%.300s", p, code, body)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 )
@@ -24,14 +25,7 @@ func TestRequestTagIsUniqueAndNeedsNoIdentity(t *testing.T) {
 		os.Unsetenv(k)
 	}
 	ctx := context.Background()
-	git := func(args ...string) string {
-		t.Helper()
-		out, err := gitproto.CLI{Dir: dir}.Run(ctx, "", args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
+	git := func(args ...string) string { t.Helper(); return fixtures.Git(t, dir, args...) }
 	git("init", "-q")
 	git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m", "c")
 	if _, err := (gitproto.CLI{Dir: dir}).Run(ctx, "", "var", "GIT_COMMITTER_IDENT"); err == nil {

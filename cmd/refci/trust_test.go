@@ -1,30 +1,22 @@
 package main
 
 import (
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
 )
 
 func TestSignatureTrustOnCommits(t *testing.T) {
-	dir := t.TempDir()
-	if out, err := exec.Command("git", "init", "-q", "--bare", dir).CombinedOutput(); err != nil {
-		t.Fatalf("git init: %v\n%s", err, out)
-	}
-	repo, err := gitproto.Open(dir)
+	repo, err := gitproto.Open(fixtures.BareRepo(t, "repo.git"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	alice, err := secrets.Generate("Alice", "alice@example.invalid", time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	mallory, _ := secrets.Generate("Mallory", "m@example.invalid", time.Now())
+	alice, mallory := fixtures.OpenPGPIdentity(t, "Alice"), fixtures.OpenPGPIdentity(t, "Mallory")
 	tree, err := repo.WriteTree(nil)
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures/resultcommit"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/secrets"
@@ -27,38 +28,17 @@ func (s *sandbox) putResult(st *queue.Status, keyFile, ref string, extra map[str
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	raw, err := queue.EncodeStatus(st)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	files := map[string][]byte{queue.StatusFile: raw, queue.LogFile: []byte("attempt output\n")}
-	for p, c := range extra {
-		files[p] = []byte(c)
-	}
-	var tree []gitproto.TreeFile
-	for p, c := range files {
-		h, err := repo.WriteBlob(c)
-		if err != nil {
-			s.t.Fatal(err)
-		}
-		tree = append(tree, gitproto.TreeFile{Path: p, Hash: h})
-	}
-	th, err := repo.WriteTree(tree)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	var sign gitproto.SignFunc
+	var signer *secrets.Identity
 	if keyFile != "" {
-		id, err := secrets.Load(keyFile)
-		if err != nil {
+		if signer, err = secrets.Load(keyFile); err != nil {
 			s.t.Fatal(err)
 		}
-		sign = id.SignDetached
 	}
-	c, err := repo.WriteCommit(gitproto.CommitSpec{Tree: th, Author: gitproto.NewSignature("refci worker", "worker@example.invalid", st.Started), Message: queue.CommitMessage(st)}, sign)
-	if err != nil {
-		s.t.Fatal(err)
+	files := map[string]string{queue.LogFile: "attempt output\n"}
+	for p, c := range extra {
+		files[p] = c
 	}
+	c := resultcommit.Result(s.t, repo, st, gitproto.ZeroHash, signer, files)
 	if ref == "" {
 		ref = queue.RunRef(st.Target, st.Run)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/queue"
 )
 
@@ -21,16 +22,14 @@ type fleet struct {
 	bare    string
 	mu      sync.Mutex
 	workers []*exec.Cmd
-	logs    []*lockedBuffer // written by the workers as they run
+	logs    []*fixtures.Buffer // written by the workers as they run
 }
 
 func newFleet(t *testing.T, script string) *fleet {
 	s := newSandbox(t)
-	f := &fleet{sandbox: s, bare: filepath.Join(s.root, "remote.git")}
-	s.git("", "init", "-q", "--bare", "-b", "main", f.bare)
-	s.pipeline(script)
-	s.git("", "remote", "add", "origin", f.bare)
-	s.git("", "push", "-q", "origin", "main")
+	p := fixtures.NewPipelineRepo(t, script)
+	s.repo = p.Dir
+	f := &fleet{sandbox: s, bare: p.Bare}
 	t.Cleanup(f.stopAll)
 	return f
 }
@@ -42,7 +41,7 @@ func (f *fleet) startWorker(name string, extra ...string) *exec.Cmd {
 	args := append([]string{"worker", "--remote", "file://" + f.bare, "--poll", "200ms", "--lease", "3s", "--grace", "5s"}, extra...)
 	cmd := exec.Command(refciBin, args...)
 	cmd.Env = append(append([]string{}, f.env...), "REFCI_HOME="+home)
-	buf := &lockedBuffer{}
+	buf := &fixtures.Buffer{}
 	cmd.Stdout, cmd.Stderr = buf, buf
 	if err := cmd.Start(); err != nil {
 		f.t.Fatal(err)
@@ -86,24 +85,18 @@ func (f *fleet) stopAll() {
 
 // remoteRefs lists the remote's refs under prefix.
 func (f *fleet) remoteRefs(prefix string) []string {
-	out := f.gitErr(f.bare, "for-each-ref", "--format=%(refname)", prefix)
-	out = strings.TrimSpace(out)
+	b, _ := fixtures.RunGit(f.bare, nil, nil, "for-each-ref", "--format=%(refname)", prefix)
+	out := strings.TrimSpace(string(b))
 	if out == "" {
 		return nil
 	}
 	return strings.Split(out, "\n")
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor is fixtures.WaitFor for the fleet's test.
 func (f *fleet) waitFor(what string, d time.Duration, cond func() bool) {
 	f.t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			f.t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	fixtures.WaitFor(f.t, d, what, cond)
 }
 
 // pushRequests pushes n requests named prefix-i for HEAD in one push.
@@ -121,8 +114,8 @@ func (f *fleet) pushRequests(prefix string, n int) {
 func (f *fleet) finalResults() map[string][]*queue.Status {
 	out := map[string][]*queue.Status{}
 	for _, ref := range f.remoteRefs("refs/ci/runs/") {
-		b := f.gitErr(f.bare, "show", ref+":status.json")
-		st, err := queue.DecodeStatus([]byte(b))
+		b, _ := fixtures.RunGit(f.bare, nil, nil, "show", ref+":status.json")
+		st, err := queue.DecodeStatus(b)
 		if err != nil {
 			f.t.Fatalf("%s: %v", ref, err)
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"refci.dev/refci/fixtures"
+	"refci.dev/refci/fixtures/resultcommit"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/secrets"
@@ -26,55 +27,20 @@ func newRepo(t *testing.T) *gitproto.Repo {
 	return repo
 }
 
-// writeCommit writes a commit of files with message msg into repo,
-// signed by id unless it is nil.
-func writeCommit(t *testing.T, repo *gitproto.Repo, files map[string]string, msg string, id *secrets.Identity) gitproto.Hash {
-	t.Helper()
-	var tree []gitproto.TreeFile
-	for p, c := range files {
-		h, err := repo.WriteBlob([]byte(c))
-		if err != nil {
-			t.Fatal(err)
-		}
-		tree = append(tree, gitproto.TreeFile{Path: p, Hash: h})
-	}
-	th, err := repo.WriteTree(tree)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sign gitproto.SignFunc
-	if id != nil {
-		sign = id.SignDetached
-	}
-	when := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
-	c, err := repo.WriteCommit(gitproto.CommitSpec{Tree: th, Author: gitproto.NewSignature("Test Author", "author@example.invalid", when), Message: msg}, sign)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
 // A build renders what is new, a second build nothing; the manifest keeps
 // its format, and a manifest of that format written by an earlier build
 // (of refci before the site moved into this package, say) is taken up;
 // other keys decide every verdict again.
 func TestBuildIsIncremental(t *testing.T) {
 	repo := newRepo(t)
-	target := writeCommit(t, repo, map[string]string{"README": "hello\n"}, "Add the README\n\nThe body.", nil)
+	target := resultcommit.Commit(t, repo, map[string]string{"README": "hello\n"}, "Add the README\n\nThe body.", nil)
 	id := fixtures.OpenPGPIdentity(t, "Test Worker")
 	started := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
 	exit := 0
 	st := &queue.Status{Format: queue.Format, State: queue.Success, Target: target.String(), Request: "main", Run: queue.NewRunID(started),
 		Attempt: 1, Worker: id.Fingerprint(), Started: started, Finished: started.Add(time.Second), DurationMS: 1000, ExitCode: &exit}
-	raw, err := queue.EncodeStatus(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	result := writeCommit(t, repo, map[string]string{queue.StatusFile: string(raw), queue.LogFile: "ok\n"}, queue.CommitMessage(st), id)
+	result := resultcommit.Write(t, repo, st, gitproto.ZeroHash, id, map[string]string{queue.LogFile: "ok\n"})
 	ref := queue.RunRef(st.Target, st.Run)
-	if err := repo.CreateRef(ref, result); err != nil {
-		t.Fatal(err)
-	}
 	var kr secrets.Keyring
 	kr.Add(id)
 	out := t.TempDir()
@@ -95,7 +61,7 @@ func TestBuildIsIncremental(t *testing.T) {
 			t.Errorf("site lacks %s", f)
 		}
 	}
-	raw, err = os.ReadFile(filepath.Join(out, manifestFile))
+	raw, err := os.ReadFile(filepath.Join(out, manifestFile))
 	if err != nil {
 		t.Fatal(err)
 	}

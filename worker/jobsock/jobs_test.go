@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/queue"
 )
 
@@ -187,17 +188,6 @@ func (ts *jobTestServer) mustJob(name string) queue.Job {
 // path is a side-effect file in the scratch directory.
 func (ts *jobTestServer) path(name string) string { return filepath.Join(ts.dir, name) }
 
-func jobWaitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(jobTestTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func jobFileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
@@ -338,10 +328,10 @@ func TestJobNeedsWaitsForRunningNeed(t *testing.T) {
 	release, aDone, bRan := ts.path("release"), ts.path("a-done"), ts.path("b-ran")
 	a := ts.start(ctx, "a", "--", "sh", "-c",
 		fmt.Sprintf(`while [ ! -e %s ]; do sleep 0.01; done; touch %s`, release, aDone))
-	jobWaitFor(t, "a to run", func() bool { j, ok := ts.job("a"); return ok && !j.Started.IsZero() })
+	fixtures.WaitFor(t, jobTestTimeout, "a to run", func() bool { j, ok := ts.job("a"); return ok && !j.Started.IsZero() })
 	b := ts.start(ctx, "b", "--needs", "a", "--", "sh", "-c",
 		fmt.Sprintf(`test -e %s && touch %s`, aDone, bRan))
-	jobWaitFor(t, "b to register", func() bool { _, ok := ts.job("b"); return ok })
+	fixtures.WaitFor(t, jobTestTimeout, "b to register", func() bool { _, ok := ts.job("b"); return ok })
 	if j := ts.mustJob("b"); j.State != queue.Running || !j.Started.IsZero() || !strings.Contains(j.Reason, "waiting") {
 		t.Errorf("b while a runs: %+v", j)
 	}
@@ -376,7 +366,7 @@ func TestJobNeedStartsLater(t *testing.T) {
 	defer cancel()
 	aDone := ts.path("a-done")
 	b := ts.start(ctx, "b", "--needs", "a", "--", "test", "-e", aDone)
-	jobWaitFor(t, "b to register", func() bool { _, ok := ts.job("b"); return ok })
+	fixtures.WaitFor(t, jobTestTimeout, "b to register", func() bool { _, ok := ts.job("b"); return ok })
 	if r := ts.run("a", "--", "touch", aDone); r.code != 0 {
 		t.Fatalf("a: %+v", r)
 	}
@@ -410,7 +400,7 @@ func TestJobDependencyCycle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), jobTestTimeout)
 	defer cancel()
 	a := ts.start(ctx, "a", "--needs", "b", "--", "true")
-	jobWaitFor(t, "a to register", func() bool { _, ok := ts.job("a"); return ok })
+	fixtures.WaitFor(t, jobTestTimeout, "a to register", func() bool { _, ok := ts.job("a"); return ok })
 	rb := ts.run("b", "--needs", "a", "--", "true")
 	ra := ts.wait(a)
 	if ra.code != 1 || rb.code != 1 {
@@ -441,7 +431,7 @@ func TestJobConcurrent(t *testing.T) {
 		script := fmt.Sprintf(`for k in 1 2 3 4 5; do echo "job %d line $k"; done; exit %d`, i, i%3)
 		results[i] = ts.start(ctx, append(args, "--", "sh", "-c", script)...)
 	}
-	jobWaitFor(t, "all jobs to register", func() bool { return len(ts.srv.Jobs()) == n+1 })
+	fixtures.WaitFor(t, jobTestTimeout, "all jobs to register", func() bool { return len(ts.srv.Jobs()) == n+1 })
 	if err := os.WriteFile(release, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -649,13 +639,13 @@ func TestJobClientCancelled(t *testing.T) {
 	defer os.WriteFile(stop, nil, 0o644) // ends any leftover shell loop
 	res := ts.start(ctx, "slow", "--", "sh", "-c",
 		fmt.Sprintf(`echo started; while [ ! -e %s ]; do sleep 0.02; done`, stop))
-	jobWaitFor(t, "output in the job log", func() bool { log, _, _ := ts.logs.get("slow"); return log == "started\n" })
+	fixtures.WaitFor(t, jobTestTimeout, "output in the job log", func() bool { log, _, _ := ts.logs.get("slow"); return log == "started\n" })
 	cancel()
 	r := ts.wait(res)
 	if r.code != 1 || !strings.Contains(r.stderr, "cancelled") {
 		t.Errorf("%+v", r)
 	}
-	jobWaitFor(t, "the job to be recorded", func() bool { return ts.mustJob("slow").State.Final() })
+	fixtures.WaitFor(t, jobTestTimeout, "the job to be recorded", func() bool { return ts.mustJob("slow").State.Final() })
 	j := ts.mustJob("slow")
 	checkJobState(t, j, queue.Cancelled, nil)
 	if !strings.Contains(j.Reason, "went away") || j.Started.IsZero() || j.Finished.IsZero() {
@@ -727,9 +717,9 @@ func TestJobRawConnectionDrop(t *testing.T) {
 	rc.send(`{"op":"start","name":"raw"}`)
 	rc.expect("run", "")
 	rc.send(`{"op":"output","data":"YWJj"}`) // "abc"
-	jobWaitFor(t, "output", func() bool { log, _, _ := ts.logs.get("raw"); return log == "abc" })
+	fixtures.WaitFor(t, jobTestTimeout, "output", func() bool { log, _, _ := ts.logs.get("raw"); return log == "abc" })
 	rc.c.Close()
-	jobWaitFor(t, "the job to be recorded", func() bool { return ts.mustJob("raw").State.Final() })
+	fixtures.WaitFor(t, jobTestTimeout, "the job to be recorded", func() bool { return ts.mustJob("raw").State.Final() })
 	j := ts.mustJob("raw")
 	checkJobState(t, j, queue.Cancelled, nil)
 	if !strings.Contains(j.Reason, "went away") || j.LogBytes != 3 {
@@ -810,7 +800,7 @@ func TestJobServerCloseCancels(t *testing.T) {
 	running.send(`{"op":"output","data":"cGFydGlhbA=="}`) // "partial"
 	waiting := dialRawJob(t, ts.sock)
 	waiting.send(`{"op":"start","name":"waiting","needs":["ghost"]}`)
-	jobWaitFor(t, "output and the waiting job", func() bool {
+	fixtures.WaitFor(t, jobTestTimeout, "output and the waiting job", func() bool {
 		log, _, _ := ts.logs.get("running")
 		_, ok := ts.job("waiting")
 		return log == "partial" && ok
@@ -849,7 +839,7 @@ func TestJobServerCloseWithRefciJob(t *testing.T) {
 	stop := ts.path("stop")
 	res := ts.start(ctx, "long", "--", "sh", "-c",
 		fmt.Sprintf(`echo started; while [ ! -e %s ]; do sleep 0.02; done; echo after`, stop))
-	jobWaitFor(t, "output", func() bool { log, _, _ := ts.logs.get("long"); return log == "started\n" })
+	fixtures.WaitFor(t, jobTestTimeout, "output", func() bool { log, _, _ := ts.logs.get("long"); return log == "started\n" })
 	ts.srv.Close()
 	j := ts.mustJob("long")
 	checkJobState(t, j, queue.Cancelled, nil)
@@ -911,7 +901,7 @@ func TestJobSignalForwarded(t *testing.T) {
 	defer cancel()
 	res := ts.start(ctx, "trapper", "--", "sh", "-c",
 		`trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.02; done`)
-	jobWaitFor(t, "the command to be ready", func() bool { log, _, _ := ts.logs.get("trapper"); return log == "ready\n" })
+	fixtures.WaitFor(t, jobTestTimeout, "the command to be ready", func() bool { log, _, _ := ts.logs.get("trapper"); return log == "ready\n" })
 	// RunJobCommand has SIGTERM under signal.Notify while CMD runs, so
 	// this does not kill the test binary.
 	syscall.Kill(os.Getpid(), syscall.SIGTERM)
@@ -923,12 +913,12 @@ func TestJobSignalForwarded(t *testing.T) {
 
 	// While waiting for its needs, a signal ends the job as cancelled.
 	res = ts.start(ctx, "waiter", "--needs", "ghost", "--", "true")
-	jobWaitFor(t, "waiter to register", func() bool { _, ok := ts.job("waiter"); return ok })
+	fixtures.WaitFor(t, jobTestTimeout, "waiter to register", func() bool { _, ok := ts.job("waiter"); return ok })
 	syscall.Kill(os.Getpid(), syscall.SIGTERM)
 	if r := ts.wait(res); r.code != 128+int(syscall.SIGTERM) || !strings.Contains(r.stderr, "SIGTERM while waiting") {
 		t.Errorf("%+v", r)
 	}
-	jobWaitFor(t, "waiter to be recorded", func() bool { return ts.mustJob("waiter").State.Final() })
+	fixtures.WaitFor(t, jobTestTimeout, "waiter to be recorded", func() bool { return ts.mustJob("waiter").State.Final() })
 	checkJobState(t, ts.mustJob("waiter"), queue.Cancelled, nil)
 }
 
@@ -958,16 +948,6 @@ func TestJobHelperProcess(t *testing.T) {
 	os.Exit(RunJobCommand(context.Background(), args, os.Getenv, os.Stdout, os.Stderr))
 }
 
-// jobProcAlive reports whether pid runs (exists and is not a zombie).
-func jobProcAlive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
-}
-
 func TestJobClientKilled(t *testing.T) {
 	ts := newJobTestServer(t, 0)
 	pidFile, stop := ts.path("pid"), ts.path("stop")
@@ -981,7 +961,7 @@ func TestJobClientKilled(t *testing.T) {
 	}
 	defer cmd.Process.Kill()
 	var pid int
-	jobWaitFor(t, "the command to start", func() bool {
+	fixtures.WaitFor(t, jobTestTimeout, "the command to start", func() bool {
 		b, err := os.ReadFile(pidFile)
 		if err != nil {
 			return false
@@ -989,13 +969,13 @@ func TestJobClientKilled(t *testing.T) {
 		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
 		return err == nil
 	})
-	if !jobProcAlive(pid) {
+	if !fixtures.ProcessRunning(pid) {
 		t.Fatal("command is not running")
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
-	jobWaitFor(t, "the command to die with refci job (Pdeathsig)", func() bool { return !jobProcAlive(pid) })
-	jobWaitFor(t, "the job to be recorded", func() bool { j, ok := ts.job("victim"); return ok && j.State.Final() })
+	fixtures.WaitFor(t, jobTestTimeout, "the command to die with refci job (Pdeathsig)", func() bool { return !fixtures.ProcessRunning(pid) })
+	fixtures.WaitFor(t, jobTestTimeout, "the job to be recorded", func() bool { j, ok := ts.job("victim"); return ok && j.State.Final() })
 	j := ts.mustJob("victim")
 	checkJobState(t, j, queue.Cancelled, nil)
 	if !strings.Contains(j.Reason, "went away") {

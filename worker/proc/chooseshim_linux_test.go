@@ -5,11 +5,11 @@ package proc
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/worker/shim"
 )
 
@@ -41,7 +41,7 @@ func TestChooseShim(t *testing.T) {
 		{"none", func(*testing.T, string) {}, false, ""},
 		{"matching", func(t *testing.T, light string) {
 			// The test binary is a shim of this build (see shim_linux_test.go).
-			if err := os.Symlink(testExecutable(t), light); err != nil {
+			if err := os.Symlink(fixtures.Executable(t), light); err != nil {
 				t.Fatal(err)
 			}
 		}, true, ""},
@@ -94,38 +94,24 @@ func TestChooseShim(t *testing.T) {
 	}
 }
 
-// buildLightShim builds cmd/refci-shim into a temporary directory.
-func buildLightShim(t *testing.T) string {
-	t.Helper()
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go command to build refci-shim with")
-	}
-	exe := filepath.Join(t.TempDir(), ShimName)
-	if out, err := exec.Command(goCmd, "build", "-buildvcs=false", "-o", exe, "refci.dev/refci/cmd/refci-shim").CombinedOutput(); err != nil {
-		t.Fatalf("go build refci-shim: %v\n%s", err, out)
-	}
-	return exe
-}
-
 // A pipeline through the light refci-shim binary, the middle step
 // included (it re-executes /proc/self/exe: refci-shim here): the hidden
 // paths are hidden, the pipeline's exit status is reported, and nothing
 // is left.
 func TestLightShimHides(t *testing.T) {
-	needIsolation(t)
-	light := buildLightShim(t)
+	fixtures.NeedIsolation(t, CheckIsolation)
+	light := fixtures.BuildBinary(t, "refci.dev/refci/cmd/refci-shim", ShimName)
 	if p, note := ChooseShim(filepath.Join(filepath.Dir(light), "refci")); p != light {
 		t.Errorf("ChooseShim does not take the refci-shim of this build: %s (%s)", p, note)
 	}
-	dir, file := secretPlace(t)
+	dir, file := fixtures.SecretPlace(t)
 	m := newMarker()
 	script := fmt.Sprintf(`echo "dir:[$(ls -A %[1]s)]"
 echo "file:[$(cat %[2]s)]"
 grep CapEff /proc/self/status
 (setsid sleep %[3]s </dev/null >/dev/null 2>&1 &)
 exit 7`, dir, file, m)
-	var out syncBuffer
+	var out fixtures.Buffer
 	res, err := Run(t.Context(), Spec{Path: "/bin/sh", Args: []string{"-c", script}, Env: testEnv, Output: &out,
 		Shim: light, Hide: []string{dir, file}, RequireIsolation: true, Timeout: testSafety})
 	if err != nil {

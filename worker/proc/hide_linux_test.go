@@ -10,39 +10,16 @@ import (
 	"strings"
 	"testing"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/worker/shim"
 )
-
-// secretPlace makes a directory with a secret file in it and a secret file
-// beside it, the way a worker's $REFCI_HOME and --key FILE look.
-func secretPlace(t *testing.T) (dir, file string) {
-	t.Helper()
-	root := t.TempDir()
-	dir, file = filepath.Join(root, "home"), filepath.Join(root, "key.asc")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{filepath.Join(dir, "key.asc"), file} {
-		if err := os.WriteFile(f, []byte("TOP-SECRET-KEY\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir, file
-}
-
-func needIsolation(t *testing.T) {
-	t.Helper()
-	if err := CheckIsolation(testExecutable(t)); err != nil {
-		t.Skipf("no user namespaces here: %v", err)
-	}
-}
 
 // A hidden directory is empty and read-only, a hidden file reads as
 // /dev/null, the pipeline has no capability left, and neither the shim's
 // nor the worker's /proc entries lead past the covers.
 func TestHideProcess(t *testing.T) {
-	needIsolation(t)
-	dir, file := secretPlace(t)
+	fixtures.NeedIsolation(t, CheckIsolation)
+	dir, file := fixtures.SecretPlace(t)
 	work := t.TempDir()
 	script := fmt.Sprintf(`
 cd %[3]s
@@ -55,9 +32,9 @@ grep CapEff /proc/self/status
 cat /proc/$PPID/root%[2]s 2>/dev/null || echo "no way through the shim"
 echo "work dir writable" > out && cat out
 `, dir, file, work)
-	var out syncBuffer
+	var out fixtures.Buffer
 	res, err := Run(t.Context(), Spec{Path: "/bin/sh", Args: []string{"-c", script}, Env: testEnv, Output: &out,
-		Shim: testExecutable(t), Hide: []string{dir, file}, Timeout: testSafety})
+		Shim: fixtures.Executable(t), Hide: []string{dir, file}, Timeout: testSafety})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,8 +60,8 @@ echo "work dir writable" > out && cat out
 // The shim's supervision holds inside the namespaces: the process tests
 // that stop, kill and reap whole trees, with hiding on.
 func TestShimHideMode(t *testing.T) {
-	needIsolation(t)
-	dir, file := secretPlace(t)
+	fixtures.NeedIsolation(t, CheckIsolation)
+	dir, file := fixtures.SecretPlace(t)
 	for _, tc := range []struct {
 		name string
 		f    func(*testing.T)
@@ -111,12 +88,12 @@ func TestShimHideMode(t *testing.T) {
 // user.max_user_namespaces is 0), the pipeline runs unhidden and the
 // report says why; with --require-isolation it does not run.
 func TestHideUnavailable(t *testing.T) {
-	needIsolation(t)
+	fixtures.NeedIsolation(t, CheckIsolation)
 	if _, err := exec.LookPath("unshare"); err != nil {
 		t.Skip("no unshare(1)")
 	}
-	_, file := secretPlace(t)
-	exe := testExecutable(t)
+	_, file := fixtures.SecretPlace(t)
+	exe := fixtures.Executable(t)
 	for _, require := range []bool{false, true} {
 		flags := "--hide=" + file
 		if require {
@@ -164,7 +141,7 @@ func readAllString(f *os.File) (string, error) {
 func TestHideNeedsShimAndAbsolutePaths(t *testing.T) {
 	for _, spec := range []Spec{
 		{Path: "/bin/true", Hide: []string{"/x"}},
-		{Path: "/bin/true", Hide: []string{"relative"}, Shim: testExecutable(t)},
+		{Path: "/bin/true", Hide: []string{"relative"}, Shim: fixtures.Executable(t)},
 	} {
 		res, err := Run(t.Context(), spec)
 		if err == nil || res.ExitCode != -1 {
@@ -179,7 +156,7 @@ func TestHideNeedsShimAndAbsolutePaths(t *testing.T) {
 // writable one below a read-only one, and a read-only one below a
 // writable one.
 func TestReadOnlyRootWithoutMountSetattr(t *testing.T) {
-	needIsolation(t)
+	fixtures.NeedIsolation(t, CheckIsolation)
 	base := t.TempDir()
 	ro, rw, secret := filepath.Join(base, "ro"), filepath.Join(base, "ro", "rw"), filepath.Join(base, "secret")
 	for _, d := range []string{rw, secret} {
@@ -203,7 +180,7 @@ cat %[4]s/key 2>/dev/null || echo "secret hidden"
 		if compat {
 			args = append(args, shim.NoMountSetattrArg)
 		}
-		cmd := exec.Command(testExecutable(t), append(args, "--", "/bin/sh", "-c", script)...)
+		cmd := exec.Command(fixtures.Executable(t), append(args, "--", "/bin/sh", "-c", script)...)
 		cmd.Env = testEnv
 		out, err := cmd.CombinedOutput()
 		if err != nil || string(out) != want {

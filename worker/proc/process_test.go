@@ -14,12 +14,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/worker/shim"
 )
 
@@ -47,30 +47,12 @@ func withTestShim(spec Spec) Spec {
 	return spec
 }
 
-// syncBuffer is an Output that tests may read while Run writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // runSh runs script with /bin/sh -c, bounded by testSafety.
 func runSh(t *testing.T, ctx context.Context, script string, mod func(*Spec)) (Result, string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, testSafety)
 	defer cancel()
-	var out syncBuffer
+	var out fixtures.Buffer
 	spec := Spec{Path: "/bin/sh", Args: []string{"-c", script}, Env: testEnv, Output: &out}
 	spec = withTestShim(spec)
 	if mod != nil {
@@ -137,14 +119,8 @@ func assertAlive(t *testing.T, markers ...string) {
 // waitAlive waits until a process with each marker is alive.
 func waitAlive(t *testing.T, markers ...string) {
 	t.Helper()
-	deadline := time.Now().Add(testReadyMax)
 	for _, m := range markers {
-		for len(markerPids(m)) == 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("no process with marker %s started within %s", m, testReadyMax)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		fixtures.WaitFor(t, testReadyMax, "a process with marker "+m, func() bool { return len(markerPids(m)) > 0 })
 	}
 }
 
@@ -154,19 +130,11 @@ func syscallKill(pid int) {
 	}
 }
 
+// waitFiles waits until each of paths exists.
 func waitFiles(t *testing.T, paths ...string) {
 	t.Helper()
-	deadline := time.Now().Add(testReadyMax)
 	for _, p := range paths {
-		for {
-			if _, err := os.Stat(p); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s did not appear within %s", p, testReadyMax)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		fixtures.WaitFor(t, testReadyMax, p+" to appear", func() bool { _, err := os.Stat(p); return err == nil })
 	}
 }
 
@@ -244,7 +212,7 @@ func TestProcessEnvIsExact(t *testing.T) {
 	}
 	run := func(env []string, tag string) string {
 		t.Helper()
-		var out syncBuffer
+		var out fixtures.Buffer
 		res, err := Run(t.Context(), withTestShim(Spec{Path: envBin, Env: env, Output: &out, ReapTag: tag, Timeout: testSafety}))
 		if err != nil || res.ExitCode != 0 {
 			t.Fatalf("env: %+v %v", res, err)
@@ -265,7 +233,7 @@ func TestProcessEnvIsExact(t *testing.T) {
 
 func TestProcessArgsDirAndStdin(t *testing.T) {
 	dir := t.TempDir()
-	var out syncBuffer
+	var out fixtures.Buffer
 	res, err := Run(t.Context(), withTestShim(Spec{
 		Path:    "/bin/sh",
 		Args:    []string{"-c", `printf '%s|' "$0" "$@"; pwd; cat; echo "stdin done"`, "zero", "one", "two words"},
@@ -616,7 +584,7 @@ func TestProcessStartErrors(t *testing.T) {
 		{"directory", d, "", fs.ErrPermission, "directory"},
 		{"missing dir", "/bin/sh", filepath.Join(d, "nodir"), fs.ErrNotExist, "working directory"},
 	} {
-		var out syncBuffer
+		var out fixtures.Buffer
 		res, err := Run(t.Context(), withTestShim(Spec{Path: tc.path, Dir: tc.dir, Env: testEnv, Output: &out, Timeout: testSafety}))
 		if err == nil {
 			t.Errorf("%s: no error; result %+v", tc.name, res)

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/worker/shim"
 )
 
@@ -34,18 +35,9 @@ func init() {
 	}
 }
 
-func testExecutable(t testing.TB) string {
-	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return exe
-}
-
 // useShim runs the rest of the test with testShim set.
 func useShim(t *testing.T) string {
-	exe := testExecutable(t)
+	exe := fixtures.Executable(t)
 	testShim = exe
 	t.Cleanup(func() { testShim = "" })
 	return exe
@@ -289,7 +281,7 @@ func TestShimStartFailures(t *testing.T) {
 		{"missing", filepath.Join(d, "nope"), "cannot start the shim"},
 		{"not a shim", "/bin/true", "without reporting"},
 	} {
-		var out syncBuffer
+		var out fixtures.Buffer
 		res, err := Run(t.Context(), Spec{Path: "/bin/sh", Args: []string{"-c", "echo ran"}, Env: testEnv,
 			Output: &out, Shim: tc.shim, Timeout: testSafety})
 		if err == nil || !strings.Contains(err.Error(), tc.msg) || !strings.Contains(err.Error(), "/bin/sh") {
@@ -326,7 +318,7 @@ func TestShimCrashHelper(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testSafety) // should the test forget us
 	defer cancel()
 	Run(ctx, Spec{Path: "/bin/sh", Args: []string{"-c", os.Getenv("REFCI_SHIM_CRASH_SCRIPT")},
-		Env: testEnv, Shim: testExecutable(t)})
+		Env: testEnv, Shim: fixtures.Executable(t)})
 }
 
 // When the worker is killed with SIGKILL, nothing of its pipeline survives.
@@ -336,7 +328,7 @@ func TestShimWorkerKilled(t *testing.T) {
 sleep %s &
 ( (setsid sh -c 'exec sleep %s' </dev/null >/dev/null 2>&1 &) & )
 sleep %s`, m[0], m[1], m[2], m[3])
-	helper := exec.Command(testExecutable(t), "-test.run=^TestShimCrashHelper$", "-test.count=1")
+	helper := exec.Command(fixtures.Executable(t), "-test.run=^TestShimCrashHelper$", "-test.count=1")
 	helper.Env = append(os.Environ(), "REFCI_SHIM_CRASH_HELPER=1", "REFCI_SHIM_CRASH_SCRIPT="+script)
 	if err := helper.Start(); err != nil {
 		t.Fatal(err)
@@ -398,7 +390,7 @@ sleep %s`, m[0], m[1], m[2], m[3])
 	for deadline := time.Now().Add(testQuick); ; {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(shimPid, &ws, unix.WNOHANG, nil)
-		if pid == shimPid || err != nil && !notZombie(shimPid) {
+		if pid == shimPid || err != nil && !fixtures.ProcessRunning(shimPid) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -409,7 +401,7 @@ sleep %s`, m[0], m[1], m[2], m[3])
 	}
 }
 
-func BenchmarkRunProcessTrueShim(b *testing.B) { benchRunProcess(b, testExecutable(b)) }
+func BenchmarkRunProcessTrueShim(b *testing.B) { benchRunProcess(b, fixtures.Executable(b)) }
 
 // shimReport runs the shim (the test binary) on script by hand and
 // returns its final report line.
@@ -420,7 +412,7 @@ func shimReport(t *testing.T, script string) shim.Report {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	cmd := exec.Command(testExecutable(t), ShimArg, "--kill-grace=5s", "--", "/bin/sh", "-c", script)
+	cmd := exec.Command(fixtures.Executable(t), ShimArg, "--kill-grace=5s", "--", "/bin/sh", "-c", script)
 	cmd.Env = testEnv
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -464,14 +456,4 @@ func TestShimReadsProcOnlyForLeftovers(t *testing.T) {
 		t.Errorf("a leftover: report %+v, want exit 0, one leftover found through /proc", rep)
 	}
 	assertGone(t, m)
-}
-
-// notZombie says whether process pid exists and has not exited.
-func notZombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
