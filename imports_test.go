@@ -23,7 +23,7 @@ var allowed = map[string][]string{
 	"render":           {"queue"},
 	// Reading and watching results: every reader of runs and claims.
 	"results": {"queue", "gitproto", "secrets", "render"},
-	"worker":  {"queue", "gitproto", "results"},
+	"worker":  {"queue", "gitproto", "secrets", "results"},
 	// The shim side of the worker, all of cmd/refci-shim, which starts
 	// twice per job: nothing of the project (see cmd/refci-shim's test of
 	// its dependencies).

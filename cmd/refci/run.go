@@ -111,7 +111,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 			e.errorf("--trusted: %v", err)
 			return exitUsage
 		}
-		trusted, trustReason = signatureTrust(k)(worker.TrustQuery{Repo: repo, Request: "local", RequestObject: target, Target: target})
+		trusted, trustReason = worker.SignatureTrust(k)(worker.TrustQuery{Repo: repo, Request: "local", RequestObject: target, Target: target})
 	}
 	opener := secretsOpener(admins, id, nil)
 

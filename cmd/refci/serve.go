@@ -246,7 +246,7 @@ func newEmbeddedWorker(e *env, f *serveFlags, srv *server.Server, id *secrets.Id
 	ew.w = worker.New(worker.Config{
 		Poll: f.poll, Concurrency: f.conc, Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, TempDir: runs,
 		Logger:  logger.With("component", "worker"),
-		Trust:   anyTrust(pushedByTrustedKey, signatureTrust(trusted)),
+		Trust:   worker.AnyTrust(pushedByTrustedKey, worker.SignatureTrust(trusted)),
 		Secrets: opener, Page: renderPage,
 		// The data dir (host key, roles, repositories, caches, trust
 		// records), the roles file and $REFCI_HOME (the key): a pipeline

@@ -233,7 +233,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		Limits: worker.Limits{Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
 			LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap},
 		Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, Logger: logger,
-		Trust: signatureTrust(trusted), Secrets: opener, Page: renderPage,
+		Trust: worker.SignatureTrust(trusted), Secrets: opener, Page: renderPage,
 		Isolation: worker.Isolation{Hide: hide, RequireIsolation: cfg.RequireIsolation,
 			Writable: worker.CleanPaths(cfg.Writable...), ReadOnly: readOnly},
 		TempDir: runs,

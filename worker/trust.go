@@ -1,4 +1,4 @@
-package main
+package worker
 
 // The signature trust policy: a request is trusted when its annotated tag
 // or its target commit is signed by a key of the worker's trusted list.
@@ -10,14 +10,14 @@ import (
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/secrets"
-	"refci.dev/refci/worker"
 )
 
-// signatureTrust returns a worker trust policy over trusted. It is one
-// function so that other policies (the SSH endpoint's pusher key) can be
-// OR-ed with it.
-func signatureTrust(trusted secrets.Keyring) func(worker.TrustQuery) (bool, string) {
-	return func(q worker.TrustQuery) (bool, string) {
+// SignatureTrust returns a trust policy (Config.Trust) over trusted: a
+// request is trusted when its annotated tag or its target commit is
+// signed by a key of trusted. It is one function so that other policies
+// (the SSH endpoint's pusher key) can be OR-ed with it (AnyTrust).
+func SignatureTrust(trusted secrets.Keyring) func(TrustQuery) (bool, string) {
+	return func(q TrustQuery) (bool, string) {
 		if trusted.Len() == 0 {
 			return false, "this worker trusts no requester key (--trusted FILE, or trusted = [...] in the config)"
 		}
@@ -83,10 +83,10 @@ func tagSignedBy(repo *gitproto.Repo, h gitproto.Hash, trusted secrets.Keyring) 
 	return describeVerify(trusted.VerifyDetached(payload, sig))
 }
 
-// anyTrust trusts a request when any of the policies does; the reasons of
+// AnyTrust trusts a request when any of the policies does; the reasons of
 // a refusal are all given.
-func anyTrust(policies ...func(worker.TrustQuery) (bool, string)) func(worker.TrustQuery) (bool, string) {
-	return func(q worker.TrustQuery) (bool, string) {
+func AnyTrust(policies ...func(TrustQuery) (bool, string)) func(TrustQuery) (bool, string) {
+	return func(q TrustQuery) (bool, string) {
 		var why []string
 		for _, p := range policies {
 			ok, reason := p(q)

@@ -1,4 +1,4 @@
-package main
+package worker
 
 import (
 	"strings"
@@ -8,7 +8,6 @@ import (
 	"refci.dev/refci/fixtures"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/secrets"
-	"refci.dev/refci/worker"
 )
 
 func TestSignatureTrustOnCommits(t *testing.T) {
@@ -31,7 +30,7 @@ func TestSignatureTrustOnCommits(t *testing.T) {
 	signed, unsigned, foreign := commit(alice.SignDetached), commit(nil), commit(mallory.SignDetached)
 	var trusted secrets.Keyring
 	trusted.Add(alice)
-	policy := signatureTrust(trusted)
+	policy := SignatureTrust(trusted)
 	for _, tc := range []struct {
 		target gitproto.Hash
 		want   bool
@@ -41,12 +40,12 @@ func TestSignatureTrustOnCommits(t *testing.T) {
 		{unsigned, false, "untrusted: the target commit is not signed"},
 		{foreign, false, "untrusted: the target commit is signed by a key this worker does not trust"},
 	} {
-		ok, why := policy(worker.TrustQuery{Repo: repo, Request: "r", RequestObject: tc.target, Target: tc.target})
+		ok, why := policy(TrustQuery{Repo: repo, Request: "r", RequestObject: tc.target, Target: tc.target})
 		if ok != tc.want || !strings.HasPrefix(why, tc.why) {
 			t.Errorf("%s: %v %q, want %v %q", tc.target, ok, why, tc.want, tc.why)
 		}
 	}
-	if ok, why := signatureTrust(secrets.Keyring{})(worker.TrustQuery{Repo: repo, RequestObject: signed, Target: signed}); ok || !strings.Contains(why, "--trusted FILE") {
+	if ok, why := SignatureTrust(secrets.Keyring{})(TrustQuery{Repo: repo, RequestObject: signed, Target: signed}); ok || !strings.Contains(why, "--trusted FILE") {
 		t.Errorf("no trusted keys: %v %q", ok, why)
 	}
 }
