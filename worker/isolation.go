@@ -236,3 +236,69 @@ func WarnIfRoot(log *slog.Logger) {
 	}
 	log.Warn("running as root: pipelines run as root too; isolated, they cannot write the file system but for scratch places, yet every root-owned device (raw disks), socket and service of this machine is theirs, and without user namespaces the whole machine is; run refci as a dedicated unprivileged user (e.g. useradd --system --create-home refci) that owns only refci's key, caches and configuration")
 }
+
+// Sandbox is what a refci process prepares once, at start, for the
+// pipelines it runs: the directory their run directories are made in,
+// the shim that supervises them, and what they may see and write.
+type Sandbox struct {
+	RunsDir   string    // Config.TempDir, RunSpec.TempDir
+	Shim      string    // Config.Shim, RunSpec.Shim; "" when not isolating
+	Isolation Isolation // Config.Isolation, RunSpec.Isolation
+	close     func()
+}
+
+// SandboxSpec says what NewSandbox prepares.
+type SandboxSpec struct {
+	// Isolate: pipelines run under the shim, isolated. When false, only
+	// the runs directory is made (refci run without --isolate).
+	Isolate bool
+	Getenv  func(string) string // the process environment
+	Self    string              // refci's executable
+	// Private lists this process's own files that no pipeline may see
+	// (its key or all of $REFCI_HOME, caches, configuration, data dir),
+	// besides every user's credentials (UserPrivatePaths) and other runs.
+	Private []string
+	// ReadOnly lists more paths pipelines may not write (remotes on this
+	// machine, the repository that gets the result), besides what
+	// ReadOnlyPaths names.
+	ReadOnly []string
+	Writable []string // Isolation.Writable: absolute paths
+	Require  bool     // Isolation.RequireIsolation
+	// Log, when not nil, is told at start what a worker's log says: a
+	// process running as root, the shim chosen, pipelines that cannot
+	// be isolated.
+	Log *slog.Logger
+}
+
+// NewSandbox makes the runs directory (MakeRunsDir) and, when isolating,
+// chooses the shim and lists what pipelines may not see or write. Close
+// removes the runs directory once the process has stopped.
+func NewSandbox(s SandboxSpec) (*Sandbox, error) {
+	runs, runsHide, done, err := MakeRunsDir()
+	if err != nil {
+		return nil, err
+	}
+	sb := &Sandbox{RunsDir: runs, close: done}
+	if !s.Isolate {
+		return sb, nil
+	}
+	if s.Log != nil {
+		WarnIfRoot(s.Log)
+		sb.Shim = ChooseShim(s.Log, s.Self)
+	} else {
+		sb.Shim, _ = proc.ChooseShim(s.Self)
+	}
+	sb.Isolation = Isolation{
+		Hide:             CleanPaths(append(append(append([]string(nil), s.Private...), UserPrivatePaths(s.Getenv)...), runsHide...)...),
+		ReadOnly:         ReadOnlyPaths(s.Getenv, []string{s.Self, sb.Shim}, s.ReadOnly...),
+		Writable:         CleanPaths(s.Writable...),
+		RequireIsolation: s.Require,
+	}
+	if s.Log != nil {
+		WarnIfNotIsolated(s.Log, sb.Shim, s.Require)
+	}
+	return sb, nil
+}
+
+// Close removes the runs directory.
+func (s *Sandbox) Close() { s.close() }

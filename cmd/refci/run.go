@@ -68,17 +68,13 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	}
 	// A local run is the user's own code on the user's own machine: it
 	// can read everything else of theirs anyway. --isolate hides the key
-	// as workers do (which needs the shim).
-	var hide, readOnly []string
-	shim := ""
-	// Every run directory of this user's refci processes lies under one
-	// root, hidden from isolated pipelines (worker.MakeRunsDir).
-	runs, runsHide, removeRuns, err := worker.MakeRunsDir()
-	if err != nil {
-		e.errorf("run: %v", err)
-		return exitInfra
-	}
-	defer removeRuns()
+	// as workers do (which needs the shim). Every run directory of this
+	// user's refci processes lies under one root, hidden from isolated
+	// pipelines (worker.MakeRunsDir).
+	spec := worker.SandboxSpec{Isolate: *isolate, Getenv: e.getenv, Self: self, Require: *isolate,
+		// The repository gets the result: its configuration and hooks,
+		// like everything refci's own git reads, stay read-only.
+		ReadOnly: []string{repo.GitDir()}}
 	if *isolate {
 		if self == "" {
 			e.errorf("run: --isolate: cannot find the refci executable to supervise the pipeline")
@@ -89,12 +85,14 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 			e.errorf("run: --isolate: %v", err)
 			return exitInfra
 		}
-		hide = worker.CleanPaths(append(append([]string{h, *keyFile}, worker.UserPrivatePaths(e.getenv)...), runsHide...)...)
-		shim, _ = proc.ChooseShim(self) // refci-shim beside refci, when of this build
-		// The repository gets the result: its configuration and hooks,
-		// like everything refci's own git reads, stay read-only.
-		readOnly = worker.ReadOnlyPaths(e.getenv, []string{self, shim}, repo.GitDir())
+		spec.Private = []string{h, *keyFile}
 	}
+	sb, err := worker.NewSandbox(spec)
+	if err != nil {
+		e.errorf("run: %v", err)
+		return exitInfra
+	}
+	defer sb.Close()
 	host, _ := os.Hostname()
 	admins, err := secrets.ReadKeyringFiles(adminFiles...)
 	if err != nil {
@@ -146,9 +144,9 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		Limits: worker.Limits{Timeout: *timeout, KillGrace: *grace,
 			LogCap: *logCap, ArtifactFileCap: *artCap, ArtifactTotalCap: *artTotal},
 		RefciPath:    self,
-		Shim:         shim,
-		Isolation:    worker.Isolation{Hide: hide, ReadOnly: readOnly, RequireIsolation: *isolate},
-		TempDir:      runs,
+		Shim:         sb.Shim,
+		Isolation:    sb.Isolation,
+		TempDir:      sb.RunsDir,
 		Output:       out,
 		Hard:         hard,
 		CancelReason: func() string { return cancelReason.Load().(string) },

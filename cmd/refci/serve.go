@@ -229,39 +229,28 @@ func newEmbeddedWorker(e *env, f *serveFlags, srv *server.Server, id *secrets.Id
 		}
 		return nil
 	})
-	runs, runsHide, removeRuns, err := worker.MakeRunsDir()
+	// The data dir (host key, roles, repositories, caches, trust
+	// records), the roles file and $REFCI_HOME (the key): a pipeline
+	// needs none of them; its checkout and socket are in its run
+	// directory, under the runs directory, of which it sees only its own.
+	sb, err := worker.NewSandbox(worker.SandboxSpec{Isolate: !f.noWorker, Getenv: e.getenv, Self: self,
+		Private: []string{ew.paths.Root, ew.paths.Roles, refciHome}, Require: f.requireIso, Log: logger.With("component", "worker")})
 	if err != nil {
 		e.errorf("serve: %v", err)
 		return nil, nil, exitInfra
-	}
-	shim := self
-	if !f.noWorker {
-		worker.WarnIfRoot(logger)
-		shim = worker.ChooseShim(logger.With("component", "worker"), self)
 	}
 	pushedByTrustedKey := func(q worker.TrustQuery) (bool, string) {
 		return srv.PushedByTrustedKey(q.Remote, q.RequestObject.String())
 	}
 	host, _ := os.Hostname()
 	ew.w = worker.New(worker.Config{
-		Poll: f.poll, Concurrency: f.conc, Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, TempDir: runs,
+		Poll: f.poll, Concurrency: f.conc, Signer: id, RefciPath: self, Shim: sb.Shim, Host: host, Version: version, TempDir: sb.RunsDir,
 		Logger:  logger.With("component", "worker"),
 		Trust:   worker.AnyTrust(pushedByTrustedKey, worker.SignatureTrust(trusted)),
 		Secrets: opener, Page: renderPage,
-		// The data dir (host key, roles, repositories, caches, trust
-		// records), the roles file and $REFCI_HOME (the key): a pipeline
-		// needs none of them; its checkout and socket are in its run
-		// directory, under runs, of which it sees only its own. What
-		// refci's own git, ssh and gpg read stays read-only.
-		Isolation: worker.Isolation{
-			Hide:     worker.CleanPaths(append(append([]string{ew.paths.Root, ew.paths.Roles, refciHome}, worker.UserPrivatePaths(e.getenv)...), runsHide...)...),
-			ReadOnly: worker.ReadOnlyPaths(e.getenv, []string{self, shim}), RequireIsolation: f.requireIso,
-		},
+		Isolation: sb.Isolation,
 	})
-	if !f.noWorker {
-		worker.WarnIfNotIsolated(logger.With("component", "worker"), shim, f.requireIso)
-	}
-	return ew, removeRuns, exitOK
+	return ew, sb.Close, exitOK
 }
 
 // addRepo has the worker serve the repository name.

@@ -175,7 +175,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	}
 	// Hidden from pipelines: the key (all of $REFCI_HOME when it is
 	// there), the caches, the configuration.
-	hide := worker.CleanPaths(append([]string{cfg.Key, cfg.Cache, *configFile}, worker.UserPrivatePaths(e.getenv)...)...)
+	private := []string{cfg.Key, cfg.Cache, *configFile}
 	if cfg.Key == "" || cfg.Cache == "" {
 		h, err := e.home()
 		if err != nil {
@@ -184,10 +184,10 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		}
 		if cfg.Cache == "" {
 			cfg.Cache = filepath.Join(h, "cache")
-			hide = worker.CleanPaths(append(hide, cfg.Cache)...)
+			private = append(private, cfg.Cache)
 		}
 		if cfg.Key == "" {
-			hide = worker.CleanPaths(append(hide, h)...)
+			private = append(private, h)
 		}
 	}
 	level := slog.LevelInfo
@@ -204,23 +204,20 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		}
 		rems = append(rems, r)
 	}
-	runs, runsHide, removeRuns, err := worker.MakeRunsDir()
-	if err != nil {
-		e.errorf("worker: %v", err)
-		return exitInfra
-	}
-	defer removeRuns()
-	hide = worker.CleanPaths(append(hide, runsHide...)...)
-	worker.WarnIfRoot(logger)
 	self, _ := os.Executable()
-	shim := worker.ChooseShim(logger, self)
 	// What refci's own git, ssh and gpg read stays read-only for
 	// pipelines, and so do the remotes on this machine.
 	var localRemotes []string
 	for _, r := range rems {
 		localRemotes = append(localRemotes, r.LocalDir())
 	}
-	readOnly := worker.ReadOnlyPaths(e.getenv, []string{self, shim}, localRemotes...)
+	sb, err := worker.NewSandbox(worker.SandboxSpec{Isolate: true, Getenv: e.getenv, Self: self, Private: private,
+		ReadOnly: localRemotes, Writable: cfg.Writable, Require: cfg.RequireIsolation, Log: logger})
+	if err != nil {
+		e.errorf("worker: %v", err)
+		return exitInfra
+	}
+	defer sb.Close()
 	host, _ := os.Hostname()
 	byURL := map[string]*gitproto.Remote{}
 	for _, r := range rems {
@@ -232,13 +229,10 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		Grace: cfg.Grace.Duration, MaxTimeout: cfg.MaxTimeout.Duration, MaxAttempts: cfg.MaxAttempts,
 		Limits: worker.Limits{Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
 			LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap},
-		Signer: id, RefciPath: self, Shim: shim, Host: host, Version: version, Logger: logger,
+		Signer: id, RefciPath: self, Shim: sb.Shim, Host: host, Version: version, Logger: logger,
 		Trust: worker.SignatureTrust(trusted), Secrets: opener, Page: renderPage,
-		Isolation: worker.Isolation{Hide: hide, RequireIsolation: cfg.RequireIsolation,
-			Writable: worker.CleanPaths(cfg.Writable...), ReadOnly: readOnly},
-		TempDir: runs,
+		Isolation: sb.Isolation, TempDir: sb.RunsDir,
 	})
-	worker.WarnIfNotIsolated(logger, shim, cfg.RequireIsolation)
 	stop, stopFn := context.WithCancel(ctx)
 	defer stopFn()
 	abort, abortFn := context.WithCancel(context.WithoutCancel(ctx))
