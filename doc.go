@@ -15,6 +15,7 @@
 //	secrets   OpenPGP and nothing about git: identities, signing, verifying, sealing environments
 //	secrets/envstore  the secrets environments in git (refs/ci/secrets/<env>): read, write, verify
 //	results   reading and watching results and claims: list, find, read, verify, follow
+//	requests  asking for runs: making a request and pushing it to a remote
 //	worker    running one pipeline and publishing its result; the loop, claims, the outbox; isolation
 //	  worker/proc     process supervision: start, wait, kill with grace, reap; the shim choice
 //	  worker/jobsock  the job socket: its server, the refci job/secret clients, the versioned wire protocol

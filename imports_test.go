@@ -23,7 +23,9 @@ var allowed = map[string][]string{
 	"render":           {"queue"},
 	// Reading and watching results: every reader of runs and claims.
 	"results": {"queue", "gitproto", "secrets", "render"},
-	"worker":  {"queue", "gitproto", "secrets", "results"},
+	// Asking for runs: making and pushing requests.
+	"requests": {"queue", "gitproto"},
+	"worker":   {"queue", "gitproto", "secrets", "results"},
 	// The shim side of the worker, all of cmd/refci-shim, which starts
 	// twice per job: nothing of the project (see cmd/refci-shim's test of
 	// its dependencies).
@@ -33,10 +35,10 @@ var allowed = map[string][]string{
 	// The job socket: server, client and wire protocol; job names and
 	// states are queue's.
 	"worker/jobsock": {"queue"},
-	"forge":          {"queue", "render", "secrets", "gitproto", "results"},
+	"forge":          {"queue", "render", "secrets", "gitproto", "results", "requests"},
 	"fixtures":       {"secrets"}, // tests only: OpenPGP keys of fake identities come from secrets
 	"server":         {"queue", "gitproto", "secrets"},
-	"cmd":            {"queue", "gitproto", "secrets", "results", "worker", "render", "forge", "server"},
+	"cmd":            {"queue", "gitproto", "secrets", "results", "requests", "worker", "render", "forge", "server"},
 
 	// Tests only: result and target commits written through gitproto;
 	// a package of its own, since the tests of queue and gitproto import

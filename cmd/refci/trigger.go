@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/render"
+	"refci.dev/refci/requests"
 	"refci.dev/refci/results"
 )
 
@@ -70,14 +70,14 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 	// id names this request and no other, so that --wait, log -f and the
 	// result (status.json request_object) tell it from an earlier push of
 	// the same commit under the same name.
-	obj, err := makeRequestTag(ctx, dir, target.String(), *name, opts)
+	client := requests.Client{Dir: dir}
+	obj, err := client.Make(ctx, requests.Request{Name: *name, Target: target, Options: opts})
 	if err != nil {
 		e.errorf("trigger: %v", err)
 		return exitInfra
 	}
-	ref := queue.RequestRef(*name)
-	if _, err := git.Run(ctx, "", "push", "--quiet", "--no-verify", *remote, "+"+obj+":"+ref); err != nil {
-		e.errorf("trigger: pushing %s to %s failed: %v", ref, *remote, err)
+	if err := client.Push(ctx, *remote, *name, obj); err != nil {
+		e.errorf("trigger: pushing %s to %s failed: %v", queue.RequestRef(*name), *remote, err)
 		return exitInfra
 	}
 	fmt.Fprintf(e.stdout, "refci: requested %s for %s on %s\n", *name, target.String()[:12], *remote)
@@ -85,7 +85,7 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stdout, "follow it with: refci trigger --wait, or fetch results with: git fetch %s '+refs/ci/*:refs/ci/*'\n", *remote)
 		return exitOK
 	}
-	return follow(ctx, e, dir, *remote, target.String(), results.Want{Request: *name, Object: obj})
+	return follow(ctx, e, dir, *remote, target.String(), results.Want{Request: *name, Object: obj.String()})
 }
 
 // missingRemote says what is wrong when remote is a name (not a URL or a
@@ -113,32 +113,6 @@ func missingRemote(ctx context.Context, dir, remote string) string {
 		have = "it has " + strings.Join(names, ", ")
 	}
 	return fmt.Sprintf("this repository has no remote named %q (%s); pass --remote NAME or a URL, or add one with: git remote add %s URL", remote, have, remote)
-}
-
-// makeRequestTag writes an annotated tag object carrying the options,
-// signed when the user has a signing key configured. No tag ref is left
-// behind. Unsigned, it needs no identity configured in git: the tagger is
-// the user's committer identity when git has one, else refci's.
-func makeRequestTag(ctx context.Context, dir, target, name string, o queue.RequestOptions) (string, error) {
-	id := make([]byte, 8)
-	rand.Read(id)
-	msg := queue.FormatRequestOptions(fmt.Sprintf("refci request %s (id %x)", name, id), o)
-	git := gitproto.CLI{Dir: dir}
-	var h gitproto.Hash
-	var err error
-	if key, _ := git.Run(ctx, "", "config", "user.signingkey"); key != "" {
-		h, err = git.SignTag(ctx, fmt.Sprintf("refci-request-%x", id), gitproto.NewHash(target), msg)
-	} else {
-		tagger, terr := git.Run(ctx, "", "var", "GIT_COMMITTER_IDENT")
-		if terr != nil {
-			tagger = fmt.Sprintf("refci trigger <refci@localhost> %d +0000", time.Now().Unix())
-		}
-		h, err = git.MakeTag(ctx, gitproto.TagSpec{Target: gitproto.NewHash(target), Name: "refci-request", Tagger: tagger, Message: msg})
-	}
-	if err != nil {
-		return "", err
-	}
-	return h.String(), nil
 }
 
 // follow follows the run of target on remote that want selects (see

@@ -1,4 +1,4 @@
-package main
+package requests
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 )
+
+func TestMain(m *testing.M) { os.Exit(fixtures.PrivateHome(m)) }
 
 // Each trigger's request tag is a distinct object (issue 16, item 1), and
 // making one needs no identity configured in git (a fresh machine): the
@@ -32,10 +34,12 @@ func TestRequestTagIsUniqueAndNeedsNoIdentity(t *testing.T) {
 		t.Skip("git finds an identity on this machine without configuration")
 	}
 	head := git("rev-parse", "HEAD")
+	bare := fixtures.BareRepo(t, "remote.git")
 	opts := queue.RequestOptions{Env: "staging", Timeout: 20 * time.Minute}
 	seen := map[string]bool{}
 	for i := 0; i < 2; i++ {
-		obj, err := makeRequestTag(ctx, dir, head, "topic", opts)
+		h, err := Client{Dir: dir}.Make(ctx, Request{Name: "topic", Target: gitproto.NewHash(head), Options: opts})
+		obj := h.String()
 		if err != nil {
 			t.Fatalf("without an identity: %v", err)
 		}
@@ -60,9 +64,13 @@ func TestRequestTagIsUniqueAndNeedsNoIdentity(t *testing.T) {
 	}
 	git("config", "user.name", "Alice")
 	git("config", "user.email", "alice@example.invalid")
-	obj, err := makeRequestTag(ctx, dir, head, "topic", queue.RequestOptions{})
+	h, err := Client{Dir: dir}.Ask(ctx, bare, Request{Name: "topic", Target: gitproto.NewHash(head)})
 	if err != nil {
 		t.Fatal(err)
+	}
+	obj := h.String()
+	if got := fixtures.Git(t, bare, "rev-parse", queue.RequestRef("topic")); got != obj {
+		t.Errorf("the request ref on the remote is %s, want the request %s", got, obj)
 	}
 	if body := git("cat-file", "tag", obj); !strings.Contains(body, "\ntagger Alice <alice@example.invalid> ") {
 		t.Errorf("tagger with an identity:\n%s", body)

@@ -1,0 +1,76 @@
+// Package requests asks for runs: it makes a request and pushes it to a
+// remote's request ref, refs/ci/requests/<name>, as `refci trigger` does
+// and as the forge adapters and the mail bridge do for pull requests and
+// mailed series.
+//
+// A request's value is an annotated tag of the commit to run, made anew
+// for every request with a fresh id in its subject, so that its object id
+// names this request and no other: followers (refci trigger --wait, log
+// -f) and results (status.json request_object) tell it from an earlier
+// push of the same commit under the same name. Its message carries the
+// request's options (queue.FormatRequestOptions). No tag ref is left
+// behind.
+package requests
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"time"
+
+	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
+)
+
+// Request is a run asked for: of Target, under the request name Name
+// (see queue.ValidateRequestName), with Options.
+type Request struct {
+	Name    string
+	Target  gitproto.Hash
+	Options queue.RequestOptions
+}
+
+// Client makes and pushes requests from the repository whose work tree
+// (or git directory, when bare) is Dir; it holds the objects pushed. A
+// plain value, safe for concurrent use.
+type Client struct {
+	Dir string
+}
+
+// Make writes the request object: an annotated tag of r.Target with a
+// fresh id, carrying r.Options, signed when the user has a signing key
+// configured in git (user.signingkey). Unsigned, it needs no identity
+// configured in git: the tagger is the user's committer identity when
+// git has one, else refci's.
+func (c Client) Make(ctx context.Context, r Request) (gitproto.Hash, error) {
+	id := make([]byte, 8)
+	rand.Read(id)
+	msg := queue.FormatRequestOptions(fmt.Sprintf("refci request %s (id %x)", r.Name, id), r.Options)
+	git := gitproto.CLI{Dir: c.Dir}
+	if key, _ := git.Run(ctx, "", "config", "user.signingkey"); key != "" {
+		return git.SignTag(ctx, fmt.Sprintf("refci-request-%x", id), r.Target, msg)
+	}
+	tagger, err := git.Run(ctx, "", "var", "GIT_COMMITTER_IDENT")
+	if err != nil {
+		tagger = fmt.Sprintf("refci trigger <refci@localhost> %d +0000", time.Now().Unix())
+	}
+	return git.MakeTag(ctx, gitproto.TagSpec{Target: r.Target, Name: "refci-request", Tagger: tagger, Message: msg})
+}
+
+// Push sets the request ref of name on remote (a remote's name, a URL or
+// a path) to obj, replacing a request pushed earlier under that name
+// (whose run the worker then cancels).
+func (c Client) Push(ctx context.Context, remote, name string, obj gitproto.Hash) error {
+	ref := queue.RequestRef(name)
+	_, err := gitproto.CLI{Dir: c.Dir}.Run(ctx, "", "push", "--quiet", "--no-verify", remote, "+"+obj.String()+":"+ref)
+	return err
+}
+
+// Ask makes a request (Make) and pushes it (Push), and returns its object.
+func (c Client) Ask(ctx context.Context, remote string, r Request) (gitproto.Hash, error) {
+	obj, err := c.Make(ctx, r)
+	if err != nil {
+		return obj, err
+	}
+	return obj, c.Push(ctx, remote, r.Name, obj)
+}
