@@ -301,3 +301,32 @@ func shortID(id string) string {
 	}
 	return id
 }
+
+// ThisRun selects the run id, or the attempt that took its request over
+// when its worker died before it pushed anything. With object set, only
+// runs of that push of the request (a run that does not record its
+// request object is not ruled out).
+func ThisRun(id, object string) Want {
+	return Want{Match: func(st *queue.Status) bool {
+		if object != "" && st.RequestObject != "" && st.RequestObject != object {
+			return false // another push of the request than the one claimed
+		}
+		return st.Run == id || st.PreviousRun() == id
+	}}
+}
+
+// LatestRun selects the newest run of the commit that started at most an
+// hour before now.
+func LatestRun(now time.Time) Want {
+	return Want{Match: func(st *queue.Status) bool { return st.Started.After(now.Add(-time.Hour)) }}
+}
+
+// ClaimedRun selects the run a claim names (see WaitForClaim): its run,
+// or, for a claim without one (the request ran between two looks), the
+// run of that push of the request that started since it was seen.
+func ClaimedRun(c *queue.Claim) Want {
+	if c.Run == "" {
+		return Want{Request: c.Request, Object: c.RequestObject, After: c.Claimed.Add(-queue.ClockSkew)}
+	}
+	return ThisRun(c.Run, c.RequestObject)
+}

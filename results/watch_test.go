@@ -3,6 +3,7 @@ package results
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,5 +58,41 @@ func TestFollowWatchesALocalRemote(t *testing.T) {
 		if w.watch() == w.seen {
 			t.Fatalf("remote %s: the watch did not change with a new run ref", remote)
 		}
+	}
+}
+
+func TestWhichRunIsFollowed(t *testing.T) {
+	now := time.Now()
+	obj, other := strings.Repeat("a", 40), strings.Repeat("b", 40)
+	st := func(run, prev, object string, started time.Time) *queue.Status {
+		s := &queue.Status{Run: run, RequestObject: object, Started: started, Request: "topic"}
+		if prev != "" {
+			s.Extra = map[string]any{queue.ExtraPreviousRun: prev}
+		}
+		return s
+	}
+	for _, tc := range []struct {
+		name string
+		want Want
+		st   *queue.Status
+		ok   bool
+	}{
+		{"the run", ThisRun("r1", ""), st("r1", "", obj, now), true},
+		{"its takeover", ThisRun("r1", ""), st("r2", "r1", obj, now), true},
+		{"another run", ThisRun("r1", ""), st("r2", "", obj, now), false},
+		{"another push", ThisRun("r1", obj), st("r1", "", other, now), false},
+		{"a worker that records no object", ThisRun("r1", obj), st("r1", "", "", now), true},
+		{"a recent run", LatestRun(now), st("r1", "", "", now.Add(-time.Minute)), true},
+		{"an old run", LatestRun(now), st("r1", "", "", now.Add(-2*time.Hour)), false},
+		{"the claimed run", ClaimedRun(&queue.Claim{Request: "topic", Run: "r1", RequestObject: obj}), st("r1", "", obj, now), true},
+		{"the claimed push's takeover", ClaimedRun(&queue.Claim{Request: "topic", Run: "r1", RequestObject: obj}), st("r2", "r1", obj, now), true},
+	} {
+		if got := tc.want.Match(tc.st); got != tc.ok {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.ok)
+		}
+	}
+	w := ClaimedRun(&queue.Claim{Request: "topic", RequestObject: obj, Claimed: now})
+	if w.Request != "topic" || w.Object != obj || !w.After.Equal(now.Add(-queue.ClockSkew)) || w.Match != nil {
+		t.Errorf("a claim without a run (the request ran between two looks) follows that push: %+v", w)
 	}
 }

@@ -202,7 +202,6 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 		e.errorf("log -f: %s", msg)
 		return exitUsage
 	}
-	var target, runID, reqObj string
 	switch {
 	case strings.HasPrefix(arg, queue.RunsPrefix):
 		t, id, ok := queue.ParseRunRef(arg)
@@ -210,58 +209,37 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 			e.errorf("%s is not a run ref", arg)
 			return exitUsage
 		}
-		target, runID = t, id
+		return follow(ctx, e, dir, remote, t, results.ThisRun(id, ""))
 	case strings.Contains(arg, "/") && queue.ValidRunID(arg[strings.IndexByte(arg, '/')+1:]):
 		t, id, _ := strings.Cut(arg, "/") // <commit>/<run-id>; a branch or request name with a slash is not one
-		target, runID = t, id
-	default:
-		rev := arg
-		if queue.ValidRunID(arg) {
-			if rr, err := results.Find(repo, arg, e.errorf); err == nil {
-				target, runID = rr.Target, rr.ID
-				break
-			}
+		return follow(ctx, e, dir, remote, t, results.ThisRun(id, ""))
+	case queue.ValidRunID(arg):
+		rr, err := results.Find(repo, arg, e.errorf)
+		if err != nil {
 			e.errorf("run %s is not known here yet; name it as <commit>/<run-id> or refs/ci/runs/<commit>/<run-id>", arg)
 			return exitUsage
 		}
-		if rev == "" {
-			rev = "HEAD"
-		}
-		h, err := repo.ResolveCommit(rev)
-		if err != nil {
-			if queue.ValidateRequestName(arg) == nil {
-				// Not a revision here: a request name on the remote.
-				c, code := waitForClaim(ctx, e, dir, remote, arg)
-				if c == nil {
-					return code
-				}
-				if c.Run == "" {
-					// It ran between two looks: its result names its
-					// request object (the same for two pushes of one
-					// commit: then a run that started since it was seen).
-					return follow(ctx, e, dir, remote, c.Target, results.Want{Request: arg, Object: c.RequestObject, After: c.Claimed.Add(-queue.ClockSkew)})
-				}
-				target, runID, reqObj = c.Target, c.Run, c.RequestObject
-				break
-			}
-			e.errorf("%v", err)
-			e.errorf("log -f takes a run (its id, <commit>/<run-id> or its ref), a commit, or the name of a pending request")
-			return exitFor(err)
-		}
-		target = h.String()
+		return follow(ctx, e, dir, remote, rr.Target, results.ThisRun(rr.ID, ""))
 	}
-	started := time.Now()
-	return follow(ctx, e, dir, remote, target, results.Want{Match: func(st *queue.Status) bool {
-		if reqObj != "" && st.RequestObject != "" && st.RequestObject != reqObj {
-			return false // another push of the request than the one claimed
-		}
-		if runID != "" {
-			// The run, or the attempt that took it over when its worker
-			// died before it pushed anything.
-			return st.Run == runID || st.PreviousRun() == runID
-		}
-		return st.Started.After(started.Add(-time.Hour)) // the newest recent run of the commit
-	}})
+	rev := arg
+	if rev == "" {
+		rev = "HEAD"
+	}
+	h, err := repo.ResolveCommit(rev)
+	if err == nil {
+		return follow(ctx, e, dir, remote, h.String(), results.LatestRun(time.Now()))
+	}
+	if queue.ValidateRequestName(arg) != nil {
+		e.errorf("%v", err)
+		e.errorf("log -f takes a run (its id, <commit>/<run-id> or its ref), a commit, or the name of a pending request")
+		return exitFor(err)
+	}
+	// Not a revision here: a request name on the remote.
+	c, code := waitForClaim(ctx, e, dir, remote, arg)
+	if c == nil {
+		return code
+	}
+	return follow(ctx, e, dir, remote, c.Target, results.ClaimedRun(c))
 }
 
 // waitForClaim finds the run a worker is running, or will run, for the
