@@ -9,23 +9,26 @@
 //
 // The packages, from the centre outwards:
 //
-//	queue     the domain: states, status.json, the ref layout, the format version
-//	gitproto  git and nothing about CI: objects, refs with compare-and-swap, checkout;
-//	          the only package that imports go-git or runs the git program (CLI)
-//	secrets   OpenPGP and nothing about git: identities, signing, verifying, sealing environments
-//	secrets/envstore  the secrets environments in git (refs/ci/secrets/<env>): read, write, verify
-//	results   reading and watching results and claims: list, find, read, verify, follow
-//	requests  asking for runs: making a request and pushing it to a remote
-//	worker    running one pipeline and publishing its result; the loop, claims, the outbox; isolation
+//	queue      the domain: states, status.json, claim.json, the ref layout, the format version
+//	gitproto   git and nothing about CI: objects, refs with compare-and-swap, fetch, push,
+//	           checkout; the only package that runs git or imports go-git
+//	  gitproto/sshd  the embedded SSH git endpoint (receive-pack and upload-pack, limits)
+//	secrets    OpenPGP and nothing about git: identities, signing, verifying, sealing values
+//	  secrets/envstore  the secrets environments in refs/ci/secrets/<env>: read, verify, open for a run, change
+//	results    reading and watching results and claims: list, find, read, verify, follow a
+//	           run, watch every run of a remote; every reader of results uses it
+//	requests   asking for runs: making a request (its unique tag) and pushing it
+//	worker     the loop (claims, leases, takeovers), one run, the outbox, trust, isolation
 //	  worker/proc     process supervision: start, wait, kill with grace, reap; the shim choice
 //	  worker/jobsock  the job socket: its server, the refci job/secret clients, the versioned wire protocol
 //	  worker/shim     the per-run shim (cmd/refci-shim): hides paths, reaps the pipeline
-//	render    pure functions from a result to what people read
-//	forge     views outward (forges, mail); forge/site: the static site
-//	          of results, built by refci view and served by refci serve --http
-//	server    refci serve: the SSH git server, its roles, the owner and trust records
-//	cmd       wiring only
-//	fixtures  helpers shared by the tests (git with a private HOME, keys, sample repositories); never imported by other code
+//	render     pure functions from a result to what people read (terminal, Markdown, HTML)
+//	forge      views outward (forges, mail)
+//	  forge/site      the static site of results, built by refci view and served by refci serve --http
+//	server     refci serve: the SSH server's roles, receive rules, owner and trust records
+//	cmd        wiring only: flags, configuration, constructing things, exit codes, printing
+//	fixtures   helpers shared by the tests (git with a private HOME, keys, sample repositories,
+//	           result commits, GnuPG); never imported by other code
 //
 // Arrows point inward; imports_test.go enforces it.
 package refci
