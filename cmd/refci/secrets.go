@@ -120,11 +120,11 @@ type secretsCmd struct {
 	store   *envstore.Store
 	env     string
 	ref     string
-	tip     gitproto.Hash // zero when the environment does not exist
+	tip     gitproto.Hash // the version loaded; zero before load
 	keyFile string
 }
 
-// openEnv opens the repository and reads the environment's ref.
+// openEnv opens the repository.
 func openEnv(e *env, repoDir, envName, keyFile string) (*secretsCmd, error) {
 	if err := queue.ValidateEnvName(envName); err != nil {
 		return nil, usageErr{err}
@@ -133,11 +133,7 @@ func openEnv(e *env, repoDir, envName, keyFile string) (*secretsCmd, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &secretsCmd{e: e, store: &envstore.Store{Repo: repo}, env: envName, ref: queue.SecretsRef(envName), keyFile: keyFile}
-	if c.tip, err = c.store.Tip(envName); err != nil {
-		return nil, usageErr{err}
-	}
-	return c, nil
+	return &secretsCmd{e: e, store: &envstore.Store{Repo: repo}, env: envName, ref: queue.SecretsRef(envName), keyFile: keyFile}, nil
 }
 
 // usageErr marks an error as the user's to fix (exit 2).
@@ -149,18 +145,16 @@ func (u usageErr) Unwrap() error { return u.err }
 func (c *secretsCmd) fail(err error) int {
 	c.e.errorf("%v", err)
 	var u usageErr
-	if errors.As(err, &u) {
+	if errors.As(err, &u) || errors.Is(err, envstore.ErrUsage) {
 		return exitUsage
 	}
 	return exitFor(err)
 }
 
 // load reads the environment, which must exist.
-func (c *secretsCmd) load() (*envstore.Env, error) {
-	if c.tip == gitproto.ZeroHash {
-		return nil, usageErr{fmt.Errorf("there is no %s in this repository; create it with 'refci secrets init %s --recipient WORKER.asc', or fetch it: git fetch origin %s:%s", c.ref, c.env, c.ref, c.ref)}
-	}
-	return c.store.Read(c.tip)
+func (c *secretsCmd) load() (t *envstore.Env, err error) {
+	t, c.tip, err = c.store.Load(c.env)
+	return t, err
 }
 
 // admin loads the user's key and checks that it administers t.
@@ -169,18 +163,7 @@ func (c *secretsCmd) admin(t *envstore.Env) (*secrets.Identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	if t != nil && !t.IsAdmin(id.Fingerprint()) {
-		return nil, usageErr{fmt.Errorf("your key %s is not an admin of %s (its admins.asc lists %s); workers would refuse your change. Use an admin's key with --key FILE", id.Fingerprint(), c.env, fingerprints(t.Admins))}
-	}
-	return id, nil
-}
-
-func fingerprints(k secrets.Keyring) string {
-	var out []string
-	for _, ki := range k.Keys() {
-		out = append(out, ki.Fingerprint)
-	}
-	return strings.Join(out, ", ")
+	return id, t.CheckAdmin(id.Fingerprint())
 }
 
 // commit writes t as the next version and moves the ref (compare-and-swap
@@ -190,8 +173,13 @@ func (c *secretsCmd) commit(t *envstore.Env, id secrets.Factotum, subject string
 	if err != nil {
 		return h, err
 	}
-	fmt.Fprintf(c.e.stdout, "%s: %s (commit %.12s, signed by %s)\n", c.ref, subject, h, id.Fingerprint())
+	c.committed(h, id, subject)
 	return h, nil
+}
+
+// committed says that commit h, signed by id, made the change subject.
+func (c *secretsCmd) committed(h gitproto.Hash, id secrets.Factotum, subject string) {
+	fmt.Fprintf(c.e.stdout, "%s: %s (commit %.12s, signed by %s)\n", c.ref, subject, h, id.Fingerprint())
 }
 
 func (c *secretsCmd) pushHint() {
@@ -203,11 +191,6 @@ func readKeyFiles(paths []string, what string) (secrets.Keyring, error) {
 	if err != nil {
 		return k, usageErr{fmt.Errorf("%s: %w", what, err)}
 	}
-	for _, ki := range k.Keys() {
-		if !ki.CanEncrypt && what == "--recipient" {
-			return k, usageErr{fmt.Errorf("%s: key %s (%s) has no encryption subkey; export a refci key with 'refci keys export'", what, ki.Fingerprint, ki.UserID)}
-		}
-	}
 	return k, nil
 }
 
@@ -217,14 +200,6 @@ func policyFlags(fs *flag.FlagSet) (*multiFlag, *multiFlag, *bool) {
 	fs.Var(&exports, "export", "also put value NAME in the pipeline's environment (repeatable; otherwise only `refci secret NAME` reads it)")
 	untrusted := fs.Bool("allow-untrusted", false, "let untrusted requests use the environment too (dangerous: anyone who can push a request reads every value)")
 	return &reqs, &exports, untrusted
-}
-
-func makePolicy(reqs, exports multiFlag, untrusted bool) (secrets.Policy, error) {
-	p, err := envstore.NewPolicy(reqs, exports, untrusted)
-	if err != nil {
-		return p, usageErr{err}
-	}
-	return p, nil
 }
 
 func secretsInit(e *env, args []string) int {
@@ -239,13 +214,13 @@ func secretsInit(e *env, args []string) int {
 	if !ok {
 		return code
 	}
-	if c.tip != gitproto.ZeroHash {
-		return c.fail(usageErr{fmt.Errorf("%s already exists (commit %.12s); change it with 'refci secrets set|recipients|policy'", c.ref, c.tip)})
+	if err := c.store.CheckNew(c.env); err != nil {
+		return c.fail(err)
 	}
 	if len(recFiles) == 0 {
 		return c.fail(usageErr{errors.New("secrets init: no --recipient; give the public key of each worker that may decrypt (on the worker: refci keys export > worker.asc)")})
 	}
-	id, err := c.admin(nil)
+	id, err := c.e.identity(c.keyFile)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -254,33 +229,31 @@ func secretsInit(e *env, args []string) int {
 		if admins, err = readKeyFiles(adminFiles, "--admin"); err != nil {
 			return c.fail(err)
 		}
-		if !admins.Has(id.Fingerprint()) {
-			return c.fail(usageErr{fmt.Errorf("your key %s is not among the --admin keys, so you could not sign this environment; add your own public key ('refci keys export > me.asc', then --admin me.asc) or sign with an admin's key (--key FILE)", id.Fingerprint())})
-		}
-	} else {
-		admins.Add(id)
+	}
+	t, err := envstore.NewEnv(c.env, id, admins)
+	if err != nil {
+		return c.fail(err)
 	}
 	recipients, err := readKeyFiles(recFiles, "--recipient")
 	if err != nil {
 		return c.fail(err)
 	}
-	policy, err := makePolicy(*reqs, *exports, *untrusted)
+	if err := t.SetRecipients(recipients); err != nil {
+		return c.fail(err)
+	}
+	if t.Policy, err = envstore.NewPolicy(*reqs, *exports, *untrusted); err != nil {
+		return c.fail(err)
+	}
+	h, err := c.store.Init(t, id)
 	if err != nil {
 		return c.fail(err)
 	}
-	adminsRaw, err := admins.Armored()
-	if err != nil {
-		return c.fail(err)
-	}
-	t := &envstore.Env{Recipients: recipients.Union(admins), Admins: admins, AdminsRaw: adminsRaw, Policy: policy, Values: map[string][]byte{}}
-	if _, err := c.commit(t, id, "init "+c.env); err != nil {
-		return c.fail(err)
-	}
+	c.committed(h, id, "init "+c.env)
 	fmt.Fprintf(e.stdout, "admins:\n")
-	printKeys(e.stdout, admins)
+	printKeys(e.stdout, t.Admins)
 	fmt.Fprintf(e.stdout, "recipients (admins are recipients too, so they can re-encrypt):\n")
 	printKeys(e.stdout, t.Recipients)
-	fmt.Fprintf(e.stdout, "policy: %s\n", describePolicy(policy))
+	fmt.Fprintf(e.stdout, "policy: %s\n", envstore.DescribePolicy(t.Policy))
 	fmt.Fprintf(e.stdout, "next: printf %%s \"$VALUE\" | refci secrets set %s NAME\n", c.env)
 	return exitOK
 }
@@ -289,22 +262,6 @@ func printKeys(w io.Writer, k secrets.Keyring) {
 	for _, ki := range k.Keys() {
 		fmt.Fprintf(w, "  %s  %s\n", ki.Fingerprint, ki.UserID)
 	}
-}
-
-func describePolicy(p secrets.Policy) string {
-	s := "trusted requests only"
-	if p.AllowUntrusted {
-		s = "any request, trusted or not"
-	}
-	if len(p.Requests) > 0 {
-		s += "; request names matching " + strings.Join(p.Requests, ", ")
-	} else {
-		s += "; any request name"
-	}
-	if len(p.Environment) > 0 {
-		s += "; exported as variables: " + strings.Join(p.Environment, ", ")
-	}
-	return s
 }
 
 // envArgs parses the arguments of a subcommand whose first positional
@@ -377,29 +334,16 @@ func secretsSet(e *env, args []string) int {
 	if err != nil {
 		return c.fail(err)
 	}
-	var sealed []byte
+	var subject string
 	if *sealedIn {
-		// Check what workers will check: an admin signed it, and it
-		// decrypts (the admin is a recipient).
-		sealed = value
-		if value, err = t.OpenSealed(id, sealed); err != nil {
-			return c.fail(usageErr{fmt.Errorf("%s: the --sealed message cannot be used: %w; encrypt it to every key of recipients.asc and sign it with an admin key (gpg --encrypt --sign -r ... -u ADMIN)", name, err)})
-		}
+		value, subject, err = t.SetSealed(id, name, value)
+	} else {
+		subject, err = t.Set(id, name, value)
 	}
-	if err := secrets.ValidateValue(value); err != nil {
-		return c.fail(usageErr{fmt.Errorf("%s: %w", name, err)})
+	if err != nil {
+		return c.fail(err)
 	}
-	if !*sealedIn {
-		if sealed, err = id.Seal(value, t.Recipients); err != nil {
-			return c.fail(err)
-		}
-	}
-	verb := "set"
-	if _, ok := t.Values[name]; ok {
-		verb = "set a new version of"
-	}
-	t.Values[name] = sealed
-	if _, err := c.commit(t, id, verb+" "+name); err != nil {
+	if _, err := c.commit(t, id, subject); err != nil {
 		return c.fail(err)
 	}
 	note := ""
@@ -448,7 +392,7 @@ func secretsList(e *env, args []string) int {
 	}
 	w := e.stdout
 	fmt.Fprintf(w, "environment %s (%s at %.12s)\n", c.env, c.ref, c.tip)
-	fmt.Fprintf(w, "policy: %s\n", describePolicy(t.Policy))
+	fmt.Fprintf(w, "policy: %s\n", envstore.DescribePolicy(t.Policy))
 	fmt.Fprintf(w, "admins:\n")
 	printKeys(w, t.Admins)
 	fmt.Fprintf(w, "recipients:\n")
@@ -495,44 +439,16 @@ func secretsRecipients(e *env, op string, args []string) int {
 		return c.fail(err)
 	}
 	var subject string
-	switch op {
-	case "add":
+	if op == "add" {
 		k, err := readKeyFiles([]string{pos[1]}, "--recipient")
 		if err != nil {
 			return c.fail(err)
 		}
-		before := len(t.Recipients.Keys())
-		t.Recipients = t.Recipients.Union(k)
-		if len(t.Recipients.Keys()) == before {
-			return c.fail(usageErr{fmt.Errorf("%s: every key in it is already a recipient of %s", pos[1], c.env)})
-		}
-		subject = "add recipient " + fingerprints(k)
-	case "remove":
-		fpr := pos[1]
-		if !secrets.IsFingerprint(fpr) {
-			k, err := secrets.ReadKeyringFiles(fpr)
-			if err != nil {
-				return c.fail(usageErr{fmt.Errorf("%s is neither a 40-digit fingerprint nor a readable key file: %w", fpr, err)})
-			}
-			if len(k.Keys()) != 1 {
-				return c.fail(usageErr{fmt.Errorf("%s holds %d keys; remove one fingerprint at a time", fpr, len(k.Keys()))})
-			}
-			fpr = k.Keys()[0].Fingerprint
-		}
-		var found bool
-		t.Recipients, found = t.Recipients.Without(fpr)
-		if !found {
-			return c.fail(usageErr{fmt.Errorf("%s is not a recipient of %s; see 'refci secrets list %s'", fpr, c.env, c.env)})
-		}
-		if len(t.Recipients.Keys()) == 0 {
-			return c.fail(usageErr{fmt.Errorf("%s is the last recipient of %s; add another first", fpr, c.env)})
-		}
-		subject = "remove recipient " + strings.ToUpper(fpr)
+		subject, err = t.AddRecipients(id, pos[1], k)
+	} else {
+		subject, err = t.RemoveRecipient(id, pos[1])
 	}
-	if err := t.Reseal(id); err != nil {
-		if errors.Is(err, secrets.ErrNotRecipient) {
-			err = usageErr{err}
-		}
+	if err != nil {
 		return c.fail(err)
 	}
 	if _, err := c.commit(t, id, subject); err != nil {
@@ -564,10 +480,11 @@ func secretsPolicy(e *env, args []string) int {
 	if err != nil {
 		return c.fail(err)
 	}
-	if t.Policy, err = makePolicy(*reqs, *exports, *untrusted); err != nil {
+	p, err := envstore.NewPolicy(*reqs, *exports, *untrusted)
+	if err != nil {
 		return c.fail(err)
 	}
-	if _, err := c.commit(t, id, "policy: "+describePolicy(t.Policy)); err != nil {
+	if _, err := c.commit(t, id, t.SetPolicy(p)); err != nil {
 		return c.fail(err)
 	}
 	c.pushHint()

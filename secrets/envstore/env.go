@@ -42,6 +42,7 @@ const (
 // is not usable; Read one, or fill Values with a non-nil map. Not safe for
 // concurrent use.
 type Env struct {
+	Name       string // the environment's name; "" when read with Read
 	Recipients secrets.Keyring
 	Admins     secrets.Keyring // who administers it, as admins.asc says
 	AdminsRaw  []byte          // admins.asc as stored; nil: none
