@@ -80,13 +80,15 @@ func NewEnv(name string, signer *secrets.Identity, admins secrets.Keyring) (*Env
 }
 
 // Init writes t, a NewEnv, as the first version of its environment,
-// signed by signer. An environment that exists already is an ErrUsage
-// error.
-func (s *Store) Init(t *Env, signer secrets.Factotum) (gitproto.Hash, error) {
+// signed by signer, and returns the commit and the subject of the change.
+// An environment that exists already is an ErrUsage error.
+func (s *Store) Init(t *Env, signer secrets.Factotum) (commit gitproto.Hash, subject string, err error) {
 	if err := s.CheckNew(t.Name); err != nil {
-		return gitproto.ZeroHash, err
+		return gitproto.ZeroHash, "", err
 	}
-	return s.Commit(t.Name, gitproto.ZeroHash, t, signer, "init "+t.Name)
+	subject = "init " + t.Name
+	commit, err = s.Commit(t.Name, gitproto.ZeroHash, t, signer, subject)
+	return commit, subject, err
 }
 
 // checkRecipients refuses (ErrUsage) a keyring with a key that has no

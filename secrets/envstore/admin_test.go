@@ -73,7 +73,7 @@ func newStoreEnv(t *testing.T, admin, worker *secrets.Identity) (*Store, *Env, g
 	if err := e.SetRecipients(keyring(worker)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Init(e, admin); err != nil {
+	if _, _, err := s.Init(e, admin); err != nil {
 		t.Fatal(err)
 	}
 	e, tip, err := s.Load("staging")
@@ -110,14 +110,14 @@ func TestInitRules(t *testing.T) {
 	if !e.Recipients.Has(worker.Fingerprint()) || !e.Recipients.Has(admin.Fingerprint()) {
 		t.Errorf("recipients %s; want the worker and the admin", Fingerprints(e.Recipients))
 	}
-	h, err := s.Init(e, admin)
-	if err != nil {
-		t.Fatal(err)
+	h, subject, err := s.Init(e, admin)
+	if err != nil || subject != "init staging" {
+		t.Fatalf("Init = %q, %v", subject, err)
 	}
 	if v, err := s.Repo.Commit(h); err != nil || !strings.HasPrefix(v.Message, "refci secrets: init staging\n") {
 		t.Errorf("first commit %v, %v; want subject 'init staging'", v, err)
 	}
-	_, err = s.Init(e, admin)
+	_, _, err = s.Init(e, admin)
 	wantUsage(t, "Init of an existing environment", err, "refs/ci/secrets/staging already exists (commit ")
 	wantUsage(t, "CheckNew of an existing environment", s.CheckNew("staging"), "change it with 'refci secrets set|recipients|policy'")
 
