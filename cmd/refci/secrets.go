@@ -16,44 +16,8 @@ import (
 	"refci.dev/refci/queue"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/secrets/envstore"
-	"refci.dev/refci/worker"
 	"refci.dev/refci/worker/jobsock"
 )
-
-// secretsOpener is the worker.SecretsFunc of refci worker, serve and run:
-// envstore opens the environment; remotes is nil for a local run.
-func secretsOpener(admins secrets.Keyring, key secrets.Factotum, remotes func(url string) *gitproto.Remote) worker.SecretsFunc {
-	o := &envstore.Opener{Admins: admins, Key: key, Remotes: remotes}
-	return func(ctx context.Context, q worker.SecretsQuery) (worker.SecretSource, error) {
-		src, err := o.Open(ctx, envstore.Query{Remote: q.Remote, Repo: q.Repo, Env: q.Env, Request: q.Request, Trusted: q.Trusted, TrustReason: q.TrustReason})
-		if err != nil {
-			return nil, err
-		}
-		return workerSecrets{src}, nil
-	}
-}
-
-// workerSecrets is an envstore.Source as the worker wants it.
-type workerSecrets struct{ src *envstore.Source }
-
-func (s workerSecrets) Info() worker.SecretsInfo {
-	return worker.SecretsInfo{Commit: s.src.Commit().String(), Exported: s.src.Exported()}
-}
-
-func (s workerSecrets) Secret(name string) ([]byte, error) {
-	v, err := s.src.Secret(name)
-	if errors.Is(err, envstore.ErrNoSecret) {
-		err = noSecret{err}
-	}
-	return v, err
-}
-
-// noSecret is envstore's missing-name error, which the worker knows as
-// worker.ErrSecretNotFound.
-type noSecret struct{ error }
-
-func (n noSecret) Unwrap() error        { return n.error }
-func (n noSecret) Is(target error) bool { return target == worker.ErrSecretNotFound }
 
 func cmdSecret(ctx context.Context, e *env, args []string) int {
 	return jobsock.RunSecretCommand(ctx, args, e.getenv, e.stdout, e.stderr)
@@ -114,30 +78,74 @@ func cmdSecrets(ctx context.Context, e *env, args []string) int {
 	return exitUsage
 }
 
-// secretsCmd is what every subcommand shares.
+// secretsSub is a subcommand of refci secrets whose first positional
+// argument is the environment.
+type secretsSub struct {
+	name, usage string
+	nPos        int                 // positional arguments, ENV first
+	flags       func(*flag.FlagSet) // registers its own flags; nil: none
+	load        bool                // read the environment, which must exist, before run
+	admin       bool                // and check that the user's key administers it
+	run         func(c *secretsCmd, pos []string) error
+}
+
+// secretsCmd is one run of a subcommand.
 type secretsCmd struct {
 	e       *env
 	store   *envstore.Store
 	env     string
 	ref     string
-	tip     gitproto.Hash // zero when the environment does not exist
 	keyFile string
+	tip     gitproto.Hash     // the version loaded; zero before
+	t       *envstore.Env     // the environment loaded; nil before
+	id      *secrets.Identity // the admin's key, with secretsSub.admin
 }
 
-// openEnv opens the repository and reads the environment's ref.
-func openEnv(e *env, repoDir, envName, keyFile string) (*secretsCmd, error) {
-	if err := queue.ValidateEnvName(envName); err != nil {
-		return nil, usageErr{err}
+// runSecrets parses the arguments of sub (--repo, --key, its own flags,
+// exactly sub.nPos positional arguments), opens the environment, and runs
+// sub; it prints the error and returns the exit code.
+func runSecrets(e *env, args []string, sub secretsSub) int {
+	fs := newCommandFlags(e, command{name: sub.name, synopsis: sub.usage})
+	repoDir := fs.String("repo", ".", "the repository")
+	keyFile := fs.String("key", "", "use this private key instead of $REFCI_HOME/key.asc")
+	if sub.flags != nil {
+		sub.flags(fs)
+	}
+	pos, code, ok := parse(e, fs, args, sub.nPos)
+	if !ok {
+		return code
+	}
+	if len(pos) != sub.nPos {
+		want, _, _ := strings.Cut(sub.usage, " [")
+		want, _, _ = strings.Cut(want, " <")
+		e.errorf("%s: want %s (see 'refci %s -h')", sub.name, want, sub.name)
+		return exitUsage
+	}
+	c := &secretsCmd{e: e, env: pos[0], ref: queue.SecretsRef(pos[0]), keyFile: *keyFile}
+	err := c.open(*repoDir)
+	if err == nil && sub.load {
+		c.t, c.tip, err = c.store.Load(c.env)
+	}
+	if err == nil && sub.admin {
+		c.id, err = c.admin(c.t)
+	}
+	if err == nil {
+		err = sub.run(c, pos)
+	}
+	return c.exit(err)
+}
+
+// open opens the repository.
+func (c *secretsCmd) open(repoDir string) error {
+	if err := queue.ValidateEnvName(c.env); err != nil {
+		return usageErr{err}
 	}
 	repo, err := openRepo(repoDir)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	c := &secretsCmd{e: e, store: &envstore.Store{Repo: repo}, env: envName, ref: queue.SecretsRef(envName), keyFile: keyFile}
-	if c.tip, err = c.store.Tip(envName); err != nil {
-		return nil, usageErr{err}
-	}
-	return c, nil
+	c.store = &envstore.Store{Repo: repo}
+	return nil
 }
 
 // usageErr marks an error as the user's to fix (exit 2).
@@ -146,21 +154,18 @@ type usageErr struct{ err error }
 func (u usageErr) Error() string { return u.err.Error() }
 func (u usageErr) Unwrap() error { return u.err }
 
-func (c *secretsCmd) fail(err error) int {
+// exit prints err, if any, and returns the exit code: the user's
+// mistakes are exitUsage.
+func (c *secretsCmd) exit(err error) int {
+	if err == nil {
+		return exitOK
+	}
 	c.e.errorf("%v", err)
 	var u usageErr
-	if errors.As(err, &u) {
+	if errors.As(err, &u) || errors.Is(err, envstore.ErrUsage) {
 		return exitUsage
 	}
 	return exitFor(err)
-}
-
-// load reads the environment, which must exist.
-func (c *secretsCmd) load() (*envstore.Env, error) {
-	if c.tip == gitproto.ZeroHash {
-		return nil, usageErr{fmt.Errorf("there is no %s in this repository; create it with 'refci secrets init %s --recipient WORKER.asc', or fetch it: git fetch origin %s:%s", c.ref, c.env, c.ref, c.ref)}
-	}
-	return c.store.Read(c.tip)
 }
 
 // admin loads the user's key and checks that it administers t.
@@ -169,29 +174,23 @@ func (c *secretsCmd) admin(t *envstore.Env) (*secrets.Identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	if t != nil && !t.IsAdmin(id.Fingerprint()) {
-		return nil, usageErr{fmt.Errorf("your key %s is not an admin of %s (its admins.asc lists %s); workers would refuse your change. Use an admin's key with --key FILE", id.Fingerprint(), c.env, fingerprints(t.Admins))}
-	}
-	return id, nil
+	return id, t.CheckAdmin(id.Fingerprint())
 }
 
-func fingerprints(k secrets.Keyring) string {
-	var out []string
-	for _, ki := range k.Keys() {
-		out = append(out, ki.Fingerprint)
-	}
-	return strings.Join(out, ", ")
-}
-
-// commit writes t as the next version and moves the ref (compare-and-swap
-// on the version read).
-func (c *secretsCmd) commit(t *envstore.Env, id secrets.Factotum, subject string) (gitproto.Hash, error) {
-	h, err := c.store.Commit(c.env, c.tip, t, id, subject)
+// commit writes c.t, signed by c.id, as the version after the one loaded
+// (compare-and-swap) and says so.
+func (c *secretsCmd) commit(subject string) error {
+	h, err := c.store.Commit(c.env, c.tip, c.t, c.id, subject)
 	if err != nil {
-		return h, err
+		return err
 	}
-	fmt.Fprintf(c.e.stdout, "%s: %s (commit %.12s, signed by %s)\n", c.ref, subject, h, id.Fingerprint())
-	return h, nil
+	c.committed(h, subject)
+	return nil
+}
+
+// committed says that commit h, signed by c.id, made the change subject.
+func (c *secretsCmd) committed(h gitproto.Hash, subject string) {
+	fmt.Fprintf(c.e.stdout, "%s: %s (commit %.12s, signed by %s)\n", c.ref, subject, h, c.id.Fingerprint())
 }
 
 func (c *secretsCmd) pushHint() {
@@ -203,12 +202,13 @@ func readKeyFiles(paths []string, what string) (secrets.Keyring, error) {
 	if err != nil {
 		return k, usageErr{fmt.Errorf("%s: %w", what, err)}
 	}
-	for _, ki := range k.Keys() {
-		if !ki.CanEncrypt && what == "--recipient" {
-			return k, usageErr{fmt.Errorf("%s: key %s (%s) has no encryption subkey; export a refci key with 'refci keys export'", what, ki.Fingerprint, ki.UserID)}
-		}
-	}
 	return k, nil
+}
+
+func printKeys(w io.Writer, k secrets.Keyring) {
+	for _, ki := range k.Keys() {
+		fmt.Fprintf(w, "  %s  %s\n", ki.Fingerprint, ki.UserID)
+	}
 }
 
 func policyFlags(fs *flag.FlagSet) (*multiFlag, *multiFlag, *bool) {
@@ -219,357 +219,209 @@ func policyFlags(fs *flag.FlagSet) (*multiFlag, *multiFlag, *bool) {
 	return &reqs, &exports, untrusted
 }
 
-func makePolicy(reqs, exports multiFlag, untrusted bool) (secrets.Policy, error) {
-	p, err := envstore.NewPolicy(reqs, exports, untrusted)
-	if err != nil {
-		return p, usageErr{err}
-	}
-	return p, nil
-}
-
 func secretsInit(e *env, args []string) int {
 	var adminFiles, recFiles multiFlag
 	var reqs, exports *multiFlag
 	var untrusted *bool
-	c, _, code, ok := envArgs(e, "secrets init", "ENV [--admin FILE]... --recipient FILE... [flags]", args, 1, func(fs *flag.FlagSet) {
+	return runSecrets(e, args, secretsSub{name: "secrets init", usage: "ENV [--admin FILE]... --recipient FILE... [flags]", nPos: 1, flags: func(fs *flag.FlagSet) {
 		fs.Var(&adminFiles, "admin", "public key of an admin (repeatable; default: your own key)")
 		fs.Var(&recFiles, "recipient", "public key of a worker that may decrypt (repeatable)")
 		reqs, exports, untrusted = policyFlags(fs)
-	})
-	if !ok {
-		return code
-	}
-	if c.tip != gitproto.ZeroHash {
-		return c.fail(usageErr{fmt.Errorf("%s already exists (commit %.12s); change it with 'refci secrets set|recipients|policy'", c.ref, c.tip)})
-	}
-	if len(recFiles) == 0 {
-		return c.fail(usageErr{errors.New("secrets init: no --recipient; give the public key of each worker that may decrypt (on the worker: refci keys export > worker.asc)")})
-	}
-	id, err := c.admin(nil)
-	if err != nil {
-		return c.fail(err)
-	}
-	var admins secrets.Keyring
-	if len(adminFiles) > 0 {
-		if admins, err = readKeyFiles(adminFiles, "--admin"); err != nil {
-			return c.fail(err)
+	}, run: func(c *secretsCmd, _ []string) (err error) {
+		if err := c.store.CheckNew(c.env); err != nil {
+			return err
 		}
-		if !admins.Has(id.Fingerprint()) {
-			return c.fail(usageErr{fmt.Errorf("your key %s is not among the --admin keys, so you could not sign this environment; add your own public key ('refci keys export > me.asc', then --admin me.asc) or sign with an admin's key (--key FILE)", id.Fingerprint())})
+		if len(recFiles) == 0 {
+			return usageErr{errors.New("secrets init: no --recipient; give the public key of each worker that may decrypt (on the worker: refci keys export > worker.asc)")}
 		}
-	} else {
-		admins.Add(id)
-	}
-	recipients, err := readKeyFiles(recFiles, "--recipient")
-	if err != nil {
-		return c.fail(err)
-	}
-	policy, err := makePolicy(*reqs, *exports, *untrusted)
-	if err != nil {
-		return c.fail(err)
-	}
-	adminsRaw, err := admins.Armored()
-	if err != nil {
-		return c.fail(err)
-	}
-	t := &envstore.Env{Recipients: recipients.Union(admins), Admins: admins, AdminsRaw: adminsRaw, Policy: policy, Values: map[string][]byte{}}
-	if _, err := c.commit(t, id, "init "+c.env); err != nil {
-		return c.fail(err)
-	}
-	fmt.Fprintf(e.stdout, "admins:\n")
-	printKeys(e.stdout, admins)
-	fmt.Fprintf(e.stdout, "recipients (admins are recipients too, so they can re-encrypt):\n")
-	printKeys(e.stdout, t.Recipients)
-	fmt.Fprintf(e.stdout, "policy: %s\n", describePolicy(policy))
-	fmt.Fprintf(e.stdout, "next: printf %%s \"$VALUE\" | refci secrets set %s NAME\n", c.env)
-	return exitOK
-}
-
-func printKeys(w io.Writer, k secrets.Keyring) {
-	for _, ki := range k.Keys() {
-		fmt.Fprintf(w, "  %s  %s\n", ki.Fingerprint, ki.UserID)
-	}
-}
-
-func describePolicy(p secrets.Policy) string {
-	s := "trusted requests only"
-	if p.AllowUntrusted {
-		s = "any request, trusted or not"
-	}
-	if len(p.Requests) > 0 {
-		s += "; request names matching " + strings.Join(p.Requests, ", ")
-	} else {
-		s += "; any request name"
-	}
-	if len(p.Environment) > 0 {
-		s += "; exported as variables: " + strings.Join(p.Environment, ", ")
-	}
-	return s
-}
-
-// envArgs parses the arguments of a subcommand whose first positional
-// argument is the environment: --repo, --key, the flags more registers
-// (nil: none), and exactly nPos positional arguments; then it opens the
-// environment. With ok false, code is the exit code (the error is
-// printed).
-func envArgs(e *env, name, usage string, args []string, nPos int, more func(*flag.FlagSet)) (c *secretsCmd, pos []string, code int, ok bool) {
-	fs := newCommandFlags(e, command{name: name, synopsis: usage})
-	repoDir := fs.String("repo", ".", "the repository")
-	keyFile := fs.String("key", "", "use this private key instead of $REFCI_HOME/key.asc")
-	if more != nil {
-		more(fs)
-	}
-	pos, code, ok = parse(e, fs, args, nPos)
-	if !ok {
-		return nil, nil, code, false
-	}
-	if len(pos) != nPos {
-		want, _, _ := strings.Cut(usage, " [")
-		want, _, _ = strings.Cut(want, " <")
-		e.errorf("%s: want %s (see 'refci %s -h')", name, want, name)
-		return nil, nil, exitUsage, false
-	}
-	c, err := openEnv(e, *repoDir, pos[0], *keyFile)
-	if err != nil {
-		return nil, nil, (&secretsCmd{e: e}).fail(err), false
-	}
-	return c, pos, 0, true
-}
-
-// loadEnvArgs is envArgs, for a subcommand without flags of its own, that
-// also loads the environment's tree.
-func loadEnvArgs(e *env, name, usage string, args []string, nPos int) (c *secretsCmd, t *envstore.Env, pos []string, code int, ok bool) {
-	c, pos, code, ok = envArgs(e, name, usage, args, nPos, nil)
-	if !ok {
-		return nil, nil, nil, code, false
-	}
-	t, err := c.load()
-	if err != nil {
-		return nil, nil, nil, c.fail(err), false
-	}
-	return c, t, pos, 0, true
+		if c.id, err = c.e.identity(c.keyFile); err != nil {
+			return err
+		}
+		var admins secrets.Keyring
+		if len(adminFiles) > 0 {
+			if admins, err = readKeyFiles(adminFiles, "--admin"); err != nil {
+				return err
+			}
+		}
+		if c.t, err = envstore.NewEnv(c.env, c.id, admins); err != nil {
+			return err
+		}
+		recipients, err := readKeyFiles(recFiles, "--recipient")
+		if err != nil {
+			return err
+		}
+		if err := c.t.SetRecipients(recipients); err != nil {
+			return err
+		}
+		if c.t.Policy, err = envstore.NewPolicy(*reqs, *exports, *untrusted); err != nil {
+			return err
+		}
+		h, subject, err := c.store.Init(c.t, c.id)
+		if err != nil {
+			return err
+		}
+		c.committed(h, subject)
+		w := c.e.stdout
+		fmt.Fprintf(w, "admins:\n")
+		printKeys(w, c.t.Admins)
+		fmt.Fprintf(w, "recipients (admins are recipients too, so they can re-encrypt):\n")
+		printKeys(w, c.t.Recipients)
+		fmt.Fprintf(w, "policy: %s\n", envstore.DescribePolicy(c.t.Policy))
+		fmt.Fprintf(w, "next: printf %%s \"$VALUE\" | refci secrets set %s NAME\n", c.env)
+		return nil
+	}})
 }
 
 func secretsSet(e *env, args []string) int {
 	var sealedIn *bool
-	c, pos, code, ok := envArgs(e, "secrets set", "ENV NAME [--sealed] < VALUE", args, 2, func(fs *flag.FlagSet) {
+	return runSecrets(e, args, secretsSub{name: "secrets set", usage: "ENV NAME [--sealed] < VALUE", nPos: 2, flags: func(fs *flag.FlagSet) {
 		sealedIn = fs.Bool("sealed", false, "stdin is an OpenPGP message already encrypted to the recipients and signed by an admin (e.g. by gpg); stored as is after checking it")
-	})
-	if !ok {
-		return code
-	}
-	name := pos[1]
-	if err := secrets.ValidateName(name); err != nil {
-		return c.fail(usageErr{err})
-	}
-	if isTerminal(e.stdin) {
-		return c.fail(usageErr{fmt.Errorf("secrets set reads the value from stdin, which is a terminal; pipe it in so it is never echoed or kept in your shell history: printf %%s \"$VALUE\" | refci secrets set %s %s", c.env, name)})
-	}
-	value, err := io.ReadAll(io.LimitReader(e.stdin, secrets.MaxValueLen+1))
-	if err != nil {
-		return c.fail(fmt.Errorf("read the value from stdin: %w", err))
-	}
-	t, err := c.load()
-	if err != nil {
-		return c.fail(err)
-	}
-	id, err := c.admin(t)
-	if err != nil {
-		return c.fail(err)
-	}
-	var sealed []byte
-	if *sealedIn {
-		// Check what workers will check: an admin signed it, and it
-		// decrypts (the admin is a recipient).
-		sealed = value
-		if value, err = t.OpenSealed(id, sealed); err != nil {
-			return c.fail(usageErr{fmt.Errorf("%s: the --sealed message cannot be used: %w; encrypt it to every key of recipients.asc and sign it with an admin key (gpg --encrypt --sign -r ... -u ADMIN)", name, err)})
+	}, run: func(c *secretsCmd, pos []string) (err error) {
+		name := pos[1]
+		if err := secrets.ValidateName(name); err != nil {
+			return usageErr{err}
 		}
-	}
-	if err := secrets.ValidateValue(value); err != nil {
-		return c.fail(usageErr{fmt.Errorf("%s: %w", name, err)})
-	}
-	if !*sealedIn {
-		if sealed, err = id.Seal(value, t.Recipients); err != nil {
-			return c.fail(err)
+		if isTerminal(e.stdin) {
+			return usageErr{fmt.Errorf("secrets set reads the value from stdin, which is a terminal; pipe it in so it is never echoed or kept in your shell history: printf %%s \"$VALUE\" | refci secrets set %s %s", c.env, name)}
 		}
-	}
-	verb := "set"
-	if _, ok := t.Values[name]; ok {
-		verb = "set a new version of"
-	}
-	t.Values[name] = sealed
-	if _, err := c.commit(t, id, verb+" "+name); err != nil {
-		return c.fail(err)
-	}
-	note := ""
-	if bytes.HasSuffix(value, []byte("\n")) {
-		note = ", ending in a newline (use printf %s rather than echo if that is not meant)"
-	}
-	if *sealedIn {
-		fmt.Fprintf(e.stdout, "%s: %d bytes%s, stored as sealed by its writer\n", name, len(value), note)
-	} else {
-		fmt.Fprintf(e.stdout, "%s: %d bytes%s, encrypted to %d recipients\n", name, len(value), note, len(t.Recipients.Keys()))
-	}
-	clear(value)
-	c.pushHint()
-	return exitOK
+		value, err := io.ReadAll(io.LimitReader(e.stdin, secrets.MaxValueLen+1))
+		if err != nil {
+			return fmt.Errorf("read the value from stdin: %w", err)
+		}
+		if c.t, c.tip, err = c.store.Load(c.env); err != nil {
+			return err
+		}
+		if c.id, err = c.admin(c.t); err != nil {
+			return err
+		}
+		var subject string
+		if *sealedIn {
+			value, subject, err = c.t.SetSealed(c.id, name, value)
+		} else {
+			subject, err = c.t.Set(c.id, name, value)
+		}
+		if err != nil {
+			return err
+		}
+		if err := c.commit(subject); err != nil {
+			return err
+		}
+		note := ""
+		if bytes.HasSuffix(value, []byte("\n")) {
+			note = ", ending in a newline (use printf %s rather than echo if that is not meant)"
+		}
+		if *sealedIn {
+			fmt.Fprintf(e.stdout, "%s: %d bytes%s, stored as sealed by its writer\n", name, len(value), note)
+		} else {
+			fmt.Fprintf(e.stdout, "%s: %d bytes%s, encrypted to %d recipients\n", name, len(value), note, len(c.t.Recipients.Keys()))
+		}
+		clear(value)
+		c.pushHint()
+		return nil
+	}})
 }
 
 func secretsGet(e *env, args []string) int {
-	c, t, pos, code, ok := loadEnvArgs(e, "secrets get", "ENV NAME", args, 2)
-	if !ok {
-		return code
-	}
-	sealed, ok := t.Values[pos[1]]
-	if !ok {
-		return c.fail(usageErr{fmt.Errorf("%s has no secret %s; it has: %s", c.env, pos[1], strings.Join(t.Names(), ", "))})
-	}
-	id, err := c.e.identity(c.keyFile)
-	if err != nil {
-		return c.fail(err)
-	}
-	v, _, err := id.Open(sealed, t.Admins)
-	if err != nil {
-		return c.fail(fmt.Errorf("%s: %w", pos[1], err))
-	}
-	e.stdout.Write(v)
-	return exitOK
+	return runSecrets(e, args, secretsSub{name: "secrets get", usage: "ENV NAME", nPos: 2, load: true, run: func(c *secretsCmd, pos []string) error {
+		sealed, ok := c.t.Values[pos[1]]
+		if !ok {
+			return usageErr{fmt.Errorf("%s has no secret %s; it has: %s", c.env, pos[1], strings.Join(c.t.Names(), ", "))}
+		}
+		id, err := c.e.identity(c.keyFile)
+		if err != nil {
+			return err
+		}
+		v, _, err := id.Open(sealed, c.t.Admins)
+		if err != nil {
+			return fmt.Errorf("%s: %w", pos[1], err)
+		}
+		e.stdout.Write(v)
+		return nil
+	}})
 }
 
 func secretsList(e *env, args []string) int {
-	c, t, _, code, ok := loadEnvArgs(e, "secrets list", "ENV", args, 1)
-	if !ok {
-		return code
-	}
-	changes, err := c.store.LastChanges(c.tip)
-	if err != nil {
-		return c.fail(err)
-	}
-	w := e.stdout
-	fmt.Fprintf(w, "environment %s (%s at %.12s)\n", c.env, c.ref, c.tip)
-	fmt.Fprintf(w, "policy: %s\n", describePolicy(t.Policy))
-	fmt.Fprintf(w, "admins:\n")
-	printKeys(w, t.Admins)
-	fmt.Fprintf(w, "recipients:\n")
-	printKeys(w, t.Recipients)
-	names := t.Names()
-	if len(names) == 0 {
-		fmt.Fprintf(w, "values: none yet (printf %%s \"$VALUE\" | refci secrets set %s NAME)\n", c.env)
-		return exitOK
-	}
-	width := 0
-	for _, n := range names {
-		width = max(width, len(n))
-	}
-	fmt.Fprintf(w, "values:\n")
-	for _, n := range names {
-		v := changes[n]
-		fmt.Fprintf(w, "  %-*s  set by %s <%s> at %s\n", width, n, v.Author.Name, v.Author.Email, v.Author.When.UTC().Format("2006-01-02 15:04:05 UTC"))
-	}
-	return exitOK
+	return runSecrets(e, args, secretsSub{name: "secrets list", usage: "ENV", nPos: 1, load: true, run: func(c *secretsCmd, _ []string) error {
+		changes, err := c.store.LastChanges(c.tip)
+		if err != nil {
+			return err
+		}
+		w, t := e.stdout, c.t
+		fmt.Fprintf(w, "environment %s (%s at %.12s)\n", c.env, c.ref, c.tip)
+		fmt.Fprintf(w, "policy: %s\n", envstore.DescribePolicy(t.Policy))
+		fmt.Fprintf(w, "admins:\n")
+		printKeys(w, t.Admins)
+		fmt.Fprintf(w, "recipients:\n")
+		printKeys(w, t.Recipients)
+		names := t.Names()
+		if len(names) == 0 {
+			fmt.Fprintf(w, "values: none yet (printf %%s \"$VALUE\" | refci secrets set %s NAME)\n", c.env)
+			return nil
+		}
+		width := 0
+		for _, n := range names {
+			width = max(width, len(n))
+		}
+		fmt.Fprintf(w, "values:\n")
+		for _, n := range names {
+			v := changes[n]
+			fmt.Fprintf(w, "  %-*s  set by %s <%s> at %s\n", width, n, v.Author.Name, v.Author.Email, v.Author.When.UTC().Format("2006-01-02 15:04:05 UTC"))
+		}
+		return nil
+	}})
 }
 
 func secretsHistory(e *env, args []string) int {
-	c, _, _, code, ok := loadEnvArgs(e, "secrets history", "ENV", args, 1)
-	if !ok {
-		return code
-	}
-	err := c.store.History(c.tip, func(v envstore.Version) error {
-		fmt.Fprintf(e.stdout, "%.12s  %s  %s <%s>  %s\n", v.Commit, v.Author.When.UTC().Format("2006-01-02 15:04:05 UTC"), v.Author.Name, v.Author.Email, v.Subject)
-		return nil
-	})
-	if err != nil {
-		return c.fail(err)
-	}
-	return exitOK
+	return runSecrets(e, args, secretsSub{name: "secrets history", usage: "ENV", nPos: 1, load: true, run: func(c *secretsCmd, _ []string) error {
+		return c.store.History(c.tip, func(v envstore.Version) error {
+			fmt.Fprintf(e.stdout, "%.12s  %s  %s <%s>  %s\n", v.Commit, v.Author.When.UTC().Format("2006-01-02 15:04:05 UTC"), v.Author.Name, v.Author.Email, v.Subject)
+			return nil
+		})
+	}})
 }
 
 func secretsRecipients(e *env, op string, args []string) int {
-	c, t, pos, code, ok := loadEnvArgs(e, "secrets recipients "+op, "ENV FILE|FINGERPRINT", args, 2)
-	if !ok {
-		return code
-	}
-	id, err := c.admin(t)
-	if err != nil {
-		return c.fail(err)
-	}
-	var subject string
-	switch op {
-	case "add":
-		k, err := readKeyFiles([]string{pos[1]}, "--recipient")
+	return runSecrets(e, args, secretsSub{name: "secrets recipients " + op, usage: "ENV FILE|FINGERPRINT", nPos: 2, load: true, admin: true, run: func(c *secretsCmd, pos []string) (err error) {
+		var subject string
+		if op == "add" {
+			var k secrets.Keyring
+			if k, err = readKeyFiles([]string{pos[1]}, "--recipient"); err != nil {
+				return err
+			}
+			subject, err = c.t.AddRecipients(c.id, pos[1], k)
+		} else {
+			subject, err = c.t.RemoveRecipient(c.id, pos[1])
+		}
 		if err != nil {
-			return c.fail(err)
+			return err
 		}
-		before := len(t.Recipients.Keys())
-		t.Recipients = t.Recipients.Union(k)
-		if len(t.Recipients.Keys()) == before {
-			return c.fail(usageErr{fmt.Errorf("%s: every key in it is already a recipient of %s", pos[1], c.env)})
+		if err := c.commit(subject); err != nil {
+			return err
 		}
-		subject = "add recipient " + fingerprints(k)
-	case "remove":
-		fpr := pos[1]
-		if !secrets.IsFingerprint(fpr) {
-			k, err := secrets.ReadKeyringFiles(fpr)
-			if err != nil {
-				return c.fail(usageErr{fmt.Errorf("%s is neither a 40-digit fingerprint nor a readable key file: %w", fpr, err)})
-			}
-			if len(k.Keys()) != 1 {
-				return c.fail(usageErr{fmt.Errorf("%s holds %d keys; remove one fingerprint at a time", fpr, len(k.Keys()))})
-			}
-			fpr = k.Keys()[0].Fingerprint
+		fmt.Fprintf(e.stdout, "re-encrypted %d values to %d recipients:\n", len(c.t.Values), len(c.t.Recipients.Keys()))
+		printKeys(e.stdout, c.t.Recipients)
+		if op == "remove" {
+			fmt.Fprintf(e.stdout, "note: the removed key can still read the versions it was a recipient of; rotate each value (refci secrets set) to make its copy useless\n")
 		}
-		var found bool
-		t.Recipients, found = t.Recipients.Without(fpr)
-		if !found {
-			return c.fail(usageErr{fmt.Errorf("%s is not a recipient of %s; see 'refci secrets list %s'", fpr, c.env, c.env)})
-		}
-		if len(t.Recipients.Keys()) == 0 {
-			return c.fail(usageErr{fmt.Errorf("%s is the last recipient of %s; add another first", fpr, c.env)})
-		}
-		subject = "remove recipient " + strings.ToUpper(fpr)
-	}
-	if err := t.Reseal(id); err != nil {
-		if errors.Is(err, secrets.ErrNotRecipient) {
-			err = usageErr{err}
-		}
-		return c.fail(err)
-	}
-	if _, err := c.commit(t, id, subject); err != nil {
-		return c.fail(err)
-	}
-	fmt.Fprintf(e.stdout, "re-encrypted %d values to %d recipients:\n", len(t.Values), len(t.Recipients.Keys()))
-	printKeys(e.stdout, t.Recipients)
-	if op == "remove" {
-		fmt.Fprintf(e.stdout, "note: the removed key can still read the versions it was a recipient of; rotate each value (refci secrets set) to make its copy useless\n")
-	}
-	c.pushHint()
-	return exitOK
+		c.pushHint()
+		return nil
+	}})
 }
 
 func secretsPolicy(e *env, args []string) int {
 	var reqs, exports *multiFlag
 	var untrusted *bool
-	c, _, code, ok := envArgs(e, "secrets policy", "ENV [--request PATTERN]... [--export NAME]... [--allow-untrusted]", args, 1, func(fs *flag.FlagSet) {
+	return runSecrets(e, args, secretsSub{name: "secrets policy", usage: "ENV [--request PATTERN]... [--export NAME]... [--allow-untrusted]", nPos: 1, flags: func(fs *flag.FlagSet) {
 		reqs, exports, untrusted = policyFlags(fs)
-	})
-	if !ok {
-		return code
-	}
-	t, err := c.load()
-	if err != nil {
-		return c.fail(err)
-	}
-	id, err := c.admin(t)
-	if err != nil {
-		return c.fail(err)
-	}
-	if t.Policy, err = makePolicy(*reqs, *exports, *untrusted); err != nil {
-		return c.fail(err)
-	}
-	if _, err := c.commit(t, id, "policy: "+describePolicy(t.Policy)); err != nil {
-		return c.fail(err)
-	}
-	c.pushHint()
-	return exitOK
+	}, load: true, admin: true, run: func(c *secretsCmd, _ []string) error {
+		p, err := envstore.NewPolicy(*reqs, *exports, *untrusted)
+		if err != nil {
+			return err
+		}
+		if err := c.commit(c.t.SetPolicy(p)); err != nil {
+			return err
+		}
+		c.pushHint()
+		return nil
+	}})
 }

@@ -8,7 +8,10 @@
 //	policy.toml      which requests may use it, what is exported
 //	values/NAME.asc  one sealed value per name
 //
-// Admins read and change environments through a Store; workers open the
+// Admins read and change environments through a Store (Load, Init,
+// Commit) and the rules of Env's changes (NewEnv, Set, SetSealed,
+// AddRecipients, RemoveRecipient, SetPolicy, CheckAdmin), whose refusals
+// are ErrUsage errors that say what to do; workers open the
 // version a run asked for through an Opener, which believes a commit only
 // when one of the worker's admin keys signed it and it descends from the
 // version verified before. The OpenPGP side (sealing, signatures,
@@ -39,9 +42,10 @@ const (
 )
 
 // Env is the content of one version of an environment. The zero value
-// is not usable; Read one, or fill Values with a non-nil map. Not safe for
-// concurrent use.
+// is not usable; Load or Read one, start one with NewEnv, or fill Values
+// with a non-nil map. Not safe for concurrent use.
 type Env struct {
+	Name       string // the environment's name; "" when read with Read
 	Recipients secrets.Keyring
 	Admins     secrets.Keyring // who administers it, as admins.asc says
 	AdminsRaw  []byte          // admins.asc as stored; nil: none

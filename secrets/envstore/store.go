@@ -149,6 +149,10 @@ func (e *NotRecipientError) Error() string {
 // Unwrap returns secrets.ErrNotRecipient.
 func (e *NotRecipientError) Unwrap() error { return secrets.ErrNotRecipient }
 
+// Is reports target == ErrUsage: an admin who is a recipient must make
+// the change.
+func (e *NotRecipientError) Is(target error) bool { return target == ErrUsage }
+
 // writers are the keys whose sealed values t believes: its admins, or
 // id when it names none.
 func (t *Env) writers(id *secrets.Identity) secrets.Keyring {
@@ -191,11 +195,11 @@ func (t *Env) Reseal(id *secrets.Identity) error {
 // NewPolicy is the policy of an environment that requests whose name
 // matches one of requests (none: any) may use, trusted ones only unless
 // allowUntrusted, exporting the values named in export as variables. An
-// invalid pattern or name is an error.
+// invalid pattern or name is an ErrUsage error.
 func NewPolicy(requests, export []string, allowUntrusted bool) (secrets.Policy, error) {
 	p := secrets.Policy{AllowUntrusted: allowUntrusted, Requests: requests, Environment: export}
 	if _, err := secrets.ParsePolicy(p.Encode()); err != nil {
-		return p, err
+		return p, usageError{err}
 	}
 	return p, nil
 }
