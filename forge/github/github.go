@@ -1,0 +1,280 @@
+// Package github shows refci's results on GitHub (and GitHub Enterprise
+// Server): a commit status per request and one comment per pull request,
+// through the REST API with a token (go-github).
+//
+// What the token needs: for a classic token, the repo:status scope for
+// statuses and public_repo or repo to comment; for a fine-grained token,
+// "Commit statuses: write", "Pull requests: write" and "Metadata: read"
+// on the repository.
+package github
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	gh "github.com/google/go-github/v93/github"
+
+	"refci.dev/refci/forge"
+	"refci.dev/refci/queue"
+)
+
+// Limits of GitHub's API that an adapter must respect (the REST API's
+// documented validation: longer values are refused with 422).
+const (
+	DescriptionLimit = 140   // characters of a status description
+	ContextLimit     = 255   // characters of a status context
+	CommentLimit     = 65536 // characters of a comment body
+)
+
+// Config says which repository on which GitHub.
+type Config struct {
+	Repo  string // "owner/name"
+	Token string // a personal access token (classic or fine-grained) or an installation token
+	// BaseURL is the REST API's root for GitHub Enterprise Server
+	// ("https://github.example.com/api/v3/"); "" is github.com.
+	BaseURL string
+	// HTTP is the client requests go through; nil is one with a 30 s
+	// timeout per request.
+	HTTP *http.Client
+}
+
+// Forge is one GitHub repository. Safe for concurrent use.
+type Forge struct {
+	c           *gh.Client
+	owner, name string
+	where       string // "github.com org/app", for messages
+}
+
+// New returns the adapter for cfg. It does not call GitHub.
+func New(cfg Config) (*Forge, error) {
+	owner, name, ok := strings.Cut(cfg.Repo, "/")
+	if !ok || owner == "" || name == "" || strings.Contains(name, "/") {
+		return nil, fmt.Errorf("github: repo %q: write it as owner/name", cfg.Repo)
+	}
+	if cfg.Token == "" {
+		return nil, fmt.Errorf("github %s: no token; put one in token_file (see the README, 'Showing results on a forge')", cfg.Repo)
+	}
+	hc := cfg.HTTP
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	opts := []gh.ClientOptionsFunc{gh.WithHTTPClient(hc), gh.WithAuthToken(cfg.Token), gh.WithUserAgent("refci")}
+	host := "github.com"
+	if cfg.BaseURL != "" {
+		opts = append(opts, gh.WithEnterpriseURLs(cfg.BaseURL, cfg.BaseURL))
+		host = strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(cfg.BaseURL, "https://"), "http://"), "/")
+	}
+	c, err := gh.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("github %s: %w", cfg.Repo, err)
+	}
+	return &Forge{c: c, owner: owner, name: name, where: "github " + host + " " + cfg.Repo}, nil
+}
+
+// state maps a run's state to a GitHub status state. GitHub has no
+// cancelled status: a cancelled run shows as error (not failure, which
+// says the code is wrong), and its description says it was cancelled.
+func state(s queue.State) (string, error) {
+	switch s {
+	case queue.Running:
+		return "pending", nil
+	case queue.Success:
+		return "success", nil
+	case queue.Failure:
+		return "failure", nil
+	case queue.Error, queue.Cancelled:
+		return "error", nil
+	}
+	return "", fmt.Errorf("no GitHub status for state %q", s)
+}
+
+// SetStatus posts the status of (commit, s.Context).
+func (f *Forge) SetStatus(ctx context.Context, commit string, s forge.Status) error {
+	st, err := state(s.State)
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.where, err)
+	}
+	desc := s.Description
+	if s.State == queue.Cancelled && !strings.HasPrefix(strings.ToLower(desc), "cancelled") {
+		desc = "cancelled: " + desc
+	}
+	rs := gh.RepoStatus{State: &st, Context: gh.Ptr(Shorten(s.Context, ContextLimit)), Description: gh.Ptr(Shorten(desc, DescriptionLimit))}
+	if s.TargetURL != "" {
+		rs.TargetURL = &s.TargetURL
+	}
+	_, _, err = f.c.Repositories.CreateStatus(ctx, f.owner, f.name, commit, rs)
+	return f.wrap("set the status of "+short(commit), err)
+}
+
+// PullRequestsOf returns the open pull requests whose head is commit.
+func (f *Forge) PullRequestsOf(ctx context.Context, commit string) ([]forge.PullRequest, error) {
+	var out []forge.PullRequest
+	opts := &gh.ListOptions{PerPage: 100}
+	for {
+		prs, resp, err := f.c.PullRequests.ListPullRequestsWithCommit(ctx, f.owner, f.name, commit, opts)
+		if err != nil {
+			return nil, f.wrap("list the pull requests of "+short(commit), err)
+		}
+		for _, p := range prs {
+			if p.GetState() == "open" && strings.EqualFold(p.GetHead().GetSHA(), commit) {
+				out = append(out, pull(p))
+			}
+		}
+		if resp.NextPage == 0 {
+			return out, nil
+		}
+		opts.Page = resp.NextPage
+	}
+}
+
+// OpenPullRequests lists the repository's open pull requests.
+func (f *Forge) OpenPullRequests(ctx context.Context) ([]forge.PullRequest, error) {
+	var out []forge.PullRequest
+	opts := &gh.PullRequestListOptions{State: "open", ListOptions: gh.ListOptions{PerPage: 100}}
+	for {
+		prs, resp, err := f.c.PullRequests.List(ctx, f.owner, f.name, opts)
+		if err != nil {
+			return nil, f.wrap("list the open pull requests", err)
+		}
+		for _, p := range prs {
+			out = append(out, pull(p))
+		}
+		if resp.NextPage == 0 {
+			return out, nil
+		}
+		opts.Page = resp.NextPage
+	}
+}
+
+// pull is a GitHub pull request in the mirror's words. A head whose
+// repository is gone (a deleted fork) counts as a fork.
+func pull(p *gh.PullRequest) forge.PullRequest {
+	head, base := p.GetHead().GetRepo(), p.GetBase().GetRepo()
+	return forge.PullRequest{
+		Number: p.GetNumber(), Head: strings.ToLower(p.GetHead().GetSHA()), Title: p.GetTitle(), URL: p.GetHTMLURL(),
+		Fork:    head == nil || !strings.EqualFold(head.GetFullName(), base.GetFullName()),
+		HeadRef: p.GetHead().GetRef(),
+	}
+}
+
+// UpsertComment edits the first comment of pull request pr that holds
+// marker, or creates it. Comments are read 100 a page, every page.
+func (f *Forge) UpsertComment(ctx context.Context, pr int, marker, body string) error {
+	if !strings.Contains(body, marker) {
+		return fmt.Errorf("%s: a comment must hold its marker", f.where)
+	}
+	if r := []rune(body); len(r) > CommentLimit {
+		body = string(r[:CommentLimit-1]) + "…"
+	}
+	if !strings.Contains(body, marker) {
+		return fmt.Errorf("%s: a comment of %d characters would lose its marker when shortened to GitHub's %d; put the marker first", f.where, utf8.RuneCountInString(body), CommentLimit)
+	}
+	id, err := f.findComment(ctx, pr, marker)
+	if err != nil {
+		return err
+	}
+	req := gh.IssueCommentRequest{Body: body}
+	if id != 0 {
+		_, _, err = f.c.Issues.UpdateComment(ctx, f.owner, f.name, id, req)
+		return f.wrap(fmt.Sprintf("edit the comment on pull request #%d", pr), err)
+	}
+	_, _, err = f.c.Issues.CreateComment(ctx, f.owner, f.name, pr, req)
+	return f.wrap(fmt.Sprintf("comment on pull request #%d", pr), err)
+}
+
+// findComment returns the id of the first comment on pr that holds
+// marker, or 0.
+func (f *Forge) findComment(ctx context.Context, pr int, marker string) (int64, error) {
+	opts := &gh.IssueListCommentsOptions{ListOptions: gh.ListOptions{PerPage: 100}}
+	for {
+		cs, resp, err := f.c.Issues.ListComments(ctx, f.owner, f.name, pr, opts)
+		if err != nil {
+			return 0, f.wrap(fmt.Sprintf("read the comments of pull request #%d", pr), err)
+		}
+		for _, c := range cs {
+			if strings.Contains(c.GetBody(), marker) {
+				return c.GetID(), nil
+			}
+		}
+		if resp.NextPage == 0 {
+			return 0, nil
+		}
+		opts.Page = resp.NextPage
+	}
+}
+
+// wrap says what failed, where, and what to do, wrapping the forge error
+// the mirror branches on.
+func (f *Forge) wrap(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var rl *gh.RateLimitError
+	var ab *gh.AbuseRateLimitError
+	var er *gh.ErrorResponse
+	switch {
+	case errors.As(err, &rl):
+		until := rl.Rate.Reset.Time
+		if until.IsZero() {
+			until = time.Now().Add(time.Minute)
+		}
+		return &forge.RateLimitError{Until: until, Err: fmt.Errorf("%s: %s: the token's hourly limit is used up (%d requests)", f.where, what, rl.Rate.Limit)}
+	case errors.As(err, &ab):
+		until := time.Now().Add(time.Minute) // no Retry-After: at least a minute
+		if ab.RetryAfter != nil {
+			until = time.Now().Add(*ab.RetryAfter)
+		}
+		return &forge.RateLimitError{Until: until, Err: fmt.Errorf("%s: %s: GitHub's secondary rate limit (about 80 comments or statuses a minute and 500 an hour): %s", f.where, what, ab.Message)}
+	case errors.As(err, &er) && er.Response != nil:
+		switch code := er.Response.StatusCode; code {
+		case http.StatusUnauthorized:
+			return fmt.Errorf("%s: %s: %w: check token_file (the token may have expired or been revoked)", f.where, what, forge.ErrAuth)
+		case http.StatusForbidden:
+			if strings.Contains(strings.ToLower(er.Message), "rate limit") || er.Response.Header.Get("Retry-After") != "" {
+				// A secondary limit not told by its documentation URL.
+				return &forge.RateLimitError{Until: retryAfter(er.Response), Err: fmt.Errorf("%s: %s: GitHub's secondary rate limit: %s", f.where, what, er.Message)}
+			}
+			return fmt.Errorf("%s: %s: %w (%s): give the token the repo:status and public_repo (or repo) scopes, or, fine-grained, Commit statuses and Pull requests: write", f.where, what, forge.ErrPermission, er.Message)
+		case http.StatusNotFound:
+			return fmt.Errorf("%s: %s: %w: check repo = \"owner/name\" and that the token may see the repository", f.where, what, forge.ErrNotFound)
+		case http.StatusTooManyRequests:
+			return &forge.RateLimitError{Until: retryAfter(er.Response), Err: fmt.Errorf("%s: %s: too many requests", f.where, what)}
+		default:
+			return fmt.Errorf("%s: %s: GitHub answered %d: %s", f.where, what, code, er.Message)
+		}
+	}
+	return fmt.Errorf("%s: %s: %w", f.where, what, err)
+}
+
+// retryAfter is when the response says to try again: its Retry-After, else
+// a minute from now (GitHub: wait at least a minute).
+func retryAfter(r *http.Response) time.Time {
+	if s, err := strconv.Atoi(r.Header.Get("Retry-After")); err == nil && s > 0 {
+		return time.Now().Add(time.Duration(s) * time.Second)
+	}
+	return time.Now().Add(time.Minute)
+}
+
+// Shorten makes s one line (runs of white space become one space) of at
+// most n characters, ending in "…" when cut.
+func Shorten(s string, n int) string {
+	s = strings.Join(strings.Fields(strings.ReplaceAll(s, "\r", " ")), " ")
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n-1]) + "…"
+}
+
+func short(sha string) string {
+	if len(sha) > 12 {
+		return sha[:12]
+	}
+	return sha
+}
