@@ -104,7 +104,7 @@ func (f *Forge) SetStatus(ctx context.Context, commit string, s forge.Status) er
 	if s.State == queue.Cancelled && !strings.HasPrefix(strings.ToLower(desc), "cancelled") {
 		desc = "cancelled: " + desc
 	}
-	rs := gh.RepoStatus{State: &st, Context: gh.Ptr(Shorten(s.Context, ContextLimit)), Description: gh.Ptr(Shorten(desc, DescriptionLimit))}
+	rs := gh.RepoStatus{State: &st, Context: gh.Ptr(forge.OneLine(s.Context, ContextLimit)), Description: gh.Ptr(forge.OneLine(desc, DescriptionLimit))}
 	if s.TargetURL != "" {
 		rs.TargetURL = &s.TargetURL
 	}
@@ -169,9 +169,7 @@ func (f *Forge) UpsertComment(ctx context.Context, pr int, marker, body string) 
 	if !strings.Contains(body, marker) {
 		return fmt.Errorf("%s: a comment must hold its marker", f.where)
 	}
-	if r := []rune(body); len(r) > CommentLimit {
-		body = string(r[:CommentLimit-1]) + "…"
-	}
+	body = forge.Cut(body, CommentLimit)
 	if !strings.Contains(body, marker) {
 		return fmt.Errorf("%s: a comment of %d characters would lose its marker when shortened to GitHub's %d; put the marker first", f.where, utf8.RuneCountInString(body), CommentLimit)
 	}
@@ -259,17 +257,6 @@ func retryAfter(r *http.Response) time.Time {
 		return time.Now().Add(time.Duration(s) * time.Second)
 	}
 	return time.Now().Add(time.Minute)
-}
-
-// Shorten makes s one line (runs of white space become one space) of at
-// most n characters, ending in "…" when cut.
-func Shorten(s string, n int) string {
-	s = strings.Join(strings.Fields(strings.ReplaceAll(s, "\r", " ")), " ")
-	if utf8.RuneCountInString(s) <= n {
-		return s
-	}
-	r := []rune(s)
-	return string(r[:n-1]) + "…"
 }
 
 func short(sha string) string {
