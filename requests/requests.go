@@ -35,6 +35,11 @@ type Request struct {
 // plain value, safe for concurrent use.
 type Client struct {
 	Dir string
+	// Unsigned: never sign the request tag, whatever git's configuration
+	// says. For requests made on behalf of others (a pull request taken
+	// in from a forge): their trust must come from what their authors
+	// signed, never from the key of the machine that took them in.
+	Unsigned bool
 }
 
 // Make writes the request object: an annotated tag of r.Target with a
@@ -47,7 +52,7 @@ func (c Client) Make(ctx context.Context, r Request) (gitproto.Hash, error) {
 	rand.Read(id)
 	msg := queue.FormatRequestOptions(fmt.Sprintf("refci request %s (id %x)", r.Name, id), r.Options)
 	git := gitproto.CLI{Dir: c.Dir}
-	if key, _ := git.Run(ctx, "", "config", "user.signingkey"); key != "" {
+	if key, _ := git.Run(ctx, "", "config", "user.signingkey"); key != "" && !c.Unsigned {
 		return git.SignTag(ctx, fmt.Sprintf("refci-request-%x", id), r.Target, msg)
 	}
 	tagger, err := git.Run(ctx, "", "var", "GIT_COMMITTER_IDENT")
