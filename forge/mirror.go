@@ -18,6 +18,7 @@ import (
 
 	"github.com/google/renameio/v2"
 
+	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/render"
 	"refci.dev/refci/results"
@@ -97,8 +98,30 @@ type runView struct {
 	state    queue.State
 	desc     string
 	url      string
-	markdown string // render.Markdown of a failed run, else ""
 	icon     string
+	status   *queue.Status // as shown
+	ref      string
+	commit   gitproto.Hash // the result commit
+}
+
+// failed reports whether the comment quotes the run's logs.
+func (v runView) failed() bool { return v.state == queue.Failure || v.state == queue.Error }
+
+// markdown renders the run within limit bytes, its logs read from repo
+// (none when repo is nil).
+func (v runView) markdown(repo *gitproto.Repo, limit int) string {
+	res := render.Result{Status: v.status, Ref: v.ref, Commit: v.commit.String(), JobLogs: map[string][]byte{}}
+	if repo != nil {
+		res.Log, _ = repo.ReadFile(v.commit, queue.LogFile)
+		for _, j := range v.status.Jobs {
+			if j.State == queue.Failure {
+				if b, err := repo.ReadFile(v.commit, queue.JobLogPath(j.Name)); err == nil {
+					res.JobLogs[j.Name] = b
+				}
+			}
+		}
+	}
+	return render.Markdown(res, render.MarkdownOptions{Link: v.url, Limit: limit})
 }
 
 // NewMirror checks cfg and loads what each forge was recorded to show.
@@ -190,7 +213,6 @@ func (m *Mirror) Run(ctx context.Context) error {
 // ingest takes changed runs in: the latest run of each request on each
 // commit, and what each forge should show of it.
 func (m *Mirror) ingest(runs []results.Listed) {
-	repo, repoErr := m.cfg.Source.Open()
 	now := time.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -216,19 +238,7 @@ func (m *Mirror) ingest(runs []results.Listed) {
 		if old, ok := byReq[st.Request]; ok && old.id > st.Run {
 			continue // an older run of the request changed: the newer one is shown
 		}
-		v := runView{id: st.Run, state: st.State, desc: Describe(st), url: m.runURL(st), icon: icons[st.State]}
-		if (st.State == queue.Failure || st.State == queue.Error) && repoErr == nil {
-			res := render.Result{Status: st, Ref: l.Ref, Commit: l.Commit.String(), JobLogs: map[string][]byte{}}
-			res.Log, _ = repo.ReadFile(l.Commit, queue.LogFile)
-			for _, j := range st.Jobs {
-				if j.State == queue.Failure {
-					if b, err := repo.ReadFile(l.Commit, queue.JobLogPath(j.Name)); err == nil {
-						res.JobLogs[j.Name] = b
-					}
-				}
-			}
-			v.markdown = render.Markdown(res, render.MarkdownOptions{Link: v.url})
-		}
+		v := runView{id: st.Run, state: st.State, desc: Describe(st), url: m.runURL(st), icon: icons[st.State], status: st, ref: l.Ref, commit: l.Commit}
 		byReq[st.Request] = v
 		changed[st.Target] = true
 		for _, s := range m.sinks {
@@ -301,7 +311,7 @@ func (m *Mirror) comment(commit string) string {
 	var head strings.Builder
 	head.WriteString(CommentMarker + "\n")
 	fmt.Fprintf(&head, "**refci** on `%s`\n\n| | request | state | run |\n|---|---|---|---|\n", commit[:min(12, len(commit))])
-	var failed []string
+	var failed []runView
 	for _, r := range reqs {
 		v := byReq[r]
 		run := "`" + v.id + "`"
@@ -309,54 +319,29 @@ func (m *Mirror) comment(commit string) string {
 			run = "[" + v.id + "](" + v.url + ")"
 		}
 		fmt.Fprintf(&head, "| %s | `%s` | %s | %s |\n", v.icon, strings.ReplaceAll(r, "`", "'"), v.state, run)
-		if v.markdown != "" {
-			failed = append(failed, v.markdown)
+		if v.failed() {
+			failed = append(failed, v)
 		}
 	}
 	head.WriteString("\n")
 	tail := "Every result is a signed commit; fetch them with:\n\n```sh\n" + render.FetchLine + "\n```\n"
+	const sep = "\n---\n\n"
 	budget := render.MarkdownLimit - head.Len() - len(tail)
+	var repo *gitproto.Repo
+	if len(failed) > 0 {
+		repo, _ = m.cfg.Source.Open()
+	}
 	var body strings.Builder
-	for i, md := range failed {
-		share := budget / (len(failed) - i)
-		sec := md + "\n---\n\n"
-		if len(sec) > share {
-			note := "_(cut; see the run's page or `refci log`)_\n\n---\n\n"
-			if share <= len(note) {
-				sec = ""
-			} else {
-				sec = truncate(md, share-len(note)) + "\n" + note
-			}
+	for i, v := range failed {
+		share := budget/(len(failed)-i) - len(sep)
+		if share < 1024 { // not even a summary fits: the table says it
+			continue
 		}
+		sec := v.markdown(repo, share) + sep
 		budget -= len(sec)
 		body.WriteString(sec)
 	}
 	return head.String() + body.String() + tail
-}
-
-// truncate cuts s to at most n bytes on a line boundary (a rune
-// boundary when there is none), closing an open code fence.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	n -= 8 // room for a closing fence
-	if n <= 0 {
-		return ""
-	}
-	cut := s[:n]
-	if i := strings.LastIndexByte(cut, '\n'); i > 0 {
-		cut = cut[:i+1]
-	} else {
-		for n > 0 && s[n]&0xc0 == 0x80 {
-			n--
-		}
-		cut = s[:n] + "\n"
-	}
-	if strings.Count(cut, "\n```")%2 == 1 {
-		cut += "```\n"
-	}
-	return cut
 }
 
 // statusKey is one status on one commit.
