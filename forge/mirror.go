@@ -94,14 +94,14 @@ type Mirror struct {
 // runView is what the mirror shows of one request's latest run on a
 // commit.
 type runView struct {
-	id       string
-	state    queue.State
-	desc     string
-	url      string
-	icon     string
-	status   *queue.Status // as shown
-	ref      string
-	commit   gitproto.Hash // the result commit
+	id     string
+	state  queue.State
+	desc   string
+	url    string
+	icon   string
+	status *queue.Status // as shown
+	ref    string
+	commit gitproto.Hash // the result commit
 }
 
 // failed reports whether the comment quotes the run's logs.
