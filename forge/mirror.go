@@ -66,6 +66,11 @@ type MirrorConfig struct {
 	// tried again (defaults 1s and 5m); the wait doubles per failure in
 	// a row.
 	MinBackoff, MaxBackoff time.Duration
+	// PullRequestPoll is how often a forge that lists its open pull
+	// requests (PullRequestLister) is asked for them, to comment on one
+	// opened after its commit's runs ended: one API call per poll
+	// (default 1m; negative never asks).
+	PullRequestPoll time.Duration
 	// Logger gets the mirror's log lines; nil discards them.
 	Logger *slog.Logger
 }
@@ -137,6 +142,9 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	}
 	if cfg.MaxAge == 0 {
 		cfg.MaxAge = 7 * 24 * time.Hour
+	}
+	if cfg.PullRequestPoll == 0 {
+		cfg.PullRequestPoll = time.Minute
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = time.Second
@@ -248,6 +256,19 @@ func (m *Mirror) ingest(runs []results.Listed) {
 	for c := range changed {
 		for _, s := range m.sinks {
 			s.queueComment(c)
+		}
+	}
+	if m.cfg.MaxAge > 0 {
+		// Commits whose runs are all final and too old to mirror are
+		// forgotten, so a long-lived mirror's memory stays bounded.
+	commits:
+		for c, byReq := range m.runs {
+			for _, v := range byReq {
+				if !v.state.Final() || now.Sub(v.status.Started) <= m.cfg.MaxAge {
+					continue commits
+				}
+			}
+			delete(m.runs, c)
 		}
 	}
 	for _, s := range m.sinks {
@@ -423,6 +444,21 @@ func (s *sink) save() {
 		return
 	}
 	s.rec.Version, s.rec.Remote = recordVersion, s.m.cfg.Source.Remote
+	if age := s.m.cfg.MaxAge; age > 0 {
+		// What was sent before runs this old is never sent again (such
+		// runs are not mirrored): forget it.
+		old := time.Now().Add(-age - 24*time.Hour)
+		for k, v := range s.rec.Statuses {
+			if v.Sent.Before(old) {
+				delete(s.rec.Statuses, k)
+			}
+		}
+		for k, v := range s.rec.Comments {
+			if v.Sent.Before(old) {
+				delete(s.rec.Comments, k)
+			}
+		}
+	}
 	b, err := json.MarshalIndent(s.rec, "", "\t")
 	if err == nil {
 		err = renameio.WriteFile(s.file, append(b, '\n'), 0o600)
@@ -456,11 +492,20 @@ func (s *sink) poke() {
 
 // run sends pending updates until ctx ends.
 func (s *sink) run(ctx context.Context) {
+	var tick <-chan time.Time
+	lister, _ := s.t.Forge.(PullRequestLister)
+	if lister != nil && s.m.cfg.PullRequestPoll > 0 {
+		t := time.NewTicker(s.m.cfg.PullRequestPoll)
+		defer t.Stop()
+		tick = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.wake:
+		case <-tick:
+			s.newPullRequests(ctx, lister)
 		}
 		for {
 			wait, more := s.sendAll(ctx)
@@ -481,6 +526,25 @@ func (s *sink) run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// newPullRequests queues the comment of every open pull request whose
+// head has runs and that has no comment of the mirror for that head yet:
+// a pull request opened after its commit's runs ended.
+func (s *sink) newPullRequests(ctx context.Context, lister PullRequestLister) {
+	prs, err := lister.OpenPullRequests(ctx)
+	if err != nil {
+		s.m.log.Debug("mirror: cannot list the open pull requests; trying at the next look", "forge", s.t.Name, "err", err)
+		return
+	}
+	s.m.mu.Lock()
+	for _, pr := range prs {
+		if _, ok := s.m.runs[pr.Head]; ok && s.rec.Comments[fmt.Sprint(pr.Number)].Commit != pr.Head {
+			s.commits[pr.Head] = true
+		}
+	}
+	s.m.mu.Unlock()
+	s.poke()
 }
 
 // sendAll sends what is pending, statuses first. On a failure it stops
@@ -504,8 +568,8 @@ func (s *sink) sendAll(ctx context.Context) (wait time.Duration, more bool) {
 		err := s.t.Forge.SetStatus(ctx, k.commit, st)
 		s.m.mu.Lock()
 		if err == nil || errors.Is(err, ErrNotFound) {
-			if cur, ok := s.pending[k]; ok && cur == st {
-				delete(s.pending, k)
+			if cur, ok := s.pending[k]; ok && (cur == st || err == nil && cur.State == st.State) {
+				delete(s.pending, k) // never send a state the forge shows
 			}
 			if err == nil {
 				s.rec.Statuses[k.commit+" "+k.context] = sentStatus{State: st.State, Sent: time.Now().UTC()}
