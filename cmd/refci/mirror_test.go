@@ -228,3 +228,44 @@ func TestWorkerForgeConfig(t *testing.T) {
 		t.Errorf("exit %d, stderr %q", code, errs)
 	}
 }
+
+// A real worker process runs a request whose pipeline fails; refci mirror
+// (in this process, on a fake forge) shows it: the status ends failure
+// with at most two status calls, and the pull request of the commit gets
+// one comment quoting the failing log.
+func TestMirrorShowsARealWorkersRun(t *testing.T) {
+	k := addFakeKind(t)
+	f := newFleet(t, "echo compiling\necho 'main.go:3: it broke' >&2\nexit 1\n")
+	head := f.git(f.repo, "rev-parse", "HEAD")
+	dir := t.TempDir()
+	t.Setenv("REFCI_HOME", filepath.Join(dir, "home"))
+	tok := writeToken(t, dir, "token", "tok", 0o600)
+	cfg := filepath.Join(dir, "mirror.toml")
+	body := fmt.Sprintf("poll = \"100ms\"\n[[forge]]\nkind = \"fake\"\nrepo = \"org/app\"\nremote = %q\ntoken_file = %q\n", "file://"+f.bare, tok)
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out fixtures.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"mirror", "--config", cfg}, strings.NewReader(""), &out, &out) }()
+	fixtures.WaitFor(t, time.Minute, "the forge to be built", func() bool { return k.forge("org/app") != nil })
+	fake := k.forge("org/app")
+	pr, _ := fake.OpenPullRequest(ctx, head)
+	f.startWorker("a")
+	f.git(f.repo, "push", "-q", "origin", "HEAD:refs/ci/requests/ci")
+	fixtures.WaitFor(t, 2*time.Minute, "the failure on the forge and the comment", func() bool {
+		s := fake.StatusesOf(head)
+		n := len(s)
+		c, _ := fake.Comments(ctx, pr)
+		return n > 0 && s[n-1].State == queue.Failure && len(c) == 1 && strings.Contains(c[0], "it broke")
+	})
+	if s := fake.StatusesOf(head); len(s) > 2 || s[0].Context != "refci/ci" {
+		t.Errorf("statuses %+v; want at most running and failure of refci/ci", s)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Errorf("refci mirror exited %d:\n%s", code, out.String())
+	}
+}
