@@ -164,7 +164,7 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 			return nil, errors.New("mirror: a forge without a name or an adapter")
 		}
 		if names[t.Name] {
-			return nil, fmt.Errorf("mirror: forge %s is listed twice for %s", t.Name, cfg.Source.Remote)
+			return nil, fmt.Errorf("mirror: forge %s is listed twice for %s", t.Name, gitproto.RedactURL(cfg.Source.Remote))
 		}
 		names[t.Name] = true
 		s := &sink{m: m, t: t, wake: make(chan struct{}, 1), pending: map[statusKey]Status{}, commits: map[string]bool{},
@@ -205,13 +205,13 @@ func (m *Mirror) Run(ctx context.Context) error {
 		}
 		if err != nil {
 			if !failing {
-				m.log.Warn("mirror: cannot fetch the runs; trying again at each poll", "remote", m.cfg.Source.Remote, "err", err)
+				m.log.Warn("mirror: cannot fetch the runs; trying again at each poll", "remote", gitproto.RedactURL(m.cfg.Source.Remote), "err", err)
 			}
 			failing = true
 			continue
 		}
 		if failing {
-			m.log.Info("mirror: fetching the runs works again", "remote", m.cfg.Source.Remote)
+			m.log.Info("mirror: fetching the runs works again", "remote", gitproto.RedactURL(m.cfg.Source.Remote))
 			failing = false
 		}
 		m.ingest(runs)
@@ -443,7 +443,7 @@ func (s *sink) save() {
 	if s.file == "" {
 		return
 	}
-	s.rec.Version, s.rec.Remote = recordVersion, s.m.cfg.Source.Remote
+	s.rec.Version, s.rec.Remote = recordVersion, gitproto.RedactURL(s.m.cfg.Source.Remote)
 	if age := s.m.cfg.MaxAge; age > 0 {
 		// What was sent before runs this old is never sent again (such
 		// runs are not mirrored): forget it.
