@@ -31,7 +31,7 @@ type Controls interface {
 	// NewCommit) and returns its number.
 	OpenPullRequest(ctx context.Context, head string) (int, error)
 	// ClosePullRequest closes pull request n.
-	ClosePullRequest(n int)
+	ClosePullRequest(ctx context.Context, n int) error
 	// Statuses returns the statuses the forge shows on commit, every row
 	// set, oldest first.
 	Statuses(ctx context.Context, commit string) ([]Seen, error)
@@ -152,7 +152,9 @@ func Contract(t *testing.T, newForge func(t *testing.T) (forge.Forge, Controls))
 		if len(prs) != 1 || prs[0].Number != pa || prs[0].Head != a {
 			t.Errorf("PullRequestsOf(%s) = %+v, want only #%d", a, prs, pa)
 		}
-		c.ClosePullRequest(pb)
+		if err := c.ClosePullRequest(ctx, pb); err != nil {
+			t.Fatal(err)
+		}
 		if prs, err := f.PullRequestsOf(ctx, b); err != nil || len(prs) != 0 {
 			t.Errorf("PullRequestsOf a closed pull request's head = %+v, %v; want none", prs, err)
 		}

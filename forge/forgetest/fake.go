@@ -108,13 +108,16 @@ func (f *Fake) OpenPullRequest(_ context.Context, head string) (int, error) {
 	return n, nil
 }
 
-// ClosePullRequest closes pull request n.
-func (f *Fake) ClosePullRequest(n int) {
+// ClosePullRequest closes pull request n (Controls).
+func (f *Fake) ClosePullRequest(_ context.Context, n int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if p := f.prs[n]; p != nil {
-		p.open = false
+	p := f.prs[n]
+	if p == nil {
+		return fmt.Errorf("fake forge: no pull request %d: %w", n, forge.ErrNotFound)
 	}
+	p.open = false
+	return nil
 }
 
 // Statuses returns every status set on commit, oldest first (Controls);
