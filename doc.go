@@ -23,7 +23,9 @@
 //	  worker/jobsock  the job socket: its server, the refci job/secret clients, the versioned wire protocol
 //	  worker/shim     the per-run shim (cmd/refci-shim): hides paths, reaps the pipeline
 //	render     pure functions from a result to what people read (terminal, Markdown, HTML)
-//	forge      views outward (forges, mail)
+//	forge      views outward (forges, mail); the mirror: results.WatchRuns to commit
+//	           statuses and one pull-request comment, coalesced, recorded, paced
+//	  forge/forgetest  test-only: an in-memory forge and the contract every adapter passes
 //	  forge/site      the static site of results, built by refci view and served by refci serve --http
 //	server     refci serve: the SSH server's roles, receive rules, owner and trust records
 //	cmd        wiring only: flags, configuration, constructing things, exit codes, printing

@@ -81,6 +81,7 @@ func commands() []command {
 		{"verify", "[--repo DIR] [--keyring FILE]... [--key FILE] [REV|RUN]", "check the signatures of every commit of a run", "", true, cmdVerify},
 		{"worker", "--remote URL... | --config FILE [FLAGS]", "poll remotes for requests, run them, push signed results", "", true, cmdWorker},
 		{"serve", "[--listen ADDR] [--data DIR] [--admin FILE]... [--http ADDR] [FLAGS]", "be the git remote over SSH, with an embedded worker: pushed requests run at once", "", true, cmdServe},
+		{"mirror", "--config FILE", "show the runs of remotes on forges: commit statuses and one comment per pull request", mirrorHelp, true, cmdMirror},
 		{"trigger", "[--repo DIR] [--remote R] [--name N] [--env E] [--timeout DUR] [--wait] [REV]", "push a request for REV (default HEAD); --wait follows the run", "", true, cmdTrigger},
 		{"keys", "show|export [--key FILE]", "show or export this machine's refci key", "", true, cmdKeys},
 		{"job", "NAME [--needs A,B] -- CMD ARGS...", "inside a pipeline: run one job and record it", "", false, cmdJob},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"refci.dev/refci/forge"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
@@ -48,6 +50,10 @@ type workerConfig struct {
 	// requests are trusted (given secrets).
 	Admins  []string `toml:"admins"`
 	Trusted []string `toml:"trusted"`
+	// Forges show the runs of the remotes on forges ([[forge]] entries);
+	// MirrorState records what each shows (default $REFCI_HOME/mirror).
+	Forges      []forgeConfig `toml:"forge"`
+	MirrorState string        `toml:"mirror_state"`
 }
 
 // duration reads "10s" style values from TOML.
@@ -93,7 +99,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 			return exitUsage
 		}
 		if und := md.Undecoded(); len(und) > 0 {
-			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted", *configFile, und[0].String())
+			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted, mirror_state, and in [[forge]]: "+forgeSettings, *configFile, und[0].String())
 			return exitUsage
 		}
 	}
@@ -204,6 +210,28 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		}
 		rems = append(rems, r)
 	}
+	var mirrors []*forge.Mirror
+	if len(cfg.Forges) > 0 {
+		if cfg.MirrorState == "" {
+			h, err := e.home()
+			if err != nil {
+				e.errorf("%v", err)
+				return exitUsage
+			}
+			cfg.MirrorState = filepath.Join(h, "mirror")
+		}
+		private = append(private, cfg.MirrorState)
+		for _, f := range cfg.Forges {
+			private = append(private, f.TokenFile)
+		}
+		if mirrors, err = newMirrors(ctx, cfg.Forges, cfg.Remotes, cfg.MirrorState, cfg.Poll.Duration, logger); err != nil {
+			e.errorf("config %s: %v", *configFile, err)
+			if errors.Is(err, errForgeConfig) {
+				return exitUsage
+			}
+			return exitInfra
+		}
+	}
 	self, _ := os.Executable()
 	// What refci's own git, ssh and gpg read stays read-only for
 	// pipelines, and so do the remotes on this machine.
@@ -262,7 +290,14 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 			logger.Info("a remote on this machine: updated with git push", "remote", gitproto.RedactURL(r.URL), "because", why)
 		}
 	}
-	if err := w.Run(stop, abort); err != nil {
+	// The mirror shows results beside the loop, and stops after it.
+	mirrorCtx, stopMirrors := context.WithCancel(context.WithoutCancel(ctx))
+	mirrorsDone := make(chan struct{})
+	go func() { defer close(mirrorsDone); runMirrors(mirrorCtx, mirrors) }()
+	err = w.Run(stop, abort)
+	stopMirrors()
+	<-mirrorsDone
+	if err != nil {
 		e.errorf("worker: %v", err)
 		return exitInfra
 	}
