@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,8 +16,6 @@ import (
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 )
-
-func TestMain(m *testing.M) { os.Exit(fixtures.PrivateHome(m)) }
 
 // lister is a forge's list of open pull requests, as a test sets it.
 type lister struct {
