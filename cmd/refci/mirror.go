@@ -15,6 +15,8 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"refci.dev/refci/forge"
+	"refci.dev/refci/forge/github"
+	"refci.dev/refci/forge/gitlab"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/results"
 )
@@ -28,6 +30,9 @@ type forgeConfig struct {
 	TokenFile string `toml:"token_file"` // the access token, in a file only its owner reads
 	BaseURL   string `toml:"base_url"`   // a self-hosted forge's URL; "" for the public one
 	RunsURL   string `toml:"runs_url"`   // where the remote's run pages are public; "" links none
+	// PullRequests takes the repository's open pull requests in as
+	// requests pr/<N> (forge.Intake), pushed to remote.
+	PullRequests bool `toml:"pull_requests"`
 }
 
 // forgeKind builds the adapter of one kind of forge for an entry, given
@@ -36,13 +41,23 @@ type forgeKind func(c forgeConfig, token string) (forge.Forge, error)
 
 // kinds lists the forge adapters built into refci, by the kind a
 // [[forge]] entry names. A new adapter is one line here.
-var kinds = map[string]forgeKind{}
+var kinds = map[string]forgeKind{
+	"github": func(c forgeConfig, token string) (forge.Forge, error) {
+		return github.New(github.Config{Repo: c.Repo, Token: token, BaseURL: c.BaseURL})
+	},
+	"gitlab": func(c forgeConfig, token string) (forge.Forge, error) {
+		return gitlab.New(gitlab.Config{Project: c.Repo, Token: token, BaseURL: c.BaseURL})
+	},
+}
+
+// headRefs names, by kind, where a forge keeps each pull request's head.
+var headRefs = map[string]func(int) string{"github": forge.GitHubHeadRef, "gitea": forge.GitHubHeadRef, "gitlab": forge.GitLabHeadRef}
 
 // plannedKinds are the kinds refci knows of, built in or not yet.
 var plannedKinds = []string{"github", "gitea", "gitlab"}
 
 // forgeSettings names the settings of a [[forge]] entry, for errors.
-const forgeSettings = "kind, repo, remote, token_file, base_url, runs_url"
+const forgeSettings = "kind, repo, remote, token_file, base_url, runs_url, pull_requests"
 
 // mirrorConfig is the TOML configuration of `refci mirror --config`.
 type mirrorConfig struct {
@@ -127,8 +142,11 @@ func cmdMirror(ctx context.Context, e *env, args []string) int {
 	return exitOK
 }
 
-// runMirrors runs every mirror until ctx ends.
-func runMirrors(ctx context.Context, mirrors []*forge.Mirror) {
+// runner is a forge.Mirror or a forge.Intake.
+type runner interface{ Run(ctx context.Context) error }
+
+// runMirrors runs every mirror and intake until ctx ends.
+func runMirrors(ctx context.Context, mirrors []runner) {
 	var wg sync.WaitGroup
 	for _, m := range mirrors {
 		wg.Add(1)
@@ -144,17 +162,28 @@ func forgeErr(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{errForgeConfig}, args...)...)
 }
 
-// newMirrors builds one mirror per remote shown by the entries. remotes
+// newMirrors builds one mirror per remote shown by the entries, and an
+// intake per entry that takes pull requests in. remotes
 // are the worker's (nil for refci mirror): an entry's remote must be one
 // of them, and may be left out when there is one. Each mirror fetches
 // into a bare repository of its own under state, and records there what
 // each forge shows.
-func newMirrors(ctx context.Context, entries []forgeConfig, remotes []string, state string, poll time.Duration, logger *slog.Logger) ([]*forge.Mirror, error) {
+func newMirrors(ctx context.Context, entries []forgeConfig, remotes []string, state string, poll time.Duration, logger *slog.Logger) ([]runner, error) {
 	type group struct {
 		targets []forge.Target
 		runsURL string
 	}
 	byRemote := map[string]*group{}
+	var out []runner
+	bare := func(dir string) error {
+		if _, err := os.Stat(filepath.Join(dir, "HEAD")); err == nil {
+			return nil
+		}
+		if _, err := (gitproto.CLI{}).Run(ctx, "", "init", "--quiet", "--bare", dir); err != nil {
+			return fmt.Errorf("mirror repository %s: %w", dir, err)
+		}
+		return nil
+	}
 	for i, c := range entries {
 		where := fmt.Sprintf("[[forge]] %d (%s %s)", i+1, c.Kind, c.Repo)
 		if c.Remote == "" && len(remotes) == 1 {
@@ -199,6 +228,21 @@ func newMirrors(ctx context.Context, entries []forgeConfig, remotes []string, st
 			name += " at " + c.BaseURL
 		}
 		g.targets = append(g.targets, forge.Target{Name: name, Forge: f})
+		if c.PullRequests {
+			lister, ok := f.(forge.PullRequestLister)
+			if !ok || headRefs[c.Kind] == nil {
+				return nil, forgeErr("%s: pull_requests: refci cannot list the pull requests of a %s forge", where, c.Kind)
+			}
+			dir := filepath.Join(state, "intake", cacheName(c.Kind+" "+c.Repo+" "+c.Remote))
+			if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+				return nil, err
+			}
+			if err := bare(dir); err != nil {
+				return nil, err
+			}
+			out = append(out, &forge.Intake{Forge: lister, Where: name, Dir: dir, Remote: c.Remote, HeadRef: headRefs[c.Kind],
+				Log: logger.With("remote", gitproto.RedactURL(c.Remote))})
+		}
 	}
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return nil, fmt.Errorf("mirror state %s: %w", state, err)
@@ -208,13 +252,10 @@ func newMirrors(ctx context.Context, entries []forgeConfig, remotes []string, st
 		urls = append(urls, u)
 	}
 	sort.Strings(urls)
-	var out []*forge.Mirror
 	for _, u := range urls {
 		dir := filepath.Join(state, cacheName(u))
-		if _, err := os.Stat(filepath.Join(dir, "HEAD")); err != nil {
-			if _, err := (gitproto.CLI{}).Run(ctx, "", "init", "--quiet", "--bare", dir); err != nil {
-				return nil, fmt.Errorf("mirror repository %s: %w", dir, err)
-			}
+		if err := bare(dir); err != nil {
+			return nil, err
 		}
 		m, err := forge.NewMirror(forge.MirrorConfig{Source: results.Source{Dir: dir, Remote: u}, Targets: byRemote[u].targets,
 			StateDir: filepath.Join(state, "records"), Poll: poll, RunsURL: byRemote[u].runsURL, Logger: logger.With("remote", gitproto.RedactURL(u))})

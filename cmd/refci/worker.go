@@ -16,7 +16,6 @@ import (
 
 	"github.com/BurntSushi/toml"
 
-	"refci.dev/refci/forge"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
@@ -210,7 +209,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		}
 		rems = append(rems, r)
 	}
-	var mirrors []*forge.Mirror
+	var mirrors []runner
 	if len(cfg.Forges) > 0 {
 		if cfg.MirrorState == "" {
 			h, err := e.home()

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"refci.dev/refci/forge"
 	"refci.dev/refci/queue"
@@ -73,8 +74,8 @@ func Contract(t *testing.T, newForge func(t *testing.T) (forge.Forge, Controls))
 			if last == nil {
 				t.Fatalf("status %s is not shown on the commit: %+v", ctxName, seen)
 			}
-			if last.Description == "" || len(last.Description) > 255 {
-				t.Errorf("%s: the description is %d bytes; one line within the forge's limit expected", st, len(last.Description))
+			if n := utf8.RuneCountInString(last.Description); last.Description == "" || n > 255 || strings.Contains(last.Description, "\n") {
+				t.Errorf("%s: the description is %d characters; one line within the forge's limit expected", st, n)
 			}
 			if last.TargetURL != s.TargetURL {
 				t.Errorf("%s: target URL %q, want %q", st, last.TargetURL, s.TargetURL)

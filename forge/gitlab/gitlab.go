@@ -75,17 +75,18 @@ func New(cfg Config) (*Forge, error) {
 }
 
 // state maps a run's state to a GitLab commit status. GitLab has no
-// state for refci's error (the machine, not the code): it shows as failed
-// and its description says "error".
+// state for refci's error (the machine, not the code): failed would blame
+// the code, so it shows as canceled (not success, and not red), and its
+// description says "error".
 func state(s queue.State) (gl.BuildStateValue, error) {
 	switch s {
 	case queue.Running:
 		return gl.Running, nil
 	case queue.Success:
 		return gl.Success, nil
-	case queue.Failure, queue.Error:
+	case queue.Failure:
 		return gl.Failed, nil
-	case queue.Cancelled:
+	case queue.Error, queue.Cancelled:
 		return gl.Canceled, nil
 	}
 	return "", fmt.Errorf("no GitLab status for state %q", s)

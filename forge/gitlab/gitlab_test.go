@@ -34,7 +34,7 @@ func TestStatusesMapEachStateAndNeverRepeat(t *testing.T) {
 		}
 	}
 	got := s.Statuses(sha)
-	want := []string{"running", "success", "failed", "failed", "canceled"}
+	want := []string{"running", "success", "failed", "canceled", "canceled"}
 	if len(got) != len(want) {
 		t.Fatalf("%d statuses, want %d", len(got), len(want))
 	}
@@ -44,7 +44,7 @@ func TestStatusesMapEachStateAndNeverRepeat(t *testing.T) {
 		}
 	}
 	if !strings.HasPrefix(got[3].Description, "error: ") {
-		t.Errorf("an error shows as failed without saying it is the machine's: %q", got[3].Description)
+		t.Errorf("an error does not say it is the machine's: %q", got[3].Description)
 	}
 	// GitLab refuses the state a status already has; the status shows it,
 	// so that is no error, and nothing is posted twice.
