@@ -33,6 +33,9 @@ type forgeConfig struct {
 	// PullRequests takes the repository's open pull requests in as
 	// requests pr/<N> (forge.Intake), pushed to remote.
 	PullRequests bool `toml:"pull_requests"`
+	// PullRequestPoll is how often the open pull requests are listed
+	// (default one minute: an API call per 100 pull requests each time).
+	PullRequestPoll duration `toml:"pull_request_poll"`
 }
 
 // forgeKind builds the adapter of one kind of forge for an entry, given
@@ -57,7 +60,7 @@ var headRefs = map[string]func(int) string{"github": forge.GitHubHeadRef, "gitea
 var plannedKinds = []string{"github", "gitea", "gitlab"}
 
 // forgeSettings names the settings of a [[forge]] entry, for errors.
-const forgeSettings = "kind, repo, remote, token_file, base_url, runs_url, pull_requests"
+const forgeSettings = "kind, repo, remote, token_file, base_url, runs_url, pull_requests, pull_request_poll"
 
 // mirrorConfig is the TOML configuration of `refci mirror --config`.
 type mirrorConfig struct {
@@ -143,7 +146,9 @@ func cmdMirror(ctx context.Context, e *env, args []string) int {
 }
 
 // runner is a forge.Mirror or a forge.Intake.
-type runner interface{ Run(ctx context.Context) error }
+type runner interface {
+	Run(ctx context.Context) error
+}
 
 // runMirrors runs every mirror and intake until ctx ends.
 func runMirrors(ctx context.Context, mirrors []runner) {
@@ -241,7 +246,7 @@ func newMirrors(ctx context.Context, entries []forgeConfig, remotes []string, st
 				return nil, err
 			}
 			out = append(out, &forge.Intake{Forge: lister, Where: name, Dir: dir, Remote: c.Remote, HeadRef: headRefs[c.Kind],
-				Log: logger.With("remote", gitproto.RedactURL(c.Remote))})
+				Every: c.PullRequestPoll.Duration, Log: logger.With("remote", gitproto.RedactURL(c.Remote))})
 		}
 	}
 	if err := os.MkdirAll(state, 0o700); err != nil {
