@@ -92,9 +92,18 @@ type Mirror struct {
 	cfg   MirrorConfig
 	log   *slog.Logger
 	mu    sync.Mutex
-	runs  map[string]map[string]runView // by commit, by request: the latest run
-	sinks []*sink
+	runs    map[string]map[string]runView // by commit, by request: the latest run
+	sinks   []*sink
+	changes *results.Changes
 }
+
+// Wake has the mirror look at the remote at once (results.Changes.Wake):
+// a worker that has just pushed a result says so. Safe for concurrent
+// use, never blocks.
+func (m *Mirror) Wake() { m.changes.Wake() }
+
+// Remote is the remote whose runs the mirror shows (MirrorConfig.Source).
+func (m *Mirror) Remote() string { return m.cfg.Source.Remote }
 
 // runView is what the mirror shows of one request's latest run on a
 // commit.
@@ -157,7 +166,7 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	m := &Mirror{cfg: cfg, log: log, runs: map[string]map[string]runView{}}
+	m := &Mirror{cfg: cfg, log: log, runs: map[string]map[string]runView{}, changes: cfg.Source.WatchRuns(cfg.Poll)}
 	names := map[string]bool{}
 	for _, t := range cfg.Targets {
 		if t.Forge == nil || t.Name == "" {
@@ -196,7 +205,7 @@ func (m *Mirror) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); s.run(ctx) }()
 	}
 	defer wg.Wait()
-	changes := m.cfg.Source.WatchRuns(m.cfg.Poll)
+	changes := m.changes
 	failing := false
 	for {
 		runs, err := changes.Next(ctx)

@@ -17,6 +17,12 @@ type Changes struct {
 	every time.Duration
 	seen  map[string]shown // what was returned last, by run ref
 	first bool
+	wake  chan struct{}
+	// local reads the run refs of a remote on this machine; nil over the
+	// network. lastLocal is what it read before the last fetch.
+	local     func() string
+	lastLocal string
+	watched   bool
 }
 
 // shown is what a view was last told of a run.
@@ -26,10 +32,26 @@ type shown struct {
 }
 
 // WatchRuns returns a watch of every run on the remote that looks at it
-// every interval. The first Next returns every run there is; a view that
-// keeps what it mirrored across restarts skips those it already has.
+// every interval, at once when woken (Wake), and, for a remote on this
+// machine (a path or file://), as soon as one of its run refs changes
+// (read from its files every localEvery, no git process). The first Next
+// returns every run there is; a view that keeps what it mirrored across
+// restarts skips those it already has.
 func (s Source) WatchRuns(every time.Duration) *Changes {
-	return &Changes{src: s, every: every, seen: map[string]shown{}, first: true}
+	return &Changes{src: s, every: every, seen: map[string]shown{}, first: true, wake: make(chan struct{}, 1)}
+}
+
+// localEvery is how often WatchRuns reads a local remote's run refs.
+const localEvery = 250 * time.Millisecond
+
+// Wake has the next (or the waiting) Next look at the remote at once: a
+// worker that has just pushed a result says so. Safe for concurrent use,
+// never blocks.
+func (c *Changes) Wake() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
 }
 
 // Next fetches the remote's runs (waiting for the interval first, but for
@@ -41,14 +63,16 @@ func (s Source) WatchRuns(every time.Duration) *Changes {
 // over. A failed fetch is returned as an error and the next call tries
 // again; the error of ctx ends the watch.
 func (c *Changes) Next(ctx context.Context) ([]Listed, error) {
-	if !c.first {
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(c.every):
-		}
+	if !c.watched {
+		c.local, c.watched = c.src.localWatch(ctx, ""), true
+	}
+	if !c.first && !c.waitForChange(ctx) {
+		return nil, ctx.Err()
 	}
 	c.first = false
+	if c.local != nil {
+		c.lastLocal = c.local() // before the fetch: a change during it is fetched next time
+	}
 	spec := "+" + queue.RunsPrefix + "*:" + queue.RunsPrefix + "*"
 	if _, err := c.src.git().Run(ctx, "", "fetch", "--quiet", "--prune", "--no-write-fetch-head", c.src.Remote, spec); err != nil {
 		if ctx.Err() != nil {
@@ -98,4 +122,30 @@ func (c *Changes) Next(ctx context.Context) ([]Listed, error) {
 		out = append(out, l)
 	}
 	return out, nil
+}
+
+// waitForChange waits for the interval, a Wake, or a change of a local
+// remote's run refs; false when ctx ends.
+func (c *Changes) waitForChange(ctx context.Context) bool {
+	deadline := time.After(c.every)
+	var tick <-chan time.Time
+	if c.local != nil {
+		t := time.NewTicker(localEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline:
+			return true
+		case <-c.wake:
+			return true
+		case <-tick:
+			if c.local() != c.lastLocal {
+				return true
+			}
+		}
+	}
 }

@@ -386,3 +386,30 @@ func TestWatchRunsReturnsEachChangeOnce(t *testing.T) {
 	fixtures.Git(t, dir, "push", "-q", bare, ":"+queue.RunRef(target, a))
 	next()
 }
+
+// A watch of every run of a remote on this machine sees a new result as
+// soon as its ref changes, not at the next interval; Wake has it look at
+// once.
+func TestWatchRunsSeesALocalRemoteAtOnce(t *testing.T) {
+	w, _ := identities(t)
+	dir, target := repoWithCommit(t)
+	bare := fixtures.BareRepo(t, "remote.git")
+	clone := fixtures.NewRepo(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	changes := Source{Dir: clone, Remote: bare}.WatchRuns(time.Hour)
+	if got, err := changes.Next(ctx); err != nil || len(got) != 0 {
+		t.Fatalf("first look: %v %v", got, err)
+	}
+	id := runID(0)
+	resultcommit.Write(t, open(t, dir), status(target, id, 1, queue.Success, w), gitproto.ZeroHash, w, nil)
+	fixtures.Git(t, dir, "push", "-q", bare, "refs/ci/*:refs/ci/*")
+	got, err := changes.Next(ctx) // the interval is an hour
+	if err != nil || len(got) != 1 || got[0].ID != id {
+		t.Fatalf("after a push: %v %v", got, err)
+	}
+	changes.Wake()
+	if got, err := changes.Next(ctx); err != nil || len(got) != 0 {
+		t.Fatalf("woken: %v %v", got, err)
+	}
+}

@@ -196,6 +196,9 @@ func (s Source) localWatch(ctx context.Context, target string) func() string {
 		return nil // not the repository itself (Open looks in parent directories)
 	}
 	prefix := queue.RunsPrefix + target + "/"
+	if target == "" {
+		prefix = queue.RunsPrefix // every run
+	}
 	read := func() string {
 		refs, err := repo.Refs(prefix)
 		if err != nil {

@@ -65,6 +65,11 @@ type Config struct {
 	Secrets SecretsFunc
 	// Page, when set, renders index.html of each final result (RunSpec.Page).
 	Page PageFunc
+	// Pushed, when set, is called with a remote's URL after a push of
+	// run refs to it (a snapshot or a result) went out, whatever each
+	// ref's outcome: a mirror of the remote's runs looks at once. It
+	// must not block.
+	Pushed func(remoteURL string)
 	// Isolation is every run's (RunSpec.Isolation): what pipelines may
 	// see and write.
 	Isolation

@@ -307,6 +307,7 @@ func (w *Worker) flushOutbox(ctx context.Context, rem *gitproto.Remote) error {
 	if err != nil {
 		return err
 	}
+	w.pushed(rem)
 	var cleanup []gitproto.RefUpdate
 	var done []string
 	inCleanup := map[string]bool{} // one update per ref and push; the rest wait a pass
@@ -414,6 +415,7 @@ func (w *Worker) flushAtomic(ctx context.Context, rem *gitproto.Remote, runs []s
 		}
 		return false, err
 	}
+	w.pushed(rem)
 	for _, res := range results {
 		if !res.OK {
 			return false, nil
@@ -587,6 +589,7 @@ func (w *Worker) renewLeasesAndPushSnapshots(ctx context.Context, rem *gitproto.
 	if err != nil {
 		return err
 	}
+	w.pushed(rem)
 	for i, res := range results {
 		it := items[i]
 		it.a.mu.Lock()
@@ -618,4 +621,11 @@ func (w *Worker) renewLeasesAndPushSnapshots(ctx context.Context, rem *gitproto.
 		it.a.mu.Unlock()
 	}
 	return nil
+}
+
+// pushed tells Config.Pushed that a push of run refs to rem went out.
+func (w *Worker) pushed(rem *gitproto.Remote) {
+	if w.cfg.Pushed != nil {
+		w.cfg.Pushed(rem.URL)
+	}
 }

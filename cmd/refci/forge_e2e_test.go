@@ -117,3 +117,38 @@ pull_request_poll = "100ms"
 		t.Error("the token was printed")
 	}
 }
+
+// A worker with a [[forge]] entry shows its own runs on the forge (here
+// GitHub's API stood in for): a running status, then the failure, and one
+// comment on the pull request whose head the run's commit is.
+func TestWorkerShowsItsRunsOnGitHub(t *testing.T) {
+	f := newFleet(t, "echo compiling\necho 'main.go:3: it broke' >&2\nexit 1\n")
+	head := f.git(f.repo, "rev-parse", "HEAD")
+	gh := githubapi.New(t, "org", "app", "ghp-worker-token")
+	gh.AddPull(githubapi.Pull{Number: 3, Head: head, Open: true})
+	dir := t.TempDir()
+	tok := writeToken(t, dir, "token", "ghp-worker-token", 0o600)
+	cfg := filepath.Join(dir, "worker.toml")
+	body := fmt.Sprintf("remotes = [%q]\n[[forge]]\nkind = \"github\"\nrepo = \"org/app\"\ntoken_file = %q\nbase_url = %q\n", "file://"+f.bare, tok, gh.URL)
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w := f.startWorker("a", "--config", cfg)
+	f.git(f.repo, "push", "-q", "origin", "HEAD:refs/ci/requests/ci")
+	fixtures.WaitFor(t, 2*time.Minute, "the failure on the forge and the comment", func() bool {
+		s := gh.Statuses(head)
+		c := gh.Comments(3)
+		return len(s) > 0 && s[len(s)-1].State == "failure" && len(c) == 1 && strings.Contains(c[0].Body, "it broke")
+	})
+	if s := gh.Statuses(head); s[0].Context != "refci/ci" || len(s) > 2 {
+		t.Errorf("statuses %+v; want at most pending and failure of refci/ci", s)
+	}
+	f.stopAll()
+	w.Wait()
+	f.mu.Lock()
+	log := f.logs[0].String()
+	f.mu.Unlock()
+	if strings.Contains(log, "ghp-worker-token") {
+		t.Error("the worker logged the token")
+	}
+}

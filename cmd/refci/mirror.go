@@ -160,6 +160,28 @@ func runMirrors(ctx context.Context, mirrors []runner) {
 	wg.Wait()
 }
 
+// wakeMirrors returns the worker's Pushed hook: after a push of run refs
+// to one of its remotes (rems, opened from the URLs urls), the mirrors of
+// that remote look at once instead of at their next poll.
+func wakeMirrors(rems []*gitproto.Remote, urls []string, runners []runner) func(string) {
+	byURL := map[string][]*forge.Mirror{}
+	for i, r := range rems {
+		for _, x := range runners {
+			if m, ok := x.(*forge.Mirror); ok && m.Remote() == urls[i] {
+				byURL[r.URL] = append(byURL[r.URL], m)
+			}
+		}
+	}
+	if len(byURL) == 0 {
+		return nil
+	}
+	return func(url string) {
+		for _, m := range byURL[url] {
+			m.Wake()
+		}
+	}
+}
+
 // errForgeConfig marks a [[forge]] entry the user must fix (exit 2).
 var errForgeConfig = errors.New("forge configuration")
 

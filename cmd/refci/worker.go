@@ -257,7 +257,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		Limits: worker.Limits{Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
 			LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap},
 		Signer: id, RefciPath: self, Shim: sb.Shim, Host: host, Version: version, Logger: logger,
-		Trust: worker.SignatureTrust(trusted), Secrets: opener, Page: renderPage,
+		Trust: worker.SignatureTrust(trusted), Secrets: opener, Page: renderPage, Pushed: wakeMirrors(rems, cfg.Remotes, mirrors),
 		Isolation: sb.Isolation, TempDir: sb.RunsDir,
 	})
 	stop, stopFn := context.WithCancel(ctx)
