@@ -89,9 +89,9 @@ type MirrorConfig struct {
 // Lifecycle: NewMirror checks the configuration and loads the records;
 // Run watches and sends until its context ends. A Mirror runs once.
 type Mirror struct {
-	cfg   MirrorConfig
-	log   *slog.Logger
-	mu    sync.Mutex
+	cfg     MirrorConfig
+	log     *slog.Logger
+	mu      sync.Mutex
 	runs    map[string]map[string]runView // by commit, by request: the latest run
 	sinks   []*sink
 	changes *results.Changes
