@@ -330,3 +330,74 @@ func TestRateLimitAndCancel(t *testing.T) {
 		t.Error("a cancelled call reached the forge")
 	}
 }
+
+// TestPagesOnRealGitea: more open pull requests than a page (the test
+// server sends giteafix.PageSize at most, whatever the adapter asks) are
+// all listed, and all found by their head commit.
+func TestPagesOnRealGitea(t *testing.T) {
+	srv := giteafix.Shared(t)
+	repo := srv.NewRepo(t)
+	repo.Push(t, "main", "first")
+	head := repo.Push(t, "b0", "a change")
+	var names []string
+	for i := 1; i < 2*giteafix.PageSize+2; i++ {
+		names = append(names, fmt.Sprintf("b%d", i))
+	}
+	repo.PushBranches(t, head, names...)
+	want := map[int]bool{}
+	for _, b := range append([]string{"b0"}, names...) {
+		want[repo.OpenPullRequest(t, b, "main", "change on "+b)] = true
+	}
+	f := newForge(t, repo)
+	open, err := f.OpenPullRequests(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	of, err := f.PullRequestsOf(ctx(t), head)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, got := range map[string][]forge.PullRequest{"OpenPullRequests": open, "PullRequestsOf": of} {
+		seen := map[int]bool{}
+		for _, pr := range got {
+			if !want[pr.Number] || seen[pr.Number] || pr.Head != head {
+				t.Errorf("%s: unexpected %+v", what, pr)
+			}
+			seen[pr.Number] = true
+		}
+		if len(seen) != len(want) {
+			t.Errorf("%s: %d pull requests, want %d", what, len(seen), len(want))
+		}
+	}
+}
+
+// TestForgeDownOnRealGitea: while the forge is stopped, calls fail with an
+// error that is none of the ones about the token or the repository and
+// says to check the forge; after its restart they work again.
+func TestForgeDownOnRealGitea(t *testing.T) {
+	srv := giteafix.Start(t)
+	repo := srv.NewRepo(t)
+	commit := repo.Push(t, "main", "first")
+	f := newForge(t, repo)
+	st := forge.Status{Context: "refci/ci", State: queue.Running, Description: "running"}
+	if err := f.SetStatus(ctx(t), commit, st); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop(t)
+	st.State = queue.Success
+	err := f.SetStatus(ctx(t), commit, st)
+	var rl *forge.RateLimitError
+	if err == nil || errors.Is(err, forge.ErrAuth) || errors.Is(err, forge.ErrNotFound) || errors.Is(err, forge.ErrPermission) || errors.As(err, &rl) {
+		t.Fatalf("forge down: %v", err)
+	}
+	if !strings.Contains(err.Error(), repo.FullName()) || !strings.Contains(err.Error(), "reachable") {
+		t.Errorf("forge down: %q does not name the repository and say to check the forge", err)
+	}
+	srv.Restart(t)
+	if err := f.SetStatus(ctx(t), commit, st); err != nil {
+		t.Fatalf("after the restart: %v", err)
+	}
+	if s := repo.Latest(t, commit)["refci/ci"]; s.State != "success" {
+		t.Errorf("after the restart the commit shows %+v", s)
+	}
+}
