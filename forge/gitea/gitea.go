@@ -14,10 +14,12 @@
 package gitea
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -256,60 +258,101 @@ func (f *Forge) OpenPullRequests(ctx context.Context) ([]forge.PullRequest, erro
 }
 
 // UpsertComment makes body the one comment on pull request pr that holds
-// marker: it reads the pull request's comments (all pages, one call per
-// 50) and edits the first that holds marker, else creates one. Two
-// callers racing on a pull request without the comment can both create
-// one; the mirror serializes its calls per pull request.
+// marker. It reads the pull request's comments (all pages) and edits the
+// oldest that holds marker (unless it already says body), else creates
+// one. Copies that a race left (two mirrors creating at once, each seeing
+// none) are deleted: after creating, it reads the comments again, and
+// every caller keeps the oldest copy and deletes the others, so racing
+// callers converge on one comment. Calls: one list per page, plus one
+// edit, or one create, one list and one delete per extra copy.
 func (f *Forge) UpsertComment(ctx context.Context, pr int, marker, body string) error {
 	if marker == "" || !strings.Contains(body, marker) {
 		return fmt.Errorf("%s %s: comment on pull request %d: the body does not hold its marker %q", f.forgeName, f.repo(), pr, marker)
 	}
-	id, current, err := f.findComment(ctx, pr, marker)
+	copies, err := f.findComments(ctx, pr, marker)
 	if err != nil {
 		return err
+	}
+	if len(copies) == 0 {
+		c, err := f.client(ctx)
+		if err != nil {
+			return err
+		}
+		created, resp, err := c.CreateIssueComment(f.owner, f.name, int64(pr), sdk.CreateIssueCommentOption{Body: body})
+		if err != nil {
+			return f.fail(ctx, fmt.Sprintf("comment on pull request %d", pr), resp, err)
+		}
+		if copies, err = f.findComments(ctx, pr, marker); err != nil {
+			return err
+		}
+		if len(copies) <= 1 {
+			return nil
+		}
+		// A race: another caller created one too. Keep the oldest; the
+		// creator of each other copy deletes its own.
+		if copies[0].ID == created.ID {
+			return nil
+		}
+		copies = []*sdk.Comment{copies[0], created}
+		copies[0].Body = "" // edit the survivor with this body
+	}
+	keep := copies[0]
+	for _, extra := range copies[1:] {
+		if err := f.deleteComment(ctx, pr, extra.ID); err != nil {
+			return err
+		}
+	}
+	if keep.Body == body {
+		return nil
 	}
 	c, err := f.client(ctx)
 	if err != nil {
 		return err
 	}
-	if id != 0 {
-		if current == body {
-			return nil
-		}
-		_, resp, err := c.EditIssueComment(f.owner, f.name, id, sdk.EditIssueCommentOption{Body: body})
-		if err != nil {
-			return f.fail(ctx, fmt.Sprintf("edit comment %d on pull request %d", id, pr), resp, err)
-		}
-		return nil
-	}
-	_, resp, err := c.CreateIssueComment(f.owner, f.name, int64(pr), sdk.CreateIssueCommentOption{Body: body})
+	_, resp, err := c.EditIssueComment(f.owner, f.name, keep.ID, sdk.EditIssueCommentOption{Body: body})
 	if err != nil {
-		return f.fail(ctx, fmt.Sprintf("comment on pull request %d", pr), resp, err)
+		return f.fail(ctx, fmt.Sprintf("edit comment %d on pull request %d", keep.ID, pr), resp, err)
 	}
 	return nil
 }
 
-// findComment returns the id and body of the first comment on pr that
-// holds marker, or 0.
-func (f *Forge) findComment(ctx context.Context, pr int, marker string) (int64, string, error) {
+// deleteComment deletes comment id of pull request pr; one already gone
+// is no error.
+func (f *Forge) deleteComment(ctx context.Context, pr int, id int64) error {
+	c, err := f.client(ctx)
+	if err != nil {
+		return err
+	}
+	resp, err := c.DeleteIssueComment(f.owner, f.name, id)
+	if err != nil && (resp == nil || resp.Response == nil || resp.StatusCode != http.StatusNotFound) {
+		return f.fail(ctx, fmt.Sprintf("delete the extra comment %d on pull request %d", id, pr), resp, err)
+	}
+	return nil
+}
+
+// findComments returns the comments of pr that hold marker, oldest
+// first.
+func (f *Forge) findComments(ctx context.Context, pr int, marker string) ([]*sdk.Comment, error) {
+	var out []*sdk.Comment
 	for page := 1; ; page++ {
 		c, err := f.client(ctx)
 		if err != nil {
-			return 0, "", err
+			return nil, err
 		}
 		comments, resp, err := c.ListIssueComments(f.owner, f.name, int64(pr), sdk.ListIssueCommentOptions{
 			ListOptions: sdk.ListOptions{Page: page, PageSize: pageSize},
 		})
 		if err != nil {
-			return 0, "", f.fail(ctx, fmt.Sprintf("list the comments of pull request %d", pr), resp, err)
+			return nil, f.fail(ctx, fmt.Sprintf("list the comments of pull request %d", pr), resp, err)
 		}
 		for _, cm := range comments {
 			if cm != nil && strings.Contains(cm.Body, marker) {
-				return cm.ID, cm.Body, nil
+				out = append(out, cm)
 			}
 		}
 		if len(comments) == 0 || resp == nil || resp.NextPage == 0 {
-			return 0, "", nil
+			slices.SortFunc(out, func(a, b *sdk.Comment) int { return cmp.Compare(a.ID, b.ID) })
+			return out, nil
 		}
 	}
 }

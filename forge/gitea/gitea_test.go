@@ -401,3 +401,69 @@ func TestForgeDownOnRealGitea(t *testing.T) {
 		t.Errorf("after the restart the commit shows %+v", s)
 	}
 }
+
+// TestUpsertCommentCopiesOnRealGitea: copies of the comment (left by a
+// race or by hand) are deleted, the oldest kept; callers racing on a pull
+// request without the comment end with exactly one.
+func TestUpsertCommentCopiesOnRealGitea(t *testing.T) {
+	srv := giteafix.Shared(t)
+	repo := srv.NewRepo(t)
+	repo.Push(t, "main", "first")
+	repo.Push(t, "feature", "a change")
+	pr := repo.OpenPullRequest(t, "feature", "main", "a change")
+	f := newForge(t, repo)
+	const marker = "<!-- refci:copies -->"
+	path := fmt.Sprintf("/repos/%s/issues/%d/comments", repo.FullName(), pr)
+	srv.API(t, "", "POST", path, map[string]string{"body": marker + "\nold one"}, nil)
+	srv.API(t, "", "POST", path, map[string]string{"body": "unrelated"}, nil)
+	srv.API(t, "", "POST", path, map[string]string{"body": marker + "\nold two"}, nil)
+	oldest := repo.Comments(t, pr)[0].ID
+	if err := f.UpsertComment(ctx(t), pr, marker, marker+"\nnew"); err != nil {
+		t.Fatal(err)
+	}
+	cs := repo.Comments(t, pr)
+	if len(cs) != 2 || cs[0].ID != oldest || cs[0].Body != marker+"\nnew" || cs[1].Body != "unrelated" {
+		t.Fatalf("comments %+v, want the oldest copy edited and the unrelated one", cs)
+	}
+
+	// Racing callers, counting the comments they create.
+	var creates atomic.Int64
+	f, err := gitea.New(gitea.Config{BaseURL: srv.URL, Repo: repo.FullName(), Token: srv.Token, HTTPClient: &http.Client{
+		Timeout: time.Minute,
+		Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+			if r.Method == "POST" && strings.HasSuffix(r.URL.Path, "/comments") {
+				creates.Add(1)
+			}
+			return http.DefaultTransport.RoundTrip(r)
+		}),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo.Push(t, "other", "another change")
+	pr2 := repo.OpenPullRequest(t, "other", "main", "another change")
+	const racers = 4
+	errs := make(chan error, racers)
+	start := make(chan struct{})
+	for i := range racers {
+		go func() {
+			<-start
+			errs <- f.UpsertComment(ctx(t), pr2, marker, fmt.Sprintf("%s\nracer %d", marker, i))
+		}()
+	}
+	close(start)
+	for range racers {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	cs = repo.Comments(t, pr2)
+	if len(cs) != 1 || !strings.HasPrefix(cs[0].Body, marker+"\nracer ") {
+		t.Fatalf("after %d racing upserts: %+v, want one comment", racers, cs)
+	}
+	t.Logf("%d racing upserts created %d comments", racers, creates.Load())
+}
+
+type roundTrip func(*http.Request) (*http.Response, error)
+
+func (f roundTrip) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
