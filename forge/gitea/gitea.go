@@ -16,6 +16,7 @@ package gitea
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -269,6 +270,21 @@ func (f *Forge) UpsertComment(ctx context.Context, pr int, marker, body string) 
 	if marker == "" || !strings.Contains(body, marker) {
 		return fmt.Errorf("%s %s: comment on pull request %d: the body does not hold its marker %q", f.forgeName, f.repo(), pr, marker)
 	}
+	// Gitea refuses an edit that races another edit of the same comment
+	// ("the comment is already changed"): read it again and retry.
+	var err error
+	for range 3 {
+		if err = f.upsertComment(ctx, pr, marker, body); !errors.Is(err, errEditConflict) {
+			return err
+		}
+	}
+	return err
+}
+
+// errEditConflict marks an edit that lost a race with another edit.
+var errEditConflict = errors.New("another edit of the comment came first")
+
+func (f *Forge) upsertComment(ctx context.Context, pr int, marker, body string) error {
 	copies, err := f.findComments(ctx, pr, marker)
 	if err != nil {
 		return err
@@ -310,6 +326,10 @@ func (f *Forge) UpsertComment(ctx context.Context, pr int, marker, body string) 
 		return err
 	}
 	_, resp, err := c.EditIssueComment(f.owner, f.name, keep.ID, sdk.EditIssueCommentOption{Body: body})
+	if err != nil && resp != nil && resp.Response != nil && (resp.StatusCode == http.StatusConflict ||
+		resp.StatusCode == http.StatusInternalServerError && strings.Contains(err.Error(), "already changed")) {
+		return fmt.Errorf("%w: %v", errEditConflict, err)
+	}
 	if err != nil {
 		return f.fail(ctx, fmt.Sprintf("edit comment %d on pull request %d", keep.ID, pr), resp, err)
 	}
