@@ -23,11 +23,15 @@ func TestMain(m *testing.M) { os.Exit(giteafix.Main(m)) }
 
 func newForge(t *testing.T, r *giteafix.Repo) *gitea.Forge {
 	t.Helper()
-	f, err := gitea.New(gitea.Config{BaseURL: r.Server.URL, Repo: r.FullName(), Token: r.Server.Token})
+	f, err := newForgeTB(r)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return f
+}
+
+func newForgeTB(r *giteafix.Repo) (*gitea.Forge, error) {
+	return gitea.New(gitea.Config{BaseURL: r.Server.URL, Repo: r.FullName(), Token: r.Server.Token})
 }
 
 func ctx(t *testing.T) context.Context {
