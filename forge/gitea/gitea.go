@@ -63,7 +63,8 @@ const DefaultTimeout = 30 * time.Second
 const MaxDescription = 140
 
 // pageSize is the number of items asked per page: Gitea's default
-// MAX_RESPONSE_ITEMS is 50, and a larger limit is cut to it.
+// MAX_RESPONSE_ITEMS is 50; a server that sends fewer per page is
+// followed by its Link header.
 const pageSize = 50
 
 // rateLimitBackoff is how long to pause on a 429 without Retry-After.
@@ -202,8 +203,9 @@ func (f *Forge) SetStatus(ctx context.Context, commit string, s forge.Status) er
 }
 
 // PullRequestsOf returns the open pull requests whose head is commit. It
-// lists the repository's open pull requests (one call per 50), since
-// Gitea has no search by head commit.
+// lists the repository's open pull requests (one call per page of 50,
+// or of the server's MAX_RESPONSE_ITEMS when smaller), since Gitea has no
+// search by head commit.
 func (f *Forge) PullRequestsOf(ctx context.Context, commit string) ([]forge.PullRequest, error) {
 	all, err := f.OpenPullRequests(ctx)
 	if err != nil {
@@ -219,7 +221,8 @@ func (f *Forge) PullRequestsOf(ctx context.Context, commit string) ([]forge.Pull
 }
 
 // OpenPullRequests lists the repository's open pull requests, oldest
-// first, all pages (one call per 50). A pull request from another
+// first, all pages (one call per page of 50, or of the server's
+// MAX_RESPONSE_ITEMS when smaller). A pull request from another
 // repository (a fork) has Fork set.
 func (f *Forge) OpenPullRequests(ctx context.Context) ([]forge.PullRequest, error) {
 	var out []forge.PullRequest
