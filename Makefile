@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 TESTFLAGS ?= -count=1 -timeout 12m
 
-.PHONY: help build test bench lint run serve demo clean
+.PHONY: help build test bench lint gitea run serve demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -17,6 +17,9 @@ build: ## build bin/refci and bin/refci-shim (its light per-run shim, used when 
 test: ## run every test (real git, gpg and processes)
 	$(GO) vet ./...
 	$(GO) test $(TESTFLAGS) ./...
+
+gitea: ## build (once, cached by version) the real Gitea the forge tests run; they skip without it
+	./fixtures/gitea/build.sh
 
 bench: build ## print the performance figures (refci beside its baselines)
 	$(GO) run ./cmd/refci-bench -refci $(BIN)

@@ -27,10 +27,13 @@
 //	           statuses and one pull-request comment, coalesced, recorded, paced
 //	  forge/forgetest  test-only: an in-memory forge and the contract every adapter passes
 //	  forge/site      the static site of results, built by refci view and served by refci serve --http
+//	  forge/gitea     the Gitea and Forgejo adapter: commit statuses, the sticky comment, pull requests
 //	server     refci serve: the SSH server's roles, receive rules, owner and trust records
 //	cmd        wiring only: flags, configuration, constructing things, exit codes, printing
 //	fixtures   helpers shared by the tests (git with a private HOME, keys, sample repositories,
 //	           result commits, GnuPG); never imported by other code
+//	  fixtures/gitea  a real Gitea on 127.0.0.1 (built once by make gitea): repositories, pushes,
+//	                  pull requests, forks, restarts
 //
 // Arrows point inward; imports_test.go enforces it.
 package refci
