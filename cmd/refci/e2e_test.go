@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"refci.dev/refci/fixtures"
+	giteafix "refci.dev/refci/fixtures/gitea"
 	"refci.dev/refci/fixtures/gnupg"
 	"refci.dev/refci/queue"
 )
@@ -39,7 +40,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	code := fixtures.PrivateHome(m)
+	code := giteafix.Main(m) // a private HOME, and the test Gitea when built
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

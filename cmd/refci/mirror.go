@@ -15,6 +15,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"refci.dev/refci/forge"
+	"refci.dev/refci/forge/gitea"
 	"refci.dev/refci/forge/github"
 	"refci.dev/refci/forge/gitlab"
 	"refci.dev/refci/gitproto"
@@ -51,13 +52,14 @@ var kinds = map[string]forgeKind{
 	"gitlab": func(c forgeConfig, token string) (forge.Forge, error) {
 		return gitlab.New(gitlab.Config{Project: c.Repo, Token: token, BaseURL: c.BaseURL})
 	},
+	"gitea": func(c forgeConfig, token string) (forge.Forge, error) {
+		return gitea.New(gitea.Config{Repo: c.Repo, Token: token, BaseURL: c.BaseURL})
+	},
 }
 
 // headRefs names, by kind, where a forge keeps each pull request's head.
 var headRefs = map[string]func(int) string{"github": forge.GitHubHeadRef, "gitea": forge.GitHubHeadRef, "gitlab": forge.GitLabHeadRef}
 
-// plannedKinds are the kinds refci knows of, built in or not yet.
-var plannedKinds = []string{"github", "gitea", "gitlab"}
 
 // forgeSettings names the settings of a [[forge]] entry, for errors.
 const forgeSettings = "kind, repo, remote, token_file, base_url, runs_url, pull_requests, pull_request_poll"
@@ -226,10 +228,7 @@ func newMirrors(ctx context.Context, entries []forgeConfig, remotes []string, st
 		}
 		build, ok := kinds[c.Kind]
 		if !ok {
-			if contains(plannedKinds, c.Kind) {
-				return nil, forgeErr("%s: forge kind %q is not built into this refci yet", where, c.Kind)
-			}
-			return nil, forgeErr("%s: unknown forge kind %q; known: %s", where, c.Kind, strings.Join(plannedKinds, ", "))
+			return nil, forgeErr("%s: unknown forge kind %q; known: github, gitea (also Forgejo), gitlab", where, c.Kind)
 		}
 		token, err := readToken(c.TokenFile)
 		if err != nil {
