@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"refci.dev/refci/fixtures"
+	giteafix "refci.dev/refci/fixtures/gitea"
 	"refci.dev/refci/fixtures/githubapi"
 	"refci.dev/refci/fixtures/resultcommit"
 	"refci.dev/refci/forge"
@@ -150,5 +153,101 @@ func TestWorkerShowsItsRunsOnGitHub(t *testing.T) {
 	f.mu.Unlock()
 	if strings.Contains(log, "ghp-worker-token") {
 		t.Error("the worker logged the token")
+	}
+}
+
+// A worker whose remote is a real Gitea, with a [[forge]] entry for it and
+// pull_requests = true: the pull request becomes a request, runs, and
+// shows on Gitea as a pending status; Gitea is stopped in the middle of
+// the run, so the result can be neither pushed nor shown; once Gitea is
+// back, the result lands and Gitea shows the failure and one comment
+// with its log. Nothing is lost, nothing is posted twice.
+func TestWorkerOnRealGiteaSurvivesARestart(t *testing.T) {
+	srv := giteafix.Start(t) // its own: it is restarted
+	r := srv.NewRepo(t)
+	url := r.PushURL()
+	side := t.TempDir()
+	work := fixtures.NewRepo(t)
+	fixtures.WriteFile(t, work, ".refci/run", fmt.Sprintf(`#!/bin/sh
+touch %[1]s/started
+while [ ! -e %[1]s/go ]; do sleep 0.1; done
+echo "FAIL: TestCheckout (0.01s)"
+touch %[1]s/ended
+exit 1
+`, side), 0o755)
+	fixtures.CommitAll(t, work, "the pipeline")
+	fixtures.Git(t, work, "push", "-q", url, "HEAD:refs/heads/main")
+	fixtures.WriteFile(t, work, "f", "change", 0o644)
+	head := fixtures.CommitAll(t, work, "the change")
+	fixtures.Git(t, work, "push", "-q", url, "HEAD:refs/heads/topic")
+	pr := r.OpenPullRequest(t, "topic", "main", "the change")
+
+	s := newSandbox(t)
+	dir := t.TempDir()
+	tok := writeToken(t, dir, "token", r.Token, 0o600)
+	cfg := filepath.Join(dir, "worker.toml")
+	body := fmt.Sprintf(`remotes = [%q]
+poll = "200ms"
+[[forge]]
+kind = "gitea"
+repo = %q
+token_file = %q
+base_url = %q
+pull_requests = true
+pull_request_poll = "200ms"
+`, url, r.FullName(), tok, srv.URL)
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log fixtures.Buffer
+	w := exec.Command(refciBin, "worker", "--config", cfg, "--lease", "5s")
+	w.Env = append(append([]string{}, s.env...), "REFCI_HOME="+filepath.Join(s.root, "worker"))
+	w.Stdout, w.Stderr = &log, &log
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			w.Process.Signal(syscall.SIGTERM)
+			w.Wait()
+		}
+		if t.Failed() {
+			t.Logf("worker log:\n%s", log.String())
+		}
+	})
+	exists := func(name string) func() bool {
+		return func() bool { _, err := os.Stat(filepath.Join(side, name)); return err == nil }
+	}
+	statusCtx := fmt.Sprintf("refci/pr/%d", pr)
+	fixtures.WaitFor(t, 2*time.Minute, "the pull request's run to start", exists("started"))
+	fixtures.WaitFor(t, time.Minute, "Gitea to show the run as pending", func() bool { return r.Latest(t, head)[statusCtx].State == "pending" })
+
+	srv.Stop(t)
+	os.WriteFile(filepath.Join(side, "go"), nil, 0o644)
+	fixtures.WaitFor(t, time.Minute, "the pipeline to end while Gitea is down", exists("ended"))
+	srv.Restart(t)
+
+	fixtures.WaitFor(t, 2*time.Minute, "Gitea to show the failure and the comment", func() bool {
+		c := r.Comments(t, pr)
+		return r.Latest(t, head)[statusCtx].State == "failure" && len(c) == 1 && strings.Contains(c[0].Body, "FAIL: TestCheckout")
+	})
+	n := 0
+	for _, st := range r.Statuses(t, head) {
+		if st.Context == statusCtx {
+			n++
+		}
+	}
+	if n > 2 {
+		t.Errorf("%d statuses of %s, want pending then failure, each once", n, statusCtx)
+	}
+	w.Process.Signal(syscall.SIGTERM)
+	w.Wait()
+	stopped = true
+	if strings.Contains(log.String(), r.Token) {
+		t.Error("the worker logged the token")
+	}
+	if c := r.Comments(t, pr); len(c) != 1 {
+		t.Errorf("%d comments on the pull request, want 1", len(c))
 	}
 }
