@@ -24,9 +24,9 @@ type realGitea struct {
 func (c *realGitea) NewCommit(context.Context) (string, error) {
 	c.mu.Lock()
 	c.n++
-	b := fmt.Sprintf("contract-%d", c.n)
+	b, first := fmt.Sprintf("contract-%d", c.n), c.n == 1
 	c.mu.Unlock()
-	if c.n == 1 {
+	if first {
 		c.r.Push(c.t, "main", "base") // pull requests need a base
 	}
 	h := c.r.Push(c.t, b, "contract "+b)
