@@ -50,7 +50,7 @@ func (k *fakeKind) forge(repo string) *forgetest.Fake {
 	return k.forges[repo]
 }
 
-func writeToken(t *testing.T, dir, name, token string, mode os.FileMode) string {
+func writeToken(t testing.TB, dir, name, token string, mode os.FileMode) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
 	if err := os.WriteFile(p, []byte(token+"\n"), mode); err != nil {
