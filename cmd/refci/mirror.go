@@ -60,7 +60,6 @@ var kinds = map[string]forgeKind{
 // headRefs names, by kind, where a forge keeps each pull request's head.
 var headRefs = map[string]func(int) string{"github": forge.GitHubHeadRef, "gitea": forge.GitHubHeadRef, "gitlab": forge.GitLabHeadRef}
 
-
 // forgeSettings names the settings of a [[forge]] entry, for errors.
 const forgeSettings = "kind, repo, remote, token_file, base_url, runs_url, pull_requests, pull_request_poll"
 
