@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -163,8 +164,12 @@ func pull(p *gh.PullRequest) forge.PullRequest {
 	}
 }
 
-// UpsertComment edits the first comment of pull request pr that holds
-// marker, or creates it. Comments are read 100 a page, every page.
+// UpsertComment makes body the one comment of pull request pr that holds
+// marker: it edits the oldest such comment (sending nothing when it
+// already says body), or creates one. Copies (left by two mirrors that
+// raced to create it, or by hand) are deleted, the oldest kept: after
+// creating, it reads the comments again, and the creator of each copy but
+// the oldest deletes its own. Comments are read 100 a page, every page.
 func (f *Forge) UpsertComment(ctx context.Context, pr int, marker, body string) error {
 	if !strings.Contains(body, marker) {
 		return fmt.Errorf("%s: a comment must hold its marker", f.where)
@@ -173,35 +178,56 @@ func (f *Forge) UpsertComment(ctx context.Context, pr int, marker, body string) 
 	if !strings.Contains(body, marker) {
 		return fmt.Errorf("%s: a comment of %d characters would lose its marker when shortened to GitHub's %d; put the marker first", f.where, utf8.RuneCountInString(body), CommentLimit)
 	}
-	id, err := f.findComment(ctx, pr, marker)
+	copies, err := f.findComments(ctx, pr, marker)
 	if err != nil {
 		return err
 	}
 	req := gh.IssueCommentRequest{Body: body}
-	if id != 0 {
-		_, _, err = f.c.Issues.UpdateComment(ctx, f.owner, f.name, id, req)
-		return f.wrap(fmt.Sprintf("edit the comment on pull request #%d", pr), err)
+	if len(copies) == 0 {
+		created, _, err := f.c.Issues.CreateComment(ctx, f.owner, f.name, pr, req)
+		if err != nil {
+			return f.wrap(fmt.Sprintf("comment on pull request #%d", pr), err)
+		}
+		if copies, err = f.findComments(ctx, pr, marker); err != nil {
+			return err
+		}
+		if len(copies) <= 1 || copies[0].GetID() == created.GetID() {
+			return nil
+		}
+		// Another mirror created one first: keep it, with this body.
+		copies = []*gh.IssueComment{copies[0], created}
+		copies[0].Body = nil
 	}
-	_, _, err = f.c.Issues.CreateComment(ctx, f.owner, f.name, pr, req)
-	return f.wrap(fmt.Sprintf("comment on pull request #%d", pr), err)
+	for _, extra := range copies[1:] {
+		_, err := f.c.Issues.DeleteComment(ctx, f.owner, f.name, extra.GetID())
+		if err = f.wrap(fmt.Sprintf("delete a copy of the comment on pull request #%d", pr), err); err != nil && !errors.Is(err, forge.ErrNotFound) {
+			return err // one already gone was deleted by another mirror
+		}
+	}
+	if copies[0].GetBody() == body {
+		return nil
+	}
+	_, _, err = f.c.Issues.UpdateComment(ctx, f.owner, f.name, copies[0].GetID(), req)
+	return f.wrap(fmt.Sprintf("edit the comment on pull request #%d", pr), err)
 }
 
-// findComment returns the id of the first comment on pr that holds
-// marker, or 0.
-func (f *Forge) findComment(ctx context.Context, pr int, marker string) (int64, error) {
+// findComments returns the comments of pr that hold marker, oldest first.
+func (f *Forge) findComments(ctx context.Context, pr int, marker string) ([]*gh.IssueComment, error) {
+	var out []*gh.IssueComment
 	opts := &gh.IssueListCommentsOptions{ListOptions: gh.ListOptions{PerPage: 100}}
 	for {
 		cs, resp, err := f.c.Issues.ListComments(ctx, f.owner, f.name, pr, opts)
 		if err != nil {
-			return 0, f.wrap(fmt.Sprintf("read the comments of pull request #%d", pr), err)
+			return nil, f.wrap(fmt.Sprintf("read the comments of pull request #%d", pr), err)
 		}
 		for _, c := range cs {
 			if strings.Contains(c.GetBody(), marker) {
-				return c.GetID(), nil
+				out = append(out, c)
 			}
 		}
 		if resp.NextPage == 0 {
-			return 0, nil
+			sort.Slice(out, func(i, j int) bool { return out[i].GetID() < out[j].GetID() })
+			return out, nil
 		}
 		opts.Page = resp.NextPage
 	}

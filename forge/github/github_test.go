@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -162,5 +163,48 @@ func TestErrorsSayWhatToDo(t *testing.T) {
 	}
 	if _, err := New(Config{Repo: "org/app"}); err == nil {
 		t.Error("no token was taken")
+	}
+}
+
+// Copies of the comment (two mirrors racing to create it, or pasted by
+// hand) end as one: the oldest, with the newest body.
+func TestCommentCopiesConverge(t *testing.T) {
+	f, s := newForge(t)
+	ctx := context.Background()
+	const marker = "<!-- refci:comment -->"
+	s.AddPull(githubapi.Pull{Number: 1, Head: sha, Open: true})
+	s.AddComment(1, marker+"\nold")
+	s.AddComment(1, "a remark")
+	s.AddComment(1, marker+"\ncopy")
+	if err := f.UpsertComment(ctx, 1, marker, marker+"\nnew"); err != nil {
+		t.Fatal(err)
+	}
+	if c := s.Comments(1); len(c) != 2 || c[0].Body != marker+"\nnew" || c[1].Body != "a remark" {
+		t.Fatalf("comments %+v; want the oldest copy, edited, and the remark", c)
+	}
+	before := len(s.Calls())
+	if err := f.UpsertComment(ctx, 1, marker, marker+"\nnew"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range s.Calls()[before:] {
+		if !strings.HasPrefix(c, "GET ") {
+			t.Errorf("an unchanged comment was written: %s", c)
+		}
+	}
+
+	s.AddPull(githubapi.Pull{Number: 2, Head: sha, Open: true})
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f.UpsertComment(ctx, 2, marker, marker+"\nrace"); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if c := s.Comments(2); len(c) != 1 || c[0].Body != marker+"\nrace" {
+		t.Fatalf("after 4 racing upserts: %+v; want one comment", c)
 	}
 }

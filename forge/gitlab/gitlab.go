@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -176,39 +177,69 @@ func mr(m *gl.BasicMergeRequest) forge.PullRequest {
 		Fork: m.SourceProjectID != m.TargetProjectID, HeadRef: m.SourceBranch}
 }
 
-// UpsertComment edits the first note of merge request pr that holds
-// marker, or creates it.
+// UpsertComment makes body the one note of merge request pr that holds
+// marker (never a system note): it edits the oldest such note (sending
+// nothing when it already says body), or creates one. Copies (two mirrors
+// racing to create it, or pasted by hand) are deleted, the oldest kept:
+// after creating, it reads the notes again, and the creator of each copy
+// but the oldest deletes its own.
 func (f *Forge) UpsertComment(ctx context.Context, pr int, marker, body string) error {
 	if !strings.Contains(body, marker) {
 		return fmt.Errorf("%s: a note must hold its marker", f.where)
 	}
 	body = forge.Cut(body, NoteLimit)
-	id, err := f.findNote(ctx, int64(pr), marker)
+	iid := int64(pr)
+	copies, err := f.findNotes(ctx, iid, marker)
 	if err != nil {
 		return err
 	}
-	if id != 0 {
-		_, _, err = f.c.Notes.UpdateMergeRequestNote(f.project, int64(pr), id, &gl.UpdateMergeRequestNoteOptions{Body: &body}, gl.WithContext(ctx))
-		return f.wrap(fmt.Sprintf("edit the note on merge request !%d", pr), err)
+	if len(copies) == 0 {
+		created, _, err := f.c.Notes.CreateMergeRequestNote(f.project, iid, &gl.CreateMergeRequestNoteOptions{Body: &body}, gl.WithContext(ctx))
+		if err != nil {
+			return f.wrap(fmt.Sprintf("comment on merge request !%d", pr), err)
+		}
+		if copies, err = f.findNotes(ctx, iid, marker); err != nil {
+			return err
+		}
+		if len(copies) <= 1 || copies[0].ID == created.ID {
+			return nil
+		}
+		// Another mirror created one first: keep it, with this body.
+		keep := *copies[0]
+		keep.Body = ""
+		copies = []*gl.Note{&keep, created}
 	}
-	_, _, err = f.c.Notes.CreateMergeRequestNote(f.project, int64(pr), &gl.CreateMergeRequestNoteOptions{Body: &body}, gl.WithContext(ctx))
-	return f.wrap(fmt.Sprintf("comment on merge request !%d", pr), err)
+	for _, extra := range copies[1:] {
+		_, err := f.c.Notes.DeleteMergeRequestNote(f.project, iid, extra.ID, gl.WithContext(ctx))
+		if err = f.wrap(fmt.Sprintf("delete a copy of the note on merge request !%d", pr), err); err != nil && !errors.Is(err, forge.ErrNotFound) {
+			return err // one already gone was deleted by another mirror
+		}
+	}
+	if copies[0].Body == body {
+		return nil
+	}
+	_, _, err = f.c.Notes.UpdateMergeRequestNote(f.project, iid, copies[0].ID, &gl.UpdateMergeRequestNoteOptions{Body: &body}, gl.WithContext(ctx))
+	return f.wrap(fmt.Sprintf("edit the note on merge request !%d", pr), err)
 }
 
-func (f *Forge) findNote(ctx context.Context, pr int64, marker string) (int64, error) {
+// findNotes returns the notes of merge request pr that hold marker,
+// oldest first, leaving out system notes.
+func (f *Forge) findNotes(ctx context.Context, pr int64, marker string) ([]*gl.Note, error) {
+	var out []*gl.Note
 	opt := &gl.ListMergeRequestNotesOptions{ListOptions: gl.ListOptions{PerPage: 100}, Sort: gl.Ptr("asc"), OrderBy: gl.Ptr("created_at")}
 	for {
 		notes, resp, err := f.c.Notes.ListMergeRequestNotes(f.project, pr, opt, gl.WithContext(ctx))
 		if err != nil {
-			return 0, f.wrap(fmt.Sprintf("read the notes of merge request !%d", pr), err)
+			return nil, f.wrap(fmt.Sprintf("read the notes of merge request !%d", pr), err)
 		}
 		for _, n := range notes {
 			if !n.System && strings.Contains(n.Body, marker) {
-				return n.ID, nil
+				out = append(out, n)
 			}
 		}
 		if resp.NextPage == 0 {
-			return 0, nil
+			sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+			return out, nil
 		}
 		opt.Page = resp.NextPage
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -158,5 +159,37 @@ func TestErrorsSayWhatToDo(t *testing.T) {
 	}
 	if _, err := New(Config{Project: "app", Token: "x"}); err == nil {
 		t.Error("a project without its group was taken")
+	}
+}
+
+// Copies of the note end as one: the oldest, with the newest body; racing
+// mirrors leave one.
+func TestNoteCopiesConverge(t *testing.T) {
+	f, s := newForge(t)
+	ctx := context.Background()
+	const marker = "<!-- refci:comment -->"
+	s.AddMergeRequest(gitlabapi.MergeRequest{IID: 1, SHA: sha, Open: true})
+	s.AddNote(1, marker+"\nold", false)
+	s.AddNote(1, marker+"\ncopy", false)
+	if err := f.UpsertComment(ctx, 1, marker, marker+"\nnew"); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Notes(1); len(n) != 1 || n[0].Body != marker+"\nnew" {
+		t.Fatalf("notes %+v; want the oldest copy, edited", n)
+	}
+	s.AddMergeRequest(gitlabapi.MergeRequest{IID: 2, SHA: sha, Open: true})
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f.UpsertComment(ctx, 2, marker, marker+"\nrace"); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := s.Notes(2); len(n) != 1 || n[0].Body != marker+"\nrace" {
+		t.Fatalf("after 4 racing upserts: %+v; want one note", n)
 	}
 }
