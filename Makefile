@@ -24,7 +24,7 @@ gitea: ## build (once, cached by version) the real Gitea the forge tests run; th
 bench: build ## print the performance figures (refci beside its baselines)
 	$(GO) run ./cmd/refci-bench -refci $(BIN)
 	@echo "== forges: result to status on a real Gitea (make gitea first), API calls per run"
-	$(GO) test -count=1 -run '^$$' -bench 'BenchmarkResultToGiteaStatus|BenchmarkAPICallsPerRun' -benchtime 20x ./cmd/refci/
+	$(GO) test -count=1 -run '^$$' -bench 'BenchmarkResultToGiteaStatus|BenchmarkAPICallsPerRun' -benchtime 15x ./cmd/refci/
 
 lint: ## gofmt, go vet and the import rules
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

@@ -49,7 +49,8 @@ type Config struct {
 type Forge struct {
 	c           *gh.Client
 	owner, name string
-	where       string // "github.com org/app", for messages
+	where       string  // "github.com org/app", for messages
+	writes      *budget // the token's content-creating requests
 }
 
 // New returns the adapter for cfg. It does not call GitHub.
@@ -75,7 +76,16 @@ func New(cfg Config) (*Forge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("github %s: %w", cfg.Repo, err)
 	}
-	return &Forge{c: c, owner: owner, name: name, where: "github " + host + " " + cfg.Repo}, nil
+	return &Forge{c: c, owner: owner, name: name, where: "github " + host + " " + cfg.Repo, writes: budgetOf(host + "\x00" + cfg.Token)}, nil
+}
+
+// write spends one content-creating request of the token's budget, or
+// says until when to wait.
+func (f *Forge) write(what string) error {
+	if ok, until := f.writes.take(time.Now()); !ok {
+		return &forge.RateLimitError{Until: until, Err: fmt.Errorf("%s: %s: waiting to stay under GitHub's limits on content-creating requests (%d a minute, %d an hour per token)", f.where, what, WritesPerMinute, WritesPerHour)}
+	}
+	return nil
 }
 
 // state maps a run's state to a GitHub status state. GitHub has no
@@ -108,6 +118,9 @@ func (f *Forge) SetStatus(ctx context.Context, commit string, s forge.Status) er
 	rs := gh.RepoStatus{State: &st, Context: gh.Ptr(forge.OneLine(s.Context, ContextLimit)), Description: gh.Ptr(forge.OneLine(desc, DescriptionLimit))}
 	if s.TargetURL != "" {
 		rs.TargetURL = &s.TargetURL
+	}
+	if err := f.write("set the status of " + short(commit)); err != nil {
+		return err
 	}
 	_, _, err = f.c.Repositories.CreateStatus(ctx, f.owner, f.name, commit, rs)
 	return f.wrap("set the status of "+short(commit), err)
@@ -184,6 +197,9 @@ func (f *Forge) UpsertComment(ctx context.Context, pr int, marker, body string) 
 	}
 	req := gh.IssueCommentRequest{Body: body}
 	if len(copies) == 0 {
+		if err := f.write(fmt.Sprintf("comment on pull request #%d", pr)); err != nil {
+			return err
+		}
 		created, _, err := f.c.Issues.CreateComment(ctx, f.owner, f.name, pr, req)
 		if err != nil {
 			return f.wrap(fmt.Sprintf("comment on pull request #%d", pr), err)
@@ -206,6 +222,9 @@ func (f *Forge) UpsertComment(ctx context.Context, pr int, marker, body string) 
 	}
 	if copies[0].GetBody() == body {
 		return nil
+	}
+	if err := f.write(fmt.Sprintf("edit the comment on pull request #%d", pr)); err != nil {
+		return err
 	}
 	_, _, err = f.c.Issues.UpdateComment(ctx, f.owner, f.name, copies[0].GetID(), req)
 	return f.wrap(fmt.Sprintf("edit the comment on pull request #%d", pr), err)
