@@ -1,6 +1,8 @@
 // Package github shows refci's results on GitHub (and GitHub Enterprise
 // Server): a commit status per request and one comment per pull request,
-// through the REST API with a token (go-github).
+// through the REST API with a token (go-github). Configured as a GitHub
+// App (NewApp), it shows each status as a check run with a Markdown
+// summary instead.
 //
 // What the token needs: for a classic token, the repo:status scope for
 // statuses and public_repo or repo to comment; for a fine-grained token,
@@ -15,6 +17,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -49,6 +52,14 @@ type Forge struct {
 	c           *gh.Client
 	owner, name string
 	where       string // "github.com org/app", for messages
+	// authHint and permHint say what to do about a refused token and a
+	// missing permission; New's are for a token, NewApp's for an App.
+	authHint, permHint string
+
+	// As a GitHub App (NewApp; else nil): statuses are check runs.
+	app    *appAuth
+	runsMu sync.Mutex
+	runs   map[string]int64 // "commit context" → the App's check run id
 }
 
 // New returns the adapter for cfg. It does not call GitHub.
@@ -74,7 +85,9 @@ func New(cfg Config) (*Forge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("github %s: %w", cfg.Repo, err)
 	}
-	return &Forge{c: c, owner: owner, name: name, where: "github " + host + " " + cfg.Repo}, nil
+	return &Forge{c: c, owner: owner, name: name, where: "github " + host + " " + cfg.Repo,
+		authHint: "check token_file (the token may have expired or been revoked)",
+		permHint: "give the token the repo:status and public_repo (or repo) scopes, or, fine-grained, Commit statuses and Pull requests: write"}, nil
 }
 
 // state maps a run's state to a GitHub status state. GitHub has no
@@ -94,8 +107,12 @@ func state(s queue.State) (string, error) {
 	return "", fmt.Errorf("no GitHub status for state %q", s)
 }
 
-// SetStatus posts the status of (commit, s.Context).
+// SetStatus posts the status of (commit, s.Context); as a GitHub App, it
+// creates or updates the App's check run of that name (setCheckRun).
 func (f *Forge) SetStatus(ctx context.Context, commit string, s forge.Status) error {
+	if f.app != nil {
+		return f.setCheckRun(ctx, commit, s)
+	}
 	st, err := state(s.State)
 	if err != nil {
 		return fmt.Errorf("%s: %w", f.where, err)
@@ -232,13 +249,13 @@ func (f *Forge) wrap(what string, err error) error {
 	case errors.As(err, &er) && er.Response != nil:
 		switch code := er.Response.StatusCode; code {
 		case http.StatusUnauthorized:
-			return fmt.Errorf("%s: %s: %w: check token_file (the token may have expired or been revoked)", f.where, what, forge.ErrAuth)
+			return fmt.Errorf("%s: %s: %w: %s", f.where, what, forge.ErrAuth, f.authHint)
 		case http.StatusForbidden:
 			if strings.Contains(strings.ToLower(er.Message), "rate limit") || er.Response.Header.Get("Retry-After") != "" {
 				// A secondary limit not told by its documentation URL.
 				return &forge.RateLimitError{Until: retryAfter(er.Response), Err: fmt.Errorf("%s: %s: GitHub's secondary rate limit: %s", f.where, what, er.Message)}
 			}
-			return fmt.Errorf("%s: %s: %w (%s): give the token the repo:status and public_repo (or repo) scopes, or, fine-grained, Commit statuses and Pull requests: write", f.where, what, forge.ErrPermission, er.Message)
+			return fmt.Errorf("%s: %s: %w (%s): %s", f.where, what, forge.ErrPermission, er.Message, f.permHint)
 		case http.StatusNotFound:
 			return fmt.Errorf("%s: %s: %w: check repo = \"owner/name\" and that the token may see the repository", f.where, what, forge.ErrNotFound)
 		case http.StatusTooManyRequests:
