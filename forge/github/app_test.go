@@ -78,7 +78,7 @@ func count(calls []string, prefix string) int {
 	return n
 }
 
-func TestAppCheckRunIsCreatedThenUpdatedInPlace(t *testing.T) {
+func TestGitHubAppCheckRunIsCreatedThenUpdatedInPlace(t *testing.T) {
 	f, s := newApp(t, 0)
 	ctx := context.Background()
 	for _, st := range []forge.Status{
@@ -135,7 +135,7 @@ func TestAppCheckRunIsCreatedThenUpdatedInPlace(t *testing.T) {
 	}
 }
 
-func TestAppConclusionsKeepTheMachineApartFromTheCode(t *testing.T) {
+func TestGitHubAppConclusionsKeepTheMachineApartFromTheCode(t *testing.T) {
 	f, s := newApp(t, 0)
 	ctx := context.Background()
 	want := map[queue.State][2]string{
@@ -158,7 +158,7 @@ func TestAppConclusionsKeepTheMachineApartFromTheCode(t *testing.T) {
 	}
 }
 
-func TestAppRefusedJWTIsErrAuth(t *testing.T) {
+func TestGitHubAppRefusedJWTIsErrAuth(t *testing.T) {
 	good, evil := testKeys(t)
 	s := githubapi.New(t, "org", "app", "t0ken")
 	s.SetApp(githubapi.App{ID: appID, InstallationID: installationID, Key: &good.PublicKey})
@@ -187,7 +187,7 @@ func TestAppRefusedJWTIsErrAuth(t *testing.T) {
 	}
 }
 
-func TestAppInstallationTokenIsCachedAndRenewed(t *testing.T) {
+func TestGitHubAppInstallationTokenIsCachedAndRenewed(t *testing.T) {
 	f, s := newApp(t, 0) // GitHub's hour
 	ctx := context.Background()
 	set := func(st queue.State) {
@@ -227,7 +227,7 @@ func TestAppInstallationTokenIsCachedAndRenewed(t *testing.T) {
 	}
 }
 
-func TestAppBadPrivateKeyFile(t *testing.T) {
+func TestGitHubAppBadPrivateKeyFile(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name string, b []byte) string {
 		p := filepath.Join(dir, name)
@@ -286,7 +286,7 @@ func (c *appStandIn) Missing() forge.Forge {
 	return f
 }
 
-func TestAppContract(t *testing.T) {
+func TestGitHubAppContract(t *testing.T) {
 	good, evil := testKeys(t)
 	forgetest.Contract(t, func(t *testing.T) (forge.Forge, forgetest.Controls) {
 		f, s := newApp(t, 0)
