@@ -87,7 +87,6 @@ func NewApp(cfg AppConfig) (*Forge, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.where = f.where
 	f.app = a
 	f.runs = map[string]int64{}
 	f.authHint = fmt.Sprintf("check app_id %d, installation_id %d and private_key_file (the key may have been deleted from the App, or the App uninstalled)", cfg.AppID, cfg.InstallationID)
@@ -132,7 +131,6 @@ type appAuth struct {
 	appID, installation int64
 	key                 *rsa.PrivateKey
 	apps                *gh.Client // authenticated with JWTs
-	where               string
 
 	mu      sync.Mutex // held while a token is fetched: one fetch at a time
 	token   string
@@ -181,14 +179,14 @@ func (a *appAuth) installationToken(ctx context.Context) (string, error) {
 		if errors.As(err, &er) && er.Response != nil {
 			switch er.Response.StatusCode {
 			case http.StatusUnauthorized:
-				return "", fmt.Errorf("%s: %s: %w: GitHub refused the App's JWT (%s); check app_id and that private_key_file is one of the App's current keys", a.where, what, forge.ErrAuth, er.Message)
+				return "", &tokenError{fmt.Errorf("%s: %w: GitHub refused the App's JWT (%s); check app_id and that private_key_file is one of the App's current keys", what, forge.ErrAuth, er.Message)}
 			case http.StatusNotFound:
-				return "", fmt.Errorf("%s: %s: %w: no such installation; check installation_id (the number at the end of the installation's settings URL)", a.where, what, forge.ErrAuth)
+				return "", &tokenError{fmt.Errorf("%s: %w: no such installation; check installation_id (the number at the end of the installation's settings URL)", what, forge.ErrAuth)}
 			case http.StatusForbidden:
-				return "", fmt.Errorf("%s: %s: %w: %s (the installation may be suspended)", a.where, what, forge.ErrAuth, er.Message)
+				return "", &tokenError{fmt.Errorf("%s: %w: %s (the installation may be suspended)", what, forge.ErrAuth, er.Message)}
 			}
 		}
-		return "", fmt.Errorf("%s: %s: %w", a.where, what, err)
+		return "", &tokenError{fmt.Errorf("%s: %w", what, err)}
 	}
 	a.token = it.GetToken()
 	a.expires = it.GetExpiresAt().Time
@@ -197,6 +195,13 @@ func (a *appAuth) installationToken(ctx context.Context) (string, error) {
 	}
 	return a.token, nil
 }
+
+// tokenError is a failure to get an installation token, which the
+// request that needed it returns (through go-github's *url.Error).
+type tokenError struct{ err error }
+
+func (e *tokenError) Error() string { return e.err.Error() }
+func (e *tokenError) Unwrap() error { return e.err }
 
 // forget drops the installation token header auth if it is the current
 // one: GitHub refused it (expired early, or revoked).

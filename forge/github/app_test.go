@@ -175,7 +175,7 @@ func TestGitHubAppRefusedJWTIsErrAuth(t *testing.T) {
 			t.Fatal(err)
 		}
 		err = f.SetStatus(ctx, sha, st)
-		if !errors.Is(err, forge.ErrAuth) || !strings.Contains(err.Error(), "org/app") || !strings.Contains(err.Error(), "check") {
+		if !errors.Is(err, forge.ErrAuth) || !strings.Contains(err.Error(), "org/app") || !strings.Contains(err.Error(), "check") || strings.Contains(err.Error(), "http://") {
 			t.Errorf("%s: %v; want ErrAuth naming the repository and what to check", name, err)
 		}
 		if _, err := f.PullRequestsOf(ctx, sha); !errors.Is(err, forge.ErrAuth) {
@@ -184,6 +184,16 @@ func TestGitHubAppRefusedJWTIsErrAuth(t *testing.T) {
 	}
 	if n := len(s.CheckRuns(sha)); n != 0 {
 		t.Errorf("%d check runs made with refused JWTs", n)
+	}
+
+	// A permission the App lacks: what to give it.
+	f, err := NewApp(AppConfig{Repo: "org/app", AppID: appID, InstallationID: installationID, PrivateKeyFile: keyFile(t, good), BaseURL: s.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Fail(githubapi.Failure{Code: 403, Message: "Resource not accessible by integration"})
+	if err := f.SetStatus(ctx, sha, st); !errors.Is(err, forge.ErrPermission) || !strings.Contains(err.Error(), "Checks: write") {
+		t.Errorf("no permission: %v; want ErrPermission naming the App's permissions", err)
 	}
 }
 

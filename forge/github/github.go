@@ -233,7 +233,10 @@ func (f *Forge) wrap(what string, err error) error {
 	var rl *gh.RateLimitError
 	var ab *gh.AbuseRateLimitError
 	var er *gh.ErrorResponse
+	var te *tokenError
 	switch {
+	case errors.As(err, &te) && !errors.As(err, &rl) && !errors.As(err, &ab):
+		return fmt.Errorf("%s: %s: %w", f.where, what, te) // a GitHub App's token, not the request, failed
 	case errors.As(err, &rl):
 		until := rl.Rate.Reset.Time
 		if until.IsZero() {
