@@ -35,6 +35,9 @@ type Status struct {
 	Description string
 	// TargetURL is the run's page, when a public URL is known; else "".
 	TargetURL string
+	// Summary is the run in Markdown, for forges that show more than a
+	// line (GitHub check runs); "" shows the description instead.
+	Summary string
 }
 
 // PullRequest is an open pull (or merge) request. A plain value.

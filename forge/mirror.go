@@ -258,8 +258,12 @@ func (m *Mirror) ingest(runs []results.Listed) {
 		v := runView{id: st.Run, state: st.State, desc: Describe(st), url: m.runURL(st), icon: icons[st.State], status: st, ref: l.Ref, commit: l.Commit}
 		byReq[st.Request] = v
 		changed[st.Target] = true
+		// The summary (GitHub check runs) is rendered without the logs,
+		// which the comment quotes: no git read under the lock. 65,535
+		// characters is GitHub's limit of a check run's summary.
+		summary := v.markdown(nil, 65535)
 		for _, s := range m.sinks {
-			s.queueStatus(st.Target, Status{Context: "refci/" + st.Request, State: v.state, Description: v.desc, TargetURL: v.url})
+			s.queueStatus(st.Target, Status{Context: "refci/" + st.Request, State: v.state, Description: v.desc, TargetURL: v.url, Summary: summary})
 		}
 	}
 	for c := range changed {

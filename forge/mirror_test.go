@@ -186,6 +186,13 @@ func TestMirrorStatusesAndComment(t *testing.T) {
 	if !strings.Contains(s.Description, "ci") || !strings.Contains(s.Description, "failure") || !strings.Contains(s.Description, "exited 1") {
 		t.Errorf("description %q does not say what ran, its state and why", s.Description)
 	}
+	// The summary (a GitHub check run's) is the run in Markdown, with
+	// its link and how to fetch it.
+	for _, want := range []string{"ci", "exited 1", "](https://ci.example.invalid/app.git/runs/" + head + "/" + ci + "/)", "git fetch"} {
+		if !strings.Contains(s.Summary, want) {
+			t.Errorf("the status's summary lacks %q:\n%s", want, s.Summary)
+		}
+	}
 	c, _ := f.Comments(ctx, pr)
 	for _, want := range []string{forge.CommentMarker, "git fetch origin '+refs/ci/*:refs/ci/*'", "| ✅ | `lint` | success |", "[" + ci + "](https://ci.example.invalid/app.git/runs/"} {
 		if !strings.Contains(c[0], want) {

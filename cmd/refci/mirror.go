@@ -37,16 +37,29 @@ type forgeConfig struct {
 	// PullRequestPoll is how often the open pull requests are listed
 	// (default one minute: an API call per 100 pull requests each time).
 	PullRequestPoll duration `toml:"pull_request_poll"`
+	// A GitHub App instead of token_file (kind github only): statuses
+	// are check runs. The key file is readable by its owner only.
+	AppID          int64  `toml:"app_id"`
+	InstallationID int64  `toml:"installation_id"`
+	PrivateKeyFile string `toml:"private_key_file"`
+}
+
+// isApp reports whether the entry authenticates as a GitHub App.
+func (c forgeConfig) isApp() bool {
+	return c.AppID != 0 || c.InstallationID != 0 || c.PrivateKeyFile != ""
 }
 
 // forgeKind builds the adapter of one kind of forge for an entry, given
-// its token.
+// its token ("" for a GitHub App's entry).
 type forgeKind func(c forgeConfig, token string) (forge.Forge, error)
 
 // kinds lists the forge adapters built into refci, by the kind a
 // [[forge]] entry names. A new adapter is one line here.
 var kinds = map[string]forgeKind{
 	"github": func(c forgeConfig, token string) (forge.Forge, error) {
+		if c.isApp() {
+			return github.NewApp(github.AppConfig{Repo: c.Repo, AppID: c.AppID, InstallationID: c.InstallationID, PrivateKeyFile: c.PrivateKeyFile, BaseURL: c.BaseURL})
+		}
 		return github.New(github.Config{Repo: c.Repo, Token: token, BaseURL: c.BaseURL})
 	},
 	"gitlab": func(c forgeConfig, token string) (forge.Forge, error) {
@@ -61,7 +74,7 @@ var kinds = map[string]forgeKind{
 var headRefs = map[string]func(int) string{"github": forge.GitHubHeadRef, "gitea": forge.GitHubHeadRef, "gitlab": forge.GitLabHeadRef}
 
 // forgeSettings names the settings of a [[forge]] entry, for errors.
-const forgeSettings = "kind, repo, remote, token_file, base_url, runs_url, pull_requests, pull_request_poll"
+const forgeSettings = "kind, repo, remote, token_file, base_url, runs_url, pull_requests, pull_request_poll, app_id, installation_id, private_key_file"
 
 // mirrorConfig is the TOML configuration of `refci mirror --config`.
 type mirrorConfig struct {
@@ -82,6 +95,11 @@ const mirrorHelp = `The configuration holds one [[forge]] entry per forge reposi
   token_file = "/etc/refci/gitea-token"   # readable by its owner only
   base_url = "https://git.example.org"    # a self-hosted forge; "" for the public one
   runs_url = ""                     # where the run pages are public, if anywhere
+
+A GitHub App shows check runs instead of statuses: in place of token_file,
+  app_id = 123
+  installation_id = 456
+  private_key_file = "/etc/refci/app.pem"  # readable by its owner only
 
 Each run appears as the commit status refci/<request>, and each open pull
 request whose head is the run's commit gets one comment, edited in place.
@@ -229,9 +247,24 @@ func newMirrors(ctx context.Context, entries []forgeConfig, remotes []string, st
 		if !ok {
 			return nil, forgeErr("%s: unknown forge kind %q; known: github, gitea (also Forgejo), gitlab", where, c.Kind)
 		}
-		token, err := readToken(c.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
+		var token string
+		var err error
+		switch {
+		case c.isApp() && c.Kind != "github":
+			return nil, forgeErr("%s: app_id, installation_id and private_key_file are for kind = \"github\" (a GitHub App); use token_file", where)
+		case c.isApp() && c.TokenFile != "":
+			return nil, forgeErr("%s: token_file and app_id/installation_id/private_key_file exclude each other: keep token_file for commit statuses with a token, or the App's three settings for check runs", where)
+		case c.isApp():
+			if c.AppID <= 0 || c.InstallationID <= 0 || c.PrivateKeyFile == "" {
+				return nil, forgeErr("%s: a GitHub App needs all of app_id, installation_id and private_key_file", where)
+			}
+			if err := ownerOnly("private_key_file", c.PrivateKeyFile); err != nil {
+				return nil, fmt.Errorf("%s: %w", where, err)
+			}
+		default:
+			if token, err = readToken(c.TokenFile); err != nil {
+				return nil, fmt.Errorf("%s: %w", where, err)
+			}
 		}
 		f, err := build(c, token)
 		if err != nil {
@@ -298,12 +331,8 @@ func readToken(path string) (string, error) {
 	if path == "" {
 		return "", forgeErr("no token_file: write the forge's access token to a file only refci's user reads (chmod 600) and name it in token_file")
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "", forgeErr("token_file %s: %v; write the forge's access token there (chmod 600)", path, errors.Unwrap(err))
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return "", forgeErr("token_file %s can be read by others (mode %04o): run chmod 600 %s", path, fi.Mode().Perm(), path)
+	if err := ownerOnly("token_file", path); err != nil {
+		return "", err
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -314,6 +343,23 @@ func readToken(path string) (string, error) {
 		return "", forgeErr("token_file %s must hold the token alone, on one line", path)
 	}
 	return tok, nil
+}
+
+// ownerOnly checks that the file of a secret (setting names it) exists and
+// only its owner may read it.
+func ownerOnly(setting, path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		what := "the forge's access token"
+		if setting == "private_key_file" {
+			what = "the GitHub App's private key (.pem)"
+		}
+		return forgeErr("%s %s: %v; write %s there (chmod 600)", setting, path, errors.Unwrap(err), what)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return forgeErr("%s %s can be read by others (mode %04o): run chmod 600 %s", setting, path, fi.Mode().Perm(), path)
+	}
+	return nil
 }
 
 func contains(list []string, s string) bool {

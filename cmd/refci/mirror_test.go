@@ -181,8 +181,19 @@ func TestMirrorConfigErrors(t *testing.T) {
 		return fmt.Sprintf("[[forge]]\nkind = %q\nrepo = \"org/app\"\nremote = %q\ntoken_file = %q\n", kind, remote, token)
 	}
 	remote := fixtures.BareRepo(t, "app.git")
+	openKey := writeToken(t, dir, "open.pem", "key", 0o644)
+	notPEM := writeToken(t, dir, "token.pem", "ghp_notakey", 0o600)
+	app := func(kind, key string) string {
+		return fmt.Sprintf("[[forge]]\nkind = %q\nrepo = \"org/app\"\nremote = %q\napp_id = 123\ninstallation_id = 456\nprivate_key_file = %q\n", kind, remote, key)
+	}
 	for _, tc := range []struct{ name, config, want string }{
 		{"unknown setting", entry("fake", remote, good) + "colour = \"red\"\n", `unknown setting "forge.colour"`},
+		{"token and App", app("github", notPEM) + fmt.Sprintf("token_file = %q\n", good), "token_file and app_id/installation_id/private_key_file exclude each other"},
+		{"App on Gitea", app("gitea", notPEM), `are for kind = "github"`},
+		{"half an App", strings.Replace(app("github", notPEM), "installation_id = 456\n", "", 1), "needs all of app_id, installation_id and private_key_file"},
+		{"readable key", app("github", openKey), "private_key_file " + openKey + " can be read by others (mode 0644): run chmod 600"},
+		{"no key", app("github", filepath.Join(dir, "nope.pem")), "write the GitHub App's private key (.pem) there"},
+		{"not a key", app("github", notPEM), "is not PEM"},
 		{"no forge", "poll = \"1s\"\n", "no [[forge]] entry"},
 		{"no remote", entry("fake", "", good), "has no remote"},
 		{"unknown kind", entry("bitbucket", remote, good), `unknown forge kind "bitbucket"; known: github, gitea (also Forgejo), gitlab`},

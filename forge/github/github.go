@@ -1,6 +1,8 @@
 // Package github shows refci's results on GitHub (and GitHub Enterprise
 // Server): a commit status per request and one comment per pull request,
-// through the REST API with a token (go-github).
+// through the REST API with a token (go-github). Configured as a GitHub
+// App (NewApp), it shows each status as a check run with a Markdown
+// summary instead.
 //
 // What the token needs: for a classic token, the repo:status scope for
 // statuses and public_repo or repo to comment; for a fine-grained token,
@@ -16,6 +18,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -50,7 +53,15 @@ type Forge struct {
 	c           *gh.Client
 	owner, name string
 	where       string  // "github.com org/app", for messages
-	writes      *budget // the token's content-creating requests
+	writes      *budget // the token's (or the installation's) content-creating requests
+	// authHint and permHint say what to do about a refused token and a
+	// missing permission; New's are for a token, NewApp's for an App.
+	authHint, permHint string
+
+	// As a GitHub App (NewApp; else nil): statuses are check runs.
+	app    *appAuth
+	runsMu sync.Mutex
+	runs   map[string]int64 // "commit context" → the App's check run id
 }
 
 // New returns the adapter for cfg. It does not call GitHub.
@@ -76,7 +87,9 @@ func New(cfg Config) (*Forge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("github %s: %w", cfg.Repo, err)
 	}
-	return &Forge{c: c, owner: owner, name: name, where: "github " + host + " " + cfg.Repo, writes: budgetOf(host + "\x00" + cfg.Token)}, nil
+	return &Forge{c: c, owner: owner, name: name, where: "github " + host + " " + cfg.Repo, writes: budgetOf(host + "\x00" + cfg.Token),
+		authHint: "check token_file (the token may have expired or been revoked)",
+		permHint: "give the token the repo:status and public_repo (or repo) scopes, or, fine-grained, Commit statuses and Pull requests: write"}, nil
 }
 
 // write spends one content-creating request of the token's budget, or
@@ -105,8 +118,12 @@ func state(s queue.State) (string, error) {
 	return "", fmt.Errorf("no GitHub status for state %q", s)
 }
 
-// SetStatus posts the status of (commit, s.Context).
+// SetStatus posts the status of (commit, s.Context); as a GitHub App, it
+// creates or updates the App's check run of that name (setCheckRun).
 func (f *Forge) SetStatus(ctx context.Context, commit string, s forge.Status) error {
+	if f.app != nil {
+		return f.setCheckRun(ctx, commit, s)
+	}
 	st, err := state(s.State)
 	if err != nil {
 		return fmt.Errorf("%s: %w", f.where, err)
@@ -261,7 +278,10 @@ func (f *Forge) wrap(what string, err error) error {
 	var rl *gh.RateLimitError
 	var ab *gh.AbuseRateLimitError
 	var er *gh.ErrorResponse
+	var te *tokenError
 	switch {
+	case errors.As(err, &te) && !errors.As(err, &rl) && !errors.As(err, &ab):
+		return fmt.Errorf("%s: %s: %w", f.where, what, te) // a GitHub App's token, not the request, failed
 	case errors.As(err, &rl):
 		until := rl.Rate.Reset.Time
 		if until.IsZero() {
@@ -277,13 +297,13 @@ func (f *Forge) wrap(what string, err error) error {
 	case errors.As(err, &er) && er.Response != nil:
 		switch code := er.Response.StatusCode; code {
 		case http.StatusUnauthorized:
-			return fmt.Errorf("%s: %s: %w: check token_file (the token may have expired or been revoked)", f.where, what, forge.ErrAuth)
+			return fmt.Errorf("%s: %s: %w: %s", f.where, what, forge.ErrAuth, f.authHint)
 		case http.StatusForbidden:
 			if strings.Contains(strings.ToLower(er.Message), "rate limit") || er.Response.Header.Get("Retry-After") != "" {
 				// A secondary limit not told by its documentation URL.
 				return &forge.RateLimitError{Until: retryAfter(er.Response), Err: fmt.Errorf("%s: %s: GitHub's secondary rate limit: %s", f.where, what, er.Message)}
 			}
-			return fmt.Errorf("%s: %s: %w (%s): give the token the repo:status and public_repo (or repo) scopes, or, fine-grained, Commit statuses and Pull requests: write", f.where, what, forge.ErrPermission, er.Message)
+			return fmt.Errorf("%s: %s: %w (%s): %s", f.where, what, forge.ErrPermission, er.Message, f.permHint)
 		case http.StatusNotFound:
 			return fmt.Errorf("%s: %s: %w: check repo = \"owner/name\" and that the token may see the repository", f.where, what, forge.ErrNotFound)
 		case http.StatusTooManyRequests:
