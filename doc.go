@@ -24,16 +24,21 @@
 //	  worker/shim     the per-run shim (cmd/refci-shim): hides paths, reaps the pipeline
 //	render     pure functions from a result to what people read (terminal, Markdown, HTML)
 //	forge      views outward (forges, mail); the mirror: results.WatchRuns to commit
-//	           statuses and one pull-request comment, coalesced, recorded, paced
+//	           statuses and one pull-request comment, coalesced, recorded, paced;
+//	           the intake: open pull requests in as requests pr/<N>
 //	  forge/forgetest  test-only: an in-memory forge and the contract every adapter passes
 //	  forge/site      the static site of results, built by refci view and served by refci serve --http
+//	  forge/github    the GitHub adapter (a token: statuses; a GitHub App: check runs)
 //	  forge/gitea     the Gitea and Forgejo adapter: commit statuses, the sticky comment, pull requests
+//	  forge/gitlab    the GitLab adapter: commit statuses, the sticky note, merge requests
 //	server     refci serve: the SSH server's roles, receive rules, owner and trust records
 //	cmd        wiring only: flags, configuration, constructing things, exit codes, printing
 //	fixtures   helpers shared by the tests (git with a private HOME, keys, sample repositories,
 //	           result commits, GnuPG); never imported by other code
 //	  fixtures/gitea  a real Gitea on 127.0.0.1 (built once by make gitea): repositories, pushes,
 //	                  pull requests, forks, restarts
+//	  fixtures/githubapi, fixtures/gitlabapi  stand-ins for the forges that cannot run here,
+//	                  following their published APIs
 //
 // Arrows point inward; imports_test.go enforces it.
 package refci
