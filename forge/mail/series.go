@@ -124,7 +124,8 @@ const placeholderTitle = "*** SUBJECT HERE ***"
 // Group groups patches and cover letters into series; other kinds are
 // ignored, and a message whose Message-ID was seen already is dropped.
 // A patch belongs to the series of the nearest message it names (In-Reply-To,
-// then References newest first) that has the same sender, version and count,
+// then References newest first) that has the same version and count (of
+// any sender: a patch's author may differ from the cover letter's),
 // followed to its cover letter or patch 1; an unthreaded patch joins a
 // series of the same sender, version and count whose first message is
 // within Window; otherwise it starts one. The result is sorted by the
@@ -146,8 +147,10 @@ func Group(msgs []*Message) []*Series {
 	}
 	sort.SliceStable(ms, func(i, j int) bool { return ms[i].Date.Before(ms[j].Date) })
 
+	// Threading ties messages of any sender (git send-email keeps each
+	// patch's author); without threading the sender must match too.
 	same := func(a, b *Message) bool {
-		return a.From == b.From && a.Tag.Version == b.Tag.Version && a.Tag.Total == b.Tag.Total
+		return a.Tag.Version == b.Tag.Version && a.Tag.Total == b.Tag.Total
 	}
 	parent := func(m *Message) *Message {
 		cands := []string{m.InReplyTo}
@@ -193,7 +196,7 @@ func Group(msgs []*Message) []*Series {
 		var into *Series
 		for _, s := range order {
 			r := s.Root()
-			if same(r, m) && absDur(m.Date.Sub(r.Date)) <= Window && s.Patches[m.Tag.Index-1] == nil {
+			if same(r, m) && r.From == m.From && absDur(m.Date.Sub(r.Date)) <= Window && s.Patches[m.Tag.Index-1] == nil {
 				into = s
 				break
 			}
