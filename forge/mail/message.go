@@ -195,7 +195,21 @@ func textBody(h netmail.Header, body io.Reader) string {
 	case "quoted-printable":
 		body = quotedprintable.NewReader(body)
 	case "base64":
-		body = base64.NewDecoder(base64.StdEncoding, &newlineStripper{r: body})
+		b, err := io.ReadAll(body)
+		if err != nil {
+			return ""
+		}
+		clean := strings.Map(func(r rune) rune {
+			if r == '\r' || r == '\n' || r == ' ' || r == '\t' {
+				return -1
+			}
+			return r
+		}, string(b))
+		d, err := base64.StdEncoding.DecodeString(clean)
+		if err != nil {
+			return ""
+		}
+		return strings.ReplaceAll(string(d), "\r\n", "\n")
 	case "", "7bit", "8bit", "binary":
 	default:
 		return ""
@@ -205,18 +219,4 @@ func textBody(h netmail.Header, body io.Reader) string {
 		return ""
 	}
 	return strings.ReplaceAll(string(b), "\r\n", "\n")
-}
-
-type newlineStripper struct{ r io.Reader }
-
-func (s *newlineStripper) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	j := 0
-	for _, c := range p[:n] {
-		if c != '\r' && c != '\n' && c != ' ' && c != '\t' {
-			p[j] = c
-			j++
-		}
-	}
-	return j, err
 }
