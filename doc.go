@@ -31,6 +31,8 @@
 //	  forge/github    the GitHub adapter (a token: statuses; a GitHub App: check runs)
 //	  forge/gitea     the Gitea and Forgejo adapter: commit statuses, the sticky comment, pull requests
 //	  forge/gitlab    the GitLab adapter: commit statuses, the sticky note, merge requests
+//	  forge/mail      patch mail: parsing, classifying (RFC 3834), grouping [PATCH vN i/N] series
+//	                  by version and thread, base-commit:, git am in a scratch clone
 //	server     refci serve: the SSH server's roles, receive rules, owner and trust records
 //	cmd        wiring only: flags, configuration, constructing things, exit codes, printing
 //	fixtures   helpers shared by the tests (git with a private HOME, keys, sample repositories,

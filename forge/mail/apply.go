@@ -58,7 +58,11 @@ func Apply(ctx context.Context, dir, base string, s *Series) (string, error) {
 	git := gitproto.CLI{Dir: dir, Env: []string{
 		"GIT_COMMITTER_NAME=refci", "GIT_COMMITTER_EMAIL=refci@localhost",
 	}}
-	if _, err := git.Run(ctx, "", "checkout", "-q", "--detach", base+"^{commit}"); err != nil {
+	commit, err := git.Run(ctx, "", "rev-parse", "--verify", "--quiet", "--end-of-options", base+"^{commit}")
+	if err != nil {
+		return "", fmt.Errorf("base %s is not a commit in the scratch clone; fetch it first: %w", base, err)
+	}
+	if _, err := git.Run(ctx, "", "checkout", "-q", "--detach", commit); err != nil {
 		return "", fmt.Errorf("check out base %s: %w", base, err)
 	}
 	if _, err := git.Run(ctx, string(s.Mbox()), "-c", "core.hooksPath=/dev/null", "am", "-q", "--3way", "--patch-format=mboxrd", "--no-gpg-sign"); err != nil {
