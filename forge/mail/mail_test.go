@@ -322,3 +322,35 @@ func TestHostilePatch(t *testing.T) {
 		t.Errorf("rename: %q", bad)
 	}
 }
+
+func TestUnthreadedWindow(t *testing.T) {
+	at := time.Unix(1700000000, 0)
+	msg := func(id, from, subject string, d time.Duration) *Message {
+		return &Message{ID: id, From: from, Subject: subject, Tag: ParseSubject(subject), Date: at.Add(d), Kind: KindPatch}
+	}
+	got := Group([]*Message{
+		msg("1", "a@x", "[PATCH 1/2] one", 0),
+		msg("2", "a@x", "[PATCH 2/2] two", time.Minute),
+		msg("3", "b@x", "[PATCH 2/2] other sender", time.Minute),
+		msg("4", "a@x", "[PATCH 2/2] too late", 2*Window),
+	})
+	if len(got) != 3 || !got[0].Complete() || got[0].Patches[1].ID != "2" {
+		t.Fatalf("%+v", got)
+	}
+	for _, s := range got[1:] {
+		if !reflect.DeepEqual(s.Missing(), []int{1}) {
+			t.Errorf("%s missing %v", s.Patches[1].ID, s.Missing())
+		}
+		if err := queue.ValidateRequestName(s.RequestName()); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestApplyUnknownBase(t *testing.T) {
+	dir, _ := branch(t)
+	s := Group(formatPatch(t, dir, "-1"))[0]
+	if _, err := Apply(context.Background(), dir, "--output=/tmp/x", s); err == nil || !strings.Contains(err.Error(), "not a commit") {
+		t.Errorf("err %v", err)
+	}
+}
