@@ -76,6 +76,11 @@ func Apply(ctx context.Context, dir, base string, s *Series) (string, error) {
 				ae.Patch, ae.Subject = n, s.Patches[n-1].Subject
 			}
 		}
+		// git am prints the three-way merge's findings to its standard
+		// output, which CLI drops on failure: name the conflicts instead.
+		if u, err := git.Run(ctx, "", "diff", "--name-only", "--diff-filter=U"); err == nil && u != "" {
+			ae.Output = capText(ae.Output+"\nconflicts in: "+strings.Join(strings.Fields(u), ", "), MaxOutput)
+		}
 		if _, err := git.Run(ctx, "", "am", "--abort"); err != nil {
 			return "", errors.Join(ae, fmt.Errorf("git am --abort: %w", err))
 		}

@@ -291,7 +291,7 @@ func TestApplyFails(t *testing.T) {
 	if !errors.As(err, &ae) {
 		t.Fatalf("err %v, want *ApplyError", err)
 	}
-	if ae.Patch != 2 || ae.Base != other || !strings.Contains(ae.Subject, "b: add") || ae.Output == "" {
+	if ae.Patch != 2 || ae.Base != other || !strings.Contains(ae.Subject, "b: add") || !strings.Contains(ae.Output, "conflicts in: b.txt") {
 		t.Errorf("ApplyError %+v", ae)
 	}
 	if _, err := os.Stat(filepath.Join(scratch, ".git", "rebase-apply")); !os.IsNotExist(err) {
