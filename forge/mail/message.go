@@ -38,7 +38,7 @@ const (
 	KindPatch             // [PATCH ...] with a diff --git in the body
 	KindCover             // [PATCH ... 0/N]: a series' cover letter
 	KindReply             // Re: ...: a reply, never a patch
-	KindAuto              // auto-generated (RFC 3834): never tested, never answered
+	KindAuto              // auto-generated: Auto-Submitted not "no", Return-Path <>, Precedence bulk or junk (list is fine)
 )
 
 func (k Kind) String() string {

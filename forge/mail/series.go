@@ -26,6 +26,11 @@ const Window = time.Hour
 // subject, or patch 1's), git's placeholder "*** SUBJECT HERE ***"
 // excepted. ID is a hash of the Message-ID of the oldest version's first
 // message seen, so it is the same for every version Group is given.
+//
+// Within a version the first message to arrive for a slot keeps it; a
+// resent patch or a stranger's patch threaded into the series later is
+// ignored. Threading ties patches of any sender, so a series' patches are
+// as untrusted as their senders: the request runs without secrets.
 type Series struct {
 	ID           string     // 16 hex digits; safe in a request name
 	Version      int        // N of vN
