@@ -27,7 +27,8 @@ const Window = time.Hour
 // excepted. ID is a hash of the Message-ID of the oldest version's first
 // message seen, so it is the same for every version Group is given.
 //
-// Within a version the first message to arrive for a slot keeps it; a
+// Within a version the earliest message for a slot (by Date, then the
+// order given) keeps it; a
 // resent patch or a stranger's patch threaded into the series later is
 // ignored. Threading ties patches of any sender, so a series' patches are
 // as untrusted as their senders: the request runs without secrets.
