@@ -28,9 +28,8 @@ const Window = time.Hour
 // message seen, so it is the same for every version Group is given.
 //
 // Within a version the earliest message for a slot (by Date, then the
-// order given) keeps it; a
-// resent patch or a stranger's patch threaded into the series later is
-// ignored. Threading ties patches of any sender, so a series' patches are
+// order given) keeps it; a resent patch, or a stranger's patch threaded
+// into the series, is ignored when the slot is taken. Threading ties patches of any sender, so a series' patches are
 // as untrusted as their senders: the request runs without secrets.
 type Series struct {
 	ID           string     // 16 hex digits; safe in a request name
