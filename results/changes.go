@@ -66,7 +66,7 @@ func (c *Changes) Next(ctx context.Context) ([]Listed, error) {
 	if !c.watched {
 		c.local, c.watched = c.src.localWatch(ctx, ""), true
 	}
-	if !c.first && !c.waitForChange(ctx) {
+	if !c.first && !waitForRefs(ctx, c.every, c.wake, c.local, c.lastLocal, localEvery) {
 		return nil, ctx.Err()
 	}
 	c.first = false
@@ -122,30 +122,4 @@ func (c *Changes) Next(ctx context.Context) ([]Listed, error) {
 		out = append(out, l)
 	}
 	return out, nil
-}
-
-// waitForChange waits for the interval, a Wake, or a change of a local
-// remote's run refs; false when ctx ends.
-func (c *Changes) waitForChange(ctx context.Context) bool {
-	deadline := time.After(c.every)
-	var tick <-chan time.Time
-	if c.local != nil {
-		t := time.NewTicker(localEvery)
-		defer t.Stop()
-		tick = t.C
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-deadline:
-			return true
-		case <-c.wake:
-			return true
-		case <-tick:
-			if c.local() != c.lastLocal {
-				return true
-			}
-		}
-	}
 }

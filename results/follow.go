@@ -273,12 +273,22 @@ func (w *Watch) takeOver(to, toRef string, toAttempt int, worker string) {
 // from what they were before the last fetch. It returns false when ctx
 // ends.
 func (w *Watch) wait(ctx context.Context, most time.Duration) bool {
+	return waitForRefs(ctx, most, nil, w.watch, w.seen, watchEvery)
+}
+
+// waitForRefs waits most long, or until wake says so, or, when read is
+// not nil (a remote on this machine), until what read returns differs
+// from seen. read is called every every, or less often when it is slow
+// (a remote with many loose run refs): at most 1/readShare of the time
+// goes to reading. It returns false when ctx ends.
+func waitForRefs(ctx context.Context, most time.Duration, wake <-chan struct{}, read func() string, seen string, every time.Duration) bool {
 	deadline := time.After(most)
-	var tick <-chan time.Time
-	if w.watch != nil {
-		t := time.NewTicker(watchEvery)
-		defer t.Stop()
-		tick = t.C
+	var tick *time.Timer
+	var tickC <-chan time.Time
+	if read != nil {
+		tick = time.NewTimer(every)
+		defer tick.Stop()
+		tickC = tick.C
 	}
 	for {
 		select {
@@ -286,13 +296,21 @@ func (w *Watch) wait(ctx context.Context, most time.Duration) bool {
 			return false
 		case <-deadline:
 			return true
-		case <-tick:
-			if w.watch() != w.seen {
+		case <-wake:
+			return true
+		case <-tickC:
+			t0 := time.Now()
+			if read() != seen {
 				return true
 			}
+			tick.Reset(max(every, readShare*time.Since(t0)))
 		}
 	}
 }
+
+// readShare bounds the time waitForRefs spends reading refs: it waits at
+// least readShare times as long as a read took.
+const readShare = 20
 
 // shortID shortens an object id for a message.
 func shortID(id string) string {

@@ -2,6 +2,7 @@ package results
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -94,5 +95,23 @@ func TestWhichRunIsFollowed(t *testing.T) {
 	w := ClaimedRun(&queue.Claim{Request: "topic", RequestObject: obj, Claimed: now})
 	if w.Request != "topic" || w.Object != obj || !w.After.Equal(now.Add(-queue.ClockSkew)) || w.Match != nil {
 		t.Errorf("a claim without a run (the request ran between two looks) follows that push: %+v", w)
+	}
+}
+
+// A slow read of a local remote's refs (many loose run refs) is made
+// less often: reading takes at most 1/readShare of the time.
+func TestWaitForRefsBoundsItsReading(t *testing.T) {
+	reads := 0
+	read := func() string { reads++; time.Sleep(10 * time.Millisecond); return "same" }
+	if !waitForRefs(context.Background(), 300*time.Millisecond, nil, read, "same", time.Millisecond) {
+		t.Fatal("the wait ended as if its context had")
+	}
+	if reads > 4 { // every 1 ms unbounded: about 27
+		t.Errorf("%d reads of 10 ms in 300 ms; want at most 4", reads)
+	}
+	n := 0
+	changed := func() string { n++; return fmt.Sprint(n > 2) }
+	if !waitForRefs(context.Background(), time.Hour, nil, changed, "false", time.Millisecond) {
+		t.Fatal("a change did not end the wait")
 	}
 }
