@@ -288,96 +288,81 @@ func (f *Forge) UpsertComment(ctx context.Context, pr int, marker, body string) 
 var errEditConflict = errors.New("another edit of the comment came first")
 
 func (f *Forge) upsertComment(ctx context.Context, pr int, marker, body string) error {
-	copies, err := f.findComments(ctx, pr, marker)
+	return forge.UpsertOne(ctx, prComments{f, pr}, marker, body)
+}
+
+// prComments is pull request pr's comments (forge.Comments).
+type prComments struct {
+	f  *Forge
+	pr int
+}
+
+func (p prComments) Holding(ctx context.Context, marker string) ([]forge.Comment, error) {
+	var out []forge.Comment
+	for page := 1; ; page++ {
+		c, err := p.f.client(ctx)
+		if err != nil {
+			return nil, err
+		}
+		comments, resp, err := c.ListIssueComments(p.f.owner, p.f.name, int64(p.pr), sdk.ListIssueCommentOptions{
+			ListOptions: sdk.ListOptions{Page: page, PageSize: pageSize},
+		})
+		if err != nil {
+			return nil, p.f.fail(ctx, fmt.Sprintf("list the comments of pull request %d", p.pr), resp, err)
+		}
+		for _, cm := range comments {
+			if cm != nil && strings.Contains(cm.Body, marker) {
+				out = append(out, forge.Comment{ID: cm.ID, Body: cm.Body})
+			}
+		}
+		if len(comments) == 0 || resp == nil || resp.NextPage == 0 {
+			slices.SortFunc(out, func(a, b forge.Comment) int { return cmp.Compare(a.ID, b.ID) })
+			return out, nil
+		}
+	}
+}
+
+func (p prComments) Create(ctx context.Context, body string) (int64, error) {
+	c, err := p.f.client(ctx)
+	if err != nil {
+		return 0, err
+	}
+	created, resp, err := c.CreateIssueComment(p.f.owner, p.f.name, int64(p.pr), sdk.CreateIssueCommentOption{Body: body})
+	if err != nil {
+		return 0, p.f.fail(ctx, fmt.Sprintf("comment on pull request %d", p.pr), resp, err)
+	}
+	return created.ID, nil
+}
+
+// Edit refuses with errEditConflict an edit that lost a race with
+// another edit of the same comment (Gitea answers 409, or 500 "the
+// comment is already changed").
+func (p prComments) Edit(ctx context.Context, id int64, body string) error {
+	c, err := p.f.client(ctx)
 	if err != nil {
 		return err
 	}
-	if len(copies) == 0 {
-		c, err := f.client(ctx)
-		if err != nil {
-			return err
-		}
-		created, resp, err := c.CreateIssueComment(f.owner, f.name, int64(pr), sdk.CreateIssueCommentOption{Body: body})
-		if err != nil {
-			return f.fail(ctx, fmt.Sprintf("comment on pull request %d", pr), resp, err)
-		}
-		if copies, err = f.findComments(ctx, pr, marker); err != nil {
-			return err
-		}
-		if len(copies) <= 1 {
-			return nil
-		}
-		// A race: another caller created one too. Keep the oldest; the
-		// creator of each other copy deletes its own.
-		if copies[0].ID == created.ID {
-			return nil
-		}
-		copies = []*sdk.Comment{copies[0], created}
-		copies[0].Body = "" // edit the survivor with this body
-	}
-	keep := copies[0]
-	for _, extra := range copies[1:] {
-		if err := f.deleteComment(ctx, pr, extra.ID); err != nil {
-			return err
-		}
-	}
-	if keep.Body == body {
-		return nil
-	}
-	c, err := f.client(ctx)
-	if err != nil {
-		return err
-	}
-	_, resp, err := c.EditIssueComment(f.owner, f.name, keep.ID, sdk.EditIssueCommentOption{Body: body})
+	_, resp, err := c.EditIssueComment(p.f.owner, p.f.name, id, sdk.EditIssueCommentOption{Body: body})
 	if err != nil && resp != nil && resp.Response != nil && (resp.StatusCode == http.StatusConflict ||
 		resp.StatusCode == http.StatusInternalServerError && strings.Contains(err.Error(), "already changed")) {
 		return fmt.Errorf("%w: %v", errEditConflict, err)
 	}
 	if err != nil {
-		return f.fail(ctx, fmt.Sprintf("edit comment %d on pull request %d", keep.ID, pr), resp, err)
+		return p.f.fail(ctx, fmt.Sprintf("edit comment %d on pull request %d", id, p.pr), resp, err)
 	}
 	return nil
 }
 
-// deleteComment deletes comment id of pull request pr; one already gone
-// is no error.
-func (f *Forge) deleteComment(ctx context.Context, pr int, id int64) error {
-	c, err := f.client(ctx)
+func (p prComments) Delete(ctx context.Context, id int64) error {
+	c, err := p.f.client(ctx)
 	if err != nil {
 		return err
 	}
-	resp, err := c.DeleteIssueComment(f.owner, f.name, id)
+	resp, err := c.DeleteIssueComment(p.f.owner, p.f.name, id)
 	if err != nil && (resp == nil || resp.Response == nil || resp.StatusCode != http.StatusNotFound) {
-		return f.fail(ctx, fmt.Sprintf("delete the extra comment %d on pull request %d", id, pr), resp, err)
+		return p.f.fail(ctx, fmt.Sprintf("delete the extra comment %d on pull request %d", id, p.pr), resp, err)
 	}
 	return nil
-}
-
-// findComments returns the comments of pr that hold marker, oldest
-// first.
-func (f *Forge) findComments(ctx context.Context, pr int, marker string) ([]*sdk.Comment, error) {
-	var out []*sdk.Comment
-	for page := 1; ; page++ {
-		c, err := f.client(ctx)
-		if err != nil {
-			return nil, err
-		}
-		comments, resp, err := c.ListIssueComments(f.owner, f.name, int64(pr), sdk.ListIssueCommentOptions{
-			ListOptions: sdk.ListOptions{Page: page, PageSize: pageSize},
-		})
-		if err != nil {
-			return nil, f.fail(ctx, fmt.Sprintf("list the comments of pull request %d", pr), resp, err)
-		}
-		for _, cm := range comments {
-			if cm != nil && strings.Contains(cm.Body, marker) {
-				out = append(out, cm)
-			}
-		}
-		if len(comments) == 0 || resp == nil || resp.NextPage == 0 {
-			slices.SortFunc(out, func(a, b *sdk.Comment) int { return cmp.Compare(a.ID, b.ID) })
-			return out, nil
-		}
-	}
 }
 
 func (f *Forge) repo() string { return f.owner + "/" + f.name }

@@ -195,11 +195,7 @@ func pull(p *gh.PullRequest) forge.PullRequest {
 }
 
 // UpsertComment makes body the one comment of pull request pr that holds
-// marker: it edits the oldest such comment (sending nothing when it
-// already says body), or creates one. Copies (left by two mirrors that
-// raced to create it, or by hand) are deleted, the oldest kept: after
-// creating, it reads the comments again, and the creator of each copy but
-// the oldest deletes its own. Comments are read 100 a page, every page.
+// marker (forge.UpsertOne). Comments are read 100 a page, every page.
 func (f *Forge) UpsertComment(ctx context.Context, pr int, marker, body string) error {
 	if !strings.Contains(body, marker) {
 		return fmt.Errorf("%s: a comment must hold its marker", f.where)
@@ -208,65 +204,57 @@ func (f *Forge) UpsertComment(ctx context.Context, pr int, marker, body string) 
 	if !strings.Contains(body, marker) {
 		return fmt.Errorf("%s: a comment of %d characters would lose its marker when shortened to GitHub's %d; put the marker first", f.where, utf8.RuneCountInString(body), CommentLimit)
 	}
-	copies, err := f.findComments(ctx, pr, marker)
-	if err != nil {
-		return err
-	}
-	req := gh.IssueCommentRequest{Body: body}
-	if len(copies) == 0 {
-		if err := f.write(fmt.Sprintf("comment on pull request #%d", pr)); err != nil {
-			return err
-		}
-		created, _, err := f.c.Issues.CreateComment(ctx, f.owner, f.name, pr, req)
-		if err != nil {
-			return f.wrap(fmt.Sprintf("comment on pull request #%d", pr), err)
-		}
-		if copies, err = f.findComments(ctx, pr, marker); err != nil {
-			return err
-		}
-		if len(copies) <= 1 || copies[0].GetID() == created.GetID() {
-			return nil
-		}
-		// Another mirror created one first: keep it, with this body.
-		copies = []*gh.IssueComment{copies[0], created}
-		copies[0].Body = nil
-	}
-	for _, extra := range copies[1:] {
-		_, err := f.c.Issues.DeleteComment(ctx, f.owner, f.name, extra.GetID())
-		if err = f.wrap(fmt.Sprintf("delete a copy of the comment on pull request #%d", pr), err); err != nil && !errors.Is(err, forge.ErrNotFound) {
-			return err // one already gone was deleted by another mirror
-		}
-	}
-	if copies[0].GetBody() == body {
-		return nil
-	}
-	if err := f.write(fmt.Sprintf("edit the comment on pull request #%d", pr)); err != nil {
-		return err
-	}
-	_, _, err = f.c.Issues.UpdateComment(ctx, f.owner, f.name, copies[0].GetID(), req)
-	return f.wrap(fmt.Sprintf("edit the comment on pull request #%d", pr), err)
+	return forge.UpsertOne(ctx, prComments{f, pr}, marker, body)
 }
 
-// findComments returns the comments of pr that hold marker, oldest first.
-func (f *Forge) findComments(ctx context.Context, pr int, marker string) ([]*gh.IssueComment, error) {
-	var out []*gh.IssueComment
+// prComments is pull request pr's comments (forge.Comments).
+type prComments struct {
+	f  *Forge
+	pr int
+}
+
+func (c prComments) Holding(ctx context.Context, marker string) ([]forge.Comment, error) {
+	var out []forge.Comment
 	opts := &gh.IssueListCommentsOptions{ListOptions: gh.ListOptions{PerPage: 100}}
 	for {
-		cs, resp, err := f.c.Issues.ListComments(ctx, f.owner, f.name, pr, opts)
+		cs, resp, err := c.f.c.Issues.ListComments(ctx, c.f.owner, c.f.name, c.pr, opts)
 		if err != nil {
-			return nil, f.wrap(fmt.Sprintf("read the comments of pull request #%d", pr), err)
+			return nil, c.f.wrap(fmt.Sprintf("read the comments of pull request #%d", c.pr), err)
 		}
-		for _, c := range cs {
-			if strings.Contains(c.GetBody(), marker) {
-				out = append(out, c)
+		for _, cm := range cs {
+			if strings.Contains(cm.GetBody(), marker) {
+				out = append(out, forge.Comment{ID: cm.GetID(), Body: cm.GetBody()})
 			}
 		}
 		if resp.NextPage == 0 {
-			sort.Slice(out, func(i, j int) bool { return out[i].GetID() < out[j].GetID() })
+			sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 			return out, nil
 		}
 		opts.Page = resp.NextPage
 	}
+}
+
+func (c prComments) Create(ctx context.Context, body string) (int64, error) {
+	what := fmt.Sprintf("comment on pull request #%d", c.pr)
+	if err := c.f.write(what); err != nil {
+		return 0, err
+	}
+	cm, _, err := c.f.c.Issues.CreateComment(ctx, c.f.owner, c.f.name, c.pr, gh.IssueCommentRequest{Body: body})
+	return cm.GetID(), c.f.wrap(what, err)
+}
+
+func (c prComments) Edit(ctx context.Context, id int64, body string) error {
+	what := fmt.Sprintf("edit the comment on pull request #%d", c.pr)
+	if err := c.f.write(what); err != nil {
+		return err
+	}
+	_, _, err := c.f.c.Issues.UpdateComment(ctx, c.f.owner, c.f.name, id, gh.IssueCommentRequest{Body: body})
+	return c.f.wrap(what, err)
+}
+
+func (c prComments) Delete(ctx context.Context, id int64) error {
+	_, err := c.f.c.Issues.DeleteComment(ctx, c.f.owner, c.f.name, id)
+	return c.f.wrap(fmt.Sprintf("delete a copy of the comment on pull request #%d", c.pr), err)
 }
 
 // wrap says what failed, where, and what to do, wrapping the forge error

@@ -178,63 +178,31 @@ func mr(m *gl.BasicMergeRequest) forge.PullRequest {
 }
 
 // UpsertComment makes body the one note of merge request pr that holds
-// marker (never a system note): it edits the oldest such note (sending
-// nothing when it already says body), or creates one. Copies (two mirrors
-// racing to create it, or pasted by hand) are deleted, the oldest kept:
-// after creating, it reads the notes again, and the creator of each copy
-// but the oldest deletes its own.
+// marker (forge.UpsertOne); system notes are never refci's.
 func (f *Forge) UpsertComment(ctx context.Context, pr int, marker, body string) error {
 	if !strings.Contains(body, marker) {
 		return fmt.Errorf("%s: a note must hold its marker", f.where)
 	}
-	body = forge.Cut(body, NoteLimit)
-	iid := int64(pr)
-	copies, err := f.findNotes(ctx, iid, marker)
-	if err != nil {
-		return err
-	}
-	if len(copies) == 0 {
-		created, _, err := f.c.Notes.CreateMergeRequestNote(f.project, iid, &gl.CreateMergeRequestNoteOptions{Body: &body}, gl.WithContext(ctx))
-		if err != nil {
-			return f.wrap(fmt.Sprintf("comment on merge request !%d", pr), err)
-		}
-		if copies, err = f.findNotes(ctx, iid, marker); err != nil {
-			return err
-		}
-		if len(copies) <= 1 || copies[0].ID == created.ID {
-			return nil
-		}
-		// Another mirror created one first: keep it, with this body.
-		keep := *copies[0]
-		keep.Body = ""
-		copies = []*gl.Note{&keep, created}
-	}
-	for _, extra := range copies[1:] {
-		_, err := f.c.Notes.DeleteMergeRequestNote(f.project, iid, extra.ID, gl.WithContext(ctx))
-		if err = f.wrap(fmt.Sprintf("delete a copy of the note on merge request !%d", pr), err); err != nil && !errors.Is(err, forge.ErrNotFound) {
-			return err // one already gone was deleted by another mirror
-		}
-	}
-	if copies[0].Body == body {
-		return nil
-	}
-	_, _, err = f.c.Notes.UpdateMergeRequestNote(f.project, iid, copies[0].ID, &gl.UpdateMergeRequestNoteOptions{Body: &body}, gl.WithContext(ctx))
-	return f.wrap(fmt.Sprintf("edit the note on merge request !%d", pr), err)
+	return forge.UpsertOne(ctx, mrNotes{f, int64(pr)}, marker, forge.Cut(body, NoteLimit))
 }
 
-// findNotes returns the notes of merge request pr that hold marker,
-// oldest first, leaving out system notes.
-func (f *Forge) findNotes(ctx context.Context, pr int64, marker string) ([]*gl.Note, error) {
-	var out []*gl.Note
+// mrNotes is merge request iid's notes (forge.Comments).
+type mrNotes struct {
+	f   *Forge
+	iid int64
+}
+
+func (n mrNotes) Holding(ctx context.Context, marker string) ([]forge.Comment, error) {
+	var out []forge.Comment
 	opt := &gl.ListMergeRequestNotesOptions{ListOptions: gl.ListOptions{PerPage: 100}, Sort: gl.Ptr("asc"), OrderBy: gl.Ptr("created_at")}
 	for {
-		notes, resp, err := f.c.Notes.ListMergeRequestNotes(f.project, pr, opt, gl.WithContext(ctx))
+		notes, resp, err := n.f.c.Notes.ListMergeRequestNotes(n.f.project, n.iid, opt, gl.WithContext(ctx))
 		if err != nil {
-			return nil, f.wrap(fmt.Sprintf("read the notes of merge request !%d", pr), err)
+			return nil, n.f.wrap(fmt.Sprintf("read the notes of merge request !%d", n.iid), err)
 		}
-		for _, n := range notes {
-			if !n.System && strings.Contains(n.Body, marker) {
-				out = append(out, n)
+		for _, note := range notes {
+			if !note.System && strings.Contains(note.Body, marker) {
+				out = append(out, forge.Comment{ID: note.ID, Body: note.Body})
 			}
 		}
 		if resp.NextPage == 0 {
@@ -243,6 +211,24 @@ func (f *Forge) findNotes(ctx context.Context, pr int64, marker string) ([]*gl.N
 		}
 		opt.Page = resp.NextPage
 	}
+}
+
+func (n mrNotes) Create(ctx context.Context, body string) (int64, error) {
+	note, _, err := n.f.c.Notes.CreateMergeRequestNote(n.f.project, n.iid, &gl.CreateMergeRequestNoteOptions{Body: &body}, gl.WithContext(ctx))
+	if err != nil {
+		return 0, n.f.wrap(fmt.Sprintf("comment on merge request !%d", n.iid), err)
+	}
+	return note.ID, nil
+}
+
+func (n mrNotes) Edit(ctx context.Context, id int64, body string) error {
+	_, _, err := n.f.c.Notes.UpdateMergeRequestNote(n.f.project, n.iid, id, &gl.UpdateMergeRequestNoteOptions{Body: &body}, gl.WithContext(ctx))
+	return n.f.wrap(fmt.Sprintf("edit the note on merge request !%d", n.iid), err)
+}
+
+func (n mrNotes) Delete(ctx context.Context, id int64) error {
+	_, err := n.f.c.Notes.DeleteMergeRequestNote(n.f.project, n.iid, id, gl.WithContext(ctx))
+	return n.f.wrap(fmt.Sprintf("delete a copy of the note on merge request !%d", n.iid), err)
 }
 
 // wrap says what failed, where, and what to do, wrapping the forge error
