@@ -14,9 +14,6 @@ import (
 	"refci.dev/refci/results"
 )
 
-// PullRequestPrefix is the request name prefix of pull requests taken in:
-// pull request 42 is the request pr/42.
-const PullRequestPrefix = "pr/"
 
 // Intake takes a forge's open pull requests in as requests: each open pull
 // request N becomes the request pr/N at its head commit, a new push to it
@@ -119,7 +116,7 @@ func (in *Intake) Sync(ctx context.Context) (Synced, error) {
 	open := map[int]bool{}
 	for _, pr := range prs {
 		open[pr.Number] = true
-		name := PullRequestPrefix + strconv.Itoa(pr.Number)
+		name := queue.PullRequestName(pr.Number)
 		if !gitproto.IsHash(pr.Head) || queue.ValidateRequestName(name) != nil {
 			continue
 		}
@@ -145,8 +142,8 @@ func (in *Intake) Sync(ctx context.Context) (Synced, error) {
 		}
 	}
 	for name, obj := range pending {
-		n, err := strconv.Atoi(strings.TrimPrefix(name, PullRequestPrefix))
-		if err != nil || open[n] {
+		n, ok := queue.PullRequestOf(name)
+		if !ok || open[n] {
 			continue
 		}
 		// Closed (or merged): delete its request if it is still the
@@ -163,7 +160,7 @@ func (in *Intake) Sync(ctx context.Context) (Synced, error) {
 
 // requests lists the remote's pull request requests: name → value.
 func (in *Intake) requests(ctx context.Context, git gitproto.CLI) (map[string]string, error) {
-	out, err := git.Run(ctx, "", "ls-remote", in.Remote, queue.RequestRef(PullRequestPrefix)+"*")
+	out, err := git.Run(ctx, "", "ls-remote", in.Remote, queue.RequestRef(queue.PullRequestPrefix)+"*")
 	if err != nil {
 		return nil, fmt.Errorf("%s: list the pull requests' requests on %s: %w", in.Where, gitproto.RedactURL(in.Remote), err)
 	}
@@ -173,7 +170,7 @@ func (in *Intake) requests(ctx context.Context, git gitproto.CLI) (map[string]st
 		if !ok {
 			continue
 		}
-		if name, ok := strings.CutPrefix(ref, queue.RequestsPrefix); ok && strings.HasPrefix(name, PullRequestPrefix) {
+		if name, ok := strings.CutPrefix(ref, queue.RequestsPrefix); ok && strings.HasPrefix(name, queue.PullRequestPrefix) {
 			m[name] = h
 		}
 	}
@@ -218,7 +215,7 @@ func (in *Intake) ran(ctx context.Context, git gitproto.CLI, name, head string) 
 // unsigned. It asks nothing when the head moved since the listing (the
 // next pass asks for the newer one).
 func (in *Intake) ask(ctx context.Context, git gitproto.CLI, pr PullRequest, name string) (bool, error) {
-	local := "refs/refci-intake/" + name
+	local := queue.IntakeHeadRef(name)
 	if _, err := git.Run(ctx, "", "fetch", "--quiet", "--no-write-fetch-head", in.Remote, "+"+in.HeadRef(pr.Number)+":"+local); err != nil {
 		return false, fmt.Errorf("%s: fetch the head of pull request #%d (%s): %w", in.Where, pr.Number, in.HeadRef(pr.Number), err)
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -26,6 +27,27 @@ func ClaimRef(name string) string { return ClaimsPrefix + name }
 
 // RunRef is the ref of one run's result commits.
 func RunRef(target, runID string) string { return RunsPrefix + target + "/" + runID }
+
+// PullRequestPrefix begins the names of requests a forge's pull requests
+// were taken in as (refci's forge intake): pull request 42 is the request
+// pr/42.
+const PullRequestPrefix = "pr/"
+
+// PullRequestName is the request name of pull request n.
+func PullRequestName(n int) string { return PullRequestPrefix + strconv.Itoa(n) }
+
+// PullRequestOf returns the pull request number a request name names, and
+// whether it is one (pr/<n>, n a positive number in its plain form).
+func PullRequestOf(name string) (int, bool) {
+	rest, ok := strings.CutPrefix(name, PullRequestPrefix)
+	n, err := strconv.Atoi(rest)
+	return n, ok && err == nil && n > 0 && strconv.Itoa(n) == rest
+}
+
+// IntakeHeadRef is where refci's forge intake keeps, in its own cache
+// repository (never on a remote), the fetched head of the pull request
+// whose request name is name.
+func IntakeHeadRef(name string) string { return "refs/refci-intake/" + name }
 
 // SecretsRef is the ref of one environment's secrets.
 func SecretsRef(env string) string { return SecretsPrefix + env }

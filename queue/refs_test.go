@@ -396,3 +396,15 @@ func TestParseRequestOptions(t *testing.T) {
 		t.Errorf("round trip: %+v, %v", got, err)
 	}
 }
+
+func TestPullRequestNames(t *testing.T) {
+	if PullRequestName(42) != "pr/42" || ValidateRequestName(PullRequestName(42)) != nil {
+		t.Fatalf("PullRequestName(42) = %q", PullRequestName(42))
+	}
+	for name, want := range map[string]int{"pr/42": 42, "pr/042": 0, "pr/-1": 0, "pr/0": 0, "pr/4/x": 0, "pr/": 0, "main": 0, "pr/+3": 0} {
+		n, ok := PullRequestOf(name)
+		if ok != (want > 0) || ok && n != want {
+			t.Errorf("PullRequestOf(%q) = %d, %v; want %d", name, n, ok, want)
+		}
+	}
+}
