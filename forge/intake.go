@@ -14,7 +14,6 @@ import (
 	"refci.dev/refci/results"
 )
 
-
 // Intake takes a forge's open pull requests in as requests: each open pull
 // request N becomes the request pr/N at its head commit, a new push to it
 // replaces the request (whose running run the worker then cancels), and
