@@ -94,9 +94,13 @@ func (f *fleet) remoteRefs(prefix string) []string {
 }
 
 // waitFor is fixtures.WaitFor for the fleet's test.
+// On a timeout it shows the remote's refs, which say what was left.
 func (f *fleet) waitFor(what string, d time.Duration, cond func() bool) {
 	f.t.Helper()
-	fixtures.WaitFor(f.t, d, what, cond)
+	fixtures.WaitForShowing(f.t, d, what, cond, func() string {
+		b, _ := fixtures.RunGit(f.bare, nil, nil, "for-each-ref", "refs/ci/")
+		return "the remote's refs:\n" + string(b)
+	})
 }
 
 // pushRequests pushes n requests named prefix-i for HEAD in one push.
