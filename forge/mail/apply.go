@@ -51,7 +51,13 @@ func Apply(ctx context.Context, dir, base string, s *Series) (string, error) {
 		return "", fmt.Errorf("%w: missing %v", ErrIncomplete, s.Missing())
 	}
 	for i, p := range s.Patches {
-		if bad := UnsafePaths(p.Body); len(bad) > 0 {
+		// Body is what the checks and people read; applied, when it
+		// differs (a charset converted), is what git am applies.
+		bad := UnsafePaths(p.Body)
+		if p.applied != "" {
+			bad = append(bad, UnsafePaths(p.applied)...)
+		}
+		if len(bad) > 0 {
 			return "", fmt.Errorf("patch %d (%s): %w: %q", i+1, p.Subject, ErrUnsafePath, bad)
 		}
 	}

@@ -72,6 +72,9 @@ func FuzzParseMessage(f *testing.F) {
 	f.Add([]byte("Subject: [PATCH 0/2] x\nContent-Type: text/plain\nContent-Transfer-Encoding: base64\n\nZGlmZiAtLWdpdCBh\n"))
 	f.Add([]byte("Subject: x\nContent-Type: text/html\n\n<p>"))
 	f.Add([]byte("garbage"))
+	for _, tc := range mimeCases {
+		f.Add([]byte(mimeMail(tc.subject, tc.headers, tc.body)))
+	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		m, err := ParseMessage(strings.NewReader(string(raw)))
 		if err != nil {
@@ -86,6 +89,16 @@ func FuzzParseMessage(f *testing.F) {
 		}
 		if m.Tag != ParseSubject(m.Subject) {
 			t.Fatalf("Tag differs from ParseSubject(Subject)")
+		}
+		if (m.Reason == "") != (m.Kind == KindPatch || m.Kind == KindCover) {
+			t.Fatalf("kind %v with reason %q", m.Kind, m.Reason)
+		}
+		if m.Kind == KindPatch {
+			// What git am is given reads as the same patch.
+			again, err := ParseMessage(strings.NewReader(string(m.Raw)))
+			if err != nil || again.Kind != KindPatch || again.Body != m.Body || again.Subject != m.Subject {
+				t.Fatalf("Raw %q parses as %+v (%v), not as the patch %+v", m.Raw, again, err, m)
+			}
 		}
 		UnsafePaths(m.Body)
 	})

@@ -1,34 +1,43 @@
 // Package mail turns patch mail into series that can be tested: it parses
-// one message (net/mail, RFC 2047 subjects), classifies it (patch, cover
-// letter, reply, auto-generated, no patch), groups patches into series by
-// version and threading, and applies a series with git am in a scratch
-// clone. It holds no IMAP or SMTP: the bridge that fetches and replies is
-// built around it.
-//
-// Only text/plain bodies (7bit, 8bit, quoted-printable or base64) are read
-// for now; a multipart or HTML-only message has an empty Body and so is
-// never a patch.
+// one message (MIME with go-message: multipart, attachments, charsets,
+// RFC 2047 subjects), classifies it (patch, cover letter, reply,
+// auto-generated, no patch), groups patches into series by version and
+// threading, and applies a series with git am in a scratch clone. It
+// holds no IMAP: the bridge that fetches and replies is built around it;
+// SMTPSender sends the replies.
 package mail
 
 import (
+	"bufio"
 	"bytes"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
-	"mime/quotedprintable"
 	netmail "net/mail"
 	"strings"
 	"time"
+	"unicode/utf8"
+
+	message "github.com/emersion/go-message"
+	"github.com/emersion/go-message/charset"
+	"github.com/emersion/go-message/textproto"
 )
 
 // MaxMessageSize is the largest message ParseMessage reads; a larger one
-// is refused with ErrTooLarge.
+// is refused with ErrTooLarge after reading MaxMessageSize+1 bytes.
 const MaxMessageSize = 10 << 20
 
 // ErrTooLarge is returned by ParseMessage for a message over MaxMessageSize.
 var ErrTooLarge = errors.New("message is larger than 10 MiB")
+
+// Bounds on a message's MIME tree: a message nested deeper, or with more
+// parts, is KindOther (no patch is sent like that; the bounds keep a
+// hostile message from costing more than its size).
+const (
+	MaxMIMEDepth = 8   // multiparts inside multiparts
+	MaxMIMEParts = 100 // parts in the whole message
+)
 
 // Kind is what a message is to the bridge. The zero value is KindOther.
 type Kind int
@@ -38,7 +47,7 @@ const (
 	KindPatch             // [PATCH ...] with a diff --git in the body
 	KindCover             // [PATCH ... 0/N]: a series' cover letter
 	KindReply             // Re: ...: a reply, never a patch
-	KindAuto              // auto-generated: Auto-Submitted not "no", Return-Path <>, Precedence bulk or junk (list is fine)
+	KindAuto              // auto-generated: Auto-Submitted not "no", Return-Path <>, Precedence bulk or junk (list is fine), or an X-Refci-* header
 )
 
 func (k Kind) String() string {
@@ -65,7 +74,7 @@ type Message struct {
 	From       string   // the sender's address, lower case
 	FromName   string   // the sender's display name
 	Date       time.Time
-	Subject    string  // decoded (RFC 2047), unfolded
+	Subject    string  // decoded (RFC 2047, any charset go-message knows), unfolded
 	Tag        Subject // Subject parsed
 	// AutoSubmitted and Precedence are the header values, lower case.
 	AutoSubmitted, Precedence string
@@ -73,14 +82,47 @@ type Message struct {
 	// null sender); HasReturnPath tells a missing header from an empty one.
 	ReturnPath    string
 	HasReturnPath bool
-	Body          string // the text/plain body, transfer encoding undone; "" otherwise
-	Raw           []byte // the message as read, for git am
-	Kind          Kind
+	// Refci holds the message's X-Refci-* header fields (canonical name
+	// to first value; nil when it has none). refci's own replies carry
+	// X-Refci-State and X-Refci-Run, so a message that has any is refci's
+	// mail come back (a loop, or a forgery of it): it is KindAuto and
+	// never answered.
+	Refci map[string]string
+	// Body is the text the message holds, in UTF-8 with LF line ends:
+	// the text/plain parts not sent as attachments (the first text/plain
+	// of a multipart/alternative) followed by the patches attached as
+	// text/x-patch, text/x-diff, or text/plain named *.patch or *.diff;
+	// transfer encodings undone and charsets converted (a charset
+	// go-message does not know is read as is). "" when the message holds
+	// no such part (HTML-only mail), or its MIME is broken.
+	Body string
+	// Raw is the message git am reads; as read for every kind but
+	// KindPatch and KindCover. A patch or cover letter of one text/plain
+	// part in a charset git knows is kept as read (git am undoes its transfer
+	// encoding and converts the commit message itself, and applies the
+	// diff's bytes as they are, as it would from a mailbox). Any other
+	// message (multipart, attachments, an unknown charset) is rebuilt as
+	// one text/plain UTF-8 part holding Body, under the original header
+	// fields other than MIME's: git am then applies what Body shows.
+	Raw []byte
+	// Reason says why the message is not a patch or a cover letter, for
+	// the bridge's log ("HTML-only mail: ...", "broken MIME: ...");
+	// "" for KindPatch and KindCover.
+	Reason string
+	Kind   Kind
+
+	// applied is the text git am applies when Raw is kept as read: Body
+	// before charset conversion. Apply checks its paths too. "" when it
+	// is Body.
+	applied string
 }
 
-// ParseMessage reads and classifies one message. It fails only on a
-// message that net/mail cannot read at all or one over MaxMessageSize;
-// odd headers and bodies give empty fields, never an error.
+// ParseMessage reads and classifies one message. It reads at most
+// MaxMessageSize+1 bytes of r and fails with ErrTooLarge on a larger
+// message; it fails too on a message whose header cannot be read at all.
+// Anything else odd (broken MIME, bad base64, unknown charsets, HTML-only
+// mail, deep nesting) gives a Message of KindOther with a Reason, never an
+// error or a panic.
 func ParseMessage(r io.Reader) (*Message, error) {
 	raw, err := io.ReadAll(io.LimitReader(r, MaxMessageSize+1))
 	if err != nil {
@@ -89,58 +131,241 @@ func ParseMessage(r io.Reader) (*Message, error) {
 	if len(raw) > MaxMessageSize {
 		return nil, ErrTooLarge
 	}
-	nm, err := netmail.ReadMessage(bytes.NewReader(raw))
-	if err != nil {
-		return nil, fmt.Errorf("parse message: %w", err)
+	rest := raw
+	if bytes.HasPrefix(rest, []byte("From ")) && !bytes.HasPrefix(bytes.TrimLeft(rest[4:], " \t"), []byte(":")) {
+		// an mbox "From " line, as git format-patch writes: not a field
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			rest = rest[i+1:]
+		}
 	}
-	h := nm.Header
+	br := bufio.NewReader(bytes.NewReader(rest))
+	th, err := textproto.ReadHeader(br)
+	if err != nil && (err != io.EOF || th.Len() == 0) {
+		return nil, fmt.Errorf("parse message header: %w", err)
+	}
+	h := message.Header{Header: th}
 	m := &Message{Raw: raw}
 	m.ID = firstID(h.Get("Message-Id"))
 	m.InReplyTo = firstID(h.Get("In-Reply-To"))
 	m.References = ids(h.Get("References"))
-	if a, err := netmail.ParseAddress(h.Get("From")); err == nil {
+	from := h.Get("From")
+	if a, err := addressParser.Parse(from); err == nil {
 		m.From, m.FromName = strings.ToLower(a.Address), a.Name
 	} else {
-		m.From = strings.ToLower(strings.TrimSpace(h.Get("From")))
+		m.From = strings.ToLower(strings.TrimSpace(from))
 	}
-	if d, err := h.Date(); err == nil {
+	if d, err := netmail.ParseDate(h.Get("Date")); err == nil {
 		m.Date = d
 	}
 	m.Subject = decodeHeader(h.Get("Subject"))
 	m.Tag = ParseSubject(m.Subject)
 	m.AutoSubmitted = headerToken(h.Get("Auto-Submitted"))
 	m.Precedence = headerToken(h.Get("Precedence"))
-	if v, ok := h["Return-Path"]; ok && len(v) > 0 {
-		m.ReturnPath, m.HasReturnPath = strings.TrimSpace(v[0]), true
+	if h.Has("Return-Path") {
+		m.ReturnPath, m.HasReturnPath = strings.TrimSpace(h.Get("Return-Path")), true
 	}
-	m.Body = textBody(h, nm.Body)
-	m.Kind = classify(m)
+	for f := h.Fields(); f.Next(); {
+		if k := f.Key(); len(k) > len("X-Refci-") && strings.EqualFold(k[:len("X-Refci-")], "X-Refci-") {
+			if m.Refci == nil {
+				m.Refci = map[string]string{}
+			}
+			if _, ok := m.Refci[k]; !ok {
+				m.Refci[k] = f.Value()
+			}
+		}
+	}
+
+	w := &walker{}
+	broken := w.walk(th, br, 0)
+	m.Body = w.body.String()
+	if broken != "" {
+		m.Body = ""
+	}
+	m.Kind, m.Reason = classify(m, broken, w.html)
+	if m.Kind == KindPatch || m.Kind == KindCover {
+		asRead := !w.multi && w.parts == 1 && !w.unknownCharset && w.textParts == 1
+		if asRead {
+			if w.applied.String() != m.Body {
+				m.applied = w.applied.String()
+			}
+		} else {
+			m.Raw = rebuild(th, m.Body)
+		}
+	}
 	return m, nil
 }
 
-// classify decides Kind. RFC 3834: Auto-Submitted other than "no" or a
-// null return path is auto-generated. Precedence bulk and junk are taken
-// as auto-generated too; Precedence list is not, since a list delivers the
-// very patches the bridge exists for (the bridge still never answers
-// KindAuto, and replies only in the thread).
-func classify(m *Message) Kind {
+// classify decides Kind and Reason. RFC 3834: Auto-Submitted other than
+// "no" or a null return path is auto-generated. Precedence bulk and junk
+// are taken as auto-generated too; Precedence list is not, since a list
+// delivers the very patches the bridge exists for (the bridge still never
+// answers KindAuto, and replies only in the thread).
+func classify(m *Message, broken string, html bool) (Kind, string) {
 	switch {
-	case m.AutoSubmitted != "" && m.AutoSubmitted != "no",
-		m.HasReturnPath && strings.Trim(m.ReturnPath, "<> \t") == "",
-		m.Precedence == "bulk" || m.Precedence == "junk":
-		return KindAuto
+	case len(m.Refci) > 0:
+		return KindAuto, "it carries refci's own X-Refci-* headers: a mail loop"
+	case m.AutoSubmitted != "" && m.AutoSubmitted != "no":
+		return KindAuto, "auto-generated (Auto-Submitted: " + m.AutoSubmitted + ")"
+	case m.HasReturnPath && strings.Trim(m.ReturnPath, "<> \t") == "":
+		return KindAuto, "auto-generated (null Return-Path)"
+	case m.Precedence == "bulk" || m.Precedence == "junk":
+		return KindAuto, "auto-generated (Precedence: " + m.Precedence + ")"
 	case m.Tag.Re:
-		return KindReply
-	case m.Tag.Patch && m.Tag.Index == 0:
-		return KindCover
-	case m.Tag.Patch && hasDiff(m.Body):
-		return KindPatch
+		return KindReply, "a reply (Re: subject)"
+	case broken != "":
+		return KindOther, "broken MIME: " + broken
+	case !m.Tag.Patch:
+		return KindOther, "no [PATCH] tag in the subject"
+	case m.Tag.Index == 0:
+		return KindCover, ""
+	case hasDiff(m.Body):
+		return KindPatch, ""
+	case html && m.Body == "":
+		return KindOther, "HTML-only mail holds no plain-text patch; send patches as plain text (git send-email)"
 	}
-	return KindOther
+	return KindOther, "no diff --git in the plain-text body"
 }
 
 func hasDiff(body string) bool {
 	return strings.HasPrefix(body, "diff --git ") || strings.Contains(body, "\ndiff --git ")
+}
+
+// walker collects a message's text from its MIME tree.
+type walker struct {
+	body, applied  strings.Builder
+	parts          int  // leaves and multiparts seen
+	textParts      int  // parts taken into body
+	multi          bool // a multipart was seen
+	html           bool // a text/html part was seen
+	unknownCharset bool
+}
+
+// walk reads one entity (header h, raw body r) at depth (0 for the
+// message); it returns why the MIME is broken, or "".
+func (w *walker) walk(h textproto.Header, r io.Reader, depth int) string {
+	w.parts++
+	if w.parts > MaxMIMEParts {
+		return fmt.Sprintf("more than %d MIME parts", MaxMIMEParts)
+	}
+	mh := message.Header{Header: h}
+	mt, params := "text/plain", map[string]string(nil)
+	if ct := h.Get("Content-Type"); ct != "" {
+		var err error
+		mt, params, err = mime.ParseMediaType(ct)
+		if err != nil && !errors.Is(err, mime.ErrInvalidMediaParameter) {
+			return fmt.Sprintf("bad Content-Type %q", ct)
+		}
+	}
+	if strings.HasPrefix(mt, "multipart/") {
+		w.multi = true
+		if depth >= MaxMIMEDepth {
+			return fmt.Sprintf("multiparts nested deeper than %d", MaxMIMEDepth)
+		}
+		b := params["boundary"]
+		if b == "" {
+			return mt + " without a boundary"
+		}
+		mr := textproto.NewMultipartReader(r, b)
+		taken := w.textParts
+		for {
+			p, err := mr.NextPart()
+			if err == io.EOF {
+				return ""
+			}
+			if err != nil {
+				return err.Error()
+			}
+			if mt == "multipart/alternative" && w.textParts > taken {
+				continue // the text/plain alternative was taken: skip the rest
+			}
+			if why := w.walk(p.Header, p, depth+1); why != "" {
+				return why
+			}
+		}
+	}
+	disp, dparams, _ := mh.ContentDisposition()
+	name := strings.ToLower(dparams["filename"])
+	if name == "" {
+		name = strings.ToLower(params["name"])
+	}
+	attached := strings.EqualFold(disp, "attachment")
+	isPatchName := strings.HasSuffix(name, ".patch") || strings.HasSuffix(name, ".diff")
+	switch {
+	case mt == "text/html":
+		w.html = true
+		return ""
+	case mt == "text/plain" && (!attached || isPatchName),
+		mt == "text/x-patch", mt == "text/x-diff", mt == "text/x-diff-patch",
+		mt == "application/x-patch" && isPatchName:
+	default:
+		return "" // an attachment that holds no patch, a signature, an image...
+	}
+	// Undo the transfer encoding only (the header without its charset):
+	// the charset is converted below, keeping the bytes git am applies.
+	nh := message.Header{Header: h.Copy()}
+	nh.Del("Content-Type")
+	e, err := message.New(nh, r)
+	if err != nil {
+		return fmt.Sprintf("%s part: %v", mt, err)
+	}
+	b, err := io.ReadAll(e.Body)
+	if err != nil {
+		return fmt.Sprintf("%s part: %v", mt, err)
+	}
+	text := b
+	switch cs := strings.ToLower(params["charset"]); cs {
+	case "", "utf-8", "utf8", "us-ascii":
+	default:
+		if cr, err := charset.Reader(cs, bytes.NewReader(b)); err != nil || cr == nil {
+			w.unknownCharset = true // read as is: an ASCII patch still applies
+		} else if conv, err := io.ReadAll(cr); err == nil {
+			text = conv
+		} else {
+			w.unknownCharset = true
+		}
+	}
+	w.textParts++
+	appendText(&w.body, text)
+	appendText(&w.applied, b)
+	return ""
+}
+
+// appendText adds a part's text with LF line ends, ending in a line end
+// (a part's last line end belongs to the boundary that follows it).
+func appendText(sb *strings.Builder, b []byte) {
+	s := string(b)
+	if s != "" && !strings.HasSuffix(s, "\n") {
+		s += "\n"
+	}
+	sb.WriteString(strings.ReplaceAll(s, "\r\n", "\n"))
+}
+
+// rebuild makes the message git am reads for a MIME message: h's fields
+// other than MIME's, and body as one text/plain UTF-8 8bit part.
+func rebuild(h textproto.Header, body string) []byte {
+	out := h.Copy()
+	for f := out.Fields(); f.Next(); {
+		if k := strings.ToLower(f.Key()); strings.HasPrefix(k, "content-") || k == "mime-version" {
+			f.Del()
+		}
+	}
+	out.Add("MIME-Version", "1.0")
+	out.Add("Content-Type", "text/plain; charset=utf-8")
+	out.Add("Content-Transfer-Encoding", "8bit")
+	var b bytes.Buffer
+	if err := textproto.WriteHeader(&b, out); err != nil {
+		// A field go-message read but cannot write again: keep the
+		// few git am reads.
+		b.Reset()
+		for _, k := range []string{"From", "Date", "Subject", "Message-Id"} {
+			if v := h.Get(k); v != "" && utf8.ValidString(v) {
+				fmt.Fprintf(&b, "%s: %s\r\n", k, strings.NewReplacer("\r", " ", "\n", " ").Replace(v))
+			}
+		}
+		b.WriteString("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n")
+	}
+	b.WriteString(body)
+	return b.Bytes()
 }
 
 // headerToken is the value's first token, lower case: "auto-generated;
@@ -150,11 +375,17 @@ func headerToken(v string) string {
 	return strings.ToLower(strings.TrimSpace(v))
 }
 
-var wordDecoder = &mime.WordDecoder{CharsetReader: func(charset string, r io.Reader) (io.Reader, error) {
-	// Only UTF-8, US-ASCII and ISO-8859-1 are built in; keep other
-	// charsets' bytes rather than fail the whole subject.
+// wordDecoder decodes RFC 2047 words in any charset go-message's charset
+// package knows; a word in another charset keeps its bytes rather than
+// fail the whole header.
+var wordDecoder = &mime.WordDecoder{CharsetReader: func(cs string, r io.Reader) (io.Reader, error) {
+	if cr, err := charset.Reader(cs, r); err == nil && cr != nil {
+		return cr, nil
+	}
 	return r, nil
 }}
+
+var addressParser = &netmail.AddressParser{WordDecoder: wordDecoder}
 
 func decodeHeader(v string) string {
 	if d, err := wordDecoder.DecodeHeader(v); err == nil {
@@ -180,43 +411,4 @@ func ids(v string) []string {
 		}
 	}
 	return out
-}
-
-// textBody returns a text/plain body with its transfer encoding undone,
-// or "" for anything else.
-func textBody(h netmail.Header, body io.Reader) string {
-	if ct := h.Get("Content-Type"); ct != "" {
-		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || mt != "text/plain" {
-			return ""
-		}
-	}
-	switch strings.ToLower(strings.TrimSpace(h.Get("Content-Transfer-Encoding"))) {
-	case "quoted-printable":
-		body = quotedprintable.NewReader(body)
-	case "base64":
-		b, err := io.ReadAll(body)
-		if err != nil {
-			return ""
-		}
-		clean := strings.Map(func(r rune) rune {
-			if r == '\r' || r == '\n' || r == ' ' || r == '\t' {
-				return -1
-			}
-			return r
-		}, string(b))
-		d, err := base64.StdEncoding.DecodeString(clean)
-		if err != nil {
-			return ""
-		}
-		return strings.ReplaceAll(string(d), "\r\n", "\n")
-	case "", "7bit", "8bit", "binary":
-	default:
-		return ""
-	}
-	b, err := io.ReadAll(body)
-	if err != nil {
-		return ""
-	}
-	return strings.ReplaceAll(string(b), "\r\n", "\n")
 }
