@@ -50,10 +50,15 @@ func IsolatedConfig(home string) []string {
 type CLIError struct {
 	Op     string // git's subcommand: the first argument
 	Stderr string // what git printed to standard error, trimmed
-	Err    error  // the *exec.ExitError, or why git could not be started
+	// Stdout is what git printed to standard output before it failed,
+	// trimmed: some commands report there (git am names the patch that
+	// failed and the conflicts on standard output). A caller that shows
+	// it caps it.
+	Stdout string
+	Err    error // the *exec.ExitError, or why git could not be started
 }
 
-// Error says "git <Op>: " and git's standard error.
+// Error says "git <Op>: " and git's standard error (not Stdout).
 func (e *CLIError) Error() string { return "git " + e.Op + ": " + e.Stderr }
 
 // Unwrap returns Err.
@@ -61,7 +66,8 @@ func (e *CLIError) Unwrap() error { return e.Err }
 
 // Run runs git with args and stdin ("" for none) and returns its
 // standard output without surrounding white space. When git fails, the
-// error is a *CLIError.
+// error is a *CLIError, which holds both outputs; the string returned is
+// then "".
 func (c CLI) Run(ctx context.Context, stdin string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, "git", args...)
 	cmd.Dir = c.Dir
@@ -72,7 +78,7 @@ func (c CLI) Run(ctx context.Context, stdin string, args ...string) (string, err
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		return "", &CLIError{Op: args[0], Stderr: strings.TrimSpace(errb.String()), Err: err}
+		return "", &CLIError{Op: args[0], Stderr: strings.TrimSpace(errb.String()), Stdout: strings.TrimSpace(out.String()), Err: err}
 	}
 	return strings.TrimSpace(out.String()), nil
 }

@@ -143,4 +143,11 @@ func TestCLI(t *testing.T) {
 	if ExecPath() == "" {
 		t.Error("ExecPath is empty")
 	}
+
+	// A failing git's standard output is kept in the error, apart from
+	// its standard error, which alone makes the message.
+	out, err := git.Run(ctx, "", "-c", "alias.both=!echo to-stdout; echo to-stderr >&2; exit 3", "both")
+	if !errors.As(err, &ce) || out != "" || ce.Stdout != "to-stdout" || ce.Stderr != "to-stderr" || err.Error() != "git -c: to-stderr" {
+		t.Errorf("failing alias: out %q, err %v (%+v)", out, err, ce)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"refci.dev/refci/gitproto"
 )
@@ -19,11 +20,17 @@ const MaxOutput = 4 << 10
 // what git am printed. The am was aborted. Callers use errors.As to reply
 // with it.
 type ApplyError struct {
-	Base    string // the commit the series was applied on
+	Base    string // the base as Apply was given it: a commit id or a branch name
+	Commit  string // the commit Base named
 	Patch   int    // 1-based number of the failing patch; 0 when unknown
 	Subject string // that patch's subject
-	Output  string // git am's output, capped at MaxOutput
-	Err     error
+	// Output is what git am printed: its standard output (the patches
+	// applied, "Patch failed at 0002 ...", the three-way merge's
+	// conflicts), then its standard error, without git's advice on
+	// going on in the scratch clone (git am --continue...), each cut to
+	// its last MaxOutput/2 bytes; then the conflicted paths.
+	Output string
+	Err    error
 }
 
 func (e *ApplyError) Error() string {
@@ -43,9 +50,11 @@ var ErrUnsafePath = errors.New("patch touches a path outside the work tree or in
 var ErrIncomplete = errors.New("series is incomplete")
 
 // Apply checks out base (detached) in dir, a scratch clone that holds it,
-// and applies the series with git am --3way; it returns the new HEAD. The
-// committer is refci; authors come from the mail. A failing am is aborted
-// and reported as *ApplyError.
+// and applies the series with git am --3way; it returns the new HEAD. base
+// is resolved by ResolveBase: a commit id (the series' Base) or a branch
+// name (the configured base_branch). The committer is refci; authors come
+// from the mail. A failing am is aborted and reported as *ApplyError; a
+// base that does not resolve is an error that says what to fetch.
 func Apply(ctx context.Context, dir, base string, s *Series) (string, error) {
 	if !s.Complete() {
 		return "", fmt.Errorf("%w: missing %v", ErrIncomplete, s.Missing())
@@ -64,28 +73,28 @@ func Apply(ctx context.Context, dir, base string, s *Series) (string, error) {
 	git := gitproto.CLI{Dir: dir, Env: []string{
 		"GIT_COMMITTER_NAME=refci", "GIT_COMMITTER_EMAIL=refci@localhost",
 	}}
-	commit, err := git.Run(ctx, "", "rev-parse", "--verify", "--quiet", "--end-of-options", base+"^{commit}")
+	commit, err := ResolveBase(ctx, dir, base)
 	if err != nil {
-		return "", fmt.Errorf("base %s is not a commit in the scratch clone; fetch it first: %w", base, err)
+		return "", err
 	}
 	if _, err := git.Run(ctx, "", "checkout", "-q", "--detach", commit); err != nil {
 		return "", fmt.Errorf("check out base %s: %w", base, err)
 	}
-	if _, err := git.Run(ctx, string(s.Mbox()), "-c", "core.hooksPath=/dev/null", "am", "-q", "--3way", "--patch-format=mboxrd", "--no-gpg-sign"); err != nil {
-		ae := &ApplyError{Base: base, Err: err}
+	// Not -q: git am names each patch it applies and the conflicts on
+	// its standard output, which the ApplyError carries.
+	if _, err := git.Run(ctx, string(s.Mbox()), "-c", "core.hooksPath=/dev/null", "am", "--3way", "--patch-format=mboxrd", "--no-gpg-sign"); err != nil {
+		ae := &ApplyError{Base: base, Commit: commit, Err: err}
 		var ce *gitproto.CLIError
 		if errors.As(err, &ce) {
-			ae.Output = capText(ce.Stderr, MaxOutput)
+			ae.Output = strings.TrimSpace(capTail(amAdvice(ce.Stdout), MaxOutput/2) + "\n" + capTail(amAdvice(ce.Stderr), MaxOutput/2))
 		}
 		if next, err := git.Run(ctx, "", "rev-parse", "--git-path", "rebase-apply/next"); err == nil {
 			if n, err := readInt(dir, next); err == nil && n >= 1 && n <= len(s.Patches) {
 				ae.Patch, ae.Subject = n, s.Patches[n-1].Subject
 			}
 		}
-		// git am prints the three-way merge's findings to its standard
-		// output, which CLI drops on failure: name the conflicts instead.
 		if u, err := git.Run(ctx, "", "diff", "--name-only", "--diff-filter=U"); err == nil && u != "" {
-			ae.Output = capText(ae.Output+"\nconflicts in: "+strings.Join(strings.Fields(u), ", "), MaxOutput)
+			ae.Output += "\nconflicts in: " + capText(strings.Join(strings.Fields(u), ", "), 512)
 		}
 		if _, err := git.Run(ctx, "", "am", "--abort"); err != nil {
 			return "", errors.Join(ae, fmt.Errorf("git am --abort: %w", err))
@@ -97,6 +106,77 @@ func Apply(ctx context.Context, dir, base string, s *Series) (string, error) {
 		return "", err
 	}
 	return head, nil
+}
+
+// ResolveBase returns the commit base names in dir: base is a full
+// commit id (40 or 64 hex digits, as a base-commit: trailer gives it) or
+// a branch name, looked up as refs/heads/<base>, else as the one
+// refs/remotes/<remote>/<base> (a scratch clone's origin/<base>). Nothing
+// else is taken (no tags, no HEAD~1, no abbreviated ids): base comes from
+// mail or configuration. Its error says what to fetch.
+func ResolveBase(ctx context.Context, dir, base string) (string, error) {
+	git := gitproto.CLI{Dir: dir}
+	verify := func(rev string) (string, bool) {
+		c, err := git.Run(ctx, "", "rev-parse", "--verify", "--quiet", "--end-of-options", rev+"^{commit}")
+		return c, err == nil
+	}
+	if baseLine.MatchString("base-commit: " + base) {
+		if c, ok := verify(base); ok {
+			return c, nil
+		}
+		return "", fmt.Errorf("base %s is not a commit in the scratch clone: fetch it first (is it pushed?)", base)
+	}
+	if _, err := git.Run(ctx, "", "check-ref-format", "--branch", base); err != nil || strings.HasPrefix(base, "-") {
+		return "", fmt.Errorf("base %q is neither a full commit id nor a branch name", base)
+	}
+	if c, ok := verify("refs/heads/" + base); ok {
+		return c, nil
+	}
+	refs, err := git.Run(ctx, "", "for-each-ref", "--format=%(refname)", "refs/remotes/")
+	if err != nil {
+		return "", err
+	}
+	var found []string
+	for _, r := range strings.Fields(refs) {
+		if _, name, ok := strings.Cut(strings.TrimPrefix(r, "refs/remotes/"), "/"); ok && name == base {
+			found = append(found, r)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("base branch %s is not in the scratch clone: fetch it first", base)
+	case 1:
+		if c, ok := verify(found[0]); ok {
+			return c, nil
+		}
+		return "", fmt.Errorf("base branch %s (%s) is not a commit", base, found[0])
+	}
+	return "", fmt.Errorf("base branch %s is ambiguous in the scratch clone: %s", base, strings.Join(found, ", "))
+}
+
+// amAdvice drops git am's advice on going on in the scratch clone
+// ("run git am --continue", "--skip", "--abort", "--show-current-patch"),
+// which means nothing to the patch's author.
+func amAdvice(s string) string {
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		if !strings.Contains(l, "git am --") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+// capTail keeps the last n bytes of s (where git puts what failed).
+func capTail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := len(s) - n
+	for i < len(s) && !utf8.RuneStart(s[i]) {
+		i++
+	}
+	return "[... output cut]\n" + s[i:]
 }
 
 func capText(s string, n int) string {

@@ -304,8 +304,19 @@ func TestApplyFails(t *testing.T) {
 	if !errors.As(err, &ae) {
 		t.Fatalf("err %v, want *ApplyError", err)
 	}
-	if ae.Patch != 2 || ae.Base != other || !strings.Contains(ae.Subject, "b: add") || !strings.Contains(ae.Output, "conflicts in: b.txt") {
+	if ae.Patch != 2 || ae.Base != other || ae.Commit != other || !strings.Contains(ae.Subject, "b: add") || !strings.Contains(ae.Output, "conflicts in: b.txt") {
 		t.Errorf("ApplyError %+v", ae)
+	}
+	t.Log(ae.Output)
+	// git am's standard output: what applied, the conflict, the patch
+	// that failed; and its standard error.
+	for _, want := range []string{"Applying: a: two", "CONFLICT (add/add): Merge conflict in b.txt", "Patch failed at 0002 b: add", "error: Failed to merge in the changes."} {
+		if !strings.Contains(ae.Output, want) {
+			t.Errorf("Output lacks %q:\n%s", want, ae.Output)
+		}
+	}
+	if strings.Contains(ae.Output, "git am --") {
+		t.Errorf("Output holds advice for the scratch clone:\n%s", ae.Output)
 	}
 	if _, err := os.Stat(filepath.Join(scratch, ".git", "rebase-apply")); !os.IsNotExist(err) {
 		t.Errorf("git am was not aborted: %v", err)
@@ -363,7 +374,53 @@ func TestUnthreadedWindow(t *testing.T) {
 func TestApplyUnknownBase(t *testing.T) {
 	dir, _ := branch(t)
 	s := Group(formatPatch(t, dir, "-1"))[0]
-	if _, err := Apply(context.Background(), dir, "--output=/tmp/x", s); err == nil || !strings.Contains(err.Error(), "not a commit") {
-		t.Errorf("err %v", err)
+	for base, want := range map[string]string{
+		"--output=/tmp/x":        "neither",
+		"main~1":                 "neither",
+		"main^{tree}":            "neither",
+		strings.Repeat("ab", 20): "not a commit in the scratch clone: fetch it",
+		"nope":                   "not in the scratch clone: fetch it",
+	} {
+		if _, err := Apply(context.Background(), dir, base, s); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("base %q: err %v, want one holding %q", base, err, want)
+		}
+	}
+}
+
+// TestApplyBaseBranch: a series that names no base is applied on the
+// configured branch, which a scratch clone has as origin/<branch>.
+func TestApplyBaseBranch(t *testing.T) {
+	dir, base := branch(t)
+	s := Group(formatPatch(t, dir, "main..topic"))[0]
+	if s.Base() != "" {
+		t.Fatalf("base %q", s.Base())
+	}
+	scratch := filepath.Join(t.TempDir(), "scratch")
+	fixtures.Git(t, dir, "clone", "-q", "--no-checkout", dir, scratch)
+	if _, err := os.Stat(filepath.Join(scratch, ".git", "refs", "heads", "main")); !os.IsNotExist(err) {
+		t.Fatalf("the clone has a local main: the test does not test the remote lookup")
+	}
+	ctx := context.Background()
+	if c, err := ResolveBase(ctx, scratch, "main"); err != nil || c != base {
+		t.Fatalf("ResolveBase(main) = %s, %v; want %s", c, err, base)
+	}
+	head, err := Apply(ctx, scratch, "main", s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fixtures.Git(t, scratch, "rev-parse", head+"^{tree}"), fixtures.Git(t, dir, "rev-parse", "topic^{tree}"); got != want {
+		t.Errorf("applied tree %s, branch tree %s", got, want)
+	}
+	// A local branch wins over a remote one; two remotes with the branch
+	// are ambiguous.
+	fixtures.Git(t, scratch, "branch", "main", "origin/topic")
+	if c, _ := ResolveBase(ctx, scratch, "main"); c != fixtures.Git(t, dir, "rev-parse", "topic") {
+		t.Errorf("local main not preferred: %s", c)
+	}
+	fixtures.Git(t, scratch, "branch", "-D", "main")
+	fixtures.Git(t, scratch, "remote", "add", "other", dir)
+	fixtures.Git(t, scratch, "fetch", "-q", "other")
+	if _, err := ResolveBase(ctx, scratch, "main"); err == nil || !strings.Contains(err.Error(), "ambiguous") {
+		t.Errorf("two remotes: %v", err)
 	}
 }
