@@ -217,7 +217,14 @@ func (s *SMTPSender) Send(ctx context.Context, from string, rcpt []string, raw [
 		}
 	}
 
-	if err := c.Mail(from, nil); err != nil {
+	var opts *smtp.MailOptions
+	if !ascii(append([]string{from}, rcpt...)...) {
+		if ok, _ := c.Extension("SMTPUTF8"); !ok {
+			return &PermanentError{Msg: fmt.Sprintf("%s does not take addresses that are not ASCII (no SMTPUTF8)", to)}
+		}
+		opts = &smtp.MailOptions{UTF8: true}
+	}
+	if err := c.Mail(from, opts); err != nil {
 		return s.replyErr(ctx, "MAIL FROM:<"+from+">", err)
 	}
 	var took, refused []string
@@ -307,6 +314,17 @@ func (s *SMTPSender) timeoutErr(ctx context.Context, err error) error {
 		return fmt.Errorf("no answer within %v: %w", s.cfg.Timeout, err)
 	}
 	return err
+}
+
+func ascii(ss ...string) bool {
+	for _, s := range ss {
+		for i := 0; i < len(s); i++ {
+			if s[i] >= 0x80 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // checkAddrs refuses addresses that cannot go into an SMTP command.

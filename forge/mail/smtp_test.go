@@ -155,7 +155,7 @@ const (
 )
 
 // serve starts go-smtp's server for be on host:0 and returns its address.
-func serve(t *testing.T, be smtp.Backend, host string, mode serverMode, ca *testCA) string {
+func serve(t *testing.T, be smtp.Backend, host string, mode serverMode, ca *testCA, opts ...func(*smtp.Server)) string {
 	t.Helper()
 	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
@@ -168,6 +168,9 @@ func serve(t *testing.T, be smtp.Backend, host string, mode serverMode, ca *test
 	srv.AllowInsecureAuth = mode == plainServer
 	if mode != plainServer {
 		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{ca.cert}}
+	}
+	for _, o := range opts {
+		o(srv)
 	}
 	if mode == implicitServer {
 		l = tls.NewListener(l, srv.TLSConfig)
@@ -376,6 +379,19 @@ func TestSMTPRefusals(t *testing.T) {
 	}
 	if len(be.got()) != 1 {
 		t.Errorf("%d messages, want 1", len(be.got()))
+	}
+	// A server without SMTPUTF8 cannot take a non-ASCII address; one
+	// with it can.
+	if err := s.Send(ctx, "ci@example.org", []string{"rené@example.org"}, []byte(reply)); !errors.As(err, &pe) || !strings.Contains(err.Error(), "SMTPUTF8") {
+		t.Errorf("non-ASCII address: %v", err)
+	}
+	utf8be := &sink{}
+	addr8 := serve(t, utf8be, "127.0.0.1", plainServer, nil, func(srv *smtp.Server) { srv.EnableSMTPUTF8 = true })
+	if err := sender(t, SMTPConfig{URL: "smtp://" + addr8}).Send(ctx, "ci@example.org", []string{"rené@example.org"}, []byte(reply)); err != nil {
+		t.Errorf("non-ASCII address, SMTPUTF8: %v", err)
+	}
+	if g := utf8be.got(); len(g) != 1 || g[0].rcpt[0] != "rené@example.org" {
+		t.Errorf("got %+v", g)
 	}
 	// Addresses that cannot go into a command are refused before any.
 	for _, rcpt := range [][]string{nil, {"a@b>\r\nRCPT TO:<x@y"}, {"nobody"}} {
