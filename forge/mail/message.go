@@ -15,6 +15,7 @@ import (
 	"io"
 	"mime"
 	netmail "net/mail"
+	"regexp"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -93,8 +94,13 @@ type Message struct {
 	// of a multipart/alternative) followed by the patches attached as
 	// text/x-patch, text/x-diff, or text/plain named *.patch or *.diff;
 	// transfer encodings undone and charsets converted (a charset
-	// go-message does not know is read as is). "" when the message holds
-	// no such part (HTML-only mail), or its MIME is broken.
+	// go-message does not know is read as is). A patch file attached
+	// whole (git format-patch's output, as a mail client attaches it)
+	// stands alone instead: its From, Date and Subject as the first lines
+	// (git am takes them as the commit's author, date and title) and its
+	// text; the message's own text, a note to people, is left out. ""
+	// when the message holds no such part (HTML-only mail), holds several
+	// patch files, or its MIME is broken.
 	Body string
 	// Raw is the message git am reads; as read for every kind but
 	// KindPatch and KindCover. A patch or cover letter of one text/plain
@@ -176,12 +182,21 @@ func ParseMessage(r io.Reader) (*Message, error) {
 	}
 
 	w := &walker{}
-	broken := w.walk(th, br, 0)
-	m.Body = w.body.String()
-	if broken != "" {
-		m.Body = ""
+	why := w.walk(th, br, 0)
+	if why != "" {
+		why = "broken MIME: " + why
 	}
-	m.Kind, m.Reason = classify(m, broken, w.html)
+	m.Body = w.body.String()
+	switch {
+	case why != "":
+		m.Body = ""
+	case len(w.files) == 1:
+		m.Body = w.files[0]
+	case len(w.files) > 1:
+		m.Body = ""
+		why = fmt.Sprintf("%d patch files attached to one message: send each patch as a message of its own (git send-email)", len(w.files))
+	}
+	m.Kind, m.Reason = classify(m, why, w.html)
 	if m.Kind == KindPatch || m.Kind == KindCover {
 		asRead := !w.multi && w.parts == 1 && !w.unknownCharset && w.textParts == 1
 		if asRead {
@@ -200,7 +215,7 @@ func ParseMessage(r io.Reader) (*Message, error) {
 // are taken as auto-generated too; Precedence list is not, since a list
 // delivers the very patches the bridge exists for (the bridge still never
 // answers KindAuto, and replies only in the thread).
-func classify(m *Message, broken string, html bool) (Kind, string) {
+func classify(m *Message, why string, html bool) (Kind, string) {
 	switch {
 	case len(m.Refci) > 0:
 		return KindAuto, "it carries refci's own X-Refci-* headers: a mail loop"
@@ -212,8 +227,8 @@ func classify(m *Message, broken string, html bool) (Kind, string) {
 		return KindAuto, "auto-generated (Precedence: " + m.Precedence + ")"
 	case m.Tag.Re:
 		return KindReply, "a reply (Re: subject)"
-	case broken != "":
-		return KindOther, "broken MIME: " + broken
+	case why != "":
+		return KindOther, why
 	case !m.Tag.Patch:
 		return KindOther, "no [PATCH] tag in the subject"
 	case m.Tag.Index == 0:
@@ -238,7 +253,11 @@ type walker struct {
 	multi          bool // a multipart was seen
 	html           bool // a text/html part was seen
 	unknownCharset bool
+	files          []string // patch files attached whole, as git am should read each
 }
+
+// patchFileLine is the first line of a file git format-patch writes.
+var patchFileLine = regexp.MustCompile(`^From [0-9a-f]{40}(?:[0-9a-f]{24})? Mon Sep 17 00:00:00 2001\r?\n`)
 
 // walk reads one entity (header h, raw body r) at depth (0 for the
 // message); it returns why the MIME is broken, or "".
@@ -324,9 +343,44 @@ func (w *walker) walk(h textproto.Header, r io.Reader, depth int) string {
 			w.unknownCharset = true
 		}
 	}
+	if mt != "text/plain" || attached {
+		if line := patchFileLine.Find(text); line != nil {
+			return w.patchFile(text[len(line):], depth)
+		}
+	}
 	w.textParts++
 	appendText(&w.body, text)
 	appendText(&w.applied, b)
+	return ""
+}
+
+// patchFile reads an attached git format-patch file (after its first
+// line) into w.files: From, Date and Subject as in-body header lines,
+// then its text.
+func (w *walker) patchFile(b []byte, depth int) string {
+	if depth >= MaxMIMEDepth {
+		return fmt.Sprintf("patch files nested deeper than %d", MaxMIMEDepth)
+	}
+	br := bufio.NewReader(bytes.NewReader(b))
+	h, err := textproto.ReadHeader(br)
+	if err != nil {
+		return fmt.Sprintf("attached patch file: %v", err)
+	}
+	inner := &walker{parts: w.parts}
+	why := inner.walk(h, br, depth+1)
+	w.parts = inner.parts
+	if why != "" {
+		return "attached patch file: " + why
+	}
+	var sb strings.Builder
+	for _, k := range []string{"From", "Date", "Subject"} {
+		if v := decodeHeader(h.Get(k)); v != "" {
+			sb.WriteString(k + ": " + v + "\n")
+		}
+	}
+	sb.WriteString("\n")
+	sb.WriteString(inner.body.String())
+	w.files = append(w.files, sb.String())
 	return ""
 }
 

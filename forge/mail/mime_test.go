@@ -121,6 +121,14 @@ var mimeCases = []struct {
 		subject: "[PATCH] x", headers: "Content-Type: multipart/mixed; boundary=b\n",
 		body: strings.Repeat("--b\nContent-Type: image/png\n\nx\n", MaxMIMEParts) + "--b\n\n" + mimeDiff + "--b--\n",
 		kind: KindOther, body2: "-", reason: "MIME parts"},
+	{name: "attached patch file",
+		subject: "[PATCH] x", headers: "Content-Type: multipart/mixed; boundary=b\n",
+		body: "--b\n\nnote\n--b\nContent-Type: text/x-patch\nContent-Disposition: attachment; filename=0001-x.patch\n\nFrom " + strings.Repeat("0", 40) + " Mon Sep 17 00:00:00 2001\nFrom: Bo <bo@x>\nSubject: [PATCH] =?utf-8?q?caf=C3=A9?=\n\nwhy\n---\n" + mimeDiff + "--b--\n",
+		kind: KindPatch, body2: "From: Bo <bo@x>\nSubject: [PATCH] café\n\nwhy\n---\n" + mimeDiff, rebuilt: true},
+	{name: "attached patch file without a header",
+		subject: "[PATCH] x", headers: "Content-Type: multipart/mixed; boundary=b\n",
+		body: "--b\nContent-Type: text/x-patch\n\nFrom " + strings.Repeat("0", 40) + " Mon Sep 17 00:00:00 2001\n no header\n" + mimeDiff + "--b--\n",
+		kind: KindOther, body2: "-", reason: "attached patch file"},
 	{name: "refci's own reply",
 		subject: "Re: [PATCH] x", headers: "X-Refci-State: failed\nX-Refci-Run: r1\n",
 		body: "the run failed\n", kind: KindAuto, reason: "mail loop"},
@@ -295,5 +303,44 @@ func TestHostileCharset(t *testing.T) {
 	dir, base := branch(t)
 	if _, err := Apply(context.Background(), dir, base, Group([]*Message{m})[0]); !errors.Is(err, ErrUnsafePath) {
 		t.Errorf("err %v, want ErrUnsafePath", err)
+	}
+}
+
+// TestApplyAttachedPatchFile: a mail client's user attaches the file git
+// format-patch wrote. git am gets the file's author, date, title and
+// message, not the note around it.
+func TestApplyAttachedPatchFile(t *testing.T) {
+	dir, base := branch(t)
+	file := fixtures.Git(t, dir, "format-patch", "-1", "--stdout", "topic~2") + "\n"
+	attach := func(name, content string) string {
+		return "--b\nContent-Type: text/x-patch; charset=UTF-8; name=\"" + name + "\"\nContent-Disposition: attachment; filename=\"" + name + "\"\nContent-Transfer-Encoding: base64\n\n" + b64(content)
+	}
+	note := "--b\nContent-Type: text/plain; charset=utf-8\n\nPlease apply the attached patch.\n"
+	raw := strings.Replace(mimeMail("[PATCH] a: two (attached)", "Content-Type: multipart/mixed; boundary=b\n", note+attach("0001-a-two.patch", file)+"--b--\n"), "Ann <ann@", "Zed <zed@", 1)
+	m, err := ParseMessage(strings.NewReader(raw))
+	if err != nil || m.Kind != KindPatch {
+		t.Fatalf("%v %v (%s)", err, m.Kind, m.Reason)
+	}
+	if strings.Contains(m.Body, "Please apply") || !strings.HasPrefix(m.Body, "From: ") || !strings.Contains(m.Body, "\nSubject: [PATCH] a: two\n\n") {
+		t.Errorf("body %q", m.Body)
+	}
+	scratch := filepath.Join(t.TempDir(), "scratch")
+	fixtures.Git(t, dir, "clone", "-q", dir, scratch)
+	head, err := Apply(context.Background(), scratch, base, Group([]*Message{m})[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fixtures.Git(t, scratch, "rev-parse", head+"^{tree}"), fixtures.Git(t, dir, "rev-parse", "topic~2^{tree}"); got != want {
+		t.Errorf("applied tree %s, want %s", got, want)
+	}
+	format := "--format=%an <%ae>|%ad|%B"
+	if got, want := fixtures.Git(t, scratch, "log", "-1", format, head), fixtures.Git(t, dir, "log", "-1", format, "topic~2"); got != want {
+		t.Errorf("commit %q, want %q", got, want)
+	}
+
+	// Two files in one message cannot be one patch.
+	two := mimeMail("[PATCH] two", "Content-Type: multipart/mixed; boundary=b\n", attach("1.patch", file)+attach("2.patch", file)+"--b--\n")
+	if m, err := ParseMessage(strings.NewReader(two)); err != nil || m.Kind != KindOther || !strings.Contains(m.Reason, "2 patch files") {
+		t.Errorf("two files: %v %v (%s)", err, m.Kind, m.Reason)
 	}
 }
