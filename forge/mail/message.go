@@ -104,12 +104,15 @@ type Message struct {
 	Body string
 	// Raw is the message git am reads; as read for every kind but
 	// KindPatch and KindCover. A patch or cover letter of one text/plain
-	// part in a charset git knows is kept as read (git am undoes its transfer
-	// encoding and converts the commit message itself, and applies the
-	// diff's bytes as they are, as it would from a mailbox). Any other
-	// message (multipart, attachments, an unknown charset) is rebuilt as
-	// one text/plain UTF-8 part holding Body, under the original header
-	// fields other than MIME's: git am then applies what Body shows.
+	// part in a charset go-message knows keeps its charset: git am
+	// converts the commit message itself and applies the diff's bytes as
+	// they are, as it would from a mailbox. It is kept as read when in
+	// 7bit or 8bit, and rebuilt with its quoted-printable or base64
+	// undone otherwise, so that the bytes git am applies are the ones
+	// Apply checked. Any other message (multipart, attachments, an
+	// unknown charset) is rebuilt as one text/plain UTF-8 part holding
+	// Body. A rebuilt message keeps the original header fields other than
+	// MIME's.
 	Raw []byte
 	// Reason says why the message is not a patch or a cover letter, for
 	// the bridge's log ("HTML-only mail: ...", "broken MIME: ...");
@@ -198,13 +201,21 @@ func ParseMessage(r io.Reader) (*Message, error) {
 	}
 	m.Kind, m.Reason = classify(m, why, w.html)
 	if m.Kind == KindPatch || m.Kind == KindCover {
-		asRead := !w.multi && w.parts == 1 && !w.unknownCharset && w.textParts == 1
-		if asRead {
-			if w.applied.String() != m.Body {
-				m.applied = w.applied.String()
-			}
-		} else {
-			m.Raw = rebuild(th, m.Body)
+		single := !w.multi && w.parts == 1 && !w.unknownCharset && w.textParts == 1
+		switch enc := strings.ToLower(h.Get("Content-Transfer-Encoding")); {
+		case single && (enc == "" || enc == "7bit" || enc == "8bit" || enc == "binary"):
+			// As read: git am decodes nothing, so it applies the bytes
+			// Apply checks.
+		case single:
+			// Quoted-printable or base64: decoded here, so that git am
+			// applies exactly the bytes Apply checks, in the charset
+			// the message declared.
+			m.Raw = rebuild(th, w.applied.String(), w.charset)
+		default:
+			m.Raw = rebuild(th, m.Body, "utf-8")
+		}
+		if single && w.applied.String() != m.Body {
+			m.applied = w.applied.String()
 		}
 	}
 	return m, nil
@@ -253,6 +264,7 @@ type walker struct {
 	multi          bool // a multipart was seen
 	html           bool // a text/html part was seen
 	unknownCharset bool
+	charset        string   // the last text part's charset, lower case
 	files          []string // patch files attached whole, as git am should read each
 }
 
@@ -349,6 +361,7 @@ func (w *walker) walk(h textproto.Header, r io.Reader, depth int) string {
 		}
 	}
 	w.textParts++
+	w.charset = strings.ToLower(params["charset"])
 	appendText(&w.body, text)
 	appendText(&w.applied, b)
 	return ""
@@ -391,12 +404,46 @@ func appendText(sb *strings.Builder, b []byte) {
 	if s != "" && !strings.HasSuffix(s, "\n") {
 		s += "\n"
 	}
-	sb.WriteString(strings.ReplaceAll(s, "\r\n", "\n"))
+	sb.WriteString(lf(s))
 }
 
-// rebuild makes the message git am reads for a MIME message: h's fields
-// other than MIME's, and body as one text/plain UTF-8 8bit part.
-func rebuild(h textproto.Header, body string) []byte {
+// lf ends lines with LF alone: any CRs before an LF are dropped (all of
+// them, so that reading the result again changes nothing).
+func lf(s string) string {
+	if !strings.Contains(s, "\r\n") {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	crs := 0
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\r':
+			crs++
+			continue
+		case '\n':
+			crs = 0
+		}
+		for ; crs > 0; crs-- {
+			b.WriteByte('\r')
+		}
+		b.WriteByte(s[i])
+	}
+	for ; crs > 0; crs-- {
+		b.WriteByte('\r')
+	}
+	return b.String()
+}
+
+// rebuild makes the message git am reads: h's fields other than MIME's,
+// and body as one text/plain 8bit part in charset cs ("" for US-ASCII).
+func rebuild(h textproto.Header, body, cs string) []byte {
+	ct := "text/plain"
+	if cs != "" {
+		if f := mime.FormatMediaType("text/plain", map[string]string{"charset": cs}); f != "" {
+			ct = f
+		}
+	}
 	out := h.Copy()
 	for f := out.Fields(); f.Next(); {
 		if k := strings.ToLower(f.Key()); strings.HasPrefix(k, "content-") || k == "mime-version" {
@@ -404,7 +451,7 @@ func rebuild(h textproto.Header, body string) []byte {
 		}
 	}
 	out.Add("MIME-Version", "1.0")
-	out.Add("Content-Type", "text/plain; charset=utf-8")
+	out.Add("Content-Type", ct)
 	out.Add("Content-Transfer-Encoding", "8bit")
 	var b bytes.Buffer
 	if err := textproto.WriteHeader(&b, out); err != nil {
@@ -416,7 +463,7 @@ func rebuild(h textproto.Header, body string) []byte {
 				fmt.Fprintf(&b, "%s: %s\r\n", k, strings.NewReplacer("\r", " ", "\n", " ").Replace(v))
 			}
 		}
-		b.WriteString("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n")
+		b.WriteString("MIME-Version: 1.0\r\nContent-Type: " + ct + "\r\nContent-Transfer-Encoding: 8bit\r\n\r\n")
 	}
 	b.WriteString(body)
 	return b.Bytes()

@@ -77,7 +77,7 @@ var mimeCases = []struct {
 		kind: KindPatch, body2: "why\n---\n" + mimeDiff, rebuilt: true},
 	{name: "iso-8859-1 quoted-printable",
 		subject: "=?ISO-8859-1?Q?[PATCH]_caf=E9?=", headers: "Content-Type: text/plain; charset=ISO-8859-1\nContent-Transfer-Encoding: quoted-printable\n",
-		body: "caf=E9 au lait\n---\n" + mimeDiff, kind: KindPatch, body2: "café au lait\n"},
+		body: "caf=E9 au lait\n---\n" + mimeDiff, kind: KindPatch, body2: "café au lait\n", rebuilt: true},
 	{name: "windows-1252 8bit",
 		subject: "[PATCH] quotes", headers: "Content-Type: text/plain; charset=windows-1252\nContent-Transfer-Encoding: 8bit\n",
 		body: "\x93quoted\x94\n---\n" + mimeDiff, kind: KindPatch, body2: "“quoted”\n"},
@@ -169,6 +169,9 @@ func TestParseMIME(t *testing.T) {
 			}
 			if got := string(m.Raw) != raw; got != tc.rebuilt {
 				t.Errorf("Raw rebuilt %v, want %v:\n%s", got, tc.rebuilt, m.Raw)
+			}
+			if tc.name == "iso-8859-1 quoted-printable" && (!strings.Contains(string(m.Raw), "charset=iso-8859-1") || !strings.Contains(string(m.Raw), "\ncaf\xe9 au lait\n")) {
+				t.Errorf("quoted-printable not undone in the message's charset:\n%s", m.Raw)
 			}
 			if m.Kind == KindPatch {
 				again, err := ParseMessage(strings.NewReader(string(m.Raw)))
@@ -342,5 +345,13 @@ func TestApplyAttachedPatchFile(t *testing.T) {
 	two := mimeMail("[PATCH] two", "Content-Type: multipart/mixed; boundary=b\n", attach("1.patch", file)+attach("2.patch", file)+"--b--\n")
 	if m, err := ParseMessage(strings.NewReader(two)); err != nil || m.Kind != KindOther || !strings.Contains(m.Reason, "2 patch files") {
 		t.Errorf("two files: %v %v (%s)", err, m.Kind, m.Reason)
+	}
+}
+
+func TestLF(t *testing.T) {
+	for in, want := range map[string]string{"": "", "a\r\nb": "a\nb", "a\r\r\nb\r": "a\nb\r", "\rx\r\n\r": "\rx\n\r", "a\nb": "a\nb"} {
+		if got := lf(in); got != want || lf(got) != got {
+			t.Errorf("lf(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
