@@ -450,9 +450,6 @@ func rebuild(h textproto.Header, body, cs string) []byte {
 			f.Del()
 		}
 	}
-	out.Add("MIME-Version", "1.0")
-	out.Add("Content-Type", ct)
-	out.Add("Content-Transfer-Encoding", "8bit")
 	var b bytes.Buffer
 	if err := textproto.WriteHeader(&b, out); err != nil {
 		// A field go-message read but cannot write again: keep the
@@ -463,8 +460,10 @@ func rebuild(h textproto.Header, body, cs string) []byte {
 				fmt.Fprintf(&b, "%s: %s\r\n", k, strings.NewReplacer("\r", " ", "\n", " ").Replace(v))
 			}
 		}
-		b.WriteString("MIME-Version: 1.0\r\nContent-Type: " + ct + "\r\nContent-Transfer-Encoding: 8bit\r\n\r\n")
+	} else {
+		b.Truncate(b.Len() - 2) // the header's end: MIME's fields go last
 	}
+	b.WriteString("MIME-Version: 1.0\r\nContent-Type: " + ct + "\r\nContent-Transfer-Encoding: 8bit\r\n\r\n")
 	b.WriteString(body)
 	return b.Bytes()
 }

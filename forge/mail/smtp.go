@@ -24,7 +24,7 @@ const DefaultSMTPTimeout = time.Minute
 // is not a *PermanentError: the message is fine and the configuration is
 // not, so the reply should stay pending until the user fixes user or
 // password_file and the bridge tries again.
-var ErrSMTPAuth = errors.New("the SMTP server refused the login")
+var ErrSMTPAuth = errors.New("SMTP login needed or refused")
 
 // SMTPConfig says how an SMTPSender reaches its server.
 type SMTPConfig struct {
@@ -55,13 +55,15 @@ type SMTPConfig struct {
 // server). It is safe for concurrent use; the zero value is not usable:
 // make one with NewSMTPSender.
 //
-// Send's errors: a 5xx reply to MAIL, RCPT or DATA is a *PermanentError;
+// Send's errors: a 5xx reply to RCPT or DATA is a *PermanentError;
 // a message the server took for some recipients and refused for others is
 // delivered to those it took and also reported as a *PermanentError that
 // names the others, since sending it again would reach the first ones
-// twice. A refused login wraps ErrSMTPAuth. Anything else (the server down
-// or silent past the timeout, a 4xx reply, a certificate that does not
-// verify, no STARTTLS) is worth a retry later.
+// twice. A refused login, or a server that wants one (530 to MAIL),
+// wraps ErrSMTPAuth. A refused sender (5xx to MAIL FROM) is not permanent
+// either: it is refci's from, wrong for every reply until fixed. Anything
+// else (the server down or silent past the timeout, a 4xx reply, a
+// certificate that does not verify, no STARTTLS) is worth a retry later.
 type SMTPSender struct {
 	cfg      SMTPConfig
 	ep       smtpEndpoint
@@ -225,6 +227,17 @@ func (s *SMTPSender) Send(ctx context.Context, from string, rcpt []string, raw [
 		opts = &smtp.MailOptions{UTF8: true}
 	}
 	if err := c.Mail(from, opts); err != nil {
+		// A refused sender is refci's configuration, not this
+		// message: not permanent, so the reply waits for the fix.
+		var se *smtp.SMTPError
+		switch {
+		case errors.As(err, &se) && (se.Code == 530 || (se.Code >= 500 && se.EnhancedCode[0] == 5 && se.EnhancedCode[1] == 7 && s.cfg.User == "")):
+			return fmt.Errorf("smtp: %w: %s answered %d %s to MAIL FROM:<%s>: it wants a login: set user and password_file in [mail]",
+				ErrSMTPAuth, to, se.Code, se.Message, from)
+		case errors.As(err, &se) && se.Code >= 500:
+			return fmt.Errorf("smtp: %s refused the sender <%s>: %d %s: check from (and user) in [mail]; replies wait until it is taken",
+				to, from, se.Code, se.Message)
+		}
 		return s.replyErr(ctx, "MAIL FROM:<"+from+">", err)
 	}
 	var took, refused []string

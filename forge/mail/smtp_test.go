@@ -79,7 +79,8 @@ type got struct {
 // block, when not nil, holds DATA until it is closed.
 type sink struct {
 	user, password string
-	refuse         map[string]error
+	refuse         map[string]error // by recipient, or by sender for MAIL FROM
+	needLogin      bool
 	dataErr        error
 	block          chan struct{}
 
@@ -115,7 +116,16 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	}), nil
 }
 
-func (s *session) Mail(from string, _ *smtp.MailOptions) error { s.cur.from = from; return nil }
+func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+	if s.sink.needLogin && s.cur.authUser == "" {
+		return smtp.ErrAuthRequired
+	}
+	if err := s.sink.refuse[from]; err != nil {
+		return err
+	}
+	s.cur.from = from
+	return nil
+}
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if err := s.sink.refuse[to]; err != nil {
@@ -326,6 +336,26 @@ func TestSMTPAuthRefused(t *testing.T) {
 		t.Errorf("sent without a login")
 	}
 	t.Log(err)
+
+	// A server that wants a login from a sender configured without one;
+	// a server that refuses the sender: both are refci's configuration,
+	// to be fixed, not reasons to drop the reply.
+	be.needLogin = true
+	s = sender(t, SMTPConfig{URL: "smtp://" + addr})
+	err = s.Send(context.Background(), "ci@example.org", []string{"ann@example.org"}, []byte(reply))
+	if !errors.Is(err, ErrSMTPAuth) || errors.As(err, &pe) || !strings.Contains(err.Error(), "set user and password_file") {
+		t.Errorf("login wanted: %v", err)
+	}
+	t.Log(err)
+	be.refuse = map[string]error{"ci@example.org": &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "sender address not owned by user"}}
+	s = sender(t, SMTPConfig{URL: "smtp://" + addr, User: "ci", Password: "right horse"})
+	err = s.Send(context.Background(), "ci@example.org", []string{"ann@example.org"}, []byte(reply))
+	if err == nil || errors.Is(err, ErrSMTPAuth) || errors.As(err, &pe) || !strings.Contains(err.Error(), "check from") {
+		t.Errorf("sender refused: %v", err)
+	}
+	t.Log(err)
+	be.refuse, be.needLogin = nil, false
+
 	// The right password, over STARTTLS.
 	ca := newTestCA(t)
 	addr = serve(t, be, "127.0.0.1", startTLSServer, ca)
