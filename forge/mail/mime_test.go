@@ -355,3 +355,32 @@ func TestLF(t *testing.T) {
 		}
 	}
 }
+
+// benchPatch is a typical patch mail: a commit message and a 200-line
+// diff, as git format-patch writes it.
+func benchPatch() string {
+	var d strings.Builder
+	d.WriteString("diff --git a/a.txt b/a.txt\n--- a/a.txt\n+++ b/a.txt\n@@ -1,100 +1,100 @@\n")
+	for i := 0; i < 100; i++ {
+		fmt.Fprintf(&d, "-old line %d of the file\n+new line %d of the file\n", i, i)
+	}
+	return "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\nFrom: Ann <ann@example.org>\nDate: Tue, 14 Nov 2023 22:13:20 +0000\nSubject: [PATCH v2 3/5] a: rewrite every line\nMessage-Id: <3@example.org>\nIn-Reply-To: <0@example.org>\nReferences: <0@example.org>\nMIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n\nWhy it is better.\n\nSigned-off-by: Ann <ann@example.org>\n---\n a.txt | 200 ++++----\n\n" + d.String() + "-- \n2.39.5\n"
+}
+
+// BenchmarkParseMessage: go test -run '^$' -bench ParseMessage ./forge/mail
+func BenchmarkParseMessage(b *testing.B) {
+	plain := benchPatch()
+	i := strings.Index(plain, "Why it is better")
+	multi := plain[:strings.Index(plain, "MIME-Version")] + "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain; charset=UTF-8\n\n" +
+		plain[i:strings.Index(plain, "diff --git")] + "--b\nContent-Type: text/x-patch; name=a.patch\nContent-Disposition: attachment; filename=a.patch\nContent-Transfer-Encoding: base64\n\n" + b64(plain[strings.Index(plain, "diff --git"):]) + "--b--\n"
+	for _, tc := range []struct{ name, raw string }{{"plain", plain}, {"multipart", multi}} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(tc.raw)))
+			for b.Loop() {
+				if m, err := ParseMessage(strings.NewReader(tc.raw)); err != nil || m.Kind != KindPatch {
+					b.Fatal(err, m.Kind, m.Reason)
+				}
+			}
+		})
+	}
+}

@@ -29,7 +29,7 @@ type testCA struct {
 	cert  tls.Certificate
 }
 
-func newTestCA(t *testing.T, ips ...net.IP) *testCA {
+func newTestCA(t testing.TB, ips ...net.IP) *testCA {
 	t.Helper()
 	key := func() *ecdsa.PrivateKey {
 		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -538,5 +538,44 @@ func TestParseSMTPURL(t *testing.T) {
 	}
 	if _, err := NewSMTPSender(SMTPConfig{URL: "smtps://host", Password: "x"}); err == nil {
 		t.Error("a password without a user")
+	}
+}
+
+// BenchmarkSMTPSend is one Send to go-smtp's server on 127.0.0.1, a new
+// connection each: go test -run '^$' -bench SMTPSend ./forge/mail
+func BenchmarkSMTPSend(b *testing.B) {
+	ca := newTestCA(b)
+	for _, tc := range []struct {
+		name   string
+		scheme string
+		mode   serverMode
+	}{{"plain", "smtp", plainServer}, {"starttls", "smtp", startTLSServer}, {"tls", "smtps", implicitServer}} {
+		b.Run(tc.name, func(b *testing.B) {
+			be := &sink{user: "ci", password: "pw"}
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			srv := smtp.NewServer(be)
+			srv.ErrorLog = log.New(io.Discard, "", 0)
+			srv.AllowInsecureAuth = tc.mode == plainServer
+			if tc.mode != plainServer {
+				srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{ca.cert}}
+			}
+			if tc.mode == implicitServer {
+				l = tls.NewListener(l, srv.TLSConfig)
+			}
+			go srv.Serve(l)
+			defer srv.Close()
+			s, err := NewSMTPSender(SMTPConfig{URL: tc.scheme + "://" + l.Addr().String(), User: "ci", Password: "pw", TLS: &tls.Config{RootCAs: ca.roots}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				if err := s.Send(context.Background(), "ci@example.org", []string{"ann@example.org"}, []byte(reply)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
