@@ -48,7 +48,7 @@ func IsolatedConfig(home string) []string {
 // CLIError is the error of a git that CLI ran and that failed (or could
 // not be started).
 type CLIError struct {
-	Op     string // git's subcommand: the first argument
+	Op     string // git's subcommand: the first argument that is not a global option (-c k=v, -C dir, --opt)
 	Stderr string // what git printed to standard error, trimmed
 	// Stdout is what git printed to standard output before it failed,
 	// trimmed: some commands report there (git am names the patch that
@@ -78,9 +78,23 @@ func (c CLI) Run(ctx context.Context, stdin string, args ...string) (string, err
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		return "", &CLIError{Op: args[0], Stderr: strings.TrimSpace(errb.String()), Stdout: strings.TrimSpace(out.String()), Err: err}
+		return "", &CLIError{Op: subcommand(args), Stderr: strings.TrimSpace(errb.String()), Stdout: strings.TrimSpace(out.String()), Err: err}
 	}
 	return strings.TrimSpace(out.String()), nil
+}
+
+// subcommand is the first of args that is not one of git's own options.
+func subcommand(args []string) string {
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case a == "-c" || a == "-C":
+			i++
+		case strings.HasPrefix(a, "-"):
+		default:
+			return a
+		}
+	}
+	return ""
 }
 
 // TagSpec describes an annotated tag object of a commit.

@@ -147,7 +147,10 @@ func TestCLI(t *testing.T) {
 	// A failing git's standard output is kept in the error, apart from
 	// its standard error, which alone makes the message.
 	out, err := git.Run(ctx, "", "-c", "alias.both=!echo to-stdout; echo to-stderr >&2; exit 3", "both")
-	if !errors.As(err, &ce) || out != "" || ce.Stdout != "to-stdout" || ce.Stderr != "to-stderr" || err.Error() != "git -c: to-stderr" {
+	if !errors.As(err, &ce) || out != "" || ce.Stdout != "to-stdout" || ce.Stderr != "to-stderr" || err.Error() != "git both: to-stderr" || ce.Op != "both" {
 		t.Errorf("failing alias: out %q, err %v (%+v)", out, err, ce)
+	}
+	if _, err := git.Run(ctx, ""); !errors.As(err, &ce) || ce.Op != "" {
+		t.Errorf("git without arguments: %v", err)
 	}
 }
