@@ -181,13 +181,16 @@ func (s *SMTPSender) Send(ctx context.Context, from string, rcpt []string, raw [
 			// Plain text to a loopback address: connect again (go-smtp
 			// closed the first connection).
 			conn.Close()
-			if conn, _, err = s.dial(ctx); err != nil {
+			if conn, loopback, err = s.dial(ctx); err != nil {
 				return err
 			}
 			defer conn.Close()
+			if !loopback { // the name now leads elsewhere
+				return errNoPlainText(to)
+			}
 			c, secure = smtp.NewClient(conn), false
 		} else if err != nil && noSTARTTLS(err) {
-			return fmt.Errorf("smtp: %s does not offer STARTTLS: refci sends mail in plain text only to a loopback address; use smtps:// or a server with STARTTLS", to)
+			return errNoPlainText(to)
 		} else if err != nil {
 			return fmt.Errorf("smtp: greeting and STARTTLS with %s: %w", to, s.timeoutErr(ctx, err))
 		}
@@ -248,8 +251,8 @@ func (s *SMTPSender) Send(ctx context.Context, from string, rcpt []string, raw [
 			if !errors.As(err, &se) {
 				return s.replyErr(ctx, "RCPT TO:<"+r+">", err)
 			}
-			if first == nil {
-				first = se
+			if first == nil || (first.Code >= 500 && se.Code < 500) {
+				first = se // a temporary refusal, if any, makes the whole one temporary
 			}
 			refused = append(refused, fmt.Sprintf("<%s> (%d %s)", r, se.Code, se.Message))
 			continue
@@ -297,6 +300,10 @@ func (s *SMTPSender) dial(ctx context.Context) (*stepConn, bool, error) {
 	c.stop = context.AfterFunc(ctx, func() { raw.Close() })
 	c.SetDeadline(time.Time{}) // the first step starts now
 	return c, loopback, nil
+}
+
+func errNoPlainText(to string) error {
+	return fmt.Errorf("smtp: %s does not offer STARTTLS: refci sends mail in plain text only to a loopback address; use smtps:// or a server with STARTTLS", to)
 }
 
 // noSTARTTLS tells go-smtp's "server doesn't support STARTTLS" (an error

@@ -396,6 +396,11 @@ func TestSMTPRefusals(t *testing.T) {
 		t.Errorf("err %v, want a temporary error with 451", err)
 	}
 	t.Log(err)
+	// Every recipient refused, one of them for now: worth a retry.
+	err = s.Send(ctx, "ci@example.org", []string{"gone@example.org", "busy@example.org"}, []byte(reply))
+	if err == nil || errors.As(err, &pe) || !strings.Contains(err.Error(), "550") || !strings.Contains(err.Error(), "451") {
+		t.Errorf("err %v, want a temporary error naming both", err)
+	}
 	// DATA refused for now, then for good.
 	be.dataErr = &smtp.SMTPError{Code: 452, Message: "mailbox full"}
 	err = s.Send(ctx, "ci@example.org", []string{"ann@example.org"}, []byte(reply))
