@@ -34,10 +34,14 @@ type ApplyError struct {
 }
 
 func (e *ApplyError) Error() string {
-	if e.Patch > 0 {
-		return fmt.Sprintf("patch %d (%s) does not apply on %s: %s", e.Patch, e.Subject, e.Base, e.Output)
+	on := e.Base
+	if e.Commit != "" && e.Commit != e.Base {
+		on += " (" + e.Commit + ")"
 	}
-	return fmt.Sprintf("series does not apply on %s: %s", e.Base, e.Output)
+	if e.Patch > 0 {
+		return fmt.Sprintf("patch %d (%s) does not apply on %s: %s", e.Patch, e.Subject, on, e.Output)
+	}
+	return fmt.Sprintf("series does not apply on %s: %s", on, e.Output)
 }
 
 func (e *ApplyError) Unwrap() error { return e.Err }

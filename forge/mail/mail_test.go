@@ -424,3 +424,14 @@ func TestApplyBaseBranch(t *testing.T) {
 		t.Errorf("two remotes: %v", err)
 	}
 }
+
+func TestApplyErrorNamesTheBase(t *testing.T) {
+	e := &ApplyError{Base: "main", Commit: strings.Repeat("a", 40), Patch: 2, Subject: "[PATCH 2/3] b", Output: "Patch failed at 0002 b"}
+	if got := e.Error(); got != "patch 2 ([PATCH 2/3] b) does not apply on main ("+strings.Repeat("a", 40)+"): Patch failed at 0002 b" {
+		t.Errorf("%s", got)
+	}
+	e.Base = e.Commit
+	if got := e.Error(); strings.Count(got, e.Commit) != 1 {
+		t.Errorf("%s", got)
+	}
+}
