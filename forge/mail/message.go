@@ -93,8 +93,9 @@ type Message struct {
 	// the text/plain parts not sent as attachments (the first text/plain
 	// of a multipart/alternative) followed by the patches attached as
 	// text/x-patch, text/x-diff, or text/plain named *.patch or *.diff;
-	// transfer encodings undone and charsets converted (a charset
-	// go-message does not know is read as is). A patch file attached
+	// transfer encodings undone, charsets converted (a charset
+	// go-message does not know is read as is), format=flowed lines
+	// joined as git am joins them. A patch file attached
 	// whole (git format-patch's output, as a mail client attaches it)
 	// stands alone instead: its From, Date and Subject as the first lines
 	// (git am takes them as the commit's author, date and title) and its
@@ -360,11 +361,57 @@ func (w *walker) walk(h textproto.Header, r io.Reader, depth int) string {
 			return w.patchFile(text[len(line):], depth)
 		}
 	}
+	if strings.EqualFold(params["format"], "flowed") {
+		// As git am reads it (RFC 3676 as git implements it): what
+		// is checked is what is applied, and a rebuilt message is not
+		// flowed any more.
+		delsp := strings.EqualFold(params["delsp"], "yes")
+		text, b = unflow(text, delsp), unflow(b, delsp)
+	}
 	w.textParts++
 	w.charset = strings.ToLower(params["charset"])
 	appendText(&w.body, text)
 	appendText(&w.applied, b)
 	return ""
+}
+
+// unflow joins the lines of format=flowed text as git mailinfo does: a
+// line ending in a space continues on the next (without that space when
+// delsp), a leading space is removed (stuffing), and the signature
+// separator "-- " stays a line of its own.
+func unflow(b []byte, delsp bool) []byte {
+	var out, prev []byte
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if string(line) == "-- " {
+			if len(prev) > 0 {
+				out = append(append(out, prev...), '\n')
+				prev = prev[:0]
+			}
+			out = append(out, "-- \n"...)
+			continue
+		}
+		line = bytes.TrimPrefix(line, []byte(" "))
+		if n := len(line); n > 0 && line[n-1] == ' ' {
+			if delsp {
+				n--
+			}
+			prev = append(prev, line[:n]...)
+			continue
+		}
+		out = append(append(append(out, prev...), line...), '\n')
+		prev = prev[:0]
+	}
+	if len(prev) > 0 {
+		out = append(append(out, prev...), '\n')
+	}
+	return out
 }
 
 // patchFile reads an attached git format-patch file (after its first

@@ -133,6 +133,10 @@ var mimeCases = []struct {
 		subject: "[PATCH] x", headers: "Content-Type: multipart/mixed; boundary=b\n",
 		body: "--b\nContent-Type: text/x-diff\n\n" + strings.Replace(mimeDiff, "+two", "+"+strings.Repeat("minified;", 20000), 1) + "--b--\n",
 		kind: KindPatch, body2: strings.Repeat("minified;", 20000) + "\n", rebuilt: true},
+	{name: "flowed",
+		subject: "[PATCH] x", headers: "Content-Type: text/plain; format=flowed; delsp=yes\nContent-Transfer-Encoding: quoted-printable\n",
+		body: "why=20\nnot\n---\n" + strings.Replace(mimeDiff, "+two", "+tw=20\no", 1),
+		kind: KindPatch, body2: "whynot\n---\n" + mimeDiff, rebuilt: true},
 	{name: "refci's own reply",
 		subject: "Re: [PATCH] x", headers: "X-Refci-State: failed\nX-Refci-Run: r1\n",
 		body: "the run failed\n", kind: KindAuto, reason: "mail loop"},
@@ -384,6 +388,51 @@ func BenchmarkParseMessage(b *testing.B) {
 				if m, err := ParseMessage(strings.NewReader(tc.raw)); err != nil || m.Kind != KindPatch {
 					b.Fatal(err, m.Kind, m.Reason)
 				}
+			}
+		})
+	}
+}
+
+// TestFlowed: format=flowed text (Thunderbird's default) is read as git
+// am reads it, in one part (git am unflows it) and in a multipart (Raw
+// holds it unflowed); both apply.
+func TestFlowed(t *testing.T) {
+	if got := string(unflow([]byte("a \nb\n-- \nsig \nx  \n y\nlast "), true)); got != "ab\n-- \nsigx y\nlast\n" {
+		t.Errorf("unflow delsp: %q", got)
+	}
+	if got := string(unflow([]byte("a \r\nb\r\n  c\n"), false)); got != "a b\n c\n" {
+		t.Errorf("unflow: %q", got)
+	}
+	dir, base := branch(t)
+	long := "two, and then some words, enough of them that a mail client would break the line"
+	fixtures.Git(t, dir, "checkout", "-q", "-b", "long", base)
+	fixtures.WriteFile(t, dir, "a.txt", long+"\n", 0o644)
+	fixtures.CommitAll(t, dir, "a: long")
+	patch := fixtures.Git(t, dir, "diff", base, "long") + "\n"
+	flowed := strings.Replace(patch, "+"+long, "+two, and then some words, enough of them  \n that a mail client would break the line", 1)
+	if flowed == patch {
+		t.Fatal("no line to flow")
+	}
+	for _, tc := range []struct{ name, headers, body string }{
+		{"one part", "Content-Type: text/plain; charset=utf-8; format=flowed; delsp=yes\n", "A message line that was \nsoft-broken.\n---\n" + flowed},
+		{"multipart", "Content-Type: multipart/mixed; boundary=b\n", "--b\nContent-Type: text/plain; charset=utf-8; format=flowed; delsp=yes\n\nA message line that was \nsoft-broken.\n---\n" + flowed + "--b--\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := ParseMessage(strings.NewReader(mimeMail("[PATCH] a: long", tc.headers, tc.body)))
+			if err != nil || m.Kind != KindPatch || !strings.Contains(m.Body, "+"+long+"\n") {
+				t.Fatalf("%v %v %q", err, m.Kind, m.Body)
+			}
+			scratch := filepath.Join(t.TempDir(), "scratch")
+			fixtures.Git(t, dir, "clone", "-q", dir, scratch)
+			head, err := Apply(context.Background(), scratch, base, Group([]*Message{m})[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := fixtures.Git(t, scratch, "rev-parse", head+"^{tree}"), fixtures.Git(t, dir, "rev-parse", "long^{tree}"); got != want {
+				t.Errorf("applied tree %s, want %s", got, want)
+			}
+			if msg := strings.TrimSpace(fixtures.Git(t, scratch, "log", "-1", "--format=%b", head)); msg != "A message line that wassoft-broken." {
+				t.Errorf("message %q", msg)
 			}
 		})
 	}
