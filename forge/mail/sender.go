@@ -9,11 +9,13 @@ import (
 // recorder in tests. It is safe for use by one goroutine at a time.
 type Sender interface {
 	// Send delivers raw, a whole RFC 5322 message, from the envelope
-	// sender from to each address of rcpt. An error the server gave as
-	// permanent (a 5xx reply: an unknown address, a refused message) is
-	// a *PermanentError, and sending the same message again will not
-	// help; any other error (a 4xx reply, a refused connection, a
-	// timeout) is worth a retry later.
+	// sender from to each address of rcpt. A refusal of this message
+	// that sending it again will not cure (a 5xx reply to a recipient or
+	// to its data: an unknown address, a refused message) is a
+	// *PermanentError. Anything else is worth a retry later: a 4xx
+	// reply, a refused connection, a timeout, and also a refused login
+	// or sender, which are the configuration's to fix, not the
+	// message's.
 	Send(ctx context.Context, from string, rcpt []string, raw []byte) error
 }
 
