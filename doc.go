@@ -39,6 +39,8 @@
 //	           result commits, GnuPG); never imported by other code
 //	  fixtures/gitea  a real Gitea on 127.0.0.1 (built once by make gitea): repositories, pushes,
 //	                  pull requests, forks, restarts
+//	  fixtures/dovecot  a real Dovecot IMAP server on 127.0.0.1 (Debian's dovecot-imapd): a throwaway
+//	                  configuration and CA, plain, STARTTLS and imaps, Maildir delivery, restarts
 //	  fixtures/githubapi, fixtures/gitlabapi  stand-ins for the forges that cannot run here,
 //	                  following their published APIs
 //
