@@ -27,8 +27,9 @@ import (
 // is refused with ErrTooLarge.
 const MaxMessageSize = 10 << 20
 
-// ErrTooLarge is returned by ParseMessage for a message over MaxMessageSize.
-var ErrTooLarge = errors.New("message is larger than 10 MiB")
+// ErrTooLarge is returned (wrapped) by ParseMessage for a message over
+// MaxMessageSize, and by Mailbox.Fetch for one over its limit.
+var ErrTooLarge = errors.New("message too large")
 
 // Kind is what a message is to the bridge. The zero value is KindOther.
 type Kind int
@@ -87,7 +88,7 @@ func ParseMessage(r io.Reader) (*Message, error) {
 		return nil, fmt.Errorf("read message: %w", err)
 	}
 	if len(raw) > MaxMessageSize {
-		return nil, ErrTooLarge
+		return nil, fmt.Errorf("message is larger than %d MiB: %w", MaxMessageSize>>20, ErrTooLarge)
 	}
 	nm, err := netmail.ReadMessage(bytes.NewReader(raw))
 	if err != nil {
