@@ -32,7 +32,8 @@
 //	  forge/gitea     the Gitea and Forgejo adapter: commit statuses, the sticky comment, pull requests
 //	  forge/gitlab    the GitLab adapter: commit statuses, the sticky note, merge requests
 //	  forge/mail      patch mail: parsing, classifying (RFC 3834), grouping [PATCH vN i/N] series
-//	                  by version and thread, base-commit:, git am in a scratch clone
+//	                  by version and thread, base-commit:, git am in a scratch clone; IMAPBox reads
+//	                  an IMAP folder (IDLE, read-only, reconnecting)
 //	server     refci serve: the SSH server's roles, receive rules, owner and trust records
 //	cmd        wiring only: flags, configuration, constructing things, exit codes, printing
 //	fixtures   helpers shared by the tests (git with a private HOME, keys, sample repositories,

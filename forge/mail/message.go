@@ -2,8 +2,9 @@
 // one message (net/mail, RFC 2047 subjects), classifies it (patch, cover
 // letter, reply, auto-generated, no patch), groups patches into series by
 // version and threading, and applies a series with git am in a scratch
-// clone. It holds no IMAP or SMTP: the bridge that fetches and replies is
-// built around it.
+// clone. Mail comes in through a Mailbox: IMAPBox reads an IMAP folder
+// (imap.go, the only user of go-imap in refci). The bridge that fetches
+// and replies is built around it.
 //
 // Only text/plain bodies (7bit, 8bit, quoted-printable or base64) are read
 // for now; a multipart or HTML-only message has an empty Body and so is
