@@ -205,11 +205,15 @@ func DialIMAP(ctx context.Context, cfg IMAPConfig) (*IMAPBox, error) {
 // first call: all), in UID order, with one UID SEARCH and, when there
 // are any, one UID FETCH of their UID, size and Message-ID header.
 func (b *IMAPBox) New(ctx context.Context) ([]Envelope, error) {
-	s, err := b.session(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer s.begin(ctx, b.timeout)()
+	var envs []Envelope
+	err := b.do(ctx, func(s *imapSession) (err error) {
+		envs, err = b.newMail(s)
+		return err
+	})
+	return envs, err
+}
+
+func (b *IMAPBox) newMail(s *imapSession) ([]Envelope, error) {
 	// Mail that arrives from here on is found by this search, or wakes
 	// the next Wait.
 	select {
@@ -259,6 +263,28 @@ func (b *IMAPBox) New(ctx context.Context) ([]Envelope, error) {
 	return envs, nil
 }
 
+// do runs op on a live session within ctx and the timeout. When a
+// session from an earlier call turns out to be dead (the server went
+// away between calls), it dials again and runs op once more: op only
+// reads, so running it twice is harmless.
+func (b *IMAPBox) do(ctx context.Context, op func(*imapSession) error) error {
+	for attempt := 0; ; attempt++ {
+		reused := b.sess != nil && b.sess.alive()
+		s, err := b.session(ctx)
+		if err != nil {
+			return err
+		}
+		end := s.begin(ctx, b.timeout)
+		err = op(s)
+		end()
+		if err != nil && reused && attempt == 0 && b.sess == nil && ctx.Err() == nil && !errors.Is(err, ErrTooLarge) {
+			b.log.Info("IMAP connection found dead; dialling again", "mailbox", b.target.String(), "error", err)
+			continue
+		}
+		return err
+	}
+}
+
 // headerMessageID reads the Message-ID out of a header block.
 func headerMessageID(r io.Reader) string {
 	h, err := textproto.NewReader(bufio.NewReader(io.MultiReader(r, strings.NewReader("\r\n\r\n")))).ReadMIMEHeader()
@@ -281,14 +307,18 @@ func (b *IMAPBox) Fetch(ctx context.Context, e Envelope, max int64) ([]byte, err
 	if err != nil {
 		return nil, err
 	}
-	s, err := b.session(ctx)
-	if err != nil {
-		return nil, err
-	}
+	var raw []byte
+	err = b.do(ctx, func(s *imapSession) (err error) {
+		raw, err = b.fetchMessage(s, e.Key, uv, uid, max)
+		return err
+	})
+	return raw, err
+}
+
+func (b *IMAPBox) fetchMessage(s *imapSession, key string, uv, uid uint32, max int64) ([]byte, error) {
 	if uv != s.uidValidity {
-		return nil, fmt.Errorf("message %s: the mailbox %s was renumbered (UIDVALIDITY is now %d); call New again", e.Key, b.target, s.uidValidity)
+		return nil, fmt.Errorf("message %s: the mailbox %s was renumbered (UIDVALIDITY is now %d); call New again", key, b.target, s.uidValidity)
 	}
-	defer s.begin(ctx, b.timeout)()
 	section := &imap.BodySectionName{Peek: true}
 	limit := max + 1
 	if limit < 1<<31 {
@@ -302,9 +332,9 @@ func (b *IMAPBox) Fetch(ctx context.Context, e Envelope, max int64) ([]byte, err
 	if err != nil {
 		if s.guard.tripped.Load() {
 			b.drop("the server sent more than asked")
-			return nil, fmt.Errorf("message %s: the server sent more than %d bytes: %w", e.Key, max, ErrTooLarge)
+			return nil, fmt.Errorf("message %s: the server sent more than %d bytes: %w", key, max, ErrTooLarge)
 		}
-		return nil, b.failed(s, "fetch message "+e.Key, err)
+		return nil, b.failed(s, "fetch message "+key, err)
 	}
 	var m *imap.Message
 	for _, x := range msgs {
@@ -313,21 +343,21 @@ func (b *IMAPBox) Fetch(ctx context.Context, e Envelope, max int64) ([]byte, err
 		}
 	}
 	if m == nil {
-		return nil, fmt.Errorf("message %s is no longer in %s (deleted or moved)", e.Key, b.target)
+		return nil, fmt.Errorf("message %s is no longer in %s (deleted or moved)", key, b.target)
 	}
 	if int64(m.Size) > max {
-		return nil, fmt.Errorf("message %s is %d bytes, over the limit of %d: %w", e.Key, m.Size, max, ErrTooLarge)
+		return nil, fmt.Errorf("message %s is %d bytes, over the limit of %d: %w", key, m.Size, max, ErrTooLarge)
 	}
 	lit := m.GetBody(section)
 	if lit == nil {
-		return nil, fmt.Errorf("message %s: the server sent no body", e.Key)
+		return nil, fmt.Errorf("message %s: the server sent no body", key)
 	}
 	raw, err := io.ReadAll(io.LimitReader(lit, limit))
 	if err != nil {
-		return nil, fmt.Errorf("message %s: %v", e.Key, err)
+		return nil, fmt.Errorf("message %s: %v", key, err)
 	}
 	if int64(len(raw)) > max {
-		return nil, fmt.Errorf("message %s is over the limit of %d bytes: %w", e.Key, max, ErrTooLarge)
+		return nil, fmt.Errorf("message %s is over the limit of %d bytes: %w", key, max, ErrTooLarge)
 	}
 	return raw, nil
 }

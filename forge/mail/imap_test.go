@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -201,10 +202,7 @@ func TestIMAPNewFetchWait(t *testing.T) {
 	}
 
 	// Delivered during a Wait: IDLE wakes it long before d.
-	waited := make(chan error, 1)
-	isIdling := idling(t, b)
-	go func() { waited <- b.Wait(ctx, 10*time.Minute) }()
-	isIdling()
+	waited := waitIdling(t, b, ctx, 10*time.Minute)
 	s.Deliver(t, s.User, m3)
 	select {
 	case err := <-waited:
@@ -224,9 +222,9 @@ func TestIMAPNewFetchWait(t *testing.T) {
 
 	// A cancelled Wait ends IDLE cleanly: the session goes on.
 	cctx, cancel := context.WithCancel(ctx)
-	isIdling = idling(t, b)
-	go func() { isIdling(); cancel() }()
-	if err := b.Wait(cctx, 10*time.Minute); !errors.Is(err, context.Canceled) {
+	waited = waitIdling(t, b, cctx, 10*time.Minute)
+	cancel()
+	if err := <-waited; !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled Wait: %v", err)
 	}
 	dials := b.stats.dials.Load()
@@ -251,21 +249,236 @@ func maildir(s *dovecot.Server) string {
 	return filepath.Join(filepath.Dir(s.LogPath()), "mail", s.User)
 }
 
-// idling returns a function that waits until the server has said it
-// is idling ("+ idling") after the call of idling; call idling before
-// starting Wait.
-func idling(t testing.TB, b *IMAPBox) func() {
+// waitIdling starts b.Wait(ctx, d) and returns, with the channel its
+// result comes on, once the server has said it is idling ("+ idling").
+// A Wait that returns before (a wake-up left from before, which the
+// interface allows) is started again.
+func waitIdling(t testing.TB, b *IMAPBox, ctx context.Context, d time.Duration) <-chan error {
 	t.Helper()
-	select {
-	case <-b.stats.plus:
-	default:
-	}
-	return func() {
-		t.Helper()
+	for range 5 {
 		select {
 		case <-b.stats.plus:
+		default:
+		}
+		waited := make(chan error, 1)
+		go func() { waited <- b.Wait(ctx, d) }()
+		select {
+		case <-b.stats.plus:
+			return waited
+		case err := <-waited:
+			if err != nil {
+				t.Fatalf("Wait: %v", err)
+			}
 		case <-time.After(2 * time.Minute):
-			t.Error("the server never said it was idling")
+			t.Fatal("the server never said it was idling")
 		}
 	}
+	t.Fatal("Wait returns at once, again and again")
+	return nil
+}
+
+func dialErr(t testing.TB, cfg IMAPConfig) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b, err := DialIMAP(ctx, cfg)
+	if err == nil {
+		b.Close()
+		t.Fatalf("DialIMAP %s worked", cfg.URL)
+	}
+	if strings.Contains(err.Error(), cfg.Password) {
+		t.Fatalf("the error shows the password: %v", err)
+	}
+	return err
+}
+
+// TestIMAPTLS: imaps and STARTTLS with the server's CA; both refused with
+// the system's roots, naming the host.
+func TestIMAPTLS(t *testing.T) {
+	s := dovecot.Start(t)
+	s.Deliver(t, s.User, imapMessage("tls@example.invalid", "x"))
+	for _, url := range []string{"imaps://" + s.TLSAddr + "/INBOX", "imap://" + s.Addr} {
+		b := dialBox(t, url, s)
+		if envs := newMail(t, b); !slices.Equal(messageIDs(envs), []string{"tls@example.invalid"}) {
+			t.Fatalf("%s: %v", url, envs)
+		}
+		if s, ok := b.sess.guard.Conn.(*tls.Conn); !ok || s.ConnectionState().Version < tls.VersionTLS12 {
+			t.Fatalf("%s: not over TLS 1.2+", url)
+		}
+		err := dialErr(t, IMAPConfig{URL: url, User: s.User, Password: s.Password})
+		if !strings.Contains(err.Error(), "TLS with 127.0.0.1") || !strings.Contains(err.Error(), "certificate") {
+			t.Fatalf("%s with the system's roots: %v", url, err)
+		}
+	}
+}
+
+// TestIMAPWithoutSTARTTLS: imap:// is refused by a server that offers no
+// STARTTLS; imap+insecure:// to it on 127.0.0.1 works.
+func TestIMAPWithoutSTARTTLS(t *testing.T) {
+	s := dovecot.StartPlain(t)
+	err := dialErr(t, IMAPConfig{URL: "imap://" + s.Addr, User: s.User, Password: s.Password})
+	if !strings.Contains(err.Error(), "does not offer STARTTLS") {
+		t.Fatalf("imap:// without STARTTLS: %v", err)
+	}
+	s.Deliver(t, s.User, imapMessage("plain@example.invalid", "x"))
+	b := dialBox(t, "imap+insecure://"+s.Addr, nil)
+	if envs := newMail(t, b); !slices.Equal(messageIDs(envs), []string{"plain@example.invalid"}) {
+		t.Fatalf("imap+insecure://: %v", envs)
+	}
+}
+
+func TestIMAPWrongPassword(t *testing.T) {
+	s := dovecot.Start(t)
+	err := dialErr(t, IMAPConfig{URL: "imaps://" + s.TLSAddr, User: s.User, Password: "not-the-password-4711", TLS: &tls.Config{RootCAs: s.CAPool}})
+	if !strings.Contains(err.Error(), "refused the user or password (check user and password_file)") {
+		t.Fatalf("wrong password: %v", err)
+	}
+	err = dialErr(t, IMAPConfig{URL: "imaps://" + s.TLSAddr + "/NoSuchFolder", User: s.User, Password: s.Password, TLS: &tls.Config{RootCAs: s.CAPool}})
+	if !strings.Contains(err.Error(), `open mailbox "NoSuchFolder"`) || !strings.Contains(err.Error(), "does the mailbox exist?") {
+		t.Fatalf("missing mailbox: %v", err)
+	}
+	s.Stop(t)
+	err = dialErr(t, IMAPConfig{URL: "imaps://" + s.TLSAddr, User: s.User, Password: s.Password, TLS: &tls.Config{RootCAs: s.CAPool}})
+	if !strings.Contains(err.Error(), "connect to imaps://"+s.TLSAddr) || !strings.Contains(err.Error(), "is the server up") {
+		t.Fatalf("server down: %v", err)
+	}
+}
+
+// TestIMAPRestart: Dovecot restarted between calls, and during a Wait;
+// the next call reconnects and goes on after the last message returned.
+func TestIMAPRestart(t *testing.T) {
+	s := dovecot.Start(t)
+	s.Deliver(t, s.User, imapMessage("before@example.invalid", "x"))
+	b := dialBox(t, "imaps://"+s.TLSAddr, s)
+	if envs := newMail(t, b); !slices.Equal(messageIDs(envs), []string{"before@example.invalid"}) {
+		t.Fatalf("first New: %v", envs)
+	}
+	uv := b.uidValidity
+
+	s.Restart(t)
+	s.Deliver(t, s.User, imapMessage("after@example.invalid", "x"))
+	envs := newMail(t, b)
+	if !slices.Equal(messageIDs(envs), []string{"after@example.invalid"}) {
+		t.Fatalf("New after a restart: %v", envs)
+	}
+	if b.stats.dials.Load() != 2 || b.uidValidity != uv {
+		t.Fatalf("%d dials, UIDVALIDITY %d (was %d)", b.stats.dials.Load(), b.uidValidity, uv)
+	}
+	if raw := fetch(t, b, envs[0], 1<<20); !bytes.Contains(raw, []byte("<after@example.invalid>")) {
+		t.Fatalf("Fetch after a restart: %q", raw)
+	}
+
+	// Stopped during a Wait: Wait returns, New says what failed and the
+	// one after the restart goes on.
+	waited := waitIdling(t, b, context.Background(), 10*time.Minute)
+	s.Stop(t)
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Fatalf("Wait cut by a stop: %v", err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("Wait did not return when the server stopped")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := b.New(ctx); err == nil || !strings.Contains(err.Error(), "is the server up") {
+		t.Fatalf("New with the server down: %v", err)
+	}
+	if err := b.Wait(ctx, time.Minute); err == nil {
+		t.Fatal("Wait with the server down: no error")
+	}
+	s.Restart(t)
+	s.Deliver(t, s.User, imapMessage("later@example.invalid", "x"))
+	if envs := newMail(t, b); !slices.Equal(messageIDs(envs), []string{"later@example.invalid"}) {
+		t.Fatalf("New after the second restart: %v", envs)
+	}
+
+	// A renumbered mailbox (its UIDVALIDITY changed: here, recreated) is
+	// read from the start.
+	s.Stop(t)
+	md := maildir(s)
+	for _, f := range []string{"dovecot-uidlist", "dovecot-uidvalidity", "dovecot.index", "dovecot.index.log", "dovecot.index.cache"} {
+		os.Remove(filepath.Join(md, f))
+	}
+	olds, _ := filepath.Glob(filepath.Join(md, "dovecot-uidvalidity.*"))
+	for _, f := range olds {
+		os.Remove(f)
+	}
+	s.Restart(t)
+	envs = newMail(t, b)
+	got := messageIDs(envs)
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"after@example.invalid", "before@example.invalid", "later@example.invalid"}) || b.uidValidity == uv {
+		t.Fatalf("New after renumbering: %v (UIDVALIDITY %d, was %d)", envs, b.uidValidity, uv)
+	}
+	// A key of the old numbering is refused, not taken for another message.
+	if _, err := b.Fetch(ctx, Envelope{Key: fmt.Sprintf("%d/1", uv)}, 1<<20); err == nil || !strings.Contains(err.Error(), "renumbered") {
+		t.Fatalf("Fetch with an old key: %v", err)
+	}
+}
+
+// TestIMAPTooLarge: a 50 MB message is refused by its size without being
+// downloaded; an envelope that understates it gets at most max+1 bytes.
+func TestIMAPTooLarge(t *testing.T) {
+	s := dovecot.Start(t)
+	line := strings.Repeat("x", 76) + "\r\n"
+	big := append(imapMessage("big@example.invalid", "big"), bytes.Repeat([]byte(line), 50<<20/len(line))...)
+	s.Deliver(t, s.User, big)
+	b := dialBox(t, "imaps://"+s.TLSAddr, s)
+	envs := newMail(t, b)
+	if len(envs) != 1 || envs[0].Size != int64(len(big)) {
+		t.Fatalf("New: %v, want one of %d bytes", envs, len(big))
+	}
+	ctx := context.Background()
+	in := b.stats.bytesIn.Load()
+	const max = 1 << 20
+	if _, err := b.Fetch(ctx, envs[0], max); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("Fetch: %v", err)
+	}
+	if d := b.stats.bytesIn.Load() - in; d != 0 {
+		t.Fatalf("refusing by size read %d bytes", d)
+	}
+	lying := envs[0]
+	lying.Size = 100
+	if _, err := b.Fetch(ctx, lying, max); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("Fetch with an understated size: %v", err)
+	}
+	if d := b.stats.bytesIn.Load() - in; d > max+64<<10 {
+		t.Fatalf("Fetch with an understated size read %d bytes", d)
+	}
+	t.Logf("understated size: %d bytes read for a limit of %d", b.stats.bytesIn.Load()-in, max)
+	// The session goes on.
+	if envs := newMail(t, b); len(envs) != 0 {
+		t.Fatalf("New: %v", envs)
+	}
+}
+
+// TestIMAPThousand: New costs one search and one fetch, however many
+// messages there are, and one search when there are none.
+func TestIMAPThousand(t *testing.T) {
+	s := dovecot.Start(t)
+	for i := range 1000 {
+		s.Deliver(t, s.User, imapMessage(fmt.Sprintf("m%d@example.invalid", i), "x"))
+	}
+	b := dialBox(t, "imaps://"+s.TLSAddr, s)
+	lines := b.stats.lines.Load()
+	start := time.Now()
+	envs := newMail(t, b)
+	took := time.Since(start)
+	if len(envs) != 1000 || b.stats.lines.Load()-lines != 2 {
+		t.Fatalf("New: %d messages with %d commands; want 1000 with 2", len(envs), b.stats.lines.Load()-lines)
+	}
+	seen := map[string]bool{}
+	for _, e := range envs {
+		seen[e.MessageID] = true
+	}
+	if len(seen) != 1000 {
+		t.Fatalf("%d distinct Message-IDs", len(seen))
+	}
+	lines = b.stats.lines.Load()
+	if envs := newMail(t, b); len(envs) != 0 || b.stats.lines.Load()-lines != 1 {
+		t.Fatalf("second New: %d messages with %d commands", len(envs), b.stats.lines.Load()-lines)
+	}
+	t.Logf("New over 1,000 messages: %s, 2 commands", took)
 }
