@@ -281,6 +281,9 @@ func (b *IMAPBox) do(ctx context.Context, op func(*imapSession) error) error {
 			b.log.Info("IMAP connection found dead; dialling again", "mailbox", b.target.String(), "error", err)
 			continue
 		}
+		if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			err = fmt.Errorf("%w: %v", ctx.Err(), err)
+		}
 		return err
 	}
 }
@@ -472,6 +475,9 @@ func (b *IMAPBox) session(ctx context.Context) (*imapSession, error) {
 	}
 	s, err := b.dial(ctx)
 	if err != nil {
+		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			err = fmt.Errorf("%w: %v", ctx.Err(), err)
+		}
 		return nil, err
 	}
 	switch {
