@@ -238,6 +238,9 @@ func (b *IMAPBox) newMail(s *imapSession) ([]Envelope, error) {
 	section := &imap.BodySectionName{
 		BodyPartName: imap.BodyPartName{Specifier: imap.HeaderSpecifier, Fields: []string{"MESSAGE-ID"}},
 		Peek:         true,
+		// A hostile sender's huge header does not make the answer huge
+		// (a Message-ID is far shorter).
+		Partial: []int{0, 4096},
 	}
 	msgs, err := s.fetch(set, []imap.FetchItem{imap.FetchUid, imap.FetchRFC822Size, section.FetchItem()})
 	if err != nil {
@@ -379,12 +382,15 @@ func parseKey(key string) (uidValidity, uid uint32, err error) {
 // (EXISTS), after d, or when ctx is done (with ctx's error); it ends IDLE
 // (DONE) before returning. It returns at once when a message was
 // announced since the last New. A connection lost while idling ends Wait
-// without an error (the next New dials again and says what failed); an
-// error from Wait means the mailbox could not be reached at all, and the
-// caller backs off before trying again.
+// without an error, after at most a second (the next New dials again
+// and says what failed); an error from Wait means the mailbox could not
+// be reached at all, and the caller backs off before trying again.
 func (b *IMAPBox) Wait(ctx context.Context, d time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if d <= 0 {
+		return nil
 	}
 	s, err := b.session(ctx)
 	if err != nil {
@@ -409,8 +415,19 @@ func (b *IMAPBox) Wait(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		result = ctx.Err()
 	case err := <-done:
+		// The server ended IDLE (it went away, or refuses IDLE): the
+		// next call dials again, but not at once, so that a server
+		// that ends every IDLE is not asked again and again.
 		b.drop(fmt.Sprintf("IDLE ended: %v", err))
-		return result
+		pause := time.NewTimer(time.Second)
+		defer pause.Stop()
+		select {
+		case <-pause.C:
+		case <-timer.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return nil
 	}
 	close(stop)
 	if err := <-done; err != nil {
