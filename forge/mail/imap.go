@@ -202,8 +202,9 @@ func DialIMAP(ctx context.Context, cfg IMAPConfig) (*IMAPBox, error) {
 }
 
 // New returns the messages whose UID is above the last one returned (the
-// first call: all), in UID order, with one UID SEARCH and, when there
-// are any, one UID FETCH of their UID, size and Message-ID header.
+// first call: all), in UID order, with three commands however many there
+// are: NOOP (so that the server looks for new mail), UID SEARCH and, when
+// there are any, one UID FETCH of their UID, size and Message-ID header.
 func (b *IMAPBox) New(ctx context.Context) ([]Envelope, error) {
 	var envs []Envelope
 	err := b.do(ctx, func(s *imapSession) (err error) {
@@ -219,6 +220,11 @@ func (b *IMAPBox) newMail(s *imapSession) ([]Envelope, error) {
 	select {
 	case <-s.wake:
 	default:
+	}
+	// NOOP makes the server look for new mail: Dovecot's SEARCH and
+	// FETCH work on the mailbox as it last looked at it.
+	if err := s.c.Noop(); err != nil {
+		return nil, b.failed(s, "NOOP", err)
 	}
 	crit := imap.NewSearchCriteria()
 	crit.Uid = new(imap.SeqSet)
@@ -307,7 +313,7 @@ func headerMessageID(r io.Reader) string {
 // cut, before anything is read into memory).
 func (b *IMAPBox) Fetch(ctx context.Context, e Envelope, max int64) ([]byte, error) {
 	if e.Size > max {
-		return nil, fmt.Errorf("message %s (%s) is %d bytes, over the limit of %d: %w", e.Key, e.MessageID, e.Size, max, ErrTooLarge)
+		return nil, fmt.Errorf("message %s is %d bytes, over the limit of %d: %w", e.Key, e.Size, max, ErrTooLarge)
 	}
 	uv, uid, err := parseKey(e.Key)
 	if err != nil {

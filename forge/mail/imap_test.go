@@ -454,8 +454,8 @@ func TestIMAPTooLarge(t *testing.T) {
 	}
 }
 
-// TestIMAPThousand: New costs one search and one fetch, however many
-// messages there are, and one search when there are none.
+// TestIMAPThousand: New costs a NOOP, one search and one fetch, however
+// many messages there are, and a NOOP and a search when there are none.
 func TestIMAPThousand(t *testing.T) {
 	s := dovecot.Start(t)
 	for i := range 1000 {
@@ -466,8 +466,8 @@ func TestIMAPThousand(t *testing.T) {
 	start := time.Now()
 	envs := newMail(t, b)
 	took := time.Since(start)
-	if len(envs) != 1000 || b.stats.lines.Load()-lines != 2 {
-		t.Fatalf("New: %d messages with %d commands; want 1000 with 2", len(envs), b.stats.lines.Load()-lines)
+	if len(envs) != 1000 || b.stats.lines.Load()-lines != 3 {
+		t.Fatalf("New: %d messages with %d commands; want 1000 with 3", len(envs), b.stats.lines.Load()-lines)
 	}
 	seen := map[string]bool{}
 	for _, e := range envs {
@@ -477,8 +477,30 @@ func TestIMAPThousand(t *testing.T) {
 		t.Fatalf("%d distinct Message-IDs", len(seen))
 	}
 	lines = b.stats.lines.Load()
-	if envs := newMail(t, b); len(envs) != 0 || b.stats.lines.Load()-lines != 1 {
+	if envs := newMail(t, b); len(envs) != 0 || b.stats.lines.Load()-lines != 2 {
 		t.Fatalf("second New: %d messages with %d commands", len(envs), b.stats.lines.Load()-lines)
 	}
-	t.Logf("New over 1,000 messages: %s, 2 commands", took)
+	t.Logf("New over 1,000 messages: %s, 3 commands", took)
+}
+
+// TestIMAPHugeHeader: a message with a 2 MB Message-ID header does not
+// stall New (only its first 4 KiB are asked for), and the mail after it
+// is read as usual, delivered between two calls of New without a Wait
+// between them (New's NOOP makes Dovecot look).
+func TestIMAPHugeHeader(t *testing.T) {
+	s := dovecot.Start(t)
+	huge := imapMessage(strings.Repeat("a", 2<<20)+"@example.invalid", "x")
+	s.Deliver(t, s.User, huge)
+	b := dialBox(t, "imaps://"+s.TLSAddr, s)
+	envs := newMail(t, b)
+	if len(envs) != 1 || envs[0].Size != int64(len(huge)) || len(envs[0].MessageID) > 4096 {
+		t.Fatalf("New: %d envelopes, size %d, Message-ID of %d bytes", len(envs), envs[0].Size, len(envs[0].MessageID))
+	}
+	if raw := fetch(t, b, envs[0], 8<<20); !bytes.Equal(raw, huge) {
+		t.Fatal("Fetch of the huge message differs")
+	}
+	s.Deliver(t, s.User, imapMessage("next@example.invalid", "x"))
+	if envs := newMail(t, b); !slices.Equal(messageIDs(envs), []string{"next@example.invalid"}) {
+		t.Fatalf("New after the huge one: %v", envs)
+	}
 }
