@@ -302,7 +302,7 @@ func TestIMAPTLS(t *testing.T) {
 		if envs := newMail(t, b); !slices.Equal(messageIDs(envs), []string{"tls@example.invalid"}) {
 			t.Fatalf("%s: %v", url, envs)
 		}
-		if s, ok := b.sess.guard.Conn.(*tls.Conn); !ok || s.ConnectionState().Version < tls.VersionTLS12 {
+		if tc, ok := b.sess.guard.Conn.(*tls.Conn); !ok || tc.ConnectionState().Version < tls.VersionTLS12 {
 			t.Fatalf("%s: not over TLS 1.2+", url)
 		}
 		err := dialErr(t, IMAPConfig{URL: url, User: s.User, Password: s.Password})
