@@ -38,10 +38,14 @@ const RecheckInterval = time.Minute
 // it), as RFC 2177 asks (servers may log out after 30 minutes).
 const idleRestart = 25 * time.Minute
 
-// maxLiteral is the largest string the server may send outside Fetch: a
-// header field, a search result line. A server that announces a larger
-// one is cut off before anything is allocated for it.
+// maxLiteral is the largest string the server may send outside Fetch (a
+// header field). A server that announces a larger one is cut off before
+// anything is allocated for it.
 const maxLiteral = 1 << 20
+
+// maxLine is the longest line the server may send, literals aside (a
+// UID SEARCH answer for a million messages is about 8 MB).
+const maxLine = 64 << 20
 
 // IMAPConfig says how to reach an IMAP mailbox.
 type IMAPConfig struct {
@@ -591,7 +595,8 @@ func (b *IMAPBox) dial(ctx context.Context) (*imapSession, error) {
 		}
 	}
 	var conn net.Conn = w
-	var greeting []byte
+	var line string // the server's greeting
+	var rest []byte // what came after it
 	switch t.scheme {
 	case "imaps":
 		tc := tls.Client(w, b.tlsConfig())
@@ -605,13 +610,36 @@ func (b *IMAPBox) dial(ctx context.Context) (*imapSession, error) {
 			return nil, err
 		}
 		conn = tc
-		// go-imap wants a greeting; the real one was before TLS.
-		greeting = []byte("* OK TLS started\r\n")
+		line = "* OK TLS started" // the real greeting came before TLS
 	}
-	s.guard = &guard{Conn: conn, prefix: greeting, limit: maxLiteral, stats: &b.stats}
+	if line == "" {
+		br := bufio.NewReaderSize(conn, 4096)
+		var err error
+		if line, err = readLine(br); err != nil {
+			return nil, fmt.Errorf("connect to %s: no IMAP greeting: %v", t, errOr(w.err(), err))
+		}
+		rest, _ = br.Peek(br.Buffered())
+		if slices.Contains(capabilities(line), "LOGINDISABLED") {
+			return nil, fmt.Errorf("connect to %s: the server refuses to log in here without TLS (LOGINDISABLED): use imaps:// or imap://", t)
+		}
+	}
+	// go-imap is handed a greeting with no capabilities of interest, so
+	// that it sends no command of its own before it is set up below
+	// (after logging in, it learns the real ones).
+	greeting := "* OK [CAPABILITY IMAP4rev1] ready\r\n"
+	switch {
+	case strings.HasPrefix(line, "* OK"):
+	case strings.HasPrefix(line, "* PREAUTH"):
+		greeting = line + "\r\n"
+	case strings.HasPrefix(line, "* BYE"):
+		return nil, fmt.Errorf("connect to %s: the server refused the session: %s", t, strings.TrimPrefix(line, "* BYE "))
+	default:
+		return nil, fmt.Errorf("connect to %s: not an IMAP greeting: %.100q", t, line)
+	}
+	s.guard = &guard{Conn: conn, prefix: append([]byte(greeting), rest...), limit: maxLiteral, stats: &b.stats}
 	c, err := client.New(s.guard)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: no IMAP greeting: %v", t, errOr(w.err(), err))
+		return nil, fmt.Errorf("connect to %s: %v", t, errOr(w.err(), err))
 	}
 	s.c = c
 	// Set before any command, so before the reader can see an update.
@@ -619,11 +647,13 @@ func (b *IMAPBox) dial(ctx context.Context) (*imapSession, error) {
 	c.Updates = updates
 	c.ErrorLog = imapLog{b.log}
 	go drainUpdates(c, updates, s.wake)
-	if err := c.Login(b.user, b.pass); err != nil {
-		if !s.alive() {
-			return nil, fmt.Errorf("log in to %s: connection lost: %v", t, errOr(w.err(), err))
+	if c.State() != imap.AuthenticatedState { // not PREAUTH
+		if err := c.Login(b.user, b.pass); err != nil {
+			if !s.alive() {
+				return nil, fmt.Errorf("log in to %s: connection lost: %v", t, errOr(w.err(), err))
+			}
+			return nil, fmt.Errorf("log in to %s as %q: the server refused the user or password (check user and password_file): %v", t, b.user, err)
 		}
-		return nil, fmt.Errorf("log in to %s as %q: the server refused the user or password (check user and password_file): %v", t, b.user, err)
 	}
 	st, err := c.Select(t.mailbox, true)
 	if err != nil {
@@ -899,6 +929,7 @@ type guard struct {
 	// Reader state, only touched by the reading goroutine.
 	inLiteral int64  // bytes of the current literal still to come
 	tail      []byte // the end of the current line, up to 24 bytes
+	lineLen   int64  // bytes of the current line so far, literals aside
 }
 
 func (g *guard) setLimit(n int64) {
@@ -940,6 +971,9 @@ func (g *guard) scan(b []byte) error {
 		c := b[i]
 		i++
 		if c != '\n' {
+			if g.lineLen++; g.lineLen > maxLine {
+				return fmt.Errorf("the server sent a line longer than %d bytes", maxLine)
+			}
 			if len(g.tail) == 24 {
 				copy(g.tail, g.tail[1:])
 				g.tail = g.tail[:23]
@@ -947,6 +981,7 @@ func (g *guard) scan(b []byte) error {
 			g.tail = append(g.tail, c)
 			continue
 		}
+		g.lineLen = 0
 		n, ok := announced(g.tail)
 		if len(g.tail) > 0 && g.tail[0] == '+' {
 			select {

@@ -121,3 +121,42 @@ func TestIMAPTimeout(t *testing.T) {
 		t.Fatalf("DialIMAP with a cancelled context: %v", err)
 	}
 }
+
+// TestIMAPEndlessLine: a server that sends a line without end is cut off
+// after maxLine bytes.
+func TestIMAPEndlessLine(t *testing.T) {
+	addr := fakeIMAP(t, func(c net.Conn, r *bufio.Reader) {
+		io.WriteString(c, "* OK ready\r\n")
+		r.ReadString('\n')
+		io.WriteString(c, "* OK ")
+		chunk := []byte(strings.Repeat("x", 1<<20))
+		for i := 0; i < maxLine>>20+2; i++ {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	})
+	_, err := DialIMAP(context.Background(), IMAPConfig{URL: "imap+insecure://" + addr, User: "ci", Password: "pw"})
+	if err == nil || !strings.Contains(err.Error(), "connection lost") {
+		t.Fatalf("DialIMAP: %v", err)
+	}
+}
+
+// TestIMAPGreetings: a server that says BYE, or refuses LOGIN without
+// TLS, or does not speak IMAP, is refused with an error that says so.
+func TestIMAPGreetings(t *testing.T) {
+	for greeting, says := range map[string]string{
+		"* BYE too many connections\r\n":                      "refused the session: too many connections",
+		"* OK [CAPABILITY IMAP4rev1 LOGINDISABLED] ready\r\n": "LOGINDISABLED",
+		"220 smtp.example.invalid ESMTP\r\n":                  "not an IMAP greeting",
+	} {
+		addr := fakeIMAP(t, func(c net.Conn, r *bufio.Reader) {
+			io.WriteString(c, greeting)
+			io.Copy(io.Discard, r)
+		})
+		_, err := DialIMAP(context.Background(), IMAPConfig{URL: "imap+insecure://" + addr, User: "ci", Password: "pw"})
+		if err == nil || !strings.Contains(err.Error(), says) {
+			t.Errorf("greeting %q: %v", greeting, err)
+		}
+	}
+}
