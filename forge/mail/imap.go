@@ -47,7 +47,8 @@ const maxLiteral = 1 << 20
 // UID SEARCH answer for a million messages is about 8 MB).
 const maxLine = 64 << 20
 
-// IMAPConfig says how to reach an IMAP mailbox.
+// IMAPConfig says how to reach an IMAP mailbox. URL and User are
+// required; the other fields have defaults.
 type IMAPConfig struct {
 	// URL names the server and the mailbox:
 	//
@@ -66,7 +67,9 @@ type IMAPConfig struct {
 	// Logger gets connections, reconnections and UIDVALIDITY changes;
 	// nil discards them.
 	Logger *slog.Logger
-	// Timeout bounds every network step; zero means DefaultIMAPTimeout.
+	// Timeout bounds every network step (connecting, TLS, each
+	// command): how long the server may stay silent in one; zero means
+	// DefaultIMAPTimeout.
 	Timeout time.Duration
 }
 
@@ -81,7 +84,13 @@ type IMAPConfig struct {
 // the last UID it returned, and when it changed New starts over and
 // returns every message again.
 //
-// An IMAPBox is used by one goroutine at a time (as Mailbox says).
+// Errors callers branch on: Fetch's ErrTooLarge (wrapped), and, when ctx
+// ended a call, an error wrapping ctx's error. Every other error is a
+// failure to reach or read the mailbox, which says what to check; the
+// caller logs it and tries again after a pause.
+//
+// The zero IMAPBox is not usable: DialIMAP makes one. An IMAPBox is used
+// by one goroutine at a time (as Mailbox says).
 type IMAPBox struct {
 	target  imapTarget
 	user    string
