@@ -25,6 +25,9 @@ bench: build ## print the performance figures (refci beside its baselines)
 	$(GO) run ./cmd/refci-bench -refci $(BIN)
 	@echo "== forges: result to status on a real Gitea (make gitea first), API calls per run"
 	$(GO) test -count=1 -run '^$$' -bench 'BenchmarkResultToGiteaStatus|BenchmarkAPICallsPerRun' -benchtime 15x ./cmd/refci/
+	@echo "== mail: delivery to IMAPBox noticing it, and its idle CPU cost, on a real Dovecot (two minutes)"
+	$(GO) test -count=1 -run '^$$' -bench 'BenchmarkIMAPWakeLatency' -benchtime 30x ./forge/mail/
+	$(GO) test -count=1 -run '^$$' -bench 'BenchmarkIMAPIdleCost' -benchtime 1x ./forge/mail/
 
 lint: ## gofmt, go vet and the import rules
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

@@ -32,13 +32,16 @@
 //	  forge/gitea     the Gitea and Forgejo adapter: commit statuses, the sticky comment, pull requests
 //	  forge/gitlab    the GitLab adapter: commit statuses, the sticky note, merge requests
 //	  forge/mail      patch mail: parsing, classifying (RFC 3834), grouping [PATCH vN i/N] series
-//	                  by version and thread, base-commit:, git am in a scratch clone
+//	                  by version and thread, base-commit:, git am in a scratch clone; IMAPBox reads
+//	                  an IMAP folder (IDLE, read-only, reconnecting)
 //	server     refci serve: the SSH server's roles, receive rules, owner and trust records
 //	cmd        wiring only: flags, configuration, constructing things, exit codes, printing
 //	fixtures   helpers shared by the tests (git with a private HOME, keys, sample repositories,
 //	           result commits, GnuPG); never imported by other code
 //	  fixtures/gitea  a real Gitea on 127.0.0.1 (built once by make gitea): repositories, pushes,
 //	                  pull requests, forks, restarts
+//	  fixtures/dovecot  a real Dovecot IMAP server on 127.0.0.1 (Debian's dovecot-imapd): a throwaway
+//	                  configuration and CA, plain, STARTTLS and imaps, Maildir delivery, restarts
 //	  fixtures/githubapi, fixtures/gitlabapi  stand-ins for the forges that cannot run here,
 //	                  following their published APIs
 //

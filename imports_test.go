@@ -140,3 +140,18 @@ func listPackages(t *testing.T) []goPackage {
 	}
 	return pkgs
 }
+
+// TestIMAPStaysInForgeMail checks that only forge/mail's code imports
+// go-imap: the rest of refci reads mail through its Mailbox.
+func TestIMAPStaysInForgeMail(t *testing.T) {
+	for _, p := range listPackages(t) {
+		if rel, _ := strings.CutPrefix(p.ImportPath, "refci.dev/refci/"); inTree(rel, "forge/mail") {
+			continue
+		}
+		for _, imp := range p.Imports {
+			if strings.HasPrefix(imp, "github.com/emersion/go-imap") {
+				t.Errorf("%s imports %s: only forge/mail may use go-imap", p.ImportPath, imp)
+			}
+		}
+	}
+}

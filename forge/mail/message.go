@@ -2,9 +2,10 @@
 // one message (MIME with go-message: multipart, attachments, charsets,
 // RFC 2047 subjects), classifies it (patch, cover letter, reply,
 // auto-generated, no patch), groups patches into series by version and
-// threading, and applies a series with git am in a scratch clone. It
-// holds no IMAP: the bridge that fetches and replies is built around it;
-// SMTPSender sends the replies.
+// threading, and applies a series with git am in a scratch clone. Mail
+// comes in through a Mailbox: IMAPBox reads an IMAP folder (imap.go, the
+// only user of go-imap in refci); replies go out through a Sender:
+// SMTPSender. The bridge that fetches and replies is built around it.
 package mail
 
 import (
@@ -29,8 +30,9 @@ import (
 // is refused with ErrTooLarge after reading MaxMessageSize+1 bytes.
 const MaxMessageSize = 10 << 20
 
-// ErrTooLarge is returned by ParseMessage for a message over MaxMessageSize.
-var ErrTooLarge = errors.New("message is larger than 10 MiB")
+// ErrTooLarge is returned (wrapped) by ParseMessage for a message over
+// MaxMessageSize, and by Mailbox.Fetch for one over its limit.
+var ErrTooLarge = errors.New("message too large")
 
 // Bounds on a message's MIME tree: a message nested deeper, or with more
 // parts, is KindOther (no patch is sent like that; the bounds keep a
@@ -139,7 +141,7 @@ func ParseMessage(r io.Reader) (*Message, error) {
 		return nil, fmt.Errorf("read message: %w", err)
 	}
 	if len(raw) > MaxMessageSize {
-		return nil, ErrTooLarge
+		return nil, fmt.Errorf("message is larger than %d MiB: %w", MaxMessageSize>>20, ErrTooLarge)
 	}
 	rest := raw
 	if bytes.HasPrefix(rest, []byte("From ")) && !bytes.HasPrefix(bytes.TrimLeft(rest[4:], " \t"), []byte(":")) {

@@ -216,9 +216,9 @@ func sender(t *testing.T, cfg SMTPConfig) *SMTPSender {
 
 const reply = "From: ci@example.org\nTo: ann@example.org\nSubject: Re: [PATCH] x\nAuto-Submitted: auto-replied\n\npassed\n.\n..dots\n"
 
-// wire is reply as it travels: CRLF, and as the server's DATA reader
+// replyWire is the reply as it travels: CRLF, and as the server's DATA reader
 // gives it back (dot-stuffing undone).
-var wire = strings.ReplaceAll(reply, "\n", "\r\n")
+var replyWire = strings.ReplaceAll(reply, "\n", "\r\n")
 
 func TestSMTPPlainLoopback(t *testing.T) {
 	be := &sink{user: "ci", password: "hunter2"}
@@ -233,7 +233,7 @@ func TestSMTPPlainLoopback(t *testing.T) {
 	if len(g) != 2 {
 		t.Fatalf("%d messages, want 2", len(g))
 	}
-	if g[0].from != "ci@example.org" || strings.Join(g[0].rcpt, ",") != "ann@example.org,list@example.org" || g[0].data != wire || g[0].tls || g[0].authUser != "" {
+	if g[0].from != "ci@example.org" || strings.Join(g[0].rcpt, ",") != "ann@example.org,list@example.org" || g[0].data != replyWire || g[0].tls || g[0].authUser != "" {
 		t.Errorf("got %+v", g[0])
 	}
 	if g[1].authUser != "ci" {
@@ -249,7 +249,7 @@ func TestSMTPStartTLS(t *testing.T) {
 	if err := s.Send(context.Background(), "ci@example.org", []string{"ann@example.org"}, []byte(reply)); err != nil {
 		t.Fatal(err)
 	}
-	if g := be.got(); len(g) != 1 || !g[0].tls || g[0].authUser != "ci" || g[0].data != wire {
+	if g := be.got(); len(g) != 1 || !g[0].tls || g[0].authUser != "ci" || g[0].data != replyWire {
 		t.Fatalf("got %+v", g)
 	}
 	// The system's roots do not know the throwaway CA: refused, worth a
