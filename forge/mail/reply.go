@@ -170,7 +170,7 @@ func replyBody(o replyOptions, th Thread, out outcome) string {
 			missing[i] = strconv.Itoa(n)
 		}
 		fmt.Fprintf(&b, "refci did not test %s: after waiting %s, patch %s of %d had not arrived.\n\n",
-			what, out.timeout, strings.Join(missing, ", "), th.Total)
+			what, strings.TrimSuffix(out.timeout.String(), "0s"), strings.Join(missing, ", "), th.Total)
 		b.WriteString("Please send the whole series again, as a new version, for example:\n\n")
 		fmt.Fprintf(&b, "    git format-patch -v%d --cover-letter --thread --base=<base> <base>..<branch>\n", th.Version+1)
 		b.WriteString("    git send-email --to=" + o.from.Address + " v" + strconv.Itoa(th.Version+1) + "-*.patch\n")
@@ -184,7 +184,10 @@ func replyBody(o replyOptions, th Thread, out outcome) string {
 			if strings.TrimSpace(ae.Output) != "" {
 				b.WriteString("git am --3way said:\n\n")
 				for _, l := range strings.Split(strings.TrimRight(ae.Output, "\n"), "\n") {
-					b.WriteString("    " + strings.TrimRight(render.PlainLine([]byte(l)), " \t") + "\n")
+					if l = strings.TrimRight(render.PlainLine([]byte(l)), " \t"); l != "" {
+						b.WriteString("    " + l)
+					}
+					b.WriteString("\n")
 				}
 				b.WriteString("\n")
 			}
