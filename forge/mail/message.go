@@ -2,8 +2,11 @@
 // one message (net/mail, RFC 2047 subjects), classifies it (patch, cover
 // letter, reply, auto-generated, no patch), groups patches into series by
 // version and threading, and applies a series with git am in a scratch
-// clone. It holds no IMAP or SMTP: the bridge that fetches and replies is
-// built around it.
+// clone. The Bridge puts it to work: it reads a Mailbox, asks for a run
+// of each complete series, and sends one reply per series through a
+// Sender, keeping what it did in a ledger ref on the remote so that it
+// happens once (PROTOCOL.md, section 14). IMAP and SMTP live behind the
+// Mailbox and Sender interfaces.
 //
 // Only text/plain bodies (7bit, 8bit, quoted-printable or base64) are read
 // for now; a multipart or HTML-only message has an empty Body and so is
