@@ -306,6 +306,11 @@ func (b *Bridge) take(ctx context.Context, e Envelope) (ig *ignore, m *Message, 
 		return nil, nil, false
 	}
 	b.solved("fetch", "mail bridge: fetching mail works again")
+	held := false
+	b.ledger.cached(func(tx *ledgerTx) { held = tx.hasMessage(msgKey(e.MessageID, raw)) })
+	if held { // a message without a Message-ID, recorded by its bytes
+		return nil, nil, false
+	}
 	m, err = ParseMessage(bytes.NewReader(raw))
 	if err != nil {
 		key := msgKey(e.MessageID, raw)
@@ -323,6 +328,8 @@ func (b *Bridge) take(ctx context.Context, e Envelope) (ig *ignore, m *Message, 
 		return leave("no Message-ID: a reply could not be threaded")
 	case !validMsgID(m.ID):
 		return leave("a Message-ID with characters other than printable ASCII")
+	case !strings.Contains(m.From, "@") || !validMsgID(m.From):
+		return leave("no usable sender address")
 	case m.From == b.from.Address || h.Get("X-Refci-State") != "" || h.Get("X-Refci-Run") != "":
 		return leave("our own mail (a loop)")
 	case m.Kind == KindAuto:
@@ -331,7 +338,7 @@ func (b *Bridge) take(ctx context.Context, e Envelope) (ig *ignore, m *Message, 
 		return leave("a reply")
 	case m.Kind == KindOther && m.Tag.Patch:
 		ig, m, _ := leave("a [PATCH] subject without a plain-text patch")
-		return ig, m, m.From != ""
+		return ig, m, true
 	case m.Kind == KindOther:
 		return leave("holds no patch")
 	}
@@ -412,7 +419,7 @@ func (b *Bridge) thread(s *Series, root *Message) Thread {
 		list, _ := h.AddressList(field)
 		for _, a := range list {
 			addr := strings.ToLower(a.Address)
-			if !seen[addr] && validMsgID(addr) && strings.Contains(addr, "@") {
+			if !seen[addr] && validMsgID(addr) && strings.Contains(addr, "@") && len(th.Cc) < maxCc {
 				seen[addr] = true
 				th.Cc = append(th.Cc, addr)
 			}
@@ -420,6 +427,9 @@ func (b *Bridge) thread(s *Series, root *Message) Thread {
 	}
 	return th
 }
+
+// maxCc caps the addresses a reply copies from the mail it answers.
+const maxCc = 10
 
 // handleSeries groups the pending messages and handles every series
 // that is complete, or incomplete past the timeout.
@@ -454,7 +464,9 @@ func (b *Bridge) handleSeries(ctx context.Context) {
 		b.lineage(s, known, byMessage)
 		key := seriesKey(s.ID, s.Version)
 		if r, ok := known[key]; ok && !b.mayTake(r) {
-			b.drop(s) // handled, or being handled by another bridge
+			if r.State != seriesClaimed {
+				b.drop(s) // handled
+			} // else kept: another bridge is on it, or its lease runs out
 			continue
 		}
 		if s.SupersededBy != 0 {
@@ -590,11 +602,11 @@ func (b *Bridge) apply(ctx context.Context, s *Series, known map[string]seriesRe
 	key := th.Series
 	now := b.cfg.Now().UTC()
 	// Claim it first, so that no other bridge tests it too.
-	taken := false
+	taken, live := false, false
 	err := b.ledger.update(ctx, "claim series "+key, func(tx *ledgerTx) {
-		taken = false
+		taken, live = false, false
 		if r, ok := tx.series(key); ok && !b.mayTake(r) {
-			taken = true
+			taken, live = true, r.State == seriesClaimed
 			return
 		}
 		tx.put(seriesPath(key), seriesRecord{V: ledgerFormat, State: seriesClaimed, By: b.cfg.Bridge, Claimed: now, Updated: now,
@@ -605,7 +617,9 @@ func (b *Bridge) apply(ctx context.Context, s *Series, known map[string]seriesRe
 		return
 	}
 	if taken {
-		b.drop(s)
+		if !live {
+			b.drop(s)
+		}
 		return
 	}
 	base, baseFrom, err := b.fetchBase(ctx, s)
@@ -648,23 +662,34 @@ func (b *Bridge) apply(ctx context.Context, s *Series, known map[string]seriesRe
 		b.problem("apply", "mail bridge: git am failed to run; trying again", err, "series", key)
 		return
 	}
-	// Keep the head on the remote, then ask for its run.
+	// Keep the head on the remote and ask for its run, in one atomic
+	// push; a head kept before a restart is asked for again as it is.
 	git := gitproto.CLI{Dir: scratch, Env: b.cfg.Env}
 	keep := queue.MailSeriesRef(s.RequestName())
-	if _, err := git.Run(ctx, "", "push", "--quiet", "--no-verify", "--force-with-lease="+keep+":", b.cfg.Remote, head+":"+keep); err != nil {
-		// Pushed before a restart: ask for the head kept then.
-		vals, verr := b.remote.RefValues(ctx, []string{keep})
-		if verr != nil || vals[keep] == gitproto.ZeroHash {
-			b.problem("push", "mail bridge: cannot push to the remote; trying again", err, "series", key)
-			return
-		}
+	vals, err := b.remote.RefValues(ctx, []string{keep})
+	if err != nil {
+		b.problem("push", "mail bridge: cannot read the remote; trying again", err, "series", key)
+		return
+	}
+	args := []string{"push", "--quiet", "--no-verify", "--atomic"}
+	var specs []string
+	if kept := vals[keep]; kept != gitproto.ZeroHash {
 		if _, err := git.Run(ctx, "", "fetch", "--quiet", "--no-write-fetch-head", b.cfg.Remote, keep); err != nil {
 			b.problem("push", "mail bridge: cannot fetch from the remote; trying again", err, "series", key)
 			return
 		}
-		head = vals[keep].String()
+		head = kept.String()
+	} else {
+		args = append(args, "--force-with-lease="+keep+":")
+		specs = append(specs, head+":"+keep)
 	}
-	obj, err := requests.Client{Dir: scratch, Unsigned: true}.Ask(ctx, b.cfg.Remote, requests.Request{Name: s.RequestName(), Target: gitproto.NewHash(head)})
+	// The request tag is never signed, whatever git's configuration
+	// says: mailed patches run untrusted.
+	obj, err := requests.Client{Dir: scratch, Unsigned: true}.Make(ctx, requests.Request{Name: s.RequestName(), Target: gitproto.NewHash(head)})
+	if err == nil {
+		specs = append(specs, "+"+obj.String()+":"+queue.RequestRef(s.RequestName()))
+		_, err = git.Run(ctx, "", append(append(args, "--", b.cfg.Remote), specs...)...)
+	}
 	if err != nil {
 		b.problem("push", "mail bridge: cannot push the request to the remote; trying again", err, "series", key)
 		return
@@ -791,6 +816,9 @@ func (b *Bridge) watchRuns(ctx context.Context) {
 			continue
 		}
 		b.solved("runs", "mail bridge: fetching the runs works again")
+		if err := b.ledger.view(ctx, func(*ledgerTx) {}); err != nil && ctx.Err() == nil {
+			b.problem("ledger", "mail bridge: cannot read the ledger on the remote; trying again", err)
+		}
 		for _, e := range unmatched {
 			runs = append(runs, e.l)
 		}
@@ -838,14 +866,7 @@ func (b *Bridge) result(ctx context.Context, src results.Source, l results.Liste
 	key := parts[1] + "/" + parts[2]
 	var r seriesRecord
 	var ok bool
-	b.ledger.cached(func(tx *ledgerTx) { r, ok = tx.series(key) })
-	if !ok || r.State != seriesRequested || r.Reply != "" {
-		// Not known when last read (another bridge asked for it since):
-		// look at the remote.
-		if err := b.ledger.view(ctx, func(tx *ledgerTx) { r, ok = tx.series(key) }); err != nil {
-			return true, err
-		}
-	}
+	b.ledger.cached(func(tx *ledgerTx) { r, ok = tx.series(key) }) // read at the start of this look
 	if !ok || r.State == seriesClaimed {
 		return true, nil
 	}

@@ -358,6 +358,11 @@ func TestBridgeSeriesToReply(t *testing.T) {
 		}
 	}
 
+	// The request's tag and the applied commits are unsigned: mailed
+	// patches never run trusted.
+	if sig := fixtures.Git(t, w.bare, "log", "--format=%G?", w.base+".."+head); strings.Trim(sig, "N\n") != "" {
+		t.Errorf("signatures %q", sig)
+	}
 	// Re-delivered: nothing more.
 	w.mail.deliver(mails...)
 	settle(t, b)
@@ -576,18 +581,20 @@ func TestBridgeHostileMail(t *testing.T) {
 	}
 	html := []byte("From: Ann <ann@example.org>\nTo: ci@example.org\nMessage-Id: <html@example.org>\nSubject: [PATCH] in html\nContent-Type: text/html\n\n<p>diff --git a/x b/x</p>\n")
 	big := append(patch("big@example.org", "big.txt"), bytes.Repeat([]byte("+x\n"), 40000)...)
-	w.mail.deliver(patch("evil@example.org", ".git/config"), html, big, patch("\xc3\xa9@example.org", "e.txt"))
+	noBase := []byte(strings.Replace(string(patch("nobase@example.org", "n.txt")), "+boom\n", "+boom\n-- \nbase-commit: 1234567890123456789012345678901234567890\n", 1))
+	noBase = []byte(strings.Replace(string(noBase), "-- \nbase-commit", "\nbase-commit", 1))
+	w.mail.deliver(patch("evil@example.org", ".git/config"), html, big, patch("\xc3\xa9@example.org", "e.txt"), noBase)
 	snd := &recSender{}
 	b, _ := w.bridge("one", "", snd, func(c *Config) { c.MaxMessage = 64 << 10 })
-	got := waitMails(t, snd, 2)
+	got := waitMails(t, snd, 3)
 	// Our own reply delivered back (a loop), and an odd but printable
 	// Message-ID, which is tested: the ledger names it by its hash.
 	w.mail.deliver(got[0].raw, patch(`../../x/.git/config"$(id)@example.org`, "ok.txt"))
-	got = waitMails(t, snd, 3)
+	waitMails(t, snd, 4)
 	settle(t, b)
 	got = snd.mails()
-	if len(got) != 3 {
-		t.Fatalf("%d replies, want 3", len(got))
+	if len(got) != 4 {
+		t.Fatalf("%d replies, want 4", len(got))
 	}
 	states := map[string]string{}
 	for _, m := range got {
@@ -596,6 +603,9 @@ func TestBridgeHostileMail(t *testing.T) {
 	}
 	if s := states["<evil@example.org>"]; !strings.HasPrefix(s, "not-applied") || !strings.Contains(s, "inside .git") {
 		t.Errorf(".git/config: %s", s)
+	}
+	if s := states["<nobase@example.org>"]; !strings.HasPrefix(s, "not-applied") || !strings.Contains(s, "its base, commit 1234567890123456789012345678901234567890 (the series' base-commit:), is not on https://git.example.org/app.git") {
+		t.Errorf("unknown base: %s", s)
 	}
 	if s := states["<html@example.org>"]; !strings.HasPrefix(s, "not-applied") || !strings.Contains(s, "plain text") {
 		t.Errorf("html: %s", s)

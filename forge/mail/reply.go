@@ -165,9 +165,13 @@ func replyBody(o replyOptions, th Thread, out outcome) string {
 	}
 	switch out.state {
 	case StateIncomplete:
-		missing := make([]string, len(out.missing))
+		var missing []string
 		for i, n := range out.missing {
-			missing[i] = strconv.Itoa(n)
+			if i == 10 && len(out.missing) > 11 {
+				missing = append(missing, fmt.Sprintf("and %d more", len(out.missing)-10))
+				break
+			}
+			missing = append(missing, strconv.Itoa(n))
 		}
 		fmt.Fprintf(&b, "refci did not test %s: after waiting %s, patch %s of %d had not arrived.\n\n",
 			what, strings.TrimSuffix(out.timeout.String(), "0s"), strings.Join(missing, ", "), th.Total)
