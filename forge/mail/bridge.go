@@ -400,8 +400,8 @@ func (b *Bridge) replyNoPatch(ctx context.Context, m *Message) {
 }
 
 // thread is what a reply to s, whose root is root, needs.
-func (b *Bridge) thread(s *Series, root *Message) Thread {
-	th := Thread{Series: seriesKey(s.ID, s.Version), Version: s.Version, Total: s.Total, Title: root.Tag.Title,
+func (b *Bridge) thread(s *Series, root *Message) thread {
+	th := thread{Series: seriesKey(s.ID, s.Version), Version: s.Version, Total: s.Total, Title: root.Tag.Title,
 		Subject: root.Subject, Root: root.ID, Author: root.From, AuthorName: root.FromName}
 	for _, r := range root.References {
 		if validMsgID(r) && r != root.ID {
@@ -493,7 +493,7 @@ func (b *Bridge) handleSeries(ctx context.Context) {
 // mayTake reports whether this bridge may (re)take a series record: a
 // claim of its own (it restarted) or one whose lease ran out.
 func (b *Bridge) mayTake(r seriesRecord) bool {
-	return r.State == seriesClaimed && (r.By == b.cfg.Bridge || b.cfg.Now().Sub(r.Updated) > Lease)
+	return r.State == seriesClaimed && (r.By == b.cfg.Bridge || b.cfg.Now().Sub(r.Updated) > lease)
 }
 
 // lineage gives s the ID of an older version the ledger knows when the
@@ -555,7 +555,7 @@ func (b *Bridge) incomplete(ctx context.Context, s *Series) {
 
 // conclude records s's final state with the reply it gets, unless
 // another bridge concluded it first, and wakes the outbox.
-func (b *Bridge) conclude(ctx context.Context, th Thread, s *Series, out outcome, state string) error {
+func (b *Bridge) conclude(ctx context.Context, th thread, s *Series, out outcome, state string) error {
 	id, rcpt, raw, err := compose(b.replyOptions(), th, out)
 	if err != nil {
 		return fmt.Errorf("compose the reply: %w", err)
@@ -570,7 +570,7 @@ func (b *Bridge) conclude(ctx context.Context, th Thread, s *Series, out outcome
 			return // another bridge concluded it
 		}
 		tx.put(seriesPath(th.Series), seriesRecord{V: ledgerFormat, State: state, By: b.cfg.Bridge, Claimed: now, Updated: now,
-			Thread: th, Messages: ids, Reply: id})
+			thread: th, Messages: ids, Reply: id})
 		b.recordMessages(tx, ids, th.Series, now)
 		if !tx.has(replyPath(id)) {
 			tx.put(replyPath(id), replyRecord{V: ledgerFormat, MessageID: id, State: replyPending, Series: th.Series, Kind: out.state,
@@ -610,7 +610,7 @@ func (b *Bridge) apply(ctx context.Context, s *Series, known map[string]seriesRe
 			return
 		}
 		tx.put(seriesPath(key), seriesRecord{V: ledgerFormat, State: seriesClaimed, By: b.cfg.Bridge, Claimed: now, Updated: now,
-			Thread: th, Messages: messageIDs(s)})
+			thread: th, Messages: messageIDs(s)})
 	})
 	if err != nil {
 		b.problem("ledger", "mail bridge: cannot claim a series in the ledger on the remote; trying again", err, "series", key)
@@ -714,7 +714,7 @@ func (b *Bridge) apply(ctx context.Context, s *Series, known map[string]seriesRe
 		if r.Claimed.IsZero() {
 			r.Claimed = now
 		}
-		r.Thread, r.Messages = th, messageIDs(s)
+		r.thread, r.Messages = th, messageIDs(s)
 		r.Head, r.Request, r.RequestObject = head, s.RequestName(), obj.String()
 		tx.put(seriesPath(key), r)
 		b.recordMessages(tx, r.Messages, key, now)
@@ -828,7 +828,7 @@ func (b *Bridge) watchRuns(ctx context.Context) {
 				b.problem("ledger", "mail bridge: cannot record a reply on the remote; trying again", err)
 				wait = true
 			}
-			if e, ok := unmatched[l.Ref]; wait && (!ok || time.Since(e.since) < Lease) {
+			if e, ok := unmatched[l.Ref]; wait && (!ok || time.Since(e.since) < lease) {
 				if !ok {
 					unmatched[l.Ref] = early{l, time.Now()}
 				}
@@ -898,7 +898,7 @@ func (b *Bridge) result(ctx context.Context, src results.Source, l results.Liste
 	if b.cfg.RunsURL != "" {
 		out.runURL = b.cfg.RunsURL + "/runs/" + st.Target + "/" + st.Run + "/"
 	}
-	id, rcpt, raw, err := compose(b.replyOptions(), r.Thread, out)
+	id, rcpt, raw, err := compose(b.replyOptions(), r.thread, out)
 	if err != nil {
 		return false, fmt.Errorf("compose the reply: %w", err)
 	}
@@ -947,7 +947,7 @@ func (b *Bridge) outbox(ctx context.Context) {
 				return
 			}
 			mine := r.By == b.cfg.Bridge
-			if !mine && b.cfg.Now().Sub(r.Updated) <= Lease {
+			if !mine && b.cfg.Now().Sub(r.Updated) <= lease {
 				continue // another bridge's
 			}
 			err, done := sent[r.MessageID]

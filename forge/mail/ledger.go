@@ -43,10 +43,10 @@ const ledgerFormat = 1
 // maxLedgerFile caps what is read of one ledger file.
 const maxLedgerFile = 1 << 20
 
-// Lease is how long a claimed series or an owed reply belongs to the
+// lease is how long a claimed series or an owed reply belongs to the
 // bridge that took it: past it (the bridge died), another takes it over.
 // A bridge restarted under the same name takes its own over at once.
-const Lease = 15 * time.Minute
+const lease = 15 * time.Minute
 
 // Record states.
 const (
@@ -84,7 +84,7 @@ type seriesRecord struct {
 	Claimed time.Time `json:"claimed"`
 	Updated time.Time `json:"updated"`
 
-	Thread
+	thread
 
 	Messages      []string `json:"messages"` // Message-IDs of its cover letter and patches
 	Head          string   `json:"head,omitempty"`

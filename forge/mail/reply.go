@@ -14,9 +14,9 @@ import (
 	"refci.dev/refci/render"
 )
 
-// Thread is what a reply needs of the series it answers; the bridge
+// thread is what a reply needs of the series it answers; the bridge
 // keeps it in its ledger, so a restarted bridge replies without the mail.
-type Thread struct {
+type thread struct {
 	Series     string   `json:"series"`  // <id>/v<N>
 	Version    int      `json:"version"` // N
 	Total      int      `json:"total"`   // the patch count
@@ -66,7 +66,7 @@ const maxReply = 128 << 10
 
 // replyID is the reply's Message-ID: the same for the same series and
 // run (or outcome), so a retried send is the same mail.
-func replyID(th Thread, o outcome, domain string) string {
+func replyID(th thread, o outcome, domain string) string {
 	token := o.state
 	if o.result != nil && queue.ValidRunID(o.result.Status.Run) {
 		token = "run-" + o.result.Status.Run
@@ -91,7 +91,7 @@ func domainOf(addr string) string {
 
 // compose builds the reply: its Message-ID, envelope recipients and the
 // whole message.
-func compose(o replyOptions, th Thread, out outcome) (id string, rcpt []string, raw []byte, err error) {
+func compose(o replyOptions, th thread, out outcome) (id string, rcpt []string, raw []byte, err error) {
 	id = replyID(th, out, domainOf(o.from.Address))
 	var h gomail.Header
 	subject := th.Subject
@@ -153,7 +153,7 @@ func compose(o replyOptions, th Thread, out outcome) (id string, rcpt []string, 
 
 // replyBody is the plain text of a reply: what ran on which base and how
 // it ended first, then the details, then how to look again.
-func replyBody(o replyOptions, th Thread, out outcome) string {
+func replyBody(o replyOptions, th thread, out outcome) string {
 	var b strings.Builder
 	what := fmt.Sprintf("%q (v%d, %s)", render.Safe(th.Title), th.Version, plural(th.Total, "patch", "patches"))
 	base := "no base"

@@ -20,7 +20,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 func TestReplyGolden(t *testing.T) {
 	from := &netmail.Address{Name: "refci", Address: "ci@example.org"}
 	opts := replyOptions{from: from, fetchURL: "https://git.example.org/app.git", now: time.Date(2026, 12, 7, 9, 30, 0, 0, time.UTC)}
-	th := Thread{Series: "6c2da30412e2658f/v2", Version: 2, Total: 3, Title: "buzz: louder bees",
+	th := thread{Series: "6c2da30412e2658f/v2", Version: 2, Total: 3, Title: "buzz: louder bees",
 		Subject: "[PATCH v2 0/3] buzz: louder bees", Root: "cover.1765099800.git.ann@example.org",
 		References: []string{"cover.1765000000.git.ann@example.org"}, Author: "ann@example.org", AuthorName: "Ann Example",
 		Cc: []string{"list@example.org", "bob@example.org"}, Base: "ae63b3d49c146f3de77fff42f74b4b9a8bc96ba9", BaseFrom: "the series' base-commit:"}
