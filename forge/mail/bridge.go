@@ -465,7 +465,8 @@ func (b *Bridge) handleSeries(ctx context.Context) {
 		key := seriesKey(s.ID, s.Version)
 		if r, ok := known[key]; ok && !b.mayTake(r) {
 			if r.State != seriesClaimed {
-				b.drop(s) // handled
+				b.log.Info("mail bridge: ignoring mail of a series handled already", "series", key, "state", r.State, "messages", strings.Join(messageIDs(s), " "))
+				b.drop(s)
 			} // else kept: another bridge is on it, or its lease runs out
 			continue
 		}
@@ -498,12 +499,16 @@ func (b *Bridge) mayTake(r seriesRecord) bool {
 
 // lineage gives s the ID of an older version the ledger knows when the
 // mail of that version is no longer pending (handled before a restart):
-// by threading, or by the same sender and title, as Group does.
+// by threading, or by the same sender and title, as Group does. A part
+// threaded to a concluded series of the same version and count gets its
+// ID too, and so is left as handled.
 func (b *Bridge) lineage(s *Series, known map[string]seriesRecord, byMessage map[string]string) {
 	root := s.Root()
 	for _, id := range append([]string{root.InReplyTo}, root.References...) {
 		if key, ok := byMessage[id]; ok {
-			if r := known[key]; r.Version < s.Version {
+			// An older version; or this very version, concluded before
+			// this part arrived (a patch resent alone, too late).
+			if r := known[key]; r.Version < s.Version || r.Version == s.Version && r.Total == s.Total {
 				s.ID, _, _ = strings.Cut(key, "/")
 				return
 			}

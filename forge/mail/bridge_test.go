@@ -468,6 +468,10 @@ func TestBridgeIncomplete(t *testing.T) {
 	if !strings.Contains(body, "patch 2 of 3 had not arrived") || !strings.Contains(body, "format-patch -v2") {
 		t.Errorf("body:\n%s", body)
 	}
+	// The missing patch, too late: the series was answered.
+	w.mail.deliver(mails[2])
+	settle(t, b)
+	w.clock.Add(int64(31 * time.Minute))
 	w.mail.poke()
 	settle(t, b)
 	if n := len(snd.mails()); n != 1 || len(w.runs()) != 0 {
