@@ -317,6 +317,13 @@ func (b *Bridge) take(ctx context.Context, e Envelope) (ig *ignore, m *Message, 
 		b.log.Warn("mail bridge: ignoring a message that cannot be read", "message_id", e.MessageID, "err", err)
 		return &ignore{key: key, id: e.MessageID, why: "unreadable: " + err.Error()}, nil, false
 	}
+	if m.ID != "" && m.ID != e.MessageID {
+		// The mailbox did not read its Message-ID as we do.
+		b.ledger.cached(func(tx *ledgerTx) { held = tx.hasMessage(msgKey(m.ID, nil)) })
+		if held || b.pending[m.ID] != nil {
+			return nil, nil, false
+		}
+	}
 	key := msgKey(m.ID, raw)
 	leave := func(why string) (*ignore, *Message, bool) {
 		b.log.Info("mail bridge: ignoring a message", "message_id", m.ID, "from", m.From, "subject", render.Safe(m.Subject), "why", why)
