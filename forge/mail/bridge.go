@@ -189,10 +189,15 @@ func New(cfg Config) (*Bridge, error) {
 	return b, nil
 }
 
+// Wake has the bridge look at the remote's runs at once: a worker beside
+// it that has just pushed a result says so. Safe for concurrent use,
+// never blocks.
+func (b *Bridge) Wake() { b.changes.Wake() }
+
 // Run reads mail, asks for runs, watches their results and sends replies
 // until ctx ends, then returns nil. Failures (the mailbox, the remote,
 // the mail server) are logged once each and tried again; bad mail is
-// logged and recorded, never stops it.
+// logged and recorded, never stops it. Run does not close the Mailbox.
 func (b *Bridge) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(2)
