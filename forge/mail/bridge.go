@@ -963,9 +963,25 @@ func (b *Bridge) outbox(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			mine := r.By == b.cfg.Bridge
-			if !mine && b.cfg.Now().Sub(r.Updated) <= lease {
-				continue // another bridge's
+			if r.By != b.cfg.Bridge {
+				if b.cfg.Now().Sub(r.Updated) <= lease {
+					continue // another bridge's
+				}
+				// Its bridge is gone: take it over first, so that one
+				// bridge sends it.
+				won := false
+				err := b.ledger.update(ctx, "take over reply "+r.Series, func(tx *ledgerTx) {
+					won = false
+					cur, ok := tx.reply(r.MessageID)
+					if ok && cur.State == replyPending && cur.By == r.By && b.cfg.Now().Sub(cur.Updated) > lease {
+						cur.By, cur.Updated, won = b.cfg.Bridge, b.cfg.Now().UTC(), true
+						tx.put(replyPath(r.MessageID), cur)
+					}
+				})
+				if err != nil || !won {
+					continue
+				}
+				b.log.Info("mail bridge: taking over a reply owed by a bridge that is gone", "series", r.Series, "from", r.By)
 			}
 			err, done := sent[r.MessageID]
 			if !done {

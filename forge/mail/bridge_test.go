@@ -628,3 +628,61 @@ func TestBridgeHostileMail(t *testing.T) {
 	}
 	checkLedgerPaths(t, w)
 }
+
+// A reply owed when its bridge stops is sent by that bridge when it
+// restarts, and by no other bridge until the lease of the one that owes
+// it runs out; then by exactly one.
+func TestBridgeOwedReplySurvivesRestart(t *testing.T) {
+	w := newWorld(t)
+	w.mail.deliver(w.series("--base="+w.base, "--thread", "main..topic")...)
+	down := &recSender{fail: func(int) error { return fmt.Errorf("connection refused") }}
+	dir := t.TempDir()
+	b, stop := w.bridge("one", dir, down, nil)
+	owed := func(b *Bridge) (r replyRecord) {
+		b.ledger.view(context.Background(), func(tx *ledgerTx) {
+			for p := range tx.files {
+				if strings.HasPrefix(p, "replies/") {
+					tx.get(p, &r)
+				}
+			}
+		})
+		return r
+	}
+	fixtures.WaitFor(t, 60*time.Second, "a failed attempt recorded", func() bool { r := owed(b); return r.State == replyPending && r.Attempts >= 1 })
+	stop()
+
+	// Another bridge leaves it while the lease holds.
+	other := &recSender{}
+	b2, stop2 := w.bridge("two", "", other, nil)
+	settle(t, b2)
+	if n := len(other.mails()); n != 0 {
+		t.Fatalf("another bridge sent %d replies owed by a live lease", n)
+	}
+	stop2()
+
+	// The same bridge, restarted, sends it at once.
+	up := &recSender{}
+	b3, stop3 := w.bridge("one", dir, up, nil)
+	waitMails(t, up, 1)
+	fixtures.WaitFor(t, 60*time.Second, "the reply recorded sent", func() bool { return owed(b3).State == replySent })
+	stop3()
+	if n := len(up.mails()); n != 1 {
+		t.Errorf("%d replies", n)
+	}
+
+	// A lease that ran out: one of two other bridges takes it over.
+	w2 := newWorld(t)
+	w2.mail.deliver(w2.series("--base="+w2.base, "--thread", "main..topic")...)
+	b4, stop4 := w2.bridge("gone", "", down, nil)
+	fixtures.WaitFor(t, 60*time.Second, "a failed attempt recorded", func() bool { return owed(b4).Attempts >= 1 })
+	stop4()
+	w2.clock.Add(int64(16 * time.Minute))
+	s5, s6 := &recSender{}, &recSender{}
+	b5, _ := w2.bridge("five", "", s5, nil)
+	b6, _ := w2.bridge("six", "", s6, nil)
+	fixtures.WaitFor(t, 60*time.Second, "a reply", func() bool { return len(s5.mails())+len(s6.mails()) >= 1 })
+	settle(t, b5, b6)
+	if n := len(s5.mails()) + len(s6.mails()); n != 1 {
+		t.Errorf("%d replies after the takeover, want 1", n)
+	}
+}
