@@ -686,3 +686,36 @@ func TestBridgeOwedReplySurvivesRestart(t *testing.T) {
 		t.Errorf("%d replies after the takeover, want 1", n)
 	}
 }
+
+// A series claimed by a bridge that died before asking for it is left
+// while the claim's lease holds, then taken over and tested once.
+func TestBridgeStaleClaim(t *testing.T) {
+	w := newWorld(t)
+	mails := w.series("--base="+w.base, "--cover-letter", "--thread", "main..topic")
+	var msgs []*Message
+	for _, raw := range mails {
+		m, _ := ParseMessage(bytes.NewReader(raw))
+		msgs = append(msgs, m)
+	}
+	key := seriesKey(Group(msgs)[0].ID, 1)
+	l := newLedger(t, w.bare, "gone")
+	if err := l.update(context.Background(), "claim", func(tx *ledgerTx) {
+		tx.put(seriesPath(key), seriesRecord{V: ledgerFormat, State: seriesClaimed, By: "gone", Claimed: w.now(), Updated: w.now()})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	w.mail.deliver(mails...)
+	snd := &recSender{}
+	b, _ := w.bridge("one", "", snd, nil)
+	settle(t, b)
+	if r := w.runs(); len(r) != 0 || w.ref(queue.MailSeriesRef("patches/"+key)) != "" {
+		t.Fatalf("a series claimed by a live bridge was taken: runs %v", r)
+	}
+	w.clock.Add(int64(16 * time.Minute))
+	w.mail.poke()
+	waitMails(t, snd, 1)
+	settle(t, b)
+	if n := len(snd.mails()); n != 1 || len(w.runs()) != 1 {
+		t.Errorf("%d replies, runs %v", n, w.runs())
+	}
+}
