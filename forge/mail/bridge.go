@@ -469,6 +469,14 @@ func (b *Bridge) handleSeries(ctx context.Context) {
 		b.problem("ledger", "mail bridge: cannot read the ledger on the remote; trying again", err)
 		return
 	}
+	var left []ignore // recorded, so that a restart does not take them up again
+	defer func() {
+		if len(left) > 0 {
+			if err := b.recordIgnored(ctx, left); err != nil && ctx.Err() == nil {
+				b.problem("ledger", "mail bridge: cannot record ignored mail on the remote; it is looked at again", err)
+			}
+		}
+	}()
 	for _, s := range all {
 		if ctx.Err() != nil {
 			return
@@ -478,12 +486,14 @@ func (b *Bridge) handleSeries(ctx context.Context) {
 		if r, ok := known[key]; ok && !b.mayTake(r) {
 			if r.State != seriesClaimed {
 				b.log.Info("mail bridge: ignoring mail of a series handled already", "series", key, "state", r.State, "messages", strings.Join(messageIDs(s), " "))
+				left = append(left, leftSeries(s, "of series "+key+", handled already ("+r.State+")")...)
 				b.drop(s)
 			} // else kept: another bridge is on it, or its lease runs out
 			continue
 		}
 		if s.SupersededBy != 0 {
 			b.log.Info("mail bridge: a newer version arrived before this one was tested; skipping it", "series", key, "newer", s.SupersededBy)
+			left = append(left, leftSeries(s, fmt.Sprintf("of series %s, superseded by v%d before it was tested", key, s.SupersededBy))...)
 			b.drop(s)
 			continue
 		}
@@ -536,6 +546,15 @@ func (b *Bridge) lineage(s *Series, known map[string]seriesRecord, byMessage map
 			best = r.Version
 		}
 	}
+}
+
+// leftSeries is s's messages, left for why.
+func leftSeries(s *Series, why string) []ignore {
+	var out []ignore
+	for _, id := range messageIDs(s) {
+		out = append(out, ignore{key: msgKey(id, nil), id: id, why: why})
+	}
+	return out
 }
 
 // drop forgets s's messages.

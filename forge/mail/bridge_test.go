@@ -519,6 +519,41 @@ func TestBridgeSupersedes(t *testing.T) {
 	if n := len(snd.mails()); n != 1 || len(w.runs()) != 1 {
 		t.Errorf("%d replies, runs %v", n, w.runs())
 	}
+	// Both versions delivered again to a fresh bridge: nothing more.
+	w.mail.deliver(v1...)
+	w.mail.deliver(v2...)
+	b2, _ := w.bridge("two", "", snd, nil)
+	settle(t, b, b2)
+	if n := len(snd.mails()); n != 1 || len(w.runs()) != 1 {
+		t.Errorf("after re-delivery: %d replies, runs %v", n, w.runs())
+	}
+}
+
+// v1 and v2 arrive together: only v2 is tested, and v1's mail is
+// recorded as superseded, so a restart does not test it either.
+func TestBridgeSupersededBeforeTested(t *testing.T) {
+	w := newWorld(t)
+	v1 := w.series("--base="+w.base, "--cover-letter", "--thread", "main..topic")
+	cover, _ := ParseMessage(bytes.NewReader(v1[0]))
+	time.Sleep(1100 * time.Millisecond) // git's Message-Ids hold the time in seconds
+	fixtures.Git(t, w.work, "commit", "-q", "--amend", "-m", "b: buzz louder")
+	v2 := w.series("-v2", "--base="+w.base, "--cover-letter", "--thread", "--in-reply-to="+cover.ID, "main..topic")
+	w.mail.deliver(append(v1, v2...)...)
+	snd := &recSender{}
+	dir := t.TempDir()
+	b, stop := w.bridge("one", dir, snd, nil)
+	got := waitMails(t, snd, 1)
+	settle(t, b)
+	stop()
+	b2, _ := w.bridge("one", dir, snd, nil)
+	settle(t, b2)
+	got = snd.mails()
+	if len(got) != 1 || len(w.runs()) != 1 {
+		t.Fatalf("%d replies, runs %v", len(got), w.runs())
+	}
+	if hdr, _ := parseMail(t, got[0].raw); !strings.Contains(hdr.Header.Get("Subject"), "PATCH v2") {
+		t.Errorf("subject %q", hdr.Header.Get("Subject"))
+	}
 }
 
 // A reply that fails to go is retried until it goes, once; one refused
