@@ -62,6 +62,11 @@ func TestReplyGolden(t *testing.T) {
 				t.Errorf("%s: bad line %q", c.name, l)
 			}
 		}
+		noCc := opts
+		noCc.noCc = true
+		if _, rcpt, raw, _ := compose(noCc, th, c.out); strings.Join(rcpt, " ") != "ann@example.org" || strings.Contains(string(raw), "\r\nCc:") {
+			t.Errorf("%s: with NoCc: rcpt %v", c.name, rcpt)
+		}
 		file := filepath.Join("testdata", "reply-"+c.name+".eml")
 		if *update {
 			if err := os.WriteFile(file, raw, 0o644); err != nil {
