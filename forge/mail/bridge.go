@@ -699,32 +699,35 @@ func (b *Bridge) apply(ctx context.Context, s *Series, known map[string]seriesRe
 		return
 	}
 	// Keep the head on the remote and ask for its run, in one atomic
-	// push; a head kept before a restart is asked for again as it is.
+	// push. A head kept before a restart (this bridge, or one whose claim
+	// ran out, stopped between that push and recording it) was asked for
+	// then: that request, or its run, stands.
 	git := gitproto.CLI{Dir: scratch, Env: b.cfg.Env}
-	keep := queue.MailSeriesRef(s.RequestName())
-	vals, err := b.remote.RefValues(ctx, []string{keep})
+	keep, reqRef := queue.MailSeriesRef(s.RequestName()), queue.RequestRef(s.RequestName())
+	vals, err := b.remote.RefValues(ctx, []string{keep, reqRef})
 	if err != nil {
 		b.problem("push", "mail bridge: cannot read the remote; trying again", err, "series", key)
 		return
 	}
-	args := []string{"push", "--quiet", "--no-verify", "--atomic"}
-	var specs []string
+	var obj gitproto.Hash
 	if kept := vals[keep]; kept != gitproto.ZeroHash {
-		if _, err := git.Run(ctx, "", "fetch", "--quiet", "--no-write-fetch-head", b.cfg.Remote, keep); err != nil {
-			b.problem("push", "mail bridge: cannot fetch from the remote; trying again", err, "series", key)
-			return
-		}
 		head = kept.String()
-	} else {
-		args = append(args, "--force-with-lease="+keep+":")
-		specs = append(specs, head+":"+keep)
+		obj, err = b.askedBefore(ctx, git, s.RequestName(), head, vals[reqRef])
 	}
-	// The request tag is never signed, whatever git's configuration
-	// says: mailed patches run untrusted.
-	obj, err := requests.Client{Dir: scratch, Unsigned: true}.Make(ctx, requests.Request{Name: s.RequestName(), Target: gitproto.NewHash(head)})
-	if err == nil {
-		specs = append(specs, "+"+obj.String()+":"+queue.RequestRef(s.RequestName()))
-		_, err = git.Run(ctx, "", append(append(args, "--", b.cfg.Remote), specs...)...)
+	if err == nil && obj == gitproto.ZeroHash {
+		args := []string{"push", "--quiet", "--no-verify", "--atomic"}
+		var specs []string
+		if vals[keep] == gitproto.ZeroHash {
+			args = append(args, "--force-with-lease="+keep+":")
+			specs = append(specs, head+":"+keep)
+		}
+		// The request tag is never signed, whatever git's configuration
+		// says: mailed patches run untrusted.
+		obj, err = requests.Client{Dir: scratch, Unsigned: true}.Make(ctx, requests.Request{Name: s.RequestName(), Target: gitproto.NewHash(head)})
+		if err == nil {
+			specs = append(specs, "+"+obj.String()+":"+reqRef)
+			_, err = git.Run(ctx, "", append(append(args, "--", b.cfg.Remote), specs...)...)
+		}
 	}
 	if err != nil {
 		b.problem("push", "mail bridge: cannot push the request to the remote; trying again", err, "series", key)
@@ -768,6 +771,40 @@ func (b *Bridge) apply(ctx context.Context, s *Series, known map[string]seriesRe
 	}
 	b.changes.Wake() // its run may have ended already
 	b.drop(s)
+}
+
+// askedBefore finds the request of a head kept before: the request ref
+// (value req), when it is still a request of head, or the request object
+// a run of name on head ran. ZeroHash when there is neither.
+func (b *Bridge) askedBefore(ctx context.Context, git gitproto.CLI, name, head string, req gitproto.Hash) (gitproto.Hash, error) {
+	if _, err := git.Run(ctx, "", "fetch", "--quiet", "--no-write-fetch-head", b.cfg.Remote, queue.MailSeriesRef(name)); err != nil {
+		return gitproto.ZeroHash, err
+	}
+	if req != gitproto.ZeroHash {
+		if _, err := git.Run(ctx, "", "fetch", "--quiet", "--no-write-fetch-head", b.cfg.Remote, queue.RequestRef(name)); err == nil {
+			if c, err := git.Run(ctx, "", "rev-parse", "--verify", "--quiet", req.String()+"^{commit}"); err == nil && c == head {
+				return req, nil
+			}
+		}
+	}
+	src := b.runsSource()
+	if err := src.FetchRuns(ctx, head); err != nil {
+		return gitproto.ZeroHash, err
+	}
+	repo, err := src.Open()
+	if err != nil {
+		return gitproto.ZeroHash, err
+	}
+	runs, err := results.List(repo, head)
+	if err != nil {
+		return gitproto.ZeroHash, err
+	}
+	for _, r := range runs {
+		if st, err := r.Read(repo); err == nil && st.Request == name && gitproto.IsHash(st.RequestObject) {
+			return gitproto.NewHash(st.RequestObject), nil
+		}
+	}
+	return gitproto.ZeroHash, nil
 }
 
 // baseMissing is a base the remote does not have.

@@ -754,3 +754,69 @@ func TestBridgeStaleClaim(t *testing.T) {
 		t.Errorf("%d replies, runs %v", n, w.runs())
 	}
 }
+
+// A bridge that stopped between asking for a series and recording it:
+// restarted, it takes its claim up again and keeps the request it
+// pushed (no second run), or, when that request ran meanwhile, the run.
+func TestBridgeRestartAfterAsking(t *testing.T) {
+	for _, ran := range []bool{false, true} {
+		t.Run(fmt.Sprint("ran=", ran), func(t *testing.T) {
+			w := newWorld(t)
+			w.running.Store(false)
+			w.mail.deliver(w.series("--base="+w.base, "--cover-letter", "--thread", "main..topic")...)
+			snd := &recSender{}
+			dir := t.TempDir()
+			b, stop := w.bridge("one", dir, snd, nil)
+			var name string
+			fixtures.WaitFor(t, 60*time.Second, "the request", func() bool {
+				out, _ := fixtures.RunGit(w.bare, nil, nil, "for-each-ref", "--format=%(refname)", queue.RequestRef("patches/"))
+				name = strings.TrimSpace(string(out))
+				return name != ""
+			})
+			fixtures.WaitFor(t, 60*time.Second, "the series recorded", func() bool {
+				requested := false
+				b.ledger.view(context.Background(), func(tx *ledgerTx) {
+					for _, r := range tx.allSeries() {
+						requested = requested || r.State == seriesRequested
+					}
+				})
+				return requested
+			})
+			stop()
+			req := w.ref(name)
+			// Back to the ledger as it was before the series was
+			// recorded: claimed, its mail not recorded.
+			l := newLedger(t, w.bare, "test")
+			if err := l.update(context.Background(), "undo", func(tx *ledgerTx) {
+				for p := range tx.files {
+					if strings.HasPrefix(p, "messages/") {
+						delete(tx.files, p)
+					}
+				}
+				for key, r := range tx.allSeries() {
+					r.State, r.Head, r.Request, r.RequestObject = seriesClaimed, "", "", ""
+					tx.put(seriesPath(key), r)
+				}
+				tx.changed = true
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if ran {
+				w.running.Store(true)
+				fixtures.WaitFor(t, 60*time.Second, "the run", func() bool { return len(w.runs()) == 1 })
+				w.running.Store(false)
+			}
+			b2, _ := w.bridge("one", dir, snd, nil)
+			settle(t, b2)
+			if now := w.ref(name); !ran && now != req {
+				t.Errorf("the request was pushed again: %s, was %s", now, req)
+			}
+			w.running.Store(true)
+			waitMails(t, snd, 1)
+			settle(t, b2)
+			if n := len(snd.mails()); n != 1 || len(w.runs()) != 1 {
+				t.Errorf("%d replies, runs %v", n, w.runs())
+			}
+		})
+	}
+}
