@@ -33,7 +33,9 @@
 //	  forge/gitlab    the GitLab adapter: commit statuses, the sticky note, merge requests
 //	  forge/mail      patch mail: parsing, classifying (RFC 3834), grouping [PATCH vN i/N] series
 //	                  by version and thread, base-commit:, git am in a scratch clone; IMAPBox reads
-//	                  an IMAP folder (IDLE, read-only, reconnecting)
+//	                  an IMAP folder (IDLE, read-only, reconnecting), SMTPSender sends; the Bridge:
+//	                  series asked for as patches/<id>/v<N>, one threaded reply, exactly once
+//	                  through its ledger ref refs/ci/mail/ledger/<name>
 //	server     refci serve: the SSH server's roles, receive rules, owner and trust records
 //	cmd        wiring only: flags, configuration, constructing things, exit codes, printing
 //	fixtures   helpers shared by the tests (git with a private HOME, keys, sample repositories,

@@ -45,7 +45,7 @@ const (
 	RoleRead    Roles = 1 << iota // clone and fetch
 	RoleTrigger                   // read, and push or delete refs/ci/requests/*
 	RoleTrusted                   // trigger; requests pushed by this key are trusted
-	RoleWorker                    // read, write refs/ci/claims/* and refs/ci/runs/*, delete finished requests
+	RoleWorker                    // read, write refs/ci/claims/*, refs/ci/runs/* and refs/ci/mail/*, delete finished requests
 	RoleAdmin                     // everything: branches, tags, refs/ci/secrets/*, creating repositories
 )
 
@@ -120,6 +120,13 @@ func (r Roles) MayUpdate(ref string, deleting bool) error {
 			return nil
 		}
 		return fmt.Errorf("only worker and admin keys may write claims and runs (this key has %s)", r)
+	case strings.HasPrefix(ref, MailPrefix):
+		// The mail bridge's ledger and kept series heads: written by the
+		// bridge's key, which also needs trigger to push requests.
+		if r&RoleWorker != 0 {
+			return nil
+		}
+		return fmt.Errorf("only worker and admin keys may write the mail bridge's refs; give the bridge's key the roles trigger,worker (this key has %s)", r)
 	default:
 		return fmt.Errorf("only admin keys may write this ref (this key has %s); requests go to %s<name>", r, RequestsPrefix)
 	}

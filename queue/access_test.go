@@ -46,6 +46,12 @@ func TestRolesMayUpdate(t *testing.T) {
 		{"admin", "refs/ci/secrets/prod", false, true},
 		{"admin", "refs/ci/runs/abc/def", true, true},
 		{"none", "refs/ci/requests/x", false, false},
+		{"worker", "refs/ci/mail/ledger/ci", false, true},
+		{"worker", "refs/ci/mail/patches/0123456789abcdef/v1", false, true},
+		{"trigger", "refs/ci/mail/ledger/ci", false, false},
+		{"trusted", "refs/ci/mail/ledger/ci", false, false},
+		{"read", "refs/ci/mail/ledger/ci", false, false},
+		{"admin", "refs/ci/mail/ledger/ci", true, true},
 	}
 	for _, c := range cases {
 		r, err := ParseRoles(c.roles)

@@ -17,6 +17,7 @@ const (
 	ClaimsPrefix   = "refs/ci/claims/"
 	RunsPrefix     = "refs/ci/runs/"
 	SecretsPrefix  = "refs/ci/secrets/"
+	MailPrefix     = "refs/ci/mail/"
 )
 
 // RequestRef is the ref a user pushes to ask for a run named name.
@@ -48,6 +49,17 @@ func PullRequestOf(name string) (int, bool) {
 // repository (never on a remote), the fetched head of the pull request
 // whose request name is name.
 func IntakeHeadRef(name string) string { return "refs/refci-intake/" + name }
+
+// MailLedgerRef is the ledger of the mail bridge named name
+// (ValidateEnvName's rules): a commit chain recording the messages it
+// handled, the series it claimed and the replies it owes or sent (see
+// PROTOCOL.md, "The mail bridge").
+func MailLedgerRef(name string) string { return MailPrefix + "ledger/" + name }
+
+// MailSeriesRef keeps on the remote the applied head of the mailed
+// series whose request name is request (patches/<id>/v<N>), so that its
+// commits stay fetchable after the request ran and was deleted.
+func MailSeriesRef(request string) string { return MailPrefix + request }
 
 // SecretsRef is the ref of one environment's secrets.
 func SecretsRef(env string) string { return SecretsPrefix + env }

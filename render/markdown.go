@@ -289,6 +289,22 @@ func Text(r Result) string {
 	s := r.Status
 	var b bytes.Buffer
 	Terminal(&b, s, TermOptions{Ref: r.Ref})
+	b.WriteString(TextExcerpts(r))
+	runArg := Safe(s.Run)
+	if !queue.ValidRunID(s.Run) {
+		runArg = Safe(s.Target)
+	}
+	fmt.Fprintf(&b, "\nRead it locally:\n\n    %s\n    refci status %s\n    refci log %s\n", FetchLine, runArg, runArg)
+	return b.String()
+}
+
+// TextExcerpts is the part of Text that quotes the failing logs: for
+// each failed job (or the pipeline, when no job failed) a title line and
+// its last ExcerptLines lines, made safe and indented by four spaces;
+// "" for a run that did not fail. A mail reply that frames the result in
+// its own words uses it with Terminal.
+func TextExcerpts(r Result) string {
+	var b strings.Builder
 	for _, e := range excerpts(r, ExcerptLines) {
 		label := fmt.Sprintf("last %d lines", len(e.lines))
 		if len(e.lines) == 1 {
@@ -302,10 +318,5 @@ func Text(r Result) string {
 			b.WriteString("    " + strings.TrimRight(l, " \t") + "\n")
 		}
 	}
-	runArg := Safe(s.Run)
-	if !queue.ValidRunID(s.Run) {
-		runArg = Safe(s.Target)
-	}
-	fmt.Fprintf(&b, "\nRead it locally:\n\n    %s\n    refci status %s\n    refci log %s\n", FetchLine, runArg, runArg)
 	return b.String()
 }

@@ -104,6 +104,8 @@ func (o *ownerStore) record(r *sshd.Receive) error {
 //     fast-forwarded by the key that created it, never deleted;
 //   - a claim is created by anyone; it is moved or deleted by the key
 //     that holds it, or by another once its lease ran out (a takeover);
+//   - a mail bridge ref (refs/ci/mail/*) is created by anyone with the
+//     role, then only fast-forwarded, never deleted;
 //   - a request is deleted only while its claim is held by this key (or
 //     has expired), for the value the claim names; a claim this push
 //     deleted before counts.
@@ -141,6 +143,24 @@ func (o *ownerStore) checkWorker(p *sshd.Push, u sshd.RefUpdate, now time.Time) 
 			return nil
 		}
 		return o.expired(p, u.Name, u.Old, now)
+	case strings.HasPrefix(u.Name, queue.MailPrefix):
+		// The mail bridges' ledgers and kept series heads only grow: a
+		// ledger commit has the one before as its parent (bridges merge
+		// before they push), a series head is written once.
+		switch {
+		case u.Deleting():
+			return errors.New("the mail bridge's refs are append-only: a worker key never deletes one (an admin can)")
+		case created:
+			return nil
+		}
+		ok, err := p.IsAncestor(context.Background(), u.Old, u.New)
+		if err != nil {
+			return fmt.Errorf("cannot check that the update is a fast-forward: %v", err)
+		}
+		if !ok {
+			return fmt.Errorf("not a fast-forward of %s: the mail bridge's refs only grow", short(u.Old))
+		}
+		return nil
 	case strings.HasPrefix(u.Name, queue.RequestsPrefix) && u.Deleting():
 		claim := queue.ClaimRef(strings.TrimPrefix(u.Name, queue.RequestsPrefix))
 		for _, e := range p.Earlier {

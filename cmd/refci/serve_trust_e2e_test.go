@@ -328,3 +328,38 @@ echo '<script>alert(1)</script>'
 		t.Errorf("the list of repositories once secret.git is public:\n%s", body)
 	}
 }
+
+// Issue 19: the mail bridge's refs on refci serve. Its key has
+// trigger,worker: it creates and fast-forwards its ledger and keeps
+// series heads; it never rewinds or deletes them; a trigger or trusted
+// key cannot write them at all.
+func TestServeMailLedgerRefs(t *testing.T) {
+	sv := startServe(t, "--no-worker")
+	sv.commitAll("target")
+	sv.git("", "push", "-q", "ci", "main")
+	bridge := sv.keyWith("bridge", "trigger,worker")
+	trig := sv.keyWith("someone", "trigger,trusted")
+	commit := func(msg, parent string) string {
+		args := []string{"commit-tree", sv.git("", "rev-parse", "HEAD^{tree}"), "-m", msg}
+		if parent != "" {
+			args = append(args, "-p", parent)
+		}
+		return sv.git("", args...)
+	}
+	l1 := commit("ledger 1", "")
+	l2 := commit("ledger 2", l1)
+	other := commit("forged ledger", "")
+	ledger := queue.MailLedgerRef("ci")
+	series := queue.MailSeriesRef("patches/0123456789abcdef/v1")
+
+	trig.refused("a trigger key writing the ledger", ledger, "only worker and admin keys", l1+":"+ledger)
+	bridge.allowed("creating the ledger", l1+":"+ledger)
+	bridge.allowed("a fast-forward of the ledger", "--force-with-lease="+ledger+":"+l1, l2+":"+ledger)
+	bridge.refused("rewinding the ledger", ledger, "not a fast-forward", "--force", l1+":"+ledger)
+	bridge.refused("replacing the ledger", ledger, "not a fast-forward", "--force", other+":"+ledger)
+	bridge.refused("deleting the ledger", ledger, "append-only", ":"+ledger)
+	trig.refused("a trigger key deleting the ledger", ledger, "only worker and admin keys", ":"+ledger)
+	bridge.allowed("keeping a series head", "HEAD:"+series)
+	bridge.allowed("pushing a request", "HEAD:"+queue.RequestRef("patches/0123456789abcdef/v1"))
+	bridge.refused("deleting a series head", series, "append-only", ":"+series)
+}

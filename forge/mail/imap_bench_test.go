@@ -37,7 +37,7 @@ func BenchmarkIMAPWakeLatency(b *testing.B) {
 		}
 		envs := newMail(b, box)
 		lat = append(lat, time.Since(start))
-		if !slices.Equal(messageIDs(envs), []string{id}) {
+		if !slices.Equal(envelopeIDs(envs), []string{id}) {
 			b.Fatalf("New after delivery %d: %v", i, envs)
 		}
 	}

@@ -141,7 +141,7 @@ func newMail(t testing.TB, b *IMAPBox) []Envelope {
 	return envs
 }
 
-func messageIDs(envs []Envelope) []string {
+func envelopeIDs(envs []Envelope) []string {
 	var out []string
 	for _, e := range envs {
 		out = append(out, e.MessageID)
@@ -170,7 +170,7 @@ func TestIMAPNewFetchWait(t *testing.T) {
 	b := dialBox(t, "imaps://"+s.TLSAddr+"/INBOX", s)
 
 	envs := newMail(t, b)
-	got := messageIDs(envs)
+	got := envelopeIDs(envs)
 	slices.Sort(got) // two deliveries before the first look: either order
 	if !slices.Equal(got, []string{"one@example.invalid", "two@example.invalid"}) {
 		t.Fatalf("first New: %v", envs)
@@ -213,7 +213,7 @@ func TestIMAPNewFetchWait(t *testing.T) {
 		t.Fatal("Wait did not return after a delivery")
 	}
 	envs = newMail(t, b)
-	if !slices.Equal(messageIDs(envs), []string{"three@example.invalid"}) {
+	if !slices.Equal(envelopeIDs(envs), []string{"three@example.invalid"}) {
 		t.Fatalf("New after Wait: %v", envs)
 	}
 	if raw := fetch(t, b, envs[0], 1<<20); !bytes.Equal(raw, m3) {
@@ -299,7 +299,7 @@ func TestIMAPTLS(t *testing.T) {
 	s.Deliver(t, s.User, imapMessage("tls@example.invalid", "x"))
 	for _, url := range []string{"imaps://" + s.TLSAddr + "/INBOX", "imap://" + s.Addr} {
 		b := dialBox(t, url, s)
-		if envs := newMail(t, b); !slices.Equal(messageIDs(envs), []string{"tls@example.invalid"}) {
+		if envs := newMail(t, b); !slices.Equal(envelopeIDs(envs), []string{"tls@example.invalid"}) {
 			t.Fatalf("%s: %v", url, envs)
 		}
 		if tc, ok := b.sess.guard.Conn.(*tls.Conn); !ok || tc.ConnectionState().Version < tls.VersionTLS12 {
@@ -322,7 +322,7 @@ func TestIMAPWithoutSTARTTLS(t *testing.T) {
 	}
 	s.Deliver(t, s.User, imapMessage("plain@example.invalid", "x"))
 	b := dialBox(t, "imap+insecure://"+s.Addr, nil)
-	if envs := newMail(t, b); !slices.Equal(messageIDs(envs), []string{"plain@example.invalid"}) {
+	if envs := newMail(t, b); !slices.Equal(envelopeIDs(envs), []string{"plain@example.invalid"}) {
 		t.Fatalf("imap+insecure://: %v", envs)
 	}
 }
@@ -350,7 +350,7 @@ func TestIMAPRestart(t *testing.T) {
 	s := dovecot.Start(t)
 	s.Deliver(t, s.User, imapMessage("before@example.invalid", "x"))
 	b := dialBox(t, "imaps://"+s.TLSAddr, s)
-	if envs := newMail(t, b); !slices.Equal(messageIDs(envs), []string{"before@example.invalid"}) {
+	if envs := newMail(t, b); !slices.Equal(envelopeIDs(envs), []string{"before@example.invalid"}) {
 		t.Fatalf("first New: %v", envs)
 	}
 	uv := b.uidValidity
@@ -358,7 +358,7 @@ func TestIMAPRestart(t *testing.T) {
 	s.Restart(t)
 	s.Deliver(t, s.User, imapMessage("after@example.invalid", "x"))
 	envs := newMail(t, b)
-	if !slices.Equal(messageIDs(envs), []string{"after@example.invalid"}) {
+	if !slices.Equal(envelopeIDs(envs), []string{"after@example.invalid"}) {
 		t.Fatalf("New after a restart: %v", envs)
 	}
 	if b.stats.dials.Load() != 2 || b.uidValidity != uv {
@@ -390,7 +390,7 @@ func TestIMAPRestart(t *testing.T) {
 	}
 	s.Restart(t)
 	s.Deliver(t, s.User, imapMessage("later@example.invalid", "x"))
-	if envs := newMail(t, b); !slices.Equal(messageIDs(envs), []string{"later@example.invalid"}) {
+	if envs := newMail(t, b); !slices.Equal(envelopeIDs(envs), []string{"later@example.invalid"}) {
 		t.Fatalf("New after the second restart: %v", envs)
 	}
 
@@ -407,7 +407,7 @@ func TestIMAPRestart(t *testing.T) {
 	}
 	s.Restart(t)
 	envs = newMail(t, b)
-	got := messageIDs(envs)
+	got := envelopeIDs(envs)
 	slices.Sort(got)
 	if !slices.Equal(got, []string{"after@example.invalid", "before@example.invalid", "later@example.invalid"}) || b.uidValidity == uv {
 		t.Fatalf("New after renumbering: %v (UIDVALIDITY %d, was %d)", envs, b.uidValidity, uv)
@@ -500,7 +500,7 @@ func TestIMAPHugeHeader(t *testing.T) {
 		t.Fatal("Fetch of the huge message differs")
 	}
 	s.Deliver(t, s.User, imapMessage("next@example.invalid", "x"))
-	if envs := newMail(t, b); !slices.Equal(messageIDs(envs), []string{"next@example.invalid"}) {
+	if envs := newMail(t, b); !slices.Equal(envelopeIDs(envs), []string{"next@example.invalid"}) {
 		t.Fatalf("New after the huge one: %v", envs)
 	}
 }

@@ -2,10 +2,12 @@
 // one message (MIME with go-message: multipart, attachments, charsets,
 // RFC 2047 subjects), classifies it (patch, cover letter, reply,
 // auto-generated, no patch), groups patches into series by version and
-// threading, and applies a series with git am in a scratch clone. Mail
-// comes in through a Mailbox: IMAPBox reads an IMAP folder (imap.go, the
-// only user of go-imap in refci); replies go out through a Sender:
-// SMTPSender. The bridge that fetches and replies is built around it.
+// threading, and applies a series with git am in a scratch clone. The
+// Bridge puts it to work: it reads a Mailbox (IMAPBox: an IMAP folder;
+// imap.go is the only user of go-imap in refci), asks for a run of each
+// complete series, and sends one reply per series through a Sender
+// (SMTPSender), keeping what it did in a ledger ref on the remote so that
+// it happens once (PROTOCOL.md, section 14).
 package mail
 
 import (
