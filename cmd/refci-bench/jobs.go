@@ -1,0 +1,210 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"refci.dev/refci/worker/jobsock"
+)
+
+// jobsPerPipeline is the length of the jobs bench's pipelines.
+const jobsPerPipeline = 20
+
+// benchJobs measures what one `refci job NAME -- CMD` costs inside a
+// pipeline beside what the same shell pays to run CMD as a plain process.
+// Four pipelines, one commit each, run by `refci run REV`, interleaved
+// run by run:
+//
+//	empty   exit 0
+//	plain   20 × /bin/true
+//	jobs    20 × refci job jN -- true
+//	client  20 × refci job --help >/dev/null (the client's start alone)
+//
+// The marginal cost of a step is (pipeline - empty)/20. Then, in this
+// process, the parts of a job that are not the client's start: one
+// job's conversation on a real job socket with no command (dial, start,
+// run, end, done: the socket round trips and the server's work, its log
+// included) and RunJobCommand running true (that, the client's spawn of
+// CMD and its wait), beside exec of true from here.
+func benchJobs(_ context.Context, bin string, n int) error {
+	root, err := os.MkdirTemp("", "refci-bench-jobs-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(root)
+	repo := filepath.Join(root, "repo")
+	env := []string{
+		"PATH=" + os.Getenv("PATH"), "HOME=" + root, "REFCI_HOME=" + filepath.Join(root, "refci"), "GIT_CONFIG_NOSYSTEM=1",
+		"GIT_AUTHOR_NAME=bench", "GIT_AUTHOR_EMAIL=bench@example.invalid",
+		"GIT_COMMITTER_NAME=bench", "GIT_COMMITTER_EMAIL=bench@example.invalid",
+	}
+	if _, err := sh(root, env, "", "git", "init", "-q", "-b", "main", repo); err != nil {
+		return err
+	}
+	os.MkdirAll(filepath.Join(repo, ".refci"), 0o755)
+	step := func(f func(i int) string) string {
+		var b strings.Builder
+		b.WriteString("#!/bin/sh\nset -e\n")
+		for i := range jobsPerPipeline {
+			b.WriteString(f(i) + "\n")
+		}
+		return b.String()
+	}
+	pipelines := []struct{ name, script string }{
+		{"empty", "#!/bin/sh\nexit 0\n"},
+		{"plain", step(func(int) string { return "/bin/true" })},
+		{"jobs", step(func(i int) string { return fmt.Sprintf("refci job j%d -- true", i) })},
+		{"client", step(func(int) string { return "refci job --help >/dev/null" })},
+	}
+	revs := make([]string, len(pipelines))
+	for i, p := range pipelines {
+		if err := os.WriteFile(filepath.Join(repo, ".refci", "run"), []byte(p.script), 0o755); err != nil {
+			return err
+		}
+		if _, err := sh(repo, env, "", "git", "add", "-A"); err != nil {
+			return err
+		}
+		if _, err := sh(repo, env, "", "git", "commit", "-q", "--allow-empty", "-m", p.name); err != nil {
+			return err
+		}
+		if revs[i], err = sh(repo, env, "", "git", "rev-parse", "HEAD"); err != nil {
+			return err
+		}
+	}
+	// Warm: refci makes its key; check each pipeline succeeds.
+	for _, rev := range revs {
+		if _, err := sh(repo, env, "", bin, "run", "-q", rev); err != nil {
+			return err
+		}
+	}
+	times := make([][]time.Duration, len(pipelines))
+	for range n {
+		for i, rev := range revs {
+			t0 := time.Now()
+			if _, err := sh(repo, env, "", bin, "run", "-q", rev); err != nil {
+				return err
+			}
+			times[i] = append(times[i], time.Since(t0))
+		}
+	}
+	st := make([]stats, len(pipelines))
+	for i := range times {
+		st[i] = summarise(times[i])
+	}
+	per := func(i int) time.Duration { return (st[i].median - st[0].median) / jobsPerPipeline }
+	plain, job, client := per(1), per(2), per(3)
+
+	conv, spawnJob, spawnPlain, err := jobParts(root, n*jobsPerPipeline/4)
+	if err != nil {
+		return err
+	}
+
+	fmt.Printf("== jobs: %d sequential steps inside one pipeline, `refci run REV` whole process, interleaved\n", jobsPerPipeline)
+	fmt.Printf("  empty pipeline                                 %s\n", st[0])
+	fmt.Printf("  20 × /bin/true                                 %s\n", st[1])
+	fmt.Printf("  20 × refci job jN -- true                      %s\n", st[2])
+	fmt.Printf("  20 × refci job --help (client start only)      %s\n", st[3])
+	fmt.Printf("  marginal cost per step (medians, minus empty):  plain /bin/true %s, refci job %s, refci job's client start %s\n", ms(plain), ms(job), ms(client))
+	fmt.Printf("  ratio refci job / plain step: %.2f  (target: <= 1.5)\n", float64(job)/float64(plain))
+	fmt.Printf("  ratio 20-job pipeline / 20 plain steps (whole refci run): %.2f\n", float64(st[2].median)/float64(st[1].median))
+	fmt.Printf("  where a job's time goes (medians):\n")
+	fmt.Printf("    the shell's fork+exec of the refci client, Go runtime start, exit   %s  (refci job --help, beside %s for /bin/true)\n", ms(client), ms(plain))
+	fmt.Printf("    socket conversation, no command (dial, start/run, end/done, log)  %s  (in process, real job socket and file log)\n", ms(conv.median))
+	fmt.Printf("    RunJobCommand of true in process (conversation + spawn + wait)    %s  beside exec of true from Go %s\n", ms(spawnJob.median), ms(spawnPlain.median))
+	fmt.Printf("    left (the worker's server under load, signal setup, ...)          %s\n\n", ms(job-client-spawnJob.median))
+	return nil
+}
+
+// benchJobRun is a jobsock.Run with file logs, as the worker's.
+type benchJobRun struct{ dir string }
+
+func (r benchJobRun) OpenLog(name string) (jobsock.Log, error) {
+	return os.OpenFile(filepath.Join(r.dir, name+".log"), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+}
+func (benchJobRun) Secret(string) ([]byte, error) { return nil, fmt.Errorf("no secrets here") }
+func (benchJobRun) HoldsSecret(string) bool       { return false }
+
+// jobParts times, in this process against a real job socket, a job's
+// conversation with no command, RunJobCommand of true, and exec of true.
+func jobParts(root string, n int) (conv, spawnJob, spawnPlain stats, err error) {
+	dir := filepath.Join(root, "parts")
+	if err = os.Mkdir(dir, 0o700); err != nil {
+		return
+	}
+	sock := filepath.Join(dir, "sock")
+	srv, err := jobsock.NewServer(jobsock.Config{SocketPath: sock, Run: benchJobRun{dir}})
+	if err != nil {
+		return
+	}
+	defer srv.Close()
+	getenv := func(k string) string {
+		if k == "REFCI_SOCKET" {
+			return sock
+		}
+		return ""
+	}
+	truePath, err := exec.LookPath("true")
+	if err != nil {
+		return
+	}
+	var convT, jobT, plainT []time.Duration
+	for i := range n {
+		t0 := time.Now()
+		if err = converse(sock, fmt.Sprintf("c%d", i)); err != nil {
+			return
+		}
+		convT = append(convT, time.Since(t0))
+		t0 = time.Now()
+		if code := jobsock.RunJobCommand(context.Background(), []string{fmt.Sprintf("r%d", i), "--", truePath}, getenv, io.Discard, io.Discard); code != 0 {
+			err = fmt.Errorf("refci job r%d -- true: exit %d", i, code)
+			return
+		}
+		jobT = append(jobT, time.Since(t0))
+		t0 = time.Now()
+		var out bytes.Buffer
+		c := exec.Command(truePath)
+		c.Stdout, c.Stderr = &out, &out
+		if err = c.Run(); err != nil {
+			return
+		}
+		plainT = append(plainT, time.Since(t0))
+	}
+	return summarise(convT), summarise(jobT), summarise(plainT), nil
+}
+
+// converse runs one job's conversation with no command on the socket:
+// start, run, end (exit 0), done.
+func converse(sock, name string) error {
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(c)
+	for _, x := range [][2]string{
+		{`{"op":"start","name":"` + name + `"}`, `{"op":"run"}`},
+		{`{"op":"end","exit_code":0}`, `{"op":"done"}`},
+	} {
+		if _, err := io.WriteString(c, x[0]+"\n"); err != nil {
+			return err
+		}
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(line) != x[1] {
+			return fmt.Errorf("job socket: sent %s, got %s, want %s", x[0], line, x[1])
+		}
+	}
+	return nil
+}
