@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"refci.dev/refci/worker/jobsock"
+	"refci.dev/refci/worker/jobsock/jobclient"
 )
 
 // jobsPerPipeline is the length of the jobs bench's pipelines.
@@ -164,7 +165,7 @@ func jobParts(root string, n int) (conv, spawnJob, spawnPlain stats, err error) 
 		}
 		convT = append(convT, time.Since(t0))
 		t0 = time.Now()
-		if code := jobsock.RunJobCommand(context.Background(), []string{fmt.Sprintf("r%d", i), "--", truePath}, getenv, io.Discard, io.Discard); code != 0 {
+		if code := jobclient.RunJobCommand(context.Background(), []string{fmt.Sprintf("r%d", i), "--", truePath}, getenv, io.Discard, io.Discard); code != 0 {
 			err = fmt.Errorf("refci job r%d -- true: exit %d", i, code)
 			return
 		}

@@ -1,6 +1,6 @@
 //go:build linux
 
-package jobsock
+package jobclient
 
 // The client: `refci job`, `refci secret`.
 
@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -21,7 +20,28 @@ import (
 	"syscall"
 	"time"
 
-	"refci.dev/refci/queue"
+	"refci.dev/refci/queue/jobname"
+	"refci.dev/refci/worker/jobsock/jobwire"
+)
+
+var (
+	// jobOutputDrain: after CMD exits, how long `refci job` keeps reading
+	// its output pipe, which a background process CMD started may still
+	// hold open.
+	jobOutputDrain = 2 * time.Second
+	// jobPartialFlush: a partial line (no newline yet) is held back from
+	// the prefixed stdout at most this long, so that parallel jobs'
+	// lines do not interleave mid-line, yet progress output still shows.
+	jobPartialFlush = 200 * time.Millisecond
+	// jobDoneWait bounds the wait for the server's "done" after "end".
+	jobDoneWait = 30 * time.Second
+	// jobDialWait bounds how long `refci job` tries to connect to a
+	// socket whose queue is full.
+	jobDialWait = 10 * time.Second
+	// jobVerdictWait bounds the wait for the server's answer to the
+	// start of a job without needs (it answers at once; a job with needs
+	// waits as long as they run).
+	jobVerdictWait = 30 * time.Second
 )
 
 const jobUsage = `usage: refci job NAME [--needs A,B] -- CMD [ARGS...]
@@ -64,7 +84,7 @@ func parseJobArgs(args []string) (jobArgs, error) {
 			if n == "" {
 				continue
 			}
-			if err := queue.ValidateJobName(n); err != nil {
+			if err := jobname.Validate(n); err != nil {
 				return fmt.Errorf("--needs: %v", err)
 			}
 			added = true
@@ -112,7 +132,7 @@ loop:
 	if ja.name == "" {
 		return jobArgs{}, errors.New("missing job NAME")
 	}
-	if err := queue.ValidateJobName(ja.name); err != nil {
+	if err := jobname.Validate(ja.name); err != nil {
 		return jobArgs{}, err
 	}
 	if slices.Contains(ja.needs, ja.name) {
@@ -167,7 +187,7 @@ func RunJobCommand(ctx context.Context, args []string, getenv func(string) strin
 type jobClient struct {
 	name           string
 	stdout, stderr io.Writer
-	conn           net.Conn
+	conn           *os.File
 	lost           bool // the connection failed; output is no longer sent
 }
 
@@ -175,11 +195,11 @@ func (c *jobClient) errorf(format string, args ...any) {
 	fmt.Fprintf(c.stderr, "refci job: %s: %s\n", c.name, fmt.Sprintf(format, args...))
 }
 
-func (c *jobClient) send(m jobMsg) error {
+func (c *jobClient) send(m jobwire.Msg) error {
 	if c.lost {
 		return errors.New("connection lost")
 	}
-	if _, err := c.conn.Write(encodeJobMsg(m)); err != nil {
+	if _, err := c.conn.Write(jobwire.Encode(m)); err != nil {
 		c.lost = true
 		return err
 	}
@@ -187,8 +207,7 @@ func (c *jobClient) send(m jobMsg) error {
 }
 
 func (c *jobClient) run(ctx context.Context, sock string, ja jobArgs) int {
-	d := net.Dialer{Timeout: 10 * time.Second}
-	conn, err := d.DialContext(ctx, "unix", sock)
+	conn, err := dial(ctx, sock, time.Now().Add(jobDialWait))
 	if err != nil {
 		c.errorf("cannot reach refci at REFCI_SOCKET=%s: %v", sock, err)
 		return 2
@@ -200,14 +219,14 @@ func (c *jobClient) run(ctx context.Context, sock string, ja jobArgs) int {
 
 	quit := make(chan struct{})
 	defer close(quit)
-	replies := make(chan jobMsg, 16)
-	go readJobReplies(conn, replies, quit)
+	replies := make(chan jobwire.Msg, 16)
+	go jobwire.ReadReplies(conn, replies, quit)
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
-	if err := c.send(jobMsg{Op: jobOpStart, Name: ja.name, Needs: ja.needs}); err != nil {
+	if err := c.send(jobwire.Msg{Op: jobwire.OpStart, Name: ja.name, Needs: ja.needs}); err != nil {
 		if ctx.Err() != nil {
 			return c.abandoned()
 		}
@@ -234,12 +253,12 @@ func (c *jobClient) run(ctx context.Context, sock string, ja jobArgs) int {
 				return 2
 			}
 			switch m.Op {
-			case jobOpRun:
+			case jobwire.OpRun:
 				verdict = true
-			case jobOpSkipped:
+			case jobwire.OpSkipped:
 				fmt.Fprintf(c.stderr, "refci job: %s skipped: %s\n", c.name, m.Reason)
 				return 1
-			case jobOpError:
+			case jobwire.OpError:
 				c.errorf("%s", m.Error)
 				return 2
 			}
@@ -264,8 +283,8 @@ func (c *jobClient) abandoned() int {
 func (c *jobClient) output(ctx context.Context, pre *linePrefixer, b []byte) {
 	if !c.lost {
 		for rest := b; len(rest) > 0; {
-			n := min(len(rest), jobChunk)
-			if err := c.send(jobMsg{Op: jobOpOutput, Data: rest[:n]}); err != nil {
+			n := min(len(rest), jobwire.Chunk)
+			if err := c.send(jobwire.Msg{Op: jobwire.OpOutput, Data: rest[:n]}); err != nil {
 				if ctx.Err() == nil {
 					c.errorf("lost the connection to refci (%v); the output is no longer recorded in the job log", err)
 				}
@@ -289,7 +308,7 @@ func jobStartFailure(cmd string, err error) (code int, msg, reason string) {
 	return 126, fmt.Sprintf("refci job: %s: cannot run: %v", cmd, err), fmt.Sprintf("cannot run %s: %v", cmd, err)
 }
 
-func (c *jobClient) runCmd(ctx context.Context, argv []string, replies <-chan jobMsg, sigs <-chan os.Signal) int {
+func (c *jobClient) runCmd(ctx context.Context, argv []string, replies <-chan jobwire.Msg, sigs <-chan os.Signal) int {
 	pre := newLinePrefixer(c.stdout, "["+c.name+"] ")
 	cmd := exec.Command(argv[0], argv[1:]...)
 	if errors.Is(cmd.Err, exec.ErrDot) {
@@ -322,7 +341,7 @@ func (c *jobClient) runCmd(ctx context.Context, argv []string, replies <-chan jo
 	go func() {
 		defer close(chunks)
 		for {
-			buf := make([]byte, jobChunk)
+			buf := make([]byte, jobwire.Chunk)
 			n, err := pr.Read(buf)
 			if n > 0 {
 				select {
@@ -386,7 +405,7 @@ func (c *jobClient) runCmd(ctx context.Context, argv []string, replies <-chan jo
 					c.errorf("lost the connection to refci; the output is no longer recorded in the job log")
 				}
 				c.lost = true
-			} else if m.Op == jobOpError {
+			} else if m.Op == jobwire.OpError {
 				c.errorf("refci: %s", m.Error)
 			}
 		case <-ctx.Done():
@@ -407,12 +426,12 @@ func (c *jobClient) runCmd(ctx context.Context, argv []string, replies <-chan jo
 }
 
 // end reports the end of CMD and waits for the server to record it.
-func (c *jobClient) end(ctx context.Context, pre *linePrefixer, replies <-chan jobMsg, code int, sig, reason string) int {
+func (c *jobClient) end(ctx context.Context, pre *linePrefixer, replies <-chan jobwire.Msg, code int, sig, reason string) int {
 	pre.Close()
 	if c.lost {
 		return code
 	}
-	if err := c.send(jobMsg{Op: jobOpEnd, ExitCode: queue.IntPtr(code), Signal: sig, Reason: reason}); err != nil {
+	if err := c.send(jobwire.Msg{Op: jobwire.OpEnd, ExitCode: intPtr(code), Signal: sig, Reason: reason}); err != nil {
 		if ctx.Err() == nil {
 			c.errorf("could not report the end of the job to refci: %v", err)
 		}
@@ -430,9 +449,9 @@ func (c *jobClient) end(ctx context.Context, pre *linePrefixer, replies <-chan j
 				return code
 			}
 			switch m.Op {
-			case jobOpDone:
+			case jobwire.OpDone:
 				return code
-			case jobOpError:
+			case jobwire.OpError:
 				c.errorf("refci: %s", m.Error)
 			}
 		case <-t.C:
@@ -568,10 +587,7 @@ func secretTimedOut(stderr io.Writer, sock string, wait time.Duration) int {
 	return exitSecretTimeout
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 // RunSecretCommand is `refci secret NAME`: it asks the run's socket for
 // one value and writes it to stdout. It returns the exit code.
@@ -598,8 +614,7 @@ func RunSecretCommand(ctx context.Context, args []string, getenv func(string) st
 		wait = max(time.Until(dl), 0)
 	}
 	deadline := time.Now().Add(wait)
-	d := net.Dialer{Deadline: deadline}
-	conn, err := d.DialContext(context.WithoutCancel(ctx), "unix", sock)
+	conn, err := dial(context.WithoutCancel(ctx), sock, deadline)
 	if err != nil {
 		if isTimeout(err) {
 			return secretTimedOut(stderr, sock, wait)
@@ -609,18 +624,18 @@ func RunSecretCommand(ctx context.Context, args []string, getenv func(string) st
 	}
 	defer conn.Close()
 	conn.SetDeadline(deadline)
-	if _, err := conn.Write(encodeJobMsg(jobMsg{Op: jobOpSecret, Name: name})); err != nil {
+	if _, err := conn.Write(jobwire.Encode(jobwire.Msg{Op: jobwire.OpSecret, Name: name})); err != nil {
 		if isTimeout(err) {
 			return secretTimedOut(stderr, sock, wait)
 		}
 		fmt.Fprintf(stderr, "refci secret: cannot talk to refci: %v\n", err)
 		return 2
 	}
-	replies := make(chan jobMsg, 1)
+	replies := make(chan jobwire.Msg, 1)
 	quit := make(chan struct{})
 	defer close(quit)
-	go readJobReplies(conn, replies, quit)
-	var m jobMsg
+	go jobwire.ReadReplies(conn, replies, quit)
+	var m jobwire.Msg
 	var ok bool
 	select {
 	case m, ok = <-replies:
@@ -639,10 +654,10 @@ func RunSecretCommand(ctx context.Context, args []string, getenv func(string) st
 	case !ok:
 		fmt.Fprintln(stderr, "refci secret: lost the connection to refci before it answered")
 		return 2
-	case m.Op == jobOpError:
+	case m.Op == jobwire.OpError:
 		fmt.Fprintf(stderr, "refci secret: %s: %s\n", name, m.Error)
 		return 1
-	case m.Op != jobOpSecret:
+	case m.Op != jobwire.OpSecret:
 		fmt.Fprintf(stderr, "refci secret: unexpected answer %q from refci\n", m.Op)
 		return 2
 	}
@@ -652,3 +667,5 @@ func RunSecretCommand(ctx context.Context, args []string, getenv func(string) st
 	}
 	return 0
 }
+
+func intPtr(n int) *int { return &n }
