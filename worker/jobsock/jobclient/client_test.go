@@ -292,3 +292,28 @@ func TestJobBackgroundProcessHoldsOutput(t *testing.T) {
 	}
 	checkState(t, ts.job(t, "daemon"), queue.Success, queue.IntPtr(0))
 }
+
+// Output of many chunks reaches the job log whole and in order, and the
+// pipeline's log line by line with the prefix; stdout and stderr share
+// one pipe.
+func TestJobLargeOutput(t *testing.T) {
+	ts := newTestServer(t)
+	const lines = 20000 // about 250 KB: many reads of the pipe, many output messages
+	r := ts.runJob("big", "--", "sh", "-c", fmt.Sprintf(`i=0; while [ $i -lt %d ]; do echo "line $i of the output"; i=$((i+1)); done; echo to-stderr >&2; printf no-newline`, lines))
+	if r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	var want strings.Builder
+	for i := range lines {
+		fmt.Fprintf(&want, "line %d of the output\n", i)
+	}
+	want.WriteString("to-stderr\nno-newline")
+	if got := ts.run.log("big"); got != want.String() {
+		t.Errorf("job log: %d bytes, want %d", len(got), want.Len())
+	}
+	wantOut := "[big] " + strings.ReplaceAll(strings.TrimSuffix(want.String(), "no-newline"), "\n", "\n[big] ") + "no-newline\n"
+	if r.stdout != wantOut {
+		t.Errorf("stdout: %d bytes, want %d", len(r.stdout), len(wantOut))
+	}
+	checkState(t, ts.job(t, "big"), queue.Success, intPtr(0))
+}

@@ -162,7 +162,9 @@ func readLine(br *bufio.Reader, max int) (line []byte, tooLong bool, err error) 
 	return buf, false, err
 }
 
-func parseMsg(b []byte) In {
+// Parse decodes one line (without its newline) into a message, or says
+// in In.Err why it is not one.
+func Parse(b []byte) In {
 	var m Msg
 	if err := json.Unmarshal(b, &m); err != nil {
 		return In{Err: fmt.Errorf("malformed message (want one JSON object per line): %v", err)}
@@ -185,7 +187,7 @@ func ReadMsgs(r io.Reader, out chan<- In, quit <-chan struct{}) {
 		if tooLong {
 			in, send = In{Err: fmt.Errorf("message longer than %d bytes", MaxMsg)}, true
 		} else if t := bytes.TrimSpace(line); len(t) > 0 {
-			in, send = parseMsg(t), true
+			in, send = Parse(t), true
 		}
 		if send {
 			select {
