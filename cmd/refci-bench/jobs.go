@@ -30,6 +30,8 @@ const jobsPerPipeline = 20
 //	jobs    20 × refci job jN -- true
 //	client  20 × refci job 2>/dev/null || : (a usage error: the client's
 //	        start alone, no socket)
+//	floor   20 × a minimal Go program that fork/execs /bin/true and waits:
+//	        what any job client written in Go costs at least
 //
 // The marginal cost of a step is (pipeline - empty)/20. Then, in this
 // process, the parts of a job that are not the client's start: one
@@ -61,11 +63,16 @@ func benchJobs(_ context.Context, bin string, n int) error {
 		}
 		return b.String()
 	}
+	floor, err := buildFloor(root)
+	if err != nil {
+		return err
+	}
 	pipelines := []struct{ name, script string }{
 		{"empty", "#!/bin/sh\nexit 0\n"},
 		{"plain", step(func(int) string { return "/bin/true" })},
 		{"jobs", step(func(i int) string { return fmt.Sprintf("refci job j%d -- true", i) })},
 		{"client", step(func(int) string { return "refci job 2>/dev/null || :" })},
+		{"floor", step(func(int) string { return floor + " /bin/true" })},
 	}
 	revs := make([]string, len(pipelines))
 	for i, p := range pipelines {
@@ -103,7 +110,7 @@ func benchJobs(_ context.Context, bin string, n int) error {
 		st[i] = summarise(times[i])
 	}
 	per := func(i int) time.Duration { return (st[i].median - st[0].median) / jobsPerPipeline }
-	plain, job, client := per(1), per(2), per(3)
+	plain, job, client, fl := per(1), per(2), per(3), per(4)
 
 	conv, spawnJob, spawnPlain, err := jobParts(root, n*jobsPerPipeline/4)
 	if err != nil {
@@ -115,9 +122,11 @@ func benchJobs(_ context.Context, bin string, n int) error {
 	fmt.Printf("  20 × /bin/true                                 %s\n", st[1])
 	fmt.Printf("  20 × refci job jN -- true                      %s\n", st[2])
 	fmt.Printf("  20 × refci job (usage error: client start only) %s\n", st[3])
+	fmt.Printf("  20 × floor: a Go program that only runs /bin/true %s\n", st[4])
 	fmt.Printf("  marginal cost per step (medians, minus empty):  plain /bin/true %s, refci job %s, refci job's client start %s\n", ms(plain), ms(job), ms(client))
 	fmt.Printf("  ratio refci job / plain step: %.2f  (target: <= 1.5)\n", float64(job)/float64(plain))
 	fmt.Printf("  ratio 20-job pipeline / 20 plain steps (whole refci run): %.2f\n", float64(st[2].median)/float64(st[1].median))
+	fmt.Printf("  floor of any client process per job: a minimal static Go program that fork/execs /bin/true and waits, %s per step, %.2f × a plain step\n", ms(fl), float64(fl)/float64(plain))
 	fmt.Printf("  where a job's time goes (medians):\n")
 	fmt.Printf("    the shell's fork+exec of the refci client, Go runtime start, exit   %s  (refci job with no arguments, beside %s for /bin/true)\n", ms(client), ms(plain))
 	fmt.Printf("    socket conversation, no command (dial, start/run, end/done, log)  %s  (in process, real job socket and file log)\n", ms(conv.median))
@@ -209,4 +218,43 @@ func converse(sock, name string) error {
 		}
 	}
 	return nil
+}
+
+// floorProgram is the floor pipeline's step: the least a job client in
+// Go does, start and run CMD, without talking to anyone.
+const floorProgram = `package main
+
+import (
+	"os"
+	"syscall"
+)
+
+func main() {
+	pid, err := syscall.ForkExec(os.Args[1], os.Args[1:], &syscall.ProcAttr{Env: os.Environ(), Files: []uintptr{0, 1, 2}})
+	if err != nil {
+		os.Exit(127)
+	}
+	var ws syscall.WaitStatus
+	syscall.Wait4(pid, &ws, 0, nil)
+	os.Exit(ws.ExitStatus())
+}
+`
+
+// buildFloor builds floorProgram (static, stripped, as refci-job is).
+func buildFloor(root string) (string, error) {
+	dir := filepath.Join(root, "floor")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", err
+	}
+	os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module floor\n\ngo 1.22\n"), 0o644)
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(floorProgram), 0o644); err != nil {
+		return "", err
+	}
+	exe := filepath.Join(dir, "floor")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", exe, ".")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build the floor program: %v\n%s", err, out)
+	}
+	return exe, nil
 }
