@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,10 +24,12 @@ const jobsPerPipeline = 20
 
 // benchJobs measures what one `refci job NAME -- CMD` costs inside a
 // pipeline beside what the same shell pays to run CMD as a plain process.
-// Four pipelines, one commit each, run by `refci run REV`, interleaved
-// run by run:
 //
-//	empty   exit 0
+// Per step: a pipeline, run by `refci run`, times with the shell's clock
+// blocks of 20 steps each, one after the other in the same shell (in each
+// order of rotation, n runs each), so that the noise of refci run itself
+// is out:
+//
 //	plain   20 × /bin/true
 //	jobs    20 × refci job jN -- true
 //	client  20 × refci job 2>/dev/null || : (a usage error: the client's
@@ -33,12 +37,14 @@ const jobsPerPipeline = 20
 //	floor   20 × a minimal Go program that fork/execs /bin/true and waits:
 //	        what any job client written in Go costs at least
 //
-// The marginal cost of a step is (pipeline - empty)/20. Then, in this
-// process, the parts of a job that are not the client's start: one
-// job's conversation on a real job socket with no command (dial, start,
-// run, end, done: the socket round trips and the server's work, its log
-// included) and RunJobCommand running true (that, the client's spawn of
-// CMD and its wait), beside exec of true from here.
+// Whole runs: `refci run` of a pipeline of 20 jobs beside one of 20
+// plain steps, interleaved.
+//
+// Then, in this process, the parts of a job that are not the client's
+// start: one job's conversation on a real job socket with no command
+// (dial, start, run, end, done: the socket round trips and the server's
+// work, its log included) and RunJobCommand running true (that, the
+// client's spawn of CMD and its wait), beside exec of true from here.
 func benchJobs(_ context.Context, bin string, n int) error {
 	root, err := os.MkdirTemp("", "refci-bench-jobs-")
 	if err != nil {
@@ -55,25 +61,41 @@ func benchJobs(_ context.Context, bin string, n int) error {
 		return err
 	}
 	os.MkdirAll(filepath.Join(repo, ".refci"), 0o755)
-	step := func(f func(i int) string) string {
+	floor, err := buildFloor(root)
+	if err != nil {
+		return err
+	}
+	steps := func(f func(i int) string) string {
 		var b strings.Builder
-		b.WriteString("#!/bin/sh\nset -e\n")
 		for i := range jobsPerPipeline {
 			b.WriteString(f(i) + "\n")
 		}
 		return b.String()
 	}
-	floor, err := buildFloor(root)
-	if err != nil {
-		return err
+	blocks := []struct{ name, steps string }{
+		{"plain", steps(func(int) string { return "/bin/true" })},
+		{"jobs", steps(func(i int) string { return fmt.Sprintf("refci job j%d -- true", i) })},
+		{"client", steps(func(int) string { return "refci job 2>/dev/null || :" })},
+		{"floor", steps(func(int) string { return floor + " /bin/true" })},
 	}
-	pipelines := []struct{ name, script string }{
-		{"empty", "#!/bin/sh\nexit 0\n"},
-		{"plain", step(func(int) string { return "/bin/true" })},
-		{"jobs", step(func(i int) string { return fmt.Sprintf("refci job j%d -- true", i) })},
-		{"client", step(func(int) string { return "refci job 2>/dev/null || :" })},
-		{"floor", step(func(int) string { return floor + " /bin/true" })},
+	// One timed pipeline per rotation of the blocks, so that no kind of
+	// step always comes first (right after the start, refci run is still
+	// busy beside the pipeline).
+	timesFile := filepath.Join(root, "times")
+	var pipelines []struct{ name, script string }
+	for k := range blocks {
+		var timed strings.Builder
+		timed.WriteString("#!/bin/sh\nset -e\n")
+		for j := range blocks {
+			b := blocks[(k+j)%len(blocks)]
+			fmt.Fprintf(&timed, "t0=$(date +%%s%%N)\n%st1=$(date +%%s%%N)\necho %s $((t1-t0)) >> %s\n", b.steps, b.name, timesFile)
+		}
+		pipelines = append(pipelines, struct{ name, script string }{fmt.Sprintf("timed-%d", k), timed.String()})
 	}
+	nTimed := len(pipelines)
+	pipelines = append(pipelines,
+		struct{ name, script string }{"plain", "#!/bin/sh\nset -e\n" + blocks[0].steps},
+		struct{ name, script string }{"jobs", "#!/bin/sh\nset -e\n" + blocks[1].steps})
 	revs := make([]string, len(pipelines))
 	for i, p := range pipelines {
 		if err := os.WriteFile(filepath.Join(repo, ".refci", "run"), []byte(p.script), 0o755); err != nil {
@@ -95,43 +117,58 @@ func benchJobs(_ context.Context, bin string, n int) error {
 			return err
 		}
 	}
-	times := make([][]time.Duration, len(pipelines))
+	os.Remove(timesFile)
+	whole := make([][]time.Duration, len(pipelines))
 	for range n {
 		for i, rev := range revs {
 			t0 := time.Now()
 			if _, err := sh(repo, env, "", bin, "run", "-q", rev); err != nil {
 				return err
 			}
-			times[i] = append(times[i], time.Since(t0))
+			whole[i] = append(whole[i], time.Since(t0))
 		}
 	}
-	st := make([]stats, len(pipelines))
-	for i := range times {
-		st[i] = summarise(times[i])
+	b, err := os.ReadFile(timesFile)
+	if err != nil {
+		return err
 	}
-	per := func(i int) time.Duration { return (st[i].median - st[0].median) / jobsPerPipeline }
-	plain, job, client, fl := per(1), per(2), per(3), per(4)
+	per := make([][]time.Duration, len(blocks))
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		name, v, _ := strings.Cut(line, " ")
+		ns, err := strconv.ParseInt(v, 10, 64)
+		i := slices.IndexFunc(blocks, func(b struct{ name, steps string }) bool { return b.name == name })
+		if err != nil || i < 0 {
+			return fmt.Errorf("times: %q", line)
+		}
+		per[i] = append(per[i], time.Duration(ns)/jobsPerPipeline)
+	}
+	st := make([]stats, len(blocks))
+	for i := range per {
+		st[i] = summarise(per[i])
+	}
+	plain, job, client, fl := st[0].median, st[1].median, st[2].median, st[3].median
+	w := []stats{summarise(whole[nTimed]), summarise(whole[nTimed+1])}
 
 	conv, spawnJob, spawnPlain, err := jobParts(root, n*jobsPerPipeline/4)
 	if err != nil {
 		return err
 	}
 
-	fmt.Printf("== jobs: %d sequential steps inside one pipeline, `refci run REV` whole process, interleaved\n", jobsPerPipeline)
-	fmt.Printf("  empty pipeline                                 %s\n", st[0])
-	fmt.Printf("  20 × /bin/true                                 %s\n", st[1])
-	fmt.Printf("  20 × refci job jN -- true                      %s\n", st[2])
-	fmt.Printf("  20 × refci job (usage error: client start only) %s\n", st[3])
-	fmt.Printf("  20 × floor: a Go program that only runs /bin/true %s\n", st[4])
-	fmt.Printf("  marginal cost per step (medians, minus empty):  plain /bin/true %s, refci job %s, refci job's client start %s\n", ms(plain), ms(job), ms(client))
-	fmt.Printf("  ratio refci job / plain step: %.2f  (target: <= 1.5)\n", float64(job)/float64(plain))
-	fmt.Printf("  ratio 20-job pipeline / 20 plain steps (whole refci run): %.2f\n", float64(st[2].median)/float64(st[1].median))
-	fmt.Printf("  floor of any client process per job: a minimal static Go program that fork/execs /bin/true and waits, %s per step, %.2f × a plain step\n", ms(fl), float64(fl)/float64(plain))
+	fmt.Printf("== jobs: blocks of %d sequential steps inside one pipeline, timed by its shell, per step (%d runs, block order rotated)\n", jobsPerPipeline, n*nTimed)
+	fmt.Printf("  plain step: /bin/true                          %s\n", st[0])
+	fmt.Printf("  refci job jN -- true                           %s\n", st[1])
+	fmt.Printf("  refci job (usage error: the client's start)    %s\n", st[2])
+	fmt.Printf("  floor: a Go program that only runs /bin/true   %s\n", st[3])
+	fmt.Printf("  ratio refci job / plain step (medians): %.2f  (target: <= 1.5)\n", float64(job)/float64(plain))
+	fmt.Printf("  ratio floor / plain step: %.2f (the least any job client in Go can cost: its own start, then CMD's)\n", float64(fl)/float64(plain))
+	fmt.Printf("  whole refci run, 20 × /bin/true                %s\n", w[0])
+	fmt.Printf("  whole refci run, 20 × refci job jN -- true     %s\n", w[1])
+	fmt.Printf("  ratio 20-job pipeline / 20 plain steps (whole refci run, medians): %.2f\n", float64(w[1].median)/float64(w[0].median))
 	fmt.Printf("  where a job's time goes (medians):\n")
-	fmt.Printf("    the shell's fork+exec of the refci client, Go runtime start, exit   %s  (refci job with no arguments, beside %s for /bin/true)\n", ms(client), ms(plain))
-	fmt.Printf("    socket conversation, no command (dial, start/run, end/done, log)  %s  (in process, real job socket and file log)\n", ms(conv.median))
-	fmt.Printf("    RunJobCommand of true in process (conversation + spawn + wait)    %s  beside exec of true from Go %s\n", ms(spawnJob.median), ms(spawnPlain.median))
-	fmt.Printf("    left (the worker's server under load, signal setup, ...)          %s\n\n", ms(job-client-spawnJob.median))
+	fmt.Printf("    the shell's fork+exec of the client, Go runtime start, exit  %s  (a usage error; /bin/true: %s)\n", ms(client), ms(plain))
+	fmt.Printf("    socket conversation, no command (dial, start/run, end/done)  %s  (in process, real job socket and file log)\n", ms(conv.median))
+	fmt.Printf("    RunJobCommand of true in process (conversation+spawn+wait)   %s  (exec of true from Go: %s)\n", ms(spawnJob.median), ms(spawnPlain.median))
+	fmt.Printf("    left (signal set-up, the first use of the runtime's parts)    %s\n\n", ms(job-client-spawnJob.median))
 	return nil
 }
 
