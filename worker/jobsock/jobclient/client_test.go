@@ -317,3 +317,13 @@ func TestJobLargeOutput(t *testing.T) {
 	}
 	checkState(t, ts.job(t, "big"), queue.Success, intPtr(0))
 }
+
+// A job run from inside another job sees its own name in REFCI_JOB, once.
+func TestJobNestedEnvironment(t *testing.T) {
+	ts := newTestServer(t)
+	t.Setenv("REFCI_JOB", "outer")
+	r := ts.runJob("inner", "--", "sh", "-c", `env | grep -c '^REFCI_JOB='; echo "$REFCI_JOB"`)
+	if r.code != 0 || r.stdout != "[inner] 1\n[inner] inner\n" {
+		t.Errorf("%+v", r)
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -341,7 +342,7 @@ func (c *jobClient) startCmd(argv []string, out int) (pid, pidfd int, err error)
 	defer syscall.Close(null)
 	pidfd = -1
 	pid, err = syscall.ForkExec(path, argv, &syscall.ProcAttr{
-		Env:   append(os.Environ(), "REFCI_JOB="+c.name),
+		Env:   jobEnv(os.Environ(), c.name),
 		Files: []uintptr{uintptr(null), uintptr(out), uintptr(out)},
 		Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, PidFD: &pidfd},
 	})
@@ -349,6 +350,18 @@ func (c *jobClient) startCmd(argv []string, out int) (pid, pidfd int, err error)
 		return 0, -1, &os.PathError{Op: "fork/exec", Path: path, Err: err}
 	}
 	return pid, pidfd, nil
+}
+
+// jobEnv is env with REFCI_JOB=name in place of any REFCI_JOB it has (a
+// job run from inside another job): a C program's getenv takes the first.
+func jobEnv(env []string, name string) []string {
+	out := make([]string, 0, len(env)+1)
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "REFCI_JOB=") {
+			out = append(out, kv)
+		}
+	}
+	return append(out, "REFCI_JOB="+name)
 }
 
 func (c *jobClient) runCmd(ctx context.Context, argv []string) int {
