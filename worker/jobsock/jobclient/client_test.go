@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/worker/jobsock"
 )
@@ -325,5 +326,29 @@ func TestJobNestedEnvironment(t *testing.T) {
 	r := ts.runJob("inner", "--", "sh", "-c", `env | grep -c '^REFCI_JOB='; echo "$REFCI_JOB"`)
 	if r.code != 0 || r.stdout != "[inner] 1\n[inner] inner\n" {
 		t.Errorf("%+v", r)
+	}
+}
+
+// A job's command may be made by a job it needs: it is looked for once
+// the needs are met, not when the job starts waiting.
+func TestJobCommandMadeByANeed(t *testing.T) {
+	ts := newTestServer(t)
+	tool := filepath.Join(ts.dir, "tool")
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	res := make(chan result, 1)
+	go func() {
+		var out, errb bytes.Buffer
+		code := RunJobCommand(ctx, []string{"use", "--needs", "make", "--", tool}, ts.getenv, &out, &errb)
+		res <- result{code, out.String(), errb.String()}
+	}()
+	// "use" waits for "make" (the grace period is seconds): make the tool
+	// only once it is registered.
+	fixtures.WaitFor(t, testTimeout, "use to register", func() bool { return len(ts.srv.Jobs()) == 1 })
+	if r := ts.runJob("make", "--", "sh", "-c", fmt.Sprintf("printf '#!/bin/sh\\necho made\\n' > %s && chmod +x %s", tool, tool)); r.code != 0 {
+		t.Fatalf("make: %+v", r)
+	}
+	if r := <-res; r.code != 0 || r.stdout != "[use] made\n" {
+		t.Errorf("use: %+v", r)
 	}
 }

@@ -235,19 +235,27 @@ func (c *jobClient) run(ctx context.Context, sock string, ja jobArgs) int {
 	}
 	c.fd = fd
 	defer c.hangUp()
-	stopWaking, err := c.startWaking(ctx)
-	if err != nil {
-		c.errorf("%v", err)
-		return 2
-	}
-	defer stopWaking()
-
 	if err := c.send(jobwire.Msg{Op: jobwire.OpStart, Name: ja.name, Needs: ja.needs}); err != nil {
 		if ctx.Err() != nil {
 			return c.abandoned()
 		}
 		c.errorf("cannot talk to refci: %v", err)
 		return 2
+	}
+	// What does not depend on the answer is done while refci answers:
+	// catching signals and, for a job without needs, finding CMD (a
+	// need may make it; and one that is not found is looked for again).
+	// A signal before that ends this process, and the job is recorded
+	// as cancelled, as after.
+	stopWaking, err := c.startWaking(ctx)
+	if err != nil {
+		c.errorf("%v", err)
+		return 2
+	}
+	defer stopWaking()
+	var plan cmdPlan
+	if len(ja.needs) == 0 {
+		plan = c.plan(ja.argv)
 	}
 	var silent time.Time
 	if len(ja.needs) == 0 {
@@ -277,7 +285,10 @@ func (c *jobClient) run(ctx context.Context, sock string, ja jobArgs) int {
 		for _, m := range msgs {
 			switch m.Op {
 			case jobwire.OpRun:
-				return c.runCmd(ctx, ja.argv)
+				if plan.path == "" || plan.err != nil {
+					plan = c.plan(ja.argv)
+				}
+				return c.runCmd(ctx, ja.argv, plan)
 			case jobwire.OpSkipped:
 				fmt.Fprintf(c.stderr, "refci job: %s skipped: %s\n", c.name, m.Reason)
 				return 1
@@ -323,17 +334,28 @@ func (c *jobClient) output(ctx context.Context, pre *linePrefixer, b []byte) {
 // the kernel gives no pidfd to wait on.
 const noPidfdPoll = 5 * time.Millisecond
 
-// startCmd starts argv as a shell would find it, with stdin /dev/null,
-// stdout and stderr the write end out, and REFCI_JOB set; it dies
-// (SIGKILL) with the calling thread, which the caller keeps locked.
-// pidfd is -1 where the kernel gives none.
-func (c *jobClient) startCmd(argv []string, out int) (pid, pidfd int, err error) {
+// cmdPlan is how CMD will be started: its path as a shell would find
+// it (or why it cannot be), and its environment.
+type cmdPlan struct {
+	path string
+	err  error
+	env  []string
+}
+
+func (c *jobClient) plan(argv []string) cmdPlan {
 	path, err := exec.LookPath(argv[0])
 	if errors.Is(err, exec.ErrDot) {
 		err = nil // like a shell: "." in PATH is the user's choice
 	}
-	if err != nil {
-		return 0, -1, err
+	return cmdPlan{path: path, err: err, env: jobEnv(os.Environ(), c.name)}
+}
+
+// startCmd starts argv as planned, with stdin /dev/null and stdout and
+// stderr the write end out; it dies (SIGKILL) with the calling thread,
+// which the caller keeps locked. pidfd is -1 where the kernel gives none.
+func startCmd(argv []string, p cmdPlan, out int) (pid, pidfd int, err error) {
+	if p.err != nil {
+		return 0, -1, p.err
 	}
 	null, err := syscall.Open(os.DevNull, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
@@ -341,13 +363,13 @@ func (c *jobClient) startCmd(argv []string, out int) (pid, pidfd int, err error)
 	}
 	defer syscall.Close(null)
 	pidfd = -1
-	pid, err = syscall.ForkExec(path, argv, &syscall.ProcAttr{
-		Env:   jobEnv(os.Environ(), c.name),
+	pid, err = syscall.ForkExec(p.path, argv, &syscall.ProcAttr{
+		Env:   p.env,
 		Files: []uintptr{uintptr(null), uintptr(out), uintptr(out)},
 		Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, PidFD: &pidfd},
 	})
 	if err != nil {
-		return 0, -1, &os.PathError{Op: "fork/exec", Path: path, Err: err}
+		return 0, -1, &os.PathError{Op: "fork/exec", Path: p.path, Err: err}
 	}
 	return pid, pidfd, nil
 }
@@ -364,7 +386,7 @@ func jobEnv(env []string, name string) []string {
 	return append(out, "REFCI_JOB="+name)
 }
 
-func (c *jobClient) runCmd(ctx context.Context, argv []string) int {
+func (c *jobClient) runCmd(ctx context.Context, argv []string, plan cmdPlan) int {
 	pre := newLinePrefixer(c.stdout, "["+c.name+"] ")
 	var p [2]int
 	if err := syscall.Pipe2(p[:], syscall.O_CLOEXEC); err != nil {
@@ -380,7 +402,7 @@ func (c *jobClient) runCmd(ctx context.Context, argv []string) int {
 	// the process: stay on this thread until CMD is gone.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	pid, pidfd, err := c.startCmd(argv, p[1])
+	pid, pidfd, err := startCmd(argv, plan, p[1])
 	syscall.Close(p[1])
 	if err != nil {
 		code, msg, reason := jobStartFailure(argv[0], err)
