@@ -158,8 +158,10 @@ loop:
 // SIGINT and SIGTERM received while CMD runs are forwarded to it; received
 // while the job waits for its needs they end RunJobCommand (exit 128+n)
 // and the job is recorded as cancelled. RunJobCommand handles these
-// signals itself (signal.Notify for its duration), so callers should not
-// turn them into cancelling ctx.
+// signals itself (signal.Notify for its duration, from just after it
+// sent the start: a signal before that ends the process, and the job is
+// recorded as cancelled all the same), so callers should not turn them
+// into cancelling ctx.
 //
 // Cancelling ctx abandons the job: the connection is closed without an
 // end, so the server records it cancelled, and CMD is killed.
