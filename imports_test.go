@@ -32,13 +32,17 @@ var allowed = map[string][]string{
 	"worker/shim": {},
 	// Process supervision: the shim side and nothing else of the project.
 	"worker/proc": {"worker/shim"},
-	// The job socket: server, client and wire protocol; job names and
-	// states are queue's.
+	// The job socket's server; job names and states are queue's.
 	"worker/jobsock": {"queue"},
-	"forge":          {"queue", "render", "secrets", "gitproto", "results", "requests"},
-	"fixtures":       {"secrets"}, // tests only: OpenPGP keys of fake identities come from secrets
-	"server":         {"queue", "gitproto", "secrets"},
-	"cmd":            {"queue", "gitproto", "secrets", "results", "requests", "worker", "render", "forge", "server"},
+	// The job socket's wire protocol and its client, all of
+	// cmd/refci-job, which starts once per job: of the project only the
+	// job name rule (see cmd/refci-job's test of its dependencies).
+	"worker/jobsock/jobwire":   {},
+	"worker/jobsock/jobclient": {"queue/jobname", "worker/jobsock/jobwire"},
+	"forge":                    {"queue", "render", "secrets", "gitproto", "results", "requests"},
+	"fixtures":                 {"secrets"}, // tests only: OpenPGP keys of fake identities come from secrets
+	"server":                   {"queue", "gitproto", "secrets"},
+	"cmd":                      {"queue", "gitproto", "secrets", "results", "requests", "worker", "render", "forge", "server"},
 
 	// Tests only: result and target commits written through gitproto;
 	// a package of its own, since the tests of queue and gitproto import

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"refci.dev/refci/queue/jobname"
 )
 
 // The ref layout. Every ref name refci reads or writes is built here and
@@ -204,17 +206,8 @@ func ValidateRequestName(name string) error {
 }
 
 // ValidateJobName checks the NAME of `refci job NAME`: it becomes the
-// directory jobs/NAME in the result tree.
-func ValidateJobName(name string) error {
-	ok := len(name) >= 1 && len(name) <= 100 && isAlnum(rune(name[0]))
-	for _, c := range name {
-		ok = ok && (isAlnum(c) || c == '.' || c == '_' || c == '-')
-	}
-	if !ok || strings.Contains(name, "..") {
-		return fmt.Errorf("job name %q is not valid: use 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
-	}
-	return nil
-}
+// directory jobs/NAME in the result tree. The rule is package jobname's.
+func ValidateJobName(name string) error { return jobname.Validate(name) }
 
 // Result tree paths (format 1).
 const (

@@ -14,7 +14,7 @@ import (
 	"refci.dev/refci/fixtures"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
-	"refci.dev/refci/worker/jobsock"
+	"refci.dev/refci/worker/jobsock/jobclient"
 	"refci.dev/refci/worker/proc"
 )
 
@@ -22,7 +22,7 @@ import (
 // runs `refci job` as the refci binary does.
 func init() {
 	if len(os.Args) > 1 && os.Args[1] == "job" && os.Getenv("REFCI_SOCKET") != "" {
-		syscall.Exit(jobsock.RunJobCommand(context.Background(), os.Args[2:], os.Getenv, os.Stdout, os.Stderr))
+		syscall.Exit(jobclient.RunJobCommand(context.Background(), os.Args[2:], os.Getenv, os.Stdout, os.Stderr))
 	}
 }
 

@@ -65,6 +65,16 @@ func ChooseShim(log *slog.Logger, self string) string {
 	return shim
 }
 
+// WarnJobClient logs, once at start, when a refci-job beside self is not
+// used (see ChooseJobClient), and why.
+func WarnJobClient(log *slog.Logger, self string) {
+	if light, note := ChooseJobClient(self); note != "" {
+		log.Warn("not using the refci-job beside refci: pipelines get refci itself for refci job, which costs several milliseconds more per job; reinstall refci-job from the same build as refci, or remove it", "refci-job", filepath.Join(filepath.Dir(self), JobClientName), "reason", note)
+	} else if light != "" {
+		log.Debug("job client for pipelines", "refci-job", light)
+	}
+}
+
 // WarnIfNotIsolated logs, once at start, when pipelines will not be
 // isolated from the worker's files. shim is the runs' shim (ChooseShim),
 // which does the hiding; require is Isolation.RequireIsolation.
@@ -279,6 +289,9 @@ func NewSandbox(s SandboxSpec) (*Sandbox, error) {
 		return nil, err
 	}
 	sb := &Sandbox{RunsDir: runs, close: done}
+	if s.Log != nil {
+		WarnJobClient(s.Log, s.Self)
+	}
 	if !s.Isolate {
 		return sb, nil
 	}
@@ -290,7 +303,7 @@ func NewSandbox(s SandboxSpec) (*Sandbox, error) {
 	}
 	sb.Isolation = Isolation{
 		Hide:             CleanPaths(append(append(append([]string(nil), s.Private...), UserPrivatePaths(s.Getenv)...), runsHide...)...),
-		ReadOnly:         ReadOnlyPaths(s.Getenv, []string{s.Self, sb.Shim}, s.ReadOnly...),
+		ReadOnly:         ReadOnlyPaths(s.Getenv, []string{s.Self, sb.Shim, lightJobClient(s.Self)}, s.ReadOnly...),
 		Writable:         CleanPaths(s.Writable...),
 		RequireIsolation: s.Require,
 	}

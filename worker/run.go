@@ -99,7 +99,10 @@ type RunSpec struct {
 	Refusal string
 
 	// RefciPath is the refci executable put on the pipeline's PATH so
-	// that `refci job` works inside it. Empty: no refci on PATH.
+	// that `refci job` works inside it. Empty: no refci on PATH. When
+	// the light job client refci-job of the same build lies beside it
+	// (ChooseJobClient), that is the pipeline's refci, and it hands
+	// every command but job and secret to the refci beside it.
 	RefciPath string
 	// Shim, when set (the refci executable, or refci-shim beside it: see
 	// ChooseShim), runs the pipeline under a per-run supervisor process,
@@ -443,11 +446,9 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		// than retry for ever.
 		return r.endBeforeRunning(fmt.Sprintf("the worker cannot create the run's socket: %v", err))
 	}
-	if r.spec.RefciPath != "" {
-		if err := linkRefci(r.spec.RefciPath, filepath.Join(dir, "bin", "refci")); err != nil {
-			srv.Close()
-			return nil, fmt.Errorf("prepare PATH: %w", err)
-		}
+	if err := r.linkRefciBin(filepath.Join(dir, "bin")); err != nil {
+		srv.Close()
+		return nil, fmt.Errorf("prepare PATH: %w", err)
 	}
 	logMasker := &Masker{Set: r.masks, W: mainLog}
 	if r.spec.Output != nil {
@@ -606,7 +607,7 @@ func (r *run) runPipeline(ctx context.Context, dir, src, entry string, timeout t
 		Started:   srv.Admit,
 
 		Hide:             r.spec.Hide,
-		Keep:             underHidden(r.spec.Hide, dir, r.spec.RefciPath),
+		Keep:             underHidden(r.spec.Hide, dir, r.spec.RefciPath, lightJobClient(r.spec.RefciPath)),
 		Writable:         append([]string{dir}, r.spec.Writable...),
 		ReadOnly:         r.spec.ReadOnly,
 		RequireIsolation: r.spec.RequireIsolation,
@@ -1040,6 +1041,41 @@ type artifactFile struct {
 	src string
 }
 
+// linkRefciBin puts refci in the pipeline's bin directory: the light job
+// client (ChooseJobClient) when there is one of this build, else the
+// full refci.
+func (r *run) linkRefciBin(bin string) error {
+	if r.spec.RefciPath == "" {
+		return nil
+	}
+	if light := lightJobClient(r.spec.RefciPath); light != "" {
+		return symlinkJobClient(light, filepath.Join(bin, "refci"))
+	}
+	return linkRefci(r.spec.RefciPath, filepath.Join(bin, "refci"))
+}
+
+// symlinkJobClient puts a symbolic link to the light job client at p,
+// never a hard link: the run directory is writable by the pipeline, and
+// a hard link would let it write the installed refci-job's file (no
+// process runs it between jobs, so nothing makes a write fail with
+// ETXTBSY), which every later run would then execute. The link's target
+// lies where isolated pipelines cannot write (Isolation.ReadOnly holds
+// it), and refci-job finds the full refci beside it. A link already
+// there with the same target is kept.
+func symlinkJobClient(light, p string) error {
+	if have, err := os.Lstat(p); err == nil {
+		if have.Mode()&fs.ModeSymlink != 0 {
+			if t, err := os.Readlink(p); err == nil && t == light {
+				return nil
+			}
+		}
+		if err := os.Remove(p); err != nil {
+			return err
+		}
+	}
+	return os.Symlink(light, p)
+}
+
 // linkRefci puts the refci executable at p for the pipeline's PATH: a hard
 // link where it can be made (no new file: on some file systems a new
 // inode per run is a real cost), else a symbolic link (another file
@@ -1409,4 +1445,10 @@ func underHidden(hide []string, paths ...string) []string {
 		}
 	}
 	return out
+}
+
+// lightJobClient is ChooseJobClient's choice for refciPath ("" for none).
+func lightJobClient(refciPath string) string {
+	p, _ := ChooseJobClient(refciPath)
+	return p
 }

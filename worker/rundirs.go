@@ -168,8 +168,10 @@ func emptyRunDir(dir string) bool {
 		}
 		kept := 0
 		for _, f := range inner {
-			if e.Name() == "bin" && f.Name() == "refci" && f.Type().IsRegular() {
-				kept = 1 // the hard link to refci: linkRefci checks it is still that
+			if e.Name() == "bin" && f.Name() == "refci" && (f.Type().IsRegular() || f.Type()&os.ModeSymlink != 0) {
+				// The hard link to refci, or the symbolic link to
+				// refci-job: linkRefciBin checks it is still that.
+				kept = 1
 				continue
 			}
 			if e.Name() == "sock" && f.Name() == "refci.sock" && f.Type()&os.ModeSocket != 0 {

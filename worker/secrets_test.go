@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"refci.dev/refci/worker/jobsock"
+	"refci.dev/refci/worker/jobsock/jobclient"
 )
 
 type fakeSource map[string]string
@@ -52,7 +53,7 @@ func askSecret(t *testing.T, rs *runSecrets, name string) (string, string, int) 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var out, errOut bytes.Buffer
-	code := jobsock.RunSecretCommand(ctx, []string{name}, func(k string) string {
+	code := jobclient.RunSecretCommand(ctx, []string{name}, func(k string) string {
 		if k == "REFCI_SOCKET" {
 			return sock
 		}
@@ -98,7 +99,7 @@ func TestSecretOpWithheld(t *testing.T) {
 		t.Errorf("no env: code %d, stderr %q", code, errOut)
 	}
 	var out2, err2 bytes.Buffer
-	if code := jobsock.RunSecretCommand(context.Background(), []string{"X"}, func(string) string { return "" }, &out2, &err2); code != 2 || !strings.Contains(err2.String(), "not inside a refci pipeline") {
+	if code := jobclient.RunSecretCommand(context.Background(), []string{"X"}, func(string) string { return "" }, &out2, &err2); code != 2 || !strings.Contains(err2.String(), "not inside a refci pipeline") {
 		t.Errorf("outside a pipeline: %d %q", code, err2.String())
 	}
 }
@@ -148,7 +149,7 @@ func TestSocketServesOnlyItsOwnRun(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		var out, errOut bytes.Buffer
-		code := jobsock.RunSecretCommand(ctx, []string{"TOKEN"}, func(k string) string {
+		code := jobclient.RunSecretCommand(ctx, []string{"TOKEN"}, func(k string) string {
 			if k == "REFCI_SOCKET" {
 				return sock
 			}
@@ -224,7 +225,7 @@ func TestSecretCommandTimesOutOnASilentSocket(t *testing.T) {
 			var out, errOut bytes.Buffer
 			done := make(chan int, 1)
 			go func() {
-				done <- jobsock.RunSecretCommand(ctx, []string{"TOKEN"}, func(k string) string {
+				done <- jobclient.RunSecretCommand(ctx, []string{"TOKEN"}, func(k string) string {
 					if k == "REFCI_SOCKET" {
 						return sock
 					}

@@ -3,7 +3,7 @@
 // alike. It prints medians and ratios; it asserts nothing (targets are
 // judged by people reading the figures, not by a timed test).
 //
-//	go run ./cmd/refci-bench -refci bin/refci [-n 100] [-only run]
+//	go run ./cmd/refci-bench -refci bin/refci [-n 100] [-only run|jobs|...]
 package main
 
 import (
@@ -33,6 +33,7 @@ func main() {
 		run  func(ctx context.Context, bin string, n int) error
 	}{
 		{"run", benchRun},
+		{"jobs", benchJobs},
 		{"throughput", benchThroughput},
 		{"dispatch", benchDispatch},
 		{"pollcost", benchPollCost},

@@ -13,7 +13,7 @@ import (
 	"refci.dev/refci/render"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
-	"refci.dev/refci/worker/jobsock"
+	"refci.dev/refci/worker/jobsock/jobclient"
 	"refci.dev/refci/worker/proc"
 )
 
@@ -264,5 +264,5 @@ func cmdInit(_ context.Context, e *env, args []string) int {
 }
 
 func cmdJob(ctx context.Context, e *env, args []string) int {
-	return jobsock.RunJobCommand(ctx, args, e.getenv, e.stdout, e.stderr)
+	return jobclient.RunJobCommand(ctx, args, e.getenv, e.stdout, e.stderr)
 }

@@ -16,11 +16,11 @@ import (
 	"refci.dev/refci/queue"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/secrets/envstore"
-	"refci.dev/refci/worker/jobsock"
+	"refci.dev/refci/worker/jobsock/jobclient"
 )
 
 func cmdSecret(ctx context.Context, e *env, args []string) int {
-	return jobsock.RunSecretCommand(ctx, args, e.getenv, e.stdout, e.stderr)
+	return jobclient.RunSecretCommand(ctx, args, e.getenv, e.stdout, e.stderr)
 }
 
 // secretsHelp is the details of 'refci secrets -h'.

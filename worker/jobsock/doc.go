@@ -1,8 +1,7 @@
 // Package jobsock is a run's job socket ($REFCI_SOCKET): the Server a
-// worker runs for each pipeline, the client commands a pipeline runs
-// against it (`refci job`: RunJobCommand, `refci secret`:
-// RunSecretCommand), and the versioned wire protocol between them
-// (wire.go; ProtocolVersion).
+// worker runs for each pipeline. The client commands a pipeline runs
+// against it (`refci job`, `refci secret`) are package jobclient's; the
+// versioned wire protocol between them is package jobwire's.
 //
 // A Server serves one run: it records the run's jobs (their names, needs,
 // states and exit codes, queue.Job) and writes each job's output to a Log
@@ -12,5 +11,5 @@
 // pipeline's process tree, Jobs reads the record at any time, and Close
 // ends every job still waiting or running as cancelled.
 //
-// It imports only queue (job names and states).
+// It imports only queue (job names and states) and jobwire.
 package jobsock

@@ -22,6 +22,8 @@ import (
 
 	"refci.dev/refci/fixtures"
 	"refci.dev/refci/queue"
+	"refci.dev/refci/worker/jobsock/jobclient"
+	"refci.dev/refci/worker/jobsock/jobwire"
 )
 
 // jobTestTimeout bounds every wait in these tests; generous, since they
@@ -141,7 +143,7 @@ func (ts *jobTestServer) start(ctx context.Context, args ...string) <-chan jobRe
 	ch := make(chan jobResult, 1)
 	go func() {
 		var out, errb bytes.Buffer
-		code := RunJobCommand(ctx, args, ts.getenv, &out, &errb)
+		code := jobclient.RunJobCommand(ctx, args, ts.getenv, &out, &errb)
 		ch <- jobResult{code, out.String(), errb.String()}
 	}()
 	return ch
@@ -499,106 +501,14 @@ func TestJobInvalidName(t *testing.T) {
 	}
 }
 
-func TestJobNoSocket(t *testing.T) {
-	var out, errb bytes.Buffer
-	code := RunJobCommand(context.Background(), []string{"build", "--", "true"}, func(string) string { return "" }, &out, &errb)
-	want := "refci job: not inside a refci pipeline (REFCI_SOCKET is not set); run jobs from .refci/run\n"
-	if code != 2 || errb.String() != want || out.Len() != 0 {
-		t.Errorf("exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
-	}
-}
-
-func TestJobSocketUnreachable(t *testing.T) {
-	var out, errb bytes.Buffer
-	getenv := func(string) string { return filepath.Join(t.TempDir(), "nope") }
-	code := RunJobCommand(context.Background(), []string{"build", "--", "true"}, getenv, &out, &errb)
-	if code != 2 || !strings.Contains(errb.String(), "cannot reach refci") {
-		t.Errorf("exit %d, stderr %q", code, errb.String())
-	}
-}
-
-// A socket that takes the connection but never answers (a stuck worker):
-// `refci job` gives up with a clear error instead of hanging the
-// pipeline, and does not run the command.
-func TestJobSocketSilent(t *testing.T) {
-	defer func(d time.Duration) { jobVerdictWait = d }(jobVerdictWait)
-	jobVerdictWait = 500 * time.Millisecond
-	dir, err := os.MkdirTemp("", "job")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "s")
-	ln, err := net.Listen("unix", sock) // never accepts: the kernel queues the connection
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	marker := filepath.Join(dir, "ran")
-	var out, errb bytes.Buffer
-	code := RunJobCommand(context.Background(), []string{"build", "--", "touch", marker}, func(string) string { return sock }, &out, &errb)
-	if code != 2 || !strings.Contains(errb.String(), "refci did not answer on REFCI_SOCKET="+sock) || !strings.Contains(errb.String(), "did not run") {
-		t.Errorf("exit %d, stderr %q", code, errb.String())
-	}
-	if _, err := os.Stat(marker); err == nil {
-		t.Error("the job's command ran although refci never said so")
-	}
-}
-
-func TestJobHelp(t *testing.T) {
-	for _, h := range []string{"-h", "--help"} {
-		var out, errb bytes.Buffer
-		code := RunJobCommand(context.Background(), []string{h}, func(string) string { return "" }, &out, &errb)
-		if code != 0 || !strings.HasPrefix(out.String(), "usage: refci job NAME") || errb.Len() != 0 {
-			t.Errorf("%s: exit %d, stdout %q, stderr %q", h, code, out.String(), errb.String())
-		}
-	}
-}
-
-func TestJobArgs(t *testing.T) {
-	good := []struct {
-		args  []string
-		name  string
-		needs []string
-		argv  []string
-	}{
-		{[]string{"build", "--", "make", "-j4"}, "build", nil, []string{"make", "-j4"}},
-		{[]string{"test", "--needs", "a,b", "--", "make", "test"}, "test", []string{"a", "b"}, []string{"make", "test"}},
-		{[]string{"--needs", "a", "test", "--", "x"}, "test", []string{"a"}, []string{"x"}},
-		{[]string{"--needs=a,b", "test", "--needs=c", "--", "x", "--needs", "y"}, "test", []string{"a", "b", "c"}, []string{"x", "--needs", "y"}},
-		{[]string{"test", "--needs", "a, b,,a", "make", "--", "t"}, "test", []string{"a", "b"}, []string{"make", "--", "t"}},
-		{[]string{"t", "--", "--weird"}, "t", nil, []string{"--weird"}},
-	}
-	for _, c := range good {
-		ja, err := parseJobArgs(c.args)
-		if err != nil {
-			t.Errorf("%q: %v", c.args, err)
-			continue
-		}
-		if ja.name != c.name || fmt.Sprint(ja.needs) != fmt.Sprint(c.needs) || fmt.Sprint(ja.argv) != fmt.Sprint(c.argv) {
-			t.Errorf("%q: got %+v", c.args, ja)
-		}
-	}
-	bad := map[string][]string{
-		"missing job NAME":       {"--", "make"},
-		"missing command":        {"build"},
-		"missing command: put":   {"build", "--"},
-		"unknown option":         {"build", "-x", "--", "make"},
-		"cannot need itself":     {"build", "--needs", "a,build", "--", "make"},
-		"needs a value":          {"build", "--needs"},
-		"names no job":           {"build", "--needs=", "--", "make"},
-		`job name "a/b" is not`:  {"build", "--needs", "a/b", "--", "make"},
-		`job name "-" is not`:    {"-", "--", "make"},
-		`job name "a..b" is not`: {"a..b", "--", "make"},
-	}
-	for want, args := range bad {
-		if _, err := parseJobArgs(args); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("%q: error %v, want %q", args, err, want)
-		}
-	}
+// A command line refci job refuses never reaches the server.
+func TestJobUsageError(t *testing.T) {
 	ts := newJobTestServer(t, 0)
 	if r := ts.run("build"); r.code != 2 || !strings.Contains(r.stderr, "usage:") {
 		t.Errorf("%+v", r)
+	}
+	if len(ts.srv.Jobs()) != 0 {
+		t.Errorf("jobs recorded: %+v", ts.srv.Jobs())
 	}
 }
 
@@ -680,14 +590,14 @@ func (rc *rawJobConn) send(line string) {
 	}
 }
 
-func (rc *rawJobConn) recv() jobMsg {
+func (rc *rawJobConn) recv() jobwire.Msg {
 	rc.t.Helper()
 	rc.c.SetReadDeadline(time.Now().Add(jobTestTimeout))
 	line, err := rc.r.ReadBytes('\n')
 	if err != nil {
 		rc.t.Fatalf("reading reply: %v", err)
 	}
-	var m jobMsg
+	var m jobwire.Msg
 	if err := json.Unmarshal(line, &m); err != nil {
 		rc.t.Fatalf("reply %q: %v", line, err)
 	}
@@ -744,7 +654,7 @@ func TestJobMalformedMessages(t *testing.T) {
 	rc.expect("error", "no job runs")
 	rc.send(`{"op":"end","exit_code":0}`)
 	rc.expect("error", "no job runs")
-	rc.send(strings.Repeat("x", jobMaxMsg+10))
+	rc.send(strings.Repeat("x", jobwire.MaxMsg+10))
 	rc.expect("error", "longer than")
 	rc.send(`{"op":"start","name":"../../etc/passwd"}`)
 	rc.expect("error", "not valid")
@@ -853,48 +763,6 @@ func TestJobServerCloseWithRefciJob(t *testing.T) {
 	}
 }
 
-func TestLinePrefixer(t *testing.T) {
-	var out bytes.Buffer
-	p := newLinePrefixer(&out, "[x] ")
-	p.Write([]byte("a\nb"))
-	if out.String() != "[x] a\n" || !p.pending() {
-		t.Fatalf("after a\\nb: %q", out.String())
-	}
-	p.Write([]byte("c\n\nd"))
-	if out.String() != "[x] a\n[x] bc\n[x] \n" {
-		t.Fatalf("%q", out.String())
-	}
-	p.Flush()
-	p.Write([]byte("e\n"))
-	p.Write([]byte("f"))
-	p.Close()
-	if want := "[x] a\n[x] bc\n[x] \n[x] de\n[x] f\n"; out.String() != want {
-		t.Fatalf("%q, want %q", out.String(), want)
-	}
-	p.Close()
-	if want := "[x] a\n[x] bc\n[x] \n[x] de\n[x] f\n"; out.String() != want {
-		t.Fatalf("second Close wrote: %q", out.String())
-	}
-
-	// A huge line without a newline is passed on in bounded pieces, with
-	// the prefix only at its start.
-	out.Reset()
-	p = newLinePrefixer(&out, "[x] ")
-	chunk := bytes.Repeat([]byte("y"), 1000)
-	for range 1000 {
-		p.Write(chunk)
-		if len(p.buf) > linePrefixerMaxPending+len(chunk)+10 {
-			t.Fatalf("holding %d bytes", len(p.buf))
-		}
-	}
-	p.Write([]byte("\nz\n"))
-	p.Close()
-	want := "[x] " + strings.Repeat("y", 1000*1000) + "\n[x] z\n"
-	if out.String() != want {
-		t.Errorf("huge line: got %d bytes, want %d", out.Len(), len(want))
-	}
-}
-
 func TestJobSignalForwarded(t *testing.T) {
 	ts := newJobTestServer(t, jobTestTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), jobTestTimeout)
@@ -922,22 +790,6 @@ func TestJobSignalForwarded(t *testing.T) {
 	checkJobState(t, ts.mustJob("waiter"), queue.Cancelled, nil)
 }
 
-func TestJobBackgroundProcessHoldsOutput(t *testing.T) {
-	defer func(d time.Duration) { jobOutputDrain = d }(jobOutputDrain)
-	jobOutputDrain = 50 * time.Millisecond
-	ts := newJobTestServer(t, 0)
-	stop := ts.path("stop")
-	defer os.WriteFile(stop, nil, 0o644)
-	r := ts.run("daemon", "--", "sh", "-c",
-		// The loop also ends when the test's directory is gone or after
-		// 30 s, so that it never outlives the test.
-		fmt.Sprintf(`(i=0; while [ ! -e %s ] && [ -d %s ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done) & echo early`, stop, filepath.Dir(stop)))
-	if r.code != 0 || r.stdout != "[daemon] early\n" || !strings.Contains(r.stderr, "still open") {
-		t.Errorf("%+v", r)
-	}
-	checkJobState(t, ts.mustJob("daemon"), queue.Success, queue.IntPtr(0))
-}
-
 // TestJobHelperProcess is `refci job` in a child process for
 // TestJobClientKilled; it does nothing in a normal test run.
 func TestJobHelperProcess(t *testing.T) {
@@ -945,7 +797,7 @@ func TestJobHelperProcess(t *testing.T) {
 		return
 	}
 	args := strings.Split(os.Getenv("REFCI_JOB_TEST_ARGS"), "\x1f")
-	os.Exit(RunJobCommand(context.Background(), args, os.Getenv, os.Stdout, os.Stderr))
+	os.Exit(jobclient.RunJobCommand(context.Background(), args, os.Getenv, os.Stdout, os.Stderr))
 }
 
 func TestJobClientKilled(t *testing.T) {

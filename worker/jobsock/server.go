@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"refci.dev/refci/queue"
+	"refci.dev/refci/worker/jobsock/jobwire"
 )
 
 // Log is where one job's raw output goes. Write is called from one
@@ -144,24 +145,20 @@ func (rs *Socket) drain() error {
 	})
 }
 
+const (
+	jobMaxReason    = 500  // longest reason the server keeps from a client
+	jobMaxErrReply  = 1000 // longest error text in a reply
+	jobReplyTimeout = 5 * time.Second
+
+	defaultNeedsGrace = 5 * time.Second
+
+	jobReasonPipelineEnded = "the pipeline ended before the job finished"
+)
+
 var (
 	// jobServerCloseWait bounds how long Close waits for connection
 	// handlers to finish after closing their connections.
 	jobServerCloseWait = 5 * time.Second
-	// jobOutputDrain: after CMD exits, how long `refci job` keeps reading
-	// its output pipe, which a background process CMD started may still
-	// hold open.
-	jobOutputDrain = 2 * time.Second
-	// jobPartialFlush: a partial line (no newline yet) is held back from
-	// the prefixed stdout at most this long, so that parallel jobs'
-	// lines do not interleave mid-line, yet progress output still shows.
-	jobPartialFlush = 200 * time.Millisecond
-	// jobDoneWait bounds the wait for the server's "done" after "end".
-	jobDoneWait = 30 * time.Second
-	// jobVerdictWait bounds the wait for the server's answer to the
-	// start of a job without needs (it answers at once; a job with needs
-	// waits as long as they run).
-	jobVerdictWait = 30 * time.Second
 )
 
 // Server serves one run's $REFCI_SOCKET. Safe for concurrent use.
@@ -405,9 +402,9 @@ func (s *Server) Close() error {
 	return err
 }
 
-func (s *Server) reply(conn net.Conn, m jobMsg) error {
+func (s *Server) reply(conn net.Conn, m jobwire.Msg) error {
 	conn.SetWriteDeadline(time.Now().Add(jobReplyTimeout))
-	_, err := conn.Write(encodeJobMsg(m))
+	_, err := conn.Write(jobwire.Encode(m))
 	return err
 }
 
@@ -416,7 +413,7 @@ func (s *Server) replyError(conn net.Conn, format string, args ...any) {
 	if len(msg) > jobMaxErrReply {
 		msg = truncateUTF8(msg, jobMaxErrReply) + "..."
 	}
-	s.reply(conn, jobMsg{Op: jobOpError, Error: msg})
+	s.reply(conn, jobwire.Msg{Op: jobwire.OpError, Error: msg})
 }
 
 func (s *Server) serveConn(conn net.Conn) {
@@ -432,43 +429,43 @@ func (s *Server) serveConn(conn net.Conn) {
 			// Take the request first, so the client reads the refusal
 			// rather than a broken pipe.
 			conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-			bufio.NewReader(io.LimitReader(conn, jobMaxMsg)).ReadSlice('\n')
+			bufio.NewReader(io.LimitReader(conn, jobwire.MaxMsg)).ReadSlice('\n')
 			s.replyError(conn, "refused: this socket serves only the processes of its own run (%s)", why)
 			return
 		}
 	}
 	quit := make(chan struct{})
 	defer close(quit)
-	msgs := make(chan jobIn)
-	go readJobMsgs(conn, msgs, quit)
+	msgs := make(chan jobwire.In)
+	go jobwire.ReadMsgs(conn, msgs, quit)
 	for in := range msgs {
-		if in.err != nil {
-			s.replyError(conn, "%v", in.err)
+		if in.Err != nil {
+			s.replyError(conn, "%v", in.Err)
 			continue
 		}
-		switch in.m.Op {
-		case jobOpStart:
-			if s.serveJob(conn, in.m, msgs) {
+		switch in.Msg.Op {
+		case jobwire.OpStart:
+			if s.serveJob(conn, in.Msg, msgs) {
 				return
 			}
-		case jobOpOutput, jobOpEnd:
-			s.replyError(conn, "%q before %q: no job runs on this connection", in.m.Op, jobOpStart)
-		case jobOpSecret:
-			v, err := s.cfg.Run.Secret(in.m.Name)
+		case jobwire.OpOutput, jobwire.OpEnd:
+			s.replyError(conn, "%q before %q: no job runs on this connection", in.Msg.Op, jobwire.OpStart)
+		case jobwire.OpSecret:
+			v, err := s.cfg.Run.Secret(in.Msg.Name)
 			if err != nil {
 				s.replyError(conn, "%v", err)
 				continue
 			}
-			s.reply(conn, jobMsg{Op: jobOpSecret, Data: v})
+			s.reply(conn, jobwire.Msg{Op: jobwire.OpSecret, Data: v})
 		default:
-			s.replyError(conn, "unknown op %q", in.m.Op)
+			s.replyError(conn, "unknown op %q", in.Msg.Op)
 		}
 	}
 }
 
 // checkJobStart validates a start message and returns its needs without
 // duplicates.
-func checkJobStart(m jobMsg) ([]string, error) {
+func checkJobStart(m jobwire.Msg) ([]string, error) {
 	if err := queue.ValidateJobName(m.Name); err != nil {
 		return nil, err
 	}
@@ -490,7 +487,7 @@ func checkJobStart(m jobMsg) ([]string, error) {
 // serveJob runs one job's conversation after its start message. It reports
 // whether the connection is finished; false means the start was refused
 // and the connection may still be used.
-func (s *Server) serveJob(conn net.Conn, start jobMsg, msgs <-chan jobIn) bool {
+func (s *Server) serveJob(conn net.Conn, start jobwire.Msg, msgs <-chan jobwire.In) bool {
 	needs, err := checkJobStart(start)
 	if err != nil {
 		s.replyError(conn, "%v", err)
@@ -509,7 +506,7 @@ func (s *Server) serveJob(conn net.Conn, start jobMsg, msgs <-chan jobIn) bool {
 		return false
 	}
 	if skip != "" {
-		s.reply(conn, jobMsg{Op: jobOpSkipped, Reason: skip})
+		s.reply(conn, jobwire.Msg{Op: jobwire.OpSkipped, Reason: skip})
 		return true
 	}
 
@@ -517,7 +514,7 @@ func (s *Server) serveJob(conn net.Conn, start jobMsg, msgs <-chan jobIn) bool {
 		ok, state, reason := s.waitNeeds(conn, e, msgs)
 		if !ok {
 			if s.finish(e, state, reason, nil) && state == queue.Skipped {
-				s.reply(conn, jobMsg{Op: jobOpSkipped, Reason: reason})
+				s.reply(conn, jobwire.Msg{Op: jobwire.OpSkipped, Reason: reason})
 			}
 			return true
 		}
@@ -544,29 +541,29 @@ func (s *Server) serveJob(conn net.Conn, start jobMsg, msgs <-chan jobIn) bool {
 	e.log = l
 	e.logMu.Unlock()
 	s.mu.Unlock()
-	s.reply(conn, jobMsg{Op: jobOpRun})
+	s.reply(conn, jobwire.Msg{Op: jobwire.OpRun})
 
 	for in := range msgs {
-		if in.err != nil {
-			s.replyError(conn, "%v", in.err)
+		if in.Err != nil {
+			s.replyError(conn, "%v", in.Err)
 			continue
 		}
-		switch in.m.Op {
-		case jobOpOutput:
-			e.write(in.m.Data)
-		case jobOpEnd:
-			state, reason, code, err := jobEndResult(in.m)
+		switch in.Msg.Op {
+		case jobwire.OpOutput:
+			e.write(in.Msg.Data)
+		case jobwire.OpEnd:
+			state, reason, code, err := jobEndResult(in.Msg)
 			if err != nil {
 				s.replyError(conn, "%v", err)
 				continue
 			}
 			s.finish(e, state, reason, code)
-			s.reply(conn, jobMsg{Op: jobOpDone})
+			s.reply(conn, jobwire.Msg{Op: jobwire.OpDone})
 			return true
-		case jobOpStart:
+		case jobwire.OpStart:
 			s.replyError(conn, "this connection already runs job %q; use one connection per job", name)
 		default:
-			s.replyError(conn, "unknown op %q", in.m.Op)
+			s.replyError(conn, "unknown op %q", in.Msg.Op)
 		}
 	}
 	// The connection is gone without an end.
@@ -676,7 +673,7 @@ func (s *Server) needsVerdictLocked(needs []string, graceOver bool) (run bool, s
 // waitNeeds blocks until every need of e has succeeded (ok), or returns the
 // final state to record: skipped, or cancelled because the client or the
 // pipeline went away.
-func (s *Server) waitNeeds(conn net.Conn, e *jobEntry, msgs <-chan jobIn) (ok bool, state queue.State, reason string) {
+func (s *Server) waitNeeds(conn net.Conn, e *jobEntry, msgs <-chan jobwire.In) (ok bool, state queue.State, reason string) {
 	grace := time.NewTimer(s.cfg.NeedsGrace)
 	defer grace.Stop()
 	graceOver := false
@@ -707,10 +704,10 @@ func (s *Server) waitNeeds(conn net.Conn, e *jobEntry, msgs <-chan jobIn) (ok bo
 				}
 				return false, queue.Cancelled, "the refci job process went away while waiting for its needs (was it killed?)"
 			}
-			if in.err != nil {
-				s.replyError(conn, "%v", in.err)
+			if in.Err != nil {
+				s.replyError(conn, "%v", in.Err)
 			} else {
-				s.replyError(conn, "unexpected %q: the job is waiting for its needs", in.m.Op)
+				s.replyError(conn, "unexpected %q: the job is waiting for its needs", in.Msg.Op)
 			}
 		}
 	}
@@ -778,9 +775,9 @@ func (e *jobEntry) closeLog(block bool) {
 }
 
 // jobEndResult turns an end message into the job's final state.
-func jobEndResult(m jobMsg) (queue.State, string, *int, error) {
+func jobEndResult(m jobwire.Msg) (queue.State, string, *int, error) {
 	if m.ExitCode == nil {
-		return "", "", nil, fmt.Errorf("%q needs \"exit_code\"", jobOpEnd)
+		return "", "", nil, fmt.Errorf("%q needs \"exit_code\"", jobwire.OpEnd)
 	}
 	code := *m.ExitCode
 	if code < 0 || code > 255 {

@@ -1,6 +1,6 @@
 //go:build linux
 
-package jobsock
+package jobwire
 
 // The wire protocol of $REFCI_SOCKET, version 1 (ProtocolVersion)
 //
@@ -84,7 +84,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"time"
 )
 
 // ProtocolVersion is the version of the wire protocol described at the
@@ -94,30 +93,31 @@ import (
 // not (unknown fields are ignored, unknown ops answered with "error").
 const ProtocolVersion = 1
 
+// The ops: the "op" field of each message (see the protocol above).
 const (
-	jobOpStart   = "start"
-	jobOpOutput  = "output"
-	jobOpEnd     = "end"
-	jobOpRun     = "run"
-	jobOpSkipped = "skipped"
-	jobOpError   = "error"
-	jobOpDone    = "done"
-	jobOpSecret  = "secret"
-
-	jobMaxMsg       = 1 << 20  // longest message line, both ways
-	jobReadBuf      = 64 << 10 // per-connection read buffer; longer lines are assembled up to jobMaxMsg
-	jobChunk        = 32 << 10 // output bytes per "output" message
-	jobMaxReason    = 500      // longest reason the server keeps from a client
-	jobMaxErrReply  = 1000     // longest error text in a reply
-	jobReplyTimeout = 5 * time.Second
-
-	defaultNeedsGrace = 5 * time.Second
-
-	jobReasonPipelineEnded = "the pipeline ended before the job finished"
+	OpStart   = "start"
+	OpOutput  = "output"
+	OpEnd     = "end"
+	OpRun     = "run"
+	OpSkipped = "skipped"
+	OpError   = "error"
+	OpDone    = "done"
+	OpSecret  = "secret"
 )
 
-// jobMsg is every message of the protocol, both ways.
-type jobMsg struct {
+const (
+	// MaxMsg is the longest message line, both ways.
+	MaxMsg = 1 << 20
+	// Chunk is the most output bytes a client puts in one "output"
+	// message.
+	Chunk = 32 << 10
+
+	readBuf = 64 << 10 // per-connection read buffer; longer lines are assembled up to MaxMsg
+)
+
+// Msg is every message of the protocol, both ways. Fields an op does not
+// use are empty.
+type Msg struct {
 	Op       string   `json:"op"`
 	Name     string   `json:"name,omitempty"`      // start
 	Needs    []string `json:"needs,omitempty"`     // start
@@ -128,16 +128,16 @@ type jobMsg struct {
 	Error    string   `json:"error,omitempty"`     // error
 }
 
-// jobIn is one received line: a message or why it is not one.
-type jobIn struct {
-	m   jobMsg
-	err error
+// In is one received line: a message, or (Err) why it is not one.
+type In struct {
+	Msg Msg
+	Err error
 }
 
-// readJobLine reads one '\n'-terminated line of at most max bytes. A longer
+// readLine reads one '\n'-terminated line of at most max bytes. A longer
 // line is consumed and reported with tooLong. err is the read error, if
 // any, after the line (a final line without '\n' comes with io.EOF).
-func readJobLine(br *bufio.Reader, max int) (line []byte, tooLong bool, err error) {
+func readLine(br *bufio.Reader, max int) (line []byte, tooLong bool, err error) {
 	frag, err := br.ReadSlice('\n')
 	if !errors.Is(err, bufio.ErrBufferFull) {
 		if len(frag) > max {
@@ -162,30 +162,32 @@ func readJobLine(br *bufio.Reader, max int) (line []byte, tooLong bool, err erro
 	return buf, false, err
 }
 
-func parseJobMsg(b []byte) jobIn {
-	var m jobMsg
+// Parse decodes one line (without its newline) into a message, or says
+// in In.Err why it is not one.
+func Parse(b []byte) In {
+	var m Msg
 	if err := json.Unmarshal(b, &m); err != nil {
-		return jobIn{err: fmt.Errorf("malformed message (want one JSON object per line): %v", err)}
+		return In{Err: fmt.Errorf("malformed message (want one JSON object per line): %v", err)}
 	}
 	if m.Op == "" {
-		return jobIn{err: errors.New(`malformed message: no "op"`)}
+		return In{Err: errors.New(`malformed message: no "op"`)}
 	}
-	return jobIn{m: m}
+	return In{Msg: m}
 }
 
-// readJobMsgs sends every message read from r to out until r fails, then
+// ReadMsgs sends every message read from r to out until r fails, then
 // closes out. It stops early when quit is closed.
-func readJobMsgs(r io.Reader, out chan<- jobIn, quit <-chan struct{}) {
+func ReadMsgs(r io.Reader, out chan<- In, quit <-chan struct{}) {
 	defer close(out)
-	br := bufio.NewReaderSize(r, jobReadBuf)
+	br := bufio.NewReaderSize(r, readBuf)
 	for {
-		line, tooLong, err := readJobLine(br, jobMaxMsg)
-		var in jobIn
+		line, tooLong, err := readLine(br, MaxMsg)
+		var in In
 		send := false
 		if tooLong {
-			in, send = jobIn{err: fmt.Errorf("message longer than %d bytes", jobMaxMsg)}, true
+			in, send = In{Err: fmt.Errorf("message longer than %d bytes", MaxMsg)}, true
 		} else if t := bytes.TrimSpace(line); len(t) > 0 {
-			in, send = parseJobMsg(t), true
+			in, send = Parse(t), true
 		}
 		if send {
 			select {
@@ -200,26 +202,27 @@ func readJobMsgs(r io.Reader, out chan<- jobIn, quit <-chan struct{}) {
 	}
 }
 
-func encodeJobMsg(m jobMsg) []byte {
+// Encode is m as one line of the protocol, newline included.
+func Encode(m Msg) []byte {
 	b, err := json.Marshal(m)
 	if err != nil {
-		panic(err) // jobMsg always marshals
+		panic(err) // Msg always marshals
 	}
 	return append(b, '\n')
 }
 
-// readJobReplies sends the server's messages to out until the connection
+// ReadReplies sends the server's messages to out until the connection
 // fails, then closes out. Malformed lines are dropped.
-func readJobReplies(r io.Reader, out chan<- jobMsg, quit <-chan struct{}) {
-	in := make(chan jobIn)
-	go readJobMsgs(r, in, quit)
+func ReadReplies(r io.Reader, out chan<- Msg, quit <-chan struct{}) {
+	in := make(chan In)
+	go ReadMsgs(r, in, quit)
 	defer close(out)
 	for m := range in {
-		if m.err != nil {
+		if m.Err != nil {
 			continue
 		}
 		select {
-		case out <- m.m:
+		case out <- m.Msg:
 		case <-quit:
 			return
 		}

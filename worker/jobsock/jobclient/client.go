@@ -1,6 +1,6 @@
 //go:build linux
 
-package jobsock
+package jobclient
 
 // The client: `refci job`, `refci secret`.
 
@@ -11,17 +11,35 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
-	"os/signal"
-	"runtime"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
 
-	"refci.dev/refci/queue"
+	"refci.dev/refci/queue/jobname"
+	"refci.dev/refci/worker/jobsock/jobwire"
+)
+
+var (
+	// jobOutputDrain: after CMD exits, how long `refci job` keeps reading
+	// its output pipe, which a background process CMD started may still
+	// hold open.
+	jobOutputDrain = 2 * time.Second
+	// jobPartialFlush: a partial line (no newline yet) is held back from
+	// the prefixed stdout at most this long, so that parallel jobs'
+	// lines do not interleave mid-line, yet progress output still shows.
+	jobPartialFlush = 200 * time.Millisecond
+	// jobDoneWait bounds the wait for the server's "done" after "end".
+	jobDoneWait = 30 * time.Second
+	// jobDialWait bounds how long `refci job` tries to connect to a
+	// socket whose queue is full.
+	jobDialWait = 10 * time.Second
+	// jobVerdictWait bounds the wait for the server's answer to the
+	// start of a job without needs (it answers at once; a job with needs
+	// waits as long as they run).
+	jobVerdictWait = 30 * time.Second
 )
 
 const jobUsage = `usage: refci job NAME [--needs A,B] -- CMD [ARGS...]
@@ -64,7 +82,7 @@ func parseJobArgs(args []string) (jobArgs, error) {
 			if n == "" {
 				continue
 			}
-			if err := queue.ValidateJobName(n); err != nil {
+			if err := jobname.Validate(n); err != nil {
 				return fmt.Errorf("--needs: %v", err)
 			}
 			added = true
@@ -112,7 +130,7 @@ loop:
 	if ja.name == "" {
 		return jobArgs{}, errors.New("missing job NAME")
 	}
-	if err := queue.ValidateJobName(ja.name); err != nil {
+	if err := jobname.Validate(ja.name); err != nil {
 		return jobArgs{}, err
 	}
 	if slices.Contains(ja.needs, ja.name) {
@@ -140,8 +158,10 @@ loop:
 // SIGINT and SIGTERM received while CMD runs are forwarded to it; received
 // while the job waits for its needs they end RunJobCommand (exit 128+n)
 // and the job is recorded as cancelled. RunJobCommand handles these
-// signals itself (signal.Notify for its duration), so callers should not
-// turn them into cancelling ctx.
+// signals itself (signal.Notify for its duration, from just after it
+// sent the start: a signal before that ends the process, and the job is
+// recorded as cancelled all the same), so callers should not turn them
+// into cancelling ctx.
 //
 // Cancelling ctx abandons the job: the connection is closed without an
 // end, so the server records it cancelled, and CMD is killed.
@@ -164,119 +184,6 @@ func RunJobCommand(ctx context.Context, args []string, getenv func(string) strin
 	return c.run(ctx, sock, ja)
 }
 
-type jobClient struct {
-	name           string
-	stdout, stderr io.Writer
-	conn           net.Conn
-	lost           bool // the connection failed; output is no longer sent
-}
-
-func (c *jobClient) errorf(format string, args ...any) {
-	fmt.Fprintf(c.stderr, "refci job: %s: %s\n", c.name, fmt.Sprintf(format, args...))
-}
-
-func (c *jobClient) send(m jobMsg) error {
-	if c.lost {
-		return errors.New("connection lost")
-	}
-	if _, err := c.conn.Write(encodeJobMsg(m)); err != nil {
-		c.lost = true
-		return err
-	}
-	return nil
-}
-
-func (c *jobClient) run(ctx context.Context, sock string, ja jobArgs) int {
-	d := net.Dialer{Timeout: 10 * time.Second}
-	conn, err := d.DialContext(ctx, "unix", sock)
-	if err != nil {
-		c.errorf("cannot reach refci at REFCI_SOCKET=%s: %v", sock, err)
-		return 2
-	}
-	c.conn = conn
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-
-	quit := make(chan struct{})
-	defer close(quit)
-	replies := make(chan jobMsg, 16)
-	go readJobReplies(conn, replies, quit)
-
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-
-	if err := c.send(jobMsg{Op: jobOpStart, Name: ja.name, Needs: ja.needs}); err != nil {
-		if ctx.Err() != nil {
-			return c.abandoned()
-		}
-		c.errorf("cannot talk to refci: %v", err)
-		return 2
-	}
-	var silent <-chan time.Time
-	if len(ja.needs) == 0 {
-		t := time.NewTimer(jobVerdictWait)
-		defer t.Stop()
-		silent = t.C
-	}
-	for verdict := false; !verdict; {
-		select {
-		case <-silent:
-			c.errorf("refci did not answer on REFCI_SOCKET=%s within %s; the worker is stuck, overloaded or gone (see its log). The job did not run", sock, jobVerdictWait)
-			return 2
-		case m, ok := <-replies:
-			if !ok {
-				if ctx.Err() != nil {
-					return c.abandoned()
-				}
-				c.errorf("lost the connection to refci before the job started")
-				return 2
-			}
-			switch m.Op {
-			case jobOpRun:
-				verdict = true
-			case jobOpSkipped:
-				fmt.Fprintf(c.stderr, "refci job: %s skipped: %s\n", c.name, m.Reason)
-				return 1
-			case jobOpError:
-				c.errorf("%s", m.Error)
-				return 2
-			}
-		case sig := <-sigs:
-			conn.Close()
-			c.errorf("%s while waiting for its needs; the job is recorded as cancelled", jobSignalName(sig.(syscall.Signal)))
-			return 128 + int(sig.(syscall.Signal))
-		case <-ctx.Done():
-			return c.abandoned()
-		}
-	}
-	return c.runCmd(ctx, ja.argv, replies, sigs)
-}
-
-func (c *jobClient) abandoned() int {
-	c.conn.Close()
-	c.errorf("abandoned; the job is recorded as cancelled")
-	return 1
-}
-
-// output sends raw CMD output to the server and, prefixed, to stdout.
-func (c *jobClient) output(ctx context.Context, pre *linePrefixer, b []byte) {
-	if !c.lost {
-		for rest := b; len(rest) > 0; {
-			n := min(len(rest), jobChunk)
-			if err := c.send(jobMsg{Op: jobOpOutput, Data: rest[:n]}); err != nil {
-				if ctx.Err() == nil {
-					c.errorf("lost the connection to refci (%v); the output is no longer recorded in the job log", err)
-				}
-				break
-			}
-			rest = rest[n:]
-		}
-	}
-	pre.Write(b)
-}
-
 // jobStartFailure is what a shell would say and exit with when it cannot
 // start cmd.
 func jobStartFailure(cmd string, err error) (code int, msg, reason string) {
@@ -289,166 +196,11 @@ func jobStartFailure(cmd string, err error) (code int, msg, reason string) {
 	return 126, fmt.Sprintf("refci job: %s: cannot run: %v", cmd, err), fmt.Sprintf("cannot run %s: %v", cmd, err)
 }
 
-func (c *jobClient) runCmd(ctx context.Context, argv []string, replies <-chan jobMsg, sigs <-chan os.Signal) int {
-	pre := newLinePrefixer(c.stdout, "["+c.name+"] ")
-	cmd := exec.Command(argv[0], argv[1:]...)
-	if errors.Is(cmd.Err, exec.ErrDot) {
-		cmd.Err = nil // like a shell: "." in PATH is the user's choice
-	}
-	cmd.Env = append(os.Environ(), "REFCI_JOB="+c.name)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return c.end(ctx, pre, replies, 126, "", fmt.Sprintf("cannot create a pipe: %v", err))
-	}
-	cmd.Stdout, cmd.Stderr = pw, pw
-
-	// Pdeathsig fires when the thread that started the child exits, not
-	// the process: keep this goroutine on its thread until CMD is gone.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	if err := cmd.Start(); err != nil {
-		pw.Close()
-		pr.Close()
-		code, msg, reason := jobStartFailure(argv[0], err)
-		c.output(ctx, pre, []byte(msg+"\n"))
-		return c.end(ctx, pre, replies, code, "", reason)
-	}
-	pw.Close()
-
-	readerQuit := make(chan struct{})
-	defer close(readerQuit)
-	chunks := make(chan []byte, 4)
-	go func() {
-		defer close(chunks)
-		for {
-			buf := make([]byte, jobChunk)
-			n, err := pr.Read(buf)
-			if n > 0 {
-				select {
-				case chunks <- buf[:n]:
-				case <-readerQuit:
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	defer pr.Close()
-	waitc := make(chan error, 1)
-	go func() { waitc <- cmd.Wait() }()
-
-	var (
-		exited, eof bool
-		drain       <-chan time.Time
-		flush       *time.Timer
-		flushc      <-chan time.Time
-	)
-	defer func() {
-		if flush != nil {
-			flush.Stop()
-		}
-	}()
-	for !exited || !eof {
-		select {
-		case b, ok := <-chunks:
-			if !ok {
-				eof, chunks = true, nil
-				continue
-			}
-			c.output(ctx, pre, b)
-			if pre.pending() && flushc == nil {
-				flush = time.NewTimer(jobPartialFlush)
-				flushc = flush.C
-			}
-		case <-flushc:
-			pre.Flush()
-			flushc = nil
-		case <-waitc:
-			exited = true
-			if !eof {
-				drain = time.After(jobOutputDrain)
-			}
-		case <-drain:
-			drain = nil
-			pr.Close() // ends the reader; whatever is still buffered is lost
-			c.errorf("%s exited but its output is still open (a background process?); stopped reading it", argv[0])
-		case sig := <-sigs:
-			if !exited {
-				cmd.Process.Signal(sig)
-			}
-		case m, ok := <-replies:
-			if !ok {
-				replies = nil
-				if !c.lost && ctx.Err() == nil {
-					c.errorf("lost the connection to refci; the output is no longer recorded in the job log")
-				}
-				c.lost = true
-			} else if m.Op == jobOpError {
-				c.errorf("refci: %s", m.Error)
-			}
-		case <-ctx.Done():
-			c.conn.Close()
-			if !exited {
-				cmd.Process.Kill()
-				select {
-				case <-waitc:
-				case <-time.After(5 * time.Second):
-				}
-			}
-			pre.Close()
-			return c.abandoned()
-		}
-	}
-	code, sig := jobExitStatus(cmd.ProcessState)
-	return c.end(ctx, pre, replies, code, sig, "")
-}
-
-// end reports the end of CMD and waits for the server to record it.
-func (c *jobClient) end(ctx context.Context, pre *linePrefixer, replies <-chan jobMsg, code int, sig, reason string) int {
-	pre.Close()
-	if c.lost {
-		return code
-	}
-	if err := c.send(jobMsg{Op: jobOpEnd, ExitCode: queue.IntPtr(code), Signal: sig, Reason: reason}); err != nil {
-		if ctx.Err() == nil {
-			c.errorf("could not report the end of the job to refci: %v", err)
-		}
-		return code
-	}
-	t := time.NewTimer(jobDoneWait)
-	defer t.Stop()
-	for {
-		select {
-		case m, ok := <-replies:
-			if !ok {
-				if ctx.Err() == nil {
-					c.errorf("lost the connection to refci before it recorded the end of the job")
-				}
-				return code
-			}
-			switch m.Op {
-			case jobOpDone:
-				return code
-			case jobOpError:
-				c.errorf("refci: %s", m.Error)
-			}
-		case <-t.C:
-			c.errorf("refci did not confirm the end of the job")
-			return code
-		case <-ctx.Done():
-			return code
-		}
-	}
-}
-
-func jobExitStatus(ps *os.ProcessState) (code int, sig string) {
-	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+func jobExitStatus(ws syscall.WaitStatus) (code int, sig string) {
+	if ws.Signaled() {
 		return 128 + int(ws.Signal()), jobSignalName(ws.Signal())
 	}
-	code = ps.ExitCode()
+	code = ws.ExitStatus()
 	if code < 0 || code > 255 {
 		code = 255
 	}
@@ -568,10 +320,7 @@ func secretTimedOut(stderr io.Writer, sock string, wait time.Duration) int {
 	return exitSecretTimeout
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 // RunSecretCommand is `refci secret NAME`: it asks the run's socket for
 // one value and writes it to stdout. It returns the exit code.
@@ -598,8 +347,7 @@ func RunSecretCommand(ctx context.Context, args []string, getenv func(string) st
 		wait = max(time.Until(dl), 0)
 	}
 	deadline := time.Now().Add(wait)
-	d := net.Dialer{Deadline: deadline}
-	conn, err := d.DialContext(context.WithoutCancel(ctx), "unix", sock)
+	conn, err := dial(context.WithoutCancel(ctx), sock, deadline)
 	if err != nil {
 		if isTimeout(err) {
 			return secretTimedOut(stderr, sock, wait)
@@ -609,18 +357,18 @@ func RunSecretCommand(ctx context.Context, args []string, getenv func(string) st
 	}
 	defer conn.Close()
 	conn.SetDeadline(deadline)
-	if _, err := conn.Write(encodeJobMsg(jobMsg{Op: jobOpSecret, Name: name})); err != nil {
+	if _, err := conn.Write(jobwire.Encode(jobwire.Msg{Op: jobwire.OpSecret, Name: name})); err != nil {
 		if isTimeout(err) {
 			return secretTimedOut(stderr, sock, wait)
 		}
 		fmt.Fprintf(stderr, "refci secret: cannot talk to refci: %v\n", err)
 		return 2
 	}
-	replies := make(chan jobMsg, 1)
+	replies := make(chan jobwire.Msg, 1)
 	quit := make(chan struct{})
 	defer close(quit)
-	go readJobReplies(conn, replies, quit)
-	var m jobMsg
+	go jobwire.ReadReplies(conn, replies, quit)
+	var m jobwire.Msg
 	var ok bool
 	select {
 	case m, ok = <-replies:
@@ -639,10 +387,10 @@ func RunSecretCommand(ctx context.Context, args []string, getenv func(string) st
 	case !ok:
 		fmt.Fprintln(stderr, "refci secret: lost the connection to refci before it answered")
 		return 2
-	case m.Op == jobOpError:
+	case m.Op == jobwire.OpError:
 		fmt.Fprintf(stderr, "refci secret: %s: %s\n", name, m.Error)
 		return 1
-	case m.Op != jobOpSecret:
+	case m.Op != jobwire.OpSecret:
 		fmt.Fprintf(stderr, "refci secret: unexpected answer %q from refci\n", m.Op)
 		return 2
 	}
@@ -652,3 +400,5 @@ func RunSecretCommand(ctx context.Context, args []string, getenv func(string) st
 	}
 	return 0
 }
+
+func intPtr(n int) *int { return &n }
