@@ -80,12 +80,17 @@ func (r *Repo) CopyObjects(src *Repo, tips []Hash, opt CopyOptions) (int, error)
 		if count++; count > opt.MaxObjects {
 			return 0, ErrTooMuchToCopy
 		}
-		obj, err := src.st.EncodedObject(plumbing.AnyObject, h)
+		// The size first: go-git reads a loose object whole.
+		size, err := src.st.EncodedObjectSize(h)
 		if err != nil {
 			return 0, fmt.Errorf("copy object %s: %w", h, err)
 		}
-		if total += obj.Size(); total > opt.MaxBytes {
+		if total += size; total > opt.MaxBytes {
 			return 0, ErrTooMuchToCopy
+		}
+		obj, err := src.st.EncodedObject(plumbing.AnyObject, h)
+		if err != nil {
+			return 0, fmt.Errorf("copy object %s: %w", h, err)
 		}
 		rd, err := obj.Reader()
 		if err != nil {

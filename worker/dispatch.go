@@ -35,6 +35,15 @@ var (
 	dispatchMaxBytes   int64 = 32 << 20
 )
 
+// dispatchCache is Dispatch's handle of a remote's cache.
+type dispatchCache struct {
+	repo *gitproto.Repo
+	uses int
+}
+
+// dispatchCacheUses is how many pushes a dispatchCache serves.
+const dispatchCacheUses = 256
+
 // Dispatch is Poke for a push that queued the requests names (without
 // refs/ci/requests/) on the remote with this URL. When that remote's
 // repository is on this machine and Push updates it directly, the
@@ -82,17 +91,23 @@ func (w *Worker) dispatch(stop, ctx context.Context, rem *gitproto.Remote, names
 	}
 	// The cache's handle is kept from push to push: a fresh one reads
 	// the index of every pack of the cache at the first object it lacks.
-	cache := w.dispatchCaches[rem]
-	if cache == nil {
-		if cache, err = gitproto.Open(rem.Cache); err != nil {
+	// It is opened again now and then, so that what it keeps of the
+	// objects it read (a few small ones a push) stays small.
+	dc := w.dispatchCaches[rem]
+	if dc == nil || dc.uses >= dispatchCacheUses {
+		cache, err := gitproto.Open(rem.Cache)
+		if err != nil {
 			w.log.Debug("a pushed request is left to the loop", "remote", gitproto.RedactURL(rem.URL), "why", err)
 			return false
 		}
 		if w.dispatchCaches == nil {
-			w.dispatchCaches = map[*gitproto.Remote]*gitproto.Repo{}
+			w.dispatchCaches = map[*gitproto.Remote]*dispatchCache{}
 		}
-		w.dispatchCaches[rem] = cache
+		dc = &dispatchCache{repo: cache}
+		w.dispatchCaches[rem] = dc
 	}
+	dc.uses++
+	cache := dc.repo
 	names = slices.Clone(names)
 	slices.Sort(names)
 	done := true

@@ -104,7 +104,7 @@ type Worker struct {
 	// dispatchMu makes Dispatch claim for one push at a time, and
 	// guards its handles of the remotes' caches.
 	dispatchMu     sync.Mutex
-	dispatchCaches map[*gitproto.Remote]*gitproto.Repo
+	dispatchCaches map[*gitproto.Remote]*dispatchCache
 
 	// Set by Run, for loops started later by AddRemote.
 	stop, runCtx, abort context.Context
