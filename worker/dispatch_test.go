@@ -206,3 +206,19 @@ func show(sts []*queue.Status) string {
 	}
 	return b.String()
 }
+
+// A pusher's request that is not a commit (here a tree) is claimed and
+// answered like any other: an error result that says so, nothing run.
+func TestDispatchRequestOfATree(t *testing.T) {
+	lw := newLoopWorld(t, "echo ran\n")
+	w, rem := quietWorker(t, lw)
+	lw.newRequestCommit(t, "tree")
+	tree := fixtures.Git(t, lw.clone, "rev-parse", "HEAD^{tree}")
+	fixtures.Git(t, lw.clone, "push", "-q", lw.bare, tree+":refs/ci/requests/tree")
+	w.Dispatch(rem.URL, []string{"tree"})
+	lw.waitDone(t, 2)
+	st := lw.results(t)["tree"]
+	if len(st) != 1 || st[0].State != queue.Error || !strings.Contains(st[0].Reason, "points at a tree, not a commit") {
+		t.Fatalf("results %s; want one error saying the request is a tree", show(st))
+	}
+}
