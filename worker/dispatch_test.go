@@ -2,9 +2,11 @@ package worker
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,13 +24,20 @@ import (
 // the remote, both are over.)
 func quietWorker(t *testing.T, lw *loopWorld) (*Worker, *gitproto.Remote) {
 	t.Helper()
+	return quietWorkerLease(t, lw, time.Hour)
+}
+
+// quietWorkerLease is quietWorker with another lease (renewed every
+// third of it, and the loop's tick no longer).
+func quietWorkerLease(t *testing.T, lw *loopWorld, lease time.Duration) (*Worker, *gitproto.Remote) {
+	t.Helper()
 	fixtures.Git(t, lw.clone, "push", "-q", lw.bare, "HEAD:refs/ci/requests/first")
 	rem, err := gitproto.OpenRemote(lw.bare, filepath.Join(lw.dir, "cache.git"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	w := New(Config{
-		Remotes: []*gitproto.Remote{rem}, Poll: time.Hour, Lease: time.Hour, Snapshot: time.Hour, Concurrency: 4, Grace: 5 * time.Second,
+		Remotes: []*gitproto.Remote{rem}, Poll: time.Hour, Lease: lease, Snapshot: time.Hour, Concurrency: 4, Grace: 5 * time.Second,
 		Signer: fixtures.OpenPGPIdentity(t, "Test Worker"), RefciPath: fixtures.Executable(t), TempDir: t.TempDir(),
 	})
 	startWorker(t, w)
@@ -221,4 +230,47 @@ func TestDispatchRequestOfATree(t *testing.T) {
 	if len(st) != 1 || st[0].State != queue.Error || !strings.Contains(st[0].Reason, "points at a tree, not a commit") {
 		t.Fatalf("results %s; want one error saying the request is a tree", show(st))
 	}
+}
+
+// A dispatched run outlives its lease: the loop renews the claim Dispatch
+// made (its commit is in the cache, as the renewal's parent), and the
+// run ends with its first attempt.
+func TestDispatchedClaimIsRenewed(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "gate")
+	if err := syscall.Mkfifo(gate, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lw := newLoopWorld(t, "if [ \"$REFCI_REQUEST\" = long ]; then read go < "+gate+"; fi\necho done\n")
+	w, rem := quietWorkerLease(t, lw, 3*time.Second)
+	fixtures.Git(t, lw.clone, "push", "-q", lw.bare, "HEAD:refs/ci/requests/long")
+	w.Dispatch(rem.URL, []string{"long"})
+	var first string
+	fixtures.WaitFor(t, time.Minute, "the dispatched claim", func() bool {
+		first, _ = lw.ref(t, queue.ClaimRef("long"))
+		return first != ""
+	})
+	fixtures.WaitFor(t, time.Minute, "a renewal of the dispatched claim", func() bool {
+		cur, _ := lw.ref(t, queue.ClaimRef("long"))
+		return cur != "" && cur != first && fixtures.Git(t, lw.bare, "rev-parse", cur+"^") == first
+	})
+	f, err := os.OpenFile(gate, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("go\n")
+	f.Close()
+	lw.waitDone(t, 2)
+	if st := lw.results(t)["long"]; len(st) != 1 || st[0].State != queue.Success || st[0].Attempt != 1 {
+		t.Fatalf("results %s; want one success, attempt 1", show(st))
+	}
+}
+
+// ref returns the remote's value of ref name, if it has one.
+func (lw *loopWorld) ref(t *testing.T, name string) (string, bool) {
+	t.Helper()
+	out, err := fixtures.RunGit(lw.bare, nil, nil, "rev-parse", "--verify", "-q", name)
+	if err != nil {
+		return "", false
+	}
+	return strings.TrimSpace(string(out)), true
 }
