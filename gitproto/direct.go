@@ -100,6 +100,20 @@ func (r *Remote) Direct(ctx context.Context) (bool, string) {
 	return false, r.directWhy
 }
 
+// DirectRepo opens the repository of a remote that Push updates
+// directly (see Direct), for a caller on this machine that reads and
+// writes it itself with the same rules: objects first, then refs with
+// Repo.CreateRef or Repo.UpdateRef, git's own lock-file compare-and-swap.
+// Any other remote is an error saying why not.
+func (r *Remote) DirectRepo(ctx context.Context) (*Repo, error) {
+	gitDir := r.directGitDir(ctx)
+	if gitDir == "" {
+		_, why := r.Direct(ctx)
+		return nil, fmt.Errorf("%s is not updated directly: %s", RedactURL(r.URL), why)
+	}
+	return Open(gitDir)
+}
+
 // checkDirect decides whether the remote at dir may be updated directly,
 // and says why not.
 func (r *Remote) checkDirect(ctx context.Context, dir string) (string, string) {

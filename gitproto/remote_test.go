@@ -1214,6 +1214,9 @@ func TestRemoteDirectOnlyWhenPushWouldNotDiffer(t *testing.T) {
 	if ok, why := r.Direct(context.Background()); !ok {
 		t.Fatalf("a plain local remote is not updated directly: %s", why)
 	}
+	if repo, err := r.DirectRepo(context.Background()); err != nil || repo.GitDir() != remote {
+		t.Fatalf("DirectRepo() of a plain local remote = %v, %v; want the repository %s", repo, err, remote)
+	}
 	recheck := func() {
 		r.directMu.Lock()
 		r.directAt = time.Time{}
@@ -1238,6 +1241,9 @@ func TestRemoteDirectOnlyWhenPushWouldNotDiffer(t *testing.T) {
 		recheck()
 		if ok, why := r.Direct(context.Background()); ok || !strings.Contains(why, tc.why) {
 			t.Errorf("with %s: Direct() = %v, %q", tc.why, ok, why)
+		}
+		if repo, err := r.DirectRepo(context.Background()); repo != nil || err == nil || !strings.Contains(err.Error(), tc.why) {
+			t.Errorf("with %s: DirectRepo() = %v, %v", tc.why, repo, err)
 		}
 		tc.undo()
 		if ok, _ := r.Direct(context.Background()); ok {

@@ -18,8 +18,9 @@ type receiver struct {
 	access *queue.AccessFile
 	trust  *trustStore
 	owners *ownerStore
-	// onRequest wakes a worker for a repository's directory; nil: none.
-	onRequest func(path string)
+	// onRequest wakes a worker for a repository's directory and the
+	// requests queued there; nil: none.
+	onRequest func(path string, names []string)
 	log       *slog.Logger
 }
 
@@ -59,7 +60,7 @@ func (rc *receiver) onReceive(ctx context.Context, r *sshd.Receive) string {
 		return strings.Join(msgs, "\n")
 	}
 	if rc.onRequest != nil {
-		rc.onRequest(r.Path)
+		rc.onRequest(r.Path, names)
 	}
 	note := ""
 	if trusted {

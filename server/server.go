@@ -59,9 +59,12 @@ type Config struct {
 	// OnCreate, when set, is called after a push created the repository
 	// repo (its name) at path (its directory).
 	OnCreate func(repo, path string)
-	// OnRequest, when set, is called after a push queued a request in the
-	// repository at path (its directory): a worker can look at once.
-	OnRequest func(path string)
+	// OnRequest, when set, is called after a push queued requests in the
+	// repository at path (its directory), with their names (without
+	// refs/ci/requests/): a worker can look at once. It is called from
+	// the push's post-receive hook, which waits for it: it must not
+	// block.
+	OnRequest func(path string, names []string)
 }
 
 // Paths is where a Server keeps its files, all under Root.

@@ -101,6 +101,10 @@ type Worker struct {
 	wg       sync.WaitGroup // running pipelines
 	avgRun   atomic.Int64   // moving average of run durations, in ns (0: none yet)
 	runDirs  *RunDirs       // emptied run directories, for the next runs
+	// dispatchMu makes Dispatch claim for one push at a time, and
+	// guards its handles of the remotes' caches.
+	dispatchMu     sync.Mutex
+	dispatchCaches map[*gitproto.Remote]*dispatchCache
 
 	// Set by Run, for loops started later by AddRemote.
 	stop, runCtx, abort context.Context

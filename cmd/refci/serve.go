@@ -28,7 +28,7 @@ type serveFlags struct {
 	admins, secretsAdmins, trusted                multiFlag
 	conc, maxSessions                             int
 	idle, handshake, poll                         time.Duration
-	noWorker, verbose, requireIso                 bool
+	noWorker, verbose, requireIso, directClaims   bool
 }
 
 func cmdServe(ctx context.Context, e *env, args []string) int {
@@ -45,6 +45,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	fs.DurationVar(&f.idle, "idle", 5*time.Minute, "close connections silent this long")
 	fs.DurationVar(&f.handshake, "handshake-timeout", 15*time.Second, "close connections that have not logged in this long after connecting")
 	fs.DurationVar(&f.poll, "poll", 30*time.Second, "how often the embedded worker polls without being woken")
+	fs.BoolVar(&f.directClaims, "direct-claims", true, "the embedded worker claims a pushed request at once, in the repository itself (false: its loop polls, woken by the push)")
 	fs.BoolVar(&f.noWorker, "no-worker", false, "serve git only; requests wait for workers elsewhere (refci worker --remote ssh://...)")
 	fs.Var(&f.secretsAdmins, "secrets-admin", "OpenPGP public key of a secrets admin whose signed environments the embedded worker believes (repeatable; default: your own refci key)")
 	fs.Var(&f.trusted, "trusted", "OpenPGP public key whose signed request tags or commits run trusted, besides pushes by keys with the trusted role (repeatable)")
@@ -92,7 +93,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		MaxSessions: f.maxSessions, MaxPackBytes: packBytes, IdleTimeout: f.idle, HandshakeTimeout: f.handshake,
 		HookCommand: []string{self, sshd.HookArg},
 		OnCreate:    func(name, _ string) { ew.addRepo(name) },
-		OnRequest:   func(path string) { ew.poke(path) },
+		OnRequest:   func(path string, names []string) { ew.dispatch(path, names) },
 	})
 	switch {
 	case errors.Is(err, server.ErrRoles):
@@ -194,11 +195,12 @@ func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *embe
 // and is never woken. Its methods may be called on nil (they do
 // nothing), as the server's hooks may before it is made.
 type embeddedWorker struct {
-	w     *worker.Worker
-	off   bool // --no-worker
-	paths server.Paths
-	byURL sync.Map // remote URL → *gitproto.Remote, for the secrets opener
-	log   *slog.Logger
+	w      *worker.Worker
+	off    bool // --no-worker
+	direct bool // --direct-claims
+	paths  server.Paths
+	byURL  sync.Map // remote URL → *gitproto.Remote, for the secrets opener
+	log    *slog.Logger
 }
 
 // newEmbeddedWorker makes the embedded worker; removeRuns removes the
@@ -222,7 +224,7 @@ func newEmbeddedWorker(e *env, f *serveFlags, srv *server.Server, id *secrets.Id
 		e.errorf("serve: --trusted: %v", err)
 		return nil, nil, exitUsage
 	}
-	ew = &embeddedWorker{off: f.noWorker, paths: srv.Paths(), log: logger}
+	ew = &embeddedWorker{off: f.noWorker, direct: f.directClaims, paths: srv.Paths(), log: logger}
 	opener := secretsOpener(secretsAdmins, id, func(u string) *gitproto.Remote {
 		if r, ok := ew.byURL.Load(u); ok {
 			return r.(*gitproto.Remote)
@@ -268,9 +270,15 @@ func (ew *embeddedWorker) addRepo(name string) {
 	ew.w.AddRemote(rem)
 }
 
-// poke has the worker look at the repository at path now.
-func (ew *embeddedWorker) poke(path string) {
-	if ew != nil && !ew.off {
+// dispatch has the worker take the requests names a push queued in the
+// repository at path now: with --direct-claims it claims them itself
+// (worker.Dispatch), else its loop polls at once.
+func (ew *embeddedWorker) dispatch(path string, names []string) {
+	switch {
+	case ew == nil || ew.off:
+	case ew.direct:
+		ew.w.Dispatch(path, names)
+	default:
 		ew.w.Poke(path)
 	}
 }

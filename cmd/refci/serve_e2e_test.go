@@ -465,3 +465,64 @@ func TestWorkerUsesSSHConfigAndAgent(t *testing.T) {
 		t.Errorf("the run through ssh config and agent: %+v", st)
 	}
 }
+
+// Issue 20: the embedded worker claims a pushed request from the push's
+// own hook (worker.Dispatch), not at its poll, which is an hour away
+// here; a worker on another key, claiming over SSH every 200 ms, races
+// it for the same requests, and each runs exactly once.
+func TestServeDirectClaimsRaceARemoteWorker(t *testing.T) {
+	sv := startServe(t, "--poll", "1h")
+	// Runs of 2 s: the embedded worker (2 at once) claims only as many
+	// as it has places for, and leaves the rest to the race.
+	sv.pipeline("sleep 2\necho ran\n")
+	// The first push makes the repository, whose loop polls once at
+	// start; once its request has a result, that loop looks again only
+	// in an hour.
+	sv.git("", "push", "-q", "ci", "main", "HEAD:refs/ci/requests/r0")
+	if st := sv.waitFinal("app.git", "r0", 2*time.Minute); st.State != queue.Success {
+		t.Fatalf("r0: %+v", st)
+	}
+	fixtures.WaitFor(t, time.Minute, "r0's request and claim to go", func() bool {
+		return len(fixtures.GitBytes(t, sv.bare("app.git"), "for-each-ref", "refs/ci/requests/", "refs/ci/claims/")) == 0
+	})
+	sv.git("", "commit", "-q", "--allow-empty", "-m", "one")
+	sv.git("", "push", "-q", "ci", "HEAD:refs/ci/requests/alone")
+	if st := sv.waitFinal("app.git", "alone", 2*time.Minute); st.State != queue.Success || !strings.Contains(sv.out.String(), "results signed by "+st.Worker+";") {
+		t.Fatalf("a request pushed with the poll an hour away: %+v", st)
+	}
+
+	wk := sv.keyWith("worker-r", "worker")
+	startRefci(t, sv.root, append(append([]string{}, wk.env...), "REFCI_HOME="+filepath.Join(sv.root, "remote-worker")),
+		"worker", "--remote", sv.url("app.git"), "--poll", "200ms", "--lease", "5s", "--concurrency", "4")
+	sv.git("", "commit", "-q", "--allow-empty", "-m", "two")
+	var specs, names []string
+	for i := range 8 {
+		names = append(names, fmt.Sprintf("race%d", i))
+		specs = append(specs, "HEAD:refs/ci/requests/"+names[i])
+	}
+	sv.git("", append([]string{"push", "-q", "ci"}, specs...)...)
+	for _, r := range names {
+		if st := sv.waitFinal("app.git", r, 2*time.Minute); st.State != queue.Success {
+			t.Errorf("%s: %+v", r, st)
+		}
+	}
+	fixtures.WaitFor(t, time.Minute, "every request and claim to go", func() bool {
+		return len(fixtures.GitBytes(t, sv.bare("app.git"), "for-each-ref", "refs/ci/requests/", "refs/ci/claims/")) == 0
+	})
+	runs := map[string]int{}
+	byWorker := map[string]int{}
+	for _, ref := range strings.Fields(fixtures.Git(t, sv.bare("app.git"), "for-each-ref", "--format=%(refname)", "refs/ci/runs/")) {
+		st, err := queue.DecodeStatus(fixtures.GitBytes(t, sv.bare("app.git"), "show", ref+":status.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		runs[st.Request]++
+		byWorker[st.Worker]++
+	}
+	for _, r := range names {
+		if runs[r] != 1 {
+			t.Errorf("request %s ran %d times; want exactly once", r, runs[r])
+		}
+	}
+	t.Logf("runs by worker: %v", byWorker)
+}
