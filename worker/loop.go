@@ -98,7 +98,13 @@ type Worker struct {
 	finished map[*gitproto.Remote]chan struct{} // a run ended: push its result; or a snapshot was written: push it
 	active   map[string]*activeRun              // by remote URL + request name
 	expired  map[string]seenExpired
-	wg       sync.WaitGroup // running pipelines
+	// runs counts the runs started and not yet over, under mu; once Run
+	// stops claiming, idle (when not nil) is closed as runs drops to 0.
+	// (A WaitGroup would not do: a pass that began before the stop may
+	// still start a run while Run waits, and a WaitGroup's Add at zero
+	// must not race its Wait.)
+	runs int
+	idle chan struct{}
 	avgRun   atomic.Int64   // moving average of run durations, in ns (0: none yet)
 	runDirs  *RunDirs       // emptied run directories, for the next runs
 	// dispatchMu makes Dispatch claim for one push at a time, and
@@ -207,7 +213,13 @@ func (w *Worker) Run(stop, abort context.Context) error {
 	<-stop.Done()
 	w.log.Info("stopping: claiming nothing more", "running", w.running(), "grace", w.cfg.Grace)
 	drained := make(chan struct{})
-	go func() { w.wg.Wait(); close(drained) }()
+	w.mu.Lock()
+	if w.runs == 0 {
+		close(drained)
+	} else {
+		w.idle = drained
+	}
+	w.mu.Unlock()
 	select {
 	case <-drained:
 	case <-time.After(w.cfg.Grace):
@@ -819,11 +831,10 @@ func (w *Worker) startClaimed(ctx context.Context, rem *gitproto.Remote, c queue
 	key := rem.URL + "\x00" + c.Request
 	w.mu.Lock()
 	w.active[key] = a
+	w.runs++
 	wake := w.finished[rem]
 	w.mu.Unlock()
-	w.wg.Add(1)
 	go func() {
-		defer w.wg.Done()
 		defer cancel(nil)
 		select {
 		case w.slots <- struct{}{}:
@@ -835,6 +846,10 @@ func (w *Worker) startClaimed(ctx context.Context, rem *gitproto.Remote, c queue
 		}
 		w.mu.Lock()
 		delete(w.active, key)
+		if w.runs--; w.runs == 0 && w.idle != nil {
+			close(w.idle)
+			w.idle = nil
+		}
 		w.mu.Unlock()
 		select { // push the result and claim more now, not a tick later
 		case wake <- struct{}{}:
