@@ -17,6 +17,7 @@
 package results
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sort"
@@ -151,7 +152,7 @@ func Find(repo *gitproto.Repo, arg string, warn func(format string, args ...any)
 				return r, nil
 			}
 		}
-		return Run{}, fmt.Errorf("run %s: %w here; fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'", arg, ErrNoRuns)
+		return Run{}, fmt.Errorf("run %s: %w here; fetch its commit's runs with: refci fetch COMMIT", arg, ErrNoRuns)
 	}
 	rev := arg
 	if rev == "" {
@@ -166,7 +167,7 @@ func Find(repo *gitproto.Repo, arg string, warn func(format string, args ...any)
 		return Run{}, err
 	}
 	if len(runs) == 0 {
-		return Run{}, fmt.Errorf("%s (%s): %w yet; start one with '%s', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'", rev, target.String()[:12], ErrNoRuns, strings.TrimSpace("refci run "+arg))
+		return Run{}, fmt.Errorf("%s (%s): %w yet; start one with '%s', or fetch its runs with: refci fetch%s", rev, target.String()[:12], ErrNoRuns, strings.TrimSpace("refci run "+arg), strings.TrimRight(" "+arg, " "))
 	}
 	for _, r := range runs {
 		if r.Future {
@@ -184,6 +185,73 @@ func Find(repo *gitproto.Repo, arg string, warn func(format string, args ...any)
 		return r, nil // believed, or unreadable: the caller says why
 	}
 	return Run{}, fmt.Errorf("%s (%s): %w that can be believed (see above); start one with 'refci run %s', or name a run to see it", rev, target.String()[:12], ErrNoRuns, rev)
+}
+
+// targetOf returns the commit whose runs Find looks for when given arg,
+// or "" when arg names none (a run id alone) or names nothing here.
+func targetOf(repo *gitproto.Repo, arg string) string {
+	if strings.HasPrefix(arg, queue.RunsPrefix) {
+		t, _, _ := queue.ParseRunRef(arg)
+		return t
+	}
+	if t, id, ok := strings.Cut(arg, "/"); ok && queue.ValidRunID(id) {
+		if queue.IsObjectID(t) {
+			return t
+		}
+		return ""
+	}
+	if queue.ValidRunID(arg) {
+		return ""
+	}
+	if arg == "" {
+		arg = "HEAD"
+	}
+	h, err := repo.ResolveCommit(arg)
+	if err != nil {
+		return ""
+	}
+	return h.String()
+}
+
+// FindFetching is Find in the source's repository that, when nothing
+// there matches and arg names a commit (a revision, a run ref,
+// <target>/<run-id>), fetches that commit's runs, and only those, from
+// the source's remote (FetchRuns) and looks again; with Remote "" it is
+// Find. warn is told that it fetched, or why it could not (the error is
+// then Find's). It returns the repository opened after the fetch: a Repo
+// opened before may not see the objects that came.
+func (s Source) FindFetching(ctx context.Context, arg string, warn func(format string, args ...any)) (*gitproto.Repo, Run, error) {
+	repo, err := s.Open()
+	if err != nil {
+		return nil, Run{}, err
+	}
+	var warned [][2]any
+	r, err := Find(repo, arg, func(format string, args ...any) { warned = append(warned, [2]any{format, args}) })
+	replay := func() {
+		for _, w := range warned {
+			warn(w[0].(string), w[1].([]any)...)
+		}
+	}
+	if err == nil || s.Remote == "" || !errors.Is(err, ErrNoRuns) && !errors.Is(err, gitproto.ErrNotFound) {
+		replay()
+		return repo, r, err
+	}
+	target := targetOf(repo, arg)
+	if target == "" || s.Default && !s.HasRemote(ctx) {
+		replay()
+		return repo, r, err
+	}
+	if ferr := s.FetchRuns(ctx, target); ferr != nil {
+		replay()
+		warn("could not fetch the runs of %s from %s: %v", target[:12], s.Remote, ferr)
+		return repo, r, err
+	}
+	warn("fetched the runs of %s from %s", target[:12], s.Remote)
+	if repo, err = s.Open(); err != nil {
+		return nil, Run{}, err
+	}
+	r, err = Find(repo, arg, warn)
+	return repo, r, err
 }
 
 // Listed is a run with its status, or why it could not be believed.
