@@ -294,6 +294,24 @@ func ReadAll(repo *gitproto.Repo, runs []Run) []Listed {
 	return out
 }
 
+// ReadPage is ReadAll for some of a commit's or a repository's runs (a
+// page of List's, say): the lost-worker rule is applied with every run
+// of each run's commit, also those not given, so that a run taken over by
+// an attempt outside the page is shown lost. Only the given runs' and,
+// for a run not final, its commit's statuses are read.
+func ReadPage(repo *gitproto.Repo, runs []Run) []Listed {
+	out := ReadAll(repo, runs)
+	for i, l := range out {
+		if l.Status == nil || l.Future || l.TakenOverBy != nil || l.Status.State.Final() {
+			continue
+		}
+		if _, by, ok := TakenOverBy(repo, l.Status); ok {
+			out[i].TakenOverBy = by
+		}
+	}
+	return out
+}
+
 // TakenOverBy returns the run that took the request of st over after st's
 // worker was lost (see queue.TakenOver), from the runs of st's target in
 // repo, and its status. A final run was never lost.

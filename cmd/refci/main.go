@@ -76,7 +76,7 @@ func commands() []command {
 		{"run", "[--repo DIR] [--env NAME] [--timeout DUR] [--isolate] [-q] [FLAGS] [REV]", "run .refci/run of REV (default HEAD) in a clean checkout and record a signed result", "", true, cmdRun},
 		{"status", "[--repo DIR] [--json] [--remote R] [REV|RUN]", "show the state of the latest run of REV (default HEAD), or of RUN", "", true, cmdStatus},
 		{"log", "[--repo DIR] [--job NAME] [-f] [--remote R] [REV|RUN|REQUEST]", "print the output of a run; -f follows one on a remote", "", true, cmdLog},
-		{"runs", "[--repo DIR] [--all] [REV]", "list the runs of REV (default HEAD), newest first", "", true, cmdRuns},
+		{"runs", "[--repo DIR] [--all] [-n N] [--page P] [REV]", "list the runs of REV (default HEAD), newest first, a page of 100 at a time", "", true, cmdRuns},
 		{"fetch", "[--repo DIR] [--remote R] [REV...]", "fetch the runs of REV (default HEAD), and only those, from a remote", "", true, cmdFetch},
 		{"view", "[--repo DIR] [-o DIR] [--keyring FILE]... [--open]", "write a static site of every fetched run (default .git/refci-view/) and print its path", "", true, cmdView},
 		{"verify", "[--repo DIR] [--keyring FILE]... [--key FILE] [--remote R] [REV|RUN]", "check the signatures of every commit of a run", "", true, cmdVerify},

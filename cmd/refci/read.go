@@ -100,6 +100,8 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 	fs := newFlags(e, "runs")
 	repoDir := fs.String("repo", ".", "the repository")
 	all := fs.Bool("all", false, "list the runs of every commit")
+	limit := fs.Int("n", 100, "list at most `N` runs, a page (0: all of them)")
+	page := fs.Int("page", 1, "with -n: which page to list, `P` (1: the newest)")
 	pos, code, ok := parse(e, fs, args, 1)
 	if !ok {
 		return code
@@ -118,10 +120,33 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 		}
 		target = h.String()
 	}
+	if *limit < 0 || *page < 1 {
+		return usageError(e, fs, "-n must be 0 or more and --page 1 or more")
+	}
+	// Run ids sort by start time, so the newest N are found from the ref
+	// names alone: only the page's statuses are read.
 	runs, err := results.List(repo, target)
 	if err != nil {
 		e.errorf("%v", err)
 		return exitInfra
+	}
+	total := len(runs)
+	if *limit > 0 {
+		from := min((*page-1)**limit, total)
+		to := min(from+*limit, total)
+		if from == to && total > 0 {
+			e.errorf("page %d is past the last one (%d runs, %d a page)", *page, total, *limit)
+			return exitUsage
+		}
+		runs = runs[from:to]
+		defer func() {
+			switch {
+			case to < total:
+				fmt.Fprintf(e.stderr, "refci: runs %d-%d of %d, newest first; --page %d for older ones, -n 0 for all\n", from+1, to, total, *page+1)
+			case from > 0:
+				fmt.Fprintf(e.stderr, "refci: runs %d-%d of %d, newest first (the last page)\n", from+1, to, total)
+			}
+		}()
 	}
 	if len(runs) == 0 {
 		if *all {
@@ -132,7 +157,7 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 		return exitOK
 	}
 	color := e.color(e.stdout)
-	for _, l := range results.ReadAll(repo, runs) {
+	for _, l := range results.ReadPage(repo, runs) {
 		switch {
 		case l.Err != nil:
 			fmt.Fprintf(e.stdout, "%s  %s  %s\n", l.ID, l.Target[:12], results.Problem(l.Err))

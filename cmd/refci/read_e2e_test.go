@@ -160,3 +160,51 @@ func TestReadersFetchAMissingRunOnDemand(t *testing.T) {
 		t.Errorf("bad remote: %d %q", r.code, r.stderr)
 	}
 }
+
+// refci runs lists a page at a time, newest first: the pages together are
+// the whole list (-n 0), in its order, each saying where it is.
+func TestRunsPages(t *testing.T) {
+	s := newSandbox(t)
+	s.pipeline("true\n")
+	for i := 0; i < 7; i++ {
+		s.refci("run", "-q").want(t, 0)
+		if i == 3 {
+			s.commitAll("another commit") // --all spans commits
+		}
+	}
+	all := s.refci("runs", "--all", "-n", "0").want(t, 0)
+	lines := strings.Split(strings.TrimSpace(all.stdout), "\n")
+	if len(lines) != 7 || all.stderr != "" {
+		t.Fatalf("-n 0: %q %q", all.stdout, all.stderr)
+	}
+	for i := 1; i < len(lines); i++ {
+		if lines[i-1] < lines[i] { // each line starts with the run id, which sorts by start time
+			t.Errorf("not newest first:\n%s", all.stdout)
+		}
+	}
+	var joined []string
+	for page, want := range []string{
+		"refci: runs 1-3 of 7, newest first; --page 2 for older ones, -n 0 for all\n",
+		"refci: runs 4-6 of 7, newest first; --page 3 for older ones, -n 0 for all\n",
+		"refci: runs 7-7 of 7, newest first (the last page)\n",
+	} {
+		r := s.refci("runs", "--all", "-n", "3", "--page", string(rune('1'+page))).want(t, 0)
+		if r.stderr != want {
+			t.Errorf("page %d: stderr %q, want %q", page+1, r.stderr, want)
+		}
+		joined = append(joined, strings.Split(strings.TrimSpace(r.stdout), "\n")...)
+	}
+	if strings.Join(joined, "\n") != strings.Join(lines, "\n") {
+		t.Errorf("pages:\n%s\nwant:\n%s", strings.Join(joined, "\n"), all.stdout)
+	}
+	// The default page is the newest 100; HEAD's runs alone without --all.
+	if r := s.refci("runs", "--all").want(t, 0); r.stdout != all.stdout || r.stderr != "" {
+		t.Errorf("default: %q %q", r.stdout, r.stderr)
+	}
+	if r := s.refci("runs", "-n", "2").want(t, 0); len(strings.Split(strings.TrimSpace(r.stdout), "\n")) != 2 || !strings.Contains(r.stderr, "of 3,") {
+		t.Errorf("HEAD: %q %q", r.stdout, r.stderr)
+	}
+	if r := s.refci("runs", "--all", "-n", "3", "--page", "4"); r.code != 2 || !strings.Contains(r.stderr, "page 4 is past the last one (7 runs, 3 a page)") {
+		t.Errorf("past the end: %d %q", r.code, r.stderr)
+	}
+}
