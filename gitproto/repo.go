@@ -695,13 +695,15 @@ func (r *Repo) RefHashes(names []string) (map[string]Hash, error) {
 			continue
 		}
 		if len(names) == 1 {
-			// One name: found in the file's bytes, without parsing every
-			// line (a worker's cache holds thousands of packed refs).
-			data, err := readPackedRefsFile(r.commonDir)
-			if err != nil {
+			// One name: binary-searched in a sorted file, else found in
+			// the file's bytes, without parsing every line (a worker's
+			// cache holds thousands of packed refs, a reader's 100,000
+			// runs).
+			one := map[string]Hash{}
+			if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), name, one); err != nil {
 				return nil, err
 			}
-			if h, ok := packedRefLookup(data, name); ok {
+			if h, ok := one[name]; ok {
 				out[name] = h
 			}
 			continue
