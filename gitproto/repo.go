@@ -25,6 +25,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,7 +79,10 @@ func Open(dir string) (*Repo, error) {
 	r.st = objectStore{
 		Storage: filesystem.NewStorageWithOptions(listingFS{osfs.New(r.commonDir)}, cache.NewObjectLRUDefault(), filesystem.Options{}),
 		packs:   &packWatch{objects: filepath.Join(r.commonDir, "objects"), indexed: time.Now()},
+		reader:  &packReader{dir: filepath.Join(r.commonDir, "objects", "pack")},
 	}
+	// A Repo has no Close: its packs' mappings and files go with it.
+	runtime.SetFinalizer(r.st.reader, (*packReader).reset)
 	return r, nil
 }
 
@@ -269,6 +273,9 @@ func (f listingFS) Capabilities() billy.Capability { return billy.Capabilities(f
 type objectStore struct {
 	*filesystem.Storage
 	packs *packWatch
+	// reader reads objects of packs first (packread.go); what it cannot
+	// read, go-git does.
+	reader *packReader
 }
 
 // packWatch is when a Repo's packs were last read.
@@ -283,11 +290,17 @@ type packWatch struct {
 const packRetries = 20
 
 func (s objectStore) EncodedObject(t plumbing.ObjectType, h plumbing.Hash) (obj plumbing.EncodedObject, err error) {
+	if obj, err := s.reader.object(t, h); err == nil || errors.Is(err, plumbing.ErrObjectNotFound) {
+		return obj, err
+	}
 	s.retry(func() error { obj, err = s.Storage.EncodedObject(t, h); return err })
 	return obj, err
 }
 
 func (s objectStore) HasEncodedObject(h plumbing.Hash) (err error) {
+	if _, _, ok := s.reader.find(h); ok {
+		return nil
+	}
 	s.retry(func() error { err = s.Storage.HasEncodedObject(h); return err })
 	return err
 }
@@ -319,6 +332,7 @@ func (s objectStore) retry(lookup func() error) {
 // reindex drops go-git's index of packs (read again when next needed).
 func (s objectStore) reindex() {
 	s.Storage.Reindex()
+	s.reader.reset()
 	s.packs.indexed = time.Now()
 }
 
