@@ -672,12 +672,14 @@ func (r *Repo) Refs(prefix string) ([]Ref, error) {
 	if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), prefix, packed); err != nil {
 		return nil, err
 	}
+	out := make([]Ref, 0, len(seen)+len(packed))
 	for n, h := range packed {
-		if _, ok := seen[n]; !ok { // a loose ref overrides its packed value
-			seen[n] = h
+		if lh, ok := seen[n]; ok { // a loose ref overrides its packed value
+			h = lh
+			delete(seen, n)
 		}
+		out = append(out, Ref{Name: n, Hash: h})
 	}
-	out := make([]Ref, 0, len(seen))
 	for n, h := range seen {
 		out = append(out, Ref{Name: n, Hash: h})
 	}
