@@ -205,7 +205,7 @@ func TestPackedRefsPrefixSearch(t *testing.T) {
 				}
 			}
 			got := map[string]Hash{}
-			scanPackedPrefix(data, prefix, got)
+			scanPackedPrefix(data, prefix, func(n string, h Hash) { got[n] = h })
 			if fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Fatalf("prefix %q in\n%s\ngot  %v\nwant %v", prefix, data, got, want)
 			}

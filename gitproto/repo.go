@@ -26,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -668,22 +669,30 @@ func (r *Repo) Refs(prefix string) ([]Ref, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list refs %s: %w", prefix, err)
 	}
-	packed := map[string]Hash{}
-	if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), prefix, packed); err != nil {
-		return nil, err
-	}
-	out := make([]Ref, 0, len(seen)+len(packed))
-	for n, h := range packed {
+	// The packed refs come in the file's order, sorted by name (git
+	// writes it so), and stay a slice: at 100,000 refs a map and a sort
+	// of them cost more than reading them.
+	var out []Ref
+	err = eachPackedRef(filepath.Join(r.commonDir, "packed-refs"), prefix, func(n string, h Hash) {
 		if lh, ok := seen[n]; ok { // a loose ref overrides its packed value
 			h = lh
 			delete(seen, n)
 		}
 		out = append(out, Ref{Name: n, Hash: h})
+	})
+	if err != nil {
+		return nil, err
 	}
+	sorted := len(seen) == 0
 	for n, h := range seen {
 		out = append(out, Ref{Name: n, Hash: h})
 	}
-	sortRefs(out)
+	if !sorted || !sort.SliceIsSorted(out, func(i, j int) bool { return out[i].Name < out[j].Name }) {
+		sortRefs(out)
+	}
+	if out == nil {
+		out = []Ref{}
+	}
 	return out, nil
 }
 
@@ -814,6 +823,12 @@ func readLooseRef(p string) (Hash, error) {
 // runs among 100,000 packed refs touches a few pages, not the file; any
 // other file is read line by line.
 func readPackedRefs(path, prefix string, into map[string]Hash) error {
+	return eachPackedRef(path, prefix, func(name string, h Hash) { into[name] = h })
+}
+
+// eachPackedRef calls fn with each ref of the packed-refs file at path
+// whose name starts with prefix, in the file's order (see readPackedRefs).
+func eachPackedRef(path, prefix string, fn func(name string, h Hash)) error {
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -827,7 +842,7 @@ func readPackedRefs(path, prefix string, into map[string]Hash) error {
 			if data, err := syscall.Mmap(int(f.Fd()), 0, int(fi.Size()), syscall.PROT_READ, syscall.MAP_SHARED); err == nil {
 				ok := packedSorted(data)
 				if ok {
-					scanPackedPrefix(data, prefix, into)
+					scanPackedPrefix(data, prefix, fn)
 				}
 				syscall.Munmap(data)
 				if ok {
@@ -845,7 +860,7 @@ func readPackedRefs(path, prefix string, into map[string]Hash) error {
 		}
 		hexID, name, ok := strings.Cut(line, " ")
 		if ok && strings.HasPrefix(name, prefix) && IsHash(hexID) {
-			into[name] = NewHash(hexID)
+			fn(name, NewHash(hexID))
 		}
 	}
 	return sc.Err()
@@ -874,7 +889,7 @@ func packedSorted(data []byte) bool {
 // whose name is not below prefix, then the lines from there while they
 // match. Peeled lines ("^<id>", after an annotated tag's line) are
 // skipped.
-func scanPackedPrefix(data []byte, prefix string, into map[string]Hash) {
+func scanPackedPrefix(data []byte, prefix string, fn func(name string, h Hash)) {
 	lineEnd := func(at int) int { // the index of the line's '\n', or len(data)
 		if i := bytes.IndexByte(data[at:], '\n'); i >= 0 {
 			return at + i
@@ -931,7 +946,7 @@ func scanPackedPrefix(data []byte, prefix string, into map[string]Hash) {
 			continue
 		}
 		if id := string(line[:len(line)-len(name)-1]); IsHash(id) {
-			into[string(name)] = NewHash(id)
+			fn(string(name), NewHash(id))
 		}
 	}
 }
