@@ -20,7 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -56,23 +56,26 @@ func List(repo *gitproto.Repo, target string) ([]Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	var out []Run
+	future := queue.FutureRunIDs(time.Now())
+	out := make([]Run, 0, len(refs))
 	for _, r := range refs {
 		t, id, ok := queue.ParseRunRef(r.Name)
 		if !ok {
 			continue
 		}
-		out = append(out, Run{Ref: r.Name, Target: t, ID: id, Commit: r.Hash, Future: queue.RunIDFuture(id, now)})
+		out = append(out, Run{Ref: r.Name, Target: t, ID: id, Commit: r.Hash, Future: future(id)})
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Future != out[j].Future {
-			return !out[i].Future
+	slices.SortFunc(out, func(a, b Run) int {
+		if a.Future != b.Future {
+			if a.Future {
+				return 1
+			}
+			return -1
 		}
-		if out[i].ID != out[j].ID {
-			return out[i].ID > out[j].ID
+		if c := strings.Compare(b.ID, a.ID); c != 0 {
+			return c
 		}
-		return out[i].Ref > out[j].Ref
+		return strings.Compare(b.Ref, a.Ref)
 	})
 	return out, nil
 }

@@ -24,7 +24,7 @@ import (
 	"os"
 	"path"
 	"runtime"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -295,22 +295,34 @@ func (b *Builder) Build() (Stats, error) {
 	}
 	defer root.Close()
 	man := readManifest(root, keysID(b.keys))
+	// One map lookup per run when none went (the usual build); the set of
+	// live refs is made only when some did.
 	var todo []renderJob
-	live := map[string]bool{}
+	used := map[string]bool{} // the targets with runs
+	kept := 0                 // runs of the manifest still here
 	for _, r := range runs {
-		live[r.Ref] = true
-		if old, ok := man.Runs[r.Ref]; ok && old.Commit == r.Commit.String() {
-			continue
+		used[r.Target] = true
+		old, ok := man.Runs[r.Ref]
+		if ok {
+			kept++
+			if old.Commit == r.Commit.String() {
+				continue
+			}
 		}
 		todo = append(todo, renderJob{ref: r.Ref, commit: r.Commit})
 	}
 	b.readCommits(repo, man.Commits, todo)
 	changedTargets := map[string]bool{}
 	changedRequests := map[string]bool{}
-	used := map[string]bool{}
+	var live map[string]bool
+	if kept < len(man.Runs) {
+		live = make(map[string]bool, len(runs))
+		for _, r := range runs {
+			live[r.Ref] = true
+		}
+	}
 	for ref, sum := range man.Runs {
-		if live[ref] {
-			used[sum.Target] = true
+		if live == nil || live[ref] {
 			continue
 		}
 		if target, run, ok := queue.ParseRunRef(ref); ok {
@@ -348,11 +360,6 @@ func (b *Builder) Build() (Stats, error) {
 	// attempt go away).
 	for _, d := range b.renderAll(root, lostChanged(man)) {
 		record(d)
-	}
-	for _, j := range todo {
-		if t, _, ok := queue.ParseRunRef(j.ref); ok {
-			used[t] = true
-		}
 	}
 	for c := range man.Commits {
 		if !used[c] {
@@ -646,23 +653,23 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 // when its fingerprint (the hashes of its runs' summaries, and its
 // links) changed, or when it is missing.
 func (b *Builder) writeLists(root *os.Root, man *manifest, hashes map[string]uint64, targets, requests map[string]bool) error {
-	now := time.Now()
+	future := queue.FutureRunIDs(time.Now())
 	// Sorted by pointer: swapping summaries themselves costs more than
 	// the comparisons at 100,000 runs.
 	vals := make([]render.RunSummary, 0, len(man.Runs))
 	for _, s := range man.Runs {
-		s.NotLatest = queue.RunIDFuture(s.Run, now)
+		s.NotLatest = future(s.Run)
 		vals = append(vals, s)
 	}
 	ptrs := make([]*render.RunSummary, len(vals))
 	for i := range vals {
 		ptrs[i] = &vals[i]
 	}
-	sort.Slice(ptrs, func(i, j int) bool {
-		if ptrs[i].Run != ptrs[j].Run {
-			return ptrs[i].Run > ptrs[j].Run
+	slices.SortFunc(ptrs, func(a, b *render.RunSummary) int {
+		if c := strings.Compare(b.Run, a.Run); c != 0 {
+			return c
 		}
-		return ptrs[i].Ref > ptrs[j].Ref
+		return strings.Compare(b.Ref, a.Ref)
 	})
 	all := make([]render.RunSummary, len(ptrs))
 	for i, p := range ptrs {

@@ -3,9 +3,8 @@ package site
 import (
 	"encoding/binary"
 	"errors"
-	"hash/fnv"
+	"hash/crc32"
 	"regexp"
-	"sort"
 	"time"
 
 	"refci.dev/refci/queue"
@@ -32,6 +31,8 @@ const runsMagic = "refci site runs 1\n"
 var runsFileName = regexp.MustCompile(`^manifest-runs-[a-z0-9]{1,16}\.bin$`)
 
 var errRunsFile = errors.New("the manifest's runs file is damaged")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 type encoder struct{ b []byte }
 
@@ -150,35 +151,25 @@ func (d *decoder) summary() render.RunSummary {
 }
 
 // encodeRuns encodes the runs and commits of man, and returns each run's
-// hash (FNV-1a of its encoding), by run ref: what a list page is made of.
+// hash (of its encoding), by run ref: what a list page is made of.
 func encodeRuns(man *manifest) ([]byte, map[string]uint64) {
-	refs := make([]string, 0, len(man.Runs))
-	for ref := range man.Runs {
-		refs = append(refs, ref)
-	}
-	sort.Strings(refs)
-	e := &encoder{b: make([]byte, 0, len(refs)*400+1024)}
+	// In the maps' order: the file need not be sorted, and sorting
+	// 100,000 refs costs more than writing them.
+	e := &encoder{b: make([]byte, 0, len(man.Runs)*400+1024)}
 	e.b = append(e.b, runsMagic...)
-	e.num(int64(len(refs)))
-	hashes := make(map[string]uint64, len(refs))
-	h := fnv.New64a()
-	for _, ref := range refs {
-		s := man.Runs[ref]
+	e.num(int64(len(man.Runs)))
+	hashes := make(map[string]uint64, len(man.Runs))
+	for ref, s := range man.Runs {
 		s.Ref = ref // the key is what the site holds (format 4 may lack it)
 		at := len(e.b)
 		e.summary(&s)
-		h.Reset()
-		h.Write(e.b[at:])
-		hashes[ref] = h.Sum64()
+		sum := e.b[at:]
+		// CRC-32C (in hardware) of each half: a run's hash for its pages'
+		// fingerprints, 30 MB at 100,000 runs.
+		hashes[ref] = uint64(crc32.Checksum(sum[:len(sum)/2], castagnoli))<<32 | uint64(crc32.Checksum(sum[len(sum)/2:], castagnoli))
 	}
-	ids := make([]string, 0, len(man.Commits))
-	for id := range man.Commits {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	e.num(int64(len(ids)))
-	for _, id := range ids {
-		c := man.Commits[id]
+	e.num(int64(len(man.Commits)))
+	for id, c := range man.Commits {
 		e.str(id)
 		e.str(c.Subject)
 		e.str(c.Author)
