@@ -378,8 +378,16 @@ func (b *Builder) Build() (Stats, error) {
 		st.Took = time.Since(start)
 		return st, nil
 	}
+	// The lists' order is List's (newest first), but for runs dated in
+	// the future, which List puts last: then it is sorted again.
+	order := make([]string, 0, len(runs))
+	sorted := true
+	for _, r := range runs {
+		order = append(order, r.Ref)
+		sorted = sorted && !r.Future
+	}
 	encoded, hashes := encodeRuns(&man)
-	if err := b.writeLists(root, &man, hashes, changedTargets, changedRequests); err != nil {
+	if err := b.writeLists(root, &man, order, sorted, hashes, changedTargets, changedRequests); err != nil {
 		return st, b.explain(err)
 	}
 	if err := writeManifest(root, &man, encoded); err != nil {
@@ -652,28 +660,29 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 // page, and a page's address keeps its runs: a page is written only
 // when its fingerprint (the hashes of its runs' summaries, and its
 // links) changed, or when it is missing.
-func (b *Builder) writeLists(root *os.Root, man *manifest, hashes map[string]uint64, targets, requests map[string]bool) error {
-	future := queue.FutureRunIDs(time.Now())
-	// Sorted by pointer: swapping summaries themselves costs more than
-	// the comparisons at 100,000 runs.
-	vals := make([]render.RunSummary, 0, len(man.Runs))
-	for _, s := range man.Runs {
-		s.NotLatest = future(s.Run)
-		vals = append(vals, s)
-	}
-	ptrs := make([]*render.RunSummary, len(vals))
-	for i := range vals {
-		ptrs[i] = &vals[i]
-	}
-	slices.SortFunc(ptrs, func(a, b *render.RunSummary) int {
-		if c := strings.Compare(b.Run, a.Run); c != 0 {
-			return c
+func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorted bool, hashes map[string]uint64, targets, requests map[string]bool) error {
+	now := time.Now()
+	sec := now.UTC().Format("20060102T150405")
+	// order holds every run ref, newest first when sorted; a run of the
+	// manifest not in it (none, but for a render that failed) is left out.
+	all := make([]render.RunSummary, 0, len(man.Runs))
+	for _, ref := range order {
+		s, ok := man.Runs[ref]
+		if !ok {
+			continue
 		}
-		return strings.Compare(b.Ref, a.Ref)
-	})
-	all := make([]render.RunSummary, len(ptrs))
-	for i, p := range ptrs {
-		all[i] = *p
+		// One comparison for a run not after now's second (its id is
+		// valid: it comes from its ref), else the full rule.
+		s.NotLatest = len(s.Run) < 15 || s.Run[:15] > sec && queue.RunIDFuture(s.Run, now)
+		all = append(all, s)
+	}
+	if !sorted {
+		slices.SortFunc(all, func(a, b render.RunSummary) int {
+			if c := strings.Compare(b.Run, a.Run); c != 0 {
+				return c
+			}
+			return strings.Compare(b.Ref, a.Ref)
+		})
 	}
 	byState := map[queue.State][]render.RunSummary{}
 	byTarget := map[string][]render.RunSummary{}
