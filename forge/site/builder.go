@@ -684,7 +684,14 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 			return strings.Compare(b.Ref, a.Ref)
 		})
 	}
-	byState := map[queue.State][]render.RunSummary{}
+	counts := map[queue.State]int{}
+	for i := range all {
+		counts[all[i].State]++
+	}
+	byState := make(map[queue.State][]render.RunSummary, len(counts))
+	for state, n := range counts {
+		byState[state] = make([]render.RunSummary, 0, n) // grown once: 100,000 summaries are 30 MB
+	}
 	byTarget := map[string][]render.RunSummary{}
 	latest := map[string]render.RunSummary{}
 	hasRuns := map[string]bool{}
