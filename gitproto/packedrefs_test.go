@@ -1,9 +1,13 @@
 package gitproto
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -156,6 +160,70 @@ func TestPackedRefLookupAndConflict(t *testing.T) {
 	} {
 		if got := packedRefConflict(b, name); got != want {
 			t.Errorf("packedRefConflict(%s) = %q, want %q", name, got, want)
+		}
+	}
+}
+
+// A sorted packed-refs file is binary-searched for a prefix: the refs
+// found are those a line-by-line read finds, for every prefix (each
+// ref's name, its leading parts, names between refs, before the first
+// and after the last), with peeled lines anywhere, and an unsorted file
+// is read line by line.
+func TestPackedRefsPrefixSearch(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(7, 9))
+	for round := 0; round < 40; round++ {
+		n := rng.IntN(60)
+		names := map[string]bool{}
+		for len(names) < n {
+			names[fmt.Sprintf("refs/%s/%x/%d", []string{"ci/runs", "ci/requests", "heads", "tags", "ci/runsX"}[rng.IntN(5)], rng.IntN(8), rng.IntN(20))] = true
+		}
+		sorted := make([]string, 0, n)
+		for name := range names {
+			sorted = append(sorted, name)
+		}
+		sort.Strings(sorted)
+		var b strings.Builder
+		b.WriteString("# pack-refs with: peeled fully-peeled sorted \n")
+		for i, name := range sorted {
+			fmt.Fprintf(&b, "%040x %s\n", i+1, name)
+			if rng.IntN(4) == 0 {
+				fmt.Fprintf(&b, "^%040x\n", 1000+i)
+			}
+		}
+		data := []byte(b.String())
+		dir := t.TempDir()
+		prefixes := []string{"refs/", "refs/ci/runs/", "refs/ci/runs", "a", "refs/zzz", "refs/ci/runs/3/", "refs/ci/runs/3/1"}
+		for _, name := range sorted {
+			prefixes = append(prefixes, name, name[:rng.IntN(len(name))+1], name+"0")
+		}
+		for _, prefix := range prefixes {
+			want := map[string]Hash{}
+			for i, name := range sorted {
+				if strings.HasPrefix(name, prefix) {
+					want[name] = NewHash(fmt.Sprintf("%040x", i+1))
+				}
+			}
+			got := map[string]Hash{}
+			scanPackedPrefix(data, prefix, func(n string, h Hash) { got[n] = h })
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("prefix %q in\n%s\ngot  %v\nwant %v", prefix, data, got, want)
+			}
+			// Through the file, sorted and not.
+			for _, header := range []string{"", "# pack-refs with: peeled \n"} {
+				file := data
+				if header != "" {
+					file = append([]byte(header), data[bytes.IndexByte(data, '\n')+1:]...)
+				}
+				p := filepath.Join(dir, "packed-refs")
+				if err := os.WriteFile(p, file, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				got := map[string]Hash{}
+				if err := readPackedRefs(p, prefix, got); err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+					t.Fatalf("readPackedRefs(%q) with header %q = %v, %v; want %v", prefix, header, got, err, want)
+				}
+			}
 		}
 	}
 }

@@ -25,6 +25,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,7 +80,10 @@ func Open(dir string) (*Repo, error) {
 	r.st = objectStore{
 		Storage: filesystem.NewStorageWithOptions(listingFS{osfs.New(r.commonDir)}, cache.NewObjectLRUDefault(), filesystem.Options{}),
 		packs:   &packWatch{objects: filepath.Join(r.commonDir, "objects"), indexed: time.Now()},
+		reader:  &packReader{dir: filepath.Join(r.commonDir, "objects", "pack")},
 	}
+	// A Repo has no Close: its packs' mappings and files go with it.
+	runtime.SetFinalizer(r.st.reader, (*packReader).reset)
 	return r, nil
 }
 
@@ -269,6 +274,9 @@ func (f listingFS) Capabilities() billy.Capability { return billy.Capabilities(f
 type objectStore struct {
 	*filesystem.Storage
 	packs *packWatch
+	// reader reads objects of packs first (packread.go); what it cannot
+	// read, go-git does.
+	reader *packReader
 }
 
 // packWatch is when a Repo's packs were last read.
@@ -283,11 +291,17 @@ type packWatch struct {
 const packRetries = 20
 
 func (s objectStore) EncodedObject(t plumbing.ObjectType, h plumbing.Hash) (obj plumbing.EncodedObject, err error) {
+	if obj, err := s.reader.object(t, h); err == nil || errors.Is(err, plumbing.ErrObjectNotFound) {
+		return obj, err
+	}
 	s.retry(func() error { obj, err = s.Storage.EncodedObject(t, h); return err })
 	return obj, err
 }
 
 func (s objectStore) HasEncodedObject(h plumbing.Hash) (err error) {
+	if _, _, ok := s.reader.find(h); ok {
+		return nil
+	}
 	s.retry(func() error { err = s.Storage.HasEncodedObject(h); return err })
 	return err
 }
@@ -319,6 +333,7 @@ func (s objectStore) retry(lookup func() error) {
 // reindex drops go-git's index of packs (read again when next needed).
 func (s objectStore) reindex() {
 	s.Storage.Reindex()
+	s.reader.reset()
 	s.packs.indexed = time.Now()
 }
 
@@ -654,20 +669,30 @@ func (r *Repo) Refs(prefix string) ([]Ref, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list refs %s: %w", prefix, err)
 	}
-	packed := map[string]Hash{}
-	if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), prefix, packed); err != nil {
+	// The packed refs come in the file's order, sorted by name (git
+	// writes it so), and stay a slice: at 100,000 refs a map and a sort
+	// of them cost more than reading them.
+	var out []Ref
+	err = eachPackedRef(filepath.Join(r.commonDir, "packed-refs"), prefix, func(n string, h Hash) {
+		if lh, ok := seen[n]; ok { // a loose ref overrides its packed value
+			h = lh
+			delete(seen, n)
+		}
+		out = append(out, Ref{Name: n, Hash: h})
+	})
+	if err != nil {
 		return nil, err
 	}
-	for n, h := range packed {
-		if _, ok := seen[n]; !ok { // a loose ref overrides its packed value
-			seen[n] = h
-		}
-	}
-	out := make([]Ref, 0, len(seen))
+	sorted := len(seen) == 0
 	for n, h := range seen {
 		out = append(out, Ref{Name: n, Hash: h})
 	}
-	sortRefs(out)
+	if !sorted || !sort.SliceIsSorted(out, func(i, j int) bool { return out[i].Name < out[j].Name }) {
+		sortRefs(out)
+	}
+	if out == nil {
+		out = []Ref{}
+	}
 	return out, nil
 }
 
@@ -695,13 +720,15 @@ func (r *Repo) RefHashes(names []string) (map[string]Hash, error) {
 			continue
 		}
 		if len(names) == 1 {
-			// One name: found in the file's bytes, without parsing every
-			// line (a worker's cache holds thousands of packed refs).
-			data, err := readPackedRefsFile(r.commonDir)
-			if err != nil {
+			// One name: binary-searched in a sorted file, else found in
+			// the file's bytes, without parsing every line (a worker's
+			// cache holds thousands of packed refs, a reader's 100,000
+			// runs).
+			one := map[string]Hash{}
+			if err := readPackedRefs(filepath.Join(r.commonDir, "packed-refs"), name, one); err != nil {
 				return nil, err
 			}
-			if h, ok := packedRefLookup(data, name); ok {
+			if h, ok := one[name]; ok {
 				out[name] = h
 			}
 			continue
@@ -789,7 +816,19 @@ func readLooseRef(p string) (Hash, error) {
 	return NewHash(s), nil
 }
 
+// readPackedRefs adds the refs of the packed-refs file at path whose names
+// start with prefix to into. A file that says it is sorted (git's
+// "sorted" trait, which git and refci always write) is mapped and
+// binary-searched for the first such ref, so that reading one commit's
+// runs among 100,000 packed refs touches a few pages, not the file; any
+// other file is read line by line.
 func readPackedRefs(path, prefix string, into map[string]Hash) error {
+	return eachPackedRef(path, prefix, func(name string, h Hash) { into[name] = h })
+}
+
+// eachPackedRef calls fn with each ref of the packed-refs file at path
+// whose name starts with prefix, in the file's order (see readPackedRefs).
+func eachPackedRef(path, prefix string, fn func(name string, h Hash)) error {
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -798,6 +837,20 @@ func readPackedRefs(path, prefix string, into map[string]Hash) error {
 		return err
 	}
 	defer f.Close()
+	if prefix != "" {
+		if fi, err := f.Stat(); err == nil && fi.Size() > 0 && fi.Size() < 1<<40 {
+			if data, err := syscall.Mmap(int(f.Fd()), 0, int(fi.Size()), syscall.PROT_READ, syscall.MAP_SHARED); err == nil {
+				ok := packedSorted(data)
+				if ok {
+					scanPackedPrefix(data, prefix, fn)
+				}
+				syscall.Munmap(data)
+				if ok {
+					return nil
+				}
+			}
+		}
+	}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
@@ -807,10 +860,95 @@ func readPackedRefs(path, prefix string, into map[string]Hash) error {
 		}
 		hexID, name, ok := strings.Cut(line, " ")
 		if ok && strings.HasPrefix(name, prefix) && IsHash(hexID) {
-			into[name] = NewHash(hexID)
+			fn(name, NewHash(hexID))
 		}
 	}
 	return sc.Err()
+}
+
+// packedSorted reports whether the bytes of a packed-refs file say, in
+// their header line, that the refs are sorted by name.
+func packedSorted(data []byte) bool {
+	if !bytes.HasPrefix(data, []byte("# pack-refs with:")) {
+		return false
+	}
+	end := bytes.IndexByte(data, '\n')
+	if end < 0 {
+		return false
+	}
+	for _, trait := range strings.Fields(string(data[len("# pack-refs with:"):end])) {
+		if trait == "sorted" {
+			return true
+		}
+	}
+	return false
+}
+
+// scanPackedPrefix adds the refs whose names start with prefix from the
+// bytes of a sorted packed-refs file: a binary search for the first line
+// whose name is not below prefix, then the lines from there while they
+// match. Peeled lines ("^<id>", after an annotated tag's line) are
+// skipped.
+func scanPackedPrefix(data []byte, prefix string, fn func(name string, h Hash)) {
+	lineEnd := func(at int) int { // the index of the line's '\n', or len(data)
+		if i := bytes.IndexByte(data[at:], '\n'); i >= 0 {
+			return at + i
+		}
+		return len(data)
+	}
+	nameOf := func(line []byte) []byte {
+		if i := bytes.IndexByte(line, ' '); i >= 0 {
+			return line[i+1:]
+		}
+		return nil
+	}
+	// lo and hi are always the starts of ref lines (or len(data)): every
+	// ref before lo is below prefix, every ref from hi on is not.
+	skipPeeled := func(at int) int {
+		for at < len(data) && data[at] == '^' {
+			at = lineEnd(at) + 1
+		}
+		return min(at, len(data))
+	}
+	lo, hi := skipPeeled(lineEnd(0)+1), len(data) // past the header
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		rec := bytes.LastIndexByte(data[:mid+1], '\n') + 1 // the start of mid's line
+		if rec < lo {
+			rec = lo
+		}
+		if data[rec] == '^' { // a peeled line belongs to the ref line before it
+			if prev := bytes.LastIndexByte(data[:rec-1], '\n') + 1; prev >= lo {
+				rec = prev
+			} else {
+				rec = lo
+			}
+		}
+		end := lineEnd(rec)
+		if string(nameOf(data[rec:end])) < prefix {
+			lo = min(skipPeeled(end+1), hi)
+		} else {
+			hi = rec
+		}
+	}
+	for at := lo; at < len(data); {
+		end := lineEnd(at)
+		line := data[at:end]
+		at = end + 1
+		if len(line) == 0 || line[0] == '^' || line[0] == '#' {
+			continue
+		}
+		name := nameOf(line)
+		if !bytes.HasPrefix(name, []byte(prefix)) {
+			if string(name) > prefix {
+				break
+			}
+			continue
+		}
+		if id := string(line[:len(line)-len(name)-1]); IsHash(id) {
+			fn(string(name), NewHash(id))
+		}
+	}
 }
 
 // resolveRef follows a ref (HEAD, or a name under refs/) through symbolic

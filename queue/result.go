@@ -135,6 +135,19 @@ func RunIDFuture(id string, now time.Time) bool {
 	return !ok || t.After(now.Add(ClockSkew))
 }
 
+// FutureRunIDs is RunIDFuture with now fixed, for many ids: an id dated
+// no later than now's second (within ClockSkew of now) is answered by
+// comparing its first 15 bytes, without parsing its time.
+func FutureRunIDs(now time.Time) func(id string) bool {
+	sec := now.UTC().Format("20060102T150405")
+	return func(id string) bool {
+		if len(id) >= 15 && id[:15] <= sec && ValidRunID(id) {
+			return false
+		}
+		return RunIDFuture(id, now)
+	}
+}
+
 // Validate checks every value of s that a reader may turn into a path, a
 // file name, a URL or a ref: target, run, request, previous run, worker,
 // env, secrets commit, job names, their needs and log paths, artifact

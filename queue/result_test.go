@@ -174,3 +174,19 @@ func TestClaimValidate(t *testing.T) {
 		}
 	}
 }
+
+// FutureRunIDs answers as RunIDFuture does, for ids before, at and after
+// now's second, within and beyond the clock skew, and invalid ones.
+func TestFutureRunIDsAgreesWithRunIDFuture(t *testing.T) {
+	now := time.Date(2026, 11, 22, 9, 30, 0, 500_000_000, time.UTC)
+	future := FutureRunIDs(now)
+	ids := []string{"not-a-run-id", "20261122T093000Z", "20261122T0930000.1Z-abcdef"}
+	for _, d := range []time.Duration{-time.Hour, -time.Second, -time.Millisecond, 0, 400 * time.Millisecond, time.Second, ClockSkew - time.Millisecond, ClockSkew, ClockSkew + 600*time.Millisecond, ClockSkew + 2*time.Second, 24 * time.Hour} {
+		ids = append(ids, NewRunID(now.Add(d)))
+	}
+	for _, id := range ids {
+		if got, want := future(id), RunIDFuture(id, now); got != want {
+			t.Errorf("%s: FutureRunIDs says %v, RunIDFuture %v", id, got, want)
+		}
+	}
+}

@@ -133,6 +133,17 @@ type ListPage struct {
 	// Commit, for a commit's history page: the commit. The page then
 	// says since when the newest state holds ("failure since ...").
 	Commit string
+	// All, when Runs is one page of a longer list, is the whole list,
+	// newest first: the latest of each request is found in it. nil: Runs
+	// is the whole list.
+	All []RunSummary
+	// Page, for a page of an older part of a list, is its number: such a
+	// page shows its runs without the latest of each request. 0: the
+	// list's front page.
+	Page int
+	// Newer and Older link the pages of a paginated list (relative to
+	// Root; "" for none), and PageNote says which runs this page holds.
+	Newer, Older, PageNote string
 }
 
 //go:embed list.tmpl
@@ -162,11 +173,15 @@ func List(p ListPage) ([]byte, error) {
 	var rows []row
 	streak := ""
 	requests, branches := map[string]bool{}, map[string]bool{}
-	for i, r := range p.Runs {
+	mkRow := func(r RunSummary) row {
 		r.Request, r.TargetRef, r.Run = Safe(r.Request), Safe(r.TargetRef), Safe(r.Run)
 		r.Verdict.Why, r.Verdict.By = oneLine(r.Verdict.Why), oneLine(r.Verdict.By)
 		r.Subject, r.Author = capText(oneLine(r.Subject), 200), capText(oneLine(r.Author), 100)
-		rw := row{RunSummary: r, Short: shortID(r.Target), Branch: r.TargetRef, Root: p.Root}
+		return row{RunSummary: r, Short: shortID(r.Target), Branch: r.TargetRef, Root: p.Root}
+	}
+	for i, r := range p.Runs {
+		rw := mkRow(r)
+		r = rw.RunSummary
 		// Since when: in a history (one commit or request), the oldest run
 		// of the newest streak of the same state, among the runs that may
 		// be the latest.
@@ -198,18 +213,23 @@ func List(p ListPage) ([]byte, error) {
 		Runs  int
 	}
 	var summary []reqRow
-	if p.Commit == "" {
+	if p.Commit == "" && p.Page == 0 {
+		all := p.All
+		if all == nil {
+			all = p.Runs
+		}
 		at := map[string]int{}
-		for _, rw := range rows {
-			if !rw.latestCandidate() {
+		for _, r := range all {
+			if !r.latestCandidate() {
 				continue
 			}
-			i, seen := at[rw.Request]
+			i, seen := at[r.Request]
 			if !seen {
-				at[rw.Request] = len(summary)
-				summary = append(summary, reqRow{row: rw, Since: rw.Started, Runs: 1})
+				at[r.Request] = len(summary)
+				summary = append(summary, reqRow{row: mkRow(r), Since: r.Started, Runs: 1})
 				continue
 			}
+			rw := r
 			if sr := &summary[i]; sr.Runs > 0 && rw.State == sr.State {
 				sr.Since, sr.Runs = rw.Started, sr.Runs+1
 			} else if sr.Runs > 0 {

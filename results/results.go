@@ -17,9 +17,10 @@
 package results
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -55,23 +56,26 @@ func List(repo *gitproto.Repo, target string) ([]Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	var out []Run
+	future := queue.FutureRunIDs(time.Now())
+	out := make([]Run, 0, len(refs))
 	for _, r := range refs {
 		t, id, ok := queue.ParseRunRef(r.Name)
 		if !ok {
 			continue
 		}
-		out = append(out, Run{Ref: r.Name, Target: t, ID: id, Commit: r.Hash, Future: queue.RunIDFuture(id, now)})
+		out = append(out, Run{Ref: r.Name, Target: t, ID: id, Commit: r.Hash, Future: future(id)})
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Future != out[j].Future {
-			return !out[i].Future
+	slices.SortFunc(out, func(a, b Run) int {
+		if a.Future != b.Future {
+			if a.Future {
+				return 1
+			}
+			return -1
 		}
-		if out[i].ID != out[j].ID {
-			return out[i].ID > out[j].ID
+		if c := strings.Compare(b.ID, a.ID); c != 0 {
+			return c
 		}
-		return out[i].Ref > out[j].Ref
+		return strings.Compare(b.Ref, a.Ref)
 	})
 	return out, nil
 }
@@ -151,7 +155,7 @@ func Find(repo *gitproto.Repo, arg string, warn func(format string, args ...any)
 				return r, nil
 			}
 		}
-		return Run{}, fmt.Errorf("run %s: %w here; fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'", arg, ErrNoRuns)
+		return Run{}, fmt.Errorf("run %s: %w here; fetch its commit's runs with: refci fetch COMMIT", arg, ErrNoRuns)
 	}
 	rev := arg
 	if rev == "" {
@@ -166,7 +170,7 @@ func Find(repo *gitproto.Repo, arg string, warn func(format string, args ...any)
 		return Run{}, err
 	}
 	if len(runs) == 0 {
-		return Run{}, fmt.Errorf("%s (%s): %w yet; start one with '%s', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'", rev, target.String()[:12], ErrNoRuns, strings.TrimSpace("refci run "+arg))
+		return Run{}, fmt.Errorf("%s (%s): %w yet; start one with '%s', or fetch its runs with: refci fetch%s", rev, target.String()[:12], ErrNoRuns, strings.TrimSpace("refci run "+arg), strings.TrimRight(" "+arg, " "))
 	}
 	for _, r := range runs {
 		if r.Future {
@@ -184,6 +188,73 @@ func Find(repo *gitproto.Repo, arg string, warn func(format string, args ...any)
 		return r, nil // believed, or unreadable: the caller says why
 	}
 	return Run{}, fmt.Errorf("%s (%s): %w that can be believed (see above); start one with 'refci run %s', or name a run to see it", rev, target.String()[:12], ErrNoRuns, rev)
+}
+
+// targetOf returns the commit whose runs Find looks for when given arg,
+// or "" when arg names none (a run id alone) or names nothing here.
+func targetOf(repo *gitproto.Repo, arg string) string {
+	if strings.HasPrefix(arg, queue.RunsPrefix) {
+		t, _, _ := queue.ParseRunRef(arg)
+		return t
+	}
+	if t, id, ok := strings.Cut(arg, "/"); ok && queue.ValidRunID(id) {
+		if queue.IsObjectID(t) {
+			return t
+		}
+		return ""
+	}
+	if queue.ValidRunID(arg) {
+		return ""
+	}
+	if arg == "" {
+		arg = "HEAD"
+	}
+	h, err := repo.ResolveCommit(arg)
+	if err != nil {
+		return ""
+	}
+	return h.String()
+}
+
+// FindFetching is Find in the source's repository that, when nothing
+// there matches and arg names a commit (a revision, a run ref,
+// <target>/<run-id>), fetches that commit's runs, and only those, from
+// the source's remote (FetchRuns) and looks again; with Remote "" it is
+// Find. warn is told that it fetched, or why it could not (the error is
+// then Find's). It returns the repository opened after the fetch: a Repo
+// opened before may not see the objects that came.
+func (s Source) FindFetching(ctx context.Context, arg string, warn func(format string, args ...any)) (*gitproto.Repo, Run, error) {
+	repo, err := s.Open()
+	if err != nil {
+		return nil, Run{}, err
+	}
+	var warned [][2]any
+	r, err := Find(repo, arg, func(format string, args ...any) { warned = append(warned, [2]any{format, args}) })
+	replay := func() {
+		for _, w := range warned {
+			warn(w[0].(string), w[1].([]any)...)
+		}
+	}
+	if err == nil || s.Remote == "" || !errors.Is(err, ErrNoRuns) && !errors.Is(err, gitproto.ErrNotFound) {
+		replay()
+		return repo, r, err
+	}
+	target := targetOf(repo, arg)
+	if target == "" || s.Default && !s.HasRemote(ctx) {
+		replay()
+		return repo, r, err
+	}
+	if ferr := s.FetchRuns(ctx, target); ferr != nil {
+		replay()
+		warn("could not fetch the runs of %s from %s: %v", target[:12], s.Remote, ferr)
+		return repo, r, err
+	}
+	warn("fetched the runs of %s from %s", target[:12], s.Remote)
+	if repo, err = s.Open(); err != nil {
+		return nil, Run{}, err
+	}
+	r, err = Find(repo, arg, warn)
+	return repo, r, err
 }
 
 // Listed is a run with its status, or why it could not be believed.
@@ -221,6 +292,24 @@ func ReadAll(repo *gitproto.Repo, runs []Run) []Listed {
 	for i := range out {
 		if st := out[i].Status; st != nil && !out[i].Future {
 			out[i].TakenOverBy = lost[queue.RunRef(st.Target, st.Run)]
+		}
+	}
+	return out
+}
+
+// ReadPage is ReadAll for some of a commit's or a repository's runs (a
+// page of List's, say): the lost-worker rule is applied with every run
+// of each run's commit, also those not given, so that a run taken over by
+// an attempt outside the page is shown lost. Only the given runs' and,
+// for a run not final, its commit's statuses are read.
+func ReadPage(repo *gitproto.Repo, runs []Run) []Listed {
+	out := ReadAll(repo, runs)
+	for i, l := range out {
+		if l.Status == nil || l.Future || l.TakenOverBy != nil || l.Status.State.Final() {
+			continue
+		}
+		if _, by, ok := TakenOverBy(repo, l.Status); ok {
+			out[i].TakenOverBy = by
 		}
 	}
 	return out

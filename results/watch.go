@@ -20,16 +20,46 @@ import (
 type Source struct {
 	Dir    string // where git runs: the work tree, or the git directory of a bare repository
 	Remote string // a remote's name, a URL or a path
+	// Default says that Remote is a default the user did not name
+	// (origin): FindFetching then fetches only when the repository has a
+	// remote of that name, and says nothing when it has not.
+	Default bool
 }
 
 // Open opens the source's local repository as it is now.
 func (s Source) Open() (*gitproto.Repo, error) { return gitproto.Open(s.Dir) }
 
-// FetchRuns fetches the runs of target from the remote.
-func (s Source) FetchRuns(ctx context.Context, target string) error {
-	spec := "+" + queue.RunsPrefix + target + "/*:" + queue.RunsPrefix + target + "/*"
-	_, err := s.git().Run(ctx, "", "fetch", "--quiet", "--no-write-fetch-head", s.Remote, spec)
+// FetchRuns fetches the runs of each target (a full commit id) from the
+// remote, and nothing else: one refspec per target,
+// +refs/ci/runs/<target>/*:refs/ci/runs/<target>/*, over git's protocol
+// version 2 (forced, whatever the user's configuration says), which sends
+// the server a ref-prefix per refspec so that it advertises only those
+// refs. What it costs does not depend on how many other runs the remote
+// holds. Runs the remote no longer has are kept (no pruning): a reader
+// keeps what it fetched. A target that is not a full object id is refused
+// before git runs.
+func (s Source) FetchRuns(ctx context.Context, targets ...string) error {
+	if len(targets) == 0 {
+		return errors.New("fetch runs: no commit named")
+	}
+	args := []string{"fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-auto-gc", "--no-recurse-submodules", "--", s.Remote}
+	for _, t := range targets {
+		if !queue.IsObjectID(t) {
+			return fmt.Errorf("fetch runs: %s is not a full commit id", queue.Printable(t))
+		}
+		args = append(args, "+"+queue.RunsPrefix+t+"/*:"+queue.RunsPrefix+t+"/*")
+	}
+	git := s.git()
+	git.Env = []string{"GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=protocol.version", "GIT_CONFIG_VALUE_0=2"}
+	_, err := git.Run(ctx, "", args...)
 	return err
+}
+
+// HasRemote reports whether the source's Remote is one of the
+// repository's configured remotes (git remote get-url knows it).
+func (s Source) HasRemote(ctx context.Context) bool {
+	_, err := s.git().Run(ctx, "", "remote", "get-url", "--", s.Remote)
+	return err == nil
 }
 
 // ClaimView is what the remote holds for a request name: whether the

@@ -40,6 +40,7 @@ func main() {
 		{"concurrent", benchConcurrent},
 		{"view", benchView},
 		{"serve", benchServe},
+		{"runs100k", benchRuns100k},
 	}
 	fmt.Printf("refci-bench: %s, %d runs each, machine: %s\n", bin, *n, machine())
 	if *rest > 0 {

@@ -906,8 +906,8 @@ func TestStatusNoRunsYet(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"status"}, "refci: HEAD (" + head + "): no runs yet; start one with 'refci run', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'\n"},
-		{[]string{"status", "main"}, "refci: main (" + head + "): no runs yet; start one with 'refci run main', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'\n"},
+		{[]string{"status"}, "refci: HEAD (" + head + "): no runs yet; start one with 'refci run', or fetch its runs with: refci fetch\n"},
+		{[]string{"status", "main"}, "refci: main (" + head + "): no runs yet; start one with 'refci run main', or fetch its runs with: refci fetch main\n"},
 	} {
 		if r := s.refci(c.args...); r.code != 2 || r.stderr != c.want {
 			t.Errorf("%s: exit %d, stderr %q, want 2 and %q", c.args, r.code, r.stderr, c.want)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,15 +17,16 @@ import (
 	"refci.dev/refci/secrets"
 )
 
-func cmdStatus(_ context.Context, e *env, args []string) int {
+func cmdStatus(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "status")
 	repoDir := fs.String("repo", ".", "the repository")
 	asJSON := fs.Bool("json", false, "print status.json as stored")
+	remote := fs.String("remote", "origin", fetchRemoteHelp)
 	pos, code, ok := parse(e, fs, args, 1)
 	if !ok {
 		return code
 	}
-	repo, rr, st, code := loadRun(e, *repoDir, first(pos))
+	repo, rr, st, code := loadRun(ctx, e, fetchRemote(fs, *repoDir, *remote), first(pos))
 	if st == nil {
 		return code
 	}
@@ -51,7 +53,7 @@ func cmdLog(ctx context.Context, e *env, args []string) int {
 	repoDir := fs.String("repo", ".", "the repository")
 	job := fs.String("job", "", "print this job's log instead of the whole pipeline's")
 	followF := fs.Bool("f", false, "follow a run on the remote as it goes, until it ends")
-	remote := fs.String("remote", "origin", "with -f: the remote to follow")
+	remote := fs.String("remote", "origin", "with -f: the remote to follow; else "+strings.TrimPrefix(fetchRemoteHelp, "the remote "))
 	pos, code, ok := parse(e, fs, args, 1)
 	if !ok {
 		return code
@@ -59,7 +61,7 @@ func cmdLog(ctx context.Context, e *env, args []string) int {
 	if *followF {
 		return logFollow(ctx, e, *repoDir, *remote, first(pos))
 	}
-	repo, rr, st, code := loadRun(e, *repoDir, first(pos))
+	repo, rr, st, code := loadRun(ctx, e, fetchRemote(fs, *repoDir, *remote), first(pos))
 	if st == nil {
 		return code
 	}
@@ -98,6 +100,8 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 	fs := newFlags(e, "runs")
 	repoDir := fs.String("repo", ".", "the repository")
 	all := fs.Bool("all", false, "list the runs of every commit")
+	limit := fs.Int("n", 100, "list at most `N` runs, a page (0: all of them)")
+	page := fs.Int("page", 1, "with -n: which page to list, `P` (1: the newest)")
 	pos, code, ok := parse(e, fs, args, 1)
 	if !ok {
 		return code
@@ -116,17 +120,44 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 		}
 		target = h.String()
 	}
+	if *limit < 0 || *page < 1 {
+		return usageError(e, fs, "-n must be 0 or more and --page 1 or more")
+	}
+	// Run ids sort by start time, so the newest N are found from the ref
+	// names alone: only the page's statuses are read.
 	runs, err := results.List(repo, target)
 	if err != nil {
 		e.errorf("%v", err)
 		return exitInfra
 	}
+	total := len(runs)
+	if *limit > 0 {
+		from := min((*page-1)**limit, total)
+		to := min(from+*limit, total)
+		if from == to && total > 0 {
+			e.errorf("page %d is past the last one (%d runs, %d a page)", *page, total, *limit)
+			return exitUsage
+		}
+		runs = runs[from:to]
+		defer func() {
+			switch {
+			case to < total:
+				fmt.Fprintf(e.stderr, "refci: runs %d-%d of %d, newest first; --page %d for older ones, -n 0 for all\n", from+1, to, total, *page+1)
+			case from > 0:
+				fmt.Fprintf(e.stderr, "refci: runs %d-%d of %d, newest first (the last page)\n", from+1, to, total)
+			}
+		}()
+	}
 	if len(runs) == 0 {
-		fmt.Fprintf(e.stderr, "refci: no runs; start one with 'refci run', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'\n")
+		if *all {
+			fmt.Fprintf(e.stderr, "refci: no runs; start one with 'refci run', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'\n")
+		} else {
+			fmt.Fprintf(e.stderr, "refci: no runs of %s; start one with 'refci run', or fetch its runs with: refci fetch %s\n", target[:12], target[:12])
+		}
 		return exitOK
 	}
 	color := e.color(e.stdout)
-	for _, l := range results.ReadAll(repo, runs) {
+	for _, l := range results.ReadPage(repo, runs) {
 		switch {
 		case l.Err != nil:
 			fmt.Fprintf(e.stdout, "%s  %s  %s\n", l.ID, l.Target[:12], results.Problem(l.Err))
@@ -141,12 +172,90 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 	return exitOK
 }
 
-func cmdVerify(_ context.Context, e *env, args []string) int {
+// cmdFetch fetches the runs of the named commits, and only those: one
+// refspec per commit, which protocol v2 sends as a ref-prefix, so the
+// remote advertises only their run refs however many runs it holds.
+func cmdFetch(ctx context.Context, e *env, args []string) int {
+	fs := newFlags(e, "fetch")
+	repoDir := fs.String("repo", ".", "the repository")
+	remote := fs.String("remote", "origin", "the remote to fetch from (a remote's name, a URL or a path)")
+	pos, code, ok := parse(e, fs, args, 1<<20)
+	if !ok {
+		return code
+	}
+	repo, dir, err := openRepoDir(*repoDir)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitFor(err)
+	}
+	if len(pos) == 0 {
+		pos = []string{"HEAD"}
+	}
+	var targets []string
+	seen := map[string]bool{}
+	for _, rev := range pos {
+		t := strings.ToLower(rev)
+		if !queue.IsObjectID(t) { // a commit this repository need not have
+			h, err := repo.ResolveCommit(rev)
+			if err != nil {
+				e.errorf("%v", err)
+				return exitFor(err)
+			}
+			t = h.String()
+		}
+		if !seen[t] {
+			seen[t] = true
+			targets = append(targets, t)
+		}
+	}
+	before := map[string]gitproto.Hash{}
+	for _, t := range targets {
+		runs, err := results.List(repo, t)
+		if err != nil {
+			e.errorf("%v", err)
+			return exitInfra
+		}
+		for _, r := range runs {
+			before[r.Ref] = r.Commit
+		}
+	}
+	src := results.Source{Dir: dir, Remote: *remote}
+	if err := src.FetchRuns(ctx, targets...); err != nil {
+		e.errorf("fetch from %s: %v", *remote, err)
+		return exitInfra
+	}
+	if repo, err = src.Open(); err != nil {
+		e.errorf("%v", err)
+		return exitFor(err)
+	}
+	for i, t := range targets {
+		runs, err := results.List(repo, t)
+		if err != nil {
+			e.errorf("%v", err)
+			return exitInfra
+		}
+		changed := 0
+		for _, r := range runs {
+			if before[r.Ref] != r.Commit {
+				changed++
+			}
+		}
+		name := t[:12]
+		if i < len(pos) && displayRev(pos[i], t) != "" && len(pos) == len(targets) {
+			name += " (" + render.Safe(pos[i]) + ")"
+		}
+		fmt.Fprintf(e.stdout, "%s: %d run(s) here, %d new or changed\n", name, len(runs), changed)
+	}
+	return exitOK
+}
+
+func cmdVerify(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "verify")
 	repoDir := fs.String("repo", ".", "the repository")
 	var keyrings multiFlag
 	fs.Var(&keyrings, "keyring", "armored public keys to trust (repeatable); default: your own key and $REFCI_HOME/trusted/*.asc")
 	keyFile := fs.String("key", "", "your private key, when not $REFCI_HOME/key.asc (its public part is trusted)")
+	remote := fs.String("remote", "origin", fetchRemoteHelp)
 	pos, code, ok := parse(e, fs, args, 1)
 	if !ok {
 		return code
@@ -156,12 +265,7 @@ func cmdVerify(_ context.Context, e *env, args []string) int {
 		e.errorf("%v", err)
 		return exitUsage
 	}
-	repo, err := openRepo(*repoDir)
-	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
-	}
-	rr, err := results.Find(repo, first(pos), e.errorf)
+	repo, rr, err := fetchRemote(fs, *repoDir, *remote).FindFetching(ctx, first(pos), e.errorf)
 	if err != nil {
 		e.errorf("%v", err)
 		return exitFor(err)
@@ -223,15 +327,27 @@ func (e *env) keyring(files []string, keyFile string) (secrets.Keyring, error) {
 	return kr, nil
 }
 
-// loadRun opens the repository and reads the run the user named. On
-// failure it has reported the error and st is nil.
-func loadRun(e *env, dir, arg string) (*gitproto.Repo, results.Run, *queue.Status, int) {
-	repo, err := openRepo(dir)
-	if err != nil {
-		e.errorf("%v", err)
-		return nil, results.Run{}, nil, exitFor(err)
-	}
-	rr, err := results.Find(repo, arg, e.errorf)
+// fetchRemoteHelp describes the --remote of status, log and verify.
+const fetchRemoteHelp = "the remote to fetch the commit's runs from when none is here (origin only if the repository has it)"
+
+// fetchRemote is where status, log and verify fetch the runs of a commit
+// that has none here: the --remote given, else origin when the repository
+// has a remote of that name (checked only when a fetch is needed).
+func fetchRemote(fs *flag.FlagSet, dir, remote string) results.Source {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "remote" })
+	if _, gitDir, err := openRepoDir(dir); err == nil {
+		dir = gitDir
+	} // else opening it says why
+	return results.Source{Dir: dir, Remote: remote, Default: !given}
+}
+
+// loadRun opens the repository and reads the run the user named,
+// fetching the runs of its commit from src's remote when none is here
+// (results.Source.FindFetching). On failure it has reported the error
+// and st is nil.
+func loadRun(ctx context.Context, e *env, src results.Source, arg string) (*gitproto.Repo, results.Run, *queue.Status, int) {
+	repo, rr, err := src.FindFetching(ctx, arg, e.errorf)
 	if err != nil {
 		e.errorf("%v", err)
 		return nil, results.Run{}, nil, exitFor(err)

@@ -153,9 +153,11 @@ func TestServeEndToEnd(t *testing.T) {
 		st.TrustNote != "pushed over SSH by trusted key "+sv.adminFP {
 		t.Errorf("status: %+v", st)
 	}
-	// The result is fetched and verified with plain git and refci.
-	sv.git("", "fetch", "-q", "ci", "+refs/ci/*:refs/ci/*")
-	sv.refci("verify").want(t, 0)
+	// refci verify fetches the commit's runs over SSH (protocol v2, its
+	// ref-prefix) and verifies the result; then refci log reads it here.
+	if r := sv.refci("verify", "--remote", "ci").want(t, 0); !strings.Contains(r.stderr, "refci: fetched the runs of "+head[:12]+" from ci") {
+		t.Errorf("verify did not fetch the run: %s", r.stderr)
+	}
 	if log := sv.refci("log").want(t, 0).stdout; !strings.Contains(log, "env=staging trusted=1") {
 		t.Errorf("log: %s", log)
 	}

@@ -478,9 +478,10 @@ func TestViewHostileManifest(t *testing.T) {
 	if raw, err := os.ReadFile(filepath.Join(out, "manifest.json")); err != nil || json.Unmarshal(raw, &built) != nil || built.Format == 0 || built.Keys == "" {
 		t.Fatalf("manifest.json: %v %+v", err, built)
 	}
+	// Format 4 held the runs in manifest.json; such a manifest is taken up.
 	man := fmt.Sprintf(`{"format":%d,"keys":%q,"runs":{
 "refs/ci/runs/../../outside/runs/x":{"target":"../../outside/t","request":"../../outside/r","run":"x","commit":"1","verdict":{"kind":"verified"}},
-"refs/ci/runs/%s/../../../outside":{"target":"../outside/t2","request":"/tmp/r","run":"../x","commit":"2","verdict":{"kind":"verified"}}}}`, built.Format, built.Keys, target)
+"refs/ci/runs/%s/../../../outside":{"target":"../outside/t2","request":"/tmp/r","run":"../x","commit":"2","verdict":{"kind":"verified"}}}}`, 4, built.Keys, target)
 	if err := os.WriteFile(filepath.Join(out, "manifest.json"), []byte(man), 0o644); err != nil {
 		t.Fatal(err)
 	}

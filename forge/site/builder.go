@@ -13,16 +13,18 @@ package site
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path"
 	"runtime"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,6 +75,7 @@ type Builder struct {
 	out     string
 	keys    secrets.Keyring
 	workers int
+	page    int
 	warn    func(msg string)
 	mu      sync.Mutex
 }
@@ -81,6 +84,8 @@ type Builder struct {
 type Options struct {
 	// Workers is how many runs are rendered at once; 0: one per CPU.
 	Workers int
+	// PageSize is how many runs a page of a list shows; 0: 100.
+	PageSize int
 	// Warn is told of problems with single runs (a run that cannot be
 	// rendered, an artifact that cannot be copied), which do not stop a
 	// build; nil: they are only counted (Stats.Failed).
@@ -91,7 +96,11 @@ type Options struct {
 // directory is gitDir, written into out (made when missing). Runs signed
 // by a key of keys are verified; with no keys, every run is unverified.
 func NewBuilder(gitDir, out string, keys secrets.Keyring, o Options) *Builder {
-	return &Builder{gitDir: gitDir, out: out, keys: keys, workers: o.Workers, warn: o.Warn}
+	page := o.PageSize
+	if page <= 0 {
+		page = defaultPageSize
+	}
+	return &Builder{gitDir: gitDir, out: out, keys: keys, workers: o.Workers, page: page, warn: o.Warn}
 }
 
 // Stats says what one Build did.
@@ -107,22 +116,100 @@ type Stats struct {
 const manifestFile = "manifest.json"
 
 // siteFormat is the manifest's version; a site built with another is
-// built again from scratch. 2: summaries know attempts and lost runs.
-// 3: summaries carry verdicts, and the manifest the keys they used.
-// 4: the target commits' subjects and authors.
-const siteFormat = 4
+// built again from scratch, but for format 4, which is taken up. 2:
+// summaries know attempts and lost runs. 3: summaries carry verdicts, and
+// the manifest the keys they used. 4: the target commits' subjects and
+// authors. 5: the runs and commits in a binary file of their own
+// (manifest.go), and the lists paginated, with each page's fingerprint.
+const siteFormat = 5
+
+// defaultPageSize is how many runs a page of a list shows.
+const defaultPageSize = 100
 
 // manifest is manifest.json: what the site holds, so that the next build
 // renders only what changed. Its format is siteFormat.
 type manifest struct {
-	Format int                          `json:"format"`
-	Keys   string                       `json:"keys"` // keysID of the keys the verdicts were decided with
-	Runs   map[string]render.RunSummary `json:"runs"` // by run ref
+	Format int    `json:"format"`
+	Keys   string `json:"keys"` // keysID of the keys the verdicts were decided with
+	// Runs, by run ref, and Commits are in RunsFile (format 5); format 4
+	// had them here, where they are read from, never written to.
+	Runs map[string]render.RunSummary `json:"runs,omitempty"`
 	// Commits describes the target commits the repository had when a run
 	// on them was rendered, by commit id: each is read once, for the
 	// first new run on it. A commit fetched later is read for the next
 	// new run on it.
 	Commits map[string]render.CommitInfo `json:"commits,omitempty"`
+	// RunsFile names the file of Runs and Commits (runsFileName).
+	RunsFile string `json:"runs_file,omitempty"`
+	// Pages holds, for each paginated list ("index", "state-failure"...),
+	// the fingerprint of each of its older pages, oldest first: a page
+	// whose fingerprint is unchanged is not written again.
+	Pages map[string][]string `json:"pages,omitempty"`
+}
+
+// readManifest reads the site's manifest when it is of this format (or
+// of format 4) and was made with the keys kid; otherwise, or when it
+// cannot be read, it returns an empty one: the site is built anew.
+func readManifest(root *os.Root, kid string) manifest {
+	empty := manifest{Format: siteFormat, Keys: kid, Runs: map[string]render.RunSummary{}, Commits: map[string]render.CommitInfo{}}
+	raw, err := root.ReadFile(manifestFile)
+	if err != nil {
+		return empty
+	}
+	var m manifest
+	if json.Unmarshal(raw, &m) != nil || m.Keys != kid {
+		return empty
+	}
+	switch m.Format {
+	case 4: // taken up: its runs' pages are kept, its lists written anew
+		if m.Runs == nil {
+			return empty
+		}
+		m.Format, m.Pages = siteFormat, nil
+	case siteFormat:
+		if !runsFileName.MatchString(m.RunsFile) {
+			return empty
+		}
+		raw, err := root.ReadFile(m.RunsFile)
+		if err != nil || decodeRuns(raw, &m) != nil {
+			return empty
+		}
+	default:
+		return empty
+	}
+	if m.Commits == nil {
+		m.Commits = map[string]render.CommitInfo{}
+	}
+	return m
+}
+
+// writeManifest writes man's runs file under a new name, then
+// manifest.json naming it, then removes every other runs file (the one
+// it replaced, and any a build that was stopped left).
+func writeManifest(root *os.Root, man *manifest, encoded []byte) error {
+	man.RunsFile = "manifest-runs-" + tmpSuffix() + ".bin"
+	if err := writeAtomic(root, man.RunsFile, encoded); err != nil {
+		return err
+	}
+	head := *man
+	head.Runs, head.Commits = nil, nil
+	raw, err := json.Marshal(head)
+	if err != nil {
+		return err
+	}
+	if err := writeAtomic(root, manifestFile, raw); err != nil {
+		return err
+	}
+	if f, err := root.Open("."); err == nil {
+		names, _ := f.Readdirnames(-1)
+		f.Close()
+		for _, n := range names {
+			if n != man.RunsFile && runsFileName.MatchString(n) {
+				root.Remove(n)
+			}
+		}
+	}
+	return nil
 }
 
 // keysID names a set of trusted keys: the SHA-256 of their armored public
@@ -207,33 +294,35 @@ func (b *Builder) Build() (Stats, error) {
 		return st, err
 	}
 	defer root.Close()
-	kid := keysID(b.keys)
-	man := manifest{Format: siteFormat, Keys: kid, Runs: map[string]render.RunSummary{}}
-	if raw, err := root.ReadFile(manifestFile); err == nil {
-		var m manifest
-		if json.Unmarshal(raw, &m) == nil && m.Format == siteFormat && m.Keys == kid && m.Runs != nil {
-			man = m
-		}
-	}
-	if man.Commits == nil {
-		man.Commits = map[string]render.CommitInfo{}
-	}
+	man := readManifest(root, keysID(b.keys))
+	// One map lookup per run when none went (the usual build); the set of
+	// live refs is made only when some did.
 	var todo []renderJob
-	live := map[string]bool{}
+	used := map[string]bool{} // the targets with runs
+	kept := 0                 // runs of the manifest still here
 	for _, r := range runs {
-		live[r.Ref] = true
-		if old, ok := man.Runs[r.Ref]; ok && old.Commit == r.Commit.String() {
-			continue
+		used[r.Target] = true
+		old, ok := man.Runs[r.Ref]
+		if ok {
+			kept++
+			if old.Commit == r.Commit.String() {
+				continue
+			}
 		}
 		todo = append(todo, renderJob{ref: r.Ref, commit: r.Commit})
 	}
 	b.readCommits(repo, man.Commits, todo)
 	changedTargets := map[string]bool{}
 	changedRequests := map[string]bool{}
-	used := map[string]bool{}
+	var live map[string]bool
+	if kept < len(man.Runs) {
+		live = make(map[string]bool, len(runs))
+		for _, r := range runs {
+			live[r.Ref] = true
+		}
+	}
 	for ref, sum := range man.Runs {
-		if live[ref] {
-			used[sum.Target] = true
+		if live == nil || live[ref] {
 			continue
 		}
 		if target, run, ok := queue.ParseRunRef(ref); ok {
@@ -272,11 +361,6 @@ func (b *Builder) Build() (Stats, error) {
 	for _, d := range b.renderAll(root, lostChanged(man)) {
 		record(d)
 	}
-	for _, j := range todo {
-		if t, _, ok := queue.ParseRunRef(j.ref); ok {
-			used[t] = true
-		}
-	}
 	for c := range man.Commits {
 		if !used[c] {
 			delete(man.Commits, c) // no run on it is left
@@ -290,19 +374,24 @@ func (b *Builder) Build() (Stats, error) {
 		}
 	}
 	_, statErr := root.Stat("index.html")
-	if len(changedTargets) == 0 && len(changedRequests) == 0 && statErr == nil {
+	if len(changedTargets) == 0 && len(changedRequests) == 0 && statErr == nil && man.RunsFile != "" {
 		st.Took = time.Since(start)
 		return st, nil
 	}
-	if err := b.writeLists(root, man, changedTargets, changedRequests); err != nil {
+	// The lists' order is List's (newest first), but for runs dated in
+	// the future, which List puts last: then it is sorted again.
+	order := make([]string, 0, len(runs))
+	sorted := true
+	for _, r := range runs {
+		order = append(order, r.Ref)
+		sorted = sorted && !r.Future
+	}
+	encoded, hashes := encodeRuns(&man)
+	if err := b.writeLists(root, &man, order, sorted, hashes, changedTargets, changedRequests); err != nil {
 		return st, b.explain(err)
 	}
-	raw, err := json.Marshal(man)
-	if err != nil {
-		return st, err
-	}
-	if err := writeAtomic(root, manifestFile, raw); err != nil {
-		return st, err
+	if err := writeManifest(root, &man, encoded); err != nil {
+		return st, b.explain(err)
 	}
 	st.Took = time.Since(start)
 	return st, nil
@@ -562,20 +651,47 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 // changed requests' badges. The latest run of a request is its newest
 // verified run not dated in the future; a request with runs but none such
 // gets a grey "not verified" badge.
-func (b *Builder) writeLists(root *os.Root, man manifest, targets, requests map[string]bool) error {
+//
+// The list of every run (index.html) and of each state
+// (state-<state>.html) show the newest Options.PageSize runs, with the latest of
+// each request, and link the older pages (page-<n>.html,
+// state-<state>-page-<n>.html). Those pages are numbered from the oldest
+// run, so that a new run changes only the newest of them and the front
+// page, and a page's address keeps its runs: a page is written only
+// when its fingerprint (the hashes of its runs' summaries, and its
+// links) changed, or when it is missing.
+func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorted bool, hashes map[string]uint64, targets, requests map[string]bool) error {
 	now := time.Now()
+	sec := now.UTC().Format("20060102T150405")
+	// order holds every run ref, newest first when sorted; a run of the
+	// manifest not in it (none, but for a render that failed) is left out.
 	all := make([]render.RunSummary, 0, len(man.Runs))
-	for _, s := range man.Runs {
-		s.NotLatest = queue.RunIDFuture(s.Run, now)
+	for _, ref := range order {
+		s, ok := man.Runs[ref]
+		if !ok {
+			continue
+		}
+		// One comparison for a run not after now's second (its id is
+		// valid: it comes from its ref), else the full rule.
+		s.NotLatest = len(s.Run) < 15 || s.Run[:15] > sec && queue.RunIDFuture(s.Run, now)
 		all = append(all, s)
 	}
-	sort.Slice(all, func(i, j int) bool {
-		if all[i].Run != all[j].Run {
-			return all[i].Run > all[j].Run
-		}
-		return all[i].Ref > all[j].Ref
-	})
-	byState := map[queue.State][]render.RunSummary{}
+	if !sorted {
+		slices.SortFunc(all, func(a, b render.RunSummary) int {
+			if c := strings.Compare(b.Run, a.Run); c != 0 {
+				return c
+			}
+			return strings.Compare(b.Ref, a.Ref)
+		})
+	}
+	counts := map[queue.State]int{}
+	for i := range all {
+		counts[all[i].State]++
+	}
+	byState := make(map[queue.State][]render.RunSummary, len(counts))
+	for state, n := range counts {
+		byState[state] = make([]render.RunSummary, 0, n) // grown once: 100,000 summaries are 30 MB
+	}
 	byTarget := map[string][]render.RunSummary{}
 	latest := map[string]render.RunSummary{}
 	hasRuns := map[string]bool{}
@@ -606,16 +722,82 @@ func (b *Builder) writeLists(root *os.Root, man manifest, targets, requests map[
 		}
 		return writeAtomic(root, name, page)
 	}
-	if err := write("index.html", render.ListPage{Title: "refci: all runs", Runs: all, Filter: true}); err != nil {
+	oldPages := man.Pages
+	man.Pages = map[string][]string{}
+	// list writes the front page name+".html" and the older pages of a
+	// list, or removes them all when it is empty.
+	list := func(name, title string, runs []render.RunSummary, filter bool) error {
+		n := len(runs)
+		count := 0 // older pages
+		if n > b.page {
+			count = (n + b.page - 1) / b.page
+		}
+		pageFile := func(k int) string { return name + "-page-" + strconv.Itoa(k) + ".html" }
+		if name == "index" {
+			pageFile = func(k int) string { return "page-" + strconv.Itoa(k) + ".html" }
+		}
+		for k := count + 1; k <= len(oldPages[name]); k++ {
+			root.Remove(pageFile(k))
+		}
+		if n == 0 {
+			root.Remove(name + ".html")
+			return nil
+		}
+		front := render.ListPage{Title: title, Runs: runs[:min(n, b.page)], All: runs, Filter: filter}
+		if count > 0 {
+			front.Older = pageFile((n-b.page-1)/b.page + 1)
+			front.PageNote = fmt.Sprintf("the newest %d of %d runs", b.page, n)
+		}
+		if err := write(name+".html", front); err != nil {
+			return err
+		}
+		fps := make([]string, 0, count)
+		h := fnv.New64a()
+		var buf [8]byte
+		for k := 1; k <= count; k++ {
+			lo, hi := (k-1)*b.page, min(k*b.page, n) // counted from the oldest
+			page := runs[n-hi : n-lo]
+			h.Reset()
+			fmt.Fprintf(h, "%d/%d %s\n", k, count, strings.Join(states, ","))
+			for _, s := range page {
+				binary.LittleEndian.PutUint64(buf[:], hashes[s.Ref])
+				h.Write(buf[:])
+				if s.NotLatest {
+					h.Write([]byte{1})
+				}
+			}
+			fp := strconv.FormatUint(h.Sum64(), 36)
+			fps = append(fps, fp)
+			if old := oldPages[name]; k <= len(old) && old[k-1] == fp {
+				if _, err := root.Stat(pageFile(k)); err == nil {
+					continue
+				}
+			}
+			p := render.ListPage{Title: fmt.Sprintf("%s · page %d of %d", title, k, count), Runs: page, Page: k,
+				PageNote: fmt.Sprintf("runs %d-%d of %d, counted from the oldest", lo+1, hi, n), Newer: name + ".html"}
+			if k < count {
+				p.Newer = pageFile(k + 1)
+			}
+			if k > 1 {
+				p.Older = pageFile(k - 1)
+			}
+			if err := write(pageFile(k), p); err != nil {
+				return err
+			}
+		}
+		man.Pages[name] = fps
+		return nil
+	}
+	if err := list("index", "refci: all runs", all, true); err != nil {
 		return err
 	}
-	for _, s := range []queue.State{queue.Failure, queue.Error, queue.Cancelled, queue.Running, queue.Success} {
-		name := "state-" + string(s) + ".html"
-		if len(byState[s]) == 0 {
-			root.Remove(name)
-			continue
+	if len(all) == 0 {
+		if err := write("index.html", render.ListPage{Title: "refci: all runs", Filter: true}); err != nil {
+			return err
 		}
-		if err := write(name, render.ListPage{Title: "refci: runs in state " + string(s), Runs: byState[s]}); err != nil {
+	}
+	for _, s := range []queue.State{queue.Failure, queue.Error, queue.Cancelled, queue.Running, queue.Success} {
+		if err := list("state-"+string(s), "refci: runs in state "+string(s), byState[s], false); err != nil {
 			return err
 		}
 	}

@@ -1,10 +1,10 @@
 package site
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,11 +65,13 @@ func TestBuildIsIncremental(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var man manifest
-	if err := json.Unmarshal(raw, &man); err != nil {
+	root, err := os.OpenRoot(out)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if c := man.Commits[target.String()]; man.Format != 4 || man.Keys != keysID(kr) || man.Runs[ref].Commit != result.String() ||
+	defer root.Close()
+	man := readManifest(root, keysID(kr))
+	if c := man.Commits[target.String()]; man.Format != 5 || !runsFileName.MatchString(man.RunsFile) || man.Keys != keysID(kr) || man.Runs[ref].Commit != result.String() ||
 		!man.Runs[ref].Verdict.Verified() || c.Subject != "Add the README" || c.Author != "Test Author" {
 		t.Errorf("manifest.json: %s", raw)
 	}
@@ -82,7 +84,151 @@ func TestBuildIsIncremental(t *testing.T) {
 		t.Fatal(err)
 	}
 	build(NewBuilder(repo.GitDir(), out, kr, Options{}), Stats{Runs: 1, Verified: 1})
+	if m := readManifest(root, keysID(kr)); m.Format != 5 || m.Runs[ref].Commit != result.String() {
+		t.Errorf("the format 4 manifest was not taken up: %+v", m)
+	}
+	runsFiles, _ := filepath.Glob(filepath.Join(out, "manifest-runs-*.bin"))
+	if len(runsFiles) != 1 {
+		t.Errorf("runs files: %v", runsFiles)
+	}
 
 	// No keys: the run is decided again, and not verified.
 	build(NewBuilder(repo.GitDir(), out, secrets.Keyring{}, Options{}), Stats{Runs: 1, Rendered: 1})
+}
+
+// The lists are paginated: index.html shows the newest runs and links
+// the older pages, numbered from the oldest, so that a new run rewrites
+// only the newest page (and the front pages); each page links its
+// neighbours, and pages beyond the last go when runs do.
+func TestListsArePaginated(t *testing.T) {
+	repo := newRepo(t)
+	target := resultcommit.Commit(t, repo, map[string]string{"README": "hello\n"}, "Add the README", nil)
+	id := fixtures.OpenPGPIdentity(t, "Test Worker")
+	var kr secrets.Keyring
+	kr.Add(id)
+	base := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
+	var refs []string
+	add := func(i int, state queue.State) {
+		t.Helper()
+		started := base.Add(time.Duration(i) * time.Minute)
+		exit := 0
+		st := &queue.Status{Format: queue.Format, State: state, Target: target.String(), Request: "main", Run: queue.NewRunID(started),
+			Attempt: 1, Worker: id.Fingerprint(), Started: started, Finished: started.Add(time.Second), DurationMS: 1000, ExitCode: &exit}
+		resultcommit.Write(t, repo, st, gitproto.ZeroHash, id, map[string]string{queue.LogFile: "ok\n"}) // and its run ref
+		refs = append(refs, st.Run)
+	}
+	for i := 0; i < 7; i++ {
+		add(i, queue.Success)
+	}
+	out := t.TempDir()
+	b := NewBuilder(repo.GitDir(), out, kr, Options{PageSize: 3, Warn: func(msg string) { t.Errorf("warned: %s", msg) }})
+	if _, err := b.Build(); err != nil {
+		t.Fatal(err)
+	}
+	read := func(name string) string {
+		t.Helper()
+		raw, err := os.ReadFile(filepath.Join(out, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(raw)
+	}
+	// shows checks that a page lists exactly the runs with these indexes
+	// of refs, newest first, and links what links says.
+	shows := func(name string, runs []int, links ...string) {
+		t.Helper()
+		page := read(name)
+		at := -1
+		for i := len(refs) - 1; i >= 0; i-- {
+			listed := strings.Contains(page, "/"+refs[i]+"/index.html\">")
+			want := false
+			for _, r := range runs {
+				want = want || r == i
+			}
+			if listed != want {
+				t.Errorf("%s: run %d listed %v, want %v", name, i, listed, want)
+			}
+			if listed {
+				p := strings.Index(page, "/"+refs[i]+"/index.html\">")
+				if p < at {
+					t.Errorf("%s: run %d is not listed after the newer ones", name, i)
+				}
+				at = p
+			}
+		}
+		for _, l := range links {
+			if !strings.Contains(page, l) {
+				t.Errorf("%s lacks %s", name, l)
+			}
+		}
+	}
+	// 7 runs: the front page the newest 3; pages from the oldest: 0-2, 3-5, 6.
+	shows("index.html", []int{6, 5, 4}, `href="page-2.html">older runs →</a>`, "the newest 3 of 7 runs", "Latest by request")
+	shows("page-1.html", []int{2, 1, 0}, `href="page-2.html">← newer runs</a>`, "runs 1-3 of 7, counted from the oldest")
+	shows("page-2.html", []int{5, 4, 3}, `href="page-3.html">← newer runs</a>`, `href="page-1.html">older runs →</a>`)
+	shows("page-3.html", []int{6}, `href="index.html">← newer runs</a>`, `href="page-2.html">older runs →</a>`, "runs 7-7 of 7")
+	shows("state-success.html", []int{6, 5, 4}, `href="state-success-page-2.html">older runs →</a>`)
+	shows("state-success-page-1.html", []int{2, 1, 0})
+	if strings.Contains(read("page-1.html"), "Latest by request") || strings.Contains(read("page-1.html"), `older runs`) {
+		t.Errorf("page-1.html has the summary, or an older page")
+	}
+
+	// One more run: only the newest older page (and the front pages) is
+	// written again.
+	// (A page written again is a new file renamed into place.)
+	stat := func(name string) os.FileInfo {
+		fi, err := os.Stat(filepath.Join(out, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi
+	}
+	kept := []string{"page-1.html", "page-2.html", "state-success-page-1.html", "state-success-page-2.html"}
+	var before []os.FileInfo
+	for _, name := range kept {
+		before = append(before, stat(name))
+	}
+	p3 := stat("page-3.html")
+	add(7, queue.Success) // (a run in a new state would change every page's links to the states' lists)
+	if st, err := b.Build(); err != nil || st.Rendered != 1 {
+		t.Fatalf("build: %+v %v", st, err)
+	}
+	for i, name := range kept {
+		if !os.SameFile(before[i], stat(name)) {
+			t.Errorf("%s was written again", name)
+		}
+	}
+	if os.SameFile(p3, stat("page-3.html")) {
+		t.Errorf("page-3.html was not written again")
+	}
+	shows("index.html", []int{7, 6, 5}, `href="page-2.html">older runs →</a>`, "the newest 3 of 8 runs")
+	shows("page-3.html", []int{7, 6}, "runs 7-8 of 8")
+	if _, err := os.Stat(filepath.Join(out, "state-failure.html")); err == nil {
+		t.Errorf("a list without runs is there")
+	}
+
+	// Runs go: so do the pages beyond the last.
+	for _, r := range refs[:6] {
+		if err := repo.UpdateRef(queue.RunRef(target.String(), r), gitproto.ZeroHash, mustRef(t, repo, queue.RunRef(target.String(), r))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, err := b.Build(); err != nil || st.Removed != 6 || st.Runs != 2 {
+		t.Fatalf("build: %+v %v", st, err)
+	}
+	for _, gone := range []string{"page-1.html", "page-2.html", "page-3.html", "state-success-page-1.html", "state-success-page-2.html"} {
+		if _, err := os.Stat(filepath.Join(out, gone)); err == nil {
+			t.Errorf("%s is still there", gone)
+		}
+	}
+	shows("index.html", []int{7, 6})
+}
+
+func mustRef(t *testing.T, repo *gitproto.Repo, name string) gitproto.Hash {
+	t.Helper()
+	h, err := repo.RefHash(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
