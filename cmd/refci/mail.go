@@ -7,9 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	netmail "net/mail"
 	"os"
 	"path/filepath"
-	netmail "net/mail"
 	"strings"
 
 	"github.com/BurntSushi/toml"
