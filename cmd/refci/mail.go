@@ -129,7 +129,7 @@ func cmdMail(ctx context.Context, e *env, args []string) int {
 		logger.Info("signal: stopping the mail bridge", "signal", s.String())
 	}, func(os.Signal) {})
 	defer stopSignals()
-	mb, err := newMailBridge(ctx, cfg.Mail, nil, cfg.State, logger)
+	mb, err := newMailBridge(ctx, cfg.Mail, nil, cfg.State, nil, logger)
 	if err != nil {
 		e.errorf("config %s: %v", *configFile, err)
 		return mailExit(err)
@@ -168,11 +168,12 @@ func (m *mailBridge) close() { m.box.Close() }
 
 // newMailBridge checks c, logs in to both servers (so that a wrong
 // password or an unreachable server is said at once) and makes the
-// bridge, working in dir. remotes are the worker's (nil for refci mail):
+// bridge, working in dir; asked is called after each request it pushes
+// (nil: nothing). remotes are the worker's (nil for refci mail):
 // c.Remote must be one of them, and may be left out when there is one.
 // Its errors match errMailConfig, mail.ErrIMAPConfig or mail.ErrSMTPAuth
 // when the configuration must change.
-func newMailBridge(ctx context.Context, c mailConfig, remotes []string, dir string, logger *slog.Logger) (*mailBridge, error) {
+func newMailBridge(ctx context.Context, c mailConfig, remotes []string, dir string, asked func(), logger *slog.Logger) (*mailBridge, error) {
 	if c.Remote == "" && len(remotes) == 1 {
 		c.Remote = remotes[0]
 	}
@@ -229,7 +230,7 @@ func newMailBridge(ctx context.Context, c mailConfig, remotes []string, dir stri
 	}
 	cc := c.CcList == nil || *c.CcList
 	b, err := mail.New(mail.Config{Mailbox: box, Sender: sender, Remote: c.Remote, Dir: dir, Name: c.Name, From: c.From,
-		BaseBranch: c.BaseBranch, NoCc: !cc, FetchURL: c.FetchURL, RunsURL: c.RunsURL, SeriesTimeout: c.SeriesTimeout.Duration, Logger: logger})
+		BaseBranch: c.BaseBranch, NoCc: !cc, FetchURL: c.FetchURL, RunsURL: c.RunsURL, SeriesTimeout: c.SeriesTimeout.Duration, Asked: asked, Logger: logger})
 	if err != nil {
 		box.Close()
 		return nil, err

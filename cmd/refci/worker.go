@@ -235,6 +235,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		}
 	}
 	var mb *mailBridge
+	var w *worker.Worker // set before the bridge runs
 	if cfg.Mail != nil {
 		private = append(private, cfg.Mail.PasswordFile)
 		remote := cfg.Mail.Remote
@@ -242,7 +243,16 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 			remote = cfg.Remotes[0]
 		}
 		dir := filepath.Join(cfg.Cache, "mail", strings.TrimSuffix(cacheName(remote+" "+cfg.Mail.Name), ".git"))
-		if mb, err = newMailBridge(ctx, *cfg.Mail, cfg.Remotes, dir, logger); err != nil {
+		// The worker polls the remote at once when the bridge asks for a
+		// run of a series.
+		asked := func() {
+			for i, r := range rems {
+				if cfg.Remotes[i] == remote {
+					w.Poke(r.URL)
+				}
+			}
+		}
+		if mb, err = newMailBridge(ctx, *cfg.Mail, cfg.Remotes, dir, asked, logger); err != nil {
 			e.errorf("config %s: %v", *configFile, err)
 			return mailExit(err)
 		}
@@ -268,7 +278,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		byURL[r.URL] = r
 	}
 	opener := secretsOpener(admins, id, func(u string) *gitproto.Remote { return byURL[u] })
-	w := worker.New(worker.Config{
+	w = worker.New(worker.Config{
 		Remotes: rems, Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
 		Grace: cfg.Grace.Duration, MaxTimeout: cfg.MaxTimeout.Duration, MaxAttempts: cfg.MaxAttempts,
 		Limits: worker.Limits{Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,

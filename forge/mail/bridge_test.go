@@ -310,9 +310,13 @@ func TestBridgeSeriesToReply(t *testing.T) {
 	w.mail.deliver(mails[2], stray, mails[3], mails[0], mails[1])
 	snd := &recSender{}
 	dir := t.TempDir()
-	b, stop := w.bridge("one", dir, snd, nil)
+	var asked atomic.Int64
+	b, stop := w.bridge("one", dir, snd, func(c *Config) { c.Asked = func() { asked.Add(1) } })
 
 	got := waitMails(t, snd, 1)
+	if n := asked.Load(); n != 1 {
+		t.Errorf("Asked called %d times for one request", n)
+	}
 	hdr, body := parseMail(t, got[0].raw)
 	runs := w.runs()
 	if len(runs) != 1 {
