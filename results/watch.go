@@ -20,6 +20,9 @@ import (
 type Source struct {
 	Dir    string // where git runs: the work tree, or the git directory of a bare repository
 	Remote string // a remote's name, a URL or a path
+	// Env is KEY=VALUE added to the environment of git reaching Remote
+	// (e.g. GIT_SSH_COMMAND); nil adds nothing.
+	Env []string
 }
 
 // Open opens the source's local repository as it is now.
@@ -171,7 +174,7 @@ func (s Source) WaitForClaim(ctx context.Context, name string, note func(ClaimNo
 
 // git runs the git program in the local repository (for the user's
 // remotes and credentials).
-func (s Source) git() gitproto.CLI { return gitproto.CLI{Dir: s.Dir} }
+func (s Source) git() gitproto.CLI { return gitproto.CLI{Dir: s.Dir, Env: s.Env} }
 
 // localWatch returns, for a remote on this machine (a path or a file://
 // URL, as git remote get-url says), a function that reads its run refs of

@@ -728,7 +728,7 @@ func (b *Bridge) apply(ctx context.Context, s *Series, known map[string]seriesRe
 		}
 		// The request tag is never signed, whatever git's configuration
 		// says: mailed patches run untrusted.
-		obj, err = requests.Client{Dir: scratch, Unsigned: true}.Make(ctx, requests.Request{Name: s.RequestName(), Target: gitproto.NewHash(head)})
+		obj, err = requests.Client{Dir: scratch, Unsigned: true, Env: b.cfg.Env}.Make(ctx, requests.Request{Name: s.RequestName(), Target: gitproto.NewHash(head)})
 		if err == nil {
 			specs = append(specs, "+"+obj.String()+":"+reqRef)
 			_, err = git.Run(ctx, "", append(append(args, "--", b.cfg.Remote), specs...)...)
@@ -922,7 +922,7 @@ func (b *Bridge) watchRuns(ctx context.Context) {
 }
 
 func (b *Bridge) runsSource() results.Source {
-	return results.Source{Dir: b.remote.Cache, Remote: b.cfg.Remote}
+	return results.Source{Dir: b.remote.Cache, Remote: b.cfg.Remote, Env: b.cfg.Env}
 }
 
 // result handles one changed run: the final result of a requested

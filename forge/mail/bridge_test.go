@@ -824,3 +824,21 @@ func TestBridgeRestartAfterAsking(t *testing.T) {
 		})
 	}
 }
+
+// Config.Env reaches every git the bridge runs on the remote (the
+// ledger, the request's push, the results): a remote only that
+// environment leads to works end to end.
+func TestBridgeEnv(t *testing.T) {
+	w := newWorld(t)
+	w.mail.deliver(w.series("--base="+w.base, "--cover-letter", "--thread", "main..topic")...)
+	snd := &recSender{}
+	const name = "forge.invalid:org/app.git"
+	w.bridge("one", "", snd, func(c *Config) {
+		c.Remote = name
+		c.Env = []string{"GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=url." + w.bare + ".insteadOf", "GIT_CONFIG_VALUE_0=" + name}
+	})
+	got := waitMails(t, snd, 1)
+	if hdr, body := parseMail(t, got[0].raw); hdr.Header.Get("X-Refci-State") != "success" || len(w.runs()) != 1 {
+		t.Errorf("state %q, runs %v:\n%s", hdr.Header.Get("X-Refci-State"), w.runs(), body)
+	}
+}
