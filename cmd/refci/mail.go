@@ -220,13 +220,20 @@ func newMailBridge(ctx context.Context, c mailConfig, remotes []string, dir stri
 	if err != nil {
 		return nil, mailErr("%v", err)
 	}
+	// A certificate that does not verify is most often a private CA's.
+	hint := func(err error) error {
+		if c.CAFile == "" && strings.Contains(err.Error(), "TLS") {
+			return fmt.Errorf("%w; if the server's certificate is from a private CA, name the CA's PEM file in ca_file", err)
+		}
+		return err
+	}
 	box, err := mail.DialIMAP(ctx, imapCfg)
 	if err != nil {
-		return nil, fmt.Errorf("[mail]: IMAP: %w", err)
+		return nil, hint(fmt.Errorf("[mail]: IMAP: %w", err))
 	}
 	if err := sender.Check(ctx); err != nil {
 		box.Close()
-		return nil, fmt.Errorf("[mail]: %w", err)
+		return nil, hint(fmt.Errorf("[mail]: %w", err))
 	}
 	cc := c.CcList == nil || *c.CcList
 	b, err := mail.New(mail.Config{Mailbox: box, Sender: sender, Remote: c.Remote, Dir: dir, Name: c.Name, From: c.From,

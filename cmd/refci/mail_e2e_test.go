@@ -416,6 +416,11 @@ func TestMailCommandBesideAWorker(t *testing.T) {
 	if r.code != exitUsage || !strings.Contains(r.stderr, "check user and password_file") || strings.Contains(r.stderr, "4711") {
 		t.Errorf("wrong password: exit %d, stderr %q", r.code, r.stderr)
 	}
+	noCA := write("noca.toml", strings.Replace(w.mailTable("imaps://"+w.dv.TLSAddr, extra), fmt.Sprintf("ca_file = %q\n", w.dv.CAFile), "", 1))
+	r = runRefciEnv(t, env, "mail", "--config", noCA)
+	if r.code != exitInfra || !strings.Contains(r.stderr, "TLS with 127.0.0.1") || !strings.Contains(r.stderr, "name the CA's PEM file in ca_file") {
+		t.Errorf("a private CA not given: exit %d, stderr %q", r.code, r.stderr)
+	}
 	down := write("down.toml", strings.Replace(w.mailTable("imap://"+w.dv.Addr, extra), w.sink.addr, "127.0.0.1:1", 1))
 	r = runRefciEnv(t, env, "mail", "--config", down)
 	if r.code != exitInfra || !strings.Contains(r.stderr, "connect to smtp+insecure://127.0.0.1:1") {
