@@ -130,6 +130,10 @@ func cmdMail(ctx context.Context, e *env, args []string) int {
 	}, func(os.Signal) {})
 	defer stopSignals()
 	mb, err := newMailBridge(ctx, cfg.Mail, nil, cfg.State, nil, logger)
+	if err != nil && ctx.Err() != nil {
+		logger.Info("mail bridge stopped before it started")
+		return exitOK
+	}
 	if err != nil {
 		e.errorf("config %s: %v", *configFile, err)
 		return mailExit(err)
