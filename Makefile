@@ -29,6 +29,9 @@ bench: build ## print the performance figures (refci beside its baselines)
 	@echo "== mail: delivery to IMAPBox noticing it, and its idle CPU cost, on a real Dovecot (two minutes)"
 	$(GO) test -count=1 -run '^$$' -bench 'BenchmarkIMAPWakeLatency' -benchtime 30x ./forge/mail/
 	$(GO) test -count=1 -run '^$$' -bench 'BenchmarkIMAPIdleCost' -benchtime 1x ./forge/mail/
+	@echo "== mail: delivery to reply with refci worker's [mail] (trivial pipeline), and refci mail's idle CPU beside an idle worker (a minute)"
+	$(GO) test -count=1 -run '^$$' -bench 'BenchmarkMailDeliveryToReply' -benchtime 5x ./cmd/refci/
+	$(GO) test -count=1 -run '^$$' -bench 'BenchmarkMailIdleCost' -benchtime 1x ./cmd/refci/
 
 lint: ## gofmt, go vet and the import rules
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

@@ -45,7 +45,11 @@ type Intake struct {
 	// API call per 100 open pull requests, and one ls-remote of the
 	// requests, per poll.
 	Every time.Duration
-	Log   *slog.Logger // nil: slog.Default()
+	// Env is KEY=VALUE added to the environment of the intake's git,
+	// which fetches from and pushes to Remote (e.g. GIT_SSH_COMMAND);
+	// nil adds nothing.
+	Env []string
+	Log *slog.Logger // nil: slog.Default()
 
 	asked map[int]string // head last asked for, by pull request
 }
@@ -107,7 +111,7 @@ func (in *Intake) Sync(ctx context.Context) (Synced, error) {
 	if err != nil {
 		return done, err
 	}
-	git := gitproto.CLI{Dir: in.Dir}
+	git := gitproto.CLI{Dir: in.Dir, Env: in.Env}
 	pending, err := in.requests(ctx, git)
 	if err != nil {
 		return done, err
@@ -190,7 +194,7 @@ func (in *Intake) targetOf(ctx context.Context, git gitproto.CLI, name, obj stri
 // ran reports whether the remote has a run of head under the request
 // name: the request ran and was consumed.
 func (in *Intake) ran(ctx context.Context, git gitproto.CLI, name, head string) bool {
-	src := results.Source{Dir: in.Dir, Remote: in.Remote}
+	src := results.Source{Dir: in.Dir, Remote: in.Remote, Env: in.Env}
 	if err := src.FetchRuns(ctx, head); err != nil {
 		return false
 	}
@@ -222,7 +226,7 @@ func (in *Intake) ask(ctx context.Context, git gitproto.CLI, pr PullRequest, nam
 	if err != nil || got != pr.Head {
 		return false, nil
 	}
-	c := requests.Client{Dir: in.Dir, Unsigned: true}
+	c := requests.Client{Dir: in.Dir, Unsigned: true, Env: in.Env}
 	if _, err := c.Ask(ctx, in.Remote, requests.Request{Name: name, Target: gitproto.NewHash(pr.Head)}); err != nil {
 		return false, fmt.Errorf("%s: ask for a run of pull request #%d: %w", in.Where, pr.Number, err)
 	}

@@ -74,6 +74,28 @@ func newIntake(r *forgeRepo, l *lister) *forge.Intake {
 	return &forge.Intake{Forge: l, Where: "test org/app", Dir: cache, Remote: r.bare, HeadRef: forge.GitHubHeadRef, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 }
 
+// Intake.Env reaches every git it runs (fetching heads, listing and
+// pushing requests): a remote only that environment leads to works.
+func TestIntakeEnv(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r := newForgeRepo(t)
+	l := &lister{}
+	in := newIntake(r, l)
+	in.Remote = "forge.invalid:org/app.git"
+	in.Env = []string{"GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=url." + r.bare + ".insteadOf", "GIT_CONFIG_VALUE_0=" + in.Remote}
+	h1 := r.pull(1, "one")
+	l.set(forge.PullRequest{Number: 1, Head: h1})
+	got, err := in.Sync(ctx)
+	if err != nil || len(got.Asked) != 1 || r.request("pr/1") != h1 {
+		t.Fatalf("synced %+v, %v; request pr/1 %q, want %s", got, err, r.request("pr/1"), h1)
+	}
+	l.set()
+	if got, err := in.Sync(ctx); err != nil || len(got.Deleted) != 1 || r.request("pr/1") != "" {
+		t.Fatalf("closed: synced %+v, %v; request pr/1 %q", got, err, r.request("pr/1"))
+	}
+}
+
 func TestIntakeTakesPullRequestsIn(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

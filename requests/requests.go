@@ -40,6 +40,10 @@ type Client struct {
 	// in from a forge): their trust must come from what their authors
 	// signed, never from the key of the machine that took them in.
 	Unsigned bool
+	// Env is KEY=VALUE added to the environment of the client's git
+	// (e.g. GIT_SSH_COMMAND, to reach the remote with a key of its
+	// own); nil adds nothing.
+	Env []string
 }
 
 // Make writes the request object: an annotated tag of r.Target with a
@@ -51,7 +55,7 @@ func (c Client) Make(ctx context.Context, r Request) (gitproto.Hash, error) {
 	id := make([]byte, 8)
 	rand.Read(id)
 	msg := queue.FormatRequestOptions(fmt.Sprintf("refci request %s (id %x)", r.Name, id), r.Options)
-	git := gitproto.CLI{Dir: c.Dir}
+	git := gitproto.CLI{Dir: c.Dir, Env: c.Env}
 	if key, _ := git.Run(ctx, "", "config", "user.signingkey"); key != "" && !c.Unsigned {
 		return git.SignTag(ctx, fmt.Sprintf("refci-request-%x", id), r.Target, msg)
 	}
@@ -67,7 +71,7 @@ func (c Client) Make(ctx context.Context, r Request) (gitproto.Hash, error) {
 // (whose run the worker then cancels).
 func (c Client) Push(ctx context.Context, remote, name string, obj gitproto.Hash) error {
 	ref := queue.RequestRef(name)
-	_, err := gitproto.CLI{Dir: c.Dir}.Run(ctx, "", "push", "--quiet", "--no-verify", remote, "+"+obj.String()+":"+ref)
+	_, err := gitproto.CLI{Dir: c.Dir, Env: c.Env}.Run(ctx, "", "push", "--quiet", "--no-verify", remote, "+"+obj.String()+":"+ref)
 	return err
 }
 

@@ -76,3 +76,28 @@ func TestRequestTagIsUniqueAndNeedsNoIdentity(t *testing.T) {
 		t.Errorf("tagger with an identity:\n%s", body)
 	}
 }
+
+// insteadOf is git environment that makes the URL name lead to dir: a
+// remote only a client that passes its Env to git can reach.
+func insteadOf(dir, name string) []string {
+	return []string{"GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=url." + dir + ".insteadOf", "GIT_CONFIG_VALUE_0=" + name}
+}
+
+// Client.Env reaches the git that pushes (as GIT_SSH_COMMAND would).
+func TestClientEnv(t *testing.T) {
+	ctx := context.Background()
+	dir := fixtures.NewRepo(t)
+	head := fixtures.CommitAll(t, dir, "c")
+	bare := fixtures.BareRepo(t, "remote.git")
+	req := Request{Name: "topic", Target: gitproto.NewHash(head)}
+	if _, err := (Client{Dir: dir}).Ask(ctx, "nowhere.invalid:app.git", req); err == nil {
+		t.Fatal("pushed to nowhere.invalid without the environment")
+	}
+	obj, err := Client{Dir: dir, Env: insteadOf(bare, "nowhere.invalid:app.git")}.Ask(ctx, "nowhere.invalid:app.git", req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fixtures.Git(t, bare, "rev-parse", queue.RequestRef("topic")); got != obj.String() {
+		t.Errorf("the request ref is %s, want %s", got, obj)
+	}
+}

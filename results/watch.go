@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -24,6 +25,9 @@ type Source struct {
 	// (origin): FindFetching then fetches only when the repository has a
 	// remote of that name, and says nothing when it has not.
 	Default bool
+	// Env is KEY=VALUE added to the environment of git reaching Remote
+	// (e.g. GIT_SSH_COMMAND); nil adds nothing.
+	Env []string
 }
 
 // Open opens the source's local repository as it is now.
@@ -50,7 +54,7 @@ func (s Source) FetchRuns(ctx context.Context, targets ...string) error {
 		args = append(args, "+"+queue.RunsPrefix+t+"/*:"+queue.RunsPrefix+t+"/*")
 	}
 	git := s.git()
-	git.Env = []string{"GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=protocol.version", "GIT_CONFIG_VALUE_0=2"}
+	git.Env = append(slices.Clip(git.Env), "GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=protocol.version", "GIT_CONFIG_VALUE_0=2")
 	_, err := git.Run(ctx, "", args...)
 	return err
 }
@@ -201,7 +205,7 @@ func (s Source) WaitForClaim(ctx context.Context, name string, note func(ClaimNo
 
 // git runs the git program in the local repository (for the user's
 // remotes and credentials).
-func (s Source) git() gitproto.CLI { return gitproto.CLI{Dir: s.Dir} }
+func (s Source) git() gitproto.CLI { return gitproto.CLI{Dir: s.Dir, Env: s.Env} }
 
 // localWatch returns, for a remote on this machine (a path or a file://
 // URL, as git remote get-url says), a function that reads its run refs of

@@ -348,16 +348,25 @@ func readToken(path string) (string, error) {
 // ownerOnly checks that the file of a secret (setting names it) exists and
 // only its owner may read it.
 func ownerOnly(setting, path string) error {
+	what := "the forge's access token"
+	if setting == "private_key_file" {
+		what = "the GitHub App's private key (.pem)"
+	}
+	if err := checkOwnerOnly(setting, path, what); err != nil {
+		return forgeErr("%v", err)
+	}
+	return nil
+}
+
+// checkOwnerOnly checks that the file of a secret (setting names it,
+// what says what it holds) exists and only its owner may read it.
+func checkOwnerOnly(setting, path, what string) error {
 	fi, err := os.Stat(path)
 	if err != nil {
-		what := "the forge's access token"
-		if setting == "private_key_file" {
-			what = "the GitHub App's private key (.pem)"
-		}
-		return forgeErr("%s %s: %v; write %s there (chmod 600)", setting, path, errors.Unwrap(err), what)
+		return fmt.Errorf("%s %s: %v; write %s there (chmod 600)", setting, path, errors.Unwrap(err), what)
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
-		return forgeErr("%s %s can be read by others (mode %04o): run chmod 600 %s", setting, path, fi.Mode().Perm(), path)
+		return fmt.Errorf("%s %s can be read by others (mode %04o): run chmod 600 %s", setting, path, fi.Mode().Perm(), path)
 	}
 	return nil
 }

@@ -53,6 +53,9 @@ type workerConfig struct {
 	// MirrorState records what each shows (default $REFCI_HOME/mirror).
 	Forges      []forgeConfig `toml:"forge"`
 	MirrorState string        `toml:"mirror_state"`
+	// Mail runs the mail bridge beside the worker ([mail]), in a
+	// directory under the cache.
+	Mail *mailConfig `toml:"mail"`
 }
 
 // duration reads "10s" style values from TOML.
@@ -98,7 +101,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 			return exitUsage
 		}
 		if und := md.Undecoded(); len(und) > 0 {
-			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted, mirror_state, and in [[forge]]: "+forgeSettings, *configFile, und[0].String())
+			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted, mirror_state, and in [[forge]]: "+forgeSettings+"; in [mail]: "+mailSettings, *configFile, und[0].String())
 			return exitUsage
 		}
 	}
@@ -231,6 +234,30 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 			return exitInfra
 		}
 	}
+	var mb *mailBridge
+	var w *worker.Worker // set before the bridge runs
+	if cfg.Mail != nil {
+		private = append(private, cfg.Mail.PasswordFile)
+		remote := cfg.Mail.Remote
+		if remote == "" && len(cfg.Remotes) == 1 {
+			remote = cfg.Remotes[0]
+		}
+		dir := filepath.Join(cfg.Cache, "mail", strings.TrimSuffix(cacheName(remote+" "+cfg.Mail.Name), ".git"))
+		// The worker polls the remote at once when the bridge asks for a
+		// run of a series.
+		asked := func() {
+			for i, r := range rems {
+				if cfg.Remotes[i] == remote {
+					w.Poke(r.URL)
+				}
+			}
+		}
+		if mb, err = newMailBridge(ctx, *cfg.Mail, cfg.Remotes, dir, asked, logger); err != nil {
+			e.errorf("config %s: %v", *configFile, err)
+			return mailExit(err)
+		}
+		defer mb.close()
+	}
 	self, _ := os.Executable()
 	// What refci's own git, ssh and gpg read stays read-only for
 	// pipelines, and so do the remotes on this machine.
@@ -251,13 +278,13 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		byURL[r.URL] = r
 	}
 	opener := secretsOpener(admins, id, func(u string) *gitproto.Remote { return byURL[u] })
-	w := worker.New(worker.Config{
+	w = worker.New(worker.Config{
 		Remotes: rems, Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
 		Grace: cfg.Grace.Duration, MaxTimeout: cfg.MaxTimeout.Duration, MaxAttempts: cfg.MaxAttempts,
 		Limits: worker.Limits{Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
 			LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap},
 		Signer: id, RefciPath: self, Shim: sb.Shim, Host: host, Version: version, Logger: logger,
-		Trust: worker.SignatureTrust(trusted), Secrets: opener, Page: renderPage, Pushed: wakeMirrors(rems, cfg.Remotes, mirrors),
+		Trust: worker.SignatureTrust(trusted), Secrets: opener, Page: renderPage, Pushed: wakeAll(wakeMirrors(rems, cfg.Remotes, mirrors), wakeMail(rems, cfg.Remotes, mb)),
 		Isolation: sb.Isolation, TempDir: sb.RunsDir,
 	})
 	stop, stopFn := context.WithCancel(ctx)
@@ -293,9 +320,19 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	mirrorCtx, stopMirrors := context.WithCancel(context.WithoutCancel(ctx))
 	mirrorsDone := make(chan struct{})
 	go func() { defer close(mirrorsDone); runMirrors(mirrorCtx, mirrors) }()
+	// So does the mail bridge.
+	mailDone := make(chan struct{})
+	go func() {
+		defer close(mailDone)
+		if mb != nil {
+			logger.Info("mail bridge started", "imap", cfg.Mail.IMAP, "smtp", cfg.Mail.SMTP, "remote", gitproto.RedactURL(mb.remote))
+			mb.bridge.Run(mirrorCtx)
+		}
+	}()
 	err = w.Run(stop, abort)
 	stopMirrors()
 	<-mirrorsDone
+	<-mailDone
 	if err != nil {
 		e.errorf("worker: %v", err)
 		return exitInfra

@@ -77,6 +77,11 @@ type Config struct {
 	// not be sent is tried again (defaults 5 s and 5 minutes); it
 	// doubles per failure in a row.
 	MinBackoff, MaxBackoff time.Duration
+	// Asked, when not nil, is called after each request the bridge
+	// pushes to Remote: a worker beside it that serves Remote polls at
+	// once instead of at its next poll. It is called from the bridge's
+	// goroutine and must not block.
+	Asked func()
 	// Logger gets the bridge's log lines; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock of series timeouts and records (default
@@ -723,7 +728,7 @@ func (b *Bridge) apply(ctx context.Context, s *Series, known map[string]seriesRe
 		}
 		// The request tag is never signed, whatever git's configuration
 		// says: mailed patches run untrusted.
-		obj, err = requests.Client{Dir: scratch, Unsigned: true}.Make(ctx, requests.Request{Name: s.RequestName(), Target: gitproto.NewHash(head)})
+		obj, err = requests.Client{Dir: scratch, Unsigned: true, Env: b.cfg.Env}.Make(ctx, requests.Request{Name: s.RequestName(), Target: gitproto.NewHash(head)})
 		if err == nil {
 			specs = append(specs, "+"+obj.String()+":"+reqRef)
 			_, err = git.Run(ctx, "", append(append(args, "--", b.cfg.Remote), specs...)...)
@@ -735,6 +740,9 @@ func (b *Bridge) apply(ctx context.Context, s *Series, known map[string]seriesRe
 	}
 	b.solved("push", "mail bridge: pushing to the remote works again")
 	b.log.Info("mail bridge: series asked for", "series", key, "request", s.RequestName(), "head", head, "base", base, "from", th.Author)
+	if b.cfg.Asked != nil {
+		b.cfg.Asked()
+	}
 	// Older versions are superseded: their requests go (a worker running
 	// one cancels it).
 	for okey, r := range known {
@@ -914,7 +922,7 @@ func (b *Bridge) watchRuns(ctx context.Context) {
 }
 
 func (b *Bridge) runsSource() results.Source {
-	return results.Source{Dir: b.remote.Cache, Remote: b.cfg.Remote}
+	return results.Source{Dir: b.remote.Cache, Remote: b.cfg.Remote, Env: b.cfg.Env}
 }
 
 // result handles one changed run: the final result of a requested

@@ -310,9 +310,13 @@ func TestBridgeSeriesToReply(t *testing.T) {
 	w.mail.deliver(mails[2], stray, mails[3], mails[0], mails[1])
 	snd := &recSender{}
 	dir := t.TempDir()
-	b, stop := w.bridge("one", dir, snd, nil)
+	var asked atomic.Int64
+	b, stop := w.bridge("one", dir, snd, func(c *Config) { c.Asked = func() { asked.Add(1) } })
 
 	got := waitMails(t, snd, 1)
+	if n := asked.Load(); n != 1 {
+		t.Errorf("Asked called %d times for one request", n)
+	}
 	hdr, body := parseMail(t, got[0].raw)
 	runs := w.runs()
 	if len(runs) != 1 {
@@ -818,5 +822,23 @@ func TestBridgeRestartAfterAsking(t *testing.T) {
 				t.Errorf("%d replies, runs %v", n, w.runs())
 			}
 		})
+	}
+}
+
+// Config.Env reaches every git the bridge runs on the remote (the
+// ledger, the request's push, the results): a remote only that
+// environment leads to works end to end.
+func TestBridgeEnv(t *testing.T) {
+	w := newWorld(t)
+	w.mail.deliver(w.series("--base="+w.base, "--cover-letter", "--thread", "main..topic")...)
+	snd := &recSender{}
+	const name = "forge.invalid:org/app.git"
+	w.bridge("one", "", snd, func(c *Config) {
+		c.Remote = name
+		c.Env = []string{"GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=url." + w.bare + ".insteadOf", "GIT_CONFIG_VALUE_0=" + name}
+	})
+	got := waitMails(t, snd, 1)
+	if hdr, body := parseMail(t, got[0].raw); hdr.Header.Get("X-Refci-State") != "success" || len(w.runs()) != 1 {
+		t.Errorf("state %q, runs %v:\n%s", hdr.Header.Get("X-Refci-State"), w.runs(), body)
 	}
 }

@@ -45,6 +45,21 @@ const maxLiteral = 1 << 20
 // UID SEARCH answer for a million messages is about 8 MB).
 const maxLine = 64 << 20
 
+// ErrIMAPConfig is wrapped by the errors of DialIMAP (and of later
+// reconnections) that the configuration must fix, not time: a malformed
+// URL, plain text to another machine, no user, a refused user or
+// password, a missing mailbox, a server that wants TLS or offers no
+// STARTTLS. Other errors (unreachable, a TLS failure, a timeout) may go
+// away by themselves.
+var ErrIMAPConfig = errors.New("IMAP configuration")
+
+// imapConfigError is an error that matches ErrIMAPConfig, with the text
+// of the error it holds.
+type imapConfigError struct{ error }
+
+func (e imapConfigError) Unwrap() error        { return e.error }
+func (e imapConfigError) Is(target error) bool { return target == ErrIMAPConfig }
+
 // IMAPConfig says how to reach an IMAP mailbox. URL and User are
 // required; the other fields have defaults.
 type IMAPConfig struct {
@@ -193,10 +208,10 @@ func isLoopbackHost(host string) bool {
 func DialIMAP(ctx context.Context, cfg IMAPConfig) (*IMAPBox, error) {
 	t, err := parseIMAPURL(cfg.URL)
 	if err != nil {
-		return nil, err
+		return nil, imapConfigError{err}
 	}
 	if cfg.User == "" {
-		return nil, fmt.Errorf("IMAP %s: no user given", t)
+		return nil, imapConfigError{fmt.Errorf("IMAP %s: no user given", t)}
 	}
 	b := &IMAPBox{target: t, user: cfg.User, pass: cfg.Password, tls: cfg.TLS, log: cfg.Logger, timeout: cfg.Timeout}
 	b.stats.plus = make(chan struct{}, 1)
@@ -627,7 +642,7 @@ func (b *IMAPBox) dial(ctx context.Context) (*imapSession, error) {
 		}
 		rest, _ = br.Peek(br.Buffered())
 		if slices.Contains(capabilities(line), "LOGINDISABLED") {
-			return nil, fmt.Errorf("connect to %s: the server refuses to log in here without TLS (LOGINDISABLED): use imaps:// or imap://", t)
+			return nil, imapConfigError{fmt.Errorf("connect to %s: the server refuses to log in here without TLS (LOGINDISABLED): use imaps:// or imap://", t)}
 		}
 	}
 	// go-imap is handed a greeting with no capabilities of interest, so
@@ -659,7 +674,7 @@ func (b *IMAPBox) dial(ctx context.Context) (*imapSession, error) {
 			if !s.alive() {
 				return nil, fmt.Errorf("log in to %s: connection lost: %v", t, errOr(w.err(), err))
 			}
-			return nil, fmt.Errorf("log in to %s as %q: the server refused the user or password (check user and password_file): %v", t, b.user, err)
+			return nil, imapConfigError{fmt.Errorf("log in to %s as %q: the server refused the user or password (check user and password_file): %v", t, b.user, err)}
 		}
 	}
 	st, err := c.Select(t.mailbox, true)
@@ -667,7 +682,7 @@ func (b *IMAPBox) dial(ctx context.Context) (*imapSession, error) {
 		if !s.alive() {
 			return nil, fmt.Errorf("open mailbox %q on %s: connection lost: %v", t.mailbox, t, errOr(w.err(), err))
 		}
-		return nil, fmt.Errorf("open mailbox %q on %s: %v (does the mailbox exist?)", t.mailbox, t, err)
+		return nil, imapConfigError{fmt.Errorf("open mailbox %q on %s: %v (does the mailbox exist?)", t.mailbox, t, err)}
 	}
 	if st.UidValidity == 0 {
 		return nil, fmt.Errorf("open mailbox %q on %s: the server sent no UIDVALIDITY", t.mailbox, t)

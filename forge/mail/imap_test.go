@@ -330,16 +330,16 @@ func TestIMAPWithoutSTARTTLS(t *testing.T) {
 func TestIMAPWrongPassword(t *testing.T) {
 	s := dovecot.Start(t)
 	err := dialErr(t, IMAPConfig{URL: "imaps://" + s.TLSAddr, User: s.User, Password: "not-the-password-4711", TLS: &tls.Config{RootCAs: s.CAPool}})
-	if !strings.Contains(err.Error(), "refused the user or password (check user and password_file)") {
+	if !strings.Contains(err.Error(), "refused the user or password (check user and password_file)") || !errors.Is(err, ErrIMAPConfig) {
 		t.Fatalf("wrong password: %v", err)
 	}
 	err = dialErr(t, IMAPConfig{URL: "imaps://" + s.TLSAddr + "/NoSuchFolder", User: s.User, Password: s.Password, TLS: &tls.Config{RootCAs: s.CAPool}})
-	if !strings.Contains(err.Error(), `open mailbox "NoSuchFolder"`) || !strings.Contains(err.Error(), "does the mailbox exist?") {
+	if !strings.Contains(err.Error(), `open mailbox "NoSuchFolder"`) || !strings.Contains(err.Error(), "does the mailbox exist?") || !errors.Is(err, ErrIMAPConfig) {
 		t.Fatalf("missing mailbox: %v", err)
 	}
 	s.Stop(t)
 	err = dialErr(t, IMAPConfig{URL: "imaps://" + s.TLSAddr, User: s.User, Password: s.Password, TLS: &tls.Config{RootCAs: s.CAPool}})
-	if !strings.Contains(err.Error(), "connect to imaps://"+s.TLSAddr) || !strings.Contains(err.Error(), "is the server up") {
+	if !strings.Contains(err.Error(), "connect to imaps://"+s.TLSAddr) || !strings.Contains(err.Error(), "is the server up") || errors.Is(err, ErrIMAPConfig) {
 		t.Fatalf("server down: %v", err)
 	}
 }

@@ -72,7 +72,7 @@ func (b *IMAPBox) startTLS(ctx context.Context, w *wire) (net.Conn, error) {
 		}
 	}
 	if !slices.Contains(caps, "STARTTLS") {
-		return nil, fmt.Errorf("connect to %s: the server does not offer STARTTLS; use imaps:// (or imap+insecure:// for a server on this machine)", t)
+		return nil, imapConfigError{fmt.Errorf("connect to %s: the server does not offer STARTTLS; use imaps:// (or imap+insecure:// for a server on this machine)", t)}
 	}
 	if _, err := io.WriteString(w, "C2 STARTTLS\r\n"); err != nil {
 		return nil, fmt.Errorf("connect to %s: %v", t, err)

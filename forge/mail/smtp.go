@@ -28,12 +28,14 @@ var ErrSMTPAuth = errors.New("SMTP login needed or refused")
 
 // SMTPConfig says how an SMTPSender reaches its server.
 type SMTPConfig struct {
-	// URL is smtps://host[:465] (TLS from the first byte) or
+	// URL is smtps://host[:465] (TLS from the first byte),
 	// smtp://host[:587] (STARTTLS, refused when the server does not
-	// offer it). Plain text is used only to a loopback address whose
-	// server offers no STARTTLS: the connection never leaves the
-	// machine. No user, password, path or query: User and Password
-	// say who logs in.
+	// offer it) or smtp+insecure://host[:587] (plain text, only to a
+	// loopback address, as imap+insecure:// on the IMAP side). An
+	// smtp:// server that offers no STARTTLS is also talked to in plain
+	// text when its address is a loopback one: the connection never
+	// leaves the machine. No user, password, path or query: User and
+	// Password say who logs in.
 	URL string
 	// User, when not "", logs in with AUTH PLAIN, which is only ever
 	// sent over TLS or to a loopback address. Password is never logged
@@ -96,22 +98,27 @@ func NewSMTPSender(cfg SMTPConfig) (*SMTPSender, error) {
 // helper can come once both are merged.
 type smtpEndpoint struct {
 	implicitTLS bool
+	plain       bool // smtp+insecure://: no STARTTLS, loopback only
 	host, port  string
 }
 
 func (e smtpEndpoint) addr() string { return net.JoinHostPort(e.host, e.port) }
 
 func (e smtpEndpoint) String() string {
-	if e.implicitTLS {
+	switch {
+	case e.implicitTLS:
 		return "smtps://" + e.addr()
+	case e.plain:
+		return "smtp+insecure://" + e.addr()
 	}
 	return "smtp://" + e.addr()
 }
 
-// parseSMTPURL reads smtps://host[:port] or smtp://host[:port]; its
-// errors never quote a password the URL may hold.
+// parseSMTPURL reads smtps://host[:port], smtp://host[:port] or
+// smtp+insecure://host[:port] (a loopback host only); its errors never
+// quote a password the URL may hold.
 func parseSMTPURL(s string) (smtpEndpoint, error) {
-	const want = "want smtps://host[:465] or smtp://host[:587]"
+	const want = "want smtps://host[:465], smtp://host[:587] or smtp+insecure://127.0.0.1[:587]"
 	u, err := url.Parse(strings.TrimSpace(s))
 	if err != nil || u.Opaque != "" {
 		return smtpEndpoint{}, fmt.Errorf("smtp URL: not a URL (%s)", want)
@@ -122,6 +129,8 @@ func parseSMTPURL(s string) (smtpEndpoint, error) {
 		ep.implicitTLS, ep.port = true, "465"
 	case "smtp":
 		ep.port = "587"
+	case "smtp+insecure":
+		ep.plain, ep.port = true, "587"
 	default:
 		return smtpEndpoint{}, fmt.Errorf("smtp URL %s: scheme %q (%s)", u.Redacted(), u.Scheme, want)
 	}
@@ -142,6 +151,9 @@ func parseSMTPURL(s string) (smtpEndpoint, error) {
 		}
 		ep.port = p
 	}
+	if ep.plain && !isLoopbackHost(ep.host) {
+		return smtpEndpoint{}, fmt.Errorf("smtp URL %s: plain text is allowed only to a loopback address (127.0.0.1, ::1, localhost), not to %s; use smtps:// or smtp:// (STARTTLS)", u.Redacted(), ep.host)
+	}
 	return ep, nil
 }
 
@@ -152,6 +164,44 @@ func (s *SMTPSender) Send(ctx context.Context, from string, rcpt []string, raw [
 	if err := checkAddrs(from, rcpt); err != nil {
 		return err
 	}
+	c, done, err := s.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	return s.send(ctx, c, from, rcpt, raw)
+}
+
+// Check connects, greets, starts TLS and logs in as Send does, then
+// quits without sending anything: a command checks at startup that the
+// server, its certificate and the login work. Its errors are Send's
+// (a refused login wraps ErrSMTPAuth).
+func (s *SMTPSender) Check(ctx context.Context) error {
+	c, done, err := s.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	if err := c.Quit(); err != nil {
+		return fmt.Errorf("smtp: %s at QUIT: %w", s.ep, s.timeoutErr(ctx, err))
+	}
+	return nil
+}
+
+// open connects to the server, greets it, starts TLS and logs in; done
+// closes the connection.
+func (s *SMTPSender) open(ctx context.Context) (_ *smtp.Client, done func(), err error) {
+	var closers []func() error
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			closeAll()
+		}
+	}()
 	to := s.ep.String()
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if s.cfg.TLS != nil {
@@ -162,17 +212,22 @@ func (s *SMTPSender) Send(ctx context.Context, from string, rcpt []string, raw [
 	}
 	conn, loopback, err := s.dial(ctx)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer conn.Close()
+	closers = append(closers, conn.Close)
 
 	var c *smtp.Client
 	secure := true
 	switch {
+	case s.ep.plain:
+		if !loopback { // a name that leads elsewhere
+			return nil, nil, errNoPlainText(to)
+		}
+		c, secure = smtp.NewClient(conn), false
 	case s.ep.implicitTLS:
 		tc := tls.Client(conn, tlsCfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
-			return fmt.Errorf("smtp: TLS with %s: %w (with a private CA, give its certificate)", to, s.timeoutErr(ctx, err))
+			return nil, nil, fmt.Errorf("smtp: TLS with %s: %w (with a private CA, give its certificate)", to, s.timeoutErr(ctx, err))
 		}
 		c = smtp.NewClient(tc)
 	default:
@@ -182,46 +237,51 @@ func (s *SMTPSender) Send(ctx context.Context, from string, rcpt []string, raw [
 			// closed the first connection).
 			conn.Close()
 			if conn, loopback, err = s.dial(ctx); err != nil {
-				return err
+				return nil, nil, err
 			}
-			defer conn.Close()
+			closers = append(closers, conn.Close)
 			if !loopback { // the name now leads elsewhere
-				return errNoPlainText(to)
+				return nil, nil, errNoPlainText(to)
 			}
 			c, secure = smtp.NewClient(conn), false
 		} else if err != nil && noSTARTTLS(err) {
-			return errNoPlainText(to)
+			return nil, nil, errNoPlainText(to)
 		} else if err != nil {
-			return fmt.Errorf("smtp: greeting and STARTTLS with %s: %w", to, s.timeoutErr(ctx, err))
+			return nil, nil, fmt.Errorf("smtp: greeting and STARTTLS with %s: %w", to, s.timeoutErr(ctx, err))
 		}
 	}
-	defer c.Close()
+	closers = append(closers, c.Close)
 	c.CommandTimeout, c.SubmissionTimeout = s.cfg.Timeout, s.cfg.Timeout
 	// After STARTTLS the handshake happens here, with this EHLO.
 	if err := c.Hello(s.hostname); err != nil {
 		if secure {
-			return fmt.Errorf("smtp: TLS with %s: %w (with a private CA, give its certificate)", to, s.timeoutErr(ctx, err))
+			return nil, nil, fmt.Errorf("smtp: TLS with %s: %w (with a private CA, give its certificate)", to, s.timeoutErr(ctx, err))
 		}
-		return fmt.Errorf("smtp: greeting from %s: %w", to, s.timeoutErr(ctx, err))
+		return nil, nil, fmt.Errorf("smtp: greeting from %s: %w", to, s.timeoutErr(ctx, err))
 	}
 
 	if s.cfg.User != "" {
 		if !secure && !loopback { // unreachable by the rules above: the last guard
-			return fmt.Errorf("smtp: %s: no login over plain text", to)
+			return nil, nil, fmt.Errorf("smtp: %s: no login over plain text", to)
 		}
 		if !c.SupportsAuth("PLAIN") {
-			return fmt.Errorf("smtp: %w: %s offers no AUTH PLAIN (user %q)", ErrSMTPAuth, to, s.cfg.User)
+			return nil, nil, fmt.Errorf("smtp: %w: %s offers no AUTH PLAIN (user %q)", ErrSMTPAuth, to, s.cfg.User)
 		}
 		if err := c.Auth(sasl.NewPlainClient("", s.cfg.User, s.cfg.Password)); err != nil {
 			var se *smtp.SMTPError
 			if errors.As(err, &se) {
-				return fmt.Errorf("smtp: %w: %s answered %d %s for user %q: check user and password_file in [mail]; replies wait until the login works",
+				return nil, nil, fmt.Errorf("smtp: %w: %s answered %d %s for user %q: check user and password_file in [mail]; replies wait until the login works",
 					ErrSMTPAuth, to, se.Code, se.Message, s.cfg.User)
 			}
-			return fmt.Errorf("smtp: log in to %s: %w", to, s.timeoutErr(ctx, err))
+			return nil, nil, fmt.Errorf("smtp: log in to %s: %w", to, s.timeoutErr(ctx, err))
 		}
 	}
+	return c, closeAll, nil
+}
 
+// send submits raw on the open connection c.
+func (s *SMTPSender) send(ctx context.Context, c *smtp.Client, from string, rcpt []string, raw []byte) error {
+	to := s.ep.String()
 	var opts *smtp.MailOptions
 	if !ascii(append([]string{from}, rcpt...)...) {
 		if ok, _ := c.Extension("SMTPUTF8"); !ok {

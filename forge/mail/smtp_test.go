@@ -241,6 +241,37 @@ func TestSMTPPlainLoopback(t *testing.T) {
 	}
 }
 
+// smtp+insecure:// talks plain text to a loopback server, even one that
+// offers STARTTLS, as imap+insecure:// does; Check logs in and sends
+// nothing.
+func TestSMTPInsecureLoopback(t *testing.T) {
+	ca := newTestCA(t)
+	be := &sink{user: "ci", password: "hunter2"}
+	for _, mode := range []serverMode{plainServer, startTLSServer} {
+		addr := serve(t, be, "127.0.0.1", mode, ca, func(s *smtp.Server) { s.AllowInsecureAuth = true })
+		s := sender(t, SMTPConfig{URL: "smtp+insecure://" + addr, User: "ci", Password: "hunter2"})
+		if err := s.Check(context.Background()); err != nil {
+			t.Fatalf("check: %v", err)
+		}
+		if err := s.Send(context.Background(), "ci@example.org", []string{"ann@example.org"}, []byte(reply)); err != nil {
+			t.Fatal(err)
+		}
+		bad := sender(t, SMTPConfig{URL: "smtp+insecure://" + addr, User: "ci", Password: "wrong battery"})
+		if err := bad.Check(context.Background()); !errors.Is(err, ErrSMTPAuth) || strings.Contains(err.Error(), "wrong battery") {
+			t.Errorf("check with a wrong password: %v", err)
+		}
+	}
+	g := be.got()
+	if len(g) != 2 || g[0].tls || g[1].tls || g[0].authUser != "ci" || g[0].data != replyWire {
+		t.Fatalf("got %+v", g)
+	}
+	// Check against a server that is down says so.
+	s := sender(t, SMTPConfig{URL: "smtp+insecure://127.0.0.1:1"})
+	if err := s.Check(context.Background()); err == nil || !strings.Contains(err.Error(), "connect to") {
+		t.Errorf("check of a closed port: %v", err)
+	}
+}
+
 func TestSMTPStartTLS(t *testing.T) {
 	ca := newTestCA(t)
 	be := &sink{user: "ci", password: "hunter2"}
@@ -519,6 +550,11 @@ func TestParseSMTPURL(t *testing.T) {
 		{in: "smtp://mail.example.org", want: "smtp://mail.example.org:587"},
 		{in: " smtp://127.0.0.1:2525 ", want: "smtp://127.0.0.1:2525"},
 		{in: "smtp://[::1]:25", want: "smtp://[::1]:25"},
+		{in: "smtp+insecure://127.0.0.1", want: "smtp+insecure://127.0.0.1:587"},
+		{in: "smtp+insecure://localhost:25", want: "smtp+insecure://localhost:25"},
+		{in: "smtp+insecure://[::1]:2525", want: "smtp+insecure://[::1]:2525"},
+		{in: "smtp+insecure://mail.example.org", err: "only to a loopback address"},
+		{in: "smtp+insecure://10.0.0.1:25", err: "only to a loopback address"},
 		{in: "imap://mail.example.org", err: "scheme"},
 		{in: "mail.example.org:587", err: "not a URL"},
 		{in: "smtp:mail.example.org", err: "not a URL"},
