@@ -103,10 +103,10 @@ type Worker struct {
 	// (A WaitGroup would not do: a pass that began before the stop may
 	// still start a run while Run waits, and a WaitGroup's Add at zero
 	// must not race its Wait.)
-	runs int
-	idle chan struct{}
-	avgRun   atomic.Int64   // moving average of run durations, in ns (0: none yet)
-	runDirs  *RunDirs       // emptied run directories, for the next runs
+	runs    int
+	idle    chan struct{}
+	avgRun  atomic.Int64 // moving average of run durations, in ns (0: none yet)
+	runDirs *RunDirs     // emptied run directories, for the next runs
 	// dispatchMu makes Dispatch claim for one push at a time, and
 	// guards its handles of the remotes' caches.
 	dispatchMu     sync.Mutex
