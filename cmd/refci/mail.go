@@ -17,6 +17,7 @@ import (
 	"refci.dev/refci/forge/mail"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
+	"time"
 )
 
 // mailConfig is the [mail] table of worker.toml and of refci mail's
@@ -291,23 +292,51 @@ func caConfig(path string) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
-// wakeMail returns the worker's Pushed hook for the bridge mb (nil:
-// none): after a push of run refs to the bridge's remote (one of rems,
-// opened from the URLs urls), the bridge looks at the runs at once.
-func wakeMail(rems []*gitproto.Remote, urls []string, mb *mailBridge) func(string) {
-	if mb == nil {
+// wakeMail returns the worker's Pushed hook for the bridge that bridge
+// returns (nil: none yet) on remote: after a push of run refs to it (one
+// of rems, opened from the URLs urls), the bridge looks at the runs at
+// once. nil when there is no [mail].
+func wakeMail(rems []*gitproto.Remote, urls []string, remote string, bridge func() *mailBridge) func(string) {
+	if remote == "" {
 		return nil
 	}
 	var url string
 	for i, r := range rems {
-		if urls[i] == mb.remote {
+		if urls[i] == remote {
 			url = r.URL
 		}
 	}
 	return func(u string) {
-		if u == url {
+		if mb := bridge(); mb != nil && u == url {
 			mb.bridge.Wake()
 		}
+	}
+}
+
+// mailRetryMax is the longest wait between two tries at starting a mail
+// bridge whose servers did not answer.
+const mailRetryMax = time.Minute
+
+// retryMail tries start until it works (a second, doubling up to
+// mailRetryMax, between tries) or ctx ends (nil). Each new kind of
+// failure is logged once.
+func retryMail(ctx context.Context, start func(context.Context) (*mailBridge, error), logger *slog.Logger) *mailBridge {
+	wait, last := time.Second, ""
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		mb, err := start(ctx)
+		if err == nil {
+			return mb
+		}
+		if msg := err.Error(); msg != last && ctx.Err() == nil {
+			logger.Warn("the mail bridge still cannot start; trying again", "err", err)
+			last = msg
+		}
+		wait = min(2*wait, mailRetryMax)
 	}
 }
 

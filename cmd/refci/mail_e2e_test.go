@@ -486,3 +486,37 @@ func runRefciEnv(t testing.TB, env []string, args ...string) result {
 	}
 	return r
 }
+
+// A worker with [mail] whose mail server is down when it starts still
+// runs CI, and its bridge starts once the server answers: a mail outage
+// never stops a worker.
+func TestMailWorkerStartsWhileMailIsDown(t *testing.T) {
+	w := newMailWorld(t)
+	w.dv.Stop(t)
+	cfg := filepath.Join(w.root, "worker.toml")
+	body := fmt.Sprintf("remotes = [%q]\npoll = \"200ms\"\n", "file://"+w.bare) + w.mailTable("imaps://"+w.dv.TLSAddr, "")
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := append(append([]string{}, w.env...), "REFCI_HOME="+filepath.Join(w.root, "home"))
+	wk := startProc(t, env, "worker", "--config", cfg)
+	fixtures.WaitForShowing(t, time.Minute, "the worker to say the bridge cannot start", func() bool {
+		return strings.Contains(wk.out.String(), "the mail bridge cannot start")
+	}, func() string { return wk.out.String() })
+	// CI goes on meanwhile.
+	fixtures.Git(t, w.work, "push", "-q", "origin", "main:refs/ci/requests/while-mail-is-down")
+	fixtures.WaitForShowing(t, 2*time.Minute, "the request's run", func() bool {
+		return len(w.refs(queue.RunsPrefix)) == 1 && len(w.refs(queue.RequestsPrefix)) == 0
+	}, func() string { return wk.out.String() })
+
+	w.dv.Restart(t)
+	w.deliver(w.series("late", []string{"--thread"}, map[string]string{"late.txt": "late\n"})...)
+	fixtures.WaitForShowing(t, 3*time.Minute, "a reply once the mail server is back", func() bool { return len(w.sink.got()) == 1 },
+		func() string { return wk.out.String() })
+	if hdr, text := readReply(t, w.sink.got()[0].data); hdr.Get("X-Refci-State") != "success" {
+		t.Errorf("X-Refci-State %q:\n%s", hdr.Get("X-Refci-State"), text)
+	}
+	if !strings.Contains(wk.out.String(), "mail bridge started") {
+		t.Errorf("the worker never said the bridge started:\n%s", wk.out.String())
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -234,7 +235,12 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 			return exitInfra
 		}
 	}
-	var mb *mailBridge
+	// The mail bridge: a mistake in [mail] stops the worker at once; mail
+	// servers that cannot be reached do not (a mail outage must not stop
+	// CI): the bridge starts once they answer.
+	var mbp atomic.Pointer[mailBridge]
+	var startMail func(context.Context) (*mailBridge, error)
+	var mailRemote string
 	var w *worker.Worker // set before the bridge runs
 	if cfg.Mail != nil {
 		private = append(private, cfg.Mail.PasswordFile)
@@ -252,11 +258,25 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 				}
 			}
 		}
-		if mb, err = newMailBridge(ctx, *cfg.Mail, cfg.Remotes, dir, asked, logger); err != nil {
-			e.errorf("config %s: %v", *configFile, err)
-			return mailExit(err)
+		mailRemote = remote
+		startMail = func(ctx context.Context) (*mailBridge, error) {
+			return newMailBridge(ctx, *cfg.Mail, cfg.Remotes, dir, asked, logger)
 		}
-		defer mb.close()
+		mb, err := startMail(ctx)
+		switch {
+		case err == nil:
+			mbp.Store(mb)
+		case mailExit(err) == exitUsage:
+			e.errorf("config %s: %v", *configFile, err)
+			return exitUsage
+		default:
+			logger.Warn("the mail bridge cannot start: the worker runs without it, and it starts once the mail servers answer", "err", err)
+		}
+		defer func() {
+			if mb := mbp.Load(); mb != nil {
+				mb.close()
+			}
+		}()
 	}
 	self, _ := os.Executable()
 	// What refci's own git, ssh and gpg read stays read-only for
@@ -284,7 +304,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		Limits: worker.Limits{Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
 			LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap},
 		Signer: id, RefciPath: self, Shim: sb.Shim, Host: host, Version: version, Logger: logger,
-		Trust: worker.SignatureTrust(trusted), Secrets: opener, Page: renderPage, Pushed: wakeAll(wakeMirrors(rems, cfg.Remotes, mirrors), wakeMail(rems, cfg.Remotes, mb)),
+		Trust: worker.SignatureTrust(trusted), Secrets: opener, Page: renderPage, Pushed: wakeAll(wakeMirrors(rems, cfg.Remotes, mirrors), wakeMail(rems, cfg.Remotes, mailRemote, mbp.Load)),
 		Isolation: sb.Isolation, TempDir: sb.RunsDir,
 	})
 	stop, stopFn := context.WithCancel(ctx)
@@ -324,10 +344,18 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	mailDone := make(chan struct{})
 	go func() {
 		defer close(mailDone)
-		if mb != nil {
-			logger.Info("mail bridge started", "imap", cfg.Mail.IMAP, "smtp", cfg.Mail.SMTP, "remote", gitproto.RedactURL(mb.remote))
-			mb.bridge.Run(mirrorCtx)
+		if startMail == nil {
+			return
 		}
+		mb := mbp.Load()
+		if mb == nil {
+			if mb = retryMail(mirrorCtx, startMail, logger); mb == nil {
+				return
+			}
+			mbp.Store(mb)
+		}
+		logger.Info("mail bridge started", "imap", cfg.Mail.IMAP, "smtp", cfg.Mail.SMTP, "remote", gitproto.RedactURL(mb.remote))
+		mb.bridge.Run(mirrorCtx)
 	}()
 	err = w.Run(stop, abort)
 	stopMirrors()
