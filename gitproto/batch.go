@@ -1,0 +1,276 @@
+package gitproto
+
+// Reading and deleting many refs and objects at once, each with one git
+// process, for the readers that look at every run of a repository
+// (refci gc): one `git cat-file --batch` for any number of objects, one
+// `git update-ref --stdin` transaction for any number of deletions, one
+// `git for-each-ref` for the commits branches and tags point at.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/go-git/go-git/v5/plumbing"
+)
+
+// ReadObjects reads the objects names name (an object id, or
+// <commit>:<path> for a file of a commit's tree) through one `git
+// cat-file --batch`, in order, and calls each with the index of the name
+// and the object's content, or ok false when there is no such object.
+// The content is valid only during the call. It stops at each's first
+// error and returns it. A name holding a newline is refused (no git run).
+func (r *Repo) ReadObjects(ctx context.Context, names []string, each func(i int, data []byte, ok bool) error) error {
+	if len(names) == 0 {
+		return nil
+	}
+	for _, n := range names {
+		if n == "" || strings.ContainsAny(n, "\n\x00") {
+			return fmt.Errorf("cat-file: invalid object name %q", n)
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "git", "--git-dir="+r.commonDir, "cat-file", "--batch", "--buffer")
+	cmd.Env = gitEnviron()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	stderr := &cappedBuffer{max: 16 << 10}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		return &CLIError{Op: "cat-file", Err: err}
+	}
+	writeErr := make(chan error, 1)
+	go func() {
+		w := bufio.NewWriterSize(stdin, 64<<10)
+		var err error
+		for _, n := range names {
+			if _, err = w.WriteString(n + "\n"); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = w.Flush()
+		}
+		stdin.Close()
+		writeErr <- err
+	}()
+	readErr := readBatch(bufio.NewReaderSize(stdout, 256<<10), len(names), each)
+	if readErr != nil {
+		cancel() // each failed, or git's output could not be read: stop git
+	}
+	io.Copy(io.Discard, stdout)
+	waitErr := cmd.Wait()
+	<-writeErr
+	switch {
+	case readErr != nil && !errors.Is(readErr, errBatchOutput):
+		return readErr
+	case waitErr != nil:
+		return &CLIError{Op: "cat-file", Stderr: strings.TrimSpace(stderr.String()), Err: waitErr}
+	}
+	return readErr
+}
+
+var errBatchOutput = errors.New("cannot read git cat-file --batch output")
+
+// readBatch reads n answers of git cat-file --batch: "<id> <type>
+// <size>\n<content>\n", or "<name> missing\n" (or "ambiguous").
+func readBatch(br *bufio.Reader, n int, each func(i int, data []byte, ok bool) error) error {
+	var buf []byte
+	for i := 0; i < n; i++ {
+		header, err := br.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("%w: object %d of %d: %v", errBatchOutput, i+1, n, err)
+		}
+		f := strings.Fields(header)
+		if len(f) == 2 && (f[1] == "missing" || f[1] == "ambiguous") || len(f) != 3 {
+			if len(f) != 2 {
+				return fmt.Errorf("%w: header %q", errBatchOutput, header)
+			}
+			if err := each(i, nil, false); err != nil {
+				return err
+			}
+			continue
+		}
+		size, err := strconv.Atoi(f[2])
+		if err != nil || size < 0 {
+			return fmt.Errorf("%w: header %q", errBatchOutput, header)
+		}
+		if cap(buf) < size+1 {
+			buf = make([]byte, size+1)
+		}
+		buf = buf[:size+1]
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return fmt.Errorf("%w: object %s: %v", errBatchOutput, f[0], err)
+		}
+		if err := each(i, buf[:size], true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DeleteRefs deletes each of refs (name to the value it must still have)
+// in one `git update-ref --stdin` transaction: each deletion is a
+// compare-and-swap under the ref's lock, packed refs are rewritten once.
+// A ref that no longer has its value (moved, deleted, or locked by
+// another writer) is not deleted and is returned in changed, sorted; the
+// others are deleted. The error is git's, when the transaction failed
+// for another reason (then nothing was deleted), or an invalid name or a
+// zero value (no git run).
+func (r *Repo) DeleteRefs(ctx context.Context, refs map[string]Hash) (changed []string, err error) {
+	pending := map[string]Hash{}
+	for n, h := range refs {
+		if err := plumbing.ReferenceName(n).Validate(); err != nil || !strings.HasPrefix(n, "refs/") || strings.ContainsAny(n, " \n") {
+			return nil, fmt.Errorf("delete: invalid ref name %q", n)
+		}
+		if h.IsZero() {
+			return nil, fmt.Errorf("delete %s: its current value is needed (a compare-and-swap)", n)
+		}
+		pending[n] = h
+	}
+	for len(pending) > 0 {
+		var in strings.Builder
+		in.WriteString("start\n")
+		for n, h := range pending {
+			fmt.Fprintf(&in, "delete %s %s\n", n, h)
+		}
+		in.WriteString("prepare\ncommit\n")
+		cmd := exec.CommandContext(ctx, "git", "--git-dir="+r.commonDir, "update-ref", "--stdin")
+		cmd.Env = gitEnviron()
+		cmd.Stdin = strings.NewReader(in.String())
+		var stdout bytes.Buffer
+		stderr := &cappedBuffer{max: 16 << 10}
+		cmd.Stdout, cmd.Stderr = &stdout, stderr
+		runErr := cmd.Run()
+		if runErr == nil && strings.Contains(stdout.String(), "commit: ok") {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		// Refused as a whole: some ref changed since it was read (git
+		// names it), or git failed. Drop every ref whose value changed
+		// and try again with the rest; when none changed, it is git's
+		// failure.
+		names := make([]string, 0, len(pending))
+		for n := range pending {
+			names = append(names, n)
+		}
+		cur, err := r.RefHashes(names)
+		if err != nil {
+			return nil, fmt.Errorf("delete: %w", err)
+		}
+		dropped := 0
+		for n, h := range pending {
+			if cur[n] != h {
+				changed = append(changed, n)
+				delete(pending, n)
+				dropped++
+			}
+		}
+		if dropped == 0 {
+			// A lock held by another writer makes git name the ref too.
+			said := stderr.String()
+			for n := range pending {
+				if strings.Contains(said, "'"+n+"'") && strings.Contains(said, "lock") {
+					changed = append(changed, n)
+					delete(pending, n)
+					dropped++
+				}
+			}
+		}
+		if dropped == 0 {
+			return nil, &CLIError{Op: "update-ref", Stderr: txMessage(stderr.String(), stdout.String()), Err: runErr}
+		}
+	}
+	sort.Strings(changed)
+	return changed, nil
+}
+
+func txMessage(stderr, stdout string) string {
+	if s := strings.TrimSpace(stderr); s != "" {
+		return s
+	}
+	return "the transaction was not committed: " + strings.TrimSpace(stdout)
+}
+
+// Tips returns the commit each ref under prefixes (say "refs/heads/",
+// "refs/tags/") points at, annotated tags peeled to what they tag (a tag
+// of something that is not a commit is left out), with one `git
+// for-each-ref`.
+func (r *Repo) Tips(ctx context.Context, prefixes ...string) (map[string]Hash, error) {
+	for _, p := range prefixes {
+		if !strings.HasPrefix(p, "refs/") || strings.ContainsAny(p, "*?[\\ \n") {
+			return nil, fmt.Errorf("for-each-ref: invalid ref prefix %q", p)
+		}
+	}
+	out, err := CLI{Dir: r.commonDir}.Run(ctx, "", append([]string{"--git-dir=" + r.commonDir, "for-each-ref",
+		"--format=%(objectname) %(objecttype) %(*objectname) %(*objecttype) %(refname)", "--"}, prefixes...)...)
+	if err != nil {
+		return nil, err
+	}
+	tips := map[string]Hash{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.SplitN(line, " ", 5)
+		if len(f) != 5 {
+			continue
+		}
+		switch {
+		case f[1] == "commit":
+			tips[f[4]] = NewHash(f[0])
+		case f[1] == "tag" && f[3] == "commit":
+			tips[f[4]] = NewHash(f[2])
+		}
+	}
+	return tips, nil
+}
+
+// ListTips returns the commit each of the remote's refs under prefixes
+// points at, annotated tags peeled (as Repo.Tips), without fetching: one
+// `git ls-remote`, whose advertisement carries the peeled values. A tag
+// whose peeled value is not advertised is left out.
+func (r *Remote) ListTips(ctx context.Context, prefixes ...string) (map[string]Hash, error) {
+	var patterns []string
+	for _, p := range prefixes {
+		if !strings.HasPrefix(p, "refs/") || strings.ContainsAny(p, "*?[\\ \n") {
+			return nil, fmt.Errorf("ls-remote: invalid ref prefix %q", p)
+		}
+		patterns = append(patterns, p+"*")
+	}
+	out, err := r.run(ctx, []string{"ls-remote", "--"}, patterns)
+	if err != nil {
+		return nil, err
+	}
+	// An annotated tag's line holds the tag object; the line after it,
+	// <name>^{}, what it tags, which is what counts.
+	tips, tagged := map[string]Hash{}, map[string]bool{}
+	for _, line := range strings.Split(string(out), "\n") {
+		id, name, ok := strings.Cut(line, "\t")
+		if !ok || !IsHash(id) {
+			continue
+		}
+		if base, peeled := strings.CutSuffix(name, "^{}"); peeled {
+			tips[base] = NewHash(id)
+			tagged[base] = true
+			continue
+		}
+		if !tagged[name] {
+			tips[name] = NewHash(id)
+		}
+	}
+	return tips, nil
+}
