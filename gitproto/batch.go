@@ -13,7 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -123,16 +126,24 @@ func readBatch(br *bufio.Reader, n int, each func(i int, data []byte, ok bool) e
 	return nil
 }
 
-// DeleteRefs deletes each of refs (name to the value it must still have)
-// in one `git update-ref --stdin` transaction: each deletion is a
-// compare-and-swap under the ref's lock, packed refs are rewritten once.
-// A ref that no longer has its value (moved, deleted, or locked by
-// another writer) is not deleted and is returned in changed, sorted; the
-// others are deleted. The error is git's, when the transaction failed
-// for another reason (then nothing was deleted), or an invalid name or a
-// zero value (no git run).
+// DeleteRefs deletes each of refs (name to the value it must still have),
+// each a compare-and-swap: a ref that no longer has its value (moved,
+// deleted, or being updated by another writer right now) is not deleted
+// and is returned in changed, sorted; the others are deleted. The error is
+// git's or the file system's, when a deletion failed for another reason
+// (refs already deleted stay deleted), or an invalid name or a zero value
+// (nothing done).
+//
+// Refs that are only in packed-refs (as fetched refs are, after git's
+// own gc) go in one rewrite of packed-refs under git's packed-refs.lock,
+// each only if it still has its value there, no loose file shadows it
+// and no writer holds its lock: a writer that updates one meanwhile
+// makes a loose ref, which git reads first, so its value survives. That
+// is what makes deleting 100,000 refs take a second rather than the
+// minutes of git update-ref, which locks each ref with a file of its own.
+// The others go in one `git update-ref --stdin` transaction, each
+// deletion checked under the ref's lock.
 func (r *Repo) DeleteRefs(ctx context.Context, refs map[string]Hash) (changed []string, err error) {
-	pending := map[string]Hash{}
 	for n, h := range refs {
 		if err := plumbing.ReferenceName(n).Validate(); err != nil || !strings.HasPrefix(n, "refs/") || strings.ContainsAny(n, " \n") {
 			return nil, fmt.Errorf("delete: invalid ref name %q", n)
@@ -140,8 +151,43 @@ func (r *Repo) DeleteRefs(ctx context.Context, refs map[string]Hash) (changed []
 		if h.IsZero() {
 			return nil, fmt.Errorf("delete %s: its current value is needed (a compare-and-swap)", n)
 		}
-		pending[n] = h
 	}
+	if len(refs) == 0 {
+		return nil, nil
+	}
+	viaGit := map[string]Hash{}
+	err = rewritePackedRefs(r.commonDir, func(cur map[string]Hash) {
+		for n, h := range refs {
+			p := filepath.Join(r.commonDir, filepath.FromSlash(n))
+			if exists(p) || exists(p+".lock") {
+				viaGit[n] = h
+				continue
+			}
+			if cur[n] != h {
+				changed = append(changed, n)
+				continue
+			}
+			delete(cur, n)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("delete: %w", err)
+	}
+	more, err := r.deleteWithGit(ctx, viaGit)
+	changed = append(changed, more...)
+	sort.Strings(changed)
+	return changed, err
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
+
+// deleteWithGit deletes refs in one git update-ref --stdin transaction,
+// and again without those that changed when git refused it.
+func (r *Repo) deleteWithGit(ctx context.Context, refs map[string]Hash) (changed []string, err error) {
+	pending := maps.Clone(refs)
 	for len(pending) > 0 {
 		var in strings.Builder
 		in.WriteString("start\n")
@@ -160,7 +206,7 @@ func (r *Repo) DeleteRefs(ctx context.Context, refs map[string]Hash) (changed []
 			break
 		}
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return changed, ctx.Err()
 		}
 		// Refused as a whole: some ref changed since it was read (git
 		// names it), or git failed. Drop every ref whose value changed
@@ -172,7 +218,7 @@ func (r *Repo) DeleteRefs(ctx context.Context, refs map[string]Hash) (changed []
 		}
 		cur, err := r.RefHashes(names)
 		if err != nil {
-			return nil, fmt.Errorf("delete: %w", err)
+			return changed, fmt.Errorf("delete: %w", err)
 		}
 		dropped := 0
 		for n, h := range pending {
@@ -194,10 +240,9 @@ func (r *Repo) DeleteRefs(ctx context.Context, refs map[string]Hash) (changed []
 			}
 		}
 		if dropped == 0 {
-			return nil, &CLIError{Op: "update-ref", Stderr: txMessage(stderr.String(), stdout.String()), Err: runErr}
+			return changed, &CLIError{Op: "update-ref", Stderr: txMessage(stderr.String(), stdout.String()), Err: runErr}
 		}
 	}
-	sort.Strings(changed)
 	return changed, nil
 }
 

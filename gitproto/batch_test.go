@@ -85,6 +85,20 @@ func TestDeleteRefsCompareAndSwap(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(changed, []string{"refs/ci/runs/y/1"}) {
 		t.Errorf("DeleteRefs with a lock held = %q, %v", changed, err)
 	}
+	// The same for a ref only in packed-refs: a writer holding its lock
+	// is about to update it.
+	fixtures.Git(t, dir, "update-ref", "refs/ci/runs/z/1", c1)
+	fixtures.Git(t, dir, "update-ref", "refs/ci/runs/z/2", c1)
+	fixtures.Git(t, dir, "pack-refs", "--all")
+	fixtures.WriteFile(t, filepath.Join(dir, ".git"), "refs/ci/runs/z/1.lock", "", 0o644)
+	changed, err = r.DeleteRefs(context.Background(), map[string]Hash{"refs/ci/runs/z/1": mustHash(t, c1), "refs/ci/runs/z/2": mustHash(t, c1)})
+	if err != nil || !reflect.DeepEqual(changed, []string{"refs/ci/runs/z/1"}) {
+		t.Errorf("DeleteRefs of packed refs with a lock held = %q, %v", changed, err)
+	}
+	if left := fixtures.Git(t, dir, "for-each-ref", "--format=%(refname)", "refs/ci/runs/z/"); left != "refs/ci/runs/z/1" {
+		t.Errorf("packed refs left: %q", left)
+	}
+	fsckStrict(t, dir)
 }
 
 func TestTips(t *testing.T) {
