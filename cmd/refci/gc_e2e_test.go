@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -205,5 +207,32 @@ func TestGCOnServeNeedsAnAdminKey(t *testing.T) {
 	r = sv.refci("gc", "--remote", "ci", "--keep-last", "1", "--keep-days", "0", "-v").want(t, exitOK)
 	if got := g.left(t, sv.bare("app.git")); got != "new" || !strings.Contains(r.stdout, "removed "+old) {
 		t.Errorf("after an admin's gc: %s\n%s", got, r.stdout)
+	}
+}
+
+// A worker with [retention] collects on each of its remotes at start,
+// then every interval, and logs what it removed; a section without
+// every is a configuration error.
+func TestWorkerRetention(t *testing.T) {
+	g := newGCWorld(t)
+	s := g.s
+	bare := fixtures.BareRepo(t, "remote")
+	s.git("", "push", "-q", bare, "main", "v1", "+refs/ci/runs/*:refs/ci/runs/*")
+	cfg := filepath.Join(s.root, "worker.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("remotes = [%q]\npoll = \"1h\"\n\n[retention]\nkeep_last = 2\nkeep_days = 0\nevery = \"1h\"\n", "file://"+bare)), 0o644)
+	w := startRefci(t, s.root, s.env, "worker", "--config", cfg)
+	fixtures.WaitFor(t, time.Minute, "the worker's first retention pass", func() bool { return strings.Contains(w.errOut.String(), `msg="retention: gc"`) })
+	// Without a claim on the remote, the lone run of pr/2 is simply the
+	// newest of its request.
+	if got := g.left(t, bare); got != gcKept {
+		t.Errorf("remote runs left: %s\nwant:              %s", got, gcKept)
+	}
+	if log := w.errOut.String(); !strings.Contains(log, `removed="4 runs (pr/1 3, main 1)" kept=8`) {
+		t.Errorf("the retention log line:\n%s", tail(log))
+	}
+	bad := filepath.Join(s.root, "bad.toml")
+	os.WriteFile(bad, []byte(fmt.Sprintf("remotes = [%q]\n[retention]\nkeep_last = 2\n", "file://"+bare)), 0o644)
+	if r := s.refciIn(s.root, "worker", "--config", bad); r.code != exitUsage || !strings.Contains(r.stderr, "[retention]: set every") {
+		t.Errorf("[retention] without every: %d\n%s", r.code, r.stderr)
 	}
 }
