@@ -26,10 +26,10 @@ runs dated in the future, and runs whose result cannot be read or believed
 
 Each run ref is deleted only if it still has the value gc read
 (compare-and-swap): a run that changed meanwhile is kept and named. Without
---remote, the run refs of this repository go, in one git update-ref
-transaction. With --remote, the remote's runs and claims are fetched into a
-cache (.git/refci-gc/) and deleted there with git push --force-with-lease;
-on refci serve that needs a key with the admin role. The results' objects
+--remote, the run refs of this repository go. With --remote, the remote's
+runs and claims are fetched into a cache (.git/refci-gc/) and deleted
+there with git push --force-with-lease; on refci serve that needs a key
+with the admin role. The results' objects
 become unreachable: git's own gc (the remote's housekeeping) prunes them.
 A reader who fetched a removed run keeps it, and can still verify it.
 
