@@ -155,23 +155,34 @@ func (r *Repo) DeleteRefs(ctx context.Context, refs map[string]Hash) (changed []
 	if len(refs) == 0 {
 		return nil, nil
 	}
-	viaGit := map[string]Hash{}
-	err = rewritePackedRefs(r.commonDir, func(cur map[string]Hash) {
-		for n, h := range refs {
-			p := filepath.Join(r.commonDir, filepath.FromSlash(n))
-			if exists(p) || exists(p+".lock") {
-				viaGit[n] = h
-				continue
-			}
-			if cur[n] != h {
-				changed = append(changed, n)
-				continue
-			}
-			delete(cur, n)
+	viaGit, packedOnly := map[string]Hash{}, map[string]Hash{}
+	shadowed := func(n string) bool {
+		p := filepath.Join(r.commonDir, filepath.FromSlash(n))
+		return exists(p) || exists(p+".lock")
+	}
+	for n, h := range refs {
+		if shadowed(n) {
+			viaGit[n] = h
+		} else {
+			packedOnly[n] = h
 		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("delete: %w", err)
+	}
+	if len(packedOnly) > 0 {
+		err = rewritePackedRefs(r.commonDir, func(cur map[string]Hash) {
+			for n, h := range packedOnly {
+				switch {
+				case shadowed(n): // again, under packed-refs.lock
+					viaGit[n] = h
+				case cur[n] != h:
+					changed = append(changed, n)
+				default:
+					delete(cur, n)
+				}
+			}
+		})
+		if err != nil {
+			return nil, fmt.Errorf("delete: %w", err)
+		}
 	}
 	more, err := r.deleteWithGit(ctx, viaGit)
 	changed = append(changed, more...)
