@@ -24,10 +24,16 @@ import (
 	"github.com/go-git/go-git/v5/plumbing"
 )
 
+// MaxBatchObject is the largest object ReadObjects hands over: a bigger
+// one (a hostile status.json, say) is skipped as if it were missing, so
+// that one object cannot make the reader hold gigabytes.
+const MaxBatchObject = 64 << 20
+
 // ReadObjects reads the objects names name (an object id, or
 // <commit>:<path> for a file of a commit's tree) through one `git
 // cat-file --batch`, in order, and calls each with the index of the name
-// and the object's content, or ok false when there is no such object.
+// and the object's content, or ok false when there is no such object (or
+// it is larger than MaxBatchObject).
 // The content is valid only during the call. It stops at each's first
 // error and returns it. A name holding a newline is refused (no git run).
 func (r *Repo) ReadObjects(ctx context.Context, names []string, each func(i int, data []byte, ok bool) error) error {
@@ -111,6 +117,15 @@ func readBatch(br *bufio.Reader, n int, each func(i int, data []byte, ok bool) e
 		size, err := strconv.Atoi(f[2])
 		if err != nil || size < 0 {
 			return fmt.Errorf("%w: header %q", errBatchOutput, header)
+		}
+		if size > MaxBatchObject {
+			if _, err := io.CopyN(io.Discard, br, int64(size)+1); err != nil {
+				return fmt.Errorf("%w: object %s: %v", errBatchOutput, f[0], err)
+			}
+			if err := each(i, nil, false); err != nil {
+				return err
+			}
+			continue
 		}
 		if cap(buf) < size+1 {
 			buf = make([]byte, size+1)

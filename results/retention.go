@@ -196,7 +196,7 @@ func Look(ctx context.Context, repo *gitproto.Repo) (*Inventory, error) {
 			return nil
 		}
 		if !ok {
-			c.Err = fmt.Errorf("result %s: no %s: %w", c.Commit.String()[:12], queue.StatusFile, gitproto.ErrNotFound)
+			c.Err = fmt.Errorf("result %s: no %s, or one over %d MiB: %w", c.Commit.String()[:12], queue.StatusFile, gitproto.MaxBatchObject>>20, gitproto.ErrNotFound)
 			return nil
 		}
 		st, err := queue.DecodeResult(c.Ref, data, string(msg))
