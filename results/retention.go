@@ -301,15 +301,20 @@ const DeleteBatch = 1000
 
 // DeleteRemote deletes on remote the runs of vs that say Remove, each
 // with --force-with-lease on the value it was read at (gitproto.Remote.
-// Push, not atomic), DeleteBatch per push. A run that changed since is
+// Push, not atomic), DeleteBatch per push (all in one on a remote that
+// is updated directly, which takes no command line). A run that changed since is
 // not deleted (Changed); one the remote refused for another reason is in
 // Refused. The error is the first push's that failed as a whole
 // (*gitproto.RemoteError); what was deleted before it is in Removed.
 func DeleteRemote(ctx context.Context, remote *gitproto.Remote, vs []Verdict) (Removed, error) {
 	var out Removed
 	all := sortedVerdicts(toRemove(vs))
-	for start := 0; start < len(all); start += DeleteBatch {
-		batch := all[start:min(start+DeleteBatch, len(all))]
+	size := DeleteBatch
+	if direct, _ := remote.Direct(ctx); direct {
+		size = max(len(all), 1) // no command line: one transaction
+	}
+	for start := 0; start < len(all); start += size {
+		batch := all[start:min(start+size, len(all))]
 		updates := make([]gitproto.RefUpdate, len(batch))
 		for i, v := range batch {
 			updates[i] = gitproto.RefUpdate{Name: v.Ref, Old: v.Commit}

@@ -39,6 +39,7 @@ func main() {
 		{"concurrent", benchConcurrent},
 		{"view", benchView},
 		{"serve", benchServe},
+		{"gc", benchGC},
 	}
 	fmt.Printf("refci-bench: %s, %d runs each, machine: %s\n", bin, *n, machine())
 	if *rest > 0 {
