@@ -236,3 +236,45 @@ func TestWorkerRetention(t *testing.T) {
 		t.Errorf("[retention] without every: %d\n%s", r.code, r.stderr)
 	}
 }
+
+// A run that changes on the remote between gc's look and its delete (a
+// writer pushes a snapshot meanwhile; here the remote's pre-receive hook
+// does it, so the remote gets a real git push) survives, at its new
+// value, and gc names it.
+func TestGCRemoteRunChangedMeanwhile(t *testing.T) {
+	g := newGCWorld(t)
+	s := g.s
+	bare := fixtures.BareRepo(t, "remote")
+	s.git("", "push", "-q", bare, "main", "v1", "+refs/ci/*:refs/ci/*")
+	var raced string
+	for ref, name := range g.names {
+		if name == "pr1-0" {
+			raced = ref
+		}
+	}
+	st := s.status(raced)
+	st.State, st.Reason = queue.Failure, "a later snapshot"
+	moved := resultcommit.Write(t, g.repo, st, gitproto.NewHash(s.git("", "rev-parse", raced)), g.worker, nil)
+	s.git("", "push", "-q", bare, moved.String()+":refs/keep/moved")
+	hook := fmt.Sprintf("#!/bin/sh\nwhile read old new ref; do\n  if [ \"$ref\" = %q ]; then env -u GIT_QUARANTINE_PATH git update-ref \"$ref\" %s \"$old\" || exit 1; fi\ndone\n", raced, moved)
+	if err := os.WriteFile(filepath.Join(bare, "hooks", "pre-receive"), []byte(hook), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := s.refci("gc", "--remote", "file://"+bare, "--keep-last", "2", "--keep-days", "0").want(t, exitOK)
+	if !strings.Contains(r.stdout, "kept "+raced+": it changed since gc read it\n") ||
+		!strings.Contains(r.stdout, "refci: removed 3 runs (pr/1 2, main 1); kept 9: ") || !strings.Contains(r.stdout, "1 changed meanwhile") {
+		t.Errorf("gc with a run changed meanwhile:\n%s\n%s", r.stdout, r.stderr)
+	}
+	if got := fixtures.Git(t, bare, "rev-parse", raced); got != moved.String() {
+		t.Errorf("the raced run is at %s, not its new snapshot %s", got, moved)
+	}
+	if got, want := g.left(t, bare), gcKept+" pr1-0"; got != sortedFields(want) {
+		t.Errorf("remote runs left: %s", got)
+	}
+}
+
+func sortedFields(s string) string {
+	f := strings.Fields(s)
+	sort.Strings(f)
+	return strings.Join(f, " ")
+}
