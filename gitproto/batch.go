@@ -198,6 +198,19 @@ func (r *Repo) DeleteRefs(ctx context.Context, refs map[string]Hash) (changed []
 		if err != nil {
 			return nil, fmt.Errorf("delete: %w", err)
 		}
+		// Their reflogs go too, as git's own deletion removes them (there
+		// are any only with core.logAllRefUpdates=always).
+		if exists(filepath.Join(r.commonDir, "logs", "refs")) {
+			lost := map[string]bool{}
+			for _, n := range changed {
+				lost[n] = true
+			}
+			for n := range packedOnly {
+				if _, later := viaGit[n]; !later && !lost[n] {
+					os.Remove(filepath.Join(r.commonDir, "logs", filepath.FromSlash(n)))
+				}
+			}
+		}
 	}
 	more, err := r.deleteWithGit(ctx, viaGit)
 	changed = append(changed, more...)

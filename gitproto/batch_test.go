@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -87,8 +88,8 @@ func TestDeleteRefsCompareAndSwap(t *testing.T) {
 	}
 	// The same for a ref only in packed-refs: a writer holding its lock
 	// is about to update it.
-	fixtures.Git(t, dir, "update-ref", "refs/ci/runs/z/1", c1)
-	fixtures.Git(t, dir, "update-ref", "refs/ci/runs/z/2", c1)
+	fixtures.Git(t, dir, "update-ref", "--create-reflog", "refs/ci/runs/z/1", c1)
+	fixtures.Git(t, dir, "update-ref", "--create-reflog", "refs/ci/runs/z/2", c1)
 	fixtures.Git(t, dir, "pack-refs", "--all")
 	fixtures.WriteFile(t, filepath.Join(dir, ".git"), "refs/ci/runs/z/1.lock", "", 0o644)
 	changed, err = r.DeleteRefs(context.Background(), map[string]Hash{"refs/ci/runs/z/1": mustHash(t, c1), "refs/ci/runs/z/2": mustHash(t, c1)})
@@ -97,6 +98,12 @@ func TestDeleteRefsCompareAndSwap(t *testing.T) {
 	}
 	if left := fixtures.Git(t, dir, "for-each-ref", "--format=%(refname)", "refs/ci/runs/z/"); left != "refs/ci/runs/z/1" {
 		t.Errorf("packed refs left: %q", left)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".git", "logs", "refs", "ci", "runs", "z", "2")); err == nil {
+		t.Error("the reflog of a deleted packed ref is left")
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".git", "logs", "refs", "ci", "runs", "z", "1")); err != nil {
+		t.Errorf("the reflog of a ref that was not deleted: %v", err)
 	}
 	fsckStrict(t, dir)
 }
