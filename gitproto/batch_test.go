@@ -105,6 +105,19 @@ func TestDeleteRefsCompareAndSwap(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, ".git", "logs", "refs", "ci", "runs", "z", "1")); err != nil {
 		t.Errorf("the reflog of a ref that was not deleted: %v", err)
 	}
+	// A loose ref alone in its directory: the directory goes too, and no
+	// lock is left behind.
+	fixtures.Git(t, dir, "update-ref", "refs/ci/runs/w/1", c1)
+	if changed, err := r.DeleteRefs(context.Background(), map[string]Hash{"refs/ci/runs/w/1": mustHash(t, c1)}); err != nil || changed != nil {
+		t.Errorf("DeleteRefs of a loose ref = %q, %v", changed, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".git", "refs", "ci", "runs", "w")); !os.IsNotExist(err) {
+		t.Errorf("the emptied directory of a deleted loose ref: %v", err)
+	}
+	locks, _ := filepath.Glob(filepath.Join(dir, ".git", "refs", "ci", "runs", "*", "*.lock"))
+	if len(locks) != 2 { // the test's own, y/1 and z/1
+		t.Errorf("locks left: %q", locks)
+	}
 	fsckStrict(t, dir)
 }
 
