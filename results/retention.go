@@ -149,7 +149,7 @@ func (p Retention) Decide(runs []Candidate, tips, claimed map[string]bool, now t
 
 // Inventory is what refci gc reads from a repository: every run under
 // refs/ci/runs/ with its request and whether it is final, and the run
-// refs its claims (refs/ci/claims/) name.
+// refs its claims (refs/ci/claims/) name. A plain value; Look makes it.
 type Inventory struct {
 	Runs    []Candidate
 	Claimed map[string]bool
@@ -243,7 +243,8 @@ func TipSet(tips map[string]gitproto.Hash) map[string]bool {
 	return out
 }
 
-// Removed is the outcome of deleting the runs a policy does not keep.
+// Removed is the outcome of deleting the runs a policy does not keep. A
+// plain value; its zero value is "nothing deleted".
 type Removed struct {
 	Deleted []Verdict // deleted
 	Changed []Verdict // not deleted: the ref changed since it was read (compare-and-swap)
