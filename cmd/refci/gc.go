@@ -73,6 +73,9 @@ func cmdGC(ctx context.Context, e *env, args []string) int {
 		if u, err := (gitproto.CLI{Dir: dir}).Run(ctx, "", "remote", "get-url", "--", *remoteName); err == nil && u != "" {
 			url = u
 		}
+		if !strings.Contains(url, ":") && !filepath.IsAbs(url) {
+			url = filepath.Join(dir, url) // a path, as git reads it: from the repository
+		}
 		rem, err := gitproto.OpenRemote(url, filepath.Join(repo.GitDir(), "refci-gc", cacheName(url)), nil)
 		if err != nil {
 			e.errorf("gc: remote %s: %v", gitproto.RedactURL(url), err)

@@ -173,6 +173,16 @@ func TestGCRemote(t *testing.T) {
 	if !strings.HasPrefix(r.stdout, "refci: would remove 0 runs; kept 8: ") {
 		t.Errorf("gc --remote again:\n%s", r.stdout)
 	}
+	// A remote whose URL is a relative path is found from the repository,
+	// wherever refci runs.
+	rel, err := filepath.Rel(s.repo, bare)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.git("", "remote", "add", "rel", rel)
+	if r := s.refciIn(s.root, "gc", "--repo", s.repo, "--remote", "rel", "--dry-run").want(t, exitOK); !strings.HasPrefix(r.stdout, "refci: would remove 0 runs; kept 8: ") {
+		t.Errorf("gc --remote with a relative path:\n%s", r.stdout)
+	}
 	if r := s.refci("gc", "--remote", "nowhere"); r.code != exitUsage || !strings.Contains(r.stderr, `no remote named "nowhere"`) {
 		t.Errorf("gc --remote nowhere: %d\n%s", r.code, r.stderr)
 	}
