@@ -225,6 +225,33 @@ func (r *Remote) pushDirect(ctx context.Context, gitDir string, updates []RefUpd
 	if r.beforeUpdate != nil {
 		r.beforeUpdate()
 	}
+	if !atomic && onlyDeletions(updates, pending) {
+		// Many deletions at once (refci gc): refs only in packed-refs
+		// go in one rewrite of it (Repo.DeleteRefs), each with the same
+		// compare-and-swap, where git update-ref would lock each with
+		// a file of its own.
+		dels := make(map[string]Hash, len(pending))
+		for _, i := range pending {
+			dels[updates[i].Name] = updates[i].Old
+		}
+		changed, err := target.DeleteRefs(ctx, dels)
+		lost := map[string]bool{}
+		for _, n := range changed {
+			lost[n] = true
+		}
+		for _, i := range pending {
+			if lost[updates[i].Name] {
+				results[i] = PushResult{Name: updates[i].Name, Stale: true, Message: "stale info",
+					Detail: updates[i].Name + " changed on the remote while it was being deleted"}
+			} else {
+				results[i] = applied(updates[i])
+			}
+		}
+		if err != nil {
+			return nil, fail("delete refs", err) // which were deleted is unknown: re-read the remote
+		}
+		return results, nil
+	}
 	keep, err := r.sendObjects(ctx, cache, gitDir, updates, pending)
 	if keep != "" {
 		defer os.Remove(keep)
@@ -270,6 +297,16 @@ func (r *Remote) pushDirect(ctx context.Context, gitDir string, updates []RefUpd
 		r.gitAt(context.WithoutCancel(ctx), gitDir, nil, "gc", "--auto", "--quiet")
 	}
 	return results, nil
+}
+
+// onlyDeletions reports whether every pending update deletes its ref.
+func onlyDeletions(updates []RefUpdate, pending []int) bool {
+	for _, i := range pending {
+		if updates[i].New != ZeroHash {
+			return false
+		}
+	}
+	return true
 }
 
 func orNone(h Hash) string {

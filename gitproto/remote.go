@@ -598,11 +598,12 @@ func isStale(status, reason string, about []string) bool {
 }
 
 // stderrAbout returns the stderr lines that name ref, without "remote: "
-// prefixes and padding.
+// prefixes and padding: git's own ('<ref>', " <ref> ") and a server
+// hook's that say why ("refused <ref>: why", as refci serve's).
 func stderrAbout(stderr, ref string) []string {
 	var out []string
 	for _, l := range stderrLines(stderr) {
-		if strings.Contains(l, "'"+ref+"'") || strings.Contains(l, " "+ref+" ") || strings.HasSuffix(l, " "+ref) || strings.Contains(l, "/"+ref+".lock") {
+		if strings.Contains(l, "'"+ref+"'") || strings.Contains(l, " "+ref+" ") || strings.Contains(l, " "+ref+": ") || strings.HasSuffix(l, " "+ref) || strings.Contains(l, "/"+ref+".lock") {
 			out = append(out, l)
 		}
 	}

@@ -1404,6 +1404,50 @@ func TestRemoteDirectLosesRacesLikeAPush(t *testing.T) {
 	fsckStrict(t, remote)
 }
 
+// TestRemoteDirectDeletionsLoseRacesLikeAPush: a push of only deletions
+// (refci gc) to a remote on this machine deletes packed refs in one
+// rewrite of packed-refs, each with its compare-and-swap: one moved after
+// the read, one moved before, one locked by a writer survive, stale.
+func TestRemoteDirectDeletionsLoseRacesLikeAPush(t *testing.T) {
+	t.Parallel()
+	remote := fixtures.BareRepo(t, "remote.git")
+	r := openTestRemote(t, remote)
+	c1 := mkCommit(t, r.Cache, "1")
+	var updates []RefUpdate
+	for _, n := range []string{"a", "b", "c", "d", "e", "loose"} {
+		updates = append(updates, RefUpdate{Name: "refs/ci/runs/" + n, New: c1})
+	}
+	if res, err := r.Push(context.Background(), updates, false); err != nil || !res[0].OK {
+		t.Fatal(res, err)
+	}
+	fixtures.Git(t, remote, "pack-refs", "--all")
+	setRef(t, remote, "refs/ci/runs/loose", c1) // loose again, same value
+	intruder := mkCommit(t, remote, "intruder")
+	setRef(t, remote, "refs/ci/runs/b", intruder)
+	r.beforeUpdate = func() {
+		setRef(t, remote, "refs/ci/runs/c", intruder)
+		os.WriteFile(filepath.Join(remote, "refs", "ci", "runs", "d.lock"), nil, 0o644)
+	}
+	for i := range updates {
+		updates[i].New, updates[i].Old = ZeroHash, c1
+	}
+	res, err := r.Push(context.Background(), updates, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []bool{true, false, false, false, true, true} {
+		if res[i].OK != want || res[i].Stale == want || res[i].Name != updates[i].Name {
+			t.Errorf("result %d = %+v, want OK=%v and a lost CAS otherwise", i, res[i], want)
+		}
+	}
+	os.Remove(filepath.Join(remote, "refs", "ci", "runs", "d.lock"))
+	if left := fixtures.Git(t, remote, "for-each-ref", "--format=%(refname) %(objectname)", "refs/ci/runs/"); left != strings.Join([]string{
+		"refs/ci/runs/b " + intruder.String(), "refs/ci/runs/c " + intruder.String(), "refs/ci/runs/d " + c1.String()}, "\n") {
+		t.Errorf("left on the remote:\n%s", left)
+	}
+	fsckStrict(t, remote)
+}
+
 // A remote path that is a plain directory inside another repository's
 // work tree is no repository for git; it must not become that enclosing
 // repository for the direct way (which would update it) or for listing.

@@ -3,7 +3,8 @@
 // the rule that a run whose worker was lost was taken over by a later
 // attempt, the signatures of a run's commits, and, on a remote, the claim
 // of a request, the progress of one run as it goes (Source.Follow), and
-// every change of every run (Source.WatchRuns).
+// every change of every run (Source.WatchRuns); and which runs refci gc
+// keeps (Retention), deleting the others with compare-and-swap.
 //
 // Every reader of results goes through this package (refci status, runs,
 // log, log -f, trigger --wait, verify; the forge adapters and the mail

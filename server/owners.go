@@ -116,7 +116,7 @@ func (o *ownerStore) checkWorker(p *sshd.Push, u sshd.RefUpdate, now time.Time) 
 	case strings.HasPrefix(u.Name, queue.RunsPrefix):
 		switch {
 		case u.Deleting():
-			return errors.New("results are append-only: a worker key never deletes a run ref (an admin can)")
+			return errors.New("results are append-only: a worker key never deletes a run ref; an admin key can (refci gc --remote needs one)")
 		case created:
 			return nil
 		}

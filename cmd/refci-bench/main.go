@@ -41,6 +41,7 @@ func main() {
 		{"view", benchView},
 		{"serve", benchServe},
 		{"runs100k", benchRuns100k},
+		{"gc", benchGC},
 	}
 	fmt.Printf("refci-bench: %s, %d runs each, machine: %s\n", bin, *n, machine())
 	if *rest > 0 {

@@ -80,6 +80,7 @@ func commands() []command {
 		{"fetch", "[--repo DIR] [--remote R] [REV...]", "fetch the runs of REV (default HEAD), and only those, from a remote", "", true, cmdFetch},
 		{"view", "[--repo DIR] [-o DIR] [--keyring FILE]... [--open]", "write a static site of every fetched run (default .git/refci-view/) and print its path", "", true, cmdView},
 		{"verify", "[--repo DIR] [--keyring FILE]... [--key FILE] [--remote R] [REV|RUN]", "check the signatures of every commit of a run", "", true, cmdVerify},
+		{"gc", "[--repo DIR] [--remote R] [--keep-last N] [--keep-days D] [--dry-run] [-v]", "delete the run refs beyond a retention policy, here or on a remote", gcHelp, true, cmdGC},
 		{"worker", "--remote URL... | --config FILE [FLAGS]", "poll remotes for requests, run them, push signed results", "", true, cmdWorker},
 		{"serve", "[--listen ADDR] [--data DIR] [--admin FILE]... [--http ADDR] [FLAGS]", "be the git remote over SSH, with an embedded worker: pushed requests run at once", "", true, cmdServe},
 		{"mirror", "--config FILE", "show the runs of remotes on forges: commit statuses and one comment per pull request", mirrorHelp, true, cmdMirror},

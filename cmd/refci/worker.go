@@ -18,6 +18,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"refci.dev/refci/gitproto"
+	"refci.dev/refci/results"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
 	"refci.dev/refci/worker/proc"
@@ -57,6 +58,39 @@ type workerConfig struct {
 	// Mail runs the mail bridge beside the worker ([mail]), in a
 	// directory under the cache.
 	Mail *mailConfig `toml:"mail"`
+	// Retention, when its every is set, runs refci gc on each remote
+	// that often (off by default).
+	Retention *retentionConfig `toml:"retention"`
+}
+
+// retentionConfig is [retention] of worker.toml: the policy of refci gc
+// (unset: its defaults) and how often a worker applies it to each of its
+// remotes.
+type retentionConfig struct {
+	KeepLast *int     `toml:"keep_last"`
+	KeepDays *int     `toml:"keep_days"`
+	Every    duration `toml:"every"`
+}
+
+// policy checks the section and returns the policy it sets.
+func (r *retentionConfig) policy() (results.Retention, error) {
+	p := results.DefaultRetention
+	if r.Every.Duration <= 0 {
+		return p, errors.New(`[retention]: set every (how often to collect, e.g. "24h") to turn it on, or remove the section`)
+	}
+	if r.Every.Duration < time.Minute {
+		return p, fmt.Errorf("[retention]: every = %q is too often; use a minute or more (a day is plenty)", r.Every.Duration)
+	}
+	if r.KeepLast != nil {
+		p.KeepLast = *r.KeepLast
+	}
+	if r.KeepDays != nil {
+		p.KeepDays = *r.KeepDays
+	}
+	if p.KeepLast < 0 || p.KeepDays < 0 {
+		return p, errors.New("[retention]: keep_last and keep_days take 0 or more")
+	}
+	return p, nil
 }
 
 // duration reads "10s" style values from TOML.
@@ -102,7 +136,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 			return exitUsage
 		}
 		if und := md.Undecoded(); len(und) > 0 {
-			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted, mirror_state, and in [[forge]]: "+forgeSettings+"; in [mail]: "+mailSettings, *configFile, und[0].String())
+			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted, mirror_state, in [retention]: keep_last, keep_days, every, in [[forge]]: "+forgeSettings+"; in [mail]: "+mailSettings, *configFile, und[0].String())
 			return exitUsage
 		}
 	}
@@ -167,6 +201,14 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	if cfg.Lease.Duration > 0 && cfg.Lease.Duration < 3*time.Second {
 		e.errorf("worker: --lease %s is too short; use at least 3s", cfg.Lease.Duration)
 		return exitUsage
+	}
+
+	var retention results.Retention
+	if cfg.Retention != nil {
+		if retention, err = cfg.Retention.policy(); err != nil {
+			e.errorf("config %s: %v", *configFile, err)
+			return exitUsage
+		}
 	}
 
 	for _, p := range cfg.Writable {
@@ -357,10 +399,18 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		logger.Info("mail bridge started", "imap", cfg.Mail.IMAP, "smtp", cfg.Mail.SMTP, "remote", gitproto.RedactURL(mb.remote))
 		mb.bridge.Run(mirrorCtx)
 	}()
+	retentionDone := make(chan struct{})
+	go func() {
+		defer close(retentionDone)
+		if cfg.Retention != nil {
+			runRetention(mirrorCtx, cfg.Remotes, cfg.Cache, retention, cfg.Retention.Every.Duration, logger)
+		}
+	}()
 	err = w.Run(stop, abort)
 	stopMirrors()
 	<-mirrorsDone
 	<-mailDone
+	<-retentionDone
 	if err != nil {
 		e.errorf("worker: %v", err)
 		return exitInfra
@@ -380,4 +430,51 @@ func cacheName(url string) string {
 		base = base[len(base)-60:]
 	}
 	return base + "-" + hex.EncodeToString(sum[:6]) + ".git"
+}
+
+// runRetention applies policy to each remote at once and then every
+// interval, until ctx ends, logging one line per remote and pass. Each
+// remote's runs are read through a cache of their own beside the
+// worker's (<cache>/<name>-gc.git), never the worker's, whose run refs
+// are its outbox's. A run the worker is running or has yet to publish
+// is named by its claim on the remote, so gc keeps it; a result waiting
+// in the outbox is not on the remote at all.
+func runRetention(ctx context.Context, urls []string, cacheDir string, policy results.Retention, every time.Duration, logger *slog.Logger) {
+	var targets []remoteGC
+	for _, u := range urls {
+		r, err := gitproto.OpenRemote(u, filepath.Join(cacheDir, strings.TrimSuffix(cacheName(u), ".git")+"-gc.git"), nil)
+		if err != nil {
+			logger.Warn("retention: cannot open the remote's cache; no gc for it", "remote", gitproto.RedactURL(u), "err", err)
+			continue
+		}
+		targets = append(targets, remoteGC{r})
+	}
+	logger.Info("retention: refci gc on each remote", "every", every, "keep_last", policy.KeepLast, "keep_days", policy.KeepDays)
+	for {
+		for _, t := range targets {
+			out, err := collect(ctx, t, policy, false)
+			if ctx.Err() != nil {
+				return
+			}
+			if out == nil {
+				logger.Warn("retention: gc failed; trying again at the next pass", "remote", t.name(), "err", err)
+				continue
+			}
+			kept, why := out.keptSummary()
+			attrs := []any{"remote", t.name(), "removed", perRequest(out.removed.Deleted), "kept", kept, "why", why, "took", out.took.Round(time.Millisecond)}
+			if err != nil {
+				attrs = append(attrs, "err", err)
+			}
+			logger.Info("retention: gc", attrs...)
+			if n := len(out.removed.Refused); n > 0 {
+				r := out.removed.Refused[0]
+				logger.Warn("retention: the remote refused to delete runs", "remote", t.name(), "refused", n, "why", r.Why+refusedAdvice(r.Why))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+	}
 }
