@@ -358,7 +358,7 @@ func (m *Mirror) comment(commit string) string {
 		}
 	}
 	head.WriteString("\n")
-	tail := "Every result is a signed commit; fetch them with:\n\n```sh\n" + render.FetchLine + "\n```\n"
+	tail := "Every result is a signed commit; fetch them with:\n\n```sh\n" + render.FetchLine(commit) + "\n```\n"
 	const sep = "\n---\n\n"
 	budget := render.MarkdownLimit - head.Len() - len(tail)
 	var repo *gitproto.Repo

@@ -194,7 +194,7 @@ func TestMirrorStatusesAndComment(t *testing.T) {
 		}
 	}
 	c, _ := f.Comments(ctx, pr)
-	for _, want := range []string{forge.CommentMarker, "git fetch origin '+refs/ci/*:refs/ci/*'", "| ✅ | `lint` | success |", "[" + ci + "](https://ci.example.invalid/app.git/runs/"} {
+	for _, want := range []string{forge.CommentMarker, "git fetch origin '+refs/ci/runs/" + head + "/*:refs/ci/runs/" + head + "/*'", "| ✅ | `lint` | success |", "[" + ci + "](https://ci.example.invalid/app.git/runs/"} {
 		if !strings.Contains(c[0], want) {
 			t.Errorf("the comment lacks %q:\n%s", want, c[0])
 		}

@@ -19,8 +19,17 @@ const ExcerptLines = 40
 // excerptLineCap is how many bytes of one quoted line are kept.
 const excerptLineCap = 500
 
-// FetchLine is the command that fetches every result from a remote.
-const FetchLine = "git fetch origin '+refs/ci/*:refs/ci/*'"
+// FetchLine is the command that fetches the runs of the commit target
+// from a remote, and only those: with git's protocol version 2 (git 2.26
+// and later use it by default) the remote advertises only the refs under
+// that prefix, so it costs the same with 100 runs on the remote as with
+// 100,000. A target that is not a full commit id fetches every run.
+func FetchLine(target string) string {
+	if !queue.IsObjectID(target) {
+		return "git fetch origin '+refs/ci/*:refs/ci/*'"
+	}
+	return "git fetch origin '+" + queue.RunsPrefix + target + "/*:" + queue.RunsPrefix + target + "/*'"
+}
 
 // excerpt is the tail of one failing log, made safe plain text.
 type excerpt struct {
@@ -131,7 +140,7 @@ func Markdown(r Result, o MarkdownOptions) string {
 		fmt.Fprintf(&tail, " on %s", mdText(s.Host))
 	}
 	tail.WriteString("</sub>\n\n")
-	fmt.Fprintf(&tail, "Read it locally (results are signed commits; no account needed):\n\n```sh\n%s\nrefci status %s\nrefci log %s\nrefci verify %s\n```\n", FetchLine, runArg, runArg, runArg)
+	fmt.Fprintf(&tail, "Read it locally (results are signed commits; no account needed):\n\n```sh\n%s\nrefci status %s\nrefci log %s\nrefci verify %s\n```\n", FetchLine(s.Target), runArg, runArg, runArg)
 
 	ex := excerpts(r, ExcerptLines)
 	const maxSections = 10
@@ -294,7 +303,7 @@ func Text(r Result) string {
 	if !queue.ValidRunID(s.Run) {
 		runArg = Safe(s.Target)
 	}
-	fmt.Fprintf(&b, "\nRead it locally:\n\n    %s\n    refci status %s\n    refci log %s\n", FetchLine, runArg, runArg)
+	fmt.Fprintf(&b, "\nRead it locally:\n\n    %s\n    refci status %s\n    refci log %s\n", FetchLine(s.Target), runArg, runArg)
 	return b.String()
 }
 

@@ -80,7 +80,7 @@ func TestMarkdownLimit(t *testing.T) {
 		if !utf8.ValidString(md) {
 			t.Errorf("limit %d: invalid UTF-8", want)
 		}
-		for _, must := range []string{"**refci: failure**", FetchLine} {
+		for _, must := range []string{"**refci: failure**", FetchLine(s.Target)} {
 			if !strings.Contains(md, must) {
 				t.Errorf("limit %d: lacks %q", want, must)
 			}

@@ -56,7 +56,7 @@ func WriteBanner(w io.Writer, b Banner) {
 	fmt.Fprintf(w, "  git remote add ci %s/%s\n", base, repo)
 	fmt.Fprintf(w, "  git push ci HEAD                              # your current branch, whatever its name\n")
 	fmt.Fprintf(w, "  git push ci HEAD:refs/ci/requests/NAME        # runs at once; -o env=E -o timeout=20m for options\n")
-	fmt.Fprintf(w, "  git fetch ci '+refs/ci/*:refs/ci/*' && refci status\n")
+	fmt.Fprintf(w, "  refci fetch --remote ci && refci status       # the runs of HEAD, however many others there are\n")
 	fmt.Fprintf(w, "Other workers (give their key the worker role):\n")
 	fmt.Fprintf(w, "  refci worker --remote %s/%s\n", base, repo)
 	fmt.Fprintf(w, "Clients check the host key with this known_hosts line:\n")

@@ -66,7 +66,7 @@ func (rc *receiver) onReceive(ctx context.Context, r *sshd.Receive) string {
 	if trusted {
 		note = " (trusted)"
 	}
-	msgs = append(msgs, fmt.Sprintf("refci: request %s queued%s; results: git fetch REMOTE '+refs/ci/*:refs/ci/*'", strings.Join(names, ", "), note))
+	msgs = append(msgs, fmt.Sprintf("refci: request %s queued%s; results: refci fetch --remote REMOTE REV && refci status REV", strings.Join(names, ", "), note))
 	return strings.Join(msgs, "\n")
 }
 
