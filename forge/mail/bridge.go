@@ -312,7 +312,11 @@ func (b *Bridge) take(ctx context.Context, e Envelope) (ig *ignore, m *Message, 
 	}
 	b.solved("fetch", "mail bridge: fetching mail works again")
 	held := false
-	b.ledger.cached(func(tx *ledgerTx) { held = tx.hasMessage(msgKey(e.MessageID, raw)) })
+	if err := b.ledger.cached(func(tx *ledgerTx) { held = tx.hasMessage(msgKey(e.MessageID, raw)) }); err != nil {
+		b.problem("ledger", "mail bridge: cannot read the ledger's copy in the cache; trying again", err)
+		b.retry = append(b.retry, e)
+		return nil, nil, false
+	}
 	if held { // a message without a Message-ID, recorded by its bytes
 		return nil, nil, false
 	}
@@ -324,7 +328,11 @@ func (b *Bridge) take(ctx context.Context, e Envelope) (ig *ignore, m *Message, 
 	}
 	if m.ID != "" && m.ID != e.MessageID {
 		// The mailbox did not read its Message-ID as we do.
-		b.ledger.cached(func(tx *ledgerTx) { held = tx.hasMessage(msgKey(m.ID, nil)) })
+		if err := b.ledger.cached(func(tx *ledgerTx) { held = tx.hasMessage(msgKey(m.ID, nil)) }); err != nil {
+			b.problem("ledger", "mail bridge: cannot read the ledger's copy in the cache; trying again", err)
+			b.retry = append(b.retry, e)
+			return nil, nil, false
+		}
 		if held || b.pending[m.ID] != nil {
 			return nil, nil, false
 		}
@@ -939,7 +947,11 @@ func (b *Bridge) result(ctx context.Context, src results.Source, l results.Liste
 	key := parts[1] + "/" + parts[2]
 	var r seriesRecord
 	var ok bool
-	b.ledger.cached(func(tx *ledgerTx) { r, ok = tx.series(key) }) // read at the start of this look
+	// Read at the start of this look; series records are held in memory,
+	// so this cannot fail but for the cache's repository.
+	if err := b.ledger.cached(func(tx *ledgerTx) { r, ok = tx.series(key) }); err != nil {
+		return true, err
+	}
 	if !ok || r.State == seriesClaimed {
 		return true, nil
 	}

@@ -787,17 +787,15 @@ func TestBridgeRestartAfterAsking(t *testing.T) {
 			// Back to the ledger as it was before the series was
 			// recorded: claimed, its mail not recorded.
 			l := newLedger(t, w.bare, "test")
+			msgs := strings.Fields(fixtures.Git(t, w.bare, "ls-tree", "-r", "--name-only", queue.MailLedgerRef("mail"), "messages/"))
 			if err := l.update(context.Background(), "undo", func(tx *ledgerTx) {
-				for p := range tx.files {
-					if strings.HasPrefix(p, "messages/") {
-						delete(tx.files, p)
-					}
+				for _, p := range msgs {
+					tx.remove(p)
 				}
 				for key, r := range tx.allSeries() {
 					r.State, r.Head, r.Request, r.RequestObject = seriesClaimed, "", "", ""
 					tx.put(seriesPath(key), r)
 				}
-				tx.changed = true
 			}); err != nil {
 				t.Fatal(err)
 			}
