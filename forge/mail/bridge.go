@@ -108,6 +108,7 @@ type Bridge struct {
 	// Used by the mail goroutine only:
 	pending   map[string]*Message  // patches and cover letters waiting for their series
 	firstSeen map[string]time.Time // by Message-ID
+	waiting   []waitRecord         // first seen, not yet recorded in the ledger
 	retry     []Envelope           // fetches that failed, tried again next pass
 
 	told   sync.Map     // problems logged and not solved yet
@@ -277,7 +278,7 @@ func (b *Bridge) pass(ctx context.Context) {
 			noPatch = append(noPatch, m)
 		}
 	}
-	if len(ignored) > 0 {
+	if len(ignored) > 0 || len(b.waiting) > 0 {
 		if err := b.recordIgnored(ctx, ignored); err != nil {
 			b.problem("ledger", "mail bridge: cannot record ignored mail on the remote; it is looked at again", err)
 		}
@@ -369,7 +370,17 @@ func (b *Bridge) take(ctx context.Context, e Envelope) (ig *ignore, m *Message, 
 	}
 	b.pending[m.ID] = m
 	if _, ok := b.firstSeen[m.ID]; !ok {
-		b.firstSeen[m.ID] = b.cfg.Now()
+		// The series' timeout runs from when a bridge first saw it, as
+		// the ledger says, so a restart does not start it again.
+		at := b.cfg.Now()
+		var w waitRecord
+		found := false
+		if err := b.ledger.cached(func(tx *ledgerTx) { found = tx.get(waitPath(m.ID), &w) }); err == nil && found {
+			at = minTime(at, w.At)
+		} else {
+			b.waiting = append(b.waiting, waitRecord{V: ledgerFormat, ID: m.ID, By: b.cfg.Bridge, At: at.UTC()})
+		}
+		b.firstSeen[m.ID] = at
 	}
 	return nil, m, false
 }
@@ -397,15 +408,37 @@ func headerOf(raw []byte) netmail.Header {
 	return m.Header
 }
 
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// recordIgnored records the messages ig as ignored, and when the
+// messages newly waiting for their series were first seen.
 func (b *Bridge) recordIgnored(ctx context.Context, ig []ignore) error {
 	now := b.cfg.Now().UTC()
-	return b.ledger.update(ctx, fmt.Sprintf("%d messages ignored", len(ig)), func(tx *ledgerTx) {
+	what := fmt.Sprintf("%d messages ignored", len(ig))
+	if len(b.waiting) > 0 {
+		what += fmt.Sprintf(", %d waiting for their series", len(b.waiting))
+	}
+	err := b.ledger.update(ctx, what, func(tx *ledgerTx) {
 		for _, i := range ig {
 			if !tx.hasMessage(i.key) {
-				tx.put(msgPath(i.key), msgRecord{V: ledgerFormat, ID: i.id, Outcome: msgIgnored, Why: i.why, By: b.cfg.Bridge, At: now})
+				tx.putMessage(i.key, msgRecord{V: ledgerFormat, ID: i.id, Outcome: msgIgnored, Why: i.why, By: b.cfg.Bridge, At: now})
+			}
+		}
+		for _, w := range b.waiting {
+			if b.pending[w.ID] != nil && !tx.hasMessage(msgKey(w.ID, nil)) && !tx.has(waitPath(w.ID)) {
+				tx.put(waitPath(w.ID), w)
 			}
 		}
 	})
+	if err == nil {
+		b.waiting = nil
+	}
+	return err
 }
 
 // replyNoPatch answers a [PATCH] mail that holds no plain-text patch
@@ -630,7 +663,7 @@ func (b *Bridge) conclude(ctx context.Context, th thread, s *Series, out outcome
 func (b *Bridge) recordMessages(tx *ledgerTx, ids []string, series string, now time.Time) {
 	for _, id := range ids {
 		if !tx.hasMessage(msgKey(id, nil)) {
-			tx.put(msgPath(msgKey(id, nil)), msgRecord{V: ledgerFormat, ID: id, Outcome: msgSeries, Series: series, By: b.cfg.Bridge, At: now})
+			tx.putMessage(msgKey(id, nil), msgRecord{V: ledgerFormat, ID: id, Outcome: msgSeries, Series: series, By: b.cfg.Bridge, At: now})
 		}
 	}
 }

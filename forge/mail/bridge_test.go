@@ -409,7 +409,7 @@ func sameStrings(a, b []string) bool {
 func checkLedgerPaths(t *testing.T, w *world) {
 	t.Helper()
 	out := fixtures.Git(t, w.bare, "ls-tree", "-r", "--name-only", queue.MailLedgerRef("mail"))
-	ok := regexp.MustCompile(`^((messages|replies)/[0-9a-f]{2}/[0-9a-f]{62}|series/[0-9a-f]{16}/v[0-9]+)$`)
+	ok := regexp.MustCompile(`^((messages|replies|waiting)/[0-9a-f]{2}/[0-9a-f]{62}|series/[0-9a-f]{16}/v[0-9]+)$`)
 	for _, p := range strings.Fields(out) {
 		if !ok.MatchString(p) {
 			t.Errorf("ledger path %q", p)
@@ -477,6 +477,46 @@ func TestBridgeIncomplete(t *testing.T) {
 	if n := len(snd.mails()); n != 1 || len(w.runs()) != 0 {
 		t.Errorf("%d replies, runs %v", n, w.runs())
 	}
+}
+
+// The wait for the rest of a series runs from when a bridge first saw
+// it, as the ledger records it: a bridge restarted 20 minutes into the
+// wait replies 10 minutes later, not 30; once the series is answered
+// nothing of it waits in the ledger.
+func TestBridgeIncompleteClockSurvivesRestart(t *testing.T) {
+	w := newWorld(t)
+	mails := w.series("--base="+w.base, "--cover-letter", "--thread", "main..topic")
+	w.mail.deliver(mails[0], mails[1], mails[3])
+	snd := &recSender{}
+	dir := t.TempDir()
+	b, stop := w.bridge("one", dir, snd, nil)
+	waiting := func() int {
+		out, _ := fixtures.RunGit(w.bare, nil, nil, "ls-tree", "-r", "--name-only", queue.MailLedgerRef("mail"))
+		return strings.Count(string(out), "waiting/")
+	}
+	fixtures.WaitFor(t, 60*time.Second, "the waiting messages recorded", func() bool { return waiting() == 3 })
+	settle(t, b)
+	w.clock.Add(int64(20 * time.Minute))
+	settle(t, b)
+	stop()
+	if n := len(snd.mails()); n != 0 {
+		t.Fatalf("%d replies before the timeout", n)
+	}
+	b2, _ := w.bridge("one", dir, snd, nil)
+	settle(t, b2)
+	if n := len(snd.mails()); n != 0 {
+		t.Fatalf("%d replies 20 minutes into the wait", n)
+	}
+	w.clock.Add(int64(11 * time.Minute))
+	w.mail.poke()
+	got := waitMails(t, snd, 1)
+	if hdr, _ := parseMail(t, got[0].raw); hdr.Header.Get("X-Refci-State") != "incomplete" {
+		t.Errorf("state %q", hdr.Header.Get("X-Refci-State"))
+	}
+	if n := waiting(); n != 0 {
+		t.Errorf("%d messages still waiting in the ledger after the series was answered", n)
+	}
+	checkLedgerPaths(t, w)
 }
 
 // v2, sent in reply to v1's cover letter, supersedes v1: v1's request is

@@ -136,6 +136,19 @@ type replyRecord struct {
 	Error     string    `json:"error,omitempty"`
 }
 
+// waitRecord is waiting/<xx>/<rest>, the SHA-256 of "id:<Message-ID>":
+// a patch or cover letter waiting for the rest of its series, first seen
+// at At. The series' timeout runs from its messages' earliest At, so a
+// restart does not start it again. Removed when the message is recorded.
+type waitRecord struct {
+	V  int       `json:"v"`
+	ID string    `json:"message_id"`
+	By string    `json:"by"`
+	At time.Time `json:"first_seen"`
+}
+
+func waitPath(id string) string { return hashPath("waiting", "id:"+id) }
+
 // hashPath is dir/<2 hex>/<62 hex> of sha256(key): never the key's text.
 func hashPath(dir, key string) string {
 	sum := sha256.Sum256([]byte(key))
@@ -494,6 +507,14 @@ func (tx *ledgerTx) listedPaths(dir string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// putMessage records a message looked at, which no longer waits.
+func (tx *ledgerTx) putMessage(key string, r msgRecord) {
+	tx.put(msgPath(key), r)
+	if id, ok := strings.CutPrefix(key, "id:"); ok {
+		tx.remove(waitPath(id))
+	}
 }
 
 func (tx *ledgerTx) message(key string) (msgRecord, bool) {
