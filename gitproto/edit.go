@@ -182,7 +182,11 @@ func (r *Repo) TreeEntryAt(tree Hash, p string) (Hash, bool, error) {
 	return ZeroHash, false, fmt.Errorf("%s in tree %s: %w", p, tree.String()[:12], ErrNotFound)
 }
 
-// ReadBlob reads blob h, refusing one larger than limit bytes.
+// ErrBlobTooLarge is wrapped by ReadBlob's error for a blob over its limit.
+var ErrBlobTooLarge = errors.New("larger than the limit")
+
+// ReadBlob reads blob h, refusing one larger than limit bytes (an error
+// wrapping ErrBlobTooLarge).
 func (r *Repo) ReadBlob(h Hash, limit int64) ([]byte, error) {
 	var b *object.Blob
 	var err error
@@ -194,7 +198,7 @@ func (r *Repo) ReadBlob(h Hash, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("blob %s: %w", h, err)
 	}
 	if b.Size > limit {
-		return nil, fmt.Errorf("blob %s: %d bytes, more than %d", h, b.Size, limit)
+		return nil, fmt.Errorf("blob %s: %d bytes: %w (%d)", h, b.Size, ErrBlobTooLarge, limit)
 	}
 	rc, err := b.Reader()
 	if err != nil {

@@ -489,6 +489,32 @@ func (tx *ledgerTx) remove(path string) {
 	tx.changed = true
 }
 
+// walk calls fn with every file under dir+"/" as read (changes made in
+// tx not seen), in path order: a full reading of dir, for compaction. A
+// failure to read is kept in tx.err.
+func (tx *ledgerTx) walk(dir string, fn func(path string, data []byte)) {
+	if tx.tree == gitproto.ZeroHash || tx.repo == nil || tx.err != nil {
+		return
+	}
+	sub, err := subtree(tx.repo, tx.tree, dir)
+	if err == nil && sub != gitproto.ZeroHash {
+		err = tx.repo.DiffTrees(gitproto.ZeroHash, sub, func(c gitproto.TreeChange) error {
+			data, err := tx.repo.ReadBlob(c.Hash, maxLedgerFile)
+			if errors.Is(err, gitproto.ErrBlobTooLarge) {
+				return nil // no record of ours: left as it is
+			}
+			if err != nil {
+				return err
+			}
+			fn(dir+"/"+c.Path, data)
+			return nil
+		})
+	}
+	if err != nil {
+		tx.err = fmt.Errorf("%s: %w", dir, err)
+	}
+}
+
 // listedPaths lists the paths of the listed records under dir+"/", as
 // changed in tx, sorted.
 func (tx *ledgerTx) listedPaths(dir string) []string {
