@@ -78,6 +78,11 @@ type Config struct {
 	// not be sent is tried again (defaults 5 s and 5 minutes); it
 	// doubles per failure in a row.
 	MinBackoff, MaxBackoff time.Duration
+	// Signer, when set, signs every reply: a PGP/MIME multipart/signed
+	// message (RFC 3156) with a detached signature, which gpg and mail
+	// clients verify against the worker's public key. Use the worker's
+	// key (*secrets.Identity); nil sends replies unsigned.
+	Signer Signer
 	// Retention is how long the ledger keeps what it recorded (default
 	// 180 days; at least 2 days). Once a day a compaction drops the
 	// records of messages, of waiting patches, of concluded series and
@@ -715,7 +720,7 @@ func (b *Bridge) recordMessages(tx *ledgerTx, ids []string, series string, now t
 }
 
 func (b *Bridge) replyOptions() replyOptions {
-	return replyOptions{from: b.from, fetchURL: b.cfg.FetchURL, noCc: b.cfg.NoCc, now: b.cfg.Now()}
+	return replyOptions{from: b.from, fetchURL: b.cfg.FetchURL, noCc: b.cfg.NoCc, now: b.cfg.Now(), signer: b.cfg.Signer}
 }
 
 // apply claims a complete series, applies it on its base, keeps its head
