@@ -1360,14 +1360,14 @@ func (b *Bridge) compact(ctx context.Context) error {
 		tx.walk("messages", func(p string, data []byte) {
 			var r msgRecord
 			if json.Unmarshal(data, &r) == nil && r.V == ledgerFormat && !r.At.IsZero() && r.At.Before(cutoff) {
-				tx.remove(p)
+				tx.drop(p)
 				dropped++
 			}
 		})
 		tx.walk("waiting", func(p string, data []byte) {
 			var r waitRecord
 			if json.Unmarshal(data, &r) == nil && r.V == ledgerFormat && !r.At.IsZero() && r.At.Before(cutoff) {
-				tx.remove(p)
+				tx.drop(p)
 				dropped++
 			}
 		})

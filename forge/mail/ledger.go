@@ -482,8 +482,17 @@ func (tx *ledgerTx) remove(path string) {
 	if tx.readOnly {
 		panic("ledger: remove in a read-only view")
 	}
-	if !tx.has(path) {
+	if _, ok := tx.raw(path); !ok {
 		return
+	}
+	tx.writes[path] = nil
+	tx.changed = true
+}
+
+// drop removes the file at path, known to be there (walk found it).
+func (tx *ledgerTx) drop(path string) {
+	if tx.readOnly {
+		panic("ledger: drop in a read-only view")
 	}
 	tx.writes[path] = nil
 	tx.changed = true

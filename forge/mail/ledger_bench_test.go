@@ -114,3 +114,36 @@ func BenchmarkLedgerUpdate(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLedgerCompaction measures a compaction (which a bridge runs
+// at start and once a day) of a ledger of ledgerBenchEntries message
+// records: "keep" drops none (all within the horizon), "drop" drops a
+// tenth, the oldest.
+func BenchmarkLedgerCompaction(b *testing.B) {
+	n := ledgerBenchEntries()
+	for _, name := range []string{"keep", "drop"} {
+		b.Run(fmt.Sprintf("%s/entries=%d", name, n), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				bare, _, _ := benchLedger(b, n)
+				// The records are a minute apart from 2026-01-01.
+				now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(DefaultRetention + dateSkew)
+				if name == "drop" {
+					now = now.Add(time.Duration(n/10) * time.Minute)
+				}
+				br, err := New(Config{Mailbox: newStore().box(), Sender: &recSender{}, Remote: bare, Dir: b.TempDir(), Bridge: "bench",
+					From: "ci@example.org", Now: func() time.Time { return now }})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := br.ledger.view(context.Background(), func(*ledgerTx) {}); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				if err := br.compact(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
