@@ -1295,6 +1295,10 @@ func (b *Bridge) writeJournal(j journalEntry) error {
 // readJournal reads the replies sent and not yet recorded.
 func (b *Bridge) readJournal() map[string]journalEntry {
 	out := map[string]journalEntry{}
+	tmps, _ := filepath.Glob(filepath.Join(b.journalDir(), "tmp-*"))
+	for _, f := range tmps {
+		os.Remove(f) // a journal write cut short by a crash
+	}
 	files, _ := filepath.Glob(filepath.Join(b.journalDir(), "[0-9a-f]*"))
 	for _, f := range files {
 		data, err := os.ReadFile(f)
