@@ -208,33 +208,15 @@ func (l *ledger) refresh(ctx context.Context) error {
 	if !l.read || files == nil {
 		oldTree, files = gitproto.ZeroHash, map[string][]byte{}
 	}
-	changed := map[string][]byte{} // nil: removed
-	for _, dir := range listedDirs {
-		a, err := subtree(repo, oldTree, dir)
-		if err != nil {
-			return fmt.Errorf("read the ledger %s: %w", l.ref, err)
-		}
-		b, err := subtree(repo, tree, dir)
-		if err != nil {
-			return fmt.Errorf("read the ledger %s at %s: %w", l.ref, h, err)
-		}
-		err = repo.DiffTrees(a, b, func(c gitproto.TreeChange) error {
-			p := dir + "/" + c.Path
-			if c.Hash == gitproto.ZeroHash {
-				changed[p] = nil
-				return nil
-			}
-			l.blobsRead++
-			data, err := repo.ReadBlob(c.Hash, maxLedgerFile)
-			if err != nil {
-				data = []byte{} // too large or unreadable: kept as a record of no known format
-			}
-			changed[p] = data
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("read the ledger %s at %s: %w", l.ref, h, err)
-		}
+	changed, err := l.diffListed(repo, oldTree, tree)
+	if err != nil && oldTree != gitproto.ZeroHash {
+		// The value read before is not in the cache any more (a gc
+		// pruned it): read everything again.
+		oldTree, files = gitproto.ZeroHash, map[string][]byte{}
+		changed, err = l.diffListed(repo, oldTree, tree)
+	}
+	if err != nil {
+		return fmt.Errorf("read the ledger %s at %s: %w", l.ref, h, err)
 	}
 	for p, data := range changed {
 		if data == nil {
@@ -245,6 +227,40 @@ func (l *ledger) refresh(ctx context.Context) error {
 	}
 	l.head, l.tree, l.files, l.read = h, tree, files, true
 	return nil
+}
+
+// diffListed reads the listed files that differ between trees from and
+// to: their content in to, nil for those removed.
+func (l *ledger) diffListed(repo *gitproto.Repo, from, to gitproto.Hash) (map[string][]byte, error) {
+	changed := map[string][]byte{}
+	for _, dir := range listedDirs {
+		a, err := subtree(repo, from, dir)
+		if err != nil {
+			return nil, err
+		}
+		b, err := subtree(repo, to, dir)
+		if err != nil {
+			return nil, err
+		}
+		err = repo.DiffTrees(a, b, func(c gitproto.TreeChange) error {
+			p := dir + "/" + c.Path
+			if c.Hash == gitproto.ZeroHash {
+				changed[p] = nil
+				return nil
+			}
+			l.blobsRead++
+			data, err := repo.ReadBlob(c.Hash, maxLedgerFile)
+			if errors.Is(err, gitproto.ErrBlobTooLarge) {
+				data, err = []byte{}, nil // no record of ours: kept, of no known format
+			}
+			changed[p] = data
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return changed, nil
 }
 
 // subtree is the id of directory dir of tree; ZeroHash when missing.

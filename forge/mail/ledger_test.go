@@ -188,3 +188,32 @@ func TestLedgerUpdateCostsTheChange(t *testing.T) {
 		t.Errorf("git fsck: %v\n%s", err, out)
 	}
 }
+
+// A bridge whose cache lost the value it read before (a gc pruned it)
+// reads the ledger whole again instead of failing for ever.
+func TestLedgerRereadsWhenItsOldValueIsGone(t *testing.T) {
+	bare := fixtures.BareRepo(t, "remote.git")
+	a, c := newLedger(t, bare, "a"), newLedger(t, bare, "c")
+	ctx := context.Background()
+	put := func(l *ledger, key string) {
+		t.Helper()
+		if err := l.update(ctx, "put", func(tx *ledgerTx) {
+			tx.put(seriesPath(key), seriesRecord{V: ledgerFormat, State: seriesClaimed, By: l.me})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(a, "0000000000000001/v1")
+	if err := c.view(ctx, func(*ledgerTx) {}); err != nil {
+		t.Fatal(err)
+	}
+	c.tree = gitproto.NewHash("0123456789abcdef0123456789abcdef01234567") // not in its cache
+	put(a, "0000000000000002/v1")
+	if err := c.view(ctx, func(tx *ledgerTx) {
+		if n := len(tx.allSeries()); n != 2 {
+			t.Errorf("%d series after reading again, want 2", n)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
