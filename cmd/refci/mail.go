@@ -41,10 +41,16 @@ type mailConfig struct {
 	RunsURL       string   `toml:"runs_url"`       // where run pages are served; "" links none
 	SeriesTimeout duration `toml:"series_timeout"` // how long an incomplete series is waited for (default 30m)
 	Name          string   `toml:"name"`           // the ledger's name (default mail); bridges of one mailbox share it
+	// Sign signs every reply (PGP/MIME) with refci's key: the worker's,
+	// or for refci mail the key of --key or $REFCI_HOME.
+	Sign bool `toml:"sign"`
+	// LedgerDays is how long the ledger keeps its records (default 180;
+	// -1: for ever); mail dated longer ago is not tested.
+	LedgerDays int `toml:"ledger_days"`
 }
 
 // mailSettings names the settings of [mail], for errors.
-const mailSettings = "imap, smtp, user, password_file, from, remote, base_branch, ca_file, cc_list, fetch_url, runs_url, series_timeout, name"
+const mailSettings = "imap, smtp, user, password_file, from, remote, base_branch, ca_file, cc_list, fetch_url, runs_url, series_timeout, name, sign, ledger_days"
 
 // mailCommandConfig is the TOML configuration of `refci mail --config`.
 type mailCommandConfig struct {
@@ -71,6 +77,8 @@ const mailHelp = `The configuration holds a [mail] table, the same as in worker.
   # runs_url = "https://ci.example.org/app"            # where run pages are served
   # series_timeout = "30m"          # then an incomplete series is answered
   # name = "mail"                   # the ledger: bridges of one mailbox share it
+  # sign = true                     # sign replies (PGP/MIME) with refci's key
+  # ledger_days = 180               # the ledger forgets older mail; mail dated before is not tested (-1: keep all)
 
 The servers' URLs:
   imaps://HOST[:993]/MAILBOX   TLS          smtps://HOST[:465]          TLS
@@ -92,6 +100,7 @@ the roles trigger,worker, and never trusted.
 func cmdMail(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "mail")
 	configFile := fs.String("config", "", "a TOML file with a [mail] table (see README)")
+	keyFile := fs.String("key", "", "the key replies are signed with when sign = true (default: refci's key in $REFCI_HOME)")
 	if _, code, ok := parse(e, fs, args, 0); !ok {
 		return code
 	}
@@ -130,7 +139,16 @@ func cmdMail(ctx context.Context, e *env, args []string) int {
 		logger.Info("signal: stopping the mail bridge", "signal", s.String())
 	}, func(os.Signal) {})
 	defer stopSignals()
-	mb, err := newMailBridge(ctx, cfg.Mail, nil, cfg.State, nil, logger)
+	var signer mail.Signer
+	if cfg.Mail.Sign {
+		id, err := e.identity(*keyFile)
+		if err != nil {
+			e.errorf("sign: %v", err)
+			return exitUsage
+		}
+		signer = id
+	}
+	mb, err := newMailBridge(ctx, cfg.Mail, nil, cfg.State, signer, nil, logger)
 	if err != nil && ctx.Err() != nil {
 		logger.Info("mail bridge stopped before it started")
 		return exitOK
@@ -178,7 +196,7 @@ func (m *mailBridge) close() { m.box.Close() }
 // c.Remote must be one of them, and may be left out when there is one.
 // Its errors match errMailConfig, mail.ErrIMAPConfig or mail.ErrSMTPAuth
 // when the configuration must change.
-func newMailBridge(ctx context.Context, c mailConfig, remotes []string, dir string, asked func(), logger *slog.Logger) (*mailBridge, error) {
+func newMailBridge(ctx context.Context, c mailConfig, remotes []string, dir string, signer mail.Signer, asked func(), logger *slog.Logger) (*mailBridge, error) {
 	if c.Remote == "" && len(remotes) == 1 {
 		c.Remote = remotes[0]
 	}
@@ -197,6 +215,8 @@ func newMailBridge(ctx context.Context, c mailConfig, remotes []string, dir stri
 		return nil, mailErr("no remote: set it to the one of the worker's remotes (%s) mailed series are tested on", redactAll(remotes))
 	case remotes != nil && !contains(remotes, c.Remote):
 		return nil, mailErr("remote %s is not one of the worker's remotes (%s)", gitproto.RedactURL(c.Remote), redactAll(remotes))
+	case c.LedgerDays < -1 || c.LedgerDays == 1:
+		return nil, mailErr("ledger_days %d: give 2 days or more (default 180), or -1 to keep every record", c.LedgerDays)
 	case c.SeriesTimeout.Duration < 0:
 		return nil, mailErr("series_timeout %s: give a positive duration (default 30m)", c.SeriesTimeout.Duration)
 	}
@@ -242,7 +262,8 @@ func newMailBridge(ctx context.Context, c mailConfig, remotes []string, dir stri
 	}
 	cc := c.CcList == nil || *c.CcList
 	b, err := mail.New(mail.Config{Mailbox: box, Sender: sender, Remote: c.Remote, Dir: dir, Name: c.Name, From: c.From,
-		BaseBranch: c.BaseBranch, NoCc: !cc, FetchURL: c.FetchURL, RunsURL: c.RunsURL, SeriesTimeout: c.SeriesTimeout.Duration, Asked: asked, Logger: logger})
+		BaseBranch: c.BaseBranch, NoCc: !cc, FetchURL: c.FetchURL, RunsURL: c.RunsURL, SeriesTimeout: c.SeriesTimeout.Duration, Asked: asked, Logger: logger,
+		Signer: signer, Retention: time.Duration(c.LedgerDays) * 24 * time.Hour})
 	if err != nil {
 		box.Close()
 		return nil, err

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -190,6 +191,10 @@ func (w *mailWorld) series(branch string, args []string, commits ...map[string]s
 		if err != nil {
 			w.t.Fatal(err)
 		}
+		// Dated when sent, as git send-email does (the bridge does not
+		// test mail dated outside its ledger's retention).
+		date := time.Now().Add(time.Duration(len(raws)) * time.Second).Format(time.RFC1123Z)
+		b = regexp.MustCompile(`(?m)^Date: .*$`).ReplaceAll(b, []byte("Date: "+date))
 		raws = append(raws, b)
 	}
 	return raws
@@ -229,7 +234,7 @@ func (w *mailWorld) ledgerSeries() []string {
 func (w *mailWorld) sentinel(name string) {
 	w.t.Helper()
 	id := fmt.Sprintf("sentinel-%s-%d@example.org", name, time.Now().UnixNano())
-	w.deliver([]byte(fmt.Sprintf("From: Bob <bob@example.org>\r\nTo: ci@example.org\r\nSubject: lunch?\r\nMessage-ID: <%s>\r\nDate: Mon, 07 Dec 2026 09:00:00 +0000\r\n\r\nNo patch here.\r\n", id)))
+	w.deliver([]byte(fmt.Sprintf("From: Bob <bob@example.org>\r\nTo: ci@example.org\r\nSubject: lunch?\r\nMessage-ID: <%s>\r\nDate: %s\r\n\r\nNo patch here.\r\n", id, time.Now().Format(time.RFC1123Z))))
 	fixtures.WaitFor(w.t, 2*time.Minute, "the bridge to record "+id, func() bool { return w.ledgerHas(id) })
 }
 

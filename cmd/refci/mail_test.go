@@ -46,6 +46,7 @@ func TestMailConfigErrors(t *testing.T) {
 		{"bad from", strings.Replace(good(""), "from = \"ci@example.org\"", "from = \"ci at example\"", 1), `from "ci at example" is not a mail address`},
 		{"bad name", good("name = \"../x\"\n"), "name:"},
 		{"negative timeout", good("series_timeout = \"-1m\"\n"), "series_timeout -1m0s: give a positive duration"},
+		{"ledger_days of one", good("ledger_days = 1\n"), "ledger_days 1: give 2 days or more"},
 	} {
 		cfg := filepath.Join(dir, "c.toml")
 		if err := os.WriteFile(cfg, []byte(tc.config), 0o644); err != nil {

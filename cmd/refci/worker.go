@@ -17,6 +17,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"refci.dev/refci/forge/mail"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/results"
 	"refci.dev/refci/secrets"
@@ -302,7 +303,11 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		}
 		mailRemote = remote
 		startMail = func(ctx context.Context) (*mailBridge, error) {
-			return newMailBridge(ctx, *cfg.Mail, cfg.Remotes, dir, asked, logger)
+			var signer mail.Signer
+			if cfg.Mail.Sign {
+				signer = id
+			}
+			return newMailBridge(ctx, *cfg.Mail, cfg.Remotes, dir, signer, asked, logger)
 		}
 		mb, err := startMail(ctx)
 		switch {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -82,12 +83,38 @@ type Config struct {
 	// once instead of at its next poll. It is called from the bridge's
 	// goroutine and must not block.
 	Asked func()
+	// Signer, when set, signs every reply: a PGP/MIME multipart/signed
+	// message (RFC 3156) with a detached signature, which gpg and mail
+	// clients verify against the worker's public key. Use the worker's
+	// key (*secrets.Identity); nil sends replies unsigned.
+	Signer Signer
+	// Retention is how long the ledger keeps what it recorded (default
+	// 180 days; at least 2 days). Once a day a compaction drops the
+	// records of messages, of waiting patches, of concluded series and
+	// of replies sent or refused that were last written longer ago than
+	// Retention and a day (by the ledger's own times, never a mail's
+	// Date). So that mail whose record was dropped is never tested
+	// again, mail dated more than Retention ago, more than a day ahead,
+	// or not dated, is not tested: it is logged and recorded as ignored.
+	// Negative keeps every record and tests mail of any date.
+	Retention time.Duration
 	// Logger gets the bridge's log lines; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock of series timeouts and records (default
 	// time.Now).
 	Now func() time.Time
 }
+
+// DefaultRetention is how long the ledger keeps its records by default.
+const DefaultRetention = 180 * 24 * time.Hour
+
+// dateSkew is how far ahead of the bridge's clock a mail's Date may be:
+// a record is dropped Retention+dateSkew after it was written, when the
+// mail it stands for is dated more than Retention ago.
+const dateSkew = 24 * time.Hour
+
+// compactEvery is how often a bridge compacts the ledger.
+const compactEvery = 24 * time.Hour
 
 // Bridge tests mailed patch series: it reads mail from a Mailbox, groups
 // patches into series, applies each complete series on its base in a
@@ -113,6 +140,7 @@ type Bridge struct {
 	// Used by the mail goroutine only:
 	pending   map[string]*Message  // patches and cover letters waiting for their series
 	firstSeen map[string]time.Time // by Message-ID
+	waiting   []waitRecord         // first seen, not yet recorded in the ledger
 	retry     []Envelope           // fetches that failed, tried again next pass
 
 	told   sync.Map     // problems logged and not solved yet
@@ -176,6 +204,12 @@ func New(cfg Config) (*Bridge, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Retention == 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if cfg.Retention > 0 && cfg.Retention < 48*time.Hour {
+		return nil, fmt.Errorf("mail bridge: retention %s is too short: keep the ledger's records at least 2 days (or a negative retention: forever)", cfg.Retention)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -209,7 +243,18 @@ func (b *Bridge) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); b.watchRuns(ctx) }()
 	go func() { defer wg.Done(); b.outbox(ctx) }()
 	defer wg.Wait()
+	var compacted time.Time
 	for ctx.Err() == nil {
+		if now := b.cfg.Now(); b.cfg.Retention > 0 && (compacted.IsZero() || now.Sub(compacted) >= compactEvery) {
+			if err := b.compact(ctx); err != nil {
+				if ctx.Err() == nil {
+					b.problem("compact", "mail bridge: cannot compact the ledger; trying again at the next pass", err)
+				}
+			} else {
+				b.solved("compact", "mail bridge: the ledger was compacted after all")
+				compacted = now
+			}
+		}
 		b.pass(ctx)
 		b.passes.Add(1)
 		if err := b.cfg.Mailbox.Wait(ctx, b.cfg.MailWait); err != nil && ctx.Err() == nil {
@@ -282,7 +327,7 @@ func (b *Bridge) pass(ctx context.Context) {
 			noPatch = append(noPatch, m)
 		}
 	}
-	if len(ignored) > 0 {
+	if len(ignored) > 0 || len(b.waiting) > 0 {
 		if err := b.recordIgnored(ctx, ignored); err != nil {
 			b.problem("ledger", "mail bridge: cannot record ignored mail on the remote; it is looked at again", err)
 		}
@@ -317,7 +362,11 @@ func (b *Bridge) take(ctx context.Context, e Envelope) (ig *ignore, m *Message, 
 	}
 	b.solved("fetch", "mail bridge: fetching mail works again")
 	held := false
-	b.ledger.cached(func(tx *ledgerTx) { held = tx.hasMessage(msgKey(e.MessageID, raw)) })
+	if err := b.ledger.cached(func(tx *ledgerTx) { held = tx.hasMessage(msgKey(e.MessageID, raw)) }); err != nil {
+		b.problem("ledger", "mail bridge: cannot read the ledger's copy in the cache; trying again", err)
+		b.retry = append(b.retry, e)
+		return nil, nil, false
+	}
 	if held { // a message without a Message-ID, recorded by its bytes
 		return nil, nil, false
 	}
@@ -329,7 +378,11 @@ func (b *Bridge) take(ctx context.Context, e Envelope) (ig *ignore, m *Message, 
 	}
 	if m.ID != "" && m.ID != e.MessageID {
 		// The mailbox did not read its Message-ID as we do.
-		b.ledger.cached(func(tx *ledgerTx) { held = tx.hasMessage(msgKey(m.ID, nil)) })
+		if err := b.ledger.cached(func(tx *ledgerTx) { held = tx.hasMessage(msgKey(m.ID, nil)) }); err != nil {
+			b.problem("ledger", "mail bridge: cannot read the ledger's copy in the cache; trying again", err)
+			b.retry = append(b.retry, e)
+			return nil, nil, false
+		}
 		if held || b.pending[m.ID] != nil {
 			return nil, nil, false
 		}
@@ -340,7 +393,14 @@ func (b *Bridge) take(ctx context.Context, e Envelope) (ig *ignore, m *Message, 
 		return &ignore{key: key, id: m.ID, why: why}, m, false
 	}
 	h := headerOf(raw)
+	now := b.cfg.Now()
 	switch {
+	case b.cfg.Retention > 0 && m.Date.IsZero():
+		return leave("no Date header that can be read: mail is tested only when dated within the ledger's retention (" + b.cfg.Retention.String() + ")")
+	case b.cfg.Retention > 0 && m.Date.Before(now.Add(-b.cfg.Retention)):
+		return leave("dated " + m.Date.UTC().Format(time.RFC3339) + ", longer ago than the ledger's retention (" + b.cfg.Retention.String() + "): not tested, since its record may have been dropped")
+	case b.cfg.Retention > 0 && m.Date.After(now.Add(dateSkew)):
+		return leave("dated " + m.Date.UTC().Format(time.RFC3339) + ", more than a day ahead of this bridge's clock: not tested (fix the sender's clock and send it again)")
 	case m.ID == "":
 		return leave("no Message-ID: a reply could not be threaded")
 	case !validMsgID(m.ID):
@@ -366,7 +426,17 @@ func (b *Bridge) take(ctx context.Context, e Envelope) (ig *ignore, m *Message, 
 	}
 	b.pending[m.ID] = m
 	if _, ok := b.firstSeen[m.ID]; !ok {
-		b.firstSeen[m.ID] = b.cfg.Now()
+		// The series' timeout runs from when a bridge first saw it, as
+		// the ledger says, so a restart does not start it again.
+		at := b.cfg.Now()
+		var w waitRecord
+		found := false
+		if err := b.ledger.cached(func(tx *ledgerTx) { found = tx.get(waitPath(m.ID), &w) }); err == nil && found {
+			at = minTime(at, w.At)
+		} else {
+			b.waiting = append(b.waiting, waitRecord{V: ledgerFormat, ID: m.ID, By: b.cfg.Bridge, At: at.UTC()})
+		}
+		b.firstSeen[m.ID] = at
 	}
 	return nil, m, false
 }
@@ -394,15 +464,37 @@ func headerOf(raw []byte) netmail.Header {
 	return m.Header
 }
 
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// recordIgnored records the messages ig as ignored, and when the
+// messages newly waiting for their series were first seen.
 func (b *Bridge) recordIgnored(ctx context.Context, ig []ignore) error {
 	now := b.cfg.Now().UTC()
-	return b.ledger.update(ctx, fmt.Sprintf("%d messages ignored", len(ig)), func(tx *ledgerTx) {
+	what := fmt.Sprintf("%d messages ignored", len(ig))
+	if len(b.waiting) > 0 {
+		what += fmt.Sprintf(", %d waiting for their series", len(b.waiting))
+	}
+	err := b.ledger.update(ctx, what, func(tx *ledgerTx) {
 		for _, i := range ig {
 			if !tx.hasMessage(i.key) {
-				tx.put(msgPath(i.key), msgRecord{V: ledgerFormat, ID: i.id, Outcome: msgIgnored, Why: i.why, By: b.cfg.Bridge, At: now})
+				tx.putMessage(i.key, msgRecord{V: ledgerFormat, ID: i.id, Outcome: msgIgnored, Why: i.why, By: b.cfg.Bridge, At: now})
+			}
+		}
+		for _, w := range b.waiting {
+			if b.pending[w.ID] != nil && !tx.hasMessage(msgKey(w.ID, nil)) && !tx.has(waitPath(w.ID)) {
+				tx.put(waitPath(w.ID), w)
 			}
 		}
 	})
+	if err == nil {
+		b.waiting = nil
+	}
+	return err
 }
 
 // replyNoPatch answers a [PATCH] mail that holds no plain-text patch
@@ -627,13 +719,13 @@ func (b *Bridge) conclude(ctx context.Context, th thread, s *Series, out outcome
 func (b *Bridge) recordMessages(tx *ledgerTx, ids []string, series string, now time.Time) {
 	for _, id := range ids {
 		if !tx.hasMessage(msgKey(id, nil)) {
-			tx.put(msgPath(msgKey(id, nil)), msgRecord{V: ledgerFormat, ID: id, Outcome: msgSeries, Series: series, By: b.cfg.Bridge, At: now})
+			tx.putMessage(msgKey(id, nil), msgRecord{V: ledgerFormat, ID: id, Outcome: msgSeries, Series: series, By: b.cfg.Bridge, At: now})
 		}
 	}
 }
 
 func (b *Bridge) replyOptions() replyOptions {
-	return replyOptions{from: b.from, fetchURL: b.cfg.FetchURL, noCc: b.cfg.NoCc, now: b.cfg.Now()}
+	return replyOptions{from: b.from, fetchURL: b.cfg.FetchURL, noCc: b.cfg.NoCc, now: b.cfg.Now(), signer: b.cfg.Signer}
 }
 
 // apply claims a complete series, applies it on its base, keeps its head
@@ -947,7 +1039,11 @@ func (b *Bridge) result(ctx context.Context, src results.Source, l results.Liste
 	key := parts[1] + "/" + parts[2]
 	var r seriesRecord
 	var ok bool
-	b.ledger.cached(func(tx *ledgerTx) { r, ok = tx.series(key) }) // read at the start of this look
+	// Read at the start of this look; series records are held in memory,
+	// so this cannot fail but for the cache's repository.
+	if err := b.ledger.cached(func(tx *ledgerTx) { r, ok = tx.series(key) }); err != nil {
+		return true, err
+	}
 	if !ok || r.State == seriesClaimed {
 		return true, nil
 	}
@@ -1012,32 +1108,66 @@ func (b *Bridge) wakeOutbox() {
 
 // outbox sends the replies the ledger says are owed and are this
 // bridge's (or whose bridge's lease ran out), retrying with backoff.
+//
+// A reply sent (or refused for good) is written to the bridge's journal
+// (Dir/sent) at once, before the ledger is told, and recorded in the
+// ledger until that works: when the remote cannot be written, the bridge
+// keeps trying, and a bridge restarted on the same Dir records it rather
+// than sending it again. A reply is sent only with at least half a lease
+// left on its record, renewed first if need be, so another bridge cannot
+// take it over while its sender still has time to record it.
 func (b *Bridge) outbox(ctx context.Context) {
 	next := map[string]time.Time{} // by Message-ID: not before
 	backoff := map[string]time.Duration{}
-	sent := map[string]error{} // sent (nil) or refused for good, not yet recorded
+	sent := b.readJournal() // sent or refused for good, not yet recorded
+	var recordWait time.Duration
 	var timer *time.Timer
+	defer func() {
+		if len(sent) > 0 {
+			// Stopping: one more try, so that the next bridge does not
+			// send it again; the journal covers a restart on this Dir.
+			grace, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			b.recordSent(grace, sent)
+			cancel()
+		}
+	}()
 	for {
+		wait := b.cfg.MailWait
+		if len(sent) > 0 {
+			if b.recordSent(ctx, sent) {
+				recordWait = 0
+			} else {
+				recordWait = min(max(2*recordWait, b.cfg.MinBackoff), b.cfg.MaxBackoff)
+				wait = recordWait
+			}
+		}
 		var owed []replyRecord
 		if err := b.ledger.view(ctx, func(tx *ledgerTx) { owed = tx.pendingReplies() }); err != nil && ctx.Err() == nil {
 			b.problem("ledger", "mail bridge: cannot read the ledger on the remote; trying again", err)
 		}
-		wait := b.cfg.MailWait
 		for _, r := range owed {
 			if ctx.Err() != nil {
 				return
 			}
-			if r.By != b.cfg.Bridge {
-				if b.cfg.Now().Sub(r.Updated) <= lease {
-					continue // another bridge's
-				}
-				// Its bridge is gone: take it over first, so that one
-				// bridge sends it.
+			if _, done := sent[r.MessageID]; done {
+				continue // sent by this bridge: being recorded
+			}
+			if t, ok := next[r.MessageID]; ok && time.Until(t) > 0 {
+				wait = min(wait, time.Until(t))
+				continue
+			}
+			if r.By != b.cfg.Bridge && b.cfg.Now().Sub(r.Updated) <= lease {
+				continue // another bridge's
+			}
+			if r.By != b.cfg.Bridge || b.cfg.Now().Sub(r.Updated) > lease/2 {
+				// Take it over (its bridge is gone), or renew this
+				// bridge's lease, first: one bridge sends it, and has
+				// half a lease to record it.
 				won := false
-				err := b.ledger.update(ctx, "take over reply "+r.Series, func(tx *ledgerTx) {
+				err := b.ledger.update(ctx, "take reply "+r.Series, func(tx *ledgerTx) {
 					won = false
 					cur, ok := tx.reply(r.MessageID)
-					if ok && cur.State == replyPending && cur.By == r.By && b.cfg.Now().Sub(cur.Updated) > lease {
+					if ok && cur.State == replyPending && (cur.By == b.cfg.Bridge || b.cfg.Now().Sub(cur.Updated) > lease) {
 						cur.By, cur.Updated, won = b.cfg.Bridge, b.cfg.Now().UTC(), true
 						tx.put(replyPath(r.MessageID), cur)
 					}
@@ -1045,22 +1175,16 @@ func (b *Bridge) outbox(ctx context.Context) {
 				if err != nil || !won {
 					continue
 				}
-				b.log.Info("mail bridge: taking over a reply owed by a bridge that is gone", "series", r.Series, "from", r.By)
+				if r.By != b.cfg.Bridge {
+					b.log.Info("mail bridge: taking over a reply owed by a bridge that is gone", "series", r.Series, "from", r.By)
+				}
 			}
-			err, done := sent[r.MessageID]
-			if !done {
-				if t, ok := next[r.MessageID]; ok && time.Until(t) > 0 {
-					wait = min(wait, time.Until(t))
-					continue
-				}
-				err = b.cfg.Sender.Send(ctx, r.From, r.Rcpt, []byte(r.Raw))
-				if ctx.Err() != nil {
-					return
-				}
+			err := b.cfg.Sender.Send(ctx, r.From, r.Rcpt, []byte(r.Raw))
+			if ctx.Err() != nil && err != nil {
+				return
 			}
 			var perm *PermanentError
 			switch {
-			case done:
 			case err == nil:
 				delete(next, r.MessageID)
 				delete(backoff, r.MessageID)
@@ -1079,32 +1203,35 @@ func (b *Bridge) outbox(ctx context.Context) {
 				next[r.MessageID] = time.Now().Add(d)
 				wait = min(wait, d)
 				b.problem("send:"+r.MessageID, "mail bridge: a reply could not be sent; retrying with backoff", err, "series", r.Series, "message_id", r.MessageID)
+				uerr := b.ledger.update(ctx, "reply "+r.Series+" attempt", func(tx *ledgerTx) {
+					cur, ok := tx.reply(r.MessageID)
+					if ok && cur.State == replyPending {
+						cur.By, cur.Updated, cur.Attempts, cur.Error = b.cfg.Bridge, b.cfg.Now().UTC(), cur.Attempts+1, err.Error()
+						tx.put(replyPath(r.MessageID), cur)
+					}
+				})
+				if uerr != nil && ctx.Err() == nil {
+					b.problem("ledger", "mail bridge: cannot record a reply's attempt on the remote; trying again", uerr)
+				}
+				continue
 			}
-			uerr := b.ledger.update(ctx, "reply "+r.Series+" "+map[bool]string{true: "sent", false: "attempt"}[err == nil], func(tx *ledgerTx) {
-				cur, ok := tx.reply(r.MessageID)
-				if !ok || cur.State != replyPending {
-					return
-				}
-				cur.By, cur.Updated, cur.Attempts = b.cfg.Bridge, b.cfg.Now().UTC(), cur.Attempts+1
-				switch {
-				case err == nil:
-					cur.State, cur.Error = replySent, ""
-				case perm != nil:
-					cur.State, cur.Error = replyFailed, err.Error()
-				default:
-					cur.Error = err.Error()
-				}
-				tx.put(replyPath(r.MessageID), cur)
-			})
-			if uerr != nil && ctx.Err() == nil {
-				b.problem("ledger", "mail bridge: cannot record a reply as sent on the remote; trying again", uerr)
-				wait = min(wait, b.cfg.MinBackoff)
-				if err == nil || perm != nil {
-					sent[r.MessageID] = err // never sent twice by this bridge
-				}
+			j := journalEntry{MessageID: r.MessageID, Series: r.Series}
+			if err != nil {
+				j.Error = err.Error()
+			}
+			if jerr := b.writeJournal(j); jerr != nil {
+				b.log.Error("mail bridge: cannot write the journal of replies sent; a restart before the ledger records this reply may send it again", "message_id", r.MessageID, "err", jerr)
+			}
+			sent[r.MessageID] = j
+			if b.recordSent(ctx, sent) {
+				recordWait = 0
 			} else {
-				delete(sent, r.MessageID)
+				recordWait = max(recordWait, b.cfg.MinBackoff)
+				wait = min(wait, recordWait)
 			}
+		}
+		if ctx.Err() != nil {
+			return
 		}
 		if timer == nil {
 			timer = time.NewTimer(wait)
@@ -1120,4 +1247,162 @@ func (b *Bridge) outbox(ctx context.Context) {
 		case <-timer.C:
 		}
 	}
+}
+
+// journalEntry is a reply sent (Error "") or refused for good, kept in
+// Dir/sent until the ledger records it.
+type journalEntry struct {
+	MessageID string `json:"message_id"`
+	Series    string `json:"series"`
+	Error     string `json:"error,omitempty"`
+}
+
+func (b *Bridge) journalDir() string { return filepath.Join(b.cfg.Dir, "sent") }
+
+func journalName(msgID string) string {
+	sum := sha256.Sum256([]byte(msgID))
+	return hex.EncodeToString(sum[:])
+}
+
+// writeJournal writes j durably (written, synced, renamed into place,
+// the directory synced).
+func (b *Bridge) writeJournal(j journalEntry) error {
+	dir := b.journalDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	data, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "tmp-")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append(data, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), filepath.Join(dir, journalName(j.MessageID)))
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// readJournal reads the replies sent and not yet recorded.
+func (b *Bridge) readJournal() map[string]journalEntry {
+	out := map[string]journalEntry{}
+	tmps, _ := filepath.Glob(filepath.Join(b.journalDir(), "tmp-*"))
+	for _, f := range tmps {
+		os.Remove(f) // a journal write cut short by a crash
+	}
+	files, _ := filepath.Glob(filepath.Join(b.journalDir(), "[0-9a-f]*"))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		var j journalEntry
+		if err != nil || json.Unmarshal(data, &j) != nil || j.MessageID == "" || filepath.Base(f) != journalName(j.MessageID) {
+			b.log.Warn("mail bridge: an unreadable entry in the journal of replies sent; left as it is", "file", f)
+			continue
+		}
+		out[j.MessageID] = j
+	}
+	return out
+}
+
+// recordSent records the journal's replies in the ledger (sent, or
+// failed) and forgets those recorded; it reports whether all were.
+func (b *Bridge) recordSent(ctx context.Context, sent map[string]journalEntry) bool {
+	ids := make([]string, 0, len(sent))
+	for id := range sent {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	err := b.ledger.update(ctx, fmt.Sprintf("%d replies sent", len(ids)), func(tx *ledgerTx) {
+		for _, id := range ids {
+			j := sent[id]
+			cur, ok := tx.reply(id)
+			if !ok || cur.State != replyPending {
+				continue
+			}
+			cur.By, cur.Updated, cur.Attempts = b.cfg.Bridge, b.cfg.Now().UTC(), cur.Attempts+1
+			if j.Error == "" {
+				cur.State, cur.Error = replySent, ""
+			} else {
+				cur.State, cur.Error = replyFailed, j.Error
+			}
+			tx.put(replyPath(id), cur)
+		}
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			b.problem("record-sent", "mail bridge: cannot record a reply as sent on the remote; trying again (it is not sent again)", err)
+		}
+		return false
+	}
+	b.solved("record-sent", "mail bridge: the replies sent are recorded")
+	for _, id := range ids {
+		os.Remove(filepath.Join(b.journalDir(), journalName(id)))
+		delete(sent, id)
+	}
+	return true
+}
+
+// compact drops the ledger's records last written before the retention
+// horizon (PROTOCOL.md, "The mail bridge"): messages and waiting patches
+// by the time a bridge recorded or first saw them, series concluded and
+// answered (or needing no answer) by their last update, replies sent or
+// refused by theirs. A claimed series, a requested series whose reply is
+// not recorded yet and a reply still owed are kept, however old.
+func (b *Bridge) compact(ctx context.Context) error {
+	cutoff := b.cfg.Now().Add(-b.cfg.Retention - dateSkew)
+	dropped := 0
+	err := b.ledger.update(ctx, "compaction: records before "+cutoff.UTC().Format(time.RFC3339)+" dropped", func(tx *ledgerTx) {
+		dropped = 0
+		tx.walk("messages", func(p string, data []byte) {
+			var r msgRecord
+			if json.Unmarshal(data, &r) == nil && r.V == ledgerFormat && !r.At.IsZero() && r.At.Before(cutoff) {
+				tx.drop(p)
+				dropped++
+			}
+		})
+		tx.walk("waiting", func(p string, data []byte) {
+			var r waitRecord
+			if json.Unmarshal(data, &r) == nil && r.V == ledgerFormat && !r.At.IsZero() && r.At.Before(cutoff) {
+				tx.drop(p)
+				dropped++
+			}
+		})
+		for key, r := range tx.allSeries() {
+			if r.State == seriesClaimed || r.Updated.IsZero() || !r.Updated.Before(cutoff) || r.Reply == "" {
+				continue
+			}
+			if rep, ok := tx.reply(r.Reply); ok && rep.State == replyPending {
+				continue
+			}
+			tx.remove(seriesPath(key))
+			dropped++
+		}
+		for _, p := range tx.listedPaths("replies") {
+			var r replyRecord
+			if tx.get(p, &r) && r.State != replyPending && !r.Updated.IsZero() && r.Updated.Before(cutoff) {
+				tx.remove(p)
+				dropped++
+			}
+		}
+	})
+	if err == nil && dropped > 0 {
+		b.log.Info("mail bridge: compacted the ledger", "dropped", dropped, "before", cutoff.UTC().Format(time.RFC3339))
+	}
+	return err
 }

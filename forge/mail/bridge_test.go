@@ -235,7 +235,8 @@ func (w *world) bridge(name, dir string, snd Sender, change func(*Config)) (b *B
 	return b, stop
 }
 
-// series formats the commits of rev as raw patch mail.
+// series formats the commits of rev as raw patch mail, dated as git
+// send-email dates them: when sent (the world's clock), a second apart.
 func (w *world) series(args ...string) [][]byte {
 	w.t.Helper()
 	out := w.t.TempDir()
@@ -249,6 +250,9 @@ func (w *world) series(args ...string) [][]byte {
 			w.t.Fatal(err)
 		}
 		raws = append(raws, b)
+	}
+	for i := range raws {
+		raws[i] = redate(raws[i], w.now().Add(time.Duration(i-len(raws))*time.Second))
 	}
 	return raws
 }
@@ -413,7 +417,7 @@ func sameStrings(a, b []string) bool {
 func checkLedgerPaths(t *testing.T, w *world) {
 	t.Helper()
 	out := fixtures.Git(t, w.bare, "ls-tree", "-r", "--name-only", queue.MailLedgerRef("mail"))
-	ok := regexp.MustCompile(`^((messages|replies)/[0-9a-f]{2}/[0-9a-f]{62}|series/[0-9a-f]{16}/v[0-9]+)$`)
+	ok := regexp.MustCompile(`^((messages|replies|waiting)/[0-9a-f]{2}/[0-9a-f]{62}|series/[0-9a-f]{16}/v[0-9]+)$`)
 	for _, p := range strings.Fields(out) {
 		if !ok.MatchString(p) {
 			t.Errorf("ledger path %q", p)
@@ -481,6 +485,46 @@ func TestBridgeIncomplete(t *testing.T) {
 	if n := len(snd.mails()); n != 1 || len(w.runs()) != 0 {
 		t.Errorf("%d replies, runs %v", n, w.runs())
 	}
+}
+
+// The wait for the rest of a series runs from when a bridge first saw
+// it, as the ledger records it: a bridge restarted 20 minutes into the
+// wait replies 10 minutes later, not 30; once the series is answered
+// nothing of it waits in the ledger.
+func TestBridgeIncompleteClockSurvivesRestart(t *testing.T) {
+	w := newWorld(t)
+	mails := w.series("--base="+w.base, "--cover-letter", "--thread", "main..topic")
+	w.mail.deliver(mails[0], mails[1], mails[3])
+	snd := &recSender{}
+	dir := t.TempDir()
+	b, stop := w.bridge("one", dir, snd, nil)
+	waiting := func() int {
+		out, _ := fixtures.RunGit(w.bare, nil, nil, "ls-tree", "-r", "--name-only", queue.MailLedgerRef("mail"))
+		return strings.Count(string(out), "waiting/")
+	}
+	fixtures.WaitFor(t, 60*time.Second, "the waiting messages recorded", func() bool { return waiting() == 3 })
+	settle(t, b)
+	w.clock.Add(int64(20 * time.Minute))
+	settle(t, b)
+	stop()
+	if n := len(snd.mails()); n != 0 {
+		t.Fatalf("%d replies before the timeout", n)
+	}
+	b2, _ := w.bridge("one", dir, snd, nil)
+	settle(t, b2)
+	if n := len(snd.mails()); n != 0 {
+		t.Fatalf("%d replies 20 minutes into the wait", n)
+	}
+	w.clock.Add(int64(11 * time.Minute))
+	w.mail.poke()
+	got := waitMails(t, snd, 1)
+	if hdr, _ := parseMail(t, got[0].raw); hdr.Header.Get("X-Refci-State") != "incomplete" {
+		t.Errorf("state %q", hdr.Header.Get("X-Refci-State"))
+	}
+	if n := waiting(); n != 0 {
+		t.Errorf("%d messages still waiting in the ledger after the series was answered", n)
+	}
+	checkLedgerPaths(t, w)
 }
 
 // v2, sent in reply to v1's cover letter, supersedes v1: v1's request is
@@ -622,7 +666,7 @@ func TestBridgeHostileMail(t *testing.T) {
 			"\nSubject: [PATCH] touch " + path + "\n\nwhy\n---\ndiff --git a/" + path + " b/" + path +
 			"\nnew file mode 100644\n--- /dev/null\n+++ b/" + path + "\n@@ -0,0 +1 @@\n+boom\n")
 	}
-	html := []byte("From: Ann <ann@example.org>\nTo: ci@example.org\nMessage-Id: <html@example.org>\nSubject: [PATCH] in html\nContent-Type: text/html\n\n<p>diff --git a/x b/x</p>\n")
+	html := []byte("From: Ann <ann@example.org>\nTo: ci@example.org\nMessage-Id: <html@example.org>\nDate: " + time.Now().Format(time.RFC1123Z) + "\nSubject: [PATCH] in html\nContent-Type: text/html\n\n<p>diff --git a/x b/x</p>\n")
 	big := append(patch("big@example.org", "big.txt"), bytes.Repeat([]byte("+x\n"), 40000)...)
 	noBase := []byte(strings.Replace(string(patch("nobase@example.org", "n.txt")), "+boom\n", "+boom\n-- \nbase-commit: 1234567890123456789012345678901234567890\n", 1))
 	noBase = []byte(strings.Replace(string(noBase), "-- \nbase-commit", "\nbase-commit", 1))
@@ -791,17 +835,15 @@ func TestBridgeRestartAfterAsking(t *testing.T) {
 			// Back to the ledger as it was before the series was
 			// recorded: claimed, its mail not recorded.
 			l := newLedger(t, w.bare, "test")
+			msgs := strings.Fields(fixtures.Git(t, w.bare, "ls-tree", "-r", "--name-only", queue.MailLedgerRef("mail"), "messages/"))
 			if err := l.update(context.Background(), "undo", func(tx *ledgerTx) {
-				for p := range tx.files {
-					if strings.HasPrefix(p, "messages/") {
-						delete(tx.files, p)
-					}
+				for _, p := range msgs {
+					tx.remove(p)
 				}
 				for key, r := range tx.allSeries() {
 					r.State, r.Head, r.Request, r.RequestObject = seriesClaimed, "", "", ""
 					tx.put(seriesPath(key), r)
 				}
-				tx.changed = true
 			}); err != nil {
 				t.Fatal(err)
 			}
@@ -840,5 +882,223 @@ func TestBridgeEnv(t *testing.T) {
 	got := waitMails(t, snd, 1)
 	if hdr, body := parseMail(t, got[0].raw); hdr.Header.Get("X-Refci-State") != "success" || len(w.runs()) != 1 {
 		t.Errorf("state %q, runs %v:\n%s", hdr.Header.Get("X-Refci-State"), w.runs(), body)
+	}
+}
+
+// redate sets the Date header of a raw mail.
+func redate(raw []byte, d time.Time) []byte {
+	return regexp.MustCompile(`(?m)^Date: .*$`).ReplaceAll(raw, []byte("Date: "+d.Format(time.RFC1123Z)))
+}
+
+// Retention: mail dated before the horizon, or too far ahead, is not
+// tested (logged and recorded as ignored); once its records are past the
+// horizon a compaction drops them, and the mail, still in the mailbox and
+// read again by a fresh bridge, is not tested or answered again.
+func TestBridgeRetention(t *testing.T) {
+	w := newWorld(t)
+	const days = 24 * time.Hour
+	keep := func(c *Config) { c.Retention = 10 * days }
+	old := w.series("--base="+w.base, "--thread", "-v2", "main..topic")
+	ahead := w.series("--base="+w.base, "--thread", "-v3", "main..topic")
+	for i := range old {
+		// Message-IDs of their own: format-patch's are made of the
+		// commit and the second it ran.
+		old[i] = redate(bytes.Replace(old[i], []byte(".git.committer@"), []byte(".old.committer@"), -1), w.now().Add(-11*days))
+		ahead[i] = redate(bytes.Replace(ahead[i], []byte(".git.committer@"), []byte(".ahead.committer@"), -1), w.now().Add(2*days))
+	}
+	w.mail.deliver(append(old, ahead...)...)
+	snd := &recSender{}
+	b, stop := w.bridge("one", "", snd, keep)
+	settle(t, b)
+	if n, runs := len(snd.mails()), w.runs(); n != 0 || len(runs) != 0 {
+		t.Fatalf("mail dated outside the retention: %d replies, runs %v", n, runs)
+	}
+	if logs := w.logs.String(); !strings.Contains(logs, "longer ago than the ledger's retention") || !strings.Contains(logs, "more than a day ahead") {
+		t.Errorf("no log line says why:\n%s", logs)
+	}
+	ledgerFiles := func() []string {
+		out, _ := fixtures.RunGit(w.bare, nil, nil, "ls-tree", "-r", "--name-only", queue.MailLedgerRef("mail"))
+		return strings.Fields(string(out))
+	}
+	if n := len(ledgerFiles()); n != len(old)+len(ahead) {
+		t.Errorf("%d ledger records, want the %d messages ignored", n, len(old)+len(ahead))
+	}
+
+	// A series in time is tested and answered.
+	w.mail.deliver(w.series("--base="+w.base, "--thread", "main..topic")...)
+	waitMails(t, snd, 1)
+	settle(t, b)
+	stop()
+
+	// Past the horizon: a fresh bridge compacts, reads every mail again,
+	// and tests none.
+	w.clock.Add(int64(12 * days))
+	snd2 := &recSender{}
+	b2, _ := w.bridge("two", "", snd2, keep)
+	settle(t, b2)
+	if n, runs := len(snd2.mails()), w.runs(); n != 0 || len(runs) != 1 {
+		t.Errorf("after the compaction: %d replies, runs %v", n, runs)
+	}
+	for _, p := range ledgerFiles() {
+		if !strings.HasPrefix(p, "messages/") {
+			t.Errorf("%s kept past the horizon", p)
+		}
+	}
+	var why []string
+	b2.ledger.view(context.Background(), func(tx *ledgerTx) {
+		for _, p := range ledgerFiles() {
+			var r msgRecord
+			if tx.get(p, &r) {
+				why = append(why, r.Why)
+				if !r.At.Equal(w.now().UTC()) {
+					t.Errorf("%s recorded at %s, not at its new reading", p, r.At)
+				}
+			}
+		}
+	})
+	if len(why) != 3*len(old) || !strings.Contains(strings.Join(why, "\n"), "retention") {
+		t.Errorf("records after the compaction: %q", why)
+	}
+	checkLedgerPaths(t, w)
+}
+
+// Compaction drops what is past the horizon and done, and keeps what is
+// not done (a claim, a series whose reply is not recorded, a reply owed)
+// however old.
+func TestLedgerCompaction(t *testing.T) {
+	w := newWorld(t)
+	now := w.now()
+	const days = 24 * time.Hour
+	b, err := New(Config{Mailbox: w.mail.box(), Sender: &recSender{}, Remote: w.bare, Dir: t.TempDir(), Bridge: "one",
+		From: "ci@example.org", Retention: 10 * days, Now: w.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldT, newT := now.Add(-12*days).UTC(), now.Add(-10*days).UTC()
+	want := map[string]bool{} // path: kept
+	ctx := context.Background()
+	if err := b.ledger.update(ctx, "fill", func(tx *ledgerTx) {
+		put := func(p string, v any, kept bool) { tx.put(p, v); want[p] = kept }
+		put(msgPath("id:old"), msgRecord{V: ledgerFormat, Outcome: msgIgnored, At: oldT}, false)
+		put(msgPath("id:new"), msgRecord{V: ledgerFormat, Outcome: msgIgnored, At: newT}, true)
+		put(waitPath("w-old"), waitRecord{V: ledgerFormat, ID: "w-old", At: oldT}, false)
+		put(waitPath("w-new"), waitRecord{V: ledgerFormat, ID: "w-new", At: newT}, true)
+		put(seriesPath("0000000000000001/v1"), seriesRecord{V: ledgerFormat, State: seriesRequested, Updated: oldT, Reply: "r1"}, false)
+		put(replyPath("r1"), replyRecord{V: ledgerFormat, MessageID: "r1", State: replySent, Updated: oldT}, false)
+		put(seriesPath("0000000000000002/v1"), seriesRecord{V: ledgerFormat, State: seriesClaimed, Updated: oldT}, true)
+		put(seriesPath("0000000000000003/v1"), seriesRecord{V: ledgerFormat, State: seriesRequested, Updated: oldT}, true)
+		put(seriesPath("0000000000000004/v1"), seriesRecord{V: ledgerFormat, State: seriesNotApplied, Updated: oldT, Reply: "r4"}, true)
+		put(replyPath("r4"), replyRecord{V: ledgerFormat, MessageID: "r4", State: replyPending, Updated: oldT}, true)
+		put(seriesPath("0000000000000005/v1"), seriesRecord{V: ledgerFormat, State: seriesRequested, Updated: oldT, Reply: "-"}, false)
+		put(seriesPath("0000000000000006/v1"), seriesRecord{V: ledgerFormat, State: seriesIncomplete, Updated: newT, Reply: "r6"}, true)
+		put(replyPath("r6"), replyRecord{V: ledgerFormat, MessageID: "r6", State: replyFailed, Updated: newT}, true)
+		put(replyPath("r7"), replyRecord{V: ledgerFormat, MessageID: "r7", State: replyFailed, Updated: oldT}, false)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out := fixtures.Git(t, w.bare, "ls-tree", "-r", "--name-only", queue.MailLedgerRef("mail"))
+	got := map[string]bool{}
+	for _, p := range strings.Fields(out) {
+		got[p] = true
+	}
+	for p, kept := range want {
+		if got[p] != kept {
+			t.Errorf("%s: kept %v, want %v", p, got[p], kept)
+		}
+	}
+	// The bridge's own view agrees.
+	b.ledger.view(ctx, func(tx *ledgerTx) {
+		if tx.hasMessage("id:old") || !tx.hasMessage("id:new") || len(tx.allSeries()) != 4 || len(tx.pendingReplies()) != 1 {
+			t.Errorf("the bridge's view after compaction: %d series, %d replies owed", len(tx.allSeries()), len(tx.pendingReplies()))
+		}
+	})
+}
+
+// blockLedger makes the remote refuse changes of the ledger while the
+// file BLOCK is in it (a pre-receive hook): the remote cannot be written.
+func blockLedger(t *testing.T, bare string) (block, unblock func()) {
+	hook := "#!/bin/sh\nwhile read old new ref; do\n\tcase $ref in refs/ci/mail/ledger/*) if [ -e BLOCK ]; then echo 'the ledger is blocked' >&2; exit 1; fi ;; esac\ndone\nexit 0\n"
+	fixtures.WriteFile(t, bare, "hooks/pre-receive", hook, 0o755)
+	flag := filepath.Join(bare, "BLOCK")
+	return func() { fixtures.WriteFile(t, bare, "BLOCK", "", 0o644) }, func() { os.Remove(flag) }
+}
+
+// A reply sent while the remote cannot be written is recorded once the
+// remote takes writes again, and never sent again: not by the bridge
+// that sent it, nor by it restarted on its directory meanwhile.
+func TestBridgeUnrecordedReplyNotResent(t *testing.T) {
+	w := newWorld(t)
+	block, unblock := blockLedger(t, w.bare)
+	w.mail.deliver(w.series("--base="+w.base, "--thread", "main..topic")...)
+	// The mail server takes the reply; the remote then refuses the
+	// ledger's change that records it.
+	snd := &recSender{fail: func(int) error { block(); return nil }}
+	dir := t.TempDir()
+	b, stop := w.bridge("one", dir, snd, nil)
+	waitMails(t, snd, 1)
+	fixtures.WaitFor(t, 60*time.Second, "the failure to record logged", func() bool {
+		return strings.Contains(w.logs.String(), "cannot record a reply as sent")
+	})
+	settle(t, b)
+	stop()
+	if n := len(snd.mails()); n != 1 {
+		t.Fatalf("%d replies sent by the bridge that could not record them", n)
+	}
+	unblock()
+	again := &recSender{}
+	b2, _ := w.bridge("one", dir, again, nil)
+	fixtures.WaitFor(t, 60*time.Second, "the reply recorded sent", func() bool {
+		state := ""
+		b2.ledger.view(context.Background(), func(tx *ledgerTx) {
+			for _, p := range tx.listedPaths("replies") {
+				var r replyRecord
+				if tx.get(p, &r) {
+					state = r.State
+				}
+			}
+		})
+		return state == replySent
+	})
+	settle(t, b2)
+	if n := len(again.mails()); n != 0 {
+		t.Errorf("the restarted bridge sent the reply again (%d)", n)
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, "sent", "*")); len(files) != 0 {
+		t.Errorf("the journal still holds %v", files)
+	}
+}
+
+// While it runs, the bridge keeps trying to record a reply it sent until
+// the remote takes it, and does not send it again meanwhile.
+func TestBridgeRecordsSentReplyWhenRemoteReturns(t *testing.T) {
+	w := newWorld(t)
+	block, unblock := blockLedger(t, w.bare)
+	w.mail.deliver(w.series("--base="+w.base, "--thread", "main..topic")...)
+	snd := &recSender{fail: func(int) error { block(); return nil }}
+	b, _ := w.bridge("one", "", snd, nil)
+	waitMails(t, snd, 1)
+	fixtures.WaitFor(t, 60*time.Second, "the failure to record logged", func() bool {
+		return strings.Contains(w.logs.String(), "cannot record a reply as sent")
+	})
+	settle(t, b)
+	unblock()
+	fixtures.WaitFor(t, 60*time.Second, "the reply recorded sent", func() bool {
+		state := ""
+		b.ledger.view(context.Background(), func(tx *ledgerTx) {
+			for _, r := range tx.listedPaths("replies") {
+				var rec replyRecord
+				if tx.get(r, &rec) {
+					state = rec.State
+				}
+			}
+		})
+		return state == replySent
+	})
+	settle(t, b)
+	if n := len(snd.mails()); n != 1 {
+		t.Errorf("%d replies", n)
 	}
 }

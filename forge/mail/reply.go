@@ -59,6 +59,7 @@ type replyOptions struct {
 	fetchURL string // what readers fetch from
 	noCc     bool
 	now      time.Time
+	signer   Signer // nil: unsigned
 }
 
 // maxReply caps a reply's body; quoted logs are capped well below it.
@@ -133,14 +134,21 @@ func compose(o replyOptions, th thread, out outcome) (id string, rcpt []string, 
 	h.SetAddressList("To", to)
 	h.SetAddressList("From", []*gomail.Address{{Name: o.from.Name, Address: o.from.Address}})
 
+	body := replyBody(o, th, out)
+	if len(body) > maxReply {
+		body = body[:maxReply] + "\n[... cut]\n"
+	}
+	if o.signer != nil {
+		raw, err := signedMessage(h.Header.Header, body, o.signer)
+		if err != nil {
+			return "", nil, nil, err
+		}
+		return id, rcpt, raw, nil
+	}
 	var b bytes.Buffer
 	w, err := gomail.CreateSingleInlineWriter(&b, h)
 	if err != nil {
 		return "", nil, nil, err
-	}
-	body := replyBody(o, th, out)
-	if len(body) > maxReply {
-		body = body[:maxReply] + "\n[... cut]\n"
 	}
 	if _, err := w.Write([]byte(strings.ReplaceAll(body, "\n", "\r\n"))); err != nil {
 		return "", nil, nil, err
