@@ -118,7 +118,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"help", "run", "log"}, "refci: help: want one command name"},
 		{[]string{"nosuch"}, `refci: unknown command "nosuch"; the commands: init run`},
 		{[]string{"run", "--bogus"}, "refci: run: flag provided but not defined: -bogus\nUsage: refci run [--repo DIR]"},
-		{[]string{"status", "a", "b"}, "refci: status: too many arguments: a b\nUsage: refci status [--repo DIR] [--json] [REV|RUN] (see 'refci help status')\n"},
+		{[]string{"status", "a", "b"}, "refci: status: too many arguments: a b\nUsage: refci status [--repo DIR] [--json] [--remote R] [REV|RUN] (see 'refci help status')\n"},
 		{[]string{"secrets"}, "refci: secrets: missing command"},
 	} {
 		code, out, errs := runHelp(tc.args...)
