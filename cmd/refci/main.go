@@ -84,7 +84,7 @@ func commands() []command {
 		{"worker", "--remote URL... | --config FILE [FLAGS]", "poll remotes for requests, run them, push signed results", "", true, cmdWorker},
 		{"serve", "[--listen ADDR] [--data DIR] [--admin FILE]... [--http ADDR] [FLAGS]", "be the git remote over SSH, with an embedded worker: pushed requests run at once", "", true, cmdServe},
 		{"mirror", "--config FILE", "show the runs of remotes on forges: commit statuses and one comment per pull request", mirrorHelp, true, cmdMirror},
-		{"mail", "--config FILE", "test patch series mailed to a mailbox and reply in their threads", mailHelp, true, cmdMail},
+		{"mail", "--config FILE [--key FILE]", "test patch series mailed to a mailbox and reply in their threads", mailHelp, true, cmdMail},
 		{"trigger", "[--repo DIR] [--remote R] [--name N] [--env E] [--timeout DUR] [--wait] [REV]", "push a request for REV (default HEAD); --wait follows the run", "", true, cmdTrigger},
 		{"keys", "show|export [--key FILE]", "show or export this machine's refci key", "", true, cmdKeys},
 		{"job", "NAME [--needs A,B] -- CMD ARGS...", "inside a pipeline: run one job and record it", "", false, cmdJob},
