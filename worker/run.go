@@ -1054,9 +1054,10 @@ func (r *run) linkRefciBin(bin string) error {
 	return linkRefci(r.spec.RefciPath, filepath.Join(bin, "refci"))
 }
 
-// symlinkJobClient puts a symbolic link to the light job client at p,
-// never a hard link: the run directory is writable by the pipeline, and
-// a hard link would let it write the installed refci-job's file (no
+// symlinkJobClient puts a symbolic link to the light job client (or to
+// refci: linkRefci) at p, never a hard link: the run directory is
+// writable by the pipeline, and a hard link would let it write the
+// installed file (no
 // process runs it between jobs, so nothing makes a write fail with
 // ETXTBSY), which every later run would then execute. The link's target
 // lies where isolated pipelines cannot write (Isolation.ReadOnly holds
@@ -1076,34 +1077,14 @@ func symlinkJobClient(light, p string) error {
 	return os.Symlink(light, p)
 }
 
-// linkRefci puts the refci executable at p for the pipeline's PATH: a hard
-// link where it can be made (no new file: on some file systems a new
-// inode per run is a real cost), else a symbolic link (another file
-// system, or a binary the worker does not own with
-// fs.protected_hardlinks).
-//
-// A reused run directory may hold the link of an earlier run: it is kept
-// when it is still the same file as the executable (same device and
-// inode; whatever else is there is replaced), so that a run directory
-// handed from run to run costs no new link each time.
-func linkRefci(refci, p string) error {
-	// link(2) does not follow a symbolic link: link what it names.
-	real, rerr := filepath.EvalSymlinks(refci)
-	if have, err := os.Lstat(p); err == nil {
-		if want, err := os.Stat(real); rerr == nil && err == nil && have.Mode().IsRegular() && os.SameFile(have, want) {
-			return nil
-		}
-		if err := os.Remove(p); err != nil {
-			return err
-		}
-	}
-	if rerr == nil {
-		if err := os.Link(real, p); err == nil {
-			return nil
-		}
-	}
-	return os.Symlink(refci, p)
-}
+// linkRefci puts the refci executable at p for the pipeline's PATH: a
+// symbolic link, for the reason symlinkJobClient gives. (It was a hard
+// link where one could be made: a writable handle, in a directory the
+// pipeline writes, on the very file every later run executes, guarded
+// only by ETXTBSY while that file runs; an upgrade in place left the new
+// binary unguarded.) A link already there with the same target is kept,
+// so a run directory handed from run to run costs no new link.
+func linkRefci(refci, p string) error { return symlinkJobClient(refci, p) }
 
 // collectArtifacts lists the regular files under root. Symlinks, special
 // files and files over the caps are skipped with a reason; nothing

@@ -134,9 +134,9 @@ func (p *RunDirs) Close() {
 }
 
 // emptyRunDir removes everything a run left in dir but its seven
-// subdirectories (and bin/refci when it is a regular file: the next run
-// keeps it only if it is still a hard link to the refci executable, see
-// linkRefci; and the job socket, which put keeps only if it is still the
+// subdirectories (and bin/refci: the next run keeps it only if it is
+// still the symbolic link to refci or refci-job that it needs, see
+// linkRefciBin; and the job socket, which put keeps only if it is still the
 // one the run listened on), and reports whether dir is now as a new run directory
 // would be.
 func emptyRunDir(dir string) bool {
@@ -168,9 +168,9 @@ func emptyRunDir(dir string) bool {
 		}
 		kept := 0
 		for _, f := range inner {
-			if e.Name() == "bin" && f.Name() == "refci" && (f.Type().IsRegular() || f.Type()&os.ModeSymlink != 0) {
-				// The hard link to refci, or the symbolic link to
-				// refci-job: linkRefciBin checks it is still that.
+			if e.Name() == "bin" && f.Name() == "refci" && f.Type()&os.ModeSymlink != 0 {
+				// The symbolic link to refci or refci-job:
+				// linkRefciBin checks it is still that.
 				kept = 1
 				continue
 			}
