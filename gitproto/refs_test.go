@@ -635,6 +635,26 @@ func TestRefsEmptyRepository(t *testing.T) {
 	}
 }
 
+// A repository moved away since it was opened is an error, not a
+// repository without refs: a worker mirroring a remote on this machine
+// would take the latter for every request deleted.
+func TestRefsOfARepositoryGone(t *testing.T) {
+	t.Parallel()
+	f := newRefsFixture(t)
+	fixtures.Git(t, f.dir, "update-ref", "refs/ci/requests/a", f.c1.String())
+	r := openRepo(t, f.dir)
+	if refs, err := r.Refs("refs/ci/requests/"); err != nil || len(refs) != 1 {
+		t.Fatalf("Refs = %v, %v", refs, err)
+	}
+	if err := os.Rename(f.dir, f.dir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Rename(f.dir+".away", f.dir)
+	if refs, err := r.Refs("refs/ci/requests/"); err == nil {
+		t.Errorf("Refs of a repository moved away = %v, no error", refs)
+	}
+}
+
 // TestRefsEmptyPrefix: "" means every ref, and nothing that is not a ref
 // (files in the work tree, ORIG_HEAD, objects).
 func TestRefsEmptyPrefix(t *testing.T) {

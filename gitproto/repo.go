@@ -683,6 +683,12 @@ func (r *Repo) Refs(prefix string) ([]Ref, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A repository moved or deleted meanwhile reads as one without refs:
+	// say it is gone instead (a caller mirroring a remote must not take
+	// that for every request deleted). Every repository has refs/.
+	if _, err := os.Stat(filepath.Join(r.commonDir, "refs")); err != nil {
+		return nil, fmt.Errorf("list refs %s: the repository %s: %w", prefix, r.commonDir, err)
+	}
 	sorted := len(seen) == 0
 	for n, h := range seen {
 		out = append(out, Ref{Name: n, Hash: h})
