@@ -12,6 +12,8 @@ import (
 	"refci.dev/refci/render"
 	"refci.dev/refci/results"
 	"refci.dev/refci/secrets"
+
+	"github.com/BurntSushi/toml"
 )
 
 // home is refci's configuration directory: $REFCI_HOME, else
@@ -116,4 +118,20 @@ func (e *env) logWriter() (w io.Writer, done func()) {
 
 func (e *env) color(w any) bool {
 	return isTerminal(w) && e.getenv("NO_COLOR") == "" && e.getenv("TERM") != "dumb"
+}
+
+// readConfig decodes the TOML file into v. A file that cannot be read or
+// parsed, or that holds a setting v has no place for, is said (naming
+// the known settings) and it returns false: a usage error.
+func readConfig(e *env, file string, v any, known string) (toml.MetaData, bool) {
+	md, err := toml.DecodeFile(file, v)
+	if err != nil {
+		e.errorf("config %s: %v", file, err)
+		return md, false
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		e.errorf("config %s: unknown setting %q; known: %s", file, und[0].String(), known)
+		return md, false
+	}
+	return md, true
 }

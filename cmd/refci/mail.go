@@ -12,8 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/BurntSushi/toml"
-
 	"refci.dev/refci/forge/mail"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
@@ -109,13 +107,8 @@ func cmdMail(ctx context.Context, e *env, args []string) int {
 		return exitUsage
 	}
 	var cfg mailCommandConfig
-	md, err := toml.DecodeFile(*configFile, &cfg)
-	if err != nil {
-		e.errorf("config %s: %v", *configFile, err)
-		return exitUsage
-	}
-	if und := md.Undecoded(); len(und) > 0 {
-		e.errorf("config %s: unknown setting %q; known: state, and in [mail]: %s", *configFile, und[0].String(), mailSettings)
+	md, ok := readConfig(e, *configFile, &cfg, "state, and in [mail]: "+mailSettings)
+	if !ok {
 		return exitUsage
 	}
 	if !md.IsDefined("mail") {

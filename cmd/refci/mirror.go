@@ -12,8 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/BurntSushi/toml"
-
 	"refci.dev/refci/forge"
 	"refci.dev/refci/forge/gitea"
 	"refci.dev/refci/forge/github"
@@ -118,13 +116,7 @@ func cmdMirror(ctx context.Context, e *env, args []string) int {
 		return exitUsage
 	}
 	var cfg mirrorConfig
-	md, err := toml.DecodeFile(*configFile, &cfg)
-	if err != nil {
-		e.errorf("config %s: %v", *configFile, err)
-		return exitUsage
-	}
-	if und := md.Undecoded(); len(und) > 0 {
-		e.errorf("config %s: unknown setting %q; known: state, poll, and in [[forge]]: %s", *configFile, und[0].String(), forgeSettings)
+	if _, ok := readConfig(e, *configFile, &cfg, "state, poll, and in [[forge]]: "+forgeSettings); !ok {
 		return exitUsage
 	}
 	if len(cfg.Forges) == 0 {

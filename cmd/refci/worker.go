@@ -15,8 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/BurntSushi/toml"
-
 	"refci.dev/refci/forge/mail"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/results"
@@ -131,13 +129,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	}
 	var cfg workerConfig
 	if *configFile != "" {
-		md, err := toml.DecodeFile(*configFile, &cfg)
-		if err != nil {
-			e.errorf("config %s: %v", *configFile, err)
-			return exitUsage
-		}
-		if und := md.Undecoded(); len(und) > 0 {
-			e.errorf("config %s: unknown setting %q; known: remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted, mirror_state, in [retention]: keep_last, keep_days, every, in [[forge]]: "+forgeSettings+"; in [mail]: "+mailSettings, *configFile, und[0].String())
+		if _, ok := readConfig(e, *configFile, &cfg, "remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted, mirror_state, in [retention]: keep_last, keep_days, every, in [[forge]]: "+forgeSettings+"; in [mail]: "+mailSettings); !ok {
 			return exitUsage
 		}
 	}
