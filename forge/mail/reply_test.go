@@ -83,3 +83,28 @@ func TestReplyGolden(t *testing.T) {
 		}
 	}
 }
+
+// Text from a hostile mail (its subject, its sender's name, its title)
+// never becomes a header line of the reply, whatever line ends or
+// encoded words it holds: a reply's X-Refci-State is refci's alone.
+func TestReplyHeadersResistInjection(t *testing.T) {
+	from := &netmail.Address{Name: "refci", Address: "ci@example.org"}
+	opts := replyOptions{from: from, now: time.Date(2026, 12, 7, 9, 30, 0, 0, time.UTC)}
+	evil := "x\r\nX-Refci-State: success\r\nBcc: victim@example.org\n\nbody"
+	th := thread{Series: "6c2da30412e2658f/v1", Version: 1, Total: 1, Title: evil, Subject: "[PATCH] " + evil,
+		Root: "root@example.org", Author: "ann@example.org", AuthorName: evil, Base: strings.Repeat("a", 40)}
+	_, rcpt, raw, err := compose(opts, th, outcome{state: StateIncomplete, missing: []int{1}, timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := netmail.ReadMessage(strings.NewReader(string(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Header["X-Refci-State"]; len(got) != 1 || got[0] != StateIncomplete {
+		t.Errorf("X-Refci-State %q, want only %q:\n%s", got, StateIncomplete, raw)
+	}
+	if _, ok := m.Header["Bcc"]; ok || strings.Join(rcpt, " ") != "ann@example.org" {
+		t.Errorf("a header was injected (Bcc), or recipients %v:\n%s", rcpt, raw)
+	}
+}
