@@ -413,3 +413,25 @@ func TestWatchRunsSeesALocalRemoteAtOnce(t *testing.T) {
 		t.Fatalf("woken: %v %v", got, err)
 	}
 }
+
+// FetchRuns keeps the source's own git environment: a remote reached
+// only through a configuration given there (GIT_CONFIG_COUNT, as a
+// bridge's or intake's Env may hold) is fetched from, and only the named
+// commit's runs come.
+func TestFetchRunsKeepsTheSourceEnv(t *testing.T) {
+	work := fixtures.NewRepo(t)
+	fixtures.WriteFile(t, work, "a.txt", "a\n", 0o644)
+	head := fixtures.CommitAll(t, work, "one")
+	bare := fixtures.BareRepo(t, "remote.git")
+	fixtures.Git(t, work, "push", "-q", bare, "HEAD:"+queue.RunRef(head, "r1"), "HEAD:"+queue.RunRef(strings.Repeat("b", 40), "r2"))
+	local := fixtures.BareRepo(t, "local.git")
+	const name = "forge.invalid:org/app.git"
+	src := Source{Dir: local, Remote: name, Env: []string{"GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=url." + bare + ".insteadOf", "GIT_CONFIG_VALUE_0=" + name}}
+	if err := src.FetchRuns(context.Background(), head); err != nil {
+		t.Fatal(err)
+	}
+	got := fixtures.Git(t, local, "for-each-ref", "--format=%(refname)", queue.RunsPrefix)
+	if got != queue.RunRef(head, "r1") {
+		t.Errorf("fetched %q, want only %s", got, queue.RunRef(head, "r1"))
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -46,16 +45,16 @@ func (s Source) FetchRuns(ctx context.Context, targets ...string) error {
 	if len(targets) == 0 {
 		return errors.New("fetch runs: no commit named")
 	}
-	args := []string{"fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-auto-gc", "--no-recurse-submodules", "--", s.Remote}
+	// -c, not GIT_CONFIG_COUNT: the source's own environment may hold a
+	// GIT_CONFIG_COUNT list (an insteadOf) that this must not replace.
+	args := []string{"-c", "protocol.version=2", "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-auto-gc", "--no-recurse-submodules", "--", s.Remote}
 	for _, t := range targets {
 		if !queue.IsObjectID(t) {
 			return fmt.Errorf("fetch runs: %s is not a full commit id", queue.Printable(t))
 		}
 		args = append(args, "+"+queue.RunsPrefix+t+"/*:"+queue.RunsPrefix+t+"/*")
 	}
-	git := s.git()
-	git.Env = append(slices.Clip(git.Env), "GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=protocol.version", "GIT_CONFIG_VALUE_0=2")
-	_, err := git.Run(ctx, "", args...)
+	_, err := s.git().Run(ctx, "", args...)
 	return err
 }
 
