@@ -83,8 +83,8 @@ The servers' URLs:
   imap://HOST[:143]/MAILBOX    STARTTLS     smtp://HOST[:587]           STARTTLS
   imap+insecure://127.0.0.1/MAILBOX         smtp+insecure://127.0.0.1[:587]
                                plain text, to a loopback address only
-(smtp:// also falls back on plain text when a loopback server offers no
-STARTTLS.) The mailbox is only read, never changed.
+(imap:// and smtp:// also fall back on plain text when a server on a
+loopback address offers no STARTTLS.) The mailbox is only read, never changed.
 
 A contributor sends a series with git send-email (git format-patch
 --base=... --cover-letter --thread); refci applies it on its base, pushes

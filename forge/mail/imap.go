@@ -66,7 +66,8 @@ type IMAPConfig struct {
 	// URL names the server and the mailbox:
 	//
 	//	imaps://host[:993]/MAILBOX           TLS
-	//	imap://host[:143]/MAILBOX            STARTTLS, refused when the server does not offer it
+	//	imap://host[:143]/MAILBOX            STARTTLS; refused when the server does not offer it,
+	//	                                     but for a server on a loopback address: plain text
 	//	imap+insecure://host[:143]/MAILBOX   plain text: only to a loopback address
 	//
 	// MAILBOX defaults to INBOX. The URL holds no user or password.
@@ -627,12 +628,16 @@ func (b *IMAPBox) dial(ctx context.Context) (*imapSession, error) {
 		}
 		conn = tc
 	case "imap":
-		tc, err := b.startTLS(ctx, w)
-		if err != nil {
+		tc, plain, after, err := b.startTLS(ctx, w)
+		switch {
+		case err != nil:
 			return nil, err
+		case tc == nil: // a loopback server without STARTTLS
+			line, rest = plain, after
+		default:
+			conn = tc
+			line = "* OK TLS started" // the real greeting came before TLS
 		}
-		conn = tc
-		line = "* OK TLS started" // the real greeting came before TLS
 	}
 	if line == "" {
 		br := bufio.NewReaderSize(conn, 4096)

@@ -44,25 +44,30 @@ func (b *IMAPBox) tlsError(err error) error {
 // issues it and does the handshake. It reads no further than the tagged
 // answer to STARTTLS and refuses a server that sends more before TLS
 // (plain text injected there would be taken as protected).
-func (b *IMAPBox) startTLS(ctx context.Context, w *wire) (net.Conn, error) {
+//
+// A server on a loopback address (the address connected to, not the
+// name) that offers no STARTTLS is spoken to in plain text, as smtp://
+// does: startTLS then returns a nil conn and the plain session's
+// greeting and what the server sent after it.
+func (b *IMAPBox) startTLS(ctx context.Context, w *wire) (conn net.Conn, greeting string, rest []byte, err error) {
 	t := b.target
 	br := bufio.NewReaderSize(w, 4096)
 	line, err := readLine(br)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: no IMAP greeting: %v", t, errOr(w.err(), err))
+		return nil, "", nil, fmt.Errorf("connect to %s: no IMAP greeting: %v", t, errOr(w.err(), err))
 	}
 	if !strings.HasPrefix(line, "* OK") {
-		return nil, fmt.Errorf("connect to %s: the server greeted with %q, not * OK: STARTTLS is impossible", t, line)
+		return nil, "", nil, fmt.Errorf("connect to %s: the server greeted with %q, not * OK: STARTTLS is impossible", t, line)
 	}
 	caps := capabilities(line)
 	if caps == nil {
 		if _, err := io.WriteString(w, "C1 CAPABILITY\r\n"); err != nil {
-			return nil, fmt.Errorf("connect to %s: %v", t, err)
+			return nil, "", nil, fmt.Errorf("connect to %s: %v", t, err)
 		}
 		for {
 			line, err := readLine(br)
 			if err != nil {
-				return nil, fmt.Errorf("connect to %s: CAPABILITY: %v", t, errOr(w.err(), err))
+				return nil, "", nil, fmt.Errorf("connect to %s: CAPABILITY: %v", t, errOr(w.err(), err))
 			}
 			if rest, ok := strings.CutPrefix(line, "* CAPABILITY "); ok {
 				caps = strings.Fields(strings.ToUpper(rest))
@@ -72,31 +77,38 @@ func (b *IMAPBox) startTLS(ctx context.Context, w *wire) (net.Conn, error) {
 		}
 	}
 	if !slices.Contains(caps, "STARTTLS") {
-		return nil, imapConfigError{fmt.Errorf("connect to %s: the server does not offer STARTTLS; use imaps:// (or imap+insecure:// for a server on this machine)", t)}
+		if a, ok := w.RemoteAddr().(*net.TCPAddr); ok && a.IP.IsLoopback() {
+			if slices.Contains(caps, "LOGINDISABLED") {
+				return nil, "", nil, imapConfigError{fmt.Errorf("connect to %s: the server offers neither STARTTLS nor a login in plain text (LOGINDISABLED): use imaps://", t)}
+			}
+			rest, _ := br.Peek(br.Buffered())
+			return nil, line, bytes.Clone(rest), nil
+		}
+		return nil, "", nil, imapConfigError{fmt.Errorf("connect to %s: the server does not offer STARTTLS; use imaps://, or for a server on this machine imap:// to a loopback address or imap+insecure://", t)}
 	}
 	if _, err := io.WriteString(w, "C2 STARTTLS\r\n"); err != nil {
-		return nil, fmt.Errorf("connect to %s: %v", t, err)
+		return nil, "", nil, fmt.Errorf("connect to %s: %v", t, err)
 	}
 	for {
 		line, err := readLine(br)
 		if err != nil {
-			return nil, fmt.Errorf("connect to %s: STARTTLS: %v", t, errOr(w.err(), err))
+			return nil, "", nil, fmt.Errorf("connect to %s: STARTTLS: %v", t, errOr(w.err(), err))
 		}
 		if rest, ok := strings.CutPrefix(line, "C2 "); ok {
 			if !strings.HasPrefix(strings.ToUpper(rest), "OK") {
-				return nil, fmt.Errorf("connect to %s: the server refused STARTTLS: %s", t, rest)
+				return nil, "", nil, fmt.Errorf("connect to %s: the server refused STARTTLS: %s", t, rest)
 			}
 			break
 		}
 	}
 	if br.Buffered() > 0 {
-		return nil, fmt.Errorf("connect to %s: the server sent data after accepting STARTTLS, before TLS began: refused (someone in the middle?)", t)
+		return nil, "", nil, fmt.Errorf("connect to %s: the server sent data after accepting STARTTLS, before TLS began: refused (someone in the middle?)", t)
 	}
 	tc := tls.Client(w, b.tlsConfig())
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, b.tlsError(err)
+		return nil, "", nil, b.tlsError(err)
 	}
-	return tc, nil
+	return tc, "", nil, nil
 }
 
 // readLine reads one line of at most 4 KiB, without its CRLF.
