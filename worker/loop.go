@@ -98,6 +98,7 @@ type Worker struct {
 	finished map[*gitproto.Remote]chan struct{} // a run ended: push its result; or a snapshot was written: push it
 	active   map[string]*activeRun              // by remote URL + request name
 	expired  map[string]seenExpired
+	locked   map[string]lockSeen // remote URL + "\x00" + ref: a lock file refused its update
 	// runs counts the runs started and not yet over, under mu; once Run
 	// stops claiming, idle (when not nil) is closed as runs drops to 0.
 	// (A WaitGroup would not do: a pass that began before the stop may
@@ -160,7 +161,7 @@ func New(cfg Config) *Worker {
 	if cfg.Shim == "" {
 		cfg.Shim = cfg.RefciPath
 	}
-	return &Worker{cfg: cfg, log: cfg.Logger, now: cfg.Now, slots: make(chan struct{}, cfg.Concurrency), active: map[string]*activeRun{}, expired: map[string]seenExpired{},
+	return &Worker{cfg: cfg, log: cfg.Logger, now: cfg.Now, slots: make(chan struct{}, cfg.Concurrency), active: map[string]*activeRun{}, expired: map[string]seenExpired{}, locked: map[string]lockSeen{},
 		runDirs: NewRunDirs(cfg.Concurrency)}
 }
 
@@ -634,13 +635,16 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 			continue
 		}
 		if prev, err := results.ReadClaim(repo, name, cv); err == nil && prev.Expired(now) && w.expiredLongEnough(rem, name, cv, now) {
+			w.log.Debug("removing an expired claim whose request is gone", "request", name, "claim", cv.String()[:12])
 			cleanups = append(cleanups, gitproto.RefUpdate{Name: queue.ClaimRef(name), Old: cv})
 		}
 	}
 	if len(cleanups) > 0 {
-		if _, err := rem.Push(ctx, cleanups, false); err != nil {
+		res, err := rem.Push(ctx, cleanups, false)
+		if err != nil {
 			return 0, err
 		}
+		w.noteRefusals(rem, res, "a cleanup was refused (another worker's, most likely)")
 	}
 	if len(batch) == 0 {
 		return 0, nil
@@ -693,9 +697,13 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 		w.startClaimed(ctx, rem, p.claim, p.commit)
 	}
 	if len(release) > 0 {
-		if _, err := rem.Push(ctx, release, false); err != nil {
+		res, err := rem.Push(ctx, release, false)
+		if err != nil {
 			return won, err
 		}
+		// Only this worker writes its claim: one not released expires,
+		// and goes as an orphan.
+		w.noteRefusals(rem, res, "could not release a claim won for a request that is gone")
 	}
 	return won, nil
 }
@@ -1055,6 +1063,51 @@ func (w *Worker) noteRunTime(d time.Duration) {
 		}
 		if w.avgRun.CompareAndSwap(old, nv) {
 			return
+		}
+	}
+}
+
+// lockSeen is when a ref's update was first refused because a lock file
+// held it, and whether that was said.
+type lockSeen struct {
+	since time.Time
+	told  bool
+}
+
+// staleLockAfter is how long a lock file may hold a ref of the remote
+// before the worker says that it is left over, not a concurrent update.
+const staleLockAfter = time.Minute
+
+// noteRefusals logs the refused updates of a cleanup push at debug level
+// (losing such a race is normal), and says once, as a warning, when a
+// ref has been held by a lock file for staleLockAfter: git leaves
+// "<ref>.lock" behind when a process updating the ref is killed, or its
+// repository moved, meanwhile; nothing can change that ref until the file
+// is removed (the request then stays done, but its claim stays too).
+func (w *Worker) noteRefusals(rem *gitproto.Remote, res []gitproto.PushResult, what string) {
+	now := w.now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, r := range res {
+		key := rem.URL + "\x00" + r.Name
+		if r.OK {
+			delete(w.locked, key)
+			continue
+		}
+		w.log.Debug(what, "ref", r.Name, "reason", r.Message, "detail", r.Detail)
+		if !strings.Contains(strings.ToLower(r.Detail), ".lock': file exists") {
+			delete(w.locked, key)
+			continue
+		}
+		s, ok := w.locked[key]
+		switch {
+		case !ok:
+			w.locked[key] = lockSeen{since: now}
+		case !s.told && now.Sub(s.since) >= staleLockAfter:
+			w.log.Warn("the remote cannot update a ref: a lock file left by a git process that was killed there holds it; if no git process is running in that repository, remove the file",
+				"remote", gitproto.RedactURL(rem.URL), "ref", r.Name, "for", now.Sub(s.since).Round(time.Second), "git_said", r.Detail)
+			s.told = true
+			w.locked[key] = s
 		}
 	}
 }

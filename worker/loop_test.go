@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -311,5 +312,81 @@ func TestFirstSnapshotIsPushedAtOnce(t *testing.T) {
 	st, err = queue.DecodeStatus([]byte(fixtures.Git(t, lw.bare, "show", ref+":"+queue.StatusFile)))
 	if err != nil || st.State != queue.Success || st.RequestObject != tag {
 		t.Fatalf("result %+v, %v; want success, request_object %s", st, err, tag)
+	}
+}
+
+// A claim left without its request (its worker died between deleting the
+// request and the claim, or a claim won for a request deleted meanwhile)
+// is removed once it has expired.
+func TestOrphanClaimIsRemoved(t *testing.T) {
+	lw := newLoopWorld(t, "echo ran\n")
+	fixtures.Git(t, lw.bare, "config", "receive.fsckObjects", "true")
+	repo, head := lw.head(t)
+	signer := fixtures.OpenPGPIdentity(t, "Test Worker")
+	w := New(Config{Poll: 100 * time.Millisecond, Concurrency: 1, Lease: 3 * time.Second, Grace: time.Second,
+		Signer: signer, RefciPath: fixtures.Executable(t), TempDir: t.TempDir()})
+	rem, err := gitproto.OpenRemote("file://"+lw.bare, filepath.Join(lw.dir, "cache.git"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.AddRemote(rem)
+	then := time.Now().Add(-time.Hour)
+	c := queue.Claim{Format: queue.Format, Request: "gone", RequestObject: head.String(), Target: head.String(),
+		Run: queue.NewRunID(then), Attempt: 1, Worker: signer.Fingerprint(), Claimed: then, Renewed: then, LeaseExpires: then.Add(3 * time.Second)}
+	h, err := w.writeClaim(repo, &c, gitproto.ZeroHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fixtures.Git(t, lw.clone, "push", "-q", lw.bare, h.String()+":"+queue.ClaimRef("gone"))
+	startWorker(t, w)
+	fixtures.WaitFor(t, 30*time.Second, "the orphan claim to go", func() bool { return len(lw.refs(t, queue.ClaimsPrefix)) == 0 })
+}
+
+// A lock file left on the remote (by a git process killed while it
+// updated the ref) refuses every update of the ref; the worker says so
+// once, when it has lasted, with git's words and what to do.
+func TestStaleLockOnTheRemoteIsSaidOnce(t *testing.T) {
+	lw := newLoopWorld(t, "echo ran\n")
+	fixtures.Git(t, lw.bare, "config", "receive.fsckObjects", "true") // a real git push
+	_, head := lw.head(t)
+	fixtures.Git(t, lw.clone, "push", "-q", lw.bare, "HEAD:"+queue.ClaimRef("held"))
+	lock := filepath.Join(lw.bare, "refs", "ci", "claims", "held.lock")
+	if err := os.WriteFile(lock, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rem, err := gitproto.OpenRemote("file://"+lw.bare, filepath.Join(lw.dir, "cache.git"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	var logs fixtures.Buffer
+	w := New(Config{Concurrency: 1, Signer: fixtures.OpenPGPIdentity(t, "Test Worker"), Now: func() time.Time { return now },
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	push := func() []gitproto.PushResult {
+		t.Helper()
+		res, err := rem.Push(context.Background(), []gitproto.RefUpdate{{Name: queue.ClaimRef("held"), Old: head}}, false)
+		if err != nil || len(res) != 1 || res[0].OK {
+			t.Fatalf("deleting a locked ref: %+v, %v", res, err)
+		}
+		return res
+	}
+	for _, step := range []time.Duration{0, staleLockAfter / 2, staleLockAfter / 2, time.Minute, time.Hour} {
+		now = now.Add(step)
+		w.noteRefusals(rem, push(), "cleanup")
+	}
+	out := logs.String()
+	if n := strings.Count(out, "level=WARN"); n != 1 || !strings.Contains(out, "held.lock") || !strings.Contains(out, "remove the file") {
+		t.Fatalf("want one warning naming the lock file and what to do; log:\n%s", out)
+	}
+	// Once the file is gone, the cleanup goes through, and a new lock
+	// is new again.
+	os.Remove(lock)
+	res, err := rem.Push(context.Background(), []gitproto.RefUpdate{{Name: queue.ClaimRef("held"), Old: head}}, false)
+	if err != nil || !res[0].OK {
+		t.Fatalf("deleting once the lock is gone: %+v, %v", res, err)
+	}
+	w.noteRefusals(rem, res, "cleanup")
+	if len(w.locked) != 0 {
+		t.Fatalf("a ref updated since still counts as locked: %v", w.locked)
 	}
 }

@@ -355,10 +355,13 @@ func (w *Worker) flushOutbox(ctx context.Context, rem *gitproto.Remote) error {
 				claims = append(claims, u)
 			}
 		}
-		_, err := rem.Push(ctx, reqs, false)
+		res, err := rem.Push(ctx, reqs, false)
 		if err == nil {
-			_, err = rem.Push(ctx, claims, false)
+			var more []gitproto.PushResult
+			more, err = rem.Push(ctx, claims, false)
+			res = append(res, more...)
 		}
+		w.noteRefusals(rem, res, "a cleanup after publishing was refused")
 		if err != nil {
 			for _, r := range done { // the results are out; only the cleanup is pending
 				e := entries[r]
