@@ -3,9 +3,11 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -287,4 +289,56 @@ func sortedFields(s string) string {
 	f := strings.Fields(s)
 	sort.Strings(f)
 	return strings.Join(f, " ")
+}
+
+// refci serve --retention collects in every repository it holds, at
+// start and then every interval, in the repositories themselves; a
+// claimed run stays, and a bad interval is a usage error.
+func TestServeRetention(t *testing.T) {
+	sv := startServe(t, "--no-worker")
+	g := &gcWorld{s: sv.sandbox, names: map[string]string{}, worker: fixtures.OpenPGPIdentity(t, "Test Worker")}
+	g.main = sv.commitAll("main")
+	var err error
+	if g.repo, err = gitproto.Open(sv.repo); err != nil {
+		t.Fatal(err)
+	}
+	g.run(t, "old", g.main, "pr/1", 400*24*time.Hour, queue.Success)
+	g.run(t, "older", g.main, "pr/1", 401*24*time.Hour, queue.Success)
+	g.run(t, "new", g.main, "pr/1", 300*24*time.Hour, queue.Success)
+	claimed := g.run(t, "claimed", g.main, "pr/2", 500*24*time.Hour, queue.Running)
+	g.run(t, "claimed-newer", g.main, "pr/2", 200*24*time.Hour, queue.Success)
+	_, id, _ := queue.ParseRunRef(claimed)
+	claim := &queue.Claim{Format: queue.Format, Request: "pr/2", RequestObject: g.main, Target: g.main, Run: id, Attempt: 1, Worker: g.worker.Fingerprint()}
+	cj, err := queue.EncodeClaim(claim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := resultcommit.Commit(t, g.repo, map[string]string{queue.ClaimFile: string(cj)}, queue.ClaimMessage(claim), g.worker)
+	sv.git("", "update-ref", queue.ClaimRef("pr/2"), cc.String())
+	sv.git("", "push", "-q", "ci", "main", "+refs/ci/runs/*:refs/ci/runs/*", "+refs/ci/claims/*:refs/ci/claims/*")
+	if got := g.left(t, sv.bare("app.git")); got != "claimed claimed-newer new old older" {
+		t.Fatalf("runs pushed: %s", got)
+	}
+	sv.stop()
+	// The same server again, now with retention: its first pass is at start.
+	log := &fixtures.Buffer{}
+	cmd := exec.Command(refciBin, "serve", "--listen", "127.0.0.1:0", "--no-worker", "--retention", "1h", "--keep-last", "1", "--keep-days", "0")
+	cmd.Env, cmd.Stdout, cmd.Stderr = sv.env, &fixtures.Buffer{}, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	fixtures.WaitForShowing(t, time.Minute, "the first retention pass", func() bool { return strings.Contains(log.String(), `msg="retention: gc" repo=app.git`) }, log.String)
+	if got := g.left(t, sv.bare("app.git")); got != "claimed claimed-newer new" {
+		t.Errorf("runs left: %s\nserve log:\n%s", got, log.String())
+	}
+	if l := log.String(); !strings.Contains(l, `removed="2 runs (pr/1 2)"`) || !strings.Contains(l, "keep_last=1 keep_days=0") {
+		t.Errorf("the retention log lines:\n%s", l)
+	}
+	for _, bad := range [][]string{{"--retention", "10s"}, {"--retention", "1h", "--keep-last", "-1"}} {
+		r := sv.refciIn(sv.root, append([]string{"serve", "--listen", "127.0.0.1:0"}, bad...)...)
+		if r.code != exitUsage || !strings.Contains(r.stderr, "serve: --") {
+			t.Errorf("serve %v: %d\n%s", bad, r.code, r.stderr)
+		}
+	}
 }

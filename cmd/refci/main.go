@@ -224,7 +224,7 @@ func (c command) flagArg(flag, typ string) string {
 // flagArgs names the arguments of flags that several commands share.
 var flagArgs = map[string]string{
 	"repo": "DIR", "cache": "DIR", "data": "DIR", "key": "FILE", "admin": "FILE", "trusted": "FILE",
-	"secrets-admin": "FILE", "roles": "FILE", "keyring": "FILE", "recipient": "FILE", "max-pack": "SIZE",
+	"secrets-admin": "FILE", "roles": "FILE", "keyring": "FILE", "recipient": "FILE", "max-pack": "SIZE", "keep-days": "D",
 }
 
 // printFlags lists fs's flags, sorted, with their defaults when they are

@@ -16,6 +16,7 @@ import (
 	"refci.dev/refci/forge/site"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/gitproto/sshd"
+	"refci.dev/refci/results"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/server"
 	"refci.dev/refci/worker"
@@ -26,8 +27,8 @@ import (
 type serveFlags struct {
 	listen, dataDir, rolesFile, httpAddr, maxPack string
 	admins, secretsAdmins, trusted                multiFlag
-	conc, maxSessions                             int
-	idle, handshake, poll                         time.Duration
+	conc, maxSessions, keepLast, keepDays         int
+	idle, handshake, poll, retention              time.Duration
 	noWorker, verbose, requireIso, directClaims   bool
 }
 
@@ -51,6 +52,9 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	fs.Var(&f.trusted, "trusted", "OpenPGP public key whose signed request tags or commits run trusted, besides pushes by keys with the trusted role (repeatable)")
 	fs.BoolVar(&f.verbose, "v", false, "log debug details")
 	fs.BoolVar(&f.requireIso, "require-isolation", false, "fail runs (state error) when the server's files cannot be hidden from pipelines (no user namespaces)")
+	fs.DurationVar(&f.retention, "retention", 0, "run refci gc on every repository this often, e.g. 24h (0: never)")
+	fs.IntVar(&f.keepLast, "keep-last", results.DefaultRetention.KeepLast, "with --retention: per request, keep its newest N runs")
+	fs.IntVar(&f.keepDays, "keep-days", results.DefaultRetention.KeepDays, "with --retention: keep every run younger than D days")
 	if _, code, ok := parse(e, fs, args, 0); !ok {
 		return code
 	}
@@ -61,6 +65,14 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	}
 	if f.maxSessions <= 0 || f.idle <= 0 || f.handshake <= 0 || f.conc < 0 {
 		e.errorf("serve: --max-sessions, --idle, --handshake-timeout and --concurrency must be positive")
+		return exitUsage
+	}
+	if f.retention < 0 || f.retention > 0 && f.retention < time.Minute {
+		e.errorf("serve: --retention %s: use a minute or more (a day is plenty), or 0 for never", f.retention)
+		return exitUsage
+	}
+	if f.keepLast < 0 || f.keepDays < 0 {
+		e.errorf("serve: --keep-last and --keep-days take 0 or more")
 		return exitUsage
 	}
 	proc.SetNotDumpable()
@@ -146,7 +158,45 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		banner.Concurrency = 0
 	}
 	server.WriteBanner(e.stdout, banner)
-	return runServe(ctx, srv, ln, ew, httpSrv, logger, id.Fingerprint(), f.conc)
+	var gc func(context.Context)
+	if f.retention > 0 {
+		policy := results.Retention{KeepLast: f.keepLast, KeepDays: f.keepDays}
+		gc = func(ctx context.Context) { serveRetention(ctx, srv, policy, f.retention, logger) }
+	}
+	return runServe(ctx, srv, ln, ew, httpSrv, gc, logger, id.Fingerprint(), f.conc)
+}
+
+// serveRetention applies policy to every repository the server holds, at
+// once and then every interval, until ctx ends, logging one line per
+// repository that had runs to remove. It deletes in the repositories
+// themselves, with the same lock-file compare-and-swap as git: a push or
+// a run finishing meanwhile is never undone, and the runs a claim names
+// are kept.
+func serveRetention(ctx context.Context, srv *server.Server, policy results.Retention, every time.Duration, logger *slog.Logger) {
+	logger.Info("retention: refci gc on every repository", "every", every, "keep_last", policy.KeepLast, "keep_days", policy.KeepDays)
+	for {
+		names, err := srv.Repos()
+		if err != nil {
+			logger.Warn("retention: cannot list the repositories; trying again at the next pass", "err", err)
+		}
+		for _, name := range names {
+			repo, err := gitproto.Open(filepath.Join(srv.Paths().Repos, filepath.FromSlash(name)))
+			if err != nil {
+				logger.Warn("retention: cannot open a repository; trying again at the next pass", "repo", name, "err", err)
+				continue
+			}
+			out, err := collect(ctx, localGC{repo}, policy, false)
+			if ctx.Err() != nil {
+				return
+			}
+			logGC(logger, name, out, err, out != nil && len(out.removed.Deleted) == 0 && err == nil)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+	}
 }
 
 // runServe serves until the first signal (or ctx ends), then drains: no
@@ -154,7 +204,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 // worker finishes its runs and pushes their results. A second signal, at
 // any time until serve returns, cancels the running pipelines. key
 // and conc are logged: the worker's signer and concurrency.
-func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *embeddedWorker, httpSrv *http.Server, logger *slog.Logger, key string, conc int) int {
+func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *embeddedWorker, httpSrv *http.Server, gc func(context.Context), logger *slog.Logger, key string, conc int) int {
 	stop, stopFn := context.WithCancel(ctx)
 	defer stopFn()
 	abort, abortFn := context.WithCancel(context.WithoutCancel(ctx))
@@ -171,6 +221,13 @@ func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *embe
 	defer stopSignals()
 	workerDone := make(chan error, 1)
 	go func() { workerDone <- ew.run(stop, abort) }()
+	gcDone := make(chan struct{})
+	go func() {
+		defer close(gcDone)
+		if gc != nil {
+			gc(serving)
+		}
+	}()
 	logger.Info("serving", "ssh", ln.Addr().String(), "data", srv.Paths().Root, "key", key, "concurrency", conc)
 
 	code := exitOK
@@ -181,6 +238,8 @@ func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *embe
 	if httpSrv != nil {
 		httpSrv.Close()
 	}
+	drain()
+	<-gcDone
 	stopFn()
 	if err := <-workerDone; err != nil {
 		logger.Error("worker", "err", err)

@@ -429,6 +429,29 @@ func cacheName(url string) string {
 	return base + "-" + hex.EncodeToString(sum[:6]) + ".git"
 }
 
+// logGC says how a pass of retention went on repository (a remote, or a
+// repository of refci serve): a failure, what was removed and kept, and
+// what the remote refused to delete. quiet leaves out the line of a pass
+// that removed nothing.
+func logGC(logger *slog.Logger, repository string, out *gcOutcome, err error, quiet bool) {
+	if out == nil {
+		logger.Warn("retention: gc failed; trying again at the next pass", "repo", repository, "err", err)
+		return
+	}
+	if !quiet {
+		kept, why := out.keptSummary()
+		attrs := []any{"repo", repository, "removed", perRequest(out.removed.Deleted), "kept", kept, "why", why, "took", out.took.Round(time.Millisecond)}
+		if err != nil {
+			attrs = append(attrs, "err", err)
+		}
+		logger.Info("retention: gc", attrs...)
+	}
+	if n := len(out.removed.Refused); n > 0 {
+		r := out.removed.Refused[0]
+		logger.Warn("retention: the repository refused to delete runs", "repo", repository, "refused", n, "why", r.Why+refusedAdvice(r.Why))
+	}
+}
+
 // runRetention applies policy to each remote at once and then every
 // interval, until ctx ends, logging one line per remote and pass. Each
 // remote's runs are read through a cache of their own beside the
@@ -453,20 +476,7 @@ func runRetention(ctx context.Context, urls []string, cacheDir string, policy re
 			if ctx.Err() != nil {
 				return
 			}
-			if out == nil {
-				logger.Warn("retention: gc failed; trying again at the next pass", "remote", t.name(), "err", err)
-				continue
-			}
-			kept, why := out.keptSummary()
-			attrs := []any{"remote", t.name(), "removed", perRequest(out.removed.Deleted), "kept", kept, "why", why, "took", out.took.Round(time.Millisecond)}
-			if err != nil {
-				attrs = append(attrs, "err", err)
-			}
-			logger.Info("retention: gc", attrs...)
-			if n := len(out.removed.Refused); n > 0 {
-				r := out.removed.Refused[0]
-				logger.Warn("retention: the remote refused to delete runs", "remote", t.name(), "refused", n, "why", r.Why+refusedAdvice(r.Why))
-			}
+			logGC(logger, t.name(), out, err, false)
 		}
 		select {
 		case <-ctx.Done():
