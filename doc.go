@@ -47,7 +47,8 @@
 //	  fixtures/dovecot  a real Dovecot IMAP server on 127.0.0.1 (Debian's dovecot-imapd): a throwaway
 //	                  configuration and CA, plain, STARTTLS and imaps, Maildir delivery, restarts
 //	  fixtures/githubapi, fixtures/gitlabapi  stand-ins for the forges that cannot run here,
-//	                  following their published APIs
+//	                  following their published APIs, answering with their published example
+//	                  payloads (testdata/)
 //
 // Arrows point inward; imports_test.go enforces it.
 package refci

@@ -193,3 +193,28 @@ func TestNoteCopiesConverge(t *testing.T) {
 		t.Fatalf("after 4 racing upserts: %+v; want one note", n)
 	}
 }
+
+// A 429 that gives only RateLimit-Reset (no Retry-After): the client
+// waits for the reset between its tries, and the pause the adapter
+// returns ends at that reset.
+func TestRateLimitReset(t *testing.T) {
+	f, s := newForge(t)
+	reset := time.Now().Add(2 * time.Second).Truncate(time.Second)
+	s.Fail(gitlabapi.RateLimitedUntil(reset), gitlabapi.RateLimitedUntil(reset), gitlabapi.RateLimitedUntil(reset))
+	start := time.Now()
+	err := f.SetStatus(context.Background(), sha, forge.Status{Context: "refci/main", State: queue.Success})
+	var rl *forge.RateLimitError
+	if !errors.As(err, &rl) || !rl.Until.Equal(reset) {
+		t.Fatalf("429 until %v: %v; want a pause until then", reset, err)
+	}
+	if n := len(s.Calls()); n != 3 {
+		t.Errorf("%d calls, want 3", n)
+	}
+	if !time.Now().After(reset) || time.Since(start) > time.Minute {
+		t.Errorf("the client did not wait for the reset (took %v)", time.Since(start))
+	}
+	// Then it is served again.
+	if err := f.SetStatus(context.Background(), sha, forge.Status{Context: "refci/main", State: queue.Success}); err != nil {
+		t.Errorf("after the reset: %v", err)
+	}
+}
