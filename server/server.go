@@ -53,8 +53,10 @@ type Config struct {
 	MaxPackBytes     int64         // largest pack a push may send
 	IdleTimeout      time.Duration // a silent connection is closed after this
 	HandshakeTimeout time.Duration // a connection not logged in after this is closed
-	// HookCommand is the program git's hooks run (see sshd.Config).
+	// HookCommand is the program git's hooks run, and HookClient the
+	// light one they run instead while it is there (see sshd.Config).
 	HookCommand []string
+	HookClient  string
 
 	// OnCreate, when set, is called after a push created the repository
 	// repo (its name) at path (its directory).
@@ -168,7 +170,7 @@ func New(cfg Config) (*Server, error) {
 		OnReceive:        recv.onReceive,
 		OnCreate:         onCreate,
 		MaxSessions:      cfg.MaxSessions, MaxPackBytes: cfg.MaxPackBytes, IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: cfg.HandshakeTimeout,
-		HookCommand: cfg.HookCommand,
+		HookCommand: cfg.HookCommand, HookClient: cfg.HookClient,
 	})
 	if err != nil {
 		return nil, err

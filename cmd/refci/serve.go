@@ -83,6 +83,12 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	}
 	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
 
+	hookClient, note := sshd.ChooseHookClient(self)
+	if note != "" {
+		logger.Warn("not using the refci-hook beside refci: every push runs refci itself for its hooks, which costs a few milliseconds more per push; reinstall refci-hook from the same build as refci, or remove it", "reason", note)
+	} else if hookClient != "" {
+		logger.Debug("hook client for pushes", "refci-hook", hookClient)
+	}
 	// The embedded worker is made once the server is, for it asks the
 	// server about trust; the server, once serving, wakes it and hands it
 	// the repositories pushes create.
@@ -92,6 +98,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		Addr: f.listen, Logger: logger,
 		MaxSessions: f.maxSessions, MaxPackBytes: packBytes, IdleTimeout: f.idle, HandshakeTimeout: f.handshake,
 		HookCommand: []string{self, sshd.HookArg},
+		HookClient:  hookClient,
 		OnCreate:    func(name, _ string) { ew.addRepo(name) },
 		OnRequest:   func(path string, names []string) { ew.dispatch(path, names) },
 	})
