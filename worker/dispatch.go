@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 
 	"refci.dev/refci/gitproto"
@@ -165,12 +166,24 @@ func (w *Worker) claimHere(stop, ctx context.Context, rem *gitproto.Remote, repo
 		target = reqVal
 	}
 	c.Target = target.String()
-	commit, err := w.writeClaim(cache, &c, gitproto.ZeroHash)
+	// The claim commit is written into both repositories, signed once:
+	// the second is the same commit. Cheaper than reading it back from
+	// one to copy it into the other.
+	var sig string
+	commit, err := w.writeClaimSigned(repo, &c, gitproto.ZeroHash, func(msg []byte) (string, error) {
+		s, err := w.cfg.Signer.SignDetached(msg)
+		sig = s
+		return s, err
+	})
 	if err != nil {
 		return false, err
 	}
-	if _, err := repo.CopyObjects(cache, []gitproto.Hash{commit}, gitproto.CopyOptions{MaxObjects: 3, MaxBytes: 1 << 20, Fresh: true}); err != nil {
+	again, err := w.writeClaimSigned(cache, &c, gitproto.ZeroHash, func([]byte) (string, error) { return sig, nil })
+	if err != nil {
 		return false, err
+	}
+	if again != commit {
+		return false, fmt.Errorf("the claim commit written into the cache is %s, not %s", again, commit)
 	}
 	if err := repo.CreateRef(claimRef, commit); err != nil {
 		if errors.Is(err, gitproto.ErrRefExists) {

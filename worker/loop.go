@@ -792,6 +792,11 @@ func (w *Worker) finalPublished(ctx context.Context, rem *gitproto.Remote, c *qu
 
 // writeClaim writes a signed claim commit whose parent is old (if any).
 func (w *Worker) writeClaim(repo *gitproto.Repo, c *queue.Claim, old gitproto.Hash) (gitproto.Hash, error) {
+	return w.writeClaimSigned(repo, c, old, w.cfg.Signer.SignDetached)
+}
+
+// writeClaimSigned is writeClaim with the commit signed by sign.
+func (w *Worker) writeClaimSigned(repo *gitproto.Repo, c *queue.Claim, old gitproto.Hash, sign gitproto.SignFunc) (gitproto.Hash, error) {
 	b, err := queue.EncodeClaim(c)
 	if err != nil {
 		return gitproto.ZeroHash, err
@@ -813,7 +818,7 @@ func (w *Worker) writeClaim(repo *gitproto.Repo, c *queue.Claim, old gitproto.Ha
 		Tree: tree, Parents: parents,
 		Author:  gitproto.NewSignature(name, email, c.Renewed),
 		Message: queue.ClaimMessage(c),
-	}, w.cfg.Signer.SignDetached)
+	}, sign)
 }
 
 func (w *Worker) isActive(rem *gitproto.Remote, name string) bool {
