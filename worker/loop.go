@@ -111,6 +111,7 @@ type Worker struct {
 	// guards its handles of the remotes' caches.
 	dispatchMu     sync.Mutex
 	dispatchCaches map[*gitproto.Remote]*dispatchCache
+	prepared       map[preparedKey]preparedClaim // PrepareClaim's, under dispatchMu
 
 	// Set by Run, for loops started later by AddRemote.
 	stop, runCtx, abort context.Context

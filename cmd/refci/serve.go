@@ -97,10 +97,11 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		DataDir: f.dataDir, RolesFile: f.rolesFile, AdminKeyFiles: f.admins, Home: e.getenv("HOME"),
 		Addr: f.listen, Logger: logger,
 		MaxSessions: f.maxSessions, MaxPackBytes: packBytes, IdleTimeout: f.idle, HandshakeTimeout: f.handshake,
-		HookCommand: []string{self, sshd.HookArg},
-		HookClient:  hookClient,
-		OnCreate:    func(name, _ string) { ew.addRepo(name) },
-		OnRequest:   func(path string, names []string) { ew.dispatch(path, names) },
+		HookCommand:      []string{self, sshd.HookArg},
+		HookClient:       hookClient,
+		OnCreate:         func(name, _ string) { ew.addRepo(name) },
+		OnRequest:        func(path string, names []string) { ew.dispatch(path, names) },
+		OnRequestAllowed: func(path, name, value string) { ew.prepare(path, name, value) },
 	})
 	switch {
 	case errors.Is(err, server.ErrRoles):
@@ -287,6 +288,14 @@ func (ew *embeddedWorker) dispatch(path string, names []string) {
 		ew.w.Dispatch(path, names)
 	default:
 		ew.w.Poke(path)
+	}
+}
+
+// prepare tells the worker that a push is about to queue request name
+// with value in the repository at path (see worker.PrepareClaim).
+func (ew *embeddedWorker) prepare(path, name, value string) {
+	if ew != nil && !ew.off && ew.direct {
+		ew.w.PrepareClaim(path, name, value)
 	}
 }
 

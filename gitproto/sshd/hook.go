@@ -13,7 +13,8 @@ package sshd
 //	pre-receive   all updates and the push options: Config.CheckPushOptions
 //	              (only when the push carries options; the script checks)
 //	update        one ref: Policy.AllowRef, which may read the pushed objects
-//	              (still in quarantine); a refusal names the ref in the push report
+//	              (still in quarantine); a refusal names the ref in the push report;
+//	              an allowed one is told to Config.OnAllowed, a hint
 //	post-receive  the applied updates: Config.OnReceive
 //
 // A token is valid only while its receive-pack runs. The post-receive
@@ -172,6 +173,7 @@ type hookSession struct {
 	final, missing string
 
 	mu      sync.Mutex
+	options []string    // the push's options, as pre-receive heard them
 	moved   bool        // path was published to final
 	updated []string    // refs applied, as post-receive reported them
 	refused []string    // refs AllowRef refused
@@ -313,6 +315,11 @@ func (hs *hookServer) answer(req *hookclient.Request) hookclient.Response {
 	srv := hs.srv
 	switch req.Hook {
 	case "pre-receive":
+		// git gives the options to pre- and post-receive only; the
+		// script asks the server whenever there are some.
+		s.mu.Lock()
+		s.options = append([]string(nil), req.Options...)
+		s.mu.Unlock()
 		ups, err := parseUpdates(req.Stdin)
 		if err != nil {
 			return hookclient.Response{Message: "refci: " + err.Error()}
@@ -354,6 +361,9 @@ func (hs *hookServer) answer(req *hookclient.Request) hookclient.Response {
 			return hookclient.Response{Message: "refci: refused " + u.Name + ": " + err.Error()}
 		}
 		s.allowed = append(s.allowed, u)
+		if srv.cfg.OnAllowed != nil && s.final == "" {
+			srv.cfg.OnAllowed(s.path, u, s.options)
+		}
 		return hookclient.Response{OK: true}
 	case "post-receive":
 		ups, err := parseUpdates(req.Stdin)

@@ -266,3 +266,30 @@ func TestBuildStamp(t *testing.T) {
 		}
 	}
 }
+
+// OnAllowed hears of each update the update hook allowed in an existing
+// repository, with the push's options, before the push is applied; not
+// of refused ones.
+func TestOnAllowed(t *testing.T) {
+	var mu sync.Mutex
+	var heard []string
+	ts := startServer(t, func(c *Config) {
+		c.OnAllowed = func(path string, u RefUpdate, options []string) {
+			mu.Lock()
+			defer mu.Unlock()
+			heard = append(heard, filepath.Base(path)+" "+u.Name+" "+u.New+" "+strings.Join(options, ","))
+		}
+	})
+	c := ts.client("c", "rwc")
+	c.initRepo(1)
+	c.must("git", "push", "-q", c.url+"/app.git", "main") // creates it: not heard
+	head := strings.TrimSpace(c.must("git", "rev-parse", "HEAD"))
+	c.run("git", "push", c.url+"/app.git", "HEAD:refs/heads/ok", "HEAD:refs/forbidden/x")
+	c.must("git", "push", "-q", "-o", "env=x", c.url+"/app.git", "HEAD:refs/heads/opts")
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"app.git refs/heads/ok " + head + " ", "app.git refs/heads/opts " + head + " env=x"}
+	if strings.Join(heard, "\n") != strings.Join(want, "\n") {
+		t.Errorf("heard:\n%s\nwant:\n%s", strings.Join(heard, "\n"), strings.Join(want, "\n"))
+	}
+}

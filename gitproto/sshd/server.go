@@ -154,6 +154,13 @@ type Config struct {
 	// ChooseHookClient), which the hooks exec instead of HookCommand
 	// while it is an executable file. Empty: always HookCommand.
 	HookClient string
+	// OnAllowed, when set, hears of each ref update the update hook
+	// allowed in an existing repository (path, its directory), with the
+	// push's options, before receive-pack applies it: a hint, for the
+	// push can still fail (another ref refused in an atomic push, a lost
+	// race). It is called from the hook, which waits for it: it must not
+	// block.
+	OnAllowed func(path string, u RefUpdate, options []string)
 }
 
 // Server is the SSH endpoint. Make it with New (the zero value is not
