@@ -10,10 +10,11 @@ TESTFLAGS ?= -count=1 -timeout 12m
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
 
-build: ## build bin/refci, bin/refci-shim and bin/refci-job (its light per-run shim and job client, used when beside it)
+build: ## build bin/refci and, used when beside it, its light per-run shim, job client and push hook client (bin/refci-shim, refci-job, refci-hook)
 	$(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/refci
 	$(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)' -o $(dir $(BIN))refci-shim ./cmd/refci-shim
 	$(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)' -o $(dir $(BIN))refci-job ./cmd/refci-job
+	$(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)' -o $(dir $(BIN))refci-hook ./cmd/refci-hook
 
 test: ## run every test (real git, gpg and processes)
 	$(GO) vet ./...

@@ -13,6 +13,8 @@
 //	gitproto   git and nothing about CI: objects, refs with compare-and-swap, fetch, push,
 //	           checkout; the only package that runs git or imports go-git
 //	  gitproto/sshd  the embedded SSH git endpoint (receive-pack and upload-pack, limits)
+//	  gitproto/sshd/hookclient  the hook client receive-pack's hooks run (cmd/refci-hook)
+//	                  and its wire to the server
 //	secrets    OpenPGP and nothing about git: identities, signing, verifying, sealing values
 //	  secrets/envstore  the secrets environments in refs/ci/secrets/<env>: read, verify, open for a run, change
 //	results    reading and watching results and claims: list, find, read, verify, follow a

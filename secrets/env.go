@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -264,13 +265,13 @@ func normalizeFingerprint(s string) string {
 // IsFingerprint reports whether s looks like a full v4 fingerprint (40
 // hex digits, spaces allowed), as opposed to a file name.
 func IsFingerprint(s string) bool {
-	return fingerprintPattern.MatchString(normalizeFingerprint(s))
+	return fingerprintPattern().MatchString(normalizeFingerprint(s))
 }
 
-var fingerprintPattern = regexp.MustCompile(`^[0-9A-F]{40}$`)
+var fingerprintPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9A-F]{40}$`) })
 
 // Value names: an environment-variable-like name.
-var namePattern = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
+var namePattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`) })
 
 // ValidateName checks a value name: upper-case letters, digits and '_',
 // not starting with a digit, at most 128 bytes (it is also a file name,
@@ -281,7 +282,7 @@ func ValidateName(name string) error {
 		return errors.New("empty secret name")
 	case len(name) > 128:
 		return fmt.Errorf("secret name %.20q... is %d bytes, at most 128", name, len(name))
-	case !namePattern.MatchString(name):
+	case !namePattern().MatchString(name):
 		return fmt.Errorf("secret name %q: use upper-case letters, digits and '_', not starting with a digit (like NETLIFY_TOKEN)", name)
 	}
 	return nil

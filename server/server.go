@@ -53,8 +53,10 @@ type Config struct {
 	MaxPackBytes     int64         // largest pack a push may send
 	IdleTimeout      time.Duration // a silent connection is closed after this
 	HandshakeTimeout time.Duration // a connection not logged in after this is closed
-	// HookCommand is the program git's hooks run (see sshd.Config).
+	// HookCommand is the program git's hooks run, and HookClient the
+	// light one they run instead while it is there (see sshd.Config).
 	HookCommand []string
+	HookClient  string
 
 	// OnCreate, when set, is called after a push created the repository
 	// repo (its name) at path (its directory).
@@ -65,6 +67,12 @@ type Config struct {
 	// the push's post-receive hook, which waits for it: it must not
 	// block.
 	OnRequest func(path string, names []string)
+	// OnRequestAllowed, when set, is called when a push's update hook
+	// allowed request name (without refs/ci/requests/) in the repository
+	// at path to move to value, in a push without options, before the
+	// push is applied: a worker can prepare its claim. The push may
+	// still fail. It must not block.
+	OnRequestAllowed func(path, name, value string)
 }
 
 // Paths is where a Server keeps its files, all under Root.
@@ -168,7 +176,15 @@ func New(cfg Config) (*Server, error) {
 		OnReceive:        recv.onReceive,
 		OnCreate:         onCreate,
 		MaxSessions:      cfg.MaxSessions, MaxPackBytes: cfg.MaxPackBytes, IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: cfg.HandshakeTimeout,
-		HookCommand: cfg.HookCommand,
+		HookCommand: cfg.HookCommand, HookClient: cfg.HookClient,
+		OnAllowed: func(path string, u sshd.RefUpdate, options []string) {
+			name, ok := strings.CutPrefix(u.Name, queue.RequestsPrefix)
+			// Options make the request a tag in post-receive: nothing
+			// to prepare for the pushed value.
+			if ok && !u.Deleting() && len(options) == 0 && cfg.OnRequestAllowed != nil {
+				cfg.OnRequestAllowed(path, name, u.New)
+			}
+		},
 	})
 	if err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 
 	"refci.dev/refci/gitproto"
@@ -78,6 +79,28 @@ func (w *Worker) Dispatch(url string, names []string) bool {
 	return true
 }
 
+// dispatchCache returns Dispatch's handle of rem's cache. The caller
+// holds dispatchMu. The handle is kept from push to push: a fresh one
+// reads the index of every pack of the cache at the first object it
+// lacks. It is opened again now and then, so that what it keeps of the
+// objects it read (a few small ones a push) stays small.
+func (w *Worker) dispatchCache(rem *gitproto.Remote) (*gitproto.Repo, error) {
+	dc := w.dispatchCaches[rem]
+	if dc == nil || dc.uses >= dispatchCacheUses {
+		cache, err := gitproto.Open(rem.Cache)
+		if err != nil {
+			return nil, err
+		}
+		if w.dispatchCaches == nil {
+			w.dispatchCaches = map[*gitproto.Remote]*dispatchCache{}
+		}
+		dc = &dispatchCache{repo: cache}
+		w.dispatchCaches[rem] = dc
+	}
+	dc.uses++
+	return dc.repo, nil
+}
+
 // dispatch claims names on rem as Dispatch says and reports whether
 // nothing is left for the loop.
 func (w *Worker) dispatch(stop, ctx context.Context, rem *gitproto.Remote, names []string) bool {
@@ -89,25 +112,11 @@ func (w *Worker) dispatch(stop, ctx context.Context, rem *gitproto.Remote, names
 		w.log.Debug("a pushed request is left to the loop", "remote", gitproto.RedactURL(rem.URL), "why", err)
 		return false
 	}
-	// The cache's handle is kept from push to push: a fresh one reads
-	// the index of every pack of the cache at the first object it lacks.
-	// It is opened again now and then, so that what it keeps of the
-	// objects it read (a few small ones a push) stays small.
-	dc := w.dispatchCaches[rem]
-	if dc == nil || dc.uses >= dispatchCacheUses {
-		cache, err := gitproto.Open(rem.Cache)
-		if err != nil {
-			w.log.Debug("a pushed request is left to the loop", "remote", gitproto.RedactURL(rem.URL), "why", err)
-			return false
-		}
-		if w.dispatchCaches == nil {
-			w.dispatchCaches = map[*gitproto.Remote]*dispatchCache{}
-		}
-		dc = &dispatchCache{repo: cache}
-		w.dispatchCaches[rem] = dc
+	cache, err := w.dispatchCache(rem)
+	if err != nil {
+		w.log.Debug("a pushed request is left to the loop", "remote", gitproto.RedactURL(rem.URL), "why", err)
+		return false
 	}
-	dc.uses++
-	cache := dc.repo
 	names = slices.Clone(names)
 	slices.Sort(names)
 	done := true
@@ -122,6 +131,36 @@ func (w *Worker) dispatch(stop, ctx context.Context, rem *gitproto.Remote, names
 		done = done && handled
 	}
 	return done
+}
+
+// newClaim makes the first claim of request name, whose ref holds
+// reqVal, peeled to target, and writes its commit into repo and cache,
+// signed once: the second is the same commit. (Cheaper than reading it
+// back from one to copy it into the other.) Nothing points at it yet.
+func (w *Worker) newClaim(repo, cache *gitproto.Repo, name string, reqVal, target gitproto.Hash) (queue.Claim, gitproto.Hash, error) {
+	now := w.now().UTC()
+	c := queue.Claim{
+		Format: queue.Format, Request: name, RequestObject: reqVal.String(), Target: target.String(), Attempt: 1,
+		Worker: w.cfg.Signer.Fingerprint(), Host: w.cfg.Host, Claimed: now, Renewed: now,
+		LeaseExpires: now.Add(w.cfg.Lease), Run: queue.NewRunID(now),
+	}
+	var sig string
+	commit, err := w.writeClaimSigned(repo, &c, gitproto.ZeroHash, func(msg []byte) (string, error) {
+		s, err := w.cfg.Signer.SignDetached(msg)
+		sig = s
+		return s, err
+	})
+	if err != nil {
+		return c, gitproto.ZeroHash, err
+	}
+	again, err := w.writeClaimSigned(cache, &c, gitproto.ZeroHash, func([]byte) (string, error) { return sig, nil })
+	if err != nil {
+		return c, gitproto.ZeroHash, err
+	}
+	if again != commit {
+		return c, gitproto.ZeroHash, fmt.Errorf("the claim commit written into the cache is %s, not %s", again, commit)
+	}
+	return c, commit, nil
 }
 
 // claimHere claims request name in repo, the remote's own repository,
@@ -154,23 +193,16 @@ func (w *Worker) claimHere(stop, ctx context.Context, rem *gitproto.Remote, repo
 		}
 		return false, err
 	}
-	now := w.now().UTC()
-	c := queue.Claim{
-		Format: queue.Format, Request: name, RequestObject: reqVal.String(), Attempt: 1,
-		Worker: w.cfg.Signer.Fingerprint(), Host: w.cfg.Host, Claimed: now, Renewed: now,
-		LeaseExpires: now.Add(w.cfg.Lease), Run: queue.NewRunID(now),
-	}
 	target, err := peel(cache, reqVal)
 	if err != nil {
 		target = reqVal
 	}
-	c.Target = target.String()
-	commit, err := w.writeClaim(cache, &c, gitproto.ZeroHash)
-	if err != nil {
-		return false, err
-	}
-	if _, err := repo.CopyObjects(cache, []gitproto.Hash{commit}, gitproto.CopyOptions{MaxObjects: 3, MaxBytes: 1 << 20, Fresh: true}); err != nil {
-		return false, err
+	c, commit, ok := w.takePrepared(rem, name, reqVal, target)
+	if !ok {
+		c, commit, err = w.newClaim(repo, cache, name, reqVal, target)
+		if err != nil {
+			return false, err
+		}
 	}
 	if err := repo.CreateRef(claimRef, commit); err != nil {
 		if errors.Is(err, gitproto.ErrRefExists) {

@@ -13,6 +13,7 @@ import (
 	"refci.dev/refci/fixtures"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
+	"refci.dev/refci/secrets"
 )
 
 // quietWorker starts a worker with an hour's poll, lease and snapshot
@@ -273,4 +274,55 @@ func (lw *loopWorld) ref(t *testing.T, name string) (string, bool) {
 		return "", false
 	}
 	return strings.TrimSpace(string(out)), true
+}
+
+// Dispatch writes its claim commit into the served repository and into
+// the cache, signed once: the same commit in both, whose signature is
+// the worker's.
+func TestDispatchedClaimIsOneSignedCommitInBoth(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "gate")
+	if err := syscall.Mkfifo(gate, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lw := newLoopWorld(t, "if [ \"$REFCI_REQUEST\" = held ]; then read go < "+gate+"; fi\necho done\n")
+	w, rem := quietWorker(t, lw)
+	lw.newRequestCommit(t, "held")
+	fixtures.Git(t, lw.clone, "push", "-q", lw.bare, "HEAD:refs/ci/requests/held")
+	w.Dispatch(rem.URL, []string{"held"})
+	var claim string
+	fixtures.WaitFor(t, time.Minute, "the dispatched claim", func() bool {
+		claim, _ = lw.ref(t, queue.ClaimRef("held"))
+		return claim != ""
+	})
+	inRemote := fixtures.Git(t, lw.bare, "cat-file", "commit", claim)
+	inCache := fixtures.Git(t, lw.dir, "--git-dir="+rem.Cache, "cat-file", "commit", claim)
+	if inRemote != inCache || !strings.Contains(inRemote, "gpgsig ") {
+		t.Errorf("the claim commit in the remote:\n%s\nin the cache:\n%s", inRemote, inCache)
+	}
+	for _, dir := range []string{lw.bare, rem.Cache} {
+		repo, err := gitproto.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := repo.Commit(gitproto.NewHash(claim))
+		if err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+		payload, sig, err := gitproto.SignedPayload(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var kr secrets.Keyring
+		kr.Add(w.cfg.Signer.(*secrets.Identity))
+		if s, err := kr.VerifyDetached(payload, sig); err != nil || s.Fingerprint != w.cfg.Signer.Fingerprint() {
+			t.Errorf("the claim commit's signature in %s: %+v, %v", dir, s, err)
+		}
+	}
+	f, err := os.OpenFile(gate, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("go\n")
+	f.Close()
+	lw.waitDone(t, 2)
 }

@@ -112,6 +112,7 @@ type Worker struct {
 	// guards its handles of the remotes' caches.
 	dispatchMu     sync.Mutex
 	dispatchCaches map[*gitproto.Remote]*dispatchCache
+	prepared       map[preparedKey]preparedClaim // PrepareClaim's, under dispatchMu
 
 	// Set by Run, for loops started later by AddRemote.
 	stop, runCtx, abort context.Context
@@ -800,6 +801,11 @@ func (w *Worker) finalPublished(ctx context.Context, rem *gitproto.Remote, c *qu
 
 // writeClaim writes a signed claim commit whose parent is old (if any).
 func (w *Worker) writeClaim(repo *gitproto.Repo, c *queue.Claim, old gitproto.Hash) (gitproto.Hash, error) {
+	return w.writeClaimSigned(repo, c, old, w.cfg.Signer.SignDetached)
+}
+
+// writeClaimSigned is writeClaim with the commit signed by sign.
+func (w *Worker) writeClaimSigned(repo *gitproto.Repo, c *queue.Claim, old gitproto.Hash, sign gitproto.SignFunc) (gitproto.Hash, error) {
 	b, err := queue.EncodeClaim(c)
 	if err != nil {
 		return gitproto.ZeroHash, err
@@ -821,7 +827,7 @@ func (w *Worker) writeClaim(repo *gitproto.Repo, c *queue.Claim, old gitproto.Ha
 		Tree: tree, Parents: parents,
 		Author:  gitproto.NewSignature(name, email, c.Renewed),
 		Message: queue.ClaimMessage(c),
-	}, w.cfg.Signer.SignDetached)
+	}, sign)
 }
 
 func (w *Worker) isActive(rem *gitproto.Remote, name string) bool {

@@ -29,13 +29,14 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	refciBin = filepath.Join(dir, "refci")
-	// refci-shim and refci-job beside refci, as make build puts them:
-	// the workers of these tests run their jobs through the light shim
-	// (worker tests cover refci being its own shim), and their pipelines'
-	// refci job is the light job client (worker tests cover refci alone).
-	// All without VCS stamps, so that their identities match in any
-	// checkout.
-	for _, b := range [][2]string{{refciBin, "."}, {filepath.Join(dir, "refci-shim"), "../refci-shim"}, {filepath.Join(dir, "refci-job"), "../refci-job"}} {
+	// refci-shim, refci-job and refci-hook beside refci, as make build
+	// puts them: the workers of these tests run their jobs through the
+	// light shim (worker tests cover refci being its own shim), their
+	// pipelines' refci job is the light job client (worker tests cover
+	// refci alone), and refci serve's pushes run the light hook client
+	// (gitproto/sshd's tests cover refci's own). All without VCS stamps,
+	// so that their identities match in any checkout.
+	for _, b := range [][2]string{{refciBin, "."}, {filepath.Join(dir, "refci-shim"), "../refci-shim"}, {filepath.Join(dir, "refci-job"), "../refci-job"}, {filepath.Join(dir, "refci-hook"), "../refci-hook"}} {
 		out, err := exec.Command("go", "build", "-buildvcs=false", "-o", b[0], b[1]).CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b[1], err, out)

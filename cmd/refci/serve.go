@@ -95,6 +95,12 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	}
 	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
 
+	hookClient, note := sshd.ChooseHookClient(self)
+	if note != "" {
+		logger.Warn("not using the refci-hook beside refci: every push runs refci itself for its hooks, which costs a few milliseconds more per push; reinstall refci-hook from the same build as refci, or remove it", "reason", note)
+	} else if hookClient != "" {
+		logger.Debug("hook client for pushes", "refci-hook", hookClient)
+	}
 	// The embedded worker is made once the server is, for it asks the
 	// server about trust; the server, once serving, wakes it and hands it
 	// the repositories pushes create.
@@ -103,9 +109,11 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		DataDir: f.dataDir, RolesFile: f.rolesFile, AdminKeyFiles: f.admins, Home: e.getenv("HOME"),
 		Addr: f.listen, Logger: logger,
 		MaxSessions: f.maxSessions, MaxPackBytes: packBytes, IdleTimeout: f.idle, HandshakeTimeout: f.handshake,
-		HookCommand: []string{self, sshd.HookArg},
-		OnCreate:    func(name, _ string) { ew.addRepo(name) },
-		OnRequest:   func(path string, names []string) { ew.dispatch(path, names) },
+		HookCommand:      []string{self, sshd.HookArg},
+		HookClient:       hookClient,
+		OnCreate:         func(name, _ string) { ew.addRepo(name) },
+		OnRequest:        func(path string, names []string) { ew.dispatch(path, names) },
+		OnRequestAllowed: func(path, name, value string) { ew.prepare(path, name, value) },
 	})
 	switch {
 	case errors.Is(err, server.ErrRoles):
@@ -339,6 +347,14 @@ func (ew *embeddedWorker) dispatch(path string, names []string) {
 		ew.w.Dispatch(path, names)
 	default:
 		ew.w.Poke(path)
+	}
+}
+
+// prepare tells the worker that a push is about to queue request name
+// with value in the repository at path (see worker.PrepareClaim).
+func (ew *embeddedWorker) prepare(path, name, value string) {
+	if ew != nil && !ew.off && ew.direct {
+		ew.w.PrepareClaim(path, name, value)
 	}
 }
 

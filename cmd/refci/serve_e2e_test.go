@@ -138,6 +138,12 @@ func TestServeEndToEnd(t *testing.T) {
 			t.Errorf("the banner lacks %q:\n%s", want, o)
 		}
 	}
+	// Pushes run the light hook client beside refci (make build puts it
+	// there), and refci itself should it go.
+	hook, err := os.ReadFile(filepath.Join(sv.data, "state", "hooks", "update"))
+	if light := filepath.Join(filepath.Dir(refciBin), "refci-hook"); err != nil || !strings.Contains(string(hook), "exec '"+light+"' update") || !strings.Contains(string(hook), "exec '"+refciBin+"' '__hook' update") {
+		t.Errorf("the update hook (%v):\n%s", err, hook)
+	}
 	head := sv.pipeline(`echo "env=$REFCI_ENV trusted=$REFCI_TRUSTED"` + "\n")
 	sv.git("", "push", "-q", "ci", "main") // creates app.git
 	time.Sleep(300 * time.Millisecond)

@@ -124,7 +124,7 @@ func ResolveBase(ctx context.Context, dir, base string) (string, error) {
 		c, err := git.Run(ctx, "", "rev-parse", "--verify", "--quiet", "--end-of-options", rev+"^{commit}")
 		return c, err == nil
 	}
-	if baseLine.MatchString("base-commit: " + base) {
+	if baseLine().MatchString("base-commit: " + base) {
 		if c, ok := verify(base); ok {
 			return c, nil
 		}

@@ -20,6 +20,7 @@ import (
 	netmail "net/mail"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -274,7 +275,9 @@ type walker struct {
 }
 
 // patchFileLine is the first line of a file git format-patch writes.
-var patchFileLine = regexp.MustCompile(`^From [0-9a-f]{40}(?:[0-9a-f]{24})? Mon Sep 17 00:00:00 2001\r?\n`)
+var patchFileLine = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^From [0-9a-f]{40}(?:[0-9a-f]{24})? Mon Sep 17 00:00:00 2001\r?\n`)
+})
 
 // walk reads one entity (header h, raw body r) at depth (0 for the
 // message); it returns why the MIME is broken, or "".
@@ -361,7 +364,7 @@ func (w *walker) walk(h textproto.Header, r io.Reader, depth int) string {
 		}
 	}
 	if mt != "text/plain" || attached {
-		if line := patchFileLine.Find(text); line != nil {
+		if line := patchFileLine().Find(text); line != nil {
 			return w.patchFile(text[len(line):], depth)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -74,14 +75,16 @@ func (s *Series) RequestName() string {
 	return "patches/" + s.ID + "/v" + strconv.Itoa(s.Version)
 }
 
-var baseLine = regexp.MustCompile(`(?m)^base-commit: ([0-9a-f]{40}|[0-9a-f]{64})[ \t]*$`)
+var baseLine = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`(?m)^base-commit: ([0-9a-f]{40}|[0-9a-f]{64})[ \t]*$`)
+})
 
 // Base is the base-commit: trailer of the cover letter, or else of the
 // first patch; "" when neither names one.
 func (s *Series) Base() string {
 	for _, m := range []*Message{s.Cover, s.first()} {
 		if m != nil {
-			if sm := baseLine.FindStringSubmatch(m.Body); sm != nil {
+			if sm := baseLine().FindStringSubmatch(m.Body); sm != nil {
 				return sm[1]
 			}
 		}
@@ -108,14 +111,14 @@ func (s *Series) Mbox() []byte {
 	return []byte(b.String())
 }
 
-var fromQuoted = regexp.MustCompile(`^>*From `)
+var fromQuoted = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^>*From `) })
 
 func writeMboxrd(b *strings.Builder, raw []byte) {
 	b.WriteString("From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n")
 	text := strings.ReplaceAll(string(raw), "\r\n", "\n")
 	text = strings.TrimSuffix(text, "\n")
 	for _, line := range strings.Split(text, "\n") {
-		if fromQuoted.MatchString(line) {
+		if fromQuoted().MatchString(line) {
 			b.WriteByte('>')
 		}
 		b.WriteString(line)

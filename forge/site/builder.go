@@ -167,7 +167,7 @@ func readManifest(root *os.Root, kid string) manifest {
 		}
 		m.Format, m.Pages = siteFormat, nil
 	case siteFormat:
-		if !runsFileName.MatchString(m.RunsFile) {
+		if !runsFileName().MatchString(m.RunsFile) {
 			return empty
 		}
 		raw, err := root.ReadFile(m.RunsFile)
@@ -204,7 +204,7 @@ func writeManifest(root *os.Root, man *manifest, encoded []byte) error {
 		names, _ := f.Readdirnames(-1)
 		f.Close()
 		for _, n := range names {
-			if n != man.RunsFile && runsFileName.MatchString(n) {
+			if n != man.RunsFile && runsFileName().MatchString(n) {
 				root.Remove(n)
 			}
 		}

@@ -71,7 +71,7 @@ func TestBuildIsIncremental(t *testing.T) {
 	}
 	defer root.Close()
 	man := readManifest(root, keysID(kr))
-	if c := man.Commits[target.String()]; man.Format != 5 || !runsFileName.MatchString(man.RunsFile) || man.Keys != keysID(kr) || man.Runs[ref].Commit != result.String() ||
+	if c := man.Commits[target.String()]; man.Format != 5 || !runsFileName().MatchString(man.RunsFile) || man.Keys != keysID(kr) || man.Runs[ref].Commit != result.String() ||
 		!man.Runs[ref].Verdict.Verified() || c.Subject != "Add the README" || c.Author != "Test Author" {
 		t.Errorf("manifest.json: %s", raw)
 	}

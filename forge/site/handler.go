@@ -56,7 +56,9 @@ func NewHandler(repos, www string, list func() ([]string, error), keys secrets.K
 // refreshEvery is how long a repository's site is not built again.
 const refreshEvery = 2 * time.Second
 
-var siteIndex = template.Must(template.New("index").Parse(`<!DOCTYPE html>
+// siteIndex is parsed at its first use, not at every start of refci.
+var siteIndex = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("index").Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>refci</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{font:15px/1.5 system-ui,sans-serif;margin:2em auto;max-width:44em;padding:0 1em}a{color:#0550ae}</style>
@@ -66,6 +68,7 @@ var siteIndex = template.Must(template.New("index").Parse(`<!DOCTYPE html>
 {{end}}</ul>{{else}}<p>No repository yet. An admin creates one by pushing to it.</p>{{end}}
 </body></html>
 `))
+})
 
 // ServeHTTP answers a request for a page of the list or of a site.
 func (s *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -79,7 +82,7 @@ func (s *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if p == "/" || p == "/index.html" {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		siteIndex.Execute(w, repos)
+		siteIndex().Execute(w, repos)
 		return
 	}
 	name := ""

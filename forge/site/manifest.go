@@ -5,6 +5,7 @@ import (
 	"errors"
 	"hash/crc32"
 	"regexp"
+	"sync"
 	"time"
 
 	"refci.dev/refci/queue"
@@ -28,11 +29,12 @@ const runsMagic = "refci site runs 1\n"
 
 // runsFileName is the shape of the runs file's name: nothing read from
 // manifest.json names another file.
-var runsFileName = regexp.MustCompile(`^manifest-runs-[a-z0-9]{1,16}\.bin$`)
+var runsFileName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^manifest-runs-[a-z0-9]{1,16}\.bin$`) })
 
 var errRunsFile = errors.New("the manifest's runs file is damaged")
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+// castagnoli is made at its first use, not at every start of refci.
+var castagnoli = sync.OnceValue(func() *crc32.Table { return crc32.MakeTable(crc32.Castagnoli) })
 
 type encoder struct{ b []byte }
 
@@ -166,7 +168,7 @@ func encodeRuns(man *manifest) ([]byte, map[string]uint64) {
 		sum := e.b[at:]
 		// CRC-32C (in hardware) of each half: a run's hash for its pages'
 		// fingerprints, 30 MB at 100,000 runs.
-		hashes[ref] = uint64(crc32.Checksum(sum[:len(sum)/2], castagnoli))<<32 | uint64(crc32.Checksum(sum[len(sum)/2:], castagnoli))
+		hashes[ref] = uint64(crc32.Checksum(sum[:len(sum)/2], castagnoli()))<<32 | uint64(crc32.Checksum(sum[len(sum)/2:], castagnoli()))
 	}
 	e.num(int64(len(man.Commits)))
 	for id, c := range man.Commits {

@@ -2,16 +2,19 @@ package sshd
 
 // The hook channel. receive-pack runs with core.hooksPath pointing at a
 // directory the server wrote and owns, so a repository cannot bring its
-// own hooks. Each hook script execs the hook client (the server's own
-// binary with HookArg), which sends what git gave it to the running
-// server over a Unix socket in the server's private state directory,
-// together with the per-session random token the server put into the
-// environment of that receive-pack only, and prints the server's answer.
+// own hooks. Each hook script execs the hook client (package hookclient:
+// the light cmd/refci-hook when Config.HookClient names it, else the
+// server's own binary with HookArg), which sends what git gave it to the
+// running server over a Unix socket in the server's private state
+// directory, together with the per-session random token the server put
+// into the environment of that receive-pack only, and prints the
+// server's answer.
 //
 //	pre-receive   all updates and the push options: Config.CheckPushOptions
 //	              (only when the push carries options; the script checks)
 //	update        one ref: Policy.AllowRef, which may read the pushed objects
-//	              (still in quarantine); a refusal names the ref in the push report
+//	              (still in quarantine); a refusal names the ref in the push report;
+//	              an allowed one is told to Config.OnAllowed, a hint
 //	post-receive  the applied updates: Config.OnReceive
 //
 // A token is valid only while its receive-pack runs. The post-receive
@@ -21,6 +24,7 @@ package sshd
 import (
 	"bufio"
 	"context"
+	"debug/buildinfo"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,10 +33,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"refci.dev/refci/gitproto/sshd/hookclient"
 )
 
 // HookArg is the hidden first argument that runs the hook client; the
@@ -40,97 +47,105 @@ import (
 // else.
 const HookArg = "__hook"
 
-const (
-	envSocket = "REFCI_HOOK_SOCKET"
-	envToken  = "REFCI_HOOK_TOKEN"
-	envCreate = "REFCI_HOOK_CREATE" // set when the push creates the repository
-	maxHookIO = 32 << 20
-)
-
-type hookRequest struct {
-	Token   string   `json:"token"`
-	Hook    string   `json:"hook"`
-	Args    []string `json:"args,omitempty"`
-	Stdin   string   `json:"stdin,omitempty"`
-	Options []string `json:"options,omitempty"`
-	// Quarantine is receive-pack's GIT_QUARANTINE_PATH: where the pushed
-	// objects wait until every hook said yes.
-	Quarantine string `json:"quarantine,omitempty"`
-}
-
-type hookResponse struct {
-	OK      bool   `json:"ok"`
-	Message string `json:"message,omitempty"`
-}
-
-// HookMain is the hook client: args are the hook's name and git's
-// arguments to it. It returns the exit code for the hook.
+// HookMain is the hook client (package hookclient) with the process's
+// environment and streams: args are the hook's name and git's arguments
+// to it. It returns the exit code for the hook.
 func HookMain(args []string) int {
-	if len(args) == 0 {
-		fmt.Fprintln(os.Stderr, "refci: internal hook called without a name")
-		return 1
+	return hookclient.Main(args, os.Getenv, os.Stdin, os.Stderr)
+}
+
+// HookClientName is the light hook client's executable (cmd/refci-hook),
+// looked for beside the refci executable.
+const HookClientName = "refci-hook"
+
+// hookClientPackage is the import path cmd/refci-hook is built from.
+const hookClientPackage = "refci.dev/refci/cmd/refci-hook"
+
+// ChooseHookClient picks the light hook client for a server whose own
+// executable is self (Config.HookClient): refci-hook beside self when it
+// is an executable file built from cmd/refci-hook of the same build as
+// the running program (its build information is read from the file;
+// nothing is run), else "". note, when not empty, says why a refci-hook
+// that is there was refused; it is empty when there is none, or it was
+// chosen. Servers call it once at start.
+func ChooseHookClient(self string) (path, note string) {
+	if self == "" || !filepath.IsAbs(self) {
+		return "", ""
 	}
-	sock, token := os.Getenv(envSocket), os.Getenv(envToken)
-	if sock == "" || token == "" {
-		fmt.Fprintln(os.Stderr, "refci: this hook runs only under refci serve")
-		return 1
+	light := filepath.Join(filepath.Dir(self), HookClientName)
+	fi, err := os.Stat(light)
+	switch {
+	case os.IsNotExist(err):
+		return "", ""
+	case err != nil:
+		return "", fmt.Sprintf("%s: %v", light, err)
+	case !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0:
+		return "", fmt.Sprintf("%s is not an executable file (mode %s)", light, fi.Mode())
 	}
-	req := hookRequest{Token: token, Hook: args[0], Args: args[1:], Quarantine: os.Getenv("GIT_QUARANTINE_PATH")}
-	if req.Hook == "pre-receive" || req.Hook == "post-receive" {
-		b, err := io.ReadAll(io.LimitReader(os.Stdin, maxHookIO))
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "refci: hook: %v\n", err)
-			return 1
-		}
-		req.Stdin = string(b)
-	}
-	if n, err := strconv.Atoi(os.Getenv("GIT_PUSH_OPTION_COUNT")); err == nil {
-		for i := 0; i < n && i < 100; i++ {
-			req.Options = append(req.Options, os.Getenv(fmt.Sprintf("GIT_PUSH_OPTION_%d", i)))
-		}
-	}
-	conn, err := net.DialTimeout("unix", sock, 10*time.Second)
+	bi, err := buildinfo.ReadFile(light)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "refci: the server's hook socket is not answering: %v\n", err)
-		return 1
+		return "", fmt.Sprintf("%s: cannot read its build: %v", light, err)
 	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(2 * time.Minute))
-	if err := json.NewEncoder(conn).Encode(&req); err != nil {
-		fmt.Fprintf(os.Stderr, "refci: hook: %v\n", err)
-		return 1
+	if bi.Path != hookClientPackage {
+		return "", fmt.Sprintf("%s is built from %q, not %s", light, bi.Path, hookClientPackage)
 	}
-	var resp hookResponse
-	if err := json.NewDecoder(io.LimitReader(conn, maxHookIO)).Decode(&resp); err != nil {
-		fmt.Fprintf(os.Stderr, "refci: hook: no answer from the server: %v\n", err)
-		return 1
+	own, _ := debug.ReadBuildInfo()
+	if got, want := buildStamp(bi), buildStamp(own); got != want {
+		return "", fmt.Sprintf("%s is of %s, this refci of %s: it is from another build", light, got, want)
 	}
-	if resp.Message != "" {
-		fmt.Fprint(os.Stderr, strings.TrimRight(resp.Message, "\n")+"\n")
+	return light, ""
+}
+
+// buildStamp names the build bi describes: its main module's version and
+// VCS revision, "+dirty" for a modified tree, or "unknown build".
+func buildStamp(bi *debug.BuildInfo) string {
+	if bi == nil {
+		return "unknown build"
 	}
-	if !resp.OK {
-		return 1
+	rev, dirty := "", false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
 	}
-	return 0
+	switch {
+	case rev != "" && dirty:
+		return "commit " + rev + "+dirty"
+	case rev != "":
+		return "commit " + rev
+	case bi.Main.Version != "" && bi.Main.Version != "(devel)":
+		return "module " + bi.Main.Path + "@" + bi.Main.Version
+	}
+	return "unknown build"
 }
 
 // writeHooks writes the hook scripts into stateDir/hooks, each exec'ing
-// the hook client.
-func writeHooks(stateDir string, command []string) (string, error) {
+// the hook client: light (cmd/refci-hook) while it is an executable file,
+// when not empty, else command.
+func writeHooks(stateDir, light string, command []string) (string, error) {
 	dir := filepath.Join(stateDir, "hooks")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("sshd: hooks: %w", err)
 	}
+	quote := func(c string) string { return "'" + strings.ReplaceAll(c, "'", `'\''`) + "'" }
 	quoted := make([]string, len(command))
 	for i, c := range command {
-		quoted[i] = "'" + strings.ReplaceAll(c, "'", `'\''`) + "'"
+		quoted[i] = quote(c)
 	}
 	for _, h := range []string{"pre-receive", "update", "post-receive"} {
 		script := "#!/bin/sh\n# written by refci serve; rewritten at each start\n"
 		if h == "pre-receive" {
 			// Only push options, and a push that creates the repository,
 			// need a look before the refs are updated.
-			script += "[ \"${GIT_PUSH_OPTION_COUNT:-0}\" = 0 ] && [ -z \"${" + envCreate + ":-}\" ] && exit 0\n"
+			script += "[ \"${GIT_PUSH_OPTION_COUNT:-0}\" = 0 ] && [ -z \"${" + hookclient.EnvCreate + ":-}\" ] && exit 0\n"
+		}
+		if light != "" {
+			// The light client when it is still there (an upgrade may
+			// have removed it), else the server's own binary.
+			script += "[ -x " + quote(light) + " ] && exec " + quote(light) + " " + h + " \"$@\"\n"
 		}
 		script += "exec " + strings.Join(quoted, " ") + " " + h + " \"$@\"\n"
 		p := filepath.Join(dir, h)
@@ -158,6 +173,7 @@ type hookSession struct {
 	final, missing string
 
 	mu      sync.Mutex
+	options []string    // the push's options, as pre-receive heard them
 	moved   bool        // path was published to final
 	updated []string    // refs applied, as post-receive reported them
 	refused []string    // refs AllowRef refused
@@ -278,9 +294,9 @@ func (hs *hookServer) accept() {
 		go func() {
 			defer hs.wg.Done()
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(2 * time.Minute))
-			var req hookRequest
-			if err := json.NewDecoder(io.LimitReader(c, maxHookIO)).Decode(&req); err != nil {
+			c.SetDeadline(time.Now().Add(hookclient.Timeout))
+			var req hookclient.Request
+			if err := json.NewDecoder(io.LimitReader(c, hookclient.MaxIO)).Decode(&req); err != nil {
 				return
 			}
 			resp := hs.answer(&req)
@@ -289,38 +305,43 @@ func (hs *hookServer) accept() {
 	}
 }
 
-func (hs *hookServer) answer(req *hookRequest) hookResponse {
+func (hs *hookServer) answer(req *hookclient.Request) hookclient.Response {
 	hs.mu.Lock()
 	s := hs.sessions[req.Token]
 	hs.mu.Unlock()
 	if s == nil || req.Token == "" {
-		return hookResponse{Message: "refci: refused: this push session is not known to the server"}
+		return hookclient.Response{Message: "refci: refused: this push session is not known to the server"}
 	}
 	srv := hs.srv
 	switch req.Hook {
 	case "pre-receive":
+		// git gives the options to pre- and post-receive only; the
+		// script asks the server whenever there are some.
+		s.mu.Lock()
+		s.options = append([]string(nil), req.Options...)
+		s.mu.Unlock()
 		ups, err := parseUpdates(req.Stdin)
 		if err != nil {
-			return hookResponse{Message: "refci: " + err.Error()}
+			return hookclient.Response{Message: "refci: " + err.Error()}
 		}
 		if s.final != "" && !createsRepo(ups) {
-			return hookResponse{Message: "refci: push refused: " + s.missing}
+			return hookclient.Response{Message: "refci: push refused: " + s.missing}
 		}
 		if s.final != "" {
 			if _, exists, _ := repoPath(srv.cfg.Root, s.repo); exists {
-				return hookResponse{Message: "refci: push refused: repository " + s.repo + " was created by another push meanwhile; push again"}
+				return hookclient.Response{Message: "refci: push refused: repository " + s.repo + " was created by another push meanwhile; push again"}
 			}
 		}
 		if srv.cfg.CheckPushOptions == nil || len(req.Options) == 0 {
-			return hookResponse{OK: true}
+			return hookclient.Response{OK: true}
 		}
 		if err := srv.cfg.CheckPushOptions(s.id, s.repo, ups, req.Options); err != nil {
-			return hookResponse{Message: "refci: push refused: " + err.Error()}
+			return hookclient.Response{Message: "refci: push refused: " + err.Error()}
 		}
-		return hookResponse{OK: true}
+		return hookclient.Response{OK: true}
 	case "update":
 		if len(req.Args) != 3 {
-			return hookResponse{Message: "refci: update hook: want 3 arguments"}
+			return hookclient.Response{Message: "refci: update hook: want 3 arguments"}
 		}
 		u := RefUpdate{Name: req.Args[0], Old: req.Args[1], New: req.Args[2]}
 		p := &Push{ID: s.id, Repo: s.repo, Path: s.path}
@@ -329,7 +350,7 @@ func (hs *hookServer) answer(req *hookRequest) hookResponse {
 		s.mu.Unlock()
 		q, err := quarantineDir(s.path, req.Quarantine)
 		if err != nil {
-			return hookResponse{Message: "refci: refused " + u.Name + ": " + err.Error()}
+			return hookclient.Response{Message: "refci: refused " + u.Name + ": " + err.Error()}
 		}
 		p.quarantine = q
 		err = srv.cfg.Policy.AllowRef(p, u)
@@ -337,18 +358,21 @@ func (hs *hookServer) answer(req *hookRequest) hookResponse {
 		defer s.mu.Unlock()
 		if err != nil {
 			s.refused = append(s.refused, u.Name)
-			return hookResponse{Message: "refci: refused " + u.Name + ": " + err.Error()}
+			return hookclient.Response{Message: "refci: refused " + u.Name + ": " + err.Error()}
 		}
 		s.allowed = append(s.allowed, u)
-		return hookResponse{OK: true}
+		if srv.cfg.OnAllowed != nil && s.final == "" {
+			srv.cfg.OnAllowed(s.path, u, s.options)
+		}
+		return hookclient.Response{OK: true}
 	case "post-receive":
 		ups, err := parseUpdates(req.Stdin)
 		if err != nil {
-			return hookResponse{OK: true, Message: "refci: " + err.Error()}
+			return hookclient.Response{OK: true, Message: "refci: " + err.Error()}
 		}
 		ups = s.confirm(ups)
 		if len(ups) == 0 {
-			return hookResponse{OK: true}
+			return hookclient.Response{OK: true}
 		}
 		fixHead(s.path, ups)
 		s.mu.Lock()
@@ -361,7 +385,7 @@ func (hs *hookServer) answer(req *hookRequest) hookResponse {
 			// The refs are in place: the new repository may be served.
 			if err := srv.publish(s.repo, s.path, s.final); err != nil {
 				srv.log.Error("create repository", "repo", s.repo, "err", err)
-				return hookResponse{OK: true, Message: "refci: creating repository " + s.repo + " failed: " + err.Error()}
+				return hookclient.Response{OK: true, Message: "refci: creating repository " + s.repo + " failed: " + err.Error()}
 			}
 			s.mu.Lock()
 			s.moved = true
@@ -369,14 +393,14 @@ func (hs *hookServer) answer(req *hookRequest) hookResponse {
 			created = "refci: created repository " + s.repo + "\n"
 		}
 		if srv.cfg.OnReceive == nil {
-			return hookResponse{OK: true, Message: created}
+			return hookclient.Response{OK: true, Message: created}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		msg := srv.cfg.OnReceive(ctx, &Receive{ID: s.id, Repo: s.repo, Path: s.repoPath(), Updates: ups, PushOptions: req.Options})
-		return hookResponse{OK: true, Message: created + msg}
+		return hookclient.Response{OK: true, Message: created + msg}
 	}
-	return hookResponse{Message: "refci: unknown hook " + strconv.Quote(req.Hook)}
+	return hookclient.Response{Message: "refci: unknown hook " + strconv.Quote(req.Hook)}
 }
 
 // confirm keeps the updates that this session's update hook allowed and

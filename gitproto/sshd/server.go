@@ -41,6 +41,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"refci.dev/refci/gitproto"
+	"refci.dev/refci/gitproto/sshd/hookclient"
 )
 
 // Identity is who a session is: the key it authenticated with. The zero
@@ -149,6 +150,17 @@ type Config struct {
 	// HookCommand runs the hook client: default the running executable
 	// with HookArg (its main must call HookMain for that argument).
 	HookCommand []string
+	// HookClient, when set, is the light hook client (cmd/refci-hook; see
+	// ChooseHookClient), which the hooks exec instead of HookCommand
+	// while it is an executable file. Empty: always HookCommand.
+	HookClient string
+	// OnAllowed, when set, hears of each ref update the update hook
+	// allowed in an existing repository (path, its directory), with the
+	// push's options, before receive-pack applies it: a hint, for the
+	// push can still fail (another ref refused in an atomic push, a lost
+	// race). It is called from the hook, which waits for it: it must not
+	// block.
+	OnAllowed func(path string, u RefUpdate, options []string)
 }
 
 // Server is the SSH endpoint. Make it with New (the zero value is not
@@ -226,7 +238,7 @@ func New(cfg Config) (*Server, error) {
 	s.lim = &limiter{log: s.log, handshake: cfg.HandshakeTimeout, perAddr: cfg.MaxUnauthPerAddr,
 		maxUnauth: cfg.MaxUnauth, maxAuth: cfg.MaxConns, idle: cfg.EvictIdle, byAddr: map[string]int{}}
 	var err error
-	if s.hooksDir, err = writeHooks(cfg.StateDir, cfg.HookCommand); err != nil {
+	if s.hooksDir, err = writeHooks(cfg.StateDir, cfg.HookClient, cfg.HookCommand); err != nil {
 		return nil, err
 	}
 	if s.hooks, err = startHookServer(cfg.StateDir, s); err != nil {
@@ -628,9 +640,9 @@ func (s *Server) serveGit(sess ssh.Session, log *slog.Logger, id Identity, name,
 	cmd.Dir = path
 	cmd.Env = s.gitEnv(protocol)
 	if hs != nil {
-		cmd.Env = append(cmd.Env, "REFCI_HOOK_SOCKET="+s.hooks.path, "REFCI_HOOK_TOKEN="+hs.token)
+		cmd.Env = append(cmd.Env, hookclient.EnvSocket+"="+s.hooks.path, hookclient.EnvToken+"="+hs.token)
 		if final != "" {
-			cmd.Env = append(cmd.Env, envCreate+"=1")
+			cmd.Env = append(cmd.Env, hookclient.EnvCreate+"=1")
 		}
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
