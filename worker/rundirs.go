@@ -10,11 +10,11 @@ import (
 )
 
 // runSubdirs are the directories every run directory holds.
-var runSubdirs = []string{"src", "home", "tmp", "artifacts", "bin", "logs", "sock"}
+var runSubdirs = []string{"src", "home", "tmp", "artifacts", "bin", "logs", "sock", "jobs"}
 
 // RunDirs keeps emptied run directories for the next runs of a worker.
 //
-// Making a run directory is nine new inodes (the directory, its seven
+// Making a run directory is ten new inodes (the directory, its eight
 // subdirectories, a checkout); removing it frees them again. Where inodes
 // are dear to allocate (ext4 without a journal scans past every inode
 // freed in the last minutes before it takes one: on this project's test
@@ -23,7 +23,7 @@ var runSubdirs = []string{"src", "home", "tmp", "artifacts", "bin", "logs", "soc
 // hands the same directories to the next run saves most of it.
 //
 // A directory is only reused when, after emptying, it is exactly what a
-// fresh one would be: the run directory and its seven subdirectories,
+// fresh one would be: the run directory and its eight subdirectories,
 // real directories (not symbolic links) owned by this user, mode 0700,
 // with nothing else in them. Anything else (a pipeline that replaced home
 // with a link, left a file it made unremovable, or chmod-ed a directory
@@ -133,7 +133,7 @@ func (p *RunDirs) Close() {
 	}
 }
 
-// emptyRunDir removes everything a run left in dir but its seven
+// emptyRunDir removes everything a run left in dir but its eight
 // subdirectories (and bin/refci: the next run keeps it only if it is
 // still the symbolic link to refci or refci-job that it needs, see
 // linkRefciBin; and the job socket, which put keeps only if it is still the

@@ -1,0 +1,460 @@
+//go:build linux
+
+package jobsock
+
+// In-shell jobs: the server side of the channel described in
+// jobwire/shell.go. A Shell reads the control FIFO and the jobs' output
+// files and feeds the Server's record of jobs through the same methods
+// the socket's connections use (register, startRunning, write, finish),
+// so that a job declared in the shell is recorded, logged, masked and
+// capped exactly as one run through `refci job`.
+//
+// Threat notes. The FIFO and the output files lie in a directory the
+// pipeline can write, and carry no credentials: anything that can write
+// them is taken to speak for the pipeline, which could declare the same
+// jobs through `refci job` anyway. What a line can never do: reach a file
+// outside Dir (names pass queue.ValidateJobName; output files are opened
+// without following symbolic links and must be regular files with one
+// link), end or restart a job run through the socket, or one that has
+// ended, or stop the run (every refused line is noted and skipped; a line
+// cut short at the end is dropped). The FIFO is opened read-write by the
+// worker, so a writer never blocks for want of a reader, and the worker
+// never sees end-of-file from it.
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"refci.dev/refci/queue"
+	"refci.dev/refci/worker/jobsock/jobwire"
+)
+
+// ShellConfig configures a Shell.
+type ShellConfig struct {
+	// Dir is the directory of the channel: the FIFO Dir/ctl, which
+	// ServeShell makes, and the jobs' output files Dir/NAME.out, which
+	// the shell makes. It must exist. Required.
+	Dir string
+	// Echo, when set, gets each job's output as well, every line
+	// prefixed "[NAME] " (as `refci job` prints it on the pipeline's
+	// stdout). Written from the Shell's goroutine; the writer masks.
+	Echo io.Writer
+	// Note, when set, is told of every control line refused, in a line
+	// meant for the run's log (at most shellMaxNotes of them).
+	Note func(string)
+	// Poll is how often the output of running jobs is read while no
+	// line arrives. 0 → 100ms.
+	Poll time.Duration
+}
+
+const (
+	shellCtl          = "ctl"
+	shellOutSuffix    = ".out"
+	defaultShellPoll  = 100 * time.Millisecond
+	shellMaxNotes     = 20
+	shellReadChunk    = 64 << 10
+	shellMaxPending   = 64 << 10 // a partial echoed line held back at most
+	shellMaxLineBytes = jobwire.ShellMaxLine
+)
+
+// ShellCtlPath is the control FIFO of the in-shell channel in dir.
+func ShellCtlPath(dir string) string { return filepath.Join(dir, shellCtl) }
+
+// Shell serves one run's in-shell job channel for a Server. Make it with
+// Server.ServeShell; it reads in a goroutine of its own until Close.
+// Close is safe for concurrent use; nothing else is exported.
+type Shell struct {
+	srv  *Server
+	cfg  ShellConfig
+	fifo int    // the control FIFO, read-write, non-blocking
+	wake [2]int // a byte written to wake[1] ends the loop
+	done chan struct{}
+
+	closeOnce sync.Once
+
+	// Owned by the loop goroutine.
+	line    []byte // a control line read in part
+	tooLong bool   // the line being read is over the limit: dropped
+	running map[string]*shellJob
+	notes   int
+	buf     []byte
+}
+
+// shellJob is an in-shell job that runs.
+type shellJob struct {
+	e    *jobEntry
+	path string
+	f    *os.File // nil until the shell made the file
+	bad  bool     // the output file is refused; nothing more is read
+	echo *linePrefixer
+}
+
+// ServeShell makes the control FIFO in cfg.Dir (replacing whatever is at
+// its path) and serves it until Close. Jobs it records are the Server's,
+// beside those of the socket.
+func (s *Server) ServeShell(cfg ShellConfig) (*Shell, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("in-shell jobs: no directory")
+	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = defaultShellPoll
+	}
+	ctl := ShellCtlPath(cfg.Dir)
+	if err := os.Remove(ctl); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("in-shell jobs: %w", err)
+	}
+	if err := unix.Mkfifo(ctl, 0o600); err != nil {
+		return nil, fmt.Errorf("in-shell jobs: make %s: %w", ctl, err)
+	}
+	fd, err := unix.Open(ctl, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, fmt.Errorf("in-shell jobs: open %s: %w", ctl, err)
+	}
+	sh := &Shell{srv: s, cfg: cfg, fifo: fd, done: make(chan struct{}), running: map[string]*shellJob{}}
+	if err := unix.Pipe2(sh.wake[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("in-shell jobs: %w", err)
+	}
+	go sh.loop()
+	return sh, nil
+}
+
+// Close reads what is left: every control line written so far and the
+// output of the jobs still running, then stops. Call it once the
+// pipeline's processes are gone and before Server.Close, which records
+// the jobs still running as cancelled, as it does those of the socket.
+// It is safe to call more than once.
+func (sh *Shell) Close() {
+	sh.closeOnce.Do(func() {
+		unix.Write(sh.wake[1], []byte{0})
+		<-sh.done
+		unix.Close(sh.fifo)
+		unix.Close(sh.wake[0])
+		unix.Close(sh.wake[1])
+	})
+}
+
+func (sh *Shell) loop() {
+	defer close(sh.done)
+	buf := make([]byte, 16<<10)
+	pfds := []unix.PollFd{{Fd: int32(sh.fifo), Events: unix.POLLIN}, {Fd: int32(sh.wake[0]), Events: unix.POLLIN}}
+	for {
+		timeout := -1
+		if len(sh.running) > 0 {
+			timeout = int(sh.cfg.Poll / time.Millisecond)
+		}
+		pfds[0].Revents, pfds[1].Revents = 0, 0
+		n, err := unix.Poll(pfds, timeout)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			sh.note(fmt.Sprintf("cannot wait on the control channel (%v); in-shell jobs are no longer followed", err))
+			sh.finishAll()
+			return
+		}
+		if n > 0 && pfds[0].Revents != 0 {
+			sh.readLines(buf)
+		}
+		if n > 0 && pfds[1].Revents != 0 {
+			sh.readLines(buf) // whatever was written before the pipeline ended
+			if len(sh.line) > 0 || sh.tooLong {
+				sh.note("a control line cut short at the end was dropped")
+			}
+			sh.finishAll()
+			return
+		}
+		sh.readOutputs()
+	}
+}
+
+// readLines reads the FIFO until it is empty and acts on every whole line.
+func (sh *Shell) readLines(buf []byte) {
+	for {
+		n, err := unix.Read(sh.fifo, buf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if n <= 0 {
+			return
+		}
+		b := buf[:n]
+		for len(b) > 0 {
+			i := bytes.IndexByte(b, '\n')
+			part := b
+			if i >= 0 {
+				part = b[:i]
+			}
+			if !sh.tooLong {
+				if len(sh.line)+len(part) >= shellMaxLineBytes {
+					sh.tooLong, sh.line = true, sh.line[:0]
+				} else {
+					sh.line = append(sh.line, part...)
+				}
+			}
+			if i < 0 {
+				break
+			}
+			if sh.tooLong {
+				sh.note(fmt.Sprintf("refused a control line longer than %d bytes", shellMaxLineBytes))
+			} else {
+				sh.handle(string(sh.line))
+			}
+			sh.line, sh.tooLong = sh.line[:0], false
+			b = b[i+1:]
+		}
+	}
+}
+
+// note tells Note of a refused line, at most shellMaxNotes times.
+func (sh *Shell) note(msg string) {
+	if sh.cfg.Note == nil {
+		return
+	}
+	sh.notes++
+	switch {
+	case sh.notes < shellMaxNotes:
+		sh.cfg.Note("refci: in-shell jobs: " + msg)
+	case sh.notes == shellMaxNotes:
+		sh.cfg.Note("refci: in-shell jobs: " + msg + " (further refused lines are not reported)")
+	}
+}
+
+func (sh *Shell) handle(line string) {
+	ev, err := jobwire.ParseShellLine(line)
+	if err == nil {
+		switch ev.Op {
+		case jobwire.ShellStart:
+			err = sh.start(ev)
+		case jobwire.ShellSkip:
+			err = sh.skip(ev)
+		case jobwire.ShellEnd:
+			err = sh.end(ev)
+		}
+	}
+	if err != nil {
+		sh.note(fmt.Sprintf("refused %q: %v", cleanJobText(line, 200), err))
+	}
+}
+
+// admit validates a start or skip and registers the job.
+func (sh *Shell) admit(ev jobwire.ShellEvent) (*jobEntry, string, error) {
+	needs, err := checkJobStart(jobwire.Msg{Name: ev.Name, Needs: ev.Needs})
+	if err != nil {
+		return nil, "", err
+	}
+	run := sh.srv.cfg.Run
+	if run.HoldsSecret(ev.Name) || slices.ContainsFunc(needs, run.HoldsSecret) {
+		return nil, "", errors.New("the job name or a need holds a secret value handed out to this run; job names are stored in the result as they are, so name the job something else")
+	}
+	return sh.srv.register(ev.Name, needs)
+}
+
+func (sh *Shell) start(ev jobwire.ShellEvent) error {
+	e, skip, err := sh.admit(ev)
+	if err != nil {
+		return err
+	}
+	if skip != "" {
+		return fmt.Errorf("job %s recorded as skipped (%s), though the shell runs it", ev.Name, skip)
+	}
+	if err := sh.srv.startRunning(e); err != nil {
+		return fmt.Errorf("job %s: %v", ev.Name, err)
+	}
+	j := &shellJob{e: e, path: filepath.Join(sh.cfg.Dir, ev.Name+shellOutSuffix)}
+	if sh.cfg.Echo != nil {
+		j.echo = newLinePrefixer(sh.cfg.Echo, "["+ev.Name+"] ")
+	}
+	sh.running[ev.Name] = j
+	return nil
+}
+
+func (sh *Shell) skip(ev jobwire.ShellEvent) error {
+	e, skip, err := sh.admit(ev)
+	if err != nil {
+		return err
+	}
+	if skip != "" {
+		return nil // a cycle: recorded skipped already
+	}
+	sh.srv.mu.Lock()
+	_, reason := sh.srv.needsVerdictLocked(e.job.Needs, true)
+	sh.srv.mu.Unlock()
+	if reason == "" {
+		// The shell saw a need fail that the record has not (a line
+		// refused or lost): say what it saw.
+		reason = fmt.Sprintf("needs %s, which did not all succeed as the pipeline's shell saw them", strings.Join(e.job.Needs, ", "))
+	}
+	sh.srv.finish(e, queue.Skipped, reason, nil)
+	return nil
+}
+
+func (sh *Shell) end(ev jobwire.ShellEvent) error {
+	j := sh.running[ev.Name]
+	if j == nil {
+		if err := queue.ValidateJobName(ev.Name); err != nil {
+			return err
+		}
+		return fmt.Errorf("job %s was not started on this channel, or has ended", ev.Name)
+	}
+	delete(sh.running, ev.Name)
+	sh.drain(j)
+	state, reason, code, _ := jobEndResult(jobwire.Msg{ExitCode: &ev.Code})
+	sh.srv.finish(j.e, state, reason, code)
+	return nil
+}
+
+// finishAll reads the rest of the output of the jobs still running; the
+// Server's Close records them.
+func (sh *Shell) finishAll() {
+	for name, j := range sh.running {
+		sh.drain(j)
+		delete(sh.running, name)
+	}
+}
+
+// drain reads j's output to its end, ends its echo, and closes and
+// removes its file.
+func (sh *Shell) drain(j *shellJob) {
+	sh.readOutput(j)
+	if j.echo != nil {
+		j.echo.Close()
+	}
+	if j.f != nil {
+		j.f.Close()
+		j.f = nil
+		os.Remove(j.path)
+	}
+}
+
+func (sh *Shell) readOutputs() {
+	for _, j := range sh.running {
+		sh.readOutput(j)
+	}
+}
+
+// readOutput reads what j's output file holds beyond what was read.
+func (sh *Shell) readOutput(j *shellJob) {
+	if j.bad {
+		return
+	}
+	if j.f == nil {
+		f, err := openOutput(j.path)
+		if errors.Is(err, os.ErrNotExist) {
+			return // not yet (or the shell could not make it: it said so)
+		}
+		if err != nil {
+			j.bad = true
+			j.e.truncated.Store(true)
+			sh.note(fmt.Sprintf("job %s: its output is not read: %v", j.e.job.Name, err))
+			return
+		}
+		j.f = f
+	}
+	if sh.buf == nil {
+		sh.buf = make([]byte, shellReadChunk)
+	}
+	buf := sh.buf
+	for {
+		n, err := j.f.Read(buf)
+		if n > 0 {
+			j.e.write(buf[:n])
+			if j.echo != nil {
+				j.echo.Write(buf[:n])
+			}
+		}
+		if err != nil || n == 0 {
+			return
+		}
+	}
+}
+
+// openOutput opens a job's output file: a regular file with one link, not
+// reached through a symbolic link.
+func openOutput(path string) (*os.File, error) {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s)", filepath.Base(path), fi.Mode().Type())
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	ofi, err := f.Stat()
+	if err == nil && (!os.SameFile(fi, ofi) || !ofi.Mode().IsRegular()) {
+		err = fmt.Errorf("%s changed while it was opened", filepath.Base(path))
+	}
+	if st, ok := ofi.Sys().(*syscall.Stat_t); err == nil && ok && st.Nlink != 1 {
+		err = fmt.Errorf("%s has %d links; a job's output file is made by its redirection and has one", filepath.Base(path), st.Nlink)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// linePrefixer writes its input to w with prefix at the start of every
+// line, as `refci job` prints a job's output on the pipeline's stdout
+// (package jobclient has the same for that side): whole lines at once,
+// a partial line held back until its newline, Close, or
+// shellMaxPending bytes.
+type linePrefixer struct {
+	w       io.Writer
+	prefix  []byte
+	buf     []byte
+	atStart bool
+}
+
+func newLinePrefixer(w io.Writer, prefix string) *linePrefixer {
+	return &linePrefixer{w: w, prefix: []byte(prefix), atStart: true}
+}
+
+func (p *linePrefixer) Write(b []byte) {
+	out := p.buf
+	for len(b) > 0 {
+		if p.atStart {
+			out = append(out, p.prefix...)
+			p.atStart = false
+		}
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			out = append(out, b...)
+			break
+		}
+		out = append(out, b[:i+1]...)
+		b = b[i+1:]
+		p.atStart = true
+	}
+	j := bytes.LastIndexByte(out, '\n') + 1
+	if len(out)-j >= shellMaxPending {
+		j = len(out)
+	}
+	if j > 0 {
+		p.w.Write(out[:j])
+	}
+	p.buf = append(p.buf[:0:0], out[j:]...)
+}
+
+// Close writes the partial line left, ended with a newline.
+func (p *linePrefixer) Close() {
+	if len(p.buf) > 0 {
+		p.w.Write(p.buf)
+		p.buf = nil
+	}
+	if !p.atStart {
+		p.w.Write([]byte{'\n'})
+		p.atStart = true
+	}
+}
