@@ -62,7 +62,7 @@ const (
 	shellCtl          = "ctl"
 	shellOutSuffix    = ".out"
 	defaultShellPoll  = 100 * time.Millisecond
-	shellMaxNotes     = 20
+	shellMaxNotes     = 50
 	shellReadChunk    = 64 << 10
 	shellMaxPending   = 64 << 10 // a partial echoed line held back at most
 	shellMaxLineBytes = jobwire.ShellMaxLine
@@ -385,7 +385,16 @@ func openOutput(path string) (*os.File, error) {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s)", filepath.Base(path), fi.Mode().Type())
+		what := "a special file"
+		switch {
+		case fi.Mode()&os.ModeSymlink != 0:
+			what = "a symbolic link"
+		case fi.IsDir():
+			what = "a directory"
+		case fi.Mode()&os.ModeNamedPipe != 0:
+			what = "a named pipe"
+		}
+		return nil, fmt.Errorf("%s is %s, not a regular file", filepath.Base(path), what)
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
