@@ -12,6 +12,7 @@ import (
 
 	"refci.dev/refci/fixtures"
 	"refci.dev/refci/queue"
+	"refci.dev/refci/worker/proc"
 )
 
 // shellJobsPipeline is a pipeline whose jobs are declared by J, either
@@ -121,5 +122,27 @@ func TestRunShellJobCancelledAndTimedOut(t *testing.T) {
 				t.Errorf("the pipeline went on:\n%s", out.String())
 			}
 		})
+	}
+}
+
+// In-shell jobs work in an isolated pipeline (refci run --isolate): the
+// channel and the jobs' output files lie in the run directory, which the
+// pipeline may write.
+func TestRunShellJobsIsolated(t *testing.T) {
+	if err := proc.CheckIsolation(refciBin); err != nil {
+		t.Skipf("no user namespaces here: %v", err)
+	}
+	s := newSandbox(t)
+	s.pipeline(". \"$REFCI_SH\"\nrefci_job iso -- sh -c 'echo isolated output'\nrefci_job fails -- false || echo \"fails exit $?\"\n")
+	r := s.refci("run", "--isolate")
+	if r.code != 1 || !strings.Contains(r.stdout, "[iso] isolated output\n") || !strings.Contains(r.stdout, "fails exit 1\n") {
+		t.Fatalf("refci run --isolate: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	st := s.status("HEAD")
+	if len(st.Jobs) != 2 || st.Jobs[0].State != queue.Success || st.Jobs[1].State != queue.Failure || st.Extra["isolation"] == "none" {
+		t.Errorf("status: %+v", st)
+	}
+	if log := s.refci("log", "--job", "iso").want(t, 0).stdout; log != "isolated output\n" {
+		t.Errorf("log: %q", log)
 	}
 }
