@@ -96,6 +96,7 @@ type shellJob struct {
 	e    *jobEntry
 	path string
 	f    *os.File // nil until the shell made the file
+	off  int64    // how much of it was read
 	bad  bool     // the output file is refused; nothing more is read
 	echo *linePrefixer
 }
@@ -335,27 +336,33 @@ func (sh *Shell) drain(j *shellJob) {
 	}
 }
 
+// readOutputs reads the output of the running jobs, and echoes the
+// partial line of a job that wrote nothing since the last look, as
+// `refci job` does after a moment.
 func (sh *Shell) readOutputs() {
 	for _, j := range sh.running {
-		sh.readOutput(j)
+		if !sh.readOutput(j) && j.echo != nil {
+			j.echo.Flush()
+		}
 	}
 }
 
-// readOutput reads what j's output file holds beyond what was read.
-func (sh *Shell) readOutput(j *shellJob) {
+// readOutput reads what j's output file holds beyond what was read, and
+// reports whether there was any.
+func (sh *Shell) readOutput(j *shellJob) (read bool) {
 	if j.bad {
-		return
+		return false
 	}
 	if j.f == nil {
 		f, err := openOutput(j.path)
 		if errors.Is(err, os.ErrNotExist) {
-			return // not yet (or the shell could not make it: it said so)
+			return false // not yet (or the shell could not make it: it said so)
 		}
 		if err != nil {
 			j.bad = true
 			j.e.truncated.Store(true)
 			sh.note(fmt.Sprintf("job %s: its output is not read: %v", j.e.job.Name, err))
-			return
+			return false
 		}
 		j.f = f
 	}
@@ -366,15 +373,28 @@ func (sh *Shell) readOutput(j *shellJob) {
 	for {
 		n, err := j.f.Read(buf)
 		if n > 0 {
+			read = true
+			j.off += int64(n)
 			j.e.write(buf[:n])
 			if j.echo != nil {
 				j.echo.Write(buf[:n])
 			}
 		}
 		if err != nil || n == 0 {
-			return
+			break
 		}
 	}
+	// A file cut shorter than what was read (made anew by a second
+	// redirection, or truncated) is read again from its start.
+	if fi, err := j.f.Stat(); err == nil && fi.Size() < j.off {
+		if _, err := j.f.Seek(0, io.SeekStart); err == nil {
+			j.off = 0
+			if sh.readOutput(j) {
+				read = true
+			}
+		}
+	}
+	return read
 }
 
 // openOutput opens a job's output file: a regular file with one link, not
@@ -456,12 +476,18 @@ func (p *linePrefixer) Write(b []byte) {
 	p.buf = append(p.buf[:0:0], out[j:]...)
 }
 
-// Close writes the partial line left, ended with a newline.
-func (p *linePrefixer) Close() {
+// Flush writes the partial line held back; the rest of the line follows
+// without a prefix.
+func (p *linePrefixer) Flush() {
 	if len(p.buf) > 0 {
 		p.w.Write(p.buf)
 		p.buf = nil
 	}
+}
+
+// Close writes the partial line left, ended with a newline.
+func (p *linePrefixer) Close() {
+	p.Flush()
 	if !p.atStart {
 		p.w.Write([]byte{'\n'})
 		p.atStart = true

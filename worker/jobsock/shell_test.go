@@ -327,14 +327,14 @@ func TestShellJobOutputIsLive(t *testing.T) {
 			release := filepath.Join(st.dir, "release")
 			done := make(chan string, 1)
 			go func() {
-				_, out := st.script(shell, `refci_job long -- sh -c 'echo first-line; while [ ! -e "$1" ]; do sleep 0.01; done; echo last-line' sh `+release)
+				_, out := st.script(shell, `refci_job long -- sh -c 'echo first-line; printf progress; while [ ! -e "$1" ]; do sleep 0.01; done; echo " done"; echo last-line' sh `+release)
 				done <- out
 			}()
-			fixtures.WaitFor(t, jobTestTimeout, "the first line in the log and the echo while the job runs", func() bool {
+			fixtures.WaitFor(t, jobTestTimeout, "the first line, and the partial one, in the log and the echo while the job runs", func() bool {
 				log, _, _ := st.logs.get("long")
-				return log == "first-line\n" && strings.Contains(st.echo.String(), "[long] first-line\n")
+				return log == "first-line\nprogress" && strings.Contains(st.echo.String(), "[long] first-line\n[long] progress")
 			})
-			if j := st.mustJob("long"); j.State != queue.Running || j.LogBytes != int64(len("first-line\n")) {
+			if j := st.mustJob("long"); j.State != queue.Running || j.LogBytes != int64(len("first-line\nprogress")) {
 				t.Errorf("while it runs: %+v", j)
 			}
 			os.WriteFile(release, nil, 0o600)
@@ -348,8 +348,11 @@ func TestShellJobOutputIsLive(t *testing.T) {
 			}
 			st.end()
 			checkJobState(t, st.mustJob("long"), queue.Success, queue.IntPtr(0))
-			if log, _, _ := st.logs.get("long"); log != "first-line\nlast-line\n" {
+			if log, _, _ := st.logs.get("long"); log != "first-line\nprogress done\nlast-line\n" {
 				t.Errorf("log: %q", log)
+			}
+			if echo := st.echo.String(); echo != "[long] first-line\n[long] progress done\n[long] last-line\n" {
+				t.Errorf("echo: %q", echo)
 			}
 		})
 	}
@@ -376,4 +379,20 @@ refci_job second -- false || :
 	}
 	st.end()
 	checkJobState(t, st.mustJob("fourth"), queue.Skipped, nil)
+}
+
+// An output file cut shorter than what was read of it (made anew) is
+// read again from its start.
+func TestShellJobOutputMadeAnew(t *testing.T) {
+	st := newShellTest(t)
+	out := filepath.Join(st.jobs, "again.out")
+	st.fifoWrite("refci/1 start again\n")
+	os.WriteFile(out, []byte("0123456789\n"), 0o600)
+	fixtures.WaitFor(t, jobTestTimeout, "the first output", func() bool { log, _, _ := st.logs.get("again"); return log == "0123456789\n" })
+	os.WriteFile(out, []byte("new\n"), 0o600)
+	st.fifoWrite("refci/1 end again 0\n")
+	st.end()
+	if log, _, _ := st.logs.get("again"); log != "0123456789\nnew\n" {
+		t.Errorf("log: %q", log)
+	}
 }
