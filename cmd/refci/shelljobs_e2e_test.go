@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -144,5 +145,32 @@ func TestRunShellJobsIsolated(t *testing.T) {
 	}
 	if log := s.refci("log", "--job", "iso").want(t, 0).stdout; log != "isolated output\n" {
 		t.Errorf("log: %q", log)
+	}
+}
+
+// refci log -f shows an in-shell job's output while the job runs, from
+// the worker's progress snapshots, as it does refci job's.
+func TestLogFollowSeesShellJobLive(t *testing.T) {
+	release := filepath.Join(t.TempDir(), "release") // under /tmp: the pipeline sees it
+	f := newFleet(t, fmt.Sprintf(". \"$REFCI_SH\"\nrefci_job long -- sh -c 'echo live-first-line; while [ ! -e %s ]; do sleep 0.05; done; echo live-last-line'\n", release))
+	f.startWorker("a")
+	f.refci("trigger", "--name", "live").want(t, 0)
+	follow := startRefci(t, f.repo, f.env, "log", "-f", "live")
+	f.waitFor("log -f to show the job's first line while it runs", 2*time.Minute, func() bool {
+		return strings.Contains(follow.out.String(), "[long] live-first-line\n")
+	})
+	if out := follow.out.String(); strings.Contains(out, "live-last-line") {
+		t.Fatalf("the job ended before it was released:\n%s", out)
+	}
+	if err := os.WriteFile(release, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-follow.done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("log -f did not end")
+	}
+	if out := follow.out.String(); follow.err != nil || !strings.Contains(out, "[long] live-last-line\n") || !strings.Contains(out, "refci: success") {
+		t.Fatalf("log -f: %v\n%s\n%s", follow.err, out, follow.errOut.String())
 	}
 }
