@@ -606,13 +606,24 @@ func (r *run) startShellJobs(dir string, srv *jobsock.Server, lw *lockedWriter) 
 	})
 }
 
+// The in-shell job library and its FIFO in a run directory's jobs/.
+const (
+	shellLibraryName = "refci.sh"
+	shellCtlName     = "ctl" // jobsock.ShellCtlPath
+)
+
 // shellLibraryPath is where a run directory's $REFCI_SH lies.
-func shellLibraryPath(dir string) string { return filepath.Join(dir, "jobs", "refci.sh") }
+func shellLibraryPath(dir string) string { return filepath.Join(dir, "jobs", shellLibraryName) }
 
 // writeShellLibrary writes jobwire.ShellLibrary at p, mode 0444, in place
-// of whatever is there: the run directory is the pipeline's to write, so
-// what an earlier run left there is never trusted.
+// of whatever is there, unless what is there is exactly that (a reused
+// run directory's, kept: making a file is a real cost on some file
+// systems): the run directory is the pipeline's to write, so what an
+// earlier run left there is checked before it is used.
 func writeShellLibrary(p string) error {
+	if shellLibraryIntact(p) {
+		return nil
+	}
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
@@ -625,6 +636,26 @@ func writeShellLibrary(p string) error {
 		err = cerr
 	}
 	return err
+}
+
+// shellLibraryIntact reports whether p is a regular file of this user,
+// with one link and mode 0444, holding jobwire.ShellLibrary.
+func shellLibraryIntact(p string) bool {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o444 || fi.Size() != int64(len(jobwire.ShellLibrary)) {
+		return false
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Nlink != 1 || int(st.Uid) != os.Getuid() {
+		return false
+	}
+	b := make([]byte, len(jobwire.ShellLibrary)+1)
+	n, _ := io.ReadFull(f, b)
+	return string(b[:n]) == jobwire.ShellLibrary
 }
 
 // runPipeline runs entry in src under the run's limits and isolation,

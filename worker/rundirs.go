@@ -136,9 +136,10 @@ func (p *RunDirs) Close() {
 // emptyRunDir removes everything a run left in dir but its eight
 // subdirectories (and bin/refci: the next run keeps it only if it is
 // still the symbolic link to refci or refci-job that it needs, see
-// linkRefciBin; and the job socket, which put keeps only if it is still the
-// one the run listened on), and reports whether dir is now as a new run directory
-// would be.
+// linkRefciBin; the job socket, which put keeps only if it is still the
+// one the run listened on; and the in-shell job library and FIFO, which
+// the next run checks before it uses them), and reports whether dir is
+// now as a new run directory would be.
 func emptyRunDir(dir string) bool {
 	if !privateDir(dir) {
 		return false
@@ -176,6 +177,12 @@ func emptyRunDir(dir string) bool {
 			}
 			if e.Name() == "sock" && f.Name() == "refci.sock" && f.Type()&os.ModeSocket != 0 {
 				kept = 1 // the job socket: put checks it is still the run's
+				continue
+			}
+			if e.Name() == "jobs" && (f.Name() == shellLibraryName && f.Type().IsRegular() || f.Name() == shellCtlName && f.Type()&os.ModeNamedPipe != 0) {
+				// The in-shell job library, which writeShellLibrary
+				// checks, and its FIFO, which ServeShell checks.
+				kept++
 				continue
 			}
 			removeAll(filepath.Join(p, f.Name()))

@@ -132,3 +132,32 @@ echo 'refci_job() { echo hijacked; }' > "$REFCI_SH"
 		}
 	}
 }
+
+// A reused run directory keeps its in-shell library and FIFO when the
+// pipeline left them as they were: no file is made anew per run.
+func TestShellLibraryKeptInReusedRunDir(t *testing.T) {
+	lw := newLoopWorld(t, `. "$REFCI_SH"
+refci_job one -- true
+echo "inodes $(stat -c %i "$REFCI_SH" "$REFCI_JOBS/ctl" | tr '\n' ' ')"
+`)
+	repo, head := lw.head(t)
+	pool := NewRunDirs(1)
+	defer pool.Close()
+	temp := t.TempDir()
+	var seen []string
+	for i := range 2 {
+		out, err := Run(t.Context(), RunSpec{Repo: repo, Target: head, Request: "local", TempDir: temp, Dirs: pool}, fixtures.OpenPGPIdentity(t, "Test Worker"))
+		if err != nil || out.Status.State != queue.Success || len(out.Status.Jobs) != 1 {
+			t.Fatalf("run %d: %+v %v", i, out.Status, err)
+		}
+		log := fixtures.Git(t, lw.clone, "show", out.Ref+":"+queue.LogFile)
+		_, inodes, ok := strings.Cut(log, "inodes ")
+		if !ok {
+			t.Fatalf("run %d log: %q", i, log)
+		}
+		seen = append(seen, inodes)
+	}
+	if seen[0] != seen[1] {
+		t.Errorf("the library or the FIFO was made anew: inodes %q, then %q", seen[0], seen[1])
+	}
+}

@@ -101,8 +101,11 @@ type shellJob struct {
 	echo *linePrefixer
 }
 
-// ServeShell makes the control FIFO in cfg.Dir (replacing whatever is at
-// its path) and serves it until Close. Jobs it records are the Server's,
+// ServeShell serves the control FIFO in cfg.Dir until Close: the one
+// there when it is a FIFO of this user with mode 0600 (kept from an
+// earlier run of a reused run directory: making a file is a real cost on
+// some file systems; what it may still hold is dropped), else one made
+// in place of whatever is at its path. Jobs it records are the Server's,
 // beside those of the socket.
 func (s *Server) ServeShell(cfg ShellConfig) (*Shell, error) {
 	if cfg.Dir == "" {
@@ -112,15 +115,17 @@ func (s *Server) ServeShell(cfg ShellConfig) (*Shell, error) {
 		cfg.Poll = defaultShellPoll
 	}
 	ctl := ShellCtlPath(cfg.Dir)
-	if err := os.Remove(ctl); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("in-shell jobs: %w", err)
-	}
-	if err := unix.Mkfifo(ctl, 0o600); err != nil {
-		return nil, fmt.Errorf("in-shell jobs: make %s: %w", ctl, err)
-	}
-	fd, err := unix.Open(ctl, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	fd, err := openKeptFIFO(ctl)
 	if err != nil {
-		return nil, fmt.Errorf("in-shell jobs: open %s: %w", ctl, err)
+		if err := os.Remove(ctl); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("in-shell jobs: %w", err)
+		}
+		if err := unix.Mkfifo(ctl, 0o600); err != nil {
+			return nil, fmt.Errorf("in-shell jobs: make %s: %w", ctl, err)
+		}
+		if fd, err = unix.Open(ctl, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0); err != nil {
+			return nil, fmt.Errorf("in-shell jobs: open %s: %w", ctl, err)
+		}
 	}
 	sh := &Shell{srv: s, cfg: cfg, fifo: fd, done: make(chan struct{}), running: map[string]*shellJob{}}
 	if err := unix.Pipe2(sh.wake[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
@@ -129,6 +134,27 @@ func (s *Server) ServeShell(cfg ShellConfig) (*Shell, error) {
 	}
 	go sh.loop()
 	return sh, nil
+}
+
+// openKeptFIFO opens the FIFO at path, read-write and non-blocking, if it
+// is one of this user with mode 0600, and empties it.
+func openKeptFIFO(path string) (int, error) {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return -1, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO || st.Mode&0o7777 != 0o600 || int(st.Uid) != os.Getuid() {
+		unix.Close(fd)
+		return -1, errors.New("not the FIFO refci made")
+	}
+	var buf [4096]byte
+	for {
+		if n, _ := unix.Read(fd, buf[:]); n <= 0 {
+			break
+		}
+	}
+	return fd, nil
 }
 
 // Close reads what is left: every control line written so far and the

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -394,5 +395,70 @@ func TestShellJobOutputMadeAnew(t *testing.T) {
 	st.end()
 	if log, _, _ := st.logs.get("again"); log != "0123456789\nnew\n" {
 		t.Errorf("log: %q", log)
+	}
+}
+
+// A FIFO kept from an earlier run (a reused run directory) is served
+// again, emptied of what it held; anything else at its path is replaced.
+func TestShellKeptFIFO(t *testing.T) {
+	st := newShellTest(t)
+	st.end()
+	ctl := ShellCtlPath(st.jobs)
+	before, err := os.Lstat(ctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Something still holds it and wrote to it.
+	f, err := os.OpenFile(ctl, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.WriteString("refci/1 start stale\n")
+
+	srv2, err := NewServer(Config{SocketPath: st.sock + "2", Run: testRun{st.logs}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var notes []string
+	sh2, err := srv2.ServeShell(ShellConfig{Dir: st.jobs, Note: func(l string) { notes = append(notes, l) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("refci/1 start fresh\n")
+	sh2.Close()
+	srv2.Close()
+	if after, err := os.Lstat(ctl); err != nil || !os.SameFile(before, after) {
+		t.Errorf("the FIFO was not kept: %v", err)
+	}
+	if jobs := srv2.Jobs(); len(jobs) != 1 || jobs[0].Name != "fresh" || len(notes) != 0 {
+		t.Errorf("jobs %+v, notes %q", jobs, notes)
+	}
+
+	// A regular file in its place, or a FIFO open to others, is replaced.
+	for _, mode := range []os.FileMode{0o600, os.ModeNamedPipe | 0o666} {
+		os.Remove(ctl)
+		if mode&os.ModeNamedPipe != 0 {
+			if err := syscall.Mkfifo(ctl, 0o666); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(ctl, 0o666)
+		} else {
+			os.WriteFile(ctl, []byte("refci/1 start planted\n"), mode)
+		}
+		srv3, err := NewServer(Config{SocketPath: st.sock + "3", Run: testRun{&memJobLogs{logs: map[string]*memJobLog{}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sh3, err := srv3.ServeShell(ShellConfig{Dir: st.jobs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sh3.Close()
+		srv3.Close()
+		fi, err := os.Lstat(ctl)
+		if err != nil || fi.Mode() != os.ModeNamedPipe|0o600 || len(srv3.Jobs()) != 0 {
+			t.Errorf("%v at the FIFO's path: now %v %v, jobs %+v", mode, fi.Mode(), err, srv3.Jobs())
+		}
 	}
 }
