@@ -77,11 +77,12 @@ func ShellCtlPath(dir string) string { return filepath.Join(dir, shellCtl) }
 type Shell struct {
 	srv  *Server
 	cfg  ShellConfig
-	fifo int    // the control FIFO, read-write, non-blocking
-	wake [2]int // a byte written to wake[1] ends the loop
+	fifo *os.File // the control FIFO, read-write, in the runtime's poller
 	done chan struct{}
 
 	closeOnce sync.Once
+	mu        sync.Mutex // guards closing and the FIFO's read deadline
+	closing   bool
 
 	// Owned by the loop goroutine.
 	line    []byte // a control line read in part
@@ -127,12 +128,14 @@ func (s *Server) ServeShell(cfg ShellConfig) (*Shell, error) {
 			return nil, fmt.Errorf("in-shell jobs: open %s: %w", ctl, err)
 		}
 	}
-	sh := &Shell{srv: s, cfg: cfg, fifo: fd, done: make(chan struct{}), running: map[string]*shellJob{}}
-	if err := unix.Pipe2(sh.wake[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
-		unix.Close(fd)
+	// Non-blocking: the runtime's poller waits on it, not a thread.
+	sh := &Shell{srv: s, cfg: cfg, fifo: os.NewFile(uintptr(fd), ctl), done: make(chan struct{}), running: map[string]*shellJob{}}
+	rc, err := sh.fifo.SyscallConn()
+	if err != nil {
+		sh.fifo.Close()
 		return nil, fmt.Errorf("in-shell jobs: %w", err)
 	}
-	go sh.loop()
+	go sh.loop(rc)
 	return sh, nil
 }
 
@@ -164,55 +167,66 @@ func openKeptFIFO(path string) (int, error) {
 // It is safe to call more than once.
 func (sh *Shell) Close() {
 	sh.closeOnce.Do(func() {
-		unix.Write(sh.wake[1], []byte{0})
+		sh.mu.Lock()
+		sh.closing = true
+		sh.fifo.SetReadDeadline(time.Now()) // wakes the loop
+		sh.mu.Unlock()
 		<-sh.done
-		unix.Close(sh.fifo)
-		unix.Close(sh.wake[0])
-		unix.Close(sh.wake[1])
+		sh.fifo.Close()
 	})
 }
 
-func (sh *Shell) loop() {
+// loop reads control lines as they come, and the running jobs' output
+// every Poll, until Close.
+func (sh *Shell) loop(rc syscall.RawConn) {
 	defer close(sh.done)
 	buf := make([]byte, 16<<10)
-	pfds := []unix.PollFd{{Fd: int32(sh.fifo), Events: unix.POLLIN}, {Fd: int32(sh.wake[0]), Events: unix.POLLIN}}
+	lastOutputs := time.Now()
 	for {
-		timeout := -1
-		if len(sh.running) > 0 {
-			timeout = int(sh.cfg.Poll / time.Millisecond)
+		sh.mu.Lock()
+		closing := sh.closing
+		if !closing {
+			var deadline time.Time // none while no job runs
+			if len(sh.running) > 0 {
+				deadline = lastOutputs.Add(sh.cfg.Poll)
+			}
+			sh.fifo.SetReadDeadline(deadline)
 		}
-		pfds[0].Revents, pfds[1].Revents = 0, 0
-		n, err := unix.Poll(pfds, timeout)
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			sh.note(fmt.Sprintf("cannot wait on the control channel (%v); in-shell jobs are no longer followed", err))
-			sh.finishAll()
-			return
-		}
-		if n > 0 && pfds[0].Revents != 0 {
-			sh.readLines(buf)
-		}
-		if n > 0 && pfds[1].Revents != 0 {
-			sh.readLines(buf) // whatever was written before the pipeline ended
+		sh.mu.Unlock()
+		if closing {
+			// Whatever was written before the pipeline ended.
+			rc.Control(func(fd uintptr) { sh.readLines(int(fd), buf) })
 			if len(sh.line) > 0 || sh.tooLong {
 				sh.note("a control line cut short at the end was dropped")
 			}
 			sh.finishAll()
 			return
 		}
-		sh.readOutputs()
+		err := rc.Read(func(fd uintptr) bool { return sh.readLines(int(fd), buf) })
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			sh.note(fmt.Sprintf("cannot read the control channel (%v); in-shell jobs are no longer followed", err))
+			sh.finishAll()
+			return
+		}
+		if len(sh.running) > 0 && time.Since(lastOutputs) >= sh.cfg.Poll {
+			sh.readOutputs()
+			lastOutputs = time.Now()
+		}
 	}
 }
 
-// readLines reads the FIFO until it is empty and acts on every whole line.
-func (sh *Shell) readLines(buf []byte) {
+// readLines reads the FIFO (fd, non-blocking) until it is empty, acts on
+// every whole line, and reports whether it read anything.
+func (sh *Shell) readLines(fd int, buf []byte) (read bool) {
 	for {
-		n, err := unix.Read(sh.fifo, buf)
+		n, err := unix.Read(fd, buf)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if n <= 0 {
-			return
+			return read
 		}
+		read = true
 		b := buf[:n]
 		for len(b) > 0 {
 			i := bytes.IndexByte(b, '\n')
