@@ -281,10 +281,16 @@ func (sh *Shell) handle(line string) {
 			err = sh.end(ev)
 		}
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, errShellNameHoldsSecret):
+		// Said without the line, as the socket's refusal is.
+		sh.note(fmt.Sprintf("refused a %s: %v", ev.Op, err))
+	case err != nil:
 		sh.note(fmt.Sprintf("refused %q: %v", cleanJobText(line, 200), err))
 	}
 }
+
+var errShellNameHoldsSecret = errors.New("the job name or a need holds a secret value handed out to this run; job names are stored in the result as they are, so name the job something else")
 
 // admit validates a start or skip and registers the job.
 func (sh *Shell) admit(ev jobwire.ShellEvent) (*jobEntry, string, error) {
@@ -294,7 +300,7 @@ func (sh *Shell) admit(ev jobwire.ShellEvent) (*jobEntry, string, error) {
 	}
 	run := sh.srv.cfg.Run
 	if run.HoldsSecret(ev.Name) || slices.ContainsFunc(needs, run.HoldsSecret) {
-		return nil, "", errors.New("the job name or a need holds a secret value handed out to this run; job names are stored in the result as they are, so name the job something else")
+		return nil, "", errShellNameHoldsSecret
 	}
 	return sh.srv.register(ev.Name, needs)
 }

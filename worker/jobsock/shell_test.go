@@ -462,3 +462,44 @@ func TestShellKeptFIFO(t *testing.T) {
 		}
 	}
 }
+
+// secretRun is a testRun that handed out the value "tok-secret-1".
+type secretRun struct{ testRun }
+
+func (secretRun) HoldsSecret(s string) bool { return strings.Contains(s, "tok-secret-1") }
+
+// A job whose name or need holds a secret value is refused, as on the
+// socket, and the note does not repeat the line.
+func TestShellJobNameHoldsSecret(t *testing.T) {
+	dir := t.TempDir()
+	logs := &memJobLogs{logs: map[string]*memJobLog{}}
+	sockDir, err := os.MkdirTemp("", "rj")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(sockDir)
+	srv, err := NewServer(Config{SocketPath: filepath.Join(sockDir, "s"), Run: secretRun{testRun{logs}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var notes []string
+	sh, err := srv.ServeShell(ShellConfig{Dir: dir, Note: func(l string) { notes = append(notes, l) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(ShellCtlPath(dir), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("refci/1 start x-tok-secret-1\nrefci/1 skip y tok-secret-1\nrefci/1 start fine\n")
+	f.Close()
+	sh.Close()
+	srv.Close()
+	if jobs := srv.Jobs(); len(jobs) != 1 || jobs[0].Name != "fine" {
+		t.Errorf("jobs: %+v", jobs)
+	}
+	all := strings.Join(notes, "\n")
+	if len(notes) != 2 || strings.Contains(all, "tok-secret-1") || !strings.Contains(all, "refused a start: the job name or a need holds a secret value") {
+		t.Errorf("notes: %q", notes)
+	}
+}
