@@ -36,9 +36,12 @@ const jobsPerPipeline = 20
 //	        start alone, no socket)
 //	floor   20 × a minimal Go program that fork/execs /bin/true and waits:
 //	        what any job client written in Go costs at least
+//	shell   20 × refci_job sN -- /bin/true: the in-shell job ($REFCI_SH),
+//	        which costs no process of its own (/bin/true, not the shell's
+//	        builtin true, so that its command is a process as plain's is)
 //
-// Whole runs: `refci run` of a pipeline of 20 jobs beside one of 20
-// plain steps, interleaved.
+// Whole runs: `refci run` of a pipeline of 20 jobs, with refci job and
+// with refci_job, beside one of 20 plain steps, interleaved.
 //
 // Then, in this process, the parts of a job that are not the client's
 // start: one job's conversation on a real job socket with no command
@@ -161,13 +164,13 @@ func benchJobs(_ context.Context, bin string, n int) error {
 	fmt.Printf("  refci job jN -- true                           %s\n", st[1])
 	fmt.Printf("  refci job (usage error: the client's start)    %s\n", st[2])
 	fmt.Printf("  floor: a Go program that only runs /bin/true   %s\n", st[3])
-	fmt.Printf("  in-shell: refci_job sN -- /bin/true              %s\n", st[4])
+	fmt.Printf("  in-shell: refci_job sN -- /bin/true            %s\n", st[4])
 	fmt.Printf("  ratio in-shell job / plain step (medians): %.2f  (target: <= 1.5)\n", float64(shj)/float64(plain))
 	fmt.Printf("  ratio refci job / plain step (medians): %.2f\n", float64(job)/float64(plain))
 	fmt.Printf("  ratio floor / plain step: %.2f (the least any job client in Go can cost: its own start, then CMD's)\n", float64(fl)/float64(plain))
 	fmt.Printf("  whole refci run, 20 × /bin/true                %s\n", w[0])
 	fmt.Printf("  whole refci run, 20 × refci job jN -- true     %s\n", w[1])
-	fmt.Printf("  whole refci run, 20 × refci_job sN -- /bin/true %s\n", w[2])
+	fmt.Printf("  whole refci run, 20 × refci_job sN (in-shell)  %s\n", w[2])
 	fmt.Printf("  ratio 20-job pipeline / 20 plain steps (whole refci run, medians): refci job %.2f, in-shell %.2f\n", float64(w[1].median)/float64(w[0].median), float64(w[2].median)/float64(w[0].median))
 	fmt.Printf("  where a job's time goes (medians):\n")
 	fmt.Printf("    the shell's fork+exec of the client, Go runtime start, exit  %s  (a usage error; /bin/true: %s)\n", ms(client), ms(plain))

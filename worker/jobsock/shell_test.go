@@ -3,6 +3,7 @@
 package jobsock
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -501,5 +502,44 @@ func TestShellJobNameHoldsSecret(t *testing.T) {
 	all := strings.Join(notes, "\n")
 	if len(notes) != 2 || strings.Contains(all, "tok-secret-1") || !strings.Contains(all, "refused a start: the job name or a need holds a secret value") {
 		t.Errorf("notes: %q", notes)
+	}
+}
+
+// In-shell jobs may run in parallel, in background subshells: each has
+// its own output file, and their control lines do not mix.
+func TestShellJobsInParallel(t *testing.T) {
+	for _, shell := range shells {
+		t.Run(shell, func(t *testing.T) {
+			st := newShellTest(t)
+			code, out := st.script(shell, `set -eu
+i=0
+while [ $i -lt 20 ]; do
+	refci_job "p$i" -- sh -c 'for k in 1 2 3; do echo "$REFCI_JOB line $k"; done' &
+	i=$((i+1))
+done
+wait
+`)
+			st.end()
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, out)
+			}
+			jobs := st.srv.Jobs()
+			if len(jobs) != 20 {
+				t.Fatalf("%d jobs: %+v", len(jobs), jobs)
+			}
+			for _, j := range jobs {
+				checkJobState(t, j, queue.Success, queue.IntPtr(0))
+				want := fmt.Sprintf("%s line 1\n%s line 2\n%s line 3\n", j.Name, j.Name, j.Name)
+				if log, _, _ := st.logs.get(j.Name); log != want {
+					t.Errorf("%s: log %q", j.Name, log)
+				}
+				if !strings.Contains(st.echo.String(), "["+j.Name+"] "+j.Name+" line 3\n") {
+					t.Errorf("%s: not in the echo", j.Name)
+				}
+			}
+			if n := st.allNotes(); n != "" {
+				t.Errorf("notes: %s", n)
+			}
+		})
 	}
 }
