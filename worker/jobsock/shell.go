@@ -66,6 +66,7 @@ const (
 	shellReadChunk    = 64 << 10
 	shellMaxPending   = 64 << 10 // a partial echoed line held back at most
 	shellMaxLineBytes = jobwire.ShellMaxLine
+	shellMaxReads     = 64 // reads of the FIFO in a row before the jobs' output gets a turn
 )
 
 // ShellCtlPath is the control FIFO of the in-shell channel in dir.
@@ -195,7 +196,11 @@ func (sh *Shell) loop(rc syscall.RawConn) {
 		sh.mu.Unlock()
 		if closing {
 			// Whatever was written before the pipeline ended.
-			rc.Control(func(fd uintptr) { sh.readLines(int(fd), buf) })
+			rc.Control(func(fd uintptr) {
+				// Bounded, in case a writer outlived the pipeline.
+				for i := 0; i < 1024 && sh.readLines(int(fd), buf); i++ {
+				}
+			})
 			if len(sh.line) > 0 || sh.tooLong {
 				sh.note("a control line cut short at the end was dropped")
 			}
@@ -215,10 +220,11 @@ func (sh *Shell) loop(rc syscall.RawConn) {
 	}
 }
 
-// readLines reads the FIFO (fd, non-blocking) until it is empty, acts on
-// every whole line, and reports whether it read anything.
+// readLines reads the FIFO (fd, non-blocking) until it is empty, or for
+// a while (a flood of lines must not keep the jobs' output from being
+// read), acts on every whole line, and reports whether it read anything.
 func (sh *Shell) readLines(fd int, buf []byte) (read bool) {
-	for {
+	for range shellMaxReads {
 		n, err := unix.Read(fd, buf)
 		if errors.Is(err, unix.EINTR) {
 			continue
@@ -253,6 +259,7 @@ func (sh *Shell) readLines(fd int, buf []byte) (read bool) {
 			b = b[i+1:]
 		}
 	}
+	return read
 }
 
 // note tells Note of a refused line, at most shellMaxNotes times.

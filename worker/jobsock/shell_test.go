@@ -543,3 +543,34 @@ wait
 		})
 	}
 }
+
+// A flood of lines on the channel does not keep a running job's output
+// from being read live.
+func TestShellFloodDoesNotStarveOutput(t *testing.T) {
+	st := newShellTest(t)
+	st.fifoWrite("refci/1 start slow\n")
+	os.WriteFile(filepath.Join(st.jobs, "slow.out"), []byte("visible\n"), 0o600)
+	f, err := os.OpenFile(ShellCtlPath(st.jobs), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	stop := make(chan struct{})
+	flooded := make(chan struct{})
+	go func() {
+		defer close(flooded)
+		junk := []byte(strings.Repeat("junk\n", 800))
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				f.Write(junk)
+			}
+		}
+	}()
+	fixtures.WaitFor(t, jobTestTimeout, "the output read during the flood", func() bool { log, _, _ := st.logs.get("slow"); return log == "visible\n" })
+	close(stop)
+	<-flooded
+	st.end()
+}
