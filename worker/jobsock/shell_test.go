@@ -574,3 +574,36 @@ func TestShellFloodDoesNotStarveOutput(t *testing.T) {
 	<-flooded
 	st.end()
 }
+
+// Under set -x the library's own commands are not traced, only the job's
+// command, and tracing stays on after it.
+func TestShellJobUnderXtrace(t *testing.T) {
+	for _, shell := range shells {
+		t.Run(shell, func(t *testing.T) {
+			st := newShellTest(t)
+			code, out := st.script(shell, `set -eux
+refci_job traced -- sh -c 'exit 0'
+refci_job fails -- sh -c 'exit 3' || :
+echo after-the-jobs
+`)
+			st.end()
+			if code != 0 {
+				t.Fatalf("exit %d:\n%s", code, out)
+			}
+			for _, want := range []string{"refci_job traced", "REFCI_JOB=traced", "exit 0", "+ echo after-the-jobs"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("the trace lacks %q:\n%s", want, out)
+				}
+			}
+			for _, not := range []string{"_refci_done", "local ", "printf", "set +x"} {
+				if strings.Contains(out, not) {
+					t.Errorf("the trace shows the library's %q:\n%s", not, out)
+				}
+			}
+			if n := strings.Count(out, "\n"); n > 16 {
+				t.Errorf("%d lines of trace for two jobs:\n%s", n, out)
+			}
+			checkJobState(t, st.mustJob("fails"), queue.Failure, queue.IntPtr(3))
+		})
+	}
+}

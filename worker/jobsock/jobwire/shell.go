@@ -135,7 +135,20 @@ _refci_name() {
 	return 1
 }
 
+# Under set -x only the job's command is traced.
 refci_job() {
+	case $- in
+	*x*)
+		{ set +x; } 2>/dev/null
+		local _refci_xt=1 _refci_st=0
+		_refci_job "$@" || _refci_st=$?
+		set -x
+		return $_refci_st ;;
+	esac
+	_refci_job "$@"
+}
+
+_refci_job() {
 	local n= needs= hasneeds= a x rest list= failed= rc
 	while [ $# -gt 0 ]; do
 		a=$1
@@ -219,7 +232,13 @@ refci_job() {
 		_refci_err "$n: cannot reach refci through $_refci_ctl"
 		return 2
 	}
-	REFCI_JOB=$n "$@" </dev/null >"$_refci_dir/$n.out" 2>&1 && rc=0 || rc=$?
+	if [ -n "${_refci_xt-}" ]; then
+		set -x
+		REFCI_JOB=$n "$@" </dev/null >"$_refci_dir/$n.out" 2>&1 && rc=0 || rc=$?
+		{ set +x; } 2>/dev/null
+	else
+		REFCI_JOB=$n "$@" </dev/null >"$_refci_dir/$n.out" 2>&1 && rc=0 || rc=$?
+	fi
 	printf 'refci/1 end %s %s\n' "$n" "$rc" >>"$_refci_ctl" || :
 	if [ "$rc" -eq 0 ]; then
 		_refci_done="$_refci_done$n:success "
