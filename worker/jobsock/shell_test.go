@@ -607,3 +607,31 @@ echo after-the-jobs
 		})
 	}
 }
+
+// A pipeline that removes the channel, or puts a directory in its place,
+// loses its in-shell jobs' records, not its run: refci_job still runs
+// the command and returns its status, or says it cannot reach refci.
+func TestShellChannelRemoved(t *testing.T) {
+	for _, shell := range shells {
+		t.Run(shell, func(t *testing.T) {
+			st := newShellTest(t)
+			code, out := st.script(shell, `set -u
+refci_job before -- true
+rm "$REFCI_JOBS/ctl"
+refci_job gone -- sh -c 'exit 4'; echo "gone exit $?"
+rm "$REFCI_JOBS/ctl"; mkdir "$REFCI_JOBS/ctl"
+refci_job blocked -- touch ran; echo "blocked exit $?"
+`)
+			st.end()
+			if code != 0 || !strings.Contains(out, "gone exit 4\n") || !strings.Contains(out, "blocked exit 2\n") || !strings.Contains(out, "cannot reach refci") {
+				t.Errorf("exit %d:\n%s", code, out)
+			}
+			if jobFileExists(filepath.Join(st.dir, "ran")) {
+				t.Error("a job whose start could not be told ran")
+			}
+			if jobs := st.srv.Jobs(); len(jobs) != 1 || jobs[0].Name != "before" {
+				t.Errorf("jobs: %+v", jobs)
+			}
+		})
+	}
+}
