@@ -23,8 +23,9 @@
 //	requests   asking for runs: making a request (its unique tag) and pushing it
 //	worker     the loop (claims, leases, takeovers), one run, the outbox, trust, isolation
 //	  worker/proc     process supervision: start, wait, kill with grace, reap; the shim choice
-//	  worker/jobsock  the job socket's server; jobsock/jobclient: the refci job/secret clients;
-//	                  jobsock/jobwire: the versioned wire protocol between them
+//	  worker/jobsock  the job socket's server and the in-shell job channel's, one job record;
+//	                  jobsock/jobclient: the refci job/secret clients;
+//	                  jobsock/jobwire: the versioned wire protocols and the shell library ($REFCI_SH)
 //	  worker/shim     the per-run shim (cmd/refci-shim): hides paths, reaps the pipeline
 //	render     pure functions from a result to what people read (terminal, Markdown, HTML)
 //	forge      views outward (forges, mail); the mirror: results.WatchRuns to commit

@@ -21,6 +21,7 @@ import (
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/worker/jobsock"
+	"refci.dev/refci/worker/jobsock/jobwire"
 	"refci.dev/refci/worker/proc"
 	"refci.dev/refci/worker/shim"
 )
@@ -455,8 +456,13 @@ func (r *run) execute(ctx context.Context) ([]resultFile, error) {
 		logMasker.W = io.MultiWriter(mainLog, r.spec.Output)
 	}
 	lw = &lockedWriter{w: logMasker}
+	shell, err := r.startShellJobs(dir, srv, lw)
+	if err != nil {
+		srv.Close()
+		return r.endBeforeRunning(fmt.Sprintf("the worker cannot set up in-shell jobs: %v", err))
+	}
 	timeout := orDefault(r.spec.Timeout, DefaultTimeout)
-	res, err := r.runPipeline(ctx, dir, src, entry, timeout, srv, rs, lw)
+	res, err := r.runPipeline(ctx, dir, src, entry, timeout, srv, shell, rs, lw)
 	if err != nil && res.ExitCode == -1 && res.Duration == 0 {
 		if errors.Is(err, syscall.ENOEXEC) {
 			return r.endOnConfigError(reasonNoShebang)
@@ -585,10 +591,78 @@ func (r *run) startJobSocket(dir, logs string, rs *runSecrets) (*jobsock.Server,
 	})
 }
 
+// startShellJobs writes the run's in-shell job library ($REFCI_SH) and
+// serves its channel in dir/jobs ($REFCI_JOBS) for srv; the jobs' output
+// is echoed, prefixed, to lw, as `refci job` prints it.
+func (r *run) startShellJobs(dir string, srv *jobsock.Server, lw *lockedWriter) (*jobsock.Shell, error) {
+	jobs := filepath.Join(dir, "jobs")
+	if err := writeShellLibrary(shellLibraryPath(dir)); err != nil {
+		return nil, err
+	}
+	return srv.ServeShell(jobsock.ShellConfig{
+		Dir:  jobs,
+		Echo: lw,
+		Note: func(line string) { fmt.Fprintln(lw, line) },
+	})
+}
+
+// The in-shell job library and its FIFO in a run directory's jobs/.
+const (
+	shellLibraryName = "refci.sh"
+	shellCtlName     = "ctl" // jobsock.ShellCtlPath
+)
+
+// shellLibraryPath is where a run directory's $REFCI_SH lies.
+func shellLibraryPath(dir string) string { return filepath.Join(dir, "jobs", shellLibraryName) }
+
+// writeShellLibrary writes jobwire.ShellLibrary at p, mode 0444, in place
+// of whatever is there, unless what is there is exactly that (a reused
+// run directory's, kept: making a file is a real cost on some file
+// systems): the run directory is the pipeline's to write, so what an
+// earlier run left there is checked before it is used.
+func writeShellLibrary(p string) error {
+	if shellLibraryIntact(p) {
+		return nil
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return err
+	}
+	_, err = io.WriteString(f, jobwire.ShellLibrary)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// shellLibraryIntact reports whether p is a regular file of this user,
+// with one link and mode 0444, holding jobwire.ShellLibrary.
+func shellLibraryIntact(p string) bool {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o444 || fi.Size() != int64(len(jobwire.ShellLibrary)) {
+		return false
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Nlink != 1 || int(st.Uid) != os.Getuid() {
+		return false
+	}
+	b := make([]byte, len(jobwire.ShellLibrary)+1)
+	n, _ := io.ReadFull(f, b)
+	return string(b[:n]) == jobwire.ShellLibrary
+}
+
 // runPipeline runs entry in src under the run's limits and isolation,
 // with the run's secrets exported and progress snapshots written while it
-// runs, and closes the job socket once it is over.
-func (r *run) runPipeline(ctx context.Context, dir, src, entry string, timeout time.Duration, srv *jobsock.Server, rs *runSecrets, lw *lockedWriter) (proc.Result, error) {
+// runs, and closes the in-shell job channel and the job socket once it is
+// over.
+func (r *run) runPipeline(ctx context.Context, dir, src, entry string, timeout time.Duration, srv *jobsock.Server, shell *jobsock.Shell, rs *runSecrets, lw *lockedWriter) (proc.Result, error) {
 	exported := r.openSecrets(ctx, rs)
 	if r.spec.TimeoutRequested > 0 {
 		fmt.Fprintf(lw, "refci: the request asked for Timeout %s; this worker allows at most %s, so the pipeline's timeout is %s\n", r.spec.TimeoutRequested, timeout, timeout)
@@ -614,6 +688,7 @@ func (r *run) runPipeline(ctx context.Context, dir, src, entry string, timeout t
 	})
 	stopSnapshots()
 	r.ran = true
+	shell.Close()
 	srv.Close()
 	r.st.SecretsUsed = rs.usedNames()
 	return res, err
@@ -1029,6 +1104,8 @@ func (r *run) environment(dir string, srv *jobsock.Server) []string {
 		"REFCI_TRUSTED=" + trusted,
 		"REFCI_ARTIFACTS=" + filepath.Join(dir, "artifacts"),
 		"REFCI_SOCKET=" + runSocketPath(dir),
+		"REFCI_SH=" + shellLibraryPath(dir),
+		"REFCI_JOBS=" + filepath.Join(dir, "jobs"),
 		"PATH=" + filepath.Join(dir, "bin") + ":/usr/local/bin:/usr/bin:/bin",
 		"HOME=" + filepath.Join(dir, "home"),
 		"TMPDIR=" + filepath.Join(dir, "tmp"),

@@ -10,11 +10,11 @@ import (
 )
 
 // runSubdirs are the directories every run directory holds.
-var runSubdirs = []string{"src", "home", "tmp", "artifacts", "bin", "logs", "sock"}
+var runSubdirs = []string{"src", "home", "tmp", "artifacts", "bin", "logs", "sock", "jobs"}
 
 // RunDirs keeps emptied run directories for the next runs of a worker.
 //
-// Making a run directory is nine new inodes (the directory, its seven
+// Making a run directory is ten new inodes (the directory, its eight
 // subdirectories, a checkout); removing it frees them again. Where inodes
 // are dear to allocate (ext4 without a journal scans past every inode
 // freed in the last minutes before it takes one: on this project's test
@@ -23,7 +23,7 @@ var runSubdirs = []string{"src", "home", "tmp", "artifacts", "bin", "logs", "soc
 // hands the same directories to the next run saves most of it.
 //
 // A directory is only reused when, after emptying, it is exactly what a
-// fresh one would be: the run directory and its seven subdirectories,
+// fresh one would be: the run directory and its eight subdirectories,
 // real directories (not symbolic links) owned by this user, mode 0700,
 // with nothing else in them. Anything else (a pipeline that replaced home
 // with a link, left a file it made unremovable, or chmod-ed a directory
@@ -133,12 +133,13 @@ func (p *RunDirs) Close() {
 	}
 }
 
-// emptyRunDir removes everything a run left in dir but its seven
+// emptyRunDir removes everything a run left in dir but its eight
 // subdirectories (and bin/refci: the next run keeps it only if it is
 // still the symbolic link to refci or refci-job that it needs, see
-// linkRefciBin; and the job socket, which put keeps only if it is still the
-// one the run listened on), and reports whether dir is now as a new run directory
-// would be.
+// linkRefciBin; the job socket, which put keeps only if it is still the
+// one the run listened on; and the in-shell job library and FIFO, which
+// the next run checks before it uses them), and reports whether dir is
+// now as a new run directory would be.
 func emptyRunDir(dir string) bool {
 	if !privateDir(dir) {
 		return false
@@ -176,6 +177,12 @@ func emptyRunDir(dir string) bool {
 			}
 			if e.Name() == "sock" && f.Name() == "refci.sock" && f.Type()&os.ModeSocket != 0 {
 				kept = 1 // the job socket: put checks it is still the run's
+				continue
+			}
+			if e.Name() == "jobs" && (f.Name() == shellLibraryName && f.Type().IsRegular() || f.Name() == shellCtlName && f.Type()&os.ModeNamedPipe != 0) {
+				// The in-shell job library, which writeShellLibrary
+				// checks, and its FIFO, which ServeShell checks.
+				kept++
 				continue
 			}
 			removeAll(filepath.Join(p, f.Name()))

@@ -36,9 +36,12 @@ const jobsPerPipeline = 20
 //	        start alone, no socket)
 //	floor   20 × a minimal Go program that fork/execs /bin/true and waits:
 //	        what any job client written in Go costs at least
+//	shell   20 × refci_job sN -- /bin/true: the in-shell job ($REFCI_SH),
+//	        which costs no process of its own (/bin/true, not the shell's
+//	        builtin true, so that its command is a process as plain's is)
 //
-// Whole runs: `refci run` of a pipeline of 20 jobs beside one of 20
-// plain steps, interleaved.
+// Whole runs: `refci run` of a pipeline of 20 jobs, with refci job and
+// with refci_job, beside one of 20 plain steps, interleaved.
 //
 // Then, in this process, the parts of a job that are not the client's
 // start: one job's conversation on a real job socket with no command
@@ -77,6 +80,7 @@ func benchJobs(_ context.Context, bin string, n int) error {
 		{"jobs", steps(func(i int) string { return fmt.Sprintf("refci job j%d -- true", i) })},
 		{"client", steps(func(int) string { return "refci job 2>/dev/null || :" })},
 		{"floor", steps(func(int) string { return floor + " /bin/true" })},
+		{"shell", steps(func(i int) string { return fmt.Sprintf("refci_job s%d -- /bin/true", i) })},
 	}
 	// One timed pipeline per rotation of the blocks, so that no kind of
 	// step always comes first (right after the start, refci run is still
@@ -85,7 +89,7 @@ func benchJobs(_ context.Context, bin string, n int) error {
 	var pipelines []struct{ name, script string }
 	for k := range blocks {
 		var timed strings.Builder
-		timed.WriteString("#!/bin/sh\nset -e\n")
+		timed.WriteString("#!/bin/sh\nset -e\n. \"$REFCI_SH\"\n")
 		for j := range blocks {
 			b := blocks[(k+j)%len(blocks)]
 			fmt.Fprintf(&timed, "t0=$(date +%%s%%N)\n%st1=$(date +%%s%%N)\necho %s $((t1-t0)) >> %s\n", b.steps, b.name, timesFile)
@@ -95,7 +99,8 @@ func benchJobs(_ context.Context, bin string, n int) error {
 	nTimed := len(pipelines)
 	pipelines = append(pipelines,
 		struct{ name, script string }{"plain", "#!/bin/sh\nset -e\n" + blocks[0].steps},
-		struct{ name, script string }{"jobs", "#!/bin/sh\nset -e\n" + blocks[1].steps})
+		struct{ name, script string }{"jobs", "#!/bin/sh\nset -e\n" + blocks[1].steps},
+		struct{ name, script string }{"shell", "#!/bin/sh\nset -e\n. \"$REFCI_SH\"\n" + blocks[4].steps})
 	revs := make([]string, len(pipelines))
 	for i, p := range pipelines {
 		if err := os.WriteFile(filepath.Join(repo, ".refci", "run"), []byte(p.script), 0o755); err != nil {
@@ -146,8 +151,8 @@ func benchJobs(_ context.Context, bin string, n int) error {
 	for i := range per {
 		st[i] = summarise(per[i])
 	}
-	plain, job, client, fl := st[0].median, st[1].median, st[2].median, st[3].median
-	w := []stats{summarise(whole[nTimed]), summarise(whole[nTimed+1])}
+	plain, job, client, fl, shj := st[0].median, st[1].median, st[2].median, st[3].median, st[4].median
+	w := []stats{summarise(whole[nTimed]), summarise(whole[nTimed+1]), summarise(whole[nTimed+2])}
 
 	conv, spawnJob, spawnPlain, err := jobParts(root, n*jobsPerPipeline/4)
 	if err != nil {
@@ -159,11 +164,14 @@ func benchJobs(_ context.Context, bin string, n int) error {
 	fmt.Printf("  refci job jN -- true                           %s\n", st[1])
 	fmt.Printf("  refci job (usage error: the client's start)    %s\n", st[2])
 	fmt.Printf("  floor: a Go program that only runs /bin/true   %s\n", st[3])
-	fmt.Printf("  ratio refci job / plain step (medians): %.2f  (target: <= 1.5)\n", float64(job)/float64(plain))
+	fmt.Printf("  in-shell: refci_job sN -- /bin/true            %s\n", st[4])
+	fmt.Printf("  ratio in-shell job / plain step (medians): %.2f  (target: <= 1.5)\n", float64(shj)/float64(plain))
+	fmt.Printf("  ratio refci job / plain step (medians): %.2f\n", float64(job)/float64(plain))
 	fmt.Printf("  ratio floor / plain step: %.2f (the least any job client in Go can cost: its own start, then CMD's)\n", float64(fl)/float64(plain))
 	fmt.Printf("  whole refci run, 20 × /bin/true                %s\n", w[0])
 	fmt.Printf("  whole refci run, 20 × refci job jN -- true     %s\n", w[1])
-	fmt.Printf("  ratio 20-job pipeline / 20 plain steps (whole refci run, medians): %.2f\n", float64(w[1].median)/float64(w[0].median))
+	fmt.Printf("  whole refci run, 20 × refci_job sN (in-shell)  %s\n", w[2])
+	fmt.Printf("  ratio 20-job pipeline / 20 plain steps (whole refci run, medians): refci job %.2f, in-shell %.2f\n", float64(w[1].median)/float64(w[0].median), float64(w[2].median)/float64(w[0].median))
 	fmt.Printf("  where a job's time goes (medians):\n")
 	fmt.Printf("    the shell's fork+exec of the client, Go runtime start, exit  %s  (a usage error; /bin/true: %s)\n", ms(client), ms(plain))
 	fmt.Printf("    socket conversation, no command (dial, start/run, end/done)  %s  (in process, real job socket and file log)\n", ms(conv.median))

@@ -11,5 +11,9 @@
 // pipeline's process tree, Jobs reads the record at any time, and Close
 // ends every job still waiting or running as cancelled.
 //
+// A Server also serves the run's in-shell jobs (ServeShell): jobs that a
+// shell function declares by writing lines to a FIFO, their output going
+// to files it reads, fed into the same record (shell.go).
+//
 // It imports only queue (job names and states) and jobwire.
 package jobsock

@@ -514,7 +514,9 @@ func TestJobUsageError(t *testing.T) {
 
 func TestJobOpenLogFails(t *testing.T) {
 	ts := newJobTestServer(t, 0)
+	ts.logs.mu.Lock() // the server reads it on its own goroutine
 	ts.logs.fail["broken"] = true
+	ts.logs.mu.Unlock()
 	marker := ts.path("ran")
 	r := ts.run("broken", "--", "touch", marker)
 	if r.code != 2 || !strings.Contains(r.stderr, "disk on fire") || jobFileExists(marker) {

@@ -520,27 +520,10 @@ func (s *Server) serveJob(conn net.Conn, start jobwire.Msg, msgs <-chan jobwire.
 		}
 	}
 
-	l, err := s.cfg.Run.OpenLog(name)
-	if err != nil {
-		reason := fmt.Sprintf("cannot open the job log: %v", err)
-		s.finish(e, queue.Error, reason, nil)
-		s.replyError(conn, "%s", reason)
+	if err := s.startRunning(e); err != nil {
+		s.replyError(conn, "%v", err)
 		return true
 	}
-	s.mu.Lock()
-	if e.job.State.Final() { // Close got here first
-		s.mu.Unlock()
-		l.Close()
-		s.replyError(conn, "%s", jobReasonPipelineEnded)
-		return true
-	}
-	e.job.Started = s.cfg.Now()
-	e.job.Reason = ""
-	e.job.Log = queue.JobLogPath(name)
-	e.logMu.Lock()
-	e.log = l
-	e.logMu.Unlock()
-	s.mu.Unlock()
 	s.reply(conn, jobwire.Msg{Op: jobwire.OpRun})
 
 	for in := range msgs {
@@ -573,6 +556,33 @@ func (s *Server) serveJob(conn net.Conn, start jobwire.Msg, msgs <-chan jobwire.
 	}
 	s.finish(e, queue.Cancelled, reason, nil)
 	return true
+}
+
+// startRunning opens e's log and records that it runs from now on. On
+// error the job is final (error: its log could not be opened; or
+// cancelled, by Close) and the error says why.
+func (s *Server) startRunning(e *jobEntry) error {
+	name := e.job.Name
+	l, err := s.cfg.Run.OpenLog(name)
+	if err != nil {
+		reason := fmt.Sprintf("cannot open the job log: %v", err)
+		s.finish(e, queue.Error, reason, nil)
+		return errors.New(reason)
+	}
+	s.mu.Lock()
+	if e.job.State.Final() { // Close got here first
+		s.mu.Unlock()
+		l.Close()
+		return errors.New(jobReasonPipelineEnded)
+	}
+	e.job.Started = s.cfg.Now()
+	e.job.Reason = ""
+	e.job.Log = queue.JobLogPath(name)
+	e.logMu.Lock()
+	e.log = l
+	e.logMu.Unlock()
+	s.mu.Unlock()
+	return nil
 }
 
 // register adds a job in state running. If its needs close a cycle it is

@@ -5,6 +5,11 @@
 // wire.go. Package jobsock serves it; package jobclient speaks it for
 // `refci job` and `refci secret`.
 //
+// The in-shell job channel ($REFCI_JOBS/ctl), its version
+// (ShellProtocolVersion) and the shell library that speaks it
+// (ShellLibrary, $REFCI_SH) are in shell.go; package jobsock serves it
+// too (Server.ServeShell).
+//
 // It imports nothing of the project, so that the light job client
 // (cmd/refci-job), which starts once per job, stays light.
 package jobwire
