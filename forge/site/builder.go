@@ -15,7 +15,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -116,12 +115,14 @@ type Stats struct {
 const manifestFile = "manifest.json"
 
 // siteFormat is the manifest's version; a site built with another is
-// built again from scratch, but for format 4, which is taken up. 2:
-// summaries know attempts and lost runs. 3: summaries carry verdicts, and
-// the manifest the keys they used. 4: the target commits' subjects and
-// authors. 5: the runs and commits in a binary file of their own
+// built again from scratch, but for formats 4 and 5, which are taken up.
+// 2: summaries know attempts and lost runs. 3: summaries carry verdicts,
+// and the manifest the keys they used. 4: the target commits' subjects
+// and authors. 5: the runs and commits in a binary file of their own
 // (manifest.go), and the lists paginated, with each page's fingerprint.
-const siteFormat = 5
+// 6: each build's changes appended to a delta beside that file, and the
+// commit pages paginated.
+const siteFormat = 6
 
 // defaultPageSize is how many runs a page of a list shows.
 const defaultPageSize = 100
@@ -141,75 +142,19 @@ type manifest struct {
 	Commits map[string]render.CommitInfo `json:"commits,omitempty"`
 	// RunsFile names the file of Runs and Commits (runsFileName).
 	RunsFile string `json:"runs_file,omitempty"`
+	// DeltaLen is how many bytes of the delta of RunsFile are the
+	// site's (format 6; manifest.go).
+	DeltaLen int64 `json:"delta_len,omitempty"`
 	// Pages holds, for each paginated list ("index", "state-failure"...),
 	// the fingerprint of each of its older pages, oldest first: a page
 	// whose fingerprint is unchanged is not written again.
 	Pages map[string][]string `json:"pages,omitempty"`
-}
 
-// readManifest reads the site's manifest when it is of this format (or
-// of format 4) and was made with the keys kid; otherwise, or when it
-// cannot be read, it returns an empty one: the site is built anew.
-func readManifest(root *os.Root, kid string) manifest {
-	empty := manifest{Format: siteFormat, Keys: kid, Runs: map[string]render.RunSummary{}, Commits: map[string]render.CommitInfo{}}
-	raw, err := root.ReadFile(manifestFile)
-	if err != nil {
-		return empty
-	}
-	var m manifest
-	if json.Unmarshal(raw, &m) != nil || m.Keys != kid {
-		return empty
-	}
-	switch m.Format {
-	case 4: // taken up: its runs' pages are kept, its lists written anew
-		if m.Runs == nil {
-			return empty
-		}
-		m.Format, m.Pages = siteFormat, nil
-	case siteFormat:
-		if !runsFileName.MatchString(m.RunsFile) {
-			return empty
-		}
-		raw, err := root.ReadFile(m.RunsFile)
-		if err != nil || decodeRuns(raw, &m) != nil {
-			return empty
-		}
-	default:
-		return empty
-	}
-	if m.Commits == nil {
-		m.Commits = map[string]render.CommitInfo{}
-	}
-	return m
-}
-
-// writeManifest writes man's runs file under a new name, then
-// manifest.json naming it, then removes every other runs file (the one
-// it replaced, and any a build that was stopped left).
-func writeManifest(root *os.Root, man *manifest, encoded []byte) error {
-	man.RunsFile = "manifest-runs-" + tmpSuffix() + ".bin"
-	if err := writeAtomic(root, man.RunsFile, encoded); err != nil {
-		return err
-	}
-	head := *man
-	head.Runs, head.Commits = nil, nil
-	raw, err := json.Marshal(head)
-	if err != nil {
-		return err
-	}
-	if err := writeAtomic(root, manifestFile, raw); err != nil {
-		return err
-	}
-	if f, err := root.Open("."); err == nil {
-		names, _ := f.Readdirnames(-1)
-		f.Close()
-		for _, n := range names {
-			if n != man.RunsFile && runsFileName.MatchString(n) {
-				root.Remove(n)
-			}
-		}
-	}
-	return nil
+	hashes       map[string]uint64 // by run ref, runHash of its summary
+	dirtyRuns    map[string]bool   // the runs set or removed since the manifest was read or written
+	dirtyCommits map[string]bool   // the same, of Commits
+	baseLen      int64             // the size of RunsFile
+	rewrite      bool              // RunsFile must be written anew (a delta cut short, format 4)
 }
 
 // keysID names a set of trusted keys: the SHA-256 of their armored public
@@ -311,7 +256,7 @@ func (b *Builder) Build() (Stats, error) {
 		}
 		todo = append(todo, renderJob{ref: r.Ref, commit: r.Commit})
 	}
-	b.readCommits(repo, man.Commits, todo)
+	b.readCommits(repo, &man, todo)
 	changedTargets := map[string]bool{}
 	changedRequests := map[string]bool{}
 	var live map[string]bool
@@ -330,7 +275,7 @@ func (b *Builder) Build() (Stats, error) {
 				return st, err
 			}
 		}
-		delete(man.Runs, ref)
+		man.removeRun(ref)
 		changedTargets[sum.Target] = true
 		changedRequests[sum.Request] = true
 		st.Removed++
@@ -347,7 +292,7 @@ func (b *Builder) Build() (Stats, error) {
 		if old, ok := man.Runs[d.ref]; ok {
 			changedRequests[old.Request] = true
 		}
-		man.Runs[d.ref] = d.sum
+		man.setRun(d.ref, d.sum)
 		changedTargets[d.sum.Target] = true
 		changedRequests[d.sum.Request] = true
 		renderedRefs[d.ref] = true
@@ -363,7 +308,7 @@ func (b *Builder) Build() (Stats, error) {
 	}
 	for c := range man.Commits {
 		if !used[c] {
-			delete(man.Commits, c) // no run on it is left
+			man.removeCommit(c) // no run on it is left
 		}
 	}
 	st.Rendered = len(renderedRefs)
@@ -374,7 +319,7 @@ func (b *Builder) Build() (Stats, error) {
 		}
 	}
 	_, statErr := root.Stat("index.html")
-	if len(changedTargets) == 0 && len(changedRequests) == 0 && statErr == nil && man.RunsFile != "" {
+	if len(changedTargets) == 0 && len(changedRequests) == 0 && statErr == nil && !man.changed() {
 		st.Took = time.Since(start)
 		return st, nil
 	}
@@ -386,11 +331,10 @@ func (b *Builder) Build() (Stats, error) {
 		order = append(order, r.Ref)
 		sorted = sorted && !r.Future
 	}
-	encoded, hashes := encodeRuns(&man)
-	if err := b.writeLists(root, &man, order, sorted, hashes, changedTargets, changedRequests); err != nil {
+	if err := b.writeLists(root, &man, order, sorted, changedTargets, changedRequests); err != nil {
 		return st, b.explain(err)
 	}
-	if err := writeManifest(root, &man, encoded); err != nil {
+	if err := writeManifest(root, &man); err != nil {
 		return st, b.explain(err)
 	}
 	st.Took = time.Since(start)
@@ -412,14 +356,14 @@ type renderJob struct {
 // commit it does not have is skipped), and points each job at its
 // commit's description. The text is the pusher's: shown escaped, never
 // used as a path, a URL or to decide anything.
-func (b *Builder) readCommits(repo *gitproto.Repo, known map[string]render.CommitInfo, todo []renderJob) {
+func (b *Builder) readCommits(repo *gitproto.Repo, man *manifest, todo []renderJob) {
 	missing := map[string]bool{}
 	for i := range todo {
 		t, _, ok := queue.ParseRunRef(todo[i].ref)
 		if !ok || missing[t] {
 			continue
 		}
-		info, ok := known[t]
+		info, ok := man.Commits[t]
 		if !ok {
 			c, err := repo.Commit(gitproto.NewHash(t))
 			if err != nil {
@@ -427,7 +371,7 @@ func (b *Builder) readCommits(repo *gitproto.Repo, known map[string]render.Commi
 				continue
 			}
 			info = render.CommitInfoOf(c.Message, c.Author.Name, c.Author.When)
-			known[t] = info
+			man.setCommit(t, info)
 		}
 		todo[i].target = &info
 	}
@@ -660,7 +604,7 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 // page, and a page's address keeps its runs: a page is written only
 // when its fingerprint (the hashes of its runs' summaries, and its
 // links) changed, or when it is missing.
-func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorted bool, hashes map[string]uint64, targets, requests map[string]bool) error {
+func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorted bool, targets, requests map[string]bool) error {
 	now := time.Now()
 	sec := now.UTC().Format("20060102T150405")
 	// order holds every run ref, newest first when sorted; a run of the
@@ -724,9 +668,11 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 	}
 	oldPages := man.Pages
 	man.Pages = map[string][]string{}
-	// list writes the front page name+".html" and the older pages of a
-	// list, or removes them all when it is empty.
-	list := func(name, title string, runs []render.RunSummary, filter bool) error {
+	// list writes the front page of a list, name+".html", and its older
+	// pages, or removes them all when it is empty. root is the way from
+	// the list's folder to the site's; front holds what the front page
+	// shows beyond its runs.
+	list := func(name, title string, runs []render.RunSummary, front render.ListPage) error {
 		n := len(runs)
 		count := 0 // older pages
 		if n > b.page {
@@ -743,7 +689,7 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 			root.Remove(name + ".html")
 			return nil
 		}
-		front := render.ListPage{Title: title, Runs: runs[:min(n, b.page)], All: runs, Filter: filter}
+		front.Title, front.Runs, front.All = title, runs[:min(n, b.page)], runs
 		if count > 0 {
 			front.Older = pageFile((n-b.page-1)/b.page + 1)
 			front.PageNote = fmt.Sprintf("the newest %d of %d runs", b.page, n)
@@ -760,7 +706,7 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 			h.Reset()
 			fmt.Fprintf(h, "%d/%d %s\n", k, count, strings.Join(states, ","))
 			for _, s := range page {
-				binary.LittleEndian.PutUint64(buf[:], hashes[s.Ref])
+				binary.LittleEndian.PutUint64(buf[:], man.hashes[s.Ref])
 				h.Write(buf[:])
 				if s.NotLatest {
 					h.Write([]byte{1})
@@ -773,7 +719,7 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 					continue
 				}
 			}
-			p := render.ListPage{Title: fmt.Sprintf("%s · page %d of %d", title, k, count), Runs: page, Page: k,
+			p := render.ListPage{Title: fmt.Sprintf("%s · page %d of %d", title, k, count), Root: front.Root, Commit: front.Commit, Runs: page, Page: k,
 				PageNote: fmt.Sprintf("runs %d-%d of %d, counted from the oldest", lo+1, hi, n), Newer: name + ".html"}
 			if k < count {
 				p.Newer = pageFile(k + 1)
@@ -785,10 +731,12 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 				return err
 			}
 		}
-		man.Pages[name] = fps
+		if count > 0 || !strings.HasPrefix(name, "commits/") {
+			man.Pages[name] = fps
+		}
 		return nil
 	}
-	if err := list("index", "refci: all runs", all, true); err != nil {
+	if err := list("index", "refci: all runs", all, render.ListPage{Filter: true}); err != nil {
 		return err
 	}
 	if len(all) == 0 {
@@ -797,24 +745,28 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 		}
 	}
 	for _, s := range []queue.State{queue.Failure, queue.Error, queue.Cancelled, queue.Running, queue.Success} {
-		if err := list("state-"+string(s), "refci: runs in state "+string(s), byState[s], false); err != nil {
+		if err := list("state-"+string(s), "refci: runs in state "+string(s), byState[s], render.ListPage{}); err != nil {
 			return err
+		}
+	}
+	// A commit's history is paginated as the other lists are, its pages
+	// commits/<target>-page-<n>.html; only the commits with more than a
+	// page of runs have fingerprints, and those of the commits this build
+	// did not touch are kept.
+	for name, fps := range oldPages {
+		if t, ok := strings.CutPrefix(name, "commits/"); ok && !targets[t] {
+			man.Pages[name] = fps
 		}
 	}
 	for t := range targets {
 		if !queue.IsObjectID(t) {
 			continue // not from a run ref: not a file name
 		}
-		name := "commits/" + t + ".html"
-		if len(byTarget[t]) == 0 {
-			root.Remove(name)
-			continue
-		}
 		title := "refci: runs of " + t
 		if c := man.Commits[t]; c.Subject != "" {
 			title += " · " + c.Subject // escaped by the page
 		}
-		if err := write(name, render.ListPage{Title: title, Root: "../", Runs: byTarget[t], Commit: t}); err != nil {
+		if err := list("commits/"+t, title, byTarget[t], render.ListPage{Root: "../", Commit: t}); err != nil {
 			return err
 		}
 	}

@@ -71,7 +71,7 @@ func TestBuildIsIncremental(t *testing.T) {
 	}
 	defer root.Close()
 	man := readManifest(root, keysID(kr))
-	if c := man.Commits[target.String()]; man.Format != 5 || !runsFileName.MatchString(man.RunsFile) || man.Keys != keysID(kr) || man.Runs[ref].Commit != result.String() ||
+	if c := man.Commits[target.String()]; man.Format != siteFormat || !runsFileName.MatchString(man.RunsFile) || man.Keys != keysID(kr) || man.Runs[ref].Commit != result.String() ||
 		!man.Runs[ref].Verdict.Verified() || c.Subject != "Add the README" || c.Author != "Test Author" {
 		t.Errorf("manifest.json: %s", raw)
 	}
@@ -84,7 +84,7 @@ func TestBuildIsIncremental(t *testing.T) {
 		t.Fatal(err)
 	}
 	build(NewBuilder(repo.GitDir(), out, kr, Options{}), Stats{Runs: 1, Verified: 1})
-	if m := readManifest(root, keysID(kr)); m.Format != 5 || m.Runs[ref].Commit != result.String() {
+	if m := readManifest(root, keysID(kr)); m.Format != siteFormat || m.Runs[ref].Commit != result.String() {
 		t.Errorf("the format 4 manifest was not taken up: %+v", m)
 	}
 	runsFiles, _ := filepath.Glob(filepath.Join(out, "manifest-runs-*.bin"))
@@ -172,6 +172,16 @@ func TestListsArePaginated(t *testing.T) {
 	if strings.Contains(read("page-1.html"), "Latest by request") || strings.Contains(read("page-1.html"), `older runs`) {
 		t.Errorf("page-1.html has the summary, or an older page")
 	}
+	// A commit's history too, its pages in commits/; its front page says
+	// since when its state holds over all its runs, not only the shown.
+	c := "commits/" + target.String()
+	shows(c+".html", []int{6, 5, 4}, `href="../`+c+`-page-2.html">older runs →</a>`, "the newest 3 of 7 runs",
+		"success since "+base.Format(time.RFC3339)+" (7 runs)")
+	shows(c+"-page-1.html", []int{2, 1, 0}, `href="../`+c+`-page-2.html">← newer runs</a>`, "runs 1-3 of 7, counted from the oldest", `href="../index.html">all runs</a>`)
+	shows(c+"-page-3.html", []int{6}, `href="../`+c+`.html">← newer runs</a>`, `href="../`+c+`-page-2.html">older runs →</a>`)
+	if p := read(c + "-page-1.html"); strings.Contains(p, "success since") || !strings.Contains(p, "Add the README") {
+		t.Errorf("%s-page-1.html says since when, or not the commit's subject", c)
+	}
 
 	// One more run: only the newest older page (and the front pages) is
 	// written again.
@@ -183,12 +193,12 @@ func TestListsArePaginated(t *testing.T) {
 		}
 		return fi
 	}
-	kept := []string{"page-1.html", "page-2.html", "state-success-page-1.html", "state-success-page-2.html"}
+	kept := []string{"page-1.html", "page-2.html", "state-success-page-1.html", "state-success-page-2.html", c + "-page-1.html", c + "-page-2.html"}
 	var before []os.FileInfo
 	for _, name := range kept {
 		before = append(before, stat(name))
 	}
-	p3 := stat("page-3.html")
+	p3, c3 := stat("page-3.html"), stat(c+"-page-3.html")
 	add(7, queue.Success) // (a run in a new state would change every page's links to the states' lists)
 	if st, err := b.Build(); err != nil || st.Rendered != 1 {
 		t.Fatalf("build: %+v %v", st, err)
@@ -198,9 +208,10 @@ func TestListsArePaginated(t *testing.T) {
 			t.Errorf("%s was written again", name)
 		}
 	}
-	if os.SameFile(p3, stat("page-3.html")) {
-		t.Errorf("page-3.html was not written again")
+	if os.SameFile(p3, stat("page-3.html")) || os.SameFile(c3, stat(c+"-page-3.html")) {
+		t.Errorf("page-3.html, or the commit's, was not written again")
 	}
+	shows(c+"-page-3.html", []int{7, 6}, "runs 7-8 of 8")
 	shows("index.html", []int{7, 6, 5}, `href="page-2.html">older runs →</a>`, "the newest 3 of 8 runs")
 	shows("page-3.html", []int{7, 6}, "runs 7-8 of 8")
 	if _, err := os.Stat(filepath.Join(out, "state-failure.html")); err == nil {
@@ -216,12 +227,14 @@ func TestListsArePaginated(t *testing.T) {
 	if st, err := b.Build(); err != nil || st.Removed != 6 || st.Runs != 2 {
 		t.Fatalf("build: %+v %v", st, err)
 	}
-	for _, gone := range []string{"page-1.html", "page-2.html", "page-3.html", "state-success-page-1.html", "state-success-page-2.html"} {
+	for _, gone := range []string{"page-1.html", "page-2.html", "page-3.html", "state-success-page-1.html", "state-success-page-2.html",
+		c + "-page-1.html", c + "-page-2.html", c + "-page-3.html"} {
 		if _, err := os.Stat(filepath.Join(out, gone)); err == nil {
 			t.Errorf("%s is still there", gone)
 		}
 	}
 	shows("index.html", []int{7, 6})
+	shows(c+".html", []int{7, 6})
 }
 
 func mustRef(t *testing.T, repo *gitproto.Repo, name string) gitproto.Hash {
