@@ -12,6 +12,7 @@
 package site
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -227,7 +228,7 @@ func (b *Builder) Build() (Stats, error) {
 	if err != nil {
 		return st, err
 	}
-	runs, err := results.List(repo, "")
+	runs, err := listRuns(repo)
 	if err != nil {
 		return st, err
 	}
@@ -239,46 +240,67 @@ func (b *Builder) Build() (Stats, error) {
 		return st, err
 	}
 	defer root.Close()
+	// What a stopped build left half-written. (Two builds of one site at
+	// once, in two processes, are not supported.)
+	if err := root.RemoveAll(tmpDir); err != nil {
+		return st, b.explain(err)
+	}
 	man := readManifest(root, keysID(b.keys))
-	// One map lookup per run when none went (the usual build); the set of
-	// live refs is made only when some did.
+	// One pass over the runs, in List's order (newest first), with one
+	// lookup of each in the manifest: all holds their summaries for the
+	// lists, hashes their hashes; a run to render has its old summary
+	// there, or none (Ref ""), until it is rendered. The set of live refs
+	// is made only when some run went.
 	var todo []renderJob
-	used := map[string]bool{} // the targets with runs
-	kept := 0                 // runs of the manifest still here
+	all := make([]render.RunSummary, 0, len(runs))
+	hashes := make([]uint64, 0, len(runs))
+	at := map[string]int{} // the index in all of each run to render
+	kept := 0              // runs of the manifest still here
+	var hexID [40]byte
 	for _, r := range runs {
-		used[r.Target] = true
-		old, ok := man.Runs[r.Ref]
+		old, ok := man.Runs[r.ref]
+		hashes = append(hashes, man.hashes[r.ref])
+		all = append(all, old)
 		if ok {
 			kept++
-			if old.Commit == r.Commit.String() {
+			hex.Encode(hexID[:], r.commit[:])
+			if old.Commit == string(hexID[:]) { // (no allocation)
 				continue
 			}
 		}
-		todo = append(todo, renderJob{ref: r.Ref, commit: r.Commit})
+		at[r.ref] = len(all) - 1
+		todo = append(todo, renderJob{ref: r.ref, commit: r.commit})
 	}
 	b.readCommits(repo, &man, todo)
 	changedTargets := map[string]bool{}
 	changedRequests := map[string]bool{}
-	var live map[string]bool
 	if kept < len(man.Runs) {
-		live = make(map[string]bool, len(runs))
+		live := make(map[string]bool, len(runs))
+		used := map[string]bool{} // the targets with runs
 		for _, r := range runs {
-			live[r.Ref] = true
+			live[r.ref] = true
+			used[r.target] = true
 		}
-	}
-	for ref, sum := range man.Runs {
-		if live == nil || live[ref] {
-			continue
+		for ref, sum := range man.Runs {
+			if live[ref] {
+				continue
+			}
+			if target, run, ok := queue.ParseRunRef(ref); ok {
+				if err := root.RemoveAll(path.Join("runs", target, run)); err != nil {
+					return st, err
+				}
+			}
+			man.removeRun(ref)
+			changedTargets[sum.Target] = true
+			changedRequests[sum.Request] = true
+			st.Removed++
 		}
-		if target, run, ok := queue.ParseRunRef(ref); ok {
-			if err := root.RemoveAll(path.Join("runs", target, run)); err != nil {
-				return st, err
+		// Only a run that went can leave a commit without runs.
+		for c := range man.Commits {
+			if !used[c] {
+				man.removeCommit(c)
 			}
 		}
-		man.removeRun(ref)
-		changedTargets[sum.Target] = true
-		changedRequests[sum.Request] = true
-		st.Removed++
 	}
 	renderedRefs := map[string]bool{} // a lost run may be rendered twice
 	record := func(d rendered) {
@@ -296,6 +318,13 @@ func (b *Builder) Build() (Stats, error) {
 		changedTargets[d.sum.Target] = true
 		changedRequests[d.sum.Request] = true
 		renderedRefs[d.ref] = true
+		i, ok := at[d.ref]
+		if !ok { // a lost run: a few of them, looked for in the list
+			i = slices.IndexFunc(all, func(s render.RunSummary) bool { return s.Ref == d.ref })
+		}
+		if i >= 0 {
+			all[i], hashes[i] = man.Runs[d.ref], man.hashes[d.ref]
+		}
 	}
 	for _, d := range b.renderAll(root, todo) {
 		record(d)
@@ -306,32 +335,35 @@ func (b *Builder) Build() (Stats, error) {
 	for _, d := range b.renderAll(root, lostChanged(man)) {
 		record(d)
 	}
-	for c := range man.Commits {
-		if !used[c] {
-			man.removeCommit(c) // no run on it is left
-		}
-	}
 	st.Rendered = len(renderedRefs)
 	st.Runs = len(man.Runs)
-	for _, s := range man.Runs {
+	_, statErr := root.Stat("index.html")
+	if len(changedTargets) == 0 && len(changedRequests) == 0 && statErr == nil && !man.changed() {
+		for _, s := range all {
+			if s.Verdict.Verified() {
+				st.Verified++
+			}
+		}
+		st.Took = time.Since(start)
+		return st, nil
+	}
+	// A run that could not be rendered, and was not on the site, is left
+	// out.
+	n := 0
+	for i := range all {
+		if all[i].Ref == "" {
+			continue
+		}
+		all[n], hashes[n] = all[i], hashes[i]
+		n++
+	}
+	all, hashes = all[:n], hashes[:n]
+	for _, s := range all {
 		if s.Verdict.Verified() {
 			st.Verified++
 		}
 	}
-	_, statErr := root.Stat("index.html")
-	if len(changedTargets) == 0 && len(changedRequests) == 0 && statErr == nil && !man.changed() {
-		st.Took = time.Since(start)
-		return st, nil
-	}
-	// The lists' order is List's (newest first), but for runs dated in
-	// the future, which List puts last: then it is sorted again.
-	order := make([]string, 0, len(runs))
-	sorted := true
-	for _, r := range runs {
-		order = append(order, r.Ref)
-		sorted = sorted && !r.Future
-	}
-	if err := b.writeLists(root, &man, order, sorted, changedTargets, changedRequests); err != nil {
+	if err := b.writeLists(root, &man, all, hashes, changedTargets, changedRequests); err != nil {
 		return st, b.explain(err)
 	}
 	if err := writeManifest(root, &man); err != nil {
@@ -339,6 +371,68 @@ func (b *Builder) Build() (Stats, error) {
 	}
 	st.Took = time.Since(start)
 	return st, nil
+}
+
+// listStates are the states with a list of their own, in the order of
+// the links to them (and of writeLists' switch).
+var listStates = [...]queue.State{queue.Failure, queue.Error, queue.Cancelled, queue.Running, queue.Success}
+
+// runList is a list of runs, with the hash of each.
+type runList struct {
+	runs   []render.RunSummary
+	hashes []uint64
+}
+
+// inSet returns the test of membership in set: a few comparisons when it
+// is small (a build after one new run changes one target and a request
+// or two), which cost less than hashing each of 100,000 strings.
+func inSet(set map[string]bool) func(string) bool {
+	if len(set) > 8 {
+		return func(s string) bool { return set[s] }
+	}
+	keys := make([]string, 0, len(set))
+	for k := range set {
+		keys = append(keys, k)
+	}
+	return func(s string) bool { return slices.Contains(keys, s) }
+}
+
+// siteRun is a run ref of the repository: its name, the target and run
+// id it names, its commit, and key, the number the first 15 characters
+// of the run id spell (YYYYMMDDTHHMMSS, digits but for the T): in the
+// order of those characters, and cheaper to compare.
+type siteRun struct {
+	ref, target, run string
+	commit           gitproto.Hash
+	key              uint64
+}
+
+// listRuns lists the run refs of repo in the order of the site's lists:
+// newest run id first (then by ref, the larger first), those dated in
+// the future too. (results.List puts those last, for other readers.)
+func listRuns(repo *gitproto.Repo) ([]siteRun, error) {
+	refs, err := repo.Refs(queue.RunsPrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]siteRun, 0, len(refs))
+	for _, r := range refs {
+		t, id, ok := queue.ParseRunRef(r.Name)
+		if !ok {
+			continue
+		}
+		var key uint64
+		for i := 0; i < 15; i++ {
+			if c := id[i]; c >= '0' && c <= '9' { // id[8] is the T
+				key = key*10 + uint64(c-'0')
+			}
+		}
+		out = append(out, siteRun{ref: r.Name, target: t, run: id, commit: r.Hash, key: key})
+	}
+	slices.SortFunc(out, func(a, b siteRun) int {
+		return cmp.Or(cmp.Compare(b.key, a.key), strings.Compare(b.run, a.run), strings.Compare(b.ref, a.ref))
+	})
+	return out, nil
 }
 
 // renderJob is one run to render; by, when set, is the run that took it
@@ -530,8 +624,8 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 	if err := root.MkdirAll(path.Dir(rel), 0o755); err != nil {
 		return render.RunSummary{}, err
 	}
-	dir := path.Join(path.Dir(rel), ".tmp-"+runID+"-"+tmpSuffix())
-	if err := root.Mkdir(dir, 0o755); err != nil {
+	dir := path.Join(tmpDir, "run-"+tmpSuffix())
+	if err := mkdirTmp(root, dir); err != nil {
 		return render.RunSummary{}, err
 	}
 	defer root.RemoveAll(dir) // after a successful rename, nothing is left there
@@ -604,54 +698,70 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 // page, and a page's address keeps its runs: a page is written only
 // when its fingerprint (the hashes of its runs' summaries, and its
 // links) changed, or when it is missing.
-func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorted bool, targets, requests map[string]bool) error {
+func (b *Builder) writeLists(root *os.Root, man *manifest, all []render.RunSummary, hashes []uint64, targets, requests map[string]bool) error {
 	now := time.Now()
 	sec := now.UTC().Format("20060102T150405")
-	// order holds every run ref, newest first when sorted; a run of the
-	// manifest not in it (none, but for a render that failed) is left out.
-	all := make([]render.RunSummary, 0, len(man.Runs))
-	for _, ref := range order {
-		s, ok := man.Runs[ref]
-		if !ok {
-			continue
-		}
+	for i := range all {
 		// One comparison for a run not after now's second (its id is
 		// valid: it comes from its ref), else the full rule.
+		s := &all[i]
 		s.NotLatest = len(s.Run) < 15 || s.Run[:15] > sec && queue.RunIDFuture(s.Run, now)
-		all = append(all, s)
 	}
-	if !sorted {
-		slices.SortFunc(all, func(a, b render.RunSummary) int {
-			if c := strings.Compare(b.Run, a.Run); c != 0 {
-				return c
-			}
-			return strings.Compare(b.Ref, a.Ref)
-		})
-	}
-	counts := map[queue.State]int{}
+	// The lists of the states that have one, by their index in
+	// listStates.
+	var counts [len(listStates)]int
+	stateOf := make([]int8, len(all))
 	for i := range all {
-		counts[all[i].State]++
+		k := int8(-1) // not a state refci writes: on no state's list
+		switch all[i].State {
+		case queue.Failure:
+			k = 0
+		case queue.Error:
+			k = 1
+		case queue.Cancelled:
+			k = 2
+		case queue.Running:
+			k = 3
+		case queue.Success:
+			k = 4
+		}
+		stateOf[i] = k
+		if k >= 0 {
+			counts[k]++
+		}
 	}
-	byState := make(map[queue.State][]render.RunSummary, len(counts))
-	for state, n := range counts {
-		byState[state] = make([]render.RunSummary, 0, n) // grown once: 100,000 summaries are 30 MB
+	var byState [len(listStates)]runList
+	for k, n := range counts {
+		// grown once: 100,000 summaries are 30 MB
+		byState[k] = runList{make([]render.RunSummary, 0, n), make([]uint64, 0, n)}
 	}
-	byTarget := map[string][]render.RunSummary{}
+	byTarget := map[string]*runList{}
+	for t := range targets {
+		byTarget[t] = &runList{}
+	}
+	isTarget, isRequest := inSet(targets), inSet(requests)
 	latest := map[string]render.RunSummary{}
 	hasRuns := map[string]bool{}
-	for _, s := range all {
-		byState[s.State] = append(byState[s.State], s)
-		if targets[s.Target] {
-			byTarget[s.Target] = append(byTarget[s.Target], s)
+	for i, s := range all {
+		if k := stateOf[i]; k >= 0 {
+			l := &byState[k]
+			l.runs, l.hashes = append(l.runs, s), append(l.hashes, hashes[i])
 		}
-		hasRuns[s.Request] = true
-		if _, ok := latest[s.Request]; !ok && s.Verdict.Verified() && !s.NotLatest {
-			latest[s.Request] = s
+		if isTarget(s.Target) {
+			l := byTarget[s.Target]
+			l.runs, l.hashes = append(l.runs, s), append(l.hashes, hashes[i])
+		}
+		// Only the changed requests' badges are written.
+		if isRequest(s.Request) {
+			hasRuns[s.Request] = true
+			if _, ok := latest[s.Request]; !ok && s.Verdict.Verified() && !s.NotLatest {
+				latest[s.Request] = s
+			}
 		}
 	}
 	var states []string
-	for _, s := range []queue.State{queue.Failure, queue.Error, queue.Cancelled, queue.Running, queue.Success} {
-		if len(byState[s]) > 0 {
+	for k, s := range listStates {
+		if counts[k] > 0 {
 			states = append(states, string(s))
 		}
 	}
@@ -672,7 +782,8 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 	// pages, or removes them all when it is empty. root is the way from
 	// the list's folder to the site's; front holds what the front page
 	// shows beyond its runs.
-	list := func(name, title string, runs []render.RunSummary, front render.ListPage) error {
+	list := func(name, title string, l runList, front render.ListPage) error {
+		runs := l.runs
 		n := len(runs)
 		count := 0 // older pages
 		if n > b.page {
@@ -705,8 +816,8 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 			page := runs[n-hi : n-lo]
 			h.Reset()
 			fmt.Fprintf(h, "%d/%d %s\n", k, count, strings.Join(states, ","))
-			for _, s := range page {
-				binary.LittleEndian.PutUint64(buf[:], man.hashes[s.Ref])
+			for i, s := range page {
+				binary.LittleEndian.PutUint64(buf[:], l.hashes[n-hi+i])
 				h.Write(buf[:])
 				if s.NotLatest {
 					h.Write([]byte{1})
@@ -736,7 +847,7 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 		}
 		return nil
 	}
-	if err := list("index", "refci: all runs", all, render.ListPage{Filter: true}); err != nil {
+	if err := list("index", "refci: all runs", runList{all, hashes}, render.ListPage{Filter: true}); err != nil {
 		return err
 	}
 	if len(all) == 0 {
@@ -744,8 +855,8 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 			return err
 		}
 	}
-	for _, s := range []queue.State{queue.Failure, queue.Error, queue.Cancelled, queue.Running, queue.Success} {
-		if err := list("state-"+string(s), "refci: runs in state "+string(s), byState[s], render.ListPage{}); err != nil {
+	for k, s := range listStates {
+		if err := list("state-"+string(s), "refci: runs in state "+string(s), byState[k], render.ListPage{}); err != nil {
 			return err
 		}
 	}
@@ -766,7 +877,7 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 		if c := man.Commits[t]; c.Subject != "" {
 			title += " · " + c.Subject // escaped by the page
 		}
-		if err := list("commits/"+t, title, byTarget[t], render.ListPage{Root: "../", Commit: t}); err != nil {
+		if err := list("commits/"+t, title, *byTarget[t], render.ListPage{Root: "../", Commit: t}); err != nil {
 			return err
 		}
 	}
@@ -796,6 +907,23 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 
 // tmpSuffix names a temporary file or directory in the site.
 func tmpSuffix() string { return strconv.FormatUint(rand.Uint64(), 36) }
+
+// tmpDir is where a build writes what it then renames into place: a run's
+// directory, a page. What a stopped build left there is removed by the
+// next (Build), so that no half-written file stays in the site.
+const tmpDir = ".tmp"
+
+// mkdirTmp makes the directory name in tmpDir, and tmpDir when missing.
+func mkdirTmp(root *os.Root, name string) error {
+	err := root.Mkdir(name, 0o755)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := root.Mkdir(tmpDir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+		err = root.Mkdir(name, 0o755)
+	}
+	return err
+}
 
 // copyBlob streams a file of a result tree to dst, a new file under root.
 func copyBlob(repo *gitproto.Repo, root *os.Root, commit gitproto.Hash, src, dst string) error {
@@ -827,11 +955,18 @@ func writeNew(root *os.Root, name string, data []byte) error {
 }
 
 // writeAtomic replaces name under root with data by writing a new
-// temporary file beside it and renaming it: a link at name is replaced,
+// temporary file in tmpDir and renaming it: a link at name is replaced,
 // never followed.
 func writeAtomic(root *os.Root, name string, data []byte) error {
-	tmp := path.Join(path.Dir(name), ".tmp-"+tmpSuffix())
-	if err := writeNew(root, tmp, data); err != nil {
+	tmp := path.Join(tmpDir, tmpSuffix())
+	err := writeNew(root, tmp, data)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := root.Mkdir(tmpDir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+		err = writeNew(root, tmp, data)
+	}
+	if err != nil {
 		root.Remove(tmp)
 		return err
 	}
