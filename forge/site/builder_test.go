@@ -2,6 +2,7 @@ package site
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -244,4 +245,135 @@ func mustRef(t *testing.T, repo *gitproto.Repo, name string) gitproto.Hash {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// siteTree is every file of a site but the manifest's, with its content.
+func siteTree(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == manifestFile || strings.HasPrefix(rel, "manifest-runs-") {
+			return nil
+		}
+		raw, err := os.ReadFile(p)
+		files[rel] = string(raw)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// A site whose delta was cut short, or that a build stopped after
+// appending to the delta and before replacing manifest.json, is taken up:
+// the next build leaves the same site as one that was never stopped, and
+// a delta cut short is folded into a new runs file.
+func TestBuildTakesUpACutOrStoppedDelta(t *testing.T) {
+	repo := newRepo(t)
+	target := resultcommit.Commit(t, repo, map[string]string{"README": "hello\n"}, "Add the README", nil)
+	id := fixtures.OpenPGPIdentity(t, "Test Worker")
+	var kr secrets.Keyring
+	kr.Add(id)
+	base := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
+	var refs []string
+	add := func(i int, state queue.State) {
+		t.Helper()
+		started := base.Add(time.Duration(i) * time.Minute)
+		exit := 0
+		st := &queue.Status{Format: queue.Format, State: state, Target: target.String(), Request: fmt.Sprintf("r%d", i%2), Run: queue.NewRunID(started),
+			Attempt: 1, Worker: id.Fingerprint(), Started: started, Finished: started.Add(time.Second), DurationMS: 1000, ExitCode: &exit}
+		resultcommit.Write(t, repo, st, gitproto.ZeroHash, id, map[string]string{queue.LogFile: "ok\n"})
+		refs = append(refs, queue.RunRef(st.Target, st.Run))
+	}
+	out := t.TempDir()
+	b := NewBuilder(repo.GitDir(), out, kr, Options{PageSize: 2, Warn: func(msg string) { t.Errorf("warned: %s", msg) }})
+	build := func(b *Builder) Stats {
+		t.Helper()
+		st, err := b.Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	for i := 0; i < 5; i++ {
+		add(i, queue.Success)
+	}
+	build(b)
+	before := t.TempDir() // the site before the last build
+	var ends []int64
+	for i := 5; i < 8; i++ {
+		add(i, []queue.State{queue.Failure, queue.Success}[i%2])
+		if i == 7 {
+			if err := repo.UpdateRef(refs[0], gitproto.ZeroHash, mustRef(t, repo, refs[0])); err != nil {
+				t.Fatal(err)
+			}
+			os.RemoveAll(before)
+			if err := os.CopyFS(before, os.DirFS(out)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		build(b)
+		root, _ := os.OpenRoot(out)
+		m := readManifest(root, keysID(kr))
+		root.Close()
+		if m.DeltaLen == 0 || (len(ends) > 0 && m.DeltaLen <= ends[len(ends)-1]) {
+			t.Fatalf("build %d did not append to the delta: %d", i, m.DeltaLen)
+		}
+		ends = append(ends, m.DeltaLen)
+	}
+	want := siteTree(t, out)
+	root, _ := os.OpenRoot(out)
+	man := readManifest(root, keysID(kr))
+	root.Close()
+	delta, err := os.ReadFile(filepath.Join(out, deltaOf(man.RunsFile)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(what, dir string) {
+		t.Helper()
+		build(NewBuilder(repo.GitDir(), dir, kr, Options{PageSize: 2, Warn: func(msg string) { t.Errorf("%s: warned: %s", what, msg) }}))
+		got := siteTree(t, dir)
+		for name, w := range want {
+			if got[name] != w {
+				t.Errorf("%s: %s differs from the site never stopped:\n%s\nwant\n%s", what, name, got[name], w)
+			}
+		}
+		for name := range got {
+			if _, ok := want[name]; !ok {
+				t.Errorf("%s: %s is left", what, name)
+			}
+		}
+		root, _ := os.OpenRoot(dir)
+		defer root.Close()
+		if m := readManifest(root, keysID(kr)); !maps.Equal(m.hashes, man.hashes) || m.rewrite {
+			t.Errorf("%s: the manifest after: %+v", what, m)
+		}
+	}
+	cuts := []int64{0, 1, int64(len(deltaMagic)), int64(len(delta)) - 1}
+	for _, e := range ends {
+		cuts = append(cuts, e-1, e+1)
+	}
+	for _, cut := range cuts {
+		if cut < 0 || cut >= int64(len(delta)) {
+			continue
+		}
+		dir := t.TempDir()
+		if err := os.CopyFS(dir, os.DirFS(out)); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(filepath.Join(dir, deltaOf(man.RunsFile)), cut); err != nil {
+			t.Fatal(err)
+		}
+		check(fmt.Sprintf("the delta cut at %d of %d bytes", cut, len(delta)), dir)
+	}
+	// Stopped after the append: the delta of after, the rest of before.
+	if err := os.WriteFile(filepath.Join(before, deltaOf(man.RunsFile)), delta, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	check("stopped before manifest.json", before)
 }
