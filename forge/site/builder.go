@@ -690,14 +690,17 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 // verified run not dated in the future; a request with runs but none such
 // gets a grey "not verified" badge.
 //
-// The list of every run (index.html) and of each state
-// (state-<state>.html) show the newest Options.PageSize runs, with the latest of
-// each request, and link the older pages (page-<n>.html,
-// state-<state>-page-<n>.html). Those pages are numbered from the oldest
-// run, so that a new run changes only the newest of them and the front
-// page, and a page's address keeps its runs: a page is written only
-// when its fingerprint (the hashes of its runs' summaries, and its
-// links) changed, or when it is missing.
+// The list of every run (index.html), of each state (state-<state>.html)
+// and of each commit (commits/<target>.html) show the newest
+// Options.PageSize runs (the first two with the latest of each request)
+// and link the older pages (page-<n>.html, state-<state>-page-<n>.html,
+// commits/<target>-page-<n>.html). Those pages are numbered from the
+// oldest run, so that a new run changes only the newest of them and the
+// front page, and a page's address keeps its runs: a page is written
+// only when its fingerprint (the hashes of its runs' summaries, and its
+// links) changed, or when it is missing. An older page says neither how
+// many pages nor how many runs the list has (its front page does), so
+// that it stays as it is when the list grows.
 func (b *Builder) writeLists(root *os.Root, man *manifest, all []render.RunSummary, hashes []uint64, targets, requests map[string]bool) error {
 	now := time.Now()
 	sec := now.UTC().Format("20060102T150405")
@@ -815,7 +818,11 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, all []render.RunSumma
 			lo, hi := (k-1)*b.page, min(k*b.page, n) // counted from the oldest
 			page := runs[n-hi : n-lo]
 			h.Reset()
-			fmt.Fprintf(h, "%d/%d %s\n", k, count, strings.Join(states, ","))
+			// Not the number of pages, nor of runs: a page says neither, so
+			// that it is written again only when its runs, its link to the
+			// newer page (the last links the front page) or the states'
+			// links change, not each time the list grows by a page.
+			fmt.Fprintf(h, "%d %t %s\n", k, k == count, strings.Join(states, ","))
 			for i, s := range page {
 				binary.LittleEndian.PutUint64(buf[:], l.hashes[n-hi+i])
 				h.Write(buf[:])
@@ -830,8 +837,8 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, all []render.RunSumma
 					continue
 				}
 			}
-			p := render.ListPage{Title: fmt.Sprintf("%s · page %d of %d", title, k, count), Root: front.Root, Commit: front.Commit, Runs: page, Page: k,
-				PageNote: fmt.Sprintf("runs %d-%d of %d, counted from the oldest", lo+1, hi, n), Newer: name + ".html"}
+			p := render.ListPage{Title: fmt.Sprintf("%s · page %d", title, k), Root: front.Root, Commit: front.Commit, Runs: page, Page: k,
+				PageNote: fmt.Sprintf("runs %d-%d, counted from the oldest", lo+1, hi), Newer: name + ".html"}
 			if k < count {
 				p.Newer = pageFile(k + 1)
 			}

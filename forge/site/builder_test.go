@@ -165,9 +165,9 @@ func TestListsArePaginated(t *testing.T) {
 	}
 	// 7 runs: the front page the newest 3; pages from the oldest: 0-2, 3-5, 6.
 	shows("index.html", []int{6, 5, 4}, `href="page-2.html">older runs →</a>`, "the newest 3 of 7 runs", "Latest by request")
-	shows("page-1.html", []int{2, 1, 0}, `href="page-2.html">← newer runs</a>`, "runs 1-3 of 7, counted from the oldest")
+	shows("page-1.html", []int{2, 1, 0}, `href="page-2.html">← newer runs</a>`, "runs 1-3, counted from the oldest")
 	shows("page-2.html", []int{5, 4, 3}, `href="page-3.html">← newer runs</a>`, `href="page-1.html">older runs →</a>`)
-	shows("page-3.html", []int{6}, `href="index.html">← newer runs</a>`, `href="page-2.html">older runs →</a>`, "runs 7-7 of 7")
+	shows("page-3.html", []int{6}, `href="index.html">← newer runs</a>`, `href="page-2.html">older runs →</a>`, "runs 7-7, counted")
 	shows("state-success.html", []int{6, 5, 4}, `href="state-success-page-2.html">older runs →</a>`)
 	shows("state-success-page-1.html", []int{2, 1, 0})
 	if strings.Contains(read("page-1.html"), "Latest by request") || strings.Contains(read("page-1.html"), `older runs`) {
@@ -178,7 +178,7 @@ func TestListsArePaginated(t *testing.T) {
 	c := "commits/" + target.String()
 	shows(c+".html", []int{6, 5, 4}, `href="../`+c+`-page-2.html">older runs →</a>`, "the newest 3 of 7 runs",
 		"success since "+base.Format(time.RFC3339)+" (7 runs)")
-	shows(c+"-page-1.html", []int{2, 1, 0}, `href="../`+c+`-page-2.html">← newer runs</a>`, "runs 1-3 of 7, counted from the oldest", `href="../index.html">all runs</a>`)
+	shows(c+"-page-1.html", []int{2, 1, 0}, `href="../`+c+`-page-2.html">← newer runs</a>`, "runs 1-3, counted from the oldest", `href="../index.html">all runs</a>`)
 	shows(c+"-page-3.html", []int{6}, `href="../`+c+`.html">← newer runs</a>`, `href="../`+c+`-page-2.html">older runs →</a>`)
 	if p := read(c + "-page-1.html"); strings.Contains(p, "success since") || !strings.Contains(p, "Add the README") {
 		t.Errorf("%s-page-1.html says since when, or not the commit's subject", c)
@@ -212,30 +212,50 @@ func TestListsArePaginated(t *testing.T) {
 	if os.SameFile(p3, stat("page-3.html")) || os.SameFile(c3, stat(c+"-page-3.html")) {
 		t.Errorf("page-3.html, or the commit's, was not written again")
 	}
-	shows(c+"-page-3.html", []int{7, 6}, "runs 7-8 of 8")
+	shows(c+"-page-3.html", []int{7, 6}, "runs 7-8, counted")
 	shows("index.html", []int{7, 6, 5}, `href="page-2.html">older runs →</a>`, "the newest 3 of 8 runs")
-	shows("page-3.html", []int{7, 6}, "runs 7-8 of 8")
+	shows("page-3.html", []int{7, 6}, "runs 7-8, counted")
 	if _, err := os.Stat(filepath.Join(out, "state-failure.html")); err == nil {
 		t.Errorf("a list without runs is there")
 	}
 
+	// Two more runs make a fourth page: the third links it, the first two
+	// stay as they are (no page says how many there are).
+	before = before[:0]
+	for _, name := range kept {
+		before = append(before, stat(name))
+	}
+	add(8, queue.Success)
+	add(9, queue.Success)
+	if st, err := b.Build(); err != nil || st.Rendered != 2 {
+		t.Fatalf("build: %+v %v", st, err)
+	}
+	for i, name := range kept {
+		if !os.SameFile(before[i], stat(name)) {
+			t.Errorf("%s was written again when a page was added", name)
+		}
+	}
+	shows("page-3.html", []int{8, 7, 6}, `href="page-4.html">← newer runs</a>`, "runs 7-9, counted from the oldest")
+	shows("page-4.html", []int{9}, `href="index.html">← newer runs</a>`, `href="page-3.html">older runs →</a>`)
+	shows("index.html", []int{9, 8, 7}, `href="page-3.html">older runs →</a>`, "the newest 3 of 10 runs")
+
 	// Runs go: so do the pages beyond the last.
-	for _, r := range refs[:6] {
+	for _, r := range refs[:8] {
 		if err := repo.UpdateRef(queue.RunRef(target.String(), r), gitproto.ZeroHash, mustRef(t, repo, queue.RunRef(target.String(), r))); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if st, err := b.Build(); err != nil || st.Removed != 6 || st.Runs != 2 {
+	if st, err := b.Build(); err != nil || st.Removed != 8 || st.Runs != 2 {
 		t.Fatalf("build: %+v %v", st, err)
 	}
-	for _, gone := range []string{"page-1.html", "page-2.html", "page-3.html", "state-success-page-1.html", "state-success-page-2.html",
-		c + "-page-1.html", c + "-page-2.html", c + "-page-3.html"} {
+	for _, gone := range []string{"page-1.html", "page-2.html", "page-3.html", "page-4.html", "state-success-page-1.html", "state-success-page-2.html",
+		c + "-page-1.html", c + "-page-2.html", c + "-page-3.html", c + "-page-4.html"} {
 		if _, err := os.Stat(filepath.Join(out, gone)); err == nil {
 			t.Errorf("%s is still there", gone)
 		}
 	}
-	shows("index.html", []int{7, 6})
-	shows(c+".html", []int{7, 6})
+	shows("index.html", []int{9, 8})
+	shows(c+".html", []int{9, 8})
 }
 
 func mustRef(t *testing.T, repo *gitproto.Repo, name string) gitproto.Hash {
