@@ -332,7 +332,7 @@ func (b *Builder) Build() (Stats, error) {
 	// Runs whose worker was lost are rendered again as lost once the
 	// attempt that took them over is here (and as they are, should that
 	// attempt go away).
-	for _, d := range b.renderAll(root, lostChanged(man)) {
+	for _, d := range b.renderAll(root, lostChanged(&man, all)) {
 		record(d)
 	}
 	st.Rendered = len(renderedRefs)
@@ -520,15 +520,17 @@ func (b *Builder) renderAll(root *os.Root, todo []renderJob) []rendered {
 	return out
 }
 
-// lostChanged returns the runs of man whose being lost (queue.TakenOver)
-// is not what their pages show. Only attempts that took a run over, the
-// runs they name and the runs shown as lost are looked at: a site of
-// runs that all ended costs two passes over the manifest. Only verified
+// lostChanged returns the runs of all (the summaries of man's runs, in
+// a slice: two passes over it cost less than over the map) whose being
+// lost (queue.TakenOver) is not what their pages show. Only attempts
+// that took a run over, the runs they name and the runs shown as lost
+// are looked at: a site of runs that all ended costs two passes over
+// all, with no allocation per run. Only verified
 // runs take part: a result nobody vouches for may not make another look
 // lost.
-func lostChanged(man manifest) []renderJob {
+func lostChanged(man *manifest, all []render.RunSummary) []renderJob {
 	named := map[string]bool{} // the ref of every run a later attempt names
-	for _, s := range man.Runs {
+	for _, s := range all {
 		if s.PreviousRun != "" && s.Verdict.Verified() {
 			named[queue.RunRef(s.Target, s.PreviousRun)] = true
 		}
@@ -536,10 +538,11 @@ func lostChanged(man manifest) []renderJob {
 	var sts []*queue.Status
 	refOf := map[*queue.Status]string{}
 	sumOf := map[string]render.RunSummary{} // by the run ref its status names
-	for ref, s := range man.Runs {
-		if !s.Verdict.Verified() || s.PreviousRun == "" && s.LostTo == "" && !named[queue.RunRef(s.Target, s.Run)] {
+	for _, s := range all {
+		if !s.Verdict.Verified() || s.PreviousRun == "" && s.LostTo == "" && (len(named) == 0 || !named[queue.RunRef(s.Target, s.Run)]) {
 			continue
 		}
+		ref := s.Ref
 		st := &queue.Status{Target: s.Target, Request: s.Request, Run: s.Run, Attempt: s.Attempt, State: s.State}
 		if s.LostTo != "" {
 			st.State = queue.Running // shown as lost; its status.json says running
