@@ -93,6 +93,33 @@ func TestBuildIsIncremental(t *testing.T) {
 		t.Errorf("runs files: %v", runsFiles)
 	}
 
+	// A manifest of format 5 (no delta; a planted delta_len it does not
+	// have is read as what it is) and a delta beside it that it does not
+	// know of: nothing to render again either; the delta is not read.
+	// Nor is a delta_len that lies believed: a huge one (the delta is
+	// read as far as it goes), a negative one (the site is built anew).
+	for _, c := range []struct {
+		head     string
+		rendered int
+	}{
+		{`{"format":5,"keys":%q,"runs_file":%q}`, 0},
+		{`{"format":6,"keys":%q,"runs_file":%q,"delta_len":1099511627776}`, 0},
+		{`{"format":6,"keys":%q,"runs_file":%q,"delta_len":-5}`, 1},
+	} {
+		m5 := readManifest(root, keysID(kr))
+		if err := os.WriteFile(filepath.Join(out, deltaOf(m5.RunsFile)), []byte(deltaMagic+"garbage"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		head := fmt.Sprintf(c.head, keysID(kr), m5.RunsFile)
+		if err := os.WriteFile(filepath.Join(out, manifestFile), []byte(head), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		build(NewBuilder(repo.GitDir(), out, kr, Options{}), Stats{Runs: 1, Rendered: c.rendered, Verified: 1})
+		if m := readManifest(root, keysID(kr)); m.Format != siteFormat || m.Runs[ref].Commit != result.String() || m.rewrite {
+			t.Errorf("%s was not taken up: %+v", head, m)
+		}
+	}
+
 	// No keys: the run is decided again, and not verified.
 	build(NewBuilder(repo.GitDir(), out, secrets.Keyring{}, Options{}), Stats{Runs: 1, Rendered: 1})
 }

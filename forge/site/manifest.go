@@ -481,9 +481,12 @@ func readPrefix(root *os.Root, name string, n int64) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	buf := make([]byte, n)
-	k, err := io.ReadFull(f, buf)
-	return buf[:k], err
+	// Not a buffer of n bytes: n is read from manifest.json.
+	buf, err := io.ReadAll(io.LimitReader(f, n))
+	if err == nil && int64(len(buf)) < n {
+		err = io.ErrUnexpectedEOF
+	}
+	return buf, err
 }
 
 // init makes the maps of a manifest's bookkeeping.
