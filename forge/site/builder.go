@@ -41,9 +41,10 @@ import (
 // repository into its output directory: index.html (every run, newest
 // first, with the latest state of each request and since when),
 // state-<state>.html, a page per commit (commits/<target>.html) with its
-// run history, a page per run (runs/<target>/<run>/index.html, rendered
-// by render.HTML with the logs, status.json and artifacts next to it)
-// and a badge per request (badges/<request>.svg).
+// run history (each list paginated: writeLists), a page per run
+// (runs/<target>/<run>/index.html, rendered by render.HTML with the
+// logs, status.json and artifacts next to it) and a badge per request
+// (badges/<request>.svg).
 //
 // Each run gets a verdict (verdictOf): verified by a trusted key,
 // unverified, inconsistent with its ref, or invalid. Only verified runs
@@ -58,18 +59,23 @@ import (
 // every write goes through an os.Root on the output directory, so that no
 // path, nor a symbolic link already there, leads a write outside it.
 //
-// Builds are incremental: manifest.json in the output directory records
-// each run ref's commit, its summary and verdict; a build renders only
-// runs that are new or changed, removes runs whose ref is gone, and
-// rewrites the list pages only when something changed. Verdicts are kept
-// as long as the run ref's commit and the trusted keys are the same;
-// other keys rebuild the site. Files are replaced by rename, so a server
-// reading the output directory (Handler) never sees half a file. The run
-// pages are always refci's own rendering; a repository's .refci/viewer is
-// not used here.
+// Builds are incremental: manifest.json in the output directory, with
+// the runs file and its delta beside it (manifest.go), records each run
+// ref's commit, its summary and verdict; a build renders only runs that
+// are new or changed, removes runs whose ref is gone, rewrites the list
+// pages only when something changed (and of those only the pages whose
+// runs changed), and appends what changed to the delta. Verdicts are
+// kept as long as the run ref's commit and the trusted keys are the
+// same; other keys rebuild the site. Files are written in .tmp/ and
+// renamed into place, so a server reading the output directory (Handler)
+// never sees half a file, and a build stopped anywhere (killed, a full
+// disk) leaves a site the next build takes up as if it had not been.
+// The run pages are always refci's own rendering; a repository's
+// .refci/viewer is not used here.
 //
-// A Builder is safe for concurrent use: Build calls are serialised. The
-// zero value is not usable; make one with NewBuilder.
+// A Builder is safe for concurrent use: Build calls are serialised. Two
+// processes must not build one output directory at once. The zero value
+// is not usable; make one with NewBuilder.
 type Builder struct {
 	gitDir  string
 	out     string
