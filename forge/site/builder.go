@@ -252,7 +252,7 @@ func (b *Builder) Build() (Stats, error) {
 		return st, b.explain(err)
 	}
 	man := readManifest(root, keysID(b.keys))
-	// One pass over the runs, in List's order (newest first), with one
+	// One pass over the runs, in listRuns' order (newest first), with one
 	// lookup of each in the manifest: all holds their summaries for the
 	// lists, hashes their hashes; a run to render has its old summary
 	// there, or none (Ref ""), until it is rendered. The set of live refs
@@ -807,9 +807,10 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, all []render.RunSumma
 	oldPages := man.Pages
 	man.Pages = map[string][]string{}
 	// list writes the front page of a list, name+".html", and its older
-	// pages, or removes them all when it is empty. root is the way from
-	// the list's folder to the site's; front holds what the front page
-	// shows beyond its runs.
+	// pages, or removes them all when it is empty. front holds what the
+	// front page shows beyond its runs: Filter, and Root (the way from
+	// the list's folder to the site's) and Commit, which its older pages
+	// share.
 	list := func(name, title string, l runList, front render.ListPage) error {
 		runs := l.runs
 		n := len(runs)
