@@ -179,15 +179,20 @@ func List(p ListPage) ([]byte, error) {
 		r.Subject, r.Author = capText(oneLine(r.Subject), 200), capText(oneLine(r.Author), 100)
 		return row{RunSummary: r, Short: shortID(r.Target), Branch: r.TargetRef, Root: p.Root}
 	}
-	for i, r := range p.Runs {
-		rw := mkRow(r)
-		r = rw.RunSummary
-		// Since when: in a history (one commit or request), the oldest run
-		// of the newest streak of the same state, among the runs that may
-		// be the latest.
-		if p.Commit != "" && streak == "" && r.latestCandidate() {
+	// Since when: in a history (one commit or request), the oldest run of
+	// the newest streak of the same state, among the runs that may be the
+	// latest, in the whole history (All) when Runs is its front page.
+	if p.Commit != "" && p.Page == 0 {
+		hist := p.All
+		if hist == nil {
+			hist = p.Runs
+		}
+		for i, r := range hist {
+			if !r.latestCandidate() {
+				continue
+			}
 			n, since := 1, r.Started
-			for _, o := range p.Runs[i+1:] {
+			for _, o := range hist[i+1:] {
 				if !o.latestCandidate() {
 					continue
 				}
@@ -196,11 +201,15 @@ func List(p ListPage) ([]byte, error) {
 				}
 				n, since = n+1, o.Started
 			}
-			streak = fmt.Sprintf("%s since %s (%d runs)", r.State, since.UTC().Format(time.RFC3339), n)
-			if n == 1 {
-				streak = "-" // known, but nothing to say
+			if n > 1 {
+				streak = fmt.Sprintf("%s since %s (%d runs)", r.State, since.UTC().Format(time.RFC3339), n)
 			}
+			break
 		}
+	}
+	for _, r := range p.Runs {
+		rw := mkRow(r)
+		r = rw.RunSummary
 		rows = append(rows, rw)
 		requests[r.Request] = true
 		if r.TargetRef != "" {
@@ -241,9 +250,6 @@ func List(p ListPage) ([]byte, error) {
 				summary[i].Runs = -summary[i].Runs
 			}
 		}
-	}
-	if streak == "-" {
-		streak = ""
 	}
 	unverified := 0
 	for _, r := range p.Runs {

@@ -129,7 +129,7 @@ func TestViewSite(t *testing.T) {
 	}
 	var man siteManifest
 	raw, _ := os.ReadFile(filepath.Join(out, "manifest.json"))
-	if err := json.Unmarshal(raw, &man); err != nil || man.Format != 5 || man.RunsFile == "" {
+	if err := json.Unmarshal(raw, &man); err != nil || man.Format != 6 || man.RunsFile == "" {
 		t.Errorf("manifest: %v %s", err, raw)
 	} else if _, err := os.Stat(filepath.Join(out, man.RunsFile)); err != nil {
 		t.Errorf("manifest's runs file: %v", err)

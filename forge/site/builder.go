@@ -12,10 +12,10 @@
 package site
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -41,9 +41,10 @@ import (
 // repository into its output directory: index.html (every run, newest
 // first, with the latest state of each request and since when),
 // state-<state>.html, a page per commit (commits/<target>.html) with its
-// run history, a page per run (runs/<target>/<run>/index.html, rendered
-// by render.HTML with the logs, status.json and artifacts next to it)
-// and a badge per request (badges/<request>.svg).
+// run history (each list paginated: writeLists), a page per run
+// (runs/<target>/<run>/index.html, rendered by render.HTML with the
+// logs, status.json and artifacts next to it) and a badge per request
+// (badges/<request>.svg).
 //
 // Each run gets a verdict (verdictOf): verified by a trusted key,
 // unverified, inconsistent with its ref, or invalid. Only verified runs
@@ -58,18 +59,23 @@ import (
 // every write goes through an os.Root on the output directory, so that no
 // path, nor a symbolic link already there, leads a write outside it.
 //
-// Builds are incremental: manifest.json in the output directory records
-// each run ref's commit, its summary and verdict; a build renders only
-// runs that are new or changed, removes runs whose ref is gone, and
-// rewrites the list pages only when something changed. Verdicts are kept
-// as long as the run ref's commit and the trusted keys are the same;
-// other keys rebuild the site. Files are replaced by rename, so a server
-// reading the output directory (Handler) never sees half a file. The run
-// pages are always refci's own rendering; a repository's .refci/viewer is
-// not used here.
+// Builds are incremental: manifest.json in the output directory, with
+// the runs file and its delta beside it (manifest.go), records each run
+// ref's commit, its summary and verdict; a build renders only runs that
+// are new or changed, removes runs whose ref is gone, rewrites the list
+// pages only when something changed (and of those only the pages whose
+// runs changed), and appends what changed to the delta. Verdicts are
+// kept as long as the run ref's commit and the trusted keys are the
+// same; other keys rebuild the site. Files are written in .tmp/ and
+// renamed into place, so a server reading the output directory (Handler)
+// never sees half a file, and a build stopped anywhere (killed, a full
+// disk) leaves a site the next build takes up as if it had not been.
+// The run pages are always refci's own rendering; a repository's
+// .refci/viewer is not used here.
 //
-// A Builder is safe for concurrent use: Build calls are serialised. The
-// zero value is not usable; make one with NewBuilder.
+// A Builder is safe for concurrent use: Build calls are serialised. Two
+// processes must not build one output directory at once. The zero value
+// is not usable; make one with NewBuilder.
 type Builder struct {
 	gitDir  string
 	out     string
@@ -116,12 +122,14 @@ type Stats struct {
 const manifestFile = "manifest.json"
 
 // siteFormat is the manifest's version; a site built with another is
-// built again from scratch, but for format 4, which is taken up. 2:
-// summaries know attempts and lost runs. 3: summaries carry verdicts, and
-// the manifest the keys they used. 4: the target commits' subjects and
-// authors. 5: the runs and commits in a binary file of their own
+// built again from scratch, but for formats 4 and 5, which are taken up.
+// 2: summaries know attempts and lost runs. 3: summaries carry verdicts,
+// and the manifest the keys they used. 4: the target commits' subjects
+// and authors. 5: the runs and commits in a binary file of their own
 // (manifest.go), and the lists paginated, with each page's fingerprint.
-const siteFormat = 5
+// 6: each build's changes appended to a delta beside that file, and the
+// commit pages paginated.
+const siteFormat = 6
 
 // defaultPageSize is how many runs a page of a list shows.
 const defaultPageSize = 100
@@ -141,75 +149,19 @@ type manifest struct {
 	Commits map[string]render.CommitInfo `json:"commits,omitempty"`
 	// RunsFile names the file of Runs and Commits (runsFileName).
 	RunsFile string `json:"runs_file,omitempty"`
+	// DeltaLen is how many bytes of the delta of RunsFile are the
+	// site's (format 6; manifest.go).
+	DeltaLen int64 `json:"delta_len,omitempty"`
 	// Pages holds, for each paginated list ("index", "state-failure"...),
 	// the fingerprint of each of its older pages, oldest first: a page
 	// whose fingerprint is unchanged is not written again.
 	Pages map[string][]string `json:"pages,omitempty"`
-}
 
-// readManifest reads the site's manifest when it is of this format (or
-// of format 4) and was made with the keys kid; otherwise, or when it
-// cannot be read, it returns an empty one: the site is built anew.
-func readManifest(root *os.Root, kid string) manifest {
-	empty := manifest{Format: siteFormat, Keys: kid, Runs: map[string]render.RunSummary{}, Commits: map[string]render.CommitInfo{}}
-	raw, err := root.ReadFile(manifestFile)
-	if err != nil {
-		return empty
-	}
-	var m manifest
-	if json.Unmarshal(raw, &m) != nil || m.Keys != kid {
-		return empty
-	}
-	switch m.Format {
-	case 4: // taken up: its runs' pages are kept, its lists written anew
-		if m.Runs == nil {
-			return empty
-		}
-		m.Format, m.Pages = siteFormat, nil
-	case siteFormat:
-		if !runsFileName().MatchString(m.RunsFile) {
-			return empty
-		}
-		raw, err := root.ReadFile(m.RunsFile)
-		if err != nil || decodeRuns(raw, &m) != nil {
-			return empty
-		}
-	default:
-		return empty
-	}
-	if m.Commits == nil {
-		m.Commits = map[string]render.CommitInfo{}
-	}
-	return m
-}
-
-// writeManifest writes man's runs file under a new name, then
-// manifest.json naming it, then removes every other runs file (the one
-// it replaced, and any a build that was stopped left).
-func writeManifest(root *os.Root, man *manifest, encoded []byte) error {
-	man.RunsFile = "manifest-runs-" + tmpSuffix() + ".bin"
-	if err := writeAtomic(root, man.RunsFile, encoded); err != nil {
-		return err
-	}
-	head := *man
-	head.Runs, head.Commits = nil, nil
-	raw, err := json.Marshal(head)
-	if err != nil {
-		return err
-	}
-	if err := writeAtomic(root, manifestFile, raw); err != nil {
-		return err
-	}
-	if f, err := root.Open("."); err == nil {
-		names, _ := f.Readdirnames(-1)
-		f.Close()
-		for _, n := range names {
-			if n != man.RunsFile && runsFileName().MatchString(n) {
-				root.Remove(n)
-			}
-		}
-	}
-	return nil
+	hashes       map[string]uint64 // by run ref, runHash of its summary
+	dirtyRuns    map[string]bool   // the runs set or removed since the manifest was read or written
+	dirtyCommits map[string]bool   // the same, of Commits
+	baseLen      int64             // the size of RunsFile
+	rewrite      bool              // RunsFile must be written anew (a delta cut short, format 4)
 }
 
 // keysID names a set of trusted keys: the SHA-256 of their armored public
@@ -282,7 +234,7 @@ func (b *Builder) Build() (Stats, error) {
 	if err != nil {
 		return st, err
 	}
-	runs, err := results.List(repo, "")
+	runs, err := listRuns(repo)
 	if err != nil {
 		return st, err
 	}
@@ -294,46 +246,67 @@ func (b *Builder) Build() (Stats, error) {
 		return st, err
 	}
 	defer root.Close()
+	// What a stopped build left half-written. (Two builds of one site at
+	// once, in two processes, are not supported.)
+	if err := root.RemoveAll(tmpDir); err != nil {
+		return st, b.explain(err)
+	}
 	man := readManifest(root, keysID(b.keys))
-	// One map lookup per run when none went (the usual build); the set of
-	// live refs is made only when some did.
+	// One pass over the runs, in listRuns' order (newest first), with one
+	// lookup of each in the manifest: all holds their summaries for the
+	// lists, hashes their hashes; a run to render has its old summary
+	// there, or none (Ref ""), until it is rendered. The set of live refs
+	// is made only when some run went.
 	var todo []renderJob
-	used := map[string]bool{} // the targets with runs
-	kept := 0                 // runs of the manifest still here
+	all := make([]render.RunSummary, 0, len(runs))
+	hashes := make([]uint64, 0, len(runs))
+	at := map[string]int{} // the index in all of each run to render
+	kept := 0              // runs of the manifest still here
+	var hexID [40]byte
 	for _, r := range runs {
-		used[r.Target] = true
-		old, ok := man.Runs[r.Ref]
+		old, ok := man.Runs[r.ref]
+		hashes = append(hashes, man.hashes[r.ref])
+		all = append(all, old)
 		if ok {
 			kept++
-			if old.Commit == r.Commit.String() {
+			hex.Encode(hexID[:], r.commit[:])
+			if old.Commit == string(hexID[:]) { // (no allocation)
 				continue
 			}
 		}
-		todo = append(todo, renderJob{ref: r.Ref, commit: r.Commit})
+		at[r.ref] = len(all) - 1
+		todo = append(todo, renderJob{ref: r.ref, commit: r.commit})
 	}
-	b.readCommits(repo, man.Commits, todo)
+	b.readCommits(repo, &man, todo)
 	changedTargets := map[string]bool{}
 	changedRequests := map[string]bool{}
-	var live map[string]bool
 	if kept < len(man.Runs) {
-		live = make(map[string]bool, len(runs))
+		live := make(map[string]bool, len(runs))
+		used := map[string]bool{} // the targets with runs
 		for _, r := range runs {
-			live[r.Ref] = true
+			live[r.ref] = true
+			used[r.target] = true
 		}
-	}
-	for ref, sum := range man.Runs {
-		if live == nil || live[ref] {
-			continue
+		for ref, sum := range man.Runs {
+			if live[ref] {
+				continue
+			}
+			if target, run, ok := queue.ParseRunRef(ref); ok {
+				if err := root.RemoveAll(path.Join("runs", target, run)); err != nil {
+					return st, err
+				}
+			}
+			man.removeRun(ref)
+			changedTargets[sum.Target] = true
+			changedRequests[sum.Request] = true
+			st.Removed++
 		}
-		if target, run, ok := queue.ParseRunRef(ref); ok {
-			if err := root.RemoveAll(path.Join("runs", target, run)); err != nil {
-				return st, err
+		// Only a run that went can leave a commit without runs.
+		for c := range man.Commits {
+			if !used[c] {
+				man.removeCommit(c)
 			}
 		}
-		delete(man.Runs, ref)
-		changedTargets[sum.Target] = true
-		changedRequests[sum.Request] = true
-		st.Removed++
 	}
 	renderedRefs := map[string]bool{} // a lost run may be rendered twice
 	record := func(d rendered) {
@@ -347,10 +320,17 @@ func (b *Builder) Build() (Stats, error) {
 		if old, ok := man.Runs[d.ref]; ok {
 			changedRequests[old.Request] = true
 		}
-		man.Runs[d.ref] = d.sum
+		man.setRun(d.ref, d.sum)
 		changedTargets[d.sum.Target] = true
 		changedRequests[d.sum.Request] = true
 		renderedRefs[d.ref] = true
+		i, ok := at[d.ref]
+		if !ok { // a lost run: a few of them, looked for in the list
+			i = slices.IndexFunc(all, func(s render.RunSummary) bool { return s.Ref == d.ref })
+		}
+		if i >= 0 {
+			all[i], hashes[i] = man.Runs[d.ref], man.hashes[d.ref]
+		}
 	}
 	for _, d := range b.renderAll(root, todo) {
 		record(d)
@@ -358,43 +338,123 @@ func (b *Builder) Build() (Stats, error) {
 	// Runs whose worker was lost are rendered again as lost once the
 	// attempt that took them over is here (and as they are, should that
 	// attempt go away).
-	for _, d := range b.renderAll(root, lostChanged(man)) {
+	for _, d := range b.renderAll(root, lostChanged(&man, all)) {
 		record(d)
-	}
-	for c := range man.Commits {
-		if !used[c] {
-			delete(man.Commits, c) // no run on it is left
-		}
 	}
 	st.Rendered = len(renderedRefs)
 	st.Runs = len(man.Runs)
-	for _, s := range man.Runs {
+	_, statErr := root.Stat("index.html")
+	if len(changedTargets) == 0 && len(changedRequests) == 0 && statErr == nil && !man.changed() {
+		for _, s := range all {
+			if s.Verdict.Verified() {
+				st.Verified++
+			}
+		}
+		st.Took = time.Since(start)
+		return st, nil
+	}
+	// A run that could not be rendered, and was not on the site, is left
+	// out.
+	n := 0
+	for i := range all {
+		if all[i].Ref == "" {
+			continue
+		}
+		all[n], hashes[n] = all[i], hashes[i]
+		n++
+	}
+	all, hashes = all[:n], hashes[:n]
+	for _, s := range all {
 		if s.Verdict.Verified() {
 			st.Verified++
 		}
 	}
-	_, statErr := root.Stat("index.html")
-	if len(changedTargets) == 0 && len(changedRequests) == 0 && statErr == nil && man.RunsFile != "" {
-		st.Took = time.Since(start)
-		return st, nil
-	}
-	// The lists' order is List's (newest first), but for runs dated in
-	// the future, which List puts last: then it is sorted again.
-	order := make([]string, 0, len(runs))
-	sorted := true
-	for _, r := range runs {
-		order = append(order, r.Ref)
-		sorted = sorted && !r.Future
-	}
-	encoded, hashes := encodeRuns(&man)
-	if err := b.writeLists(root, &man, order, sorted, hashes, changedTargets, changedRequests); err != nil {
+	if err := b.writeLists(root, &man, all, hashes, changedTargets, changedRequests); err != nil {
 		return st, b.explain(err)
 	}
-	if err := writeManifest(root, &man, encoded); err != nil {
+	if err := writeManifest(root, &man); err != nil {
 		return st, b.explain(err)
 	}
 	st.Took = time.Since(start)
 	return st, nil
+}
+
+// listStates are the states with a list of their own, in the order of
+// the links to them (and of writeLists' switch).
+var listStates = [...]queue.State{queue.Failure, queue.Error, queue.Cancelled, queue.Running, queue.Success}
+
+// runList is a list of runs, with the hash of each.
+type runList struct {
+	runs   []render.RunSummary
+	hashes []uint64
+}
+
+// inSet returns the test of membership in set: a few comparisons when it
+// is small (a build after one new run changes one target and a request
+// or two), which cost less than hashing each of 100,000 strings.
+func inSet(set map[string]bool) func(string) bool {
+	if len(set) > 8 {
+		return func(s string) bool { return set[s] }
+	}
+	keys := make([]string, 0, len(set))
+	for k := range set {
+		keys = append(keys, k)
+	}
+	return func(s string) bool { return slices.Contains(keys, s) }
+}
+
+// siteRun is a run ref of the repository: its name, the target and run
+// id it names, and its commit.
+type siteRun struct {
+	ref, target, run string
+	commit           gitproto.Hash
+}
+
+// listRuns lists the run refs of repo in the order of the site's lists:
+// newest run id first (then by ref, the larger first), those dated in
+// the future too. (results.List puts those last, for other readers.)
+// They are sorted by the number the first 15 characters of the run id
+// spell (YYYYMMDDTHHMMSS, digits but for the T), which orders them as
+// those characters do, then by the rest.
+func listRuns(repo *gitproto.Repo) ([]siteRun, error) {
+	refs, err := repo.Refs(queue.RunsPrefix)
+	if err != nil {
+		return nil, err
+	}
+	type sortKey struct {
+		key uint64
+		i   int32
+	}
+	keys := make([]sortKey, 0, len(refs))
+	parsed := make([]siteRun, 0, len(refs))
+	for _, r := range refs {
+		t, id, ok := queue.ParseRunRef(r.Name)
+		if !ok {
+			continue
+		}
+		var key uint64
+		for i := 0; i < 15; i++ {
+			if c := id[i]; c >= '0' && c <= '9' { // id[8] is the T
+				key = key*10 + uint64(c-'0')
+			}
+		}
+		keys = append(keys, sortKey{key, int32(len(parsed))})
+		parsed = append(parsed, siteRun{ref: r.Name, target: t, run: id, commit: r.Hash})
+	}
+	// Sorting 16-byte keys, not the runs, and comparing strings only
+	// between runs of one second: a third of the time at 100,000 runs.
+	slices.SortFunc(keys, func(a, b sortKey) int {
+		if c := cmp.Compare(b.key, a.key); c != 0 {
+			return c
+		}
+		ra, rb := &parsed[a.i], &parsed[b.i]
+		return cmp.Or(strings.Compare(rb.run, ra.run), strings.Compare(rb.ref, ra.ref))
+	})
+	out := make([]siteRun, len(keys))
+	for k, sk := range keys {
+		out[k] = parsed[sk.i]
+	}
+	return out, nil
 }
 
 // renderJob is one run to render; by, when set, is the run that took it
@@ -412,14 +472,14 @@ type renderJob struct {
 // commit it does not have is skipped), and points each job at its
 // commit's description. The text is the pusher's: shown escaped, never
 // used as a path, a URL or to decide anything.
-func (b *Builder) readCommits(repo *gitproto.Repo, known map[string]render.CommitInfo, todo []renderJob) {
+func (b *Builder) readCommits(repo *gitproto.Repo, man *manifest, todo []renderJob) {
 	missing := map[string]bool{}
 	for i := range todo {
 		t, _, ok := queue.ParseRunRef(todo[i].ref)
 		if !ok || missing[t] {
 			continue
 		}
-		info, ok := known[t]
+		info, ok := man.Commits[t]
 		if !ok {
 			c, err := repo.Commit(gitproto.NewHash(t))
 			if err != nil {
@@ -427,7 +487,7 @@ func (b *Builder) readCommits(repo *gitproto.Repo, known map[string]render.Commi
 				continue
 			}
 			info = render.CommitInfoOf(c.Message, c.Author.Name, c.Author.When)
-			known[t] = info
+			man.setCommit(t, info)
 		}
 		todo[i].target = &info
 	}
@@ -482,15 +542,17 @@ func (b *Builder) renderAll(root *os.Root, todo []renderJob) []rendered {
 	return out
 }
 
-// lostChanged returns the runs of man whose being lost (queue.TakenOver)
-// is not what their pages show. Only attempts that took a run over, the
-// runs they name and the runs shown as lost are looked at: a site of
-// runs that all ended costs two passes over the manifest. Only verified
+// lostChanged returns the runs of all (the summaries of man's runs, in
+// a slice: two passes over it cost less than over the map) whose being
+// lost (queue.TakenOver) is not what their pages show. Only attempts
+// that took a run over, the runs they name and the runs shown as lost
+// are looked at: a site of runs that all ended costs two passes over
+// all, with no allocation per run. Only verified
 // runs take part: a result nobody vouches for may not make another look
 // lost.
-func lostChanged(man manifest) []renderJob {
+func lostChanged(man *manifest, all []render.RunSummary) []renderJob {
 	named := map[string]bool{} // the ref of every run a later attempt names
-	for _, s := range man.Runs {
+	for _, s := range all {
 		if s.PreviousRun != "" && s.Verdict.Verified() {
 			named[queue.RunRef(s.Target, s.PreviousRun)] = true
 		}
@@ -498,10 +560,11 @@ func lostChanged(man manifest) []renderJob {
 	var sts []*queue.Status
 	refOf := map[*queue.Status]string{}
 	sumOf := map[string]render.RunSummary{} // by the run ref its status names
-	for ref, s := range man.Runs {
-		if !s.Verdict.Verified() || s.PreviousRun == "" && s.LostTo == "" && !named[queue.RunRef(s.Target, s.Run)] {
+	for _, s := range all {
+		if !s.Verdict.Verified() || s.PreviousRun == "" && s.LostTo == "" && (len(named) == 0 || !named[queue.RunRef(s.Target, s.Run)]) {
 			continue
 		}
+		ref := s.Ref
 		st := &queue.Status{Target: s.Target, Request: s.Request, Run: s.Run, Attempt: s.Attempt, State: s.State}
 		if s.LostTo != "" {
 			st.State = queue.Running // shown as lost; its status.json says running
@@ -586,8 +649,8 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 	if err := root.MkdirAll(path.Dir(rel), 0o755); err != nil {
 		return render.RunSummary{}, err
 	}
-	dir := path.Join(path.Dir(rel), ".tmp-"+runID+"-"+tmpSuffix())
-	if err := root.Mkdir(dir, 0o755); err != nil {
+	dir := path.Join(tmpDir, "run-"+tmpSuffix())
+	if err := mkdirTmp(root, dir); err != nil {
 		return render.RunSummary{}, err
 	}
 	defer root.RemoveAll(dir) // after a successful rename, nothing is left there
@@ -652,62 +715,81 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 // verified run not dated in the future; a request with runs but none such
 // gets a grey "not verified" badge.
 //
-// The list of every run (index.html) and of each state
-// (state-<state>.html) show the newest Options.PageSize runs, with the latest of
-// each request, and link the older pages (page-<n>.html,
-// state-<state>-page-<n>.html). Those pages are numbered from the oldest
-// run, so that a new run changes only the newest of them and the front
-// page, and a page's address keeps its runs: a page is written only
-// when its fingerprint (the hashes of its runs' summaries, and its
-// links) changed, or when it is missing.
-func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorted bool, hashes map[string]uint64, targets, requests map[string]bool) error {
+// The list of every run (index.html), of each state (state-<state>.html)
+// and of each commit (commits/<target>.html) show the newest
+// Options.PageSize runs (the first two with the latest of each request)
+// and link the older pages (page-<n>.html, state-<state>-page-<n>.html,
+// commits/<target>-page-<n>.html). Those pages are numbered from the
+// oldest run, so that a new run changes only the newest of them and the
+// front page, and a page's address keeps its runs: a page is written
+// only when its fingerprint (the hashes of its runs' summaries, and its
+// links) changed, or when it is missing. An older page says neither how
+// many pages nor how many runs the list has (its front page does), so
+// that it stays as it is when the list grows.
+func (b *Builder) writeLists(root *os.Root, man *manifest, all []render.RunSummary, hashes []uint64, targets, requests map[string]bool) error {
 	now := time.Now()
 	sec := now.UTC().Format("20060102T150405")
-	// order holds every run ref, newest first when sorted; a run of the
-	// manifest not in it (none, but for a render that failed) is left out.
-	all := make([]render.RunSummary, 0, len(man.Runs))
-	for _, ref := range order {
-		s, ok := man.Runs[ref]
-		if !ok {
-			continue
-		}
+	for i := range all {
 		// One comparison for a run not after now's second (its id is
 		// valid: it comes from its ref), else the full rule.
+		s := &all[i]
 		s.NotLatest = len(s.Run) < 15 || s.Run[:15] > sec && queue.RunIDFuture(s.Run, now)
-		all = append(all, s)
 	}
-	if !sorted {
-		slices.SortFunc(all, func(a, b render.RunSummary) int {
-			if c := strings.Compare(b.Run, a.Run); c != 0 {
-				return c
-			}
-			return strings.Compare(b.Ref, a.Ref)
-		})
-	}
-	counts := map[queue.State]int{}
+	// The lists of the states that have one, by their index in
+	// listStates.
+	var counts [len(listStates)]int
+	stateOf := make([]int8, len(all))
 	for i := range all {
-		counts[all[i].State]++
+		k := int8(-1) // not a state refci writes: on no state's list
+		switch all[i].State {
+		case queue.Failure:
+			k = 0
+		case queue.Error:
+			k = 1
+		case queue.Cancelled:
+			k = 2
+		case queue.Running:
+			k = 3
+		case queue.Success:
+			k = 4
+		}
+		stateOf[i] = k
+		if k >= 0 {
+			counts[k]++
+		}
 	}
-	byState := make(map[queue.State][]render.RunSummary, len(counts))
-	for state, n := range counts {
-		byState[state] = make([]render.RunSummary, 0, n) // grown once: 100,000 summaries are 30 MB
+	var byState [len(listStates)]runList
+	for k, n := range counts {
+		// grown once: 100,000 summaries are 30 MB
+		byState[k] = runList{make([]render.RunSummary, 0, n), make([]uint64, 0, n)}
 	}
-	byTarget := map[string][]render.RunSummary{}
+	byTarget := map[string]*runList{}
+	for t := range targets {
+		byTarget[t] = &runList{}
+	}
+	isTarget, isRequest := inSet(targets), inSet(requests)
 	latest := map[string]render.RunSummary{}
 	hasRuns := map[string]bool{}
-	for _, s := range all {
-		byState[s.State] = append(byState[s.State], s)
-		if targets[s.Target] {
-			byTarget[s.Target] = append(byTarget[s.Target], s)
+	for i, s := range all {
+		if k := stateOf[i]; k >= 0 {
+			l := &byState[k]
+			l.runs, l.hashes = append(l.runs, s), append(l.hashes, hashes[i])
 		}
-		hasRuns[s.Request] = true
-		if _, ok := latest[s.Request]; !ok && s.Verdict.Verified() && !s.NotLatest {
-			latest[s.Request] = s
+		if isTarget(s.Target) {
+			l := byTarget[s.Target]
+			l.runs, l.hashes = append(l.runs, s), append(l.hashes, hashes[i])
+		}
+		// Only the changed requests' badges are written.
+		if isRequest(s.Request) {
+			hasRuns[s.Request] = true
+			if _, ok := latest[s.Request]; !ok && s.Verdict.Verified() && !s.NotLatest {
+				latest[s.Request] = s
+			}
 		}
 	}
 	var states []string
-	for _, s := range []queue.State{queue.Failure, queue.Error, queue.Cancelled, queue.Running, queue.Success} {
-		if len(byState[s]) > 0 {
+	for k, s := range listStates {
+		if counts[k] > 0 {
 			states = append(states, string(s))
 		}
 	}
@@ -724,9 +806,13 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 	}
 	oldPages := man.Pages
 	man.Pages = map[string][]string{}
-	// list writes the front page name+".html" and the older pages of a
-	// list, or removes them all when it is empty.
-	list := func(name, title string, runs []render.RunSummary, filter bool) error {
+	// list writes the front page of a list, name+".html", and its older
+	// pages, or removes them all when it is empty. front holds what the
+	// front page shows beyond its runs: Filter, and Root (the way from
+	// the list's folder to the site's) and Commit, which its older pages
+	// share.
+	list := func(name, title string, l runList, front render.ListPage) error {
+		runs := l.runs
 		n := len(runs)
 		count := 0 // older pages
 		if n > b.page {
@@ -743,7 +829,7 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 			root.Remove(name + ".html")
 			return nil
 		}
-		front := render.ListPage{Title: title, Runs: runs[:min(n, b.page)], All: runs, Filter: filter}
+		front.Title, front.Runs, front.All = title, runs[:min(n, b.page)], runs
 		if count > 0 {
 			front.Older = pageFile((n-b.page-1)/b.page + 1)
 			front.PageNote = fmt.Sprintf("the newest %d of %d runs", b.page, n)
@@ -758,9 +844,13 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 			lo, hi := (k-1)*b.page, min(k*b.page, n) // counted from the oldest
 			page := runs[n-hi : n-lo]
 			h.Reset()
-			fmt.Fprintf(h, "%d/%d %s\n", k, count, strings.Join(states, ","))
-			for _, s := range page {
-				binary.LittleEndian.PutUint64(buf[:], hashes[s.Ref])
+			// Not the number of pages, nor of runs: a page says neither, so
+			// that it is written again only when its runs, its link to the
+			// newer page (the last links the front page) or the states'
+			// links change, not each time the list grows by a page.
+			fmt.Fprintf(h, "%d %t %s\n", k, k == count, strings.Join(states, ","))
+			for i, s := range page {
+				binary.LittleEndian.PutUint64(buf[:], l.hashes[n-hi+i])
 				h.Write(buf[:])
 				if s.NotLatest {
 					h.Write([]byte{1})
@@ -773,8 +863,8 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 					continue
 				}
 			}
-			p := render.ListPage{Title: fmt.Sprintf("%s · page %d of %d", title, k, count), Runs: page, Page: k,
-				PageNote: fmt.Sprintf("runs %d-%d of %d, counted from the oldest", lo+1, hi, n), Newer: name + ".html"}
+			p := render.ListPage{Title: fmt.Sprintf("%s · page %d", title, k), Root: front.Root, Commit: front.Commit, Runs: page, Page: k,
+				PageNote: fmt.Sprintf("runs %d-%d, counted from the oldest", lo+1, hi), Newer: name + ".html"}
 			if k < count {
 				p.Newer = pageFile(k + 1)
 			}
@@ -785,10 +875,12 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 				return err
 			}
 		}
-		man.Pages[name] = fps
+		if count > 0 || !strings.HasPrefix(name, "commits/") {
+			man.Pages[name] = fps
+		}
 		return nil
 	}
-	if err := list("index", "refci: all runs", all, true); err != nil {
+	if err := list("index", "refci: all runs", runList{all, hashes}, render.ListPage{Filter: true}); err != nil {
 		return err
 	}
 	if len(all) == 0 {
@@ -796,25 +888,29 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 			return err
 		}
 	}
-	for _, s := range []queue.State{queue.Failure, queue.Error, queue.Cancelled, queue.Running, queue.Success} {
-		if err := list("state-"+string(s), "refci: runs in state "+string(s), byState[s], false); err != nil {
+	for k, s := range listStates {
+		if err := list("state-"+string(s), "refci: runs in state "+string(s), byState[k], render.ListPage{}); err != nil {
 			return err
+		}
+	}
+	// A commit's history is paginated as the other lists are, its pages
+	// commits/<target>-page-<n>.html; only the commits with more than a
+	// page of runs have fingerprints, and those of the commits this build
+	// did not touch are kept.
+	for name, fps := range oldPages {
+		if t, ok := strings.CutPrefix(name, "commits/"); ok && !targets[t] {
+			man.Pages[name] = fps
 		}
 	}
 	for t := range targets {
 		if !queue.IsObjectID(t) {
 			continue // not from a run ref: not a file name
 		}
-		name := "commits/" + t + ".html"
-		if len(byTarget[t]) == 0 {
-			root.Remove(name)
-			continue
-		}
 		title := "refci: runs of " + t
 		if c := man.Commits[t]; c.Subject != "" {
 			title += " · " + c.Subject // escaped by the page
 		}
-		if err := write(name, render.ListPage{Title: title, Root: "../", Runs: byTarget[t], Commit: t}); err != nil {
+		if err := list("commits/"+t, title, *byTarget[t], render.ListPage{Root: "../", Commit: t}); err != nil {
 			return err
 		}
 	}
@@ -844,6 +940,23 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, order []string, sorte
 
 // tmpSuffix names a temporary file or directory in the site.
 func tmpSuffix() string { return strconv.FormatUint(rand.Uint64(), 36) }
+
+// tmpDir is where a build writes what it then renames into place: a run's
+// directory, a page. What a stopped build left there is removed by the
+// next (Build), so that no half-written file stays in the site.
+const tmpDir = ".tmp"
+
+// mkdirTmp makes the directory name in tmpDir, and tmpDir when missing.
+func mkdirTmp(root *os.Root, name string) error {
+	err := root.Mkdir(name, 0o755)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := root.Mkdir(tmpDir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+		err = root.Mkdir(name, 0o755)
+	}
+	return err
+}
 
 // copyBlob streams a file of a result tree to dst, a new file under root.
 func copyBlob(repo *gitproto.Repo, root *os.Root, commit gitproto.Hash, src, dst string) error {
@@ -875,11 +988,18 @@ func writeNew(root *os.Root, name string, data []byte) error {
 }
 
 // writeAtomic replaces name under root with data by writing a new
-// temporary file beside it and renaming it: a link at name is replaced,
+// temporary file in tmpDir and renaming it: a link at name is replaced,
 // never followed.
 func writeAtomic(root *os.Root, name string, data []byte) error {
-	tmp := path.Join(path.Dir(name), ".tmp-"+tmpSuffix())
-	if err := writeNew(root, tmp, data); err != nil {
+	tmp := path.Join(tmpDir, tmpSuffix())
+	err := writeNew(root, tmp, data)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := root.Mkdir(tmpDir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+		err = writeNew(root, tmp, data)
+	}
+	if err != nil {
 		root.Remove(tmp)
 		return err
 	}
