@@ -64,7 +64,6 @@ const (
 	defaultShellPoll  = 100 * time.Millisecond
 	shellMaxNotes     = 50
 	shellReadChunk    = 64 << 10
-	shellMaxPending   = 64 << 10 // a partial echoed line held back at most
 	shellMaxLineBytes = jobwire.ShellMaxLine
 	shellMaxReads     = 64 // reads of the FIFO in a row before the jobs' output gets a turn
 )
@@ -100,7 +99,7 @@ type shellJob struct {
 	f    *os.File // nil until the shell made the file
 	off  int64    // how much of it was read
 	bad  bool     // the output file is refused; nothing more is read
-	echo *linePrefixer
+	echo *jobwire.LinePrefixer
 }
 
 // ServeShell serves the control FIFO in cfg.Dir until Close: the one
@@ -325,7 +324,7 @@ func (sh *Shell) start(ev jobwire.ShellEvent) error {
 	}
 	j := &shellJob{e: e, path: filepath.Join(sh.cfg.Dir, ev.Name+shellOutSuffix)}
 	if sh.cfg.Echo != nil {
-		j.echo = newLinePrefixer(sh.cfg.Echo, "["+ev.Name+"] ")
+		j.echo = jobwire.NewLinePrefixer(sh.cfg.Echo, "["+ev.Name+"] ")
 	}
 	sh.running[ev.Name] = j
 	return nil
@@ -485,64 +484,4 @@ func openOutput(path string) (*os.File, error) {
 		return nil, err
 	}
 	return f, nil
-}
-
-// linePrefixer writes its input to w with prefix at the start of every
-// line, as `refci job` prints a job's output on the pipeline's stdout
-// (package jobclient has the same for that side): whole lines at once,
-// a partial line held back until its newline, Close, or
-// shellMaxPending bytes.
-type linePrefixer struct {
-	w       io.Writer
-	prefix  []byte
-	buf     []byte
-	atStart bool
-}
-
-func newLinePrefixer(w io.Writer, prefix string) *linePrefixer {
-	return &linePrefixer{w: w, prefix: []byte(prefix), atStart: true}
-}
-
-func (p *linePrefixer) Write(b []byte) {
-	out := p.buf
-	for len(b) > 0 {
-		if p.atStart {
-			out = append(out, p.prefix...)
-			p.atStart = false
-		}
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			out = append(out, b...)
-			break
-		}
-		out = append(out, b[:i+1]...)
-		b = b[i+1:]
-		p.atStart = true
-	}
-	j := bytes.LastIndexByte(out, '\n') + 1
-	if len(out)-j >= shellMaxPending {
-		j = len(out)
-	}
-	if j > 0 {
-		p.w.Write(out[:j])
-	}
-	p.buf = append(p.buf[:0:0], out[j:]...)
-}
-
-// Flush writes the partial line held back; the rest of the line follows
-// without a prefix.
-func (p *linePrefixer) Flush() {
-	if len(p.buf) > 0 {
-		p.w.Write(p.buf)
-		p.buf = nil
-	}
-}
-
-// Close writes the partial line left, ended with a newline.
-func (p *linePrefixer) Close() {
-	p.Flush()
-	if !p.atStart {
-		p.w.Write([]byte{'\n'})
-		p.atStart = true
-	}
 }

@@ -5,7 +5,6 @@ package jobclient
 // The client: `refci job`, `refci secret`.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -221,73 +220,6 @@ func jobSignalName(s syscall.Signal) string {
 		return n
 	}
 	return fmt.Sprintf("signal %d", int(s))
-}
-
-// linePrefixer writes its input to w with prefix at the start of every
-// line. Complete lines are written at once, one Write per input chunk, so
-// that parallel jobs sharing w interleave whole lines. A partial line is
-// held back until its newline, Flush, or until it reaches
-// linePrefixerMaxPending bytes, so memory stays bounded on a huge line.
-type linePrefixer struct {
-	w       io.Writer
-	prefix  []byte
-	buf     []byte // pending partial line, prefix included where it starts a line
-	atStart bool   // the next input byte starts a line
-}
-
-const linePrefixerMaxPending = 64 << 10
-
-func newLinePrefixer(w io.Writer, prefix string) *linePrefixer {
-	return &linePrefixer{w: w, prefix: []byte(prefix), atStart: true}
-}
-
-// Write never fails: errors of w are ignored (the job goes on).
-func (p *linePrefixer) Write(b []byte) (int, error) {
-	n := len(b)
-	out := p.buf
-	for len(b) > 0 {
-		if p.atStart {
-			out = append(out, p.prefix...)
-			p.atStart = false
-		}
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			out = append(out, b...)
-			break
-		}
-		out = append(out, b[:i+1]...)
-		b = b[i+1:]
-		p.atStart = true
-	}
-	j := bytes.LastIndexByte(out, '\n') + 1
-	if len(out)-j >= linePrefixerMaxPending {
-		j = len(out)
-	}
-	if j > 0 {
-		p.w.Write(out[:j])
-	}
-	p.buf = append([]byte(nil), out[j:]...)
-	return n, nil
-}
-
-func (p *linePrefixer) pending() bool { return len(p.buf) > 0 }
-
-// Flush writes the pending partial line; the rest of the line will follow
-// without a prefix.
-func (p *linePrefixer) Flush() {
-	if len(p.buf) > 0 {
-		p.w.Write(p.buf)
-		p.buf = p.buf[:0]
-	}
-}
-
-// Close flushes and ends an unterminated last line with a newline.
-func (p *linePrefixer) Close() {
-	p.Flush()
-	if !p.atStart {
-		p.w.Write([]byte{'\n'})
-		p.atStart = true
-	}
 }
 
 // Client side: `refci secret NAME`.

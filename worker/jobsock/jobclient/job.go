@@ -314,7 +314,7 @@ func (c *jobClient) abandoned() int {
 }
 
 // output sends raw CMD output to the server and, prefixed, to stdout.
-func (c *jobClient) output(ctx context.Context, pre *linePrefixer, b []byte) {
+func (c *jobClient) output(ctx context.Context, pre *jobwire.LinePrefixer, b []byte) {
 	if !c.lost {
 		for rest := b; len(rest) > 0; {
 			n := min(len(rest), jobwire.Chunk)
@@ -387,7 +387,7 @@ func jobEnv(env []string, name string) []string {
 }
 
 func (c *jobClient) runCmd(ctx context.Context, argv []string, plan cmdPlan) int {
-	pre := newLinePrefixer(c.stdout, "["+c.name+"] ")
+	pre := jobwire.NewLinePrefixer(c.stdout, "["+c.name+"] ")
 	var p [2]int
 	if err := syscall.Pipe2(p[:], syscall.O_CLOEXEC); err != nil {
 		return c.end(ctx, pre, 126, "", fmt.Sprintf("cannot create a pipe: %v", err))
@@ -447,7 +447,7 @@ func (c *jobClient) runCmd(ctx context.Context, argv []string, plan cmdPlan) int
 			switch {
 			case n > 0:
 				c.output(ctx, pre, buf[:n])
-				if pre.pending() && flushAt.IsZero() {
+				if pre.Pending() && flushAt.IsZero() {
 					flushAt = time.Now().Add(jobPartialFlush)
 				}
 			case errors.Is(err, syscall.EINTR):
@@ -507,7 +507,7 @@ func (c *jobClient) runCmd(ctx context.Context, argv []string, plan cmdPlan) int
 }
 
 // end reports the end of CMD and waits for the server to record it.
-func (c *jobClient) end(ctx context.Context, pre *linePrefixer, code int, sig, reason string) int {
+func (c *jobClient) end(ctx context.Context, pre *jobwire.LinePrefixer, code int, sig, reason string) int {
 	pre.Close()
 	if c.lost {
 		return code
