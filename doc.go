@@ -15,6 +15,8 @@
 //	  gitproto/sshd  the embedded SSH git endpoint (receive-pack and upload-pack, limits)
 //	  gitproto/sshd/hookclient  the hook client receive-pack's hooks run (cmd/refci-hook)
 //	                  and its wire to the server
+//	lightbin   finding the light binaries beside refci (refci-shim, refci-job, refci-hook)
+//	           and checking that one is of this build; lightbin/buildstamp names a build
 //	secrets    OpenPGP and nothing about git: identities, signing, verifying, sealing values
 //	  secrets/envstore  the secrets environments in refs/ci/secrets/<env>: read, verify, open for a run, change
 //	results    reading and watching results and claims: list, find, read, verify, follow a

@@ -20,7 +20,12 @@ var allowed = map[string][]string{
 	// on every push once per updated ref: nothing of the project (see
 	// cmd/refci-hook's test of its dependencies).
 	"gitproto/sshd/hookclient": {},
-	"secrets":                  {},
+	// Finding the light binaries beside refci and checking their build;
+	// its buildstamp is in the per-job shim: nothing of the project.
+	"lightbin": {},
+	// The SSH git endpoint: git, its hook client and finding that client.
+	"gitproto/sshd": {"gitproto", "lightbin"},
+	"secrets":       {},
 	// The secrets environments kept in git refs: secrets itself knows
 	// nothing about git.
 	"secrets/envstore": {"queue", "gitproto", "secrets"},
@@ -29,13 +34,13 @@ var allowed = map[string][]string{
 	"results": {"queue", "gitproto", "secrets", "render"},
 	// Asking for runs: making and pushing requests.
 	"requests": {"queue", "gitproto"},
-	"worker":   {"queue", "gitproto", "secrets", "results"},
+	"worker":   {"queue", "gitproto", "secrets", "results", "lightbin"},
 	// The shim side of the worker, all of cmd/refci-shim, which starts
 	// twice per job: nothing of the project (see cmd/refci-shim's test of
 	// its dependencies).
-	"worker/shim": {},
+	"worker/shim": {"lightbin/buildstamp"},
 	// Process supervision: the shim side and nothing else of the project.
-	"worker/proc": {"worker/shim"},
+	"worker/proc": {"worker/shim", "lightbin"},
 	// The job socket's server; job names and states are queue's.
 	"worker/jobsock": {"queue"},
 	// The job socket's wire protocol and its client, all of

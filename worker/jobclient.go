@@ -1,14 +1,12 @@
 package worker
 
 import (
-	"debug/buildinfo"
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"sync"
 
-	"refci.dev/refci/worker/shim"
+	"refci.dev/refci/lightbin"
 )
 
 // JobClientName is the light job client's executable (cmd/refci-job),
@@ -32,7 +30,7 @@ type jobClientChoice struct{ path, note string }
 // runs for every command but job and secret), else "" (refciPath
 // itself, whose start costs each `refci job` several milliseconds more).
 // The build is read from the file (debug/buildinfo), without running it,
-// and compared with shim.BuildStamp, so that a refci-job left from
+// and compared with this build (lightbin.OfThisBuild), so that a refci-job left from
 // another build is never used. note, when not empty, says why a refci-job
 // that is there was refused. The answer is kept for the life of the
 // process; safe for concurrent use.
@@ -47,18 +45,9 @@ func ChooseJobClient(refciPath string) (path, note string) {
 }
 
 func chooseJobClient(refciPath string) (path, note string) {
-	if refciPath == "" || !filepath.IsAbs(refciPath) {
-		return "", ""
-	}
-	light := filepath.Join(filepath.Dir(refciPath), JobClientName)
-	fi, err := os.Stat(light)
-	switch {
-	case os.IsNotExist(err):
-		return "", ""
-	case err != nil:
-		return "", fmt.Sprintf("%s: %v", light, err)
-	case !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0:
-		return "", fmt.Sprintf("%s is not an executable file (mode %s)", light, fi.Mode())
+	light, note := lightbin.Beside(refciPath, JobClientName)
+	if light == "" {
+		return "", note
 	}
 	// refci-job runs the full refci it finds beside its own file.
 	real, err := filepath.EvalSymlinks(light)
@@ -71,16 +60,8 @@ func chooseJobClient(refciPath string) (path, note string) {
 		return "", fmt.Sprintf("%s is %s, and the refci beside that is not %s", light, real, refciPath)
 	}
 	light = real
-	bi, err := buildinfo.ReadFile(light)
-	if err != nil {
-		return "", fmt.Sprintf("%s: cannot read its build: %v", light, err)
-	}
-	if bi.Path != jobClientPackage {
-		return "", fmt.Sprintf("%s is built from %q, not %s", light, bi.Path, jobClientPackage)
-	}
-	own, _ := debug.ReadBuildInfo()
-	if got, want := shim.BuildStamp(bi), shim.BuildStamp(own); got != want {
-		return "", fmt.Sprintf("%s is of %s, this refci of %s: it is from another build", light, got, want)
+	if ok, note := lightbin.OfThisBuild(light, jobClientPackage); !ok {
+		return "", note
 	}
 	return light, ""
 }

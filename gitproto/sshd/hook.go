@@ -24,7 +24,6 @@ package sshd
 import (
 	"bufio"
 	"context"
-	"debug/buildinfo"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,13 +32,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"refci.dev/refci/gitproto/sshd/hookclient"
+	"refci.dev/refci/lightbin"
 )
 
 // HookArg is the hidden first argument that runs the hook client; the
@@ -69,57 +68,14 @@ const hookClientPackage = "refci.dev/refci/cmd/refci-hook"
 // that is there was refused; it is empty when there is none, or it was
 // chosen. Servers call it once at start.
 func ChooseHookClient(self string) (path, note string) {
-	if self == "" || !filepath.IsAbs(self) {
-		return "", ""
+	light, note := lightbin.Beside(self, HookClientName)
+	if light == "" {
+		return "", note
 	}
-	light := filepath.Join(filepath.Dir(self), HookClientName)
-	fi, err := os.Stat(light)
-	switch {
-	case os.IsNotExist(err):
-		return "", ""
-	case err != nil:
-		return "", fmt.Sprintf("%s: %v", light, err)
-	case !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0:
-		return "", fmt.Sprintf("%s is not an executable file (mode %s)", light, fi.Mode())
-	}
-	bi, err := buildinfo.ReadFile(light)
-	if err != nil {
-		return "", fmt.Sprintf("%s: cannot read its build: %v", light, err)
-	}
-	if bi.Path != hookClientPackage {
-		return "", fmt.Sprintf("%s is built from %q, not %s", light, bi.Path, hookClientPackage)
-	}
-	own, _ := debug.ReadBuildInfo()
-	if got, want := buildStamp(bi), buildStamp(own); got != want {
-		return "", fmt.Sprintf("%s is of %s, this refci of %s: it is from another build", light, got, want)
+	if ok, note := lightbin.OfThisBuild(light, hookClientPackage); !ok {
+		return "", note
 	}
 	return light, ""
-}
-
-// buildStamp names the build bi describes: its main module's version and
-// VCS revision, "+dirty" for a modified tree, or "unknown build".
-func buildStamp(bi *debug.BuildInfo) string {
-	if bi == nil {
-		return "unknown build"
-	}
-	rev, dirty := "", false
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			dirty = s.Value == "true"
-		}
-	}
-	switch {
-	case rev != "" && dirty:
-		return "commit " + rev + "+dirty"
-	case rev != "":
-		return "commit " + rev
-	case bi.Main.Version != "" && bi.Main.Version != "(devel)":
-		return "module " + bi.Main.Path + "@" + bi.Main.Version
-	}
-	return "unknown build"
 }
 
 // writeHooks writes the hook scripts into stateDir/hooks, each exec'ing

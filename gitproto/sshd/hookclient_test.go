@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -237,33 +236,6 @@ func TestChooseHookClient(t *testing.T) {
 	}
 	if p, note := ChooseHookClient(self); p != "" || !strings.Contains(note, "cannot read its build") {
 		t.Errorf("a script: %q, %q", p, note)
-	}
-}
-
-// The build stamps that ChooseHookClient compares.
-func TestBuildStamp(t *testing.T) {
-	vcs := func(kv ...string) *debug.BuildInfo {
-		bi := &debug.BuildInfo{Main: debug.Module{Path: "refci.dev/refci", Version: "(devel)"}}
-		for i := 0; i < len(kv); i += 2 {
-			bi.Settings = append(bi.Settings, debug.BuildSetting{Key: kv[i], Value: kv[i+1]})
-		}
-		return bi
-	}
-	released := &debug.BuildInfo{Main: debug.Module{Path: "refci.dev/refci", Version: "v1.2.3"}}
-	for _, c := range []struct {
-		bi   *debug.BuildInfo
-		want string
-	}{
-		{nil, "unknown build"},
-		{vcs(), "unknown build"},
-		{vcs("vcs.revision", "abc"), "commit abc"},
-		{vcs("vcs.revision", "abc", "vcs.modified", "true"), "commit abc+dirty"},
-		{vcs("vcs.revision", "abc", "vcs.modified", "false"), "commit abc"},
-		{released, "module refci.dev/refci@v1.2.3"},
-	} {
-		if got := buildStamp(c.bi); got != c.want {
-			t.Errorf("buildStamp(%+v) = %q, want %q", c.bi, got, c.want)
-		}
 	}
 }
 

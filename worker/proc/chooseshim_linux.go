@@ -6,11 +6,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"time"
 
+	"refci.dev/refci/lightbin"
 	"refci.dev/refci/worker/shim"
 )
 
@@ -31,18 +30,9 @@ const shimProbeTimeout = 10 * time.Second
 // refused; it is empty when there is none, or it was chosen. Workers call
 // it once at start.
 func ChooseShim(refciPath string) (path, note string) {
-	if refciPath == "" || !filepath.IsAbs(refciPath) {
-		return refciPath, ""
-	}
-	light := filepath.Join(filepath.Dir(refciPath), ShimName)
-	fi, err := os.Stat(light)
-	switch {
-	case os.IsNotExist(err):
-		return refciPath, ""
-	case err != nil:
-		return refciPath, fmt.Sprintf("%s: %v", light, err)
-	case !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0:
-		return refciPath, fmt.Sprintf("%s is not an executable file (mode %s)", light, fi.Mode())
+	light, note := lightbin.Beside(refciPath, ShimName)
+	if light == "" {
+		return refciPath, note
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), shimProbeTimeout)
 	defer cancel()

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"refci.dev/refci/lightbin/buildstamp"
 )
 
 // The per-run shim.
@@ -110,36 +112,7 @@ const ProtocolArg = "--protocol"
 // from another commit is refused even where Protocol was not bumped.
 func Identity() string {
 	bi, _ := debug.ReadBuildInfo()
-	return Protocol + " (" + BuildStamp(bi) + ")"
-}
-
-// BuildStamp names the build bi describes: "commit REV" (with "+dirty"
-// for a modified tree), "module PATH@VERSION" for a released module, or
-// "unknown build" (bi nil, or built without VCS stamps). Two binaries of
-// one build have the same stamp; the worker also compares the light job
-// client's (cmd/refci-job) to its own this way, read from its file.
-func BuildStamp(bi *debug.BuildInfo) string {
-	if bi == nil {
-		return "unknown build"
-	}
-	rev, dirty := "", false
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			dirty = s.Value == "true"
-		}
-	}
-	switch {
-	case rev != "" && dirty:
-		return "commit " + rev + "+dirty"
-	case rev != "":
-		return "commit " + rev
-	case bi.Main.Version != "":
-		return "module " + bi.Main.Path + "@" + bi.Main.Version
-	}
-	return "unknown build"
+	return Protocol + " (" + buildstamp.Of(bi) + ")"
 }
 
 const (
