@@ -55,6 +55,18 @@ const dispatchCacheUses = 256
 // and a name that is not one is ignored. Safe for concurrent use; does
 // nothing once Run was told to stop.
 func (w *Worker) Dispatch(url string, names []string) bool {
+	return w.goFor(url, func(stop, runCtx context.Context, rem *gitproto.Remote) {
+		if !w.dispatch(stop, runCtx, rem, names) {
+			w.Poke(url)
+		}
+	})
+}
+
+// goFor runs fn in a goroutine that Run waits for as for a loop, with the
+// served remote of url and the worker's contexts, unless the worker
+// serves no such remote or was told to stop. It reports whether the
+// worker serves that remote.
+func (w *Worker) goFor(url string, fn func(stop, runCtx context.Context, rem *gitproto.Remote)) bool {
 	w.mu.Lock()
 	var rem *gitproto.Remote
 	for r := range w.wakes {
@@ -72,9 +84,7 @@ func (w *Worker) Dispatch(url string, names []string) bool {
 	w.mu.Unlock()
 	go func() {
 		defer w.loops.Done()
-		if !w.dispatch(stop, runCtx, rem, names) {
-			w.Poke(url)
-		}
+		fn(stop, runCtx, rem)
 	}()
 	return true
 }

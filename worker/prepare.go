@@ -55,25 +55,9 @@ func (w *Worker) PrepareClaim(url, name, value string) {
 	if !ok || queue.ValidateRequestName(name) != nil {
 		return
 	}
-	w.mu.Lock()
-	var rem *gitproto.Remote
-	for r := range w.wakes {
-		if r.URL == url {
-			rem = r
-			break
-		}
-	}
-	if rem == nil || w.closed || w.stop.Err() != nil {
-		w.mu.Unlock()
-		return
-	}
-	w.loops.Add(1) // Run waits for it as for a loop
-	runCtx := w.runCtx
-	w.mu.Unlock()
-	go func() {
-		defer w.loops.Done()
+	w.goFor(url, func(_, runCtx context.Context, rem *gitproto.Remote) {
 		w.prepareClaim(runCtx, rem, name, val)
-	}()
+	})
 }
 
 func (w *Worker) prepareClaim(ctx context.Context, rem *gitproto.Remote, name string, val gitproto.Hash) {
