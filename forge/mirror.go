@@ -700,9 +700,16 @@ func (s *sink) outcome(ctx context.Context, err error, what string) (time.Durati
 	}
 	w := s.backoff
 	if rl != nil {
-		if d := time.Until(rl.Until); d > w {
+		if d := min(time.Until(rl.Until), MaxRateLimitPause); d > w {
 			w = d
 		}
 	}
 	return w, true
 }
+
+// MaxRateLimitPause bounds how long a forge that asked to wait is paused
+// at once: the forges' documented limits reset within an hour, and a
+// reset header naming a later time (a broken proxy, a hostile server, a
+// clock far off) must not silence a forge for good. Past it the mirror
+// tries again, and a forge still limiting says so again.
+const MaxRateLimitPause = time.Hour

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"sort"
 	"strconv"
@@ -62,7 +63,8 @@ func New(cfg Config) (*Forge, error) {
 	if hc == nil {
 		hc = &http.Client{Timeout: 30 * time.Second}
 	}
-	opts := []gl.ClientOptionFunc{gl.WithHTTPClient(hc), gl.WithOnlyIdempotentRetries(), gl.WithCustomRetryMax(2), gl.WithUserAgent("refci")}
+	opts := []gl.ClientOptionFunc{gl.WithHTTPClient(hc), gl.WithOnlyIdempotentRetries(), gl.WithCustomRetryMax(2),
+		gl.WithCustomBackoff(retryWait), gl.WithUserAgent("refci")}
 	host := "gitlab.com"
 	if cfg.BaseURL != "" {
 		opts = append(opts, gl.WithBaseURL(cfg.BaseURL))
@@ -270,6 +272,27 @@ func answer(err error) (int, string) {
 		code = er.Response.StatusCode
 	}
 	return code, er.Message
+}
+
+// maxRetryWait bounds the client's own wait before it retries a call
+// (client-go waits until a 429's RateLimit-Reset, however far): a reset
+// further off is not waited out inside the call, which then fails with
+// forge.RateLimitError, and the mirror pauses this forge instead,
+// without holding a call open.
+const maxRetryWait = 5 * time.Second
+
+// retryWait is the client's wait before retry attempt of a call: until
+// the reset a 429 names, else exponential from lo, with jitter up to hi;
+// at most maxRetryWait.
+func retryWait(lo, hi time.Duration, attempt int, resp *http.Response) time.Duration {
+	w := lo << attempt
+	if resp != nil && resp.StatusCode == http.StatusTooManyRequests {
+		w = max(w, time.Until(resetAt(resp)))
+	}
+	if hi > lo {
+		w += time.Duration(rand.Int64N(int64(hi - lo)))
+	}
+	return min(w, maxRetryWait)
 }
 
 // resetAt is when GitLab says to try again: Retry-After, else

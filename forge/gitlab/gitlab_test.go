@@ -218,3 +218,21 @@ func TestRateLimitReset(t *testing.T) {
 		t.Errorf("after the reset: %v", err)
 	}
 }
+
+// A 429 whose reset is far off (an hour; a broken or hostile server may
+// name any time) is not waited out inside the call: the call fails soon
+// with the reset, for the mirror to pause this forge.
+func TestFarRateLimitResetIsNotWaitedOut(t *testing.T) {
+	f, s := newForge(t)
+	reset := time.Now().Add(time.Hour).Truncate(time.Second)
+	s.Fail(gitlabapi.RateLimitedUntil(reset), gitlabapi.RateLimitedUntil(reset), gitlabapi.RateLimitedUntil(reset))
+	start := time.Now()
+	err := f.SetStatus(context.Background(), sha, forge.Status{Context: "refci/main", State: queue.Success})
+	var rl *forge.RateLimitError
+	if !errors.As(err, &rl) || !rl.Until.Equal(reset) {
+		t.Fatalf("429 until %v: %v; want a rate-limit error naming it", reset, err)
+	}
+	if d := time.Since(start); d > 3*maxRetryWait {
+		t.Errorf("the call took %v: the client waited for a reset an hour away", d)
+	}
+}
