@@ -658,13 +658,14 @@ func (w *Worker) claim(ctx context.Context, rem *gitproto.Remote, repo *gitproto
 	if err != nil {
 		return 0, err
 	}
+	// A lost race is normal; a lock file left on the remote refuses the
+	// claim every time, and the request never runs: said once.
+	w.noteRefusals(rem, results, "lost a claim race")
 	var wonBatch []pending
 	for i, res := range results {
-		if !res.OK {
-			w.log.Debug("lost a claim race", "request", batch[i].claim.Request, "reason", res.Message)
-			continue
+		if res.OK {
+			wonBatch = append(wonBatch, batch[i])
 		}
-		wonBatch = append(wonBatch, batch[i])
 	}
 	if len(wonBatch) == 0 {
 		return 0, nil
@@ -1084,12 +1085,13 @@ type lockSeen struct {
 // before the worker says that it is left over, not a concurrent update.
 const staleLockAfter = time.Minute
 
-// noteRefusals logs the refused updates of a cleanup push at debug level
-// (losing such a race is normal), and says once, as a warning, when a
-// ref has been held by a lock file for staleLockAfter: git leaves
-// "<ref>.lock" behind when a process updating the ref is killed, or its
-// repository moved, meanwhile; nothing can change that ref until the file
-// is removed (the request then stays done, but its claim stays too).
+// noteRefusals logs the refused updates of a claim or cleanup push at
+// debug level (losing such a race is normal), and says once, as a
+// warning, when a ref has been held by a lock file for staleLockAfter:
+// git leaves "<ref>.lock" behind when a process updating the ref is
+// killed, or its repository moved, meanwhile; nothing can change that ref
+// until the file is removed (a request whose claim ref is locked never
+// runs; a done request's claim stays).
 func (w *Worker) noteRefusals(rem *gitproto.Remote, res []gitproto.PushResult, what string) {
 	now := w.now()
 	w.mu.Lock()
