@@ -11,35 +11,8 @@ import (
 // refci-hook starts once per updated ref on every push: it must stay
 // light. These are the heavy dependencies of refci it must never pull in.
 func TestLightDependencies(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", "refci.dev/refci/cmd/refci-hook").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	deps := strings.Fields(string(out))
-	if len(deps) < 10 {
-		t.Fatalf("go list -deps listed only %v", deps)
-	}
-	banned := []string{
-		"github.com/",
-		"golang.org/x/",
-		"crypto/tls",
-		"net/http",
-		"html/template",
-		"text/template",
-		"encoding/gob",
-		"regexp",
-	}
-	for _, d := range deps {
-		for _, b := range banned {
-			if d == b || strings.HasPrefix(d, strings.TrimSuffix(b, "/")+"/") {
-				t.Errorf("refci-hook depends on %s", d)
-			}
-		}
-		// Of refci itself, only the hook client.
-		if rest, ok := strings.CutPrefix(d, "refci.dev/refci/"); ok && rest != "gitproto/sshd/hookclient" && rest != "cmd/refci-hook" {
-			t.Errorf("refci-hook depends on %s: only package gitproto/sshd/hookclient of refci belongs in it", d)
-		}
-	}
+	fixtures.LightDeps(t, "refci.dev/refci/cmd/refci-hook", []string{"gitproto/sshd/hookclient"},
+		"github.com/", "golang.org/x/", "crypto/tls", "net/http", "html/template", "text/template", "encoding/gob", "regexp")
 }
 
 // Built, it says what it is when run by hand, and refuses to run outside

@@ -15,38 +15,8 @@ import (
 // which links the C library and so costs every start its dynamic
 // loading.
 func TestLightDependencies(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", "refci.dev/refci/cmd/refci-job").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	deps := strings.Fields(string(out))
-	if len(deps) < 10 {
-		t.Fatalf("go list -deps listed only %v", deps)
-	}
-	banned := []string{
-		"github.com/", "golang.org/x/crypto/", "crypto/", "net", "runtime/cgo",
-		"net/http", "html/template", "text/template",
-	}
-	allowed := []string{"worker/jobsock/jobclient", "worker/jobsock/jobwire", "queue/jobname", "cmd/refci-job"}
-	for _, d := range deps {
-		for _, b := range banned {
-			if d == strings.TrimSuffix(b, "/") || strings.HasSuffix(b, "/") && strings.HasPrefix(d, b) {
-				t.Errorf("refci-job depends on %s", d)
-			}
-		}
-		if rest, ok := strings.CutPrefix(d, "refci.dev/refci/"); ok && !contains(allowed, rest) {
-			t.Errorf("refci-job depends on %s: only %v of refci belong in it", d, allowed)
-		}
-	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
+	fixtures.LightDeps(t, "refci.dev/refci/cmd/refci-job", []string{"worker/jobsock/jobclient", "worker/jobsock/jobwire", "queue/jobname"},
+		"github.com/", "golang.org/x/crypto/", "crypto/", "net", "runtime/cgo", "net/http", "html/template", "text/template")
 }
 
 // Built, it runs `refci job` and `refci secret` itself (outside a

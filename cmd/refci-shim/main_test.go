@@ -12,36 +12,8 @@ import (
 // refci-shim starts twice per job: it must stay light. These are the
 // heavy dependencies of refci it must never pull in.
 func TestLightDependencies(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", "refci.dev/refci/cmd/refci-shim").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	deps := strings.Fields(string(out))
-	if len(deps) < 10 {
-		t.Fatalf("go list -deps listed only %v", deps)
-	}
-	banned := []string{
-		"github.com/go-git/",
-		"github.com/ProtonMail/go-crypto",
-		"net/http",
-		"html/template",
-		"text/template",
-		"refci.dev/refci/gitproto",
-		"refci.dev/refci/queue",
-		"refci.dev/refci/secrets",
-		"refci.dev/refci/render",
-	}
-	for _, d := range deps {
-		for _, b := range banned {
-			if d == b || strings.HasPrefix(d, strings.TrimSuffix(b, "/")+"/") {
-				t.Errorf("refci-shim depends on %s", d)
-			}
-		}
-		// Of refci itself, only the shim.
-		if rest, ok := strings.CutPrefix(d, "refci.dev/refci/"); ok && rest != "worker/shim" && rest != "lightbin/buildstamp" && rest != "cmd/refci-shim" {
-			t.Errorf("refci-shim depends on %s: only packages worker/shim and lightbin/buildstamp of refci belong in it", d)
-		}
-	}
+	fixtures.LightDeps(t, "refci.dev/refci/cmd/refci-shim", []string{"worker/shim", "lightbin/buildstamp"},
+		"github.com/go-git/", "github.com/ProtonMail/go-crypto/", "net/http", "html/template", "text/template")
 }
 
 // Built, it answers --protocol, runs a program as refci __refci-shim
