@@ -5,15 +5,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"reflect"
 	"strings"
-	"sync"
 
+	"refci.dev/refci/cmd/internal/cli"
 	"refci.dev/refci/gitproto/sshd"
 	"refci.dev/refci/worker/proc"
 )
@@ -21,12 +19,12 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-// Exit codes, the same for every command.
+// Exit codes, the same for every command (cli's).
 const (
-	exitOK      = 0 // success
-	exitFailed  = 1 // the pipeline failed (or was cancelled)
-	exitUsage   = 2 // usage or configuration error
-	exitInfra   = 3 // infrastructure error: git, disk, keys
+	exitOK      = cli.ExitOK
+	exitFailed  = cli.ExitFailed
+	exitUsage   = cli.ExitUsage
+	exitInfra   = cli.ExitInfra
 	programName = "refci"
 )
 
@@ -50,15 +48,16 @@ type env struct {
 	getenv         func(string) string
 }
 
-func (e *env) errorf(format string, args ...any) {
-	fmt.Fprintf(e.stderr, programName+": "+format+"\n", args...)
+// cli is e as the shared command-line machinery takes it.
+func (e *env) cli() *cli.Env {
+	return &cli.Env{Stdin: e.stdin, Stdout: e.stdout, Stderr: e.stderr, Getenv: e.getenv, Program: programName}
 }
+
+func (e *env) errorf(format string, args ...any) { e.cli().Errorf(format, args...) }
 
 // command is one subcommand. Its synopsis and summary are the one source
 // of its usage: the global list, 'refci help NAME', 'refci NAME -h' and
-// the usage line of its errors are all made from them. Flags are written
-// GNU-style: --name for long ones, -x for one-letter ones (Go's flag
-// package accepts either dash for both).
+// the usage line of its errors are all made from them (see cli.Command).
 type command struct {
 	name     string
 	synopsis string // what follows "refci NAME"
@@ -68,6 +67,11 @@ type command struct {
 	// else run answers -h from this table.
 	ownFlags bool
 	run      func(ctx context.Context, e *env, args []string) int
+}
+
+// cli is what the help says of c.
+func (c command) cli() cli.Command {
+	return cli.Command{Program: programName, Name: c.name, Synopsis: c.synopsis, Summary: c.summary, Detail: c.detail}
 }
 
 func commands() []command {
@@ -103,8 +107,6 @@ func lookup(name string) (command, bool) {
 	return command{}, false
 }
 
-func isHelp(arg string) bool { return arg == "-h" || arg == "--help" || arg == "-help" }
-
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: os.Getenv}
 	if len(args) == 0 {
@@ -112,7 +114,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return exitUsage
 	}
 	switch {
-	case isHelp(args[0]):
+	case cli.IsHelp(args[0]):
 		usage(stdout)
 		return exitOK
 	case args[0] == "help":
@@ -125,7 +127,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		e.errorf("unknown command %q; the commands: %s (run 'refci help' for the list)", args[0], commandNames())
 		return exitUsage
 	}
-	if !c.ownFlags && len(args) > 1 && isHelp(args[1]) {
+	if !c.ownFlags && len(args) > 1 && cli.IsHelp(args[1]) {
 		c.help(stdout, nil)
 		return exitOK
 	}
@@ -159,101 +161,22 @@ func commandNames() string {
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintf(w, "refci: CI in git refs\n\nUsage:\n")
+	var cmds []cli.Command
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %s\n      %s\n", c.usageLine(), c.summary)
+		cmds = append(cmds, c.cli())
 	}
-	fmt.Fprintf(w, "\nExit codes: 0 success, 1 pipeline failed, 2 usage or configuration, 3 infrastructure.\n")
-	fmt.Fprintf(w, "Run 'refci help COMMAND' or 'refci COMMAND -h' for a command's flags.\n")
+	cli.Usage(w, "refci: CI in git refs", cmds)
 }
 
 // usageLine is "refci NAME SYNOPSIS".
-func (c command) usageLine() string {
-	return strings.TrimSpace("refci " + c.name + " " + c.synopsis)
-}
+func (c command) usageLine() string { return c.cli().UsageLine() }
 
 // help writes the command's help: usage, summary, flags (fs, when it has
 // any), details.
-func (c command) help(w io.Writer, fs *flag.FlagSet) {
-	fmt.Fprintf(w, "Usage: %s\n", c.usageLine())
-	if c.summary != "" {
-		fmt.Fprintf(w, "\n%s\n", c.summary)
-	}
-	if fs != nil {
-		c.printFlags(w, fs)
-	}
-	if c.detail != "" {
-		fmt.Fprintf(w, "\n%s", c.detail)
-	}
-}
+func (c command) help(w io.Writer, fs *flag.FlagSet) { c.cli().Help(w, fs) }
 
 // flagName is how help shows a flag: -x for one letter, else --name.
-func flagName(name string) string {
-	if len(name) == 1 {
-		return "-" + name
-	}
-	return "--" + name
-}
-
-// flagArg is the name of flag's argument: as the synopsis writes it
-// ("--repo DIR"), else from its type (Go's flag package names it typ).
-func (c command) flagArg(flag, typ string) string {
-	f := strings.Fields(strings.NewReplacer("[", " ", "]", " ", "|", " ").Replace(c.synopsis))
-	for i := 0; i+1 < len(f); i++ {
-		if f[i] == flagName(flag) && typ != "" && strings.ToUpper(f[i+1]) == f[i+1] && !strings.HasPrefix(f[i+1], "-") {
-			return strings.TrimSuffix(f[i+1], "...")
-		}
-	}
-	if typ == "" {
-		return ""
-	}
-	if a, ok := flagArgs[flag]; ok {
-		return a
-	}
-	switch typ {
-	case "duration":
-		return "DUR"
-	case "int", "int64", "uint":
-		return "N"
-	case "value":
-		return "VALUE"
-	}
-	return strings.ToUpper(typ)
-}
-
-// flagArgs names the arguments of flags that several commands share.
-var flagArgs = map[string]string{
-	"repo": "DIR", "cache": "DIR", "data": "DIR", "key": "FILE", "admin": "FILE", "trusted": "FILE",
-	"secrets-admin": "FILE", "roles": "FILE", "keyring": "FILE", "recipient": "FILE", "max-pack": "SIZE", "keep-days": "D",
-}
-
-// printFlags lists fs's flags, sorted, with their defaults when they are
-// not the zero value.
-func (c command) printFlags(w io.Writer, fs *flag.FlagSet) {
-	first := true
-	fs.VisitAll(func(f *flag.Flag) {
-		if first {
-			fmt.Fprintf(w, "\nFlags:\n")
-			first = false
-		}
-		arg, text := flag.UnquoteUsage(f)
-		arg = c.flagArg(f.Name, arg)
-		line := "  " + flagName(f.Name)
-		if arg != "" {
-			line += " " + arg
-		}
-		switch f.DefValue {
-		case "", "false", "0", "0s", "[]":
-		default:
-			if reflect.TypeOf(f.Value).String() == "*flag.stringValue" {
-				text += fmt.Sprintf(" (default %q)", f.DefValue)
-			} else {
-				text += fmt.Sprintf(" (default %s)", f.DefValue)
-			}
-		}
-		fmt.Fprintf(w, "%s\n        %s\n", line, text)
-	})
-}
+func flagName(name string) string { return cli.FlagName(name) }
 
 func cmdVersion(_ context.Context, e *env, _ []string) int {
 	fmt.Fprintf(e.stdout, "refci %s\n", version)
@@ -272,70 +195,18 @@ func newFlags(e *env, name string) *flag.FlagSet {
 
 // newCommandFlags makes the FlagSet of c (a command, or a subcommand made
 // for the occasion, as 'secrets set').
-func newCommandFlags(e *env, c command) *flag.FlagSet {
-	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	// The flag package calls Usage on -h and on errors; parse prints the
-	// help, or the error and the usage line, itself.
-	fs.Usage = func() {}
-	flagCommands.Lock()
-	flagCommands.m[fs] = c
-	flagCommands.Unlock()
-	return fs
-}
-
-// flagCommands is the command of each FlagSet newCommandFlags made.
-var flagCommands = struct {
-	sync.Mutex
-	m map[*flag.FlagSet]command
-}{m: map[*flag.FlagSet]command{}}
-
-func commandOf(fs *flag.FlagSet) command {
-	flagCommands.Lock()
-	defer flagCommands.Unlock()
-	return flagCommands.m[fs]
-}
+func newCommandFlags(_ *env, c command) *flag.FlagSet { return cli.NewFlags(c.cli()) }
 
 // usageError reports a usage error of fs's command: the message, and the
 // command's usage line.
 func usageError(e *env, fs *flag.FlagSet, format string, args ...any) int {
-	e.errorf("%s: "+format, append([]any{fs.Name()}, args...)...)
-	fmt.Fprintf(e.stderr, "Usage: %s (see 'refci help %s')\n", commandOf(fs).usageLine(), strings.Fields(fs.Name())[0])
-	return exitUsage
+	return cli.UsageError(e.cli(), fs, format, args...)
 }
 
 // parse parses flags that may come before or after positional arguments
-// (git's style); "--" ends flags. It returns the positional arguments, or
-// an exit code when parsing ended the command (-h, or an error already
-// reported).
+// (git's style); "--" ends flags (see cli.Parse).
 func parse(e *env, fs *flag.FlagSet, args []string, maxPos int) ([]string, int, bool) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				commandOf(fs).help(e.stdout, fs)
-				return nil, exitOK, false
-			}
-			return nil, usageError(e, fs, "%v", err), false
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			break
-		}
-		if len(args) > 0 && len(rest) < len(args) && args[len(args)-len(rest)-1] == "--" {
-			pos = append(pos, rest...)
-			break
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
-	if len(pos) > maxPos {
-		return nil, usageError(e, fs, "too many arguments: %s", strings.Join(pos, " ")), false
-	}
-	return pos, 0, true
+	return cli.Parse(e.cli(), fs, args, maxPos)
 }
 
-type multiFlag []string
-
-func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
-func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+type multiFlag = cli.MultiFlag

@@ -1,0 +1,66 @@
+// Package cli is the command-line machinery the refci binaries share
+// (cmd/refci, and cmd/refci-forge which holds refci mirror and refci
+// mail): the streams and environment a command gets, the exit codes, a
+// command's help and flags, GNU-style flag parsing, configuration files
+// with unknown-setting checks, refci's home and key, and two-stage
+// signal handling. It knows nothing of CI: each binary keeps its own
+// command table and wires the rest.
+package cli
+
+import (
+	"fmt"
+	"io"
+	"time"
+)
+
+// Exit codes, the same for every command of every refci binary.
+const (
+	ExitOK     = 0 // success
+	ExitFailed = 1 // the pipeline failed (or was cancelled)
+	ExitUsage  = 2 // usage or configuration error
+	ExitInfra  = 3 // infrastructure error: git, disk, keys, an incomplete installation
+)
+
+// ExitCodesLine is the line of the global help that explains the exit
+// codes.
+const ExitCodesLine = "Exit codes: 0 success, 1 pipeline failed, 2 usage or configuration, 3 infrastructure."
+
+// Env is what a command gets: its streams, the process environment and
+// the name it is known by in messages ("refci"). The zero value is not
+// usable: Stdout, Stderr and Getenv must be set; Stdin may be nil (no
+// input). An Env is safe for concurrent use when its writers are.
+type Env struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+	// Program prefixes error messages; "" is "refci".
+	Program string
+}
+
+func (e *Env) program() string {
+	if e.Program == "" {
+		return "refci"
+	}
+	return e.Program
+}
+
+// Errorf prints one error line to stderr, prefixed with the program's
+// name.
+func (e *Env) Errorf(format string, args ...any) {
+	fmt.Fprintf(e.Stderr, e.program()+": "+format+"\n", args...)
+}
+
+// Duration reads "10s" style values from TOML and other text
+// configuration. The zero value is no duration.
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration ("10s", "2m"); its error says how
+// to write one.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (write e.g. \"10s\", \"2m\")", b)
+	}
+	d.Duration = v
+	return nil
+}
