@@ -10,11 +10,12 @@ TESTFLAGS ?= -count=1 -timeout 12m
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
 
-build: ## build bin/refci and, used when beside it, its light per-run shim, job client and push hook client (bin/refci-shim, refci-job, refci-hook)
+build: ## build bin/refci and, used when beside it, its light per-run shim, job client and push hook client (bin/refci-shim, refci-job, refci-hook), and bin/refci-forge (refci mirror, refci mail, a worker's [[forge]] and [mail])
 	$(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/refci
 	$(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)' -o $(dir $(BIN))refci-shim ./cmd/refci-shim
 	$(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)' -o $(dir $(BIN))refci-job ./cmd/refci-job
 	$(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)' -o $(dir $(BIN))refci-hook ./cmd/refci-hook
+	$(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)' -o $(dir $(BIN))refci-forge ./cmd/refci-forge
 
 test: ## run every test (real git, gpg and processes)
 	$(GO) vet ./...

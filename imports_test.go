@@ -49,9 +49,12 @@ var allowed = map[string][]string{
 	"worker/jobsock/jobwire":   {},
 	"worker/jobsock/jobclient": {"queue/jobname", "worker/jobsock/jobwire"},
 	"forge":                    {"queue", "render", "secrets", "gitproto", "results", "requests"},
-	"fixtures":                 {"secrets"}, // tests only: OpenPGP keys of fake identities come from secrets
-	"server":                   {"queue", "gitproto", "secrets"},
-	"cmd":                      {"queue", "gitproto", "secrets", "results", "requests", "worker", "render", "forge", "server"},
+	// The link between a worker and its refci-forge child, both sides:
+	// refci links it, so nothing of the project (and of the adapters).
+	"forge/link": {},
+	"fixtures":   {"secrets"}, // tests only: OpenPGP keys of fake identities come from secrets
+	"server":     {"queue", "gitproto", "secrets"},
+	"cmd":        {"queue", "gitproto", "secrets", "results", "requests", "worker", "render", "forge", "server", "lightbin"},
 
 	// Tests only: result and target commits written through gitproto;
 	// a package of its own, since the tests of queue and gitproto import
@@ -152,6 +155,39 @@ func listPackages(t *testing.T) []goPackage {
 		pkgs = append(pkgs, p)
 	}
 	return pkgs
+}
+
+// TestRefciLinksNoAdapter checks that the refci binary, which starts on
+// every run, job fallback, status and hook, carries none of the forge
+// adapters, the mail bridge and their clients: they are refci-forge's,
+// which refci execs (refci mirror, refci mail) or runs as a worker's
+// child ([[forge]], [mail]).
+func TestRefciLinksNoAdapter(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "./cmd/refci").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 50 {
+		t.Fatalf("go list -deps listed only %d packages", len(deps))
+	}
+	banned := []string{
+		"refci.dev/refci/forge/github", "refci.dev/refci/forge/gitea", "refci.dev/refci/forge/gitlab",
+		"refci.dev/refci/forge/mail", "refci.dev/refci/forge/forgeconf",
+		"gitlab.com/gitlab-org/api/client-go", "github.com/google/go-github", "code.gitea.io/sdk/gitea",
+		"github.com/emersion/go-imap", "github.com/emersion/go-message", "github.com/emersion/go-smtp",
+		"github.com/emersion/go-sasl", "golang.org/x/text", "golang.org/x/oauth2",
+	}
+	for _, d := range deps {
+		if d == "refci.dev/refci/forge" {
+			t.Errorf("refci depends on %s: the mirror belongs in refci-forge", d)
+		}
+		for _, b := range banned {
+			if d == b || strings.HasPrefix(d, b+"/") {
+				t.Errorf("refci depends on %s: it belongs in refci-forge", d)
+			}
+		}
+	}
 }
 
 // TestIMAPStaysInForgeMail checks that only forge/mail's code imports

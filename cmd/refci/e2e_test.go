@@ -34,9 +34,11 @@ func TestMain(m *testing.M) {
 	// light shim (worker tests cover refci being its own shim), their
 	// pipelines' refci job is the light job client (worker tests cover
 	// refci alone), and refci serve's pushes run the light hook client
-	// (gitproto/sshd's tests cover refci's own). All without VCS stamps,
+	// (gitproto/sshd's tests cover refci's own); refci mirror, refci mail
+	// and the workers' [[forge]] and [mail] run in refci-forge. All
+	// without VCS stamps,
 	// so that their identities match in any checkout.
-	for _, b := range [][2]string{{refciBin, "."}, {filepath.Join(dir, "refci-shim"), "../refci-shim"}, {filepath.Join(dir, "refci-job"), "../refci-job"}, {filepath.Join(dir, "refci-hook"), "../refci-hook"}} {
+	for _, b := range [][2]string{{refciBin, "."}, {filepath.Join(dir, "refci-shim"), "../refci-shim"}, {filepath.Join(dir, "refci-job"), "../refci-job"}, {filepath.Join(dir, "refci-hook"), "../refci-hook"}, {filepath.Join(dir, "refci-forge"), "../refci-forge"}} {
 		out, err := exec.Command("go", "build", "-buildvcs=false", "-o", b[0], b[1]).CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b[1], err, out)

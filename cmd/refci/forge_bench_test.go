@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -38,11 +37,8 @@ func BenchmarkResultToGiteaStatus(b *testing.B) {
 	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var out fixtures.Buffer
-	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"mirror", "--config", cfg}, strings.NewReader(""), &out, &out) }()
+	mirror := startProc(b, os.Environ(), "mirror", "--config", cfg)
+	out := mirror.out
 	head := r.Push(b, "main", "base")
 	// The commit must be in the remote for nothing: statuses name any
 	// commit Gitea has; results are written straight into the remote.
@@ -66,8 +62,7 @@ func BenchmarkResultToGiteaStatus(b *testing.B) {
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Milliseconds()), "p99-ms")
-	cancel()
-	<-done
+	mirror.exit(b)
 }
 
 // BenchmarkAPICallsPerRun counts what refci mirror sends a forge (GitHub's
@@ -91,11 +86,8 @@ func BenchmarkAPICallsPerRun(b *testing.B) {
 	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var out fixtures.Buffer
-	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"mirror", "--config", cfg}, strings.NewReader(""), &out, &out) }()
+	mirror := startProc(b, os.Environ(), "mirror", "--config", cfg)
+	out := mirror.out
 	wait := func(state string) {
 		t0 := time.Now()
 		for {
@@ -134,6 +126,5 @@ func BenchmarkAPICallsPerRun(b *testing.B) {
 	b.ReportMetric(float64(count("POST", "/statuses/"))/n, "status-calls/run")
 	b.ReportMetric(float64(count("POST", "/comments")+count("PATCH", "/comments/"))/n, "comment-writes/run")
 	b.ReportMetric(float64(count("GET", "/"))/n, "reads/run")
-	cancel()
-	<-done
+	mirror.exit(b)
 }

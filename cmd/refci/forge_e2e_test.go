@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -56,11 +55,7 @@ pull_request_poll = "100ms"
 	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var stdout, stderr fixtures.Buffer
-	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"mirror", "--config", cfg}, strings.NewReader(""), &stdout, &stderr) }()
+	mirror := startProc(t, os.Environ(), "mirror", "--config", cfg)
 
 	requestOf := func(name string) string {
 		out, err := fixtures.RunGit(bare, nil, nil, "rev-parse", "--verify", "--quiet", queue.RequestRef(name)+"^{commit}")
@@ -112,11 +107,10 @@ pull_request_poll = "100ms"
 	fixtures.WaitFor(t, time.Minute, "pull request 8 to be taken in", func() bool { return requestOf("pr/8") == head2 })
 	gh.ClosePull(8)
 	fixtures.WaitFor(t, time.Minute, "the closed pull request's request to be deleted", func() bool { return requestOf("pr/8") == "" })
-	cancel()
-	if code := <-done; code != 0 {
-		t.Errorf("refci mirror exited %d:\n%s", code, stderr.String())
+	if code := mirror.exit(t); code != 0 {
+		t.Errorf("refci mirror exited %d:\n%s", code, mirror.out.String())
 	}
-	if strings.Contains(stderr.String(), "ghp-secret-token") || strings.Contains(stdout.String(), "ghp-secret-token") {
+	if strings.Contains(mirror.out.String(), "ghp-secret-token") {
 		t.Error("the token was printed")
 	}
 }

@@ -288,7 +288,8 @@ type bgRefci struct {
 }
 
 // startProc starts refci with env; it is stopped (SIGTERM) when t ends,
-// and its output logged if t failed.
+// and its output logged if t failed. refci mirror and refci mail are
+// refci-forge (refci execs it), so their processes are too.
 func startProc(t testing.TB, env []string, args ...string) *bgRefci {
 	t.Helper()
 	p := &bgRefci{cmd: exec.Command(refciBin, args...), out: &fixtures.Buffer{}, done: make(chan struct{})}
@@ -304,6 +305,12 @@ func startProc(t testing.TB, env []string, args ...string) *bgRefci {
 		}
 	})
 	return p
+}
+
+// exit stops the process and returns its exit status.
+func (p *bgRefci) exit(t testing.TB) int {
+	p.stop(t)
+	return p.cmd.ProcessState.ExitCode()
 }
 
 // stop sends SIGTERM and waits for the process to end (SIGKILL after a

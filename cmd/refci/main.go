@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"refci.dev/refci/cmd/internal/cli"
+	"refci.dev/refci/cmd/internal/forgecmd"
 	"refci.dev/refci/gitproto/sshd"
 	"refci.dev/refci/worker/proc"
 )
@@ -87,8 +88,8 @@ func commands() []command {
 		{"gc", "[--repo DIR] [--remote R] [--keep-last N] [--keep-days D] [--dry-run] [-v]", "delete the run refs beyond a retention policy, here or on a remote", gcHelp, true, cmdGC},
 		{"worker", "--remote URL... | --config FILE [FLAGS]", "poll remotes for requests, run them, push signed results", "", true, cmdWorker},
 		{"serve", "[--listen ADDR] [--data DIR] [--admin FILE]... [--http ADDR] [FLAGS]", "be the git remote over SSH, with an embedded worker: pushed requests run at once", "", true, cmdServe},
-		{"mirror", "--config FILE", "show the runs of remotes on forges: commit statuses and one comment per pull request", mirrorHelp, true, cmdMirror},
-		{"mail", "--config FILE [--key FILE]", "test patch series mailed to a mailbox and reply in their threads", mailHelp, true, cmdMail},
+		forgeCommand(forgecmd.Mirror),
+		forgeCommand(forgecmd.Mail),
 		{"trigger", "[--repo DIR] [--remote R] [--name N] [--env E] [--timeout DUR] [--wait] [REV]", "push a request for REV (default HEAD); --wait follows the run", "", true, cmdTrigger},
 		{"keys", "show|export [--key FILE]", "show or export this machine's refci key", "", true, cmdKeys},
 		{"job", "NAME [--needs A,B] -- CMD ARGS...", "inside a pipeline: run one job and record it", "", false, cmdJob},

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -46,11 +45,8 @@ func TestMirrorToGitLab(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var out fixtures.Buffer
-	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"mirror", "--config", cfg}, strings.NewReader(""), &out, &out) }()
+	mirror := startProc(t, os.Environ(), "mirror", "--config", cfg)
+	out := mirror.out
 
 	ours := func() []gitlabapi.Note {
 		var n []gitlabapi.Note
@@ -87,14 +83,8 @@ func TestMirrorToGitLab(t *testing.T) {
 			t.Errorf("a call outside the project's URL-encoded path: %s", c)
 		}
 	}
-	cancel()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Errorf("exit %d:\n%s", code, out.String())
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("refci mirror did not stop with its context")
+	if code := mirror.exit(t); code != 0 {
+		t.Errorf("exit %d:\n%s", code, out.String())
 	}
 	if strings.Contains(out.String(), secret) {
 		t.Errorf("the token was printed:\n%s", out.String())

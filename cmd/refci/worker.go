@@ -2,20 +2,19 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
 
-	"refci.dev/refci/forge/mail"
+	"refci.dev/refci/cmd/internal/cli"
+	"refci.dev/refci/forge/link"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/results"
 	"refci.dev/refci/secrets"
@@ -52,11 +51,13 @@ type workerConfig struct {
 	Trusted []string `toml:"trusted"`
 	// Forges show the runs of the remotes on forges ([[forge]] entries);
 	// MirrorState records what each shows (default $REFCI_HOME/mirror).
-	Forges      []forgeConfig `toml:"forge"`
-	MirrorState string        `toml:"mirror_state"`
 	// Mail runs the mail bridge beside the worker ([mail]), in a
-	// directory under the cache.
-	Mail *mailConfig `toml:"mail"`
+	// directory under the cache. refci-forge, the worker's child, reads
+	// and checks them (forge/link); the worker reads only the files it
+	// hides from pipelines.
+	Forges      []forgeFiles `toml:"forge"`
+	MirrorState string       `toml:"mirror_state"`
+	Mail        *mailFiles   `toml:"mail"`
 	// Retention, when its every is set, runs refci gc on each remote
 	// that often (off by default).
 	Retention *retentionConfig `toml:"retention"`
@@ -93,15 +94,34 @@ func (r *retentionConfig) policy() (results.Retention, error) {
 }
 
 // duration reads "10s" style values from TOML.
-type duration struct{ time.Duration }
+type duration = cli.Duration
 
-func (d *duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("%q is not a duration (write e.g. \"10s\", \"2m\")", b)
+// forgeFiles are the secret files of a [[forge]] entry, which pipelines
+// must not read.
+type forgeFiles struct {
+	TokenFile      string `toml:"token_file"`
+	PrivateKeyFile string `toml:"private_key_file"`
+}
+
+// mailFiles is the secret file of [mail].
+type mailFiles struct {
+	PasswordFile string `toml:"password_file"`
+}
+
+// forgeSetting reports whether key (of worker.toml) is a setting of
+// [[forge]] or [mail], which refci-forge decodes and checks.
+func forgeSetting(key []string) bool {
+	if len(key) != 2 {
+		return false
 	}
-	d.Duration = v
-	return nil
+	var names string
+	switch key[0] {
+	case "forge":
+		names = link.ForgeSettings
+	case "mail":
+		names = link.MailSettings
+	}
+	return slices.Contains(strings.Split(names, ", "), key[1])
 }
 
 func cmdWorker(ctx context.Context, e *env, args []string) int {
@@ -129,7 +149,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	}
 	var cfg workerConfig
 	if *configFile != "" {
-		if _, ok := readConfig(e, *configFile, &cfg, "remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted, mirror_state, in [retention]: keep_last, keep_days, every, in [[forge]]: "+forgeSettings+"; in [mail]: "+mailSettings); !ok {
+		if _, ok := cli.ReadConfig(e.cli(), *configFile, &cfg, "remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted, mirror_state, in [retention]: keep_last, keep_days, every, in [[forge]]: "+link.ForgeSettings+"; in [mail]: "+link.MailSettings, forgeSetting); !ok {
 			return exitUsage
 		}
 	}
@@ -248,74 +268,74 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		}
 		rems = append(rems, r)
 	}
-	var mirrors []runner
-	if len(cfg.Forges) > 0 {
-		if cfg.MirrorState == "" {
-			h, err := e.home()
-			if err != nil {
-				e.errorf("%v", err)
-				return exitUsage
+	// The forges and the mail bridge run in refci-forge, a supervised
+	// child: a mistake in [[forge]] or [mail] stops the worker at once
+	// (the child says it before it is ready); mail servers that cannot
+	// be reached do not (a mail outage must not stop CI).
+	var fc *link.Child
+	var wp atomic.Pointer[worker.Worker] // set before the loop runs
+	if len(cfg.Forges) > 0 || cfg.Mail != nil {
+		if len(cfg.Forges) > 0 {
+			if cfg.MirrorState == "" {
+				h, err := e.home()
+				if err != nil {
+					e.errorf("%v", err)
+					return exitUsage
+				}
+				cfg.MirrorState = filepath.Join(h, "mirror")
 			}
-			cfg.MirrorState = filepath.Join(h, "mirror")
-		}
-		private = append(private, cfg.MirrorState)
-		for _, f := range cfg.Forges {
-			private = append(private, f.TokenFile)
-		}
-		if mirrors, err = newMirrors(ctx, cfg.Forges, cfg.Remotes, cfg.MirrorState, cfg.Poll.Duration, logger); err != nil {
-			e.errorf("config %s: %v", *configFile, err)
-			if errors.Is(err, errForgeConfig) {
-				return exitUsage
+			private = append(private, cfg.MirrorState)
+			for _, f := range cfg.Forges {
+				private = append(private, f.TokenFile, f.PrivateKeyFile)
 			}
-			return exitInfra
 		}
-	}
-	// The mail bridge: a mistake in [mail] stops the worker at once; mail
-	// servers that cannot be reached do not (a mail outage must not stop
-	// CI): the bridge starts once they answer.
-	var mbp atomic.Pointer[mailBridge]
-	var startMail func(context.Context) (*mailBridge, error)
-	var mailRemote string
-	var w *worker.Worker // set before the bridge runs
-	if cfg.Mail != nil {
-		private = append(private, cfg.Mail.PasswordFile)
-		remote := cfg.Mail.Remote
-		if remote == "" && len(cfg.Remotes) == 1 {
-			remote = cfg.Remotes[0]
+		if cfg.Mail != nil {
+			private = append(private, cfg.Mail.PasswordFile)
 		}
-		dir := filepath.Join(cfg.Cache, "mail", strings.TrimSuffix(cacheName(remote+" "+cfg.Mail.Name), ".git"))
-		// The worker polls the remote at once when the bridge asks for a
-		// run of a series.
-		asked := func() {
-			for i, r := range rems {
-				if cfg.Remotes[i] == remote {
-					w.Poke(r.URL)
+		path, code := findForge(e, "worker: [[forge]] and [mail]")
+		if path == "" {
+			return code
+		}
+		args := []string{"--config", *configFile}
+		if cfg.Key != "" {
+			args = append(args, "--key", cfg.Key)
+		}
+		if *verbose {
+			args = append(args, "-v")
+		}
+		// The bridge asked for a run: the worker polls that remote now.
+		asked := func(url string) {
+			if w := wp.Load(); w != nil {
+				for i, r := range rems {
+					if cfg.Remotes[i] == url {
+						w.Poke(r.URL)
+					}
 				}
 			}
 		}
-		mailRemote = remote
-		startMail = func(ctx context.Context) (*mailBridge, error) {
-			var signer mail.Signer
-			if cfg.Mail.Sign {
-				signer = id
-			}
-			return newMailBridge(ctx, *cfg.Mail, cfg.Remotes, dir, signer, asked, logger)
-		}
-		mb, err := startMail(ctx)
+		fc, err = link.Open(ctx, link.Config{Path: path, Args: args, Asked: asked, Log: e.stderr, Logger: logger,
+			Start: link.Start{Remotes: cfg.Remotes, Cache: cfg.Cache, Poll: link.Duration{Duration: cfg.Poll.Duration}}})
+		var refused *link.FailError
 		switch {
-		case err == nil:
-			mbp.Store(mb)
-		case mailExit(err) == exitUsage:
-			e.errorf("config %s: %v", *configFile, err)
-			return exitUsage
-		default:
-			logger.Warn("the mail bridge cannot start: the worker runs without it, and it starts once the mail servers answer", "err", err)
+		case errors.As(err, &refused):
+			e.errorf("%s", refused.Error())
+			return refused.Exit
+		case err != nil:
+			e.errorf("worker: the forges and mail (refci-forge): %v", err)
+			return exitInfra
 		}
-		defer func() {
-			if mb := mbp.Load(); mb != nil {
-				mb.close()
+	}
+	// After a push of run refs to a remote, the mirrors and the bridge of
+	// that remote look at once.
+	var pushed func(string)
+	if fc != nil {
+		pushed = func(u string) {
+			for i, r := range rems {
+				if r.URL == u {
+					fc.Pushed(cfg.Remotes[i])
+				}
 			}
-		}()
+		}
 	}
 	self, _ := os.Executable()
 	// What refci's own git, ssh and gpg read stays read-only for
@@ -337,15 +357,16 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		byURL[r.URL] = r
 	}
 	opener := secretsOpener(admins, id, func(u string) *gitproto.Remote { return byURL[u] })
-	w = worker.New(worker.Config{
+	w := worker.New(worker.Config{
 		Remotes: rems, Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
 		Grace: cfg.Grace.Duration, MaxTimeout: cfg.MaxTimeout.Duration, MaxAttempts: cfg.MaxAttempts,
 		Limits: worker.Limits{Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
 			LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap},
 		Signer: id, RefciPath: self, Shim: sb.Shim, Host: host, Version: version, Logger: logger,
-		Trust: worker.SignatureTrust(trusted), Secrets: opener, Page: renderPage, Pushed: wakeAll(wakeMirrors(rems, cfg.Remotes, mirrors), wakeMail(rems, cfg.Remotes, mailRemote, mbp.Load)),
+		Trust: worker.SignatureTrust(trusted), Secrets: opener, Page: renderPage, Pushed: pushed,
 		Isolation: sb.Isolation, TempDir: sb.RunsDir,
 	})
+	wp.Store(w)
 	stop, stopFn := context.WithCancel(ctx)
 	defer stopFn()
 	abort, abortFn := context.WithCancel(context.WithoutCancel(ctx))
@@ -375,26 +396,14 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 			logger.Info("a remote on this machine: updated with git push", "remote", gitproto.RedactURL(r.URL), "because", why)
 		}
 	}
-	// The mirror shows results beside the loop, and stops after it.
+	// The forges and mail run beside the loop, and stop after it.
 	mirrorCtx, stopMirrors := context.WithCancel(context.WithoutCancel(ctx))
-	mirrorsDone := make(chan struct{})
-	go func() { defer close(mirrorsDone); runMirrors(mirrorCtx, mirrors) }()
-	// So does the mail bridge.
-	mailDone := make(chan struct{})
+	forgeDone := make(chan struct{})
 	go func() {
-		defer close(mailDone)
-		if startMail == nil {
-			return
+		defer close(forgeDone)
+		if fc != nil {
+			fc.Supervise(mirrorCtx)
 		}
-		mb := mbp.Load()
-		if mb == nil {
-			if mb = retryMail(mirrorCtx, startMail, logger); mb == nil {
-				return
-			}
-			mbp.Store(mb)
-		}
-		logger.Info("mail bridge started", "imap", cfg.Mail.IMAP, "smtp", cfg.Mail.SMTP, "remote", gitproto.RedactURL(mb.remote))
-		mb.bridge.Run(mirrorCtx)
 	}()
 	retentionDone := make(chan struct{})
 	go func() {
@@ -405,8 +414,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	}()
 	err = w.Run(stop, abort)
 	stopMirrors()
-	<-mirrorsDone
-	<-mailDone
+	<-forgeDone
 	<-retentionDone
 	if err != nil {
 		e.errorf("worker: %v", err)
@@ -416,18 +424,8 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	return exitOK
 }
 
-var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
-
 // cacheName is a stable, readable directory name for a remote's cache.
-func cacheName(url string) string {
-	sum := sha256.Sum256([]byte(url))
-	base := unsafeChars.ReplaceAllString(gitproto.RedactURL(url), "_")
-	base = strings.Trim(base, "_.")
-	if len(base) > 60 {
-		base = base[len(base)-60:]
-	}
-	return base + "-" + hex.EncodeToString(sum[:6]) + ".git"
-}
+func cacheName(url string) string { return gitproto.CacheName(url) }
 
 // logGC says how a pass of retention went on repository (a remote, or a
 // repository of refci serve): a failure, what was removed and kept, and

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
-	"strings"
 
 	"refci.dev/refci/secrets"
 
@@ -79,20 +78,26 @@ func (e *Env) Identity(keyFile string) (*secrets.Identity, error) {
 // that ignore accepts (ignore may be nil) is left undecoded without
 // complaint: another program reads it from the same file.
 func ReadConfig(e *Env, file string, v any, known string, ignore func(key []string) bool) (toml.MetaData, bool) {
-	md, err := toml.DecodeFile(file, v)
+	md, err := DecodeConfig(file, v, known, ignore)
 	if err != nil {
-		e.Errorf("config %s: %v", file, err)
-		return md, false
-	}
-	for _, k := range md.Undecoded() {
-		if ignore != nil && ignore(k) {
-			continue
-		}
-		e.Errorf("config %s: unknown setting %q; known: %s", file, k.String(), known)
+		e.Errorf("%v", err)
 		return md, false
 	}
 	return md, true
 }
 
-// Settings is a list of the settings of a table, for errors: "a, b, c".
-func Settings(names []string) string { return strings.Join(names, ", ") }
+// DecodeConfig is ReadConfig returning the mistake ("config FILE: ...")
+// instead of printing it.
+func DecodeConfig(file string, v any, known string, ignore func(key []string) bool) (toml.MetaData, error) {
+	md, err := toml.DecodeFile(file, v)
+	if err != nil {
+		return md, fmt.Errorf("config %s: %v", file, err)
+	}
+	for _, k := range md.Undecoded() {
+		if ignore != nil && ignore(k) {
+			continue
+		}
+		return md, fmt.Errorf("config %s: unknown setting %q; known: %s", file, k.String(), known)
+	}
+	return md, nil
+}

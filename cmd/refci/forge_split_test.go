@@ -1,0 +1,189 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"refci.dev/refci/fixtures"
+	"refci.dev/refci/fixtures/githubapi"
+)
+
+// refci mirror and refci mail run in refci-forge, which refci execs: the
+// help refci prints of them is refci-forge's, the golden one, in every
+// way of asking; their usage errors are as any command's.
+func TestForgeCommandsHelp(t *testing.T) {
+	s := newSandbox(t)
+	for _, name := range []string{"mirror", "mail"} {
+		want, err := os.ReadFile(filepath.Join("testdata", "help", name+".txt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{{"help", name}, {name, "-h"}, {name, "--help"}} {
+			r := runRefciEnv(t, s.env, args...)
+			if r.code != 0 || r.stderr != "" || r.stdout != string(want) {
+				t.Errorf("refci %v: exit %d, stderr %q, stdout differs from testdata/help/%s.txt:\n%s", args, r.code, r.stderr, name, r.stdout)
+			}
+		}
+	}
+	r := runRefciEnv(t, s.env, "help")
+	for _, c := range []string{"refci mirror --config FILE\n", "refci mail --config FILE [--key FILE]\n"} {
+		if !strings.Contains(r.stdout, c) {
+			t.Errorf("refci help does not list %q:\n%s", c, r.stdout)
+		}
+	}
+	r = runRefciEnv(t, s.env, "mirror", "--bogus")
+	if want := "refci: mirror: flag provided but not defined: -bogus\nUsage: refci mirror --config FILE (see 'refci help mirror')\n"; r.code != exitUsage || r.stderr != want || r.stdout != "" {
+		t.Errorf("refci mirror --bogus: exit %d, stderr %q, stdout %q; want exit 2 and %q", r.code, r.stderr, r.stdout, want)
+	}
+	r = runRefciEnv(t, s.env, "mail", "--config", filepath.Join(s.root, "nope.toml"))
+	if r.code != exitUsage || !strings.HasPrefix(r.stderr, "refci: config "+filepath.Join(s.root, "nope.toml")+": open ") {
+		t.Errorf("refci mail with a missing file: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// Without refci-forge beside refci, or with one that is not refci-forge
+// of refci's build, refci mirror, refci mail and a worker with [[forge]]
+// say so and what to do, and exit 3; the rest of refci, its help
+// included, works.
+func TestForgeCommandsNeedRefciForge(t *testing.T) {
+	s := newSandbox(t)
+	lone := filepath.Join(t.TempDir(), "refci")
+	copyExe(t, refciBin, lone)
+	tok := writeToken(t, s.root, "token", "tok", 0o600)
+	cfg := filepath.Join(s.root, "worker.toml")
+	body := fmt.Sprintf("remotes = [%q]\n[[forge]]\nkind = \"gitea\"\nrepo = \"org/app\"\ntoken_file = %q\n", fixtures.BareRepo(t, "app.git"), tok)
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) result {
+		t.Helper()
+		old := refciBin
+		refciBin = lone
+		defer func() { refciBin = old }()
+		return runRefciEnv(t, s.env, args...)
+	}
+	run("keys", "show")
+	check := func(why string, wants ...string) {
+		t.Helper()
+		for _, args := range [][]string{{"mirror", "--config", cfg}, {"mail", "-h"}, {"help", "mirror"}, {"worker", "--config", cfg}} {
+			r := run(args...)
+			if r.code != exitInfra || strings.Count(r.stderr, "\n") != 1 || r.stdout != "" {
+				t.Errorf("%s: refci %v: exit %d, stdout %q, stderr %q; want exit 3 and one line", why, args, r.code, r.stdout, r.stderr)
+			}
+			for _, w := range wants {
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("%s: refci %v: stderr %q lacks %q", why, args, r.stderr, w)
+				}
+			}
+		}
+		if r := run("help"); r.code != 0 || !strings.Contains(r.stdout, "refci mirror --config FILE") {
+			t.Errorf("%s: refci help: exit %d, %q", why, r.code, r.stdout)
+		}
+	}
+	check("missing", "refci-forge is not in "+filepath.Dir(lone), "make build puts bin/refci-forge beside bin/refci")
+	copyExe(t, filepath.Join(filepath.Dir(refciBin), "refci-hook"), filepath.Join(filepath.Dir(lone), "refci-forge"))
+	check("another program", `is built from "refci.dev/refci/cmd/refci-hook", not refci.dev/refci/cmd/refci-forge`, "install refci and refci-forge of one build")
+}
+
+func copyExe(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// childrenOf lists the processes whose parent is pid and whose command
+// name is comm.
+func childrenOf(t *testing.T, pid int, comm string) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Skipf("no /proc: %v", err)
+	}
+	var out []int
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || close < open {
+			continue
+		}
+		f := strings.Fields(s[close+1:])
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) && s[open+1:close] == comm && f[0] != "Z" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// A worker runs its [[forge]] in a refci-forge child; killed with
+// SIGKILL, the child is said in the worker's log and started again, and
+// the worker goes on: the next run shows on the forge through the new
+// child, and the worker stops cleanly, its child with it. (forge/link's
+// tests show wake-ups reaching a restarted child.)
+func TestWorkerRestartsItsRefciForge(t *testing.T) {
+	f := newFleet(t, "echo the tests pass\n")
+	head := f.git(f.repo, "rev-parse", "HEAD")
+	gh := githubapi.New(t, "org", "app", "ghp-worker-token")
+	dir := t.TempDir()
+	tok := writeToken(t, dir, "token", "ghp-worker-token", 0o600)
+	cfg := filepath.Join(dir, "worker.toml")
+	body := fmt.Sprintf("remotes = [%q]\n[[forge]]\nkind = \"github\"\nrepo = \"org/app\"\ntoken_file = %q\nbase_url = %q\n", "file://"+f.bare, tok, gh.URL)
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w := f.startWorker("a", "--config", cfg)
+	log := func() string { f.mu.Lock(); defer f.mu.Unlock(); return f.logs[0].String() }
+	status := func(ctx string) func() bool {
+		return func() bool {
+			s := gh.Statuses(head)
+			return len(s) > 0 && s[len(s)-1].Context == ctx && s[len(s)-1].State == "success"
+		}
+	}
+	f.git(f.repo, "push", "-q", "origin", "HEAD:refs/ci/requests/first")
+	fixtures.WaitFor(t, 2*time.Minute, "the first run on the forge", status("refci/first"))
+	var kids []int
+	fixtures.WaitFor(t, time.Minute, "the worker's refci-forge", func() bool { kids = childrenOf(t, w.Process.Pid, "refci-forge"); return len(kids) == 1 })
+	if err := syscall.Kill(kids[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	fixtures.WaitFor(t, time.Minute, "the restart in the worker's log", func() bool {
+		return strings.Contains(log(), "refci-forge (the forges and mail) exited; starting it again") && strings.Contains(log(), "refci-forge (the forges and mail) started again")
+	})
+	if l := log(); !strings.Contains(l, "signal: killed") {
+		t.Errorf("the log does not say how the child ended:\n%s", l)
+	}
+	again := childrenOf(t, w.Process.Pid, "refci-forge")
+	if len(again) != 1 || again[0] == kids[0] {
+		t.Fatalf("children after the restart: %v (before: %v)", again, kids)
+	}
+	f.git(f.repo, "push", "-q", "origin", "HEAD:refs/ci/requests/second")
+	fixtures.WaitFor(t, 2*time.Minute, "the second run on the forge", status("refci/second"))
+	f.stopAll()
+	if w.ProcessState == nil || w.ProcessState.ExitCode() != 0 {
+		t.Errorf("the worker ended %v:\n%s", w.ProcessState, log())
+	}
+	if err := syscall.Kill(again[0], 0); err == nil {
+		t.Errorf("refci-forge %d outlived the worker", again[0])
+	}
+	if strings.Contains(log(), "ghp-worker-token") {
+		t.Error("the worker logged the token")
+	}
+}
