@@ -33,6 +33,10 @@
 //	forge      views outward (forges, mail); the mirror: results.WatchRuns to commit
 //	           statuses and one pull-request comment, coalesced, recorded, paced;
 //	           the intake: open pull requests in as requests pr/<N>
+//	  forge/forgeconf  [[forge]] entries: the adapters by kind, checking entries, tokens and
+//	                  App keys, building the mirrors and intakes they ask for
+//	  forge/link      a worker's refci-forge child: starting, supervising and restarting it,
+//	                  and the JSON-lines wire between them (light: refci links it)
 //	  forge/forgetest  test-only: an in-memory forge and the contract every adapter passes
 //	  forge/site      the static site of results, built by refci view and served by refci serve --http
 //	  forge/github    the GitHub adapter (a token: statuses; a GitHub App: check runs)
@@ -42,9 +46,16 @@
 //	                  by version and thread, base-commit:, git am in a scratch clone; IMAPBox reads
 //	                  an IMAP folder (IDLE, read-only, reconnecting), SMTPSender sends; the Bridge:
 //	                  series asked for as patches/<id>/v<N>, one threaded reply, exactly once
-//	                  through its ledger ref refs/ci/mail/ledger/<name>
+//	                  through its ledger ref refs/ci/mail/ledger/<name>; Settings: [mail], checked and started
 //	server     refci serve: the SSH server's roles, receive rules, owner and trust records
 //	cmd        wiring only: flags, configuration, constructing things, exit codes, printing
+//	  cmd/refci        the CLI; it links no forge adapter nor the mail bridge
+//	  cmd/refci-forge  refci mirror, refci mail and a worker's [[forge]]/[mail] child
+//	                   (refci execs it or supervises it through forge/link)
+//	  cmd/refci-shim, cmd/refci-job, cmd/refci-hook  the light binaries beside refci
+//	  cmd/internal/cli  the CLI machinery both binaries share: env, exit codes, help and
+//	                   flags, config files, home and key, stop signals
+//	  cmd/internal/forgecmd  the help of refci-forge's commands, which refci lists
 //	fixtures   helpers shared by the tests (git with a private HOME, keys, sample repositories,
 //	           result commits, GnuPG); never imported by other code
 //	  fixtures/gitea  a real Gitea on 127.0.0.1 (built once by make gitea): repositories, pushes,
