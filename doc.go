@@ -15,7 +15,7 @@
 //	  gitproto/sshd  the embedded SSH git endpoint (receive-pack and upload-pack, limits)
 //	  gitproto/sshd/hookclient  the hook client receive-pack's hooks run (cmd/refci-hook)
 //	                  and its wire to the server
-//	lightbin   finding the light binaries beside refci (refci-shim, refci-job, refci-hook)
+//	lightbin   finding the binaries beside refci (refci-shim, refci-job, refci-hook, refci-forge)
 //	           and checking that one is of this build; lightbin/buildstamp names a build
 //	secrets    OpenPGP and nothing about git: identities, signing, verifying, sealing values
 //	  secrets/envstore  the secrets environments in refs/ci/secrets/<env>: read, verify, open for a run, change
