@@ -295,8 +295,8 @@ func (r RefusedRun) Advice() string {
 // refci serve --retention do: a pass at once, then one Every after the
 // last ended, until the context ends. A pass lists its targets
 // (Targets) and collects on each in turn (Collect, never a dry run),
-// logging one line per target. Set Targets and Every; the other fields
-// may be left zero. Run one Run per Schedule at a time.
+// logging one line per target. Set Targets; the other fields may be
+// left zero (Every 0: one pass). Run one Run per Schedule at a time.
 type Schedule struct {
 	// Policy is what each pass keeps.
 	Policy Retention
