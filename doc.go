@@ -21,7 +21,9 @@
 //	  secrets/envstore  the secrets environments in refs/ci/secrets/<env>: read, verify, open for a run, change
 //	results    reading and watching results and claims: list, find, read, verify, follow a
 //	           run, watch every run of a remote; every reader of results uses it;
-//	           retention (refci gc): the policy, and deleting runs with compare-and-swap
+//	           retention (refci gc): the policy, a pass on a repository or a remote and
+//	           what it says (Collect, Outcome), deleting with compare-and-swap, and the
+//	           periodic passes of refci worker and refci serve (Schedule)
 //	requests   asking for runs: making a request (its unique tag) and pushing it
 //	worker     the loop (claims, leases, takeovers), one run, the outbox, trust, isolation
 //	  worker/proc     process supervision: start, wait, kill with grace, reap; the shim choice
