@@ -18,7 +18,8 @@
 //	lightbin   finding the light binaries beside refci (refci-shim, refci-job, refci-hook)
 //	           and checking that one is of this build; lightbin/buildstamp names a build
 //	secrets    OpenPGP and nothing about git: identities, signing, verifying, sealing values
-//	  secrets/envstore  the secrets environments in refs/ci/secrets/<env>: read, verify, open for a run, change
+//	  secrets/envstore  the secrets environments in refs/ci/secrets/<env>: read, verify, open for a run,
+//	                  an admin's change from load to signed commit (refci secrets)
 //	results    reading and watching results and claims: list, find, read, verify, follow a
 //	           run, watch every run of a remote; every reader of results uses it;
 //	           retention (refci gc): the policy, and deleting runs with compare-and-swap
