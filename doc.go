@@ -24,7 +24,8 @@
 //	           run, watch every run of a remote; every reader of results uses it;
 //	           retention (refci gc): the policy, and deleting runs with compare-and-swap
 //	requests   asking for runs: making a request (its unique tag) and pushing it
-//	worker     the loop (claims, leases, takeovers), one run, the outbox, trust, isolation
+//	worker     the loop (claims, leases, takeovers), one run, the outbox, trust, isolation;
+//	           the secrets of a run (EnvSecrets), the starter pipeline of refci init
 //	  worker/proc     process supervision: start, wait, kill with grace, reap; the shim choice
 //	  worker/jobsock  the job socket's server and the in-shell job channel's, one job record;
 //	                  jobsock/jobclient: the refci job/secret clients;
