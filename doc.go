@@ -36,7 +36,8 @@
 //	           statuses and one pull-request comment, coalesced, recorded, paced;
 //	           the intake: open pull requests in as requests pr/<N>
 //	  forge/forgetest  test-only: an in-memory forge and the contract every adapter passes
-//	  forge/site      the static site of results, built by refci view and served by refci serve --http
+//	  forge/site      the static site of results, built by refci view and served by refci serve --http;
+//	                  the page a worker puts in each result tree (ResultPage)
 //	  forge/github    the GitHub adapter (a token: statuses; a GitHub App: check runs)
 //	  forge/gitea     the Gitea and Forgejo adapter: commit statuses, the sticky comment, pull requests
 //	  forge/gitlab    the GitLab adapter: commit statuses, the sticky note, merge requests
