@@ -43,18 +43,18 @@ type Edit struct {
 // environment or an invalid name is an ErrUsage error that says what to
 // do.
 func (s *Store) Edit(env string) (*Edit, error) {
-	t, tip, err := s.Load(env)
+	t, tip, err := s.load(env)
 	if err != nil {
 		return nil, err
 	}
 	return &Edit{Env: t, Base: tip, store: s}, nil
 }
 
-// Authorize checks that admin's key may change the environment (see
-// Env.CheckAdmin, an ErrUsage error if not) and makes it the key that
-// changes and signs.
+// Authorize checks that admin's key may change the environment (it is
+// in admins.asc, or the environment names no admins; else an ErrUsage
+// error naming the admins) and makes it the key that changes and signs.
 func (ed *Edit) Authorize(admin *secrets.Identity) error {
-	if err := ed.Env.CheckAdmin(admin.Fingerprint()); err != nil {
+	if err := ed.Env.checkAdmin(admin.Fingerprint()); err != nil {
 		return err
 	}
 	ed.Admin = admin
@@ -88,47 +88,55 @@ func (ed *Edit) apply(rule func() (subject string, err error)) (Change, error) {
 	return ed.commit(subject)
 }
 
-// Set stores value as value name, sealed to the recipients (see
-// Env.Set), and commits the change.
+// Set seals value to the recipients as value name, signed by the
+// admin, and commits the change. An invalid name or value (empty, too
+// long) is an ErrUsage error.
 func (ed *Edit) Set(name string, value []byte) (Change, error) {
-	return ed.apply(func() (string, error) { return ed.Env.Set(ed.Admin, name, value) })
+	return ed.apply(func() (string, error) { return ed.Env.set(ed.Admin, name, value) })
 }
 
-// SetSealed stores sealed, a value sealed elsewhere, as value name once
-// it passes what workers check (see Env.SetSealed), commits the change,
-// and returns the value, which the caller clears when done.
+// SetSealed stores sealed, a value sealed elsewhere (gpg --encrypt
+// --sign), as value name once it passes what workers check (an admin
+// signed it, the admin's key decrypts it), commits the change, and
+// returns the value, which the caller clears when done. A message that
+// does not pass, or an invalid name or value, is an ErrUsage error.
 func (ed *Edit) SetSealed(name string, sealed []byte) (value []byte, ch Change, err error) {
 	ch, err = ed.apply(func() (subject string, err error) {
-		value, subject, err = ed.Env.SetSealed(ed.Admin, name, sealed)
+		value, subject, err = ed.Env.setSealed(ed.Admin, name, sealed)
 		return subject, err
 	})
 	return value, ch, err
 }
 
 // AddRecipients adds the public keys in file to the recipients,
-// re-encrypts every value (see Env.AddRecipients), and commits the
-// change. An unreadable file is an ErrUsage error.
+// re-encrypts every value to them all, and commits the change. An
+// unreadable file, a key without an encryption subkey, keys that are all
+// recipients already, and an admin key that cannot decrypt a value (a
+// *NotRecipientError) are ErrUsage errors.
 func (ed *Edit) AddRecipients(file string) (Change, error) {
 	return ed.apply(func() (string, error) {
 		k, err := readKeys("--recipient", file)
 		if err != nil {
 			return "", err
 		}
-		return ed.Env.AddRecipients(ed.Admin, file, k)
+		return ed.Env.addRecipients(ed.Admin, file, k)
 	})
 }
 
 // RemoveRecipient removes the recipient key, a fingerprint or a file
-// holding one public key, re-encrypts every value (see
-// Env.RemoveRecipient), and commits the change.
+// holding one public key, re-encrypts every value to the others, and
+// commits the change. A key that is not a recipient, the last recipient,
+// an unreadable file, and an admin key that cannot decrypt a value are
+// ErrUsage errors. The removed key can still read the versions it was a
+// recipient of.
 func (ed *Edit) RemoveRecipient(key string) (Change, error) {
-	return ed.apply(func() (string, error) { return ed.Env.RemoveRecipient(ed.Admin, key) })
+	return ed.apply(func() (string, error) { return ed.Env.removeRecipient(ed.Admin, key) })
 }
 
 // SetPolicy replaces the policy with p (see NewPolicy) and commits the
 // change.
 func (ed *Edit) SetPolicy(p secrets.Policy) (Change, error) {
-	return ed.apply(func() (string, error) { return ed.Env.SetPolicy(p), nil })
+	return ed.apply(func() (string, error) { return ed.Env.setPolicy(p), nil })
 }
 
 // NewSpec is what a new environment starts with.
@@ -164,7 +172,7 @@ func (s *Store) Create(env string, admin *secrets.Identity, spec NewSpec) (Chang
 			return Change{}, err
 		}
 	}
-	t, err := NewEnv(env, admin, admins)
+	t, err := newEnv(env, admin, admins)
 	if err != nil {
 		return Change{}, err
 	}
@@ -172,11 +180,11 @@ func (s *Store) Create(env string, admin *secrets.Identity, spec NewSpec) (Chang
 	if err != nil {
 		return Change{}, err
 	}
-	if err := t.SetRecipients(recipients); err != nil {
+	if err := t.setRecipients(recipients); err != nil {
 		return Change{}, err
 	}
 	t.Policy = spec.Policy
-	h, subject, err := s.Init(t, admin)
+	h, subject, err := s.writeFirst(t, admin)
 	if err != nil {
 		return Change{}, err
 	}

@@ -44,7 +44,7 @@ const (
 )
 
 // Env is the content of one version of an environment. The zero value
-// is not usable; Load or Read one, start one with NewEnv, or fill Values
+// is not usable; Read one, load one with Store.Edit, or fill Values
 // with a non-nil map. Not safe for concurrent use.
 type Env struct {
 	Name       string // the environment's name; "" when read with Read
