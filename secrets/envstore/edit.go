@@ -8,6 +8,7 @@ package envstore
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 
 	"refci.dev/refci/gitproto"
@@ -27,10 +28,10 @@ type Change struct {
 // Edit is one admin's change to one environment: Store.Edit loads the
 // version the environment is at, Authorize checks the admin's key, and
 // each change method applies one of Env's rules to Env and commits the
-// result, signed by the admin, as the next version. A change method
-// called before Authorize returns an error and changes nothing. After a
-// change method's error Env may be half-changed: start again with a new
-// Edit. Not safe for concurrent use.
+// result, signed by the admin, as the next version; an Edit takes any
+// number of changes, each its own commit. A change that fails (refused,
+// or its commit failed) leaves Env and Base as they were; one called
+// before Authorize returns an error. Not safe for concurrent use.
 type Edit struct {
 	Env   *Env              // the version loaded; the change methods change it in place
 	Base  gitproto.Hash     // its commit: a commit moves the ref only from here
@@ -76,16 +77,24 @@ func (ed *Edit) commit(subject string) (Change, error) {
 	return Change{Ref: queue.SecretsRef(ed.Env.Name), Commit: h, Subject: subject, Signer: ed.Admin.Fingerprint(), Env: ed.Env}, nil
 }
 
-// apply runs one of Env's rules and commits what it changed.
+// apply runs one of Env's rules and commits what it changed; when
+// either fails, it puts Env back as it was (the rules replace Env's
+// keyrings and values, never change them in place).
 func (ed *Edit) apply(rule func() (subject string, err error)) (Change, error) {
 	if ed.Admin == nil {
 		return Change{}, errNoAdmin
 	}
+	before := *ed.Env
+	before.Values = maps.Clone(ed.Env.Values)
 	subject, err := rule()
-	if err != nil {
-		return Change{}, err
+	var ch Change
+	if err == nil {
+		ch, err = ed.commit(subject)
 	}
-	return ed.commit(subject)
+	if err != nil {
+		*ed.Env = before
+	}
+	return ch, err
 }
 
 // Set seals value to the recipients as value name, signed by the

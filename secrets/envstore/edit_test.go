@@ -117,6 +117,34 @@ func TestCreateAndEditEndToEnd(t *testing.T) {
 		t.Errorf("Sealed(OTHER): %v", err)
 	}
 
+	// A change that fails half-way (the new recipient is added, but the
+	// admin cannot re-encrypt a value sealed to others only) commits
+	// nothing and puts the loaded version back: a later change of that
+	// Edit does not commit the half-made one.
+	half, _ := s.Edit("staging")
+	if err := half.Authorize(admin); err != nil {
+		t.Fatal(err)
+	}
+	half.Env.Values["TOKEN"], err = admin.Seal([]byte("not-for-the-admin"), keyring(second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nr *NotRecipientError
+	if _, err := half.AddRecipients(keyFile(t, outsider)); !errors.As(err, &nr) {
+		t.Fatalf("AddRecipients by an admin who cannot re-encrypt: %v; want a *NotRecipientError", err)
+	}
+	if half.Env.Recipients.Has(outsider.Fingerprint()) || half.Base != pol.Commit {
+		t.Errorf("a failed change left the outsider a recipient (%v) or moved Base (%v)", half.Env.Recipients.Has(outsider.Fingerprint()), half.Base)
+	}
+	after, err := half.SetPolicy(secrets.Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.Read(after.Commit); err != nil || v.Recipients.Has(outsider.Fingerprint()) {
+		t.Errorf("the change after a failed one committed its half: %v", err)
+	}
+	pol = after
+
 	// Two admins at once: the second change, made on the version both
 	// loaded, loses the compare-and-swap and writes nothing.
 	a, _ := s.Edit("staging")
