@@ -41,7 +41,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		rev = pos[0]
 	}
 	if *envName != "" {
-		if err := queue.ValidateJobName(*envName); err != nil {
+		if err := queue.ValidateEnvName(*envName); err != nil {
 			e.errorf("--env %q: use letters, digits, '.', '_' or '-'", *envName)
 			return exitUsage
 		}
