@@ -18,12 +18,16 @@
 //	lightbin   finding the binaries beside refci (refci-shim, refci-job, refci-hook, refci-forge)
 //	           and checking that one is of this build; lightbin/buildstamp names a build
 //	secrets    OpenPGP and nothing about git: identities, signing, verifying, sealing values
-//	  secrets/envstore  the secrets environments in refs/ci/secrets/<env>: read, verify, open for a run, change
+//	  secrets/envstore  the secrets environments in refs/ci/secrets/<env>: read, verify, open for a run,
+//	                  an admin's change from load to signed commit (refci secrets)
 //	results    reading and watching results and claims: list, find, read, verify, follow a
 //	           run, watch every run of a remote; every reader of results uses it;
-//	           retention (refci gc): the policy, and deleting runs with compare-and-swap
+//	           retention (refci gc): the policy, a pass on a repository or a remote and
+//	           what it says (Collect, Outcome), deleting with compare-and-swap, and the
+//	           periodic passes of refci worker and refci serve (Schedule)
 //	requests   asking for runs: making a request (its unique tag) and pushing it
-//	worker     the loop (claims, leases, takeovers), one run, the outbox, trust, isolation
+//	worker     the loop (claims, leases, takeovers), one run, the outbox, trust, isolation;
+//	           the secrets of a run (EnvSecrets), the starter pipeline of refci init
 //	  worker/proc     process supervision: start, wait, kill with grace, reap; the shim choice
 //	  worker/jobsock  the job socket's server and the in-shell job channel's, one job record;
 //	                  jobsock/jobclient: the refci job/secret clients;
@@ -38,7 +42,8 @@
 //	  forge/link      a worker's refci-forge child: starting, supervising and restarting it,
 //	                  and the JSON-lines wire between them (light: refci links it)
 //	  forge/forgetest  test-only: an in-memory forge and the contract every adapter passes
-//	  forge/site      the static site of results, built by refci view and served by refci serve --http
+//	  forge/site      the static site of results, built by refci view and served by refci serve --http;
+//	                  the page a worker puts in each result tree (ResultPage)
 //	  forge/github    the GitHub adapter (a token: statuses; a GitHub App: check runs)
 //	  forge/gitea     the Gitea and Forgejo adapter: commit statuses, the sticky comment, pull requests
 //	  forge/gitlab    the GitLab adapter: commit statuses, the sticky note, merge requests

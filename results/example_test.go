@@ -3,8 +3,11 @@ package results_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"os"
 	"time"
 
+	"refci.dev/refci/gitproto"
 	"refci.dev/refci/results"
 )
 
@@ -57,4 +60,45 @@ func ExampleSource_Follow() {
 			return
 		}
 	}
+}
+
+// One pass of refci gc on a remote, through a cache of gc's own: read,
+// decide, delete with compare-and-swap, and say what was done.
+func ExampleCollect() {
+	ctx := context.Background()
+	remote, err := gitproto.OpenRemote("https://git.example.org/app.git", "/var/cache/refci/app-gc.git", nil)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	target := results.RemoteTarget(remote)
+	out, err := results.Collect(ctx, target, results.DefaultRetention, false)
+	if out == nil {
+		fmt.Println("nothing decided:", err)
+		return
+	}
+	out.Print(os.Stdout, false) // refci: removed 4 runs (pr/1 3, main 1); kept 8: ...
+	for _, r := range out.Removed.Refused {
+		fmt.Printf("%s refused to delete %s: %s%s\n", target.Name(), r.Ref, r.Why, r.Advice())
+	}
+}
+
+// Retention on a schedule, as refci worker's [retention] does: a pass at
+// once, then one every six hours, until ctx ends.
+func ExampleSchedule() {
+	ctx := context.Background()
+	repo, err := gitproto.Open("/srv/git/app.git")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	s := results.Schedule{
+		Policy: results.Retention{KeepLast: 20, KeepDays: 30},
+		Every:  6 * time.Hour,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		Targets: func(context.Context) ([]*results.Target, error) {
+			return []*results.Target{results.LocalTarget(repo, "app.git")}, nil
+		},
+	}
+	s.Run(ctx)
 }

@@ -3,8 +3,10 @@
 // the rule that a run whose worker was lost was taken over by a later
 // attempt, the signatures of a run's commits, and, on a remote, the claim
 // of a request, the progress of one run as it goes (Source.Follow), and
-// every change of every run (Source.WatchRuns); and which runs refci gc
-// keeps (Retention), deleting the others with compare-and-swap.
+// every change of every run (Source.WatchRuns); and retention, for refci
+// gc, refci worker and refci serve: which runs are kept (Retention), a
+// pass that deletes the others with compare-and-swap in a repository or
+// on a remote (Collect, Outcome), and passes on a schedule (Schedule).
 //
 // Every reader of results goes through this package (refci status, runs,
 // log, log -f, trigger --wait, verify; the forge adapters and the mail

@@ -14,8 +14,8 @@ import (
 // PageFunc renders the static page of a finished run from its status
 // and logs (jobLogs by job name); target is the commit the run tested
 // (nil when the repository has no such commit), whose subject and author
-// the page shows as untrusted text. cmd/refci passes render.HTML; worker
-// does not import render (imports_test.go).
+// the page shows as untrusted text. cmd/refci passes site.ResultPage;
+// worker does not import render or forge (imports_test.go).
 type PageFunc func(st *queue.Status, log []byte, jobLogs map[string][]byte, target *gitproto.Commit) ([]byte, error)
 
 // A repository's own viewer: .refci/viewer/ of the tested commit.

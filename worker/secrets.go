@@ -15,6 +15,7 @@ import (
 	"sync"
 
 	"refci.dev/refci/gitproto"
+	"refci.dev/refci/secrets/envstore"
 )
 
 // SecretsQuery is what a SecretsFunc decides on.
@@ -53,8 +54,31 @@ type SecretsInfo struct {
 }
 
 // ErrSecretNotFound is what a SecretSource returns (wrapped) for a name
-// the environment does not have.
-var ErrSecretNotFound = errors.New("no such secret")
+// the environment does not have. It is envstore.ErrNoSecret, so that an
+// EnvSecrets source need not translate it.
+var ErrSecretNotFound = envstore.ErrNoSecret
+
+// EnvSecrets is the SecretsFunc of the environments kept in git
+// (secrets/envstore): o verifies the environment a run asked for, checks
+// its policy, and decrypts each value when the run asks. o's fields are
+// set before the first run and not changed after; the function is safe
+// for concurrent use, as o.Open is.
+func EnvSecrets(o *envstore.Opener) SecretsFunc {
+	return func(ctx context.Context, q SecretsQuery) (SecretSource, error) {
+		src, err := o.Open(ctx, envstore.Query{Remote: q.Remote, Repo: q.Repo, Env: q.Env, Request: q.Request, Trusted: q.Trusted, TrustReason: q.TrustReason})
+		if err != nil {
+			return nil, err
+		}
+		return envSource{src}, nil
+	}
+}
+
+// envSource is an envstore.Source as a SecretSource.
+type envSource struct{ *envstore.Source }
+
+func (s envSource) Info() SecretsInfo {
+	return SecretsInfo{Commit: s.Commit().String(), Exported: s.Exported()}
+}
 
 // secretNameShape reports whether name has the shape of a secret name,
 // [A-Z_][A-Z0-9_]{0,127} (secrets.ValidateName has the full rules; the

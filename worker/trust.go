@@ -12,6 +12,21 @@ import (
 	"refci.dev/refci/secrets"
 )
 
+// LocalRequest is the request name of a local run (refci run), which no
+// request ref asked for.
+const LocalRequest = "local"
+
+// LocalTrust is the trust of a local run of target in repo. With
+// trusted nil, the user's own code on the user's own machine is trusted;
+// else it is decided as a worker decides (SignatureTrust), on the target
+// commit's signature, and an empty keyring trusts nothing.
+func LocalTrust(repo *gitproto.Repo, target gitproto.Hash, trusted *secrets.Keyring) (bool, string) {
+	if trusted == nil {
+		return true, "a local run, started by the user on this machine"
+	}
+	return SignatureTrust(*trusted)(TrustQuery{Repo: repo, Request: LocalRequest, RequestObject: target, Target: target})
+}
+
 // SignatureTrust returns a trust policy (Config.Trust) over trusted: a
 // request is trusted when its annotated tag or its target commit is
 // signed by a key of trusted. It is one function so that other policies

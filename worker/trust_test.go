@@ -49,3 +49,43 @@ func TestSignatureTrustOnCommits(t *testing.T) {
 		t.Errorf("no trusted keys: %v %q", ok, why)
 	}
 }
+
+// A local run is trusted unless keys are named; then its commit's
+// signature decides, and an empty keyring trusts nothing.
+func TestLocalTrust(t *testing.T) {
+	repo, err := gitproto.Open(fixtures.BareRepo(t, "repo.git"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := fixtures.OpenPGPIdentity(t, "Alice")
+	tree, err := repo.WriteTree(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed, err := repo.WriteCommit(gitproto.CommitSpec{Tree: tree, Author: gitproto.NewSignature("A", "a@example.invalid", time.Now()), Message: "x\n"}, alice.SignDetached)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unsigned, err := repo.WriteCommit(gitproto.CommitSpec{Tree: tree, Author: gitproto.NewSignature("A", "a@example.invalid", time.Now()), Message: "y\n"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys, none secrets.Keyring
+	keys.Add(alice)
+	for _, tc := range []struct {
+		name    string
+		target  gitproto.Hash
+		trusted *secrets.Keyring
+		want    bool
+		why     string
+	}{
+		{"no keys named", unsigned, nil, true, "a local run, started by the user on this machine"},
+		{"signed by a named key", signed, &keys, true, "the target commit is signed by trusted key " + alice.Fingerprint()},
+		{"unsigned, keys named", unsigned, &keys, false, "untrusted: the target commit is not signed"},
+		{"an empty keyring named", signed, &none, false, "this worker trusts no requester key"},
+	} {
+		if ok, why := LocalTrust(repo, tc.target, tc.trusted); ok != tc.want || !strings.HasPrefix(why, tc.why) {
+			t.Errorf("%s: %v %q; want %v %q", tc.name, ok, why, tc.want, tc.why)
+		}
+	}
+}

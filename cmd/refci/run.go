@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sync/atomic"
 	"syscall"
 
@@ -41,7 +41,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		rev = pos[0]
 	}
 	if *envName != "" {
-		if err := queue.ValidateJobName(*envName); err != nil {
+		if err := queue.ValidateEnvName(*envName); err != nil {
 			e.errorf("--env %q: use letters, digits, '.', '_' or '-'", *envName)
 			return exitUsage
 		}
@@ -102,16 +102,16 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	if len(adminFiles) == 0 {
 		admins.Add(id)
 	}
-	trusted, trustReason := true, "a local run, started by the user on this machine"
+	var trustedKeys *secrets.Keyring // nil: a local run is trusted
 	if len(trustedFiles) > 0 {
 		k, err := secrets.ReadKeyringFiles(trustedFiles...)
 		if err != nil {
 			e.errorf("--trusted: %v", err)
 			return exitUsage
 		}
-		trusted, trustReason = worker.SignatureTrust(k)(worker.TrustQuery{Repo: repo, Request: "local", RequestObject: target, Target: target})
+		trustedKeys = &k
 	}
-	opener := secretsOpener(admins, id, nil)
+	trusted, trustReason := worker.LocalTrust(repo, target, trustedKeys)
 
 	// First Ctrl-C (or SIGTERM): terminate the pipeline, record
 	// cancelled. Second: kill at once.
@@ -136,11 +136,11 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		Repo:        repo,
 		Target:      target,
 		TargetRef:   displayRev(rev, target.String()),
-		Request:     "local",
+		Request:     worker.LocalRequest,
 		Env:         *envName,
 		Trusted:     trusted,
 		TrustReason: trustReason,
-		Secrets:     opener,
+		Secrets:     secretsOpener(admins, id, nil),
 		Limits: worker.Limits{Timeout: *timeout, KillGrace: *grace,
 			LogCap: *logCap, ArtifactFileCap: *artCap, ArtifactTotalCap: *artTotal},
 		RefciPath:    self,
@@ -179,7 +179,7 @@ func exitForState(st *queue.Status) int {
 	case queue.Failure, queue.Cancelled:
 		return exitFailed
 	}
-	if st.Extra["config_error"] == true {
+	if worker.IsConfigError(st) {
 		return exitUsage
 	}
 	return exitInfra
@@ -205,27 +205,6 @@ func displayRev(rev, target string) string {
 	return rev
 }
 
-const starterPipeline = `#!/bin/sh
-# refci pipeline: any executable works (shell, Go, Python...).
-# It runs in a clean checkout of the commit under test, with CI=true and
-# REFCI_* variables set. Exit 0 for success, anything else for failure.
-# Files written under "$REFCI_ARTIFACTS" are kept with the result.
-#
-# Jobs are optional; each gets its own log and state:
-#   refci job build -- make build
-#   refci job test --needs build -- make test &
-#   refci job lint -- make lint &
-#   wait
-set -eu
-
-echo "testing $REFCI_TARGET on $(uname -sm)"
-if [ -f Makefile ]; then
-	refci job test -- make test
-else
-	refci job check -- true
-fi
-`
-
 func cmdInit(_ context.Context, e *env, args []string) int {
 	fs := newFlags(e, "init")
 	repoDir := fs.String("repo", ".", "the repository")
@@ -242,20 +221,12 @@ func cmdInit(_ context.Context, e *env, args []string) int {
 		e.errorf("%s is a bare repository; run refci init in a clone", repo.GitDir())
 		return exitUsage
 	}
-	p := filepath.Join(repo.WorkTree(), ".refci", "run")
-	if _, err := os.Lstat(p); err == nil && !*force {
+	p, err := worker.InitPipeline(repo.WorkTree(), *force)
+	if errors.Is(err, worker.ErrPipelineExists) {
 		e.errorf("%s already exists; keep it, or pass --force to replace it", p)
 		return exitUsage
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		e.errorf("%v", err)
-		return exitInfra
-	}
-	if err := os.WriteFile(p, []byte(starterPipeline), 0o755); err != nil {
-		e.errorf("%v", err)
-		return exitInfra
-	}
-	if err := os.Chmod(p, 0o755); err != nil {
+	if err != nil {
 		e.errorf("%v", err)
 		return exitInfra
 	}

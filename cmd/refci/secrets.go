@@ -16,6 +16,7 @@ import (
 	"refci.dev/refci/queue"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/secrets/envstore"
+	"refci.dev/refci/worker"
 	"refci.dev/refci/worker/jobsock/jobclient"
 )
 
@@ -84,8 +85,8 @@ type secretsSub struct {
 	name, usage string
 	nPos        int                 // positional arguments, ENV first
 	flags       func(*flag.FlagSet) // registers its own flags; nil: none
-	load        bool                // read the environment, which must exist, before run
-	admin       bool                // and check that the user's key administers it
+	load        bool                // load the environment, which must exist, before run
+	admin       bool                // and authorize the user's key to change it
 	run         func(c *secretsCmd, pos []string) error
 }
 
@@ -94,11 +95,8 @@ type secretsCmd struct {
 	e       *env
 	store   *envstore.Store
 	env     string
-	ref     string
 	keyFile string
-	tip     gitproto.Hash     // the version loaded; zero before
-	t       *envstore.Env     // the environment loaded; nil before
-	id      *secrets.Identity // the admin's key, with secretsSub.admin
+	ed      *envstore.Edit // the environment loaded, with secretsSub.load
 }
 
 // runSecrets parses the arguments of sub (--repo, --key, its own flags,
@@ -121,13 +119,13 @@ func runSecrets(e *env, args []string, sub secretsSub) int {
 		e.errorf("%s: want %s (see 'refci %s -h')", sub.name, want, sub.name)
 		return exitUsage
 	}
-	c := &secretsCmd{e: e, env: pos[0], ref: queue.SecretsRef(pos[0]), keyFile: *keyFile}
+	c := &secretsCmd{e: e, env: pos[0], keyFile: *keyFile}
 	err := c.open(*repoDir)
 	if err == nil && sub.load {
-		c.t, c.tip, err = c.store.Load(c.env)
+		c.ed, err = c.store.Edit(c.env)
 	}
 	if err == nil && sub.admin {
-		c.id, err = c.admin(c.t)
+		err = c.authorize()
 	}
 	if err == nil {
 		err = sub.run(c, pos)
@@ -146,6 +144,15 @@ func (c *secretsCmd) open(repoDir string) error {
 	}
 	c.store = &envstore.Store{Repo: repo}
 	return nil
+}
+
+// authorize loads the user's key and makes it the admin of c.ed.
+func (c *secretsCmd) authorize() error {
+	id, err := c.e.identity(c.keyFile)
+	if err != nil {
+		return err
+	}
+	return c.ed.Authorize(id)
 }
 
 // usageErr marks an error as the user's to fix (exit 2).
@@ -168,41 +175,14 @@ func (c *secretsCmd) exit(err error) int {
 	return exitFor(err)
 }
 
-// admin loads the user's key and checks that it administers t.
-func (c *secretsCmd) admin(t *envstore.Env) (*secrets.Identity, error) {
-	id, err := c.e.identity(c.keyFile)
-	if err != nil {
-		return nil, err
-	}
-	return id, t.CheckAdmin(id.Fingerprint())
+// committed says what change ch made.
+func (c *secretsCmd) committed(ch envstore.Change) {
+	fmt.Fprintf(c.e.stdout, "%s: %s (commit %.12s, signed by %s)\n", ch.Ref, ch.Subject, ch.Commit, ch.Signer)
 }
 
-// commit writes c.t, signed by c.id, as the version after the one loaded
-// (compare-and-swap) and says so.
-func (c *secretsCmd) commit(subject string) error {
-	h, err := c.store.Commit(c.env, c.tip, c.t, c.id, subject)
-	if err != nil {
-		return err
-	}
-	c.committed(h, subject)
-	return nil
-}
-
-// committed says that commit h, signed by c.id, made the change subject.
-func (c *secretsCmd) committed(h gitproto.Hash, subject string) {
-	fmt.Fprintf(c.e.stdout, "%s: %s (commit %.12s, signed by %s)\n", c.ref, subject, h, c.id.Fingerprint())
-}
-
-func (c *secretsCmd) pushHint() {
-	fmt.Fprintf(c.e.stdout, "next: git push origin %s\n", c.ref)
-}
-
-func readKeyFiles(paths []string, what string) (secrets.Keyring, error) {
-	k, err := secrets.ReadKeyringFiles(paths...)
-	if err != nil {
-		return k, usageErr{fmt.Errorf("%s: %w", what, err)}
-	}
-	return k, nil
+// pushHint says how to publish ch.
+func (c *secretsCmd) pushHint(ch envstore.Change) {
+	fmt.Fprintf(c.e.stdout, "next: git push origin %s\n", ch.Ref)
 }
 
 func printKeys(w io.Writer, k secrets.Keyring) {
@@ -227,46 +207,32 @@ func secretsInit(e *env, args []string) int {
 		fs.Var(&adminFiles, "admin", "public key of an admin (repeatable; default: your own key)")
 		fs.Var(&recFiles, "recipient", "public key of a worker that may decrypt (repeatable)")
 		reqs, exports, untrusted = policyFlags(fs)
-	}, run: func(c *secretsCmd, _ []string) (err error) {
+	}, run: func(c *secretsCmd, _ []string) error {
 		if err := c.store.CheckNew(c.env); err != nil {
 			return err
 		}
 		if len(recFiles) == 0 {
 			return usageErr{errors.New("secrets init: no --recipient; give the public key of each worker that may decrypt (on the worker: refci keys export > worker.asc)")}
 		}
-		if c.id, err = c.e.identity(c.keyFile); err != nil {
-			return err
-		}
-		var admins secrets.Keyring
-		if len(adminFiles) > 0 {
-			if admins, err = readKeyFiles(adminFiles, "--admin"); err != nil {
-				return err
-			}
-		}
-		if c.t, err = envstore.NewEnv(c.env, c.id, admins); err != nil {
-			return err
-		}
-		recipients, err := readKeyFiles(recFiles, "--recipient")
+		id, err := c.e.identity(c.keyFile)
 		if err != nil {
 			return err
 		}
-		if err := c.t.SetRecipients(recipients); err != nil {
+		spec := envstore.NewSpec{AdminFiles: adminFiles, RecipientFiles: recFiles}
+		if spec.Policy, err = envstore.NewPolicy(*reqs, *exports, *untrusted); err != nil {
 			return err
 		}
-		if c.t.Policy, err = envstore.NewPolicy(*reqs, *exports, *untrusted); err != nil {
-			return err
-		}
-		h, subject, err := c.store.Init(c.t, c.id)
+		ch, err := c.store.Create(c.env, id, spec)
 		if err != nil {
 			return err
 		}
-		c.committed(h, subject)
+		c.committed(ch)
 		w := c.e.stdout
 		fmt.Fprintf(w, "admins:\n")
-		printKeys(w, c.t.Admins)
+		printKeys(w, ch.Env.Admins)
 		fmt.Fprintf(w, "recipients (admins are recipients too, so they can re-encrypt):\n")
-		printKeys(w, c.t.Recipients)
-		fmt.Fprintf(w, "policy: %s\n", envstore.DescribePolicy(c.t.Policy))
+		printKeys(w, ch.Env.Recipients)
+		fmt.Fprintf(w, "policy: %s\n", envstore.DescribePolicy(ch.Env.Policy))
 		fmt.Fprintf(w, "next: printf %%s \"$VALUE\" | refci secrets set %s NAME\n", c.env)
 		return nil
 	}})
@@ -288,24 +254,23 @@ func secretsSet(e *env, args []string) int {
 		if err != nil {
 			return fmt.Errorf("read the value from stdin: %w", err)
 		}
-		if c.t, c.tip, err = c.store.Load(c.env); err != nil {
+		defer func() { clear(value) }()
+		if c.ed, err = c.store.Edit(c.env); err != nil {
 			return err
 		}
-		if c.id, err = c.admin(c.t); err != nil {
+		if err := c.authorize(); err != nil {
 			return err
 		}
-		var subject string
+		var ch envstore.Change
 		if *sealedIn {
-			value, subject, err = c.t.SetSealed(c.id, name, value)
+			value, ch, err = c.ed.SetSealed(name, value)
 		} else {
-			subject, err = c.t.Set(c.id, name, value)
+			ch, err = c.ed.Set(name, value)
 		}
 		if err != nil {
 			return err
 		}
-		if err := c.commit(subject); err != nil {
-			return err
-		}
+		c.committed(ch)
 		note := ""
 		if bytes.HasSuffix(value, []byte("\n")) {
 			note = ", ending in a newline (use printf %s rather than echo if that is not meant)"
@@ -313,41 +278,40 @@ func secretsSet(e *env, args []string) int {
 		if *sealedIn {
 			fmt.Fprintf(e.stdout, "%s: %d bytes%s, stored as sealed by its writer\n", name, len(value), note)
 		} else {
-			fmt.Fprintf(e.stdout, "%s: %d bytes%s, encrypted to %d recipients\n", name, len(value), note, len(c.t.Recipients.Keys()))
+			fmt.Fprintf(e.stdout, "%s: %d bytes%s, encrypted to %d recipients\n", name, len(value), note, len(ch.Env.Recipients.Keys()))
 		}
-		clear(value)
-		c.pushHint()
+		c.pushHint(ch)
 		return nil
 	}})
 }
 
 func secretsGet(e *env, args []string) int {
 	return runSecrets(e, args, secretsSub{name: "secrets get", usage: "ENV NAME", nPos: 2, load: true, run: func(c *secretsCmd, pos []string) error {
-		sealed, ok := c.t.Values[pos[1]]
-		if !ok {
-			return usageErr{fmt.Errorf("%s has no secret %s; it has: %s", c.env, pos[1], strings.Join(c.t.Names(), ", "))}
+		if _, err := c.ed.Env.Sealed(pos[1]); err != nil {
+			return err
 		}
 		id, err := c.e.identity(c.keyFile)
 		if err != nil {
 			return err
 		}
-		v, _, err := id.Open(sealed, c.t.Admins)
+		v, err := c.ed.Env.Value(id, pos[1])
 		if err != nil {
-			return fmt.Errorf("%s: %w", pos[1], err)
+			return err
 		}
 		e.stdout.Write(v)
+		clear(v)
 		return nil
 	}})
 }
 
 func secretsList(e *env, args []string) int {
 	return runSecrets(e, args, secretsSub{name: "secrets list", usage: "ENV", nPos: 1, load: true, run: func(c *secretsCmd, _ []string) error {
-		changes, err := c.store.LastChanges(c.tip)
+		changes, err := c.store.LastChanges(c.ed.Base)
 		if err != nil {
 			return err
 		}
-		w, t := e.stdout, c.t
-		fmt.Fprintf(w, "environment %s (%s at %.12s)\n", c.env, c.ref, c.tip)
+		w, t := e.stdout, c.ed.Env
+		fmt.Fprintf(w, "environment %s (%s at %.12s)\n", c.env, queue.SecretsRef(c.env), c.ed.Base)
 		fmt.Fprintf(w, "policy: %s\n", envstore.DescribePolicy(t.Policy))
 		fmt.Fprintf(w, "admins:\n")
 		printKeys(w, t.Admins)
@@ -373,7 +337,7 @@ func secretsList(e *env, args []string) int {
 
 func secretsHistory(e *env, args []string) int {
 	return runSecrets(e, args, secretsSub{name: "secrets history", usage: "ENV", nPos: 1, load: true, run: func(c *secretsCmd, _ []string) error {
-		return c.store.History(c.tip, func(v envstore.Version) error {
+		return c.store.History(c.ed.Base, func(v envstore.Version) error {
 			fmt.Fprintf(e.stdout, "%.12s  %s  %s <%s>  %s\n", v.Commit, v.Author.When.UTC().Format("2006-01-02 15:04:05 UTC"), v.Author.Name, v.Author.Email, v.Subject)
 			return nil
 		})
@@ -381,29 +345,22 @@ func secretsHistory(e *env, args []string) int {
 }
 
 func secretsRecipients(e *env, op string, args []string) int {
-	return runSecrets(e, args, secretsSub{name: "secrets recipients " + op, usage: "ENV FILE|FINGERPRINT", nPos: 2, load: true, admin: true, run: func(c *secretsCmd, pos []string) (err error) {
-		var subject string
-		if op == "add" {
-			var k secrets.Keyring
-			if k, err = readKeyFiles([]string{pos[1]}, "--recipient"); err != nil {
-				return err
-			}
-			subject, err = c.t.AddRecipients(c.id, pos[1], k)
-		} else {
-			subject, err = c.t.RemoveRecipient(c.id, pos[1])
+	return runSecrets(e, args, secretsSub{name: "secrets recipients " + op, usage: "ENV FILE|FINGERPRINT", nPos: 2, load: true, admin: true, run: func(c *secretsCmd, pos []string) error {
+		change := c.ed.AddRecipients
+		if op == "remove" {
+			change = c.ed.RemoveRecipient
 		}
+		ch, err := change(pos[1])
 		if err != nil {
 			return err
 		}
-		if err := c.commit(subject); err != nil {
-			return err
-		}
-		fmt.Fprintf(e.stdout, "re-encrypted %d values to %d recipients:\n", len(c.t.Values), len(c.t.Recipients.Keys()))
-		printKeys(e.stdout, c.t.Recipients)
+		c.committed(ch)
+		fmt.Fprintf(e.stdout, "re-encrypted %d values to %d recipients:\n", len(ch.Env.Values), len(ch.Env.Recipients.Keys()))
+		printKeys(e.stdout, ch.Env.Recipients)
 		if op == "remove" {
 			fmt.Fprintf(e.stdout, "note: the removed key can still read the versions it was a recipient of; rotate each value (refci secrets set) to make its copy useless\n")
 		}
-		c.pushHint()
+		c.pushHint(ch)
 		return nil
 	}})
 }
@@ -418,10 +375,19 @@ func secretsPolicy(e *env, args []string) int {
 		if err != nil {
 			return err
 		}
-		if err := c.commit(c.t.SetPolicy(p)); err != nil {
+		ch, err := c.ed.SetPolicy(p)
+		if err != nil {
 			return err
 		}
-		c.pushHint()
+		c.committed(ch)
+		c.pushHint(ch)
 		return nil
 	}})
+}
+
+// secretsOpener is the worker.SecretsFunc of refci worker, serve and run:
+// environments verified with admins and opened with key; remotes is nil
+// for a local run.
+func secretsOpener(admins secrets.Keyring, key secrets.Factotum, remotes func(url string) *gitproto.Remote) worker.SecretsFunc {
+	return worker.EnvSecrets(&envstore.Opener{Admins: admins, Key: key, Remotes: remotes})
 }

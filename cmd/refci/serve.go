@@ -175,36 +175,30 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 }
 
 // serveRetention applies policy to every repository the server holds, at
-// once and then every interval, until ctx ends, logging one line per
-// repository that had runs to remove. It deletes in the repositories
-// themselves, with the same lock-file compare-and-swap as git: a push or
-// a run finishing meanwhile is never undone, and the runs a claim names
-// are kept.
+// once and then every interval, until ctx ends (results.Schedule),
+// logging one line per repository that had runs to remove. It deletes in
+// the repositories themselves, with the same lock-file compare-and-swap
+// as git: a push or a run finishing meanwhile is never undone, and the
+// runs a claim names are kept.
 func serveRetention(ctx context.Context, srv *server.Server, policy results.Retention, every time.Duration, logger *slog.Logger) {
-	logger.Info("retention: refci gc on every repository", "every", every, "keep_last", policy.KeepLast, "keep_days", policy.KeepDays)
-	for {
-		names, err := srv.Repos()
-		if err != nil {
-			logger.Warn("retention: cannot list the repositories; trying again at the next pass", "err", err)
-		}
-		for _, name := range names {
-			repo, err := gitproto.Open(filepath.Join(srv.Paths().Repos, filepath.FromSlash(name)))
+	s := results.Schedule{Policy: policy, Every: every, Logger: logger, Quiet: true,
+		Targets: func(context.Context) ([]*results.Target, error) {
+			names, err := srv.Repos()
 			if err != nil {
-				logger.Warn("retention: cannot open a repository; trying again at the next pass", "repo", name, "err", err)
-				continue
+				return nil, err
 			}
-			out, err := collect(ctx, localGC{repo}, policy, false)
-			if ctx.Err() != nil {
-				return
+			var targets []*results.Target
+			for _, name := range names {
+				repo, err := gitproto.Open(filepath.Join(srv.Paths().Repos, filepath.FromSlash(name)))
+				if err != nil {
+					logger.Warn("retention: cannot open a repository; trying again at the next pass", "repo", name, "err", err)
+					continue
+				}
+				targets = append(targets, results.LocalTarget(repo, name))
 			}
-			logGC(logger, name, out, err, out != nil && len(out.removed.Deleted) == 0 && err == nil)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(every):
-		}
-	}
+			return targets, nil
+		}}
+	s.Run(ctx)
 }
 
 // runServe serves until the first signal (or ctx ends), then drains: no

@@ -11,22 +11,12 @@ import (
 	"time"
 
 	"refci.dev/refci/forge/site"
-	"refci.dev/refci/gitproto"
-	"refci.dev/refci/queue"
-	"refci.dev/refci/render"
 	"refci.dev/refci/secrets"
+	"refci.dev/refci/worker"
 )
 
 // renderPage is the worker's page hook: index.html of each result tree.
-// The target commit's subject and author are shown, escaped.
-func renderPage(st *queue.Status, log []byte, jobLogs map[string][]byte, target *gitproto.Commit) ([]byte, error) {
-	var o render.HTMLOptions
-	if target != nil {
-		c := render.CommitInfoOf(target.Message, target.Author.Name, target.Author.When)
-		o.Commit = &c
-	}
-	return render.HTML(render.Result{Status: st, Log: log, JobLogs: jobLogs, Ref: queue.RunRef(st.Target, st.Run)}, o)
-}
+var renderPage worker.PageFunc = site.ResultPage
 
 func cmdView(_ context.Context, e *env, args []string) int {
 	fs := newFlags(e, "view")

@@ -427,59 +427,24 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 // cacheName is a stable, readable directory name for a remote's cache.
 func cacheName(url string) string { return gitproto.CacheName(url) }
 
-// logGC says how a pass of retention went on repository (a remote, or a
-// repository of refci serve): a failure, what was removed and kept, and
-// what the remote refused to delete. quiet leaves out the line of a pass
-// that removed nothing.
-func logGC(logger *slog.Logger, repository string, out *gcOutcome, err error, quiet bool) {
-	if out == nil {
-		logger.Warn("retention: gc failed; trying again at the next pass", "repo", repository, "err", err)
-		return
-	}
-	if !quiet {
-		kept, why := out.keptSummary()
-		attrs := []any{"repo", repository, "removed", perRequest(out.removed.Deleted), "kept", kept, "why", why, "took", out.took.Round(time.Millisecond)}
-		if err != nil {
-			attrs = append(attrs, "err", err)
-		}
-		logger.Info("retention: gc", attrs...)
-	}
-	if n := len(out.removed.Refused); n > 0 {
-		r := out.removed.Refused[0]
-		logger.Warn("retention: the repository refused to delete runs", "repo", repository, "refused", n, "why", r.Why+refusedAdvice(r.Why))
-	}
-}
-
 // runRetention applies policy to each remote at once and then every
-// interval, until ctx ends, logging one line per remote and pass. Each
-// remote's runs are read through a cache of their own beside the
-// worker's (<cache>/<name>-gc.git), never the worker's, whose run refs
-// are its outbox's. A run the worker is running or has yet to publish
-// is named by its claim on the remote, so gc keeps it; a result waiting
-// in the outbox is not on the remote at all.
+// interval, until ctx ends (results.Schedule). Each remote's runs are
+// read through a cache of their own beside the worker's
+// (<cache>/<name>-gc.git), never the worker's, whose run refs are its
+// outbox's. A run the worker is running or has yet to publish is named
+// by its claim on the remote, so gc keeps it; a result waiting in the
+// outbox is not on the remote at all.
 func runRetention(ctx context.Context, urls []string, cacheDir string, policy results.Retention, every time.Duration, logger *slog.Logger) {
-	var targets []remoteGC
+	var targets []*results.Target
 	for _, u := range urls {
 		r, err := gitproto.OpenRemote(u, filepath.Join(cacheDir, strings.TrimSuffix(cacheName(u), ".git")+"-gc.git"), nil)
 		if err != nil {
 			logger.Warn("retention: cannot open the remote's cache; no gc for it", "remote", gitproto.RedactURL(u), "err", err)
 			continue
 		}
-		targets = append(targets, remoteGC{r})
+		targets = append(targets, results.RemoteTarget(r))
 	}
-	logger.Info("retention: refci gc on each remote", "every", every, "keep_last", policy.KeepLast, "keep_days", policy.KeepDays)
-	for {
-		for _, t := range targets {
-			out, err := collect(ctx, t, policy, false)
-			if ctx.Err() != nil {
-				return
-			}
-			logGC(logger, t.name(), out, err, false)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(every):
-		}
-	}
+	s := results.Schedule{Policy: policy, Every: every, Logger: logger,
+		Targets: func(context.Context) ([]*results.Target, error) { return targets, nil }}
+	s.Run(ctx)
 }

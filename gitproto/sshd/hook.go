@@ -252,7 +252,7 @@ func (hs *hookServer) accept() {
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(hookclient.Timeout))
 			var req hookclient.Request
-			if err := json.NewDecoder(io.LimitReader(c, hookclient.MaxIO)).Decode(&req); err != nil {
+			if err := json.NewDecoder(io.LimitReader(c, hookclient.MaxRequest)).Decode(&req); err != nil {
 				return
 			}
 			resp := hs.answer(&req)

@@ -29,9 +29,9 @@ func usagef(format string, args ...any) error {
 	return usageError{fmt.Errorf(format, args...)}
 }
 
-// Load reads the version environment env is at. A missing environment
+// load reads the version environment env is at. A missing environment
 // is an ErrUsage error that says how to create or fetch it.
-func (s *Store) Load(env string) (*Env, gitproto.Hash, error) {
+func (s *Store) load(env string) (*Env, gitproto.Hash, error) {
 	tip, err := s.Tip(env)
 	if err != nil {
 		return nil, tip, usageError{err}
@@ -61,12 +61,12 @@ func (s *Store) CheckNew(env string) error {
 	return nil
 }
 
-// NewEnv is the first version of environment name, administered by
+// newEnv is the first version of environment name, administered by
 // admins, or by signer alone when admins is empty; signer, who writes
 // it, must be among them (else an ErrUsage error). The admins are its
-// only recipients until SetRecipients; it has no values and the zero
+// only recipients until setRecipients; it has no values and the zero
 // policy (trusted requests of any name).
-func NewEnv(name string, signer *secrets.Identity, admins secrets.Keyring) (*Env, error) {
+func newEnv(name string, signer *secrets.Identity, admins secrets.Keyring) (*Env, error) {
 	if admins.Len() == 0 {
 		admins.Add(signer)
 	} else if !admins.Has(signer.Fingerprint()) {
@@ -79,10 +79,10 @@ func NewEnv(name string, signer *secrets.Identity, admins secrets.Keyring) (*Env
 	return &Env{Name: name, Recipients: admins, Admins: admins, AdminsRaw: raw, Values: map[string][]byte{}}, nil
 }
 
-// Init writes t, a NewEnv, as the first version of its environment,
+// writeFirst writes t, a newEnv, as the first version of its environment,
 // signed by signer, and returns the commit and the subject of the change.
 // An environment that exists already is an ErrUsage error.
-func (s *Store) Init(t *Env, signer secrets.Factotum) (commit gitproto.Hash, subject string, err error) {
+func (s *Store) writeFirst(t *Env, signer secrets.Factotum) (commit gitproto.Hash, subject string, err error) {
 	if err := s.CheckNew(t.Name); err != nil {
 		return gitproto.ZeroHash, "", err
 	}
@@ -102,10 +102,10 @@ func checkRecipients(k secrets.Keyring) error {
 	return nil
 }
 
-// SetRecipients makes k and t's admins (who must be able to re-encrypt)
+// setRecipients makes k and t's admins (who must be able to re-encrypt)
 // t's recipients; a key of k without an encryption subkey is an ErrUsage
-// error. It does not reseal t's values: it is for a NewEnv.
-func (t *Env) SetRecipients(k secrets.Keyring) error {
+// error. It does not reseal t's values: it is for a newEnv.
+func (t *Env) setRecipients(k secrets.Keyring) error {
 	if err := checkRecipients(k); err != nil {
 		return err
 	}
@@ -113,17 +113,17 @@ func (t *Env) SetRecipients(k secrets.Keyring) error {
 	return nil
 }
 
-// CheckAdmin returns an ErrUsage error unless the key fingerprint fpr
-// may change t (see IsAdmin).
-func (t *Env) CheckAdmin(fpr string) error {
-	if !t.IsAdmin(fpr) {
-		return usagef("your key %s is not an admin of %s (its admins.asc lists %s); workers would refuse your change. Use an admin's key with --key FILE", fpr, t.Name, Fingerprints(t.Admins))
+// checkAdmin returns an ErrUsage error unless the key fingerprint fpr
+// may change t (see isAdmin).
+func (t *Env) checkAdmin(fpr string) error {
+	if !t.isAdmin(fpr) {
+		return usagef("your key %s is not an admin of %s (its admins.asc lists %s); workers would refuse your change. Use an admin's key with --key FILE", fpr, t.Name, fingerprints(t.Admins))
 	}
 	return nil
 }
 
-// Fingerprints lists k's fingerprints, comma-separated.
-func Fingerprints(k secrets.Keyring) string {
+// fingerprints lists k's fingerprints, comma-separated.
+func fingerprints(k secrets.Keyring) string {
 	var out []string
 	for _, ki := range k.Keys() {
 		out = append(out, ki.Fingerprint)
@@ -131,10 +131,10 @@ func Fingerprints(k secrets.Keyring) string {
 	return strings.Join(out, ", ")
 }
 
-// Set seals value to t's recipients as value name, signed by id, and
+// set seals value to t's recipients as value name, signed by id, and
 // returns the subject of the change. An invalid name or value is an
 // ErrUsage error.
-func (t *Env) Set(id *secrets.Identity, name string, value []byte) (subject string, err error) {
+func (t *Env) set(id *secrets.Identity, name string, value []byte) (subject string, err error) {
 	if err := checkValue(name, value); err != nil {
 		return "", err
 	}
@@ -145,13 +145,13 @@ func (t *Env) Set(id *secrets.Identity, name string, value []byte) (subject stri
 	return t.put(name, sealed), nil
 }
 
-// SetSealed stores sealed, a value sealed elsewhere (gpg --encrypt
+// setSealed stores sealed, a value sealed elsewhere (gpg --encrypt
 // --sign), as value name once it passes what workers will check (see
-// OpenSealed), and returns the value and the subject of the change. A
+// openSealed), and returns the value and the subject of the change. A
 // message that does not pass, or an invalid name or value, is an
 // ErrUsage error.
-func (t *Env) SetSealed(id *secrets.Identity, name string, sealed []byte) (value []byte, subject string, err error) {
-	if value, err = t.OpenSealed(id, sealed); err != nil {
+func (t *Env) setSealed(id *secrets.Identity, name string, sealed []byte) (value []byte, subject string, err error) {
+	if value, err = t.openSealed(id, sealed); err != nil {
 		return nil, "", usagef("%s: the --sealed message cannot be used: %w; encrypt it to every key of recipients.asc and sign it with an admin key (gpg --encrypt --sign -r ... -u ADMIN)", name, err)
 	}
 	if err := checkValue(name, value); err != nil {
@@ -180,12 +180,12 @@ func (t *Env) put(name string, sealed []byte) (subject string) {
 	return verb + " " + name
 }
 
-// AddRecipients adds the keys of k, read from file (which the errors
-// name), to t's recipients, reseals every value with id (see Reseal),
+// addRecipients adds the keys of k, read from file (which the errors
+// name), to t's recipients, reseals every value with id (see reseal),
 // and returns the subject of the change. A key without an encryption
 // subkey, keys that are all recipients already, and an id that cannot
 // decrypt a value are ErrUsage errors.
-func (t *Env) AddRecipients(id *secrets.Identity, file string, k secrets.Keyring) (subject string, err error) {
+func (t *Env) addRecipients(id *secrets.Identity, file string, k secrets.Keyring) (subject string, err error) {
 	if err := checkRecipients(k); err != nil {
 		return "", err
 	}
@@ -194,19 +194,19 @@ func (t *Env) AddRecipients(id *secrets.Identity, file string, k secrets.Keyring
 	if len(t.Recipients.Keys()) == before {
 		return "", usagef("%s: every key in it is already a recipient of %s", file, t.Name)
 	}
-	if err := t.Reseal(id); err != nil {
+	if err := t.reseal(id); err != nil {
 		return "", err
 	}
-	return "add recipient " + Fingerprints(k), nil
+	return "add recipient " + fingerprints(k), nil
 }
 
-// RemoveRecipient removes the recipient key, a fingerprint or a file
+// removeRecipient removes the recipient key, a fingerprint or a file
 // holding one public key, from t, reseals every value with id (see
-// Reseal), and returns the subject of the change. A key that is not a
+// reseal), and returns the subject of the change. A key that is not a
 // recipient, the last recipient, an unreadable key, and an id that cannot
 // decrypt a value are ErrUsage errors. The removed key can still read the
 // versions it was a recipient of.
-func (t *Env) RemoveRecipient(id *secrets.Identity, key string) (subject string, err error) {
+func (t *Env) removeRecipient(id *secrets.Identity, key string) (subject string, err error) {
 	fpr := key
 	if !secrets.IsFingerprint(fpr) {
 		k, err := secrets.ReadKeyringFiles(fpr)
@@ -226,15 +226,15 @@ func (t *Env) RemoveRecipient(id *secrets.Identity, key string) (subject string,
 	if len(t.Recipients.Keys()) == 0 {
 		return "", usagef("%s is the last recipient of %s; add another first", fpr, t.Name)
 	}
-	if err := t.Reseal(id); err != nil {
+	if err := t.reseal(id); err != nil {
 		return "", err
 	}
 	return "remove recipient " + strings.ToUpper(fpr), nil
 }
 
-// SetPolicy replaces t's policy with p and returns the subject of the
+// setPolicy replaces t's policy with p and returns the subject of the
 // change.
-func (t *Env) SetPolicy(p secrets.Policy) (subject string) {
+func (t *Env) setPolicy(p secrets.Policy) (subject string) {
 	t.Policy = p
 	return "policy: " + DescribePolicy(p)
 }

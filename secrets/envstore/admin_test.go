@@ -66,17 +66,17 @@ func signOnlyKey(t *testing.T) secrets.Keyring {
 func newStoreEnv(t *testing.T, admin, worker *secrets.Identity) (*Store, *Env, gitproto.Hash) {
 	t.Helper()
 	s := &Store{Repo: newRepo(t)}
-	e, err := NewEnv("staging", admin, secrets.Keyring{})
+	e, err := newEnv("staging", admin, secrets.Keyring{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.SetRecipients(keyring(worker)); err != nil {
+	if err := e.setRecipients(keyring(worker)); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.Init(e, admin); err != nil {
+	if _, _, err := s.writeFirst(e, admin); err != nil {
 		t.Fatal(err)
 	}
-	e, tip, err := s.Load("staging")
+	e, tip, err := s.load("staging")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,73 +87,73 @@ func TestInitRules(t *testing.T) {
 	admin, other, worker := newIdentity(t, "Admin"), newIdentity(t, "Other"), newIdentity(t, "Worker")
 	s := &Store{Repo: newRepo(t)}
 
-	_, _, err := s.Load("staging")
+	_, _, err := s.load("staging")
 	wantUsage(t, "Load of a missing environment", err, "there is no refs/ci/secrets/staging in this repository; create it with 'refci secrets init staging")
 	if err := s.CheckNew("staging"); err != nil {
 		t.Errorf("CheckNew of a missing environment: %v", err)
 	}
 
-	_, err = NewEnv("staging", admin, keyring(other))
+	_, err = newEnv("staging", admin, keyring(other))
 	wantUsage(t, "NewEnv with the signer not among the admins", err, "your key "+admin.Fingerprint()+" is not among the --admin keys")
 
-	e, err := NewEnv("staging", admin, secrets.Keyring{})
+	e, err := newEnv("staging", admin, secrets.Keyring{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !e.Admins.Has(admin.Fingerprint()) || e.Admins.Len() != 1 || len(e.AdminsRaw) == 0 {
-		t.Errorf("NewEnv without admins: admins %s; want the signer alone", Fingerprints(e.Admins))
+		t.Errorf("NewEnv without admins: admins %s; want the signer alone", fingerprints(e.Admins))
 	}
-	wantUsage(t, "SetRecipients with a sign-only key", e.SetRecipients(signOnlyKey(t)), "has no encryption subkey; export a refci key with 'refci keys export'")
-	if err := e.SetRecipients(keyring(worker)); err != nil {
+	wantUsage(t, "SetRecipients with a sign-only key", e.setRecipients(signOnlyKey(t)), "has no encryption subkey; export a refci key with 'refci keys export'")
+	if err := e.setRecipients(keyring(worker)); err != nil {
 		t.Fatal(err)
 	}
 	if !e.Recipients.Has(worker.Fingerprint()) || !e.Recipients.Has(admin.Fingerprint()) {
-		t.Errorf("recipients %s; want the worker and the admin", Fingerprints(e.Recipients))
+		t.Errorf("recipients %s; want the worker and the admin", fingerprints(e.Recipients))
 	}
-	h, subject, err := s.Init(e, admin)
+	h, subject, err := s.writeFirst(e, admin)
 	if err != nil || subject != "init staging" {
 		t.Fatalf("Init = %q, %v", subject, err)
 	}
 	if v, err := s.Repo.Commit(h); err != nil || !strings.HasPrefix(v.Message, "refci secrets: init staging\n") {
 		t.Errorf("first commit %v, %v; want subject 'init staging'", v, err)
 	}
-	_, _, err = s.Init(e, admin)
+	_, _, err = s.writeFirst(e, admin)
 	wantUsage(t, "Init of an existing environment", err, "refs/ci/secrets/staging already exists (commit ")
 	wantUsage(t, "CheckNew of an existing environment", s.CheckNew("staging"), "change it with 'refci secrets set|recipients|policy'")
 
-	got, tip, err := s.Load("staging")
+	got, tip, err := s.load("staging")
 	if err != nil || tip != h || got.Name != "staging" || !got.Recipients.Has(worker.Fingerprint()) {
 		t.Fatalf("Load = %+v, %v, %v; want the version at %v", got, tip, err, h)
 	}
-	if err := got.CheckAdmin(admin.Fingerprint()); err != nil {
+	if err := got.checkAdmin(admin.Fingerprint()); err != nil {
 		t.Errorf("CheckAdmin of the admin: %v", err)
 	}
-	wantUsage(t, "CheckAdmin of another key", got.CheckAdmin(other.Fingerprint()), "your key "+other.Fingerprint()+" is not an admin of staging (its admins.asc lists "+admin.Fingerprint()+")")
+	wantUsage(t, "CheckAdmin of another key", got.checkAdmin(other.Fingerprint()), "your key "+other.Fingerprint()+" is not an admin of staging (its admins.asc lists "+admin.Fingerprint()+")")
 }
 
 func TestSetRules(t *testing.T) {
 	admin, worker, stranger := newIdentity(t, "Admin"), newIdentity(t, "Worker"), newIdentity(t, "Stranger")
 	_, e, _ := newStoreEnv(t, admin, worker)
 
-	if subject, err := e.Set(admin, "TOKEN", []byte("s3cret-1")); err != nil || subject != "set TOKEN" {
+	if subject, err := e.set(admin, "TOKEN", []byte("s3cret-1")); err != nil || subject != "set TOKEN" {
 		t.Fatalf("Set = %q, %v; want set TOKEN", subject, err)
 	}
-	if subject, err := e.Set(admin, "TOKEN", []byte("s3cret-2")); err != nil || subject != "set a new version of TOKEN" {
+	if subject, err := e.set(admin, "TOKEN", []byte("s3cret-2")); err != nil || subject != "set a new version of TOKEN" {
 		t.Fatalf("Set again = %q, %v; want set a new version of TOKEN", subject, err)
 	}
 	if v, _, err := worker.Open(e.Values["TOKEN"], e.Admins); err != nil || string(v) != "s3cret-2" {
 		t.Errorf("the worker opens %q, %v; want s3cret-2", v, err)
 	}
-	_, err := e.Set(admin, "bad name", []byte("s3cret"))
+	_, err := e.set(admin, "bad name", []byte("s3cret"))
 	wantUsage(t, "Set of an invalid name", err, "")
-	_, err = e.Set(admin, "EMPTY", nil)
+	_, err = e.set(admin, "EMPTY", nil)
 	wantUsage(t, "Set of an empty value", err, "EMPTY: ")
 
 	sealed, err := admin.Seal([]byte("from-gpg"), e.Recipients)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, subject, err := e.SetSealed(admin, "OTHER", sealed)
+	v, subject, err := e.setSealed(admin, "OTHER", sealed)
 	if err != nil || string(v) != "from-gpg" || subject != "set OTHER" || !bytes.Equal(e.Values["OTHER"], sealed) {
 		t.Errorf("SetSealed = %q, %q, %v; want the value stored as sealed", v, subject, err)
 	}
@@ -161,22 +161,22 @@ func TestSetRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = e.SetSealed(admin, "OTHER", foreign)
+	_, _, err = e.setSealed(admin, "OTHER", foreign)
 	wantUsage(t, "SetSealed of a stranger's seal", err, "OTHER: the --sealed message cannot be used: ")
 }
 
 func TestRecipientRules(t *testing.T) {
 	admin, worker, second, outsider := newIdentity(t, "Admin"), newIdentity(t, "Worker"), newIdentity(t, "Second"), newIdentity(t, "Outsider")
 	_, e, _ := newStoreEnv(t, admin, worker)
-	if _, err := e.Set(admin, "TOKEN", []byte("s3cret")); err != nil {
+	if _, err := e.set(admin, "TOKEN", []byte("s3cret")); err != nil {
 		t.Fatal(err)
 	}
 
-	_, err := e.AddRecipients(admin, "signer.asc", signOnlyKey(t))
+	_, err := e.addRecipients(admin, "signer.asc", signOnlyKey(t))
 	wantUsage(t, "AddRecipients of a sign-only key", err, "--recipient: key ")
-	_, err = e.AddRecipients(admin, "worker.asc", keyring(worker))
+	_, err = e.addRecipients(admin, "worker.asc", keyring(worker))
 	wantUsage(t, "AddRecipients of a recipient", err, "worker.asc: every key in it is already a recipient of staging")
-	subject, err := e.AddRecipients(admin, "second.asc", keyring(second))
+	subject, err := e.addRecipients(admin, "second.asc", keyring(second))
 	if err != nil || subject != "add recipient "+second.Fingerprint() {
 		t.Fatalf("AddRecipients = %q, %v", subject, err)
 	}
@@ -184,28 +184,28 @@ func TestRecipientRules(t *testing.T) {
 		t.Errorf("the new recipient opens %q, %v; want the resealed value", v, err)
 	}
 
-	_, err = e.RemoveRecipient(admin, outsider.Fingerprint())
+	_, err = e.removeRecipient(admin, outsider.Fingerprint())
 	wantUsage(t, "RemoveRecipient of a stranger", err, outsider.Fingerprint()+" is not a recipient of staging; see 'refci secrets list staging'")
-	_, err = e.RemoveRecipient(admin, filepath.Join(t.TempDir(), "missing.asc"))
+	_, err = e.removeRecipient(admin, filepath.Join(t.TempDir(), "missing.asc"))
 	wantUsage(t, "RemoveRecipient of a missing file", err, "is neither a 40-digit fingerprint nor a readable key file")
-	_, err = e.RemoveRecipient(admin, keyFile(t, worker, second))
+	_, err = e.removeRecipient(admin, keyFile(t, worker, second))
 	wantUsage(t, "RemoveRecipient of a file with two keys", err, "holds 2 keys; remove one fingerprint at a time")
-	subject, err = e.RemoveRecipient(admin, keyFile(t, second))
+	subject, err = e.removeRecipient(admin, keyFile(t, second))
 	if err != nil || subject != "remove recipient "+second.Fingerprint() {
 		t.Fatalf("RemoveRecipient by file = %q, %v", subject, err)
 	}
-	if _, err := e.RemoveRecipient(admin, strings.ToLower(worker.Fingerprint())); err != nil {
+	if _, err := e.removeRecipient(admin, strings.ToLower(worker.Fingerprint())); err != nil {
 		t.Fatalf("RemoveRecipient by fingerprint: %v", err)
 	}
-	_, err = e.RemoveRecipient(admin, admin.Fingerprint())
+	_, err = e.removeRecipient(admin, admin.Fingerprint())
 	wantUsage(t, "RemoveRecipient of the last recipient", err, admin.Fingerprint()+" is the last recipient of staging; add another first")
 
 	// A key that cannot decrypt cannot reseal.
 	_, e, _ = newStoreEnv(t, admin, worker)
-	if _, err := e.Set(admin, "TOKEN", []byte("s3cret")); err != nil {
+	if _, err := e.set(admin, "TOKEN", []byte("s3cret")); err != nil {
 		t.Fatal(err)
 	}
-	_, err = e.AddRecipients(outsider, "second.asc", keyring(second))
+	_, err = e.addRecipients(outsider, "second.asc", keyring(second))
 	var nr *NotRecipientError
 	if !errors.As(err, &nr) || !errors.Is(err, ErrUsage) {
 		t.Errorf("AddRecipients by a non-recipient: %v; want a *NotRecipientError that Is ErrUsage", err)
@@ -223,7 +223,7 @@ func TestPolicyRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "policy: any request, trusted or not; request names matching main, release/*; exported as variables: TOKEN"
-	if got := e.SetPolicy(p); got != want || !e.Policy.AllowUntrusted {
+	if got := e.setPolicy(p); got != want || !e.Policy.AllowUntrusted {
 		t.Errorf("SetPolicy = %q; want %q", got, want)
 	}
 	_, err = NewPolicy(nil, []string{"bad name"}, false)

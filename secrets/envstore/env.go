@@ -8,14 +8,16 @@
 //	policy.toml      which requests may use it, what is exported
 //	values/NAME.asc  one sealed value per name
 //
-// Admins read and change environments through a Store (Load, Init,
-// Commit) and the rules of Env's changes (NewEnv, Set, SetSealed,
-// AddRecipients, RemoveRecipient, SetPolicy, CheckAdmin), whose refusals
-// are ErrUsage errors that say what to do; workers open the
-// version a run asked for through an Opener, which believes a commit only
-// when one of the worker's admin keys signed it and it descends from the
-// version verified before. The OpenPGP side (sealing, signatures,
-// policies) is package secrets, which knows nothing about git.
+// Admins read and change environments through a Store: Create writes
+// the first version, Edit loads the one an environment is at, and the
+// Edit's change methods (Set, SetSealed, AddRecipients, RemoveRecipient,
+// SetPolicy) apply the rules of Env's changes and commit the next
+// version, signed, with compare-and-swap. Refusals are ErrUsage errors
+// that say what to do. Workers open the version a run asked for through
+// an Opener, which believes a commit only when one of the worker's admin
+// keys signed it and it descends from the version verified before. The
+// OpenPGP side (sealing, signatures, policies) is package secrets, which
+// knows nothing about git.
 package envstore
 
 import (
@@ -42,7 +44,7 @@ const (
 )
 
 // Env is the content of one version of an environment. The zero value
-// is not usable; Load or Read one, start one with NewEnv, or fill Values
+// is not usable; Read one, load one with Store.Edit, or fill Values
 // with a non-nil map. Not safe for concurrent use.
 type Env struct {
 	Name       string // the environment's name; "" when read with Read

@@ -95,7 +95,7 @@ func TestStoreWritesASignedCommitAndReadsItBack(t *testing.T) {
 	if got := e.Names(); len(got) != 1 || got[0] != "TOKEN" {
 		t.Errorf("Names = %v", got)
 	}
-	if !e.IsAdmin(admin.Fingerprint()) || e.IsAdmin(worker.Fingerprint()) {
+	if !e.isAdmin(admin.Fingerprint()) || e.isAdmin(worker.Fingerprint()) {
 		t.Error("IsAdmin: the admin is not one, or the worker is")
 	}
 	if len(e.Recipients.Keys()) != 2 || len(e.Policy.Environment) != 1 {
@@ -195,7 +195,7 @@ func TestHistoryAndLastChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.Recipients, _ = e.Recipients.Without(worker.Fingerprint())
-	if err := e.Reseal(admin); err != nil {
+	if err := e.reseal(admin); err != nil {
 		t.Fatal(err)
 	}
 	third, err := s.Commit("staging", second, e, admin, "remove recipient")
@@ -239,7 +239,7 @@ func TestResealNeedsARecipient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = e.Reseal(outsider)
+	err = e.reseal(outsider)
 	var nr *NotRecipientError
 	if !errors.As(err, &nr) || !errors.Is(err, secrets.ErrNotRecipient) || nr.Name != "TOKEN" {
 		t.Errorf("Reseal by a key that is no recipient = %v", err)
@@ -268,14 +268,14 @@ func TestOpenSealedBelievesOnlyAnAdminsSeal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v, err := e.OpenSealed(admin, byAdmin); err != nil || string(v) != "value-1" {
+	if v, err := e.openSealed(admin, byAdmin); err != nil || string(v) != "value-1" {
 		t.Errorf("OpenSealed of the admin's seal = %q, %v", v, err)
 	}
 	byOutsider, err := outsider.Seal([]byte("value-2"), e.Recipients)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.OpenSealed(admin, byOutsider); err == nil {
+	if _, err := e.openSealed(admin, byOutsider); err == nil {
 		t.Error("OpenSealed believed a value sealed by a key that is no admin")
 	}
 }

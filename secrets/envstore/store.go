@@ -129,14 +129,15 @@ func (s *Store) LastChanges(tip gitproto.Hash) (map[string]Version, error) {
 	return out, nil
 }
 
-// IsAdmin reports whether the key fingerprint fpr may change t: it is in
+// isAdmin reports whether the key fingerprint fpr may change t: it is in
 // admins.asc, or t names no admins.
-func (t *Env) IsAdmin(fpr string) bool {
+func (t *Env) isAdmin(fpr string) bool {
 	return t.Admins.Len() == 0 || t.Admins.Has(fpr)
 }
 
-// NotRecipientError is Reseal's error when the admin's key cannot
-// decrypt a value. It wraps secrets.ErrNotRecipient.
+// NotRecipientError is the error of a change that re-encrypts every
+// value (Edit.AddRecipients, Edit.RemoveRecipient) when the admin's key
+// cannot decrypt one. It wraps secrets.ErrNotRecipient.
 type NotRecipientError struct {
 	Name        string // the value
 	Fingerprint string // the admin's key
@@ -163,18 +164,18 @@ func (t *Env) writers(id *secrets.Identity) secrets.Keyring {
 	return w
 }
 
-// OpenSealed checks a value sealed elsewhere (gpg --encrypt --sign) as
+// openSealed checks a value sealed elsewhere (gpg --encrypt --sign) as
 // workers will: an admin of t (or id, when t names none) signed it, and
 // id, a recipient, decrypts it. It returns the value.
-func (t *Env) OpenSealed(id *secrets.Identity, sealed []byte) ([]byte, error) {
+func (t *Env) openSealed(id *secrets.Identity, sealed []byte) ([]byte, error) {
 	v, _, err := id.Open(sealed, t.writers(id))
 	return v, err
 }
 
-// Reseal re-encrypts every value of t to t.Recipients with id, which
+// reseal re-encrypts every value of t to t.Recipients with id, which
 // must be able to decrypt them (else a *NotRecipientError). Values are
 // believed only when an admin of t (or id, if t names none) sealed them.
-func (t *Env) Reseal(id *secrets.Identity) error {
+func (t *Env) reseal(id *secrets.Identity) error {
 	writers := t.writers(id)
 	for _, n := range t.Names() {
 		v, _, err := id.Open(t.Values[n], writers)

@@ -13,6 +13,7 @@
 package hookclient
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -30,8 +31,15 @@ const (
 	EnvCreate = "REFCI_HOOK_CREATE" // set when the push creates the repository
 )
 
-// MaxIO bounds a hook's standard input and the server's answer.
+// MaxIO bounds a hook's standard input and the server's answer. A
+// push whose list of refs passes it is refused at pre-receive, said in so
+// many words; post-receive, which cannot refuse, sends the whole lines
+// that fit and says that the rest waits for the workers' next poll.
 const MaxIO = 32 << 20
+
+// MaxRequest bounds a Request as the server reads it: MaxIO of standard
+// input, which JSON may escape to twice its size, and room for the rest.
+const MaxRequest = 2*MaxIO + 1<<20
 
 // MaxPushOptions is how many of a push's options a Request carries at
 // most; git's own limit is lower.
@@ -78,10 +86,19 @@ func Main(args []string, getenv func(string) string, stdin io.Reader, stderr io.
 	}
 	req := Request{Token: token, Hook: args[0], Args: args[1:], Quarantine: getenv("GIT_QUARANTINE_PATH")}
 	if req.Hook == "pre-receive" || req.Hook == "post-receive" {
-		b, err := io.ReadAll(io.LimitReader(stdin, MaxIO))
+		b, err := io.ReadAll(io.LimitReader(stdin, MaxIO+1))
 		if err != nil {
 			fmt.Fprintf(stderr, "refci: hook: %v\n", err)
 			return 1
+		}
+		if len(b) > MaxIO {
+			if req.Hook == "pre-receive" {
+				fmt.Fprintf(stderr, "refci: push refused: the list of refs it updates passes %d MiB; push fewer refs at once\n", MaxIO>>20)
+				return 1
+			}
+			b = b[:bytes.LastIndexByte(b[:MaxIO], '\n')+1]
+			io.Copy(io.Discard, stdin) // git waits for its hook to read all
+			fmt.Fprintf(stderr, "refci: note: this push updated more refs than one hook call carries (%d MiB of them): the first %d are dispatched now, the rest at the workers' next poll\n", MaxIO>>20, bytes.Count(b, []byte("\n")))
 		}
 		req.Stdin = string(b)
 	}
@@ -112,7 +129,12 @@ func Ask(sock string, req *Request) (*Response, error) {
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(Timeout))
-	if err := json.NewEncoder(conn).Encode(req); err != nil {
+	// Without HTML escaping, JSON at most doubles the input (ref names
+	// hold no control characters or backslashes; a quote is two bytes),
+	// which MaxRequest allows for.
+	enc := json.NewEncoder(conn)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(req); err != nil {
 		return nil, fmt.Errorf("hook: sending to the server: %w", err)
 	}
 	var resp Response
