@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 
 	"refci.dev/refci/fixtures"
 	"refci.dev/refci/fixtures/githubapi"
+	"refci.dev/refci/worker/proc"
 )
 
 // refci mirror and refci mail run in refci-forge, which refci execs: the
@@ -185,5 +187,66 @@ func TestWorkerRestartsItsRefciForge(t *testing.T) {
 	}
 	if strings.Contains(log(), "ghp-worker-token") {
 		t.Error("the worker logged the token")
+	}
+}
+
+// A worker whose [[forge]] and [mail] run in refci-forge still hides
+// their secrets from pipelines: the token file, a GitHub App's key, the
+// mail password file and the mirror's state (the mail server being down
+// holds nothing up).
+func TestWorkerHidesForgeAndMailSecrets(t *testing.T) {
+	if err := proc.CheckIsolation(refciBin); err != nil {
+		t.Skipf("no user namespaces here: %v", err)
+	}
+	f := newFleet(t, "true\n")
+	gh := githubapi.New(t, "org", "app", "ghp-canary-token")
+	secretDir := t.TempDir()
+	tok := writeToken(t, secretDir, "token", "ghp-canary-token", 0o600)
+	pw := writeToken(t, secretDir, "mail-password", "pw-canary", 0o600)
+	state := filepath.Join(t.TempDir(), "mirror-state")
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // a mail server that never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := filepath.Join(t.TempDir(), "worker.toml")
+	body := fmt.Sprintf(`remotes = [%q]
+mirror_state = %q
+[[forge]]
+kind = "github"
+repo = "org/app"
+token_file = %q
+base_url = %q
+[mail]
+imap = "imap+insecure://%s/INBOX"
+smtp = "smtp+insecure://%s"
+user = "ci"
+password_file = %q
+from = "ci@example.invalid"
+`, "file://"+f.bare, state, tok, gh.URL, addr, addr, pw)
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.startWorker("a", "--config", cfg)
+	f.pipeline(fmt.Sprintf(`
+echo "token:[$(cat %[1]s 2>/dev/null)]"
+echo "password:[$(cat %[2]s 2>/dev/null)]"
+echo "state:[$(ls -A %[3]s 2>/dev/null)]"
+`, tok, pw, state))
+	f.git("", "push", "-q", "origin", "main", "HEAD:refs/ci/requests/peek")
+	f.waitFor("the result", 2*time.Minute, func() bool { return len(f.finalResults()["peek"]) == 1 })
+	ref := f.remoteRefs("refs/ci/runs/")[0]
+	log := f.gitErr(f.bare, "show", ref+":log.txt")
+	if strings.Contains(log, "canary") {
+		t.Errorf("the pipeline read a secret:\n%s", log)
+	}
+	for _, want := range []string{"token:[]", "password:[]", "state:[]"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q:\n%s", want, log)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(state, "records")); err != nil {
+		t.Errorf("the mirror keeps no state at %s: %v", state, err)
 	}
 }

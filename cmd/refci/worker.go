@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -49,15 +48,11 @@ type workerConfig struct {
 	// requests are trusted (given secrets).
 	Admins  []string `toml:"admins"`
 	Trusted []string `toml:"trusted"`
-	// Forges show the runs of the remotes on forges ([[forge]] entries);
-	// MirrorState records what each shows (default $REFCI_HOME/mirror).
-	// Mail runs the mail bridge beside the worker ([mail]), in a
-	// directory under the cache. refci-forge, the worker's child, reads
-	// and checks them (forge/link); the worker reads only the files it
-	// hides from pipelines.
-	Forges      []forgeFiles `toml:"forge"`
-	MirrorState string       `toml:"mirror_state"`
-	Mail        *mailFiles   `toml:"mail"`
+	// [[forge]] entries show the runs of the remotes on forges, [mail]
+	// runs the mail bridge beside the worker: refci-forge, the worker's
+	// child, reads and checks them (forge/link); the worker reads only
+	// the files it hides from pipelines.
+	link.WorkerSettings
 	// Retention, when its every is set, runs refci gc on each remote
 	// that often (off by default).
 	Retention *retentionConfig `toml:"retention"`
@@ -96,34 +91,6 @@ func (r *retentionConfig) policy() (results.Retention, error) {
 // duration reads "10s" style values from TOML.
 type duration = cli.Duration
 
-// forgeFiles are the secret files of a [[forge]] entry, which pipelines
-// must not read.
-type forgeFiles struct {
-	TokenFile      string `toml:"token_file"`
-	PrivateKeyFile string `toml:"private_key_file"`
-}
-
-// mailFiles is the secret file of [mail].
-type mailFiles struct {
-	PasswordFile string `toml:"password_file"`
-}
-
-// forgeSetting reports whether key (of worker.toml) is a setting of
-// [[forge]] or [mail], which refci-forge decodes and checks.
-func forgeSetting(key []string) bool {
-	if len(key) != 2 {
-		return false
-	}
-	var names string
-	switch key[0] {
-	case "forge":
-		names = link.ForgeSettings
-	case "mail":
-		names = link.MailSettings
-	}
-	return slices.Contains(strings.Split(names, ", "), key[1])
-}
-
 func cmdWorker(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "worker")
 	var remotes multiFlag
@@ -149,7 +116,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	}
 	var cfg workerConfig
 	if *configFile != "" {
-		if _, ok := cli.ReadConfig(e.cli(), *configFile, &cfg, "remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted, mirror_state, in [retention]: keep_last, keep_days, every, in [[forge]]: "+link.ForgeSettings+"; in [mail]: "+link.MailSettings, forgeSetting); !ok {
+		if _, ok := cli.ReadConfig(e.cli(), *configFile, &cfg, "remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted, mirror_state, in [retention]: keep_last, keep_days, every, in [[forge]]: "+link.ForgeSettings+"; in [mail]: "+link.MailSettings, link.IsChildSetting); !ok {
 			return exitUsage
 		}
 	}
@@ -274,34 +241,16 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	// be reached do not (a mail outage must not stop CI).
 	var fc *link.Child
 	var wp atomic.Pointer[worker.Worker] // set before the loop runs
-	if len(cfg.Forges) > 0 || cfg.Mail != nil {
-		if len(cfg.Forges) > 0 {
-			if cfg.MirrorState == "" {
-				h, err := e.home()
-				if err != nil {
-					e.errorf("%v", err)
-					return exitUsage
-				}
-				cfg.MirrorState = filepath.Join(h, "mirror")
-			}
-			private = append(private, cfg.MirrorState)
-			for _, f := range cfg.Forges {
-				private = append(private, f.TokenFile, f.PrivateKeyFile)
-			}
+	if cfg.Wanted() {
+		h, err := e.home()
+		if err != nil {
+			e.errorf("%v", err)
+			return exitUsage
 		}
-		if cfg.Mail != nil {
-			private = append(private, cfg.Mail.PasswordFile)
-		}
+		private = append(private, cfg.Private(h)...)
 		path, code := findForge(e, "worker: [[forge]] and [mail]")
 		if path == "" {
 			return code
-		}
-		args := []string{"--config", *configFile}
-		if cfg.Key != "" {
-			args = append(args, "--key", cfg.Key)
-		}
-		if *verbose {
-			args = append(args, "-v")
 		}
 		// The bridge asked for a run: the worker polls that remote now.
 		asked := func(url string) {
@@ -313,7 +262,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 				}
 			}
 		}
-		fc, err = link.Open(ctx, link.Config{Path: path, Args: args, Asked: asked, Log: e.stderr, Logger: logger,
+		fc, err = link.Open(ctx, link.Config{Path: path, Args: link.WorkerArgs(*configFile, cfg.Key, *verbose), Asked: asked, Log: e.stderr, Logger: logger,
 			Start: link.Start{Remotes: cfg.Remotes, Cache: cfg.Cache, Poll: link.Duration{Duration: cfg.Poll.Duration}}})
 		var refused *link.FailError
 		switch {

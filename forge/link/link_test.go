@@ -235,3 +235,37 @@ func TestStopKillsAMuteChild(t *testing.T) {
 }
 
 func slogTo(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// What a worker reads of the child's settings: whether there are any,
+// the files to hide, and which keys to leave to the child.
+func TestWorkerSettings(t *testing.T) {
+	var s WorkerSettings
+	if s.Wanted() || len(s.Private("/home")) != 0 {
+		t.Errorf("the zero value wants a child or hides %v", s.Private("/home"))
+	}
+	s.Forges = append(s.Forges, struct {
+		TokenFile      string `toml:"token_file"`
+		PrivateKeyFile string `toml:"private_key_file"`
+	}{TokenFile: "/etc/tok"}, struct {
+		TokenFile      string `toml:"token_file"`
+		PrivateKeyFile string `toml:"private_key_file"`
+	}{PrivateKeyFile: "/etc/app.pem"})
+	if got := strings.Join(s.Private("/home"), " "); !s.Wanted() || got != "/home/mirror /etc/tok /etc/app.pem" {
+		t.Errorf("hides %q", got)
+	}
+	s = WorkerSettings{MirrorState: "/var/mirror", Mail: &struct {
+		PasswordFile string `toml:"password_file"`
+	}{"/etc/pw"}}
+	if got := strings.Join(s.Private("/home"), " "); !s.Wanted() || got != "/etc/pw" {
+		t.Errorf("mail only: hides %q", got)
+	}
+	for key, want := range map[string]bool{"forge.kind": true, "forge.private_key_file": true, "mail.ledger_days": true, "mail.kind": false,
+		"forge.surprise": false, "forge": false, "poll": false, "retention.every": false, "forge.kind.x": false} {
+		if got := IsChildSetting(strings.Split(key, ".")); got != want {
+			t.Errorf("%s: %v", key, got)
+		}
+	}
+	if got := strings.Join(WorkerArgs("/w.toml", "", true), " "); got != "--config /w.toml -v" {
+		t.Errorf("args %q", got)
+	}
+}
