@@ -250,3 +250,35 @@ echo "state:[$(ls -A %[3]s 2>/dev/null)]"
 		t.Errorf("the mirror keeps no state at %s: %v", state, err)
 	}
 }
+
+// running reports whether process pid runs (not gone, not a zombie).
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
+}
+
+// A worker killed with SIGKILL leaves no refci-forge behind: the end of
+// its input stops the child.
+func TestRefciForgeEndsWithAKilledWorker(t *testing.T) {
+	f := newFleet(t, "true\n")
+	gh := githubapi.New(t, "org", "app", "tok")
+	dir := t.TempDir()
+	tok := writeToken(t, dir, "token", "tok", 0o600)
+	cfg := filepath.Join(dir, "worker.toml")
+	body := fmt.Sprintf("remotes = [%q]\n[[forge]]\nkind = \"github\"\nrepo = \"org/app\"\ntoken_file = %q\nbase_url = %q\n", "file://"+f.bare, tok, gh.URL)
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w := f.startWorker("a", "--config", cfg)
+	var kids []int
+	fixtures.WaitFor(t, time.Minute, "the worker's refci-forge", func() bool { kids = childrenOf(t, w.Process.Pid, "refci-forge"); return len(kids) == 1 })
+	if err := w.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	fixtures.WaitFor(t, time.Minute, "refci-forge to end after its worker", func() bool { return !running(kids[0]) })
+}
