@@ -1,9 +1,10 @@
 // Package lightbin finds the light helper binaries that may lie beside
 // the refci executable (refci-shim, refci-job, refci-hook: small programs
-// that start in a fraction of refci's time) and tells whether one is of
-// the running program's own build, so that a helper left by another
-// install or version is never used. It imports nothing of the project:
-// every light binary may use it.
+// that start in a fraction of refci's time; and refci-forge, which holds
+// what refci does not link: the forge adapters and the mail bridge) and
+// tells whether one is of the running program's own build, so that a
+// helper left by another install or version is never used. It imports
+// nothing of the project: every light binary may use it.
 package lightbin
 
 import (
