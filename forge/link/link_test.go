@@ -269,3 +269,38 @@ func TestWorkerSettings(t *testing.T) {
 		t.Errorf("args %q", got)
 	}
 }
+
+// Wake-ups sent while the child dies and is started again are dropped or
+// delivered, never a crash of the worker.
+func TestPushedWhileTheChildDies(t *testing.T) {
+	cfg := childConfig(t, "echo", io.Discard, nil)
+	c, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Supervise(ctx) }()
+	stop := make(chan struct{})
+	pushing := make(chan struct{})
+	go func() {
+		defer close(pushing)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				c.Pushed("file:///r.git")
+			}
+		}
+	}()
+	for round := 1; round <= 3; round++ {
+		fixtures.WaitFor(t, time.Minute, "a child", func() bool { return c.Pid() != 0 && c.Starts() == round })
+		syscall.Kill(c.Pid(), syscall.SIGKILL)
+	}
+	fixtures.WaitFor(t, time.Minute, "the last child", func() bool { return c.Starts() == 4 && c.Pid() != 0 })
+	close(stop)
+	<-pushing
+	cancel()
+	<-done
+}

@@ -64,7 +64,9 @@ type proc struct {
 	exited chan struct{} // closed once it exited and its output is read
 	fail   *Fail         // set before exited is closed, when it failed
 	err    error         // its wait error
-	closed sync.Once
+
+	mu     sync.Mutex // guards closed and sending on pushes
+	closed bool
 }
 
 // Open starts the child and waits until it says it is ready. A
@@ -191,8 +193,29 @@ func (c *Child) start(ctx context.Context) (*proc, error) {
 	}
 }
 
+// push queues a wake-up for the child, dropped when the queue is full or
+// closed.
+func (p *proc) push(url string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	select {
+	case p.pushes <- url:
+	default:
+	}
+}
+
+// closePushes ends the queue and the child's input.
 func (p *proc) closePushes() {
-	p.closed.Do(func() { close(p.pushes); p.stdin.Close() })
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.closed {
+		p.closed = true
+		close(p.pushes)
+		p.stdin.Close()
+	}
 }
 
 // stop closes the child's input, which asks it to stop, and kills it
@@ -235,10 +258,7 @@ func (c *Child) Pushed(url string) {
 	if c.cur == nil || c.stopped {
 		return
 	}
-	select {
-	case c.cur.pushes <- url:
-	default:
-	}
+	c.cur.push(url)
 }
 
 // Starts is how many children were started, the first included.
@@ -299,6 +319,9 @@ func (c *Child) Supervise(ctx context.Context) {
 		began = time.Now()
 		np, err := c.start(ctx)
 		if ctx.Err() != nil {
+			if err == nil {
+				np.stop(c.cfg.StopGrace)
+			}
 			return
 		}
 		if err != nil {
