@@ -344,26 +344,21 @@ func fetchRemote(fs *flag.FlagSet, dir, remote string) results.Source {
 
 // loadRun opens the repository and reads the run the user named,
 // fetching the runs of its commit from src's remote when none is here
-// (results.Source.FindFetching). On failure it has reported the error
-// and st is nil.
+// (results.Source.Load). On failure it has reported the error and st is
+// nil.
 func loadRun(ctx context.Context, e *env, src results.Source, arg string) (*gitproto.Repo, results.Run, *queue.Status, int) {
-	repo, rr, err := src.FindFetching(ctx, arg, e.errorf)
+	repo, rr, st, err := src.Load(ctx, arg, e.errorf)
 	if err != nil {
 		e.errorf("%v", err)
-		return nil, results.Run{}, nil, exitFor(err)
-	}
-	st, err := rr.Read(repo)
-	if err != nil {
 		switch {
 		case results.NotBelieved(err):
-			e.errorf("run %s is not believed: %s", rr.Ref, results.Problem(err))
 			return nil, rr, nil, exitFailed
 		case errors.Is(err, queue.ErrFormat):
-			e.errorf("%v", err)
 			return nil, rr, nil, exitUsage
+		case errors.Is(err, results.ErrUnreadable):
+			return nil, rr, nil, exitInfra
 		}
-		e.errorf("%v", err)
-		return nil, rr, nil, exitInfra
+		return nil, rr, nil, exitFor(err)
 	}
 	if rr.Future {
 		e.errorf("run %s is dated in the future (its worker's clock is wrong, or its id was forged): it is never taken for the latest", rr.ID)
