@@ -19,8 +19,8 @@
 //	           and checking that one is of this build; lightbin/buildstamp names a build
 //	secrets    OpenPGP and nothing about git: identities, signing, verifying, sealing values
 //	  secrets/envstore  the secrets environments in refs/ci/secrets/<env>: read, verify, open for a run, change
-//	results    reading and watching results and claims: list, find, read, verify, follow a
-//	           run, watch every run of a remote; every reader of results uses it;
+//	results    reading and watching results and claims: list, find, load, verify, locate
+//	           and follow a run, watch every run of a remote; every reader of results uses it;
 //	           retention (refci gc): the policy, and deleting runs with compare-and-swap
 //	requests   asking for runs: making a request (its unique tag) and pushing it
 //	worker     the loop (claims, leases, takeovers), one run, the outbox, trust, isolation
@@ -43,7 +43,9 @@
 //	                  an IMAP folder (IDLE, read-only, reconnecting), SMTPSender sends; the Bridge:
 //	                  series asked for as patches/<id>/v<N>, one threaded reply, exactly once
 //	                  through its ledger ref refs/ci/mail/ledger/<name>
-//	server     refci serve: the SSH server's roles, receive rules, owner and trust records
+//	server     refci serve: the SSH server's roles, receive rules, owner and trust records;
+//	           the embedded worker (serves its repositories, woken by its pushes) and the
+//	           read-only HTTP server of the static site
 //	cmd        wiring only: flags, configuration, constructing things, exit codes, printing
 //	fixtures   helpers shared by the tests (git with a private HOME, keys, sample repositories,
 //	           result commits, GnuPG); never imported by other code

@@ -73,9 +73,10 @@ var ErrHasWorker = errors.New("the server has a worker already")
 // NewWorker prepares the embedded worker of s (see Worker) from cfg and
 // attaches it: from now on a push that creates a repository or queues
 // requests tells it. It serves the repositories s holds now, and those
-// pushes create. Errors: ErrHasWorker, and a sandbox that cannot be
-// prepared (the runs directory, isolation required but not possible is
-// not one: runs then end in state error).
+// pushes create. Errors: ErrHasWorker, a runs directory that cannot be
+// made, a failure to list the repositories. (Isolation that this machine
+// cannot give is no error here: runs then go unisolated, or end in state
+// error with RequireIsolation.)
 func (s *Server) NewWorker(cfg WorkerConfig) (*Worker, error) {
 	getenv := cfg.Getenv
 	if getenv == nil {
