@@ -208,43 +208,17 @@ func cmdFetch(ctx context.Context, e *env, args []string) int {
 			targets = append(targets, t)
 		}
 	}
-	before := map[string]gitproto.Hash{}
-	for _, t := range targets {
-		runs, err := results.List(repo, t)
-		if err != nil {
-			e.errorf("%v", err)
-			return exitInfra
-		}
-		for _, r := range runs {
-			before[r.Ref] = r.Commit
-		}
-	}
-	src := results.Source{Dir: dir, Remote: *remote}
-	if err := src.FetchRuns(ctx, targets...); err != nil {
-		e.errorf("fetch from %s: %v", *remote, err)
-		return exitInfra
-	}
-	if repo, err = src.Open(); err != nil {
+	_, got, err := results.Source{Dir: dir, Remote: *remote}.Refresh(ctx, targets...)
+	if err != nil {
 		e.errorf("%v", err)
 		return exitFor(err)
 	}
-	for i, t := range targets {
-		runs, err := results.List(repo, t)
-		if err != nil {
-			e.errorf("%v", err)
-			return exitInfra
-		}
-		changed := 0
-		for _, r := range runs {
-			if before[r.Ref] != r.Commit {
-				changed++
-			}
-		}
-		name := t[:12]
-		if i < len(pos) && displayRev(pos[i], t) != "" && len(pos) == len(targets) {
+	for i, r := range got {
+		name := r.Target[:12]
+		if i < len(pos) && displayRev(pos[i], r.Target) != "" && len(pos) == len(targets) {
 			name += " (" + render.Safe(pos[i]) + ")"
 		}
-		fmt.Fprintf(e.stdout, "%s: %d run(s) here, %d new or changed\n", name, len(runs), changed)
+		fmt.Fprintf(e.stdout, "%s: %d run(s) here, %d new or changed\n", name, r.Runs, r.NewOrChanged)
 	}
 	return exitOK
 }
