@@ -20,8 +20,8 @@
 //	secrets    OpenPGP and nothing about git: identities, signing, verifying, sealing values
 //	  secrets/envstore  the secrets environments in refs/ci/secrets/<env>: read, verify, open for a run,
 //	                  an admin's change from load to signed commit (refci secrets)
-//	results    reading and watching results and claims: list, find, read, verify, follow a
-//	           run, watch every run of a remote; every reader of results uses it;
+//	results    reading and watching results and claims: list, find, load, verify, locate
+//	           and follow a run, watch every run of a remote; every reader of results uses it;
 //	           retention (refci gc): the policy, a pass on a repository or a remote and
 //	           what it says (Collect, Outcome), deleting with compare-and-swap, and the
 //	           periodic passes of refci worker and refci serve (Schedule)
@@ -52,7 +52,9 @@
 //	                  an IMAP folder (IDLE, read-only, reconnecting), SMTPSender sends; the Bridge:
 //	                  series asked for as patches/<id>/v<N>, one threaded reply, exactly once
 //	                  through its ledger ref refs/ci/mail/ledger/<name>; Settings: [mail], checked and started
-//	server     refci serve: the SSH server's roles, receive rules, owner and trust records
+//	server     refci serve: the SSH server's roles, receive rules, owner and trust records;
+//	           the embedded worker (serves its repositories, woken by its pushes) and the
+//	           read-only HTTP server of the static site
 //	cmd        wiring only: flags, configuration, constructing things, exit codes, printing
 //	  cmd/refci        the CLI; it links no forge adapter nor the mail bridge
 //	  cmd/refci-forge  refci mirror, refci mail and a worker's [[forge]]/[mail] child

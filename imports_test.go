@@ -53,8 +53,11 @@ var allowed = map[string][]string{
 	// refci links it, so nothing of the project (and of the adapters).
 	"forge/link": {},
 	"fixtures":   {"secrets"}, // tests only: OpenPGP keys of fake identities come from secrets
-	"server":     {"queue", "gitproto", "secrets"},
-	"cmd":        {"queue", "gitproto", "secrets", "results", "requests", "worker", "render", "forge", "server", "lightbin"},
+	// refci serve without its command line: the SSH endpoint, and the
+	// embedded worker that serves its repositories and trusts its
+	// records (the worker knows nothing of the server).
+	"server": {"queue", "gitproto", "secrets", "worker"},
+	"cmd":    {"queue", "gitproto", "secrets", "results", "requests", "worker", "render", "forge", "server", "lightbin"},
 
 	// Tests only: result and target commits written through gitproto;
 	// a package of its own, since the tests of queue and gitproto import

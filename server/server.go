@@ -5,8 +5,9 @@
 // pushed, and turns push options into request tags.
 //
 // Everything lives under one data directory (see Paths). The embedded
-// worker is not part of it: the caller builds the worker from Paths,
-// PushedByTrustedKey and the OnCreate and OnRequest hooks of Config.
+// worker (Worker, made by NewWorker) serves its repositories, is handed
+// the requests pushes queue, and trusts what keys with the trusted role
+// pushed; Site serves the static site read-only over HTTP.
 package server
 
 import (
@@ -18,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
@@ -59,19 +61,21 @@ type Config struct {
 	HookClient  string
 
 	// OnCreate, when set, is called after a push created the repository
-	// repo (its name) at path (its directory).
+	// repo (its name) at path (its directory). The embedded worker
+	// (NewWorker) is told after it.
 	OnCreate func(repo, path string)
 	// OnRequest, when set, is called after a push queued requests in the
 	// repository at path (its directory), with their names (without
 	// refs/ci/requests/): a worker can look at once. It is called from
 	// the push's post-receive hook, which waits for it: it must not
-	// block.
+	// block. The embedded worker is told after it.
 	OnRequest func(path string, names []string)
 	// OnRequestAllowed, when set, is called when a push's update hook
 	// allowed request name (without refs/ci/requests/) in the repository
 	// at path to move to value, in a push without options, before the
 	// push is applied: a worker can prepare its claim. The push may
-	// still fail. It must not block.
+	// still fail. It must not block. The embedded worker is told after
+	// it.
 	OnRequestAllowed func(path, name, value string)
 }
 
@@ -80,7 +84,7 @@ type Paths struct {
 	Root    string // the data directory
 	Repos   string // the bare repositories, by name (Root/repos)
 	State   string // the SSH endpoint's hooks and socket (Root/state)
-	Cache   string // for the caller: the embedded worker's caches (Root/cache)
+	Cache   string // the embedded worker's caches (Root/cache)
 	Trust   string // the records of requests pushed by trusted keys (Root/trust)
 	Owners  string // the records of who owns claims and runs (Root/owners)
 	WWW     string // for the caller: the static site (Root/www)
@@ -124,6 +128,7 @@ type Server struct {
 	trust   *trustStore
 	policy  *rolesPolicy
 	ssh     *sshd.Server
+	worker  atomic.Pointer[Worker] // the embedded worker; nil: none
 }
 
 // New prepares a server from cfg. The errors of the roles file and of
@@ -164,25 +169,21 @@ func New(cfg Config) (*Server, error) {
 	}
 	owners := &ownerStore{dir: p.Owners}
 	s.policy = &rolesPolicy{file: s.access, owners: owners, log: log}
-	recv := &receiver{access: s.access, trust: s.trust, owners: owners, onRequest: cfg.OnRequest, log: log}
-	onCreate := func(string, string) {}
-	if cfg.OnCreate != nil {
-		onCreate = cfg.OnCreate
-	}
+	recv := &receiver{access: s.access, trust: s.trust, owners: owners, onRequest: s.onRequest, log: log}
 	s.ssh, err = sshd.New(sshd.Config{
 		Root: p.Repos, StateDir: p.State, HostKey: s.hostKey, Policy: s.policy,
 		Logger:           log.With("component", "ssh"),
 		CheckPushOptions: checkPushOptions,
 		OnReceive:        recv.onReceive,
-		OnCreate:         onCreate,
+		OnCreate:         s.onCreate,
 		MaxSessions:      cfg.MaxSessions, MaxPackBytes: cfg.MaxPackBytes, IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: cfg.HandshakeTimeout,
 		HookCommand: cfg.HookCommand, HookClient: cfg.HookClient,
 		OnAllowed: func(path string, u sshd.RefUpdate, options []string) {
 			name, ok := strings.CutPrefix(u.Name, queue.RequestsPrefix)
 			// Options make the request a tag in post-receive: nothing
 			// to prepare for the pushed value.
-			if ok && !u.Deleting() && len(options) == 0 && cfg.OnRequestAllowed != nil {
-				cfg.OnRequestAllowed(path, name, u.New)
+			if ok && !u.Deleting() && len(options) == 0 {
+				s.onRequestAllowed(path, name, u.New)
 			}
 		},
 	})

@@ -208,43 +208,17 @@ func cmdFetch(ctx context.Context, e *env, args []string) int {
 			targets = append(targets, t)
 		}
 	}
-	before := map[string]gitproto.Hash{}
-	for _, t := range targets {
-		runs, err := results.List(repo, t)
-		if err != nil {
-			e.errorf("%v", err)
-			return exitInfra
-		}
-		for _, r := range runs {
-			before[r.Ref] = r.Commit
-		}
-	}
-	src := results.Source{Dir: dir, Remote: *remote}
-	if err := src.FetchRuns(ctx, targets...); err != nil {
-		e.errorf("fetch from %s: %v", *remote, err)
-		return exitInfra
-	}
-	if repo, err = src.Open(); err != nil {
+	_, got, err := results.Source{Dir: dir, Remote: *remote}.Refresh(ctx, targets...)
+	if err != nil {
 		e.errorf("%v", err)
 		return exitFor(err)
 	}
-	for i, t := range targets {
-		runs, err := results.List(repo, t)
-		if err != nil {
-			e.errorf("%v", err)
-			return exitInfra
-		}
-		changed := 0
-		for _, r := range runs {
-			if before[r.Ref] != r.Commit {
-				changed++
-			}
-		}
-		name := t[:12]
-		if i < len(pos) && displayRev(pos[i], t) != "" && len(pos) == len(targets) {
+	for i, r := range got {
+		name := r.Target[:12]
+		if i < len(pos) && displayRev(pos[i], r.Target) != "" && len(pos) == len(targets) {
 			name += " (" + render.Safe(pos[i]) + ")"
 		}
-		fmt.Fprintf(e.stdout, "%s: %d run(s) here, %d new or changed\n", name, len(runs), changed)
+		fmt.Fprintf(e.stdout, "%s: %d run(s) here, %d new or changed\n", name, r.Runs, r.NewOrChanged)
 	}
 	return exitOK
 }
@@ -344,26 +318,21 @@ func fetchRemote(fs *flag.FlagSet, dir, remote string) results.Source {
 
 // loadRun opens the repository and reads the run the user named,
 // fetching the runs of its commit from src's remote when none is here
-// (results.Source.FindFetching). On failure it has reported the error
-// and st is nil.
+// (results.Source.Load). On failure it has reported the error and st is
+// nil.
 func loadRun(ctx context.Context, e *env, src results.Source, arg string) (*gitproto.Repo, results.Run, *queue.Status, int) {
-	repo, rr, err := src.FindFetching(ctx, arg, e.errorf)
+	repo, rr, st, err := src.Load(ctx, arg, e.errorf)
 	if err != nil {
 		e.errorf("%v", err)
-		return nil, results.Run{}, nil, exitFor(err)
-	}
-	st, err := rr.Read(repo)
-	if err != nil {
 		switch {
 		case results.NotBelieved(err):
-			e.errorf("run %s is not believed: %s", rr.Ref, results.Problem(err))
 			return nil, rr, nil, exitFailed
 		case errors.Is(err, queue.ErrFormat):
-			e.errorf("%v", err)
 			return nil, rr, nil, exitUsage
+		case errors.Is(err, results.ErrUnreadable):
+			return nil, rr, nil, exitInfra
 		}
-		e.errorf("%v", err)
-		return nil, rr, nil, exitInfra
+		return nil, rr, nil, exitFor(err)
 	}
 	if rr.Future {
 		e.errorf("run %s is dated in the future (its worker's clock is wrong, or its id was forged): it is never taken for the latest", rr.ID)

@@ -5,12 +5,9 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
-	"sync"
 	"time"
 
 	"refci.dev/refci/forge/site"
@@ -101,19 +98,12 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	} else if hookClient != "" {
 		logger.Debug("hook client for pushes", "refci-hook", hookClient)
 	}
-	// The embedded worker is made once the server is, for it asks the
-	// server about trust; the server, once serving, wakes it and hands it
-	// the repositories pushes create.
-	var ew *embeddedWorker
 	srv, err := server.New(server.Config{
 		DataDir: f.dataDir, RolesFile: f.rolesFile, AdminKeyFiles: f.admins, Home: e.getenv("HOME"),
 		Addr: f.listen, Logger: logger,
 		MaxSessions: f.maxSessions, MaxPackBytes: packBytes, IdleTimeout: f.idle, HandshakeTimeout: f.handshake,
-		HookCommand:      []string{self, sshd.HookArg},
-		HookClient:       hookClient,
-		OnCreate:         func(name, _ string) { ew.addRepo(name) },
-		OnRequest:        func(path string, names []string) { ew.dispatch(path, names) },
-		OnRequestAllowed: func(path, name, value string) { ew.prepare(path, name, value) },
+		HookCommand: []string{self, sshd.HookArg},
+		HookClient:  hookClient,
 	})
 	switch {
 	case errors.Is(err, server.ErrRoles):
@@ -132,18 +122,15 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	if f.conc == 0 {
 		f.conc = runtime.NumCPU()
 	}
-	ew, removeRuns, code := newEmbeddedWorker(e, &f, srv, id, self, logger)
+	ew, code := newEmbeddedWorker(e, &f, srv, id, self, logger)
 	if code != exitOK {
 		return code
 	}
-	defer removeRuns()
+	defer ew.Close()
 	repos, err := srv.Repos()
 	if err != nil {
 		e.errorf("serve: %v", err)
 		return exitInfra
-	}
-	for _, r := range repos {
-		ew.addRepo(r)
 	}
 
 	ln, err := net.Listen("tcp", f.listen)
@@ -151,17 +138,19 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		e.errorf("serve: listen on %s: %v (choose another address with --listen)", f.listen, err)
 		return exitInfra
 	}
-	var httpSrv *http.Server
-	httpURL := ""
+	var httpSite *server.Site
 	if f.httpAddr != "" {
-		if httpSrv, httpURL, code = serveSite(e, f.httpAddr, srv, logger); code != exitOK {
+		if httpSite, code = serveSite(e, f.httpAddr, srv, logger); code != exitOK {
 			ln.Close()
 			return code
 		}
 	}
 
 	banner := srv.Banner(ln.Addr().String())
-	banner.Signer, banner.Repos, banner.Concurrency, banner.HTTP = id.Fingerprint(), repos, f.conc, httpURL
+	banner.Signer, banner.Repos, banner.Concurrency = id.Fingerprint(), repos, f.conc
+	if httpSite != nil {
+		banner.HTTP = httpSite.URL()
+	}
 	if f.noWorker {
 		banner.Concurrency = 0
 	}
@@ -171,7 +160,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		policy := results.Retention{KeepLast: f.keepLast, KeepDays: f.keepDays}
 		gc = func(ctx context.Context) { serveRetention(ctx, srv, policy, f.retention, logger) }
 	}
-	return runServe(ctx, srv, ln, ew, httpSrv, gc, logger, id.Fingerprint(), f.conc)
+	return runServe(ctx, srv, ln, ew, httpSite, gc, logger, id.Fingerprint(), f.conc)
 }
 
 // serveRetention applies policy to every repository the server holds, at
@@ -206,7 +195,7 @@ func serveRetention(ctx context.Context, srv *server.Server, policy results.Rete
 // worker finishes its runs and pushes their results. A second signal, at
 // any time until serve returns, cancels the running pipelines. key
 // and conc are logged: the worker's signer and concurrency.
-func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *embeddedWorker, httpSrv *http.Server, gc func(context.Context), logger *slog.Logger, key string, conc int) int {
+func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *server.Worker, httpSite *server.Site, gc func(context.Context), logger *slog.Logger, key string, conc int) int {
 	stop, stopFn := context.WithCancel(ctx)
 	defer stopFn()
 	abort, abortFn := context.WithCancel(context.WithoutCancel(ctx))
@@ -222,7 +211,7 @@ func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *embe
 	})
 	defer stopSignals()
 	workerDone := make(chan error, 1)
-	go func() { workerDone <- ew.run(stop, abort) }()
+	go func() { workerDone <- ew.Run(stop, abort) }()
 	gcDone := make(chan struct{})
 	go func() {
 		defer close(gcDone)
@@ -237,8 +226,8 @@ func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *embe
 		logger.Error("the SSH server stopped", "err", err)
 		code = exitInfra
 	}
-	if httpSrv != nil {
-		httpSrv.Close()
+	if httpSite != nil {
+		httpSite.Close()
 	}
 	drain()
 	<-gcDone
@@ -251,31 +240,18 @@ func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *embe
 	return code
 }
 
-// embeddedWorker is the worker refci serve runs beside its SSH server.
-// With --no-worker it is made but never run: it serves no repository
-// and is never woken. Its methods may be called on nil (they do
-// nothing), as the server's hooks may before it is made.
-type embeddedWorker struct {
-	w      *worker.Worker
-	off    bool // --no-worker
-	direct bool // --direct-claims
-	paths  server.Paths
-	byURL  sync.Map // remote URL → *gitproto.Remote, for the secrets opener
-	log    *slog.Logger
-}
-
-// newEmbeddedWorker makes the embedded worker; removeRuns removes the
-// directory of its runs.
-func newEmbeddedWorker(e *env, f *serveFlags, srv *server.Server, id *secrets.Identity, self string, logger *slog.Logger) (ew *embeddedWorker, removeRuns func(), code int) {
+// newEmbeddedWorker makes the worker refci serve runs beside its SSH
+// server (nil with --no-worker: the server only serves git).
+func newEmbeddedWorker(e *env, f *serveFlags, srv *server.Server, id *secrets.Identity, self string, logger *slog.Logger) (*server.Worker, int) {
 	refciHome, err := e.home()
 	if err != nil {
 		e.errorf("%v", err)
-		return nil, nil, exitUsage
+		return nil, exitUsage
 	}
 	secretsAdmins, err := secrets.ReadKeyringFiles(f.secretsAdmins...)
 	if err != nil {
 		e.errorf("serve: --secrets-admin: %v", err)
-		return nil, nil, exitUsage
+		return nil, exitUsage
 	}
 	if len(f.secretsAdmins) == 0 {
 		secretsAdmins.Add(id)
@@ -283,122 +259,53 @@ func newEmbeddedWorker(e *env, f *serveFlags, srv *server.Server, id *secrets.Id
 	trusted, err := secrets.ReadKeyringFiles(f.trusted...)
 	if err != nil {
 		e.errorf("serve: --trusted: %v", err)
-		return nil, nil, exitUsage
+		return nil, exitUsage
 	}
-	ew = &embeddedWorker{off: f.noWorker, direct: f.directClaims, paths: srv.Paths(), log: logger}
-	opener := secretsOpener(secretsAdmins, id, func(u string) *gitproto.Remote {
-		if r, ok := ew.byURL.Load(u); ok {
-			return r.(*gitproto.Remote)
-		}
-		return nil
-	})
-	// The data dir (host key, roles, repositories, caches, trust
-	// records), the roles file and $REFCI_HOME (the key): a pipeline
-	// needs none of them; its checkout and socket are in its run
-	// directory, under the runs directory, of which it sees only its own.
-	sb, err := worker.NewSandbox(worker.SandboxSpec{Isolate: !f.noWorker, Getenv: e.getenv, Self: self,
-		Private: []string{ew.paths.Root, ew.paths.Roles, refciHome}, Require: f.requireIso, Log: logger.With("component", "worker")})
-	if err != nil {
-		e.errorf("serve: %v", err)
-		return nil, nil, exitInfra
-	}
-	pushedByTrustedKey := func(q worker.TrustQuery) (bool, string) {
-		return srv.PushedByTrustedKey(q.Remote, q.RequestObject.String())
+	if f.noWorker {
+		return nil, exitOK
 	}
 	host, _ := os.Hostname()
-	ew.w = worker.New(worker.Config{
-		Poll: f.poll, Concurrency: f.conc, Signer: id, RefciPath: self, Shim: sb.Shim, Host: host, Version: version, TempDir: sb.RunsDir,
-		Logger:  logger.With("component", "worker"),
-		Trust:   worker.AnyTrust(pushedByTrustedKey, worker.SignatureTrust(trusted)),
-		Secrets: opener, Page: renderPage,
-		Isolation: sb.Isolation,
+	ew, err := srv.NewWorker(server.WorkerConfig{
+		Worker: worker.Config{
+			Poll: f.poll, Concurrency: f.conc, Signer: id, RefciPath: self, Host: host, Version: version,
+			Logger: logger.With("component", "worker"),
+			Trust:  worker.SignatureTrust(trusted),
+			Page:   renderPage,
+		},
+		Secrets: func(remotes func(string) *gitproto.Remote) worker.SecretsFunc {
+			return secretsOpener(secretsAdmins, id, remotes)
+		},
+		Direct:           f.directClaims,
+		Private:          []string{refciHome}, // the key
+		RequireIsolation: f.requireIso,
+		Getenv:           e.getenv,
+		Self:             self,
 	})
-	return ew, sb.Close, exitOK
-}
-
-// addRepo has the worker serve the repository name.
-func (ew *embeddedWorker) addRepo(name string) {
-	if ew == nil || ew.off {
-		return
-	}
-	path := filepath.Join(ew.paths.Repos, filepath.FromSlash(name))
-	rem, err := gitproto.OpenRemote(path, filepath.Join(ew.paths.Cache, cacheName(path)), nil)
 	if err != nil {
-		ew.log.Error("the embedded worker cannot serve a repository", "repo", name, "err", err)
-		return
+		e.errorf("serve: %v", err)
+		return nil, exitInfra
 	}
-	ew.byURL.Store(rem.URL, rem)
-	ew.w.AddRemote(rem)
-}
-
-// dispatch has the worker take the requests names a push queued in the
-// repository at path now: with --direct-claims it claims them itself
-// (worker.Dispatch), else its loop polls at once.
-func (ew *embeddedWorker) dispatch(path string, names []string) {
-	switch {
-	case ew == nil || ew.off:
-	case ew.direct:
-		ew.w.Dispatch(path, names)
-	default:
-		ew.w.Poke(path)
-	}
-}
-
-// prepare tells the worker that a push is about to queue request name
-// with value in the repository at path (see worker.PrepareClaim).
-func (ew *embeddedWorker) prepare(path, name, value string) {
-	if ew != nil && !ew.off && ew.direct {
-		ew.w.PrepareClaim(path, name, value)
-	}
-}
-
-// run runs the worker until stop (see worker.Run); with --no-worker it
-// only waits for stop.
-func (ew *embeddedWorker) run(stop, abort context.Context) error {
-	if ew.off {
-		<-stop.Done()
-		return nil
-	}
-	return ew.w.Run(stop, abort)
+	return ew, exitOK
 }
 
 // serveSite serves the static viewer read-only on addr (loopback unless
-// it names a host) and returns its server and URL.
-func serveSite(e *env, addr string, srv *server.Server, logger *slog.Logger) (*http.Server, string, int) {
-	if h, p, err := net.SplitHostPort(addr); err == nil && h == "" {
-		addr = net.JoinHostPort("127.0.0.1", p) // loopback unless told otherwise
-	} else if err != nil && !strings.Contains(addr, ":") {
-		addr = net.JoinHostPort("127.0.0.1", addr)
-	}
-	hl, err := net.Listen("tcp", addr)
+// it names a host).
+func serveSite(e *env, addr string, srv *server.Server, logger *slog.Logger) (*server.Site, int) {
+	hs, err := server.ListenSite(addr)
 	if err != nil {
-		e.errorf("serve: --http %s: %v", addr, err)
-		return nil, "", exitInfra
+		e.errorf("serve: --http %v", err)
+		return nil, exitInfra
 	}
 	// The site believes what refci view would on this account: this
 	// server's own key and $REFCI_HOME/trusted/*.asc.
 	siteKeys, err := e.keyring(nil, "")
 	if err != nil {
-		hl.Close()
+		hs.Close()
 		e.errorf("serve: --http: the keys the site trusts: %v", err)
-		return nil, "", exitUsage
+		return nil, exitUsage
 	}
 	lay := srv.Paths()
 	viewer := site.NewHandler(lay.Repos, lay.WWW, func() ([]string, error) { return site.ReposOnSite(lay.Repos, srv.Access()) }, siteKeys, logger.With("component", "http"))
-	httpSrv := &http.Server{Handler: readOnly(viewer), ReadHeaderTimeout: 10 * time.Second}
-	go httpSrv.Serve(hl)
-	return httpSrv, "http://" + hl.Addr().String() + "/", exitOK
-}
-
-// readOnly refuses every method but GET and HEAD.
-func readOnly(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			w.Header().Set("Allow", "GET, HEAD")
-			http.Error(w, "read-only", http.StatusMethodNotAllowed)
-			return
-		}
-		w.Header().Set("X-Content-Type-Options", "nosniff")
-		h.ServeHTTP(w, r)
-	})
+	go hs.Serve(viewer)
+	return hs, exitOK
 }

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"refci.dev/refci/gitproto"
@@ -91,28 +89,10 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 // missingRemote says what is wrong when remote is a name (not a URL or a
 // path) that the repository has no remote of, and what to do; else "".
 func missingRemote(ctx context.Context, dir, remote string) string {
-	git := gitproto.CLI{Dir: dir}
-	if strings.ContainsAny(remote, ":/\\") || remote == "." {
-		return "" // a URL or a path: git says what is wrong with it
+	if err := (results.Source{Dir: dir, Remote: remote}).CheckRemote(ctx); err != nil {
+		return err.Error()
 	}
-	out, err := git.Run(ctx, "", "remote")
-	if err != nil {
-		return "" // git says it when pushing
-	}
-	names := strings.Fields(out)
-	for _, n := range names {
-		if n == remote {
-			return ""
-		}
-	}
-	if _, err := os.Stat(filepath.Join(dir, remote)); err == nil {
-		return "" // a repository beside: git takes a path too
-	}
-	have := "it has none"
-	if len(names) > 0 {
-		have = "it has " + strings.Join(names, ", ")
-	}
-	return fmt.Sprintf("this repository has no remote named %q (%s); pass --remote NAME or a URL, or add one with: git remote add %s URL", remote, have, remote)
+	return ""
 }
 
 // follow follows the run of target on remote that want selects (see
@@ -191,9 +171,10 @@ func follow(ctx context.Context, e *env, dir, remote, target string, want result
 	}
 }
 
-// logFollow implements `refci log -f`: follow a run on a remote.
+// logFollow implements `refci log -f`: follow a run on a remote, named
+// as results.Source.Locate takes it.
 func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
-	repo, dir, err := openRepoDir(repoDir)
+	_, dir, err := openRepoDir(repoDir)
 	if err != nil {
 		e.errorf("%v", err)
 		return exitFor(err)
@@ -202,75 +183,36 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 		e.errorf("log -f: %s", msg)
 		return exitUsage
 	}
-	switch {
-	case strings.HasPrefix(arg, queue.RunsPrefix):
-		t, id, ok := queue.ParseRunRef(arg)
-		if !ok {
-			e.errorf("%s is not a run ref", arg)
-			return exitUsage
-		}
-		return follow(ctx, e, dir, remote, t, results.ThisRun(id, ""))
-	case strings.Contains(arg, "/") && queue.ValidRunID(arg[strings.IndexByte(arg, '/')+1:]):
-		t, id, _ := strings.Cut(arg, "/") // <commit>/<run-id>; a branch or request name with a slash is not one
-		return follow(ctx, e, dir, remote, t, results.ThisRun(id, ""))
-	case queue.ValidRunID(arg):
-		rr, err := results.Find(repo, arg, e.errorf)
-		if err != nil {
-			e.errorf("run %s is not known here yet; name it as <commit>/<run-id> or refs/ci/runs/<commit>/<run-id>", arg)
-			return exitUsage
-		}
-		return follow(ctx, e, dir, remote, rr.Target, results.ThisRun(rr.ID, ""))
-	}
-	rev := arg
-	if rev == "" {
-		rev = "HEAD"
-	}
-	h, err := repo.ResolveCommit(rev)
-	if err == nil {
-		return follow(ctx, e, dir, remote, h.String(), results.LatestRun(time.Now()))
-	}
-	if queue.ValidateRequestName(arg) != nil {
-		e.errorf("%v", err)
-		e.errorf("log -f takes a run (its id, <commit>/<run-id> or its ref), a commit, or the name of a pending request")
-		return exitFor(err)
-	}
-	// Not a revision here: a request name on the remote.
-	c, code := waitForClaim(ctx, e, dir, remote, arg)
-	if c == nil {
-		return code
-	}
-	return follow(ctx, e, dir, remote, c.Target, results.ClaimedRun(c))
-}
-
-// waitForClaim finds the run a worker is running, or will run, for the
-// request name on remote (see results.Source.WaitForClaim), saying what it
-// waits for. It returns the claim, or nil and an exit code after saying
-// why not.
-func waitForClaim(ctx context.Context, e *env, dir, remote, name string) (*queue.Claim, int) {
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
-	defer stop()
-	c, err := results.Source{Dir: dir, Remote: remote}.WaitForClaim(ctx, name, func(n results.ClaimNote, cv results.ClaimView) {
+	src := results.Source{Dir: dir, Remote: remote}
+	waitCtx, stop := signal.NotifyContext(ctx, os.Interrupt)
+	target, want, err := src.Locate(waitCtx, arg, func(n results.ClaimNote, cv results.ClaimView) {
 		switch n {
 		case results.PushedAgain:
-			fmt.Fprintf(e.stderr, "refci: request %s was pushed again; waiting for a worker to claim it (the claim there, run %s, is of the earlier push)\n", name, cv.Claim.Run)
+			fmt.Fprintf(e.stderr, "refci: request %s was pushed again; waiting for a worker to claim it (the claim there, run %s, is of the earlier push)\n", arg, cv.Claim.Run)
 		case results.BadClaim:
-			e.errorf("the claim of %s on %s is not believed (%s); waiting for a worker to replace it", name, remote, render.Safe(cv.Bad.Error()))
+			e.errorf("the claim of %s on %s is not believed (%s); waiting for a worker to replace it", arg, remote, render.Safe(cv.Bad.Error()))
 		case results.Queued:
-			fmt.Fprintf(e.stderr, "refci: request %s is waiting for a worker\n", name)
+			fmt.Fprintf(e.stderr, "refci: request %s is waiting for a worker\n", arg)
 		}
 	})
+	interrupted := waitCtx.Err() != nil
+	stop()
 	switch {
 	case err == nil:
-		return c, exitOK
-	case ctx.Err() != nil:
+		return follow(ctx, e, dir, remote, target, want)
+	case interrupted:
 		e.errorf("stopped waiting; the request stays queued")
-		return nil, exitFailed
+		return exitFailed
+	case errors.Is(err, results.ErrUnknownName):
+		e.errorf("%v", err)
+		e.errorf("log -f takes a run (its id, <commit>/<run-id> or its ref), a commit, or the name of a pending request")
+		return exitUsage
 	case errors.Is(err, results.ErrNoRequest):
-		e.errorf("%s has no request or claim named %s (nor is it a revision here); a request that already ran is followed by its commit: refci log -f COMMIT, or see refci runs --all after git fetch %s '+refs/ci/*:refs/ci/*'", remote, name, remote)
-		return nil, exitUsage
+		e.errorf("%s has no request or claim named %s (nor is it a revision here); a request that already ran is followed by its commit: refci log -f COMMIT, or see refci runs --all after git fetch %s '+refs/ci/*:refs/ci/*'", remote, arg, remote)
+		return exitUsage
 	}
 	e.errorf("%v", err)
-	return nil, exitInfra
+	return exitInfra
 }
 
 // openRepoDir opens the repository and returns the directory git commands
