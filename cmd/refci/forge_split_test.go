@@ -13,6 +13,7 @@ import (
 
 	"refci.dev/refci/fixtures"
 	"refci.dev/refci/fixtures/githubapi"
+	"refci.dev/refci/queue"
 	"refci.dev/refci/worker/proc"
 )
 
@@ -281,4 +282,26 @@ func TestRefciForgeEndsWithAKilledWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	fixtures.WaitFor(t, time.Minute, "refci-forge to end after its worker", func() bool { return !running(kids[0]) })
+}
+
+// The worker and its refci-forge wake each other: with the worker
+// polling every 10 minutes, a mailed series runs at once because the
+// bridge's "asked" reaches the worker, and its reply follows the run
+// (the worker's push wakes the bridge; its own look at the runs is every
+// 30 s).
+func TestMailWorkerAndItsChildWakeEachOther(t *testing.T) {
+	w := newMailWorld(t)
+	cfg := filepath.Join(w.root, "worker.toml")
+	body := fmt.Sprintf("remotes = [%q]\npoll = \"10m\"\nlease = \"3s\"\ngrace = \"5s\"\n", "file://"+w.bare) + w.mailTable("imaps://"+w.dv.TLSAddr, "")
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := append(append([]string{}, w.env...), "REFCI_HOME="+filepath.Join(w.root, "home"))
+	wk := startProc(t, env, "worker", "--config", cfg)
+	fixtures.WaitForShowing(t, time.Minute, "the bridge to start", func() bool { return strings.Contains(wk.out.String(), "mail bridge started") }, wk.out.String)
+	w.deliver(w.series("wake", []string{"--thread"}, map[string]string{"a.txt": "one\n"})...)
+	fixtures.WaitForShowing(t, 45*time.Second, "the run, long before the worker's next poll", func() bool { return len(w.refs(queue.RunsPrefix)) == 1 }, wk.out.String)
+	ran := time.Now()
+	fixtures.WaitForShowing(t, 3*time.Minute, "the reply", func() bool { return len(w.sink.got()) == 1 }, wk.out.String)
+	t.Logf("run to reply: %v", time.Since(ran))
 }
