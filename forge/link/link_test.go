@@ -42,6 +42,9 @@ func fakeChild(how string) int {
 		return 2
 	case "crash":
 		return 7
+	case "fail0":
+		p.Fail(0, "all is well, stop")
+		return 0
 	case "mute":
 		p.Ready(Ready{})
 		select {}
@@ -171,6 +174,9 @@ func TestOpenFails(t *testing.T) {
 	var f *FailError
 	if !errors.As(err, &f) || f.Exit != 2 || f.Error() != "config x.toml: [[forge]] 1 (gitea org/app): no token_file" {
 		t.Errorf("%v, want the child's refusal", err)
+	}
+	if _, err := Open(context.Background(), childConfig(t, "fail0", io.Discard, nil)); !errors.As(err, &f) || f.Exit != 3 {
+		t.Errorf("a refusal asking for exit 0: %v, want exit 3", err)
 	}
 	if _, err := Open(context.Background(), childConfig(t, "crash", io.Discard, nil)); err == nil || errors.As(err, &f) || !strings.Contains(err.Error(), "exited before it was ready (exit status 7)") {
 		t.Errorf("%v", err)

@@ -39,7 +39,8 @@ type Config struct {
 }
 
 // FailError is the child's refusal to start (a Fail): Exit is the exit
-// status the worker should end with, Error the line to print.
+// status the worker should end with (2 or 3: any other the child asks
+// for is 3), Error the line to print.
 type FailError struct{ Fail }
 
 func (f *FailError) Error() string { return f.Fail.Error }
@@ -183,8 +184,13 @@ func (c *Child) start(ctx context.Context) (*proc, error) {
 	case <-p.ready:
 		return p, nil
 	case <-p.exited:
-		if p.fail != nil {
-			return nil, &FailError{*p.fail}
+		if f := p.fail; f != nil {
+			// Only the two statuses of a refusal: a child's word never
+			// makes the worker end in success, nor say a pipeline failed.
+			if f.Exit != 2 {
+				f.Exit = 3
+			}
+			return nil, &FailError{*f}
 		}
 		return nil, fmt.Errorf("%s exited before it was ready (%v); its log says why", c.cfg.Path, p.err)
 	case <-ctx.Done():
