@@ -10,8 +10,6 @@ import (
 	"refci.dev/refci/render"
 	"refci.dev/refci/results"
 	"refci.dev/refci/secrets"
-
-	"github.com/BurntSushi/toml"
 )
 
 // home is refci's configuration directory (cli.Env.Home).
@@ -67,10 +65,4 @@ func (e *env) logWriter() (w io.Writer, done func()) {
 
 func (e *env) color(w any) bool {
 	return isTerminal(w) && e.getenv("NO_COLOR") == "" && e.getenv("TERM") != "dumb"
-}
-
-// readConfig decodes the TOML file into v; a mistake is said and it
-// returns false (cli.ReadConfig).
-func readConfig(e *env, file string, v any, known string) (toml.MetaData, bool) {
-	return cli.ReadConfig(e.cli(), file, v, known, nil)
 }
