@@ -75,8 +75,10 @@ type Start struct {
 // Duration is a time.Duration written as text ("10s") on the wire.
 type Duration struct{ time.Duration }
 
+// MarshalText writes d as Go writes a duration ("1m30s").
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
 
+// UnmarshalText reads a duration as MarshalText writes it.
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	d.Duration = v

@@ -198,8 +198,12 @@ func Parse(e *Env, fs *flag.FlagSet, args []string, maxPos int) ([]string, int, 
 	return pos, 0, true
 }
 
-// MultiFlag is a repeatable string flag.
+// MultiFlag is a repeatable string flag: each use adds a value. The zero
+// value is no values.
 type MultiFlag []string
 
-func (m *MultiFlag) String() string     { return strings.Join(*m, ",") }
+// String is the values, separated by commas.
+func (m *MultiFlag) String() string { return strings.Join(*m, ",") }
+
+// Set adds v.
 func (m *MultiFlag) Set(v string) error { *m = append(*m, v); return nil }
