@@ -140,7 +140,7 @@ func (ew *Worker) addRepo(name string) {
 		return
 	}
 	path := filepath.Join(ew.srv.paths.Repos, filepath.FromSlash(name))
-	rem, err := gitproto.OpenRemote(path, filepath.Join(ew.srv.paths.Cache, worker.CacheName(path)), nil)
+	rem, err := gitproto.OpenRemote(path, filepath.Join(ew.srv.paths.Cache, gitproto.CacheName(path)), nil)
 	if err != nil {
 		ew.srv.log.Error("the embedded worker cannot serve a repository", "repo", name, "err", err)
 		return

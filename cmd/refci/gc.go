@@ -72,7 +72,7 @@ func cmdGC(ctx context.Context, e *env, args []string) int {
 		if !strings.Contains(url, ":") && !filepath.IsAbs(url) {
 			url = filepath.Join(dir, url) // a path, as git reads it: from the repository
 		}
-		rem, err := gitproto.OpenRemote(url, filepath.Join(repo.GitDir(), "refci-gc", cacheName(url)), nil)
+		rem, err := gitproto.OpenRemote(url, filepath.Join(repo.GitDir(), "refci-gc", gitproto.CacheName(url)), nil)
 		if err != nil {
 			e.errorf("gc: remote %s: %v", gitproto.RedactURL(url), err)
 			return exitInfra

@@ -228,7 +228,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
 	var rems []*gitproto.Remote
 	for _, u := range cfg.Remotes {
-		r, err := gitproto.OpenRemote(u, filepath.Join(cfg.Cache, cacheName(u)), nil)
+		r, err := gitproto.OpenRemote(u, filepath.Join(cfg.Cache, gitproto.CacheName(u)), nil)
 		if err != nil {
 			e.errorf("remote %s: %v", gitproto.RedactURL(u), err)
 			return exitInfra
@@ -374,7 +374,6 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 }
 
 // cacheName is a stable, readable directory name for a remote's cache.
-func cacheName(url string) string { return gitproto.CacheName(url) }
 
 // runRetention applies policy to each remote at once and then every
 // interval, until ctx ends (results.Schedule). Each remote's runs are
@@ -386,7 +385,7 @@ func cacheName(url string) string { return gitproto.CacheName(url) }
 func runRetention(ctx context.Context, urls []string, cacheDir string, policy results.Retention, every time.Duration, logger *slog.Logger) {
 	var targets []*results.Target
 	for _, u := range urls {
-		r, err := gitproto.OpenRemote(u, filepath.Join(cacheDir, strings.TrimSuffix(cacheName(u), ".git")+"-gc.git"), nil)
+		r, err := gitproto.OpenRemote(u, filepath.Join(cacheDir, strings.TrimSuffix(gitproto.CacheName(u), ".git")+"-gc.git"), nil)
 		if err != nil {
 			logger.Warn("retention: cannot open the remote's cache; no gc for it", "remote", gitproto.RedactURL(u), "err", err)
 			continue
