@@ -373,8 +373,6 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	return exitOK
 }
 
-// cacheName is a stable, readable directory name for a remote's cache.
-
 // runRetention applies policy to each remote at once and then every
 // interval, until ctx ends (results.Schedule). Each remote's runs are
 // read through a cache of their own beside the worker's
