@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"refci.dev/refci/cmd/internal/cli"
 	"refci.dev/refci/cmd/internal/forgecmd"
@@ -35,27 +34,27 @@ func main() {
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-// command is one command of refci-forge: its help (forgecmd's) and what
-// runs it.
-type command struct {
-	cli.Command
-	run func(ctx context.Context, e *cli.Env, args []string) int
-}
-
-func commands() []command {
-	return []command{{forgecmd.Mirror, cmdMirror}, {forgecmd.Mail, cmdMail}}
+// table is refci-forge's commands: their help (forgecmd's) and what runs
+// them.
+func table(e *cli.Env) cli.Table {
+	run := map[string]func(context.Context, *cli.Env, []string) int{forgecmd.Mirror.Name: cmdMirror, forgecmd.Mail.Name: cmdMail}
+	t := cli.Table{Title: "refci-forge: the forges and the mail bridge of refci, run as these refci commands and by refci worker"}
+	for _, c := range forgecmd.Commands() {
+		t.Commands = append(t.Commands, cli.Entry{Command: c, OwnFlags: true, Run: func(ctx context.Context, args []string) int {
+			return run[c.Name](ctx, e, args)
+		}})
+	}
+	return t
 }
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &cli.Env{Stdin: stdin, Stdout: stdout, Stderr: stderr, Getenv: os.Getenv, Program: "refci"}
+	t := table(e)
 	if len(args) == 0 {
-		usage(stderr)
+		t.Usage(stderr)
 		return cli.ExitUsage
 	}
 	switch {
-	case cli.IsHelp(args[0]):
-		usage(stdout)
-		return cli.ExitOK
 	case args[0] == "--version" || args[0] == "version":
 		fmt.Fprintf(stdout, "refci-forge %s\n", version)
 		return cli.ExitOK
@@ -64,17 +63,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case args[0] == "help" && len(args) == 2:
 		args = []string{args[1], "-h"}
 	}
-	var names []string
-	for _, c := range commands() {
-		if c.Name == args[0] {
-			return c.run(ctx, e, args[1:])
-		}
-		names = append(names, c.Name)
+	if _, ok := t.Lookup(args[0]); !ok && !cli.IsHelp(args[0]) {
+		e.Errorf("unknown command %q; refci-forge runs %s for refci (see 'refci help')", args[0], t.Names())
+		return cli.ExitUsage
 	}
-	e.Errorf("unknown command %q; refci-forge runs %s for refci (see 'refci help')", args[0], strings.Join(names, " "))
-	return cli.ExitUsage
-}
-
-func usage(w io.Writer) {
-	cli.Usage(w, "refci-forge: the forges and the mail bridge of refci, run as these refci commands and by refci worker", forgecmd.Commands())
+	return t.Run(ctx, e, args)
 }

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"refci.dev/refci/cmd/internal/cli"
 	"refci.dev/refci/cmd/internal/forgecmd"
@@ -99,82 +98,27 @@ func commands() []command {
 	}
 }
 
-func lookup(name string) (command, bool) {
+// table is refci's commands as cli dispatches them, run with e.
+func table(e *env) cli.Table {
+	t := cli.Table{Title: "refci: CI in git refs"}
 	for _, c := range commands() {
-		if c.name == name {
-			return c, true
-		}
+		t.Commands = append(t.Commands, cli.Entry{Command: c.cli(), OwnFlags: c.ownFlags, Run: func(ctx context.Context, args []string) int {
+			return c.run(ctx, e, args)
+		}})
 	}
-	return command{}, false
+	return t
 }
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: os.Getenv}
-	if len(args) == 0 {
-		usage(stderr)
-		return exitUsage
-	}
-	switch {
-	case cli.IsHelp(args[0]):
-		usage(stdout)
-		return exitOK
-	case args[0] == "help":
-		return cmdHelp(ctx, e, args[1:])
-	case args[0] == "--version":
+	if len(args) > 0 && args[0] == "--version" {
 		return cmdVersion(ctx, e, nil)
 	}
-	c, ok := lookup(args[0])
-	if !ok {
-		e.errorf("unknown command %q; the commands: %s (run 'refci help' for the list)", args[0], commandNames())
-		return exitUsage
-	}
-	if !c.ownFlags && len(args) > 1 && cli.IsHelp(args[1]) {
-		c.help(stdout, nil)
-		return exitOK
-	}
-	return c.run(ctx, e, args[1:])
-}
-
-// cmdHelp is 'refci help [COMMAND]'.
-func cmdHelp(ctx context.Context, e *env, args []string) int {
-	if len(args) == 0 {
-		usage(e.stdout)
-		return exitOK
-	}
-	c, ok := lookup(args[0])
-	if len(args) > 1 || !ok {
-		e.errorf("help: want one command name, one of: %s", commandNames())
-		return exitUsage
-	}
-	if !c.ownFlags {
-		c.help(e.stdout, nil)
-		return exitOK
-	}
-	return c.run(ctx, e, []string{"-h"})
-}
-
-func commandNames() string {
-	var names []string
-	for _, c := range commands() {
-		names = append(names, c.name)
-	}
-	return strings.Join(names, " ")
-}
-
-func usage(w io.Writer) {
-	var cmds []cli.Command
-	for _, c := range commands() {
-		cmds = append(cmds, c.cli())
-	}
-	cli.Usage(w, "refci: CI in git refs", cmds)
+	return table(e).Run(ctx, e.cli(), args)
 }
 
 // usageLine is "refci NAME SYNOPSIS".
 func (c command) usageLine() string { return c.cli().UsageLine() }
-
-// help writes the command's help: usage, summary, flags (fs, when it has
-// any), details.
-func (c command) help(w io.Writer, fs *flag.FlagSet) { c.cli().Help(w, fs) }
 
 // flagName is how help shows a flag: -x for one letter, else --name.
 func flagName(name string) string { return cli.FlagName(name) }
@@ -187,16 +131,12 @@ func cmdVersion(_ context.Context, e *env, _ []string) int {
 // newFlags makes the FlagSet of command name (in the table), whose -h
 // prints the command's help once, to stdout.
 func newFlags(e *env, name string) *flag.FlagSet {
-	c, ok := lookup(name)
+	c, ok := table(e).Lookup(name)
 	if !ok {
 		panic("refci: newFlags of a command not in the table: " + name)
 	}
-	return newCommandFlags(e, c)
+	return cli.NewFlags(c.Command)
 }
-
-// newCommandFlags makes the FlagSet of c (a command, or a subcommand made
-// for the occasion, as 'secrets set').
-func newCommandFlags(_ *env, c command) *flag.FlagSet { return cli.NewFlags(c.cli()) }
 
 // usageError reports a usage error of fs's command: the message, and the
 // command's usage line.

@@ -12,6 +12,7 @@ import (
 	"io"
 	"strings"
 
+	"refci.dev/refci/cmd/internal/cli"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/secrets"
@@ -53,9 +54,7 @@ func cmdSecrets(ctx context.Context, e *env, args []string) int {
 	sub, rest := args[0], args[1:]
 	switch sub {
 	case "-h", "--help", "-help", "help":
-		c, _ := lookup("secrets")
-		c.help(e.stdout, nil)
-		return exitOK
+		return table(e).Help(ctx, e.cli(), []string{"secrets"})
 	case "init":
 		return secretsInit(e, rest)
 	case "set":
@@ -103,7 +102,7 @@ type secretsCmd struct {
 // exactly sub.nPos positional arguments), opens the environment, and runs
 // sub; it prints the error and returns the exit code.
 func runSecrets(e *env, args []string, sub secretsSub) int {
-	fs := newCommandFlags(e, command{name: sub.name, synopsis: sub.usage})
+	fs := cli.NewFlags(cli.Command{Program: programName, Name: sub.name, Synopsis: sub.usage})
 	repoDir := fs.String("repo", ".", "the repository")
 	keyFile := fs.String("key", "", "use this private key instead of $REFCI_HOME/key.asc")
 	if sub.flags != nil {

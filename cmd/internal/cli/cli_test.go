@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -82,5 +83,55 @@ func TestHome(t *testing.T) {
 		if h, err := e.Home(); err != nil || h != tc.want {
 			t.Errorf("%+v: %q, %v", tc, h, err)
 		}
+	}
+}
+
+// A Table answers the global help, 'help [NAME]' and 'NAME -h' for the
+// commands that do not parse their own flags, says an unknown name with
+// the names, and passes the rest of the arguments to the command.
+func TestTable(t *testing.T) {
+	var got []string
+	runner := func(name string) func(context.Context, []string) int {
+		return func(_ context.Context, args []string) int {
+			got = append(got, name+" "+strings.Join(args, " "))
+			return 7
+		}
+	}
+	own := Command{Program: "refci", Name: "own", Synopsis: "[--x]", Summary: "parses its flags"}
+	plain := Command{Program: "refci", Name: "plain", Synopsis: "ARG", Summary: "answers no flags", Detail: "More.\n"}
+	tab := Table{Title: "refci: a demo", Commands: []Entry{{own, true, runner("own")}, {plain, false, runner("plain")}}}
+	var global bytes.Buffer
+	Usage(&global, tab.Title, []Command{own, plain})
+	plainHelp := "Usage: refci plain ARG\n\nanswers no flags\n\nMore.\n"
+	for _, tc := range []struct {
+		args           []string
+		code           int
+		ran            string
+		stdout, stderr string
+	}{
+		{nil, ExitUsage, "", "", global.String()},
+		{[]string{"-h"}, ExitOK, "", global.String(), ""},
+		{[]string{"help"}, ExitOK, "", global.String(), ""},
+		{[]string{"help", "plain"}, ExitOK, "", plainHelp, ""},
+		{[]string{"plain", "--help"}, ExitOK, "", plainHelp, ""},
+		{[]string{"help", "own"}, 7, "own -h", "", ""},
+		{[]string{"own", "-h", "a"}, 7, "own -h a", "", ""},
+		{[]string{"plain", "a", "-h"}, 7, "plain a -h", "", ""},
+		{[]string{"help", "nosuch"}, ExitUsage, "", "", "refci: help: want one command name, one of: own plain\n"},
+		{[]string{"help", "own", "plain"}, ExitUsage, "", "", "refci: help: want one command name, one of: own plain\n"},
+		{[]string{"nosuch", "own"}, ExitUsage, "", "", "refci: unknown command \"nosuch\"; the commands: own plain (run 'refci help' for the list)\n"},
+	} {
+		got = nil
+		e, out, errb := testEnv()
+		code := tab.Run(context.Background(), e, tc.args)
+		if code != tc.code || strings.Join(got, ",") != tc.ran || out.String() != tc.stdout || errb.String() != tc.stderr {
+			t.Errorf("%q: exit %d, ran %q, stdout %q, stderr %q", tc.args, code, got, out.String(), errb.String())
+		}
+	}
+	if c, ok := tab.Lookup("plain"); !ok || c.Name != "plain" || c.OwnFlags {
+		t.Errorf("Lookup(plain): %+v %v", c, ok)
+	}
+	if _, ok := tab.Lookup("nosuch"); ok {
+		t.Errorf("Lookup(nosuch) found one")
 	}
 }
