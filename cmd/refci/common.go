@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -14,9 +15,6 @@ import (
 
 // home is refci's configuration directory (cli.Env.Home).
 func (e *env) home() (string, error) { return e.cli().Home() }
-
-// errKeyConfig marks a key file the user must fix (exit 2).
-var errKeyConfig = cli.ErrKeyConfig
 
 // identity loads the signing key: keyFile when given, else
 // $REFCI_HOME/key.asc, created on first use (cli.Env.Identity).
@@ -36,33 +34,28 @@ func exitFor(err error) int {
 	case errors.Is(err, gitproto.ErrNotRepo), errors.Is(err, gitproto.ErrNoCommits),
 		errors.Is(err, gitproto.ErrUnknownRev), errors.Is(err, gitproto.ErrNotCommit),
 		errors.Is(err, results.ErrNoRuns), errors.Is(err, gitproto.ErrNotFound),
-		errors.Is(err, errKeyConfig):
+		errors.Is(err, cli.ErrKeyConfig):
 		return exitUsage
 	}
 	return exitInfra
-}
-
-// isTerminal reports whether f is a character device (a TTY).
-func isTerminal(w any) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // logWriter is where a pipeline's log goes: to a terminal through
 // render.TermLog (colours kept when e.color, every other control sequence
 // dropped), anywhere else byte for byte. done ends the log.
 func (e *env) logWriter() (w io.Writer, done func()) {
-	if !isTerminal(e.stdout) {
+	if !cli.IsTerminal(e.stdout) {
 		return e.stdout, func() {}
 	}
 	t := render.NewTermLog(e.stdout, e.color(e.stdout))
 	return t, func() { t.Flush() }
 }
 
-func (e *env) color(w any) bool {
-	return isTerminal(w) && e.getenv("NO_COLOR") == "" && e.getenv("TERM") != "dumb"
+// color reports whether output to w may be coloured (cli.Env.Color).
+func (e *env) color(w any) bool { return e.cli().Color(w) }
+
+// onStopSignals handles the two stages of stopping a command
+// (cli.OnStopSignals).
+func onStopSignals(ctx context.Context, first, again func(os.Signal), extra ...os.Signal) (stop func()) {
+	return cli.OnStopSignals(ctx, first, again, extra...)
 }

@@ -246,7 +246,7 @@ func secretsSet(e *env, args []string) int {
 		if err := secrets.ValidateName(name); err != nil {
 			return usageErr{err}
 		}
-		if isTerminal(e.stdin) {
+		if cli.IsTerminal(e.stdin) {
 			return usageErr{fmt.Errorf("secrets set reads the value from stdin, which is a terminal; pipe it in so it is never echoed or kept in your shell history: printf %%s \"$VALUE\" | refci secrets set %s %s", c.env, name)}
 		}
 		value, err := io.ReadAll(io.LimitReader(e.stdin, secrets.MaxValueLen+1))

@@ -10,6 +10,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"os"
 	"time"
 )
 
@@ -63,4 +64,21 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	}
 	d.Duration = v
 	return nil
+}
+
+// IsTerminal reports whether w is an *os.File on a character device (a
+// TTY).
+func IsTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// Color reports whether output to w may be coloured: w is a terminal,
+// NO_COLOR is unset or empty, and TERM is not "dumb".
+func (e *Env) Color(w any) bool {
+	return IsTerminal(w) && e.Getenv("NO_COLOR") == "" && e.Getenv("TERM") != "dumb"
 }

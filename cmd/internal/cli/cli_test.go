@@ -3,11 +3,14 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func testEnv() (*Env, *bytes.Buffer, *bytes.Buffer) {
@@ -133,5 +136,65 @@ func TestTable(t *testing.T) {
 	}
 	if _, ok := tab.Lookup("nosuch"); ok {
 		t.Errorf("Lookup(nosuch) found one")
+	}
+}
+
+// openPTY opens a pseudo-terminal and returns its terminal side.
+func openPTY(t *testing.T) *os.File {
+	t.Helper()
+	ptm, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals here: %v", err)
+	}
+	t.Cleanup(func() { ptm.Close() })
+	var n uint32
+	unlock := int32(0)
+	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, ptm.Fd(), syscall.TIOCSPTLCK, uintptr(unsafe.Pointer(&unlock))); e != 0 {
+		t.Fatalf("unlock the pty: %v", e)
+	}
+	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, ptm.Fd(), syscall.TIOCGPTN, uintptr(unsafe.Pointer(&n))); e != 0 {
+		t.Fatalf("the pty's number: %v", e)
+	}
+	pts, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pts.Close() })
+	return pts
+}
+
+// Colour only on a terminal, and not when NO_COLOR is set or TERM is
+// dumb; a pipe, a file or a buffer is no terminal.
+func TestColor(t *testing.T) {
+	pts := openPTY(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	file, err := os.Create(filepath.Join(t.TempDir(), "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	vars := map[string]string{}
+	e := &Env{Getenv: func(k string) string { return vars[k] }}
+	for _, tc := range []struct {
+		w            any
+		noColor, trm string
+		term, color  bool
+	}{
+		{pts, "", "xterm", true, true},
+		{pts, "1", "xterm", true, false},
+		{pts, "", "dumb", true, false},
+		{w, "", "xterm", false, false},
+		{file, "", "xterm", false, false},
+		{&bytes.Buffer{}, "", "xterm", false, false},
+	} {
+		vars["NO_COLOR"], vars["TERM"] = tc.noColor, tc.trm
+		if IsTerminal(tc.w) != tc.term || e.Color(tc.w) != tc.color {
+			t.Errorf("%T NO_COLOR=%q TERM=%q: terminal %v, colour %v", tc.w, tc.noColor, tc.trm, IsTerminal(tc.w), e.Color(tc.w))
+		}
 	}
 }
