@@ -51,30 +51,22 @@ func cmdSecrets(ctx context.Context, e *env, args []string) int {
 		e.errorf("secrets: missing command: init, set, get, list, history, recipients or policy (see 'refci help secrets')")
 		return exitUsage
 	}
-	sub, rest := args[0], args[1:]
-	switch sub {
-	case "-h", "--help", "-help", "help":
+	name, rest := args[0], args[1:]
+	switch {
+	case name == "help" || cli.IsHelp(name):
 		return table(e).Help(ctx, e.cli(), []string{"secrets"})
-	case "init":
-		return secretsInit(e, rest)
-	case "set":
-		return secretsSet(e, rest)
-	case "get":
-		return secretsGet(e, rest)
-	case "list":
-		return secretsList(e, rest)
-	case "history":
-		return secretsHistory(e, rest)
-	case "recipients":
-		if len(rest) == 0 || (rest[0] != "add" && rest[0] != "remove") {
-			e.errorf("secrets recipients: want 'add' or 'remove' (see 'refci secrets -h')")
-			return exitUsage
-		}
-		return secretsRecipients(e, rest[0], rest[1:])
-	case "policy":
-		return secretsPolicy(e, rest)
+	case name == "recipients" && (len(rest) == 0 || (rest[0] != "add" && rest[0] != "remove")):
+		e.errorf("secrets recipients: want 'add' or 'remove' (see 'refci secrets -h')")
+		return exitUsage
+	case name == "recipients":
+		name, rest = name+" "+rest[0], rest[1:]
 	}
-	e.errorf("secrets: unknown command %q (see 'refci secrets -h')", sub)
+	for _, sub := range secretsSubs(e) {
+		if sub.name == "secrets "+name {
+			return runSecrets(e, rest, sub)
+		}
+	}
+	e.errorf("secrets: unknown command %q (see 'refci secrets -h')", name)
 	return exitUsage
 }
 
@@ -100,7 +92,8 @@ type secretsCmd struct {
 
 // runSecrets parses the arguments of sub (--repo, --key, its own flags,
 // exactly sub.nPos positional arguments), opens the environment, and runs
-// sub; it prints the error and returns the exit code.
+// sub; it prints the error and returns the exit code: the user's
+// mistakes are exitUsage.
 func runSecrets(e *env, args []string, sub secretsSub) int {
 	fs := cli.NewFlags(cli.Command{Program: programName, Name: sub.name, Synopsis: sub.usage})
 	repoDir := fs.String("repo", ".", "the repository")
@@ -119,7 +112,12 @@ func runSecrets(e *env, args []string, sub secretsSub) int {
 		return exitUsage
 	}
 	c := &secretsCmd{e: e, env: pos[0], keyFile: *keyFile}
-	err := c.open(*repoDir)
+	if err := queue.ValidateEnvName(c.env); err != nil {
+		e.errorf("%v", err)
+		return exitUsage
+	}
+	repo, err := openRepo(*repoDir)
+	c.store = &envstore.Store{Repo: repo}
 	if err == nil && sub.load {
 		c.ed, err = c.store.Edit(c.env)
 	}
@@ -129,20 +127,15 @@ func runSecrets(e *env, args []string, sub secretsSub) int {
 	if err == nil {
 		err = sub.run(c, pos)
 	}
-	return c.exit(err)
-}
-
-// open opens the repository.
-func (c *secretsCmd) open(repoDir string) error {
-	if err := queue.ValidateEnvName(c.env); err != nil {
-		return usageErr{err}
+	if err == nil {
+		return exitOK
 	}
-	repo, err := openRepo(repoDir)
-	if err != nil {
-		return err
+	e.errorf("%v", err)
+	var u usageErr
+	if errors.As(err, &u) || errors.Is(err, envstore.ErrUsage) {
+		return exitUsage
 	}
-	c.store = &envstore.Store{Repo: repo}
-	return nil
+	return exitFor(err)
 }
 
 // authorize loads the user's key and makes it the admin of c.ed.
@@ -160,20 +153,6 @@ type usageErr struct{ err error }
 func (u usageErr) Error() string { return u.err.Error() }
 func (u usageErr) Unwrap() error { return u.err }
 
-// exit prints err, if any, and returns the exit code: the user's
-// mistakes are exitUsage.
-func (c *secretsCmd) exit(err error) int {
-	if err == nil {
-		return exitOK
-	}
-	c.e.errorf("%v", err)
-	var u usageErr
-	if errors.As(err, &u) || errors.Is(err, envstore.ErrUsage) {
-		return exitUsage
-	}
-	return exitFor(err)
-}
-
 // committed says what change ch made.
 func (c *secretsCmd) committed(ch envstore.Change) {
 	fmt.Fprintf(c.e.stdout, "%s: %s (commit %.12s, signed by %s)\n", ch.Ref, ch.Subject, ch.Commit, ch.Signer)
@@ -184,7 +163,9 @@ func (c *secretsCmd) pushHint(ch envstore.Change) {
 	fmt.Fprintf(c.e.stdout, "next: git push origin %s\n", ch.Ref)
 }
 
-func printKeys(w io.Writer, k secrets.Keyring) {
+// printKeys writes title, then k's keys, one line each.
+func printKeys(w io.Writer, title string, k secrets.Keyring) {
+	fmt.Fprintln(w, title)
 	for _, ki := range k.Keys() {
 		fmt.Fprintf(w, "  %s  %s\n", ki.Fingerprint, ki.UserID)
 	}
@@ -198,11 +179,13 @@ func policyFlags(fs *flag.FlagSet) (*multiFlag, *multiFlag, *bool) {
 	return &reqs, &exports, untrusted
 }
 
-func secretsInit(e *env, args []string) int {
+// secretsSubs are the subcommands of refci secrets, run with e; each
+// call makes them anew, their flags bound to variables of the call.
+func secretsSubs(e *env) []secretsSub {
 	var adminFiles, recFiles multiFlag
 	var reqs, exports *multiFlag
-	var untrusted *bool
-	return runSecrets(e, args, secretsSub{name: "secrets init", usage: "ENV [--admin FILE]... --recipient FILE... [flags]", nPos: 1, flags: func(fs *flag.FlagSet) {
+	var untrusted, sealedIn *bool
+	return []secretsSub{{name: "secrets init", usage: "ENV [--admin FILE]... --recipient FILE... [flags]", nPos: 1, flags: func(fs *flag.FlagSet) {
 		fs.Var(&adminFiles, "admin", "public key of an admin (repeatable; default: your own key)")
 		fs.Var(&recFiles, "recipient", "public key of a worker that may decrypt (repeatable)")
 		reqs, exports, untrusted = policyFlags(fs)
@@ -226,20 +209,12 @@ func secretsInit(e *env, args []string) int {
 			return err
 		}
 		c.committed(ch)
-		w := c.e.stdout
-		fmt.Fprintf(w, "admins:\n")
-		printKeys(w, ch.Env.Admins)
-		fmt.Fprintf(w, "recipients (admins are recipients too, so they can re-encrypt):\n")
-		printKeys(w, ch.Env.Recipients)
-		fmt.Fprintf(w, "policy: %s\n", envstore.DescribePolicy(ch.Env.Policy))
-		fmt.Fprintf(w, "next: printf %%s \"$VALUE\" | refci secrets set %s NAME\n", c.env)
+		printKeys(e.stdout, "admins:", ch.Env.Admins)
+		printKeys(e.stdout, "recipients (admins are recipients too, so they can re-encrypt):", ch.Env.Recipients)
+		fmt.Fprintf(e.stdout, "policy: %s\n", envstore.DescribePolicy(ch.Env.Policy))
+		fmt.Fprintf(e.stdout, "next: printf %%s \"$VALUE\" | refci secrets set %s NAME\n", c.env)
 		return nil
-	}})
-}
-
-func secretsSet(e *env, args []string) int {
-	var sealedIn *bool
-	return runSecrets(e, args, secretsSub{name: "secrets set", usage: "ENV NAME [--sealed] < VALUE", nPos: 2, flags: func(fs *flag.FlagSet) {
+	}}, {name: "secrets set", usage: "ENV NAME [--sealed] < VALUE", nPos: 2, flags: func(fs *flag.FlagSet) {
 		sealedIn = fs.Bool("sealed", false, "stdin is an OpenPGP message already encrypted to the recipients and signed by an admin (e.g. by gpg); stored as is after checking it")
 	}, run: func(c *secretsCmd, pos []string) (err error) {
 		name := pos[1]
@@ -261,10 +236,11 @@ func secretsSet(e *env, args []string) int {
 			return err
 		}
 		var ch envstore.Change
+		stored := "stored as sealed by its writer"
 		if *sealedIn {
 			value, ch, err = c.ed.SetSealed(name, value)
-		} else {
-			ch, err = c.ed.Set(name, value)
+		} else if ch, err = c.ed.Set(name, value); err == nil {
+			stored = fmt.Sprintf("encrypted to %d recipients", len(ch.Env.Recipients.Keys()))
 		}
 		if err != nil {
 			return err
@@ -274,18 +250,10 @@ func secretsSet(e *env, args []string) int {
 		if bytes.HasSuffix(value, []byte("\n")) {
 			note = ", ending in a newline (use printf %s rather than echo if that is not meant)"
 		}
-		if *sealedIn {
-			fmt.Fprintf(e.stdout, "%s: %d bytes%s, stored as sealed by its writer\n", name, len(value), note)
-		} else {
-			fmt.Fprintf(e.stdout, "%s: %d bytes%s, encrypted to %d recipients\n", name, len(value), note, len(ch.Env.Recipients.Keys()))
-		}
+		fmt.Fprintf(e.stdout, "%s: %d bytes%s, %s\n", name, len(value), note, stored)
 		c.pushHint(ch)
 		return nil
-	}})
-}
-
-func secretsGet(e *env, args []string) int {
-	return runSecrets(e, args, secretsSub{name: "secrets get", usage: "ENV NAME", nPos: 2, load: true, run: func(c *secretsCmd, pos []string) error {
+	}}, {name: "secrets get", usage: "ENV NAME", nPos: 2, load: true, run: func(c *secretsCmd, pos []string) error {
 		if _, err := c.ed.Env.Sealed(pos[1]); err != nil {
 			return err
 		}
@@ -300,11 +268,7 @@ func secretsGet(e *env, args []string) int {
 		e.stdout.Write(v)
 		clear(v)
 		return nil
-	}})
-}
-
-func secretsList(e *env, args []string) int {
-	return runSecrets(e, args, secretsSub{name: "secrets list", usage: "ENV", nPos: 1, load: true, run: func(c *secretsCmd, _ []string) error {
+	}}, {name: "secrets list", usage: "ENV", nPos: 1, load: true, run: func(c *secretsCmd, _ []string) error {
 		changes, err := c.store.LastChanges(c.ed.Base)
 		if err != nil {
 			return err
@@ -312,10 +276,8 @@ func secretsList(e *env, args []string) int {
 		w, t := e.stdout, c.ed.Env
 		fmt.Fprintf(w, "environment %s (%s at %.12s)\n", c.env, queue.SecretsRef(c.env), c.ed.Base)
 		fmt.Fprintf(w, "policy: %s\n", envstore.DescribePolicy(t.Policy))
-		fmt.Fprintf(w, "admins:\n")
-		printKeys(w, t.Admins)
-		fmt.Fprintf(w, "recipients:\n")
-		printKeys(w, t.Recipients)
+		printKeys(w, "admins:", t.Admins)
+		printKeys(w, "recipients:", t.Recipients)
 		names := t.Names()
 		if len(names) == 0 {
 			fmt.Fprintf(w, "values: none yet (printf %%s \"$VALUE\" | refci secrets set %s NAME)\n", c.env)
@@ -331,43 +293,12 @@ func secretsList(e *env, args []string) int {
 			fmt.Fprintf(w, "  %-*s  set by %s <%s> at %s\n", width, n, v.Author.Name, v.Author.Email, v.Author.When.UTC().Format("2006-01-02 15:04:05 UTC"))
 		}
 		return nil
-	}})
-}
-
-func secretsHistory(e *env, args []string) int {
-	return runSecrets(e, args, secretsSub{name: "secrets history", usage: "ENV", nPos: 1, load: true, run: func(c *secretsCmd, _ []string) error {
+	}}, {name: "secrets history", usage: "ENV", nPos: 1, load: true, run: func(c *secretsCmd, _ []string) error {
 		return c.store.History(c.ed.Base, func(v envstore.Version) error {
 			fmt.Fprintf(e.stdout, "%.12s  %s  %s <%s>  %s\n", v.Commit, v.Author.When.UTC().Format("2006-01-02 15:04:05 UTC"), v.Author.Name, v.Author.Email, v.Subject)
 			return nil
 		})
-	}})
-}
-
-func secretsRecipients(e *env, op string, args []string) int {
-	return runSecrets(e, args, secretsSub{name: "secrets recipients " + op, usage: "ENV FILE|FINGERPRINT", nPos: 2, load: true, admin: true, run: func(c *secretsCmd, pos []string) error {
-		change := c.ed.AddRecipients
-		if op == "remove" {
-			change = c.ed.RemoveRecipient
-		}
-		ch, err := change(pos[1])
-		if err != nil {
-			return err
-		}
-		c.committed(ch)
-		fmt.Fprintf(e.stdout, "re-encrypted %d values to %d recipients:\n", len(ch.Env.Values), len(ch.Env.Recipients.Keys()))
-		printKeys(e.stdout, ch.Env.Recipients)
-		if op == "remove" {
-			fmt.Fprintf(e.stdout, "note: the removed key can still read the versions it was a recipient of; rotate each value (refci secrets set) to make its copy useless\n")
-		}
-		c.pushHint(ch)
-		return nil
-	}})
-}
-
-func secretsPolicy(e *env, args []string) int {
-	var reqs, exports *multiFlag
-	var untrusted *bool
-	return runSecrets(e, args, secretsSub{name: "secrets policy", usage: "ENV [--request PATTERN]... [--export NAME]... [--allow-untrusted]", nPos: 1, flags: func(fs *flag.FlagSet) {
+	}}, recipientsSub("add"), recipientsSub("remove"), {name: "secrets policy", usage: "ENV [--request PATTERN]... [--export NAME]... [--allow-untrusted]", nPos: 1, flags: func(fs *flag.FlagSet) {
 		reqs, exports, untrusted = policyFlags(fs)
 	}, load: true, admin: true, run: func(c *secretsCmd, _ []string) error {
 		p, err := envstore.NewPolicy(*reqs, *exports, *untrusted)
@@ -381,7 +312,29 @@ func secretsPolicy(e *env, args []string) int {
 		c.committed(ch)
 		c.pushHint(ch)
 		return nil
-	}})
+	}}}
+}
+
+// recipientsSub is refci secrets recipients add or remove (op).
+func recipientsSub(op string) secretsSub {
+	return secretsSub{name: "secrets recipients " + op, usage: "ENV FILE|FINGERPRINT", nPos: 2, load: true, admin: true, run: func(c *secretsCmd, pos []string) error {
+		change := c.ed.AddRecipients
+		if op == "remove" {
+			change = c.ed.RemoveRecipient
+		}
+		ch, err := change(pos[1])
+		if err != nil {
+			return err
+		}
+		c.committed(ch)
+		w := c.e.stdout
+		printKeys(w, fmt.Sprintf("re-encrypted %d values to %d recipients:", len(ch.Env.Values), len(ch.Env.Recipients.Keys())), ch.Env.Recipients)
+		if op == "remove" {
+			fmt.Fprintf(w, "note: the removed key can still read the versions it was a recipient of; rotate each value (refci secrets set) to make its copy useless\n")
+		}
+		c.pushHint(ch)
+		return nil
+	}}
 }
 
 // secretsOpener is the worker.SecretsFunc of refci worker, serve and run:
