@@ -62,7 +62,7 @@ type Repo struct {
 }
 
 // Open opens the repository containing dir (searching parent directories
-// like git does).
+// like git does); "" is the working directory.
 func Open(dir string) (*Repo, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {

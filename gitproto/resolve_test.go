@@ -160,6 +160,20 @@ func TestOpenSubdirectory(t *testing.T) {
 	}
 }
 
+// Open("") opens the repository of the working directory, as "." does.
+// Not parallel: it changes the working directory.
+func TestOpenWorkingDirectory(t *testing.T) {
+	f := newResolveFixture(t)
+	t.Chdir(filepath.Join(f.dir, "b"))
+	r, err := Open("")
+	if err != nil {
+		t.Fatalf("Open(\"\") in %s: %v", f.dir, err)
+	}
+	if got, want := realPath(t, r.WorkTree()), realPath(t, f.dir); got != want {
+		t.Errorf("WorkTree() = %s, want %s", got, want)
+	}
+}
+
 func realPath(t *testing.T, p string) string {
 	t.Helper()
 	if !filepath.IsAbs(p) {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -70,9 +69,4 @@ func cmdMirror(ctx context.Context, e *cli.Env, args []string) int {
 
 // forgeExit is the exit code of forgeconf.Build's error: the user's
 // mistakes 2, the rest 3.
-func forgeExit(err error) int {
-	if errors.Is(err, forgeconf.ErrConfig) {
-		return cli.ExitUsage
-	}
-	return cli.ExitInfra
-}
+func forgeExit(err error) int { return cli.ExitFor(err, forgeconf.ErrConfig) }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"io"
 	"os"
 
@@ -20,24 +19,15 @@ func (e *env) home() (string, error) { return e.cli().Home() }
 // $REFCI_HOME/key.asc, created on first use (cli.Env.Identity).
 func (e *env) identity(keyFile string) (*secrets.Identity, error) { return e.cli().Identity(keyFile) }
 
-func openRepo(dir string) (*gitproto.Repo, error) {
-	if dir == "" {
-		dir = "."
-	}
-	return gitproto.Open(dir)
-}
+// openRepo opens the repository at or above dir ("" is the working
+// directory).
+func openRepo(dir string) (*gitproto.Repo, error) { return gitproto.Open(dir) }
 
 // exitFor maps an error to an exit code: configuration and usage
-// problems 2, the rest 3.
+// problems (and errors marked with cli.AsUsage) 2, the rest 3.
 func exitFor(err error) int {
-	switch {
-	case errors.Is(err, gitproto.ErrNotRepo), errors.Is(err, gitproto.ErrNoCommits),
-		errors.Is(err, gitproto.ErrUnknownRev), errors.Is(err, gitproto.ErrNotCommit),
-		errors.Is(err, results.ErrNoRuns), errors.Is(err, gitproto.ErrNotFound),
-		errors.Is(err, cli.ErrKeyConfig):
-		return exitUsage
-	}
-	return exitInfra
+	return cli.ExitFor(err, gitproto.ErrNotRepo, gitproto.ErrNoCommits, gitproto.ErrUnknownRev, gitproto.ErrNotCommit,
+		results.ErrNoRuns, gitproto.ErrNotFound, cli.ErrKeyConfig)
 }
 
 // logWriter is where a pipeline's log goes: to a terminal through

@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"refci.dev/refci/cmd/internal/cli"
 )
 
 // runHelp runs refci in this process and returns its exit code and
@@ -57,7 +59,7 @@ func TestHelpGolden(t *testing.T) {
 			t.Errorf("refci help %s: exit %d, stderr %q", c.name, code, errs)
 		}
 		check(c.name, out)
-		if n := strings.Count(out, "Usage:"); n != 1 || !strings.HasPrefix(out, "Usage: "+c.usageLine()+"\n") {
+		if n := strings.Count(out, "Usage:"); n != 1 || !strings.HasPrefix(out, "Usage: "+c.cli().UsageLine()+"\n") {
 			t.Errorf("refci help %s prints its usage %d times:\n%s", c.name, n, out)
 		}
 		for _, h := range []string{"-h", "--help"} {
@@ -85,7 +87,7 @@ func TestSynopsesMatchFlags(t *testing.T) {
 			if strings.HasPrefix(l, "  -") {
 				name := strings.Fields(l)[0]
 				defined[name] = true
-				if bare := strings.TrimLeft(name, "-"); name != flagName(bare) {
+				if bare := strings.TrimLeft(name, "-"); name != cli.FlagName(bare) {
 					t.Errorf("%s: flag %s shown as %s", c.name, bare, name)
 				}
 			}

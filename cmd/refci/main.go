@@ -117,12 +117,6 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return table(e).Run(ctx, e.cli(), args)
 }
 
-// usageLine is "refci NAME SYNOPSIS".
-func (c command) usageLine() string { return c.cli().UsageLine() }
-
-// flagName is how help shows a flag: -x for one letter, else --name.
-func flagName(name string) string { return cli.FlagName(name) }
-
 func cmdVersion(_ context.Context, e *env, _ []string) int {
 	fmt.Fprintf(e.stdout, "refci %s\n", version)
 	return exitOK

@@ -111,13 +111,11 @@ func runSecrets(e *env, args []string, sub secretsSub) int {
 		e.errorf("%s: want %s (see 'refci %s -h')", sub.name, want, sub.name)
 		return exitUsage
 	}
-	c := &secretsCmd{e: e, env: pos[0], keyFile: *keyFile}
-	if err := queue.ValidateEnvName(c.env); err != nil {
-		e.errorf("%v", err)
-		return exitUsage
+	c := &secretsCmd{e: e, env: pos[0], keyFile: *keyFile, store: &envstore.Store{}}
+	err := cli.AsUsage(queue.ValidateEnvName(c.env))
+	if err == nil {
+		c.store.Repo, err = openRepo(*repoDir)
 	}
-	repo, err := openRepo(*repoDir)
-	c.store = &envstore.Store{Repo: repo}
 	if err == nil && sub.load {
 		c.ed, err = c.store.Edit(c.env)
 	}
@@ -131,8 +129,7 @@ func runSecrets(e *env, args []string, sub secretsSub) int {
 		return exitOK
 	}
 	e.errorf("%v", err)
-	var u usageErr
-	if errors.As(err, &u) || errors.Is(err, envstore.ErrUsage) {
+	if errors.Is(err, envstore.ErrUsage) {
 		return exitUsage
 	}
 	return exitFor(err)
@@ -146,12 +143,6 @@ func (c *secretsCmd) authorize() error {
 	}
 	return c.ed.Authorize(id)
 }
-
-// usageErr marks an error as the user's to fix (exit 2).
-type usageErr struct{ err error }
-
-func (u usageErr) Error() string { return u.err.Error() }
-func (u usageErr) Unwrap() error { return u.err }
 
 // committed says what change ch made.
 func (c *secretsCmd) committed(ch envstore.Change) {
@@ -194,7 +185,7 @@ func secretsSubs(e *env) []secretsSub {
 			return err
 		}
 		if len(recFiles) == 0 {
-			return usageErr{errors.New("secrets init: no --recipient; give the public key of each worker that may decrypt (on the worker: refci keys export > worker.asc)")}
+			return cli.AsUsage(errors.New("secrets init: no --recipient; give the public key of each worker that may decrypt (on the worker: refci keys export > worker.asc)"))
 		}
 		id, err := c.e.identity(c.keyFile)
 		if err != nil {
@@ -219,10 +210,10 @@ func secretsSubs(e *env) []secretsSub {
 	}, run: func(c *secretsCmd, pos []string) (err error) {
 		name := pos[1]
 		if err := secrets.ValidateName(name); err != nil {
-			return usageErr{err}
+			return cli.AsUsage(err)
 		}
 		if cli.IsTerminal(e.stdin) {
-			return usageErr{fmt.Errorf("secrets set reads the value from stdin, which is a terminal; pipe it in so it is never echoed or kept in your shell history: printf %%s \"$VALUE\" | refci secrets set %s %s", c.env, name)}
+			return cli.AsUsage(fmt.Errorf("secrets set reads the value from stdin, which is a terminal; pipe it in so it is never echoed or kept in your shell history: printf %%s \"$VALUE\" | refci secrets set %s %s", c.env, name))
 		}
 		value, err := io.ReadAll(io.LimitReader(e.stdin, secrets.MaxValueLen+1))
 		if err != nil {

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -196,5 +197,36 @@ func TestColor(t *testing.T) {
 		if IsTerminal(tc.w) != tc.term || e.Color(tc.w) != tc.color {
 			t.Errorf("%T NO_COLOR=%q TERM=%q: terminal %v, colour %v", tc.w, tc.noColor, tc.trm, IsTerminal(tc.w), e.Color(tc.w))
 		}
+	}
+}
+
+// An error is the user's to fix when AsUsage marked it, even wrapped, or
+// when it is one the caller names; the rest are the infrastructure's.
+func TestExitFor(t *testing.T) {
+	errConfig := errors.New("bad configuration")
+	inner := errors.New("no such environment")
+	marked := fmt.Errorf("secrets: %w", AsUsage(inner))
+	if AsUsage(nil) != nil {
+		t.Errorf("AsUsage(nil) = %v", AsUsage(nil))
+	}
+	if marked.Error() != "secrets: no such environment" || !errors.Is(marked, inner) || !errors.Is(marked, ErrUsage) {
+		t.Errorf("marked: %q, Is(inner) %v, Is(ErrUsage) %v", marked, errors.Is(marked, inner), errors.Is(marked, ErrUsage))
+	}
+	for _, tc := range []struct {
+		err  error
+		want int
+	}{
+		{marked, ExitUsage},
+		{fmt.Errorf("load: %w", errConfig), ExitUsage},
+		{keyError{errors.New("key")}, ExitUsage},
+		{inner, ExitInfra},
+		{errors.New("disk full"), ExitInfra},
+	} {
+		if got := ExitFor(tc.err, errConfig, ErrKeyConfig); got != tc.want {
+			t.Errorf("ExitFor(%v) = %d, want %d", tc.err, got, tc.want)
+		}
+	}
+	if got := ExitFor(keyError{errors.New("key")}); got != ExitInfra {
+		t.Errorf("ExitFor(a key error) without ErrKeyConfig named = %d, want %d", got, ExitInfra)
 	}
 }
