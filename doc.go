@@ -60,8 +60,9 @@
 //	  cmd/refci-forge  refci mirror, refci mail and a worker's [[forge]]/[mail] child
 //	                   (refci execs it or supervises it through forge/link)
 //	  cmd/refci-shim, cmd/refci-job, cmd/refci-hook  the light binaries beside refci
-//	  cmd/internal/cli  the CLI machinery both binaries share: env, exit codes, help and
-//	                   flags, config files, home and key, stop signals
+//	  cmd/internal/cli  the CLI machinery both binaries share: env, the command table and
+//	                   its dispatch, exit codes and the error that maps to each, help and
+//	                   flags, config files, home and key, terminals and colour, stop signals
 //	  cmd/internal/forgecmd  the help of refci-forge's commands, which refci lists
 //	fixtures   helpers shared by the tests (git with a private HOME, keys, sample repositories,
 //	           result commits, GnuPG); never imported by other code

@@ -1,10 +1,11 @@
 // Package cli is the command-line machinery the refci binaries share
 // (cmd/refci, and cmd/refci-forge which holds refci mirror and refci
-// mail): the streams and environment a command gets, the exit codes, a
-// command's help and flags, GNU-style flag parsing, configuration files
-// with unknown-setting checks, refci's home and key, and two-stage
-// signal handling. It knows nothing of CI: each binary keeps its own
-// command table and wires the rest.
+// mail): the streams and environment a command gets, the dispatch of a
+// command table (Table), the exit codes and which errors map to them
+// (AsUsage, ExitFor), a command's help and flags, GNU-style flag
+// parsing, configuration files with unknown-setting checks, refci's home
+// and key, terminals and colour, and two-stage signal handling. It knows
+// nothing of CI: each binary lists its own commands and wires the rest.
 package cli
 
 import (
