@@ -10,6 +10,7 @@ package cli
 
 import (
 	"fmt"
+	"golang.org/x/term"
 	"io"
 	"os"
 	"time"
@@ -67,15 +68,11 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// IsTerminal reports whether w is an *os.File on a character device (a
-// TTY).
+// IsTerminal reports whether w is an *os.File open on a terminal. Other
+// character devices (/dev/null) are not terminals.
 func IsTerminal(w any) bool {
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // Color reports whether output to w may be coloured: w is a terminal,

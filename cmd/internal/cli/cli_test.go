@@ -77,6 +77,11 @@ func TestReadConfig(t *testing.T) {
 
 // Home: $REFCI_HOME, else $XDG_CONFIG_HOME/refci, else ~/.config/refci.
 func TestHome(t *testing.T) {
+	devNull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devNull.Close()
 	vars := map[string]string{}
 	e := &Env{Getenv: func(k string) string { return vars[k] }}
 	t.Setenv("HOME", "/home/alice")
@@ -139,7 +144,7 @@ func TestTable(t *testing.T) {
 }
 
 // Colour only on a terminal, and not when NO_COLOR is set or TERM is
-// dumb; a pipe, a file or a buffer is no terminal.
+// dumb; a pipe, a file, /dev/null or a buffer is no terminal.
 func TestColor(t *testing.T) {
 	pts := openPTY(t)
 	r, w, err := os.Pipe()
@@ -153,6 +158,11 @@ func TestColor(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer file.Close()
+	devNull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devNull.Close()
 	vars := map[string]string{}
 	e := &Env{Getenv: func(k string) string { return vars[k] }}
 	for _, tc := range []struct {
@@ -165,6 +175,7 @@ func TestColor(t *testing.T) {
 		{pts, "", "dumb", true, false},
 		{w, "", "xterm", false, false},
 		{file, "", "xterm", false, false},
+		{devNull, "", "xterm", false, false}, // a character device, not a terminal
 		{&bytes.Buffer{}, "", "xterm", false, false},
 	} {
 		vars["NO_COLOR"], vars["TERM"] = tc.noColor, tc.trm
