@@ -50,6 +50,7 @@ func TestSecretsTranscriptGolden(t *testing.T) {
 	run("value-3", "secrets", "set", "nothere", "TOKEN")
 	for _, args := range [][]string{
 		{"secrets", "get", "dev", "TOKEN"}, {"secrets", "get", "dev", "NOPE"},
+		{"secrets", "get", "dev", "TOKEN", "--key", filepath.Join(s.root, "w2", "key.asc")},
 		{"secrets", "list", "dev"}, {"secrets", "history", "dev"},
 		{"secrets", "recipients", "add", "dev", w2}, {"secrets", "recipients", "add", "dev", w2},
 		{"secrets", "recipients", "remove", "dev", w2}, {"secrets", "recipients", "remove", "dev", w2},

@@ -20,10 +20,11 @@ import (
 // say what is wrong and what to do.
 var ErrUsage = errors.New("refused by the environment's rules")
 
-// usageError is a message that Is ErrUsage.
+// usageError is a message that Is ErrUsage, and whatever it wraps.
 type usageError struct{ error }
 
 func (u usageError) Is(target error) bool { return target == ErrUsage }
+func (u usageError) Unwrap() error        { return errors.Unwrap(u.error) }
 
 func usagef(format string, args ...any) error {
 	return usageError{fmt.Errorf(format, args...)}

@@ -222,13 +222,17 @@ func (t *Env) Sealed(name string) ([]byte, error) {
 
 // Value decrypts value name with id, a recipient, believing only a seal
 // by an admin of t. A name t does not have is an ErrUsage error (see
-// Sealed); a key that is no recipient wraps secrets.ErrNotRecipient.
+// Sealed); so is a key that is no recipient, which wraps
+// secrets.ErrNotRecipient too.
 func (t *Env) Value(id *secrets.Identity, name string) ([]byte, error) {
 	sealed, err := t.Sealed(name)
 	if err != nil {
 		return nil, err
 	}
 	v, _, err := id.Open(sealed, t.Admins)
+	if errors.Is(err, secrets.ErrNotRecipient) {
+		return nil, usageError{fmt.Errorf("%s: %w; use --key with a recipient's key, or ask an admin to add yours (refci secrets recipients add)", name, err)}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}

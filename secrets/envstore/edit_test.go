@@ -108,7 +108,7 @@ func TestCreateAndEditEndToEnd(t *testing.T) {
 	if v, err := got.Env.Value(second, "TOKEN"); err != nil || string(v) != "s3cret-1" {
 		t.Errorf("the added recipient reads TOKEN as %q, %v", v, err)
 	}
-	if _, err := got.Env.Value(worker, "TOKEN"); !errors.Is(err, secrets.ErrNotRecipient) {
+	if _, err := got.Env.Value(worker, "TOKEN"); !errors.Is(err, secrets.ErrNotRecipient) || !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "ask an admin to add yours") {
 		t.Errorf("the removed recipient reads the last version: %v; want ErrNotRecipient", err)
 	}
 	_, err = got.Env.Value(second, "NOPE")
