@@ -48,7 +48,11 @@ var allowed = map[string][]string{
 	// job name rule (see cmd/refci-job's test of its dependencies).
 	"worker/jobsock/jobwire":   {},
 	"worker/jobsock/jobclient": {"queue/jobname", "worker/jobsock/jobwire"},
-	"forge":                    {"queue", "render", "secrets", "gitproto", "results", "requests"},
+	// worker.toml: the worker's settings, and of its refci-forge
+	// child's only what the worker needs (forge/link, light, imports
+	// nothing of the project); retention's policy is results'.
+	"worker/workerconf": {"results", "forge/link"},
+	"forge":             {"queue", "render", "secrets", "gitproto", "results", "requests"},
 	// The link between a worker and its refci-forge child, both sides:
 	// refci links it, so nothing of the project (and of the adapters).
 	"forge/link": {},

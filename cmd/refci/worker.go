@@ -3,11 +3,9 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -19,77 +17,8 @@ import (
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
 	"refci.dev/refci/worker/proc"
+	"refci.dev/refci/worker/workerconf"
 )
-
-// workerConfig is the TOML configuration of `refci worker --config`.
-// Flags given on the command line win over the file.
-type workerConfig struct {
-	Remotes           []string `toml:"remotes"`
-	Poll              duration `toml:"poll"`
-	Concurrency       int      `toml:"concurrency"`
-	Lease             duration `toml:"lease"`
-	Grace             duration `toml:"grace"`
-	Timeout           duration `toml:"timeout"`
-	MaxTimeout        duration `toml:"max_timeout"`
-	MaxAttempts       int      `toml:"max_attempts"`
-	KillGrace         duration `toml:"kill_grace"`
-	LogCap            int64    `toml:"log_cap"`
-	ArtifactCap       int64    `toml:"artifact_cap"`
-	ArtifactsTotalCap int64    `toml:"artifacts_total_cap"`
-	Key               string   `toml:"key"`
-	Cache             string   `toml:"cache"`
-	RequireIsolation  bool     `toml:"require_isolation"`
-	// Writable lists paths isolated pipelines may write besides their
-	// run directory and the scratch places (/tmp, /var/tmp, /dev/shm):
-	// the rest of the file system is read-only for them.
-	Writable []string `toml:"writable"`
-	// Admins and Trusted are public key files: the secrets admins whose
-	// signed environments are believed, and the requesters whose signed
-	// requests are trusted (given secrets).
-	Admins  []string `toml:"admins"`
-	Trusted []string `toml:"trusted"`
-	// [[forge]] entries show the runs of the remotes on forges, [mail]
-	// runs the mail bridge beside the worker: refci-forge, the worker's
-	// child, reads and checks them (forge/link); the worker reads only
-	// the files it hides from pipelines.
-	link.WorkerSettings
-	// Retention, when its every is set, runs refci gc on each remote
-	// that often (off by default).
-	Retention *retentionConfig `toml:"retention"`
-}
-
-// retentionConfig is [retention] of worker.toml: the policy of refci gc
-// (unset: its defaults) and how often a worker applies it to each of its
-// remotes.
-type retentionConfig struct {
-	KeepLast *int     `toml:"keep_last"`
-	KeepDays *int     `toml:"keep_days"`
-	Every    duration `toml:"every"`
-}
-
-// policy checks the section and returns the policy it sets.
-func (r *retentionConfig) policy() (results.Retention, error) {
-	p := results.DefaultRetention
-	if r.Every.Duration <= 0 {
-		return p, errors.New(`[retention]: set every (how often to collect, e.g. "24h") to turn it on, or remove the section`)
-	}
-	if r.Every.Duration < time.Minute {
-		return p, fmt.Errorf("[retention]: every = %q is too often; use a minute or more (a day is plenty)", r.Every.Duration)
-	}
-	if r.KeepLast != nil {
-		p.KeepLast = *r.KeepLast
-	}
-	if r.KeepDays != nil {
-		p.KeepDays = *r.KeepDays
-	}
-	if p.KeepLast < 0 || p.KeepDays < 0 {
-		return p, errors.New("[retention]: keep_last and keep_days take 0 or more")
-	}
-	return p, nil
-}
-
-// duration reads "10s" style values from TOML.
-type duration = cli.Duration
 
 func cmdWorker(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "worker")
@@ -114,17 +43,15 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	if _, code, ok := parse(e, fs, args, 0); !ok {
 		return code
 	}
-	var cfg workerConfig
+	var cfg workerconf.Config
 	if *configFile != "" {
-		if _, ok := cli.ReadConfig(e.cli(), *configFile, &cfg, "remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted, mirror_state, in [retention]: keep_last, keep_days, every, in [[forge]]: "+link.ForgeSettings+"; in [mail]: "+link.MailSettings, link.IsChildSetting); !ok {
+		if _, ok := cli.ReadConfig(e.cli(), *configFile, &cfg, workerconf.Settings, link.IsChildSetting); !ok {
 			return exitUsage
 		}
 	}
-	if len(remotes) > 0 {
-		cfg.Remotes = remotes
-	}
-	cfg.Admins = append(cfg.Admins, adminFiles...)
-	cfg.Trusted = append(cfg.Trusted, trustedFiles...)
+	cfg.Apply(workerconf.Flags{Remotes: remotes, Poll: *poll, Lease: *lease, Grace: *grace, Timeout: *timeout, MaxTimeout: *maxTimeout,
+		MaxAttempts: *maxAttempts, Concurrency: *conc, Key: *keyFile, Cache: *cache, LogCap: *logCap, RequireIsolation: *requireIso,
+		Admins: adminFiles, Trusted: trustedFiles})
 	admins, err := secrets.ReadKeyringFiles(cfg.Admins...)
 	if err != nil {
 		e.errorf("worker: admins: %v", err)
@@ -135,67 +62,10 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		e.errorf("worker: trusted: %v", err)
 		return exitUsage
 	}
-	if len(cfg.Remotes) == 0 {
-		e.errorf("worker: no remote to serve; pass --remote URL (repeatable) or --config FILE")
+	retention, err := cfg.Check(*configFile)
+	if err != nil {
+		e.errorf("%v", err)
 		return exitUsage
-	}
-	set := func(dst *duration, v time.Duration) {
-		if v > 0 {
-			dst.Duration = v
-		}
-	}
-	set(&cfg.Poll, *poll)
-	set(&cfg.Lease, *lease)
-	set(&cfg.Grace, *grace)
-	set(&cfg.Timeout, *timeout)
-	set(&cfg.MaxTimeout, *maxTimeout)
-	if *maxAttempts != 0 {
-		cfg.MaxAttempts = *maxAttempts
-	}
-	if cfg.MaxAttempts < 0 {
-		e.errorf("worker: --max-attempts %d: give a positive number of attempts (default 3)", cfg.MaxAttempts)
-		return exitUsage
-	}
-	if cfg.MaxTimeout.Duration < 0 {
-		e.errorf("worker: max_timeout %s: give a positive duration (default 6h)", cfg.MaxTimeout.Duration)
-		return exitUsage
-	}
-	if *conc > 0 {
-		cfg.Concurrency = *conc
-	}
-	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = runtime.NumCPU()
-	}
-	if *keyFile != "" {
-		cfg.Key = *keyFile
-	}
-	if *cache != "" {
-		cfg.Cache = *cache
-	}
-	if *logCap > 0 {
-		cfg.LogCap = *logCap
-	}
-	if *requireIso {
-		cfg.RequireIsolation = true
-	}
-	if cfg.Lease.Duration > 0 && cfg.Lease.Duration < 3*time.Second {
-		e.errorf("worker: --lease %s is too short; use at least 3s", cfg.Lease.Duration)
-		return exitUsage
-	}
-
-	var retention results.Retention
-	if cfg.Retention != nil {
-		if retention, err = cfg.Retention.policy(); err != nil {
-			e.errorf("config %s: %v", *configFile, err)
-			return exitUsage
-		}
-	}
-
-	for _, p := range cfg.Writable {
-		if !filepath.IsAbs(p) {
-			e.errorf("config %s: writable: %q is not an absolute path; name the directories pipelines may write in full", *configFile, p)
-			return exitUsage
-		}
 	}
 
 	proc.SetNotDumpable()
@@ -205,22 +75,16 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		return exitFor(err)
 	}
 	// Hidden from pipelines: the key (all of $REFCI_HOME when it is
-	// there), the caches, the configuration.
-	private := []string{cfg.Key, cfg.Cache, *configFile}
-	if cfg.Key == "" || cfg.Cache == "" {
-		h, err := e.home()
-		if err != nil {
+	// there), the caches, the configuration, the forges' and mail's
+	// secrets.
+	var home string
+	if cfg.NeedsHome() {
+		if home, err = e.home(); err != nil {
 			e.errorf("%v", err)
 			return exitUsage
 		}
-		if cfg.Cache == "" {
-			cfg.Cache = filepath.Join(h, "cache")
-			private = append(private, cfg.Cache)
-		}
-		if cfg.Key == "" {
-			private = append(private, h)
-		}
 	}
+	private := cfg.Private(home, *configFile)
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -242,12 +106,6 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	var fc *link.Child
 	var wp atomic.Pointer[worker.Worker] // set before the loop runs
 	if cfg.Wanted() {
-		h, err := e.home()
-		if err != nil {
-			e.errorf("%v", err)
-			return exitUsage
-		}
-		private = append(private, cfg.Private(h)...)
 		path, code := findForge(e, "worker: [[forge]] and [mail]")
 		if path == "" {
 			return code
@@ -263,7 +121,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 			}
 		}
 		fc, err = link.Open(ctx, link.Config{Path: path, Args: link.WorkerArgs(*configFile, cfg.Key, *verbose), Asked: asked, Log: e.stderr, Logger: logger,
-			Start: link.Start{Remotes: cfg.Remotes, Cache: cfg.Cache, Poll: link.Duration{Duration: cfg.Poll.Duration}}})
+			Start: link.Start{Remotes: cfg.Remotes, Cache: cfg.Cache, Poll: cfg.Poll}})
 		var refused *link.FailError
 		switch {
 		case errors.As(err, &refused):
