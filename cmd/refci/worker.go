@@ -5,14 +5,10 @@ import (
 	"errors"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync/atomic"
-	"time"
 
 	"refci.dev/refci/cmd/internal/cli"
 	"refci.dev/refci/forge/link"
-	"refci.dev/refci/gitproto"
 	"refci.dev/refci/results"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
@@ -90,14 +86,10 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
-	var rems []*gitproto.Remote
-	for _, u := range cfg.Remotes {
-		r, err := gitproto.OpenRemote(u, filepath.Join(cfg.Cache, gitproto.CacheName(u)), nil)
-		if err != nil {
-			e.errorf("remote %s: %v", gitproto.RedactURL(u), err)
-			return exitInfra
-		}
-		rems = append(rems, r)
+	rems, err := worker.OpenRemotes(cfg.Remotes, cfg.Cache)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitInfra
 	}
 	// The forges and the mail bridge run in refci-forge, a supervised
 	// child: a mistake in [[forge]] or [mail] stops the worker at once
@@ -113,10 +105,8 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		// The bridge asked for a run: the worker polls that remote now.
 		asked := func(url string) {
 			if w := wp.Load(); w != nil {
-				for i, r := range rems {
-					if cfg.Remotes[i] == url {
-						w.Poke(r.URL)
-					}
+				for _, u := range rems.Opened(url) {
+					w.Poke(u)
 				}
 			}
 		}
@@ -137,35 +127,25 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	var pushed func(string)
 	if fc != nil {
 		pushed = func(u string) {
-			for i, r := range rems {
-				if r.URL == u {
-					fc.Pushed(cfg.Remotes[i])
-				}
+			for _, c := range rems.Configured(u) {
+				fc.Pushed(c)
 			}
 		}
 	}
 	self, _ := os.Executable()
 	// What refci's own git, ssh and gpg read stays read-only for
 	// pipelines, and so do the remotes on this machine.
-	var localRemotes []string
-	for _, r := range rems {
-		localRemotes = append(localRemotes, r.LocalDir())
-	}
 	sb, err := worker.NewSandbox(worker.SandboxSpec{Isolate: true, Getenv: e.getenv, Self: self, Private: private,
-		ReadOnly: localRemotes, Writable: cfg.Writable, Require: cfg.RequireIsolation, Log: logger})
+		ReadOnly: rems.LocalDirs(), Writable: cfg.Writable, Require: cfg.RequireIsolation, Log: logger})
 	if err != nil {
 		e.errorf("worker: %v", err)
 		return exitInfra
 	}
 	defer sb.Close()
 	host, _ := os.Hostname()
-	byURL := map[string]*gitproto.Remote{}
-	for _, r := range rems {
-		byURL[r.URL] = r
-	}
-	opener := secretsOpener(admins, id, func(u string) *gitproto.Remote { return byURL[u] })
+	opener := secretsOpener(admins, id, rems.Lookup)
 	w := worker.New(worker.Config{
-		Remotes: rems, Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
+		Remotes: rems.List(), Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
 		Grace: cfg.Grace.Duration, MaxTimeout: cfg.MaxTimeout.Duration, MaxAttempts: cfg.MaxAttempts,
 		Limits: worker.Limits{Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
 			LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap},
@@ -187,22 +167,9 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		logger.Warn("second signal: cancelling running pipelines now", "signal", s.String())
 	})
 	defer stopSignals()
-	var names []string
-	for _, r := range rems {
-		names = append(names, gitproto.RedactURL(r.URL))
-	}
-	logger.Info("worker started", "key", id.Fingerprint(), "remotes", strings.Join(names, " "), "concurrency", cfg.Concurrency, "cache", cfg.Cache,
+	logger.Info("worker started", "key", id.Fingerprint(), "remotes", rems.String(), "concurrency", cfg.Concurrency, "cache", cfg.Cache,
 		"admins", admins.Len(), "trusted", trusted.Len())
-	for _, r := range rems {
-		if r.LocalDir() == "" {
-			continue
-		}
-		if direct, why := r.Direct(ctx); direct {
-			logger.Info("a remote on this machine: updated directly (index-pack and update-ref), not with git push", "remote", gitproto.RedactURL(r.URL))
-		} else {
-			logger.Info("a remote on this machine: updated with git push", "remote", gitproto.RedactURL(r.URL), "because", why)
-		}
-	}
+	rems.LogLocal(ctx, logger)
 	// The forges and mail run beside the loop, and stop after it.
 	mirrorCtx, stopMirrors := context.WithCancel(context.WithoutCancel(ctx))
 	forgeDone := make(chan struct{})
@@ -216,7 +183,10 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	go func() {
 		defer close(retentionDone)
 		if cfg.Retention != nil {
-			runRetention(mirrorCtx, cfg.Remotes, cfg.Cache, retention, cfg.Retention.Every.Duration, logger)
+			targets := rems.RetentionTargets(cfg.Cache, logger)
+			s := results.Schedule{Policy: retention, Every: cfg.Retention.Every.Duration, Logger: logger,
+				Targets: func(context.Context) ([]*results.Target, error) { return targets, nil }}
+			s.Run(mirrorCtx)
 		}
 	}()
 	err = w.Run(stop, abort)
@@ -229,26 +199,4 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	}
 	logger.Info("worker stopped")
 	return exitOK
-}
-
-// runRetention applies policy to each remote at once and then every
-// interval, until ctx ends (results.Schedule). Each remote's runs are
-// read through a cache of their own beside the worker's
-// (<cache>/<name>-gc.git), never the worker's, whose run refs are its
-// outbox's. A run the worker is running or has yet to publish is named
-// by its claim on the remote, so gc keeps it; a result waiting in the
-// outbox is not on the remote at all.
-func runRetention(ctx context.Context, urls []string, cacheDir string, policy results.Retention, every time.Duration, logger *slog.Logger) {
-	var targets []*results.Target
-	for _, u := range urls {
-		r, err := gitproto.OpenRemote(u, filepath.Join(cacheDir, strings.TrimSuffix(gitproto.CacheName(u), ".git")+"-gc.git"), nil)
-		if err != nil {
-			logger.Warn("retention: cannot open the remote's cache; no gc for it", "remote", gitproto.RedactURL(u), "err", err)
-			continue
-		}
-		targets = append(targets, results.RemoteTarget(r))
-	}
-	s := results.Schedule{Policy: policy, Every: every, Logger: logger,
-		Targets: func(context.Context) ([]*results.Target, error) { return targets, nil }}
-	s.Run(ctx)
 }
