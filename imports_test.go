@@ -59,8 +59,9 @@ var allowed = map[string][]string{
 	"fixtures":   {"secrets"}, // tests only: OpenPGP keys of fake identities come from secrets
 	// refci serve without its command line: the SSH endpoint, and the
 	// embedded worker that serves its repositories and trusts its
-	// records (the worker knows nothing of the server).
-	"server": {"queue", "gitproto", "secrets", "worker"},
+	// records (the worker knows nothing of the server); its retention
+	// is results' Schedule over its repositories.
+	"server": {"queue", "gitproto", "secrets", "worker", "results"},
 	"cmd":    {"queue", "gitproto", "secrets", "results", "requests", "worker", "render", "forge", "server", "lightbin"},
 
 	// Tests only: result and target commits written through gitproto;
