@@ -86,11 +86,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		e.errorf("serve: %v", err)
 		return exitInfra
 	}
-	level := slog.LevelInfo
-	if f.verbose {
-		level = slog.LevelDebug
-	}
-	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+	logger := e.cli().Logger(f.verbose)
 
 	hookClient, note := sshd.ChooseHookClient(self)
 	if note != "" {

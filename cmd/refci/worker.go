@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"os"
 	"sync/atomic"
 
@@ -81,11 +80,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		}
 	}
 	private := cfg.Private(home, *configFile)
-	level := slog.LevelInfo
-	if *verbose {
-		level = slog.LevelDebug
-	}
-	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+	logger := e.cli().Logger(*verbose)
 	rems, err := worker.OpenRemotes(cfg.Remotes, cfg.Cache)
 	if err != nil {
 		e.errorf("%v", err)
