@@ -27,7 +27,10 @@
 //	           periodic passes of refci worker and refci serve (Schedule)
 //	requests   asking for runs: making a request (its unique tag) and pushing it
 //	worker     the loop (claims, leases, takeovers), one run, the outbox, trust, isolation;
-//	           the secrets of a run (EnvSecrets), the starter pipeline of refci init
+//	           the secrets of a run (EnvSecrets), the starter pipeline of refci init;
+//	           a worker's remotes as configured and opened, and its retention's caches (Remotes)
+//	  worker/workerconf  worker.toml: its schema, the flags merged over it, defaults, the checks
+//	                  before start, what pipelines must not read
 //	  worker/proc     process supervision: start, wait, kill with grace, reap; the shim choice
 //	  worker/jobsock  the job socket's server and the in-shell job channel's, one job record;
 //	                  jobsock/jobclient: the refci job/secret clients;
@@ -53,8 +56,9 @@
 //	                  series asked for as patches/<id>/v<N>, one threaded reply, exactly once
 //	                  through its ledger ref refs/ci/mail/ledger/<name>; Settings: [mail], checked and started
 //	server     refci serve: the SSH server's roles, receive rules, owner and trust records;
-//	           the embedded worker (serves its repositories, woken by its pushes) and the
-//	           read-only HTTP server of the static site
+//	           the embedded worker (serves its repositories, woken by its pushes), the
+//	           read-only HTTP server of the static site, retention over its repositories,
+//	           and the order of serving and draining (Run)
 //	cmd        wiring only: flags, configuration, constructing things, exit codes, printing
 //	  cmd/refci        the CLI; it links no forge adapter nor the mail bridge
 //	  cmd/refci-forge  refci mirror, refci mail and a worker's [[forge]]/[mail] child

@@ -48,15 +48,20 @@ var allowed = map[string][]string{
 	// job name rule (see cmd/refci-job's test of its dependencies).
 	"worker/jobsock/jobwire":   {},
 	"worker/jobsock/jobclient": {"queue/jobname", "worker/jobsock/jobwire"},
-	"forge":                    {"queue", "render", "secrets", "gitproto", "results", "requests"},
+	// worker.toml: the worker's settings, and of its refci-forge
+	// child's only what the worker needs (forge/link, light, imports
+	// nothing of the project); retention's policy is results'.
+	"worker/workerconf": {"results", "forge/link"},
+	"forge":             {"queue", "render", "secrets", "gitproto", "results", "requests"},
 	// The link between a worker and its refci-forge child, both sides:
 	// refci links it, so nothing of the project (and of the adapters).
 	"forge/link": {},
 	"fixtures":   {"secrets"}, // tests only: OpenPGP keys of fake identities come from secrets
 	// refci serve without its command line: the SSH endpoint, and the
 	// embedded worker that serves its repositories and trusts its
-	// records (the worker knows nothing of the server).
-	"server": {"queue", "gitproto", "secrets", "worker"},
+	// records (the worker knows nothing of the server); its retention
+	// is results' Schedule over its repositories.
+	"server": {"queue", "gitproto", "secrets", "worker", "results"},
 	"cmd":    {"queue", "gitproto", "secrets", "results", "requests", "worker", "render", "forge", "server", "lightbin"},
 
 	// Tests only: result and target commits written through gitproto;

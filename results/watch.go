@@ -65,6 +65,21 @@ func (s Source) HasRemote(ctx context.Context) bool {
 	return err == nil
 }
 
+// RemoteURL is where the source's Remote is, as git would reach it: the
+// URL of the repository's remote of that name (git remote get-url), else
+// Remote itself (a URL or a path); a relative path is read from Dir, as
+// git reads it, and made absolute.
+func (s Source) RemoteURL(ctx context.Context) string {
+	u, err := s.git().Run(ctx, "", "remote", "get-url", "--", s.Remote)
+	if err != nil || u == "" {
+		u = s.Remote
+	}
+	if !strings.Contains(u, ":") && !filepath.IsAbs(u) {
+		u = filepath.Join(s.Dir, u)
+	}
+	return u
+}
+
 // ClaimView is what the remote holds for a request name: whether the
 // request and a claim are there, and the claim, when it could be read.
 type ClaimView struct {
@@ -212,11 +227,7 @@ func (s Source) git() gitproto.CLI { return gitproto.CLI{Dir: s.Dir, Env: s.Env}
 // changes whenever a run ref of target does; nil for a remote reached
 // over the network (or one that cannot be read that way).
 func (s Source) localWatch(ctx context.Context, target string) func() string {
-	u, err := s.git().Run(ctx, "", "remote", "get-url", s.Remote)
-	if err != nil {
-		u = s.Remote // a URL or path, not a remote's name
-	}
-	path := (&gitproto.Remote{URL: u}).LocalDir()
+	path := (&gitproto.Remote{URL: s.RemoteURL(ctx)}).LocalDir()
 	if path == "" {
 		return nil
 	}

@@ -115,3 +115,25 @@ func TestWaitForRefsBoundsItsReading(t *testing.T) {
 		t.Fatal("a change did not end the wait")
 	}
 }
+
+// RemoteURL says where a remote is as git would reach it: a configured
+// remote's URL, else the argument itself, a relative path read from the
+// repository's directory.
+func TestRemoteURL(t *testing.T) {
+	dir := fixtures.NewRepo(t)
+	fixtures.Git(t, dir, "remote", "add", "origin", "../bare.git")
+	fixtures.Git(t, dir, "remote", "add", "net", "https://ci@example.invalid/r.git")
+	for remote, want := range map[string]string{
+		"origin":                      filepath.Join(filepath.Dir(dir), "bare.git"),
+		"net":                         "https://ci@example.invalid/r.git",
+		"sub/x.git":                   filepath.Join(dir, "sub", "x.git"),
+		"/srv/git/a.git":              "/srv/git/a.git",
+		"host:path/a.git":             "host:path/a.git",
+		"file:///srv/git/a.git":       "file:///srv/git/a.git",
+		"-not-a-remote-nor-an-option": filepath.Join(dir, "-not-a-remote-nor-an-option"),
+	} {
+		if got := (Source{Dir: dir, Remote: remote}).RemoteURL(context.Background()); got != want {
+			t.Errorf("RemoteURL(%q) = %q, want %q", remote, got, want)
+		}
+	}
+}

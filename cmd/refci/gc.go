@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/render"
@@ -48,7 +47,7 @@ func cmdGC(ctx context.Context, e *env, args []string) int {
 		return usageError(e, fs, "--keep-last and --keep-days take 0 or more")
 	}
 	policy := results.Retention{KeepLast: *keepLast, KeepDays: *keepDays}
-	repo, err := openRepo(*repoDir)
+	repo, dir, err := openRepoDir(*repoDir)
 	if err != nil {
 		e.errorf("%v", err)
 		return exitFor(err)
@@ -57,21 +56,11 @@ func cmdGC(ctx context.Context, e *env, args []string) int {
 	if *remoteName == "" {
 		target = results.LocalTarget(repo, "")
 	} else {
-		dir := repo.WorkTree()
-		if dir == "" {
-			dir = repo.GitDir()
-		}
 		if msg := missingRemote(ctx, dir, *remoteName); msg != "" {
 			e.errorf("gc: %s", msg)
 			return exitUsage
 		}
-		url := *remoteName
-		if u, err := (gitproto.CLI{Dir: dir}).Run(ctx, "", "remote", "get-url", "--", *remoteName); err == nil && u != "" {
-			url = u
-		}
-		if !strings.Contains(url, ":") && !filepath.IsAbs(url) {
-			url = filepath.Join(dir, url) // a path, as git reads it: from the repository
-		}
+		url := results.Source{Dir: dir, Remote: *remoteName}.RemoteURL(ctx)
 		rem, err := gitproto.OpenRemote(url, filepath.Join(repo.GitDir(), "refci-gc", gitproto.CacheName(url)), nil)
 		if err != nil {
 			e.errorf("gc: remote %s: %v", gitproto.RedactURL(url), err)

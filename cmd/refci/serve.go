@@ -86,11 +86,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		e.errorf("serve: %v", err)
 		return exitInfra
 	}
-	level := slog.LevelInfo
-	if f.verbose {
-		level = slog.LevelDebug
-	}
-	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+	logger := e.cli().Logger(f.verbose)
 
 	hookClient, note := sshd.ChooseHookClient(self)
 	if note != "" {
@@ -155,49 +151,18 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		banner.Concurrency = 0
 	}
 	server.WriteBanner(e.stdout, banner)
-	var gc func(context.Context)
+	var gc *results.Schedule
 	if f.retention > 0 {
-		policy := results.Retention{KeepLast: f.keepLast, KeepDays: f.keepDays}
-		gc = func(ctx context.Context) { serveRetention(ctx, srv, policy, f.retention, logger) }
+		gc = srv.Retention(results.Retention{KeepLast: f.keepLast, KeepDays: f.keepDays}, f.retention)
 	}
 	return runServe(ctx, srv, ln, ew, httpSite, gc, logger, id.Fingerprint(), f.conc)
 }
 
-// serveRetention applies policy to every repository the server holds, at
-// once and then every interval, until ctx ends (results.Schedule),
-// logging one line per repository that had runs to remove. It deletes in
-// the repositories themselves, with the same lock-file compare-and-swap
-// as git: a push or a run finishing meanwhile is never undone, and the
-// runs a claim names are kept.
-func serveRetention(ctx context.Context, srv *server.Server, policy results.Retention, every time.Duration, logger *slog.Logger) {
-	s := results.Schedule{Policy: policy, Every: every, Logger: logger, Quiet: true,
-		Targets: func(context.Context) ([]*results.Target, error) {
-			names, err := srv.Repos()
-			if err != nil {
-				return nil, err
-			}
-			var targets []*results.Target
-			for _, name := range names {
-				repo, err := gitproto.Open(filepath.Join(srv.Paths().Repos, filepath.FromSlash(name)))
-				if err != nil {
-					logger.Warn("retention: cannot open a repository; trying again at the next pass", "repo", name, "err", err)
-					continue
-				}
-				targets = append(targets, results.LocalTarget(repo, name))
-			}
-			return targets, nil
-		}}
-	s.Run(ctx)
-}
-
-// runServe serves until the first signal (or ctx ends), then drains: no
-// new connections, running git sessions finish (bounded), then the
-// worker finishes its runs and pushes their results. A second signal, at
-// any time until serve returns, cancels the running pipelines. key
-// and conc are logged: the worker's signer and concurrency.
-func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *server.Worker, httpSite *server.Site, gc func(context.Context), logger *slog.Logger, key string, conc int) int {
-	stop, stopFn := context.WithCancel(ctx)
-	defer stopFn()
+// runServe serves until the first signal (or ctx ends), then drains
+// (server.Server.Run). A second signal, at any time until serve returns,
+// cancels the running pipelines. key and conc are logged: the worker's
+// signer and concurrency.
+func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *server.Worker, httpSite *server.Site, gc *results.Schedule, logger *slog.Logger, key string, conc int) int {
 	abort, abortFn := context.WithCancel(context.WithoutCancel(ctx))
 	defer abortFn()
 	serving, drain := context.WithCancel(ctx)
@@ -210,30 +175,9 @@ func runServe(ctx context.Context, srv *server.Server, ln net.Listener, ew *serv
 		abortFn()
 	})
 	defer stopSignals()
-	workerDone := make(chan error, 1)
-	go func() { workerDone <- ew.Run(stop, abort) }()
-	gcDone := make(chan struct{})
-	go func() {
-		defer close(gcDone)
-		if gc != nil {
-			gc(serving)
-		}
-	}()
 	logger.Info("serving", "ssh", ln.Addr().String(), "data", srv.Paths().Root, "key", key, "concurrency", conc)
-
 	code := exitOK
-	if err := srv.Serve(serving, ln); err != nil {
-		logger.Error("the SSH server stopped", "err", err)
-		code = exitInfra
-	}
-	if httpSite != nil {
-		httpSite.Close()
-	}
-	drain()
-	<-gcDone
-	stopFn()
-	if err := <-workerDone; err != nil {
-		logger.Error("worker", "err", err)
+	if err := srv.Run(serving, ctx, abort, ln, ew, httpSite, gc); err != nil {
 		code = exitInfra
 	}
 	logger.Info("stopped")

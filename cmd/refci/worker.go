@@ -3,93 +3,17 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
-	"log/slog"
 	"os"
-	"path/filepath"
-	"runtime"
-	"strings"
 	"sync/atomic"
-	"time"
 
 	"refci.dev/refci/cmd/internal/cli"
 	"refci.dev/refci/forge/link"
-	"refci.dev/refci/gitproto"
 	"refci.dev/refci/results"
 	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
 	"refci.dev/refci/worker/proc"
+	"refci.dev/refci/worker/workerconf"
 )
-
-// workerConfig is the TOML configuration of `refci worker --config`.
-// Flags given on the command line win over the file.
-type workerConfig struct {
-	Remotes           []string `toml:"remotes"`
-	Poll              duration `toml:"poll"`
-	Concurrency       int      `toml:"concurrency"`
-	Lease             duration `toml:"lease"`
-	Grace             duration `toml:"grace"`
-	Timeout           duration `toml:"timeout"`
-	MaxTimeout        duration `toml:"max_timeout"`
-	MaxAttempts       int      `toml:"max_attempts"`
-	KillGrace         duration `toml:"kill_grace"`
-	LogCap            int64    `toml:"log_cap"`
-	ArtifactCap       int64    `toml:"artifact_cap"`
-	ArtifactsTotalCap int64    `toml:"artifacts_total_cap"`
-	Key               string   `toml:"key"`
-	Cache             string   `toml:"cache"`
-	RequireIsolation  bool     `toml:"require_isolation"`
-	// Writable lists paths isolated pipelines may write besides their
-	// run directory and the scratch places (/tmp, /var/tmp, /dev/shm):
-	// the rest of the file system is read-only for them.
-	Writable []string `toml:"writable"`
-	// Admins and Trusted are public key files: the secrets admins whose
-	// signed environments are believed, and the requesters whose signed
-	// requests are trusted (given secrets).
-	Admins  []string `toml:"admins"`
-	Trusted []string `toml:"trusted"`
-	// [[forge]] entries show the runs of the remotes on forges, [mail]
-	// runs the mail bridge beside the worker: refci-forge, the worker's
-	// child, reads and checks them (forge/link); the worker reads only
-	// the files it hides from pipelines.
-	link.WorkerSettings
-	// Retention, when its every is set, runs refci gc on each remote
-	// that often (off by default).
-	Retention *retentionConfig `toml:"retention"`
-}
-
-// retentionConfig is [retention] of worker.toml: the policy of refci gc
-// (unset: its defaults) and how often a worker applies it to each of its
-// remotes.
-type retentionConfig struct {
-	KeepLast *int     `toml:"keep_last"`
-	KeepDays *int     `toml:"keep_days"`
-	Every    duration `toml:"every"`
-}
-
-// policy checks the section and returns the policy it sets.
-func (r *retentionConfig) policy() (results.Retention, error) {
-	p := results.DefaultRetention
-	if r.Every.Duration <= 0 {
-		return p, errors.New(`[retention]: set every (how often to collect, e.g. "24h") to turn it on, or remove the section`)
-	}
-	if r.Every.Duration < time.Minute {
-		return p, fmt.Errorf("[retention]: every = %q is too often; use a minute or more (a day is plenty)", r.Every.Duration)
-	}
-	if r.KeepLast != nil {
-		p.KeepLast = *r.KeepLast
-	}
-	if r.KeepDays != nil {
-		p.KeepDays = *r.KeepDays
-	}
-	if p.KeepLast < 0 || p.KeepDays < 0 {
-		return p, errors.New("[retention]: keep_last and keep_days take 0 or more")
-	}
-	return p, nil
-}
-
-// duration reads "10s" style values from TOML.
-type duration = cli.Duration
 
 func cmdWorker(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "worker")
@@ -114,17 +38,15 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	if _, code, ok := parse(e, fs, args, 0); !ok {
 		return code
 	}
-	var cfg workerConfig
+	var cfg workerconf.Config
 	if *configFile != "" {
-		if _, ok := cli.ReadConfig(e.cli(), *configFile, &cfg, "remotes, poll, concurrency, lease, grace, timeout, max_timeout, max_attempts, kill_grace, log_cap, artifact_cap, artifacts_total_cap, key, cache, require_isolation, writable, admins, trusted, mirror_state, in [retention]: keep_last, keep_days, every, in [[forge]]: "+link.ForgeSettings+"; in [mail]: "+link.MailSettings, link.IsChildSetting); !ok {
+		if _, ok := cli.ReadConfig(e.cli(), *configFile, &cfg, workerconf.Settings, link.IsChildSetting); !ok {
 			return exitUsage
 		}
 	}
-	if len(remotes) > 0 {
-		cfg.Remotes = remotes
-	}
-	cfg.Admins = append(cfg.Admins, adminFiles...)
-	cfg.Trusted = append(cfg.Trusted, trustedFiles...)
+	cfg.Apply(workerconf.Flags{Remotes: remotes, Poll: *poll, Lease: *lease, Grace: *grace, Timeout: *timeout, MaxTimeout: *maxTimeout,
+		MaxAttempts: *maxAttempts, Concurrency: *conc, Key: *keyFile, Cache: *cache, LogCap: *logCap, RequireIsolation: *requireIso,
+		Admins: adminFiles, Trusted: trustedFiles})
 	admins, err := secrets.ReadKeyringFiles(cfg.Admins...)
 	if err != nil {
 		e.errorf("worker: admins: %v", err)
@@ -135,67 +57,10 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		e.errorf("worker: trusted: %v", err)
 		return exitUsage
 	}
-	if len(cfg.Remotes) == 0 {
-		e.errorf("worker: no remote to serve; pass --remote URL (repeatable) or --config FILE")
+	retention, err := cfg.Check(*configFile)
+	if err != nil {
+		e.errorf("%v", err)
 		return exitUsage
-	}
-	set := func(dst *duration, v time.Duration) {
-		if v > 0 {
-			dst.Duration = v
-		}
-	}
-	set(&cfg.Poll, *poll)
-	set(&cfg.Lease, *lease)
-	set(&cfg.Grace, *grace)
-	set(&cfg.Timeout, *timeout)
-	set(&cfg.MaxTimeout, *maxTimeout)
-	if *maxAttempts != 0 {
-		cfg.MaxAttempts = *maxAttempts
-	}
-	if cfg.MaxAttempts < 0 {
-		e.errorf("worker: --max-attempts %d: give a positive number of attempts (default 3)", cfg.MaxAttempts)
-		return exitUsage
-	}
-	if cfg.MaxTimeout.Duration < 0 {
-		e.errorf("worker: max_timeout %s: give a positive duration (default 6h)", cfg.MaxTimeout.Duration)
-		return exitUsage
-	}
-	if *conc > 0 {
-		cfg.Concurrency = *conc
-	}
-	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = runtime.NumCPU()
-	}
-	if *keyFile != "" {
-		cfg.Key = *keyFile
-	}
-	if *cache != "" {
-		cfg.Cache = *cache
-	}
-	if *logCap > 0 {
-		cfg.LogCap = *logCap
-	}
-	if *requireIso {
-		cfg.RequireIsolation = true
-	}
-	if cfg.Lease.Duration > 0 && cfg.Lease.Duration < 3*time.Second {
-		e.errorf("worker: --lease %s is too short; use at least 3s", cfg.Lease.Duration)
-		return exitUsage
-	}
-
-	var retention results.Retention
-	if cfg.Retention != nil {
-		if retention, err = cfg.Retention.policy(); err != nil {
-			e.errorf("config %s: %v", *configFile, err)
-			return exitUsage
-		}
-	}
-
-	for _, p := range cfg.Writable {
-		if !filepath.IsAbs(p) {
-			e.errorf("config %s: writable: %q is not an absolute path; name the directories pipelines may write in full", *configFile, p)
-			return exitUsage
-		}
 	}
 
 	proc.SetNotDumpable()
@@ -205,35 +70,21 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		return exitFor(err)
 	}
 	// Hidden from pipelines: the key (all of $REFCI_HOME when it is
-	// there), the caches, the configuration.
-	private := []string{cfg.Key, cfg.Cache, *configFile}
-	if cfg.Key == "" || cfg.Cache == "" {
-		h, err := e.home()
-		if err != nil {
+	// there), the caches, the configuration, the forges' and mail's
+	// secrets.
+	var home string
+	if cfg.NeedsHome() {
+		if home, err = e.home(); err != nil {
 			e.errorf("%v", err)
 			return exitUsage
 		}
-		if cfg.Cache == "" {
-			cfg.Cache = filepath.Join(h, "cache")
-			private = append(private, cfg.Cache)
-		}
-		if cfg.Key == "" {
-			private = append(private, h)
-		}
 	}
-	level := slog.LevelInfo
-	if *verbose {
-		level = slog.LevelDebug
-	}
-	logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
-	var rems []*gitproto.Remote
-	for _, u := range cfg.Remotes {
-		r, err := gitproto.OpenRemote(u, filepath.Join(cfg.Cache, gitproto.CacheName(u)), nil)
-		if err != nil {
-			e.errorf("remote %s: %v", gitproto.RedactURL(u), err)
-			return exitInfra
-		}
-		rems = append(rems, r)
+	private := cfg.Private(home, *configFile)
+	logger := e.cli().Logger(*verbose)
+	rems, err := worker.OpenRemotes(cfg.Remotes, cfg.Cache)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitInfra
 	}
 	// The forges and the mail bridge run in refci-forge, a supervised
 	// child: a mistake in [[forge]] or [mail] stops the worker at once
@@ -242,12 +93,6 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	var fc *link.Child
 	var wp atomic.Pointer[worker.Worker] // set before the loop runs
 	if cfg.Wanted() {
-		h, err := e.home()
-		if err != nil {
-			e.errorf("%v", err)
-			return exitUsage
-		}
-		private = append(private, cfg.Private(h)...)
 		path, code := findForge(e, "worker: [[forge]] and [mail]")
 		if path == "" {
 			return code
@@ -255,15 +100,13 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		// The bridge asked for a run: the worker polls that remote now.
 		asked := func(url string) {
 			if w := wp.Load(); w != nil {
-				for i, r := range rems {
-					if cfg.Remotes[i] == url {
-						w.Poke(r.URL)
-					}
+				for _, u := range rems.Opened(url) {
+					w.Poke(u)
 				}
 			}
 		}
 		fc, err = link.Open(ctx, link.Config{Path: path, Args: link.WorkerArgs(*configFile, cfg.Key, *verbose), Asked: asked, Log: e.stderr, Logger: logger,
-			Start: link.Start{Remotes: cfg.Remotes, Cache: cfg.Cache, Poll: link.Duration{Duration: cfg.Poll.Duration}}})
+			Start: link.Start{Remotes: cfg.Remotes, Cache: cfg.Cache, Poll: cfg.Poll}})
 		var refused *link.FailError
 		switch {
 		case errors.As(err, &refused):
@@ -279,35 +122,25 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	var pushed func(string)
 	if fc != nil {
 		pushed = func(u string) {
-			for i, r := range rems {
-				if r.URL == u {
-					fc.Pushed(cfg.Remotes[i])
-				}
+			for _, c := range rems.Configured(u) {
+				fc.Pushed(c)
 			}
 		}
 	}
 	self, _ := os.Executable()
 	// What refci's own git, ssh and gpg read stays read-only for
 	// pipelines, and so do the remotes on this machine.
-	var localRemotes []string
-	for _, r := range rems {
-		localRemotes = append(localRemotes, r.LocalDir())
-	}
 	sb, err := worker.NewSandbox(worker.SandboxSpec{Isolate: true, Getenv: e.getenv, Self: self, Private: private,
-		ReadOnly: localRemotes, Writable: cfg.Writable, Require: cfg.RequireIsolation, Log: logger})
+		ReadOnly: rems.LocalDirs(), Writable: cfg.Writable, Require: cfg.RequireIsolation, Log: logger})
 	if err != nil {
 		e.errorf("worker: %v", err)
 		return exitInfra
 	}
 	defer sb.Close()
 	host, _ := os.Hostname()
-	byURL := map[string]*gitproto.Remote{}
-	for _, r := range rems {
-		byURL[r.URL] = r
-	}
-	opener := secretsOpener(admins, id, func(u string) *gitproto.Remote { return byURL[u] })
+	opener := secretsOpener(admins, id, rems.Lookup)
 	w := worker.New(worker.Config{
-		Remotes: rems, Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
+		Remotes: rems.List(), Poll: cfg.Poll.Duration, Concurrency: cfg.Concurrency, Lease: cfg.Lease.Duration,
 		Grace: cfg.Grace.Duration, MaxTimeout: cfg.MaxTimeout.Duration, MaxAttempts: cfg.MaxAttempts,
 		Limits: worker.Limits{Timeout: cfg.Timeout.Duration, KillGrace: cfg.KillGrace.Duration,
 			LogCap: cfg.LogCap, ArtifactFileCap: cfg.ArtifactCap, ArtifactTotalCap: cfg.ArtifactsTotalCap},
@@ -329,22 +162,9 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 		logger.Warn("second signal: cancelling running pipelines now", "signal", s.String())
 	})
 	defer stopSignals()
-	var names []string
-	for _, r := range rems {
-		names = append(names, gitproto.RedactURL(r.URL))
-	}
-	logger.Info("worker started", "key", id.Fingerprint(), "remotes", strings.Join(names, " "), "concurrency", cfg.Concurrency, "cache", cfg.Cache,
+	logger.Info("worker started", "key", id.Fingerprint(), "remotes", rems.String(), "concurrency", cfg.Concurrency, "cache", cfg.Cache,
 		"admins", admins.Len(), "trusted", trusted.Len())
-	for _, r := range rems {
-		if r.LocalDir() == "" {
-			continue
-		}
-		if direct, why := r.Direct(ctx); direct {
-			logger.Info("a remote on this machine: updated directly (index-pack and update-ref), not with git push", "remote", gitproto.RedactURL(r.URL))
-		} else {
-			logger.Info("a remote on this machine: updated with git push", "remote", gitproto.RedactURL(r.URL), "because", why)
-		}
-	}
+	rems.LogLocal(ctx, logger)
 	// The forges and mail run beside the loop, and stop after it.
 	mirrorCtx, stopMirrors := context.WithCancel(context.WithoutCancel(ctx))
 	forgeDone := make(chan struct{})
@@ -358,7 +178,10 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	go func() {
 		defer close(retentionDone)
 		if cfg.Retention != nil {
-			runRetention(mirrorCtx, cfg.Remotes, cfg.Cache, retention, cfg.Retention.Every.Duration, logger)
+			targets := rems.RetentionTargets(cfg.Cache, logger)
+			s := results.Schedule{Policy: retention, Every: cfg.Retention.Every.Duration, Logger: logger,
+				Targets: func(context.Context) ([]*results.Target, error) { return targets, nil }}
+			s.Run(mirrorCtx)
 		}
 	}()
 	err = w.Run(stop, abort)
@@ -371,26 +194,4 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	}
 	logger.Info("worker stopped")
 	return exitOK
-}
-
-// runRetention applies policy to each remote at once and then every
-// interval, until ctx ends (results.Schedule). Each remote's runs are
-// read through a cache of their own beside the worker's
-// (<cache>/<name>-gc.git), never the worker's, whose run refs are its
-// outbox's. A run the worker is running or has yet to publish is named
-// by its claim on the remote, so gc keeps it; a result waiting in the
-// outbox is not on the remote at all.
-func runRetention(ctx context.Context, urls []string, cacheDir string, policy results.Retention, every time.Duration, logger *slog.Logger) {
-	var targets []*results.Target
-	for _, u := range urls {
-		r, err := gitproto.OpenRemote(u, filepath.Join(cacheDir, strings.TrimSuffix(gitproto.CacheName(u), ".git")+"-gc.git"), nil)
-		if err != nil {
-			logger.Warn("retention: cannot open the remote's cache; no gc for it", "remote", gitproto.RedactURL(u), "err", err)
-			continue
-		}
-		targets = append(targets, results.RemoteTarget(r))
-	}
-	s := results.Schedule{Policy: policy, Every: every, Logger: logger,
-		Targets: func(context.Context) ([]*results.Target, error) { return targets, nil }}
-	s.Run(ctx)
 }

@@ -72,17 +72,23 @@ type Start struct {
 	Poll Duration `json:"poll"`
 }
 
-// Duration is a time.Duration written as text ("10s") on the wire.
+// Duration is a time.Duration written as text ("10s"): on the wire, and
+// in worker.toml (worker/workerconf), which the worker hands its child.
+// The zero value is no duration.
 type Duration struct{ time.Duration }
 
 // MarshalText writes d as Go writes a duration ("1m30s").
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
 
-// UnmarshalText reads a duration as MarshalText writes it.
+// UnmarshalText reads a duration as MarshalText writes it; its error
+// says how to write one.
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (write e.g. \"10s\", \"2m\")", b)
+	}
 	d.Duration = v
-	return err
+	return nil
 }
 
 // Ready says that the child's adapters run.

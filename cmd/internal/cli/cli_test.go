@@ -215,3 +215,13 @@ func TestExitFor(t *testing.T) {
 		t.Errorf("ExitFor(a key error) without ErrKeyConfig named = %d, want %d", got, ExitInfra)
 	}
 }
+
+func TestLoggerWritesToStderrAtItsLevel(t *testing.T) {
+	e, out, errb := testEnv()
+	e.Logger(false).Debug("hidden")
+	e.Logger(false).Info("shown", "k", "v")
+	e.Logger(true).Debug("verbose")
+	if s := errb.String(); strings.Contains(s, "hidden") || !strings.Contains(s, "level=INFO msg=shown k=v") || !strings.Contains(s, "level=DEBUG msg=verbose") || out.Len() != 0 {
+		t.Errorf("stderr %q, stdout %q", s, out.String())
+	}
+}
