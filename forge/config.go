@@ -5,26 +5,16 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"time"
 
+	"refci.dev/refci/forge/link"
 	"refci.dev/refci/gitproto"
 )
 
 // Duration reads "10s" style values from the TOML configuration of the
-// forges and the mail bridge. The zero value is no duration (the
-// setting's default).
-type Duration struct{ time.Duration }
-
-// UnmarshalText parses a Go duration ("10s", "2m"); its error says how
-// to write one.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("%q is not a duration (write e.g. \"10s\", \"2m\")", b)
-	}
-	d.Duration = v
-	return nil
-}
+// forges and the mail bridge: link.Duration, the one such type, which the
+// worker's configuration and the worker's link to refci-forge use too.
+// The zero value is no duration (the setting's default).
+type Duration = link.Duration
 
 // CheckOwnerOnly checks that the file of a secret (setting names it in
 // the configuration, what says what it holds) exists and only its owner

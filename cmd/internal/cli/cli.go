@@ -13,7 +13,6 @@ import (
 	"golang.org/x/term"
 	"io"
 	"os"
-	"time"
 )
 
 // Exit codes, the same for every command of every refci binary.
@@ -51,21 +50,6 @@ func (e *Env) program() string {
 // name.
 func (e *Env) Errorf(format string, args ...any) {
 	fmt.Fprintf(e.Stderr, e.program()+": "+format+"\n", args...)
-}
-
-// Duration reads "10s" style values from TOML and other text
-// configuration. The zero value is no duration.
-type Duration struct{ time.Duration }
-
-// UnmarshalText parses a Go duration ("10s", "2m"); its error says how
-// to write one.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("%q is not a duration (write e.g. \"10s\", \"2m\")", b)
-	}
-	d.Duration = v
-	return nil
 }
 
 // IsTerminal reports whether w is an *os.File open on a terminal. Other

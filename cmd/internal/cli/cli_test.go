@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"refci.dev/refci/forge/link"
 )
 
 func testEnv() (*Env, *bytes.Buffer, *bytes.Buffer) {
@@ -54,7 +56,7 @@ func TestReadConfig(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "c.toml")
 	var v struct {
-		Poll Duration `toml:"poll"`
+		Poll link.Duration `toml:"poll"`
 	}
 	write := func(s string) {
 		if err := os.WriteFile(file, []byte(s), 0o644); err != nil {
