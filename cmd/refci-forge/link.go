@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -52,11 +51,7 @@ func cmdLink(ctx context.Context, e *cli.Env, args []string) int {
 		parent.Fail(code, err.Error())
 		return code
 	}
-	level := slog.LevelInfo
-	if *verbose {
-		level = slog.LevelDebug
-	}
-	logger := slog.New(slog.NewTextHandler(e.Stderr, &slog.HandlerOptions{Level: level}))
+	logger := e.Logger(*verbose)
 	// The worker stops this child by closing its input, after its own
 	// loop: signals sent to the whole group (a terminal's ^C, a service
 	// manager's SIGTERM) are the worker's to handle.

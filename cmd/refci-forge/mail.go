@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -46,7 +45,7 @@ func cmdMail(ctx context.Context, e *cli.Env, args []string) int {
 		}
 		cfg.State = filepath.Join(h, "mail")
 	}
-	logger := slog.New(slog.NewTextHandler(e.Stderr, nil))
+	logger := e.Logger(false)
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	// Signals stop the startup checks too.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -51,7 +50,7 @@ func cmdMirror(ctx context.Context, e *cli.Env, args []string) int {
 		}
 		cfg.State = filepath.Join(h, "mirror")
 	}
-	logger := slog.New(slog.NewTextHandler(e.Stderr, nil))
+	logger := e.Logger(false)
 	mirrors, err := forgeconf.Build(ctx, forgeconf.Options{Entries: cfg.Forges, State: cfg.State, Poll: cfg.Poll.Duration, Logger: logger, Kinds: forgeKinds})
 	if err != nil {
 		e.Errorf("config %s: %v", *configFile, err)
