@@ -93,6 +93,18 @@ func (s *Status) PreviousRun() string {
 	return v
 }
 
+// ExtraConfigError is the key in Status.Extra that marks a run in state
+// error as ended by the repository's own configuration (no .refci/run,
+// not executable), which its owner must fix rather than retry.
+const ExtraConfigError = "config_error"
+
+// IsConfigError reports whether the run ended in state error because of
+// the repository's own configuration (ExtraConfigError): the CLI exits 2
+// for it.
+func (s *Status) IsConfigError() bool {
+	return s.Extra[ExtraConfigError] == true
+}
+
 // TakenOver finds the runs that lost their worker. A worker killed in the
 // middle of a run leaves that run's last snapshot, state running, on the
 // remote for good; the worker that takes the expired claim over names it

@@ -65,25 +65,11 @@ func cmdLog(ctx context.Context, e *env, args []string) int {
 	if st == nil {
 		return code
 	}
-	path := queue.LogFile
-	if *job != "" {
-		path = ""
-		for _, j := range st.Jobs {
-			if j.Name == *job {
-				path = j.Log
-			}
-		}
-		if path == "" {
-			var names []string
-			for _, j := range st.Jobs {
-				names = append(names, j.Name)
-			}
-			e.errorf("run %s has no log for job %q (jobs: %s)", rr.ID, *job, strings.Join(names, ", "))
-			return exitUsage
-		}
-	}
-	rc, err := repo.OpenFile(rr.Commit, path)
-	if err != nil {
+	rc, err := rr.OpenLog(repo, st, *job)
+	if errors.Is(err, results.ErrNoLog) {
+		e.errorf("%v", err)
+		return exitUsage
+	} else if err != nil {
 		e.errorf("%v", err)
 		return exitInfra
 	}
@@ -158,16 +144,7 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 	}
 	color := e.color(e.stdout)
 	for _, l := range results.ReadPage(repo, runs) {
-		switch {
-		case l.Err != nil:
-			fmt.Fprintf(e.stdout, "%s  %s  %s\n", l.ID, l.Target[:12], results.Problem(l.Err))
-		case l.Future:
-			fmt.Fprintf(e.stdout, "%s  (dated in the future: never the latest)\n", render.RunLine(l.Status, color))
-		case l.TakenOverBy != nil:
-			fmt.Fprintf(e.stdout, "%s  worker lost, taken over by %s\n", render.RunLine(l.Shown(), color), render.Safe(l.TakenOverBy.Run))
-		default:
-			fmt.Fprintln(e.stdout, render.RunLine(l.Status, color))
-		}
+		fmt.Fprintln(e.stdout, l.Line(color))
 	}
 	return exitOK
 }

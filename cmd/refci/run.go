@@ -162,13 +162,8 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		}
 		return exitInfra
 	}
-	st := outcome.Status
-	fmt.Fprintf(e.stdout, "refci: %s in %s", st.State, render.Duration(st.DurationMS))
-	if st.Reason != "" {
-		fmt.Fprintf(e.stdout, ": %s", st.Reason)
-	}
-	fmt.Fprintf(e.stdout, "\nrefci: result %s\n", outcome.Ref)
-	return exitForState(st)
+	render.Summary(e.stdout, outcome.Status, outcome.Ref)
+	return exitForState(outcome.Status)
 }
 
 // exitForState is the exit code of a finished run.
@@ -179,7 +174,7 @@ func exitForState(st *queue.Status) int {
 	case queue.Failure, queue.Cancelled:
 		return exitFailed
 	}
-	if worker.IsConfigError(st) {
+	if st.IsConfigError() {
 		return exitUsage
 	}
 	return exitInfra

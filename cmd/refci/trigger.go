@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"time"
 
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
-	"refci.dev/refci/render"
 	"refci.dev/refci/requests"
 	"refci.dev/refci/results"
 )
@@ -106,7 +104,7 @@ func follow(ctx context.Context, e *env, dir, remote, target string, want result
 	logOut, endLog := e.logWriter()
 	defer endLog() // every way out: a styled log must not colour what follows
 	w := results.Source{Dir: dir, Remote: remote}.Follow(ctx, target, want)
-	printed := false // some log was printed
+	p := results.Printer{Log: logOut, EndLog: endLog, Notes: e.stderr, Out: e.stdout, Color: e.color(e.stdout), Remote: remote}
 	for {
 		ev, err := w.Next(ctx)
 		switch {
@@ -120,53 +118,8 @@ func follow(ctx context.Context, e *env, dir, remote, target string, want result
 			e.errorf("%v", err)
 			return exitInfra
 		}
-		switch ev.Kind {
-		case results.FetchFailed:
-			e.errorf("fetch from %s failed (retrying): %v", remote, ev.Err)
-		case results.Waiting:
-			fmt.Fprintf(e.stderr, "refci: waiting for the run to start (no worker has pushed its progress yet)\n")
-		case results.Started:
-			st := ev.Status
-			fmt.Fprintf(e.stderr, "refci: run %s (attempt %d) on worker %s", st.Run, st.Attempt, st.Worker)
-			if prev := st.PreviousRun(); prev != "" {
-				fmt.Fprintf(e.stderr, ", after run %s lost its worker", prev)
-			}
-			fmt.Fprintln(e.stderr)
-		case results.Progress:
-			if ev.Status.Extra["config_error"] == true && !printed {
-				// A configuration error's log is its reason alone,
-				// which the summary says.
-				break
-			}
-			if ev.LogCapped {
-				fmt.Fprintf(logOut, "\n[refci: the log was capped; showing its tail]\n")
-			}
-			logOut.Write(ev.Log)
-			printed = printed || len(ev.Log) > 0
-		case results.TakenOver:
-			endLog()
-			fmt.Fprintf(e.stderr, "\nrefci: run %s (attempt %d) lost its worker; run %s (attempt %d) on worker %s took the request over\n",
-				ev.From, ev.FromAttempt, ev.To, ev.ToAttempt, ev.ToWorker)
-			printed = false
-		case results.LeaseExpired:
-			c := ev.Claim
-			fmt.Fprintf(e.stderr, "\nrefci: worker %s stopped renewing its claim on run %s (the lease ran out at %s); waiting for another worker to take the request over\n",
-				c.Worker, c.Run, c.LeaseExpires.Local().Format(time.TimeOnly))
-		case results.Final:
-			st := ev.Status
-			endLog()
-			// The final block: jobs as a tree, artifacts, then the
-			// one-line summary, which holds the reason.
-			fmt.Fprintln(e.stdout)
-			block := *st
-			block.Reason = ""
-			render.Terminal(e.stdout, &block, render.TermOptions{Color: e.color(e.stdout), Ref: ev.Ref})
-			fmt.Fprintf(e.stdout, "refci: %s in %s", st.State, render.Duration(st.DurationMS))
-			if st.Reason != "" {
-				fmt.Fprintf(e.stdout, ": %s", render.Safe(st.Reason))
-			}
-			fmt.Fprintf(e.stdout, "\nrefci: result %s\n", ev.Ref)
-			return exitForState(st)
+		if p.Print(ev) {
+			return exitForState(ev.Status)
 		}
 	}
 }
@@ -185,16 +138,8 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 	}
 	src := results.Source{Dir: dir, Remote: remote}
 	waitCtx, stop := signal.NotifyContext(ctx, os.Interrupt)
-	target, want, err := src.Locate(waitCtx, arg, func(n results.ClaimNote, cv results.ClaimView) {
-		switch n {
-		case results.PushedAgain:
-			fmt.Fprintf(e.stderr, "refci: request %s was pushed again; waiting for a worker to claim it (the claim there, run %s, is of the earlier push)\n", arg, cv.Claim.Run)
-		case results.BadClaim:
-			e.errorf("the claim of %s on %s is not believed (%s); waiting for a worker to replace it", arg, remote, render.Safe(cv.Bad.Error()))
-		case results.Queued:
-			fmt.Fprintf(e.stderr, "refci: request %s is waiting for a worker\n", arg)
-		}
-	})
+	p := results.Printer{Notes: e.stderr, Remote: remote}
+	target, want, err := src.Locate(waitCtx, arg, func(n results.ClaimNote, cv results.ClaimView) { p.PrintClaimNote(arg, n, cv) })
 	interrupted := waitCtx.Err() != nil
 	stop()
 	switch {

@@ -1,0 +1,124 @@
+package results
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"refci.dev/refci/fixtures/resultcommit"
+	"refci.dev/refci/queue"
+)
+
+// A job's log is found by the job's name; a name the run has no job of
+// is ErrNoLog, naming the jobs there are (made safe to print).
+func TestOpenLog(t *testing.T) {
+	w, _ := identities(t)
+	dir, target := repoWithCommit(t)
+	st := status(target, runID(time.Minute), 1, queue.Failure, w)
+	st.Jobs = []queue.Job{{Name: "build", Log: "jobs/build.log"}, {Name: "te\x1bst", Log: "jobs/test.log"}}
+	repo := open(t, dir)
+	c := resultcommit.Write(t, repo, st, [20]byte{}, w, map[string]string{queue.LogFile: "whole\n", "jobs/build.log": "built\n", "jobs/test.log": "tested\n"})
+	r := Run{Ref: queue.RunRef(target, st.Run), Target: target, ID: st.Run, Commit: c}
+	for job, want := range map[string]string{"": "whole\n", "build": "built\n", "te\x1bst": "tested\n"} {
+		rc, err := r.OpenLog(repo, st, job)
+		if err != nil {
+			t.Fatalf("OpenLog(%q): %v", job, err)
+		}
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || string(b) != want {
+			t.Errorf("OpenLog(%q) = %q, %v; want %q", job, b, err, want)
+		}
+	}
+	_, err := r.OpenLog(repo, st, "lint")
+	if !errors.Is(err, ErrNoLog) {
+		t.Fatalf("OpenLog(lint) = %v; want ErrNoLog", err)
+	}
+	if want := `run ` + st.Run + ` has no log for job "lint" (jobs: build, te\x1bst)`; err.Error() != want {
+		t.Errorf("OpenLog(lint): %q\nwant %q", err, want)
+	}
+}
+
+func TestListedLine(t *testing.T) {
+	w, _ := identities(t)
+	target := strings.Repeat("ab", 20)
+	st := status(target, "20260101T000000Z-aaaa", 1, queue.Running, w)
+	by := status(target, "20260101T010000Z-bbbb", 2, queue.Success, w)
+	for _, tc := range []struct {
+		l    Listed
+		want string
+	}{
+		{Listed{Run: Run{ID: st.Run, Target: target}, Status: st}, "20260101T000000Z-aaaa  abababababab  running       0ms  topic"},
+		{Listed{Run: Run{ID: st.Run, Target: target, Future: true}, Status: st}, "20260101T000000Z-aaaa  abababababab  running       0ms  topic  (dated in the future: never the latest)"},
+		{Listed{Run: Run{ID: st.Run, Target: target}, Status: st, TakenOverBy: by}, "20260101T000000Z-aaaa  abababababab  error         0ms  topic  worker lost, taken over by 20260101T010000Z-bbbb"},
+		{Listed{Run: Run{ID: st.Run, Target: target}, Err: errors.New("broken")}, "20260101T000000Z-aaaa  abababababab  " + Problem(errors.New("broken"))},
+	} {
+		if got := tc.l.Line(false); got != tc.want {
+			t.Errorf("Line:\n got %q\nwant %q", got, tc.want)
+		}
+	}
+}
+
+// The Printer shows each event of a followed run; text from the remote
+// cannot write control sequences; a configuration error's log is left to
+// the summary; the final block ends the log first.
+func TestPrinter(t *testing.T) {
+	var log, notes, out bytes.Buffer
+	ended := 0
+	p := Printer{Log: &log, Notes: &notes, Out: &out, EndLog: func() { ended++ }, Remote: "origin"}
+	target := strings.Repeat("ab", 20)
+	st := &queue.Status{State: queue.Running, Target: target, Run: "r1", Attempt: 1, Worker: "w\x1b[2J"}
+	events := []Event{
+		{Kind: FetchFailed, Err: errors.New("timeout")},
+		{Kind: Waiting},
+		{Kind: Started, Status: st},
+		{Kind: Progress, Status: st, Log: []byte("step 1\n")},
+		{Kind: Progress, Status: st, Log: []byte("tail\n"), LogCapped: true},
+		{Kind: LeaseExpired, Claim: &queue.Claim{Worker: "w1", Run: "r1", LeaseExpires: time.Date(2026, 1, 1, 12, 0, 0, 0, time.Local)}},
+		{Kind: TakenOver, From: "r1", FromAttempt: 1, To: "r2", ToAttempt: 2, ToWorker: "w2"},
+		{Kind: Progress, Status: &queue.Status{State: queue.Error, Extra: map[string]any{queue.ExtraConfigError: true}}, Log: []byte("no .refci/run\n")},
+	}
+	for _, ev := range events {
+		if p.Print(ev) {
+			t.Fatalf("Print(%v) said final", ev.Kind)
+		}
+	}
+	final := &queue.Status{State: queue.Failure, Target: target, Run: "r2", DurationMS: 2000, Reason: "job test failed"}
+	if !p.Print(Event{Kind: Final, Status: final, Ref: "refs/ci/runs/x/r2"}) {
+		t.Errorf("Print(Final) did not say final")
+	}
+	if want := "step 1\n\n[refci: the log was capped; showing its tail]\ntail\n"; log.String() != want {
+		t.Errorf("log:\n%q\nwant\n%q", log.String(), want)
+	}
+	wantNotes := "refci: fetch from origin failed (retrying): timeout\n" +
+		"refci: waiting for the run to start (no worker has pushed its progress yet)\n" +
+		"refci: run r1 (attempt 1) on worker w\\x1b[2J\n" +
+		"\nrefci: worker w1 stopped renewing its claim on run r1 (the lease ran out at 12:00:00); waiting for another worker to take the request over\n" +
+		"\nrefci: run r1 (attempt 1) lost its worker; run r2 (attempt 2) on worker w2 took the request over\n"
+	if notes.String() != wantNotes {
+		t.Errorf("notes:\n%s\nwant\n%s", notes.String(), wantNotes)
+	}
+	if ended != 2 {
+		t.Errorf("EndLog called %d times; want 2 (takeover, final)", ended)
+	}
+	if o := out.String(); !strings.HasPrefix(o, "\nFAILURE") || !strings.HasSuffix(o, "refci: failure in 2.0s: job test failed\nrefci: result refs/ci/runs/x/r2\n") || strings.Count(o, "job test failed") != 1 {
+		t.Errorf("final block:\n%s", o)
+	}
+}
+
+func TestPrintClaimNote(t *testing.T) {
+	var notes bytes.Buffer
+	p := Printer{Notes: &notes, Remote: "origin"}
+	p.PrintClaimNote("topic", Queued, ClaimView{})
+	p.PrintClaimNote("topic", PushedAgain, ClaimView{Claim: &queue.Claim{Run: "r1"}})
+	p.PrintClaimNote("topic", BadClaim, ClaimView{Bad: errors.New("bad\x1b[2J signature")})
+	want := "refci: request topic is waiting for a worker\n" +
+		"refci: request topic was pushed again; waiting for a worker to claim it (the claim there, run r1, is of the earlier push)\n" +
+		"refci: the claim of topic on origin is not believed (bad\\x1b[2J signature); waiting for a worker to replace it\n"
+	if notes.String() != want {
+		t.Errorf("notes:\n%s\nwant\n%s", notes.String(), want)
+	}
+}
