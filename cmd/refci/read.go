@@ -243,8 +243,13 @@ func cmdVerify(ctx context.Context, e *env, args []string) int {
 	return exitOK
 }
 
-// keyring builds the keys verify trusts: the given files, or else the
-// user's own key plus $REFCI_HOME/trusted/*.asc.
+// errNoKeys is matched by keyring's error when it found no key to trust.
+var errNoKeys = errors.New("no keys to verify with")
+
+// keyring builds the keys verify, view and serve's site trust: the given
+// files, or else the user's own key (keyFile, default
+// $REFCI_HOME/key.asc) plus $REFCI_HOME/trusted/*.asc; with none of
+// those, an error matching errNoKeys.
 func (e *env) keyring(files []string, keyFile string) (secrets.Keyring, error) {
 	if len(files) > 0 {
 		return secrets.ReadKeyringFiles(files...)
@@ -273,7 +278,7 @@ func (e *env) keyring(files []string, keyFile string) (secrets.Keyring, error) {
 		kr.Add(id)
 	}
 	if kr.Len() == 0 {
-		return kr, fmt.Errorf("no keys to verify with: pass --keyring FILE (the worker's 'refci keys export'), or put keys in %s", filepath.Join(h, "trusted"))
+		return kr, fmt.Errorf("%w: pass --keyring FILE (the worker's 'refci keys export'), or put keys in %s", errNoKeys, filepath.Join(h, "trusted"))
 	}
 	return kr, nil
 }
