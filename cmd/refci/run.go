@@ -66,34 +66,15 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		self = ""
 	}
-	// A local run is the user's own code on the user's own machine: it
-	// can read everything else of theirs anyway. --isolate hides the key
-	// as workers do (which needs the shim). Every run directory of this
-	// user's refci processes lies under one root, hidden from isolated
-	// pipelines (worker.MakeRunsDir).
-	spec := worker.SandboxSpec{Isolate: *isolate, Getenv: e.getenv, Self: self, Require: *isolate,
-		// The repository gets the result: its configuration and hooks,
-		// like everything refci's own git reads, stay read-only.
-		ReadOnly: []string{repo.GitDir()}}
+	var private []string // what an isolated pipeline may not see
 	if *isolate {
-		if self == "" {
-			e.errorf("run: --isolate: cannot find the refci executable to supervise the pipeline")
-			return exitInfra
-		}
 		h, err := e.home()
 		if err != nil {
 			e.errorf("run: --isolate: %v", err)
 			return exitInfra
 		}
-		spec.Private = []string{h, *keyFile}
+		private = []string{h, *keyFile}
 	}
-	sb, err := worker.NewSandbox(spec)
-	if err != nil {
-		e.errorf("run: %v", err)
-		return exitInfra
-	}
-	defer sb.Close()
-	host, _ := os.Hostname()
 	admins, err := secrets.ReadKeyringFiles(adminFiles...)
 	if err != nil {
 		e.errorf("--admin: %v", err)
@@ -111,7 +92,6 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		}
 		trustedKeys = &k
 	}
-	trusted, trustReason := worker.LocalTrust(repo, target, trustedKeys)
 
 	// First Ctrl-C (or SIGTERM): terminate the pipeline, record
 	// cancelled. Second: kill at once.
@@ -132,28 +112,24 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	if !*quiet {
 		out = e.stdout
 	}
-	outcome, err := worker.Run(soft, worker.RunSpec{
-		Repo:        repo,
-		Target:      target,
-		TargetRef:   displayRev(rev, target.String()),
-		Request:     worker.LocalRequest,
-		Env:         *envName,
-		Trusted:     trusted,
-		TrustReason: trustReason,
-		Secrets:     secretsOpener(admins, id, nil),
+	outcome, err := worker.RunLocal(soft, worker.Local{Spec: worker.RunSpec{
+		Repo:      repo,
+		Target:    target,
+		TargetRef: displayRev(rev, target.String()),
+		Env:       *envName,
+		Secrets:   secretsOpener(admins, id, nil),
 		Limits: worker.Limits{Timeout: *timeout, KillGrace: *grace,
 			LogCap: *logCap, ArtifactFileCap: *artCap, ArtifactTotalCap: *artTotal},
-		RefciPath:    self,
-		Shim:         sb.Shim,
-		Isolation:    sb.Isolation,
-		TempDir:      sb.RunsDir,
 		Output:       out,
 		Hard:         hard,
 		CancelReason: func() string { return cancelReason.Load().(string) },
-		Host:         host,
 		Version:      version,
 		Page:         renderPage,
-	}, id)
+	}, Self: self, Isolate: *isolate, Private: private, Getenv: e.getenv, TrustedKeys: trustedKeys}, id)
+	if errors.Is(err, worker.ErrLocalSetup) {
+		e.errorf("run: %v", err)
+		return exitInfra
+	}
 	if err != nil {
 		if outcome != nil && outcome.Status != nil {
 			e.errorf("the pipeline ended %s in %s, but no result was recorded: %v", outcome.Status.State, render.Duration(outcome.Status.DurationMS), err)
