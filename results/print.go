@@ -32,6 +32,56 @@ func (l Listed) Line(color bool) string {
 	return render.RunLine(l.Status, color)
 }
 
+// ErrPastLastPage is matched by ListPage's error for a page past the
+// last one; the error says how many runs and pages there are.
+var ErrPastLastPage = errors.New("page past the last one")
+
+// Page is one page of a list of runs, newest first (ListPage).
+type Page struct {
+	Runs  []Listed // the page's runs, read (ReadPage)
+	From  int      // the index of its first run among all, from 0
+	Total int      // how many runs the whole list has
+	Size  int      // runs a page; 0: the page is the whole list
+	N     int      // which page it is, from 1
+}
+
+// ListPage lists the runs of target ("" for all), newest first (List),
+// and reads page n, from 1, of size of them (size 0: all of them).
+// Run ids sort by start time, so the page is found from the ref names
+// alone: only its statuses are read. A page past the last one is
+// ErrPastLastPage (but the first of an empty list is empty).
+func ListPage(repo *gitproto.Repo, target string, size, n int) (Page, error) {
+	runs, err := List(repo, target)
+	if err != nil {
+		return Page{}, err
+	}
+	p := Page{Total: len(runs), Size: size, N: n}
+	if size > 0 {
+		p.From = min((n-1)*size, len(runs))
+		to := min(p.From+size, len(runs))
+		if p.From == to && len(runs) > 0 {
+			return p, wrap(fmt.Sprintf("page %d is past the last one (%d runs, %d a page)", n, len(runs), size), ErrPastLastPage)
+		}
+		runs = runs[p.From:to]
+	}
+	p.Runs = ReadPage(repo, runs)
+	return p, nil
+}
+
+// Note says where the page lies among all runs, for a person who listed
+// with refci runs -n and --page: "" when it holds all of them.
+func (p Page) Note() string {
+	to := p.From + len(p.Runs)
+	switch {
+	case p.Size == 0:
+	case to < p.Total:
+		return fmt.Sprintf("runs %d-%d of %d, newest first; --page %d for older ones, -n 0 for all", p.From+1, to, p.Total, p.N+1)
+	case p.From > 0:
+		return fmt.Sprintf("runs %d-%d of %d, newest first (the last page)", p.From+1, to, p.Total)
+	}
+	return ""
+}
+
 // ErrNoLog is matched by the error of OpenLog when the run has no log
 // for the job asked for; the error names the jobs it has.
 var ErrNoLog = errors.New("no log for job")

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"refci.dev/refci/fixtures/resultcommit"
+	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 )
 
@@ -20,7 +21,7 @@ func TestOpenLog(t *testing.T) {
 	st := status(target, runID(time.Minute), 1, queue.Failure, w)
 	st.Jobs = []queue.Job{{Name: "build", Log: "jobs/build.log"}, {Name: "te\x1bst", Log: "jobs/test.log"}}
 	repo := open(t, dir)
-	c := resultcommit.Write(t, repo, st, [20]byte{}, w, map[string]string{queue.LogFile: "whole\n", "jobs/build.log": "built\n", "jobs/test.log": "tested\n"})
+	c := resultcommit.Write(t, repo, st, gitproto.ZeroHash, w, map[string]string{queue.LogFile: "whole\n", "jobs/build.log": "built\n", "jobs/test.log": "tested\n"})
 	r := Run{Ref: queue.RunRef(target, st.Run), Target: target, ID: st.Run, Commit: c}
 	for job, want := range map[string]string{"": "whole\n", "build": "built\n", "te\x1bst": "tested\n"} {
 		rc, err := r.OpenLog(repo, st, job)
@@ -120,5 +121,46 @@ func TestPrintClaimNote(t *testing.T) {
 		"refci: the claim of topic on origin is not believed (bad\\x1b[2J signature); waiting for a worker to replace it\n"
 	if notes.String() != want {
 		t.Errorf("notes:\n%s\nwant\n%s", notes.String(), want)
+	}
+}
+
+// ListPage pages a list newest first and says where each page lies; a
+// page past the last is ErrPastLastPage, an empty list's first page is
+// empty.
+func TestListPage(t *testing.T) {
+	w, _ := identities(t)
+	dir, target := repoWithCommit(t)
+	repo := open(t, dir)
+	if p, err := ListPage(repo, target, 3, 1); err != nil || len(p.Runs) != 0 || p.Note() != "" {
+		t.Fatalf("no runs: %+v, %v", p, err)
+	}
+	var ids []string
+	for i := 7; i > 0; i-- {
+		st := status(target, runID(time.Duration(i)*time.Minute), 1, queue.Success, w)
+		publish(t, dir, st, gitproto.ZeroHash, w, "")
+		ids = append([]string{st.Run}, ids...) // newest first
+	}
+	var got []string
+	for n, note := range []string{
+		"runs 1-3 of 7, newest first; --page 2 for older ones, -n 0 for all",
+		"runs 4-6 of 7, newest first; --page 3 for older ones, -n 0 for all",
+		"runs 7-7 of 7, newest first (the last page)",
+	} {
+		p, err := ListPage(repo, target, 3, n+1)
+		if err != nil || p.Note() != note {
+			t.Errorf("page %d: %q, %v; want %q", n+1, p.Note(), err, note)
+		}
+		for _, l := range p.Runs {
+			got = append(got, l.ID)
+		}
+	}
+	if strings.Join(got, " ") != strings.Join(ids, " ") {
+		t.Errorf("pages: %v\nwant %v", got, ids)
+	}
+	if p, err := ListPage(repo, "", 0, 1); err != nil || len(p.Runs) != 7 || p.Note() != "" {
+		t.Errorf("all: %d runs, %q, %v", len(p.Runs), p.Note(), err)
+	}
+	if _, err := ListPage(repo, target, 3, 4); !errors.Is(err, ErrPastLastPage) || err.Error() != "page 4 is past the last one (7 runs, 3 a page)" {
+		t.Errorf("past the last: %v", err)
 	}
 }

@@ -109,32 +109,18 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 	if *limit < 0 || *page < 1 {
 		return usageError(e, fs, "-n must be 0 or more and --page 1 or more")
 	}
-	// Run ids sort by start time, so the newest N are found from the ref
-	// names alone: only the page's statuses are read.
-	runs, err := results.List(repo, target)
+	pg, err := results.ListPage(repo, target, *limit, *page)
 	if err != nil {
 		e.errorf("%v", err)
-		return exitInfra
-	}
-	total := len(runs)
-	if *limit > 0 {
-		from := min((*page-1)**limit, total)
-		to := min(from+*limit, total)
-		if from == to && total > 0 {
-			e.errorf("page %d is past the last one (%d runs, %d a page)", *page, total, *limit)
+		if errors.Is(err, results.ErrPastLastPage) {
 			return exitUsage
 		}
-		runs = runs[from:to]
-		defer func() {
-			switch {
-			case to < total:
-				fmt.Fprintf(e.stderr, "refci: runs %d-%d of %d, newest first; --page %d for older ones, -n 0 for all\n", from+1, to, total, *page+1)
-			case from > 0:
-				fmt.Fprintf(e.stderr, "refci: runs %d-%d of %d, newest first (the last page)\n", from+1, to, total)
-			}
-		}()
+		return exitInfra
 	}
-	if len(runs) == 0 {
+	if note := pg.Note(); note != "" {
+		defer fmt.Fprintf(e.stderr, "refci: %s\n", note)
+	}
+	if len(pg.Runs) == 0 {
 		if *all {
 			fmt.Fprintf(e.stderr, "refci: no runs; start one with 'refci run', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'\n")
 		} else {
@@ -143,7 +129,7 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 		return exitOK
 	}
 	color := e.color(e.stdout)
-	for _, l := range results.ReadPage(repo, runs) {
+	for _, l := range pg.Runs {
 		fmt.Fprintln(e.stdout, l.Line(color))
 	}
 	return exitOK
