@@ -154,22 +154,10 @@ func cmdFetch(ctx context.Context, e *env, args []string) int {
 	if len(pos) == 0 {
 		pos = []string{"HEAD"}
 	}
-	var targets []string
-	seen := map[string]bool{}
-	for _, rev := range pos {
-		t := strings.ToLower(rev)
-		if !queue.IsObjectID(t) { // a commit this repository need not have
-			h, err := repo.ResolveCommit(rev)
-			if err != nil {
-				e.errorf("%v", err)
-				return exitFor(err)
-			}
-			t = h.String()
-		}
-		if !seen[t] {
-			seen[t] = true
-			targets = append(targets, t)
-		}
+	targets, err := results.Targets(repo, pos...)
+	if err != nil {
+		e.errorf("%v", err)
+		return exitFor(err)
 	}
 	_, got, err := results.Source{Dir: dir, Remote: *remote}.Refresh(ctx, targets...)
 	if err != nil {
