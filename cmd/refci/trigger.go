@@ -30,7 +30,6 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 		e.errorf("%v", err)
 		return exitFor(err)
 	}
-	git := gitproto.CLI{Dir: dir}
 	rev := first(pos)
 	if rev == "" {
 		rev = "HEAD"
@@ -40,12 +39,12 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 		e.errorf("%v", err)
 		return exitFor(err)
 	}
+	// Always an annotated tag, with a fresh id in its subject (see
+	// requests): --wait, log -f and the result tell this push from an
+	// earlier one of the same commit under the same name.
+	client := requests.Client{Dir: dir}
 	if *name == "" {
-		branch, _ := git.Run(ctx, "", "symbolic-ref", "--short", "-q", "HEAD")
-		if first(pos) != "" || branch == "" {
-			branch = "rev-" + target.String()[:12]
-		}
-		*name = branch
+		*name = client.DefaultName(ctx, target, first(pos) == "")
 	}
 	if err := queue.ValidateRequestName(*name); err != nil {
 		e.errorf("trigger: %v", err)
@@ -62,18 +61,9 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 		e.errorf("trigger: %s", msg)
 		return exitUsage
 	}
-	// Always an annotated tag, with a fresh id in its subject: its object
-	// id names this request and no other, so that --wait, log -f and the
-	// result (status.json request_object) tell it from an earlier push of
-	// the same commit under the same name.
-	client := requests.Client{Dir: dir}
-	obj, err := client.Make(ctx, requests.Request{Name: *name, Target: target, Options: opts})
+	obj, err := client.Ask(ctx, *remote, requests.Request{Name: *name, Target: target, Options: opts})
 	if err != nil {
 		e.errorf("trigger: %v", err)
-		return exitInfra
-	}
-	if err := client.Push(ctx, *remote, *name, obj); err != nil {
-		e.errorf("trigger: pushing %s to %s failed: %v", queue.RequestRef(*name), *remote, err)
 		return exitInfra
 	}
 	fmt.Fprintf(e.stdout, "refci: requested %s for %s on %s\n", *name, target.String()[:12], *remote)
