@@ -94,15 +94,13 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 	}
 	repo, err := openRepo(*repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	target := ""
 	if !*all {
 		h, err := repo.ResolveCommit(first(pos))
 		if err != nil {
-			e.errorf("%v", err)
-			return exitFor(err)
+			return e.exitOn(err)
 		}
 		target = h.String()
 	}
@@ -148,25 +146,22 @@ func cmdFetch(ctx context.Context, e *env, args []string) int {
 	}
 	repo, dir, err := openRepoDir(*repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	if len(pos) == 0 {
 		pos = []string{"HEAD"}
 	}
 	targets, err := results.Targets(repo, pos...)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	_, got, err := results.Source{Dir: dir, Remote: *remote}.Refresh(ctx, targets...)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	for i, r := range got {
 		name := r.Target[:12]
-		if i < len(pos) && displayRev(pos[i], r.Target) != "" && len(pos) == len(targets) {
+		if i < len(pos) && queue.TargetRefFor(pos[i], r.Target) != "" && len(pos) == len(targets) {
 			name += " (" + render.Safe(pos[i]) + ")"
 		}
 		fmt.Fprintf(e.stdout, "%s: %d run(s) here, %d new or changed\n", name, r.Runs, r.NewOrChanged)
@@ -192,8 +187,7 @@ func cmdVerify(ctx context.Context, e *env, args []string) int {
 	}
 	repo, rr, err := fetchRemote(fs, *repoDir, *remote).FindFetching(ctx, first(pos), e.errorf)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	// Every commit of the snapshot chain is signed by a trusted key and
 	// says what the ref says; all name the same request and attempt.
@@ -294,6 +288,13 @@ func loadRun(ctx context.Context, e *env, src results.Source, arg string) (*gitp
 		e.errorf("run %s is dated in the future (its worker's clock is wrong, or its id was forged): it is never taken for the latest", rr.ID)
 	}
 	return repo, rr, st, 0
+}
+
+// exitOn reports err, which ends the command, and returns its exit code
+// (exitFor).
+func (e *env) exitOn(err error) int {
+	e.errorf("%v", err)
+	return exitFor(err)
 }
 
 func first(s []string) string {

@@ -48,19 +48,16 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	}
 	repo, err := openRepo(*repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	target, err := repo.ResolveCommit(rev)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	proc.SetNotDumpable()
 	id, err := e.identity(*keyFile)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -115,7 +112,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	outcome, err := worker.RunLocal(soft, worker.Local{Spec: worker.RunSpec{
 		Repo:      repo,
 		Target:    target,
-		TargetRef: displayRev(rev, target.String()),
+		TargetRef: queue.TargetRefFor(rev, target.String()),
 		Env:       *envName,
 		Secrets:   secretsOpener(admins, id, nil),
 		Limits: worker.Limits{Timeout: *timeout, KillGrace: *grace,
@@ -168,14 +165,6 @@ func signalName(s os.Signal) string {
 	return s.String()
 }
 
-// displayRev is the name the user gave, unless it was a bare object id.
-func displayRev(rev, target string) string {
-	if len(rev) >= 4 && len(rev) <= 40 && target[:len(rev)] == rev {
-		return ""
-	}
-	return rev
-}
-
 func cmdInit(_ context.Context, e *env, args []string) int {
 	fs := newFlags(e, "init")
 	repoDir := fs.String("repo", ".", "the repository")
@@ -185,8 +174,7 @@ func cmdInit(_ context.Context, e *env, args []string) int {
 	}
 	repo, err := openRepo(*repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	if repo.WorkTree() == "" {
 		e.errorf("%s is a bare repository; run refci init in a clone", repo.GitDir())

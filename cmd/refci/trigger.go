@@ -27,8 +27,7 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 	}
 	repo, dir, err := openRepoDir(*repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	rev := first(pos)
 	if rev == "" {
@@ -36,8 +35,7 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 	}
 	target, err := repo.ResolveCommit(rev)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	// Always an annotated tag, with a fresh id in its subject (see
 	// requests): --wait, log -f and the result tell this push from an
@@ -119,8 +117,7 @@ func follow(ctx context.Context, e *env, dir, remote, target string, want result
 func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 	_, dir, err := openRepoDir(repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	if msg := missingRemote(ctx, dir, remote); msg != "" {
 		e.errorf("log -f: %s", msg)

@@ -38,8 +38,7 @@ func cmdView(_ context.Context, e *env, args []string) int {
 	}
 	repo, err := openRepo(*repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	dir := *out
 	if dir == "" {
