@@ -38,11 +38,12 @@ var ErrPastLastPage = errors.New("page past the last one")
 
 // Page is one page of a list of runs, newest first (ListPage).
 type Page struct {
-	Runs  []Listed // the page's runs, read (ReadPage)
-	From  int      // the index of its first run among all, from 0
-	Total int      // how many runs the whole list has
-	Size  int      // runs a page; 0: the page is the whole list
-	N     int      // which page it is, from 1
+	Target string   // the commit whose runs are listed; "" for all
+	Runs   []Listed // the page's runs, read (ReadPage)
+	From   int      // the index of its first run among all, from 0
+	Total  int      // how many runs the whole list has
+	Size   int      // runs a page; 0: the page is the whole list
+	N      int      // which page it is, from 1
 }
 
 // ListPage lists the runs of target ("" for all), newest first (List),
@@ -55,7 +56,7 @@ func ListPage(repo *gitproto.Repo, target string, size, n int) (Page, error) {
 	if err != nil {
 		return Page{}, err
 	}
-	p := Page{Total: len(runs), Size: size, N: n}
+	p := Page{Target: target, Total: len(runs), Size: size, N: n}
 	if size > 0 {
 		p.From = min((n-1)*size, len(runs))
 		to := min(p.From+size, len(runs))
@@ -69,10 +70,16 @@ func ListPage(repo *gitproto.Repo, target string, size, n int) (Page, error) {
 }
 
 // Note says where the page lies among all runs, for a person who listed
-// with refci runs -n and --page: "" when it holds all of them.
+// with refci runs -n and --page, or, when there are none, how to get
+// some: "" when the page holds all of them.
 func (p Page) Note() string {
 	to := p.From + len(p.Runs)
 	switch {
+	case p.Total == 0 && p.Target == "":
+		return "no runs; start one with 'refci run', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'"
+	case p.Total == 0:
+		short := p.Target[:min(12, len(p.Target))]
+		return fmt.Sprintf("no runs of %s; start one with 'refci run', or fetch its runs with: refci fetch %s", short, short)
 	case p.Size == 0:
 	case to < p.Total:
 		return fmt.Sprintf("runs %d-%d of %d, newest first; --page %d for older ones, -n 0 for all", p.From+1, to, p.Total, p.N+1)

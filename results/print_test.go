@@ -131,8 +131,11 @@ func TestListPage(t *testing.T) {
 	w, _ := identities(t)
 	dir, target := repoWithCommit(t)
 	repo := open(t, dir)
-	if p, err := ListPage(repo, target, 3, 1); err != nil || len(p.Runs) != 0 || p.Note() != "" {
-		t.Fatalf("no runs: %+v, %v", p, err)
+	if p, err := ListPage(repo, target, 3, 1); err != nil || len(p.Runs) != 0 || p.Note() != "no runs of "+target[:12]+"; start one with 'refci run', or fetch its runs with: refci fetch "+target[:12] {
+		t.Fatalf("no runs of a commit: %+v, %q, %v", p, p.Note(), err)
+	}
+	if p, err := ListPage(repo, "", 0, 1); err != nil || len(p.Runs) != 0 || !strings.HasPrefix(p.Note(), "no runs; ") {
+		t.Fatalf("no runs at all: %+v, %q, %v", p, p.Note(), err)
 	}
 	var ids []string
 	for i := 7; i > 0; i-- {

@@ -118,14 +118,6 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 	if note := pg.Note(); note != "" {
 		defer fmt.Fprintf(e.stderr, "refci: %s\n", note)
 	}
-	if len(pg.Runs) == 0 {
-		if *all {
-			fmt.Fprintf(e.stderr, "refci: no runs; start one with 'refci run', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'\n")
-		} else {
-			fmt.Fprintf(e.stderr, "refci: no runs of %s; start one with 'refci run', or fetch its runs with: refci fetch %s\n", target[:12], target[:12])
-		}
-		return exitOK
-	}
 	color := e.color(e.stdout)
 	for _, l := range pg.Runs {
 		fmt.Fprintln(e.stdout, l.Line(color))
@@ -144,7 +136,7 @@ func cmdFetch(ctx context.Context, e *env, args []string) int {
 	if !ok {
 		return code
 	}
-	repo, dir, err := openRepoDir(*repoDir)
+	repo, err := openRepo(*repoDir)
 	if err != nil {
 		return e.exitOn(err)
 	}
@@ -155,7 +147,7 @@ func cmdFetch(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		return e.exitOn(err)
 	}
-	_, got, err := results.Source{Dir: dir, Remote: *remote}.Refresh(ctx, targets...)
+	_, got, err := results.Source{Dir: repo.Dir(), Remote: *remote}.Refresh(ctx, targets...)
 	if err != nil {
 		return e.exitOn(err)
 	}
@@ -260,8 +252,8 @@ const fetchRemoteHelp = "the remote to fetch the commit's runs from when none is
 func fetchRemote(fs *flag.FlagSet, dir, remote string) results.Source {
 	given := false
 	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "remote" })
-	if _, gitDir, err := openRepoDir(dir); err == nil {
-		dir = gitDir
+	if repo, err := openRepo(dir); err == nil {
+		dir = repo.Dir()
 	} // else opening it says why
 	return results.Source{Dir: dir, Remote: remote, Default: !given}
 }

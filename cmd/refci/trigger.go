@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/signal"
 
-	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/requests"
 	"refci.dev/refci/results"
@@ -25,10 +24,11 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 	if !ok {
 		return code
 	}
-	repo, dir, err := openRepoDir(*repoDir)
+	repo, err := openRepo(*repoDir)
 	if err != nil {
 		return e.exitOn(err)
 	}
+	dir := repo.Dir()
 	rev := first(pos)
 	if rev == "" {
 		rev = "HEAD"
@@ -115,10 +115,11 @@ func follow(ctx context.Context, e *env, dir, remote, target string, want result
 // logFollow implements `refci log -f`: follow a run on a remote, named
 // as results.Source.Locate takes it.
 func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
-	_, dir, err := openRepoDir(repoDir)
+	repo, err := openRepo(repoDir)
 	if err != nil {
 		return e.exitOn(err)
 	}
+	dir := repo.Dir()
 	if msg := missingRemote(ctx, dir, remote); msg != "" {
 		e.errorf("log -f: %s", msg)
 		return exitUsage
@@ -145,17 +146,4 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 	}
 	e.errorf("%v", err)
 	return exitInfra
-}
-
-// openRepoDir opens the repository and returns the directory git commands
-// run in: the work tree, or the git directory of a bare repository.
-func openRepoDir(dir string) (*gitproto.Repo, string, error) {
-	repo, err := openRepo(dir)
-	if err != nil {
-		return nil, "", err
-	}
-	if wt := repo.WorkTree(); wt != "" {
-		return repo, wt, nil
-	}
-	return repo, repo.GitDir(), nil
 }
