@@ -1,6 +1,7 @@
 package results
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -191,6 +192,24 @@ func (p *Printer) Print(ev Event) (final bool) {
 		return true
 	}
 	return false
+}
+
+// Follow prints each event of w (Print) until the final one, and
+// returns the run's final status; or the error of w.Next, or ctx's
+// once it is done.
+func (p *Printer) Follow(ctx context.Context, w *Watch) (*queue.Status, error) {
+	for {
+		ev, err := w.Next(ctx)
+		if err == nil {
+			err = ctx.Err()
+		}
+		if err != nil {
+			return nil, err
+		}
+		if p.Print(ev) {
+			return ev.Status, nil
+		}
+	}
 }
 
 // PrintClaimNote shows what Source.Locate tells while the request name

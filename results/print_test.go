@@ -2,12 +2,15 @@ package results
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"refci.dev/refci/fixtures"
 	"refci.dev/refci/fixtures/resultcommit"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
@@ -165,5 +168,35 @@ func TestListPage(t *testing.T) {
 	}
 	if _, err := ListPage(repo, target, 3, 4); !errors.Is(err, ErrPastLastPage) || err.Error() != "page 4 is past the last one (7 runs, 3 a page)" {
 		t.Errorf("past the last: %v", err)
+	}
+}
+
+// Printer.Follow prints a run on a remote to its end and returns its
+// final status; with ctx done it returns ctx's error.
+func TestPrinterFollow(t *testing.T) {
+	w, _ := identities(t)
+	dir, target := repoWithCommit(t)
+	bare := filepath.Join(t.TempDir(), "remote.git")
+	fixtures.Git(t, dir, "init", "-q", "--bare", bare)
+	id := runID(time.Minute)
+	publish(t, dir, status(target, id, 1, queue.Success, w), gitproto.ZeroHash, w, "the log\n")
+	fixtures.Git(t, dir, "push", "-q", bare, "refs/ci/*:refs/ci/*")
+	clone := fixtures.NewRepo(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var log, notes, out bytes.Buffer
+	p := Printer{Log: &log, Notes: &notes, Out: &out, Remote: bare}
+	src := Source{Dir: clone, Remote: bare}
+	st, err := p.Follow(ctx, src.Follow(ctx, target, ThisRun(id, "")))
+	if err != nil || st.Run != id || st.State != queue.Success {
+		t.Fatalf("Follow: %+v, %v", st, err)
+	}
+	if log.String() != "the log\n" || !strings.Contains(notes.String(), "refci: run "+id) || !strings.HasSuffix(out.String(), "refci: result "+queue.RunRef(target, id)+"\n") {
+		t.Errorf("printed:\nlog %q\nnotes %q\nout %q", log.String(), notes.String(), out.String())
+	}
+	done, stop := context.WithCancel(ctx)
+	stop()
+	if _, err := p.Follow(done, src.Follow(done, target, ThisRun(id, ""))); !errors.Is(err, context.Canceled) {
+		t.Errorf("Follow with ctx done: %v", err)
 	}
 }

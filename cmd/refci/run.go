@@ -59,11 +59,8 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		return e.exitOn(err)
 	}
-	self, err := os.Executable()
-	if err != nil {
-		self = ""
-	}
-	var private []string // what an isolated pipeline may not see
+	self, _ := os.Executable() // "" when it cannot be found
+	var private []string       // what an isolated pipeline may not see
 	if *isolate {
 		h, err := e.home()
 		if err != nil {

@@ -91,25 +91,20 @@ func follow(ctx context.Context, e *env, dir, remote, target string, want result
 	defer stop()
 	logOut, endLog := e.logWriter()
 	defer endLog() // every way out: a styled log must not colour what follows
-	w := results.Source{Dir: dir, Remote: remote}.Follow(ctx, target, want)
 	p := results.Printer{Log: logOut, EndLog: endLog, Notes: e.stderr, Out: e.stdout, Color: e.color(e.stdout), Remote: remote}
-	for {
-		ev, err := w.Next(ctx)
-		switch {
-		case ctx.Err() != nil:
-			e.errorf("stopped following; the run goes on")
-			return exitFailed
-		case errors.Is(err, results.ErrGone), errors.Is(err, results.ErrSuperseded), results.NotBelieved(err):
-			e.errorf("%v", err)
-			return exitFailed
-		case err != nil:
-			e.errorf("%v", err)
-			return exitInfra
-		}
-		if p.Print(ev) {
-			return exitForState(ev.Status)
-		}
+	st, err := p.Follow(ctx, results.Source{Dir: dir, Remote: remote}.Follow(ctx, target, want))
+	switch {
+	case ctx.Err() != nil:
+		e.errorf("stopped following; the run goes on")
+		return exitFailed
+	case errors.Is(err, results.ErrGone), errors.Is(err, results.ErrSuperseded), results.NotBelieved(err):
+		e.errorf("%v", err)
+		return exitFailed
+	case err != nil:
+		e.errorf("%v", err)
+		return exitInfra
 	}
+	return exitForState(st)
 }
 
 // logFollow implements `refci log -f`: follow a run on a remote, named
