@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -212,33 +211,18 @@ func (e *env) keyring(files []string, keyFile string) (secrets.Keyring, error) {
 	if len(files) > 0 {
 		return secrets.ReadKeyringFiles(files...)
 	}
-	var kr secrets.Keyring
 	h, err := e.home()
 	if err != nil {
-		return kr, err
+		return secrets.Keyring{}, err
 	}
-	trusted, _ := filepath.Glob(filepath.Join(h, "trusted", "*.asc"))
-	if len(trusted) > 0 {
-		kr, err = secrets.ReadKeyringFiles(trusted...)
-		if err != nil {
-			return kr, err
-		}
+	if keyFile == "" {
+		keyFile = filepath.Join(h, "key.asc")
 	}
-	own := keyFile
-	if own == "" {
-		own = filepath.Join(h, "key.asc")
+	kr, err := secrets.ReadTrustedDir(filepath.Join(h, "trusted"), keyFile)
+	if err == nil && kr.Len() == 0 {
+		err = fmt.Errorf("%w: pass --keyring FILE (the worker's 'refci keys export'), or put keys in %s", errNoKeys, filepath.Join(h, "trusted"))
 	}
-	if _, err := os.Stat(own); err == nil {
-		id, err := secrets.Load(own)
-		if err != nil {
-			return kr, err
-		}
-		kr.Add(id)
-	}
-	if kr.Len() == 0 {
-		return kr, fmt.Errorf("%w: pass --keyring FILE (the worker's 'refci keys export'), or put keys in %s", errNoKeys, filepath.Join(h, "trusted"))
-	}
-	return kr, nil
+	return kr, err
 }
 
 // fetchRemoteHelp describes the --remote of status, log and verify.
