@@ -22,12 +22,15 @@
 //	                  an admin's change from load to signed commit (refci secrets)
 //	results    reading and watching results and claims: list, find, load, verify, locate
 //	           and follow a run, watch every run of a remote; every reader of results uses it;
+//	           what readers show in a terminal: a page of runs and its lines (ListPage), a
+//	           job's log (OpenLog), a followed run's log, notes and end (Printer);
 //	           retention (refci gc): the policy, a pass on a repository or a remote and
 //	           what it says (Collect, Outcome), deleting with compare-and-swap, and the
 //	           periodic passes of refci worker and refci serve (Schedule)
-//	requests   asking for runs: making a request (its unique tag) and pushing it
+//	requests   asking for runs: making a request (its unique tag), naming and pushing it
 //	worker     the loop (claims, leases, takeovers), one run, the outbox, trust, isolation;
-//	           the secrets of a run (EnvSecrets), the starter pipeline of refci init;
+//	           the secrets of a run (EnvSecrets), the starter pipeline of refci init, a
+//	           run on the user's own machine (RunLocal, refci run);
 //	           a worker's remotes as configured and opened, and its retention's caches (Remotes)
 //	  worker/workerconf  worker.toml: its schema, the flags merged over it, defaults, the checks
 //	                  before start, what pipelines must not read

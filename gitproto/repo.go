@@ -411,6 +411,15 @@ func (r *Repo) GitDir() string { return r.commonDir }
 // WorkTree is the checked-out directory, or "" for a bare repository.
 func (r *Repo) WorkTree() string { return r.workTree }
 
+// Dir is the directory git commands on the repository run in (CLI.Dir):
+// its work tree, or its git directory when it is bare.
+func (r *Repo) Dir() string {
+	if r.workTree != "" {
+		return r.workTree
+	}
+	return r.commonDir
+}
+
 // Tag reads the annotated tag object h.
 func (r *Repo) Tag(h Hash) (*Tag, error) {
 	t, err := object.GetTag(r.st, ph(h))

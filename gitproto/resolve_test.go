@@ -152,6 +152,9 @@ func TestOpenSubdirectory(t *testing.T) {
 	if got, want := realPath(t, r.WorkTree()), realPath(t, f.dir); got != want {
 		t.Errorf("WorkTree() = %s, want %s", got, want)
 	}
+	if r.Dir() != r.WorkTree() {
+		t.Errorf("Dir() = %s, want the work tree %s", r.Dir(), r.WorkTree())
+	}
 	if got, want := realPath(t, r.GitDir()), realPath(t, filepath.Join(f.dir, ".git")); got != want {
 		t.Errorf("GitDir() = %s, want %s", got, want)
 	}
@@ -246,6 +249,9 @@ func TestResolveCommitBareRepository(t *testing.T) {
 	r := openRepo(t, bare)
 	if r.WorkTree() != "" {
 		t.Errorf("WorkTree() of a bare repository = %q, want \"\"", r.WorkTree())
+	}
+	if r.Dir() != r.GitDir() {
+		t.Errorf("Dir() of a bare repository = %q, want its git directory %q", r.Dir(), r.GitDir())
 	}
 	if got, want := realPath(t, r.GitDir()), realPath(t, bare); got != want {
 		t.Errorf("GitDir() = %s, want %s", got, want)

@@ -93,6 +93,29 @@ func (s *Status) PreviousRun() string {
 	return v
 }
 
+// TargetRefFor is what Status.TargetRef records of rev, the revision a
+// user named for the commit target (its full id): rev, unless rev is
+// target's id or an abbreviation of it (4 to 40 hex digits), which says
+// nothing more; then "".
+func TargetRefFor(rev, target string) string {
+	if len(rev) >= 4 && len(rev) <= 40 && len(rev) <= len(target) && target[:len(rev)] == rev {
+		return ""
+	}
+	return rev
+}
+
+// ExtraConfigError is the key in Status.Extra that marks a run in state
+// error as ended by the repository's own configuration (no .refci/run,
+// not executable), which its owner must fix rather than retry.
+const ExtraConfigError = "config_error"
+
+// IsConfigError reports whether the run ended in state error because of
+// the repository's own configuration (ExtraConfigError): the CLI exits 2
+// for it.
+func (s *Status) IsConfigError() bool {
+	return s.Extra[ExtraConfigError] == true
+}
+
 // TakenOver finds the runs that lost their worker. A worker killed in the
 // middle of a run leaves that run's last snapshot, state running, on the
 // remote for good; the worker that takes the expired claim over names it

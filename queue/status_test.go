@@ -303,3 +303,36 @@ func TestTakenOver(t *testing.T) {
 		t.Error("Lost changed the status it was given")
 	}
 }
+
+func TestTargetRefFor(t *testing.T) {
+	t.Parallel()
+	target := "0123456789abcdef0123456789abcdef01234567"
+	for _, tc := range []struct{ rev, want string }{
+		{"main", "main"},
+		{"HEAD~2", "HEAD~2"},
+		{"v1.0", "v1.0"},
+		{"0123", ""},
+		{"0123456789ab", ""},
+		{target, ""},
+		{"012", "012"},                     // too short to be taken for an id
+		{"0123456789abX", "0123456789abX"}, // not a prefix
+		{"abcd", "abcd"},                   // a branch named like hex, not target's
+	} {
+		if got := TargetRefFor(tc.rev, target); got != tc.want {
+			t.Errorf("TargetRefFor(%q) = %q, want %q", tc.rev, got, tc.want)
+		}
+	}
+	if got := TargetRefFor("0123", "01"); got != "0123" {
+		t.Errorf("a rev longer than the target: %q", got)
+	}
+}
+
+func TestIsConfigError(t *testing.T) {
+	t.Parallel()
+	if (&Status{State: Error}).IsConfigError() || (&Status{State: Error, Extra: map[string]any{ExtraConfigError: "yes"}}).IsConfigError() {
+		t.Error("a status without config_error true is a configuration error")
+	}
+	if !(&Status{State: Error, Extra: map[string]any{ExtraConfigError: true}}).IsConfigError() {
+		t.Error("config_error true is not a configuration error")
+	}
+}

@@ -240,3 +240,16 @@ func RunLine(s *queue.Status, color bool) string {
 	}
 	return fmt.Sprintf("%s  %s  %s %7s  %s", Safe(s.Run), Safe(short), paint(color, s.State, fmt.Sprintf("%-9s", s.State)), Duration(s.DurationMS), Safe(s.Request))
 }
+
+// Summary writes the two lines that end a run's output in a terminal
+// (refci run, refci trigger --wait, refci log -f): its state, how long it
+// took and why, then the result ref it was recorded at, each prefixed
+// "refci: ". Text from the status is made safe to print. Write errors
+// are not reported.
+func Summary(w io.Writer, s *queue.Status, ref string) {
+	reason := ""
+	if s.Reason != "" {
+		reason = ": " + Safe(s.Reason)
+	}
+	fmt.Fprintf(w, "refci: %s in %s%s\nrefci: result %s\n", Safe(string(s.State)), Duration(s.DurationMS), reason, Safe(ref))
+}

@@ -403,3 +403,21 @@ func TestTerminalJobExitSaidOnce(t *testing.T) {
 		t.Errorf("jobs:\n%s", out)
 	}
 }
+
+func TestSummary(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		st   queue.Status
+		want string
+	}{
+		{queue.Status{State: queue.Success, DurationMS: 1500}, "refci: success in 1.5s\nrefci: result refs/ci/runs/x/y\n"},
+		{queue.Status{State: queue.Failure, DurationMS: 20, Reason: "job test failed"}, "refci: failure in 20ms: job test failed\nrefci: result refs/ci/runs/x/y\n"},
+		{queue.Status{State: queue.Error, Reason: "no .refci/run\x1b[2J\nrefci: forged"}, "refci: error in 0ms: no .refci/run\\x1b[2J\\x0arefci: forged\nrefci: result refs/ci/runs/x/y\n"},
+	} {
+		var b bytes.Buffer
+		Summary(&b, &tc.st, "refs/ci/runs/x/y")
+		if b.String() != tc.want {
+			t.Errorf("Summary of %s, %q:\n got %q\nwant %q", tc.st.State, tc.st.Reason, b.String(), tc.want)
+		}
+	}
+}

@@ -75,11 +75,29 @@ func (c Client) Push(ctx context.Context, remote, name string, obj gitproto.Hash
 	return err
 }
 
-// Ask makes a request (Make) and pushes it (Push), and returns its object.
+// Ask makes a request (Make) and pushes it (Push), and returns its
+// object. A failed push says "pushing <request ref> to <remote> failed".
 func (c Client) Ask(ctx context.Context, remote string, r Request) (gitproto.Hash, error) {
 	obj, err := c.Make(ctx, r)
 	if err != nil {
 		return obj, err
 	}
-	return obj, c.Push(ctx, remote, r.Name, obj)
+	if err := c.Push(ctx, remote, r.Name, obj); err != nil {
+		return obj, fmt.Errorf("pushing %s to %s failed: %w", queue.RequestRef(r.Name), remote, err)
+	}
+	return obj, nil
+}
+
+// DefaultName is the request name of target when the user gives none,
+// as refci trigger names it: the branch checked out in the client's
+// repository when the target is its HEAD (head), else "rev-" and the
+// first 12 hex digits of target (also on a detached HEAD).
+func (c Client) DefaultName(ctx context.Context, target gitproto.Hash, head bool) string {
+	if head {
+		branch, _ := gitproto.CLI{Dir: c.Dir, Env: c.Env}.Run(ctx, "", "symbolic-ref", "--short", "-q", "HEAD")
+		if branch != "" {
+			return branch
+		}
+	}
+	return "rev-" + target.String()[:12]
 }

@@ -101,3 +101,35 @@ func TestClientEnv(t *testing.T) {
 		t.Errorf("the request ref is %s, want %s", got, obj)
 	}
 }
+
+// A request is named after the branch checked out when it is of HEAD,
+// else (another revision, a detached HEAD) after its commit.
+func TestDefaultName(t *testing.T) {
+	ctx := context.Background()
+	dir := fixtures.NewRepo(t)
+	head := gitproto.NewHash(fixtures.CommitAll(t, dir, "c"))
+	fixtures.Git(t, dir, "checkout", "-q", "-b", "topic/x")
+	c := Client{Dir: dir}
+	if got := c.DefaultName(ctx, head, true); got != "topic/x" {
+		t.Errorf("of HEAD on a branch: %q", got)
+	}
+	want := "rev-" + head.String()[:12]
+	if got := c.DefaultName(ctx, head, false); got != want {
+		t.Errorf("of a revision: %q, want %q", got, want)
+	}
+	fixtures.Git(t, dir, "checkout", "-q", "--detach")
+	if got := c.DefaultName(ctx, head, true); got != want {
+		t.Errorf("of a detached HEAD: %q, want %q", got, want)
+	}
+}
+
+// Ask's failed push names the request ref and the remote.
+func TestAskSaysWhatPushFailed(t *testing.T) {
+	dir := fixtures.NewRepo(t)
+	head := fixtures.CommitAll(t, dir, "c")
+	missing := t.TempDir() + "/none.git"
+	_, err := Client{Dir: dir}.Ask(context.Background(), missing, Request{Name: "topic", Target: gitproto.NewHash(head)})
+	if err == nil || !strings.HasPrefix(err.Error(), "pushing refs/ci/requests/topic to "+missing+" failed: ") {
+		t.Errorf("a push to nowhere: %v", err)
+	}
+}

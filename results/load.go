@@ -18,8 +18,8 @@ var ErrUnreadable = errors.New("run unreadable")
 // runs of its commit from the remote when none is here; warn, never nil,
 // is told what it passed over or fetched), and reads its status. It
 // returns the repository opened after any fetch, the run and its
-// status. A run dated in the future is returned like any other: its
-// Future says so.
+// status. A run dated in the future is returned like any other, its
+// Future set, once warn is told that it is never taken for the latest.
 //
 // Errors: FindFetching's (ErrNoRuns, gitproto's ErrUnknownRev...), and
 // ones that match ErrUnreadable: a status not believed (NotBelieved;
@@ -37,6 +37,9 @@ func (s Source) Load(ctx context.Context, arg string, warn func(format string, a
 		return repo, r, nil, wrap(fmt.Sprintf("run %s is not believed: %s", r.Ref, Problem(err)), ErrUnreadable, err)
 	case err != nil:
 		return repo, r, nil, wrap(err.Error(), ErrUnreadable, err)
+	}
+	if r.Future {
+		warn("run %s is dated in the future (its worker's clock is wrong, or its id was forged): it is never taken for the latest", r.ID)
 	}
 	return repo, r, st, nil
 }

@@ -51,6 +51,14 @@ func TestLoad(t *testing.T) {
 		!strings.HasPrefix(err.Error(), "run "+queue.RunRef(target, copied)+" is not believed: inconsistent: ") {
 		t.Errorf("a run not believed: %+v, %v", r, err)
 	}
+	// A run dated in the future, named by its id: loaded, with a warning.
+	future := queue.NewRunID(time.Now().Add(48 * time.Hour))
+	publish(t, dir, status(target, future, 1, queue.Success, w), gitproto.ZeroHash, w, "")
+	warned = nil
+	if _, r, st, err := (Source{Dir: dir}).Load(ctx, future, warn); err != nil || !r.Future || st == nil ||
+		len(warned) != 1 || !strings.Contains(warned[0], "run "+future+" is dated in the future") {
+		t.Errorf("a future run: %+v, %v, warned %q", r, err, warned)
+	}
 	_, _, _, err = Source{Dir: dir}.Load(ctx, queue.NewRunID(time.Now().Add(-time.Hour)), warn)
 	if !errors.Is(err, ErrNoRuns) || errors.Is(err, ErrUnreadable) {
 		t.Errorf("a run not here: %v", err)

@@ -3,8 +3,10 @@ package results
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"refci.dev/refci/gitproto"
+	"refci.dev/refci/queue"
 )
 
 // Refreshed is what Refresh did for one commit: the runs the repository
@@ -58,4 +60,29 @@ func (s Source) Refresh(ctx context.Context, targets ...string) (*gitproto.Repo,
 		out = append(out, r)
 	}
 	return repo, out, nil
+}
+
+// Targets resolves what a user names to the commits whose runs Refresh
+// fetches: a full object id as it is (a commit this repository need not
+// have), else a revision of repo, whose error is returned as it is
+// (gitproto's ErrUnknownRev, ErrNotCommit...). Each commit comes once, in
+// the order first named.
+func Targets(repo *gitproto.Repo, revs ...string) ([]string, error) {
+	var targets []string
+	seen := map[string]bool{}
+	for _, rev := range revs {
+		t := strings.ToLower(rev)
+		if !queue.IsObjectID(t) {
+			h, err := repo.ResolveCommit(rev)
+			if err != nil {
+				return nil, err
+			}
+			t = h.String()
+		}
+		if !seen[t] {
+			seen[t] = true
+			targets = append(targets, t)
+		}
+	}
+	return targets, nil
 }

@@ -2,6 +2,7 @@ package results
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -58,5 +59,21 @@ func TestRefreshCountsWhatCame(t *testing.T) {
 	_, _, err = Source{Dir: dir, Remote: filepath.Join(t.TempDir(), "none.git")}.Refresh(ctx, target)
 	if err == nil || !strings.HasPrefix(err.Error(), "fetch from ") {
 		t.Errorf("a remote that is not there: %v", err)
+	}
+}
+
+// Targets takes a full object id as it is, even of a commit not here,
+// resolves a revision, gives each commit once, and returns a revision's
+// error as gitproto says it.
+func TestTargets(t *testing.T) {
+	dir, head := repoWithCommit(t)
+	repo := open(t, dir)
+	absent := strings.Repeat("ab", 20)
+	got, err := Targets(repo, "HEAD", strings.ToUpper(absent), head, absent)
+	if err != nil || strings.Join(got, " ") != head+" "+absent {
+		t.Errorf("Targets = %v, %v; want [%s %s]", got, err, head, absent)
+	}
+	if _, err := Targets(repo, "HEAD", "no-such-branch"); !errors.Is(err, gitproto.ErrUnknownRev) {
+		t.Errorf("an unknown revision: %v; want ErrUnknownRev", err)
 	}
 }

@@ -318,6 +318,16 @@ func ReadPage(repo *gitproto.Repo, runs []Run) []Listed {
 	return out
 }
 
+// Shown is the status a reader shows of st, a run of repo: as queue.Lost
+// says when its worker was lost and another attempt took its request
+// over (TakenOverBy; its status.json still says running), else st.
+func Shown(repo *gitproto.Repo, st *queue.Status) *queue.Status {
+	if by, bySt, ok := TakenOverBy(repo, st); ok {
+		return queue.Lost(st, by.ID, bySt.Attempt)
+	}
+	return st
+}
+
 // TakenOverBy returns the run that took the request of st over after st's
 // worker was lost (see queue.TakenOver), from the runs of st's target in
 // repo, and its status. A final run was never lost.

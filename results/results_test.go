@@ -95,6 +95,12 @@ func TestListFindAndTheLostWorkerRule(t *testing.T) {
 	if by, bySt, ok := TakenOverBy(repo, lostSt); !ok || by.ID != taker || bySt.Attempt != 2 {
 		t.Errorf("TakenOverBy: %v %v %v", by, bySt, ok)
 	}
+	if sh := Shown(repo, lostSt); sh.State != queue.Error || !strings.Contains(sh.Reason, taker) {
+		t.Errorf("Shown of the lost run: %s (%s); want error, taken over by %s", sh.State, sh.Reason, taker)
+	}
+	if oldSt, _ := runs[2].Read(repo); Shown(repo, oldSt) != oldSt {
+		t.Errorf("Shown of a run not lost is not its status")
+	}
 
 	var warned []string
 	warn := func(f string, a ...any) { warned = append(warned, fmt.Sprintf(f, a...)) }

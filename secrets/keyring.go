@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
@@ -241,4 +242,25 @@ func issuer(sig *packet.Signature) string {
 		return fmt.Sprintf("key %X", sig.IssuerFingerprint)
 	}
 	return fmt.Sprintf("key ID %016X", *sig.IssuerKeyId)
+}
+
+// ReadTrustedDir reads the keys a reader of results trusts when told of
+// none: each dir/*.asc (armored public keys, as ReadKeyringFiles) and,
+// when the file own is there, the public part of the private key in it
+// (as Load). A dir without keys and an own file that is not there add
+// nothing: the keyring may be empty. An unreadable file is an error.
+func ReadTrustedDir(dir, own string) (Keyring, error) {
+	trusted, _ := filepath.Glob(filepath.Join(dir, "*.asc"))
+	k, err := ReadKeyringFiles(trusted...)
+	if err != nil {
+		return Keyring{}, err
+	}
+	if _, err := os.Stat(own); err == nil {
+		id, err := Load(own)
+		if err != nil {
+			return Keyring{}, err
+		}
+		k.Add(id)
+	}
+	return k, nil
 }

@@ -313,3 +313,48 @@ func TestKeyringAddDoesNotAlias(t *testing.T) {
 		}
 	}
 }
+
+// ReadTrustedDir takes every *.asc of the directory and the public part
+// of one's own key when its file is there; nothing there is an empty
+// keyring, a broken file an error.
+func TestReadTrustedDir(t *testing.T) {
+	home := t.TempDir()
+	dir, own := filepath.Join(home, "trusted"), filepath.Join(home, "key.asc")
+	if k, err := ReadTrustedDir(dir, own); err != nil || k.Len() != 0 {
+		t.Fatalf("nothing there: %d keys, %v", k.Len(), err)
+	}
+	a, b := mustGenerate(t, "Worker A"), mustGenerate(t, "Worker B")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, id := range map[string]*Identity{"a.asc": a, "b.asc": b} {
+		pub, err := id.ArmoredPublicKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), pub, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("not a key"), 0o644) // not *.asc: not read
+	if k, err := ReadTrustedDir(dir, own); err != nil || k.Len() != 2 || !k.Has(a.Fingerprint()) || !k.Has(b.Fingerprint()) {
+		t.Errorf("two trusted keys: %d keys, %v", k.Len(), err)
+	}
+	me, _, err := LoadOrCreate(own, "Me", "me@example.invalid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ReadTrustedDir(dir, own)
+	if err != nil || k.Len() != 3 || !k.Has(me.Fingerprint()) {
+		t.Errorf("with one's own key: %d keys, %v", k.Len(), err)
+	}
+	for _, e := range k.entities {
+		if e.PrivateKey != nil {
+			t.Error("the keyring holds the private key")
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "broken.asc"), []byte("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nxx\n"), 0o644)
+	if _, err := ReadTrustedDir(dir, own); err == nil || !strings.Contains(err.Error(), "broken.asc") {
+		t.Errorf("a broken trusted key: %v", err)
+	}
+}

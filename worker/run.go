@@ -541,24 +541,13 @@ func (r *run) endBeforeRunning(reason string) ([]resultFile, error) {
 	return r.storeMainLog(nil)
 }
 
-// configErrorKey is the status.json extra that marks an error state as
-// the repository's own configuration.
-const configErrorKey = "config_error"
-
-// IsConfigError reports whether st records that its run ended in state
-// error because of the repository's own configuration (no .refci/run,
-// not executable), which its owner must fix: the CLI exits 2 for it.
-func IsConfigError(st *queue.Status) bool {
-	return st.Extra[configErrorKey] == true
-}
-
 // endOnConfigError is endBeforeRunning for a reason that is the
 // repository's own configuration (status.json extra config_error).
 func (r *run) endOnConfigError(reason string) ([]resultFile, error) {
 	if r.st.Extra == nil {
 		r.st.Extra = map[string]any{}
 	}
-	r.st.Extra[configErrorKey] = true // keep previous_run of a takeover
+	r.st.Extra[queue.ExtraConfigError] = true // keep previous_run of a takeover
 	return r.endBeforeRunning(reason)
 }
 

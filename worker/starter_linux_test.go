@@ -43,7 +43,7 @@ func TestStarterPipelineRuns(t *testing.T) {
 	if st := out.Status; st.State != queue.Success || len(st.Jobs) != 1 || st.Jobs[0].Name != "check" || st.Jobs[0].State != queue.Success {
 		t.Errorf("the starter's run: %s (%s), jobs %+v\n%s", st.State, st.Reason, st.Jobs, live.String())
 	}
-	if IsConfigError(out.Status) {
+	if out.Status.IsConfigError() {
 		t.Errorf("a successful run is taken for a configuration error: %+v", out.Status.Extra)
 	}
 	if !strings.Contains(live.String(), "testing "+head.String()) {
@@ -123,7 +123,7 @@ func TestIsConfigError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st := out.Status; st.State != queue.Error || !IsConfigError(st) || !strings.Contains(st.Reason, "refci init") {
+	if st := out.Status; st.State != queue.Error || !st.IsConfigError() || !strings.Contains(st.Reason, "refci init") {
 		t.Errorf("a commit without .refci/run: %s (%s), extra %v; want a configuration error", st.State, st.Reason, st.Extra)
 	}
 }

@@ -47,11 +47,11 @@ func cmdGC(ctx context.Context, e *env, args []string) int {
 		return usageError(e, fs, "--keep-last and --keep-days take 0 or more")
 	}
 	policy := results.Retention{KeepLast: *keepLast, KeepDays: *keepDays}
-	repo, dir, err := openRepoDir(*repoDir)
+	repo, err := openRepo(*repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
+	dir := repo.Dir()
 	var target *results.Target
 	if *remoteName == "" {
 		target = results.LocalTarget(repo, "")

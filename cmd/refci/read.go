@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -39,9 +38,7 @@ func cmdStatus(ctx context.Context, e *env, args []string) int {
 		e.stdout.Write(b)
 		return exitForState(st)
 	}
-	if by, bySt, ok := results.TakenOverBy(repo, st); ok {
-		st = queue.Lost(st, by.ID, bySt.Attempt) // its status.json still says running
-	}
+	st = results.Shown(repo, st) // a lost run's status.json still says running
 	if err := render.Terminal(e.stdout, st, render.TermOptions{Color: e.color(e.stdout), Ref: rr.Ref}); err != nil {
 		return exitInfra
 	}
@@ -65,25 +62,11 @@ func cmdLog(ctx context.Context, e *env, args []string) int {
 	if st == nil {
 		return code
 	}
-	path := queue.LogFile
-	if *job != "" {
-		path = ""
-		for _, j := range st.Jobs {
-			if j.Name == *job {
-				path = j.Log
-			}
-		}
-		if path == "" {
-			var names []string
-			for _, j := range st.Jobs {
-				names = append(names, j.Name)
-			}
-			e.errorf("run %s has no log for job %q (jobs: %s)", rr.ID, *job, strings.Join(names, ", "))
-			return exitUsage
-		}
-	}
-	rc, err := repo.OpenFile(rr.Commit, path)
-	if err != nil {
+	rc, err := rr.OpenLog(repo, st, *job)
+	if errors.Is(err, results.ErrNoLog) {
+		e.errorf("%v", err)
+		return exitUsage
+	} else if err != nil {
 		e.errorf("%v", err)
 		return exitInfra
 	}
@@ -108,66 +91,33 @@ func cmdRuns(_ context.Context, e *env, args []string) int {
 	}
 	repo, err := openRepo(*repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	target := ""
 	if !*all {
 		h, err := repo.ResolveCommit(first(pos))
 		if err != nil {
-			e.errorf("%v", err)
-			return exitFor(err)
+			return e.exitOn(err)
 		}
 		target = h.String()
 	}
 	if *limit < 0 || *page < 1 {
 		return usageError(e, fs, "-n must be 0 or more and --page 1 or more")
 	}
-	// Run ids sort by start time, so the newest N are found from the ref
-	// names alone: only the page's statuses are read.
-	runs, err := results.List(repo, target)
+	pg, err := results.ListPage(repo, target, *limit, *page)
 	if err != nil {
 		e.errorf("%v", err)
-		return exitInfra
-	}
-	total := len(runs)
-	if *limit > 0 {
-		from := min((*page-1)**limit, total)
-		to := min(from+*limit, total)
-		if from == to && total > 0 {
-			e.errorf("page %d is past the last one (%d runs, %d a page)", *page, total, *limit)
+		if errors.Is(err, results.ErrPastLastPage) {
 			return exitUsage
 		}
-		runs = runs[from:to]
-		defer func() {
-			switch {
-			case to < total:
-				fmt.Fprintf(e.stderr, "refci: runs %d-%d of %d, newest first; --page %d for older ones, -n 0 for all\n", from+1, to, total, *page+1)
-			case from > 0:
-				fmt.Fprintf(e.stderr, "refci: runs %d-%d of %d, newest first (the last page)\n", from+1, to, total)
-			}
-		}()
+		return exitInfra
 	}
-	if len(runs) == 0 {
-		if *all {
-			fmt.Fprintf(e.stderr, "refci: no runs; start one with 'refci run', or fetch results with: git fetch origin '+refs/ci/*:refs/ci/*'\n")
-		} else {
-			fmt.Fprintf(e.stderr, "refci: no runs of %s; start one with 'refci run', or fetch its runs with: refci fetch %s\n", target[:12], target[:12])
-		}
-		return exitOK
+	if note := pg.Note(); note != "" {
+		defer fmt.Fprintf(e.stderr, "refci: %s\n", note)
 	}
 	color := e.color(e.stdout)
-	for _, l := range results.ReadPage(repo, runs) {
-		switch {
-		case l.Err != nil:
-			fmt.Fprintf(e.stdout, "%s  %s  %s\n", l.ID, l.Target[:12], results.Problem(l.Err))
-		case l.Future:
-			fmt.Fprintf(e.stdout, "%s  (dated in the future: never the latest)\n", render.RunLine(l.Status, color))
-		case l.TakenOverBy != nil:
-			fmt.Fprintf(e.stdout, "%s  worker lost, taken over by %s\n", render.RunLine(l.Shown(), color), render.Safe(l.TakenOverBy.Run))
-		default:
-			fmt.Fprintln(e.stdout, render.RunLine(l.Status, color))
-		}
+	for _, l := range pg.Runs {
+		fmt.Fprintln(e.stdout, l.Line(color))
 	}
 	return exitOK
 }
@@ -183,39 +133,24 @@ func cmdFetch(ctx context.Context, e *env, args []string) int {
 	if !ok {
 		return code
 	}
-	repo, dir, err := openRepoDir(*repoDir)
+	repo, err := openRepo(*repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	if len(pos) == 0 {
 		pos = []string{"HEAD"}
 	}
-	var targets []string
-	seen := map[string]bool{}
-	for _, rev := range pos {
-		t := strings.ToLower(rev)
-		if !queue.IsObjectID(t) { // a commit this repository need not have
-			h, err := repo.ResolveCommit(rev)
-			if err != nil {
-				e.errorf("%v", err)
-				return exitFor(err)
-			}
-			t = h.String()
-		}
-		if !seen[t] {
-			seen[t] = true
-			targets = append(targets, t)
-		}
-	}
-	_, got, err := results.Source{Dir: dir, Remote: *remote}.Refresh(ctx, targets...)
+	targets, err := results.Targets(repo, pos...)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
+	}
+	_, got, err := results.Source{Dir: repo.Dir(), Remote: *remote}.Refresh(ctx, targets...)
+	if err != nil {
+		return e.exitOn(err)
 	}
 	for i, r := range got {
 		name := r.Target[:12]
-		if i < len(pos) && displayRev(pos[i], r.Target) != "" && len(pos) == len(targets) {
+		if i < len(pos) && queue.TargetRefFor(pos[i], r.Target) != "" && len(pos) == len(targets) {
 			name += " (" + render.Safe(pos[i]) + ")"
 		}
 		fmt.Fprintf(e.stdout, "%s: %d run(s) here, %d new or changed\n", name, r.Runs, r.NewOrChanged)
@@ -241,8 +176,7 @@ func cmdVerify(ctx context.Context, e *env, args []string) int {
 	}
 	repo, rr, err := fetchRemote(fs, *repoDir, *remote).FindFetching(ctx, first(pos), e.errorf)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	// Every commit of the snapshot chain is signed by a trusted key and
 	// says what the ref says; all name the same request and attempt.
@@ -266,39 +200,29 @@ func cmdVerify(ctx context.Context, e *env, args []string) int {
 	return exitOK
 }
 
-// keyring builds the keys verify trusts: the given files, or else the
-// user's own key plus $REFCI_HOME/trusted/*.asc.
+// errNoKeys is matched by keyring's error when it found no key to trust.
+var errNoKeys = errors.New("no keys to verify with")
+
+// keyring builds the keys verify, view and serve's site trust: the given
+// files, or else the user's own key (keyFile, default
+// $REFCI_HOME/key.asc) plus $REFCI_HOME/trusted/*.asc; with none of
+// those, an error matching errNoKeys.
 func (e *env) keyring(files []string, keyFile string) (secrets.Keyring, error) {
 	if len(files) > 0 {
 		return secrets.ReadKeyringFiles(files...)
 	}
-	var kr secrets.Keyring
 	h, err := e.home()
 	if err != nil {
-		return kr, err
+		return secrets.Keyring{}, err
 	}
-	trusted, _ := filepath.Glob(filepath.Join(h, "trusted", "*.asc"))
-	if len(trusted) > 0 {
-		kr, err = secrets.ReadKeyringFiles(trusted...)
-		if err != nil {
-			return kr, err
-		}
+	if keyFile == "" {
+		keyFile = filepath.Join(h, "key.asc")
 	}
-	own := keyFile
-	if own == "" {
-		own = filepath.Join(h, "key.asc")
+	kr, err := secrets.ReadTrustedDir(filepath.Join(h, "trusted"), keyFile)
+	if err == nil && kr.Len() == 0 {
+		err = fmt.Errorf("%w: pass --keyring FILE (the worker's 'refci keys export'), or put keys in %s", errNoKeys, filepath.Join(h, "trusted"))
 	}
-	if _, err := os.Stat(own); err == nil {
-		id, err := secrets.Load(own)
-		if err != nil {
-			return kr, err
-		}
-		kr.Add(id)
-	}
-	if kr.Len() == 0 {
-		return kr, fmt.Errorf("no keys to verify with: pass --keyring FILE (the worker's 'refci keys export'), or put keys in %s", filepath.Join(h, "trusted"))
-	}
-	return kr, nil
+	return kr, err
 }
 
 // fetchRemoteHelp describes the --remote of status, log and verify.
@@ -310,8 +234,8 @@ const fetchRemoteHelp = "the remote to fetch the commit's runs from when none is
 func fetchRemote(fs *flag.FlagSet, dir, remote string) results.Source {
 	given := false
 	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "remote" })
-	if _, gitDir, err := openRepoDir(dir); err == nil {
-		dir = gitDir
+	if repo, err := openRepo(dir); err == nil {
+		dir = repo.Dir()
 	} // else opening it says why
 	return results.Source{Dir: dir, Remote: remote, Default: !given}
 }
@@ -334,10 +258,14 @@ func loadRun(ctx context.Context, e *env, src results.Source, arg string) (*gitp
 		}
 		return nil, rr, nil, exitFor(err)
 	}
-	if rr.Future {
-		e.errorf("run %s is dated in the future (its worker's clock is wrong, or its id was forged): it is never taken for the latest", rr.ID)
-	}
 	return repo, rr, st, 0
+}
+
+// exitOn reports err, which ends the command, and returns its exit code
+// (exitFor).
+func (e *env) exitOn(err error) int {
+	e.errorf("%v", err)
+	return exitFor(err)
 }
 
 func first(s []string) string {

@@ -48,52 +48,27 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	}
 	repo, err := openRepo(*repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	target, err := repo.ResolveCommit(rev)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	proc.SetNotDumpable()
 	id, err := e.identity(*keyFile)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
-	self, err := os.Executable()
-	if err != nil {
-		self = ""
-	}
-	// A local run is the user's own code on the user's own machine: it
-	// can read everything else of theirs anyway. --isolate hides the key
-	// as workers do (which needs the shim). Every run directory of this
-	// user's refci processes lies under one root, hidden from isolated
-	// pipelines (worker.MakeRunsDir).
-	spec := worker.SandboxSpec{Isolate: *isolate, Getenv: e.getenv, Self: self, Require: *isolate,
-		// The repository gets the result: its configuration and hooks,
-		// like everything refci's own git reads, stay read-only.
-		ReadOnly: []string{repo.GitDir()}}
+	self, _ := os.Executable() // "" when it cannot be found
+	var private []string       // what an isolated pipeline may not see
 	if *isolate {
-		if self == "" {
-			e.errorf("run: --isolate: cannot find the refci executable to supervise the pipeline")
-			return exitInfra
-		}
 		h, err := e.home()
 		if err != nil {
 			e.errorf("run: --isolate: %v", err)
 			return exitInfra
 		}
-		spec.Private = []string{h, *keyFile}
+		private = []string{h, *keyFile}
 	}
-	sb, err := worker.NewSandbox(spec)
-	if err != nil {
-		e.errorf("run: %v", err)
-		return exitInfra
-	}
-	defer sb.Close()
-	host, _ := os.Hostname()
 	admins, err := secrets.ReadKeyringFiles(adminFiles...)
 	if err != nil {
 		e.errorf("--admin: %v", err)
@@ -111,7 +86,6 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		}
 		trustedKeys = &k
 	}
-	trusted, trustReason := worker.LocalTrust(repo, target, trustedKeys)
 
 	// First Ctrl-C (or SIGTERM): terminate the pipeline, record
 	// cancelled. Second: kill at once.
@@ -132,28 +106,24 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 	if !*quiet {
 		out = e.stdout
 	}
-	outcome, err := worker.Run(soft, worker.RunSpec{
-		Repo:        repo,
-		Target:      target,
-		TargetRef:   displayRev(rev, target.String()),
-		Request:     worker.LocalRequest,
-		Env:         *envName,
-		Trusted:     trusted,
-		TrustReason: trustReason,
-		Secrets:     secretsOpener(admins, id, nil),
+	outcome, err := worker.RunLocal(soft, worker.Local{Spec: worker.RunSpec{
+		Repo:      repo,
+		Target:    target,
+		TargetRef: queue.TargetRefFor(rev, target.String()),
+		Env:       *envName,
+		Secrets:   secretsOpener(admins, id, nil),
 		Limits: worker.Limits{Timeout: *timeout, KillGrace: *grace,
 			LogCap: *logCap, ArtifactFileCap: *artCap, ArtifactTotalCap: *artTotal},
-		RefciPath:    self,
-		Shim:         sb.Shim,
-		Isolation:    sb.Isolation,
-		TempDir:      sb.RunsDir,
 		Output:       out,
 		Hard:         hard,
 		CancelReason: func() string { return cancelReason.Load().(string) },
-		Host:         host,
 		Version:      version,
 		Page:         renderPage,
-	}, id)
+	}, Self: self, Isolate: *isolate, Private: private, Getenv: e.getenv, TrustedKeys: trustedKeys}, id)
+	if errors.Is(err, worker.ErrLocalSetup) {
+		e.errorf("run: %v", err)
+		return exitInfra
+	}
 	if err != nil {
 		if outcome != nil && outcome.Status != nil {
 			e.errorf("the pipeline ended %s in %s, but no result was recorded: %v", outcome.Status.State, render.Duration(outcome.Status.DurationMS), err)
@@ -162,13 +132,8 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		}
 		return exitInfra
 	}
-	st := outcome.Status
-	fmt.Fprintf(e.stdout, "refci: %s in %s", st.State, render.Duration(st.DurationMS))
-	if st.Reason != "" {
-		fmt.Fprintf(e.stdout, ": %s", st.Reason)
-	}
-	fmt.Fprintf(e.stdout, "\nrefci: result %s\n", outcome.Ref)
-	return exitForState(st)
+	render.Summary(e.stdout, outcome.Status, outcome.Ref)
+	return exitForState(outcome.Status)
 }
 
 // exitForState is the exit code of a finished run.
@@ -179,7 +144,7 @@ func exitForState(st *queue.Status) int {
 	case queue.Failure, queue.Cancelled:
 		return exitFailed
 	}
-	if worker.IsConfigError(st) {
+	if st.IsConfigError() {
 		return exitUsage
 	}
 	return exitInfra
@@ -197,14 +162,6 @@ func signalName(s os.Signal) string {
 	return s.String()
 }
 
-// displayRev is the name the user gave, unless it was a bare object id.
-func displayRev(rev, target string) string {
-	if len(rev) >= 4 && len(rev) <= 40 && target[:len(rev)] == rev {
-		return ""
-	}
-	return rev
-}
-
 func cmdInit(_ context.Context, e *env, args []string) int {
 	fs := newFlags(e, "init")
 	repoDir := fs.String("repo", ".", "the repository")
@@ -214,8 +171,7 @@ func cmdInit(_ context.Context, e *env, args []string) int {
 	}
 	repo, err := openRepo(*repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	if repo.WorkTree() == "" {
 		e.errorf("%s is a bare repository; run refci init in a clone", repo.GitDir())

@@ -6,11 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"time"
 
-	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
-	"refci.dev/refci/render"
 	"refci.dev/refci/requests"
 	"refci.dev/refci/results"
 )
@@ -27,27 +24,25 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 	if !ok {
 		return code
 	}
-	repo, dir, err := openRepoDir(*repoDir)
+	repo, err := openRepo(*repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
-	git := gitproto.CLI{Dir: dir}
+	dir := repo.Dir()
 	rev := first(pos)
 	if rev == "" {
 		rev = "HEAD"
 	}
 	target, err := repo.ResolveCommit(rev)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
+	// Always an annotated tag, with a fresh id in its subject (see
+	// requests): --wait, log -f and the result tell this push from an
+	// earlier one of the same commit under the same name.
+	client := requests.Client{Dir: dir}
 	if *name == "" {
-		branch, _ := git.Run(ctx, "", "symbolic-ref", "--short", "-q", "HEAD")
-		if first(pos) != "" || branch == "" {
-			branch = "rev-" + target.String()[:12]
-		}
-		*name = branch
+		*name = client.DefaultName(ctx, target, first(pos) == "")
 	}
 	if err := queue.ValidateRequestName(*name); err != nil {
 		e.errorf("trigger: %v", err)
@@ -64,18 +59,9 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 		e.errorf("trigger: %s", msg)
 		return exitUsage
 	}
-	// Always an annotated tag, with a fresh id in its subject: its object
-	// id names this request and no other, so that --wait, log -f and the
-	// result (status.json request_object) tell it from an earlier push of
-	// the same commit under the same name.
-	client := requests.Client{Dir: dir}
-	obj, err := client.Make(ctx, requests.Request{Name: *name, Target: target, Options: opts})
+	obj, err := client.Ask(ctx, *remote, requests.Request{Name: *name, Target: target, Options: opts})
 	if err != nil {
 		e.errorf("trigger: %v", err)
-		return exitInfra
-	}
-	if err := client.Push(ctx, *remote, *name, obj); err != nil {
-		e.errorf("trigger: pushing %s to %s failed: %v", queue.RequestRef(*name), *remote, err)
 		return exitInfra
 	}
 	fmt.Fprintf(e.stdout, "refci: requested %s for %s on %s\n", *name, target.String()[:12], *remote)
@@ -105,96 +91,38 @@ func follow(ctx context.Context, e *env, dir, remote, target string, want result
 	defer stop()
 	logOut, endLog := e.logWriter()
 	defer endLog() // every way out: a styled log must not colour what follows
-	w := results.Source{Dir: dir, Remote: remote}.Follow(ctx, target, want)
-	printed := false // some log was printed
-	for {
-		ev, err := w.Next(ctx)
-		switch {
-		case ctx.Err() != nil:
-			e.errorf("stopped following; the run goes on")
-			return exitFailed
-		case errors.Is(err, results.ErrGone), errors.Is(err, results.ErrSuperseded), results.NotBelieved(err):
-			e.errorf("%v", err)
-			return exitFailed
-		case err != nil:
-			e.errorf("%v", err)
-			return exitInfra
-		}
-		switch ev.Kind {
-		case results.FetchFailed:
-			e.errorf("fetch from %s failed (retrying): %v", remote, ev.Err)
-		case results.Waiting:
-			fmt.Fprintf(e.stderr, "refci: waiting for the run to start (no worker has pushed its progress yet)\n")
-		case results.Started:
-			st := ev.Status
-			fmt.Fprintf(e.stderr, "refci: run %s (attempt %d) on worker %s", st.Run, st.Attempt, st.Worker)
-			if prev := st.PreviousRun(); prev != "" {
-				fmt.Fprintf(e.stderr, ", after run %s lost its worker", prev)
-			}
-			fmt.Fprintln(e.stderr)
-		case results.Progress:
-			if ev.Status.Extra["config_error"] == true && !printed {
-				// A configuration error's log is its reason alone,
-				// which the summary says.
-				break
-			}
-			if ev.LogCapped {
-				fmt.Fprintf(logOut, "\n[refci: the log was capped; showing its tail]\n")
-			}
-			logOut.Write(ev.Log)
-			printed = printed || len(ev.Log) > 0
-		case results.TakenOver:
-			endLog()
-			fmt.Fprintf(e.stderr, "\nrefci: run %s (attempt %d) lost its worker; run %s (attempt %d) on worker %s took the request over\n",
-				ev.From, ev.FromAttempt, ev.To, ev.ToAttempt, ev.ToWorker)
-			printed = false
-		case results.LeaseExpired:
-			c := ev.Claim
-			fmt.Fprintf(e.stderr, "\nrefci: worker %s stopped renewing its claim on run %s (the lease ran out at %s); waiting for another worker to take the request over\n",
-				c.Worker, c.Run, c.LeaseExpires.Local().Format(time.TimeOnly))
-		case results.Final:
-			st := ev.Status
-			endLog()
-			// The final block: jobs as a tree, artifacts, then the
-			// one-line summary, which holds the reason.
-			fmt.Fprintln(e.stdout)
-			block := *st
-			block.Reason = ""
-			render.Terminal(e.stdout, &block, render.TermOptions{Color: e.color(e.stdout), Ref: ev.Ref})
-			fmt.Fprintf(e.stdout, "refci: %s in %s", st.State, render.Duration(st.DurationMS))
-			if st.Reason != "" {
-				fmt.Fprintf(e.stdout, ": %s", render.Safe(st.Reason))
-			}
-			fmt.Fprintf(e.stdout, "\nrefci: result %s\n", ev.Ref)
-			return exitForState(st)
-		}
+	p := results.Printer{Log: logOut, EndLog: endLog, Notes: e.stderr, Out: e.stdout, Color: e.color(e.stdout), Remote: remote}
+	st, err := p.Follow(ctx, results.Source{Dir: dir, Remote: remote}.Follow(ctx, target, want))
+	switch {
+	case ctx.Err() != nil:
+		e.errorf("stopped following; the run goes on")
+		return exitFailed
+	case errors.Is(err, results.ErrGone), errors.Is(err, results.ErrSuperseded), results.NotBelieved(err):
+		e.errorf("%v", err)
+		return exitFailed
+	case err != nil:
+		e.errorf("%v", err)
+		return exitInfra
 	}
+	return exitForState(st)
 }
 
 // logFollow implements `refci log -f`: follow a run on a remote, named
 // as results.Source.Locate takes it.
 func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
-	_, dir, err := openRepoDir(repoDir)
+	repo, err := openRepo(repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
+	dir := repo.Dir()
 	if msg := missingRemote(ctx, dir, remote); msg != "" {
 		e.errorf("log -f: %s", msg)
 		return exitUsage
 	}
 	src := results.Source{Dir: dir, Remote: remote}
 	waitCtx, stop := signal.NotifyContext(ctx, os.Interrupt)
-	target, want, err := src.Locate(waitCtx, arg, func(n results.ClaimNote, cv results.ClaimView) {
-		switch n {
-		case results.PushedAgain:
-			fmt.Fprintf(e.stderr, "refci: request %s was pushed again; waiting for a worker to claim it (the claim there, run %s, is of the earlier push)\n", arg, cv.Claim.Run)
-		case results.BadClaim:
-			e.errorf("the claim of %s on %s is not believed (%s); waiting for a worker to replace it", arg, remote, render.Safe(cv.Bad.Error()))
-		case results.Queued:
-			fmt.Fprintf(e.stderr, "refci: request %s is waiting for a worker\n", arg)
-		}
-	})
+	p := results.Printer{Notes: e.stderr, Remote: remote}
+	target, want, err := src.Locate(waitCtx, arg, func(n results.ClaimNote, cv results.ClaimView) { p.PrintClaimNote(arg, n, cv) })
 	interrupted := waitCtx.Err() != nil
 	stop()
 	switch {
@@ -213,17 +141,4 @@ func logFollow(ctx context.Context, e *env, repoDir, remote, arg string) int {
 	}
 	e.errorf("%v", err)
 	return exitInfra
-}
-
-// openRepoDir opens the repository and returns the directory git commands
-// run in: the work tree, or the git directory of a bare repository.
-func openRepoDir(dir string) (*gitproto.Repo, string, error) {
-	repo, err := openRepo(dir)
-	if err != nil {
-		return nil, "", err
-	}
-	if wt := repo.WorkTree(); wt != "" {
-		return repo, wt, nil
-	}
-	return repo, repo.GitDir(), nil
 }

@@ -4,14 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"time"
 
 	"refci.dev/refci/forge/site"
-	"refci.dev/refci/secrets"
 	"refci.dev/refci/worker"
 )
 
@@ -28,15 +25,20 @@ func cmdView(_ context.Context, e *env, args []string) int {
 	if _, code, ok := parse(e, fs, args, 0); !ok {
 		return code
 	}
-	kr, err := viewKeyring(e, keyrings)
-	if err != nil {
+	kr, err := e.keyring(keyrings, "")
+	if h, _ := e.home(); errors.Is(err, errNoKeys) {
+		// Not an error here: every run is then unverified, which the
+		// site shows and this says once.
+		fmt.Fprintf(e.stderr, "refci: no trusted keys (no %s, nothing in %s): every run is shown unverified; "+
+			"get the worker's public key ('refci keys export' on the worker) and put it in %s, or pass --keyring FILE\n",
+			filepath.Join(h, "key.asc"), filepath.Join(h, "trusted"), filepath.Join(h, "trusted", "worker.asc"))
+	} else if err != nil {
 		e.errorf("%v", err)
 		return exitUsage
 	}
 	repo, err := openRepo(*repoDir)
 	if err != nil {
-		e.errorf("%v", err)
-		return exitFor(err)
+		return e.exitOn(err)
 	}
 	dir := *out
 	if dir == "" {
@@ -68,25 +70,4 @@ func cmdView(_ context.Context, e *env, args []string) int {
 		}
 	}
 	return exitOK
-}
-
-// viewKeyring loads the keys refci view trusts, as refci verify does
-// (the --keyring files, or else the user's own key and
-// $REFCI_HOME/trusted/*.asc). Having no key at all is not an error: every
-// run is then unverified, which it says once.
-func viewKeyring(e *env, files []string) (secrets.Keyring, error) {
-	if len(files) == 0 {
-		h, err := e.home()
-		if err != nil {
-			return secrets.Keyring{}, err
-		}
-		trusted, _ := filepath.Glob(filepath.Join(h, "trusted", "*.asc"))
-		if _, err := os.Stat(filepath.Join(h, "key.asc")); len(trusted) == 0 && errors.Is(err, fs.ErrNotExist) {
-			fmt.Fprintf(e.stderr, "refci: no trusted keys (no %s, nothing in %s): every run is shown unverified; "+
-				"get the worker's public key ('refci keys export' on the worker) and put it in %s, or pass --keyring FILE\n",
-				filepath.Join(h, "key.asc"), filepath.Join(h, "trusted"), filepath.Join(h, "trusted", "worker.asc"))
-			return secrets.Keyring{}, nil
-		}
-	}
-	return e.keyring(files, "")
 }
