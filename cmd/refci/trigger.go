@@ -50,7 +50,7 @@ func cmdTrigger(ctx context.Context, e *env, args []string) int {
 	}
 	opts := queue.RequestOptions{Env: *envName, Timeout: *timeout}
 	if opts.Env != "" {
-		if err := queue.ValidateJobName(opts.Env); err != nil {
+		if err := queue.ValidateEnvName(opts.Env); err != nil {
 			e.errorf("trigger: --env %q: use letters, digits, '.', '_' or '-'", opts.Env)
 			return exitUsage
 		}
