@@ -226,6 +226,21 @@ func Safe(s string) string {
 	return b.String()
 }
 
+// SafeLines is Safe for text of several lines, such as an error that
+// quotes git's or a remote's messages: newlines and tabs stay as they are,
+// every other character Safe escapes is escaped.
+func SafeLines(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		parts := strings.Split(l, "\t")
+		for j, p := range parts {
+			parts[j] = Safe(p)
+		}
+		lines[i] = strings.Join(parts, "\t")
+	}
+	return strings.Join(lines, "\n")
+}
+
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) }
 
 func isInvisible(r rune) bool {

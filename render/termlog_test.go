@@ -104,3 +104,16 @@ func TestSafeEscapesInvisibleCharacters(t *testing.T) {
 		}
 	}
 }
+
+// SafeLines keeps the lines and tabs of a message and escapes the rest as
+// Safe does: a remote's text quoted in an error cannot move the cursor.
+func TestSafeLines(t *testing.T) {
+	in := "remote: fatal\x1b[2J: no\tway\nremote: \u202eevil\r\n"
+	want := "remote: fatal\\x1b[2J: no\tway\nremote: \\u202eevil\\x0d\n"
+	if got := SafeLines(in); got != want {
+		t.Errorf("SafeLines(%q) = %q, want %q", in, got, want)
+	}
+	if got := SafeLines("plain\nlines"); got != "plain\nlines" {
+		t.Errorf("clean text changed: %q", got)
+	}
+}

@@ -10,9 +10,12 @@ package cli
 
 import (
 	"fmt"
-	"golang.org/x/term"
 	"io"
 	"os"
+
+	"golang.org/x/term"
+
+	"refci.dev/refci/render"
 )
 
 // Exit codes, the same for every command of every refci binary.
@@ -47,9 +50,11 @@ func (e *Env) program() string {
 }
 
 // Errorf prints one error line to stderr, prefixed with the program's
-// name.
+// name. Control characters in it are escaped (render.SafeLines): an
+// error may quote what a remote, a ref name or a result said, and none
+// of that may move the cursor or fake a line on the user's terminal.
 func (e *Env) Errorf(format string, args ...any) {
-	fmt.Fprintf(e.Stderr, e.program()+": "+format+"\n", args...)
+	fmt.Fprintln(e.Stderr, render.SafeLines(e.program()+": "+fmt.Sprintf(format, args...)))
 }
 
 // IsTerminal reports whether w is an *os.File open on a terminal. Other

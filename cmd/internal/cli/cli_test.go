@@ -227,3 +227,13 @@ func TestLoggerWritesToStderrAtItsLevel(t *testing.T) {
 		t.Errorf("stderr %q, stdout %q", s, out.String())
 	}
 }
+
+// An error quoting a hostile remote's text reaches the terminal with its
+// escape sequences escaped, its lines kept.
+func TestErrorfEscapes(t *testing.T) {
+	e, _, errb := testEnv()
+	e.Errorf("push failed: %s", "remote: \x1b]0;owned\x07\nremote: done")
+	if got, want := errb.String(), "refci: push failed: remote: \\x1b]0;owned\\x07\nremote: done\n"; got != want {
+		t.Errorf("printed %q, want %q", got, want)
+	}
+}
