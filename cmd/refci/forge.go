@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -60,11 +61,20 @@ func findForge(e *env, what string) (string, int) {
 		e.errorf("%s: %s runs in %s, installed beside refci, and %s; make build puts bin/%s beside bin/refci (copy both when installing)", what, forgeWhat(what), forgecmd.Binary, note, forgecmd.Binary)
 		return "", exitInfra
 	}
-	if ok, note := lightbin.OfThisBuild(path, forgecmd.Package); !ok {
-		e.errorf("%s: %s; install refci and %s of one build (make build puts both in bin/)", what, note, forgecmd.Binary)
+	if err := forgeOfThisBuild(path); err != nil {
+		e.errorf("%s: %v", what, err)
 		return "", exitInfra
 	}
 	return path, exitOK
+}
+
+// forgeOfThisBuild says what is wrong when the refci-forge at path is
+// not of this refci's build.
+func forgeOfThisBuild(path string) error {
+	if ok, note := lightbin.OfThisBuild(path, forgecmd.Package); !ok {
+		return fmt.Errorf("%s; install refci and %s of one build (make build puts both in bin/)", note, forgecmd.Binary)
+	}
+	return nil
 }
 
 // forgeWhat is what runs in refci-forge, for findForge's message.

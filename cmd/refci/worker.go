@@ -106,7 +106,9 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 			}
 		}
 		fc, err = link.Open(ctx, link.Config{Path: path, Args: link.WorkerArgs(*configFile, cfg.Key, *verbose), Asked: asked, Log: e.stderr, Logger: logger,
-			Start: link.Start{Remotes: cfg.Remotes, Cache: cfg.Cache, Poll: cfg.Poll}})
+			Start: link.Start{Remotes: cfg.Remotes, Cache: cfg.Cache, Poll: cfg.Poll},
+			// A restart runs what is on disk then: not half of an upgrade.
+			Check: func() error { return forgeOfThisBuild(path) }})
 		var refused *link.FailError
 		switch {
 		case errors.As(err, &refused):

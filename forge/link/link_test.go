@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -215,6 +216,56 @@ func TestChildRestartedAfterKill(t *testing.T) {
 	if s := sup.String(); strings.Count(s, "exited; starting it again") != 2 || !strings.Contains(s, "signal: killed") || strings.Count(s, "started again") < 2 {
 		t.Errorf("the supervisor's log:\n%s", s)
 	}
+}
+
+// Before a restart Check is asked: while it refuses (refci-forge replaced
+// by another build), no child starts and the log says why; once it
+// agrees, the child starts again and wake-ups reach it.
+func TestRestartWaitsForCheck(t *testing.T) {
+	var sup fixtures.Buffer
+	var mu sync.Mutex
+	var got []string
+	var refuse atomic.Bool
+	var checks atomic.Int32
+	cfg := childConfig(t, "echo", io.Discard, func(u string) { mu.Lock(); got = append(got, u); mu.Unlock() })
+	cfg.Logger = slogTo(&sup)
+	cfg.Check = func() error {
+		checks.Add(1)
+		if refuse.Load() {
+			return errors.New("refci-forge is of another build")
+		}
+		return nil
+	}
+	c, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checks.Load() != 0 {
+		t.Errorf("Open asked Check %d times", checks.Load())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Supervise(ctx)
+	refuse.Store(true)
+	pid := c.Pid()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	fixtures.WaitFor(t, time.Minute, "three refused restarts", func() bool { return checks.Load() >= 3 })
+	if c.Starts() != 1 || c.Pid() != 0 {
+		t.Fatalf("a child started although Check refused: starts %d, pid %d", c.Starts(), c.Pid())
+	}
+	if s := sup.String(); !strings.Contains(s, "is not started again: restart the worker") || !strings.Contains(s, "of another build") {
+		t.Errorf("the supervisor's log:\n%s", s)
+	}
+	refuse.Store(false)
+	fixtures.WaitFor(t, time.Minute, "the child started again", func() bool { return c.Starts() == 2 && c.Pid() != 0 })
+	fixtures.WaitFor(t, time.Minute, "a wake-up through the new child", func() bool {
+		c.Pushed("file:///after.git")
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) > 0 && got[len(got)-1] == "file:///after.git"
+	})
 }
 
 // A child that ignores the end of its input is killed after StopGrace.

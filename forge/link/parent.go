@@ -36,6 +36,11 @@ type Config struct {
 	// StopGrace is how long a child may take to stop once its input is
 	// closed before it is killed (default 30s).
 	StopGrace time.Duration
+	// Check, when set, is asked before each restart whether Path may be
+	// started (e.g. that it is still of the worker's build, not half of
+	// an upgrade); an error is said in the log and the restart is tried
+	// again after the next backoff. Open does not call it.
+	Check func() error
 }
 
 // FailError is the child's refusal to start (a Fail): Exit is the exit
@@ -322,6 +327,13 @@ func (c *Child) Supervise(ctx context.Context) {
 		case <-t.C:
 		}
 		wait = min(2*wait, c.cfg.MaxBackoff)
+		if c.cfg.Check != nil {
+			if err := c.cfg.Check(); err != nil {
+				c.cfg.Logger.Error("refci-forge (the forges and mail) is not started again: restart the worker", "err", err, "retry in", wait)
+				p = nil
+				continue
+			}
+		}
 		began = time.Now()
 		np, err := c.start(ctx)
 		if ctx.Err() != nil {
