@@ -175,6 +175,9 @@ type Server struct {
 	changed chan struct{} // closed and replaced whenever a job registers or finishes
 	conns   map[net.Conn]struct{}
 	root    int // the run's root process (OwnTree); 0 before Admit
+	// admitted is closed by the first Admit: the run's process can
+	// connect before its starter has told the server its pid.
+	admitted chan struct{}
 }
 
 // Admit sets the run's root process (the shim, or the pipeline without
@@ -182,6 +185,13 @@ type Server struct {
 func (s *Server) Admit(pid int) {
 	s.mu.Lock()
 	s.root = pid
+	if pid > 0 {
+		select {
+		case <-s.admitted:
+		default:
+			close(s.admitted)
+		}
+	}
 	s.mu.Unlock()
 }
 
@@ -190,6 +200,15 @@ func (s *Server) Admit(pid int) {
 // process (SO_PEERCRED); orphans of the run are re-parented to the shim,
 // a child subreaper, so they stay in the tree.
 func (s *Server) peerAdmitted(conn net.Conn) (bool, string) {
+	// The pipeline may connect before the worker has its pid: the
+	// process starts, then its starter calls Admit.
+	t := time.NewTimer(jobReplyTimeout)
+	select {
+	case <-s.admitted:
+	case <-s.closing:
+	case <-t.C:
+	}
+	t.Stop()
 	s.mu.Lock()
 	root := s.root
 	s.mu.Unlock()
@@ -279,12 +298,13 @@ func NewServer(cfg Config) (*Server, error) {
 		sock.ln.SetDeadline(time.Time{}) // the last server stopped it with one
 	}
 	s := &Server{
-		cfg:     cfg,
-		sock:    sock,
-		closing: make(chan struct{}),
-		jobs:    map[string]*jobEntry{},
-		changed: make(chan struct{}),
-		conns:   map[net.Conn]struct{}{},
+		cfg:      cfg,
+		sock:     sock,
+		closing:  make(chan struct{}),
+		admitted: make(chan struct{}),
+		jobs:     map[string]*jobEntry{},
+		changed:  make(chan struct{}),
+		conns:    map[net.Conn]struct{}{},
 	}
 	s.wg.Add(1)
 	go s.acceptLoop()
