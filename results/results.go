@@ -13,6 +13,13 @@
 // bridge), so that all apply one rule for what is believed and none
 // spells the ref layout, which queue owns.
 //
+// An adapter needs little of it: a Source (a repository directory and a
+// remote) and Source.WatchRuns, which yields every change of every run
+// with the lost-worker rule applied (see its example); render turns what
+// it yields into text. The rest serves refci's own commands: Load and
+// Locate find the run a user names, Refresh fetches a commit's runs,
+// ListPage pages a list, and Printer prints a run as it is followed.
+//
 // A result is believed when status.json decodes, agrees with its ref and
 // its commit's trailers, and holds only values refci writes
 // (queue.DecodeResult). Believed is not verified: a signature check
