@@ -682,7 +682,29 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 			}
 		}
 	}
-	page, err := render.HTML(res, render.HTMLOptions{Home: "../../../index.html", Links: links, Verdict: &v, Commit: tc})
+	// The artifacts first: the page links only those that are there, as
+	// it does the logs.
+	copied := map[string]bool{}
+	if valid {
+		for _, a := range st.Artifacts {
+			if queue.ValidateArtifactPath(a.Path) != nil {
+				continue // Validate said so already; checked again where it becomes a path
+			}
+			p := queue.ArtifactsDir + "/" + a.Path
+			if err := copyBlob(repo, root, commit, p, path.Join(dir, p)); err != nil {
+				if b.warn != nil {
+					b.warn(fmt.Sprintf("%s: artifact %s: %v", ref, queue.Printable(a.Path), err))
+				}
+				continue
+			}
+			copied[p] = true
+		}
+	}
+	stored := func(p string) bool {
+		_, ok := files[p]
+		return ok || copied[p]
+	}
+	page, err := render.HTML(res, render.HTMLOptions{Home: "../../../index.html", Links: links, Verdict: &v, Commit: tc, Stored: stored})
 	if err != nil {
 		return render.RunSummary{}, err
 	}
@@ -694,16 +716,6 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 		}
 		if err := writeNew(root, full, data); err != nil {
 			return render.RunSummary{}, err
-		}
-	}
-	if valid {
-		for _, a := range st.Artifacts {
-			if queue.ValidateArtifactPath(a.Path) != nil {
-				continue // Validate said so already; checked again where it becomes a path
-			}
-			if err := copyBlob(repo, root, commit, queue.ArtifactsDir+"/"+a.Path, path.Join(dir, queue.ArtifactsDir, a.Path)); err != nil && b.warn != nil {
-				b.warn(fmt.Sprintf("%s: artifact %s: %v", ref, queue.Printable(a.Path), err))
-			}
 		}
 	}
 	if err := root.RemoveAll(rel); err != nil {

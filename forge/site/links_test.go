@@ -172,3 +172,48 @@ func firstDiff(got, want string) string {
 	}
 	return "(same lines)"
 }
+
+// A result that lacks files its status.json names (its log, a job's log,
+// an artifact: a worker stopped, or a pusher who left them out) gets a
+// run page that links none of them: it says they are not stored.
+func TestRunPagesLinkOnlyWhatIsStored(t *testing.T) {
+	repo := newRepo(t)
+	target := resultcommit.Commit(t, repo, map[string]string{"README": "a\n"}, "Commit A", nil)
+	id := fixtures.OpenPGPIdentity(t, "Test Worker")
+	var kr secrets.Keyring
+	kr.Add(id)
+	started := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
+	exit := 1
+	st := &queue.Status{Format: queue.Format, State: queue.Failure, Target: target.String(), Request: "main", Run: queue.NewRunID(started),
+		Attempt: 1, Worker: id.Fingerprint(), Started: started, Finished: started.Add(time.Second), DurationMS: 1000, ExitCode: &exit,
+		Jobs: []queue.Job{
+			{Name: "build", State: queue.Success, Log: queue.JobLogPath("build")},
+			{Name: "test", State: queue.Failure, Log: queue.JobLogPath("test")},
+		},
+		Artifacts: []queue.Artifact{{Path: "here.txt", Size: 3, SHA256: strings.Repeat("a", 64)}, {Path: "gone.txt", Size: 3, SHA256: strings.Repeat("b", 64)}},
+	}
+	// Only build's log and one artifact are in the tree.
+	resultcommit.Write(t, repo, st, gitproto.ZeroHash, id, map[string]string{
+		queue.JobLogPath("build"): "ok\n", queue.ArtifactsDir + "/here.txt": "hi\n"})
+	out := t.TempDir()
+	var warned []string
+	if _, err := NewBuilder(repo.GitDir(), out, kr, Options{Warn: func(msg string) { warned = append(warned, msg) }}).Build(); err != nil {
+		t.Fatal(err)
+	}
+	if len(warned) > 0 && strings.Contains(warned[0], "invalid") {
+		t.Fatalf("warned: %q", warned)
+	}
+	sitetest.CheckLinks(t, out)
+	page, err := os.ReadFile(filepath.Join(out, "runs", target.String(), st.Run, "index.html"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`href="jobs/build/log.txt"`, `href="artifacts/here.txt"`, "gone.txt", "(no log stored)"} {
+		if !strings.Contains(string(page), want) {
+			t.Errorf("the run page lacks %s", want)
+		}
+	}
+	if len(warned) != 1 || !strings.Contains(warned[0], "gone.txt") {
+		t.Errorf("warned: %q", warned)
+	}
+}
