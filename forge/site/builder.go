@@ -41,8 +41,9 @@ import (
 // repository into its output directory: index.html (every run, newest
 // first, with the latest state of each request and since when),
 // state-<state>.html (one per state of listStates, a list without
-// runs too, as every page links them), a page per commit (commits/<target>.html) with its
-// run history (each list paginated: writeLists), a page per run
+// runs too, as every page links them), a page per commit
+// (commits/<target>.html) with its run history (each list paginated:
+// writeLists), a page per run
 // (runs/<target>/<run>/index.html, rendered by render.HTML with the
 // logs, status.json and artifacts next to it) and a badge per request
 // (badges/<request>.svg).
