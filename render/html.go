@@ -44,6 +44,12 @@ type HTMLOptions struct {
 	// (`refci view` sets it): shown at the top, and a result that is not
 	// verified is not drawn in its state's colour.
 	Verdict *Verdict
+	// Stored, when set, says whether a file of the result tree (log.txt,
+	// a job's log, artifacts/<path>; by its path in the tree) is next to
+	// the page: one that is not is shown as not stored and not linked.
+	// nil: every file status.json names is there (the page in the result
+	// tree itself). It is called from the goroutine of HTML only.
+	Stored func(path string) bool
 	// Commit, when set, describes the target commit as the reader's own
 	// repository has it (`refci view` sets it): its subject and author
 	// are shown, escaped, and never used for anything else.
@@ -189,6 +195,7 @@ type pageArtifact struct {
 	Href    string
 	Active  bool // may run script when opened (HTML, SVG, XML)
 	Preview string
+	Missing bool // named by status.json, not next to the page (HTMLOptions.Stored)
 }
 
 type pageData struct {
@@ -209,6 +216,7 @@ type pageData struct {
 	Shown      string // the state class of the title: the state, or "unverified"
 	StateText  string
 	Label      string // RunLabel
+	LogRaw     string // the link to log.txt, "" when it is not stored
 }
 
 // HTML renders the static page of one run: state, target, request,
@@ -241,6 +249,7 @@ func HTML(r Result, o HTMLOptions) ([]byte, error) {
 		c := CommitInfoOf(o.Commit.Subject, o.Commit.Author, o.Commit.Date)
 		d.O.Commit = &c
 	}
+	stored := func(p string) bool { return o.Stored == nil || o.Stored(p) }
 	tree := jobTree(s.Jobs)
 	prefixes := treePrefixes(tree)
 	for i, n := range tree {
@@ -249,7 +258,11 @@ func HTML(r Result, o HTMLOptions) ([]byte, error) {
 		safe := queue.ValidateJobName(n.Name) == nil
 		if safe && (has || n.Log != "") {
 			pj.Anchor = "job-" + n.Name
-			pj.Raw = jobLogHref(n.Name)
+			if stored(jobLogHref(n.Name)) {
+				pj.Raw = jobLogHref(n.Name)
+			} else {
+				has = false
+			}
 		}
 		d.Jobs = append(d.Jobs, pj)
 		if pj.Anchor == "" {
@@ -271,9 +284,12 @@ func HTML(r Result, o HTMLOptions) ([]byte, error) {
 		}
 	}
 	// The pipeline's own log last: it holds every job's output again.
-	main := pageLog{ID: "log", Title: "pipeline log (all output)", Raw: queue.LogFile, State: s.State, Bytes: len(r.Log), Truncated: s.LogTruncated}
+	if stored(queue.LogFile) {
+		d.LogRaw = queue.LogFile
+	}
+	main := pageLog{ID: "log", Title: "pipeline log (all output)", Raw: d.LogRaw, State: s.State, Bytes: len(r.Log), Truncated: s.LogTruncated}
 	main.Open = failJob < 0 || s.State == queue.Running
-	main.HTML, _, main.Omitted = inline(r.Log, "", queue.LogFile, max(budget, LogInline/4), true)
+	main.HTML, _, main.Omitted = inline(r.Log, "", d.LogRaw, max(budget, LogInline/4), d.LogRaw != "")
 	d.Logs = append(d.Logs, main)
 	if d.FirstFail == "" && (s.State == queue.Failure || s.State == queue.Error) {
 		d.FirstFail, d.FailLabel = "log", "the pipeline log"
@@ -284,7 +300,11 @@ func HTML(r Result, o HTMLOptions) ([]byte, error) {
 	}
 	for i, a := range r.Status.Artifacts {
 		pa := pageArtifact{Artifact: s.Artifacts[i]}
-		if href, ok := artifactHref(a.Path); ok {
+		href, ok := artifactHref(a.Path)
+		if ok && !stored(queue.ArtifactsDir+"/"+a.Path) {
+			ok, pa.Missing = false, true
+		}
+		if ok {
 			pa.Href = href
 			pa.Active = activeContent(a.Path)
 			d.AnyActive = d.AnyActive || pa.Active

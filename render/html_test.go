@@ -313,3 +313,28 @@ func TestCommitInfoAndRunLabel(t *testing.T) {
 		}
 	}
 }
+
+// With Stored, a page links only the files that are next to it: a log,
+// a job's log or an artifact that is not is shown as not stored.
+func TestHTMLLinksOnlyStored(t *testing.T) {
+	r := failedResult()
+	stored := map[string]bool{queue.JobLogPath("build"): true}
+	page := string(mustHTML(t, r, HTMLOptions{Stored: func(p string) bool { return stored[p] }}))
+	for _, bad := range []string{`href="log.txt"`, `href="jobs/test/log.txt"`, `href="artifacts/`} {
+		if strings.Contains(page, bad) {
+			t.Errorf("the page links %s, which is not stored", bad)
+		}
+	}
+	for _, want := range []string{`href="jobs/build/log.txt"`, "(no log stored)", "(not stored)"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the page lacks %s", want)
+		}
+	}
+	// nil: every file is there.
+	page = string(mustHTML(t, r, HTMLOptions{}))
+	for _, want := range []string{`href="log.txt"`, `href="jobs/test/log.txt"`, `href="artifacts/report%20dir/index.html"`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("without Stored, the page lacks %s", want)
+		}
+	}
+}

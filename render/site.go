@@ -128,7 +128,7 @@ type ListPage struct {
 	Title  string
 	Root   string
 	Runs   []RunSummary // newest first
-	States []string     // the states with their own page, for links
+	States []string     // the states with their own page, for links (each must be there)
 	Filter bool         // offer the client-side filters
 	// Commit, for a commit's history page: the commit. The page then
 	// says since when the newest state holds ("failure since ...").
@@ -144,6 +144,9 @@ type ListPage struct {
 	// Newer and Older link the pages of a paginated list (relative to
 	// Root; "" for none), and PageNote says which runs this page holds.
 	Newer, Older, PageNote string
+	// NoRuns is what the page says when it has no runs (a state's list
+	// when no run is in that state); "": how to fetch results.
+	NoRuns string
 }
 
 //go:embed list.tmpl

@@ -127,9 +127,10 @@ func TestViewSite(t *testing.T) {
 	if _, err := os.Stat(oldPage); err == nil {
 		t.Errorf("the deleted run's page is still there")
 	}
+	sitetest.CheckLinks(t, out)
 	var man siteManifest
 	raw, _ := os.ReadFile(filepath.Join(out, "manifest.json"))
-	if err := json.Unmarshal(raw, &man); err != nil || man.Format != 6 || man.RunsFile == "" {
+	if err := json.Unmarshal(raw, &man); err != nil || man.Format != 7 || man.RunsFile == "" {
 		t.Errorf("manifest: %v %s", err, raw)
 	} else if _, err := os.Stat(filepath.Join(out, man.RunsFile)); err != nil {
 		t.Errorf("manifest's runs file: %v", err)
@@ -179,8 +180,8 @@ func TestViewShowsLostRuns(t *testing.T) {
 	s.putResult(a1, ownKey, "", nil)
 	out := filepath.Join(s.root, "site")
 	s.refci("view", "-o", out).want(t, 0)
-	if _, err := os.Stat(filepath.Join(out, "state-running.html")); err != nil {
-		t.Fatalf("a running run without a successor is listed as running: %v", err)
+	if !listsRunning(t, out) {
+		t.Fatalf("a running run without a successor is not listed as running")
 	}
 
 	exit := 0
@@ -192,8 +193,8 @@ func TestViewShowsLostRuns(t *testing.T) {
 	if r := s.refci("view", "-o", out).want(t, 0); !strings.Contains(r.stdout, "refci: 2 runs (1 rendered, 0 removed)") {
 		t.Errorf("view after an unverified takeover:\n%s", r.stdout)
 	}
-	if _, err := os.Stat(filepath.Join(out, "state-running.html")); err != nil {
-		t.Errorf("an unverified attempt made the run look lost: %v", err)
+	if !listsRunning(t, out) {
+		t.Errorf("an unverified attempt made the run look lost")
 	}
 	a2.Worker = own
 	ref2, _ = s.putResult(a2, ownKey, "", nil)
@@ -201,12 +202,13 @@ func TestViewShowsLostRuns(t *testing.T) {
 	if !strings.Contains(r.stdout, "refci: 2 runs (2 rendered, 0 removed)") {
 		t.Errorf("view after the takeover (the new run, and the lost one again):\n%s", r.stdout)
 	}
+	sitetest.CheckLinks(t, out)
 	index, _ := os.ReadFile(filepath.Join(out, "index.html"))
 	if strings.Contains(string(index), `data-state="running"`) || !strings.Contains(string(index), "worker lost") {
 		t.Errorf("index still lists the lost run as running, or not as lost:\n%s", index)
 	}
-	if _, err := os.Stat(filepath.Join(out, "state-running.html")); err == nil {
-		t.Error("state-running.html is still there")
+	if listsRunning(t, out) {
+		t.Error("state-running.html still lists a run")
 	}
 	page, _ := os.ReadFile(filepath.Join(out, "runs", target, a1.Run, "index.html"))
 	if !strings.Contains(string(page), "worker lost") || !strings.Contains(string(page), `href="../../../runs/`+target+"/"+a2.Run+`/index.html"`) {
@@ -227,9 +229,21 @@ func TestViewShowsLostRuns(t *testing.T) {
 	if r := s.refci("view", "-o", out).want(t, 0); !strings.Contains(r.stdout, "refci: 1 runs (1 rendered, 1 removed)") {
 		t.Errorf("view after the takeover's removal:\n%s", r.stdout)
 	}
-	if _, err := os.Stat(filepath.Join(out, "state-running.html")); err != nil {
-		t.Errorf("the run is not listed as running again: %v", err)
+	sitetest.CheckLinks(t, out)
+	if !listsRunning(t, out) {
+		t.Errorf("the run is not listed as running again")
 	}
+}
+
+// listsRunning reports whether the site in out lists a run as running
+// (state-running.html is there with no run in that state too).
+func listsRunning(t *testing.T, out string) bool {
+	t.Helper()
+	page, err := os.ReadFile(filepath.Join(out, "state-running.html"))
+	if err != nil {
+		t.Fatalf("state-running.html: %v", err)
+	}
+	return strings.Contains(string(page), `data-state="running"`)
 }
 
 // The site shows the target commit's subject and author, read from the

@@ -40,8 +40,10 @@ import (
 // Builder writes the static site of every refs/ci/runs/* of one
 // repository into its output directory: index.html (every run, newest
 // first, with the latest state of each request and since when),
-// state-<state>.html, a page per commit (commits/<target>.html) with its
-// run history (each list paginated: writeLists), a page per run
+// state-<state>.html (one per state of listStates, a list without
+// runs too, as every page links them), a page per commit
+// (commits/<target>.html) with its run history (each list paginated:
+// writeLists), a page per run
 // (runs/<target>/<run>/index.html, rendered by render.HTML with the
 // logs, status.json and artifacts next to it) and a badge per request
 // (badges/<request>.svg).
@@ -122,14 +124,17 @@ type Stats struct {
 const manifestFile = "manifest.json"
 
 // siteFormat is the manifest's version; a site built with another is
-// built again from scratch, but for formats 4 and 5, which are taken up.
+// built again from scratch, but for formats 4 to 6, which are taken up.
 // 2: summaries know attempts and lost runs. 3: summaries carry verdicts,
 // and the manifest the keys they used. 4: the target commits' subjects
 // and authors. 5: the runs and commits in a binary file of their own
 // (manifest.go), and the lists paginated, with each page's fingerprint.
 // 6: each build's changes appended to a delta beside that file, and the
-// commit pages paginated.
-const siteFormat = 6
+// commit pages paginated. 7: every page links every state's list, and
+// each of those lists is there, with runs or without (formats 4 to 6 are
+// taken up with every list page written anew: their untouched commit
+// pages could link a state's list that had gone).
+const siteFormat = 7
 
 // defaultPageSize is how many runs a page of a list shows.
 const defaultPageSize = 100
@@ -162,6 +167,7 @@ type manifest struct {
 	dirtyCommits map[string]bool   // the same, of Commits
 	baseLen      int64             // the size of RunsFile
 	rewrite      bool              // RunsFile must be written anew (a delta cut short, format 4)
+	relist       bool              // every list page must be written anew (a site of an earlier format)
 }
 
 // keysID names a set of trusted keys: the SHA-256 of their armored public
@@ -340,6 +346,15 @@ func (b *Builder) Build() (Stats, error) {
 	// attempt go away).
 	for _, d := range b.renderAll(root, lostChanged(&man, all)) {
 		record(d)
+	}
+	if man.relist {
+		// A site of an earlier format: every commit's pages and every
+		// badge are written again, as are the other lists' (writeLists).
+		for _, s := range all {
+			if s.Ref != "" {
+				changedTargets[s.Target], changedRequests[s.Request] = true, true
+			}
+		}
 	}
 	st.Rendered = len(renderedRefs)
 	st.Runs = len(man.Runs)
@@ -668,7 +683,29 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 			}
 		}
 	}
-	page, err := render.HTML(res, render.HTMLOptions{Home: "../../../index.html", Links: links, Verdict: &v, Commit: tc})
+	// The artifacts first: the page links only those that are there, as
+	// it does the logs.
+	copied := map[string]bool{}
+	if valid {
+		for _, a := range st.Artifacts {
+			if queue.ValidateArtifactPath(a.Path) != nil {
+				continue // Validate said so already; checked again where it becomes a path
+			}
+			p := queue.ArtifactsDir + "/" + a.Path
+			if err := copyBlob(repo, root, commit, p, path.Join(dir, p)); err != nil {
+				if b.warn != nil {
+					b.warn(fmt.Sprintf("%s: artifact %s: %v", ref, queue.Printable(a.Path), err))
+				}
+				continue
+			}
+			copied[p] = true
+		}
+	}
+	stored := func(p string) bool {
+		_, ok := files[p]
+		return ok || copied[p]
+	}
+	page, err := render.HTML(res, render.HTMLOptions{Home: "../../../index.html", Links: links, Verdict: &v, Commit: tc, Stored: stored})
 	if err != nil {
 		return render.RunSummary{}, err
 	}
@@ -680,16 +717,6 @@ func (b *Builder) renderRun(repo *gitproto.Repo, root *os.Root, ref string, comm
 		}
 		if err := writeNew(root, full, data); err != nil {
 			return render.RunSummary{}, err
-		}
-	}
-	if valid {
-		for _, a := range st.Artifacts {
-			if queue.ValidateArtifactPath(a.Path) != nil {
-				continue // Validate said so already; checked again where it becomes a path
-			}
-			if err := copyBlob(repo, root, commit, queue.ArtifactsDir+"/"+a.Path, path.Join(dir, queue.ArtifactsDir, a.Path)); err != nil && b.warn != nil {
-				b.warn(fmt.Sprintf("%s: artifact %s: %v", ref, queue.Printable(a.Path), err))
-			}
 		}
 	}
 	if err := root.RemoveAll(rel); err != nil {
@@ -787,11 +814,13 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, all []render.RunSumma
 			}
 		}
 	}
-	var states []string
+	// Every page links every state's list, whether it has runs or not:
+	// a page this build does not write again (an untouched commit's, an
+	// older page) must not link a list that a later build removes, nor
+	// lack one that a later build adds.
+	states := make([]string, len(listStates))
 	for k, s := range listStates {
-		if counts[k] > 0 {
-			states = append(states, string(s))
-		}
+		states[k] = string(s)
 	}
 	write := func(name string, p render.ListPage) error {
 		p.States = states
@@ -825,7 +854,7 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, all []render.RunSumma
 		for k := count + 1; k <= len(oldPages[name]); k++ {
 			root.Remove(pageFile(k))
 		}
-		if n == 0 {
+		if n == 0 && strings.HasPrefix(name, "commits/") {
 			root.Remove(name + ".html")
 			return nil
 		}
@@ -858,7 +887,7 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, all []render.RunSumma
 			}
 			fp := strconv.FormatUint(h.Sum64(), 36)
 			fps = append(fps, fp)
-			if old := oldPages[name]; k <= len(old) && old[k-1] == fp {
+			if old := oldPages[name]; !man.relist && k <= len(old) && old[k-1] == fp {
 				if _, err := root.Stat(pageFile(k)); err == nil {
 					continue
 				}
@@ -883,13 +912,11 @@ func (b *Builder) writeLists(root *os.Root, man *manifest, all []render.RunSumma
 	if err := list("index", "refci: all runs", runList{all, hashes}, render.ListPage{Filter: true}); err != nil {
 		return err
 	}
-	if len(all) == 0 {
-		if err := write("index.html", render.ListPage{Title: "refci: all runs", Filter: true}); err != nil {
-			return err
-		}
-	}
+	// A state's list is there when no run is in that state, saying so,
+	// as every page links it.
 	for k, s := range listStates {
-		if err := list("state-"+string(s), "refci: runs in state "+string(s), byState[k], render.ListPage{}); err != nil {
+		front := render.ListPage{NoRuns: "No run is in state " + string(s) + "."}
+		if err := list("state-"+string(s), "refci: runs in state "+string(s), byState[k], front); err != nil {
 			return err
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"refci.dev/refci/fixtures"
 	"refci.dev/refci/fixtures/resultcommit"
+	"refci.dev/refci/forge/site/sitetest"
 	"refci.dev/refci/gitproto"
 	"refci.dev/refci/queue"
 	"refci.dev/refci/secrets"
@@ -56,6 +57,7 @@ func TestBuildIsIncremental(t *testing.T) {
 	}
 	build(b, Stats{Runs: 1, Rendered: 1, Verified: 1})
 	build(b, Stats{Runs: 1, Verified: 1})
+	sitetest.CheckLinks(t, out)
 	for _, f := range []string{"index.html", "state-success.html", "commits/" + target.String() + ".html", "badges/main.svg",
 		"runs/" + target.String() + "/" + st.Run + "/index.html", "runs/" + target.String() + "/" + st.Run + "/log.txt"} {
 		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
@@ -197,6 +199,7 @@ func TestListsArePaginated(t *testing.T) {
 	shows("page-3.html", []int{6}, `href="index.html">← newer runs</a>`, `href="page-2.html">older runs →</a>`, "runs 7-7, counted")
 	shows("state-success.html", []int{6, 5, 4}, `href="state-success-page-2.html">older runs →</a>`)
 	shows("state-success-page-1.html", []int{2, 1, 0})
+	sitetest.CheckLinks(t, out)
 	if strings.Contains(read("page-1.html"), "Latest by request") || strings.Contains(read("page-1.html"), `older runs`) {
 		t.Errorf("page-1.html has the summary, or an older page")
 	}
@@ -242,9 +245,10 @@ func TestListsArePaginated(t *testing.T) {
 	shows(c+"-page-3.html", []int{7, 6}, "runs 7-8, counted")
 	shows("index.html", []int{7, 6, 5}, `href="page-2.html">older runs →</a>`, "the newest 3 of 8 runs")
 	shows("page-3.html", []int{7, 6}, "runs 7-8, counted")
-	if _, err := os.Stat(filepath.Join(out, "state-failure.html")); err == nil {
-		t.Errorf("a list without runs is there")
-	}
+	// A state without runs has its list all the same, as every page
+	// links it, saying so.
+	shows("state-failure.html", nil, "No run is in state failure.", `href="state-success.html">success</a>`)
+	sitetest.CheckLinks(t, out)
 
 	// Two more runs make a fourth page: the third links it, the first two
 	// stay as they are (no page says how many there are).
@@ -265,6 +269,7 @@ func TestListsArePaginated(t *testing.T) {
 	shows("page-3.html", []int{8, 7, 6}, `href="page-4.html">← newer runs</a>`, "runs 7-9, counted from the oldest")
 	shows("page-4.html", []int{9}, `href="index.html">← newer runs</a>`, `href="page-3.html">older runs →</a>`)
 	shows("index.html", []int{9, 8, 7}, `href="page-3.html">older runs →</a>`, "the newest 3 of 10 runs")
+	sitetest.CheckLinks(t, out)
 
 	// Runs go: so do the pages beyond the last.
 	for _, r := range refs[:8] {
@@ -283,6 +288,7 @@ func TestListsArePaginated(t *testing.T) {
 	}
 	shows("index.html", []int{9, 8})
 	shows(c+".html", []int{9, 8})
+	sitetest.CheckLinks(t, out)
 }
 
 func mustRef(t *testing.T, repo *gitproto.Repo, name string) gitproto.Hash {
@@ -365,6 +371,7 @@ func TestBuildTakesUpACutOrStoppedDelta(t *testing.T) {
 			}
 		}
 		build(b)
+		sitetest.CheckLinks(t, out)
 		root, _ := os.OpenRoot(out)
 		m := readManifest(root, keysID(kr))
 		root.Close()
@@ -384,6 +391,7 @@ func TestBuildTakesUpACutOrStoppedDelta(t *testing.T) {
 	check := func(what, dir string) {
 		t.Helper()
 		build(NewBuilder(repo.GitDir(), dir, kr, Options{PageSize: 2, Warn: func(msg string) { t.Errorf("%s: warned: %s", what, msg) }}))
+		sitetest.CheckLinks(t, dir)
 		got := siteTree(t, dir)
 		for name, w := range want {
 			if got[name] != w {

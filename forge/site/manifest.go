@@ -420,11 +420,11 @@ func (m *manifest) removeCommit(id string) {
 // changed reports whether man holds changes not written yet, or must be
 // written anew.
 func (m *manifest) changed() bool {
-	return m.rewrite || m.RunsFile == "" || len(m.dirtyRuns) > 0 || len(m.dirtyCommits) > 0
+	return m.rewrite || m.relist || m.RunsFile == "" || len(m.dirtyRuns) > 0 || len(m.dirtyCommits) > 0
 }
 
 // readManifest reads the site's manifest when it is of this format (or
-// of format 4 or 5) and was made with the keys kid; otherwise, or when
+// of format 4, 5 or 6) and was made with the keys kid; otherwise, or when
 // it cannot be read, it returns an empty one: the site is built anew.
 func readManifest(root *os.Root, kid string) manifest {
 	empty := manifest{Format: siteFormat, Keys: kid, Runs: map[string]render.RunSummary{}, Commits: map[string]render.CommitInfo{}}
@@ -447,8 +447,8 @@ func readManifest(root *os.Root, kid string) manifest {
 		for ref, s := range m.Runs {
 			m.setRun(ref, s)
 		}
-		m.rewrite = true
-	case 5, siteFormat:
+		m.rewrite, m.relist = true, true
+	case 5, 6, siteFormat:
 		if !runsFileName().MatchString(m.RunsFile) || m.DeltaLen < 0 {
 			return empty
 		}
@@ -465,7 +465,10 @@ func readManifest(root *os.Root, kid string) manifest {
 				m.rewrite = true // what it lacks is rendered again
 			}
 		}
-		m.Format = siteFormat // format 5 is format 6 with no delta
+		// Format 5 is format 6 with no delta, and format 6 is format 7
+		// with pages that may link lists that are gone: written anew.
+		m.relist = m.Format < siteFormat
+		m.Format = siteFormat
 	default:
 		return empty
 	}

@@ -6,8 +6,14 @@
 package sitetest
 
 import (
+	"html"
 	"io"
 	"net/http"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -77,5 +83,64 @@ func CheckHeaders(t testing.TB, base string, pages, content, active []string) {
 				t.Errorf("GET %s from a frame: %v", p, resp.Header)
 			}
 		}
+	}
+}
+
+// linkAttr finds the addresses a page links or loads.
+var linkAttr = regexp.MustCompile(`\s(?:href|src)="([^"]*)"`)
+
+// CheckLinks checks that every link of every HTML file of the site in dir
+// that leads into the site (not to another site, not a fragment of the
+// page itself) names a file that exists there.
+//
+// It checks the site as files: what a result brought (its artifacts) is
+// not the site's and is skipped, and a file left in the site's .tmp/ is
+// an error.
+func CheckLinks(t testing.TB, dir string) {
+	t.Helper()
+	checked := 0
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".html") {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		rel = filepath.ToSlash(rel)
+		if strings.HasPrefix(rel, ".tmp/") {
+			t.Errorf("%s is left in the site", rel)
+			return nil
+		}
+		if strings.Contains(rel, "/artifacts/") {
+			return nil // a result's own file, not the site's page
+		}
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, m := range linkAttr.FindAllStringSubmatch(string(raw), -1) {
+			u, err := url.Parse(html.UnescapeString(m[1]))
+			if err != nil {
+				t.Errorf("%s: link %q: %v", rel, m[1], err)
+				continue
+			}
+			if u.Scheme != "" || u.Host != "" || u.Path == "" {
+				continue
+			}
+			to := path.Join(path.Dir(rel), u.Path)
+			if strings.HasPrefix(to, "../") || to == ".." {
+				t.Errorf("%s links %s, outside the site", rel, m[1])
+				continue
+			}
+			checked++
+			if fi, err := os.Stat(filepath.Join(dir, filepath.FromSlash(to))); err != nil || fi.IsDir() {
+				t.Errorf("%s links %s, which is not there", rel, m[1])
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checked == 0 {
+		t.Errorf("no link checked in %s", dir)
 	}
 }
