@@ -73,12 +73,8 @@ func cmdLink(ctx context.Context, e *cli.Env, args []string) int {
 	defer stop()
 	var runners []forgeconf.Runner
 	if len(cfg.Forges) > 0 {
-		if cfg.MirrorState == "" {
-			h, err := e.Home()
-			if err != nil {
-				return fail(cli.ExitUsage, err)
-			}
-			cfg.MirrorState = filepath.Join(h, "mirror")
+		if err := e.DefaultInHome(&cfg.MirrorState, link.MirrorStateDir); err != nil {
+			return fail(cli.ExitUsage, err)
 		}
 		runners, err = forgeconf.Build(ctx, forgeconf.Options{Entries: cfg.Forges, Remotes: start.Remotes, State: cfg.MirrorState,
 			Poll: start.Poll.Duration, Logger: logger, Kinds: forgeKinds})

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"os"
-	"path/filepath"
 
 	"refci.dev/refci/cmd/internal/cli"
 	"refci.dev/refci/cmd/internal/forgecmd"
@@ -37,13 +36,9 @@ func cmdMail(ctx context.Context, e *cli.Env, args []string) int {
 		e.Errorf("config %s: no [mail] table; add one with imap, smtp, user, password_file, from and remote", *configFile)
 		return cli.ExitUsage
 	}
-	if cfg.State == "" {
-		h, err := e.Home()
-		if err != nil {
-			e.Errorf("%v", err)
-			return cli.ExitUsage
-		}
-		cfg.State = filepath.Join(h, "mail")
+	if err := e.DefaultInHome(&cfg.State, "mail"); err != nil {
+		e.Errorf("%v", err)
+		return cli.ExitUsage
 	}
 	logger := e.Logger(false)
 	ctx, stop := context.WithCancel(ctx)

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"os"
-	"path/filepath"
 
 	"refci.dev/refci/cmd/internal/cli"
 	"refci.dev/refci/cmd/internal/forgecmd"
@@ -42,13 +41,9 @@ func cmdMirror(ctx context.Context, e *cli.Env, args []string) int {
 			return cli.ExitUsage
 		}
 	}
-	if cfg.State == "" {
-		h, err := e.Home()
-		if err != nil {
-			e.Errorf("%v", err)
-			return cli.ExitUsage
-		}
-		cfg.State = filepath.Join(h, "mirror")
+	if err := e.DefaultInHome(&cfg.State, "mirror"); err != nil {
+		e.Errorf("%v", err)
+		return cli.ExitUsage
 	}
 	logger := e.Logger(false)
 	mirrors, err := forgeconf.Build(ctx, forgeconf.Options{Entries: cfg.Forges, State: cfg.State, Poll: cfg.Poll.Duration, Logger: logger, Kinds: forgeKinds})

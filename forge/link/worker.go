@@ -28,6 +28,11 @@ type WorkerSettings struct {
 // Wanted reports whether the configuration asks for a child.
 func (s WorkerSettings) Wanted() bool { return len(s.Forges) > 0 || s.Mail != nil }
 
+// MirrorStateDir is where the mirrors' state lives in refci's home when
+// mirror_state is not set: the child writes there, and the worker hides
+// it from pipelines.
+const MirrorStateDir = "mirror"
+
 // Private lists what pipelines must not read: the token and key files,
 // the mail password file and the mirror's state (under home when
 // mirror_state is not set).
@@ -36,7 +41,7 @@ func (s WorkerSettings) Private(home string) []string {
 	if len(s.Forges) > 0 {
 		state := s.MirrorState
 		if state == "" {
-			state = filepath.Join(home, "mirror")
+			state = filepath.Join(home, MirrorStateDir)
 		}
 		out = append(out, state)
 	}

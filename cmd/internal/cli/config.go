@@ -12,6 +12,20 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
+// DefaultInHome sets *dir, when it is empty, to sub in refci's
+// configuration directory (Home): the default place of a state directory.
+func (e *Env) DefaultInHome(dir *string, sub string) error {
+	if *dir != "" {
+		return nil
+	}
+	h, err := e.Home()
+	if err != nil {
+		return err
+	}
+	*dir = filepath.Join(h, sub)
+	return nil
+}
+
 // Home is refci's configuration directory: $REFCI_HOME, else
 // $XDG_CONFIG_HOME/refci, else ~/.config/refci.
 func (e *Env) Home() (string, error) {
