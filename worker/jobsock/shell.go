@@ -56,16 +56,23 @@ type ShellConfig struct {
 	// Poll is how often the output of running jobs is read while no
 	// line arrives. 0 → 100ms.
 	Poll time.Duration
+	// MaxOutput is how many bytes of one job's output are read at most
+	// (the run's log cap: no more of it is kept). A job's file can grow
+	// faster than it is read, or be made huge at no cost (truncate -s):
+	// past this, the rest is not read, and the job's log says it was cut.
+	// 0 → 16 MiB.
+	MaxOutput int64
 }
 
 const (
-	shellCtl          = "ctl"
-	shellOutSuffix    = ".out"
-	defaultShellPoll  = 100 * time.Millisecond
-	shellMaxNotes     = 50
-	shellReadChunk    = 64 << 10
-	shellMaxLineBytes = jobwire.ShellMaxLine
-	shellMaxReads     = 64 // reads of the FIFO in a row before the jobs' output gets a turn
+	shellCtl              = "ctl"
+	shellOutSuffix        = ".out"
+	defaultShellPoll      = 100 * time.Millisecond
+	shellMaxNotes         = 50
+	shellReadChunk        = 64 << 10
+	shellMaxLineBytes     = jobwire.ShellMaxLine
+	shellMaxReads         = 64 // reads of the FIFO, or of one job's output, in a row before the rest gets a turn
+	defaultShellMaxOutput = 16 << 20
 )
 
 // ShellCtlPath is the control FIFO of the in-shell channel in dir.
@@ -98,6 +105,7 @@ type shellJob struct {
 	path string
 	f    *os.File // nil until the shell made the file
 	off  int64    // how much of it was read
+	read int64    // how much was read in all (a file cut shorter is read again)
 	bad  bool     // the output file is refused; nothing more is read
 	echo *jobwire.LinePrefixer
 }
@@ -111,6 +119,9 @@ type shellJob struct {
 func (s *Server) ServeShell(cfg ShellConfig) (*Shell, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("in-shell jobs: no directory")
+	}
+	if cfg.MaxOutput <= 0 {
+		cfg.MaxOutput = defaultShellMaxOutput
 	}
 	if cfg.Poll <= 0 {
 		cfg.Poll = defaultShellPoll
@@ -374,10 +385,11 @@ func (sh *Shell) finishAll() {
 	}
 }
 
-// drain reads j's output to its end, ends its echo, and closes and
-// removes its file.
+// drain reads j's output to its end (at most MaxOutput in all), ends its
+// echo, and closes and removes its file.
 func (sh *Shell) drain(j *shellJob) {
-	sh.readOutput(j)
+	for sh.readOutput(j) {
+	}
 	if j.echo != nil {
 		j.echo.Close()
 	}
@@ -399,8 +411,9 @@ func (sh *Shell) readOutputs() {
 	}
 }
 
-// readOutput reads what j's output file holds beyond what was read, and
-// reports whether there was any.
+// readOutput reads what j's output file holds beyond what was read, at
+// most shellMaxReads chunks at a time, and reports whether it read any.
+// Past MaxOutput in all, nothing more is read: the job's log is cut.
 func (sh *Shell) readOutput(j *shellJob) (read bool) {
 	if j.bad {
 		return false
@@ -421,12 +434,19 @@ func (sh *Shell) readOutput(j *shellJob) (read bool) {
 	if sh.buf == nil {
 		sh.buf = make([]byte, shellReadChunk)
 	}
-	buf := sh.buf
-	for {
+	for range shellMaxReads {
+		if j.read >= sh.cfg.MaxOutput {
+			j.bad = true
+			j.e.truncated.Store(true)
+			sh.note(fmt.Sprintf("job %s: its output passed %d bytes; the rest is not read", j.e.job.Name, sh.cfg.MaxOutput))
+			return read
+		}
+		buf := sh.buf[:min(int64(len(sh.buf)), sh.cfg.MaxOutput-j.read)]
 		n, err := j.f.Read(buf)
 		if n > 0 {
 			read = true
 			j.off += int64(n)
+			j.read += int64(n)
 			j.e.write(buf[:n])
 			if j.echo != nil {
 				j.echo.Write(buf[:n])
@@ -437,13 +457,11 @@ func (sh *Shell) readOutput(j *shellJob) (read bool) {
 		}
 	}
 	// A file cut shorter than what was read (made anew by a second
-	// redirection, or truncated) is read again from its start.
+	// redirection, or truncated) is read again from its start, next time.
 	if fi, err := j.f.Stat(); err == nil && fi.Size() < j.off {
 		if _, err := j.f.Seek(0, io.SeekStart); err == nil {
 			j.off = 0
-			if sh.readOutput(j) {
-				read = true
-			}
+			read = true
 		}
 	}
 	return read

@@ -635,3 +635,33 @@ refci_job blocked -- touch ran; echo "blocked exit $?"
 		})
 	}
 }
+
+// A job that makes its output file huge at no cost (truncate -s) cannot
+// keep the worker reading it: at most MaxOutput (16 MiB by default) is
+// read, the job's record says its log was cut, a note says why, and the
+// channel closes at once.
+func TestShellHugeOutputIsCut(t *testing.T) {
+	st := newShellTest(t)
+	code, out := st.script("dash", `refci_job big -- sh -c 'truncate -s 64G /proc/self/fd/1 && echo written'`)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	done := make(chan struct{})
+	go func() { st.end(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(jobTestTimeout):
+		t.Fatal("the channel did not close: it reads the whole 64 GiB")
+	}
+	log, _, _ := st.logs.get("big")
+	if len(log) != defaultShellMaxOutput {
+		t.Errorf("%d bytes of the job's output kept, want %d", len(log), defaultShellMaxOutput)
+	}
+	if n := st.allNotes(); !strings.Contains(n, "job big: its output passed 16777216 bytes; the rest is not read") {
+		t.Errorf("notes: %q", n)
+	}
+	jobs := st.srv.Jobs()
+	if len(jobs) != 1 || !jobs[0].Truncated || jobs[0].State != queue.Success {
+		t.Errorf("jobs: %+v", jobs)
+	}
+}
