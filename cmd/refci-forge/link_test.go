@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -136,5 +137,52 @@ func TestBinary(t *testing.T) {
 	}
 	if out, err := exec.Command(exe, "--version").Output(); err != nil || !strings.HasPrefix(string(out), "refci-forge ") {
 		t.Errorf("--version: %q, %v", out, err)
+	}
+
+	// It holds the forges' and the mail's secrets beside pipelines of
+	// its user: it is not dumpable, so its /proc/PID/mem (and root, and
+	// environ) belong to root, not to that user. Seen by running it as
+	// nobody, which needs root and setpriv.
+	setpriv, err := exec.LookPath("setpriv")
+	if os.Geteuid() != 0 || err != nil {
+		t.Log("not root, or no setpriv: the dumpable check is skipped")
+		return
+	}
+	dir, err := os.MkdirTemp("", "refci-forge-dump-") // nobody must reach it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	bin := filepath.Join(dir, "refci-forge")
+	if b, err := os.ReadFile(exe); err != nil || os.WriteFile(bin, b, 0o755) != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "empty.toml")
+	os.WriteFile(cfg, nil, 0o644)
+	child := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", bin, "link", "--config", cfg)
+	in, err := child.StdinPipe() // it waits for the start message
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { in.Close(); child.Process.Kill(); child.Wait() }()
+	mem := fmt.Sprintf("/proc/%d/mem", child.Process.Pid)
+	var owner uint32
+	fixtures.WaitFor(t, time.Minute, "refci-forge running as nobody", func() bool {
+		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", child.Process.Pid)); exe != bin {
+			return false // setpriv has not exec'd it yet
+		}
+		fi, err := os.Stat(mem)
+		if err != nil {
+			return false
+		}
+		owner = fi.Sys().(*syscall.Stat_t).Uid
+		return true
+	})
+	if owner != 0 {
+		t.Errorf("%s belongs to uid %d: refci-forge is dumpable", mem, owner)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"refci.dev/refci/cmd/internal/forgecmd"
 	"refci.dev/refci/forge/forgeconf"
 	"refci.dev/refci/forge/link"
+	"refci.dev/refci/worker/proc"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -31,6 +32,12 @@ var version = "dev"
 var forgeKinds = forgeconf.Kinds()
 
 func main() {
+	// It holds the forges' tokens, a GitHub App's key and the mail
+	// password, and runs beside pipelines of the same user: as the worker
+	// does, it makes itself non-dumpable, so that none can attach to it
+	// or read its memory or, through /proc/PID/root, the files hidden
+	// from pipelines (exec made it dumpable again).
+	proc.SetNotDumpable()
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
