@@ -140,8 +140,11 @@ func (p *Printer) endLog() {
 	}
 }
 
+// note writes one note, its control characters escaped whatever it
+// quotes (git's and a remote's messages, names from results), its lines
+// kept.
 func (p *Printer) note(format string, args ...any) {
-	fmt.Fprintf(p.Notes, "refci: "+format+"\n", args...)
+	fmt.Fprintln(p.Notes, render.SafeLines("refci: "+fmt.Sprintf(format, args...)))
 }
 
 // Print shows ev. It returns true for the Final event, after the final

@@ -76,7 +76,7 @@ func TestPrinter(t *testing.T) {
 	target := strings.Repeat("ab", 20)
 	st := &queue.Status{State: queue.Running, Target: target, Run: "r1", Attempt: 1, Worker: "w\x1b[2J"}
 	events := []Event{
-		{Kind: FetchFailed, Err: errors.New("timeout")},
+		{Kind: FetchFailed, Err: errors.New("timeout\nremote: \x1b]0;owned\x07")}, // git's text, with a remote's line
 		{Kind: Waiting},
 		{Kind: Started, Status: st},
 		{Kind: Progress, Status: st, Log: []byte("step 1\n")},
@@ -97,7 +97,7 @@ func TestPrinter(t *testing.T) {
 	if want := "step 1\n\n[refci: the log was capped; showing its tail]\ntail\n"; log.String() != want {
 		t.Errorf("log:\n%q\nwant\n%q", log.String(), want)
 	}
-	wantNotes := "refci: fetch from origin failed (retrying): timeout\n" +
+	wantNotes := "refci: fetch from origin failed (retrying): timeout\nremote: \\x1b]0;owned\\x07\n" +
 		"refci: waiting for the run to start (no worker has pushed its progress yet)\n" +
 		"refci: run r1 (attempt 1) on worker w\\x1b[2J\n" +
 		"\nrefci: worker w1 stopped renewing its claim on run r1 (the lease ran out at 12:00:00); waiting for another worker to take the request over\n" +
