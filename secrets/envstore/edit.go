@@ -74,12 +74,16 @@ func (ed *Edit) commit(subject string) (Change, error) {
 		return Change{}, err
 	}
 	ed.Base = h
-	return Change{Ref: queue.SecretsRef(ed.Env.Name), Commit: h, Subject: subject, Signer: ed.Admin.Fingerprint(), Env: ed.Env}, nil
+	// The Change keeps the version written: a copy, since later changes
+	// of the Edit set Values in place.
+	written := *ed.Env
+	written.Values = maps.Clone(ed.Env.Values)
+	return Change{Ref: queue.SecretsRef(ed.Env.Name), Commit: h, Subject: subject, Signer: ed.Admin.Fingerprint(), Env: &written}, nil
 }
 
 // apply runs one of Env's rules and commits what it changed; when
 // either fails, it puts Env back as it was (the rules replace Env's
-// keyrings and values, never change them in place).
+// keyrings; they set Values in place, which is why it keeps a copy).
 func (ed *Edit) apply(rule func() (subject string, err error)) (Change, error) {
 	if ed.Admin == nil {
 		return Change{}, errNoAdmin

@@ -77,6 +77,10 @@ func TestCreateAndEditEndToEnd(t *testing.T) {
 	if err != nil || string(v) != "from-gpg" || sealedCh.Subject != "set OTHER" {
 		t.Fatalf("SetSealed = %q, %+v, %v", v, sealedCh, err)
 	}
+	// A Change keeps the version it wrote, whatever the Edit does next.
+	if names := set.Env.Names(); len(names) != 1 || names[0] != "TOKEN" {
+		t.Errorf("the first Change's version has %v after a later change, want [TOKEN]", names)
+	}
 	_, err = ed.AddRecipients(filepath.Join(t.TempDir(), "missing.asc"))
 	wantUsage(t, "AddRecipients of a missing file", err, "--recipient: ")
 	added, err := ed.AddRecipients(keyFile(t, second))
