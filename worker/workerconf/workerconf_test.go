@@ -89,18 +89,24 @@ password_file = "/etc/refci/mail-password"
 }
 
 func TestSettingsNamesEveryKey(t *testing.T) {
+	// The names, exactly: "poll" must not pass for being in
+	// "pull_request_poll", nor "timeout" for "max_timeout".
+	named := map[string]bool{}
+	for _, f := range strings.FieldsFunc(Settings, func(r rune) bool { return r == ',' || r == ';' || r == ' ' || r == ':' }) {
+		named[f] = true
+	}
 	typ := reflect.TypeOf(Config{})
 	for i := 0; i < typ.NumField(); i++ {
 		tag := typ.Field(i).Tag.Get("toml")
 		if tag == "" || tag == "retention" {
 			continue
 		}
-		if !strings.Contains(Settings, tag+",") {
+		if !named[tag] {
 			t.Errorf("Settings does not name %q", tag)
 		}
 	}
 	for _, k := range []string{"keep_last", "keep_days", "every", "mirror_state"} {
-		if !strings.Contains(Settings, k) {
+		if !named[k] {
 			t.Errorf("Settings does not name %q", k)
 		}
 	}
