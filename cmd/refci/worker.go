@@ -135,6 +135,11 @@ func cmdWorker(ctx context.Context, e *env, args []string) int {
 	sb, err := worker.NewSandbox(worker.SandboxSpec{Isolate: true, Getenv: e.getenv, Self: self, Private: private,
 		ReadOnly: rems.LocalDirs(), Writable: cfg.Writable, Require: cfg.RequireIsolation, Log: logger})
 	if err != nil {
+		if fc != nil { // stop it (Supervise of an ended context stops the child)
+			done, cancel := context.WithCancel(ctx)
+			cancel()
+			fc.Supervise(done)
+		}
 		e.errorf("worker: %v", err)
 		return exitInfra
 	}
