@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"refci.dev/refci/gitproto"
+	"refci.dev/refci/render"
 	"refci.dev/refci/results"
 )
 
@@ -79,7 +80,8 @@ func ExampleCollect() {
 	}
 	out.Print(os.Stdout, false) // refci: removed 4 runs (pr/1 3, main 1); kept 8: ...
 	for _, r := range out.Removed.Refused {
-		fmt.Printf("%s refused to delete %s: %s%s\n", target.Name(), r.Ref, r.Why, r.Advice())
+		// Why is the remote's text: escaped before a terminal sees it.
+		fmt.Printf("%s refused to delete %s: %s%s\n", target.Name(), r.Ref, render.Safe(r.Why), r.Advice())
 	}
 }
 

@@ -63,18 +63,6 @@ func (c Entry) IsApp() bool {
 	return c.AppID != 0 || c.InstallationID != 0 || c.PrivateKeyFile != ""
 }
 
-// SecretFiles are the files of the entry that hold secrets (a token, an
-// App's key): a worker hides them from pipelines.
-func (c Entry) SecretFiles() []string {
-	var out []string
-	for _, f := range []string{c.TokenFile, c.PrivateKeyFile} {
-		if f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
 // Kind builds the adapter of one kind of forge for an entry, given its
 // token ("" for a GitHub App's entry).
 type Kind func(c Entry, token string) (forge.Forge, error)
