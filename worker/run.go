@@ -600,10 +600,9 @@ func (r *run) startShellJobs(dir string, srv *jobsock.Server, lw *lockedWriter) 
 		return nil, err
 	}
 	return srv.ServeShell(jobsock.ShellConfig{
-		Dir:       jobs,
-		Echo:      lw,
-		Note:      func(line string) { fmt.Fprintln(lw, line) },
-		MaxOutput: r.spec.LogCap,
+		Dir:  jobs,
+		Echo: lw,
+		Note: func(line string) { fmt.Fprintln(lw, line) },
 	})
 }
 

@@ -56,11 +56,12 @@ type ShellConfig struct {
 	// Poll is how often the output of running jobs is read while no
 	// line arrives. 0 → 100ms.
 	Poll time.Duration
-	// MaxOutput is how many bytes of one job's output are read at most
-	// (the run's log cap: no more of it is kept). A job's file can grow
-	// faster than it is read, or be made huge at no cost (truncate -s):
-	// past this, the rest is not read, and the job's log says it was cut.
-	// 0 → 16 MiB.
+	// MaxOutput bounds what is read of one job's output: when more than
+	// this is waiting to be read, what comes before its last MaxOutput
+	// bytes is skipped (counted, and said in a note; the job's log keeps
+	// its head and its tail, as a capped log does). A job's file can grow
+	// faster than it is read, or be made huge at no cost (truncate -s).
+	// 0 → 64 MiB.
 	MaxOutput int64
 }
 
@@ -72,7 +73,7 @@ const (
 	shellReadChunk        = 64 << 10
 	shellMaxLineBytes     = jobwire.ShellMaxLine
 	shellMaxReads         = 64 // reads of the FIFO, or of one job's output, in a row before the rest gets a turn
-	defaultShellMaxOutput = 16 << 20
+	defaultShellMaxOutput = 64 << 20
 )
 
 // ShellCtlPath is the control FIFO of the in-shell channel in dir.
@@ -101,13 +102,13 @@ type Shell struct {
 
 // shellJob is an in-shell job that runs.
 type shellJob struct {
-	e    *jobEntry
-	path string
-	f    *os.File // nil until the shell made the file
-	off  int64    // how much of it was read
-	read int64    // how much was read in all (a file cut shorter is read again)
-	bad  bool     // the output file is refused; nothing more is read
-	echo *jobwire.LinePrefixer
+	e       *jobEntry
+	path    string
+	f       *os.File // nil until the shell made the file
+	off     int64    // how much of it was read
+	skipped bool     // output was skipped (said once)
+	bad     bool     // the output file is refused; nothing more is read
+	echo    *jobwire.LinePrefixer
 }
 
 // ServeShell serves the control FIFO in cfg.Dir until Close: the one
@@ -385,10 +386,12 @@ func (sh *Shell) finishAll() {
 	}
 }
 
-// drain reads j's output to its end (at most MaxOutput in all), ends its
-// echo, and closes and removes its file.
+// drain reads j's output to its end, ends its echo, and closes and
+// removes its file. A file that keeps growing (a process of the job still
+// writes) is read at most twice MaxOutput further.
 func (sh *Shell) drain(j *shellJob) {
-	for sh.readOutput(j) {
+	// Each call reads at most shellMaxReads chunks.
+	for calls := 2*sh.cfg.MaxOutput/(shellMaxReads*shellReadChunk) + 2; calls > 0 && sh.readOutput(j); calls-- {
 	}
 	if j.echo != nil {
 		j.echo.Close()
@@ -413,7 +416,7 @@ func (sh *Shell) readOutputs() {
 
 // readOutput reads what j's output file holds beyond what was read, at
 // most shellMaxReads chunks at a time, and reports whether it read any.
-// Past MaxOutput in all, nothing more is read: the job's log is cut.
+// When more than MaxOutput waits, it skips to the last MaxOutput bytes.
 func (sh *Shell) readOutput(j *shellJob) (read bool) {
 	if j.bad {
 		return false
@@ -434,19 +437,24 @@ func (sh *Shell) readOutput(j *shellJob) (read bool) {
 	if sh.buf == nil {
 		sh.buf = make([]byte, shellReadChunk)
 	}
-	for range shellMaxReads {
-		if j.read >= sh.cfg.MaxOutput {
-			j.bad = true
+	if fi, err := j.f.Stat(); err == nil && fi.Size()-j.off > sh.cfg.MaxOutput {
+		to := fi.Size() - sh.cfg.MaxOutput
+		if _, err := j.f.Seek(to, io.SeekStart); err == nil {
+			j.e.logBytes.Add(to - j.off)
 			j.e.truncated.Store(true)
-			sh.note(fmt.Sprintf("job %s: its output passed %d bytes; the rest is not read", j.e.job.Name, sh.cfg.MaxOutput))
-			return read
+			if !j.skipped {
+				j.skipped = true
+				sh.note(fmt.Sprintf("job %s: more than %d bytes of its output waited to be read; what came before its last %d bytes is skipped", j.e.job.Name, sh.cfg.MaxOutput, sh.cfg.MaxOutput))
+			}
+			j.off = to
 		}
-		buf := sh.buf[:min(int64(len(sh.buf)), sh.cfg.MaxOutput-j.read)]
+	}
+	buf := sh.buf
+	for range shellMaxReads {
 		n, err := j.f.Read(buf)
 		if n > 0 {
 			read = true
 			j.off += int64(n)
-			j.read += int64(n)
 			j.e.write(buf[:n])
 			if j.echo != nil {
 				j.echo.Write(buf[:n])

@@ -34,6 +34,12 @@ type shellTest struct {
 
 func newShellTest(t *testing.T) *shellTest {
 	t.Helper()
+	return newShellTestWith(t, ShellConfig{})
+}
+
+// newShellTestWith is newShellTest with cfg's MaxOutput and Poll.
+func newShellTestWith(t *testing.T, cfg ShellConfig) *shellTest {
+	t.Helper()
 	st := &shellTest{jobTestServer: newJobTestServer(t, 0), echo: &fixtures.Buffer{}}
 	st.jobs = filepath.Join(st.dir, "jobs")
 	if err := os.Mkdir(st.jobs, 0o700); err != nil {
@@ -44,7 +50,7 @@ func newShellTest(t *testing.T) *shellTest {
 		t.Fatal(err)
 	}
 	var err error
-	st.sh, err = st.srv.ServeShell(ShellConfig{Dir: st.jobs, Echo: st.echo, Note: func(l string) {
+	st.sh, err = st.srv.ServeShell(ShellConfig{Dir: st.jobs, Echo: st.echo, MaxOutput: cfg.MaxOutput, Poll: cfg.Poll, Note: func(l string) {
 		st.mu.Lock()
 		st.notes = append(st.notes, l)
 		st.mu.Unlock()
@@ -637,12 +643,14 @@ refci_job blocked -- touch ran; echo "blocked exit $?"
 }
 
 // A job that makes its output file huge at no cost (truncate -s) cannot
-// keep the worker reading it: at most MaxOutput (16 MiB by default) is
-// read, the job's record says its log was cut, a note says why, and the
-// channel closes at once.
+// keep the worker reading it: what comes before its last MaxOutput bytes
+// is skipped, counted in the job's log bytes, the log marked cut and a
+// note says so; the tail, the job's last words, is kept; the channel
+// closes at once.
 func TestShellHugeOutputIsCut(t *testing.T) {
-	st := newShellTest(t)
-	code, out := st.script("dash", `refci_job big -- sh -c 'truncate -s 64G /proc/self/fd/1 && echo written'`)
+	const maxOut = 1 << 20
+	st := newShellTestWith(t, ShellConfig{MaxOutput: maxOut})
+	code, out := st.script("dash", `refci_job big -- sh -c 'truncate -s 64G /proc/self/fd/1 && printf "the end\n" >> /proc/self/fd/1'`)
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
@@ -654,14 +662,14 @@ func TestShellHugeOutputIsCut(t *testing.T) {
 		t.Fatal("the channel did not close: it reads the whole 64 GiB")
 	}
 	log, _, _ := st.logs.get("big")
-	if len(log) != defaultShellMaxOutput {
-		t.Errorf("%d bytes of the job's output kept, want %d", len(log), defaultShellMaxOutput)
+	if len(log) != maxOut || !strings.HasSuffix(log, "the end\n") {
+		t.Errorf("kept %d bytes ending %q, want the last %d, ending in the job's last line", len(log), log[max(0, len(log)-20):], maxOut)
 	}
-	if n := st.allNotes(); !strings.Contains(n, "job big: its output passed 16777216 bytes; the rest is not read") {
+	if n := st.allNotes(); !strings.Contains(n, "job big: more than 1048576 bytes of its output waited to be read; what came before its last 1048576 bytes is skipped") {
 		t.Errorf("notes: %q", n)
 	}
 	jobs := st.srv.Jobs()
-	if len(jobs) != 1 || !jobs[0].Truncated || jobs[0].State != queue.Success {
+	if len(jobs) != 1 || !jobs[0].Truncated || jobs[0].State != queue.Success || jobs[0].LogBytes != 64<<30+int64(len("the end\n")) {
 		t.Errorf("jobs: %+v", jobs)
 	}
 }
